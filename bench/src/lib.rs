@@ -1,0 +1,1 @@
+//! Holds the criterion benchmarks (see `benches/`) and the side-by-side scripts; no library code.

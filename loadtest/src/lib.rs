@@ -1,0 +1,9 @@
+//! mcplb-load: a fast mock MCP backend ([`mock`]) and an MCP load generator
+//! ([`load`]) for benchmarking and testing mcplb.
+
+pub mod http;
+pub mod load;
+pub mod mock;
+
+pub use load::{run_load, ErrorCounts, LoadOptions, LoadReport};
+pub use mock::{MockConfig, MockServer};

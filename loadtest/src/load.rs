@@ -1,0 +1,788 @@
+//! The MCP load generator behind `mcplb-load run` and `mcplb demo`.
+//!
+//! Each connection is a virtual user on a monoio runtime: it opens a
+//! keep-alive connection, initializes a session (unless stateless), sends
+//! `notifications/initialized`, then calls one tool again and again. Closed
+//! loop sends the next call when the previous answer arrived; open loop
+//! (`rate`) schedules calls at fixed intervals per connection whatever the
+//! answers, and measures latency from the scheduled time, so a queue in front
+//! of a busy connection shows up in the numbers (no coordinated omission).
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use monoio::io::{CancelHandle, Canceller};
+use monoio::net::TcpStream;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::http::{self, Chunked, HttpUrl};
+
+/// Percentiles printed in reports.
+pub const PERCENTILES: [f64; 6] = [50.0, 90.0, 95.0, 99.0, 99.9, 99.99];
+/// Highest latency the histogram tracks (1 hour, in µs); larger values saturate.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+/// Protocol revision sent on stateful sessions.
+const STATEFUL_VERSION: &str = "2025-06-18";
+/// Protocol revision sent in stateless mode.
+const STATELESS_VERSION: &str = "2026-07-28";
+
+/// What a load run does.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// MCP endpoint, `http://host:port/path`.
+    pub url: String,
+    /// Concurrent connections (virtual users).
+    pub connections: usize,
+    /// Length of the measured window (ignored when `requests` is set).
+    pub duration: Duration,
+    /// Stop after this many measured requests instead of after `duration`.
+    pub requests: Option<u64>,
+    /// Open loop: total requests per second, spread evenly over connections.
+    /// `None` is closed loop (each connection sends as fast as answers come).
+    pub rate: Option<f64>,
+    /// Time before the measured window whose results are discarded.
+    pub warmup: Duration,
+    /// Tool to call.
+    pub tool: String,
+    /// The tool's `arguments`.
+    pub arguments: Value,
+    /// 2026-07-28 style: no initialize, no session, `_meta` on every request.
+    pub stateless: bool,
+    /// monoio worker threads; connections are spread over them.
+    pub threads: usize,
+    /// Per-request timeout; a timed-out connection is closed and reopened.
+    pub timeout: Duration,
+    /// Print a progress line per second on stderr.
+    pub progress: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            url: "http://127.0.0.1:8080/mcp".to_string(),
+            connections: 64,
+            duration: Duration::from_secs(10),
+            requests: None,
+            rate: None,
+            warmup: Duration::from_secs(1),
+            tool: "echo".to_string(),
+            arguments: json!({"text": "hello"}),
+            stateless: false,
+            threads: 1,
+            timeout: Duration::from_secs(30),
+            progress: false,
+        }
+    }
+}
+
+/// Errors counted by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorCounts {
+    /// TCP connect failed.
+    pub connect: u64,
+    /// HTTP status other than 200 (202 for notifications).
+    pub http_status: u64,
+    /// The answer was a JSON-RPC error object.
+    pub jsonrpc: u64,
+    /// The answer's id did not match the request's.
+    pub id_mismatch: u64,
+    /// No answer within the timeout.
+    pub timeout: u64,
+    /// Connection closed or reset mid-request, or an unreadable answer.
+    pub io: u64,
+}
+
+impl ErrorCounts {
+    /// Sum of all kinds.
+    pub fn total(&self) -> u64 {
+        self.connect + self.http_status + self.jsonrpc + self.id_mismatch + self.timeout + self.io
+    }
+
+    fn add(&mut self, o: &ErrorCounts) {
+        self.connect += o.connect;
+        self.http_status += o.http_status;
+        self.jsonrpc += o.jsonrpc;
+        self.id_mismatch += o.id_mismatch;
+        self.timeout += o.timeout;
+        self.io += o.io;
+    }
+
+    fn bump(&mut self, kind: ErrKind) {
+        match kind {
+            ErrKind::Connect => self.connect += 1,
+            ErrKind::Status(_) => self.http_status += 1,
+            ErrKind::JsonRpc => self.jsonrpc += 1,
+            ErrKind::IdMismatch => self.id_mismatch += 1,
+            ErrKind::Timeout => self.timeout += 1,
+            ErrKind::Io => self.io += 1,
+        }
+    }
+}
+
+/// The result of a load run.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// Target URL.
+    pub url: String,
+    /// Connections used.
+    pub connections: usize,
+    /// Worker threads used.
+    pub threads: usize,
+    /// Open-loop rate, if any.
+    pub rate: Option<f64>,
+    /// Length of the measured window (until the last answer came).
+    pub elapsed: Duration,
+    /// Successful tool calls in the measured window.
+    pub ok: u64,
+    /// Failures in the measured window, by kind.
+    pub errors: ErrorCounts,
+    /// Latency of successful calls, µs, 3 significant figures.
+    pub histogram: Histogram<u64>,
+}
+
+impl LoadReport {
+    /// Successful calls per second.
+    pub fn throughput(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.ok as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    /// Latency at percentile `p` (0..=100), µs.
+    pub fn percentile(&self, p: f64) -> u64 {
+        self.histogram.value_at_percentile(p)
+    }
+
+    /// The report as one JSON object (what `--json` prints).
+    pub fn to_json(&self) -> Value {
+        let mut lat = serde_json::Map::new();
+        for p in PERCENTILES {
+            lat.insert(format!("p{p}"), json!(self.percentile(p)));
+        }
+        lat.insert("max".into(), json!(self.histogram.max()));
+        lat.insert("mean".into(), json!(self.histogram.mean()));
+        let e = &self.errors;
+        json!({
+            "url": self.url,
+            "connections": self.connections,
+            "threads": self.threads,
+            "rate": self.rate,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "ok": self.ok,
+            "throughput_rps": self.throughput(),
+            "errors": {
+                "total": e.total(),
+                "connect": e.connect,
+                "http_status": e.http_status,
+                "jsonrpc": e.jsonrpc,
+                "id_mismatch": e.id_mismatch,
+                "timeout": e.timeout,
+                "io": e.io,
+            },
+            "latency_us": lat,
+        })
+    }
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.rate {
+            Some(r) => format!("open loop at {r} req/s"),
+            None => "closed loop".to_string(),
+        };
+        writeln!(
+            f,
+            "target      {} ({} connections, {} threads, {mode})",
+            self.url, self.connections, self.threads
+        )?;
+        writeln!(
+            f,
+            "requests    {} ok, {} errors in {:.2} s",
+            self.ok,
+            self.errors.total(),
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(f, "throughput  {:.1} req/s", self.throughput())?;
+        let e = &self.errors;
+        writeln!(
+            f,
+            "errors      connect {}, http status {}, jsonrpc {}, id mismatch {}, timeout {}, io {}",
+            e.connect, e.http_status, e.jsonrpc, e.id_mismatch, e.timeout, e.io
+        )?;
+        writeln!(f, "latency     µs")?;
+        for p in PERCENTILES {
+            writeln!(f, "  p{:<8} {:>10}", p, self.percentile(p))?;
+        }
+        writeln!(f, "  {:<9} {:>10}", "max", self.histogram.max())?;
+        write!(f, "  {:<9} {:>10.0}", "mean", self.histogram.mean())
+    }
+}
+
+/// Runs a load test and returns its report. Blocks the calling thread.
+pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
+    let url = HttpUrl::parse(&opts.url)?;
+    let addr = url.resolve()?;
+    if opts.connections == 0 {
+        anyhow::bail!("connections must be at least 1");
+    }
+    if let Some(r) = opts.rate {
+        if !(r > 0.0 && r.is_finite()) {
+            anyhow::bail!("rate must be a positive number");
+        }
+    }
+    let threads = opts.threads.clamp(1, opts.connections);
+    let shared = Arc::new(RunShared {
+        ready: AtomicUsize::new(0),
+        start: OnceLock::new(),
+        issued: AtomicU64::new(0),
+        ok: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        done: AtomicBool::new(false),
+    });
+    let opts = Arc::new(opts);
+    let url = Arc::new(url);
+    let mut handles = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let ids: Vec<usize> = (0..opts.connections).filter(|i| i % threads == t).collect();
+        let (opts, url, shared) = (opts.clone(), url.clone(), shared.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("load-{t}"))
+                .spawn(move || thread_main(&opts, &url, addr, &shared, ids))?,
+        );
+    }
+    let progress = opts.progress.then(|| {
+        let shared = shared.clone();
+        let warmup = opts.warmup;
+        std::thread::spawn(move || progress_loop(&shared, warmup))
+    });
+    let mut hist = new_histogram()?;
+    let mut errors = ErrorCounts::default();
+    let mut first_err = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(st)) => {
+                hist.add(&st.hist).map_err(|e| anyhow::anyhow!("histogram merge: {e}"))?;
+                errors.add(&st.errors);
+            }
+            Ok(Err(e)) => first_err = Some(e),
+            Err(_) => first_err = Some(anyhow::anyhow!("load thread panicked")),
+        }
+    }
+    let finished = Instant::now();
+    shared.done.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let measure_start = shared.start.get().copied().unwrap_or(finished) + opts.warmup;
+    let ok = hist.len();
+    Ok(LoadReport {
+        url: opts.url.clone(),
+        connections: opts.connections,
+        threads,
+        rate: opts.rate,
+        elapsed: finished.saturating_duration_since(measure_start),
+        ok,
+        errors,
+        histogram: hist,
+    })
+}
+
+fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).map_err(|e| anyhow::anyhow!("histogram: {e}"))
+}
+
+/// Cross-thread state of one run.
+struct RunShared {
+    /// Connections that finished their setup.
+    ready: AtomicUsize,
+    /// When the run (warmup first) started; set once all connections are set up.
+    start: OnceLock<Instant>,
+    /// Measured requests issued (for `requests` mode).
+    issued: AtomicU64,
+    /// Live counters for the progress line.
+    ok: AtomicU64,
+    errors: AtomicU64,
+    done: AtomicBool,
+}
+
+fn progress_loop(shared: &RunShared, warmup: Duration) {
+    let mut last_ok = 0u64;
+    let mut tick = Instant::now();
+    let t0 = Instant::now();
+    while !shared.done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if tick.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        let dt = tick.elapsed().as_secs_f64();
+        tick = Instant::now();
+        let ok = shared.ok.load(Ordering::Relaxed);
+        let err = shared.errors.load(Ordering::Relaxed);
+        let phase = match shared.start.get() {
+            None => "setup",
+            Some(s) if s.elapsed() < warmup => "warmup",
+            Some(_) => "run",
+        };
+        eprintln!(
+            "[{:>4.0}s {phase:>6}] {:>10.0} req/s  ok {ok}  errors {err}",
+            t0.elapsed().as_secs_f64(),
+            (ok - last_ok) as f64 / dt
+        );
+        last_ok = ok;
+    }
+}
+
+/// What one thread hands back.
+struct ThreadStats {
+    hist: Histogram<u64>,
+    errors: ErrorCounts,
+}
+
+fn thread_main(
+    opts: &Arc<LoadOptions>,
+    url: &Arc<HttpUrl>,
+    addr: SocketAddr,
+    shared: &Arc<RunShared>,
+    ids: Vec<usize>,
+) -> anyhow::Result<ThreadStats> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()?;
+    let stats = Rc::new(RefCell::new(ThreadStats {
+        hist: new_histogram()?,
+        errors: ErrorCounts::default(),
+    }));
+    rt.block_on(async {
+        let mut tasks = Vec::with_capacity(ids.len());
+        for id in ids {
+            let vu = Vu {
+                opts: opts.clone(),
+                url: url.clone(),
+                addr,
+                shared: shared.clone(),
+                stats: stats.clone(),
+                index: id,
+                conn: None,
+                session: None,
+                next_id: 1,
+                inbuf: Vec::with_capacity(16 * 1024),
+                out: Vec::with_capacity(1024),
+                body: Vec::new(),
+                cancel: Canceller::new().handle(),
+            };
+            tasks.push(monoio::spawn(vu.run()));
+        }
+        for t in tasks {
+            t.await;
+        }
+    });
+    let st = Rc::try_unwrap(stats)
+        .map_err(|_| anyhow::anyhow!("load tasks still running"))?
+        .into_inner();
+    Ok(st)
+}
+
+/// Why one exchange failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrKind {
+    Connect,
+    Status(u16),
+    JsonRpc,
+    IdMismatch,
+    Timeout,
+    Io,
+}
+
+/// One answer, as far as the generator cares.
+struct Answer {
+    status: u16,
+    close: bool,
+    session: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RpcAnswer {
+    id: Option<Value>,
+    method: Option<IgnoredAny>,
+    result: Option<IgnoredAny>,
+    error: Option<IgnoredAny>,
+}
+
+/// A virtual user: one connection and its session.
+struct Vu {
+    opts: Arc<LoadOptions>,
+    url: Arc<HttpUrl>,
+    addr: SocketAddr,
+    shared: Arc<RunShared>,
+    stats: Rc<RefCell<ThreadStats>>,
+    index: usize,
+    conn: Option<TcpStream>,
+    session: Option<String>,
+    next_id: u64,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    body: Vec<u8>,
+    cancel: CancelHandle,
+}
+
+impl Vu {
+    async fn run(mut self) {
+        // Setup before the common start, so that connects and initializes do
+        // not pollute the first measurements.
+        let _ = self.ensure_ready().await;
+        let total = self.opts.connections;
+        if self.shared.ready.fetch_add(1, Ordering::AcqRel) + 1 == total {
+            let _ = self.shared.start.set(Instant::now());
+        }
+        let setup_deadline = Instant::now() + Duration::from_secs(10);
+        let start = loop {
+            if let Some(s) = self.shared.start.get() {
+                break *s;
+            }
+            if Instant::now() >= setup_deadline {
+                break *self.shared.start.get_or_init(Instant::now);
+            }
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let measure_start = start + self.opts.warmup;
+        let end = match self.opts.requests {
+            Some(_) => None,
+            None => Some(measure_start + self.opts.duration),
+        };
+        let interval = self
+            .opts
+            .rate
+            .map(|r| Duration::from_secs_f64(total as f64 / r));
+        // Stagger the connections over one interval.
+        let mut next_at = match interval {
+            Some(iv) => start + iv.mul_f64(self.index as f64 / total as f64),
+            None => start,
+        };
+        loop {
+            let scheduled = match interval {
+                Some(iv) => {
+                    let t = next_at;
+                    next_at += iv;
+                    let now = Instant::now();
+                    if t > now {
+                        monoio::time::sleep(t - now).await;
+                    }
+                    t
+                }
+                None => Instant::now(),
+            };
+            if end.is_some_and(|e| scheduled >= e) {
+                break;
+            }
+            let measured = scheduled >= measure_start;
+            if measured {
+                if let Some(n) = self.opts.requests {
+                    if self.shared.issued.fetch_add(1, Ordering::Relaxed) >= n {
+                        break;
+                    }
+                }
+            }
+            let res = match self.ensure_ready().await {
+                Ok(()) => self.call().await,
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(()) => {
+                    self.shared.ok.fetch_add(1, Ordering::Relaxed);
+                    if measured {
+                        let us = scheduled.elapsed().as_micros().min(MAX_LATENCY_US as u128) as u64;
+                        self.stats.borrow_mut().hist.saturating_record(us.max(1));
+                    }
+                }
+                Err(kind) => {
+                    self.shared.errors.fetch_add(1, Ordering::Relaxed);
+                    if measured {
+                        self.stats.borrow_mut().errors.bump(kind);
+                    }
+                    if kind == ErrKind::Connect && interval.is_none() {
+                        // Do not spin on a dead target in closed loop.
+                        monoio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+        self.conn = None;
+    }
+
+    /// Connects and initializes if needed.
+    async fn ensure_ready(&mut self) -> Result<(), ErrKind> {
+        if self.conn.is_none() {
+            self.session = None;
+            let fut = TcpStream::connect_addr(self.addr);
+            match monoio::time::timeout(self.opts.timeout, fut).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    self.conn = Some(s);
+                    self.inbuf.clear();
+                }
+                Ok(Err(_)) => return Err(ErrKind::Connect),
+                Err(_) => return Err(ErrKind::Timeout),
+            }
+        }
+        if self.opts.stateless || self.session.is_some() {
+            return Ok(());
+        }
+        let id = self.take_id();
+        let body = json!({
+            "jsonrpc": "2.0", "id": id, "method": "initialize",
+            "params": {
+                "protocolVersion": STATEFUL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "mcplb-load", "version": env!("CARGO_PKG_VERSION")},
+            },
+        });
+        let ans = self.exchange(&body.to_string(), None).await?;
+        if ans.status != 200 {
+            return Err(self.status_error(ans.status));
+        }
+        self.check_rpc(id)?;
+        let Some(session) = ans.session else {
+            // A server without sessions: go on statelessly.
+            self.session = Some(String::new());
+            return Ok(());
+        };
+        self.session = Some(session);
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        let ans = self.exchange(note, None).await?;
+        if ans.status != 202 && ans.status != 200 {
+            return Err(self.status_error(ans.status));
+        }
+        Ok(())
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn status_error(&mut self, status: u16) -> ErrKind {
+        if status == 404 {
+            // Session gone: start over with a new initialize.
+            self.session = None;
+        }
+        ErrKind::Status(status)
+    }
+
+    /// One tools/call.
+    async fn call(&mut self) -> Result<(), ErrKind> {
+        let id = self.take_id();
+        let mut params = json!({"name": self.opts.tool, "arguments": self.opts.arguments});
+        if self.opts.stateless {
+            params["_meta"] = json!({
+                "io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            });
+        }
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
+        let ans = self.exchange(&body.to_string(), Some("tools/call")).await?;
+        if ans.status != 200 {
+            return Err(self.status_error(ans.status));
+        }
+        self.check_rpc(id)
+    }
+
+    /// Checks the JSON-RPC answer in `self.body` against the request id.
+    fn check_rpc(&self, id: u64) -> Result<(), ErrKind> {
+        let a: RpcAnswer = serde_json::from_slice(&self.body).map_err(|_| ErrKind::Io)?;
+        if a.id.as_ref().and_then(Value::as_u64) != Some(id) {
+            return Err(ErrKind::IdMismatch);
+        }
+        if a.error.is_some() {
+            return Err(ErrKind::JsonRpc);
+        }
+        if a.result.is_none() {
+            return Err(ErrKind::Io);
+        }
+        Ok(())
+    }
+
+    /// Sends one POST and reads the answer (with the timeout). The JSON-RPC
+    /// response ends up in `self.body` (extracted from SSE if needed).
+    async fn exchange(&mut self, body: &str, method: Option<&str>) -> Result<Answer, ErrKind> {
+        self.build_request(body, method);
+        let timeout = self.opts.timeout;
+        let res = monoio::time::timeout(timeout, self.exchange_inner()).await;
+        let res = match res {
+            Ok(r) => r,
+            Err(_) => {
+                self.reset();
+                return Err(ErrKind::Timeout);
+            }
+        };
+        match res {
+            Ok(a) => {
+                if a.close {
+                    self.conn = None;
+                }
+                Ok(a)
+            }
+            Err(e) => {
+                self.reset();
+                Err(e)
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.conn = None;
+        self.session = None;
+        self.inbuf = Vec::with_capacity(16 * 1024);
+        self.out = Vec::with_capacity(1024);
+    }
+
+    fn build_request(&mut self, body: &str, method: Option<&str>) {
+        use std::io::Write;
+        let o = &mut self.out;
+        o.clear();
+        let _ = write!(
+            o,
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
+            self.url.path,
+            self.url.authority,
+            body.len()
+        );
+        if self.opts.stateless {
+            let _ = write!(o, "MCP-Protocol-Version: {STATELESS_VERSION}\r\n");
+            if let Some(m) = method {
+                let _ = write!(o, "Mcp-Method: {m}\r\n");
+                if m == "tools/call" {
+                    let _ = write!(o, "Mcp-Name: {}\r\n", self.opts.tool);
+                }
+            }
+        } else if let Some(s) = self.session.as_deref().filter(|s| !s.is_empty()) {
+            let _ = write!(o, "Mcp-Session-Id: {s}\r\nMCP-Protocol-Version: {STATEFUL_VERSION}\r\n");
+        }
+        o.extend_from_slice(b"\r\n");
+        o.extend_from_slice(body.as_bytes());
+    }
+
+    async fn exchange_inner(&mut self) -> Result<Answer, ErrKind> {
+        let Some(stream) = self.conn.as_mut() else {
+            return Err(ErrKind::Io);
+        };
+        let out = std::mem::take(&mut self.out);
+        let (res, out) = http::write_all(stream, out, &self.cancel).await;
+        self.out = out;
+        res.map_err(|_| ErrKind::Io)?;
+        loop {
+            if let Some(a) = self.parse_answer()? {
+                return Ok(a);
+            }
+            let Some(stream) = self.conn.as_mut() else {
+                return Err(ErrKind::Io);
+            };
+            let buf = std::mem::take(&mut self.inbuf);
+            let (res, buf) = http::read_more(stream, buf, 16 * 1024, &self.cancel).await;
+            self.inbuf = buf;
+            match res {
+                Ok(0) | Err(_) => return Err(ErrKind::Io),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Parses one complete answer from `inbuf`, if there is one.
+    fn parse_answer(&mut self) -> Result<Option<Answer>, ErrKind> {
+        if self.inbuf.is_empty() {
+            return Ok(None);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let head_len = match resp.parse(&self.inbuf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(ErrKind::Io),
+        };
+        let status = resp.code.unwrap_or(0);
+        let hdrs = &*resp.headers;
+        let close = http::header(hdrs, "connection").is_some_and(|v| http::has_token(v, "close"));
+        let sse = http::header(hdrs, "content-type").is_some_and(|v| v.starts_with(b"text/event-stream"));
+        let session = http::header(hdrs, "mcp-session-id")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_string);
+        let chunked = http::header(hdrs, "transfer-encoding").is_some_and(|v| http::has_token(v, "chunked"));
+        let consumed = if chunked {
+            match http::decode_chunked(&self.inbuf[head_len..], &mut self.body) {
+                Chunked::Done(n) => head_len + n,
+                Chunked::Partial => return Ok(None),
+                Chunked::Invalid => return Err(ErrKind::Io),
+            }
+        } else if let Some(v) = http::header(hdrs, "content-length") {
+            let len = std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or(ErrKind::Io)?;
+            if self.inbuf.len() < head_len + len {
+                return Ok(None);
+            }
+            self.body.clear();
+            self.body.extend_from_slice(&self.inbuf[head_len..head_len + len]);
+            head_len + len
+        } else {
+            // No length: a body would run to the end of the connection; the
+            // generator does not support that for MCP answers.
+            self.body.clear();
+            if status == 200 {
+                return Err(ErrKind::Io);
+            }
+            head_len
+        };
+        self.inbuf.drain(..consumed);
+        if sse && status == 200 {
+            self.extract_sse_response();
+        }
+        Ok(Some(Answer {
+            status,
+            close,
+            session,
+        }))
+    }
+
+    /// Replaces `self.body` (an SSE stream) by the data of its last event that
+    /// is a JSON-RPC response.
+    fn extract_sse_response(&mut self) {
+        let text = String::from_utf8_lossy(&self.body).into_owned();
+        let mut found: Option<String> = None;
+        for event in text.split("\n\n") {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if data.is_empty() {
+                continue;
+            }
+            let data = data.join("\n");
+            if let Ok(a) = serde_json::from_str::<RpcAnswer>(&data) {
+                if a.method.is_none() && a.id.is_some() {
+                    found = Some(data);
+                }
+            }
+        }
+        self.body.clear();
+        if let Some(d) = found {
+            self.body.extend_from_slice(d.as_bytes());
+        }
+    }
+}

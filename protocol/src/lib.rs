@@ -1,0 +1,16 @@
+//! Zero-copy MCP / JSON-RPC framing for mcplb: bytes in, borrowed views out.
+//!
+//! No I/O, no clock, no runtime: [`parse_message`] reads the routing fields of
+//! one JSON-RPC message, [`SseParser`] and [`SseBoundary`] read or count
+//! `text/event-stream` events, and [`LineFramer`] splits stdio traffic into
+//! newline-delimited messages.
+
+pub mod jsonrpc;
+pub mod lines;
+pub mod sse;
+
+pub use jsonrpc::{
+    parse_message, Envelope, FrameError, FrameErrorKind, JsonStr, MessageKind, MAX_DEPTH,
+};
+pub use lines::{LineError, LineFramer};
+pub use sse::{SseBoundary, SseError, SseEvent, SseParser};

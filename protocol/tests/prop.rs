@@ -1,0 +1,140 @@
+//! Property tests: the parser never panics, agrees with serde_json on what is
+//! valid JSON, and reads the same method / id / name as serde_json does.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use mcplb_protocol::{parse_message, FrameErrorKind as K, MessageKind};
+use proptest::prelude::*;
+
+const SEEDS: &[&str] = &[
+    r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get_weather","arguments":{"city":"Paris","n":[1,-2.5e3,true,null]},"_meta":{"progressToken":"t"}}}"#,
+    r#"{"jsonrpc":"2.0","id":"a\"\u00e9","result":{"content":[{"type":"text","text":"x\ny"}]}}"#,
+    r#"[{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"m"}}]"#,
+];
+
+#[derive(Debug, Clone)]
+enum Edit {
+    Set(usize, u8),
+    Insert(usize, u8),
+    Remove(usize),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    let byte = prop_oneof![
+        Just(b'"'),
+        Just(b'\\'),
+        Just(b'{'),
+        Just(b'}'),
+        Just(b'['),
+        Just(b']'),
+        Just(b','),
+        Just(b':'),
+        Just(b'0'),
+        Just(b'e'),
+        Just(b'u'),
+        Just(b' '),
+        any::<u8>(),
+    ];
+    prop_oneof![
+        (any::<usize>(), byte.clone()).prop_map(|(i, b)| Edit::Set(i, b)),
+        (any::<usize>(), byte).prop_map(|(i, b)| Edit::Insert(i, b)),
+        any::<usize>().prop_map(Edit::Remove),
+    ]
+}
+
+fn apply(seed: &str, edits: &[Edit]) -> Vec<u8> {
+    let mut v = seed.as_bytes().to_vec();
+    for e in edits {
+        let len = v.len().max(1);
+        match *e {
+            Edit::Set(i, b) if !v.is_empty() => v[i % len] = b,
+            Edit::Insert(i, b) => v.insert(i % (v.len() + 1), b),
+            Edit::Remove(i) if !v.is_empty() => {
+                v.remove(i % len);
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+fn is_parse_error(k: K) -> bool {
+    matches!(k, K::Empty | K::Truncated | K::Syntax { .. } | K::InvalidUtf8)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = parse_message(&bytes);
+    }
+
+    #[test]
+    fn mutations_agree_with_serde_json_on_validity(
+        seed in 0..SEEDS.len(),
+        edits in proptest::collection::vec(edit(), 1..6),
+    ) {
+        let bytes = apply(SEEDS[seed], &edits);
+        let ours = parse_message(&bytes);
+        let theirs = serde_json::from_slice::<serde_json::Value>(&bytes);
+        let ours_valid_json = match &ours {
+            Ok(_) => true,
+            Err(e) => !is_parse_error(e.kind),
+        };
+        prop_assert_eq!(ours_valid_json, theirs.is_ok(), "{:?} vs {:?}", ours, theirs.err());
+    }
+
+    #[test]
+    fn serde_json_requests_read_back(
+        id in prop_oneof![
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<String>().prop_map(serde_json::Value::from),
+        ],
+        method in any::<String>(),
+        name in any::<String>(),
+        extra in any::<String>(),
+        name_first in any::<bool>(),
+    ) {
+        let params = if name_first {
+            serde_json::json!({ "name": name, "arguments": { "x": extra } })
+        } else {
+            serde_json::json!({ "arguments": { "name": extra }, "name": name })
+        };
+        let msg = serde_json::json!({
+            "params": params, "method": method, "id": id, "jsonrpc": "2.0",
+        });
+        let text = serde_json::to_string(&msg).unwrap();
+        let env = parse_message(text.as_bytes()).unwrap();
+        prop_assert_eq!(env.kind, MessageKind::Request);
+        let id_text = serde_json::to_string(&id).unwrap();
+        prop_assert_eq!(env.id.unwrap(), id_text.as_bytes());
+        let m = env.method.unwrap();
+        prop_assert_eq!(m.decode(), method.as_str());
+        prop_assert!(m.eq_str(&method));
+        let n = env.name.unwrap();
+        prop_assert_eq!(n.decode(), name.as_str());
+        prop_assert!(n.eq_str(&name));
+    }
+
+    #[test]
+    fn escaped_strings_decode_like_serde_json(s in any::<String>()) {
+        // Force \u escapes for every non-ASCII char, as some clients do.
+        let mut esc = String::from("\"");
+        for c in s.chars() {
+            if c.is_ascii() && c != '"' && c != '\\' && !c.is_ascii_control() {
+                esc.push(c);
+            } else {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    esc.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+        }
+        esc.push('"');
+        let msg = format!(r#"{{"jsonrpc":"2.0","method":{esc}}}"#);
+        let env = parse_message(msg.as_bytes()).unwrap();
+        prop_assert_eq!(env.method.unwrap().decode(), s.as_str());
+        prop_assert!(env.method.unwrap().eq_str(&s));
+    }
+}

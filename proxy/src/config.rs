@@ -1,0 +1,555 @@
+//! Configuration: TOML read into raw `serde` structs (unknown keys rejected), then validated
+//! once, up front, into the typed [`Config`] the workers use. Validation reports every problem
+//! at once, each with its key path (`servers[1].backends[0]: ...`).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default cap on a request body (MCP tool results of several MiB are normal).
+pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
+
+// ---------------------------------------------------------------- raw (as written)
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    proxy: Option<RawProxy>,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Option<String>,
+    workers: Option<i64>,
+    session_key: Option<String>,
+    max_body_bytes: Option<i64>,
+    max_header_bytes: Option<i64>,
+    max_headers: Option<i64>,
+    header_timeout: Option<String>,
+    client_idle_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    upstream_timeout: Option<String>,
+    upstream_idle_timeout: Option<String>,
+    upstream_max_idle: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    name: Option<String>,
+    path: Option<String>,
+    #[serde(default)]
+    backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawBackend {
+    Url(String),
+    Table(RawBackendTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackendTable {
+    url: String,
+    name: Option<String>,
+}
+
+// ---------------------------------------------------------------- typed (validated)
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client-facing listener and data-path limits.
+    pub proxy: ProxyConfig,
+    /// Admin listener address, if configured.
+    pub admin_listen: Option<SocketAddr>,
+    /// Server groups, each with its own path and backends.
+    pub servers: Vec<ServerGroup>,
+}
+
+/// Client-facing listener settings and limits.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Address every worker binds (SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// Worker threads, one per core by default.
+    pub workers: usize,
+    /// Key that seals session ids; `None` means generate one at start.
+    pub session_key: Option<[u8; 32]>,
+    /// Largest request body accepted (413 past it).
+    pub max_body_bytes: usize,
+    /// Largest request head accepted (431 past it).
+    pub max_header_bytes: usize,
+    /// Most header lines accepted in a request head.
+    pub max_headers: usize,
+    /// Time allowed for a request head to arrive once its first byte has.
+    pub header_timeout: Duration,
+    /// Idle keep-alive client connections are closed after this long.
+    pub client_idle_timeout: Duration,
+    /// Time allowed to connect to a backend.
+    pub connect_timeout: Duration,
+    /// Time allowed for a backend's response head (not the body: SSE streams may run for hours).
+    pub upstream_timeout: Duration,
+    /// Pooled upstream connections idle longer than this are closed, not reused.
+    pub upstream_idle_timeout: Duration,
+    /// Idle upstream connections kept per backend per worker.
+    pub upstream_max_idle: usize,
+}
+
+/// One `[[servers]]` group: an MCP server reachable at `path`, served by `backends`.
+#[derive(Debug, Clone)]
+pub struct ServerGroup {
+    /// Group name (logs, metrics).
+    pub name: String,
+    /// Client-facing path, e.g. `/mcp`.
+    pub path: String,
+    /// The replicas of this server.
+    pub backends: Vec<Backend>,
+}
+
+/// One backend replica reached over HTTP.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Name used in logs (defaults to the authority).
+    pub name: String,
+    /// The URL as configured.
+    pub url: String,
+    /// `host:port` sent as the `Host` header.
+    pub authority: String,
+    /// Resolved socket address.
+    pub addr: SocketAddr,
+    /// Path (and query) requests are sent to.
+    pub path: String,
+    /// Stable 32-bit tag of the backend (hash of its URL), carried in sealed session ids so a
+    /// reordered backend list still routes existing sessions correctly.
+    pub tag: u32,
+}
+
+/// Every problem found in a config file, each with its key path.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let loc = e
+                .span()
+                .map(|s| {
+                    let line = text.get(..s.start).map_or(0, |p| p.matches('\n').count()) + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            ConfigErrors(vec![format!("TOML: {msg}{loc}")])
+        })?;
+        validate(raw)
+    }
+}
+
+/// Parses a duration such as `500ms`, `10s`, `5m`, `1h` (a bare number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try \"500ms\", \"10s\", \"5m\")"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("unknown unit `{u}` in `{s}` (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// FNV-1a, used for stable backend tags.
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| format!("`{addr}` is not a socket address: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{addr}` resolves to no address"))
+}
+
+/// Splits `http://host:port/path` into (authority, addr, path).
+fn parse_backend_url(url: &str) -> Result<(String, SocketAddr, String), String> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") {
+        return Err(format!(
+            "`{url}`: https backends are not supported yet (TLS lands with the hardening issue); use http://"
+        ));
+    } else {
+        return Err(format!("`{url}` must start with http://"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(format!("`{url}` has no host"));
+    }
+    if authority.contains('@') {
+        return Err(format!("`{url}`: credentials in backend URLs are not supported"));
+    }
+    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !authority.ends_with(']')
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = resolve(&with_port)?;
+    Ok((authority.to_string(), addr, path.to_string()))
+}
+
+fn duration_field(
+    errs: &mut Vec<String>,
+    key: &str,
+    v: Option<&String>,
+    default: Duration,
+) -> Duration {
+    match v {
+        None => default,
+        Some(s) => match parse_duration(s) {
+            Ok(d) if d.is_zero() => {
+                errs.push(format!("{key}: must be greater than zero"));
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                errs.push(format!("{key}: {e}"));
+                default
+            }
+        },
+    }
+}
+
+fn int_field(
+    errs: &mut Vec<String>,
+    key: &str,
+    v: Option<i64>,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> usize {
+    match v {
+        None => default,
+        Some(n) => match usize::try_from(n) {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                errs.push(format!("{key}: {n} is out of range ({min}..={max})"));
+                default
+            }
+        },
+    }
+}
+
+fn decode_key(s: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    let bytes = if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(s.get(i * 2..i * 2 + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| "not hex".to_string())?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|_| "must be 32 bytes as 64 hex digits or base64".to_string())?
+    };
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("must be exactly 32 bytes (got {})", bytes.len()))
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut errs = Vec::new();
+    let p = raw.proxy.unwrap_or_default();
+    let listen = match p.listen.as_deref() {
+        None => {
+            errs.push("proxy.listen: missing (e.g. \"127.0.0.1:8080\")".to_string());
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }
+        Some(s) => resolve(s).unwrap_or_else(|e| {
+            errs.push(format!("proxy.listen: {e}"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }),
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = int_field(&mut errs, "proxy.workers", p.workers, cores, 1, 1024);
+    let session_key = p.session_key.as_deref().and_then(|s| {
+        decode_key(s)
+            .map_err(|e| errs.push(format!("proxy.session_key: {e}")))
+            .ok()
+    });
+    let proxy = ProxyConfig {
+        listen,
+        workers,
+        session_key,
+        max_body_bytes: int_field(
+            &mut errs,
+            "proxy.max_body_bytes",
+            p.max_body_bytes,
+            DEFAULT_MAX_BODY,
+            1,
+            1 << 30,
+        ),
+        max_header_bytes: int_field(
+            &mut errs,
+            "proxy.max_header_bytes",
+            p.max_header_bytes,
+            16 * 1024,
+            512,
+            1 << 20,
+        ),
+        max_headers: int_field(&mut errs, "proxy.max_headers", p.max_headers, 64, 8, 512),
+        header_timeout: duration_field(
+            &mut errs,
+            "proxy.header_timeout",
+            p.header_timeout.as_ref(),
+            Duration::from_secs(10),
+        ),
+        client_idle_timeout: duration_field(
+            &mut errs,
+            "proxy.client_idle_timeout",
+            p.client_idle_timeout.as_ref(),
+            Duration::from_secs(60),
+        ),
+        connect_timeout: duration_field(
+            &mut errs,
+            "proxy.connect_timeout",
+            p.connect_timeout.as_ref(),
+            Duration::from_secs(3),
+        ),
+        upstream_timeout: duration_field(
+            &mut errs,
+            "proxy.upstream_timeout",
+            p.upstream_timeout.as_ref(),
+            Duration::from_secs(300),
+        ),
+        upstream_idle_timeout: duration_field(
+            &mut errs,
+            "proxy.upstream_idle_timeout",
+            p.upstream_idle_timeout.as_ref(),
+            Duration::from_secs(4),
+        ),
+        upstream_max_idle: int_field(
+            &mut errs,
+            "proxy.upstream_max_idle",
+            p.upstream_max_idle,
+            256,
+            0,
+            1 << 20,
+        ),
+    };
+    let admin_listen = raw.admin.and_then(|a| a.listen).and_then(|s| {
+        resolve(&s)
+            .map_err(|e| errs.push(format!("admin.listen: {e}")))
+            .ok()
+    });
+
+    if raw.servers.is_empty() {
+        errs.push("servers: at least one [[servers]] group is required".to_string());
+    }
+    let mut names = HashSet::new();
+    let mut paths = HashSet::new();
+    let mut servers = Vec::new();
+    for (i, s) in raw.servers.into_iter().enumerate() {
+        let key = format!("servers[{i}]");
+        let name = s.name.unwrap_or_else(|| {
+            errs.push(format!("{key}.name: missing"));
+            String::new()
+        });
+        if !name.is_empty() && !names.insert(name.clone()) {
+            errs.push(format!("{key}.name: `{name}` is used by another group"));
+        }
+        let path = s.path.unwrap_or_else(|| "/mcp".to_string());
+        if !path.starts_with('/') || path.contains('?') || path.contains(char::is_whitespace) {
+            errs.push(format!(
+                "{key}.path: `{path}` must start with / and have no query or spaces"
+            ));
+        } else if !paths.insert(path.clone()) {
+            errs.push(format!("{key}.path: `{path}` is used by another group"));
+        }
+        if s.backends.is_empty() {
+            errs.push(format!("{key}.backends: at least one backend is required"));
+        }
+        if s.backends.len() > usize::from(u16::MAX) {
+            errs.push(format!("{key}.backends: too many backends"));
+        }
+        let mut backends: Vec<Backend> = Vec::new();
+        for (j, b) in s.backends.into_iter().enumerate() {
+            let bkey = format!("{key}.backends[{j}]");
+            let (url, bname) = match b {
+                RawBackend::Url(u) => (u, None),
+                RawBackend::Table(t) => (t.url, t.name),
+            };
+            match parse_backend_url(&url) {
+                Ok((authority, addr, bpath)) => {
+                    let tag = fnv1a32(url.as_bytes());
+                    if backends.iter().any(|o| o.tag == tag) {
+                        errs.push(format!("{bkey}: `{url}` is listed twice"));
+                        continue;
+                    }
+                    backends.push(Backend {
+                        name: bname.unwrap_or_else(|| authority.clone()),
+                        url,
+                        authority,
+                        addr,
+                        path: bpath,
+                        tag,
+                    });
+                }
+                Err(e) => errs.push(format!("{bkey}: {e}")),
+            }
+        }
+        servers.push(ServerGroup {
+            name,
+            path,
+            backends,
+        });
+    }
+    if errs.is_empty() {
+        Ok(Config {
+            proxy,
+            admin_listen,
+            servers,
+        })
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[proxy]
+listen = "127.0.0.1:8080"
+workers = 2
+
+[admin]
+listen = "127.0.0.1:9901"
+
+[[servers]]
+name = "demo"
+path = "/mcp"
+backends = ["http://127.0.0.1:3001/mcp", "http://127.0.0.1:3002/mcp"]
+"#;
+
+    #[test]
+    fn minimal_readme_form_loads() {
+        let c = Config::parse(MINIMAL).map_err(|e| e.to_string());
+        let c = c.as_ref().map_err(|e| e.as_str());
+        let Ok(c) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(c.proxy.workers, 2);
+        assert_eq!(c.servers[0].backends.len(), 2);
+        assert_eq!(c.servers[0].backends[1].authority, "127.0.0.1:3002");
+        assert_eq!(c.servers[0].backends[1].path, "/mcp");
+        assert_eq!(c.proxy.max_body_bytes, DEFAULT_MAX_BODY);
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_key() {
+        let text = r#"
+[proxy]
+listen = "nope"
+workers = 0
+header_timeout = "10 parsecs"
+
+[[servers]]
+name = "a"
+path = "mcp"
+backends = ["ftp://x", { url = "http://127.0.0.1:1/x", name = "b" }, "http://127.0.0.1:1/x"]
+
+[[servers]]
+name = "a"
+backends = []
+"#;
+        let Err(ConfigErrors(errs)) = Config::parse(text) else {
+            panic!("should fail")
+        };
+        let all = errs.join("\n");
+        for needle in [
+            "proxy.listen",
+            "proxy.workers",
+            "proxy.header_timeout",
+            "servers[0].path",
+            "servers[0].backends[0]",
+            "servers[0].backends[2]",
+            "servers[1].name",
+            "servers[1].backends",
+        ] {
+            assert!(all.contains(needle), "missing {needle} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::parse("[proxy]\nlisten=\"127.0.0.1:1\"\nlisten_typo=1\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("listen_typo"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("1 fortnight").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

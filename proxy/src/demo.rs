@@ -1,0 +1,319 @@
+//! `mcplb demo`: mock MCP backends and the proxy in one process, then a short MCP session
+//! through the proxy that shows stickiness, sealed session ids and SSE streaming.
+//!
+//! Also home of [`HttpClient`], the small blocking HTTP/1.1 client the demo and the
+//! integration tests use to speak MCP to a running proxy.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+
+use crate::http::ChunkedDecoder;
+
+/// One HTTP response as the test client saw it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+    /// For `text/event-stream` bodies: each `data:` payload with the time it arrived.
+    pub events: Vec<(Instant, String)>,
+}
+
+impl Response {
+    /// The first header with this (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body parsed as JSON (for SSE answers: the last event's data).
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        if let Some((_, last)) = self.events.last() {
+            return Ok(serde_json::from_str(last)?);
+        }
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+}
+
+/// A blocking keep-alive HTTP/1.1 client on one connection.
+pub struct HttpClient {
+    stream: TcpStream,
+    host: String,
+    buf: Vec<u8>,
+}
+
+impl HttpClient {
+    /// Connects to `addr`.
+    pub fn connect(addr: SocketAddr) -> anyhow::Result<HttpClient> {
+        let stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_nodelay(true)?;
+        Ok(HttpClient {
+            stream,
+            host: addr.to_string(),
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends raw bytes (for tests of broken input).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Sends a request and reads its response.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<Response> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host);
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if method == "POST" || !body.is_empty() {
+            req.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.stream.write_all(&bytes)?;
+        self.read_response()
+    }
+
+    /// POSTs one JSON-RPC message as an MCP client would.
+    pub fn mcp(
+        &mut self,
+        path: &str,
+        session: Option<&str>,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<Response> {
+        let mut h = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+        ];
+        if let Some(s) = session {
+            h.push(("mcp-session-id", s));
+        }
+        self.request("POST", path, &h, body.to_string().as_bytes())
+    }
+
+    fn fill(&mut self) -> anyhow::Result<usize> {
+        let mut tmp = [0u8; 16384];
+        let n = self.stream.read(&mut tmp)?;
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(n)
+    }
+
+    /// Reads one response (content-length, chunked or until close).
+    pub fn read_response(&mut self) -> anyhow::Result<Response> {
+        let head_len = loop {
+            if let Some(n) = crate::http::head_len(&self.buf) {
+                break n;
+            }
+            if self.fill()? == 0 {
+                bail!("connection closed before a response head");
+            }
+        };
+        let mut storage = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut storage);
+        resp.parse(&self.buf[..head_len])?;
+        let status = resp.code.ok_or_else(|| anyhow!("no status"))?;
+        let headers: Vec<(String, String)> = resp
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        self.buf.drain(..head_len);
+        let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let sse = find("content-type").is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut body = Vec::new();
+        let mut events = Vec::new();
+        let mut sse_parser = protocol::SseParser::new();
+        if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            let mut dec = ChunkedDecoder::new();
+            loop {
+                let mut piece = Vec::new();
+                let used = dec
+                    .feed(&self.buf, |d| piece.extend_from_slice(d))
+                    .map_err(|e| anyhow!("bad chunked body: {}", e.0))?;
+                self.buf.drain(..used);
+                if sse && !piece.is_empty() {
+                    sse_parser.push(&piece);
+                    while let Some(ev) = sse_parser.next_event() {
+                        events.push((Instant::now(), ev.data));
+                    }
+                }
+                body.extend_from_slice(&piece);
+                if dec.is_done() {
+                    break;
+                }
+                if self.fill()? == 0 {
+                    bail!("connection closed inside a chunked body");
+                }
+            }
+        } else if let Some(n) = find("content-length") {
+            let n: usize = n.trim().parse()?;
+            while self.buf.len() < n {
+                if self.fill()? == 0 {
+                    bail!("connection closed inside a body");
+                }
+            }
+            body = self.buf.drain(..n).collect();
+        } else if status != 204 && status != 304 && !(100..200).contains(&status) {
+            while self.fill()? > 0 {}
+            body = std::mem::take(&mut self.buf);
+        }
+        if sse && events.is_empty() && !body.is_empty() {
+            sse_parser.push(&body);
+            while let Some(ev) = sse_parser.next_event() {
+                events.push((Instant::now(), ev.data));
+            }
+        }
+        Ok(Response {
+            status,
+            headers,
+            body,
+            events,
+        })
+    }
+}
+
+fn rpc(id: u64, method: &str, params: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+fn initialize(c: &mut HttpClient) -> anyhow::Result<(String, String)> {
+    let r = c.mcp(
+        "/mcp",
+        None,
+        &rpc(
+            1,
+            "initialize",
+            serde_json::json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "mcplb-demo", "version": "0.1"}}),
+        ),
+    )?;
+    let sid = r
+        .header("mcp-session-id")
+        .ok_or_else(|| anyhow!("initialize answer carried no session id (status {})", r.status))?
+        .to_string();
+    let server = r.json()?["result"]["serverInfo"]["name"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    let n = c.mcp(
+        "/mcp",
+        Some(&sid),
+        &serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )?;
+    if n.status != 202 {
+        bail!("notifications/initialized answered {}", n.status);
+    }
+    Ok((sid, server))
+}
+
+fn whoami(c: &mut HttpClient, sid: &str, id: u64) -> anyhow::Result<String> {
+    let r = c.mcp(
+        "/mcp",
+        Some(sid),
+        &rpc(id, "tools/call", serde_json::json!({"name": "whoami", "arguments": {}})),
+    )?;
+    Ok(r.json()?["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string())
+}
+
+/// Runs the demo. With `wait`, stays up until Ctrl-C so a real MCP client can be pointed at it.
+pub fn run_with(wait: bool) -> anyhow::Result<()> {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut mocks = Vec::new();
+    for name in ["alpha", "beta"] {
+        let cfg = loadtest::mock::MockConfig {
+            name: name.to_string(),
+            progress_events: 3,
+            progress_interval: Duration::from_millis(300),
+            ..Default::default()
+        };
+        mocks.push(loadtest::mock::MockServer::start(cfg, loopback)?);
+    }
+    let backends: Vec<String> = mocks.iter().map(|m| format!("\"{}\"", m.url())).collect();
+    let port_free = std::net::TcpListener::bind("127.0.0.1:8080").is_ok();
+    let listen = if port_free { "127.0.0.1:8080" } else { "127.0.0.1:0" };
+    let text = format!(
+        "[proxy]\nlisten = \"{listen}\"\nworkers = 2\n\n[[servers]]\nname = \"demo\"\npath = \"/mcp\"\nbackends = [{}]\n",
+        backends.join(", ")
+    );
+    let config = crate::Config::parse(&text).map_err(|e| anyhow!("{e}"))?;
+    let proxy = crate::start(config, crate::Driver::Auto)?;
+    let addr = proxy.local_addr;
+    println!("== mcplb demo");
+    println!("   mock MCP backends: alpha at {}, beta at {}", mocks[0].url(), mocks[1].url());
+    println!("   proxy: http://{addr}/mcp  ({} driver, 2 workers)\n", proxy.driver);
+
+    let mut c = HttpClient::connect(addr)?;
+    let (sid, server) = initialize(&mut c)?;
+    println!("1. initialize -> served by {server}");
+    println!("   the client holds a sealed session id ({} chars): {}…", sid.len(), &sid[..sid.len().min(24)]);
+    let tools = c.mcp("/mcp", Some(&sid), &rpc(2, "tools/list", serde_json::json!({})))?;
+    let names: Vec<String> = tools.json()?["result"]["tools"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t["name"].as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    println!("2. tools/list -> {}", names.join(", "));
+    let who: Vec<String> = (0..3).map(|i| whoami(&mut c, &sid, 10 + i)).collect::<Result<_, _>>()?;
+    println!("3. tools/call whoami x3 in this session -> {} (sticky)", who.join(", "));
+    let mut c2 = HttpClient::connect(addr)?;
+    let (sid2, server2) = initialize(&mut c2)?;
+    println!("4. a second session starts on {server2}; its whoami -> {}", whoami(&mut c2, &sid2, 20)?);
+
+    let start = Instant::now();
+    let r = c.mcp(
+        "/mcp",
+        Some(&sid),
+        &serde_json::json!({"jsonrpc": "2.0", "id": 30, "method": "tools/call",
+            "params": {"name": "progress", "arguments": {}, "_meta": {"progressToken": "demo-1"}}}),
+    )?;
+    println!("5. tools/call progress answered as an SSE stream, forwarded event by event:");
+    for (at, data) in &r.events {
+        let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+        let what = if v.get("method").is_some() {
+            format!("progress {}/{}", v["params"]["progress"], v["params"]["total"])
+        } else {
+            "final result".to_string()
+        };
+        println!("   +{:>4} ms  {what}", at.duration_since(start).as_millis());
+    }
+    let bad = c.mcp("/mcp", Some("not-a-session"), &rpc(40, "ping", serde_json::json!({})))?;
+    println!("6. an unknown session id -> HTTP {} (the client re-initializes, as with a real server)", bad.status);
+    let d = c.request("DELETE", "/mcp", &[("mcp-session-id", sid.as_str())], b"")?;
+    println!("7. DELETE ends the session -> HTTP {}", d.status);
+    println!("\nPoint any MCP client (Streamable HTTP) at http://{addr}/mcp");
+    if wait {
+        println!("mcplb demo is running; press Ctrl-C to stop.");
+        proxy.join();
+    }
+    drop(mocks);
+    Ok(())
+}
+
+/// Runs the demo and stays up until Ctrl-C.
+pub fn run() -> anyhow::Result<()> {
+    run_with(true)
+}

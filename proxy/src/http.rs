@@ -1,0 +1,353 @@
+//! HTTP/1.1 pieces of the data path that need no socket: finding the end of a head, the
+//! chunked-transfer state machine (used both to decode request bodies and to find the end of a
+//! chunked response that is forwarded byte for byte), hop-by-hop header rules, and the
+//! JSON-RPC error answers mcplb writes itself.
+
+use std::io::Write as _;
+
+/// Returns the length of the head (through the blank line) if `buf` holds a complete one.
+pub fn head_len(buf: &[u8]) -> Option<usize> {
+    memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the ones mcplb
+/// rewrites itself (`Host`, framing, the session id).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const SKIP: [&[u8]; 11] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"host",
+        b"expect",
+        b"mcp-session-id",
+    ];
+    SKIP.iter().any(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// Whether a comma-separated header value contains `token` (case-insensitive).
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Parses a `Content-Length` value strictly (digits only).
+pub fn parse_content_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter()
+        .try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+/// An error in chunked framing.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ChunkError(pub &'static str);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    FinalLf,
+    Done,
+}
+
+/// Incremental `Transfer-Encoding: chunked` parser. Feed it bytes as they arrive; it reports
+/// the data ranges and where the message ends, carrying its state across reads.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+    trailer_bytes: usize,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkedDecoder {
+    /// A decoder at the start of a chunked body.
+    pub fn new() -> Self {
+        ChunkedDecoder {
+            state: ChunkState::Size,
+            size: 0,
+            digits: 0,
+            trailer_bytes: 0,
+        }
+    }
+
+    /// True once the last chunk and trailers have been seen.
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Consumes bytes from `input` up to the end of the body; calls `on_data` with each piece
+    /// of chunk data. Returns how many bytes belonged to the body (less than `input.len()` only
+    /// when the body ended inside `input`).
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        mut on_data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkError> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                ChunkState::Done => return Ok(i),
+                ChunkState::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let d = (b as char).to_digit(16).unwrap_or(0);
+                        self.digits += 1;
+                        if self.digits > 15 {
+                            return Err(ChunkError("chunk size too large"));
+                        }
+                        self.size = self.size * 16 + u64::from(d);
+                        i += 1;
+                    }
+                    b';' | b' ' | b'\t' if self.digits > 0 => {
+                        self.state = ChunkState::Ext;
+                        i += 1;
+                    }
+                    b'\r' if self.digits > 0 => {
+                        self.state = ChunkState::SizeLf;
+                        i += 1;
+                    }
+                    b'\n' if self.digits > 0 => {
+                        self.end_size_line();
+                        i += 1;
+                    }
+                    _ => return Err(ChunkError("bad chunk size")),
+                },
+                ChunkState::Ext => {
+                    self.trailer_bytes += 1;
+                    if self.trailer_bytes > 4096 {
+                        return Err(ChunkError("chunk extension too long"));
+                    }
+                    if b == b'\n' {
+                        self.end_size_line();
+                    } else if b == b'\r' {
+                        self.state = ChunkState::SizeLf;
+                    }
+                    i += 1;
+                }
+                ChunkState::SizeLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("expected LF after chunk size"));
+                    }
+                    self.end_size_line();
+                    i += 1;
+                }
+                ChunkState::Data => {
+                    let avail = (input.len() - i) as u64;
+                    let take = avail.min(self.size) as usize;
+                    on_data(&input[i..i + take]);
+                    i += take;
+                    self.size -= take as u64;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                }
+                ChunkState::DataCr => {
+                    self.state = match b {
+                        b'\r' => ChunkState::DataLf,
+                        b'\n' => ChunkState::Size,
+                        _ => return Err(ChunkError("expected CRLF after chunk data")),
+                    };
+                    i += 1;
+                }
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("expected LF after chunk data"));
+                    }
+                    self.state = ChunkState::Size;
+                    i += 1;
+                }
+                ChunkState::TrailerStart => {
+                    self.state = match b {
+                        b'\r' => ChunkState::FinalLf,
+                        b'\n' => ChunkState::Done,
+                        _ => ChunkState::TrailerLine,
+                    };
+                    i += 1;
+                }
+                ChunkState::TrailerLine => {
+                    self.trailer_bytes += 1;
+                    if self.trailer_bytes > 8192 {
+                        return Err(ChunkError("trailers too long"));
+                    }
+                    if b == b'\n' {
+                        self.state = ChunkState::TrailerStart;
+                    }
+                    i += 1;
+                }
+                ChunkState::FinalLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("expected LF after last chunk"));
+                    }
+                    self.state = ChunkState::Done;
+                    i += 1;
+                }
+            }
+        }
+        Ok(i)
+    }
+
+    fn end_size_line(&mut self) {
+        self.digits = 0;
+        if self.size == 0 {
+            self.state = ChunkState::TrailerStart;
+        } else {
+            self.state = ChunkState::Data;
+        }
+    }
+}
+
+/// Standard reason phrase for the statuses mcplb writes.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+/// Writes a complete HTTP response carrying a JSON-RPC error object to `out`.
+/// `id` is the request's raw id bytes when they could be read (echoed byte for byte), else
+/// `null` is sent. Error answers are off the hot path, so the body is built in a small `Vec`.
+pub fn write_jsonrpc_error(
+    out: &mut Vec<u8>,
+    status: u16,
+    id: Option<&[u8]>,
+    code: i32,
+    message: &str,
+    close: bool,
+) {
+    let mut body = Vec::with_capacity(96 + message.len());
+    body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    body.extend_from_slice(id.unwrap_or(b"null"));
+    let _ = write!(body, ",\"error\":{{\"code\":{code},\"message\":\"");
+    for c in message.chars() {
+        match c {
+            '"' => body.extend_from_slice(b"\\\""),
+            '\\' => body.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(body, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let mut b = [0u8; 4];
+                body.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            }
+        }
+    }
+    body.extend_from_slice(b"\"}}");
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n",
+        reason(status),
+        body.len(),
+        if close { "connection: close\r\n" } else { "" }
+    );
+    out.extend_from_slice(&body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(chunks: &[&[u8]]) -> Result<(Vec<u8>, usize, bool), ChunkError> {
+        let mut d = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        let mut used = 0;
+        for c in chunks {
+            used += d.feed(c, |b| out.extend_from_slice(b))?;
+        }
+        Ok((out, used, d.is_done()))
+    }
+
+    #[test]
+    fn chunked_whole_and_split_at_every_byte() {
+        let msg = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: y\r\n\r\nNEXT";
+        let (data, used, done) = decode_all(&[msg]).unwrap_or_default();
+        assert_eq!(data, b"hello world");
+        assert!(done);
+        assert_eq!(used, msg.len() - 4);
+        for cut in 0..msg.len() {
+            let (a, b) = msg.split_at(cut);
+            let (data, used, done) = decode_all(&[a, b]).unwrap_or_default();
+            assert_eq!(data, b"hello world", "cut {cut}");
+            assert!(done);
+            assert_eq!(used, msg.len() - 4);
+        }
+    }
+
+    #[test]
+    fn chunked_errors() {
+        assert!(decode_all(&[b"zz\r\n"]).is_err());
+        assert!(decode_all(&[b"ffffffffffffffffff\r\n"]).is_err());
+        assert!(decode_all(&[b"2\r\nabX\r\n"]).is_err());
+        let (_, _, done) = decode_all(&[b"2\r\nab\r\n"]).unwrap_or_default();
+        assert!(!done);
+    }
+
+    #[test]
+    fn error_body_is_valid_json_with_id() {
+        for (id, want) in [
+            (Some(&b"\"abc\""[..]), serde_json::json!("abc")),
+            (Some(&b"42"[..]), serde_json::json!(42)),
+            (None, serde_json::Value::Null),
+        ] {
+            for code in [-32700, -32600, -32020, 0, 7] {
+                let mut out = Vec::new();
+                write_jsonrpc_error(&mut out, 400, id, code, "bad \"frame\" \\ \n", false);
+                let text = String::from_utf8(out).unwrap_or_default();
+                let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+                assert!(head.contains(&format!("content-length: {}", body.len())));
+                let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+                assert_eq!(v["id"], want);
+                assert_eq!(v["error"]["code"], code);
+                assert_eq!(v["error"]["message"], "bad \"frame\" \\ \n");
+            }
+        }
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\n\r\nx"), Some(18));
+        assert_eq!(head_len(b"GET / HTTP/1.1\r\n"), None);
+        assert!(is_hop_by_hop(b"Transfer-Encoding"));
+        assert!(!is_hop_by_hop(b"Authorization"));
+        assert!(has_token(b"keep-alive, Upgrade", b"upgrade"));
+        assert_eq!(parse_content_length(b" 42 "), Some(42));
+        assert_eq!(parse_content_length(b"4x"), None);
+        assert_eq!(parse_content_length(b"-1"), None);
+        assert_eq!(parse_content_length(b"99999999999999999999"), None);
+    }
+}

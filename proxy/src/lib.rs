@@ -1,0 +1,132 @@
+//! mcplb: a thread-per-core proxy and load balancer for MCP servers.
+//!
+//! `main.rs` is a thin shell over this library: [`start`] binds one SO_REUSEPORT listener per
+//! worker and runs each worker on its own monoio runtime (io_uring, or epoll where io_uring is
+//! unavailable). See `ARCHITECTURE.md` for the path of one request.
+
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod session;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context as _;
+
+pub use config::Config;
+use session::SessionSealer;
+
+/// Which monoio driver the workers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Driver {
+    /// io_uring when the kernel allows it, else epoll.
+    #[default]
+    Auto,
+    /// io_uring only (fails to start without it).
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Legacy,
+}
+
+/// A running proxy: its bound address and worker threads.
+pub struct RunningProxy {
+    /// The address clients connect to (the real port when the config said 0).
+    pub local_addr: SocketAddr,
+    /// The driver in use.
+    pub driver: &'static str,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl RunningProxy {
+    /// Blocks until every worker has exited (they run until the process ends).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    Ok(sock.into())
+}
+
+/// Starts the workers and returns once every listener is bound.
+pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
+    let key = match config.proxy.session_key {
+        Some(k) => k,
+        None => {
+            tracing::warn!(
+                "no proxy.session_key configured: generated a random one; sessions will not \
+                 survive a restart and replicas of mcplb cannot share sessions"
+            );
+            SessionSealer::random_key()
+        }
+    };
+    let uring = monoio::utils::detect_uring();
+    let driver_name = match (driver, uring) {
+        (Driver::Legacy, _) | (Driver::Auto, false) => "legacy (epoll)",
+        (Driver::IoUring, false) => anyhow::bail!("io_uring is not available on this kernel"),
+        _ => "io_uring",
+    };
+    if driver == Driver::Auto && !uring {
+        tracing::warn!("io_uring unavailable: falling back to the legacy epoll driver");
+    }
+    let workers = config.proxy.workers;
+    let first = bind_listener(config.proxy.listen)
+        .with_context(|| format!("proxy.listen: cannot bind {}", config.proxy.listen))?;
+    let local_addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(
+            bind_listener(local_addr)
+                .with_context(|| format!("cannot bind another listener on {local_addr}"))?,
+        );
+    }
+    let shared = Arc::new(worker::Shared {
+        sealer: SessionSealer::new(&key),
+        config,
+    });
+    let mut threads = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let legacy = driver_name.starts_with("legacy");
+        let t = std::thread::Builder::new()
+            .name(format!("mcplb-worker-{i}"))
+            .spawn(move || {
+                let res = if legacy {
+                    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                        .enable_timer()
+                        .build()
+                        .map(|mut rt| rt.block_on(worker::run_worker(shared, l, i)))
+                } else {
+                    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                        .enable_timer()
+                        .with_entries(4096)
+                        .build()
+                        .map(|mut rt| rt.block_on(worker::run_worker(shared, l, i)))
+                };
+                match res {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(worker = i, error = %e, "worker stopped"),
+                    Err(e) => tracing::error!(worker = i, error = %e, "cannot build runtime"),
+                }
+            })?;
+        threads.push(t);
+    }
+    tracing::info!(%local_addr, workers, driver = driver_name, "mcplb started");
+    Ok(RunningProxy {
+        local_addr,
+        driver: driver_name,
+        threads,
+    })
+}

@@ -1,0 +1,104 @@
+//! The `mcplb` command: a thin shell over the library (`run`, `check`, `demo`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mcplb: a high-performance proxy and load balancer for MCP servers.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy with a config file.
+    Run {
+        /// Path to the TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Event driver: auto (io_uring, else epoll), io-uring, or legacy (epoll).
+        #[arg(long, value_enum, default_value_t = mcplb::Driver::Auto)]
+        driver: mcplb::Driver,
+    },
+    /// Validate a config file without starting (exit 0 when valid).
+    Check {
+        /// Path to the TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start mock MCP backends and the proxy in one process, and walk through a session.
+    Demo {
+        /// Exit after the walk-through instead of staying up until Ctrl-C.
+        #[arg(long)]
+        exit: bool,
+    },
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MCPLB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    match cli.cmd {
+        Cmd::Check { config } => match mcplb::Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: valid ({} server group(s), {} backend(s))",
+                    config.display(),
+                    c.servers.len(),
+                    c.servers.iter().map(|g| g.backends.len()).sum::<usize>()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{}: {e}", config.display());
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run { config, driver } => {
+            let cfg = match mcplb::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let workers = cfg.proxy.workers;
+            match mcplb::start(cfg, driver) {
+                Ok(p) => {
+                    println!(
+                        "mcplb listening on {} ({} worker(s), {} driver)",
+                        p.local_addr, workers, p.driver
+                    );
+                    p.join();
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mcplb: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Demo { exit } => match mcplb::demo::run_with(!exit) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("demo failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

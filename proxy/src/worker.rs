@@ -1,0 +1,1042 @@
+//! One worker per core: its own listener (SO_REUSEPORT), its own upstream keep-alive pools and
+//! buffers, and nothing on the request path shared with other cores but read-only config.
+//!
+//! The path of one request: wait for the client socket to become readable (no buffer is lent
+//! while a keep-alive connection idles), read and parse the head with `httparse`, read the body
+//! (Content-Length or chunked, capped), parse the JSON-RPC envelope zero-copy, check the
+//! 2026-07-28 `Mcp-Method`/`Mcp-Name` headers against it, open the sealed session id (or pick a
+//! backend for a new session), write the request to a pooled upstream connection, then forward
+//! the response head (sealing a new `Mcp-Session-Id`) and its body as it arrives: Content-Length
+//! bodies by count, chunked bodies (SSE streams included) byte for byte, event by event.
+
+use std::cell::RefCell;
+use std::io;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+
+use crate::config::{Backend, Config};
+use crate::http::{self, ChunkedDecoder};
+use crate::session::{SessionSealer, SCRATCH};
+
+/// What every worker shares: read-only after start.
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// Seals and opens session ids.
+    pub sealer: SessionSealer,
+}
+
+const BUF_SIZE: usize = 16 * 1024;
+const MAX_FREE_BUFS: usize = 1024;
+
+struct IdleConn {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// Per-core state. Lives in an `Rc`: never crosses threads.
+struct Core {
+    shared: Arc<Shared>,
+    /// `pools[group][backend]`: idle keep-alive connections, most recent last.
+    pools: Vec<Vec<RefCell<Vec<IdleConn>>>>,
+    /// Round-robin cursor per group for new sessions and stateless requests.
+    rr: Vec<lb::RoundRobin>,
+    /// Free I/O buffers, so idle connections hold none and busy ones allocate none.
+    bufs: RefCell<Vec<Vec<u8>>>,
+}
+
+impl Core {
+    fn take_buf(&self) -> Vec<u8> {
+        self.bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+    }
+
+    fn give_buf(&self, mut b: Vec<u8>) {
+        if b.capacity() == 0 {
+            return;
+        }
+        b.clear();
+        if b.capacity() > 4 * BUF_SIZE {
+            b.shrink_to(BUF_SIZE);
+        }
+        let mut bufs = self.bufs.borrow_mut();
+        if bufs.len() < MAX_FREE_BUFS {
+            bufs.push(b);
+        }
+    }
+
+    /// A pooled connection that is still open, or a new one.
+    async fn upstream(&self, group: usize, backend: usize) -> io::Result<(TcpStream, bool)> {
+        let cfg = &self.shared.config.proxy;
+        if let Some(pool) = self.pools.get(group).and_then(|g| g.get(backend)) {
+            loop {
+                let Some(c) = pool.borrow_mut().pop() else {
+                    break;
+                };
+                if c.since.elapsed() < cfg.upstream_idle_timeout && still_open(&c.stream) {
+                    return Ok((c.stream, true));
+                }
+            }
+        }
+        let addr = self
+            .shared
+            .config
+            .servers
+            .get(group)
+            .and_then(|g| g.backends.get(backend))
+            .map(|b| b.addr)
+            .ok_or_else(|| io::Error::other("no such backend"))?;
+        let s = match monoio::time::timeout(cfg.connect_timeout, TcpStream::connect_addr(addr))
+            .await
+        {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
+        };
+        let _ = s.set_nodelay(true);
+        Ok((s, false))
+    }
+
+    fn put_upstream(&self, group: usize, backend: usize, stream: TcpStream) {
+        let max = self.shared.config.proxy.upstream_max_idle;
+        if let Some(pool) = self.pools.get(group).and_then(|g| g.get(backend)) {
+            let mut p = pool.borrow_mut();
+            if p.len() < max {
+                p.push(IdleConn {
+                    stream,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+}
+
+/// Whether an idle pooled socket is still open: a non-blocking peek sees neither EOF nor
+/// unexpected bytes. Costs one syscall; saves sending a request into a socket the backend
+/// already closed (which for a `tools/call` could not be safely retried).
+fn still_open(s: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    // SAFETY: recv on a valid fd into a 1-byte stack buffer.
+    #[allow(unsafe_code)]
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
+/// Runs one worker's accept loop forever.
+pub async fn run_worker(
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    index: usize,
+) -> io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    let core = Rc::new(Core {
+        pools: shared
+            .config
+            .servers
+            .iter()
+            .map(|g| g.backends.iter().map(|_| RefCell::new(Vec::new())).collect())
+            .collect(),
+        rr: shared
+            .config
+            .servers
+            .iter()
+            .map(|_| lb::RoundRobin::starting_at(index))
+            .collect(),
+        bufs: RefCell::new(Vec::new()),
+        shared,
+    });
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(serve_client(core.clone(), stream, peer));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off a little instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Reads more bytes from `s`, appending to `buf`. Returns bytes read (0 = EOF).
+async fn read_more(s: &mut TcpStream, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(BUF_SIZE);
+    }
+    let len = buf.len();
+    let (r, slice) = s.read(buf.slice_mut(len..)).await;
+    (r, slice.into_inner())
+}
+
+/// Writes all of `buf[range]`, giving the buffer back.
+async fn write_range(s: &mut TcpStream, buf: Vec<u8>, range: Range<usize>) -> (io::Result<()>, Vec<u8>) {
+    if range.is_empty() {
+        return (Ok(()), buf);
+    }
+    let (r, slice) = s.write_all(buf.slice(range)).await;
+    (r.map(|_| ()), slice.into_inner())
+}
+
+/// The request head as offsets into the client buffer (so the buffer can grow while the body
+/// is read).
+#[derive(Default)]
+struct ReqHead {
+    method: Range<usize>,
+    path: Range<usize>,
+    query: Range<usize>,
+    minor: u8,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+    content_length: Option<u64>,
+    chunked: bool,
+    close: bool,
+    expect_continue: bool,
+    session: Option<Range<usize>>,
+    mcp_method: Option<Range<usize>>,
+    mcp_name: Option<Range<usize>>,
+    len: usize,
+}
+
+enum HeadError {
+    Bad(&'static str),
+    TooManyHeaders,
+}
+
+fn offset_of(base: &[u8], part: &[u8]) -> Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
+    start..start + part.len()
+}
+
+fn parse_head(buf: &[u8], len: usize, max_headers: usize, h: &mut ReqHead) -> Result<(), HeadError> {
+    let mut storage = [httparse::EMPTY_HEADER; 512];
+    let headers = &mut storage[..max_headers.min(512)];
+    let mut req = httparse::Request::new(headers);
+    match req.parse(&buf[..len]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(HeadError::Bad("incomplete request head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(_) => return Err(HeadError::Bad("malformed request head")),
+    }
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::Bad("malformed request line"));
+    };
+    h.method = offset_of(buf, method.as_bytes());
+    let t = offset_of(buf, target.as_bytes());
+    let q = target.find('?').map_or(t.end, |i| t.start + i);
+    h.path = t.start..q;
+    h.query = q..t.end;
+    h.minor = minor;
+    h.headers.clear();
+    h.content_length = None;
+    h.chunked = false;
+    h.close = minor == 0;
+    h.expect_continue = false;
+    h.session = None;
+    h.mcp_method = None;
+    h.mcp_name = None;
+    h.len = len;
+    for hd in req.headers.iter() {
+        let name = hd.name.as_bytes();
+        let value = hd.value;
+        let (nr, vr) = (offset_of(buf, name), offset_of(buf, value));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let v = http::parse_content_length(value).ok_or(HeadError::Bad("bad content-length"))?;
+            if h.content_length.is_some_and(|old| old != v) {
+                return Err(HeadError::Bad("conflicting content-length"));
+            }
+            h.content_length = Some(v);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if !http::has_token(value, b"chunked") {
+                return Err(HeadError::Bad("unsupported transfer-encoding"));
+            }
+            h.chunked = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if http::has_token(value, b"close") {
+                h.close = true;
+            } else if http::has_token(value, b"keep-alive") {
+                h.close = false;
+            }
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            h.expect_continue = http::has_token(value, b"100-continue");
+        } else if name.eq_ignore_ascii_case(b"mcp-session-id") {
+            h.session = Some(vr.clone());
+        } else if name.eq_ignore_ascii_case(b"mcp-method") {
+            h.mcp_method = Some(vr.clone());
+        } else if name.eq_ignore_ascii_case(b"mcp-name") {
+            h.mcp_name = Some(vr.clone());
+        }
+        h.headers.push((nr, vr));
+    }
+    if h.chunked && h.content_length.is_some() {
+        // Request smuggling guard (RFC 9112 §6.1): refuse rather than guess.
+        return Err(HeadError::Bad("both content-length and transfer-encoding"));
+    }
+    Ok(())
+}
+
+/// Per-client-connection state, reused across its requests.
+struct ClientConn {
+    stream: TcpStream,
+    /// Bytes read from the client: the current request, then any pipelined ones.
+    buf: Vec<u8>,
+    /// Decoded body when the request was chunked.
+    body: Vec<u8>,
+    /// Outgoing bytes (upstream request, then response head).
+    out: Vec<u8>,
+    /// Bytes read from upstream.
+    ubuf: Vec<u8>,
+    head: ReqHead,
+}
+
+/// What became of one request.
+enum Next {
+    /// Keep the client connection for the next request.
+    KeepAlive,
+    /// Close the client connection.
+    Close,
+}
+
+async fn serve_client(core: Rc<Core>, stream: TcpStream, _peer: SocketAddr) {
+    let mut c = ClientConn {
+        stream,
+        buf: Vec::new(),
+        body: Vec::new(),
+        out: Vec::new(),
+        ubuf: Vec::new(),
+        head: ReqHead::default(),
+    };
+    let cfg = &core.shared.config.proxy;
+    loop {
+        if c.buf.is_empty() {
+            // Idle keep-alive: hand every buffer back and wait for readiness without one.
+            core.give_buf(std::mem::take(&mut c.buf));
+            core.give_buf(std::mem::take(&mut c.body));
+            core.give_buf(std::mem::take(&mut c.out));
+            core.give_buf(std::mem::take(&mut c.ubuf));
+            match monoio::time::timeout(cfg.client_idle_timeout, c.stream.readable(false)).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+            c.buf = core.take_buf();
+        }
+        match handle_request(&core, &mut c).await {
+            Next::KeepAlive => {}
+            Next::Close => break,
+        }
+    }
+    core.give_buf(std::mem::take(&mut c.buf));
+    core.give_buf(std::mem::take(&mut c.body));
+    core.give_buf(std::mem::take(&mut c.out));
+    core.give_buf(std::mem::take(&mut c.ubuf));
+}
+
+/// Sends `c.out` to the client and says what next.
+async fn send_out(c: &mut ClientConn, next: Next) -> Next {
+    let out = std::mem::take(&mut c.out);
+    let len = out.len();
+    let (r, out) = write_range(&mut c.stream, out, 0..len).await;
+    c.out = out;
+    c.out.clear();
+    match r {
+        Ok(()) => next,
+        Err(_) => Next::Close,
+    }
+}
+
+/// Answers with a JSON-RPC error object and says whether to keep the connection.
+async fn reply_error(
+    c: &mut ClientConn,
+    status: u16,
+    id: Option<&[u8]>,
+    code: i32,
+    msg: &str,
+    close: bool,
+) -> Next {
+    c.out.clear();
+    http::write_jsonrpc_error(&mut c.out, status, id, code, msg, close);
+    send_out(c, if close { Next::Close } else { Next::KeepAlive }).await
+}
+
+/// Reads one request (head and body), routes it, forwards it and its answer.
+async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
+    let cfg = &core.shared.config.proxy;
+    // ---- head
+    let deadline = monoio::time::Instant::now() + cfg.header_timeout;
+    let head_len = loop {
+        if let Some(n) = http::head_len(&c.buf) {
+            break n;
+        }
+        if c.buf.len() > cfg.max_header_bytes {
+            return reply_error(c, 431, None, -32600, "request head too large", true).await;
+        }
+        let buf = std::mem::take(&mut c.buf);
+        let (r, buf) = match monoio::time::timeout_at(deadline, read_more(&mut c.stream, buf)).await
+        {
+            Ok(x) => x,
+            Err(_) => {
+                // Slow or stalled head (slowloris): answer if anything arrived, then close.
+                return reply_error(c, 408, None, -32600, "request head timed out", true).await;
+            }
+        };
+        c.buf = buf;
+        match r {
+            Ok(0) | Err(_) => return Next::Close,
+            Ok(_) => {}
+        }
+    };
+    if head_len > cfg.max_header_bytes {
+        return reply_error(c, 431, None, -32600, "request head too large", true).await;
+    }
+    let mut head = std::mem::take(&mut c.head);
+    let parsed = parse_head(&c.buf, head_len, cfg.max_headers, &mut head);
+    let next = match parsed {
+        Ok(()) => handle_parsed(core, c, &head).await,
+        Err(HeadError::TooManyHeaders) => {
+            reply_error(c, 431, None, -32600, "too many request headers", true).await
+        }
+        Err(HeadError::Bad(why)) => reply_error(c, 400, None, -32600, why, true).await,
+    };
+    c.head = head;
+    next
+}
+
+/// Which part of the client buffer or decoded body holds the request body.
+enum BodyAt {
+    Buf(Range<usize>),
+    Decoded,
+}
+
+async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
+    let cfg = &core.shared.config.proxy;
+    let (is_post, is_get, is_delete) = {
+        let m = &c.buf[h.method.clone()];
+        (m == b"POST", m == b"GET", m == b"DELETE")
+    };
+    let keep = !h.close;
+
+    // ---- which server group
+    let path = &c.buf[h.path.clone()];
+    let Some(gi) = core
+        .shared
+        .config
+        .servers
+        .iter()
+        .position(|g| g.path.as_bytes() == path)
+    else {
+        // Drain nothing: a body we do not read would be taken for the next request.
+        let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
+        return reply_error(c, 404, None, -32600, "no MCP server at this path", close).await;
+    };
+    if !(is_post || is_get || is_delete) {
+        let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
+        return reply_error(c, 405, None, -32600, "method not allowed", close).await;
+    }
+
+    // ---- body
+    if h.expect_continue && (h.chunked || h.content_length.unwrap_or(0) > 0) {
+        if h.content_length.is_some_and(|n| n > cfg.max_body_bytes as u64) {
+            return reply_error(c, 413, None, -32600, "request body too large", true).await;
+        }
+        c.out.clear();
+        c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        if let Next::Close = send_out(c, Next::KeepAlive).await {
+            return Next::Close;
+        }
+    }
+    let body_deadline = monoio::time::Instant::now() + cfg.upstream_timeout.max(cfg.header_timeout);
+    let (body_at, consumed) = if h.chunked {
+        let mut dec = ChunkedDecoder::new();
+        let mut pos = h.len;
+        c.body.clear();
+        loop {
+            let before = c.body.len();
+            let r = {
+                let body = &mut c.body;
+                dec.feed(&c.buf[pos..], |d| body.extend_from_slice(d))
+            };
+            match r {
+                Ok(n) => pos += n,
+                Err(_) => return reply_error(c, 400, None, -32700, "bad chunked body", true).await,
+            }
+            if c.body.len() > cfg.max_body_bytes {
+                return reply_error(c, 413, None, -32600, "request body too large", true).await;
+            }
+            let _ = before;
+            if dec.is_done() {
+                break;
+            }
+            // Keep the head, drop chunk bytes already decoded, read more.
+            c.buf.drain(h.len..pos);
+            pos = h.len;
+            let buf = std::mem::take(&mut c.buf);
+            let Ok((r, buf)) = monoio::time::timeout_at(body_deadline, read_more(&mut c.stream, buf)).await else {
+                return reply_error(c, 408, None, -32600, "request body timed out", true).await;
+            };
+            c.buf = buf;
+            match r {
+                Ok(0) | Err(_) => return Next::Close,
+                Ok(_) => {}
+            }
+        }
+        (BodyAt::Decoded, pos)
+    } else {
+        let n = h.content_length.unwrap_or(0);
+        if n > cfg.max_body_bytes as u64 {
+            return reply_error(c, 413, None, -32600, "request body too large", true).await;
+        }
+        let end = h.len + n as usize;
+        while c.buf.len() < end {
+            let need = end - c.buf.len();
+            if c.buf.capacity() - c.buf.len() < need {
+                c.buf.reserve(need);
+            }
+            let buf = std::mem::take(&mut c.buf);
+            let Ok((r, buf)) = monoio::time::timeout_at(body_deadline, read_more(&mut c.stream, buf)).await else {
+                return reply_error(c, 408, None, -32600, "request body timed out", true).await;
+            };
+            c.buf = buf;
+            match r {
+                Ok(0) | Err(_) => return Next::Close,
+                Ok(_) => {}
+            }
+        }
+        (BodyAt::Buf(h.len..end), end)
+    };
+
+    // ---- envelope
+    let mut read_only = is_get || is_delete;
+    let mut req_id: Option<Range<usize>> = None;
+    if is_post {
+        let body: &[u8] = match &body_at {
+            BodyAt::Buf(r) => &c.buf[r.clone()],
+            BodyAt::Decoded => &c.body,
+        };
+        let env = match protocol::parse_message(body) {
+            Ok(env) => env,
+            Err(e) => {
+                let id = if e.jsonrpc_code() == -32700 { None } else { e.id_in(body) };
+                let (code, msg) = (e.jsonrpc_code(), e.message());
+                let mut out = std::mem::take(&mut c.out);
+                out.clear();
+                http::write_jsonrpc_error(&mut out, 400, id, code, msg, !keep);
+                c.out = out;
+                c.buf.drain(..consumed);
+                return send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await;
+            }
+        };
+        // 2026-07-28: Mcp-Method / Mcp-Name must mirror the body.
+        let mismatch = header_mismatch(&c.buf, h, &env);
+        if let Some(msg) = mismatch {
+            let id = env.id;
+            let mut out = std::mem::take(&mut c.out);
+            out.clear();
+            http::write_jsonrpc_error(&mut out, 400, id, -32020, msg, !keep);
+            c.out = out;
+            c.buf.drain(..consumed);
+            return send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await;
+        }
+        read_only = env.method.is_some_and(|m| {
+            ["ping", "tools/list", "resources/list", "resources/read", "resources/templates/list", "prompts/list", "prompts/get", "server/discover", "completion/complete"]
+                .iter()
+                .any(|x| m.eq_str(x))
+        });
+        req_id = env.id.map(|id| {
+            let base = match &body_at {
+                BodyAt::Buf(r) => r.start,
+                BodyAt::Decoded => usize::MAX,
+            };
+            if base == usize::MAX {
+                // id lives in the decoded body; remember it relative to that buffer.
+                let o = offset_of(&c.body, id);
+                (o.start | (1 << 62))..(o.end | (1 << 62))
+            } else {
+                offset_of(&c.buf, id)
+            }
+        });
+    }
+    let id_bytes = |c: &ClientConn| -> Option<Vec<u8>> {
+        req_id.clone().map(|r| {
+            if r.start & (1 << 62) != 0 {
+                let r = (r.start & !(1 << 62))..(r.end & !(1 << 62));
+                c.body.get(r).unwrap_or(b"null").to_vec()
+            } else {
+                c.buf.get(r).unwrap_or(b"null").to_vec()
+            }
+        })
+    };
+
+    // ---- route: sealed session or a new pick
+    let group = &core.shared.config.servers[gi];
+    let mut scratch = [0u8; SCRATCH];
+    let mut backend_sid: Option<&[u8]> = None;
+    let bi = if let Some(sr) = h.session.clone() {
+        let opened = core.shared.sealer.open(c.buf[sr].trim_ascii(), &mut scratch);
+        match opened.and_then(|(tag, sid)| {
+            group.backends.iter().position(|b| b.tag == tag).map(|i| (i, sid))
+        }) {
+            Some((i, sid)) => {
+                backend_sid = Some(sid);
+                i
+            }
+            None => {
+                let id = id_bytes(c);
+                c.buf.drain(..consumed);
+                return reply_error(c, 404, id.as_deref(), -32600, "Session not found", !keep).await;
+            }
+        }
+    } else {
+        match core.rr[gi].pick(group.backends.len()) {
+            Some(i) => i,
+            None => {
+                let id = id_bytes(c);
+                c.buf.drain(..consumed);
+                return reply_error(c, 503, id.as_deref(), -32603, "no backend available", !keep).await;
+            }
+        }
+    };
+
+    // ---- connect (a request that never reached a backend may go to another one)
+    let sticky = backend_sid.is_some();
+    let tries = if sticky { 1 } else { group.backends.len() };
+    let mut chosen = None;
+    let mut last_err = None;
+    for t in 0..tries {
+        let b = (bi + t) % group.backends.len();
+        match core.upstream(gi, b).await {
+            Ok((s, reused)) => {
+                chosen = Some((b, s, reused));
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(backend = %group.backends[b].name, error = %e, "backend unreachable");
+                last_err = Some(e);
+            }
+        }
+    }
+    let Some((bi, mut up, mut reused)) = chosen else {
+        let id = id_bytes(c);
+        c.buf.drain(..consumed);
+        let timed_out = last_err.is_some_and(|e| e.kind() == io::ErrorKind::TimedOut);
+        let (status, msg) = if timed_out {
+            (504, "backend connect timed out")
+        } else {
+            (502, "backend unreachable")
+        };
+        return reply_error(c, status, id.as_deref(), -32603, msg, !keep).await;
+    };
+    let backend = &group.backends[bi];
+
+    // ---- upstream request
+    let mut out = std::mem::take(&mut c.out);
+    out.clear();
+    {
+        let body: &[u8] = match &body_at {
+            BodyAt::Buf(r) => &c.buf[r.clone()],
+            BodyAt::Decoded => &c.body,
+        };
+        build_upstream_request(&mut out, &c.buf, h, backend, backend_sid, body, is_post);
+    }
+    c.out = out;
+    let mut ubuf = std::mem::take(&mut c.ubuf);
+    if ubuf.capacity() == 0 {
+        ubuf = core.take_buf();
+    }
+    ubuf.clear();
+    // Send; a pooled connection that turns out dead before any answer byte is retried on a
+    // fresh one only when that cannot run the request twice.
+    let mut attempt = 0;
+    let resp_head_len = loop {
+        attempt += 1;
+        let out = std::mem::take(&mut c.out);
+        let len = out.len();
+        let (w, out) = write_range(&mut up, out, 0..len).await;
+        c.out = out;
+        let write_failed = w.is_err();
+        let mut failed_before_answer = write_failed;
+        let mut head_len = None;
+        if !write_failed {
+            loop {
+                if let Some(n) = http::head_len(&ubuf) {
+                    head_len = Some(n);
+                    break;
+                }
+                if ubuf.len() > 64 * 1024 {
+                    break;
+                }
+                let b = std::mem::take(&mut ubuf);
+                match monoio::time::timeout(cfg.upstream_timeout, read_more(&mut up, b)).await {
+                    Err(_) => {
+                        c.ubuf = core.take_buf();
+                        core.give_buf(ubuf);
+                        let id = id_bytes(c);
+                        c.buf.drain(..consumed);
+                        return reply_error(c, 504, id.as_deref(), -32603, "upstream timed out", !keep).await;
+                    }
+                    Ok((r, b)) => {
+                        ubuf = b;
+                        match r {
+                            Ok(0) | Err(_) => {
+                                failed_before_answer = ubuf.is_empty();
+                                break;
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(n) = head_len {
+            break n;
+        }
+        // Retry on a fresh connection only when that cannot run the request twice: the write
+        // failed (nothing usable was delivered), or a reused connection died before any answer
+        // byte and the method only reads. A `tools/call` is never sent twice.
+        let retry_safe = write_failed || (failed_before_answer && reused && read_only);
+        if attempt < 2 && retry_safe {
+            match core.upstream(gi, bi).await {
+                Ok((s, r)) => {
+                    up = s;
+                    reused = r;
+                    ubuf.clear();
+                    continue;
+                }
+                Err(_) => {}
+            }
+        }
+        c.ubuf = ubuf;
+        let id = id_bytes(c);
+        c.buf.drain(..consumed);
+        tracing::warn!(backend = %backend.name, "backend closed the connection before answering");
+        return reply_error(c, 502, id.as_deref(), -32603, "backend closed the connection", !keep).await;
+    };
+    // The request is no longer needed: drop it, keep any pipelined bytes.
+    c.buf.drain(..consumed);
+
+    let (next, reusable) =
+        forward_response(core, c, &mut up, ubuf, resp_head_len, backend.tag, keep).await;
+    if reusable {
+        core.put_upstream(gi, bi, up);
+    }
+    next
+}
+
+/// Checks the 2026-07-28 mirror headers against the body.
+fn header_mismatch(buf: &[u8], h: &ReqHead, env: &protocol::Envelope<'_>) -> Option<&'static str> {
+    if let Some(r) = h.mcp_method.clone() {
+        let hv = buf[r].trim_ascii();
+        let ok = env
+            .method
+            .is_some_and(|m| std::str::from_utf8(hv).is_ok_and(|s| m.eq_str(s)));
+        if !ok {
+            return Some("Mcp-Method header does not match the body's method");
+        }
+    }
+    if let Some(r) = h.mcp_name.clone() {
+        let hv = buf[r].trim_ascii();
+        let target = env.name.or(env.uri);
+        let ok = target.is_some_and(|n| std::str::from_utf8(hv).is_ok_and(|s| n.eq_str(s)));
+        if !ok {
+            return Some("Mcp-Name header does not match the body's name");
+        }
+    }
+    None
+}
+
+fn build_upstream_request(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    h: &ReqHead,
+    backend: &Backend,
+    backend_sid: Option<&[u8]>,
+    body: &[u8],
+    has_body: bool,
+) {
+    out.extend_from_slice(&buf[h.method.clone()]);
+    out.push(b' ');
+    out.extend_from_slice(backend.path.as_bytes());
+    out.extend_from_slice(&buf[h.query.clone()]);
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(backend.authority.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (n, v) in &h.headers {
+        let name = &buf[n.clone()];
+        if http::is_hop_by_hop(name) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&buf[v.clone()]);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(sid) = backend_sid {
+        out.extend_from_slice(b"mcp-session-id: ");
+        out.extend_from_slice(sid);
+        out.extend_from_slice(b"\r\n");
+    }
+    if has_body || !body.is_empty() {
+        let _ = write!(out, "content-length: {}\r\n", body.len());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// How the upstream response body is framed.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+}
+
+/// Forwards the response whose head is `ubuf[..head_len]`. Returns what to do with the client
+/// connection and whether the upstream connection may be pooled.
+#[allow(clippy::too_many_arguments)]
+async fn forward_response(
+    core: &Core,
+    c: &mut ClientConn,
+    up: &mut TcpStream,
+    mut ubuf: Vec<u8>,
+    head_len: usize,
+    backend_tag: u32,
+    keep: bool,
+) -> (Next, bool) {
+    let cfg = &core.shared.config.proxy;
+    let mut out = std::mem::take(&mut c.out);
+    out.clear();
+    let mut framing;
+    let mut up_close;
+    let mut is_sse = false;
+    let mut status: u16;
+    let mut head_len = head_len;
+    // Skip interim 1xx answers (we never send Expect upstream, but 103 may come).
+    loop {
+        let mut storage = [httparse::EMPTY_HEADER; 128];
+        let mut resp = httparse::Response::new(&mut storage);
+        match resp.parse(&ubuf[..head_len]) {
+            Ok(httparse::Status::Complete(_)) => {}
+            _ => {
+                c.ubuf = ubuf;
+                c.out = out;
+                return (
+                    reply_error(c, 502, None, -32603, "malformed response from backend", !keep).await,
+                    false,
+                );
+            }
+        }
+        status = resp.code.unwrap_or(502);
+        if (100..200).contains(&status) && status != 101 {
+            ubuf.drain(..head_len);
+            // Need the next head.
+            loop {
+                if let Some(n) = http::head_len(&ubuf) {
+                    head_len = n;
+                    break;
+                }
+                let b = std::mem::take(&mut ubuf);
+                let (r, b) = read_more(up, b).await;
+                ubuf = b;
+                if !matches!(r, Ok(n) if n > 0) {
+                    c.ubuf = ubuf;
+                    c.out = out;
+                    return (
+                        reply_error(c, 502, None, -32603, "backend closed the connection", !keep).await,
+                        false,
+                    );
+                }
+            }
+            continue;
+        }
+        framing = Framing::UntilClose;
+        up_close = resp.version == Some(0);
+        let mut sealed_ok = true;
+        let _ = write!(out, "HTTP/1.1 {} {}\r\n", status, resp.reason.unwrap_or(""));
+        let mut cl = None;
+        let mut chunked = false;
+        for hd in resp.headers.iter() {
+            let name = hd.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                cl = http::parse_content_length(hd.value);
+                if cl.is_none() {
+                    sealed_ok = false;
+                }
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                chunked = http::has_token(hd.value, b"chunked");
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"connection") {
+                if http::has_token(hd.value, b"close") {
+                    up_close = true;
+                } else if http::has_token(hd.value, b"keep-alive") && resp.version == Some(0) {
+                    up_close = false;
+                }
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"content-type")
+                && hd.value.len() >= 17
+                && hd.value[..17].eq_ignore_ascii_case(b"text/event-stream")
+            {
+                is_sse = true;
+            }
+            if name.eq_ignore_ascii_case(b"mcp-session-id") {
+                out.extend_from_slice(b"mcp-session-id: ");
+                if core
+                    .shared
+                    .sealer
+                    .seal(backend_tag, hd.value.trim_ascii(), &mut out)
+                    .is_err()
+                {
+                    sealed_ok = false;
+                }
+                out.extend_from_slice(b"\r\n");
+                continue;
+            }
+            if http::is_hop_by_hop(name) {
+                continue;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(hd.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        if !sealed_ok {
+            c.ubuf = ubuf;
+            c.out = out;
+            return (
+                reply_error(c, 502, None, -32603, "backend sent an unusable response head", !keep).await,
+                false,
+            );
+        }
+        let no_body = status == 204 || status == 304;
+        if no_body {
+            framing = Framing::None;
+        } else if chunked {
+            framing = Framing::Chunked(ChunkedDecoder::new());
+        } else if let Some(n) = cl {
+            framing = Framing::Length(n);
+        }
+        break;
+    }
+    let mut client_close = !keep;
+    match &framing {
+        Framing::None => out.extend_from_slice(b"content-length: 0\r\n"),
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Framing::Chunked(_) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::UntilClose => client_close = true,
+    }
+    if is_sse {
+        // Tell intermediaries (nginx and friends) not to buffer the stream.
+        out.extend_from_slice(b"x-accel-buffering: no\r\n");
+    }
+    if client_close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    // Body bytes that came with the head.
+    let mut pos = head_len;
+    let mut body_done;
+    let mut extra = false;
+    let mut framing_error = false;
+    {
+        let avail = &ubuf[pos..];
+        let (take, done) = body_step(&mut framing, avail, &mut framing_error);
+        out.extend_from_slice(&avail[..take]);
+        pos += take;
+        body_done = done;
+        if done && pos < ubuf.len() {
+            extra = true;
+        }
+    }
+    let len = out.len();
+    let (w, mut out) = write_range(&mut c.stream, out, 0..len).await;
+    out.clear();
+    c.out = out;
+    if w.is_err() {
+        c.ubuf = ubuf;
+        return (Next::Close, false);
+    }
+    // Stream the rest as it arrives.
+    while !body_done && !framing_error {
+        ubuf.clear();
+        let b = std::mem::take(&mut ubuf);
+        let read = if is_sse {
+            Ok(read_more(up, b).await)
+        } else {
+            monoio::time::timeout(cfg.upstream_timeout, read_more(up, b)).await
+        };
+        let (r, b) = match read {
+            Ok(x) => x,
+            Err(_) => {
+                c.ubuf = core.take_buf();
+                return (Next::Close, false);
+            }
+        };
+        ubuf = b;
+        if !matches!(r, Ok(n) if n > 0) {
+            // EOF ends an until-close body; any other body is cut short, and closing the client
+            // connection is the only honest way to say so mid-body.
+            c.ubuf = ubuf;
+            return (Next::Close, false);
+        }
+        let (take, done) = body_step(&mut framing, &ubuf, &mut framing_error);
+        body_done = done;
+        if done && take < ubuf.len() {
+            extra = true;
+        }
+        let (w, b) = write_range(&mut c.stream, ubuf, 0..take).await;
+        ubuf = b;
+        if w.is_err() {
+            c.ubuf = ubuf;
+            return (Next::Close, false);
+        }
+    }
+    c.ubuf = ubuf;
+    if framing_error {
+        return (Next::Close, false);
+    }
+    let reusable = !up_close && !extra && !matches!(framing, Framing::UntilClose);
+    (if client_close { Next::Close } else { Next::KeepAlive }, reusable)
+}
+
+/// Advances the body framing over `avail`: how many bytes belong to the body, and whether the
+/// body is complete.
+fn body_step(framing: &mut Framing, avail: &[u8], error: &mut bool) -> (usize, bool) {
+    match framing {
+        Framing::None => (0, true),
+        Framing::Length(rem) => {
+            let take = (*rem).min(avail.len() as u64);
+            *rem -= take;
+            (take as usize, *rem == 0)
+        }
+        Framing::Chunked(dec) => match dec.feed(avail, |_| {}) {
+            Ok(n) => (n, dec.is_done()),
+            Err(_) => {
+                *error = true;
+                (0, false)
+            }
+        },
+        Framing::UntilClose => (avail.len(), false),
+    }
+}

@@ -1,0 +1,318 @@
+"""Fixtures for the end-to-end tests: real MCP servers (official Python SDK) behind mcplb.
+
+Environment:
+  MCPLB_BIN   path to the mcplb binary (default: <repo>/target/debug/mcplb)
+  E2E_DIRECT  if "1", skip the proxy and point clients straight at the first backend
+              (for debugging the test code itself; cross-backend tests are skipped).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+SERVER_SCRIPT = HERE / "mcp_server.py"
+
+DIRECT = os.environ.get("E2E_DIRECT") == "1"
+READY_RE = re.compile(r"listening on (\S+:\d+)")
+PROXY_READY_TIMEOUT = 15.0
+BACKEND_READY_TIMEOUT = 30.0
+TAIL_LINES = 60
+
+# Everything started by these fixtures, so failure reports can show their output.
+_PROXIES: list["Proxy"] = []
+_BACKENDS: list["Backend"] = []
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: Path, n: int = TAIL_LINES) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop one process we started, by its PID: SIGTERM, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+class Backend:
+    """One `mcp_server.py` subprocess."""
+
+    def __init__(self, name: str, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.log_path = workdir / f"backend-{name}.log"
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.extra_args = extra_args
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def start(self) -> None:
+        # A free port can be taken between probing and binding; try a few.
+        for _attempt in range(3):
+            self.port = free_port()
+            log = open(self.log_path, "ab")
+            self.proc = subprocess.Popen(
+                [sys.executable, str(SERVER_SCRIPT), "--port", str(self.port), "--name", self.name, *self.extra_args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+            log.close()
+            deadline = time.monotonic() + BACKEND_READY_TIMEOUT
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                if _port_open(self.port):
+                    return
+                time.sleep(0.05)
+            _stop(self.proc)
+        raise RuntimeError(f"backend {self.name} did not start; log tail:\n{_tail(self.log_path)}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+class Proxy:
+    """One `mcplb run --config FILE` subprocess; stdout/stderr are drained by threads."""
+
+    def __init__(self, binary: str, config_path: Path) -> None:
+        self.binary = binary
+        self.config_path = config_path
+        self.proc: subprocess.Popen | None = None
+        self.addr: str | None = None
+        self.stdout: collections.deque[str] = collections.deque(maxlen=2000)
+        self.stderr: collections.deque[str] = collections.deque(maxlen=2000)
+        self._ready = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.lines_seen = 0  # stdout + stderr lines so far
+        self.lines_reported = -1  # lines_seen when the output was last attached to a failure report
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}/mcp"
+
+    def _drain(self, stream, sink: collections.deque[str], watch: bool) -> None:
+        for line in iter(stream.readline, ""):
+            sink.append(line.rstrip("\n"))
+            self.lines_seen += 1
+            if watch and not self._ready.is_set():
+                m = READY_RE.search(line)
+                if m:
+                    self.addr = m.group(1)
+                    self._ready.set()
+        stream.close()
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env.setdefault("RUST_BACKTRACE", "1")
+        self.proc = subprocess.Popen(
+            [self.binary, "run", "--config", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            cwd=REPO,
+            env=env,
+        )
+        for stream, sink, watch in ((self.proc.stdout, self.stdout, True), (self.proc.stderr, self.stderr, False)):
+            t = threading.Thread(target=self._drain, args=(stream, sink, watch), daemon=True)
+            t.start()
+            self._threads.append(t)
+        deadline = time.monotonic() + PROXY_READY_TIMEOUT
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                why = (
+                    f"exited with status {self.proc.returncode}"
+                    if self.proc.poll() is not None
+                    else f"printed no 'listening on ADDR' line within {PROXY_READY_TIMEOUT:.0f} s"
+                )
+                self.stop()
+                raise RuntimeError(f"mcplb {why} (its output is in the report sections below)")
+        # The proxy may print the configured address; "127.0.0.1:0" would be useless.
+        if self.addr is not None and self.addr.endswith(":0"):
+            self.stop()
+            raise RuntimeError("mcplb announced port 0 instead of the bound port")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            for t in self._threads:
+                t.join(timeout=2)
+
+    def report(self) -> str:
+        out = "\n".join(list(self.stdout)[-TAIL_LINES:])
+        err = "\n".join(list(self.stderr)[-TAIL_LINES:])
+        return f"--- mcplb ({self.config_path.name}) stdout tail ---\n{out}\n--- mcplb stderr tail ---\n{err}"
+
+
+def _mcplb_bin() -> str:
+    binary = os.environ.get("MCPLB_BIN") or str(REPO / "target" / "debug" / "mcplb")
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        pytest.fail(f"mcplb binary not found at {binary}: build it (cargo build --workspace --bins) or set MCPLB_BIN")
+    return binary
+
+
+def _config_toml(server_name: str, backends: list[Backend]) -> str:
+    urls = ", ".join(f'"{b.url}"' for b in backends)
+    return (
+        "[proxy]\n"
+        'listen = "127.0.0.1:0"\n'
+        "workers = 2\n"
+        "\n"
+        "[[servers]]\n"
+        f'name = "{server_name}"\n'
+        'path = "/mcp"\n'
+        f"backends = [{urls}]\n"
+    )
+
+
+def _start_proxy(tmp_dir: Path, server_name: str, backends: list[Backend]) -> Proxy:
+    config = tmp_dir / f"mcplb-{server_name}.toml"
+    config.write_text(_config_toml(server_name, backends))
+    proxy = Proxy(_mcplb_bin(), config)
+    _PROXIES.append(proxy)
+    error = None
+    try:
+        proxy.start()
+    except RuntimeError as e:
+        error = str(e)
+    if error is not None:
+        pytest.fail(error, pytrace=False)
+    return proxy
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+def _start_backends(e2e_dir: Path, specs: list[tuple[str, tuple[str, ...]]]):
+    started: list[Backend] = []
+    try:
+        for name, extra in specs:
+            b = Backend(name, e2e_dir, extra)
+            _BACKENDS.append(b)
+            b.start()
+            started.append(b)
+    except BaseException:
+        for b in started:
+            b.stop()
+        raise
+    return started
+
+
+@pytest.fixture(scope="session")
+def backends(e2e_dir: Path):
+    """Two session-ful MCP servers, "py-a" and "py-b"."""
+    started = _start_backends(e2e_dir, [("py-a", ()), ("py-b", ())])
+    yield started
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture(scope="session")
+def stateless_backend(e2e_dir: Path):
+    """One MCP server started with the SDK's stateless options."""
+    (b,) = _start_backends(e2e_dir, [("py-stateless", ("--stateless",))])
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy_url(backends: list[Backend], e2e_dir: Path):
+    """URL clients use: mcplb in front of py-a and py-b (or py-a itself with E2E_DIRECT=1)."""
+    if DIRECT:
+        yield backends[0].url
+        return
+    proxy = _start_proxy(e2e_dir, "py", backends)
+    yield proxy.url
+    proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def stateless_proxy_url(stateless_backend: Backend, e2e_dir: Path):
+    """URL of a second mcplb in front of the stateless backend (or the backend with E2E_DIRECT=1)."""
+    if DIRECT:
+        yield stateless_backend.url
+        return
+    proxy = _start_proxy(e2e_dir, "pystateless", [stateless_backend])
+    yield proxy.url
+    proxy.stop()
+
+
+@pytest.fixture
+def needs_proxy() -> None:
+    """For tests that only make sense with the proxy balancing over several backends."""
+    if DIRECT:
+        pytest.skip("E2E_DIRECT=1: needs the proxy in front of both backends")
+
+
+# ---------------------------------------------------------------------------------------------
+# failure reports: show what the proxy and backends said
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.failed:
+        for proxy in _PROXIES:
+            if proxy.lines_seen == proxy.lines_reported:
+                report.sections.append((f"mcplb {proxy.config_path.name}", "(no new output since the last failure)"))
+            else:
+                proxy.lines_reported = proxy.lines_seen
+                report.sections.append((f"mcplb {proxy.config_path.name}", proxy.report()))
+        for b in _BACKENDS:
+            tail = _tail(b.log_path, 20)
+            if tail:
+                report.sections.append((f"backend {b.name} log tail", tail))
+    return report

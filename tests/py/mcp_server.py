@@ -1,0 +1,86 @@
+"""A small, real MCP server (official Python SDK, `mcp` 2.x) used as a backend in the e2e tests.
+
+Usage: python tests/py/mcp_server.py --port N [--host 127.0.0.1] [--name NAME] [--stateless] [--json]
+
+Serves Streamable HTTP on http://HOST:PORT/mcp. Besides the handshake-era protocol revisions
+(sessions with `Mcp-Session-Id`, or none with --stateless), the SDK's session manager also
+answers 2026-07-28 stateless requests (selected by the `MCP-Protocol-Version` header) on the
+same endpoint.
+
+Tools: add(a, b), whoami() -> NAME, slow_progress(steps, delay) which reports progress.
+Resource: info://name. Prompt: greet(who).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+
+
+def build_server(name: str) -> MCPServer:
+    server = MCPServer(name=name, version="0.0.1", log_level="WARNING")
+
+    @server.tool()
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    @server.tool()
+    def whoami() -> str:
+        """Return this backend's name."""
+        return name
+
+    @server.tool()
+    async def slow_progress(ctx: Context, steps: int = 3, delay: float = 0.5) -> str:
+        """Report progress `steps` times, sleeping `delay` seconds between reports, then return "done"."""
+        for i in range(1, steps + 1):
+            await ctx.report_progress(i, steps, f"step {i}/{steps}")
+            if i < steps:
+                await anyio.sleep(delay)
+        return "done"
+
+    @server.resource("info://name", mime_type="text/plain")
+    def info_name() -> str:
+        """This backend's name."""
+        return name
+
+    @server.prompt()
+    def greet(who: str) -> str:
+        """A greeting prompt."""
+        return f"Hello {who}, this is {name}."
+
+    return server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--name", default="py")
+    parser.add_argument("--stateless", action="store_true", help="legacy streamable HTTP without sessions")
+    parser.add_argument("--json", action="store_true", help="answer with application/json instead of SSE")
+    args = parser.parse_args()
+
+    # DNS-rebinding protection stays on (as in real deployments); loopback Host/Origin values with any
+    # port are accepted, so a proxy that sets Host to the backend's authority (or passes 127.0.0.1:PROXYPORT) works.
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost"],
+        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+    )
+    build_server(args.name).run(
+        "streamable-http",
+        host=args.host,
+        port=args.port,
+        streamable_http_path="/mcp",
+        stateless_http=args.stateless,
+        json_response=args.json,
+        transport_security=security,
+    )
+
+
+if __name__ == "__main__":
+    main()
