@@ -185,7 +185,9 @@ impl Config {
 /// Parses a duration such as `500ms`, `10s`, `5m`, `1h` (a bare number means seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
@@ -239,9 +241,13 @@ fn parse_backend_url(url: &str) -> Result<(String, SocketAddr, String), String> 
         return Err(format!("`{url}` has no host"));
     }
     if authority.contains('@') {
-        return Err(format!("`{url}`: credentials in backend URLs are not supported"));
+        return Err(format!(
+            "`{url}`: credentials in backend URLs are not supported"
+        ));
     }
-    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         && !authority.ends_with(']')
     {
         authority.to_string()
@@ -490,9 +496,7 @@ backends = ["http://127.0.0.1:3001/mcp", "http://127.0.0.1:3002/mcp"]
     fn minimal_readme_form_loads() {
         let c = Config::parse(MINIMAL).map_err(|e| e.to_string());
         let c = c.as_ref().map_err(|e| e.as_str());
-        let Ok(c) = c else {
-            panic!("{c:?}")
-        };
+        let Ok(c) = c else { panic!("{c:?}") };
         assert_eq!(c.proxy.workers, 2);
         assert_eq!(c.servers[0].backends.len(), 2);
         assert_eq!(c.servers[0].backends[1].authority, "127.0.0.1:3002");

@@ -211,7 +211,12 @@ fn initialize(c: &mut HttpClient) -> anyhow::Result<(String, String)> {
     )?;
     let sid = r
         .header("mcp-session-id")
-        .ok_or_else(|| anyhow!("initialize answer carried no session id (status {})", r.status))?
+        .ok_or_else(|| {
+            anyhow!(
+                "initialize answer carried no session id (status {})",
+                r.status
+            )
+        })?
         .to_string();
     let server = r.json()?["result"]["serverInfo"]["name"]
         .as_str()
@@ -232,7 +237,11 @@ fn whoami(c: &mut HttpClient, sid: &str, id: u64) -> anyhow::Result<String> {
     let r = c.mcp(
         "/mcp",
         Some(sid),
-        &rpc(id, "tools/call", serde_json::json!({"name": "whoami", "arguments": {}})),
+        &rpc(
+            id,
+            "tools/call",
+            serde_json::json!({"name": "whoami", "arguments": {}}),
+        ),
     )?;
     Ok(r.json()?["result"]["content"][0]["text"]
         .as_str()
@@ -255,7 +264,11 @@ pub fn run_with(wait: bool) -> anyhow::Result<()> {
     }
     let backends: Vec<String> = mocks.iter().map(|m| format!("\"{}\"", m.url())).collect();
     let port_free = std::net::TcpListener::bind("127.0.0.1:8080").is_ok();
-    let listen = if port_free { "127.0.0.1:8080" } else { "127.0.0.1:0" };
+    let listen = if port_free {
+        "127.0.0.1:8080"
+    } else {
+        "127.0.0.1:0"
+    };
     let text = format!(
         "[proxy]\nlisten = \"{listen}\"\nworkers = 2\n\n[[servers]]\nname = \"demo\"\npath = \"/mcp\"\nbackends = [{}]\n",
         backends.join(", ")
@@ -264,24 +277,51 @@ pub fn run_with(wait: bool) -> anyhow::Result<()> {
     let proxy = crate::start(config, crate::Driver::Auto)?;
     let addr = proxy.local_addr;
     println!("== mcplb demo");
-    println!("   mock MCP backends: alpha at {}, beta at {}", mocks[0].url(), mocks[1].url());
-    println!("   proxy: http://{addr}/mcp  ({} driver, 2 workers)\n", proxy.driver);
+    println!(
+        "   mock MCP backends: alpha at {}, beta at {}",
+        mocks[0].url(),
+        mocks[1].url()
+    );
+    println!(
+        "   proxy: http://{addr}/mcp  ({} driver, 2 workers)\n",
+        proxy.driver
+    );
 
     let mut c = HttpClient::connect(addr)?;
     let (sid, server) = initialize(&mut c)?;
     println!("1. initialize -> served by {server}");
-    println!("   the client holds a sealed session id ({} chars): {}…", sid.len(), &sid[..sid.len().min(24)]);
-    let tools = c.mcp("/mcp", Some(&sid), &rpc(2, "tools/list", serde_json::json!({})))?;
+    println!(
+        "   the client holds a sealed session id ({} chars): {}…",
+        sid.len(),
+        &sid[..sid.len().min(24)]
+    );
+    let tools = c.mcp(
+        "/mcp",
+        Some(&sid),
+        &rpc(2, "tools/list", serde_json::json!({})),
+    )?;
     let names: Vec<String> = tools.json()?["result"]["tools"]
         .as_array()
-        .map(|a| a.iter().filter_map(|t| t["name"].as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t["name"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     println!("2. tools/list -> {}", names.join(", "));
-    let who: Vec<String> = (0..3).map(|i| whoami(&mut c, &sid, 10 + i)).collect::<Result<_, _>>()?;
-    println!("3. tools/call whoami x3 in this session -> {} (sticky)", who.join(", "));
+    let who: Vec<String> = (0..3)
+        .map(|i| whoami(&mut c, &sid, 10 + i))
+        .collect::<Result<_, _>>()?;
+    println!(
+        "3. tools/call whoami x3 in this session -> {} (sticky)",
+        who.join(", ")
+    );
     let mut c2 = HttpClient::connect(addr)?;
     let (sid2, server2) = initialize(&mut c2)?;
-    println!("4. a second session starts on {server2}; its whoami -> {}", whoami(&mut c2, &sid2, 20)?);
+    println!(
+        "4. a second session starts on {server2}; its whoami -> {}",
+        whoami(&mut c2, &sid2, 20)?
+    );
 
     let start = Instant::now();
     let r = c.mcp(
@@ -294,14 +334,24 @@ pub fn run_with(wait: bool) -> anyhow::Result<()> {
     for (at, data) in &r.events {
         let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
         let what = if v.get("method").is_some() {
-            format!("progress {}/{}", v["params"]["progress"], v["params"]["total"])
+            format!(
+                "progress {}/{}",
+                v["params"]["progress"], v["params"]["total"]
+            )
         } else {
             "final result".to_string()
         };
         println!("   +{:>4} ms  {what}", at.duration_since(start).as_millis());
     }
-    let bad = c.mcp("/mcp", Some("not-a-session"), &rpc(40, "ping", serde_json::json!({})))?;
-    println!("6. an unknown session id -> HTTP {} (the client re-initializes, as with a real server)", bad.status);
+    let bad = c.mcp(
+        "/mcp",
+        Some("not-a-session"),
+        &rpc(40, "ping", serde_json::json!({})),
+    )?;
+    println!(
+        "6. an unknown session id -> HTTP {} (the client re-initializes, as with a real server)",
+        bad.status
+    );
     let d = c.request("DELETE", "/mcp", &[("mcp-session-id", sid.as_str())], b"")?;
     println!("7. DELETE ends the session -> HTTP {}", d.status);
     println!("\nPoint any MCP client (Streamable HTTP) at http://{addr}/mcp");

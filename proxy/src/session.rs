@@ -85,7 +85,11 @@ impl SessionSealer {
 
     /// Opens a sealed id: returns the backend tag and the backend's session id (a slice of
     /// `scratch`), or `None` when the id was not sealed with this key or was altered.
-    pub fn open<'s>(&self, sealed: &[u8], scratch: &'s mut [u8; SCRATCH]) -> Option<(u32, &'s [u8])> {
+    pub fn open<'s>(
+        &self,
+        sealed: &[u8],
+        scratch: &'s mut [u8; SCRATCH],
+    ) -> Option<(u32, &'s [u8])> {
         if sealed.len() > base64::encoded_len(SCRATCH, false)? {
             return None;
         }
@@ -124,7 +128,10 @@ mod tests {
 
         // Two seals of the same route differ (random nonce), both open.
         let mut out2 = Vec::new();
-        assert_eq!(s.seal(0xdead_beef, b"backend-session-42", &mut out2), Ok(()));
+        assert_eq!(
+            s.seal(0xdead_beef, b"backend-session-42", &mut out2),
+            Ok(())
+        );
         assert_ne!(out, out2);
 
         // Any flipped character fails to open.

@@ -96,12 +96,11 @@ impl Core {
             .and_then(|g| g.backends.get(backend))
             .map(|b| b.addr)
             .ok_or_else(|| io::Error::other("no such backend"))?;
-        let s = match monoio::time::timeout(cfg.connect_timeout, TcpStream::connect_addr(addr))
-            .await
-        {
-            Ok(r) => r?,
-            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
-        };
+        let s =
+            match monoio::time::timeout(cfg.connect_timeout, TcpStream::connect_addr(addr)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
+            };
         let _ = s.set_nodelay(true);
         Ok((s, false))
     }
@@ -151,7 +150,12 @@ pub async fn run_worker(
             .config
             .servers
             .iter()
-            .map(|g| g.backends.iter().map(|_| RefCell::new(Vec::new())).collect())
+            .map(|g| {
+                g.backends
+                    .iter()
+                    .map(|_| RefCell::new(Vec::new()))
+                    .collect()
+            })
             .collect(),
         rr: shared
             .config
@@ -188,7 +192,11 @@ async fn read_more(s: &mut TcpStream, mut buf: Vec<u8>) -> (io::Result<usize>, V
 }
 
 /// Writes all of `buf[range]`, giving the buffer back.
-async fn write_range(s: &mut TcpStream, buf: Vec<u8>, range: Range<usize>) -> (io::Result<()>, Vec<u8>) {
+async fn write_range(
+    s: &mut TcpStream,
+    buf: Vec<u8>,
+    range: Range<usize>,
+) -> (io::Result<()>, Vec<u8>) {
     if range.is_empty() {
         return (Ok(()), buf);
     }
@@ -225,7 +233,12 @@ fn offset_of(base: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
-fn parse_head(buf: &[u8], len: usize, max_headers: usize, h: &mut ReqHead) -> Result<(), HeadError> {
+fn parse_head(
+    buf: &[u8],
+    len: usize,
+    max_headers: usize,
+    h: &mut ReqHead,
+) -> Result<(), HeadError> {
     let mut storage = [httparse::EMPTY_HEADER; 512];
     let headers = &mut storage[..max_headers.min(512)];
     let mut req = httparse::Request::new(headers);
@@ -258,7 +271,8 @@ fn parse_head(buf: &[u8], len: usize, max_headers: usize, h: &mut ReqHead) -> Re
         let value = hd.value;
         let (nr, vr) = (offset_of(buf, name), offset_of(buf, value));
         if name.eq_ignore_ascii_case(b"content-length") {
-            let v = http::parse_content_length(value).ok_or(HeadError::Bad("bad content-length"))?;
+            let v =
+                http::parse_content_length(value).ok_or(HeadError::Bad("bad content-length"))?;
             if h.content_length.is_some_and(|old| old != v) {
                 return Err(HeadError::Bad("conflicting content-length"));
             }
@@ -452,7 +466,9 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
 
     // ---- body
     if h.expect_continue && (h.chunked || h.content_length.unwrap_or(0) > 0) {
-        if h.content_length.is_some_and(|n| n > cfg.max_body_bytes as u64) {
+        if h.content_length
+            .is_some_and(|n| n > cfg.max_body_bytes as u64)
+        {
             return reply_error(c, 413, None, -32600, "request body too large", true).await;
         }
         c.out.clear();
@@ -487,7 +503,9 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
             c.buf.drain(h.len..pos);
             pos = h.len;
             let buf = std::mem::take(&mut c.buf);
-            let Ok((r, buf)) = monoio::time::timeout_at(body_deadline, read_more(&mut c.stream, buf)).await else {
+            let Ok((r, buf)) =
+                monoio::time::timeout_at(body_deadline, read_more(&mut c.stream, buf)).await
+            else {
                 return reply_error(c, 408, None, -32600, "request body timed out", true).await;
             };
             c.buf = buf;
@@ -509,7 +527,9 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                 c.buf.reserve(need);
             }
             let buf = std::mem::take(&mut c.buf);
-            let Ok((r, buf)) = monoio::time::timeout_at(body_deadline, read_more(&mut c.stream, buf)).await else {
+            let Ok((r, buf)) =
+                monoio::time::timeout_at(body_deadline, read_more(&mut c.stream, buf)).await
+            else {
                 return reply_error(c, 408, None, -32600, "request body timed out", true).await;
             };
             c.buf = buf;
@@ -532,7 +552,11 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         let env = match protocol::parse_message(body) {
             Ok(env) => env,
             Err(e) => {
-                let id = if e.jsonrpc_code() == -32700 { None } else { e.id_in(body) };
+                let id = if e.jsonrpc_code() == -32700 {
+                    None
+                } else {
+                    e.id_in(body)
+                };
                 let (code, msg) = (e.jsonrpc_code(), e.message());
                 let mut out = std::mem::take(&mut c.out);
                 out.clear();
@@ -554,9 +578,19 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
             return send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await;
         }
         read_only = env.method.is_some_and(|m| {
-            ["ping", "tools/list", "resources/list", "resources/read", "resources/templates/list", "prompts/list", "prompts/get", "server/discover", "completion/complete"]
-                .iter()
-                .any(|x| m.eq_str(x))
+            [
+                "ping",
+                "tools/list",
+                "resources/list",
+                "resources/read",
+                "resources/templates/list",
+                "prompts/list",
+                "prompts/get",
+                "server/discover",
+                "completion/complete",
+            ]
+            .iter()
+            .any(|x| m.eq_str(x))
         });
         req_id = env.id.map(|id| {
             let base = match &body_at {
@@ -588,9 +622,16 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     let mut scratch = [0u8; SCRATCH];
     let mut backend_sid: Option<&[u8]> = None;
     let bi = if let Some(sr) = h.session.clone() {
-        let opened = core.shared.sealer.open(c.buf[sr].trim_ascii(), &mut scratch);
+        let opened = core
+            .shared
+            .sealer
+            .open(c.buf[sr].trim_ascii(), &mut scratch);
         match opened.and_then(|(tag, sid)| {
-            group.backends.iter().position(|b| b.tag == tag).map(|i| (i, sid))
+            group
+                .backends
+                .iter()
+                .position(|b| b.tag == tag)
+                .map(|i| (i, sid))
         }) {
             Some((i, sid)) => {
                 backend_sid = Some(sid);
@@ -599,7 +640,8 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
             None => {
                 let id = id_bytes(c);
                 c.buf.drain(..consumed);
-                return reply_error(c, 404, id.as_deref(), -32600, "Session not found", !keep).await;
+                return reply_error(c, 404, id.as_deref(), -32600, "Session not found", !keep)
+                    .await;
             }
         }
     } else {
@@ -608,7 +650,8 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
             None => {
                 let id = id_bytes(c);
                 c.buf.drain(..consumed);
-                return reply_error(c, 503, id.as_deref(), -32603, "no backend available", !keep).await;
+                return reply_error(c, 503, id.as_deref(), -32603, "no backend available", !keep)
+                    .await;
             }
         }
     };
@@ -688,7 +731,15 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                         core.give_buf(ubuf);
                         let id = id_bytes(c);
                         c.buf.drain(..consumed);
-                        return reply_error(c, 504, id.as_deref(), -32603, "upstream timed out", !keep).await;
+                        return reply_error(
+                            c,
+                            504,
+                            id.as_deref(),
+                            -32603,
+                            "upstream timed out",
+                            !keep,
+                        )
+                        .await;
                     }
                     Ok((r, b)) => {
                         ubuf = b;
@@ -725,7 +776,15 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         let id = id_bytes(c);
         c.buf.drain(..consumed);
         tracing::warn!(backend = %backend.name, "backend closed the connection before answering");
-        return reply_error(c, 502, id.as_deref(), -32603, "backend closed the connection", !keep).await;
+        return reply_error(
+            c,
+            502,
+            id.as_deref(),
+            -32603,
+            "backend closed the connection",
+            !keep,
+        )
+        .await;
     };
     // The request is no longer needed: drop it, keep any pipelined bytes.
     c.buf.drain(..consumed);
@@ -836,7 +895,15 @@ async fn forward_response(
                 c.ubuf = ubuf;
                 c.out = out;
                 return (
-                    reply_error(c, 502, None, -32603, "malformed response from backend", !keep).await,
+                    reply_error(
+                        c,
+                        502,
+                        None,
+                        -32603,
+                        "malformed response from backend",
+                        !keep,
+                    )
+                    .await,
                     false,
                 );
             }
@@ -857,7 +924,8 @@ async fn forward_response(
                     c.ubuf = ubuf;
                     c.out = out;
                     return (
-                        reply_error(c, 502, None, -32603, "backend closed the connection", !keep).await,
+                        reply_error(c, 502, None, -32603, "backend closed the connection", !keep)
+                            .await,
                         false,
                     );
                 }
@@ -922,7 +990,15 @@ async fn forward_response(
             c.ubuf = ubuf;
             c.out = out;
             return (
-                reply_error(c, 502, None, -32603, "backend sent an unusable response head", !keep).await,
+                reply_error(
+                    c,
+                    502,
+                    None,
+                    -32603,
+                    "backend sent an unusable response head",
+                    !keep,
+                )
+                .await,
                 false,
             );
         }
@@ -1017,7 +1093,14 @@ async fn forward_response(
         return (Next::Close, false);
     }
     let reusable = !up_close && !extra && !matches!(framing, Framing::UntilClose);
-    (if client_close { Next::Close } else { Next::KeepAlive }, reusable)
+    (
+        if client_close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        },
+        reusable,
+    )
 }
 
 /// Advances the body framing over `avail`: how many bytes belong to the body, and whether the

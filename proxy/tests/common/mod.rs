@@ -1,0 +1,155 @@
+//! Test support: start a real `mcplb` process on port 0 with a given config and find its port.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use loadtest::mock::{MockConfig, MockServer};
+pub use mcplb::demo::HttpClient;
+pub use serde_json::json;
+
+/// Drivers every data-path test runs on.
+pub const DRIVERS: [&str; 2] = ["auto", "legacy"];
+
+/// A running `mcplb` child process, killed (by its PID) on drop.
+pub struct Proxy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub config_path: PathBuf,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `config` to a temp file.
+pub fn write_config(config: &str) -> PathBuf {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("mcplb-test-{}-{n}.toml", std::process::id()));
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Starts `mcplb run` with `config` (which must listen on port 0) and waits until it listens.
+pub fn start_proxy(config: &str, driver: &str) -> Proxy {
+    let config_path = write_config(config);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mcplb"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .args(["--driver", driver])
+        .env("MCPLB_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn mcplb");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("mcplb did not report its address");
+    Proxy {
+        child,
+        addr: addr.parse().unwrap(),
+        config_path,
+    }
+}
+
+/// Starts a mock backend named `name` on a free loopback port.
+pub fn mock(name: &str) -> MockServer {
+    mock_with(MockConfig {
+        name: name.to_string(),
+        ..Default::default()
+    })
+}
+
+/// Starts a mock backend with a custom config.
+pub fn mock_with(cfg: MockConfig) -> MockServer {
+    MockServer::start(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).unwrap()
+}
+
+/// A config with one group at `/mcp` over the given backends, plus `extra` lines in `[proxy]`.
+pub fn config_for(backends: &[&MockServer], extra: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|m| format!("\"{}\"", m.url()))
+        .collect();
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n{extra}\n\n[[servers]]\nname = \"t\"\npath = \"/mcp\"\nbackends = [{}]\n",
+        list.join(", ")
+    )
+}
+
+pub fn rpc(id: u64, method: &str, params: serde_json::Value) -> serde_json::Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+/// initialize + notifications/initialized; returns (session id, server name).
+pub fn init_session(c: &mut HttpClient) -> (String, String) {
+    let r = c
+        .mcp(
+            "/mcp",
+            None,
+            &rpc(
+                1,
+                "initialize",
+                json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "0"}}),
+            ),
+        )
+        .unwrap();
+    assert_eq!(
+        r.status,
+        200,
+        "initialize: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let sid = r.header("mcp-session-id").expect("session id").to_string();
+    let name = r.json().unwrap()["result"]["serverInfo"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let n = c
+        .mcp(
+            "/mcp",
+            Some(&sid),
+            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        )
+        .unwrap();
+    assert_eq!(n.status, 202);
+    assert!(n.body.is_empty());
+    (sid, name)
+}
+
+pub fn whoami(c: &mut HttpClient, sid: &str) -> String {
+    let r = c
+        .mcp(
+            "/mcp",
+            Some(sid),
+            &rpc(7, "tools/call", json!({"name": "whoami", "arguments": {}})),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200);
+    r.json().unwrap()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
