@@ -310,11 +310,13 @@ type Scan<T> = Result<T, FrameErrorKind>;
 const LO: u64 = 0x0101_0101_0101_0101;
 const HI: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any byte of `w` is a quote, a backslash or a control character.
-fn special_in_word(w: u64) -> bool {
+/// High bits flag the bytes of `w` (little-endian) that are a quote, a
+/// backslash or a control character. Borrows can set spurious flags only
+/// above the first real one, so the lowest flag is exact.
+fn special_bytes(w: u64) -> u64 {
     let zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
     let below_space = w.wrapping_sub(LO * 0x20) & !w & HI;
-    (below_space | zero(w ^ (LO * u64::from(b'"'))) | zero(w ^ (LO * u64::from(b'\\')))) != 0
+    below_space | zero(w ^ (LO * u64::from(b'"'))) | zero(w ^ (LO * u64::from(b'\\')))
 }
 
 impl<'a> Scanner<'a> {
@@ -383,7 +385,9 @@ impl<'a> Scanner<'a> {
                 let Ok(arr) = <[u8; 8]>::try_from(chunk) else {
                     break;
                 };
-                if special_in_word(u64::from_le_bytes(arr)) {
+                let flags = special_bytes(u64::from_le_bytes(arr));
+                if flags != 0 {
+                    self.pos += (flags.trailing_zeros() / 8) as usize;
                     break;
                 }
                 self.pos += 8;
@@ -485,11 +489,7 @@ impl<'a> Scanner<'a> {
         } else if word.starts_with(rest) {
             Err(FrameErrorKind::Truncated)
         } else {
-            let bad = rest
-                .iter()
-                .zip(word)
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
+            let bad = rest.iter().zip(word).position(|(a, b)| a != b).unwrap_or(0);
             Err(FrameErrorKind::Syntax {
                 offset: self.pos + bad,
             })
@@ -593,10 +593,7 @@ impl<'a> Scanner<'a> {
 
     /// Visits the members of the object at the cursor (level `depth`), calling
     /// `member` with the cursor on each value; `member` must scan the value.
-    fn members(
-        &mut self,
-        mut member: impl FnMut(&mut Self, JsonStr<'a>) -> Scan<()>,
-    ) -> Scan<()> {
+    fn members(&mut self, mut member: impl FnMut(&mut Self, JsonStr<'a>) -> Scan<()>) -> Scan<()> {
         self.expect(b'{')?;
         self.ws();
         if self.peek() == Some(b'}') {

@@ -5,6 +5,8 @@
 //! `text/event-stream` events, and [`LineFramer`] splits stdio traffic into
 //! newline-delimited messages.
 
+#![warn(missing_docs)]
+
 pub mod jsonrpc;
 pub mod lines;
 pub mod sse;

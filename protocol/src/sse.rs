@@ -203,8 +203,7 @@ impl SseParser {
             }
             b"id" if !value.contains(&0) => {
                 self.last_event_id.clear();
-                self.last_event_id
-                    .push_str(&String::from_utf8_lossy(value));
+                self.last_event_id.push_str(&String::from_utf8_lossy(value));
             }
             b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
                 if let Ok(ms) = String::from_utf8_lossy(value).parse::<u64>() {

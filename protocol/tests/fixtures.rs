@@ -78,11 +78,20 @@ fn responses() {
 
 #[test]
 fn response_shape_errors() {
-    assert_eq!(kind_of(br#"{"jsonrpc":"2.0","id":1,"result":1,"error":{}}"#), K::InvalidShape);
+    assert_eq!(
+        kind_of(br#"{"jsonrpc":"2.0","id":1,"result":1,"error":{}}"#),
+        K::InvalidShape
+    );
     assert_eq!(kind_of(br#"{"jsonrpc":"2.0","result":1}"#), K::InvalidShape);
-    assert_eq!(kind_of(br#"{"jsonrpc":"2.0","id":null,"result":1}"#), K::BadId);
+    assert_eq!(
+        kind_of(br#"{"jsonrpc":"2.0","id":null,"result":1}"#),
+        K::BadId
+    );
     assert_eq!(kind_of(br#"{"jsonrpc":"2.0","id":1}"#), K::InvalidShape);
-    assert_eq!(kind_of(br#"{"jsonrpc":"2.0","id":1,"method":"a","result":1}"#), K::InvalidShape);
+    assert_eq!(
+        kind_of(br#"{"jsonrpc":"2.0","id":1,"method":"a","result":1}"#),
+        K::InvalidShape
+    );
 }
 
 #[test]
@@ -96,7 +105,10 @@ fn batch() {
     assert_eq!(env.id, None);
     assert_eq!(kind_of(b"[]"), K::EmptyBatch);
     assert_eq!(kind_of(b" [ ] "), K::EmptyBatch);
-    assert_eq!(kind_of(br#"[{"jsonrpc":"2.0","method":"n"}, 1]"#), K::NotAnObject);
+    assert_eq!(
+        kind_of(br#"[{"jsonrpc":"2.0","method":"n"}, 1]"#),
+        K::NotAnObject
+    );
     assert_eq!(kind_of(br#"[{"a":1},]"#), K::Syntax { offset: 9 });
 }
 
@@ -169,8 +181,14 @@ fn wrong_types() {
         (r#"{"jsonrpc":"2.0","id":null,"method":"a"}"#, K::BadId),
         (r#"{"jsonrpc":"2.0","id":1,"method":5}"#, K::BadMethod),
         (r#"{"jsonrpc":"2.0","id":1,"method":null}"#, K::BadMethod),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"a","params":3}"#, K::InvalidShape),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"a","params":"x"}"#, K::InvalidShape),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"a","params":3}"#,
+            K::InvalidShape,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"a","params":"x"}"#,
+            K::InvalidShape,
+        ),
         (r#"{"jsonrpc":"1.0","id":1,"method":"a"}"#, K::BadVersion),
         (r#"{"jsonrpc":2.0,"id":1,"method":"a"}"#, K::BadVersion),
         (r#"{"id":1,"method":"a"}"#, K::BadVersion),
@@ -276,9 +294,13 @@ fn empty_and_whitespace() {
 
 #[test]
 fn invalid_utf8() {
-    assert_eq!(kind_of(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"a\xff\"}"), K::InvalidUtf8);
+    assert_eq!(
+        kind_of(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"a\xff\"}"),
+        K::InvalidUtf8
+    );
     assert_eq!(kind_of(b"{\"a\":\"\xed\xa0\x80\"}"), K::InvalidUtf8);
-    let env = parse_message("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ünï\"}".as_bytes()).unwrap();
+    let env =
+        parse_message("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ünï\"}".as_bytes()).unwrap();
     assert_eq!(env.method.unwrap().decode(), "ünï");
 }
 
@@ -323,7 +345,10 @@ fn huge_string_value_parses() {
     let env = parse_message(msg.as_bytes()).unwrap();
     assert_eq!(env.name.unwrap().raw().len(), big.len());
     let msg = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"text":"{big}\n\u00e9"}}}}"#);
-    assert_eq!(parse_message(msg.as_bytes()).unwrap().kind, MessageKind::Response);
+    assert_eq!(
+        parse_message(msg.as_bytes()).unwrap().kind,
+        MessageKind::Response
+    );
 }
 
 #[test]

@@ -88,7 +88,10 @@ fn error_path_does_not_allocate_either() {
 fn sse_boundary_does_not_allocate() {
     let mut b = SseBoundary::new();
     let n = allocations_during(|| {
-        assert_eq!(b.feed(b"event: message\ndata: {}\n\n: keepalive\n\ndata: x\r\n\r\n"), 2);
+        assert_eq!(
+            b.feed(b"event: message\ndata: {}\n\n: keepalive\n\ndata: x\r\n\r\n"),
+            2
+        );
     });
     assert_eq!(n, 0);
 }

@@ -59,7 +59,10 @@ fn apply(seed: &str, edits: &[Edit]) -> Vec<u8> {
 }
 
 fn is_parse_error(k: K) -> bool {
-    matches!(k, K::Empty | K::Truncated | K::Syntax { .. } | K::InvalidUtf8)
+    matches!(
+        k,
+        K::Empty | K::Truncated | K::Syntax { .. } | K::InvalidUtf8
+    )
 }
 
 proptest! {

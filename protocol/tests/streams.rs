@@ -46,7 +46,12 @@ fn sse_basic_mcp_stream() {
     let stream = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\nid: 7\n\n";
     check_all_splits(
         stream,
-        &[ev(Some("message"), r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, Some("7"), None)],
+        &[ev(
+            Some("message"),
+            r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+            Some("7"),
+            None,
+        )],
     );
 }
 
@@ -101,7 +106,10 @@ fn sse_oversized_event_is_reported_once_and_skipped() {
 
     let mut b = SseBoundary::with_max_event_bytes(16);
     assert_eq!(b.try_feed(b"data: small\n\n"), Ok(1));
-    assert_eq!(b.try_feed(b"data: 01234567890123456789"), Err(SseError::EventTooLarge));
+    assert_eq!(
+        b.try_feed(b"data: 01234567890123456789"),
+        Err(SseError::EventTooLarge)
+    );
     assert_eq!(b.try_feed(b"\n\n"), Ok(1));
     assert_eq!(b.events(), 2);
 }

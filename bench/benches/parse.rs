@@ -1,0 +1,159 @@
+//! How long it takes to read the routing fields (id, method, params.name) of
+//! one ~200-byte MCP `tools/call` request: mcplb's own scanner against
+//! simd-json's tape and serde_json into a borrowed struct; plus SSE event
+//! boundary scanning over a 4 KiB stream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::borrow::Cow;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use protocol::{parse_message, SseBoundary};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use simd_json::prelude::*;
+
+const TOOLS_CALL: &[u8] = br#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"get_weather","arguments":{"city":"Paris","units":"metric","days":3},"_meta":{"progressToken":"p-42"}}}"#;
+
+/// What every contender must produce.
+type Fields<'a> = (&'a [u8], &'a str, &'a str);
+
+fn ours(buf: &[u8]) -> Fields<'_> {
+    let env = parse_message(buf).unwrap();
+    (
+        env.id.unwrap(),
+        env.method.unwrap().raw_str(),
+        env.name.unwrap().raw_str(),
+    )
+}
+
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(borrow)]
+    jsonrpc: Cow<'a, str>,
+    #[serde(borrow)]
+    id: &'a RawValue,
+    #[serde(borrow)]
+    method: Cow<'a, str>,
+    #[serde(borrow)]
+    params: Option<Params<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Params<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "_meta")]
+    meta: Option<Meta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(borrow, rename = "progressToken")]
+    progress_token: Option<&'a RawValue>,
+}
+
+fn bench_parse(c: &mut Criterion) {
+    assert!(TOOLS_CALL.len() > 150 && TOOLS_CALL.len() < 260);
+    let (id, method, name) = ours(TOOLS_CALL);
+    assert_eq!(
+        (id, method, name),
+        (&b"42"[..], "tools/call", "get_weather")
+    );
+
+    let mut g = c.benchmark_group("parse_tools_call");
+    g.throughput(Throughput::Elements(1));
+
+    g.bench_function("mcplb_parse_message", |b| {
+        b.iter(|| {
+            let f = ours(black_box(TOOLS_CALL));
+            black_box(f);
+        })
+    });
+
+    let mut buffers = simd_json::Buffers::new(TOOLS_CALL.len());
+    let mut copy = TOOLS_CALL.to_vec();
+    g.bench_function("simd_json_tape", |b| {
+        b.iter(|| {
+            // simd-json parses in place, so it needs its own mutable copy.
+            copy.clear();
+            copy.extend_from_slice(black_box(TOOLS_CALL));
+            let tape = simd_json::to_tape_with_buffers(&mut copy, &mut buffers).unwrap();
+            let v = tape.as_value();
+            let id = v.get("id").and_then(|i| i.as_i64()).unwrap();
+            let method = v.get("method").unwrap();
+            let params = v.get("params").unwrap();
+            let name = params.get("name").unwrap();
+            let token = params.get("_meta").unwrap().get("progressToken").unwrap();
+            let (method, name, token) = (
+                method.as_str().unwrap(),
+                name.as_str().unwrap(),
+                token.as_str().unwrap(),
+            );
+            black_box((id, method.len(), name.len(), token.len()));
+        })
+    });
+
+    g.bench_function("serde_json_borrowed_struct", |b| {
+        b.iter(|| {
+            let r: Request<'_> = serde_json::from_slice(black_box(TOOLS_CALL)).unwrap();
+            let p = r.params.unwrap();
+            let token = p.meta.and_then(|m| m.progress_token).unwrap();
+            black_box((
+                r.jsonrpc.len(),
+                r.id.get().len(),
+                r.method.len(),
+                p.name.unwrap().len(),
+                token.get().len(),
+            ));
+        })
+    });
+    g.finish();
+}
+
+/// A realistic 4 KiB stream: progress notifications, keepalives and a result.
+fn sse_stream() -> Vec<u8> {
+    let mut s = Vec::new();
+    let mut i = 0;
+    while s.len() < 4096 - 160 {
+        if i % 5 == 4 {
+            s.extend_from_slice(b": keepalive\n\n");
+        } else {
+            s.extend_from_slice(
+                format!(
+                    "event: message\nid: {i}\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{{\"progressToken\":\"p-42\",\"progress\":{i}}}}}\n\n"
+                )
+                .as_bytes(),
+            );
+        }
+        i += 1;
+    }
+    s.resize(4096, b' ');
+    s.extend_from_slice(b"\n\n");
+    s.truncate(4096);
+    s
+}
+
+fn bench_sse(c: &mut Criterion) {
+    let stream = sse_stream();
+    let mut g = c.benchmark_group("sse_boundary_4KiB");
+    g.throughput(Throughput::Bytes(stream.len() as u64));
+    g.bench_function("whole_stream", |b| {
+        b.iter(|| {
+            let mut scan = SseBoundary::new();
+            black_box(scan.feed(black_box(&stream)))
+        })
+    });
+    g.bench_function("in_512B_chunks", |b| {
+        b.iter(|| {
+            let mut scan = SseBoundary::new();
+            let n: usize = stream.chunks(512).map(|c| scan.feed(black_box(c))).sum();
+            black_box(n)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_parse, bench_sse);
+criterion_main!(benches);
