@@ -7,6 +7,11 @@
 //! (`rate`) schedules calls at fixed intervals per connection whatever the
 //! answers, and measures latency from the scheduled time, so a queue in front
 //! of a busy connection shows up in the numbers (no coordinated omission).
+//!
+//! monoio's timer has a 1 ms resolution, so in open loop a call may leave up
+//! to about 1 ms after its scheduled time even on an idle connection; that lag
+//! is part of the latency and is reported on its own (`send_lag`) so it can be
+//! told apart from the target's queueing.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -145,6 +150,9 @@ pub struct LoadReport {
     pub errors: ErrorCounts,
     /// Latency of successful calls, µs, 3 significant figures.
     pub histogram: Histogram<u64>,
+    /// Open loop only: how late each call was actually written compared to
+    /// its schedule (busy connection plus timer resolution), µs.
+    pub send_lag: Histogram<u64>,
 }
 
 impl LoadReport {
@@ -171,6 +179,13 @@ impl LoadReport {
         }
         lat.insert("max".into(), json!(self.histogram.max()));
         lat.insert("mean".into(), json!(self.histogram.mean()));
+        let lag = self.rate.map(|_| {
+            json!({
+                "p50": self.send_lag.value_at_percentile(50.0),
+                "p99": self.send_lag.value_at_percentile(99.0),
+                "max": self.send_lag.max(),
+            })
+        });
         let e = &self.errors;
         json!({
             "url": self.url,
@@ -190,6 +205,7 @@ impl LoadReport {
                 "io": e.io,
             },
             "latency_us": lat,
+            "send_lag_us": lag,
         })
     }
 }
@@ -224,7 +240,17 @@ impl std::fmt::Display for LoadReport {
             writeln!(f, "  p{:<8} {:>10}", p, self.percentile(p))?;
         }
         writeln!(f, "  {:<9} {:>10}", "max", self.histogram.max())?;
-        write!(f, "  {:<9} {:>10.0}", "mean", self.histogram.mean())
+        write!(f, "  {:<9} {:>10.0}", "mean", self.histogram.mean())?;
+        if self.rate.is_some() {
+            write!(
+                f,
+                "\nsend lag    µs p50 {}, p99 {}, max {} (included in latency)",
+                self.send_lag.value_at_percentile(50.0),
+                self.send_lag.value_at_percentile(99.0),
+                self.send_lag.max()
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -267,12 +293,17 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         std::thread::spawn(move || progress_loop(&shared, warmup))
     });
     let mut hist = new_histogram()?;
+    let mut send_lag = new_histogram()?;
     let mut errors = ErrorCounts::default();
     let mut first_err = None;
     for h in handles {
         match h.join() {
             Ok(Ok(st)) => {
-                hist.add(&st.hist).map_err(|e| anyhow::anyhow!("histogram merge: {e}"))?;
+                hist.add(&st.hist)
+                    .map_err(|e| anyhow::anyhow!("histogram merge: {e}"))?;
+                send_lag
+                    .add(&st.lag)
+                    .map_err(|e| anyhow::anyhow!("histogram merge: {e}"))?;
                 errors.add(&st.errors);
             }
             Ok(Err(e)) => first_err = Some(e),
@@ -298,6 +329,7 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         ok,
         errors,
         histogram: hist,
+        send_lag,
     })
 }
 
@@ -349,6 +381,7 @@ fn progress_loop(shared: &RunShared, warmup: Duration) {
 /// What one thread hands back.
 struct ThreadStats {
     hist: Histogram<u64>,
+    lag: Histogram<u64>,
     errors: ErrorCounts,
 }
 
@@ -364,6 +397,7 @@ fn thread_main(
         .build()?;
     let stats = Rc::new(RefCell::new(ThreadStats {
         hist: new_histogram()?,
+        lag: new_histogram()?,
         errors: ErrorCounts::default(),
     }));
     rt.block_on(async {
@@ -497,7 +531,13 @@ impl Vu {
                 }
             }
             let res = match self.ensure_ready().await {
-                Ok(()) => self.call().await,
+                Ok(()) => {
+                    if measured && interval.is_some() {
+                        let lag = scheduled.elapsed().as_micros().min(MAX_LATENCY_US as u128);
+                        self.stats.borrow_mut().lag.saturating_record(lag as u64);
+                    }
+                    self.call().await
+                }
                 Err(e) => Err(e),
             };
             match res {
@@ -671,7 +711,10 @@ impl Vu {
                 }
             }
         } else if let Some(s) = self.session.as_deref().filter(|s| !s.is_empty()) {
-            let _ = write!(o, "Mcp-Session-Id: {s}\r\nMCP-Protocol-Version: {STATEFUL_VERSION}\r\n");
+            let _ = write!(
+                o,
+                "Mcp-Session-Id: {s}\r\nMCP-Protocol-Version: {STATEFUL_VERSION}\r\n"
+            );
         }
         o.extend_from_slice(b"\r\n");
         o.extend_from_slice(body.as_bytes());
@@ -717,11 +760,13 @@ impl Vu {
         let status = resp.code.unwrap_or(0);
         let hdrs = &*resp.headers;
         let close = http::header(hdrs, "connection").is_some_and(|v| http::has_token(v, "close"));
-        let sse = http::header(hdrs, "content-type").is_some_and(|v| v.starts_with(b"text/event-stream"));
+        let sse =
+            http::header(hdrs, "content-type").is_some_and(|v| v.starts_with(b"text/event-stream"));
         let session = http::header(hdrs, "mcp-session-id")
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::to_string);
-        let chunked = http::header(hdrs, "transfer-encoding").is_some_and(|v| http::has_token(v, "chunked"));
+        let chunked =
+            http::header(hdrs, "transfer-encoding").is_some_and(|v| http::has_token(v, "chunked"));
         let consumed = if chunked {
             match http::decode_chunked(&self.inbuf[head_len..], &mut self.body) {
                 Chunked::Done(n) => head_len + n,
@@ -737,7 +782,8 @@ impl Vu {
                 return Ok(None);
             }
             self.body.clear();
-            self.body.extend_from_slice(&self.inbuf[head_len..head_len + len]);
+            self.body
+                .extend_from_slice(&self.inbuf[head_len..head_len + len]);
             head_len + len
         } else {
             // No length: a body would run to the end of the connection; the

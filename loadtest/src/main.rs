@@ -94,7 +94,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let n: f64 = num.trim().parse().map_err(|_| format!("bad duration: {s}"))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration: {s}"))?;
     let secs = match unit {
         "us" | "µs" => n / 1e6,
         "ms" => n / 1e3,

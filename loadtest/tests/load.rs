@@ -1,0 +1,143 @@
+//! Tests of the load generator against the mock backend.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use loadtest::{run_load, LoadOptions, MockConfig, MockServer};
+use serde_json::json;
+
+fn mock(cfg: MockConfig) -> MockServer {
+    MockServer::start(cfg, "127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+fn opts(url: String) -> LoadOptions {
+    LoadOptions {
+        url,
+        connections: 4,
+        warmup: Duration::ZERO,
+        threads: 2,
+        timeout: Duration::from_secs(5),
+        ..LoadOptions::default()
+    }
+}
+
+#[test]
+fn closed_loop_fixed_requests() {
+    let server = mock(MockConfig::default());
+    let report = run_load(LoadOptions {
+        requests: Some(500),
+        ..opts(server.url())
+    })
+    .unwrap();
+    assert_eq!(report.ok, 500, "{report}");
+    assert_eq!(report.errors.total(), 0, "{report}");
+    assert_eq!(server.tool_calls("echo"), 500);
+    // 4 initializes + 4 notifications/initialized + 500 calls.
+    assert_eq!(server.requests(), 508);
+    assert!(report.throughput() > 0.0);
+    assert!(report.percentile(50.0) > 0);
+    let j = report.to_json();
+    assert_eq!(j["ok"], 500);
+    assert_eq!(j["errors"]["total"], 0);
+    assert!(j["latency_us"]["p99.9"].is_u64());
+    let text = report.to_string();
+    assert!(text.contains("p99.99"), "{text}");
+}
+
+#[test]
+fn open_loop_rate_and_latency_from_schedule() {
+    let server = mock(MockConfig {
+        latency: Duration::from_millis(20),
+        ..MockConfig::default()
+    });
+    // 1 connection, 100 req/s but each call takes >= 20 ms: the connection
+    // keeps up; latency must be at least the server's latency.
+    let report = run_load(LoadOptions {
+        connections: 1,
+        threads: 1,
+        rate: Some(40.0),
+        duration: Duration::from_millis(1000),
+        ..opts(server.url())
+    })
+    .unwrap();
+    assert!((35..=45).contains(&report.ok), "{report}");
+    assert!(report.percentile(50.0) >= 20_000, "{report}");
+    // Overload one connection: 200 req/s at 20 ms each can't be served, so
+    // queueing must show in the latency (coordinated omission not hidden).
+    let report = run_load(LoadOptions {
+        connections: 1,
+        threads: 1,
+        rate: Some(200.0),
+        duration: Duration::from_millis(1000),
+        ..opts(server.url())
+    })
+    .unwrap();
+    assert!(report.histogram.max() > 300_000, "{report}");
+}
+
+#[test]
+fn stateless_mode() {
+    let server = mock(MockConfig {
+        stateless: true,
+        ..MockConfig::default()
+    });
+    let report = run_load(LoadOptions {
+        requests: Some(100),
+        stateless: true,
+        tool: "whoami".into(),
+        arguments: json!({}),
+        ..opts(server.url())
+    })
+    .unwrap();
+    assert_eq!(report.ok, 100, "{report}");
+    assert_eq!(server.requests(), 100);
+    assert_eq!(
+        server.last_header("mcp-protocol-version").as_deref(),
+        Some("2026-07-28")
+    );
+}
+
+#[test]
+fn errors_by_kind() {
+    let server = mock(MockConfig::default());
+    let report = run_load(LoadOptions {
+        requests: Some(50),
+        tool: "fail".into(),
+        ..opts(server.url())
+    })
+    .unwrap();
+    assert_eq!(report.ok, 0);
+    assert_eq!(report.errors.jsonrpc, 50, "{report}");
+
+    // Progress tool answers over SSE: the final response is found.
+    let report = run_load(LoadOptions {
+        requests: Some(8),
+        tool: "progress".into(),
+        ..opts(server.url())
+    })
+    .unwrap();
+    assert_eq!(report.ok, 8, "{report}");
+
+    // Timeouts.
+    let report = run_load(LoadOptions {
+        requests: Some(4),
+        tool: "slow".into(),
+        arguments: json!({"ms": 2000}),
+        timeout: Duration::from_millis(200),
+        ..opts(server.url())
+    })
+    .unwrap();
+    assert_eq!(report.errors.timeout, 4, "{report}");
+
+    // Nothing listening.
+    let addr = server.addr();
+    drop(server);
+    let report = run_load(LoadOptions {
+        duration: Duration::from_millis(300),
+        ..opts(format!("http://{addr}/mcp"))
+    })
+    .unwrap();
+    assert_eq!(report.ok, 0);
+    assert!(report.errors.connect > 0, "{report}");
+}
