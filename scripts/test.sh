@@ -56,8 +56,9 @@ section "cargo test --workspace"
 cargo test --workspace
 
 section "pytest tests/py (e2e through mcplb)"
-export MCPLB_BIN="$ROOT/target/debug/mcplb"
-export MCPLB_LOAD_BIN="$ROOT/target/debug/mcplb-load"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+export MCPLB_BIN="$TARGET_DIR/debug/mcplb"
+export MCPLB_LOAD_BIN="$TARGET_DIR/debug/mcplb-load"
 "$VENV/bin/python" -m pytest tests/py -q --timeout 60 "$@"
 
 section "all tests passed"
