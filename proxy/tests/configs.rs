@@ -1,0 +1,56 @@
+//! Every example in `configs/` loads, and `mcplb check` says so; a bad config is refused with
+//! every problem listed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn configs_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
+}
+
+#[test]
+fn every_example_config_loads() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(configs_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        n += 1;
+        if let Err(e) = mcplb::Config::load(&path) {
+            panic!("{}: {e}", path.display());
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_mcplb"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}: {:?}", path.display(), out);
+    }
+    assert!(n >= 3, "expected at least three example configs, found {n}");
+}
+
+#[test]
+fn check_lists_every_problem_and_fails() {
+    let path = std::env::temp_dir().join(format!("mcplb-bad-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[proxy]\nlisten = \"127.0.0.1:99999\"\nmax_body_bytes = -5\n\n[[servers]]\nname = \"x\"\npath = \"/mcp\"\nbackends = [\"tcp://nope\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mcplb"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "proxy.listen",
+        "proxy.max_body_bytes",
+        "servers[0].backends[0]",
+    ] {
+        assert!(err.contains(key), "missing {key} in {err}");
+    }
+}
