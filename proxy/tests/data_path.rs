@@ -463,3 +463,19 @@ fn tool_calls_are_sent_exactly_once() {
     }
     assert_eq!(a.tool_calls("echo"), 50);
 }
+
+#[test]
+fn requests_after_idle_gaps_are_never_lost() {
+    // Keep-alive connections read directly for a short while, then cancel that read and idle
+    // with no buffer; requests that arrive around that switch must all be answered.
+    let a = mock("alpha");
+    for driver in DRIVERS {
+        let p = start_proxy(&config_for(&[&a], ""), driver);
+        let mut c = HttpClient::connect(p.addr).unwrap();
+        let (sid, _) = init_session(&mut c);
+        for gap_ms in [0u64, 95, 100, 105, 150, 20, 99, 101, 250] {
+            std::thread::sleep(Duration::from_millis(gap_ms));
+            assert_eq!(whoami(&mut c, &sid), "alpha", "gap {gap_ms} ms, driver {driver}");
+        }
+    }
+}
