@@ -45,6 +45,7 @@ struct RawProxy {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +80,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Admin listener address, if configured.
     pub admin_listen: Option<SocketAddr>,
+    /// Token the admin port requires (`Authorization: Bearer ...`); mandatory off loopback.
+    pub admin_token: Option<String>,
     /// Server groups, each with its own path and backends.
     pub servers: Vec<ServerGroup>,
 }
@@ -396,11 +399,20 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             1 << 20,
         ),
     };
-    let admin_listen = raw.admin.and_then(|a| a.listen).and_then(|s| {
+    let admin = raw.admin.unwrap_or_default();
+    let admin_token = admin.token.filter(|t| !t.is_empty());
+    let admin_listen = admin.listen.and_then(|s| {
         resolve(&s)
             .map_err(|e| errs.push(format!("admin.listen: {e}")))
             .ok()
     });
+    if let Some(a) = admin_listen {
+        if !a.ip().is_loopback() && admin_token.is_none() {
+            errs.push(format!(
+                "admin.token: required when admin.listen ({a}) is not a loopback address"
+            ));
+        }
+    }
 
     if raw.servers.is_empty() {
         errs.push("servers: at least one [[servers]] group is required".to_string());
@@ -467,6 +479,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         Ok(Config {
             proxy,
             admin_listen,
+            admin_token,
             servers,
         })
     } else {

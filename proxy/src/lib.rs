@@ -4,10 +4,12 @@
 //! worker and runs each worker on its own monoio runtime (io_uring, or epoll where io_uring is
 //! unavailable). See `ARCHITECTURE.md` for the path of one request.
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod http;
 pub mod session;
+pub mod stats;
 mod worker;
 
 use std::net::SocketAddr;
@@ -37,6 +39,8 @@ pub struct RunningProxy {
     pub local_addr: SocketAddr,
     /// The driver in use.
     pub driver: &'static str,
+    /// The admin port's address, when one is configured.
+    pub admin_addr: Option<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -105,9 +109,25 @@ pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
                 .with_context(|| format!("cannot bind another listener on {local_addr}"))?,
         );
     }
+    let hub = Arc::new(stats::StatsHub::new());
+    let admin_addr = match config.admin_listen {
+        Some(addr) => {
+            let state = Arc::new(admin::AdminState {
+                config: config.clone(),
+                hub: hub.clone(),
+                driver: driver_name,
+            });
+            Some(
+                admin::start(addr, state)
+                    .with_context(|| format!("admin.listen: cannot bind {addr}"))?,
+            )
+        }
+        None => None,
+    };
     let shared = Arc::new(worker::Shared {
         sealer: SessionSealer::new(&key),
         config,
+        hub,
     });
     let mut threads = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
@@ -144,6 +164,7 @@ pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
     tracing::info!(%local_addr, workers, driver = driver_name, "mcplb started");
     Ok(RunningProxy {
         local_addr,
+        admin_addr,
         driver: driver_name,
         threads,
     })

@@ -33,6 +33,15 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the admin port's latency percentile table in the terminal.
+    Stats {
+        /// Admin address, e.g. 127.0.0.1:9901.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Admin token, when the admin port requires one.
+        #[arg(long, env = "MCPLB_ADMIN_TOKEN")]
+        token: Option<String>,
+    },
     /// Start mock MCP backends and the proxy in one process, and walk through a session.
     Demo {
         /// Exit after the walk-through instead of staying up until Ctrl-C.
@@ -85,6 +94,9 @@ fn main() -> ExitCode {
                         "mcplb listening on {} ({} worker(s), {} driver)",
                         p.local_addr, workers, p.driver
                     );
+                    if let Some(a) = p.admin_addr {
+                        println!("mcplb admin on http://{a}/ (stats: /stats, /metrics)");
+                    }
                     p.join();
                     ExitCode::SUCCESS
                 }
@@ -94,6 +106,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Stats { admin, token } => match mcplb::admin::print_stats(&admin, token.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mcplb stats: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Demo { exit } => match mcplb::demo::run_with(!exit) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -27,6 +27,7 @@ use monoio::net::{TcpListener, TcpStream};
 use crate::config::{Backend, Config};
 use crate::http::{self, ChunkedDecoder};
 use crate::session::{SessionSealer, SCRATCH};
+use crate::stats::{self, CoreRecorder, Counter, Gauge, Sample, StatsHub};
 
 /// What every worker shares: read-only after start.
 pub struct Shared {
@@ -34,6 +35,8 @@ pub struct Shared {
     pub config: Config,
     /// Seals and opens session ids.
     pub sealer: SessionSealer,
+    /// Where every core's statistics are merged.
+    pub hub: Arc<StatsHub>,
 }
 
 const BUF_SIZE: usize = 4 * 1024;
@@ -56,6 +59,8 @@ struct Core {
     rr: Vec<lb::RoundRobin>,
     /// Free I/O buffers, so idle connections hold none and busy ones allocate none.
     bufs: RefCell<Vec<Vec<u8>>>,
+    /// This core's statistics since the last flush to the hub.
+    rec: RefCell<CoreRecorder>,
 }
 
 impl Core {
@@ -112,6 +117,7 @@ impl Core {
                 Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
             };
         let _ = s.set_nodelay(true);
+        self.rec.borrow_mut().count(Counter::UpstreamConnects, 1);
         Ok((s, false))
     }
 
@@ -174,12 +180,35 @@ pub async fn run_worker(
             .map(|_| lb::RoundRobin::starting_at(index))
             .collect(),
         bufs: RefCell::new(Vec::new()),
+        rec: RefCell::new(CoreRecorder::new(
+            &shared
+                .config
+                .servers
+                .iter()
+                .map(|g| g.backends.len())
+                .collect::<Vec<_>>(),
+        )),
         shared,
+    });
+    // Once a second, fold this core's statistics into the hub (the only cross-core lock,
+    // never taken on the request path).
+    let flusher = core.clone();
+    monoio::spawn(async move {
+        loop {
+            monoio::time::sleep(Duration::from_secs(1)).await;
+            let hub = flusher.shared.hub.clone();
+            flusher.rec.borrow_mut().flush_into(&hub, Instant::now());
+        }
     });
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                {
+                    let mut rec = core.rec.borrow_mut();
+                    rec.count(Counter::ConnectionsAccepted, 1);
+                    rec.gauge(Gauge::ClientConnections, 1);
+                }
                 monoio::spawn(serve_client(core.clone(), stream, peer));
             }
             Err(e) => {
@@ -328,6 +357,26 @@ struct ClientConn {
     /// Bytes read from upstream.
     ubuf: Vec<u8>,
     head: ReqHead,
+    /// What the current request did, for statistics.
+    meta: ReqMeta,
+}
+
+/// Per-request facts gathered along the path and recorded when it ends.
+#[derive(Default, Clone, Copy)]
+struct ReqMeta {
+    group: Option<usize>,
+    backend: Option<usize>,
+    method: usize,
+    tool: Option<usize>,
+    status: u16,
+    by_proxy: bool,
+    sent: Option<Instant>,
+    upstream_done: Option<Instant>,
+    bytes_out: u64,
+    new_session: bool,
+    ended_session: bool,
+    sse: bool,
+    retried: bool,
 }
 
 /// What became of one request.
@@ -346,6 +395,7 @@ async fn serve_client(core: Rc<Core>, stream: TcpStream, _peer: SocketAddr) {
         out: Vec::new(),
         ubuf: Vec::new(),
         head: ReqHead::default(),
+        meta: ReqMeta::default(),
     };
     let cfg = &core.shared.config.proxy;
     let mut canceller = Some(Canceller::new());
@@ -385,6 +435,7 @@ async fn serve_client(core: Rc<Core>, stream: TcpStream, _peer: SocketAddr) {
     core.give_buf(std::mem::take(&mut c.body));
     core.give_buf(std::mem::take(&mut c.out));
     core.give_buf(std::mem::take(&mut c.ubuf));
+    core.rec.borrow_mut().gauge(Gauge::ClientConnections, -1);
 }
 
 /// How long a connection that just finished a request keeps a read buffer lent to the kernel
@@ -456,6 +507,7 @@ async fn send_out(c: &mut ClientConn, next: Next) -> Next {
     let out = std::mem::take(&mut c.out);
     let len = out.len();
     let (r, out) = write_range(&mut c.stream, out, 0..len).await;
+    c.meta.bytes_out += len as u64;
     c.out = out;
     c.out.clear();
     match r {
@@ -475,11 +527,76 @@ async fn reply_error(
 ) -> Next {
     c.out.clear();
     http::write_jsonrpc_error(&mut c.out, status, id, code, msg, close);
+    c.meta.status = status;
+    c.meta.by_proxy = true;
     send_out(c, if close { Next::Close } else { Next::KeepAlive }).await
 }
 
 /// Reads one request (head and body), routes it, forwards it and its answer.
 async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
+    let start = Instant::now();
+    c.meta = ReqMeta::default();
+    let bytes_before = c.buf.len();
+    let next = read_and_forward(core, c).await;
+    record(core, &c.meta, start, bytes_before);
+    next
+}
+
+/// Folds one finished request into this core's statistics.
+fn record(core: &Core, m: &ReqMeta, start: Instant, bytes_hint: usize) {
+    let Some(group) = m.group else {
+        // Rejected before a server group was known (bad head, unknown path): count only.
+        let mut rec = core.rec.borrow_mut();
+        rec.count(Counter::BadRequest, 1);
+        rec.count(Counter::BytesOut, m.bytes_out);
+        return;
+    };
+    let end = Instant::now();
+    let upstream_us = match (m.sent, m.upstream_done) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_micros() as u64,
+        _ => 0,
+    };
+    let mut rec = core.rec.borrow_mut();
+    rec.record(Sample {
+        group,
+        backend: m.backend,
+        method: m.method,
+        tool: m.tool,
+        total_us: end.saturating_duration_since(start).as_micros() as u64,
+        upstream_us,
+    });
+    let _ = bytes_hint;
+    rec.count(Counter::BytesOut, m.bytes_out);
+    if m.by_proxy {
+        let c = match m.status {
+            404 => Counter::UnknownSession,
+            429 => Counter::RateLimited,
+            502 | 503 => Counter::NoBackend,
+            504 => Counter::Timeout,
+            _ => Counter::BadRequest,
+        };
+        rec.count(c, 1);
+    } else if (400..500).contains(&m.status) {
+        rec.count(Counter::Upstream4xx, 1);
+    } else if m.status >= 500 {
+        rec.count(Counter::Upstream5xx, 1);
+    }
+    if m.new_session {
+        rec.count(Counter::SessionsStarted, 1);
+    }
+    if m.ended_session {
+        rec.count(Counter::SessionsEnded, 1);
+    }
+    if m.sse {
+        rec.count(Counter::SseStreams, 1);
+    }
+    if m.retried {
+        rec.count(Counter::Retries, 1);
+    }
+}
+
+/// Reads one request (head and body), routes it, forwards it and its answer.
+async fn read_and_forward(core: &Core, c: &mut ClientConn) -> Next {
     let cfg = &core.shared.config.proxy;
     // ---- head
     let deadline = monoio::time::Instant::now() + cfg.header_timeout;
@@ -548,6 +665,8 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
         return reply_error(c, 404, None, -32600, "no MCP server at this path", close).await;
     };
+    c.meta.group = Some(gi);
+    c.meta.method = stats::M_GET;
     if !(is_post || is_get || is_delete) {
         let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
         return reply_error(c, 405, None, -32600, "method not allowed", close).await;
@@ -630,6 +749,9 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         (BodyAt::Buf(h.len..end), end)
     };
 
+    core.rec
+        .borrow_mut()
+        .count(Counter::BytesIn, consumed as u64);
     // ---- envelope
     let mut read_only = is_get || is_delete;
     let mut req_id: Option<Range<usize>> = None;
@@ -665,6 +787,17 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
             c.out = out;
             c.buf.drain(..consumed);
             return send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await;
+        }
+        c.meta.method = match (env.kind, env.method) {
+            (protocol::MessageKind::Notification, _) => stats::M_NOTIFICATION,
+            (protocol::MessageKind::Response, _) => stats::M_RESPONSE,
+            (_, Some(m)) => stats::method_index(&m),
+            _ => stats::M_OTHER,
+        };
+        if c.meta.method == 3 {
+            if let Some(name) = env.name {
+                c.meta.tool = Some(core.rec.borrow_mut().tool_slot(&name.decode()));
+            }
         }
         read_only = env.method.is_some_and(|m| {
             [
@@ -775,6 +908,8 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         return reply_error(c, status, id.as_deref(), -32603, msg, !keep).await;
     };
     let backend = &group.backends[bi];
+    c.meta.backend = Some(bi);
+    c.meta.ended_session = is_delete && backend_sid.is_some();
 
     // ---- upstream request
     let mut out = std::mem::take(&mut c.out);
@@ -801,6 +936,7 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         let len = out.len();
         let (w, out) = write_range(&mut up, out, 0..len).await;
         c.out = out;
+        c.meta.sent = Some(Instant::now());
         let write_failed = w.is_err();
         let mut failed_before_answer = write_failed;
         let mut head_len = None;
@@ -855,6 +991,7 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                 up = s;
                 reused = r;
                 ubuf.clear();
+                c.meta.retried = true;
                 continue;
             }
         }
@@ -953,6 +1090,8 @@ enum Framing {
 
 /// The parts of an upstream response head the body loop needs.
 struct RespHead {
+    status: u16,
+    new_session: bool,
     framing: Framing,
     up_close: bool,
     is_sse: bool,
@@ -991,6 +1130,7 @@ fn rewrite_response_head(
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", status, resp.reason.unwrap_or(""));
     let mut cl = None;
     let mut chunked = false;
+    let mut new_session = false;
     for hd in resp.headers.iter() {
         let name = hd.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -1024,6 +1164,7 @@ fn rewrite_response_head(
             sealer
                 .seal(backend_tag, hd.value.trim_ascii(), out)
                 .map_err(|_| "backend session id too long")?;
+            new_session = true;
             out.extend_from_slice(b"\r\n");
             continue;
         }
@@ -1052,6 +1193,8 @@ fn rewrite_response_head(
         Framing::UntilClose
     };
     Ok(HeadKind::Final(RespHead {
+        status,
+        new_session,
         framing,
         up_close,
         is_sse,
@@ -1074,6 +1217,8 @@ async fn forward_response(
     let mut out = std::mem::take(&mut c.out);
     let mut head_len = head_len;
     let RespHead {
+        status,
+        new_session,
         mut framing,
         up_close,
         is_sse,
@@ -1113,6 +1258,10 @@ async fn forward_response(
             }
         }
     };
+    c.meta.status = status;
+    c.meta.new_session = new_session;
+    c.meta.sse = is_sse;
+    let _sse_open = is_sse.then(|| SseOpen::new(core));
     let mut client_close = !keep;
     match &framing {
         Framing::None => out.extend_from_slice(b"content-length: 0\r\n"),
@@ -1142,7 +1291,11 @@ async fn forward_response(
             extra = true;
         }
     }
+    if body_done {
+        c.meta.upstream_done = Some(Instant::now());
+    }
     let len = out.len();
+    c.meta.bytes_out += len as u64;
     let (w, mut out) = write_range(&mut c.stream, out, 0..len).await;
     out.clear();
     c.out = out;
@@ -1175,9 +1328,11 @@ async fn forward_response(
         }
         let (take, done) = body_step(&mut framing, &ubuf, &mut framing_error);
         body_done = done;
-        if done && take < ubuf.len() {
-            extra = true;
+        if done {
+            c.meta.upstream_done = Some(Instant::now());
+            extra = take < ubuf.len();
         }
+        c.meta.bytes_out += take as u64;
         let (w, b) = write_range(&mut c.stream, ubuf, 0..take).await;
         ubuf = b;
         if w.is_err() {
@@ -1198,6 +1353,24 @@ async fn forward_response(
         },
         reusable,
     )
+}
+
+/// Counts an SSE stream as open while it is forwarded (the gauge falls when this drops).
+struct SseOpen<'a>(&'a Core);
+
+impl<'a> SseOpen<'a> {
+    fn new(core: &'a Core) -> Self {
+        core.rec.borrow_mut().gauge(Gauge::SseOpen, 1);
+        SseOpen(core)
+    }
+}
+
+impl Drop for SseOpen<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut rec) = self.0.rec.try_borrow_mut() {
+            rec.gauge(Gauge::SseOpen, -1);
+        }
+    }
 }
 
 /// Advances the body framing over `avail`: how many bytes belong to the body, and whether the

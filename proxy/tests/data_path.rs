@@ -475,7 +475,11 @@ fn requests_after_idle_gaps_are_never_lost() {
         let (sid, _) = init_session(&mut c);
         for gap_ms in [0u64, 95, 100, 105, 150, 20, 99, 101, 250] {
             std::thread::sleep(Duration::from_millis(gap_ms));
-            assert_eq!(whoami(&mut c, &sid), "alpha", "gap {gap_ms} ms, driver {driver}");
+            assert_eq!(
+                whoami(&mut c, &sid),
+                "alpha",
+                "gap {gap_ms} ms, driver {driver}"
+            );
         }
     }
 }

@@ -19,6 +19,7 @@ pub const DRIVERS: [&str; 2] = ["auto", "legacy"];
 pub struct Proxy {
     pub child: Child,
     pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
     pub config_path: PathBuf,
 }
 
@@ -60,15 +61,25 @@ pub fn start_proxy(config: &str, driver: &str) -> Proxy {
             if let Some(rest) = line.split("listening on ").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                 let _ = tx.send(addr);
+            } else if let Some(rest) = line.split("admin on http://").nth(1) {
+                let addr = rest.split('/').next().unwrap_or("").to_string();
+                let _ = tx.send(addr);
             }
         }
     });
     let addr = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("mcplb did not report its address");
+    let admin = config.contains("[admin]").then(|| {
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("mcplb did not report its admin address")
+            .parse()
+            .unwrap()
+    });
     Proxy {
         child,
         addr: addr.parse().unwrap(),
+        admin,
         config_path,
     }
 }

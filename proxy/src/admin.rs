@@ -1,0 +1,414 @@
+//! The admin port: statistics as JSON (`/stats`), Prometheus text (`/metrics`), backends
+//! (`/backends`), liveness and readiness (`/healthz`, `/readyz`) and a self-contained live page
+//! (`/`). It runs on its own thread with blocking I/O, never on a worker's listener: admin
+//! traffic cannot slow client traffic. Bound to a non-loopback address it requires the
+//! configured token (`Authorization: Bearer TOKEN`), checked on every request.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use crate::config::Config;
+use crate::stats::{self, Dim, StatsHub, Triple, COUNTER_NAMES, GAUGE_NAMES, METHODS};
+
+/// What the admin thread reads.
+pub struct AdminState {
+    /// The running configuration.
+    pub config: Config,
+    /// Merged statistics.
+    pub hub: Arc<StatsHub>,
+    /// Name of the event driver in use.
+    pub driver: &'static str,
+}
+
+/// Binds the admin listener and serves it on a new thread; returns the bound address.
+pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("mcplb-admin".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let st = state.clone();
+                // One short-lived thread per admin connection: admin traffic is rare and small.
+                let _ = std::thread::Builder::new()
+                    .name("mcplb-admin-conn".into())
+                    .spawn(move || {
+                        let _ = serve(conn, &st);
+                    });
+            }
+        })?;
+    Ok(local)
+}
+
+fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = Vec::with_capacity(2048);
+    let mut tmp = [0u8; 2048];
+    let head_len = loop {
+        if let Some(n) = crate::http::head_len(&buf) {
+            break n;
+        }
+        if buf.len() > 16 * 1024 {
+            return respond(&mut s, 431, "text/plain", b"head too large\n");
+        }
+        let n = s.read(&mut tmp)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(
+        req.parse(&buf[..head_len]),
+        Ok(httparse::Status::Complete(_))
+    ) {
+        return respond(&mut s, 400, "text/plain", b"bad request\n");
+    }
+    let method = req.method.unwrap_or("");
+    let path = req.path.unwrap_or("/");
+    let path = path.split('?').next().unwrap_or("/");
+    if let Some(token) = &st.config.admin_token {
+        let given = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+            .map(|h| h.value)
+            .and_then(|v| v.strip_prefix(b"Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g, token.as_bytes())) {
+            return respond(&mut s, 401, "text/plain", b"admin token required\n");
+        }
+    }
+    if method != "GET" {
+        return respond(&mut s, 405, "text/plain", b"method not allowed\n");
+    }
+    let now = Instant::now();
+    match path {
+        "/healthz" => respond(&mut s, 200, "text/plain", b"ok\n"),
+        "/readyz" => {
+            let (ready, body) = readiness(st);
+            respond(
+                &mut s,
+                if ready { 200 } else { 503 },
+                "application/json",
+                body.to_string().as_bytes(),
+            )
+        }
+        "/stats" => respond(
+            &mut s,
+            200,
+            "application/json",
+            stats_json(st, now).to_string().as_bytes(),
+        ),
+        "/metrics" => respond(
+            &mut s,
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics_text(st, now).as_bytes(),
+        ),
+        "/backends" => respond(
+            &mut s,
+            200,
+            "application/json",
+            backends_json(st).to_string().as_bytes(),
+        ),
+        "/" => respond(&mut s, 200, "text/html; charset=utf-8", PAGE.as_bytes()),
+        _ => respond(&mut s, 404, "text/plain", b"not found\n"),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+        crate::http::reason(status),
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)
+}
+
+fn dim_label(cfg: &Config, d: &Dim) -> (&'static str, String) {
+    match d {
+        Dim::Backend(g, b) => (
+            "backend",
+            cfg.servers
+                .get(*g)
+                .and_then(|gr| gr.backends.get(*b))
+                .map_or_else(|| format!("{g}/{b}"), |be| be.name.clone()),
+        ),
+        Dim::Group(g) => (
+            "server",
+            cfg.servers
+                .get(*g)
+                .map_or_else(|| g.to_string(), |gr| gr.name.clone()),
+        ),
+        Dim::Method(m) => ("method", METHODS.get(*m).unwrap_or(&"other").to_string()),
+        Dim::Tool(t) => ("tool", t.clone()),
+    }
+}
+
+fn triple_json(t: &Triple) -> Value {
+    json!({
+        "total": stats::summary(&t.total),
+        "upstream": stats::summary(&t.upstream),
+        "own": stats::summary(&t.own),
+    })
+}
+
+fn window_json(st: &AdminState, rolling: bool, now: Instant) -> Value {
+    let view = st.hub.view(rolling, now);
+    let mut out = Map::new();
+    for kind in ["backend", "server", "method", "tool"] {
+        out.insert(format!("{kind}s"), Value::Object(Map::new()));
+    }
+    for (d, t) in &view.hists {
+        let (kind, name) = dim_label(&st.config, d);
+        if let Some(Value::Object(m)) = out.get_mut(&format!("{kind}s")) {
+            m.insert(name, triple_json(t));
+        }
+    }
+    Value::Object(out)
+}
+
+/// The `/stats` document.
+pub fn stats_json(st: &AdminState, now: Instant) -> Value {
+    let (counters, gauges) = st.hub.counters();
+    let c: Map<String, Value> = COUNTER_NAMES
+        .iter()
+        .zip(counters)
+        .map(|(n, v)| (n.to_string(), json!(v)))
+        .collect();
+    let g: Map<String, Value> = GAUGE_NAMES
+        .iter()
+        .zip(gauges)
+        .map(|(n, v)| (n.to_string(), json!(v)))
+        .collect();
+    json!({
+        "uptime_seconds": now.saturating_duration_since(st.hub.started).as_secs(),
+        "driver": st.driver,
+        "workers": st.config.proxy.workers,
+        "unit": "microseconds",
+        "counters": c,
+        "gauges": g,
+        "since_start": window_json(st, false, now),
+        "last_60s": window_json(st, true, now),
+    })
+}
+
+fn backends_json(st: &AdminState) -> Value {
+    let now = Instant::now();
+    let view = st.hub.view(false, now);
+    let mut list = Vec::new();
+    for (gi, g) in st.config.servers.iter().enumerate() {
+        for (bi, b) in g.backends.iter().enumerate() {
+            let requests = view
+                .hists
+                .iter()
+                .find(|(d, _)| *d == Dim::Backend(gi, bi))
+                .map_or(0, |(_, t)| t.total.len());
+            list.push(json!({
+                "server": g.name, "name": b.name, "url": b.url,
+                "state": "healthy", "requests": requests,
+            }));
+        }
+    }
+    json!({ "backends": list })
+}
+
+fn readiness(st: &AdminState) -> (bool, Value) {
+    let groups: Vec<Value> = st
+        .config
+        .servers
+        .iter()
+        .map(|g| json!({"server": g.name, "healthy_backends": g.backends.len()}))
+        .collect();
+    let ready = st.config.servers.iter().all(|g| !g.backends.is_empty());
+    (ready, json!({"ready": ready, "servers": groups}))
+}
+
+/// Histogram bucket bounds (seconds) for Prometheus, derived from the HDR data.
+const BUCKETS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 10_000_000, 60_000_000,
+];
+
+fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The `/metrics` Prometheus text exposition.
+pub fn metrics_text(st: &AdminState, now: Instant) -> String {
+    let mut o = String::with_capacity(16 * 1024);
+    let (counters, gauges) = st.hub.counters();
+    for (n, v) in COUNTER_NAMES.iter().zip(counters) {
+        let _ = writeln!(o, "# HELP mcplb_{n}_total mcplb counter {n}.");
+        let _ = writeln!(o, "# TYPE mcplb_{n}_total counter");
+        let _ = writeln!(o, "mcplb_{n}_total {v}");
+    }
+    for (n, v) in GAUGE_NAMES.iter().zip(gauges) {
+        let _ = writeln!(o, "# HELP mcplb_{n} mcplb gauge {n}.");
+        let _ = writeln!(o, "# TYPE mcplb_{n} gauge");
+        let _ = writeln!(o, "mcplb_{n} {v}");
+    }
+    let view = st.hub.view(false, now);
+    for (part, help) in [
+        ("total", "first request byte in to last response byte out"),
+        ("upstream", "request sent upstream to response complete"),
+        ("own", "time spent in mcplb itself (total minus upstream)"),
+    ] {
+        let name = format!("mcplb_request_{part}_seconds");
+        let _ = writeln!(o, "# HELP {name} Request latency: {help}.");
+        let _ = writeln!(o, "# TYPE {name} histogram");
+        for (d, t) in &view.hists {
+            let h = match part {
+                "total" => &t.total,
+                "upstream" => &t.upstream,
+                _ => &t.own,
+            };
+            let (kind, label) = dim_label(&st.config, d);
+            let lbl = format!("dimension=\"{kind}\",name=\"{}\"", escape_label(&label));
+            for le in BUCKETS_US {
+                let n = h.count_between(0, le);
+                let _ = writeln!(o, "{name}_bucket{{{lbl},le=\"{}\"}} {n}", le as f64 / 1e6);
+            }
+            let _ = writeln!(o, "{name}_bucket{{{lbl},le=\"+Inf\"}} {}", h.len());
+            let sum: f64 = h.mean() * h.len() as f64 / 1e6;
+            let _ = writeln!(o, "{name}_sum{{{lbl}}} {sum}");
+            let _ = writeln!(o, "{name}_count{{{lbl}}} {}", h.len());
+        }
+    }
+    o
+}
+
+/// `mcplb stats --admin ADDR`: fetch `/stats` and print the percentile table.
+pub fn print_stats(addr: &str, token: Option<&str>) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET /stats HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n"
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("bad answer from the admin port"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("admin port answered: {}", head.lines().next().unwrap_or(""));
+    }
+    let v: Value = serde_json::from_str(body)?;
+    print!("{}", render_table(&v));
+    Ok(())
+}
+
+/// Renders a `/stats` document as a terminal table.
+pub fn render_table(v: &Value) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "mcplb: up {} s, {} driver, {} worker(s); latencies in µs (since start)",
+        v["uptime_seconds"],
+        v["driver"].as_str().unwrap_or("?"),
+        v["workers"]
+    );
+    let _ = writeln!(
+        o,
+        "{:<8} {:<28} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "kind", "name", "count", "p50", "p90", "p99", "p99.9", "max", "own p50", "own p99"
+    );
+    for kind in ["servers", "backends", "methods", "tools"] {
+        if let Some(m) = v["since_start"][kind].as_object() {
+            for (name, t) in m {
+                let tt = &t["total"];
+                let _ = writeln!(
+                    o,
+                    "{:<8} {:<28} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+                    kind.trim_end_matches('s'),
+                    name,
+                    tt["count"],
+                    tt["p50"],
+                    tt["p90"],
+                    tt["p99"],
+                    tt["p999"],
+                    tt["max"],
+                    t["own"]["p50"],
+                    t["own"]["p99"]
+                );
+            }
+        }
+    }
+    if let Some(c) = v["counters"].as_object() {
+        let parts: Vec<String> = c.iter().map(|(k, x)| format!("{k}={x}")).collect();
+        let _ = writeln!(o, "counters: {}", parts.join(" "));
+    }
+    if let Some(g) = v["gauges"].as_object() {
+        let parts: Vec<String> = g.iter().map(|(k, x)| format!("{k}={x}")).collect();
+        let _ = writeln!(o, "gauges: {}", parts.join(" "));
+    }
+    o
+}
+
+/// The live page: no external scripts or fonts; polls `/stats` every 2 s.
+const PAGE: &str = r##"<!doctype html>
+<html><head><meta charset="utf-8"><title>mcplb</title>
+<style>
+body{font:14px system-ui,sans-serif;margin:20px;color:#222;background:#fafafa}
+h1{font-size:20px}h2{font-size:16px;margin-top:24px}
+table{border-collapse:collapse;background:#fff}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}
+td:first-child,th:first-child{text-align:left}.bar{fill:#3b7dd8}.own{fill:#e07b39}
+#meta{color:#555}
+</style></head><body>
+<h1>mcplb</h1><div id="meta">loading…</div>
+<h2>Latency percentiles (µs, since start)</h2><table id="tbl"></table>
+<h2>p50 / p99 per backend and tool (µs; blue total, orange mcplb's own share)</h2><svg id="chart" width="900" height="40"></svg>
+<h2>Counters</h2><table id="ctr"></table>
+<script>
+function row(cells,tag){return '<tr>'+cells.map(c=>'<'+tag+'>'+c+'</'+tag+'>').join('')+'</tr>'}
+async function tick(){
+ try{
+  const r=await fetch('/stats');const s=await r.json();
+  document.getElementById('meta').textContent='up '+s.uptime_seconds+' s · '+s.driver+' driver · '+s.workers+' worker(s)';
+  let h=row(['kind','name','count','p50','p90','p95','p99','p99.9','max','own p50','own p99'],'th');
+  const bars=[];
+  for(const kind of ['servers','backends','methods','tools']){
+   const m=s.since_start[kind]||{};
+   for(const [name,t] of Object.entries(m)){
+    const x=t.total;h+=row([kind.slice(0,-1),name,x.count,x.p50,x.p90,x.p95,x.p99,x.p999,x.max,t.own.p50,t.own.p99],'td');
+    if(kind==='backends'||kind==='tools')bars.push([kind.slice(0,-1)+' '+name,x.p50,x.p99,t.own.p99]);
+   }
+  }
+  document.getElementById('tbl').innerHTML=h;
+  const max=Math.max(1,...bars.map(b=>b[2]));const svg=document.getElementById('chart');
+  svg.setAttribute('height',String(20+bars.length*26));
+  svg.innerHTML=bars.map((b,i)=>{const y=10+i*26;const w50=600*b[1]/max,w99=600*b[2]/max,wo=600*b[3]/max;
+   return '<text x="0" y="'+(y+14)+'" font-size="12">'+b[0]+'</text>'+
+   '<rect class="bar" opacity="0.5" x="200" y="'+y+'" width="'+w99+'" height="18"/>'+
+   '<rect class="bar" x="200" y="'+y+'" width="'+w50+'" height="18"/>'+
+   '<rect class="own" x="200" y="'+(y+14)+'" width="'+wo+'" height="4"/>'+
+   '<text x="'+(205+w99)+'" y="'+(y+14)+'" font-size="12">p50 '+b[1]+' · p99 '+b[2]+'</text>'}).join('');
+  let c=row(['counter','value'],'th');
+  for(const [k,v] of Object.entries(s.counters))c+=row([k,v],'td');
+  for(const [k,v] of Object.entries(s.gauges))c+=row([k,v],'td');
+  document.getElementById('ctr').innerHTML=c;
+ }catch(e){document.getElementById('meta').textContent='admin port unreachable: '+e}
+}
+tick();setInterval(tick,2000);
+</script></body></html>
+"##;

@@ -1,0 +1,565 @@
+//! Latency histograms and counters: recorded per core with no shared state on the request
+//! path, merged when read.
+//!
+//! Each worker owns a [`CoreRecorder`] (plain fields, `RefCell` on its own thread). Once a
+//! second the worker folds it into the process-wide [`StatsHub`] under a mutex that only these
+//! flushes and admin reads touch, never a request. The hub keeps everything since start and a
+//! ring of six 10-second slots for the rolling last 60 s. Histograms are HDR (µs, 3 significant
+//! digits) of the total time (first request byte in to last response byte out), the upstream
+//! time (request sent to response complete) and the proxy's own share (total minus upstream),
+//! per backend, server group, method and tool name (at most [`MAX_TOOLS`] names; the rest are
+//! counted as `other`). Histograms are allocated only for the dimensions that see traffic.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// Distinct tool names tracked; further names are recorded as `other`.
+pub const MAX_TOOLS: usize = 64;
+/// Longest latency tracked exactly (1 hour in µs); longer ones saturate.
+const HIGHEST_US: u64 = 3_600_000_000;
+/// Rolling window: this many slots of [`SLOT`].
+const SLOTS: usize = 6;
+const SLOT: Duration = Duration::from_secs(10);
+
+/// Methods tracked by name; anything else is `other`.
+pub const METHODS: [&str; 16] = [
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "server/discover",
+    "notification",
+    "response",
+    "GET",
+    "other",
+];
+/// Index of `notification` (any notification) in [`METHODS`].
+pub const M_NOTIFICATION: usize = 12;
+/// Index of `response` (a client's answer to a server request).
+pub const M_RESPONSE: usize = 13;
+/// Index of `GET` (standalone stream) / DELETE.
+pub const M_GET: usize = 14;
+/// Index of `other`.
+pub const M_OTHER: usize = 15;
+
+/// Index of a request's method in [`METHODS`].
+pub fn method_index(m: &protocol::JsonStr<'_>) -> usize {
+    METHODS[..12]
+        .iter()
+        .position(|x| m.eq_str(x))
+        .unwrap_or(M_OTHER)
+}
+
+/// Counter kinds (monotonic).
+#[derive(Debug, Clone, Copy)]
+#[repr(usize)]
+pub enum Counter {
+    /// Requests completed (answered by a backend or by mcplb).
+    Requests,
+    /// Answers with HTTP status 4xx from a backend.
+    Upstream4xx,
+    /// Answers with HTTP status 5xx from a backend.
+    Upstream5xx,
+    /// Requests mcplb rejected as malformed (400/405/413/431/408).
+    BadRequest,
+    /// Unknown session ids (404 by mcplb).
+    UnknownSession,
+    /// No backend could be reached (502/503).
+    NoBackend,
+    /// Upstream timeouts (504).
+    Timeout,
+    /// Requests rejected by a rate or concurrency limit (429).
+    RateLimited,
+    /// Retries on another connection or backend.
+    Retries,
+    /// Request bytes received from clients.
+    BytesIn,
+    /// Response bytes sent to clients.
+    BytesOut,
+    /// Client connections accepted.
+    ConnectionsAccepted,
+    /// Upstream connections opened.
+    UpstreamConnects,
+    /// Sessions started (initialize answered with a session id).
+    SessionsStarted,
+    /// Sessions ended by DELETE.
+    SessionsEnded,
+    /// SSE answers forwarded.
+    SseStreams,
+}
+const COUNTERS: usize = 16;
+/// Names of the counters, in order.
+pub const COUNTER_NAMES: [&str; COUNTERS] = [
+    "requests",
+    "upstream_4xx",
+    "upstream_5xx",
+    "bad_request",
+    "unknown_session",
+    "no_backend",
+    "upstream_timeout",
+    "rate_limited",
+    "retries",
+    "bytes_in",
+    "bytes_out",
+    "connections_accepted",
+    "upstream_connects",
+    "sessions_started",
+    "sessions_ended",
+    "sse_streams",
+];
+
+/// Gauges (up/down).
+#[derive(Debug, Clone, Copy)]
+#[repr(usize)]
+pub enum Gauge {
+    /// Client connections open.
+    ClientConnections,
+    /// SSE streams being forwarded.
+    SseOpen,
+    /// Idle pooled upstream connections.
+    UpstreamIdle,
+}
+const GAUGES: usize = 3;
+/// Names of the gauges, in order.
+pub const GAUGE_NAMES: [&str; GAUGES] = ["client_connections", "sse_streams_open", "upstream_idle"];
+
+/// Total, upstream and own-time histograms of one dimension.
+#[derive(Clone)]
+pub struct Triple {
+    /// First request byte in to last response byte out.
+    pub total: Histogram<u64>,
+    /// Request sent upstream to response complete.
+    pub upstream: Histogram<u64>,
+    /// The proxy's own share (total minus upstream).
+    pub own: Histogram<u64>,
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIGHEST_US, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable_hist()))
+}
+
+#[allow(clippy::expect_used)]
+fn unreachable_hist() -> Histogram<u64> {
+    // new(3) only fails for sigfig > 5; 3 is fixed above.
+    Histogram::new(2).expect("hdrhistogram with 2 significant digits")
+}
+
+impl Triple {
+    fn new() -> Self {
+        Triple {
+            total: new_hist(),
+            upstream: new_hist(),
+            own: new_hist(),
+        }
+    }
+    fn record(&mut self, total_us: u64, upstream_us: u64) {
+        self.total.saturating_record(total_us.max(1));
+        self.upstream.saturating_record(upstream_us.max(1));
+        self.own
+            .saturating_record(total_us.saturating_sub(upstream_us).max(1));
+    }
+    fn add(&mut self, o: &Triple) {
+        let _ = self.total.add(&o.total);
+        let _ = self.upstream.add(&o.upstream);
+        let _ = self.own.add(&o.own);
+    }
+    fn reset(&mut self) {
+        self.total.reset();
+        self.upstream.reset();
+        self.own.reset();
+    }
+}
+
+/// A dimension's name as the hub keys it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dim {
+    /// A backend, by group and index.
+    Backend(usize, usize),
+    /// A server group.
+    Group(usize),
+    /// A method, index into [`METHODS`].
+    Method(usize),
+    /// A tool name (or `other`).
+    Tool(String),
+}
+
+/// What one finished request recorded.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// Server group index.
+    pub group: usize,
+    /// Backend index when a backend was used.
+    pub backend: Option<usize>,
+    /// Method index into [`METHODS`].
+    pub method: usize,
+    /// Tool slot from [`CoreRecorder::tool_slot`], for `tools/call`.
+    pub tool: Option<usize>,
+    /// Total µs.
+    pub total_us: u64,
+    /// Upstream µs (0 when answered by mcplb).
+    pub upstream_us: u64,
+}
+
+/// One core's recording since its last flush.
+pub struct CoreRecorder {
+    groups: Vec<Option<Box<Triple>>>,
+    backends: Vec<Vec<Option<Box<Triple>>>>,
+    methods: Vec<Option<Box<Triple>>>,
+    tool_names: HashMap<Box<str>, usize>,
+    tools: Vec<(Box<str>, Option<Box<Triple>>)>,
+    counters: [u64; COUNTERS],
+    gauges: [i64; GAUGES],
+    dirty: bool,
+}
+
+impl CoreRecorder {
+    /// A recorder for groups with these backend counts.
+    pub fn new(backends_per_group: &[usize]) -> Self {
+        CoreRecorder {
+            groups: backends_per_group.iter().map(|_| None).collect(),
+            backends: backends_per_group
+                .iter()
+                .map(|n| (0..*n).map(|_| None).collect())
+                .collect(),
+            methods: METHODS.iter().map(|_| None).collect(),
+            tool_names: HashMap::new(),
+            tools: Vec::new(),
+            counters: [0; COUNTERS],
+            gauges: [0; GAUGES],
+            dirty: false,
+        }
+    }
+
+    /// The slot for a tool name; allocates only the first time a core sees a name, and past
+    /// [`MAX_TOOLS`] names everything goes to `other`.
+    pub fn tool_slot(&mut self, name: &str) -> usize {
+        if let Some(i) = self.tool_names.get(name) {
+            return *i;
+        }
+        let key: &str = if self.tool_names.len() >= MAX_TOOLS {
+            "other"
+        } else {
+            name
+        };
+        if let Some(i) = self.tool_names.get(key) {
+            return *i;
+        }
+        let i = self.tools.len();
+        self.tools.push((key.into(), None));
+        self.tool_names.insert(key.into(), i);
+        i
+    }
+
+    /// Records one finished request.
+    pub fn record(&mut self, s: Sample) {
+        fn slot(t: &mut Option<Box<Triple>>) -> &mut Triple {
+            t.get_or_insert_with(|| Box::new(Triple::new()))
+        }
+        self.dirty = true;
+        self.counters[Counter::Requests as usize] += 1;
+        if let Some(t) = self.groups.get_mut(s.group) {
+            slot(t).record(s.total_us, s.upstream_us);
+        }
+        if let Some(b) = s.backend {
+            if let Some(t) = self.backends.get_mut(s.group).and_then(|g| g.get_mut(b)) {
+                slot(t).record(s.total_us, s.upstream_us);
+            }
+        }
+        if let Some(t) = self.methods.get_mut(s.method) {
+            slot(t).record(s.total_us, s.upstream_us);
+        }
+        if let Some(ti) = s.tool {
+            if let Some((_, t)) = self.tools.get_mut(ti) {
+                slot(t).record(s.total_us, s.upstream_us);
+            }
+        }
+    }
+
+    /// Adds to a counter.
+    pub fn count(&mut self, c: Counter, n: u64) {
+        self.dirty = true;
+        self.counters[c as usize] += n;
+    }
+
+    /// Moves a gauge.
+    pub fn gauge(&mut self, g: Gauge, delta: i64) {
+        self.dirty = true;
+        self.gauges[g as usize] += delta;
+    }
+
+    /// Folds this core's data into the hub and resets it (keeping its allocations).
+    pub fn flush_into(&mut self, hub: &StatsHub, now: Instant) {
+        if !self.dirty {
+            return;
+        }
+        let mut h = match hub.inner.lock() {
+            Ok(h) => h,
+            Err(p) => p.into_inner(),
+        };
+        h.rotate(now);
+        let mut each = |dim: Dim, t: &mut Option<Box<Triple>>| {
+            if let Some(t) = t {
+                if !t.total.is_empty() {
+                    h.absorb(dim, t);
+                    t.reset();
+                }
+            }
+        };
+        for (g, t) in self.groups.iter_mut().enumerate() {
+            each(Dim::Group(g), t);
+        }
+        for (g, bs) in self.backends.iter_mut().enumerate() {
+            for (b, t) in bs.iter_mut().enumerate() {
+                each(Dim::Backend(g, b), t);
+            }
+        }
+        for (m, t) in self.methods.iter_mut().enumerate() {
+            each(Dim::Method(m), t);
+        }
+        for (name, t) in self.tools.iter_mut() {
+            each(Dim::Tool(name.to_string()), t);
+        }
+        for (i, c) in self.counters.iter_mut().enumerate() {
+            h.counters[i] += *c;
+            *c = 0;
+        }
+        for (i, g) in self.gauges.iter_mut().enumerate() {
+            h.gauges[i] += *g;
+            *g = 0;
+        }
+        self.dirty = false;
+    }
+}
+
+struct Slot {
+    start: Instant,
+    hists: HashMap<Dim, Triple>,
+}
+
+struct HubInner {
+    since_start: HashMap<Dim, Triple>,
+    ring: Vec<Slot>,
+    counters: [u64; COUNTERS],
+    gauges: [i64; GAUGES],
+}
+
+impl HubInner {
+    fn rotate(&mut self, now: Instant) {
+        let needs_new = self
+            .ring
+            .last()
+            .is_none_or(|s| now.saturating_duration_since(s.start) >= SLOT);
+        if needs_new {
+            if self.ring.len() >= SLOTS {
+                let mut old = self.ring.remove(0);
+                old.hists.values_mut().for_each(Triple::reset);
+                old.start = now;
+                self.ring.push(old);
+            } else {
+                self.ring.push(Slot {
+                    start: now,
+                    hists: HashMap::new(),
+                });
+            }
+        }
+    }
+
+    fn absorb(&mut self, dim: Dim, t: &Triple) {
+        self.since_start
+            .entry(dim.clone())
+            .or_insert_with(Triple::new)
+            .add(t);
+        if let Some(slot) = self.ring.last_mut() {
+            slot.hists.entry(dim).or_insert_with(Triple::new).add(t);
+        }
+    }
+}
+
+/// The process-wide merge point of every core's recordings.
+pub struct StatsHub {
+    inner: Mutex<HubInner>,
+    /// When the process started.
+    pub started: Instant,
+}
+
+/// Percentiles of one histogram.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    /// Samples.
+    pub count: u64,
+    /// Mean, µs.
+    pub mean: f64,
+    /// p50, µs.
+    pub p50: u64,
+    /// p90, µs.
+    pub p90: u64,
+    /// p95, µs.
+    pub p95: u64,
+    /// p99, µs.
+    pub p99: u64,
+    /// p99.9, µs.
+    pub p999: u64,
+    /// Max, µs.
+    pub max: u64,
+}
+
+impl Summary {
+    fn of(h: &Histogram<u64>) -> Summary {
+        Summary {
+            count: h.len(),
+            mean: (h.mean() * 10.0).round() / 10.0,
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p95: h.value_at_quantile(0.95),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+/// A merged view of every dimension, in one window.
+pub struct View {
+    /// Histograms by dimension.
+    pub hists: Vec<(Dim, Triple)>,
+}
+
+impl Default for StatsHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StatsHub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        StatsHub {
+            inner: Mutex::new(HubInner {
+                since_start: HashMap::new(),
+                ring: Vec::new(),
+                counters: [0; COUNTERS],
+                gauges: [0; GAUGES],
+            }),
+            started: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubInner> {
+        match self.inner.lock() {
+            Ok(h) => h,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Everything since start (`rolling = false`) or in the last 60 s.
+    pub fn view(&self, rolling: bool, now: Instant) -> View {
+        let h = self.lock();
+        let mut out: HashMap<Dim, Triple> = HashMap::new();
+        if rolling {
+            for s in &h.ring {
+                if now.saturating_duration_since(s.start) < SLOT * SLOTS as u32 {
+                    for (d, t) in &s.hists {
+                        if !t.total.is_empty() {
+                            out.entry(d.clone()).or_insert_with(Triple::new).add(t);
+                        }
+                    }
+                }
+            }
+        } else {
+            for (d, t) in &h.since_start {
+                out.insert(d.clone(), t.clone());
+            }
+        }
+        let mut hists: Vec<(Dim, Triple)> = out.into_iter().collect();
+        hists.sort_by(|a, b| a.0.cmp(&b.0));
+        View { hists }
+    }
+
+    /// Counter values and gauge levels.
+    pub fn counters(&self) -> ([u64; COUNTERS], [i64; GAUGES]) {
+        let h = self.lock();
+        (h.counters, h.gauges)
+    }
+}
+
+/// Summary of a histogram (for rendering).
+pub fn summary(h: &Histogram<u64>) -> Summary {
+    Summary::of(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cores_merge_and_percentiles_match() {
+        let hub = StatsHub::new();
+        let now = Instant::now();
+        let mut a = CoreRecorder::new(&[2]);
+        let mut b = CoreRecorder::new(&[2]);
+        let ta = a.tool_slot("search");
+        let tb = b.tool_slot("search");
+        for i in 1..=100u64 {
+            let rec = if i % 2 == 0 { &mut a } else { &mut b };
+            let tool = if i % 2 == 0 { ta } else { tb };
+            rec.record(Sample {
+                group: 0,
+                backend: Some((i % 2) as usize),
+                method: 3,
+                tool: Some(tool),
+                total_us: i * 100,
+                upstream_us: i * 90,
+            });
+        }
+        a.count(Counter::BytesIn, 10);
+        b.count(Counter::BytesIn, 5);
+        a.flush_into(&hub, now);
+        b.flush_into(&hub, now);
+        let v = hub.view(false, now);
+        let tool = v
+            .hists
+            .iter()
+            .find(|(d, _)| *d == Dim::Tool("search".into()))
+            .map(|(_, t)| t.clone());
+        let Some(tool) = tool else {
+            panic!("no tool dim")
+        };
+        assert_eq!(tool.total.len(), 100);
+        let s = Summary::of(&tool.total);
+        assert!((4990..=5010).contains(&s.p50), "{s:?}");
+        assert!((9990..=10010).contains(&s.max), "{s:?}");
+        let own = Summary::of(&tool.own);
+        assert!((990..=1010).contains(&own.max), "{own:?}");
+        let (c, _) = hub.counters();
+        assert_eq!(c[Counter::Requests as usize], 100);
+        assert_eq!(c[Counter::BytesIn as usize], 15);
+        // Rolling window holds the same data now, and forgets it after 60 s.
+        assert_eq!(hub.view(true, now).hists.len(), v.hists.len());
+        assert!(hub
+            .view(true, now + Duration::from_secs(61))
+            .hists
+            .is_empty());
+    }
+
+    #[test]
+    fn tool_names_are_capped() {
+        let mut r = CoreRecorder::new(&[1]);
+        let slots: Vec<usize> = (0..MAX_TOOLS + 10)
+            .map(|i| r.tool_slot(&format!("t{i}")))
+            .collect();
+        assert_eq!(r.tools.len(), MAX_TOOLS + 1);
+        assert_eq!(slots[MAX_TOOLS], slots[MAX_TOOLS + 9]);
+        assert_eq!(&*r.tools[slots[MAX_TOOLS]].0, "other");
+    }
+}

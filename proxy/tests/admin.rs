@@ -1,0 +1,139 @@
+//! The admin port reports what really went through a real `mcplb`: known traffic against a
+//! mock backend with a fixed delay, then `/stats`, `/metrics`, `/backends`, `/healthz`,
+//! `/readyz`, the live page and `mcplb stats` are checked against it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn get(admin: std::net::SocketAddr, path: &str, token: Option<&str>) -> mcplb::demo::Response {
+    let mut c = HttpClient::connect(admin).unwrap();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut h = vec![];
+    if let Some(a) = &auth {
+        h.push(("authorization", a.as_str()));
+    }
+    c.request("GET", path, &h, b"").unwrap()
+}
+
+fn config_with_admin(m: &MockServer, admin_extra: &str) -> String {
+    format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n",
+        config_for(&[m], "")
+    )
+    .replace("[[servers]]", "[[servers]]")
+}
+
+#[test]
+fn stats_match_known_traffic() {
+    let m = mock_with(MockConfig {
+        name: "slow".into(),
+        latency: Duration::from_millis(20),
+        ..Default::default()
+    });
+    // The admin table must come after [[servers]] entries or before; TOML tables are fine anywhere.
+    let p = start_proxy(&config_with_admin(&m, ""), "auto");
+    let admin = p.admin.unwrap();
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    let (sid, _) = init_session(&mut c);
+    for i in 0..40 {
+        let r = c
+            .mcp(
+                "/mcp",
+                Some(&sid),
+                &rpc(i, "tools/call", json!({"name": "echo", "arguments": {}})),
+            )
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    for i in 0..10 {
+        c.mcp("/mcp", Some(&sid), &rpc(100 + i, "tools/list", json!({})))
+            .unwrap();
+    }
+    for _ in 0..3 {
+        let r = c
+            .mcp("/mcp", Some("bogus"), &rpc(1, "ping", json!({})))
+            .unwrap();
+        assert_eq!(r.status, 404);
+    }
+    // Cores flush once a second: poll until the counts are in.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let s = get(admin, "/stats", None).json().unwrap();
+        if s["since_start"]["tools"]["echo"]["total"]["count"] == 40
+            && s["counters"]["unknown_session"] == 3
+            && s["since_start"]["methods"]["tools/list"]["total"]["count"] == 10
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "stats never matched: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let echo = &stats["since_start"]["tools"]["echo"];
+    let p50 = echo["total"]["p50"].as_u64().unwrap();
+    let up50 = echo["upstream"]["p50"].as_u64().unwrap();
+    let own50 = echo["own"]["p50"].as_u64().unwrap();
+    // The mock sleeps 20 ms per tools/call: total and upstream sit just above it (HDR
+    // precision is 0.1 %), mcplb's own share is small.
+    assert!((20_000..60_000).contains(&p50), "total p50 {p50}");
+    assert!((20_000..60_000).contains(&up50), "upstream p50 {up50}");
+    assert!(up50 <= p50 + p50 / 500, "upstream {up50} > total {p50}");
+    assert!(own50 < 5_000, "own p50 {own50}");
+    assert_eq!(stats["since_start"]["tools"]["echo"]["total"]["count"], 40);
+    // initialize + notification + 40 calls + 10 lists through the backend; 3 rejected by mcplb.
+    let backend = &stats["since_start"]["backends"][m.addr().to_string()];
+    assert_eq!(backend["total"]["count"], 52, "{stats}");
+    assert_eq!(stats["since_start"]["servers"]["t"]["total"]["count"], 55);
+    assert_eq!(stats["counters"]["requests"], 55);
+    assert_eq!(stats["counters"]["sessions_started"], 1);
+    assert_eq!(stats["last_60s"]["tools"]["echo"]["total"]["count"], 40);
+    assert!(stats["counters"]["bytes_in"].as_u64().unwrap() > 40 * 80);
+
+    // Prometheus text: the echo histogram's +Inf bucket and count are 40, buckets monotonic.
+    let metrics = String::from_utf8(get(admin, "/metrics", None).body).unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("mcplb_request_total_seconds_count{dimension=\"tool\",name=\"echo\"}")
+        })
+        .expect("echo count line");
+    assert!(line.ends_with(" 40"), "{line}");
+    assert!(metrics.contains("# TYPE mcplb_requests_total counter"));
+
+    let backends = get(admin, "/backends", None).json().unwrap();
+    assert_eq!(backends["backends"][0]["requests"], 52);
+    assert_eq!(get(admin, "/healthz", None).status, 200);
+    assert_eq!(get(admin, "/readyz", None).status, 200);
+    let page = get(admin, "/", None);
+    let html = String::from_utf8(page.body).unwrap();
+    assert!(html.contains("<script>") && !html.contains("src=\"http"));
+
+    // The terminal view.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mcplb"))
+        .args(["stats", "--admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("echo") && text.contains("p99"), "{text}");
+}
+
+#[test]
+fn admin_token_is_checked_on_every_request() {
+    let m = mock("a");
+    let p = start_proxy(&config_with_admin(&m, "token = \"s3cret\""), "auto");
+    let admin = p.admin.unwrap();
+    assert_eq!(get(admin, "/stats", None).status, 401);
+    assert_eq!(get(admin, "/stats", Some("wrong")).status, 401);
+    assert_eq!(get(admin, "/stats", Some("s3cret")).status, 200);
+    // A non-loopback admin address without a token is a config error.
+    let bad = "[proxy]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"0.0.0.0:0\"\n[[servers]]\nname = \"a\"\npath = \"/mcp\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\n";
+    let err = mcplb::Config::parse(bad)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("admin.token"), "{err}");
+}
