@@ -269,8 +269,14 @@ pub fn run_with(wait: bool) -> anyhow::Result<()> {
     } else {
         "127.0.0.1:0"
     };
+    let admin_free = std::net::TcpListener::bind("127.0.0.1:9901").is_ok();
+    let admin = if admin_free {
+        "127.0.0.1:9901"
+    } else {
+        "127.0.0.1:0"
+    };
     let text = format!(
-        "[proxy]\nlisten = \"{listen}\"\nworkers = 2\n\n[[servers]]\nname = \"demo\"\npath = \"/mcp\"\nbackends = [{}]\n",
+        "[proxy]\nlisten = \"{listen}\"\nworkers = 2\n\n[admin]\nlisten = \"{admin}\"\n\n[[servers]]\nname = \"demo\"\npath = \"/mcp\"\nbackends = [{}]\n",
         backends.join(", ")
     );
     let config = crate::Config::parse(&text).map_err(|e| anyhow!("{e}"))?;
@@ -354,7 +360,22 @@ pub fn run_with(wait: bool) -> anyhow::Result<()> {
     );
     let d = c.request("DELETE", "/mcp", &[("mcp-session-id", sid.as_str())], b"")?;
     println!("7. DELETE ends the session -> HTTP {}", d.status);
+
+    let rate = 2000.0;
+    println!("8. a short open-loop load through the proxy: {rate} tools/call per second for 3 s, 32 sessions");
+    let report = loadtest::run_load(loadtest::LoadOptions {
+        url: format!("http://{addr}/mcp"),
+        connections: 32,
+        duration: Duration::from_secs(3),
+        rate: Some(rate),
+        warmup: Duration::from_millis(500),
+        ..Default::default()
+    })?;
+    println!("{report}");
     println!("\nPoint any MCP client (Streamable HTTP) at http://{addr}/mcp");
+    if let Some(a) = proxy.admin_addr {
+        println!("Latency percentiles per backend, method and tool: http://{a}/ (live page), /stats, /metrics, or `mcplb stats --admin {a}`");
+    }
     if wait {
         println!("mcplb demo is running; press Ctrl-C to stop.");
         proxy.join();

@@ -54,3 +54,22 @@ fn check_lists_every_problem_and_fails() {
         assert!(err.contains(key), "missing {key} in {err}");
     }
 }
+
+#[test]
+fn demo_runs_end_to_end() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mcplb"))
+        .args(["demo", "--exit"])
+        .env("MCPLB_LOG", "error")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("(sticky)"), "{text}");
+    assert!(text.contains("final result"), "{text}");
+    assert!(text.contains("0 errors"), "{text}");
+    assert!(text.contains("HTTP 404"), "{text}");
+}
