@@ -337,19 +337,20 @@ pub fn render_table(v: &Value) -> String {
         if let Some(m) = v["since_start"][kind].as_object() {
             for (name, t) in m {
                 let tt = &t["total"];
+                let n = |v: &Value| v.as_u64().unwrap_or(0);
                 let _ = writeln!(
                     o,
                     "{:<8} {:<28} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
                     kind.trim_end_matches('s'),
                     name,
-                    tt["count"],
-                    tt["p50"],
-                    tt["p90"],
-                    tt["p99"],
-                    tt["p999"],
-                    tt["max"],
-                    t["own"]["p50"],
-                    t["own"]["p99"]
+                    n(&tt["count"]),
+                    n(&tt["p50"]),
+                    n(&tt["p90"]),
+                    n(&tt["p99"]),
+                    n(&tt["p999"]),
+                    n(&tt["max"]),
+                    n(&t["own"]["p50"]),
+                    n(&t["own"]["p99"])
                 );
             }
         }

@@ -93,6 +93,7 @@ impl Core {
                 let Some(c) = pool.borrow_mut().pop() else {
                     break;
                 };
+                self.rec.borrow_mut().gauge(Gauge::UpstreamIdle, -1);
                 let idle = c.since.elapsed();
                 // The peek costs a syscall (about 2.5 µs per request measured here), so only
                 // connections idle long enough for a backend to have closed them are checked.
@@ -130,6 +131,7 @@ impl Core {
                     stream,
                     since: Instant::now(),
                 });
+                self.rec.borrow_mut().gauge(Gauge::UpstreamIdle, 1);
             }
         }
     }
