@@ -21,6 +21,8 @@ pub struct AdminState {
     pub config: Config,
     /// Merged statistics.
     pub hub: Arc<StatsHub>,
+    /// The rate limits, for their per-rule counters.
+    pub limits: Option<Arc<ratelimit::RateLimits>>,
     /// Name of the event driver in use.
     pub driver: &'static str,
 }
@@ -203,9 +205,31 @@ pub fn stats_json(st: &AdminState, now: Instant) -> Value {
         "unit": "microseconds",
         "counters": c,
         "gauges": g,
+        "limits": limits_json(st),
         "since_start": window_json(st, false, now),
         "last_60s": window_json(st, true, now),
     })
+}
+
+fn limits_json(st: &AdminState) -> Value {
+    let Some(l) = &st.limits else {
+        return json!([]);
+    };
+    (0..l.len())
+        .map(|i| {
+            let r = l.rule(i);
+            json!({
+                "rule": i,
+                "server": r.and_then(|r| r.server.clone()),
+                "method": r.and_then(|r| r.method.clone()),
+                "tool": r.and_then(|r| r.tool.as_ref().map(|g| g.as_str().to_string())),
+                "rate": r.map(|r| r.rate),
+                "burst": r.map(|r| r.burst),
+                "admitted": l.admissions(i),
+                "rejected": l.rejections(i),
+            })
+        })
+        .collect()
 }
 
 fn backends_json(st: &AdminState) -> Value {
@@ -264,6 +288,20 @@ pub fn metrics_text(st: &AdminState, now: Instant) -> String {
         let _ = writeln!(o, "# HELP mcplb_{n} mcplb gauge {n}.");
         let _ = writeln!(o, "# TYPE mcplb_{n} gauge");
         let _ = writeln!(o, "mcplb_{n} {v}");
+    }
+    if let Some(l) = &st.limits {
+        let _ = writeln!(
+            o,
+            "# HELP mcplb_limit_rejected_total Requests rejected per rate-limit rule."
+        );
+        let _ = writeln!(o, "# TYPE mcplb_limit_rejected_total counter");
+        for i in 0..l.len() {
+            let _ = writeln!(
+                o,
+                "mcplb_limit_rejected_total{{rule=\"{i}\"}} {}",
+                l.rejections(i)
+            );
+        }
     }
     let view = st.hub.view(false, now);
     for (part, help) in [

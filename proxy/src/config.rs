@@ -22,6 +22,20 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     #[serde(default)]
     servers: Vec<RawServer>,
+    #[serde(default)]
+    limits: Vec<RawLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    server: Option<String>,
+    method: Option<String>,
+    tool: Option<String>,
+    resource_prefix: Option<String>,
+    key: Option<String>,
+    rate: Option<f64>,
+    burst: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +53,7 @@ struct RawProxy {
     upstream_timeout: Option<String>,
     upstream_idle_timeout: Option<String>,
     upstream_max_idle: Option<i64>,
+    limit_max_keys: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +99,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Server groups, each with its own path and backends.
     pub servers: Vec<ServerGroup>,
+    /// Rate limit rules (`[[limits]]`), in order.
+    pub limits: Vec<ratelimit::Rule>,
 }
 
 /// Client-facing listener settings and limits.
@@ -113,6 +130,8 @@ pub struct ProxyConfig {
     pub upstream_idle_timeout: Duration,
     /// Idle upstream connections kept per backend per worker.
     pub upstream_max_idle: usize,
+    /// Distinct callers tracked per rate-limit rule (idle ones are evicted first).
+    pub limit_max_keys: usize,
 }
 
 /// One `[[servers]]` group: an MCP server reachable at `path`, served by `backends`.
@@ -398,6 +417,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             0,
             1 << 20,
         ),
+        limit_max_keys: int_field(
+            &mut errs,
+            "proxy.limit_max_keys",
+            p.limit_max_keys,
+            100_000,
+            16,
+            1 << 24,
+        ),
     };
     let admin = raw.admin.unwrap_or_default();
     let admin_token = admin.token.filter(|t| !t.is_empty());
@@ -475,8 +502,62 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             backends,
         });
     }
+    let mut limits = Vec::new();
+    for (i, l) in raw.limits.into_iter().enumerate() {
+        let key = format!("limits[{i}]");
+        if let Some(s) = &l.server {
+            if !servers.iter().any(|g| &g.name == s) {
+                errs.push(format!("{key}.server: no [[servers]] group is named `{s}`"));
+            }
+        }
+        let source = match l
+            .key
+            .as_deref()
+            .unwrap_or("global")
+            .parse::<ratelimit::KeySource>()
+        {
+            Ok(k) => k,
+            Err(e) => {
+                errs.push(format!(
+                    "{key}.key: {e} (use \"global\", \"session\", \"client-ip\" or \"header:NAME\")"
+                ));
+                ratelimit::KeySource::Global
+            }
+        };
+        let rate = match l.rate {
+            Some(r) if r.is_finite() && r > 0.0 => r,
+            Some(r) => {
+                errs.push(format!(
+                    "{key}.rate: {r} must be a number of requests per second above 0"
+                ));
+                1.0
+            }
+            None => {
+                errs.push(format!("{key}.rate: missing (requests per second)"));
+                1.0
+            }
+        };
+        let burst = match l.burst {
+            None => rate.ceil().max(1.0) as u32,
+            Some(b) if (1..=1_000_000).contains(&b) => b as u32,
+            Some(b) => {
+                errs.push(format!("{key}.burst: {b} is out of range (1..=1000000)"));
+                1
+            }
+        };
+        limits.push(ratelimit::Rule {
+            server: l.server,
+            method: l.method,
+            tool: l.tool.map(ratelimit::Glob::new),
+            resource_prefix: l.resource_prefix,
+            key: source,
+            rate,
+            burst,
+        });
+    }
     if errs.is_empty() {
         Ok(Config {
+            limits,
             proxy,
             admin_listen,
             admin_token,

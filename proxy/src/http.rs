@@ -251,6 +251,22 @@ pub fn write_jsonrpc_error(
     message: &str,
     close: bool,
 ) {
+    write_jsonrpc_error_with(out, status, id, code, message, close, "", None);
+}
+
+/// [`write_jsonrpc_error`] with extra header lines (each ending in CRLF) and an optional
+/// `data` member (raw JSON).
+#[allow(clippy::too_many_arguments)]
+pub fn write_jsonrpc_error_with(
+    out: &mut Vec<u8>,
+    status: u16,
+    id: Option<&[u8]>,
+    code: i32,
+    message: &str,
+    close: bool,
+    extra_headers: &str,
+    data: Option<&str>,
+) {
     let mut body = Vec::with_capacity(96 + message.len());
     body.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     body.extend_from_slice(id.unwrap_or(b"null"));
@@ -268,10 +284,15 @@ pub fn write_jsonrpc_error(
             }
         }
     }
-    body.extend_from_slice(b"\"}}");
+    body.push(b'"');
+    if let Some(d) = data {
+        body.extend_from_slice(b",\"data\":");
+        body.extend_from_slice(d.as_bytes());
+    }
+    body.extend_from_slice(b"}}");
     let _ = write!(
         out,
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra_headers}{}\r\n",
         reason(status),
         body.len(),
         if close { "connection: close\r\n" } else { "" }

@@ -109,12 +109,21 @@ pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
                 .with_context(|| format!("cannot bind another listener on {local_addr}"))?,
         );
     }
+    let limits = if config.limits.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            ratelimit::RateLimits::new(config.limits.clone(), config.proxy.limit_max_keys)
+                .map_err(|e| anyhow::anyhow!("limits: {e}"))?,
+        ))
+    };
     let hub = Arc::new(stats::StatsHub::new());
     let admin_addr = match config.admin_listen {
         Some(addr) => {
             let state = Arc::new(admin::AdminState {
                 config: config.clone(),
                 hub: hub.clone(),
+                limits: limits.clone(),
                 driver: driver_name,
             });
             Some(
@@ -124,10 +133,20 @@ pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
         }
         None => None,
     };
+    let seed = SessionSealer::random_key();
+    let k0 = u64::from_le_bytes([
+        seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7],
+    ]);
+    let k1 = u64::from_le_bytes([
+        seed[8], seed[9], seed[10], seed[11], seed[12], seed[13], seed[14], seed[15],
+    ]);
     let shared = Arc::new(worker::Shared {
         sealer: SessionSealer::new(&key),
         config,
         hub,
+        limits,
+        key_hasher: ratelimit::KeyHasher::new([k0, k1]),
+        epoch: std::time::Instant::now(),
     });
     let mut threads = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {

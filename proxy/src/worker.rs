@@ -37,6 +37,12 @@ pub struct Shared {
     pub sealer: SessionSealer,
     /// Where every core's statistics are merged.
     pub hub: Arc<StatsHub>,
+    /// Rate limits shared by every core (lock-free), when `[[limits]]` are configured.
+    pub limits: Option<Arc<ratelimit::RateLimits>>,
+    /// Keyed hash for caller identities (API keys are hashed, never stored).
+    pub key_hasher: ratelimit::KeyHasher,
+    /// Origin of the nanosecond clock the rate limits use.
+    pub epoch: Instant,
 }
 
 const BUF_SIZE: usize = 4 * 1024;
@@ -359,6 +365,8 @@ struct ClientConn {
     /// Bytes read from upstream.
     ubuf: Vec<u8>,
     head: ReqHead,
+    /// The client's address (rate-limit key `client-ip`).
+    peer: SocketAddr,
     /// What the current request did, for statistics.
     meta: ReqMeta,
 }
@@ -389,7 +397,7 @@ enum Next {
     Close,
 }
 
-async fn serve_client(core: Rc<Core>, stream: TcpStream, _peer: SocketAddr) {
+async fn serve_client(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     let mut c = ClientConn {
         stream,
         buf: Vec::new(),
@@ -397,6 +405,7 @@ async fn serve_client(core: Rc<Core>, stream: TcpStream, _peer: SocketAddr) {
         out: Vec::new(),
         ubuf: Vec::new(),
         head: ReqHead::default(),
+        peer,
         meta: ReqMeta::default(),
     };
     let cfg = &core.shared.config.proxy;
@@ -790,6 +799,41 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
             c.buf.drain(..consumed);
             return send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await;
         }
+        let limited = check_limits(core, c, h, gi, &env);
+        if let Some((rule, retry_ns)) = limited {
+            let notification = env.kind == protocol::MessageKind::Notification;
+            let id = env.id.map(<[u8]>::to_vec);
+            c.buf.drain(..consumed);
+            if notification {
+                // Over a limit, a notification is dropped (counted), not answered with an error.
+                c.out.clear();
+                c.out
+                    .extend_from_slice(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n");
+                c.meta.status = 429;
+                c.meta.by_proxy = true;
+                return send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await;
+            }
+            let secs = retry_ns.div_ceil(1_000_000_000).max(1);
+            let headers = format!("retry-after: {secs}\r\n");
+            let data = format!(
+                "{{\"limit\":{rule},\"retryAfterMs\":{}}}",
+                retry_ns.div_ceil(1_000_000)
+            );
+            c.out.clear();
+            http::write_jsonrpc_error_with(
+                &mut c.out,
+                429,
+                id.as_deref(),
+                -32000,
+                "rate limit exceeded",
+                !keep,
+                &headers,
+                Some(&data),
+            );
+            c.meta.status = 429;
+            c.meta.by_proxy = true;
+            return send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await;
+        }
         c.meta.method = match (env.kind, env.method) {
             (protocol::MessageKind::Notification, _) => stats::M_NOTIFICATION,
             (protocol::MessageKind::Response, _) => stats::M_RESPONSE,
@@ -1020,6 +1064,65 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         core.put_upstream(gi, bi, up);
     }
     next
+}
+
+/// Applies the configured rate limits to one parsed request: `Some((rule, retry_after_ns))`
+/// when a limit rejects it. Lock-free (the limits are atomics shared by every core).
+fn check_limits(
+    core: &Core,
+    c: &ClientConn,
+    h: &ReqHead,
+    gi: usize,
+    env: &protocol::Envelope<'_>,
+) -> Option<(usize, u64)> {
+    let limits = core.shared.limits.as_ref()?;
+    let server = core
+        .shared
+        .config
+        .servers
+        .get(gi)
+        .map_or("", |g| g.name.as_str());
+    let method = env.method.map(|m| m.decode());
+    let method = method.as_deref().unwrap_or("");
+    let tool = if method == "tools/call" || method == "prompts/get" {
+        env.name.map(|n| n.decode())
+    } else {
+        None
+    };
+    let uri = env.uri.map(|u| u.decode());
+    let info = ratelimit::RequestInfo {
+        server,
+        method,
+        tool: tool.as_deref(),
+        uri: uri.as_deref(),
+    };
+    let hasher = &core.shared.key_hasher;
+    let key_of = |ks: &ratelimit::KeySource| -> Option<u64> {
+        match ks {
+            ratelimit::KeySource::Global => Some(0),
+            ratelimit::KeySource::Session => h
+                .session
+                .clone()
+                .map(|r| hasher.hash_key(c.buf[r].trim_ascii())),
+            ratelimit::KeySource::ClientIp => Some(match c.peer.ip() {
+                std::net::IpAddr::V4(a) => hasher.hash_key(&a.octets()),
+                std::net::IpAddr::V6(a) => hasher.hash_key(&a.octets()),
+            }),
+            ratelimit::KeySource::Header(name) => h
+                .headers
+                .iter()
+                .find(|(n, _)| c.buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, v)| hasher.hash_key(c.buf[v.clone()].trim_ascii())),
+        }
+    };
+    let now_ns = core.shared.epoch.elapsed().as_nanos() as u64;
+    match limits.check(&info, key_of, now_ns) {
+        ratelimit::Decision::Reject {
+            rule,
+            retry_after_ns,
+        } => Some((rule, retry_after_ns)),
+        _ => None,
+    }
 }
 
 /// Checks the 2026-07-28 mirror headers against the body.
