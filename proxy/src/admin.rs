@@ -23,6 +23,10 @@ pub struct AdminState {
     pub hub: Arc<StatsHub>,
     /// The rate limits, for their per-rule counters.
     pub limits: Option<Arc<ratelimit::RateLimits>>,
+    /// Per-group backend health, shared with the workers.
+    pub groups: Arc<Vec<crate::balance::GroupRuntime>>,
+    /// Origin of the health clock.
+    pub epoch: Instant,
     /// Name of the event driver in use.
     pub driver: &'static str,
 }
@@ -86,6 +90,35 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
         if !given.is_some_and(|g| constant_time_eq(g, token.as_bytes())) {
             return respond(&mut s, 401, "text/plain", b"admin token required\n");
         }
+    }
+    if method == "POST" {
+        // POST /backends/{name}/drain (or /undrain): no new sessions or stateless requests go
+        // to a draining backend; its existing sessions keep being served.
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if let ["backends", name, action @ ("drain" | "undrain")] = parts.as_slice() {
+            let mut found = 0;
+            for (gi, g) in st.config.servers.iter().enumerate() {
+                for (bi, b) in g.backends.iter().enumerate() {
+                    if b.name == *name {
+                        if let Some(rt) = st.groups.get(gi) {
+                            rt.health.set_draining(bi, *action == "drain");
+                            found += 1;
+                        }
+                    }
+                }
+            }
+            if found == 0 {
+                return respond(&mut s, 404, "text/plain", b"no such backend\n");
+            }
+            tracing::info!(backend = name, action, "admin");
+            return respond(
+                &mut s,
+                200,
+                "application/json",
+                backends_json(st).to_string().as_bytes(),
+            );
+        }
+        return respond(&mut s, 404, "text/plain", b"not found\n");
     }
     if method != "GET" {
         return respond(&mut s, 405, "text/plain", b"method not allowed\n");
@@ -243,9 +276,25 @@ fn backends_json(st: &AdminState) -> Value {
                 .iter()
                 .find(|(d, _)| *d == Dim::Backend(gi, bi))
                 .map_or(0, |(_, t)| t.total.len());
+            let now_ns = crate::balance::now_ns(st.epoch);
+            let rt = st.groups.get(gi);
+            let state =
+                rt.and_then(|r| r.health.state(bi, now_ns))
+                    .map_or("unknown".to_string(), |s| match s {
+                        lb::HealthState::Healthy => "healthy".to_string(),
+                        lb::HealthState::Degraded => "degraded".to_string(),
+                        lb::HealthState::Draining => "draining".to_string(),
+                        lb::HealthState::Ejected { until_ns: None } => "unhealthy".to_string(),
+                        lb::HealthState::Ejected { until_ns: Some(_) } => "ejected".to_string(),
+                        _ => "unknown".to_string(),
+                    });
+            let ejections = rt.map_or(0, |r| {
+                r.health.backend(bi).map_or(0, |h| h.outlier().ejections())
+            });
             list.push(json!({
-                "server": g.name, "name": b.name, "url": b.url,
-                "state": "healthy", "requests": requests,
+                "server": g.name, "name": b.name, "url": b.url, "weight": b.weight,
+                "state": state, "eligible": rt.is_some_and(|r| r.health.is_eligible(bi, now_ns)),
+                "ejections": ejections, "requests": requests,
             }));
         }
     }
@@ -253,13 +302,30 @@ fn backends_json(st: &AdminState) -> Value {
 }
 
 fn readiness(st: &AdminState) -> (bool, Value) {
+    let now_ns = crate::balance::now_ns(st.epoch);
+    let healthy: Vec<usize> = st
+        .config
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(gi, g)| {
+            (0..g.backends.len())
+                .filter(|bi| {
+                    st.groups
+                        .get(gi)
+                        .is_some_and(|r| r.health.is_eligible(*bi, now_ns))
+                })
+                .count()
+        })
+        .collect();
     let groups: Vec<Value> = st
         .config
         .servers
         .iter()
-        .map(|g| json!({"server": g.name, "healthy_backends": g.backends.len()}))
+        .zip(&healthy)
+        .map(|(g, n)| json!({"server": g.name, "healthy_backends": n}))
         .collect();
-    let ready = st.config.servers.iter().all(|g| !g.backends.is_empty());
+    let ready = healthy.iter().all(|n| *n > 0);
     (ready, json!({"ready": ready, "servers": groups}))
 }
 

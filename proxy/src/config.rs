@@ -70,6 +70,21 @@ struct RawServer {
     path: Option<String>,
     #[serde(default)]
     backends: Vec<RawBackend>,
+    balance: Option<String>,
+    hash_key: Option<String>,
+    hash_bound: Option<f64>,
+    max_ejection_percent: Option<i64>,
+    health: Option<RawHealth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    interval: Option<String>,
+    timeout: Option<String>,
+    healthy_threshold: Option<i64>,
+    unhealthy_threshold: Option<i64>,
+    method: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +99,7 @@ enum RawBackend {
 struct RawBackendTable {
     url: String,
     name: Option<String>,
+    weight: Option<i64>,
 }
 
 // ---------------------------------------------------------------- typed (validated)
@@ -143,6 +159,51 @@ pub struct ServerGroup {
     pub path: String,
     /// The replicas of this server.
     pub backends: Vec<Backend>,
+    /// How new sessions and stateless requests choose a backend.
+    pub balance: Balance,
+    /// Bounded-load factor for `hash` (no backend above this times the mean).
+    pub hash_bound: f64,
+    /// Most backends (percent of the group) passive outlier detection may eject at once.
+    pub max_ejection_percent: u8,
+    /// Active MCP health checks, when configured.
+    pub health: Option<HealthCheck>,
+}
+
+/// Backend choice for new sessions and stateless requests (sessions are always sticky).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Least outstanding requests, power of two choices over a peak-EWMA latency estimate.
+    LeastRequest,
+    /// Consistent hashing with bounded loads on a key.
+    Hash(HashKey),
+}
+
+/// What `balance = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The tool (`Mcp-Name` / `params.name`); other requests use least-request.
+    Tool,
+    /// The client's IP address.
+    ClientIp,
+    /// A request header's value (e.g. the caller's identity); name lower-cased.
+    Header(String),
+}
+
+/// Active MCP health checks of a group's backends.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// Time between checks (each check adds up to 10 % jitter).
+    pub interval: Duration,
+    /// Deadline for one check's answer.
+    pub timeout: Duration,
+    /// Consecutive successes that make an unhealthy backend healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy backend unhealthy.
+    pub unhealthy_threshold: u32,
+    /// `ping` in a session of the checker's own, or `server/discover` (2026-07-28 servers).
+    pub discover: bool,
 }
 
 /// One backend replica reached over HTTP.
@@ -158,6 +219,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Path (and query) requests are sent to.
     pub path: String,
+    /// Relative share of new sessions (default 1).
+    pub weight: u32,
     /// Stable 32-bit tag of the backend (hash of its URL), carried in sealed session ids so a
     /// reordered backend list still routes existing sessions correctly.
     pub tag: u32,
@@ -473,9 +536,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         let mut backends: Vec<Backend> = Vec::new();
         for (j, b) in s.backends.into_iter().enumerate() {
             let bkey = format!("{key}.backends[{j}]");
-            let (url, bname) = match b {
-                RawBackend::Url(u) => (u, None),
-                RawBackend::Table(t) => (t.url, t.name),
+            let (url, bname, weight) = match b {
+                RawBackend::Url(u) => (u, None, None),
+                RawBackend::Table(t) => (t.url, t.name, t.weight),
+            };
+            let weight = match weight {
+                None => 1,
+                Some(w) if (1..=10_000).contains(&w) => w as u32,
+                Some(w) => {
+                    errs.push(format!("{bkey}.weight: {w} is out of range (1..=10000)"));
+                    1
+                }
             };
             match parse_backend_url(&url) {
                 Ok((authority, addr, bpath)) => {
@@ -490,16 +561,111 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                         authority,
                         addr,
                         path: bpath,
+                        weight,
                         tag,
                     });
                 }
                 Err(e) => errs.push(format!("{bkey}: {e}")),
             }
         }
+        let balance = match (s.balance.as_deref(), s.hash_key.as_deref()) {
+            (None | Some("round-robin"), None) => Balance::RoundRobin,
+            (Some("least-request"), None) => Balance::LeastRequest,
+            (Some("hash"), k) => match k.unwrap_or("tool") {
+                "tool" => Balance::Hash(HashKey::Tool),
+                "client-ip" => Balance::Hash(HashKey::ClientIp),
+                k => match k.strip_prefix("header:") {
+                    Some(h) if !h.is_empty() => {
+                        Balance::Hash(HashKey::Header(h.to_ascii_lowercase()))
+                    }
+                    _ => {
+                        errs.push(format!(
+                            "{key}.hash_key: `{k}` (use \"tool\", \"client-ip\" or \"header:NAME\")"
+                        ));
+                        Balance::RoundRobin
+                    }
+                },
+            },
+            (Some(b), None) => {
+                errs.push(format!(
+                    "{key}.balance: `{b}` (use \"round-robin\", \"least-request\" or \"hash\")"
+                ));
+                Balance::RoundRobin
+            }
+            (_, Some(_)) => {
+                errs.push(format!("{key}.hash_key: only used with balance = \"hash\""));
+                Balance::RoundRobin
+            }
+        };
+        let hash_bound = match s.hash_bound {
+            None => 1.25,
+            Some(c) if c.is_finite() && c >= 1.0 => c,
+            Some(c) => {
+                errs.push(format!("{key}.hash_bound: {c} must be at least 1.0"));
+                1.25
+            }
+        };
+        let max_ejection_percent = match s.max_ejection_percent {
+            None => 50,
+            Some(p) if (0..=100).contains(&p) => p as u8,
+            Some(p) => {
+                errs.push(format!(
+                    "{key}.max_ejection_percent: {p} is out of range (0..=100)"
+                ));
+                50
+            }
+        };
+        let health = s.health.map(|h| {
+            let hk = format!("{key}.health");
+            HealthCheck {
+                interval: duration_field(
+                    &mut errs,
+                    &format!("{hk}.interval"),
+                    h.interval.as_ref(),
+                    Duration::from_secs(5),
+                ),
+                timeout: duration_field(
+                    &mut errs,
+                    &format!("{hk}.timeout"),
+                    h.timeout.as_ref(),
+                    Duration::from_secs(2),
+                ),
+                healthy_threshold: int_field(
+                    &mut errs,
+                    &format!("{hk}.healthy_threshold"),
+                    h.healthy_threshold,
+                    2,
+                    1,
+                    100,
+                ) as u32,
+                unhealthy_threshold: int_field(
+                    &mut errs,
+                    &format!("{hk}.unhealthy_threshold"),
+                    h.unhealthy_threshold,
+                    3,
+                    1,
+                    100,
+                ) as u32,
+                discover: match h.method.as_deref() {
+                    None | Some("ping") => false,
+                    Some("server/discover") => true,
+                    Some(m) => {
+                        errs.push(format!(
+                            "{hk}.method: `{m}` (use \"ping\" or \"server/discover\")"
+                        ));
+                        false
+                    }
+                },
+            }
+        });
         servers.push(ServerGroup {
             name,
             path,
             backends,
+            balance,
+            hash_bound,
+            max_ejection_percent,
+            health,
         });
     }
     let mut limits = Vec::new();

@@ -53,14 +53,26 @@ pub struct HttpClient {
 impl HttpClient {
     /// Connects to `addr`.
     pub fn connect(addr: SocketAddr) -> anyhow::Result<HttpClient> {
-        let stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Self::connect_timeout(addr, Duration::from_secs(30))
+    }
+
+    /// Connects to `addr` with a deadline for the connect and for every read and write.
+    pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> anyhow::Result<HttpClient> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connect {addr}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
         Ok(HttpClient {
             stream,
             host: addr.to_string(),
             buf: Vec::new(),
         })
+    }
+
+    /// Sets the `Host` header sent with each request.
+    pub fn set_host(&mut self, host: &str) {
+        self.host = host.to_string();
     }
 
     /// Sends raw bytes (for tests of broken input).

@@ -5,6 +5,8 @@
 //! unavailable). See `ARCHITECTURE.md` for the path of one request.
 
 pub mod admin;
+pub mod balance;
+pub mod checker;
 pub mod config;
 pub mod demo;
 pub mod http;
@@ -118,12 +120,16 @@ pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
         ))
     };
     let hub = Arc::new(stats::StatsHub::new());
+    let groups = balance::runtimes(&config);
+    let epoch = std::time::Instant::now();
     let admin_addr = match config.admin_listen {
         Some(addr) => {
             let state = Arc::new(admin::AdminState {
                 config: config.clone(),
                 hub: hub.clone(),
                 limits: limits.clone(),
+                groups: groups.clone(),
+                epoch,
                 driver: driver_name,
             });
             Some(
@@ -146,8 +152,10 @@ pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
         hub,
         limits,
         key_hasher: ratelimit::KeyHasher::new([k0, k1]),
-        epoch: std::time::Instant::now(),
+        epoch,
+        groups: groups.clone(),
     });
+    checker::start(&shared.config, groups);
     let mut threads = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let shared = shared.clone();

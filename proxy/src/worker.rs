@@ -24,7 +24,8 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::config::{Backend, Config};
+use crate::balance::{self, CoreBalancer, GroupRuntime};
+use crate::config::{Backend, Balance, Config, HashKey};
 use crate::http::{self, ChunkedDecoder};
 use crate::session::{SessionSealer, SCRATCH};
 use crate::stats::{self, CoreRecorder, Counter, Gauge, Sample, StatsHub};
@@ -41,8 +42,10 @@ pub struct Shared {
     pub limits: Option<Arc<ratelimit::RateLimits>>,
     /// Keyed hash for caller identities (API keys are hashed, never stored).
     pub key_hasher: ratelimit::KeyHasher,
-    /// Origin of the nanosecond clock the rate limits use.
+    /// Origin of the nanosecond clock the rate limits and balancers use.
     pub epoch: Instant,
+    /// Per group: backend health (shared, lock-free) and the hash ring.
+    pub groups: Arc<Vec<GroupRuntime>>,
 }
 
 const BUF_SIZE: usize = 4 * 1024;
@@ -61,8 +64,8 @@ struct Core {
     shared: Arc<Shared>,
     /// `pools[group][backend]`: idle keep-alive connections, most recent last.
     pools: Vec<Vec<RefCell<Vec<IdleConn>>>>,
-    /// Round-robin cursor per group for new sessions and stateless requests.
-    rr: Vec<lb::RoundRobin>,
+    /// Backend choice for new sessions and stateless requests (this core's loads).
+    bal: CoreBalancer,
     /// Free I/O buffers, so idle connections hold none and busy ones allocate none.
     bufs: RefCell<Vec<Vec<u8>>>,
     /// This core's statistics since the last flush to the hub.
@@ -181,12 +184,7 @@ pub async fn run_worker(
                     .collect()
             })
             .collect(),
-        rr: shared
-            .config
-            .servers
-            .iter()
-            .map(|_| lb::RoundRobin::starting_at(index))
-            .collect(),
+        bal: CoreBalancer::new(&shared.config, index, balance::now_ns(shared.epoch)),
         bufs: RefCell::new(Vec::new()),
         rec: RefCell::new(CoreRecorder::new(
             &shared
@@ -766,6 +764,7 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     // ---- envelope
     let mut read_only = is_get || is_delete;
     let mut req_id: Option<Range<usize>> = None;
+    let mut hash_key: Option<u64> = None;
     if is_post {
         let body: &[u8] = match &body_at {
             BodyAt::Buf(r) => &c.buf[r.clone()],
@@ -834,6 +833,7 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
             c.meta.by_proxy = true;
             return send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await;
         }
+        hash_key = balance_key(core, c, h, gi, Some(&env));
         c.meta.method = match (env.kind, env.method) {
             (protocol::MessageKind::Notification, _) => stats::M_NOTIFICATION,
             (protocol::MessageKind::Response, _) => stats::M_RESPONSE,
@@ -889,7 +889,9 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     let group = &core.shared.config.servers[gi];
     let mut scratch = [0u8; SCRATCH];
     let mut backend_sid: Option<&[u8]> = None;
-    let bi = if let Some(sr) = h.session.clone() {
+    let rt = &core.shared.groups[gi];
+    let now = balance::now_ns(core.shared.epoch);
+    let sticky_bi = if let Some(sr) = h.session.clone() {
         let opened = core
             .shared
             .sealer
@@ -901,9 +903,22 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                 .position(|b| b.tag == tag)
                 .map(|i| (i, sid))
         }) {
+            // A session whose backend is ejected or failing its health checks answers 404,
+            // so the client re-initializes on a healthy backend (as the spec prescribes); a
+            // draining backend keeps serving the sessions it has.
+            Some((i, _))
+                if !rt.health.is_eligible(i, now)
+                    && !matches!(rt.health.state(i, now), Some(lb::HealthState::Draining)) =>
+            {
+                let id = id_bytes(c);
+                c.buf.drain(..consumed);
+                tracing::info!(backend = %group.backends[i].name, "session on an unavailable backend: 404");
+                return reply_error(c, 404, id.as_deref(), -32600, "Session not found", !keep)
+                    .await;
+            }
             Some((i, sid)) => {
                 backend_sid = Some(sid);
-                i
+                Some(i)
             }
             None => {
                 let id = id_bytes(c);
@@ -913,24 +928,32 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
             }
         }
     } else {
-        match core.rr[gi].pick(group.backends.len()) {
-            Some(i) => i,
-            None => {
-                let id = id_bytes(c);
-                c.buf.drain(..consumed);
-                return reply_error(c, 503, id.as_deref(), -32603, "no backend available", !keep)
-                    .await;
-            }
-        }
+        None
     };
+    if !is_post && sticky_bi.is_none() {
+        hash_key = balance_key(core, c, h, gi, None);
+    }
 
     // ---- connect (a request that never reached a backend may go to another one)
-    let sticky = backend_sid.is_some();
-    let tries = if sticky { 1 } else { group.backends.len() };
+    let tries = if sticky_bi.is_some() {
+        1
+    } else {
+        group.backends.len()
+    };
+    let mut tried: u64 = 0;
     let mut chosen = None;
     let mut last_err = None;
-    for t in 0..tries {
-        let b = (bi + t) % group.backends.len();
+    for _ in 0..tries {
+        let b = match sticky_bi {
+            Some(b) => b,
+            None => match core.bal.pick(gi, group, rt, hash_key, tried, now) {
+                Some(b) => b,
+                None => break,
+            },
+        };
+        if b < 64 {
+            tried |= 1 << b;
+        }
         match core.upstream(gi, b).await {
             Ok((s, reused)) => {
                 chosen = Some((b, s, reused));
@@ -938,6 +961,18 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
             }
             Err(e) => {
                 tracing::warn!(backend = %group.backends[b].name, error = %e, "backend unreachable");
+                let kind = if e.kind() == io::ErrorKind::TimedOut {
+                    lb::FailureKind::Timeout
+                } else {
+                    lb::FailureKind::Connect
+                };
+                balance::record_outcome(
+                    rt,
+                    group,
+                    b,
+                    Some(kind),
+                    balance::now_ns(core.shared.epoch),
+                );
                 last_err = Some(e);
             }
         }
@@ -945,16 +980,17 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     let Some((bi, mut up, mut reused)) = chosen else {
         let id = id_bytes(c);
         c.buf.drain(..consumed);
-        let timed_out = last_err.is_some_and(|e| e.kind() == io::ErrorKind::TimedOut);
-        let (status, msg) = if timed_out {
-            (504, "backend connect timed out")
-        } else {
-            (502, "backend unreachable")
+        let (status, msg) = match last_err {
+            None => (503, "no backend available"),
+            Some(e) if e.kind() == io::ErrorKind::TimedOut => (504, "backend connect timed out"),
+            Some(_) => (502, "backend unreachable"),
         };
         return reply_error(c, status, id.as_deref(), -32603, msg, !keep).await;
     };
     let backend = &group.backends[bi];
     c.meta.backend = Some(bi);
+    core.bal.start(gi, bi);
+    let _in_flight = InFlight { core, gi, bi };
     c.meta.ended_session = is_delete && backend_sid.is_some();
 
     // ---- upstream request
@@ -1002,6 +1038,8 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                         core.give_buf(ubuf);
                         let id = id_bytes(c);
                         c.buf.drain(..consumed);
+                        let now = balance::now_ns(core.shared.epoch);
+                        balance::record_outcome(rt, group, bi, Some(lb::FailureKind::Timeout), now);
                         return reply_error(
                             c,
                             504,
@@ -1045,6 +1083,8 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         let id = id_bytes(c);
         c.buf.drain(..consumed);
         tracing::warn!(backend = %backend.name, "backend closed the connection before answering");
+        let now = balance::now_ns(core.shared.epoch);
+        balance::record_outcome(rt, group, bi, Some(lb::FailureKind::Reset), now);
         return reply_error(
             c,
             502,
@@ -1058,12 +1098,64 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     // The request is no longer needed: drop it, keep any pipelined bytes.
     c.buf.drain(..consumed);
 
+    let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
     let (next, reusable) =
         forward_response(core, c, &mut up, ubuf, resp_head_len, backend.tag, keep).await;
     if reusable {
         core.put_upstream(gi, bi, up);
     }
+    let now = balance::now_ns(core.shared.epoch);
+    let failure = (c.meta.status >= 500).then_some(lb::FailureKind::Status5xx);
+    balance::record_outcome(rt, group, bi, failure, now);
+    core.bal.end_rtt(gi, bi, rtt, now);
     next
+}
+
+/// Ends a request's in-flight count on its backend however the request ends.
+struct InFlight<'a> {
+    core: &'a Core,
+    gi: usize,
+    bi: usize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.core.bal.end(self.gi, self.bi);
+    }
+}
+
+/// The key `balance = "hash"` hashes for this request, if the group hashes and the request
+/// has one.
+fn balance_key(
+    core: &Core,
+    c: &ClientConn,
+    h: &ReqHead,
+    gi: usize,
+    env: Option<&protocol::Envelope<'_>>,
+) -> Option<u64> {
+    let group = core.shared.config.servers.get(gi)?;
+    let Balance::Hash(key) = &group.balance else {
+        return None;
+    };
+    match key {
+        HashKey::Tool => {
+            if let Some(n) = env.and_then(|e| e.name) {
+                return Some(lb::hash_key(n.raw()));
+            }
+            h.mcp_name
+                .clone()
+                .map(|r| lb::hash_key(c.buf[r].trim_ascii()))
+        }
+        HashKey::ClientIp => Some(match c.peer.ip() {
+            std::net::IpAddr::V4(a) => lb::hash_key(&a.octets()),
+            std::net::IpAddr::V6(a) => lb::hash_key(&a.octets()),
+        }),
+        HashKey::Header(name) => h
+            .headers
+            .iter()
+            .find(|(n, _)| c.buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| lb::hash_key(c.buf[v.clone()].trim_ascii())),
+    }
 }
 
 /// Applies the configured rate limits to one parsed request: `Some((rule, retry_after_ns))`

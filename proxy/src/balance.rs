@@ -1,0 +1,191 @@
+//! Backend choice on the request path: the shared, lock-free health of every backend
+//! ([`GroupRuntime`], seen by every core) and each core's own balancer state ([`CoreBalancer`]:
+//! in-flight counts, latency estimates, round-robin cursors). The decisions themselves live in
+//! the I/O-free `lb` crate; this module feeds it the proxy's facts.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::time::Instant;
+
+use lb::{FailureKind, GroupHealth, HashRing, OutlierConfig, PeakEwma, WeightedRoundRobin};
+use rand::SeedableRng;
+
+use crate::config::{Balance, Config, ServerGroup};
+
+/// What every core shares about one server group: health (atomics) and the hash ring.
+pub struct GroupRuntime {
+    /// Per-backend health: active verdicts, passive ejections, draining.
+    pub health: GroupHealth,
+    /// Consistent-hash ring over the group's backends (weighted rendezvous).
+    pub ring: HashRing,
+}
+
+/// Builds the shared runtime of every group.
+pub fn runtimes(config: &Config) -> Arc<Vec<GroupRuntime>> {
+    Arc::new(
+        config
+            .servers
+            .iter()
+            .map(|g| GroupRuntime {
+                health: GroupHealth::new(
+                    g.backends.len(),
+                    OutlierConfig {
+                        max_ejection_percent: g.max_ejection_percent,
+                        ..OutlierConfig::default()
+                    },
+                ),
+                ring: HashRing::new(
+                    &g.backends
+                        .iter()
+                        .map(|b| (b.tag, b.weight))
+                        .collect::<Vec<_>>(),
+                ),
+            })
+            .collect(),
+    )
+}
+
+/// Nanoseconds since `epoch`: the clock the `lb` and `ratelimit` crates take as an argument.
+pub fn now_ns(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// One core's balancing state for one group (no atomics shared with other cores, except the
+/// latency estimates' own, which only this core touches).
+struct CoreGroup {
+    in_flight: Vec<Cell<u32>>,
+    ewma: Vec<PeakEwma>,
+    wrr: WeightedRoundRobin,
+}
+
+/// One core's balancers, one per group.
+pub struct CoreBalancer {
+    groups: Vec<CoreGroup>,
+    rng: RefCell<rand::rngs::StdRng>,
+    loads: RefCell<Vec<u32>>,
+}
+
+impl CoreBalancer {
+    /// A balancer for `config`'s groups; `core` spreads the first picks of different cores.
+    pub fn new(config: &Config, core: usize, now_ns: u64) -> Self {
+        CoreBalancer {
+            groups: config
+                .servers
+                .iter()
+                .map(|g| {
+                    let wrr = WeightedRoundRobin::new(
+                        &g.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+                    );
+                    // Advance each core's cursor so cores do not all start on backend 0.
+                    for _ in 0..core % g.backends.len().max(1) {
+                        let _ = wrr.pick(|_| true);
+                    }
+                    CoreGroup {
+                        in_flight: g.backends.iter().map(|_| Cell::new(0)).collect(),
+                        ewma: g.backends.iter().map(|_| PeakEwma::new(now_ns)).collect(),
+                        wrr,
+                    }
+                })
+                .collect(),
+            rng: RefCell::new(rand::rngs::StdRng::seed_from_u64(
+                0x6d63_706c_6200 ^ core as u64,
+            )),
+            loads: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Chooses a backend for a new session or a stateless request: by the group's policy,
+    /// among eligible backends (not ejected, not draining, not actively unhealthy), skipping
+    /// those in `tried`. When none is eligible it fails open to any untried backend that is
+    /// not draining (a health signal that takes every backend out must not take the service
+    /// down with it).
+    pub fn pick(
+        &self,
+        gi: usize,
+        group: &ServerGroup,
+        rt: &GroupRuntime,
+        key: Option<u64>,
+        tried: u64,
+        now_ns: u64,
+    ) -> Option<usize> {
+        let cg = self.groups.get(gi)?;
+        let n = group.backends.len();
+        let untried = |i: usize| i >= 64 || tried & (1u64 << i) == 0;
+        let eligible = |i: usize| untried(i) && rt.health.is_eligible(i, now_ns);
+        let least = |eligible: &dyn Fn(usize) -> bool| {
+            let mut rng = self.rng.borrow_mut();
+            lb::p2c_pick(
+                &mut *rng,
+                n,
+                |i| {
+                    let out = cg.in_flight.get(i).map_or(0, Cell::get);
+                    cg.ewma.get(i).map_or(f64::MAX, |e| e.cost(now_ns, out))
+                },
+                eligible,
+            )
+        };
+        let chosen = match (&group.balance, key) {
+            (Balance::RoundRobin, _) => cg.wrr.pick(eligible),
+            (Balance::LeastRequest, _) | (Balance::Hash(_), None) => least(&eligible),
+            (Balance::Hash(_), Some(k)) => {
+                let mut loads = self.loads.borrow_mut();
+                loads.clear();
+                loads.extend(cg.in_flight.iter().map(Cell::get));
+                rt.ring.pick_bounded(k, &loads, group.hash_bound, eligible)
+            }
+        };
+        chosen.or_else(|| {
+            let fallback = |i: usize| {
+                untried(i) && !matches!(rt.health.state(i, now_ns), Some(lb::HealthState::Draining))
+            };
+            cg.wrr.pick(fallback)
+        })
+    }
+
+    /// A request to backend `bi` starts; the guard ends it.
+    pub fn start(&self, gi: usize, bi: usize) {
+        if let Some(c) = self.groups.get(gi).and_then(|g| g.in_flight.get(bi)) {
+            c.set(c.get().saturating_add(1));
+        }
+    }
+
+    /// A request to backend `bi` ended (its in-flight count falls).
+    pub fn end(&self, gi: usize, bi: usize) {
+        if let Some(c) = self.groups.get(gi).and_then(|g| g.in_flight.get(bi)) {
+            c.set(c.get().saturating_sub(1));
+        }
+    }
+
+    /// Feeds a response time (request sent to response head) to `bi`'s latency estimate.
+    pub fn end_rtt(&self, gi: usize, bi: usize, rtt_ns: Option<u64>, now_ns: u64) {
+        if let (Some(rtt), Some(e)) = (rtt_ns, self.groups.get(gi).and_then(|g| g.ewma.get(bi))) {
+            e.observe(rtt, now_ns);
+        }
+    }
+}
+
+/// Records a passive outcome of one request; logs an ejection when it happens.
+pub fn record_outcome(
+    rt: &GroupRuntime,
+    group: &ServerGroup,
+    bi: usize,
+    failure: Option<FailureKind>,
+    now_ns: u64,
+) {
+    match failure {
+        None => rt.health.record_success(bi),
+        Some(kind) => {
+            if let Some(e) = rt.health.record_failure(bi, kind, now_ns) {
+                let name = group.backends.get(bi).map_or("?", |b| b.name.as_str());
+                tracing::warn!(
+                    server = %group.name,
+                    backend = name,
+                    failure = ?kind,
+                    ejection = e.nth,
+                    seconds = (e.until_ns.saturating_sub(now_ns)) / 1_000_000_000,
+                    "backend ejected by outlier detection"
+                );
+            }
+        }
+    }
+}

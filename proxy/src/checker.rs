@@ -1,0 +1,139 @@
+//! Active health checks that speak MCP: per backend, on an interval with jitter, the checker
+//! initializes a session of its own and sends `ping` in it (or `server/discover` for
+//! 2026-07-28 servers), and expects a JSON-RPC answer with its id before a deadline. Verdicts
+//! pass through healthy/unhealthy thresholds (`lb::ActiveCheck`) into the group's shared health,
+//! which every core reads lock-free. Runs on its own threads with blocking I/O, away from the
+//! workers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lb::{ActiveCheck, ActiveCheckConfig, ActiveVerdict};
+use rand::Rng;
+
+use crate::balance::GroupRuntime;
+use crate::config::{Backend, Config, HealthCheck};
+use crate::demo::HttpClient;
+
+/// Starts one checker thread per backend of every group that configures `[servers.health]`.
+pub fn start(config: &Config, runtimes: Arc<Vec<GroupRuntime>>) {
+    for (gi, g) in config.servers.iter().enumerate() {
+        let Some(hc) = g.health.clone() else { continue };
+        for (bi, b) in g.backends.iter().enumerate() {
+            let (b, hc, rts, group) = (b.clone(), hc.clone(), runtimes.clone(), g.name.clone());
+            let _ = std::thread::Builder::new()
+                .name(format!("mcplb-check-{}", b.name))
+                .spawn(move || check_loop(&group, gi, bi, &b, &hc, &rts));
+        }
+    }
+}
+
+fn check_loop(
+    group: &str,
+    gi: usize,
+    bi: usize,
+    b: &Backend,
+    hc: &HealthCheck,
+    rts: &[GroupRuntime],
+) {
+    let Some(rt) = rts.get(gi) else { return };
+    let mut state = ActiveCheck::new(ActiveCheckConfig {
+        healthy_threshold: hc.healthy_threshold,
+        unhealthy_threshold: hc.unhealthy_threshold,
+    });
+    let mut session: Option<String> = None;
+    let mut rng = rand::thread_rng();
+    loop {
+        let ok = match check_once(b, hc, &mut session) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(backend = %b.name, error = %e, "health check failed");
+                session = None;
+                false
+            }
+        };
+        let change = if ok {
+            state.record_success()
+        } else {
+            state.record_failure()
+        };
+        if let Some(v) = change {
+            rt.health.set_active(bi, v);
+            match v {
+                ActiveVerdict::Healthy => {
+                    tracing::info!(server = group, backend = %b.name, "backend healthy")
+                }
+                _ => {
+                    tracing::warn!(server = group, backend = %b.name, verdict = ?v, "backend unhealthy")
+                }
+            }
+        }
+        let jitter = hc.interval.mul_f64(rng.gen_range(0.0..0.1));
+        std::thread::sleep(hc.interval + jitter);
+    }
+}
+
+/// One check: a JSON-RPC answer to `ping` (in the checker's own session) or `server/discover`.
+fn check_once(b: &Backend, hc: &HealthCheck, session: &mut Option<String>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + hc.timeout;
+    let mut c = HttpClient::connect_timeout(b.addr, hc.timeout)?;
+    c.set_host(&b.authority);
+    let id = 1_000_000 + u64::from(rand::random::<u16>());
+    if hc.discover {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "server/discover",
+            "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
+        let r = c.request(
+            "POST",
+            &b.path,
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "server/discover"),
+            ],
+            body.to_string().as_bytes(),
+        )?;
+        return expect_answer(&r, id);
+    }
+    if session.is_none() {
+        let init = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "mcplb-health-check", "version": env!("CARGO_PKG_VERSION")}}});
+        let r = c.mcp(&b.path, None, &init)?;
+        expect_answer(&r, id)?;
+        let sid = r.header("mcp-session-id").map(str::to_string);
+        let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        let n = c.mcp(&b.path, sid.as_deref(), &note)?;
+        if !(200..300).contains(&n.status) {
+            anyhow::bail!("notifications/initialized answered {}", n.status);
+        }
+        // A server that issues no session (stateless) is pinged without one.
+        *session = Some(sid.unwrap_or_default());
+    }
+    if Instant::now() > deadline {
+        anyhow::bail!("timed out");
+    }
+    let sid = session.as_deref().filter(|s| !s.is_empty());
+    let ping = serde_json::json!({"jsonrpc": "2.0", "id": id + 1, "method": "ping"});
+    let r = c.mcp(&b.path, sid, &ping)?;
+    if r.status == 404 {
+        // Our session expired: start a new one next time.
+        *session = None;
+        anyhow::bail!("health-check session expired");
+    }
+    expect_answer(&r, id + 1)
+}
+
+fn expect_answer(r: &crate::demo::Response, id: u64) -> anyhow::Result<()> {
+    if r.status != 200 {
+        anyhow::bail!("HTTP {}", r.status);
+    }
+    let v = r.json()?;
+    if v["id"] != id || (v.get("result").is_none() && v.get("error").is_none()) {
+        anyhow::bail!("no JSON-RPC answer with id {id}");
+    }
+    Ok(())
+}
+
+/// Default deadline for a check when none is configured (used in docs and tests).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
