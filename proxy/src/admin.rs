@@ -78,8 +78,9 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
         return respond(&mut s, 400, "text/plain", b"bad request\n");
     }
     let method = req.method.unwrap_or("");
-    let path = req.path.unwrap_or("/");
-    let path = path.split('?').next().unwrap_or("/");
+    let full_path = req.path.unwrap_or("/");
+    let path = full_path.split('?').next().unwrap_or("/");
+    let query = full_path.split_once('?').map_or("", |(_, q)| q);
     if let Some(token) = &st.config.admin_token {
         let given = req
             .headers
@@ -101,7 +102,18 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
                 for (bi, b) in g.backends.iter().enumerate() {
                     if b.name == *name {
                         if let Some(rt) = st.groups.get(gi) {
-                            rt.health.set_draining(bi, *action == "drain");
+                            // ?timeout=30s: after it, the backend's remaining sessions are
+                            // treated as on an unavailable backend (404 or failover).
+                            let deadline = query
+                                .split('&')
+                                .find_map(|kv| kv.strip_prefix("timeout="))
+                                .and_then(|t| crate::config::parse_duration(t).ok())
+                                .map(|d| {
+                                    crate::balance::now_ns(st.epoch)
+                                        .saturating_add(d.as_nanos() as u64)
+                                        .max(1)
+                                });
+                            rt.set_draining(bi, *action == "drain", deadline);
                             found += 1;
                         }
                     }

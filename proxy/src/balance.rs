@@ -18,6 +18,30 @@ pub struct GroupRuntime {
     pub health: GroupHealth,
     /// Consistent-hash ring over the group's backends (weighted rendezvous).
     pub ring: HashRing,
+    /// Per backend: when its drain ends (ns on the balancer clock; 0 = no deadline).
+    drain_deadline: Vec<std::sync::atomic::AtomicU64>,
+}
+
+impl GroupRuntime {
+    /// Starts (or stops) draining backend `i`; after `deadline_ns` its remaining sessions
+    /// are treated as on an unavailable backend.
+    pub fn set_draining(&self, i: usize, on: bool, deadline_ns: Option<u64>) {
+        self.health.set_draining(i, on);
+        if let Some(d) = self.drain_deadline.get(i) {
+            d.store(
+                if on { deadline_ns.unwrap_or(0) } else { 0 },
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Whether backend `i`'s drain deadline has passed.
+    pub fn drain_expired(&self, i: usize, now_ns: u64) -> bool {
+        self.drain_deadline.get(i).is_some_and(|d| {
+            let v = d.load(std::sync::atomic::Ordering::Relaxed);
+            v != 0 && now_ns >= v
+        })
+    }
 }
 
 /// Builds the shared runtime of every group.
@@ -34,6 +58,11 @@ pub fn runtimes(config: &Config) -> Arc<Vec<GroupRuntime>> {
                         ..OutlierConfig::default()
                     },
                 ),
+                drain_deadline: g
+                    .backends
+                    .iter()
+                    .map(|_| std::sync::atomic::AtomicU64::new(0))
+                    .collect(),
                 ring: HashRing::new(
                     &g.backends
                         .iter()
@@ -53,6 +82,7 @@ pub fn now_ns(epoch: Instant) -> u64 {
 /// One core's balancing state for one group (no atomics shared with other cores, except the
 /// latency estimates' own, which only this core touches).
 struct CoreGroup {
+    retry: lb::RetryBudget,
     in_flight: Vec<Cell<u32>>,
     ewma: Vec<PeakEwma>,
     wrr: WeightedRoundRobin,
@@ -81,6 +111,8 @@ impl CoreBalancer {
                         let _ = wrr.pick(|_| true);
                     }
                     CoreGroup {
+                        retry: lb::RetryBudget::new(lb::RetryBudgetConfig::default())
+                            .unwrap_or_else(|_| unreachable_budget()),
                         in_flight: g.backends.iter().map(|_| Cell::new(0)).collect(),
                         ewma: g.backends.iter().map(|_| PeakEwma::new(now_ns)).collect(),
                         wrr,
@@ -142,6 +174,20 @@ impl CoreBalancer {
         })
     }
 
+    /// Counts a request towards the group's retry budget (this core's share).
+    pub fn deposit(&self, gi: usize, now_ns: u64) {
+        if let Some(g) = self.groups.get(gi) {
+            g.retry.deposit(now_ns);
+        }
+    }
+
+    /// Takes a retry from the budget: false when retries would multiply an outage.
+    pub fn try_withdraw(&self, gi: usize, now_ns: u64) -> bool {
+        self.groups
+            .get(gi)
+            .is_some_and(|g| g.retry.try_withdraw(now_ns))
+    }
+
     /// A request to backend `bi` starts; the guard ends it.
     pub fn start(&self, gi: usize, bi: usize) {
         if let Some(c) = self.groups.get(gi).and_then(|g| g.in_flight.get(bi)) {
@@ -162,6 +208,17 @@ impl CoreBalancer {
             e.observe(rtt, now_ns);
         }
     }
+}
+
+#[allow(clippy::expect_used)]
+fn unreachable_budget() -> lb::RetryBudget {
+    // The default budget config is valid (checked by lb's tests); this never runs.
+    lb::RetryBudget::new(lb::RetryBudgetConfig {
+        ttl_ns: 10_000_000_000,
+        ratio: 0.2,
+        min_per_sec: 10,
+    })
+    .expect("valid retry budget")
 }
 
 /// Records a passive outcome of one request; logs an ejection when it happens.

@@ -59,6 +59,13 @@ fn check_loop(
         };
         if let Some(v) = change {
             rt.health.set_active(bi, v);
+            if v == ActiveVerdict::Healthy {
+                // Passing its active checks again brings a backend back at once, whatever
+                // passive ejection it was serving.
+                if let Some(h) = rt.health.backend(bi) {
+                    h.uneject();
+                }
+            }
             match v {
                 ActiveVerdict::Healthy => {
                     tracing::info!(server = group, backend = %b.name, "backend healthy")

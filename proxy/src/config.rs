@@ -74,12 +74,14 @@ struct RawServer {
     hash_key: Option<String>,
     hash_bound: Option<f64>,
     max_ejection_percent: Option<i64>,
+    session_failover: Option<String>,
     health: Option<RawHealth>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
+    enabled: Option<bool>,
     interval: Option<String>,
     timeout: Option<String>,
     healthy_threshold: Option<i64>,
@@ -165,8 +167,20 @@ pub struct ServerGroup {
     pub hash_bound: f64,
     /// Most backends (percent of the group) passive outlier detection may eject at once.
     pub max_ejection_percent: u8,
-    /// Active MCP health checks, when configured.
+    /// Active MCP health checks (on by default; `[servers.health] enabled = false` turns
+    /// them off).
     pub health: Option<HealthCheck>,
+    /// What happens to a session whose backend becomes unavailable.
+    pub session_failover: SessionFailover,
+}
+
+/// What happens to a session whose backend becomes unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionFailover {
+    /// Answer 404 so the client re-initializes (what the MCP spec prescribes).
+    NotFound,
+    /// Replay the client's `initialize` on a healthy backend and keep its session id.
+    Reinitialize,
 }
 
 /// Backend choice for new sessions and stateless requests (sessions are always sticky).
@@ -187,6 +201,8 @@ pub enum HashKey {
     Tool,
     /// The client's IP address.
     ClientIp,
+    /// The `Mcp-Session-Id` the request carries (requests without one use least-request).
+    Session,
     /// A request header's value (e.g. the caller's identity); name lower-cased.
     Header(String),
 }
@@ -574,13 +590,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             (Some("hash"), k) => match k.unwrap_or("tool") {
                 "tool" => Balance::Hash(HashKey::Tool),
                 "client-ip" => Balance::Hash(HashKey::ClientIp),
+                "session" => Balance::Hash(HashKey::Session),
                 k => match k.strip_prefix("header:") {
                     Some(h) if !h.is_empty() => {
                         Balance::Hash(HashKey::Header(h.to_ascii_lowercase()))
                     }
                     _ => {
                         errs.push(format!(
-                            "{key}.hash_key: `{k}` (use \"tool\", \"client-ip\" or \"header:NAME\")"
+                            "{key}.hash_key: `{k}` (use \"session\", \"tool\", \"client-ip\" or \"header:NAME\")"
                         ));
                         Balance::RoundRobin
                     }
@@ -615,7 +632,26 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 50
             }
         };
-        let health = s.health.map(|h| {
+        let session_failover = match s.session_failover.as_deref() {
+            None | Some("404") => SessionFailover::NotFound,
+            Some("reinitialize") => SessionFailover::Reinitialize,
+            Some(v) => {
+                errs.push(format!(
+                    "{key}.session_failover: `{v}` (use \"404\" or \"reinitialize\")"
+                ));
+                SessionFailover::NotFound
+            }
+        };
+        let raw_health = s.health.unwrap_or(RawHealth {
+            enabled: None,
+            interval: None,
+            timeout: None,
+            healthy_threshold: None,
+            unhealthy_threshold: None,
+            method: None,
+        });
+        let health_on = raw_health.enabled.unwrap_or(true);
+        let health = Some(raw_health).filter(|_| health_on).map(|h| {
             let hk = format!("{key}.health");
             HealthCheck {
                 interval: duration_field(
@@ -666,6 +702,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             hash_bound,
             max_ejection_percent,
             health,
+            session_failover,
         });
     }
     let mut limits = Vec::new();

@@ -9,6 +9,7 @@ pub mod balance;
 pub mod checker;
 pub mod config;
 pub mod demo;
+pub mod failover;
 pub mod http;
 pub mod session;
 pub mod stats;
@@ -154,6 +155,7 @@ pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
         key_hasher: ratelimit::KeyHasher::new([k0, k1]),
         epoch,
         groups: groups.clone(),
+        failover: failover::FailoverStore::new(100_000),
     });
     checker::start(&shared.config, groups);
     let mut threads = Vec::new();

@@ -25,7 +25,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canc
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::balance::{self, CoreBalancer, GroupRuntime};
-use crate::config::{Backend, Balance, Config, HashKey};
+use crate::config::{Backend, Balance, Config, HashKey, SessionFailover};
 use crate::http::{self, ChunkedDecoder};
 use crate::session::{SessionSealer, SCRATCH};
 use crate::stats::{self, CoreRecorder, Counter, Gauge, Sample, StatsHub};
@@ -46,6 +46,8 @@ pub struct Shared {
     pub epoch: Instant,
     /// Per group: backend health (shared, lock-free) and the hash ring.
     pub groups: Arc<Vec<GroupRuntime>>,
+    /// Initialize bodies and moved sessions, for `session_failover = "reinitialize"`.
+    pub failover: crate::failover::FailoverStore,
 }
 
 const BUF_SIZE: usize = 4 * 1024;
@@ -365,6 +367,8 @@ struct ClientConn {
     head: ReqHead,
     /// The client's address (rate-limit key `client-ip`).
     peer: SocketAddr,
+    /// The sealed session id of the last answer that started a session.
+    new_sid: Vec<u8>,
     /// What the current request did, for statistics.
     meta: ReqMeta,
 }
@@ -404,6 +408,7 @@ async fn serve_client(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
         ubuf: Vec::new(),
         head: ReqHead::default(),
         peer,
+        new_sid: Vec::new(),
         meta: ReqMeta::default(),
     };
     let cfg = &core.shared.config.proxy;
@@ -888,14 +893,20 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     // ---- route: sealed session or a new pick
     let group = &core.shared.config.servers[gi];
     let mut scratch = [0u8; SCRATCH];
+    let mut failover_sid: Vec<u8> = Vec::new();
     let mut backend_sid: Option<&[u8]> = None;
     let rt = &core.shared.groups[gi];
     let now = balance::now_ns(core.shared.epoch);
-    let sticky_bi = if let Some(sr) = h.session.clone() {
-        let opened = core
-            .shared
-            .sealer
-            .open(c.buf[sr].trim_ascii(), &mut scratch);
+    let reinit = group.session_failover == SessionFailover::Reinitialize;
+    // The sealed id as the client sent it (the key of the failover table).
+    let sealed: Option<Range<usize>> = h
+        .session
+        .clone()
+        .map(|r| offset_of(&c.buf, c.buf[r].trim_ascii()));
+    let mut sticky_bi = None;
+    let mut needs_failover = false;
+    if let Some(sr) = sealed.clone() {
+        let opened = core.shared.sealer.open(&c.buf[sr.clone()], &mut scratch);
         match opened.and_then(|(tag, sid)| {
             group
                 .backends
@@ -903,22 +914,27 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                 .position(|b| b.tag == tag)
                 .map(|i| (i, sid))
         }) {
-            // A session whose backend is ejected or failing its health checks answers 404,
-            // so the client re-initializes on a healthy backend (as the spec prescribes); a
-            // draining backend keeps serving the sessions it has.
-            Some((i, _))
-                if !rt.health.is_eligible(i, now)
-                    && !matches!(rt.health.state(i, now), Some(lb::HealthState::Draining)) =>
-            {
-                let id = id_bytes(c);
-                c.buf.drain(..consumed);
-                tracing::info!(backend = %group.backends[i].name, "session on an unavailable backend: 404");
-                return reply_error(c, 404, id.as_deref(), -32600, "Session not found", !keep)
-                    .await;
+            // A session whose backend is ejected or failing its health checks: by default
+            // 404, so the client re-initializes on a healthy backend (as the spec prescribes);
+            // with session_failover = "reinitialize", the client's initialize is replayed on
+            // a healthy backend. A draining backend keeps serving its sessions until its
+            // drain deadline.
+            Some((i, sid)) if !session_backend_usable(rt, i, now) => {
+                if reinit {
+                    needs_failover = true;
+                    sticky_bi = Some(i);
+                    let _ = sid;
+                } else {
+                    let id = id_bytes(c);
+                    c.buf.drain(..consumed);
+                    tracing::info!(backend = %group.backends[i].name, "session on an unavailable backend: 404");
+                    return reply_error(c, 404, id.as_deref(), -32600, "Session not found", !keep)
+                        .await;
+                }
             }
             Some((i, sid)) => {
                 backend_sid = Some(sid);
-                Some(i)
+                sticky_bi = Some(i);
             }
             None => {
                 let id = id_bytes(c);
@@ -927,188 +943,391 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                     .await;
             }
         }
-    } else {
-        None
-    };
+        // A session already moved by an earlier failover goes where it was moved.
+        if reinit {
+            if let Some((to, sid)) = core.shared.failover.remapped(&c.buf[sr.clone()]) {
+                if session_backend_usable(rt, to, now) {
+                    failover_sid = sid;
+                    sticky_bi = Some(to);
+                    needs_failover = false;
+                } else {
+                    needs_failover = true;
+                }
+            }
+        }
+    }
     if !is_post && sticky_bi.is_none() {
         hash_key = balance_key(core, c, h, gi, None);
     }
+    // The client's initialize, kept (in groups that fail over by replaying it) until its
+    // answer carries the session id it belongs to.
+    let init_copy: Option<Vec<u8>> = (reinit && c.meta.method == 0).then(|| match &body_at {
+        BodyAt::Buf(r) => c.buf[r.clone()].to_vec(),
+        BodyAt::Decoded => c.body.clone(),
+    });
 
-    // ---- connect (a request that never reached a backend may go to another one)
-    let tries = if sticky_bi.is_some() {
-        1
-    } else {
-        group.backends.len()
-    };
+    // ---- attempts: a request that provably never reached a backend goes to another one;
+    // a read-only stateless request may also be retried after a failure, within the retry
+    // budget; a `tools/call` is never sent twice.
     let mut tried: u64 = 0;
-    let mut chosen = None;
-    let mut last_err = None;
-    for _ in 0..tries {
-        let b = match sticky_bi {
+    let mut last_error: (u16, &'static str) = (503, "no backend available");
+    let mut ubuf = std::mem::take(&mut c.ubuf);
+    if ubuf.capacity() == 0 {
+        ubuf = core.take_buf();
+    }
+    core.bal.deposit(gi, now);
+    let attempts = group.backends.len().max(1) + 1;
+    for _attempt in 0..attempts {
+        let now = balance::now_ns(core.shared.epoch);
+        if needs_failover {
+            let Some(sr) = sealed.clone() else { break };
+            let Some(body) = core.shared.failover.init_body(&c.buf[sr.clone()]) else {
+                // Nothing to replay (the session predates this process, or was evicted).
+                last_error = (404, "Session not found");
+                break;
+            };
+            let from = sticky_bi.unwrap_or(usize::MAX);
+            match reinitialize(core, gi, &body, from, tried, now).await {
+                Some((to, sid)) => {
+                    tracing::warn!(
+                        server = %group.name,
+                        from = group.backends.get(from).map_or("?", |b| b.name.as_str()),
+                        to = %group.backends[to].name,
+                        "session failed over by replaying its initialize; server-to-client \
+                         messages of that session in flight on the old backend are lost"
+                    );
+                    core.shared.failover.remap(&c.buf[sr.clone()], to, &sid);
+                    failover_sid = sid;
+                    sticky_bi = Some(to);
+                    needs_failover = false;
+                    c.meta.retried = true;
+                }
+                None => {
+                    last_error = (503, "no healthy backend to fail the session over to");
+                    break;
+                }
+            }
+        }
+        let backend_sid: Option<&[u8]> = if failover_sid.is_empty() {
+            backend_sid
+        } else {
+            Some(&failover_sid)
+        };
+        let bi = match sticky_bi {
             Some(b) => b,
             None => match core.bal.pick(gi, group, rt, hash_key, tried, now) {
                 Some(b) => b,
                 None => break,
             },
         };
-        if b < 64 {
-            tried |= 1 << b;
+        if bi < 64 {
+            tried |= 1 << bi;
         }
-        match core.upstream(gi, b).await {
-            Ok((s, reused)) => {
-                chosen = Some((b, s, reused));
-                break;
-            }
+        let backend = &group.backends[bi];
+        let (mut up, mut reused) = match core.upstream(gi, bi).await {
+            Ok(x) => x,
             Err(e) => {
-                tracing::warn!(backend = %group.backends[b].name, error = %e, "backend unreachable");
-                let kind = if e.kind() == io::ErrorKind::TimedOut {
+                tracing::warn!(backend = %backend.name, error = %e, "backend unreachable");
+                let timed_out = e.kind() == io::ErrorKind::TimedOut;
+                let kind = if timed_out {
                     lb::FailureKind::Timeout
                 } else {
                     lb::FailureKind::Connect
                 };
-                balance::record_outcome(
-                    rt,
-                    group,
-                    b,
-                    Some(kind),
-                    balance::now_ns(core.shared.epoch),
-                );
-                last_err = Some(e);
-            }
-        }
-    }
-    let Some((bi, mut up, mut reused)) = chosen else {
-        let id = id_bytes(c);
-        c.buf.drain(..consumed);
-        let (status, msg) = match last_err {
-            None => (503, "no backend available"),
-            Some(e) if e.kind() == io::ErrorKind::TimedOut => (504, "backend connect timed out"),
-            Some(_) => (502, "backend unreachable"),
-        };
-        return reply_error(c, status, id.as_deref(), -32603, msg, !keep).await;
-    };
-    let backend = &group.backends[bi];
-    c.meta.backend = Some(bi);
-    core.bal.start(gi, bi);
-    let _in_flight = InFlight { core, gi, bi };
-    c.meta.ended_session = is_delete && backend_sid.is_some();
-
-    // ---- upstream request
-    let mut out = std::mem::take(&mut c.out);
-    out.clear();
-    {
-        let body: &[u8] = match &body_at {
-            BodyAt::Buf(r) => &c.buf[r.clone()],
-            BodyAt::Decoded => &c.body,
-        };
-        build_upstream_request(&mut out, &c.buf, h, backend, backend_sid, body, is_post);
-    }
-    c.out = out;
-    let mut ubuf = std::mem::take(&mut c.ubuf);
-    if ubuf.capacity() == 0 {
-        ubuf = core.take_buf();
-    }
-    ubuf.clear();
-    // Send; a pooled connection that turns out dead before any answer byte is retried on a
-    // fresh one only when that cannot run the request twice.
-    let mut attempt = 0;
-    let resp_head_len = loop {
-        attempt += 1;
-        let out = std::mem::take(&mut c.out);
-        let len = out.len();
-        let (w, out) = write_range(&mut up, out, 0..len).await;
-        c.out = out;
-        c.meta.sent = Some(Instant::now());
-        let write_failed = w.is_err();
-        let mut failed_before_answer = write_failed;
-        let mut head_len = None;
-        if !write_failed {
-            loop {
-                if let Some(n) = http::head_len(&ubuf) {
-                    head_len = Some(n);
-                    break;
-                }
-                if ubuf.len() > 64 * 1024 {
-                    break;
-                }
-                let b = std::mem::take(&mut ubuf);
-                match monoio::time::timeout(cfg.upstream_timeout, read_more(&mut up, b)).await {
-                    Err(_) => {
-                        c.ubuf = core.take_buf();
-                        core.give_buf(ubuf);
-                        let id = id_bytes(c);
-                        c.buf.drain(..consumed);
-                        let now = balance::now_ns(core.shared.epoch);
-                        balance::record_outcome(rt, group, bi, Some(lb::FailureKind::Timeout), now);
-                        return reply_error(
-                            c,
-                            504,
-                            id.as_deref(),
-                            -32603,
-                            "upstream timed out",
-                            !keep,
-                        )
-                        .await;
+                balance::record_outcome(rt, group, bi, Some(kind), now);
+                last_error = if timed_out {
+                    (504, "backend connect timed out")
+                } else {
+                    (502, "backend unreachable")
+                };
+                if sticky_bi.is_some() {
+                    if reinit && sealed.is_some() {
+                        needs_failover = true;
+                        continue;
                     }
-                    Ok((r, b)) => {
-                        ubuf = b;
-                        match r {
-                            Ok(0) | Err(_) => {
+                    break;
+                }
+                // Never reached the backend: any method may go to another one.
+                continue;
+            }
+        };
+        c.meta.backend = Some(bi);
+        c.meta.ended_session = is_delete && backend_sid.is_some();
+        core.bal.start(gi, bi);
+        let _in_flight = InFlight { core, gi, bi };
+
+        let mut out = std::mem::take(&mut c.out);
+        out.clear();
+        {
+            let body: &[u8] = match &body_at {
+                BodyAt::Buf(r) => &c.buf[r.clone()],
+                BodyAt::Decoded => &c.body,
+            };
+            build_upstream_request(&mut out, &c.buf, h, backend, backend_sid, body, is_post);
+        }
+        c.out = out;
+        ubuf.clear();
+        // Send; a pooled connection that turns out dead before any answer byte is retried on
+        // a fresh one only when that cannot run the request twice.
+        let mut same_conn_retry = true;
+        let outcome = loop {
+            let out = std::mem::take(&mut c.out);
+            let len = out.len();
+            let (w, out) = write_range(&mut up, out, 0..len).await;
+            c.out = out;
+            c.meta.sent = Some(Instant::now());
+            let write_failed = w.is_err();
+            let mut failed_before_answer = write_failed;
+            let mut got = Attempt::Reset;
+            if !write_failed {
+                loop {
+                    if let Some(n) = http::head_len(&ubuf) {
+                        got = Attempt::Head(n);
+                        break;
+                    }
+                    if ubuf.len() > 64 * 1024 {
+                        break;
+                    }
+                    let b = std::mem::take(&mut ubuf);
+                    match monoio::time::timeout(cfg.upstream_timeout, read_more(&mut up, b)).await {
+                        Err(_) => {
+                            ubuf = core.take_buf();
+                            got = Attempt::Timeout;
+                            break;
+                        }
+                        Ok((r, b)) => {
+                            ubuf = b;
+                            if !matches!(r, Ok(n) if n > 0) {
                                 failed_before_answer = ubuf.is_empty();
                                 break;
                             }
-                            Ok(_) => {}
                         }
                     }
                 }
             }
+            if !matches!(got, Attempt::Reset) {
+                break got;
+            }
+            // A write that failed delivered nothing usable; a reused connection that died
+            // before any answer byte may have been closed by the backend while idle, which is
+            // retried on a fresh connection only for methods that only read.
+            let retry_safe = write_failed || (failed_before_answer && reused && read_only);
+            if same_conn_retry && retry_safe {
+                same_conn_retry = false;
+                if let Ok((s, r)) = core.upstream(gi, bi).await {
+                    up = s;
+                    reused = r;
+                    ubuf.clear();
+                    c.meta.retried = true;
+                    continue;
+                }
+            }
+            break if write_failed {
+                Attempt::NotSent
+            } else {
+                Attempt::Reset
+            };
+        };
+        let head_len = match outcome {
+            Attempt::Head(n) => n,
+            failed => {
+                let (kind, err) = match failed {
+                    Attempt::Timeout => (lb::FailureKind::Timeout, (504, "upstream timed out")),
+                    _ => (
+                        lb::FailureKind::Reset,
+                        (502, "backend closed the connection before answering"),
+                    ),
+                };
+                tracing::warn!(backend = %backend.name, error = err.1, "upstream failure");
+                balance::record_outcome(
+                    rt,
+                    group,
+                    bi,
+                    Some(kind),
+                    balance::now_ns(core.shared.epoch),
+                );
+                last_error = err;
+                let never_sent = matches!(failed, Attempt::NotSent);
+                let may_retry = if sticky_bi.is_some() {
+                    // A session's request can only be retried where its session lives: after a
+                    // failover, and only if it never reached the dead backend or only reads.
+                    reinit && sealed.is_some() && (never_sent || read_only)
+                } else {
+                    never_sent
+                        || (read_only
+                            && core
+                                .bal
+                                .try_withdraw(gi, balance::now_ns(core.shared.epoch)))
+                };
+                if may_retry {
+                    if sticky_bi.is_some() {
+                        needs_failover = true;
+                    }
+                    c.meta.retried = true;
+                    continue;
+                }
+                break;
+            }
+        };
+        // The request is no longer needed: drop it, keep any pipelined bytes.
+        c.buf.drain(..consumed);
+        let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
+        let (next, reusable) =
+            forward_response(core, c, &mut up, ubuf, head_len, backend.tag, keep).await;
+        if reusable {
+            core.put_upstream(gi, bi, up);
         }
-        if let Some(n) = head_len {
+        let now = balance::now_ns(core.shared.epoch);
+        let failure = (c.meta.status >= 500).then_some(lb::FailureKind::Status5xx);
+        balance::record_outcome(rt, group, bi, failure, now);
+        core.bal.end_rtt(gi, bi, rtt, now);
+        if let (Some(body), true) = (init_copy, c.meta.new_session) {
+            core.shared.failover.remember(&c.new_sid, body);
+        }
+        return next;
+    }
+    c.ubuf = ubuf;
+    let id = id_bytes(c);
+    c.buf.drain(..consumed);
+    let (status, msg) = last_error;
+    reply_error(c, status, id.as_deref(), -32603, msg, !keep).await
+}
+
+/// How one attempt to get a response head from a backend ended.
+enum Attempt {
+    /// A complete head of this length is in the upstream buffer.
+    Head(usize),
+    /// The request could not be written: it never reached the backend.
+    NotSent,
+    /// The connection closed or failed after the request was written.
+    Reset,
+    /// No head before `upstream_timeout`.
+    Timeout,
+}
+
+/// Whether requests of a session living on backend `i` may go there.
+fn session_backend_usable(rt: &GroupRuntime, i: usize, now: u64) -> bool {
+    rt.health.is_eligible(i, now)
+        || (matches!(rt.health.state(i, now), Some(lb::HealthState::Draining))
+            && !rt.drain_expired(i, now))
+}
+
+/// Replays a session's `initialize` (then `notifications/initialized`) on a healthy backend
+/// other than `from`: the new backend and its session id.
+async fn reinitialize(
+    core: &Core,
+    gi: usize,
+    init_body: &[u8],
+    from: usize,
+    tried: u64,
+    now: u64,
+) -> Option<(usize, Vec<u8>)> {
+    let group = core.shared.config.servers.get(gi)?;
+    let rt = core.shared.groups.get(gi)?;
+    let exclude = tried | if from < 64 { 1 << from } else { 0 };
+    for _ in 0..group.backends.len() {
+        let to = core.bal.pick(gi, group, rt, None, exclude, now)?;
+        if to == from || !rt.health.is_eligible(to, now) {
+            return None;
+        }
+        let b = &group.backends[to];
+        let Ok((mut up, _)) = core.upstream(gi, to).await else {
+            balance::record_outcome(rt, group, to, Some(lb::FailureKind::Connect), now);
+            continue;
+        };
+        let mut req = Vec::with_capacity(init_body.len() + 256);
+        let _ = write!(
+            req,
+            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n",
+            b.path, b.authority, init_body.len()
+        );
+        req.extend_from_slice(init_body);
+        let (sid, ok) = exchange(core, &mut up, req).await;
+        let Some(sid) = sid.filter(|_| ok) else {
+            continue;
+        };
+        let note = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        let mut req = Vec::with_capacity(256);
+        let _ = write!(
+            req,
+            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-session-id: ",
+            b.path, b.authority
+        );
+        req.extend_from_slice(&sid);
+        let _ = write!(req, "\r\ncontent-length: {}\r\n\r\n", note.len());
+        req.extend_from_slice(note);
+        let (_, ok) = exchange(core, &mut up, req).await;
+        if ok {
+            return Some((to, sid));
+        }
+    }
+    None
+}
+
+/// Sends one request on `up` and reads its whole answer (bounded by `upstream_timeout`):
+/// the `Mcp-Session-Id` it carried, and whether the status was 2xx.
+async fn exchange(core: &Core, up: &mut TcpStream, req: Vec<u8>) -> (Option<Vec<u8>>, bool) {
+    let len = req.len();
+    let (w, _) = write_range(up, req, 0..len).await;
+    if w.is_err() {
+        return (None, false);
+    }
+    let deadline = monoio::time::Instant::now() + core.shared.config.proxy.upstream_timeout;
+    let mut buf = Vec::with_capacity(4096);
+    let head_len = loop {
+        if let Some(n) = http::head_len(&buf) {
             break n;
         }
-        // Retry on a fresh connection only when that cannot run the request twice: the write
-        // failed (nothing usable was delivered), or a reused connection died before any answer
-        // byte and the method only reads. A `tools/call` is never sent twice.
-        let retry_safe = write_failed || (failed_before_answer && reused && read_only);
-        if attempt < 2 && retry_safe {
-            if let Ok((s, r)) = core.upstream(gi, bi).await {
-                up = s;
-                reused = r;
-                ubuf.clear();
-                c.meta.retried = true;
-                continue;
-            }
+        let Ok((r, b)) = monoio::time::timeout_at(deadline, read_more(up, buf)).await else {
+            return (None, false);
+        };
+        buf = b;
+        if !matches!(r, Ok(n) if n > 0) || buf.len() > 64 * 1024 {
+            return (None, false);
         }
-        c.ubuf = ubuf;
-        let id = id_bytes(c);
-        c.buf.drain(..consumed);
-        tracing::warn!(backend = %backend.name, "backend closed the connection before answering");
-        let now = balance::now_ns(core.shared.epoch);
-        balance::record_outcome(rt, group, bi, Some(lb::FailureKind::Reset), now);
-        return reply_error(
-            c,
-            502,
-            id.as_deref(),
-            -32603,
-            "backend closed the connection",
-            !keep,
-        )
-        .await;
     };
-    // The request is no longer needed: drop it, keep any pipelined bytes.
-    c.buf.drain(..consumed);
-
-    let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
-    let (next, reusable) =
-        forward_response(core, c, &mut up, ubuf, resp_head_len, backend.tag, keep).await;
-    if reusable {
-        core.put_upstream(gi, bi, up);
+    let mut storage = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut storage);
+    if !matches!(
+        resp.parse(&buf[..head_len]),
+        Ok(httparse::Status::Complete(_))
+    ) {
+        return (None, false);
     }
-    let now = balance::now_ns(core.shared.epoch);
-    let failure = (c.meta.status >= 500).then_some(lb::FailureKind::Status5xx);
-    balance::record_outcome(rt, group, bi, failure, now);
-    core.bal.end_rtt(gi, bi, rtt, now);
-    next
+    let ok = resp.code.is_some_and(|c| (200..300).contains(&c));
+    let mut sid = None;
+    let mut framing = Framing::UntilClose;
+    for hd in resp.headers.iter() {
+        if hd.name.eq_ignore_ascii_case("mcp-session-id") {
+            sid = Some(hd.value.trim_ascii().to_vec());
+        } else if hd.name.eq_ignore_ascii_case("content-length") {
+            framing = Framing::Length(http::parse_content_length(hd.value).unwrap_or(0));
+        } else if hd.name.eq_ignore_ascii_case("transfer-encoding")
+            && http::has_token(hd.value, b"chunked")
+        {
+            framing = Framing::Chunked(ChunkedDecoder::new());
+        }
+    }
+    if matches!(resp.code, Some(202 | 204)) && matches!(framing, Framing::UntilClose) {
+        framing = Framing::None;
+    }
+    let mut err = false;
+    let mut avail = buf.split_off(head_len);
+    loop {
+        let (_, done) = body_step(&mut framing, &avail, &mut err);
+        if done || err {
+            break;
+        }
+        avail.clear();
+        let Ok((r, b)) = monoio::time::timeout_at(deadline, read_more(up, avail)).await else {
+            return (sid, false);
+        };
+        avail = b;
+        if !matches!(r, Ok(n) if n > 0) {
+            break;
+        }
+    }
+    (sid, ok && !err)
 }
 
 /// Ends a request's in-flight count on its backend however the request ends.
@@ -1146,6 +1365,10 @@ fn balance_key(
                 .clone()
                 .map(|r| lb::hash_key(c.buf[r].trim_ascii()))
         }
+        HashKey::Session => h
+            .session
+            .clone()
+            .map(|r| lb::hash_key(c.buf[r].trim_ascii())),
         HashKey::ClientIp => Some(match c.peer.ip() {
             std::net::IpAddr::V4(a) => lb::hash_key(&a.octets()),
             std::net::IpAddr::V6(a) => lb::hash_key(&a.octets()),
@@ -1457,6 +1680,15 @@ async fn forward_response(
     };
     c.meta.status = status;
     c.meta.new_session = new_session;
+    if new_session {
+        // Kept for the failover table (initialize answers only: off the hot path).
+        c.new_sid.clear();
+        if let Some(i) = memchr::memmem::find(&out, b"mcp-session-id: ") {
+            let v = &out[i + 16..];
+            let end = memchr::memchr(b'\r', v).unwrap_or(v.len());
+            c.new_sid.extend_from_slice(&v[..end]);
+        }
+    }
     c.meta.sse = is_sse;
     let _sse_open = is_sse.then(|| SseOpen::new(core));
     let mut client_close = !keep;

@@ -41,7 +41,12 @@ burst = 1
 "#;
     for driver in DRIVERS {
         let before = m.tool_calls("echo");
-        let p = start_proxy(&format!("{}{limits}", config_for(&[&m], "")), driver);
+        // Health checks off: this test counts every message the backend receives.
+        let cfg = format!(
+            "{}[servers.health]\nenabled = false\n{limits}",
+            config_for(&[&m], "")
+        );
+        let p = start_proxy(&cfg, driver);
         let mut c = HttpClient::connect(p.addr).unwrap();
         let (sid, _) = init_session(&mut c);
         assert_eq!(call(&mut c, &sid, "alice", "echo", 1).status, 200);
