@@ -24,6 +24,22 @@ struct RawConfig {
     servers: Vec<RawServer>,
     #[serde(default)]
     limits: Vec<RawLimit>,
+    #[serde(default)]
+    concurrency: Vec<RawConcurrency>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConcurrency {
+    server: Option<String>,
+    method: Option<String>,
+    tool: Option<String>,
+    resource_prefix: Option<String>,
+    per: Option<String>,
+    key: Option<String>,
+    max: Option<i64>,
+    queue: Option<i64>,
+    queue_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +135,41 @@ pub struct Config {
     pub servers: Vec<ServerGroup>,
     /// Rate limit rules (`[[limits]]`), in order.
     pub limits: Vec<ratelimit::Rule>,
+    /// Concurrency limits (`[[concurrency]]`), in order.
+    pub concurrency: Vec<ConcurrencyRule>,
+}
+
+/// Most concurrency rules (each request checks every one).
+pub const MAX_CONCURRENCY_RULES: usize = 8;
+
+/// What a concurrency limit counts in-flight requests per.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConcurrencyPer {
+    /// Per backend (checked when the backend is chosen; new sessions try another).
+    Backend,
+    /// Per tool name.
+    Tool,
+    /// Per caller (the rule's `key`: session, client-ip or header:NAME).
+    Caller,
+    /// One count for every matching request.
+    Global,
+}
+
+/// At most `max` matching requests in flight per `per`; past it, wait in a bounded queue
+/// until `queue_timeout`, or be rejected (429).
+#[derive(Debug, Clone)]
+pub struct ConcurrencyRule {
+    /// Which requests (server, method, tool glob, resource prefix) and, for `per = caller`,
+    /// the caller key. Its rate fields are unused.
+    pub filter: ratelimit::Rule,
+    /// What is counted.
+    pub per: ConcurrencyPer,
+    /// Requests in flight allowed per counted thing.
+    pub max: u32,
+    /// Requests allowed to wait (0: reject at once).
+    pub queue: u32,
+    /// Longest wait before rejection.
+    pub queue_timeout: Duration,
 }
 
 /// Client-facing listener settings and limits.
@@ -758,8 +809,86 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             burst,
         });
     }
+    let mut concurrency = Vec::new();
+    if raw.concurrency.len() > MAX_CONCURRENCY_RULES {
+        errs.push(format!(
+            "concurrency: at most {MAX_CONCURRENCY_RULES} [[concurrency]] rules"
+        ));
+    }
+    for (i, l) in raw.concurrency.into_iter().enumerate() {
+        let key = format!("concurrency[{i}]");
+        if let Some(s) = &l.server {
+            if !servers.iter().any(|g| &g.name == s) {
+                errs.push(format!("{key}.server: no [[servers]] group is named `{s}`"));
+            }
+        }
+        let per = match l.per.as_deref().unwrap_or("backend") {
+            "backend" => ConcurrencyPer::Backend,
+            "tool" => ConcurrencyPer::Tool,
+            "caller" => ConcurrencyPer::Caller,
+            "global" => ConcurrencyPer::Global,
+            p => {
+                errs.push(format!(
+                    "{key}.per: `{p}` (use \"backend\", \"tool\", \"caller\" or \"global\")"
+                ));
+                ConcurrencyPer::Global
+            }
+        };
+        let source = match (&per, l.key.as_deref()) {
+            (ConcurrencyPer::Caller, None) => {
+                errs.push(format!("{key}.key: required with per = \"caller\""));
+                ratelimit::KeySource::Global
+            }
+            (ConcurrencyPer::Caller, Some(k)) => match k.parse::<ratelimit::KeySource>() {
+                Ok(ks) => ks,
+                Err(e) => {
+                    errs.push(format!("{key}.key: {e}"));
+                    ratelimit::KeySource::Global
+                }
+            },
+            (_, Some(_)) => {
+                errs.push(format!("{key}.key: only used with per = \"caller\""));
+                ratelimit::KeySource::Global
+            }
+            (_, None) => ratelimit::KeySource::Global,
+        };
+        let max = match l.max {
+            Some(m) if (1..=1_000_000).contains(&m) => m as u32,
+            Some(m) => {
+                errs.push(format!("{key}.max: {m} is out of range (1..=1000000)"));
+                1
+            }
+            None => {
+                errs.push(format!("{key}.max: missing (requests in flight)"));
+                1
+            }
+        };
+        let queue = int_field(&mut errs, &format!("{key}.queue"), l.queue, 0, 0, 1_000_000) as u32;
+        let queue_timeout = duration_field(
+            &mut errs,
+            &format!("{key}.queue_timeout"),
+            l.queue_timeout.as_ref(),
+            Duration::from_secs(5),
+        );
+        concurrency.push(ConcurrencyRule {
+            filter: ratelimit::Rule {
+                server: l.server,
+                method: l.method,
+                tool: l.tool.map(ratelimit::Glob::new),
+                resource_prefix: l.resource_prefix,
+                key: source,
+                rate: 1.0,
+                burst: 1,
+            },
+            per,
+            max,
+            queue,
+            queue_timeout,
+        });
+    }
     if errs.is_empty() {
         Ok(Config {
+            concurrency,
             limits,
             proxy,
             admin_listen,

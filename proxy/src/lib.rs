@@ -120,6 +120,15 @@ pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
                 .map_err(|e| anyhow::anyhow!("limits: {e}"))?,
         ))
     };
+    let concurrency = config
+        .concurrency
+        .iter()
+        .map(|r| {
+            ratelimit::ConcurrencyLimit::new(r.max, config.proxy.limit_max_keys, r.queue)
+                .map(Arc::new)
+                .map_err(|e| anyhow::anyhow!("concurrency: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let hub = Arc::new(stats::StatsHub::new());
     let groups = balance::runtimes(&config);
     let epoch = std::time::Instant::now();
@@ -156,6 +165,7 @@ pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
         epoch,
         groups: groups.clone(),
         failover: failover::FailoverStore::new(100_000),
+        concurrency,
     });
     checker::start(&shared.config, groups);
     let mut threads = Vec::new();

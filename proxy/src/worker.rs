@@ -25,7 +25,9 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canc
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::balance::{self, CoreBalancer, GroupRuntime};
-use crate::config::{Backend, Balance, Config, HashKey, SessionFailover};
+use crate::config::{
+    Backend, Balance, ConcurrencyPer, Config, HashKey, SessionFailover, MAX_CONCURRENCY_RULES,
+};
 use crate::http::{self, ChunkedDecoder};
 use crate::session::{SessionSealer, SCRATCH};
 use crate::stats::{self, CoreRecorder, Counter, Gauge, Sample, StatsHub};
@@ -48,6 +50,8 @@ pub struct Shared {
     pub groups: Arc<Vec<GroupRuntime>>,
     /// Initialize bodies and moved sessions, for `session_failover = "reinitialize"`.
     pub failover: crate::failover::FailoverStore,
+    /// Counters of the `[[concurrency]]` rules, in config order (lock-free, every core).
+    pub concurrency: Vec<Arc<ratelimit::ConcurrencyLimit>>,
 }
 
 const BUF_SIZE: usize = 4 * 1024;
@@ -770,6 +774,7 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     let mut read_only = is_get || is_delete;
     let mut req_id: Option<Range<usize>> = None;
     let mut hash_key: Option<u64> = None;
+    let mut conc = ConcKeys::default();
     if is_post {
         let body: &[u8] = match &body_at {
             BodyAt::Buf(r) => &c.buf[r.clone()],
@@ -839,6 +844,9 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
             return send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await;
         }
         hash_key = balance_key(core, c, h, gi, Some(&env));
+        if env.kind == protocol::MessageKind::Request {
+            concurrency_keys(core, c, h, gi, &env, &mut conc);
+        }
         c.meta.method = match (env.kind, env.method) {
             (protocol::MessageKind::Notification, _) => stats::M_NOTIFICATION,
             (protocol::MessageKind::Response, _) => stats::M_RESPONSE,
@@ -889,6 +897,26 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
             }
         })
     };
+
+    // ---- concurrency limits per tool, caller or in all (per backend: once it is chosen)
+    let mut permits: [Option<ratelimit::OwnedPermit>; MAX_CONCURRENCY_RULES] =
+        [const { None }; MAX_CONCURRENCY_RULES];
+    for &(ri, key) in conc.keys.iter().take(conc.n) {
+        let (Some(limit), Some(rule)) = (
+            core.shared.concurrency.get(ri),
+            core.shared.config.concurrency.get(ri),
+        ) else {
+            continue;
+        };
+        match acquire_permit(limit, key, rule).await {
+            Some(p) => permits[ri] = Some(p),
+            None => {
+                let id = id_bytes(c);
+                c.buf.drain(..consumed);
+                return reply_concurrency(c, ri, id.as_deref(), keep).await;
+            }
+        }
+    }
 
     // ---- route: sealed session or a new pick
     let group = &core.shared.config.servers[gi];
@@ -1051,6 +1079,46 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                 continue;
             }
         };
+        // Per-backend concurrency: a new session or stateless request tries another backend;
+        // a session's request waits (or is rejected) as the rule says.
+        let mut backend_full = None;
+        for ri in 0..conc.backend_rules.len() {
+            if !conc.backend_rules[ri] {
+                continue;
+            }
+            let (Some(limit), Some(rule)) = (
+                core.shared.concurrency.get(ri),
+                core.shared.config.concurrency.get(ri),
+            ) else {
+                continue;
+            };
+            // Hashed: the limit table reserves small raw values (0 marks an empty slot).
+            let key = core
+                .shared
+                .key_hasher
+                .hash_key(&(((gi as u64) << 32) | bi as u64).to_le_bytes());
+            let permit = if sticky_bi.is_some() {
+                acquire_permit(limit, key, rule).await
+            } else {
+                limit.try_acquire_owned(key)
+            };
+            match permit {
+                Some(p) => permits[ri] = Some(p),
+                None => {
+                    backend_full = Some(ri);
+                    break;
+                }
+            }
+        }
+        if let Some(ri) = backend_full {
+            if sticky_bi.is_none() && tried.count_ones() < group.backends.len() as u32 {
+                continue;
+            }
+            c.ubuf = ubuf;
+            let id = id_bytes(c);
+            c.buf.drain(..consumed);
+            return reply_concurrency(c, ri, id.as_deref(), keep).await;
+        }
         c.meta.backend = Some(bi);
         c.meta.ended_session = is_delete && backend_sid.is_some();
         core.bal.start(gi, bi);
@@ -1191,6 +1259,129 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     c.buf.drain(..consumed);
     let (status, msg) = last_error;
     reply_error(c, status, id.as_deref(), -32603, msg, !keep).await
+}
+
+/// Concurrency keys of one request: which `[[concurrency]]` rules match and their keys.
+#[derive(Default)]
+struct ConcKeys {
+    keys: [(usize, u64); MAX_CONCURRENCY_RULES],
+    n: usize,
+    backend_rules: [bool; MAX_CONCURRENCY_RULES],
+}
+
+/// Finds the concurrency rules that match a request and the key each counts it under.
+fn concurrency_keys(
+    core: &Core,
+    c: &ClientConn,
+    h: &ReqHead,
+    gi: usize,
+    env: &protocol::Envelope<'_>,
+    out: &mut ConcKeys,
+) {
+    let rules = &core.shared.config.concurrency;
+    if rules.is_empty() {
+        return;
+    }
+    let server = core
+        .shared
+        .config
+        .servers
+        .get(gi)
+        .map_or("", |g| g.name.as_str());
+    let method = env.method.map(|m| m.decode());
+    let method = method.as_deref().unwrap_or("");
+    let tool = if method == "tools/call" || method == "prompts/get" {
+        env.name.map(|n| n.decode())
+    } else {
+        None
+    };
+    let uri = env.uri.map(|u| u.decode());
+    let info = ratelimit::RequestInfo {
+        server,
+        method,
+        tool: tool.as_deref(),
+        uri: uri.as_deref(),
+    };
+    let hasher = &core.shared.key_hasher;
+    for (ri, rule) in rules.iter().enumerate().take(MAX_CONCURRENCY_RULES) {
+        if !rule.filter.matches(&info) {
+            continue;
+        }
+        let key = match &rule.per {
+            ConcurrencyPer::Backend => {
+                out.backend_rules[ri] = true;
+                continue;
+            }
+            ConcurrencyPer::Global => 1,
+            ConcurrencyPer::Tool => hasher.hash_key(tool.as_deref().unwrap_or("").as_bytes()),
+            ConcurrencyPer::Caller => match &rule.filter.key {
+                ratelimit::KeySource::Session => h
+                    .session
+                    .clone()
+                    .map_or(1, |r| hasher.hash_key(c.buf[r].trim_ascii())),
+                ratelimit::KeySource::ClientIp => match c.peer.ip() {
+                    std::net::IpAddr::V4(a) => hasher.hash_key(&a.octets()),
+                    std::net::IpAddr::V6(a) => hasher.hash_key(&a.octets()),
+                },
+                ratelimit::KeySource::Header(name) => h
+                    .headers
+                    .iter()
+                    .find(|(n, _)| c.buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+                    .map_or(1, |(_, v)| hasher.hash_key(c.buf[v.clone()].trim_ascii())),
+                ratelimit::KeySource::Global => 1,
+            },
+        };
+        if let Some(slot) = out.keys.get_mut(out.n) {
+            *slot = (ri, key);
+            out.n += 1;
+        }
+    }
+}
+
+/// A permit now, or after waiting in the rule's bounded queue until its timeout.
+async fn acquire_permit(
+    limit: &Arc<ratelimit::ConcurrencyLimit>,
+    key: u64,
+    rule: &crate::config::ConcurrencyRule,
+) -> Option<ratelimit::OwnedPermit> {
+    if let Some(p) = limit.try_acquire_owned(key) {
+        return Some(p);
+    }
+    if rule.queue == 0 {
+        return None;
+    }
+    let _waiter = limit.try_enqueue()?;
+    let deadline = Instant::now() + rule.queue_timeout;
+    let mut wait = Duration::from_millis(1);
+    loop {
+        monoio::time::sleep(wait).await;
+        if let Some(p) = limit.try_acquire_owned(key) {
+            return Some(p);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        wait = (wait * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// 429 for a request over a concurrency limit, with a JSON-RPC error naming the rule.
+async fn reply_concurrency(c: &mut ClientConn, rule: usize, id: Option<&[u8]>, keep: bool) -> Next {
+    let data = format!("{{\"concurrency\":{rule}}}");
+    c.out.clear();
+    http::write_jsonrpc_error_with(
+        &mut c.out,
+        429,
+        id,
+        -32000,
+        "concurrency limit exceeded",
+        !keep,
+        "retry-after: 1\r\n",
+        Some(&data),
+    );
+    c.meta.status = 429;
+    c.meta.by_proxy = true;
+    send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await
 }
 
 /// How one attempt to get a response head from a backend ended.

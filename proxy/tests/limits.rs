@@ -100,3 +100,101 @@ fn bad_limit_config_names_the_key() {
         assert!(err.contains(k), "missing {k} in {err}");
     }
 }
+
+fn slow_call(addr: std::net::SocketAddr, key: &str, ms: u64) -> (u16, serde_json::Value) {
+    let mut c = HttpClient::connect(addr).unwrap();
+    let body = json!({"jsonrpc": "2.0", "id": 77, "method": "tools/call",
+        "params": {"name": "slow", "arguments": {"ms": ms},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
+    let r = c
+        .request(
+            "POST",
+            "/mcp",
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "slow"),
+                ("x-api-key", key),
+            ],
+            body.to_string().as_bytes(),
+        )
+        .unwrap();
+    (r.status, r.json().unwrap_or_default())
+}
+
+/// Runs `n` slow calls at once (staggered by 50 ms so their order is known).
+fn concurrent(
+    addr: std::net::SocketAddr,
+    keys: &[&'static str],
+    ms: u64,
+) -> Vec<(u16, serde_json::Value)> {
+    let handles: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let k = *k;
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50 * i as u64));
+                slow_call(addr, k, ms)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn concurrency_limits_per_tool_caller_and_backend() {
+    let stateless = |n: &str| {
+        mock_with(MockConfig {
+            name: n.into(),
+            stateless: true,
+            ..Default::default()
+        })
+    };
+    let (a, b) = (stateless("a"), stateless("b"));
+    // Per caller, reject at once: the same caller's second slow call is refused, another
+    // caller's is not.
+    let cfg = format!(
+        "{}[[concurrency]]\ntool = \"slow\"\nper = \"caller\"\nkey = \"header:x-api-key\"\nmax = 1\n",
+        config_for(&[&a], "")
+    );
+    let p = start_proxy(&cfg, "auto");
+    let r = concurrent(p.addr, &["alice", "alice", "bob"], 400);
+    assert_eq!(r[0].0, 200);
+    assert_eq!(r[1].0, 429, "{:?}", r[1]);
+    assert_eq!(r[1].1["error"]["data"]["concurrency"], 0);
+    assert_eq!(r[1].1["id"], 77);
+    assert_eq!(r[2].0, 200);
+    drop(p);
+
+    // Per tool with a queue: the second call waits for the first instead of failing.
+    let cfg = format!(
+        "{}[[concurrency]]\ntool = \"slow\"\nper = \"tool\"\nmax = 1\nqueue = 4\nqueue_timeout = \"3s\"\n",
+        config_for(&[&a], "")
+    );
+    let p = start_proxy(&cfg, "auto");
+    let t = std::time::Instant::now();
+    let r = concurrent(p.addr, &["x", "y"], 300);
+    assert!(r.iter().all(|(s, _)| *s == 200), "{r:?}");
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(600),
+        "the second call did not wait"
+    );
+    drop(p);
+
+    // Per backend: one in flight each; two calls spread over both, a third is refused.
+    let cfg = format!(
+        "{}[[concurrency]]\nper = \"backend\"\nmax = 1\n",
+        config_for(&[&a, &b], "")
+    );
+    let p = start_proxy(&cfg, "auto");
+    let before = (a.tool_calls("slow"), b.tool_calls("slow"));
+    let r = concurrent(p.addr, &["x", "y", "z"], 500);
+    let ok = r.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(ok, 2, "{r:?}");
+    assert_eq!(r.iter().filter(|(s, _)| *s == 429).count(), 1);
+    assert_eq!(a.tool_calls("slow") - before.0, 1);
+    assert_eq!(b.tool_calls("slow") - before.1, 1);
+}
