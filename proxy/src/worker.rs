@@ -1082,8 +1082,8 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         // Per-backend concurrency: a new session or stateless request tries another backend;
         // a session's request waits (or is rejected) as the rule says.
         let mut backend_full = None;
-        for ri in 0..conc.backend_rules.len() {
-            if !conc.backend_rules[ri] {
+        for (ri, &on) in conc.backend_rules.iter().enumerate() {
+            if !on {
                 continue;
             }
             let (Some(limit), Some(rule)) = (
