@@ -272,6 +272,9 @@ fn limits_json(st: &AdminState) -> Value {
                 "burst": r.map(|r| r.burst),
                 "admitted": l.admissions(i),
                 "rejected": l.rejections(i),
+                "tracked_keys": l.tracked_keys(i),
+                "evictions": l.evictions(i),
+                "overflows": l.overflows(i),
             })
         })
         .collect()
@@ -368,17 +371,34 @@ pub fn metrics_text(st: &AdminState, now: Instant) -> String {
         let _ = writeln!(o, "mcplb_{n} {v}");
     }
     if let Some(l) = &st.limits {
-        let _ = writeln!(
-            o,
-            "# HELP mcplb_limit_rejected_total Requests rejected per rate-limit rule."
-        );
-        let _ = writeln!(o, "# TYPE mcplb_limit_rejected_total counter");
-        for i in 0..l.len() {
-            let _ = writeln!(
-                o,
-                "mcplb_limit_rejected_total{{rule=\"{i}\"}} {}",
-                l.rejections(i)
-            );
+        type PerRule = fn(&ratelimit::RateLimits, usize) -> u64;
+        let families: [(&str, &str, PerRule); 3] = [
+            (
+                "rejected",
+                "Requests rejected per rate-limit rule.",
+                |l, i| l.rejections(i),
+            ),
+            (
+                "admitted",
+                "Requests admitted per rate-limit rule.",
+                |l, i| l.admissions(i),
+            ),
+            (
+                "evictions",
+                "Idle caller keys evicted per rate-limit rule (a flood of new keys).",
+                |l, i| l.evictions(i),
+            ),
+        ];
+        for (name, help, value) in families {
+            let _ = writeln!(o, "# HELP mcplb_limit_{name}_total {help}");
+            let _ = writeln!(o, "# TYPE mcplb_limit_{name}_total counter");
+            for i in 0..l.len() {
+                let _ = writeln!(
+                    o,
+                    "mcplb_limit_{name}_total{{rule=\"{i}\"}} {}",
+                    value(l, i)
+                );
+            }
         }
     }
     let view = st.hub.view(false, now);
@@ -494,7 +514,7 @@ td:first-child,th:first-child{text-align:left}.bar{fill:#3b7dd8}.own{fill:#e07b3
 </style></head><body>
 <h1>mcplb</h1><div id="meta">loading…</div>
 <h2>Latency percentiles (µs, since start)</h2><table id="tbl"></table>
-<h2>p50 / p99 per backend and tool (µs; blue total, orange mcplb's own share)</h2><svg id="chart" width="900" height="40"></svg>
+<h2>p50 / p99 per backend and tool (µs; blue total, orange mcplb's own share)</h2><svg id="chart" width="1100" height="40"></svg>
 <h2>Counters</h2><table id="ctr"></table>
 <script>
 function row(cells,tag){return '<tr>'+cells.map(c=>'<'+tag+'>'+c+'</'+tag+'>').join('')+'</tr>'}
@@ -514,7 +534,7 @@ async function tick(){
   document.getElementById('tbl').innerHTML=h;
   const max=Math.max(1,...bars.map(b=>b[2]));const svg=document.getElementById('chart');
   svg.setAttribute('height',String(20+bars.length*26));
-  svg.innerHTML=bars.map((b,i)=>{const y=10+i*26;const w50=600*b[1]/max,w99=600*b[2]/max,wo=600*b[3]/max;
+  svg.innerHTML=bars.map((b,i)=>{const y=10+i*26;const w50=500*b[1]/max,w99=500*b[2]/max,wo=500*b[3]/max;
    return '<text x="0" y="'+(y+14)+'" font-size="12">'+b[0]+'</text>'+
    '<rect class="bar" opacity="0.5" x="200" y="'+y+'" width="'+w99+'" height="18"/>'+
    '<rect class="bar" x="200" y="'+y+'" width="'+w50+'" height="18"/>'+

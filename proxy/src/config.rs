@@ -70,6 +70,7 @@ struct RawProxy {
     upstream_idle_timeout: Option<String>,
     upstream_max_idle: Option<i64>,
     limit_max_keys: Option<i64>,
+    access_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,6 +209,8 @@ pub struct ProxyConfig {
     pub upstream_max_idle: usize,
     /// Distinct callers tracked per rate-limit rule (idle ones are evicted first).
     pub limit_max_keys: usize,
+    /// JSON access log: `None` (off, the default), `-` for stderr, or a file path.
+    pub access_log: Option<String>,
 }
 
 /// One `[[servers]]` group: an MCP server reachable at `path`, served by `backends`.
@@ -557,6 +560,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             0,
             1 << 20,
         ),
+        access_log: p
+            .access_log
+            .filter(|v| v != "off" && !v.is_empty())
+            .map(|v| if v == "stderr" { "-".to_string() } else { v }),
         limit_max_keys: int_field(
             &mut errs,
             "proxy.limit_max_keys",

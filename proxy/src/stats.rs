@@ -261,6 +261,11 @@ impl CoreRecorder {
         i
     }
 
+    /// The name of a tool slot (`other` past the cap).
+    pub fn tool_name(&self, slot: usize) -> &str {
+        self.tools.get(slot).map_or("", |(n, _)| n)
+    }
+
     /// Records one finished request.
     pub fn record(&mut self, s: Sample) {
         fn slot(t: &mut Option<Box<Triple>>) -> &mut Triple {

@@ -12,7 +12,7 @@
 use std::cell::RefCell;
 use std::future::Future as _;
 use std::io;
-use std::io::Write as _;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::rc::Rc;
@@ -76,6 +76,52 @@ struct Core {
     bufs: RefCell<Vec<Vec<u8>>>,
     /// This core's statistics since the last flush to the hub.
     rec: RefCell<CoreRecorder>,
+    /// JSON access log lines not yet written, and where they go (off by default).
+    access_log: Option<RefCell<AccessLog>>,
+    /// This core's index (request ids in the access log).
+    index: usize,
+}
+
+/// A core's buffered JSON access log: lines are written once a second or every 64 KiB, one
+/// write each, with `O_APPEND`, so cores never interleave inside a line.
+struct AccessLog {
+    buf: Vec<u8>,
+    out: Option<std::fs::File>,
+    seq: u64,
+}
+
+impl AccessLog {
+    fn open(target: &str) -> io::Result<AccessLog> {
+        let out = if target == "-" {
+            None
+        } else {
+            Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(target)?,
+            )
+        };
+        Ok(AccessLog {
+            buf: Vec::with_capacity(64 * 1024),
+            out,
+            seq: 0,
+        })
+    }
+
+    fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let r = match &mut self.out {
+            Some(f) => f.write_all(&self.buf),
+            None => io::stderr().write_all(&self.buf),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "access log write failed");
+        }
+        self.buf.clear();
+    }
 }
 
 impl Core {
@@ -192,6 +238,17 @@ pub async fn run_worker(
             .collect(),
         bal: CoreBalancer::new(&shared.config, index, balance::now_ns(shared.epoch)),
         bufs: RefCell::new(Vec::new()),
+        access_log: match shared.config.proxy.access_log.as_deref() {
+            None => None,
+            Some(t) => match AccessLog::open(t) {
+                Ok(l) => Some(RefCell::new(l)),
+                Err(e) => {
+                    tracing::error!(path = t, error = %e, "cannot open the access log");
+                    None
+                }
+            },
+        },
+        index,
         rec: RefCell::new(CoreRecorder::new(
             &shared
                 .config
@@ -210,6 +267,9 @@ pub async fn run_worker(
             monoio::time::sleep(Duration::from_secs(1)).await;
             let hub = flusher.shared.hub.clone();
             flusher.rec.borrow_mut().flush_into(&hub, Instant::now());
+            if let Some(l) = &flusher.access_log {
+                l.borrow_mut().flush();
+            }
         }
     });
     loop {
@@ -395,6 +455,8 @@ struct ReqMeta {
     ended_session: bool,
     sse: bool,
     retried: bool,
+    /// Keyed hash of the session id (access log only; the id itself is never logged).
+    session_hash: u64,
 }
 
 /// What became of one request.
@@ -560,7 +622,54 @@ async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     let bytes_before = c.buf.len();
     let next = read_and_forward(core, c).await;
     record(core, &c.meta, start, bytes_before);
+    if core.access_log.is_some() {
+        write_access_log(core, c, start);
+    }
     next
+}
+
+/// Appends one JSON access-log line for the request just finished.
+fn write_access_log(core: &Core, c: &ClientConn, start: Instant) {
+    let Some(log) = &core.access_log else { return };
+    let m = &c.meta;
+    let mut l = log.borrow_mut();
+    l.seq += 1;
+    let seq = l.seq;
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let total_us = start.elapsed().as_micros();
+    let upstream_us = match (m.sent, m.upstream_done) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_micros(),
+        _ => 0,
+    };
+    let cfg = &core.shared.config;
+    let server = m.group.and_then(|g| cfg.servers.get(g));
+    let backend = m
+        .backend
+        .and_then(|b| server.and_then(|s| s.backends.get(b)))
+        .map_or("", |b| b.name.as_str());
+    let rec = core.rec.borrow();
+    let tool = m.tool.map_or("", |t| rec.tool_name(t));
+    let method = stats::METHODS.get(m.method).copied().unwrap_or("other");
+    // Names come from the config and the tool table (JSON-escaped by serde_json); the
+    // session is a keyed hash, never the id itself.
+    let _ = writeln!(
+        l.buf,
+        "{{\"ts\":{ts},\"id\":\"{}-{seq}\",\"client\":\"{}\",\"server\":{},\"session\":\"{:016x}\",\"method\":\"{method}\",\"tool\":{},\"backend\":{},\"status\":{},\"by_proxy\":{},\"total_us\":{total_us},\"upstream_us\":{upstream_us},\"bytes_out\":{}}}",
+        core.index,
+        c.peer,
+        serde_json::Value::from(server.map_or("", |s| s.name.as_str())),
+        m.session_hash,
+        serde_json::Value::from(tool),
+        serde_json::Value::from(backend),
+        m.status,
+        m.by_proxy,
+        m.bytes_out,
+    );
+    if l.buf.len() >= 64 * 1024 {
+        l.flush();
+    }
 }
 
 /// Folds one finished request into this core's statistics.
@@ -934,6 +1043,11 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         .session
         .clone()
         .map(|r| offset_of(&c.buf, c.buf[r].trim_ascii()));
+    if core.access_log.is_some() {
+        if let Some(sr) = sealed.clone() {
+            c.meta.session_hash = core.shared.key_hasher.hash_key(&c.buf[sr]);
+        }
+    }
     let mut sticky_bi = None;
     let mut needs_failover = false;
     if let Some(sr) = sealed.clone() {

@@ -137,3 +137,53 @@ fn admin_token_is_checked_on_every_request() {
         .unwrap_or_default();
     assert!(err.contains("admin.token"), "{err}");
 }
+
+#[test]
+fn json_access_log_records_each_request() {
+    let m = mock("alpha");
+    let log = std::env::temp_dir().join(format!("mcplb-access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let cfg = config_for(&[&m], &format!("access_log = \"{}\"", log.display()));
+    let p = start_proxy(&cfg, "auto");
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    let (sid, _) = init_session(&mut c);
+    for i in 0..5 {
+        c.mcp(
+            "/mcp",
+            Some(&sid),
+            &rpc(i, "tools/call", json!({"name": "echo", "arguments": {}})),
+        )
+        .unwrap();
+    }
+    c.mcp("/mcp", Some("bogus"), &rpc(9, "ping", json!({})))
+        .unwrap();
+    // Lines are written once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        if lines.len() >= 8 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    let calls: Vec<_> = lines.iter().filter(|l| l["tool"] == "echo").collect();
+    assert_eq!(calls.len(), 5);
+    for l in &calls {
+        assert_eq!(l["method"], "tools/call");
+        assert_eq!(l["status"], 200);
+        assert_eq!(l["server"], "t");
+        assert_eq!(l["backend"], m.addr().to_string());
+        assert!(l["total_us"].as_u64().unwrap() >= l["upstream_us"].as_u64().unwrap());
+        // The session appears only as a keyed hash, never the id itself.
+        assert!(!l.to_string().contains(&sid));
+        assert_eq!(l["session"], calls[0]["session"]);
+    }
+    let rejected = lines.iter().find(|l| l["status"] == 404).unwrap();
+    assert_eq!(rejected["by_proxy"], true);
+}
