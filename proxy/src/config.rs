@@ -93,6 +93,15 @@ struct RawServer {
     max_ejection_percent: Option<i64>,
     session_failover: Option<String>,
     health: Option<RawHealth>,
+    allowed_origins: Option<Vec<String>>,
+    auth: Option<RawAuth>,
+    legacy_sse: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    api_keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,13 +119,14 @@ struct RawHealth {
 #[serde(untagged)]
 enum RawBackend {
     Url(String),
-    Table(RawBackendTable),
+    Table(Box<RawBackendTable>),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBackendTable {
     url: Option<String>,
+    sse: Option<String>,
     command: Option<Vec<String>>,
     mode: Option<String>,
     env: Option<std::collections::BTreeMap<String, String>>,
@@ -233,6 +243,14 @@ pub struct ServerGroup {
     pub health: Option<HealthCheck>,
     /// What happens to a session whose backend becomes unavailable.
     pub session_failover: SessionFailover,
+    /// When set, a request whose `Origin` is not in this list is refused (403).
+    pub allowed_origins: Option<Vec<String>>,
+    /// SHA-256 digests of the API keys this group accepts (`Authorization: Bearer KEY` or
+    /// `X-Api-Key: KEY`); empty means no authentication.
+    pub api_key_digests: Vec<[u8; 32]>,
+    /// Serve the 2024-11-05 HTTP+SSE transport for old clients at `{path}/sse` and
+    /// `{path}/messages`.
+    pub legacy_sse: bool,
 }
 
 /// What happens to a session whose backend becomes unavailable.
@@ -301,6 +319,9 @@ pub struct Backend {
     /// A stdio server mcplb starts and supervises (reached through an in-process bridge whose
     /// address fills `addr` at start), or `None` for an HTTP backend.
     pub stdio: Option<crate::stdio::StdioConfig>,
+    /// An old (2024-11-05 HTTP+SSE) server's SSE URL, reached through a bridge started with
+    /// mcplb, or `None`.
+    pub legacy_sse: Option<String>,
     /// Stable 32-bit tag of the backend (hash of its URL), carried in sealed session ids so a
     /// reordered backend list still routes existing sessions correctly.
     pub tag: u32,
@@ -465,6 +486,17 @@ fn int_field(
     }
 }
 
+fn decode_hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 fn decode_key(s: &str) -> Result<[u8; 32], String> {
     use base64::Engine;
     let bytes = if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -623,6 +655,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             let table = match b {
                 RawBackend::Url(u) => RawBackendTable {
                     url: Some(u),
+                    sse: None,
                     command: None,
                     mode: None,
                     env: None,
@@ -633,7 +666,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                     name: None,
                     weight: None,
                 },
-                RawBackend::Table(t) => t,
+                RawBackend::Table(t) => *t,
             };
             let weight = match table.weight {
                 None => 1,
@@ -643,6 +676,34 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                     1
                 }
             };
+            if let Some(sse) = table.sse {
+                if table.url.is_some() || table.command.is_some() {
+                    errs.push(format!("{bkey}: give one of `url`, `command` or `sse`"));
+                    continue;
+                }
+                if let Err(e) = parse_backend_url(&sse) {
+                    errs.push(format!("{bkey}.sse: {e}"));
+                    continue;
+                }
+                let url = format!("sse:{sse}");
+                let tag = fnv1a32(url.as_bytes());
+                if backends.iter().any(|o| o.tag == tag) {
+                    errs.push(format!("{bkey}: `{sse}` is listed twice"));
+                    continue;
+                }
+                backends.push(Backend {
+                    name: table.name.unwrap_or_else(|| sse.clone()),
+                    url,
+                    authority: String::new(),
+                    addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    path: "/mcp".to_string(),
+                    weight,
+                    stdio: None,
+                    legacy_sse: Some(sse),
+                    tag,
+                });
+                continue;
+            }
             match (table.url, table.command) {
                 (Some(url), None) => {
                     for (k, set) in [
@@ -672,6 +733,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                                 path: bpath,
                                 weight,
                                 stdio: None,
+                                legacy_sse: None,
                                 tag,
                             });
                         }
@@ -738,6 +800,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                         path: "/mcp".to_string(),
                         weight,
                         stdio: Some(sc),
+                        legacy_sse: None,
                         tag,
                     });
                 }
@@ -857,7 +920,31 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 },
             }
         });
+        let mut api_key_digests = Vec::new();
+        if let Some(keys) = s.auth.and_then(|a| a.api_keys) {
+            if keys.is_empty() {
+                errs.push(format!(
+                    "{key}.auth.api_keys: empty list (remove [auth] to disable)"
+                ));
+            }
+            for (k, v) in keys.iter().enumerate() {
+                match v.strip_prefix("sha256:").map(decode_hex32) {
+                    Some(Some(d)) => api_key_digests.push(d),
+                    _ => errs.push(format!(
+                        "{key}.auth.api_keys[{k}]: must be \"sha256:\" and 64 hex digits (the key itself never goes in the config: `printf %s KEY | sha256sum`)"
+                    )),
+                }
+            }
+        }
+        let allowed_origins = s.allowed_origins.map(|v| {
+            v.into_iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect()
+        });
         servers.push(ServerGroup {
+            legacy_sse: s.legacy_sse.unwrap_or(false),
+            allowed_origins,
+            api_key_digests,
             name,
             path,
             backends,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod failover;
 pub mod http;
+pub mod legacy;
 pub mod session;
 pub mod stats;
 pub mod stdio;
@@ -47,6 +48,8 @@ pub struct RunningProxy {
     pub admin_addr: Option<SocketAddr>,
     /// Supervisors of stdio backends (dropping them stops the children).
     bridges: Vec<stdio::StdioBridge>,
+    /// Bridges of the 2024-11-05 transport (old servers as backends, old clients in front).
+    legacy: (Vec<legacy::LegacyBackend>, Vec<legacy::LegacyFront>),
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -57,6 +60,7 @@ impl RunningProxy {
             let _ = t.join();
         }
         drop(self.bridges);
+        drop(self.legacy);
     }
 }
 
@@ -89,8 +93,18 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
     // stdio backends: start each one's supervised bridge; workers then reach it over
     // loopback HTTP like any other backend.
     let mut bridges = Vec::new();
+    let mut legacy_backends = Vec::new();
     for g in &mut config.servers {
         for b in &mut g.backends {
+            if let Some(sse) = b.legacy_sse.clone() {
+                let bridge = legacy::LegacyBackend::start(&sse)
+                    .with_context(|| format!("servers.{}: backend {}", g.name, b.name))?;
+                b.addr = bridge.addr();
+                b.authority = bridge.addr().to_string();
+                b.path = "/mcp".to_string();
+                tracing::info!(backend = %b.name, sse = %sse, bridge = %b.addr, "2024-11-05 (HTTP+SSE) backend bridged");
+                legacy_backends.push(bridge);
+            }
             if let Some(sc) = b.stdio.clone() {
                 let bridge = stdio::StdioBridge::start(sc)
                     .with_context(|| format!("servers.{}: backend {}", g.name, b.name))?;
@@ -125,6 +139,21 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
     let first = bind_listener(config.proxy.listen)
         .with_context(|| format!("proxy.listen: cannot bind {}", config.proxy.listen))?;
     let local_addr = first.local_addr()?;
+    // Old (2024-11-05) clients: a bridge per group with legacy_sse = true, translating to the
+    // group's own Streamable HTTP endpoint on this listener.
+    let mut legacy_fronts = Vec::new();
+    let mut legacy_front_addrs = Vec::new();
+    for g in &config.servers {
+        if g.legacy_sse {
+            let front =
+                legacy::LegacyFront::start(&format!("http://{local_addr}{}", g.path), &g.path)
+                    .with_context(|| format!("servers.{}: legacy_sse bridge", g.name))?;
+            legacy_front_addrs.push(Some(front.addr()));
+            legacy_fronts.push(front);
+        } else {
+            legacy_front_addrs.push(None);
+        }
+    }
     let mut listeners = vec![first];
     for _ in 1..workers {
         listeners.push(
@@ -186,6 +215,7 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
         groups: groups.clone(),
         failover: failover::FailoverStore::new(100_000),
         concurrency,
+        legacy_fronts: legacy_front_addrs,
     });
     checker::start(&shared.config, groups);
     let mut threads = Vec::new();
@@ -222,6 +252,7 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
     }
     tracing::info!(%local_addr, workers, driver = driver_name, "mcplb started");
     Ok(RunningProxy {
+        legacy: (legacy_backends, legacy_fronts),
         bridges,
         local_addr,
         admin_addr,

@@ -52,6 +52,8 @@ pub struct Shared {
     pub failover: crate::failover::FailoverStore,
     /// Counters of the `[[concurrency]]` rules, in config order (lock-free, every core).
     pub concurrency: Vec<Arc<ratelimit::ConcurrencyLimit>>,
+    /// Per group: the 2024-11-05 transport bridge for old clients (`legacy_sse = true`).
+    pub legacy_fronts: Vec<Option<SocketAddr>>,
 }
 
 const BUF_SIZE: usize = 4 * 1024;
@@ -784,13 +786,31 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
 
     // ---- which server group
     let path = &c.buf[h.path.clone()];
-    let Some(gi) = core
+    // `{path}/sse` and `{path}/messages` of a group with `legacy_sse = true` go to its
+    // 2024-11-05 transport bridge.
+    let mut legacy_front = None;
+    let found = core
         .shared
         .config
         .servers
         .iter()
         .position(|g| g.path.as_bytes() == path)
-    else {
+        .or_else(|| {
+            core.shared
+                .legacy_fronts
+                .iter()
+                .enumerate()
+                .find_map(|(i, f)| {
+                    let f = (*f)?;
+                    let g = core.shared.config.servers.get(i)?;
+                    let rest = path.strip_prefix(g.path.as_bytes())?;
+                    (rest == b"/sse" || rest == b"/messages").then(|| {
+                        legacy_front = Some(f);
+                        i
+                    })
+                })
+        });
+    let Some(gi) = found else {
         // Drain nothing: a body we do not read would be taken for the next request.
         let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
         return reply_error(c, 404, None, -32600, "no MCP server at this path", close).await;
@@ -800,6 +820,20 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     if !(is_post || is_get || is_delete) {
         let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
         return reply_error(c, 405, None, -32600, "method not allowed", close).await;
+    }
+    // ---- who may come in: Origin allow-list and API keys, before reading any body
+    if let Some((status, msg)) = check_access(&core.shared.config.servers[gi], &c.buf, h) {
+        let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
+        c.out.clear();
+        let extra = if status == 401 {
+            "www-authenticate: Bearer realm=\"mcplb\"\r\n"
+        } else {
+            ""
+        };
+        http::write_jsonrpc_error_with(&mut c.out, status, None, -32600, msg, close, extra, None);
+        c.meta.status = status;
+        c.meta.by_proxy = true;
+        return send_out(c, if close { Next::Close } else { Next::KeepAlive }).await;
     }
 
     // ---- body
@@ -882,6 +916,9 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     core.rec
         .borrow_mut()
         .count(Counter::BytesIn, consumed as u64);
+    if let Some(front) = legacy_front {
+        return forward_to_legacy_front(core, c, h, front, consumed, keep).await;
+    }
     // ---- envelope
     let mut read_only = is_get || is_delete;
     let mut req_id: Option<Range<usize>> = None;
@@ -1248,7 +1285,17 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                 BodyAt::Buf(r) => &c.buf[r.clone()],
                 BodyAt::Decoded => &c.body,
             };
-            build_upstream_request(&mut out, &c.buf, h, backend, backend_sid, body, is_post);
+            let strip_auth = !group.api_key_digests.is_empty();
+            build_upstream_request(
+                &mut out,
+                &c.buf,
+                h,
+                backend,
+                backend_sid,
+                body,
+                is_post,
+                strip_auth,
+            );
         }
         c.out = out;
         ubuf.clear();
@@ -1515,6 +1562,91 @@ async fn reply_concurrency(c: &mut ClientConn, rule: usize, id: Option<&[u8]>, k
     send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await
 }
 
+/// Passes a 2024-11-05 transport request (`GET {path}/sse`, `POST {path}/messages`) to the
+/// group's bridge unchanged and streams its answer back. Old clients are rare and their
+/// streams long-lived, so a fresh loopback connection serves each request.
+async fn forward_to_legacy_front(
+    core: &Core,
+    c: &mut ClientConn,
+    h: &ReqHead,
+    front: SocketAddr,
+    consumed: usize,
+    keep: bool,
+) -> Next {
+    let Ok(mut up) = TcpStream::connect_addr(front).await else {
+        c.buf.drain(..consumed);
+        return reply_error(
+            c,
+            502,
+            None,
+            -32603,
+            "legacy transport bridge unreachable",
+            !keep,
+        )
+        .await;
+    };
+    let mut out = std::mem::take(&mut c.out);
+    out.clear();
+    out.extend_from_slice(&c.buf[h.method.clone()]);
+    out.push(b' ');
+    out.extend_from_slice(&c.buf[h.path.start..h.query.end]);
+    let _ = write!(out, " HTTP/1.1\r\nhost: {front}\r\n");
+    for (n, v) in &h.headers {
+        let name = &c.buf[n.clone()];
+        if http::is_hop_by_hop(name) && !name.eq_ignore_ascii_case(b"mcp-session-id") {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&c.buf[v.clone()]);
+        out.extend_from_slice(b"\r\n");
+    }
+    let body = if h.chunked {
+        &c.body[..]
+    } else {
+        &c.buf[h.len..consumed]
+    };
+    let _ = write!(out, "content-length: {}\r\n\r\n", body.len());
+    out.extend_from_slice(body);
+    c.buf.drain(..consumed);
+    let len = out.len();
+    let (w, out) = write_range(&mut up, out, 0..len).await;
+    c.out = out;
+    if w.is_err() {
+        return reply_error(
+            c,
+            502,
+            None,
+            -32603,
+            "legacy transport bridge unreachable",
+            !keep,
+        )
+        .await;
+    }
+    let mut ubuf = core.take_buf();
+    let head_len = loop {
+        if let Some(n) = http::head_len(&ubuf) {
+            break n;
+        }
+        let (r, b) = read_more(&mut up, ubuf).await;
+        ubuf = b;
+        if !matches!(r, Ok(n) if n > 0) || ubuf.len() > 64 * 1024 {
+            core.give_buf(ubuf);
+            return reply_error(
+                c,
+                502,
+                None,
+                -32603,
+                "legacy transport bridge failed",
+                !keep,
+            )
+            .await;
+        }
+    };
+    let (next, _) = forward_response(core, c, &mut up, ubuf, head_len, 0, None, keep).await;
+    next
+}
+
 /// How one attempt to get a response head from a backend ended.
 enum Attempt {
     /// A complete head of this length is in the upstream buffer.
@@ -1762,6 +1894,53 @@ fn check_limits(
     }
 }
 
+/// Refuses a request whose `Origin` is not allowed (403) or that lacks a valid API key (401).
+fn check_access(
+    group: &crate::config::ServerGroup,
+    buf: &[u8],
+    h: &ReqHead,
+) -> Option<(u16, &'static str)> {
+    let header = |want: &[u8]| {
+        h.headers
+            .iter()
+            .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(want))
+            .map(|(_, v)| buf[v.clone()].trim_ascii())
+    };
+    if let Some(allowed) = &group.allowed_origins {
+        if let Some(origin) = header(b"origin") {
+            let origin = origin.strip_suffix(b"/").unwrap_or(origin);
+            if !allowed
+                .iter()
+                .any(|a| a.as_bytes().eq_ignore_ascii_case(origin))
+            {
+                return Some((403, "Origin not allowed"));
+            }
+        }
+    }
+    if !group.api_key_digests.is_empty() {
+        let key = header(b"authorization")
+            .and_then(|v| {
+                v.get(..7)
+                    .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
+                    .and_then(|_| v.get(7..))
+            })
+            .or_else(|| header(b"x-api-key"));
+        let Some(key) = key else {
+            return Some((401, "API key required"));
+        };
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(key.trim_ascii()).into();
+        // Compare every configured digest in constant time, without stopping early.
+        let ok = group.api_key_digests.iter().fold(false, |acc, d| {
+            acc | (d.iter().zip(&digest).fold(0u8, |x, (a, b)| x | (a ^ b)) == 0)
+        });
+        if !ok {
+            return Some((401, "invalid API key"));
+        }
+    }
+    None
+}
+
 /// Checks the 2026-07-28 mirror headers against the body.
 fn header_mismatch(buf: &[u8], h: &ReqHead, env: &protocol::Envelope<'_>) -> Option<&'static str> {
     if let Some(r) = h.mcp_method.clone() {
@@ -1784,6 +1963,7 @@ fn header_mismatch(buf: &[u8], h: &ReqHead, env: &protocol::Envelope<'_>) -> Opt
     None
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_upstream_request(
     out: &mut Vec<u8>,
     buf: &[u8],
@@ -1792,6 +1972,7 @@ fn build_upstream_request(
     backend_sid: Option<&[u8]>,
     body: &[u8],
     has_body: bool,
+    strip_auth: bool,
 ) {
     out.extend_from_slice(&buf[h.method.clone()]);
     out.push(b' ');
@@ -1803,6 +1984,13 @@ fn build_upstream_request(
     for (n, v) in &h.headers {
         let name = &buf[n.clone()];
         if http::is_hop_by_hop(name) {
+            continue;
+        }
+        // A caller's mcplb API key is mcplb's credential, never passed to a backend.
+        if strip_auth
+            && (name.eq_ignore_ascii_case(b"authorization")
+                || name.eq_ignore_ascii_case(b"x-api-key"))
+        {
             continue;
         }
         out.extend_from_slice(name);

@@ -1,0 +1,276 @@
+"""The 2024-11-05 HTTP+SSE transport through mcplb, both directions, with the official Python SDK.
+
+- An SSE-only SDK server (`legacy_server.py`, `MCPServer.run("sse")`) as a backend,
+  configured as `backends = [{ sse = "http://127.0.0.1:PORT/sse" }]`, reached by the SDK's
+  Streamable HTTP client (`mcp.Client`).
+- The SDK's legacy SSE client (`mcp.client.sse.sse_client`) through a group with
+  `legacy_sse = true`, which exposes `{path}/sse` and `{path}/messages`, in front of a
+  Streamable HTTP SDK server (`mcp_server.py`), and in front of the SSE-only server (old
+  client to old server, both bridges in a row).
+
+Each test is skipped while `mcplb check` rejects the config form it needs (the wiring of
+the bridges into the config is separate from the bridges themselves).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from mcp.client.session import ClientSession
+from mcp.client.sse import sse_client
+from mcp_types import CallToolResult, TextContent
+
+from conftest import (
+    _BACKENDS,
+    _PROXIES,
+    Backend,
+    Proxy,
+    _mcplb_bin,
+    _port_open,
+    _stop,
+    _tail,
+    free_port,
+)
+
+pytestmark = pytest.mark.anyio
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+LEGACY_SCRIPT = HERE / "legacy_server.py"
+READ_TIMEOUT = 30.0
+
+
+def text_of(result: CallToolResult) -> str:
+    assert not result.is_error, f"tool returned an error: {result.content!r}"
+    parts = [c.text for c in result.content if isinstance(c, TextContent)]
+    assert parts, f"no text content in {result!r}"
+    return "".join(parts)
+
+
+class LegacyBackendProcess(Backend):
+    """One `legacy_server.py` subprocess (SSE-only SDK server)."""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/sse"
+
+    def start(self) -> None:
+        for _attempt in range(3):
+            self.port = free_port()
+            log = open(self.log_path, "ab")
+            self.proc = subprocess.Popen(
+                [sys.executable, str(LEGACY_SCRIPT), "--port", str(self.port), "--name", self.name],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+            log.close()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                if _port_open(self.port):
+                    return
+                time.sleep(0.05)
+            _stop(self.proc)
+        raise RuntimeError(f"legacy server {self.name} did not start; log tail:\n{_tail(self.log_path)}")
+
+
+def _config(name: str, backends: str, legacy_sse: bool) -> str:
+    option = "legacy_sse = true\n" if legacy_sse else ""
+    return (
+        "[proxy]\n"
+        'listen = "127.0.0.1:0"\n'
+        "workers = 2\n"
+        "\n"
+        "[[servers]]\n"
+        f'name = "{name}"\n'
+        'path = "/mcp"\n'
+        f"{option}"
+        f"backends = [{backends}]\n"
+    )
+
+
+def _start_proxy_or_skip(workdir: Path, name: str, text: str, what: str) -> Proxy:
+    """Writes the config; skips when `mcplb check` rejects it; starts mcplb."""
+    path = workdir / f"mcplb-{name}.toml"
+    path.write_text(text)
+    binary = _mcplb_bin()
+    check = subprocess.run([binary, "check", "--config", str(path)], capture_output=True, text=True, timeout=30)
+    if check.returncode != 0:
+        pytest.skip(f"mcplb does not accept {what} yet: {(check.stderr or check.stdout).strip()[:300]}")
+    proxy = Proxy(binary, path)
+    _PROXIES.append(proxy)
+    try:
+        proxy.start()
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    return proxy
+
+
+@pytest.fixture(scope="module")
+def legacy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("legacy")
+
+
+@pytest.fixture(scope="module")
+def sse_server(legacy_dir: Path):
+    """An SSE-only SDK server, "py-old"."""
+    b = LegacyBackendProcess("py-old", legacy_dir)
+    _BACKENDS.append(b)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def streamable_server(legacy_dir: Path):
+    """A Streamable HTTP SDK server, "py-new"."""
+    b = Backend("py-new", legacy_dir)
+    _BACKENDS.append(b)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy_to_sse_server(sse_server: LegacyBackendProcess, legacy_dir: Path):
+    """mcplb with the SSE-only server as its backend."""
+    proxy = _start_proxy_or_skip(
+        legacy_dir, "to-old", _config("to-old", f'{{ sse = "{sse_server.url}" }}', False), "`{ sse = URL }` backends"
+    )
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def legacy_front_proxy(streamable_server: Backend, legacy_dir: Path):
+    """mcplb exposing /mcp/sse for old clients, in front of a Streamable HTTP server."""
+    proxy = _start_proxy_or_skip(
+        legacy_dir, "front", _config("front", f'"{streamable_server.url}"', True), "the `legacy_sse` group option"
+    )
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def old_to_old_proxy(sse_server: LegacyBackendProcess, legacy_dir: Path):
+    """mcplb with both bridges: old clients at /mcp/sse, the SSE-only server behind."""
+    proxy = _start_proxy_or_skip(
+        legacy_dir,
+        "old-to-old",
+        _config("old-to-old", f'{{ sse = "{sse_server.url}" }}', True),
+        "`legacy_sse` with an `{ sse = URL }` backend",
+    )
+    yield proxy
+    proxy.stop()
+
+
+# --- new clients, old server ------------------------------------------------------------------
+
+
+async def _new_client_round_trip(url: str, expect_name: str) -> None:
+    """The SDK's Streamable HTTP client against an SSE-only server (through a bridge)."""
+    async with Client(url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as client:
+        assert client.server_info is not None
+        assert client.server_info.name == expect_name
+        tools = await client.list_tools()
+        assert {"add", "whoami", "slow_progress", "log_then"} <= {t.name for t in tools.tools}
+        assert text_of(await client.call_tool("add", {"a": 2, "b": 3})) == "5"
+        assert text_of(await client.call_tool("log_then", {"text": "hi"})) == "hi"
+        read = await client.read_resource("info://name")
+        assert read.contents[0].text == expect_name
+        prompt = await client.get_prompt("greet", {"who": "tester"})
+        assert f"Hello tester, this is {expect_name}." in prompt.messages[0].content.text
+        progress: list[float] = []
+
+        async def on_progress(p: float, total: float | None, message: str | None) -> None:
+            progress.append(p)
+
+        result = await client.call_tool("slow_progress", {"steps": 3, "delay": 0.1}, progress_callback=on_progress)
+        assert text_of(result) == "done"
+        assert progress == [1, 2, 3], progress
+
+
+async def test_streamable_client_to_sse_only_server(proxy_to_sse_server: Proxy) -> None:
+    await _new_client_round_trip(proxy_to_sse_server.url, "py-old")
+
+
+async def test_progress_from_sse_only_server_arrives_before_the_result(proxy_to_sse_server: Proxy) -> None:
+    seen: list[tuple[float, float]] = []
+    done_at: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((time.monotonic(), progress))
+
+    async with Client(proxy_to_sse_server.url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as client:
+        result = await client.call_tool(
+            "slow_progress", {"steps": 3, "delay": 0.3}, progress_callback=on_progress
+        )
+        done_at.append(time.monotonic())
+    assert text_of(result) == "done"
+    assert [p for _, p in seen] == [1, 2, 3], seen
+    # Streamed as they happened, not buffered until the end.
+    assert seen[0][0] < done_at[0] - 0.4, (seen, done_at)
+
+
+async def test_two_sessions_to_sse_only_server(proxy_to_sse_server: Proxy) -> None:
+    async with Client(proxy_to_sse_server.url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as a:
+        async with Client(proxy_to_sse_server.url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as b:
+            assert text_of(await a.call_tool("log_then", {"text": "from a"})) == "from a"
+            assert text_of(await b.call_tool("log_then", {"text": "from b"})) == "from b"
+            assert text_of(await a.call_tool("add", {"a": 1, "b": 1})) == "2"
+
+
+# --- old clients, new server ------------------------------------------------------------------
+
+
+async def _old_client_round_trip(sse_url: str, expect_name: str) -> None:
+    progress: list[float] = []
+
+    async def on_progress(p: float, total: float | None, message: str | None) -> None:
+        progress.append(p)
+
+    async with sse_client(sse_url, timeout=10, sse_read_timeout=READ_TIMEOUT) as (read, write):
+        async with ClientSession(read, write, read_timeout_seconds=READ_TIMEOUT) as session:
+            init = await session.initialize()
+            assert init.server_info.name == expect_name
+            tools = await session.list_tools()
+            assert {"add", "whoami", "slow_progress"} <= {t.name for t in tools.tools}
+            assert text_of(await session.call_tool("add", {"a": 20, "b": 22})) == "42"
+            assert text_of(await session.call_tool("whoami", {})) == expect_name
+            result = await session.call_tool(
+                "slow_progress", {"steps": 3, "delay": 0.1}, progress_callback=on_progress
+            )
+            assert text_of(result) == "done"
+            assert progress == [1, 2, 3], progress
+            await session.send_ping()
+
+
+def main() -> None:
+    """For the Rust tests of the bridges alone (no mcplb wiring):
+    `python test_legacy_sse.py old-client SSE_URL NAME` or `... new-client MCP_URL NAME`."""
+    import anyio
+
+    mode, url, name = sys.argv[1:4]
+    runner = _old_client_round_trip if mode == "old-client" else _new_client_round_trip
+    anyio.run(runner, url, name)
+    print("OK")
+
+
+async def test_sse_client_through_mcplb(legacy_front_proxy: Proxy) -> None:
+    await _old_client_round_trip(f"http://{legacy_front_proxy.addr}/mcp/sse", "py-new")
+
+
+async def test_sse_client_to_sse_only_server_through_mcplb(old_to_old_proxy: Proxy) -> None:
+    await _old_client_round_trip(f"http://{old_to_old_proxy.addr}/mcp/sse", "py-old")
+
+
+if __name__ == "__main__":
+    main()
