@@ -71,6 +71,7 @@ struct RawProxy {
     upstream_max_idle: Option<i64>,
     limit_max_keys: Option<i64>,
     access_log: Option<String>,
+    shutdown_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +222,8 @@ pub struct ProxyConfig {
     pub limit_max_keys: usize,
     /// JSON access log: `None` (off, the default), `-` for stderr, or a file path.
     pub access_log: Option<String>,
+    /// On SIGTERM/SIGINT, how long open requests and streams may take to finish.
+    pub shutdown_timeout: Duration,
 }
 
 /// One `[[servers]]` group: an MCP server reachable at `path`, served by `backends`.
@@ -596,6 +599,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             .access_log
             .filter(|v| v != "off" && !v.is_empty())
             .map(|v| if v == "stderr" { "-".to_string() } else { v }),
+        shutdown_timeout: duration_field(
+            &mut errs,
+            "proxy.shutdown_timeout",
+            p.shutdown_timeout.as_ref(),
+            Duration::from_secs(30),
+        ),
         limit_max_keys: int_field(
             &mut errs,
             "proxy.limit_max_keys",

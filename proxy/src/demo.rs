@@ -70,6 +70,11 @@ impl HttpClient {
         })
     }
 
+    /// The underlying socket (to watch it from a test).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// Sets the `Host` header sent with each request.
     pub fn set_host(&mut self, host: &str) {
         self.host = host.to_string();

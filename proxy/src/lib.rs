@@ -54,6 +54,24 @@ pub struct RunningProxy {
 }
 
 impl RunningProxy {
+    /// Graceful shutdown: stop accepting, let open requests and streams finish (keep-alive
+    /// connections close after their current request, idle ones at once), up to `timeout`;
+    /// then stop stdio children. Returns the number of connections still open at the deadline.
+    pub fn shutdown(self, timeout: std::time::Duration) -> usize {
+        use std::sync::atomic::Ordering;
+        worker::SHUTDOWN.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let open = worker::OPEN_CONNECTIONS.load(Ordering::SeqCst);
+            if open == 0 || std::time::Instant::now() >= deadline {
+                drop(self.bridges);
+                drop(self.legacy);
+                return open;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Blocks until every worker has exited (they run until the process ends).
     pub fn join(self) {
         for t in self.threads {

@@ -60,6 +60,33 @@ fn init_logs() {
         .init();
 }
 
+/// Blocks SIGINT and SIGTERM in this thread (and every thread it starts later).
+#[allow(unsafe_code)]
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-mask calls on a zeroed, then initialized, sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits for one of the blocked signals; returns its name.
+#[allow(unsafe_code)]
+fn wait_signal(set: &libc::sigset_t) -> &'static str {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: sigwait on a valid, initialized set, writing into a local int.
+    let rc = unsafe { libc::sigwait(set, &mut sig) };
+    match (rc, sig) {
+        (0, libc::SIGINT) => "SIGINT",
+        (0, libc::SIGTERM) => "SIGTERM",
+        _ => "signal",
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs();
@@ -88,6 +115,10 @@ fn main() -> ExitCode {
                 }
             };
             let workers = cfg.proxy.workers;
+            let grace = cfg.proxy.shutdown_timeout;
+            // SIGINT and SIGTERM are taken by sigwait below, not by a handler: block them
+            // before any thread starts so that every thread inherits the mask.
+            let signals = block_signals();
             match mcplb::start(cfg, driver) {
                 Ok(p) => {
                     println!(
@@ -97,7 +128,21 @@ fn main() -> ExitCode {
                     if let Some(a) = p.admin_addr {
                         println!("mcplb admin on http://{a}/ (stats: /stats, /metrics)");
                     }
-                    p.join();
+                    let sig = wait_signal(&signals);
+                    tracing::info!(
+                        signal = sig,
+                        grace_s = grace.as_secs(),
+                        "shutting down: no new connections, finishing open requests"
+                    );
+                    let left = p.shutdown(grace);
+                    if left > 0 {
+                        tracing::warn!(
+                            connections = left,
+                            "shutdown deadline passed with connections still open"
+                        );
+                    } else {
+                        tracing::info!("all connections finished; bye");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

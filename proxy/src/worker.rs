@@ -32,6 +32,13 @@ use crate::http::{self, ChunkedDecoder};
 use crate::session::{SessionSealer, SCRATCH};
 use crate::stats::{self, CoreRecorder, Counter, Gauge, Sample, StatsHub};
 
+/// Set once a graceful shutdown has begun: listeners close, keep-alive connections close
+/// after their current request, idle ones at once.
+pub static SHUTDOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Client connections open in the whole process (shutdown waits for them).
+pub static OPEN_CONNECTIONS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 /// What every worker shares: read-only after start.
 pub struct Shared {
     /// The validated configuration.
@@ -274,8 +281,45 @@ pub async fn run_worker(
             }
         }
     });
+    let mut canceller = Canceller::new();
     loop {
-        match listener.accept().await {
+        // Accept, waking every 250 ms to notice a shutdown. The accept is cancelled and then
+        // awaited, so a connection that raced the cancellation is still served, never lost.
+        let accepted = {
+            let accept = listener.cancelable_accept(canceller.handle());
+            let mut accept = std::pin::pin!(accept);
+            let mut tick = std::pin::pin!(monoio::time::sleep(Duration::from_millis(250)));
+            let first = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = accept.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                if tick.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await;
+            match first {
+                Some(r) => r,
+                None => {
+                    canceller = canceller.cancel();
+                    accept.await
+                }
+            }
+        };
+        if SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed) {
+            // Stop accepting: dropping the listener closes it, so the kernel sends new
+            // connections to no one (clients see a refused connection, not a hang).
+            drop(listener);
+            if let Ok((stream, peer)) = accepted {
+                // One that raced the shutdown still gets served (with connection: close).
+                serve_client(core.clone(), stream, peer).await;
+            }
+            // Let the open connections finish; the process exits when they have.
+            std::future::pending::<()>().await;
+            return Ok(());
+        }
+        match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 {
@@ -285,6 +329,7 @@ pub async fn run_worker(
                 }
                 monoio::spawn(serve_client(core.clone(), stream, peer));
             }
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
             Err(e) => {
                 // EMFILE and friends: back off a little instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -470,6 +515,12 @@ enum Next {
 }
 
 async fn serve_client(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
+    OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    serve_connection(&core, stream, peer).await;
+    OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn serve_connection(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     let mut c = ClientConn {
         stream,
         buf: Vec::new(),
@@ -493,15 +544,30 @@ async fn serve_client(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
             core.give_buf(std::mem::take(&mut c.ubuf));
             // Boxed for the same reason as the request below: the hot wait's I/O and timer
             // state would otherwise sit in every idle connection's task.
-            match Box::pin(wait_request(&core, &mut c, &mut canceller)).await {
+            match Box::pin(wait_request(core, &mut c, &mut canceller)).await {
                 Wait::Bytes => {}
                 Wait::Idle => {
-                    // Idle keep-alive: wait for readiness holding no buffer.
-                    match monoio::time::timeout(cfg.client_idle_timeout, c.stream.readable(false))
-                        .await
-                    {
-                        Ok(Ok(())) => {}
-                        _ => break,
+                    // Idle keep-alive: wait for readiness holding no buffer, in one-second
+                    // slices so a shutdown closes idle connections promptly.
+                    let idle_since = Instant::now();
+                    let ready = loop {
+                        if SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed)
+                            || idle_since.elapsed() >= cfg.client_idle_timeout
+                        {
+                            break false;
+                        }
+                        let slice = cfg
+                            .client_idle_timeout
+                            .saturating_sub(idle_since.elapsed())
+                            .min(Duration::from_secs(1));
+                        match monoio::time::timeout(slice, c.stream.readable(false)).await {
+                            Ok(Ok(())) => break true,
+                            Ok(Err(_)) => break false,
+                            Err(_) => {}
+                        }
+                    };
+                    if !ready {
+                        break;
                     }
                     c.buf = core.take_buf();
                 }
@@ -511,9 +577,9 @@ async fn serve_client(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
         // Boxed so that an idle connection's task holds only this loop's small state, not
         // the request path's (about 3 KiB): one allocation per request (a few tens of ns with
         // mimalloc's per-thread free lists) buys idle connections near nginx's footprint.
-        match Box::pin(handle_request(&core, &mut c)).await {
-            Next::KeepAlive => {}
-            Next::Close => break,
+        match Box::pin(handle_request(core, &mut c)).await {
+            Next::KeepAlive if !SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed) => {}
+            _ => break,
         }
     }
     core.give_buf(std::mem::take(&mut c.buf));
@@ -2214,7 +2280,8 @@ async fn forward_response(
     }
     c.meta.sse = is_sse;
     let _sse_open = is_sse.then(|| SseOpen::new(core));
-    let mut client_close = !keep;
+    // During a shutdown the answer tells the client this connection ends with it.
+    let mut client_close = !keep || SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
     match &framing {
         Framing::None => out.extend_from_slice(b"content-length: 0\r\n"),
         Framing::Length(n) => {
