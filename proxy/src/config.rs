@@ -72,6 +72,8 @@ struct RawProxy {
     limit_max_keys: Option<i64>,
     access_log: Option<String>,
     shutdown_timeout: Option<String>,
+    max_connections: Option<i64>,
+    max_connections_per_ip: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +226,10 @@ pub struct ProxyConfig {
     pub access_log: Option<String>,
     /// On SIGTERM/SIGINT, how long open requests and streams may take to finish.
     pub shutdown_timeout: Duration,
+    /// Client connections open at once, in all (past it new ones are closed at once).
+    pub max_connections: usize,
+    /// Client connections open at once from one IP address.
+    pub max_connections_per_ip: u32,
 }
 
 /// One `[[servers]]` group: an MCP server reachable at `path`, served by `backends`.
@@ -599,6 +605,22 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             .access_log
             .filter(|v| v != "off" && !v.is_empty())
             .map(|v| if v == "stderr" { "-".to_string() } else { v }),
+        max_connections: int_field(
+            &mut errs,
+            "proxy.max_connections",
+            p.max_connections,
+            100_000,
+            1,
+            10_000_000,
+        ),
+        max_connections_per_ip: int_field(
+            &mut errs,
+            "proxy.max_connections_per_ip",
+            p.max_connections_per_ip,
+            10_000,
+            1,
+            10_000_000,
+        ) as u32,
         shutdown_timeout: duration_field(
             &mut errs,
             "proxy.shutdown_timeout",

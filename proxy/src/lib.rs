@@ -196,6 +196,14 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
                 .map_err(|e| anyhow::anyhow!("concurrency: {e}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let per_ip = Arc::new(
+        ratelimit::ConcurrencyLimit::new(
+            config.proxy.max_connections_per_ip,
+            (config.proxy.max_connections.saturating_mul(2)).clamp(1 << 12, 1 << 23),
+            0,
+        )
+        .map_err(|e| anyhow::anyhow!("proxy.max_connections_per_ip: {e}"))?,
+    );
     let hub = Arc::new(stats::StatsHub::new());
     let groups = balance::runtimes(&config);
     let epoch = std::time::Instant::now();
@@ -234,6 +242,7 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
         failover: failover::FailoverStore::new(100_000),
         concurrency,
         legacy_fronts: legacy_front_addrs,
+        per_ip,
     });
     checker::start(&shared.config, groups);
     let mut threads = Vec::new();

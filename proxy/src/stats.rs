@@ -96,8 +96,16 @@ pub enum Counter {
     SessionsEnded,
     /// SSE answers forwarded.
     SseStreams,
+    /// Connections closed at accept by `max_connections` or `max_connections_per_ip`.
+    ConnectionsRefused,
+    /// Request heads that took longer than `header_timeout` (slowloris) or bodies too slow.
+    SlowClients,
+    /// Request heads over `max_header_bytes` or `max_headers`.
+    HeadersTooLarge,
+    /// Request bodies over `max_body_bytes`.
+    BodiesTooLarge,
 }
-const COUNTERS: usize = 16;
+const COUNTERS: usize = 20;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -116,6 +124,10 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "sessions_started",
     "sessions_ended",
     "sse_streams",
+    "connections_refused",
+    "slow_clients",
+    "headers_too_large",
+    "bodies_too_large",
 ];
 
 /// Gauges (up/down).

@@ -61,6 +61,8 @@ pub struct Shared {
     pub concurrency: Vec<Arc<ratelimit::ConcurrencyLimit>>,
     /// Per group: the 2024-11-05 transport bridge for old clients (`legacy_sse = true`).
     pub legacy_fronts: Vec<Option<SocketAddr>>,
+    /// Open client connections per IP address (lock-free, every core).
+    pub per_ip: Arc<ratelimit::ConcurrencyLimit>,
 }
 
 const BUF_SIZE: usize = 4 * 1024;
@@ -321,13 +323,34 @@ pub async fn run_worker(
         }
         match accepted {
             Ok((stream, peer)) => {
+                // Connection limits, in all and per client address: past them the connection
+                // is closed at once (counted), before any byte is read.
+                let cfg = &core.shared.config.proxy;
+                if OPEN_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed)
+                    >= cfg.max_connections
+                {
+                    core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
+                    continue;
+                }
+                let ip_key = match peer.ip() {
+                    std::net::IpAddr::V4(a) => core.shared.key_hasher.hash_key(&a.octets()),
+                    std::net::IpAddr::V6(a) => core.shared.key_hasher.hash_key(&a.octets()),
+                };
+                let Some(permit) = core.shared.per_ip.try_acquire_owned(ip_key) else {
+                    core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 {
                     let mut rec = core.rec.borrow_mut();
                     rec.count(Counter::ConnectionsAccepted, 1);
                     rec.gauge(Gauge::ClientConnections, 1);
                 }
-                monoio::spawn(serve_client(core.clone(), stream, peer));
+                let c2 = core.clone();
+                monoio::spawn(async move {
+                    serve_client(c2, stream, peer).await;
+                    drop(permit);
+                });
             }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
             Err(e) => {
@@ -742,6 +765,17 @@ fn write_access_log(core: &Core, c: &ClientConn, start: Instant) {
 
 /// Folds one finished request into this core's statistics.
 fn record(core: &Core, m: &ReqMeta, start: Instant, bytes_hint: usize) {
+    if m.by_proxy {
+        let limit = match m.status {
+            408 => Some(Counter::SlowClients),
+            431 => Some(Counter::HeadersTooLarge),
+            413 => Some(Counter::BodiesTooLarge),
+            _ => None,
+        };
+        if let Some(k) = limit {
+            core.rec.borrow_mut().count(k, 1);
+        }
+    }
     let Some(group) = m.group else {
         // Rejected before a server group was known (bad head, unknown path): count only.
         let mut rec = core.rec.borrow_mut();

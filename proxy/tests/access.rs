@@ -92,3 +92,30 @@ fn origin_allow_list_and_api_keys() {
         .unwrap_or_default();
     assert!(err.contains("servers[0].auth.api_keys[0]"), "{err}");
 }
+
+#[test]
+fn connections_per_client_address_are_capped() {
+    let m = mock("alpha");
+    let p = start_proxy(&config_for(&[&m], "max_connections_per_ip = 3"), "auto");
+    let mut held: Vec<HttpClient> = (0..3)
+        .map(|_| HttpClient::connect(p.addr).unwrap())
+        .collect();
+    for c in &mut held {
+        assert_eq!(post(c, &[]).status, 200);
+    }
+    // The fourth from the same address is closed at once, before any byte is read.
+    let mut extra = HttpClient::connect(p.addr).unwrap();
+    let body = rpc(1, "ping", json!({})).to_string();
+    let r = extra.request(
+        "POST",
+        "/mcp",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    );
+    assert!(r.is_err(), "fourth connection was served");
+    // Closing one frees a place.
+    held.pop();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut again = HttpClient::connect(p.addr).unwrap();
+    assert_eq!(post(&mut again, &[]).status, 200);
+}
