@@ -959,8 +959,8 @@ def report(facts, command, started, finished, load_start, load_end):
                  "the scheduled send time (no coordinated omission). mcplb-load's timer has 1 ms resolution, so every "
                  "request may leave up to ~1 ms late: that send lag (its p50 is shown) is in every figure, direct "
                  "included, which is why *added* latency is the figure to compare.\n")
-        L.append("| rate | target | achieved req/s | p50 | p95 | p99 | p99.9 | added p50 | added p99 | added p99.9 | send lag p50 | errors |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        L.append("| rate | target | achieved req/s | p50 | p95 | p99 | p99.9 | added p50 | added p99 | added p99.9 | send lag p50 | errors | foreign CPU % (max) |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for label, rate in lat["rates"]:
             dmed = {p: med([x["latency_us"][p] for x in lat["cells"].get(f"{label}|direct", [])]) for p in ("p50", "p99", "p99.9")}
             for kd in TARGETS:
@@ -972,7 +972,8 @@ def report(facts, command, started, finished, load_start, load_end):
                 L.append(f"| {rate} ({label}) | {NAMES[kd]} | {spread([x['achieved_rps'] for x in cs], kf)} | "
                          f"{spread(pv['p50'], f0)} | {spread(pv['p95'], f0)} | {spread(pv['p99'], f0)} | {spread(pv['p99.9'], f0)} | "
                          + " | ".join("–" if add[p] is None else f"{add[p]:+.0f}" for p in ("p50", "p99", "p99.9"))
-                         + f" | {med([(x['send_lag_us'] or {}).get('p50') for x in cs])} | {sum(x['errors'] for x in cs)} |")
+                         + f" | {med([(x['send_lag_us'] or {}).get('p50') for x in cs])} | {sum(x['errors'] for x in cs)} | "
+                         f"{max(max(x.get('core0_foreign_pct') or 0, x.get('core1_foreign_pct') or 0) for x in cs):.0f} |")
         L.append("")
     if sc:
         L.append(f"## 4. Syscalls per request (`strace -c -f -p PID`, wrk -c64 for {STRACE_SECS} s)\n")
@@ -1041,8 +1042,28 @@ def report(facts, command, started, finished, load_start, load_end):
     return "\n".join(L)
 
 
+def rerender(json_path):
+    """Writes the markdown again from a saved JSON (after a change to the report code)."""
+    global JSON_PATH
+    JSON_PATH = json_path
+    with open(json_path) as f:
+        d = json.load(f)
+    RESULTS.update(d["results"])
+    globals().update(d.get("settings", {}))  # the report prints the run's own settings
+    if "latency" in RESULTS:
+        RESULTS["latency"]["rates"] = [tuple(x) for x in RESULTS["latency"]["rates"]]
+    text = report(d["facts"], d["command"], datetime.datetime.fromisoformat(d["started"]),
+                  datetime.datetime.fromisoformat(d["finished"]), d["load_start"], d["load_end"])
+    md = json_path[: -len(".json")] + ".md"
+    with open(md, "w") as f:
+        f.write(text)
+    print(f"wrote {md}")
+
+
 def main():
     global LUA, JSON_PATH
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        return rerender(sys.argv[2])
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     started = datetime.datetime.now()
@@ -1112,7 +1133,7 @@ def main():
                    "load_start": load_start, "load_end": load_end,
                    "settings": {"DURATION": DURATION, "LAT_DURATION": LAT_DURATION, "RUNS": RUNS, "CONNS": CONNS,
                                 "LAT_CONNS": LAT_CONNS, "FIXED_RATE": FIXED_RATE, "STRACE_SECS": STRACE_SECS,
-                                "IDLE_CONNS": IDLE_CONNS, "SESSIONS": SESSIONS, "SESSION_RATE": SESSION_RATE},
+                                "IDLE_CONNS": IDLE_CONNS, "IDLE_WAIT": IDLE_WAIT, "SESSIONS": SESSIONS, "SESSION_RATE": SESSION_RATE},
                    "request_body": WRK_BODY, "results": RESULTS}, f, indent=1)
     text = report(facts, command, started, finished, load_start, load_end)
     with open(md_path, "w") as f:
