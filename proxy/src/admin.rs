@@ -233,11 +233,18 @@ fn window_json(st: &AdminState, rolling: bool, now: Instant) -> Value {
 /// The `/stats` document.
 pub fn stats_json(st: &AdminState, now: Instant) -> Value {
     let (counters, gauges) = st.hub.counters();
-    let c: Map<String, Value> = COUNTER_NAMES
+    let mut c: Map<String, Value> = COUNTER_NAMES
         .iter()
         .zip(counters)
         .map(|(n, v)| (n.to_string(), json!(v)))
         .collect();
+    c.insert(
+        "health_changes".into(),
+        json!(st
+            .hub
+            .health_changes
+            .load(std::sync::atomic::Ordering::Relaxed)),
+    );
     let g: Map<String, Value> = GAUGE_NAMES
         .iter()
         .zip(gauges)
@@ -365,6 +372,18 @@ pub fn metrics_text(st: &AdminState, now: Instant) -> String {
         let _ = writeln!(o, "# TYPE mcplb_{n}_total counter");
         let _ = writeln!(o, "mcplb_{n}_total {v}");
     }
+    let _ = writeln!(
+        o,
+        "# HELP mcplb_health_changes_total Backend health changes (checks and ejections)."
+    );
+    let _ = writeln!(o, "# TYPE mcplb_health_changes_total counter");
+    let _ = writeln!(
+        o,
+        "mcplb_health_changes_total {}",
+        st.hub
+            .health_changes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     for (n, v) in GAUGE_NAMES.iter().zip(gauges) {
         let _ = writeln!(o, "# HELP mcplb_{n} mcplb gauge {n}.");
         let _ = writeln!(o, "# TYPE mcplb_{n} gauge");

@@ -223,6 +223,7 @@ fn unreachable_budget() -> lb::RetryBudget {
 
 /// Records a passive outcome of one request; logs an ejection when it happens.
 pub fn record_outcome(
+    hub: &crate::stats::StatsHub,
     rt: &GroupRuntime,
     group: &ServerGroup,
     bi: usize,
@@ -233,6 +234,8 @@ pub fn record_outcome(
         None => rt.health.record_success(bi),
         Some(kind) => {
             if let Some(e) = rt.health.record_failure(bi, kind, now_ns) {
+                hub.health_changes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let name = group.backends.get(bi).map_or("?", |b| b.name.as_str());
                 tracing::warn!(
                     server = %group.name,

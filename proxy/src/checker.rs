@@ -16,14 +16,15 @@ use crate::config::{Backend, Config, HealthCheck};
 use crate::demo::HttpClient;
 
 /// Starts one checker thread per backend of every group that configures `[servers.health]`.
-pub fn start(config: &Config, runtimes: Arc<Vec<GroupRuntime>>) {
+pub fn start(config: &Config, runtimes: Arc<Vec<GroupRuntime>>, hub: Arc<crate::stats::StatsHub>) {
     for (gi, g) in config.servers.iter().enumerate() {
         let Some(hc) = g.health.clone() else { continue };
         for (bi, b) in g.backends.iter().enumerate() {
             let (b, hc, rts, group) = (b.clone(), hc.clone(), runtimes.clone(), g.name.clone());
+            let hub = hub.clone();
             let _ = std::thread::Builder::new()
                 .name(format!("mcplb-check-{}", b.name))
-                .spawn(move || check_loop(&group, gi, bi, &b, &hc, &rts));
+                .spawn(move || check_loop(&group, gi, bi, &b, &hc, &rts, &hub));
         }
     }
 }
@@ -35,6 +36,7 @@ fn check_loop(
     b: &Backend,
     hc: &HealthCheck,
     rts: &[GroupRuntime],
+    hub: &crate::stats::StatsHub,
 ) {
     let Some(rt) = rts.get(gi) else { return };
     let mut state = ActiveCheck::new(ActiveCheckConfig {
@@ -59,6 +61,8 @@ fn check_loop(
         };
         if let Some(v) = change {
             rt.health.set_active(bi, v);
+            hub.health_changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if v == ActiveVerdict::Healthy {
                 // Passing its active checks again brings a backend back at once, whatever
                 // passive ejection it was serving.

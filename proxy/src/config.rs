@@ -74,6 +74,7 @@ struct RawProxy {
     shutdown_timeout: Option<String>,
     max_connections: Option<i64>,
     max_connections_per_ip: Option<i64>,
+    stats: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -230,6 +231,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// Client connections open at once from one IP address.
     pub max_connections_per_ip: u32,
+    /// Record latency histograms and counters (on by default; off only to measure their cost).
+    pub stats: bool,
 }
 
 /// One `[[servers]]` group: an MCP server reachable at `path`, served by `backends`.
@@ -605,6 +608,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             .access_log
             .filter(|v| v != "off" && !v.is_empty())
             .map(|v| if v == "stderr" { "-".to_string() } else { v }),
+        stats: p.stats.unwrap_or(true),
         max_connections: int_field(
             &mut errs,
             "proxy.max_connections",

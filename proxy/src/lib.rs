@@ -244,7 +244,7 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
         legacy_fronts: legacy_front_addrs,
         per_ip,
     });
-    checker::start(&shared.config, groups);
+    checker::start(&shared.config, groups, shared.hub.clone());
     let mut threads = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let shared = shared.clone();

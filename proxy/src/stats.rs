@@ -104,8 +104,10 @@ pub enum Counter {
     HeadersTooLarge,
     /// Request bodies over `max_body_bytes`.
     BodiesTooLarge,
+    /// Backend answers that were JSON-RPC error objects (JSON answers read whole).
+    JsonRpcErrors,
 }
-const COUNTERS: usize = 20;
+const COUNTERS: usize = 21;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -128,6 +130,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "slow_clients",
     "headers_too_large",
     "bodies_too_large",
+    "jsonrpc_errors",
 ];
 
 /// Gauges (up/down).
@@ -408,6 +411,9 @@ pub struct StatsHub {
     inner: Mutex<HubInner>,
     /// When the process started.
     pub started: Instant,
+    /// Backend health changes (active verdicts and passive ejections); rare, so a shared
+    /// atomic is fine.
+    pub health_changes: std::sync::atomic::AtomicU64,
 }
 
 /// Percentiles of one histogram.
@@ -469,6 +475,7 @@ impl StatsHub {
                 gauges: [0; GAUGES],
             }),
             started: Instant::now(),
+            health_changes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

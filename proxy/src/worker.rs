@@ -525,6 +525,8 @@ struct ReqMeta {
     ended_session: bool,
     sse: bool,
     retried: bool,
+    /// The backend's answer was a JSON-RPC error object.
+    jsonrpc_error: bool,
     /// Keyed hash of the session id (access log only; the id itself is never logged).
     session_hash: u64,
 }
@@ -712,7 +714,9 @@ async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     c.meta = ReqMeta::default();
     let bytes_before = c.buf.len();
     let next = read_and_forward(core, c).await;
-    record(core, &c.meta, start, bytes_before);
+    if core.shared.config.proxy.stats {
+        record(core, &c.meta, start, bytes_before);
+    }
     if core.access_log.is_some() {
         write_access_log(core, c, start);
     }
@@ -824,6 +828,9 @@ fn record(core: &Core, m: &ReqMeta, start: Instant, bytes_hint: usize) {
     }
     if m.retried {
         rec.count(Counter::Retries, 1);
+    }
+    if m.jsonrpc_error {
+        rec.count(Counter::JsonRpcErrors, 1);
     }
 }
 
@@ -1316,7 +1323,7 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                 } else {
                     lb::FailureKind::Connect
                 };
-                balance::record_outcome(rt, group, bi, Some(kind), now);
+                balance::record_outcome(&core.shared.hub, rt, group, bi, Some(kind), now);
                 last_error = if timed_out {
                     (504, "backend connect timed out")
                 } else {
@@ -1472,6 +1479,7 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                 };
                 tracing::warn!(backend = %backend.name, error = err.1, "upstream failure");
                 balance::record_outcome(
+                    &core.shared.hub,
                     rt,
                     group,
                     bi,
@@ -1525,7 +1533,7 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         }
         let now = balance::now_ns(core.shared.epoch);
         let failure = (c.meta.status >= 500).then_some(lb::FailureKind::Status5xx);
-        balance::record_outcome(rt, group, bi, failure, now);
+        balance::record_outcome(&core.shared.hub, rt, group, bi, failure, now);
         core.bal.end_rtt(gi, bi, rtt, now);
         if let (Some(body), true) = (init_copy, c.meta.new_session) {
             core.shared.failover.remember(&c.new_sid, body);
@@ -1786,7 +1794,14 @@ async fn reinitialize(
         }
         let b = &group.backends[to];
         let Ok((mut up, _)) = core.upstream(gi, to).await else {
-            balance::record_outcome(rt, group, to, Some(lb::FailureKind::Connect), now);
+            balance::record_outcome(
+                &core.shared.hub,
+                rt,
+                group,
+                to,
+                Some(lb::FailureKind::Connect),
+                now,
+            );
             continue;
         };
         let mut req = Vec::with_capacity(init_body.len() + 256);
@@ -2337,6 +2352,17 @@ async fn forward_response(
     {
         let avail = &ubuf[pos..];
         let (take, done) = body_step(&mut framing, avail, &mut framing_error);
+        // A JSON answer that arrived whole: note whether it is a JSON-RPC error (the envelope
+        // scan costs about 0.2 µs; SSE answers and bodies spread over reads are not looked at).
+        if done
+            && !is_sse
+            && matches!(framing, Framing::Length(_))
+            && core.shared.config.proxy.stats
+        {
+            if let Ok(env) = protocol::parse_message(&avail[..take]) {
+                c.meta.jsonrpc_error = env.has_error;
+            }
+        }
         out.extend_from_slice(&avail[..take]);
         pos += take;
         body_done = done;

@@ -59,12 +59,28 @@ fn stats_match_known_traffic() {
             .unwrap();
         assert_eq!(r.status, 404);
     }
+    // Two answers that are JSON-RPC errors from the backend.
+    for i in 0..2 {
+        let r = c
+            .mcp(
+                "/mcp",
+                Some(&sid),
+                &rpc(
+                    200 + i,
+                    "tools/call",
+                    json!({"name": "fail", "arguments": {}}),
+                ),
+            )
+            .unwrap();
+        assert!(r.json().unwrap()["error"].is_object());
+    }
     // Cores flush once a second: poll until the counts are in.
     let deadline = Instant::now() + Duration::from_secs(10);
     let stats = loop {
         let s = get(admin, "/stats", None).json().unwrap();
         if s["since_start"]["tools"]["echo"]["total"]["count"] == 40
             && s["counters"]["unknown_session"] == 3
+            && s["counters"]["jsonrpc_errors"] == 2
             && s["since_start"]["methods"]["tools/list"]["total"]["count"] == 10
         {
             break s;
@@ -83,11 +99,12 @@ fn stats_match_known_traffic() {
     assert!(up50 <= p50 + p50 / 500, "upstream {up50} > total {p50}");
     assert!(own50 < 5_000, "own p50 {own50}");
     assert_eq!(stats["since_start"]["tools"]["echo"]["total"]["count"], 40);
-    // initialize + notification + 40 calls + 10 lists through the backend; 3 rejected by mcplb.
+    // initialize + notification + 40 calls + 10 lists + 2 failing calls through the backend;
+    // 3 rejected by mcplb.
     let backend = &stats["since_start"]["backends"][m.addr().to_string()];
-    assert_eq!(backend["total"]["count"], 52, "{stats}");
-    assert_eq!(stats["since_start"]["servers"]["t"]["total"]["count"], 55);
-    assert_eq!(stats["counters"]["requests"], 55);
+    assert_eq!(backend["total"]["count"], 54, "{stats}");
+    assert_eq!(stats["since_start"]["servers"]["t"]["total"]["count"], 57);
+    assert_eq!(stats["counters"]["requests"], 57);
     assert_eq!(stats["counters"]["sessions_started"], 1);
     assert_eq!(stats["last_60s"]["tools"]["echo"]["total"]["count"], 40);
     assert!(stats["counters"]["bytes_in"].as_u64().unwrap() > 40 * 80);
@@ -104,7 +121,7 @@ fn stats_match_known_traffic() {
     assert!(metrics.contains("# TYPE mcplb_requests_total counter"));
 
     let backends = get(admin, "/backends", None).json().unwrap();
-    assert_eq!(backends["backends"][0]["requests"], 52);
+    assert_eq!(backends["backends"][0]["requests"], 54);
     assert_eq!(get(admin, "/healthz", None).status, 200);
     assert_eq!(get(admin, "/readyz", None).status, 200);
     let page = get(admin, "/", None);
