@@ -341,6 +341,7 @@ pub async fn run_worker(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                set_cloexec(&stream);
                 {
                     let mut rec = core.rec.borrow_mut();
                     rec.count(Counter::ConnectionsAccepted, 1);
@@ -359,6 +360,17 @@ pub async fn run_worker(
                 monoio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+}
+
+/// Marks an accepted socket close-on-exec (monoio's accept does not), so stdio children that
+/// mcplb starts never inherit client connections. One syscall per connection.
+fn set_cloexec(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a valid, owned fd; only the FD_CLOEXEC flag changes.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::fcntl(s.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
     }
 }
 

@@ -32,13 +32,17 @@ def text_result(rid, text: str) -> None:
     send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": text}], "isError": False}})
 
 
-TOOLS = ["pid", "echo", "slow", "progress", "crash", "garbage", "big", "sample", "notify_later", "flood"]
+TOOLS = ["pid", "echo", "slow", "progress", "crash", "garbage", "big", "sample", "notify_later", "flood", "cancelled_ids"]
 
 
 def call_tool(rid, params: dict) -> None:
     name = params.get("name")
     args = params.get("arguments") or {}
     token = (params.get("_meta") or {}).get("progressToken")
+    if name == "cancelled_ids":
+        # The request ids this process has seen cancelled (as JSON text), in arrival order.
+        text_result(rid, json.dumps([k for k, ev in _cancelled.items() if ev.is_set()]))
+        return
     if name == "pid":
         text_result(rid, str(os.getpid()))
     elif name == "echo":

@@ -994,6 +994,12 @@ impl Inner {
                 if let Some(r) = msg.pointer_mut("/params/requestId") {
                     *r = json!(bid);
                 }
+                // The server need not answer a cancelled request (and usually does not): end
+                // the client's wait now, so its connection (and a shutdown) is not held open.
+                if let Some(p) = lock(&proc.pending).remove(&bid) {
+                    let msg = rpc_error(p.client_id, -32800, "request cancelled");
+                    let _ = deliver(&p.tx, Event::Final { msg, status: 200 });
+                }
             }
             // Shared: the process was initialized once; later sessions' copies are dropped.
             "notifications/initialized"

@@ -6,7 +6,7 @@
 //   MCPLB_BIN  path to the mcplb binary (default: <repo>/target/debug/mcplb)
 
 import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -223,4 +223,46 @@ export async function startMcplb(backendUrls, { name = "everything", workers = 2
   child.url = `http://${child.addr}/mcp`;
   child.configPath = config;
   return child;
+}
+
+/** `mcplb run --config FILE` with the whole TOML config given as text (e.g. command backends). */
+export async function startMcplbWithConfig(toml, { label = "mcplb" } = {}) {
+  const dir = mkdtempSync(path.join(tmpdir(), "mcplb-ts-"));
+  const config = path.join(dir, "mcplb.toml");
+  writeFileSync(config, toml);
+  const child = new Child(label, MCPLB_BIN, ["run", "--config", config], {
+    cwd: REPO,
+    env: { RUST_BACKTRACE: "1", ...process.env },
+  });
+  const m = await child.waitForLine(/listening on (\S+:\d+)/, 15_000);
+  child.addr = m[1];
+  child.url = `http://${child.addr}/mcp`;
+  child.configPath = config;
+  return child;
+}
+
+/**
+ * Processes (from /proc) whose parent is `ppid`, as `{ pid, state, cmdline }` (argv joined by
+ * spaces); zombies are included (state "Z").
+ */
+export function childProcesses(ppid) {
+  const out = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    const p = procInfo(Number(name));
+    if (p && p.ppid === ppid) out.push(p);
+  }
+  return out;
+}
+
+/** `{ pid, ppid, state, cmdline }` of a live (or zombie) process, or null when it is gone. */
+export function procInfo(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter(Boolean).join(" ");
+    return { pid, ppid: Number(fields[1]), state: fields[0], cmdline };
+  } catch {
+    return null;
+  }
 }
