@@ -20,6 +20,7 @@ fn record(c: &mut Criterion) {
                 tool: Some(tool),
                 total_us: 50 + i % 5000,
                 upstream_us: 40 + i % 4000,
+                first_event_us: None,
             }));
         })
     });

@@ -212,6 +212,7 @@ fn triple_json(t: &Triple) -> Value {
         "total": stats::summary(&t.total),
         "upstream": stats::summary(&t.upstream),
         "own": stats::summary(&t.own),
+        "first_event": stats::summary(&t.first_event),
     })
 }
 
@@ -425,6 +426,10 @@ pub fn metrics_text(st: &AdminState, now: Instant) -> String {
         ("total", "first request byte in to last response byte out"),
         ("upstream", "request sent upstream to response complete"),
         ("own", "time spent in mcplb itself (total minus upstream)"),
+        (
+            "first_event",
+            "SSE answers: request sent upstream to first event forwarded",
+        ),
     ] {
         let name = format!("mcplb_request_{part}_seconds");
         let _ = writeln!(o, "# HELP {name} Request latency: {help}.");
@@ -433,7 +438,8 @@ pub fn metrics_text(st: &AdminState, now: Instant) -> String {
             let h = match part {
                 "total" => &t.total,
                 "upstream" => &t.upstream,
-                _ => &t.own,
+                "own" => &t.own,
+                _ => &t.first_event,
             };
             let (kind, label) = dim_label(&st.config, d);
             let lbl = format!("dimension=\"{kind}\",name=\"{}\"", escape_label(&label));

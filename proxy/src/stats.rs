@@ -143,10 +143,21 @@ pub enum Gauge {
     SseOpen,
     /// Idle pooled upstream connections.
     UpstreamIdle,
+    /// Upstream connections carrying a request now (open = idle + busy).
+    UpstreamBusy,
+    /// Sessions started through mcplb and not ended by DELETE (sessions a backend expires on
+    /// its own are not seen, so this is an upper bound).
+    ActiveSessions,
 }
-const GAUGES: usize = 3;
+const GAUGES: usize = 5;
 /// Names of the gauges, in order.
-pub const GAUGE_NAMES: [&str; GAUGES] = ["client_connections", "sse_streams_open", "upstream_idle"];
+pub const GAUGE_NAMES: [&str; GAUGES] = [
+    "client_connections",
+    "sse_streams_open",
+    "upstream_idle",
+    "upstream_busy",
+    "active_sessions",
+];
 
 /// Total, upstream and own-time histograms of one dimension.
 #[derive(Clone)]
@@ -157,6 +168,8 @@ pub struct Triple {
     pub upstream: Histogram<u64>,
     /// The proxy's own share (total minus upstream).
     pub own: Histogram<u64>,
+    /// SSE answers only: request sent upstream to its first event forwarded.
+    pub first_event: Histogram<u64>,
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -176,23 +189,29 @@ impl Triple {
             total: new_hist(),
             upstream: new_hist(),
             own: new_hist(),
+            first_event: new_hist(),
         }
     }
-    fn record(&mut self, total_us: u64, upstream_us: u64) {
+    fn record(&mut self, total_us: u64, upstream_us: u64, first_event_us: Option<u64>) {
         self.total.saturating_record(total_us.max(1));
         self.upstream.saturating_record(upstream_us.max(1));
         self.own
             .saturating_record(total_us.saturating_sub(upstream_us).max(1));
+        if let Some(f) = first_event_us {
+            self.first_event.saturating_record(f.max(1));
+        }
     }
     fn add(&mut self, o: &Triple) {
         let _ = self.total.add(&o.total);
         let _ = self.upstream.add(&o.upstream);
         let _ = self.own.add(&o.own);
+        let _ = self.first_event.add(&o.first_event);
     }
     fn reset(&mut self) {
         self.total.reset();
         self.upstream.reset();
         self.own.reset();
+        self.first_event.reset();
     }
 }
 
@@ -224,6 +243,8 @@ pub struct Sample {
     pub total_us: u64,
     /// Upstream µs (0 when answered by mcplb).
     pub upstream_us: u64,
+    /// SSE answers: µs from the request sent to its first event forwarded.
+    pub first_event_us: Option<u64>,
 }
 
 /// One core's recording since its last flush.
@@ -289,19 +310,19 @@ impl CoreRecorder {
         self.dirty = true;
         self.counters[Counter::Requests as usize] += 1;
         if let Some(t) = self.groups.get_mut(s.group) {
-            slot(t).record(s.total_us, s.upstream_us);
+            slot(t).record(s.total_us, s.upstream_us, s.first_event_us);
         }
         if let Some(b) = s.backend {
             if let Some(t) = self.backends.get_mut(s.group).and_then(|g| g.get_mut(b)) {
-                slot(t).record(s.total_us, s.upstream_us);
+                slot(t).record(s.total_us, s.upstream_us, s.first_event_us);
             }
         }
         if let Some(t) = self.methods.get_mut(s.method) {
-            slot(t).record(s.total_us, s.upstream_us);
+            slot(t).record(s.total_us, s.upstream_us, s.first_event_us);
         }
         if let Some(ti) = s.tool {
             if let Some((_, t)) = self.tools.get_mut(ti) {
-                slot(t).record(s.total_us, s.upstream_us);
+                slot(t).record(s.total_us, s.upstream_us, s.first_event_us);
             }
         }
     }
@@ -544,6 +565,7 @@ mod tests {
                 tool: Some(tool),
                 total_us: i * 100,
                 upstream_us: i * 90,
+                first_event_us: None,
             });
         }
         a.count(Counter::BytesIn, 10);

@@ -539,6 +539,8 @@ struct ReqMeta {
     retried: bool,
     /// The backend's answer was a JSON-RPC error object.
     jsonrpc_error: bool,
+    /// SSE answers: when the first event bytes were forwarded.
+    first_event: Option<Instant>,
     /// Keyed hash of the session id (access log only; the id itself is never logged).
     session_hash: u64,
 }
@@ -812,6 +814,10 @@ fn record(core: &Core, m: &ReqMeta, start: Instant, bytes_hint: usize) {
         tool: m.tool,
         total_us: end.saturating_duration_since(start).as_micros() as u64,
         upstream_us,
+        first_event_us: match (m.sent, m.first_event) {
+            (Some(a), Some(b)) => Some(b.saturating_duration_since(a).as_micros() as u64),
+            _ => None,
+        },
     });
     let _ = bytes_hint;
     rec.count(Counter::BytesOut, m.bytes_out);
@@ -831,9 +837,11 @@ fn record(core: &Core, m: &ReqMeta, start: Instant, bytes_hint: usize) {
     }
     if m.new_session {
         rec.count(Counter::SessionsStarted, 1);
+        rec.gauge(Gauge::ActiveSessions, 1);
     }
-    if m.ended_session {
+    if m.ended_session && (200..300).contains(&m.status) {
         rec.count(Counter::SessionsEnded, 1);
+        rec.gauge(Gauge::ActiveSessions, -1);
     }
     if m.sse {
         rec.count(Counter::SseStreams, 1);
@@ -1395,6 +1403,7 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         c.meta.backend = Some(bi);
         c.meta.ended_session = is_delete && backend_sid.is_some();
         core.bal.start(gi, bi);
+        core.rec.borrow_mut().gauge(Gauge::UpstreamBusy, 1);
         let _in_flight = InFlight { core, gi, bi };
 
         let mut out = std::mem::take(&mut c.out);
@@ -1921,6 +1930,9 @@ struct InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.core.bal.end(self.gi, self.bi);
+        if let Ok(mut rec) = self.core.rec.try_borrow_mut() {
+            rec.gauge(Gauge::UpstreamBusy, -1);
+        }
     }
 }
 
@@ -2385,6 +2397,9 @@ async fn forward_response(
     if body_done {
         c.meta.upstream_done = Some(Instant::now());
     }
+    if is_sse && pos > head_len {
+        c.meta.first_event = Some(Instant::now());
+    }
     let len = out.len();
     c.meta.bytes_out += len as u64;
     let (w, mut out) = write_range(&mut c.stream, out, 0..len).await;
@@ -2424,6 +2439,9 @@ async fn forward_response(
             extra = take < ubuf.len();
         }
         c.meta.bytes_out += take as u64;
+        if is_sse && c.meta.first_event.is_none() && take > 0 {
+            c.meta.first_event = Some(Instant::now());
+        }
         let (w, b) = write_range(&mut c.stream, ubuf, 0..take).await;
         ubuf = b;
         if w.is_err() {

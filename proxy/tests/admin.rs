@@ -74,6 +74,16 @@ fn stats_match_known_traffic() {
             .unwrap();
         assert!(r.json().unwrap()["error"].is_object());
     }
+    // One SSE answer (3 progress events 50 ms apart, then the result).
+    let r = c
+        .mcp(
+            "/mcp",
+            Some(&sid),
+            &json!({"jsonrpc": "2.0", "id": 300, "method": "tools/call",
+                "params": {"name": "progress", "arguments": {}, "_meta": {"progressToken": 1}}}),
+        )
+        .unwrap();
+    assert_eq!(r.events.len(), 4);
     // Cores flush once a second: poll until the counts are in.
     let deadline = Instant::now() + Duration::from_secs(10);
     let stats = loop {
@@ -81,6 +91,7 @@ fn stats_match_known_traffic() {
         if s["since_start"]["tools"]["echo"]["total"]["count"] == 40
             && s["counters"]["unknown_session"] == 3
             && s["counters"]["jsonrpc_errors"] == 2
+            && s["since_start"]["tools"]["progress"]["total"]["count"] == 1
             && s["since_start"]["methods"]["tools/list"]["total"]["count"] == 10
         {
             break s;
@@ -102,9 +113,21 @@ fn stats_match_known_traffic() {
     // initialize + notification + 40 calls + 10 lists + 2 failing calls through the backend;
     // 3 rejected by mcplb.
     let backend = &stats["since_start"]["backends"][m.addr().to_string()];
-    assert_eq!(backend["total"]["count"], 54, "{stats}");
-    assert_eq!(stats["since_start"]["servers"]["t"]["total"]["count"], 57);
-    assert_eq!(stats["counters"]["requests"], 57);
+    assert_eq!(backend["total"]["count"], 55, "{stats}");
+    assert_eq!(stats["since_start"]["servers"]["t"]["total"]["count"], 58);
+    assert_eq!(stats["counters"]["requests"], 58);
+    // The SSE answer's time to first event is recorded, and is well before its end.
+    let prog = &stats["since_start"]["tools"]["progress"];
+    assert_eq!(prog["first_event"]["count"], 1);
+    let first = prog["first_event"]["max"].as_u64().unwrap();
+    let total = prog["total"]["max"].as_u64().unwrap();
+    assert!(
+        first + 50_000 <= total,
+        "first event {first} µs, total {total} µs"
+    );
+    assert_eq!(echo["first_event"]["count"], 0);
+    assert_eq!(stats["gauges"]["active_sessions"], 1);
+    assert_eq!(stats["gauges"]["upstream_busy"], 0);
     assert_eq!(stats["counters"]["sessions_started"], 1);
     assert_eq!(stats["last_60s"]["tools"]["echo"]["total"]["count"], 40);
     assert!(stats["counters"]["bytes_in"].as_u64().unwrap() > 40 * 80);
@@ -121,7 +144,7 @@ fn stats_match_known_traffic() {
     assert!(metrics.contains("# TYPE mcplb_requests_total counter"));
 
     let backends = get(admin, "/backends", None).json().unwrap();
-    assert_eq!(backends["backends"][0]["requests"], 54);
+    assert_eq!(backends["backends"][0]["requests"], 55);
     assert_eq!(get(admin, "/healthz", None).status, 200);
     assert_eq!(get(admin, "/readyz", None).status, 200);
     let page = get(admin, "/", None);
