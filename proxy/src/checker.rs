@@ -125,7 +125,7 @@ fn check_once(b: &Backend, hc: &HealthCheck, session: &mut Option<String>) -> an
         anyhow::bail!("timed out");
     }
     let sid = session.as_deref().filter(|s| !s.is_empty());
-    let ping = serde_json::json!({"jsonrpc": "2.0", "id": id + 1, "method": "ping"});
+    let ping = serde_json::json!({"jsonrpc": "2.0", "id": id + 1, "method": hc.method});
     let r = c.mcp(&b.path, sid, &ping)?;
     if r.status == 404 {
         // Our session expired: start a new one next time.

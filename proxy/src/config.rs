@@ -298,6 +298,16 @@ pub enum HashKey {
     Header(String),
 }
 
+/// Methods a health check may send: `ping`, `server/discover`, or a read-only call.
+pub const READ_ONLY_CHECKS: [&str; 6] = [
+    "ping",
+    "server/discover",
+    "tools/list",
+    "resources/list",
+    "prompts/list",
+    "resources/templates/list",
+];
+
 /// Active MCP health checks of a group's backends.
 #[derive(Debug, Clone)]
 pub struct HealthCheck {
@@ -311,6 +321,8 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
     /// `ping` in a session of the checker's own, or `server/discover` (2026-07-28 servers).
     pub discover: bool,
+    /// The method sent in the checker's session: `ping` or a read-only call.
+    pub method: String,
 }
 
 /// One backend replica reached over HTTP.
@@ -943,14 +955,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                     1,
                     100,
                 ) as u32,
-                discover: match h.method.as_deref() {
-                    None | Some("ping") => false,
-                    Some("server/discover") => true,
+                discover: h.method.as_deref() == Some("server/discover"),
+                method: match h.method.as_deref() {
+                    None => "ping".to_string(),
+                    Some(m) if READ_ONLY_CHECKS.contains(&m) => m.to_string(),
                     Some(m) => {
                         errs.push(format!(
-                            "{hk}.method: `{m}` (use \"ping\" or \"server/discover\")"
+                            "{hk}.method: `{m}` (use one of {})",
+                            READ_ONLY_CHECKS.join(", ")
                         ));
-                        false
+                        "ping".to_string()
                     }
                 },
             }
@@ -1206,6 +1220,22 @@ backends = []
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("listen_typo"), "{err}");
+    }
+
+    #[test]
+    fn health_check_methods_are_read_only() {
+        let base = "[proxy]\nlisten = \"127.0.0.1:0\"\n[[servers]]\nname = \"a\"\npath = \"/mcp\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\n[servers.health]\n";
+        let ok = Config::parse(&format!("{base}method = \"tools/list\"\n"));
+        let method = ok
+            .ok()
+            .and_then(|c| c.servers[0].health.clone())
+            .map(|h| h.method);
+        assert_eq!(method.as_deref(), Some("tools/list"));
+        let err = Config::parse(&format!("{base}method = \"tools/call\"\n"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("servers[0].health.method"), "{err}");
     }
 
     #[test]

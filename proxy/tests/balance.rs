@@ -52,7 +52,7 @@ fn active_checks_take_a_dead_backend_out_and_its_sessions_get_404() {
     let bname = b.addr().to_string();
     let cfg = group_config(
         &[au, bu],
-        "[servers.health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 2\n",
+        "[servers.health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 2\nmethod = \"tools/list\"\n",
     );
     let p = start_proxy(&cfg, "auto");
     wait_for("both healthy", || {
