@@ -318,6 +318,8 @@ fn backends_json(st: &AdminState) -> Value {
                 "server": g.name, "name": b.name, "url": b.url, "weight": b.weight,
                 "state": state, "eligible": rt.is_some_and(|r| r.health.is_eligible(bi, now_ns)),
                 "ejections": ejections, "requests": requests,
+                "in_flight": st.hub.backend_gauges(gi, bi)[0],
+                "sessions": st.hub.backend_gauges(gi, bi)[1],
             }));
         }
     }

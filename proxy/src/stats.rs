@@ -256,6 +256,8 @@ pub struct CoreRecorder {
     tools: Vec<(Box<str>, Option<Box<Triple>>)>,
     counters: [u64; COUNTERS],
     gauges: [i64; GAUGES],
+    /// Per backend (`[group][backend]`): requests in flight and sessions, as deltas.
+    backend_gauges: Vec<Vec<[i64; 2]>>,
     dirty: bool,
 }
 
@@ -273,6 +275,10 @@ impl CoreRecorder {
             tools: Vec::new(),
             counters: [0; COUNTERS],
             gauges: [0; GAUGES],
+            backend_gauges: backends_per_group
+                .iter()
+                .map(|n| vec![[0; 2]; *n])
+                .collect(),
             dirty: false,
         }
     }
@@ -339,6 +345,19 @@ impl CoreRecorder {
         self.gauges[g as usize] += delta;
     }
 
+    /// Moves a backend's gauges: requests in flight (`which = 0`) or sessions (`which = 1`).
+    pub fn backend_gauge(&mut self, group: usize, backend: usize, which: usize, delta: i64) {
+        self.dirty = true;
+        if let Some(g) = self
+            .backend_gauges
+            .get_mut(group)
+            .and_then(|g| g.get_mut(backend))
+            .and_then(|g| g.get_mut(which))
+        {
+            *g += delta;
+        }
+    }
+
     /// Folds this core's data into the hub and resets it (keeping its allocations).
     pub fn flush_into(&mut self, hub: &StatsHub, now: Instant) {
         if !self.dirty {
@@ -379,6 +398,16 @@ impl CoreRecorder {
             h.gauges[i] += *g;
             *g = 0;
         }
+        for (gi, bs) in self.backend_gauges.iter_mut().enumerate() {
+            for (bi, v) in bs.iter_mut().enumerate() {
+                if v.iter().any(|x| *x != 0) {
+                    let e = h.backend_gauges.entry((gi, bi)).or_insert([0; 2]);
+                    e[0] += v[0];
+                    e[1] += v[1];
+                    *v = [0; 2];
+                }
+            }
+        }
         self.dirty = false;
     }
 }
@@ -393,6 +422,7 @@ struct HubInner {
     ring: Vec<Slot>,
     counters: [u64; COUNTERS],
     gauges: [i64; GAUGES],
+    backend_gauges: HashMap<(usize, usize), [i64; 2]>,
 }
 
 impl HubInner {
@@ -494,6 +524,7 @@ impl StatsHub {
                 ring: Vec::new(),
                 counters: [0; COUNTERS],
                 gauges: [0; GAUGES],
+                backend_gauges: HashMap::new(),
             }),
             started: Instant::now(),
             health_changes: std::sync::atomic::AtomicU64::new(0),
@@ -535,6 +566,15 @@ impl StatsHub {
     pub fn counters(&self) -> ([u64; COUNTERS], [i64; GAUGES]) {
         let h = self.lock();
         (h.counters, h.gauges)
+    }
+
+    /// A backend's requests in flight and sessions (as of the last flush of every core).
+    pub fn backend_gauges(&self, group: usize, backend: usize) -> [i64; 2] {
+        self.lock()
+            .backend_gauges
+            .get(&(group, backend))
+            .copied()
+            .unwrap_or([0; 2])
     }
 }
 

@@ -838,10 +838,16 @@ fn record(core: &Core, m: &ReqMeta, start: Instant, bytes_hint: usize) {
     if m.new_session {
         rec.count(Counter::SessionsStarted, 1);
         rec.gauge(Gauge::ActiveSessions, 1);
+        if let Some(b) = m.backend {
+            rec.backend_gauge(group, b, 1, 1);
+        }
     }
     if m.ended_session && (200..300).contains(&m.status) {
         rec.count(Counter::SessionsEnded, 1);
         rec.gauge(Gauge::ActiveSessions, -1);
+        if let Some(b) = m.backend {
+            rec.backend_gauge(group, b, 1, -1);
+        }
     }
     if m.sse {
         rec.count(Counter::SseStreams, 1);
@@ -1403,7 +1409,11 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         c.meta.backend = Some(bi);
         c.meta.ended_session = is_delete && backend_sid.is_some();
         core.bal.start(gi, bi);
-        core.rec.borrow_mut().gauge(Gauge::UpstreamBusy, 1);
+        {
+            let mut rec = core.rec.borrow_mut();
+            rec.gauge(Gauge::UpstreamBusy, 1);
+            rec.backend_gauge(gi, bi, 0, 1);
+        }
         let _in_flight = InFlight { core, gi, bi };
 
         let mut out = std::mem::take(&mut c.out);
@@ -1932,6 +1942,7 @@ impl Drop for InFlight<'_> {
         self.core.bal.end(self.gi, self.bi);
         if let Ok(mut rec) = self.core.rec.try_borrow_mut() {
             rec.gauge(Gauge::UpstreamBusy, -1);
+            rec.backend_gauge(self.gi, self.bi, 0, -1);
         }
     }
 }

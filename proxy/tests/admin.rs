@@ -145,6 +145,31 @@ fn stats_match_known_traffic() {
 
     let backends = get(admin, "/backends", None).json().unwrap();
     assert_eq!(backends["backends"][0]["requests"], 55);
+    assert_eq!(backends["backends"][0]["sessions"], 1);
+    assert_eq!(backends["backends"][0]["in_flight"], 0);
+    // A slow call shows as in flight on its backend (cores report once a second).
+    let addr = p.addr;
+    let sid2 = sid.clone();
+    let slow = std::thread::spawn(move || {
+        HttpClient::connect(addr)
+            .unwrap()
+            .mcp(
+                "/mcp",
+                Some(&sid2),
+                &rpc(
+                    400,
+                    "tools/call",
+                    json!({"name": "slow", "arguments": {"ms": 2500}}),
+                ),
+            )
+            .unwrap()
+    });
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while get(admin, "/backends", None).json().unwrap()["backends"][0]["in_flight"] != 1 {
+        assert!(Instant::now() < deadline, "in-flight request not shown");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(slow.join().unwrap().status, 200);
     assert_eq!(get(admin, "/healthz", None).status, 200);
     assert_eq!(get(admin, "/readyz", None).status, 200);
     let page = get(admin, "/", None);
