@@ -4,6 +4,9 @@
 pub mod http;
 pub mod load;
 pub mod mock;
+pub mod output;
+pub mod scenario;
 
-pub use load::{run_load, ErrorCounts, LoadOptions, LoadReport};
+pub use load::{run_load, CallCount, CallSpec, ErrorCounts, LoadOptions, LoadReport};
 pub use mock::{MockConfig, MockServer};
+pub use scenario::Scenario;

@@ -2,7 +2,9 @@
 //!
 //! Each connection is a virtual user on a monoio runtime: it opens a
 //! keep-alive connection, initializes a session (unless stateless), sends
-//! `notifications/initialized`, then calls one tool again and again. Closed
+//! `notifications/initialized`, then calls one tool again and again (or, with
+//! [`LoadOptions::calls`], a weighted mix of methods picked by a deterministic
+//! smooth weighted round robin). Closed
 //! loop sends the next call when the previous answer arrived; open loop
 //! (`rate`) schedules calls at fixed intervals per connection whatever the
 //! answers, and measures latency from the scheduled time, so a queue in front
@@ -58,6 +60,9 @@ pub struct LoadOptions {
     pub tool: String,
     /// The tool's `arguments`.
     pub arguments: Value,
+    /// A weighted mix of calls; when empty, every call is `tools/call` of
+    /// `tool` with `arguments`.
+    pub calls: Vec<CallSpec>,
     /// 2026-07-28 style: no initialize, no session, `_meta` on every request.
     pub stateless: bool,
     /// monoio worker threads; connections are spread over them.
@@ -79,12 +84,189 @@ impl Default for LoadOptions {
             warmup: Duration::from_secs(1),
             tool: "echo".to_string(),
             arguments: json!({"text": "hello"}),
+            calls: Vec::new(),
             stateless: false,
             threads: 1,
             timeout: Duration::from_secs(30),
             progress: false,
         }
     }
+}
+
+/// One entry of a method mix (a `[[calls]]` table of a scenario file).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallSpec {
+    /// JSON-RPC method, e.g. `tools/call`, `tools/list`, `resources/read`.
+    pub method: String,
+    /// Tool name (`params.name` of `tools/call`).
+    #[serde(default)]
+    pub tool: Option<String>,
+    /// `params.name` for other methods (e.g. `prompts/get`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `params.arguments` (defaults to `{}` for `tools/call`).
+    #[serde(default)]
+    pub arguments: Option<Value>,
+    /// `params.uri` (e.g. `resources/read`).
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// Extra params merged into the request's `params` object.
+    #[serde(default)]
+    pub params: Option<Value>,
+    /// Relative weight in the mix (0 disables the entry).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl CallSpec {
+    /// A `tools/call` of `tool` with `arguments`, weight 1.
+    pub fn tool_call(tool: &str, arguments: Value) -> CallSpec {
+        CallSpec {
+            method: "tools/call".to_string(),
+            tool: Some(tool.to_string()),
+            name: None,
+            arguments: Some(arguments),
+            uri: None,
+            params: None,
+            weight: 1,
+        }
+    }
+
+    /// Short label for reports: the method, plus the tool, name or uri.
+    pub fn label(&self) -> String {
+        match self
+            .tool
+            .as_ref()
+            .or(self.name.as_ref())
+            .or(self.uri.as_ref())
+        {
+            Some(n) => format!("{} {n}", self.method),
+            None => self.method.clone(),
+        }
+    }
+
+    /// The request's `params` (without the stateless `_meta`).
+    fn params(&self) -> anyhow::Result<serde_json::Map<String, Value>> {
+        let mut p = match &self.params {
+            None => serde_json::Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => anyhow::bail!("{}: params must be a table/object", self.label()),
+        };
+        if let Some(n) = self.tool.as_ref().or(self.name.as_ref()) {
+            p.insert("name".into(), json!(n));
+        }
+        if let Some(u) = &self.uri {
+            p.insert("uri".into(), json!(u));
+        }
+        match &self.arguments {
+            Some(a) => {
+                p.insert("arguments".into(), a.clone());
+            }
+            None if self.method == "tools/call" => {
+                p.insert("arguments".into(), json!({}));
+            }
+            None => {}
+        }
+        if self.method == "tools/call" && !p.contains_key("name") {
+            anyhow::bail!("tools/call needs a tool name");
+        }
+        Ok(p)
+    }
+}
+
+/// A prepared call of the mix.
+#[derive(Debug)]
+struct PreparedCall {
+    method: String,
+    params: serde_json::Map<String, Value>,
+    /// `Mcp-Name` header value in stateless mode.
+    mcp_name: Option<String>,
+}
+
+/// The call mix of a run: prepared calls and the deterministic order in which
+/// a virtual user goes through them.
+#[derive(Debug)]
+struct Plan {
+    calls: Vec<PreparedCall>,
+    labels: Vec<String>,
+    /// One period of the smooth weighted round robin (indexes into `calls`).
+    schedule: Vec<usize>,
+}
+
+impl Plan {
+    fn new(opts: &LoadOptions) -> anyhow::Result<Plan> {
+        let specs = if opts.calls.is_empty() {
+            vec![CallSpec::tool_call(&opts.tool, opts.arguments.clone())]
+        } else {
+            opts.calls.clone()
+        };
+        let mut calls = Vec::with_capacity(specs.len());
+        for c in &specs {
+            let params = c.params()?;
+            let mcp_name = params
+                .get(if c.method == "resources/read" {
+                    "uri"
+                } else {
+                    "name"
+                })
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            calls.push(PreparedCall {
+                method: c.method.clone(),
+                params,
+                mcp_name,
+            });
+        }
+        let weights: Vec<u64> = specs.iter().map(|c| u64::from(c.weight)).collect();
+        let schedule = smooth_wrr(&weights)?;
+        Ok(Plan {
+            calls,
+            labels: specs.iter().map(CallSpec::label).collect(),
+            schedule,
+        })
+    }
+}
+
+/// One period of nginx-style smooth weighted round robin over `weights`:
+/// each index appears `weight` times, spread as evenly as possible.
+fn smooth_wrr(weights: &[u64]) -> anyhow::Result<Vec<usize>> {
+    let total: u64 = weights.iter().sum();
+    if total == 0 {
+        anyhow::bail!("the call mix has no entry with a positive weight");
+    }
+    if total > 1_000_000 {
+        anyhow::bail!("call weights sum to {total}; keep them below 1000000");
+    }
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, w) in weights.iter().enumerate() {
+            current[i] += *w as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total as i64;
+        out.push(best);
+    }
+    Ok(out)
+}
+
+/// Per-call counts of the measured window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallCount {
+    /// The call's label (method plus tool, name or uri).
+    pub label: String,
+    /// Successful answers.
+    pub ok: u64,
+    /// Failures.
+    pub errors: u64,
 }
 
 /// Errors counted by kind.
@@ -148,6 +330,8 @@ pub struct LoadReport {
     pub ok: u64,
     /// Failures in the measured window, by kind.
     pub errors: ErrorCounts,
+    /// Counts per entry of the call mix, in the mix's order.
+    pub calls: Vec<CallCount>,
     /// Latency of successful calls, µs, 3 significant figures.
     pub histogram: Histogram<u64>,
     /// Open loop only: how late each call was actually written compared to
@@ -204,6 +388,11 @@ impl LoadReport {
                 "timeout": e.timeout,
                 "io": e.io,
             },
+            "calls": self
+                .calls
+                .iter()
+                .map(|c| json!({"call": c.label, "ok": c.ok, "errors": c.errors}))
+                .collect::<Vec<_>>(),
             "latency_us": lat,
             "send_lag_us": lag,
         })
@@ -235,6 +424,16 @@ impl std::fmt::Display for LoadReport {
             "errors      connect {}, http status {}, jsonrpc {}, id mismatch {}, timeout {}, io {}",
             e.connect, e.http_status, e.jsonrpc, e.id_mismatch, e.timeout, e.io
         )?;
+        if self.calls.len() > 1 {
+            writeln!(f, "calls")?;
+            for c in &self.calls {
+                writeln!(
+                    f,
+                    "  {:<30} {:>10} ok {:>8} errors",
+                    c.label, c.ok, c.errors
+                )?;
+            }
+        }
         writeln!(f, "latency     µs")?;
         for p in PERCENTILES {
             writeln!(f, "  p{:<8} {:>10}", p, self.percentile(p))?;
@@ -267,6 +466,7 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         }
     }
     let threads = opts.threads.clamp(1, opts.connections);
+    let plan = Arc::new(Plan::new(&opts)?);
     let shared = Arc::new(RunShared {
         ready: AtomicUsize::new(0),
         start: OnceLock::new(),
@@ -280,11 +480,11 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let mut handles = Vec::with_capacity(threads);
     for t in 0..threads {
         let ids: Vec<usize> = (0..opts.connections).filter(|i| i % threads == t).collect();
-        let (opts, url, shared) = (opts.clone(), url.clone(), shared.clone());
+        let (opts, url, shared, plan) = (opts.clone(), url.clone(), shared.clone(), plan.clone());
         handles.push(
             std::thread::Builder::new()
                 .name(format!("load-{t}"))
-                .spawn(move || thread_main(&opts, &url, addr, &shared, ids))?,
+                .spawn(move || thread_main(&opts, &plan, &url, addr, &shared, ids))?,
         );
     }
     let progress = opts.progress.then(|| {
@@ -295,6 +495,15 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let mut hist = new_histogram()?;
     let mut send_lag = new_histogram()?;
     let mut errors = ErrorCounts::default();
+    let mut calls: Vec<CallCount> = plan
+        .labels
+        .iter()
+        .map(|l| CallCount {
+            label: l.clone(),
+            ok: 0,
+            errors: 0,
+        })
+        .collect();
     let mut first_err = None;
     for h in handles {
         match h.join() {
@@ -305,6 +514,10 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
                     .add(&st.lag)
                     .map_err(|e| anyhow::anyhow!("histogram merge: {e}"))?;
                 errors.add(&st.errors);
+                for (c, (ok, err)) in calls.iter_mut().zip(&st.calls) {
+                    c.ok += ok;
+                    c.errors += err;
+                }
             }
             Ok(Err(e)) => first_err = Some(e),
             Err(_) => first_err = Some(anyhow::anyhow!("load thread panicked")),
@@ -328,6 +541,7 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         elapsed: finished.saturating_duration_since(measure_start),
         ok,
         errors,
+        calls,
         histogram: hist,
         send_lag,
     })
@@ -383,10 +597,13 @@ struct ThreadStats {
     hist: Histogram<u64>,
     lag: Histogram<u64>,
     errors: ErrorCounts,
+    /// (ok, errors) per call of the plan.
+    calls: Vec<(u64, u64)>,
 }
 
 fn thread_main(
     opts: &Arc<LoadOptions>,
+    plan: &Arc<Plan>,
     url: &Arc<HttpUrl>,
     addr: SocketAddr,
     shared: &Arc<RunShared>,
@@ -399,12 +616,15 @@ fn thread_main(
         hist: new_histogram()?,
         lag: new_histogram()?,
         errors: ErrorCounts::default(),
+        calls: vec![(0, 0); plan.calls.len()],
     }));
     rt.block_on(async {
         let mut tasks = Vec::with_capacity(ids.len());
         for id in ids {
             let vu = Vu {
                 opts: opts.clone(),
+                plan: plan.clone(),
+                cursor: id,
                 url: url.clone(),
                 addr,
                 shared: shared.clone(),
@@ -459,6 +679,10 @@ struct RpcAnswer {
 /// A virtual user: one connection and its session.
 struct Vu {
     opts: Arc<LoadOptions>,
+    plan: Arc<Plan>,
+    /// Position in `plan.schedule` (starts at the VU's index, to spread the
+    /// mix over the connections).
+    cursor: usize,
     url: Arc<HttpUrl>,
     addr: SocketAddr,
     shared: Arc<RunShared>,
@@ -523,6 +747,8 @@ impl Vu {
                 break;
             }
             let measured = scheduled >= measure_start;
+            let ci = self.plan.schedule[self.cursor % self.plan.schedule.len()];
+            self.cursor = self.cursor.wrapping_add(1);
             if measured {
                 if let Some(n) = self.opts.requests {
                     if self.shared.issued.fetch_add(1, Ordering::Relaxed) >= n {
@@ -536,7 +762,7 @@ impl Vu {
                         let lag = scheduled.elapsed().as_micros().min(MAX_LATENCY_US as u128);
                         self.stats.borrow_mut().lag.saturating_record(lag as u64);
                     }
-                    self.call().await
+                    self.call(ci).await
                 }
                 Err(e) => Err(e),
             };
@@ -545,13 +771,17 @@ impl Vu {
                     self.shared.ok.fetch_add(1, Ordering::Relaxed);
                     if measured {
                         let us = scheduled.elapsed().as_micros().min(MAX_LATENCY_US as u128) as u64;
-                        self.stats.borrow_mut().hist.saturating_record(us.max(1));
+                        let mut st = self.stats.borrow_mut();
+                        st.hist.saturating_record(us.max(1));
+                        st.calls[ci].0 += 1;
                     }
                 }
                 Err(kind) => {
                     self.shared.errors.fetch_add(1, Ordering::Relaxed);
                     if measured {
-                        self.stats.borrow_mut().errors.bump(kind);
+                        let mut st = self.stats.borrow_mut();
+                        st.errors.bump(kind);
+                        st.calls[ci].1 += 1;
                     }
                     if kind == ErrKind::Connect && interval.is_none() {
                         // Do not spin on a dead target in closed loop.
@@ -590,7 +820,7 @@ impl Vu {
                 "clientInfo": {"name": "mcplb-load", "version": env!("CARGO_PKG_VERSION")},
             },
         });
-        let ans = self.exchange(&body.to_string(), None).await?;
+        let ans = self.exchange(&body.to_string(), None, None).await?;
         if ans.status != 200 {
             return Err(self.status_error(ans.status));
         }
@@ -602,7 +832,7 @@ impl Vu {
         };
         self.session = Some(session);
         let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-        let ans = self.exchange(note, None).await?;
+        let ans = self.exchange(note, None, None).await?;
         if ans.status != 202 && ans.status != 200 {
             return Err(self.status_error(ans.status));
         }
@@ -623,18 +853,32 @@ impl Vu {
         ErrKind::Status(status)
     }
 
-    /// One tools/call.
-    async fn call(&mut self) -> Result<(), ErrKind> {
+    /// One call of the mix (`ci` indexes `plan.calls`).
+    async fn call(&mut self, ci: usize) -> Result<(), ErrKind> {
         let id = self.take_id();
-        let mut params = json!({"name": self.opts.tool, "arguments": self.opts.arguments});
+        let plan = self.plan.clone();
+        let call = &plan.calls[ci];
+        let mut params = call.params.clone();
         if self.opts.stateless {
-            params["_meta"] = json!({
-                "io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
-                "io.modelcontextprotocol/clientCapabilities": {},
-            });
+            params.insert(
+                "_meta".into(),
+                json!({
+                    "io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                }),
+            );
         }
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
-        let ans = self.exchange(&body.to_string(), Some("tools/call")).await?;
+        let mut body = json!({"jsonrpc": "2.0", "id": id, "method": call.method});
+        if !params.is_empty() {
+            body["params"] = Value::Object(params);
+        }
+        let ans = self
+            .exchange(
+                &body.to_string(),
+                Some(&call.method),
+                call.mcp_name.as_deref(),
+            )
+            .await?;
         if ans.status != 200 {
             return Err(self.status_error(ans.status));
         }
@@ -658,8 +902,13 @@ impl Vu {
 
     /// Sends one POST and reads the answer (with the timeout). The JSON-RPC
     /// response ends up in `self.body` (extracted from SSE if needed).
-    async fn exchange(&mut self, body: &str, method: Option<&str>) -> Result<Answer, ErrKind> {
-        self.build_request(body, method);
+    async fn exchange(
+        &mut self,
+        body: &str,
+        method: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Answer, ErrKind> {
+        self.build_request(body, method, name);
         let timeout = self.opts.timeout;
         let res = monoio::time::timeout(timeout, self.exchange_inner()).await;
         let res = match res {
@@ -690,7 +939,7 @@ impl Vu {
         self.out = Vec::with_capacity(1024);
     }
 
-    fn build_request(&mut self, body: &str, method: Option<&str>) {
+    fn build_request(&mut self, body: &str, method: Option<&str>, name: Option<&str>) {
         use std::io::Write;
         let o = &mut self.out;
         o.clear();
@@ -706,8 +955,8 @@ impl Vu {
             let _ = write!(o, "MCP-Protocol-Version: {STATELESS_VERSION}\r\n");
             if let Some(m) = method {
                 let _ = write!(o, "Mcp-Method: {m}\r\n");
-                if m == "tools/call" {
-                    let _ = write!(o, "Mcp-Name: {}\r\n", self.opts.tool);
+                if let Some(n) = name {
+                    let _ = write!(o, "Mcp-Name: {n}\r\n");
                 }
             }
         } else if let Some(s) = self.session.as_deref().filter(|s| !s.is_empty()) {

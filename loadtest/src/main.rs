@@ -6,8 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use loadtest::{run_load, LoadOptions, MockConfig};
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use loadtest::scenario::parse_duration;
+use loadtest::{run_load, LoadOptions, MockConfig, Scenario};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -43,74 +47,135 @@ enum Cmd {
         #[arg(long)]
         no_get_stream: bool,
     },
-    /// Drive tools/call load against an MCP endpoint and report latency.
-    Run {
-        /// MCP endpoint URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080/mcp")]
-        url: String,
-        /// Concurrent connections (virtual users).
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        /// Measured duration (e.g. 10s, 500ms, 2m).
-        #[arg(long, default_value = "10s", value_parser = parse_duration, conflicts_with = "requests")]
-        duration: Duration,
-        /// Stop after this many measured requests instead.
-        #[arg(long)]
-        requests: Option<u64>,
-        /// Open loop: total requests per second (latency from scheduled time).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Warm-up time whose results are discarded.
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
-        warmup: Duration,
-        /// Tool to call.
-        #[arg(long, default_value = "echo")]
-        tool: String,
-        /// Tool arguments as JSON.
-        #[arg(long, default_value = r#"{"text":"hello"}"#)]
-        args: String,
-        /// 2026-07-28 stateless requests: no initialize, no session.
-        #[arg(long)]
-        stateless: bool,
-        /// Worker threads.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Per-request timeout.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        timeout: Duration,
-        /// Print one JSON object instead of the table.
-        #[arg(long)]
-        json: bool,
-        /// No per-second progress lines on stderr.
-        #[arg(long)]
-        quiet: bool,
-    },
+    /// Drive load (tools/call, or a scenario's method mix) against an MCP
+    /// endpoint and report latency.
+    Run(Box<RunArgs>),
 }
 
-/// Parses `10s`, `500ms`, `2m`, `1h` or a plain number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad duration: {s}"))?;
-    let secs = match unit {
-        "us" | "µs" => n / 1e6,
-        "ms" => n / 1e3,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("bad duration unit in {s}")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s}: {e}"))
+/// Options of `mcplb-load run`. Flags given on the command line override the
+/// scenario file; the file overrides the defaults.
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// MCP endpoint URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080/mcp")]
+    url: String,
+    /// Concurrent connections (virtual users).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Measured duration (e.g. 10s, 500ms, 2m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, conflicts_with = "requests")]
+    duration: Duration,
+    /// Stop after this many measured requests instead.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Open loop: total requests per second (latency from scheduled time).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Warm-up time whose results are discarded.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Tool to call (overrides a scenario's method mix).
+    #[arg(long, default_value = "echo")]
+    tool: String,
+    /// Tool arguments as JSON (overrides a scenario's method mix).
+    #[arg(long, default_value = r#"{"text":"hello"}"#)]
+    args: String,
+    /// 2026-07-28 stateless requests: no initialize, no session.
+    #[arg(long)]
+    stateless: bool,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Per-request timeout.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Scenario file (TOML): run options and a weighted method mix.
+    #[arg(long, value_name = "FILE.toml")]
+    scenario: Option<PathBuf>,
+    /// Write the latency percentile distribution (HdrHistogram .hgrm text, ms).
+    #[arg(long, value_name = "FILE")]
+    hgrm: Option<PathBuf>,
+    /// Write an SVG plot of the latency percentile spectrum.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// No per-second progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl RunArgs {
+    /// The run's options: scenario file (if any) over defaults, command-line
+    /// flags over both. `given(id)` tells whether a flag was on the command line.
+    fn options(&self, given: impl Fn(&str) -> bool) -> anyhow::Result<LoadOptions> {
+        let arguments: serde_json::Value = serde_json::from_str(&self.args)
+            .map_err(|e| anyhow::anyhow!("--args is not JSON: {e}"))?;
+        let cli = LoadOptions {
+            url: self.url.clone(),
+            connections: self.connections,
+            duration: self.duration,
+            requests: self.requests,
+            rate: self.rate,
+            warmup: self.warmup,
+            tool: self.tool.clone(),
+            arguments,
+            calls: Vec::new(),
+            stateless: self.stateless,
+            threads: self.threads,
+            timeout: self.timeout,
+            progress: !self.quiet,
+        };
+        let Some(path) = &self.scenario else {
+            return Ok(cli);
+        };
+        let scenario = Scenario::load(path)?;
+        let mut o = scenario.apply(cli.clone())?;
+        if given("url") {
+            o.url = cli.url.clone();
+        }
+        if given("connections") {
+            o.connections = cli.connections;
+        }
+        if given("requests") {
+            o.requests = cli.requests;
+        } else if given("duration") {
+            o.duration = cli.duration;
+            o.requests = None;
+        }
+        if given("rate") {
+            o.rate = cli.rate;
+        }
+        if given("warmup") {
+            o.warmup = cli.warmup;
+        }
+        if given("stateless") {
+            o.stateless = true;
+        }
+        if given("threads") {
+            o.threads = cli.threads;
+        }
+        if given("timeout") {
+            o.timeout = cli.timeout;
+        }
+        if given("tool") || given("args") {
+            o.calls.clear();
+            if given("tool") {
+                o.tool = cli.tool.clone();
+            }
+            if given("args") {
+                o.arguments = cli.arguments.clone();
+            }
+        }
+        scenario.check(&o)?;
+        Ok(o)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
     match cli.cmd {
         Cmd::Mock {
             listen,
@@ -139,38 +204,21 @@ fn main() -> anyhow::Result<()> {
             server.stop();
             Ok(())
         }
-        Cmd::Run {
-            url,
-            connections,
-            duration,
-            requests,
-            rate,
-            warmup,
-            tool,
-            args,
-            stateless,
-            threads,
-            timeout,
-            json,
-            quiet,
-        } => {
-            let arguments: serde_json::Value = serde_json::from_str(&args)
-                .map_err(|e| anyhow::anyhow!("--args is not JSON: {e}"))?;
-            let report = run_load(LoadOptions {
-                url,
-                connections,
-                duration,
-                requests,
-                rate,
-                warmup,
-                tool,
-                arguments,
-                stateless,
-                threads,
-                timeout,
-                progress: !quiet,
-            })?;
-            if json {
+        Cmd::Run(args) => {
+            let sub = matches.subcommand_matches("run");
+            let given =
+                |id: &str| sub.and_then(|m| m.value_source(id)) == Some(ValueSource::CommandLine);
+            let opts = args.options(given)?;
+            let report = run_load(opts)?;
+            if let Some(p) = &args.hgrm {
+                std::fs::write(p, loadtest::output::hgrm(&report.histogram))
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
+            }
+            if let Some(p) = &args.svg {
+                std::fs::write(p, loadtest::output::svg(&report))
+                    .map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
+            }
+            if args.json {
                 println!("{}", report.to_json());
             } else {
                 println!("{report}");
@@ -181,9 +229,55 @@ fn main() -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, Cli, Cmd};
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
     use std::time::Duration;
+
+    #[test]
+    fn flags_override_scenario() {
+        let dir = std::env::temp_dir().join(format!("mcplb-load-sc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let path = dir.join("s.toml");
+        std::fs::write(
+            &path,
+            "url = \"http://10.0.0.1:9/mcp\"\nconnections = 8\nrequests = 50\nrate = 100\n\
+             [[calls]]\nmethod = \"tools/list\"\n",
+        )
+        .unwrap_or_default();
+        let opts = |extra: &[&str]| {
+            let mut argv = vec![
+                "mcplb-load",
+                "run",
+                "--scenario",
+                path.to_str().unwrap_or(""),
+            ];
+            argv.extend_from_slice(extra);
+            let m = Cli::command().try_get_matches_from(argv).ok()?;
+            let cli = Cli::from_arg_matches(&m).ok()?;
+            let sub = m.subcommand_matches("run")?;
+            let Cmd::Run(args) = cli.cmd else { return None };
+            args.options(|id| sub.value_source(id) == Some(ValueSource::CommandLine))
+                .ok()
+        };
+        let o = opts(&[]).expect("scenario only");
+        assert_eq!(o.url, "http://10.0.0.1:9/mcp");
+        assert_eq!(
+            (o.connections, o.requests, o.rate),
+            (8, Some(50), Some(100.0))
+        );
+        assert_eq!(o.calls.len(), 1);
+        assert_eq!(o.warmup, Duration::from_secs(1));
+        let o = opts(&["--connections", "2", "--duration", "3s", "--tool", "whoami"])
+            .expect("with flags");
+        assert_eq!((o.connections, o.requests), (2, None));
+        assert_eq!(o.duration, Duration::from_secs(3));
+        assert!(o.calls.is_empty());
+        assert_eq!(o.tool, "whoami");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn durations() {
