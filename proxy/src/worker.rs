@@ -1644,26 +1644,8 @@ fn concurrency_keys(
     if rules.is_empty() {
         return;
     }
-    let server = core
-        .shared
-        .config
-        .servers
-        .get(gi)
-        .map_or("", |g| g.name.as_str());
-    let method = env.method.map(|m| m.decode());
-    let method = method.as_deref().unwrap_or("");
-    let tool = if method == "tools/call" || method == "prompts/get" {
-        env.name.map(|n| n.decode())
-    } else {
-        None
-    };
-    let uri = env.uri.map(|u| u.decode());
-    let info = ratelimit::RequestInfo {
-        server,
-        method,
-        tool: tool.as_deref(),
-        uri: uri.as_deref(),
-    };
+    let facts = RequestFacts::of(core, gi, env);
+    let info = facts.info();
     let hasher = &core.shared.key_hasher;
     for (ri, rule) in rules.iter().enumerate().take(MAX_CONCURRENCY_RULES) {
         if !rule.filter.matches(&info) {
@@ -1675,23 +1657,9 @@ fn concurrency_keys(
                 continue;
             }
             ConcurrencyPer::Global => 1,
-            ConcurrencyPer::Tool => hasher.hash_key(tool.as_deref().unwrap_or("").as_bytes()),
-            ConcurrencyPer::Caller => match &rule.filter.key {
-                ratelimit::KeySource::Session => h
-                    .session
-                    .clone()
-                    .map_or(1, |r| hasher.hash_key(c.buf[r].trim_ascii())),
-                ratelimit::KeySource::ClientIp => match c.peer.ip() {
-                    std::net::IpAddr::V4(a) => hasher.hash_key(&a.octets()),
-                    std::net::IpAddr::V6(a) => hasher.hash_key(&a.octets()),
-                },
-                ratelimit::KeySource::Header(name) => h
-                    .headers
-                    .iter()
-                    .find(|(n, _)| c.buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
-                    .map_or(1, |(_, v)| hasher.hash_key(c.buf[v.clone()].trim_ascii())),
-                ratelimit::KeySource::Global => 1,
-            },
+            ConcurrencyPer::Tool => hasher.hash_key(info.tool.unwrap_or("").as_bytes()),
+            // A caller without the key (no such header or session) shares one count.
+            ConcurrencyPer::Caller => caller_key(core, c, h, &rule.filter.key).unwrap_or(1),
         };
         if let Some(slot) = out.keys.get_mut(out.n) {
             *slot = (ri, key);
@@ -2030,6 +1998,68 @@ fn balance_key(
     }
 }
 
+/// The routing facts rate and concurrency rules match on, decoded once per request (no
+/// allocation unless a name carries JSON escapes).
+struct RequestFacts<'a> {
+    server: &'a str,
+    method: std::borrow::Cow<'a, str>,
+    tool: Option<std::borrow::Cow<'a, str>>,
+    uri: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl<'a> RequestFacts<'a> {
+    fn of(core: &'a Core, gi: usize, env: &protocol::Envelope<'a>) -> Self {
+        let method = env.method.map(|m| m.decode()).unwrap_or_default();
+        let tool = if method == "tools/call" || method == "prompts/get" {
+            env.name.map(|n| n.decode())
+        } else {
+            None
+        };
+        RequestFacts {
+            server: core
+                .shared
+                .config
+                .servers
+                .get(gi)
+                .map_or("", |g| g.name.as_str()),
+            method,
+            tool,
+            uri: env.uri.map(|u| u.decode()),
+        }
+    }
+
+    fn info(&self) -> ratelimit::RequestInfo<'_> {
+        ratelimit::RequestInfo {
+            server: self.server,
+            method: &self.method,
+            tool: self.tool.as_deref(),
+            uri: self.uri.as_deref(),
+        }
+    }
+}
+
+/// The keyed hash of a caller identity (`session`, `client-ip`, `header:NAME`) for this
+/// request, or `None` when it has none; `global` has no caller and is the caller's to map.
+fn caller_key(core: &Core, c: &ClientConn, h: &ReqHead, ks: &ratelimit::KeySource) -> Option<u64> {
+    let hasher = &core.shared.key_hasher;
+    match ks {
+        ratelimit::KeySource::Global => None,
+        ratelimit::KeySource::Session => h
+            .session
+            .clone()
+            .map(|r| hasher.hash_key(c.buf[r].trim_ascii())),
+        ratelimit::KeySource::ClientIp => Some(match c.peer.ip() {
+            std::net::IpAddr::V4(a) => hasher.hash_key(&a.octets()),
+            std::net::IpAddr::V6(a) => hasher.hash_key(&a.octets()),
+        }),
+        ratelimit::KeySource::Header(name) => h
+            .headers
+            .iter()
+            .find(|(n, _)| c.buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| hasher.hash_key(c.buf[v.clone()].trim_ascii())),
+    }
+}
+
 /// Applies the configured rate limits to one parsed request: `Some((rule, retry_after_ns))`
 /// when a limit rejects it. Lock-free (the limits are atomics shared by every core).
 fn check_limits(
@@ -2040,44 +2070,11 @@ fn check_limits(
     env: &protocol::Envelope<'_>,
 ) -> Option<(usize, u64)> {
     let limits = core.shared.limits.as_ref()?;
-    let server = core
-        .shared
-        .config
-        .servers
-        .get(gi)
-        .map_or("", |g| g.name.as_str());
-    let method = env.method.map(|m| m.decode());
-    let method = method.as_deref().unwrap_or("");
-    let tool = if method == "tools/call" || method == "prompts/get" {
-        env.name.map(|n| n.decode())
-    } else {
-        None
-    };
-    let uri = env.uri.map(|u| u.decode());
-    let info = ratelimit::RequestInfo {
-        server,
-        method,
-        tool: tool.as_deref(),
-        uri: uri.as_deref(),
-    };
-    let hasher = &core.shared.key_hasher;
-    let key_of = |ks: &ratelimit::KeySource| -> Option<u64> {
-        match ks {
-            ratelimit::KeySource::Global => Some(0),
-            ratelimit::KeySource::Session => h
-                .session
-                .clone()
-                .map(|r| hasher.hash_key(c.buf[r].trim_ascii())),
-            ratelimit::KeySource::ClientIp => Some(match c.peer.ip() {
-                std::net::IpAddr::V4(a) => hasher.hash_key(&a.octets()),
-                std::net::IpAddr::V6(a) => hasher.hash_key(&a.octets()),
-            }),
-            ratelimit::KeySource::Header(name) => h
-                .headers
-                .iter()
-                .find(|(n, _)| c.buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
-                .map(|(_, v)| hasher.hash_key(c.buf[v.clone()].trim_ascii())),
-        }
+    let facts = RequestFacts::of(core, gi, env);
+    let info = facts.info();
+    let key_of = |ks: &ratelimit::KeySource| match ks {
+        ratelimit::KeySource::Global => Some(0),
+        ks => caller_key(core, c, h, ks),
     };
     let now_ns = core.shared.epoch.elapsed().as_nanos() as u64;
     match limits.check(&info, key_of, now_ns) {
