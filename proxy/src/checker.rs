@@ -6,7 +6,7 @@
 //! workers.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lb::{ActiveCheck, ActiveCheckConfig, ActiveVerdict};
 use rand::Rng;
@@ -145,6 +145,3 @@ fn expect_answer(r: &crate::demo::Response, id: u64) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// Default deadline for a check when none is configured (used in docs and tests).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -224,19 +224,12 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
         }
         None => None,
     };
-    let seed = SessionSealer::random_key();
-    let k0 = u64::from_le_bytes([
-        seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7],
-    ]);
-    let k1 = u64::from_le_bytes([
-        seed[8], seed[9], seed[10], seed[11], seed[12], seed[13], seed[14], seed[15],
-    ]);
     let shared = Arc::new(worker::Shared {
         sealer: SessionSealer::new(&key),
         config,
         hub,
         limits,
-        key_hasher: ratelimit::KeyHasher::new([k0, k1]),
+        key_hasher: ratelimit::KeyHasher::new(rand::random::<[u64; 2]>()),
         epoch,
         groups: groups.clone(),
         failover: failover::FailoverStore::new(100_000),

@@ -760,8 +760,32 @@ async fn reply_error(
     msg: &str,
     close: bool,
 ) -> Next {
+    reply_error_with(c, status, id, code, msg, close, "", None).await
+}
+
+/// [`reply_error`] with extra header lines (each ending in CRLF) and a JSON `data` member.
+#[allow(clippy::too_many_arguments)]
+async fn reply_error_with(
+    c: &mut ClientConn,
+    status: u16,
+    id: Option<&[u8]>,
+    code: i32,
+    msg: &str,
+    close: bool,
+    extra_headers: &str,
+    data: Option<&str>,
+) -> Next {
     c.out.clear();
-    http::write_jsonrpc_error(&mut c.out, status, id, code, msg, close);
+    http::write_jsonrpc_error_with(
+        &mut c.out,
+        status,
+        id,
+        code,
+        msg,
+        close,
+        extra_headers,
+        data,
+    );
     c.meta.status = status;
     c.meta.by_proxy = true;
     send_out(c, if close { Next::Close } else { Next::KeepAlive }).await
@@ -771,10 +795,9 @@ async fn reply_error(
 async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     let start = Instant::now();
     c.meta = ReqMeta::default();
-    let bytes_before = c.buf.len();
     let next = read_and_forward(core, c).await;
     if core.shared.config.proxy.stats {
-        record(core, &c.meta, start, bytes_before);
+        record(core, &c.meta, start);
     }
     if core.access_log.is_some() {
         write_access_log(core, c, start);
@@ -827,7 +850,7 @@ fn write_access_log(core: &Core, c: &ClientConn, start: Instant) {
 }
 
 /// Folds one finished request into this core's statistics.
-fn record(core: &Core, m: &ReqMeta, start: Instant, bytes_hint: usize) {
+fn record(core: &Core, m: &ReqMeta, start: Instant) {
     if m.by_proxy {
         let limit = match m.status {
             408 => Some(Counter::SlowClients),
@@ -864,7 +887,6 @@ fn record(core: &Core, m: &ReqMeta, start: Instant, bytes_hint: usize) {
             _ => None,
         },
     });
-    let _ = bytes_hint;
     rec.count(Counter::BytesOut, m.bytes_out);
     if m.by_proxy {
         let c = match m.status {
@@ -948,6 +970,13 @@ async fn read_and_forward(core: &Core, c: &mut ClientConn) -> Next {
     next
 }
 
+/// Where the request's raw JSON-RPC id is: in the client buffer or the de-chunked body.
+#[derive(Clone)]
+enum IdAt {
+    Buf(Range<usize>),
+    Body(Range<usize>),
+}
+
 /// Which part of the client buffer or decoded body holds the request body.
 enum BodyAt {
     Buf(Range<usize>),
@@ -1002,16 +1031,12 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     // ---- who may come in: Origin allow-list and API keys, before reading any body
     if let Some((status, msg)) = check_access(&core.shared.config.servers[gi], &c.buf, h) {
         let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
-        c.out.clear();
         let extra = if status == 401 {
             "www-authenticate: Bearer realm=\"mcplb\"\r\n"
         } else {
             ""
         };
-        http::write_jsonrpc_error_with(&mut c.out, status, None, -32600, msg, close, extra, None);
-        c.meta.status = status;
-        c.meta.by_proxy = true;
-        return send_out(c, if close { Next::Close } else { Next::KeepAlive }).await;
+        return reply_error_with(c, status, None, -32600, msg, close, extra, None).await;
     }
 
     // ---- body
@@ -1099,7 +1124,7 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     }
     // ---- envelope
     let mut read_only = is_get || is_delete;
-    let mut req_id: Option<Range<usize>> = None;
+    let mut req_id: Option<IdAt> = None;
     let mut hash_key: Option<u64> = None;
     let mut conc = ConcKeys::default();
     if is_post {
@@ -1116,24 +1141,17 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                     e.id_in(body)
                 };
                 let (code, msg) = (e.jsonrpc_code(), e.message());
-                let mut out = std::mem::take(&mut c.out);
-                out.clear();
-                http::write_jsonrpc_error(&mut out, 400, id, code, msg, !keep);
-                c.out = out;
+                let id = id.map(<[u8]>::to_vec);
                 c.buf.drain(..consumed);
-                return send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await;
+                return reply_error(c, 400, id.as_deref(), code, msg, !keep).await;
             }
         };
         // 2026-07-28: Mcp-Method / Mcp-Name must mirror the body.
         let mismatch = header_mismatch(&c.buf, h, &env);
         if let Some(msg) = mismatch {
-            let id = env.id;
-            let mut out = std::mem::take(&mut c.out);
-            out.clear();
-            http::write_jsonrpc_error(&mut out, 400, id, -32020, msg, !keep);
-            c.out = out;
+            let id = env.id.map(<[u8]>::to_vec);
             c.buf.drain(..consumed);
-            return send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await;
+            return reply_error(c, 400, id.as_deref(), -32020, msg, !keep).await;
         }
         let limited = check_limits(core, c, h, gi, &env);
         if let Some((rule, retry_ns)) = limited {
@@ -1155,20 +1173,18 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                 "{{\"limit\":{rule},\"retryAfterMs\":{}}}",
                 retry_ns.div_ceil(1_000_000)
             );
-            c.out.clear();
-            http::write_jsonrpc_error_with(
-                &mut c.out,
+            let msg = "rate limit exceeded";
+            return reply_error_with(
+                c,
                 429,
                 id.as_deref(),
                 -32000,
-                "rate limit exceeded",
+                msg,
                 !keep,
                 &headers,
                 Some(&data),
-            );
-            c.meta.status = 429;
-            c.meta.by_proxy = true;
-            return send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await;
+            )
+            .await;
         }
         hash_key = balance_key(core, c, h, gi, Some(&env));
         if env.kind == protocol::MessageKind::Request {
@@ -1200,28 +1216,18 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
             .iter()
             .any(|x| m.eq_str(x))
         });
-        req_id = env.id.map(|id| {
-            let base = match &body_at {
-                BodyAt::Buf(r) => r.start,
-                BodyAt::Decoded => usize::MAX,
-            };
-            if base == usize::MAX {
-                // id lives in the decoded body; remember it relative to that buffer.
-                let o = offset_of(&c.body, id);
-                (o.start | (1 << 62))..(o.end | (1 << 62))
-            } else {
-                offset_of(&c.buf, id)
-            }
+        req_id = env.id.map(|id| match &body_at {
+            BodyAt::Buf(_) => IdAt::Buf(offset_of(&c.buf, id)),
+            BodyAt::Decoded => IdAt::Body(offset_of(&c.body, id)),
         });
     }
     let id_bytes = |c: &ClientConn| -> Option<Vec<u8>> {
-        req_id.clone().map(|r| {
-            if r.start & (1 << 62) != 0 {
-                let r = (r.start & !(1 << 62))..(r.end & !(1 << 62));
-                c.body.get(r).unwrap_or(b"null").to_vec()
-            } else {
-                c.buf.get(r).unwrap_or(b"null").to_vec()
-            }
+        req_id.clone().map(|at| {
+            let found = match at {
+                IdAt::Buf(r) => c.buf.get(r),
+                IdAt::Body(r) => c.body.get(r),
+            };
+            found.unwrap_or(b"null").to_vec()
         })
     };
 
@@ -1698,20 +1704,18 @@ async fn acquire_permit(
 /// 429 for a request over a concurrency limit, with a JSON-RPC error naming the rule.
 async fn reply_concurrency(c: &mut ClientConn, rule: usize, id: Option<&[u8]>, keep: bool) -> Next {
     let data = format!("{{\"concurrency\":{rule}}}");
-    c.out.clear();
-    http::write_jsonrpc_error_with(
-        &mut c.out,
+    let msg = "concurrency limit exceeded";
+    reply_error_with(
+        c,
         429,
         id,
         -32000,
-        "concurrency limit exceeded",
+        msg,
         !keep,
         "retry-after: 1\r\n",
         Some(&data),
-    );
-    c.meta.status = 429;
-    c.meta.by_proxy = true;
-    send_out(c, if keep { Next::KeepAlive } else { Next::Close }).await
+    )
+    .await
 }
 
 /// Passes a 2024-11-05 transport request (`GET {path}/sse`, `POST {path}/messages`) to the
