@@ -98,14 +98,8 @@ struct RawServer {
     session_failover: Option<String>,
     health: Option<RawHealth>,
     allowed_origins: Option<Vec<String>>,
-    auth: Option<RawAuth>,
+    auth: Option<crate::auth::RawAuth>,
     legacy_sse: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    api_keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,9 +251,9 @@ pub struct ServerGroup {
     pub session_failover: SessionFailover,
     /// When set, a request whose `Origin` is not in this list is refused (403).
     pub allowed_origins: Option<Vec<String>>,
-    /// SHA-256 digests of the API keys this group accepts (`Authorization: Bearer KEY` or
-    /// `X-Api-Key: KEY`); empty means no authentication.
-    pub api_key_digests: Vec<[u8; 32]>,
+    /// Who gets in (API keys, JWTs), the protected-resource metadata, and what credential goes
+    /// upstream (`[servers.auth]`); the default lets everyone in.
+    pub auth: crate::auth::AuthConfig,
     /// Serve the 2024-11-05 HTTP+SSE transport for old clients at `{path}/sse` and
     /// `{path}/messages`.
     pub legacy_sse: bool,
@@ -510,7 +504,8 @@ fn int_field(
     }
 }
 
-fn decode_hex32(s: &str) -> Option<[u8; 32]> {
+/// 64 hex digits as 32 bytes.
+pub(crate) fn decode_hex32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 {
         return None;
     }
@@ -969,22 +964,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 },
             }
         });
-        let mut api_key_digests = Vec::new();
-        if let Some(keys) = s.auth.and_then(|a| a.api_keys) {
-            if keys.is_empty() {
-                errs.push(format!(
-                    "{key}.auth.api_keys: empty list (remove [auth] to disable)"
-                ));
-            }
-            for (k, v) in keys.iter().enumerate() {
-                match v.strip_prefix("sha256:").map(decode_hex32) {
-                    Some(Some(d)) => api_key_digests.push(d),
-                    _ => errs.push(format!(
-                        "{key}.auth.api_keys[{k}]: must be \"sha256:\" and 64 hex digits (the key itself never goes in the config: `printf %s KEY | sha256sum`)"
-                    )),
-                }
-            }
-        }
+        let auth = crate::auth::validate(s.auth, &key, &mut errs);
         let allowed_origins = s.allowed_origins.map(|v| {
             v.into_iter()
                 .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
@@ -993,7 +973,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         servers.push(ServerGroup {
             legacy_sse: s.legacy_sse.unwrap_or(false),
             allowed_origins,
-            api_key_digests,
+            auth,
             name,
             path,
             backends,
@@ -1020,9 +1000,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         {
             Ok(k) => k,
             Err(e) => {
-                errs.push(format!(
-                    "{key}.key: {e} (use \"global\", \"session\", \"client-ip\" or \"header:NAME\")"
-                ));
+                errs.push(format!("{key}.key: {e}"));
                 ratelimit::KeySource::Global
             }
         };

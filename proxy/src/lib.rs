@@ -5,6 +5,7 @@
 //! unavailable). See `ARCHITECTURE.md` for the path of one request.
 
 pub mod admin;
+pub mod auth;
 pub mod balance;
 pub mod checker;
 pub mod config;
@@ -238,6 +239,7 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
         per_ip,
     });
     checker::start(&shared.config, groups, shared.hub.clone());
+    auth::start_refresh(&shared.config);
     let mut threads = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let shared = shared.clone();

@@ -543,6 +543,8 @@ struct ClientConn {
     req_sid: Vec<u8>,
     /// What the current request did, for statistics.
     meta: ReqMeta,
+    /// Who the current request's credential says it is (`[servers.auth]`).
+    caller: crate::auth::Caller,
 }
 
 /// Per-request facts gathered along the path and recorded when it ends.
@@ -595,6 +597,7 @@ async fn serve_connection(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr) 
         new_sid: Vec::new(),
         req_sid: Vec::new(),
         meta: ReqMeta::default(),
+        caller: crate::auth::Caller::default(),
     };
     let cfg = &core.shared.config.proxy;
     let mut canceller = Some(Canceller::new());
@@ -833,13 +836,14 @@ fn write_access_log(core: &Core, c: &ClientConn, start: Instant) {
     // session is a keyed hash, never the id itself.
     let _ = writeln!(
         l.buf,
-        "{{\"ts\":{ts},\"id\":\"{}-{seq}\",\"client\":\"{}\",\"server\":{},\"session\":\"{:016x}\",\"method\":\"{method}\",\"tool\":{},\"backend\":{},\"status\":{},\"by_proxy\":{},\"total_us\":{total_us},\"upstream_us\":{upstream_us},\"bytes_out\":{}}}",
+        "{{\"ts\":{ts},\"id\":\"{}-{seq}\",\"client\":\"{}\",\"server\":{},\"session\":\"{:016x}\",\"method\":\"{method}\",\"tool\":{},\"backend\":{},\"caller\":{},\"status\":{},\"by_proxy\":{},\"total_us\":{total_us},\"upstream_us\":{upstream_us},\"bytes_out\":{}}}",
         core.index,
         c.peer,
         serde_json::Value::from(server.map_or("", |s| s.name.as_str())),
         m.session_hash,
         serde_json::Value::from(tool),
         serde_json::Value::from(backend),
+        serde_json::Value::from(c.caller.name.as_str()),
         m.status,
         m.by_proxy,
         m.bytes_out,
@@ -1017,6 +1021,25 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                     })
                 })
         });
+    if found.is_none() && is_get && crate::auth::is_metadata_path(path) {
+        // OAuth protected-resource metadata (RFC 9728), for MCP clients' OAuth discovery.
+        let doc = crate::auth::metadata_for(&core.shared.config.servers, path);
+        let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
+        let Some(m) = doc else {
+            return reply_error(c, 404, None, -32600, "no protected resource here", close).await;
+        };
+        c.out.clear();
+        let _ = write!(
+            c.out,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: public, max-age=300\r\naccess-control-allow-origin: *\r\n{}\r\n{}",
+            m.document.len(),
+            if close { "connection: close\r\n" } else { "" },
+            m.document
+        );
+        c.meta.status = 200;
+        c.meta.by_proxy = true;
+        return send_out(c, if close { Next::Close } else { Next::KeepAlive }).await;
+    }
     let Some(gi) = found else {
         // Drain nothing: a body we do not read would be taken for the next request.
         let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
@@ -1028,15 +1051,24 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
         return reply_error(c, 405, None, -32600, "method not allowed", close).await;
     }
-    // ---- who may come in: Origin allow-list and API keys, before reading any body
-    if let Some((status, msg)) = check_access(&core.shared.config.servers[gi], &c.buf, h) {
-        let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
-        let extra = if status == 401 {
-            "www-authenticate: Bearer realm=\"mcplb\"\r\n"
-        } else {
-            ""
-        };
-        return reply_error_with(c, status, None, -32600, msg, close, extra, None).await;
+    // ---- who may come in: Origin allow-list, API keys and tokens, before reading any body.
+    // A refused credential is answered after a small body is read, so the JSON-RPC error can
+    // carry the request's id; a large or chunked one is not read.
+    let denied = match check_access(core, c, h, gi) {
+        Err(d) if d.status != 403 || d.error.is_some() => Some(d),
+        Err(d) => {
+            let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
+            return reply_error(c, d.status, None, -32600, d.message, close).await;
+        }
+        Ok(()) => None,
+    };
+    if let Some(d) = denied {
+        if h.chunked || h.content_length.unwrap_or(0) > DENIED_BODY_MAX || h.expect_continue {
+            let auth = &core.shared.config.servers[gi].auth;
+            let extra = crate::auth::challenge(auth, &d);
+            return reply_error_with(c, d.status, None, -32600, d.message, true, &extra, None)
+                .await;
+        }
     }
 
     // ---- body
@@ -1119,6 +1151,29 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     core.rec
         .borrow_mut()
         .count(Counter::BytesIn, consumed as u64);
+    if let Some(d) = denied {
+        let body = match &body_at {
+            BodyAt::Buf(r) => &c.buf[r.clone()],
+            BodyAt::Decoded => &c.body,
+        };
+        let id = protocol::parse_message(body)
+            .ok()
+            .and_then(|e| e.id)
+            .map(<[u8]>::to_vec);
+        c.buf.drain(..consumed);
+        let extra = crate::auth::challenge(&core.shared.config.servers[gi].auth, &d);
+        return reply_error_with(
+            c,
+            d.status,
+            id.as_deref(),
+            -32600,
+            d.message,
+            !keep,
+            &extra,
+            None,
+        )
+        .await;
+    }
     if let Some(front) = legacy_front {
         return forward_to_legacy_front(core, c, h, front, consumed, keep).await;
     }
@@ -1474,7 +1529,6 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                 BodyAt::Buf(r) => &c.buf[r.clone()],
                 BodyAt::Decoded => &c.body,
             };
-            let strip_auth = !group.api_key_digests.is_empty();
             build_upstream_request(
                 &mut out,
                 &c.buf,
@@ -1483,7 +1537,7 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                 backend_sid,
                 body,
                 is_post,
-                strip_auth,
+                &group.auth.upstream,
             );
         }
         c.out = out;
@@ -2061,6 +2115,7 @@ fn caller_key(core: &Core, c: &ClientConn, h: &ReqHead, ks: &ratelimit::KeySourc
             .iter()
             .find(|(n, _)| c.buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| hasher.hash_key(c.buf[v.clone()].trim_ascii())),
+        ratelimit::KeySource::Identity => (c.caller.key != 0).then_some(c.caller.key),
     }
 }
 
@@ -2090,12 +2145,19 @@ fn check_limits(
     }
 }
 
-/// Refuses a request whose `Origin` is not allowed (403) or that lacks a valid API key (401).
+/// Largest body read from a request whose credential was refused (to answer with its id).
+const DENIED_BODY_MAX: u64 = 64 * 1024;
+
+/// Refuses a request whose `Origin` is not allowed (403) or whose credential the group does not
+/// accept (401, or 403 for missing scopes); on success `c.caller` says who it is.
 fn check_access(
-    group: &crate::config::ServerGroup,
-    buf: &[u8],
+    core: &Core,
+    c: &mut ClientConn,
     h: &ReqHead,
-) -> Option<(u16, &'static str)> {
+    gi: usize,
+) -> Result<(), crate::auth::Denial> {
+    let group = &core.shared.config.servers[gi];
+    let buf = &c.buf;
     let header = |want: &[u8]| {
         h.headers
             .iter()
@@ -2109,32 +2171,21 @@ fn check_access(
                 .iter()
                 .any(|a| a.as_bytes().eq_ignore_ascii_case(origin))
             {
-                return Some((403, "Origin not allowed"));
+                return Err(crate::auth::Denial {
+                    status: 403,
+                    error: None,
+                    message: "Origin not allowed",
+                });
             }
         }
     }
-    if !group.api_key_digests.is_empty() {
-        let key = header(b"authorization")
-            .and_then(|v| {
-                v.get(..7)
-                    .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
-                    .and_then(|_| v.get(7..))
-            })
-            .or_else(|| header(b"x-api-key"));
-        let Some(key) = key else {
-            return Some((401, "API key required"));
-        };
-        use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(key.trim_ascii()).into();
-        // Compare every configured digest in constant time, without stopping early.
-        let ok = group.api_key_digests.iter().fold(false, |acc, d| {
-            acc | (d.iter().zip(&digest).fold(0u8, |x, (a, b)| x | (a ^ b)) == 0)
-        });
-        if !ok {
-            return Some((401, "invalid API key"));
-        }
-    }
-    None
+    crate::auth::check(
+        &group.auth,
+        header(b"authorization"),
+        header(b"x-api-key"),
+        &core.shared.key_hasher,
+        &mut c.caller,
+    )
 }
 
 /// Checks the 2026-07-28 mirror headers against the body.
@@ -2168,8 +2219,9 @@ fn build_upstream_request(
     backend_sid: Option<&[u8]>,
     body: &[u8],
     has_body: bool,
-    strip_auth: bool,
+    credential: &crate::auth::UpstreamCredential,
 ) {
+    let strip_auth = !matches!(credential, crate::auth::UpstreamCredential::Forward);
     out.extend_from_slice(&buf[h.method.clone()]);
     out.push(b' ');
     out.extend_from_slice(backend.path.as_bytes());
@@ -2192,6 +2244,11 @@ fn build_upstream_request(
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(&buf[v.clone()]);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let crate::auth::UpstreamCredential::Inject(secret) = credential {
+        out.extend_from_slice(b"authorization: ");
+        out.extend_from_slice(secret.expose().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if let Some(sid) = backend_sid {

@@ -64,7 +64,7 @@ pub enum LimitError {
     #[error("a concurrency limit must allow at least 1 request in flight")]
     ZeroConcurrency,
     /// The key source is not one of the known spellings.
-    #[error("key must be \"global\", \"session\", \"client-ip\" or \"header:NAME\", got {0:?}")]
+    #[error("key must be \"global\", \"session\", \"client-ip\", \"identity\" or \"header:NAME\", got {0:?}")]
     InvalidKeySource(String),
     /// Some rules are invalid: each with its index in the list given.
     #[error("{}", describe_rules(.0))]

@@ -30,6 +30,9 @@ pub enum KeySource {
     ClientIp,
     /// One bucket per value of this request header (name lowercased); values are hashed.
     Header(String),
+    /// One bucket per authenticated caller: the identity a verified token or API key gives
+    /// (the proxy supplies its hash); requests without one share a bucket.
+    Identity,
 }
 
 impl KeySource {
@@ -42,12 +45,13 @@ impl KeySource {
 impl FromStr for KeySource {
     type Err = LimitError;
 
-    /// Parses the config spelling: `global`, `session`, `client-ip` or `header:NAME`.
+    /// Parses the config spelling: `global`, `session`, `client-ip`, `identity` or `header:NAME`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "global" => Ok(KeySource::Global),
             "session" => Ok(KeySource::Session),
             "client-ip" => Ok(KeySource::ClientIp),
+            "identity" => Ok(KeySource::Identity),
             _ => match s.strip_prefix("header:") {
                 Some(name) if is_header_name(name) => Ok(KeySource::header(name)),
                 _ => Err(LimitError::InvalidKeySource(s.to_owned())),

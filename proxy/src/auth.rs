@@ -1,0 +1,1280 @@
+//! Who gets in, per server group: API keys (SHA-256 digests in the config, compared in constant
+//! time) and JWT bearer tokens verified locally against a JWKS (a file read at start, or a URL
+//! fetched at start and refreshed in the background); the OAuth protected-resource metadata
+//! document (RFC 9728) and the `WWW-Authenticate` challenges MCP clients start their OAuth flow
+//! from; and which credential, if any, goes upstream.
+//!
+//! A verified token is cached on the core that verified it (thread-local: nothing shared
+//! between cores), bounded, keyed by a 128-bit keyed hash of the token, until it expires; a
+//! client that re-sends the same token pays a hash and a lookup, not a signature check.
+//! A key set change (refresh) invalidates the cache.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde::Deserialize;
+
+// ---------------------------------------------------------------- raw config
+
+/// `[servers.auth]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuth {
+    api_keys: Option<Vec<String>>,
+    jwt: Option<RawJwt>,
+    resource_metadata: Option<RawMetadata>,
+    forward_authorization: Option<bool>,
+    upstream_authorization: Option<RawSecret>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    issuer: Option<String>,
+    audience: Option<OneOrMany>,
+    jwks_file: Option<String>,
+    jwks_url: Option<String>,
+    algorithms: Option<Vec<String>>,
+    leeway: Option<String>,
+    refresh: Option<String>,
+    min_refresh: Option<String>,
+    identity_claim: Option<String>,
+    required_scopes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetadata {
+    resource: Option<String>,
+    authorization_servers: Option<Vec<String>>,
+    scopes_supported: Option<Vec<String>>,
+    resource_name: Option<String>,
+    resource_documentation: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    env: Option<String>,
+    file: Option<String>,
+}
+
+// ---------------------------------------------------------------- typed config
+
+/// A secret read from the environment or a file; never printed (`Debug` says `<redacted>`).
+#[derive(Clone)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Which credential a backend receives in `Authorization`.
+#[derive(Debug, Clone)]
+pub enum UpstreamCredential {
+    /// None: the caller's `Authorization` and `X-Api-Key` are removed (the default for groups
+    /// where mcplb checks credentials: no token passthrough).
+    Strip,
+    /// The caller's headers, unchanged (the default for groups without `[servers.auth]`, where
+    /// the backend does its own authentication).
+    Forward,
+    /// The configured value replaces whatever the caller sent.
+    Inject(Secret),
+}
+
+/// Where an upstream credential came from (for `/config`; the value is never shown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable, by name.
+    Env(String),
+    /// A file, by path.
+    File(String),
+}
+
+/// `[servers.auth]`, validated.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// SHA-256 digests of the API keys this group accepts (`Authorization: Bearer KEY` or
+    /// `X-Api-Key: KEY`).
+    pub api_key_digests: Vec<[u8; 32]>,
+    /// JWT bearer tokens, when configured.
+    pub jwt: Option<Arc<JwtVerifier>>,
+    /// The protected-resource metadata document served for this group, when configured.
+    pub metadata: Option<Arc<ResourceMetadata>>,
+    /// What goes upstream in `Authorization`.
+    pub upstream: UpstreamCredential,
+    /// Where an injected upstream credential was read from.
+    pub upstream_source: Option<SecretSource>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            api_key_digests: Vec::new(),
+            jwt: None,
+            metadata: None,
+            upstream: UpstreamCredential::Forward,
+            upstream_source: None,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether callers must present a credential.
+    pub fn required(&self) -> bool {
+        !self.api_key_digests.is_empty() || self.jwt.is_some()
+    }
+}
+
+/// The OAuth 2.0 protected-resource metadata of a group (RFC 9728), rendered once.
+#[derive(Debug)]
+pub struct ResourceMetadata {
+    /// The resource identifier: the URL clients use for this group.
+    pub resource: String,
+    /// Authorization servers that issue tokens for it.
+    pub authorization_servers: Vec<String>,
+    /// Scopes clients may ask for.
+    pub scopes_supported: Vec<String>,
+    /// Where the document is served (the `resource_metadata` hint of a 401).
+    pub url: String,
+    /// The well-known path it answers on (`/.well-known/oauth-protected-resource{path}`).
+    pub path: String,
+    /// The JSON document.
+    pub document: String,
+}
+
+/// Where a group's JWKS comes from.
+#[derive(Clone)]
+pub enum JwksSource {
+    /// A file, read at start.
+    File(String),
+    /// A URL, fetched at start and every `refresh`.
+    Url(String),
+}
+
+impl fmt::Debug for JwksSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JwksSource::File(p) => write!(f, "File({p:?})"),
+            JwksSource::Url(u) => write!(f, "Url({:?})", redact_url(u)),
+        }
+    }
+}
+
+/// One verification key from a JWKS.
+struct Key {
+    kid: Option<String>,
+    alg: Option<Algorithm>,
+    family: AlgorithmFamily,
+    key: DecodingKey,
+}
+
+/// The keys in use, replaced whole on refresh.
+struct KeySet {
+    keys: Vec<Key>,
+    /// Changes whenever the keys change: cached verdicts of another generation are dropped.
+    generation: u64,
+    /// Fingerprint of the JWKS text, to tell a refresh that changed nothing.
+    digest: [u8; 32],
+}
+
+/// Verifies JWT bearer tokens for one group. Shared by every core: its key set is swapped
+/// whole (lock-free reads); its verdicts are cached per core.
+pub struct JwtVerifier {
+    id: u64,
+    /// Accepted `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values (any one must be in the token's).
+    pub audience: Vec<String>,
+    /// Accepted signature algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// The claim that names the caller (default `sub`).
+    pub identity_claim: String,
+    /// Scopes a token must carry (403 `insufficient_scope` otherwise).
+    pub required_scopes: Vec<String>,
+    /// Where the keys come from.
+    pub source: JwksSource,
+    /// How often a JWKS URL is fetched again.
+    pub refresh: Duration,
+    /// Least time between two fetches (an unknown `kid` asks for one early).
+    pub min_refresh: Duration,
+    validations: Vec<(Algorithm, Validation)>,
+    keys: ArcSwap<KeySet>,
+    /// A token named a key the set lacks: fetch early (rate-limited by `min_refresh`).
+    kid_miss: AtomicBool,
+}
+
+impl fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("algorithms", &self.algorithms)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+static NEXT_VERIFIER: AtomicU64 = AtomicU64::new(1);
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Signature algorithms a verifier may accept (public-key only: HMAC is never accepted, so a
+/// public key can never be used as an HMAC secret).
+const ASYMMETRIC: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+// ---------------------------------------------------------------- validation
+
+/// Validates `[servers.auth]` into an [`AuthConfig`], pushing every problem with its key path.
+/// A `jwks_file` is read here (a bad one is a config error); a `jwks_url` is fetched by
+/// [`start_refresh`].
+pub(crate) fn validate(raw: Option<RawAuth>, key: &str, errs: &mut Vec<String>) -> AuthConfig {
+    let Some(raw) = raw else {
+        return AuthConfig::default();
+    };
+    let key = format!("{key}.auth");
+    let mut api_key_digests = Vec::new();
+    if let Some(keys) = raw.api_keys {
+        if keys.is_empty() {
+            errs.push(format!(
+                "{key}.api_keys: empty list (remove it to accept no API key)"
+            ));
+        }
+        for (k, v) in keys.iter().enumerate() {
+            match v.strip_prefix("sha256:").and_then(crate::config::decode_hex32) {
+                Some(d) => api_key_digests.push(d),
+                None => errs.push(format!(
+                    "{key}.api_keys[{k}]: must be \"sha256:\" and 64 hex digits (the key itself never goes in the config: `printf %s KEY | sha256sum`)"
+                )),
+            }
+        }
+    }
+    let metadata = raw
+        .resource_metadata
+        .and_then(|m| validate_metadata(m, &format!("{key}.resource_metadata"), errs))
+        .map(Arc::new);
+    let jwt = raw
+        .jwt
+        .and_then(|j| validate_jwt(j, &format!("{key}.jwt"), errs))
+        .map(Arc::new);
+    let checks = !api_key_digests.is_empty() || jwt.is_some();
+    let (upstream, upstream_source) = match (raw.forward_authorization, raw.upstream_authorization)
+    {
+        (Some(true), Some(_)) => {
+            errs.push(format!(
+                "{key}.upstream_authorization: cannot be combined with forward_authorization = true"
+            ));
+            (UpstreamCredential::Strip, None)
+        }
+        (_, Some(s)) => match read_secret(&s, &format!("{key}.upstream_authorization"), errs) {
+            Some((v, src)) => (UpstreamCredential::Inject(v), Some(src)),
+            None => (UpstreamCredential::Strip, None),
+        },
+        (Some(true), None) => (UpstreamCredential::Forward, None),
+        (Some(false), None) => (UpstreamCredential::Strip, None),
+        (None, None) if checks => (UpstreamCredential::Strip, None),
+        (None, None) => (UpstreamCredential::Forward, None),
+    };
+    if metadata.is_some() && jwt.is_none() {
+        errs.push(format!(
+            "{key}.resource_metadata: only useful with [servers.auth.jwt] (clients would get tokens mcplb cannot verify)"
+        ));
+    }
+    AuthConfig {
+        api_key_digests,
+        jwt,
+        metadata,
+        upstream,
+        upstream_source,
+    }
+}
+
+fn read_secret(s: &RawSecret, key: &str, errs: &mut Vec<String>) -> Option<(Secret, SecretSource)> {
+    let (value, src) = match (&s.env, &s.file) {
+        (Some(var), None) => match std::env::var(var) {
+            Ok(v) => (v, SecretSource::Env(var.clone())),
+            Err(_) => {
+                errs.push(format!(
+                    "{key}.env: environment variable `{var}` is not set"
+                ));
+                return None;
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(v) => (v, SecretSource::File(path.clone())),
+            Err(e) => {
+                errs.push(format!("{key}.file: cannot read `{path}`: {}", e.kind()));
+                return None;
+            }
+        },
+        _ => {
+            errs.push(format!("{key}: give exactly one of `env` or `file`"));
+            return None;
+        }
+    };
+    let value = value.trim();
+    // A header value: visible ASCII and spaces, no line breaks (the value is never echoed).
+    if value.is_empty()
+        || !value
+            .bytes()
+            .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+    {
+        errs.push(format!(
+            "{key}: the credential is empty or not a valid header value (e.g. \"Bearer abc...\")"
+        ));
+        return None;
+    }
+    Some((Secret(value.into()), src))
+}
+
+fn is_http_url(u: &str) -> bool {
+    (u.starts_with("https://") || u.starts_with("http://")) && !u.contains(char::is_whitespace)
+}
+
+fn validate_metadata(
+    m: RawMetadata,
+    key: &str,
+    errs: &mut Vec<String>,
+) -> Option<ResourceMetadata> {
+    let resource = match m.resource {
+        Some(r) if is_http_url(&r) && !r.contains('#') => r,
+        Some(_) => {
+            errs.push(format!(
+                "{key}.resource: must be the absolute http(s) URL clients use for this group, without a fragment"
+            ));
+            return None;
+        }
+        None => {
+            errs.push(format!(
+                "{key}.resource: missing (the URL clients use, e.g. \"https://mcp.example.com/mcp\")"
+            ));
+            return None;
+        }
+    };
+    let authorization_servers = m.authorization_servers.unwrap_or_default();
+    if authorization_servers.is_empty() {
+        errs.push(format!(
+            "{key}.authorization_servers: at least one issuer URL is required"
+        ));
+    }
+    for (i, a) in authorization_servers.iter().enumerate() {
+        if !is_http_url(a) {
+            errs.push(format!(
+                "{key}.authorization_servers[{i}]: must be an http(s) URL"
+            ));
+        }
+    }
+    if let Some(d) = &m.resource_documentation {
+        if !is_http_url(d) {
+            errs.push(format!(
+                "{key}.resource_documentation: must be an http(s) URL"
+            ));
+        }
+    }
+    // RFC 9728 §3.1: the well-known segment goes between the host and the resource's path.
+    let after_scheme = resource.find("://").map_or(0, |i| i + 3);
+    let (origin, rpath) = match resource[after_scheme..].find('/') {
+        Some(i) => resource.split_at(after_scheme + i),
+        None => (resource.as_str(), ""),
+    };
+    let rpath = rpath.split('?').next().unwrap_or("").trim_end_matches('/');
+    let path = format!("/.well-known/oauth-protected-resource{rpath}");
+    let url = format!("{origin}{path}");
+    let scopes_supported = m.scopes_supported.unwrap_or_default();
+    let mut doc = serde_json::json!({
+        "resource": resource,
+        "authorization_servers": authorization_servers,
+        "bearer_methods_supported": ["header"],
+    });
+    if !scopes_supported.is_empty() {
+        doc["scopes_supported"] = serde_json::json!(scopes_supported);
+    }
+    if let Some(n) = &m.resource_name {
+        doc["resource_name"] = serde_json::json!(n);
+    }
+    if let Some(d) = &m.resource_documentation {
+        doc["resource_documentation"] = serde_json::json!(d);
+    }
+    Some(ResourceMetadata {
+        resource,
+        authorization_servers,
+        scopes_supported,
+        url,
+        path,
+        document: doc.to_string(),
+    })
+}
+
+fn duration(v: Option<&String>, key: &str, default: Duration, errs: &mut Vec<String>) -> Duration {
+    match v.map(|s| crate::config::parse_duration(s)) {
+        None => default,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            errs.push(format!("{key}: {e}"));
+            default
+        }
+    }
+}
+
+fn validate_jwt(j: RawJwt, key: &str, errs: &mut Vec<String>) -> Option<JwtVerifier> {
+    let before = errs.len();
+    let issuer = j.issuer.unwrap_or_else(|| {
+        errs.push(format!(
+            "{key}.issuer: missing (the `iss` tokens must carry, e.g. \"https://auth.example.com\")"
+        ));
+        String::new()
+    });
+    let audience = match j.audience {
+        Some(OneOrMany::One(a)) => vec![a],
+        Some(OneOrMany::Many(v)) => v,
+        None => Vec::new(),
+    };
+    if audience.is_empty() || audience.iter().any(String::is_empty) {
+        errs.push(format!(
+            "{key}.audience: missing (tokens must be issued for this server: its resource URL, e.g. \"https://mcp.example.com/mcp\")"
+        ));
+    }
+    let names = j
+        .algorithms
+        .unwrap_or_else(|| vec!["RS256".into(), "ES256".into(), "EdDSA".into()]);
+    if names.is_empty() {
+        errs.push(format!("{key}.algorithms: empty list"));
+    }
+    let mut algorithms = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        match n.parse::<Algorithm>() {
+            Ok(a) if ASYMMETRIC.contains(&n.as_str()) => {
+                if !algorithms.contains(&a) {
+                    algorithms.push(a);
+                }
+            }
+            Ok(_) => errs.push(format!(
+                "{key}.algorithms[{i}]: `{n}` is an HMAC algorithm; mcplb verifies with public keys only"
+            )),
+            Err(_) => errs.push(format!(
+                "{key}.algorithms[{i}]: `{n}` (use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA)"
+            )),
+        }
+    }
+    let leeway = duration(
+        j.leeway.as_ref(),
+        &format!("{key}.leeway"),
+        Duration::from_secs(30),
+        errs,
+    );
+    if leeway > Duration::from_secs(600) {
+        errs.push(format!("{key}.leeway: at most 10m"));
+    }
+    let refresh = duration(
+        j.refresh.as_ref(),
+        &format!("{key}.refresh"),
+        Duration::from_secs(600),
+        errs,
+    );
+    let min_refresh = duration(
+        j.min_refresh.as_ref(),
+        &format!("{key}.min_refresh"),
+        Duration::from_secs(30),
+        errs,
+    );
+    if refresh.is_zero() || min_refresh.is_zero() {
+        errs.push(format!("{key}.refresh: must be greater than zero"));
+    }
+    let identity_claim = j.identity_claim.unwrap_or_else(|| "sub".to_string());
+    if identity_claim.is_empty() {
+        errs.push(format!("{key}.identity_claim: empty"));
+    }
+    let source = match (j.jwks_file, j.jwks_url) {
+        (Some(f), None) => {
+            for (k, set) in [
+                ("refresh", j.refresh.is_some()),
+                ("min_refresh", j.min_refresh.is_some()),
+            ] {
+                if set {
+                    errs.push(format!(
+                        "{key}.{k}: only for jwks_url (a jwks_file is read at start)"
+                    ));
+                }
+            }
+            JwksSource::File(f)
+        }
+        (None, Some(u)) if u.starts_with("http://") => JwksSource::Url(u),
+        (None, Some(u)) if u.starts_with("https://") => {
+            errs.push(format!(
+                "{key}.jwks_url: https JWKS URLs need TLS in mcplb's JWKS client, which is not built yet; fetch the JWKS to a jwks_file, or use http:// on a trusted network"
+            ));
+            JwksSource::Url(u)
+        }
+        (None, Some(u)) => {
+            errs.push(format!(
+                "{key}.jwks_url: `{}` must be an http:// URL",
+                redact_url(&u)
+            ));
+            JwksSource::Url(u)
+        }
+        (Some(_), Some(_)) => {
+            errs.push(format!(
+                "{key}: give either jwks_file or jwks_url, not both"
+            ));
+            return None;
+        }
+        (None, None) => {
+            errs.push(format!("{key}: needs jwks_file or jwks_url"));
+            return None;
+        }
+    };
+    let initial = match &source {
+        JwksSource::File(path) => match std::fs::read_to_string(path) {
+            Ok(text) => match parse_jwks(&text) {
+                Ok((keys, skipped)) => {
+                    for s in skipped {
+                        tracing::warn!(file = %path, "{key}: JWKS key skipped: {s}");
+                    }
+                    if keys.is_empty() {
+                        errs.push(format!(
+                            "{key}.jwks_file: `{path}` holds no usable signature key"
+                        ));
+                    }
+                    KeySet::new(keys, &text)
+                }
+                Err(e) => {
+                    errs.push(format!("{key}.jwks_file: `{path}`: {e}"));
+                    KeySet::empty()
+                }
+            },
+            Err(e) => {
+                errs.push(format!(
+                    "{key}.jwks_file: cannot read `{path}`: {}",
+                    e.kind()
+                ));
+                KeySet::empty()
+            }
+        },
+        JwksSource::Url(_) => KeySet::empty(),
+    };
+    if errs.len() > before {
+        return None;
+    }
+    let validations = algorithms
+        .iter()
+        .map(|&alg| {
+            let mut v = Validation::new(alg);
+            v.leeway = leeway.as_secs();
+            v.validate_nbf = true;
+            v.validate_exp = true;
+            v.set_issuer(&[issuer.as_str()]);
+            v.set_audience(&audience);
+            v.set_required_spec_claims(&["exp", "iss", "aud"]);
+            (alg, v)
+        })
+        .collect();
+    Some(JwtVerifier {
+        id: NEXT_VERIFIER.fetch_add(1, Ordering::Relaxed),
+        issuer,
+        audience,
+        algorithms,
+        leeway,
+        identity_claim,
+        required_scopes: j.required_scopes.unwrap_or_default(),
+        source,
+        refresh,
+        min_refresh,
+        validations,
+        keys: ArcSwap::from_pointee(initial),
+        kid_miss: AtomicBool::new(false),
+    })
+}
+
+/// A URL with any `user:password@` replaced by `***@` (for logs and `/config`).
+pub fn redact_url(u: &str) -> String {
+    let after_scheme = u.find("://").map_or(0, |i| i + 3);
+    let host_end = u[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(u.len(), |i| after_scheme + i);
+    match u[after_scheme..host_end].rfind('@') {
+        Some(at) => format!("{}***@{}", &u[..after_scheme], &u[after_scheme + at + 1..]),
+        None => u.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------- JWKS
+
+impl KeySet {
+    fn empty() -> Self {
+        KeySet {
+            keys: Vec::new(),
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+            digest: [0; 32],
+        }
+    }
+
+    fn new(keys: Vec<Key>, text: &str) -> Self {
+        use sha2::Digest;
+        KeySet {
+            keys,
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+            digest: sha2::Sha256::digest(text.as_bytes()).into(),
+        }
+    }
+}
+
+/// Parses a JWKS document: the usable signature keys, and why others were skipped. Symmetric
+/// (`oct`) keys and keys whose `use` is not `sig` are never used.
+fn parse_jwks(text: &str) -> Result<(Vec<Key>, Vec<String>), String> {
+    let doc: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(list) = doc.get("keys").and_then(|k| k.as_array()) else {
+        return Err("not a JWKS (no \"keys\" array)".into());
+    };
+    let mut keys = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, k) in list.iter().enumerate() {
+        let kid = k
+            .get("kid")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        let label = if kid.is_empty() {
+            format!("keys[{i}]")
+        } else {
+            format!("keys[{i}] (kid {kid:?})")
+        };
+        if k.get("kty").and_then(|v| v.as_str()) == Some("oct") {
+            skipped.push(format!("{label}: symmetric keys are never accepted"));
+            continue;
+        }
+        let jwk: jsonwebtoken::jwk::Jwk = match serde_json::from_value(k.clone()) {
+            Ok(j) => j,
+            Err(e) => {
+                skipped.push(format!("{label}: {e}"));
+                continue;
+            }
+        };
+        if matches!(
+            jwk.common.public_key_use,
+            Some(
+                jsonwebtoken::jwk::PublicKeyUse::Encryption
+                    | jsonwebtoken::jwk::PublicKeyUse::Other(_)
+            )
+        ) {
+            skipped.push(format!("{label}: not a signature key (`use`)"));
+            continue;
+        }
+        let alg = match jwk.common.key_algorithm {
+            None => None,
+            Some(ka) => match ka.to_string().parse::<Algorithm>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    skipped.push(format!("{label}: `alg` {ka} is not a signature algorithm"));
+                    continue;
+                }
+            },
+        };
+        let key = match DecodingKey::from_jwk(&jwk) {
+            Ok(d) => d,
+            Err(e) => {
+                skipped.push(format!("{label}: {e}"));
+                continue;
+            }
+        };
+        let family = key.family();
+        if family == AlgorithmFamily::Hmac || alg.is_some_and(|a| a.family() != family) {
+            skipped.push(format!("{label}: key type and `alg` disagree"));
+            continue;
+        }
+        keys.push(Key {
+            kid: jwk.common.key_id,
+            alg,
+            family,
+            key,
+        });
+    }
+    Ok((keys, skipped))
+}
+
+impl JwtVerifier {
+    fn generation(&self) -> u64 {
+        self.keys.load().generation
+    }
+
+    /// Installs a freshly fetched JWKS; returns whether the keys changed. A JWKS that does not
+    /// parse or holds no usable key leaves the old keys in place.
+    fn install(&self, text: &str) -> Result<bool, String> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
+        if self.keys.load().digest == digest {
+            return Ok(false);
+        }
+        let (keys, skipped) = parse_jwks(text)?;
+        for s in skipped {
+            tracing::warn!(issuer = %self.issuer, "JWKS key skipped: {s}");
+        }
+        if keys.is_empty() {
+            return Err("the JWKS holds no usable signature key".into());
+        }
+        let n = keys.len();
+        self.keys.store(Arc::new(KeySet::new(keys, text)));
+        tracing::info!(issuer = %self.issuer, keys = n, "JWKS installed");
+        Ok(true)
+    }
+}
+
+// ---------------------------------------------------------------- verification
+
+/// Why a request was refused; the worker answers with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denial {
+    /// 401 (no or bad credential), 403 (insufficient scope).
+    pub status: u16,
+    /// The RFC 6750 error code for `WWW-Authenticate`, if any.
+    pub error: Option<&'static str>,
+    /// What was wrong, for the JSON-RPC error message and `error_description` (never secret).
+    pub message: &'static str,
+}
+
+const fn deny(status: u16, error: Option<&'static str>, message: &'static str) -> Denial {
+    Denial {
+        status,
+        error,
+        message,
+    }
+}
+
+const MISSING: Denial = deny(401, None, "authentication required");
+const BAD_KEY: Denial = deny(401, Some("invalid_token"), "invalid API key");
+
+/// The authenticated caller of the current request, reused across a connection's requests.
+#[derive(Debug, Default)]
+pub struct Caller {
+    /// Keyed hash of the identity (the rate-limit key `identity`); 0 when there is none.
+    pub key: u64,
+    /// The identity for the access log: the token's identity claim, or `api-key:N` (the
+    /// N-th configured key); empty when there is none.
+    pub name: String,
+}
+
+impl Caller {
+    fn set(&mut self, key: u64, name: &str) {
+        self.key = key;
+        self.name.clear();
+        self.name.push_str(name);
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Checks a request's credentials against the group's `[servers.auth]`. On success `caller`
+/// holds who it is (empty for groups without authentication).
+pub fn check(
+    cfg: &AuthConfig,
+    authorization: Option<&[u8]>,
+    x_api_key: Option<&[u8]>,
+    hasher: &ratelimit::KeyHasher,
+    caller: &mut Caller,
+) -> Result<(), Denial> {
+    caller.key = 0;
+    caller.name.clear();
+    if !cfg.required() {
+        return Ok(());
+    }
+    let bearer = authorization.and_then(|v| {
+        v.get(..7)
+            .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
+            .and_then(|_| v.get(7..))
+            .map(<[u8]>::trim_ascii)
+    });
+    if let (Some(v), Some(token)) = (&cfg.jwt, bearer) {
+        // A JWT is three dot-separated parts; an API key that happened to look like one
+        // would be checked as a token and refused.
+        if token.iter().filter(|&&b| b == b'.').count() == 2 {
+            return verify_cached(v, token, hasher, caller);
+        }
+    }
+    let Some(key) = bearer.or(x_api_key.map(<[u8]>::trim_ascii)) else {
+        return Err(MISSING);
+    };
+    if cfg.api_key_digests.is_empty() {
+        return Err(deny(401, Some("invalid_token"), "malformed token"));
+    }
+    use sha2::Digest;
+    let digest: [u8; 32] = sha2::Sha256::digest(key).into();
+    // Compare with every configured digest in constant time, without stopping early.
+    let mut found = usize::MAX;
+    for (i, d) in cfg.api_key_digests.iter().enumerate() {
+        let eq = d.iter().zip(&digest).fold(0u8, |x, (a, b)| x | (a ^ b)) == 0;
+        found = if eq { i } else { found };
+    }
+    if found == usize::MAX {
+        return Err(BAD_KEY);
+    }
+    let mut name = [0u8; 24];
+    let n = {
+        use std::io::Write;
+        let mut w = &mut name[..];
+        let _ = write!(w, "api-key:{found}");
+        24 - w.len()
+    };
+    let label = std::str::from_utf8(&name[..n]).unwrap_or("api-key");
+    caller.set(
+        hasher.hash_key(&digest).rotate_left(17) ^ 0x006b_6579,
+        label,
+    );
+    Ok(())
+}
+
+/// A cached verdict on one token.
+struct Cached {
+    verifier: u64,
+    generation: u64,
+    exp: u64,
+    nbf: u64,
+    scope_ok: bool,
+    key: u64,
+    name: Box<str>,
+}
+
+/// Verified tokens of this core, keyed by a 128-bit keyed hash of the token.
+struct TokenCache {
+    map: HashMap<(u64, u64), Cached>,
+    hashers: [ratelimit::KeyHasher; 2],
+}
+
+/// Most tokens cached per core; when full, expired ones go first, then all.
+const CACHE_MAX: usize = 8192;
+
+thread_local! {
+    static CACHE: RefCell<TokenCache> = RefCell::new(TokenCache {
+        map: HashMap::new(),
+        hashers: [
+            ratelimit::KeyHasher::new(rand::random::<[u64; 2]>()),
+            ratelimit::KeyHasher::new(rand::random::<[u64; 2]>()),
+        ],
+    });
+}
+
+/// Counts of verified-token cache hits and full verifications (all cores), for tests and
+/// benchmarks.
+pub static CACHE_HITS: AtomicU64 = AtomicU64::new(0);
+/// See [`CACHE_HITS`].
+pub static VERIFICATIONS: AtomicU64 = AtomicU64::new(0);
+
+fn verify_cached(
+    v: &JwtVerifier,
+    token: &[u8],
+    hasher: &ratelimit::KeyHasher,
+    caller: &mut Caller,
+) -> Result<(), Denial> {
+    let now = now_unix();
+    let leeway = v.leeway.as_secs();
+    let generation = v.generation();
+    let hit = CACHE.with(|c| {
+        let Ok(mut c) = c.try_borrow_mut() else {
+            return None;
+        };
+        let k = (c.hashers[0].hash_key(token), c.hashers[1].hash_key(token));
+        let e = c.map.get(&k)?;
+        if e.verifier != v.id || e.generation != generation {
+            c.map.remove(&k);
+            return None;
+        }
+        if now > e.exp.saturating_add(leeway) {
+            c.map.remove(&k);
+            return Some(Err(deny(401, Some("invalid_token"), "token expired")));
+        }
+        if now.saturating_add(leeway) < e.nbf {
+            return Some(Err(deny(401, Some("invalid_token"), "token not yet valid")));
+        }
+        if !e.scope_ok {
+            return Some(Err(INSUFFICIENT_SCOPE));
+        }
+        caller.set(e.key, &e.name);
+        Some(Ok(()))
+    });
+    if let Some(r) = hit {
+        CACHE_HITS.fetch_add(1, Ordering::Relaxed);
+        return r;
+    }
+    VERIFICATIONS.fetch_add(1, Ordering::Relaxed);
+    let verdict = verify(v, token)?;
+    let key = hasher.hash_key(verdict.name.as_bytes());
+    if verdict.scope_ok {
+        caller.set(key, &verdict.name);
+    }
+    CACHE.with(|c| {
+        let Ok(mut c) = c.try_borrow_mut() else {
+            return;
+        };
+        if c.map.len() >= CACHE_MAX {
+            c.map.retain(|_, e| e.exp.saturating_add(leeway) >= now);
+            if c.map.len() >= CACHE_MAX {
+                c.map.clear();
+            }
+        }
+        let k = (c.hashers[0].hash_key(token), c.hashers[1].hash_key(token));
+        c.map.insert(
+            k,
+            Cached {
+                verifier: v.id,
+                generation,
+                exp: verdict.exp,
+                nbf: verdict.nbf,
+                scope_ok: verdict.scope_ok,
+                key,
+                name: verdict.name.into_boxed_str(),
+            },
+        );
+    });
+    if verdict.scope_ok {
+        Ok(())
+    } else {
+        Err(INSUFFICIENT_SCOPE)
+    }
+}
+
+const INSUFFICIENT_SCOPE: Denial = deny(403, Some("insufficient_scope"), "insufficient scope");
+
+/// What a full verification found.
+pub struct Verdict {
+    /// The caller's identity (the identity claim).
+    pub name: String,
+    /// `exp` and `nbf` (0 when absent).
+    pub exp: u64,
+    /// See `exp`.
+    pub nbf: u64,
+    /// Whether the token carries every required scope.
+    pub scope_ok: bool,
+}
+
+/// Verifies one token fully (signature, `alg`, `kid`, `iss`, `aud`, `exp`, `nbf`), with no
+/// cache. Public for the benchmark.
+pub fn verify(v: &JwtVerifier, token: &[u8]) -> Result<Verdict, Denial> {
+    const MALFORMED: Denial = deny(401, Some("invalid_token"), "malformed token");
+    let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+        // `alg: none` and unknown algorithms do not parse as a header.
+        jsonwebtoken::errors::ErrorKind::Json(_) => deny(
+            401,
+            Some("invalid_token"),
+            "malformed token or algorithm not allowed",
+        ),
+        _ => MALFORMED,
+    })?;
+    let alg = header.alg;
+    let Some((_, validation)) = v.validations.iter().find(|(a, _)| *a == alg) else {
+        return Err(deny(401, Some("invalid_token"), "algorithm not allowed"));
+    };
+    let keys = v.keys.load();
+    let usable = |k: &&Key| k.family == alg.family() && k.alg.is_none_or(|ka| ka == alg);
+    let key = match &header.kid {
+        Some(kid) => keys
+            .keys
+            .iter()
+            .filter(usable)
+            .find(|k| k.kid.as_deref() == Some(kid.as_str())),
+        None => {
+            let mut it = keys.keys.iter().filter(usable);
+            match (it.next(), it.next()) {
+                (Some(k), None) => Some(k),
+                (Some(_), Some(_)) => {
+                    return Err(deny(
+                        401,
+                        Some("invalid_token"),
+                        "token has no kid and several keys match",
+                    ))
+                }
+                _ => None,
+            }
+        }
+    };
+    let Some(key) = key else {
+        if matches!(v.source, JwksSource::Url(_)) {
+            v.kid_miss.store(true, Ordering::Relaxed);
+        }
+        return Err(deny(401, Some("invalid_token"), "unknown signing key"));
+    };
+    let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+        token, &key.key, validation,
+    )
+    .map_err(|e| {
+        use jsonwebtoken::errors::ErrorKind as K;
+        let msg = match e.kind() {
+            K::ExpiredSignature => "token expired",
+            K::ImmatureSignature => "token not yet valid",
+            K::InvalidIssuer => "wrong issuer",
+            K::InvalidAudience => "wrong audience",
+            K::InvalidSignature => "bad signature",
+            K::InvalidAlgorithm => "algorithm not allowed",
+            K::MissingRequiredClaim(_) => "token lacks exp, iss or aud",
+            _ => "malformed token",
+        };
+        deny(401, Some("invalid_token"), msg)
+    })?;
+    let claims = data.claims;
+    let name = match claims.get(&v.identity_claim) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => {
+            return Err(deny(
+                401,
+                Some("invalid_token"),
+                "token lacks the identity claim",
+            ))
+        }
+    };
+    let int = |k: &str| {
+        claims
+            .get(k)
+            .and_then(|x| x.as_f64())
+            .map_or(0, |f| f as u64)
+    };
+    let scope_ok = v.required_scopes.iter().all(|want| {
+        let in_scope = claims
+            .get("scope")
+            .and_then(|s| s.as_str())
+            .is_some_and(|s| s.split(' ').any(|x| x == want));
+        let in_scp = match claims.get("scp") {
+            Some(serde_json::Value::String(s)) => s.split(' ').any(|x| x == want),
+            Some(serde_json::Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(want)),
+            _ => false,
+        };
+        in_scope || in_scp
+    });
+    Ok(Verdict {
+        name,
+        exp: int("exp"),
+        nbf: int("nbf"),
+        scope_ok,
+    })
+}
+
+// ---------------------------------------------------------------- challenges and metadata
+
+/// The `WWW-Authenticate` header line (ending in CRLF) for a refusal.
+pub fn challenge(cfg: &AuthConfig, d: &Denial) -> String {
+    let mut h = String::from("www-authenticate: Bearer realm=\"mcplb\"");
+    if let Some(e) = d.error {
+        h.push_str(&format!(
+            ", error=\"{e}\", error_description=\"{}\"",
+            d.message
+        ));
+    }
+    if d.status == 403 {
+        if let Some(v) = &cfg.jwt {
+            h.push_str(&format!(", scope=\"{}\"", v.required_scopes.join(" ")));
+        }
+    }
+    if let Some(m) = &cfg.metadata {
+        h.push_str(&format!(", resource_metadata=\"{}\"", m.url));
+    }
+    h.push_str("\r\n");
+    h
+}
+
+/// The protected-resource metadata document for a `/.well-known/oauth-protected-resource...`
+/// path, if a group serves it: the path-suffixed form for a group's resource path, or the bare
+/// form when exactly one group has metadata (or its resource has no path).
+pub fn metadata_for<'a>(
+    servers: &'a [crate::config::ServerGroup],
+    path: &[u8],
+) -> Option<&'a ResourceMetadata> {
+    let mut with = servers.iter().filter_map(|g| g.auth.metadata.as_deref());
+    if let Some(m) = with.clone().find(|m| m.path.as_bytes() == path) {
+        return Some(m);
+    }
+    if path == b"/.well-known/oauth-protected-resource" {
+        let (first, second) = (with.next(), with.next());
+        if let (Some(m), None) = (first, second) {
+            return Some(m);
+        }
+    }
+    None
+}
+
+/// Whether a request path is under the protected-resource metadata prefix.
+pub fn is_metadata_path(path: &[u8]) -> bool {
+    path.starts_with(b"/.well-known/oauth-protected-resource")
+}
+
+// ---------------------------------------------------------------- JWKS refresh
+
+/// Fetches every `jwks_url` once (so the first requests find keys), then refreshes them on a
+/// background thread: every `refresh`, and early (at most once per `min_refresh`) when a token
+/// names a key the set lacks. A failed fetch keeps the old keys and is logged.
+///
+/// What is missing for `https://` JWKS URLs: a TLS client. The fetch is a small blocking HTTP
+/// client (`ureq`) on this thread; enabling its rustls feature (or handing it the proxy's
+/// rustls configuration once upstream TLS lands) is all it needs.
+pub fn start_refresh(config: &crate::config::Config) {
+    let verifiers: Vec<Arc<JwtVerifier>> = config
+        .servers
+        .iter()
+        .filter_map(|g| g.auth.jwt.clone())
+        .filter(|v| matches!(v.source, JwksSource::Url(_)))
+        .collect();
+    if verifiers.is_empty() {
+        return;
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(true)
+        .max_redirects(3)
+        .build()
+        .into();
+    let mut last: Vec<Instant> = Vec::with_capacity(verifiers.len());
+    for v in &verifiers {
+        fetch(&agent, v);
+        last.push(Instant::now());
+    }
+    let spawned = std::thread::Builder::new()
+        .name("mcplb-jwks".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(200));
+            for (v, at) in verifiers.iter().zip(last.iter_mut()) {
+                let since = at.elapsed();
+                let due = since >= v.refresh
+                    || (since >= v.min_refresh && v.kid_miss.load(Ordering::Relaxed));
+                if due {
+                    v.kid_miss.store(false, Ordering::Relaxed);
+                    fetch(&agent, v);
+                    *at = Instant::now();
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the JWKS refresh thread: keys will not be refreshed");
+    }
+}
+
+/// Longest JWKS accepted.
+const MAX_JWKS_BYTES: u64 = 1 << 20;
+
+fn fetch(agent: &ureq::Agent, v: &JwtVerifier) {
+    let JwksSource::Url(url) = &v.source else {
+        return;
+    };
+    let shown = redact_url(url);
+    let text = agent.get(url).call().and_then(|mut r| {
+        r.body_mut()
+            .with_config()
+            .limit(MAX_JWKS_BYTES)
+            .read_to_string()
+    });
+    match text {
+        Ok(text) => match v.install(&text) {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(url = %shown, error = %e, "JWKS refresh failed; keeping the old keys")
+            }
+        },
+        Err(e) => {
+            // ureq's error text may quote the URL: say only what kind of failure it was.
+            let why = match &e {
+                ureq::Error::StatusCode(s) => format!("HTTP status {s}"),
+                ureq::Error::Timeout(_) => "timed out".to_string(),
+                ureq::Error::Io(io) => format!("I/O: {}", io.kind()),
+                ureq::Error::BodyExceedsLimit(_) => format!("larger than {MAX_JWKS_BYTES} bytes"),
+                _ => "request failed".to_string(),
+            };
+            tracing::error!(url = %shown, error = %why, "JWKS fetch failed; keeping the old keys");
+        }
+    }
+}
+
+/// The `kid`s of the keys in use (tests and `/config`).
+pub fn key_ids(v: &JwtVerifier) -> Vec<String> {
+    v.keys
+        .load()
+        .keys
+        .iter()
+        .map(|k| k.kid.clone().unwrap_or_default())
+        .collect()
+}
+
+/// A process-wide keyed hasher for places without the worker's.
+pub fn process_hasher() -> &'static ratelimit::KeyHasher {
+    static H: OnceLock<ratelimit::KeyHasher> = OnceLock::new();
+    H.get_or_init(|| ratelimit::KeyHasher::new(rand::random::<[u64; 2]>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redact_url("http://user:pw@idp.example/jwks?x=1"),
+            "http://***@idp.example/jwks?x=1"
+        );
+        assert_eq!(
+            redact_url("http://idp.example/a@b"),
+            "http://idp.example/a@b"
+        );
+    }
+
+    #[test]
+    fn jwks_skips_symmetric_and_encryption_keys() {
+        let text = r#"{"keys":[
+            {"kty":"oct","k":"c2VjcmV0","kid":"h"},
+            {"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"e","use":"enc"},
+            {"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"s","alg":"EdDSA"}
+        ]}"#;
+        let Ok((keys, skipped)) = parse_jwks(text) else {
+            panic!("parse")
+        };
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kid.as_deref(), Some("s"));
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(parse_jwks("{}").is_err());
+    }
+
+    #[test]
+    fn metadata_url_inserts_the_well_known_segment() {
+        let mut errs = Vec::new();
+        let m = validate_metadata(
+            RawMetadata {
+                resource: Some("https://mcp.example.com/tools/mcp".into()),
+                authorization_servers: Some(vec!["https://auth.example.com".into()]),
+                scopes_supported: None,
+                resource_name: None,
+                resource_documentation: None,
+            },
+            "k",
+            &mut errs,
+        );
+        let Some(m) = m else { panic!("{errs:?}") };
+        assert_eq!(
+            m.url,
+            "https://mcp.example.com/.well-known/oauth-protected-resource/tools/mcp"
+        );
+        assert_eq!(m.path, "/.well-known/oauth-protected-resource/tools/mcp");
+    }
+}

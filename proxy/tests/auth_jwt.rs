@@ -1,0 +1,576 @@
+//! JWT bearer tokens through a real `mcplb`: tokens signed in the test with keys generated in
+//! the test (RS256, ES256, EdDSA), a JWKS in a file and served by a loopback HTTP server; every
+//! refusal is a 401 with the `WWW-Authenticate` resource-metadata hint and a JSON-RPC error
+//! carrying the request's id; the protected-resource metadata document; the token's identity
+//! as a rate-limit key and in the access log; JWKS rotation; and what the backend receives in
+//! `Authorization`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use common::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+const ISS: &str = "https://auth.test.example";
+const AUD: &str = "https://mcp.test.example/mcp";
+
+/// A signing key made in the test, with its public JWK.
+struct TestKey {
+    alg: Algorithm,
+    kid: String,
+    enc: EncodingKey,
+    jwk: serde_json::Value,
+}
+
+fn rsa_key(kid: &str) -> TestKey {
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::traits::PublicKeyParts;
+    let k = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+    let der = k.to_pkcs1_der().unwrap();
+    TestKey {
+        alg: Algorithm::RS256,
+        kid: kid.into(),
+        enc: EncodingKey::from_rsa_der(der.as_bytes()),
+        jwk: json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+            "n": B64.encode(k.n().to_bytes_be()), "e": B64.encode(k.e().to_bytes_be())}),
+    }
+}
+
+fn ec_key(kid: &str) -> TestKey {
+    use p256::pkcs8::EncodePrivateKey;
+    let k = p256::ecdsa::SigningKey::random(&mut rand::thread_rng());
+    let der = k.to_pkcs8_der().unwrap();
+    let point = k.verifying_key().to_encoded_point(false);
+    TestKey {
+        alg: Algorithm::ES256,
+        kid: kid.into(),
+        enc: EncodingKey::from_ec_der(der.as_bytes()),
+        jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid,
+            "x": B64.encode(point.x().unwrap()), "y": B64.encode(point.y().unwrap())}),
+    }
+}
+
+fn ed_key(kid: &str) -> TestKey {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let k = ed25519_dalek::SigningKey::generate(&mut rand::thread_rng());
+    let der = k.to_pkcs8_der().unwrap();
+    TestKey {
+        alg: Algorithm::EdDSA,
+        kid: kid.into(),
+        enc: EncodingKey::from_ed_der(der.as_bytes()),
+        jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "alg": "EdDSA",
+            "x": B64.encode(k.verifying_key().as_bytes())}),
+    }
+}
+
+fn jwks(keys: &[&TestKey]) -> String {
+    json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()}).to_string()
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn claims(sub: &str) -> serde_json::Value {
+    json!({"iss": ISS, "aud": AUD, "sub": sub, "iat": now(), "exp": now() + 600})
+}
+
+fn sign(k: &TestKey, claims: &serde_json::Value) -> String {
+    let mut h = Header::new(k.alg);
+    h.kid = Some(k.kid.clone());
+    jsonwebtoken::encode(&h, claims, &k.enc).unwrap()
+}
+
+/// POSTs an initialize with JSON-RPC id `id` and the given headers.
+fn post(p: &Proxy, path: &str, id: u64, headers: &[(&str, &str)]) -> mcplb::demo::Response {
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    let mut h = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    h.extend_from_slice(headers);
+    let body = rpc(
+        id,
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"}}),
+    );
+    c.request("POST", path, &h, body.to_string().as_bytes())
+        .unwrap()
+}
+
+fn with_token(p: &Proxy, path: &str, id: u64, token: &str) -> mcplb::demo::Response {
+    let auth = format!("Bearer {token}");
+    post(p, path, id, &[("authorization", &auth)])
+}
+
+/// Asserts a 401 with the resource-metadata hint and a JSON-RPC error carrying `id`.
+fn assert_refused(r: &mcplb::demo::Response, id: u64, why: &str) {
+    assert_eq!(
+        r.status,
+        401,
+        "{why}: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let wa = r.header("www-authenticate").unwrap_or("");
+    assert!(wa.starts_with("Bearer "), "{why}: {wa}");
+    assert!(
+        wa.contains("resource_metadata=\"https://mcp.test.example/.well-known/oauth-protected-resource/mcp\""),
+        "{why}: {wa}"
+    );
+    assert!(wa.contains("error=\"invalid_token\""), "{why}: {wa}");
+    let j = r.json().unwrap();
+    assert_eq!(j["id"], id, "{why}: {j}");
+    assert_eq!(j["error"]["code"], -32600, "{why}: {j}");
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("mcplb-jwt-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn jwt_table(source: &str, extra: &str) -> String {
+    format!(
+        "[servers.auth.jwt]\nissuer = \"{ISS}\"\naudience = [\"{AUD}\"]\n{source}\nleeway = \"0s\"\n{extra}\n\
+         [servers.auth.resource_metadata]\nresource = \"{AUD}\"\nauthorization_servers = [\"{ISS}\"]\nscopes_supported = [\"mcp:tools\"]\n"
+    )
+}
+
+#[test]
+fn tokens_of_every_algorithm_and_every_refusal() {
+    let (rs, es, ed) = (rsa_key("rs-1"), ec_key("es-1"), ed_key("ed-1"));
+    let file = temp_file("jwks.json", &jwks(&[&rs, &es, &ed]));
+    let m = mock("alpha");
+    let log = std::env::temp_dir().join(format!("mcplb-jwt-{}-access.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let cfg = format!(
+        "{}{}\n[[limits]]\nkey = \"identity\"\nrate = 0.01\nburst = 3\n",
+        config_for(&[&m], &format!("access_log = \"{}\"", log.display())),
+        jwt_table(&format!("jwks_file = \"{}\"", file.display()), ""),
+    );
+    let p = start_proxy(&cfg, "auto");
+
+    // Each algorithm: accepted, and the token is not passed to the backend.
+    for (i, k) in [&rs, &es, &ed].into_iter().enumerate() {
+        let r = with_token(
+            &p,
+            "/mcp",
+            10 + i as u64,
+            &sign(k, &claims(&format!("user-{i}"))),
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "{:?}: {:?}",
+            k.alg,
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json().unwrap()["id"], 10 + i as u64);
+    }
+    assert_eq!(
+        m.last_header("authorization"),
+        None,
+        "token passed upstream"
+    );
+
+    // No credential: 401 with the hint (no error code: RFC 6750 §3.1).
+    let r = post(&p, "/mcp", 41, &[]);
+    assert_eq!(r.status, 401);
+    let wa = r.header("www-authenticate").unwrap();
+    assert!(wa.contains("resource_metadata="), "{wa}");
+    assert!(!wa.contains("error="), "{wa}");
+    assert_eq!(r.json().unwrap()["id"], 41);
+
+    let before = m.requests();
+    let t = now();
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "expired",
+            sign(
+                &es,
+                &json!({"iss": ISS, "aud": AUD, "sub": "a", "exp": t - 60}),
+            ),
+        ),
+        (
+            "not yet valid",
+            sign(
+                &es,
+                &json!({"iss": ISS, "aud": AUD, "sub": "a", "nbf": t + 300, "exp": t + 600}),
+            ),
+        ),
+        (
+            "wrong iss",
+            sign(
+                &rs,
+                &json!({"iss": "https://evil.example", "aud": AUD, "sub": "a", "exp": t + 600}),
+            ),
+        ),
+        (
+            "wrong aud",
+            sign(
+                &ed,
+                &json!({"iss": ISS, "aud": "https://other.example/mcp", "sub": "a", "exp": t + 600}),
+            ),
+        ),
+        (
+            "no exp",
+            sign(&ed, &json!({"iss": ISS, "aud": AUD, "sub": "a"})),
+        ),
+        ("bad signature", {
+            // Signed by another key that claims the trusted key's kid.
+            let mut impostor = ec_key("es-1");
+            impostor.kid = "es-1".into();
+            sign(&impostor, &claims("a"))
+        }),
+        ("unknown kid", sign(&ed_key("ed-unknown"), &claims("a"))),
+        ("alg none", {
+            let h = B64.encode(br#"{"alg":"none","typ":"JWT","kid":"rs-1"}"#);
+            let c = B64.encode(claims("a").to_string());
+            format!("{h}.{c}.")
+        }),
+        ("HS256 with the public key as secret", {
+            let secret = rs.jwk["n"].as_str().unwrap().as_bytes().to_vec();
+            let mut h = Header::new(Algorithm::HS256);
+            h.kid = Some("rs-1".into());
+            jsonwebtoken::encode(&h, &claims("a"), &EncodingKey::from_secret(&secret)).unwrap()
+        }),
+        ("garbage", "not.a.token".to_string()),
+    ];
+    for (i, (why, token)) in cases.iter().enumerate() {
+        let r = with_token(&p, "/mcp", 100 + i as u64, token);
+        assert_refused(&r, 100 + i as u64, why);
+    }
+    // A string id is echoed with its type.
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    let body = json!({"jsonrpc": "2.0", "id": "req-7", "method": "ping"}).to_string();
+    let r = c
+        .request(
+            "POST",
+            "/mcp",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer x.y.z"),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json().unwrap()["id"], "req-7");
+    assert_eq!(
+        m.requests(),
+        before,
+        "a refused request reached the backend"
+    );
+
+    // The identity (`sub`) keys a rate limit: alice uses her burst of 3, bob still gets in.
+    let alice = sign(&rs, &claims("alice"));
+    let bob = sign(&ed, &claims("bob"));
+    for i in 0..3 {
+        assert_eq!(with_token(&p, "/mcp", 200 + i, &alice).status, 200);
+    }
+    let r = with_token(&p, "/mcp", 203, &alice);
+    assert_eq!(r.status, 429, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json().unwrap()["id"], 203);
+    assert_eq!(with_token(&p, "/mcp", 204, &bob).status, 200);
+
+    // The access log names the caller, never the token.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("\"caller\":\"bob\"") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(text.contains("\"caller\":\"alice\""), "{text}");
+    assert!(text.contains("\"caller\":\"bob\""), "{text}");
+    for (_, token) in &cases {
+        assert!(!text.contains(token.as_str()));
+    }
+    assert!(!text.contains(&alice) && !text.contains(&bob));
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn protected_resource_metadata_and_scopes() {
+    let k = ed_key("k1");
+    let file = temp_file("scopes.json", &jwks(&[&k]));
+    let m = mock("alpha");
+    let cfg = format!(
+        "{}{}",
+        config_for(&[&m], ""),
+        jwt_table(
+            &format!("jwks_file = \"{}\"", file.display()),
+            "required_scopes = [\"mcp:tools\"]"
+        ),
+    );
+    let p = start_proxy(&cfg, "legacy");
+    let want = json!({
+        "resource": AUD,
+        "authorization_servers": [ISS],
+        "bearer_methods_supported": ["header"],
+        "scopes_supported": ["mcp:tools"],
+    });
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let mut c = HttpClient::connect(p.addr).unwrap();
+        let r = c.request("GET", path, &[], b"").unwrap();
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.json().unwrap(), want, "{path}");
+    }
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    let r = c
+        .request(
+            "GET",
+            "/.well-known/oauth-protected-resource/other",
+            &[],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(r.status, 404);
+
+    // A token without the required scope: 403 insufficient_scope naming it.
+    let mut cl = claims("carol");
+    cl["scope"] = json!("mcp:read");
+    let r = with_token(&p, "/mcp", 5, &sign(&k, &cl));
+    assert_eq!(r.status, 403, "{:?}", String::from_utf8_lossy(&r.body));
+    let wa = r.header("www-authenticate").unwrap();
+    assert!(wa.contains("error=\"insufficient_scope\""), "{wa}");
+    assert!(wa.contains("scope=\"mcp:tools\""), "{wa}");
+    assert!(wa.contains("resource_metadata="), "{wa}");
+    assert_eq!(r.json().unwrap()["id"], 5);
+    cl["scope"] = json!("mcp:read mcp:tools");
+    assert_eq!(with_token(&p, "/mcp", 6, &sign(&k, &cl)).status, 200);
+    // `scp` as an array counts too.
+    let mut cl = claims("dave");
+    cl["scp"] = json!(["mcp:tools"]);
+    assert_eq!(with_token(&p, "/mcp", 7, &sign(&k, &cl)).status, 200);
+
+    // A verified token is cached, but not past its expiry.
+    let mut cl = claims("erin");
+    cl["scope"] = json!("mcp:tools");
+    cl["exp"] = json!(now() + 2);
+    let short = sign(&k, &cl);
+    assert_eq!(with_token(&p, "/mcp", 8, &short).status, 200);
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_refused(
+        &with_token(&p, "/mcp", 9, &short),
+        9,
+        "expired after caching",
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
+/// A loopback HTTP server answering every GET with the current `body` (and status).
+struct JwksServer {
+    url: String,
+    body: Arc<Mutex<(u16, String)>>,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn jwks_server(initial: String) -> JwksServer {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", l.local_addr().unwrap());
+    let body = Arc::new(Mutex::new((200u16, initial)));
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (b, h) = (body.clone(), hits.clone());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut req = Vec::new();
+            let mut tmp = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut tmp) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&tmp[..n]),
+                }
+            }
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (status, text) = b.lock().unwrap().clone();
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    JwksServer { url, body, hits }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn jwks_url_rotation_and_failed_refresh() {
+    let (a, b) = (rsa_key("a"), ec_key("b"));
+    let srv = jwks_server(jwks(&[&a]));
+    let m = mock("alpha");
+    let cfg = format!(
+        "{}{}",
+        config_for(&[&m], ""),
+        jwt_table(
+            &format!("jwks_url = \"{}\"", srv.url),
+            "refresh = \"2s\"\nmin_refresh = \"1s\""
+        ),
+    );
+    let p = start_proxy(&cfg, "auto");
+    let (ta, tb) = (sign(&a, &claims("a")), sign(&b, &claims("b")));
+    assert_eq!(with_token(&p, "/mcp", 1, &ta).status, 200);
+    assert_refused(
+        &with_token(&p, "/mcp", 2, &tb),
+        2,
+        "kid b not yet published",
+    );
+
+    // Rotation: b is published, then a withdrawn; both are picked up by refresh.
+    srv.body.lock().unwrap().1 = jwks(&[&a, &b]);
+    wait_for("key b", || with_token(&p, "/mcp", 3, &tb).status == 200);
+    srv.body.lock().unwrap().1 = jwks(&[&b]);
+    wait_for("key a withdrawn", || {
+        with_token(&p, "/mcp", 4, &ta).status == 401
+    });
+
+    // A failing JWKS endpoint keeps the keys in use.
+    *srv.body.lock().unwrap() = (500, "oops".into());
+    let hits = srv.hits.load(std::sync::atomic::Ordering::SeqCst);
+    wait_for("two failed refreshes", || {
+        srv.hits.load(std::sync::atomic::Ordering::SeqCst) >= hits + 2
+    });
+    assert_eq!(with_token(&p, "/mcp", 5, &tb).status, 200);
+    srv.body.lock().unwrap().0 = 200;
+    srv.body.lock().unwrap().1 = "{\"not\": \"a jwks\"}".into();
+    let hits = srv.hits.load(std::sync::atomic::Ordering::SeqCst);
+    wait_for("two bad refreshes", || {
+        srv.hits.load(std::sync::atomic::Ordering::SeqCst) >= hits + 2
+    });
+    assert_eq!(with_token(&p, "/mcp", 6, &tb).status, 200);
+}
+
+#[test]
+fn upstream_credentials() {
+    let k = ed_key("k");
+    let file = temp_file("up.json", &jwks(&[&k]));
+    let secret_file = temp_file("upstream-secret", "Bearer upstream-s3cret\n");
+    let token = sign(&k, &claims("frank"));
+    let auth = format!("Bearer {token}");
+    let group = |name: &str, path: &str, m: &MockServer, extra: &str| {
+        format!(
+            "[[servers]]\nname = \"{name}\"\npath = \"{path}\"\nbackends = [\"{}\"]\n[servers.auth]\n{extra}\n[servers.auth.jwt]\nissuer = \"{ISS}\"\naudience = \"{AUD}\"\njwks_file = \"{}\"\n",
+            m.url(),
+            file.display()
+        )
+    };
+    let (strip, fwd, inject, open) = (mock("s"), mock("f"), mock("i"), mock("o"));
+    let cfg = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n{}{}{}[[servers]]\nname = \"open\"\npath = \"/open\"\nbackends = [\"{}\"]\n",
+        group("strip", "/strip", &strip, ""),
+        group("fwd", "/fwd", &fwd, "forward_authorization = true"),
+        group(
+            "inject",
+            "/inject",
+            &inject,
+            &format!("upstream_authorization = {{ file = \"{}\" }}", secret_file.display())
+        ),
+        open.url()
+    );
+    let p = start_proxy(&cfg, "auto");
+    for path in ["/strip", "/fwd", "/inject", "/open"] {
+        let r = post(&p, path, 1, &[("authorization", &auth)]);
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert_eq!(strip.last_header("authorization"), None);
+    assert_eq!(
+        fwd.last_header("authorization").as_deref(),
+        Some(auth.as_str())
+    );
+    assert_eq!(
+        inject.last_header("authorization").as_deref(),
+        Some("Bearer upstream-s3cret")
+    );
+    // A group without [servers.auth] leaves authentication to its backend.
+    assert_eq!(
+        open.last_header("authorization").as_deref(),
+        Some(auth.as_str())
+    );
+    // The injected credential is only ever sent for callers the group let in.
+    assert_eq!(post(&p, "/inject", 2, &[]).status, 401);
+
+    // Config errors name the key and never echo a secret.
+    let bad = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n{}",
+        group(
+            "x",
+            "/x",
+            &strip,
+            "forward_authorization = true\nupstream_authorization = { env = \"MCPLB_TEST_UNSET_VAR\" }"
+        )
+    );
+    let err = mcplb::Config::parse(&bad)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("servers[0].auth.upstream_authorization"),
+        "{err}"
+    );
+    let bad = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n{}",
+        group(
+            "x",
+            "/x",
+            &strip,
+            "upstream_authorization = { env = \"MCPLB_TEST_UNSET_VAR\" }"
+        )
+    );
+    let err = mcplb::Config::parse(&bad)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("servers[0].auth.upstream_authorization.env"),
+        "{err}"
+    );
+    let bad = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n[[servers]]\nname = \"x\"\nbackends = [\"{}\"]\n[servers.auth.jwt]\nissuer = \"{ISS}\"\njwks_file = \"/nonexistent\"\nalgorithms = [\"HS256\"]\n",
+        strip.url()
+    );
+    let err = mcplb::Config::parse(&bad)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    for needle in [
+        "servers[0].auth.jwt.audience",
+        "servers[0].auth.jwt.algorithms[0]",
+        "servers[0].auth.jwt.jwks_file",
+    ] {
+        assert!(err.contains(needle), "missing {needle} in {err}");
+    }
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&secret_file);
+}
