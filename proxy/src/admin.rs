@@ -1,5 +1,6 @@
 //! The admin port: statistics as JSON (`/stats`), Prometheus text (`/metrics`), backends
-//! (`/backends`), liveness and readiness (`/healthz`, `/readyz`) and a self-contained live page
+//! (`/backends`), the effective configuration with secrets redacted (`/config`), liveness and
+//! readiness (`/healthz`, `/readyz`) and a self-contained live page
 //! (`/`). It runs on its own thread with blocking I/O, never on a worker's listener: admin
 //! traffic cannot slow client traffic. Bound to a non-loopback address it requires the
 //! configured token (`Authorization: Bearer TOKEN`), checked on every request.
@@ -164,6 +165,14 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
             200,
             "application/json",
             backends_json(st).to_string().as_bytes(),
+        ),
+        "/config" => respond(
+            &mut s,
+            200,
+            "application/json",
+            crate::config_view::redacted_json(&st.config)
+                .to_string()
+                .as_bytes(),
         ),
         "/" => respond(&mut s, 200, "text/html; charset=utf-8", PAGE.as_bytes()),
         _ => respond(&mut s, 404, "text/plain", b"not found\n"),

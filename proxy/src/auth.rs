@@ -610,16 +610,22 @@ fn validate_jwt(j: RawJwt, key: &str, errs: &mut Vec<String>) -> Option<JwtVerif
     })
 }
 
-/// A URL with any `user:password@` replaced by `***@` (for logs and `/config`).
+/// A URL with any `user:password@` and any query (either may carry a credential) replaced by
+/// `***`, for logs, errors and `/config`.
 pub fn redact_url(u: &str) -> String {
     let after_scheme = u.find("://").map_or(0, |i| i + 3);
     let host_end = u[after_scheme..]
         .find(['/', '?', '#'])
         .map_or(u.len(), |i| after_scheme + i);
-    match u[after_scheme..host_end].rfind('@') {
+    let mut out = match u[after_scheme..host_end].rfind('@') {
         Some(at) => format!("{}***@{}", &u[..after_scheme], &u[after_scheme + at + 1..]),
         None => u.to_string(),
+    };
+    if let Some(q) = out.find('?') {
+        out.truncate(q);
+        out.push_str("?***");
     }
+    out
 }
 
 // ---------------------------------------------------------------- JWKS
@@ -1232,7 +1238,7 @@ mod tests {
     fn urls_lose_their_credentials() {
         assert_eq!(
             redact_url("http://user:pw@idp.example/jwks?x=1"),
-            "http://***@idp.example/jwks?x=1"
+            "http://***@idp.example/jwks?***"
         );
         assert_eq!(
             redact_url("http://idp.example/a@b"),

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod balance;
 pub mod checker;
 pub mod config;
+pub mod config_view;
 pub mod demo;
 pub mod failover;
 pub mod http;

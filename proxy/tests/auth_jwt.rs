@@ -574,3 +574,99 @@ fn upstream_credentials() {
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&secret_file);
 }
+
+#[test]
+fn secrets_stay_out_of_config_view_and_logs() {
+    let k = ec_key("k");
+    let srv = jwks_server(jwks(&[&k]));
+    // Credentials in the JWKS URL: the test server ignores them, mcplb must never show them.
+    let jwks_url = srv
+        .url
+        .replace("http://", "http://jwksuser:jwks-pass-9f2@")
+        .replace("jwks.json", "jwks.json?access_token=jwks-query-7c1");
+    let upstream = temp_file("cfg-upstream", "Bearer upstream-token-5e8");
+    let api_key = "api-key-plain-4d6";
+    let digest = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(api_key.as_bytes());
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let session_key = "a1".repeat(32);
+    let admin_token = "admin-token-3b7";
+    let env_secret = "stdio-env-secret-2a9";
+    let m = mock("alpha");
+    let cfg = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 1\nsession_key = \"{session_key}\"\naccess_log = \"stderr\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{admin_token}\"\n\
+         [[servers]]\nname = \"t\"\npath = \"/mcp\"\nbackends = [\"{}\"]\n\
+         [servers.auth]\napi_keys = [\"sha256:{digest}\"]\nupstream_authorization = {{ file = \"{}\" }}\n{}\
+         [[servers]]\nname = \"stdio\"\npath = \"/stdio\"\n\
+         backends = [{{ command = [\"cat\"], env = {{ SECRET = \"{env_secret}\" }}, min = 0 }}]\n\
+         [servers.health]\nenabled = false\n",
+        m.url(),
+        upstream.display(),
+        jwt_table(&format!("jwks_url = \"{jwks_url}\""), "refresh = \"1s\"\nmin_refresh = \"1s\""),
+    );
+    let log = std::env::temp_dir().join(format!("mcplb-jwt-{}-secrets.log", std::process::id()));
+    let p = start_proxy_logged(&cfg, "auto", Some(("debug", &log)));
+    let token = sign(&k, &claims("grace"));
+    let bad_token = sign(&ec_key("other"), &claims("mallory"));
+    assert_eq!(with_token(&p, "/mcp", 1, &token).status, 200);
+    assert_eq!(post(&p, "/mcp", 2, &[("x-api-key", api_key)]).status, 200);
+    assert_eq!(with_token(&p, "/mcp", 3, api_key).status, 200);
+    assert_eq!(with_token(&p, "/mcp", 4, &bad_token).status, 401);
+    assert_eq!(with_token(&p, "/mcp", 5, "wrong-key-1f0").status, 401);
+    assert_eq!(
+        m.last_header("authorization").as_deref(),
+        Some("Bearer upstream-token-5e8")
+    );
+
+    let mut c = HttpClient::connect(p.admin.unwrap()).unwrap();
+    let bearer = format!("Bearer {admin_token}");
+    let r = c
+        .request("GET", "/config", &[("authorization", &bearer)], b"")
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let view = r.json().unwrap();
+    let auth = &view["servers"][0]["auth"];
+    assert_eq!(auth["jwt"]["issuer"], ISS);
+    assert_eq!(auth["jwt"]["key_ids_in_use"], json!(["k"]));
+    assert_eq!(auth["api_keys"], json!(["sha256:<redacted>"]));
+    assert_eq!(
+        auth["upstream_authorization"]["inject"]["value"],
+        "<redacted>"
+    );
+    assert_eq!(auth["resource_metadata"]["resource"], AUD);
+    assert_eq!(view["proxy"]["session_key"], "<redacted>");
+    assert_eq!(view["admin"]["token"], "<redacted>");
+    assert_eq!(
+        view["servers"][1]["backends"][0]["env"]["SECRET"],
+        "<redacted>"
+    );
+    let shown = auth["jwt"]["jwks_url"].as_str().unwrap();
+    assert!(shown.starts_with("http://***@127.0.0.1:"), "{shown}");
+
+    // Let the access log flush and a refresh or two run, then look everywhere.
+    std::thread::sleep(Duration::from_millis(2500));
+    drop(p);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("\"caller\":\"grace\""), "{logged}");
+    let text = format!("{view}\n{logged}");
+    for secret in [
+        "jwks-pass-9f2",
+        "jwks-query-7c1",
+        "upstream-token-5e8",
+        api_key,
+        digest.as_str(),
+        session_key.as_str(),
+        admin_token,
+        env_secret,
+        token.as_str(),
+        bad_token.as_str(),
+        "wrong-key-1f0",
+    ] {
+        assert!(!text.contains(secret), "secret {secret} shown in:\n{text}");
+    }
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&upstream);
+}

@@ -43,14 +43,27 @@ pub fn write_config(config: &str) -> PathBuf {
 
 /// Starts `mcplb run` with `config` (which must listen on port 0) and waits until it listens.
 pub fn start_proxy(config: &str, driver: &str) -> Proxy {
+    start_proxy_logged(config, driver, None)
+}
+
+/// [`start_proxy`], with mcplb's log at `level` written to `file` when given.
+pub fn start_proxy_logged(
+    config: &str,
+    driver: &str,
+    log: Option<(&str, &std::path::Path)>,
+) -> Proxy {
     let config_path = write_config(config);
+    let (level, stderr) = match log {
+        Some((level, file)) => (level, Stdio::from(std::fs::File::create(file).unwrap())),
+        None => ("error", Stdio::inherit()),
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_mcplb"))
         .args(["run", "--config"])
         .arg(&config_path)
         .args(["--driver", driver])
-        .env("MCPLB_LOG", "error")
+        .env("MCPLB_LOG", level)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn mcplb");
     let stdout = child.stdout.take().unwrap();

@@ -1,0 +1,164 @@
+//! The effective configuration as JSON, for the admin port's `GET /config`, with every secret
+//! redacted: the session key, the admin token, API key digests, credentials and queries in
+//! JWKS URLs, upstream credentials and stdio backends' environment values.
+//!
+//! The view is written out field by field rather than derived, so that a secret added to the
+//! config later cannot appear here by accident: a field shows only once it is listed.
+
+use serde_json::{json, Value};
+
+use crate::auth::{JwksSource, SecretSource, UpstreamCredential};
+use crate::config::{Balance, ConcurrencyPer, Config, HashKey, SessionFailover};
+
+/// What a redacted secret looks like.
+pub const REDACTED: &str = "<redacted>";
+
+fn secs(d: std::time::Duration) -> Value {
+    json!(d.as_secs_f64())
+}
+
+fn key_source(k: &ratelimit::KeySource) -> String {
+    match k {
+        ratelimit::KeySource::Global => "global".into(),
+        ratelimit::KeySource::Session => "session".into(),
+        ratelimit::KeySource::ClientIp => "client-ip".into(),
+        ratelimit::KeySource::Identity => "identity".into(),
+        ratelimit::KeySource::Header(h) => format!("header:{h}"),
+    }
+}
+
+fn rule_filter(r: &ratelimit::Rule) -> Value {
+    json!({
+        "server": r.server, "method": r.method,
+        "tool": r.tool.as_ref().map(|g| g.as_str()),
+        "resource_prefix": r.resource_prefix, "key": key_source(&r.key),
+    })
+}
+
+fn auth_json(a: &crate::auth::AuthConfig) -> Value {
+    let jwt = a.jwt.as_ref().map(|v| {
+        let (file, url) = match &v.source {
+            JwksSource::File(p) => (Some(p.clone()), None),
+            JwksSource::Url(u) => (None, Some(crate::auth::redact_url(u))),
+        };
+        json!({
+            "issuer": v.issuer, "audience": v.audience,
+            "algorithms": v.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
+            "jwks_file": file, "jwks_url": url,
+            "leeway_s": secs(v.leeway), "refresh_s": secs(v.refresh),
+            "min_refresh_s": secs(v.min_refresh),
+            "identity_claim": v.identity_claim, "required_scopes": v.required_scopes,
+            "key_ids_in_use": crate::auth::key_ids(v),
+        })
+    });
+    let upstream = match (&a.upstream, &a.upstream_source) {
+        (UpstreamCredential::Forward, _) => json!("forward"),
+        (UpstreamCredential::Strip, _) => json!("strip"),
+        (UpstreamCredential::Inject(_), Some(SecretSource::Env(var))) => {
+            json!({"inject": {"env": var, "value": REDACTED}})
+        }
+        (UpstreamCredential::Inject(_), Some(SecretSource::File(p))) => {
+            json!({"inject": {"file": p, "value": REDACTED}})
+        }
+        (UpstreamCredential::Inject(_), None) => json!({"inject": {"value": REDACTED}}),
+    };
+    json!({
+        "required": a.required(),
+        "api_keys": a.api_key_digests.iter().map(|_| format!("sha256:{REDACTED}")).collect::<Vec<_>>(),
+        "jwt": jwt,
+        "resource_metadata": a.metadata.as_ref().and_then(|m| serde_json::from_str::<Value>(&m.document).ok()),
+        "resource_metadata_url": a.metadata.as_ref().map(|m| m.url.clone()),
+        "upstream_authorization": upstream,
+    })
+}
+
+/// The configuration as JSON, secrets redacted.
+pub fn redacted_json(cfg: &Config) -> Value {
+    let p = &cfg.proxy;
+    let servers: Vec<Value> = cfg
+        .servers
+        .iter()
+        .map(|g| {
+            let balance = match &g.balance {
+                Balance::RoundRobin => json!({"kind": "round-robin"}),
+                Balance::LeastRequest => json!({"kind": "least-request"}),
+                Balance::Hash(k) => json!({"kind": "hash", "key": match k {
+                    HashKey::Tool => "tool".to_string(),
+                    HashKey::ClientIp => "client-ip".to_string(),
+                    HashKey::Session => "session".to_string(),
+                    HashKey::Header(h) => format!("header:{h}"),
+                }}),
+            };
+            let backends: Vec<Value> = g
+                .backends
+                .iter()
+                .map(|b| match (&b.stdio, &b.legacy_sse) {
+                    (Some(s), _) => json!({
+                        "name": b.name, "weight": b.weight, "command": s.command,
+                        "mode": format!("{:?}", s.mode),
+                        "env": s.env.iter().map(|(k, _)| (k.clone(), json!(REDACTED))).collect::<serde_json::Map<_, _>>(),
+                        "cwd": s.cwd, "min": s.min, "max": s.max,
+                        "max_line_bytes": s.max_line_bytes,
+                    }),
+                    (None, Some(sse)) => json!({"name": b.name, "weight": b.weight, "sse": crate::auth::redact_url(sse)}),
+                    (None, None) => json!({"name": b.name, "weight": b.weight, "url": crate::auth::redact_url(&b.url)}),
+                })
+                .collect();
+            json!({
+                "name": g.name, "path": g.path, "backends": backends, "balance": balance,
+                "hash_bound": g.hash_bound, "max_ejection_percent": g.max_ejection_percent,
+                "session_failover": match g.session_failover {
+                    SessionFailover::NotFound => "404",
+                    SessionFailover::Reinitialize => "reinitialize",
+                },
+                "health": g.health.as_ref().map(|h| json!({
+                    "interval_s": secs(h.interval), "timeout_s": secs(h.timeout),
+                    "healthy_threshold": h.healthy_threshold,
+                    "unhealthy_threshold": h.unhealthy_threshold, "method": h.method,
+                })),
+                "allowed_origins": g.allowed_origins, "legacy_sse": g.legacy_sse,
+                "auth": auth_json(&g.auth),
+            })
+        })
+        .collect();
+    json!({
+        "proxy": {
+            "listen": p.listen.to_string(), "workers": p.workers,
+            "session_key": p.session_key.map(|_| REDACTED),
+            "max_body_bytes": p.max_body_bytes, "max_header_bytes": p.max_header_bytes,
+            "max_headers": p.max_headers, "header_timeout_s": secs(p.header_timeout),
+            "client_idle_timeout_s": secs(p.client_idle_timeout),
+            "connect_timeout_s": secs(p.connect_timeout),
+            "upstream_timeout_s": secs(p.upstream_timeout),
+            "upstream_idle_timeout_s": secs(p.upstream_idle_timeout),
+            "upstream_max_idle": p.upstream_max_idle, "limit_max_keys": p.limit_max_keys,
+            "access_log": p.access_log, "shutdown_timeout_s": secs(p.shutdown_timeout),
+            "max_connections": p.max_connections,
+            "max_connections_per_ip": p.max_connections_per_ip, "stats": p.stats,
+        },
+        "admin": {
+            "listen": cfg.admin_listen.map(|a| a.to_string()),
+            "token": cfg.admin_token.as_ref().map(|_| REDACTED),
+        },
+        "servers": servers,
+        "limits": cfg.limits.iter().map(|r| {
+            let mut v = rule_filter(r);
+            v["rate"] = json!(r.rate);
+            v["burst"] = json!(r.burst);
+            v
+        }).collect::<Vec<_>>(),
+        "concurrency": cfg.concurrency.iter().map(|c| {
+            let mut v = rule_filter(&c.filter);
+            v["per"] = json!(match c.per {
+                ConcurrencyPer::Backend => "backend",
+                ConcurrencyPer::Tool => "tool",
+                ConcurrencyPer::Caller => "caller",
+                ConcurrencyPer::Global => "global",
+            });
+            v["max"] = json!(c.max);
+            v["queue"] = json!(c.queue);
+            v["queue_timeout_s"] = secs(c.queue_timeout);
+            v
+        }).collect::<Vec<_>>(),
+    })
+}
