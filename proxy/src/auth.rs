@@ -29,6 +29,7 @@ pub(crate) struct RawAuth {
     api_keys: Option<Vec<String>>,
     jwt: Option<RawJwt>,
     resource_metadata: Option<RawMetadata>,
+    resource_metadata_passthrough: Option<bool>,
     forward_authorization: Option<bool>,
     upstream_authorization: Option<RawSecret>,
 }
@@ -123,6 +124,9 @@ pub struct AuthConfig {
     pub jwt: Option<Arc<JwtVerifier>>,
     /// The protected-resource metadata document served for this group, when configured.
     pub metadata: Option<Arc<ResourceMetadata>>,
+    /// Relay the protected-resource metadata document from a backend (for backends that do
+    /// their own OAuth) instead of serving one.
+    pub metadata_passthrough: bool,
     /// What goes upstream in `Authorization`.
     pub upstream: UpstreamCredential,
     /// Where an injected upstream credential was read from.
@@ -135,6 +139,7 @@ impl Default for AuthConfig {
             api_key_digests: Vec::new(),
             jwt: None,
             metadata: None,
+            metadata_passthrough: false,
             upstream: UpstreamCredential::Forward,
             upstream_source: None,
         }
@@ -300,6 +305,12 @@ pub(crate) fn validate(raw: Option<RawAuth>, key: &str, errs: &mut Vec<String>) 
         (None, None) if checks => (UpstreamCredential::Strip, None),
         (None, None) => (UpstreamCredential::Forward, None),
     };
+    let metadata_passthrough = raw.resource_metadata_passthrough.unwrap_or(false);
+    if metadata_passthrough && metadata.is_some() {
+        errs.push(format!(
+            "{key}.resource_metadata_passthrough: give either this or [servers.auth.resource_metadata], not both"
+        ));
+    }
     if metadata.is_some() && jwt.is_none() {
         errs.push(format!(
             "{key}.resource_metadata: only useful with [servers.auth.jwt] (clients would get tokens mcplb cannot verify)"
@@ -309,6 +320,7 @@ pub(crate) fn validate(raw: Option<RawAuth>, key: &str, errs: &mut Vec<String>) 
         api_key_digests,
         jwt,
         metadata,
+        metadata_passthrough,
         upstream,
         upstream_source,
     }
@@ -1104,21 +1116,47 @@ pub fn challenge(cfg: &AuthConfig, d: &Denial) -> String {
     h
 }
 
-/// The protected-resource metadata document for a `/.well-known/oauth-protected-resource...`
-/// path, if a group serves it: the path-suffixed form for a group's resource path, or the bare
-/// form when exactly one group has metadata (or its resource has no path).
+/// How a `/.well-known/oauth-protected-resource...` request is answered.
+pub enum MetadataAnswer<'a> {
+    /// With this group's configured document.
+    Document(&'a ResourceMetadata),
+    /// With the document of a backend of this group (by index), relayed.
+    Passthrough(usize),
+}
+
+/// Who answers a `/.well-known/oauth-protected-resource...` path: the group whose resource
+/// path it names (the path-suffixed form; for pass-through groups, the group's own path), or,
+/// for the bare form, the only group with metadata.
 pub fn metadata_for<'a>(
     servers: &'a [crate::config::ServerGroup],
     path: &[u8],
-) -> Option<&'a ResourceMetadata> {
-    let mut with = servers.iter().filter_map(|g| g.auth.metadata.as_deref());
-    if let Some(m) = with.clone().find(|m| m.path.as_bytes() == path) {
-        return Some(m);
+) -> Option<MetadataAnswer<'a>> {
+    const PREFIX: &[u8] = b"/.well-known/oauth-protected-resource";
+    let answer = |(i, g): (usize, &'a crate::config::ServerGroup)| match &g.auth.metadata {
+        Some(m) => Some(MetadataAnswer::Document(m)),
+        None if g.auth.metadata_passthrough => Some(MetadataAnswer::Passthrough(i)),
+        None => None,
+    };
+    let named = servers
+        .iter()
+        .enumerate()
+        .find(|(_, g)| match &g.auth.metadata {
+            Some(m) => m.path.as_bytes() == path,
+            None => {
+                g.auth.metadata_passthrough
+                    && path.strip_prefix(PREFIX) == Some(g.path.trim_end_matches('/').as_bytes())
+            }
+        });
+    if let Some(found) = named {
+        return answer(found);
     }
-    if path == b"/.well-known/oauth-protected-resource" {
-        let (first, second) = (with.next(), with.next());
-        if let (Some(m), None) = (first, second) {
-            return Some(m);
+    if path == PREFIX {
+        let mut with = servers
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.auth.metadata.is_some() || g.auth.metadata_passthrough);
+        if let (Some(only), None) = (with.next(), with.next()) {
+            return answer(only);
         }
     }
     None

@@ -19,16 +19,22 @@ use crate::demo::HttpClient;
 pub fn start(config: &Config, runtimes: Arc<Vec<GroupRuntime>>, hub: Arc<crate::stats::StatsHub>) {
     for (gi, g) in config.servers.iter().enumerate() {
         let Some(hc) = g.health.clone() else { continue };
+        // Backends that expect mcplb's own credential get it on health checks too.
+        let auth = match &g.auth.upstream {
+            crate::auth::UpstreamCredential::Inject(s) => Some(s.clone()),
+            _ => None,
+        };
         for (bi, b) in g.backends.iter().enumerate() {
             let (b, hc, rts, group) = (b.clone(), hc.clone(), runtimes.clone(), g.name.clone());
-            let hub = hub.clone();
+            let (hub, auth) = (hub.clone(), auth.clone());
             let _ = std::thread::Builder::new()
                 .name(format!("mcplb-check-{}", b.name))
-                .spawn(move || check_loop(&group, gi, bi, &b, &hc, &rts, &hub));
+                .spawn(move || check_loop(&group, gi, bi, &b, &hc, &rts, &hub, auth.as_ref()));
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_loop(
     group: &str,
     gi: usize,
@@ -37,6 +43,7 @@ fn check_loop(
     hc: &HealthCheck,
     rts: &[GroupRuntime],
     hub: &crate::stats::StatsHub,
+    auth: Option<&crate::auth::Secret>,
 ) {
     let Some(rt) = rts.get(gi) else { return };
     let mut state = ActiveCheck::new(ActiveCheckConfig {
@@ -46,7 +53,7 @@ fn check_loop(
     let mut session: Option<String> = None;
     let mut rng = rand::thread_rng();
     loop {
-        let ok = match check_once(b, hc, &mut session) {
+        let ok = match check_once(b, hc, &mut session, auth) {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(backend = %b.name, error = %e, "health check failed");
@@ -85,36 +92,49 @@ fn check_loop(
 }
 
 /// One check: a JSON-RPC answer to `ping` (in the checker's own session) or `server/discover`.
-fn check_once(b: &Backend, hc: &HealthCheck, session: &mut Option<String>) -> anyhow::Result<()> {
+fn check_once(
+    b: &Backend,
+    hc: &HealthCheck,
+    session: &mut Option<String>,
+    auth: Option<&crate::auth::Secret>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + hc.timeout;
     let mut c = HttpClient::connect_timeout(b.addr, hc.timeout)?;
     c.set_host(&b.authority);
     let id = 1_000_000 + u64::from(rand::random::<u16>());
+    let mut post = |sid: Option<&str>, extra: &[(&str, &str)], body: &serde_json::Value| {
+        let mut h = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+        ];
+        h.extend_from_slice(extra);
+        if let Some(s) = sid {
+            h.push(("mcp-session-id", s));
+        }
+        if let Some(a) = auth {
+            h.push(("authorization", a.expose()));
+        }
+        c.request("POST", &b.path, &h, body.to_string().as_bytes())
+    };
     if hc.discover {
         let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "server/discover",
             "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
-        let r = c.request(
-            "POST",
-            &b.path,
-            &[
-                ("content-type", "application/json"),
-                ("accept", "application/json, text/event-stream"),
-                ("mcp-protocol-version", "2026-07-28"),
-                ("mcp-method", "server/discover"),
-            ],
-            body.to_string().as_bytes(),
-        )?;
+        let extra = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "server/discover"),
+        ];
+        let r = post(None, &extra, &body)?;
         return expect_answer(&r, id);
     }
     if session.is_none() {
         let init = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "initialize",
             "params": {"protocolVersion": "2025-06-18", "capabilities": {},
                 "clientInfo": {"name": "mcplb-health-check", "version": env!("CARGO_PKG_VERSION")}}});
-        let r = c.mcp(&b.path, None, &init)?;
+        let r = post(None, &[], &init)?;
         expect_answer(&r, id)?;
         let sid = r.header("mcp-session-id").map(str::to_string);
         let note = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-        let n = c.mcp(&b.path, sid.as_deref(), &note)?;
+        let n = post(sid.as_deref(), &[], &note)?;
         if !(200..300).contains(&n.status) {
             anyhow::bail!("notifications/initialized answered {}", n.status);
         }
@@ -126,7 +146,7 @@ fn check_once(b: &Backend, hc: &HealthCheck, session: &mut Option<String>) -> an
     }
     let sid = session.as_deref().filter(|s| !s.is_empty());
     let ping = serde_json::json!({"jsonrpc": "2.0", "id": id + 1, "method": hc.method});
-    let r = c.mcp(&b.path, sid, &ping)?;
+    let r = post(sid, &[], &ping)?;
     if r.status == 404 {
         // Our session expired: start a new one next time.
         *session = None;

@@ -974,6 +974,18 @@ async fn read_and_forward(core: &Core, c: &mut ClientConn) -> Next {
     next
 }
 
+/// For an answer made before the body is read: whether the connection must close (a body we do
+/// not read would be taken for the next request). When it stays open, the request head is
+/// dropped from the buffer, so that the next read starts at the next request and this one is
+/// not handled again.
+fn answer_before_body(c: &mut ClientConn, h: &ReqHead, keep: bool) -> bool {
+    let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
+    if !close {
+        c.buf.drain(..h.len.min(c.buf.len()));
+    }
+    close
+}
+
 /// Where the request's raw JSON-RPC id is: in the client buffer or the de-chunked body.
 #[derive(Clone)]
 enum IdAt {
@@ -1024,9 +1036,15 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     if found.is_none() && is_get && crate::auth::is_metadata_path(path) {
         // OAuth protected-resource metadata (RFC 9728), for MCP clients' OAuth discovery.
         let doc = crate::auth::metadata_for(&core.shared.config.servers, path);
-        let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
-        let Some(m) = doc else {
-            return reply_error(c, 404, None, -32600, "no protected resource here", close).await;
+        let close = answer_before_body(c, h, keep);
+        let m = match doc {
+            Some(crate::auth::MetadataAnswer::Document(m)) => m,
+            Some(crate::auth::MetadataAnswer::Passthrough(gi)) => {
+                return relay_metadata(core, c, gi, close).await
+            }
+            None => {
+                return reply_error(c, 404, None, -32600, "no protected resource here", close).await
+            }
         };
         c.out.clear();
         let _ = write!(
@@ -1041,14 +1059,13 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         return send_out(c, if close { Next::Close } else { Next::KeepAlive }).await;
     }
     let Some(gi) = found else {
-        // Drain nothing: a body we do not read would be taken for the next request.
-        let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
+        let close = answer_before_body(c, h, keep);
         return reply_error(c, 404, None, -32600, "no MCP server at this path", close).await;
     };
     c.meta.group = Some(gi);
     c.meta.method = stats::M_GET;
     if !(is_post || is_get || is_delete) {
-        let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
+        let close = answer_before_body(c, h, keep);
         return reply_error(c, 405, None, -32600, "method not allowed", close).await;
     }
     // ---- who may come in: Origin allow-list, API keys and tokens, before reading any body.
@@ -1057,7 +1074,7 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
     let denied = match check_access(core, c, h, gi) {
         Err(d) if d.status != 403 || d.error.is_some() => Some(d),
         Err(d) => {
-            let close = !keep || h.content_length.unwrap_or(0) > 0 || h.chunked;
+            let close = answer_before_body(c, h, keep);
             return reply_error(c, d.status, None, -32600, d.message, close).await;
         }
         Ok(()) => None,
@@ -2143,6 +2160,80 @@ fn check_limits(
         } => Some((rule, retry_after_ns)),
         _ => None,
     }
+}
+
+/// Relays a backend's protected-resource metadata document (`resource_metadata_passthrough`):
+/// a GET of `/.well-known/oauth-protected-resource{backend path}` on a fresh connection to the
+/// group's first eligible backend, its status and body (at most 64 KiB) passed back as JSON.
+async fn relay_metadata(core: &Core, c: &mut ClientConn, gi: usize, close: bool) -> Next {
+    const MAX: usize = 64 * 1024;
+    let group = &core.shared.config.servers[gi];
+    let now = balance::now_ns(core.shared.epoch);
+    let rt = &core.shared.groups[gi];
+    let bi = (0..group.backends.len())
+        .find(|&i| rt.health.is_eligible(i, now))
+        .unwrap_or(0);
+    let Some(backend) = group.backends.get(bi) else {
+        return reply_error(c, 503, None, -32603, "no backend available", close).await;
+    };
+    let bpath = backend.path.split('?').next().unwrap_or("");
+    let req = format!(
+        "GET /.well-known/oauth-protected-resource{} HTTP/1.1\r\nhost: {}\r\naccept: application/json\r\nconnection: close\r\n\r\n",
+        bpath.trim_end_matches('/'),
+        backend.authority
+    );
+    let timeout = core.shared.config.proxy.upstream_timeout;
+    let fetched = monoio::time::timeout(timeout, async {
+        let mut s = TcpStream::connect(backend.addr).await?;
+        let (w, _) = s.write_all(req.into_bytes()).await;
+        w?;
+        let mut buf = core.take_buf();
+        loop {
+            let (r, b) = read_more(&mut s, buf).await;
+            buf = b;
+            match r {
+                Ok(0) => return Ok(buf),
+                Ok(_) if buf.len() <= MAX => {}
+                Ok(_) => return Err(io::Error::other("metadata document too large")),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    let Ok(Ok(raw)) = fetched else {
+        tracing::warn!(backend = %backend.name, "protected-resource metadata: backend unreachable or too slow");
+        return reply_error(c, 502, None, -32603, "backend unreachable", close).await;
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(n)) = resp.parse(&raw) else {
+        core.give_buf(raw);
+        return reply_error(c, 502, None, -32603, "bad answer from backend", close).await;
+    };
+    let status = resp.code.unwrap_or(502);
+    let chunked = resp.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding") && http::has_token(h.value, b"chunked")
+    });
+    let mut body = Vec::new();
+    if chunked {
+        let mut dec = ChunkedDecoder::new();
+        let _ = dec.feed(&raw[n..], |d| body.extend_from_slice(d));
+    } else {
+        body.extend_from_slice(&raw[n..]);
+    }
+    core.give_buf(raw);
+    c.out.clear();
+    let _ = write!(
+        c.out,
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: public, max-age=300\r\naccess-control-allow-origin: *\r\n{}\r\n",
+        http::reason(status),
+        body.len(),
+        if close { "connection: close\r\n" } else { "" },
+    );
+    c.out.extend_from_slice(&body);
+    c.meta.status = status;
+    c.meta.by_proxy = true;
+    send_out(c, if close { Next::Close } else { Next::KeepAlive }).await
 }
 
 /// Largest body read from a request whose credential was refused (to answer with its id).

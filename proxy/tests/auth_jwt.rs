@@ -376,11 +376,13 @@ fn protected_resource_metadata_and_scopes() {
     let _ = std::fs::remove_file(&file);
 }
 
-/// A loopback HTTP server answering every GET with the current `body` (and status).
+/// A loopback HTTP server answering every GET with the current `body` (and status), keeping
+/// the request line it last saw.
 struct JwksServer {
     url: String,
     body: Arc<Mutex<(u16, String)>>,
     hits: Arc<std::sync::atomic::AtomicUsize>,
+    last_line: Arc<Mutex<String>>,
 }
 
 fn jwks_server(initial: String) -> JwksServer {
@@ -388,7 +390,8 @@ fn jwks_server(initial: String) -> JwksServer {
     let url = format!("http://{}/jwks.json", l.local_addr().unwrap());
     let body = Arc::new(Mutex::new((200u16, initial)));
     let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (b, h) = (body.clone(), hits.clone());
+    let last_line = Arc::new(Mutex::new(String::new()));
+    let (b, h, line) = (body.clone(), hits.clone(), last_line.clone());
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
@@ -401,6 +404,8 @@ fn jwks_server(initial: String) -> JwksServer {
                     Ok(n) => req.extend_from_slice(&tmp[..n]),
                 }
             }
+            let text = String::from_utf8_lossy(&req);
+            *line.lock().unwrap() = text.lines().next().unwrap_or("").to_string();
             h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let (status, text) = b.lock().unwrap().clone();
             let _ = write!(
@@ -410,7 +415,12 @@ fn jwks_server(initial: String) -> JwksServer {
             );
         }
     });
-    JwksServer { url, body, hits }
+    JwksServer {
+        url,
+        body,
+        hits,
+        last_line,
+    }
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -490,11 +500,20 @@ fn upstream_credentials() {
             "inject",
             "/inject",
             &inject,
-            &format!("upstream_authorization = {{ file = \"{}\" }}", secret_file.display())
+            &format!(
+                "upstream_authorization = {{ file = \"{}\" }}\n[servers.health]\ninterval = \"200ms\"",
+                secret_file.display()
+            )
         ),
         open.url()
     );
     let p = start_proxy(&cfg, "auto");
+    // Health checks carry the injected credential too (before any client request).
+    wait_for("a health check", || inject.requests() > 0);
+    assert_eq!(
+        inject.last_header("authorization").as_deref(),
+        Some("Bearer upstream-s3cret")
+    );
     for path in ["/strip", "/fwd", "/inject", "/open"] {
         let r = post(&p, path, 1, &[("authorization", &auth)]);
         assert_eq!(
@@ -669,4 +688,51 @@ fn secrets_stay_out_of_config_view_and_logs() {
     }
     let _ = std::fs::remove_file(&log);
     let _ = std::fs::remove_file(&upstream);
+}
+
+#[test]
+fn metadata_passed_through_from_a_backend() {
+    // A backend that does its own OAuth: mcplb checks nothing and relays its metadata.
+    let doc = json!({"resource": "https://mcp.test.example/tools", "authorization_servers": [ISS]});
+    let backend = jwks_server(doc.to_string());
+    let url = backend.url.replace("/jwks.json", "/mcp");
+    let cfg = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[[servers]]\nname = \"own-oauth\"\npath = \"/tools\"\nbackends = [\"{url}\"]\n\
+         [servers.health]\nenabled = false\n[servers.auth]\nresource_metadata_passthrough = true\n"
+    );
+    let p = start_proxy(&cfg, "auto");
+    // One keep-alive connection throughout: each request is answered once, in order.
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    for path in [
+        "/.well-known/oauth-protected-resource/tools",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let r = c.request("GET", path, &[], b"").unwrap();
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.json().unwrap(), doc);
+        assert_eq!(
+            *backend.last_line.lock().unwrap(),
+            "GET /.well-known/oauth-protected-resource/mcp HTTP/1.1"
+        );
+    }
+    backend.body.lock().unwrap().0 = 404;
+    let tools = "/.well-known/oauth-protected-resource/tools";
+    assert_eq!(c.request("GET", tools, &[], b"").unwrap().status, 404);
+    for path in [
+        "/.well-known/oauth-protected-resource/other",
+        "/nothing-here",
+    ] {
+        assert_eq!(
+            c.request("GET", path, &[], b"").unwrap().status,
+            404,
+            "{path}"
+        );
+    }
+    assert_eq!(c.request("DELETE", tools, &[], b"").unwrap().status, 404);
+    backend.body.lock().unwrap().0 = 200;
+    assert_eq!(
+        c.request("GET", tools, &[], b"").unwrap().json().unwrap(),
+        doc
+    );
+    assert_eq!(backend.hits.load(std::sync::atomic::Ordering::SeqCst), 4);
 }
