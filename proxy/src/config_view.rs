@@ -68,6 +68,7 @@ fn auth_json(a: &crate::auth::AuthConfig) -> Value {
         "jwt": jwt,
         "resource_metadata": a.metadata.as_ref().and_then(|m| serde_json::from_str::<Value>(&m.document).ok()),
         "resource_metadata_url": a.metadata.as_ref().map(|m| m.url.clone()),
+        "resource_metadata_passthrough": a.metadata_passthrough,
         "upstream_authorization": upstream,
     })
 }
