@@ -164,3 +164,25 @@ pub fn whoami(c: &mut HttpClient, sid: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+/// How many `notifications/progress` events an SSE answer carried.
+pub fn progress_events(r: &mcplb::demo::Response) -> usize {
+    r.events
+        .iter()
+        .filter(|(_, d)| d.contains("notifications/progress"))
+        .count()
+}
+
+/// Waits (up to 10 s after `since`) for the mcplb process to exit; returns its status.
+pub fn wait_exit(p: &mut Proxy, since: std::time::Instant) -> std::process::ExitStatus {
+    loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "mcplb did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
