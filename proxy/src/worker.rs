@@ -2560,16 +2560,16 @@ async fn forward_response(
     {
         let avail = &ubuf[pos..];
         let (take, done) = body_step(&mut framing, avail, &mut framing_error);
-        // A JSON answer that arrived whole: note whether it is a JSON-RPC error (the envelope
-        // scan costs about 0.2 µs; SSE answers and bodies spread over reads are not looked at).
+        // A JSON answer that arrived whole: note whether it is a JSON-RPC error. Only up to
+        // its first `result`/`error` member is read (criterion, `--bench parse`: 54 ns on a
+        // small answer and on an 8 KiB one, where the validating parse took 200 ns and 2.5 µs).
+        // SSE answers and bodies spread over reads are not looked at.
         if done
             && !is_sse
             && matches!(framing, Framing::Length(_))
             && core.shared.config.proxy.stats
         {
-            if let Ok(env) = protocol::parse_message(&avail[..take]) {
-                c.meta.jsonrpc_error = env.has_error;
-            }
+            c.meta.jsonrpc_error = protocol::response_outcome(&avail[..take]) == Some(true);
         }
         out.extend_from_slice(&avail[..take]);
         pos += take;
