@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use protocol::{parse_message, SseBoundary};
+use protocol::{parse_message, response_outcome, SseBoundary};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use simd_json::prelude::*;
@@ -112,6 +112,30 @@ fn bench_parse(c: &mut Criterion) {
     g.finish();
 }
 
+/// Telling a JSON-RPC error answer from a result (the proxy's statistics count errors): the
+/// full validating parse against the early-exit read of `response_outcome`, on a small answer
+/// and on an 8 KiB tool result.
+fn bench_outcome(c: &mut Criterion) {
+    let small = br#"{"jsonrpc":"2.0","id":42,"result":{"content":[{"type":"text","text":"Paris: 21 C, sunny"}],"isError":false}}"#.to_vec();
+    let mut big =
+        br#"{"jsonrpc":"2.0","id":42,"result":{"content":[{"type":"text","text":""#.to_vec();
+    big.extend(std::iter::repeat_n(b'x', 8192));
+    big.extend_from_slice(br#""}]}}"#);
+    let mut g = c.benchmark_group("response_outcome");
+    g.throughput(Throughput::Elements(1));
+    for (name, body) in [("small", &small), ("8KiB", &big)] {
+        assert_eq!(response_outcome(body), Some(false));
+        assert!(!parse_message(body).unwrap().has_error);
+        g.bench_function(format!("parse_message_{name}"), |b| {
+            b.iter(|| black_box(parse_message(black_box(body)).unwrap().has_error))
+        });
+        g.bench_function(format!("response_outcome_{name}"), |b| {
+            b.iter(|| black_box(response_outcome(black_box(body))))
+        });
+    }
+    g.finish();
+}
+
 /// A realistic 4 KiB stream: progress notifications, keepalives and a result.
 fn sse_stream() -> Vec<u8> {
     let mut s = Vec::new();
@@ -155,5 +179,5 @@ fn bench_sse(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_parse, bench_sse);
+criterion_group!(benches, bench_parse, bench_outcome, bench_sse);
 criterion_main!(benches);

@@ -304,6 +304,15 @@ impl OutlierDetector {
     pub fn ejections(&self) -> u32 {
         self.ejections.load(Ordering::Relaxed)
     }
+
+    /// Takes over `other`'s counters.
+    pub fn copy_from(&self, other: &OutlierDetector) {
+        for (a, b) in self.consecutive.iter().zip(&other.consecutive) {
+            a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.ejections
+            .store(other.ejections.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 const DRAINING: u64 = 0b1;
@@ -381,6 +390,19 @@ impl BackendHealth {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
                 Some((w & !VERDICT_MASK) | bits)
             });
+    }
+
+    /// The last active-check verdict applied.
+    pub fn verdict(&self) -> ActiveVerdict {
+        ActiveVerdict::from_bits(self.word.load(Ordering::Relaxed) >> VERDICT_SHIFT)
+    }
+
+    /// Takes over `other`'s whole state (draining, verdict, passive ejection and its backoff
+    /// counters): a reloaded configuration keeps what was known of a backend it still lists.
+    pub fn copy_from(&self, other: &BackendHealth) {
+        self.word
+            .store(other.word.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.outlier.copy_from(&other.outlier);
     }
 
     /// Ends a passive ejection now (admin action) and forgets the backoff.
@@ -580,6 +602,27 @@ impl GroupHealth {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn copy_from_carries_every_part_of_the_state() {
+        let cfg = OutlierConfig::default();
+        let old = GroupHealth::new(1, cfg);
+        old.set_draining(0, true);
+        old.set_active(0, ActiveVerdict::Unhealthy);
+        let _ = old.record_failure(0, FailureKind::Connect, 1_000);
+        let new = GroupHealth::new(2, cfg);
+        new.backends()[1].copy_from(&old.backends()[0]);
+        assert_eq!(new.backends()[1].verdict(), ActiveVerdict::Unhealthy);
+        assert_eq!(new.state(1, 2_000), old.state(0, 2_000));
+        assert_eq!(
+            new.backends()[1]
+                .outlier()
+                .consecutive(FailureKind::Connect),
+            old.backends()[0]
+                .outlier()
+                .consecutive(FailureKind::Connect)
+        );
+        assert_eq!(new.state(0, 2_000), Some(HealthState::Healthy));
+    }
     use super::*;
 
     const S: u64 = 1_000_000_000;

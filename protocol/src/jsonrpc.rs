@@ -890,3 +890,92 @@ fn parse_batch<'a>(sc: &mut Scanner<'a>) -> Scan<Envelope<'a>> {
         has_error: false,
     })
 }
+
+/// Whether a JSON-RPC response is an error, read from its first top-level `result` or
+/// `error` member only: `Some(true)` for `error`, `Some(false)` for `result`, `None` when
+/// `buf` is not an object or neither member comes before the object ends or stops making
+/// sense. Members before it are skipped without being validated, and nothing after it is
+/// read, so the cost does not grow with the size of the result (servers put `result` or
+/// `error` after `jsonrpc` and `id`: a few dozen bytes). For statistics, where
+/// [`parse_message`] (which validates every byte) would cost time proportional to the answer.
+pub fn response_outcome(buf: &[u8]) -> Option<bool> {
+    let mut i = skip_ws(buf, 0);
+    if buf.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(buf, i);
+        if buf.get(i) != Some(&b'"') {
+            return None;
+        }
+        let end = string_end(buf, i + 1)?;
+        let key = buf.get(i + 1..end)?;
+        i = skip_ws(buf, end + 1);
+        if buf.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(buf, i + 1);
+        match key {
+            b"error" => return Some(true),
+            b"result" => return Some(false),
+            _ => {}
+        }
+        i = skip_ws(buf, value_end(buf, i)?);
+        match buf.get(i) {
+            Some(b',') => i += 1,
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(buf: &[u8], mut i: usize) -> usize {
+    while buf.get(i).is_some_and(|b| is_ws(*b)) {
+        i += 1;
+    }
+    i
+}
+
+/// Index of the quote that closes the string whose contents start at `i`. A plain loop:
+/// the keys and short values read here are a few bytes, where memchr's setup costs more than
+/// it saves.
+fn string_end(buf: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        match buf.get(i)? {
+            b'"' => return Some(i),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+}
+
+/// Index just past the value that starts at `i` (not validated: nesting and strings are
+/// followed, nothing else is checked).
+fn value_end(buf: &[u8], mut i: usize) -> Option<usize> {
+    match buf.get(i)? {
+        b'"' => Some(string_end(buf, i + 1)? + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            loop {
+                match buf.get(i)? {
+                    b'"' => i = string_end(buf, i + 1)?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            while !matches!(buf.get(i)?, b',' | b'}' | b']') && !is_ws(buf[i]) {
+                i += 1;
+            }
+            Some(i)
+        }
+    }
+}

@@ -12,7 +12,8 @@ pub mod lines;
 pub mod sse;
 
 pub use jsonrpc::{
-    parse_message, Envelope, FrameError, FrameErrorKind, JsonStr, MessageKind, MAX_DEPTH,
+    parse_message, response_outcome, Envelope, FrameError, FrameErrorKind, JsonStr, MessageKind,
+    MAX_DEPTH,
 };
 pub use lines::{LineError, LineFramer};
 pub use sse::{SseBoundary, SseError, SseEvent, SseParser};

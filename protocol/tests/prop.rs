@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use mcplb_protocol::{parse_message, FrameErrorKind as K, MessageKind};
+use mcplb_protocol::{parse_message, response_outcome, FrameErrorKind as K, MessageKind};
 use proptest::prelude::*;
 
 const SEEDS: &[&str] = &[
@@ -71,6 +71,59 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = parse_message(&bytes);
+        let _ = response_outcome(&bytes);
+    }
+
+    #[test]
+    fn response_outcome_never_panics_on_mutations(
+        seed in 0..SEEDS.len(),
+        edits in proptest::collection::vec(edit(), 1..6),
+    ) {
+        let bytes = apply(SEEDS[seed], &edits);
+        let _ = response_outcome(&bytes);
+    }
+
+    /// On any valid response, with members in any order and any values (nested objects and
+    /// arrays, strings with quotes, brackets and escapes), the early-exit outcome agrees with
+    /// the full parse.
+    #[test]
+    fn response_outcome_agrees_with_the_full_parse(
+        id in prop_oneof![
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<String>().prop_map(serde_json::Value::from),
+        ],
+        text in any::<String>(),
+        extra in any::<String>(),
+        is_error in any::<bool>(),
+        order in 0usize..6,
+        pretty in any::<bool>(),
+    ) {
+        let outcome = if is_error {
+            ("error", serde_json::json!({"code": -32000, "message": text, "data": [extra.clone(), {"}": "]"}]}))
+        } else {
+            ("result", serde_json::json!({"content": [{"type": "text", "text": text}], "x": {"error": extra.clone()}}))
+        };
+        let mut members = vec![
+            ("jsonrpc", serde_json::json!("2.0")),
+            ("id", id),
+            outcome,
+        ];
+        members.rotate_left(order % 3);
+        if order >= 3 {
+            members.insert(0, ("_extra", serde_json::json!({"error": [extra, "\"{"]})));
+        }
+        // serde_json sorts object keys, so the text is built by hand to control the order.
+        let sep = if pretty { ",\n  " } else { "," };
+        let body: Vec<String> = members
+            .iter()
+            .map(|(k, v)| {
+                let v = if pretty { serde_json::to_string_pretty(v).unwrap() } else { v.to_string() };
+                format!("\"{k}\":{}{v}", if pretty { " " } else { "" })
+            })
+            .collect();
+        let text = format!("{{{}}}", body.join(sep));
+        let full = parse_message(text.as_bytes()).unwrap();
+        prop_assert_eq!(response_outcome(text.as_bytes()), Some(full.has_error), "{}", text);
     }
 
     #[test]

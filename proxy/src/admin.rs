@@ -14,22 +14,29 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
-use crate::stats::{self, Dim, StatsHub, Triple, COUNTER_NAMES, GAUGE_NAMES, METHODS};
+use crate::stats::{self, Dim, Triple, COUNTER_NAMES, GAUGE_NAMES, METHODS};
 
 /// What the admin thread reads.
 pub struct AdminState {
-    /// The running configuration.
-    pub config: Config,
-    /// Merged statistics.
-    pub hub: Arc<StatsHub>,
-    /// The rate limits, for their per-rule counters.
-    pub limits: Option<Arc<ratelimit::RateLimits>>,
-    /// Per-group backend health, shared with the workers.
-    pub groups: Arc<Vec<crate::balance::GroupRuntime>>,
-    /// Origin of the health clock.
-    pub epoch: Instant,
+    /// The running configuration (read anew for every admin request) and its reloading.
+    pub reloader: Arc<crate::reload::Reloader>,
     /// Name of the event driver in use.
     pub driver: &'static str,
+}
+
+/// One admin request's view: the configuration current when it arrived, with its statistics,
+/// limits and backend health (`Deref` to the workers' [`Shared`](crate::worker::Shared)).
+pub(crate) struct View<'a> {
+    shared: Arc<crate::worker::Shared>,
+    driver: &'static str,
+    reloader: &'a crate::reload::Reloader,
+}
+
+impl std::ops::Deref for View<'_> {
+    type Target = crate::worker::Shared;
+    fn deref(&self) -> &Self::Target {
+        &self.shared
+    }
 }
 
 /// Binds the admin listener and serves it on a new thread; returns the bound address.
@@ -53,7 +60,13 @@ pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketA
     Ok(local)
 }
 
-fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
+fn serve(mut s: TcpStream, state: &AdminState) -> std::io::Result<()> {
+    let view = View {
+        shared: state.reloader.live.load(),
+        driver: state.driver,
+        reloader: &state.reloader,
+    };
+    let st = &view;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut buf = Vec::with_capacity(2048);
     let mut tmp = [0u8; 2048];
@@ -92,6 +105,37 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
         if !given.is_some_and(|g| constant_time_eq(g, token.as_bytes())) {
             return respond(&mut s, 401, "text/plain", b"admin token required\n");
         }
+    }
+    if method == "POST" && path == "/reload" {
+        // Reads the config file again: a valid one goes live (answer: what changed); an
+        // invalid one is refused with every problem, and the running configuration stays.
+        return match st.reloader.reload() {
+            Ok(changes) => respond(
+                &mut s,
+                200,
+                "application/json",
+                json!({"reloaded": true, "changes": changes})
+                    .to_string()
+                    .as_bytes(),
+            ),
+            Err(errors) => {
+                tracing::warn!(
+                    problems = errors.len(),
+                    "reload refused; the running configuration stays"
+                );
+                for e in &errors {
+                    tracing::warn!(problem = %e, "reload refused");
+                }
+                respond(
+                    &mut s,
+                    400,
+                    "application/json",
+                    json!({"reloaded": false, "errors": errors})
+                        .to_string()
+                        .as_bytes(),
+                )
+            }
+        };
     }
     if method == "POST" {
         // POST /backends/{name}/drain (or /undrain): no new sessions or stateless requests go
@@ -196,24 +240,24 @@ fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) -> std::io:
     s.write_all(body)
 }
 
-fn dim_label(cfg: &Config, d: &Dim) -> (&'static str, String) {
-    match d {
-        Dim::Backend(g, b) => (
+/// A statistics dimension's kind and name; `None` for a group or backend the running
+/// configuration no longer lists (removed by a reload).
+fn dim_label(cfg: &Config, d: &Dim) -> Option<(&'static str, String)> {
+    let group = |k: u32| cfg.servers.iter().find(|g| stats::group_key(&g.name) == k);
+    Some(match d {
+        Dim::Backend(g, tag) => (
             "backend",
-            cfg.servers
-                .get(*g)
-                .and_then(|gr| gr.backends.get(*b))
-                .map_or_else(|| format!("{g}/{b}"), |be| be.name.clone()),
+            group(*g)?
+                .backends
+                .iter()
+                .find(|b| b.tag == *tag)?
+                .name
+                .clone(),
         ),
-        Dim::Group(g) => (
-            "server",
-            cfg.servers
-                .get(*g)
-                .map_or_else(|| g.to_string(), |gr| gr.name.clone()),
-        ),
+        Dim::Group(g) => ("server", group(*g)?.name.clone()),
         Dim::Method(m) => ("method", METHODS.get(*m).unwrap_or(&"other").to_string()),
         Dim::Tool(t) => ("tool", t.clone()),
-    }
+    })
 }
 
 fn triple_json(t: &Triple) -> Value {
@@ -225,14 +269,16 @@ fn triple_json(t: &Triple) -> Value {
     })
 }
 
-fn window_json(st: &AdminState, rolling: bool, now: Instant) -> Value {
+fn window_json(st: &View<'_>, rolling: bool, now: Instant) -> Value {
     let view = st.hub.view(rolling, now);
     let mut out = Map::new();
     for kind in ["backend", "server", "method", "tool"] {
         out.insert(format!("{kind}s"), Value::Object(Map::new()));
     }
     for (d, t) in &view.hists {
-        let (kind, name) = dim_label(&st.config, d);
+        let Some((kind, name)) = dim_label(&st.config, d) else {
+            continue;
+        };
         if let Some(Value::Object(m)) = out.get_mut(&format!("{kind}s")) {
             m.insert(name, triple_json(t));
         }
@@ -241,7 +287,7 @@ fn window_json(st: &AdminState, rolling: bool, now: Instant) -> Value {
 }
 
 /// The `/stats` document.
-pub fn stats_json(st: &AdminState, now: Instant) -> Value {
+pub(crate) fn stats_json(st: &View<'_>, now: Instant) -> Value {
     let (counters, gauges) = st.hub.counters();
     let mut c: Map<String, Value> = COUNTER_NAMES
         .iter()
@@ -273,7 +319,7 @@ pub fn stats_json(st: &AdminState, now: Instant) -> Value {
     })
 }
 
-fn limits_json(st: &AdminState) -> Value {
+fn limits_json(st: &View<'_>) -> Value {
     let Some(l) = &st.limits else {
         return json!([]);
     };
@@ -297,16 +343,17 @@ fn limits_json(st: &AdminState) -> Value {
         .collect()
 }
 
-fn backends_json(st: &AdminState) -> Value {
+fn backends_json(st: &View<'_>) -> Value {
     let now = Instant::now();
     let view = st.hub.view(false, now);
     let mut list = Vec::new();
     for (gi, g) in st.config.servers.iter().enumerate() {
+        let gk = stats::group_key(&g.name);
         for (bi, b) in g.backends.iter().enumerate() {
             let requests = view
                 .hists
                 .iter()
-                .find(|(d, _)| *d == Dim::Backend(gi, bi))
+                .find(|(d, _)| *d == Dim::Backend(gk, b.tag))
                 .map_or(0, |(_, t)| t.total.len());
             let now_ns = crate::balance::now_ns(st.epoch);
             let rt = st.groups.get(gi);
@@ -327,15 +374,15 @@ fn backends_json(st: &AdminState) -> Value {
                 "server": g.name, "name": b.name, "url": b.url, "weight": b.weight,
                 "state": state, "eligible": rt.is_some_and(|r| r.health.is_eligible(bi, now_ns)),
                 "ejections": ejections, "requests": requests,
-                "in_flight": st.hub.backend_gauges(gi, bi)[0],
-                "sessions": st.hub.backend_gauges(gi, bi)[1],
+                "in_flight": st.hub.backend_gauges(gk, b.tag)[0],
+                "sessions": st.hub.backend_gauges(gk, b.tag)[1],
             }));
         }
     }
     json!({ "backends": list })
 }
 
-fn readiness(st: &AdminState) -> (bool, Value) {
+fn readiness(st: &View<'_>) -> (bool, Value) {
     let now_ns = crate::balance::now_ns(st.epoch);
     let healthy: Vec<usize> = st
         .config
@@ -376,7 +423,7 @@ fn escape_label(s: &str) -> String {
 }
 
 /// The `/metrics` Prometheus text exposition.
-pub fn metrics_text(st: &AdminState, now: Instant) -> String {
+pub(crate) fn metrics_text(st: &View<'_>, now: Instant) -> String {
     let mut o = String::with_capacity(16 * 1024);
     let (counters, gauges) = st.hub.counters();
     for (n, v) in COUNTER_NAMES.iter().zip(counters) {
@@ -452,7 +499,9 @@ pub fn metrics_text(st: &AdminState, now: Instant) -> String {
                 "own" => &t.own,
                 _ => &t.first_event,
             };
-            let (kind, label) = dim_label(&st.config, d);
+            let Some((kind, label)) = dim_label(&st.config, d) else {
+                continue;
+            };
             let lbl = format!("dimension=\"{kind}\",name=\"{}\"", escape_label(&label));
             for le in BUCKETS_US {
                 let n = h.count_between(0, le);

@@ -1169,14 +1169,30 @@ pub fn is_metadata_path(path: &[u8]) -> bool {
 
 // ---------------------------------------------------------------- JWKS refresh
 
+/// Stops the JWKS refresh thread of one configuration when dropped (a reload starts another).
+pub struct JwksRefresh {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for JwksRefresh {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Fetches every `jwks_url` once (so the first requests find keys), then refreshes them on a
 /// background thread: every `refresh`, and early (at most once per `min_refresh`) when a token
-/// names a key the set lacks. A failed fetch keeps the old keys and is logged.
+/// names a key the set lacks. A failed fetch keeps the old keys and is logged. On a reload,
+/// `prev` is the running configuration: a verifier whose JWKS URL it already fetched starts
+/// from those keys (so an unreachable JWKS endpoint during a reload refuses no token).
 ///
 /// What is missing for `https://` JWKS URLs: a TLS client. The fetch is a small blocking HTTP
 /// client (`ureq`) on this thread; enabling its rustls feature (or handing it the proxy's
 /// rustls configuration once upstream TLS lands) is all it needs.
-pub fn start_refresh(config: &crate::config::Config) {
+pub fn start_refresh(
+    config: &crate::config::Config,
+    prev: Option<&crate::config::Config>,
+) -> Option<JwksRefresh> {
     let verifiers: Vec<Arc<JwtVerifier>> = config
         .servers
         .iter()
@@ -1184,7 +1200,22 @@ pub fn start_refresh(config: &crate::config::Config) {
         .filter(|v| matches!(v.source, JwksSource::Url(_)))
         .collect();
     if verifiers.is_empty() {
-        return;
+        return None;
+    }
+    if let Some(prev) = prev {
+        for v in &verifiers {
+            let JwksSource::Url(url) = &v.source else {
+                continue;
+            };
+            let old = prev
+                .servers
+                .iter()
+                .filter_map(|g| g.auth.jwt.as_ref())
+                .find(|o| matches!(&o.source, JwksSource::Url(u) if u == url));
+            if let Some(o) = old {
+                v.keys.store(o.keys.load_full());
+            }
+        }
     }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
@@ -1197,24 +1228,69 @@ pub fn start_refresh(config: &crate::config::Config) {
         fetch(&agent, v);
         last.push(Instant::now());
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
     let spawned = std::thread::Builder::new()
         .name("mcplb-jwks".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(200));
-            for (v, at) in verifiers.iter().zip(last.iter_mut()) {
-                let since = at.elapsed();
-                let due = since >= v.refresh
-                    || (since >= v.min_refresh && v.kid_miss.load(Ordering::Relaxed));
-                if due {
-                    v.kid_miss.store(false, Ordering::Relaxed);
-                    fetch(&agent, v);
-                    *at = Instant::now();
+        .spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                for (v, at) in verifiers.iter().zip(last.iter_mut()) {
+                    let since = at.elapsed();
+                    let due = since >= v.refresh
+                        || (since >= v.min_refresh && v.kid_miss.load(Ordering::Relaxed));
+                    if due && !stopped.load(Ordering::Relaxed) {
+                        v.kid_miss.store(false, Ordering::Relaxed);
+                        fetch(&agent, v);
+                        *at = Instant::now();
+                    }
                 }
             }
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the JWKS refresh thread: keys will not be refreshed");
     }
+    Some(JwksRefresh { stop })
+}
+
+/// The names of the `[servers.auth]` settings (besides `api_keys`) that differ, for the
+/// reload log; never a value.
+pub fn changed_keys(old: &AuthConfig, new: &AuthConfig) -> Vec<&'static str> {
+    let jwt = |a: &AuthConfig| {
+        a.jwt.as_ref().map(|v| {
+            let src = match &v.source {
+                JwksSource::File(p) => format!("file:{p}"),
+                JwksSource::Url(u) => format!("url:{u}"),
+            };
+            (
+                v.issuer.clone(),
+                v.audience.clone(),
+                format!("{:?}", v.algorithms),
+                v.leeway,
+                v.identity_claim.clone(),
+                v.required_scopes.clone(),
+                src,
+                (v.refresh, v.min_refresh),
+            )
+        })
+    };
+    let upstream = |a: &AuthConfig| match &a.upstream {
+        UpstreamCredential::Strip => "strip".to_string(),
+        UpstreamCredential::Forward => "forward".to_string(),
+        UpstreamCredential::Inject(s) => format!("inject:{}", s.expose()),
+    };
+    let doc = |a: &AuthConfig| a.metadata.as_ref().map(|m| m.document.clone());
+    let mut out = Vec::new();
+    if jwt(old) != jwt(new) {
+        out.push("jwt");
+    }
+    if upstream(old) != upstream(new) {
+        out.push("upstream_authorization");
+    }
+    if doc(old) != doc(new) || old.metadata_passthrough != new.metadata_passthrough {
+        out.push("resource_metadata");
+    }
+    out
 }
 
 /// Longest JWKS accepted.

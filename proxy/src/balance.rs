@@ -74,6 +74,42 @@ pub fn runtimes(config: &Config) -> Arc<Vec<GroupRuntime>> {
     )
 }
 
+/// Builds the shared runtime of every group of a reloaded `config`: a backend the previous
+/// configuration also listed (same group name, same tag) keeps its health (active verdict,
+/// passive ejection and backoff, draining) and its drain deadline; new ones start healthy.
+pub fn runtimes_after(
+    config: &Config,
+    old_config: &Config,
+    old: &[GroupRuntime],
+) -> Arc<Vec<GroupRuntime>> {
+    let new = runtimes(config);
+    for (g, rt) in config.servers.iter().zip(new.iter()) {
+        let Some((og, ort)) = old_config
+            .servers
+            .iter()
+            .zip(old)
+            .find(|(og, _)| og.name == g.name)
+        else {
+            continue;
+        };
+        for (bi, b) in g.backends.iter().enumerate() {
+            let Some(obi) = og.backends.iter().position(|o| o.tag == b.tag) else {
+                continue;
+            };
+            if let (Some(h), Some(oh)) = (rt.health.backend(bi), ort.health.backend(obi)) {
+                h.copy_from(oh);
+            }
+            if let (Some(d), Some(od)) = (rt.drain_deadline.get(bi), ort.drain_deadline.get(obi)) {
+                d.store(
+                    od.load(std::sync::atomic::Ordering::Relaxed),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+        }
+    }
+    new
+}
+
 /// Nanoseconds since `epoch`: the clock the `lb` and `ratelimit` crates take as an argument.
 pub fn now_ns(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64

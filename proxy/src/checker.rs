@@ -5,6 +5,7 @@
 //! which every core reads lock-free. Runs on its own threads with blocking I/O, away from the
 //! workers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,8 +16,27 @@ use crate::balance::GroupRuntime;
 use crate::config::{Backend, Config, HealthCheck};
 use crate::demo::HttpClient;
 
+/// Stops the checker threads of one configuration when dropped (a reload starts new ones);
+/// each thread notices at its next wake-up.
+pub struct Checkers {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Checkers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Starts one checker thread per backend of every group that configures `[servers.health]`.
-pub fn start(config: &Config, runtimes: Arc<Vec<GroupRuntime>>, hub: Arc<crate::stats::StatsHub>) {
+/// A backend's checks start from the verdict its shared health already holds (a reload keeps
+/// an unhealthy backend unhealthy until it passes its checks again).
+pub fn start(
+    config: &Config,
+    runtimes: Arc<Vec<GroupRuntime>>,
+    hub: Arc<crate::stats::StatsHub>,
+) -> Checkers {
+    let stop = Arc::new(AtomicBool::new(false));
     for (gi, g) in config.servers.iter().enumerate() {
         let Some(hc) = g.health.clone() else { continue };
         // Backends that expect mcplb's own credential get it on health checks too.
@@ -26,12 +46,15 @@ pub fn start(config: &Config, runtimes: Arc<Vec<GroupRuntime>>, hub: Arc<crate::
         };
         for (bi, b) in g.backends.iter().enumerate() {
             let (b, hc, rts, group) = (b.clone(), hc.clone(), runtimes.clone(), g.name.clone());
-            let (hub, auth) = (hub.clone(), auth.clone());
+            let (hub, stop, auth) = (hub.clone(), stop.clone(), auth.clone());
             let _ = std::thread::Builder::new()
                 .name(format!("mcplb-check-{}", b.name))
-                .spawn(move || check_loop(&group, gi, bi, &b, &hc, &rts, &hub, auth.as_ref()));
+                .spawn(move || {
+                    check_loop(&group, gi, bi, &b, &hc, &rts, &hub, &stop, auth.as_ref())
+                });
         }
     }
+    Checkers { stop }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -43,16 +66,27 @@ fn check_loop(
     hc: &HealthCheck,
     rts: &[GroupRuntime],
     hub: &crate::stats::StatsHub,
+    stop: &AtomicBool,
     auth: Option<&crate::auth::Secret>,
 ) {
     let Some(rt) = rts.get(gi) else { return };
-    let mut state = ActiveCheck::new(ActiveCheckConfig {
-        healthy_threshold: hc.healthy_threshold,
-        unhealthy_threshold: hc.unhealthy_threshold,
-    });
+    let verdict = rt
+        .health
+        .backend(bi)
+        .map_or(ActiveVerdict::Healthy, |h| h.verdict());
+    let mut state = ActiveCheck::starting(
+        ActiveCheckConfig {
+            healthy_threshold: hc.healthy_threshold,
+            unhealthy_threshold: hc.unhealthy_threshold,
+        },
+        verdict,
+    );
     let mut session: Option<String> = None;
     let mut rng = rand::thread_rng();
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         let ok = match check_once(b, hc, &mut session, auth) {
             Ok(()) => true,
             Err(e) => {
@@ -87,7 +121,15 @@ fn check_loop(
             }
         }
         let jitter = hc.interval.mul_f64(rng.gen_range(0.0..0.1));
-        std::thread::sleep(hc.interval + jitter);
+        // Sleep in short slices so that a reload stops this thread promptly.
+        let wake = Instant::now() + hc.interval + jitter;
+        while !stop.load(Ordering::Relaxed) {
+            let left = wake.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(std::time::Duration::from_millis(200)));
+        }
     }
 }
 

@@ -410,7 +410,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// FNV-1a, used for stable backend tags.
-fn fnv1a32(bytes: &[u8]) -> u32 {
+pub(crate) fn fnv1a32(bytes: &[u8]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in bytes {
         h ^= u32::from(*b);

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 struct Entry {
     init_body: Vec<u8>,
-    moved_to: Option<(usize, Vec<u8>)>,
+    moved_to: Option<(u32, Vec<u8>)>,
 }
 
 struct Inner {
@@ -72,12 +72,12 @@ impl FailoverStore {
     }
 
     /// Where `sealed` lives after a failover: backend index and that backend's session id.
-    pub fn remapped(&self, sealed: &[u8]) -> Option<(usize, Vec<u8>)> {
+    pub fn remapped(&self, sealed: &[u8]) -> Option<(u32, Vec<u8>)> {
         self.lock().map.get(sealed).and_then(|e| e.moved_to.clone())
     }
 
-    /// Records that `sealed` now lives on backend `to` as `sid`.
-    pub fn remap(&self, sealed: &[u8], to: usize, sid: &[u8]) {
+    /// Records that `sealed` now lives on the backend tagged `to` as `sid`.
+    pub fn remap(&self, sealed: &[u8], to: u32, sid: &[u8]) {
         if let Some(e) = self.lock().map.get_mut(sealed) {
             e.moved_to = Some((to, sid.to_vec()));
         }

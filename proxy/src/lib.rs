@@ -14,6 +14,7 @@ pub mod demo;
 pub mod failover;
 pub mod http;
 pub mod legacy;
+pub mod reload;
 pub mod session;
 pub mod stats;
 pub mod stdio;
@@ -48,10 +49,8 @@ pub struct RunningProxy {
     pub driver: &'static str,
     /// The admin port's address, when one is configured.
     pub admin_addr: Option<SocketAddr>,
-    /// Supervisors of stdio backends (dropping them stops the children).
-    bridges: Vec<stdio::StdioBridge>,
-    /// Bridges of the 2024-11-05 transport (old servers as backends, old clients in front).
-    legacy: (Vec<legacy::LegacyBackend>, Vec<legacy::LegacyFront>),
+    /// Switches the running proxy to a new configuration (SIGHUP, `POST /reload`).
+    pub reloader: Arc<reload::Reloader>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -66,8 +65,7 @@ impl RunningProxy {
         loop {
             let open = worker::OPEN_CONNECTIONS.load(Ordering::SeqCst);
             if open == 0 || std::time::Instant::now() >= deadline {
-                drop(self.bridges);
-                drop(self.legacy);
+                self.reloader.stop_all();
                 return open;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -79,8 +77,7 @@ impl RunningProxy {
         for t in self.threads {
             let _ = t.join();
         }
-        drop(self.bridges);
-        drop(self.legacy);
+        self.reloader.stop_all();
     }
 }
 
@@ -108,34 +105,98 @@ fn uring_setup(plain: bool) -> io_uring::Builder {
     b
 }
 
+/// Builds what every worker shares for `config` (whose stdio and legacy backends already have
+/// their bridges' addresses). On a reload, `prev` is the running configuration: statistics,
+/// sessions, caller-key hashing, connection counts, backend health (by tag) and the rate and
+/// concurrency counters of unchanged rules carry over.
+pub(crate) fn build_shared(
+    config: Config,
+    prev: Option<&worker::Shared>,
+    legacy_fronts: Vec<Option<SocketAddr>>,
+    session_key: &[u8; 32],
+) -> anyhow::Result<worker::Shared> {
+    // Unchanged rules keep their tables (callers keep their buckets across the reload).
+    let same_limits = prev.is_some_and(|p| {
+        p.config.limits == config.limits
+            && p.config.proxy.limit_max_keys == config.proxy.limit_max_keys
+    });
+    let limits = match prev.and_then(|p| p.limits.clone()) {
+        _ if config.limits.is_empty() => None,
+        Some(l) if same_limits => Some(l),
+        _ => Some(Arc::new(
+            ratelimit::RateLimits::new(config.limits.clone(), config.proxy.limit_max_keys)
+                .map_err(|e| anyhow::anyhow!("limits: {e}"))?,
+        )),
+    };
+    let concurrency = config
+        .concurrency
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            // An unchanged rule (same place, same settings) keeps its counters, so requests in
+            // flight across the reload still count.
+            if let Some(p) = prev {
+                if let (Some(or), Some(oc)) = (p.config.concurrency.get(i), p.concurrency.get(i)) {
+                    if format!("{or:?}") == format!("{r:?}")
+                        && p.config.proxy.limit_max_keys == config.proxy.limit_max_keys
+                    {
+                        return Ok(oc.clone());
+                    }
+                }
+            }
+            ratelimit::ConcurrencyLimit::new(r.max, config.proxy.limit_max_keys, r.queue)
+                .map(Arc::new)
+                .map_err(|e| anyhow::anyhow!("concurrency: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let per_ip = match prev {
+        Some(p) => p.per_ip.clone(),
+        None => Arc::new(
+            ratelimit::ConcurrencyLimit::new(
+                config.proxy.max_connections_per_ip,
+                (config.proxy.max_connections.saturating_mul(2)).clamp(1 << 12, 1 << 23),
+                0,
+            )
+            .map_err(|e| anyhow::anyhow!("proxy.max_connections_per_ip: {e}"))?,
+        ),
+    };
+    let groups = match prev {
+        Some(p) => balance::runtimes_after(&config, &p.config, &p.groups),
+        None => balance::runtimes(&config),
+    };
+    Ok(worker::Shared {
+        sealer: SessionSealer::new(session_key),
+        hub: prev.map_or_else(|| Arc::new(stats::StatsHub::new()), |p| p.hub.clone()),
+        limits,
+        key_hasher: prev.map_or_else(
+            || ratelimit::KeyHasher::new(rand::random::<[u64; 2]>()),
+            |p| p.key_hasher,
+        ),
+        epoch: prev.map_or_else(std::time::Instant::now, |p| p.epoch),
+        groups,
+        failover: prev.map_or_else(
+            || Arc::new(failover::FailoverStore::new(100_000)),
+            |p| p.failover.clone(),
+        ),
+        concurrency,
+        legacy_fronts,
+        per_ip,
+        config,
+    })
+}
+
 /// Starts the workers and returns once every listener is bound.
-pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
-    // stdio backends: start each one's supervised bridge; workers then reach it over
-    // loopback HTTP like any other backend.
-    let mut bridges = Vec::new();
-    let mut legacy_backends = Vec::new();
-    for g in &mut config.servers {
-        for b in &mut g.backends {
-            if let Some(sse) = b.legacy_sse.clone() {
-                let bridge = legacy::LegacyBackend::start(&sse)
-                    .with_context(|| format!("servers.{}: backend {}", g.name, b.name))?;
-                b.addr = bridge.addr();
-                b.authority = bridge.addr().to_string();
-                b.path = "/mcp".to_string();
-                tracing::info!(backend = %b.name, sse = %sse, bridge = %b.addr, "2024-11-05 (HTTP+SSE) backend bridged");
-                legacy_backends.push(bridge);
-            }
-            if let Some(sc) = b.stdio.clone() {
-                let bridge = stdio::StdioBridge::start(sc)
-                    .with_context(|| format!("servers.{}: backend {}", g.name, b.name))?;
-                b.addr = bridge.addr();
-                b.authority = bridge.addr().to_string();
-                b.path = "/mcp".to_string();
-                tracing::info!(backend = %b.name, command = %b.url, bridge = %b.addr, "stdio backend started");
-                bridges.push(bridge);
-            }
-        }
-    }
+pub fn start(config: Config, driver: Driver) -> anyhow::Result<RunningProxy> {
+    start_with(config, driver, None)
+}
+
+/// [`start`], remembering the config file's path so that SIGHUP and `POST /reload` can read
+/// it again.
+pub fn start_with(
+    mut config: Config,
+    driver: Driver,
+    path: Option<std::path::PathBuf>,
+) -> anyhow::Result<RunningProxy> {
     let key = match config.proxy.session_key {
         Some(k) => k,
         None => {
@@ -159,21 +220,10 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
     let first = bind_listener(config.proxy.listen)
         .with_context(|| format!("proxy.listen: cannot bind {}", config.proxy.listen))?;
     let local_addr = first.local_addr()?;
-    // Old (2024-11-05) clients: a bridge per group with legacy_sse = true, translating to the
-    // group's own Streamable HTTP endpoint on this listener.
-    let mut legacy_fronts = Vec::new();
-    let mut legacy_front_addrs = Vec::new();
-    for g in &config.servers {
-        if g.legacy_sse {
-            let front =
-                legacy::LegacyFront::start(&format!("http://{local_addr}{}", g.path), &g.path)
-                    .with_context(|| format!("servers.{}: legacy_sse bridge", g.name))?;
-            legacy_front_addrs.push(Some(front.addr()));
-            legacy_fronts.push(front);
-        } else {
-            legacy_front_addrs.push(None);
-        }
-    }
+    // stdio backends and old (2024-11-05) servers get their supervised bridges, which workers
+    // reach over loopback HTTP like any other backend; old clients get a front per group.
+    let mut running = reload::Running::default();
+    let (fronts, _) = running.attach(&mut config, local_addr)?;
     let mut listeners = vec![first];
     for _ in 1..workers {
         listeners.push(
@@ -181,42 +231,26 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
                 .with_context(|| format!("cannot bind another listener on {local_addr}"))?,
         );
     }
-    let limits = if config.limits.is_empty() {
-        None
-    } else {
-        Some(Arc::new(
-            ratelimit::RateLimits::new(config.limits.clone(), config.proxy.limit_max_keys)
-                .map_err(|e| anyhow::anyhow!("limits: {e}"))?,
-        ))
-    };
-    let concurrency = config
-        .concurrency
-        .iter()
-        .map(|r| {
-            ratelimit::ConcurrencyLimit::new(r.max, config.proxy.limit_max_keys, r.queue)
-                .map(Arc::new)
-                .map_err(|e| anyhow::anyhow!("concurrency: {e}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let per_ip = Arc::new(
-        ratelimit::ConcurrencyLimit::new(
-            config.proxy.max_connections_per_ip,
-            (config.proxy.max_connections.saturating_mul(2)).clamp(1 << 12, 1 << 23),
-            0,
-        )
-        .map_err(|e| anyhow::anyhow!("proxy.max_connections_per_ip: {e}"))?,
-    );
-    let hub = Arc::new(stats::StatsHub::new());
-    let groups = balance::runtimes(&config);
-    let epoch = std::time::Instant::now();
-    let admin_addr = match config.admin_listen {
+    let shared = Arc::new(build_shared(config, None, fronts, &key)?);
+    running.set_checkers(checker::start(
+        &shared.config,
+        shared.groups.clone(),
+        shared.hub.clone(),
+    ));
+    running.set_jwks(auth::start_refresh(&shared.config, None));
+    let admin_listen = shared.config.admin_listen;
+    let live = Arc::new(reload::Live::new(shared));
+    let reloader = Arc::new(reload::Reloader::new(
+        path,
+        live.clone(),
+        running,
+        local_addr,
+        key,
+    ));
+    let admin_addr = match admin_listen {
         Some(addr) => {
             let state = Arc::new(admin::AdminState {
-                config: config.clone(),
-                hub: hub.clone(),
-                limits: limits.clone(),
-                groups: groups.clone(),
-                epoch,
+                reloader: reloader.clone(),
                 driver: driver_name,
             });
             Some(
@@ -226,24 +260,9 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
         }
         None => None,
     };
-    let shared = Arc::new(worker::Shared {
-        sealer: SessionSealer::new(&key),
-        config,
-        hub,
-        limits,
-        key_hasher: ratelimit::KeyHasher::new(rand::random::<[u64; 2]>()),
-        epoch,
-        groups: groups.clone(),
-        failover: failover::FailoverStore::new(100_000),
-        concurrency,
-        legacy_fronts: legacy_front_addrs,
-        per_ip,
-    });
-    checker::start(&shared.config, groups, shared.hub.clone());
-    auth::start_refresh(&shared.config);
     let mut threads = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
-        let shared = shared.clone();
+        let live = live.clone();
         let legacy = driver_name.starts_with("legacy");
         let t = std::thread::Builder::new()
             .name(format!("mcplb-worker-{i}"))
@@ -252,7 +271,7 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
                     monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                         .enable_timer()
                         .build()
-                        .map(|mut rt| rt.block_on(worker::run_worker(shared, l, i)))
+                        .map(|mut rt| rt.block_on(worker::run_worker(live, l, i)))
                 } else {
                     let build = |plain| {
                         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -263,7 +282,7 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
                     };
                     build(false)
                         .or_else(|_| build(true))
-                        .map(|mut rt| rt.block_on(worker::run_worker(shared, l, i)))
+                        .map(|mut rt| rt.block_on(worker::run_worker(live, l, i)))
                 };
                 match res {
                     Ok(Ok(())) => {}
@@ -275,11 +294,10 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
     }
     tracing::info!(%local_addr, workers, driver = driver_name, "mcplb started");
     Ok(RunningProxy {
-        legacy: (legacy_backends, legacy_fronts),
-        bridges,
         local_addr,
         admin_addr,
         driver: driver_name,
+        reloader,
         threads,
     })
 }

@@ -60,7 +60,7 @@ fn init_logs() {
         .init();
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and every thread it starts later).
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and every thread it starts later).
 #[allow(unsafe_code)]
 fn block_signals() -> libc::sigset_t {
     // SAFETY: plain libc signal-mask calls on a zeroed, then initialized, sigset_t.
@@ -69,6 +69,7 @@ fn block_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
@@ -83,6 +84,7 @@ fn wait_signal(set: &libc::sigset_t) -> &'static str {
     match (rc, sig) {
         (0, libc::SIGINT) => "SIGINT",
         (0, libc::SIGTERM) => "SIGTERM",
+        (0, libc::SIGHUP) => "SIGHUP",
         _ => "signal",
     }
 }
@@ -116,10 +118,10 @@ fn main() -> ExitCode {
             };
             let workers = cfg.proxy.workers;
             let grace = cfg.proxy.shutdown_timeout;
-            // SIGINT and SIGTERM are taken by sigwait below, not by a handler: block them
-            // before any thread starts so that every thread inherits the mask.
+            // SIGINT, SIGTERM and SIGHUP are taken by sigwait below, not by a handler: block
+            // them before any thread starts so that every thread inherits the mask.
             let signals = block_signals();
-            match mcplb::start(cfg, driver) {
+            match mcplb::start_with(cfg, driver, Some(config.clone())) {
                 Ok(p) => {
                     println!(
                         "mcplb listening on {} ({} worker(s), {} driver)",
@@ -128,7 +130,24 @@ fn main() -> ExitCode {
                     if let Some(a) = p.admin_addr {
                         println!("mcplb admin on http://{a}/ (stats: /stats, /metrics)");
                     }
-                    let sig = wait_signal(&signals);
+                    let sig = loop {
+                        match wait_signal(&signals) {
+                            // SIGHUP: reload the config file (refused, with every problem
+                            // logged, when it is not valid; the running one stays).
+                            "SIGHUP" => match p.reloader.reload() {
+                                Ok(changes) => tracing::info!(
+                                    changes = changes.len(),
+                                    "SIGHUP: configuration reloaded"
+                                ),
+                                Err(errors) => {
+                                    for e in &errors {
+                                        tracing::error!(problem = %e, "SIGHUP: reload refused");
+                                    }
+                                }
+                            },
+                            other => break other,
+                        }
+                    };
                     tracing::info!(
                         signal = sig,
                         grace_s = grace.as_secs(),

@@ -218,10 +218,11 @@ impl Triple {
 /// A dimension's name as the hub keys it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dim {
-    /// A backend, by group and index.
-    Backend(usize, usize),
-    /// A server group.
-    Group(usize),
+    /// A backend, by its group's key ([`group_key`]) and its tag: stable across reloads,
+    /// whatever the backends' order.
+    Backend(u32, u32),
+    /// A server group, by [`group_key`].
+    Group(u32),
     /// A method, index into [`METHODS`].
     Method(usize),
     /// A tool name (or `other`).
@@ -258,27 +259,63 @@ pub struct CoreRecorder {
     gauges: [i64; GAUGES],
     /// Per backend (`[group][backend]`): requests in flight and sessions, as deltas.
     backend_gauges: Vec<Vec<[i64; 2]>>,
+    /// Per group: its key and its backends' tags, by index (the hub's keys).
+    ids: Vec<(u32, Vec<u32>)>,
     dirty: bool,
 }
 
+/// The key a server group's statistics go under: a hash of its name, so that a reload that
+/// adds, removes or reorders groups keeps each one's figures.
+pub fn group_key(name: &str) -> u32 {
+    crate::config::fnv1a32(name.as_bytes())
+}
+
 impl CoreRecorder {
-    /// A recorder for groups with these backend counts.
+    /// A recorder for groups with these backend counts, keyed by index (tests, benchmarks).
     pub fn new(backends_per_group: &[usize]) -> Self {
-        CoreRecorder {
-            groups: backends_per_group.iter().map(|_| None).collect(),
-            backends: backends_per_group
+        Self::keyed(
+            backends_per_group
                 .iter()
-                .map(|n| (0..*n).map(|_| None).collect())
+                .enumerate()
+                .map(|(g, n)| (g as u32, (0..*n as u32).collect()))
+                .collect(),
+        )
+    }
+
+    /// A recorder for the groups of `config`, keyed by group name and backend tag.
+    pub fn for_config(config: &crate::config::Config) -> Self {
+        Self::keyed(
+            config
+                .servers
+                .iter()
+                .map(|g| {
+                    (
+                        group_key(&g.name),
+                        g.backends.iter().map(|b| b.tag).collect(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// A recorder for groups given as (group key, backend tags by index).
+    pub fn keyed(ids: Vec<(u32, Vec<u32>)>) -> Self {
+        CoreRecorder {
+            groups: ids.iter().map(|_| None).collect(),
+            backends: ids
+                .iter()
+                .map(|(_, tags)| tags.iter().map(|_| None).collect())
                 .collect(),
             methods: METHODS.iter().map(|_| None).collect(),
             tool_names: HashMap::new(),
             tools: Vec::new(),
             counters: [0; COUNTERS],
             gauges: [0; GAUGES],
-            backend_gauges: backends_per_group
+            backend_gauges: ids
                 .iter()
-                .map(|n| vec![[0; 2]; *n])
+                .map(|(_, tags)| vec![[0; 2]; tags.len()])
                 .collect(),
+            ids,
             dirty: false,
         }
     }
@@ -376,12 +413,20 @@ impl CoreRecorder {
                 }
             }
         };
+        let ids = &self.ids;
+        let key = |g: usize| ids.get(g).map_or(u32::MAX, |i| i.0);
+        let tag = |g: usize, b: usize| {
+            ids.get(g)
+                .and_then(|i| i.1.get(b))
+                .copied()
+                .unwrap_or(u32::MAX)
+        };
         for (g, t) in self.groups.iter_mut().enumerate() {
-            each(Dim::Group(g), t);
+            each(Dim::Group(key(g)), t);
         }
         for (g, bs) in self.backends.iter_mut().enumerate() {
             for (b, t) in bs.iter_mut().enumerate() {
-                each(Dim::Backend(g, b), t);
+                each(Dim::Backend(key(g), tag(g, b)), t);
             }
         }
         for (m, t) in self.methods.iter_mut().enumerate() {
@@ -401,7 +446,10 @@ impl CoreRecorder {
         for (gi, bs) in self.backend_gauges.iter_mut().enumerate() {
             for (bi, v) in bs.iter_mut().enumerate() {
                 if v.iter().any(|x| *x != 0) {
-                    let e = h.backend_gauges.entry((gi, bi)).or_insert([0; 2]);
+                    let e = h
+                        .backend_gauges
+                        .entry((key(gi), tag(gi, bi)))
+                        .or_insert([0; 2]);
                     e[0] += v[0];
                     e[1] += v[1];
                     *v = [0; 2];
@@ -422,7 +470,7 @@ struct HubInner {
     ring: Vec<Slot>,
     counters: [u64; COUNTERS],
     gauges: [i64; GAUGES],
-    backend_gauges: HashMap<(usize, usize), [i64; 2]>,
+    backend_gauges: HashMap<(u32, u32), [i64; 2]>,
 }
 
 impl HubInner {
@@ -568,11 +616,12 @@ impl StatsHub {
         (h.counters, h.gauges)
     }
 
-    /// A backend's requests in flight and sessions (as of the last flush of every core).
-    pub fn backend_gauges(&self, group: usize, backend: usize) -> [i64; 2] {
+    /// A backend's requests in flight and sessions (as of the last flush of every core), by
+    /// group key and backend tag.
+    pub fn backend_gauges(&self, group_key: u32, tag: u32) -> [i64; 2] {
         self.lock()
             .backend_gauges
-            .get(&(group, backend))
+            .get(&(group_key, tag))
             .copied()
             .unwrap_or([0; 2])
     }

@@ -56,7 +56,7 @@ pub struct Shared {
     /// Per group: backend health (shared, lock-free) and the hash ring.
     pub groups: Arc<Vec<GroupRuntime>>,
     /// Initialize bodies and moved sessions, for `session_failover = "reinitialize"`.
-    pub failover: crate::failover::FailoverStore,
+    pub failover: Arc<crate::failover::FailoverStore>,
     /// Counters of the `[[concurrency]]` rules, in config order (lock-free, every core).
     pub concurrency: Vec<Arc<ratelimit::ConcurrencyLimit>>,
     /// Per group: the 2024-11-05 transport bridge for old clients (`legacy_sse = true`).
@@ -93,6 +93,14 @@ struct Core {
     access_log: Option<RefCell<AccessLog>>,
     /// This core's index (request ids in the access log).
     index: usize,
+    /// Set when a reload has built a newer state: connections move to it at their next
+    /// request, and connections to backends are no longer pooled here.
+    next: RefCell<Option<Rc<Core>>>,
+    /// Where reloads publish configurations, and the generation this state was built for.
+    live: Arc<crate::reload::Live>,
+    generation: u64,
+    /// Every state of this worker still in use (the flusher's list).
+    states: Rc<RefCell<Vec<Rc<Core>>>>,
 }
 
 /// A core's buffered JSON access log: lines are written once a second or every 64 KiB, one
@@ -218,6 +226,10 @@ impl Core {
     }
 
     fn put_upstream(&self, group: usize, backend: usize, stream: TcpStream) {
+        if self.next.borrow().is_some() {
+            // Replaced by a reload: the connection closes rather than idle in a dead pool.
+            return;
+        }
         let max = self.shared.config.proxy.upstream_max_idle;
         if let Some(pool) = self.pools.get(group).and_then(|g| g.get(backend)) {
             let mut p = pool.borrow_mut();
@@ -251,15 +263,19 @@ fn still_open(s: &TcpStream) -> bool {
     n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
-/// Runs one worker's accept loop forever.
-pub async fn run_worker(
-    shared: Arc<Shared>,
-    listener: std::net::TcpListener,
-    index: usize,
-) -> io::Result<()> {
-    let listener = TcpListener::from_std(listener)?;
-    let core = Rc::new(Core {
-        pools: shared
+impl Core {
+    /// This core's state for `shared`. After a reload, `prev` (the state it replaces) hands
+    /// over its free buffers and its idle upstream connections to backends still listed at the
+    /// same address.
+    fn new(
+        live: Arc<crate::reload::Live>,
+        states: Rc<RefCell<Vec<Rc<Core>>>>,
+        index: usize,
+        prev: Option<&Core>,
+    ) -> Rc<Core> {
+        let generation = live.generation();
+        let shared = live.load();
+        let pools: Vec<Vec<RefCell<Vec<IdleConn>>>> = shared
             .config
             .servers
             .iter()
@@ -269,11 +285,48 @@ pub async fn run_worker(
                     .map(|_| RefCell::new(Vec::new()))
                     .collect()
             })
-            .collect(),
-        bal: CoreBalancer::new(&shared.config, index, balance::now_ns(shared.epoch)),
-        bufs: RefCell::new(Vec::new()),
-        header_tables: RefCell::new(Vec::new()),
-        access_log: match shared.config.proxy.access_log.as_deref() {
+            .collect();
+        let mut bufs = Vec::new();
+        let mut header_tables = Vec::new();
+        if let Some(p) = prev {
+            bufs = std::mem::take(&mut *p.bufs.borrow_mut());
+            header_tables = std::mem::take(&mut *p.header_tables.borrow_mut());
+            let mut moved = 0i64;
+            for (g, og) in shared.config.servers.iter().zip(&pools) {
+                let Some((pgi, pg)) = p
+                    .shared
+                    .config
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .find(|(_, o)| o.name == g.name)
+                else {
+                    continue;
+                };
+                for (b, pool) in g.backends.iter().zip(og) {
+                    let same = pg
+                        .backends
+                        .iter()
+                        .position(|o| o.tag == b.tag && o.addr == b.addr);
+                    if let Some(old) = same.and_then(|pbi| p.pools.get(pgi)?.get(pbi)) {
+                        let conns = std::mem::take(&mut *old.borrow_mut());
+                        moved += conns.len() as i64;
+                        *pool.borrow_mut() = conns;
+                    }
+                }
+            }
+            // The rest close; the idle gauge follows what stays pooled.
+            let mut closed = 0i64;
+            for g in &p.pools {
+                for pool in g {
+                    closed += pool.borrow_mut().drain(..).count() as i64;
+                }
+            }
+            p.rec
+                .borrow_mut()
+                .gauge(Gauge::UpstreamIdle, -(closed + moved));
+        }
+        let access_log = match shared.config.proxy.access_log.as_deref() {
             None => None,
             Some(t) => match AccessLog::open(t) {
                 Ok(l) => Some(RefCell::new(l)),
@@ -282,29 +335,88 @@ pub async fn run_worker(
                     None
                 }
             },
-        },
-        index,
-        rec: RefCell::new(CoreRecorder::new(
-            &shared
-                .config
-                .servers
+        };
+        let rec = CoreRecorder::for_config(&shared.config);
+        let core = Core {
+            pools,
+            bal: CoreBalancer::new(&shared.config, index, balance::now_ns(shared.epoch)),
+            bufs: RefCell::new(bufs),
+            header_tables: RefCell::new(header_tables),
+            access_log,
+            index,
+            rec: RefCell::new(rec),
+            shared,
+            next: RefCell::new(None),
+            live,
+            generation,
+            states: states.clone(),
+        };
+        if prev.is_some() {
+            let n: i64 = core
+                .pools
                 .iter()
-                .map(|g| g.backends.len())
-                .collect::<Vec<_>>(),
-        )),
-        shared,
-    });
+                .flatten()
+                .map(|p| p.borrow().len() as i64)
+                .sum();
+            core.rec.borrow_mut().gauge(Gauge::UpstreamIdle, n);
+        }
+        let core = Rc::new(core);
+        states.borrow_mut().push(core.clone());
+        core
+    }
+
+    /// Whether a reload has published a configuration newer than this state's: one atomic
+    /// load, per request and per accepted connection.
+    #[inline]
+    fn stale(&self) -> bool {
+        self.generation != self.live.generation()
+    }
+
+    /// The newest state: `self`, the one a reload put after it, or (when the configuration
+    /// moved on since) a new one built now.
+    fn latest(self: &Rc<Core>) -> Rc<Core> {
+        let mut c = self.clone();
+        loop {
+            let next = c.next.borrow().clone();
+            match next {
+                Some(n) => c = n,
+                None => break,
+            }
+        }
+        if c.stale() {
+            let new = Core::new(c.live.clone(), c.states.clone(), c.index, Some(&c));
+            *c.next.borrow_mut() = Some(new.clone());
+            return new;
+        }
+        c
+    }
+}
+
+/// Runs one worker's accept loop forever.
+pub async fn run_worker(
+    live: Arc<crate::reload::Live>,
+    listener: std::net::TcpListener,
+    index: usize,
+) -> io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    // Every state still in use (a reload leaves the old one to the requests under way).
+    let cores: Rc<RefCell<Vec<Rc<Core>>>> = Rc::new(RefCell::new(Vec::new()));
+    let mut core = Core::new(live, cores.clone(), index, None);
     // Once a second, fold this core's statistics into the hub (the only cross-core lock,
-    // never taken on the request path).
-    let flusher = core.clone();
+    // never taken on the request path). A replaced state is flushed one last time and
+    // dropped once nothing else holds it.
+    let flushed = cores.clone();
     monoio::spawn(async move {
         loop {
             monoio::time::sleep(Duration::from_secs(1)).await;
-            let hub = flusher.shared.hub.clone();
-            flusher.rec.borrow_mut().flush_into(&hub, Instant::now());
-            if let Some(l) = &flusher.access_log {
-                l.borrow_mut().flush();
-            }
+            let now = Instant::now();
+            flushed.borrow_mut().retain(|c| {
+                c.rec.borrow_mut().flush_into(&c.shared.hub, now);
+                if let Some(l) = &c.access_log {
+                    l.borrow_mut().flush();
+                }
+                c.next.borrow().is_none() || Rc::strong_count(c) > 1
+            });
         }
     });
     let mut canceller = Canceller::new();
@@ -333,6 +445,11 @@ pub async fn run_worker(
                 }
             }
         };
+        if core.stale() || core.next.borrow().is_some() {
+            // A reload: this core's new state (connections move to it at their next
+            // request, see `Core::latest`).
+            core = core.latest();
+        }
         if SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed) {
             // Stop accepting: dropping the listener closes it, so the kernel sends new
             // connections to no one (clients see a refused connection, not a hang).
@@ -581,11 +698,11 @@ enum Next {
 
 async fn serve_client(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    serve_connection(&core, stream, peer).await;
+    serve_connection(core, stream, peer).await;
     OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-async fn serve_connection(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr) {
+async fn serve_connection(mut core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
     let mut c = ClientConn {
         stream,
         buf: Vec::new(),
@@ -599,7 +716,6 @@ async fn serve_connection(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr) 
         meta: ReqMeta::default(),
         caller: crate::auth::Caller::default(),
     };
-    let cfg = &core.shared.config.proxy;
     let mut canceller = Some(Canceller::new());
     // Requests served on this connection. Only a connection that has shown it reuses itself
     // (two requests or more) gets the hot direct read; one that sent a single request and
@@ -608,6 +724,8 @@ async fn serve_connection(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr) 
     let mut served: u32 = 0;
     loop {
         if c.buf.is_empty() {
+            let core = &core;
+            let cfg = &core.shared.config.proxy;
             // Between requests: hand every buffer back.
             core.give_buf(std::mem::take(&mut c.buf));
             core.give_buf(std::mem::take(&mut c.body));
@@ -656,6 +774,11 @@ async fn serve_connection(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr) 
                 Wait::Closed => break,
             }
         }
+        if core.stale() || core.next.borrow().is_some() {
+            // A reload happened: this and later requests use the new configuration.
+            core = core.latest();
+        }
+        let core = &core;
         if c.head.headers.capacity() == 0 {
             c.head.headers = core.take_headers();
         }
@@ -1383,8 +1506,11 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
         }
         // A session already moved by an earlier failover goes where it was moved.
         if reinit {
-            if let Some((to, sid)) = core.shared.failover.remapped(&c.buf[sr.clone()]) {
-                if session_backend_usable(rt, to, now) {
+            // Moves are remembered by backend tag, so they survive a reload.
+            let moved = core.shared.failover.remapped(&c.buf[sr.clone()]);
+            if let Some((tag, sid)) = moved {
+                let to = group.backends.iter().position(|b| b.tag == tag);
+                if let Some(to) = to.filter(|to| session_backend_usable(rt, *to, now)) {
                     failover_sid = sid;
                     sticky_bi = Some(to);
                     needs_failover = false;
@@ -1434,7 +1560,8 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
                         "session failed over by replaying its initialize; server-to-client \
                          messages of that session in flight on the old backend are lost"
                     );
-                    core.shared.failover.remap(&c.buf[sr.clone()], to, &sid);
+                    let tag = group.backends[to].tag;
+                    core.shared.failover.remap(&c.buf[sr.clone()], tag, &sid);
                     failover_sid = sid;
                     sticky_bi = Some(to);
                     needs_failover = false;
@@ -2581,16 +2708,16 @@ async fn forward_response(
     {
         let avail = &ubuf[pos..];
         let (take, done) = body_step(&mut framing, avail, &mut framing_error);
-        // A JSON answer that arrived whole: note whether it is a JSON-RPC error (the envelope
-        // scan costs about 0.2 µs; SSE answers and bodies spread over reads are not looked at).
+        // A JSON answer that arrived whole: note whether it is a JSON-RPC error. Only up to
+        // its first `result`/`error` member is read (criterion, `--bench parse`: 54 ns on a
+        // small answer and on an 8 KiB one, where the validating parse took 200 ns and 2.5 µs).
+        // SSE answers and bodies spread over reads are not looked at.
         if done
             && !is_sse
             && matches!(framing, Framing::Length(_))
             && core.shared.config.proxy.stats
         {
-            if let Ok(env) = protocol::parse_message(&avail[..take]) {
-                c.meta.jsonrpc_error = env.has_error;
-            }
+            c.meta.jsonrpc_error = protocol::response_outcome(&avail[..take]) == Some(true);
         }
         out.extend_from_slice(&avail[..take]);
         pos += take;

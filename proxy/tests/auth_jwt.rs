@@ -423,14 +423,6 @@ fn jwks_server(initial: String) -> JwksServer {
     }
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn jwks_url_rotation_and_failed_refresh() {
     let (a, b) = (rsa_key("a"), ec_key("b"));
@@ -455,23 +447,23 @@ fn jwks_url_rotation_and_failed_refresh() {
 
     // Rotation: b is published, then a withdrawn; both are picked up by refresh.
     srv.body.lock().unwrap().1 = jwks(&[&a, &b]);
-    wait_for("key b", || with_token(&p, "/mcp", 3, &tb).status == 200);
+    wait_until("key b", || with_token(&p, "/mcp", 3, &tb).status == 200);
     srv.body.lock().unwrap().1 = jwks(&[&b]);
-    wait_for("key a withdrawn", || {
+    wait_until("key a withdrawn", || {
         with_token(&p, "/mcp", 4, &ta).status == 401
     });
 
     // A failing JWKS endpoint keeps the keys in use.
     *srv.body.lock().unwrap() = (500, "oops".into());
     let hits = srv.hits.load(std::sync::atomic::Ordering::SeqCst);
-    wait_for("two failed refreshes", || {
+    wait_until("two failed refreshes", || {
         srv.hits.load(std::sync::atomic::Ordering::SeqCst) >= hits + 2
     });
     assert_eq!(with_token(&p, "/mcp", 5, &tb).status, 200);
     srv.body.lock().unwrap().0 = 200;
     srv.body.lock().unwrap().1 = "{\"not\": \"a jwks\"}".into();
     let hits = srv.hits.load(std::sync::atomic::Ordering::SeqCst);
-    wait_for("two bad refreshes", || {
+    wait_until("two bad refreshes", || {
         srv.hits.load(std::sync::atomic::Ordering::SeqCst) >= hits + 2
     });
     assert_eq!(with_token(&p, "/mcp", 6, &tb).status, 200);
@@ -509,7 +501,7 @@ fn upstream_credentials() {
     );
     let p = start_proxy(&cfg, "auto");
     // Health checks carry the injected credential too (before any client request).
-    wait_for("a health check", || inject.requests() > 0);
+    wait_until("a health check", || inject.requests() > 0);
     assert_eq!(
         inject.last_header("authorization").as_deref(),
         Some("Bearer upstream-s3cret")
@@ -541,40 +533,26 @@ fn upstream_credentials() {
     assert_eq!(post(&p, "/inject", 2, &[]).status, 401);
 
     // Config errors name the key and never echo a secret.
-    let bad = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n{}",
-        group(
-            "x",
-            "/x",
-            &strip,
-            "forward_authorization = true\nupstream_authorization = { env = \"MCPLB_TEST_UNSET_VAR\" }"
-        )
-    );
-    let err = mcplb::Config::parse(&bad)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(
-        err.contains("servers[0].auth.upstream_authorization"),
-        "{err}"
-    );
-    let bad = format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n{}",
-        group(
-            "x",
-            "/x",
-            &strip,
-            "upstream_authorization = { env = \"MCPLB_TEST_UNSET_VAR\" }"
-        )
-    );
-    let err = mcplb::Config::parse(&bad)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(
-        err.contains("servers[0].auth.upstream_authorization.env"),
-        "{err}"
-    );
+    for (extra, key) in [
+        (
+            "forward_authorization = true\nupstream_authorization = { env = \"MCPLB_TEST_UNSET_VAR\" }",
+            "servers[0].auth.upstream_authorization",
+        ),
+        (
+            "upstream_authorization = { env = \"MCPLB_TEST_UNSET_VAR\" }",
+            "servers[0].auth.upstream_authorization.env",
+        ),
+    ] {
+        let bad = format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n{}",
+            group("x", "/x", &strip, extra)
+        );
+        let err = mcplb::Config::parse(&bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(key), "{err}");
+    }
     let bad = format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\n[[servers]]\nname = \"x\"\nbackends = [\"{}\"]\n[servers.auth.jwt]\nissuer = \"{ISS}\"\njwks_file = \"/nonexistent\"\nalgorithms = [\"HS256\"]\n",
         strip.url()
@@ -735,4 +713,47 @@ fn metadata_passed_through_from_a_backend() {
         doc
     );
     assert_eq!(backend.hits.load(std::sync::atomic::Ordering::SeqCst), 4);
+}
+
+#[test]
+fn reload_switches_the_jwks_and_keeps_keys_of_an_unchanged_url() {
+    let (a, b) = (ed_key("a"), ec_key("b"));
+    let srv_a = jwks_server(jwks(&[&a]));
+    let srv_b = jwks_server(jwks(&[&b]));
+    let m = mock("alpha");
+    let cfg = |url: &str| {
+        format!(
+            "{}[admin]\nlisten = \"127.0.0.1:0\"\n{}",
+            config_for(&[&m], ""),
+            jwt_table(
+                &format!("jwks_url = \"{url}\""),
+                "refresh = \"1h\"\nmin_refresh = \"1h\""
+            ),
+        )
+    };
+    let p = start_proxy(&cfg(&srv_a.url), "auto");
+    let (ta, tb) = (sign(&a, &claims("a")), sign(&b, &claims("b")));
+    assert_eq!(with_token(&p, "/mcp", 1, &ta).status, 200);
+    assert_eq!(with_token(&p, "/mcp", 2, &tb).status, 401);
+
+    let reload = |p: &Proxy| {
+        let mut c = HttpClient::connect(p.admin.unwrap()).unwrap();
+        let r = c.request("POST", "/reload", &[], b"").unwrap();
+        (r.status, r.json().unwrap())
+    };
+    // Another JWKS URL: fetched before the new configuration goes live.
+    std::fs::write(&p.config_path, cfg(&srv_b.url)).unwrap();
+    let (status, v) = reload(&p);
+    assert_eq!(status, 200, "{v}");
+    assert!(v.to_string().contains("servers.t.auth.jwt changed"), "{v}");
+    assert_eq!(with_token(&p, "/mcp", 3, &tb).status, 200);
+    assert_eq!(with_token(&p, "/mcp", 4, &ta).status, 401);
+
+    // The same URL while its endpoint fails: the keys in use carry over.
+    srv_b.body.lock().unwrap().0 = 503;
+    let text = cfg(&srv_b.url).replace("leeway = \"0s\"", "leeway = \"1s\"");
+    std::fs::write(&p.config_path, text).unwrap();
+    let (status, v) = reload(&p);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(with_token(&p, "/mcp", 5, &tb).status, 200);
 }

@@ -59,13 +59,7 @@ fn sigterm_finishes_open_requests_then_exits() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("connection"), Some("close"));
     // And the process exits, cleanly, soon after.
-    let status = loop {
-        if let Some(s) = p.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "mcplb did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(&mut p, t);
     assert!(status.success(), "{status:?}");
     assert!(t.elapsed() < Duration::from_secs(5));
 }
@@ -73,4 +67,50 @@ fn sigterm_finishes_open_requests_then_exits() {
 /// The raw socket under a test client (to see the server close it).
 fn idle_stream(c: HttpClient) -> std::net::TcpStream {
     c.into_stream()
+}
+
+#[test]
+#[allow(unsafe_code)]
+fn sigterm_lets_a_streaming_sse_tool_call_finish() {
+    let m = mock_with(MockConfig {
+        name: "streamer".into(),
+        progress_events: 15,
+        progress_interval: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let mut p = start_proxy(&config_for(&[&m], ""), "auto");
+    let addr = p.addr;
+    let call = std::thread::spawn(move || {
+        let mut c = HttpClient::connect(addr).unwrap();
+        let (sid, _) = init_session(&mut c);
+        c.mcp(
+            "/mcp",
+            Some(&sid),
+            &rpc(
+                8,
+                "tools/call",
+                json!({"name": "progress", "arguments": {}, "_meta": {"progressToken": 1}}),
+            ),
+        )
+        .unwrap()
+    });
+    // Let the stream start, then ask mcplb to stop while it runs (about 1.5 s in all).
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: sending SIGTERM to the child process this test started.
+    unsafe {
+        libc::kill(p.child.id() as i32, libc::SIGTERM);
+    }
+    let t = Instant::now();
+    let r = call.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let progress = progress_events(&r);
+    assert_eq!(progress, 15, "every progress event arrived after SIGTERM");
+    assert_eq!(
+        r.json().unwrap()["id"],
+        json!(8),
+        "the final answer arrived"
+    );
+    let status = wait_exit(&mut p, t);
+    assert!(status.success(), "{status:?}");
 }

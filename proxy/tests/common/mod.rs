@@ -177,3 +177,38 @@ pub fn whoami(c: &mut HttpClient, sid: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+/// How many `notifications/progress` events an SSE answer carried.
+pub fn progress_events(r: &mcplb::demo::Response) -> usize {
+    r.events
+        .iter()
+        .filter(|(_, d)| d.contains("notifications/progress"))
+        .count()
+}
+
+/// Waits (up to 10 s after `since`) for the mcplb process to exit; returns its status.
+pub fn wait_exit(p: &mut Proxy, since: std::time::Instant) -> std::process::ExitStatus {
+    loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "mcplb did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `f` every 200 ms until it holds; fails after 30 s (a bound for a busy machine, not a
+/// timing assertion).
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
