@@ -786,9 +786,24 @@ const fn deny(status: u16, error: Option<&'static str>, message: &'static str) -
 const MISSING: Denial = deny(401, None, "authentication required");
 const BAD_KEY: Denial = deny(401, Some("invalid_token"), "invalid API key");
 
+/// How a request's JWT was checked (for the `jwt_verifications` and `jwt_cache_hits`
+/// counters).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum JwtCheck {
+    /// No JWT was checked.
+    #[default]
+    None,
+    /// Found in this core's cache of verified tokens.
+    Cached,
+    /// Verified in full.
+    Verified,
+}
+
 /// The authenticated caller of the current request, reused across a connection's requests.
 #[derive(Debug, Default)]
 pub struct Caller {
+    /// How its JWT, if any, was checked.
+    pub jwt: JwtCheck,
     /// Keyed hash of the identity (the rate-limit key `identity`); 0 when there is none.
     pub key: u64,
     /// The identity for the access log: the token's identity claim, or `api-key:N` (the
@@ -821,6 +836,7 @@ pub fn check(
 ) -> Result<(), Denial> {
     caller.key = 0;
     caller.name.clear();
+    caller.jwt = JwtCheck::None;
     if !cfg.required() {
         return Ok(());
     }
@@ -899,12 +915,6 @@ thread_local! {
     });
 }
 
-/// Counts of verified-token cache hits and full verifications (all cores), for tests and
-/// benchmarks.
-pub static CACHE_HITS: AtomicU64 = AtomicU64::new(0);
-/// See [`CACHE_HITS`].
-pub static VERIFICATIONS: AtomicU64 = AtomicU64::new(0);
-
 fn verify_cached(
     v: &JwtVerifier,
     token: &[u8],
@@ -938,10 +948,10 @@ fn verify_cached(
         Some(Ok(()))
     });
     if let Some(r) = hit {
-        CACHE_HITS.fetch_add(1, Ordering::Relaxed);
+        caller.jwt = JwtCheck::Cached;
         return r;
     }
-    VERIFICATIONS.fetch_add(1, Ordering::Relaxed);
+    caller.jwt = JwtCheck::Verified;
     let verdict = verify(v, token)?;
     let key = hasher.hash_key(verdict.name.as_bytes());
     if verdict.scope_ok {

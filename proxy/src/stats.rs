@@ -106,8 +106,14 @@ pub enum Counter {
     BodiesTooLarge,
     /// Backend answers that were JSON-RPC error objects (JSON answers read whole).
     JsonRpcErrors,
+    /// Requests refused by `[servers.auth]` or `allowed_origins` (401, 403).
+    AuthRefused,
+    /// Full JWT verifications (signature and claims), successful or not.
+    JwtVerifications,
+    /// JWTs accepted from the per-core cache of verified tokens.
+    JwtCacheHits,
 }
-const COUNTERS: usize = 21;
+const COUNTERS: usize = 24;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -131,6 +137,9 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "headers_too_large",
     "bodies_too_large",
     "jsonrpc_errors",
+    "auth_refused",
+    "jwt_verifications",
+    "jwt_cache_hits",
 ];
 
 /// Gauges (up/down).

@@ -1021,6 +1021,7 @@ fn record(core: &Core, m: &ReqMeta, start: Instant) {
             429 => Counter::RateLimited,
             502 | 503 => Counter::NoBackend,
             504 => Counter::Timeout,
+            401 | 403 => Counter::AuthRefused,
             _ => Counter::BadRequest,
         };
         rec.count(c, 1);
@@ -2397,13 +2398,22 @@ fn check_access(
             }
         }
     }
-    crate::auth::check(
+    let verdict = crate::auth::check(
         &group.auth,
         header(b"authorization"),
         header(b"x-api-key"),
         &core.shared.key_hasher,
         &mut c.caller,
-    )
+    );
+    let jwt = match c.caller.jwt {
+        crate::auth::JwtCheck::None => None,
+        crate::auth::JwtCheck::Cached => Some(Counter::JwtCacheHits),
+        crate::auth::JwtCheck::Verified => Some(Counter::JwtVerifications),
+    };
+    if let Some(k) = jwt {
+        core.rec.borrow_mut().count(k, 1);
+    }
+    verdict
 }
 
 /// Checks the 2026-07-28 mirror headers against the body.

@@ -618,8 +618,31 @@ fn secrets_stay_out_of_config_view_and_logs() {
         Some("Bearer upstream-token-5e8")
     );
 
-    let mut c = HttpClient::connect(p.admin.unwrap()).unwrap();
+    // The same token again: answered from the verified-token cache, no signature check.
+    let auth = format!("Bearer {token}");
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    let body = rpc(9, "ping", json!({})).to_string();
+    for _ in 0..20 {
+        let h = [
+            ("content-type", "application/json"),
+            ("authorization", auth.as_str()),
+        ];
+        let r = c.request("POST", "/mcp", &h, body.as_bytes()).unwrap();
+        assert_ne!(r.status, 401);
+    }
     let bearer = format!("Bearer {admin_token}");
+    let admin = p.admin.unwrap();
+    let stats = || {
+        // The admin port closes each connection after its answer.
+        let mut c = HttpClient::connect(admin).unwrap();
+        let r = c.request("GET", "/stats", &[("authorization", &bearer)], b"");
+        r.unwrap().json().unwrap()["counters"].clone()
+    };
+    wait_until("the counters", || stats()["jwt_cache_hits"] == 20);
+    let counters = stats();
+    assert_eq!(counters["jwt_verifications"], 2, "{counters}");
+    assert_eq!(counters["auth_refused"], 2, "{counters}");
+    let mut c = HttpClient::connect(admin).unwrap();
     let r = c
         .request("GET", "/config", &[("authorization", &bearer)], b"")
         .unwrap();
