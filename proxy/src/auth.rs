@@ -896,18 +896,40 @@ struct Cached {
     name: Box<str>,
 }
 
-/// Verified tokens of this core, keyed by a 128-bit keyed hash of the token.
+/// A cached refusal: a client re-sending a token that cannot pass (expired, wrong audience,
+/// bad signature...) costs no signature check either.
+struct Refused {
+    verifier: u64,
+    generation: u64,
+    denial: Denial,
+}
+
+/// Verified (and refused) tokens of this core, keyed by a 128-bit keyed hash of the token.
 struct TokenCache {
     map: HashMap<(u64, u64), Cached>,
+    refused: HashMap<(u64, u64), Refused>,
     hashers: [ratelimit::KeyHasher; 2],
+}
+
+impl TokenCache {
+    fn key(&self, token: &[u8]) -> (u64, u64) {
+        (
+            self.hashers[0].hash_key(token),
+            self.hashers[1].hash_key(token),
+        )
+    }
 }
 
 /// Most tokens cached per core; when full, expired ones go first, then all.
 const CACHE_MAX: usize = 8192;
+/// Most refused tokens remembered per core (kept apart, so a flood of bad tokens cannot push
+/// good ones out); when full, all are forgotten.
+const REFUSED_MAX: usize = 1024;
 
 thread_local! {
     static CACHE: RefCell<TokenCache> = RefCell::new(TokenCache {
         map: HashMap::new(),
+        refused: HashMap::new(),
         hashers: [
             ratelimit::KeyHasher::new(rand::random::<[u64; 2]>()),
             ratelimit::KeyHasher::new(rand::random::<[u64; 2]>()),
@@ -924,11 +946,18 @@ fn verify_cached(
     let now = now_unix();
     let leeway = v.leeway.as_secs();
     let generation = v.generation();
+    let mut key_of_token = None;
     let hit = CACHE.with(|c| {
         let Ok(mut c) = c.try_borrow_mut() else {
             return None;
         };
-        let k = (c.hashers[0].hash_key(token), c.hashers[1].hash_key(token));
+        let k = c.key(token);
+        key_of_token = Some(k);
+        if let Some(r) = c.refused.get(&k) {
+            if r.verifier == v.id && r.generation == generation {
+                return Some(Err(r.denial));
+            }
+        }
         let e = c.map.get(&k)?;
         if e.verifier != v.id || e.generation != generation {
             c.map.remove(&k);
@@ -939,7 +968,7 @@ fn verify_cached(
             return Some(Err(deny(401, Some("invalid_token"), "token expired")));
         }
         if now.saturating_add(leeway) < e.nbf {
-            return Some(Err(deny(401, Some("invalid_token"), "token not yet valid")));
+            return Some(Err(NOT_YET_VALID));
         }
         if !e.scope_ok {
             return Some(Err(INSUFFICIENT_SCOPE));
@@ -952,13 +981,38 @@ fn verify_cached(
         return r;
     }
     caller.jwt = JwtCheck::Verified;
-    let verdict = verify(v, token)?;
+    let verdict = match verify(v, token) {
+        Ok(verdict) => verdict,
+        Err(denial) => {
+            // A token refused for what it is stays refused under these keys; one refused for
+            // the time (not yet valid) may pass later.
+            if let (Some(k), false) = (key_of_token, denial.message == NOT_YET_VALID.message) {
+                CACHE.with(|c| {
+                    let Ok(mut c) = c.try_borrow_mut() else {
+                        return;
+                    };
+                    if c.refused.len() >= REFUSED_MAX {
+                        c.refused.clear();
+                    }
+                    c.refused.insert(
+                        k,
+                        Refused {
+                            verifier: v.id,
+                            generation,
+                            denial,
+                        },
+                    );
+                });
+            }
+            return Err(denial);
+        }
+    };
     let key = hasher.hash_key(verdict.name.as_bytes());
     if verdict.scope_ok {
         caller.set(key, &verdict.name);
     }
     CACHE.with(|c| {
-        let Ok(mut c) = c.try_borrow_mut() else {
+        let (Ok(mut c), Some(k)) = (c.try_borrow_mut(), key_of_token) else {
             return;
         };
         if c.map.len() >= CACHE_MAX {
@@ -967,7 +1021,6 @@ fn verify_cached(
                 c.map.clear();
             }
         }
-        let k = (c.hashers[0].hash_key(token), c.hashers[1].hash_key(token));
         c.map.insert(
             k,
             Cached {
@@ -989,6 +1042,7 @@ fn verify_cached(
 }
 
 const INSUFFICIENT_SCOPE: Denial = deny(403, Some("insufficient_scope"), "insufficient scope");
+const NOT_YET_VALID: Denial = deny(401, Some("invalid_token"), "token not yet valid");
 
 /// What a full verification found.
 pub struct Verdict {
@@ -1055,7 +1109,7 @@ pub fn verify(v: &JwtVerifier, token: &[u8]) -> Result<Verdict, Denial> {
         use jsonwebtoken::errors::ErrorKind as K;
         let msg = match e.kind() {
             K::ExpiredSignature => "token expired",
-            K::ImmatureSignature => "token not yet valid",
+            K::ImmatureSignature => NOT_YET_VALID.message,
             K::InvalidIssuer => "wrong issuer",
             K::InvalidAudience => "wrong audience",
             K::InvalidSignature => "bad signature",

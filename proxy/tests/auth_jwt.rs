@@ -630,6 +630,8 @@ fn secrets_stay_out_of_config_view_and_logs() {
         let r = c.request("POST", "/mcp", &h, body.as_bytes()).unwrap();
         assert_ne!(r.status, 401);
     }
+    // A refused token sent again is refused from the cache too.
+    assert_eq!(with_token(&p, "/mcp", 10, &bad_token).status, 401);
     let bearer = format!("Bearer {admin_token}");
     let admin = p.admin.unwrap();
     let stats = || {
@@ -638,10 +640,10 @@ fn secrets_stay_out_of_config_view_and_logs() {
         let r = c.request("GET", "/stats", &[("authorization", &bearer)], b"");
         r.unwrap().json().unwrap()["counters"].clone()
     };
-    wait_until("the counters", || stats()["jwt_cache_hits"] == 20);
+    wait_until("the counters", || stats()["jwt_cache_hits"] == 21);
     let counters = stats();
     assert_eq!(counters["jwt_verifications"], 2, "{counters}");
-    assert_eq!(counters["auth_refused"], 2, "{counters}");
+    assert_eq!(counters["auth_refused"], 3, "{counters}");
     let mut c = HttpClient::connect(admin).unwrap();
     let r = c
         .request("GET", "/config", &[("authorization", &bearer)], b"")
