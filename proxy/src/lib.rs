@@ -12,6 +12,7 @@ pub mod demo;
 pub mod failover;
 pub mod http;
 pub mod legacy;
+mod park;
 pub mod reload;
 pub mod session;
 pub mod stats;

@@ -101,6 +101,8 @@ struct Core {
     generation: u64,
     /// Every state of this worker still in use (the flusher's list).
     states: Rc<RefCell<Vec<Rc<Core>>>>,
+    /// This worker's idle keep-alive connections, parked with no task.
+    park: Rc<crate::park::IdleSet>,
 }
 
 /// A core's buffered JSON access log: lines are written once a second or every 64 KiB, one
@@ -270,6 +272,7 @@ impl Core {
     fn new(
         live: Arc<crate::reload::Live>,
         states: Rc<RefCell<Vec<Rc<Core>>>>,
+        park: Rc<crate::park::IdleSet>,
         index: usize,
         prev: Option<&Core>,
     ) -> Rc<Core> {
@@ -350,6 +353,7 @@ impl Core {
             live,
             generation,
             states: states.clone(),
+            park,
         };
         if prev.is_some() {
             let n: i64 = core
@@ -384,7 +388,13 @@ impl Core {
             }
         }
         if c.stale() {
-            let new = Core::new(c.live.clone(), c.states.clone(), c.index, Some(&c));
+            let new = Core::new(
+                c.live.clone(),
+                c.states.clone(),
+                c.park.clone(),
+                c.index,
+                Some(&c),
+            );
             *c.next.borrow_mut() = Some(new.clone());
             return new;
         }
@@ -401,7 +411,9 @@ pub async fn run_worker(
     let listener = TcpListener::from_std(listener)?;
     // Every state still in use (a reload leaves the old one to the requests under way).
     let cores: Rc<RefCell<Vec<Rc<Core>>>> = Rc::new(RefCell::new(Vec::new()));
-    let mut core = Core::new(live, cores.clone(), index, None);
+    let park = Rc::new(crate::park::IdleSet::new()?);
+    let mut core = Core::new(live, cores.clone(), park, index, None);
+    monoio::spawn(park_loop(core.clone()));
     // Once a second, fold this core's statistics into the hub (the only cross-core lock,
     // never taken on the request path). A replaced state is flushed one last time and
     // dropped once nothing else holds it.
@@ -456,7 +468,9 @@ pub async fn run_worker(
             drop(listener);
             if let Ok((stream, peer)) = accepted {
                 // One that raced the shutdown still gets served (with connection: close).
-                serve_client(core.clone(), stream, peer).await;
+                OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                core.rec.borrow_mut().gauge(Gauge::ClientConnections, 1);
+                serve_client(core.clone(), stream, peer, None, false).await;
             }
             // Let the open connections finish; the process exits when they have.
             std::future::pending::<()>().await;
@@ -488,11 +502,14 @@ pub async fn run_worker(
                     rec.count(Counter::ConnectionsAccepted, 1);
                     rec.gauge(Gauge::ClientConnections, 1);
                 }
-                let c2 = core.clone();
-                monoio::spawn(async move {
-                    serve_client(c2, stream, peer).await;
-                    drop(permit);
-                });
+                OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                monoio::spawn(serve_client(
+                    core.clone(),
+                    stream,
+                    peer,
+                    Some(permit),
+                    false,
+                ));
             }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
             Err(e) => {
@@ -694,13 +711,74 @@ enum Next {
     Close,
 }
 
-async fn serve_client(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
-    OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    serve_connection(core, stream, peer).await;
-    OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+/// Serves a client connection (`woken`: one that was parked and is now readable) until it
+/// closes or idles; an idle one is parked, its task ends.
+async fn serve_client(
+    core: Rc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Option<ratelimit::OwnedPermit>,
+    woken: bool,
+) {
+    let (core, idle) = serve_connection(core, stream, peer, woken).await;
+    if let Some(stream) = idle {
+        if !SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed) {
+            match core.park.park(stream, peer, permit) {
+                Ok(()) => return,
+                Err((stream, permit)) => {
+                    drop((stream, permit));
+                }
+            }
+        }
+    }
+    connection_closed(&core);
 }
 
-async fn serve_connection(mut core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
+/// Accounting for a client connection that closed (its socket and permit are dropped by the
+/// caller).
+fn connection_closed(core: &Core) {
+    OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    core.rec.borrow_mut().gauge(Gauge::ClientConnections, -1);
+}
+
+/// Wakes parked connections that turned readable (each gets a new task) and, once a second,
+/// closes those idle past `client_idle_timeout` (all of them on shutdown).
+async fn park_loop(mut core: Rc<Core>) {
+    let mut ready = Vec::new();
+    let mut last_sweep = Instant::now();
+    loop {
+        core.park.wait(Duration::from_millis(250), &mut ready).await;
+        if core.stale() || core.next.borrow().is_some() {
+            core = core.latest();
+        }
+        for p in ready.drain(..) {
+            monoio::spawn(serve_client(core.clone(), p.stream, p.peer, p.permit, true));
+        }
+        let shutdown = SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
+        if shutdown || last_sweep.elapsed() >= Duration::from_secs(1) {
+            last_sweep = Instant::now();
+            let idle = if shutdown {
+                Duration::ZERO
+            } else {
+                core.shared.config.proxy.client_idle_timeout
+            };
+            core.park.expire(idle, &mut ready);
+            for p in ready.drain(..) {
+                drop(p);
+                connection_closed(&core);
+            }
+        }
+    }
+}
+
+/// Serves requests on a connection until it closes (returns `None`) or goes idle between
+/// requests (returns its socket, to be parked). `woken`: bytes are waiting already.
+async fn serve_connection(
+    mut core: Rc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    woken: bool,
+) -> (Rc<Core>, Option<TcpStream>) {
     let mut c = ClientConn {
         stream,
         buf: Vec::new(),
@@ -719,7 +797,14 @@ async fn serve_connection(mut core: Rc<Core>, stream: TcpStream, peer: SocketAdd
     // went quiet waits for readiness at once, lending no buffer even for the hot period
     // (measured: with 10 000 such connections the transient buffers cost ~0.2 KiB each).
     let mut served: u32 = 0;
+    let mut woken = woken;
+    let mut park = false;
     loop {
+        if woken {
+            // A parked connection that turned readable: its request (or EOF) is waiting.
+            woken = false;
+            c.buf = core.take_buf();
+        }
         if c.buf.is_empty() {
             let core = &core;
             let cfg = &core.shared.config.proxy;
@@ -738,8 +823,14 @@ async fn serve_connection(mut core: Rc<Core>, stream: TcpStream, peer: SocketAdd
             };
             match waited {
                 Wait::Bytes => {}
+                Wait::Idle if served > 0 => {
+                    // Idle between requests: the connection is parked with no task (see
+                    // `park.rs`), and served again by a new task when it turns readable.
+                    park = true;
+                    break;
+                }
                 Wait::Idle => {
-                    // Idle keep-alive: wait for readiness holding no buffer, in one-second
+                    // A new connection: wait for its first request holding no buffer, in one-second
                     // slices so a shutdown closes idle connections promptly. Boxed too: the
                     // timer and poll state then lives only while a connection idles.
                     let stream = &c.stream;
@@ -793,7 +884,7 @@ async fn serve_connection(mut core: Rc<Core>, stream: TcpStream, peer: SocketAdd
     core.give_buf(std::mem::take(&mut c.out));
     core.give_buf(std::mem::take(&mut c.ubuf));
     core.give_headers(std::mem::take(&mut c.head.headers));
-    core.rec.borrow_mut().gauge(Gauge::ClientConnections, -1);
+    (core, park.then_some(c.stream))
 }
 
 /// How long a connection that just finished a request keeps a read buffer lent to the kernel
