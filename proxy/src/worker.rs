@@ -796,16 +796,19 @@ async fn serve_connection(
     // (two requests or more) gets the hot direct read; one that sent a single request and
     // went quiet waits for readiness at once, lending no buffer even for the hot period
     // (measured: with 10 000 such connections the transient buffers cost ~0.2 KiB each).
-    let mut served: u32 = 0;
+    // A woken connection has served a request before (it was parked after one): its next
+    // one makes it a reused connection that earns the hot direct read, instead of parking
+    // again after every request.
+    let mut served: u32 = u32::from(woken);
     let mut woken = woken;
     let mut park = false;
     loop {
         if woken {
-            // A parked connection that turned readable: its request (or EOF) is waiting.
+            // A parked connection that turned readable: its request (or EOF) is waiting, and
+            // the request path reads it into this buffer.
             woken = false;
             c.buf = core.take_buf();
-        }
-        if c.buf.is_empty() {
+        } else if c.buf.is_empty() {
             let core = &core;
             let cfg = &core.shared.config.proxy;
             // Between requests: hand every buffer back.
