@@ -15,6 +15,7 @@ pub mod legacy;
 pub mod session;
 pub mod stats;
 pub mod stdio;
+pub mod tls;
 mod worker;
 
 use std::net::SocketAddr;
@@ -46,6 +47,9 @@ pub struct RunningProxy {
     pub driver: &'static str,
     /// The admin port's address, when one is configured.
     pub admin_addr: Option<SocketAddr>,
+    /// Client TLS termination (`[proxy.tls]`): call [`tls::TlsTerminator::reload`] to load new
+    /// certificate files without a restart.
+    pub tls: Option<Arc<tls::TlsTerminator>>,
     /// Supervisors of stdio backends (dropping them stops the children).
     bridges: Vec<stdio::StdioBridge>,
     /// Bridges of the 2024-11-05 transport (old servers as backends, old clients in front).
@@ -224,7 +228,17 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
         }
         None => None,
     };
+    let tls = match &config.proxy.tls {
+        None => None,
+        Some(files) => {
+            let t = tls::TlsTerminator::new(files.clone())
+                .map_err(|e| anyhow::anyhow!("proxy.tls: {e}"))?;
+            t.watch();
+            Some(t)
+        }
+    };
     let shared = Arc::new(worker::Shared {
+        tls: tls.clone(),
         sealer: SessionSealer::new(&key),
         config,
         hub,
@@ -276,6 +290,7 @@ pub fn start(mut config: Config, driver: Driver) -> anyhow::Result<RunningProxy>
         bridges,
         local_addr,
         admin_addr,
+        tls,
         driver: driver_name,
         threads,
     })

@@ -48,7 +48,10 @@ pub fn start_proxy(config: &str, driver: &str) -> Proxy {
         .args(["run", "--config"])
         .arg(&config_path)
         .args(["--driver", driver])
-        .env("MCPLB_LOG", "error")
+        .env(
+            "MCPLB_LOG",
+            std::env::var("TEST_MCPLB_LOG").unwrap_or("error".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
