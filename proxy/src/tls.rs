@@ -26,6 +26,8 @@ use rustls::{ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, Ser
 
 /// Size of a socket read of ciphertext (a little over one full TLS record).
 const TLS_READ: usize = 17 * 1024;
+/// How long a client TLS connection keeps its ciphertext buffers between requests.
+const HOT_IDLE: Duration = Duration::from_millis(100);
 
 /// The crypto provider every TLS config of mcplb uses (ring: builds anywhere, fast AES-GCM and
 /// ChaCha20-Poly1305).
@@ -453,6 +455,21 @@ where
             })
     }
 
+    /// Waits for the socket to become readable: first for a moment holding the ciphertext
+    /// buffers (a busy keep-alive connection reuses them), then without them.
+    async fn idle_wait(&mut self) -> io::Result<()> {
+        if self.has_buffered() {
+            return Ok(());
+        }
+        if self.rbuf.capacity() > 0 || self.wbuf.capacity() > 0 {
+            if let Ok(r) = monoio::time::timeout(HOT_IDLE, self.io.readable(false)).await {
+                return r;
+            }
+            self.release();
+        }
+        self.io.readable(false).await
+    }
+
     /// Drops the ciphertext buffers (an idle connection then holds only rustls' state).
     fn release(&mut self) {
         if self.rpos >= self.rbuf.len() {
@@ -551,13 +568,8 @@ impl Conn {
     pub async fn readable(&mut self) -> io::Result<()> {
         match self {
             Conn::Plain(s) => s.readable(false).await,
-            Conn::Server(t) => {
-                if t.has_buffered() {
-                    return Ok(());
-                }
-                t.release();
-                t.io.readable(false).await
-            }
+            // Boxed: the plain arm's future (held by every idle plain connection) stays small.
+            Conn::Server(t) => Box::pin(t.idle_wait()).await,
             Conn::Client(t) => {
                 if t.has_buffered() {
                     return Ok(());
