@@ -842,6 +842,21 @@ def ratio_text(m, peer, higher_is_better):
     return f"{r:.2f}× ({abs(r - 1) * 100:.0f} % {word})"
 
 
+def closed_loop_cells(cs, foreign=False):
+    """The table cells of one closed-loop cell's runs: req/s, CPU, busy shares, errors, bottleneck."""
+    bn = sorted({x["bottleneck"].split(" (")[0].split(";")[0] for x in cs})
+    fo = [max(x.get("core0_foreign_pct") or 0, x.get("core1_foreign_pct") or 0) for x in cs]
+    if max(fo) > 10:
+        bn.append(f"noisy (up to {max(fo):.0f} % of a core foreign)")
+    cells = [spread([x["rps"] for x in cs], kf), spread([x.get("cpu_us_per_req") for x in cs], f2),
+             spread([x.get("proxy_cpu_pct") for x in cs], f0), spread([x["core0_busy_pct"] for x in cs], f0),
+             spread([x["core1_busy_pct"] for x in cs], f0), str(sum(x["errors"] for x in cs)), ", ".join(bn)]
+    if foreign:
+        cells.append(f"{spread([x.get('core0_foreign_pct') for x in cs], f0)} / "
+                     f"{spread([x.get('core1_foreign_pct') for x in cs], f0)}")
+    return " | ".join(cells)
+
+
 def report(facts, command, started, finished, load_start, load_end):
     th = RESULTS.get("throughput", {})
     L = []
@@ -969,16 +984,8 @@ def report(facts, command, started, finished, load_start, load_end):
             for c in CONNS:
                 for kd in TARGETS:
                     cs = th.get(f"{tool}|{c}|{kd}", [])
-                    if not cs:
-                        continue
-                    bn = sorted({x["bottleneck"].split(" (")[0].split(";")[0] for x in cs})
-                    fo = [max(x.get("core0_foreign_pct") or 0, x.get("core1_foreign_pct") or 0) for x in cs]
-                    if max(fo) > 10:
-                        bn.append(f"noisy (up to {max(fo):.0f} % of a core foreign)")
-                    L.append(f"| {tool} | {c} | {NAMES[kd]} | {spread([x['rps'] for x in cs], kf)} | "
-                             f"{spread([x.get('cpu_us_per_req') for x in cs], f2)} | {spread([x.get('proxy_cpu_pct') for x in cs], f0)} | "
-                             f"{spread([x['core0_busy_pct'] for x in cs], f0)} | {spread([x['core1_busy_pct'] for x in cs], f0)} | "
-                             f"{sum(x['errors'] for x in cs)} | {', '.join(bn)} |")
+                    if cs:
+                        L.append(f"| {tool} | {c} | {NAMES[kd]} | " + closed_loop_cells(cs) + " |")
         L.append("")
         L.append("Bottleneck rule: proxy process ≥ 90 % of a core → the proxy; else core 1 ≥ 90 % busy → the load "
                  "generator and backend (the cell then measures core 1, not the proxy, and CPU µs per request is the "
@@ -1121,22 +1128,13 @@ def report(facts, command, started, finished, load_start, load_end):
             ti = hs["tls"].get(kd, {})
             L.append(f"| {NAMES[kd]} | {ti.get('protocol')} {ti.get('cipher')}, ALPN {ti.get('alpn')} |")
         L.append("")
-        L.append("| conns | target | req/s | proxy CPU µs/req | proxy CPU % | core 0 busy % | core 1 busy % | foreign % core 0 / 1 | errors | bottleneck |")
+        L.append("| conns | target | req/s | proxy CPU µs/req | proxy CPU % | core 0 busy % | core 1 busy % | errors | bottleneck | foreign % core 0 / 1 |")
         L.append("|---|---|---|---|---|---|---|---|---|---|")
         for c in CONNS:
             for kd in PROXIES:
                 cs = hs["cells"].get(f"wrk|{c}|{kd}", [])
-                if not cs:
-                    continue
-                bn = sorted({x["bottleneck"].split(" (")[0].split(";")[0] for x in cs})
-                fo = [max(x.get("core0_foreign_pct") or 0, x.get("core1_foreign_pct") or 0) for x in cs]
-                if max(fo) > 10:
-                    bn.append(f"noisy (up to {max(fo):.0f} % of a core foreign)")
-                L.append(f"| {c} | {NAMES[kd]} | {spread([x['rps'] for x in cs], kf)} | "
-                         f"{spread([x.get('cpu_us_per_req') for x in cs], f2)} | {spread([x.get('proxy_cpu_pct') for x in cs], f0)} | "
-                         f"{spread([x['core0_busy_pct'] for x in cs], f0)} | {spread([x['core1_busy_pct'] for x in cs], f0)} | "
-                         f"{spread([x.get('core0_foreign_pct') for x in cs], f0)} / {spread([x.get('core1_foreign_pct') for x in cs], f0)} | "
-                         f"{sum(x['errors'] for x in cs)} | {', '.join(bn)} |")
+                if cs:
+                    L.append(f"| {c} | {NAMES[kd]} | " + closed_loop_cells(cs, foreign=True) + " |")
         L.append("")
         L.append("When other jobs take a large share of the cores (foreign %), req/s measures the machine's contention "
                  "more than the proxies; proxy CPU µs per request (the proxy process's own CPU time divided by the "

@@ -484,6 +484,14 @@ fn pump(
     Ok(())
 }
 
+/// mcplb in front of the https backend at `url`, trusting `pki`'s CA.
+fn proxy_trusting(url: &str, pki: &Pki, health: &str, driver: &str) -> Proxy {
+    start_proxy(
+        &https_backend_config(url, &format!("ca = \"{}\"", pki.path("ca.pem")), health),
+        driver,
+    )
+}
+
 fn https_backend_config(url: &str, backend_extra: &str, health: &str) -> String {
     format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
@@ -533,10 +541,7 @@ fn https_backend_verified_with_sni_and_pooled() {
             .expect("localhost resolves");
         let front = tls_front(bind, m.addr(), pki.server_config("backend", false));
         let url = format!("https://localhost:{}/mcp", front.addr.port());
-        let p = start_proxy(
-            &https_backend_config(&url, &format!("ca = \"{}\"", pki.path("ca.pem")), NO_HEALTH),
-            driver,
-        );
+        let p = proxy_trusting(&url, &pki, NO_HEALTH, driver);
         let mut c = HttpClient::connect(p.addr).unwrap();
         let (sid, name) = init_session(&mut c);
         assert_eq!(name, "secure");
@@ -553,14 +558,7 @@ fn https_backend_verified_with_sni_and_pooled() {
         );
         // Health checks speak https too.
         drop(p);
-        let p = start_proxy(
-            &https_backend_config(
-                &url,
-                &format!("ca = \"{}\"", pki.path("ca.pem")),
-                FAST_HEALTH,
-            ),
-            driver,
-        );
+        let p = proxy_trusting(&url, &pki, FAST_HEALTH, driver);
         wait_state(p.admin.unwrap(), "healthy");
         let mut c = HttpClient::connect(p.addr).unwrap();
         let (sid, _) = init_session(&mut c);
@@ -580,39 +578,28 @@ impl FirstAddr for (&str, u16) {
     }
 }
 
-#[test]
-fn https_backend_with_the_wrong_ca_is_a_502_and_unhealthy() {
-    let pki = Pki::new("up-right");
+/// A mock named "secure" behind a TLS terminator on 127.0.0.1 with a certificate from `pki`
+/// (requiring client certificates from it when `mtls`), and its https URL.
+fn secure_backend(pki: &Pki, mtls: bool) -> (MockServer, TlsFront, String) {
     pki.issue("backend", &["127.0.0.1"]);
-    let wrong = Pki::new("up-wrong");
     let m = mock("secure");
     let front = tls_front(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         m.addr(),
-        pki.server_config("backend", false),
+        pki.server_config("backend", mtls),
     );
     let url = format!("https://127.0.0.1:{}/mcp", front.addr.port());
-    let p = start_proxy(
-        &https_backend_config(
-            &url,
-            &format!("ca = \"{}\"", wrong.path("ca.pem")),
-            FAST_HEALTH,
-        ),
-        "auto",
-    );
+    (m, front, url)
+}
+
+#[test]
+fn https_backend_with_the_wrong_ca_is_a_502_and_unhealthy() {
+    let pki = Pki::new("up-right");
+    let wrong = Pki::new("up-wrong");
+    let (_m, _front, url) = secure_backend(&pki, false);
+    let p = proxy_trusting(&url, &wrong, FAST_HEALTH, "auto");
     let mut c = HttpClient::connect(p.addr).unwrap();
-    let r = c
-        .mcp(
-            "/mcp",
-            None,
-            &rpc(
-                42,
-                "initialize",
-                json!({"protocolVersion": "2025-06-18", "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "0"}}),
-            ),
-        )
-        .unwrap();
+    let r = initialize(&mut c, 42);
     assert!(
         r.status == 502 || r.status == 503,
         "status {} {:?}",
@@ -626,14 +613,7 @@ fn https_backend_with_the_wrong_ca_is_a_502_and_unhealthy() {
 
     // The same backend with the right CA is fine.
     drop(p);
-    let p = start_proxy(
-        &https_backend_config(
-            &url,
-            &format!("ca = \"{}\"", pki.path("ca.pem")),
-            FAST_HEALTH,
-        ),
-        "auto",
-    );
+    let p = proxy_trusting(&url, &pki, FAST_HEALTH, "auto");
     wait_state(p.admin.unwrap(), "healthy");
     let mut c = HttpClient::connect(p.addr).unwrap();
     init_session(&mut c);
@@ -642,15 +622,8 @@ fn https_backend_with_the_wrong_ca_is_a_502_and_unhealthy() {
 #[test]
 fn https_backend_requiring_a_client_certificate() {
     let pki = Pki::new("up-mtls");
-    pki.issue("backend", &["127.0.0.1"]);
     pki.issue("mcplb", &["mcplb"]);
-    let m = mock("secure");
-    let front = tls_front(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        m.addr(),
-        pki.server_config("backend", true),
-    );
-    let url = format!("https://127.0.0.1:{}/mcp", front.addr.port());
+    let (_m, _front, url) = secure_backend(&pki, true);
     let with_cert = format!(
         "ca = \"{}\", client_cert = \"{}\", client_key = \"{}\"",
         pki.path("ca.pem"),
@@ -665,23 +638,9 @@ fn https_backend_requiring_a_client_certificate() {
     drop(p);
 
     // Without the client certificate the backend refuses mcplb: a JSON-RPC error, not a hang.
-    let p = start_proxy(
-        &https_backend_config(&url, &format!("ca = \"{}\"", pki.path("ca.pem")), NO_HEALTH),
-        "auto",
-    );
+    let p = proxy_trusting(&url, &pki, NO_HEALTH, "auto");
     let mut c = HttpClient::connect(p.addr).unwrap();
-    let r = c
-        .mcp(
-            "/mcp",
-            None,
-            &rpc(
-                7,
-                "initialize",
-                json!({"protocolVersion": "2025-06-18", "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "0"}}),
-            ),
-        )
-        .unwrap();
+    let r = initialize(&mut c, 7);
     assert!(r.status >= 500, "status {}", r.status);
     assert_eq!(r.json().unwrap()["id"], 7);
 }
