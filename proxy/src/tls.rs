@@ -322,16 +322,25 @@ where
     }
 
     /// Gives buffered ciphertext to rustls and processes it. Stops early when rustls' plaintext
-    /// buffer is full (the rest stays in `rbuf`).
-    fn feed(&mut self) -> Result<(), rustls::Error> {
+    /// buffer is full (the rest stays in `rbuf` until the reader drains it). Every other refusal
+    /// is an error: leaving bytes behind that rustls will never take would make the caller
+    /// spin.
+    fn feed(&mut self) -> io::Result<()> {
         while self.rpos < self.rbuf.len() {
             let mut src = self.rbuf.get(self.rpos..).unwrap_or_default();
             match self.conn.read_tls(&mut src) {
-                Ok(0) => break,
+                // close_notify received: rustls reads nothing more.
+                Ok(0) => self.rpos = self.rbuf.len(),
                 Ok(k) => self.rpos += k,
-                Err(_) => break,
+                Err(e) => {
+                    let state = self.conn.process_new_packets().map_err(tls_err)?;
+                    if state.plaintext_bytes_to_read() > 0 {
+                        break;
+                    }
+                    return Err(e);
+                }
             }
-            self.conn.process_new_packets()?;
+            self.conn.process_new_packets().map_err(tls_err)?;
         }
         if self.rpos >= self.rbuf.len() {
             self.rbuf.clear();
@@ -366,7 +375,7 @@ where
         if let Err(e) = self.feed() {
             // Tell the peer why (rustls queued an alert), then fail.
             let _ = self.flush_tls().await;
-            return Err(tls_err(e));
+            return Err(e);
         }
         Ok(())
     }

@@ -309,6 +309,35 @@ fn bad_input_on_the_tls_port_is_closed_and_others_carry_on() {
 }
 
 #[test]
+fn an_oversized_handshake_is_refused_and_the_core_keeps_serving() {
+    // One worker: if the bad connection made it spin, nobody else would be served.
+    let pki = Pki::new("huge");
+    pki.issue("server", &["localhost"]);
+    let m = mock("a");
+    let config = tls_proxy_config(&pki, &m, "").replace("workers = 2", "workers = 1");
+    let p = start_proxy(&config, "auto");
+    // A ClientHello that claims 65 535 bytes, sent as five full 16 KiB records: more than
+    // rustls buffers for a handshake message.
+    let mut huge = TcpStream::connect(p.addr).unwrap();
+    let mut first = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0xff, 0xff];
+    first.resize(5 + 0x4000, 0x41);
+    huge.write_all(&first).unwrap();
+    for _ in 0..4 {
+        let mut rec = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+        rec.resize(5 + 0x4000, 0x42);
+        if huge.write_all(&rec).is_err() {
+            break;
+        }
+    }
+    let cfg = pki.client_config(None);
+    let mut good = tls_client(p.addr, &cfg).unwrap();
+    let (sid, _) = init_session(&mut good);
+    echo(&mut good, Some(&sid), 2);
+    assert!(closed_by_peer(huge), "oversized handshake not closed");
+    echo(&mut good, Some(&sid), 3);
+}
+
+#[test]
 fn certificate_reload_serves_new_connections_and_keeps_open_ones() {
     let pki = Pki::new("reload");
     let first = pki.issue("server", &["localhost"]);
