@@ -67,18 +67,25 @@ fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
-/// The system's root certificates (`SSL_CERT_FILE` / `SSL_CERT_DIR` honoured).
-fn system_roots() -> Result<rustls::RootCertStore, String> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        return Err(format!(
-            "no system root certificates found ({} error(s)); set `ca`",
-            found.errors.len()
-        ));
-    }
-    Ok(roots)
+/// The system's root certificates (`SSL_CERT_FILE` / `SSL_CERT_DIR` honoured), read once per
+/// process however many https backends use them.
+fn system_roots() -> Result<Arc<rustls::RootCertStore>, String> {
+    static ROOTS: std::sync::OnceLock<Result<Arc<rustls::RootCertStore>, String>> =
+        std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(format!(
+                    "no system root certificates found ({} error(s)); set `ca`",
+                    found.errors.len()
+                ));
+            }
+            Ok(Arc::new(roots))
+        })
+        .clone()
 }
 
 /// `[proxy.tls]`: the files the client-facing TLS listener is built from.
@@ -251,7 +258,7 @@ impl UpstreamTls {
         let server_name = ServerName::try_from(host.to_string())
             .map_err(|e| format!("`{host}` is not a valid TLS server name: {e}"))?;
         let roots = match ca {
-            Some(p) => load_roots(p)?,
+            Some(p) => Arc::new(load_roots(p)?),
             None => system_roots()?,
         };
         let builder = ClientConfig::builder_with_provider(provider())
