@@ -128,7 +128,12 @@ fn check_loop(
 /// One check: a JSON-RPC answer to `ping` (in the checker's own session) or `server/discover`.
 fn check_once(b: &Backend, hc: &HealthCheck, session: &mut Option<String>) -> anyhow::Result<()> {
     let deadline = Instant::now() + hc.timeout;
-    let mut c = HttpClient::connect_timeout(b.addr, hc.timeout)?;
+    let mut c = match &b.tls {
+        None => HttpClient::connect_timeout(b.addr, hc.timeout)?,
+        Some(t) => {
+            HttpClient::connect_tls(b.addr, hc.timeout, t.config.clone(), t.server_name.clone())?
+        }
+    };
     c.set_host(&b.authority);
     let id = 1_000_000 + u64::from(rand::random::<u16>());
     if hc.discover {

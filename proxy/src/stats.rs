@@ -106,8 +106,10 @@ pub enum Counter {
     BodiesTooLarge,
     /// Backend answers that were JSON-RPC error objects (JSON answers read whole).
     JsonRpcErrors,
+    /// Client TLS handshakes that failed (plain HTTP or garbage on a TLS port, bad certs).
+    TlsHandshakeErrors,
 }
-const COUNTERS: usize = 21;
+const COUNTERS: usize = 22;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -131,6 +133,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "headers_too_large",
     "bodies_too_large",
     "jsonrpc_errors",
+    "tls_handshake_errors",
 ];
 
 /// Gauges (up/down).

@@ -48,7 +48,10 @@ pub fn start_proxy(config: &str, driver: &str) -> Proxy {
         .args(["run", "--config"])
         .arg(&config_path)
         .args(["--driver", driver])
-        .env("MCPLB_LOG", "error")
+        .env(
+            "MCPLB_LOG",
+            std::env::var("TEST_MCPLB_LOG").unwrap_or("error".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -113,20 +116,24 @@ pub fn rpc(id: u64, method: &str, params: serde_json::Value) -> serde_json::Valu
     json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
 }
 
+/// Sends an `initialize` request with JSON-RPC id `id` (no session) and returns the answer.
+pub fn initialize(c: &mut HttpClient, id: u64) -> mcplb::demo::Response {
+    c.mcp(
+        "/mcp",
+        None,
+        &rpc(
+            id,
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "t", "version": "0"}}),
+        ),
+    )
+    .unwrap()
+}
+
 /// initialize + notifications/initialized; returns (session id, server name).
 pub fn init_session(c: &mut HttpClient) -> (String, String) {
-    let r = c
-        .mcp(
-            "/mcp",
-            None,
-            &rpc(
-                1,
-                "initialize",
-                json!({"protocolVersion": "2025-06-18", "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "0"}}),
-            ),
-        )
-        .unwrap();
+    let r = initialize(c, 1);
     assert_eq!(
         r.status,
         200,
