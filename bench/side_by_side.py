@@ -20,9 +20,10 @@ Settings (environment):
   SESSIONS      concurrent MCP sessions for the sessions figure (default 1000)
   SESSION_RATE  open-loop rate of the sessions figure (default 10000)
   XCHECK        1 = also run the nginx "return 200" backend cross-check (default 1)
-  PHASES        phases to run (default "throughput latency syscalls agreement memory sessions xcheck")
+  PHASES        phases to run (default "throughput latency syscalls https agreement memory sessions xcheck")
   BASE_PORT     ports used: BASE+1..3 backends, BASE+80.. proxies (default 27000)
   OUT           results directory (default bench/results)
+  RESULT_NAME   results file name after the date (default side-by-side)
 """
 
 import json
@@ -60,12 +61,14 @@ IDLE_WAIT = float(os.environ.get("IDLE_WAIT", "2"))
 SESSIONS = env_int("SESSIONS", 1000)
 SESSION_RATE = env_int("SESSION_RATE", 10000)
 XCHECK = os.environ.get("XCHECK", "1") == "1"
-PHASES = os.environ.get("PHASES", "throughput latency syscalls agreement memory sessions xcheck").split()
+PHASES = os.environ.get("PHASES", "throughput latency syscalls https agreement memory sessions xcheck").split()
 BASE = env_int("BASE_PORT", 27000)
 OUT = os.environ.get("OUT", os.path.join(ROOT, "bench", "results"))
+RESULT_NAME = os.environ.get("RESULT_NAME", "side-by-side")
 
 P_MOCK, P_MOCK_SESS, P_NGX_BACKEND = BASE + 1, BASE + 2, BASE + 3
 PROXY_PORTS = {"mcplb": BASE + 80, "nginx": BASE + 81, "haproxy": BASE + 82}
+HTTPS_PORTS = {"mcplb": BASE + 70, "nginx": BASE + 71, "haproxy": BASE + 72}
 PROXIES = ["mcplb", "nginx", "haproxy"]
 TARGETS = ["direct"] + PROXIES
 NAMES = {"direct": "direct", "mcplb": "mcplb", "nginx": "nginx", "haproxy": "HAProxy"}
@@ -196,12 +199,13 @@ def children(pid):
 class Target:
     """A running system under test (or the direct backend): its port and measured PIDs."""
 
-    def __init__(self, kind, port, procs, pids, info=""):
+    def __init__(self, kind, port, procs, pids, info="", scheme="http"):
         self.kind, self.port, self.procs, self.pids, self.info = kind, port, procs, pids, info
+        self.scheme = scheme
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}/mcp"
+        return f"{self.scheme}://127.0.0.1:{self.port}/mcp"
 
     def stop(self):
         for p in self.procs:
@@ -228,9 +232,19 @@ def start_nginx_backend(port):
     return Target("direct", port, [p], [p.pid] + p._bench_children)
 
 
-def start_proxy(kind, port, backend):
+def start_proxy(kind, port, backend, tls=None):
+    """Starts a proxy under test; with `tls` = (cert, key, combined pem) it terminates TLS."""
+    t = start_proxy_plain(kind, port, backend, tls)
+    if tls:
+        t.scheme = "https"
+    return t
+
+
+def start_proxy_plain(kind, port, backend, tls):
+    sfx = "-tls" if tls else ""
+    kv = dict(zip(("CERT", "KEY", "PEM"), tls)) if tls else {}
     if kind == "mcplb":
-        conf = render("mcplb.toml.tmpl", f"mcplb-{port}.toml", LISTEN=port, BACKEND=backend)
+        conf = render(f"mcplb{sfx}.toml.tmpl", f"mcplb-{port}.toml", LISTEN=port, BACKEND=backend, **kv)
         p = spawn(["taskset", "-c", "0", f"{BIN}/mcplb", "run", "--config", conf], f"mcplb-{port}")
         wait_port(port, p)
         time.sleep(0.2)
@@ -238,7 +252,7 @@ def start_proxy(kind, port, backend):
             m = re.search(r"mcplb listening on .*", f.read())
         return Target(kind, port, [p], [p.pid], m.group(0) if m else "")
     if kind == "nginx":
-        conf = render("nginx.conf.tmpl", f"nginx-{port}.conf", LISTEN=port, BACKEND=backend)
+        conf = render(f"nginx{sfx}.conf.tmpl", f"nginx-{port}.conf", LISTEN=port, BACKEND=backend, **kv)
         for d in ("body", "proxy"):
             os.makedirs(os.path.join(RUNDIR, f"nginx-{port}-{d}"), exist_ok=True)
         p = spawn(["taskset", "-c", "0", "nginx", "-p", RUNDIR, "-e", f"{RUNDIR}/nginx-{port}-startup.log", "-c", conf],
@@ -254,7 +268,7 @@ def start_proxy(kind, port, backend):
         # CPU is the worker's; RSS is master + worker (the master does not change).
         return Target(kind, port, [p], workers + [p.pid])
     if kind == "haproxy":
-        conf = render("haproxy.cfg.tmpl", f"haproxy-{port}.cfg", LISTEN=port, BACKEND=backend)
+        conf = render(f"haproxy{sfx}.cfg.tmpl", f"haproxy-{port}.cfg", LISTEN=port, BACKEND=backend, **kv)
         p = spawn(["taskset", "-c", "0", "haproxy", "-db", "-f", conf], f"haproxy-{port}")
         wait_port(port, p)
         return Target(kind, port, [p], [p.pid])
@@ -456,6 +470,65 @@ def phase_throughput(targets):
                         f"cpu/req {cell.get('cpu_us_per_req')} µs, core0 {cell['core0_busy_pct']} %, "
                         f"core1 {cell['core1_busy_pct']} %, errors {errs}")
     RESULTS["throughput"] = cells
+
+
+def make_cert():
+    """One ECDSA P-256 certificate for localhost/127.0.0.1, used by every proxy under test."""
+    cert, key, pem = (os.path.join(RUNDIR, n) for n in ("tls-cert.pem", "tls-key.pem", "tls-haproxy.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    with open(pem, "w") as f, open(cert) as c, open(key) as k:
+        f.write(c.read() + k.read())
+    return cert, key, pem
+
+
+def tls_facts(port):
+    """What an OpenSSL client (as wrk is) negotiates: protocol, cipher, ALPN."""
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-alpn", "http/1.1"],
+                       input="", capture_output=True, text=True, timeout=20)
+    out = r.stdout + r.stderr
+    facts = {}
+    for key, pat in (("protocol", r"New, (\S+), Cipher is"), ("cipher", r"Cipher is (\S+)"),
+                     ("alpn", r"ALPN protocol:\s*(\S+)")):
+        m = re.search(pat, out)
+        facts[key] = m.group(1) if m else None
+    return facts
+
+
+def phase_https(backend_port):
+    """HTTPS row: client -> TLS -> proxy -> plain backend. Each proxy terminates TLS with the same
+    certificate; wrk keeps its connections alive, so the figure is record encryption and proxying,
+    not handshakes (64 or 256 handshakes per cell, at its start)."""
+    tls = make_cert()
+    targets = {kd: start_proxy(kd, HTTPS_PORTS[kd], backend_port, tls=tls) for kd in PROXIES}
+    info = {}
+    try:
+        for kd, t in targets.items():
+            info[kd] = tls_facts(t.port)
+            r = run_wrk(t.url, 64, 1)  # warm
+            if r["requests"] == 0 or r["errors"]:
+                raise RuntimeError(f"{kd} over https: {r['raw']}")
+            log(f"https {kd}: {info[kd]}")
+        cells = {}
+        for run in range(RUNS):
+            for conns in CONNS:
+                for kd in PROXIES:  # interleaved
+                    t = targets[kd]
+                    with Meter(t) as m:
+                        r = run_wrk(t.url, conns, DURATION)
+                    cell = {"run": run, "requests": r["requests"], "rps": round(r["rps"], 1), "errors": r["errors"],
+                            "raw": r["raw"]}
+                    cell.update(m.as_dict(r["requests"]))
+                    cell["bottleneck"] = bottleneck(cell)
+                    cells.setdefault(f"wrk|{conns}|{kd}", []).append(cell)
+                    log(f"https wrk c={conns:<4d} {kd:8s} run {run + 1}: {r['rps']:9.0f} req/s, "
+                        f"cpu/req {cell.get('cpu_us_per_req')} µs, core0 {cell['core0_busy_pct']} %, "
+                        f"core1 {cell['core1_busy_pct']} %, errors {r['errors']}")
+        RESULTS["https"] = {"cells": cells, "tls": info}
+    finally:
+        for t in targets.values():
+            t.stop()
 
 
 def phase_agreement(mock):
@@ -769,6 +842,21 @@ def ratio_text(m, peer, higher_is_better):
     return f"{r:.2f}× ({abs(r - 1) * 100:.0f} % {word})"
 
 
+def closed_loop_cells(cs, foreign=False):
+    """The table cells of one closed-loop cell's runs: req/s, CPU, busy shares, errors, bottleneck."""
+    bn = sorted({x["bottleneck"].split(" (")[0].split(";")[0] for x in cs})
+    fo = [max(x.get("core0_foreign_pct") or 0, x.get("core1_foreign_pct") or 0) for x in cs]
+    if max(fo) > 10:
+        bn.append(f"noisy (up to {max(fo):.0f} % of a core foreign)")
+    cells = [spread([x["rps"] for x in cs], kf), spread([x.get("cpu_us_per_req") for x in cs], f2),
+             spread([x.get("proxy_cpu_pct") for x in cs], f0), spread([x["core0_busy_pct"] for x in cs], f0),
+             spread([x["core1_busy_pct"] for x in cs], f0), str(sum(x["errors"] for x in cs)), ", ".join(bn)]
+    if foreign:
+        cells.append(f"{spread([x.get('core0_foreign_pct') for x in cs], f0)} / "
+                     f"{spread([x.get('core1_foreign_pct') for x in cs], f0)}")
+    return " | ".join(cells)
+
+
 def report(facts, command, started, finished, load_start, load_end):
     th = RESULTS.get("throughput", {})
     L = []
@@ -805,6 +893,7 @@ def report(facts, command, started, finished, load_start, load_end):
              f"{RUNS} runs per cell.\n")
 
     # ---------------- headline
+    h0 = len(L)
     L.append("## Headline: mcplb's ratio to each peer\n")
     L.append("| figure | direct | mcplb | nginx | HAProxy | mcplb vs nginx | mcplb vs HAProxy |")
     L.append("|---|---|---|---|---|---|---|")
@@ -883,6 +972,8 @@ def report(facts, command, started, finished, load_start, load_end):
     else:
         L.append("- Nowhere in this run.")
     L.append("")
+    if not any(x.startswith("| ") and not x.startswith("| figure") for x in L[h0:]):
+        del L[h0:]  # a run of other phases only (e.g. PHASES=https): no headline figures
 
     # ---------------- details
     if th:
@@ -893,16 +984,8 @@ def report(facts, command, started, finished, load_start, load_end):
             for c in CONNS:
                 for kd in TARGETS:
                     cs = th.get(f"{tool}|{c}|{kd}", [])
-                    if not cs:
-                        continue
-                    bn = sorted({x["bottleneck"].split(" (")[0].split(";")[0] for x in cs})
-                    fo = [max(x.get("core0_foreign_pct") or 0, x.get("core1_foreign_pct") or 0) for x in cs]
-                    if max(fo) > 10:
-                        bn.append(f"noisy (up to {max(fo):.0f} % of a core foreign)")
-                    L.append(f"| {tool} | {c} | {NAMES[kd]} | {spread([x['rps'] for x in cs], kf)} | "
-                             f"{spread([x.get('cpu_us_per_req') for x in cs], f2)} | {spread([x.get('proxy_cpu_pct') for x in cs], f0)} | "
-                             f"{spread([x['core0_busy_pct'] for x in cs], f0)} | {spread([x['core1_busy_pct'] for x in cs], f0)} | "
-                             f"{sum(x['errors'] for x in cs)} | {', '.join(bn)} |")
+                    if cs:
+                        L.append(f"| {tool} | {c} | {NAMES[kd]} | " + closed_loop_cells(cs) + " |")
         L.append("")
         L.append("Bottleneck rule: proxy process ≥ 90 % of a core → the proxy; else core 1 ≥ 90 % busy → the load "
                  "generator and backend (the cell then measures core 1, not the proxy, and CPU µs per request is the "
@@ -1032,6 +1115,38 @@ def report(facts, command, started, finished, load_start, load_end):
                          f"{spread([x['core1_busy_pct'] for x in cs], f0)} | {', '.join(sorted({x['bottleneck'].split(' (')[0] for x in cs}))} | "
                          f"{ratio_text(mc, c, False) if kd in ('nginx', 'haproxy') else '–'} |")
         L.append("")
+    hs = RESULTS.get("https")
+    if hs:
+        L.append("## 8. HTTPS: the proxy terminates TLS (wrk over https, keep-alive)\n")
+        L.append("Client -> TLS -> proxy -> plain HTTP -> the same mock backend. One ECDSA P-256 certificate "
+                 "(made by the script with openssl) for all three; each proxy with its TLS defaults otherwise "
+                 "(mcplb: rustls + ring; nginx and HAProxy: OpenSSL). wrk keeps its connections open, so "
+                 "handshakes happen once per connection, at the start of a cell.\n")
+        L.append("| proxy | negotiated (openssl s_client) |")
+        L.append("|---|---|")
+        for kd in PROXIES:
+            ti = hs["tls"].get(kd, {})
+            L.append(f"| {NAMES[kd]} | {ti.get('protocol')} {ti.get('cipher')}, ALPN {ti.get('alpn')} |")
+        L.append("")
+        L.append("| conns | target | req/s | proxy CPU µs/req | proxy CPU % | core 0 busy % | core 1 busy % | errors | bottleneck | foreign % core 0 / 1 |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        for c in CONNS:
+            for kd in PROXIES:
+                cs = hs["cells"].get(f"wrk|{c}|{kd}", [])
+                if cs:
+                    L.append(f"| {c} | {NAMES[kd]} | " + closed_loop_cells(cs, foreign=True) + " |")
+        L.append("")
+        L.append("When other jobs take a large share of the cores (foreign %), req/s measures the machine's contention "
+                 "more than the proxies; proxy CPU µs per request (the proxy process's own CPU time divided by the "
+                 "requests it served) is the figure that still compares them.\n")
+        L.append("| conns | figure | mcplb vs nginx | mcplb vs HAProxy |")
+        L.append("|---|---|---|---|")
+        for c in CONNS:
+            get = lambda kd, f: med([x.get(f) for x in hs["cells"].get(f"wrk|{c}|{kd}", [])])
+            for f, name, hib in (("rps", "req/s", True), ("cpu_us_per_req", "CPU µs/req", False)):
+                L.append(f"| {c} | {name} | {ratio_text(get('mcplb', f), get('nginx', f), hib)} | "
+                         f"{ratio_text(get('mcplb', f), get('haproxy', f), hib)} |")
+        L.append("")
     if RESULTS.get("failed_phases"):
         L.append("## Phases that failed\n")
         L.extend(f"- {k}: `{v}`" for k, v in RESULTS["failed_phases"].items())
@@ -1069,9 +1184,10 @@ def main():
     started = datetime.datetime.now()
     date = started.strftime("%Y-%m-%d")
     os.makedirs(OUT, exist_ok=True)
-    md_path = os.path.join(OUT, f"{date}-side-by-side.md")
-    JSON_PATH = os.path.join(OUT, f"{date}-side-by-side.json")
-    for p in [P_MOCK, P_MOCK_SESS, P_NGX_BACKEND] + [v + d for v in PROXY_PORTS.values() for d in (0, 10, 20, 30)]:
+    md_path = os.path.join(OUT, f"{date}-{RESULT_NAME}.md")
+    JSON_PATH = os.path.join(OUT, f"{date}-{RESULT_NAME}.json")
+    for p in [P_MOCK, P_MOCK_SESS, P_NGX_BACKEND] + [v + d for v in PROXY_PORTS.values() for d in (0, 10, 20, 30)] \
+            + list(HTTPS_PORTS.values()):
         if not port_free(p):
             sys.exit(f"port {p} is in use; set BASE_PORT to another base (now {BASE})")
     LUA = write_lua()
@@ -1118,6 +1234,7 @@ def main():
         guarded("syscalls", phase_syscalls, targets)
         for kd in PROXIES:
             targets[kd].stop()
+        guarded("https", phase_https, P_MOCK)
         guarded("agreement", phase_agreement, mock)
         guarded("memory", phase_memory, P_MOCK)
         guarded("sessions", phase_sessions)

@@ -8,7 +8,8 @@
 # Settings (environment): DURATION (s per closed-loop cell, 10), LAT_DURATION (s per open-loop
 # cell, = DURATION), RUNS (3), CONNS ("64 256"), LAT_CONNS (256), FIXED_RATE (10000),
 # STRACE_SECS (3), IDLE_CONNS (10000), SESSIONS (1000), SESSION_RATE (10000), XCHECK (1),
-# PHASES ("throughput latency syscalls memory sessions xcheck"), BASE_PORT (27000), OUT,
+# PHASES ("throughput latency syscalls https agreement memory sessions xcheck"), BASE_PORT
+# (27000), OUT, RESULT_NAME (side-by-side: the results' file name after the date),
 # LOAD_MAX (1.0) and LOAD_WAIT (600): wait up to LOAD_WAIT s for the 1-min load average to
 # drop below LOAD_MAX before starting (the result file records the load either way);
 # NO_BUILD=1 skips `cargo build`; NO_INSTALL=1 never calls apt-get.
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 COMMAND="bench/side_by_side.sh"
 for v in DURATION LAT_DURATION RUNS CONNS LAT_CONNS FIXED_RATE STRACE_SECS IDLE_CONNS IDLE_WAIT \
-         SESSIONS SESSION_RATE XCHECK PHASES BASE_PORT OUT LOAD_MAX LOAD_WAIT NO_BUILD; do
+         SESSIONS SESSION_RATE XCHECK PHASES BASE_PORT OUT RESULT_NAME LOAD_MAX LOAD_WAIT NO_BUILD; do
     if [ -n "${!v:-}" ]; then COMMAND="$v=\"${!v}\" $COMMAND"; fi
 done
 

@@ -141,7 +141,12 @@ fn check_once(
     auth: Option<&crate::auth::Secret>,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + hc.timeout;
-    let mut c = HttpClient::connect_timeout(b.addr, hc.timeout)?;
+    let mut c = match &b.tls {
+        None => HttpClient::connect_timeout(b.addr, hc.timeout)?,
+        Some(t) => {
+            HttpClient::connect_tls(b.addr, hc.timeout, t.config.clone(), t.server_name.clone())?
+        }
+    };
     c.set_host(&b.authority);
     let id = 1_000_000 + u64::from(rand::random::<u16>());
     let mut post = |sid: Option<&str>, extra: &[(&str, &str)], body: &serde_json::Value| {

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -75,6 +76,16 @@ struct RawProxy {
     max_connections: Option<i64>,
     max_connections_per_ip: Option<i64>,
     stats: Option<bool>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
+    client_ca: Option<String>,
+    reload_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +143,9 @@ struct RawBackendTable {
     min: Option<i64>,
     max: Option<i64>,
     max_line_bytes: Option<i64>,
+    ca: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
     name: Option<String>,
     weight: Option<i64>,
 }
@@ -225,6 +239,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// Client connections open at once from one IP address.
     pub max_connections_per_ip: u32,
+    /// `[proxy.tls]`: TLS termination for clients (off when absent).
+    pub tls: Option<crate::tls::ServerTlsFiles>,
     /// Record latency histograms and counters (on by default; off only to measure their cost).
     pub stats: bool,
 }
@@ -343,6 +359,8 @@ pub struct Backend {
     /// Stable 32-bit tag of the backend (hash of its URL), carried in sealed session ids so a
     /// reordered backend list still routes existing sessions correctly.
     pub tag: u32,
+    /// For an `https://` backend: its TLS client config and server name.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 /// Every problem found in a config file, each with its key path.
@@ -426,16 +444,23 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("`{addr}` resolves to no address"))
 }
 
-/// Splits `http://host:port/path` into (authority, addr, path).
-fn parse_backend_url(url: &str) -> Result<(String, SocketAddr, String), String> {
-    let rest = if let Some(r) = url.strip_prefix("http://") {
-        r
-    } else if url.starts_with("https://") {
-        return Err(format!(
-            "`{url}`: https backends are not supported yet (TLS lands with the hardening issue); use http://"
-        ));
+/// A backend URL split up.
+struct BackendUrl {
+    authority: String,
+    addr: SocketAddr,
+    path: String,
+    /// `https://`: the host (SNI and the certificate's name).
+    tls_host: Option<String>,
+}
+
+/// Splits `http://host:port/path` or `https://...` into its parts.
+fn parse_backend_url(url: &str) -> Result<BackendUrl, String> {
+    let (rest, tls, default_port) = if let Some(r) = url.strip_prefix("http://") {
+        (r, false, 80)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (r, true, 443)
     } else {
-        return Err(format!("`{url}` must start with http://"));
+        return Err(format!("`{url}` must start with http:// or https://"));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
@@ -456,10 +481,21 @@ fn parse_backend_url(url: &str) -> Result<(String, SocketAddr, String), String> 
     {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{default_port}")
     };
     let addr = resolve(&with_port)?;
-    Ok((authority.to_string(), addr, path.to_string()))
+    let tls_host = tls.then(|| {
+        with_port
+            .rsplit_once(':')
+            .map_or(with_port.as_str(), |(h, _)| h)
+            .to_string()
+    });
+    Ok(BackendUrl {
+        authority: authority.to_string(),
+        addr,
+        path: path.to_string(),
+        tls_host,
+    })
 }
 
 fn duration_field(
@@ -552,7 +588,36 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             .map_err(|e| errs.push(format!("proxy.session_key: {e}")))
             .ok()
     });
+    let tls = p.tls.and_then(|t| {
+        let (Some(cert), Some(key)) = (t.cert, t.key) else {
+            errs.push("proxy.tls: needs both `cert` and `key` (PEM files)".to_string());
+            return None;
+        };
+        let files = crate::tls::ServerTlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+            client_ca: t.client_ca.map(Into::into),
+            // "0s" is allowed here: never check the files (reload on demand only).
+            reload_interval: match t.reload_interval.as_deref().map(parse_duration) {
+                None => Duration::from_secs(5),
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    errs.push(format!("proxy.tls.reload_interval: {e}"));
+                    Duration::from_secs(5)
+                }
+            },
+        };
+        // Loaded once here so that a bad file is a config error naming the key.
+        match files.build() {
+            Ok(_) => Some(files),
+            Err(e) => {
+                errs.push(format!("proxy.tls: {e}"));
+                None
+            }
+        }
+    });
     let proxy = ProxyConfig {
+        tls,
         listen,
         workers,
         session_key,
@@ -705,6 +770,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                     min: None,
                     max: None,
                     max_line_bytes: None,
+                    ca: None,
+                    client_cert: None,
+                    client_key: None,
                     name: None,
                     weight: None,
                 },
@@ -718,14 +786,34 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                     1
                 }
             };
+            if table.url.is_none() {
+                for (k, set) in [
+                    ("ca", table.ca.is_some()),
+                    ("client_cert", table.client_cert.is_some()),
+                    ("client_key", table.client_key.is_some()),
+                ] {
+                    if set {
+                        errs.push(format!("{bkey}.{k}: only for https:// backends"));
+                    }
+                }
+            }
             if let Some(sse) = table.sse {
                 if table.url.is_some() || table.command.is_some() {
                     errs.push(format!("{bkey}: give one of `url`, `command` or `sse`"));
                     continue;
                 }
-                if let Err(e) = parse_backend_url(&sse) {
-                    errs.push(format!("{bkey}.sse: {e}"));
-                    continue;
+                match parse_backend_url(&sse) {
+                    Err(e) => {
+                        errs.push(format!("{bkey}.sse: {e}"));
+                        continue;
+                    }
+                    Ok(u) if u.tls_host.is_some() => {
+                        errs.push(format!(
+                            "{bkey}.sse: `{sse}`: https is not supported for old SSE servers; use http://"
+                        ));
+                        continue;
+                    }
+                    Ok(_) => {}
                 }
                 let url = format!("sse:{sse}");
                 let tag = fnv1a32(url.as_bytes());
@@ -743,6 +831,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                     stdio: None,
                     legacy_sse: Some(sse),
                     tag,
+                    tls: None,
                 });
                 continue;
             }
@@ -761,7 +850,40 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                         }
                     }
                     match parse_backend_url(&url) {
-                        Ok((authority, addr, bpath)) => {
+                        Ok(BackendUrl {
+                            authority,
+                            addr,
+                            path: bpath,
+                            tls_host,
+                        }) => {
+                            let tls = match &tls_host {
+                                None => {
+                                    for (k, set) in [
+                                        ("ca", table.ca.is_some()),
+                                        ("client_cert", table.client_cert.is_some()),
+                                        ("client_key", table.client_key.is_some()),
+                                    ] {
+                                        if set {
+                                            errs.push(format!(
+                                                "{bkey}.{k}: only for https:// backends"
+                                            ));
+                                        }
+                                    }
+                                    None
+                                }
+                                Some(host) => match crate::tls::UpstreamTls::build(
+                                    host,
+                                    table.ca.as_deref().map(Path::new),
+                                    table.client_cert.as_deref().map(Path::new),
+                                    table.client_key.as_deref().map(Path::new),
+                                ) {
+                                    Ok(t) => Some(Arc::new(t)),
+                                    Err(e) => {
+                                        errs.push(format!("{bkey}: {e}"));
+                                        None
+                                    }
+                                },
+                            };
                             let tag = fnv1a32(url.as_bytes());
                             if backends.iter().any(|o| o.tag == tag) {
                                 errs.push(format!("{bkey}: `{url}` is listed twice"));
@@ -777,6 +899,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                                 stdio: None,
                                 legacy_sse: None,
                                 tag,
+                                tls,
                             });
                         }
                         Err(e) => errs.push(format!("{bkey}: {e}")),
@@ -844,6 +967,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                         stdio: Some(sc),
                         legacy_sse: None,
                         tag,
+                        tls: None,
                     });
                 }
                 (Some(_), Some(_)) => {

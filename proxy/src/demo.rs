@@ -43,9 +43,39 @@ impl Response {
     }
 }
 
-/// A blocking keep-alive HTTP/1.1 client on one connection.
+/// The client's socket: plain, or TLS (rustls) over it.
+enum ClientIo {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for ClientIo {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ClientIo::Plain(s) => s.read(buf),
+            ClientIo::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for ClientIo {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            ClientIo::Plain(s) => s.write(buf),
+            ClientIo::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            ClientIo::Plain(s) => s.flush(),
+            ClientIo::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// A blocking keep-alive HTTP/1.1 client on one connection (plain or TLS).
 pub struct HttpClient {
-    stream: TcpStream,
+    stream: ClientIo,
     host: String,
     buf: Vec<u8>,
 }
@@ -64,15 +94,53 @@ impl HttpClient {
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
         Ok(HttpClient {
-            stream,
+            stream: ClientIo::Plain(stream),
             host: addr.to_string(),
             buf: Vec::new(),
         })
     }
 
+    /// Connects to `addr` and runs a TLS handshake (`name`: SNI and the name the server's
+    /// certificate must carry), with a deadline for every step.
+    pub fn connect_tls(
+        addr: SocketAddr,
+        timeout: Duration,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> anyhow::Result<HttpClient> {
+        let mut c = Self::connect_timeout(addr, timeout)?;
+        let ClientIo::Plain(sock) = c.stream else {
+            bail!("not a plain socket");
+        };
+        let conn = rustls::ClientConnection::new(config, name)?;
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        while tls.conn.is_handshaking() {
+            tls.conn
+                .complete_io(&mut tls.sock)
+                .with_context(|| format!("TLS handshake with {addr}"))?;
+        }
+        c.stream = ClientIo::Tls(Box::new(tls));
+        Ok(c)
+    }
+
+    /// The server's certificate (DER) on a TLS connection.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match &self.stream {
+            ClientIo::Plain(_) => None,
+            ClientIo::Tls(t) => t
+                .conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec()),
+        }
+    }
+
     /// The underlying socket (to watch it from a test).
     pub fn into_stream(self) -> TcpStream {
-        self.stream
+        match self.stream {
+            ClientIo::Plain(s) => s,
+            ClientIo::Tls(t) => t.sock,
+        }
     }
 
     /// Sets the `Host` header sent with each request.

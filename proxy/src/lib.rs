@@ -14,10 +14,12 @@ pub mod demo;
 pub mod failover;
 pub mod http;
 pub mod legacy;
+mod park;
 pub mod reload;
 pub mod session;
 pub mod stats;
 pub mod stdio;
+pub mod tls;
 mod worker;
 
 use std::net::SocketAddr;
@@ -51,6 +53,9 @@ pub struct RunningProxy {
     pub admin_addr: Option<SocketAddr>,
     /// Switches the running proxy to a new configuration (SIGHUP, `POST /reload`).
     pub reloader: Arc<reload::Reloader>,
+    /// Client TLS termination (`[proxy.tls]`): call [`tls::TlsTerminator::reload`] to load new
+    /// certificate files without a restart (a config reload does it too).
+    pub tls: Option<Arc<tls::TlsTerminator>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -164,7 +169,20 @@ pub(crate) fn build_shared(
         Some(p) => balance::runtimes_after(&config, &p.config, &p.groups),
         None => balance::runtimes(&config),
     };
+    // Client TLS: one terminator for the process (its certificates swap in place: a reload
+    // calls `TlsTerminator::reload`, and a watcher thread follows the files).
+    let tls = match (prev, &config.proxy.tls) {
+        (Some(p), _) => p.tls.clone(),
+        (None, None) => None,
+        (None, Some(files)) => {
+            let t = tls::TlsTerminator::new(files.clone())
+                .map_err(|e| anyhow::anyhow!("proxy.tls: {e}"))?;
+            t.watch();
+            Some(t)
+        }
+    };
     Ok(worker::Shared {
+        tls,
         sealer: SessionSealer::new(session_key),
         hub: prev.map_or_else(|| Arc::new(stats::StatsHub::new()), |p| p.hub.clone()),
         limits,
@@ -239,6 +257,7 @@ pub fn start_with(
     ));
     running.set_jwks(auth::start_refresh(&shared.config, None));
     let admin_listen = shared.config.admin_listen;
+    let tls = shared.tls.clone();
     let live = Arc::new(reload::Live::new(shared));
     let reloader = Arc::new(reload::Reloader::new(
         path,
@@ -296,6 +315,7 @@ pub fn start_with(
     Ok(RunningProxy {
         local_addr,
         admin_addr,
+        tls,
         driver: driver_name,
         reloader,
         threads,

@@ -247,6 +247,11 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
         "proxy.max_connections_per_ip",
         old.proxy.max_connections_per_ip == new.proxy.max_connections_per_ip,
     );
+    // Certificates reload; turning TLS on or off does not.
+    check(
+        "proxy.tls",
+        old.proxy.tls.is_some() == new.proxy.tls.is_some(),
+    );
     errs
 }
 
@@ -397,7 +402,18 @@ impl Reloader {
         }
         new.proxy.listen = old.config.proxy.listen;
         new.proxy.session_key = old.config.proxy.session_key;
-        let changes = describe(&old.config, &new);
+        // Client certificates: loaded now (files read again even when their paths did not
+        // change), swapped in only once everything else is ready.
+        let tls = match &new.proxy.tls {
+            Some(files) => Some(
+                files
+                    .build()
+                    .map(|_| files.clone())
+                    .map_err(|e| vec![format!("proxy.tls: {e}")])?,
+            ),
+            None => None,
+        };
+        let mut changes = describe(&old.config, &new);
         let (fronts, retired) = running
             .attach(&mut new, self.local_addr)
             .map_err(|e| vec![format!("{e:#}")])?;
@@ -414,6 +430,14 @@ impl Reloader {
             &shared.config,
             Some(&old.config),
         ));
+        if let (Some(t), Some(files)) = (&shared.tls, tls) {
+            match t.reload(Some(files)) {
+                Ok(()) => changes.push("proxy.tls: certificates reloaded".to_string()),
+                Err(e) => {
+                    tracing::error!(error = %e, "proxy.tls: certificates not reloaded; the old ones stay")
+                }
+            }
+        }
         self.live.store(shared.clone());
         if changes.is_empty() {
             tracing::info!("configuration reloaded: no change");

@@ -106,6 +106,8 @@ pub enum Counter {
     BodiesTooLarge,
     /// Backend answers that were JSON-RPC error objects (JSON answers read whole).
     JsonRpcErrors,
+    /// Client TLS handshakes that failed (plain HTTP or garbage on a TLS port, bad certs).
+    TlsHandshakeErrors,
     /// Requests refused by `[servers.auth]` or `allowed_origins` (401, 403).
     AuthRefused,
     /// Full JWT verifications (signature and claims), successful or not.
@@ -113,7 +115,7 @@ pub enum Counter {
     /// JWTs accepted from the per-core cache of verified tokens.
     JwtCacheHits,
 }
-const COUNTERS: usize = 24;
+const COUNTERS: usize = 25;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -137,6 +139,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "headers_too_large",
     "bodies_too_large",
     "jsonrpc_errors",
+    "tls_handshake_errors",
     "auth_refused",
     "jwt_verifications",
     "jwt_cache_hits",

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
+use monoio::buf::IoBufMut;
+use monoio::io::{CancelableAsyncReadRent, Canceller};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::balance::{self, CoreBalancer, GroupRuntime};
@@ -31,6 +31,7 @@ use crate::config::{
 use crate::http::{self, ChunkedDecoder};
 use crate::session::{SessionSealer, SCRATCH};
 use crate::stats::{self, CoreRecorder, Counter, Gauge, Sample, StatsHub};
+use crate::tls::Conn;
 
 /// Set once a graceful shutdown has begun: listeners close, keep-alive connections close
 /// after their current request, idle ones at once.
@@ -63,6 +64,8 @@ pub struct Shared {
     pub legacy_fronts: Vec<Option<SocketAddr>>,
     /// Open client connections per IP address (lock-free, every core).
     pub per_ip: Arc<ratelimit::ConcurrencyLimit>,
+    /// TLS termination for clients (`[proxy.tls]`), its config read once per handshake.
+    pub tls: Option<Arc<crate::tls::TlsTerminator>>,
 }
 
 const BUF_SIZE: usize = 4 * 1024;
@@ -72,7 +75,7 @@ const PEEK_AFTER_IDLE: Duration = Duration::from_millis(500);
 const MAX_FREE_BUFS: usize = 128;
 
 struct IdleConn {
-    stream: TcpStream,
+    stream: Conn,
     since: Instant,
 }
 
@@ -101,6 +104,8 @@ struct Core {
     generation: u64,
     /// Every state of this worker still in use (the flusher's list).
     states: Rc<RefCell<Vec<Rc<Core>>>>,
+    /// This worker's idle keep-alive connections, parked with no task.
+    park: Rc<crate::park::IdleSet>,
 }
 
 /// A core's buffered JSON access log: lines are written once a second or every 64 KiB, one
@@ -189,11 +194,11 @@ impl Core {
     }
 
     /// A pooled connection that is still open, or a new one.
-    async fn upstream(&self, group: usize, backend: usize) -> io::Result<(TcpStream, bool)> {
+    async fn upstream(&self, group: usize, backend: usize) -> io::Result<(Conn, bool)> {
         let cfg = &self.shared.config.proxy;
         if let Some(pool) = self.pools.get(group).and_then(|g| g.get(backend)) {
             loop {
-                let Some(c) = pool.borrow_mut().pop() else {
+                let Some(mut c) = pool.borrow_mut().pop() else {
                     break;
                 };
                 self.rec.borrow_mut().gauge(Gauge::UpstreamIdle, -1);
@@ -201,36 +206,45 @@ impl Core {
                 // The peek costs a syscall (about 2.5 µs per request measured here), so only
                 // connections idle long enough for a backend to have closed them are checked.
                 if idle < cfg.upstream_idle_timeout
-                    && (idle < PEEK_AFTER_IDLE || still_open(&c.stream))
+                    && (idle < PEEK_AFTER_IDLE || still_open(&mut c.stream))
                 {
                     return Ok((c.stream, true));
                 }
             }
         }
-        let addr = self
+        let b = self
             .shared
             .config
             .servers
             .get(group)
             .and_then(|g| g.backends.get(backend))
-            .map(|b| b.addr)
             .ok_or_else(|| io::Error::other("no such backend"))?;
-        let s =
-            match monoio::time::timeout(cfg.connect_timeout, TcpStream::connect_addr(addr)).await {
-                Ok(r) => r?,
-                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
-            };
-        let _ = s.set_nodelay(true);
+        // The connect and, for https backends, the TLS handshake share the connect timeout.
+        let connect = async {
+            let s = TcpStream::connect_addr(b.addr).await?;
+            let _ = s.set_nodelay(true);
+            match &b.tls {
+                None => Ok(Conn::Plain(s)),
+                Some(tls) => Conn::connect(s, tls).await,
+            }
+        };
+        let s = match monoio::time::timeout(cfg.connect_timeout, connect).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")),
+        };
         self.rec.borrow_mut().count(Counter::UpstreamConnects, 1);
         Ok((s, false))
     }
 
-    fn put_upstream(&self, group: usize, backend: usize, stream: TcpStream) {
+    fn put_upstream(&self, group: usize, backend: usize, mut stream: Conn) {
         if self.next.borrow().is_some() {
             // Replaced by a reload: the connection closes rather than idle in a dead pool.
             return;
         }
         let max = self.shared.config.proxy.upstream_max_idle;
+        if !stream.is_clean() {
+            return;
+        }
         if let Some(pool) = self.pools.get(group).and_then(|g| g.get(backend)) {
             let mut p = pool.borrow_mut();
             if p.len() < max {
@@ -247,8 +261,12 @@ impl Core {
 /// Whether an idle pooled socket is still open: a non-blocking peek sees neither EOF nor
 /// unexpected bytes. Costs one syscall; saves sending a request into a socket the backend
 /// already closed (which for a `tools/call` could not be safely retried).
-fn still_open(s: &TcpStream) -> bool {
+fn still_open(s: &mut Conn) -> bool {
     use std::os::fd::AsRawFd;
+    if !s.is_clean() {
+        return false;
+    }
+    let s = s.tcp();
     let mut b = [0u8; 1];
     // SAFETY: recv on a valid fd into a 1-byte stack buffer.
     #[allow(unsafe_code)]
@@ -270,6 +288,7 @@ impl Core {
     fn new(
         live: Arc<crate::reload::Live>,
         states: Rc<RefCell<Vec<Rc<Core>>>>,
+        park: Rc<crate::park::IdleSet>,
         index: usize,
         prev: Option<&Core>,
     ) -> Rc<Core> {
@@ -350,6 +369,7 @@ impl Core {
             live,
             generation,
             states: states.clone(),
+            park,
         };
         if prev.is_some() {
             let n: i64 = core
@@ -384,7 +404,13 @@ impl Core {
             }
         }
         if c.stale() {
-            let new = Core::new(c.live.clone(), c.states.clone(), c.index, Some(&c));
+            let new = Core::new(
+                c.live.clone(),
+                c.states.clone(),
+                c.park.clone(),
+                c.index,
+                Some(&c),
+            );
             *c.next.borrow_mut() = Some(new.clone());
             return new;
         }
@@ -401,7 +427,9 @@ pub async fn run_worker(
     let listener = TcpListener::from_std(listener)?;
     // Every state still in use (a reload leaves the old one to the requests under way).
     let cores: Rc<RefCell<Vec<Rc<Core>>>> = Rc::new(RefCell::new(Vec::new()));
-    let mut core = Core::new(live, cores.clone(), index, None);
+    let park = Rc::new(crate::park::IdleSet::new()?);
+    let mut core = Core::new(live, cores.clone(), park, index, None);
+    monoio::spawn(park_loop(core.clone()));
     // Once a second, fold this core's statistics into the hub (the only cross-core lock,
     // never taken on the request path). A replaced state is flushed one last time and
     // dropped once nothing else holds it.
@@ -456,7 +484,9 @@ pub async fn run_worker(
             drop(listener);
             if let Ok((stream, peer)) = accepted {
                 // One that raced the shutdown still gets served (with connection: close).
-                serve_client(core.clone(), stream, peer).await;
+                OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                core.rec.borrow_mut().gauge(Gauge::ClientConnections, 1);
+                serve_client(core.clone(), stream, peer, None, false).await;
             }
             // Let the open connections finish; the process exits when they have.
             std::future::pending::<()>().await;
@@ -488,11 +518,14 @@ pub async fn run_worker(
                     rec.count(Counter::ConnectionsAccepted, 1);
                     rec.gauge(Gauge::ClientConnections, 1);
                 }
-                let c2 = core.clone();
-                monoio::spawn(async move {
-                    serve_client(c2, stream, peer).await;
-                    drop(permit);
-                });
+                OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                monoio::spawn(serve_client(
+                    core.clone(),
+                    stream,
+                    peer,
+                    Some(permit),
+                    false,
+                ));
             }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
             Err(e) => {
@@ -516,26 +549,13 @@ fn set_cloexec(s: &TcpStream) {
 }
 
 /// Reads more bytes from `s`, appending to `buf`. Returns bytes read (0 = EOF).
-async fn read_more(s: &mut TcpStream, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(BUF_SIZE);
-    }
-    let len = buf.len();
-    let (r, slice) = s.read(buf.slice_mut(len..)).await;
-    (r, slice.into_inner())
+async fn read_more(s: &mut Conn, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    s.read_more(buf, BUF_SIZE).await
 }
 
 /// Writes all of `buf[range]`, giving the buffer back.
-async fn write_range(
-    s: &mut TcpStream,
-    buf: Vec<u8>,
-    range: Range<usize>,
-) -> (io::Result<()>, Vec<u8>) {
-    if range.is_empty() {
-        return (Ok(()), buf);
-    }
-    let (r, slice) = s.write_all(buf.slice(range)).await;
-    (r.map(|_| ()), slice.into_inner())
+async fn write_range(s: &mut Conn, buf: Vec<u8>, range: Range<usize>) -> (io::Result<()>, Vec<u8>) {
+    s.write_range(buf, range).await
 }
 
 /// The request head as offsets into the client buffer (so the buffer can grow while the body
@@ -642,7 +662,7 @@ fn parse_head(
 
 /// Per-client-connection state, reused across its requests.
 struct ClientConn {
-    stream: TcpStream,
+    stream: Conn,
     /// Bytes read from the client: the current request, then any pipelined ones.
     buf: Vec<u8>,
     /// Decoded body when the request was chunked.
@@ -696,13 +716,103 @@ enum Next {
     Close,
 }
 
-async fn serve_client(core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
-    OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    serve_connection(core, stream, peer).await;
-    OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+/// Serves a client connection (`woken`: one that was parked and is now readable) until it
+/// closes or idles; an idle one is parked, its task ends. TLS connections shake hands first
+/// (bounded like a slow head); they are never parked (rustls may hold decrypted bytes).
+async fn serve_client(
+    core: Rc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Option<ratelimit::OwnedPermit>,
+    woken: bool,
+) {
+    let conn = match &core.shared.tls {
+        Some(tls) if !woken => {
+            let timeout = core.shared.config.proxy.header_timeout;
+            let accepted = Box::pin(monoio::time::timeout(
+                timeout,
+                Conn::accept(stream, tls.config()),
+            ))
+            .await;
+            match accepted {
+                Ok(Ok(conn)) => Some(conn),
+                Ok(Err(e)) => {
+                    // Plain HTTP, garbage, an unknown client CA: counted and closed.
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    core.rec.borrow_mut().count(Counter::TlsHandshakeErrors, 1);
+                    None
+                }
+                Err(_) => {
+                    core.rec.borrow_mut().count(Counter::SlowClients, 1);
+                    None
+                }
+            }
+        }
+        _ => Some(Conn::Plain(stream)),
+    };
+    let Some(conn) = conn else {
+        connection_closed(&core);
+        return;
+    };
+    let (core, idle) = serve_connection(core, conn, peer, woken).await;
+    if let Some(stream) = idle {
+        if !SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed) {
+            match core.park.park(stream, peer, permit) {
+                Ok(()) => return,
+                Err((stream, permit)) => {
+                    drop((stream, permit));
+                }
+            }
+        }
+    }
+    connection_closed(&core);
 }
 
-async fn serve_connection(mut core: Rc<Core>, stream: TcpStream, peer: SocketAddr) {
+/// Accounting for a client connection that closed (its socket and permit are dropped by the
+/// caller).
+fn connection_closed(core: &Core) {
+    OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    core.rec.borrow_mut().gauge(Gauge::ClientConnections, -1);
+}
+
+/// Wakes parked connections that turned readable (each gets a new task) and, once a second,
+/// closes those idle past `client_idle_timeout` (all of them on shutdown).
+async fn park_loop(mut core: Rc<Core>) {
+    let mut ready = Vec::new();
+    let mut last_sweep = Instant::now();
+    loop {
+        core.park.wait(Duration::from_millis(250), &mut ready).await;
+        if core.stale() || core.next.borrow().is_some() {
+            core = core.latest();
+        }
+        for p in ready.drain(..) {
+            monoio::spawn(serve_client(core.clone(), p.stream, p.peer, p.permit, true));
+        }
+        let shutdown = SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
+        if shutdown || last_sweep.elapsed() >= Duration::from_secs(1) {
+            last_sweep = Instant::now();
+            let idle = if shutdown {
+                Duration::ZERO
+            } else {
+                core.shared.config.proxy.client_idle_timeout
+            };
+            core.park.expire(idle, &mut ready);
+            for p in ready.drain(..) {
+                drop(p);
+                connection_closed(&core);
+            }
+        }
+    }
+}
+
+/// Serves requests on a connection until it closes (returns `None`) or, a plain one, goes
+/// idle between requests (returns its socket, to be parked). `woken`: bytes are waiting.
+async fn serve_connection(
+    mut core: Rc<Core>,
+    stream: Conn,
+    peer: SocketAddr,
+    woken: bool,
+) -> (Rc<Core>, Option<TcpStream>) {
     let mut c = ClientConn {
         stream,
         buf: Vec::new(),
@@ -721,9 +831,19 @@ async fn serve_connection(mut core: Rc<Core>, stream: TcpStream, peer: SocketAdd
     // (two requests or more) gets the hot direct read; one that sent a single request and
     // went quiet waits for readiness at once, lending no buffer even for the hot period
     // (measured: with 10 000 such connections the transient buffers cost ~0.2 KiB each).
-    let mut served: u32 = 0;
+    // A woken connection has served a request before (it was parked after one): its next
+    // one makes it a reused connection that earns the hot direct read, instead of parking
+    // again after every request.
+    let mut served: u32 = u32::from(woken);
+    let mut woken = woken;
+    let mut park = false;
     loop {
-        if c.buf.is_empty() {
+        if woken {
+            // A parked connection that turned readable: its request (or EOF) is waiting, and
+            // the request path reads it into this buffer.
+            woken = false;
+            c.buf = core.take_buf();
+        } else if c.buf.is_empty() {
             let core = &core;
             let cfg = &core.shared.config.proxy;
             // Between requests: hand every buffer back.
@@ -741,11 +861,17 @@ async fn serve_connection(mut core: Rc<Core>, stream: TcpStream, peer: SocketAdd
             };
             match waited {
                 Wait::Bytes => {}
+                Wait::Idle if served > 0 && matches!(c.stream, Conn::Plain(_)) => {
+                    // Idle between requests: the connection is parked with no task (see
+                    // `park.rs`), and served again by a new task when it turns readable.
+                    park = true;
+                    break;
+                }
                 Wait::Idle => {
-                    // Idle keep-alive: wait for readiness holding no buffer, in one-second
-                    // slices so a shutdown closes idle connections promptly. Boxed too: the
-                    // timer and poll state then lives only while a connection idles.
-                    let stream = &c.stream;
+                    // A new connection (or a TLS one): wait for a request holding no buffer,
+                    // in one-second slices so a shutdown closes idle connections promptly.
+                    // Boxed too: the timer and poll state then live only while it idles.
+                    let stream = &mut c.stream;
                     let ready = Box::pin(async move {
                         let idle_since = Instant::now();
                         loop {
@@ -758,7 +884,7 @@ async fn serve_connection(mut core: Rc<Core>, stream: TcpStream, peer: SocketAdd
                                 .client_idle_timeout
                                 .saturating_sub(idle_since.elapsed())
                                 .min(Duration::from_secs(1));
-                            match monoio::time::timeout(slice, stream.readable(false)).await {
+                            match monoio::time::timeout(slice, stream.readable()).await {
                                 Ok(Ok(())) => break true,
                                 Ok(Err(_)) => break false,
                                 Err(_) => {}
@@ -796,7 +922,11 @@ async fn serve_connection(mut core: Rc<Core>, stream: TcpStream, peer: SocketAdd
     core.give_buf(std::mem::take(&mut c.out));
     core.give_buf(std::mem::take(&mut c.ubuf));
     core.give_headers(std::mem::take(&mut c.head.headers));
-    core.rec.borrow_mut().gauge(Gauge::ClientConnections, -1);
+    let idle = match c.stream {
+        Conn::Plain(s) if park => Some(s),
+        _ => None,
+    };
+    (core, idle)
 }
 
 /// How long a connection that just finished a request keeps a read buffer lent to the kernel
@@ -818,12 +948,16 @@ enum Wait {
 /// read. On timeout the read is cancelled and awaited, so its buffer comes back and bytes that
 /// raced the cancellation are kept, never lost.
 async fn wait_request(core: &Core, c: &mut ClientConn, canceller: &mut Option<Canceller>) -> Wait {
+    // TLS connections wait for readiness (rustls may hold decrypted bytes already).
+    let Conn::Plain(stream) = &mut c.stream else {
+        return Wait::Idle;
+    };
     let Some(cn) = canceller.take() else {
         return Wait::Closed;
     };
     let mut buf = core.take_buf();
     buf.clear();
-    let read = c.stream.cancelable_read(buf.slice_mut(0..), cn.handle());
+    let read = stream.cancelable_read(buf.slice_mut(0..), cn.handle());
     let mut read = std::pin::pin!(read);
     let mut sleep = std::pin::pin!(monoio::time::sleep(HOT_WAIT));
     let first = std::future::poll_fn(|cx| {
@@ -1928,7 +2062,7 @@ async fn forward_to_legacy_front(
     consumed: usize,
     keep: bool,
 ) -> Next {
-    let Ok(mut up) = TcpStream::connect_addr(front).await else {
+    let Ok(mut up) = TcpStream::connect_addr(front).await.map(Conn::Plain) else {
         c.buf.drain(..consumed);
         return reply_error(
             c,
@@ -2082,7 +2216,7 @@ async fn reinitialize(
 
 /// Sends one request on `up` and reads its whole answer (bounded by `upstream_timeout`):
 /// the `Mcp-Session-Id` it carried, and whether the status was 2xx.
-async fn exchange(core: &Core, up: &mut TcpStream, req: Vec<u8>) -> (Option<Vec<u8>>, bool) {
+async fn exchange(core: &Core, up: &mut Conn, req: Vec<u8>) -> (Option<Vec<u8>>, bool) {
     let len = req.len();
     let (w, _) = write_range(up, req, 0..len).await;
     if w.is_err() {
@@ -2291,8 +2425,8 @@ fn check_limits(
 }
 
 /// Relays a backend's protected-resource metadata document (`resource_metadata_passthrough`):
-/// a GET of `/.well-known/oauth-protected-resource{backend path}` on a fresh connection to the
-/// group's first eligible backend, its status and body (at most 64 KiB) passed back as JSON.
+/// a GET of `/.well-known/oauth-protected-resource{backend path}` to the group's first
+/// eligible backend (on a connection then closed), its status and body (at most 64 KiB) passed back as JSON.
 async fn relay_metadata(core: &Core, c: &mut ClientConn, gi: usize, close: bool) -> Next {
     const MAX: usize = 64 * 1024;
     let group = &core.shared.config.servers[gi];
@@ -2312,8 +2446,11 @@ async fn relay_metadata(core: &Core, c: &mut ClientConn, gi: usize, close: bool)
     );
     let timeout = core.shared.config.proxy.upstream_timeout;
     let fetched = monoio::time::timeout(timeout, async {
-        let mut s = TcpStream::connect(backend.addr).await?;
-        let (w, _) = s.write_all(req.into_bytes()).await;
+        // A connection like any request's (TLS to an https backend), closed after the answer.
+        let (mut s, _) = core.upstream(gi, bi).await?;
+        let req = req.into_bytes();
+        let len = req.len();
+        let (w, _) = write_range(&mut s, req, 0..len).await;
         w?;
         let mut buf = core.take_buf();
         loop {
@@ -2628,7 +2765,7 @@ fn rewrite_response_head(
 async fn forward_response(
     core: &Core,
     c: &mut ClientConn,
-    up: &mut TcpStream,
+    up: &mut Conn,
     mut ubuf: Vec<u8>,
     head_len: usize,
     backend_tag: u32,

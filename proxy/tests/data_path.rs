@@ -489,3 +489,60 @@ fn requests_after_idle_gaps_are_never_lost() {
         }
     }
 }
+
+#[test]
+fn parked_idle_connections_wake_for_their_next_request_and_time_out() {
+    // Idle keep-alive connections leave their task and wait in the core's idle set: each must
+    // be served again when its next request comes, one whose client left must be counted
+    // closed, and the rest closed by mcplb after client_idle_timeout.
+    let a = mock("alpha");
+    for driver in DRIVERS {
+        let cfg = format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            config_for(&[&a], "client_idle_timeout = \"2s\"")
+        );
+        let p = start_proxy(&cfg, driver);
+        let mut conns: Vec<(HttpClient, String)> = (0..100)
+            .map(|_| {
+                let mut c = HttpClient::connect(p.addr).unwrap();
+                let (sid, _) = init_session(&mut c);
+                (c, sid)
+            })
+            .collect();
+        // Every connection has served two requests and idles now (parked).
+        std::thread::sleep(Duration::from_millis(400));
+        for (i, (c, sid)) in conns.iter_mut().enumerate() {
+            assert_eq!(whoami(c, sid), "alpha", "connection {i}, driver {driver}");
+        }
+        // A client leaving while parked is noticed (the gauge goes down by ten).
+        std::thread::sleep(Duration::from_millis(400));
+        drop(conns.drain(..10));
+        let gauge = || {
+            let mut c = HttpClient::connect(p.admin.unwrap()).unwrap();
+            let r = c.request("GET", "/stats", &[], b"").unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            v["gauges"]["client_connections"].as_i64().unwrap()
+        };
+        let t = Instant::now();
+        while gauge() != 90 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "client_connections {} (driver {driver})",
+                gauge()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Past client_idle_timeout (2 s, swept once a second) mcplb closes the others.
+        std::thread::sleep(Duration::from_millis(3500));
+        for (c, _) in conns.drain(..) {
+            let mut raw = c.into_stream();
+            raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut b = [0u8; 8];
+            assert_eq!(
+                raw.read(&mut b).unwrap_or(0),
+                0,
+                "not closed (driver {driver})"
+            );
+        }
+    }
+}

@@ -54,8 +54,14 @@ pub fn start_proxy_logged(
 ) -> Proxy {
     let config_path = write_config(config);
     let (level, stderr) = match log {
-        Some((level, file)) => (level, Stdio::from(std::fs::File::create(file).unwrap())),
-        None => ("error", Stdio::inherit()),
+        Some((level, file)) => (
+            level.to_string(),
+            Stdio::from(std::fs::File::create(file).unwrap()),
+        ),
+        None => (
+            std::env::var("TEST_MCPLB_LOG").unwrap_or("error".into()),
+            Stdio::inherit(),
+        ),
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_mcplb"))
         .args(["run", "--config"])
@@ -126,20 +132,24 @@ pub fn rpc(id: u64, method: &str, params: serde_json::Value) -> serde_json::Valu
     json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
 }
 
+/// Sends an `initialize` request with JSON-RPC id `id` (no session) and returns the answer.
+pub fn initialize(c: &mut HttpClient, id: u64) -> mcplb::demo::Response {
+    c.mcp(
+        "/mcp",
+        None,
+        &rpc(
+            id,
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "t", "version": "0"}}),
+        ),
+    )
+    .unwrap()
+}
+
 /// initialize + notifications/initialized; returns (session id, server name).
 pub fn init_session(c: &mut HttpClient) -> (String, String) {
-    let r = c
-        .mcp(
-            "/mcp",
-            None,
-            &rpc(
-                1,
-                "initialize",
-                json!({"protocolVersion": "2025-06-18", "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "0"}}),
-            ),
-        )
-        .unwrap();
+    let r = initialize(c, 1);
     assert_eq!(
         r.status,
         200,

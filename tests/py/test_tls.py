@@ -1,0 +1,89 @@
+"""The official Python SDK client over https: mcplb terminates TLS (a test CA and leaf made here
+with openssl) in front of the SDK servers py-a and py-b; the client verifies against that CA."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from pathlib import Path
+
+import httpx2
+import pytest
+from conftest import _PROXIES, Backend, Proxy, _mcplb_bin
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types import CallToolResult, TextContent
+
+pytestmark = pytest.mark.anyio
+
+READ_TIMEOUT = 30.0
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def _make_pki(d: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a leaf for localhost / 127.0.0.1 signed by it (chain in the cert file)."""
+    ca_key, ca, key, csr, leaf, chain = (d / n for n in ("ca.key", "ca.pem", "leaf.key", "leaf.csr", "leaf.pem", "chain.pem"))
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=mcplb py test CA")
+    _openssl("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
+    ext = d / "ext.cnf"
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+             "-out", str(leaf), "-days", "2", "-extfile", str(ext))
+    chain.write_text(leaf.read_text() + ca.read_text())
+    return ca, chain, key
+
+
+@pytest.fixture(scope="module")
+def tls_proxy(backends: list[Backend], tmp_path_factory: pytest.TempPathFactory):
+    d = tmp_path_factory.mktemp("tls")
+    ca, cert, key = _make_pki(d)
+    urls = ", ".join(f'"{b.url}"' for b in backends)
+    config = d / "mcplb-tls.toml"
+    config.write_text(
+        '[proxy]\nlisten = "127.0.0.1:0"\nworkers = 2\n\n'
+        f'[proxy.tls]\ncert = "{cert}"\nkey = "{key}"\n\n'
+        f'[[servers]]\nname = "pytls"\npath = "/mcp"\nbackends = [{urls}]\n'
+    )
+    proxy = Proxy(_mcplb_bin(), config)
+    _PROXIES.append(proxy)
+    try:
+        proxy.start()
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield proxy, ca
+    proxy.stop()
+
+
+def text_of(result: CallToolResult) -> str:
+    assert not result.is_error, f"tool returned an error: {result.content!r}"
+    return "".join(c.text for c in result.content if isinstance(c, TextContent))
+
+
+async def test_sdk_client_over_https(tls_proxy: tuple[Proxy, Path]) -> None:
+    proxy, ca = tls_proxy
+    port = proxy.addr.rsplit(":", 1)[1]
+    url = f"https://localhost:{port}/mcp"
+    ctx = ssl.create_default_context(cafile=str(ca))
+    async with httpx2.AsyncClient(verify=ctx, timeout=READ_TIMEOUT) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode="legacy",
+                          read_timeout_seconds=READ_TIMEOUT) as client:
+            assert client.server_info is not None
+            me = client.server_info.name
+            assert me in ("py-a", "py-b")
+            assert text_of(await client.call_tool("add", {"a": 2, "b": 3})) == "5"
+            # Sticky over TLS, and progress streamed through.
+            assert text_of(await client.call_tool("whoami", {})) == me
+            tools = await client.list_tools()
+            assert "slow_progress" in {t.name for t in tools.tools}
+
+
+async def test_https_refused_without_the_ca(tls_proxy: tuple[Proxy, Path]) -> None:
+    proxy, _ = tls_proxy
+    port = proxy.addr.rsplit(":", 1)[1]
+    async with httpx2.AsyncClient(verify=ssl.create_default_context(), timeout=10) as http:
+        with pytest.raises(Exception):
+            await http.post(f"https://localhost:{port}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
