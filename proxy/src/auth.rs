@@ -48,6 +48,7 @@ struct RawJwt {
     audience: Option<OneOrMany>,
     jwks_file: Option<String>,
     jwks_url: Option<String>,
+    jwks_ca: Option<String>,
     algorithms: Option<Vec<String>>,
     leeway: Option<String>,
     refresh: Option<String>,
@@ -227,6 +228,9 @@ pub struct JwtVerifier {
     pub refresh: Duration,
     /// Least time between two fetches (an unknown `kid` asks for one early).
     pub min_refresh: Duration,
+    /// For an `https://` JWKS URL: the CA file its certificate must chain to (`jwks_ca`), and
+    /// the certificates read from it; `None`: the system roots.
+    pub jwks_ca: Option<(String, Vec<rustls_pki_types::CertificateDer<'static>>)>,
     validations: Vec<(Algorithm, Validation)>,
     keys: ArcSwap<KeySet>,
     /// A token named a key the set lacks: fetch early (rate-limited by `min_refresh`).
@@ -535,16 +539,12 @@ fn validate_jwt(j: RawJwt, key: &str, errs: &mut Vec<String>) -> Option<JwtVerif
             }
             JwksSource::File(f)
         }
-        (None, Some(u)) if u.starts_with("http://") => JwksSource::Url(u),
-        (None, Some(u)) if u.starts_with("https://") => {
-            errs.push(format!(
-                "{key}.jwks_url: https JWKS URLs need TLS in mcplb's JWKS client, which is not built yet; fetch the JWKS to a jwks_file, or use http:// on a trusted network"
-            ));
+        (None, Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {
             JwksSource::Url(u)
         }
         (None, Some(u)) => {
             errs.push(format!(
-                "{key}.jwks_url: `{}` must be an http:// URL",
+                "{key}.jwks_url: `{}` must be an https:// (or http://) URL",
                 redact_url(&u)
             ));
             JwksSource::Url(u)
@@ -558,6 +558,22 @@ fn validate_jwt(j: RawJwt, key: &str, errs: &mut Vec<String>) -> Option<JwtVerif
         (None, None) => {
             errs.push(format!("{key}: needs jwks_file or jwks_url"));
             return None;
+        }
+    };
+    let jwks_ca = match (&j.jwks_ca, &source) {
+        (None, _) => None,
+        (Some(ca), JwksSource::Url(u)) if u.starts_with("https://") => {
+            match crate::tls::load_certs(std::path::Path::new(ca)) {
+                Ok(certs) => Some((ca.clone(), certs)),
+                Err(e) => {
+                    errs.push(format!("{key}.jwks_ca: {e}"));
+                    None
+                }
+            }
+        }
+        (Some(_), _) => {
+            errs.push(format!("{key}.jwks_ca: only for an https:// jwks_url"));
+            None
         }
     };
     let initial = match &source {
@@ -616,6 +632,7 @@ fn validate_jwt(j: RawJwt, key: &str, errs: &mut Vec<String>) -> Option<JwtVerif
         source,
         refresh,
         min_refresh,
+        jwks_ca,
         validations,
         keys: ArcSwap::from_pointee(initial),
         kid_miss: AtomicBool::new(false),
@@ -1249,10 +1266,9 @@ impl Drop for JwksRefresh {
 /// names a key the set lacks. A failed fetch keeps the old keys and is logged. On a reload,
 /// `prev` is the running configuration: a verifier whose JWKS URL it already fetched starts
 /// from those keys (so an unreachable JWKS endpoint during a reload refuses no token).
-///
-/// What is missing for `https://` JWKS URLs: a TLS client. The fetch is a small blocking HTTP
-/// client (`ureq`) on this thread; enabling its rustls feature (or handing it the proxy's
-/// rustls configuration once upstream TLS lands) is all it needs.
+/// The fetch is a small blocking HTTP client (`ureq`) on this thread; `https://` URLs are
+/// verified with rustls (the `ring` provider, as for https backends) against `jwks_ca` or the
+/// system roots.
 pub fn start_refresh(
     config: &crate::config::Config,
     prev: Option<&crate::config::Config>,
@@ -1281,15 +1297,10 @@ pub fn start_refresh(
             }
         }
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .http_status_as_error(true)
-        .max_redirects(3)
-        .build()
-        .into();
+    let agents: Vec<ureq::Agent> = verifiers.iter().map(|v| agent_for(v)).collect();
     let mut last: Vec<Instant> = Vec::with_capacity(verifiers.len());
-    for v in &verifiers {
-        fetch(&agent, v);
+    for (v, agent) in verifiers.iter().zip(&agents) {
+        fetch(agent, v);
         last.push(Instant::now());
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -1299,13 +1310,13 @@ pub fn start_refresh(
         .spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
-                for (v, at) in verifiers.iter().zip(last.iter_mut()) {
+                for ((v, at), agent) in verifiers.iter().zip(last.iter_mut()).zip(&agents) {
                     let since = at.elapsed();
                     let due = since >= v.refresh
                         || (since >= v.min_refresh && v.kid_miss.load(Ordering::Relaxed));
                     if due && !stopped.load(Ordering::Relaxed) {
                         v.kid_miss.store(false, Ordering::Relaxed);
-                        fetch(&agent, v);
+                        fetch(agent, v);
                         *at = Instant::now();
                     }
                 }
@@ -1357,6 +1368,44 @@ pub fn changed_keys(old: &AuthConfig, new: &AuthConfig) -> Vec<&'static str> {
     out
 }
 
+/// The HTTP client of one verifier: 5 s for a whole fetch, at most 3 redirects, and for https
+/// rustls verifying against `jwks_ca` or the system roots (read once per process).
+fn agent_for(v: &JwtVerifier) -> ureq::Agent {
+    static SYSTEM: OnceLock<Arc<Vec<ureq::tls::Certificate<'static>>>> = OnceLock::new();
+    let roots = match &v.jwks_ca {
+        Some((_, certs)) => Arc::new(
+            certs
+                .iter()
+                .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+                .collect(),
+        ),
+        None => SYSTEM
+            .get_or_init(|| {
+                let found = rustls_native_certs::load_native_certs();
+                Arc::new(
+                    found
+                        .certs
+                        .iter()
+                        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+                        .collect(),
+                )
+            })
+            .clone(),
+    };
+    let tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .root_certs(ureq::tls::RootCerts::Specific(roots))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build();
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(true)
+        .max_redirects(3)
+        .tls_config(tls)
+        .build()
+        .into()
+}
+
 /// Longest JWKS accepted.
 const MAX_JWKS_BYTES: u64 = 1 << 20;
 
@@ -1383,7 +1432,10 @@ fn fetch(agent: &ureq::Agent, v: &JwtVerifier) {
             let why = match &e {
                 ureq::Error::StatusCode(s) => format!("HTTP status {s}"),
                 ureq::Error::Timeout(_) => "timed out".to_string(),
-                ureq::Error::Io(io) => format!("I/O: {}", io.kind()),
+                // Its text (e.g. a certificate rustls refused) names no URL.
+                ureq::Error::Io(io) => format!("I/O: {io}"),
+                ureq::Error::Rustls(t) => format!("TLS: {t}"),
+                ureq::Error::Tls(t) => format!("TLS: {t}"),
                 ureq::Error::BodyExceedsLimit(_) => format!("larger than {MAX_JWKS_BYTES} bytes"),
                 _ => "request failed".to_string(),
             };

@@ -45,6 +45,7 @@ fn auth_json(a: &crate::auth::AuthConfig) -> Value {
             "issuer": v.issuer, "audience": v.audience,
             "algorithms": v.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
             "jwks_file": file, "jwks_url": url,
+            "jwks_ca": v.jwks_ca.as_ref().map(|(p, _)| p.clone()),
             "leeway_s": secs(v.leeway), "refresh_s": secs(v.refresh),
             "min_refresh_s": secs(v.min_refresh),
             "identity_claim": v.identity_claim, "required_scopes": v.required_scopes,

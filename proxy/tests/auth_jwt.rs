@@ -782,3 +782,92 @@ fn reload_switches_the_jwks_and_keeps_keys_of_an_unchanged_url() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(with_token(&p, "/mcp", 5, &tb).status, 200);
 }
+
+/// A loopback https server (certificate for 127.0.0.1 from a CA made here) answering every
+/// GET with `body`; returns its URL and the CA's PEM file.
+fn https_jwks_server(body: String, dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let ca_file = dir.join("jwks-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let cfg = Arc::new(cfg);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}/jwks.json", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let conn = rustls::ServerConnection::new(cfg.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, s);
+            let mut req = Vec::new();
+            let mut tmp = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut tmp) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&tmp[..n]),
+                }
+            }
+            let _ = write!(
+                tls,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tls.flush();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    (url, ca_file)
+}
+
+#[test]
+fn jwks_over_https_verified_against_the_configured_ca() {
+    let k = ec_key("tls-k");
+    let dir = std::env::temp_dir().join(format!("mcplb-jwt-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (url, ca) = https_jwks_server(jwks(&[&k]), &dir);
+    let m = mock("alpha");
+    let token = sign(&k, &claims("tls-user"));
+    // Trusting the CA: the keys load and the token passes.
+    let cfg = format!(
+        "{}{}",
+        config_for(&[&m], ""),
+        jwt_table(
+            &format!("jwks_url = \"{url}\"\njwks_ca = \"{}\"", ca.display()),
+            ""
+        ),
+    );
+    let p = start_proxy(&cfg, "auto");
+    assert_eq!(with_token(&p, "/mcp", 1, &token).status, 200);
+    drop(p);
+    // With the system roots, which do not know the test CA: no keys, every token refused.
+    let cfg = format!(
+        "{}{}",
+        config_for(&[&m], ""),
+        jwt_table(&format!("jwks_url = \"{url}\""), ""),
+    );
+    let p = start_proxy(&cfg, "auto");
+    assert_refused(
+        &with_token(&p, "/mcp", 2, &token),
+        2,
+        "JWKS from an untrusted server",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
