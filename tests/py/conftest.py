@@ -207,9 +207,9 @@ def _config_toml(server_name: str, backends: list[Backend]) -> str:
     )
 
 
-def _start_proxy(tmp_dir: Path, server_name: str, backends: list[Backend]) -> Proxy:
-    config = tmp_dir / f"mcplb-{server_name}.toml"
-    config.write_text(_config_toml(server_name, backends))
+def start_proxy_file(config: Path) -> Proxy:
+    """Starts mcplb on a config file (its output goes into failure reports); fails the test
+    if it does not come up."""
     proxy = Proxy(_mcplb_bin(), config)
     _PROXIES.append(proxy)
     error = None
@@ -220,6 +220,12 @@ def _start_proxy(tmp_dir: Path, server_name: str, backends: list[Backend]) -> Pr
     if error is not None:
         pytest.fail(error, pytrace=False)
     return proxy
+
+
+def _start_proxy(tmp_dir: Path, server_name: str, backends: list[Backend]) -> Proxy:
+    config = tmp_dir / f"mcplb-{server_name}.toml"
+    config.write_text(_config_toml(server_name, backends))
+    return start_proxy_file(config)
 
 
 # ---------------------------------------------------------------------------------------------

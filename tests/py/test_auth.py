@@ -17,7 +17,7 @@ import httpx
 import httpx2
 import jwt
 import pytest
-from conftest import _PROXIES, Proxy, _mcplb_bin, free_port
+from conftest import free_port, start_proxy_file
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from mcp import Client
@@ -51,12 +51,7 @@ def auth_proxy(tmp_path: Path, backends):
         f'[servers.auth.resource_metadata]\nresource = "{resource}"\n'
         f'authorization_servers = ["{ISSUER}"]\nscopes_supported = ["mcp:tools"]\n'
     )
-    proxy = Proxy(_mcplb_bin(), config)
-    _PROXIES.append(proxy)
-    try:
-        proxy.start()
-    except RuntimeError as e:
-        pytest.fail(str(e), pytrace=False)
+    proxy = start_proxy_file(config)
     yield proxy.url, resource, key
     proxy.stop()
 

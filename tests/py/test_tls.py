@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from conftest import _PROXIES, Backend, Proxy, _mcplb_bin
+from conftest import Backend, Proxy, start_proxy_file
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult, TextContent
@@ -48,12 +48,7 @@ def tls_proxy(backends: list[Backend], tmp_path_factory: pytest.TempPathFactory)
         f'[proxy.tls]\ncert = "{cert}"\nkey = "{key}"\n\n'
         f'[[servers]]\nname = "pytls"\npath = "/mcp"\nbackends = [{urls}]\n'
     )
-    proxy = Proxy(_mcplb_bin(), config)
-    _PROXIES.append(proxy)
-    try:
-        proxy.start()
-    except RuntimeError as e:
-        pytest.fail(str(e), pytrace=False)
+    proxy = start_proxy_file(config)
     yield proxy, ca
     proxy.stop()
 
