@@ -17,6 +17,9 @@ pub mod stats;
 pub mod stdio;
 mod worker;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
