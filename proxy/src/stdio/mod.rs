@@ -1491,17 +1491,8 @@ impl Inner {
         }
         // Tied to the most recent request in flight when there is one: it is the likeliest
         // origin (logging during a tool call; any request of a per-session process).
-        let target = lock(&proc.pending)
-            .iter()
-            .filter(|(_, p)| p.streamable)
-            .max_by_key(|(bid, _)| **bid)
-            .map(|(_, p)| p.tx.clone());
-        let msg = match target {
-            Some(tx) => match deliver(&tx, Event::Message(msg)) {
-                Ok(()) => return,
-                Err(ev) => ev.into_message(),
-            },
-            None => msg,
+        let Some(msg) = to_latest_call(proc, msg, |_| true) else {
+            return;
         };
         let delivered = match proc.owner {
             Owner::Pool => lock(&proc.session)
@@ -1561,17 +1552,8 @@ impl Inner {
         };
         let (code, why) = match owner {
             Some(seq) => {
-                let target = lock(&proc.pending)
-                    .iter()
-                    .filter(|(_, p)| p.session == seq && p.streamable)
-                    .max_by_key(|(bid, _)| **bid)
-                    .map(|(_, p)| p.tx.clone());
-                let msg = match target {
-                    Some(tx) => match deliver(&tx, Event::Message(msg)) {
-                        Ok(()) => return,
-                        Err(ev) => ev.into_message(),
-                    },
-                    None => msg,
+                let Some(msg) = to_latest_call(proc, msg, |p| p.session == seq) else {
+                    return;
                 };
                 let session = lock(&self.sessions)
                     .values()
@@ -1690,6 +1672,23 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+/// Streams a server message to the answer of the most recent streamable request on `proc`
+/// that `which` accepts. Gives the message back when there is none or it could not be
+/// delivered.
+fn to_latest_call(proc: &Process, msg: Value, which: impl Fn(&Pending) -> bool) -> Option<Value> {
+    let target = lock(&proc.pending)
+        .iter()
+        .filter(|(_, p)| p.streamable && which(p))
+        .max_by_key(|(bid, _)| **bid)
+        .map(|(_, p)| p.tx.clone());
+    match target {
+        Some(tx) => deliver(&tx, Event::Message(msg))
+            .err()
+            .map(Event::into_message),
+        None => Some(msg),
     }
 }
 
