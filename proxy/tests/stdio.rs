@@ -819,3 +819,22 @@ fn shared_server_requests_no_caller_can_answer_are_refused_and_pings_answered_by
     );
     assert_eq!(text(ping.last()), "{}");
 }
+
+#[test]
+fn shared_new_capable_sessions_go_to_the_process_with_fewest_capable_sessions() {
+    let mut cfg = config(StdioMode::Shared);
+    (cfg.min, cfg.max) = (2, 2);
+    let bridge = StdioBridge::start(cfg).unwrap();
+    let addr = bridge.addr();
+    // Round robin alone would put b on a's process (a: first, p: second, b: first again).
+    let a = initialize(addr);
+    let p = initialize_plain(addr);
+    let b = initialize(addr);
+    let (pa, pp, pb) = (pid_of(addr, &a), pid_of(addr, &p), pid_of(addr, &b));
+    assert_ne!(pa, pp, "plain sessions go round robin");
+    assert_ne!(
+        pa, pb,
+        "two capable sessions would take turns on one process"
+    );
+    assert_eq!(bridge.child_pids().len(), 2);
+}
