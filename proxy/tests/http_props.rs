@@ -105,6 +105,7 @@ fn response_head() -> impl Strategy<Value = Vec<u8>> {
         Just("HTTP/1.1 204 No Content"),
         Just("HTTP/1.1 404"),
         Just("HTTP/1.1 999 Odd"),
+        Just("HTTP/1.1 020 Odd"),
         Just("HTTP/1.1 20 short"),
     ];
     let header = (
