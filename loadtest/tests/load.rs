@@ -109,6 +109,30 @@ fn errors_by_kind() {
     .unwrap();
     assert_eq!(report.ok, 0);
     assert_eq!(report.errors.jsonrpc, 50, "{report}");
+    assert_eq!(report.errors.http_status, 0, "{report}");
+
+    // An answer whose id is not the request's (here: the same digits as a
+    // string) is an id mismatch, not a success.
+    let report = run_load(LoadOptions {
+        requests: Some(20),
+        tool: "wrong_id".into(),
+        ..opts(server.url())
+    })
+    .unwrap();
+    assert_eq!(report.ok, 0, "{report}");
+    assert_eq!(report.errors.id_mismatch, 20, "{report}");
+
+    // HTTP errors are counted apart from JSON-RPC errors: a path the server
+    // does not serve gets 404 (stateless, so no initialize fails first).
+    let report = run_load(LoadOptions {
+        requests: Some(30),
+        stateless: true,
+        ..opts(server.url().replace("/mcp", "/elsewhere"))
+    })
+    .unwrap();
+    assert_eq!(report.ok, 0, "{report}");
+    assert_eq!(report.errors.http_status, 30, "{report}");
+    assert_eq!(report.errors.jsonrpc, 0, "{report}");
 
     // Progress tool answers over SSE: the final response is found.
     let report = run_load(LoadOptions {
