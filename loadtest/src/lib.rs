@@ -5,6 +5,7 @@ pub mod http;
 pub mod load;
 pub mod mock;
 pub mod output;
+pub mod pace;
 pub mod runtime;
 pub mod scenario;
 

@@ -10,10 +10,18 @@
 //! answers, and measures latency from the scheduled time, so a queue in front
 //! of a busy connection shows up in the numbers (no coordinated omission).
 //!
-//! monoio's timer has a 1 ms resolution, so in open loop a call may leave up
-//! to about 1 ms after its scheduled time even on an idle connection; that lag
-//! is part of the latency and is reported on its own (`send_lag`) so it can be
-//! told apart from the target's queueing.
+//! In open loop each connection waits for its send times on a timerfd read
+//! through io_uring ([`crate::pace`]), so a call leaves within microseconds
+//! of its schedule on an idle connection (monoio's own timer ticks once a
+//! millisecond; the epoll driver falls back to it). How late each call left
+//! is part of its latency and is also reported on its own (`send_lag`), so it
+//! can be told apart from the target's queueing.
+//!
+//! The request path allocates nothing for JSON answers (SSE answers go through
+//! [`protocol::SseParser`], which does): each connection renders its calls
+//! once (per session) with a fixed-width integer id that is patched in place,
+//! and checks each answer (status, JSON-RPC envelope, id bytes, result or
+//! error) with mcplb's zero-copy scanner, [`protocol::parse_message`].
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -29,6 +37,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::{self, Chunked, HttpUrl};
+use crate::pace::Pacer;
 
 /// Percentiles printed in reports.
 pub const PERCENTILES: [f64; 6] = [50.0, 90.0, 95.0, 99.0, 99.9, 99.99];
@@ -676,10 +685,12 @@ fn thread_main(
         calls: vec![(0, 0); plan.calls.len()],
         live,
     }));
-    crate::runtime::block_on(async {
+    let vu_stats = stats.clone();
+    crate::runtime::block_on(|driver| async move {
         let mut tasks = Vec::with_capacity(ids.len());
         for id in ids {
-            let vu = Vu::new(opts, plan, url, addr, shared, &stats, id);
+            let mut vu = Vu::new(opts, plan, url, addr, shared, &vu_stats, id);
+            vu.precise = driver == crate::runtime::Driver::IoUring;
             tasks.push(monoio::spawn(vu.run()));
         }
         for t in tasks {
@@ -765,6 +776,8 @@ struct Vu {
     out: Vec<u8>,
     /// A chunked answer's body, decoded.
     body: Vec<u8>,
+    /// Open loop: wait for send times with a timerfd (io_uring only).
+    precise: bool,
 }
 
 impl Vu {
@@ -793,6 +806,7 @@ impl Vu {
             inbuf: Vec::with_capacity(16 * 1024),
             out: Vec::with_capacity(1024),
             body: Vec::new(),
+            precise: false,
         }
     }
 
@@ -829,15 +843,13 @@ impl Vu {
             None => start,
         };
         let live = self.stats.borrow().live.clone();
+        let mut pacer = Pacer::new(self.precise && interval.is_some());
         loop {
             let scheduled = match interval {
                 Some(iv) => {
                     let t = next_at;
                     next_at += iv;
-                    let now = Instant::now();
-                    if t > now {
-                        monoio::time::sleep(t - now).await;
-                    }
+                    pacer.until(t).await;
                     t
                 }
                 None => Instant::now(),

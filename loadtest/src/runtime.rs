@@ -13,10 +13,20 @@ use std::future::Future;
 /// connection in flight plus timers.
 const ENTRIES: u32 = 4096;
 
-/// Runs `fut` to completion on a new runtime on the calling thread: io_uring
-/// with `COOP_TASKRUN | SINGLE_ISSUER`, io_uring without them (kernels before
-/// 5.19), or the epoll driver when io_uring is not available at all.
-pub fn block_on<F: Future>(fut: F) -> std::io::Result<F::Output> {
+/// Which driver a runtime runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring (with or without the setup flags).
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+/// Runs the future `make` returns to completion on a new runtime on the
+/// calling thread: io_uring with `COOP_TASKRUN | SINGLE_ISSUER`, io_uring
+/// without them (kernels before 5.19), or the epoll driver when io_uring is not
+/// available at all. `make` learns which.
+pub fn block_on<F: Future>(make: impl FnOnce(Driver) -> F) -> std::io::Result<F::Output> {
     let uring = |plain: bool| {
         let mut b = io_uring::IoUring::builder();
         if !plain {
@@ -29,10 +39,10 @@ pub fn block_on<F: Future>(fut: F) -> std::io::Result<F::Output> {
             .build()
     };
     if let Ok(mut rt) = uring(false).or_else(|_| uring(true)) {
-        return Ok(rt.block_on(fut));
+        return Ok(rt.block_on(make(Driver::IoUring)));
     }
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
         .build()?;
-    Ok(rt.block_on(fut))
+    Ok(rt.block_on(make(Driver::Epoll)))
 }
