@@ -73,6 +73,10 @@ pub struct LoadOptions {
     pub calls: Vec<CallSpec>,
     /// 2026-07-28 style: no initialize, no session, `_meta` on every request.
     pub stateless: bool,
+    /// MCP sessions, spread over the connections (each connection takes its
+    /// sessions in turn, one call each); `None` is one per connection. At
+    /// least `connections`; not with `stateless`.
+    pub sessions: Option<usize>,
     /// monoio worker threads; connections are spread over them.
     pub threads: usize,
     /// Per-request timeout; a timed-out connection is closed and reopened.
@@ -94,6 +98,7 @@ impl Default for LoadOptions {
             arguments: json!({"text": "hello"}),
             calls: Vec::new(),
             stateless: false,
+            sessions: None,
             threads: 1,
             timeout: Duration::from_secs(30),
             progress: false,
@@ -357,6 +362,8 @@ pub struct LoadReport {
     pub url: String,
     /// Connections used.
     pub connections: usize,
+    /// MCP sessions used (0 in stateless mode).
+    pub sessions: usize,
     /// Worker threads used.
     pub threads: usize,
     /// Open-loop rate, if any.
@@ -411,6 +418,7 @@ impl LoadReport {
         json!({
             "url": self.url,
             "connections": self.connections,
+            "sessions": self.sessions,
             "threads": self.threads,
             "rate": self.rate,
             "elapsed_s": self.elapsed.as_secs_f64(),
@@ -444,8 +452,8 @@ impl std::fmt::Display for LoadReport {
         };
         writeln!(
             f,
-            "target      {} ({} connections, {} threads, {mode})",
-            self.url, self.connections, self.threads
+            "target      {} ({} connections, {} sessions, {} threads, {mode})",
+            self.url, self.connections, self.sessions, self.threads
         )?;
         writeln!(
             f,
@@ -497,6 +505,16 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     if opts.connections == 0 {
         anyhow::bail!("connections must be at least 1");
     }
+    let sessions = match (opts.sessions, opts.stateless) {
+        (None, true) => 0,
+        (None, false) => opts.connections,
+        (Some(_), true) => anyhow::bail!("sessions: stateless requests have no sessions"),
+        (Some(s), false) if s < opts.connections => anyhow::bail!(
+            "sessions = {s} is below connections = {}: each connection needs a session of its own",
+            opts.connections
+        ),
+        (Some(s), false) => s,
+    };
     if let Some(r) = opts.rate {
         if !(r > 0.0 && r.is_finite()) {
             anyhow::bail!("rate must be a positive number");
@@ -573,6 +591,7 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     Ok(LoadReport {
         url: opts.url.clone(),
         connections: opts.connections,
+        sessions,
         threads,
         rate: opts.rate,
         elapsed: finished.saturating_duration_since(measure_start),
@@ -690,6 +709,10 @@ fn thread_main(
         let mut tasks = Vec::with_capacity(ids.len());
         for id in ids {
             let mut vu = Vu::new(opts, plan, url, addr, shared, &vu_stats, id);
+            // Sessions spread over the connections as evenly as they go.
+            let (s, c) = (opts.sessions.unwrap_or(opts.connections), opts.connections);
+            let mine = s / c + usize::from(id < s % c);
+            vu.slots = (0..mine.max(1)).map(|_| Slot::default()).collect();
             vu.precise = driver == crate::runtime::Driver::IoUring;
             tasks.push(monoio::spawn(vu.run()));
         }
@@ -753,7 +776,26 @@ struct Answer {
     rpc: Result<(), ErrKind>,
 }
 
-/// A virtual user: one connection and its session.
+/// One MCP session a connection drives, and its calls rendered for it.
+#[derive(Default)]
+struct Slot {
+    /// `None` until initialized; `Some("")` when the server issued none.
+    session: Option<String>,
+    /// One pre-rendered request per call of the plan; empty until rendered
+    /// for this session.
+    requests: Vec<Rendered>,
+}
+
+impl Slot {
+    fn forget(&mut self) {
+        self.session = None;
+        self.requests.clear();
+    }
+}
+
+/// A virtual user: one connection and its sessions (one, unless
+/// [`LoadOptions::sessions`] spreads more over the connections), taken in
+/// turn, a call each.
 struct Vu {
     opts: Arc<LoadOptions>,
     plan: Arc<Plan>,
@@ -766,11 +808,11 @@ struct Vu {
     stats: Rc<RefCell<ThreadStats>>,
     index: usize,
     conn: Option<TcpStream>,
-    session: Option<String>,
+    /// This connection's sessions (one empty slot in stateless mode).
+    slots: Vec<Slot>,
+    /// The slot of the current call.
+    cur: usize,
     next_id: u64,
-    /// One pre-rendered request per call of the plan; empty until rendered
-    /// for the current session.
-    requests: Vec<Rendered>,
     inbuf: Vec<u8>,
     /// Requests of the setup (initialize, notifications/initialized).
     out: Vec<u8>,
@@ -800,9 +842,9 @@ impl Vu {
             stats: stats.clone(),
             index,
             conn: None,
-            session: None,
+            slots: vec![Slot::default()],
+            cur: 0,
             next_id: ID_FIRST,
-            requests: Vec::new(),
             inbuf: Vec::with_capacity(16 * 1024),
             out: Vec::with_capacity(1024),
             body: Vec::new(),
@@ -813,7 +855,10 @@ impl Vu {
     async fn run(mut self) {
         // Setup before the common start, so that connects and initializes do
         // not pollute the first measurements.
-        let _ = self.ensure_ready().await;
+        for slot in 0..self.slots.len() {
+            self.cur = slot;
+            let _ = self.ensure_ready().await;
+        }
         let total = self.opts.connections;
         if self.shared.ready.fetch_add(1, Ordering::AcqRel) + 1 == total {
             let _ = self.shared.start.set(Instant::now());
@@ -858,6 +903,7 @@ impl Vu {
                 break;
             }
             let measured = scheduled >= measure_start;
+            self.cur = (self.cur + 1) % self.slots.len();
             let ci = self.plan.schedule[self.cursor % self.plan.schedule.len()];
             self.cursor = self.cursor.wrapping_add(1);
             if measured {
@@ -904,11 +950,10 @@ impl Vu {
         self.conn = None;
     }
 
-    /// Connects and initializes if needed.
+    /// Connects, and initializes the current session, if needed. Sessions
+    /// outlive connections: a new connection goes on with them.
     async fn ensure_ready(&mut self) -> Result<(), ErrKind> {
         if self.conn.is_none() {
-            self.session = None;
-            self.requests.clear();
             let fut = TcpStream::connect_addr(self.addr);
             match monoio::time::timeout(self.opts.timeout, fut).await {
                 Ok(Ok(s)) => {
@@ -920,7 +965,7 @@ impl Vu {
                 Err(_) => return Err(ErrKind::Timeout),
             }
         }
-        if self.opts.stateless || self.session.is_some() {
+        if self.opts.stateless || self.slots[self.cur].session.is_some() {
             return Ok(());
         }
         let id = self.take_id();
@@ -932,7 +977,7 @@ impl Vu {
                 "clientInfo": {"name": "mcplb-load", "version": env!("CARGO_PKG_VERSION")},
             },
         });
-        self.render_setup(&body.to_string());
+        self.render_setup(&body.to_string(), None);
         let out = std::mem::take(&mut self.out);
         let (ans, out) = self.exchange(out, Some(&id_digits(id))).await;
         self.out = out;
@@ -943,11 +988,12 @@ impl Vu {
         ans.rpc?;
         let Some(session) = ans.session else {
             // A server without sessions: go on statelessly.
-            self.session = Some(String::new());
+            self.slots[self.cur].session = Some(String::new());
             return Ok(());
         };
-        self.session = Some(session);
-        self.render_setup(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        self.render_setup(note, Some(&session));
+        self.slots[self.cur].session = Some(session);
         let out = std::mem::take(&mut self.out);
         let (ans, out) = self.exchange(out, None).await;
         self.out = out;
@@ -967,19 +1013,18 @@ impl Vu {
     fn status_error(&mut self, status: u16) -> ErrKind {
         if status == 404 {
             // Session gone: start over with a new initialize.
-            self.session = None;
-            self.requests.clear();
+            self.slots[self.cur].forget();
         }
         ErrKind::Status(status)
     }
 
     /// One call of the mix (`ci` indexes `plan.calls`).
     async fn call(&mut self, ci: usize) -> Result<(), ErrKind> {
-        if self.requests.is_empty() {
+        if self.slots[self.cur].requests.is_empty() {
             self.render_calls();
         }
         let id = id_digits(self.take_id());
-        let Some(req) = self.requests.get_mut(ci) else {
+        let Some(req) = self.slots[self.cur].requests.get_mut(ci) else {
             return Err(ErrKind::Io);
         };
         let at = req.id_at;
@@ -989,10 +1034,11 @@ impl Vu {
             None => return Err(ErrKind::Io),
         }
         let (ans, bytes) = self.exchange(bytes, Some(&id)).await;
-        match self.requests.get_mut(ci) {
+        let slot = &mut self.slots[self.cur];
+        match slot.requests.get_mut(ci) {
             // A timed-out exchange loses its buffer: render again next time.
             Some(req) if !bytes.is_empty() => req.bytes = bytes,
-            _ => self.requests.clear(),
+            _ => slot.requests.clear(),
         }
         let ans = ans?;
         if ans.status != 200 {
@@ -1002,7 +1048,7 @@ impl Vu {
     }
 
     /// Writes the request head for a body of `body_len` bytes into `o`.
-    fn write_head(&self, o: &mut Vec<u8>, body_len: usize, extra: &str) {
+    fn write_head(&self, o: &mut Vec<u8>, body_len: usize, extra: &str, session: Option<&str>) {
         use std::io::Write;
         let _ = write!(
             o,
@@ -1010,7 +1056,7 @@ impl Vu {
              Accept: application/json, text/event-stream\r\nContent-Length: {body_len}\r\n{extra}",
             self.url.path, self.url.authority,
         );
-        if let Some(s) = self.session.as_deref().filter(|s| !s.is_empty()) {
+        if let Some(s) = session.filter(|s| !s.is_empty()) {
             let _ = write!(
                 o,
                 "Mcp-Session-Id: {s}\r\nMCP-Protocol-Version: {STATEFUL_VERSION}\r\n"
@@ -1020,30 +1066,31 @@ impl Vu {
     }
 
     /// Renders a setup request (`body` as it is) into `self.out`.
-    fn render_setup(&mut self, body: &str) {
+    fn render_setup(&mut self, body: &str, session: Option<&str>) {
         let mut o = std::mem::take(&mut self.out);
         o.clear();
-        self.write_head(&mut o, body.len(), "");
+        self.write_head(&mut o, body.len(), "", session);
         o.extend_from_slice(body.as_bytes());
         self.out = o;
     }
 
-    /// Renders every call of the plan for this connection and session, with
-    /// a placeholder id.
+    /// Renders every call of the plan for the current session, with a
+    /// placeholder id.
     fn render_calls(&mut self) {
         let plan = self.plan.clone();
+        let session = self.slots[self.cur].session.clone();
         let mut requests = Vec::with_capacity(plan.calls.len());
         for call in &plan.calls {
             let mut o = Vec::with_capacity(512);
             let body_len = BODY_HEAD.len() + ID_WIDTH + call.body_tail.len();
-            self.write_head(&mut o, body_len, &call.headers);
+            self.write_head(&mut o, body_len, &call.headers, session.as_deref());
             o.extend_from_slice(BODY_HEAD);
             let id_at = o.len();
             o.extend_from_slice(&id_digits(ID_FIRST));
             o.extend_from_slice(&call.body_tail);
             requests.push(Rendered { bytes: o, id_at });
         }
-        self.requests = requests;
+        self.slots[self.cur].requests = requests;
     }
 
     /// Sends `out` and reads the answer (with the timeout); returns the
@@ -1077,8 +1124,7 @@ impl Vu {
 
     fn reset(&mut self) {
         self.conn = None;
-        self.session = None;
-        self.requests.clear();
+        self.slots[self.cur].forget();
         self.inbuf = Vec::with_capacity(16 * 1024);
     }
 
@@ -1145,7 +1191,9 @@ impl Vu {
                 close = http::has_token(h.value, "close");
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 chunked = http::has_token(h.value, "chunked");
-            } else if name.eq_ignore_ascii_case(b"mcp-session-id") && self.session.is_none() {
+            } else if name.eq_ignore_ascii_case(b"mcp-session-id")
+                && self.slots[self.cur].session.is_none()
+            {
                 session = std::str::from_utf8(h.value).ok().map(str::to_string);
             }
         }

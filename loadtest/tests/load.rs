@@ -77,6 +77,26 @@ fn open_loop_rate_and_latency_from_schedule() {
 }
 
 #[test]
+fn sessions_spread_over_connections() {
+    let server = mock(MockConfig::default());
+    // 10 sessions over 3 connections (4, 3 and 3 each), every call in turn.
+    let report = run_load(LoadOptions {
+        connections: 3,
+        sessions: Some(10),
+        requests: Some(300),
+        ..opts(server.url())
+    })
+    .unwrap();
+    assert_eq!(report.ok, 300, "{report}");
+    assert_eq!(report.errors.total(), 0, "{report}");
+    assert_eq!(report.sessions, 10);
+    assert_eq!(server.sessions(), 10);
+    // 10 initialize + 10 notifications/initialized + 300 calls.
+    assert_eq!(server.requests(), 320);
+    assert!(report.to_string().contains("3 connections, 10 sessions"));
+}
+
+#[test]
 fn stateless_mode() {
     let server = mock(MockConfig {
         stateless: true,
