@@ -22,6 +22,7 @@ Settings (environment):
   BASE_PORT  ports BASE+1 (stateless mock) and BASE+2 (stateful mock) (default 27100)
   BIN        directory holding the release mcplb-load (default target/release)
   OUT        results directory (default bench/results)
+  TAG        suffix of the results files' names (default none)
 """
 
 import datetime
@@ -48,6 +49,7 @@ MOCK_CORE = os.environ.get("MOCK_CORE", "1")
 BASE = int(os.environ.get("BASE_PORT", 27100))
 BIN = os.environ.get("BIN", os.path.join(ROOT, "target", "release"))
 OUT = os.environ.get("OUT", os.path.join(ROOT, "bench", "results"))
+TAG = os.environ.get("TAG", "")
 PORTS = {"stateless": BASE + 1, "session": BASE + 2}
 
 TOOL = "echo"
@@ -204,8 +206,10 @@ def report(res, facts, command, started, finished, load_start, load_end):
     L.append(f"- Load average at start {' '.join(load_start)}, at end {' '.join(load_end)}. "
              "The machine is shared: *foreign* is the CPU used by processes not in the benchmark, in % of "
              "one core, during each run.")
-    L.append(f"- Target: `mcplb-load mock --threads 1` (release), alone on core {MOCK_CORE}; stateless "
-             f"(`--stateless`) for the stateless mode, with sessions for the session mode. Load tool alone "
+    where = (f"alone on core {MOCK_CORE}" if MOCK_CORE != LOAD_CORE
+             else f"on core {MOCK_CORE}, shared with the load tool (the side-by-side layout)")
+    L.append(f"- Target: `mcplb-load mock --threads 1` (release), {where}; stateless "
+             f"(`--stateless`) for the stateless mode, with sessions for the session mode. Load tool "
              f"on core {LOAD_CORE}: `wrk -t1 -c{CONNS} -d{DURATION}s -s MODE.lua` and `mcplb-load run "
              f"--threads 1 --connections {CONNS} --duration {DURATION}s --warmup 0s` (closed loop, one "
              "thread, the same connections).")
@@ -270,7 +274,7 @@ def main():
     signal.signal(signal.SIGINT, sbs.on_signal)
     started = datetime.datetime.now()
     os.makedirs(OUT, exist_ok=True)
-    stem = os.path.join(OUT, f"{started:%Y-%m-%d}-load-vs-wrk")
+    stem = os.path.join(OUT, f"{started:%Y-%m-%d}-load-vs-wrk" + (f"-{TAG}" if TAG else ""))
     for port in PORTS.values():
         if not sbs.port_free(port):
             sys.exit(f"port {port} is in use; set BASE_PORT to another base (now {BASE})")

@@ -7,7 +7,8 @@
 #   DURATION=3 RUNS=5 bench/load_vs_wrk.sh
 #
 # Settings (environment): DURATION (s per run, 5), RUNS (counted pairs per mode, 9), CONNS (64),
-# MODES ("stateless session"), LOAD_CORE (0), MOCK_CORE (1), BASE_PORT (27100), OUT;
+# MODES ("stateless session"), LOAD_CORE (0), MOCK_CORE (1), BASE_PORT (27100), OUT, TAG (a
+# suffix for the results files' names);
 # LOAD_MAX (1.0) and LOAD_WAIT (0): wait up to LOAD_WAIT s for the 1-min load average to drop
 # below LOAD_MAX before starting (the results record the load and the foreign CPU either way);
 # NO_BUILD=1 skips `cargo build`; NO_INSTALL=1 never calls apt-get.
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 COMMAND="bench/load_vs_wrk.sh"
-for v in DURATION RUNS CONNS MODES LOAD_CORE MOCK_CORE BASE_PORT OUT LOAD_MAX LOAD_WAIT NO_BUILD; do
+for v in DURATION RUNS CONNS MODES LOAD_CORE MOCK_CORE BASE_PORT OUT TAG LOAD_MAX LOAD_WAIT NO_BUILD; do
     if [ -n "${!v:-}" ]; then COMMAND="$v=\"${!v}\" $COMMAND"; fi
 done
 
