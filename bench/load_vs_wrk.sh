@@ -21,20 +21,12 @@ for v in DURATION RUNS CONNS MODES LOAD_CORE MOCK_CORE BASE_PORT OUT TAG LOAD_MA
     if [ -n "${!v:-}" ]; then COMMAND="$v=\"${!v}\" $COMMAND"; fi
 done
 
-say() { echo "[load-vs-wrk] $*" >&2; }
+SAY_TAG=load-vs-wrk
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
 
 # ---- tools: wrk, taskset, python3 (Debian/Ubuntu packages)
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v taskset >/dev/null || need+=(util-linux)
-command -v python3 >/dev/null || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-    if [ -n "${NO_INSTALL:-}" ]; then say "missing: ${need[*]} (NO_INSTALL set)"; exit 1; fi
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    say "installing ${need[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
-fi
+install_missing wrk:wrk taskset:util-linux python3:python3
 if [ "$(nproc)" -lt 2 ]; then say "needs at least 2 cores (load tool on one, mock backend on another)"; exit 1; fi
 
 # ---- binary (release; a CARGO_TARGET_DIR set in the environment is honoured)
@@ -46,23 +38,7 @@ fi
 [ -x "$BIN/mcplb-load" ] || { say "missing $BIN/mcplb-load (build with: cargo build --release -p mcplb-load)"; exit 1; }
 
 # ---- a quiet machine, if asked for
-LOAD_MAX=${LOAD_MAX:-1.0}
-LOAD_WAIT=${LOAD_WAIT:-0}
-waited=0
-while awk -v m="$LOAD_MAX" '{ exit !($1 >= m) }' /proc/loadavg && [ "$waited" -lt "$LOAD_WAIT" ]; do
-    [ $((waited % 60)) -eq 0 ] && say "load average $(cut -d' ' -f1-3 /proc/loadavg) >= $LOAD_MAX; waiting (up to ${LOAD_WAIT}s)"
-    sleep 10; waited=$((waited + 10))
-done
-say "load average $(cut -d' ' -f1-3 /proc/loadavg); starting"
+wait_quiet "${LOAD_MAX:-1.0}" "${LOAD_WAIT:-0}"
 
 # ---- run (the orchestrator stops every process it started, by PID, on exit)
-PY=""
-cleanup() { if [ -n "$PY" ] && kill -0 "$PY" 2>/dev/null; then kill -TERM "$PY" 2>/dev/null; wait "$PY" 2>/dev/null || true; fi; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-BIN="$BIN" LVW_COMMAND="$COMMAND" python3 "$ROOT/bench/load_vs_wrk.py" &
-PY=$!
-wait "$PY"
-rc=$?
-PY=""
-exit $rc
+run_stoppable env BIN="$BIN" LVW_COMMAND="$COMMAND" python3 "$ROOT/bench/load_vs_wrk.py"
