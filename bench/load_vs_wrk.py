@@ -23,6 +23,9 @@ Settings (environment):
   BIN        directory holding the release mcplb-load (default target/release)
   OUT        results directory (default bench/results)
   TAG        suffix of the results files' names (default none)
+
+`python3 bench/load_vs_wrk.py --report bench/results/<date>-load-vs-wrk.json` writes the markdown
+again from the saved runs.
 """
 
 import datetime
@@ -258,6 +261,14 @@ def report(res, facts, command, started, finished, load_start, load_end):
                  f"over all runs; mcplb-load's own core at {median_spread([r['tool_cpu_pct'] for r in m], f0)} % "
                  f"({len(sat)} of {len(m)} runs at 90 % or more), wrk's at "
                  f"{median_spread([r['tool_cpu_pct'] for r in w], f0)} %.\n")
+        foreign = statistics.median(r["foreign_pct"] for r in w + m)
+        if foreign > 20:
+            L.append(f"The machine was busy: other processes used a median {foreign:.0f} % of a core during "
+                     "these runs, so neither the mock nor the tool had its core to itself. Each run's req/s then "
+                     "measures the CPU share the scheduler gave the mock and the tool at that moment as much as "
+                     "the tools, which is the per-pair spread above. The tool CPU per request (the tool's own "
+                     "rusage over its own requests) does not depend on that share and compares what the tools "
+                     "cost; the mock CPU per request shows what each costs the target.\n")
         L.append("| pair | wrk req/s | mcplb-load req/s | ratio | wrk µs/req | mcplb-load µs/req | foreign % (wrk, mcplb-load) |")
         L.append("|---|---|---|---|---|---|---|")
         for i, p in enumerate(pairs, 1):
@@ -269,7 +280,39 @@ def report(res, facts, command, started, finished, load_start, load_end):
     return "\n".join(L) + "\n"
 
 
+def rerender(path):
+    """Writes the markdown again from a saved `.json` (after a change to the report code)."""
+    global RUNS, DURATION, CONNS, MODES, LOAD_CORE, MOCK_CORE
+    with open(path) as f:
+        d = json.load(f)
+    st = d["settings"]
+    RUNS, DURATION, CONNS, MODES = st["RUNS"], st["DURATION"], st["CONNS"], st["MODES"]
+    LOAD_CORE, MOCK_CORE = st["LOAD_CORE"], st["MOCK_CORE"]
+    res = {}
+    for mode in MODES:
+        by_run = {}
+        for r in d["runs"]:
+            if r["mode"] == mode and r["counted"]:
+                by_run.setdefault(r["run"], {})[r["tool"]] = r
+        pairs = []
+        for run in sorted(by_run):
+            p = by_run[run]
+            if "wrk" in p and "mcplb-load" in p:
+                p["ratio"] = p["mcplb-load"]["rps"] / p["wrk"]["rps"] if p["wrk"]["rps"] else 0.0
+                pairs.append(p)
+        res[mode] = pairs
+    iso = datetime.datetime.fromisoformat
+    text = report(res, d["facts"], d["command"], iso(d["started"]), iso(d["finished"]), d["load_start"],
+                  d["load_end"])
+    md = path[: -len(".json")] + ".md"
+    with open(md, "w") as f:
+        f.write(text)
+    print(f"wrote {md}")
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        return rerender(sys.argv[2])
     signal.signal(signal.SIGTERM, sbs.on_signal)
     signal.signal(signal.SIGINT, sbs.on_signal)
     started = datetime.datetime.now()
