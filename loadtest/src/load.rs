@@ -857,7 +857,10 @@ impl Vu {
         // not pollute the first measurements.
         for slot in 0..self.slots.len() {
             self.cur = slot;
-            let _ = self.ensure_ready().await;
+            if self.ensure_ready().await.is_err() && self.conn.is_none() {
+                // No connection: the other sessions would wait for it in turn.
+                break;
+            }
         }
         let total = self.opts.connections;
         if self.shared.ready.fetch_add(1, Ordering::AcqRel) + 1 == total {
