@@ -261,8 +261,14 @@ def report(res, facts, command, started, finished, load_start, load_end):
                  f"over all runs; mcplb-load's own core at {median_spread([r['tool_cpu_pct'] for r in m], f0)} % "
                  f"({len(sat)} of {len(m)} runs at 90 % or more), wrk's at "
                  f"{median_spread([r['tool_cpu_pct'] for r in w], f0)} %.\n")
+        used = sum(statistics.median(r[k] for r in w + m) for k in ("mock_cpu_pct", "tool_cpu_pct", "foreign_pct"))
+        if used < 100 * (os.cpu_count() or 2) * 0.8 and len(sat) == 0:
+            L.append("Neither the mock nor a tool kept its core busy: the closed loop was bound by the time "
+                     "of each round trip (wake-ups between processes, across cores when they sit on two), not "
+                     "by either side's CPU; both tools pay that alike. Other processes used a median "
+                     f"{statistics.median(r['foreign_pct'] for r in w + m):.0f} % of a core meanwhile.\n")
         foreign = statistics.median(r["foreign_pct"] for r in w + m)
-        if foreign > 20:
+        if foreign > 20 and used >= 100 * (os.cpu_count() or 2) * 0.8:
             L.append(f"The machine was busy: other processes used a median {foreign:.0f} % of a core during "
                      "these runs, so neither the mock nor the tool had its core to itself. Each run's req/s then "
                      "measures the CPU share the scheduler gave the mock and the tool at that moment as much as "
