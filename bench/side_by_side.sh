@@ -24,23 +24,12 @@ for v in DURATION LAT_DURATION RUNS CONNS LAT_CONNS FIXED_RATE STRACE_SECS IDLE_
     if [ -n "${!v:-}" ]; then COMMAND="$v=\"${!v}\" $COMMAND"; fi
 done
 
-say() { echo "[side-by-side] $*" >&2; }
+SAY_TAG=side-by-side
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
 
 # ---- tools: nginx, haproxy, wrk, strace, taskset (Debian/Ubuntu packages)
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v wrk >/dev/null || need+=(wrk)
-command -v strace >/dev/null || need+=(strace)
-command -v taskset >/dev/null || need+=(util-linux)
-command -v python3 >/dev/null || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-    if [ -n "${NO_INSTALL:-}" ]; then say "missing: ${need[*]} (NO_INSTALL set)"; exit 1; fi
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    say "installing ${need[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
-fi
+install_missing nginx:nginx-light haproxy:haproxy wrk:wrk strace:strace taskset:util-linux python3:python3
 # Debian's packages start the services; the benchmark runs its own instances only.
 # (It does not stop system services: it uses its own ports, BASE_PORT+1.., and fails if one is taken.)
 
@@ -62,24 +51,8 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "${IDLE_CONNS:-10000}
 fi
 
 # ---- a quiet machine
-LOAD_MAX=${LOAD_MAX:-1.0}
-LOAD_WAIT=${LOAD_WAIT:-600}
-waited=0
-while awk -v m="$LOAD_MAX" '{ exit !($1 >= m) }' /proc/loadavg && [ "$waited" -lt "$LOAD_WAIT" ]; do
-    [ $((waited % 60)) -eq 0 ] && say "load average $(cut -d' ' -f1-3 /proc/loadavg) >= $LOAD_MAX; waiting (up to ${LOAD_WAIT}s)"
-    sleep 10; waited=$((waited + 10))
-done
-say "load average $(cut -d' ' -f1-3 /proc/loadavg); starting"
+wait_quiet "${LOAD_MAX:-1.0}" "${LOAD_WAIT:-600}"
 
 # ---- run (the orchestrator stops every process it started, by PID, on exit)
-PY=""
-cleanup() { if [ -n "$PY" ] && kill -0 "$PY" 2>/dev/null; then kill -TERM "$PY" 2>/dev/null; wait "$PY" 2>/dev/null || true; fi; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 # The orchestrator itself sits on core 1 with the load; it starts the proxies on core 0.
-SBS_COMMAND="$COMMAND" taskset -c 1 python3 "$ROOT/bench/side_by_side.py" &
-PY=$!
-wait "$PY"
-rc=$?
-PY=""
-exit $rc
+run_stoppable env SBS_COMMAND="$COMMAND" taskset -c 1 python3 "$ROOT/bench/side_by_side.py"

@@ -5,7 +5,9 @@
 use std::io;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{CancelHandle, CancelableAsyncReadRent, CancelableAsyncWriteRent};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, CancelHandle, CancelableAsyncReadRent, CancelableAsyncWriteRent,
+};
 use monoio::net::TcpStream;
 
 /// Outcome of decoding a chunked body from the bytes received so far.
@@ -175,37 +177,44 @@ impl HttpUrl {
 
 /// Reads more bytes into the spare capacity of `buf` (growing it to keep at
 /// least `min_spare` bytes free). Returns the buffer and the number of bytes
-/// read (0 = end of stream).
+/// read (0 = end of stream). With `cancel`, the read ends when its canceller
+/// fires; without, it costs no canceller bookkeeping (a hash-set insert and
+/// remove per operation).
 pub async fn read_more(
     stream: &mut TcpStream,
     mut buf: Vec<u8>,
     min_spare: usize,
-    cancel: &CancelHandle,
+    cancel: Option<&CancelHandle>,
 ) -> (io::Result<usize>, Vec<u8>) {
     if buf.capacity() - buf.len() < min_spare {
         buf.reserve(min_spare);
     }
     let len = buf.len();
     let cap = buf.capacity();
-    let (res, slice) = stream
-        .cancelable_read(buf.slice_mut(len..cap), cancel.clone())
-        .await;
+    let slice = buf.slice_mut(len..cap);
+    let (res, slice) = match cancel {
+        Some(c) => stream.cancelable_read(slice, c.clone()).await,
+        None => stream.read(slice).await,
+    };
     (res, slice.into_inner())
 }
 
-/// Writes all of `buf` to the stream; returns the buffer for reuse.
+/// Writes all of `buf` to the stream; returns the buffer for reuse. `cancel`
+/// as for [`read_more`].
 pub async fn write_all(
     stream: &mut TcpStream,
     buf: Vec<u8>,
-    cancel: &CancelHandle,
+    cancel: Option<&CancelHandle>,
 ) -> (io::Result<()>, Vec<u8>) {
     let total = buf.len();
     let mut done = 0usize;
     let mut buf = buf;
     while done < total {
-        let (res, slice) = stream
-            .cancelable_write(buf.slice(done..total), cancel.clone())
-            .await;
+        let slice = buf.slice(done..total);
+        let (res, slice) = match cancel {
+            Some(c) => stream.cancelable_write(slice, c.clone()).await,
+            None => stream.write(slice).await,
+        };
         buf = slice.into_inner();
         match res {
             Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),

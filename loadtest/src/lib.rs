@@ -5,6 +5,8 @@ pub mod http;
 pub mod load;
 pub mod mock;
 pub mod output;
+pub mod pace;
+pub mod runtime;
 pub mod scenario;
 
 pub use load::{run_load, CallCount, CallSpec, ErrorCounts, LoadOptions, LoadReport};

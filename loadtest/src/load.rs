@@ -10,10 +10,18 @@
 //! answers, and measures latency from the scheduled time, so a queue in front
 //! of a busy connection shows up in the numbers (no coordinated omission).
 //!
-//! monoio's timer has a 1 ms resolution, so in open loop a call may leave up
-//! to about 1 ms after its scheduled time even on an idle connection; that lag
-//! is part of the latency and is reported on its own (`send_lag`) so it can be
-//! told apart from the target's queueing.
+//! In open loop each connection waits for its send times on a timerfd read
+//! through io_uring ([`crate::pace`]), so a call leaves within microseconds
+//! of its schedule on an idle connection (monoio's own timer ticks once a
+//! millisecond; the epoll driver falls back to it). How late each call left
+//! is part of its latency and is also reported on its own (`send_lag`), so it
+//! can be told apart from the target's queueing.
+//!
+//! The request path allocates nothing for JSON answers (SSE answers go through
+//! [`protocol::SseParser`], which does): each connection renders its calls
+//! once (per session) with a fixed-width integer id that is patched in place,
+//! and checks each answer (status, JSON-RPC envelope, id bytes, result or
+//! error) with mcplb's zero-copy scanner, [`protocol::parse_message`].
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -23,13 +31,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use monoio::io::{CancelHandle, Canceller};
 use monoio::net::TcpStream;
-use serde::de::IgnoredAny;
+use protocol::{MessageKind, SseParser};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::{self, Chunked, HttpUrl};
+use crate::pace::Pacer;
 
 /// Percentiles printed in reports.
 pub const PERCENTILES: [f64; 6] = [50.0, 90.0, 95.0, 99.0, 99.9, 99.99];
@@ -65,6 +73,10 @@ pub struct LoadOptions {
     pub calls: Vec<CallSpec>,
     /// 2026-07-28 style: no initialize, no session, `_meta` on every request.
     pub stateless: bool,
+    /// MCP sessions, spread over the connections (each connection takes its
+    /// sessions in turn, one call each); `None` is one per connection. At
+    /// least `connections`; not with `stateless`.
+    pub sessions: Option<usize>,
     /// monoio worker threads; connections are spread over them.
     pub threads: usize,
     /// Per-request timeout; a timed-out connection is closed and reopened.
@@ -86,6 +98,7 @@ impl Default for LoadOptions {
             arguments: json!({"text": "hello"}),
             calls: Vec::new(),
             stateless: false,
+            sessions: None,
             threads: 1,
             timeout: Duration::from_secs(30),
             progress: false,
@@ -179,13 +192,15 @@ impl CallSpec {
     }
 }
 
-/// A prepared call of the mix.
+/// A prepared call of the mix: everything of its request except the id and
+/// the session, rendered once per run.
 #[derive(Debug)]
 struct PreparedCall {
-    method: String,
-    params: serde_json::Map<String, Value>,
-    /// `Mcp-Name` header value in stateless mode.
-    mcp_name: Option<String>,
+    /// The body after the id: `,"method":"…","params":{…}}`.
+    body_tail: Vec<u8>,
+    /// Header lines of this call (stateless: protocol version, `Mcp-Method`,
+    /// `Mcp-Name`), each ending in CRLF.
+    headers: String,
 }
 
 /// The call mix of a run: prepared calls and the deterministic order in which
@@ -207,7 +222,7 @@ impl Plan {
         };
         let mut calls = Vec::with_capacity(specs.len());
         for c in &specs {
-            let params = c.params()?;
+            let mut params = c.params()?;
             let mcp_name = params
                 .get(if c.method == "resources/read" {
                     "uri"
@@ -216,10 +231,37 @@ impl Plan {
                 })
                 .and_then(Value::as_str)
                 .map(str::to_string);
+            // Header values must not break the request head.
+            let printable = |t: &str| !t.bytes().any(|b| b.is_ascii_control());
+            if !printable(&c.method) || !mcp_name.as_deref().is_none_or(printable) {
+                anyhow::bail!("{}: control characters in a method or name", c.label());
+            }
+            let mut headers = String::new();
+            if opts.stateless {
+                params.insert(
+                    "_meta".into(),
+                    json!({
+                        "io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
+                        "io.modelcontextprotocol/clientCapabilities": {},
+                    }),
+                );
+                headers = format!(
+                    "MCP-Protocol-Version: {STATELESS_VERSION}\r\nMcp-Method: {}\r\n",
+                    c.method
+                );
+                if let Some(n) = &mcp_name {
+                    headers.push_str(&format!("Mcp-Name: {n}\r\n"));
+                }
+            }
+            let mut body_tail = format!(",\"method\":{}", Value::from(c.method.as_str()));
+            if !params.is_empty() {
+                body_tail.push_str(",\"params\":");
+                body_tail.push_str(&Value::Object(params).to_string());
+            }
+            body_tail.push('}');
             calls.push(PreparedCall {
-                method: c.method.clone(),
-                params,
-                mcp_name,
+                body_tail: body_tail.into_bytes(),
+                headers,
             });
         }
         let weights: Vec<u64> = specs.iter().map(|c| u64::from(c.weight)).collect();
@@ -320,6 +362,8 @@ pub struct LoadReport {
     pub url: String,
     /// Connections used.
     pub connections: usize,
+    /// MCP sessions used (0 in stateless mode).
+    pub sessions: usize,
     /// Worker threads used.
     pub threads: usize,
     /// Open-loop rate, if any.
@@ -374,6 +418,7 @@ impl LoadReport {
         json!({
             "url": self.url,
             "connections": self.connections,
+            "sessions": self.sessions,
             "threads": self.threads,
             "rate": self.rate,
             "elapsed_s": self.elapsed.as_secs_f64(),
@@ -407,8 +452,8 @@ impl std::fmt::Display for LoadReport {
         };
         writeln!(
             f,
-            "target      {} ({} connections, {} threads, {mode})",
-            self.url, self.connections, self.threads
+            "target      {} ({} connections, {} sessions, {} threads, {mode})",
+            self.url, self.connections, self.sessions, self.threads
         )?;
         writeln!(
             f,
@@ -460,6 +505,16 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     if opts.connections == 0 {
         anyhow::bail!("connections must be at least 1");
     }
+    let sessions = match (opts.sessions, opts.stateless) {
+        (None, true) => 0,
+        (None, false) => opts.connections,
+        (Some(_), true) => anyhow::bail!("sessions: stateless requests have no sessions"),
+        (Some(s), false) if s < opts.connections => anyhow::bail!(
+            "sessions = {s} is below connections = {}: each connection needs a session of its own",
+            opts.connections
+        ),
+        (Some(s), false) => s,
+    };
     if let Some(r) = opts.rate {
         if !(r > 0.0 && r.is_finite()) {
             anyhow::bail!("rate must be a positive number");
@@ -471,8 +526,7 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         ready: AtomicUsize::new(0),
         start: OnceLock::new(),
         issued: AtomicU64::new(0),
-        ok: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
+        live: (0..threads).map(|_| Arc::default()).collect(),
         done: AtomicBool::new(false),
     });
     let opts = Arc::new(opts);
@@ -481,10 +535,11 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     for t in 0..threads {
         let ids: Vec<usize> = (0..opts.connections).filter(|i| i % threads == t).collect();
         let (opts, url, shared, plan) = (opts.clone(), url.clone(), shared.clone(), plan.clone());
+        let live = shared.live[t].clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("load-{t}"))
-                .spawn(move || thread_main(&opts, &plan, &url, addr, &shared, ids))?,
+                .spawn(move || thread_main(&opts, &plan, &url, addr, &shared, live, ids))?,
         );
     }
     let progress = opts.progress.then(|| {
@@ -536,6 +591,7 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     Ok(LoadReport {
         url: opts.url.clone(),
         connections: opts.connections,
+        sessions,
         threads,
         rate: opts.rate,
         elapsed: finished.saturating_duration_since(measure_start),
@@ -559,10 +615,31 @@ struct RunShared {
     start: OnceLock<Instant>,
     /// Measured requests issued (for `requests` mode).
     issued: AtomicU64,
-    /// Live counters for the progress line.
+    /// Live counters for the progress line, one per thread.
+    live: Vec<Arc<LiveCounts>>,
+    done: AtomicBool,
+}
+
+/// One thread's live counts for the progress line. Only that thread writes
+/// them, each on its own cache line, so counting costs no locked instruction
+/// and no cache line moves between cores per request.
+#[derive(Default)]
+#[repr(align(128))]
+struct LiveCounts {
     ok: AtomicU64,
     errors: AtomicU64,
-    done: AtomicBool,
+}
+
+impl LiveCounts {
+    fn bump_ok(&self) {
+        self.ok
+            .store(self.ok.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    fn bump_errors(&self) {
+        self.errors
+            .store(self.errors.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
 }
 
 fn progress_loop(shared: &RunShared, warmup: Duration) {
@@ -576,8 +653,16 @@ fn progress_loop(shared: &RunShared, warmup: Duration) {
         }
         let dt = tick.elapsed().as_secs_f64();
         tick = Instant::now();
-        let ok = shared.ok.load(Ordering::Relaxed);
-        let err = shared.errors.load(Ordering::Relaxed);
+        let ok: u64 = shared
+            .live
+            .iter()
+            .map(|l| l.ok.load(Ordering::Relaxed))
+            .sum();
+        let err: u64 = shared
+            .live
+            .iter()
+            .map(|l| l.errors.load(Ordering::Relaxed))
+            .sum();
         let phase = match shared.start.get() {
             None => "setup",
             Some(s) if s.elapsed() < warmup => "warmup",
@@ -599,6 +684,8 @@ struct ThreadStats {
     errors: ErrorCounts,
     /// (ok, errors) per call of the plan.
     calls: Vec<(u64, u64)>,
+    /// This thread's entry of [`RunShared::live`].
+    live: Arc<LiveCounts>,
 }
 
 fn thread_main(
@@ -607,43 +694,32 @@ fn thread_main(
     url: &Arc<HttpUrl>,
     addr: SocketAddr,
     shared: &Arc<RunShared>,
+    live: Arc<LiveCounts>,
     ids: Vec<usize>,
 ) -> anyhow::Result<ThreadStats> {
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()?;
     let stats = Rc::new(RefCell::new(ThreadStats {
         hist: new_histogram()?,
         lag: new_histogram()?,
         errors: ErrorCounts::default(),
         calls: vec![(0, 0); plan.calls.len()],
+        live,
     }));
-    rt.block_on(async {
+    let vu_stats = stats.clone();
+    crate::runtime::block_on(|driver| async move {
         let mut tasks = Vec::with_capacity(ids.len());
         for id in ids {
-            let vu = Vu {
-                opts: opts.clone(),
-                plan: plan.clone(),
-                cursor: id,
-                url: url.clone(),
-                addr,
-                shared: shared.clone(),
-                stats: stats.clone(),
-                index: id,
-                conn: None,
-                session: None,
-                next_id: 1,
-                inbuf: Vec::with_capacity(16 * 1024),
-                out: Vec::with_capacity(1024),
-                body: Vec::new(),
-                cancel: Canceller::new().handle(),
-            };
+            let mut vu = Vu::new(opts, plan, url, addr, shared, &vu_stats, id);
+            // Sessions spread over the connections as evenly as they go.
+            let (s, c) = (opts.sessions.unwrap_or(opts.connections), opts.connections);
+            let mine = s / c + usize::from(id < s % c);
+            vu.slots = (0..mine.max(1)).map(|_| Slot::default()).collect();
+            vu.precise = driver == crate::runtime::Driver::IoUring;
             tasks.push(monoio::spawn(vu.run()));
         }
         for t in tasks {
             t.await;
         }
-    });
+    })?;
     let st = Rc::try_unwrap(stats)
         .map_err(|_| anyhow::anyhow!("load tasks still running"))?
         .into_inner();
@@ -661,22 +737,65 @@ enum ErrKind {
     Io,
 }
 
+/// Width of every request id: ids run from [`ID_FIRST`] to [`ID_LAST`], so an
+/// id is patched into a pre-rendered request in place and the request's
+/// `Content-Length` never changes.
+const ID_WIDTH: usize = 10;
+/// First id of a connection (the smallest `ID_WIDTH`-digit integer).
+const ID_FIRST: u64 = 1_000_000_000;
+/// Last id before the counter wraps back to [`ID_FIRST`] (only one request is
+/// in flight per connection, so ids stay unique where it matters).
+const ID_LAST: u64 = 9_999_999_999;
+/// The body of a request up to its id.
+const BODY_HEAD: &[u8] = br#"{"jsonrpc":"2.0","id":"#;
+
+/// The decimal digits of `id` (between [`ID_FIRST`] and [`ID_LAST`]).
+fn id_digits(mut id: u64) -> [u8; ID_WIDTH] {
+    let mut d = [b'0'; ID_WIDTH];
+    for b in d.iter_mut().rev() {
+        *b = b'0' + (id % 10) as u8;
+        id /= 10;
+    }
+    d
+}
+
+/// One call's request, rendered once per connection and session: only the
+/// id digits at `id_at` change from one send to the next.
+#[derive(Default)]
+struct Rendered {
+    bytes: Vec<u8>,
+    id_at: usize,
+}
+
 /// One answer, as far as the generator cares.
 struct Answer {
     status: u16,
     close: bool,
     session: Option<String>,
+    /// The JSON-RPC verdict on a 200 answer to a request (`Ok` otherwise).
+    rpc: Result<(), ErrKind>,
 }
 
-#[derive(Deserialize)]
-struct RpcAnswer {
-    id: Option<Value>,
-    method: Option<IgnoredAny>,
-    result: Option<IgnoredAny>,
-    error: Option<IgnoredAny>,
+/// One MCP session a connection drives, and its calls rendered for it.
+#[derive(Default)]
+struct Slot {
+    /// `None` until initialized; `Some("")` when the server issued none.
+    session: Option<String>,
+    /// One pre-rendered request per call of the plan; empty until rendered
+    /// for this session.
+    requests: Vec<Rendered>,
 }
 
-/// A virtual user: one connection and its session.
+impl Slot {
+    fn forget(&mut self) {
+        self.session = None;
+        self.requests.clear();
+    }
+}
+
+/// A virtual user: one connection and its sessions (one, unless
+/// [`LoadOptions::sessions`] spreads more over the connections), taken in
+/// turn, a call each.
 struct Vu {
     opts: Arc<LoadOptions>,
     plan: Arc<Plan>,
@@ -689,19 +808,60 @@ struct Vu {
     stats: Rc<RefCell<ThreadStats>>,
     index: usize,
     conn: Option<TcpStream>,
-    session: Option<String>,
+    /// This connection's sessions (one empty slot in stateless mode).
+    slots: Vec<Slot>,
+    /// The slot of the current call.
+    cur: usize,
     next_id: u64,
     inbuf: Vec<u8>,
+    /// Requests of the setup (initialize, notifications/initialized).
     out: Vec<u8>,
+    /// A chunked answer's body, decoded.
     body: Vec<u8>,
-    cancel: CancelHandle,
+    /// Open loop: wait for send times with a timerfd (io_uring only).
+    precise: bool,
 }
 
 impl Vu {
+    fn new(
+        opts: &Arc<LoadOptions>,
+        plan: &Arc<Plan>,
+        url: &Arc<HttpUrl>,
+        addr: SocketAddr,
+        shared: &Arc<RunShared>,
+        stats: &Rc<RefCell<ThreadStats>>,
+        index: usize,
+    ) -> Vu {
+        Vu {
+            opts: opts.clone(),
+            plan: plan.clone(),
+            cursor: index,
+            url: url.clone(),
+            addr,
+            shared: shared.clone(),
+            stats: stats.clone(),
+            index,
+            conn: None,
+            slots: vec![Slot::default()],
+            cur: 0,
+            next_id: ID_FIRST,
+            inbuf: Vec::with_capacity(16 * 1024),
+            out: Vec::with_capacity(1024),
+            body: Vec::new(),
+            precise: false,
+        }
+    }
+
     async fn run(mut self) {
         // Setup before the common start, so that connects and initializes do
         // not pollute the first measurements.
-        let _ = self.ensure_ready().await;
+        for slot in 0..self.slots.len() {
+            self.cur = slot;
+            if self.ensure_ready().await.is_err() && self.conn.is_none() {
+                // No connection: the other sessions would wait for it in turn.
+                break;
+            }
+        }
         let total = self.opts.connections;
         if self.shared.ready.fetch_add(1, Ordering::AcqRel) + 1 == total {
             let _ = self.shared.start.set(Instant::now());
@@ -730,15 +890,14 @@ impl Vu {
             Some(iv) => start + iv.mul_f64(self.index as f64 / total as f64),
             None => start,
         };
+        let live = self.stats.borrow().live.clone();
+        let mut pacer = Pacer::new(self.precise && interval.is_some());
         loop {
             let scheduled = match interval {
                 Some(iv) => {
                     let t = next_at;
                     next_at += iv;
-                    let now = Instant::now();
-                    if t > now {
-                        monoio::time::sleep(t - now).await;
-                    }
+                    pacer.until(t).await;
                     t
                 }
                 None => Instant::now(),
@@ -747,6 +906,7 @@ impl Vu {
                 break;
             }
             let measured = scheduled >= measure_start;
+            self.cur = (self.cur + 1) % self.slots.len();
             let ci = self.plan.schedule[self.cursor % self.plan.schedule.len()];
             self.cursor = self.cursor.wrapping_add(1);
             if measured {
@@ -768,7 +928,7 @@ impl Vu {
             };
             match res {
                 Ok(()) => {
-                    self.shared.ok.fetch_add(1, Ordering::Relaxed);
+                    live.bump_ok();
                     if measured {
                         let us = scheduled.elapsed().as_micros().min(MAX_LATENCY_US as u128) as u64;
                         let mut st = self.stats.borrow_mut();
@@ -777,7 +937,7 @@ impl Vu {
                     }
                 }
                 Err(kind) => {
-                    self.shared.errors.fetch_add(1, Ordering::Relaxed);
+                    live.bump_errors();
                     if measured {
                         let mut st = self.stats.borrow_mut();
                         st.errors.bump(kind);
@@ -793,10 +953,10 @@ impl Vu {
         self.conn = None;
     }
 
-    /// Connects and initializes if needed.
+    /// Connects, and initializes the current session, if needed. Sessions
+    /// outlive connections: a new connection goes on with them.
     async fn ensure_ready(&mut self) -> Result<(), ErrKind> {
         if self.conn.is_none() {
-            self.session = None;
             let fut = TcpStream::connect_addr(self.addr);
             match monoio::time::timeout(self.opts.timeout, fut).await {
                 Ok(Ok(s)) => {
@@ -808,7 +968,7 @@ impl Vu {
                 Err(_) => return Err(ErrKind::Timeout),
             }
         }
-        if self.opts.stateless || self.session.is_some() {
+        if self.opts.stateless || self.slots[self.cur].session.is_some() {
             return Ok(());
         }
         let id = self.take_id();
@@ -820,19 +980,27 @@ impl Vu {
                 "clientInfo": {"name": "mcplb-load", "version": env!("CARGO_PKG_VERSION")},
             },
         });
-        let ans = self.exchange(&body.to_string(), None, None).await?;
+        self.render_setup(&body.to_string(), None);
+        let out = std::mem::take(&mut self.out);
+        let (ans, out) = self.exchange(out, Some(&id_digits(id))).await;
+        self.out = out;
+        let ans = ans?;
         if ans.status != 200 {
             return Err(self.status_error(ans.status));
         }
-        self.check_rpc(id)?;
+        ans.rpc?;
         let Some(session) = ans.session else {
             // A server without sessions: go on statelessly.
-            self.session = Some(String::new());
+            self.slots[self.cur].session = Some(String::new());
             return Ok(());
         };
-        self.session = Some(session);
         let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-        let ans = self.exchange(note, None, None).await?;
+        self.render_setup(note, Some(&session));
+        self.slots[self.cur].session = Some(session);
+        let out = std::mem::take(&mut self.out);
+        let (ans, out) = self.exchange(out, None).await;
+        self.out = out;
+        let ans = ans?;
         if ans.status != 202 && ans.status != 200 {
             return Err(self.status_error(ans.status));
         }
@@ -841,161 +1009,162 @@ impl Vu {
 
     fn take_id(&mut self) -> u64 {
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id = if id >= ID_LAST { ID_FIRST } else { id + 1 };
         id
     }
 
     fn status_error(&mut self, status: u16) -> ErrKind {
         if status == 404 {
             // Session gone: start over with a new initialize.
-            self.session = None;
+            self.slots[self.cur].forget();
         }
         ErrKind::Status(status)
     }
 
     /// One call of the mix (`ci` indexes `plan.calls`).
     async fn call(&mut self, ci: usize) -> Result<(), ErrKind> {
-        let id = self.take_id();
-        let plan = self.plan.clone();
-        let call = &plan.calls[ci];
-        let mut params = call.params.clone();
-        if self.opts.stateless {
-            params.insert(
-                "_meta".into(),
-                json!({
-                    "io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
-                    "io.modelcontextprotocol/clientCapabilities": {},
-                }),
-            );
+        if self.slots[self.cur].requests.is_empty() {
+            self.render_calls();
         }
-        let mut body = json!({"jsonrpc": "2.0", "id": id, "method": call.method});
-        if !params.is_empty() {
-            body["params"] = Value::Object(params);
+        let id = id_digits(self.take_id());
+        let Some(req) = self.slots[self.cur].requests.get_mut(ci) else {
+            return Err(ErrKind::Io);
+        };
+        let at = req.id_at;
+        let mut bytes = std::mem::take(&mut req.bytes);
+        match bytes.get_mut(at..at + ID_WIDTH) {
+            Some(slot) => slot.copy_from_slice(&id),
+            None => return Err(ErrKind::Io),
         }
-        let ans = self
-            .exchange(
-                &body.to_string(),
-                Some(&call.method),
-                call.mcp_name.as_deref(),
-            )
-            .await?;
+        let (ans, bytes) = self.exchange(bytes, Some(&id)).await;
+        let slot = &mut self.slots[self.cur];
+        match slot.requests.get_mut(ci) {
+            // A timed-out exchange loses its buffer: render again next time.
+            Some(req) if !bytes.is_empty() => req.bytes = bytes,
+            _ => slot.requests.clear(),
+        }
+        let ans = ans?;
         if ans.status != 200 {
             return Err(self.status_error(ans.status));
         }
-        self.check_rpc(id)
+        ans.rpc
     }
 
-    /// Checks the JSON-RPC answer in `self.body` against the request id.
-    fn check_rpc(&self, id: u64) -> Result<(), ErrKind> {
-        let a: RpcAnswer = serde_json::from_slice(&self.body).map_err(|_| ErrKind::Io)?;
-        if a.id.as_ref().and_then(Value::as_u64) != Some(id) {
-            return Err(ErrKind::IdMismatch);
-        }
-        if a.error.is_some() {
-            return Err(ErrKind::JsonRpc);
-        }
-        if a.result.is_none() {
-            return Err(ErrKind::Io);
-        }
-        Ok(())
-    }
-
-    /// Sends one POST and reads the answer (with the timeout). The JSON-RPC
-    /// response ends up in `self.body` (extracted from SSE if needed).
-    async fn exchange(
-        &mut self,
-        body: &str,
-        method: Option<&str>,
-        name: Option<&str>,
-    ) -> Result<Answer, ErrKind> {
-        self.build_request(body, method, name);
-        let timeout = self.opts.timeout;
-        let res = monoio::time::timeout(timeout, self.exchange_inner()).await;
-        let res = match res {
-            Ok(r) => r,
-            Err(_) => {
-                self.reset();
-                return Err(ErrKind::Timeout);
-            }
-        };
-        match res {
-            Ok(a) => {
-                if a.close {
-                    self.conn = None;
-                }
-                Ok(a)
-            }
-            Err(e) => {
-                self.reset();
-                Err(e)
-            }
-        }
-    }
-
-    fn reset(&mut self) {
-        self.conn = None;
-        self.session = None;
-        self.inbuf = Vec::with_capacity(16 * 1024);
-        self.out = Vec::with_capacity(1024);
-    }
-
-    fn build_request(&mut self, body: &str, method: Option<&str>, name: Option<&str>) {
+    /// Writes the request head for a body of `body_len` bytes into `o`.
+    fn write_head(&self, o: &mut Vec<u8>, body_len: usize, extra: &str, session: Option<&str>) {
         use std::io::Write;
-        let o = &mut self.out;
-        o.clear();
         let _ = write!(
             o,
             "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
-            self.url.path,
-            self.url.authority,
-            body.len()
+             Accept: application/json, text/event-stream\r\nContent-Length: {body_len}\r\n{extra}",
+            self.url.path, self.url.authority,
         );
-        if self.opts.stateless {
-            let _ = write!(o, "MCP-Protocol-Version: {STATELESS_VERSION}\r\n");
-            if let Some(m) = method {
-                let _ = write!(o, "Mcp-Method: {m}\r\n");
-                if let Some(n) = name {
-                    let _ = write!(o, "Mcp-Name: {n}\r\n");
-                }
-            }
-        } else if let Some(s) = self.session.as_deref().filter(|s| !s.is_empty()) {
+        if let Some(s) = session.filter(|s| !s.is_empty()) {
             let _ = write!(
                 o,
                 "Mcp-Session-Id: {s}\r\nMCP-Protocol-Version: {STATEFUL_VERSION}\r\n"
             );
         }
         o.extend_from_slice(b"\r\n");
-        o.extend_from_slice(body.as_bytes());
     }
 
-    async fn exchange_inner(&mut self) -> Result<Answer, ErrKind> {
-        let Some(stream) = self.conn.as_mut() else {
-            return Err(ErrKind::Io);
+    /// Renders a setup request (`body` as it is) into `self.out`.
+    fn render_setup(&mut self, body: &str, session: Option<&str>) {
+        let mut o = std::mem::take(&mut self.out);
+        o.clear();
+        self.write_head(&mut o, body.len(), "", session);
+        o.extend_from_slice(body.as_bytes());
+        self.out = o;
+    }
+
+    /// Renders every call of the plan for the current session, with a
+    /// placeholder id.
+    fn render_calls(&mut self) {
+        let plan = self.plan.clone();
+        let session = self.slots[self.cur].session.clone();
+        let mut requests = Vec::with_capacity(plan.calls.len());
+        for call in &plan.calls {
+            let mut o = Vec::with_capacity(512);
+            let body_len = BODY_HEAD.len() + ID_WIDTH + call.body_tail.len();
+            self.write_head(&mut o, body_len, &call.headers, session.as_deref());
+            o.extend_from_slice(BODY_HEAD);
+            let id_at = o.len();
+            o.extend_from_slice(&id_digits(ID_FIRST));
+            o.extend_from_slice(&call.body_tail);
+            requests.push(Rendered { bytes: o, id_at });
+        }
+        self.slots[self.cur].requests = requests;
+    }
+
+    /// Sends `out` and reads the answer (with the timeout); returns the
+    /// buffer for reuse (empty when the exchange timed out and the buffer
+    /// went with it). `id`: the request's id digits, to check the answer
+    /// against; `None` for a notification.
+    async fn exchange(
+        &mut self,
+        out: Vec<u8>,
+        id: Option<&[u8; ID_WIDTH]>,
+    ) -> (Result<Answer, ErrKind>, Vec<u8>) {
+        let timeout = self.opts.timeout;
+        let Ok((res, out)) = monoio::time::timeout(timeout, self.exchange_inner(out, id)).await
+        else {
+            self.reset();
+            return (Err(ErrKind::Timeout), Vec::new());
         };
-        let out = std::mem::take(&mut self.out);
-        let (res, out) = http::write_all(stream, out, &self.cancel).await;
-        self.out = out;
-        res.map_err(|_| ErrKind::Io)?;
+        match res {
+            Ok(a) => {
+                if a.close {
+                    self.conn = None;
+                }
+                (Ok(a), out)
+            }
+            Err(e) => {
+                self.reset();
+                (Err(e), out)
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.conn = None;
+        self.slots[self.cur].forget();
+        self.inbuf = Vec::with_capacity(16 * 1024);
+    }
+
+    async fn exchange_inner(
+        &mut self,
+        out: Vec<u8>,
+        id: Option<&[u8; ID_WIDTH]>,
+    ) -> (Result<Answer, ErrKind>, Vec<u8>) {
+        let Some(stream) = self.conn.as_mut() else {
+            return (Err(ErrKind::Io), out);
+        };
+        let (res, out) = http::write_all(stream, out, None).await;
+        if res.is_err() {
+            return (Err(ErrKind::Io), out);
+        }
         loop {
-            if let Some(a) = self.parse_answer()? {
-                return Ok(a);
+            match self.parse_answer(id) {
+                Ok(Some(a)) => return (Ok(a), out),
+                Ok(None) => {}
+                Err(e) => return (Err(e), out),
             }
             let Some(stream) = self.conn.as_mut() else {
-                return Err(ErrKind::Io);
+                return (Err(ErrKind::Io), out);
             };
             let buf = std::mem::take(&mut self.inbuf);
-            let (res, buf) = http::read_more(stream, buf, 16 * 1024, &self.cancel).await;
+            let (res, buf) = http::read_more(stream, buf, 16 * 1024, None).await;
             self.inbuf = buf;
             match res {
-                Ok(0) | Err(_) => return Err(ErrKind::Io),
+                Ok(0) | Err(_) => return (Err(ErrKind::Io), out),
                 Ok(_) => {}
             }
         }
     }
 
-    /// Parses one complete answer from `inbuf`, if there is one.
-    fn parse_answer(&mut self) -> Result<Option<Answer>, ErrKind> {
+    /// Parses one complete answer from `inbuf`, if there is one, checks its
+    /// JSON-RPC response against `id`, and removes it from `inbuf`.
+    fn parse_answer(&mut self, id: Option<&[u8; ID_WIDTH]>) -> Result<Option<Answer>, ErrKind> {
         if self.inbuf.is_empty() {
             return Ok(None);
         }
@@ -1007,77 +1176,105 @@ impl Vu {
             Err(_) => return Err(ErrKind::Io),
         };
         let status = resp.code.unwrap_or(0);
-        let hdrs = &*resp.headers;
-        let close = http::header(hdrs, "connection").is_some_and(|v| http::has_token(v, "close"));
-        let sse =
-            http::header(hdrs, "content-type").is_some_and(|v| v.starts_with(b"text/event-stream"));
-        let session = http::header(hdrs, "mcp-session-id")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::to_string);
-        let chunked =
-            http::header(hdrs, "transfer-encoding").is_some_and(|v| http::has_token(v, "chunked"));
-        let consumed = if chunked {
+        let (mut close, mut sse, mut chunked) = (false, false, false);
+        let mut length = None;
+        let mut session = None;
+        for h in resp.headers.iter() {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                length = Some(
+                    std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<usize>().ok())
+                        .ok_or(ErrKind::Io)?,
+                );
+            } else if name.eq_ignore_ascii_case(b"content-type") {
+                sse = h.value.starts_with(b"text/event-stream");
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                close = http::has_token(h.value, "close");
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                chunked = http::has_token(h.value, "chunked");
+            } else if name.eq_ignore_ascii_case(b"mcp-session-id")
+                && self.slots[self.cur].session.is_none()
+            {
+                session = std::str::from_utf8(h.value).ok().map(str::to_string);
+            }
+        }
+        // Where the body is: in `inbuf` (with a length) or decoded into `body`.
+        let (consumed, body_in) = if chunked {
             match http::decode_chunked(&self.inbuf[head_len..], &mut self.body) {
-                Chunked::Done(n) => head_len + n,
+                Chunked::Done(n) => (head_len + n, None),
                 Chunked::Partial => return Ok(None),
                 Chunked::Invalid => return Err(ErrKind::Io),
             }
-        } else if let Some(v) = http::header(hdrs, "content-length") {
-            let len = std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or(ErrKind::Io)?;
-            if self.inbuf.len() < head_len + len {
+        } else if let Some(len) = length {
+            let end = head_len.checked_add(len).ok_or(ErrKind::Io)?;
+            if self.inbuf.len() < end {
                 return Ok(None);
             }
-            self.body.clear();
-            self.body
-                .extend_from_slice(&self.inbuf[head_len..head_len + len]);
-            head_len + len
-        } else {
+            (end, Some(head_len..end))
+        } else if status == 200 {
             // No length: a body would run to the end of the connection; the
             // generator does not support that for MCP answers.
-            self.body.clear();
-            if status == 200 {
-                return Err(ErrKind::Io);
+            return Err(ErrKind::Io);
+        } else {
+            (head_len, Some(head_len..head_len))
+        };
+        let rpc = match id {
+            Some(id) if status == 200 => {
+                let body = match body_in {
+                    Some(r) => &self.inbuf[r],
+                    None => &self.body[..],
+                };
+                if sse {
+                    check_sse(body, id)
+                } else {
+                    check_response(body, id)
+                }
             }
-            head_len
+            _ => Ok(()),
         };
         self.inbuf.drain(..consumed);
-        if sse && status == 200 {
-            self.extract_sse_response();
-        }
         Ok(Some(Answer {
             status,
             close,
             session,
+            rpc,
         }))
     }
+}
 
-    /// Replaces `self.body` (an SSE stream) by the data of its last event that
-    /// is a JSON-RPC response.
-    fn extract_sse_response(&mut self) {
-        let text = String::from_utf8_lossy(&self.body).into_owned();
-        let mut found: Option<String> = None;
-        for event in text.split("\n\n") {
-            let data: Vec<&str> = event
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect();
-            if data.is_empty() {
-                continue;
-            }
-            let data = data.join("\n");
-            if let Ok(a) = serde_json::from_str::<RpcAnswer>(&data) {
-                if a.method.is_none() && a.id.is_some() {
-                    found = Some(data);
-                }
-            }
+/// Checks one JSON-RPC answer (the whole of `body`) against the request id:
+/// valid JSON-RPC, a response, the same id, a result rather than an error.
+fn check_response(body: &[u8], id: &[u8]) -> Result<(), ErrKind> {
+    let env = protocol::parse_message(body).map_err(|_| ErrKind::Io)?;
+    if env.kind != MessageKind::Response {
+        return Err(ErrKind::Io);
+    }
+    if env.id != Some(id) {
+        return Err(ErrKind::IdMismatch);
+    }
+    if env.has_error {
+        return Err(ErrKind::JsonRpc);
+    }
+    Ok(())
+}
+
+/// Checks an SSE answer: its last event that is a JSON-RPC response (the
+/// events before it may be notifications or server requests).
+fn check_sse(body: &[u8], id: &[u8]) -> Result<(), ErrKind> {
+    let mut parser = SseParser::new();
+    parser.push(body);
+    let mut last = None;
+    while let Some(ev) = parser.next_event() {
+        if protocol::parse_message(ev.data.as_bytes())
+            .is_ok_and(|m| m.kind == MessageKind::Response)
+        {
+            last = Some(ev.data);
         }
-        self.body.clear();
-        if let Some(d) = found {
-            self.body.extend_from_slice(d.as_bytes());
-        }
+    }
+    match last {
+        Some(data) => check_response(data.as_bytes(), id),
+        None => Err(ErrKind::Io),
     }
 }

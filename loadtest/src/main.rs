@@ -83,6 +83,9 @@ struct RunArgs {
     /// 2026-07-28 stateless requests: no initialize, no session.
     #[arg(long)]
     stateless: bool,
+    /// MCP sessions, spread over the connections (default: one per connection).
+    #[arg(long, conflicts_with = "stateless")]
+    sessions: Option<usize>,
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -123,6 +126,7 @@ impl RunArgs {
             arguments,
             calls: Vec::new(),
             stateless: self.stateless,
+            sessions: self.sessions,
             threads: self.threads,
             timeout: self.timeout,
             progress: !self.quiet,
@@ -152,6 +156,10 @@ impl RunArgs {
         }
         if given("stateless") {
             o.stateless = true;
+            o.sessions = None;
+        }
+        if given("sessions") {
+            o.sessions = cli.sessions;
         }
         if given("threads") {
             o.threads = cli.threads;
@@ -168,7 +176,6 @@ impl RunArgs {
                 o.arguments = cli.arguments.clone();
             }
         }
-        scenario.check(&o)?;
         Ok(o)
     }
 }

@@ -3,7 +3,8 @@
 //! backend of `mcplb demo`, and the target of `mcplb-load run`.
 //!
 //! Tools: `echo`, `whoami`, `slow`, `progress` (SSE with progress
-//! notifications), `big` and `fail`. Sessions are issued on `initialize`
+//! notifications), `big`, `fail` and `wrong_id` (a misbehaving server that
+//! echoes the id as a string). Sessions are issued on `initialize`
 //! unless the server is stateless. Counters and last-seen headers let tests
 //! check what reached the backend.
 
@@ -369,7 +370,7 @@ impl Conn {
                     }
                     let buf = std::mem::take(&mut self.inbuf);
                     let (res, buf) =
-                        http::read_more(&mut self.stream, buf, 16 * 1024, &self.cancel).await;
+                        http::read_more(&mut self.stream, buf, 16 * 1024, Some(&self.cancel)).await;
                     self.inbuf = buf;
                     match res {
                         Ok(0) | Err(_) => return,
@@ -753,6 +754,8 @@ impl Conn {
                 rpc_result(id, text_content(&"x".repeat(n)))
             }
             "fail" => rpc_error(id, -32603, "tool failed on purpose"),
+            // A server bug a client must notice: the id comes back with another type.
+            "wrong_id" => rpc_result(&Value::String(id.to_string()), text_content("wrong id")),
             _ => rpc_error(id, -32602, &format!("Unknown tool: {name}")),
         }
     }
@@ -925,7 +928,7 @@ impl Conn {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         let buf = std::mem::take(&mut self.out);
-        let (res, mut buf) = http::write_all(&mut self.stream, buf, &self.cancel).await;
+        let (res, mut buf) = http::write_all(&mut self.stream, buf, Some(&self.cancel)).await;
         buf.clear();
         self.out = buf;
         res
@@ -982,5 +985,6 @@ fn tools_list() -> Value {
         {"name": "big", "description": "Returns a text of `bytes` bytes.",
          "inputSchema": obj(json!({"bytes": {"type": "integer"}}))},
         {"name": "fail", "description": "Always fails with JSON-RPC error -32603.", "inputSchema": obj(json!({}))},
+        {"name": "wrong_id", "description": "Answers with the request's id turned into a string (a broken server).", "inputSchema": obj(json!({}))},
     ]})
 }

@@ -65,8 +65,7 @@ pub struct Scenario {
     pub warmup: Option<DurationSpec>,
     /// Stateless (2026-07-28) requests.
     pub stateless: Option<bool>,
-    /// Sessions; each virtual user owns one connection and one session, so
-    /// this must equal `connections` when given.
+    /// MCP sessions, spread over the connections (at least `connections`).
     pub sessions: Option<usize>,
     /// Worker threads.
     pub threads: Option<usize>,
@@ -117,6 +116,9 @@ impl Scenario {
         if let Some(v) = self.stateless {
             base.stateless = v;
         }
+        if self.sessions.is_some() {
+            base.sessions = self.sessions;
+        }
         if let Some(v) = self.threads {
             base.threads = v;
         }
@@ -133,21 +135,6 @@ impl Scenario {
             base.calls = self.calls.clone();
         }
         Ok(base)
-    }
-
-    /// Checks what [`Scenario::apply`] cannot: `sessions` against the final
-    /// connection count.
-    pub fn check(&self, opts: &LoadOptions) -> anyhow::Result<()> {
-        if let Some(s) = self.sessions {
-            if s != opts.connections {
-                anyhow::bail!(
-                    "scenario: sessions = {s} but connections = {}; each virtual user owns one \
-                     connection and one session, so they must be equal",
-                    opts.connections
-                );
-            }
-        }
-        Ok(())
     }
 }
 

@@ -77,6 +77,26 @@ fn open_loop_rate_and_latency_from_schedule() {
 }
 
 #[test]
+fn sessions_spread_over_connections() {
+    let server = mock(MockConfig::default());
+    // 10 sessions over 3 connections (4, 3 and 3 each), every call in turn.
+    let report = run_load(LoadOptions {
+        connections: 3,
+        sessions: Some(10),
+        requests: Some(300),
+        ..opts(server.url())
+    })
+    .unwrap();
+    assert_eq!(report.ok, 300, "{report}");
+    assert_eq!(report.errors.total(), 0, "{report}");
+    assert_eq!(report.sessions, 10);
+    assert_eq!(server.sessions(), 10);
+    // 10 initialize + 10 notifications/initialized + 300 calls.
+    assert_eq!(server.requests(), 320);
+    assert!(report.to_string().contains("3 connections, 10 sessions"));
+}
+
+#[test]
 fn stateless_mode() {
     let server = mock(MockConfig {
         stateless: true,
@@ -109,6 +129,30 @@ fn errors_by_kind() {
     .unwrap();
     assert_eq!(report.ok, 0);
     assert_eq!(report.errors.jsonrpc, 50, "{report}");
+    assert_eq!(report.errors.http_status, 0, "{report}");
+
+    // An answer whose id is not the request's (here: the same digits as a
+    // string) is an id mismatch, not a success.
+    let report = run_load(LoadOptions {
+        requests: Some(20),
+        tool: "wrong_id".into(),
+        ..opts(server.url())
+    })
+    .unwrap();
+    assert_eq!(report.ok, 0, "{report}");
+    assert_eq!(report.errors.id_mismatch, 20, "{report}");
+
+    // HTTP errors are counted apart from JSON-RPC errors: a path the server
+    // does not serve gets 404 (stateless, so no initialize fails first).
+    let report = run_load(LoadOptions {
+        requests: Some(30),
+        stateless: true,
+        ..opts(server.url().replace("/mcp", "/elsewhere"))
+    })
+    .unwrap();
+    assert_eq!(report.ok, 0, "{report}");
+    assert_eq!(report.errors.http_status, 30, "{report}");
+    assert_eq!(report.errors.jsonrpc, 0, "{report}");
 
     // Progress tool answers over SSE: the final response is found.
     let report = run_load(LoadOptions {

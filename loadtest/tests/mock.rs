@@ -222,7 +222,10 @@ fn tools_echo_big_fail_list() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["echo", "whoami", "slow", "progress", "big", "fail"]);
+    assert_eq!(
+        names,
+        ["echo", "whoami", "slow", "progress", "big", "fail", "wrong_id"]
+    );
     let v = c
         .post(Some(&sid), &json!({"jsonrpc":"2.0","id":6,"method":"nope"}))
         .json();

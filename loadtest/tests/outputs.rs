@@ -191,7 +191,7 @@ weight = 1
     );
     let sc = Scenario::from_toml(&text).unwrap();
     let opts = sc.apply(LoadOptions::default()).unwrap();
-    sc.check(&opts).unwrap();
+    assert_eq!(opts.sessions, Some(4));
     assert_eq!(opts.connections, 4);
     assert_eq!(opts.requests, Some(1000));
     assert_eq!(opts.calls.len(), 3);
@@ -215,10 +215,20 @@ weight = 1
     assert_eq!(j["calls"][2]["call"], "tools/list");
     assert_eq!(j["calls"][2]["ok"], list);
 
-    // sessions must match connections.
-    let bad = Scenario::from_toml("connections = 2\nsessions = 3").unwrap();
-    let o = bad.apply(LoadOptions::default()).unwrap();
-    assert!(bad.check(&o).is_err());
+    // Fewer sessions than connections, or sessions with stateless requests,
+    // are refused before anything is sent.
+    for text in [
+        "connections = 3\nsessions = 2",
+        "sessions = 80\nstateless = true",
+    ] {
+        let bad = Scenario::from_toml(text).unwrap();
+        let o = bad.apply(LoadOptions::default()).unwrap();
+        let err = run_load(LoadOptions {
+            url: server.url(),
+            ..o
+        });
+        assert!(err.is_err(), "{text}");
+    }
     // Unknown keys and bad durations are rejected.
     assert!(Scenario::from_toml("conections = 2").is_err());
     let d = Scenario::from_toml("duration = \"5x\"").unwrap();

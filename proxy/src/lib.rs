@@ -22,6 +22,9 @@ pub mod stdio;
 pub mod tls;
 mod worker;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;

@@ -2670,6 +2670,10 @@ fn rewrite_response_head(
         _ => return Err("malformed response from backend"),
     }
     let status = resp.code.unwrap_or(502);
+    if status < 100 {
+        // httparse reads any three digits: "020" would go out as the two-digit "20".
+        return Err("bad status code from backend");
+    }
     if (100..200).contains(&status) && status != 101 {
         return Ok(HeadKind::Interim);
     }
@@ -2979,5 +2983,127 @@ fn body_step(framing: &mut Framing, avail: &[u8], error: &mut bool) -> (usize, b
             }
         },
         Framing::UntilClose => (avail.len(), false),
+    }
+}
+
+/// The data path's head handling behind plain views, for `crate::fuzzing`: the same functions
+/// the workers call. Not an API.
+pub(crate) mod head_views {
+    use std::ops::Range;
+
+    use super::{HeadError, HeadKind, ReqHead};
+    use crate::http::{self, ChunkedDecoder};
+    use crate::session::SessionSealer;
+
+    /// What the request-head parse made of a head: ranges into the buffer it was given.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    #[allow(missing_docs)]
+    pub struct RequestHead {
+        pub method: Range<usize>,
+        pub path: Range<usize>,
+        pub query: Range<usize>,
+        pub minor: u8,
+        pub headers: Vec<(Range<usize>, Range<usize>)>,
+        pub content_length: Option<u64>,
+        pub chunked: bool,
+        pub close: bool,
+        pub expect_continue: bool,
+        pub session: Option<Range<usize>>,
+        pub mcp_method: Option<Range<usize>>,
+        pub mcp_name: Option<Range<usize>>,
+        /// Length of the head through its blank line.
+        pub len: usize,
+    }
+
+    /// Why a request head was refused.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum HeadRefusal {
+        /// Answered 431.
+        TooManyHeaders,
+        /// Answered 400 with this message.
+        Bad(&'static str),
+    }
+
+    /// The workers' request-head parse of the head at the start of `buf` (found as they find
+    /// it, with `http::head_len`); `None` while no complete head is there.
+    pub fn parse_request_head(
+        buf: &[u8],
+        max_headers: usize,
+    ) -> Option<Result<RequestHead, HeadRefusal>> {
+        let len = http::head_len(buf)?;
+        let mut h = ReqHead::default();
+        Some(match super::parse_head(buf, len, max_headers, &mut h) {
+            Ok(()) => Ok(RequestHead {
+                method: h.method,
+                path: h.path,
+                query: h.query,
+                minor: h.minor,
+                headers: h.headers,
+                content_length: h.content_length,
+                chunked: h.chunked,
+                close: h.close,
+                expect_continue: h.expect_continue,
+                session: h.session,
+                mcp_method: h.mcp_method,
+                mcp_name: h.mcp_name,
+                len: h.len,
+            }),
+            Err(HeadError::TooManyHeaders) => Err(HeadRefusal::TooManyHeaders),
+            Err(HeadError::Bad(why)) => Err(HeadRefusal::Bad(why)),
+        })
+    }
+
+    /// How the body after a response head is framed.
+    #[derive(Debug)]
+    pub enum ResponseFraming {
+        None,
+        Length(u64),
+        Chunked(ChunkedDecoder),
+        UntilClose,
+    }
+
+    /// What the response-head rewrite made of an upstream head.
+    #[derive(Debug)]
+    pub enum ResponseHead {
+        /// A 1xx answer the workers skip.
+        Interim,
+        /// The final head; the client's head (without framing lines and the blank line) was
+        /// written to `out`.
+        Final {
+            status: u16,
+            new_session: bool,
+            framing: ResponseFraming,
+            up_close: bool,
+            is_sse: bool,
+        },
+    }
+
+    /// The workers' rewrite of an upstream response head `head` (through its blank line) for
+    /// the client, written to `out`. `current` is the sealed id the client sent and the
+    /// backend's id inside it.
+    pub fn rewrite_response_head(
+        sealer: &SessionSealer,
+        head: &[u8],
+        backend_tag: u32,
+        current: Option<(&[u8], &[u8])>,
+        out: &mut Vec<u8>,
+    ) -> Result<ResponseHead, &'static str> {
+        Ok(
+            match super::rewrite_response_head(sealer, head, backend_tag, current, out)? {
+                HeadKind::Interim => ResponseHead::Interim,
+                HeadKind::Final(h) => ResponseHead::Final {
+                    status: h.status,
+                    new_session: h.new_session,
+                    framing: match h.framing {
+                        super::Framing::None => ResponseFraming::None,
+                        super::Framing::Length(n) => ResponseFraming::Length(n),
+                        super::Framing::Chunked(d) => ResponseFraming::Chunked(d),
+                        super::Framing::UntilClose => ResponseFraming::UntilClose,
+                    },
+                    up_close: h.up_close,
+                    is_sse: h.is_sse,
+                },
+            },
+        )
     }
 }

@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use mcplb::stdio::{StdioBridge, StdioConfig, StdioMode};
@@ -177,13 +178,23 @@ fn initialize(addr: SocketAddr) -> String {
     initialize_as(addr, "stdio-test")
 }
 
-/// Initializes a session on a server named `server`; returns its session id.
+/// Initializes a session on a server named `server`, for a client that accepts sampling;
+/// returns its session id.
 fn initialize_as(addr: SocketAddr, server: &str) -> String {
+    initialize_with(addr, server, json!({"sampling": {}}))
+}
+
+/// Initializes a session for a client that declares none of sampling, elicitation, roots.
+fn initialize_plain(addr: SocketAddr) -> String {
+    initialize_with(addr, "stdio-test", json!({}))
+}
+
+fn initialize_with(addr: SocketAddr, server: &str, capabilities: Value) -> String {
     let a = post(
         addr,
         None,
         &json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {"sampling": {}},
+            "protocolVersion": "2025-06-18", "capabilities": capabilities,
             "clientInfo": {"name": "bridge-test", "version": "1"}}}),
     );
     assert_eq!(a.status, 200, "{:?}", a.events);
@@ -333,7 +344,8 @@ fn non_json_stdout_lines_are_skipped() {
 fn shared_mode_restores_each_clients_ids_with_their_types() {
     let bridge = start(StdioMode::Shared);
     let addr = bridge.addr();
-    let (a, b) = (initialize(addr), initialize(addr));
+    // Plain sessions (no sampling, elicitation, roots): their calls run together.
+    let (a, b) = (initialize_plain(addr), initialize_plain(addr));
     assert_ne!(a, b);
     assert_eq!(pid_of(addr, &a), pid_of(addr, &b), "shared: one process");
     assert_eq!(bridge.child_pids().len(), 1);
@@ -616,4 +628,213 @@ fn mcp_server_time_from_pypi_behind_the_bridge() {
     let pids = bridge.child_pids();
     bridge.shutdown();
     assert!(pids.iter().all(|p| !alive(*p)));
+}
+
+/// Calls the `sample` tool with `prompt`, answering the child's sampling request with
+/// `answer`. With `hold`, reports the prompt it was asked on the first channel and answers only
+/// once the second one says so. Returns the answer and the prompts this client was asked.
+fn sample_answering(
+    addr: SocketAddr,
+    sid: &str,
+    prompt: &str,
+    answer: &str,
+    hold: Option<(mpsc::Sender<String>, mpsc::Receiver<()>)>,
+) -> (Answer, Vec<String>) {
+    let mut asked = Vec::new();
+    let a = exchange(
+        addr,
+        "POST",
+        Some(sid),
+        Some(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                     "params": {"name": "sample", "arguments": {"text": prompt}}})),
+        &mut |ev| {
+            if ev["method"] != "sampling/createMessage" {
+                return;
+            }
+            let text = ev["params"]["messages"][0]["content"]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            asked.push(text.clone());
+            if let Some((told, go)) = &hold {
+                told.send(text).unwrap();
+                go.recv_timeout(Duration::from_secs(30)).expect("go");
+            }
+            let r = post(
+                addr,
+                Some(sid),
+                &json!({"jsonrpc": "2.0", "id": ev["id"], "result": {"role": "assistant",
+                        "content": {"type": "text", "text": answer}, "model": "m"}}),
+            );
+            assert_eq!(r.status, 202);
+        },
+    );
+    (a, asked)
+}
+
+/// The child's record of the tool calls it received: `[name, arguments.text]`.
+fn calls_seen(addr: SocketAddr, sid: &str) -> Vec<(String, Option<String>)> {
+    serde_json::from_str(&text(
+        call(addr, sid, json!("seen"), "calls_seen", json!({})).last(),
+    ))
+    .unwrap()
+}
+
+fn seen(name: &str, text: Option<&str>) -> (String, Option<String>) {
+    (name.to_owned(), text.map(str::to_owned))
+}
+
+/// Holds session `sid`'s sampling call open (its client has been asked and not answered yet);
+/// returns the call's thread and the sender that lets the client answer.
+fn hold_a_sampling_call(
+    addr: SocketAddr,
+    sid: &str,
+    prompt: &'static str,
+) -> (
+    std::thread::JoinHandle<(Answer, Vec<String>)>,
+    mpsc::Sender<()>,
+) {
+    let (told_tx, told_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel();
+    let t = std::thread::spawn({
+        let sid = sid.to_owned();
+        move || sample_answering(addr, &sid, prompt, "answer of A", Some((told_tx, go_rx)))
+    });
+    let asked = told_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the sampling request reaches the calling client");
+    assert_eq!(asked, prompt);
+    (t, go_tx)
+}
+
+#[test]
+fn shared_capable_sessions_take_turns_so_server_requests_reach_their_callers() {
+    let bridge = start(StdioMode::Shared);
+    let addr = bridge.addr();
+    let (a, b, p) = (initialize(addr), initialize(addr), initialize_plain(addr));
+    // A's call is in flight and its client has been asked for a sampling answer.
+    let (ta, go) = hold_a_sampling_call(addr, &a, "from A");
+    // B (capable) and then P (plain) must wait for their turn: were either on the process
+    // now, a server request could belong to it as well as to A.
+    let tb = std::thread::spawn({
+        let b = b.clone();
+        move || sample_answering(addr, &b, "from B", "answer of B", None)
+    });
+    wait_until("B's call to wait for its turn", || {
+        bridge.queued_calls() == 1
+    });
+    let tp = std::thread::spawn({
+        let p = p.clone();
+        move || call(addr, &p, json!(1), "echo", json!({"text": "from P"}))
+    });
+    wait_until("P's call to wait for its turn", || {
+        bridge.queued_calls() == 2
+    });
+    // A's own calls stay concurrent: this one runs at once, while A's first call waits for
+    // its client; the child has received neither B's call nor P's.
+    assert_eq!(
+        calls_seen(addr, &a),
+        vec![seen("sample", Some("from A")), seen("calls_seen", None)]
+    );
+    go.send(()).unwrap();
+    let (ra, asked_a) = ta.join().unwrap();
+    let (rb, asked_b) = tb.join().unwrap();
+    let rp = tp.join().unwrap();
+    assert_eq!(asked_a, ["from A"]);
+    assert_eq!(
+        asked_b,
+        ["from B"],
+        "B's client must get B's sampling request"
+    );
+    assert!(text(ra.last()).contains("answer of A"), "{}", ra.last());
+    assert!(text(rb.last()).contains("answer of B"), "{}", rb.last());
+    assert_eq!(text(rp.last()), "from P");
+    // In FIFO order: B before P.
+    assert_eq!(
+        calls_seen(addr, &p)[2..],
+        [
+            seen("sample", Some("from B")),
+            seen("echo", Some("from P")),
+            seen("calls_seen", None)
+        ]
+    );
+    assert_eq!(bridge.queued_calls(), 0);
+}
+
+#[test]
+fn shared_a_call_cancelled_while_waiting_for_its_turn_never_reaches_the_child() {
+    let bridge = start(StdioMode::Shared);
+    let addr = bridge.addr();
+    let (a, b) = (initialize(addr), initialize(addr));
+    let (ta, go) = hold_a_sampling_call(addr, &a, "from A");
+    let tb = std::thread::spawn({
+        let b = b.clone();
+        move || call(addr, &b, json!("b-1"), "echo", json!({"text": "from B"}))
+    });
+    wait_until("B's call to wait for its turn", || {
+        bridge.queued_calls() == 1
+    });
+    let c = post(
+        addr,
+        Some(&b),
+        &json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "b-1"}}),
+    );
+    assert_eq!(c.status, 202);
+    let rb = tb.join().unwrap();
+    assert_eq!(rb.last()["id"], "b-1");
+    assert_eq!(rb.last()["error"]["code"], -32800);
+    assert_eq!(bridge.queued_calls(), 0);
+    go.send(()).unwrap();
+    let (ra, _) = ta.join().unwrap();
+    assert!(text(ra.last()).contains("answer of A"), "{}", ra.last());
+    assert_eq!(
+        calls_seen(addr, &b),
+        vec![seen("sample", Some("from A")), seen("calls_seen", None)]
+    );
+}
+
+#[test]
+fn shared_server_requests_no_caller_can_answer_are_refused_and_pings_answered_by_the_bridge() {
+    let bridge = start(StdioMode::Shared);
+    let addr = bridge.addr();
+    let p = initialize_plain(addr);
+    // Only a plain session has a call in flight: no client there accepts sampling.
+    let r = call(addr, &p, json!(1), "sample", json!({"text": "x"}));
+    assert_eq!(
+        r.events.len(),
+        1,
+        "the plain client was sent {:?}",
+        r.events
+    );
+    let refused: Value =
+        serde_json::from_str(text(r.last()).trim_start_matches("sampled: ")).unwrap();
+    assert_eq!(refused["code"], -32601, "{refused}");
+    // The child's ping is answered by the bridge.
+    let ping = call(addr, &p, json!(2), "ping_client", json!({}));
+    assert_eq!(
+        ping.events.len(),
+        1,
+        "the client was sent {:?}",
+        ping.events
+    );
+    assert_eq!(text(ping.last()), "{}");
+}
+
+#[test]
+fn shared_new_capable_sessions_go_to_the_process_with_fewest_capable_sessions() {
+    let mut cfg = config(StdioMode::Shared);
+    (cfg.min, cfg.max) = (2, 2);
+    let bridge = StdioBridge::start(cfg).unwrap();
+    let addr = bridge.addr();
+    // Round robin alone would put b on a's process (a: first, p: second, b: first again).
+    let a = initialize(addr);
+    let p = initialize_plain(addr);
+    let b = initialize(addr);
+    let (pa, pp, pb) = (pid_of(addr, &a), pid_of(addr, &p), pid_of(addr, &b));
+    assert_ne!(pa, pp, "plain sessions go round robin");
+    assert_ne!(
+        pa, pb,
+        "two capable sessions would take turns on one process"
+    );
+    assert_eq!(bridge.child_pids().len(), 2);
 }

@@ -2,7 +2,10 @@
 
 Tools: pid, echo {text}, slow {seconds, text}, progress (2 notifications/progress when
 _meta.progressToken is given), crash (exits), garbage (a non-JSON line, then an answer),
-big {bytes} (an answer of that size), sample (a sampling/createMessage request to the client),
+big {bytes} (an answer of that size), sample {text} (a sampling/createMessage request to the
+client, ids srv-1, srv-2, ...; the answer or error it got is the result), ping_client (a ping
+request to the client; the answer is the result), calls_seen (the tools/call requests this
+process received, as [name, arguments.text] in arrival order),
 notify_later (answers, then sends a logging notification 0.3 s later), flood {count}
 (that many logging notifications, then the answer). A notifications/cancelled for an in-flight
 `slow` call makes it answer at once with the text "cancelled".
@@ -19,6 +22,8 @@ import time
 _write_lock = threading.Lock()
 _cancelled: dict = {}  # request id (JSON text) -> threading.Event
 _server_answers: dict = {}  # id of our requests to the client -> (Event, answer)
+_server_requests = iter(range(1, 1 << 62))  # numbers of our requests to the client
+_calls_seen: list = []  # [name, arguments.text] of each tools/call, in arrival order
 
 
 def send(obj) -> None:
@@ -32,7 +37,19 @@ def text_result(rid, text: str) -> None:
     send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": text}], "isError": False}})
 
 
-TOOLS = ["pid", "echo", "slow", "progress", "crash", "garbage", "big", "sample", "notify_later", "flood", "cancelled_ids"]
+TOOLS = ["pid", "echo", "slow", "progress", "crash", "garbage", "big", "sample", "ping_client", "notify_later",
+         "flood", "cancelled_ids", "calls_seen"]
+
+
+def ask_client(method: str, params: dict):
+    """Sends a request to the client and waits for its answer (None after 10 s)."""
+    sid = f"srv-{next(_server_requests)}"
+    ev = threading.Event()
+    _server_answers[json.dumps(sid)] = [ev, None]
+    send({"jsonrpc": "2.0", "id": sid, "method": method, "params": params})
+    if not ev.wait(10):
+        return None
+    return _server_answers.pop(json.dumps(sid))[1]
 
 
 def call_tool(rid, params: dict) -> None:
@@ -72,16 +89,18 @@ def call_tool(rid, params: dict) -> None:
     elif name == "big":
         text_result(rid, "x" * int(args.get("bytes", 1000)))
     elif name == "sample":
-        sid = "srv-1"
-        ev = threading.Event()
-        _server_answers[json.dumps(sid)] = [ev, None]
-        send({"jsonrpc": "2.0", "id": sid, "method": "sampling/createMessage",
-              "params": {"messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}], "maxTokens": 5}})
-        if not ev.wait(10):
+        answer = ask_client("sampling/createMessage", {
+            "messages": [{"role": "user", "content": {"type": "text", "text": str(args.get("text", "hi"))}}],
+            "maxTokens": 5})
+        if answer is None:
             text_result(rid, "no sampling answer")
             return
-        answer = _server_answers.pop(json.dumps(sid))[1]
         text_result(rid, "sampled: " + json.dumps(answer.get("result", answer.get("error"))))
+    elif name == "ping_client":
+        answer = ask_client("ping", {})
+        text_result(rid, "no ping answer" if answer is None else json.dumps(answer.get("result", answer.get("error"))))
+    elif name == "calls_seen":
+        text_result(rid, json.dumps(_calls_seen))
     elif name == "notify_later":
         text_result(rid, "soon")
 
@@ -124,6 +143,7 @@ def handle(msg: dict) -> None:
         send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [
             {"name": t, "inputSchema": {"type": "object"}} for t in TOOLS]}})
     elif method == "tools/call":
+        _calls_seen.append([params.get("name"), (params.get("arguments") or {}).get("text")])
         threading.Thread(target=call_tool, args=(rid, params), daemon=True).start()
     else:
         send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": f"method not found: {method}"}})

@@ -21,8 +21,11 @@
 //!   session dies with it (404 afterwards, so the client initializes again).
 //!   [`StdioMode::Shared`]: sessions share the processes; the first `initialize` is forwarded,
 //!   later ones are answered with its result; a process that exits is restarted with backoff and
-//!   initialized again with the stored parameters.
+//!   initialized again with the stored parameters. Sessions whose client accepts server
+//!   requests take turns on a shared process ([`gate`]), so that a server request has exactly
+//!   one possible destination.
 
+mod gate;
 mod http;
 mod process;
 
@@ -39,6 +42,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::{json, Value};
 
+use gate::{Arrival, Caller, Gate, Turn};
 use process::{Event, Owner, Pending, Process, SendError, Spawner};
 
 /// How long a request waits in silence before its answer switches to SSE with keepalives.
@@ -53,6 +57,10 @@ const OUTBOX: usize = 256;
 const DELIVER_PATIENCE: Duration = Duration::from_secs(10);
 /// Most HTTP connections served at once.
 const MAX_CONNECTIONS: usize = 4096;
+/// Calls waiting for their turn on one shared process (see [`gate`]).
+const GATE_QUEUE: usize = 1024;
+/// Client capabilities that let a server send the client requests.
+const SERVER_REQUEST_CAPABILITIES: [&str; 3] = ["sampling", "elicitation", "roots"];
 
 /// How a command backend's processes map to client sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,6 +217,16 @@ impl StdioBridge {
         lock(&self.inner.procs).values().map(|p| p.pid).collect()
     }
 
+    /// Calls waiting for their turn on a shared process (see the `gate` module): capable
+    /// sessions take turns with each other and with plain ones.
+    pub fn queued_calls(&self) -> usize {
+        self.inner
+            .slots
+            .iter()
+            .map(|s| lock(&s.gate).queued())
+            .sum()
+    }
+
     /// Stops accepting, stops every child (stdin closed, SIGTERM, SIGKILL after 2 s) and
     /// waits for them; no child outlives the bridge.
     pub fn shutdown(mut self) {
@@ -235,6 +253,7 @@ impl StdioBridge {
         }
         for slot in &inner.slots {
             slot.cond.notify_all();
+            slot.gate_cv.notify_all();
         }
         let procs: Vec<Arc<Process>> = lock(&inner.procs).values().cloned().collect();
         std::thread::scope(|scope| {
@@ -272,6 +291,19 @@ fn rpc_error(id: Value, code: i64, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
 }
 
+/// Whether an `initialize` request's client declared a capability that lets the server send
+/// it requests (sampling, elicitation, roots).
+fn declares_server_requests(initialize: &Value) -> bool {
+    initialize
+        .pointer("/params/capabilities")
+        .and_then(Value::as_object)
+        .is_some_and(|caps| {
+            SERVER_REQUEST_CAPABILITIES
+                .iter()
+                .any(|c| caps.get(*c).is_some_and(|v| !v.is_null()))
+        })
+}
+
 /// The key of a client's request id in a session's in-flight map: the id's JSON text, so that
 /// `1` and `"1"` differ.
 fn id_key(id: &Value) -> String {
@@ -306,7 +338,11 @@ fn deliver(tx: &SyncSender<Event>, mut ev: Event) -> Result<(), Event> {
 /// A client session.
 struct Session {
     id: String,
+    /// Bridge-unique number (names the session in [`Gate`] and [`Pending`]).
+    seq: u64,
     binding: Binding,
+    /// Its client declared sampling, elicitation or roots: it may be sent server requests.
+    capable: bool,
     /// Client request id (as JSON text) → bridge id, for `notifications/cancelled`.
     inflight: Mutex<HashMap<String, u64>>,
     outbox: Mutex<Outbox>,
@@ -373,9 +409,14 @@ struct Slot {
     init_lock: Mutex<()>,
     /// Consecutive quick exits (restart backoff).
     failures: Mutex<u32>,
-    /// The session that sent the latest request (target of server requests when none is
-    /// in flight).
-    last_session: Mutex<Weak<Session>>,
+    /// Which sessions may have calls in flight (so a server request has one destination).
+    gate: Mutex<Gate>,
+    gate_cv: Condvar,
+    /// Capable sessions bound to this slot (new capable sessions go to the slot with fewest).
+    capable_sessions: AtomicUsize,
+    /// The capable session that sent the latest message: target of server requests that
+    /// arrive while no call is in flight.
+    last_capable: Mutex<Weak<Session>>,
 }
 
 /// State shared by the accept thread, connection threads and child threads.
@@ -394,6 +435,19 @@ struct Inner {
     shutdown: AtomicBool,
     conns: Mutex<HashMap<u64, TcpStream>>,
     round_robin: AtomicUsize,
+}
+
+/// A call's turn on a shared process (see [`gate`]); dropping it lets waiting calls in.
+struct InFlight<'a> {
+    slot: &'a Slot,
+    caller: Caller,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(&self.slot.gate).leave(self.caller);
+        self.slot.gate_cv.notify_all();
+    }
 }
 
 /// An answer to an HTTP request: where to write and whether the connection stays open.
@@ -620,19 +674,20 @@ impl Inner {
         let Some(session) = self.session_of(reply, req, &id_or_null)? else {
             return Ok(());
         };
+        if let (Binding::Slot(i), true) = (&session.binding, session.capable) {
+            if let Some(slot) = self.slots.get(*i) {
+                *lock(&slot.last_capable) = Arc::downgrade(&session);
+            }
+        }
+        if let (Some(_), Some(id)) = (&method, &id) {
+            return self.forward_request(reply, &session, msg, id.clone(), req.accepts_sse());
+        }
         let proc = match self.process_of(&session) {
             Ok(p) => p,
             Err((status, code, why)) => return reply.error(status, id_or_null, code, why),
         };
-        if let Binding::Slot(i) = session.binding {
-            if let Some(slot) = self.slots.get(i) {
-                *lock(&slot.last_session) = Arc::downgrade(&session);
-            }
-        }
         match (method, id) {
-            (Some(_), Some(id)) => {
-                self.forward_request(reply, &session, &proc, msg, id, req.accepts_sse())
-            }
+            (Some(_), Some(_)) => Ok(()), // forwarded above
             (Some(method), None) => self.forward_notification(reply, &session, &proc, msg, &method),
             (None, Some(_)) => {
                 // A client's answer to a server request: the child's ids are not rewritten.
@@ -709,11 +764,13 @@ impl Inner {
         }
     }
 
-    fn new_session(&self, binding: Binding) -> Arc<Session> {
+    fn new_session(&self, binding: Binding, capable: bool) -> Arc<Session> {
         let id = format!("{:032x}", rand::random::<u128>());
         let s = Arc::new(Session {
             id: id.clone(),
+            seq: self.next_id.fetch_add(1, Ordering::Relaxed),
             binding,
+            capable,
             inflight: Mutex::new(HashMap::new()),
             outbox: Mutex::new(Outbox::default()),
             cond: Condvar::new(),
@@ -725,6 +782,11 @@ impl Inner {
     fn close_session(&self, id: &str) -> Option<Arc<Session>> {
         let s = lock(&self.sessions).remove(id)?;
         s.close();
+        if let (Binding::Slot(i), true) = (&s.binding, s.capable) {
+            if let Some(slot) = self.slots.get(*i) {
+                slot.capable_sessions.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         Some(s)
     }
 
@@ -734,6 +796,7 @@ impl Inner {
         msg: Value,
         client_id: Value,
     ) -> io::Result<()> {
+        let capable = declares_server_requests(&msg);
         match self.cfg.mode {
             StdioMode::PerSession => {
                 let proc = match self.take_idle() {
@@ -743,7 +806,7 @@ impl Inner {
                 self.refill();
                 let (status, resp) = self.request_sync(&proc, msg, client_id, self.init_timeout());
                 if status == 200 && resp.get("result").is_some() {
-                    let s = self.new_session(Binding::Process(proc.clone()));
+                    let s = self.new_session(Binding::Process(proc.clone()), capable);
                     *lock(&proc.session) = Arc::downgrade(&s);
                     lock(&self.pool).failures = 0;
                     reply.json(200, &resp, &[("mcp-session-id", &s.id)])
@@ -753,8 +816,7 @@ impl Inner {
                 }
             }
             StdioMode::Shared => {
-                let n = self.slots.len().max(1);
-                let i = self.round_robin.fetch_add(1, Ordering::Relaxed) % n;
+                let i = self.pick_slot(capable);
                 let proc = match self.wait_slot(i) {
                     Ok(p) => p,
                     Err((status, code, why)) => return reply.error(status, client_id, code, why),
@@ -778,23 +840,32 @@ impl Inner {
                         resp
                     }
                 };
-                let s = self.new_session(Binding::Slot(i));
-                *lock(&slot.last_session) = Arc::downgrade(&s);
+                let s = self.new_session(Binding::Slot(i), capable);
+                if capable {
+                    slot.capable_sessions.fetch_add(1, Ordering::Relaxed);
+                    *lock(&slot.last_capable) = Arc::downgrade(&s);
+                }
                 reply.json(200, &resp, &[("mcp-session-id", &s.id)])
             }
         }
     }
 
-    /// Registers a request as pending on `proc`: rewrites its id and progress token to a new
-    /// bridge id. Returns the bridge id and where its answer arrives.
+    /// A new bridge id for a request.
+    fn new_bid(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a request of session number `session` (0: the bridge's own) as pending on
+    /// `proc` under bridge id `bid`: rewrites its id and progress token to `bid`. Returns where
+    /// its answer arrives.
     fn register(
         &self,
         proc: &Process,
         msg: &mut Value,
         client_id: Value,
-        streamable: bool,
-    ) -> (u64, Receiver<Event>) {
-        let bid = self.next_id.fetch_add(1, Ordering::Relaxed);
+        bid: u64,
+        session: Option<&Session>,
+    ) -> Receiver<Event> {
         let mut progress_token = None;
         if let Some(o) = msg.as_object_mut() {
             o.insert("id".into(), json!(bid));
@@ -813,10 +884,11 @@ impl Inner {
                 client_id,
                 progress_token,
                 tx,
-                streamable,
+                streamable: session.is_some(),
+                session: session.map_or(0, |s| s.seq),
             },
         );
-        (bid, rx)
+        rx
     }
 
     /// Sends a request and waits for its answer, ignoring messages in between. Returns the HTTP
@@ -828,7 +900,8 @@ impl Inner {
         client_id: Value,
         timeout: Duration,
     ) -> (u16, Value) {
-        let (bid, rx) = self.register(proc, &mut msg, client_id.clone(), false);
+        let bid = self.new_bid();
+        let rx = self.register(proc, &mut msg, client_id.clone(), bid, None);
         let out = match proc.send(&msg) {
             Err(SendError::Busy) => (
                 503,
@@ -872,29 +945,137 @@ impl Inner {
         }));
     }
 
+    /// Forwards a client's request: in shared mode it first waits for its turn on the process
+    /// (see [`gate`]), then it is written to the child and its answer streamed back.
     fn forward_request(
         &self,
         reply: &mut Reply<'_>,
         session: &Session,
-        proc: &Process,
-        mut msg: Value,
+        msg: Value,
         client_id: Value,
         sse_ok: bool,
     ) -> io::Result<()> {
-        let (bid, rx) = self.register(proc, &mut msg, client_id.clone(), true);
+        let bid = self.new_bid();
         let key = id_key(&client_id);
         lock(&session.inflight).insert(key.clone(), bid);
-        let res = match self.send_or_reply(reply, proc, &msg, client_id.clone()) {
-            Ok(Some(())) => self.stream_answer(reply, proc, bid, &rx, client_id, sse_ok),
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        };
-        lock(&proc.pending).remove(&bid);
+        let res = self.take_turn_and_forward(reply, session, msg, client_id, bid, sse_ok);
         let mut inflight = lock(&session.inflight);
         if inflight.get(&key) == Some(&bid) {
             inflight.remove(&key);
         }
         res
+    }
+
+    fn take_turn_and_forward(
+        &self,
+        reply: &mut Reply<'_>,
+        session: &Session,
+        mut msg: Value,
+        client_id: Value,
+        bid: u64,
+        sse_ok: bool,
+    ) -> io::Result<()> {
+        // A ping cannot make the server ask the client anything: it needs no turn.
+        let gated = msg.get("method").and_then(Value::as_str) != Some("ping");
+        let _turn = match (&session.binding, gated) {
+            (Binding::Slot(i), true) => match self.take_turn(*i, session, bid) {
+                Ok(turn) => Some(turn),
+                Err((status, code, why)) => return reply.error(status, client_id, code, &why),
+            },
+            _ => None,
+        };
+        let proc = match self.process_of(session) {
+            Ok(p) => p,
+            Err((status, code, why)) => return reply.error(status, client_id, code, why),
+        };
+        let rx = self.register(&proc, &mut msg, client_id.clone(), bid, Some(session));
+        let res = match self.send_or_reply(reply, &proc, &msg, client_id.clone()) {
+            Ok(Some(())) => self.stream_answer(reply, &proc, bid, &rx, client_id, sse_ok),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        lock(&proc.pending).remove(&bid);
+        res
+    }
+
+    /// Waits until a call of `session` (bridge id `bid`) may be in flight on shared slot `i`:
+    /// at once for a plain session with no capable one busy, or for the capable session
+    /// already busy; otherwise in FIFO order, up to `request_timeout`, until cancelled.
+    fn take_turn(
+        &self,
+        i: usize,
+        session: &Session,
+        bid: u64,
+    ) -> Result<InFlight<'_>, (u16, i64, String)> {
+        let busy = (503, -32603, "stdio server is restarting".to_owned());
+        let slot = self.slots.get(i).ok_or(busy)?;
+        let caller = if session.capable {
+            Caller::Capable(session.seq)
+        } else {
+            Caller::Plain
+        };
+        let mut gate = lock(&slot.gate);
+        match gate.arrive(caller, bid, GATE_QUEUE) {
+            Arrival::Entered => return Ok(InFlight { slot, caller }),
+            Arrival::Full => {
+                return Err((
+                    503,
+                    -32603,
+                    format!("stdio server busy: {GATE_QUEUE} calls already wait for their turn"),
+                ))
+            }
+            Arrival::Queued => {}
+        }
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let refused = loop {
+            match gate.poll(bid) {
+                Turn::Entered => return Ok(InFlight { slot, caller }),
+                Turn::Cancelled | Turn::Unknown => {
+                    break (200, -32800, "request cancelled".to_owned());
+                }
+                Turn::Waiting => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.is_shutdown() {
+                gate.withdraw(bid);
+                break (
+                    504,
+                    -32001,
+                    "stdio server busy: the call waited request_timeout for its turn (sessions \
+                     that accept sampling, elicitation or roots take turns on a shared process)"
+                        .to_owned(),
+                );
+            }
+            gate = match slot
+                .gate_cv
+                .wait_timeout(gate, left.min(Duration::from_millis(200)))
+            {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        };
+        // The queue changed: the next waiter may be first now.
+        drop(gate);
+        slot.gate_cv.notify_all();
+        Err(refused)
+    }
+
+    /// The slot for a new shared-mode session: round robin, but a capable session goes to the
+    /// slot with the fewest capable sessions (they take turns on a process).
+    fn pick_slot(&self, capable: bool) -> usize {
+        let n = self.slots.len().max(1);
+        let start = self.round_robin.fetch_add(1, Ordering::Relaxed) % n;
+        if !capable {
+            return start;
+        }
+        (0..n)
+            .map(|k| (start + k) % n)
+            .min_by_key(|&j| {
+                self.slots
+                    .get(j)
+                    .map_or(usize::MAX, |s| s.capable_sessions.load(Ordering::Relaxed))
+            })
+            .unwrap_or(start)
     }
 
     /// Answers a forwarded request: JSON when the answer comes first, else an SSE stream.
@@ -991,6 +1172,15 @@ impl Inner {
                 let Some(bid) = bid else {
                     return reply.empty(202); // already answered, or never sent
                 };
+                // Still waiting for its turn: it never reached the child.
+                if let Binding::Slot(i) = session.binding {
+                    if let Some(slot) = self.slots.get(i) {
+                        if lock(&slot.gate).cancel(bid) {
+                            slot.gate_cv.notify_all();
+                            return reply.empty(202);
+                        }
+                    }
+                }
                 if let Some(r) = msg.pointer_mut("/params/requestId") {
                     *r = json!(bid);
                 }
@@ -1296,28 +1486,17 @@ impl Inner {
 
     /// A notification or request from the child, other than progress.
     fn route_server_message(&self, proc: &Process, msg: Value, is_request: bool) {
+        if let (Owner::Slot(i), true) = (proc.owner, is_request) {
+            return self.route_shared_request(proc, i, msg);
+        }
         // Tied to the most recent request in flight when there is one: it is the likeliest
-        // origin (sampling or logging during a tool call).
-        let target = lock(&proc.pending)
-            .iter()
-            .filter(|(_, p)| p.streamable)
-            .max_by_key(|(bid, _)| **bid)
-            .map(|(_, p)| p.tx.clone());
-        let msg = match target {
-            Some(tx) => match deliver(&tx, Event::Message(msg)) {
-                Ok(()) => return,
-                Err(Event::Message(m) | Event::Final { msg: m, .. }) => m,
-            },
-            None => msg,
+        // origin (logging during a tool call; any request of a per-session process).
+        let Some(msg) = to_latest_call(proc, msg, |_| true) else {
+            return;
         };
         let delivered = match proc.owner {
             Owner::Pool => lock(&proc.session)
                 .upgrade()
-                .is_some_and(|s| s.push(msg.clone(), self.name())),
-            Owner::Slot(i) if is_request => self
-                .slots
-                .get(i)
-                .and_then(|s| lock(&s.last_session).upgrade())
                 .is_some_and(|s| s.push(msg.clone(), self.name())),
             Owner::Slot(i) => {
                 let sessions: Vec<Arc<Session>> = lock(&self.sessions)
@@ -1343,6 +1522,66 @@ impl Inner {
                 ));
             }
         }
+    }
+
+    /// A request from shared process `i` (sampling, elicitation, roots, ping). The gate lets
+    /// calls of at most one capable session be in flight on it at a time, so the destination
+    /// is certain:
+    /// - `ping` is answered by the bridge itself;
+    /// - with a capable session's calls in flight, that session (its latest call's stream, or
+    ///   its GET stream);
+    /// - with only plain sessions' calls in flight, none of them can answer it: the child gets
+    ///   -32601, what a client that did not declare the capability answers;
+    /// - with no call in flight (a request not tied to one, e.g. `roots/list` after
+    ///   `notifications/initialized`), the GET stream of the capable session that sent the
+    ///   latest message; with none, the child gets -32603.
+    fn route_shared_request(&self, proc: &Process, i: usize, msg: Value) {
+        let Some(id) = msg.get("id").cloned() else {
+            return;
+        };
+        if msg.get("method").and_then(Value::as_str) == Some("ping") {
+            let _ = proc.send(&json!({"jsonrpc": "2.0", "id": id, "result": {}}));
+            return;
+        }
+        let Some(slot) = self.slots.get(i) else {
+            return;
+        };
+        let (owner, plain) = {
+            let g = lock(&slot.gate);
+            (g.owner(), g.plain_calls())
+        };
+        let (code, why) = match owner {
+            Some(seq) => {
+                let Some(msg) = to_latest_call(proc, msg, |p| p.session == seq) else {
+                    return;
+                };
+                let session = lock(&self.sessions)
+                    .values()
+                    .find(|s| s.seq == seq)
+                    .cloned();
+                if session.is_some_and(|s| s.push(msg, self.name())) {
+                    return;
+                }
+                (
+                    -32603,
+                    "mcplb: the client session with calls in flight cannot be reached",
+                )
+            }
+            None if plain > 0 => (
+                -32601,
+                "mcplb: no client with a call in flight on this process declared the capability \
+                 for this request",
+            ),
+            None => {
+                let last = lock(&slot.last_capable).upgrade();
+                if last.is_some_and(|s| s.push(msg, self.name())) {
+                    return;
+                }
+                (-32603, "mcplb: no client session to deliver the request to")
+            }
+        };
+        tracing::warn!(backend = %self.name(), pid = proc.pid, reason = why, "server request refused");
+        let _ = proc.send(&rpc_error(id, code, why));
     }
 
     /// A stdout line over `max_line_bytes`: answer the request it was for with an error.
@@ -1436,6 +1675,23 @@ impl Inner {
     }
 }
 
+/// Streams a server message to the answer of the most recent streamable request on `proc`
+/// that `which` accepts. Gives the message back when there is none or it could not be
+/// delivered.
+fn to_latest_call(proc: &Process, msg: Value, which: impl Fn(&Pending) -> bool) -> Option<Value> {
+    let target = lock(&proc.pending)
+        .iter()
+        .filter(|(_, p)| p.streamable && which(p))
+        .max_by_key(|(bid, _)| **bid)
+        .map(|(_, p)| p.tx.clone());
+    match target {
+        Some(tx) => deliver(&tx, Event::Message(msg))
+            .err()
+            .map(Event::into_message),
+        None => Some(msg),
+    }
+}
+
 /// Stops a process without blocking the caller.
 fn stop_in_background(p: Arc<Process>) {
     p.stopping.store(true, Ordering::SeqCst);
@@ -1486,6 +1742,23 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_millis(200));
         assert_eq!(backoff(8), Duration::from_millis(10_000));
         assert_eq!(backoff(100), Duration::from_millis(10_000));
+    }
+
+    #[test]
+    fn capable_clients_are_told_by_their_initialize() {
+        let init = |caps: Value| json!({"method": "initialize", "params": {"capabilities": caps}});
+        assert!(declares_server_requests(&init(json!({"sampling": {}}))));
+        assert!(declares_server_requests(&init(
+            json!({"roots": {"listChanged": true}})
+        )));
+        assert!(declares_server_requests(&init(
+            json!({"elicitation": {"form": {}}})
+        )));
+        assert!(!declares_server_requests(&init(
+            json!({"experimental": {}, "sampling": null})
+        )));
+        assert!(!declares_server_requests(&init(json!("nonsense"))));
+        assert!(!declares_server_requests(&json!({"method": "initialize"})));
     }
 
     #[test]

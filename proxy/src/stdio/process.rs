@@ -31,6 +31,15 @@ pub(super) enum Event {
     Final { msg: Value, status: u16 },
 }
 
+impl Event {
+    /// The JSON-RPC message it carries.
+    pub(super) fn into_message(self) -> Value {
+        match self {
+            Event::Message(m) | Event::Final { msg: m, .. } => m,
+        }
+    }
+}
+
 /// A request written to the child and not answered yet, keyed by its bridge id.
 pub(super) struct Pending {
     /// The id the client used, restored on the answer.
@@ -40,6 +49,8 @@ pub(super) struct Pending {
     pub(super) tx: SyncSender<Event>,
     /// Whether server messages may be streamed to this request's client.
     pub(super) streamable: bool,
+    /// The number of the session that sent it (0: the bridge's own request).
+    pub(super) session: u64,
 }
 
 /// Who a process belongs to.

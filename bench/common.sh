@@ -1,0 +1,45 @@
+# Shared by the bench/*.sh scripts (sourced, not run): tools from Debian's packages, waiting
+# for a quiet machine, and running the Python orchestrator so that it is stopped with the script.
+# The caller sets SAY_TAG (the prefix of its messages) before sourcing.
+
+say() { echo "[${SAY_TAG:-bench}] $*" >&2; }
+
+# install_missing COMMAND:PACKAGE ...: apt-get installs the packages whose command is missing
+# (NO_INSTALL set: fail instead).
+install_missing() {
+    local need=() pair
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+    done
+    [ ${#need[@]} -eq 0 ] && return 0
+    if [ -n "${NO_INSTALL:-}" ]; then say "missing: ${need[*]} (NO_INSTALL set)"; exit 1; fi
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    say "installing ${need[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+}
+
+# wait_quiet MAX WAIT: waits up to WAIT seconds for the 1-minute load average to drop below MAX.
+wait_quiet() {
+    local max=$1 limit=$2 waited=0
+    while awk -v m="$max" '{ exit !($1 >= m) }' /proc/loadavg && [ "$waited" -lt "$limit" ]; do
+        [ $((waited % 60)) -eq 0 ] && say "load average $(cut -d' ' -f1-3 /proc/loadavg) >= $max; waiting (up to ${limit}s)"
+        sleep 10; waited=$((waited + 10))
+    done
+    say "load average $(cut -d' ' -f1-3 /proc/loadavg); starting"
+}
+
+# run_stoppable COMMAND...: runs COMMAND in the background and waits for it; an interrupted
+# script stops it (by its PID) on the way out. Exits with COMMAND's status.
+run_stoppable() {
+    local pid rc
+    "$@" &
+    pid=$!
+    # shellcheck disable=SC2064 # the PID is meant to be fixed now
+    trap "kill -0 $pid 2>/dev/null && { kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; }" EXIT
+    trap 'exit 130' INT TERM
+    rc=0
+    wait "$pid" || rc=$?
+    trap - EXIT
+    exit $rc
+}

@@ -1,0 +1,293 @@
+//! Invariants of the data path's HTTP/1.1 handling (request heads, upstream response heads,
+//! the chunked decoder), checked by the fuzz targets in `proxy/fuzz` and by the property tests
+//! in `proxy/tests/http_props.rs`, so both check the same things. Each `check_*` function
+//! panics when an invariant breaks. Not an API.
+
+use std::ops::Range;
+
+pub use crate::worker::head_views::{
+    parse_request_head, rewrite_response_head, HeadRefusal, RequestHead, ResponseFraming,
+    ResponseHead,
+};
+
+use crate::http::{self, ChunkedDecoder};
+use crate::session::{SessionSealer, SCRATCH};
+
+/// What decoding a chunked body gave.
+#[derive(Debug, PartialEq, Eq)]
+struct Decoded {
+    /// Chunk data handed out (up to the error, if any).
+    body: Vec<u8>,
+    /// Bytes that belonged to the body; `None` after an error.
+    used: Option<usize>,
+    done: bool,
+    error: Option<&'static str>,
+}
+
+fn decode<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Decoded {
+    let mut d = ChunkedDecoder::new();
+    let mut body = Vec::new();
+    let mut used = 0;
+    for piece in pieces {
+        match d.feed(piece, |b| body.extend_from_slice(b)) {
+            Ok(n) => {
+                assert!(
+                    n <= piece.len(),
+                    "feed consumed {n} of {} bytes",
+                    piece.len()
+                );
+                assert!(
+                    n == piece.len() || d.is_done(),
+                    "feed stopped at {n} of {} bytes without reaching the end",
+                    piece.len()
+                );
+                used += n;
+            }
+            Err(e) => {
+                return Decoded {
+                    body,
+                    used: None,
+                    done: false,
+                    error: Some(e.0),
+                }
+            }
+        }
+    }
+    Decoded {
+        body,
+        used: Some(used),
+        done: d.is_done(),
+        error: None,
+    }
+}
+
+/// The chunked decoder fed `input` whole and cut at `cuts` (taken modulo the length) gives the
+/// same data, the same end and the same verdict; the body is never longer than the input;
+/// the bytes it says belonged to a finished body decode alone the same way.
+pub fn check_chunked(input: &[u8], cuts: &[usize]) {
+    let whole = decode([input]);
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+    points.sort_unstable();
+    let mut pieces = Vec::with_capacity(points.len() + 1);
+    let mut at = 0;
+    for p in points {
+        pieces.push(&input[at..p]);
+        at = p;
+    }
+    pieces.push(&input[at..]);
+    assert_eq!(decode(pieces), whole, "split at {cuts:?}");
+    assert!(whole.body.len() <= input.len());
+    match whole.used {
+        Some(used) if whole.done => {
+            assert!(used <= input.len());
+            assert_eq!(decode([&input[..used]]), whole, "the body's own bytes");
+        }
+        Some(used) => assert_eq!(used, input.len(), "an unfinished body takes every byte"),
+        None => {}
+    }
+}
+
+/// Encodes `body` as chunks of the given sizes (cycled; 0 is read as 1), with a chunk
+/// extension on the first chunk and a trailer when asked, followed by unrelated bytes.
+/// Returns the encoding and the length of the chunked message in it.
+pub fn encode_chunked(
+    body: &[u8],
+    sizes: &[usize],
+    extension: bool,
+    trailer: bool,
+) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut rest = body;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let size = sizes
+            .get(i % sizes.len().max(1))
+            .copied()
+            .unwrap_or(1)
+            .clamp(1, rest.len());
+        let (chunk, tail) = rest.split_at(size);
+        out.extend_from_slice(format!("{size:x}").as_bytes());
+        if extension && i == 0 {
+            out.extend_from_slice(b";name=\"value\"");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+        rest = tail;
+        i += 1;
+    }
+    out.extend_from_slice(b"0\r\n");
+    if trailer {
+        out.extend_from_slice(b"X-Trailer: yes\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let len = out.len();
+    out.extend_from_slice(b"POST /next HTTP/1.1\r\n");
+    (out, len)
+}
+
+/// A body encoded by [`encode_chunked`] decodes to itself, ends where the encoding ends, and
+/// does so however it is cut.
+pub fn check_chunked_round_trip(
+    body: &[u8],
+    sizes: &[usize],
+    extension: bool,
+    trailer: bool,
+    cuts: &[usize],
+) {
+    let (wire, len) = encode_chunked(body, sizes, extension, trailer);
+    let d = decode([wire.as_slice()]);
+    assert_eq!(d.error, None);
+    assert!(d.done);
+    assert_eq!(d.body, body);
+    assert_eq!(d.used, Some(len));
+    check_chunked(&wire, cuts);
+}
+
+fn within(r: &Range<usize>, len: usize) -> bool {
+    r.start <= r.end && r.end <= len
+}
+
+/// The request-head parse: bytes after the head change nothing; every range it returns lies
+/// inside the head; the path holds no `?` and the query starts with one; never both
+/// Content-Length and chunked; Content-Length agrees with every such header; the session id
+/// and `Mcp-Method`/`Mcp-Name` are those headers' values; no more than `max_headers` headers.
+pub fn check_request_head(buf: &[u8], max_headers: usize) {
+    let Some(verdict) = parse_request_head(buf, max_headers) else {
+        assert!(http::head_len(buf).is_none());
+        return;
+    };
+    let Some(len) = http::head_len(buf) else {
+        panic!("a verdict without a head");
+    };
+    assert_eq!(
+        parse_request_head(&buf[..len], max_headers),
+        Some(verdict.clone()),
+        "the bytes after the head changed the verdict"
+    );
+    let h = match verdict {
+        Ok(h) => h,
+        Err(HeadRefusal::TooManyHeaders) => {
+            assert!(max_headers < 512, "431 although every header fits");
+            return;
+        }
+        Err(HeadRefusal::Bad(why)) => {
+            assert!(!why.is_empty());
+            return;
+        }
+    };
+    assert_eq!(h.len, len);
+    let mut ranges = vec![h.method.clone(), h.path.clone(), h.query.clone()];
+    ranges.extend(h.session.iter().cloned());
+    ranges.extend(h.mcp_method.iter().cloned());
+    ranges.extend(h.mcp_name.iter().cloned());
+    for (n, v) in &h.headers {
+        ranges.push(n.clone());
+        ranges.push(v.clone());
+    }
+    for r in &ranges {
+        assert!(
+            within(r, len),
+            "range {r:?} outside the head of {len} bytes"
+        );
+    }
+    let bytes = |r: &Range<usize>| &buf[r.clone()];
+    assert!(!bytes(&h.method).is_empty());
+    assert!(h.query.end > h.path.start, "empty request target");
+    assert_eq!(h.path.end, h.query.start);
+    assert!(!bytes(&h.path).contains(&b'?'));
+    assert!(h.query.is_empty() || bytes(&h.query).first() == Some(&b'?'));
+    assert!(!(h.chunked && h.content_length.is_some()));
+    assert!(h.headers.len() <= max_headers);
+    let (mut session, mut mcp_method, mut mcp_name) = (None, None, None);
+    for (n, v) in &h.headers {
+        let (name, value) = (bytes(n), bytes(v));
+        assert!(!name.is_empty());
+        assert!(!name.iter().chain(value).any(|b| *b == b'\r' || *b == b'\n'));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            assert_eq!(http::parse_content_length(value), h.content_length);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            assert!(h.chunked && http::has_token(value, b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"mcp-session-id") {
+            session = Some(value);
+        } else if name.eq_ignore_ascii_case(b"mcp-method") {
+            mcp_method = Some(value);
+        } else if name.eq_ignore_ascii_case(b"mcp-name") {
+            mcp_name = Some(value);
+        }
+    }
+    assert_eq!(h.session.as_ref().map(bytes), session);
+    assert_eq!(h.mcp_method.as_ref().map(bytes), mcp_method);
+    assert_eq!(h.mcp_name.as_ref().map(bytes), mcp_name);
+}
+
+/// The response-head rewrite of the head at the start of `buf`: what it writes for the
+/// client, completed with a blank line, is a well-formed HTTP/1.1 head with the same status;
+/// it carries no hop-by-hop or framing header; each `Mcp-Session-Id` opens (with the same
+/// key) to the backend's own id, or is the client's current id when the backend repeats it;
+/// an SSE answer says `x-accel-buffering`.
+pub fn check_response_head(buf: &[u8], backend_tag: u32) {
+    let Some(len) = http::head_len(buf) else {
+        return;
+    };
+    let head = &buf[..len];
+    let mut storage = [httparse::EMPTY_HEADER; 128];
+    let mut upstream = httparse::Response::new(&mut storage);
+    let upstream_ok = matches!(upstream.parse(head), Ok(httparse::Status::Complete(_)));
+    let backend_sids: Vec<&[u8]> = upstream
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("mcp-session-id"))
+        .map(|h| h.value.trim_ascii())
+        .collect();
+    let sealer = SessionSealer::new(&[7; 32]);
+    // Once as a new session, once with the client holding a session whose backend id is the
+    // first one the backend sends.
+    let current_sid = backend_sids.first().copied();
+    for current in [None, current_sid.map(|sid| (&b"CLIENT-HELD-ID"[..], sid))] {
+        let mut out = Vec::new();
+        let rewritten = rewrite_response_head(&sealer, head, backend_tag, current, &mut out);
+        let Ok(ResponseHead::Final { status, is_sse, .. }) = rewritten else {
+            continue;
+        };
+        assert!(upstream_ok, "a head httparse refuses was rewritten");
+        out.extend_from_slice(b"\r\n");
+        let mut storage = [httparse::EMPTY_HEADER; 256];
+        let mut client = httparse::Response::new(&mut storage);
+        let parsed = client.parse(&out);
+        assert!(
+            matches!(parsed, Ok(httparse::Status::Complete(n)) if n == out.len()),
+            "rewritten head does not parse ({parsed:?}): {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        assert_eq!(client.code, Some(status));
+        assert_eq!(client.version, Some(1));
+        let mut sids = backend_sids.iter();
+        let mut accel = false;
+        for h in client.headers.iter() {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"mcp-session-id") {
+                let Some(backend_sid) = sids.next() else {
+                    panic!("more session ids than the backend sent");
+                };
+                match current {
+                    Some((held, sid)) if sid == *backend_sid => assert_eq!(h.value, held),
+                    _ => {
+                        let mut scratch = [0u8; SCRATCH];
+                        let opened = sealer.open(h.value, &mut scratch);
+                        assert_eq!(opened, Some((backend_tag, *backend_sid)));
+                    }
+                }
+                continue;
+            }
+            assert!(
+                !http::is_hop_by_hop(name),
+                "hop-by-hop header {:?} forwarded",
+                h.name
+            );
+            accel |= name.eq_ignore_ascii_case(b"x-accel-buffering");
+        }
+        assert!(sids.next().is_none(), "a session id was lost");
+        assert!(!is_sse || accel, "SSE answer without x-accel-buffering");
+    }
+}
