@@ -108,8 +108,12 @@ pub enum Counter {
     JsonRpcErrors,
     /// Client TLS handshakes that failed (plain HTTP or garbage on a TLS port, bad certs).
     TlsHandshakeErrors,
+    /// Request targets over `max_url_bytes` (414).
+    UrlsTooLong,
+    /// Request bodies nested deeper than `max_json_depth` (400).
+    JsonTooDeep,
 }
-const COUNTERS: usize = 22;
+const COUNTERS: usize = 24;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -134,6 +138,8 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "bodies_too_large",
     "jsonrpc_errors",
     "tls_handshake_errors",
+    "urls_too_long",
+    "json_too_deep",
 ];
 
 /// Gauges (up/down).
