@@ -9,7 +9,8 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-/// Deepest nesting of objects and arrays accepted; the top-level value is depth 1.
+/// Deepest nesting of objects and arrays accepted (and the most
+/// [`parse_message_with_depth`] allows); the top-level value is depth 1.
 pub const MAX_DEPTH: usize = 64;
 
 /// The shape of a JSON-RPC message, told apart by its keys.
@@ -174,8 +175,8 @@ pub enum FrameErrorKind {
     /// The buffer is not valid UTF-8.
     #[error("message is not valid UTF-8")]
     InvalidUtf8,
-    /// Objects and arrays are nested deeper than [`MAX_DEPTH`].
-    #[error("JSON nested deeper than {MAX_DEPTH} levels")]
+    /// Objects and arrays are nested deeper than the limit ([`MAX_DEPTH`] at most).
+    #[error("JSON nested too deeply")]
     TooDeep,
     /// The message (or a batch element) is not a JSON object.
     #[error("message is not a JSON object or array of objects")]
@@ -260,6 +261,12 @@ impl FrameError {
 /// The whole buffer must be a single JSON value, optionally surrounded by
 /// whitespace. No allocation happens unless a key contains escapes.
 pub fn parse_message(buf: &[u8]) -> Result<Envelope<'_>, FrameError> {
+    parse_message_with_depth(buf, MAX_DEPTH)
+}
+
+/// [`parse_message`] with a lower nesting limit: `max_depth` levels of objects and arrays
+/// (the top-level value is level 1), clamped to 1..=[`MAX_DEPTH`].
+pub fn parse_message_with_depth(buf: &[u8], max_depth: usize) -> Result<Envelope<'_>, FrameError> {
     if buf.iter().all(|b| is_ws(*b)) {
         return Err(FrameError::new(FrameErrorKind::Empty, None));
     }
@@ -269,6 +276,7 @@ pub fn parse_message(buf: &[u8]) -> Result<Envelope<'_>, FrameError> {
         s: text,
         b: buf,
         pos: 0,
+        max_depth: max_depth.clamp(1, MAX_DEPTH),
     };
     sc.ws();
     match sc.peek() {
@@ -303,6 +311,7 @@ struct Scanner<'a> {
     s: &'a str,
     b: &'a [u8],
     pos: usize,
+    max_depth: usize,
 }
 
 type Scan<T> = Result<T, FrameErrorKind>;
@@ -533,7 +542,7 @@ impl<'a> Scanner<'a> {
         'value: loop {
             match self.peek() {
                 Some(c @ (b'{' | b'[')) => {
-                    if base + open > MAX_DEPTH {
+                    if base + open > self.max_depth {
                         return Err(FrameErrorKind::TooDeep);
                     }
                     let is_obj = c == b'{';

@@ -12,8 +12,8 @@ pub mod lines;
 pub mod sse;
 
 pub use jsonrpc::{
-    parse_message, response_outcome, Envelope, FrameError, FrameErrorKind, JsonStr, MessageKind,
-    MAX_DEPTH,
+    parse_message, parse_message_with_depth, response_outcome, Envelope, FrameError,
+    FrameErrorKind, JsonStr, MessageKind, MAX_DEPTH,
 };
 pub use lines::{LineError, LineFramer};
 pub use sse::{SseBoundary, SseError, SseEvent, SseParser};

@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use mcplb_protocol::{parse_message, FrameErrorKind as K, MessageKind, MAX_DEPTH};
+use mcplb_protocol::{
+    parse_message, parse_message_with_depth, FrameErrorKind as K, MessageKind, MAX_DEPTH,
+};
 
 const TOOLS_CALL: &str = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get_weather","arguments":{"city":"Paris","days":[1,2,3]},"_meta":{"progressToken":"tok-1","io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
 
@@ -334,6 +336,25 @@ fn depth_limit_is_exact() {
     let batch = |d: usize| format!("[{}]", "[".repeat(d - 1) + &"]".repeat(d - 1));
     assert_eq!(kind_of(batch(MAX_DEPTH).as_bytes()), K::NotAnObject);
     assert_eq!(kind_of(batch(MAX_DEPTH + 1).as_bytes()), K::TooDeep);
+}
+
+#[test]
+fn a_lower_depth_limit_is_exact_too() {
+    let msg = |d: usize| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"a","params":{{"x":{}{}}}}}"#,
+            "[".repeat(d),
+            "]".repeat(d)
+        )
+    };
+    for limit in [3usize, 8, 20] {
+        parse_message_with_depth(msg(limit - 2).as_bytes(), limit).unwrap();
+        let err = parse_message_with_depth(msg(limit - 1).as_bytes(), limit).unwrap_err();
+        assert_eq!(err.kind, K::TooDeep, "limit {limit}");
+    }
+    // Above MAX_DEPTH the limit is MAX_DEPTH.
+    let err = parse_message_with_depth(msg(MAX_DEPTH - 1).as_bytes(), 10_000).unwrap_err();
+    assert_eq!(err.kind, K::TooDeep);
 }
 
 #[test]

@@ -64,6 +64,8 @@ struct RawProxy {
     max_body_bytes: Option<i64>,
     max_header_bytes: Option<i64>,
     max_headers: Option<i64>,
+    max_url_bytes: Option<i64>,
+    max_json_depth: Option<i64>,
     header_timeout: Option<String>,
     client_idle_timeout: Option<String>,
     connect_timeout: Option<String>,
@@ -217,6 +219,10 @@ pub struct ProxyConfig {
     pub max_header_bytes: usize,
     /// Most header lines accepted in a request head.
     pub max_headers: usize,
+    /// Longest request target (path and query) accepted (414 past it).
+    pub max_url_bytes: usize,
+    /// Deepest nesting of JSON objects and arrays accepted in a request body (400 past it).
+    pub max_json_depth: usize,
     /// Time allowed for a request head to arrive once its first byte has.
     pub header_timeout: Duration,
     /// Idle keep-alive client connections are closed after this long.
@@ -638,6 +644,22 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             1 << 20,
         ),
         max_headers: int_field(&mut errs, "proxy.max_headers", p.max_headers, 64, 8, 512),
+        max_url_bytes: int_field(
+            &mut errs,
+            "proxy.max_url_bytes",
+            p.max_url_bytes,
+            8192,
+            16,
+            1 << 20,
+        ),
+        max_json_depth: int_field(
+            &mut errs,
+            "proxy.max_json_depth",
+            p.max_json_depth,
+            protocol::MAX_DEPTH,
+            3,
+            protocol::MAX_DEPTH,
+        ),
         header_timeout: duration_field(
             &mut errs,
             "proxy.header_timeout",

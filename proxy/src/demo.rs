@@ -195,7 +195,14 @@ impl HttpClient {
 
     fn fill(&mut self) -> anyhow::Result<usize> {
         let mut tmp = [0u8; 16384];
-        let n = self.stream.read(&mut tmp)?;
+        // A read interrupted before any byte (EINTR) is retried, not taken for a failure:
+        // this client also runs the health checks, where it would fail a healthy backend.
+        let n = loop {
+            match self.stream.read(&mut tmp) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
         self.buf.extend_from_slice(&tmp[..n]);
         Ok(n)
     }

@@ -108,6 +108,10 @@ pub enum Counter {
     JsonRpcErrors,
     /// Client TLS handshakes that failed (plain HTTP or garbage on a TLS port, bad certs).
     TlsHandshakeErrors,
+    /// Request targets over `max_url_bytes` (414).
+    UrlsTooLong,
+    /// Request bodies nested deeper than `max_json_depth` (400).
+    JsonTooDeep,
     /// Requests refused by `[servers.auth]` or `allowed_origins` (401, 403).
     AuthRefused,
     /// Full JWT verifications (signature and claims), successful or not.
@@ -115,7 +119,7 @@ pub enum Counter {
     /// JWTs accepted from the per-core cache of verified tokens.
     JwtCacheHits,
 }
-const COUNTERS: usize = 25;
+const COUNTERS: usize = 27;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -140,6 +144,8 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "bodies_too_large",
     "jsonrpc_errors",
     "tls_handshake_errors",
+    "urls_too_long",
+    "json_too_deep",
     "auth_refused",
     "jwt_verifications",
     "jwt_cache_hits",

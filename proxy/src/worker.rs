@@ -1222,6 +1222,10 @@ async fn read_and_forward(core: &Core, c: &mut ClientConn) -> Next {
     let mut head = std::mem::take(&mut c.head);
     let parsed = parse_head(&c.buf, head_len, cfg.max_headers, &mut head);
     let next = match parsed {
+        Ok(()) if head.path.start.abs_diff(head.query.end) > cfg.max_url_bytes => {
+            core.rec.borrow_mut().count(Counter::UrlsTooLong, 1);
+            reply_error(c, 414, None, -32600, "request target too long", true).await
+        }
         Ok(()) => handle_parsed(core, c, &head).await,
         Err(HeadError::TooManyHeaders) => {
             reply_error(c, 431, None, -32600, "too many request headers", true).await
@@ -1431,7 +1435,7 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
             BodyAt::Buf(r) => &c.buf[r.clone()],
             BodyAt::Decoded => &c.body,
         };
-        let id = protocol::parse_message(body)
+        let id = protocol::parse_message_with_depth(body, cfg.max_json_depth)
             .ok()
             .and_then(|e| e.id)
             .map(<[u8]>::to_vec);
@@ -1462,9 +1466,12 @@ async fn handle_parsed(core: &Core, c: &mut ClientConn, h: &ReqHead) -> Next {
             BodyAt::Buf(r) => &c.buf[r.clone()],
             BodyAt::Decoded => &c.body,
         };
-        let env = match protocol::parse_message(body) {
+        let env = match protocol::parse_message_with_depth(body, cfg.max_json_depth) {
             Ok(env) => env,
             Err(e) => {
+                if e.kind == protocol::FrameErrorKind::TooDeep {
+                    core.rec.borrow_mut().count(Counter::JsonTooDeep, 1);
+                }
                 let id = if e.jsonrpc_code() == -32700 {
                     None
                 } else {

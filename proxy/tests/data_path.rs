@@ -546,3 +546,61 @@ fn parked_idle_connections_wake_for_their_next_request_and_time_out() {
         }
     }
 }
+
+#[test]
+fn long_urls_and_deep_json_are_refused_and_counted() {
+    let a = mock("alpha");
+    let cfg = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        config_for(&[&a], "max_url_bytes = 64\nmax_json_depth = 8")
+    );
+    let p = start_proxy(&cfg, "auto");
+    let mut good = HttpClient::connect(p.addr).unwrap();
+    let (sid, _) = init_session(&mut good);
+    // A target over max_url_bytes: 414 with a JSON-RPC error.
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    let long = format!("/mcp?{}", "q".repeat(80));
+    let r = c
+        .request(
+            "POST",
+            &long,
+            &[("content-type", "application/json")],
+            b"{}",
+        )
+        .unwrap();
+    assert_eq!(r.status, 414);
+    assert_eq!(r.json().unwrap()["error"]["code"], -32600);
+    // A body nested deeper than max_json_depth: 400 -32700; one level less is served.
+    let nested = |d: usize| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{{"name":"echo","arguments":{{"x":{}1{}}}}}}}"#,
+            "[".repeat(d),
+            "]".repeat(d)
+        )
+    };
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    let h = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-session-id", sid.as_str()),
+    ];
+    // Levels: the message 1, params 2, arguments 3, then the arrays.
+    let r = c.request("POST", "/mcp", &h, nested(6).as_bytes()).unwrap();
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json().unwrap()["error"]["code"], -32700);
+    let r = c.request("POST", "/mcp", &h, nested(5).as_bytes()).unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(whoami(&mut good, &sid), "alpha");
+    // Both are counted.
+    let t = Instant::now();
+    loop {
+        let mut c = HttpClient::connect(p.admin.unwrap()).unwrap();
+        let r = c.request("GET", "/stats", &[], b"").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        if v["counters"]["urls_too_long"] == 1 && v["counters"]["json_too_deep"] == 1 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", v["counters"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

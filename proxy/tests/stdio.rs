@@ -838,3 +838,62 @@ fn shared_new_capable_sessions_go_to_the_process_with_fewest_capable_sessions() 
     );
     assert_eq!(bridge.child_pids().len(), 2);
 }
+
+#[test]
+fn shared_notifications_never_reach_another_client() {
+    let bridge = start(StdioMode::Shared);
+    let addr = bridge.addr();
+    let (a, b) = (initialize_plain(addr), initialize_plain(addr));
+    let logs = |ans: &Answer| -> Vec<String> {
+        ans.events
+            .iter()
+            .filter(|(_, ev)| ev["method"] == "notifications/message")
+            .map(|(_, ev)| ev["params"]["data"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    // Alone in flight, a session gets the log its call caused.
+    let alone = call(addr, &a, json!(1), "log_now", json!({"text": "a-only"}));
+    assert_eq!(logs(&alone), ["a-only"]);
+    // With A's call in flight, B's log could be either's: it goes to neither.
+    let slow = std::thread::spawn({
+        let a = a.clone();
+        move || {
+            call(
+                addr,
+                &a,
+                json!(2),
+                "slow",
+                json!({"seconds": 1.5, "text": "done"}),
+            )
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let b_call = call(addr, &b, json!(3), "log_now", json!({"text": "b-secret"}));
+    assert_eq!(text(b_call.last()), "logged");
+    let a_call = slow.join().unwrap();
+    assert_eq!(text(a_call.last()), "done");
+    assert!(logs(&a_call).is_empty(), "A got {:?}", logs(&a_call));
+    assert!(logs(&b_call).is_empty(), "B got {:?}", logs(&b_call));
+    // A list_changed is news for every session: it reaches B's GET stream.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let get = std::thread::spawn({
+        let b = b.clone();
+        move || {
+            exchange(addr, "GET", Some(&b), None, &mut |ev| {
+                let _ = tx.send(ev.clone());
+            })
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        text(call(addr, &a, json!(4), "list_changed", json!({})).last()),
+        "changed"
+    );
+    let ev = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("list_changed on B's GET stream");
+    assert_eq!(ev["method"], "notifications/tools/list_changed");
+    let d = exchange(addr, "DELETE", Some(&b), None, &mut |_| {});
+    assert_eq!(d.status, 200);
+    let _ = get.join();
+}

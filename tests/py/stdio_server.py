@@ -7,7 +7,9 @@ client, ids srv-1, srv-2, ...; the answer or error it got is the result), ping_c
 request to the client; the answer is the result), calls_seen (the tools/call requests this
 process received, as [name, arguments.text] in arrival order),
 notify_later (answers, then sends a logging notification 0.3 s later), flood {count}
-(that many logging notifications, then the answer). A notifications/cancelled for an in-flight
+(that many logging notifications, then the answer), log_now {text} (one logging notification
+with that text, then the answer), list_changed (notifications/tools/list_changed, then the
+answer). A notifications/cancelled for an in-flight
 `slow` call makes it answer at once with the text "cancelled".
 """
 
@@ -38,7 +40,7 @@ def text_result(rid, text: str) -> None:
 
 
 TOOLS = ["pid", "echo", "slow", "progress", "crash", "garbage", "big", "sample", "ping_client", "notify_later",
-         "flood", "cancelled_ids", "calls_seen"]
+         "flood", "cancelled_ids", "calls_seen", "log_now", "list_changed"]
 
 
 def ask_client(method: str, params: dict):
@@ -109,6 +111,12 @@ def call_tool(rid, params: dict) -> None:
             send({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "later"}})
 
         threading.Thread(target=later, daemon=True).start()
+    elif name == "log_now":
+        send({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": str(args.get("text", ""))}})
+        text_result(rid, "logged")
+    elif name == "list_changed":
+        send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        text_result(rid, "changed")
     elif name == "flood":
         for i in range(int(args.get("count", 1000))):
             send({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": i}})

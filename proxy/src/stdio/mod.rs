@@ -1489,10 +1489,44 @@ impl Inner {
         if let (Owner::Slot(i), true) = (proc.owner, is_request) {
             return self.route_shared_request(proc, i, msg);
         }
+        // A shared process's notification reaches other clients only when it cannot be
+        // another client's: a `list_changed` is news for every session on the process; any
+        // other (a log message, a resource update) goes to the one session with calls in
+        // flight, and is dropped when several sessions have (it could belong to any of them:
+        // delivering it to the wrong client would leak what it says) or none has.
+        if let (Owner::Slot(_), false) = (proc.owner, is_request) {
+            let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+            if !method.ends_with("/list_changed") {
+                let busy: std::collections::HashSet<u64> =
+                    lock(&proc.pending).values().map(|p| p.session).collect();
+                let only = (busy.len() == 1).then(|| busy.into_iter().next()).flatten();
+                let Some(seq) = only else {
+                    tracing::debug!(backend = %self.name(), method, "shared stdio notification with no single owner dropped");
+                    return;
+                };
+                if let Some(msg) = to_latest_call(proc, msg, |p| p.session == seq) {
+                    let session = lock(&self.sessions)
+                        .values()
+                        .find(|s| s.seq == seq)
+                        .cloned();
+                    if let Some(s) = session {
+                        s.push(msg, self.name());
+                    }
+                }
+                return;
+            }
+        }
         // Tied to the most recent request in flight when there is one: it is the likeliest
-        // origin (logging during a tool call; any request of a per-session process).
-        let Some(msg) = to_latest_call(proc, msg, |_| true) else {
-            return;
+        // origin (logging during a tool call; any request of a per-session process). A shared
+        // process's `list_changed` goes to every session's stream instead.
+        let shared_news = matches!(proc.owner, Owner::Slot(_)) && !is_request;
+        let msg = if shared_news {
+            msg
+        } else {
+            let Some(msg) = to_latest_call(proc, msg, |_| true) else {
+                return;
+            };
+            msg
         };
         let delivered = match proc.owner {
             Owner::Pool => lock(&proc.session)
