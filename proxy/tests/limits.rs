@@ -161,12 +161,15 @@ fn concurrency_limits_per_tool_caller_and_backend() {
         config_for(&[&a], "")
     );
     let p = start_proxy(&cfg, "auto");
-    let r = concurrent(p.addr, &["alice", "alice", "bob"], 400);
-    assert_eq!(r[0].0, 200);
-    assert_eq!(r[1].0, 429, "{:?}", r[1]);
-    assert_eq!(r[1].1["error"]["data"]["concurrency"], 0);
-    assert_eq!(r[1].1["id"], 77);
-    assert_eq!(r[2].0, 200);
+    // Calls long enough to overlap however late a busy machine starts the threads; which of
+    // alice's two is refused depends on which arrives first, so either may be.
+    let r = concurrent(p.addr, &["alice", "alice", "bob"], 1500);
+    let refused: Vec<_> = r[..2].iter().filter(|(s, _)| *s == 429).collect();
+    assert_eq!(refused.len(), 1, "{r:?}");
+    assert!(r[..2].iter().any(|(s, _)| *s == 200), "{r:?}");
+    assert_eq!(refused[0].1["error"]["data"]["concurrency"], 0);
+    assert_eq!(refused[0].1["id"], 77);
+    assert_eq!(r[2].0, 200, "{r:?}");
     drop(p);
 
     // Per tool with a queue: the second call waits for the first instead of failing.
@@ -191,7 +194,7 @@ fn concurrency_limits_per_tool_caller_and_backend() {
     );
     let p = start_proxy(&cfg, "auto");
     let before = (a.tool_calls("slow"), b.tool_calls("slow"));
-    let r = concurrent(p.addr, &["x", "y", "z"], 500);
+    let r = concurrent(p.addr, &["x", "y", "z"], 1500);
     let ok = r.iter().filter(|(s, _)| *s == 200).count();
     assert_eq!(ok, 2, "{r:?}");
     assert_eq!(r.iter().filter(|(s, _)| *s == 429).count(), 1);
