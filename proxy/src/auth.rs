@@ -829,6 +829,13 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// No identity (before each request's check).
+    pub fn reset(&mut self) {
+        self.key = 0;
+        self.name.clear();
+        self.jwt = JwtCheck::None;
+    }
+
     fn set(&mut self, key: u64, name: &str) {
         self.key = key;
         self.name.clear();
@@ -851,9 +858,7 @@ pub fn check(
     hasher: &ratelimit::KeyHasher,
     caller: &mut Caller,
 ) -> Result<(), Denial> {
-    caller.key = 0;
-    caller.name.clear();
-    caller.jwt = JwtCheck::None;
+    caller.reset();
     if !cfg.required() {
         return Ok(());
     }

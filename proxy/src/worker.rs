@@ -2542,6 +2542,11 @@ fn check_access(
             }
         }
     }
+    if !group.auth.required() {
+        // No credential checked in this group: no header scan on the request path.
+        c.caller.reset();
+        return Ok(());
+    }
     let verdict = crate::auth::check(
         &group.auth,
         header(b"authorization"),
