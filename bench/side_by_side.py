@@ -1039,8 +1039,8 @@ def report(facts, command, started, finished, load_start, load_end):
     if lat:
         L.append(f"## 3. Open-loop latency (mcplb-load --rate, {lat['connections']} connections, µs)\n")
         L.append(f"mcplb's ceiling (median, mcplb-load closed loop): {lat['ceiling_rps']:.0f} req/s. Latency counts from "
-                 "the scheduled send time (no coordinated omission). mcplb-load's timer has 1 ms resolution, so every "
-                 "request may leave up to ~1 ms late: that send lag (its p50 is shown) is in every figure, direct "
+                 "the scheduled send time (no coordinated omission). mcplb-load waits for each send time on a timerfd "
+                 "(microsecond resolution); what lag remains (its p50 is shown) is in every figure, direct "
                  "included, which is why *added* latency is the figure to compare.\n")
         L.append("| rate | target | achieved req/s | p50 | p95 | p99 | p99.9 | added p50 | added p99 | added p99.9 | send lag p50 | errors | foreign CPU % (max) |")
         L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
