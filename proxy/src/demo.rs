@@ -162,16 +162,7 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> anyhow::Result<Response> {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host);
-        for (n, v) in headers {
-            req.push_str(&format!("{n}: {v}\r\n"));
-        }
-        if method == "POST" || !body.is_empty() {
-            req.push_str(&format!("content-length: {}\r\n", body.len()));
-        }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
+        let bytes = crate::http::client_request(method, path, &self.host, false, headers, body);
         self.stream.write_all(&bytes)?;
         self.read_response()
     }

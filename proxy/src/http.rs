@@ -226,6 +226,7 @@ pub fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
         408 => "Request Timeout",
         413 => "Content Too Large",
         414 => "URI Too Long",
@@ -238,6 +239,33 @@ pub fn reason(status: u16) -> &'static str {
         504 => "Gateway Timeout",
         _ => "Unknown",
     }
+}
+
+/// A client's HTTP/1.1 request: the request line, `host`, `connection: close` when asked,
+/// `headers`, a `content-length` for a POST or a body, then the body (the blocking clients:
+/// health checks, the demo and tests, the 2024-11-05 bridges).
+pub fn client_request(
+    method: &str,
+    target: &str,
+    host: &str,
+    close: bool,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nhost: {host}\r\n");
+    if close {
+        req.push_str("connection: close\r\n");
+    }
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if method == "POST" || !body.is_empty() {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
 }
 
 /// Writes a complete HTTP response carrying a JSON-RPC error object to `out`.

@@ -454,18 +454,7 @@ pub async fn run_worker(
         let accepted = {
             let accept = listener.cancelable_accept(canceller.handle());
             let mut accept = std::pin::pin!(accept);
-            let mut tick = std::pin::pin!(monoio::time::sleep(Duration::from_millis(250)));
-            let first = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = accept.as_mut().poll(cx) {
-                    return Poll::Ready(Some(r));
-                }
-                if tick.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-                Poll::Pending
-            })
-            .await;
-            match first {
+            match ready_within(accept.as_mut(), Duration::from_millis(250)).await {
                 Some(r) => r,
                 None => {
                     canceller = canceller.cancel();
@@ -535,6 +524,26 @@ pub async fn run_worker(
             }
         }
     }
+}
+
+/// Polls `fut` until it completes (`Some`) or `after` passes (`None`). On `None` the future
+/// is left as it is: the caller cancels its operation and awaits it, so a result that raced
+/// the timeout is still taken, never lost.
+async fn ready_within<F: std::future::Future>(
+    mut fut: std::pin::Pin<&mut F>,
+    after: Duration,
+) -> Option<F::Output> {
+    let mut tick = std::pin::pin!(monoio::time::sleep(after));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        if tick.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Marks an accepted socket close-on-exec (monoio's accept does not), so stdio children that
@@ -959,18 +968,7 @@ async fn wait_request(core: &Core, c: &mut ClientConn, canceller: &mut Option<Ca
     buf.clear();
     let read = stream.cancelable_read(buf.slice_mut(0..), cn.handle());
     let mut read = std::pin::pin!(read);
-    let mut sleep = std::pin::pin!(monoio::time::sleep(HOT_WAIT));
-    let first = std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = read.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
-        }
-        if sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
-    })
-    .await;
-    let (r, slice) = match first {
+    let (r, slice) = match ready_within(read.as_mut(), HOT_WAIT).await {
         Some(done) => {
             *canceller = Some(cn);
             done
@@ -1117,6 +1115,7 @@ fn record(core: &Core, m: &ReqMeta, start: Instant) {
             408 => Some(Counter::SlowClients),
             431 => Some(Counter::HeadersTooLarge),
             413 => Some(Counter::BodiesTooLarge),
+            414 => Some(Counter::UrlsTooLong),
             _ => None,
         };
         if let Some(k) = limit {
@@ -1223,7 +1222,6 @@ async fn read_and_forward(core: &Core, c: &mut ClientConn) -> Next {
     let parsed = parse_head(&c.buf, head_len, cfg.max_headers, &mut head);
     let next = match parsed {
         Ok(()) if head.path.start.abs_diff(head.query.end) > cfg.max_url_bytes => {
-            core.rec.borrow_mut().count(Counter::UrlsTooLong, 1);
             reply_error(c, 414, None, -32600, "request target too long", true).await
         }
         Ok(()) => handle_parsed(core, c, &head).await,

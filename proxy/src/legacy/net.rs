@@ -266,16 +266,7 @@ impl Conn {
         let method = req.method.unwrap_or("").to_string();
         let target = req.path.unwrap_or("/").to_string();
         let http10 = req.version == Some(0);
-        let headers: Vec<(String, String)> = req
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).trim().to_string(),
-                )
-            })
-            .collect();
+        let headers = owned_headers(req.headers);
         self.buf.drain(..head_len);
         let find = |n: &str| {
             headers
@@ -606,19 +597,8 @@ pub(crate) fn begin(
     body: &[u8],
 ) -> anyhow::Result<Pending> {
     let mut stream = url.connect()?;
-    let mut req = format!(
-        "{method} {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n",
-        url.target, url.authority
-    );
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    if method == "POST" || !body.is_empty() {
-        req.push_str(&format!("content-length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
+    let bytes =
+        crate::http::client_request(method, &url.target, &url.authority, true, headers, body);
     stream
         .write_all(&bytes)
         .with_context(|| format!("write to {}", url.authority))?;
@@ -675,16 +655,7 @@ impl Pending {
         let mut resp = httparse::Response::new(&mut storage);
         resp.parse(&buf[..head_len])?;
         let status = resp.code.ok_or_else(|| anyhow!("no status"))?;
-        let headers: Vec<(String, String)> = resp
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).trim().to_string(),
-                )
-            })
-            .collect();
+        let headers = owned_headers(resp.headers);
         buf.drain(..head_len);
         let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
         let kind = if status == 204 || status == 304 || (100..200).contains(&status) {
@@ -889,6 +860,19 @@ pub(crate) fn compact(data: &str) -> Option<Value> {
 
 /// A small registry keyed by string, for sessions.
 pub(crate) type Registry<T> = Mutex<HashMap<String, Arc<T>>>;
+
+/// Header names (lower-cased) and trimmed values, owned.
+fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).trim().to_string(),
+            )
+        })
+        .collect()
+}
 
 #[cfg(test)]
 mod tests {

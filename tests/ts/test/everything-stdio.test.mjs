@@ -24,7 +24,14 @@ import {
   ListRootsRequestSchema,
 } from "@modelcontextprotocol/sdk/types.js";
 
-import { EVERYTHING_JS, childProcesses, procInfo, startMcplbWithConfig } from "./harness.mjs";
+import {
+  EVERYTHING_JS,
+  childProcesses,
+  procInfo,
+  recordingFetch,
+  startMcplbWithConfig,
+  waitFor,
+} from "./harness.mjs";
 
 const ROOT = { uri: "file:///tmp/mcplb-ts-stdio-root", name: "mcplb stdio test root" };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -51,37 +58,6 @@ function everythingChildren(lb) {
   return childProcesses(lb.proc.pid).filter(
     (p) => p.state !== "Z" && p.cmdline.includes(EVERYTHING_JS) && p.cmdline.endsWith(" stdio"),
   );
-}
-
-/** A fetch that records every HTTP exchange the client transport makes. */
-function recordingFetch(log) {
-  return async (url, init = {}) => {
-    let body;
-    try {
-      body = typeof init.body === "string" ? JSON.parse(init.body) : undefined;
-    } catch {
-      body = init.body;
-    }
-    const entry = { method: init.method ?? "GET", body, status: undefined };
-    log.push(entry);
-    const res = await fetch(url, init);
-    entry.status = res.status;
-    entry.contentType = res.headers.get("content-type");
-    return res;
-  };
-}
-
-function waitFor(predicate, timeoutMs, what) {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const tick = () => {
-      const v = predicate();
-      if (v) return resolve(v);
-      if (Date.now() - started > timeoutMs) return reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
-      setTimeout(tick, 25);
-    };
-    tick();
-  });
 }
 
 /**

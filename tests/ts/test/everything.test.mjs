@@ -20,40 +20,9 @@ import {
   ToolListChangedNotificationSchema,
 } from "@modelcontextprotocol/sdk/types.js";
 
-import { startEverything, startMcplb } from "./harness.mjs";
+import { recordingFetch, startEverything, startMcplb, waitFor } from "./harness.mjs";
 
 const ROOT = { uri: "file:///tmp/mcplb-ts-root", name: "mcplb test root" };
-
-/** A fetch that records every HTTP exchange the client transport makes. */
-function recordingFetch(log) {
-  return async (url, init = {}) => {
-    let body;
-    try {
-      body = typeof init.body === "string" ? JSON.parse(init.body) : undefined;
-    } catch {
-      body = init.body;
-    }
-    const entry = { method: init.method ?? "GET", body, status: undefined };
-    log.push(entry);
-    const res = await fetch(url, init);
-    entry.status = res.status;
-    entry.contentType = res.headers.get("content-type");
-    return res;
-  };
-}
-
-function waitFor(predicate, timeoutMs, what) {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const tick = () => {
-      const v = predicate();
-      if (v) return resolve(v);
-      if (Date.now() - started > timeoutMs) return reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
-      setTimeout(tick, 25);
-    };
-    tick();
-  });
-}
 
 /** A client with sampling, elicitation and roots, recording what the server sent it. */
 async function connectClient(url, name = "mcplb-ts-test") {

@@ -266,3 +266,35 @@ export function procInfo(pid) {
     return null;
   }
 }
+
+/** A fetch that records every HTTP exchange the client transport makes. */
+export function recordingFetch(log) {
+  return async (url, init = {}) => {
+    let body;
+    try {
+      body = typeof init.body === "string" ? JSON.parse(init.body) : undefined;
+    } catch {
+      body = init.body;
+    }
+    const entry = { method: init.method ?? "GET", body, status: undefined };
+    log.push(entry);
+    const res = await fetch(url, init);
+    entry.status = res.status;
+    entry.contentType = res.headers.get("content-type");
+    return res;
+  };
+}
+
+/** Resolves with `predicate()`'s first truthy value, polling every 25 ms; rejects after `timeoutMs`. */
+export function waitFor(predicate, timeoutMs, what) {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    const tick = () => {
+      const v = predicate();
+      if (v) return resolve(v);
+      if (Date.now() - started > timeoutMs) return reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
+      setTimeout(tick, 25);
+    };
+    tick();
+  });
+}
