@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use mcplb::stats::{CoreRecorder, Sample};
+use mcplb::control::stats::{CoreRecorder, Sample};
 
 fn record(c: &mut Criterion) {
     let mut rec = CoreRecorder::new(&[4]);

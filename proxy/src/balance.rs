@@ -259,7 +259,7 @@ fn unreachable_budget() -> lb::RetryBudget {
 
 /// Records a passive outcome of one request; logs an ejection when it happens.
 pub fn record_outcome(
-    hub: &crate::stats::StatsHub,
+    hub: &crate::control::stats::StatsHub,
     rt: &GroupRuntime,
     group: &ServerGroup,
     bi: usize,

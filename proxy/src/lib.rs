@@ -4,21 +4,15 @@
 //! worker and runs each worker on its own monoio runtime (io_uring, or epoll where io_uring is
 //! unavailable). See `ARCHITECTURE.md` for the path of one request.
 
-pub mod admin;
 pub mod auth;
 pub mod balance;
-pub mod checker;
+pub mod bridges;
 pub mod config;
-pub mod config_view;
+pub mod control;
 pub mod demo;
-pub mod failover;
 pub mod http;
-pub mod legacy;
-mod park;
-pub mod reload;
+mod runtime;
 pub mod session;
-pub mod stats;
-pub mod stdio;
 pub mod tls;
 mod worker;
 
@@ -32,7 +26,8 @@ use std::thread::JoinHandle;
 use anyhow::Context as _;
 
 pub use config::Config;
-use session::SessionSealer;
+use control::{admin, health, reload, stats};
+use session::{failover, SessionSealer};
 
 /// Which monoio driver the workers run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -253,7 +248,7 @@ pub fn start_with(
         );
     }
     let shared = Arc::new(build_shared(config, None, fronts, &key)?);
-    running.set_checkers(checker::start(
+    running.set_checkers(health::start(
         &shared.config,
         shared.groups.clone(),
         shared.hub.clone(),

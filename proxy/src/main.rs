@@ -170,13 +170,15 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Stats { admin, token } => match mcplb::admin::print_stats(&admin, token.as_deref()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("mcplb stats: {e:#}");
-                ExitCode::FAILURE
+        Cmd::Stats { admin, token } => {
+            match mcplb::control::admin::print_stats(&admin, token.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mcplb stats: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Cmd::Demo { exit } => match mcplb::demo::run_with(!exit) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -28,9 +28,9 @@ use crate::balance::{self, CoreBalancer, GroupRuntime};
 use crate::config::{
     Backend, Balance, ConcurrencyPer, Config, HashKey, SessionFailover, MAX_CONCURRENCY_RULES,
 };
+use crate::control::stats::{self, CoreRecorder, Counter, Gauge, Sample, StatsHub};
 use crate::http::{self, ChunkedDecoder};
 use crate::session::{SessionSealer, SCRATCH};
-use crate::stats::{self, CoreRecorder, Counter, Gauge, Sample, StatsHub};
 use crate::tls::Conn;
 
 /// Set once a graceful shutdown has begun: listeners close, keep-alive connections close
@@ -57,7 +57,7 @@ pub struct Shared {
     /// Per group: backend health (shared, lock-free) and the hash ring.
     pub groups: Arc<Vec<GroupRuntime>>,
     /// Initialize bodies and moved sessions, for `session_failover = "reinitialize"`.
-    pub failover: Arc<crate::failover::FailoverStore>,
+    pub failover: Arc<crate::session::failover::FailoverStore>,
     /// Counters of the `[[concurrency]]` rules, in config order (lock-free, every core).
     pub concurrency: Vec<Arc<ratelimit::ConcurrencyLimit>>,
     /// Per group: the 2024-11-05 transport bridge for old clients (`legacy_sse = true`).
@@ -100,12 +100,12 @@ struct Core {
     /// request, and connections to backends are no longer pooled here.
     next: RefCell<Option<Rc<Core>>>,
     /// Where reloads publish configurations, and the generation this state was built for.
-    live: Arc<crate::reload::Live>,
+    live: Arc<crate::control::reload::Live>,
     generation: u64,
     /// Every state of this worker still in use (the flusher's list).
     states: Rc<RefCell<Vec<Rc<Core>>>>,
     /// This worker's idle keep-alive connections, parked with no task.
-    park: Rc<crate::park::IdleSet>,
+    park: Rc<crate::runtime::park::IdleSet>,
 }
 
 /// A core's buffered JSON access log: lines are written once a second or every 64 KiB, one
@@ -286,9 +286,9 @@ impl Core {
     /// over its free buffers and its idle upstream connections to backends still listed at the
     /// same address.
     fn new(
-        live: Arc<crate::reload::Live>,
+        live: Arc<crate::control::reload::Live>,
         states: Rc<RefCell<Vec<Rc<Core>>>>,
-        park: Rc<crate::park::IdleSet>,
+        park: Rc<crate::runtime::park::IdleSet>,
         index: usize,
         prev: Option<&Core>,
     ) -> Rc<Core> {
@@ -420,14 +420,14 @@ impl Core {
 
 /// Runs one worker's accept loop forever.
 pub async fn run_worker(
-    live: Arc<crate::reload::Live>,
+    live: Arc<crate::control::reload::Live>,
     listener: std::net::TcpListener,
     index: usize,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     // Every state still in use (a reload leaves the old one to the requests under way).
     let cores: Rc<RefCell<Vec<Rc<Core>>>> = Rc::new(RefCell::new(Vec::new()));
-    let park = Rc::new(crate::park::IdleSet::new()?);
+    let park = Rc::new(crate::runtime::park::IdleSet::new()?);
     let mut core = Core::new(live, cores.clone(), park, index, None);
     monoio::spawn(park_loop(core.clone()));
     // Once a second, fold this core's statistics into the hub (the only cross-core lock,

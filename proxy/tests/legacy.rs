@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use loadtest::mock::{MockConfig, MockServer};
+use mcplb::bridges::legacy::{LegacyBackend, LegacyFront};
 use mcplb::demo::HttpClient;
 use mcplb::http::ChunkedDecoder;
-use mcplb::legacy::{LegacyBackend, LegacyFront};
 use protocol::{SseEvent, SseParser};
 use serde_json::{json, Value};
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use mcplb::stdio::{StdioBridge, StdioConfig, StdioMode};
+use mcplb::bridges::stdio::{StdioBridge, StdioConfig, StdioMode};
 use serde_json::{json, Value};
 
 fn server_script() -> String {

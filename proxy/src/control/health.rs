@@ -34,7 +34,7 @@ impl Drop for Checkers {
 pub fn start(
     config: &Config,
     runtimes: Arc<Vec<GroupRuntime>>,
-    hub: Arc<crate::stats::StatsHub>,
+    hub: Arc<crate::control::stats::StatsHub>,
 ) -> Checkers {
     let stop = Arc::new(AtomicBool::new(false));
     for (gi, g) in config.servers.iter().enumerate() {
@@ -65,7 +65,7 @@ fn check_loop(
     b: &Backend,
     hc: &HealthCheck,
     rts: &[GroupRuntime],
-    hub: &crate::stats::StatsHub,
+    hub: &crate::control::stats::StatsHub,
     stop: &AtomicBool,
     auth: Option<&crate::auth::Secret>,
 ) {

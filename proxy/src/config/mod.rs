@@ -2,6 +2,8 @@
 //! once, up front, into the typed [`Config`] the workers use. Validation reports every problem
 //! at once, each with its key path (`servers[1].backends[0]: ...`).
 
+pub mod view;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -358,7 +360,7 @@ pub struct Backend {
     pub weight: u32,
     /// A stdio server mcplb starts and supervises (reached through an in-process bridge whose
     /// address fills `addr` at start), or `None` for an HTTP backend.
-    pub stdio: Option<crate::stdio::StdioConfig>,
+    pub stdio: Option<crate::bridges::stdio::StdioConfig>,
     /// An old (2024-11-05 HTTP+SSE) server's SSE URL, reached through a bridge started with
     /// mcplb, or `None`.
     pub legacy_sse: Option<String>,
@@ -933,21 +935,24 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                         continue;
                     }
                     let mode = match table.mode.as_deref() {
-                        None | Some("per-session") => crate::stdio::StdioMode::PerSession,
-                        Some("shared") => crate::stdio::StdioMode::Shared,
+                        None | Some("per-session") => crate::bridges::stdio::StdioMode::PerSession,
+                        Some("shared") => crate::bridges::stdio::StdioMode::Shared,
                         Some(m) => {
                             errs.push(format!(
                                 "{bkey}.mode: `{m}` (use \"per-session\" or \"shared\")"
                             ));
-                            crate::stdio::StdioMode::PerSession
+                            crate::bridges::stdio::StdioMode::PerSession
                         }
                     };
                     let label = command.join(" ");
                     let name = table.name.unwrap_or_else(|| {
                         command[0].rsplit('/').next().unwrap_or("stdio").to_string()
                     });
-                    let mut sc =
-                        crate::stdio::StdioConfig::new(name.clone(), command.clone(), mode);
+                    let mut sc = crate::bridges::stdio::StdioConfig::new(
+                        name.clone(),
+                        command.clone(),
+                        mode,
+                    );
                     sc.env = table.env.unwrap_or_default().into_iter().collect();
                     sc.cwd = table.cwd.map(std::path::PathBuf::from);
                     let (dmin, dmax) = (sc.min, sc.max);

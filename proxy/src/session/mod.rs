@@ -5,6 +5,8 @@
 //! backend's own id stays hidden from the client, and an id that does not open is answered 404,
 //! exactly as a server answers an unknown session.
 
+pub mod failover;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};

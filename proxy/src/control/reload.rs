@@ -64,13 +64,13 @@ impl Live {
 #[derive(Default)]
 pub(crate) struct Running {
     /// stdio backends: (tag, their config as text, the bridge).
-    stdio: Vec<(u32, String, crate::stdio::StdioBridge)>,
+    stdio: Vec<(u32, String, crate::bridges::stdio::StdioBridge)>,
     /// 2024-11-05 backends: (tag, the bridge).
-    legacy_backends: Vec<(u32, crate::legacy::LegacyBackend)>,
+    legacy_backends: Vec<(u32, crate::bridges::legacy::LegacyBackend)>,
     /// Old-client fronts, by group path.
-    legacy_fronts: Vec<(String, crate::legacy::LegacyFront)>,
+    legacy_fronts: Vec<(String, crate::bridges::legacy::LegacyFront)>,
     /// The checkers of the current configuration (dropping them stops their threads).
-    checkers: Option<crate::checker::Checkers>,
+    checkers: Option<crate::control::health::Checkers>,
     /// The JWKS refresh thread of the current configuration (dropping it stops the thread).
     jwks: Option<crate::auth::JwksRefresh>,
 }
@@ -79,9 +79,9 @@ pub(crate) struct Running {
 /// and streams still on them can finish.
 #[derive(Default)]
 pub(crate) struct Retired {
-    stdio: Vec<crate::stdio::StdioBridge>,
-    legacy_backends: Vec<crate::legacy::LegacyBackend>,
-    legacy_fronts: Vec<crate::legacy::LegacyFront>,
+    stdio: Vec<crate::bridges::stdio::StdioBridge>,
+    legacy_backends: Vec<crate::bridges::legacy::LegacyBackend>,
+    legacy_fronts: Vec<crate::bridges::legacy::LegacyFront>,
 }
 
 impl Retired {
@@ -141,8 +141,8 @@ impl Running {
                     let bridge = match self.legacy_backends.iter().position(|(t, _)| *t == b.tag) {
                         Some(i) => self.legacy_backends.swap_remove(i).1,
                         None => {
-                            let bridge =
-                                crate::legacy::LegacyBackend::start(&sse).with_context(|| {
+                            let bridge = crate::bridges::legacy::LegacyBackend::start(&sse)
+                                .with_context(|| {
                                     format!("servers.{}: backend {}", g.name, b.name)
                                 })?;
                             tracing::info!(backend = %b.name, sse = %sse, bridge = %bridge.addr(), "2024-11-05 (HTTP+SSE) backend bridged");
@@ -161,8 +161,8 @@ impl Running {
                     let bridge = match reuse {
                         Some(i) => self.stdio.swap_remove(i).2,
                         None => {
-                            let bridge =
-                                crate::stdio::StdioBridge::start(sc).with_context(|| {
+                            let bridge = crate::bridges::stdio::StdioBridge::start(sc)
+                                .with_context(|| {
                                     format!("servers.{}: backend {}", g.name, b.name)
                                 })?;
                             tracing::info!(backend = %b.name, command = %b.url, bridge = %bridge.addr(), "stdio backend started");
@@ -190,7 +190,7 @@ impl Running {
             }
             let front = match self.legacy_fronts.iter().position(|(p, _)| *p == g.path) {
                 Some(i) => self.legacy_fronts.swap_remove(i).1,
-                None => crate::legacy::LegacyFront::start(
+                None => crate::bridges::legacy::LegacyFront::start(
                     &format!("http://{local_addr}{}", g.path),
                     &g.path,
                 )
@@ -203,7 +203,7 @@ impl Running {
     }
 
     /// Replaces the checkers (the old ones stop at their next wake-up).
-    pub(crate) fn set_checkers(&mut self, c: crate::checker::Checkers) {
+    pub(crate) fn set_checkers(&mut self, c: crate::control::health::Checkers) {
         self.checkers = Some(c);
     }
 
@@ -421,8 +421,11 @@ impl Reloader {
             Ok(s) => Arc::new(s),
             Err(e) => return Err(vec![format!("{e:#}")]),
         };
-        let checkers =
-            crate::checker::start(&shared.config, shared.groups.clone(), shared.hub.clone());
+        let checkers = crate::control::health::start(
+            &shared.config,
+            shared.groups.clone(),
+            shared.hub.clone(),
+        );
         running.set_checkers(checkers);
         // JWKS URLs: the keys of an unchanged URL carry over, then every URL is fetched
         // before the new configuration goes live.

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
-use crate::stats::{self, Dim, Triple, COUNTER_NAMES, GAUGE_NAMES, METHODS};
+use crate::control::stats::{self, Dim, Triple, COUNTER_NAMES, GAUGE_NAMES, METHODS};
 
 /// What the admin thread reads.
 pub struct AdminState {
     /// The running configuration (read anew for every admin request) and its reloading.
-    pub reloader: Arc<crate::reload::Reloader>,
+    pub reloader: Arc<crate::control::reload::Reloader>,
     /// Name of the event driver in use.
     pub driver: &'static str,
 }
@@ -29,7 +29,7 @@ pub struct AdminState {
 pub(crate) struct View<'a> {
     shared: Arc<crate::worker::Shared>,
     driver: &'static str,
-    reloader: &'a crate::reload::Reloader,
+    reloader: &'a crate::control::reload::Reloader,
 }
 
 impl std::ops::Deref for View<'_> {
@@ -214,7 +214,7 @@ fn serve(mut s: TcpStream, state: &AdminState) -> std::io::Result<()> {
             &mut s,
             200,
             "application/json",
-            crate::config_view::redacted_json(&st.config)
+            crate::config::view::redacted_json(&st.config)
                 .to_string()
                 .as_bytes(),
         ),
