@@ -198,7 +198,9 @@ pub struct HealthCheck {
 /// One backend replica reached over HTTP.
 #[derive(Debug, Clone)]
 pub struct Backend {
-    /// Name used in logs (defaults to the authority).
+    /// Name used in logs, metrics and the admin port. Defaults to the authority (HTTP), the
+    /// module, package or script the command runs (stdio) or the SSE URL; a default name that
+    /// another backend of the group already has gets `-2`, `-3`, ... appended.
     pub name: String,
     /// The URL as configured.
     pub url: String,

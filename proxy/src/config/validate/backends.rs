@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::names::{self, GroupNames};
 use crate::bridges::stdio::{StdioConfig, StdioMode};
 use crate::config::fields::{fnv1a32, resolve, TableCheck};
 use crate::config::raw::{RawBackend, RawBackendTable};
@@ -19,11 +20,13 @@ pub(super) fn validate(raw: Vec<RawBackend>, group: &mut TableCheck<'_>) -> Vec<
     if raw.len() > usize::from(u16::MAX) {
         group.problem("backends", "too many backends");
     }
+    let tables: Vec<RawBackendTable> = raw.into_iter().map(RawBackend::into_table).collect();
+    let mut names = GroupNames::new(tables.iter().filter_map(|t| t.name.clone()));
     let key = group.key("backends");
     let mut backends: Vec<Backend> = Vec::new();
-    for (j, table) in raw.into_iter().map(RawBackend::into_table).enumerate() {
+    for (j, table) in tables.into_iter().enumerate() {
         let mut t = TableCheck::new(format!("{key}[{j}]"), group.errs());
-        if let Some(b) = backend(table, &mut t, &backends) {
+        if let Some(b) = backend(table, &mut t, &backends, &mut names) {
             backends.push(b);
         }
     }
@@ -36,7 +39,7 @@ struct Reached {
     url: String,
     /// The entry as the "listed twice" message shows it.
     shown: String,
-    /// The name when the entry gives none.
+    /// The name when the entry gives none (made unique in the group by [`GroupNames`]).
     default_name: String,
     authority: String,
     addr: SocketAddr,
@@ -69,6 +72,7 @@ fn backend(
     mut table: RawBackendTable,
     t: &mut TableCheck<'_>,
     others: &[Backend],
+    names: &mut GroupNames,
 ) -> Option<Backend> {
     let weight = t.int_u32("weight", table.weight, 1, 1..=10_000);
     let given_name = table.name.take();
@@ -78,7 +82,7 @@ fn backend(
         t.problem("", format!("`{}` is listed twice", r.shown));
         return None;
     }
-    let name = given_name.unwrap_or(r.default_name);
+    let name = given_name.unwrap_or_else(|| names.claim(&r.default_name));
     if let Some(sc) = &mut r.stdio {
         sc.name = name.clone();
     }
@@ -202,7 +206,7 @@ fn stdio(command: Vec<String>, table: RawBackendTable, t: &mut TableCheck<'_>) -
         }
     };
     let label = command.join(" ");
-    let default_name = command[0].rsplit('/').next().unwrap_or("stdio").to_string();
+    let default_name = names::for_command(&command);
     // The name is set with the backend's (see `backend`).
     let mut sc = StdioConfig::new(String::new(), command, mode);
     sc.env = table.env.unwrap_or_default().into_iter().collect();
@@ -301,6 +305,65 @@ fn parse_backend_url(url: &str) -> Result<BackendUrl, String> {
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
+
+    fn names(backends: &str) -> Vec<String> {
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n[[servers]]\nname = \"g\"\nbackends = [{backends}]\n\
+             [servers.health]\nenabled = false\n"
+        );
+        match Config::parse(&text) {
+            Ok(c) => c.servers[0]
+                .backends
+                .iter()
+                .map(|b| b.name.clone())
+                .collect(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn stdio_backends_get_distinct_default_names() {
+        let got = names(
+            r#"{ command = ["python3", "-m", "a"] }, { command = ["python3", "-m", "b"] },
+               { command = ["python3", "server.py", "--x"] }, { command = ["python3", "server.py"] },
+               { command = ["uvx", "mcp-server-fetch"] }"#,
+        );
+        assert_eq!(got, ["a", "b", "server", "server-2", "mcp-server-fetch"]);
+    }
+
+    #[test]
+    fn the_stdio_bridge_is_named_like_its_backend() {
+        let text = "[proxy]\nlisten = \"127.0.0.1:0\"\n[[servers]]\nname = \"g\"\n\
+                    backends = [{ command = [\"cat\"] }, { command = [\"cat\", \"-u\"] }]\n";
+        let c = Config::parse(text).map_err(|e| e.to_string());
+        let names: Vec<(String, String)> = c
+            .iter()
+            .flat_map(|c| &c.servers[0].backends)
+            .map(|b| {
+                (
+                    b.name.clone(),
+                    b.stdio.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("cat".into(), "cat".into()),
+                ("cat-2".into(), "cat-2".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_default_name_never_takes_a_given_one() {
+        let got = names(
+            r#"{ command = ["cat"] }, { url = "http://127.0.0.1:1/a" },
+               { url = "http://127.0.0.1:1/b" }, { command = ["cat", "-u"], name = "cat" },
+               { sse = "http://127.0.0.1:2/sse", name = "old" }"#,
+        );
+        assert_eq!(got, ["cat-2", "127.0.0.1:1", "127.0.0.1:1-2", "cat", "old"]);
+    }
 
     #[test]
     fn process_options_on_an_sse_backend_are_refused() {

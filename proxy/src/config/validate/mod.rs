@@ -7,6 +7,7 @@ mod backends;
 mod concurrency;
 mod health;
 mod limits;
+mod names;
 mod proxy;
 mod servers;
 
