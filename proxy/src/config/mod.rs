@@ -80,6 +80,7 @@ struct RawProxy {
     max_connections: Option<i64>,
     max_connections_per_ip: Option<i64>,
     stats: Option<bool>,
+    reuse_port: Option<bool>,
     tls: Option<RawTls>,
 }
 
@@ -251,6 +252,9 @@ pub struct ProxyConfig {
     pub tls: Option<crate::tls::ServerTlsFiles>,
     /// Record latency histograms and counters (on by default; off only to measure their cost).
     pub stats: bool,
+    /// Join listeners another process already has on `listen` (a deliberate hand-over between
+    /// two mcplb processes); off by default: an address in use is then a start error.
+    pub reuse_port: bool,
 }
 
 /// One `[[servers]]` group: an MCP server reachable at `path`, served by `backends`.
@@ -624,6 +628,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             }
         }
     });
+    if p.reuse_port == Some(true) && listen.port() == 0 {
+        errs.push(
+            "proxy.reuse_port: needs a fixed port in proxy.listen (port 0 picks a free port, \
+             which no other process listens on)"
+                .to_string(),
+        );
+    }
     let proxy = ProxyConfig {
         tls,
         listen,
@@ -705,6 +716,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             .filter(|v| v != "off" && !v.is_empty())
             .map(|v| if v == "stderr" { "-".to_string() } else { v }),
         stats: p.stats.unwrap_or(true),
+        reuse_port: p.reuse_port.unwrap_or(false),
         max_connections: int_field(
             &mut errs,
             "proxy.max_connections",
