@@ -238,10 +238,6 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
             && (old.proxy.listen.port() == new.proxy.listen.port() || new.proxy.listen.port() == 0),
     );
     check("proxy.workers", old.proxy.workers == new.proxy.workers);
-    check(
-        "proxy.reuse_port",
-        old.proxy.reuse_port == new.proxy.reuse_port,
-    );
     check("admin.listen", old.admin_listen == new.admin_listen);
     check(
         "proxy.session_key",
