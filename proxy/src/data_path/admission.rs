@@ -158,6 +158,11 @@ fn check_envelope(
     if let Some(msg) = header_mismatch(&c.req, env) {
         return Err(Refusal::new(400, -32020, msg).into());
     }
+    let shared = &core.shared;
+    if shared.limits.is_none() && shared.config.concurrency.is_empty() {
+        // No rule to match: nothing to decode.
+        return Ok(ConcKeys::default());
+    }
     let facts = RequestFacts::of(core, gi, env);
     if let Some((rule, retry_ns)) = check_limits(core, c, &facts) {
         if env.kind == MessageKind::Notification {
