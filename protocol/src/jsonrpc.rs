@@ -154,6 +154,9 @@ pub struct Envelope<'a> {
     pub has_result: bool,
     /// Whether a top-level `error` key is present.
     pub has_error: bool,
+    /// Whether `result` is an object whose `isError` member is `true`: an MCP tool call
+    /// that ran and failed (MCP reports that inside a successful JSON-RPC answer).
+    pub tool_error: bool,
 }
 
 /// Why a buffer is not one valid JSON-RPC message.
@@ -657,6 +660,7 @@ struct Fields<'a> {
     params: Option<bool>,
     has_result: bool,
     has_error: bool,
+    tool_error: bool,
     duplicate: bool,
     name: Option<JsonStr<'a>>,
     name_seen: bool,
@@ -679,6 +683,7 @@ impl Fields<'_> {
 
 const TOP_KEYS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
 const PARAMS_KEYS: &[&str] = &["name", "uri", "_meta"];
+const RESULT_KEYS: &[&str] = &["isError"];
 const META_KEYS: &[&str] = &["progressToken", "io.modelcontextprotocol/protocolVersion"];
 
 fn parse_object<'a>(sc: &mut Scanner<'a>) -> Result<Envelope<'a>, FrameError> {
@@ -735,7 +740,15 @@ fn top_member<'a>(sc: &mut Scanner<'a>, key: JsonStr<'a>, f: &mut Fields<'a>) ->
         Some(4) => {
             f.duplicate |= f.has_result;
             f.has_result = true;
-            sc.value(2)?;
+            if sc.peek() == Some(b'{') {
+                // The object sits at level 2, as `value(2)` would check it.
+                if sc.max_depth < 2 {
+                    return Err(FrameErrorKind::TooDeep);
+                }
+                sc.members(|sc, key| result_member(sc, key, f))?;
+            } else {
+                sc.value(2)?;
+            }
         }
         Some(5) => {
             f.duplicate |= f.has_error;
@@ -777,6 +790,15 @@ fn params_member<'a>(sc: &mut Scanner<'a>, key: JsonStr<'a>, f: &mut Fields<'a>)
         _ => {
             sc.value(3)?;
         }
+    }
+    Ok(())
+}
+
+fn result_member<'a>(sc: &mut Scanner<'a>, key: JsonStr<'a>, f: &mut Fields<'a>) -> Scan<()> {
+    let start = sc.pos;
+    let v = sc.value(3)?;
+    if which(&key, RESULT_KEYS) == Some(0) && matches!(v, Val::Bool) {
+        f.tool_error = sc.b.get(start) == Some(&b't');
     }
     Ok(())
 }
@@ -852,6 +874,7 @@ fn judge<'a>(buf: &'a [u8], f: &Fields<'a>) -> Result<Envelope<'a>, FrameError> 
         batch_len: 0,
         has_result: f.has_result,
         has_error: f.has_error,
+        tool_error: f.tool_error,
     })
 }
 
@@ -897,6 +920,7 @@ fn parse_batch<'a>(sc: &mut Scanner<'a>) -> Scan<Envelope<'a>> {
         batch_len: count,
         has_result: false,
         has_error: false,
+        tool_error: false,
     })
 }
 

@@ -79,6 +79,36 @@ fn responses() {
 }
 
 #[test]
+fn tool_errors_inside_results() {
+    let failed = br#"{"jsonrpc":"2.0","id":4,"result":{"content":[{"type":"text","text":"bad \"isError\": true"}],"isError":true}}"#;
+    let env = parse_message(failed).unwrap();
+    assert!(env.has_result && env.tool_error);
+    for ok in [
+        &br#"{"jsonrpc":"2.0","id":4,"result":{"content":[],"isError":false}}"#[..],
+        br#"{"jsonrpc":"2.0","id":4,"result":{"content":[{"isError":true}]}}"#,
+        br#"{"jsonrpc":"2.0","id":4,"result":{"structuredContent":{"isError":true}}}"#,
+        br#"{"jsonrpc":"2.0","id":4,"result":{"isError":"true"}}"#,
+        br#"{"jsonrpc":"2.0","id":4,"result":[true]}"#,
+        br#"{"jsonrpc":"2.0","id":4,"error":{"code":1,"message":"m","data":{"isError":true}}}"#,
+    ] {
+        let env = parse_message(ok).unwrap();
+        assert!(!env.tool_error, "{}", String::from_utf8_lossy(ok));
+    }
+    // An escaped key is the same key.
+    let env = parse_message(br#"{"jsonrpc":"2.0","id":4,"result":{"is\u0045rror":true}}"#).unwrap();
+    assert!(env.tool_error);
+    // The result object still counts towards the nesting limit.
+    let deep = br#"{"jsonrpc":"2.0","id":4,"result":{"isError":true}}"#;
+    assert_eq!(
+        parse_message_with_depth(deep, 1).map_err(|e| e.kind).err(),
+        Some(K::TooDeep)
+    );
+    assert!(parse_message_with_depth(deep, 2).is_ok());
+    // A broken value inside the result is still a broken frame.
+    assert!(parse_message(br#"{"jsonrpc":"2.0","id":4,"result":{"isError":tru}}"#).is_err());
+}
+
+#[test]
 fn response_shape_errors() {
     assert_eq!(
         kind_of(br#"{"jsonrpc":"2.0","id":1,"result":1,"error":{}}"#),
