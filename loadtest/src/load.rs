@@ -1,4 +1,4 @@
-//! The MCP load generator behind `mcplb-load run` and `mcplb demo`.
+//! The MCP load generator behind `mcplb-load run`.
 //!
 //! Each connection is a virtual user on a monoio runtime: it opens a
 //! keep-alive connection, initializes a session (unless stateless), sends
@@ -36,8 +36,10 @@ use protocol::{MessageKind, SseParser};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http::{self, Chunked, HttpUrl};
+use mock::http::{self, Chunked};
+
 use crate::pace::Pacer;
+use crate::url::HttpUrl;
 
 /// Percentiles printed in reports.
 pub const PERCENTILES: [f64; 6] = [50.0, 90.0, 95.0, 99.0, 99.9, 99.99];

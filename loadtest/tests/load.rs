@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use loadtest::{run_load, LoadOptions, MockConfig, MockServer};
+use loadtest::{run_load, LoadOptions};
+use mock::{MockConfig, MockServer};
 use serde_json::json;
 
 fn mock(cfg: MockConfig) -> MockServer {

@@ -227,16 +227,6 @@ impl std::fmt::Debug for MockServer {
     }
 }
 
-/// Runs a mock server in the foreground until `stop` becomes true.
-pub fn run_until(cfg: MockConfig, addr: SocketAddr, stop: &AtomicBool) -> anyhow::Result<()> {
-    let server = MockServer::start(cfg, addr)?;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    server.stop();
-    Ok(())
-}
-
 fn bind_reuseport(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;

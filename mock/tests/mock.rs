@@ -6,8 +6,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use loadtest::http::{decode_chunked, Chunked};
-use loadtest::{MockConfig, MockServer};
+use mock::http::{decode_chunked, Chunked};
+use mock::{MockConfig, MockServer};
 use serde_json::{json, Value};
 
 struct Resp {
