@@ -3,8 +3,9 @@
 //! backend of `mcplb demo`, and the target of `mcplb-load run`.
 //!
 //! Tools: `echo`, `whoami`, `slow`, `progress` (SSE with progress
-//! notifications), `big`, `fail` and `wrong_id` (a misbehaving server that
-//! echoes the id as a string). Sessions are issued on `initialize`
+//! notifications), `big`, `fail` (a JSON-RPC error), `tool_error` (a result
+//! with `isError: true`) and `wrong_id` (a misbehaving server that echoes the
+//! id as a string). Sessions are issued on `initialize`
 //! unless the server is stateless. Counters and last-seen headers let tests
 //! check what reached the backend.
 
@@ -744,6 +745,11 @@ impl Conn {
                 rpc_result(id, text_content(&"x".repeat(n)))
             }
             "fail" => rpc_error(id, -32603, "tool failed on purpose"),
+            // How MCP servers report a tool that ran and failed, bad arguments included.
+            "tool_error" => rpc_result(
+                id,
+                json!({"content": [{"type": "text", "text": "tool failed on purpose"}], "isError": true}),
+            ),
             // A server bug a client must notice: the id comes back with another type.
             "wrong_id" => rpc_result(&Value::String(id.to_string()), text_content("wrong id")),
             _ => rpc_error(id, -32602, &format!("Unknown tool: {name}")),
@@ -975,6 +981,7 @@ fn tools_list() -> Value {
         {"name": "big", "description": "Returns a text of `bytes` bytes.",
          "inputSchema": obj(json!({"bytes": {"type": "integer"}}))},
         {"name": "fail", "description": "Always fails with JSON-RPC error -32603.", "inputSchema": obj(json!({}))},
+        {"name": "tool_error", "description": "Always answers a result with `isError: true`.", "inputSchema": obj(json!({}))},
         {"name": "wrong_id", "description": "Answers with the request's id turned into a string (a broken server).", "inputSchema": obj(json!({}))},
     ]})
 }

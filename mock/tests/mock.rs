@@ -210,6 +210,9 @@ fn tools_echo_big_fail_list() {
     let v = c.post(Some(&sid), &call(4, "fail", json!({}))).json();
     assert_eq!(v["error"]["code"], -32603);
     assert_eq!(v["id"], 4);
+    let v = c.post(Some(&sid), &call(7, "tool_error", json!({}))).json();
+    assert_eq!(v["result"]["isError"], true);
+    assert_eq!(v["id"], 7);
     let v = c
         .post(
             Some(&sid),
@@ -224,7 +227,16 @@ fn tools_echo_big_fail_list() {
         .collect();
     assert_eq!(
         names,
-        ["echo", "whoami", "slow", "progress", "big", "fail", "wrong_id"]
+        [
+            "echo",
+            "whoami",
+            "slow",
+            "progress",
+            "big",
+            "fail",
+            "tool_error",
+            "wrong_id"
+        ]
     );
     let v = c
         .post(Some(&sid), &json!({"jsonrpc":"2.0","id":6,"method":"nope"}))
