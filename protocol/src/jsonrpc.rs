@@ -145,6 +145,9 @@ pub struct Envelope<'a> {
     pub uri: Option<JsonStr<'a>>,
     /// Raw bytes of `params._meta.progressToken`, any JSON type.
     pub progress_token: Option<&'a [u8]>,
+    /// Raw bytes of `params.arguments` (a tool call's arguments), any JSON type; the last
+    /// one when the key is repeated, as JSON parsers that keep one value per key read it.
+    pub arguments: Option<&'a [u8]>,
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]` when it is a
     /// string (2026-07-28 stateless requests).
     pub protocol_version: Option<JsonStr<'a>>,
@@ -668,6 +671,7 @@ struct Fields<'a> {
     uri_seen: bool,
     meta_seen: bool,
     progress_token: Option<Range<usize>>,
+    arguments: Option<Range<usize>>,
     protocol_version: Option<JsonStr<'a>>,
     protocol_version_seen: bool,
 }
@@ -682,7 +686,7 @@ impl Fields<'_> {
 }
 
 const TOP_KEYS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
-const PARAMS_KEYS: &[&str] = &["name", "uri", "_meta"];
+const PARAMS_KEYS: &[&str] = &["name", "uri", "_meta", "arguments"];
 const RESULT_KEYS: &[&str] = &["isError"];
 const META_KEYS: &[&str] = &["progressToken", "io.modelcontextprotocol/protocolVersion"];
 
@@ -787,6 +791,11 @@ fn params_member<'a>(sc: &mut Scanner<'a>, key: JsonStr<'a>, f: &mut Fields<'a>)
                 sc.value(3)?;
             }
         }
+        Some(3) => {
+            let start = sc.pos;
+            sc.value(3)?;
+            f.arguments = Some(start..sc.pos);
+        }
         _ => {
             sc.value(3)?;
         }
@@ -870,6 +879,7 @@ fn judge<'a>(buf: &'a [u8], f: &Fields<'a>) -> Result<Envelope<'a>, FrameError> 
         name: f.name,
         uri: f.uri,
         progress_token: slice(&f.progress_token),
+        arguments: slice(&f.arguments),
         protocol_version: f.protocol_version,
         batch_len: 0,
         has_result: f.has_result,
@@ -916,6 +926,7 @@ fn parse_batch<'a>(sc: &mut Scanner<'a>) -> Scan<Envelope<'a>> {
         name: None,
         uri: None,
         progress_token: None,
+        arguments: None,
         protocol_version: None,
         batch_len: count,
         has_result: false,

@@ -24,10 +24,33 @@ fn request_with_all_fields() {
     assert!(env.method.unwrap().eq_str("tools/call"));
     assert_eq!(env.name.unwrap().raw(), b"get_weather");
     assert_eq!(env.progress_token, Some(&br#""tok-1""#[..]));
+    assert_eq!(
+        env.arguments,
+        Some(&br#"{"city":"Paris","days":[1,2,3]}"#[..])
+    );
     assert_eq!(env.protocol_version.unwrap().decode(), "2026-07-28");
     assert_eq!(env.uri, None);
     assert_eq!(env.batch_len, 0);
     assert!(!env.has_result && !env.has_error);
+}
+
+#[test]
+fn arguments_are_raw_and_the_last_one_wins() {
+    let env = parse_message(
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments": [1, "a"] ,"name":"x"}}"#,
+    )
+    .unwrap();
+    assert_eq!(env.arguments, Some(&br#"[1, "a"]"#[..]));
+    let env = parse_message(
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":1,"arguments":null}}"#,
+    )
+    .unwrap();
+    assert_eq!(env.arguments, Some(&b"null"[..]));
+    let env = parse_message(
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"arguments":2}}}"#,
+    )
+    .unwrap();
+    assert_eq!(env.arguments, None);
 }
 
 #[test]

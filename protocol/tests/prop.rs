@@ -189,6 +189,8 @@ proptest! {
         let n = env.name.unwrap();
         prop_assert_eq!(n.decode(), name.as_str());
         prop_assert!(n.eq_str(&name));
+        let args = serde_json::to_string(&msg["params"]["arguments"]).unwrap();
+        prop_assert_eq!(env.arguments, Some(args.as_bytes()));
     }
 
     #[test]
