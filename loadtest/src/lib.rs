@@ -5,7 +5,6 @@
 pub mod load;
 pub mod output;
 pub mod pace;
-pub mod runtime;
 pub mod scenario;
 pub mod url;
 

@@ -733,7 +733,7 @@ fn thread_main(
         live,
     }));
     let vu_stats = stats.clone();
-    crate::runtime::block_on(|driver| async move {
+    mock::runtime::block_on(|driver| async move {
         let mut tasks = Vec::with_capacity(ids.len());
         for id in ids {
             let mut vu = Vu::new(opts, plan, url, addr, shared, &vu_stats, id);
@@ -741,7 +741,7 @@ fn thread_main(
             let (s, c) = (opts.sessions.unwrap_or(opts.connections), opts.connections);
             let mine = s / c + usize::from(id < s % c);
             vu.slots = (0..mine.max(1)).map(|_| Slot::default()).collect();
-            vu.precise = driver == crate::runtime::Driver::IoUring;
+            vu.precise = driver == mock::runtime::Driver::IoUring;
             tasks.push(monoio::spawn(vu.run()));
         }
         for t in tasks {
