@@ -123,29 +123,7 @@ impl Conn {
             // so tests can check the proxy hands the client back the id it holds.
             session = head.session().map(str::to_string);
         }
-        self.scratch.clear();
-        serde_json::to_writer(&mut self.scratch, &resp).map_err(std::io::Error::other)?;
-        let owned;
-        let extra: &[(&str, &str)] = match &session {
-            Some(s) => {
-                owned = [("Mcp-Session-Id", s.as_str())];
-                &owned
-            }
-            None => &[],
-        };
-        let len = self.scratch.len();
-        self.head(
-            200,
-            "OK",
-            Some("application/json"),
-            extra,
-            Some(len),
-            head.close,
-        );
-        let body = std::mem::take(&mut self.scratch);
-        self.out.extend_from_slice(&body);
-        self.scratch = body;
-        self.flush_keep().await
+        self.answer(head, &resp, session.as_deref()).await
     }
 
     async fn post_batch(&mut self, head: &Head, items: Vec<Value>) -> std::io::Result<Next> {
@@ -186,26 +164,26 @@ impl Conn {
             self.head(202, "Accepted", None, &[], Some(0), head.close);
             return self.flush_keep().await;
         }
+        self.answer(head, &Value::Array(responses), session.as_deref())
+            .await
+    }
+
+    /// Writes `value` as a 200 JSON answer, with `Mcp-Session-Id` when `session`.
+    async fn answer(
+        &mut self,
+        head: &Head,
+        value: &Value,
+        session: Option<&str>,
+    ) -> std::io::Result<Next> {
         self.scratch.clear();
-        serde_json::to_writer(&mut self.scratch, &responses).map_err(std::io::Error::other)?;
-        let owned;
+        serde_json::to_writer(&mut self.scratch, value).map_err(std::io::Error::other)?;
         let extra: &[(&str, &str)] = match &session {
-            Some(s) => {
-                owned = [("Mcp-Session-Id", s.as_str())];
-                &owned
-            }
+            Some(s) => &[("Mcp-Session-Id", s)],
             None => &[],
         };
-        let len = self.scratch.len();
-        self.head(
-            200,
-            "OK",
-            Some("application/json"),
-            extra,
-            Some(len),
-            head.close,
-        );
         let body = std::mem::take(&mut self.scratch);
+        let ctype = Some("application/json");
+        self.head(200, "OK", ctype, extra, Some(body.len()), head.close);
         self.out.extend_from_slice(&body);
         self.scratch = body;
         self.flush_keep().await

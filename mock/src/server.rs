@@ -644,28 +644,18 @@ impl Conn {
     }
 
     pub(crate) fn plain(&mut self, status: u16, reason: &str, body: &str, close: bool) {
-        self.head(
-            status,
-            reason,
-            Some("text/plain"),
-            &[],
-            Some(body.len()),
-            close,
-        );
-        self.out.extend_from_slice(body.as_bytes());
+        self.whole(status, reason, "text/plain", body.as_bytes(), close);
     }
 
     pub(crate) fn json_error(&mut self, status: u16, reason: &str, body: &Value, close: bool) {
         let text = body.to_string();
-        self.head(
-            status,
-            reason,
-            Some("application/json"),
-            &[],
-            Some(text.len()),
-            close,
-        );
-        self.out.extend_from_slice(text.as_bytes());
+        self.whole(status, reason, "application/json", text.as_bytes(), close);
+    }
+
+    /// Appends an answer with a body of `ctype`.
+    fn whole(&mut self, status: u16, reason: &str, ctype: &str, body: &[u8], close: bool) {
+        self.head(status, reason, Some(ctype), &[], Some(body.len()), close);
+        self.out.extend_from_slice(body);
     }
 
     /// Appends a response head to `out` ([`write_head`]).
