@@ -42,8 +42,7 @@ pub(super) fn check(
     if digests.is_empty() {
         return Err(deny(401, Some("invalid_token"), "malformed token"));
     }
-    use sha2::Digest;
-    let digest: [u8; 32] = sha2::Sha256::digest(key).into();
+    let digest = super::sha256(key);
     // Compare with every configured digest in constant time, without stopping early.
     let mut found = usize::MAX;
     for (i, d) in digests.iter().enumerate() {

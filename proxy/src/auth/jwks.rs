@@ -6,10 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
-
+use super::jwk::{self, Jwk};
 use super::jwt::JwtVerifier;
-use super::redact_url;
+use super::{redact_url, sha256};
 
 /// Where a group's JWKS comes from.
 #[derive(Clone)]
@@ -29,17 +28,9 @@ impl fmt::Debug for JwksSource {
     }
 }
 
-/// One verification key from a JWKS.
-pub(super) struct Key {
-    pub(super) kid: Option<String>,
-    pub(super) alg: Option<Algorithm>,
-    pub(super) family: AlgorithmFamily,
-    pub(super) key: DecodingKey,
-}
-
 /// The keys in use, replaced whole on refresh.
 pub(super) struct KeySet {
-    pub(super) keys: Vec<Key>,
+    pub(super) keys: Vec<Jwk>,
     /// Changes whenever the keys change: cached verdicts of another generation are dropped.
     pub(super) generation: u64,
     /// Fingerprint of the JWKS text, to tell a refresh that changed nothing.
@@ -47,8 +38,6 @@ pub(super) struct KeySet {
 }
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
-
-// ---------------------------------------------------------------- JWKS
 
 impl KeySet {
     pub(super) fn empty() -> Self {
@@ -59,19 +48,18 @@ impl KeySet {
         }
     }
 
-    pub(super) fn new(keys: Vec<Key>, text: &str) -> Self {
-        use sha2::Digest;
+    pub(super) fn new(keys: Vec<Jwk>, text: &str) -> Self {
         KeySet {
             keys,
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
-            digest: sha2::Sha256::digest(text.as_bytes()).into(),
+            digest: sha256(text.as_bytes()),
         }
     }
 }
 
-/// Parses a JWKS document: the usable signature keys, and why others were skipped. Symmetric
-/// (`oct`) keys and keys whose `use` is not `sig` are never used.
-pub(super) fn parse_jwks(text: &str) -> Result<(Vec<Key>, Vec<String>), String> {
+/// Parses a JWKS document: the usable signature keys, and why others were skipped (see
+/// [`jwk::parse`]: symmetric and encryption keys are never used).
+pub(super) fn parse_jwks(text: &str) -> Result<(Vec<Jwk>, Vec<String>), String> {
     let doc: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let Some(list) = doc.get("keys").and_then(|k| k.as_array()) else {
@@ -80,65 +68,20 @@ pub(super) fn parse_jwks(text: &str) -> Result<(Vec<Key>, Vec<String>), String> 
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
     for (i, k) in list.iter().enumerate() {
-        let kid = k
-            .get("kid")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string();
+        let kid = k.get("kid").and_then(|v| v.as_str()).unwrap_or("");
         let label = if kid.is_empty() {
             format!("keys[{i}]")
         } else {
             format!("keys[{i}] (kid {kid:?})")
         };
-        if k.get("kty").and_then(|v| v.as_str()) == Some("oct") {
-            skipped.push(format!("{label}: symmetric keys are never accepted"));
-            continue;
-        }
-        let jwk: jsonwebtoken::jwk::Jwk = match serde_json::from_value(k.clone()) {
-            Ok(j) => j,
-            Err(e) => {
-                skipped.push(format!("{label}: {e}"));
-                continue;
-            }
+        let parsed = match k.as_object() {
+            Some(obj) => jwk::parse(obj),
+            None => Err("not a JSON object".to_string()),
         };
-        if matches!(
-            jwk.common.public_key_use,
-            Some(
-                jsonwebtoken::jwk::PublicKeyUse::Encryption
-                    | jsonwebtoken::jwk::PublicKeyUse::Other(_)
-            )
-        ) {
-            skipped.push(format!("{label}: not a signature key (`use`)"));
-            continue;
+        match parsed {
+            Ok(key) => keys.push(key),
+            Err(why) => skipped.push(format!("{label}: {why}")),
         }
-        let alg = match jwk.common.key_algorithm {
-            None => None,
-            Some(ka) => match ka.to_string().parse::<Algorithm>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    skipped.push(format!("{label}: `alg` {ka} is not a signature algorithm"));
-                    continue;
-                }
-            },
-        };
-        let key = match DecodingKey::from_jwk(&jwk) {
-            Ok(d) => d,
-            Err(e) => {
-                skipped.push(format!("{label}: {e}"));
-                continue;
-            }
-        };
-        let family = key.family();
-        if family == AlgorithmFamily::Hmac || alg.is_some_and(|a| a.family() != family) {
-            skipped.push(format!("{label}: key type and `alg` disagree"));
-            continue;
-        }
-        keys.push(Key {
-            kid: jwk.common.key_id,
-            alg,
-            family,
-            key,
-        });
     }
     Ok((keys, skipped))
 }
@@ -151,9 +94,7 @@ impl JwtVerifier {
     /// Installs a freshly fetched JWKS; returns whether the keys changed. A JWKS that does not
     /// parse or holds no usable key leaves the old keys in place.
     fn install(&self, text: &str) -> Result<bool, String> {
-        use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
-        if self.keys.load().digest == digest {
+        if self.keys.load().digest == sha256(text.as_bytes()) {
             return Ok(false);
         }
         let (keys, skipped) = parse_jwks(text)?;

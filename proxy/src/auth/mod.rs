@@ -10,7 +10,8 @@
 //! A key set change (refresh) invalidates the cache.
 //!
 //! Files: `api_key` (digests, constant-time compare), `jwt` (the `[servers.auth.jwt]` settings
-//! and one token's full verification), `jwks` (key sets, their fetch and refresh thread),
+//! and one token's full verification, claims checked here), `jwk` (one key, parsed strictly
+//! for `ring`, and the signature algorithms), `jwks` (key sets, their fetch and refresh thread),
 //! `cache` (the per-core verdict cache), `metadata` (the protected-resource document).
 
 use std::fmt;
@@ -24,10 +25,12 @@ use metadata::RawMetadata;
 
 mod api_key;
 mod cache;
+mod jwk;
 mod jwks;
 mod jwt;
 mod metadata;
 
+pub use jwk::Alg;
 pub use jwks::{key_ids, start_refresh, JwksRefresh, JwksSource};
 pub use jwt::{verify, JwtVerifier, Verdict};
 pub use metadata::{is_metadata_path, metadata_for, MetadataAnswer, ResourceMetadata};
@@ -430,6 +433,15 @@ pub fn changed_keys(old: &AuthConfig, new: &AuthConfig) -> Vec<&'static str> {
     if doc(old) != doc(new) || old.metadata_passthrough != new.metadata_passthrough {
         out.push("resource_metadata");
     }
+    out
+}
+
+/// SHA-256 of `data` (API key digests, JWKS fingerprints), with `ring` like every other
+/// digest and signature in the binary.
+pub(super) fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
     out
 }
 

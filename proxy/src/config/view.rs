@@ -43,7 +43,7 @@ fn auth_json(a: &crate::auth::AuthConfig) -> Value {
         };
         json!({
             "issuer": v.issuer, "audience": v.audience,
-            "algorithms": v.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
+            "algorithms": v.algorithms.iter().map(|a| a.name()).collect::<Vec<_>>(),
             "jwks_file": file, "jwks_url": url,
             "jwks_ca": v.jwks_ca.as_ref().map(|(p, _)| p.clone()),
             "leeway_s": secs(v.leeway), "refresh_s": secs(v.refresh),
