@@ -2549,6 +2549,7 @@ fn check_access(
         &group.auth,
         header(b"authorization"),
         header(b"x-api-key"),
+        c.peer.ip(),
         &core.shared.key_hasher,
         &mut c.caller,
     );
@@ -2556,6 +2557,7 @@ fn check_access(
         crate::auth::JwtCheck::None => None,
         crate::auth::JwtCheck::Cached => Some(Counter::JwtCacheHits),
         crate::auth::JwtCheck::Verified => Some(Counter::JwtVerifications),
+        crate::auth::JwtCheck::Throttled => Some(Counter::AuthThrottled),
     };
     if let Some(k) = jwt {
         core.rec.borrow_mut().count(k, 1);

@@ -4,7 +4,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use super::jwt::{verify, JwtVerifier, INSUFFICIENT_SCOPE, NOT_YET_VALID};
+use super::budget::address_key;
+use super::jwt::{verify_at, JwtVerifier, INSUFFICIENT_SCOPE, NOT_YET_VALID};
 use super::{deny, now_unix, Caller, Denial, JwtCheck};
 
 /// A cached verdict on one token.
@@ -59,9 +60,19 @@ thread_local! {
     });
 }
 
+/// Refused unverified: the client address spent its budget of failed verifications.
+const THROTTLED: Denial = deny(
+    429,
+    None,
+    "too many failed token verifications from this address; retry later",
+);
+
+/// Checks `token` from the cache of this core, or else, when `client` has budget left, in full
+/// (a failed full verification is charged to `client`).
 pub(super) fn verify_cached(
     v: &JwtVerifier,
     token: &[u8],
+    client: std::net::IpAddr,
     hasher: &ratelimit::KeyHasher,
     caller: &mut Caller,
 ) -> Result<(), Denial> {
@@ -102,10 +113,17 @@ pub(super) fn verify_cached(
         caller.jwt = JwtCheck::Cached;
         return r;
     }
+    // Not seen on this core: a signature check, unless this address has failed too often.
+    let address = address_key(hasher, client);
+    if !v.budget.admit(address) {
+        caller.jwt = JwtCheck::Throttled;
+        return Err(THROTTLED);
+    }
     caller.jwt = JwtCheck::Verified;
-    let verdict = match verify(v, token) {
+    let verdict = match verify_at(v, token, now) {
         Ok(verdict) => verdict,
         Err(denial) => {
+            v.budget.charge(address);
             // A token refused for what it is stays refused under these keys; one refused for
             // the time (not yet valid) may pass later.
             if let (Some(k), false) = (key_of_token, denial.message == NOT_YET_VALID.message) {

@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::budget::{FailureBudget, RawBudget};
 use super::jwk::{b64url, Alg};
 use super::jwks::{self, JwksSource, KeySet};
 use super::{deny, duration, now_unix, redact_url, Denial};
@@ -44,6 +45,7 @@ pub(super) struct RawJwt {
     min_refresh: Option<String>,
     identity_claim: Option<String>,
     required_scopes: Option<Vec<String>>,
+    failure_budget: Option<RawBudget>,
 }
 
 /// Verifies JWT bearer tokens for one group. Shared by every core: its key set is swapped
@@ -71,6 +73,8 @@ pub struct JwtVerifier {
     /// For an `https://` JWKS URL: the CA file its certificate must chain to (`jwks_ca`), and
     /// the certificates read from it; `None`: the system roots.
     pub jwks_ca: Option<(String, Vec<rustls_pki_types::CertificateDer<'static>>)>,
+    /// Failed verifications each client address may make; checked before a signature is.
+    pub budget: FailureBudget,
     pub(super) keys: ArcSwap<KeySet>,
     /// A token named a key the set lacks: fetch early (rate-limited by `min_refresh`).
     pub(super) kid_miss: AtomicBool,
@@ -210,6 +214,7 @@ pub(super) fn validate(j: RawJwt, key: &str, errs: &mut Vec<String>) -> Option<J
             None
         }
     };
+    let budget = FailureBudget::validate(j.failure_budget, &format!("{key}.failure_budget"), errs);
     let initial = match &source {
         JwksSource::File(path) => match std::fs::read_to_string(path) {
             Ok(text) => match jwks::parse_jwks(&text) {
@@ -254,6 +259,7 @@ pub(super) fn validate(j: RawJwt, key: &str, errs: &mut Vec<String>) -> Option<J
         refresh,
         min_refresh,
         jwks_ca,
+        budget,
         keys: ArcSwap::from_pointee(initial),
         kid_miss: AtomicBool::new(false),
     })
@@ -511,6 +517,7 @@ mod tests {
             refresh: Duration::from_secs(600),
             min_refresh: Duration::from_secs(30),
             jwks_ca: None,
+            budget: FailureBudget::validate(None, "test", &mut Vec::new()),
             keys: ArcSwap::from_pointee(KeySet::new(keys, "test")),
             kid_miss: AtomicBool::new(false),
         };

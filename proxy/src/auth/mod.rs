@@ -12,7 +12,7 @@
 //! Files: `api_key` (digests, constant-time compare), `jwt` (the `[servers.auth.jwt]` settings
 //! and one token's full verification, claims checked here), `jwk` (one key, parsed strictly
 //! for `ring`, and the signature algorithms), `jwks` (key sets, their fetch and refresh thread),
-//! `cache` (the per-core verdict cache), `metadata` (the protected-resource document).
+//! `cache` (the per-core verdict cache), `budget` (failed verifications per client address), `metadata` (the protected-resource document).
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -24,12 +24,14 @@ use jwt::RawJwt;
 use metadata::RawMetadata;
 
 mod api_key;
+mod budget;
 mod cache;
 mod jwk;
 mod jwks;
 mod jwt;
 mod metadata;
 
+pub use budget::{BudgetSettings, FailureBudget};
 pub use jwk::Alg;
 pub use jwks::{key_ids, start_refresh, JwksRefresh, JwksSource};
 pub use jwt::{verify, JwtVerifier, Verdict};
@@ -296,8 +298,8 @@ pub(super) const fn deny(
 
 pub(super) const MISSING: Denial = deny(401, None, "authentication required");
 
-/// How a request's JWT was checked (for the `jwt_verifications` and `jwt_cache_hits`
-/// counters).
+/// How a request's JWT was checked (for the `jwt_verifications`, `jwt_cache_hits` and
+/// `auth_throttled` counters).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum JwtCheck {
     /// No JWT was checked.
@@ -307,6 +309,8 @@ pub enum JwtCheck {
     Cached,
     /// Verified in full.
     Verified,
+    /// Refused unverified (429): the client address spent its budget of failed verifications.
+    Throttled,
 }
 
 /// The authenticated caller of the current request, reused across a connection's requests.
@@ -343,11 +347,13 @@ pub(super) fn now_unix() -> u64 {
 }
 
 /// Checks a request's credentials against the group's `[servers.auth]`. On success `caller`
-/// holds who it is (empty for groups without authentication).
+/// holds who it is (empty for groups without authentication). `client` is the address whose
+/// budget of failed JWT verifications a token that needs a signature check draws on.
 pub fn check(
     cfg: &AuthConfig,
     authorization: Option<&[u8]>,
     x_api_key: Option<&[u8]>,
+    client: std::net::IpAddr,
     hasher: &ratelimit::KeyHasher,
     caller: &mut Caller,
 ) -> Result<(), Denial> {
@@ -365,7 +371,7 @@ pub fn check(
         // A JWT is three dot-separated parts; an API key that happened to look like one
         // would be checked as a token and refused.
         if token.iter().filter(|&&b| b == b'.').count() == 2 {
-            return cache::verify_cached(v, token, hasher, caller);
+            return cache::verify_cached(v, token, client, hasher, caller);
         }
     }
     let Some(key) = bearer.or(x_api_key.map(<[u8]>::trim_ascii)) else {
@@ -376,8 +382,13 @@ pub fn check(
 
 // ---------------------------------------------------------------- challenges and metadata
 
-/// The `WWW-Authenticate` header line (ending in CRLF) for a refusal.
+/// The header lines (each ending in CRLF) for a refusal: `WWW-Authenticate`, or for a client
+/// address whose budget of failed verifications is spent (429), `Retry-After`.
 pub fn challenge(cfg: &AuthConfig, d: &Denial) -> String {
+    if d.status == 429 {
+        let secs = cfg.jwt.as_ref().map_or(1, |v| v.budget.retry_after_secs());
+        return format!("retry-after: {secs}\r\n");
+    }
     let mut h = String::from("www-authenticate: Bearer realm=\"mcplb\"");
     if let Some(e) = d.error {
         h.push_str(&format!(
@@ -396,6 +407,7 @@ pub fn challenge(cfg: &AuthConfig, d: &Denial) -> String {
     h.push_str("\r\n");
     h
 }
+
 /// The names of the `[servers.auth]` settings (besides `api_keys`) that differ, for the
 /// reload log; never a value.
 pub fn changed_keys(old: &AuthConfig, new: &AuthConfig) -> Vec<&'static str> {
@@ -414,6 +426,7 @@ pub fn changed_keys(old: &AuthConfig, new: &AuthConfig) -> Vec<&'static str> {
                 v.required_scopes.clone(),
                 src,
                 (v.refresh, v.min_refresh),
+                v.budget.settings,
             )
         })
     };

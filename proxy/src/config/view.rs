@@ -50,6 +50,10 @@ fn auth_json(a: &crate::auth::AuthConfig) -> Value {
             "min_refresh_s": secs(v.min_refresh),
             "identity_claim": v.identity_claim, "required_scopes": v.required_scopes,
             "key_ids_in_use": crate::auth::key_ids(v),
+            "failure_budget": {
+                "enabled": v.budget.settings.enabled, "burst": v.budget.settings.burst,
+                "rate": v.budget.settings.rate, "addresses": v.budget.settings.addresses,
+            },
         })
     });
     let upstream = match (&a.upstream, &a.upstream_source) {

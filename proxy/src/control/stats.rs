@@ -118,8 +118,11 @@ pub enum Counter {
     JwtVerifications,
     /// JWTs accepted from the per-core cache of verified tokens.
     JwtCacheHits,
+    /// Tokens refused unverified (429): their client address had spent its budget of failed
+    /// JWT verifications.
+    AuthThrottled,
 }
-const COUNTERS: usize = 27;
+const COUNTERS: usize = 28;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -149,6 +152,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "auth_refused",
     "jwt_verifications",
     "jwt_cache_hits",
+    "auth_throttled",
 ];
 
 /// Gauges (up/down).
