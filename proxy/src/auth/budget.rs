@@ -12,8 +12,7 @@
 //! whole /64, so counting single IPv6 addresses would let it spread a flood over 2^64 keys).
 //! When the table is full of addresses still in debt, a new address is not tracked and so not
 //! limited: the budget fails open for addresses it cannot hold, never refusing one that made
-//! no failed verification. The table is rebuilt, empty, when a reload changes the group's JWT
-//! settings.
+//! no failed verification. A reload builds new verifiers, so budgets start afresh then.
 
 use std::net::IpAddr;
 use std::sync::OnceLock;
