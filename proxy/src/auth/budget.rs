@@ -21,10 +21,10 @@ use std::time::Instant;
 use ratelimit::{Gcra, KeyHasher, KeyedLimiter};
 use serde::Deserialize;
 
-/// `[servers.auth.jwt.failure_budget]` as written.
+/// `[servers.auth.jwt.failure_budget]` as written (unknown keys are collected by
+/// `config::read`).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawBudget {
+pub(crate) struct RawBudget {
     enabled: Option<bool>,
     burst: Option<u32>,
     rate: Option<f64>,

@@ -31,9 +31,9 @@ enum OneOrMany {
     Many(Vec<String>),
 }
 
+/// `[servers.auth.jwt]` as written (unknown keys are collected by `config::read`).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawJwt {
+pub(crate) struct RawJwt {
     issuer: Option<String>,
     audience: Option<OneOrMany>,
     jwks_file: Option<String>,

@@ -3,9 +3,10 @@
 
 use serde::Deserialize;
 
+/// `[servers.auth.resource_metadata]` as written (unknown keys are collected by
+/// `config::read`).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawMetadata {
+pub(crate) struct RawMetadata {
     resource: Option<String>,
     authorization_servers: Option<Vec<String>>,
     scopes_supported: Option<Vec<String>>,

@@ -20,8 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use jwt::RawJwt;
-use metadata::RawMetadata;
+pub(crate) use budget::RawBudget;
+pub(crate) use jwt::RawJwt;
+pub(crate) use metadata::RawMetadata;
 
 mod api_key;
 mod budget;
@@ -39,9 +40,9 @@ pub use metadata::{is_metadata_path, metadata_for, MetadataAnswer, ResourceMetad
 
 // ---------------------------------------------------------------- raw config
 
-/// `[servers.auth]` as written.
+/// `[servers.auth]` as written. Unknown keys are not refused here but collected, every one,
+/// when the file is read (`config::read`), which also lists the keys of these tables.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct RawAuth {
     api_keys: Option<Vec<String>>,
     jwt: Option<RawJwt>,
@@ -52,8 +53,7 @@ pub(crate) struct RawAuth {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSecret {
+pub(crate) struct RawSecret {
     env: Option<String>,
     file: Option<String>,
 }
