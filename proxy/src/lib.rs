@@ -1,8 +1,9 @@
 //! mcplb: a thread-per-core proxy and load balancer for MCP servers.
 //!
 //! `main.rs` is a thin shell over this library: [`start`] binds one SO_REUSEPORT listener per
-//! worker and runs each worker on its own monoio runtime (io_uring, or epoll where io_uring is
-//! unavailable). See `ARCHITECTURE.md` for the path of one request.
+//! worker (refusing an address another process listens on, see `runtime/listen.rs`) and runs
+//! each worker on its own monoio runtime (io_uring, or epoll where io_uring is unavailable).
+//! See `ARCHITECTURE.md` for the path of one request.
 
 pub mod auth;
 pub mod balance;
@@ -84,17 +85,6 @@ impl RunningProxy {
     }
 }
 
-fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
-    sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(4096)?;
-    Ok(sock.into())
-}
-
 /// io_uring setup for a worker's ring. `COOP_TASKRUN` stops the kernel from interrupting the
 /// worker to run completion work (it runs when the worker enters the kernel anyway), and the
 /// ring has a single issuer. Measured on this machine (wrk, 64 connections, 200-byte
@@ -139,21 +129,25 @@ pub fn start_with(
     if driver == Driver::Auto && !uring {
         tracing::warn!("io_uring unavailable: falling back to the legacy epoll driver");
     }
+    // The admin port first: a second instance sharing the client port on purpose
+    // (`proxy.reuse_port`) must not join it, even briefly, when its admin port is taken.
+    let admin_listener = config
+        .admin_listen
+        .map(|a| {
+            std::net::TcpListener::bind(a).with_context(|| format!("admin.listen: cannot bind {a}"))
+        })
+        .transpose()?;
     let workers = config.proxy.workers;
-    let first = bind_listener(config.proxy.listen)
-        .with_context(|| format!("proxy.listen: cannot bind {}", config.proxy.listen))?;
-    let local_addr = first.local_addr()?;
+    let listeners =
+        runtime::listen::bind_workers(config.proxy.listen, workers, config.proxy.reuse_port)?;
+    let local_addr = listeners
+        .first()
+        .context("proxy.listen: no listener")?
+        .local_addr()?;
     // stdio backends and old (2024-11-05) servers get their supervised bridges, which workers
     // reach over loopback HTTP like any other backend; old clients get a front per group.
     let mut running = reload::Running::default();
     let (fronts, _) = running.attach(&mut config, local_addr)?;
-    let mut listeners = vec![first];
-    for _ in 1..workers {
-        listeners.push(
-            bind_listener(local_addr)
-                .with_context(|| format!("cannot bind another listener on {local_addr}"))?,
-        );
-    }
     let shared = Arc::new(runtime::shared::build_shared(config, None, fronts, &key)?);
     running.set_checkers(health::start(
         &shared.config,
@@ -161,7 +155,6 @@ pub fn start_with(
         shared.hub.clone(),
     ));
     running.set_jwks(auth::start_refresh(&shared.config, None));
-    let admin_listen = shared.config.admin_listen;
     let tls = shared.tls.clone();
     let live = Arc::new(reload::Live::new(shared));
     let reloader = Arc::new(reload::Reloader::new(
@@ -172,17 +165,14 @@ pub fn start_with(
         key,
     ));
     let worker_status = runtime::WorkerStatus::new(listeners.len());
-    let admin_addr = match admin_listen {
-        Some(addr) => {
+    let admin_addr = match admin_listener {
+        Some(l) => {
             let state = Arc::new(admin::AdminState {
                 reloader: reloader.clone(),
                 driver: driver_name,
                 workers: worker_status.clone(),
             });
-            Some(
-                admin::start(addr, state)
-                    .with_context(|| format!("admin.listen: cannot bind {addr}"))?,
-            )
+            Some(admin::serve_on(l, state).context("admin.listen")?)
         }
         None => None,
     };

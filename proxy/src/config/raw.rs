@@ -72,6 +72,7 @@ pub(crate) struct RawProxy {
     pub max_connections: Option<i64>,
     pub max_connections_per_ip: Option<i64>,
     pub stats: Option<bool>,
+    pub reuse_port: Option<bool>,
     pub tls: Option<RawTls>,
 }
 

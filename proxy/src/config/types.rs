@@ -103,6 +103,9 @@ pub struct ProxyConfig {
     pub tls: Option<crate::tls::ServerTlsFiles>,
     /// Record latency histograms and counters (on by default; off only to measure their cost).
     pub stats: bool,
+    /// Join listeners another process already has on `listen` (a deliberate hand-over between
+    /// two mcplb processes); off by default: an address in use is then a start error.
+    pub reuse_port: bool,
 }
 
 /// One `[[servers]]` group: an MCP server reachable at `path`, served by `backends`.

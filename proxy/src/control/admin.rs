@@ -44,7 +44,12 @@ impl std::ops::Deref for View<'_> {
 
 /// Binds the admin listener and serves it on a new thread; returns the bound address.
 pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    serve_on(TcpListener::bind(addr)?, state)
+}
+
+/// Serves an admin listener bound beforehand (without `SO_REUSEPORT`: the admin port is never
+/// shared) on a new thread; returns its address.
+pub fn serve_on(listener: TcpListener, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
     let local = listener.local_addr()?;
     std::thread::Builder::new()
         .name("mcplb-admin".into())

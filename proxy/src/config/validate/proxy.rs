@@ -28,6 +28,13 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
         .as_deref()
         .and_then(|s| decode_key(s).map_err(|e| t.problem("session_key", e)).ok());
     let tls = p.tls.and_then(|raw| tls(raw, &mut t));
+    if p.reuse_port == Some(true) && listen.port() == 0 {
+        t.problem(
+            "reuse_port",
+            "needs a fixed port in proxy.listen (port 0 picks a free port, which no other \
+             process listens on)",
+        );
+    }
     let depth = protocol::MAX_DEPTH;
     let secs = Duration::from_secs;
     ProxyConfig {
@@ -69,6 +76,7 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
             .filter(|v| v != "off" && !v.is_empty())
             .map(|v| if v == "stderr" { "-".to_string() } else { v }),
         stats: p.stats.unwrap_or(true),
+        reuse_port: p.reuse_port.unwrap_or(false),
         max_connections: t.int(
             "max_connections",
             p.max_connections,
