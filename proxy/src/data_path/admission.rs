@@ -49,6 +49,7 @@ pub(crate) fn check_access(core: &Core, c: &mut ClientConn, gi: usize) -> Result
         &group.auth,
         c.req.header(b"authorization"),
         c.req.header(b"x-api-key"),
+        c.peer.ip(),
         &core.shared.key_hasher,
         &mut c.caller,
     );
@@ -56,6 +57,7 @@ pub(crate) fn check_access(core: &Core, c: &mut ClientConn, gi: usize) -> Result
         JwtCheck::None => None,
         JwtCheck::Cached => Some(Counter::JwtCacheHits),
         JwtCheck::Verified => Some(Counter::JwtVerifications),
+        JwtCheck::Throttled => Some(Counter::AuthThrottled),
     };
     if let Some(k) = jwt {
         core.rec.borrow_mut().count(k, 1);

@@ -93,12 +93,19 @@ impl HttpClient {
     pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> anyhow::Result<HttpClient> {
         let stream = TcpStream::connect_timeout(&addr, timeout)
             .with_context(|| format!("connect {addr}"))?;
+        Self::from_stream(stream, timeout)
+    }
+
+    /// A client on a connected socket (e.g. one bound to another local address first), with a
+    /// deadline for every read and write.
+    pub fn from_stream(stream: TcpStream, timeout: Duration) -> anyhow::Result<HttpClient> {
+        let host = stream.peer_addr()?.to_string();
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
         Ok(HttpClient {
             stream: ClientIo::Plain(stream),
-            host: addr.to_string(),
+            host,
             buf: Vec::new(),
         })
     }
