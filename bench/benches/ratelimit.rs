@@ -1,17 +1,19 @@
 //! What a rate-limit check costs on the request path: one GCRA check uncontended and with two
 //! threads on one key, keyed-table checks with 1 and 100 000 keys, hashing a 40-byte API key,
-//! and a full `RateLimits::check` with two matching rules.
+//! a full `RateLimits::check` with two matching rules, and a concurrency permit taken and
+//! released (uncontended, and two threads on one key).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::sync::atomic::AtomicU64;
-use std::sync::Barrier;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ratelimit::{
-    Decision, Gcra, Glob, KeyHasher, KeySource, KeyedLimiter, RateLimits, RequestInfo, Rule,
+    ConcurrencyLimit, Decision, Gcra, Glob, KeyHasher, KeySource, KeyedLimiter, RateLimits,
+    RequestInfo, Rule,
 };
 
 /// A limit loose enough that every check is admitted (the common case on the hot path).
@@ -140,5 +142,44 @@ fn rules(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, gcra, keyed, hashing, rules);
+fn concurrency(c: &mut Criterion) {
+    // The path of nearly every request: a permit is free and nobody waits.
+    let limit = Arc::new(ConcurrencyLimit::new(1_000, 1024, 64).unwrap());
+    c.bench_function("ratelimit/concurrency_acquire_release_1_key", |b| {
+        b.iter(|| {
+            drop(black_box(
+                limit.try_acquire_owned(black_box(0x1234_5678_9abc_def0)),
+            ))
+        })
+    });
+
+    // Two threads taking and releasing permits of one key, never at the limit: the wall time
+    // per acquire+release per thread.
+    c.bench_function(
+        "ratelimit/concurrency_acquire_release_2_threads_one_key",
+        |b| {
+            b.iter_custom(|iters| {
+                let barrier = Barrier::new(2);
+                let elapsed: Vec<Duration> = std::thread::scope(|s| {
+                    let handles: Vec<_> = (0..2)
+                        .map(|_| {
+                            s.spawn(|| {
+                                barrier.wait();
+                                let start = Instant::now();
+                                for _ in 0..iters {
+                                    drop(black_box(limit.try_acquire_owned(7)));
+                                }
+                                start.elapsed()
+                            })
+                        })
+                        .collect();
+                    handles.into_iter().map(|h| h.join().unwrap()).collect()
+                });
+                elapsed.into_iter().max().unwrap_or_default()
+            })
+        },
+    );
+}
+
+criterion_group!(benches, gcra, keyed, hashing, rules, concurrency);
 criterion_main!(benches);
