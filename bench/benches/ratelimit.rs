@@ -1,10 +1,11 @@
 //! What a rate-limit check costs on the request path: one GCRA check uncontended and with two
 //! threads on one key, keyed-table checks with 1 and 100 000 keys, hashing a 40-byte API key,
 //! a full `RateLimits::check` with two matching rules, and a concurrency permit taken and
-//! released (uncontended, and two threads on one key).
+//! released (uncontended, and two threads on one key) or handed to a queued caller.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::future::Future;
 use std::hint::black_box;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Barrier};
@@ -179,6 +180,22 @@ fn concurrency(c: &mut Criterion) {
             })
         },
     );
+    // The slow path, one thread: a caller queues behind the held permit, the holder releases
+    // (handing it over and waking the caller), the caller picks it up and becomes the holder.
+    let limit = Arc::new(ConcurrencyLimit::new(1, 1024, 64).unwrap());
+    let mut held = limit.try_acquire_owned(9);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    c.bench_function("ratelimit/concurrency_queue_and_hand_over", |b| {
+        b.iter(|| {
+            let mut wait = limit.acquire_owned(9).unwrap();
+            assert!(std::pin::Pin::new(&mut wait).poll(&mut cx).is_pending());
+            drop(held.take());
+            match std::pin::Pin::new(&mut wait).poll(&mut cx) {
+                std::task::Poll::Ready(permit) => held = Some(permit),
+                std::task::Poll::Pending => panic!("the released permit was not handed over"),
+            }
+        })
+    });
 }
 
 criterion_group!(benches, gcra, keyed, hashing, rules, concurrency);

@@ -2012,7 +2012,10 @@ fn concurrency_keys(
     }
 }
 
-/// A permit now, or after waiting in the rule's bounded queue until its timeout.
+/// A permit now, or after waiting in the rule's bounded queue until its timeout. The queue is
+/// first in, first out across cores: a released permit is handed to the first caller in line
+/// and wakes its task (on whichever core it waits), so nothing polls. A caller that times out
+/// leaves the line; a permit handed to it at that moment goes on to the next.
 async fn acquire_permit(
     limit: &Arc<ratelimit::ConcurrencyLimit>,
     key: u64,
@@ -2024,19 +2027,8 @@ async fn acquire_permit(
     if rule.queue == 0 {
         return None;
     }
-    let _waiter = limit.try_enqueue()?;
-    let deadline = Instant::now() + rule.queue_timeout;
-    let mut wait = Duration::from_millis(1);
-    loop {
-        monoio::time::sleep(wait).await;
-        if let Some(p) = limit.try_acquire_owned(key) {
-            return Some(p);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        wait = (wait * 2).min(Duration::from_millis(20));
-    }
+    let wait = limit.acquire_owned(key)?;
+    monoio::time::timeout(rule.queue_timeout, wait).await.ok()
 }
 
 /// 429 for a request over a concurrency limit, with a JSON-RPC error naming the rule.

@@ -14,7 +14,8 @@
 //!   prefix; keyed by [`KeySource`]); all matching rules must admit, and a request rejected by
 //!   one rule spends no token of another.
 //! - [`ConcurrencyLimit`]: at most N in flight per key, [`Permit`]s released on drop, and a
-//!   bounded waiter count for proxies that queue.
+//!   bounded first-in, first-out queue per key ([`PermitWait`], a future woken when a released
+//!   permit is handed to it) for proxies that queue.
 //!
 //! # Cost
 //!
@@ -40,7 +41,7 @@ mod keyed;
 mod rules;
 mod table;
 
-pub use concurrency::{ConcurrencyLimit, OwnedPermit, Permit, Waiter};
+pub use concurrency::{ConcurrencyLimit, OwnedPermit, Permit, PermitWait};
 pub use gcra::{Gcra, RetryAfter};
 pub use glob::Glob;
 pub use hash::{hash_key, KeyHasher};
