@@ -10,13 +10,13 @@
 //! # Waiting in line
 //!
 //! A key's slot holds one word: the permits held (low 32 bits) and the callers queued for that
-//! key (high 32 bits). Callers queue only when every permit is held, and a permit released
-//! while callers are queued goes straight to the first of them: the count of permits held does
-//! not move, so it cannot be taken by anyone else. Hence a key with callers queued always has
-//! every permit held, and [`try_acquire`](ConcurrencyLimit::try_acquire), whose only test is
-//! "word below the limit", refuses a newcomer while anybody waits. The path of a free permit
-//! stays one load and one compare-and-swap, with no lock and no allocation; releasing one is
-//! one compare-and-swap when nobody waits.
+//! key (high 32 bits). [`try_acquire`](ConcurrencyLimit::try_acquire) compares the whole word
+//! with the limit, so while anybody is queued the word is above it and a newcomer is refused:
+//! it cannot take a permit from the callers in line. Callers queue only when the word is at
+//! or above the limit, and a release that finds callers queued hands the freed permit to the
+//! first of them. The path of a free permit stays what it was before there was a queue: one
+//! load and one compare-and-swap to take it, one `fetch_sub` to give it back, no lock, no
+//! allocation.
 //!
 //! The queues themselves (one per key, in arrival order, shared by every core) sit in a few
 //! mutex-guarded shards that only callers who must wait, and releases of a key with callers
@@ -38,8 +38,11 @@ use std::task::{Context, Poll, Waker};
 use crate::table::{Slot, SlotTable, GROUP, RECLAIMING};
 use crate::LimitError;
 
-/// One caller queued, in the high half of a slot's word (the low half counts permits held).
+/// One caller queued, in the high half of a slot's word.
 const ONE_QUEUED: u64 = 1 << 32;
+
+/// The low half of a slot's word: permits held (handed-over ones included).
+const HELD: u64 = ONE_QUEUED - 1;
 
 /// The most callers a limit lets wait: the queued half of a word then never reaches its top
 /// bit, so no word is ever mistaken for [`RECLAIMING`].
@@ -261,53 +264,55 @@ impl ConcurrencyLimit {
             .map(|shard| shard.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Gives back one permit of the slot at `position`: to the first caller in line if any,
-    /// else to the count.
+    /// Gives back one permit of the slot at `position`; if callers are queued, it goes to the
+    /// first in line.
     fn release(&self, position: usize) {
+        if self.give_back(position) {
+            self.serve_first(position);
+        }
+    }
+
+    /// The first half of a release: one permit fewer held. True if callers were queued (the
+    /// caller must then [`serve_first`](Self::serve_first)).
+    fn give_back(&self, position: usize) -> bool {
+        self.table
+            .slot_at(position)
+            .is_some_and(|slot| queued_in(slot.value.fetch_sub(1, Ordering::AcqRel)) > 0)
+    }
+
+    /// The second half of a release that found callers queued. The word stayed at or above
+    /// the limit meanwhile (callers are queued), so no newcomer could take the freed permit.
+    fn serve_first(&self, position: usize) {
         let Some(slot) = self.table.slot_at(position) else {
             return;
         };
-        let mut current = slot.value.load(Ordering::Acquire);
-        while queued_in(current) == 0 {
-            match slot.value.compare_exchange_weak(
-                current,
-                current.saturating_sub(1),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return,
-                Err(actual) => current = actual,
-            }
-        }
-        let woken = match self.shard(position) {
-            Some(mut shard) => self.hand_over(&mut shard, position, slot),
-            None => {
-                slot.value.fetch_sub(1, Ordering::AcqRel);
-                None
-            }
-        };
+        let woken = self
+            .shard(position)
+            .and_then(|mut shard| self.hand_over(&mut shard, position, slot));
         if let Some(waker) = woken {
             waker.wake();
         }
     }
 
-    /// With the shard locked, hands one permit of `slot` to its first queued caller, or gives
-    /// it back if the callers left meanwhile. Returns the waker to wake once unlocked.
+    /// With the shard locked: if `slot` has a free permit and callers queued, the first of them
+    /// gets the permit. Returns the waker to wake once unlocked.
+    ///
+    /// This looks at the state, not at who calls, so it is right whichever release arrives
+    /// first: two releases with one caller queued hand over one permit and free the other;
+    /// a caller that left meanwhile leaves the permit free (and if a newcomer took it since,
+    /// nothing is handed over).
     fn hand_over(&self, shard: &mut Shard, position: usize, slot: &Slot) -> Option<Waker> {
-        // Queued counts change only under this lock: what we read now holds until we unlock.
-        let first = if queued_in(slot.value.load(Ordering::Acquire)) == 0 {
-            None
-        } else {
-            pop_first(shard, position)
-        };
-        let Some(node) = first else {
-            slot.value.fetch_sub(1, Ordering::AcqRel);
+        // Queued counts change only under this lock, and while one is above zero no
+        // fast-path acquire can raise the held count: the test below holds until we act.
+        let word = slot.value.load(Ordering::Acquire);
+        if queued_in(word) == 0 || word & HELD >= self.max_in_flight {
             return None;
-        };
-        // One fewer queued, as many held: the permit is now the caller's.
-        slot.value.fetch_sub(ONE_QUEUED, Ordering::AcqRel);
+        }
+        let first = pop_first(shard, position)?;
+        // One fewer queued, one more held: the first in line's permit.
+        slot.value.fetch_sub(ONE_QUEUED - 1, Ordering::AcqRel);
         self.waiters.fetch_sub(1, Ordering::AcqRel);
-        node.grant()
+        first.grant()
     }
 
     /// A queued caller stops waiting: out of the queue, or, if a permit reached it already,
@@ -333,7 +338,7 @@ impl ConcurrencyLimit {
     /// Permits currently held for `key_hash`, those handed to a caller that has not yet
     /// picked them up included (0 for a key not tracked).
     pub fn in_flight(&self, key_hash: u64) -> u64 {
-        self.word(key_hash) & (ONE_QUEUED - 1)
+        self.word(key_hash) & HELD
     }
 
     /// Callers queued for `key_hash`.
@@ -656,5 +661,190 @@ mod tests {
         let free = never.acquire_owned(1);
         assert!(free.as_ref().is_some_and(|w| !w.is_queued()));
         assert!(never.acquire_owned(1).is_none());
+    }
+
+    /// Releases split in two (the count, then the hand-over) and interleaved with everything
+    /// else, as threads may interleave them: the line stays first in, first out, no newcomer
+    /// jumps it, and once no release is half-done no caller waits while a permit is free.
+    mod interleaved {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::RngSeed;
+
+        const KEYS: [u64; 2] = [10, 20];
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Arrive(usize),
+            TryAcquire(usize),
+            Release(usize),
+            /// The first half of a release (the count).
+            BeginRelease(usize),
+            /// The second half of a half-done release (the hand-over).
+            FinishRelease(usize),
+            Poll(usize),
+            Leave(usize),
+        }
+
+        fn ops() -> impl Strategy<Value = Vec<Op>> {
+            let op = prop_oneof![
+                3 => (0..KEYS.len()).prop_map(Op::Arrive),
+                1 => (0..KEYS.len()).prop_map(Op::TryAcquire),
+                1 => any::<usize>().prop_map(Op::Release),
+                2 => any::<usize>().prop_map(Op::BeginRelease),
+                2 => any::<usize>().prop_map(Op::FinishRelease),
+                2 => any::<usize>().prop_map(Op::Poll),
+                1 => any::<usize>().prop_map(Op::Leave),
+            ];
+            proptest::collection::vec(op, 1..100)
+        }
+
+        struct Caller {
+            id: usize,
+            key: usize,
+            wait: PermitWait,
+            wakes: Arc<Wakes>,
+            granted: bool,
+        }
+
+        fn run(max: u32, max_waiters: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
+            let limit = limit(max, max_waiters);
+            let max = u64::from(max);
+            let mut held: Vec<(usize, OwnedPermit)> = Vec::new();
+            // Half-done releases: (key, slot position).
+            let mut pending: Vec<(usize, usize)> = Vec::new();
+            let mut callers: Vec<Caller> = Vec::new();
+            let mut next_id = 0;
+            for op in ops {
+                // Per key, the callers in line before this step, first first.
+                let line = |callers: &[Caller], key: usize| -> Vec<usize> {
+                    let mut ids: Vec<usize> = callers
+                        .iter()
+                        .filter(|c| c.key == key && !c.granted)
+                        .map(|c| c.id)
+                        .collect();
+                    ids.sort_unstable();
+                    ids
+                };
+                let lines = [line(&callers, 0), line(&callers, 1)];
+                match op {
+                    Op::Arrive(key) => {
+                        let free = limit.queued(KEYS[key]) == 0 && limit.in_flight(KEYS[key]) < max;
+                        if let Some(mut wait) = limit.acquire_owned(KEYS[key]) {
+                            prop_assert_eq!(wait.is_queued(), !free, "a newcomer jumped the line");
+                            let wakes = Arc::new(Wakes::default());
+                            match poll(&mut wait, &wakes) {
+                                Poll::Ready(permit) => held.push((key, permit)),
+                                Poll::Pending => {
+                                    callers.push(Caller {
+                                        id: next_id,
+                                        key,
+                                        wait,
+                                        wakes,
+                                        granted: false,
+                                    });
+                                    next_id += 1;
+                                }
+                            }
+                        } else {
+                            prop_assert!(!free, "refused a free permit");
+                        }
+                    }
+                    Op::TryAcquire(key) => {
+                        let free = limit.queued(KEYS[key]) == 0 && limit.in_flight(KEYS[key]) < max;
+                        let permit = limit.try_acquire_owned(KEYS[key]);
+                        prop_assert_eq!(permit.is_some(), free);
+                        if let Some(permit) = permit {
+                            held.push((key, permit));
+                        }
+                    }
+                    Op::Release(n) if !held.is_empty() => drop(held.swap_remove(n % held.len())),
+                    Op::BeginRelease(n) if !held.is_empty() => {
+                        let (key, permit) = held.swap_remove(n % held.len());
+                        let position = permit.position;
+                        // Its release is done by hand below (this leaks one count of the
+                        // limit's `Arc`, nothing else).
+                        std::mem::forget(permit);
+                        if limit.give_back(position) {
+                            pending.push((key, position));
+                        }
+                    }
+                    Op::FinishRelease(n) if !pending.is_empty() => {
+                        let (_, position) = pending.swap_remove(n % pending.len());
+                        limit.serve_first(position);
+                    }
+                    Op::Poll(n) if !callers.is_empty() => {
+                        let i = n % callers.len();
+                        let c = &mut callers[i];
+                        let woken = c.wakes.0.load(Ordering::SeqCst) > 0;
+                        match poll(&mut c.wait, &c.wakes) {
+                            Poll::Ready(permit) => {
+                                prop_assert!(woken, "ready but never woken");
+                                held.push((c.key, permit));
+                                callers.swap_remove(i);
+                            }
+                            Poll::Pending => prop_assert!(!woken, "woken but not ready"),
+                        }
+                    }
+                    Op::Leave(n) if !callers.is_empty() => {
+                        drop(callers.swap_remove(n % callers.len()));
+                    }
+                    _ => {}
+                }
+                // Whoever was served in this step was first in line (of those still there).
+                let alive: Vec<usize> = callers.iter().map(|c| c.id).collect();
+                for c in &mut callers {
+                    if !c.granted && c.wakes.0.load(Ordering::SeqCst) > 0 {
+                        c.granted = true;
+                        let first = lines[c.key].iter().find(|id| alive.contains(id));
+                        prop_assert_eq!(first, Some(&c.id), "served out of turn");
+                    }
+                }
+                for (k, &key) in KEYS.iter().enumerate() {
+                    let holding = held.iter().filter(|(hk, _)| *hk == k).count() as u64;
+                    let granted = callers.iter().filter(|c| c.key == k && c.granted).count() as u64;
+                    let in_line = callers.iter().filter(|c| c.key == k && !c.granted).count();
+                    prop_assert_eq!(limit.in_flight(key), holding + granted, "held, key {}", k);
+                    prop_assert!(limit.in_flight(key) <= max);
+                    prop_assert_eq!(limit.queued(key), in_line as u64, "queued, key {}", k);
+                    if pending.iter().all(|(pk, _)| *pk != k) && in_line > 0 {
+                        prop_assert_eq!(
+                            limit.in_flight(key),
+                            max,
+                            "a caller waits, a permit is free"
+                        );
+                    }
+                }
+                let in_line = callers.iter().filter(|c| !c.granted).count() as u64;
+                prop_assert_eq!(limit.waiters(), in_line);
+            }
+            for (_, position) in pending {
+                limit.serve_first(position);
+            }
+            drop(held);
+            drop(callers);
+            prop_assert_eq!(limit.waiters(), 0);
+            for key in KEYS {
+                prop_assert_eq!((limit.in_flight(key), limit.queued(key)), (0, 0));
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 2000,
+                rng_seed: RngSeed::Fixed(0x1f0_2f0),
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn half_done_releases_keep_the_line_in_order(
+                max in 1u32..4,
+                max_waiters in 0u32..6,
+                ops in ops(),
+            ) {
+                run(max, max_waiters, ops)?;
+            }
+        }
     }
 }

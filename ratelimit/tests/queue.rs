@@ -199,7 +199,7 @@ fn run(max: u32, max_waiters: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 2000,
+        cases: 1000,
         rng_seed: RngSeed::Fixed(0x5eed_f1f0),
         ..ProptestConfig::default()
     })]
