@@ -157,6 +157,7 @@ impl ConcurrencyLimit {
 
     /// The fast path: one more permit on `key_hash`'s slot if its word is below the limit
     /// (which also means nobody is queued). Returns the slot's position.
+    #[inline]
     fn acquire_slot(&self, key_hash: u64) -> Result<usize, Refusal> {
         let key = SlotTable::stored_key(key_hash);
         'lookup: loop {
@@ -266,6 +267,7 @@ impl ConcurrencyLimit {
 
     /// Gives back one permit of the slot at `position`; if callers are queued, it goes to the
     /// first in line.
+    #[inline]
     fn release(&self, position: usize) {
         if self.give_back(position) {
             self.serve_first(position);
@@ -274,6 +276,7 @@ impl ConcurrencyLimit {
 
     /// The first half of a release: one permit fewer held. True if callers were queued (the
     /// caller must then [`serve_first`](Self::serve_first)).
+    #[inline]
     fn give_back(&self, position: usize) -> bool {
         self.table
             .slot_at(position)
@@ -282,6 +285,8 @@ impl ConcurrencyLimit {
 
     /// The second half of a release that found callers queued. The word stayed at or above
     /// the limit meanwhile (callers are queued), so no newcomer could take the freed permit.
+    #[cold]
+    #[inline(never)]
     fn serve_first(&self, position: usize) {
         let Some(slot) = self.table.slot_at(position) else {
             return;
