@@ -22,9 +22,9 @@ use serde::Deserialize;
 
 // ---------------------------------------------------------------- raw config
 
-/// `[servers.auth]` as written.
+/// `[servers.auth]` as written. Unknown keys are not refused here but collected, every one,
+/// when the file is read (`config::read`), which also lists the keys of these tables.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct RawAuth {
     api_keys: Option<Vec<String>>,
     jwt: Option<RawJwt>,
@@ -42,8 +42,7 @@ enum OneOrMany {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJwt {
+pub(crate) struct RawJwt {
     issuer: Option<String>,
     audience: Option<OneOrMany>,
     jwks_file: Option<String>,
@@ -58,8 +57,7 @@ struct RawJwt {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetadata {
+pub(crate) struct RawMetadata {
     resource: Option<String>,
     authorization_servers: Option<Vec<String>>,
     scopes_supported: Option<Vec<String>>,
@@ -68,8 +66,7 @@ struct RawMetadata {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSecret {
+pub(crate) struct RawSecret {
     env: Option<String>,
     file: Option<String>,
 }

@@ -118,8 +118,10 @@ pub enum Counter {
     JwtVerifications,
     /// JWTs accepted from the per-core cache of verified tokens.
     JwtCacheHits,
+    /// Connection tasks that panicked (each closed its connection; the worker went on).
+    WorkerPanics,
 }
-const COUNTERS: usize = 27;
+const COUNTERS: usize = 28;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -149,6 +151,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "auth_refused",
     "jwt_verifications",
     "jwt_cache_hits",
+    "worker_panics",
 ];
 
 /// Gauges (up/down).
