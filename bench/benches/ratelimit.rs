@@ -38,25 +38,32 @@ fn gcra(c: &mut Criterion) {
     c.bench_function("ratelimit/gcra_check_2_threads_one_key", |b| {
         b.iter_custom(|iters| {
             let cell = AtomicU64::new(0);
-            let barrier = Barrier::new(2);
-            let elapsed: Vec<Duration> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..2)
-                    .map(|_| {
-                        s.spawn(|| {
-                            barrier.wait();
-                            let start = Instant::now();
-                            for i in 0..iters {
-                                black_box(g.check(&cell, i * 10)).ok();
-                            }
-                            start.elapsed()
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
-            });
-            elapsed.into_iter().max().unwrap_or_default()
+            on_two_threads(iters, |i| {
+                black_box(g.check(&cell, i * 10)).ok();
+            })
         })
     });
+}
+
+/// Runs `step(0..iters)` on two threads at once; the slower thread's wall time.
+fn on_two_threads(iters: u64, step: impl Fn(u64) + Sync) -> Duration {
+    let barrier = Barrier::new(2);
+    let elapsed: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        step(i);
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    elapsed.into_iter().max().unwrap_or_default()
 }
 
 fn keyed(c: &mut Criterion) {
@@ -160,26 +167,11 @@ fn concurrency(c: &mut Criterion) {
         "ratelimit/concurrency_acquire_release_2_threads_one_key",
         |b| {
             b.iter_custom(|iters| {
-                let barrier = Barrier::new(2);
-                let elapsed: Vec<Duration> = std::thread::scope(|s| {
-                    let handles: Vec<_> = (0..2)
-                        .map(|_| {
-                            s.spawn(|| {
-                                barrier.wait();
-                                let start = Instant::now();
-                                for _ in 0..iters {
-                                    drop(black_box(limit.try_acquire_owned(7)));
-                                }
-                                start.elapsed()
-                            })
-                        })
-                        .collect();
-                    handles.into_iter().map(|h| h.join().unwrap()).collect()
-                });
-                elapsed.into_iter().max().unwrap_or_default()
+                on_two_threads(iters, |_| drop(black_box(limit.try_acquire_owned(7))))
             })
         },
     );
+
     // The slow path, one thread: a caller queues behind the held permit, the holder releases
     // (handing it over and waking the caller), the caller picks it up and becomes the holder.
     let limit = Arc::new(ConcurrencyLimit::new(1, 1024, 64).unwrap());

@@ -144,15 +144,17 @@ fn concurrent(
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
+/// A mock backend that issues no sessions.
+fn stateless(name: &str) -> MockServer {
+    mock_with(MockConfig {
+        name: name.into(),
+        stateless: true,
+        ..Default::default()
+    })
+}
+
 #[test]
 fn concurrency_limits_per_tool_caller_and_backend() {
-    let stateless = |n: &str| {
-        mock_with(MockConfig {
-            name: n.into(),
-            stateless: true,
-            ..Default::default()
-        })
-    };
     let (a, b) = (stateless("a"), stateless("b"));
     // Per caller, reject at once: the same caller's second slow call is refused, another
     // caller's is not.
@@ -226,13 +228,36 @@ fn admin_stats(admin: std::net::SocketAddr) -> serde_json::Value {
         .unwrap()
 }
 
-/// A config over `m` with a concurrency rule on the `slow` tool, an admin port and an access
-/// log at `log`.
-fn queue_config(m: &MockServer, log: &std::path::Path, rule: &str) -> String {
-    format!(
+/// A mock backend, an `mcplb` (on `driver`, with an admin port and an access log) letting one
+/// `slow` call at a time through (`rule`: its queue settings), and a first call holding that
+/// permit for `hold_ms`, already at the backend.
+struct OnePermitHeld {
+    m: MockServer,
+    p: Proxy,
+    log: std::path::PathBuf,
+    first: std::thread::JoinHandle<(u16, serde_json::Value)>,
+}
+
+fn one_permit_held(driver: &str, rule: &str, hold_ms: u64) -> OnePermitHeld {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = std::env::temp_dir().join(format!(
+        "mcplb-fifo-{}-{driver}-{n}.log",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&log);
+    let m = stateless("q");
+    let cfg = format!(
         "{}[[concurrency]]\ntool = \"slow\"\nper = \"tool\"\nmax = 1\n{rule}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-        config_for(&[m], &format!("access_log = \"{}\"", log.display()))
-    )
+        config_for(&[&m], &format!("access_log = \"{}\"", log.display()))
+    );
+    let p = start_proxy(&cfg, driver);
+    let addr = p.addr;
+    let first = std::thread::spawn(move || slow_call(addr, "first", hold_ms));
+    wait_until("the first call at the backend", || {
+        m.tool_calls("slow") == 1
+    });
+    OnePermitHeld { m, p, log, first }
 }
 
 /// The access-log lines of `tool`, once `n` of them are written (lines are flushed once a
@@ -254,22 +279,10 @@ fn access_lines(log: &std::path::Path, tool: &str, n: usize) -> Vec<serde_json::
 #[test]
 fn queued_calls_are_served_in_arrival_order_and_woken_not_polled() {
     for driver in DRIVERS {
-        let m = mock_with(MockConfig {
-            name: "q".into(),
-            stateless: true,
-            ..Default::default()
-        });
-        let log =
-            std::env::temp_dir().join(format!("mcplb-fifo-{}-{driver}.log", std::process::id()));
-        let _ = std::fs::remove_file(&log);
-        let cfg = queue_config(&m, &log, "queue = 8\nqueue_timeout = \"60s\"");
-        let p = start_proxy(&cfg, driver);
-        let addr = p.addr;
         // The first call holds the only permit; six more queue behind it, on both workers.
-        let first = std::thread::spawn(move || slow_call(addr, "first", 4000));
-        wait_until("the first call at the backend", || {
-            m.tool_calls("slow") == 1
-        });
+        let OnePermitHeld { m, p, log, first } =
+            one_permit_held(driver, "queue = 8\nqueue_timeout = \"60s\"", 4000);
+        let addr = p.addr;
         let queued: Vec<_> = (0..6)
             .map(|_| {
                 let call = std::thread::spawn(move || slow_call(addr, "queued", 100));
@@ -280,7 +293,7 @@ fn queued_calls_are_served_in_arrival_order_and_woken_not_polled() {
         // Everyone waits for the first call to end: the workers sleep meanwhile, but for their
         // own timers (accept and parked connections every 250 ms, statistics every second:
         // 20-40 wakes a second seen), where six callers polling every 1-20 ms (as mcplb once
-        // did) woke them 250-300 times.
+        // did) woke them 140-240 times.
         let before = wakeups(p.child.id());
         std::thread::sleep(std::time::Duration::from_secs(1));
         let woke = wakeups(p.child.id()) - before;
@@ -334,22 +347,9 @@ fn queued_calls_are_served_in_arrival_order_and_woken_not_polled() {
 #[test]
 fn a_caller_that_waits_too_long_gets_a_429_and_takes_no_permit_with_it() {
     for driver in DRIVERS {
-        let m = mock_with(MockConfig {
-            name: "t".into(),
-            stateless: true,
-            ..Default::default()
-        });
-        let log = std::env::temp_dir().join(format!(
-            "mcplb-fifo-timeout-{}-{driver}.log",
-            std::process::id()
-        ));
-        let cfg = queue_config(&m, &log, "queue = 1\nqueue_timeout = \"300ms\"");
-        let p = start_proxy(&cfg, driver);
+        let OnePermitHeld { m, p, log, first } =
+            one_permit_held(driver, "queue = 1\nqueue_timeout = \"300ms\"", 1500);
         let addr = p.addr;
-        let first = std::thread::spawn(move || slow_call(addr, "first", 1500));
-        wait_until("the first call at the backend", || {
-            m.tool_calls("slow") == 1
-        });
         // One caller may wait: it waits 300 ms, then gets the JSON-RPC error; a second one,
         // while the first waits, finds the queue full and is refused at once.
         let waits = std::thread::spawn(move || slow_call(addr, "waits", 10));

@@ -592,14 +592,23 @@ mod tests {
         assert!(limit.try_acquire(3).is_some());
     }
 
+    /// A permit of key 3 held, and two callers in line behind it, polled once.
+    fn two_in_line(limit: &Arc<ConcurrencyLimit>) -> (OwnedPermit, [(PermitWait, Arc<Wakes>); 2]) {
+        let held = limit.try_acquire_owned(3).unwrap_or_else(|| panic!("free"));
+        let caller = || {
+            let wakes = Arc::new(Wakes::default());
+            let mut wait = limit.acquire_owned(3).unwrap_or_else(|| panic!("room"));
+            assert!(poll(&mut wait, &wakes).is_pending());
+            (wait, wakes)
+        };
+        let line = [caller(), caller()];
+        (held, line)
+    }
+
     #[test]
     fn a_released_permit_goes_to_the_first_in_line_not_a_newcomer() {
         let limit = limit(1, 4);
-        let held = limit.try_acquire_owned(3);
-        let (wa, wb) = (Arc::new(Wakes::default()), Arc::new(Wakes::default()));
-        let mut a = limit.acquire_owned(3).unwrap_or_else(|| panic!("room"));
-        let mut b = limit.acquire_owned(3).unwrap_or_else(|| panic!("room"));
-        assert!(poll(&mut a, &wa).is_pending() && poll(&mut b, &wb).is_pending());
+        let (held, [(mut a, wa), (mut b, wb)]) = two_in_line(&limit);
         assert_eq!((limit.queued(3), limit.waiters()), (2, 2));
         drop(held);
         // Handed to `a`: held count unchanged, a newcomer refused, `a` woken, `b` not.
@@ -620,11 +629,7 @@ mod tests {
     #[test]
     fn a_waiter_dropped_as_its_permit_arrives_passes_it_on() {
         let limit = limit(1, 4);
-        let held = limit.try_acquire_owned(3);
-        let (wa, wb) = (Arc::new(Wakes::default()), Arc::new(Wakes::default()));
-        let mut a = limit.acquire_owned(3).unwrap_or_else(|| panic!("room"));
-        let mut b = limit.acquire_owned(3).unwrap_or_else(|| panic!("room"));
-        assert!(poll(&mut a, &wa).is_pending() && poll(&mut b, &wb).is_pending());
+        let (held, [(a, _), (mut b, wb)]) = two_in_line(&limit);
         drop(held);
         // `a` times out just as the permit reached it: it goes on to `b`.
         drop(a);
@@ -799,6 +804,7 @@ mod tests {
                 // Whoever was served in this step was first in line (of those still there).
                 let alive: Vec<usize> = callers.iter().map(|c| c.id).collect();
                 for c in &mut callers {
+                    prop_assert!(c.wakes.0.load(Ordering::SeqCst) <= 1, "woken twice");
                     if !c.granted && c.wakes.0.load(Ordering::SeqCst) > 0 {
                         c.granted = true;
                         let first = lines[c.key].iter().find(|id| alive.contains(id));
