@@ -123,8 +123,14 @@ pub enum Counter {
     /// Tokens refused unverified (429): their client address had spent its budget of failed
     /// JWT verifications.
     AuthThrottled,
+    /// Connections closed with a lingering close: answered before their request was read,
+    /// then what the client still sent was read and dropped until it closed.
+    LingeringCloses,
+    /// Lingering closes a bound ended (`linger_time`, `linger_timeout`, 64 MiB) before the
+    /// client closed: that client may have missed its answer.
+    LingersCut,
 }
-const COUNTERS: usize = 29;
+const COUNTERS: usize = 31;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -156,6 +162,8 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "jwt_cache_hits",
     "worker_panics",
     "auth_throttled",
+    "lingering_closes",
+    "lingers_cut",
 ];
 
 /// Gauges (up/down).

@@ -5,6 +5,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod core;
+pub(crate) mod linger;
 pub(crate) mod listen;
 pub(crate) mod park;
 pub(crate) mod shared;
