@@ -6,5 +6,6 @@
 pub(crate) mod access_log;
 pub mod admin;
 pub mod health;
+pub mod logs;
 pub mod reload;
 pub mod stats;

@@ -191,7 +191,10 @@ fn plan<'s>(
         }
         SessionRoute::NotFound { unavailable } => {
             if let Some(b) = unavailable.and_then(|bi| group.backends.get(bi)) {
-                tracing::info!(backend = %b.name, "session on an unavailable backend: 404");
+                let what = "session on an unavailable backend: 404";
+                if crate::control::logs::first_in_window_info(what, &b.name, "") {
+                    tracing::info!(backend = %b.name, "{what}");
+                }
             }
             return Err(Refusal::invalid(404, "Session not found"));
         }
