@@ -48,16 +48,16 @@ pub(crate) async fn refuse(c: &mut ClientConn, r: &Refusal) -> Next {
     let next = must_close(c, r.close);
     let close = next != Next::KeepAlive;
     c.out.clear();
-    http::write_jsonrpc_error_with(
-        &mut c.out,
-        r.status,
-        c.req.id(),
-        r.code,
-        r.message,
+    let answer = http::JsonRpcErrorAnswer {
+        status: r.status,
+        id: c.req.id(),
+        code: r.code,
+        message: r.message,
         close,
-        r.headers.as_deref().unwrap_or(""),
-        r.data.as_deref(),
-    );
+        headers: r.headers.as_deref().unwrap_or(""),
+        data: r.data.as_deref(),
+    };
+    http::write_jsonrpc_error(&mut c.out, &answer);
     c.meta.status = r.status;
     c.meta.by_proxy = true;
     send_out(c, next).await
