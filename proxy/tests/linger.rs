@@ -112,3 +112,35 @@ fn a_client_that_stalls_or_never_stops_is_cut_by_the_bounds() {
         assert_eq!(counters(&p)["lingering_closes"], 2, "{driver}");
     }
 }
+
+#[test]
+#[allow(unsafe_code)]
+fn a_shutdown_does_not_wait_for_a_client_that_never_stops() {
+    let (_m, mut p) = proxy("auto", "");
+    let mut trickle = TcpStream::connect(p.addr).unwrap();
+    trickle.write_all(head(1 << 20).as_bytes()).unwrap();
+    let mut reader = trickle.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if trickle.write_all(b"x").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    reader
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    reader.read_to_end(&mut answer).unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 413 "));
+    let t = Instant::now();
+    // SAFETY: sending SIGTERM to the child process this test started.
+    unsafe {
+        libc::kill(p.child.id() as i32, libc::SIGTERM);
+    }
+    // Within wait_exit's bound (10 s), well before linger_time (30 s).
+    assert!(wait_exit(&mut p, t).success());
+    writer.join().unwrap();
+}

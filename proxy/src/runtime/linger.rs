@@ -5,11 +5,13 @@
 //! place of the answer, which the reset may have destroyed in its receive buffer. So the write
 //! side is shut (after a TLS close_notify), what the client still sends is read and dropped,
 //! and the socket closes once the client closes or a bound passes: `linger_time` in all,
-//! `linger_timeout` without a byte, [`MAX_BYTES`] dropped. No pooled buffer is held: the wait
-//! is for readiness, and the reads go into a stack buffer and are dropped at once.
+//! `linger_timeout` without a byte, [`MAX_BYTES`] dropped, or a second into a shutdown. No
+//! pooled buffer is held: the wait is for readiness, and the reads go into a stack buffer and
+//! are dropped at once.
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use monoio::net::TcpStream;
@@ -17,10 +19,14 @@ use monoio::time::Instant;
 
 use crate::control::stats::Counter;
 use crate::runtime::core::Core;
+use crate::runtime::SHUTDOWN;
 use crate::tls::Conn;
 
 /// Most bytes a lingering close reads and drops before it gives up on the client.
 pub(crate) const MAX_BYTES: usize = 64 << 20;
+
+/// How much longer a linger may go on once a shutdown has begun.
+const AT_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// Bytes asked of the kernel per read while lingering (on the stack, dropped at once).
 const READ: usize = 16 * 1024;
@@ -47,9 +53,10 @@ pub(crate) async fn close(core: &Core, conn: Conn) {
 }
 
 /// Shuts the write side of `conn`, then reads and drops its input until the peer closes, or
-/// `total` passes, or `quiet` passes without a byte, or [`MAX_BYTES`] were dropped.
+/// `total` passes, or `quiet` passes without a byte, or [`MAX_BYTES`] were dropped. In a
+/// shutdown it lingers [`AT_SHUTDOWN`] more at most, so it does not hold up the exit.
 pub(crate) async fn linger(conn: Conn, total: Duration, quiet: Duration) -> Lingered {
-    let deadline = Instant::now() + total;
+    let mut deadline = Instant::now() + total;
     let tcp = match monoio::time::timeout_at(deadline, conn.into_tcp()).await {
         Ok(Ok(tcp)) => tcp,
         // The connection failed: nothing is left to protect.
@@ -58,21 +65,31 @@ pub(crate) async fn linger(conn: Conn, total: Duration, quiet: Duration) -> Ling
     };
     shut_write(&tcp);
     let mut dropped = 0usize;
+    let mut silent_until = Instant::now() + quiet;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let now = Instant::now();
+        if SHUTDOWN.load(Ordering::Relaxed) {
+            deadline = deadline.min(now + AT_SHUTDOWN);
+        }
+        let until = deadline.min(silent_until);
+        if now >= until {
             return Lingered::Cut;
         }
-        match monoio::time::timeout(quiet.min(left), tcp.readable(false)).await {
+        // In slices of a second at most, so a shutdown is noticed.
+        let slice = (until - now).min(Duration::from_secs(1));
+        match monoio::time::timeout(slice, tcp.readable(false)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Lingered::ClientClosed,
-            Err(_) => return Lingered::Cut,
+            Err(_) => continue,
         }
         let (n, eof) = drop_input(&tcp, MAX_BYTES.saturating_sub(dropped));
         if eof {
             return Lingered::ClientClosed;
         }
-        dropped += n;
+        if n > 0 {
+            dropped += n;
+            silent_until = Instant::now() + quiet;
+        }
         if dropped >= MAX_BYTES {
             return Lingered::Cut;
         }
