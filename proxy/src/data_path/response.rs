@@ -14,6 +14,7 @@ use crate::data_path::request::{ClientConn, Next, Refusal};
 use crate::data_path::{reply, upstream};
 use crate::http::{self, ChunkedDecoder};
 use crate::runtime::core::Core;
+use crate::runtime::shutdown::ShutdownSignal;
 use crate::runtime::SHUTDOWN;
 use crate::session::SessionSealer;
 use crate::tls::{Conn, Incoming};
@@ -165,6 +166,9 @@ pub(crate) struct Answer<'a> {
     pub backend_tag: u32,
     /// The backend's session id the request carried.
     pub backend_sid: Option<&'a [u8]>,
+    /// A standalone (GET) SSE stream, resumable by design: a shutdown ends it at once,
+    /// cleanly, instead of waiting for it.
+    pub end_on_shutdown: bool,
 }
 
 /// Reads past interim (1xx) answers and rewrites the final head into `c.out`: the head's
@@ -292,7 +296,10 @@ pub(crate) async fn forward_response(
     } else if body_done {
         Ok(extra)
     } else {
-        let watch = is_sse.then_some(Watch { client: true });
+        let watch = is_sse.then_some(Watch {
+            client: true,
+            shutdown: a.end_on_shutdown.then(ShutdownSignal::new),
+        });
         stream_body(core, c, a.up, &mut a.buf, &mut framing, watch).await
     };
     c.ubuf = a.buf;
@@ -311,6 +318,8 @@ struct Watch {
     /// The client's side of the connection, until the client sends bytes (a pipelined
     /// request: from then on they wait in the socket and a close is noticed at the next write).
     client: bool,
+    /// A standalone GET stream: the shutdown signal.
+    shutdown: Option<ShutdownSignal>,
 }
 
 /// What ended the wait for a stream's next upstream bytes.
@@ -319,6 +328,8 @@ enum Waited {
     Read(std::io::Result<usize>, Vec<u8>),
     /// The client closed the connection or reset it.
     ClientLeft,
+    /// A shutdown began (standalone GET streams only).
+    Shutdown,
     /// No bytes within `upstream_timeout` (bodies that are not SSE streams).
     TimedOut,
 }
@@ -327,7 +338,9 @@ enum Waited {
 /// (whether bytes followed the body on the upstream connection), or `Err` when the body was
 /// cut short (the client connection must close: mid-body, that is the only honest way to say
 /// so): a side failed, the client left an SSE stream (noticed at once, not at the next
-/// write: the upstream connection then closes, so the backend can stop its work).
+/// write: the upstream connection then closes, so the backend can stop its work), or a
+/// shutdown ended a standalone GET stream (with its last chunk when it stood between chunks,
+/// so the client sees a clean end and resumes elsewhere).
 async fn stream_body(
     core: &Core,
     c: &mut ClientConn,
@@ -354,6 +367,12 @@ async fn stream_body(
             Waited::Read(r, b) => {
                 *ubuf = b;
                 r
+            }
+            Waited::Shutdown => {
+                // The upstream read went with the wait, and its buffer with it.
+                *ubuf = core.take_buf();
+                end_cleanly(c, framing).await;
+                return Err(());
             }
             Waited::ClientLeft | Waited::TimedOut => {
                 *ubuf = core.take_buf();
@@ -387,7 +406,8 @@ async fn stream_body(
     }
 }
 
-/// Waits for the next bytes of an SSE stream from `up` while watching the client. Only what the stream waits for costs anything:
+/// Waits for the next bytes of an SSE stream from `up` while watching the client and, for a
+/// standalone GET stream, the shutdown signal. Only what the stream waits for costs anything:
 /// short answers never come here.
 async fn next_event(up: &mut Conn, buf: Vec<u8>, client: &mut Conn, w: &mut Watch) -> Waited {
     let mut read = std::pin::pin!(up.read_more(buf, super::READ_SIZE));
@@ -404,9 +424,32 @@ async fn next_event(up: &mut Conn, buf: Vec<u8>, client: &mut Conn, w: &mut Watc
                 Poll::Pending => {}
             }
         }
+        if let Some(s) = &mut w.shutdown {
+            if std::pin::Pin::new(s).poll(cx).is_ready() {
+                return Poll::Ready(Waited::Shutdown);
+            }
+        }
         Poll::Pending
     })
     .await
+}
+
+/// Ends a stream the client may resume elsewhere: a chunked one that stands between chunks
+/// gets its last chunk (a clean end of the answer); any other is only closed (an until-close
+/// body ends that way; one cut inside a chunk cannot end cleanly).
+async fn end_cleanly(c: &mut ClientConn, framing: &Framing) {
+    if let Framing::Chunked(dec) = framing {
+        if dec.at_chunk_start() {
+            c.out.clear();
+            c.out.extend_from_slice(http::LAST_CHUNK);
+            let out = std::mem::take(&mut c.out);
+            let len = out.len();
+            c.meta.bytes_out += len as u64;
+            let (_, mut out) = c.stream.write_range(out, 0..len).await;
+            out.clear();
+            c.out = out;
+        }
+    }
 }
 
 /// Counts an SSE stream as open while it is forwarded (the gauge falls when this drops).
