@@ -120,8 +120,11 @@ pub enum Counter {
     JwtCacheHits,
     /// Connection tasks that panicked (each closed its connection; the worker went on).
     WorkerPanics,
+    /// Tokens refused unverified (429): their client address had spent its budget of failed
+    /// JWT verifications.
+    AuthThrottled,
 }
-const COUNTERS: usize = 28;
+const COUNTERS: usize = 29;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -152,6 +155,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "jwt_verifications",
     "jwt_cache_hits",
     "worker_panics",
+    "auth_throttled",
 ];
 
 /// Gauges (up/down).
