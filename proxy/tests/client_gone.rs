@@ -294,28 +294,25 @@ fn a_request_pipelined_during_a_stream_is_answered_after_it() {
             ..Default::default()
         });
         let p = start_proxy(&config_for(&[&m], ""), driver);
-        let mut s = TcpStream::connect(p.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let post = |id: u64, tool: &str, close: bool| {
+        let mut c = HttpClient::connect(p.addr).unwrap();
+        let post = |id: u64, tool: &str| {
             let body = rpc(
                 id,
                 "tools/call",
                 json!({"name": tool, "arguments": {"text": "after"}, "_meta": {"progressToken": 1}}),
             )
             .to_string();
-            let close = if close { "connection: close\r\n" } else { "" };
             format!(
                 "POST /mcp HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
-                 accept: application/json, text/event-stream\r\n{close}content-length: {}\r\n\r\n{body}",
+                 accept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
                 body.len()
             )
         };
-        s.write_all(post(8, "progress", false).as_bytes()).unwrap();
-        let mut got = read_until(&mut s, b"notifications/progress");
+        c.send_raw(post(8, "progress").as_bytes()).unwrap();
+        c.wait_for(b"notifications/progress").unwrap();
         // The next request arrives while the stream still runs (nine more events to come).
-        s.write_all(post(9, "echo", true).as_bytes()).unwrap();
-        s.read_to_end(&mut got).unwrap();
-        let (first, rest) = parse_response(&got);
+        c.send_raw(post(9, "echo").as_bytes()).unwrap();
+        let first = c.read_response().unwrap();
         assert_eq!(first.status, 200, "{driver}");
         assert_eq!(
             progress_events(&first),
@@ -323,56 +320,12 @@ fn a_request_pipelined_during_a_stream_is_answered_after_it() {
             "{driver}: the stream arrived whole"
         );
         assert_eq!(first.json().unwrap()["id"], 8);
-        let (second, rest) = parse_response(rest);
+        let second = c.read_response().unwrap();
         assert_eq!(second.status, 200, "{driver}");
         assert_eq!(
             second.json().unwrap()["id"],
             9,
             "{driver}: the pipelined call"
         );
-        assert!(rest.is_empty());
     }
-}
-
-/// Parses one response (chunked or with a length) off the front of `bytes`.
-fn parse_response(bytes: &[u8]) -> (mcplb::demo::Response, &[u8]) {
-    let head_len = mcplb::http::head_len(bytes).expect("a response head");
-    let mut storage = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut storage);
-    resp.parse(&bytes[..head_len]).unwrap();
-    let headers: Vec<(String, String)> = resp
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-    let rest = &bytes[head_len..];
-    let (body, used) = if find("transfer-encoding").is_some() {
-        let mut dec = mcplb::http::ChunkedDecoder::new();
-        let mut body = Vec::new();
-        let used = dec.feed(rest, |d| body.extend_from_slice(d)).unwrap();
-        assert!(dec.is_done(), "a chunked body cut short");
-        (body, used)
-    } else {
-        let n: usize = find("content-length").unwrap().parse().unwrap();
-        (rest[..n].to_vec(), n)
-    };
-    let mut events = Vec::new();
-    let mut sse = protocol::SseParser::new();
-    sse.push(&body);
-    while let Some(ev) = sse.next_event() {
-        events.push((Instant::now(), ev.data));
-    }
-    let r = mcplb::demo::Response {
-        status: resp.code.unwrap(),
-        headers,
-        body,
-        events,
-    };
-    (r, &rest[used..])
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -134,27 +134,17 @@ fn sigterm_ends_get_streams_and_exits_after_the_last_call() {
         let mut c = HttpClient::connect(addr).unwrap();
         let (sid, _) = init_session(&mut c);
         // The session's GET stream, open until its first event has arrived.
-        let mut get = c.into_stream();
         let req = format!(
             "GET /mcp HTTP/1.1\r\nhost: t\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\n\r\n"
         );
-        get.write_all(req.as_bytes()).unwrap();
-        let mut got = Vec::new();
-        let mut b = [0u8; 4096];
-        while !String::from_utf8_lossy(&got).contains("hello from streamer") {
-            let n = get.read(&mut b).unwrap();
-            assert!(n > 0, "{driver}: GET stream closed early");
-            got.extend_from_slice(&b[..n]);
-        }
+        c.send_raw(req.as_bytes()).unwrap();
+        c.wait_for(b"hello from streamer").unwrap();
         let get_reader = std::thread::spawn(move || {
-            loop {
-                match get.read(&mut b) {
-                    Ok(0) => break,
-                    Ok(n) => got.extend_from_slice(&b[..n]),
-                    Err(e) => panic!("GET stream: {e}"),
-                }
-            }
-            (got, Instant::now())
+            // A chunked body cut short is an error here: Ok means it ended cleanly.
+            let r = c.read_response();
+            let ended = Instant::now();
+            let closed_after = c.into_stream().read(&mut [0u8; 16]).unwrap_or(0) == 0;
+            (r, ended, closed_after)
         });
         // A connection that has sent nothing yet.
         let mut silent = std::net::TcpStream::connect(addr).unwrap();
@@ -184,17 +174,20 @@ fn sigterm_ends_get_streams_and_exits_after_the_last_call() {
         unsafe {
             libc::kill(p.child.id() as i32, libc::SIGTERM);
         }
-        let (got, get_ended) = get_reader.join().unwrap();
+        let (get, get_ended, closed_after) = get_reader.join().unwrap();
         assert_eq!(silent.read(&mut [0u8; 16]).unwrap_or(0), 0, "{driver}");
         let (r, call_ended) = call.join().unwrap();
         assert!(
             get_ended < call_ended,
             "{driver}: the GET stream waited for the call"
         );
-        let text = String::from_utf8_lossy(&got);
+        let get =
+            get.unwrap_or_else(|e| panic!("{driver}: the GET stream did not end cleanly: {e}"));
+        assert_eq!(get.status, 200, "{driver}");
+        assert!(get.events[0].1.contains("hello from streamer"), "{driver}");
         assert!(
-            text.ends_with("\r\n0\r\n\r\n"),
-            "{driver}: the GET stream did not end cleanly: {text:?}"
+            closed_after,
+            "{driver}: the GET stream's connection stayed open"
         );
         assert_eq!(r.status, 200, "{driver}");
         assert_eq!(progress_events(&r), 30, "{driver}: every progress event");

@@ -445,12 +445,7 @@ async fn end_cleanly(c: &mut ClientConn, framing: &Framing) {
         if dec.at_chunk_start() {
             c.out.clear();
             c.out.extend_from_slice(http::LAST_CHUNK);
-            let out = std::mem::take(&mut c.out);
-            let len = out.len();
-            c.meta.bytes_out += len as u64;
-            let (_, mut out) = c.stream.write_range(out, 0..len).await;
-            out.clear();
-            c.out = out;
+            reply::send_out(c, Next::Close).await;
         }
     }
 }
