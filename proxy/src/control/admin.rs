@@ -410,7 +410,7 @@ fn readiness(st: &View<'_>) -> (bool, Value) {
     (ready, json!({"ready": ready, "servers": groups}))
 }
 
-/// Histogram bucket bounds (seconds) for Prometheus, derived from the HDR data.
+/// Histogram bucket bounds (seconds) for Prometheus, derived from the distributions' buckets.
 const BUCKETS_US: [u64; 16] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 2_500_000, 10_000_000, 60_000_000,
@@ -504,11 +504,11 @@ pub(crate) fn metrics_text(st: &View<'_>, now: Instant) -> String {
             };
             let lbl = format!("dimension=\"{kind}\",name=\"{}\"", escape_label(&label));
             for le in BUCKETS_US {
-                let n = h.count_between(0, le);
+                let n = h.count_at_or_below(le);
                 let _ = writeln!(o, "{name}_bucket{{{lbl},le=\"{}\"}} {n}", le as f64 / 1e6);
             }
             let _ = writeln!(o, "{name}_bucket{{{lbl},le=\"+Inf\"}} {}", h.len());
-            let sum: f64 = h.mean() * h.len() as f64 / 1e6;
+            let sum: f64 = h.sum() as f64 / 1e6;
             let _ = writeln!(o, "{name}_sum{{{lbl}}} {sum}");
             let _ = writeln!(o, "{name}_count{{{lbl}}} {}", h.len());
         }

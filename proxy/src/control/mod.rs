@@ -4,6 +4,7 @@
 //! the request path; workers only record into per-core state that these modules read.
 
 pub mod admin;
+pub mod distribution;
 pub mod health;
 pub mod reload;
 pub mod stats;
