@@ -126,38 +126,44 @@ impl<C: Count> Distribution<C> {
         }
     }
 
-    /// Adds everything in `other`.
+    /// The chunk `c` of this distribution, allocated if it was not.
+    fn chunk_mut(&mut self, c: usize) -> Option<&mut [C; CHUNK]> {
+        let chunk = self.chunks.get_mut(c)?;
+        self.touched |= 1 << c;
+        Some(chunk.get_or_insert_with(|| Box::new([C::default(); CHUNK])))
+    }
+
+    /// Adds everything in `other`, a chunk at a time.
     pub fn add<D: Count>(&mut self, other: &Distribution<D>) {
-        other.for_each_bucket(|i, n| self.add_bucket(i, n));
+        for (c, chunk) in other.chunks.iter().enumerate() {
+            let Some(src) = chunk else { continue };
+            let Some(dst) = self.chunk_mut(c) else {
+                continue;
+            };
+            for (d, s) in dst.iter_mut().zip(src.iter()) {
+                *d = d.plus((*s).into());
+            }
+        }
         self.add_totals(other.count, other.sum, other.max);
     }
 
-    /// Adds what was recorded since the last move to both `a` and `b`, then empties this
-    /// distribution, keeping its chunks for the next second. Reads and zeroes only the chunks
-    /// written since the last move.
-    pub fn move_into<A: Count, B: Count>(
-        &mut self,
-        a: &mut Distribution<A>,
-        b: &mut Distribution<B>,
-    ) {
+    /// Adds what was recorded since the last move to `into`, then empties this distribution,
+    /// keeping its chunks for the next second. Reads and zeroes only the chunks written since
+    /// the last move, a chunk at a time.
+    pub fn move_into<D: Count>(&mut self, into: &mut Distribution<D>) {
         let mut touched = std::mem::take(&mut self.touched);
         while touched != 0 {
             let c = touched.trailing_zeros() as usize;
             touched &= touched - 1;
-            let Some(Some(chunk)) = self.chunks.get_mut(c) else {
+            let (Some(Some(src)), Some(dst)) = (self.chunks.get_mut(c), into.chunk_mut(c)) else {
                 continue;
             };
-            for (i, n) in chunk.iter_mut().enumerate() {
-                let v: u64 = (*n).into();
-                if v != 0 {
-                    a.add_bucket(c * CHUNK + i, v);
-                    b.add_bucket(c * CHUNK + i, v);
-                    *n = C::default();
-                }
+            for (d, s) in dst.iter_mut().zip(src.iter_mut()) {
+                *d = d.plus((*s).into());
+                *s = C::default();
             }
         }
-        a.add_totals(self.count, self.sum, self.max);
-        b.add_totals(self.count, self.sum, self.max);
+        into.add_totals(self.count, self.sum, self.max);
         self.count = 0;
         self.sum = 0;
         self.max = 0;
@@ -296,16 +302,13 @@ mod tests {
     #[test]
     fn move_empties_the_source_and_feeds_both_targets() {
         let mut core = Distribution::<u32>::default();
-        let (mut since, mut slot) = (
-            Distribution::<u64>::default(),
-            Distribution::<u32>::default(),
-        );
+        let mut since = Distribution::<u64>::default();
         for round in 0..3u64 {
             for v in [7, 300, 70_000, u64::MAX] {
                 core.record(v.saturating_add(round));
             }
             let held = core.footprint();
-            core.move_into(&mut since, &mut slot);
+            core.move_into(&mut since);
             assert!(core.is_empty());
             assert_eq!(core.touched, 0);
             assert_eq!(core.footprint(), held, "chunks are kept");
@@ -314,15 +317,15 @@ mod tests {
             assert_eq!(left, 0);
         }
         assert_eq!(since.len(), 12);
-        assert_eq!(slot.len(), 12);
         assert_eq!(since.max(), MAX_VALUE);
         assert_eq!(since.count_at_or_below(1000), 6);
         // Four magnitudes seen: the first linear chunk, 256..512, 65536..131072, the top.
         assert_eq!(since.chunks.iter().flatten().count(), 4);
-        let mut merged = Distribution::<u64>::default();
+        let mut merged = Distribution::<u32>::default();
         merged.add(&since);
-        merged.add(&slot);
+        merged.add(&since);
         assert_eq!(merged.len(), 24);
+        assert_eq!(merged.count_at_or_below(1000), 12);
         assert_eq!(merged.quantiles([0.0]), [7]);
     }
 }

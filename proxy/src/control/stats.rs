@@ -211,13 +211,12 @@ impl<C: Count> Triple<C> {
         self.first_event.add(&o.first_event);
     }
 
-    /// Moves this core's second into both of the hub's windows and empties it.
-    fn move_into<A: Count, B: Count>(&mut self, a: &mut Triple<A>, b: &mut Triple<B>) {
-        self.total.move_into(&mut a.total, &mut b.total);
-        self.upstream.move_into(&mut a.upstream, &mut b.upstream);
-        self.own.move_into(&mut a.own, &mut b.own);
-        self.first_event
-            .move_into(&mut a.first_event, &mut b.first_event);
+    /// Moves this core's second into the hub's current slot and empties it.
+    fn move_into<D: Count>(&mut self, into: &mut Triple<D>) {
+        self.total.move_into(&mut into.total);
+        self.upstream.move_into(&mut into.upstream);
+        self.own.move_into(&mut into.own);
+        self.first_event.move_into(&mut into.first_event);
     }
 
     /// Bytes held by the four distributions.
@@ -494,6 +493,8 @@ struct Slot {
 }
 
 struct HubInner {
+    /// Everything in the slots closed so far; the open slot (the ring's last) is added when
+    /// it closes, so a core's flush writes each bucket once.
     since_start: HashMap<Dim, Triple>,
     ring: Vec<Slot>,
     counters: [u64; COUNTERS],
@@ -508,6 +509,11 @@ impl HubInner {
             .last()
             .is_none_or(|s| now.saturating_duration_since(s.start) >= SLOT);
         if needs_new {
+            if let Some(closing) = self.ring.last() {
+                for (d, t) in &closing.hists {
+                    self.since_start.entry(d.clone()).or_default().add(t);
+                }
+            }
             if self.ring.len() >= SLOTS {
                 // The oldest slot's distributions are dropped, not zeroed: a dimension holds
                 // memory in a slot only while it has traffic in it.
@@ -524,12 +530,12 @@ impl HubInner {
         }
     }
 
-    /// Moves a core's second of one dimension into the since-start and current-slot windows.
+    /// Moves a core's second of one dimension into the open slot.
     fn absorb(&mut self, dim: Dim, t: &mut Triple<u32>) {
-        let since = self.since_start.entry(dim.clone()).or_default();
         match self.ring.last_mut() {
-            Some(slot) => t.move_into(since, slot.hists.entry(dim).or_default()),
-            None => t.move_into(since, &mut Triple::<u32>::default()),
+            Some(slot) => t.move_into(slot.hists.entry(dim).or_default()),
+            // Not reached: `rotate` runs first and always leaves an open slot.
+            None => t.move_into(self.since_start.entry(dim).or_default()),
         }
     }
 }
@@ -633,6 +639,11 @@ impl StatsHub {
         } else {
             for (d, t) in &h.since_start {
                 out.insert(d.clone(), t.clone());
+            }
+            if let Some(open) = h.ring.last() {
+                for (d, t) in &open.hists {
+                    out.entry(d.clone()).or_default().add(t);
+                }
             }
         }
         let mut hists: Vec<(Dim, Triple)> = out.into_iter().collect();
@@ -765,6 +776,46 @@ mod tests {
         let v = hub.view(false, start);
         assert_eq!(v.hists.len(), 70);
         assert!(v.hists.iter().all(|(_, t)| !t.total.is_empty()));
+    }
+
+    /// Since start is the closed slots plus the open one; the rolling window forgets a slot
+    /// 60 s after it opened.
+    #[test]
+    fn since_start_outlives_the_rolling_window() {
+        let hub = StatsHub::new();
+        let t0 = Instant::now();
+        let mut rec = CoreRecorder::new(&[1]);
+        let one = |rec: &mut CoreRecorder, us| {
+            rec.record(Sample {
+                group: 0,
+                backend: Some(0),
+                method: 3,
+                tool: None,
+                total_us: us,
+                upstream_us: 0,
+                first_event_us: None,
+            })
+        };
+        let count = |rolling, at| {
+            hub.view(rolling, at)
+                .hists
+                .iter()
+                .find(|(d, _)| *d == Dim::Group(0))
+                .map_or(0, |(_, t)| t.total.len())
+        };
+        for s in 0..100u64 {
+            one(&mut rec, 100 + s);
+            one(&mut rec, 100 + s);
+            rec.flush_into(&hub, t0 + Duration::from_secs(s));
+            assert_eq!(count(false, t0 + Duration::from_secs(s)), 2 * (s + 1));
+        }
+        // At 99 s the window holds the slots opened at 40, 50, .., 90 s: 60 seconds' worth;
+        // at 101 s the one opened at 40 s has left it.
+        assert_eq!(count(true, t0 + Duration::from_secs(99)), 120);
+        assert_eq!(count(true, t0 + Duration::from_secs(101)), 100);
+        let since = hub.view(false, t0);
+        let g = &since.hists[0].1.total;
+        assert_eq!((g.len(), g.max()), (200, 199));
     }
 
     #[test]
