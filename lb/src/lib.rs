@@ -62,11 +62,13 @@
 //! [`PeakEwma::cost`] for the rest, [`GroupHealth::is_eligible`] as the `eligible` argument of
 //! both, and [`RetryBudget`] before any retry.
 
+mod attempt;
 mod hash;
 mod health;
 mod least;
 mod retry;
 
+pub use attempt::{retry_decision, Retry, RetryContext, UpstreamError, UpstreamErrorKind, Written};
 pub use hash::{
     hash_key, HashRing, HashScheme, DEFAULT_LOAD_FACTOR, DEFAULT_MAGLEV_TABLE, DEFAULT_RING_VNODES,
 };

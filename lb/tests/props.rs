@@ -270,3 +270,82 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------- the retry rule
+
+use mcplb_lb::{retry_decision, Retry, RetryContext, UpstreamError, UpstreamErrorKind, Written};
+
+fn upstream_error() -> impl Strategy<Value = UpstreamError> {
+    (
+        proptest::sample::select(UpstreamErrorKind::ALL.to_vec()),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(k, reused, answer)| UpstreamError::new(k, reused, answer))
+}
+
+fn retry_context() -> impl Strategy<Value = RetryContext> {
+    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        |(read_only, sticky, can_fail_over, fresh_retry_used)| RetryContext {
+            read_only,
+            sticky,
+            can_fail_over,
+            fresh_retry_used,
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(config(2048))]
+
+    /// For every outcome kind: a request that may have reached a backend and is not
+    /// read-only is never sent again; the other answers respect what the request is.
+    #[test]
+    fn retry_rule_never_resends_what_may_have_run(e in upstream_error(), cx in retry_context()) {
+        let d = retry_decision(&e, &cx);
+        if e.may_have_reached() && !cx.read_only {
+            prop_assert_eq!(d, Retry::No);
+        }
+        match d {
+            Retry::FreshConnection => prop_assert!(!cx.fresh_retry_used),
+            Retry::FailOver => prop_assert!(cx.sticky && cx.can_fail_over),
+            Retry::OtherBackend => prop_assert!(!cx.sticky && !e.may_have_reached()),
+            Retry::OtherBackendIfBudget => prop_assert!(!cx.sticky && cx.read_only),
+            Retry::No => {}
+        }
+        // What the error says about itself is consistent.
+        prop_assert_eq!(e.may_have_reached(), e.written() == Written::Fully);
+        if e.written() == Written::Nothing {
+            prop_assert!(!e.reused() && !e.answer_bytes());
+        }
+    }
+
+    /// A whole attempt loop, with every attempt failing in a random way (and the budget
+    /// granting at random): a request that is not read-only reaches backends fully at most
+    /// once, however the failures fall.
+    #[test]
+    fn attempt_loop_sends_a_tool_call_whole_at_most_once(
+        outcomes in proptest::collection::vec((upstream_error(), any::<bool>()), 1..12),
+        read_only in any::<bool>(),
+        sticky in any::<bool>(),
+        can_fail_over in any::<bool>(),
+    ) {
+        let mut fresh_retry_used = false;
+        let mut whole_sends = 0;
+        for (e, budget) in outcomes {
+            if e.may_have_reached() {
+                whole_sends += 1;
+            }
+            let cx = RetryContext { read_only, sticky, can_fail_over, fresh_retry_used };
+            match retry_decision(&e, &cx) {
+                Retry::No => break,
+                Retry::FreshConnection => fresh_retry_used = true,
+                Retry::OtherBackendIfBudget if !budget => break,
+                _ => {}
+            }
+        }
+        if !read_only {
+            prop_assert!(whole_sends <= 1, "sent whole {} times", whole_sends);
+        }
+    }
+}

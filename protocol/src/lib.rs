@@ -9,6 +9,7 @@
 
 pub mod jsonrpc;
 pub mod lines;
+pub mod method;
 pub mod sse;
 
 pub use jsonrpc::{
@@ -16,4 +17,5 @@ pub use jsonrpc::{
     FrameErrorKind, JsonStr, MessageKind, MAX_DEPTH,
 };
 pub use lines::{LineError, LineFramer};
+pub use method::Method;
 pub use sse::{SseBoundary, SseError, SseEvent, SseParser};

@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-pub use crate::worker::head_views::{
+pub use crate::data_path::views::{
     parse_request_head, rewrite_response_head, HeadRefusal, RequestHead, ResponseFraming,
     ResponseHead,
 };

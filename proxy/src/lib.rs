@@ -1,20 +1,21 @@
 //! mcplb: a thread-per-core proxy and load balancer for MCP servers.
 //!
 //! `main.rs` is a thin shell over this library: [`start`] binds one SO_REUSEPORT listener per
-//! worker and runs each worker on its own monoio runtime (io_uring, or epoll where io_uring is
-//! unavailable). See `ARCHITECTURE.md` for the path of one request.
+//! worker (refusing an address another process listens on, see `runtime/listen.rs`) and runs
+//! each worker on its own monoio runtime (io_uring, or epoll where io_uring is unavailable).
+//! See `ARCHITECTURE.md` for the path of one request.
 
 pub mod auth;
 pub mod balance;
 pub mod bridges;
 pub mod config;
 pub mod control;
+mod data_path;
 pub mod demo;
 pub mod http;
 mod runtime;
 pub mod session;
 pub mod tls;
-mod worker;
 
 #[doc(hidden)]
 pub mod fuzzing;
@@ -26,8 +27,8 @@ use std::thread::JoinHandle;
 use anyhow::Context as _;
 
 pub use config::Config;
-use control::{admin, health, reload, stats};
-use session::{failover, SessionSealer};
+use control::{admin, health, reload};
+use session::SessionSealer;
 
 /// Which monoio driver the workers run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -63,10 +64,10 @@ impl RunningProxy {
     /// then stop stdio children. Returns the number of connections still open at the deadline.
     pub fn shutdown(self, timeout: std::time::Duration) -> usize {
         use std::sync::atomic::Ordering;
-        worker::SHUTDOWN.store(true, Ordering::SeqCst);
+        runtime::SHUTDOWN.store(true, Ordering::SeqCst);
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let open = worker::OPEN_CONNECTIONS.load(Ordering::SeqCst);
+            let open = runtime::OPEN_CONNECTIONS.load(Ordering::SeqCst);
             if open == 0 || std::time::Instant::now() >= deadline {
                 self.reloader.stop_all();
                 return open;
@@ -84,17 +85,6 @@ impl RunningProxy {
     }
 }
 
-fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
-    sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(4096)?;
-    Ok(sock.into())
-}
-
 /// io_uring setup for a worker's ring. `COOP_TASKRUN` stops the kernel from interrupting the
 /// worker to run completion work (it runs when the worker enters the kernel anyway), and the
 /// ring has a single issuer. Measured on this machine (wrk, 64 connections, 200-byte
@@ -106,99 +96,6 @@ fn uring_setup(plain: bool) -> io_uring::Builder {
         b.setup_coop_taskrun().setup_single_issuer();
     }
     b
-}
-
-/// Builds what every worker shares for `config` (whose stdio and legacy backends already have
-/// their bridges' addresses). On a reload, `prev` is the running configuration: statistics,
-/// sessions, caller-key hashing, connection counts, backend health (by tag) and the rate and
-/// concurrency counters of unchanged rules carry over.
-pub(crate) fn build_shared(
-    config: Config,
-    prev: Option<&worker::Shared>,
-    legacy_fronts: Vec<Option<SocketAddr>>,
-    session_key: &[u8; 32],
-) -> anyhow::Result<worker::Shared> {
-    // Unchanged rules keep their tables (callers keep their buckets across the reload).
-    let same_limits = prev.is_some_and(|p| {
-        p.config.limits == config.limits
-            && p.config.proxy.limit_max_keys == config.proxy.limit_max_keys
-    });
-    let limits = match prev.and_then(|p| p.limits.clone()) {
-        _ if config.limits.is_empty() => None,
-        Some(l) if same_limits => Some(l),
-        _ => Some(Arc::new(
-            ratelimit::RateLimits::new(config.limits.clone(), config.proxy.limit_max_keys)
-                .map_err(|e| anyhow::anyhow!("limits: {e}"))?,
-        )),
-    };
-    let concurrency = config
-        .concurrency
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            // An unchanged rule (same place, same settings) keeps its counters, so requests in
-            // flight across the reload still count.
-            if let Some(p) = prev {
-                if let (Some(or), Some(oc)) = (p.config.concurrency.get(i), p.concurrency.get(i)) {
-                    if format!("{or:?}") == format!("{r:?}")
-                        && p.config.proxy.limit_max_keys == config.proxy.limit_max_keys
-                    {
-                        return Ok(oc.clone());
-                    }
-                }
-            }
-            ratelimit::ConcurrencyLimit::new(r.max, config.proxy.limit_max_keys, r.queue)
-                .map(Arc::new)
-                .map_err(|e| anyhow::anyhow!("concurrency: {e}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let per_ip = match prev {
-        Some(p) => p.per_ip.clone(),
-        None => Arc::new(
-            ratelimit::ConcurrencyLimit::new(
-                config.proxy.max_connections_per_ip,
-                (config.proxy.max_connections.saturating_mul(2)).clamp(1 << 12, 1 << 23),
-                0,
-            )
-            .map_err(|e| anyhow::anyhow!("proxy.max_connections_per_ip: {e}"))?,
-        ),
-    };
-    let groups = match prev {
-        Some(p) => balance::runtimes_after(&config, &p.config, &p.groups),
-        None => balance::runtimes(&config),
-    };
-    // Client TLS: one terminator for the process (its certificates swap in place: a reload
-    // calls `TlsTerminator::reload`, and a watcher thread follows the files).
-    let tls = match (prev, &config.proxy.tls) {
-        (Some(p), _) => p.tls.clone(),
-        (None, None) => None,
-        (None, Some(files)) => {
-            let t = tls::TlsTerminator::new(files.clone())
-                .map_err(|e| anyhow::anyhow!("proxy.tls: {e}"))?;
-            t.watch();
-            Some(t)
-        }
-    };
-    Ok(worker::Shared {
-        tls,
-        sealer: SessionSealer::new(session_key),
-        hub: prev.map_or_else(|| Arc::new(stats::StatsHub::new()), |p| p.hub.clone()),
-        limits,
-        key_hasher: prev.map_or_else(
-            || ratelimit::KeyHasher::new(rand::random::<[u64; 2]>()),
-            |p| p.key_hasher,
-        ),
-        epoch: prev.map_or_else(std::time::Instant::now, |p| p.epoch),
-        groups,
-        failover: prev.map_or_else(
-            || Arc::new(failover::FailoverStore::new(100_000)),
-            |p| p.failover.clone(),
-        ),
-        concurrency,
-        legacy_fronts,
-        per_ip,
-        config,
-    })
 }
 
 /// Starts the workers and returns once every listener is bound.
@@ -232,29 +129,32 @@ pub fn start_with(
     if driver == Driver::Auto && !uring {
         tracing::warn!("io_uring unavailable: falling back to the legacy epoll driver");
     }
+    // The admin port first: a second instance sharing the client port on purpose
+    // (`proxy.reuse_port`) must not join it, even briefly, when its admin port is taken.
+    let admin_listener = config
+        .admin_listen
+        .map(|a| {
+            std::net::TcpListener::bind(a).with_context(|| format!("admin.listen: cannot bind {a}"))
+        })
+        .transpose()?;
     let workers = config.proxy.workers;
-    let first = bind_listener(config.proxy.listen)
-        .with_context(|| format!("proxy.listen: cannot bind {}", config.proxy.listen))?;
-    let local_addr = first.local_addr()?;
+    let listeners =
+        runtime::listen::bind_workers(config.proxy.listen, workers, config.proxy.reuse_port)?;
+    let local_addr = listeners
+        .first()
+        .context("proxy.listen: no listener")?
+        .local_addr()?;
     // stdio backends and old (2024-11-05) servers get their supervised bridges, which workers
     // reach over loopback HTTP like any other backend; old clients get a front per group.
     let mut running = reload::Running::default();
     let (fronts, _) = running.attach(&mut config, local_addr)?;
-    let mut listeners = vec![first];
-    for _ in 1..workers {
-        listeners.push(
-            bind_listener(local_addr)
-                .with_context(|| format!("cannot bind another listener on {local_addr}"))?,
-        );
-    }
-    let shared = Arc::new(build_shared(config, None, fronts, &key)?);
+    let shared = Arc::new(runtime::shared::build_shared(config, None, fronts, &key)?);
     running.set_checkers(health::start(
         &shared.config,
         shared.groups.clone(),
         shared.hub.clone(),
     ));
     running.set_jwks(auth::start_refresh(&shared.config, None));
-    let admin_listen = shared.config.admin_listen;
     let tls = shared.tls.clone();
     let live = Arc::new(reload::Live::new(shared));
     let reloader = Arc::new(reload::Reloader::new(
@@ -264,16 +164,15 @@ pub fn start_with(
         local_addr,
         key,
     ));
-    let admin_addr = match admin_listen {
-        Some(addr) => {
+    let worker_status = runtime::WorkerStatus::new(listeners.len());
+    let admin_addr = match admin_listener {
+        Some(l) => {
             let state = Arc::new(admin::AdminState {
                 reloader: reloader.clone(),
                 driver: driver_name,
+                workers: worker_status.clone(),
             });
-            Some(
-                admin::start(addr, state)
-                    .with_context(|| format!("admin.listen: cannot bind {addr}"))?,
-            )
+            Some(admin::serve_on(l, state).context("admin.listen")?)
         }
         None => None,
     };
@@ -281,14 +180,17 @@ pub fn start_with(
     for (i, l) in listeners.into_iter().enumerate() {
         let live = live.clone();
         let legacy = driver_name.starts_with("legacy");
+        let status = worker_status.clone();
         let t = std::thread::Builder::new()
             .name(format!("mcplb-worker-{i}"))
             .spawn(move || {
+                // Marks the worker dead for /readyz when the thread ends, even by a panic.
+                let _alive = status.running(i);
                 let res = if legacy {
                     monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                         .enable_timer()
                         .build()
-                        .map(|mut rt| rt.block_on(worker::run_worker(live, l, i)))
+                        .map(|mut rt| rt.block_on(runtime::run_worker(live, l, i)))
                 } else {
                     let build = |plain| {
                         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -299,7 +201,7 @@ pub fn start_with(
                     };
                     build(false)
                         .or_else(|_| build(true))
-                        .map(|mut rt| rt.block_on(worker::run_worker(live, l, i)))
+                        .map(|mut rt| rt.block_on(runtime::run_worker(live, l, i)))
                 };
                 match res {
                     Ok(Ok(())) => {}

@@ -8,6 +8,24 @@ fn configs_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
 }
 
+/// `mcplb check` on a config file.
+fn check(path: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mcplb"))
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+/// `mcplb check` on config text (written to a temporary file named after `name`).
+fn check_text(name: &str, text: &str) -> std::process::Output {
+    let path = std::env::temp_dir().join(format!("mcplb-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let out = check(&path);
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
 #[test]
 fn every_example_config_loads() {
     let mut n = 0;
@@ -20,11 +38,7 @@ fn every_example_config_loads() {
         if let Err(e) = mcplb::Config::load(&path) {
             panic!("{}: {e}", path.display());
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_mcplb"))
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = check(&path);
         assert!(out.status.success(), "{}: {:?}", path.display(), out);
     }
     assert!(n >= 3, "expected at least three example configs, found {n}");
@@ -32,18 +46,10 @@ fn every_example_config_loads() {
 
 #[test]
 fn check_lists_every_problem_and_fails() {
-    let path = std::env::temp_dir().join(format!("mcplb-bad-{}.toml", std::process::id()));
-    std::fs::write(
-        &path,
+    let out = check_text(
+        "bad",
         "[proxy]\nlisten = \"127.0.0.1:99999\"\nmax_body_bytes = -5\n\n[[servers]]\nname = \"x\"\npath = \"/mcp\"\nbackends = [\"tcp://nope\"]\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mcplb"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     for key in [
@@ -72,4 +78,32 @@ fn demo_runs_end_to_end() {
     assert!(text.contains("final result"), "{text}");
     assert!(text.contains("0 errors"), "{text}");
     assert!(text.contains("HTTP 404"), "{text}");
+}
+
+#[test]
+fn check_lists_every_unknown_key_with_the_other_problems() {
+    let out = check_text(
+        "unknown",
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworker = 2\nmax_body_bytes = 0\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\ntokn = \"x\"\n\n\
+         [[servers]]\nname = \"a\"\npath = \"/mcp\"\nbalanse = \"hash\"\n\
+         backends = [\"http://127.0.0.1:1/mcp\", { command = [\"cat\"], nmae = \"c\" }]\n\
+         [servers.health]\nintervall = \"1s\"\n\n\
+         [[limits]]\nrate = 1\nbrust = 2\n\n[[concurrency]]\nmax = 1\nzzz = 1\n",
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "invalid configuration (8 problem(s))",
+        "proxy.worker: unknown key (did you mean `workers`?)",
+        "admin.tokn: unknown key (did you mean `token`?)",
+        "servers[0].balanse: unknown key (did you mean `balance`?)",
+        "servers[0].backends[1].nmae: unknown key (did you mean `name`?)",
+        "servers[0].health.intervall: unknown key (did you mean `interval`?)",
+        "limits[0].brust: unknown key (did you mean `burst`?)",
+        "concurrency[0].zzz: unknown key (keys here: server, method, tool,",
+        "proxy.max_body_bytes: 0 is out of range",
+    ] {
+        assert!(err.contains(line), "missing {line:?} in {err}");
+    }
 }

@@ -29,18 +29,21 @@ pub struct AdminState {
     pub reloader: Arc<crate::control::reload::Reloader>,
     /// Name of the event driver in use.
     pub driver: &'static str,
+    /// Which worker threads run (`/readyz` turns 503 when one died).
+    pub workers: Arc<crate::runtime::WorkerStatus>,
 }
 
 /// One admin request's view: the configuration current when it arrived, with its statistics,
-/// limits and backend health (`Deref` to the workers' [`Shared`](crate::worker::Shared)).
+/// limits and backend health (`Deref` to the workers' [`Shared`](crate::runtime::shared::Shared)).
 pub(crate) struct View<'a> {
-    shared: Arc<crate::worker::Shared>,
+    shared: Arc<crate::runtime::shared::Shared>,
     driver: &'static str,
     reloader: &'a crate::control::reload::Reloader,
+    workers: &'a crate::runtime::WorkerStatus,
 }
 
 impl std::ops::Deref for View<'_> {
-    type Target = crate::worker::Shared;
+    type Target = crate::runtime::shared::Shared;
     fn deref(&self) -> &Self::Target {
         &self.shared
     }
@@ -70,7 +73,12 @@ const MAX_HEAD: usize = 16 * 1024;
 /// so idle or slow clients cost a task each, never a thread, and cannot keep out a client
 /// that sends its request promptly. The token is checked on the head, before anything else.
 pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    serve_on(TcpListener::bind(addr)?, state)
+}
+
+/// Serves an admin listener bound beforehand (without `SO_REUSEPORT`: the admin port is never
+/// shared) on a new thread; returns its address.
+pub fn serve_on(listener: TcpListener, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
     let local = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
@@ -309,6 +317,7 @@ fn handle(head: &[u8], state: &AdminState) -> Answer {
         shared: state.reloader.live.load(),
         driver: state.driver,
         reloader: &state.reloader,
+        workers: &state.workers,
     };
     let st = &view;
     let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -579,8 +588,12 @@ fn readiness(st: &View<'_>) -> (bool, Value) {
         .zip(&healthy)
         .map(|(g, n)| json!({"server": g.name, "healthy_backends": n}))
         .collect();
-    let ready = healthy.iter().all(|n| *n > 0);
-    (ready, json!({"ready": ready, "servers": groups}))
+    let dead = st.workers.dead();
+    let ready = healthy.iter().all(|n| *n > 0) && dead.is_empty();
+    (
+        ready,
+        json!({"ready": ready, "servers": groups, "dead_workers": dead}),
+    )
 }
 
 /// Histogram bucket bounds (seconds) for Prometheus, derived from the distributions' buckets.

@@ -519,11 +519,8 @@ mod tests {
         assert_eq!(r, Err(Failure::Timeout(Duration::from_millis(300))));
         // A real MCP server: healthy with `ping`; a method it lacks (it has no prompts) is a
         // JSON-RPC error, a path it does not serve an HTTP status.
-        let m = loadtest::mock::MockServer::start(
-            loadtest::mock::MockConfig::default(),
-            ([127, 0, 0, 1], 0).into(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let m = mock::MockServer::start(mock::MockConfig::default(), ([127, 0, 0, 1], 0).into())
+            .unwrap_or_else(|e| panic!("{e}"));
         let url = m.url();
         assert_eq!(check(&url, "ping"), Ok(()));
         let r = check(&url, "prompts/list");

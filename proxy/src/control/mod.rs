@@ -3,6 +3,7 @@
 //! them, hot reload of the configuration, and the active MCP health checks. None of it runs on
 //! the request path; workers only record into per-core state that these modules read.
 
+pub(crate) mod access_log;
 pub mod admin;
 pub mod distribution;
 pub mod health;

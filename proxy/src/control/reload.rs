@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 
 use crate::config::Config;
-use crate::worker::Shared;
+use crate::runtime::shared::Shared;
 
 /// The configuration the workers and the admin port run on, and its generation.
 pub struct Live {
@@ -417,7 +417,12 @@ impl Reloader {
         let (fronts, retired) = running
             .attach(&mut new, self.local_addr)
             .map_err(|e| vec![format!("{e:#}")])?;
-        let shared = match crate::build_shared(new, Some(&old), fronts, &self.session_key) {
+        let shared = match crate::runtime::shared::build_shared(
+            new,
+            Some(&old),
+            fronts,
+            &self.session_key,
+        ) {
             Ok(s) => Arc::new(s),
             Err(e) => return Err(vec![format!("{e:#}")]),
         };

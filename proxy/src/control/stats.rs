@@ -121,8 +121,13 @@ pub enum Counter {
     JwtVerifications,
     /// JWTs accepted from the per-core cache of verified tokens.
     JwtCacheHits,
+    /// Connection tasks that panicked (each closed its connection; the worker went on).
+    WorkerPanics,
+    /// Tokens refused unverified (429): their client address had spent its budget of failed
+    /// JWT verifications.
+    AuthThrottled,
 }
-const COUNTERS: usize = 27;
+const COUNTERS: usize = 29;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -152,6 +157,8 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "auth_refused",
     "jwt_verifications",
     "jwt_cache_hits",
+    "worker_panics",
+    "auth_throttled",
 ];
 
 /// Gauges (up/down).

@@ -1,3 +1,283 @@
-//! The runtime shell around the data path: per-core state, the accept loop, idle parking.
+//! The runtime shell around the data path: one worker thread per core, each with its own
+//! monoio runtime, listener (`SO_REUSEPORT`), per-core state and idle-connection parking. The
+//! accept loop here admits connections (counted, limited per client address) and gives each
+//! a task ([`conn`]); a panic in a connection's task closes that connection only.
 
+pub(crate) mod conn;
+pub(crate) mod core;
+pub(crate) mod listen;
 pub(crate) mod park;
+pub(crate) mod shared;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use monoio::io::Canceller;
+use monoio::net::{TcpListener, TcpStream};
+
+use crate::control::stats::{Counter, Gauge};
+use crate::runtime::core::Core;
+
+/// Set once a graceful shutdown has begun: listeners close, keep-alive connections close
+/// after their current request, idle ones at once.
+pub static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+/// Client connections open in the whole process (shutdown waits for them).
+pub static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Client connections open on this worker: the `client_connections` gauge, read by the
+    /// statistics flush.
+    static CORE_OPEN: Cell<i64> = const { Cell::new(0) };
+}
+
+/// An open client connection's place in the connection counts, and its per-client-address
+/// permit: released when dropped, however the connection ends (closed, expired while parked,
+/// or its task panicked).
+pub(crate) struct ClientSlot {
+    _permit: Option<ratelimit::OwnedPermit>,
+}
+
+impl ClientSlot {
+    fn open(permit: Option<ratelimit::OwnedPermit>) -> Self {
+        OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+        CORE_OPEN.with(|n| n.set(n.get() + 1));
+        ClientSlot { _permit: permit }
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+        CORE_OPEN.with(|n| n.set(n.get() - 1));
+    }
+}
+
+/// Which workers are running: `/readyz` reports one that died.
+pub struct WorkerStatus {
+    alive: Vec<AtomicBool>,
+}
+
+impl WorkerStatus {
+    /// `n` workers, counted as running from the start (each thread marks itself dead when
+    /// it ends).
+    pub(crate) fn new(n: usize) -> Arc<Self> {
+        Arc::new(WorkerStatus {
+            alive: (0..n).map(|_| AtomicBool::new(true)).collect(),
+        })
+    }
+
+    /// The workers that are not running (their indices).
+    pub fn dead(&self) -> Vec<usize> {
+        (0..self.alive.len())
+            .filter(|&i| !self.alive[i].load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Keeps worker `i` marked running until the returned guard drops (its thread ends,
+    /// however).
+    pub(crate) fn running(self: &Arc<Self>, i: usize) -> WorkerAlive {
+        if let Some(a) = self.alive.get(i) {
+            a.store(true, Ordering::Relaxed);
+        }
+        WorkerAlive {
+            status: self.clone(),
+            index: i,
+        }
+    }
+}
+
+/// Held by a worker thread while it runs.
+pub(crate) struct WorkerAlive {
+    status: Arc<WorkerStatus>,
+    index: usize,
+}
+
+impl Drop for WorkerAlive {
+    fn drop(&mut self) {
+        if let Some(a) = self.status.alive.get(self.index) {
+            a.store(false, Ordering::Relaxed);
+        }
+        if !SHUTDOWN.load(Ordering::Relaxed) {
+            tracing::error!(worker = self.index, "worker stopped: /readyz reports it");
+        }
+    }
+}
+
+/// Runs `fut`, containing a panic inside it: `None` when it panicked. The future is dropped
+/// either way, so what it holds (its connection, buffers, counts) is released. No allocation.
+pub(crate) async fn contained<F: Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Some(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(None),
+        }
+    })
+    .await
+}
+
+/// Spawns the task that serves a client connection, with its panics contained: a panic closes
+/// that connection only, is counted (`worker_panics`) and logged (the panic message, with its
+/// source location, went to stderr first).
+pub(crate) fn spawn_client(core: Rc<Core>, fut: impl Future<Output = ()> + 'static) {
+    monoio::spawn(async move {
+        if contained(fut).await.is_none() {
+            core.latest()
+                .rec
+                .borrow_mut()
+                .count(Counter::WorkerPanics, 1);
+            tracing::error!(
+                worker = core.index,
+                "a connection's task panicked: that connection was closed, the worker goes on"
+            );
+        }
+    });
+}
+
+/// Runs one worker's accept loop until shutdown.
+pub async fn run_worker(
+    live: Arc<crate::control::reload::Live>,
+    listener: std::net::TcpListener,
+    index: usize,
+) -> io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    // Every state still in use (a reload leaves the old one to the requests under way).
+    let cores: Rc<RefCell<Vec<Rc<Core>>>> = Rc::new(RefCell::new(Vec::new()));
+    let park = Rc::new(park::IdleSet::new()?);
+    let mut core = Core::new(live, cores.clone(), park, index, None);
+    monoio::spawn(conn::park_loop(core.clone()));
+    monoio::spawn(flush_loop(cores));
+    let mut canceller = Canceller::new();
+    loop {
+        // Accept, waking every 250 ms to notice a shutdown. The accept is cancelled and then
+        // awaited, so a connection that raced the cancellation is still served, never lost.
+        let accepted = {
+            let accept = listener.cancelable_accept(canceller.handle());
+            let mut accept = std::pin::pin!(accept);
+            match ready_within(accept.as_mut(), Duration::from_millis(250)).await {
+                Some(r) => r,
+                None => {
+                    canceller = canceller.cancel();
+                    accept.await
+                }
+            }
+        };
+        if core.stale() || core.next.borrow().is_some() {
+            // A reload: this core's new state (connections move to it at their next
+            // request, see `Core::latest`).
+            core = core.latest();
+        }
+        if SHUTDOWN.load(Ordering::Relaxed) {
+            // Stop accepting: dropping the listener closes it, so the kernel sends new
+            // connections to no one (clients see a refused connection, not a hang).
+            drop(listener);
+            if let Ok((stream, peer)) = accepted {
+                // One that raced the shutdown still gets served (with connection: close).
+                let slot = ClientSlot::open(None);
+                let fut = conn::serve_client(core.clone(), stream, peer, slot, false);
+                spawn_client(core.clone(), fut);
+            }
+            // Let the open connections finish; the process exits when they have.
+            std::future::pending::<()>().await;
+            return Ok(());
+        }
+        match accepted {
+            Ok((stream, peer)) => admit(&core, stream, peer),
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+            Err(e) => {
+                // EMFILE and friends: back off a little instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Admits an accepted connection within the connection limits (in all and per client
+/// address; past them it is closed at once, counted, before any byte is read) and gives it a
+/// task.
+fn admit(core: &Rc<Core>, stream: TcpStream, peer: std::net::SocketAddr) {
+    let cfg = &core.shared.config.proxy;
+    if OPEN_CONNECTIONS.load(Ordering::Relaxed) >= cfg.max_connections {
+        core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
+        return;
+    }
+    let hasher = &core.shared.key_hasher;
+    let ip_key = crate::data_path::route::ip_key(peer, |b| hasher.hash_key(b));
+    let Some(permit) = core.shared.per_ip.try_acquire_owned(ip_key) else {
+        core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    set_cloexec(&stream);
+    core.rec.borrow_mut().count(Counter::ConnectionsAccepted, 1);
+    let slot = ClientSlot::open(Some(permit));
+    let fut = conn::serve_client(core.clone(), stream, peer, slot, false);
+    spawn_client(core.clone(), fut);
+}
+
+/// Once a second, folds this core's statistics into the hub (the only cross-core lock, never
+/// taken on the request path) and writes its access log. A replaced state is flushed one last
+/// time and dropped once nothing else holds it.
+async fn flush_loop(cores: Rc<RefCell<Vec<Rc<Core>>>>) {
+    let mut reported_open = 0i64;
+    loop {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        let open = CORE_OPEN.with(Cell::get);
+        if let Some(newest) = cores.borrow().last() {
+            let delta = open - reported_open;
+            newest
+                .rec
+                .borrow_mut()
+                .gauge(Gauge::ClientConnections, delta);
+            reported_open = open;
+        }
+        cores.borrow_mut().retain(|c| {
+            c.rec.borrow_mut().flush_into(&c.shared.hub, now);
+            if let Some(l) = &c.access_log {
+                l.borrow_mut().flush();
+            }
+            c.next.borrow().is_none() || Rc::strong_count(c) > 1
+        });
+    }
+}
+
+/// Polls `fut` until it completes (`Some`) or `after` passes (`None`). On `None` the future
+/// is left as it is: the caller cancels its operation and awaits it, so a result that raced
+/// the timeout is still taken, never lost.
+pub(crate) async fn ready_within<F: Future>(
+    mut fut: std::pin::Pin<&mut F>,
+    after: Duration,
+) -> Option<F::Output> {
+    let mut tick = std::pin::pin!(monoio::time::sleep(after));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        if tick.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Marks an accepted socket close-on-exec (monoio's accept does not), so stdio children that
+/// mcplb starts never inherit client connections. One syscall per connection.
+fn set_cloexec(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a valid, owned fd; only the FD_CLOEXEC flag changes.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::fcntl(s.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+}

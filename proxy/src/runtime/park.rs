@@ -21,12 +21,15 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::runtime::ClientSlot;
+
 /// One parked connection.
 pub(crate) struct Parked {
     pub stream: TcpStream,
     pub peer: SocketAddr,
-    /// The connection's per-client-address permit, released when it closes.
-    pub permit: Option<ratelimit::OwnedPermit>,
+    /// The connection's place in the connection counts (and its per-client-address permit),
+    /// released when it closes.
+    pub client: ClientSlot,
     since: Instant,
 }
 
@@ -82,14 +85,14 @@ impl IdleSet {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
-        permit: Option<ratelimit::OwnedPermit>,
-    ) -> Result<(), (TcpStream, Option<ratelimit::OwnedPermit>)> {
+        client: ClientSlot,
+    ) -> Result<(), (TcpStream, ClientSlot)> {
         let mut slots = self.slots.borrow_mut();
         let index = match self.free.borrow_mut().pop() {
             Some(i) => i,
             None => {
                 let Ok(i) = u32::try_from(slots.len()) else {
-                    return Err((stream, permit));
+                    return Err((stream, client));
                 };
                 slots.push(Slot {
                     generation: 0,
@@ -99,7 +102,7 @@ impl IdleSet {
             }
         };
         let Some(slot) = slots.get_mut(index as usize) else {
-            return Err((stream, permit));
+            return Err((stream, client));
         };
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32,
@@ -119,12 +122,12 @@ impl IdleSet {
         };
         if rc != 0 {
             self.free.borrow_mut().push(index);
-            return Err((stream, permit));
+            return Err((stream, client));
         }
         slot.entry = Some(Parked {
             stream,
             peer,
-            permit,
+            client,
             since: Instant::now(),
         });
         Ok(())

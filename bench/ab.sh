@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Same-run A/B of two mcplb builds: did a change cost CPU per request or tail latency?
+#
+#   bench/ab.sh BIN_A BIN_B            # e.g. the branch's release build against main's
+#
+# Both builds run at once, each one worker pinned to core 0, in front of the same mock MCP
+# backend (`mcplb-load mock --stateless --threads 1`, core 1). wrk (core 1, one thread,
+# CONNS connections, the 200-byte `tools/call` of bench/quick/post.lua) loads A and B in turn,
+# A B A B ... PAIRS pairs after one warm-up each, SECS seconds a run. Per run: req/s, the
+# proxy's CPU µs per request (utime+stime from /proc/PID/stat over the run, divided by the
+# requests) and wrk's p50/p99 latency. Writes bench/results/<date>-ab-TAG.md with every run,
+# the medians, the pairwise B/A ratios, machine facts and the command. Settings (env): PAIRS
+# (7), SECS (6), CONNS (64), TAG (ab), OUT (bench/results), LOAD_BIN (mcplb-load to use for
+# the mock; default target/release/mcplb-load).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+A=$(realpath "$1"); B=$(realpath "$2")
+PAIRS=${PAIRS:-7}; SECS=${SECS:-6}; CONNS=${CONNS:-64}; TAG=${TAG:-ab}
+OUT=${OUT:-$ROOT/bench/results}
+LOAD_BIN=${LOAD_BIN:-$ROOT/target/release/mcplb-load}
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 2; }
+[[ -x $LOAD_BIN ]] || { echo "needs $LOAD_BIN (cargo build --release -p mcplb-load)"; exit 2; }
+
+RUN=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$RUN"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+MOCK_PORT=$(free_port)
+taskset -c 1 "$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" --stateless --threads 1 >"$RUN/mock.log" 2>&1 &
+pids+=($!)
+
+start_proxy() { # bin name -> sets PID and PORT (no subshell: its PID must reach cleanup)
+    local bin=$1 name=$2 port
+    port=$(free_port)
+    cat >"$RUN/$name.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$port"
+workers = 1
+[[servers]]
+name = "b"
+path = "/mcp"
+backends = ["http://127.0.0.1:$MOCK_PORT/mcp"]
+[servers.health]
+enabled = false
+EOF
+    taskset -c 0 "$bin" run --config "$RUN/$name.toml" >"$RUN/$name.log" 2>&1 &
+    PID=$!
+    PORT=$port
+    pids+=("$PID")
+    for _ in $(seq 200); do grep -q "mcplb started" "$RUN/$name.log" 2>/dev/null && break; sleep 0.05; done
+}
+start_proxy "$A" a; PID_A=$PID; PORT_A=$PORT
+start_proxy "$B" b; PID_B=$PID; PORT_B=$PORT
+sleep 0.5
+
+one_run() { # pid port -> "rps cpu_us p50_ms p99_ms"
+    local pid=$1 port=$2 t0 t1 out
+    t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
+    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "$ROOT/bench/quick/post.lua" "http://127.0.0.1:$port/mcp")
+    t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
+    python3 - "$t0" "$t1" "$(getconf CLK_TCK)" <<PY
+import re, sys
+out = """$out"""
+t0, t1, hz = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+reqs = int(re.search(r"(\d+) requests in", out).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+def lat(p):
+    m = re.search(r"\s%s%%\s+([\d.]+)(us|ms|s)\b" % p, out)
+    v, u = float(m.group(1)), m.group(2)
+    return v / 1000 if u == "us" else v * 1000 if u == "s" else v
+errs = "errors" if re.search(r"Non-2xx|Socket errors", out) else ""
+share = (t1 - t0) / hz / $SECS
+print(f"{rps:.0f} {(t1 - t0) / hz * 1e6 / reqs:.2f} {lat(50):.3f} {lat(99):.3f} {share:.2f} {errs}")
+PY
+}
+
+# Warm-up (not counted).
+one_run "$PID_A" "$PORT_A" >/dev/null
+one_run "$PID_B" "$PORT_B" >/dev/null
+rows=()
+for i in $(seq "$PAIRS"); do
+    ra=$(one_run "$PID_A" "$PORT_A"); rb=$(one_run "$PID_B" "$PORT_B")
+    echo "pair $i: A $ra | B $rb"
+    rows+=("$ra|$rb")
+done
+
+mkdir -p "$OUT"
+file="$OUT/$(date +%F)-ab-$TAG.md"
+python3 - "$file" "$A" "$B" "$PAIRS" "$SECS" "$CONNS" "${rows[@]}" <<'PY'
+import statistics as st, subprocess, sys, os
+file, a, b, pairs, secs, conns, *rows = sys.argv[1:]
+A = [list(map(float, r.split("|")[0].split()[:5])) for r in rows]
+B = [list(map(float, r.split("|")[1].split()[:5])) for r in rows]
+med = lambda xs: st.median(xs)
+ratio = lambda i: [y[i] / x[i] for x, y in zip(A, B)]
+def sh(c):
+    try: return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
+    except Exception: return "?"
+NPROC, KERNEL = sh("nproc"), sh("uname -r")
+LOAD = " ".join(open("/proc/loadavg").read().split()[:3])
+WRK = sh("wrk -v 2>&1 | head -1")
+lines = [
+    f"# Same-run A/B: CPU per request and latency ({os.path.basename(file)[:-3]})", "",
+    f"- A: `{a}`", f"- B: `{b}`",
+    f"- Method: `bench/ab.sh` — both proxies up at once, one worker each pinned to core 0; the "
+    f"stateless mock (`mcplb-load mock --threads 1`) and wrk (`-t1 -c{conns} -d{secs}s --latency`, "
+    f"the 200-byte `tools/call` of `bench/quick/post.lua`) on core 1; A B A B ..., {pairs} pairs "
+    "after one warm-up each. CPU = the proxy's utime+stime over the run / requests.",
+    f"- Machine: {NPROC} cores, {KERNEL}, load average at the end {LOAD}; {WRK}", "",
+    "| run | A req/s | A CPU µs/req | A p50 ms | A p99 ms | B req/s | B CPU µs/req | B p50 ms | B p99 ms |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+for i, (x, y) in enumerate(zip(A, B), 1):
+    lines.append(f"| {i} | {x[0]:.0f} | {x[1]:.2f} | {x[2]:.3f} | {x[3]:.3f} | {y[0]:.0f} | {y[1]:.2f} | {y[2]:.3f} | {y[3]:.3f} |")
+lines += ["", "| figure | A median | B median | B/A median of pairs [min–max] |", "|---|---|---|---|"]
+for i, name in enumerate(["req/s", "CPU µs per request", "p50 ms", "p99 ms"]):
+    r = ratio(i)
+    lines.append(f"| {name} | {med([x[i] for x in A]):.3f} | {med([y[i] for y in B]):.3f} | {med(r):.3f} [{min(r):.3f}–{max(r):.3f}] |")
+share = med([x[4] for x in A] + [y[4] for y in B])
+lines += ["", f"The proxy under test used a median {share:.0%} of core 0 during its runs "
+          + ("(the proxy was the bottleneck)." if share > 0.9 else
+             "(below saturation: core 1, where wrk and the mock share a core, limited the load; "
+             "CPU per request is still comparable, req/s less so)."), ""]
+open(file, "w").write("\n".join(lines))
+print("\n".join(lines))
+PY
+echo "wrote $file"

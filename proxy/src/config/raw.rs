@@ -1,0 +1,192 @@
+//! The config file as written: one `serde` struct per TOML table, every key optional so that
+//! validation (not deserialization) decides what is missing and says so with the key path.
+//!
+//! The structs do not use `deny_unknown_fields`: serde would stop at the first unknown key.
+//! Unknown keys are collected instead, all of them, while reading (`super::read`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawConfig {
+    pub proxy: Option<RawProxy>,
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub servers: Vec<RawServer>,
+    #[serde(default)]
+    pub limits: Vec<RawLimit>,
+    #[serde(default)]
+    pub concurrency: Vec<RawConcurrency>,
+}
+
+/// `[[concurrency]]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawConcurrency {
+    pub server: Option<String>,
+    pub method: Option<String>,
+    pub tool: Option<String>,
+    pub resource_prefix: Option<String>,
+    pub per: Option<String>,
+    pub key: Option<String>,
+    pub max: Option<i64>,
+    pub queue: Option<i64>,
+    pub queue_timeout: Option<String>,
+}
+
+/// `[[limits]]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawLimit {
+    pub server: Option<String>,
+    pub method: Option<String>,
+    pub tool: Option<String>,
+    pub resource_prefix: Option<String>,
+    pub key: Option<String>,
+    pub rate: Option<f64>,
+    pub burst: Option<i64>,
+}
+
+/// `[proxy]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawProxy {
+    pub listen: Option<String>,
+    pub workers: Option<i64>,
+    pub session_key: Option<String>,
+    pub max_body_bytes: Option<i64>,
+    pub max_header_bytes: Option<i64>,
+    pub max_headers: Option<i64>,
+    pub max_url_bytes: Option<i64>,
+    pub max_json_depth: Option<i64>,
+    pub header_timeout: Option<String>,
+    pub client_idle_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub upstream_idle_timeout: Option<String>,
+    pub upstream_max_idle: Option<i64>,
+    pub limit_max_keys: Option<i64>,
+    pub access_log: Option<String>,
+    pub shutdown_timeout: Option<String>,
+    pub max_connections: Option<i64>,
+    pub max_connections_per_ip: Option<i64>,
+    pub stats: Option<bool>,
+    pub reuse_port: Option<bool>,
+    pub tls: Option<RawTls>,
+}
+
+/// `[proxy.tls]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub client_ca: Option<String>,
+    pub reload_interval: Option<String>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAdmin {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+}
+
+/// `[[servers]]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawServer {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+    pub balance: Option<String>,
+    pub hash_key: Option<String>,
+    pub hash_bound: Option<f64>,
+    pub max_ejection_percent: Option<i64>,
+    pub session_failover: Option<String>,
+    pub health: Option<RawHealth>,
+    pub allowed_origins: Option<Vec<String>>,
+    pub auth: Option<crate::auth::RawAuth>,
+    pub legacy_sse: Option<bool>,
+}
+
+/// `[servers.health]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawHealth {
+    pub enabled: Option<bool>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<i64>,
+    pub unhealthy_threshold: Option<i64>,
+    pub method: Option<String>,
+}
+
+/// One entry of `backends`: a URL string, or a table.
+#[derive(Debug)]
+pub(crate) enum RawBackend {
+    Url(String),
+    Table(Box<RawBackendTable>),
+}
+
+/// A `backends` entry written as a table: exactly one of `url`, `command` or `sse`, and the
+/// options of its kind.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawBackendTable {
+    pub url: Option<String>,
+    pub sse: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub mode: Option<String>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub cwd: Option<String>,
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+    pub max_line_bytes: Option<i64>,
+    pub ca: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub name: Option<String>,
+    pub weight: Option<i64>,
+}
+
+impl RawBackend {
+    /// The entry as a table (a bare URL is `{ url = "..." }`).
+    pub(crate) fn into_table(self) -> RawBackendTable {
+        match self {
+            RawBackend::Url(u) => RawBackendTable {
+                url: Some(u),
+                ..RawBackendTable::default()
+            },
+            RawBackend::Table(t) => *t,
+        }
+    }
+}
+
+/// Written by hand rather than `#[serde(untagged)]`: an untagged enum buffers the table and
+/// reads it again out of sight of the unknown-key collector (whose paths would stop at
+/// `backends[N]`), and its one error ("did not match any variant") hides the real problem.
+impl<'de> Deserialize<'de> for RawBackend {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EntryVisitor;
+        impl<'de> Visitor<'de> for EntryVisitor {
+            type Value = RawBackend;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a URL string or a table such as { url = \"...\" }, { command = [...] } \
+                     or { sse = \"...\" }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawBackend, E> {
+                Ok(RawBackend::Url(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<RawBackend, E> {
+                Ok(RawBackend::Url(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawBackend, A::Error> {
+                let table =
+                    RawBackendTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawBackend::Table(Box::new(table)))
+            }
+        }
+        d.deserialize_any(EntryVisitor)
+    }
+}

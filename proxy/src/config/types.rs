@@ -1,0 +1,229 @@
+//! The validated configuration the workers read: plain data, every value checked and every
+//! default filled in. Built only by `validate` (see `super::validate`); nothing here parses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Default cap on a request body (MCP tool results of several MiB are normal).
+pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client-facing listener and data-path limits.
+    pub proxy: ProxyConfig,
+    /// Admin listener address, if configured.
+    pub admin_listen: Option<SocketAddr>,
+    /// Token the admin port requires (`Authorization: Bearer ...`); mandatory off loopback.
+    pub admin_token: Option<String>,
+    /// Server groups, each with its own path and backends.
+    pub servers: Vec<ServerGroup>,
+    /// Rate limit rules (`[[limits]]`), in order.
+    pub limits: Vec<ratelimit::Rule>,
+    /// Concurrency limits (`[[concurrency]]`), in order.
+    pub concurrency: Vec<ConcurrencyRule>,
+}
+
+/// Most concurrency rules (each request checks every one).
+pub const MAX_CONCURRENCY_RULES: usize = 8;
+
+/// What a concurrency limit counts in-flight requests per.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConcurrencyPer {
+    /// Per backend (checked when the backend is chosen; new sessions try another).
+    Backend,
+    /// Per tool name.
+    Tool,
+    /// Per caller (the rule's `key`: session, client-ip or header:NAME).
+    Caller,
+    /// One count for every matching request.
+    Global,
+}
+
+/// At most `max` matching requests in flight per `per`; past it, wait in a bounded queue
+/// until `queue_timeout`, or be rejected (429).
+#[derive(Debug, Clone)]
+pub struct ConcurrencyRule {
+    /// Which requests (server, method, tool glob, resource prefix) and, for `per = caller`,
+    /// the caller key. Its rate fields are unused.
+    pub filter: ratelimit::Rule,
+    /// What is counted.
+    pub per: ConcurrencyPer,
+    /// Requests in flight allowed per counted thing.
+    pub max: u32,
+    /// Requests allowed to wait (0: reject at once).
+    pub queue: u32,
+    /// Longest wait before rejection.
+    pub queue_timeout: Duration,
+}
+
+/// Client-facing listener settings and limits.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Address every worker binds (SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// Worker threads, one per core by default.
+    pub workers: usize,
+    /// Key that seals session ids; `None` means generate one at start.
+    pub session_key: Option<[u8; 32]>,
+    /// Largest request body accepted (413 past it).
+    pub max_body_bytes: usize,
+    /// Largest request head accepted (431 past it).
+    pub max_header_bytes: usize,
+    /// Most header lines accepted in a request head.
+    pub max_headers: usize,
+    /// Longest request target (path and query) accepted (414 past it).
+    pub max_url_bytes: usize,
+    /// Deepest nesting of JSON objects and arrays accepted in a request body (400 past it).
+    pub max_json_depth: usize,
+    /// Time allowed for a request head to arrive once its first byte has.
+    pub header_timeout: Duration,
+    /// Idle keep-alive client connections are closed after this long.
+    pub client_idle_timeout: Duration,
+    /// Time allowed to connect to a backend.
+    pub connect_timeout: Duration,
+    /// Time allowed for a backend's response head (not the body: SSE streams may run for hours).
+    pub upstream_timeout: Duration,
+    /// Pooled upstream connections idle longer than this are closed, not reused.
+    pub upstream_idle_timeout: Duration,
+    /// Idle upstream connections kept per backend per worker.
+    pub upstream_max_idle: usize,
+    /// Distinct callers tracked per rate-limit rule (idle ones are evicted first).
+    pub limit_max_keys: usize,
+    /// JSON access log: `None` (off, the default), `-` for stderr, or a file path.
+    pub access_log: Option<String>,
+    /// On SIGTERM/SIGINT, how long open requests and streams may take to finish.
+    pub shutdown_timeout: Duration,
+    /// Client connections open at once, in all (past it new ones are closed at once).
+    pub max_connections: usize,
+    /// Client connections open at once from one IP address.
+    pub max_connections_per_ip: u32,
+    /// `[proxy.tls]`: TLS termination for clients (off when absent).
+    pub tls: Option<crate::tls::ServerTlsFiles>,
+    /// Record latency histograms and counters (on by default; off only to measure their cost).
+    pub stats: bool,
+    /// Join listeners another process already has on `listen` (a deliberate hand-over between
+    /// two mcplb processes); off by default: an address in use is then a start error.
+    pub reuse_port: bool,
+}
+
+/// One `[[servers]]` group: an MCP server reachable at `path`, served by `backends`.
+#[derive(Debug, Clone)]
+pub struct ServerGroup {
+    /// Group name (logs, metrics).
+    pub name: String,
+    /// Client-facing path, e.g. `/mcp`.
+    pub path: String,
+    /// The replicas of this server.
+    pub backends: Vec<Backend>,
+    /// How new sessions and stateless requests choose a backend.
+    pub balance: Balance,
+    /// Bounded-load factor for `hash` (no backend above this times the mean).
+    pub hash_bound: f64,
+    /// Most backends (percent of the group) passive outlier detection may eject at once.
+    pub max_ejection_percent: u8,
+    /// Active MCP health checks (on by default; `[servers.health] enabled = false` turns
+    /// them off).
+    pub health: Option<HealthCheck>,
+    /// What happens to a session whose backend becomes unavailable.
+    pub session_failover: SessionFailover,
+    /// When set, a request whose `Origin` is not in this list is refused (403).
+    pub allowed_origins: Option<Vec<String>>,
+    /// Who gets in (API keys, JWTs), the protected-resource metadata, and what credential goes
+    /// upstream (`[servers.auth]`); the default lets everyone in.
+    pub auth: crate::auth::AuthConfig,
+    /// Serve the 2024-11-05 HTTP+SSE transport for old clients at `{path}/sse` and
+    /// `{path}/messages`.
+    pub legacy_sse: bool,
+}
+
+/// What happens to a session whose backend becomes unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionFailover {
+    /// Answer 404 so the client re-initializes (what the MCP spec prescribes).
+    NotFound,
+    /// Replay the client's `initialize` on a healthy backend and keep its session id.
+    Reinitialize,
+}
+
+/// Backend choice for new sessions and stateless requests (sessions are always sticky).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Least outstanding requests, power of two choices over a peak-EWMA latency estimate.
+    LeastRequest,
+    /// Consistent hashing with bounded loads on a key.
+    Hash(HashKey),
+}
+
+/// What `balance = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The tool (`Mcp-Name` / `params.name`); other requests use least-request.
+    Tool,
+    /// The client's IP address.
+    ClientIp,
+    /// The `Mcp-Session-Id` the request carries (requests without one use least-request).
+    Session,
+    /// A request header's value (e.g. the caller's identity); name lower-cased.
+    Header(String),
+}
+
+/// Methods a health check may send: `ping`, `server/discover`, or a read-only call.
+pub const READ_ONLY_CHECKS: [&str; 6] = [
+    "ping",
+    "server/discover",
+    "tools/list",
+    "resources/list",
+    "prompts/list",
+    "resources/templates/list",
+];
+
+/// Active MCP health checks of a group's backends.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// Time between checks (each check adds up to 10 % jitter).
+    pub interval: Duration,
+    /// Deadline for one check's answer.
+    pub timeout: Duration,
+    /// Consecutive successes that make an unhealthy backend healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy backend unhealthy.
+    pub unhealthy_threshold: u32,
+    /// `ping` in a session of the checker's own, or `server/discover` (2026-07-28 servers).
+    pub discover: bool,
+    /// The method sent in the checker's session: `ping` or a read-only call.
+    pub method: String,
+}
+
+/// One backend replica reached over HTTP.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Name used in logs, metrics and the admin port. Defaults to the authority (HTTP), the
+    /// module, package or script the command runs (stdio) or the SSE URL; a default name that
+    /// another backend of the group already has gets `-2`, `-3`, ... appended.
+    pub name: String,
+    /// The URL as configured.
+    pub url: String,
+    /// `host:port` sent as the `Host` header.
+    pub authority: String,
+    /// Resolved socket address.
+    pub addr: SocketAddr,
+    /// Path (and query) requests are sent to.
+    pub path: String,
+    /// Relative share of new sessions (default 1).
+    pub weight: u32,
+    /// A stdio server mcplb starts and supervises (reached through an in-process bridge whose
+    /// address fills `addr` at start), or `None` for an HTTP backend.
+    pub stdio: Option<crate::bridges::stdio::StdioConfig>,
+    /// An old (2024-11-05 HTTP+SSE) server's SSE URL, reached through a bridge started with
+    /// mcplb, or `None`.
+    pub legacy_sse: Option<String>,
+    /// Stable 32-bit tag of the backend (hash of its URL), carried in sealed session ids so a
+    /// reordered backend list still routes existing sessions correctly.
+    pub tag: u32,
+    /// For an `https://` backend: its TLS client config and server name.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+}

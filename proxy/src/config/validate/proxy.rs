@@ -1,0 +1,125 @@
+//! `[proxy]` and `[proxy.tls]`: the client-facing listener, its limits and timeouts, and TLS
+//! termination.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::config::fields::{decode_key, parse_duration, resolve, TableCheck};
+use crate::config::raw::{RawProxy, RawTls};
+use crate::config::types::{ProxyConfig, DEFAULT_MAX_BODY};
+
+/// Validates `[proxy]` (an absent table is an empty one: `listen` is then reported missing).
+pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
+    let mut t = TableCheck::new("proxy", errs);
+    let listen = match p.listen.as_deref() {
+        None => {
+            t.problem("listen", "missing (e.g. \"127.0.0.1:8080\")");
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }
+        Some(s) => resolve(s).unwrap_or_else(|e| {
+            t.problem("listen", e);
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }),
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = t.int("workers", p.workers, cores, 1..=1024);
+    let session_key = p
+        .session_key
+        .as_deref()
+        .and_then(|s| decode_key(s).map_err(|e| t.problem("session_key", e)).ok());
+    let tls = p.tls.and_then(|raw| tls(raw, &mut t));
+    if p.reuse_port == Some(true) && listen.port() == 0 {
+        t.problem(
+            "reuse_port",
+            "needs a fixed port in proxy.listen (port 0 picks a free port, which no other \
+             process listens on)",
+        );
+    }
+    let depth = protocol::MAX_DEPTH;
+    let secs = Duration::from_secs;
+    ProxyConfig {
+        tls,
+        listen,
+        workers,
+        session_key,
+        max_body_bytes: t.int(
+            "max_body_bytes",
+            p.max_body_bytes,
+            DEFAULT_MAX_BODY,
+            1..=1 << 30,
+        ),
+        max_header_bytes: t.int(
+            "max_header_bytes",
+            p.max_header_bytes,
+            16 * 1024,
+            512..=1 << 20,
+        ),
+        max_headers: t.int("max_headers", p.max_headers, 64, 8..=512),
+        max_url_bytes: t.int("max_url_bytes", p.max_url_bytes, 8192, 16..=1 << 20),
+        max_json_depth: t.int("max_json_depth", p.max_json_depth, depth, 3..=depth),
+        header_timeout: t.duration("header_timeout", p.header_timeout.as_deref(), secs(10)),
+        client_idle_timeout: t.duration(
+            "client_idle_timeout",
+            p.client_idle_timeout.as_deref(),
+            secs(60),
+        ),
+        connect_timeout: t.duration("connect_timeout", p.connect_timeout.as_deref(), secs(3)),
+        upstream_timeout: t.duration("upstream_timeout", p.upstream_timeout.as_deref(), secs(300)),
+        upstream_idle_timeout: t.duration(
+            "upstream_idle_timeout",
+            p.upstream_idle_timeout.as_deref(),
+            secs(4),
+        ),
+        upstream_max_idle: t.int("upstream_max_idle", p.upstream_max_idle, 256, 0..=1 << 20),
+        access_log: p
+            .access_log
+            .filter(|v| v != "off" && !v.is_empty())
+            .map(|v| if v == "stderr" { "-".to_string() } else { v }),
+        stats: p.stats.unwrap_or(true),
+        reuse_port: p.reuse_port.unwrap_or(false),
+        max_connections: t.int(
+            "max_connections",
+            p.max_connections,
+            100_000,
+            1..=10_000_000,
+        ),
+        max_connections_per_ip: t.int_u32(
+            "max_connections_per_ip",
+            p.max_connections_per_ip,
+            10_000,
+            1..=10_000_000,
+        ),
+        shutdown_timeout: t.duration("shutdown_timeout", p.shutdown_timeout.as_deref(), secs(30)),
+        limit_max_keys: t.int("limit_max_keys", p.limit_max_keys, 100_000, 16..=1 << 24),
+    }
+}
+
+/// `[proxy.tls]`: the certificate and key are loaded here, once, so that a bad file is a
+/// config error naming the key rather than a failure at start.
+fn tls(t: RawTls, proxy: &mut TableCheck<'_>) -> Option<crate::tls::ServerTlsFiles> {
+    let (Some(cert), Some(key)) = (t.cert, t.key) else {
+        proxy.problem("tls", "needs both `cert` and `key` (PEM files)");
+        return None;
+    };
+    let files = crate::tls::ServerTlsFiles {
+        cert: cert.into(),
+        key: key.into(),
+        client_ca: t.client_ca.map(Into::into),
+        // "0s" is allowed here: never check the files (reload on demand only).
+        reload_interval: match t.reload_interval.as_deref().map(parse_duration) {
+            None => Duration::from_secs(5),
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                proxy.problem("tls.reload_interval", e);
+                Duration::from_secs(5)
+            }
+        },
+    };
+    match files.build() {
+        Ok(_) => Some(files),
+        Err(e) => {
+            proxy.problem("tls", e);
+            None
+        }
+    }
+}

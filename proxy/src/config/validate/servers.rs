@@ -1,0 +1,136 @@
+//! `[[servers]]`: the server groups, each an MCP server at its own path with its backends, its
+//! balancing, failover, health checks, allowed origins and auth. Names and paths are unique.
+
+use std::collections::HashSet;
+
+use super::backends;
+use crate::config::fields::TableCheck;
+use crate::config::raw::RawServer;
+use crate::config::types::{Balance, HashKey, ServerGroup, SessionFailover};
+
+/// Validates every group, in order.
+pub(super) fn validate(raw: Vec<RawServer>, errs: &mut Vec<String>) -> Vec<ServerGroup> {
+    if raw.is_empty() {
+        errs.push("servers: at least one [[servers]] group is required".to_string());
+    }
+    let mut taken = Taken::default();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, s)| group(s, &format!("servers[{i}]"), &mut taken, errs))
+        .collect()
+}
+
+/// Names and paths used by the groups validated so far.
+#[derive(Default)]
+struct Taken {
+    names: HashSet<String>,
+    paths: HashSet<String>,
+}
+
+fn group(s: RawServer, key: &str, taken: &mut Taken, errs: &mut Vec<String>) -> ServerGroup {
+    let mut t = TableCheck::new(key, errs);
+    let name = s.name.unwrap_or_else(|| {
+        t.problem("name", "missing");
+        String::new()
+    });
+    if !name.is_empty() && !taken.names.insert(name.clone()) {
+        t.problem("name", format!("`{name}` is used by another group"));
+    }
+    let path = s.path.unwrap_or_else(|| "/mcp".to_string());
+    if !path.starts_with('/') || path.contains('?') || path.contains(char::is_whitespace) {
+        t.problem(
+            "path",
+            format!("`{path}` must start with / and have no query or spaces"),
+        );
+    } else if !taken.paths.insert(path.clone()) {
+        t.problem("path", format!("`{path}` is used by another group"));
+    }
+    let backends = backends::validate(s.backends, &mut t);
+    let balance = balance(s.balance.as_deref(), s.hash_key.as_deref(), &mut t);
+    let hash_bound = match s.hash_bound {
+        None => 1.25,
+        Some(c) if c.is_finite() && c >= 1.0 => c,
+        Some(c) => {
+            t.problem("hash_bound", format!("{c} must be at least 1.0"));
+            1.25
+        }
+    };
+    let max_ejection_percent = match s.max_ejection_percent {
+        None => 50,
+        Some(p) if (0..=100).contains(&p) => p as u8,
+        Some(p) => {
+            t.problem(
+                "max_ejection_percent",
+                format!("{p} is out of range (0..=100)"),
+            );
+            50
+        }
+    };
+    let session_failover = match s.session_failover.as_deref() {
+        None | Some("404") => SessionFailover::NotFound,
+        Some("reinitialize") => SessionFailover::Reinitialize,
+        Some(v) => {
+            t.problem(
+                "session_failover",
+                format!("`{v}` (use \"404\" or \"reinitialize\")"),
+            );
+            SessionFailover::NotFound
+        }
+    };
+    let health = super::health::validate(s.health, key, t.errs());
+    let auth = crate::auth::validate(s.auth, key, t.errs());
+    let allowed_origins = s.allowed_origins.map(|v| {
+        v.into_iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect()
+    });
+    ServerGroup {
+        legacy_sse: s.legacy_sse.unwrap_or(false),
+        allowed_origins,
+        auth,
+        name,
+        path,
+        backends,
+        balance,
+        hash_bound,
+        max_ejection_percent,
+        health,
+        session_failover,
+    }
+}
+
+/// `balance` and `hash_key` (the key only with `balance = "hash"`).
+fn balance(balance: Option<&str>, hash_key: Option<&str>, t: &mut TableCheck<'_>) -> Balance {
+    match (balance, hash_key) {
+        (None | Some("round-robin"), None) => Balance::RoundRobin,
+        (Some("least-request"), None) => Balance::LeastRequest,
+        (Some("hash"), k) => match k.unwrap_or("tool") {
+            "tool" => Balance::Hash(HashKey::Tool),
+            "client-ip" => Balance::Hash(HashKey::ClientIp),
+            "session" => Balance::Hash(HashKey::Session),
+            k => match k.strip_prefix("header:") {
+                Some(h) if !h.is_empty() => Balance::Hash(HashKey::Header(h.to_ascii_lowercase())),
+                _ => {
+                    t.problem(
+                        "hash_key",
+                        format!(
+                            "`{k}` (use \"session\", \"tool\", \"client-ip\" or \"header:NAME\")"
+                        ),
+                    );
+                    Balance::RoundRobin
+                }
+            },
+        },
+        (Some(b), None) => {
+            t.problem(
+                "balance",
+                format!("`{b}` (use \"round-robin\", \"least-request\" or \"hash\")"),
+            );
+            Balance::RoundRobin
+        }
+        (_, Some(_)) => {
+            t.problem("hash_key", "only used with balance = \"hash\"");
+            Balance::RoundRobin
+        }
+    }
+}

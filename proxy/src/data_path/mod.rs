@@ -1,0 +1,200 @@
+//! The data path: one MCP request, from the bytes of its head to the last byte of its answer.
+//!
+//! The stages, in order (each a module; decisions are plain functions, the async code only
+//! moves bytes between them):
+//! 1. [`head`]: read and parse the request head (bounded in size and time).
+//! 2. [`route::target`]: which server group the path names (or the 2024-11-05 bridge, or
+//!    OAuth metadata), then [`admission::check_access`]: `Origin` and credentials, decided on
+//!    the head before any body is read.
+//! 3. [`body`]: the body, capped; the request then owns exactly its bytes.
+//! 4. [`admission::envelope`]: the JSON-RPC envelope, the 2026-07-28 mirror headers, rate
+//!    limits; then the concurrency permits.
+//! 5. [`route::session_route`] and [`attempt`]: where the request goes, each attempt's typed
+//!    outcome and the one retry rule ([`lb::retry_decision`]).
+//! 6. [`response`]: the answer head rewritten, the body forwarded as it arrives.
+//! 7. [`record`]: statistics and the access log.
+//!
+//! [`request`] holds the types every stage shares; [`reply`] writes answers mcplb makes
+//! itself. `runtime::conn` drives a connection's requests through [`handle_request`].
+
+pub(crate) mod admission;
+pub(crate) mod attempt;
+pub(crate) mod body;
+pub(crate) mod failover;
+pub(crate) mod head;
+pub(crate) mod legacy_front;
+pub(crate) mod metadata;
+pub(crate) mod record;
+pub(crate) mod reply;
+pub(crate) mod request;
+pub(crate) mod response;
+pub(crate) mod route;
+pub(crate) mod upstream;
+pub(crate) mod views;
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use crate::config::SessionFailover;
+use crate::control::stats::Counter;
+use crate::data_path::admission::{Admitted, Permits};
+use crate::data_path::attempt::Plan;
+use crate::data_path::request::{offset_of, ClientConn, HttpMethod, Next, Refusal, ReqMeta, Stop};
+use crate::data_path::route::{SessionRoute, Target};
+use crate::runtime::core::{Core, BUF_SIZE};
+use crate::session::SCRATCH;
+
+/// Bytes asked of the kernel per read.
+pub(crate) const READ_SIZE: usize = BUF_SIZE;
+
+/// Reads one request (head and body), routes it, forwards it and its answer, and records it.
+pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
+    let start = Instant::now();
+    c.meta = ReqMeta::default();
+    let next = match head::read_head(&core.shared.config.proxy, c).await {
+        Ok(()) => match serve(core, c).await {
+            Ok(next) => next,
+            Err(stop) => stopped(c, stop).await,
+        },
+        Err(stop) => stopped(c, stop).await,
+    };
+    if core.shared.config.proxy.stats {
+        record::record(core, &c.meta, start);
+    }
+    if core.access_log.is_some() {
+        record::write_access_log(core, c, start);
+    }
+    c.next_request();
+    next
+}
+
+/// Answers a request a stage stopped.
+async fn stopped(c: &mut ClientConn, stop: Stop) -> Next {
+    match stop {
+        Stop::Refuse(r) => reply::refuse(c, &r).await,
+        Stop::Closed => Next::Close,
+        Stop::DroppedNotification => {
+            // A notification over a rate limit is dropped (counted as 429), not answered with
+            // an error: clients do not expect one.
+            let close = reply::must_close(c, false);
+            c.out.clear();
+            c.out
+                .extend_from_slice(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n");
+            c.meta.status = 429;
+            c.meta.by_proxy = true;
+            reply::send_out(c, Next::keep_unless(close)).await
+        }
+    }
+}
+
+/// The stages after the head: where, who, the body, the envelope, limits, route, attempts.
+async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
+    let method = c.req.method();
+    let (gi, legacy) = match route::target(&core.shared, c.req.path(), method) {
+        Target::Group(gi) => (gi, None),
+        Target::LegacyFront(gi, front) => (gi, Some(front)),
+        Target::Metadata(doc) => return Ok(metadata::answer(core, c, doc).await),
+        Target::NotFound => return Err(Refusal::invalid(404, "no MCP server at this path").into()),
+    };
+    c.meta.group = Some(gi);
+    if method == HttpMethod::Other {
+        return Err(Refusal::invalid(405, "method not allowed").into());
+    }
+    if let Err(d) = admission::check_access(core, c, gi) {
+        let (refusal, read_body_first) = admission::denial(core, gi, &c.req, &d);
+        if read_body_first {
+            // Small bodies are read so the refusal can carry the request's id.
+            read_body(core, c).await?;
+            let body = c.req.body();
+            let id =
+                protocol::parse_message_with_depth(body, core.shared.config.proxy.max_json_depth)
+                    .ok()
+                    .and_then(|e| e.id)
+                    .map(|id| offset_of(body, id));
+            c.req.set_id(id);
+        }
+        return Err(refusal.into());
+    }
+    read_body(core, c).await?;
+    if let Some(front) = legacy {
+        return Ok(legacy_front::forward(core, c, front).await);
+    }
+    let admitted = match method {
+        HttpMethod::Post => Some(admission::envelope(core, c, gi)?),
+        _ => None,
+    };
+    let mut permits: Permits = Default::default();
+    if let Some(a) = &admitted {
+        admission::acquire_permits(core, &a.conc, &mut permits).await?;
+    }
+    let mut scratch = [0u8; SCRATCH];
+    let plan = plan(core, c, gi, admitted.as_ref(), &mut scratch)?;
+    let conc = admitted.map(|a| a.conc).unwrap_or_default();
+    Ok(attempt::send(core, c, plan, &conc, &mut permits).await)
+}
+
+/// Reads the body and counts its bytes.
+async fn read_body(core: &Core, c: &mut ClientConn) -> Result<(), Stop> {
+    let consumed = body::read_body(&core.shared.config.proxy, c).await?;
+    core.rec
+        .borrow_mut()
+        .count(Counter::BytesIn, consumed as u64);
+    Ok(())
+}
+
+/// Where the request may go: its session's backend (opened from the sealed id into
+/// `scratch`), a failover first, or the group's balancer.
+fn plan<'s>(
+    core: &Core,
+    c: &mut ClientConn,
+    gi: usize,
+    admitted: Option<&Admitted>,
+    scratch: &'s mut [u8; SCRATCH],
+) -> Result<Plan<'s>, Refusal> {
+    let Some(group) = core.shared.config.servers.get(gi) else {
+        return Err(Refusal::new(503, -32603, "no backend available"));
+    };
+    let reinit = group.session_failover == SessionFailover::Reinitialize;
+    let mut plan = Plan {
+        gi,
+        pinned: None,
+        sid: None,
+        needs_failover: false,
+        hash_key: admitted.and_then(|a| a.hash_key),
+        // GET streams and DELETE only read (or end a session).
+        read_only: admitted.is_none_or(|a| a.read_only),
+        can_fail_over: false,
+    };
+    let Some(sealed) = c.req.session_id() else {
+        if admitted.is_none() {
+            plan.hash_key = route::balance_key(group, &c.req, c.peer, None);
+        }
+        return Ok(plan);
+    };
+    if core.access_log.is_some() {
+        c.meta.session_hash = core.shared.key_hasher.hash_key(sealed);
+    }
+    plan.can_fail_over = reinit;
+    let now = crate::balance::now_ns(core.shared.epoch);
+    match route::session_route(&core.shared, gi, sealed, scratch, now) {
+        SessionRoute::Pinned { bi, sid } => {
+            plan.pinned = Some(bi);
+            plan.sid = Some(Cow::Borrowed(sid));
+        }
+        SessionRoute::Moved { bi, sid } => {
+            plan.pinned = Some(bi);
+            plan.sid = Some(Cow::Owned(sid));
+        }
+        SessionRoute::FailOver { from } => {
+            plan.pinned = Some(from);
+            plan.needs_failover = true;
+        }
+        SessionRoute::NotFound { unavailable } => {
+            if let Some(b) = unavailable.and_then(|bi| group.backends.get(bi)) {
+                tracing::info!(backend = %b.name, "session on an unavailable backend: 404");
+            }
+            return Err(Refusal::invalid(404, "Session not found"));
+        }
+    }
+    Ok(plan)
+}

@@ -1,0 +1,70 @@
+//! Answers mcplb makes itself, written to the client: JSON-RPC error objects with the request's
+//! id (where it was read) and the right status, and small documents. The one place that
+//! decides whether the connection survives an answer made before the body was read.
+
+use crate::data_path::request::{ClientConn, Next, Refusal};
+use crate::http;
+
+/// Sends `c.out` to the client and says what next.
+pub(crate) async fn send_out(c: &mut ClientConn, next: Next) -> Next {
+    let out = std::mem::take(&mut c.out);
+    let len = out.len();
+    let (r, out) = c.stream.write_range(out, 0..len).await;
+    c.meta.bytes_out += len as u64;
+    c.out = out;
+    c.out.clear();
+    match r {
+        Ok(()) => next,
+        Err(_) => Next::Close,
+    }
+}
+
+/// Whether the connection must close after an answer to the current request: the client
+/// asked, the refusal says so, or the request's body was never read (it would be taken for the
+/// next request). When it stays open and the body was not read (there was none), the head's
+/// bytes are dropped so the next request starts where it should.
+pub(crate) fn must_close(c: &mut ClientConn, forced: bool) -> bool {
+    let close = forced || c.req.head.close || (!c.req.is_complete() && c.req.head.has_body());
+    if !close && !c.req.is_complete() {
+        let end = c.req.head.len;
+        c.complete_request(end);
+    }
+    close
+}
+
+/// Answers with `r` as a JSON-RPC error object carrying the request's id where known.
+pub(crate) async fn refuse(c: &mut ClientConn, r: &Refusal) -> Next {
+    let close = must_close(c, r.close);
+    c.out.clear();
+    let answer = http::JsonRpcErrorAnswer {
+        status: r.status,
+        id: c.req.id(),
+        code: r.code,
+        message: r.message,
+        close,
+        headers: r.headers.as_deref().unwrap_or(""),
+        data: r.data.as_deref(),
+    };
+    http::write_jsonrpc_error(&mut c.out, &answer);
+    c.meta.status = r.status;
+    c.meta.by_proxy = true;
+    send_out(c, Next::keep_unless(close)).await
+}
+
+/// Answers 200 with a JSON document (`extra`: more header lines, each ending in CRLF).
+pub(crate) async fn document(c: &mut ClientConn, status: u16, body: &[u8], extra: &str) -> Next {
+    use std::io::Write as _;
+    let close = must_close(c, false);
+    c.out.clear();
+    let _ = write!(
+        c.out,
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}{}\r\n",
+        http::reason(status),
+        body.len(),
+        if close { "connection: close\r\n" } else { "" },
+    );
+    c.out.extend_from_slice(body);
+    c.meta.status = status;
+    c.meta.by_proxy = true;
+    send_out(c, Next::keep_unless(close)).await
+}

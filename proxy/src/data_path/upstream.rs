@@ -1,0 +1,209 @@
+//! Talking HTTP/1.1 to a backend: the request mcplb writes (hop-by-hop headers dropped,
+//! `Host` and the backend's own session id set, credentials as the group says), the one reader
+//! of a response head every path uses, and a whole small exchange for mcplb's own requests
+//! (replaying an `initialize` on failover).
+
+use std::io::Write as _;
+
+use lb::{UpstreamError, UpstreamErrorKind};
+
+use crate::auth::UpstreamCredential;
+use crate::config::Backend;
+use crate::data_path::request::{HttpMethod, Request};
+use crate::data_path::response::{body_step, Framing};
+use crate::http::{self, ChunkedDecoder};
+use crate::tls::Conn;
+
+/// Largest response head accepted from a backend.
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Why no response head could be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadReadError {
+    /// The connection closed or failed; `bytes`: some answer bytes had arrived.
+    Closed { bytes: bool },
+    /// No complete head before the deadline; `bytes`: some answer bytes had arrived.
+    TimedOut { bytes: bool },
+    /// Over [`MAX_RESPONSE_HEAD`] without a blank line.
+    TooLarge,
+}
+
+impl HeadReadError {
+    /// As the error of an attempt whose request was written on a `reused` connection.
+    pub fn upstream(self, reused: bool) -> UpstreamError {
+        match self {
+            HeadReadError::Closed { bytes: false } => {
+                UpstreamError::new(UpstreamErrorKind::ResetBeforeAnswer, reused, false)
+            }
+            HeadReadError::Closed { bytes: true } => {
+                UpstreamError::new(UpstreamErrorKind::ResetInHead, reused, true)
+            }
+            HeadReadError::TimedOut { bytes } => {
+                UpstreamError::new(UpstreamErrorKind::HeadTimeout, reused, bytes)
+            }
+            HeadReadError::TooLarge => UpstreamError::new(UpstreamErrorKind::BadHead, reused, true),
+        }
+    }
+}
+
+/// Reads from `up` into `buf` (which may already hold bytes) until it holds a complete
+/// response head, before `deadline`: the head's length.
+pub(crate) async fn read_head(
+    up: &mut Conn,
+    buf: &mut Vec<u8>,
+    deadline: Option<monoio::time::Instant>,
+) -> Result<usize, HeadReadError> {
+    loop {
+        if let Some(n) = http::head_len(buf) {
+            return Ok(n);
+        }
+        if buf.len() > MAX_RESPONSE_HEAD {
+            return Err(HeadReadError::TooLarge);
+        }
+        let had = !buf.is_empty();
+        let b = std::mem::take(buf);
+        let read = up.read_more(b, super::READ_SIZE);
+        let (r, b) = match deadline {
+            None => read.await,
+            Some(d) => match monoio::time::timeout_at(d, read).await {
+                Ok(x) => x,
+                // The buffer went with the cancelled read.
+                Err(_) => return Err(HeadReadError::TimedOut { bytes: had }),
+            },
+        };
+        *buf = b;
+        if !matches!(r, Ok(n) if n > 0) {
+            return Err(HeadReadError::Closed {
+                bytes: !buf.is_empty(),
+            });
+        }
+    }
+}
+
+/// Writes the upstream request for `req` to `out`: the backend's path with the client's
+/// query, `Host` set to the backend, hop-by-hop headers and mcplb's own credentials dropped
+/// (unless the group forwards them), the backend's session id, the body.
+pub(crate) fn build_request(
+    out: &mut Vec<u8>,
+    req: &Request,
+    backend: &Backend,
+    backend_sid: Option<&[u8]>,
+    credential: &UpstreamCredential,
+) {
+    let strip_auth = !matches!(credential, UpstreamCredential::Forward);
+    out.extend_from_slice(req.method_bytes());
+    out.push(b' ');
+    out.extend_from_slice(backend.path.as_bytes());
+    out.extend_from_slice(req.query());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(backend.authority.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in req.headers() {
+        if http::is_hop_by_hop(name) {
+            continue;
+        }
+        // A caller's mcplb API key is mcplb's credential, never passed to a backend.
+        if strip_auth
+            && (name.eq_ignore_ascii_case(b"authorization")
+                || name.eq_ignore_ascii_case(b"x-api-key"))
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let UpstreamCredential::Inject(secret) = credential {
+        out.extend_from_slice(b"authorization: ");
+        out.extend_from_slice(secret.expose().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(sid) = backend_sid {
+        out.extend_from_slice(b"mcp-session-id: ");
+        out.extend_from_slice(sid);
+        out.extend_from_slice(b"\r\n");
+    }
+    let body = req.body();
+    if req.method() == HttpMethod::Post || !body.is_empty() {
+        let _ = write!(out, "content-length: {}\r\n", body.len());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// The parts of a whole small answer mcplb asked for itself.
+pub(crate) struct Exchanged {
+    /// The `Mcp-Session-Id` the answer carried.
+    pub session: Option<Vec<u8>>,
+    /// The status was 2xx and the body was read to its end.
+    pub ok: bool,
+}
+
+/// Sends one request of mcplb's own on `up` and reads its whole answer before `deadline`.
+pub(crate) async fn exchange(
+    up: &mut Conn,
+    req: Vec<u8>,
+    deadline: monoio::time::Instant,
+) -> Exchanged {
+    let failed = Exchanged {
+        session: None,
+        ok: false,
+    };
+    let len = req.len();
+    let (w, _) = up.write_range(req, 0..len).await;
+    if w.is_err() {
+        return failed;
+    }
+    let mut buf = Vec::with_capacity(4096);
+    let Ok(head_len) = read_head(up, &mut buf, Some(deadline)).await else {
+        return failed;
+    };
+    let mut storage = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut storage);
+    if !matches!(
+        resp.parse(buf.get(..head_len).unwrap_or_default()),
+        Ok(httparse::Status::Complete(_))
+    ) {
+        return failed;
+    }
+    let ok = resp.code.is_some_and(|c| (200..300).contains(&c));
+    let mut session = None;
+    let mut framing = Framing::UntilClose;
+    for hd in resp.headers.iter() {
+        if hd.name.eq_ignore_ascii_case("mcp-session-id") {
+            session = Some(hd.value.trim_ascii().to_vec());
+        } else if hd.name.eq_ignore_ascii_case("content-length") {
+            framing = Framing::Length(http::parse_content_length(hd.value).unwrap_or(0));
+        } else if hd.name.eq_ignore_ascii_case("transfer-encoding")
+            && http::has_token(hd.value, b"chunked")
+        {
+            framing = Framing::Chunked(ChunkedDecoder::new());
+        }
+    }
+    if matches!(resp.code, Some(202 | 204)) && matches!(framing, Framing::UntilClose) {
+        framing = Framing::None;
+    }
+    let mut err = false;
+    let mut avail = buf.split_off(head_len.min(buf.len()));
+    loop {
+        let (_, done) = body_step(&mut framing, &avail, &mut err);
+        if done || err {
+            break;
+        }
+        avail.clear();
+        let Ok((r, b)) =
+            monoio::time::timeout_at(deadline, up.read_more(avail, super::READ_SIZE)).await
+        else {
+            return Exchanged { session, ok: false };
+        };
+        avail = b;
+        if !matches!(r, Ok(n) if n > 0) {
+            break;
+        }
+    }
+    Exchanged {
+        session,
+        ok: ok && !err,
+    }
+}

@@ -1,0 +1,136 @@
+//! What every worker shares: the validated configuration and the few pieces of state that are
+//! global to the process on purpose (see `ARCHITECTURE.md`, "What cores share"): the session
+//! sealer, the statistics hub, rate and concurrency counters (lock-free atomics), backend
+//! health (lock-free), the failover table. Read-only after it is built; a reload builds a new
+//! one and publishes it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::balance::{self, GroupRuntime};
+use crate::config::Config;
+use crate::control::stats::{self, StatsHub};
+use crate::session::{failover, SessionSealer};
+use crate::tls;
+
+/// What every worker shares: read-only after start.
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// Seals and opens session ids.
+    pub sealer: SessionSealer,
+    /// Where every core's statistics are merged.
+    pub hub: Arc<StatsHub>,
+    /// Rate limits shared by every core (lock-free), when `[[limits]]` are configured.
+    pub limits: Option<Arc<ratelimit::RateLimits>>,
+    /// Keyed hash for caller identities (API keys are hashed, never stored).
+    pub key_hasher: ratelimit::KeyHasher,
+    /// Origin of the nanosecond clock the rate limits and balancers use.
+    pub epoch: Instant,
+    /// Per group: backend health (shared, lock-free) and the hash ring.
+    pub groups: Arc<Vec<GroupRuntime>>,
+    /// Initialize bodies and moved sessions, for `session_failover = "reinitialize"`.
+    pub failover: Arc<crate::session::failover::FailoverStore>,
+    /// Counters of the `[[concurrency]]` rules, in config order (lock-free, every core).
+    pub concurrency: Vec<Arc<ratelimit::ConcurrencyLimit>>,
+    /// Per group: the 2024-11-05 transport bridge for old clients (`legacy_sse = true`).
+    pub legacy_fronts: Vec<Option<SocketAddr>>,
+    /// Open client connections per IP address (lock-free, every core).
+    pub per_ip: Arc<ratelimit::ConcurrencyLimit>,
+    /// TLS termination for clients (`[proxy.tls]`), its config read once per handshake.
+    pub tls: Option<Arc<crate::tls::TlsTerminator>>,
+}
+
+/// Builds what every worker shares for `config` (whose stdio and legacy backends already have
+/// their bridges' addresses). On a reload, `prev` is the running configuration: statistics,
+/// sessions, caller-key hashing, connection counts, backend health (by tag) and the rate and
+/// concurrency counters of unchanged rules carry over.
+pub(crate) fn build_shared(
+    config: Config,
+    prev: Option<&Shared>,
+    legacy_fronts: Vec<Option<SocketAddr>>,
+    session_key: &[u8; 32],
+) -> anyhow::Result<Shared> {
+    // Unchanged rules keep their tables (callers keep their buckets across the reload).
+    let same_limits = prev.is_some_and(|p| {
+        p.config.limits == config.limits
+            && p.config.proxy.limit_max_keys == config.proxy.limit_max_keys
+    });
+    let limits = match prev.and_then(|p| p.limits.clone()) {
+        _ if config.limits.is_empty() => None,
+        Some(l) if same_limits => Some(l),
+        _ => Some(Arc::new(
+            ratelimit::RateLimits::new(config.limits.clone(), config.proxy.limit_max_keys)
+                .map_err(|e| anyhow::anyhow!("limits: {e}"))?,
+        )),
+    };
+    let concurrency = config
+        .concurrency
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            // An unchanged rule (same place, same settings) keeps its counters, so requests in
+            // flight across the reload still count.
+            if let Some(p) = prev {
+                if let (Some(or), Some(oc)) = (p.config.concurrency.get(i), p.concurrency.get(i)) {
+                    if format!("{or:?}") == format!("{r:?}")
+                        && p.config.proxy.limit_max_keys == config.proxy.limit_max_keys
+                    {
+                        return Ok(oc.clone());
+                    }
+                }
+            }
+            ratelimit::ConcurrencyLimit::new(r.max, config.proxy.limit_max_keys, r.queue)
+                .map(Arc::new)
+                .map_err(|e| anyhow::anyhow!("concurrency: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let per_ip = match prev {
+        Some(p) => p.per_ip.clone(),
+        None => Arc::new(
+            ratelimit::ConcurrencyLimit::new(
+                config.proxy.max_connections_per_ip,
+                (config.proxy.max_connections.saturating_mul(2)).clamp(1 << 12, 1 << 23),
+                0,
+            )
+            .map_err(|e| anyhow::anyhow!("proxy.max_connections_per_ip: {e}"))?,
+        ),
+    };
+    let groups = match prev {
+        Some(p) => balance::runtimes_after(&config, &p.config, &p.groups),
+        None => balance::runtimes(&config),
+    };
+    // Client TLS: one terminator for the process (its certificates swap in place: a reload
+    // calls `TlsTerminator::reload`, and a watcher thread follows the files).
+    let tls = match (prev, &config.proxy.tls) {
+        (Some(p), _) => p.tls.clone(),
+        (None, None) => None,
+        (None, Some(files)) => {
+            let t = tls::TlsTerminator::new(files.clone())
+                .map_err(|e| anyhow::anyhow!("proxy.tls: {e}"))?;
+            t.watch();
+            Some(t)
+        }
+    };
+    Ok(Shared {
+        tls,
+        sealer: SessionSealer::new(session_key),
+        hub: prev.map_or_else(|| Arc::new(stats::StatsHub::new()), |p| p.hub.clone()),
+        limits,
+        key_hasher: prev.map_or_else(
+            || ratelimit::KeyHasher::new(rand::random::<[u64; 2]>()),
+            |p| p.key_hasher,
+        ),
+        epoch: prev.map_or_else(std::time::Instant::now, |p| p.epoch),
+        groups,
+        failover: prev.map_or_else(
+            || Arc::new(failover::FailoverStore::new(100_000)),
+            |p| p.failover.clone(),
+        ),
+        concurrency,
+        legacy_fronts,
+        per_ip,
+        config,
+    })
+}
