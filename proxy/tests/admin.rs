@@ -251,6 +251,10 @@ fn idle_admin_connections_add_no_thread_and_keep_no_request_out() {
         first.starts_with("HTTP/1.1 503") || first.starts_with("HTTP/1.1 408"),
         "{first:?}"
     );
+    // A head that arrives in pieces is answered once whole.
+    idle[294].write_all(b"\r\n").unwrap();
+    let done = answer(&mut idle[294]);
+    assert!(done.starts_with("HTTP/1.1 200"), "{done:?}");
     // The newest half head is still open, and gets its 408 once the head timeout passes.
     let last = answer(&mut idle[297]);
     assert!(last.starts_with("HTTP/1.1 408"), "{last:?}");

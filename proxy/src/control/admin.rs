@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
 use serde_json::{json, Map, Value};
@@ -232,8 +233,10 @@ async fn read_head(conn: &mut monoio::net::TcpStream) -> std::io::Result<Head> {
         if buf.len() == buf.capacity() {
             buf.reserve(buf.len().min(MAX_HEAD - buf.len()).max(1024));
         }
-        let (res, b) = conn.read(buf).await;
-        buf = b;
+        // Appended after what arrived so far (a Vec by itself is read into from its start).
+        let len = buf.len();
+        let (res, slice) = conn.read(buf.slice_mut(len..)).await;
+        buf = slice.into_inner();
         if res? == 0 {
             return Ok(Head::Closed);
         }
