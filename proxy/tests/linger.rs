@@ -39,6 +39,26 @@ fn head(len: usize) -> String {
     )
 }
 
+/// A client that sends the head of a large body, then a byte every 100 ms, never reaching the
+/// declared length: its socket to read from, and the writer thread (`true` once a write
+/// failed: mcplb closed the connection; it gives up after 60 s).
+fn trickling(addr: std::net::SocketAddr) -> (TcpStream, std::thread::JoinHandle<bool>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(head(1 << 20).as_bytes()).unwrap();
+    let reader = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if s.write_all(b"x").is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    });
+    (reader, writer)
+}
+
 #[test]
 fn a_slow_large_body_refused_on_its_head_still_gets_its_answer() {
     const PIECE: usize = 64 * 1024;
@@ -81,19 +101,7 @@ fn a_client_that_stalls_or_never_stops_is_cut_by_the_bounds() {
         let mut stalled = TcpStream::connect(p.addr).unwrap();
         stalled.write_all(head(1 << 20).as_bytes()).unwrap();
         // Trickles: a byte every 100 ms, never reaching the declared length.
-        let mut trickle = TcpStream::connect(p.addr).unwrap();
-        trickle.write_all(head(1 << 20).as_bytes()).unwrap();
-        let mut reader = trickle.try_clone().unwrap();
-        let writer = std::thread::spawn(move || {
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(30) {
-                if trickle.write_all(b"x").is_err() {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            false
-        });
+        let (mut reader, writer) = trickling(p.addr);
         // Both get their answer, then the end of it (mcplb shut its write side).
         for s in [&mut stalled, &mut reader] {
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -117,18 +125,7 @@ fn a_client_that_stalls_or_never_stops_is_cut_by_the_bounds() {
 #[allow(unsafe_code)]
 fn a_shutdown_does_not_wait_for_a_client_that_never_stops() {
     let (_m, mut p) = proxy("auto", "");
-    let mut trickle = TcpStream::connect(p.addr).unwrap();
-    trickle.write_all(head(1 << 20).as_bytes()).unwrap();
-    let mut reader = trickle.try_clone().unwrap();
-    let writer = std::thread::spawn(move || {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(60) {
-            if trickle.write_all(b"x").is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
+    let (mut reader, writer) = trickling(p.addr);
     reader
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
@@ -142,5 +139,8 @@ fn a_shutdown_does_not_wait_for_a_client_that_never_stops() {
     }
     // Within wait_exit's bound (10 s), well before linger_time (30 s).
     assert!(wait_exit(&mut p, t).success());
-    writer.join().unwrap();
+    assert!(
+        writer.join().unwrap(),
+        "the trickling client was never closed"
+    );
 }
