@@ -188,8 +188,14 @@ async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
             continue;
         }
         let slot = Open::new(&open);
-        if n < MAX_CONNECTIONS || waiting.evict_oldest() {
+        if n < MAX_CONNECTIONS {
             monoio::spawn(serve_conn(conn, state.clone(), waiting.clone(), slot));
+        } else if waiting.evict_oldest() {
+            monoio::spawn(serve_conn(conn, state.clone(), waiting.clone(), slot));
+            // Let the evicted connection answer and give its slot back before the next
+            // accept: a burst already in the backlog would otherwise be accepted with no
+            // task running in between, and pass the hard cap.
+            yield_once().await;
         } else {
             refused += 1;
             if refused.is_power_of_two() {
@@ -202,6 +208,20 @@ async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
             monoio::spawn(refuse(conn, slot));
         }
     }
+}
+
+/// Lets every other ready task of this thread run once.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
 }
 
 const BUSY: &str = "admin port busy: too many connections\n";
