@@ -7,15 +7,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import subprocess
-import time
 import tomllib
 from pathlib import Path
 
 import yaml
 
-from conftest import REPO, _stop, free_port
+from conftest import REPO, _stop, free_port, wait_port
 
 DEPLOY = REPO / "deploy"
 K8S_DIR = DEPLOY / "kubernetes"
@@ -42,17 +40,6 @@ def by_kind(objects: list[dict]) -> dict[str, dict]:
         assert o["kind"] not in kinds, f"two {o['kind']} objects"
         kinds[o["kind"]] = o
     return kinds
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
 @contextlib.contextmanager
