@@ -823,6 +823,23 @@ pub struct Caller {
     /// The identity for the access log: the token's identity claim, or `api-key:N` (the
     /// N-th configured key); empty when there is none.
     pub name: String,
+    /// What the caller's sessions are bound to (see [`Principal`]).
+    pub principal: Principal,
+}
+
+/// The caller's identity as sessions are bound to it: stable across processes and restarts
+/// (never a per-process hash), and independent of which token of that identity was presented,
+/// so that a client refreshing its JWT keeps its session.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// No identity (a group without authentication).
+    #[default]
+    None,
+    /// An API key, by its SHA-256 digest (the value the config lists; not its position in
+    /// the list, which an edit of the list would shift).
+    ApiKey([u8; 32]),
+    /// A JWT: its identity claim ([`Caller::name`]) under the group's configured issuer.
+    Jwt,
 }
 
 impl Caller {
@@ -831,6 +848,7 @@ impl Caller {
         self.key = 0;
         self.name.clear();
         self.jwt = JwtCheck::None;
+        self.principal = Principal::None;
     }
 
     fn set(&mut self, key: u64, name: &str) {
@@ -869,7 +887,11 @@ pub fn check(
         // A JWT is three dot-separated parts; an API key that happened to look like one
         // would be checked as a token and refused.
         if token.iter().filter(|&&b| b == b'.').count() == 2 {
-            return verify_cached(v, token, hasher, caller);
+            let verdict = verify_cached(v, token, hasher, caller);
+            if verdict.is_ok() {
+                caller.principal = Principal::Jwt;
+            }
+            return verdict;
         }
     }
     let Some(key) = bearer.or(x_api_key.map(<[u8]>::trim_ascii)) else {
@@ -901,6 +923,7 @@ pub fn check(
         hasher.hash_key(&digest).rotate_left(17) ^ 0x006b_6579,
         label,
     );
+    caller.principal = Principal::ApiKey(digest);
     Ok(())
 }
 

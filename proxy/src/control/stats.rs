@@ -120,8 +120,12 @@ pub enum Counter {
     JwtCacheHits,
     /// Connection tasks that panicked (each closed its connection; the worker went on).
     WorkerPanics,
+    /// Session ids refused (404) in groups with authentication because they are not the
+    /// caller's: another caller's, or sealed before sessions were bound to callers. Also
+    /// counted in `unknown_session`.
+    SessionOwnerMismatch,
 }
-const COUNTERS: usize = 28;
+const COUNTERS: usize = 29;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -152,6 +156,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "jwt_verifications",
     "jwt_cache_hits",
     "worker_panics",
+    "session_owner_mismatch",
 ];
 
 /// Gauges (up/down).
