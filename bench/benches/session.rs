@@ -18,17 +18,22 @@ fn session(c: &mut Criterion) {
     let owner = sealer.owner(&[b"api-key", &digest]);
     let (mut unowned, mut owned) = (Vec::new(), Vec::new());
     sealer.seal(0xdead_beef, None, sid, &mut unowned).unwrap();
-    sealer.seal(0xdead_beef, Some(&owner), sid, &mut owned).unwrap();
+    sealer
+        .seal(0xdead_beef, Some(&owner), sid, &mut owned)
+        .unwrap();
     let mut scratch = [0u8; SCRATCH];
     c.bench_function(&format!("session/open_unowned_{}B", unowned.len()), |b| {
         b.iter(|| black_box(sealer.open(black_box(&unowned), &mut scratch).is_some()))
     });
-    c.bench_function(&format!("session/open_owned_and_check_{}B", owned.len()), |b| {
-        b.iter(|| {
-            let o = sealer.open(black_box(&owned), &mut scratch);
-            black_box(o.and_then(|o| o.owner).is_some_and(|x| x.matches(&owner)))
-        })
-    });
+    c.bench_function(
+        &format!("session/open_owned_and_check_{}B", owned.len()),
+        |b| {
+            b.iter(|| {
+                let o = sealer.open(black_box(&owned), &mut scratch);
+                black_box(o.and_then(|o| o.owner).is_some_and(|x| x.matches(&owner)))
+            })
+        },
+    );
     c.bench_function("session/owner_of_api_key", |b| {
         b.iter(|| black_box(sealer.owner(&[b"api-key", black_box(&digest)])))
     });

@@ -120,12 +120,15 @@ pub enum Counter {
     JwtCacheHits,
     /// Connection tasks that panicked (each closed its connection; the worker went on).
     WorkerPanics,
+    /// Tokens refused unverified (429): their client address had spent its budget of failed
+    /// JWT verifications.
+    AuthThrottled,
     /// Session ids refused (404) in groups with authentication because they are not the
     /// caller's: another caller's, or sealed before sessions were bound to callers. Also
     /// counted in `unknown_session`.
     SessionOwnerMismatch,
 }
-const COUNTERS: usize = 29;
+const COUNTERS: usize = 30;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -156,6 +159,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "jwt_verifications",
     "jwt_cache_hits",
     "worker_panics",
+    "auth_throttled",
     "session_owner_mismatch",
 ];
 

@@ -207,6 +207,11 @@ async fn attempt(
         return Err(UpstreamError::connect(UpstreamErrorKind::ConnectRefused));
     };
     let (mut up, reused) = core.upstream(gi, bi, fresh).await?;
+    if c.out.capacity() == 0 {
+        // A pooled buffer: growing an empty one to a request's size took six reallocations
+        // (callgrind: about 2 500 instructions per request, 10 % of mcplb's own).
+        c.out = core.take_buf();
+    }
     c.out.clear();
     upstream::build_request(&mut c.out, &c.req, backend, sid, &group.auth.upstream);
     ubuf.clear();

@@ -174,7 +174,7 @@ async fn final_head(
     c: &mut ClientConn,
     a: &mut Answer<'_>,
 ) -> Result<(RespHead, usize), Refusal> {
-    let deadline = monoio::time::Instant::now() + core.shared.config.proxy.upstream_timeout;
+    let mut deadline = None;
     let mut head_len = a.head_len;
     loop {
         c.out.clear();
@@ -192,6 +192,9 @@ async fn final_head(
             Ok(HeadKind::Interim) => {
                 // Skip interim 1xx answers (we never send Expect upstream, but 103 may come).
                 a.buf.drain(..head_len.min(a.buf.len()));
+                let timeout = core.shared.config.proxy.upstream_timeout;
+                let deadline =
+                    *deadline.get_or_insert_with(|| monoio::time::Instant::now() + timeout);
                 head_len = upstream::read_head(a.up, &mut a.buf, Some(deadline))
                     .await
                     .map_err(|_| Refusal::new(502, -32603, "backend closed the connection"))?;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 pub mod sse;
 
-pub use loadtest::mock::{MockConfig, MockServer};
 pub use mcplb::demo::HttpClient;
+pub use mock::{MockConfig, MockServer};
 pub use serde_json::json;
 
 /// Drivers every data-path test runs on.
