@@ -159,20 +159,21 @@ fn write_head(c: &ClientConn, checked: &Checked<'_>, front: SocketAddr, out: &mu
         {
             continue;
         }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        header_line(out, name, value);
     }
     if let Checked::Open(id) = checked {
-        out.extend_from_slice(LEGACY_SESSION_HEADER.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(id);
-        out.extend_from_slice(b"\r\n");
+        header_line(out, LEGACY_SESSION_HEADER.as_bytes(), id);
     }
     let body = c.req.body();
     let _ = write!(out, "content-length: {}\r\n\r\n", body.len());
     out.extend_from_slice(body);
+}
+
+fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
