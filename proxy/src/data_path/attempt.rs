@@ -139,6 +139,7 @@ pub(crate) async fn send(
                     head_len,
                     backend_tag: backend.tag,
                     backend_sid: sid,
+                    end_on_shutdown: c.req.method() == HttpMethod::Get,
                 };
                 let keep = !c.req.head.close;
                 let (next, reusable) = forward_response(core, c, answer, keep).await;
