@@ -126,8 +126,12 @@ pub enum Counter {
     /// Tokens refused unverified (429): their client address had spent its budget of failed
     /// JWT verifications.
     AuthThrottled,
+    /// Session ids refused (404) in groups with authentication because they are not the
+    /// caller's: another caller's, or sealed before sessions were bound to callers. Also
+    /// counted in `unknown_session`.
+    SessionOwnerMismatch,
 }
-const COUNTERS: usize = 29;
+const COUNTERS: usize = 30;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -159,6 +163,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "jwt_cache_hits",
     "worker_panics",
     "auth_throttled",
+    "session_owner_mismatch",
 ];
 
 /// Gauges (up/down).
