@@ -126,6 +126,10 @@ pub enum Counter {
     /// Tokens refused unverified (429): their client address had spent its budget of failed
     /// JWT verifications.
     AuthThrottled,
+    /// Session ids refused (404) in groups with authentication because they are not the
+    /// caller's: another caller's, or sealed before sessions were bound to callers. Also
+    /// counted in `unknown_session`.
+    SessionOwnerMismatch,
     /// Connections closed with a lingering close: answered before their request was read,
     /// then what the client still sent was read and dropped until it closed.
     LingeringCloses,
@@ -133,7 +137,7 @@ pub enum Counter {
     /// client closed: that client may have missed its answer.
     LingersCut,
 }
-const COUNTERS: usize = 31;
+const COUNTERS: usize = 32;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -165,6 +169,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "jwt_cache_hits",
     "worker_panics",
     "auth_throttled",
+    "session_owner_mismatch",
     "lingering_closes",
     "lingers_cut",
 ];
