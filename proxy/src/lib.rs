@@ -59,9 +59,11 @@ pub struct RunningProxy {
 }
 
 impl RunningProxy {
-    /// Graceful shutdown: stop accepting, let open requests and streams finish (keep-alive
-    /// connections close after their current request, idle ones at once), up to `timeout`;
-    /// then stop stdio children. Returns the number of connections still open at the deadline.
+    /// Graceful shutdown: stop accepting, let calls in flight finish (SSE answers included;
+    /// keep-alive connections close after their current request), end standalone GET streams
+    /// at once and cleanly (their clients resume elsewhere) and close idle connections; return
+    /// as soon as no connection is left, or at `timeout`; then stop stdio children. Returns the
+    /// number of connections still open at the deadline.
     pub fn shutdown(self, timeout: std::time::Duration) -> usize {
         use std::sync::atomic::Ordering;
         runtime::SHUTDOWN.store(true, Ordering::SeqCst);
@@ -69,6 +71,17 @@ impl RunningProxy {
         loop {
             let open = runtime::OPEN_CONNECTIONS.load(Ordering::SeqCst);
             if open == 0 || std::time::Instant::now() >= deadline {
+                if open == 0 && control::access_log::in_use() {
+                    // The last requests' access-log lines: each worker hands them over once
+                    // its connections are closed; then the writer writes them out.
+                    let wait = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                    while runtime::FLUSHED_AT_SHUTDOWN.load(Ordering::SeqCst) < self.threads.len()
+                        && std::time::Instant::now() < wait
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    control::access_log::drain(std::time::Duration::from_secs(1));
+                }
                 self.reloader.stop_all();
                 return open;
             }

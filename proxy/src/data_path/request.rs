@@ -219,6 +219,9 @@ pub(crate) struct ClientConn {
     pub meta: ReqMeta,
     /// Who the current request's credential says it is (`[servers.auth]`).
     pub caller: crate::auth::Caller,
+    /// The owner the caller's sessions are sealed with and must carry: `None` in groups
+    /// without authentication.
+    pub owner: Option<crate::session::Owner>,
 }
 
 impl ClientConn {
@@ -234,6 +237,7 @@ impl ClientConn {
             new_sid: Vec::new(),
             meta: ReqMeta::default(),
             caller: crate::auth::Caller::default(),
+            owner: None,
         }
     }
 
@@ -316,6 +320,13 @@ pub(crate) enum Next {
     KeepAlive,
     /// Close the client connection.
     Close,
+    /// Close the client connection after the answer with a lingering close: request bytes
+    /// may still be on their way (a body never read, a head that could not be read), and
+    /// closing a socket with unread input makes the kernel reset the connection, which can
+    /// destroy the answer before the client reads it. The write side is shut first, what the
+    /// client still sends is read and dropped for a bounded time (`runtime::linger`), then
+    /// the socket closes.
+    Linger,
 }
 
 impl Next {

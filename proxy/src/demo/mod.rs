@@ -208,6 +208,20 @@ impl HttpClient {
         Ok(n)
     }
 
+    /// Reads until the bytes received so far contain `needle`; they stay buffered for
+    /// [`HttpClient::read_response`] (for tests that act in the middle of a streamed answer).
+    pub fn wait_for(&mut self, needle: &[u8]) -> anyhow::Result<()> {
+        while memchr::memmem::find(&self.buf, needle).is_none() {
+            if self.fill()? == 0 {
+                bail!(
+                    "connection closed before {:?} arrived",
+                    String::from_utf8_lossy(needle)
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Reads one response (content-length, chunked or until close).
     pub fn read_response(&mut self) -> anyhow::Result<Response> {
         let head_len = loop {

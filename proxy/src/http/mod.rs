@@ -55,6 +55,9 @@ pub fn parse_content_length(v: &[u8]) -> Option<u64> {
     })
 }
 
+/// The last chunk of a chunked body, without trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
 /// An error in chunked framing.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ChunkError(pub &'static str);
@@ -103,6 +106,12 @@ impl ChunkedDecoder {
     /// True once the last chunk and trailers have been seen.
     pub fn is_done(&self) -> bool {
         self.state == ChunkState::Done
+    }
+
+    /// True between chunks: before the first chunk or right after a chunk's CRLF, so the body
+    /// can end there with [`LAST_CHUNK`].
+    pub fn at_chunk_start(&self) -> bool {
+        self.state == ChunkState::Size && self.digits == 0
     }
 
     /// Consumes bytes from `input` up to the end of the body; calls `on_data` with each piece
@@ -368,6 +377,23 @@ mod tests {
             assert!(done);
             assert_eq!(used, msg.len() - 4);
         }
+    }
+
+    #[test]
+    fn chunk_start_is_only_between_chunks() {
+        let msg = b"5\r\nhello\r\n6\r\n world\r\n";
+        let mut starts = Vec::new();
+        for cut in 0..=msg.len() {
+            let mut d = ChunkedDecoder::new();
+            assert!(d.feed(&msg[..cut], |_| {}).is_ok());
+            if d.at_chunk_start() {
+                starts.push(cut);
+            }
+        }
+        assert_eq!(starts, vec![0, 10, msg.len()]);
+        let mut d = ChunkedDecoder::new();
+        assert!(d.feed(b"0\r\n\r\n", |_| {}).is_ok());
+        assert!(d.is_done() && !d.at_chunk_start());
     }
 
     #[test]

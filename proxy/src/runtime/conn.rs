@@ -4,9 +4,12 @@
 //! no buffer (see `park.rs`). Buffers go back to the core's free lists whenever the connection
 //! is idle.
 
+use std::future::Future as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
@@ -16,6 +19,7 @@ use monoio::net::TcpStream;
 use crate::control::stats::Counter;
 use crate::data_path::request::{ClientConn, Next};
 use crate::runtime::core::Core;
+use crate::runtime::shutdown::ShutdownSignal;
 use crate::runtime::{ready_within, spawn_client, ClientSlot, SHUTDOWN};
 use crate::tls::Conn;
 
@@ -114,6 +118,7 @@ async fn serve_connection(
     let mut served: u32 = u32::from(woken);
     let mut woken = woken;
     let mut park = false;
+    let mut linger = false;
     loop {
         if woken {
             // A parked connection that turned readable: its request (or EOF) is waiting, and
@@ -165,10 +170,19 @@ async fn serve_connection(
         served = served.saturating_add(1);
         match Box::pin(crate::data_path::handle_request(core, &mut c)).await {
             Next::KeepAlive if !SHUTDOWN.load(Ordering::Relaxed) => {}
+            Next::Linger => {
+                linger = true;
+                break;
+            }
             _ => break,
         }
     }
     give_back(&core, &mut c);
+    if linger {
+        // Answered before its request was read: closed lingering, holding no buffer.
+        Box::pin(crate::runtime::linger::close(&core, c.stream)).await;
+        return (core, None);
+    }
     let idle = match c.stream {
         Conn::Plain(s) if park => Some(s),
         _ => None,
@@ -193,23 +207,22 @@ fn give_back(core: &Core, c: &mut ClientConn) {
 }
 
 /// Waits, holding no buffer, until the connection turns readable (`true`), or it closes,
-/// idles past `idle_timeout`, or a shutdown begins (`false`); in one-second slices so a
-/// shutdown closes idle connections promptly.
+/// idles past `idle_timeout`, or a shutdown begins (`false`).
 async fn wait_idle(idle_timeout: Duration, stream: &mut Conn) -> bool {
-    let idle_since = Instant::now();
-    loop {
-        if SHUTDOWN.load(Ordering::Relaxed) || idle_since.elapsed() >= idle_timeout {
-            return false;
+    let mut readable = std::pin::pin!(stream.readable());
+    let mut shutdown = ShutdownSignal::new();
+    let either = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = readable.as_mut().poll(cx) {
+            return Poll::Ready(r.is_ok());
         }
-        let slice = idle_timeout
-            .saturating_sub(idle_since.elapsed())
-            .min(Duration::from_secs(1));
-        match monoio::time::timeout(slice, stream.readable()).await {
-            Ok(Ok(())) => return true,
-            Ok(Err(_)) => return false,
-            Err(_) => {}
+        if Pin::new(&mut shutdown).poll(cx).is_ready() {
+            return Poll::Ready(false);
         }
-    }
+        Poll::Pending
+    });
+    monoio::time::timeout(idle_timeout, either)
+        .await
+        .unwrap_or(false)
 }
 
 enum Wait {
