@@ -37,7 +37,7 @@ Settings (environment):
   LAT_CONNS_STDIO open-loop connections on the stdio path (default 4)
   BIN             directory of the release mcplb and mcplb-load (default target/release)
   TOOLS           where the peers are installed (default ../bench-tools beside the repository)
-  BASE_PORT       ports BASE+1..2 (mocks), BASE+10.. (systems) (default 27300)
+  BASE_PORT       ports BASE+1..2 (mocks), BASE+10.. (systems) (default 27500; mock_ab.py uses 27300)
   OUT             results directory (default bench/results)
   RESULT_NAME     results file name after the date (default mcp-side-by-side)
 
@@ -69,7 +69,7 @@ CONNS = {"http": int(os.environ.get("CONNS_HTTP", 64)), "stdio": int(os.environ.
 RATE = {"http": int(os.environ.get("RATE_HTTP", 1000)), "stdio": int(os.environ.get("RATE_STDIO", 100))}
 LAT_CONNS = {"http": int(os.environ.get("LAT_CONNS_HTTP", 16)), "stdio": int(os.environ.get("LAT_CONNS_STDIO", 4))}
 TOOLS = os.path.abspath(os.environ.get("TOOLS", os.path.join(ROOT, "..", "bench-tools")))
-BASE = int(os.environ.get("BASE_PORT", 27300))
+BASE = int(os.environ.get("BASE_PORT", 27500))
 OUT = os.environ.get("OUT", os.path.join(ROOT, "bench", "results"))
 RESULT_NAME = os.environ.get("RESULT_NAME", "mcp-side-by-side-quick" if QUICK else "mcp-side-by-side")
 BIN = sbs.BIN = os.environ.get("BIN", sbs.BIN)  # release mcplb and mcplb-load (the mock uses sbs.BIN)
@@ -468,6 +468,13 @@ def measure_path(path, mode, run, backend_port, backend_pids):
         if path == "http" and "direct" in names:
             running["direct"] = None
         time.sleep(0.5)
+        for n, r in list(running.items()):
+            # a system that could not bind its port exits; wait_port may have reached someone else's
+            if r is not None and r.proc.poll() is not None:
+                RESULTS["cannot"][f"{path}|{mode}|{n}"] = (f"exited ({r.proc.returncode}) after starting; see "
+                                                           f"{sbs.RUNDIR}/{r.proc._bench_name}.log")
+                sbs.log(f"{path} {mode} {n}: exited after starting")
+                del running[n]
         order = [n for n in names if n in running]
         if not order and "direct-stdio" not in names:
             return

@@ -19,7 +19,7 @@
 # direct-stdio mcplb-stdio-shared mcplb-stdio-per-session mcp-proxy-rs-stdio supergateway
 # supergateway-stateless mcp-proxy-py mcp-proxy-py-stateless), CONNS_HTTP (64), CONNS_STDIO (16),
 # RATE_HTTP (1000), RATE_STDIO (100), LAT_CONNS_HTTP (16), LAT_CONNS_STDIO (4), TOOLS, BASE_PORT
-# (27300), OUT, RESULT_NAME; LOAD_MAX (1.0) and LOAD_WAIT (600): wait up to LOAD_WAIT s for the
+# (27500), OUT, RESULT_NAME; LOAD_MAX (1.0) and LOAD_WAIT (600): wait up to LOAD_WAIT s for the
 # 1-min load average to drop below LOAD_MAX (the result records the load and the foreign CPU
 # either way); NO_BUILD=1 skips `cargo build`; NO_INSTALL=1 installs nothing (fails if a peer is
 # missing). See bench/README.md.
