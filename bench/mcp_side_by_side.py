@@ -598,6 +598,8 @@ def report(facts, command, started, finished, load_start, load_end):
              f"Python {facts['python']}; {facts.get('node', '?')}.")
     L.append(f"- mcplb commit {facts['mcplb_commit']}{' (uncommitted changes)' if facts['mcplb_dirty'] else ''}, "
              "release build, `workers = 1`; `mcplb-load` of the same commit.")
+    if facts.get("note"):
+        L.append(f"- {facts['note']}")
     for k in ("envoy", "mcp_proxy_rs", "supergateway", "mcp_proxy_py"):
         if k in facts:
             L.append(f"- {facts[k]}")
