@@ -70,7 +70,8 @@ pub enum Counter {
     Upstream4xx,
     /// Answers with HTTP status 5xx from a backend.
     Upstream5xx,
-    /// Requests mcplb rejected as malformed (400/405/413/431/408).
+    /// Requests mcplb rejected as malformed (400/405/413/431/408/501), or that their client
+    /// abandoned part-way (499); not a client closing an idle connection.
     BadRequest,
     /// Unknown session ids (404 by mcplb).
     UnknownSession,
@@ -120,8 +121,10 @@ pub enum Counter {
     JwtCacheHits,
     /// Connection tasks that panicked (each closed its connection; the worker went on).
     WorkerPanics,
+    /// Connections from trusted balancers closed for a missing or bad PROXY protocol header.
+    ProxyProtocolErrors,
 }
-const COUNTERS: usize = 28;
+const COUNTERS: usize = 29;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -152,6 +155,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "jwt_verifications",
     "jwt_cache_hits",
     "worker_panics",
+    "proxy_protocol_errors",
 ];
 
 /// Gauges (up/down).
