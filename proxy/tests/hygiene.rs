@@ -439,25 +439,8 @@ fn hashing_on_client_ip_follows_a_trusted_proxys_list() {
     );
     let p = start_proxy(&cfg, "auto");
     let who = |ip: &str| {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": "whoami", "arguments": {},
-                "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
-        let r = HttpClient::connect(p.addr)
-            .unwrap()
-            .request(
-                "POST",
-                "/mcp",
-                &[
-                    ("content-type", "application/json"),
-                    ("accept", "application/json, text/event-stream"),
-                    ("mcp-protocol-version", "2026-07-28"),
-                    ("mcp-method", "tools/call"),
-                    ("mcp-name", "whoami"),
-                    ("x-forwarded-for", ip),
-                ],
-                body.to_string().as_bytes(),
-            )
-            .unwrap();
+        let mut c = HttpClient::connect(p.addr).unwrap();
+        let r = stateless_tool_call(&mut c, "whoami", &[("x-forwarded-for", ip)]);
         assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
         r.json().unwrap()["result"]["content"][0]["text"]
             .as_str()

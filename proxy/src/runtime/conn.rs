@@ -30,14 +30,15 @@ pub(crate) async fn serve_client(
     woken: bool,
 ) {
     // A trusted balancer's PROXY header names the peer (a woken connection read it before).
-    let (peer, mut first) = if woken {
-        (peer, Vec::new())
-    } else {
+    let (peer, mut first) = if !woken && proxy_protocol::expected(&core, peer) {
+        // Boxed: only these connections carry the header reader's state.
         let header = proxy_protocol::accept(&core, &mut stream, peer, &mut client);
         match Box::pin(header).await {
             Some(x) => x,
             None => return,
         }
+    } else {
+        (peer, Vec::new())
     };
     let conn = match &core.shared.tls {
         Some(tls) if !woken => {

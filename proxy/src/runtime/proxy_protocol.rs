@@ -134,11 +134,18 @@ async fn read_header(
     }
 }
 
-/// For a new connection: when `proxy.proxy_protocol` is on and the peer is a trusted
-/// balancer, reads its PROXY header; the peer becomes the source it names, held to
-/// `max_connections_per_ip` (unless it is trusted itself). Returns the connection's peer and
-/// the bytes already read past the header; `None` when the connection must close (no valid
-/// header, or the source is over its connection limit; counted).
+/// Whether a new connection from `peer` must open with a PROXY header: `proxy.proxy_protocol`
+/// is on and the peer is a trusted balancer.
+pub(crate) fn expected(core: &Core, peer: SocketAddr) -> bool {
+    let ca = &core.shared.config.proxy.client_address;
+    ca.proxy_protocol && ca.trusted.contains(peer.ip())
+}
+
+/// For a new connection that [`expected`] a PROXY header: reads it; the peer becomes the
+/// source it names, held to `max_connections_per_ip` (unless it is trusted itself). Returns
+/// the connection's peer and the bytes already read past the header; `None` when the
+/// connection must close (no valid header, or the source is over its connection limit;
+/// counted).
 pub(crate) async fn accept(
     core: &Core,
     stream: &mut TcpStream,
@@ -147,9 +154,6 @@ pub(crate) async fn accept(
 ) -> Option<(SocketAddr, Vec<u8>)> {
     let cfg = &core.shared.config.proxy;
     let trusted = &cfg.client_address.trusted;
-    if !cfg.client_address.proxy_protocol || !trusted.contains(peer.ip()) {
-        return Some((peer, Vec::new()));
-    }
     match read_header(stream, cfg.header_timeout, core.take_buf()).await {
         Ok((source, rest)) => {
             let source = source.unwrap_or(peer);
