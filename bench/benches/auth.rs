@@ -1,7 +1,8 @@
 //! What checking a JWT bearer token costs: a full verification (header, key by `kid`,
 //! signature, claims) for RS256 (2048-bit), ES256 and EdDSA, against the cached path a client
-//! re-sending its token takes (a keyed hash of the token and a per-core map lookup), and an API
-//! key check (SHA-256 and a constant-time compare) for scale.
+//! re-sending its token takes (a keyed hash of the token and a per-core map lookup), a forged
+//! token from an address whose budget of failed verifications is spent (refused before any
+//! signature check), and an API key check (SHA-256 and a constant-time compare) for scale.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -54,7 +55,10 @@ fn auth(c: &mut Criterion) {
     std::fs::write(&file, jwks.to_string()).unwrap();
     let cfg = mcplb::Config::parse(&format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\n[[servers]]\nname = \"b\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\n\
-         [servers.auth]\napi_keys = [\"sha256:{}\"]\n[servers.auth.jwt]\nissuer = \"{ISS}\"\naudience = \"{AUD}\"\njwks_file = \"{}\"\n",
+         [servers.auth]\napi_keys = [\"sha256:{}\"]\n[servers.auth.jwt]\nissuer = \"{ISS}\"\naudience = \"{AUD}\"\njwks_file = \"{}\"\n\
+         [[servers]]\nname = \"f\"\npath = \"/f\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\n\
+         [servers.auth.jwt]\nissuer = \"{ISS}\"\naudience = \"{AUD}\"\njwks_file = \"{1}\"\n\
+         failure_budget = {{ burst = 1, rate = 0.001 }}\n",
         "ab".repeat(32),
         file.display()
     ))
@@ -63,6 +67,7 @@ fn auth(c: &mut Criterion) {
     let auth = &cfg.servers[0].auth;
     let verifier = auth.jwt.clone().unwrap();
     let hasher = ratelimit::KeyHasher::new([1, 2]);
+    let ip = std::net::IpAddr::from([192, 0, 2, 1]);
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -81,9 +86,15 @@ fn auth(c: &mut Criterion) {
         });
         let header = format!("Bearer {token}");
         let mut caller = mcplb::auth::Caller::default();
-        assert!(
-            mcplb::auth::check(auth, Some(header.as_bytes()), None, &hasher, &mut caller).is_ok()
-        );
+        assert!(mcplb::auth::check(
+            auth,
+            Some(header.as_bytes()),
+            None,
+            ip,
+            &hasher,
+            &mut caller
+        )
+        .is_ok());
         c.bench_function(
             &format!("auth/jwt_check_cached_{alg:?}_{}B", token.len()),
             |b| {
@@ -93,6 +104,7 @@ fn auth(c: &mut Criterion) {
                             auth,
                             Some(black_box(header.as_bytes())),
                             None,
+                            ip,
                             &hasher,
                             &mut caller,
                         )
@@ -102,7 +114,54 @@ fn auth(c: &mut Criterion) {
             },
         );
     }
+    // A flood of distinct forged tokens (each a real token's header and claims under another
+    // token's signature) from one address whose budget of failed verifications is spent: each
+    // costs a keyed hash, a cache miss and a budget peek instead of a signature check.
+    let flooded = &cfg.servers[1].auth;
+    let (alg, enc, _) = &keys[1];
+    let mut h = Header::new(*alg);
+    h.kid = Some(format!("{alg:?}"));
+    let signed: Vec<String> = (0..257)
+        .map(|i| {
+            let mut cl = claims.clone();
+            cl["sub"] = json!(format!("mallory-{i}"));
+            jsonwebtoken::encode(&h, &cl, enc).unwrap()
+        })
+        .collect();
+    let forged: Vec<String> = signed
+        .windows(2)
+        .map(|w| {
+            let (input, _) = w[0].rsplit_once('.').unwrap();
+            let (_, signature) = w[1].rsplit_once('.').unwrap();
+            format!("Bearer {input}.{signature}")
+        })
+        .collect();
     let mut caller = mcplb::auth::Caller::default();
+    let spend = mcplb::auth::check(
+        flooded,
+        Some(forged[0].as_bytes()),
+        None,
+        ip,
+        &hasher,
+        &mut caller,
+    );
+    assert_eq!(spend.map_err(|d| d.status), Err(401));
+    let mut i = 0;
+    c.bench_function(&format!("auth/jwt_forged_throttled_{alg:?}"), |b| {
+        b.iter(|| {
+            i = i % (forged.len() - 1) + 1;
+            let r = mcplb::auth::check(
+                flooded,
+                Some(black_box(forged[i].as_bytes())),
+                None,
+                ip,
+                &hasher,
+                &mut caller,
+            );
+            black_box(r.map_err(|d| d.status) == Err(429))
+        })
+    });
+    assert_eq!(caller.jwt, mcplb::auth::JwtCheck::Throttled);
     c.bench_function("auth/api_key_check_miss", |b| {
         b.iter(|| {
             black_box(
@@ -110,6 +169,7 @@ fn auth(c: &mut Criterion) {
                     auth,
                     None,
                     Some(black_box(b"not-the-key-0123456789")),
+                    ip,
                     &hasher,
                     &mut caller,
                 )

@@ -1,17 +1,20 @@
 //! What a rate-limit check costs on the request path: one GCRA check uncontended and with two
 //! threads on one key, keyed-table checks with 1 and 100 000 keys, hashing a 40-byte API key,
-//! and a full `RateLimits::check` with two matching rules.
+//! a full `RateLimits::check` with two matching rules, and a concurrency permit taken and
+//! released (uncontended, and two threads on one key) or handed to a queued caller.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::future::Future;
 use std::hint::black_box;
 use std::sync::atomic::AtomicU64;
-use std::sync::Barrier;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ratelimit::{
-    Decision, Gcra, Glob, KeyHasher, KeySource, KeyedLimiter, RateLimits, RequestInfo, Rule,
+    ConcurrencyLimit, Decision, Gcra, Glob, KeyHasher, KeySource, KeyedLimiter, RateLimits,
+    RequestInfo, Rule,
 };
 
 /// A limit loose enough that every check is admitted (the common case on the hot path).
@@ -35,25 +38,32 @@ fn gcra(c: &mut Criterion) {
     c.bench_function("ratelimit/gcra_check_2_threads_one_key", |b| {
         b.iter_custom(|iters| {
             let cell = AtomicU64::new(0);
-            let barrier = Barrier::new(2);
-            let elapsed: Vec<Duration> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..2)
-                    .map(|_| {
-                        s.spawn(|| {
-                            barrier.wait();
-                            let start = Instant::now();
-                            for i in 0..iters {
-                                black_box(g.check(&cell, i * 10)).ok();
-                            }
-                            start.elapsed()
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
-            });
-            elapsed.into_iter().max().unwrap_or_default()
+            on_two_threads(iters, |i| {
+                black_box(g.check(&cell, i * 10)).ok();
+            })
         })
     });
+}
+
+/// Runs `step(0..iters)` on two threads at once; the slower thread's wall time.
+fn on_two_threads(iters: u64, step: impl Fn(u64) + Sync) -> Duration {
+    let barrier = Barrier::new(2);
+    let elapsed: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        step(i);
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    elapsed.into_iter().max().unwrap_or_default()
 }
 
 fn keyed(c: &mut Criterion) {
@@ -140,5 +150,45 @@ fn rules(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, gcra, keyed, hashing, rules);
+fn concurrency(c: &mut Criterion) {
+    // The path of nearly every request: a permit is free and nobody waits.
+    let limit = Arc::new(ConcurrencyLimit::new(1_000, 1024, 64).unwrap());
+    c.bench_function("ratelimit/concurrency_acquire_release_1_key", |b| {
+        b.iter(|| {
+            drop(black_box(
+                limit.try_acquire_owned(black_box(0x1234_5678_9abc_def0)),
+            ))
+        })
+    });
+
+    // Two threads taking and releasing permits of one key, never at the limit: the wall time
+    // per acquire+release per thread.
+    c.bench_function(
+        "ratelimit/concurrency_acquire_release_2_threads_one_key",
+        |b| {
+            b.iter_custom(|iters| {
+                on_two_threads(iters, |_| drop(black_box(limit.try_acquire_owned(7))))
+            })
+        },
+    );
+
+    // The slow path, one thread: a caller queues behind the held permit, the holder releases
+    // (handing it over and waking the caller), the caller picks it up and becomes the holder.
+    let limit = Arc::new(ConcurrencyLimit::new(1, 1024, 64).unwrap());
+    let mut held = limit.try_acquire_owned(9);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    c.bench_function("ratelimit/concurrency_queue_and_hand_over", |b| {
+        b.iter(|| {
+            let mut wait = limit.acquire_owned(9).unwrap();
+            assert!(std::pin::Pin::new(&mut wait).poll(&mut cx).is_pending());
+            drop(held.take());
+            match std::pin::Pin::new(&mut wait).poll(&mut cx) {
+                std::task::Poll::Ready(permit) => held = Some(permit),
+                std::task::Poll::Pending => panic!("the released permit was not handed over"),
+            }
+        })
+    });
+}
+
+criterion_group!(benches, gcra, keyed, hashing, rules, concurrency);
 criterion_main!(benches);

@@ -1,14 +1,12 @@
-//! mcplb-load: a fast mock MCP backend ([`mock`]) and an MCP load generator
-//! ([`load`]) for benchmarking and testing mcplb.
+//! mcplb-load: an MCP load generator ([`load`]) for benchmarking and testing
+//! mcplb. The mock MCP backend it drives in tests and benchmarks lives in the
+//! `mcplb-mock` crate (`mcplb-load mock` runs it).
 
-pub mod http;
 pub mod load;
-pub mod mock;
 pub mod output;
 pub mod pace;
-pub mod runtime;
 pub mod scenario;
+pub mod url;
 
 pub use load::{run_load, CallCount, CallSpec, ErrorCounts, LoadOptions, LoadReport};
-pub use mock::{MockConfig, MockServer};
 pub use scenario::Scenario;

@@ -1,4 +1,4 @@
-//! The MCP load generator behind `mcplb-load run` and `mcplb demo`.
+//! The MCP load generator behind `mcplb-load run`.
 //!
 //! Each connection is a virtual user on a monoio runtime: it opens a
 //! keep-alive connection, initializes a session (unless stateless), sends
@@ -21,7 +21,8 @@
 //! [`protocol::SseParser`], which does): each connection renders its calls
 //! once (per session) with a fixed-width integer id that is patched in place,
 //! and checks each answer (status, JSON-RPC envelope, id bytes, result or
-//! error) with mcplb's zero-copy scanner, [`protocol::parse_message`].
+//! error, and for `tools/call` the result's `isError`) with mcplb's zero-copy
+//! scanner, [`protocol::parse_message`], in the one pass that validates it.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -36,8 +37,10 @@ use protocol::{MessageKind, SseParser};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http::{self, Chunked, HttpUrl};
+use mock::http::{self, Chunked};
+
 use crate::pace::Pacer;
+use crate::url::HttpUrl;
 
 /// Percentiles printed in reports.
 pub const PERCENTILES: [f64; 6] = [50.0, 90.0, 95.0, 99.0, 99.9, 99.99];
@@ -201,6 +204,8 @@ struct PreparedCall {
     /// Header lines of this call (stateless: protocol version, `Mcp-Method`,
     /// `Mcp-Name`), each ending in CRLF.
     headers: String,
+    /// A `tools/call`: a result with `isError: true` is a failed call.
+    tool_call: bool,
 }
 
 /// The call mix of a run: prepared calls and the deterministic order in which
@@ -262,6 +267,7 @@ impl Plan {
             calls.push(PreparedCall {
                 body_tail: body_tail.into_bytes(),
                 headers,
+                tool_call: c.method == "tools/call",
             });
         }
         let weights: Vec<u64> = specs.iter().map(|c| u64::from(c.weight)).collect();
@@ -311,7 +317,7 @@ pub struct CallCount {
     pub errors: u64,
 }
 
-/// Errors counted by kind.
+/// Failures counted by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ErrorCounts {
     /// TCP connect failed.
@@ -320,6 +326,10 @@ pub struct ErrorCounts {
     pub http_status: u64,
     /// The answer was a JSON-RPC error object.
     pub jsonrpc: u64,
+    /// The answer to a `tools/call` was a result with `isError: true`: the
+    /// server took the call and the tool failed (MCP servers answer bad
+    /// arguments this way too).
+    pub tool: u64,
     /// The answer's id did not match the request's.
     pub id_mismatch: u64,
     /// No answer within the timeout.
@@ -331,13 +341,20 @@ pub struct ErrorCounts {
 impl ErrorCounts {
     /// Sum of all kinds.
     pub fn total(&self) -> u64 {
-        self.connect + self.http_status + self.jsonrpc + self.id_mismatch + self.timeout + self.io
+        self.transport() + self.http_status + self.jsonrpc + self.tool + self.id_mismatch
+    }
+
+    /// Failures below HTTP: connect, timeout and I/O (closed, reset or
+    /// unreadable answers).
+    pub fn transport(&self) -> u64 {
+        self.connect + self.timeout + self.io
     }
 
     fn add(&mut self, o: &ErrorCounts) {
         self.connect += o.connect;
         self.http_status += o.http_status;
         self.jsonrpc += o.jsonrpc;
+        self.tool += o.tool;
         self.id_mismatch += o.id_mismatch;
         self.timeout += o.timeout;
         self.io += o.io;
@@ -348,6 +365,7 @@ impl ErrorCounts {
             ErrKind::Connect => self.connect += 1,
             ErrKind::Status(_) => self.http_status += 1,
             ErrKind::JsonRpc => self.jsonrpc += 1,
+            ErrKind::Tool => self.tool += 1,
             ErrKind::IdMismatch => self.id_mismatch += 1,
             ErrKind::Timeout => self.timeout += 1,
             ErrKind::Io => self.io += 1,
@@ -370,7 +388,8 @@ pub struct LoadReport {
     pub rate: Option<f64>,
     /// Length of the measured window (until the last answer came).
     pub elapsed: Duration,
-    /// Successful tool calls in the measured window.
+    /// Successful calls in the measured window (a result, and for `tools/call`
+    /// one without `isError: true`).
     pub ok: u64,
     /// Failures in the measured window, by kind.
     pub errors: ErrorCounts,
@@ -429,6 +448,7 @@ impl LoadReport {
                 "connect": e.connect,
                 "http_status": e.http_status,
                 "jsonrpc": e.jsonrpc,
+                "tool": e.tool,
                 "id_mismatch": e.id_mismatch,
                 "timeout": e.timeout,
                 "io": e.io,
@@ -455,19 +475,27 @@ impl std::fmt::Display for LoadReport {
             "target      {} ({} connections, {} sessions, {} threads, {mode})",
             self.url, self.connections, self.sessions, self.threads
         )?;
+        let e = &self.errors;
         writeln!(
             f,
             "requests    {} ok, {} errors in {:.2} s",
             self.ok,
-            self.errors.total(),
+            e.total(),
             self.elapsed.as_secs_f64()
         )?;
         writeln!(f, "throughput  {:.1} req/s", self.throughput())?;
-        let e = &self.errors;
         writeln!(
             f,
-            "errors      connect {}, http status {}, jsonrpc {}, id mismatch {}, timeout {}, io {}",
-            e.connect, e.http_status, e.jsonrpc, e.id_mismatch, e.timeout, e.io
+            "errors      jsonrpc {}, tool (isError) {}, http status {}, id mismatch {}, \
+             transport {} (connect {}, timeout {}, io {})",
+            e.jsonrpc,
+            e.tool,
+            e.http_status,
+            e.id_mismatch,
+            e.transport(),
+            e.connect,
+            e.timeout,
+            e.io
         )?;
         if self.calls.len() > 1 {
             writeln!(f, "calls")?;
@@ -705,7 +733,7 @@ fn thread_main(
         live,
     }));
     let vu_stats = stats.clone();
-    crate::runtime::block_on(|driver| async move {
+    mock::runtime::block_on(|driver| async move {
         let mut tasks = Vec::with_capacity(ids.len());
         for id in ids {
             let mut vu = Vu::new(opts, plan, url, addr, shared, &vu_stats, id);
@@ -713,7 +741,7 @@ fn thread_main(
             let (s, c) = (opts.sessions.unwrap_or(opts.connections), opts.connections);
             let mine = s / c + usize::from(id < s % c);
             vu.slots = (0..mine.max(1)).map(|_| Slot::default()).collect();
-            vu.precise = driver == crate::runtime::Driver::IoUring;
+            vu.precise = driver == mock::runtime::Driver::IoUring;
             tasks.push(monoio::spawn(vu.run()));
         }
         for t in tasks {
@@ -732,6 +760,7 @@ enum ErrKind {
     Connect,
     Status(u16),
     JsonRpc,
+    Tool,
     IdMismatch,
     Timeout,
     Io,
@@ -765,6 +794,15 @@ fn id_digits(mut id: u64) -> [u8; ID_WIDTH] {
 struct Rendered {
     bytes: Vec<u8>,
     id_at: usize,
+}
+
+/// What an answer to a request is checked against.
+#[derive(Clone, Copy)]
+struct Expect<'a> {
+    /// The request's id digits.
+    id: &'a [u8; ID_WIDTH],
+    /// A `tools/call`: `isError: true` in the result is a failure.
+    tool_call: bool,
 }
 
 /// One answer, as far as the generator cares.
@@ -982,7 +1020,12 @@ impl Vu {
         });
         self.render_setup(&body.to_string(), None);
         let out = std::mem::take(&mut self.out);
-        let (ans, out) = self.exchange(out, Some(&id_digits(id))).await;
+        let digits = id_digits(id);
+        let expect = Expect {
+            id: &digits,
+            tool_call: false,
+        };
+        let (ans, out) = self.exchange(out, Some(expect)).await;
         self.out = out;
         let ans = ans?;
         if ans.status != 200 {
@@ -1036,7 +1079,11 @@ impl Vu {
             Some(slot) => slot.copy_from_slice(&id),
             None => return Err(ErrKind::Io),
         }
-        let (ans, bytes) = self.exchange(bytes, Some(&id)).await;
+        let expect = Expect {
+            id: &id,
+            tool_call: self.plan.calls.get(ci).is_some_and(|c| c.tool_call),
+        };
+        let (ans, bytes) = self.exchange(bytes, Some(expect)).await;
         let slot = &mut self.slots[self.cur];
         match slot.requests.get_mut(ci) {
             // A timed-out exchange loses its buffer: render again next time.
@@ -1098,15 +1145,15 @@ impl Vu {
 
     /// Sends `out` and reads the answer (with the timeout); returns the
     /// buffer for reuse (empty when the exchange timed out and the buffer
-    /// went with it). `id`: the request's id digits, to check the answer
-    /// against; `None` for a notification.
+    /// went with it). `expect`: what to check the answer against; `None` for
+    /// a notification.
     async fn exchange(
         &mut self,
         out: Vec<u8>,
-        id: Option<&[u8; ID_WIDTH]>,
+        expect: Option<Expect<'_>>,
     ) -> (Result<Answer, ErrKind>, Vec<u8>) {
         let timeout = self.opts.timeout;
-        let Ok((res, out)) = monoio::time::timeout(timeout, self.exchange_inner(out, id)).await
+        let Ok((res, out)) = monoio::time::timeout(timeout, self.exchange_inner(out, expect)).await
         else {
             self.reset();
             return (Err(ErrKind::Timeout), Vec::new());
@@ -1134,7 +1181,7 @@ impl Vu {
     async fn exchange_inner(
         &mut self,
         out: Vec<u8>,
-        id: Option<&[u8; ID_WIDTH]>,
+        expect: Option<Expect<'_>>,
     ) -> (Result<Answer, ErrKind>, Vec<u8>) {
         let Some(stream) = self.conn.as_mut() else {
             return (Err(ErrKind::Io), out);
@@ -1144,7 +1191,7 @@ impl Vu {
             return (Err(ErrKind::Io), out);
         }
         loop {
-            match self.parse_answer(id) {
+            match self.parse_answer(expect) {
                 Ok(Some(a)) => return (Ok(a), out),
                 Ok(None) => {}
                 Err(e) => return (Err(e), out),
@@ -1163,8 +1210,8 @@ impl Vu {
     }
 
     /// Parses one complete answer from `inbuf`, if there is one, checks its
-    /// JSON-RPC response against `id`, and removes it from `inbuf`.
-    fn parse_answer(&mut self, id: Option<&[u8; ID_WIDTH]>) -> Result<Option<Answer>, ErrKind> {
+    /// JSON-RPC response against `expect`, and removes it from `inbuf`.
+    fn parse_answer(&mut self, expect: Option<Expect<'_>>) -> Result<Option<Answer>, ErrKind> {
         if self.inbuf.is_empty() {
             return Ok(None);
         }
@@ -1220,16 +1267,16 @@ impl Vu {
         } else {
             (head_len, Some(head_len..head_len))
         };
-        let rpc = match id {
-            Some(id) if status == 200 => {
+        let rpc = match expect {
+            Some(expect) if status == 200 => {
                 let body = match body_in {
                     Some(r) => &self.inbuf[r],
                     None => &self.body[..],
                 };
                 if sse {
-                    check_sse(body, id)
+                    check_sse(body, expect)
                 } else {
-                    check_response(body, id)
+                    check_response(body, expect)
                 }
             }
             _ => Ok(()),
@@ -1244,25 +1291,29 @@ impl Vu {
     }
 }
 
-/// Checks one JSON-RPC answer (the whole of `body`) against the request id:
-/// valid JSON-RPC, a response, the same id, a result rather than an error.
-fn check_response(body: &[u8], id: &[u8]) -> Result<(), ErrKind> {
+/// Checks one JSON-RPC answer (the whole of `body`) against the request:
+/// valid JSON-RPC, a response, the same id, a result rather than an error,
+/// and for a tool call a result without `isError: true`.
+fn check_response(body: &[u8], expect: Expect<'_>) -> Result<(), ErrKind> {
     let env = protocol::parse_message(body).map_err(|_| ErrKind::Io)?;
     if env.kind != MessageKind::Response {
         return Err(ErrKind::Io);
     }
-    if env.id != Some(id) {
+    if env.id != Some(&expect.id[..]) {
         return Err(ErrKind::IdMismatch);
     }
     if env.has_error {
         return Err(ErrKind::JsonRpc);
+    }
+    if expect.tool_call && env.tool_error {
+        return Err(ErrKind::Tool);
     }
     Ok(())
 }
 
 /// Checks an SSE answer: its last event that is a JSON-RPC response (the
 /// events before it may be notifications or server requests).
-fn check_sse(body: &[u8], id: &[u8]) -> Result<(), ErrKind> {
+fn check_sse(body: &[u8], expect: Expect<'_>) -> Result<(), ErrKind> {
     let mut parser = SseParser::new();
     parser.push(body);
     let mut last = None;
@@ -1274,7 +1325,7 @@ fn check_sse(body: &[u8], id: &[u8]) -> Result<(), ErrKind> {
         }
     }
     match last {
-        Some(data) => check_response(data.as_bytes(), id),
+        Some(data) => check_response(data.as_bytes(), expect),
         None => Err(ErrKind::Io),
     }
 }

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use loadtest::scenario::parse_duration;
-use loadtest::{run_load, LoadOptions, MockConfig, Scenario};
+use loadtest::{run_load, LoadOptions, Scenario};
+use mock::{MockConfig, MockServer};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -203,7 +204,7 @@ fn main() -> anyhow::Result<()> {
                 get_stream: !no_get_stream,
                 ..MockConfig::default()
             };
-            let server = loadtest::MockServer::start(cfg, listen)?;
+            let server = MockServer::start(cfg, listen)?;
             eprintln!("mock MCP server listening on {}", server.url());
             while !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(100));

@@ -118,7 +118,7 @@ impl TimerFd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{block_on, Driver};
+    use mock::runtime::{block_on, Driver};
     use std::time::Duration;
 
     /// A wait never ends before its deadline (a deadline mapped wrongly onto

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use loadtest::{run_load, LoadOptions, MockConfig, MockServer};
+use loadtest::{run_load, CallSpec, LoadOptions};
+use mock::{MockConfig, MockServer};
 use serde_json::json;
 
 fn mock(cfg: MockConfig) -> MockServer {
@@ -130,6 +131,39 @@ fn errors_by_kind() {
     assert_eq!(report.ok, 0);
     assert_eq!(report.errors.jsonrpc, 50, "{report}");
     assert_eq!(report.errors.http_status, 0, "{report}");
+
+    // A tool that ran and failed (`isError: true` in a JSON-RPC result) is a
+    // failure of its own kind, not a success.
+    let report = run_load(LoadOptions {
+        requests: Some(40),
+        tool: "tool_error".into(),
+        ..opts(server.url())
+    })
+    .unwrap();
+    assert_eq!(report.ok, 0, "{report}");
+    assert_eq!(report.errors.tool, 40, "{report}");
+    assert_eq!(report.errors.jsonrpc, 0, "{report}");
+    assert_eq!(report.errors.total(), 40, "{report}");
+    assert_eq!(report.to_json()["errors"]["tool"], 40);
+    let text = report.to_string();
+    assert!(text.contains("0 ok, 40 errors"), "{text}");
+    assert!(text.contains("tool (isError) 40"), "{text}");
+    // In a mix, only the failing call's answers count against it (one
+    // connection, so the mix alternates exactly).
+    let report = run_load(LoadOptions {
+        requests: Some(40),
+        connections: 1,
+        threads: 1,
+        calls: vec![
+            CallSpec::tool_call("echo", json!({})),
+            CallSpec::tool_call("tool_error", json!({})),
+        ],
+        ..opts(server.url())
+    })
+    .unwrap();
+    let counts: Vec<(u64, u64)> = report.calls.iter().map(|c| (c.ok, c.errors)).collect();
+    assert_eq!(counts, [(20, 0), (0, 20)], "{report}");
+    assert_eq!((report.ok, report.errors.tool), (20, 20), "{report}");
 
     // An answer whose id is not the request's (here: the same digits as a
     // string) is an id mismatch, not a success.

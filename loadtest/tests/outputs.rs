@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use loadtest::{output, run_load, LoadOptions, MockConfig, MockServer, Scenario};
+use loadtest::{output, run_load, LoadOptions, Scenario};
+use mock::{MockConfig, MockServer};
 
 fn mock() -> MockServer {
     MockServer::start(MockConfig::default(), "127.0.0.1:0".parse().unwrap()).unwrap()

@@ -145,6 +145,9 @@ pub struct Envelope<'a> {
     pub uri: Option<JsonStr<'a>>,
     /// Raw bytes of `params._meta.progressToken`, any JSON type.
     pub progress_token: Option<&'a [u8]>,
+    /// Raw bytes of `params.arguments` (a tool call's arguments), any JSON type; the last
+    /// one when the key is repeated, as JSON parsers that keep one value per key read it.
+    pub arguments: Option<&'a [u8]>,
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]` when it is a
     /// string (2026-07-28 stateless requests).
     pub protocol_version: Option<JsonStr<'a>>,
@@ -154,6 +157,9 @@ pub struct Envelope<'a> {
     pub has_result: bool,
     /// Whether a top-level `error` key is present.
     pub has_error: bool,
+    /// Whether `result` is an object whose `isError` member is `true`: an MCP tool call
+    /// that ran and failed (MCP reports that inside a successful JSON-RPC answer).
+    pub tool_error: bool,
 }
 
 /// Why a buffer is not one valid JSON-RPC message.
@@ -657,6 +663,7 @@ struct Fields<'a> {
     params: Option<bool>,
     has_result: bool,
     has_error: bool,
+    tool_error: bool,
     duplicate: bool,
     name: Option<JsonStr<'a>>,
     name_seen: bool,
@@ -664,6 +671,7 @@ struct Fields<'a> {
     uri_seen: bool,
     meta_seen: bool,
     progress_token: Option<Range<usize>>,
+    arguments: Option<Range<usize>>,
     protocol_version: Option<JsonStr<'a>>,
     protocol_version_seen: bool,
 }
@@ -678,7 +686,8 @@ impl Fields<'_> {
 }
 
 const TOP_KEYS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
-const PARAMS_KEYS: &[&str] = &["name", "uri", "_meta"];
+const PARAMS_KEYS: &[&str] = &["name", "uri", "_meta", "arguments"];
+const RESULT_KEYS: &[&str] = &["isError"];
 const META_KEYS: &[&str] = &["progressToken", "io.modelcontextprotocol/protocolVersion"];
 
 fn parse_object<'a>(sc: &mut Scanner<'a>) -> Result<Envelope<'a>, FrameError> {
@@ -735,7 +744,15 @@ fn top_member<'a>(sc: &mut Scanner<'a>, key: JsonStr<'a>, f: &mut Fields<'a>) ->
         Some(4) => {
             f.duplicate |= f.has_result;
             f.has_result = true;
-            sc.value(2)?;
+            if sc.peek() == Some(b'{') {
+                // The object sits at level 2, as `value(2)` would check it.
+                if sc.max_depth < 2 {
+                    return Err(FrameErrorKind::TooDeep);
+                }
+                sc.members(|sc, key| result_member(sc, key, f))?;
+            } else {
+                sc.value(2)?;
+            }
         }
         Some(5) => {
             f.duplicate |= f.has_error;
@@ -774,9 +791,23 @@ fn params_member<'a>(sc: &mut Scanner<'a>, key: JsonStr<'a>, f: &mut Fields<'a>)
                 sc.value(3)?;
             }
         }
+        Some(3) => {
+            let start = sc.pos;
+            sc.value(3)?;
+            f.arguments = Some(start..sc.pos);
+        }
         _ => {
             sc.value(3)?;
         }
+    }
+    Ok(())
+}
+
+fn result_member<'a>(sc: &mut Scanner<'a>, key: JsonStr<'a>, f: &mut Fields<'a>) -> Scan<()> {
+    let start = sc.pos;
+    let v = sc.value(3)?;
+    if which(&key, RESULT_KEYS) == Some(0) && matches!(v, Val::Bool) {
+        f.tool_error = sc.b.get(start) == Some(&b't');
     }
     Ok(())
 }
@@ -848,10 +879,12 @@ fn judge<'a>(buf: &'a [u8], f: &Fields<'a>) -> Result<Envelope<'a>, FrameError> 
         name: f.name,
         uri: f.uri,
         progress_token: slice(&f.progress_token),
+        arguments: slice(&f.arguments),
         protocol_version: f.protocol_version,
         batch_len: 0,
         has_result: f.has_result,
         has_error: f.has_error,
+        tool_error: f.tool_error,
     })
 }
 
@@ -893,10 +926,12 @@ fn parse_batch<'a>(sc: &mut Scanner<'a>) -> Scan<Envelope<'a>> {
         name: None,
         uri: None,
         progress_token: None,
+        arguments: None,
         protocol_version: None,
         batch_len: count,
         has_result: false,
         has_error: false,
+        tool_error: false,
     })
 }
 

@@ -24,10 +24,33 @@ fn request_with_all_fields() {
     assert!(env.method.unwrap().eq_str("tools/call"));
     assert_eq!(env.name.unwrap().raw(), b"get_weather");
     assert_eq!(env.progress_token, Some(&br#""tok-1""#[..]));
+    assert_eq!(
+        env.arguments,
+        Some(&br#"{"city":"Paris","days":[1,2,3]}"#[..])
+    );
     assert_eq!(env.protocol_version.unwrap().decode(), "2026-07-28");
     assert_eq!(env.uri, None);
     assert_eq!(env.batch_len, 0);
     assert!(!env.has_result && !env.has_error);
+}
+
+#[test]
+fn arguments_are_raw_and_the_last_one_wins() {
+    let env = parse_message(
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments": [1, "a"] ,"name":"x"}}"#,
+    )
+    .unwrap();
+    assert_eq!(env.arguments, Some(&br#"[1, "a"]"#[..]));
+    let env = parse_message(
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":1,"arguments":null}}"#,
+    )
+    .unwrap();
+    assert_eq!(env.arguments, Some(&b"null"[..]));
+    let env = parse_message(
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"arguments":2}}}"#,
+    )
+    .unwrap();
+    assert_eq!(env.arguments, None);
 }
 
 #[test]
@@ -76,6 +99,36 @@ fn responses() {
             .unwrap();
     assert_eq!(env.id, Some(&b"null"[..]));
     assert_eq!(env.kind, MessageKind::Response);
+}
+
+#[test]
+fn tool_errors_inside_results() {
+    let failed = br#"{"jsonrpc":"2.0","id":4,"result":{"content":[{"type":"text","text":"bad \"isError\": true"}],"isError":true}}"#;
+    let env = parse_message(failed).unwrap();
+    assert!(env.has_result && env.tool_error);
+    for ok in [
+        &br#"{"jsonrpc":"2.0","id":4,"result":{"content":[],"isError":false}}"#[..],
+        br#"{"jsonrpc":"2.0","id":4,"result":{"content":[{"isError":true}]}}"#,
+        br#"{"jsonrpc":"2.0","id":4,"result":{"structuredContent":{"isError":true}}}"#,
+        br#"{"jsonrpc":"2.0","id":4,"result":{"isError":"true"}}"#,
+        br#"{"jsonrpc":"2.0","id":4,"result":[true]}"#,
+        br#"{"jsonrpc":"2.0","id":4,"error":{"code":1,"message":"m","data":{"isError":true}}}"#,
+    ] {
+        let env = parse_message(ok).unwrap();
+        assert!(!env.tool_error, "{}", String::from_utf8_lossy(ok));
+    }
+    // An escaped key is the same key.
+    let env = parse_message(br#"{"jsonrpc":"2.0","id":4,"result":{"is\u0045rror":true}}"#).unwrap();
+    assert!(env.tool_error);
+    // The result object still counts towards the nesting limit.
+    let deep = br#"{"jsonrpc":"2.0","id":4,"result":{"isError":true}}"#;
+    assert_eq!(
+        parse_message_with_depth(deep, 1).map_err(|e| e.kind).err(),
+        Some(K::TooDeep)
+    );
+    assert!(parse_message_with_depth(deep, 2).is_ok());
+    // A broken value inside the result is still a broken frame.
+    assert!(parse_message(br#"{"jsonrpc":"2.0","id":4,"result":{"isError":tru}}"#).is_err());
 }
 
 #[test]

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 const SEEDS: &[&str] = &[
     r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get_weather","arguments":{"city":"Paris","n":[1,-2.5e3,true,null]},"_meta":{"progressToken":"t"}}}"#,
     r#"{"jsonrpc":"2.0","id":"a\"\u00e9","result":{"content":[{"type":"text","text":"x\ny"}]}}"#,
+    r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"no"}],"isError":true}}"#,
     r#"[{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"m"}}]"#,
 ];
 
@@ -141,6 +142,23 @@ proptest! {
         prop_assert_eq!(ours_valid_json, theirs.is_ok(), "{:?} vs {:?}", ours, theirs.err());
     }
 
+    /// Wherever a mutated frame is still valid, `tool_error` is what serde_json reads:
+    /// `result.isError` is the boolean `true`.
+    #[test]
+    fn tool_error_agrees_with_serde_json(
+        seed in 0..SEEDS.len(),
+        edits in proptest::collection::vec(edit(), 0..4),
+    ) {
+        let bytes = apply(SEEDS[seed], &edits);
+        if let (Ok(env), Ok(v)) = (
+            parse_message(&bytes),
+            serde_json::from_slice::<serde_json::Value>(&bytes),
+        ) {
+            let theirs = v.get("result").and_then(|r| r.get("isError")) == Some(&serde_json::Value::Bool(true));
+            prop_assert_eq!(env.tool_error, theirs, "{}", String::from_utf8_lossy(&bytes));
+        }
+    }
+
     #[test]
     fn serde_json_requests_read_back(
         id in prop_oneof![
@@ -171,6 +189,8 @@ proptest! {
         let n = env.name.unwrap();
         prop_assert_eq!(n.decode(), name.as_str());
         prop_assert!(n.eq_str(&name));
+        let args = serde_json::to_string(&msg["params"]["arguments"]).unwrap();
+        prop_assert_eq!(env.arguments, Some(args.as_bytes()));
     }
 
     #[test]

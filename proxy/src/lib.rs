@@ -59,9 +59,11 @@ pub struct RunningProxy {
 }
 
 impl RunningProxy {
-    /// Graceful shutdown: stop accepting, let open requests and streams finish (keep-alive
-    /// connections close after their current request, idle ones at once), up to `timeout`;
-    /// then stop stdio children. Returns the number of connections still open at the deadline.
+    /// Graceful shutdown: stop accepting, let calls in flight finish (SSE answers included;
+    /// keep-alive connections close after their current request), end standalone GET streams
+    /// at once and cleanly (their clients resume elsewhere) and close idle connections; return
+    /// as soon as no connection is left, or at `timeout`; then stop stdio children. Returns the
+    /// number of connections still open at the deadline.
     pub fn shutdown(self, timeout: std::time::Duration) -> usize {
         use std::sync::atomic::Ordering;
         runtime::SHUTDOWN.store(true, Ordering::SeqCst);

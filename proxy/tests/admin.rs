@@ -202,6 +202,65 @@ fn admin_token_is_checked_on_every_request() {
     assert!(err.contains("admin.token"), "{err}");
 }
 
+/// Idle admin connections (nothing sent, or half a head) cost a task each, not a thread: past
+/// the cap the one that has waited longest for its head is closed with a 503 to make room, so
+/// a client that sends its request at once is still answered, the process's thread count
+/// stays put, and a head that never completes is answered 408 after the head timeout.
+#[test]
+fn idle_admin_connections_add_no_thread_and_keep_no_request_out() {
+    use std::io::{Read, Write};
+    let m = mock("a");
+    let p = start_proxy(&config_with_admin(&m, ""), "legacy");
+    let admin = p.admin.unwrap();
+    assert_eq!(get(admin, "/healthz", None).status, 200);
+    let tasks = || {
+        std::fs::read_dir(format!("/proc/{}/task", p.child.id()))
+            .unwrap()
+            .count()
+    };
+    let before = tasks();
+    let mut idle = Vec::new();
+    for i in 0..300 {
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        if i % 3 == 0 {
+            s.write_all(b"GET /stats HTTP/1.1\r\nhost: x\r\n").unwrap();
+        }
+        idle.push(s);
+    }
+    for path in ["/stats", "/metrics", "/healthz"] {
+        assert_eq!(get(admin, path, None).status, 200, "{path}");
+    }
+    assert_eq!(
+        tasks(),
+        before,
+        "threads of mcplb before and after 300 idle connections"
+    );
+    // The oldest were closed to make room (503; or 408 if the head timeout came first).
+    let answer = |s: &mut std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    let first = answer(&mut idle[0]);
+    assert!(
+        first.starts_with("HTTP/1.1 503") || first.starts_with("HTTP/1.1 408"),
+        "{first:?}"
+    );
+    // A head that arrives in pieces is answered once whole.
+    idle[294].write_all(b"\r\n").unwrap();
+    let done = answer(&mut idle[294]);
+    assert!(done.starts_with("HTTP/1.1 200"), "{done:?}");
+    // The newest half head is still open, and gets its 408 once the head timeout passes.
+    let last = answer(&mut idle[297]);
+    assert!(last.starts_with("HTTP/1.1 408"), "{last:?}");
+    assert_eq!(get(admin, "/healthz", None).status, 200);
+}
+
 #[test]
 fn json_access_log_records_each_request() {
     let m = mock("alpha");

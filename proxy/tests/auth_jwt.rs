@@ -871,3 +871,212 @@ fn jwks_over_https_verified_against_the_configured_ca() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn every_algorithm_in_the_readme_verifies() {
+    use p384::pkcs8::EncodePrivateKey;
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::traits::PublicKeyParts;
+    // One RSA key without `alg` serves the six RSA algorithms; ES384 needs a P-384 key.
+    let k = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+    let rsa_enc = EncodingKey::from_rsa_der(k.to_pkcs1_der().unwrap().as_bytes());
+    let p384 = p384::ecdsa::SigningKey::random(&mut rand::thread_rng());
+    let point = p384.verifying_key().to_encoded_point(false);
+    let es384_enc = EncodingKey::from_ec_der(p384.to_pkcs8_der().unwrap().as_bytes());
+    let (es, ed) = (ec_key("es256"), ed_key("eddsa"));
+    let text = json!({"keys": [
+        {"kty": "RSA", "kid": "rsa", "n": B64.encode(k.n().to_bytes_be()), "e": B64.encode(k.e().to_bytes_be())},
+        {"kty": "EC", "crv": "P-384", "kid": "es384", "alg": "ES384",
+            "x": B64.encode(point.x().unwrap()), "y": B64.encode(point.y().unwrap())},
+        es.jwk, ed.jwk,
+    ]});
+    let file = temp_file("all-algs.json", &text.to_string());
+    let m = mock("alpha");
+    let cfg = format!(
+        "{}{}",
+        config_for(&[&m], ""),
+        jwt_table(
+            &format!("jwks_file = \"{}\"", file.display()),
+            "algorithms = [\"RS256\", \"RS384\", \"RS512\", \"PS256\", \"PS384\", \"PS512\", \"ES256\", \"ES384\", \"EdDSA\"]"
+        ),
+    );
+    let p = start_proxy(&cfg, "auto");
+    let sign_with = |alg: Algorithm, kid: &str, enc: &EncodingKey| {
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, &claims(&format!("{alg:?}")), enc).unwrap()
+    };
+    let mut tokens = vec![
+        (
+            Algorithm::ES384,
+            sign_with(Algorithm::ES384, "es384", &es384_enc),
+        ),
+        (Algorithm::ES256, sign(&es, &claims("ES256"))),
+        (Algorithm::EdDSA, sign(&ed, &claims("EdDSA"))),
+    ];
+    for alg in [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+    ] {
+        tokens.push((alg, sign_with(alg, "rsa", &rsa_enc)));
+    }
+    for (i, (alg, token)) in tokens.iter().enumerate() {
+        let r = with_token(&p, "/mcp", i as u64, token);
+        assert_eq!(
+            r.status,
+            200,
+            "{alg:?}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // A key bound to ES384 does not verify another algorithm's token under its kid.
+    let wrong = sign_with(Algorithm::ES256, "es384", &es.enc);
+    assert_refused(
+        &with_token(&p, "/mcp", 50, &wrong),
+        50,
+        "ES256 under an ES384 key",
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn iss_must_be_one_string_equal_to_the_issuer() {
+    let k = ed_key("k");
+    let file = temp_file("iss.json", &jwks(&[&k]));
+    let m = mock("alpha");
+    let cfg = format!(
+        "{}{}[servers.health]\nenabled = false\n",
+        config_for(&[&m], ""),
+        jwt_table(&format!("jwks_file = \"{}\"", file.display()), ""),
+    );
+    let p = start_proxy(&cfg, "auto");
+    let with_iss = |iss: serde_json::Value| {
+        let mut c = claims("iris");
+        c["iss"] = iss;
+        sign(&k, &c)
+    };
+    // Correctly signed, but `iss` is a list: refused even when it holds the issuer.
+    for (i, iss) in [
+        json!(["https://other-tenant.example", ISS]),
+        json!([ISS]),
+        json!([ISS, ISS]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = with_token(&p, "/mcp", i as u64, &with_iss(iss.clone()));
+        assert_refused(&r, i as u64, &format!("iss {iss}"));
+        let wa = r.header("www-authenticate").unwrap_or("");
+        assert!(wa.contains("`iss` is not a single string"), "{wa}");
+    }
+    assert_eq!(m.requests(), 0, "a refused request reached the backend");
+    assert_eq!(with_token(&p, "/mcp", 9, &with_iss(json!(ISS))).status, 200);
+    let _ = std::fs::remove_file(&file);
+}
+
+/// POSTs an initialize with `token` on a connection from the local address `from` (another
+/// loopback address: mcplb sees another client).
+fn with_token_from(p: &Proxy, from: [u8; 4], id: u64, token: &str) -> mcplb::demo::Response {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local = std::net::SocketAddr::from((from, 0));
+    sock.bind(&local.into()).unwrap();
+    sock.connect(&p.addr.into()).unwrap();
+    let mut c = HttpClient::from_stream(sock.into(), Duration::from_secs(30)).unwrap();
+    let body = rpc(
+        id,
+        "initialize",
+        json!({"protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"}}),
+    );
+    let auth = format!("Bearer {token}");
+    let h = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("authorization", auth.as_str()),
+    ];
+    c.request("POST", "/mcp", &h, body.to_string().as_bytes())
+        .unwrap()
+}
+
+#[test]
+fn failed_verifications_spend_a_per_address_budget_checked_before_the_signature() {
+    let k = ec_key("k");
+    let file = temp_file("budget.json", &jwks(&[&k]));
+    let m = mock("alpha");
+    // One worker, so that "cached on this core" is every core.
+    let cfg = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [[servers]]\nname = \"t\"\npath = \"/mcp\"\nbackends = [\"{}\"]\n{}\
+         [servers.health]\nenabled = false\n",
+        m.url(),
+        jwt_table(
+            &format!("jwks_file = \"{}\"", file.display()),
+            "failure_budget = { burst = 3, rate = 0.001 }"
+        ),
+    );
+    let p = start_proxy(&cfg, "auto");
+    const FLOOD: [u8; 4] = [127, 0, 0, 2];
+    const OTHER: [u8; 4] = [127, 0, 0, 1];
+    let alice = sign(&k, &claims("alice"));
+    assert_eq!(with_token_from(&p, FLOOD, 1, &alice).status, 200);
+
+    // A flood of distinct forged tokens (another key claiming kid "k") from one address: the
+    // first 3 are verified and refused (401), every later one is refused unverified (429).
+    let impostor = ec_key("k");
+    for i in 0..10u64 {
+        let forged = sign(&impostor, &claims(&format!("mallory-{i}")));
+        let r = with_token_from(&p, FLOOD, 100 + i, &forged);
+        if i < 3 {
+            assert_refused(&r, 100 + i, "forged, within the budget");
+            continue;
+        }
+        assert_eq!(
+            r.status,
+            429,
+            "forged #{i}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.header("retry-after"), Some("1000"));
+        assert_eq!(r.header("www-authenticate"), None);
+        let j = r.json().unwrap();
+        assert_eq!(j["id"], 100 + i, "{j}");
+        assert!(
+            j["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("failed token verifications"),
+            "{j}"
+        );
+    }
+    // A verdict already made on this core costs nothing from the budget: alice still gets in
+    // from the flooding address. A token never seen needs a signature check: refused there
+    // unverified, accepted from another address.
+    assert_eq!(with_token_from(&p, FLOOD, 2, &alice).status, 200);
+    let bob = sign(&k, &claims("bob"));
+    assert_eq!(with_token_from(&p, FLOOD, 3, &bob).status, 429);
+    assert_eq!(with_token_from(&p, OTHER, 4, &bob).status, 200);
+    assert_eq!(with_token_from(&p, OTHER, 5, &bob).status, 200);
+
+    let admin = p.admin.unwrap();
+    let get = |path: &str| {
+        let mut c = HttpClient::connect(admin).unwrap();
+        c.request("GET", path, &[], b"").unwrap().json().unwrap()
+    };
+    wait_until("the counters", || {
+        get("/stats")["counters"]["jwt_cache_hits"] == 2
+    });
+    let counters = get("/stats")["counters"].clone();
+    // alice, 3 forged tokens, bob from the other address: 5 signature checks for 15 tokens.
+    assert_eq!(counters["jwt_verifications"], 5, "{counters}");
+    assert_eq!(counters["auth_throttled"], 8, "{counters}");
+    assert_eq!(counters["auth_refused"], 3, "{counters}");
+    assert_eq!(m.requests(), 4, "only accepted callers reach the backend");
+    let budget = &get("/config")["servers"][0]["auth"]["jwt"]["failure_budget"];
+    assert_eq!(budget["burst"], 3, "{budget}");
+    assert_eq!(budget["enabled"], true, "{budget}");
+    let _ = std::fs::remove_file(&file);
+}

@@ -225,3 +225,59 @@ fn least_request_prefers_the_faster_backend() {
     assert_eq!(f + s, 60);
     assert!(f >= 45, "fast {f}, slow {s}");
 }
+
+/// A health-check warning says why, once per change of state, without debug logging: a
+/// backend that refuses connections and one whose server lacks the check's method are told
+/// degraded, then unhealthy, with their reason at warn; their further failed checks are
+/// counted, not printed.
+#[test]
+fn health_warnings_say_why_once_per_change() {
+    let m = mock("no-prompts");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let health =
+        "[servers.health]\ninterval = \"100ms\"\ntimeout = \"1s\"\nunhealthy_threshold = 2\n";
+    let cfg = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[servers]]\nname = \"down\"\npath = \"/down\"\nbackends = [{{ url = \"http://{closed}/mcp\", name = \"gone\" }}]\n{health}\n\
+         [[servers]]\nname = \"up\"\npath = \"/mcp\"\nbackends = [{{ url = \"{}\", name = \"noprompts\" }}]\n{health}method = \"prompts/list\"\n",
+        m.url()
+    );
+    let log = std::env::temp_dir().join(format!("mcplb-health-{}.log", std::process::id()));
+    let p = start_proxy_logged(&cfg, "auto", Some(("warn", &log)));
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let refused = "backend unhealthy after 2 failed health checks: connection refused";
+    let jsonrpc = "backend unhealthy after 2 failed health checks: `prompts/list` answered \
+                   JSON-RPC error -32601: Method not found";
+    wait_for("both backends told unhealthy", || {
+        let l = read();
+        l.contains(refused) && l.contains(jsonrpc)
+    });
+    // Ten more failed checks of the backend that answers (three messages each: initialize,
+    // notifications/initialized, prompts/list), and as many of the other on the same interval.
+    let seen = m.requests();
+    wait_for("ten more checks", || m.requests() >= seen + 30);
+    let l = read();
+    let lines = |what: &str| l.lines().filter(|x| x.contains(what)).count();
+    assert_eq!(lines(refused), 1, "{l}");
+    assert_eq!(lines(jsonrpc), 1, "{l}");
+    assert_eq!(
+        lines("backend degraded: health check failed: connection refused"),
+        1,
+        "{l}"
+    );
+    assert_eq!(
+        lines("backend degraded: health check failed: `prompts/list` answered"),
+        1,
+        "{l}"
+    );
+    assert!(l.lines().all(|x| !x.contains("DEBUG")), "{l}");
+    assert!(
+        l.contains("reason=\"refused\"") || l.contains("reason=refused"),
+        "{l}"
+    );
+    drop(p);
+    let _ = std::fs::remove_file(&log);
+}

@@ -14,10 +14,10 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use loadtest::mock::{MockConfig, MockServer};
 use mcplb::bridges::legacy::{LegacyBackend, LegacyFront};
 use mcplb::demo::HttpClient;
 use mcplb::http::ChunkedDecoder;
+use mock::{MockConfig, MockServer};
 use protocol::{SseEvent, SseParser};
 use serde_json::{json, Value};
 

@@ -144,15 +144,17 @@ fn concurrent(
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
+/// A mock backend that issues no sessions.
+fn stateless(name: &str) -> MockServer {
+    mock_with(MockConfig {
+        name: name.into(),
+        stateless: true,
+        ..Default::default()
+    })
+}
+
 #[test]
 fn concurrency_limits_per_tool_caller_and_backend() {
-    let stateless = |n: &str| {
-        mock_with(MockConfig {
-            name: n.into(),
-            stateless: true,
-            ..Default::default()
-        })
-    };
     let (a, b) = (stateless("a"), stateless("b"));
     // Per caller, reject at once: the same caller's second slow call is refused, another
     // caller's is not.
@@ -200,4 +202,177 @@ fn concurrency_limits_per_tool_caller_and_backend() {
     assert_eq!(r.iter().filter(|(s, _)| *s == 429).count(), 1);
     assert_eq!(a.tool_calls("slow") - before.0, 1);
     assert_eq!(b.tool_calls("slow") - before.1, 1);
+}
+
+/// Voluntary context switches of `pid`'s worker threads: each wake of an idle worker is one.
+fn wakeups(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+        .filter(|status| status.starts_with("Name:\tmcplb-worker"))
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .map(|n| n.trim().parse::<u64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+fn admin_stats(admin: std::net::SocketAddr) -> serde_json::Value {
+    let mut c = HttpClient::connect(admin).unwrap();
+    c.request("GET", "/stats", &[], b"")
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+/// A mock backend, an `mcplb` (on `driver`, with an admin port and an access log) letting one
+/// `slow` call at a time through (`rule`: its queue settings), and a first call holding that
+/// permit for `hold_ms`, already at the backend.
+struct OnePermitHeld {
+    m: MockServer,
+    p: Proxy,
+    log: std::path::PathBuf,
+    first: std::thread::JoinHandle<(u16, serde_json::Value)>,
+}
+
+fn one_permit_held(driver: &str, rule: &str, hold_ms: u64) -> OnePermitHeld {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = std::env::temp_dir().join(format!(
+        "mcplb-fifo-{}-{driver}-{n}.log",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&log);
+    let m = stateless("q");
+    let cfg = format!(
+        "{}[[concurrency]]\ntool = \"slow\"\nper = \"tool\"\nmax = 1\n{rule}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        config_for(&[&m], &format!("access_log = \"{}\"", log.display()))
+    );
+    let p = start_proxy(&cfg, driver);
+    let addr = p.addr;
+    let first = std::thread::spawn(move || slow_call(addr, "first", hold_ms));
+    wait_until("the first call at the backend", || {
+        m.tool_calls("slow") == 1
+    });
+    OnePermitHeld { m, p, log, first }
+}
+
+/// The access-log lines of `tool`, once `n` of them are written (lines are flushed once a
+/// second).
+fn access_lines(log: &std::path::Path, tool: &str, n: usize) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    wait_until("the access log lines", || {
+        lines = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|l| l["tool"] == tool)
+            .collect();
+        lines.len() >= n
+    });
+    lines
+}
+
+#[test]
+fn queued_calls_are_served_in_arrival_order_and_woken_not_polled() {
+    for driver in DRIVERS {
+        // The first call holds the only permit; six more queue behind it, on both workers.
+        let OnePermitHeld { m, p, log, first } =
+            one_permit_held(driver, "queue = 8\nqueue_timeout = \"60s\"", 4000);
+        let addr = p.addr;
+        let queued: Vec<_> = (0..6)
+            .map(|_| {
+                let call = std::thread::spawn(move || slow_call(addr, "queued", 100));
+                std::thread::sleep(std::time::Duration::from_millis(150));
+                call
+            })
+            .collect();
+        // Everyone waits for the first call to end: the workers sleep meanwhile, but for their
+        // own timers (accept and parked connections every 250 ms, statistics every second:
+        // 20-40 wakes a second seen), where six callers polling every 1-20 ms (as mcplb once
+        // did) woke them 140-240 times.
+        let before = wakeups(p.child.id());
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let woke = wakeups(p.child.id()) - before;
+        eprintln!("{driver}: the workers woke {woke} times in 1 s");
+        assert_eq!(
+            m.tool_calls("slow"),
+            1,
+            "{driver}: a queued call went ahead"
+        );
+        assert_eq!(first.join().unwrap().0, 200);
+        for call in queued {
+            let (status, body) = call.join().unwrap();
+            assert_eq!(status, 200, "{driver}: {body}");
+        }
+        assert!(
+            woke < 100,
+            "{driver}: the workers woke {woke} times in 1 s while calls queued"
+        );
+
+        // Served in the order mcplb received them: one at a time, so the order in which
+        // they ended is the order in which they were served.
+        let lines = access_lines(&log, "slow", 7);
+        let _ = std::fs::remove_file(&log);
+        let mut calls: Vec<(u64, u64)> = lines
+            .iter()
+            .map(|l| {
+                let ended_ms = l["ts"].as_u64().unwrap();
+                let arrived_us = ended_ms * 1000 - l["total_us"].as_u64().unwrap();
+                (arrived_us, ended_ms)
+            })
+            .collect();
+        calls.sort_unstable();
+        for pair in calls.windows(2) {
+            // Arrivals are ~150 ms apart; the log's clock has millisecond resolution.
+            if pair[1].0 - pair[0].0 > 5_000 {
+                assert!(
+                    pair[0].1 < pair[1].1,
+                    "{driver}: served out of order: {calls:?}"
+                );
+            }
+        }
+        assert_eq!(m.tool_calls("slow"), 7);
+        let admin = p.admin.unwrap();
+        wait_until("the statistics", || {
+            admin_stats(admin)["since_start"]["tools"]["slow"]["total"]["count"] == 7
+        });
+        assert_eq!(admin_stats(admin)["counters"]["rate_limited"], 0);
+    }
+}
+
+#[test]
+fn a_caller_that_waits_too_long_gets_a_429_and_takes_no_permit_with_it() {
+    for driver in DRIVERS {
+        let OnePermitHeld { m, p, log, first } =
+            one_permit_held(driver, "queue = 1\nqueue_timeout = \"300ms\"", 1500);
+        let addr = p.addr;
+        // One caller may wait: it waits 300 ms, then gets the JSON-RPC error; a second one,
+        // while the first waits, finds the queue full and is refused at once.
+        let waits = std::thread::spawn(move || slow_call(addr, "waits", 10));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (full_status, full) = slow_call(addr, "full", 10);
+        let (status, timed_out) = waits.join().unwrap();
+        for (status, body) in [(status, &timed_out), (full_status, &full)] {
+            assert_eq!(status, 429, "{driver}: {body}");
+            assert_eq!(body["id"], 77);
+            assert_eq!(body["error"]["code"], -32000);
+            assert_eq!(body["error"]["data"]["concurrency"], 0);
+        }
+        assert_eq!(first.join().unwrap().0, 200);
+        // Neither refusal kept a permit: the next call goes through at once.
+        let (status, body) = slow_call(addr, "after", 10);
+        assert_eq!(status, 200, "{driver}: {body}");
+        assert_eq!(m.tool_calls("slow"), 2);
+        let admin = p.admin.unwrap();
+        wait_until("the statistics", || {
+            admin_stats(admin)["counters"]["requests"] == 4
+        });
+        let stats = admin_stats(admin);
+        assert_eq!(stats["counters"]["rate_limited"], 2, "{stats}");
+        let _ = std::fs::remove_file(&log);
+    }
 }

@@ -114,3 +114,96 @@ fn sigterm_lets_a_streaming_sse_tool_call_finish() {
     let status = wait_exit(&mut p, t);
     assert!(status.success(), "{status:?}");
 }
+
+/// SIGTERM with a session's standalone GET stream open, a streaming tool call in flight and
+/// a connection that has sent nothing yet: the GET stream ends at once with a clean end of
+/// its chunked body (the client may resume elsewhere), the silent connection closes, the call
+/// completes whole, and mcplb exits (0) right after it, not at `shutdown_timeout` (30 s).
+#[test]
+#[allow(unsafe_code)]
+fn sigterm_ends_get_streams_and_exits_after_the_last_call() {
+    for driver in DRIVERS {
+        let m = mock_with(MockConfig {
+            name: "streamer".into(),
+            progress_events: 30,
+            progress_interval: Duration::from_millis(100),
+            ..Default::default()
+        });
+        let mut p = start_proxy(&config_for(&[&m], ""), driver);
+        let addr = p.addr;
+        let mut c = HttpClient::connect(addr).unwrap();
+        let (sid, _) = init_session(&mut c);
+        // The session's GET stream, open until its first event has arrived.
+        let req = format!(
+            "GET /mcp HTTP/1.1\r\nhost: t\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\n\r\n"
+        );
+        c.send_raw(req.as_bytes()).unwrap();
+        c.wait_for(b"hello from streamer").unwrap();
+        let get_reader = std::thread::spawn(move || {
+            // A chunked body cut short is an error here: Ok means it ended cleanly.
+            let r = c.read_response();
+            let ended = Instant::now();
+            let closed_after = c.into_stream().read(&mut [0u8; 16]).unwrap_or(0) == 0;
+            (r, ended, closed_after)
+        });
+        // A connection that has sent nothing yet.
+        let mut silent = std::net::TcpStream::connect(addr).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let sid2 = sid.clone();
+        let call = std::thread::spawn(move || {
+            let mut c = HttpClient::connect(addr).unwrap();
+            let r = c
+                .mcp(
+                    "/mcp",
+                    Some(&sid2),
+                    &rpc(
+                        8,
+                        "tools/call",
+                        json!({"name": "progress", "arguments": {}, "_meta": {"progressToken": 1}}),
+                    ),
+                )
+                .unwrap();
+            (r, Instant::now())
+        });
+        // Let the call's stream start (it runs about 3 s), then ask mcplb to stop.
+        std::thread::sleep(Duration::from_millis(500));
+        let t = Instant::now();
+        // SAFETY: sending SIGTERM to the child process this test started.
+        unsafe {
+            libc::kill(p.child.id() as i32, libc::SIGTERM);
+        }
+        let (get, get_ended, closed_after) = get_reader.join().unwrap();
+        assert_eq!(silent.read(&mut [0u8; 16]).unwrap_or(0), 0, "{driver}");
+        let (r, call_ended) = call.join().unwrap();
+        assert!(
+            get_ended < call_ended,
+            "{driver}: the GET stream waited for the call"
+        );
+        let get =
+            get.unwrap_or_else(|e| panic!("{driver}: the GET stream did not end cleanly: {e}"));
+        assert_eq!(get.status, 200, "{driver}");
+        assert!(get.events[0].1.contains("hello from streamer"), "{driver}");
+        assert!(
+            closed_after,
+            "{driver}: the GET stream's connection stayed open"
+        );
+        assert_eq!(r.status, 200, "{driver}");
+        assert_eq!(progress_events(&r), 30, "{driver}: every progress event");
+        assert_eq!(r.json().unwrap()["id"], json!(8), "{driver}");
+        let status = loop {
+            if let Some(s) = p.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "{driver}: no exit");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let exit_after = call_ended.elapsed();
+        assert!(status.success(), "{driver}: {status:?}");
+        assert!(
+            exit_after < Duration::from_secs(1),
+            "{driver}: exited {exit_after:?} after the last call ended"
+        );
+    }
+}

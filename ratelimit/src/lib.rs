@@ -14,7 +14,8 @@
 //!   prefix; keyed by [`KeySource`]); all matching rules must admit, and a request rejected by
 //!   one rule spends no token of another.
 //! - [`ConcurrencyLimit`]: at most N in flight per key, [`Permit`]s released on drop, and a
-//!   bounded waiter count for proxies that queue.
+//!   bounded first-in, first-out queue per key ([`PermitWait`], a future woken when a released
+//!   permit is handed to it) for proxies that queue.
 //!
 //! # Cost
 //!
@@ -30,6 +31,16 @@
 //! | `KeyedLimiter::check`, 100 000 keys in 200 000 slots (cache misses) | 70–129 ns |
 //! | `KeyHasher::hash_key`, 40-byte API key (SipHash-1-3) | 20–21 ns |
 //! | `RateLimits::check`, 2 of 3 rules match (peek + take on each) | 99–127 ns |
+//!
+//! Concurrency permits (five runs each, interleaved with the same benchmarks built before
+//! the queue existed, load 6.6–8.9 on the 2 vCPUs, so the spread is the machine's; callgrind
+//! counts 135 instructions per acquire + release before the queue, 140 with it):
+//!
+//! | operation | before the queue | with it |
+//! | --- | --- | --- |
+//! | `try_acquire_owned` + drop, one key, a permit free | 46–107 ns (median 69) | 41–89 ns (median 67) |
+//! | the same, 2 threads on one key (wall time per acquire + release per thread) | 86–195 ns (median 143) | 80–183 ns (median 133) |
+//! | a caller queues, the holder releases, the caller picks the permit up | | 280–506 ns (median 345) |
 
 mod concurrency;
 mod counter;
@@ -40,7 +51,7 @@ mod keyed;
 mod rules;
 mod table;
 
-pub use concurrency::{ConcurrencyLimit, OwnedPermit, Permit, Waiter};
+pub use concurrency::{ConcurrencyLimit, OwnedPermit, Permit, PermitWait};
 pub use gcra::{Gcra, RetryAfter};
 pub use glob::Glob;
 pub use hash::{hash_key, KeyHasher};

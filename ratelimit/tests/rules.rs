@@ -313,15 +313,19 @@ fn concurrency_idle_keys_are_reclaimed_but_busy_ones_are_not() {
 
 #[test]
 fn waiter_queue_is_bounded_and_drops_leave_it() {
-    let limit = ConcurrencyLimit::new(1, 8, 2).unwrap();
-    let a = limit.try_enqueue();
-    let b = limit.try_enqueue();
+    let limit = std::sync::Arc::new(ConcurrencyLimit::new(1, 8, 2).unwrap());
+    let held = limit.try_acquire_owned(1).unwrap();
+    let a = limit.acquire_owned(1);
+    let b = limit.acquire_owned(1);
     assert!(a.is_some() && b.is_some());
-    assert!(limit.try_enqueue().is_none());
+    assert!(limit.acquire_owned(1).is_none());
     assert_eq!(limit.waiters(), 2);
     drop(a);
     assert_eq!(limit.waiters(), 1);
-    assert!(limit.try_enqueue().is_some());
-    let never = ConcurrencyLimit::new(1, 8, 0).unwrap();
-    assert!(never.try_enqueue().is_none());
+    assert!(limit.acquire_owned(1).is_some());
+    drop((b, held));
+    assert_eq!((limit.waiters(), limit.in_flight(1)), (0, 0));
+    let never = std::sync::Arc::new(ConcurrencyLimit::new(1, 8, 0).unwrap());
+    let _held = never.try_acquire_owned(1).unwrap();
+    assert!(never.acquire_owned(1).is_none());
 }

@@ -106,6 +106,7 @@ fn known_keys(table: &str) -> &'static [&'static str] {
         "servers.health" => keys_of::<RawHealth>(),
         "servers.auth" => keys_of::<crate::auth::RawAuth>(),
         "servers.auth.jwt" => keys_of::<crate::auth::RawJwt>(),
+        "servers.auth.jwt.failure_budget" => keys_of::<crate::auth::RawBudget>(),
         "servers.auth.resource_metadata" => keys_of::<crate::auth::RawMetadata>(),
         "servers.auth.upstream_authorization" => keys_of::<crate::auth::RawSecret>(),
         "limits" => keys_of::<RawLimit>(),

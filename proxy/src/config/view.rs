@@ -45,13 +45,17 @@ fn auth_json(a: &crate::auth::AuthConfig) -> Value {
         };
         json!({
             "issuer": v.issuer, "audience": v.audience,
-            "algorithms": v.algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
+            "algorithms": v.algorithms.iter().map(|a| a.name()).collect::<Vec<_>>(),
             "jwks_file": file, "jwks_url": url,
             "jwks_ca": v.jwks_ca.as_ref().map(|(p, _)| p.clone()),
             "leeway_s": secs(v.leeway), "refresh_s": secs(v.refresh),
             "min_refresh_s": secs(v.min_refresh),
             "identity_claim": v.identity_claim, "required_scopes": v.required_scopes,
             "key_ids_in_use": crate::auth::key_ids(v),
+            "failure_budget": {
+                "enabled": v.budget.settings.enabled, "burst": v.budget.settings.burst,
+                "rate": v.budget.settings.rate, "addresses": v.budget.settings.addresses,
+            },
         })
     });
     let upstream = match (&a.upstream, &a.upstream_source) {

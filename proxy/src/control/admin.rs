@@ -1,15 +1,23 @@
 //! The admin port: statistics as JSON (`/stats`), Prometheus text (`/metrics`), backends
 //! (`/backends`), the effective configuration with secrets redacted (`/config`), liveness and
 //! readiness (`/healthz`, `/readyz`) and a self-contained live page
-//! (`/`). It runs on its own thread with blocking I/O, never on a worker's listener: admin
-//! traffic cannot slow client traffic. Bound to a non-loopback address it requires the
-//! configured token (`Authorization: Bearer TOKEN`), checked on every request.
+//! (`/`). It runs on its own thread with its own event loop, never on a worker's listener:
+//! admin traffic cannot slow client traffic. Connections are bounded in number and in time
+//! (see [`start`]). Bound to a non-loopback address it requires the configured token
+//! (`Authorization: Bearer TOKEN`), checked on every request.
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
 use serde_json::{json, Map, Value};
 
@@ -42,7 +50,29 @@ impl std::ops::Deref for View<'_> {
     }
 }
 
+/// Admin connections open at once. At the cap, the connection that has waited longest for its
+/// request head is closed (503) to make room, so a flood of idle connections never keeps out a
+/// client that sends its request at once; when every connection is past its head (slow
+/// readers of big answers), the newcomer is answered 503. Past twice the cap (503s still being
+/// written), new connections are closed unanswered.
+const MAX_CONNECTIONS: usize = 128;
+/// A request head must arrive whole within this, however slowly its bytes come (408).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The answer must be taken by the client within this; a client that reads no further is cut
+/// off.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A refused or evicted client gets this long to take its 503.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Largest request head read (431 past it).
+const MAX_HEAD: usize = 16 * 1024;
+
 /// Binds the admin listener and serves it on a new thread; returns the bound address.
+///
+/// The thread runs its own event loop (monoio's epoll driver: admin traffic is rare, and it
+/// works wherever io_uring is off): every connection is a task, not a thread. Connections are
+/// bounded in number ([`MAX_CONNECTIONS`]) and in time ([`HEAD_TIMEOUT`], [`WRITE_TIMEOUT`]),
+/// so idle or slow clients cost a task each, never a thread, and cannot keep out a client
+/// that sends its request promptly. The token is checked on the head, before anything else.
 pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
     serve_on(TcpListener::bind(addr)?, state)
 }
@@ -51,24 +81,241 @@ pub fn start(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<SocketA
 /// shared) on a new thread; returns its address.
 pub fn serve_on(listener: TcpListener, state: Arc<AdminState>) -> anyhow::Result<SocketAddr> {
     let local = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name("mcplb-admin".into())
         .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let st = state.clone();
-                // One short-lived thread per admin connection: admin traffic is rare and small.
-                let _ = std::thread::Builder::new()
-                    .name("mcplb-admin-conn".into())
-                    .spawn(move || {
-                        let _ = serve(conn, &st);
-                    });
+            match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+            {
+                Ok(mut rt) => rt.block_on(accept_loop(listener, state)),
+                Err(e) => tracing::error!(error = %e, "admin port: cannot start its event loop"),
             }
         })?;
     Ok(local)
 }
 
-fn serve(mut s: TcpStream, state: &AdminState) -> std::io::Result<()> {
+/// Counts a connection as open while it lives.
+struct Open(Rc<Cell<usize>>);
+
+impl Open {
+    fn new(count: &Rc<Cell<usize>>) -> Open {
+        count.set(count.get() + 1);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// The connections still waiting for their request head, oldest first.
+#[derive(Default)]
+struct Waiting(RefCell<VecDeque<Rc<Wait>>>);
+
+/// One connection's wait for its head: set (and woken) when it is closed to make room.
+#[derive(Default)]
+struct Wait {
+    evicted: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+/// A connection's place in [`Waiting`], left when dropped (head read, or the task ends).
+struct InLine {
+    line: Rc<Waiting>,
+    wait: Rc<Wait>,
+}
+
+impl Waiting {
+    fn join(line: &Rc<Waiting>) -> InLine {
+        let wait = Rc::new(Wait::default());
+        line.0.borrow_mut().push_back(wait.clone());
+        InLine {
+            line: line.clone(),
+            wait,
+        }
+    }
+
+    /// Closes the connection that has waited longest for its head; false when none waits.
+    fn evict_oldest(&self) -> bool {
+        let Some(w) = self.0.borrow_mut().pop_front() else {
+            return false;
+        };
+        w.evicted.set(true);
+        if let Some(waker) = w.waker.take() {
+            waker.wake();
+        }
+        true
+    }
+}
+
+impl Drop for InLine {
+    fn drop(&mut self) {
+        self.line
+            .0
+            .borrow_mut()
+            .retain(|w| !Rc::ptr_eq(w, &self.wait));
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin port: cannot watch its listener");
+            return;
+        }
+    };
+    let open = Rc::new(Cell::new(0usize));
+    let waiting = Rc::new(Waiting::default());
+    let mut refused: u64 = 0;
+    loop {
+        let conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to be given back.
+                tracing::warn!(error = %e, "admin port: accept failed");
+                monoio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let n = open.get();
+        if n >= 2 * MAX_CONNECTIONS {
+            drop(conn);
+            continue;
+        }
+        let slot = Open::new(&open);
+        if n < MAX_CONNECTIONS || waiting.evict_oldest() {
+            monoio::spawn(serve_conn(conn, state.clone(), waiting.clone(), slot));
+        } else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    open = n,
+                    refused,
+                    "admin port: too many connections; answering 503"
+                );
+            }
+            monoio::spawn(refuse(conn, slot));
+        }
+    }
+}
+
+const BUSY: &str = "admin port busy: too many connections\n";
+
+async fn refuse(mut conn: monoio::net::TcpStream, _slot: Open) {
+    let answer = Answer::text(503, BUSY);
+    let _ = monoio::time::timeout(REFUSE_TIMEOUT, conn.write_all(answer.into_bytes())).await;
+}
+
+/// What a connection sent before its head was complete.
+enum Head {
+    /// The head ends at this offset of the buffer.
+    Complete(Vec<u8>, usize),
+    /// Longer than [`MAX_HEAD`].
+    TooLarge,
+    /// The client closed before a whole head.
+    Closed,
+}
+
+async fn read_head(conn: &mut monoio::net::TcpStream) -> std::io::Result<Head> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if let Some(n) = crate::http::head_len(&buf) {
+            return Ok(Head::Complete(buf, n));
+        }
+        if buf.len() >= MAX_HEAD {
+            return Ok(Head::TooLarge);
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len().min(MAX_HEAD - buf.len()).max(1024));
+        }
+        // Appended after what arrived so far (a Vec by itself is read into from its start).
+        let len = buf.len();
+        let (res, slice) = conn.read(buf.slice_mut(len..)).await;
+        buf = slice.into_inner();
+        if res? == 0 {
+            return Ok(Head::Closed);
+        }
+    }
+}
+
+async fn serve_conn(
+    mut conn: monoio::net::TcpStream,
+    state: Arc<AdminState>,
+    waiting: Rc<Waiting>,
+    _slot: Open,
+) {
+    let head = {
+        let in_line = Waiting::join(&waiting);
+        let mut read = std::pin::pin!(monoio::time::timeout(HEAD_TIMEOUT, read_head(&mut conn)));
+        std::future::poll_fn(|cx| {
+            if in_line.wait.evicted.get() {
+                return Poll::Ready(None);
+            }
+            in_line.wait.waker.set(Some(cx.waker().clone()));
+            std::future::Future::poll(read.as_mut(), cx).map(Some)
+        })
+        .await
+    };
+    let (answer, limit) = match head {
+        None => (Answer::text(503, BUSY), REFUSE_TIMEOUT),
+        Some(Err(_)) => (
+            Answer::text(408, "request head not received in time\n"),
+            REFUSE_TIMEOUT,
+        ),
+        Some(Ok(Err(_)) | Ok(Ok(Head::Closed))) => return,
+        Some(Ok(Ok(Head::TooLarge))) => (Answer::text(431, "head too large\n"), REFUSE_TIMEOUT),
+        Some(Ok(Ok(Head::Complete(buf, head_len)))) => {
+            (handle(&buf[..head_len], &state), WRITE_TIMEOUT)
+        }
+    };
+    let _ = monoio::time::timeout(limit, conn.write_all(answer.into_bytes())).await;
+}
+
+/// An admin answer: always `connection: close`.
+struct Answer {
+    status: u16,
+    ctype: &'static str,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn new(status: u16, ctype: &'static str, body: impl Into<Vec<u8>>) -> Answer {
+        Answer {
+            status,
+            ctype,
+            body: body.into(),
+        }
+    }
+
+    fn text(status: u16, body: &'static str) -> Answer {
+        Answer::new(status, "text/plain", body)
+    }
+
+    fn json(status: u16, body: &Value) -> Answer {
+        Answer::new(status, "application/json", body.to_string())
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+            self.status,
+            crate::http::reason(self.status),
+            self.ctype,
+            self.body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// Answers one request head (a pure function of the head and the running state).
+fn handle(head: &[u8], state: &AdminState) -> Answer {
     let view = View {
         shared: state.reloader.live.load(),
         driver: state.driver,
@@ -76,29 +323,10 @@ fn serve(mut s: TcpStream, state: &AdminState) -> std::io::Result<()> {
         workers: &state.workers,
     };
     let st = &view;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut buf = Vec::with_capacity(2048);
-    let mut tmp = [0u8; 2048];
-    let head_len = loop {
-        if let Some(n) = crate::http::head_len(&buf) {
-            break n;
-        }
-        if buf.len() > 16 * 1024 {
-            return respond(&mut s, 431, "text/plain", b"head too large\n");
-        }
-        let n = s.read(&mut tmp)?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    };
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
-    if !matches!(
-        req.parse(&buf[..head_len]),
-        Ok(httparse::Status::Complete(_))
-    ) {
-        return respond(&mut s, 400, "text/plain", b"bad request\n");
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return Answer::text(400, "bad request\n");
     }
     let method = req.method.unwrap_or("");
     let full_path = req.path.unwrap_or("/");
@@ -112,21 +340,14 @@ fn serve(mut s: TcpStream, state: &AdminState) -> std::io::Result<()> {
             .map(|h| h.value)
             .and_then(|v| v.strip_prefix(b"Bearer "));
         if !given.is_some_and(|g| constant_time_eq(g, token.as_bytes())) {
-            return respond(&mut s, 401, "text/plain", b"admin token required\n");
+            return Answer::text(401, "admin token required\n");
         }
     }
     if method == "POST" && path == "/reload" {
         // Reads the config file again: a valid one goes live (answer: what changed); an
         // invalid one is refused with every problem, and the running configuration stays.
         return match st.reloader.reload() {
-            Ok(changes) => respond(
-                &mut s,
-                200,
-                "application/json",
-                json!({"reloaded": true, "changes": changes})
-                    .to_string()
-                    .as_bytes(),
-            ),
+            Ok(changes) => Answer::json(200, &json!({"reloaded": true, "changes": changes})),
             Err(errors) => {
                 tracing::warn!(
                     problems = errors.len(),
@@ -135,14 +356,7 @@ fn serve(mut s: TcpStream, state: &AdminState) -> std::io::Result<()> {
                 for e in &errors {
                     tracing::warn!(problem = %e, "reload refused");
                 }
-                respond(
-                    &mut s,
-                    400,
-                    "application/json",
-                    json!({"reloaded": false, "errors": errors})
-                        .to_string()
-                        .as_bytes(),
-                )
+                Answer::json(400, &json!({"reloaded": false, "errors": errors}))
             }
         };
     }
@@ -174,61 +388,33 @@ fn serve(mut s: TcpStream, state: &AdminState) -> std::io::Result<()> {
                 }
             }
             if found == 0 {
-                return respond(&mut s, 404, "text/plain", b"no such backend\n");
+                return Answer::text(404, "no such backend\n");
             }
             tracing::info!(backend = name, action, "admin");
-            return respond(
-                &mut s,
-                200,
-                "application/json",
-                backends_json(st).to_string().as_bytes(),
-            );
+            return Answer::json(200, &backends_json(st));
         }
-        return respond(&mut s, 404, "text/plain", b"not found\n");
+        return Answer::text(404, "not found\n");
     }
     if method != "GET" {
-        return respond(&mut s, 405, "text/plain", b"method not allowed\n");
+        return Answer::text(405, "method not allowed\n");
     }
     let now = Instant::now();
     match path {
-        "/healthz" => respond(&mut s, 200, "text/plain", b"ok\n"),
+        "/healthz" => Answer::text(200, "ok\n"),
         "/readyz" => {
             let (ready, body) = readiness(st);
-            respond(
-                &mut s,
-                if ready { 200 } else { 503 },
-                "application/json",
-                body.to_string().as_bytes(),
-            )
+            Answer::json(if ready { 200 } else { 503 }, &body)
         }
-        "/stats" => respond(
-            &mut s,
-            200,
-            "application/json",
-            stats_json(st, now).to_string().as_bytes(),
-        ),
-        "/metrics" => respond(
-            &mut s,
+        "/stats" => Answer::json(200, &stats_json(st, now)),
+        "/metrics" => Answer::new(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics_text(st, now).as_bytes(),
+            metrics_text(st, now),
         ),
-        "/backends" => respond(
-            &mut s,
-            200,
-            "application/json",
-            backends_json(st).to_string().as_bytes(),
-        ),
-        "/config" => respond(
-            &mut s,
-            200,
-            "application/json",
-            crate::config::view::redacted_json(&st.config)
-                .to_string()
-                .as_bytes(),
-        ),
-        "/" => respond(&mut s, 200, "text/html; charset=utf-8", PAGE.as_bytes()),
-        _ => respond(&mut s, 404, "text/plain", b"not found\n"),
+        "/backends" => Answer::json(200, &backends_json(st)),
+        "/config" => Answer::json(200, &crate::config::view::redacted_json(&st.config)),
+        "/" => Answer::new(200, "text/html; charset=utf-8", PAGE),
+        _ => Answer::text(404, "not found\n"),
     }
 }
 
@@ -237,16 +423,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn respond(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
-        crate::http::reason(status),
-        body.len()
-    );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)
 }
 
 /// A statistics dimension's kind and name; `None` for a group or backend the running
@@ -423,7 +599,7 @@ fn readiness(st: &View<'_>) -> (bool, Value) {
     )
 }
 
-/// Histogram bucket bounds (seconds) for Prometheus, derived from the HDR data.
+/// Histogram bucket bounds (seconds) for Prometheus, derived from the distributions' buckets.
 const BUCKETS_US: [u64; 16] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 2_500_000, 10_000_000, 60_000_000,
@@ -517,11 +693,11 @@ pub(crate) fn metrics_text(st: &View<'_>, now: Instant) -> String {
             };
             let lbl = format!("dimension=\"{kind}\",name=\"{}\"", escape_label(&label));
             for le in BUCKETS_US {
-                let n = h.count_between(0, le);
+                let n = h.count_at_or_below(le);
                 let _ = writeln!(o, "{name}_bucket{{{lbl},le=\"{}\"}} {n}", le as f64 / 1e6);
             }
             let _ = writeln!(o, "{name}_bucket{{{lbl},le=\"+Inf\"}} {}", h.len());
-            let sum: f64 = h.mean() * h.len() as f64 / 1e6;
+            let sum: f64 = h.sum() as f64 / 1e6;
             let _ = writeln!(o, "{name}_sum{{{lbl}}} {sum}");
             let _ = writeln!(o, "{name}_count{{{lbl}}} {}", h.len());
         }

@@ -1,25 +1,28 @@
-//! Latency histograms and counters: recorded per core with no shared state on the request
+//! Latency distributions and counters: recorded per core with no shared state on the request
 //! path, merged when read.
 //!
 //! Each worker owns a [`CoreRecorder`] (plain fields, `RefCell` on its own thread). Once a
-//! second the worker folds it into the process-wide [`StatsHub`] under a mutex that only these
-//! flushes and admin reads touch, never a request. The hub keeps everything since start and a
-//! ring of six 10-second slots for the rolling last 60 s. Histograms are HDR (µs, 3 significant
-//! digits) of the total time (first request byte in to last response byte out), the upstream
-//! time (request sent to response complete) and the proxy's own share (total minus upstream),
-//! per backend, server group, method and tool name (at most [`MAX_TOOLS`] names; the rest are
-//! counted as `other`). Histograms are allocated only for the dimensions that see traffic.
+//! second the worker moves it into the process-wide [`StatsHub`] under a mutex that only these
+//! moves and admin reads touch, never a request. The hub keeps everything since start and a
+//! ring of six 10-second slots for the rolling last 60 s. Distributions (µs, buckets at most
+//! 0.78 % wide, see [`distribution`](super::distribution)) are kept of the total time (first
+//! request byte in to last response byte out), the upstream time (request sent to response
+//! complete) and the proxy's own share (total minus upstream), per backend, server group,
+//! method and tool name (at most [`MAX_TOOLS`] names; the rest are counted as `other`). They
+//! are allocated only for the dimensions that see traffic, and hold memory only for the
+//! magnitudes of latency they saw: with 64 tools called, a core's recorder holds about 1 KiB
+//! per dimension plus 512 bytes per power of two of latency seen (measured figures in
+//! `bench/results/*-stats-memory.md`). The per-second move reads and zeroes only what was
+//! written in that second.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
+use super::distribution::{Count, Distribution};
 
 /// Distinct tool names tracked; further names are recorded as `other`.
 pub const MAX_TOOLS: usize = 64;
-/// Longest latency tracked exactly (1 hour in µs); longer ones saturate.
-const HIGHEST_US: u64 = 3_600_000_000;
 /// Rolling window: this many slots of [`SLOT`].
 const SLOTS: usize = 6;
 const SLOT: Duration = Duration::from_secs(10);
@@ -121,10 +124,13 @@ pub enum Counter {
     JwtCacheHits,
     /// Connection tasks that panicked (each closed its connection; the worker went on).
     WorkerPanics,
+    /// Tokens refused unverified (429): their client address had spent its budget of failed
+    /// JWT verifications.
+    AuthThrottled,
     /// Connections from trusted balancers closed for a missing or bad PROXY protocol header.
     ProxyProtocolErrors,
 }
-const COUNTERS: usize = 29;
+const COUNTERS: usize = 30;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -155,6 +161,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "jwt_verifications",
     "jwt_cache_hits",
     "worker_panics",
+    "auth_throttled",
     "proxy_protocol_errors",
 ];
 
@@ -184,59 +191,51 @@ pub const GAUGE_NAMES: [&str; GAUGES] = [
     "active_sessions",
 ];
 
-/// Total, upstream and own-time histograms of one dimension.
-#[derive(Clone)]
-pub struct Triple {
+/// Total, upstream and own-time distributions of one dimension. Counted in `u32` on a core
+/// (one second) and in the hub's 10-second slots, `u64` since start.
+#[derive(Clone, Default)]
+pub struct Triple<C: Count = u64> {
     /// First request byte in to last response byte out.
-    pub total: Histogram<u64>,
+    pub total: Distribution<C>,
     /// Request sent upstream to response complete.
-    pub upstream: Histogram<u64>,
+    pub upstream: Distribution<C>,
     /// The proxy's own share (total minus upstream).
-    pub own: Histogram<u64>,
+    pub own: Distribution<C>,
     /// SSE answers only: request sent upstream to its first event forwarded.
-    pub first_event: Histogram<u64>,
+    pub first_event: Distribution<C>,
 }
 
-fn new_hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, HIGHEST_US, 3)
-        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable_hist()))
-}
-
-#[allow(clippy::expect_used)]
-fn unreachable_hist() -> Histogram<u64> {
-    // new(3) only fails for sigfig > 5; 3 is fixed above.
-    Histogram::new(2).expect("hdrhistogram with 2 significant digits")
-}
-
-impl Triple {
-    fn new() -> Self {
-        Triple {
-            total: new_hist(),
-            upstream: new_hist(),
-            own: new_hist(),
-            first_event: new_hist(),
-        }
-    }
+impl<C: Count> Triple<C> {
     fn record(&mut self, total_us: u64, upstream_us: u64, first_event_us: Option<u64>) {
-        self.total.saturating_record(total_us.max(1));
-        self.upstream.saturating_record(upstream_us.max(1));
-        self.own
-            .saturating_record(total_us.saturating_sub(upstream_us).max(1));
+        self.total.record(total_us.max(1));
+        self.upstream.record(upstream_us.max(1));
+        self.own.record(total_us.saturating_sub(upstream_us).max(1));
         if let Some(f) = first_event_us {
-            self.first_event.saturating_record(f.max(1));
+            self.first_event.record(f.max(1));
         }
     }
-    fn add(&mut self, o: &Triple) {
-        let _ = self.total.add(&o.total);
-        let _ = self.upstream.add(&o.upstream);
-        let _ = self.own.add(&o.own);
-        let _ = self.first_event.add(&o.first_event);
+
+    fn add<D: Count>(&mut self, o: &Triple<D>) {
+        self.total.add(&o.total);
+        self.upstream.add(&o.upstream);
+        self.own.add(&o.own);
+        self.first_event.add(&o.first_event);
     }
-    fn reset(&mut self) {
-        self.total.reset();
-        self.upstream.reset();
-        self.own.reset();
-        self.first_event.reset();
+
+    /// Moves this core's second into the hub's current slot and empties it.
+    fn move_into<D: Count>(&mut self, into: &mut Triple<D>) {
+        self.total.move_into(&mut into.total);
+        self.upstream.move_into(&mut into.upstream);
+        self.own.move_into(&mut into.own);
+        self.first_event.move_into(&mut into.first_event);
+    }
+
+    /// Bytes held by the four distributions.
+    pub fn footprint(&self) -> usize {
+        self.total.footprint()
+            + self.upstream.footprint()
+            + self.own.footprint()
+            + self.first_event.footprint()
     }
 }
 
@@ -273,13 +272,16 @@ pub struct Sample {
     pub first_event_us: Option<u64>,
 }
 
+/// One dimension's distributions on a core, allocated when it first sees traffic.
+type CoreDim = Option<Box<Triple<u32>>>;
+
 /// One core's recording since its last flush.
 pub struct CoreRecorder {
-    groups: Vec<Option<Box<Triple>>>,
-    backends: Vec<Vec<Option<Box<Triple>>>>,
-    methods: Vec<Option<Box<Triple>>>,
+    groups: Vec<CoreDim>,
+    backends: Vec<Vec<CoreDim>>,
+    methods: Vec<CoreDim>,
     tool_names: HashMap<Box<str>, usize>,
-    tools: Vec<(Box<str>, Option<Box<Triple>>)>,
+    tools: Vec<(Box<str>, CoreDim)>,
     counters: [u64; COUNTERS],
     gauges: [i64; GAUGES],
     /// Per backend (`[group][backend]`): requests in flight and sessions, as deltas.
@@ -372,8 +374,8 @@ impl CoreRecorder {
 
     /// Records one finished request.
     pub fn record(&mut self, s: Sample) {
-        fn slot(t: &mut Option<Box<Triple>>) -> &mut Triple {
-            t.get_or_insert_with(|| Box::new(Triple::new()))
+        fn slot(t: &mut CoreDim) -> &mut Triple<u32> {
+            t.get_or_insert_with(Box::default)
         }
         self.dirty = true;
         self.counters[Counter::Requests as usize] += 1;
@@ -420,7 +422,19 @@ impl CoreRecorder {
         }
     }
 
-    /// Folds this core's data into the hub and resets it (keeping its allocations).
+    /// Bytes held by this core's latency distributions (the tables of names and counters
+    /// aside).
+    pub fn footprint(&self) -> usize {
+        let each = |t: &CoreDim| t.as_ref().map_or(0, |t| t.footprint());
+        self.groups.iter().map(each).sum::<usize>()
+            + self.backends.iter().flatten().map(each).sum::<usize>()
+            + self.methods.iter().map(each).sum::<usize>()
+            + self.tools.iter().map(|(_, t)| each(t)).sum::<usize>()
+    }
+
+    /// Moves this core's data into the hub and empties it (keeping its allocations). Costs in
+    /// proportion to what was recorded since the last flush: only the chunks of buckets
+    /// written are read and zeroed.
     pub fn flush_into(&mut self, hub: &StatsHub, now: Instant) {
         if !self.dirty {
             return;
@@ -430,11 +444,10 @@ impl CoreRecorder {
             Err(p) => p.into_inner(),
         };
         h.rotate(now);
-        let mut each = |dim: Dim, t: &mut Option<Box<Triple>>| {
+        let mut each = |dim: Dim, t: &mut CoreDim| {
             if let Some(t) = t {
                 if !t.total.is_empty() {
                     h.absorb(dim, t);
-                    t.reset();
                 }
             }
         };
@@ -487,10 +500,12 @@ impl CoreRecorder {
 
 struct Slot {
     start: Instant,
-    hists: HashMap<Dim, Triple>,
+    hists: HashMap<Dim, Triple<u32>>,
 }
 
 struct HubInner {
+    /// Everything in the slots closed so far; the open slot (the ring's last) is added when
+    /// it closes, so a core's flush writes each bucket once.
     since_start: HashMap<Dim, Triple>,
     ring: Vec<Slot>,
     counters: [u64; COUNTERS],
@@ -505,9 +520,16 @@ impl HubInner {
             .last()
             .is_none_or(|s| now.saturating_duration_since(s.start) >= SLOT);
         if needs_new {
+            if let Some(closing) = self.ring.last() {
+                for (d, t) in &closing.hists {
+                    self.since_start.entry(d.clone()).or_default().add(t);
+                }
+            }
             if self.ring.len() >= SLOTS {
+                // The oldest slot's distributions are dropped, not zeroed: a dimension holds
+                // memory in a slot only while it has traffic in it.
                 let mut old = self.ring.remove(0);
-                old.hists.values_mut().for_each(Triple::reset);
+                old.hists.clear();
                 old.start = now;
                 self.ring.push(old);
             } else {
@@ -519,13 +541,12 @@ impl HubInner {
         }
     }
 
-    fn absorb(&mut self, dim: Dim, t: &Triple) {
-        self.since_start
-            .entry(dim.clone())
-            .or_insert_with(Triple::new)
-            .add(t);
-        if let Some(slot) = self.ring.last_mut() {
-            slot.hists.entry(dim).or_insert_with(Triple::new).add(t);
+    /// Moves a core's second of one dimension into the open slot.
+    fn absorb(&mut self, dim: Dim, t: &mut Triple<u32>) {
+        match self.ring.last_mut() {
+            Some(slot) => t.move_into(slot.hists.entry(dim).or_default()),
+            // Not reached: `rotate` runs first and always leaves an open slot.
+            None => t.move_into(self.since_start.entry(dim).or_default()),
         }
     }
 }
@@ -562,15 +583,16 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn of(h: &Histogram<u64>) -> Summary {
+    fn of(h: &Distribution) -> Summary {
+        let [p50, p90, p95, p99, p999] = h.quantiles([0.50, 0.90, 0.95, 0.99, 0.999]);
         Summary {
             count: h.len(),
             mean: (h.mean() * 10.0).round() / 10.0,
-            p50: h.value_at_quantile(0.50),
-            p90: h.value_at_quantile(0.90),
-            p95: h.value_at_quantile(0.95),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
+            p50,
+            p90,
+            p95,
+            p99,
+            p999,
             max: h.max(),
         }
     }
@@ -578,7 +600,7 @@ impl Summary {
 
 /// A merged view of every dimension, in one window.
 pub struct View {
-    /// Histograms by dimension.
+    /// Distributions by dimension.
     pub hists: Vec<(Dim, Triple)>,
 }
 
@@ -620,7 +642,7 @@ impl StatsHub {
                 if now.saturating_duration_since(s.start) < SLOT * SLOTS as u32 {
                     for (d, t) in &s.hists {
                         if !t.total.is_empty() {
-                            out.entry(d.clone()).or_insert_with(Triple::new).add(t);
+                            out.entry(d.clone()).or_default().add(t);
                         }
                     }
                 }
@@ -628,6 +650,11 @@ impl StatsHub {
         } else {
             for (d, t) in &h.since_start {
                 out.insert(d.clone(), t.clone());
+            }
+            if let Some(open) = h.ring.last() {
+                for (d, t) in &open.hists {
+                    out.entry(d.clone()).or_default().add(t);
+                }
             }
         }
         let mut hists: Vec<(Dim, Triple)> = out.into_iter().collect();
@@ -641,6 +668,17 @@ impl StatsHub {
         (h.counters, h.gauges)
     }
 
+    /// Bytes held by the hub's distributions: since start and the rolling window's slots.
+    pub fn footprint(&self) -> usize {
+        let h = self.lock();
+        h.since_start.values().map(Triple::footprint).sum::<usize>()
+            + h.ring
+                .iter()
+                .flat_map(|s| s.hists.values())
+                .map(Triple::footprint)
+                .sum::<usize>()
+    }
+
     /// A backend's requests in flight and sessions (as of the last flush of every core), by
     /// group key and backend tag.
     pub fn backend_gauges(&self, group_key: u32, tag: u32) -> [i64; 2] {
@@ -652,8 +690,8 @@ impl StatsHub {
     }
 }
 
-/// Summary of a histogram (for rendering).
-pub fn summary(h: &Histogram<u64>) -> Summary {
+/// Summary of a distribution (for rendering).
+pub fn summary(h: &Distribution) -> Summary {
     Summary::of(h)
 }
 
@@ -697,8 +735,10 @@ mod tests {
         };
         assert_eq!(tool.total.len(), 100);
         let s = Summary::of(&tool.total);
-        assert!((4990..=5010).contains(&s.p50), "{s:?}");
-        assert!((9990..=10010).contains(&s.max), "{s:?}");
+        // Percentiles are the top of their bucket: at most 1/128 above the true value.
+        assert!((5000..=5000 + 5000 / 128).contains(&s.p50), "{s:?}");
+        assert_eq!(s.max, 10_000, "{s:?}");
+        assert_eq!(s.mean, 5050.0, "{s:?}");
         let own = Summary::of(&tool.own);
         assert!((990..=1010).contains(&own.max), "{own:?}");
         let (c, _) = hub.counters();
@@ -710,6 +750,83 @@ mod tests {
             .view(true, now + Duration::from_secs(61))
             .hists
             .is_empty());
+    }
+
+    /// A second of 64 tools over 4 backends with latencies from 50 µs to 20 ms: the core's
+    /// recorder stays small, and flushing keeps its chunks but leaves nothing behind.
+    #[test]
+    fn memory_with_64_tools_is_small() {
+        let hub = StatsHub::new();
+        let mut rec = CoreRecorder::new(&[4]);
+        let tools: Vec<usize> = (0..64).map(|t| rec.tool_slot(&format!("t{t}"))).collect();
+        let start = Instant::now();
+        let mut i = 0u64;
+        for second in 1..=3 {
+            for _ in 0..20_000 {
+                i = i.wrapping_add(7919);
+                let total = 50 + (i % 997) * (1 + i % 20);
+                rec.record(Sample {
+                    group: 0,
+                    backend: Some((i % 4) as usize),
+                    method: 3,
+                    tool: Some(tools[(i % 64) as usize]),
+                    total_us: total,
+                    upstream_us: total * 9 / 10,
+                    first_event_us: None,
+                });
+            }
+            let held = rec.footprint();
+            rec.flush_into(&hub, start + Duration::from_secs(second));
+            assert_eq!(rec.footprint(), held);
+        }
+        let core = rec.footprint();
+        // 70 dimensions (64 tools, 4 backends, a group, a method).
+        assert!(core < 1024 * 1024, "core recorder holds {core} bytes");
+        let hub_bytes = hub.footprint();
+        assert!(hub_bytes < 4 * 1024 * 1024, "hub holds {hub_bytes} bytes");
+        let v = hub.view(false, start);
+        assert_eq!(v.hists.len(), 70);
+        assert!(v.hists.iter().all(|(_, t)| !t.total.is_empty()));
+    }
+
+    /// Since start is the closed slots plus the open one; the rolling window forgets a slot
+    /// 60 s after it opened.
+    #[test]
+    fn since_start_outlives_the_rolling_window() {
+        let hub = StatsHub::new();
+        let t0 = Instant::now();
+        let mut rec = CoreRecorder::new(&[1]);
+        let one = |rec: &mut CoreRecorder, us| {
+            rec.record(Sample {
+                group: 0,
+                backend: Some(0),
+                method: 3,
+                tool: None,
+                total_us: us,
+                upstream_us: 0,
+                first_event_us: None,
+            })
+        };
+        let count = |rolling, at| {
+            hub.view(rolling, at)
+                .hists
+                .iter()
+                .find(|(d, _)| *d == Dim::Group(0))
+                .map_or(0, |(_, t)| t.total.len())
+        };
+        for s in 0..100u64 {
+            one(&mut rec, 100 + s);
+            one(&mut rec, 100 + s);
+            rec.flush_into(&hub, t0 + Duration::from_secs(s));
+            assert_eq!(count(false, t0 + Duration::from_secs(s)), 2 * (s + 1));
+        }
+        // At 99 s the window holds the slots opened at 40, 50, .., 90 s: 60 seconds' worth;
+        // at 101 s the one opened at 40 s has left it.
+        assert_eq!(count(true, t0 + Duration::from_secs(99)), 120);
+        assert_eq!(count(true, t0 + Duration::from_secs(101)), 100);
+        let since = hub.view(false, t0);
+        let g = &since.hists[0].1.total;
+        assert_eq!((g.len(), g.max()), (200, 199));
     }
 
     #[test]

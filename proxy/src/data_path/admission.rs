@@ -5,7 +5,6 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use protocol::{Envelope, MessageKind, Method};
 
@@ -49,6 +48,7 @@ pub(crate) fn check_access(core: &Core, c: &mut ClientConn, gi: usize) -> Result
         &group.auth,
         c.req.header(b"authorization"),
         c.req.header(b"x-api-key"),
+        c.client_ip,
         &core.shared.key_hasher,
         &mut c.caller,
     );
@@ -56,6 +56,7 @@ pub(crate) fn check_access(core: &Core, c: &mut ClientConn, gi: usize) -> Result
         JwtCheck::None => None,
         JwtCheck::Cached => Some(Counter::JwtCacheHits),
         JwtCheck::Verified => Some(Counter::JwtVerifications),
+        JwtCheck::Throttled => Some(Counter::AuthThrottled),
     };
     if let Some(k) = jwt {
         core.rec.borrow_mut().count(k, 1);
@@ -157,6 +158,11 @@ fn check_envelope(
 ) -> Result<ConcKeys, Stop> {
     if let Some(msg) = header_mismatch(&c.req, env) {
         return Err(Refusal::new(400, -32020, msg).into());
+    }
+    let shared = &core.shared;
+    if shared.limits.is_none() && shared.config.concurrency.is_empty() {
+        // No rule to match: nothing to decode.
+        return Ok(ConcKeys::default());
     }
     let facts = RequestFacts::of(core, gi, env);
     if let Some((rule, retry_ns)) = check_limits(core, c, &facts) {
@@ -383,7 +389,10 @@ pub(crate) async fn acquire_backend_permits(
     Ok(())
 }
 
-/// A permit now, or after waiting in the rule's bounded queue until its timeout.
+/// A permit now, or after waiting in the rule's bounded queue until its timeout. The queue is
+/// first in, first out across cores: a released permit is handed to the first caller in line
+/// and wakes its task (on whichever core it waits), so nothing polls. A caller that times out
+/// leaves the line; a permit handed to it at that moment goes on to the next.
 async fn acquire_permit(
     limit: &Arc<ratelimit::ConcurrencyLimit>,
     key: u64,
@@ -395,17 +404,6 @@ async fn acquire_permit(
     if rule.queue == 0 {
         return None;
     }
-    let _waiter = limit.try_enqueue()?;
-    let deadline = Instant::now() + rule.queue_timeout;
-    let mut wait = Duration::from_millis(1);
-    loop {
-        monoio::time::sleep(wait).await;
-        if let Some(p) = limit.try_acquire_owned(key) {
-            return Some(p);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        wait = (wait * 2).min(Duration::from_millis(20));
-    }
+    let wait = limit.acquire_owned(key)?;
+    monoio::time::timeout(rule.queue_timeout, wait).await.ok()
 }

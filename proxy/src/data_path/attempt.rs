@@ -139,6 +139,7 @@ pub(crate) async fn send(
                     head_len,
                     backend_tag: backend.tag,
                     backend_sid: sid,
+                    end_on_shutdown: c.req.method() == HttpMethod::Get,
                 };
                 let keep = !c.req.head.close;
                 let (next, reusable) = forward_response(core, c, answer, keep).await;
@@ -207,6 +208,11 @@ async fn attempt(
         return Err(UpstreamError::connect(UpstreamErrorKind::ConnectRefused));
     };
     let (mut up, reused) = core.upstream(gi, bi, fresh).await?;
+    if c.out.capacity() == 0 {
+        // A pooled buffer: growing an empty one to a request's size took six reallocations
+        // (callgrind: about 2 500 instructions per request, 10 % of mcplb's own).
+        c.out = core.take_buf();
+    }
     c.out.clear();
     let hop = c.hop();
     let forwarding = (&core.shared.config.proxy.client_address, &hop);

@@ -57,6 +57,9 @@ pub(crate) async fn forward(core: &Core, c: &mut ClientConn, front: SocketAddr) 
         head_len,
         backend_tag: 0,
         backend_sid: None,
+        // An old client's `/sse` stream carries its answers and is not resumable: a shutdown
+        // waits for it like for any call.
+        end_on_shutdown: false,
     };
     let keep = !c.req.head.close;
     forward_response(core, c, answer, keep).await.0

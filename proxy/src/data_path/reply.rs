@@ -36,16 +36,16 @@ pub(crate) fn must_close(c: &mut ClientConn, forced: bool) -> bool {
 pub(crate) async fn refuse(c: &mut ClientConn, r: &Refusal) -> Next {
     let close = must_close(c, r.close);
     c.out.clear();
-    http::write_jsonrpc_error_with(
-        &mut c.out,
-        r.status,
-        c.req.id(),
-        r.code,
-        r.message,
+    let answer = http::JsonRpcErrorAnswer {
+        status: r.status,
+        id: c.req.id(),
+        code: r.code,
+        message: r.message,
         close,
-        r.headers.as_deref().unwrap_or(""),
-        r.data.as_deref(),
-    );
+        headers: r.headers.as_deref().unwrap_or(""),
+        data: r.data.as_deref(),
+    };
+    http::write_jsonrpc_error(&mut c.out, &answer);
     c.meta.status = r.status;
     c.meta.by_proxy = true;
     send_out(c, Next::keep_unless(close)).await

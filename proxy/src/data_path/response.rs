@@ -4,7 +4,9 @@
 //! `Content-Length` by count, chunked (every SSE stream) byte for byte through a chunk scanner
 //! that finds its end, so the upstream connection can go back to the pool.
 
+use std::future::Future as _;
 use std::io::Write as _;
+use std::task::Poll;
 use std::time::Instant;
 
 use crate::control::stats::Gauge;
@@ -12,9 +14,10 @@ use crate::data_path::request::{ClientConn, Next, Refusal};
 use crate::data_path::{reply, upstream};
 use crate::http::{self, ChunkedDecoder};
 use crate::runtime::core::Core;
+use crate::runtime::shutdown::ShutdownSignal;
 use crate::runtime::SHUTDOWN;
 use crate::session::SessionSealer;
-use crate::tls::Conn;
+use crate::tls::{Conn, Incoming};
 
 /// How the upstream response body is framed.
 pub(crate) enum Framing {
@@ -181,6 +184,9 @@ pub(crate) struct Answer<'a> {
     pub backend_tag: u32,
     /// The backend's session id the request carried.
     pub backend_sid: Option<&'a [u8]>,
+    /// A standalone (GET) SSE stream, resumable by design: a shutdown ends it at once,
+    /// cleanly, instead of waiting for it.
+    pub end_on_shutdown: bool,
 }
 
 /// Reads past interim (1xx) answers and rewrites the final head into `c.out`: the head's
@@ -190,7 +196,7 @@ async fn final_head(
     c: &mut ClientConn,
     a: &mut Answer<'_>,
 ) -> Result<(RespHead, usize), Refusal> {
-    let deadline = monoio::time::Instant::now() + core.shared.config.proxy.upstream_timeout;
+    let mut deadline = None;
     let mut head_len = a.head_len;
     loop {
         c.out.clear();
@@ -207,6 +213,9 @@ async fn final_head(
             Ok(HeadKind::Interim) => {
                 // Skip interim 1xx answers (we never send Expect upstream, but 103 may come).
                 a.buf.drain(..head_len.min(a.buf.len()));
+                let timeout = core.shared.config.proxy.upstream_timeout;
+                let deadline =
+                    *deadline.get_or_insert_with(|| monoio::time::Instant::now() + timeout);
                 head_len = upstream::read_head(a.up, &mut a.buf, Some(deadline))
                     .await
                     .map_err(|_| Refusal::new(502, -32603, "backend closed the connection"))?;
@@ -308,7 +317,11 @@ pub(crate) async fn forward_response(
     } else if body_done {
         Ok(extra)
     } else {
-        stream_body(core, c, a.up, &mut a.buf, &mut framing, is_sse).await
+        let watch = is_sse.then_some(Watch {
+            client: true,
+            shutdown: a.end_on_shutdown.then(ShutdownSignal::new),
+        });
+        stream_body(core, c, a.up, &mut a.buf, &mut framing, watch).await
     };
     c.ubuf = a.buf;
     match streamed {
@@ -320,34 +333,73 @@ pub(crate) async fn forward_response(
     }
 }
 
+/// What an SSE stream watches while it waits for its backend's next bytes (no total timeout
+/// applies to it).
+struct Watch {
+    /// The client's side of the connection, until the client sends bytes (a pipelined
+    /// request: from then on they wait in the socket and a close is noticed at the next write).
+    client: bool,
+    /// A standalone GET stream: the shutdown signal.
+    shutdown: Option<ShutdownSignal>,
+}
+
+/// What ended the wait for a stream's next upstream bytes.
+enum Waited {
+    /// The upstream read completed.
+    Read(std::io::Result<usize>, Vec<u8>),
+    /// The client closed the connection or reset it.
+    ClientLeft,
+    /// A shutdown began (standalone GET streams only).
+    Shutdown,
+    /// No bytes within `upstream_timeout` (bodies that are not SSE streams).
+    TimedOut,
+}
+
 /// Forwards the rest of a body as it arrives, until its framing says it ended: `Ok(extra)`
 /// (whether bytes followed the body on the upstream connection), or `Err` when the body was
-/// cut short or a side failed (the client connection must close: mid-body, that is the only
-/// honest way to say so).
+/// cut short (the client connection must close: mid-body, that is the only honest way to say
+/// so): a side failed, the client left an SSE stream (noticed at once, not at the next
+/// write: the upstream connection then closes, so the backend can stop its work), or a
+/// shutdown ended a standalone GET stream (with its last chunk when it stood between chunks,
+/// so the client sees a clean end and resumes elsewhere).
 async fn stream_body(
     core: &Core,
     c: &mut ClientConn,
     up: &mut Conn,
     ubuf: &mut Vec<u8>,
     framing: &mut Framing,
-    is_sse: bool,
+    mut watch: Option<Watch>,
 ) -> Result<bool, ()> {
-    let timeout = core.shared.config.proxy.upstream_timeout;
+    let is_sse = watch.is_some();
     loop {
         ubuf.clear();
         let b = std::mem::take(ubuf);
-        let read = up.read_more(b, super::READ_SIZE);
-        // No total timeout applies to an SSE stream.
-        let read = if is_sse {
-            Ok(read.await)
-        } else {
-            monoio::time::timeout(timeout, read).await
+        let waited = match &mut watch {
+            Some(w) => next_event(up, b, &mut c.stream, w).await,
+            None => {
+                let timeout = core.shared.config.proxy.upstream_timeout;
+                match monoio::time::timeout(timeout, up.read_more(b, super::READ_SIZE)).await {
+                    Ok((r, b)) => Waited::Read(r, b),
+                    Err(_) => Waited::TimedOut,
+                }
+            }
         };
-        let Ok((r, b)) = read else {
-            *ubuf = core.take_buf();
-            return Err(());
+        let r = match waited {
+            Waited::Read(r, b) => {
+                *ubuf = b;
+                r
+            }
+            Waited::Shutdown => {
+                // The upstream read went with the wait, and its buffer with it.
+                *ubuf = core.take_buf();
+                end_cleanly(c, framing).await;
+                return Err(());
+            }
+            Waited::ClientLeft | Waited::TimedOut => {
+                *ubuf = core.take_buf();
+                return Err(());
+            }
         };
-        *ubuf = b;
         if !matches!(r, Ok(n) if n > 0) {
             // EOF ends an until-close body; any other body is cut short.
             return Err(());
@@ -371,6 +423,47 @@ async fn stream_body(
         }
         if done {
             return Ok(take < ubuf.len());
+        }
+    }
+}
+
+/// Waits for the next bytes of an SSE stream from `up` while watching the client and, for a
+/// standalone GET stream, the shutdown signal. Only what the stream waits for costs anything:
+/// short answers never come here.
+async fn next_event(up: &mut Conn, buf: Vec<u8>, client: &mut Conn, w: &mut Watch) -> Waited {
+    let mut read = std::pin::pin!(up.read_more(buf, super::READ_SIZE));
+    // Created lazily by the first poll; once it has answered it is never polled again.
+    let mut peer = std::pin::pin!(client.peer_event());
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready((r, b)) = read.as_mut().poll(cx) {
+            return Poll::Ready(Waited::Read(r, b));
+        }
+        if w.client {
+            match peer.as_mut().poll(cx) {
+                Poll::Ready(Incoming::Bytes) => w.client = false,
+                Poll::Ready(_) => return Poll::Ready(Waited::ClientLeft),
+                Poll::Pending => {}
+            }
+        }
+        if let Some(s) = &mut w.shutdown {
+            if std::pin::Pin::new(s).poll(cx).is_ready() {
+                return Poll::Ready(Waited::Shutdown);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Ends a stream the client may resume elsewhere: a chunked one that stands between chunks
+/// gets its last chunk (a clean end of the answer); any other is only closed (an until-close
+/// body ends that way; one cut inside a chunk cannot end cleanly).
+async fn end_cleanly(c: &mut ClientConn, framing: &Framing) {
+    if let Framing::Chunked(dec) = framing {
+        if dec.at_chunk_start() {
+            c.out.clear();
+            c.out.extend_from_slice(http::LAST_CHUNK);
+            reply::send_out(c, Next::Close).await;
         }
     }
 }

@@ -4,9 +4,12 @@
 //! no buffer (see `park.rs`). Buffers go back to the core's free lists whenever the connection
 //! is idle.
 
+use std::future::Future as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
@@ -16,6 +19,7 @@ use monoio::net::TcpStream;
 use crate::control::stats::Counter;
 use crate::data_path::request::{ClientConn, Next};
 use crate::runtime::core::Core;
+use crate::runtime::shutdown::ShutdownSignal;
 use crate::runtime::{proxy_protocol, ready_within, spawn_client, ClientSlot, SHUTDOWN};
 use crate::tls::Conn;
 
@@ -211,23 +215,22 @@ fn give_back(core: &Core, c: &mut ClientConn) {
 }
 
 /// Waits, holding no buffer, until the connection turns readable (`true`), or it closes,
-/// idles past `idle_timeout`, or a shutdown begins (`false`); in one-second slices so a
-/// shutdown closes idle connections promptly.
+/// idles past `idle_timeout`, or a shutdown begins (`false`).
 async fn wait_idle(idle_timeout: Duration, stream: &mut Conn) -> bool {
-    let idle_since = Instant::now();
-    loop {
-        if SHUTDOWN.load(Ordering::Relaxed) || idle_since.elapsed() >= idle_timeout {
-            return false;
+    let mut readable = std::pin::pin!(stream.readable());
+    let mut shutdown = ShutdownSignal::new();
+    let either = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = readable.as_mut().poll(cx) {
+            return Poll::Ready(r.is_ok());
         }
-        let slice = idle_timeout
-            .saturating_sub(idle_since.elapsed())
-            .min(Duration::from_secs(1));
-        match monoio::time::timeout(slice, stream.readable()).await {
-            Ok(Ok(())) => return true,
-            Ok(Err(_)) => return false,
-            Err(_) => {}
+        if Pin::new(&mut shutdown).poll(cx).is_ready() {
+            return Poll::Ready(false);
         }
-    }
+        Poll::Pending
+    });
+    monoio::time::timeout(idle_timeout, either)
+        .await
+        .unwrap_or(false)
 }
 
 enum Wait {

@@ -3,7 +3,6 @@
 //! balancer loads and statistics, and the chain of states a hot reload leaves behind.
 
 use std::cell::RefCell;
-use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -188,23 +187,7 @@ impl Core {
 /// unexpected bytes. Costs one syscall; saves sending a request into a socket the backend
 /// already closed (which for a `tools/call` could not be safely retried).
 fn still_open(s: &mut Conn) -> bool {
-    use std::os::fd::AsRawFd;
-    if !s.is_clean() {
-        return false;
-    }
-    let s = s.tcp();
-    let mut b = [0u8; 1];
-    // SAFETY: recv on a valid fd into a 1-byte stack buffer.
-    #[allow(unsafe_code)]
-    let n = unsafe {
-        libc::recv(
-            s.as_raw_fd(),
-            b.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    s.is_clean() && crate::tls::peek(s.tcp()) == crate::tls::Incoming::Nothing
 }
 
 impl Core {

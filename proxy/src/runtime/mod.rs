@@ -9,6 +9,7 @@ pub(crate) mod listen;
 pub(crate) mod park;
 pub(crate) mod proxy_protocol;
 pub(crate) mod shared;
+pub(crate) mod shutdown;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -27,7 +28,8 @@ use crate::control::stats::{Counter, Gauge};
 use crate::runtime::core::Core;
 
 /// Set once a graceful shutdown has begun: listeners close, keep-alive connections close
-/// after their current request, idle ones at once.
+/// after their current request, idle ones and standalone GET streams at once (see
+/// [`shutdown`]).
 pub static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 /// Client connections open in the whole process (shutdown waits for them).
 pub static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
@@ -186,6 +188,8 @@ pub async fn run_worker(
             // Stop accepting: dropping the listener closes it, so the kernel sends new
             // connections to no one (clients see a refused connection, not a hang).
             drop(listener);
+            // Standalone GET streams end now, and connections idle before a request close.
+            shutdown::wake_all();
             if let Ok((stream, peer)) = accepted {
                 // One that raced the shutdown still gets served (with connection: close).
                 let slot = ClientSlot::open(None);

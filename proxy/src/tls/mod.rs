@@ -12,6 +12,7 @@
 
 use std::io::{self, Read as _, Write as _};
 use std::ops::Range;
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -494,6 +495,100 @@ where
         }
         self.wbuf = Vec::new();
     }
+
+    /// What the peer has done, as far as rustls knows without reading the socket.
+    fn incoming(&mut self) -> Incoming {
+        match self.conn.process_new_packets() {
+            Err(_) => Incoming::Closed,
+            Ok(s) if s.plaintext_bytes_to_read() > 0 => Incoming::Bytes,
+            Ok(s) if s.peer_has_closed() || self.eof => Incoming::Closed,
+            Ok(_) => Incoming::Nothing,
+        }
+    }
+
+    /// Gives rustls the ciphertext the socket holds now, without waiting (one non-blocking
+    /// syscall). Plaintext it decrypts stays buffered for the next [`TlsStream::read_more`].
+    #[allow(unsafe_code)]
+    fn fill_now(&mut self) -> io::Result<()> {
+        if self.rpos < self.rbuf.len() {
+            return self.feed();
+        }
+        self.rpos = 0;
+        self.rbuf.clear();
+        self.rbuf.resize(TLS_READ, 0);
+        // SAFETY: recv on the socket's valid fd into `rbuf`'s initialized bytes.
+        let n = unsafe {
+            libc::recv(
+                self.io.as_raw_fd(),
+                self.rbuf.as_mut_ptr().cast(),
+                self.rbuf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        let Ok(n) = usize::try_from(n) else {
+            self.rbuf.clear();
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(()),
+                _ => Err(e),
+            };
+        };
+        self.rbuf.truncate(n);
+        if n == 0 {
+            self.eof = true;
+            let _ = self.conn.read_tls(&mut io::empty());
+            return Ok(());
+        }
+        self.feed()
+    }
+
+    /// See [`Conn::peer_event`].
+    async fn peer_event(&mut self) -> Incoming {
+        loop {
+            match self.incoming() {
+                Incoming::Nothing => {}
+                seen => return seen,
+            }
+            if self.io.readable(false).await.is_err() || self.fill_now().is_err() {
+                return Incoming::Closed;
+            }
+        }
+    }
+}
+
+/// What the peer of a connection has sent that was not read yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incoming {
+    /// Nothing yet.
+    Nothing,
+    /// Bytes, left where the next read finds them.
+    Bytes,
+    /// The peer closed its side (EOF, TLS close_notify), or the connection failed.
+    Closed,
+}
+
+/// Looks at a socket's incoming side without waiting and without consuming anything (one
+/// `recv` with `MSG_PEEK`).
+#[allow(unsafe_code)]
+pub(crate) fn peek(s: &TcpStream) -> Incoming {
+    let mut b = [0u8; 1];
+    // SAFETY: recv on a valid fd into a 1-byte stack buffer.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Incoming::Closed,
+        n if n > 0 => Incoming::Bytes,
+        _ => match io::Error::last_os_error().kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Incoming::Nothing,
+            _ => Incoming::Closed,
+        },
+    }
 }
 
 /// A stream of the data path: plain TCP or TLS (to a client or to a backend).
@@ -598,6 +693,27 @@ impl Conn {
                 }
                 t.io.readable(false).await
             }
+        }
+    }
+
+    /// While an answer streams out and nothing is read from the peer: waits until the peer
+    /// closes the connection or resets it ([`Incoming::Closed`]), or sends bytes
+    /// ([`Incoming::Bytes`]: they stay where the next read finds them, in the socket or, for
+    /// TLS, decrypted in rustls' buffer). Never returns [`Incoming::Nothing`]. Dropping it
+    /// loses nothing: it only waits for readiness and reads without waiting.
+    pub async fn peer_event(&mut self) -> Incoming {
+        match self {
+            Conn::Plain(s) => loop {
+                if s.readable(false).await.is_err() {
+                    return Incoming::Closed;
+                }
+                match peek(s) {
+                    Incoming::Nothing => {}
+                    seen => return seen,
+                }
+            },
+            Conn::Server(t) => Box::pin(t.peer_event()).await,
+            Conn::Client(t) => Box::pin(t.peer_event()).await,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Small HTTP/1.1 helpers shared by the mock backend and the load generator:
-//! chunked body decoding, header look-up, URL splitting and owned-buffer I/O
-//! on monoio streams.
+//! chunked body decoding, header look-up and owned-buffer I/O on monoio
+//! streams.
 
 use std::io;
 
@@ -127,54 +127,6 @@ pub fn has_token(value: &[u8], token: &str) -> bool {
     })
 }
 
-/// A parsed `http://host:port/path` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUrl {
-    /// `host:port` as written (used for the `Host` header and to resolve).
-    pub authority: String,
-    /// Path and query, starting with `/`.
-    pub path: String,
-}
-
-impl HttpUrl {
-    /// Parses a plain `http://` URL (no TLS). The port defaults to 80.
-    pub fn parse(url: &str) -> anyhow::Result<HttpUrl> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| anyhow::anyhow!("only http:// URLs are supported: {url}"))?;
-        let (auth, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if auth.is_empty() {
-            anyhow::bail!("URL has no host: {url}");
-        }
-        let has_port = if auth.starts_with('[') {
-            auth.contains("]:")
-        } else {
-            auth.contains(':')
-        };
-        let authority = if has_port {
-            auth.to_string()
-        } else {
-            format!("{auth}:80")
-        };
-        Ok(HttpUrl {
-            authority,
-            path: path.to_string(),
-        })
-    }
-
-    /// Resolves the authority to a socket address (first result).
-    pub fn resolve(&self) -> anyhow::Result<std::net::SocketAddr> {
-        use std::net::ToSocketAddrs;
-        self.authority
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("cannot resolve {}", self.authority))
-    }
-}
-
 /// Reads more bytes into the spare capacity of `buf` (growing it to keep at
 /// least `min_spare` bytes free). Returns the buffer and the number of bytes
 /// read (0 = end of stream). With `cancel`, the read ends when its canceller
@@ -249,22 +201,12 @@ mod tests {
     }
 
     #[test]
-    fn tokens_and_urls() {
+    fn tokens() {
         assert!(has_token(
             b"application/json, text/event-stream",
             "text/event-stream"
         ));
         assert!(!has_token(b"application/json", "text/event-stream"));
-        let u = HttpUrl::parse("http://127.0.0.1:8080/mcp").ok();
-        assert_eq!(
-            u,
-            Some(HttpUrl {
-                authority: "127.0.0.1:8080".into(),
-                path: "/mcp".into()
-            })
-        );
-        assert!(HttpUrl::parse("https://x/mcp").is_err());
-        let u = HttpUrl::parse("http://localhost").ok().map(|u| u.authority);
-        assert_eq!(u.as_deref(), Some("localhost:80"));
+        assert!(has_token(b"keep-alive, Close", "close"));
     }
 }

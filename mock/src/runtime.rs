@@ -1,4 +1,4 @@
-//! The monoio runtime every thread of the load generator (and the mock) runs
+//! The monoio runtime every thread of the mock and of the load generator runs
 //! on: io_uring set up as the proxy's workers set it up, else epoll.
 //!
 //! Without `COOP_TASKRUN` the kernel interrupts the thread (an IPI and a signal

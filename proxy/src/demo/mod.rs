@@ -1,5 +1,6 @@
 //! `mcplb demo`: mock MCP backends and the proxy in one process, then a short MCP session
-//! through the proxy that shows stickiness, sealed session ids and SSE streaming.
+//! through the proxy that shows stickiness, sealed session ids and SSE streaming, and a
+//! short load run ([`load`]).
 //!
 //! Also home of [`HttpClient`], the small blocking HTTP/1.1 client the demo and the
 //! integration tests use to speak MCP to a running proxy.
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 
 use crate::http::ChunkedDecoder;
+
+mod load;
 
 /// One HTTP response as the test client saw it.
 #[derive(Debug, Clone)]
@@ -90,12 +93,19 @@ impl HttpClient {
     pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> anyhow::Result<HttpClient> {
         let stream = TcpStream::connect_timeout(&addr, timeout)
             .with_context(|| format!("connect {addr}"))?;
+        Self::from_stream(stream, timeout)
+    }
+
+    /// A client on a connected socket (e.g. one bound to another local address first), with a
+    /// deadline for every read and write.
+    pub fn from_stream(stream: TcpStream, timeout: Duration) -> anyhow::Result<HttpClient> {
+        let host = stream.peer_addr()?.to_string();
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
         Ok(HttpClient {
             stream: ClientIo::Plain(stream),
-            host: addr.to_string(),
+            host,
             buf: Vec::new(),
         })
     }
@@ -196,6 +206,20 @@ impl HttpClient {
         };
         self.buf.extend_from_slice(&tmp[..n]);
         Ok(n)
+    }
+
+    /// Reads until the bytes received so far contain `needle`; they stay buffered for
+    /// [`HttpClient::read_response`] (for tests that act in the middle of a streamed answer).
+    pub fn wait_for(&mut self, needle: &[u8]) -> anyhow::Result<()> {
+        while memchr::memmem::find(&self.buf, needle).is_none() {
+            if self.fill()? == 0 {
+                bail!(
+                    "connection closed before {:?} arrived",
+                    String::from_utf8_lossy(needle)
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Reads one response (content-length, chunked or until close).
@@ -337,13 +361,13 @@ pub fn run_with(wait: bool) -> anyhow::Result<()> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut mocks = Vec::new();
     for name in ["alpha", "beta"] {
-        let cfg = loadtest::mock::MockConfig {
+        let cfg = mock::MockConfig {
             name: name.to_string(),
             progress_events: 3,
             progress_interval: Duration::from_millis(300),
             ..Default::default()
         };
-        mocks.push(loadtest::mock::MockServer::start(cfg, loopback)?);
+        mocks.push(mock::MockServer::start(cfg, loopback)?);
     }
     let backends: Vec<String> = mocks.iter().map(|m| format!("\"{}\"", m.url())).collect();
     let port_free = std::net::TcpListener::bind("127.0.0.1:8080").is_ok();
@@ -444,17 +468,24 @@ pub fn run_with(wait: bool) -> anyhow::Result<()> {
     let d = c.request("DELETE", "/mcp", &[("mcp-session-id", sid.as_str())], b"")?;
     println!("7. DELETE ends the session -> HTTP {}", d.status);
 
-    let rate = 2000.0;
-    println!("8. a short open-loop load through the proxy: {rate} tools/call per second for 3 s, 32 sessions");
-    let report = loadtest::run_load(loadtest::LoadOptions {
-        url: format!("http://{addr}/mcp"),
-        connections: 32,
-        duration: Duration::from_secs(3),
-        rate: Some(rate),
+    let run = load::DemoLoad {
+        rate: 2000.0,
+        sessions: 8,
         warmup: Duration::from_millis(500),
-        ..Default::default()
-    })?;
-    println!("{report}");
+        duration: Duration::from_secs(3),
+    };
+    println!(
+        "8. a short open-loop load through the proxy: {} tools/call per second for {} s, {} sessions",
+        run.rate,
+        run.duration.as_secs(),
+        run.sessions
+    );
+    println!("{}", load::run(addr, run)?);
+    println!(
+        "   (a blocking client thread per session; for real measurements: \
+         mcplb-load run --url http://{addr}/mcp --rate {})",
+        run.rate
+    );
     println!("\nPoint any MCP client (Streamable HTTP) at http://{addr}/mcp");
     if let Some(a) = proxy.admin_addr {
         println!("Latency percentiles per backend, method and tool: http://{a}/ (live page), /stats, /metrics, or `mcplb stats --admin {a}`");

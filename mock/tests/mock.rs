@@ -6,8 +6,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use loadtest::http::{decode_chunked, Chunked};
-use loadtest::{MockConfig, MockServer};
+use mock::http::{decode_chunked, Chunked};
+use mock::{MockConfig, MockServer};
 use serde_json::{json, Value};
 
 struct Resp {
@@ -210,6 +210,9 @@ fn tools_echo_big_fail_list() {
     let v = c.post(Some(&sid), &call(4, "fail", json!({}))).json();
     assert_eq!(v["error"]["code"], -32603);
     assert_eq!(v["id"], 4);
+    let v = c.post(Some(&sid), &call(7, "tool_error", json!({}))).json();
+    assert_eq!(v["result"]["isError"], true);
+    assert_eq!(v["id"], 7);
     let v = c
         .post(
             Some(&sid),
@@ -224,7 +227,16 @@ fn tools_echo_big_fail_list() {
         .collect();
     assert_eq!(
         names,
-        ["echo", "whoami", "slow", "progress", "big", "fail", "wrong_id"]
+        [
+            "echo",
+            "whoami",
+            "slow",
+            "progress",
+            "big",
+            "fail",
+            "tool_error",
+            "wrong_id"
+        ]
     );
     let v = c
         .post(Some(&sid), &json!({"jsonrpc":"2.0","id":6,"method":"nope"}))
@@ -547,4 +559,51 @@ fn multi_thread_and_prompt_stop() {
     let mut rest = Vec::new();
     let _ = clients[0].s.read_to_end(&mut rest);
     assert!(rest.is_empty());
+}
+
+/// The answers the fast path writes (`ping`, `tools/list`, `echo`, `whoami`) are byte for
+/// byte the general path's: the same request with `"jsonrpc":"1.0"` (which the fast path's
+/// scanner refuses and the general path ignores) gets the same response.
+#[test]
+fn fast_answers_match_the_general_path() {
+    for stateless in [false, true] {
+        let server = start(MockConfig {
+            name: r#"q"b\s"#.to_string(),
+            stateless,
+            ..MockConfig::default()
+        });
+        let mut c = Client::new(&server);
+        let sid = (!stateless).then(|| init(&mut c));
+        let bodies = [
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":"a b","method":"ping","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":-42,"method":"tools/list"}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo"}}"#,
+            r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"arguments":{"a":[1,-2,true,null,{"q":"\"\\\n\t"}],"b":"é€😀"},"name":"echo"}}"#,
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":null}}"#,
+            r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"ech\u006f","arguments":[]}}"#,
+        ];
+        for body in bodies {
+            let general = body.replacen(r#""jsonrpc":"2.0""#, r#""jsonrpc":"1.0""#, 1);
+            let mut h = vec![("Accept", "application/json, text/event-stream")];
+            if let Some(s) = &sid {
+                h.push(("Mcp-Session-Id", s.as_str()));
+            }
+            let fast = c.send("POST", "/mcp", &h, body);
+            let slow = c.send("POST", "/mcp", &h, &general);
+            assert_eq!(fast.status, 200, "{body}");
+            assert_eq!(fast.headers, slow.headers, "{body}");
+            assert_eq!(
+                String::from_utf8_lossy(&fast.body),
+                String::from_utf8_lossy(&slow.body),
+                "{body}"
+            );
+        }
+        assert_eq!(server.tool_calls("echo"), 12);
+        assert_eq!(server.tool_calls("whoami"), 2);
+        assert_eq!(server.requests(), 20 + u64::from(!stateless));
+    }
 }

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by valgrind's callgrind: a figure that does not
+# move with the machine's load (this VM has no hardware counters for `perf stat`), for A/B
+# checks of a change to the request path on a busy machine.
+#
+#   bench/instructions.sh BIN [BIN ...]
+#
+# For each build: mcplb (one worker, the legacy epoll driver: valgrind does not follow
+# io_uring) in front of the stateless mock backend, under callgrind with collection off;
+# wrk warms it up, callgrind's counters are zeroed, wrk (CONNS connections, SECS seconds, the
+# 200-byte `tools/call` of bench/quick/post.lua) loads it, the counters are dumped. Prints
+# instructions per request (total Ir / requests wrk counted) and the top functions.
+# Settings (env): SECS (10), CONNS (8), LOAD_BIN (mcplb-load for the mock), TOP (25), STATS
+# (true; false leaves out the statistics, whose once-a-second flush is charged to however many
+# requests that second saw), KEEP (a path prefix: keep each callgrind dump there).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+SECS=${SECS:-10}; CONNS=${CONNS:-8}; TOP=${TOP:-25}
+LOAD_BIN=${LOAD_BIN:-$ROOT/target/release/mcplb-load}
+RUN=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$RUN"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+MOCK_PORT=$(free_port)
+"$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" --stateless --threads 1 >"$RUN/mock.log" 2>&1 &
+pids+=($!)
+for bin in "$@"; do
+    port=$(free_port)
+    cat >"$RUN/p.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$port"
+workers = 1
+stats = ${STATS:-true}
+[[servers]]
+name = "b"
+path = "/mcp"
+backends = ["http://127.0.0.1:$MOCK_PORT/mcp"]
+[servers.health]
+enabled = false
+EOF
+    out="$RUN/cg.out"
+    valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no \
+        "$bin" run --config "$RUN/p.toml" --driver legacy >"$RUN/p.log" 2>&1 &
+    pid=$!
+    pids+=("$pid")
+    for _ in $(seq 600); do grep -q "mcplb started" "$RUN/p.log" && break; sleep 0.1; done
+    url="http://127.0.0.1:$port/mcp"
+    wrk -t1 -c"$CONNS" -d3s -s "$ROOT/bench/quick/post.lua" "$url" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    res=$(wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$ROOT/bench/quick/post.lua" "$url")
+    callgrind_control -d "$pid" >/dev/null
+    sleep 1
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    reqs=$(echo "$res" | awk '/requests in/ {print $1}')
+    dump=$(ls -t "$out".* 2>/dev/null | head -1)
+    total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
+    echo "== $bin"
+    echo "requests $reqs, instructions $total, per request $((total / reqs))"
+    callgrind_annotate --inclusive=no "$dump" 2>/dev/null | sed -n '/^Ir/,$p' | sed -n "3,$((TOP + 2))p" \
+        | awk -v r="$reqs" '{gsub(",","",$1); printf "%8d  %s\n", $1 / r, $0}' | cut -c1-160
+    if [[ -n "${KEEP:-}" ]]; then cp "$dump" "$KEEP.$(basename "$bin")"; fi
+    rm -f "$out".*
+done

@@ -1,0 +1,331 @@
+//! A client that leaves a streamed answer (a POST's SSE or a GET stream) is noticed at once,
+//! through a real `mcplb` on both drivers, plain and TLS: the backend sees its upstream
+//! connection close within a second although it writes nothing more (before, mcplb noticed
+//! only at its next write: a GET stream stayed open until the backend's next keepalive), and
+//! the gauges fall back to zero. Bytes a client sends while a stream runs (a pipelined
+//! request) are not lost.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rustls::pki_types::ServerName;
+
+/// A backend that answers every request with an SSE stream of one event, then silence (a GET
+/// stream between keepalives, a tool call still at work), and reports each connection mcplb
+/// closes: the request's method and when.
+struct SilentBackend {
+    addr: SocketAddr,
+    closed: mpsc::Receiver<(String, Instant)>,
+}
+
+fn silent_backend() -> SilentBackend {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, closed) = mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || stream_then_wait(s, tx));
+        }
+    });
+    SilentBackend { addr, closed }
+}
+
+fn stream_then_wait(mut s: TcpStream, tx: mpsc::Sender<(String, Instant)>) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    let head_len = loop {
+        if let Some(n) = mcplb::http::head_len(&buf) {
+            break n;
+        }
+        match s.read(&mut b) {
+            Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
+            _ => return,
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_len]).to_ascii_lowercase();
+    let method = head.split(' ').next().unwrap_or("").to_ascii_uppercase();
+    let body_len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < head_len + body_len {
+        match s.read(&mut b) {
+            Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
+            _ => return,
+        }
+    }
+    let event = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n";
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
+        event.len()
+    );
+    if s.write_all(answer.as_bytes()).is_err() {
+        return;
+    }
+    // Nothing more is written: only mcplb closing the connection ends this read.
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(_) => return,
+        }
+    }
+    let _ = tx.send((method, Instant::now()));
+}
+
+fn proxy_config(b: &SilentBackend, tls: &str) -> String {
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n{tls}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[servers]]\nname = \"t\"\npath = \"/mcp\"\nbackends = [\"http://{}/mcp\"]\n\
+         [servers.health]\nenabled = false\n",
+        b.addr
+    )
+}
+
+/// A client connection, plain or TLS, read by hand.
+enum Client {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Client {
+    fn connect(addr: SocketAddr, tls: Option<&Arc<rustls::ClientConfig>>) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        match tls {
+            None => Client::Plain(s),
+            Some(cfg) => {
+                let name = ServerName::try_from("localhost").unwrap();
+                let conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
+                Client::Tls(Box::new(rustls::StreamOwned::new(conn, s)))
+            }
+        }
+    }
+
+    fn io(&mut self) -> &mut dyn ReadWrite {
+        match self {
+            Client::Plain(s) => s,
+            Client::Tls(t) => t.as_mut(),
+        }
+    }
+
+    /// Sends a request that opens a stream (`POST`: a tool call; `GET`: the standalone
+    /// stream) and reads until its first event arrived.
+    fn open_stream(&mut self, method: &str) {
+        let req = if method == "POST" {
+            let body = rpc(
+                3,
+                "tools/call",
+                json!({"name": "long", "arguments": {}, "_meta": {"progressToken": 1}}),
+            )
+            .to_string();
+            format!(
+                "POST /mcp HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
+                 accept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        } else {
+            "GET /mcp HTTP/1.1\r\nhost: t\r\naccept: text/event-stream\r\n\r\n".to_string()
+        };
+        self.io().write_all(req.as_bytes()).unwrap();
+        read_until(self.io(), b"notifications/progress");
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// Reads until `needle` has arrived; returns everything read.
+fn read_until(r: &mut dyn ReadWrite, needle: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let n = r.read(&mut b).unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+    got
+}
+
+fn stats(admin: SocketAddr) -> serde_json::Value {
+    let mut c = HttpClient::connect(admin).unwrap();
+    c.request("GET", "/stats", &[], b"")
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+fn in_flight(admin: SocketAddr) -> serde_json::Value {
+    let mut c = HttpClient::connect(admin).unwrap();
+    let b = c
+        .request("GET", "/backends", &[], b"")
+        .unwrap()
+        .json()
+        .unwrap();
+    b["backends"][0]["in_flight"].clone()
+}
+
+fn gauge(admin: SocketAddr, name: &str) -> serde_json::Value {
+    stats(admin)["gauges"][name].clone()
+}
+
+/// How a client leaves.
+#[derive(Clone, Copy, Debug)]
+enum Leave {
+    /// The socket closes.
+    Close,
+    /// TLS close_notify, with the socket left open.
+    CloseNotify,
+}
+
+/// Opens a stream, checks it is counted, leaves as `how`, and checks that the backend saw its
+/// upstream connection close within a second and that every gauge fell back to zero.
+fn leave_stream(
+    p: &Proxy,
+    b: &SilentBackend,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    method: &str,
+    how: Leave,
+) {
+    let admin = p.admin.unwrap();
+    let what = format!("{method} stream, {how:?}, tls: {}", tls.is_some());
+    let mut c = Client::connect(p.addr, tls);
+    c.open_stream(method);
+    wait_until("the stream counted as open", || {
+        gauge(admin, "sse_streams_open") == 1 && in_flight(admin) == 1
+    });
+    assert_eq!(gauge(admin, "upstream_busy"), 1);
+    let left = Instant::now();
+    let _kept = match (c, how) {
+        (c, Leave::Close) => {
+            drop(c);
+            None
+        }
+        (Client::Tls(mut t), Leave::CloseNotify) => {
+            t.conn.send_close_notify();
+            t.conn.complete_io(&mut t.sock).unwrap();
+            Some(t)
+        }
+        (Client::Plain(_), Leave::CloseNotify) => unreachable!("close_notify needs TLS"),
+    };
+    let (m, at) = b
+        .closed
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{what}: the backend never saw its connection close"));
+    assert_eq!(m, method, "{what}");
+    let after = at.saturating_duration_since(left);
+    assert!(
+        after < Duration::from_secs(1),
+        "{what}: upstream closed {after:?} after the client left"
+    );
+    wait_until("the gauges back at zero", || {
+        let s = stats(admin);
+        s["gauges"]["sse_streams_open"] == 0
+            && s["gauges"]["upstream_busy"] == 0
+            && in_flight(admin) == 0
+    });
+}
+
+#[test]
+fn a_client_leaving_a_stream_closes_its_upstream_at_once() {
+    for driver in DRIVERS {
+        let b = silent_backend();
+        let p = start_proxy(&proxy_config(&b, ""), driver);
+        for method in ["POST", "GET"] {
+            leave_stream(&p, &b, None, method, Leave::Close);
+        }
+    }
+}
+
+#[test]
+fn a_tls_client_leaving_a_stream_closes_its_upstream_at_once() {
+    let dir = std::env::temp_dir().join(format!("mcplb-client-gone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let tls = format!(
+        "[proxy.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert_path.display(),
+        key_path.display()
+    );
+    for driver in DRIVERS {
+        let b = silent_backend();
+        let p = start_proxy(&proxy_config(&b, &tls), driver);
+        for method in ["POST", "GET"] {
+            for how in [Leave::Close, Leave::CloseNotify] {
+                leave_stream(&p, &b, Some(&cfg), method, how);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_request_pipelined_during_a_stream_is_answered_after_it() {
+    for driver in DRIVERS {
+        let m = mock_with(MockConfig {
+            name: "streamer".into(),
+            stateless: true,
+            progress_events: 10,
+            progress_interval: Duration::from_millis(100),
+            ..Default::default()
+        });
+        let p = start_proxy(&config_for(&[&m], ""), driver);
+        let mut c = HttpClient::connect(p.addr).unwrap();
+        let post = |id: u64, tool: &str| {
+            let body = rpc(
+                id,
+                "tools/call",
+                json!({"name": tool, "arguments": {"text": "after"}, "_meta": {"progressToken": 1}}),
+            )
+            .to_string();
+            format!(
+                "POST /mcp HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
+                 accept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        c.send_raw(post(8, "progress").as_bytes()).unwrap();
+        c.wait_for(b"notifications/progress").unwrap();
+        // The next request arrives while the stream still runs (nine more events to come).
+        c.send_raw(post(9, "echo").as_bytes()).unwrap();
+        let first = c.read_response().unwrap();
+        assert_eq!(first.status, 200, "{driver}");
+        assert_eq!(
+            progress_events(&first),
+            10,
+            "{driver}: the stream arrived whole"
+        );
+        assert_eq!(first.json().unwrap()["id"], 8);
+        let second = c.read_response().unwrap();
+        assert_eq!(second.status, 200, "{driver}");
+        assert_eq!(
+            second.json().unwrap()["id"],
+            9,
+            "{driver}: the pipelined call"
+        );
+    }
+}
