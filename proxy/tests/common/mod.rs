@@ -244,3 +244,14 @@ pub fn stateless_tool_call(
     c.request("POST", "/mcp", &h, body.to_string().as_bytes())
         .unwrap()
 }
+
+/// The resident set of process `pid`, in KiB (0 when it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
