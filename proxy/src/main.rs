@@ -42,12 +42,47 @@ enum Cmd {
         #[arg(long, env = "MCPLB_ADMIN_TOKEN")]
         token: Option<String>,
     },
+    /// Ask the admin port for a health path, for container health checks: exit 0 when it
+    /// answers 200, 1 otherwise (what answered goes to stderr).
+    Probe {
+        /// `/healthz` (the process answers) or `/readyz` (every server group has a backend
+        /// to send to).
+        #[arg(value_parser = probe_path)]
+        path: String,
+        /// Take the admin address and token from this config file (the one mcplb runs
+        /// with); an admin address of every interface (0.0.0.0, ::) is asked on loopback.
+        #[arg(long, short, conflicts_with = "admin")]
+        config: Option<PathBuf>,
+        /// Admin address, without --config.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Admin token, when the admin port requires one and --config gives none.
+        #[arg(long, env = "MCPLB_ADMIN_TOKEN")]
+        token: Option<String>,
+        /// Give up after this long without an answer (connect, and each read).
+        #[arg(long, default_value = "2s", value_parser = probe_timeout)]
+        timeout: std::time::Duration,
+    },
     /// Start mock MCP backends and the proxy in one process, and walk through a session.
     Demo {
         /// Exit after the walk-through instead of staying up until Ctrl-C.
         #[arg(long)]
         exit: bool,
     },
+}
+
+/// A probe path: one absolute path, without spaces or control characters (it goes into the
+/// request line as it is).
+fn probe_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("`{s}`: give a path such as /healthz or /readyz"))
+    }
+}
+
+fn probe_timeout(s: &str) -> Result<std::time::Duration, String> {
+    mcplb::config::parse_duration(s)
 }
 
 fn init_logs() {
@@ -175,6 +210,32 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mcplb stats: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Probe {
+            path,
+            config,
+            admin,
+            token,
+            timeout,
+        } => {
+            let target = match config {
+                Some(file) => mcplb::control::admin::probe_target(&file)
+                    .map(|(addr, from_file)| (addr, from_file.or(token))),
+                None => Ok((admin, token)),
+            };
+            let answer = target.and_then(|(addr, token)| {
+                mcplb::control::admin::probe(&addr, &path, token.as_deref(), timeout)
+            });
+            match answer {
+                Ok(body) => {
+                    println!("{}", body.trim_end());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mcplb probe: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -49,6 +49,16 @@ def _port_open(port: int) -> bool:
         return False
 
 
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    """Waits until something listens on 127.0.0.1:`port`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _port_open(port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
 def _tail(path: Path, n: int = TAIL_LINES) -> str:
     try:
         lines = path.read_text(errors="replace").splitlines()

@@ -9,20 +9,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, _stop, free_port
-
-
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} never opened")
+from conftest import REPO, _stop, free_port, wait_port
 
 
 def test_metrics_parse_with_prometheus_client(tmp_path):
@@ -36,7 +23,7 @@ def test_metrics_parse_with_prometheus_client(tmp_path):
     )
     proxy = None
     try:
-        _wait_port(mock_port)
+        wait_port(mock_port)
         cfg = tmp_path / "mcplb.toml"
         cfg.write_text(
             '[proxy]\nlisten = "127.0.0.1:0"\nworkers = 2\n\n[admin]\nlisten = "127.0.0.1:0"\n\n'

@@ -58,6 +58,26 @@ impl Config {
     }
 }
 
+/// The admin port's address and token as a config file gives them, read without validating
+/// the rest of the file (so no backend name is resolved): what `mcplb probe --config` needs to
+/// reach the admin port of the mcplb that runs with the same file. Errors: the file is not
+/// TOML of the config's shape, or `[admin]` has a problem.
+pub fn admin_endpoint(
+    text: &str,
+) -> Result<(Option<std::net::SocketAddr>, Option<String>), ConfigErrors> {
+    let (raw, errs) = read::read(text);
+    let Some(raw) = raw else {
+        return Err(ConfigErrors(errs));
+    };
+    let mut errs = Vec::new();
+    let endpoint = validate::admin_endpoint(raw.admin.unwrap_or_default(), &mut errs);
+    if errs.is_empty() {
+        Ok(endpoint)
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +200,28 @@ backends = []
         ] {
             assert!(all.contains(needle), "missing {needle} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn admin_endpoint_reads_only_the_admin_table() {
+        // The backend's name is never looked up (`.invalid` resolves nowhere), and the
+        // missing `proxy.listen` is not reported: only [admin] counts.
+        let text =
+            "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"t0k\"\n\n[[servers]]\nname = \"a\"\n\
+                    path = \"/mcp\"\nbackends = [\"http://mcp-0.invalid:8000/mcp\"]\n";
+        let got = admin_endpoint(text).map_err(|e| e.to_string());
+        let Ok((listen, token)) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(listen, "0.0.0.0:9901".parse().ok());
+        assert_eq!(token.as_deref(), Some("t0k"));
+        let err = admin_endpoint("[admin]\nlisten = \"0.0.0.0:9901\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("admin.token"), "{err}");
+        assert!(admin_endpoint("[admin\n").is_err());
+        assert!(matches!(admin_endpoint(""), Ok((None, None))));
     }
 
     #[test]

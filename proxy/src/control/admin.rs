@@ -188,8 +188,14 @@ async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
             continue;
         }
         let slot = Open::new(&open);
-        if n < MAX_CONNECTIONS || waiting.evict_oldest() {
+        if n < MAX_CONNECTIONS {
             monoio::spawn(serve_conn(conn, state.clone(), waiting.clone(), slot));
+        } else if waiting.evict_oldest() {
+            monoio::spawn(serve_conn(conn, state.clone(), waiting.clone(), slot));
+            // Let the evicted connection answer and give its slot back before the next
+            // accept: a burst already in the backlog would otherwise be accepted with no
+            // task running in between, and pass the hard cap.
+            yield_once().await;
         } else {
             refused += 1;
             if refused.is_power_of_two() {
@@ -202,6 +208,20 @@ async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
             monoio::spawn(refuse(conn, slot));
         }
     }
+}
+
+/// Lets every other ready task of this thread run once.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
 }
 
 const BUSY: &str = "admin port busy: too many connections\n";
@@ -542,16 +562,7 @@ fn backends_json(st: &View<'_>) -> Value {
                 .map_or(0, |(_, t)| t.total.len());
             let now_ns = crate::balance::now_ns(st.epoch);
             let rt = st.groups.get(gi);
-            let state =
-                rt.and_then(|r| r.health.state(bi, now_ns))
-                    .map_or("unknown".to_string(), |s| match s {
-                        lb::HealthState::Healthy => "healthy".to_string(),
-                        lb::HealthState::Degraded => "degraded".to_string(),
-                        lb::HealthState::Draining => "draining".to_string(),
-                        lb::HealthState::Ejected { until_ns: None } => "unhealthy".to_string(),
-                        lb::HealthState::Ejected { until_ns: Some(_) } => "ejected".to_string(),
-                        _ => "unknown".to_string(),
-                    });
+            let state = state_name(rt.and_then(|r| r.health.state(bi, now_ns)));
             let ejections = rt.map_or(0, |r| {
                 r.health.backend(bi).map_or(0, |h| h.outlier().ejections())
             });
@@ -565,6 +576,29 @@ fn backends_json(st: &View<'_>) -> Value {
         }
     }
     json!({ "backends": list })
+}
+
+/// The states `/backends` and `mcplb_backend_state` name.
+const STATE_NAMES: [&str; 6] = [
+    "healthy",
+    "degraded",
+    "draining",
+    "unhealthy",
+    "ejected",
+    "unknown",
+];
+
+/// A backend's state as `/backends` and `/metrics` name it: "unhealthy" for the active
+/// checks' verdict, "ejected" for a passive (outlier) ejection.
+fn state_name(state: Option<lb::HealthState>) -> &'static str {
+    match state {
+        Some(lb::HealthState::Healthy) => "healthy",
+        Some(lb::HealthState::Degraded) => "degraded",
+        Some(lb::HealthState::Draining) => "draining",
+        Some(lb::HealthState::Ejected { until_ns: None }) => "unhealthy",
+        Some(lb::HealthState::Ejected { until_ns: Some(_) }) => "ejected",
+        _ => "unknown",
+    }
 }
 
 fn readiness(st: &View<'_>) -> (bool, Value) {
@@ -702,30 +736,132 @@ pub(crate) fn metrics_text(st: &View<'_>, now: Instant) -> String {
             let _ = writeln!(o, "{name}_count{{{lbl}}} {}", h.len());
         }
     }
+    backend_states_text(st, &mut o);
     o
 }
 
-/// `mcplb stats --admin ADDR`: fetch `/stats` and print the percentile table.
-pub fn print_stats(addr: &str, token: Option<&str>) -> anyhow::Result<()> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// `mcplb_backend_state{server,backend,state}`: 1 for each backend's current state, 0 for the
+/// others (the usual form of an enumeration in Prometheus), so a dashboard can count the
+/// healthy backends of a group or show when one was ejected.
+fn backend_states_text(st: &View<'_>, o: &mut String) {
+    let _ = writeln!(
+        o,
+        "# HELP mcplb_backend_state Backend state: 1 for the current one (healthy, degraded, \
+         draining, unhealthy: failing active checks, ejected: passive outlier ejection)."
+    );
+    let _ = writeln!(o, "# TYPE mcplb_backend_state gauge");
+    let now_ns = crate::balance::now_ns(st.epoch);
+    for (gi, g) in st.config.servers.iter().enumerate() {
+        let rt = st.groups.get(gi);
+        for (bi, b) in g.backends.iter().enumerate() {
+            let current = state_name(rt.and_then(|r| r.health.state(bi, now_ns)));
+            let (server, backend) = (escape_label(&g.name), escape_label(&b.name));
+            for state in STATE_NAMES {
+                let _ = writeln!(
+                    o,
+                    "mcplb_backend_state{{server=\"{server}\",backend=\"{backend}\",state=\"{state}\"}} {}",
+                    u8::from(state == current)
+                );
+            }
+        }
+    }
+}
+
+/// One `GET` on the admin port, as `mcplb stats` and `mcplb probe` make it: the status code
+/// and the body. `timeout` bounds the connect and each read and write.
+fn admin_get(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    use anyhow::Context as _;
+    let target = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .with_context(|| format!("`{addr}` is not an address (HOST:PORT)"))?
+        .next()
+        .with_context(|| format!("`{addr}` resolves to no address"))?;
+    let mut s = TcpStream::connect_timeout(&target, timeout)
+        .with_context(|| format!("cannot connect to the admin port at {target}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "GET /stats HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n"
     )?;
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
+    s.read_to_end(&mut resp)
+        .with_context(|| format!("no whole answer from the admin port at {target}"))?;
     let text = String::from_utf8_lossy(&resp);
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| anyhow::anyhow!("bad answer from the admin port"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        anyhow::bail!("admin port answered: {}", head.lines().next().unwrap_or(""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "bad status line from the admin port: {}",
+                head.lines().next().unwrap_or("")
+            )
+        })?;
+    Ok((status, body.to_string()))
+}
+
+/// `mcplb stats --admin ADDR`: fetch `/stats` and print the percentile table.
+pub fn print_stats(addr: &str, token: Option<&str>) -> anyhow::Result<()> {
+    let (status, body) = admin_get(addr, "/stats", token, Duration::from_secs(10))?;
+    if status != 200 {
+        anyhow::bail!("admin port answered {status}: {}", body.trim());
     }
-    let v: Value = serde_json::from_str(body)?;
+    let v: Value = serde_json::from_str(&body)?;
     print!("{}", render_table(&v));
     Ok(())
+}
+
+/// Where `mcplb probe --config FILE` asks: the file's `admin.listen` (an address of every
+/// interface, `0.0.0.0` or `::`, is asked on loopback) and `admin.token`. Only `[admin]` is
+/// read and checked, so a probe resolves no backend name: a probe that depended on DNS could
+/// fail while mcplb serves well.
+pub fn probe_target(config: &std::path::Path) -> anyhow::Result<(String, Option<String>)> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", config.display()))?;
+    let (listen, token) = crate::config::admin_endpoint(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    let listen = listen.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no admin.listen: the probe asks the admin port",
+            config.display()
+        )
+    })?;
+    Ok((asked_on(listen).to_string(), token))
+}
+
+/// The address to connect to for a listener bound to `a`: loopback for an address of every
+/// interface.
+fn asked_on(a: SocketAddr) -> SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match a.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, a.port())),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, a.port())),
+        _ => a,
+    }
+}
+
+/// `mcplb probe PATH`: asks the admin port for `path` (`/healthz`, `/readyz`) for a container
+/// health check; the body on 200, else an error that says what answered.
+pub fn probe(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let (status, body) = admin_get(addr, path, token, timeout)?;
+    if status != 200 {
+        anyhow::bail!("{addr}{path} answered {status}: {}", body.trim());
+    }
+    Ok(body)
 }
 
 /// Renders a `/stats` document as a terminal table.
@@ -823,3 +959,18 @@ async function tick(){
 tick();setInterval(tick,2000);
 </script></body></html>
 "##;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod probe_tests {
+    use super::asked_on;
+
+    #[test]
+    fn every_interface_is_asked_on_loopback() {
+        let ask = |a: &str| asked_on(a.parse().unwrap()).to_string();
+        assert_eq!(ask("0.0.0.0:9901"), "127.0.0.1:9901");
+        assert_eq!(ask("[::]:9901"), "[::1]:9901");
+        assert_eq!(ask("10.1.2.3:9901"), "10.1.2.3:9901");
+        assert_eq!(ask("127.0.0.1:9"), "127.0.0.1:9");
+    }
+}

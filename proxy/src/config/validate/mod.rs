@@ -33,6 +33,14 @@ pub(super) fn validate(raw: RawConfig, errs: &mut Vec<String>) -> Option<Config>
     })
 }
 
+/// `[admin]` alone (see [`crate::config::admin_endpoint`]).
+pub(super) fn admin_endpoint(
+    raw: super::raw::RawAdmin,
+    errs: &mut Vec<String>,
+) -> (Option<std::net::SocketAddr>, Option<String>) {
+    admin::validate(raw, errs)
+}
+
 /// A rule's `server` must name a group.
 fn server_must_exist(t: &mut TableCheck<'_>, server: Option<&str>, servers: &[ServerGroup]) {
     if let Some(s) = server {
