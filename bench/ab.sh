@@ -11,12 +11,15 @@
 # requests) and wrk's p50/p99 latency. Writes bench/results/<date>-ab-TAG.md with every run,
 # the medians, the pairwise B/A ratios, machine facts and the command. Settings (env): PAIRS
 # (7), SECS (6), CONNS (64), TAG (ab), OUT (bench/results), LOAD_BIN (mcplb-load to use for
-# the mock; default target/release/mcplb-load).
+# the mock; default target/release/mcplb-load), MODE (`stateless`, the default, or
+# `session-auth`: a group with an API key in front of the stateful mock, every request a
+# `tools/call` in one session opened through each proxy, with the key: the path that opens
+# the sealed session id and checks its owner; bench/quick/post_session.lua).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 A=$(realpath "$1"); B=$(realpath "$2")
-PAIRS=${PAIRS:-7}; SECS=${SECS:-6}; CONNS=${CONNS:-64}; TAG=${TAG:-ab}
+PAIRS=${PAIRS:-7}; SECS=${SECS:-6}; CONNS=${CONNS:-64}; TAG=${TAG:-ab}; MODE=${MODE:-stateless}
 OUT=${OUT:-$ROOT/bench/results}
 LOAD_BIN=${LOAD_BIN:-$ROOT/target/release/mcplb-load}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 2; }
@@ -29,7 +32,15 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 MOCK_PORT=$(free_port)
-taskset -c 1 "$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" --stateless --threads 1 >"$RUN/mock.log" 2>&1 &
+case $MODE in
+    stateless) MOCK_MODE=(--stateless); LUA=post.lua; AUTH="" ;;
+    session-auth)
+        MOCK_MODE=(); LUA=post_session.lua
+        API_KEY=ab-bench-key
+        AUTH=$(printf '[servers.auth]\napi_keys = ["sha256:%s"]' "$(printf %s "$API_KEY" | sha256sum | cut -d' ' -f1)") ;;
+    *) echo "MODE must be stateless or session-auth"; exit 2 ;;
+esac
+taskset -c 1 "$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" "${MOCK_MODE[@]}" --threads 1 >"$RUN/mock.log" 2>&1 &
 pids+=($!)
 
 start_proxy() { # bin name -> sets PID and PORT (no subshell: its PID must reach cleanup)
@@ -46,6 +57,7 @@ path = "/mcp"
 backends = ["http://127.0.0.1:$MOCK_PORT/mcp"]
 [servers.health]
 enabled = false
+$AUTH
 EOF
     taskset -c 0 "$bin" run --config "$RUN/$name.toml" >"$RUN/$name.log" 2>&1 &
     PID=$!
@@ -57,10 +69,24 @@ start_proxy "$A" a; PID_A=$PID; PORT_A=$PORT
 start_proxy "$B" b; PID_B=$PID; PORT_B=$PORT
 sleep 0.5
 
-one_run() { # pid port -> "rps cpu_us p50_ms p99_ms"
+open_session() { # port -> prints the session id opened through that proxy
+    local url="http://127.0.0.1:$1/mcp" sid
+    sid=$(curl -s -D - -o /dev/null -H "x-api-key: $API_KEY" -H 'content-type: application/json' \
+        -H 'accept: application/json, text/event-stream' \
+        -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"ab","version":"0"}}}' \
+        "$url" | tr -d '\r' | awk -F': ' 'tolower($1)=="mcp-session-id"{print $2}')
+    [[ -n $sid ]] || { echo "no session from $url" >&2; exit 1; }
+    curl -s -o /dev/null -H "x-api-key: $API_KEY" -H "mcp-session-id: $sid" -H 'content-type: application/json' \
+        -H 'accept: application/json, text/event-stream' \
+        -d '{"jsonrpc":"2.0","method":"notifications/initialized"}' "$url"
+    echo "$sid"
+}
+if [[ $MODE == session-auth ]]; then SID_A=$(open_session "$PORT_A"); SID_B=$(open_session "$PORT_B"); fi
+
+one_run() { # pid port [session] -> "rps cpu_us p50_ms p99_ms"
     local pid=$1 port=$2 t0 t1 out
     t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
-    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "$ROOT/bench/quick/post.lua" "http://127.0.0.1:$port/mcp")
+    out=$(MCP_SESSION=${3:-} API_KEY=${API_KEY:-} taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "$ROOT/bench/quick/$LUA" "http://127.0.0.1:$port/mcp")
     t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
     python3 - "$t0" "$t1" "$(getconf CLK_TCK)" <<PY
 import re, sys
@@ -79,20 +105,20 @@ PY
 }
 
 # Warm-up (not counted).
-one_run "$PID_A" "$PORT_A" >/dev/null
-one_run "$PID_B" "$PORT_B" >/dev/null
+one_run "$PID_A" "$PORT_A" "${SID_A:-}" >/dev/null
+one_run "$PID_B" "$PORT_B" "${SID_B:-}" >/dev/null
 rows=()
 for i in $(seq "$PAIRS"); do
-    ra=$(one_run "$PID_A" "$PORT_A"); rb=$(one_run "$PID_B" "$PORT_B")
+    ra=$(one_run "$PID_A" "$PORT_A" "${SID_A:-}"); rb=$(one_run "$PID_B" "$PORT_B" "${SID_B:-}")
     echo "pair $i: A $ra | B $rb"
     rows+=("$ra|$rb")
 done
 
 mkdir -p "$OUT"
 file="$OUT/$(date +%F)-ab-$TAG.md"
-python3 - "$file" "$A" "$B" "$PAIRS" "$SECS" "$CONNS" "${rows[@]}" <<'PY'
+python3 - "$file" "$A" "$B" "$PAIRS" "$SECS" "$CONNS" "$MODE" "${rows[@]}" <<'PY'
 import statistics as st, subprocess, sys, os
-file, a, b, pairs, secs, conns, *rows = sys.argv[1:]
+file, a, b, pairs, secs, conns, mode, *rows = sys.argv[1:]
 A = [list(map(float, r.split("|")[0].split()[:5])) for r in rows]
 B = [list(map(float, r.split("|")[1].split()[:5])) for r in rows]
 med = lambda xs: st.median(xs)
@@ -106,10 +132,16 @@ WRK = sh("wrk -v 2>&1 | head -1")
 lines = [
     f"# Same-run A/B: CPU per request and latency ({os.path.basename(file)[:-3]})", "",
     f"- A: `{a}`", f"- B: `{b}`",
-    f"- Method: `bench/ab.sh` — both proxies up at once, one worker each pinned to core 0; the "
-    f"stateless mock (`mcplb-load mock --threads 1`) and wrk (`-t1 -c{conns} -d{secs}s --latency`, "
-    f"the 200-byte `tools/call` of `bench/quick/post.lua`) on core 1; A B A B ..., {pairs} pairs "
-    "after one warm-up each. CPU = the proxy's utime+stime over the run / requests.",
+    (f"- Method: `bench/ab.sh` — both proxies up at once, one worker each pinned to core 0; the "
+     f"stateless mock (`mcplb-load mock --threads 1`) and wrk (`-t1 -c{conns} -d{secs}s --latency`, "
+     f"the 200-byte `tools/call` of `bench/quick/post.lua`) on core 1; A B A B ..., {pairs} pairs "
+     "after one warm-up each. CPU = the proxy's utime+stime over the run / requests.")
+    if mode == "stateless" else
+    (f"- Method: `MODE=session-auth bench/ab.sh` — both proxies up at once, one worker each pinned "
+     f"to core 0, a group requiring an API key; the stateful mock (`mcplb-load mock --threads 1`) "
+     f"and wrk (`-t1 -c{conns} -d{secs}s --latency`, `bench/quick/post_session.lua`: a `tools/call` "
+     f"with `X-Api-Key` in one session opened through each proxy) on core 1; A B A B ..., {pairs} "
+     "pairs after one warm-up each. CPU = the proxy's utime+stime over the run / requests."),
     f"- Machine: {NPROC} cores, {KERNEL}, load average at the end {LOAD}; {WRK}", "",
     "| run | A req/s | A CPU µs/req | A p50 ms | A p99 ms | B req/s | B CPU µs/req | B p50 ms | B p99 ms |",
     "|---|---|---|---|---|---|---|---|---|",

@@ -281,9 +281,10 @@ fn transfer_codings(head: &[u8]) -> Vec<&[u8]> {
 
 /// The response-head rewrite of the head at the start of `buf`: what it writes for the
 /// client, completed with a blank line, is a well-formed HTTP/1.1 head with the same status;
-/// it carries no hop-by-hop or framing header, nor one the backend's `Connection` names; each `Mcp-Session-Id` opens (with the same
-/// key) to the backend's own id, or is the client's current id when the backend repeats it;
-/// an SSE answer says `x-accel-buffering`.
+/// it carries no hop-by-hop or framing header, nor one the backend's `Connection` names; each
+/// `Mcp-Session-Id` opens (with the same key) to the backend's own id and the owner it was
+/// sealed with, or is the client's current id when the backend repeats it; an SSE answer says
+/// `x-accel-buffering`.
 pub fn check_response_head(buf: &[u8], backend_tag: u32) {
     let Some(len) = http::head_len(buf) else {
         return;
@@ -299,12 +300,17 @@ pub fn check_response_head(buf: &[u8], backend_tag: u32) {
         .map(|h| h.value.trim_ascii())
         .collect();
     let sealer = SessionSealer::new(&[7; 32]);
-    // Once as a new session, once with the client holding a session whose backend id is the
-    // first one the backend sends.
+    let caller = sealer.owner(&[b"api-key", &[1; 32]]);
+    // Once as a new session (unowned, and owned), once with the client holding a session
+    // whose backend id is the first one the backend sends.
     let current_sid = backend_sids.first().copied();
-    for current in [None, current_sid.map(|sid| (&b"CLIENT-HELD-ID"[..], sid))] {
+    for (current, owner) in [
+        (None, None),
+        (None, Some(&caller)),
+        (current_sid.map(|sid| (&b"CLIENT-HELD-ID"[..], sid)), None),
+    ] {
         let mut out = Vec::new();
-        let rewritten = rewrite_response_head(&sealer, head, backend_tag, current, &mut out);
+        let rewritten = rewrite_response_head(&sealer, owner, head, backend_tag, current, &mut out);
         let Ok(ResponseHead::Final { status, is_sse, .. }) = rewritten else {
             continue;
         };
@@ -345,7 +351,8 @@ pub fn check_response_head(buf: &[u8], backend_tag: u32) {
                     _ => {
                         let mut scratch = [0u8; SCRATCH];
                         let opened = sealer.open(h.value, &mut scratch);
-                        assert_eq!(opened, Some((backend_tag, *backend_sid)));
+                        let opened = opened.map(|o| (o.tag, o.owner, o.sid));
+                        assert_eq!(opened, Some((backend_tag, owner.copied(), *backend_sid)));
                     }
                 }
                 continue;

@@ -284,11 +284,13 @@ fn tokens_of_every_algorithm_and_every_refusal() {
     assert_eq!(r.json().unwrap()["id"], 203);
     assert_eq!(with_token(&p, "/mcp", 204, &bob).status, 200);
 
-    // The access log names the caller, never the token.
+    // The access log names the caller, never the token. Each worker flushes its own lines
+    // once a second, so wait for both callers' lines (they may be on different workers).
     let deadline = Instant::now() + Duration::from_secs(15);
     let text = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("\"caller\":\"bob\"") || Instant::now() > deadline {
+        let both = text.contains("\"caller\":\"bob\"") && text.contains("\"caller\":\"alice\"");
+        if both || Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -336,8 +336,14 @@ fn regressions() {
     for status in ["000", "099", "020"] {
         let head = format!("HTTP/1.1 {status} X\r\n\r\n");
         let sealer = mcplb::session::SessionSealer::new(&[1; 32]);
-        let got =
-            fuzzing::rewrite_response_head(&sealer, head.as_bytes(), 1, None, &mut Vec::new());
+        let got = fuzzing::rewrite_response_head(
+            &sealer,
+            None,
+            head.as_bytes(),
+            1,
+            None,
+            &mut Vec::new(),
+        );
         assert!(got.is_err(), "status {status}: {got:?}");
     }
 }

@@ -386,10 +386,12 @@ fn a_trusted_proxy_names_the_client_for_limits_hashing_and_the_log() {
     let lines = access_log_lines(&log, 4);
     let _ = std::fs::remove_file(&log);
     assert_eq!(lines.len(), 4, "{lines:?}");
-    let clients: Vec<&str> = lines
+    // Each worker writes its own lines: sorted, not in request order.
+    let mut clients: Vec<&str> = lines
         .iter()
         .map(|l| l["client"].as_str().unwrap())
         .collect();
+    clients.sort_unstable();
     assert_eq!(
         clients,
         [
@@ -520,7 +522,7 @@ fn the_proxy_protocol_is_read_from_trusted_balancers_only() {
                 &b.url(),
                 &format!(
                     "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.2\"]\n\
-                     max_connections_per_ip = 1\naccess_log = \"{}\"",
+                     max_connections_per_ip = 2\naccess_log = \"{}\"",
                     log.display()
                 )
             )
@@ -552,11 +554,16 @@ fn the_proxy_protocol_is_read_from_trusted_balancers_only() {
             Some("2001:db8::7"),
             "{driver}"
         );
-        // The per-address cap (1 here) applies to the client the header names, not to the
-        // balancer: a second connection of 198.51.100.8 is closed, another client's is not.
-        let mut held = connect_from("127.0.0.2", p.addr);
-        held.write_all(b"PROXY TCP4 198.51.100.8 10.0.0.1 4711 443\r\n")
-            .unwrap();
+        // The per-address cap (2 here) applies to the client the header names, not to the
+        // balancer: a third connection of 198.51.100.8 is closed, another client's is not.
+        let held: Vec<TcpStream> = (0..2)
+            .map(|i| {
+                let mut s = connect_from("127.0.0.2", p.addr);
+                let line = format!("PROXY TCP4 198.51.100.8 10.0.0.1 {} 443\r\n", 4700 + i);
+                s.write_all(line.as_bytes()).unwrap();
+                s
+            })
+            .collect();
         std::thread::sleep(Duration::from_millis(200));
         let mut again = connect_from("127.0.0.2", p.addr);
         again
@@ -566,7 +573,7 @@ fn the_proxy_protocol_is_read_from_trusted_balancers_only() {
         let answer = read_to_close(&mut again);
         assert!(
             answer.is_empty(),
-            "{driver}: second connection served: {answer}"
+            "{driver}: third connection served: {answer}"
         );
         let mut other = connect_from("127.0.0.2", p.addr);
         other

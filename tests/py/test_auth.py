@@ -4,6 +4,8 @@ mcplb verifies an EdDSA token signed here (PyJWT and cryptography come with the 
 package) against a JWKS file made here; the SDK client sends it in `Authorization` and works
 as usual. Without a token the 401 carries the `resource_metadata` hint, which the SDK's own
 helpers follow to the protected-resource metadata document, parsed with the SDK's model.
+The SDK client's session is its own: another subject's token with its session id gets 404,
+and the client refreshing its token (same subject) keeps the session.
 """
 
 from __future__ import annotations
@@ -56,9 +58,9 @@ def auth_proxy(tmp_path: Path, backends):
     proxy.stop()
 
 
-def token_for(key: Ed25519PrivateKey, audience: str, sub: str = "py-user") -> str:
+def token_for(key: Ed25519PrivateKey, audience: str, sub: str = "py-user", **extra) -> str:
     now = int(time.time())
-    claims = {"iss": ISSUER, "aud": audience, "sub": sub, "iat": now, "exp": now + 300}
+    claims = {"iss": ISSUER, "aud": audience, "sub": sub, "iat": now, "exp": now + 300, **extra}
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "py-1"})
 
 
@@ -86,6 +88,37 @@ async def test_sdk_client_refused_without_or_with_bad_token(auth_proxy) -> None:
                 async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
                     await client.list_tools()
         assert statuses and set(statuses) == {401}, statuses
+
+
+async def test_a_session_belongs_to_its_subject(auth_proxy) -> None:
+    url, resource, key = auth_proxy
+    session_ids: list[str] = []
+
+    async def seen(response: httpx2.Response) -> None:
+        if sid := response.headers.get("mcp-session-id"):
+            session_ids.append(sid)
+
+    headers = {"Authorization": f"Bearer {token_for(key, resource, sub='alice')}"}
+    async with httpx2.AsyncClient(headers=headers, timeout=30, event_hooks={"response": [seen]}) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+            await client.list_tools()
+            sid = session_ids[0]
+            other = {"Authorization": f"Bearer {token_for(key, resource, sub='mallory')}",
+                     "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-06-18",
+                     "Accept": "application/json, text/event-stream"}
+            call = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                    "params": {"name": "add", "arguments": {"a": 1, "b": 1}}}
+            r = httpx2.post(url, json=call, headers=other)
+            assert r.status_code == 404 and r.json()["id"] == 9, r.text
+            assert httpx2.get(url, headers=other).status_code == 404
+            assert httpx2.delete(url, headers=other).status_code == 404
+            # The client refreshes its token (another token, the same subject): same session.
+            refreshed = token_for(key, resource, sub="alice", jti="refreshed")
+            assert refreshed not in headers["Authorization"]
+            http.headers["Authorization"] = f"Bearer {refreshed}"
+            result = await client.call_tool("add", {"a": 2, "b": 3})
+            assert "".join(c.text for c in result.content if isinstance(c, TextContent)) == "5"
+    assert set(session_ids) == {sid}
 
 
 def test_401_hint_leads_to_metadata(auth_proxy) -> None:

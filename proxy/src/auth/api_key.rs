@@ -32,7 +32,7 @@ pub(super) fn validate(
 }
 
 /// Checks `key` against the configured digests; on success `caller` is `api-key:N` (the N-th
-/// configured key).
+/// configured key), its principal the key's digest.
 pub(super) fn check(
     digests: &[[u8; 32]],
     key: &[u8],
@@ -64,5 +64,6 @@ pub(super) fn check(
         hasher.hash_key(&digest).rotate_left(17) ^ 0x006b_6579,
         label,
     );
+    caller.principal = super::Principal::ApiKey(digest);
     Ok(())
 }

@@ -323,6 +323,23 @@ pub struct Caller {
     /// The identity for the access log: the token's identity claim, or `api-key:N` (the
     /// N-th configured key); empty when there is none.
     pub name: String,
+    /// What the caller's sessions are bound to (see [`Principal`]).
+    pub principal: Principal,
+}
+
+/// The caller's identity as sessions are bound to it: stable across processes and restarts
+/// (never a per-process hash), and independent of which token of that identity was presented,
+/// so that a client refreshing its JWT keeps its session.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// No identity (a group without authentication).
+    #[default]
+    None,
+    /// An API key, by its SHA-256 digest (the value the config lists; not its position in
+    /// the list, which an edit of the list would shift).
+    ApiKey([u8; 32]),
+    /// A JWT: its identity claim ([`Caller::name`]) under the group's configured issuer.
+    Jwt,
 }
 
 impl Caller {
@@ -331,6 +348,7 @@ impl Caller {
         self.key = 0;
         self.name.clear();
         self.jwt = JwtCheck::None;
+        self.principal = Principal::None;
     }
 
     pub(super) fn set(&mut self, key: u64, name: &str) {
@@ -371,7 +389,11 @@ pub fn check(
         // A JWT is three dot-separated parts; an API key that happened to look like one
         // would be checked as a token and refused.
         if token.iter().filter(|&&b| b == b'.').count() == 2 {
-            return cache::verify_cached(v, token, client, hasher, caller);
+            let verdict = cache::verify_cached(v, token, client, hasher, caller);
+            if verdict.is_ok() {
+                caller.principal = Principal::Jwt;
+            }
+            return verdict;
         }
     }
     let Some(key) = bearer.or(x_api_key.map(<[u8]>::trim_ascii)) else {

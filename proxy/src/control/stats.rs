@@ -127,10 +127,14 @@ pub enum Counter {
     /// Tokens refused unverified (429): their client address had spent its budget of failed
     /// JWT verifications.
     AuthThrottled,
+    /// Session ids refused (404) in groups with authentication because they are not the
+    /// caller's: another caller's, or sealed before sessions were bound to callers. Also
+    /// counted in `unknown_session`.
+    SessionOwnerMismatch,
     /// Connections from trusted balancers closed for a missing or bad PROXY protocol header.
     ProxyProtocolErrors,
 }
-const COUNTERS: usize = 30;
+const COUNTERS: usize = 31;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -162,6 +166,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "jwt_cache_hits",
     "worker_panics",
     "auth_throttled",
+    "session_owner_mismatch",
     "proxy_protocol_errors",
 ];
 

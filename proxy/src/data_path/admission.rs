@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use protocol::{Envelope, MessageKind, Method};
 
-use crate::auth::{Denial, JwtCheck};
+use crate::auth::{AuthConfig, Caller, Denial, JwtCheck, Principal};
 use crate::config::{ConcurrencyPer, ConcurrencyRule, MAX_CONCURRENCY_RULES};
 use crate::control::stats::{self, Counter};
 use crate::data_path::request::{offset_of, ClientConn, Refusal, Request, Stop};
@@ -19,8 +19,10 @@ use crate::runtime::core::Core;
 pub(crate) const DENIED_BODY_MAX: u64 = 64 * 1024;
 
 /// Refuses a request whose `Origin` is not allowed (403) or whose credential the group does not
-/// accept (401, or 403 for missing scopes); on success `c.caller` says who it is.
+/// accept (401, or 403 for missing scopes); on success `c.caller` says who it is and `c.owner`
+/// which sessions are its own.
 pub(crate) fn check_access(core: &Core, c: &mut ClientConn, gi: usize) -> Result<(), Denial> {
+    c.owner = None;
     let Some(group) = core.shared.config.servers.get(gi) else {
         return Ok(());
     };
@@ -61,7 +63,34 @@ pub(crate) fn check_access(core: &Core, c: &mut ClientConn, gi: usize) -> Result
     if let Some(k) = jwt {
         core.rec.borrow_mut().count(k, 1);
     }
+    if verdict.is_ok() {
+        c.owner = session_owner(&core.shared.sealer, &group.auth, &c.caller);
+    }
     verdict
+}
+
+/// The owner sealed into the sessions `caller` starts, and required of the sessions it uses:
+/// a digest of the API key's digest, or of the JWT's issuer and identity claim (so a refreshed
+/// token of the same identity keeps its sessions). `None` in groups without authentication,
+/// whose sessions stay unowned as before.
+pub(crate) fn session_owner(
+    sealer: &crate::session::SessionSealer,
+    auth: &AuthConfig,
+    caller: &Caller,
+) -> Option<crate::session::Owner> {
+    if !auth.required() {
+        return None;
+    }
+    match caller.principal {
+        Principal::ApiKey(digest) => Some(sealer.owner(&[b"api-key", &digest])),
+        Principal::Jwt => {
+            let issuer = auth.jwt.as_ref().map_or("", |v| v.issuer.as_str());
+            Some(sealer.owner(&[b"jwt", issuer.as_bytes(), caller.name.as_bytes()]))
+        }
+        // Not reached (a caller admitted by a group with authentication has a principal);
+        // without an owner, its sessions would be refused, never shared.
+        Principal::None => None,
+    }
 }
 
 /// How a refused credential is answered: the refusal, and whether the (small) body is read

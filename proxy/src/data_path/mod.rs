@@ -41,9 +41,9 @@ use crate::control::stats::Counter;
 use crate::data_path::admission::{Admitted, Permits};
 use crate::data_path::attempt::Plan;
 use crate::data_path::request::{offset_of, ClientConn, HttpMethod, Next, Refusal, ReqMeta, Stop};
-use crate::data_path::route::{SessionRoute, Target};
+use crate::data_path::route::{NotOwner, SessionRoute, Target};
 use crate::runtime::core::{Core, BUF_SIZE};
-use crate::session::SCRATCH;
+use crate::session::{Opened, SCRATCH};
 
 /// Bytes asked of the kernel per read.
 pub(crate) const READ_SIZE: usize = BUF_SIZE;
@@ -121,20 +121,16 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
         if read_body_first {
             // Small bodies are read so the refusal can carry the request's id.
             read_body(core, c).await?;
-            let body = c.req.body();
-            let id =
-                protocol::parse_message_with_depth(body, core.shared.config.proxy.max_json_depth)
-                    .ok()
-                    .and_then(|e| e.id)
-                    .map(|id| offset_of(body, id));
-            c.req.set_id(id);
+            note_id(core, c);
         }
         return Err(refusal.into());
     }
     read_body(core, c).await?;
     if let Some(front) = legacy {
-        return Ok(legacy_front::forward(core, c, front).await);
+        return Ok(legacy_front::forward(core, c, gi, front).await);
     }
+    let mut scratch = [0u8; SCRATCH];
+    let opened = open_session(core, c, gi, &mut scratch)?;
     let admitted = match method {
         HttpMethod::Post => Some(admission::envelope(core, c, gi)?),
         _ => None,
@@ -143,10 +139,20 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     if let Some(a) = &admitted {
         admission::acquire_permits(core, &a.conc, &mut permits).await?;
     }
-    let mut scratch = [0u8; SCRATCH];
-    let plan = plan(core, c, gi, admitted.as_ref(), &mut scratch)?;
+    let plan = plan(core, c, gi, admitted.as_ref(), opened)?;
     let conc = admitted.map(|a| a.conc).unwrap_or_default();
     Ok(attempt::send(core, c, plan, &conc, &mut permits).await)
+}
+
+/// Notes the JSON-RPC id of a request refused before its envelope was read, so that the
+/// refusal carries it.
+fn note_id(core: &Core, c: &mut ClientConn) {
+    let body = c.req.body();
+    let id = protocol::parse_message_with_depth(body, core.shared.config.proxy.max_json_depth)
+        .ok()
+        .and_then(|e| e.id)
+        .map(|id| offset_of(body, id));
+    c.req.set_id(id);
 }
 
 /// Reads the body and counts its bytes.
@@ -158,14 +164,41 @@ async fn read_body(core: &Core, c: &mut ClientConn) -> Result<(), Stop> {
     Ok(())
 }
 
-/// Where the request may go: its session's backend (opened from the sealed id into
-/// `scratch`), a failover first, or the group's balancer.
+/// Opens the request's session id, if it has one (into `scratch`), and refuses it (404, as an
+/// unknown session) when the group binds sessions to callers and it is not this caller's.
+/// Before the envelope's rate limits and the permits, so that another caller's requests with
+/// a session's id cannot spend that session's budget either.
+fn open_session<'s>(
+    core: &Core,
+    c: &mut ClientConn,
+    gi: usize,
+    scratch: &'s mut [u8; SCRATCH],
+) -> Result<Option<Opened<'s>>, Refusal> {
+    let (Some(sealed), Some(group)) = (c.req.session_id(), core.shared.config.servers.get(gi))
+    else {
+        return Ok(None);
+    };
+    let Some(opened) = core.shared.sealer.open(sealed, scratch) else {
+        return Ok(None);
+    };
+    match route::check_owner(group, &opened, c.owner.as_ref()) {
+        Ok(()) => Ok(Some(opened)),
+        Err(NotOwner { unowned }) => {
+            record::not_owner(core, &group.name, &c.caller.name, unowned);
+            note_id(core, c);
+            Err(Refusal::invalid(404, "Session not found"))
+        }
+    }
+}
+
+/// Where the request may go: its session's backend (`opened`: its id, opened), a failover
+/// first, or the group's balancer.
 fn plan<'s>(
     core: &Core,
     c: &mut ClientConn,
     gi: usize,
     admitted: Option<&Admitted>,
-    scratch: &'s mut [u8; SCRATCH],
+    opened: Option<Opened<'s>>,
 ) -> Result<Plan<'s>, Refusal> {
     let Some(group) = core.shared.config.servers.get(gi) else {
         return Err(Refusal::new(503, -32603, "no backend available"));
@@ -192,7 +225,7 @@ fn plan<'s>(
     }
     plan.can_fail_over = reinit;
     let now = crate::balance::now_ns(core.shared.epoch);
-    match route::session_route(&core.shared, gi, sealed, scratch, now) {
+    match route::session_route(&core.shared, gi, sealed, opened, now) {
         SessionRoute::Pinned { bi, sid } => {
             plan.pinned = Some(bi);
             plan.sid = Some(Cow::Borrowed(sid));

@@ -54,6 +54,28 @@ pub(crate) fn write_access_log(core: &Core, c: &ClientConn, start: Instant) {
     }
 }
 
+/// A session id refused because it is not the caller's: counted, and logged with the server
+/// and the caller who presented it (never the id or a credential).
+pub(crate) fn not_owner(core: &Core, server: &str, caller: &str, unowned: bool) {
+    core.rec
+        .borrow_mut()
+        .count(Counter::SessionOwnerMismatch, 1);
+    if unowned {
+        tracing::info!(
+            server,
+            caller,
+            "session id sealed before sessions were bound to callers: 404 (the client \
+             initializes again)"
+        );
+    } else {
+        tracing::warn!(
+            server,
+            caller,
+            "session id of another caller refused (404); nothing was forwarded"
+        );
+    }
+}
+
 /// Folds one finished request into this core's statistics.
 pub(crate) fn record(core: &Core, m: &ReqMeta, start: Instant) {
     if m.by_proxy {

@@ -238,6 +238,9 @@ pub(crate) struct ClientConn {
     pub meta: ReqMeta,
     /// Who the current request's credential says it is (`[servers.auth]`).
     pub caller: crate::auth::Caller,
+    /// The owner the caller's sessions are sealed with and must carry: `None` in groups
+    /// without authentication.
+    pub owner: Option<crate::session::Owner>,
 }
 
 impl ClientConn {
@@ -255,6 +258,7 @@ impl ClientConn {
             new_sid: Vec::new(),
             meta: ReqMeta::default(),
             caller: crate::auth::Caller::default(),
+            owner: None,
         }
     }
 

@@ -16,7 +16,7 @@ use crate::http::{self, ChunkedDecoder};
 use crate::runtime::core::Core;
 use crate::runtime::shutdown::ShutdownSignal;
 use crate::runtime::SHUTDOWN;
-use crate::session::SessionSealer;
+use crate::session::{Owner, SessionSealer};
 use crate::tls::{Conn, Incoming};
 
 /// How the upstream response body is framed.
@@ -45,10 +45,12 @@ pub(crate) enum HeadKind {
 }
 
 /// Parses an upstream response head and writes the client's head into `out`: hop-by-hop
-/// headers dropped, a new `Mcp-Session-Id` sealed. Sync, so that the header array never
-/// lives across an await (it would bloat every connection's task).
+/// headers dropped, a new `Mcp-Session-Id` sealed (with `owner`, the caller's, in groups with
+/// authentication). Sync, so that the header array never lives across an await (it would
+/// bloat every connection's task).
 pub(crate) fn rewrite_response_head(
     sealer: &SessionSealer,
+    owner: Option<&Owner>,
     head: &[u8],
     backend_tag: u32,
     current: Option<(&[u8], &[u8])>,
@@ -117,7 +119,7 @@ pub(crate) fn rewrite_response_head(
                 }
                 _ => {
                     sealer
-                        .seal(backend_tag, hd.value.trim_ascii(), out)
+                        .seal(backend_tag, owner, hd.value.trim_ascii(), out)
                         .map_err(|_| "backend session id too long")?;
                     new_session = true;
                 }
@@ -204,6 +206,7 @@ async fn final_head(
         let head = a.buf.get(..head_len).unwrap_or_default();
         match rewrite_response_head(
             &core.shared.sealer,
+            c.owner.as_ref(),
             head,
             a.backend_tag,
             current,

@@ -9,7 +9,7 @@ use crate::balance::GroupRuntime;
 use crate::config::{Balance, HashKey, ServerGroup, SessionFailover};
 use crate::data_path::request::{HttpMethod, Request};
 use crate::runtime::shared::Shared;
-use crate::session::SCRATCH;
+use crate::session::{Opened, Owner};
 
 /// What a request's path names.
 pub(crate) enum Target<'a> {
@@ -61,6 +61,34 @@ pub(crate) enum SessionRoute<'s> {
     NotFound { unavailable: Option<usize> },
 }
 
+/// A session id that is not the caller's, in a group that binds sessions to callers: answered
+/// 404 like an unknown session, so an id says nothing to anyone but its owner.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct NotOwner {
+    /// The id carries no owner (sealed before sessions were bound to callers, or before a
+    /// reload added authentication to the group); else it is another caller's.
+    pub unowned: bool,
+}
+
+/// Whether `caller` (its owner digest; `None` without one) may use the session `opened` in
+/// `group`. Groups without authentication accept any id that opens, as before; groups with it
+/// only the ids sealed with the caller's owner.
+pub(crate) fn check_owner(
+    group: &ServerGroup,
+    opened: &Opened<'_>,
+    caller: Option<&Owner>,
+) -> Result<(), NotOwner> {
+    if !group.auth.required() {
+        return Ok(());
+    }
+    match (&opened.owner, caller) {
+        (Some(owner), Some(me)) if owner.matches(me) => Ok(()),
+        (owner, _) => Err(NotOwner {
+            unowned: owner.is_none(),
+        }),
+    }
+}
+
 /// Whether requests of a session living on backend `i` may go there: it is eligible, or
 /// draining with its deadline still ahead.
 pub(crate) fn session_backend_usable(rt: &GroupRuntime, i: usize, now: u64) -> bool {
@@ -69,23 +97,23 @@ pub(crate) fn session_backend_usable(rt: &GroupRuntime, i: usize, now: u64) -> b
             && !rt.drain_expired(i, now))
 }
 
-/// Opens the sealed id `sealed` (into `scratch`) and decides where its request goes.
+/// Decides where a request with the sealed id `sealed` goes; `opened`: what the id holds
+/// (`None` when it did not open), its owner already checked ([`check_owner`]).
 pub(crate) fn session_route<'s>(
     shared: &Shared,
     gi: usize,
     sealed: &[u8],
-    scratch: &'s mut [u8; SCRATCH],
+    opened: Option<Opened<'s>>,
     now: u64,
 ) -> SessionRoute<'s> {
     let (Some(group), Some(rt)) = (shared.config.servers.get(gi), shared.groups.get(gi)) else {
         return SessionRoute::NotFound { unavailable: None };
     };
     let reinit = group.session_failover == SessionFailover::Reinitialize;
-    let opened = shared.sealer.open(sealed, scratch).and_then(|(tag, sid)| {
-        let bi = group.backends.iter().position(|b| b.tag == tag)?;
-        Some((bi, sid))
-    });
-    let Some((bi, sid)) = opened else {
+    let Some(Opened { tag, sid, .. }) = opened else {
+        return SessionRoute::NotFound { unavailable: None };
+    };
+    let Some(bi) = group.backends.iter().position(|b| b.tag == tag) else {
         return SessionRoute::NotFound { unavailable: None };
     };
     if reinit {

@@ -4,7 +4,7 @@
 use crate::data_path::head::{parse_head, HeadError};
 use crate::data_path::response::{self, Framing, HeadKind};
 use crate::http::{self, ChunkedDecoder};
-use crate::session::SessionSealer;
+use crate::session::{Owner, SessionSealer};
 
 /// What the request-head parse made of a head: ranges into the buffer it was given.
 pub use crate::data_path::request::ReqHead as RequestHead;
@@ -62,17 +62,18 @@ pub enum ResponseHead {
 }
 
 /// The workers' rewrite of an upstream response head `head` (through its blank line) for
-/// the client, written to `out`. `current` is the sealed id the client sent and the
-/// backend's id inside it.
+/// the client, written to `out`. `owner` is sealed into new session ids; `current` is the
+/// sealed id the client sent and the backend's id inside it.
 pub fn rewrite_response_head(
     sealer: &SessionSealer,
+    owner: Option<&Owner>,
     head: &[u8],
     backend_tag: u32,
     current: Option<(&[u8], &[u8])>,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHead, &'static str> {
     Ok(
-        match response::rewrite_response_head(sealer, head, backend_tag, current, out)? {
+        match response::rewrite_response_head(sealer, owner, head, backend_tag, current, out)? {
             HeadKind::Interim => ResponseHead::Interim,
             HeadKind::Final(h) => ResponseHead::Final {
                 status: h.status,

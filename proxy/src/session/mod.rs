@@ -1,9 +1,16 @@
-//! Sealed session ids: the `Mcp-Session-Id` a client sees carries its own route.
+//! Sealed session ids: the `Mcp-Session-Id` a client sees carries its own route, and in groups
+//! with authentication, its owner.
 //!
-//! The id is `base64url(nonce ‖ ChaCha20-Poly1305(version ‖ backend tag ‖ backend's session id))`,
-//! so any core, and any replica of mcplb sharing the key, routes it with no shared table; the
-//! backend's own id stays hidden from the client, and an id that does not open is answered 404,
-//! exactly as a server answers an unknown session.
+//! The id is `base64url(nonce ‖ ChaCha20-Poly1305(version ‖ backend tag ‖ [owner] ‖ backend's
+//! session id))`, so any core, and any replica of mcplb sharing the key, routes it with no
+//! shared table; the backend's own id stays hidden from the client, and an id that does not
+//! open is answered 404, exactly as a server answers an unknown session.
+//!
+//! Version 1 ids carry no owner (groups without authentication, and every id sealed before
+//! sessions were bound to callers); version 2 ids carry an [`Owner`]: a keyed digest of the
+//! identity of the caller whose request started the session, so that a leaked id is useless to
+//! anyone else. The digest's key is derived from the session key, so every replica sharing the
+//! session key computes the same owner for the same caller, across restarts too.
 
 pub mod failover;
 
@@ -12,18 +19,68 @@ use base64::Engine;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use rand::RngCore;
+use ring::hmac;
 
+/// An id without an owner.
 const VERSION: u8 = 1;
+/// An id with an owner after the backend tag.
+const VERSION_OWNED: u8 = 2;
 const NONCE: usize = 12;
 const TAG: usize = 16;
+/// Bytes of an [`Owner`] digest.
+pub const OWNER: usize = 16;
 /// Longest backend session id we seal (ids are visible ASCII and short in practice).
 pub const MAX_BACKEND_SID: usize = 256;
 /// Scratch space needed to open a sealed id.
-pub const SCRATCH: usize = NONCE + 1 + 4 + MAX_BACKEND_SID + TAG;
+pub const SCRATCH: usize = NONCE + 1 + 4 + OWNER + MAX_BACKEND_SID + TAG;
+/// What the owner digest's key is derived for (the session key also keys the AEAD).
+const OWNER_KEY_LABEL: &[u8] = b"mcplb session owner v1";
+
+/// Who a session belongs to: the first [`OWNER`] bytes of an HMAC-SHA256 of the caller's
+/// identity (never the identity or a credential), under a key derived from the session key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Owner([u8; OWNER]);
+
+impl Owner {
+    /// Whether `other` is the same owner (compared in constant time).
+    pub fn matches(&self, other: &Owner) -> bool {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .fold(0u8, |x, (a, b)| x | (a ^ b))
+            == 0
+    }
+
+    /// The digest's bytes (for carrying it over mcplb's own loopback hops).
+    pub fn as_bytes(&self) -> &[u8; OWNER] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not secret, but nothing an operator needs in a log either.
+        f.write_str("Owner(..)")
+    }
+}
+
+/// What a sealed id holds.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Opened<'s> {
+    /// The backend's tag.
+    pub tag: u32,
+    /// The owner, for ids sealed with one (version 2).
+    pub owner: Option<Owner>,
+    /// The backend's own session id (a slice of the scratch space).
+    pub sid: &'s [u8],
+}
 
 /// Seals and opens session ids with one key.
 pub struct SessionSealer {
     aead: ChaCha20Poly1305,
+    /// The HMAC-SHA256 key of owner digests (its prepared inner and outer states: a digest
+    /// copies them, no allocation).
+    owner_key: hmac::Key,
 }
 
 /// Why a backend's session id could not be sealed.
@@ -36,8 +93,13 @@ pub enum SealError {
 impl SessionSealer {
     /// A sealer with the given 32-byte key.
     pub fn new(key: &[u8; 32]) -> Self {
+        // The owner key is HMAC(session key, label): a PRF output no other use of the session
+        // key produces, identical in every process given the same session key.
+        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), OWNER_KEY_LABEL);
+        let owner_key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
         SessionSealer {
             aead: ChaCha20Poly1305::new(Key::from_slice(key)),
+            owner_key,
         }
     }
 
@@ -48,10 +110,26 @@ impl SessionSealer {
         k
     }
 
-    /// Seals `(backend_tag, backend_sid)` into the id the client will hold, appended to `out`.
+    /// The owner digest of an identity given as parts (each length-prefixed, so that no two
+    /// different lists of parts digest alike). Allocates nothing.
+    pub fn owner(&self, parts: &[&[u8]]) -> Owner {
+        let mut mac = hmac::Context::with_key(&self.owner_key);
+        for p in parts {
+            mac.update(&(p.len() as u64).to_le_bytes());
+            mac.update(p);
+        }
+        let full = mac.sign();
+        let mut o = [0u8; OWNER];
+        o.copy_from_slice(&full.as_ref()[..OWNER]);
+        Owner(o)
+    }
+
+    /// Seals `(backend_tag, owner, backend_sid)` into the id the client will hold, appended to
+    /// `out`. Without an owner, the id is the unowned version 1.
     pub fn seal(
         &self,
         backend_tag: u32,
+        owner: Option<&Owner>,
         backend_sid: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), SealError> {
@@ -61,11 +139,19 @@ impl SessionSealer {
         let mut buf = [0u8; SCRATCH];
         let mut nonce = [0u8; NONCE];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let plain_len = 1 + 4 + backend_sid.len();
+        let owner_len = if owner.is_some() { OWNER } else { 0 };
+        let plain_len = 1 + 4 + owner_len + backend_sid.len();
         buf[..NONCE].copy_from_slice(&nonce);
-        buf[NONCE] = VERSION;
+        buf[NONCE] = if owner.is_some() {
+            VERSION_OWNED
+        } else {
+            VERSION
+        };
         buf[NONCE + 1..NONCE + 5].copy_from_slice(&backend_tag.to_le_bytes());
-        buf[NONCE + 5..NONCE + plain_len].copy_from_slice(backend_sid);
+        if let Some(o) = owner {
+            buf[NONCE + 5..NONCE + 5 + OWNER].copy_from_slice(&o.0);
+        }
+        buf[NONCE + 5 + owner_len..NONCE + plain_len].copy_from_slice(backend_sid);
         let (head, rest) = buf.split_at_mut(NONCE);
         let Ok(tag) = self.aead.encrypt_in_place_detached(
             Nonce::from_slice(head),
@@ -85,13 +171,10 @@ impl SessionSealer {
         Ok(())
     }
 
-    /// Opens a sealed id: returns the backend tag and the backend's session id (a slice of
-    /// `scratch`), or `None` when the id was not sealed with this key or was altered.
-    pub fn open<'s>(
-        &self,
-        sealed: &[u8],
-        scratch: &'s mut [u8; SCRATCH],
-    ) -> Option<(u32, &'s [u8])> {
+    /// Opens a sealed id: the backend tag, the owner (if it was sealed with one) and the
+    /// backend's session id (a slice of `scratch`), or `None` when the id was not sealed with
+    /// this key or was altered.
+    pub fn open<'s>(&self, sealed: &[u8], scratch: &'s mut [u8; SCRATCH]) -> Option<Opened<'s>> {
         if sealed.len() > base64::encoded_len(SCRATCH, false)? {
             return None;
         }
@@ -106,55 +189,142 @@ impl SessionSealer {
         self.aead
             .decrypt_in_place_detached(Nonce::from_slice(nonce), b"mcplb-session", body, &tag)
             .ok()?;
-        if body[0] != VERSION {
-            return None;
-        }
         let backend_tag = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
-        Some((backend_tag, &body[5..]))
+        match body[0] {
+            VERSION => Some(Opened {
+                tag: backend_tag,
+                owner: None,
+                sid: &body[5..],
+            }),
+            VERSION_OWNED => {
+                let o: [u8; OWNER] = body.get(5..5 + OWNER)?.try_into().ok()?;
+                Some(Opened {
+                    tag: backend_tag,
+                    owner: Some(Owner(o)),
+                    sid: body.get(5 + OWNER..)?,
+                })
+            }
+            _ => None,
+        }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn open_owned(s: &SessionSealer, id: &[u8]) -> Option<(u32, Option<Owner>, Vec<u8>)> {
+        let mut scratch = [0u8; SCRATCH];
+        s.open(id, &mut scratch)
+            .map(|o| (o.tag, o.owner, o.sid.to_vec()))
+    }
 
     #[test]
     fn round_trip_and_tamper() {
         let s = SessionSealer::new(&[7u8; 32]);
-        let mut out = Vec::new();
-        assert_eq!(s.seal(0xdead_beef, b"backend-session-42", &mut out), Ok(()));
-        assert!(out.iter().all(|b| (0x21..0x7f).contains(b)));
-        let mut scratch = [0u8; SCRATCH];
-        let opened = s.open(&out, &mut scratch).map(|(t, sid)| (t, sid.to_vec()));
-        assert_eq!(opened, Some((0xdead_beef, b"backend-session-42".to_vec())));
+        let owner = s.owner(&[b"api-key", &[1u8; 32]]);
+        for who in [None, Some(&owner)] {
+            let mut out = Vec::new();
+            assert_eq!(
+                s.seal(0xdead_beef, who, b"backend-session-42", &mut out),
+                Ok(())
+            );
+            assert!(out.iter().all(|b| (0x21..0x7f).contains(b)));
+            assert_eq!(
+                open_owned(&s, &out),
+                Some((0xdead_beef, who.copied(), b"backend-session-42".to_vec()))
+            );
 
-        // Two seals of the same route differ (random nonce), both open.
-        let mut out2 = Vec::new();
-        assert_eq!(
-            s.seal(0xdead_beef, b"backend-session-42", &mut out2),
-            Ok(())
-        );
-        assert_ne!(out, out2);
+            // Two seals of the same route differ (random nonce), both open.
+            let mut out2 = Vec::new();
+            assert_eq!(
+                s.seal(0xdead_beef, who, b"backend-session-42", &mut out2),
+                Ok(())
+            );
+            assert_ne!(out, out2);
 
-        // Any flipped character fails to open.
-        for i in 0..out.len() {
-            let mut bad = out.clone();
-            bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
-            assert!(s.open(&bad, &mut scratch).is_none(), "flip at {i} opened");
+            // Any flipped character fails to open.
+            let mut scratch = [0u8; SCRATCH];
+            for i in 0..out.len() {
+                let mut bad = out.clone();
+                bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
+                assert!(s.open(&bad, &mut scratch).is_none(), "flip at {i} opened");
+            }
+            // Another key fails.
+            let other = SessionSealer::new(&[8u8; 32]);
+            assert!(other.open(&out, &mut scratch).is_none());
+            assert_eq!(
+                s.seal(1, who, &[b'a'; 300], &mut out),
+                Err(SealError::TooLong)
+            );
+            // The longest backend id fits the scratch space.
+            let mut long = Vec::new();
+            assert_eq!(s.seal(2, who, &[b'z'; MAX_BACKEND_SID], &mut long), Ok(()));
+            assert_eq!(
+                open_owned(&s, &long).map(|(t, _, sid)| (t, sid.len())),
+                Some((2, MAX_BACKEND_SID))
+            );
+            let mut empty = Vec::new();
+            assert_eq!(s.seal(3, who, b"", &mut empty), Ok(()));
+            assert_eq!(open_owned(&s, &empty), Some((3, who.copied(), Vec::new())));
         }
-        // Another key fails.
-        let other = SessionSealer::new(&[8u8; 32]);
-        assert!(other.open(&out, &mut scratch).is_none());
         // Garbage and empty fail, never panic.
+        let mut scratch = [0u8; SCRATCH];
         for g in [&b""[..], b"!!!!", b"abc", &[0xffu8; 600][..]] {
             assert!(s.open(g, &mut scratch).is_none());
         }
-        assert_eq!(s.seal(1, &[b'a'; 300], &mut out), Err(SealError::TooLong));
-        let mut empty = Vec::new();
-        assert_eq!(s.seal(3, b"", &mut empty), Ok(()));
+    }
+
+    #[test]
+    fn owners_are_keyed_stable_and_distinct() {
+        let a = SessionSealer::new(&[7u8; 32]);
+        let same_key = SessionSealer::new(&[7u8; 32]);
+        let other_key = SessionSealer::new(&[9u8; 32]);
+        let id = |s: &SessionSealer, parts: &[&[u8]]| s.owner(parts);
+        // Same session key, same identity: the same owner (another process, a replica).
+        assert!(id(&a, &[b"jwt", b"https://iss", b"alice"])
+            .matches(&id(&same_key, &[b"jwt", b"https://iss", b"alice"])));
+        // Another session key: another owner.
+        assert!(!id(&a, &[b"jwt", b"https://iss", b"alice"])
+            .matches(&id(&other_key, &[b"jwt", b"https://iss", b"alice"])));
+        // Parts are length-prefixed: moving a boundary changes the owner.
+        assert!(!id(&a, &[b"jwt", b"https://iss", b"alice"])
+            .matches(&id(&a, &[b"jwt", b"https://issa", b"lice"])));
+        assert!(!id(&a, &[b"jwt", b"https://iss", b"alice"])
+            .matches(&id(&a, &[b"jwt", b"https://iss", b"bob"])));
+    }
+
+    #[test]
+    fn owner_digest_is_the_documented_hmac() {
+        // HMAC-SHA256(HMAC-SHA256(session key, label), len ‖ part ‖ ...), first 16 bytes, as
+        // computed independently (Python's hmac module) for this key and identity.
+        let got = SessionSealer::new(&[0x5au8; 32]).owner(&[b"jwt", b"https://iss", b"alice"]);
+        let hex: String = got.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "059ec32145fde8167aa9cdf9d377361c");
+    }
+
+    #[test]
+    fn ids_sealed_before_owners_still_open() {
+        // A version-1 id laid out as earlier releases sealed it, built here with the AEAD
+        // directly: nonce ‖ ChaCha20-Poly1305(1 ‖ tag ‖ backend sid), AAD "mcplb-session".
+        let key = [7u8; 32];
+        let aead = ChaCha20Poly1305::new(Key::from_slice(&key));
+        let nonce = [3u8; NONCE];
+        let mut plain = vec![1u8];
+        plain.extend_from_slice(&0x0102_0304u32.to_le_bytes());
+        plain.extend_from_slice(b"sid-1");
+        let tag = aead
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"mcplb-session", &mut plain)
+            .unwrap();
+        let mut raw = nonce.to_vec();
+        raw.extend_from_slice(&plain);
+        raw.extend_from_slice(&tag);
+        let v1 = URL_SAFE_NO_PAD.encode(raw);
+        let s = SessionSealer::new(&key);
         assert_eq!(
-            s.open(&empty, &mut scratch).map(|(t, sid)| (t, sid.len())),
-            Some((3, 0))
+            open_owned(&s, v1.as_bytes()),
+            Some((0x0102_0304, None, b"sid-1".to_vec()))
         );
     }
 }

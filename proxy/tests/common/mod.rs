@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub mod sse;
+
 pub use mcplb::demo::HttpClient;
 pub use mock::{MockConfig, MockServer};
 pub use serde_json::json;

@@ -6,6 +6,13 @@
 //! blocks the next message; `initialize`, notifications and responses are waited for, so the
 //! upstream sees `initialize` → `notifications/initialized` → requests in order); and, once
 //! the upstream issued a session, a thread relays the upstream's standalone GET stream.
+//!
+//! The client's credentials (`Authorization`, `X-Api-Key`) go with its messages to the
+//! upstream (mcplb's own listener, which checks them again and binds the upstream session to
+//! the caller). A session opened with an id minted by mcplb's worker
+//! ([`super::LEGACY_SESSION_HEADER`], in groups with authentication) is the caller's own: the worker
+//! lets only that caller's POSTs reach it, so the newest credential a POST carries (a
+//! refreshed token) also serves the session's GET stream and final DELETE.
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,8 +49,28 @@ struct Shared {
 
 /// What the dispatcher thread receives.
 enum Inbound {
-    Msg { msg: Value, auth: Option<String> },
+    Msg { msg: Value, creds: Credentials },
     Stop,
+}
+
+/// The credential headers a client sent, passed on to the upstream.
+#[derive(Clone, Default)]
+struct Credentials {
+    authorization: Option<String>,
+    api_key: Option<String>,
+}
+
+impl Credentials {
+    fn of(req: &Request) -> Credentials {
+        Credentials {
+            authorization: req.header("authorization").map(str::to_string),
+            api_key: req.header("x-api-key").map(str::to_string),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.authorization.is_none() && self.api_key.is_none()
+    }
 }
 
 /// One old-transport client session (one `GET /sse` connection).
@@ -52,8 +79,12 @@ struct Session {
     out: Sender<Out>,
     inbox: Sender<Inbound>,
     up: Mutex<UpState>,
-    /// Authorization of the `GET /sse` request, used when a POST carries none.
-    auth: Option<String>,
+    /// Credentials of the `GET /sse` request, used when a POST carries none (and for the
+    /// upstream GET stream and DELETE); in a session minted by the worker, the newest a POST
+    /// carried.
+    creds: Mutex<Credentials>,
+    /// The worker minted the id: only the caller who opened the session can reach it.
+    owned: bool,
     closed: AtomicBool,
     /// Open upstream connections, shut down when the session ends.
     streams: Mutex<Vec<TcpStream>>,
@@ -96,8 +127,9 @@ impl Session {
         }
     }
 
-    /// Headers for an upstream request of this session.
-    fn headers(&self, auth: Option<&str>) -> Vec<(String, String)> {
+    /// Headers for an upstream request of this session: with `creds` when a message carried
+    /// any, else with the session's.
+    fn headers(&self, creds: Option<&Credentials>) -> Vec<(String, String)> {
         let mut h = vec![
             ("content-type".to_string(), "application/json".to_string()),
             (
@@ -112,8 +144,19 @@ impl Session {
         if let Some(v) = &up.version {
             h.push(("mcp-protocol-version".into(), v.clone()));
         }
-        if let Some(a) = auth.or(self.auth.as_deref()) {
-            h.push(("authorization".into(), a.to_string()));
+        let stored;
+        let creds = match creds.filter(|c| !c.is_empty()) {
+            Some(c) => c,
+            None => {
+                stored = lock(&self.creds).clone();
+                &stored
+            }
+        };
+        if let Some(a) = &creds.authorization {
+            h.push(("authorization".into(), a.clone()));
+        }
+        if let Some(k) = &creds.api_key {
+            h.push(("x-api-key".into(), k.clone()));
         }
         h
     }
@@ -217,12 +260,24 @@ fn handle(shared: &Arc<Shared>, conn: &mut Conn, req: Request) -> std::io::Resul
 fn open_stream(shared: &Arc<Shared>, conn: &mut Conn, req: &Request) {
     let (out_tx, out_rx) = mpsc::channel();
     let (in_tx, in_rx) = mpsc::channel();
+    // The id mcplb's worker minted for the caller (a sealed id, URL-safe), if any.
+    let minted = req
+        .header(super::LEGACY_SESSION_HEADER)
+        .filter(|id| {
+            !id.is_empty()
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !lock(&shared.sessions).contains_key(*id)
+        })
+        .map(str::to_string);
     let session = Arc::new(Session {
-        id: net::new_id(),
+        owned: minted.is_some(),
+        id: minted.unwrap_or_else(net::new_id),
         out: out_tx.clone(),
         inbox: in_tx,
         up: Mutex::new(UpState::default()),
-        auth: req.header("authorization").map(str::to_string),
+        creds: Mutex::new(Credentials::of(req)),
         closed: AtomicBool::new(false),
         streams: Mutex::new(Vec::new()),
     });
@@ -318,11 +373,16 @@ fn post_message(shared: &Shared, conn: &mut Conn, req: &Request) -> std::io::Res
         )?;
         return Ok(After::KeepAlive);
     }
-    let auth = req.header("authorization").map(str::to_string);
+    let creds = Credentials::of(req);
+    if session.owned && !creds.is_empty() {
+        // Only the session's caller gets here: keep its newest credential (a refreshed token
+        // outlives the one the stream was opened with).
+        *lock(&session.creds) = creds.clone();
+    }
     for msg in msgs {
         let _ = session.inbox.send(Inbound::Msg {
             msg,
-            auth: auth.clone(),
+            creds: creds.clone(),
         });
     }
     write_response(
@@ -336,14 +396,14 @@ fn post_message(shared: &Shared, conn: &mut Conn, req: &Request) -> std::io::Res
 
 /// Forwards the session's messages upstream, in order.
 fn dispatch(shared: &Arc<Shared>, session: &Arc<Session>, inbox: &Receiver<Inbound>) {
-    while let Ok(Inbound::Msg { msg, auth }) = inbox.recv() {
+    while let Ok(Inbound::Msg { msg, creds }) = inbox.recv() {
         if session.closed.load(Ordering::Relaxed) {
             break;
         }
         let k = kind(&msg);
         let id = msg.get("id").cloned().unwrap_or(Value::Null);
         let is_init = msg.get("method").and_then(Value::as_str) == Some("initialize");
-        let headers = session.headers(auth.as_deref());
+        let headers = session.headers(Some(&creds));
         let body = msg.to_string();
         let pending = match begin(
             &shared.upstream,

@@ -23,5 +23,10 @@ mod net;
 pub use backend::LegacyBackend;
 pub use front::LegacyFront;
 
+/// The header in which mcplb's worker gives [`LegacyFront`] the id of the session a
+/// `GET {prefix}/sse` opens (a sealed id bound to the caller, in groups with authentication).
+/// Only the worker sets it: a client's own is dropped before the request reaches the bridge.
+pub const LEGACY_SESSION_HEADER: &str = "mcplb-legacy-session";
+
 /// Gap between two `: keepalive` comments on an idle event stream.
 pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
