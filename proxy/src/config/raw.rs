@@ -63,6 +63,8 @@ pub(crate) struct RawProxy {
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
     pub client_idle_timeout: Option<String>,
+    pub linger_time: Option<String>,
+    pub linger_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub upstream_timeout: Option<String>,
     pub upstream_idle_timeout: Option<String>,

@@ -149,6 +149,7 @@ pub fn redacted_json(cfg: &Config) -> Value {
                 .collect::<Vec<_>>(),
             "proxy_protocol": p.client_address.proxy_protocol,
             "client_idle_timeout_s": secs(p.client_idle_timeout),
+            "linger_time_s": secs(p.linger_time), "linger_timeout_s": secs(p.linger_timeout),
             "connect_timeout_s": secs(p.connect_timeout),
             "upstream_timeout_s": secs(p.upstream_timeout),
             "upstream_idle_timeout_s": secs(p.upstream_idle_timeout),
