@@ -71,6 +71,17 @@ impl RunningProxy {
         loop {
             let open = runtime::OPEN_CONNECTIONS.load(Ordering::SeqCst);
             if open == 0 || std::time::Instant::now() >= deadline {
+                if open == 0 && control::access_log::in_use() {
+                    // The last requests' access-log lines: each worker hands them over once
+                    // its connections are closed; then the writer writes them out.
+                    let wait = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                    while runtime::FLUSHED_AT_SHUTDOWN.load(Ordering::SeqCst) < self.threads.len()
+                        && std::time::Instant::now() < wait
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    control::access_log::drain(std::time::Duration::from_secs(1));
+                }
                 self.reloader.stop_all();
                 return open;
             }

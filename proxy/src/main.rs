@@ -85,14 +85,12 @@ fn probe_timeout(s: &str) -> Result<std::time::Duration, String> {
     mcplb::config::parse_duration(s)
 }
 
-fn init_logs() {
+/// Logs to stderr through a writer thread (a worker never waits for stderr); the guard writes
+/// out what is queued when `main` returns.
+fn init_logs() -> mcplb::control::logs::LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MCPLB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    mcplb::control::logs::init(filter)
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and every thread it starts later).
@@ -126,7 +124,11 @@ fn wait_signal(set: &libc::sigset_t) -> &'static str {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs();
+    // `run` takes SIGINT, SIGTERM and SIGHUP with sigwait: they are blocked before any thread
+    // starts (the log writer's included), so every thread inherits the mask and none of them
+    // can receive one and die of its default action.
+    let signals = matches!(cli.cmd, Cmd::Run { .. }).then(block_signals);
+    let _logs = init_logs();
     match cli.cmd {
         Cmd::Check { config } => match mcplb::Config::load(&config) {
             Ok(c) => {
@@ -153,9 +155,7 @@ fn main() -> ExitCode {
             };
             let workers = cfg.proxy.workers;
             let grace = cfg.proxy.shutdown_timeout;
-            // SIGINT, SIGTERM and SIGHUP are taken by sigwait below, not by a handler: block
-            // them before any thread starts so that every thread inherits the mask.
-            let signals = block_signals();
+            let signals = signals.unwrap_or_else(block_signals);
             match mcplb::start_with(cfg, driver, Some(config.clone())) {
                 Ok(p) => {
                     println!(

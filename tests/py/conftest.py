@@ -196,6 +196,24 @@ class Proxy:
         return f"--- mcplb ({self.config_path.name}) stdout tail ---\n{out}\n--- mcplb stderr tail ---\n{err}"
 
 
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def make_pki(d: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a leaf for localhost / 127.0.0.1 signed by it (chain in the cert file)."""
+    ca_key, ca, key, csr, leaf, chain = (d / n for n in ("ca.key", "ca.pem", "leaf.key", "leaf.csr", "leaf.pem", "chain.pem"))
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=mcplb py test CA")
+    _openssl("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
+    ext = d / "ext.cnf"
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+             "-out", str(leaf), "-days", "2", "-extfile", str(ext))
+    chain.write_text(leaf.read_text() + ca.read_text())
+    return ca, chain, key
+
+
 def _mcplb_bin() -> str:
     binary = os.environ.get("MCPLB_BIN") or str(REPO / "target" / "debug" / "mcplb")
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):

@@ -4,12 +4,11 @@ with openssl) in front of the SDK servers py-a and py-b; the client verifies aga
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 
 import httpx2
 import pytest
-from conftest import Backend, Proxy, start_proxy_file
+from conftest import Backend, Proxy, make_pki, start_proxy_file
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult, TextContent
@@ -19,28 +18,10 @@ pytestmark = pytest.mark.anyio
 READ_TIMEOUT = 30.0
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
-def _make_pki(d: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a leaf for localhost / 127.0.0.1 signed by it (chain in the cert file)."""
-    ca_key, ca, key, csr, leaf, chain = (d / n for n in ("ca.key", "ca.pem", "leaf.key", "leaf.csr", "leaf.pem", "chain.pem"))
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=mcplb py test CA")
-    _openssl("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
-    ext = d / "ext.cnf"
-    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
-             "-out", str(leaf), "-days", "2", "-extfile", str(ext))
-    chain.write_text(leaf.read_text() + ca.read_text())
-    return ca, chain, key
-
-
 @pytest.fixture(scope="module")
 def tls_proxy(backends: list[Backend], tmp_path_factory: pytest.TempPathFactory):
     d = tmp_path_factory.mktemp("tls")
-    ca, cert, key = _make_pki(d)
+    ca, cert, key = make_pki(d)
     urls = ", ".join(f'"{b.url}"' for b in backends)
     config = d / "mcplb-tls.toml"
     config.write_text(

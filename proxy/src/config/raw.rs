@@ -62,6 +62,8 @@ pub(crate) struct RawProxy {
     pub max_json_depth: Option<i64>,
     pub header_timeout: Option<String>,
     pub client_idle_timeout: Option<String>,
+    pub linger_time: Option<String>,
+    pub linger_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub upstream_timeout: Option<String>,
     pub upstream_idle_timeout: Option<String>,

@@ -81,6 +81,11 @@ pub struct ProxyConfig {
     pub header_timeout: Duration,
     /// Idle keep-alive client connections are closed after this long.
     pub client_idle_timeout: Duration,
+    /// A lingering close (an answer sent before the request was read) reads and drops what
+    /// the client still sends for at most this long in all.
+    pub linger_time: Duration,
+    /// ... and stops after this long without a byte from the client.
+    pub linger_timeout: Duration,
     /// Time allowed to connect to a backend.
     pub connect_timeout: Duration,
     /// Time allowed for a backend's response head (not the body: SSE streams may run for hours).

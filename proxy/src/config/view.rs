@@ -134,6 +134,7 @@ pub fn redacted_json(cfg: &Config) -> Value {
             "max_body_bytes": p.max_body_bytes, "max_header_bytes": p.max_header_bytes,
             "max_headers": p.max_headers, "header_timeout_s": secs(p.header_timeout),
             "client_idle_timeout_s": secs(p.client_idle_timeout),
+            "linger_time_s": secs(p.linger_time), "linger_timeout_s": secs(p.linger_timeout),
             "connect_timeout_s": secs(p.connect_timeout),
             "upstream_timeout_s": secs(p.upstream_timeout),
             "upstream_idle_timeout_s": secs(p.upstream_idle_timeout),

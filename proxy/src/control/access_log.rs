@@ -1,20 +1,98 @@
-//! The JSON access log: one line per request, buffered per core and written once a second or
-//! every 64 KiB, one write each with `O_APPEND`, so cores never interleave inside a line.
+//! The JSON access log: one line per request, buffered per core (no lock per request) and
+//! handed, every 250 ms or every 64 KiB, to one writer thread that writes each buffer with
+//! one `write` (`O_APPEND`), so cores never interleave inside a line and a worker never waits
+//! for the disk or a blocked stderr. When the writer falls behind by [`QUEUED_BUFFERS`]
+//! buffers, further ones are dropped, counted and reported in the log. The file is opened
+//! again by each new configuration state, so `kill -HUP` after a log rotation writes to the
+//! new file (the old one is closed once its last queued buffer is written).
 
-use std::io;
-use std::io::Write;
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-/// A core's buffered JSON access log: lines are written once a second or every 64 KiB, one
-/// write each, with `O_APPEND`, so cores never interleave inside a line.
+/// A core's buffer is handed to the writer when it holds this much (or every 250 ms).
+pub(crate) const FLUSH_BYTES: usize = 64 * 1024;
+
+/// Buffers waiting for the writer thread at most (up to about 4 MiB); past it they are dropped.
+pub(crate) const QUEUED_BUFFERS: usize = 64;
+
+/// Where a core's lines go: the file opened for its configuration state, or stderr.
+struct Sink {
+    file: Option<File>,
+}
+
+enum Job {
+    Write(Arc<Sink>, Vec<u8>),
+    /// Everything queued before it is written: answer on the channel.
+    Drain(SyncSender<()>),
+}
+
+/// Lines dropped because the writer was behind (reported by the writer, then reset).
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+static WRITER: OnceLock<Option<SyncSender<Job>>> = OnceLock::new();
+
+/// The writer thread's queue, started on first use (`None` if the thread could not start).
+fn writer() -> Option<&'static SyncSender<Job>> {
+    WRITER
+        .get_or_init(|| {
+            let (tx, rx) = sync_channel(QUEUED_BUFFERS);
+            match std::thread::Builder::new()
+                .name("mcplb-access-log".into())
+                .spawn(move || write_loop(rx))
+            {
+                Ok(_) => Some(tx),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the access log writer: access log off");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+fn write_loop(rx: Receiver<Job>) {
+    while let Ok(job) = rx.recv() {
+        match job {
+            Job::Write(sink, buf) => {
+                let r = match &sink.file {
+                    Some(f) => {
+                        let mut f = f;
+                        f.write_all(&buf)
+                    }
+                    None => io::stderr().lock().write_all(&buf),
+                };
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "access log write failed");
+                }
+            }
+            Job::Drain(done) => {
+                let _ = done.send(());
+            }
+        }
+        let dropped = DROPPED.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                lines = dropped,
+                "access log lines dropped: the log could not be written fast enough"
+            );
+        }
+    }
+}
+
+/// A core's buffered JSON access log.
 pub(crate) struct AccessLog {
     pub(crate) buf: Vec<u8>,
-    out: Option<std::fs::File>,
+    sink: Arc<Sink>,
     pub(crate) seq: u64,
 }
 
 impl AccessLog {
+    /// Opens `target` (a file path, appended to, or `-` for stderr) for one core state.
     pub(crate) fn open(target: &str) -> io::Result<AccessLog> {
-        let out = if target == "-" {
+        let file = if target == "-" {
             None
         } else {
             Some(
@@ -24,24 +102,54 @@ impl AccessLog {
                     .open(target)?,
             )
         };
+        // Started now, so a shutdown knows there are lines to write out.
+        let _ = writer();
         Ok(AccessLog {
-            buf: Vec::with_capacity(64 * 1024),
-            out,
+            buf: Vec::with_capacity(FLUSH_BYTES),
+            sink: Arc::new(Sink { file }),
             seq: 0,
         })
     }
 
+    /// Hands the buffered lines to the writer thread (never waits for it).
     pub(crate) fn flush(&mut self) {
         if self.buf.is_empty() {
             return;
         }
-        let r = match &mut self.out {
-            Some(f) => f.write_all(&self.buf),
-            None => io::stderr().write_all(&self.buf),
-        };
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "access log write failed");
+        let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(FLUSH_BYTES));
+        let Some(w) = writer() else { return };
+        if let Err(TrySendError::Full(Job::Write(_, buf))) =
+            w.try_send(Job::Write(self.sink.clone(), buf))
+        {
+            let lines = memchr::memchr_iter(b'\n', &buf).count() as u64;
+            DROPPED.fetch_add(lines, Ordering::Relaxed);
         }
-        self.buf.clear();
     }
+}
+
+/// Whether an access log was written in this process (its writer thread started).
+pub(crate) fn in_use() -> bool {
+    WRITER.get().is_some_and(Option::is_some)
+}
+
+/// Waits (up to `timeout`) until every buffer handed to the writer so far is written: at exit.
+pub(crate) fn drain(timeout: Duration) {
+    let Some(w) = WRITER.get().and_then(Option::as_ref) else {
+        return;
+    };
+    let (tx, rx) = sync_channel(1);
+    let deadline = std::time::Instant::now() + timeout;
+    let mut job = Job::Drain(tx);
+    // The queue may be full: try until the deadline rather than block on it.
+    loop {
+        match w.try_send(job) {
+            Ok(()) => break,
+            Err(TrySendError::Full(j)) if std::time::Instant::now() < deadline => {
+                job = j;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
 }

@@ -7,5 +7,6 @@ pub(crate) mod access_log;
 pub mod admin;
 pub mod distribution;
 pub mod health;
+pub mod logs;
 pub mod reload;
 pub mod stats;

@@ -130,8 +130,14 @@ pub enum Counter {
     /// caller's: another caller's, or sealed before sessions were bound to callers. Also
     /// counted in `unknown_session`.
     SessionOwnerMismatch,
+    /// Connections closed with a lingering close: answered before their request was read,
+    /// then what the client still sent was read and dropped until it closed.
+    LingeringCloses,
+    /// Lingering closes a bound ended (`linger_time`, `linger_timeout`, 64 MiB) before the
+    /// client closed: that client may have missed its answer.
+    LingersCut,
 }
-const COUNTERS: usize = 30;
+const COUNTERS: usize = 32;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -164,6 +170,8 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "worker_panics",
     "auth_throttled",
     "session_owner_mismatch",
+    "lingering_closes",
+    "lingers_cut",
 ];
 
 /// Gauges (up/down).

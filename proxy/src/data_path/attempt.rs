@@ -13,6 +13,7 @@ use protocol::Method;
 
 use crate::balance;
 use crate::config::SessionFailover;
+use crate::control::logs;
 use crate::control::stats::Gauge;
 use crate::data_path::admission::{self, ConcKeys, Permits};
 use crate::data_path::request::{ClientConn, HttpMethod, Next, Refusal};
@@ -159,7 +160,9 @@ pub(crate) async fn send(
             Err(e) => {
                 drop(in_flight);
                 let (status, message) = e.status();
-                tracing::warn!(backend = %backend.name, error = message, "upstream failure");
+                if logs::first_in_window("upstream failure", &backend.name, message) {
+                    tracing::warn!(backend = %backend.name, error = message, "upstream failure");
+                }
                 let now = balance::now_ns(core.shared.epoch);
                 let kind = Some(e.failure_kind());
                 balance::record_outcome(&core.shared.hub, rt, group, bi, kind, now);
@@ -266,13 +269,15 @@ async fn fail_over(
     ) else {
         return Err(Refusal::new(503, -32603, "no backend available"));
     };
-    tracing::warn!(
-        server = %group.name,
-        from = from_name,
-        to = %to_backend.name,
-        "session failed over by replaying its initialize; server-to-client messages of that \
-         session in flight on the old backend are lost"
-    );
+    if logs::first_in_window("session failed over", from_name, "") {
+        tracing::warn!(
+            server = %group.name,
+            from = from_name,
+            to = %to_backend.name,
+            "session failed over by replaying its initialize; server-to-client messages of \
+             that session in flight on the old backend are lost"
+        );
+    }
     core.shared.failover.remap(sealed, to_backend.tag, &sid);
     plan.sid = Some(Cow::Owned(sid));
     plan.pinned = Some(to);

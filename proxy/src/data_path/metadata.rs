@@ -77,7 +77,10 @@ async fn relay(core: &Core, c: &mut ClientConn, gi: usize) -> Next {
     })
     .await;
     let Ok(Ok(raw)) = fetched else {
-        tracing::warn!(backend = %backend.name, "protected-resource metadata: backend unreachable or too slow");
+        let what = "protected-resource metadata: backend unreachable or too slow";
+        if crate::control::logs::first_in_window(what, &backend.name, "") {
+            tracing::warn!(backend = %backend.name, "{what}");
+        }
         return reply::refuse(c, &Refusal::new(502, -32603, "backend unreachable")).await;
     };
     let mut headers = [httparse::EMPTY_HEADER; 32];

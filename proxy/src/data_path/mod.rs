@@ -76,13 +76,13 @@ async fn stopped(c: &mut ClientConn, stop: Stop) -> Next {
         Stop::DroppedNotification => {
             // A notification over a rate limit is dropped (counted as 429), not answered with
             // an error: clients do not expect one.
-            let close = reply::must_close(c, false);
+            let next = reply::must_close(c, false);
             c.out.clear();
             c.out
                 .extend_from_slice(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n");
             c.meta.status = 429;
             c.meta.by_proxy = true;
-            reply::send_out(c, Next::keep_unless(close)).await
+            reply::send_out(c, next).await
         }
     }
 }
@@ -224,7 +224,10 @@ fn plan<'s>(
         }
         SessionRoute::NotFound { unavailable } => {
             if let Some(b) = unavailable.and_then(|bi| group.backends.get(bi)) {
-                tracing::info!(backend = %b.name, "session on an unavailable backend: 404");
+                let what = "session on an unavailable backend: 404";
+                if crate::control::logs::first_in_window_info(what, &b.name, "") {
+                    tracing::info!(backend = %b.name, "{what}");
+                }
             }
             return Err(Refusal::invalid(404, "Session not found"));
         }

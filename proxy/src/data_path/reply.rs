@@ -1,6 +1,7 @@
 //! Answers mcplb makes itself, written to the client: JSON-RPC error objects with the request's
 //! id (where it was read) and the right status, and small documents. The one place that
-//! decides whether the connection survives an answer made before the body was read.
+//! decides whether the connection survives an answer made before the body was read, and
+//! whether its close must linger.
 
 use crate::data_path::request::{ClientConn, Next, Refusal};
 use crate::http;
@@ -19,22 +20,33 @@ pub(crate) async fn send_out(c: &mut ClientConn, next: Next) -> Next {
     }
 }
 
-/// Whether the connection must close after an answer to the current request: the client
-/// asked, the refusal says so, or the request's body was never read (it would be taken for the
-/// next request). When it stays open and the body was not read (there was none), the head's
-/// bytes are dropped so the next request starts where it should.
-pub(crate) fn must_close(c: &mut ClientConn, forced: bool) -> bool {
-    let close = forced || c.req.head.close || (!c.req.is_complete() && c.req.head.has_body());
-    if !close && !c.req.is_complete() {
-        let end = c.req.head.len;
-        c.complete_request(end);
+/// What becomes of the connection after an answer to the current request: it closes when the
+/// client asked, the refusal says so (`forced`), or the request's body was never read (it
+/// would be taken for the next request). A close lingers ([`Next::Linger`]) when request
+/// bytes may still be coming: a body not read, a head refused (`forced` before the request
+/// was read), bytes of a next request. When it stays open and the body was not read (there
+/// was none), the head's bytes are dropped so the next request starts where it should.
+pub(crate) fn must_close(c: &mut ClientConn, forced: bool) -> Next {
+    let unread = !c.req.is_complete();
+    let has_body = c.req.head.has_body();
+    if !(forced || c.req.head.close || (unread && has_body)) {
+        if unread {
+            let end = c.req.head.len;
+            c.complete_request(end);
+        }
+        return Next::KeepAlive;
     }
-    close
+    if (unread && (has_body || forced)) || !c.pending.is_empty() {
+        Next::Linger
+    } else {
+        Next::Close
+    }
 }
 
 /// Answers with `r` as a JSON-RPC error object carrying the request's id where known.
 pub(crate) async fn refuse(c: &mut ClientConn, r: &Refusal) -> Next {
-    let close = must_close(c, r.close);
+    let next = must_close(c, r.close);
+    let close = next != Next::KeepAlive;
     c.out.clear();
     let answer = http::JsonRpcErrorAnswer {
         status: r.status,
@@ -48,13 +60,14 @@ pub(crate) async fn refuse(c: &mut ClientConn, r: &Refusal) -> Next {
     http::write_jsonrpc_error(&mut c.out, &answer);
     c.meta.status = r.status;
     c.meta.by_proxy = true;
-    send_out(c, Next::keep_unless(close)).await
+    send_out(c, next).await
 }
 
 /// Answers 200 with a JSON document (`extra`: more header lines, each ending in CRLF).
 pub(crate) async fn document(c: &mut ClientConn, status: u16, body: &[u8], extra: &str) -> Next {
     use std::io::Write as _;
-    let close = must_close(c, false);
+    let next = must_close(c, false);
+    let close = next != Next::KeepAlive;
     c.out.clear();
     let _ = write!(
         c.out,
@@ -66,5 +79,5 @@ pub(crate) async fn document(c: &mut ClientConn, status: u16, body: &[u8], extra
     c.out.extend_from_slice(body);
     c.meta.status = status;
     c.meta.by_proxy = true;
-    send_out(c, Next::keep_unless(close)).await
+    send_out(c, next).await
 }

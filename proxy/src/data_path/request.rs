@@ -320,6 +320,13 @@ pub(crate) enum Next {
     KeepAlive,
     /// Close the client connection.
     Close,
+    /// Close the client connection after the answer with a lingering close: request bytes
+    /// may still be on their way (a body never read, a head that could not be read), and
+    /// closing a socket with unread input makes the kernel reset the connection, which can
+    /// destroy the answer before the client reads it. The write side is shut first, what the
+    /// client still sends is read and dropped for a bounded time (`runtime::linger`), then
+    /// the socket closes.
+    Linger,
 }
 
 impl Next {

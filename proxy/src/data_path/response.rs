@@ -206,7 +206,16 @@ async fn final_head(
                     .map_err(|_| Refusal::new(502, -32603, "backend closed the connection"))?;
             }
             Err(msg) => {
-                tracing::warn!(error = msg, "bad response head from backend");
+                let backend = c
+                    .meta
+                    .group
+                    .zip(c.meta.backend)
+                    .and_then(|(g, b)| core.shared.config.servers.get(g)?.backends.get(b));
+                let name = backend.map_or("", |b| b.name.as_str());
+                let what = "bad response head from backend";
+                if crate::control::logs::first_in_window(what, name, msg) {
+                    tracing::warn!(backend = name, error = msg, "{what}");
+                }
                 return Err(Refusal::new(502, -32603, msg));
             }
         }

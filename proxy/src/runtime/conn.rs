@@ -118,6 +118,7 @@ async fn serve_connection(
     let mut served: u32 = u32::from(woken);
     let mut woken = woken;
     let mut park = false;
+    let mut linger = false;
     loop {
         if woken {
             // A parked connection that turned readable: its request (or EOF) is waiting, and
@@ -169,10 +170,19 @@ async fn serve_connection(
         served = served.saturating_add(1);
         match Box::pin(crate::data_path::handle_request(core, &mut c)).await {
             Next::KeepAlive if !SHUTDOWN.load(Ordering::Relaxed) => {}
+            Next::Linger => {
+                linger = true;
+                break;
+            }
             _ => break,
         }
     }
     give_back(&core, &mut c);
+    if linger {
+        // Answered before its request was read: closed lingering, holding no buffer.
+        Box::pin(crate::runtime::linger::close(&core, c.stream)).await;
+        return (core, None);
+    }
     let idle = match c.stream {
         Conn::Plain(s) if park => Some(s),
         _ => None,

@@ -5,6 +5,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod core;
+pub(crate) mod linger;
 pub(crate) mod listen;
 pub(crate) mod park;
 pub(crate) mod shared;
@@ -32,6 +33,9 @@ use crate::runtime::core::Core;
 pub static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 /// Client connections open in the whole process (shutdown waits for them).
 pub static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+/// Workers that, in a shutdown, handed their last access-log lines to the writer once their
+/// connections had closed (the exit waits for them, briefly, then drains the writer).
+pub static FLUSHED_AT_SHUTDOWN: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     /// Client connections open on this worker: the `client_connections` gauge, read by the
@@ -198,7 +202,9 @@ pub async fn run_worker(
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
             Err(e) => {
                 // EMFILE and friends: back off a little instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                if crate::control::logs::first_in_window("accept failed", "", "") {
+                    tracing::warn!(error = %e, "accept failed");
+                }
                 monoio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -229,29 +235,51 @@ fn admit(core: &Rc<Core>, stream: TcpStream, peer: std::net::SocketAddr) {
 }
 
 /// Once a second, folds this core's statistics into the hub (the only cross-core lock, never
-/// taken on the request path) and writes its access log. A replaced state is flushed one last
-/// time and dropped once nothing else holds it.
+/// taken on the request path) and logs summaries of repeated warnings; every 250 ms (50 ms in
+/// a shutdown) hands its access-log lines to the writer thread. A replaced state is flushed
+/// one last time and dropped once nothing else holds it. In a shutdown, the worker says when
+/// its connections are closed and their lines handed over.
 async fn flush_loop(cores: Rc<RefCell<Vec<Rc<Core>>>>) {
     let mut reported_open = 0i64;
+    let mut last_fold = Instant::now();
+    let mut flushed_at_shutdown = false;
     loop {
-        monoio::time::sleep(Duration::from_secs(1)).await;
+        let tick = if SHUTDOWN.load(Ordering::Relaxed) {
+            50
+        } else {
+            250
+        };
+        monoio::time::sleep(Duration::from_millis(tick)).await;
+        let shutdown = SHUTDOWN.load(Ordering::Relaxed);
         let now = Instant::now();
         let open = CORE_OPEN.with(Cell::get);
-        if let Some(newest) = cores.borrow().last() {
-            let delta = open - reported_open;
-            newest
-                .rec
-                .borrow_mut()
-                .gauge(Gauge::ClientConnections, delta);
-            reported_open = open;
+        let fold = now.saturating_duration_since(last_fold) >= Duration::from_secs(1);
+        if fold {
+            last_fold = now;
+            if let Some(newest) = cores.borrow().last() {
+                let delta = open - reported_open;
+                newest
+                    .rec
+                    .borrow_mut()
+                    .gauge(Gauge::ClientConnections, delta);
+                reported_open = open;
+            }
+            crate::control::logs::summarize(now);
         }
         cores.borrow_mut().retain(|c| {
-            c.rec.borrow_mut().flush_into(&c.shared.hub, now);
             if let Some(l) = &c.access_log {
                 l.borrow_mut().flush();
             }
+            if !fold {
+                return true;
+            }
+            c.rec.borrow_mut().flush_into(&c.shared.hub, now);
             c.next.borrow().is_none() || Rc::strong_count(c) > 1
         });
+        if shutdown && open == 0 && !flushed_at_shutdown {
+            flushed_at_shutdown = true;
+            FLUSHED_AT_SHUTDOWN.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 

@@ -620,6 +620,25 @@ impl Conn {
         Ok(Conn::Client(s))
     }
 
+    /// Ends the stream for writing at the TLS level (a TLS stream sends its close_notify
+    /// alert; a plain one has nothing to send) and returns the TCP socket underneath, whose
+    /// bytes are then raw ciphertext to the caller.
+    pub async fn into_tcp(self) -> io::Result<TcpStream> {
+        match self {
+            Conn::Plain(s) => Ok(s),
+            Conn::Server(mut t) => {
+                t.conn.send_close_notify();
+                t.flush_tls().await?;
+                Ok(t.io)
+            }
+            Conn::Client(mut t) => {
+                t.conn.send_close_notify();
+                t.flush_tls().await?;
+                Ok(t.io)
+            }
+        }
+    }
+
     /// The TCP socket underneath.
     pub fn tcp(&self) -> &TcpStream {
         match self {

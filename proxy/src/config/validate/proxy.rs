@@ -63,6 +63,8 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
             p.client_idle_timeout.as_deref(),
             secs(60),
         ),
+        linger_time: t.duration("linger_time", p.linger_time.as_deref(), secs(30)),
+        linger_timeout: t.duration("linger_timeout", p.linger_timeout.as_deref(), secs(5)),
         connect_timeout: t.duration("connect_timeout", p.connect_timeout.as_deref(), secs(3)),
         upstream_timeout: t.duration("upstream_timeout", p.upstream_timeout.as_deref(), secs(300)),
         upstream_idle_timeout: t.duration(

@@ -1,0 +1,208 @@
+//! Logs through a real `mcplb`: a stderr nobody reads does not stall request serving (log and
+//! access-log lines go through writer threads), a warning repeated by every request is logged
+//! once and then summarized, the last lines are written out at exit, and the access log
+//! follows a rotation on SIGHUP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A loopback port nothing listens on (connections to it are refused).
+fn refused_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A group `/mcp` on `m` and a group `/dead` on a refused port, never ejected, unchecked.
+fn with_dead_group(m: &MockServer, extra: &str) -> String {
+    format!(
+        "{}[servers.health]\nenabled = false\n\n[[servers]]\nname = \"dead\"\npath = \"/dead\"\n\
+         backends = [\"http://127.0.0.1:{}/mcp\"]\nmax_ejection_percent = 0\n\
+         [servers.health]\nenabled = false\n",
+        config_for(&[m], &format!("workers = 1\n{extra}")).replace("workers = 2\n", ""),
+        refused_port()
+    )
+}
+
+fn ping(c: &mut HttpClient, path: &str, id: u64) -> u16 {
+    c.request(
+        "POST",
+        path,
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+        ],
+        rpc(id, "ping", json!({})).to_string().as_bytes(),
+    )
+    .unwrap()
+    .status
+}
+
+/// Bytes waiting in a pipe (its read end).
+#[allow(unsafe_code)]
+fn queued(fd: &impl AsRawFd) -> i32 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD on a pipe fd this test owns, into a local int.
+    unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    n
+}
+
+#[test]
+fn a_stderr_nobody_reads_does_not_stall_requests() {
+    let m = mock_with(MockConfig {
+        name: "alpha".into(),
+        stateless: true,
+        ..Default::default()
+    });
+    let cfg = with_dead_group(&m, "access_log = \"stderr\"");
+    let config_path = write_config(&cfg);
+    for driver in DRIVERS {
+        // stderr is a pipe this test holds and never reads; every request writes an access-log
+        // line and, to the dead group, a debug line.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mcplb"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .args(["--driver", driver])
+            .env("MCPLB_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let addr = {
+            use std::io::BufRead;
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            line.split("listening on ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap()
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+        };
+        // A worker blocked on stderr would leave this client waiting: bounded, then failed.
+        let mut c = HttpClient::connect_timeout(addr, Duration::from_secs(20)).unwrap();
+        let mut full_at = None;
+        for i in 0..3000u64 {
+            assert_eq!(ping(&mut c, "/mcp", i), 200, "{driver}: request {i}");
+            assert_eq!(ping(&mut c, "/dead", i), 502, "{driver}: request {i}");
+            // A pipe holds 64 KiB: within a line of that, writes to it block.
+            if full_at.is_none() && queued(&stderr) >= 60_000 {
+                full_at = Some(i);
+            }
+        }
+        assert!(
+            full_at.is_some(),
+            "{driver}: stderr never filled ({} bytes queued): the test did not block it",
+            queued(&stderr)
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(stderr);
+    }
+    let _ = std::fs::remove_file(&config_path);
+}
+
+#[test]
+fn a_repeated_warning_is_logged_once_then_summarized() {
+    let m = mock("alpha");
+    let log = std::env::temp_dir().join(format!("mcplb-logs-{}.log", std::process::id()));
+    let p = start_proxy_logged(&with_dead_group(&m, ""), "auto", Some(("warn", &log)));
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    for i in 0..40 {
+        assert_eq!(ping(&mut c, "/dead", i), 502);
+    }
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the summary of the repeated warnings", || {
+        read().contains("more in the last")
+    });
+    let text = read();
+    let full: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("upstream failure") && !l.contains("more in the last"))
+        .collect();
+    assert_eq!(full.len(), 1, "{text}");
+    assert!(full[0].contains("backend unreachable"), "{text}");
+    let summary = text
+        .lines()
+        .find(|l| l.contains("more in the last"))
+        .unwrap();
+    assert!(
+        summary.contains("upstream failure: 39 more in the last 1"),
+        "{summary}"
+    );
+    assert!(summary.contains("backend="), "{summary}");
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+#[allow(unsafe_code)]
+fn the_last_lines_are_written_at_exit() {
+    let m = mock("alpha");
+    let dir = std::env::temp_dir();
+    let log = dir.join(format!("mcplb-exit-{}.log", std::process::id()));
+    let access = dir.join(format!("mcplb-exit-access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&access);
+    let cfg = config_for(&[&m], &format!("access_log = \"{}\"", access.display()));
+    let mut p = start_proxy_logged(&cfg, "auto", Some(("info", &log)));
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    for i in 0..5 {
+        initialize(&mut c, i);
+    }
+    drop(c);
+    let t = Instant::now();
+    // SAFETY: sending SIGTERM to the child process this test started.
+    unsafe {
+        libc::kill(p.child.id() as i32, libc::SIGTERM);
+    }
+    assert!(wait_exit(&mut p, t).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("all connections finished; bye"), "{text}");
+    let lines = std::fs::read_to_string(&access).unwrap();
+    assert_eq!(lines.lines().count(), 5, "{lines}");
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&access);
+}
+
+#[test]
+#[allow(unsafe_code)]
+fn the_access_log_follows_a_rotation_on_sighup() {
+    let m = mock("alpha");
+    let access = std::env::temp_dir().join(format!("mcplb-rotate-{}.log", std::process::id()));
+    let rotated = access.with_extension("log.1");
+    let _ = std::fs::remove_file(&access);
+    let cfg = config_for(&[&m], &format!("access_log = \"{}\"", access.display()));
+    let p = start_proxy(&cfg, "auto");
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    initialize(&mut c, 1);
+    let count = |f: &std::path::Path| {
+        std::fs::read_to_string(f)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    wait_until("the first line", || count(&access) == 1);
+    std::fs::rename(&access, &rotated).unwrap();
+    // SAFETY: sending SIGHUP to the child process this test started.
+    unsafe {
+        libc::kill(p.child.id() as i32, libc::SIGHUP);
+    }
+    // Requests after the reload go to a new file at the configured path (those that raced
+    // the reload to the old one).
+    let mut sent = 1;
+    wait_until("a line in the new file", || {
+        initialize(&mut c, 2);
+        sent += 1;
+        count(&access) > 0
+    });
+    wait_until("every line", || count(&access) + count(&rotated) == sent);
+    assert!(count(&rotated) >= 1);
+    let _ = std::fs::remove_file(&access);
+    let _ = std::fs::remove_file(&rotated);
+}
