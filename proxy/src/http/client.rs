@@ -153,17 +153,10 @@ impl ResponseHead {
         let status = resp
             .code
             .ok_or_else(|| ClientError::BadHead("no status".to_string()))?;
-        let headers = resp
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).trim().to_string(),
-                )
-            })
-            .collect();
-        Ok(ResponseHead { status, headers })
+        Ok(ResponseHead {
+            status,
+            headers: super::owned_headers(resp.headers),
+        })
     }
 
     /// The first header with this (lower-case) name.

@@ -47,6 +47,20 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// Parsed headers as owned pairs: names lower-cased, values trimmed (the blocking client and
+/// the bridges' servers, off the data path).
+pub fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).trim().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// Parses a `Content-Length` value strictly (digits only).
 pub fn parse_content_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();

@@ -246,7 +246,7 @@ impl Conn {
         let method = req.method.unwrap_or("").to_string();
         let target = req.path.unwrap_or("/").to_string();
         let http10 = req.version == Some(0);
-        let headers = owned_headers(req.headers);
+        let headers = crate::http::owned_headers(req.headers);
         self.buf.drain(..head_len);
         let find = |n: &str| {
             headers
@@ -656,19 +656,6 @@ pub(crate) fn compact(data: &str) -> Option<Value> {
 
 /// A small registry keyed by string, for sessions.
 pub(crate) type Registry<T> = Mutex<HashMap<String, Arc<T>>>;
-
-/// Header names (lower-cased) and trimmed values, owned.
-fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).trim().to_string(),
-            )
-        })
-        .collect()
-}
 
 #[cfg(test)]
 mod tests {
