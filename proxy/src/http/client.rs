@@ -866,34 +866,40 @@ mod tests {
     #[test]
     fn bad_answers_are_errors() {
         let e = |bytes: &[u8]| answer_to_get(bytes).map(|r| r.status);
-        assert!(matches!(
-            e(b"HTTP/1.1 abc\r\n\r\n"),
-            Err(ClientError::BadHead(_))
-        ));
-        assert!(matches!(
-            e(b"\x00\x01\r\n\r\n"),
-            Err(ClientError::BadHead(_))
-        ));
-        assert!(matches!(
-            e(b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n"),
-            Err(ClientError::BadContentLength(_))
-        ));
-        assert!(matches!(
-            e(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"),
-            Err(ClientError::ClosedInBody)
-        ));
-        assert!(matches!(
-            e(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"),
-            Err(ClientError::BadChunked(_))
-        ));
-        assert!(matches!(
-            e(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab"),
-            Err(ClientError::ClosedInBody)
-        ));
-        assert!(matches!(
-            e(b"HTTP/1.1 200 OK\r\n"),
-            Err(ClientError::ClosedBeforeHead)
-        ));
+        type Expect = fn(&ClientError) -> bool;
+        let cases: [(&[u8], Expect); 7] = [
+            (b"HTTP/1.1 abc\r\n\r\n", |e| {
+                matches!(e, ClientError::BadHead(_))
+            }),
+            (b"\x00\x01\r\n\r\n", |e| {
+                matches!(e, ClientError::BadHead(_))
+            }),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", |e| {
+                matches!(e, ClientError::BadContentLength(_))
+            }),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", |e| {
+                matches!(e, ClientError::ClosedInBody)
+            }),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                |e| matches!(e, ClientError::BadChunked(_)),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+                |e| matches!(e, ClientError::ClosedInBody),
+            ),
+            (b"HTTP/1.1 200 OK\r\n", |e| {
+                matches!(e, ClientError::ClosedBeforeHead)
+            }),
+        ];
+        for (bytes, expect) in cases {
+            let r = e(bytes);
+            assert!(
+                r.as_ref().err().is_some_and(expect),
+                "{:?}: {r:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
         let many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("h{i}: v\r\n"))
             .collect();
