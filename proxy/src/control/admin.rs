@@ -53,7 +53,7 @@ impl std::ops::Deref for View<'_> {
 /// request head is closed (503) to make room, so a flood of idle connections never keeps out a
 /// client that sends its request at once; when every connection is past its head (slow
 /// readers of big answers), the newcomer is answered 503. Past twice the cap (503s still being
-/// written), new connections are closed unanswered.
+/// written), no connection is accepted until one closes: new clients wait in the backlog.
 const MAX_CONNECTIONS: usize = 128;
 /// A request head must arrive whole within this, however slowly its bytes come (408).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -174,6 +174,11 @@ async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
     let waiting = Rc::new(Waiting::default());
     let mut refused: u64 = 0;
     loop {
+        // Past the hard cap no connection is accepted until one closes: clients wait in the
+        // kernel's backlog (as with nginx's worker_connections) rather than being reset.
+        while open.get() >= 2 * MAX_CONNECTIONS {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
         let conn = match listener.accept().await {
             Ok((conn, _)) => conn,
             Err(e) => {
@@ -184,10 +189,6 @@ async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
             }
         };
         let n = open.get();
-        if n >= 2 * MAX_CONNECTIONS {
-            drop(conn);
-            continue;
-        }
         let slot = Open::new(&open);
         if n < MAX_CONNECTIONS {
             monoio::spawn(serve_conn(conn, state.clone(), waiting.clone(), slot));
