@@ -1,9 +1,12 @@
 //! HTTP/1.1 pieces of the data path that need no socket: finding the end of a head, the
 //! chunked-transfer state machine (used both to decode request bodies and to find the end of a
 //! chunked response that is forwarded byte for byte), hop-by-hop header rules, and the
-//! JSON-RPC error answers mcplb writes itself.
+//! JSON-RPC error answers mcplb writes itself; and [`client`], the one blocking HTTP/1.1
+//! client of everything off the data path.
 
 use std::io::Write as _;
+
+pub mod client;
 
 /// Returns the length of the head (through the blank line) if `buf` holds a complete one.
 pub fn head_len(buf: &[u8]) -> Option<usize> {
@@ -148,6 +151,20 @@ pub fn transfer_verdict<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Trans
         t.add(v);
     }
     t.verdict()
+}
+
+/// Parsed headers as owned pairs: names lower-cased, values trimmed (the blocking client and
+/// the bridges' servers, off the data path).
+pub fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).trim().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// Parses a `Content-Length` value strictly (digits only).
@@ -362,33 +379,6 @@ pub fn reason(status: u16) -> &'static str {
         504 => "Gateway Timeout",
         _ => "Unknown",
     }
-}
-
-/// A client's HTTP/1.1 request: the request line, `host`, `connection: close` when asked,
-/// `headers`, a `content-length` for a POST or a body, then the body (the blocking clients:
-/// health checks, the demo and tests, the 2024-11-05 bridges).
-pub fn client_request(
-    method: &str,
-    target: &str,
-    host: &str,
-    close: bool,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Vec<u8> {
-    let mut req = format!("{method} {target} HTTP/1.1\r\nhost: {host}\r\n");
-    if close {
-        req.push_str("connection: close\r\n");
-    }
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    if method == "POST" || !body.is_empty() {
-        req.push_str(&format!("content-length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
 }
 
 /// An HTTP answer carrying a JSON-RPC error object, as mcplb writes it.
