@@ -124,6 +124,10 @@ fn wait_signal(set: &libc::sigset_t) -> &'static str {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `run` takes SIGINT, SIGTERM and SIGHUP with sigwait: they are blocked before any thread
+    // starts (the log writer's included), so every thread inherits the mask and none of them
+    // can receive one and die of its default action.
+    let signals = matches!(cli.cmd, Cmd::Run { .. }).then(block_signals);
     let _logs = init_logs();
     match cli.cmd {
         Cmd::Check { config } => match mcplb::Config::load(&config) {
@@ -151,9 +155,7 @@ fn main() -> ExitCode {
             };
             let workers = cfg.proxy.workers;
             let grace = cfg.proxy.shutdown_timeout;
-            // SIGINT, SIGTERM and SIGHUP are taken by sigwait below, not by a handler: block
-            // them before any thread starts so that every thread inherits the mask.
-            let signals = block_signals();
+            let signals = signals.unwrap_or_else(block_signals);
             match mcplb::start_with(cfg, driver, Some(config.clone())) {
                 Ok(p) => {
                     println!(

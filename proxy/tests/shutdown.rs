@@ -207,3 +207,32 @@ fn sigterm_ends_get_streams_and_exits_after_the_last_call() {
         );
     }
 }
+
+/// Every thread of mcplb blocks the signals it takes with sigwait, so a signal never lands on
+/// a thread where its default action would kill the process: many SIGHUPs (each a reload)
+/// leave it serving, and SIGTERM still ends it with exit status 0. (The log writer thread was
+/// once started before the signals were blocked, and a SIGHUP that reached it killed mcplb.)
+#[test]
+#[allow(unsafe_code)]
+fn signals_reach_the_signal_loop_never_another_thread() {
+    let m = mock("alpha");
+    let mut p = start_proxy(&config_for(&[&m], ""), "auto");
+    let pid = p.child.id() as i32;
+    for _ in 0..40 {
+        // SAFETY: sending SIGHUP to the child process this test started.
+        unsafe {
+            libc::kill(pid, libc::SIGHUP);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    let (sid, _) = init_session(&mut c);
+    assert_eq!(whoami(&mut c, &sid), "alpha");
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    drop(c);
+    let status = wait_exit(&mut p, Instant::now());
+    assert!(status.success(), "{status:?}");
+}
