@@ -98,7 +98,14 @@ fn readyz_reports_a_worker_that_died() {
             "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             config_for(&[&m], "")
         );
-        let p = start_proxy_env(&cfg, driver, None, &[("MCPLB_TEST_KILL_WORKER", "1")]);
+        // The injected panic's message goes to a file, not into the test run's output.
+        let log = std::env::temp_dir().join(format!("mcplb-dead-{}.log", std::process::id()));
+        let p = start_proxy_env(
+            &cfg,
+            driver,
+            Some(("error", &log)),
+            &[("MCPLB_TEST_KILL_WORKER", "1")],
+        );
         let admin = p.admin.unwrap();
         let t = Instant::now();
         let body = loop {
@@ -124,5 +131,7 @@ fn readyz_reports_a_worker_that_died() {
             let (sid, _) = init_session(&mut c);
             assert_eq!(whoami(&mut c, &sid), "alpha", "{driver}");
         }
+        drop(p);
+        let _ = std::fs::remove_file(&log);
     }
 }
