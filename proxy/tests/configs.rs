@@ -62,6 +62,27 @@ fn check_lists_every_problem_and_fails() {
 }
 
 #[test]
+fn a_bad_era_names_its_key_and_the_values() {
+    let out = check_text(
+        "era",
+        "[[servers]]\nname = \"x\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\nera = \"2024\"\nera_bridge = \"yes\"\n",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected a boolean (line 5)"), "{err}");
+    let out = check_text(
+        "era",
+        "[[servers]]\nname = \"x\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\nera = \"2024\"\n",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("servers[0].era: `2024` (use \"auto\", \"2025\" or \"2026\")"),
+        "{err}"
+    );
+}
+
+#[test]
 fn demo_runs_end_to_end() {
     let out = Command::new(env!("CARGO_BIN_EXE_mcplb"))
         .args(["demo", "--exit"])

@@ -115,6 +115,8 @@ pub(crate) struct RawServer {
     pub allowed_origins: Option<Vec<String>>,
     pub auth: Option<crate::auth::RawAuth>,
     pub legacy_sse: Option<bool>,
+    pub era: Option<String>,
+    pub era_bridge: Option<bool>,
 }
 
 /// `[servers.health]`.

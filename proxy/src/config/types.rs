@@ -208,6 +208,25 @@ pub struct ServerGroup {
     /// Serve the 2024-11-05 HTTP+SSE transport for old clients at `{path}/sse` and
     /// `{path}/messages`.
     pub legacy_sse: bool,
+    /// The protocol era the group's backends speak (`era`).
+    pub era: BackendEra,
+    /// Bridge a 2026-07-28 client's requests to 2025-era backends (`era_bridge`, on by
+    /// default).
+    pub era_bridge: bool,
+}
+
+/// The protocol era a group's backends speak (`era`): what decides whether mcplb bridges a
+/// 2026-07-28 request to them through a backend session of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendEra {
+    /// Learned per backend (and per core) the first time a 2026-07-28 request goes to it: mcplb
+    /// sends `server/discover`; a result naming 2026-07-28 among `supportedVersions` means the
+    /// backend serves it, anything else (an HTTP error, a JSON-RPC error) means 2025 era.
+    Auto,
+    /// 2025 era (`initialize` and `Mcp-Session-Id`): 2026-07-28 requests are bridged.
+    Sessions,
+    /// 2026-07-28: requests pass as they are.
+    Stateless,
 }
 
 /// What happens to a session whose backend becomes unavailable.

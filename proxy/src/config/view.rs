@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 
 use crate::auth::{JwksSource, SecretSource, UpstreamCredential};
 use crate::config::{
-    Balance, ConcurrencyPer, Config, ForwardedHeader, ForwardedMode, HashKey, SessionFailover,
+    BackendEra, Balance, ConcurrencyPer, Config, ForwardedHeader, ForwardedMode, HashKey,
+    SessionFailover,
 };
 
 /// What a redacted secret looks like.
@@ -125,6 +126,12 @@ pub fn redacted_json(cfg: &Config) -> Value {
                     "unhealthy_threshold": h.unhealthy_threshold, "method": h.method,
                 })),
                 "allowed_origins": g.allowed_origins, "legacy_sse": g.legacy_sse,
+                "era": match g.era {
+                    BackendEra::Auto => "auto",
+                    BackendEra::Sessions => "2025",
+                    BackendEra::Stateless => "2026",
+                },
+                "era_bridge": g.era_bridge,
                 "auth": auth_json(&g.auth),
             })
         })

@@ -309,6 +309,8 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
             ),
             ("allowed_origins", og.allowed_origins != g.allowed_origins),
             ("legacy_sse", og.legacy_sse != g.legacy_sse),
+            ("era", og.era != g.era),
+            ("era_bridge", og.era_bridge != g.era_bridge),
         ] {
             if changed {
                 out.push(format!("servers.{}.{k} changed", g.name));

@@ -123,6 +123,9 @@ pub(crate) struct Admitted {
     pub hash_key: Option<u64>,
     /// The concurrency rules it counts under.
     pub conc: ConcKeys,
+    /// A 2026-07-28 request (its `_meta` declares that revision): bridged to 2025-era
+    /// backends.
+    pub modern: bool,
 }
 
 /// Reads the JSON-RPC envelope of a POST body and applies every check that needs it: the
@@ -166,6 +169,10 @@ pub(crate) fn envelope(core: &Core, c: &mut ClientConn, gi: usize) -> Result<Adm
             .get(gi)
             .and_then(|g| route::balance_key(g, &c.req, c.client_ip, env.name.map(|n| n.raw()))),
         conc,
+        modern: env.kind == MessageKind::Request
+            && env
+                .protocol_version
+                .is_some_and(|v| v.eq_str(crate::session::era::MODERN)),
     });
     let tool = (method == Method::ToolsCall)
         .then_some(env.name)

@@ -18,7 +18,7 @@ use crate::control::stats::Gauge;
 use crate::data_path::admission::{self, ConcKeys, Permits};
 use crate::data_path::request::{ClientConn, HttpMethod, Next, Refusal};
 use crate::data_path::response::{forward_response, Answer};
-use crate::data_path::{failover, reply, upstream};
+use crate::data_path::{era_bridge, failover, reply, upstream};
 use crate::runtime::core::Core;
 use crate::tls::Conn;
 
@@ -38,6 +38,8 @@ pub(crate) struct Plan<'s> {
     pub read_only: bool,
     /// The session may move to another backend (`session_failover = "reinitialize"`).
     pub can_fail_over: bool,
+    /// A 2026-07-28 request outside any session: bridged where its backend is of the 2025 era.
+    pub modern: bool,
 }
 
 /// Ends a request's in-flight count on its backend however the attempt ends.
@@ -86,6 +88,8 @@ pub(crate) async fn send(
     let mut last = Refusal::new(503, -32603, "no backend available");
     let mut fresh_retry: Option<usize> = None;
     let mut fresh_retry_used = false;
+    // A bridged request's backend session was re-opened after a 404 (once only).
+    let mut reopened = false;
     let mut ubuf = std::mem::take(&mut c.ubuf);
     if ubuf.capacity() == 0 {
         ubuf = core.take_buf();
@@ -130,9 +134,42 @@ pub(crate) async fn send(
         c.meta.backend = Some(bi);
         c.meta.ended_session = c.req.method() == HttpMethod::Delete && plan.sid.is_some();
         let in_flight = InFlight::start(core, gi, bi);
-        let sid = plan.sid.as_deref();
-        match attempt(core, c, gi, bi, sid, fresh, &mut ubuf).await {
+        let bridged = match era_bridge::session_for(core, c, gi, bi, plan.modern).await {
+            Ok(b) => Ok(b),
+            Err(era_bridge::Failed::Refuse(r)) => {
+                last = r;
+                break;
+            }
+            Err(era_bridge::Failed::Upstream(e)) => Err(e),
+        };
+        let bridge = bridged.as_ref().ok().and_then(Option::as_ref);
+        if let Some(s) = bridge.filter(|_| c.meta.method == Method::ServerDiscover) {
+            drop(in_flight);
+            c.ubuf = ubuf;
+            return era_bridge::answer_discover(c, s).await;
+        }
+        let sid = match bridge {
+            Some(s) => s.sid.as_deref(),
+            None => plan.sid.as_deref(),
+        };
+        let version = bridge.map(|s| s.version.as_bytes());
+        let result = match &bridged {
+            Err(e) => Err(*e),
+            Ok(_) => attempt(core, c, gi, bi, sid, version, fresh, &mut ubuf).await,
+        };
+        match result {
             Ok((mut up, head_len)) => {
+                if let Some(s) = bridge.filter(|_| !reopened) {
+                    if era_bridge::session_lost(core, &mut up, &mut ubuf, head_len).await {
+                        // The backend no longer knows mcplb's session (expired, restarted):
+                        // it ran nothing. Once more, on a new session.
+                        core.bridges.forget(gi, bi, s);
+                        reopened = true;
+                        fresh_retry = Some(bi);
+                        c.meta.retried = true;
+                        continue;
+                    }
+                }
                 let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
                 let answer = Answer {
                     up: &mut up,
@@ -141,9 +178,14 @@ pub(crate) async fn send(
                     backend_tag: backend.tag,
                     backend_sid: sid,
                     end_on_shutdown: c.req.method() == HttpMethod::Get,
+                    sessionless: bridge.is_some(),
                 };
                 let keep = !c.req.head.close;
-                let (next, reusable) = forward_response(core, c, answer, keep).await;
+                let (next, reusable) = if bridge.is_some() {
+                    era_bridge::forward(core, c, answer, keep).await
+                } else {
+                    forward_response(core, c, answer, keep).await
+                };
                 drop(in_flight);
                 if reusable {
                     core.put_upstream(gi, bi, up);
@@ -197,12 +239,14 @@ pub(crate) async fn send(
 
 /// One attempt on backend `bi`: a connection (pooled, or new when `fresh`), the request
 /// written, the answer read up to a complete head (its length in `ubuf`).
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     core: &Core,
     c: &mut ClientConn,
     gi: usize,
     bi: usize,
     sid: Option<&[u8]>,
+    version: Option<&[u8]>,
     fresh: bool,
     ubuf: &mut Vec<u8>,
 ) -> Result<(Conn, usize), UpstreamError> {
@@ -224,6 +268,7 @@ async fn attempt(
         &c.req,
         backend,
         sid,
+        version,
         &group.auth.upstream,
         forwarding,
     );

@@ -136,6 +136,7 @@ pub(crate) async fn forward(core: &Core, c: &mut ClientConn, gi: usize, front: S
         // An old client's `/sse` stream carries its answers and is not resumable: a shutdown
         // waits for it like for any call.
         end_on_shutdown: false,
+        sessionless: false,
     };
     let keep = !c.req.head.close;
     forward_response(core, c, answer, keep).await.0

@@ -21,6 +21,7 @@ pub(crate) mod admission;
 pub(crate) mod attempt;
 pub(crate) mod body;
 pub(crate) mod client_address;
+pub(crate) mod era_bridge;
 pub(crate) mod failover;
 pub(crate) mod head;
 pub(crate) mod legacy_front;
@@ -215,6 +216,8 @@ fn plan<'s>(
         // GET streams and DELETE only read (or end a session).
         read_only: admitted.is_none_or(|a| a.read_only),
         can_fail_over: false,
+        // A request in a session is of that session's era, whatever its `_meta` says.
+        modern: admitted.is_some_and(|a| a.modern) && c.req.session_id().is_none(),
     };
     let Some(sealed) = c.req.session_id() else {
         if admitted.is_none() {

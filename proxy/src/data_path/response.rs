@@ -56,6 +56,20 @@ pub(crate) fn rewrite_response_head(
     current: Option<(&[u8], &[u8])>,
     out: &mut Vec<u8>,
 ) -> Result<HeadKind, &'static str> {
+    rewrite_head(sealer, owner, head, backend_tag, current, false, out)
+}
+
+/// [`rewrite_response_head`]; with `sessionless`, the backend's `Mcp-Session-Id` is dropped
+/// (the answer to a bridged 2026-07-28 request: the session is mcplb's, not the client's).
+fn rewrite_head(
+    sealer: &SessionSealer,
+    owner: Option<&Owner>,
+    head: &[u8],
+    backend_tag: u32,
+    current: Option<(&[u8], &[u8])>,
+    sessionless: bool,
+    out: &mut Vec<u8>,
+) -> Result<HeadKind, &'static str> {
     let mut storage = [httparse::EMPTY_HEADER; 128];
     let mut resp = httparse::Response::new(&mut storage);
     match resp.parse(head) {
@@ -110,6 +124,9 @@ pub(crate) fn rewrite_response_head(
             is_sse = true;
         }
         if name.eq_ignore_ascii_case(b"mcp-session-id") {
+            if sessionless {
+                continue;
+            }
             out.extend_from_slice(b"mcp-session-id: ");
             match current {
                 // The backend repeats the session's own id (some servers do on every
@@ -189,11 +206,13 @@ pub(crate) struct Answer<'a> {
     /// A standalone (GET) SSE stream, resumable by design: a shutdown ends it at once,
     /// cleanly, instead of waiting for it.
     pub end_on_shutdown: bool,
+    /// The answer to a bridged 2026-07-28 request: the backend's session id stays with mcplb.
+    pub sessionless: bool,
 }
 
 /// Reads past interim (1xx) answers and rewrites the final head into `c.out`: the head's
 /// parts and its length in `a.buf`.
-async fn final_head(
+pub(crate) async fn final_head(
     core: &Core,
     c: &mut ClientConn,
     a: &mut Answer<'_>,
@@ -204,12 +223,13 @@ async fn final_head(
         c.out.clear();
         let current = a.backend_sid.zip(c.req.session_id()).map(|(b, s)| (s, b));
         let head = a.buf.get(..head_len).unwrap_or_default();
-        match rewrite_response_head(
+        match rewrite_head(
             &core.shared.sealer,
             c.owner.as_ref(),
             head,
             a.backend_tag,
             current,
+            a.sessionless,
             &mut c.out,
         ) {
             Ok(HeadKind::Final(h)) => return Ok((h, head_len)),

@@ -85,12 +85,14 @@ pub(crate) async fn read_head(
 /// query, `Host` set to the backend, hop-by-hop headers (the fixed list, `Proxy-*` and those
 /// the request's `Connection` names) and mcplb's own credentials dropped (unless the group
 /// forwards them), the client's address as `forwarding` says, the backend's session id, the
-/// body.
+/// body. `version`, when set, replaces the client's `MCP-Protocol-Version` (a bridged
+/// 2026-07-28 request goes out at the revision its backend session negotiated).
 pub(crate) fn build_request(
     out: &mut Vec<u8>,
     req: &Request,
     backend: &Backend,
     backend_sid: Option<&[u8]>,
+    version: Option<&[u8]>,
     credential: &UpstreamCredential,
     forwarding: (&ClientAddress, &Hop),
 ) {
@@ -117,9 +119,17 @@ pub(crate) fn build_request(
         {
             continue;
         }
+        if version.is_some() && name.eq_ignore_ascii_case(b"mcp-protocol-version") {
+            continue;
+        }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(v) = version {
+        out.extend_from_slice(b"mcp-protocol-version: ");
+        out.extend_from_slice(v);
         out.extend_from_slice(b"\r\n");
     }
     client_address::write(out, fwd, hop, req);
@@ -141,12 +151,24 @@ pub(crate) fn build_request(
     out.extend_from_slice(body);
 }
 
+/// Largest body of an answer to one of mcplb's own requests that is kept.
+const MAX_EXCHANGE_BODY: usize = 1024 * 1024;
+
 /// The parts of a whole small answer mcplb asked for itself.
+#[derive(Default)]
 pub(crate) struct Exchanged {
     /// The `Mcp-Session-Id` the answer carried.
     pub session: Option<Vec<u8>>,
     /// The status was 2xx and the body was read to its end.
     pub ok: bool,
+    /// An answer (a head) came; `status` is its code.
+    pub answered: bool,
+    /// The answer's status code.
+    pub status: u16,
+    /// The body is an SSE stream.
+    pub sse: bool,
+    /// The body, de-chunked (up to 1 MiB; past that `ok` is false).
+    pub body: Vec<u8>,
 }
 
 /// Sends one request of mcplb's own on `up` and reads its whole answer before `deadline`.
@@ -155,10 +177,7 @@ pub(crate) async fn exchange(
     req: Vec<u8>,
     deadline: monoio::time::Instant,
 ) -> Exchanged {
-    let failed = Exchanged {
-        session: None,
-        ok: false,
-    };
+    let failed = Exchanged::default();
     let len = req.len();
     let (w, _) = up.write_range(req, 0..len).await;
     if w.is_err() {
@@ -176,7 +195,9 @@ pub(crate) async fn exchange(
     ) {
         return failed;
     }
-    let ok = resp.code.is_some_and(|c| (200..300).contains(&c));
+    let status = resp.code.unwrap_or(0);
+    let ok = (200..300).contains(&status);
+    let mut sse = false;
     let mut session = None;
     let mut framing = Framing::UntilClose;
     for hd in resp.headers.iter() {
@@ -188,15 +209,26 @@ pub(crate) async fn exchange(
             && http::has_token(hd.value, b"chunked")
         {
             framing = Framing::Chunked(ChunkedDecoder::new());
+        } else if hd.name.eq_ignore_ascii_case("content-type") {
+            sse = hd
+                .value
+                .get(..17)
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"text/event-stream"));
         }
     }
     if matches!(resp.code, Some(202 | 204)) && matches!(framing, Framing::UntilClose) {
         framing = Framing::None;
     }
     let mut err = false;
+    let mut body = Vec::new();
     let mut avail = buf.split_off(head_len.min(buf.len()));
+    let mut done;
     loop {
-        let (_, done) = body_step(&mut framing, &avail, &mut err);
+        let (_, end) = collect_step(&mut framing, &avail, &mut body, &mut err);
+        done = end;
+        if body.len() > MAX_EXCHANGE_BODY {
+            err = true;
+        }
         if done || err {
             break;
         }
@@ -204,15 +236,46 @@ pub(crate) async fn exchange(
         let Ok((r, b)) =
             monoio::time::timeout_at(deadline, up.read_more(avail, super::READ_SIZE)).await
         else {
-            return Exchanged { session, ok: false };
+            err = true;
+            break;
         };
         avail = b;
         if !matches!(r, Ok(n) if n > 0) {
+            // The end of an until-close body; any other body was cut short.
+            err |= !matches!(framing, Framing::UntilClose);
+            done = !err;
             break;
         }
     }
     Exchanged {
         session,
-        ok: ok && !err,
+        ok: ok && !err && done,
+        answered: true,
+        status,
+        sse,
+        body,
+    }
+}
+
+/// Like [`body_step`], keeping the body's bytes (de-chunked) in `body`.
+pub(crate) fn collect_step(
+    framing: &mut Framing,
+    avail: &[u8],
+    body: &mut Vec<u8>,
+    error: &mut bool,
+) -> (usize, bool) {
+    match framing {
+        Framing::Chunked(dec) => match dec.feed(avail, |d| body.extend_from_slice(d)) {
+            Ok(n) => (n, dec.is_done()),
+            Err(_) => {
+                *error = true;
+                (0, false)
+            }
+        },
+        other => {
+            let (take, done) = body_step(other, avail, error);
+            body.extend_from_slice(avail.get(..take).unwrap_or_default());
+            (take, done)
+        }
     }
 }

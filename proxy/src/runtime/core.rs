@@ -55,6 +55,8 @@ pub(crate) struct Core {
     pub(crate) states: Rc<RefCell<Vec<Rc<Core>>>>,
     /// This worker's idle keep-alive connections, parked with no task.
     pub(crate) park: Rc<crate::runtime::park::IdleSet>,
+    /// Backend eras learned and backend sessions held for bridged 2026-07-28 requests.
+    pub(crate) bridges: crate::data_path::era_bridge::Bridges,
 }
 
 impl Core {
@@ -279,6 +281,7 @@ impl Core {
             generation,
             states: states.clone(),
             park,
+            bridges: Default::default(),
         };
         if prev.is_some() {
             let n: i64 = core

@@ -12,6 +12,7 @@
 //! anyone else. The digest's key is derived from the session key, so every replica sharing the
 //! session key computes the same owner for the same caller, across restarts too.
 
+pub(crate) mod era;
 pub mod failover;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use super::backends;
 use crate::config::fields::TableCheck;
 use crate::config::raw::RawServer;
-use crate::config::types::{Balance, HashKey, ServerGroup, SessionFailover};
+use crate::config::types::{BackendEra, Balance, HashKey, ServerGroup, SessionFailover};
 
 /// Validates every group, in order.
 pub(super) fn validate(raw: Vec<RawServer>, errs: &mut Vec<String>) -> Vec<ServerGroup> {
@@ -77,6 +77,15 @@ fn group(s: RawServer, key: &str, taken: &mut Taken, errs: &mut Vec<String>) -> 
             SessionFailover::NotFound
         }
     };
+    let era = match s.era.as_deref() {
+        None | Some("auto") => BackendEra::Auto,
+        Some("2025") => BackendEra::Sessions,
+        Some("2026") => BackendEra::Stateless,
+        Some(v) => {
+            t.problem("era", format!("`{v}` (use \"auto\", \"2025\" or \"2026\")"));
+            BackendEra::Auto
+        }
+    };
     let health = super::health::validate(s.health, key, t.errs());
     let auth = crate::auth::validate(s.auth, key, t.errs());
     let allowed_origins = s.allowed_origins.map(|v| {
@@ -86,6 +95,8 @@ fn group(s: RawServer, key: &str, taken: &mut Taken, errs: &mut Vec<String>) -> 
     });
     ServerGroup {
         legacy_sse: s.legacy_sse.unwrap_or(false),
+        era,
+        era_bridge: s.era_bridge.unwrap_or(true),
         allowed_origins,
         auth,
         name,
