@@ -230,3 +230,56 @@ async def test_without_the_bridge_the_2025_server_refuses(tmp_path: Path, everyt
         assert r.status_code == 400 and "not initialized" in r.text.lower(), r.text
     finally:
         proxy.stop()
+
+
+async def test_elicitation_round_trip_through_input_required(bridged_url: str) -> None:
+    # server-everything asks its client for input (elicitation/create on the call's stream);
+    # the 2026-07-28 client gets an input_required result with mcplb's sealed requestState,
+    # answers through its callback and retries; mcplb hands the answer to the waiting call.
+    from mcp_types import ElicitResult
+
+    asked: list[str] = []
+
+    async def on_elicit(context, params) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"name": "Ada Lovelace", "check": True, "integer": 7})
+
+    async with Client(
+        bridged_url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT, elicitation_callback=on_elicit
+    ) as client:
+        tools = {t.name for t in (await client.list_tools()).tools}
+        assert "trigger-elicitation-request" in tools, "the session mcplb opened declares elicitation"
+        result = await client.call_tool("trigger-elicitation-request", {})
+        assert asked == ["Please provide inputs for the following fields:"]
+        text = text_of(result)
+        assert "Ada Lovelace" in text and "accept" in text, text
+        # Plain calls go on in the same session afterwards.
+        assert text_of(await client.call_tool("get-sum", {"a": 1, "b": 1})) == "The sum of 1 and 1 is 2."
+
+
+def test_raw_input_required_round_trip_and_a_stale_state(bridged_url: str) -> None:
+    # The wire of the round trip, and a requestState mcplb sealed for a call it no longer
+    # holds: a JSON-RPC error with the reason, never a hang.
+    caps = {"elicitation": {}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 11,
+        "method": "tools/call",
+        "params": {"name": "trigger-elicitation-request", "arguments": {}, "_meta": _meta(caps)},
+    }
+    headers = {**MODERN_HEADERS, "mcp-method": "tools/call", "mcp-name": "trigger-elicitation-request"}
+    first = _message(httpx.post(bridged_url, json=body, headers=headers, timeout=READ_TIMEOUT))
+    assert first["result"]["resultType"] == "input_required", first
+    state = first["result"]["requestState"]
+    (key, req), = first["result"]["inputRequests"].items()
+    assert req["method"] == "elicitation/create"
+    answer = {key: {"action": "decline"}}
+    retry = {**body, "id": 12, "params": {**body["params"], "inputResponses": answer, "requestState": state}}
+    # New connections each time (httpx.post): with two workers, the retries land on either;
+    # the waiting call's backend connection moves to the worker the retry reached.
+    done = _message(httpx.post(bridged_url, json=retry, headers=headers, timeout=READ_TIMEOUT))
+    assert done["id"] == 12 and done["result"]["resultType"] == "complete", done
+    assert "decline" in json.dumps(done["result"]["content"]), done
+    # The call was answered: the same state again is refused, with the reason.
+    again = _message(httpx.post(bridged_url, json=retry, headers=headers, timeout=READ_TIMEOUT))
+    assert again["id"] == 12 and "no longer held" in again["error"]["message"], again

@@ -171,23 +171,30 @@ pub(crate) async fn send(
                     }
                 }
                 let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
-                let answer = Answer {
-                    up: &mut up,
-                    buf: ubuf,
-                    head_len,
-                    backend_tag: backend.tag,
-                    backend_sid: sid,
-                    end_on_shutdown: c.req.method() == HttpMethod::Get,
-                    sessionless: bridge.is_some(),
-                };
                 let keep = !c.req.head.close;
-                let (next, reusable) = if bridge.is_some() {
-                    era_bridge::forward(core, c, answer, keep).await
+                let (next, pool) = if let Some(s) = bridge {
+                    let leg = era_bridge::Leg {
+                        gi,
+                        bi,
+                        session: s.clone(),
+                        backend_tag: backend.tag,
+                    };
+                    era_bridge::forward(core, c, up, ubuf, head_len, keep, leg).await
                 } else {
-                    forward_response(core, c, answer, keep).await
+                    let answer = Answer {
+                        up: &mut up,
+                        buf: ubuf,
+                        head_len,
+                        backend_tag: backend.tag,
+                        backend_sid: sid,
+                        end_on_shutdown: c.req.method() == HttpMethod::Get,
+                        sessionless: false,
+                    };
+                    let (next, reusable) = forward_response(core, c, answer, keep).await;
+                    (next, reusable.then_some(up))
                 };
                 drop(in_flight);
-                if reusable {
+                if let Some(up) = pool {
                     core.put_upstream(gi, bi, up);
                 }
                 let now = balance::now_ns(core.shared.epoch);

@@ -10,15 +10,19 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use lb::{UpstreamError, UpstreamErrorKind};
+use protocol::Method;
 
 use crate::auth::UpstreamCredential;
 use crate::config::{Backend, ServerGroup};
 use crate::data_path::request::{ClientConn, Next, Refusal};
+use crate::data_path::response::{self, Answer, Framing};
 use crate::data_path::{reply, upstream};
 use crate::runtime::core::Core;
 use crate::session::era::{self, EraRoute, Learned, SessionKey};
+use crate::tls::Conn;
 
 /// Most backend sessions a core keeps for bridged requests (past it, one is dropped; the
 /// backend ends it when it expires).
@@ -35,11 +39,25 @@ pub(crate) struct BridgeSession {
     pub discover: Vec<u8>,
 }
 
+impl BridgeSession {
+    /// The session a call resumed on another core goes on in (not pooled there).
+    fn detached(sid: Option<Vec<u8>>, version: String) -> BridgeSession {
+        BridgeSession {
+            key: SessionKey::of(&[b"", b"", b"", b"", b""]),
+            sid,
+            version,
+            discover: Vec::new(),
+        }
+    }
+}
+
 /// What one core knows about its backends' eras and the sessions it holds on them.
 #[derive(Default)]
 pub(crate) struct Bridges {
     learned: RefCell<HashMap<(usize, usize), Learned>>,
     sessions: RefCell<HashMap<(usize, usize, u64), Rc<BridgeSession>>>,
+    /// Calls waiting for their client's input, by token.
+    parked: RefCell<HashMap<u64, Parked>>,
 }
 
 impl Bridges {
@@ -214,7 +232,7 @@ const MAX_REFUSAL: u64 = 64 * 1024;
 /// still be forwarded from `buf` when it is not.
 pub(crate) async fn session_lost(
     core: &Core,
-    up: &mut crate::tls::Conn,
+    up: &mut Conn,
     buf: &mut Vec<u8>,
     head_len: usize,
 ) -> bool {
@@ -408,128 +426,195 @@ fn own_request(
 
 /// Largest whole JSON answer to a bridged request mcplb rewrites (a bigger one is cut: 502).
 const MAX_JSON_ANSWER: usize = 64 * 1024 * 1024;
+/// Most calls one core keeps waiting for their client's input.
+const MAX_PARKED: usize = 128;
+/// How long a call waits for the client's retry with its input.
+const PARK_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Forwards a 2025-era backend's answer to a bridged request, made what the 2026-07-28 wire
-/// requires (`session::era::modern_answer`): a JSON answer whole, an SSE stream event by
-/// event as the events arrive (progress and other notifications unchanged). Returns what to
-/// do with the client connection and whether the upstream connection may be pooled.
+/// Where a bridged call's answer comes from.
+pub(crate) struct Leg {
+    pub gi: usize,
+    pub bi: usize,
+    pub session: Rc<BridgeSession>,
+    pub backend_tag: u32,
+}
+
+/// A backend's SSE answer being relayed: the connection, its framing, and the de-chunked bytes
+/// not yet relayed.
+struct Source {
+    up: Conn,
+    framing: Framing,
+    pending: Vec<u8>,
+    avail: Vec<u8>,
+    up_close: bool,
+}
+
+/// A bridged call whose backend asked its client for input: it waits here, its stream open,
+/// for the client's retry (`resume`).
+pub(crate) struct Parked {
+    src: Source,
+    leg: Leg,
+    method: Method,
+    /// The backend's request (raw id) the client's input answers.
+    ask_id: Vec<u8>,
+    since: Instant,
+}
+
+/// A parked call whose backend connection is plain TCP, held for every core (a retry may reach
+/// any worker): the connection as a file descriptor of its own, the rest as plain data.
+struct Waiting {
+    fd: std::os::fd::OwnedFd,
+    framing: Framing,
+    pending: Vec<u8>,
+    up_close: bool,
+    gi: usize,
+    bi: usize,
+    backend_tag: u32,
+    sid: Option<Vec<u8>>,
+    version: String,
+    method: Method,
+    ask_id: Vec<u8>,
+    since: Instant,
+}
+
+/// Calls waiting for input whose backend connection any core can take over, by token. A
+/// mutex, off the request path: touched only when a backend asks for input and at the retry.
+static WAITING: std::sync::Mutex<Option<HashMap<u64, Waiting>>> = std::sync::Mutex::new(None);
+
+/// Holds `w` for any core.
+fn hold(token: u64, w: Waiting) {
+    let Ok(mut held) = WAITING.lock() else {
+        return;
+    };
+    let held = held.get_or_insert_with(HashMap::new);
+    held.retain(|_, w| w.since.elapsed() < PARK_TIMEOUT);
+    if held.len() >= MAX_PARKED * 8 {
+        if let Some(k) = held.keys().next().copied() {
+            held.remove(&k);
+        }
+    }
+    held.insert(token, w);
+}
+
+/// Takes the call held under `token`, if it is still waiting.
+fn take_held(token: u64) -> Option<Waiting> {
+    let w = WAITING.lock().ok()?.as_mut()?.remove(&token)?;
+    (w.since.elapsed() < PARK_TIMEOUT).then_some(w)
+}
+
+/// A descriptor of its own for a plain connection's socket (so the connection can move to
+/// another core's runtime), or `None`.
+fn own_fd(tcp: &monoio::net::TcpStream) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for as long as `tcp` lives, which outlives this borrow;
+    // `try_clone_to_owned` duplicates it (F_DUPFD_CLOEXEC) into a descriptor of its own.
+    #[allow(unsafe_code)]
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(tcp.as_raw_fd()) };
+    borrowed.try_clone_to_owned().ok()
+}
+
+impl Bridges {
+    fn park(&self, token: u64, p: Parked) {
+        let mut parked = self.parked.borrow_mut();
+        parked.retain(|_, p| p.since.elapsed() < PARK_TIMEOUT);
+        if parked.len() >= MAX_PARKED {
+            if let Some(k) = parked.keys().next().copied() {
+                parked.remove(&k);
+            }
+        }
+        parked.insert(token, p);
+    }
+
+    fn unpark(&self, token: u64) -> Option<Parked> {
+        let p = self.parked.borrow_mut().remove(&token)?;
+        (p.since.elapsed() < PARK_TIMEOUT).then_some(p)
+    }
+}
+
+/// Forwards a 2025-era backend's answer (`up`, its head in `buf`) to a bridged request, made
+/// what the 2026-07-28 wire requires (`session::era::modern_answer`): a JSON answer whole, an
+/// SSE stream event by event as the events arrive (progress and other notifications
+/// unchanged; a server-to-client request ends the client's answer with an `input_required`
+/// result, the call waiting for the retry). Returns what to do with the client connection and
+/// the upstream connection when it may be pooled.
 pub(crate) async fn forward(
     core: &Core,
     c: &mut ClientConn,
-    mut a: crate::data_path::response::Answer<'_>,
+    mut up: Conn,
+    buf: Vec<u8>,
+    head_len: usize,
     keep: bool,
-) -> (Next, bool) {
-    use crate::data_path::response::{self, Framing};
+    leg: Leg,
+) -> (Next, Option<Conn>) {
+    let mut a = Answer {
+        up: &mut up,
+        buf,
+        head_len,
+        backend_tag: leg.backend_tag,
+        backend_sid: None,
+        end_on_shutdown: false,
+        sessionless: true,
+    };
     let (head, head_len) = match response::final_head(core, c, &mut a).await {
         Ok(x) => x,
         Err(r) => {
             c.ubuf = a.buf;
-            return (reply::refuse(c, &r).await, false);
+            return (reply::refuse(c, &r).await, None);
         }
     };
-    let method = c.meta.method;
+    let mut buf = a.buf;
     c.meta.status = head.status;
     c.meta.sse = head.is_sse;
-    let mut framing = head.framing;
     let client_close = !keep || crate::runtime::SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
-    let mut avail = a.buf.split_off(head_len.min(a.buf.len()));
-    c.ubuf = std::mem::take(&mut a.buf);
-    let mut pending = Vec::new();
-    let mut err = false;
-    let mut done = false;
+    let avail = buf.split_off(head_len.min(buf.len()));
+    c.ubuf = buf;
+    let mut src = Source {
+        up,
+        framing: head.framing,
+        pending: Vec::new(),
+        avail,
+        up_close: head.up_close,
+    };
     if head.is_sse {
         c.out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    if client_close && head.is_sse {
-        c.out.extend_from_slice(b"connection: close\r\n");
-    }
-    if head.is_sse {
+        if client_close {
+            c.out.extend_from_slice(b"connection: close\r\n");
+        }
         c.out.extend_from_slice(b"\r\n");
         if !send(c).await {
-            return (Next::Close, false);
+            return (Next::Close, None);
         }
+        return relay(core, c, src, leg, client_close).await;
     }
-    let mut chunk = Vec::new();
+    // A whole JSON answer.
+    let mut err = false;
     loop {
-        let (_, end) = upstream::collect_step(&mut framing, &avail, &mut pending, &mut err);
-        done = done || end;
-        if err || pending.len() > MAX_JSON_ANSWER {
+        let (_, done) =
+            upstream::collect_step(&mut src.framing, &src.avail, &mut src.pending, &mut err);
+        if err || src.pending.len() > MAX_JSON_ANSWER {
             err = true;
             break;
-        }
-        if head.is_sse {
-            chunk.clear();
-            while let Some(n) = era::event_end(&pending) {
-                era::rewrite_event(method, pending.get(..n).unwrap_or_default(), &mut chunk);
-                pending.drain(..n);
-            }
-            if done {
-                // An event the stream did not end with a blank line goes as it is.
-                chunk.append(&mut pending);
-            }
-            if !chunk.is_empty() {
-                c.meta
-                    .first_event
-                    .get_or_insert_with(std::time::Instant::now);
-                let _ = write!(c.out, "{:x}\r\n", chunk.len());
-                c.out.extend_from_slice(&chunk);
-                c.out.extend_from_slice(b"\r\n");
-            }
-            if done {
-                c.out.extend_from_slice(crate::http::LAST_CHUNK);
-            }
-            if !c.out.is_empty() && !send(c).await {
-                return (Next::Close, false);
-            }
         }
         if done {
             break;
         }
-        avail.clear();
-        let read = a.up.read_more(avail, super::READ_SIZE);
-        let (r, b) = if head.is_sse {
-            // No total timeout on a stream (a tool call may stream for minutes).
-            read.await
-        } else {
-            let timeout = core.shared.config.proxy.upstream_timeout;
-            match monoio::time::timeout(timeout, read).await {
-                Ok(x) => x,
-                Err(_) => {
-                    err = true;
-                    avail = Vec::new();
-                    break;
-                }
+        match read(core, &mut src, false).await {
+            Read::Bytes => {}
+            Read::End => break,
+            Read::Failed => {
+                err = true;
+                break;
             }
-        };
-        avail = b;
-        if !matches!(r, Ok(n) if n > 0) {
-            if matches!(framing, Framing::UntilClose) {
-                done = true;
-                avail.clear();
-                continue;
-            }
-            err = true;
-            break;
         }
     }
-    drop(avail);
-    c.meta.upstream_done = Some(std::time::Instant::now());
-    if head.is_sse {
-        let reusable = done && !err && !head.up_close && !matches!(framing, Framing::UntilClose);
-        let next = if err {
-            Next::Close
-        } else {
-            Next::keep_unless(client_close)
-        };
-        return (next, reusable);
-    }
+    c.meta.upstream_done = Some(Instant::now());
     if err {
         let r = Refusal::new(502, -32603, "the backend's answer was cut short");
-        return (reply::refuse(c, &r).await, false);
+        return (reply::refuse(c, &r).await, None);
     }
-    let body = match era::modern_answer(method, &pending) {
+    let body = match era::modern_answer(c.meta.method, &src.pending, None) {
         Some(b) => b,
-        None => pending,
+        None => std::mem::take(&mut src.pending),
     };
     let _ = write!(c.out, "content-length: {}\r\n", body.len());
     if client_close {
@@ -538,10 +623,327 @@ pub(crate) async fn forward(
     c.out.extend_from_slice(b"\r\n");
     c.out.extend_from_slice(&body);
     if !send(c).await {
-        return (Next::Close, false);
+        return (Next::Close, None);
     }
-    let reusable = !head.up_close && !matches!(framing, Framing::UntilClose);
-    (Next::keep_unless(client_close), reusable)
+    let reusable = !src.up_close && !matches!(src.framing, Framing::UntilClose);
+    (Next::keep_unless(client_close), reusable.then_some(src.up))
+}
+
+/// What one read of the backend's answer gave.
+enum Read {
+    Bytes,
+    /// The connection closed where that ends the body (an until-close body).
+    End,
+    Failed,
+}
+
+/// Reads the next bytes of `src` into its `avail` (a stream waits as long as it takes; a
+/// whole answer at most `upstream_timeout` per read).
+async fn read(core: &Core, src: &mut Source, stream: bool) -> Read {
+    let mut avail = std::mem::take(&mut src.avail);
+    avail.clear();
+    let read = src.up.read_more(avail, super::READ_SIZE);
+    let (r, b) = if stream {
+        read.await
+    } else {
+        let timeout = core.shared.config.proxy.upstream_timeout;
+        match monoio::time::timeout(timeout, read).await {
+            Ok(x) => x,
+            Err(_) => return Read::Failed,
+        }
+    };
+    src.avail = b;
+    if matches!(r, Ok(n) if n > 0) {
+        Read::Bytes
+    } else if matches!(src.framing, Framing::UntilClose) {
+        src.avail.clear();
+        Read::End
+    } else {
+        Read::Failed
+    }
+}
+
+/// Relays the SSE stream of a bridged call to the client (whose answer head went out), event
+/// by event, until the call's answer (the stream's end), or until the backend asks the client
+/// for input: then the client's answer ends with an `input_required` result and the call is
+/// parked for the retry. `ping` from the backend is answered by mcplb; another request it
+/// cannot bridge gets a method-not-found error.
+async fn relay(
+    core: &Core,
+    c: &mut ClientConn,
+    mut src: Source,
+    leg: Leg,
+    client_close: bool,
+) -> (Next, Option<Conn>) {
+    let method = c.meta.method;
+    let mut chunk = Vec::new();
+    let mut err = false;
+    loop {
+        let (_, done) =
+            upstream::collect_step(&mut src.framing, &src.avail, &mut src.pending, &mut err);
+        src.avail.clear();
+        if err {
+            return (Next::Close, None);
+        }
+        chunk.clear();
+        let mut ask = None;
+        while let Some(n) = era::event_end(&src.pending) {
+            let event = src.pending.get(..n).unwrap_or_default();
+            let verdict = era::rewrite_event(method, event, c.req.id(), &mut chunk);
+            src.pending.drain(..n);
+            if let era::EventVerdict::Ask(a) = verdict {
+                ask = Some(a);
+                break;
+            }
+        }
+        let asked = ask.is_some();
+        if let Some(a) = ask {
+            match era::ask_kind(&a.method) {
+                era::AskKind::Input => {
+                    return park(core, c, src, leg, a, chunk, client_close).await;
+                }
+                kind => {
+                    let answer = if kind == era::AskKind::Ping {
+                        era::server_response(&a.id, b"{}")
+                    } else {
+                        era::server_error(
+                            &a.id,
+                            -32601,
+                            "mcplb bridges this call for a 2026-07-28 client, which cannot \
+                             answer this request",
+                        )
+                    };
+                    if !answer_backend(core, c, &leg, &answer).await {
+                        return (Next::Close, None);
+                    }
+                }
+            }
+        }
+        let finished = done && !asked && era::event_end(&src.pending).is_none();
+        if finished {
+            // An event the stream did not end with a blank line goes as it is.
+            chunk.append(&mut src.pending);
+        }
+        if !chunk.is_empty() {
+            c.meta.first_event.get_or_insert_with(Instant::now);
+            put_chunk(c, &chunk);
+        }
+        if finished {
+            c.out.extend_from_slice(crate::http::LAST_CHUNK);
+            c.meta.upstream_done = Some(Instant::now());
+        }
+        if !c.out.is_empty() && !send(c).await {
+            return (Next::Close, None);
+        }
+        if finished {
+            let reusable = !src.up_close && !matches!(src.framing, Framing::UntilClose);
+            return (Next::keep_unless(client_close), reusable.then_some(src.up));
+        }
+        if asked {
+            // More events may wait in `pending`: look again before reading.
+            continue;
+        }
+        match read(core, &mut src, true).await {
+            Read::Bytes | Read::End => {}
+            Read::Failed => return (Next::Close, None),
+        }
+    }
+}
+
+/// Writes `data` as one chunk of the client's chunked answer into `c.out`.
+fn put_chunk(c: &mut ClientConn, data: &[u8]) {
+    let _ = write!(c.out, "{:x}\r\n", data.len());
+    c.out.extend_from_slice(data);
+    c.out.extend_from_slice(b"\r\n");
+}
+
+/// Ends the client's answer with an `input_required` result for `ask` (after the events in
+/// `chunk`) and parks the call for the retry, under a token the sealed request state names.
+async fn park(
+    core: &Core,
+    c: &mut ClientConn,
+    src: Source,
+    leg: Leg,
+    ask: era::ServerRequest,
+    mut chunk: Vec<u8>,
+    client_close: bool,
+) -> (Next, Option<Conn>) {
+    let token: u64 = rand::random();
+    let mut state = Vec::new();
+    let payload = era::state_payload(core.index, token);
+    if core
+        .shared
+        .sealer
+        .seal(leg.backend_tag, c.owner.as_ref(), &payload, &mut state)
+        .is_err()
+    {
+        return (Next::Close, None);
+    }
+    let mut answer = Vec::with_capacity(ask.input.len() + state.len() + 96);
+    era::input_required(
+        &mut answer,
+        c.req.id().unwrap_or_default(),
+        &ask.input,
+        &state,
+    );
+    chunk.extend_from_slice(b"event: message\n");
+    era::sse_data(&mut chunk, &answer);
+    let fd = match &src.up {
+        Conn::Plain(tcp) => own_fd(tcp),
+        _ => None,
+    };
+    match fd {
+        // Any core may take the call over: the retry can reach any worker.
+        Some(fd) => hold(
+            token,
+            Waiting {
+                fd,
+                framing: src.framing,
+                pending: src.pending,
+                up_close: src.up_close,
+                gi: leg.gi,
+                bi: leg.bi,
+                backend_tag: leg.backend_tag,
+                sid: leg.session.sid.clone(),
+                version: leg.session.version.clone(),
+                method: c.meta.method,
+                ask_id: ask.id,
+                since: Instant::now(),
+            },
+        ),
+        // A TLS connection stays with this core.
+        None => core.bridges.park(
+            token,
+            Parked {
+                src,
+                leg,
+                method: c.meta.method,
+                ask_id: ask.id,
+                since: Instant::now(),
+            },
+        ),
+    }
+    put_chunk(c, &chunk);
+    c.out.extend_from_slice(crate::http::LAST_CHUNK);
+    if !send(c).await {
+        return (Next::Close, None);
+    }
+    (Next::keep_unless(client_close), None)
+}
+
+/// Sends `answer` (a JSON-RPC response to one of the backend's requests) in the call's
+/// backend session: whether the backend took it.
+async fn answer_backend(core: &Core, c: &ClientConn, leg: &Leg, answer: &[u8]) -> bool {
+    let group = core.shared.config.servers.get(leg.gi);
+    let (Some(group), Some(backend)) = (group, group.and_then(|g| g.backends.get(leg.bi))) else {
+        return false;
+    };
+    let s = &leg.session;
+    let own = Own::Initialized(&s.version);
+    let sent = own_exchange(
+        core,
+        c,
+        leg.gi,
+        leg.bi,
+        group,
+        backend,
+        own,
+        s.sid.as_deref(),
+        answer,
+    );
+    matches!(sent.await, Ok(x) if x.ok)
+}
+
+/// A 2026-07-28 retry carrying the input a parked call waits for (`requestState` sealed by
+/// this mcplb): the input goes to the backend as the answer to its request, and the call's
+/// stream, from where it stopped, becomes this request's answer. `None`: not such a retry
+/// (the request goes its usual way).
+pub(crate) async fn resume(core: &Core, c: &mut ClientConn) -> Option<Next> {
+    let retry = era::retry_input(c.req.body())?;
+    let mut scratch = [0u8; crate::session::SCRATCH];
+    let opened = core
+        .shared
+        .sealer
+        .open(retry.state.as_bytes(), &mut scratch)?;
+    let (worker, token) = era::parse_state(opened.sid)?;
+    let gone = |what: &'static str| Refusal::new(400, -32602, what);
+    if opened.owner.is_some()
+        && opened.owner.as_ref().map(|o| o.as_bytes()) != c.owner.as_ref().map(|o| o.as_bytes())
+    {
+        return Some(reply::refuse(c, &gone("requestState was not issued to this caller")).await);
+    }
+    let parked = match take_held(token) {
+        Some(w) => taken_over(w),
+        None if worker == core.index => core.bridges.unpark(token),
+        None => None,
+    };
+    let Some(p) = parked.filter(|p| p.leg.backend_tag == opened.tag) else {
+        let r = gone(
+            "the call waiting for this input is no longer held by this mcplb (it was answered, \
+             waited past 120 s, or the retry reached another replica): call again",
+        );
+        return Some(reply::refuse(c, &r).await);
+    };
+    let Some(input) = retry.responses.get(era::INPUT_KEY) else {
+        let r = gone("inputResponses has no answer for the input request `mcplb-input`");
+        return Some(reply::refuse(c, &r).await);
+    };
+    let answer = era::server_response(&p.ask_id, input.get().as_bytes());
+    drop(retry);
+    c.meta.method = p.method;
+    c.meta.backend = Some(p.leg.bi);
+    if !answer_backend(core, c, &p.leg, &answer).await {
+        let r = Refusal::new(
+            502,
+            -32603,
+            "the backend did not take the input for its call",
+        );
+        return Some(reply::refuse(c, &r).await);
+    }
+    let next = reply::must_close(c, false);
+    let client_close = next != Next::KeepAlive;
+    c.out.clear();
+    c.out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n",
+    );
+    if client_close {
+        c.out.extend_from_slice(b"connection: close\r\n");
+    }
+    c.out.extend_from_slice(b"\r\n");
+    c.meta.status = 200;
+    c.meta.sse = true;
+    if !send(c).await {
+        return Some(Next::Close);
+    }
+    let (gi, bi) = (p.leg.gi, p.leg.bi);
+    let (next, up) = relay(core, c, p.src, p.leg, client_close).await;
+    if let Some(up) = up {
+        core.put_upstream(gi, bi, up);
+    }
+    Some(next)
+}
+
+/// A call held for any core, on this one.
+fn taken_over(w: Waiting) -> Option<Parked> {
+    let tcp = monoio::net::TcpStream::from_std(std::net::TcpStream::from(w.fd)).ok()?;
+    Some(Parked {
+        src: Source {
+            up: Conn::Plain(tcp),
+            framing: w.framing,
+            pending: w.pending,
+            avail: Vec::new(),
+            up_close: w.up_close,
+        },
+        leg: Leg {
+            gi: w.gi,
+            bi: w.bi,
+            session: Rc::new(BridgeSession::detached(w.sid, w.version)),
+            backend_tag: w.backend_tag,
+        },
+        method: w.method,
+        ask_id: w.ask_id,
+        since: w.since,
+    })
 }
 
 /// Writes `c.out` to the client: whether it went.

@@ -143,6 +143,12 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
         admission::acquire_permits(core, &a.conc, &mut permits).await?;
     }
     let plan = plan(core, c, gi, admitted.as_ref(), opened)?;
+    if plan.modern {
+        // A 2026-07-28 retry carrying the input a bridged call waits for goes to that call.
+        if let Some(next) = era_bridge::resume(core, c).await {
+            return Ok(next);
+        }
+    }
     let conc = admitted.map(|a| a.conc).unwrap_or_default();
     Ok(attempt::send(core, c, plan, &conc, &mut permits).await)
 }

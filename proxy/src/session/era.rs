@@ -348,11 +348,28 @@ fn cacheable(method: Method) -> bool {
 /// for the cacheable methods `ttlMs: 0` and `cacheScope: "private"` (no caching promised that
 /// the backend did not make), each only where absent. `None`: nothing to change (a
 /// notification, a server request, an error, or a result that has them).
-pub(crate) fn modern_answer(method: Method, msg: &[u8]) -> Option<Vec<u8>> {
+///
+/// `id` (raw JSON), when given, replaces the answer's id: the answer to a call that waited for
+/// input goes to the client's retry, a request with an id of its own.
+pub(crate) fn modern_answer(method: Method, msg: &[u8], id: Option<&[u8]>) -> Option<Vec<u8>> {
     let mut v: Value = serde_json::from_slice(msg).ok()?;
     v.get("id")?;
-    let result = v.get_mut("result")?.as_object_mut()?;
+    v.get("method").is_none().then_some(())?;
     let mut changed = false;
+    if let Some(new) = id.and_then(|i| serde_json::from_slice::<Value>(i).ok()) {
+        if v.get("id") != Some(&new) {
+            v["id"] = new;
+            changed = true;
+        }
+    }
+    if v.get("error").is_some() {
+        return if changed {
+            serde_json::to_vec(&v).ok()
+        } else {
+            None
+        };
+    }
+    let result = v.get_mut("result")?.as_object_mut()?;
     let mut add = |k: &str, val: Value| {
         if !result.contains_key(k) {
             result.insert(k.to_string(), val);
@@ -386,18 +403,31 @@ pub(crate) fn event_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
-/// One SSE event of a bridged answer (through its blank line), written to `out`: its
-/// `data` rewritten by [`modern_answer`] when it is the answer to the request; any other
-/// event as it is.
-pub(crate) fn rewrite_event(method: Method, event: &[u8], out: &mut Vec<u8>) {
-    let lines = || {
-        event
-            .split(|b| *b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .filter(|l| !l.is_empty())
-    };
+/// A request the backend sent the client during a bridged call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServerRequest {
+    /// Its JSON-RPC id, raw.
+    pub id: Vec<u8>,
+    /// Its method.
+    pub method: String,
+    /// `{"method": ..., "params": ...}`: the input request a 2026-07-28 client answers.
+    pub input: Vec<u8>,
+}
+
+/// What became of one SSE event of a bridged answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EventVerdict {
+    /// Written to `out` (rewritten when it is the answer).
+    Forwarded,
+    /// A server-to-client request: nothing written.
+    Ask(ServerRequest),
+}
+
+/// The `data` lines of one SSE event, joined with newlines.
+fn event_data(event: &[u8]) -> Vec<u8> {
     let mut data = Vec::new();
-    for l in lines() {
+    for l in event.split(|b| *b == b'\n') {
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
         if let Some(d) = l.strip_prefix(b"data:") {
             if !data.is_empty() {
                 data.push(b'\n');
@@ -405,17 +435,175 @@ pub(crate) fn rewrite_event(method: Method, event: &[u8], out: &mut Vec<u8>) {
             data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
         }
     }
-    let Some(new) = modern_answer(method, &data) else {
+    data
+}
+
+/// One SSE event of a bridged answer (through its blank line): the answer to the request is
+/// written to `out` rewritten by [`modern_answer`] (with the id `id`), a server-to-client
+/// request is handed back, any other event (progress, logging) is written as it is.
+pub(crate) fn rewrite_event(
+    method: Method,
+    event: &[u8],
+    id: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> EventVerdict {
+    let data = event_data(event);
+    if let Some(ask) = server_request(&data) {
+        return EventVerdict::Ask(ask);
+    }
+    let Some(new) = modern_answer(method, &data, id) else {
         out.extend_from_slice(event);
-        return;
+        return EventVerdict::Forwarded;
     };
-    for l in lines().filter(|l| !l.starts_with(b"data:")) {
+    for l in event
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.is_empty() && !l.starts_with(b"data:"))
+    {
         out.extend_from_slice(l);
         out.push(b'\n');
     }
+    sse_data(out, &new);
+    EventVerdict::Forwarded
+}
+
+/// `data: ...` and the blank line that ends an event.
+pub(crate) fn sse_data(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"data: ");
-    out.extend_from_slice(&new);
+    out.extend_from_slice(data);
     out.extend_from_slice(b"\n\n");
+}
+
+/// A JSON-RPC request (`id` and `method`) in `data`.
+fn server_request(data: &[u8]) -> Option<ServerRequest> {
+    let v: Value = serde_json::from_slice(data).ok()?;
+    let id = v.get("id")?;
+    let method = v.get("method")?.as_str()?;
+    let mut input = serde_json::Map::new();
+    input.insert("method".into(), Value::from(method));
+    if let Some(p) = v.get("params") {
+        input.insert("params".into(), p.clone());
+    }
+    Some(ServerRequest {
+        id: serde_json::to_vec(id).ok()?,
+        method: method.to_string(),
+        input: serde_json::to_vec(&Value::Object(input)).ok()?,
+    })
+}
+
+/// What mcplb does with a server-to-client request during a bridged call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AskKind {
+    /// An input request of 2026-07-28 (elicitation, sampling, roots): the call's answer
+    /// becomes an `input_required` result.
+    Input,
+    /// `ping`: mcplb answers it.
+    Ping,
+    /// Anything else: mcplb answers the backend with a method-not-found error.
+    Unsupported,
+}
+
+/// What kind of server-to-client request `method` is.
+pub(crate) fn ask_kind(method: &str) -> AskKind {
+    match method {
+        "elicitation/create" | "sampling/createMessage" | "roots/list" => AskKind::Input,
+        "ping" => AskKind::Ping,
+        _ => AskKind::Unsupported,
+    }
+}
+
+/// The key of the input request in an `input_required` result mcplb makes (one per round).
+pub(crate) const INPUT_KEY: &str = "mcplb-input";
+
+/// The answer to the client's request `id` (raw) saying the call needs `input` (an input
+/// request) answered: an `input_required` result carrying `state`, the sealed request state.
+pub(crate) fn input_required(out: &mut Vec<u8>, id: &[u8], input: &[u8], state: &[u8]) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(if id.is_empty() { b"null" } else { id });
+    out.extend_from_slice(b",\"result\":{\"resultType\":\"input_required\",\"inputRequests\":{\"");
+    out.extend_from_slice(INPUT_KEY.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(input);
+    out.extend_from_slice(b"},\"requestState\":\"");
+    out.extend_from_slice(state);
+    out.extend_from_slice(b"\"}}");
+}
+
+/// What a retry carries: the sealed request state and the input responses, raw, by key.
+#[derive(Debug)]
+pub(crate) struct RetryInput<'a> {
+    /// `params.requestState`.
+    pub state: &'a str,
+    /// `params.inputResponses`.
+    pub responses: std::collections::HashMap<String, &'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RetryFrame<'a> {
+    #[serde(borrow)]
+    params: RetryParams<'a>,
+}
+
+#[derive(Deserialize)]
+struct RetryParams<'a> {
+    #[serde(borrow, rename = "requestState")]
+    state: &'a str,
+    #[serde(borrow, rename = "inputResponses", default)]
+    responses: std::collections::HashMap<String, &'a RawValue>,
+}
+
+/// The retry parts of a request body, when it has a `requestState` (a plain string).
+pub(crate) fn retry_input(body: &[u8]) -> Option<RetryInput<'_>> {
+    memchr::memmem::find(body, b"\"requestState\"")?;
+    let f: RetryFrame<'_> = serde_json::from_slice(body).ok()?;
+    Some(RetryInput {
+        state: f.params.state,
+        responses: f.params.responses,
+    })
+}
+
+/// The client's answer `result` (raw) to the backend's request `id` (raw).
+pub(crate) fn server_response(id: &[u8], result: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(result.len() + 48);
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id);
+    out.extend_from_slice(b",\"result\":");
+    out.extend_from_slice(result);
+    out.push(b'}');
+    out
+}
+
+/// mcplb's error answer to the backend's request `id` (raw).
+pub(crate) fn server_error(id: &[u8], code: i32, message: &str) -> Vec<u8> {
+    let msg = Value::from(message).to_string();
+    format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{},\"error\":{{\"code\":{code},\"message\":{msg}}}}}",
+        String::from_utf8_lossy(id)
+    )
+    .into_bytes()
+}
+
+/// What a sealed request state holds: the worker (core) holding the waiting call and the
+/// call's token there.
+const STATE_PREFIX: &[u8; 4] = b"mrtr";
+
+/// The plain bytes of a request state.
+pub(crate) fn state_payload(core: usize, token: u64) -> [u8; 14] {
+    let mut out = [0u8; 14];
+    let (p, rest) = out.split_at_mut(4);
+    p.copy_from_slice(STATE_PREFIX);
+    let (c, t) = rest.split_at_mut(2);
+    c.copy_from_slice(&(core as u16).to_le_bytes());
+    t.copy_from_slice(&token.to_le_bytes());
+    out
+}
+
+/// The worker and token of a request state's plain bytes (`None`: not a state mcplb made).
+pub(crate) fn parse_state(payload: &[u8]) -> Option<(usize, u64)> {
+    let rest = payload.strip_prefix(STATE_PREFIX)?;
+    let (c, t) = rest.split_first_chunk::<2>()?;
+    let t: [u8; 8] = t.try_into().ok()?;
+    Some((usize::from(u16::from_le_bytes(*c)), u64::from_le_bytes(t)))
 }
 
 /// Whether a 2025-era backend's answer with `status` and `body` to a request in a bridged
@@ -610,23 +798,35 @@ mod tests {
     fn answers_get_what_the_2026_wire_requires() {
         let list = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#;
         let v: Value =
-            serde_json::from_slice(&modern_answer(Method::ToolsList, list).unwrap()).unwrap();
+            serde_json::from_slice(&modern_answer(Method::ToolsList, list, None).unwrap()).unwrap();
         assert_eq!(v["result"]["resultType"], "complete");
         assert_eq!(v["result"]["ttlMs"], 0);
         assert_eq!(v["result"]["cacheScope"], "private");
         assert_eq!(v["result"]["tools"], serde_json::json!([]));
         let call = br#"{"jsonrpc":"2.0","id":"a","result":{"content":[]}}"#;
         let v: Value =
-            serde_json::from_slice(&modern_answer(Method::ToolsCall, call).unwrap()).unwrap();
+            serde_json::from_slice(&modern_answer(Method::ToolsCall, call, None).unwrap()).unwrap();
         assert_eq!(v["result"]["resultType"], "complete");
         assert!(v["result"].get("ttlMs").is_none());
         // Present already, an error, a notification: unchanged.
         let has = br#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete"}}"#;
-        assert!(modern_answer(Method::ToolsCall, has).is_none());
+        assert!(modern_answer(Method::ToolsCall, has, None).is_none());
+        assert!(modern_answer(Method::ToolsCall, has, Some(b"1")).is_none());
         let err = br#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"m"}}"#;
-        assert!(modern_answer(Method::ToolsCall, err).is_none());
+        assert!(modern_answer(Method::ToolsCall, err, None).is_none());
         let note = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
-        assert!(modern_answer(Method::ToolsCall, note).is_none());
+        assert!(modern_answer(Method::ToolsCall, note, None).is_none());
+        // The answer to a call that waited for input goes to the retry's id.
+        let v: Value = serde_json::from_slice(
+            &modern_answer(Method::ToolsCall, has, Some(b"\"r2\"")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v["id"], "r2");
+        let v: Value =
+            serde_json::from_slice(&modern_answer(Method::ToolsCall, err, Some(b"9")).unwrap())
+                .unwrap();
+        assert_eq!(v["id"], 9);
+        assert_eq!(v["error"]["code"], 1);
     }
 
     #[test]
@@ -634,12 +834,13 @@ mod tests {
         let stream = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\nid: 3\r\nevent: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\r\n\r\nevent: mess";
         let first = event_end(stream).unwrap();
         let mut out = Vec::new();
-        rewrite_event(Method::ToolsCall, &stream[..first], &mut out);
+        let v = rewrite_event(Method::ToolsCall, &stream[..first], None, &mut out);
+        assert_eq!(v, EventVerdict::Forwarded);
         assert_eq!(out, &stream[..first]);
         let rest = &stream[first..];
         let second = event_end(rest).unwrap();
         out.clear();
-        rewrite_event(Method::ToolsCall, &rest[..second], &mut out);
+        rewrite_event(Method::ToolsCall, &rest[..second], None, &mut out);
         let text = String::from_utf8(out).unwrap();
         let (head, data) = text.split_once("data: ").unwrap();
         assert_eq!(head, "id: 3\nevent: message\n");
@@ -648,6 +849,47 @@ mod tests {
         assert_eq!(v["result"]["resultType"], "complete");
         assert_eq!(v["id"], 1);
         assert_eq!(event_end(&rest[second..]), None);
+    }
+
+    #[test]
+    fn server_requests_become_input_required_and_retries_go_back() {
+        let ev = b"event: message\nid: 5\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"elicitation/create\",\"params\":{\"message\":\"name?\"}}\n\n";
+        let mut out = Vec::new();
+        let EventVerdict::Ask(ask) = rewrite_event(Method::ToolsCall, ev, Some(b"1"), &mut out)
+        else {
+            panic!("not an ask")
+        };
+        assert!(out.is_empty());
+        assert_eq!(ask.id, b"0");
+        assert_eq!(ask_kind(&ask.method), AskKind::Input);
+        assert_eq!(ask_kind("ping"), AskKind::Ping);
+        assert_eq!(ask_kind("tasks/get"), AskKind::Unsupported);
+        input_required(&mut out, b"\"c-1\"", &ask.input, b"SEALED");
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], "c-1");
+        assert_eq!(v["result"]["resultType"], "input_required");
+        assert_eq!(v["result"]["requestState"], "SEALED");
+        let req = &v["result"]["inputRequests"][INPUT_KEY];
+        assert_eq!(req["method"], "elicitation/create");
+        assert_eq!(req["params"]["message"], "name?");
+        assert!(req.get("id").is_none());
+
+        let retry = br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","inputResponses":{"mcplb-input":{"action":"accept","content":{"a":1}}},"requestState":"SEALED"}}"#;
+        let r = retry_input(retry).unwrap();
+        assert_eq!(r.state, "SEALED");
+        let answer = r.responses[INPUT_KEY].get().as_bytes();
+        let v: Value = serde_json::from_slice(&server_response(&ask.id, answer)).unwrap();
+        assert_eq!(v["id"], 0);
+        assert_eq!(v["result"]["action"], "accept");
+        assert!(
+            retry_input(br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{}}"#).is_none()
+        );
+        let v: Value = serde_json::from_slice(&server_error(b"\"s\"", -32601, "no \"x\"")).unwrap();
+        assert_eq!(v["error"]["message"], "no \"x\"");
+
+        assert_eq!(parse_state(&state_payload(3, 0xfeed)), Some((3, 0xfeed)));
+        assert_eq!(parse_state(b"sess-id-of-a-backend"), None);
+        assert_eq!(parse_state(b"mrtr"), None);
     }
 
     #[test]
