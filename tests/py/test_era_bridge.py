@@ -102,11 +102,40 @@ def everything(tmp_path_factory: pytest.TempPathFactory):
     e.stop()
 
 
-@pytest.fixture(scope="module")
-def bridged_url(everything: Everything, tmp_path_factory: pytest.TempPathFactory):
-    proxy = start_proxy_file(_config(tmp_path_factory.mktemp("era-lb"), "everything", everything))
+def _stdio_config(workdir: Path, mode: str) -> Path:
+    node = shutil.which("node")
+    if node is None or not EVERYTHING_JS.is_file():
+        pytest.fail(f"server-everything needs node and {EVERYTHING_JS} (cd tests/ts && npm ci)")
+    command = json.dumps([node, str(EVERYTHING_JS), "stdio"])
+    path = workdir / f"mcplb-stdio-{mode}.toml"
+    path.write_text(
+        "[proxy]\n"
+        'listen = "127.0.0.1:0"\n'
+        "workers = 2\n\n"
+        "[[servers]]\n"
+        'name = "everything-stdio"\n'
+        'path = "/mcp"\n'
+        f'backends = [{{ command = {command}, mode = "{mode}" }}]\n'
+    )
+    return path
+
+
+@pytest.fixture(scope="module", params=["http", "stdio-per-session", "stdio-shared"])
+def bridged_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """mcplb in front of server-everything: over Streamable HTTP, or as a stdio command (the
+    stdio bridge serves it as a 2025-era loopback HTTP backend: the same era bridge)."""
+    workdir = tmp_path_factory.mktemp("era-lb")
+    backend = None
+    if request.param == "http":
+        backend = Everything(workdir).start()
+        config = _config(workdir, "everything", backend)
+    else:
+        config = _stdio_config(workdir, request.param.removeprefix("stdio-"))
+    proxy = start_proxy_file(config)
     yield proxy.url
     proxy.stop()
+    if backend is not None:
+        backend.stop()
 
 
 def text_of(result) -> str:
@@ -232,10 +261,21 @@ async def test_without_the_bridge_the_2025_server_refuses(tmp_path: Path, everyt
         proxy.stop()
 
 
-async def test_elicitation_round_trip_through_input_required(bridged_url: str) -> None:
+def _skip_shared(request: pytest.FixtureRequest) -> None:
+    if request.node.callspec.params.get("bridged_url") == "stdio-shared":
+        pytest.skip(
+            'mode = "shared": one process, initialized once by the stdio bridge, serves every '
+            "session, so a session's declared capabilities (elicitation) do not reach it"
+        )
+
+
+async def test_elicitation_round_trip_through_input_required(
+    bridged_url: str, request: pytest.FixtureRequest
+) -> None:
     # server-everything asks its client for input (elicitation/create on the call's stream);
     # the 2026-07-28 client gets an input_required result with mcplb's sealed requestState,
     # answers through its callback and retries; mcplb hands the answer to the waiting call.
+    _skip_shared(request)
     from mcp_types import ElicitResult
 
     asked: list[str] = []
@@ -257,9 +297,10 @@ async def test_elicitation_round_trip_through_input_required(bridged_url: str) -
         assert text_of(await client.call_tool("get-sum", {"a": 1, "b": 1})) == "The sum of 1 and 1 is 2."
 
 
-def test_raw_input_required_round_trip_and_a_stale_state(bridged_url: str) -> None:
+def test_raw_input_required_round_trip_and_a_stale_state(bridged_url: str, request: pytest.FixtureRequest) -> None:
     # The wire of the round trip, and a requestState mcplb sealed for a call it no longer
     # holds: a JSON-RPC error with the reason, never a hang.
+    _skip_shared(request)
     caps = {"elicitation": {}}
     body = {
         "jsonrpc": "2.0",
