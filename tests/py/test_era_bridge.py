@@ -324,3 +324,95 @@ def test_raw_input_required_round_trip_and_a_stale_state(bridged_url: str, reque
     # The call was answered: the same state again is refused, with the reason.
     again = _message(httpx.post(bridged_url, json=retry, headers=headers, timeout=READ_TIMEOUT))
     assert again["id"] == 12 and "no longer held" in again["error"]["message"], again
+
+
+# --- a 2025-era client in front of a 2026-07-28-only server --------------------------------
+
+MODERN_SERVER = Path(__file__).resolve().parent / "modern_server.py"
+
+
+@pytest.fixture(scope="module", params=["auto", "2026"])
+def modern_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """mcplb (era = auto or "2026") in front of modern_server.py, which serves 2026-07-28 alone."""
+    import sys
+
+    workdir = tmp_path_factory.mktemp("era-modern")
+    port = free_port()
+    log = open(workdir / "modern.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, str(MODERN_SERVER), "--port", str(port), "--name", "modern"],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    log.close()
+    try:
+        wait_port(port, timeout=30)
+        config = workdir / "mcplb-modern.toml"
+        config.write_text(
+            "[proxy]\n"
+            'listen = "127.0.0.1:0"\n'
+            "workers = 2\n\n"
+            "[[servers]]\n"
+            'name = "modern"\n'
+            'path = "/mcp"\n'
+            f'backends = ["http://127.0.0.1:{port}/mcp"]\n'
+            f'era = "{request.param}"\n'
+            "[servers.health]\n"
+            'method = "server/discover"\n'
+        )
+        proxy = start_proxy_file(config)
+        yield proxy.url
+        proxy.stop()
+    finally:
+        _stop(proc)
+
+
+async def test_2025_client_lists_and_calls_tools_on_a_2026_server(modern_url: str) -> None:
+    async with Client(modern_url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as client:
+        assert client.protocol_version == "2025-11-25"
+        assert client.server_info is not None and client.server_info.name == "modern"
+        tools = await client.list_tools()
+        assert {"add", "whoami", "slow_progress"} <= {t.name for t in tools.tools}
+        assert text_of(await client.call_tool("add", {"a": 20, "b": 22})) == "42"
+        assert text_of(await client.call_tool("whoami", {})) == "modern"
+
+
+async def test_2025_client_streams_progress_from_a_2026_server(modern_url: str) -> None:
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async with Client(modern_url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as client:
+        result = await client.call_tool("slow_progress", {"steps": 3, "delay": 0.2}, progress_callback=on_progress)
+    assert text_of(result) == "done"
+    assert progress == [1, 2, 3]
+
+
+def test_2025_session_on_a_2026_server_is_mcplbs_own(modern_url: str) -> None:
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": "i",
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    }
+    r = httpx.post(modern_url, json=init, headers=headers, timeout=READ_TIMEOUT)
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["protocolVersion"] == "2025-06-18", "the client's revision, as the spec negotiates"
+    sid = r.headers["mcp-session-id"]
+    s = {**headers, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}
+    note = httpx.post(modern_url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=s, timeout=10)
+    assert note.status_code == 202
+    ping = httpx.post(modern_url, json={"jsonrpc": "2.0", "id": 3, "method": "ping"}, headers=s, timeout=10)
+    assert ping.json() == {"jsonrpc": "2.0", "id": 3, "result": {}}
+    call = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+    answer = _message(httpx.post(modern_url, json=call, headers=s, timeout=READ_TIMEOUT))
+    assert answer["id"] == 4 and answer["result"]["content"][0]["text"] == "5", answer
+    assert httpx.get(modern_url, headers={**s, "accept": "text/event-stream"}, timeout=10).status_code == 405
+    assert httpx.delete(modern_url, headers=s, timeout=10).status_code == 200
+    # A session id mcplb did not seal is unknown, as on any server.
+    bad = httpx.post(modern_url, json=call, headers={**s, "mcp-session-id": "nope"}, timeout=10)
+    assert bad.status_code in (400, 404), bad.text

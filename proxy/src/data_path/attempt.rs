@@ -12,7 +12,7 @@ use lb::{retry_decision, Retry, RetryContext, UpstreamError, UpstreamErrorKind};
 use protocol::Method;
 
 use crate::balance;
-use crate::config::SessionFailover;
+use crate::config::{BackendEra, SessionFailover};
 use crate::control::logs;
 use crate::control::stats::Gauge;
 use crate::data_path::admission::{self, ConcKeys, Permits};
@@ -20,6 +20,7 @@ use crate::data_path::request::{ClientConn, HttpMethod, Next, Refusal};
 use crate::data_path::response::{forward_response, Answer};
 use crate::data_path::{era_bridge, failover, reply, upstream};
 use crate::runtime::core::Core;
+use crate::session::era;
 use crate::tls::Conn;
 
 /// Where a request may go, as routing decided.
@@ -40,6 +41,9 @@ pub(crate) struct Plan<'s> {
     pub can_fail_over: bool,
     /// A 2026-07-28 request outside any session: bridged where its backend is of the 2025 era.
     pub modern: bool,
+    /// A request in a session mcplb made for a 2025-era client of a 2026-07-28 backend: what
+    /// the session carries (`session::era::parse_session_payload`).
+    pub legacy_client: Option<&'s [u8]>,
 }
 
 /// Ends a request's in-flight count on its backend however the attempt ends.
@@ -90,6 +94,16 @@ pub(crate) async fn send(
     let mut fresh_retry_used = false;
     // A bridged request's backend session was re-opened after a 404 (once only).
     let mut reopened = false;
+    // A 2025-era client's request to a 2026-07-28 backend: its body with the `_meta` its
+    // session declares, and the mirror headers.
+    let legacy = plan
+        .legacy_client
+        .and_then(era::parse_session_payload)
+        .and_then(|d| era::modern_request(c.req.body(), &d));
+    let new_handshake = c.meta.method == Method::Initialize
+        && plan.sid.is_none()
+        && plan.legacy_client.is_none()
+        && group.era_bridge;
     let mut ubuf = std::mem::take(&mut c.ubuf);
     if ubuf.capacity() == 0 {
         ubuf = core.take_buf();
@@ -134,6 +148,12 @@ pub(crate) async fn send(
         c.meta.backend = Some(bi);
         c.meta.ended_session = c.req.method() == HttpMethod::Delete && plan.sid.is_some();
         let in_flight = InFlight::start(core, gi, bi);
+        if new_handshake && group.era == BackendEra::Stateless {
+            // A 2026-07-28 backend: the client's initialize is answered from its discover.
+            drop(in_flight);
+            c.ubuf = ubuf;
+            return era_bridge::answer_initialize(core, c, gi, bi).await;
+        }
         let bridged = match era_bridge::session_for(core, c, gi, bi, plan.modern).await {
             Ok(b) => Ok(b),
             Err(era_bridge::Failed::Refuse(r)) => {
@@ -152,10 +172,21 @@ pub(crate) async fn send(
             Some(s) => s.sid.as_deref(),
             None => plan.sid.as_deref(),
         };
-        let version = bridge.map(|s| s.version.as_bytes());
+        let rewrite = match (bridge, &legacy) {
+            (Some(s), _) => upstream::Rewrite {
+                version: Some(s.version.as_bytes()),
+                ..Default::default()
+            },
+            (None, Some((body, headers))) => upstream::Rewrite {
+                version: Some(era::MODERN.as_bytes()),
+                body: Some(body),
+                headers,
+            },
+            (None, None) => upstream::Rewrite::default(),
+        };
         let result = match &bridged {
             Err(e) => Err(*e),
-            Ok(_) => attempt(core, c, gi, bi, sid, version, fresh, &mut ubuf).await,
+            Ok(_) => attempt(core, c, gi, bi, sid, &rewrite, fresh, &mut ubuf).await,
         };
         match result {
             Ok((mut up, head_len)) => {
@@ -168,6 +199,18 @@ pub(crate) async fn send(
                         fresh_retry = Some(bi);
                         c.meta.retried = true;
                         continue;
+                    }
+                }
+                if new_handshake && group.era == BackendEra::Auto {
+                    let head = ubuf.get(..head_len).unwrap_or_default();
+                    let refused = era::status_of(head).is_some_and(|s| (400..500).contains(&s));
+                    if refused && era_bridge::serves_2026(core, gi, bi).await {
+                        // It refused the handshake and serves 2026-07-28: a server of that
+                        // revision alone. The client's initialize is answered from its discover.
+                        drop(up);
+                        drop(in_flight);
+                        c.ubuf = ubuf;
+                        return era_bridge::answer_initialize(core, c, gi, bi).await;
                     }
                 }
                 let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
@@ -253,7 +296,7 @@ async fn attempt(
     gi: usize,
     bi: usize,
     sid: Option<&[u8]>,
-    version: Option<&[u8]>,
+    rewrite: &upstream::Rewrite<'_>,
     fresh: bool,
     ubuf: &mut Vec<u8>,
 ) -> Result<(Conn, usize), UpstreamError> {
@@ -275,7 +318,7 @@ async fn attempt(
         &c.req,
         backend,
         sid,
-        version,
+        rewrite,
         &group.auth.upstream,
         forwarding,
     );

@@ -277,7 +277,7 @@ pub(crate) async fn session_lost(
 /// Answers a bridged `server/discover` from the session's `initialize`.
 pub(crate) async fn answer_discover(c: &mut ClientConn, s: &BridgeSession) -> Next {
     let mut body = Vec::with_capacity(s.discover.len() + 48);
-    era::discover_answer(&mut body, c.req.id().unwrap_or_default(), &s.discover);
+    era::result_answer(&mut body, c.req.id().unwrap_or_default(), &s.discover);
     let next = reply::document(c, 200, &body, "").await;
     // Answered by mcplb, but for the backend it stands for.
     c.meta.by_proxy = false;
@@ -955,4 +955,146 @@ async fn send(c: &mut ClientConn) -> bool {
     out.clear();
     c.out = out;
     w.is_ok()
+}
+
+/// Whether backend `bi` serves 2026-07-28 requests (learned with a probe when this core has
+/// not yet).
+pub(crate) async fn serves_2026(core: &Core, gi: usize, bi: usize) -> bool {
+    let group = core.shared.config.servers.get(gi);
+    let (Some(group), Some(backend)) = (group, group.and_then(|g| g.backends.get(bi))) else {
+        return false;
+    };
+    let learned = match core.bridges.learned(gi, bi) {
+        Learned::Unknown => match probe(core, gi, bi, group, backend).await {
+            Ok(l) => {
+                core.bridges.learned.borrow_mut().insert((gi, bi), l);
+                l
+            }
+            Err(_) => return false,
+        },
+        l => l,
+    };
+    learned == Learned::Stateless
+}
+
+/// Answers a 2025-era client's `initialize` for a 2026-07-28 backend from that backend's
+/// `server/discover` (sent with what the client declared): the revision negotiated as the
+/// spec says, and a session id of mcplb's own, sealed, carrying what the client declared (to
+/// go in every later request's `_meta`) and no backend state.
+pub(crate) async fn answer_initialize(
+    core: &Core,
+    c: &mut ClientConn,
+    gi: usize,
+    bi: usize,
+) -> Next {
+    let group = core.shared.config.servers.get(gi);
+    let (Some(group), Some(backend)) = (group, group.and_then(|g| g.backends.get(bi))) else {
+        return reply::refuse(c, &Refusal::new(503, -32603, "no backend available")).await;
+    };
+    let Some(hello) = era::hello(c.req.body()) else {
+        let r = Refusal::new(
+            400,
+            -32602,
+            "initialize needs params.protocolVersion (a string) and params.capabilities (an \
+             object)",
+        );
+        return reply::refuse(c, &r).await;
+    };
+    let failed = Refusal::new(
+        502,
+        -32603,
+        "the 2026-07-28 backend did not answer the server/discover mcplb sends to answer this \
+         initialize",
+    );
+    let body = era::discover_body(&hello.declared);
+    let Ok(answer) = own_exchange_on(
+        core,
+        gi,
+        bi,
+        group,
+        backend,
+        Own::Probe,
+        None,
+        &body,
+        Some(c),
+    )
+    .await
+    else {
+        return reply::refuse(c, &failed).await;
+    };
+    let msg = era::answer_message(&answer.body, answer.sse)
+        .filter(|m| answer.ok && m.get("result").is_some());
+    let id = c.req.id().unwrap_or(b"null");
+    let version = era::negotiate(hello.version);
+    let Some(out) = msg.and_then(|m| era::initialize_answer(id, version, &m).ok()) else {
+        return reply::refuse(c, &failed).await;
+    };
+    let Some(payload) = era::session_payload(&hello.declared, crate::session::MAX_BACKEND_SID)
+    else {
+        let r = Refusal::new(
+            400,
+            -32602,
+            "the capabilities this client declares are too long for the session id mcplb \
+             issues in front of a 2026-07-28 server (at most 250 bytes of JSON)",
+        );
+        return reply::refuse(c, &r).await;
+    };
+    let mut sealed = Vec::new();
+    if core
+        .shared
+        .sealer
+        .seal(backend.tag, c.owner.as_ref(), &payload, &mut sealed)
+        .is_err()
+    {
+        return reply::refuse(c, &failed).await;
+    }
+    let header = format!("mcp-session-id: {}\r\n", String::from_utf8_lossy(&sealed));
+    c.meta.backend = Some(bi);
+    let next = reply::document(c, 200, &out, &header).await;
+    c.meta.by_proxy = false;
+    next
+}
+
+/// In a session mcplb made for a 2025-era client of a 2026-07-28 backend, answers here what
+/// such a backend has no use for: notifications and responses (202), `ping`, the GET stream
+/// (405: the backend has none) and the session's end (DELETE); `None` for the rest.
+pub(crate) async fn answer_locally(c: &mut ClientConn) -> Option<Next> {
+    use crate::control::stats;
+    use crate::data_path::request::HttpMethod;
+    let empty = |c: &mut ClientConn, status: u16, reason: &str| {
+        c.out.clear();
+        let _ = write!(
+            c.out,
+            "HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\n\r\n"
+        );
+        c.meta.status = status;
+        c.meta.by_proxy = true;
+    };
+    match c.req.method() {
+        HttpMethod::Get => {
+            let r = Refusal::new(
+                405,
+                -32601,
+                "the 2026-07-28 server behind mcplb has no standalone stream",
+            );
+            return Some(reply::refuse(c, &r).await);
+        }
+        HttpMethod::Delete => {
+            let next = reply::must_close(c, false);
+            empty(c, 200, "OK");
+            return Some(reply::send_out(c, next).await);
+        }
+        _ => {}
+    }
+    if c.meta.row == stats::M_NOTIFICATION || c.meta.row == stats::M_RESPONSE {
+        let next = reply::must_close(c, false);
+        empty(c, 202, "Accepted");
+        return Some(reply::send_out(c, next).await);
+    }
+    if c.meta.method == Method::Ping {
+        let mut body = Vec::new();
+        era::result_answer(&mut body, c.req.id().unwrap_or_default(), b"{}");
+        return Some(reply::document(c, 200, &body, "").await);
+    }
+    None
 }

@@ -85,17 +85,17 @@ pub(crate) async fn read_head(
 /// query, `Host` set to the backend, hop-by-hop headers (the fixed list, `Proxy-*` and those
 /// the request's `Connection` names) and mcplb's own credentials dropped (unless the group
 /// forwards them), the client's address as `forwarding` says, the backend's session id, the
-/// body. `version`, when set, replaces the client's `MCP-Protocol-Version` (a bridged
-/// 2026-07-28 request goes out at the revision its backend session negotiated).
+/// body. `rewrite` says what the era bridge changes ([`Rewrite`]).
 pub(crate) fn build_request(
     out: &mut Vec<u8>,
     req: &Request,
     backend: &Backend,
     backend_sid: Option<&[u8]>,
-    version: Option<&[u8]>,
+    rewrite: &Rewrite<'_>,
     credential: &UpstreamCredential,
     forwarding: (&ClientAddress, &Hop),
 ) {
+    let version = rewrite.version;
     let strip_auth = !matches!(credential, UpstreamCredential::Forward);
     out.extend_from_slice(req.method_bytes());
     out.push(b' ');
@@ -122,6 +122,11 @@ pub(crate) fn build_request(
         if version.is_some() && name.eq_ignore_ascii_case(b"mcp-protocol-version") {
             continue;
         }
+        if !rewrite.headers.is_empty()
+            && (name.eq_ignore_ascii_case(b"mcp-method") || name.eq_ignore_ascii_case(b"mcp-name"))
+        {
+            continue;
+        }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
@@ -132,6 +137,7 @@ pub(crate) fn build_request(
         out.extend_from_slice(v);
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(rewrite.headers);
     client_address::write(out, fwd, hop, req);
     if let UpstreamCredential::Inject(secret) = credential {
         out.extend_from_slice(b"authorization: ");
@@ -143,7 +149,7 @@ pub(crate) fn build_request(
         out.extend_from_slice(sid);
         out.extend_from_slice(b"\r\n");
     }
-    let body = req.body();
+    let body = rewrite.body.unwrap_or(req.body());
     if req.method() == HttpMethod::Post || !body.is_empty() {
         let _ = write!(out, "content-length: {}\r\n", body.len());
     }
@@ -153,6 +159,19 @@ pub(crate) fn build_request(
 
 /// Largest body of an answer to one of mcplb's own requests that is kept.
 const MAX_EXCHANGE_BODY: usize = 1024 * 1024;
+
+/// What the era bridge changes in a request on its way to a backend (nothing by default).
+#[derive(Default)]
+pub(crate) struct Rewrite<'a> {
+    /// Replaces the client's `MCP-Protocol-Version` (a bridged request goes out at its
+    /// backend's revision).
+    pub version: Option<&'a [u8]>,
+    /// Replaces the body (a 2025-era client's request with the `_meta` of 2026-07-28).
+    pub body: Option<&'a [u8]>,
+    /// Header lines to add (each ending in CRLF); when any, the client's `Mcp-Method` and
+    /// `Mcp-Name` are dropped (these lines replace them).
+    pub headers: &'a [u8],
+}
 
 /// The parts of a whole small answer mcplb asked for itself.
 #[derive(Default)]

@@ -1,9 +1,16 @@
-//! Bridging the protocol eras: a 2026-07-28 client (stateless; every request carries its own
-//! `_meta`) in front of a 2025-era backend (`initialize`, `Mcp-Session-Id`). The decisions as
-//! plain functions over bytes, with no I/O: which requests are bridged, what keys the backend
-//! session a request may share, the `initialize` mcplb sends for them, what the backend's
-//! answer means, the `server/discover` result made from it, and what an era probe's answer
-//! says. `data_path::era_bridge` moves the bytes.
+//! Bridging the protocol eras, as plain functions over bytes (no I/O); `data_path::era_bridge`
+//! moves the bytes.
+//!
+//! A 2026-07-28 client (stateless; every request carries its own `_meta`) in front of a
+//! 2025-era backend (`initialize`, `Mcp-Session-Id`): which requests are bridged, what keys
+//! the backend session a request may share, the `initialize` mcplb sends for them, what the
+//! backend's answers mean, the `server/discover` result made from them, how an answer is made
+//! what the 2026-07-28 wire requires, how a server-to-client request becomes an
+//! `input_required` result and the retry's input goes back, and what an era probe says.
+//!
+//! A 2025-era client in front of a 2026-07-28-only backend: its `initialize` answered from
+//! the backend's `server/discover`, the session id mcplb issues (what the client declared, no
+//! backend state), and each request made a 2026-07-28 one (`_meta`, mirror headers).
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -217,11 +224,176 @@ fn own_client_info() -> String {
 
 /// The `server/discover` mcplb sends to learn a backend's era (`era = "auto"`).
 pub(crate) fn probe_body() -> Vec<u8> {
+    discover_body(&Declared {
+        capabilities: b"{}",
+        client_info: None,
+    })
+}
+
+/// A `server/discover` for a client that declares `d` (mcplb's own client info when none).
+pub(crate) fn discover_body(d: &Declared<'_>) -> Vec<u8> {
+    let info = d
+        .client_info
+        .map_or_else(own_client_info, |i| String::from_utf8_lossy(i).into_owned());
     format!(
-        "{{\"jsonrpc\":\"2.0\",\"id\":{OWN_ID},\"method\":\"server/discover\",\"params\":{{\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"{MODERN}\",\"io.modelcontextprotocol/clientCapabilities\":{{}},\"io.modelcontextprotocol/clientInfo\":{}}}}}}}",
-        own_client_info()
+        "{{\"jsonrpc\":\"2.0\",\"id\":{OWN_ID},\"method\":\"server/discover\",\"params\":{{\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"{MODERN}\",\"io.modelcontextprotocol/clientCapabilities\":{},\"io.modelcontextprotocol/clientInfo\":{info}}}}}}}",
+        String::from_utf8_lossy(d.capabilities)
     )
     .into_bytes()
+}
+
+/// What a 2025-era client's `initialize` declares: the revision it asks for, and its
+/// capabilities and client info as raw JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hello<'a> {
+    /// `params.protocolVersion`.
+    pub version: &'a str,
+    /// `params.capabilities` and `params.clientInfo`.
+    pub declared: Declared<'a>,
+}
+
+#[derive(Deserialize)]
+struct HelloFrame<'a> {
+    #[serde(borrow)]
+    params: HelloParams<'a>,
+}
+
+#[derive(Deserialize)]
+struct HelloParams<'a> {
+    #[serde(borrow, rename = "protocolVersion")]
+    version: &'a str,
+    #[serde(borrow, default)]
+    capabilities: Option<&'a RawValue>,
+    #[serde(borrow, rename = "clientInfo", default)]
+    client_info: Option<&'a RawValue>,
+}
+
+/// Reads an `initialize` body (`None`: not one mcplb can answer).
+pub(crate) fn hello(body: &[u8]) -> Option<Hello<'_>> {
+    let f: HelloFrame<'_> = serde_json::from_slice(body).ok()?;
+    let capabilities = f
+        .params
+        .capabilities
+        .map_or(&b"{}"[..], |c| c.get().as_bytes());
+    if !capabilities.starts_with(b"{") {
+        return None;
+    }
+    Some(Hello {
+        version: f.params.version,
+        declared: Declared {
+            capabilities,
+            client_info: f.params.client_info.map(|i| i.get().as_bytes()),
+        },
+    })
+}
+
+/// The handshake-era revision mcplb answers a client asking for `asked`: the same when it
+/// is one of the 2025 era, else the newest (the spec's negotiation).
+pub(crate) fn negotiate(asked: &str) -> &'static str {
+    HANDSHAKE_VERSIONS
+        .iter()
+        .find(|v| **v == asked)
+        .copied()
+        .unwrap_or(OFFERED)
+}
+
+/// The answer to a 2025-era client's `initialize` (JSON-RPC id `id`, raw) made from a
+/// 2026-07-28 backend's `server/discover` answer `msg`, at revision `version`.
+pub(crate) fn initialize_answer(id: &[u8], version: &str, msg: &Value) -> Result<Vec<u8>, String> {
+    let result = msg
+        .get("result")
+        .ok_or("the backend's server/discover answer has no result")?;
+    let mut out = serde_json::Map::new();
+    out.insert("protocolVersion".into(), Value::from(version));
+    out.insert(
+        "capabilities".into(),
+        result
+            .get("capabilities")
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Default::default())),
+    );
+    let info = result
+        .get("_meta")
+        .and_then(|m| m.get("io.modelcontextprotocol/serverInfo"))
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({"name": "mcplb-era-bridge", "version": env!("CARGO_PKG_VERSION")}));
+    out.insert("serverInfo".into(), info);
+    if let Some(i) = result.get("instructions").filter(|i| i.is_string()) {
+        out.insert("instructions".into(), i.clone());
+    }
+    let id: Value = serde_json::from_slice(id).unwrap_or(Value::Null);
+    serde_json::to_vec(&serde_json::json!({"jsonrpc": "2.0", "id": id, "result": out}))
+        .map_err(|e| e.to_string())
+}
+
+/// What the session id mcplb gives a 2025-era client of a 2026-07-28 backend carries (sealed):
+/// what its `initialize` declared, to be sent in every request's `_meta`. No backend state.
+const SESSION_PREFIX: &[u8; 4] = b"era1";
+
+/// The plain bytes of such a session id, when they fit `max` (the client info is left out
+/// when only that makes them fit).
+pub(crate) fn session_payload(d: &Declared<'_>, max: usize) -> Option<Vec<u8>> {
+    let build = |info: &[u8]| {
+        let mut out = Vec::with_capacity(6 + d.capabilities.len() + info.len());
+        out.extend_from_slice(SESSION_PREFIX);
+        out.extend_from_slice(&u16::try_from(d.capabilities.len()).ok()?.to_le_bytes());
+        out.extend_from_slice(d.capabilities);
+        out.extend_from_slice(info);
+        (out.len() <= max).then_some(out)
+    };
+    build(d.client_info.unwrap_or(b"")).or_else(|| build(b""))
+}
+
+/// What a session id's plain bytes declare, when mcplb made them for a 2025-era client of a
+/// 2026-07-28 backend.
+pub(crate) fn parse_session_payload(p: &[u8]) -> Option<Declared<'_>> {
+    let rest = p.strip_prefix(SESSION_PREFIX)?;
+    let (len, rest) = rest.split_first_chunk::<2>()?;
+    let (capabilities, info) = rest.split_at_checked(usize::from(u16::from_le_bytes(*len)))?;
+    Some(Declared {
+        capabilities,
+        client_info: (!info.is_empty()).then_some(info),
+    })
+}
+
+/// A 2025-era client's request as a 2026-07-28 backend takes it: `_meta` carrying the
+/// revision and what the client declared, and the `Mcp-Method`/`Mcp-Name` header lines that
+/// mirror the body. `None`: not a JSON-RPC request object.
+pub(crate) fn modern_request(body: &[u8], d: &Declared<'_>) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let method = v.get("method")?.as_str()?.to_string();
+    let obj = v.as_object_mut()?;
+    let params = obj
+        .entry("params")
+        .or_insert_with(|| Value::Object(Default::default()))
+        .as_object_mut()?;
+    let name = match method.as_str() {
+        "tools/call" | "prompts/get" => params.get("name").and_then(Value::as_str),
+        "resources/read" => params.get("uri").and_then(Value::as_str),
+        _ => None,
+    }
+    .map(str::to_string);
+    let meta = params
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(Default::default()))
+        .as_object_mut()?;
+    meta.insert(
+        "io.modelcontextprotocol/protocolVersion".into(),
+        Value::from(MODERN),
+    );
+    meta.insert(
+        "io.modelcontextprotocol/clientCapabilities".into(),
+        serde_json::from_slice(d.capabilities).ok()?,
+    );
+    if let Some(info) = d.client_info.and_then(|i| serde_json::from_slice(i).ok()) {
+        meta.insert("io.modelcontextprotocol/clientInfo".into(), info);
+    }
+    let body = serde_json::to_vec(&v).ok()?;
+    let mut headers = format!("mcp-method: {method}\r\n").into_bytes();
+    if let Some(n) = name.filter(|n| n.bytes().all(|b| (0x20..0x7f).contains(&b))) {
+        headers.extend_from_slice(format!("mcp-name: {n}\r\n").as_bytes());
+    }
+    Some((body, headers))
 }
 
 /// The JSON-RPC response in the body of a whole answer: the body itself (`application/json`),
@@ -302,9 +474,9 @@ pub(crate) fn initialized(msg: &Value) -> Result<Initialized, String> {
     })
 }
 
-/// The answer to a client's `server/discover` with JSON-RPC id `id` (raw bytes), from a
-/// session's discover result.
-pub(crate) fn discover_answer(out: &mut Vec<u8>, id: &[u8], discover: &[u8]) {
+/// A JSON-RPC answer with id `id` (raw bytes) and `result` (raw JSON): a client's
+/// `server/discover` answered from a session's discover result, a `ping` mcplb answers.
+pub(crate) fn result_answer(out: &mut Vec<u8>, id: &[u8], discover: &[u8]) {
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
     out.extend_from_slice(if id.is_empty() { b"null" } else { id });
     out.extend_from_slice(b",\"result\":");
@@ -741,7 +913,7 @@ mod tests {
         let init = initialized(&answer).unwrap();
         assert_eq!(init.protocol_version, "2025-06-18");
         let mut out = Vec::new();
-        discover_answer(&mut out, b"\"q\"", &init.discover);
+        result_answer(&mut out, b"\"q\"", &init.discover);
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["id"], "q");
         let r = &v["result"];
@@ -890,6 +1062,59 @@ mod tests {
         assert_eq!(parse_state(&state_payload(3, 0xfeed)), Some((3, 0xfeed)));
         assert_eq!(parse_state(b"sess-id-of-a-backend"), None);
         assert_eq!(parse_state(b"mrtr"), None);
+    }
+
+    #[test]
+    fn a_2025_client_of_a_2026_server() {
+        let init = br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+        let h = hello(init).unwrap();
+        assert_eq!(h.version, "2025-06-18");
+        assert_eq!(negotiate(h.version), "2025-06-18");
+        assert_eq!(negotiate("2030-01-01"), OFFERED);
+        let d: Value = serde_json::from_slice(&discover_body(&h.declared)).unwrap();
+        assert_eq!(
+            d["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"]["sampling"],
+            serde_json::json!({})
+        );
+        assert_eq!(
+            d["params"]["_meta"]["io.modelcontextprotocol/clientInfo"]["name"],
+            "c"
+        );
+        let discovered = serde_json::json!({"jsonrpc":"2.0","id":"x","result":{"supportedVersions":["2026-07-28"],
+            "capabilities":{"tools":{}},"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"modern","version":"2"}}}});
+        let a: Value =
+            serde_json::from_slice(&initialize_answer(b"0", "2025-06-18", &discovered).unwrap())
+                .unwrap();
+        assert_eq!(a["id"], 0);
+        assert_eq!(a["result"]["protocolVersion"], "2025-06-18");
+        assert_eq!(a["result"]["serverInfo"]["name"], "modern");
+        assert_eq!(a["result"]["capabilities"]["tools"], serde_json::json!({}));
+
+        let p = session_payload(&h.declared, 256).unwrap();
+        assert_eq!(parse_session_payload(&p), Some(h.declared));
+        // Too long with the client info: without it; too long anyway: none.
+        let no_info = session_payload(&h.declared, 6 + 16).unwrap();
+        assert_eq!(parse_session_payload(&no_info).unwrap().client_info, None);
+        assert!(session_payload(&h.declared, 8).is_none());
+        assert!(parse_session_payload(b"backend-session").is_none());
+
+        let call = br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"add","arguments":{"a":1}}}"#;
+        let (body, headers) = modern_request(call, &h.declared).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"],
+            MODERN
+        );
+        assert_eq!(v["params"]["arguments"]["a"], 1);
+        assert_eq!(headers, b"mcp-method: tools/call\r\nmcp-name: add\r\n");
+        let list = br#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#;
+        let (body, headers) = modern_request(list, &h.declared).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v["params"]["_meta"]["io.modelcontextprotocol/clientInfo"]["name"],
+            "c"
+        );
+        assert_eq!(headers, b"mcp-method: tools/list\r\n");
     }
 
     #[test]
