@@ -14,7 +14,10 @@
 # the mock; default target/release/mcplb-load), MODE (`stateless`, the default, or
 # `session-auth`: a group with an API key in front of the stateful mock, every request a
 # `tools/call` in one session opened through each proxy, with the key: the path that opens
-# the sealed session id and checks its owner; bench/quick/post_session.lua).
+# the sealed session id and checks its owner; bench/quick/post_session.lua; or `era`: the
+# cost of the era bridge, usually with A = B = one build: the stateful (2025-era) mock, the
+# 2026-07-28 `tools/call` of post.lua, A's group with `era = "2026"` (the request passes as it
+# is: the plain path) and B's with `era = "2025"` (bridged through a backend session)).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -34,18 +37,22 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 MOCK_PORT=$(free_port)
 case $MODE in
     stateless) MOCK_MODE=(--stateless); LUA=post.lua; AUTH="" ;;
+    era) MOCK_MODE=(); LUA=post.lua; AUTH="" ;;
     session-auth)
         MOCK_MODE=(); LUA=post_session.lua
         API_KEY=ab-bench-key
         AUTH=$(printf '[servers.auth]\napi_keys = ["sha256:%s"]' "$(printf %s "$API_KEY" | sha256sum | cut -d' ' -f1)") ;;
-    *) echo "MODE must be stateless or session-auth"; exit 2 ;;
+    *) echo "MODE must be stateless, session-auth or era"; exit 2 ;;
 esac
 taskset -c 1 "$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" "${MOCK_MODE[@]}" --threads 1 >"$RUN/mock.log" 2>&1 &
 pids+=($!)
 
 start_proxy() { # bin name -> sets PID and PORT (no subshell: its PID must reach cleanup)
-    local bin=$1 name=$2 port
+    local bin=$1 name=$2 port era=""
     port=$(free_port)
+    if [[ $MODE == era ]]; then
+        if [[ $name == a ]]; then era='era = "2026"'; else era='era = "2025"'; fi
+    fi
     cat >"$RUN/$name.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:$port"
@@ -55,6 +62,7 @@ max_connections_per_ip = 100000
 name = "b"
 path = "/mcp"
 backends = ["http://127.0.0.1:$MOCK_PORT/mcp"]
+$era
 [servers.health]
 enabled = false
 $AUTH
@@ -137,6 +145,12 @@ lines = [
      f"the 200-byte `tools/call` of `bench/quick/post.lua`) on core 1; A B A B ..., {pairs} pairs "
      "after one warm-up each. CPU = the proxy's utime+stime over the run / requests.")
     if mode == "stateless" else
+    (f"- Method: `MODE=era bench/ab.sh` — both proxies up at once, one worker each pinned to core 0; "
+     f"the stateful (2025-era) mock (`mcplb-load mock --threads 1`) and wrk (`-t1 -c{conns} -d{secs}s "
+     f"--latency`, the 200-byte 2026-07-28 `tools/call` of `bench/quick/post.lua`) on core 1; A's group "
+     f"`era = \"2026\"` (passed as it is), B's `era = \"2025\"` (bridged through a backend session); "
+     f"A B A B ..., {pairs} pairs after one warm-up each. CPU = the proxy's utime+stime over the run / requests.")
+    if mode == "era" else
     (f"- Method: `MODE=session-auth bench/ab.sh` — both proxies up at once, one worker each pinned "
      f"to core 0, a group requiring an API key; the stateful mock (`mcplb-load mock --threads 1`) "
      f"and wrk (`-t1 -c{conns} -d{secs}s --latency`, `bench/quick/post_session.lua`: a `tools/call` "

@@ -16,7 +16,7 @@ use lb::{UpstreamError, UpstreamErrorKind};
 use protocol::Method;
 
 use crate::auth::UpstreamCredential;
-use crate::config::{Backend, ServerGroup};
+use crate::config::{Backend, BackendEra, ServerGroup};
 use crate::data_path::request::{ClientConn, Next, Refusal};
 use crate::data_path::response::{self, Answer, Framing};
 use crate::data_path::{reply, upstream};
@@ -106,6 +106,9 @@ pub(crate) async fn session_for(
     let (Some(group), Some(backend)) = (group, group.and_then(|g| g.backends.get(bi))) else {
         return Ok(None);
     };
+    if !group.era_bridge || group.era == BackendEra::Stateless {
+        return Ok(None);
+    }
     let learned = core.bridges.learned(gi, bi);
     match era::route(group.era_bridge, group.era, learned, Some(era::MODERN)) {
         EraRoute::Plain => return Ok(None),
