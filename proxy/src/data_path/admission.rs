@@ -175,8 +175,7 @@ pub(crate) fn envelope(core: &Core, c: &mut ClientConn, gi: usize) -> Result<Adm
             && (env
                 .protocol_version
                 .is_some_and(|v| v.eq_str(crate::session::era::MODERN))
-                || c.req.header(b"mcp-protocol-version")
-                    == Some(crate::session::era::MODERN.as_bytes())),
+                || c.req.head.modern_version),
     });
     let tool = (method == Method::ToolsCall)
         .then_some(env.name)

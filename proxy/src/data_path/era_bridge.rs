@@ -1,12 +1,18 @@
-//! A 2026-07-28 request to a 2025-era backend: the bytes of the era bridge. Which requests
-//! are bridged, the session key, the `initialize` and what its answer means are decided by the
-//! plain functions of `session::era`; this module sends mcplb's own requests (the era probe,
-//! `initialize` and `notifications/initialized`) and keeps, per core, what it learned: each
-//! backend's era and the backend sessions bridged requests share (keyed by what the request's
-//! `_meta` declares and who sends it; re-opened when the backend drops one, see
-//! `attempt::send`).
+//! The bytes of the era bridge; what they mean is decided by the plain functions of
+//! `session::era`.
+//!
+//! A 2026-07-28 request to a 2025-era backend: this module sends mcplb's own requests (the era
+//! probe, `initialize`, `notifications/initialized`, the answers to the backend's requests)
+//! and keeps, per core, what it learned: each backend's era and the backend sessions bridged
+//! requests share (keyed by what the request's `_meta` declares and who sends it; re-opened
+//! when the backend drops one, see `attempt::send`). It relays the answers, rewritten event by
+//! event, and parks a call whose backend asks for input until the client's retry (`resume`).
+//!
+//! A 2025-era client of a 2026-07-28-only backend: its `initialize` answered from the
+//! backend's `server/discover` ([`answer_initialize`]), and what such a backend has no use for
+//! answered here ([`answer_locally`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::rc::Rc;
@@ -52,21 +58,39 @@ impl BridgeSession {
 }
 
 /// What one core knows about its backends' eras and the sessions it holds on them.
-#[derive(Default)]
 pub(crate) struct Bridges {
-    learned: RefCell<HashMap<(usize, usize), Learned>>,
+    /// `learned[group][backend]`.
+    learned: Vec<Vec<Cell<Learned>>>,
     sessions: RefCell<HashMap<(usize, usize, u64), Rc<BridgeSession>>>,
     /// Calls waiting for their client's input, by token.
     parked: RefCell<HashMap<u64, Parked>>,
 }
 
 impl Bridges {
+    /// Nothing learned or held yet, for the groups of `config`.
+    pub(crate) fn new(config: &crate::config::Config) -> Bridges {
+        Bridges {
+            learned: config
+                .servers
+                .iter()
+                .map(|g| vec![Cell::new(Learned::Unknown); g.backends.len()])
+                .collect(),
+            sessions: Default::default(),
+            parked: Default::default(),
+        }
+    }
+
     fn learned(&self, gi: usize, bi: usize) -> Learned {
         self.learned
-            .borrow()
-            .get(&(gi, bi))
-            .copied()
-            .unwrap_or_default()
+            .get(gi)
+            .and_then(|g| g.get(bi))
+            .map_or(Learned::Unknown, Cell::get)
+    }
+
+    fn learn(&self, gi: usize, bi: usize, l: Learned) {
+        if let Some(cell) = self.learned.get(gi).and_then(|g| g.get(bi)) {
+            cell.set(l);
+        }
     }
 
     /// Drops `s` (its backend answered 404: it no longer knows the session).
@@ -115,7 +139,7 @@ pub(crate) async fn session_for(
         EraRoute::Bridge => {}
         EraRoute::Probe => {
             let learned = probe(core, gi, bi, group, backend).await?;
-            core.bridges.learned.borrow_mut().insert((gi, bi), learned);
+            core.bridges.learn(gi, bi, learned);
             tracing::info!(
                 server = %group.name,
                 backend = %backend.name,
@@ -970,7 +994,7 @@ pub(crate) async fn serves_2026(core: &Core, gi: usize, bi: usize) -> bool {
     let learned = match core.bridges.learned(gi, bi) {
         Learned::Unknown => match probe(core, gi, bi, group, backend).await {
             Ok(l) => {
-                core.bridges.learned.borrow_mut().insert((gi, bi), l);
+                core.bridges.learn(gi, bi, l);
                 l
             }
             Err(_) => return false,

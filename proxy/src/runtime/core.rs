@@ -267,6 +267,7 @@ impl Core {
             },
         };
         let rec = CoreRecorder::for_config(&shared.config);
+        let bridges = crate::data_path::era_bridge::Bridges::new(&shared.config);
         let core = Core {
             pools,
             bal: CoreBalancer::new(&shared.config, index, balance::now_ns(shared.epoch)),
@@ -281,7 +282,7 @@ impl Core {
             generation,
             states: states.clone(),
             park,
-            bridges: Default::default(),
+            bridges,
         };
         if prev.is_some() {
             let n: i64 = core

@@ -726,7 +726,10 @@ struct RetryParams<'a> {
 
 /// The retry parts of a request body, when it has a `requestState` (a plain string).
 pub(crate) fn retry_input(body: &[u8]) -> Option<RetryInput<'_>> {
-    memchr::memmem::find(body, b"\"requestState\"")?;
+    // Every 2026-07-28 request comes here: a searcher built once, not per request.
+    static NEEDLE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"requestState\""));
+    NEEDLE.find(body)?;
     let f: RetryFrame<'_> = serde_json::from_slice(body).ok()?;
     Some(RetryInput {
         state: f.params.state,
