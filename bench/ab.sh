@@ -16,7 +16,7 @@
 # `tools/call` in one session opened through each proxy, with the key: the path that opens
 # the sealed session id and checks its owner; bench/quick/post_session.lua; or `era`: the
 # cost of the era bridge, usually with A = B = one build: the stateful (2025-era) mock, the
-# 2026-07-28 `tools/call` of post.lua, A's group with `era = "2026"` (the request passes as it
+# 2026-07-28 `tools/call` of post_modern.lua (full `_meta`), A's group with `era = "2026"` (the request passes as it
 # is: the plain path) and B's with `era = "2025"` (bridged through a backend session)).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -37,7 +37,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 MOCK_PORT=$(free_port)
 case $MODE in
     stateless) MOCK_MODE=(--stateless); LUA=post.lua; AUTH="" ;;
-    era) MOCK_MODE=(); LUA=post.lua; AUTH="" ;;
+    era) MOCK_MODE=(); LUA=post_modern.lua; AUTH="" ;;
     session-auth)
         MOCK_MODE=(); LUA=post_session.lua
         API_KEY=ab-bench-key
@@ -147,7 +147,7 @@ lines = [
     if mode == "stateless" else
     (f"- Method: `MODE=era bench/ab.sh` — both proxies up at once, one worker each pinned to core 0; "
      f"the stateful (2025-era) mock (`mcplb-load mock --threads 1`) and wrk (`-t1 -c{conns} -d{secs}s "
-     f"--latency`, the 200-byte 2026-07-28 `tools/call` of `bench/quick/post.lua`) on core 1; A's group "
+     f"--latency`, the 2026-07-28 `tools/call` of `bench/quick/post_modern.lua` with its full `_meta`) on core 1; A's group "
      f"`era = \"2026\"` (passed as it is), B's `era = \"2025\"` (bridged through a backend session); "
      f"A B A B ..., {pairs} pairs after one warm-up each. CPU = the proxy's utime+stime over the run / requests.")
     if mode == "era" else

@@ -123,8 +123,8 @@ pub(crate) struct Admitted {
     pub hash_key: Option<u64>,
     /// The concurrency rules it counts under.
     pub conc: ConcKeys,
-    /// A 2026-07-28 request (its `_meta` or its `MCP-Protocol-Version` says so): bridged to
-    /// 2025-era backends.
+    /// A 2026-07-28 request (its `_meta` declares that revision): bridged to 2025-era
+    /// backends.
     pub modern: bool,
 }
 
@@ -169,13 +169,13 @@ pub(crate) fn envelope(core: &Core, c: &mut ClientConn, gi: usize) -> Result<Adm
             .get(gi)
             .and_then(|g| route::balance_key(g, &c.req, c.client_ip, env.name.map(|n| n.raw()))),
         conc,
-        // The revision as the body's `_meta` or the `MCP-Protocol-Version` header says it
-        // (servers route on the header; some clients send only that).
+        // The revision as the body's `_meta` declares it (every 2026-07-28 request carries
+        // it; the header alone does not make one). Never a handshake.
         modern: env.kind == MessageKind::Request
-            && (env
+            && method != Method::Initialize
+            && env
                 .protocol_version
-                .is_some_and(|v| v.eq_str(crate::session::era::MODERN))
-                || c.req.head.modern_version),
+                .is_some_and(|v| v.eq_str(crate::session::era::MODERN)),
     });
     let tool = (method == Method::ToolsCall)
         .then_some(env.name)

@@ -64,7 +64,6 @@ pub(crate) fn parse_head(
     h.session = None;
     h.mcp_method = None;
     h.mcp_name = None;
-    h.modern_version = false;
     h.len = len;
     let mut codings = http::TransferCodings::default();
     for hd in req.headers.iter() {
@@ -95,8 +94,6 @@ pub(crate) fn parse_head(
             h.mcp_method = Some(vr.clone());
         } else if name.eq_ignore_ascii_case(b"mcp-name") {
             h.mcp_name = Some(vr.clone());
-        } else if name.eq_ignore_ascii_case(b"mcp-protocol-version") {
-            h.modern_version = value.trim_ascii() == crate::session::era::MODERN.as_bytes();
         }
         h.headers.push((nr, vr));
     }

@@ -41,8 +41,6 @@ pub struct ReqHead {
     pub session: Option<Range<usize>>,
     pub mcp_method: Option<Range<usize>>,
     pub mcp_name: Option<Range<usize>>,
-    /// `MCP-Protocol-Version` names 2026-07-28 (the era bridge's concern).
-    pub modern_version: bool,
     /// Length of the head through its blank line.
     pub len: usize,
 }
