@@ -10,7 +10,7 @@
 # wrk warms it up, callgrind's counters are zeroed, wrk (CONNS connections, SECS seconds, the
 # 200-byte `tools/call` of bench/quick/post.lua) loads it, the counters are dumped. Prints
 # instructions per request (total Ir / requests wrk counted) and the top functions.
-# Settings (env): SECS (10), CONNS (8), LOAD_BIN (mcplb-load for the mock), TOP (25), STATS
+# Settings (env): SECS (10), CONNS (8), LUA (the wrk script in bench/quick, post.lua), LOAD_BIN (mcplb-load for the mock), TOP (25), STATS
 # (true; false leaves out the statistics, whose once-a-second flush is charged to however many
 # requests that second saw), KEEP (a path prefix: keep each callgrind dump there).
 set -euo pipefail
@@ -47,9 +47,9 @@ EOF
     pids+=("$pid")
     for _ in $(seq 600); do grep -q "mcplb started" "$RUN/p.log" && break; sleep 0.1; done
     url="http://127.0.0.1:$port/mcp"
-    wrk -t1 -c"$CONNS" -d3s -s "$ROOT/bench/quick/post.lua" "$url" >/dev/null
+    wrk -t1 -c"$CONNS" -d3s -s "$ROOT/bench/quick/${LUA:-post.lua}" "$url" >/dev/null
     callgrind_control -z "$pid" >/dev/null
-    res=$(wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$ROOT/bench/quick/post.lua" "$url")
+    res=$(wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$ROOT/bench/quick/${LUA:-post.lua}" "$url")
     callgrind_control -d "$pid" >/dev/null
     sleep 1
     kill "$pid"; wait "$pid" 2>/dev/null || true
