@@ -20,8 +20,9 @@ use std::path::Path;
 pub use fields::parse_duration;
 pub(crate) use fields::{decode_hex32, fnv1a32};
 pub use types::{
-    Backend, Balance, ConcurrencyPer, ConcurrencyRule, Config, HashKey, HealthCheck, ProxyConfig,
-    ServerGroup, SessionFailover, DEFAULT_MAX_BODY, MAX_CONCURRENCY_RULES, READ_ONLY_CHECKS,
+    Backend, Balance, ConcurrencyPer, ConcurrencyRule, Config, HashKey, HealthCheck, Member,
+    NameFilter, PrefixMode, ProxyConfig, ServerGroup, SessionFailover, ToolOverride, VirtualServer,
+    DEFAULT_MAX_BODY, MAX_CONCURRENCY_RULES, READ_ONLY_CHECKS,
 };
 
 /// Every problem found in a config file, each with its key path.
