@@ -44,13 +44,22 @@ thread_local! {
 }
 
 /// The merged list for `key`, when fresh (filled under configuration `generation`, before
-/// `now` passed its lifetime, and no list changed since).
-pub(crate) fn get(key: &Key, generation: u64, now: Instant) -> Option<Rc<Merged>> {
+/// `now` passed its lifetime, no list changed since, and every member it holds is still
+/// `up`: a member found down leaves the lists at once).
+pub(crate) fn get(
+    key: &Key,
+    generation: u64,
+    now: Instant,
+    up: impl Fn(usize) -> bool,
+) -> Option<Rc<Merged>> {
     let changed = LIST_CHANGED.load(Ordering::Relaxed);
     LISTS.with(|l| {
         let mut l = l.borrow_mut();
         let e = l.get(key)?;
-        if e.generation == generation && e.changed == changed && now < e.expires {
+        let members_up = (0..64)
+            .filter(|m| e.merged.members & (1 << m) != 0)
+            .all(&up);
+        if e.generation == generation && e.changed == changed && now < e.expires && members_up {
             return Some(e.merged.clone());
         }
         l.remove(key);
@@ -130,21 +139,38 @@ mod tests {
             scope: 0,
         };
         let now = Instant::now();
-        let m = Rc::new(Merged::default());
-        put(key, 3, changes(), Duration::from_secs(60), m.clone());
-        assert!(get(&key, 3, now).is_some());
-        assert!(get(&key, 4, now).is_none(), "another generation");
-        put(key, 3, changes(), Duration::from_secs(60), m.clone());
-        assert!(
-            get(&key, 3, now + Duration::from_secs(61)).is_none(),
-            "expired"
-        );
+        let m = Rc::new(Merged {
+            members: 0b101,
+            ..Merged::default()
+        });
+        // Whether a fresh entry is served when `get` is called at once (another test may
+        // note a list change at any moment: a read that met one is tried again).
+        let served = |generation: u64, at: Instant, up: &dyn Fn(usize) -> bool| {
+            for _ in 0..100 {
+                let before = changes();
+                put(key, 3, before, Duration::from_secs(60), m.clone());
+                let got = get(&key, generation, at, up).is_some();
+                if got || changes() == before {
+                    return got;
+                }
+            }
+            false
+        };
+        assert!(served(3, now, &|_| true));
+        assert!(served(3, now, &|m| m != 1), "member 1 is not in it");
+        assert!(!served(3, now, &|m| m != 2), "member 2 is down");
+        assert!(!served(4, now, &|_| true), "another generation");
+        let later = now + Duration::from_secs(61);
+        assert!(!served(3, later, &|_| true), "expired");
         put(key, 3, changes(), Duration::from_secs(60), m.clone());
         list_changed();
-        assert!(get(&key, 3, now).is_none(), "a list changed");
+        assert!(get(&key, 3, now, |_| true).is_none(), "a list changed");
         let before = changes();
         list_changed();
-        put(key, 3, before, Duration::from_secs(60), m);
-        assert!(get(&key, 3, now).is_none(), "changed during the fan-out");
+        put(key, 3, before, Duration::from_secs(60), m.clone());
+        assert!(
+            get(&key, 3, now, |_| true).is_none(),
+            "changed during the fan-out"
+        );
     }
 }

@@ -451,6 +451,15 @@ pub(super) async fn list(
     if let Some(n) = next {
         result_obj.insert("nextCursor".into(), Value::String(n));
     }
+    if super::stateless_era(&c.req, msg) {
+        // 2026-07-28 requires the caching hints (SEP-2549): the members' shortest, else
+        // immediately stale and private.
+        result_obj.insert("resultType".into(), json!("complete"));
+        result_obj.insert("ttlMs".into(), json!(merged.ttl_ms.unwrap_or(0)));
+        let public = merged.ttl_ms.is_some() && !merged.private;
+        let scope = if public { "public" } else { "private" };
+        result_obj.insert("cacheScope".into(), json!(scope));
+    }
     Ok(result(c, &Value::Object(result_obj)).await)
 }
 
@@ -493,8 +502,9 @@ pub(super) async fn whole(
         scope: cx.key,
         ..shared
     };
+    let up = |m: usize| vs.members.get(m).is_some_and(|m| member_up(core, m));
     for key in [shared, private] {
-        if let Some(m) = cache::get(&key, core.generation, now) {
+        if let Some(m) = cache::get(&key, core.generation, now, up) {
             return Ok(Listed::Whole(m));
         }
     }
@@ -531,7 +541,10 @@ pub(super) async fn whole(
         match by_member.iter_mut().find(|q| q.member == p.member) {
             Some(q) => {
                 q.items.extend(p.items);
-                q.ttl_ms = q.ttl_ms.min(p.ttl_ms).or(q.ttl_ms).or(p.ttl_ms);
+                q.ttl_ms = match (q.ttl_ms, p.ttl_ms) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 q.private |= p.private;
             }
             None => by_member.push(p),
@@ -553,6 +566,19 @@ pub(super) async fn whole(
         }
     }
     Ok(Listed::Whole(merged))
+}
+
+/// Whether some backend of the member's group is eligible (healthy, not ejected): a member
+/// found down leaves the cached lists.
+fn member_up(core: &Core, m: &Member) -> bool {
+    let (Some(group), Some(rt)) = (
+        core.shared.config.servers.get(m.group),
+        core.shared.groups.get(m.group),
+    ) else {
+        return false;
+    };
+    let now = crate::balance::now_ns(core.shared.epoch);
+    (0..group.backends.len()).any(|i| rt.health.is_eligible(i, now))
 }
 
 /// Logs names two members both show (once a minute per server and kind).
@@ -629,7 +655,7 @@ pub(super) async fn set_level(
             }
         }
     }
-    Ok(result(c, &json!({})).await)
+    Ok(result(c, &super::empty_result(&c.req, msg)).await)
 }
 
 /// `server/discover` (2026-07-28): every member's, merged like `initialize`.

@@ -109,7 +109,7 @@ async fn request(
     use naming::Kind;
     let kind = match method {
         "initialize" => return fanout::initialize(core, c, vs, msg).await,
-        "ping" => return Ok(result(c, &Value::Object(Default::default())).await),
+        "ping" => return Ok(result(c, &empty_result(&c.req, msg)).await),
         "tools/list" => Some(Kind::Tools),
         "prompts/list" => Some(Kind::Prompts),
         "resources/list" => Some(Kind::Resources),
@@ -166,7 +166,30 @@ fn open_session(
     })
 }
 
-/// `{"jsonrpc":"2.0","id":ID,` then `tail` then `}`: an answer to the client's request.
+/// Whether a request belongs to the 2026-07-28 (stateless) era: its `MCP-Protocol-Version`
+/// header, or the version in its `_meta`.
+pub(crate) fn stateless_era(req: &crate::data_path::request::Request, msg: &Value) -> bool {
+    let header = req
+        .header(b"mcp-protocol-version")
+        .is_some_and(|v| v >= &b"2026-07-28"[..]);
+    header
+        || msg
+            .pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|v| v >= "2026-07-28")
+}
+
+/// An empty result: `{}`, with `resultType` on 2026-07-28 requests (which require it;
+/// older peers validate `{}` strictly).
+fn empty_result(req: &crate::data_path::request::Request, msg: &Value) -> Value {
+    if stateless_era(req, msg) {
+        serde_json::json!({"resultType": "complete"})
+    } else {
+        Value::Object(Default::default())
+    }
+}
+
+/// `{"jsonrpc":"2.0","id":ID,"MEMBER":VALUE}`: an answer to the client's request.
 fn answer_bytes(id: Option<&[u8]>, member: &str, value: &Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");

@@ -116,6 +116,12 @@ pub(crate) struct Merged {
     pub templates: Vec<(usize, String)>,
     /// Names (or URIs) two members both show, and the member left out for each.
     pub clashes: Vec<(String, usize)>,
+    /// The shortest `ttlMs` the members gave (`None`: none gave one).
+    pub ttl_ms: Option<u64>,
+    /// Some member said `cacheScope: "private"`.
+    pub private: bool,
+    /// The members whose pages it holds (bit `m` for member `m`).
+    pub members: u64,
 }
 
 /// The name a member's tool or prompt `own` has for the client, before `prefix_mode`: its
@@ -163,7 +169,15 @@ pub(crate) fn merge(vs: &VirtualServer, kind: Kind, pages: &[MemberPage]) -> Mer
             }
         }
     }
-    let mut out = Merged::default();
+    let mut out = Merged {
+        ttl_ms: pages.iter().filter_map(|p| p.ttl_ms).min(),
+        private: pages.iter().any(|p| p.private),
+        members: pages
+            .iter()
+            .filter(|p| p.member < 64)
+            .fold(0, |acc, p| acc | 1 << p.member),
+        ..Merged::default()
+    };
     for p in &pages {
         let Some(m) = vs.members.get(p.member) else {
             continue;
