@@ -97,11 +97,16 @@ async fn open_member(
     let result = match got.response(id) {
         Some(Ok(r)) if got.status == 200 => r.clone(),
         _ => {
+            let status = if (400..500).contains(&got.status) {
+                got.status
+            } else {
+                502
+            };
             return Err(MemberError::Unreachable(Refusal::new(
-                502,
+                status,
                 -32603,
                 "a member refused initialize",
-            )))
+            )));
         }
     };
     let sid = got.session.clone().unwrap_or_default();
@@ -177,6 +182,7 @@ pub(super) async fn initialize(
     };
     let mut members = Vec::new();
     let mut results = Vec::new();
+    let mut refused = None;
     for (i, (m, o)) in vs.members.iter().zip(opened).enumerate() {
         match o {
             Ok(o) => {
@@ -188,6 +194,9 @@ pub(super) async fn initialize(
                 results.push((i, o.result));
             }
             Err(e) => {
+                if let MemberError::Unreachable(r) = &e {
+                    refused = refused.or(Some(r.status));
+                }
                 log_member_failure(&m.server, "member left out of a new session", &e);
                 if m.fail_closed {
                     return Err(Refusal::new(
@@ -201,8 +210,11 @@ pub(super) async fn initialize(
         }
     }
     if results.is_empty() {
+        // Every member refused: a refusal of the request itself (a 4xx, such as a server's
+        // DNS-rebinding check) is the client's answer, not an unreachable member.
+        let status = refused.filter(|s| (400..500).contains(s)).unwrap_or(502);
         return Err(Refusal::new(
-            502,
+            status,
             -32603,
             "no member of the virtual server could be reached",
         )
@@ -350,7 +362,10 @@ async fn pages(
             continue;
         };
         let outcome = got.and_then(|got| match got.response(&id) {
-            Some(Ok(r)) => Ok(Some(MemberPage::from_result(m, kind, r))),
+            Some(Ok(r)) => Ok(Some(MemberPage {
+                sse: got.sse,
+                ..MemberPage::from_result(m, kind, r)
+            })),
             Some(Err(e)) if e.get("code").and_then(Value::as_i64) == Some(-32601) => Ok(None),
             _ => Err(MemberError::Unreachable(Refusal::new(
                 502,
@@ -460,7 +475,9 @@ pub(super) async fn list(
         let scope = if public { "public" } else { "private" };
         result_obj.insert("cacheScope".into(), json!(scope));
     }
-    Ok(result(c, &Value::Object(result_obj)).await)
+    // Framed as the members framed theirs (a virtual server of one member answers as it).
+    let body = answer_bytes(c.req.id(), "result", &Value::Object(result_obj));
+    Ok(super::answer(c, &body, merged.sse).await)
 }
 
 /// A merged list.
@@ -546,6 +563,7 @@ pub(super) async fn whole(
                     (a, b) => a.or(b),
                 };
                 q.private |= p.private;
+                q.sse |= p.sse;
             }
             None => by_member.push(p),
         }

@@ -279,6 +279,8 @@ pub(crate) async fn send<'a>(
 #[derive(Debug, Default)]
 pub(crate) struct Collected {
     pub status: u16,
+    /// The member answered with an SSE stream.
+    pub sse: bool,
     /// The tag of the member's backend that answered.
     pub backend_tag: u32,
     pub session: Option<Vec<u8>>,
@@ -387,6 +389,7 @@ pub(crate) async fn collect(
     reached.finish(core, reusable.then_some(up), head.status);
     Ok(Collected {
         backend_tag,
+        sse: head.sse,
         status: head.status,
         session: head.session,
         messages,

@@ -210,6 +210,34 @@ async fn result(c: &mut ClientConn, value: &Value) -> Next {
     reply::document(c, 200, &body, "").await
 }
 
+/// Answers with the JSON-RPC message `body`: as JSON, or (`sse`) as an SSE stream of one
+/// event, for clients of members that answer so.
+async fn answer(c: &mut ClientConn, body: &[u8], sse: bool) -> Next {
+    if !sse {
+        return reply::document(c, 200, body, "").await;
+    }
+    use std::io::Write as _;
+    let next = reply::must_close(c, false);
+    c.out.clear();
+    let event_len = body.len() + "event: message\ndata: \n\n".len();
+    let _ = write!(
+        c.out,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+         content-length: {event_len}\r\n{}\r\nevent: message\ndata: ",
+        if next == Next::KeepAlive {
+            ""
+        } else {
+            "connection: close\r\n"
+        },
+    );
+    c.out.extend_from_slice(body);
+    c.out.extend_from_slice(b"\n\n");
+    c.meta.status = 200;
+    c.meta.by_proxy = true;
+    c.meta.sse = true;
+    reply::send_out(c, next).await
+}
+
 /// Answers the client's request with a JSON-RPC error (HTTP 200: the request was served).
 async fn error(c: &mut ClientConn, code: i64, message: &str) -> Next {
     let e = serde_json::json!({"code": code, "message": message});

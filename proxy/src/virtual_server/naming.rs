@@ -66,6 +66,8 @@ impl Kind {
 pub(crate) struct MemberPage {
     /// The member's index.
     pub member: usize,
+    /// The member answered with an SSE stream.
+    pub sse: bool,
     /// The items, as the member sent them.
     pub items: Vec<Value>,
     /// The member's next cursor.
@@ -81,6 +83,7 @@ impl MemberPage {
     pub fn from_result(member: usize, kind: Kind, result: &Value) -> MemberPage {
         MemberPage {
             member,
+            sse: false,
             items: result
                 .get(kind.key())
                 .and_then(Value::as_array)
@@ -122,6 +125,8 @@ pub(crate) struct Merged {
     pub private: bool,
     /// The members whose pages it holds (bit `m` for member `m`).
     pub members: u64,
+    /// The members answered as SSE streams (the client is answered alike).
+    pub sse: bool,
 }
 
 /// The name a member's tool or prompt `own` has for the client, before `prefix_mode`: its
@@ -172,6 +177,7 @@ pub(crate) fn merge(vs: &VirtualServer, kind: Kind, pages: &[MemberPage]) -> Mer
     let mut out = Merged {
         ttl_ms: pages.iter().filter_map(|p| p.ttl_ms).min(),
         private: pages.iter().any(|p| p.private),
+        sse: pages.iter().any(|p| p.sse),
         members: pages
             .iter()
             .filter(|p| p.member < 64)

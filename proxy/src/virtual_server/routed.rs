@@ -10,7 +10,7 @@
 use std::io::Write as _;
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::cache;
 use super::fanout::{self, Listed};
@@ -43,6 +43,11 @@ pub(super) async fn call(
 ) -> Result<Next, Stop> {
     let target = match route(core, &c.req, vs, cx, method, msg).await? {
         Ok(t) => t,
+        // A resource no member lists may still be watched (it may appear later): every
+        // member whose filter shows the URI is asked.
+        Err(_) if matches!(method, "resources/subscribe" | "resources/unsubscribe") => {
+            return subscribe_anywhere(core, c, vs, cx, method, msg).await;
+        }
         Err((code, message)) => return Ok(error(c, code, &message).await),
     };
     let Some(member) = vs.members.get(target.member) else {
@@ -84,6 +89,44 @@ pub(super) async fn call(
         }
     };
     Ok(forward(core, c, target.member, answered).await)
+}
+
+/// `resources/subscribe` (or `unsubscribe`) of a URI no member lists: to every member whose
+/// filter shows it; done when one of them took it.
+async fn subscribe_anywhere(
+    core: &Core,
+    c: &mut ClientConn,
+    vs: &VirtualServer,
+    cx: &SessionCx,
+    method: &str,
+    msg: &Value,
+) -> Result<Next, Stop> {
+    let uri = msg
+        .pointer("/params/uri")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let id = msg.get("id").cloned().unwrap_or(Value::Null);
+    let body = c.req.body().to_vec();
+    let which: Vec<usize> = (0..vs.members.len())
+        .filter(|m| vs.members[*m].resources.admits(uri))
+        .collect();
+    let answers = {
+        let req = &c.req;
+        futures_util::future::join_all(which.iter().map(|&m| {
+            let (body, id) = (&body, &id);
+            fanout::ask(core, req, vs, cx, m, body, method, Some(uri), false, id)
+        }))
+        .await
+    };
+    let took = answers.iter().any(|a| {
+        a.as_ref()
+            .is_ok_and(|g| matches!(g.response(&id), Some(Ok(_))))
+    });
+    if took {
+        let empty = super::empty_result(&c.req, msg);
+        return Ok(super::result(c, &empty).await);
+    }
+    Ok(error(c, -32002, &format!("Resource not found: {uri}")).await)
 }
 
 /// Where `msg` goes: `Ok(Err((code, message)))` when no member shows its name or URI.
@@ -427,7 +470,6 @@ pub(super) async fn client_answer(
     if let Err(e) = member::collect(core, req, &o, None).await {
         log_member_failure(&member.server, "client answer not delivered", &e);
     }
-    let _ = json!(null);
 }
 
 #[cfg(test)]
