@@ -192,6 +192,22 @@ fn lists_merge_and_calls_route_in_a_session() {
             .unwrap();
         assert_eq!(u.json().unwrap()["error"]["code"], -32601);
 
+        // The GET stream merges the members' own: each stateful member's greeting arrives
+        // (the stateless member c offers none).
+        let mut g = HttpClient::connect(proxy.addr).unwrap();
+        let get = mcplb::http::client_request(
+            "GET",
+            "/mcp",
+            &proxy.addr.to_string(),
+            false,
+            &[("accept", "text/event-stream"), ("mcp-session-id", &sid)],
+            b"",
+        );
+        g.send_raw(&get).unwrap();
+        g.wait_for(b"hello from a").unwrap();
+        g.wait_for(b"hello from b").unwrap();
+        drop(g);
+
         // A session id that does not open is 404, as from a server.
         let r = call(&mut c, Some("bogus"), 12, "a_whoami");
         assert_eq!(r.status, 404);

@@ -7,6 +7,7 @@ member killed mid-session and brought back.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -202,3 +203,31 @@ async def test_a_killed_member_is_left_out_and_comes_back(virtual) -> None:
             assert time.monotonic() < deadline, "the member's tools did not come back"
             await anyio.sleep(0.3)
         assert text_of(await client.call_tool("py_whoami", {})) == "py-v"
+
+
+async def test_a_cancellation_reaches_the_member_running_the_call(virtual) -> None:
+    url, _ = virtual
+    async with Client(url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as client:
+        before = json.loads(text_of(await client.call_tool("sh_cancelled_ids", {})))
+        # The client gives up after 0.5 s and sends notifications/cancelled for the call.
+        with pytest.raises(Exception):
+            await client.call_tool("sh_slow", {"seconds": 8, "text": "late"}, read_timeout_seconds=0.5)
+        deadline = time.monotonic() + 5
+        while len(json.loads(text_of(await client.call_tool("sh_cancelled_ids", {})))) == len(before):
+            assert time.monotonic() < deadline, "the stdio member never saw the cancellation"
+            await anyio.sleep(0.1)
+
+
+async def test_a_members_list_changed_reaches_the_client_once(virtual) -> None:
+    url, _ = virtual
+    seen: list[str] = []
+
+    async def on_message(message) -> None:
+        seen.append(repr(message))
+
+    async with Client(url, mode="legacy", read_timeout_seconds=READ_TIMEOUT, message_handler=on_message) as client:
+        await names(client)
+        assert text_of(await client.call_tool("sh_list_changed", {})) == "changed"
+        await anyio.sleep(0.3)
+    changed = [m for m in seen if "list_changed" in m or "ToolListChanged" in m]
+    assert len(changed) == 1, seen

@@ -14,10 +14,13 @@
 //!   by their wrapped id, each to one member; its answer streams back as it arrives, server
 //!   requests with their ids wrapped, `*/list_changed` evicting the merged lists.
 //!
+//! - [`listen`]: the client's GET stream, merged from one in each member session.
+//!
 //! Member requests go through [`member`], which uses the data path's attempt loop.
 
 mod cache;
 mod fanout;
+mod listen;
 mod member;
 pub(crate) mod naming;
 mod routed;
@@ -59,14 +62,8 @@ pub(crate) async fn serve(
             c.meta.ended_session = true;
             return Ok(reply::document(c, 200, b"", "").await);
         }
-        // The spec lets a server without a standalone stream answer 405.
-        _ => {
-            return Err(
-                Refusal::invalid(405, "this virtual server offers no GET stream")
-                    .with_headers("allow: POST, DELETE\r\n".to_owned())
-                    .into(),
-            )
-        }
+        HttpMethod::Get => return listen::stream(core, c, vs, &cx).await,
+        HttpMethod::Other => return Err(Refusal::invalid(405, "method not allowed").into()),
     }
     let admitted = admission::envelope(core, c, gi)?;
     let mut permits: admission::Permits = Default::default();

@@ -319,9 +319,7 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
                 c.meta.first_event = Some(Instant::now());
             }
             c.out.clear();
-            let _ = write!(c.out, "{:x}\r\n", events.len());
-            c.out.extend_from_slice(&events);
-            c.out.extend_from_slice(b"\r\n");
+            chunk(&mut c.out, &events);
             if !send(c).await {
                 break;
             }
@@ -365,8 +363,18 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
     Next::Close
 }
 
+/// Appends `events` as one chunk of a chunked body (nothing when empty).
+pub(super) fn chunk(out: &mut Vec<u8>, events: &[u8]) {
+    if events.is_empty() {
+        return;
+    }
+    let _ = write!(out, "{:x}\r\n", events.len());
+    out.extend_from_slice(events);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Sends `c.out`; false when the client is gone.
-async fn send(c: &mut ClientConn) -> bool {
+pub(super) async fn send(c: &mut ClientConn) -> bool {
     let out = std::mem::take(&mut c.out);
     let len = out.len();
     let (r, out) = c.stream.write_range(out, 0..len).await;
