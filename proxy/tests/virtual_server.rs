@@ -195,15 +195,13 @@ fn lists_merge_and_calls_route_in_a_session() {
         // The GET stream merges the members' own: each stateful member's greeting arrives
         // (the stateless member c offers none).
         let mut g = HttpClient::connect(proxy.addr).unwrap();
-        let get = mcplb::http::client_request(
+        g.send(
             "GET",
             "/mcp",
-            &proxy.addr.to_string(),
-            false,
             &[("accept", "text/event-stream"), ("mcp-session-id", &sid)],
             b"",
-        );
-        g.send_raw(&get).unwrap();
+        )
+        .unwrap();
         g.wait_for(b"hello from a").unwrap();
         g.wait_for(b"hello from b").unwrap();
         drop(g);

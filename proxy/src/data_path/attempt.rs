@@ -96,11 +96,13 @@ pub(crate) async fn send(
     }
     let is_delete = c.req.method() == HttpMethod::Delete;
     c.meta.ended_session = is_delete && plan.sid.is_some();
+    let hop = c.hop();
+    let forwarding = (&core.shared.config.proxy.client_address, &hop);
     let reached = {
         let ClientConn { req, out, meta, .. } = &mut *c;
         let req: &crate::data_path::request::Request = req;
         let write = |out: &mut Vec<u8>, backend: &Backend, sid: Option<&[u8]>| {
-            upstream::build_request(out, req, backend, sid, &group.auth.upstream);
+            upstream::build_request(out, req, backend, sid, &group.auth.upstream, forwarding);
         };
         let mut io = AttemptIo {
             out,

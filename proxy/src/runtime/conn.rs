@@ -20,7 +20,7 @@ use crate::control::stats::Counter;
 use crate::data_path::request::{ClientConn, Next};
 use crate::runtime::core::Core;
 use crate::runtime::shutdown::ShutdownSignal;
-use crate::runtime::{ready_within, spawn_client, ClientSlot, SHUTDOWN};
+use crate::runtime::{proxy_protocol, ready_within, spawn_client, ClientSlot, SHUTDOWN};
 use crate::tls::Conn;
 
 /// Serves a client connection (`woken`: one that was parked and is now readable) until it
@@ -28,17 +28,28 @@ use crate::tls::Conn;
 /// (bounded like a slow head); they are never parked (rustls may hold decrypted bytes).
 pub(crate) async fn serve_client(
     core: Rc<Core>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
-    client: ClientSlot,
+    mut client: ClientSlot,
     woken: bool,
 ) {
+    // A trusted balancer's PROXY header names the peer (a woken connection read it before).
+    let (peer, mut first) = if !woken && proxy_protocol::expected(&core, peer) {
+        // Boxed: only these connections carry the header reader's state.
+        let header = proxy_protocol::accept(&core, &mut stream, peer, &mut client);
+        match Box::pin(header).await {
+            Some(x) => x,
+            None => return,
+        }
+    } else {
+        (peer, Vec::new())
+    };
     let conn = match &core.shared.tls {
         Some(tls) if !woken => {
             let timeout = core.shared.config.proxy.header_timeout;
             let accepted = Box::pin(monoio::time::timeout(
                 timeout,
-                Conn::accept(stream, tls.config()),
+                Conn::accept(stream, tls.config(), std::mem::take(&mut first)),
             ))
             .await;
             match accepted {
@@ -60,7 +71,7 @@ pub(crate) async fn serve_client(
     let Some(conn) = conn else {
         return;
     };
-    let (core, idle) = serve_connection(core, conn, peer, woken).await;
+    let (core, idle) = serve_connection(core, conn, peer, woken, first).await;
     if let Some(stream) = idle {
         if !SHUTDOWN.load(Ordering::Relaxed) {
             // Parked, the connection keeps its slot; if it cannot be, both drop here.
@@ -100,13 +111,20 @@ pub(crate) async fn park_loop(mut core: Rc<Core>) {
 
 /// Serves requests on a connection until it closes (returns `None`) or, a plain one, goes
 /// idle between requests (returns its socket, to be parked). `woken`: bytes are waiting.
+/// `first`: bytes of the first request already read (after a PROXY protocol header).
 async fn serve_connection(
     mut core: Rc<Core>,
     stream: Conn,
     peer: SocketAddr,
     woken: bool,
+    first: Vec<u8>,
 ) -> (Rc<Core>, Option<TcpStream>) {
     let mut c = ClientConn::new(stream, peer);
+    if matches!(c.stream, Conn::Plain(_)) && !first.is_empty() {
+        c.req.buf = first;
+    } else {
+        core.give_buf(first);
+    }
     let mut canceller = Some(Canceller::new());
     // Requests served on this connection. Only a connection that has shown it reuses itself
     // (two requests or more) gets the hot direct read; one that sent a single request and

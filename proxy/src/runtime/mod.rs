@@ -8,6 +8,7 @@ pub(crate) mod core;
 pub(crate) mod linger;
 pub(crate) mod listen;
 pub(crate) mod park;
+pub(crate) mod proxy_protocol;
 pub(crate) mod shared;
 pub(crate) mod shutdown;
 
@@ -55,6 +56,12 @@ impl ClientSlot {
         OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         CORE_OPEN.with(|n| n.set(n.get() + 1));
         ClientSlot { _permit: permit }
+    }
+
+    /// Holds `permit` for the connection's life (its client became known after accept: a
+    /// PROXY protocol header named it).
+    pub(crate) fn set_permit(&mut self, permit: ratelimit::OwnedPermit) {
+        self._permit = Some(permit);
     }
 }
 
@@ -212,24 +219,32 @@ pub async fn run_worker(
 }
 
 /// Admits an accepted connection within the connection limits (in all and per client
-/// address; past them it is closed at once, counted, before any byte is read) and gives it a
-/// task.
+/// address, trusted proxies exempt; past them it is closed at once, counted, before any byte
+/// is read) and gives it a task.
 fn admit(core: &Rc<Core>, stream: TcpStream, peer: std::net::SocketAddr) {
     let cfg = &core.shared.config.proxy;
     if OPEN_CONNECTIONS.load(Ordering::Relaxed) >= cfg.max_connections {
         core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
         return;
     }
-    let hasher = &core.shared.key_hasher;
-    let ip_key = crate::data_path::route::ip_key(peer, |b| hasher.hash_key(b));
-    let Some(permit) = core.shared.per_ip.try_acquire_owned(ip_key) else {
-        core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
-        return;
+    // Trusted proxies carry many clients' connections: no per-address cap for them (a PROXY
+    // protocol header's source gets its own, see `proxy_protocol::accept`).
+    let permit = if cfg.client_address.trusted.contains(peer.ip()) {
+        None
+    } else {
+        let hasher = &core.shared.key_hasher;
+        let ip_key =
+            crate::data_path::route::ip_key(peer.ip().to_canonical(), |b| hasher.hash_key(b));
+        let Some(permit) = core.shared.per_ip.try_acquire_owned(ip_key) else {
+            core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
+            return;
+        };
+        Some(permit)
     };
     let _ = stream.set_nodelay(true);
     set_cloexec(&stream);
     core.rec.borrow_mut().count(Counter::ConnectionsAccepted, 1);
-    let slot = ClientSlot::open(Some(permit));
+    let slot = ClientSlot::open(permit);
     let fut = conn::serve_client(core.clone(), stream, peer, slot, false);
     spawn_client(core.clone(), fut);
 }

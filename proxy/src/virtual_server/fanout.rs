@@ -11,13 +11,13 @@ use futures_util::future::join_all;
 use serde_json::{json, Map, Value};
 
 use super::cache::{self, Key};
-use super::member::{self, Collected, MemberError, Outbound};
+use super::member::{self, Collected, MemberError, Origin, Outbound};
 use super::naming::{self, Kind, MemberPage, Merged};
 use super::session::{MemberSession, VirtualSession};
 use super::{answer_bytes, error, log_member_failure, result, SessionCx};
 use crate::config::{Member, VirtualServer};
 use crate::data_path::reply;
-use crate::data_path::request::{ClientConn, Next, Refusal, Request, Stop};
+use crate::data_path::request::{ClientConn, Next, Refusal, Stop};
 use crate::data_path::upstream::Mirror;
 use crate::runtime::core::Core;
 
@@ -29,7 +29,7 @@ const MAX_PAGES: usize = 16;
 /// without a session (sent as they are: stateless).
 pub(super) async fn session_for(
     core: &Core,
-    req: &Request,
+    req: &Origin<'_>,
     vs: &VirtualServer,
     cx: &SessionCx,
     m: usize,
@@ -51,7 +51,7 @@ pub(super) async fn session_for(
 /// on this core.
 pub(super) async fn reopen(
     core: &Core,
-    req: &Request,
+    req: &Origin<'_>,
     vs: &VirtualServer,
     cx: &SessionCx,
     m: usize,
@@ -87,7 +87,7 @@ struct Opened {
 /// in the session it opened.
 async fn open_member(
     core: &Core,
-    req: &Request,
+    req: &Origin<'_>,
     member: &Member,
     body: &[u8],
     id: &Value,
@@ -172,7 +172,7 @@ pub(super) async fn initialize(
         .to_string();
     let body = c.req.body().to_vec();
     let opened = {
-        let req = &c.req;
+        let req = &Origin::of(c);
         join_all(
             vs.members
                 .iter()
@@ -326,7 +326,7 @@ struct Pages {
 /// fails the request when it is `fail_closed`.
 async fn pages(
     core: &Core,
-    req: &Request,
+    req: &Origin<'_>,
     vs: &VirtualServer,
     cx: &SessionCx,
     kind: Kind,
@@ -393,7 +393,7 @@ async fn pages(
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn ask(
     core: &Core,
-    req: &Request,
+    req: &Origin<'_>,
     vs: &VirtualServer,
     cx: &SessionCx,
     m: usize,
@@ -443,14 +443,14 @@ pub(super) async fn list(
         },
     };
     let listed = match cursor {
-        None => Some(whole(core, &c.req, vs, cx, kind, msg, false).await?),
+        None => Some(whole(core, &Origin::of(c), vs, cx, kind, msg, false).await?),
         Some(_) => None,
     };
     let (merged, next) = match listed {
         Some(Listed::Whole(m)) => (m, None),
         Some(Listed::Paged(m, next)) => (m, next),
         None => {
-            let got = pages(core, &c.req, vs, cx, kind, msg, &which).await?;
+            let got = pages(core, &Origin::of(c), vs, cx, kind, msg, &which).await?;
             let next: Vec<(usize, String)> = got
                 .pages
                 .iter()
@@ -502,7 +502,7 @@ impl Listed {
 /// member has more than one page (the client pages through them).
 pub(super) async fn whole(
     core: &Core,
-    req: &Request,
+    req: &Origin<'_>,
     vs: &VirtualServer,
     cx: &SessionCx,
     kind: Kind,
@@ -627,7 +627,7 @@ pub(super) async fn set_level(
     let id = msg.get("id").cloned().unwrap_or(Value::Null);
     let body = c.req.body().to_vec();
     let answers = {
-        let req = &c.req;
+        let req = &Origin::of(c);
         join_all((0..vs.members.len()).map(|m| {
             let (body, id) = (&body, &id);
             async move {
@@ -690,7 +690,7 @@ pub(super) async fn discover(
         key: 0,
     };
     let answers = {
-        let req = &c.req;
+        let req = &Origin::of(c);
         join_all((0..vs.members.len()).map(|m| {
             let (body, id, none) = (&body, &id, &none);
             async move {
@@ -771,7 +771,7 @@ pub(super) async fn discover(
 /// names a request only the member running it knows).
 pub(super) async fn notification(
     core: &Core,
-    req: &Request,
+    req: &Origin<'_>,
     vs: &VirtualServer,
     cx: &SessionCx,
     method: &str,
@@ -808,7 +808,12 @@ pub(super) async fn notification(
 }
 
 /// DELETE: ends every member session the client's session holds.
-pub(super) async fn end_sessions(core: &Core, req: &Request, vs: &VirtualServer, cx: &SessionCx) {
+pub(super) async fn end_sessions(
+    core: &Core,
+    req: &Origin<'_>,
+    vs: &VirtualServer,
+    cx: &SessionCx,
+) {
     let Some(s) = &cx.session else {
         return;
     };

@@ -15,7 +15,7 @@ use futures_util::future::join_all;
 use futures_util::stream::{FuturesUnordered, Stream as _};
 
 use super::fanout;
-use super::member::{self, ReachedParts};
+use super::member::{self, Origin, ReachedParts};
 use super::routed::{chunk, relay_event, send};
 use super::SessionCx;
 use crate::config::VirtualServer;
@@ -64,7 +64,7 @@ pub(super) async fn stream(
         .map(|ms| usize::from(ms.member))
         .collect();
     let opened = {
-        let req = &c.req;
+        let req = &Origin::of(c);
         join_all(which.iter().map(|&m| async move {
             let member = vs.members.get(m)?;
             let session = fanout::session_for(core, req, vs, cx, m).await.ok()??;

@@ -11,13 +11,31 @@ use crate::balance;
 use crate::config::{Backend, Member};
 use crate::data_path::admission::ConcKeys;
 use crate::data_path::attempt::{self, AttemptIo, Plan, Reached};
-use crate::data_path::request::{Refusal, ReqMeta, Request};
+use crate::data_path::client_address::Hop;
+use crate::data_path::request::{ClientConn, Refusal, ReqMeta, Request};
 use crate::data_path::response::{body_step, Framing};
 use crate::data_path::route;
 use crate::data_path::upstream::{self, Mirror};
 use crate::http::{self, ChunkedDecoder};
 use crate::runtime::core::Core;
 use crate::tls::Conn;
+
+/// The client request on whose behalf mcplb asks members: its headers (passed on as a plain
+/// group's are) and where it came from (the forwarding headers).
+pub(crate) struct Origin<'a> {
+    pub req: &'a Request,
+    pub hop: Hop,
+}
+
+impl<'a> Origin<'a> {
+    /// The client's current request.
+    pub fn of(c: &'a ClientConn) -> Self {
+        Origin {
+            req: &c.req,
+            hop: c.hop(),
+        }
+    }
+}
 
 /// One request mcplb sends a member.
 pub(crate) struct Outbound<'a> {
@@ -170,7 +188,7 @@ impl ReachedParts<'_> {
 /// head.
 pub(crate) async fn send<'a>(
     core: &'a Core,
-    req: &Request,
+    req: &Origin<'_>,
     o: &Outbound<'_>,
 ) -> Result<Answered<'a>, MemberError> {
     let gi = o.member.group;
@@ -211,7 +229,8 @@ pub(crate) async fn send<'a>(
     let write = |out: &mut Vec<u8>, backend: &Backend, sid: Option<&[u8]>| {
         upstream::build_member_request(
             out,
-            req,
+            req.req,
+            (&core.shared.config.proxy.client_address, &req.hop),
             o.http_method,
             o.body,
             backend,
@@ -310,7 +329,7 @@ const MAX_COLLECTED: usize = 16 * 1024 * 1024;
 /// until the response to `id` (the stream may go on with other requests' traffic).
 pub(crate) async fn collect(
     core: &Core,
-    req: &Request,
+    req: &Origin<'_>,
     o: &Outbound<'_>,
     id: Option<&Value>,
 ) -> Result<Collected, MemberError> {

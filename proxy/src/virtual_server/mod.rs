@@ -33,6 +33,7 @@ use crate::data_path::admission;
 use crate::data_path::request::{ClientConn, HttpMethod, Next, Refusal, Stop};
 use crate::data_path::{record, reply};
 use crate::runtime::core::Core;
+use member::Origin;
 use session::VirtualSession;
 
 /// The client's session, opened.
@@ -58,7 +59,7 @@ pub(crate) async fn serve(
             if cx.session.is_none() {
                 return Err(Refusal::invalid(400, "Mcp-Session-Id header required").into());
             }
-            fanout::end_sessions(core, &c.req, vs, &cx).await;
+            fanout::end_sessions(core, &Origin::of(c), vs, &cx).await;
             c.meta.ended_session = true;
             return Ok(reply::document(c, 200, b"", "").await);
         }
@@ -83,11 +84,11 @@ pub(crate) async fn serve(
     match (method_name.as_deref(), has_id) {
         (Some(m), true) => request(core, c, vs, &cx, m, &msg).await,
         (Some(m), false) => {
-            fanout::notification(core, &c.req, vs, &cx, m, &msg).await;
+            fanout::notification(core, &Origin::of(c), vs, &cx, m, &msg).await;
             Ok(accepted(c).await)
         }
         (None, true) => {
-            routed::client_answer(core, &c.req, vs, &cx, &msg).await;
+            routed::client_answer(core, &Origin::of(c), vs, &cx, &msg).await;
             Ok(accepted(c).await)
         }
         (None, false) => Err(Refusal::invalid(400, "Invalid Request").into()),

@@ -14,11 +14,11 @@ use serde_json::Value;
 
 use super::cache;
 use super::fanout::{self, Listed};
-use super::member::{self, Answered, MemberError};
+use super::member::{self, Answered, MemberError, Origin};
 use super::naming::{self, Kind};
 use super::{error, log_member_failure, SessionCx};
 use crate::config::VirtualServer;
-use crate::data_path::request::{ClientConn, Next, Refusal, Request, Stop};
+use crate::data_path::request::{ClientConn, Next, Refusal, Stop};
 use crate::data_path::response::{self, Framing, Waited, Watch};
 use crate::http;
 use crate::runtime::core::Core;
@@ -41,7 +41,7 @@ pub(super) async fn call(
     method: &str,
     msg: &Value,
 ) -> Result<Next, Stop> {
-    let target = match route(core, &c.req, vs, cx, method, msg).await? {
+    let target = match route(core, &Origin::of(c), vs, cx, method, msg).await? {
         Ok(t) => t,
         // A resource no member lists may still be watched (it may appear later): every
         // member whose filter shows the URI is asked.
@@ -55,7 +55,7 @@ pub(super) async fn call(
     };
     let read_only = protocol::Method::from_name(method).is_read_only();
     let mut again = true;
-    let mut session = fanout::session_for(core, &c.req, vs, cx, target.member)
+    let mut session = fanout::session_for(core, &Origin::of(c), vs, cx, target.member)
         .await
         .map_err(|e| e.refusal())?;
     let answered = loop {
@@ -71,12 +71,12 @@ pub(super) async fn call(
                 read_only,
             )
         };
-        match member::send(core, &c.req, &o).await {
+        match member::send(core, &Origin::of(c), &o).await {
             // The member lost the session (it restarted): the request did not run there.
             Err(MemberError::SessionGone) if again && cx.session.is_some() => {
                 again = false;
                 session = Some(
-                    fanout::reopen(core, &c.req, vs, cx, target.member)
+                    fanout::reopen(core, &Origin::of(c), vs, cx, target.member)
                         .await
                         .map_err(|e| e.refusal())?,
                 );
@@ -111,7 +111,7 @@ async fn subscribe_anywhere(
         .filter(|m| vs.members[*m].resources.admits(uri))
         .collect();
     let answers = {
-        let req = &c.req;
+        let req = &Origin::of(c);
         futures_util::future::join_all(which.iter().map(|&m| {
             let (body, id) = (&body, &id);
             fanout::ask(core, req, vs, cx, m, body, method, Some(uri), false, id)
@@ -132,7 +132,7 @@ async fn subscribe_anywhere(
 /// Where `msg` goes: `Ok(Err((code, message)))` when no member shows its name or URI.
 async fn route(
     core: &Core,
-    req: &Request,
+    req: &Origin<'_>,
     vs: &VirtualServer,
     cx: &SessionCx,
     method: &str,
@@ -200,7 +200,7 @@ async fn route(
 /// The member that serves resource `uri`: by the merged resource list, then the templates.
 async fn by_uri(
     core: &Core,
-    req: &Request,
+    req: &Origin<'_>,
     vs: &VirtualServer,
     cx: &SessionCx,
     msg: &Value,
@@ -446,7 +446,7 @@ pub(super) fn relay_event(m: usize, data: &str, out: &mut Vec<u8>) {
 /// with the member's own id back in place.
 pub(super) async fn client_answer(
     core: &Core,
-    req: &Request,
+    req: &Origin<'_>,
     vs: &VirtualServer,
     cx: &SessionCx,
     msg: &Value,
