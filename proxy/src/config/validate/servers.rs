@@ -31,11 +31,19 @@ pub(super) fn validate(raw: Vec<RawServer>, errs: &mut Vec<String>) -> Vec<Serve
         })
         .collect();
     // Members name other groups, earlier or later in the file: resolved once all are read.
+    let virtuals: Vec<bool> = members.iter().map(Option::is_some).collect();
     for (i, m) in members.into_iter().enumerate() {
         let Some(raw) = m else {
             continue;
         };
-        let v = super::virtual_server::validate(raw, i, &groups, &format!("servers[{i}]"), errs);
+        let v = super::virtual_server::validate(
+            raw,
+            i,
+            &groups,
+            &virtuals,
+            &format!("servers[{i}]"),
+            errs,
+        );
         if let Some(g) = groups.get_mut(i) {
             g.virtual_server = v.map(std::sync::Arc::new);
         }

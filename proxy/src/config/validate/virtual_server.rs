@@ -25,11 +25,12 @@ pub(super) struct RawVirtual {
 }
 
 /// Validates the virtual server of group `gi` (checked as `key`), whose members are among
-/// `groups`.
+/// `groups` (`virtuals[i]`: group `i` is a virtual server too).
 pub(super) fn validate(
     raw: RawVirtual,
     gi: usize,
     groups: &[ServerGroup],
+    virtuals: &[bool],
     key: &str,
     errs: &mut Vec<String>,
 ) -> Option<VirtualServer> {
@@ -68,7 +69,7 @@ pub(super) fn validate(
     let mut members: Vec<Member> = Vec::new();
     for (j, m) in raw.members.into_iter().enumerate() {
         let mut mt = TableCheck::new(format!("{key}.members[{j}]"), t.errs());
-        if let Some(m) = member(m, gi, groups, &mut mt) {
+        if let Some(m) = member(m, gi, groups, virtuals, &mut mt) {
             if members.iter().any(|o| o.group == m.group) {
                 mt.problem("server", format!("`{}` is a member twice", m.server));
             } else if members.iter().any(|o| o.prefix == m.prefix) {
@@ -98,6 +99,7 @@ fn member(
     m: RawMember,
     gi: usize,
     groups: &[ServerGroup],
+    virtuals: &[bool],
     t: &mut TableCheck<'_>,
 ) -> Option<Member> {
     let Some(server) = m.server else {
@@ -115,7 +117,7 @@ fn member(
         t.problem("server", "a virtual server cannot be its own member");
         return None;
     }
-    if groups.get(group).is_some_and(|g| g.backends.is_empty()) {
+    if virtuals.get(group).copied().unwrap_or(false) {
         t.problem(
             "server",
             format!("`{server}` is a virtual server itself (members must have backends)"),
