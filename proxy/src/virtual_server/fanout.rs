@@ -34,16 +34,21 @@ pub(super) async fn session_for(
     cx: &SessionCx,
     m: usize,
 ) -> Result<Option<(u32, Vec<u8>)>, MemberError> {
-    let Some(s) = &cx.session else {
+    if cx.session.is_none() {
         return Ok(None);
-    };
-    if let Some(r) = cache::reopened(cx.key, m as u8) {
-        return Ok(Some(r));
     }
-    if let Some(ms) = s.member(m) {
-        return Ok(Some((ms.backend_tag, ms.sid.clone())));
+    match existing_session(cx, m) {
+        Some(s) => Ok(Some(s)),
+        None => reopen(core, req, vs, cx, m).await.map(Some),
     }
-    reopen(core, req, vs, cx, m).await.map(Some)
+}
+
+/// Member `m`'s session for this client session if it has one already (in its id, or opened
+/// again on this core); none is opened.
+pub(super) fn existing_session(cx: &SessionCx, m: usize) -> Option<(u32, Vec<u8>)> {
+    let s = cx.session.as_ref()?;
+    cache::reopened(cx.key, m as u8)
+        .or_else(|| s.member(m).map(|ms| (ms.backend_tag, ms.sid.clone())))
 }
 
 /// Opens member `m`'s session again for this client session (its own is gone, or it was
@@ -789,15 +794,12 @@ pub(super) async fn notification(
             let Some(member) = vs.members.get(m) else {
                 return;
             };
-            let session = match cx.session.as_ref() {
-                // Without a session only a stateless member could know what it is about.
-                None => return,
-                Some(_) => match session_for(core, req, vs, cx, m).await {
-                    Ok(s) => s,
-                    Err(_) => return,
-                },
+            // Only to member sessions that exist (without one, a member has seen nothing of
+            // this client's that a notification could be about).
+            let Some(session) = existing_session(cx, m) else {
+                return;
             };
-            let s = session.as_ref().map(|(t, sid)| (*t, sid.as_slice()));
+            let s = Some((session.0, session.1.as_slice()));
             let o = outbound(member, s, body, method, None, false);
             if let Err(e) = member::collect(core, req, &o, None).await {
                 log_member_failure(&member.server, "notification not delivered", &e);
