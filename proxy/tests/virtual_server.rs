@@ -80,21 +80,14 @@ fn lists_merge_and_calls_route_in_a_session() {
         let (mocks, config) = setup();
         let proxy = start_proxy(&config, driver);
         let mut c = HttpClient::connect(proxy.addr).unwrap();
-        let init = initialize(&mut c, 1);
+        // The merged initialize (a session of its own, left unused).
+        let init = initialize(&mut c, 9);
         assert_eq!(init.status, 200, "{}", String::from_utf8_lossy(&init.body));
-        let sid = init.header("mcp-session-id").expect("session").to_string();
         let v = init.json().unwrap();
-        assert_eq!(v["id"], 1);
-        assert_eq!(v["result"]["serverInfo"]["name"], "work");
+        assert_eq!(v["id"], 9);
         assert_eq!(v["result"]["capabilities"]["tools"]["listChanged"], true);
-        let n = c
-            .mcp(
-                "/mcp",
-                Some(&sid),
-                &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-            )
-            .unwrap();
-        assert_eq!(n.status, 202);
+        let (sid, name) = init_session(&mut c);
+        assert_eq!(name, "work");
 
         let list = c
             .mcp("/mcp", Some(&sid), &rpc(2, "tools/list", json!({})))

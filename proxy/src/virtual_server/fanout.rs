@@ -353,7 +353,14 @@ async fn pages(
         let id = &id;
         async move {
             let body = serde_json::to_vec(&body).unwrap_or_default();
-            let got = ask(core, req, vs, cx, *m, &body, kind.method(), None, true, id).await;
+            let a = Ask {
+                body: &body,
+                method: kind.method(),
+                name: None,
+                read_only: true,
+                id,
+            };
+            let got = ask(core, req, vs, cx, *m, &a).await;
             (*m, got)
         }
     });
@@ -393,20 +400,37 @@ async fn pages(
     Ok(out)
 }
 
+/// One request asked of members: its body, what the mirror headers say of it, whether it only
+/// reads, and its JSON-RPC id (the answer to look for).
+pub(super) struct Ask<'a> {
+    pub body: &'a [u8],
+    pub method: &'a str,
+    pub name: Option<&'a str>,
+    pub read_only: bool,
+    pub id: &'a Value,
+}
+
+/// Asks each of the members `which` at once (each in the client's session): their answers.
+pub(super) async fn ask_each(
+    core: &Core,
+    req: &Origin<'_>,
+    vs: &VirtualServer,
+    cx: &SessionCx,
+    which: impl Iterator<Item = usize>,
+    a: &Ask<'_>,
+) -> Vec<(usize, Result<Collected, MemberError>)> {
+    join_all(which.map(|m| async move { (m, ask(core, req, vs, cx, m, a).await) })).await
+}
+
 /// Sends one request to member `m` in the client's session (opening the member's session
 /// again once when it is gone) and collects the answer.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn ask(
     core: &Core,
     req: &Origin<'_>,
     vs: &VirtualServer,
     cx: &SessionCx,
     m: usize,
-    body: &[u8],
-    method: &str,
-    name: Option<&str>,
-    read_only: bool,
-    id: &Value,
+    a: &Ask<'_>,
 ) -> Result<Collected, MemberError> {
     let Some(member) = vs.members.get(m) else {
         return Err(MemberError::SessionGone);
@@ -415,8 +439,8 @@ pub(super) async fn ask(
     let mut session = session_for(core, req, vs, cx, m).await?;
     loop {
         let s = session.as_ref().map(|(t, sid)| (*t, sid.as_slice()));
-        let o = outbound(member, s, body, method, name, read_only);
-        match member::collect(core, req, &o, Some(id)).await {
+        let o = outbound(member, s, a.body, a.method, a.name, a.read_only);
+        match member::collect(core, req, &o, Some(a.id)).await {
             Err(MemberError::SessionGone) if again && cx.session.is_some() => {
                 again = false;
                 session = Some(reopen(core, req, vs, cx, m).await?);
@@ -631,29 +655,14 @@ pub(super) async fn set_level(
 ) -> Result<Next, Stop> {
     let id = msg.get("id").cloned().unwrap_or(Value::Null);
     let body = c.req.body().to_vec();
-    let answers = {
-        let req = &Origin::of(c);
-        join_all((0..vs.members.len()).map(|m| {
-            let (body, id) = (&body, &id);
-            async move {
-                let got = ask(
-                    core,
-                    req,
-                    vs,
-                    cx,
-                    m,
-                    body,
-                    "logging/setLevel",
-                    None,
-                    false,
-                    id,
-                )
-                .await;
-                (m, got)
-            }
-        }))
-        .await
+    let a = Ask {
+        body: &body,
+        method: "logging/setLevel",
+        name: None,
+        read_only: false,
+        id: &id,
     };
+    let answers = ask_each(core, &Origin::of(c), vs, cx, 0..vs.members.len(), &a).await;
     for (m, got) in answers {
         let Some(member) = vs.members.get(m) else {
             continue;
@@ -694,29 +703,14 @@ pub(super) async fn discover(
         session: None,
         key: 0,
     };
-    let answers = {
-        let req = &Origin::of(c);
-        join_all((0..vs.members.len()).map(|m| {
-            let (body, id, none) = (&body, &id, &none);
-            async move {
-                let got = ask(
-                    core,
-                    req,
-                    vs,
-                    none,
-                    m,
-                    body,
-                    "server/discover",
-                    None,
-                    true,
-                    id,
-                )
-                .await;
-                (m, got)
-            }
-        }))
-        .await
+    let a = Ask {
+        body: &body,
+        method: "server/discover",
+        name: None,
+        read_only: true,
+        id: &id,
     };
+    let answers = ask_each(core, &Origin::of(c), vs, &none, 0..vs.members.len(), &a).await;
     let mut results = Vec::new();
     for (m, got) in answers {
         let Some(member) = vs.members.get(m) else {

@@ -110,16 +110,16 @@ async fn subscribe_anywhere(
     let which: Vec<usize> = (0..vs.members.len())
         .filter(|m| vs.members[*m].resources.admits(uri))
         .collect();
-    let answers = {
-        let req = &Origin::of(c);
-        futures_util::future::join_all(which.iter().map(|&m| {
-            let (body, id) = (&body, &id);
-            fanout::ask(core, req, vs, cx, m, body, method, Some(uri), false, id)
-        }))
-        .await
+    let a = fanout::Ask {
+        body: &body,
+        method,
+        name: Some(uri),
+        read_only: false,
+        id: &id,
     };
-    let took = answers.iter().any(|a| {
-        a.as_ref()
+    let answers = fanout::ask_each(core, &Origin::of(c), vs, cx, which.into_iter(), &a).await;
+    let took = answers.iter().any(|(_, got)| {
+        got.as_ref()
             .is_ok_and(|g| matches!(g.response(&id), Some(Ok(_))))
     });
     if took {
