@@ -105,6 +105,8 @@ async fn stopped(c: &mut ClientConn, stop: Stop) -> Next {
 
 /// The stages after the head: where, who, the body, the envelope, limits, route, attempts.
 async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
+    #[cfg(debug_assertions)]
+    crate::runtime::test_hooks::panic_on_path(c.req.path());
     let method = c.req.method();
     let (gi, legacy) = match route::target(&core.shared, c.req.path(), method) {
         Target::Group(gi) => (gi, None),

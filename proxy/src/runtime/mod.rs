@@ -123,6 +123,36 @@ impl Drop for WorkerAlive {
     }
 }
 
+/// Failure injection for the containment tests, in debug builds only (compiled out of release
+/// builds): `MCPLB_TEST_PANIC_PATH=/p` makes a request for path `/p` panic inside its
+/// connection's task; `MCPLB_TEST_KILL_WORKER=N` ends worker N's thread with a panic as it
+/// starts. Read once.
+#[cfg(debug_assertions)]
+pub(crate) mod test_hooks {
+    use std::sync::OnceLock;
+
+    fn var(name: &str, cell: &'static OnceLock<Option<String>>) -> Option<&'static str> {
+        cell.get_or_init(|| std::env::var(name).ok()).as_deref()
+    }
+
+    /// Panics when `path` is the configured panic path (reported at the caller).
+    #[track_caller]
+    pub(crate) fn panic_on_path(path: &[u8]) {
+        static PATH: OnceLock<Option<String>> = OnceLock::new();
+        if var("MCPLB_TEST_PANIC_PATH", &PATH).is_some_and(|p| p.as_bytes() == path) {
+            panic!("MCPLB_TEST_PANIC_PATH: injected panic in a connection's task");
+        }
+    }
+
+    /// Panics when worker `index` is the one configured to die.
+    pub(crate) fn kill_worker(index: usize) {
+        static WORKER: OnceLock<Option<String>> = OnceLock::new();
+        if var("MCPLB_TEST_KILL_WORKER", &WORKER).and_then(|w| w.parse().ok()) == Some(index) {
+            panic!("MCPLB_TEST_KILL_WORKER: injected panic ending worker {index}");
+        }
+    }
+}
+
 /// Runs `fut`, containing a panic inside it: `None` when it panicked. The future is dropped
 /// either way, so what it holds (its connection, buffers, counts) is released. No allocation.
 pub(crate) async fn contained<F: Future>(fut: F) -> Option<F::Output> {
@@ -162,6 +192,8 @@ pub async fn run_worker(
     index: usize,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
+    #[cfg(debug_assertions)]
+    test_hooks::kill_worker(index);
     // Every state still in use (a reload leaves the old one to the requests under way).
     let cores: Rc<RefCell<Vec<Rc<Core>>>> = Rc::new(RefCell::new(Vec::new()));
     let park = Rc::new(park::IdleSet::new()?);

@@ -54,6 +54,16 @@ pub fn start_proxy_logged(
     driver: &str,
     log: Option<(&str, &std::path::Path)>,
 ) -> Proxy {
+    start_proxy_env(config, driver, log, &[])
+}
+
+/// [`start_proxy_logged`], with extra environment variables for mcplb.
+pub fn start_proxy_env(
+    config: &str,
+    driver: &str,
+    log: Option<(&str, &std::path::Path)>,
+    env: &[(&str, &str)],
+) -> Proxy {
     let config_path = write_config(config);
     let (level, stderr) = match log {
         Some((level, file)) => (
@@ -70,6 +80,7 @@ pub fn start_proxy_logged(
         .arg(&config_path)
         .args(["--driver", driver])
         .env("MCPLB_LOG", level)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
