@@ -3,7 +3,8 @@
 //   - three real members: a Python SDK MCPServer (tests/py/mcp_server.py), server-everything
 //     over Streamable HTTP, and a stdio server (tests/py/stdio_server.py) that mcplb starts;
 //     merged lists with prefixes, filters and renames, calls routed, progress streamed, a
-//     member's sampling and elicitation requests answered by the client.
+//     member's sampling and elicitation requests answered by the client, a member killed
+//     mid-session left out (fail-open) while the others work, and back when it is.
 //   - the conformance suite through a virtual server whose only member is server-everything
 //     (and the conformance target server), compared check by check with the server directly.
 //     Summaries go to tests/ts/results/conformance-virtual.txt.
@@ -41,9 +42,9 @@ function text(result) {
     .join("\n");
 }
 
-/** tests/py/mcp_server.py on a free port, ready when its port accepts connections. */
-async function startPyServer(name) {
-  const port = await freePort();
+/** tests/py/mcp_server.py on `port` (a free one when not given), ready when it accepts connections. */
+async function startPyServer(name, port) {
+  port ??= await freePort();
   const proc = spawn(PYTHON, [path.join(REPO, "tests", "py", "mcp_server.py"), "--port", String(port), "--name", name], {
     cwd: REPO,
     stdio: ["ignore", "ignore", "pipe"],
@@ -62,6 +63,7 @@ async function startPyServer(name) {
     await new Promise((r) => setTimeout(r, 100));
   }
   return {
+    port,
     url: `http://127.0.0.1:${port}/mcp`,
     tail: () => err,
     stop: async () => {
@@ -94,6 +96,11 @@ describe("a virtual server over three real members, with the TypeScript SDK clie
         'name = "py"',
         'path = "/py"',
         `backends = [${JSON.stringify(py.url)}]`,
+        "[servers.health]",
+        'interval = "300ms"',
+        'timeout = "1s"',
+        "healthy_threshold = 1",
+        "unhealthy_threshold = 1",
         "",
         "[[servers]]",
         'name = "every"',
@@ -209,6 +216,32 @@ describe("a virtual server over three real members, with the TypeScript SDK clie
       const elicited = await client.callTool({ name: "ev_trigger-elicitation-request", arguments: {} });
       assert.equal(seen.elicitation.length, 1);
       assert.match(text(elicited), /Ada Lovelace/);
+    }));
+
+  // Last: it stops and restarts the py member.
+  test("a member killed mid-session is left out while the others work, and comes back", () =>
+    withLogs(async () => {
+      const names = async () => (await client.listTools()).tools.map((t) => t.name);
+      const until = async (want, ms, what) => {
+        const deadline = Date.now() + ms;
+        let shown;
+        while (!want((shown = await names()))) {
+          assert.ok(Date.now() < deadline, `timed out waiting for ${what}: ${shown.join(", ")}`);
+          await new Promise((r) => setTimeout(r, 200));
+        }
+        return shown;
+      };
+      assert.ok((await names()).includes("py_whoami"));
+      await py.stop();
+      // Fail-open (the default): left out once found down, the others go on in the same session.
+      const shown = await until((n) => !n.includes("py_whoami"), 10_000, "the killed member's tools to leave");
+      assert.ok(shown.includes("ev_echo") && shown.includes("sh_say"), shown.join(", "));
+      assert.equal(text(await client.callTool({ name: "sh_say", arguments: { text: "still here" } })), "still here");
+      assert.equal(text(await client.callTool({ name: "ev_echo", arguments: { message: "on" } })), "Echo: on");
+      // Back on the same port: its tools return once its health check passes, in the same session.
+      py = await startPyServer("py-ts", py.port);
+      await until((n) => n.includes("py_whoami"), 20_000, "the member's tools to come back");
+      assert.equal(text(await client.callTool({ name: "py_whoami", arguments: {} })), "py-ts");
     }));
 });
 
