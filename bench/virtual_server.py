@@ -220,7 +220,7 @@ def rpc(url, body, headers):
 
 
 def check(run):
-    """initialize, tools/list, the call of m0's echo, by hand: (tools listed, None) or (None, what failed)."""
+    """initialize, tools/list, the call of m0's echo, by hand: (the tools listed, None) or (None, what failed)."""
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
             "params": {"protocolVersion": "2025-06-18", "capabilities": {},
                        "clientInfo": {"name": "virtual_server bench", "version": "1"}}}
@@ -232,14 +232,31 @@ def check(run):
         h["Mcp-Session-Id"] = hd["mcp-session-id"]
     rpc(run.url, {"jsonrpc": "2.0", "method": "notifications/initialized"}, h)
     st, _, ans = rpc(run.url, {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}, h)
-    tools = [t.get("name") for t in ((ans or {}).get("result") or {}).get("tools", [])] if isinstance(ans, dict) else []
+    entries = ((ans or {}).get("result") or {}).get("tools", []) if isinstance(ans, dict) else []
+    tools = [t.get("name") for t in entries]
     if st != 200 or run.tool not in tools:
         return None, f"tools/list: HTTP {st}, {len(tools)} tools, no {run.tool}: {str(ans)[:240]}"
     call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": run.tool, "arguments": ARGS}}
     st, _, ans = rpc(run.url, call, h)
     if st != 200 or not isinstance(ans, dict) or "hello" not in json.dumps(ans.get("result")):
         return None, f"tools/call {run.tool}: HTTP {st} {str(ans)[:240]}"
-    return tools, None
+    return entries, None
+
+
+REFERENCE = {}  # member m0's own tool entries, by name (what a system should pass on unchanged)
+
+
+def altered(run, entries):
+    """m0's tools whose entry the system changed (other than its name): 'tool: key' each."""
+    prefix = run.tool[: -len("echo")]
+    out = []
+    for t in entries:
+        name = t.get("name", "")
+        own = REFERENCE.get(name[len(prefix):]) if name.startswith(prefix) else None
+        if own is not None:
+            out += [f"{own['name']}: `{k}` {json.dumps(own.get(k))} became {json.dumps(t.get(k))}"
+                    for k in sorted(set(own) | set(t)) if k != "name" and own.get(k) != t.get(k)]
+    return out
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -301,7 +318,7 @@ def probe(run, workload):
     return f"{j['ok']} of {PROBE} answered, errors {errs}"
 
 
-RESULTS = {"cells": {}, "cannot": {}, "tools": {}}
+RESULTS = {"cells": {}, "cannot": {}, "tools": {}, "altered": {}}
 
 
 def key(name, workload, kind):
@@ -324,7 +341,8 @@ def one_run(run, backends, mock_pids):
                 sbs.log(f"{name}: did not start: {e}")
                 continue
             running[name] = r
-            tools, why = check(r)
+            entries, why = check(r)
+            tools = [t.get("name") for t in entries or []]
             if why is None and len(tools) < want:
                 why = f"tools/list holds {len(tools)} tools, fewer than the {want} of its members: {tools}"
             if why is None:
@@ -336,6 +354,7 @@ def one_run(run, backends, mock_pids):
                 del running[name]
                 continue
             RESULTS["tools"][name] = len(tools)
+            RESULTS["altered"][name] = altered(r, entries)
         order = [n for n in SELECTED if n in running]
         shift = run % max(1, len(order))
         order = order[shift:] + order[:shift]
@@ -470,6 +489,13 @@ def report(facts, command, started, finished, load_start, load_end):
              "`initialize`); Envoy's `mcp_router` does the same (its session id carries the three); the Rust "
              "mcp-proxy keeps one session per backend for all its clients, and adds five tools of its own "
              "(`proxy/...`) to the list.")
+    changed = {n: a for n, a in RESULTS.get("altered", {}).items() if a}
+    if "altered" in RESULTS:
+        L.append("- Tool entries passed on: each system's list was compared, entry by entry, with member m0's own "
+                 "`tools/list` (all but the name). " + ("; ".join(
+                     f"{SYSTEMS[n][0]} changed {len(a)}: {', '.join(a[:3])}{' ...' if len(a) > 3 else ''}"
+                     for n, a in changed.items()) + "." if changed else "None was changed.") +
+                 (" Others passed them on unchanged." if changed else ""))
     L.append("- Raw data (every cell, the load generator's JSON): "
              f"`{os.path.basename(JSON_PATH or '')}`.\n")
     L.append("## Command\n")
@@ -556,6 +582,10 @@ def main():
                            "--name", name, "--threads", "1"], f"mock-{name}")
             sbs.wait_port(port, p)
             mocks.append(p)
+        own, why = check(start_direct(None, backends))
+        if why:
+            sys.exit(f"member m0 does not answer as expected: {why}")
+        REFERENCE.update((t["name"], t) for t in own)
         for run in range(RUNS):
             one_run(run, backends, [p.pid for p in mocks])
     finally:
