@@ -153,14 +153,15 @@ async def test_resources_and_prompts_of_members(virtual) -> None:
         assert "Hello tester, this is py-v." in got.messages[0].content.text
 
 
-async def test_progress_streams_through(virtual) -> None:
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_progress_streams_through(virtual, mode: str) -> None:
     url, _ = virtual
     seen: list[tuple[float, float]] = []
 
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         seen.append((time.monotonic(), value))
 
-    async with Client(url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as client:
+    async with Client(url, mode=mode, read_timeout_seconds=READ_TIMEOUT) as client:
         result = await client.call_tool("py_slow_progress", {"steps": 3, "delay": 0.5}, progress_callback=on_progress)
     assert text_of(result) == "done"
     assert [v for _, v in seen] == [1, 2, 3], seen
