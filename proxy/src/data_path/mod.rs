@@ -40,7 +40,7 @@ use std::time::Instant;
 use crate::config::SessionFailover;
 use crate::control::stats::Counter;
 use crate::data_path::admission::{Admitted, Permits};
-use crate::data_path::attempt::Plan;
+use crate::data_path::attempt::{EraPlan, Plan};
 use crate::data_path::request::{offset_of, ClientConn, HttpMethod, Next, Refusal, ReqMeta, Stop};
 use crate::data_path::route::{NotOwner, SessionRoute, Target};
 use crate::runtime::core::{Core, BUF_SIZE};
@@ -132,6 +132,15 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     if let Some(front) = legacy {
         return Ok(legacy_front::forward(core, c, gi, front).await);
     }
+    let virtual_server = core
+        .shared
+        .config
+        .servers
+        .get(gi)
+        .and_then(|g| g.virtual_server.clone());
+    if let Some(vs) = virtual_server {
+        return crate::virtual_server::serve(core, c, gi, &vs).await;
+    }
     let mut scratch = [0u8; SCRATCH];
     let opened = open_session(core, c, gi, &mut scratch)?;
     let admitted = match method {
@@ -142,21 +151,21 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     if let Some(a) = &admitted {
         admission::acquire_permits(core, &a.conc, &mut permits).await?;
     }
-    let plan = plan(core, c, gi, admitted.as_ref(), opened)?;
-    if plan.modern {
+    let (plan, era) = plan(core, c, gi, admitted.as_ref(), opened)?;
+    if era.modern {
         // A 2026-07-28 retry carrying the input a bridged call waits for goes to that call.
         if let Some(next) = era_bridge::resume(core, c).await {
             return Ok(next);
         }
     }
-    if plan.legacy_client.is_some() {
+    if era.legacy_client.is_some() {
         // What a 2026-07-28 backend has no use for is answered here.
         if let Some(next) = era_bridge::answer_locally(c).await {
             return Ok(next);
         }
     }
     let conc = admitted.map(|a| a.conc).unwrap_or_default();
-    Ok(attempt::send(core, c, plan, &conc, &mut permits).await)
+    Ok(attempt::send(core, c, plan, era, &conc, &mut permits).await)
 }
 
 /// Notes the JSON-RPC id of a request refused before its envelope was read, so that the
@@ -207,14 +216,14 @@ fn open_session<'s>(
 }
 
 /// Where the request may go: its session's backend (`opened`: its id, opened), a failover
-/// first, or the group's balancer.
+/// first, or the group's balancer; and what the era bridge has to do with it.
 fn plan<'s>(
     core: &Core,
     c: &mut ClientConn,
     gi: usize,
     admitted: Option<&Admitted>,
     opened: Option<Opened<'s>>,
-) -> Result<Plan<'s>, Refusal> {
+) -> Result<(Plan<'s>, EraPlan<'s>), Refusal> {
     let Some(group) = core.shared.config.servers.get(gi) else {
         return Err(Refusal::new(503, -32603, "no backend available"));
     };
@@ -228,6 +237,9 @@ fn plan<'s>(
         // GET streams and DELETE only read (or end a session).
         read_only: admitted.is_none_or(|a| a.read_only),
         can_fail_over: false,
+        head_timeout: core.shared.config.proxy.upstream_timeout,
+    };
+    let mut era = EraPlan {
         // A request in a session is of that session's era, whatever its `_meta` says.
         modern: admitted.is_some_and(|a| a.modern) && c.req.session_id().is_none(),
         legacy_client: None,
@@ -236,7 +248,7 @@ fn plan<'s>(
         if admitted.is_none() {
             plan.hash_key = route::balance_key(group, &c.req, c.client_ip, None);
         }
-        return Ok(plan);
+        return Ok((plan, era));
     };
     if core.access_log.is_some() {
         c.meta.session_hash = core.shared.key_hasher.hash_key(sealed);
@@ -247,8 +259,8 @@ fn plan<'s>(
     {
         // mcplb's own session for a 2025-era client of a 2026-07-28 backend: no backend
         // state, so any backend serves it.
-        plan.legacy_client = Some(o.sid);
-        return Ok(plan);
+        era.legacy_client = Some(o.sid);
+        return Ok((plan, era));
     }
     plan.can_fail_over = reinit;
     let now = crate::balance::now_ns(core.shared.epoch);
@@ -275,5 +287,5 @@ fn plan<'s>(
             return Err(Refusal::invalid(404, "Session not found"));
         }
     }
-    Ok(plan)
+    Ok((plan, era))
 }
