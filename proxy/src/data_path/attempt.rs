@@ -103,7 +103,9 @@ pub(crate) async fn send(
                 && plan.sid.is_none()
                 && group.era != BackendEra::Sessions));
     if bridging {
-        return era_send(core, c, plan, era, conc, permits).await;
+        // Boxed: inlined, the bridge's states would grow every request's future (copied into
+        // the connection's per-request box), bridged or not.
+        return Box::pin(era_send(core, c, plan, era, conc, permits)).await;
     }
     let mut ubuf = std::mem::take(&mut c.ubuf);
     if ubuf.capacity() == 0 {

@@ -155,15 +155,16 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
         admission::acquire_permits(core, &a.conc, &mut permits).await?;
     }
     let (plan, era) = plan(core, c, gi, admitted.as_ref(), opened)?;
-    if era.modern {
+    // The era bridge's own answers, boxed (as the virtual server's above).
+    if era.modern && crate::session::era::has_request_state(c.req.body()) {
         // A 2026-07-28 retry carrying the input a bridged call waits for goes to that call.
-        if let Some(next) = era_bridge::resume(core, c).await {
+        if let Some(next) = Box::pin(era_bridge::resume(core, c)).await {
             return Ok(next);
         }
     }
     if era.legacy_client.is_some() {
         // What a 2026-07-28 backend has no use for is answered here.
-        if let Some(next) = era_bridge::answer_locally(c).await {
+        if let Some(next) = Box::pin(era_bridge::answer_locally(c)).await {
             return Ok(next);
         }
     }

@@ -724,12 +724,17 @@ struct RetryParams<'a> {
     responses: std::collections::HashMap<String, &'a RawValue>,
 }
 
-/// The retry parts of a request body, when it has a `requestState` (a plain string).
-pub(crate) fn retry_input(body: &[u8]) -> Option<RetryInput<'_>> {
-    // Every 2026-07-28 request comes here: a searcher built once, not per request.
+/// Whether a request body may carry a `requestState` (every 2026-07-28 request is looked at:
+/// a searcher built once, not per request).
+pub(crate) fn has_request_state(body: &[u8]) -> bool {
     static NEEDLE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"requestState\""));
-    NEEDLE.find(body)?;
+    NEEDLE.find(body).is_some()
+}
+
+/// The retry parts of a request body, when it has a `requestState` (a plain string).
+pub(crate) fn retry_input(body: &[u8]) -> Option<RetryInput<'_>> {
+    has_request_state(body).then_some(())?;
     let f: RetryFrame<'_> = serde_json::from_slice(body).ok()?;
     Some(RetryInput {
         state: f.params.state,
