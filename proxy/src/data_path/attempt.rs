@@ -97,7 +97,7 @@ pub(crate) async fn send(
         return reply::refuse(c, &Refusal::new(503, -32603, "no backend available")).await;
     };
     let bridging = group.era_bridge
-        && ((era.modern && group.era != BackendEra::Stateless)
+        && ((era.modern && group.era != BackendEra::Stateless && !core.bridges.all_stateless(gi))
             || era.legacy_client.is_some()
             || (c.meta.method == Method::Initialize
                 && plan.sid.is_none()

@@ -87,6 +87,14 @@ impl Bridges {
             .map_or(Learned::Unknown, Cell::get)
     }
 
+    /// Whether this core has learned that every backend of group `gi` serves 2026-07-28
+    /// requests itself (`era = "auto"`): its 2026-07-28 requests then take the plain path.
+    pub(crate) fn all_stateless(&self, gi: usize) -> bool {
+        self.learned
+            .get(gi)
+            .is_some_and(|g| g.iter().all(|l| l.get() == Learned::Stateless))
+    }
+
     fn learn(&self, gi: usize, bi: usize, l: Learned) {
         if let Some(cell) = self.learned.get(gi).and_then(|g| g.get(bi)) {
             cell.set(l);
