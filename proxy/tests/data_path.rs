@@ -532,7 +532,7 @@ fn parked_idle_connections_wake_for_their_next_request_and_time_out() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        // Past client_idle_timeout (2 s, swept once a second) mcplb closes the others.
+        // Past client_idle_timeout (2 s, swept when one is due) mcplb closes the others.
         std::thread::sleep(Duration::from_millis(3500));
         for (c, _) in conns.drain(..) {
             let mut raw = c.into_stream();

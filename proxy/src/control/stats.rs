@@ -406,6 +406,11 @@ impl CoreRecorder {
         }
     }
 
+    /// Whether anything was recorded since the last [`CoreRecorder::flush_into`].
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
     /// Adds to a counter.
     pub fn count(&mut self, c: Counter, n: u64) {
         self.dirty = true;
