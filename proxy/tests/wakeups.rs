@@ -1,7 +1,9 @@
 //! What an idle or slowly used mcplb costs in wake-ups (issue 21), on both drivers: a worker
-//! with nothing to do is never woken (no timer ticks), and a reload wakes the workers at once
-//! (a removed backend's pooled connection closes with no traffic). Wake-ups are the worker
-//! threads' voluntary context switches from /proc: counts, not times.
+//! with nothing to do is never woken (no timer ticks), a connection that idles between calls
+//! (an agent thinking between tool calls) costs its worker about two wake-ups per call (the
+//! request, the answer; no hot wait that only expires), and a reload wakes the workers at
+//! once (a removed backend's pooled connection closes with no traffic). Wake-ups are the
+//! worker threads' voluntary context switches from /proc: counts, not times.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -54,6 +56,33 @@ fn an_idle_worker_is_not_woken() {
         assert!(
             woken <= 2,
             "idle workers woke {woken} times (driver {driver})"
+        );
+    }
+}
+
+#[test]
+fn a_connection_idle_between_calls_costs_two_wakeups_a_call() {
+    let a = mock("alpha");
+    for driver in DRIVERS {
+        let p = start_proxy(&config_for(&[&a], ""), driver);
+        let mut c = HttpClient::connect(p.addr).unwrap();
+        let (sid, _) = init_session(&mut c);
+        assert_eq!(whoami(&mut c, &sid), "alpha");
+        std::thread::sleep(Duration::from_millis(200));
+        let calls = 8;
+        let before = worker_wakeups(&p);
+        for _ in 0..calls {
+            assert_eq!(whoami(&mut c, &sid), "alpha");
+            // Longer than the hot wait (100 ms): the connection parks between calls.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let woken = worker_wakeups(&p) - before;
+        // Per call: the request, the answer; and a statistics fold a second. A hot wait that
+        // expires adds one per call, the old timer ticks about 12 a second per worker.
+        let most = calls * 2 + 6;
+        assert!(
+            woken <= most,
+            "{calls} calls woke the workers {woken} times (at most {most} expected; driver {driver})"
         );
     }
 }

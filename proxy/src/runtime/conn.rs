@@ -1,8 +1,9 @@
 //! A client connection's life: the TLS handshake (bounded like a slow head), then requests
 //! one after another through `data_path::handle_request`, and between them the wait for the
-//! next one: a short hot wait with a buffer lent to the kernel, then parking with no task and
-//! no buffer (see `park.rs`). Buffers go back to the core's free lists whenever the connection
-//! is idle.
+//! next one: for a connection whose requests follow each other closely, a short hot wait with
+//! a buffer lent to the kernel, then parking with no task and no buffer (see `park.rs`); one
+//! that idles between requests (an agent thinking between tool calls) parks at once. Buffers
+//! go back to the core's free lists whenever the connection is idle.
 
 use std::future::Future as _;
 use std::net::SocketAddr;
@@ -29,8 +30,8 @@ use crate::tls::Conn;
 pub(crate) enum Arrival {
     /// Just accepted.
     Accepted,
-    /// Parked, and now readable.
-    Woken,
+    /// Parked, and now readable: it had been idle for `idle` since its last request ended.
+    Woken { idle: Duration },
 }
 
 /// Serves a client connection until it closes or idles; an idle one is parked, its task ends.
@@ -90,10 +91,18 @@ pub(crate) async fn park_loop(park: Rc<IdleSet>, newest: impl Fn() -> Option<Rc<
     loop {
         let woke = park.wait(&mut ready, shutdown.as_mut()).await;
         let core = newest();
+        let now = Instant::now();
         for p in ready.drain(..) {
             // With no state at all (the worker is going away) they close.
             if let Some(core) = &core {
-                let fut = serve_client(core.clone(), p.stream, p.peer, p.client, Arrival::Woken);
+                let idle = now.saturating_duration_since(p.since);
+                let fut = serve_client(
+                    core.clone(),
+                    p.stream,
+                    p.peer,
+                    p.client,
+                    Arrival::Woken { idle },
+                );
                 spawn_client(core.clone(), fut);
             }
         }
@@ -129,12 +138,16 @@ async fn serve_connection(
     let mut canceller = Some(Canceller::new());
     // Requests served on this connection: after its first one a plain connection parks when
     // idle (before it, it waits for readiness in its task).
-    let mut woken = matches!(arrival, Arrival::Woken);
+    let mut woken = matches!(arrival, Arrival::Woken { .. });
     let mut served: u32 = u32::from(woken);
-    // Only a connection that has shown it reuses itself (two requests or more) gets the hot
-    // direct read; one that sent a single request and went quiet waits for readiness at once,
-    // lending no buffer even for the hot period (measured: with 10 000 such connections the
-    // transient buffers cost ~0.2 KiB each). A woken connection has served a request before.
+    // Whether the next request is expected soon, so the connection waits for it with a read
+    // buffer lent to the kernel ([`HOT_WAIT`]) rather than parking at once: one whose last
+    // request followed the one before within `HOT_WAIT` (a new one never: one that sends a
+    // single request and goes quiet lends no buffer even for the hot period; measured, with
+    // 10 000 such connections the transient buffers cost ~0.2 KiB each). One that idled
+    // longer parks right after its answer: its hot wait would only expire, costing a timer,
+    // a wake-up and a cancelled read per request (an agent thinking between tool calls).
+    let hot = matches!(arrival, Arrival::Woken { idle } if idle < HOT_WAIT);
     let mut park = None;
     let mut linger = false;
     loop {
@@ -149,7 +162,7 @@ async fn serve_connection(
             give_back(core, &mut c);
             // Boxed for the same reason as the request below: the hot wait's I/O and timer
             // state would otherwise sit in every idle connection's task.
-            let waited = if served >= 2 {
+            let waited = if hot {
                 Box::pin(wait_request(core, &mut c, &mut canceller)).await
             } else {
                 Wait::Idle
@@ -160,7 +173,7 @@ async fn serve_connection(
                     // Idle between requests: the connection is parked with no task (see
                     // `park.rs`), and served again by a new task when it turns readable.
                     let now = Instant::now();
-                    park = Some(if served >= 2 {
+                    park = Some(if hot {
                         now.checked_sub(HOT_WAIT).unwrap_or(now)
                     } else {
                         now
