@@ -50,6 +50,7 @@ start_proxy() { # bin name -> sets PID and PORT (no subshell: its PID must reach
 [proxy]
 listen = "127.0.0.1:$port"
 workers = 1
+max_connections_per_ip = 100000
 [[servers]]
 name = "b"
 path = "/mcp"

@@ -368,16 +368,10 @@ def main():
     finished = datetime.datetime.now()
     load_end = sbs.loadavg()
     text = report(res, facts, command, started, finished, load_start, load_end)
-    with open(stem + ".json", "w") as f:
-        json.dump({"facts": facts, "command": command, "started": started.isoformat(),
-                   "finished": finished.isoformat(), "load_start": load_start, "load_end": load_end,
-                   "settings": {"DURATION": DURATION, "RUNS": RUNS, "CONNS": CONNS, "MODES": MODES,
-                                "LOAD_CORE": LOAD_CORE, "MOCK_CORE": MOCK_CORE},
-                   "bodies": {m: body(m == "stateless") for m in MODES}, "runs": raw}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(text)
-    print(text)
-    sbs.log(f"wrote {stem}.md and {stem}.json")
+    settings = {"DURATION": DURATION, "RUNS": RUNS, "CONNS": CONNS, "MODES": MODES,
+                "LOAD_CORE": LOAD_CORE, "MOCK_CORE": MOCK_CORE}
+    sbs.write_results(stem, text, facts, command, started, finished, load_start, load_end, settings,
+                      bodies={m: body(m == "stateless") for m in MODES}, runs=raw)
 
 
 if __name__ == "__main__":

@@ -213,14 +213,7 @@ def main():
     settings = {"DURATION": DURATION, "RUNS": RUNS, "CONNS": CONNS, "MODES": MODES,
                 "LOAD_CORE": LOAD_CORE, "MOCK_CORE": MOCK_CORE}
     text = report(res, facts, command, started, finished, load_start, load_end, settings)
-    with open(stem + ".json", "w") as f:
-        json.dump({"facts": facts, "command": command, "started": started.isoformat(),
-                   "finished": finished.isoformat(), "load_start": load_start, "load_end": load_end,
-                   "settings": settings, "runs": raw}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(text)
-    print(text)
-    sbs.log(f"wrote {stem}.md and {stem}.json")
+    sbs.write_results(stem, text, facts, command, started, finished, load_start, load_end, settings, runs=raw)
 
 
 if __name__ == "__main__":

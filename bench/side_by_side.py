@@ -425,6 +425,18 @@ def run_load(url, conns, secs, rate=None, stateless=True, warmup="0s", timeout_e
     return j
 
 
+def write_results(stem, text, facts, command, started, finished, load_start, load_end, settings, **data):
+    """Writes a benchmark's results, `stem`.json (the facts, the command, when, the load average,
+    the settings and `data`: every run) and `stem`.md (`text`), and prints the markdown."""
+    with open(stem + ".json", "w") as f:
+        json.dump({"facts": facts, "command": command, "started": started.isoformat(), "finished": finished.isoformat(),
+                   "load_start": load_start, "load_end": load_end, "settings": settings, **data}, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(text)
+    print(text)
+    log(f"wrote {stem}.md and {stem}.json")
+
+
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None

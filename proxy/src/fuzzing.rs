@@ -151,7 +151,9 @@ fn within(r: &Range<usize>, len: usize) -> bool {
 /// The request-head parse: bytes after the head change nothing; every range it returns lies
 /// inside the head; the path holds no `?` and the query starts with one; never both
 /// Content-Length and chunked; Content-Length agrees with every such header; the session id
-/// and `Mcp-Method`/`Mcp-Name` are those headers' values; no more than `max_headers` headers.
+/// and `Mcp-Method`/`Mcp-Name` are those headers' values; no more than `max_headers` headers;
+/// a body is de-chunked only for a lone `chunked` (501 only for a well-formed list ending in
+/// one); a `Connection` header naming fields is noted.
 pub fn check_request_head(buf: &[u8], max_headers: usize) {
     let Some(verdict) = parse_request_head(buf, max_headers) else {
         assert!(http::head_len(buf).is_none());
@@ -173,6 +175,26 @@ pub fn check_request_head(buf: &[u8], max_headers: usize) {
         }
         Err(HeadRefusal::Bad(why)) => {
             assert!(!why.is_empty());
+            return;
+        }
+        Err(HeadRefusal::NotImplemented(why)) => {
+            // 501 only for a well-formed list of codings that ends in a lone `chunked`.
+            assert!(!why.is_empty());
+            let codings = transfer_codings(&buf[..len]);
+            assert!(codings.len() > 1, "501 for {codings:?}");
+            // Each a token, perhaps with parameters (`gzip;level=1`).
+            let mut names = codings
+                .iter()
+                .map(|c| http::trim_ows(c.split(|b| *b == b';').next().unwrap_or_default()));
+            assert!(names.all(http::is_token), "{codings:?}");
+            let chunked: Vec<_> = codings
+                .iter()
+                .filter(|c| c.eq_ignore_ascii_case(b"chunked"))
+                .collect();
+            assert_eq!(chunked.len(), 1, "{codings:?}");
+            assert!(codings
+                .last()
+                .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
             return;
         }
     };
@@ -206,8 +228,16 @@ pub fn check_request_head(buf: &[u8], max_headers: usize) {
         assert!(!name.iter().chain(value).any(|b| *b == b'\r' || *b == b'\n'));
         if name.eq_ignore_ascii_case(b"content-length") {
             assert_eq!(http::parse_content_length(value), h.content_length);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            assert!(h.chunked && http::has_token(value, b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            // Any option other than `close` or a hop-by-hop name marks fields to drop.
+            let names = value.split(|b| *b == b',').map(http::trim_ows).any(|t| {
+                !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !http::is_hop_by_hop(t)
+            });
+            assert!(
+                !names || h.conn_fields,
+                "Connection: {:?}",
+                String::from_utf8_lossy(value)
+            );
         } else if name.eq_ignore_ascii_case(b"mcp-session-id") {
             session = Some(value);
         } else if name.eq_ignore_ascii_case(b"mcp-method") {
@@ -216,16 +246,45 @@ pub fn check_request_head(buf: &[u8], max_headers: usize) {
             mcp_name = Some(value);
         }
     }
+    // A body is de-chunked only for a lone `chunked` across every Transfer-Encoding line:
+    // never a coding dropped silently.
+    let codings = transfer_codings(&buf[..len]);
+    if h.chunked {
+        assert_eq!(codings.len(), 1, "{codings:?}");
+        assert!(codings[0].eq_ignore_ascii_case(b"chunked"));
+    } else {
+        assert!(
+            codings.is_empty(),
+            "codings {codings:?} accepted without chunked"
+        );
+    }
     assert_eq!(h.session.as_ref().map(bytes), session);
     assert_eq!(h.mcp_method.as_ref().map(bytes), mcp_method);
     assert_eq!(h.mcp_name.as_ref().map(bytes), mcp_name);
 }
 
+/// Every transfer coding the `Transfer-Encoding` lines of `head` list, OWS-trimmed, in order
+/// (an independent reading: httparse's headers split at commas).
+fn transfer_codings(head: &[u8]) -> Vec<&[u8]> {
+    let mut storage = [httparse::EMPTY_HEADER; 512];
+    let mut req = httparse::Request::new(&mut storage);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return Vec::new();
+    }
+    req.headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .map(http::trim_ows)
+        .collect()
+}
+
 /// The response-head rewrite of the head at the start of `buf`: what it writes for the
 /// client, completed with a blank line, is a well-formed HTTP/1.1 head with the same status;
-/// it carries no hop-by-hop or framing header; each `Mcp-Session-Id` opens (with the same
-/// key) to the backend's own id and the owner it was sealed with, or is the client's current
-/// id when the backend repeats it; an SSE answer says `x-accel-buffering`.
+/// it carries no hop-by-hop or framing header, nor one the backend's `Connection` names; each
+/// `Mcp-Session-Id` opens (with the same key) to the backend's own id and the owner it was
+/// sealed with, or is the client's current id when the backend repeats it; an SSE answer says
+/// `x-accel-buffering`.
 pub fn check_response_head(buf: &[u8], backend_tag: u32) {
     let Some(len) = http::head_len(buf) else {
         return;
@@ -269,6 +328,18 @@ pub fn check_response_head(buf: &[u8], backend_tag: u32) {
         assert_eq!(client.version, Some(1));
         let mut sids = backend_sids.iter();
         let mut accel = false;
+        let named: Vec<&[u8]> = upstream
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|b| *b == b','))
+            .map(|t| t.trim_ascii())
+            // `close` is an option, not a field name; mcplb's own x-accel-buffering on SSE.
+            .filter(|t| {
+                let ours = is_sse && t.eq_ignore_ascii_case(b"x-accel-buffering");
+                !(ours || t.eq_ignore_ascii_case(b"close"))
+            })
+            .collect();
         for h in client.headers.iter() {
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"mcp-session-id") {
@@ -291,9 +362,192 @@ pub fn check_response_head(buf: &[u8], backend_tag: u32) {
                 "hop-by-hop header {:?} forwarded",
                 h.name
             );
+            assert!(
+                !named.iter().any(|n| n.eq_ignore_ascii_case(name)),
+                "{:?}, named in the backend's Connection, forwarded",
+                h.name
+            );
             accel |= name.eq_ignore_ascii_case(b"x-accel-buffering");
         }
         assert!(sids.next().is_none(), "a session id was lost");
         assert!(!is_sse || accel, "SSE answer without x-accel-buffering");
     }
+}
+
+pub use crate::config::{ForwardedHeader, TrustedProxies};
+pub use crate::data_path::client_address::client_ip;
+pub use crate::runtime::proxy_protocol::{parse as parse_proxy_header, ProxyHeader, MAX_HEADER};
+
+/// The PROXY protocol parse of the bytes at the start of `buf`: a complete header is at most
+/// `MAX_HEADER` bytes long and inside `buf`; it is found the same in its own bytes and with
+/// anything after it, and every shorter prefix of it is incomplete; an incomplete verdict holds
+/// for every prefix and never past `MAX_HEADER` bytes; a refusal stays a refusal whatever
+/// follows (`more`).
+pub fn check_proxy_header(buf: &[u8], more: &[u8]) {
+    let verdict = parse_proxy_header(buf);
+    let extended = [buf, more].concat();
+    match verdict {
+        ProxyHeader::Done { len, .. } => {
+            assert!(len > 0 && len <= buf.len() && len <= MAX_HEADER, "{len}");
+            assert_eq!(parse_proxy_header(&buf[..len]), verdict, "its own bytes");
+            assert_eq!(parse_proxy_header(&extended), verdict, "bytes after it");
+            for k in 0..len {
+                assert_eq!(
+                    parse_proxy_header(&buf[..k]),
+                    ProxyHeader::Incomplete,
+                    "prefix of {k} bytes"
+                );
+            }
+        }
+        ProxyHeader::Incomplete => {
+            assert!(buf.len() < MAX_HEADER);
+            for k in 0..buf.len() {
+                assert_eq!(
+                    parse_proxy_header(&buf[..k]),
+                    ProxyHeader::Incomplete,
+                    "{k}"
+                );
+            }
+        }
+        ProxyHeader::Invalid(why) => {
+            assert!(!why.is_empty());
+            assert!(
+                matches!(parse_proxy_header(&extended), ProxyHeader::Invalid(_)),
+                "a refusal undone by more bytes"
+            );
+        }
+    }
+}
+
+/// A PROXY header written for `source` (v1 text, or v2 binary with `tlvs` bytes of TLVs, or
+/// v2 LOCAL), followed by `tail`, parses to that source and the header's length.
+pub fn check_proxy_header_round_trip(
+    source: std::net::SocketAddr,
+    dest: std::net::SocketAddr,
+    kind: u8,
+    tlvs: &[u8],
+    tail: &[u8],
+) {
+    use std::net::SocketAddr;
+    // Both addresses of one family, as a balancer writes them.
+    let dest = match (source, dest) {
+        (SocketAddr::V4(_), SocketAddr::V6(d)) => SocketAddr::from(([10, 0, 0, 1], d.port())),
+        (SocketAddr::V6(_), SocketAddr::V4(d)) => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, d.port()))
+        }
+        _ => dest,
+    };
+    let (mut wire, want) = match kind % 3 {
+        0 => {
+            let family = if source.is_ipv4() { "TCP4" } else { "TCP6" };
+            let line = format!(
+                "PROXY {family} {} {} {} {}\r\n",
+                source.ip(),
+                dest.ip(),
+                source.port(),
+                dest.port()
+            );
+            (line.into_bytes(), Some(source))
+        }
+        k => {
+            let local = k == 2;
+            let mut w = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+            w.push(if local { 0x20 } else { 0x21 });
+            let mut addrs = Vec::new();
+            match (source, dest) {
+                (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+                    w.push(0x11);
+                    addrs.extend(s.ip().octets());
+                    addrs.extend(d.ip().octets());
+                }
+                (SocketAddr::V6(s), SocketAddr::V6(d)) => {
+                    w.push(0x21);
+                    addrs.extend(s.ip().octets());
+                    addrs.extend(d.ip().octets());
+                }
+                _ => unreachable!("one family"),
+            }
+            addrs.extend(source.port().to_be_bytes());
+            addrs.extend(dest.port().to_be_bytes());
+            // TLVs as type, length, value, cut to what fits.
+            let room = MAX_HEADER - 16 - addrs.len();
+            let tlv = &tlvs[..tlvs
+                .len()
+                .min(room.saturating_sub(3))
+                .min(u16::MAX as usize)];
+            if !tlv.is_empty() {
+                addrs.push(0x04); // PP2_TYPE_NOOP
+                addrs.extend((tlv.len() as u16).to_be_bytes());
+                addrs.extend(tlv);
+            }
+            w.extend((addrs.len() as u16).to_be_bytes());
+            w.extend(addrs);
+            (w, (!local).then_some(source))
+        }
+    };
+    let len = wire.len();
+    wire.extend_from_slice(tail);
+    assert_eq!(
+        parse_proxy_header(&wire),
+        ProxyHeader::Done { len, source: want },
+        "{:?}",
+        String::from_utf8_lossy(&wire)
+    );
+    check_proxy_header(&wire, tail);
+}
+
+/// The client address a trusted proxy's `X-Forwarded-For` list gives is what a walk from the
+/// right finds: past trusted hops to the first untrusted address (all trusted: the left-most;
+/// an entry that is not an address: the trusted hop right of it); the peer's own when it is
+/// not trusted. Entries are (address or garbage, trusted?) pairs from a pool.
+pub fn check_client_ip(
+    peer: std::net::IpAddr,
+    entries: &[Option<std::net::IpAddr>],
+    lines: usize,
+    trusted: &TrustedProxies,
+) {
+    // The oracle: right to left.
+    let expected = if !trusted.contains(peer) {
+        peer
+    } else {
+        let mut last = peer;
+        let mut found = None;
+        for e in entries.iter().rev() {
+            match e {
+                Some(ip) => {
+                    last = *ip;
+                    if !trusted.contains(*ip) {
+                        found = Some(*ip);
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        found.unwrap_or(last)
+    };
+    // The same list written over `lines` header lines, with ports on some entries.
+    let texts: Vec<String> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match e {
+            Some(std::net::IpAddr::V4(a)) if i % 2 == 1 => format!("{a}:{}", 1000 + i),
+            Some(std::net::IpAddr::V6(a)) if i % 2 == 1 => format!("[{a}]:{}", 1000 + i),
+            Some(a) => a.to_string(),
+            None => "unknown".to_string(),
+        })
+        .collect();
+    let per = texts.len().div_ceil(lines.max(1)).max(1);
+    let values: Vec<String> = texts.chunks(per).map(|c| c.join(" , ")).collect();
+    let headers: Vec<(&[u8], &[u8])> = values
+        .iter()
+        .map(|v| (&b"X-Forwarded-For"[..], v.as_bytes()))
+        .collect();
+    let got = client_ip(
+        trusted,
+        ForwardedHeader::XForwardedFor,
+        peer,
+        headers.into_iter(),
+    );
+    assert_eq!(got, expected, "peer {peer}, list {values:?}");
 }

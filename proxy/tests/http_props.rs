@@ -52,6 +52,7 @@ fn request_head() -> impl Strategy<Value = Vec<u8>> {
             Just("Mcp-Session-Id"),
             Just("Mcp-Method"),
             Just("Mcp-Name"),
+            Just("X-Secret"),
             Just("Host"),
             Just("X-Other"),
             Just("Bad Name"),
@@ -63,6 +64,12 @@ fn request_head() -> impl Strategy<Value = Vec<u8>> {
             Just(" 7 ".to_owned()),
             Just("chunked".to_owned()),
             Just("gzip, chunked".to_owned()),
+            Just("chunked, chunked".to_owned()),
+            Just("chunked,".to_owned()),
+            Just("Chunked ".to_owned()),
+            Just("identity".to_owned()),
+            Just("chunked;ext".to_owned()),
+            Just("x-secret, close".to_owned()),
             Just("close".to_owned()),
             Just("keep-alive".to_owned()),
             Just("100-continue".to_owned()),
@@ -94,6 +101,50 @@ fn request_head() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// A well-formed request head whose framing and hop-by-hop headers vary (the hostile
+/// generator above seldom gets every other part right).
+fn framing_request_head() -> impl Strategy<Value = Vec<u8>> {
+    let header = (
+        prop_oneof![
+            Just("Transfer-Encoding"),
+            Just("transfer-encoding"),
+            Just("Content-Length"),
+            Just("Connection"),
+            Just("X-Secret"),
+            Just("Mcp-Session-Id"),
+        ],
+        prop_oneof![
+            Just("chunked"),
+            Just("Chunked"),
+            Just("gzip, chunked"),
+            Just("gzip"),
+            Just("chunked, gzip"),
+            Just("chunked, chunked"),
+            Just("chunked,"),
+            Just(" , chunked"),
+            Just("deflate;q=1, chunked"),
+            Just("chunked;ext=1"),
+            Just("12"),
+            Just("close"),
+            Just("keep-alive, x-secret"),
+            Just("x-secret"),
+            Just("Upgrade"),
+        ],
+    );
+    (
+        prop_oneof![Just("POST"), Just("GET"), Just("DELETE")],
+        prop::collection::vec(header, 0..6),
+    )
+        .prop_map(|(m, headers)| {
+            let mut out = format!("{m} /mcp HTTP/1.1\r\nHost: x\r\n").into_bytes();
+            for (n, v) in headers {
+                out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+            out
+        })
+}
+
 /// An upstream response head built from parts.
 fn response_head() -> impl Strategy<Value = Vec<u8>> {
     let status = prop_oneof![
@@ -120,9 +171,14 @@ fn response_head() -> impl Strategy<Value = Vec<u8>> {
             Just("Upgrade"),
             Just("Trailer"),
             Just("X-Other"),
+            Just("X-Hop"),
+            Just("Proxy-Authenticate"),
         ],
         prop_oneof![
             Just("text/event-stream".to_owned()),
+            Just("x-hop, X-Other".to_owned()),
+            Just("gzip, chunked".to_owned()),
+            Just("close, x-accel-buffering".to_owned()),
             Just("TEXT/EVENT-STREAM; charset=utf-8".to_owned()),
             Just("application/json".to_owned()),
             Just("12".to_owned()),
@@ -144,8 +200,89 @@ fn response_head() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// Bytes that start like a PROXY header (v1 or v2), then anything.
+fn proxy_header_bytes() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop_oneof![
+            Just(&b"PROXY "[..]),
+            Just(&b"PROXY TCP4 "[..]),
+            Just(&b"PROXY TCP6 "[..]),
+            Just(&b"PROXY UNKNOWN"[..]),
+            Just(&b"\r\n\r\n\0\r\nQUIT\n"[..]),
+            Just(&b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c"[..]),
+            Just(&b""[..]),
+        ],
+        prop::collection::vec(
+            prop_oneof![
+                Just(b' '),
+                Just(b'.'),
+                Just(b':'),
+                Just(b'\r'),
+                Just(b'\n'),
+                b'0'..=b'9',
+                any::<u8>(),
+            ],
+            0..140,
+        ),
+    )
+        .prop_map(|(start, rest)| [start, &rest].concat())
+}
+
+fn socket_addr() -> impl Strategy<Value = std::net::SocketAddr> {
+    (
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(std::net::IpAddr::from),
+            any::<[u8; 16]>().prop_map(std::net::IpAddr::from),
+        ],
+        any::<u16>(),
+    )
+        .prop_map(std::net::SocketAddr::from)
+}
+
+/// An `X-Forwarded-For` entry from a small pool (so that trusted and untrusted addresses
+/// mix), or garbage (`None`).
+fn xff_entry() -> impl Strategy<Value = Option<std::net::IpAddr>> {
+    prop_oneof![
+        4 => (0u8..6).prop_map(|i| Some(std::net::IpAddr::from([10, 0, 0, i]))),
+        4 => (0u8..6).prop_map(|i| Some(std::net::IpAddr::from([192, 0, 2, i]))),
+        1 => (0u16..4).prop_map(|i| Some(std::net::IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, i]))),
+        1 => Just(None),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn proxy_headers_of_any_bytes_keep_their_invariants(buf in proxy_header_bytes(), more in prop::collection::vec(any::<u8>(), 0..32)) {
+        fuzzing::check_proxy_header(&buf, &more);
+    }
+
+    #[test]
+    fn proxy_headers_round_trip(
+        source in socket_addr(),
+        dest in socket_addr(),
+        kind in any::<u8>(),
+        tlvs in prop::collection::vec(any::<u8>(), 0..64),
+        tail in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        fuzzing::check_proxy_header_round_trip(source, dest, kind, &tlvs, &tail);
+    }
+
+    #[test]
+    fn the_client_is_the_right_most_untrusted_address(
+        peer in xff_entry(),
+        entries in prop::collection::vec(xff_entry(), 0..8),
+        lines in 1usize..4,
+    ) {
+        // 10.0.0.0/8 and fd00::/8 are the proxies in front; 192.0.2.x are clients.
+        let trusted = fuzzing::TrustedProxies(vec![
+            "10.0.0.0/8".parse().unwrap_or_else(|_| unreachable!()),
+            "fd00::/8".parse().unwrap_or_else(|_| unreachable!()),
+        ]);
+        let peer = peer.unwrap_or(std::net::IpAddr::from([10, 9, 9, 9]));
+        fuzzing::check_client_ip(peer, &entries, lines, &trusted);
+    }
 
     #[test]
     fn chunked_any_bytes_whole_or_cut_agree(input in framing_bytes(), cuts in prop::collection::vec(any::<usize>(), 0..8)) {
@@ -166,6 +303,11 @@ proptest! {
     #[test]
     fn request_heads_keep_their_invariants(head in request_head(), max_headers in prop_oneof![Just(100usize), 0usize..16]) {
         fuzzing::check_request_head(&head, max_headers);
+    }
+
+    #[test]
+    fn framing_of_well_formed_request_heads(head in framing_request_head()) {
+        fuzzing::check_request_head(&head, 100);
     }
 
     #[test]

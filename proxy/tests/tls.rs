@@ -141,12 +141,12 @@ fn certs(p: &Path) -> Vec<CertificateDer<'static>> {
 }
 
 fn tls_client(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>) -> anyhow::Result<HttpClient> {
-    HttpClient::connect_tls(
+    Ok(HttpClient::connect_tls(
         addr,
         Duration::from_secs(10),
         cfg.clone(),
         ServerName::try_from("localhost").unwrap(),
-    )
+    )?)
 }
 
 fn tls_proxy_config(pki: &Pki, m: &MockServer, extra_tls: &str) -> String {

@@ -20,8 +20,9 @@ use std::path::Path;
 pub use fields::parse_duration;
 pub(crate) use fields::{decode_hex32, fnv1a32};
 pub use types::{
-    Backend, Balance, ConcurrencyPer, ConcurrencyRule, Config, HashKey, HealthCheck, ProxyConfig,
-    ServerGroup, SessionFailover, DEFAULT_MAX_BODY, MAX_CONCURRENCY_RULES, READ_ONLY_CHECKS,
+    Backend, Balance, ClientAddress, ConcurrencyPer, ConcurrencyRule, Config, ForwardedHeader,
+    ForwardedMode, HashKey, HealthCheck, ProxyConfig, ServerGroup, SessionFailover, TrustedProxies,
+    DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS_PER_IP, MAX_CONCURRENCY_RULES, READ_ONLY_CHECKS,
 };
 
 /// Every problem found in a config file, each with its key path.
@@ -106,6 +107,64 @@ backends = ["http://127.0.0.1:3001/mcp", "http://127.0.0.1:3002/mcp"]
         assert_eq!(c.servers[0].backends[1].authority, "127.0.0.1:3002");
         assert_eq!(c.servers[0].backends[1].path, "/mcp");
         assert_eq!(c.proxy.max_body_bytes, DEFAULT_MAX_BODY);
+    }
+
+    #[test]
+    fn client_address_settings_are_checked() {
+        let c = Config::parse(MINIMAL).map_err(|e| e.to_string());
+        let Ok(c) = c else { panic!("{c:?}") };
+        let ca = &c.proxy.client_address;
+        assert_eq!(ca.forwarded, ForwardedMode::Append);
+        assert_eq!(ca.header, ForwardedHeader::XForwardedFor);
+        assert!(ca.trusted.is_empty() && !ca.proxy_protocol);
+        assert_eq!(c.proxy.body_timeout, Duration::from_secs(10));
+        assert_eq!(c.proxy.max_connections_per_ip, 256);
+
+        let ok = MINIMAL.replace(
+            "workers = 2",
+            "workers = 2\nforwarded = \"replace\"\nforwarded_header = \"Forwarded\"\n\
+             trusted_proxies = [\"10.1.2.3/8\", \"::1\"]\nproxy_protocol = true",
+        );
+        let c = Config::parse(&ok).map_err(|e| e.to_string());
+        let Ok(c) = c else { panic!("{c:?}") };
+        let ca = &c.proxy.client_address;
+        assert_eq!(ca.forwarded, ForwardedMode::Replace);
+        assert_eq!(ca.header, ForwardedHeader::Forwarded);
+        assert!(ca.trusted.contains(
+            "10.200.0.1"
+                .parse()
+                .unwrap_or(std::net::IpAddr::from([0; 4]))
+        ));
+        assert!(ca
+            .trusted
+            .contains(std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)));
+        assert!(!ca.trusted.contains(std::net::IpAddr::from([11, 0, 0, 1])));
+
+        let bad = MINIMAL.replace(
+            "workers = 2",
+            "workers = 2\nforwarded = \"sometimes\"\nforwarded_header = \"x-real-ip\"\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"lan\", \"10.0.0.0/33\"]\nbody_timeout = \"0s\"",
+        );
+        let Err(ConfigErrors(errs)) = Config::parse(&bad) else {
+            panic!("should fail")
+        };
+        let all = errs.join("\n");
+        for needle in [
+            "proxy.forwarded: `sometimes`",
+            "proxy.forwarded_header: `x-real-ip`",
+            "proxy.trusted_proxies[1]: `lan`",
+            "proxy.trusted_proxies[2]: `10.0.0.0/33`",
+            "proxy.body_timeout",
+        ] {
+            assert!(all.contains(needle), "missing {needle} in:\n{all}");
+        }
+        let alone = MINIMAL.replace("workers = 2", "workers = 2\nproxy_protocol = true");
+        let Err(ConfigErrors(errs)) = Config::parse(&alone) else {
+            panic!("proxy_protocol without trusted_proxies should fail")
+        };
+        assert!(errs
+            .join("\n")
+            .contains("proxy.proxy_protocol: needs proxy.trusted_proxies"));
     }
 
     #[test]

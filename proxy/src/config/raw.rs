@@ -61,6 +61,7 @@ pub(crate) struct RawProxy {
     pub max_url_bytes: Option<i64>,
     pub max_json_depth: Option<i64>,
     pub header_timeout: Option<String>,
+    pub body_timeout: Option<String>,
     pub client_idle_timeout: Option<String>,
     pub linger_time: Option<String>,
     pub linger_timeout: Option<String>,
@@ -75,6 +76,10 @@ pub(crate) struct RawProxy {
     pub max_connections_per_ip: Option<i64>,
     pub stats: Option<bool>,
     pub reuse_port: Option<bool>,
+    pub forwarded: Option<String>,
+    pub forwarded_header: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub proxy_protocol: Option<bool>,
     pub tls: Option<RawTls>,
 }
 

@@ -8,6 +8,13 @@ use std::time::Duration;
 /// Default cap on a request body (MCP tool results of several MiB are normal).
 pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
 
+/// Default cap on client connections open at once from one address. One MCP session holds
+/// one or two connections (its POST requests and its GET stream), so 256 lets a host, or an
+/// office behind one NAT address, run a hundred sessions and more, while one address can no
+/// longer hold thousands of idle sockets. Peers in `trusted_proxies` (a balancer in front,
+/// carrying everyone's traffic) are exempt.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 256;
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -79,6 +86,8 @@ pub struct ProxyConfig {
     pub max_json_depth: usize,
     /// Time allowed for a request head to arrive once its first byte has.
     pub header_timeout: Duration,
+    /// Time allowed for a request body to arrive once its head has.
+    pub body_timeout: Duration,
     /// Idle keep-alive client connections are closed after this long.
     pub client_idle_timeout: Duration,
     /// A lingering close (an answer sent before the request was read) reads and drops what
@@ -108,9 +117,67 @@ pub struct ProxyConfig {
     pub tls: Option<crate::tls::ServerTlsFiles>,
     /// Record latency histograms and counters (on by default; off only to measure their cost).
     pub stats: bool,
+    /// The client's address: what backends are told, and which proxies are believed about it.
+    pub client_address: ClientAddress,
     /// Join listeners another process already has on `listen` (a deliberate hand-over between
     /// two mcplb processes); off by default: an address in use is then a start error.
     pub reuse_port: bool,
+}
+
+/// How the client's address reaches backends (`proxy.forwarded`, `proxy.forwarded_header`),
+/// and whose word about it is believed (`proxy.trusted_proxies`, `proxy.proxy_protocol`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAddress {
+    /// What is done with the forwarding header on the way to a backend.
+    pub forwarded: ForwardedMode,
+    /// Which header carries the address (and is read from trusted proxies).
+    pub header: ForwardedHeader,
+    /// Peers whose forwarding header and PROXY protocol header are believed (and that are
+    /// exempt from `max_connections_per_ip`: many clients arrive through them).
+    pub trusted: TrustedProxies,
+    /// Connections from trusted peers start with a PROXY protocol (v1 or v2) header.
+    pub proxy_protocol: bool,
+}
+
+/// What happens to the client's forwarding header on the way to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedMode {
+    /// The peer's address is appended to the list the request carries (the right-most entry
+    /// is always the one mcplb saw).
+    Append,
+    /// The request's own forwarding headers are dropped; only the peer's address is sent
+    /// (for an edge proxy: clients cannot put anything in the list).
+    Replace,
+    /// Nothing is added or removed.
+    Off,
+}
+
+/// Which header carries the client's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (and `X-Forwarded-Proto`), the de facto standard.
+    XForwardedFor,
+    /// `Forwarded: for=...;proto=...` (RFC 7239).
+    Forwarded,
+}
+
+/// Addresses and networks of trusted proxies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Whether `ip` (an IPv4-mapped IPv6 address counts as its IPv4 one) is trusted.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        !self.0.is_empty() && {
+            let ip = ip.to_canonical();
+            self.0.iter().any(|n| n.contains(&ip))
+        }
+    }
+
+    /// Whether no proxy is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// One `[[servers]]` group: an MCP server reachable at `path`, served by `backends`.

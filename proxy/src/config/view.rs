@@ -8,7 +8,9 @@
 use serde_json::{json, Value};
 
 use crate::auth::{JwksSource, SecretSource, UpstreamCredential};
-use crate::config::{Balance, ConcurrencyPer, Config, HashKey, SessionFailover};
+use crate::config::{
+    Balance, ConcurrencyPer, Config, ForwardedHeader, ForwardedMode, HashKey, SessionFailover,
+};
 
 /// What a redacted secret looks like.
 pub const REDACTED: &str = "<redacted>";
@@ -133,6 +135,19 @@ pub fn redacted_json(cfg: &Config) -> Value {
             "session_key": p.session_key.map(|_| REDACTED),
             "max_body_bytes": p.max_body_bytes, "max_header_bytes": p.max_header_bytes,
             "max_headers": p.max_headers, "header_timeout_s": secs(p.header_timeout),
+            "body_timeout_s": secs(p.body_timeout),
+            "forwarded": match p.client_address.forwarded {
+                ForwardedMode::Append => "append",
+                ForwardedMode::Replace => "replace",
+                ForwardedMode::Off => "off",
+            },
+            "forwarded_header": match p.client_address.header {
+                ForwardedHeader::XForwardedFor => "x-forwarded-for",
+                ForwardedHeader::Forwarded => "forwarded",
+            },
+            "trusted_proxies": p.client_address.trusted.0.iter().map(|n| n.to_string())
+                .collect::<Vec<_>>(),
+            "proxy_protocol": p.client_address.proxy_protocol,
             "client_idle_timeout_s": secs(p.client_idle_timeout),
             "linger_time_s": secs(p.linger_time), "linger_timeout_s": secs(p.linger_timeout),
             "connect_timeout_s": secs(p.connect_timeout),

@@ -9,8 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -54,7 +53,7 @@ impl std::ops::Deref for View<'_> {
 /// request head is closed (503) to make room, so a flood of idle connections never keeps out a
 /// client that sends its request at once; when every connection is past its head (slow
 /// readers of big answers), the newcomer is answered 503. Past twice the cap (503s still being
-/// written), new connections are closed unanswered.
+/// written), no connection is accepted until one closes: new clients wait in the backlog.
 const MAX_CONNECTIONS: usize = 128;
 /// A request head must arrive whole within this, however slowly its bytes come (408).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,6 +64,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Largest request head read (431 past it).
 const MAX_HEAD: usize = 16 * 1024;
+/// Largest answer `mcplb stats` and `mcplb probe` read from an admin port.
+const MAX_ADMIN_ANSWER: usize = 16 * 1024 * 1024;
 
 /// Binds the admin listener and serves it on a new thread; returns the bound address.
 ///
@@ -173,6 +174,11 @@ async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
     let waiting = Rc::new(Waiting::default());
     let mut refused: u64 = 0;
     loop {
+        // Past the hard cap no connection is accepted until one closes: clients wait in the
+        // kernel's backlog (as with nginx's worker_connections) rather than being reset.
+        while open.get() >= 2 * MAX_CONNECTIONS {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
         let conn = match listener.accept().await {
             Ok((conn, _)) => conn,
             Err(e) => {
@@ -183,10 +189,6 @@ async fn accept_loop(listener: TcpListener, state: Arc<AdminState>) {
             }
         };
         let n = open.get();
-        if n >= 2 * MAX_CONNECTIONS {
-            drop(conn);
-            continue;
-        }
         let slot = Open::new(&open);
         if n < MAX_CONNECTIONS {
             monoio::spawn(serve_conn(conn, state.clone(), waiting.clone(), slot));
@@ -780,33 +782,17 @@ fn admin_get(
         .with_context(|| format!("`{addr}` is not an address (HOST:PORT)"))?
         .next()
         .with_context(|| format!("`{addr}` resolves to no address"))?;
-    let mut s = TcpStream::connect_timeout(&target, timeout)
+    let mut c = crate::http::client::HttpClient::connect_timeout(target, timeout)
         .with_context(|| format!("cannot connect to the admin port at {target}"))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    let auth = token.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n"
-    )?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
+    c.set_host(addr);
+    c.set_close(true);
+    c.set_max_body(MAX_ADMIN_ANSWER);
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    let r = c
+        .request("GET", path, &headers, b"")
         .with_context(|| format!("no whole answer from the admin port at {target}"))?;
-    let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("bad answer from the admin port"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "bad status line from the admin port: {}",
-                head.lines().next().unwrap_or("")
-            )
-        })?;
-    Ok((status, body.to_string()))
+    Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
 }
 
 /// `mcplb stats --admin ADDR`: fetch `/stats` and print the percentile table.

@@ -19,7 +19,7 @@ use rand::Rng;
 
 use crate::balance::GroupRuntime;
 use crate::config::{Backend, Config, HealthCheck};
-use crate::demo::HttpClient;
+use crate::http::client::{ClientError, HttpClient, Response};
 
 /// Stops the checker threads of one configuration when dropped (a reload starts new ones);
 /// each thread notices at its next wake-up.
@@ -42,102 +42,127 @@ pub fn start(
     hub: Arc<crate::control::stats::StatsHub>,
 ) -> Checkers {
     let stop = Arc::new(AtomicBool::new(false));
-    for (gi, g) in config.servers.iter().enumerate() {
-        let Some(hc) = g.health.clone() else { continue };
+    for (group, g) in config.servers.iter().enumerate() {
+        let Some(hc) = &g.health else { continue };
         // Backends that expect mcplb's own credential get it on health checks too.
         let auth = match &g.auth.upstream {
             crate::auth::UpstreamCredential::Inject(s) => Some(s.clone()),
             _ => None,
         };
-        for (bi, b) in g.backends.iter().enumerate() {
-            let (b, hc, rts, group) = (b.clone(), hc.clone(), runtimes.clone(), g.name.clone());
-            let (hub, stop, auth) = (hub.clone(), stop.clone(), auth.clone());
+        for (index, b) in g.backends.iter().enumerate() {
+            let checker = Checker {
+                server: g.name.clone(),
+                backend: b.clone(),
+                check: hc.clone(),
+                auth: auth.clone(),
+                runtimes: runtimes.clone(),
+                group,
+                index,
+                hub: hub.clone(),
+                stop: stop.clone(),
+            };
             let _ = std::thread::Builder::new()
                 .name(format!("mcplb-check-{}", b.name))
-                .spawn(move || {
-                    check_loop(&group, gi, bi, &b, &hc, &rts, &hub, &stop, auth.as_ref())
-                });
+                .spawn(move || checker.run());
         }
     }
     Checkers { stop }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check_loop(
-    group: &str,
-    gi: usize,
-    bi: usize,
-    b: &Backend,
-    hc: &HealthCheck,
-    rts: &[GroupRuntime],
-    hub: &crate::control::stats::StatsHub,
-    stop: &AtomicBool,
-    auth: Option<&crate::auth::Secret>,
-) {
-    let Some(rt) = rts.get(gi) else { return };
-    let verdict = rt
-        .health
-        .backend(bi)
-        .map_or(ActiveVerdict::Healthy, |h| h.verdict());
-    let mut state = ActiveCheck::starting(
-        ActiveCheckConfig {
-            healthy_threshold: hc.healthy_threshold,
-            unhealthy_threshold: hc.unhealthy_threshold,
-        },
-        verdict,
-    );
-    let mut session: Option<String> = None;
-    let mut rng = rand::thread_rng();
-    let mut narrator = Narrator::default();
-    loop {
-        if stop.load(Ordering::Relaxed) {
+/// One backend's checker thread: what it checks, and where its verdicts go.
+struct Checker {
+    /// The server group's name (for the log).
+    server: String,
+    backend: Backend,
+    check: HealthCheck,
+    /// mcplb's own credential, for backends that expect it.
+    auth: Option<crate::auth::Secret>,
+    runtimes: Arc<Vec<GroupRuntime>>,
+    /// The group's index in `runtimes`, and the backend's in the group.
+    group: usize,
+    index: usize,
+    hub: Arc<crate::control::stats::StatsHub>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Checker {
+    /// Checks until the configuration is replaced.
+    fn run(self) {
+        let Some(rt) = self.runtimes.get(self.group) else {
             return;
-        }
-        let outcome = check_once(b, hc, &mut session, auth);
-        if let Err(f) = &outcome {
-            tracing::debug!(server = group, backend = %b.name, reason = f.kind(), "health check failed: {f}");
-            session = None;
-        }
-        let change = match outcome {
-            Ok(()) => state.record_success(),
-            Err(_) => state.record_failure(),
         };
-        if let Some(v) = change {
-            rt.health.set_active(bi, v);
-            hub.health_changes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if v == ActiveVerdict::Healthy {
-                // Passing its active checks again brings a backend back at once, whatever
-                // passive ejection it was serving.
-                if let Some(h) = rt.health.backend(bi) {
-                    h.uneject();
-                }
+        let verdict = rt
+            .health
+            .backend(self.index)
+            .map_or(ActiveVerdict::Healthy, |h| h.verdict());
+        let mut state = ActiveCheck::starting(
+            ActiveCheckConfig {
+                healthy_threshold: self.check.healthy_threshold,
+                unhealthy_threshold: self.check.unhealthy_threshold,
+            },
+            verdict,
+        );
+        let mut session: Option<String> = None;
+        let mut rng = rand::thread_rng();
+        let mut narrator = Narrator::default();
+        while !self.stop.load(Ordering::Relaxed) {
+            let outcome = check_once(&self.backend, &self.check, &mut session, self.auth.as_ref());
+            if let Err(f) = &outcome {
+                tracing::debug!(server = self.server, backend = %self.backend.name, reason = f.kind(), "health check failed: {f}");
+                session = None;
+            }
+            let change = match outcome {
+                Ok(()) => state.record_success(),
+                Err(_) => state.record_failure(),
+            };
+            if let Some(v) = change {
+                self.apply(rt, v);
+            }
+            self.tell(narrator.after(outcome.as_ref().err(), change, state.verdict()));
+            let jitter = self.check.interval.mul_f64(rng.gen_range(0.0..0.1));
+            self.sleep(self.check.interval + jitter);
+        }
+    }
+
+    /// Publishes a new verdict to the group's shared health.
+    fn apply(&self, rt: &GroupRuntime, v: ActiveVerdict) {
+        rt.health.set_active(self.index, v);
+        self.hub.health_changes.fetch_add(1, Ordering::Relaxed);
+        if v == ActiveVerdict::Healthy {
+            // Passing its active checks again brings a backend back at once, whatever
+            // passive ejection it was serving.
+            if let Some(h) = rt.health.backend(self.index) {
+                h.uneject();
             }
         }
-        let (server, backend) = (group, b.name.as_str());
-        match narrator.after(outcome.as_ref().err(), change, state.verdict()) {
+    }
+
+    /// Logs what the narrator says.
+    fn tell(&self, say: Say<'_>) {
+        let (server, backend) = (self.server.as_str(), self.backend.name.as_str());
+        match say {
             Say::Nothing => {}
             Say::Degraded(f) => tracing::warn!(
                 server,
                 backend,
                 reason = f.kind(),
                 "backend degraded: health check failed: {f} (unhealthy after {} failures in a row)",
-                hc.unhealthy_threshold
+                self.check.unhealthy_threshold
             ),
-            Say::Unhealthy(f, n) => tracing::warn!(
-                server,
-                backend,
-                reason = f.kind(),
-                failed_checks = n,
-                "backend unhealthy after {n} failed health checks: {f}"
-            ),
-            Say::StillUnhealthy(f, n) => tracing::warn!(
-                server,
-                backend,
-                reason = f.kind(),
-                failed_checks = n,
-                "backend still unhealthy, now: {f} ({n} failed health checks since it was last healthy)"
-            ),
+            Say::Unhealthy(f, n) | Say::StillUnhealthy(f, n) => {
+                let what = if matches!(say, Say::Unhealthy(..)) {
+                    format!("backend unhealthy after {n} failed health checks: {f}")
+                } else {
+                    format!("backend still unhealthy, now: {f} ({n} failed health checks since it was last healthy)")
+                };
+                tracing::warn!(
+                    server,
+                    backend,
+                    reason = f.kind(),
+                    failed_checks = n,
+                    "{what}"
+                );
+            }
             Say::Healthy(0) => tracing::info!(server, backend, "backend healthy"),
             Say::Healthy(n) => tracing::info!(
                 server,
@@ -146,15 +171,17 @@ fn check_loop(
                 "backend healthy again after {n} failed health checks"
             ),
         }
-        let jitter = hc.interval.mul_f64(rng.gen_range(0.0..0.1));
-        // Sleep in short slices so that a reload stops this thread promptly.
-        let wake = Instant::now() + hc.interval + jitter;
-        while !stop.load(Ordering::Relaxed) {
+    }
+
+    /// Sleeps `d` in short slices, so that a reload stops this thread promptly.
+    fn sleep(&self, d: Duration) {
+        let wake = Instant::now() + d;
+        while !self.stop.load(Ordering::Relaxed) {
             let left = wake.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            std::thread::sleep(left.min(std::time::Duration::from_millis(200)));
+            std::thread::sleep(left.min(Duration::from_millis(200)));
         }
     }
 }
@@ -194,14 +221,13 @@ impl Failure {
     }
 
     /// A failure of the connection or of the exchange, from the HTTP client's error.
-    fn of_io(e: &anyhow::Error, timeout: Duration) -> Failure {
-        let io = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>());
-        match io.map(std::io::Error::kind) {
+    fn of_io(e: &ClientError, timeout: Duration) -> Failure {
+        match e.io_kind() {
             Some(std::io::ErrorKind::ConnectionRefused) => Failure::Refused,
             Some(std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
                 Failure::Timeout(timeout)
             }
-            _ => Failure::Connection(format!("{e:#}")),
+            _ => Failure::Connection(e.to_string()),
         }
     }
 }
@@ -292,7 +318,7 @@ fn check_once(
     auth: Option<&crate::auth::Secret>,
 ) -> Result<(), Failure> {
     let deadline = Instant::now() + hc.timeout;
-    let io = |e: anyhow::Error| Failure::of_io(&e, hc.timeout);
+    let io = |e: ClientError| Failure::of_io(&e, hc.timeout);
     let mut c = match &b.tls {
         None => HttpClient::connect_timeout(b.addr, hc.timeout).map_err(io)?,
         Some(t) => {
@@ -366,7 +392,7 @@ fn check_once(
 }
 
 /// A 200 answer carrying a JSON-RPC result with `id`.
-fn expect_result(r: &crate::demo::Response, id: u64, method: &str) -> Result<(), Failure> {
+fn expect_result(r: &Response, id: u64, method: &str) -> Result<(), Failure> {
     if r.status != 200 {
         return Err(Failure::Status {
             method: method.into(),

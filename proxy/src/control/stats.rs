@@ -73,7 +73,8 @@ pub enum Counter {
     Upstream4xx,
     /// Answers with HTTP status 5xx from a backend.
     Upstream5xx,
-    /// Requests mcplb rejected as malformed (400/405/413/431/408).
+    /// Requests mcplb rejected as malformed (400/405/413/431/408/501), or that their client
+    /// abandoned part-way (499); not a client closing an idle connection.
     BadRequest,
     /// Unknown session ids (404 by mcplb).
     UnknownSession,
@@ -136,8 +137,10 @@ pub enum Counter {
     /// Lingering closes a bound ended (`linger_time`, `linger_timeout`, 64 MiB) before the
     /// client closed: that client may have missed its answer.
     LingersCut,
+    /// Connections from trusted balancers closed for a missing or bad PROXY protocol header.
+    ProxyProtocolErrors,
 }
-const COUNTERS: usize = 32;
+const COUNTERS: usize = 33;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -172,6 +175,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "session_owner_mismatch",
     "lingering_closes",
     "lingers_cut",
+    "proxy_protocol_errors",
 ];
 
 /// Gauges (up/down).

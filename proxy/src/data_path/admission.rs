@@ -50,7 +50,7 @@ pub(crate) fn check_access(core: &Core, c: &mut ClientConn, gi: usize) -> Result
         &group.auth,
         c.req.header(b"authorization"),
         c.req.header(b"x-api-key"),
-        c.peer.ip(),
+        c.client_ip,
         &core.shared.key_hasher,
         &mut c.caller,
     );
@@ -164,7 +164,7 @@ pub(crate) fn envelope(core: &Core, c: &mut ClientConn, gi: usize) -> Result<Adm
         hash_key: cfg
             .servers
             .get(gi)
-            .and_then(|g| route::balance_key(g, &c.req, c.peer, env.name.map(|n| n.raw()))),
+            .and_then(|g| route::balance_key(g, &c.req, c.client_ip, env.name.map(|n| n.raw()))),
         conc,
     });
     let tool = (method == Method::ToolsCall)
@@ -283,7 +283,7 @@ fn caller_key(core: &Core, c: &ClientConn, ks: &ratelimit::KeySource) -> Option<
     match ks {
         ratelimit::KeySource::Global => None,
         ratelimit::KeySource::Session => c.req.session_id().map(|s| hasher.hash_key(s)),
-        ratelimit::KeySource::ClientIp => Some(route::ip_key(c.peer, |b| hasher.hash_key(b))),
+        ratelimit::KeySource::ClientIp => Some(route::ip_key(c.client_ip, |b| hasher.hash_key(b))),
         ratelimit::KeySource::Header(name) => {
             c.req.header(name.as_bytes()).map(|v| hasher.hash_key(v))
         }

@@ -220,7 +220,16 @@ async fn attempt(
         c.out = core.take_buf();
     }
     c.out.clear();
-    upstream::build_request(&mut c.out, &c.req, backend, sid, &group.auth.upstream);
+    let hop = c.hop();
+    let forwarding = (&core.shared.config.proxy.client_address, &hop);
+    upstream::build_request(
+        &mut c.out,
+        &c.req,
+        backend,
+        sid,
+        &group.auth.upstream,
+        forwarding,
+    );
     ubuf.clear();
     let deadline = monoio::time::Instant::now() + core.shared.config.proxy.upstream_timeout;
     let out = std::mem::take(&mut c.out);

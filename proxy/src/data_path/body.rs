@@ -1,6 +1,6 @@
 //! Stage 3: the request body, read after admission decided the request may come in. By
 //! `Content-Length` or de-chunked, capped by `max_body_bytes` (413 before anything reaches a
-//! backend), bounded in time (408). `Expect: 100-continue` is answered here, once the request
+//! backend), bounded in time (`body_timeout`: 408). `Expect: 100-continue` is answered here, once the request
 //! is known to be wanted. When the body is complete the request owns exactly its bytes
 //! (pipelined ones move to the connection's `pending` buffer).
 
@@ -36,7 +36,9 @@ pub(crate) async fn read_body(cfg: &ProxyConfig, c: &mut ClientConn) -> Result<u
             return Err(Stop::Closed);
         }
     }
-    let deadline = monoio::time::Instant::now() + cfg.upstream_timeout.max(cfg.header_timeout);
+    // The whole body within `body_timeout` once the head is in (a slow drip of a body holds a
+    // connection and its buffer no longer than a slow head does).
+    let deadline = monoio::time::Instant::now() + cfg.body_timeout;
     let end = if chunked {
         read_chunked(cfg, c, head_len, deadline).await?
     } else {
@@ -45,11 +47,10 @@ pub(crate) async fn read_body(cfg: &ProxyConfig, c: &mut ClientConn) -> Result<u
             return Err(too_large());
         }
         let end = head_len + n as usize;
+        // The buffer grows with the bytes that arrive (each read makes room for at most
+        // READ_SIZE more), never to the declared length up front: a client that declares
+        // 4 MiB and sends nothing costs no more than one that declares 4 KiB.
         while c.req.buf.len() < end {
-            let need = end - c.req.buf.len();
-            if c.req.buf.capacity() - c.req.buf.len() < need {
-                c.req.buf.reserve(need);
-            }
             read_some(c, deadline).await?;
         }
         c.req.set_body_in_buf(head_len..end);

@@ -14,6 +14,8 @@ pub(crate) enum HeadError {
     TooManyHeaders,
     /// Answered 400 with this message.
     Bad(&'static str),
+    /// Answered 501 with this message: a transfer coding mcplb does not implement.
+    NotImplemented(&'static str),
 }
 
 impl HeadError {
@@ -22,6 +24,7 @@ impl HeadError {
         match self {
             HeadError::TooManyHeaders => Refusal::invalid(431, "too many request headers"),
             HeadError::Bad(why) => Refusal::invalid(400, why),
+            HeadError::NotImplemented(why) => Refusal::invalid(501, why),
         }
         .closing()
     }
@@ -56,12 +59,14 @@ pub(crate) fn parse_head(
     h.headers.clear();
     h.content_length = None;
     h.chunked = false;
+    h.conn_fields = false;
     h.close = minor == 0;
     h.expect_continue = false;
     h.session = None;
     h.mcp_method = None;
     h.mcp_name = None;
     h.len = len;
+    let mut codings = http::TransferCodings::default();
     for hd in req.headers.iter() {
         let name = hd.name.as_bytes();
         let value = hd.value;
@@ -74,11 +79,9 @@ pub(crate) fn parse_head(
             }
             h.content_length = Some(v);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if !http::has_token(value, b"chunked") {
-                return Err(HeadError::Bad("unsupported transfer-encoding"));
-            }
-            h.chunked = true;
+            codings.add(value);
         } else if name.eq_ignore_ascii_case(b"connection") {
+            h.conn_fields |= http::connection_names_fields(value);
             if http::has_token(value, b"close") {
                 h.close = true;
             } else if http::has_token(value, b"keep-alive") {
@@ -95,6 +98,20 @@ pub(crate) fn parse_head(
         }
         h.headers.push((nr, vr));
     }
+    // Only a lone `chunked` is decoded (RFC 9112 §6.1, §6.3): another coding before it would
+    // be dropped silently, and a list that does not end in `chunked` has no knowable length.
+    h.chunked = match codings.verdict() {
+        http::TransferVerdict::Absent => false,
+        http::TransferVerdict::Chunked => true,
+        http::TransferVerdict::Unsupported => {
+            return Err(HeadError::NotImplemented(
+                "unsupported transfer-encoding (only chunked is implemented)",
+            ))
+        }
+        http::TransferVerdict::Malformed => {
+            return Err(HeadError::Bad("malformed transfer-encoding"))
+        }
+    };
     if h.chunked && h.content_length.is_some() {
         // Request smuggling guard (RFC 9112 §6.1): refuse rather than guess.
         return Err(HeadError::Bad("both content-length and transfer-encoding"));

@@ -20,6 +20,7 @@
 pub(crate) mod admission;
 pub(crate) mod attempt;
 pub(crate) mod body;
+pub(crate) mod client_address;
 pub(crate) mod failover;
 pub(crate) mod head;
 pub(crate) mod legacy_front;
@@ -52,10 +53,19 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     let start = Instant::now();
     c.meta = ReqMeta::default();
     let next = match head::read_head(&core.shared.config.proxy, c).await {
-        Ok(()) => match serve(core, c).await {
-            Ok(next) => next,
-            Err(stop) => stopped(c, stop).await,
-        },
+        Ok(()) => {
+            c.identify(&core.shared.config.proxy.client_address);
+            match serve(core, c).await {
+                Ok(next) => next,
+                Err(stop) => stopped(c, stop).await,
+            }
+        }
+        // The client closed a connection on which no request had begun (an idle keep-alive
+        // one, or a new one that never sent a byte): no request, nothing to count or log.
+        Err(Stop::Closed) if c.req.buf.is_empty() => {
+            c.next_request();
+            return Next::Close;
+        }
         Err(stop) => stopped(c, stop).await,
     };
     if core.shared.config.proxy.stats {
@@ -73,7 +83,13 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
 async fn stopped(c: &mut ClientConn, stop: Stop) -> Next {
     match stop {
         Stop::Refuse(r) => reply::refuse(c, &r).await,
-        Stop::Closed => Next::Close,
+        Stop::Closed => {
+            // Part of a request arrived, then the client went away: an incomplete request,
+            // logged as 499 (nginx's "client closed request"), counted as bad_request.
+            c.meta.status = 499;
+            c.meta.by_proxy = true;
+            Next::Close
+        }
         Stop::DroppedNotification => {
             // A notification over a rate limit is dropped (counted as 429), not answered with
             // an error: clients do not expect one.
@@ -90,6 +106,8 @@ async fn stopped(c: &mut ClientConn, stop: Stop) -> Next {
 
 /// The stages after the head: where, who, the body, the envelope, limits, route, attempts.
 async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
+    #[cfg(debug_assertions)]
+    crate::runtime::test_hooks::panic_on_path(c.req.path());
     let method = c.req.method();
     let (gi, legacy) = match route::target(&core.shared, c.req.path(), method) {
         Target::Group(gi) => (gi, None),
@@ -201,7 +219,7 @@ fn plan<'s>(
     };
     let Some(sealed) = c.req.session_id() else {
         if admitted.is_none() {
-            plan.hash_key = route::balance_key(group, &c.req, c.peer, None);
+            plan.hash_key = route::balance_key(group, &c.req, c.client_ip, None);
         }
         return Ok(plan);
     };

@@ -36,8 +36,9 @@ pub(crate) fn write_access_log(core: &Core, c: &ClientConn, start: Instant) {
     // session is a keyed hash, never the id itself.
     let _ = writeln!(
         l.buf,
-        "{{\"ts\":{ts},\"id\":\"{}-{seq}\",\"client\":\"{}\",\"server\":{},\"session\":\"{:016x}\",\"method\":\"{method}\",\"tool\":{},\"backend\":{},\"caller\":{},\"status\":{},\"by_proxy\":{},\"total_us\":{total_us},\"upstream_us\":{upstream_us},\"bytes_out\":{}}}",
+        "{{\"ts\":{ts},\"id\":\"{}-{seq}\",\"client\":\"{}\",\"peer\":\"{}\",\"server\":{},\"session\":\"{:016x}\",\"method\":\"{method}\",\"tool\":{},\"backend\":{},\"caller\":{},\"status\":{},\"by_proxy\":{},\"total_us\":{total_us},\"upstream_us\":{upstream_us},\"bytes_out\":{}}}",
         core.index,
+        c.client_ip,
         c.peer,
         serde_json::Value::from(server.map_or("", |s| s.name.as_str())),
         m.session_hash,

@@ -8,13 +8,15 @@
 //! request and no stage has to remember to drain anything. Accessors return empty slices
 //! rather than panic on a range that does not fit.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::time::Instant;
 
 use protocol::Method;
 
+use crate::config::ClientAddress;
 use crate::control::stats;
+use crate::data_path::client_address::{self, Hop};
 use crate::tls::Conn;
 
 /// Byte ranges of one request's header names and values.
@@ -31,6 +33,9 @@ pub struct ReqHead {
     pub headers: HeaderTable,
     pub content_length: Option<u64>,
     pub chunked: bool,
+    /// A `Connection` header names fields (other than hop-by-hop ones) to drop before
+    /// forwarding.
+    pub conn_fields: bool,
     pub close: bool,
     pub expect_continue: bool,
     pub session: Option<Range<usize>>,
@@ -145,6 +150,15 @@ impl Request {
             .map(|(_, v)| v.trim_ascii())
     }
 
+    /// Whether the request's `Connection` header names the field `name` (which then describes
+    /// this hop only and is not forwarded, RFC 9110 §7.6.1).
+    pub fn connection_names(&self, name: &[u8]) -> bool {
+        self.head.conn_fields
+            && self.headers().any(|(n, v)| {
+                n.eq_ignore_ascii_case(b"connection") && crate::http::has_token(v, name)
+            })
+    }
+
     /// The `Mcp-Session-Id` the client sent, trimmed.
     pub fn session_id(&self) -> Option<&[u8]> {
         self.head.session.as_ref().map(|r| self.at(r).trim_ascii())
@@ -211,8 +225,13 @@ pub(crate) struct ClientConn {
     pub out: Vec<u8>,
     /// Bytes read from upstream.
     pub ubuf: Vec<u8>,
-    /// The client's address (rate-limit key `client-ip`).
+    /// The peer: the TCP peer, or the source a trusted balancer's PROXY protocol header gave.
     pub peer: SocketAddr,
+    /// The current request's client address (rate-limit key `client-ip`, hashing, the access
+    /// log): the peer's, or the one a trusted proxy's forwarding header gives.
+    pub client_ip: IpAddr,
+    /// The peer is a trusted proxy (for the current request's configuration).
+    pub peer_trusted: bool,
     /// The sealed session id of the last answer that started a session.
     pub new_sid: Vec<u8>,
     /// What the current request did, for statistics.
@@ -234,10 +253,33 @@ impl ClientConn {
             out: Vec::new(),
             ubuf: Vec::new(),
             peer,
+            client_ip: peer.ip().to_canonical(),
+            peer_trusted: false,
             new_sid: Vec::new(),
             meta: ReqMeta::default(),
             caller: crate::auth::Caller::default(),
             owner: None,
+        }
+    }
+
+    /// Who the current request's client is, once its head is read.
+    pub fn identify(&mut self, cfg: &ClientAddress) {
+        let peer = self.peer.ip().to_canonical();
+        self.peer_trusted = cfg.trusted.contains(peer);
+        self.client_ip = if self.peer_trusted {
+            client_address::client_ip(&cfg.trusted, cfg.header, peer, self.req.headers())
+        } else {
+            peer
+        };
+    }
+
+    /// The hop the current request arrived on, for its forwarding headers.
+    pub fn hop(&self) -> Hop {
+        Hop {
+            peer: self.peer.ip().to_canonical(),
+            client: self.client_ip,
+            peer_trusted: self.peer_trusted,
+            tls: matches!(self.stream, Conn::Server(_)),
         }
     }
 

@@ -85,8 +85,12 @@ pub(crate) fn rewrite_response_head(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut cl = None;
-    let mut chunked = false;
+    let mut codings = http::TransferCodings::default();
     let mut new_session = false;
+    // Fields the backend's `Connection` names describe its hop only (RFC 9110 §7.6.1).
+    let conn_fields = resp.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("connection") && http::connection_names_fields(h.value)
+    });
     for hd in resp.headers.iter() {
         let name = hd.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -96,7 +100,7 @@ pub(crate) fn rewrite_response_head(
             continue;
         }
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            chunked = http::has_token(hd.value, b"chunked");
+            codings.add(hd.value);
             continue;
         }
         if name.eq_ignore_ascii_case(b"connection") {
@@ -133,7 +137,7 @@ pub(crate) fn rewrite_response_head(
             out.extend_from_slice(b"\r\n");
             continue;
         }
-        if http::is_hop_by_hop(name) {
+        if http::is_hop_by_hop(name) || (conn_fields && named_in_connection(resp.headers, name)) {
             continue;
         }
         if name.eq_ignore_ascii_case(b"x-accel-buffering") {
@@ -148,6 +152,13 @@ pub(crate) fn rewrite_response_head(
         // Tell intermediaries (nginx and friends) not to buffer the stream.
         out.extend_from_slice(b"x-accel-buffering: no\r\n");
     }
+    // Only a lone `chunked` is forwarded as such: another coding would reach the client
+    // undeclared.
+    let chunked = match codings.verdict() {
+        http::TransferVerdict::Absent => false,
+        http::TransferVerdict::Chunked => true,
+        _ => return Err("unsupported transfer-encoding from backend"),
+    };
     let framing = if status == 204 || status == 304 {
         Framing::None
     } else if chunked {
@@ -164,6 +175,13 @@ pub(crate) fn rewrite_response_head(
         up_close,
         is_sse,
     }))
+}
+
+/// Whether a `Connection` field among `headers` names `name`.
+fn named_in_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
+    headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("connection") && http::has_token(h.value, name))
 }
 
 /// A backend's answer whose head has arrived.

@@ -2,7 +2,7 @@
 //! session lives (or whether it must fail over), and the key a hashing group balances on. No
 //! I/O: the data path calls these and then moves bytes.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::auth::MetadataAnswer;
 use crate::balance::GroupRuntime;
@@ -146,7 +146,7 @@ pub(crate) fn session_route<'s>(
 pub(crate) fn balance_key(
     group: &ServerGroup,
     req: &Request,
-    peer: SocketAddr,
+    client_ip: IpAddr,
     tool: Option<&[u8]>,
 ) -> Option<u64> {
     let Balance::Hash(key) = &group.balance else {
@@ -155,14 +155,14 @@ pub(crate) fn balance_key(
     match key {
         HashKey::Tool => tool.or_else(|| req.mcp_name()).map(lb::hash_key),
         HashKey::Session => req.session_id().map(lb::hash_key),
-        HashKey::ClientIp => Some(ip_key(peer, lb::hash_key)),
+        HashKey::ClientIp => Some(ip_key(client_ip, lb::hash_key)),
         HashKey::Header(name) => req.header(name.as_bytes()).map(lb::hash_key),
     }
 }
 
 /// A client address hashed with `hash` (v4 and v6 by their octets).
-pub(crate) fn ip_key(peer: SocketAddr, hash: impl Fn(&[u8]) -> u64) -> u64 {
-    match peer.ip() {
+pub(crate) fn ip_key(ip: IpAddr, hash: impl Fn(&[u8]) -> u64) -> u64 {
+    match ip {
         std::net::IpAddr::V4(a) => hash(&a.octets()),
         std::net::IpAddr::V6(a) => hash(&a.octets()),
     }

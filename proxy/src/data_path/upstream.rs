@@ -8,7 +8,8 @@ use std::io::Write as _;
 use lb::{UpstreamError, UpstreamErrorKind};
 
 use crate::auth::UpstreamCredential;
-use crate::config::Backend;
+use crate::config::{Backend, ClientAddress};
+use crate::data_path::client_address::{self, Hop};
 use crate::data_path::request::{HttpMethod, Request};
 use crate::data_path::response::{body_step, Framing};
 use crate::http::{self, ChunkedDecoder};
@@ -81,14 +82,17 @@ pub(crate) async fn read_head(
 }
 
 /// Writes the upstream request for `req` to `out`: the backend's path with the client's
-/// query, `Host` set to the backend, hop-by-hop headers and mcplb's own credentials dropped
-/// (unless the group forwards them), the backend's session id, the body.
+/// query, `Host` set to the backend, hop-by-hop headers (the fixed list, `Proxy-*` and those
+/// the request's `Connection` names) and mcplb's own credentials dropped (unless the group
+/// forwards them), the client's address as `forwarding` says, the backend's session id, the
+/// body.
 pub(crate) fn build_request(
     out: &mut Vec<u8>,
     req: &Request,
     backend: &Backend,
     backend_sid: Option<&[u8]>,
     credential: &UpstreamCredential,
+    forwarding: (&ClientAddress, &Hop),
 ) {
     let strip_auth = !matches!(credential, UpstreamCredential::Forward);
     out.extend_from_slice(req.method_bytes());
@@ -98,8 +102,12 @@ pub(crate) fn build_request(
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(backend.authority.as_bytes());
     out.extend_from_slice(b"\r\n");
+    let (fwd, hop) = forwarding;
     for (name, value) in req.headers() {
-        if http::is_hop_by_hop(name) {
+        if http::is_hop_by_hop(name)
+            || req.connection_names(name)
+            || client_address::is_replaced(fwd, name)
+        {
             continue;
         }
         // A caller's mcplb API key is mcplb's credential, never passed to a backend.
@@ -114,6 +122,7 @@ pub(crate) fn build_request(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
+    client_address::write(out, fwd, hop, req);
     if let UpstreamCredential::Inject(secret) = credential {
         out.extend_from_slice(b"authorization: ");
         out.extend_from_slice(secret.expose().as_bytes());

@@ -16,6 +16,8 @@ pub enum HeadRefusal {
     TooManyHeaders,
     /// Answered 400 with this message.
     Bad(&'static str),
+    /// Answered 501 with this message.
+    NotImplemented(&'static str),
 }
 
 /// The workers' request-head parse of the head at the start of `buf` (found as they find
@@ -30,6 +32,7 @@ pub fn parse_request_head(
         Ok(()) => Ok(h),
         Err(HeadError::TooManyHeaders) => Err(HeadRefusal::TooManyHeaders),
         Err(HeadError::Bad(why)) => Err(HeadRefusal::Bad(why)),
+        Err(HeadError::NotImplemented(why)) => Err(HeadRefusal::NotImplemented(why)),
     })
 }
 

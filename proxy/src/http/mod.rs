@@ -1,9 +1,12 @@
 //! HTTP/1.1 pieces of the data path that need no socket: finding the end of a head, the
 //! chunked-transfer state machine (used both to decode request bodies and to find the end of a
 //! chunked response that is forwarded byte for byte), hop-by-hop header rules, and the
-//! JSON-RPC error answers mcplb writes itself.
+//! JSON-RPC error answers mcplb writes itself; and [`client`], the one blocking HTTP/1.1
+//! client of everything off the data path.
 
 use std::io::Write as _;
+
+pub mod client;
 
 /// Returns the length of the head (through the blank line) if `buf` holds a complete one.
 pub fn head_len(buf: &[u8]) -> Option<usize> {
@@ -18,23 +21,35 @@ pub fn head_len(buf: &[u8]) -> Option<usize> {
     BLANK_LINE.with(|f| f.find(buf)).map(|i| i + 4)
 }
 
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the ones mcplb
-/// rewrites itself (`Host`, framing, the session id).
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1, and the proxy's own
+/// `Proxy-Authorization`/`Proxy-Authenticate`, §11.7), plus the ones mcplb rewrites itself
+/// (`Host`, framing, the session id). Compared by length first: one or two comparisons per
+/// header on the hot path.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const SKIP: [&[u8]; 11] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-        b"host",
-        b"expect",
-        b"mcp-session-id",
-    ];
-    SKIP.iter().any(|s| s.eq_ignore_ascii_case(name))
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 => is(b"te"),
+        4 => is(b"host"),
+        6 => is(b"expect"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        14 => is(b"content-length") || is(b"mcp-session-id"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        18 => is(b"proxy-authenticate"),
+        19 => is(b"proxy-authorization"),
+        _ => false,
+    }
+}
+
+/// Whether a `Connection` header value names a field that is not already dropped as
+/// hop-by-hop (any option other than `close`): such fields describe this hop only and must be
+/// removed before forwarding (RFC 9110 §7.6.1).
+pub fn connection_names_fields(value: &[u8]) -> bool {
+    value.split(|b| *b == b',').any(|t| {
+        let t = trim_ows(t);
+        !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !is_hop_by_hop(t)
+    })
 }
 
 /// Whether a comma-separated header value contains `token` (case-insensitive).
@@ -42,6 +57,114 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|b| *b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Trims optional whitespace (space and tab only, RFC 9110 §5.6.3).
+pub fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| *b != b' ' && *b != b'\t');
+    let end = v.iter().rposition(|b| *b != b' ' && *b != b'\t');
+    match (start, end) {
+        (Some(s), Some(e)) => v.get(s..=e).unwrap_or_default(),
+        _ => &[],
+    }
+}
+
+/// Whether `t` is a token (RFC 9110 §5.6.2): one or more tchars.
+pub fn is_token(t: &[u8]) -> bool {
+    !t.is_empty()
+        && t.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+}
+
+/// What a message's `Transfer-Encoding` fields (one list, however many lines carry it) say
+/// about its body. mcplb decodes only `chunked`, and only alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TransferCodings {
+    /// Codings seen.
+    count: u32,
+    /// `chunked` was seen.
+    chunked: bool,
+    /// The last coding seen was `chunked`.
+    chunked_last: bool,
+    /// A list element was empty, not a token, or `chunked` came with parameters or twice.
+    malformed: bool,
+}
+
+/// The verdict on a request's `Transfer-Encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferVerdict {
+    /// No `Transfer-Encoding`.
+    Absent,
+    /// A lone `chunked`: the body is de-chunked.
+    Chunked,
+    /// `chunked` last, after codings mcplb does not implement (`gzip, chunked`): 501.
+    Unsupported,
+    /// Not a list of codings, `chunked` twice or with parameters, or `chunked` not last (the
+    /// body's length cannot be known, RFC 9112 §6.3): 400.
+    Malformed,
+}
+
+impl TransferCodings {
+    /// Adds the codings of one `Transfer-Encoding` field value.
+    pub fn add(&mut self, value: &[u8]) {
+        for element in value.split(|b| *b == b',') {
+            let (coding, params) = match memchr::memchr(b';', element) {
+                Some(i) => (
+                    element.get(..i).unwrap_or_default(),
+                    element.get(i..).unwrap_or_default(),
+                ),
+                None => (element, &b""[..]),
+            };
+            let coding = trim_ows(coding);
+            self.count += 1;
+            if !is_token(coding) {
+                self.malformed = true;
+            } else if coding.eq_ignore_ascii_case(b"chunked") {
+                // chunked takes no parameters and is applied at most once (RFC 9112 §7).
+                self.malformed |= self.chunked || !params.is_empty();
+                self.chunked = true;
+                self.chunked_last = true;
+            } else {
+                self.chunked_last = false;
+            }
+        }
+    }
+
+    /// What the codings add up to.
+    pub fn verdict(&self) -> TransferVerdict {
+        if self.count == 0 {
+            TransferVerdict::Absent
+        } else if self.malformed || !self.chunked_last {
+            TransferVerdict::Malformed
+        } else if self.count > 1 {
+            TransferVerdict::Unsupported
+        } else {
+            TransferVerdict::Chunked
+        }
+    }
+}
+
+/// The verdict on the `Transfer-Encoding` field values `values`.
+pub fn transfer_verdict<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> TransferVerdict {
+    let mut t = TransferCodings::default();
+    for v in values {
+        t.add(v);
+    }
+    t.verdict()
+}
+
+/// Parsed headers as owned pairs: names lower-cased, values trimmed (the blocking client and
+/// the bridges' servers, off the data path).
+pub fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).trim().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// Parses a `Content-Length` value strictly (digits only).
@@ -258,33 +381,6 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// A client's HTTP/1.1 request: the request line, `host`, `connection: close` when asked,
-/// `headers`, a `content-length` for a POST or a body, then the body (the blocking clients:
-/// health checks, the demo and tests, the 2024-11-05 bridges).
-pub fn client_request(
-    method: &str,
-    target: &str,
-    host: &str,
-    close: bool,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Vec<u8> {
-    let mut req = format!("{method} {target} HTTP/1.1\r\nhost: {host}\r\n");
-    if close {
-        req.push_str("connection: close\r\n");
-    }
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    if method == "POST" || !body.is_empty() {
-        req.push_str(&format!("content-length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    bytes
-}
-
 /// An HTTP answer carrying a JSON-RPC error object, as mcplb writes it.
 #[derive(Debug, Clone, Copy)]
 pub struct JsonRpcErrorAnswer<'a> {
@@ -438,12 +534,45 @@ mod tests {
     }
 
     #[test]
+    fn transfer_encoding_is_a_lone_chunked_or_refused() {
+        use TransferVerdict::*;
+        let one = |v: &[u8]| transfer_verdict([v]);
+        assert_eq!(transfer_verdict([]), Absent);
+        assert_eq!(one(b"chunked"), Chunked);
+        assert_eq!(one(b" Chunked\t"), Chunked);
+        assert_eq!(one(b"gzip, chunked"), Unsupported);
+        assert_eq!(one(b"identity, chunked"), Unsupported);
+        assert_eq!(transfer_verdict([&b"gzip"[..], b"chunked"]), Unsupported);
+        for bad in [
+            &b"gzip"[..],
+            b"chunked, gzip",
+            b"chunked, chunked",
+            b"chunked,",
+            b",chunked",
+            b"",
+            b"chunked;q=1",
+            b"chu nked",
+            b"\"chunked\"",
+            b"chunked\x0c",
+        ] {
+            assert_eq!(one(bad), Malformed, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(transfer_verdict([&b"chunked"[..], b"chunked"]), Malformed);
+    }
+
+    #[test]
     fn helpers() {
         assert_eq!(head_len(b"GET / HTTP/1.1\r\n\r\nx"), Some(18));
         assert_eq!(head_len(b"GET / HTTP/1.1\r\n"), None);
         assert!(is_hop_by_hop(b"Transfer-Encoding"));
         assert!(!is_hop_by_hop(b"Authorization"));
+        assert!(is_hop_by_hop(b"Proxy-Authorization"));
+        assert!(is_hop_by_hop(b"TE"));
+        assert!(!is_hop_by_hop(b"tex"));
         assert!(has_token(b"keep-alive, Upgrade", b"upgrade"));
+        assert!(!connection_names_fields(b"close"));
+        assert!(!connection_names_fields(b"Keep-Alive, Upgrade"));
+        assert!(connection_names_fields(b"close, X-Secret"));
         assert_eq!(parse_content_length(b" 42 "), Some(42));
         assert_eq!(parse_content_length(b"4x"), None);
         assert_eq!(parse_content_length(b"-1"), None);

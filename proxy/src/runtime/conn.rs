@@ -22,7 +22,7 @@ use crate::data_path::request::{ClientConn, Next};
 use crate::runtime::core::Core;
 use crate::runtime::park::{IdleSet, Woke};
 use crate::runtime::shutdown::ShutdownSignal;
-use crate::runtime::{ready_within, spawn_client, ClientSlot, SHUTDOWN};
+use crate::runtime::{proxy_protocol, ready_within, spawn_client, ClientSlot, SHUTDOWN};
 use crate::tls::Conn;
 
 /// How a connection came to its task.
@@ -39,17 +39,29 @@ pub(crate) enum Arrival {
 /// may hold decrypted bytes).
 pub(crate) async fn serve_client(
     core: Rc<Core>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
-    client: ClientSlot,
+    mut client: ClientSlot,
     arrival: Arrival,
 ) {
+    // A trusted balancer's PROXY header names the peer (a woken connection read it before).
+    let (peer, mut first) =
+        if matches!(arrival, Arrival::Accepted) && proxy_protocol::expected(&core, peer) {
+            // Boxed: only these connections carry the header reader's state.
+            let header = proxy_protocol::accept(&core, &mut stream, peer, &mut client);
+            match Box::pin(header).await {
+                Some(x) => x,
+                None => return,
+            }
+        } else {
+            (peer, Vec::new())
+        };
     let conn = match &core.shared.tls {
         Some(tls) if matches!(arrival, Arrival::Accepted) => {
             let timeout = core.shared.config.proxy.header_timeout;
             let accepted = Box::pin(monoio::time::timeout(
                 timeout,
-                Conn::accept(stream, tls.config()),
+                Conn::accept(stream, tls.config(), std::mem::take(&mut first)),
             ))
             .await;
             match accepted {
@@ -71,7 +83,7 @@ pub(crate) async fn serve_client(
     let Some(conn) = conn else {
         return;
     };
-    let (core, idle) = serve_connection(core, conn, peer, arrival).await;
+    let (core, idle) = serve_connection(core, conn, peer, arrival, first).await;
     if let Some((stream, since)) = idle {
         if !SHUTDOWN.load(Ordering::Relaxed) {
             // Parked, the connection keeps its slot; if it cannot be, both drop here.
@@ -128,13 +140,20 @@ pub(crate) async fn park_loop(park: Rc<IdleSet>, newest: impl Fn() -> Option<Rc<
 
 /// Serves requests on a connection until it closes (returns `None`) or, a plain one, goes
 /// idle between requests (returns its socket, to be parked, and when it went idle).
+/// `first`: bytes of the first request already read (after a PROXY protocol header).
 async fn serve_connection(
     mut core: Rc<Core>,
     stream: Conn,
     peer: SocketAddr,
     arrival: Arrival,
+    first: Vec<u8>,
 ) -> (Rc<Core>, Option<(TcpStream, Instant)>) {
     let mut c = ClientConn::new(stream, peer);
+    if matches!(c.stream, Conn::Plain(_)) && !first.is_empty() {
+        c.req.buf = first;
+    } else {
+        core.give_buf(first);
+    }
     let mut canceller = Some(Canceller::new());
     // Requests served on this connection: after its first one a plain connection parks when
     // idle (before it, it waits for readiness in its task).

@@ -9,6 +9,7 @@ pub(crate) mod flush;
 pub(crate) mod linger;
 pub(crate) mod listen;
 pub(crate) mod park;
+pub(crate) mod proxy_protocol;
 pub(crate) mod shared;
 pub(crate) mod shutdown;
 
@@ -57,6 +58,12 @@ impl ClientSlot {
         CORE_OPEN.with(|n| n.set(n.get() + 1));
         flush::note();
         ClientSlot { _permit: permit }
+    }
+
+    /// Holds `permit` for the connection's life (its client became known after accept: a
+    /// PROXY protocol header named it).
+    pub(crate) fn set_permit(&mut self, permit: ratelimit::OwnedPermit) {
+        self._permit = Some(permit);
     }
 }
 
@@ -119,6 +126,36 @@ impl Drop for WorkerAlive {
     }
 }
 
+/// Failure injection for the containment tests, in debug builds only (compiled out of release
+/// builds): `MCPLB_TEST_PANIC_PATH=/p` makes a request for path `/p` panic inside its
+/// connection's task; `MCPLB_TEST_KILL_WORKER=N` ends worker N's thread with a panic as it
+/// starts. Read once.
+#[cfg(debug_assertions)]
+pub(crate) mod test_hooks {
+    use std::sync::OnceLock;
+
+    fn var(name: &str, cell: &'static OnceLock<Option<String>>) -> Option<&'static str> {
+        cell.get_or_init(|| std::env::var(name).ok()).as_deref()
+    }
+
+    /// Panics when `path` is the configured panic path (reported at the caller).
+    #[track_caller]
+    pub(crate) fn panic_on_path(path: &[u8]) {
+        static PATH: OnceLock<Option<String>> = OnceLock::new();
+        if var("MCPLB_TEST_PANIC_PATH", &PATH).is_some_and(|p| p.as_bytes() == path) {
+            panic!("MCPLB_TEST_PANIC_PATH: injected panic in a connection's task");
+        }
+    }
+
+    /// Panics when worker `index` is the one configured to die.
+    pub(crate) fn kill_worker(index: usize) {
+        static WORKER: OnceLock<Option<String>> = OnceLock::new();
+        if var("MCPLB_TEST_KILL_WORKER", &WORKER).and_then(|w| w.parse().ok()) == Some(index) {
+            panic!("MCPLB_TEST_KILL_WORKER: injected panic ending worker {index}");
+        }
+    }
+}
+
 /// Runs `fut`, containing a panic inside it: `None` when it panicked. The future is dropped
 /// either way, so what it holds (its connection, buffers, counts) is released. No allocation.
 pub(crate) async fn contained<F: Future>(fut: F) -> Option<F::Output> {
@@ -158,6 +195,8 @@ pub async fn run_worker(
     index: usize,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
+    #[cfg(debug_assertions)]
+    test_hooks::kill_worker(index);
     // Every state still in use (a reload leaves the old one to the requests under way).
     let cores: Rc<RefCell<Vec<Rc<Core>>>> = Rc::new(RefCell::new(Vec::new()));
     let park = Rc::new(park::IdleSet::new()?);
@@ -229,24 +268,32 @@ pub async fn run_worker(
 }
 
 /// Admits an accepted connection within the connection limits (in all and per client
-/// address; past them it is closed at once, counted, before any byte is read) and gives it a
-/// task.
+/// address, trusted proxies exempt; past them it is closed at once, counted, before any byte
+/// is read) and gives it a task.
 fn admit(core: &Rc<Core>, stream: TcpStream, peer: std::net::SocketAddr) {
     let cfg = &core.shared.config.proxy;
     if OPEN_CONNECTIONS.load(Ordering::Relaxed) >= cfg.max_connections {
         core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
         return;
     }
-    let hasher = &core.shared.key_hasher;
-    let ip_key = crate::data_path::route::ip_key(peer, |b| hasher.hash_key(b));
-    let Some(permit) = core.shared.per_ip.try_acquire_owned(ip_key) else {
-        core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
-        return;
+    // Trusted proxies carry many clients' connections: no per-address cap for them (a PROXY
+    // protocol header's source gets its own, see `proxy_protocol::accept`).
+    let permit = if cfg.client_address.trusted.contains(peer.ip()) {
+        None
+    } else {
+        let hasher = &core.shared.key_hasher;
+        let ip_key =
+            crate::data_path::route::ip_key(peer.ip().to_canonical(), |b| hasher.hash_key(b));
+        let Some(permit) = core.shared.per_ip.try_acquire_owned(ip_key) else {
+            core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
+            return;
+        };
+        Some(permit)
     };
     let _ = stream.set_nodelay(true);
     set_cloexec(&stream);
     core.rec.borrow_mut().count(Counter::ConnectionsAccepted, 1);
-    let slot = ClientSlot::open(Some(permit));
+    let slot = ClientSlot::open(permit);
     let fut = conn::serve_client(core.clone(), stream, peer, slot, conn::Arrival::Accepted);
     spawn_client(core.clone(), fut);
 }

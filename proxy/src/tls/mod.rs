@@ -602,10 +602,16 @@ pub enum Conn {
 }
 
 impl Conn {
-    /// Accepts a client's TLS handshake on `io`.
-    pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<Conn> {
+    /// Accepts a client's TLS handshake on `io`; `first`: its first bytes, already read (after
+    /// a PROXY protocol header).
+    pub async fn accept(
+        io: TcpStream,
+        config: Arc<ServerConfig>,
+        first: Vec<u8>,
+    ) -> io::Result<Conn> {
         let conn = ServerConnection::new(config).map_err(tls_err)?;
         let mut s = Box::new(TlsStream::new(io, conn));
+        s.rbuf = first;
         s.handshake().await?;
         s.release();
         Ok(Conn::Server(s))

@@ -54,6 +54,16 @@ pub fn start_proxy_logged(
     driver: &str,
     log: Option<(&str, &std::path::Path)>,
 ) -> Proxy {
+    start_proxy_env(config, driver, log, &[])
+}
+
+/// [`start_proxy_logged`], with extra environment variables for mcplb.
+pub fn start_proxy_env(
+    config: &str,
+    driver: &str,
+    log: Option<(&str, &std::path::Path)>,
+    env: &[(&str, &str)],
+) -> Proxy {
     let config_path = write_config(config);
     let (level, stderr) = match log {
         Some((level, file)) => (
@@ -70,6 +80,7 @@ pub fn start_proxy_logged(
         .arg(&config_path)
         .args(["--driver", driver])
         .env("MCPLB_LOG", level)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
@@ -223,4 +234,37 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A stateless (2026-07-28) `tools/call` of `tool` with its mirror headers, plus `extra`
+/// headers; returns the answer.
+pub fn stateless_tool_call(
+    c: &mut HttpClient,
+    tool: &str,
+    extra: &[(&str, &str)],
+) -> mcplb::demo::Response {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": tool, "arguments": {},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
+    let mut h = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", tool),
+    ];
+    h.extend_from_slice(extra);
+    c.request("POST", "/mcp", &h, body.to_string().as_bytes())
+        .unwrap()
+}
+
+/// The resident set of process `pid`, in KiB (0 when it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

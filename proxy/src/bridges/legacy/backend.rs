@@ -352,20 +352,20 @@ fn connect_old(shared: &Arc<Shared>, auth: Option<&str>) -> anyhow::Result<Arc<S
         headers.push(("authorization", a));
     }
     let resp = begin(&shared.sse_url, "GET", &headers, b"")?.finish(Some(ENDPOINT_TIMEOUT))?;
-    if resp.status != 200 {
+    if resp.head.status != 200 {
         bail!(
             "GET {} answered HTTP {}",
             shared.sse_url.target,
-            resp.status
+            resp.head.status
         );
     }
-    if !resp.is_sse() {
+    if !resp.head.is_sse() {
         bail!(
             "GET {} did not answer an event stream",
             shared.sse_url.target
         );
     }
-    let conn = resp.shutdown_handle();
+    let conn = resp.body.shutdown_handle();
     resp.body.set_read_timeout(Some(ENDPOINT_TIMEOUT))?;
     let mut events = EventReader::new(resp.body);
     let mut early = Vec::new();

@@ -108,11 +108,11 @@ impl Session {
 
     /// Registers an upstream connection; returns false (and shuts it) when the session ended.
     fn track(&self, resp: &UpResponse) -> bool {
-        if let Some(h) = resp.shutdown_handle() {
+        if let Some(h) = resp.body.shutdown_handle() {
             lock(&self.streams).push(h);
         }
         if self.closed.load(Ordering::Relaxed) {
-            if let Some(h) = resp.shutdown_handle() {
+            if let Some(h) = resp.body.shutdown_handle() {
                 let _ = h.shutdown(Shutdown::Both);
             }
             return false;
@@ -121,7 +121,7 @@ impl Session {
     }
 
     fn untrack(&self, resp: &UpResponse) {
-        if let Some(h) = resp.shutdown_handle() {
+        if let Some(h) = resp.body.shutdown_handle() {
             let Ok(addr) = h.local_addr() else { return };
             lock(&self.streams).retain(|s| s.local_addr().ok() != Some(addr));
         }
@@ -438,7 +438,7 @@ fn dispatch(shared: &Arc<Shared>, session: &Arc<Session>, inbox: &Receiver<Inbou
         let res = pending.finish(timeout);
         if is_init {
             if let Ok(resp) = &res {
-                let sid = resp.header("mcp-session-id").map(str::to_string);
+                let sid = resp.head.header("mcp-session-id").map(str::to_string);
                 lock(&session.up).sid = sid;
             }
         }
@@ -490,8 +490,8 @@ fn relay(
         }
         session.send(&v);
     };
-    match resp.status {
-        200..=299 if resp.is_sse() => {
+    match resp.head.status {
+        200..=299 if resp.head.is_sse() => {
             if !session.track(&resp) {
                 return None;
             }
@@ -532,7 +532,7 @@ fn relay(
         200..=299 => match resp.body.read_all(MAX_BODY) {
             Ok(body) if body.iter().all(u8::is_ascii_whitespace) => {
                 if let Some(id) = req_id {
-                    if resp.status != 202 {
+                    if resp.head.status != 202 {
                         session.send_error(id, -32603, "upstream answered with an empty body");
                     }
                 }
@@ -562,7 +562,7 @@ fn relay(
                 (Some(v), _) => session.send(&v),
                 (None, Some(id)) => {
                     let mut why = format!("upstream answered HTTP {status}");
-                    if let Some(after) = resp.header("retry-after") {
+                    if let Some(after) = resp.head.header("retry-after") {
                         why.push_str(&format!(" (retry after {after} s)"));
                     }
                     session.send_error(id, -32603, &why);
@@ -595,9 +595,12 @@ fn get_stream(shared: &Shared, session: &Arc<Session>) {
         let res = begin(&shared.upstream, "GET", &as_refs(&headers), b"")
             .and_then(|p| p.finish(Some(SHORT_TIMEOUT)));
         let resp = match res {
-            Ok(r) if r.status == 200 && r.is_sse() => r,
+            Ok(r) if r.head.status == 200 && r.head.is_sse() => r,
             Ok(r) => {
-                tracing::debug!(status = r.status, "legacy front: no upstream GET stream");
+                tracing::debug!(
+                    status = r.head.status,
+                    "legacy front: no upstream GET stream"
+                );
                 return;
             }
             Err(e) => {
@@ -610,7 +613,7 @@ fn get_stream(shared: &Shared, session: &Arc<Session>) {
         if !session.track(&resp) {
             return;
         }
-        let handle = resp.shutdown_handle();
+        let handle = resp.body.shutdown_handle();
         let mut events = EventReader::new(resp.body);
         let mut got_any = false;
         while let Ok(Some(ev)) = events.next_event() {

@@ -1,10 +1,11 @@
 //! Blocking HTTP/1.1 plumbing shared by the two bridges: URL handling, a thread-per-connection
-//! server loop, response writers (plain and chunked event streams) and an upstream client whose
-//! bodies, and event streams, are read incrementally.
+//! server loop, response writers (plain and chunked event streams), and upstream exchanges on
+//! mcplb's one blocking client ([`crate::http::client`]), one connection each, whose bodies and
+//! event streams are read as they come.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -12,9 +13,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use protocol::{SseEvent, SseParser};
 use serde_json::Value;
 
+pub(crate) use crate::http::client::EventReader;
+use crate::http::client::HttpClient;
+/// An upstream answer: status and headers read, body still on the wire.
+pub(crate) use crate::http::client::StreamingResponse as UpResponse;
 use crate::http::ChunkedDecoder;
 
 /// Largest request or upstream JSON body the bridges accept.
@@ -113,30 +117,6 @@ impl Url {
             format!("{dir}{r}")
         };
         Url::parse(&format!("http://{}{target}", self.authority))
-    }
-
-    fn connect(&self) -> anyhow::Result<TcpStream> {
-        let addrs: Vec<SocketAddr> = self
-            .authority
-            .to_socket_addrs()
-            .or_else(|_| format!("{}:80", self.authority).to_socket_addrs())
-            .with_context(|| format!("resolve {}", self.authority))?
-            .collect();
-        let mut last = None;
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-                Ok(s) => {
-                    s.set_nodelay(true)?;
-                    s.set_write_timeout(Some(WRITE_TIMEOUT))?;
-                    return Ok(s);
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        match last {
-            Some(e) => Err(anyhow!(e).context(format!("connect {}", self.authority))),
-            None => bail!("{}: no address", self.authority),
-        }
     }
 }
 
@@ -266,7 +246,7 @@ impl Conn {
         let method = req.method.unwrap_or("").to_string();
         let target = req.path.unwrap_or("/").to_string();
         let http10 = req.version == Some(0);
-        let headers = owned_headers(req.headers);
+        let headers = crate::http::owned_headers(req.headers);
         self.buf.drain(..head_len);
         let find = |n: &str| {
             headers
@@ -585,7 +565,7 @@ pub(crate) fn watch_close(stream: &TcpStream, tx: Sender<Out>) {
 
 /// A request written to an upstream whose answer has not been read yet.
 pub(crate) struct Pending {
-    stream: TcpStream,
+    client: HttpClient,
 }
 
 /// Writes a request to `url` on a new connection (`connection: close`: every exchange has its
@@ -596,90 +576,22 @@ pub(crate) fn begin(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> anyhow::Result<Pending> {
-    let mut stream = url.connect()?;
-    let bytes =
-        crate::http::client_request(method, &url.target, &url.authority, true, headers, body);
-    stream
-        .write_all(&bytes)
+    let mut client = HttpClient::connect_host(&url.authority, CONNECT_TIMEOUT, WRITE_TIMEOUT)?;
+    client.set_close(true);
+    client
+        .send(method, &url.target, headers, body)
         .with_context(|| format!("write to {}", url.authority))?;
-    Ok(Pending { stream })
-}
-
-/// An upstream answer: status and headers read, body still on the wire.
-pub(crate) struct UpResponse {
-    pub status: u16,
-    /// Header names lower-cased.
-    pub headers: Vec<(String, String)>,
-    pub body: BodyReader,
-}
-
-impl UpResponse {
-    /// The first header with this (lower-case) name.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Whether the body is an event stream.
-    pub fn is_sse(&self) -> bool {
-        self.header("content-type")
-            .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"))
-    }
-
-    /// A handle that can shut the connection down from another thread.
-    pub fn shutdown_handle(&self) -> Option<TcpStream> {
-        self.body.stream.try_clone().ok()
-    }
+    Ok(Pending { client })
 }
 
 impl Pending {
     /// Reads the answer's head (waits as long as the upstream takes: tool calls may run for
-    /// minutes; `timeout` bounds the wait when given).
-    pub fn finish(mut self, timeout: Option<Duration>) -> anyhow::Result<UpResponse> {
-        self.stream.set_read_timeout(timeout)?;
-        let mut buf = Vec::new();
-        let head_len = loop {
-            if let Some(n) = crate::http::head_len(&buf) {
-                break n;
-            }
-            if buf.len() > MAX_HEAD {
-                bail!("response head too large");
-            }
-            if fill(&mut self.stream, &mut buf)? == 0 {
-                bail!("connection closed before a response head");
-            }
-        };
-        let mut storage = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut storage);
-        resp.parse(&buf[..head_len])?;
-        let status = resp.code.ok_or_else(|| anyhow!("no status"))?;
-        let headers = owned_headers(resp.headers);
-        buf.drain(..head_len);
-        let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        let kind = if status == 204 || status == 304 || (100..200).contains(&status) {
-            BodyKind::Length(0)
-        } else if find("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-        {
-            BodyKind::Chunked(ChunkedDecoder::new())
-        } else if let Some(v) = find("content-length") {
-            BodyKind::Length(v.parse().map_err(|_| anyhow!("bad content-length {v:?}"))?)
-        } else {
-            BodyKind::Close
-        };
-        self.stream.set_read_timeout(None)?;
-        Ok(UpResponse {
-            status,
-            headers,
-            body: BodyReader {
-                stream: self.stream,
-                buf,
-                kind,
-                done: false,
-            },
-        })
+    /// minutes; `timeout` bounds the wait when given); the body then waits without deadline.
+    pub fn finish(self, timeout: Option<Duration>) -> anyhow::Result<UpResponse> {
+        self.client.set_read_timeout(timeout)?;
+        let resp = self.client.into_streaming()?;
+        resp.body.set_read_timeout(None)?;
+        Ok(resp)
     }
 }
 
@@ -693,126 +605,10 @@ pub(crate) fn exchange(
 ) -> anyhow::Result<(u16, Vec<u8>)> {
     let mut resp = begin(url, method, headers, body)?.finish(timeout)?;
     if timeout.is_some() {
-        resp.body.stream.set_read_timeout(timeout)?;
+        resp.body.set_read_timeout(timeout)?;
     }
     let body = resp.body.read_all(MAX_BODY)?;
-    Ok((resp.status, body))
-}
-
-enum BodyKind {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    Close,
-}
-
-/// An upstream body read piece by piece.
-pub(crate) struct BodyReader {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    kind: BodyKind,
-    done: bool,
-}
-
-impl BodyReader {
-    /// Sets a deadline on each read (None: wait forever).
-    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(t)
-    }
-
-    /// The next piece of body data; `None` at the end.
-    pub fn next_piece(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
-        loop {
-            if self.done {
-                return Ok(None);
-            }
-            match &mut self.kind {
-                BodyKind::Length(rem) => {
-                    if *rem == 0 {
-                        self.done = true;
-                        return Ok(None);
-                    }
-                    if !self.buf.is_empty() {
-                        let take = (*rem).min(self.buf.len() as u64) as usize;
-                        *rem -= take as u64;
-                        return Ok(Some(self.buf.drain(..take).collect()));
-                    }
-                    if fill(&mut self.stream, &mut self.buf)? == 0 {
-                        bail!("connection closed inside a body");
-                    }
-                }
-                BodyKind::Close => {
-                    if !self.buf.is_empty() {
-                        return Ok(Some(std::mem::take(&mut self.buf)));
-                    }
-                    if fill(&mut self.stream, &mut self.buf)? == 0 {
-                        self.done = true;
-                        return Ok(None);
-                    }
-                }
-                BodyKind::Chunked(dec) => {
-                    if !self.buf.is_empty() {
-                        let mut out = Vec::new();
-                        let used = dec
-                            .feed(&self.buf, |d| out.extend_from_slice(d))
-                            .map_err(|e| anyhow!("bad chunked body: {}", e.0))?;
-                        self.buf.drain(..used);
-                        if dec.is_done() {
-                            self.done = true;
-                        }
-                        if !out.is_empty() {
-                            return Ok(Some(out));
-                        }
-                        if self.done {
-                            return Ok(None);
-                        }
-                    }
-                    if fill(&mut self.stream, &mut self.buf)? == 0 {
-                        bail!("connection closed inside a chunked body");
-                    }
-                }
-            }
-        }
-    }
-
-    /// The whole (rest of the) body, at most `max` bytes.
-    pub fn read_all(&mut self, max: usize) -> anyhow::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        while let Some(p) = self.next_piece()? {
-            if out.len() + p.len() > max {
-                bail!("body larger than {max} bytes");
-            }
-            out.extend_from_slice(&p);
-        }
-        Ok(out)
-    }
-}
-
-/// An upstream event stream read event by event.
-pub(crate) struct EventReader {
-    pub body: BodyReader,
-    parser: SseParser,
-}
-
-impl EventReader {
-    pub fn new(body: BodyReader) -> EventReader {
-        EventReader {
-            body,
-            parser: SseParser::new(),
-        }
-    }
-
-    /// The next event; `None` when the stream ended.
-    pub fn next_event(&mut self) -> anyhow::Result<Option<SseEvent>> {
-        loop {
-            if let Some(ev) = self.parser.next_event() {
-                return Ok(Some(ev));
-            }
-            match self.body.next_piece()? {
-                Some(p) => self.parser.push(&p),
-                None => return Ok(None),
-            }
-        }
-    }
+    Ok((resp.head.status, body))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -860,19 +656,6 @@ pub(crate) fn compact(data: &str) -> Option<Value> {
 
 /// A small registry keyed by string, for sessions.
 pub(crate) type Registry<T> = Mutex<HashMap<String, Arc<T>>>;
-
-/// Header names (lower-cased) and trimmed values, owned.
-fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).trim().to_string(),
-            )
-        })
-        .collect()
-}
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use crate::config::fields::{decode_key, parse_duration, resolve, TableCheck};
 use crate::config::raw::{RawProxy, RawTls};
-use crate::config::types::{ProxyConfig, DEFAULT_MAX_BODY};
+use crate::config::types::{
+    ClientAddress, ForwardedHeader, ForwardedMode, ProxyConfig, TrustedProxies, DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONNECTIONS_PER_IP,
+};
 
 /// Validates `[proxy]` (an absent table is an empty one: `listen` is then reported missing).
 pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
@@ -27,6 +30,7 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
         .session_key
         .as_deref()
         .and_then(|s| decode_key(s).map_err(|e| t.problem("session_key", e)).ok());
+    let client_address = client_address(&p, &mut t);
     let tls = p.tls.and_then(|raw| tls(raw, &mut t));
     if p.reuse_port == Some(true) && listen.port() == 0 {
         t.problem(
@@ -58,6 +62,8 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
         max_url_bytes: t.int("max_url_bytes", p.max_url_bytes, 8192, 16..=1 << 20),
         max_json_depth: t.int("max_json_depth", p.max_json_depth, depth, 3..=depth),
         header_timeout: t.duration("header_timeout", p.header_timeout.as_deref(), secs(10)),
+        body_timeout: t.duration("body_timeout", p.body_timeout.as_deref(), secs(10)),
+        client_address,
         client_idle_timeout: t.duration(
             "client_idle_timeout",
             p.client_idle_timeout.as_deref(),
@@ -88,11 +94,77 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
         max_connections_per_ip: t.int_u32(
             "max_connections_per_ip",
             p.max_connections_per_ip,
-            10_000,
+            DEFAULT_MAX_CONNECTIONS_PER_IP,
             1..=10_000_000,
         ),
         shutdown_timeout: t.duration("shutdown_timeout", p.shutdown_timeout.as_deref(), secs(30)),
         limit_max_keys: t.int("limit_max_keys", p.limit_max_keys, 100_000, 16..=1 << 24),
+    }
+}
+
+/// `forwarded`, `forwarded_header`, `trusted_proxies` and `proxy_protocol`.
+fn client_address(p: &RawProxy, t: &mut TableCheck<'_>) -> ClientAddress {
+    let forwarded = match p.forwarded.as_deref() {
+        None | Some("append") => ForwardedMode::Append,
+        Some("replace") => ForwardedMode::Replace,
+        Some("off") => ForwardedMode::Off,
+        Some(other) => {
+            t.problem(
+                "forwarded",
+                format!("`{other}` is not one of \"append\", \"replace\", \"off\""),
+            );
+            ForwardedMode::Append
+        }
+    };
+    let header = match p.forwarded_header.as_deref().map(str::to_ascii_lowercase) {
+        None => ForwardedHeader::XForwardedFor,
+        Some(h) if h == "x-forwarded-for" => ForwardedHeader::XForwardedFor,
+        Some(h) if h == "forwarded" => ForwardedHeader::Forwarded,
+        Some(other) => {
+            t.problem(
+                "forwarded_header",
+                format!("`{other}` is not one of \"x-forwarded-for\", \"forwarded\""),
+            );
+            ForwardedHeader::XForwardedFor
+        }
+    };
+    let mut trusted = Vec::new();
+    for (i, entry) in p.trusted_proxies.iter().flatten().enumerate() {
+        match parse_net(entry) {
+            Some(net) => trusted.push(net),
+            None => t.problem(
+                &format!("trusted_proxies[{i}]"),
+                format!(
+                    "`{entry}` is not an IP address or network (e.g. \"10.0.0.0/8\", \
+                     \"192.0.2.7\", \"fd00::/8\")"
+                ),
+            ),
+        }
+    }
+    let proxy_protocol = p.proxy_protocol.unwrap_or(false);
+    if proxy_protocol && p.trusted_proxies.as_ref().is_none_or(Vec::is_empty) {
+        t.problem(
+            "proxy_protocol",
+            "needs proxy.trusted_proxies: the balancers allowed to send a PROXY header (a \
+             PROXY header from anyone else would let them claim any address)",
+        );
+    }
+    ClientAddress {
+        forwarded,
+        header,
+        trusted: TrustedProxies(trusted),
+        proxy_protocol,
+    }
+}
+
+/// An address (`192.0.2.7`, `::1`) or a network (`10.0.0.0/8`); host bits of a network are
+/// ignored.
+fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    if s.contains('/') {
+        s.parse::<ipnet::IpNet>().ok().map(|n| n.trunc())
+    } else {
+        s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from)
     }
 }
 
