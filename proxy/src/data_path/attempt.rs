@@ -6,8 +6,6 @@
 //! that may have reached a backend is never sent again.
 
 use std::borrow::Cow;
-use std::future::Future as _;
-use std::task::Poll;
 use std::time::Instant;
 
 use lb::{retry_decision, Retry, RetryContext, UpstreamError, UpstreamErrorKind};
@@ -20,7 +18,6 @@ use crate::control::stats::Gauge;
 use crate::data_path::admission::{self, ConcKeys, Permits};
 use crate::data_path::request::{ClientConn, HttpMethod, Next, Refusal};
 use crate::data_path::response::{forward_response, Answer};
-use crate::data_path::upstream::HeadReadError;
 use crate::data_path::{failover, reply, upstream};
 use crate::runtime::core::Core;
 use crate::tls::Conn;
@@ -213,7 +210,7 @@ async fn attempt(
     let (Some(group), Some(backend)) = (group, group.and_then(|g| g.backends.get(bi))) else {
         return Err(UpstreamError::connect(UpstreamErrorKind::ConnectRefused));
     };
-    let (up, reused) = core.upstream(gi, bi, fresh).await?;
+    let (mut up, reused) = core.upstream(gi, bi, fresh).await?;
     if c.out.capacity() == 0 {
         // A pooled buffer: growing an empty one to a request's size took six reallocations
         // (callgrind: about 2 500 instructions per request, 10 % of mcplb's own).
@@ -231,142 +228,23 @@ async fn attempt(
         forwarding,
     );
     ubuf.clear();
-    let deadline = monoio::time::Instant::now() + core.shared.config.proxy.upstream_timeout;
     let out = std::mem::take(&mut c.out);
-    let (up, sent) = match up {
-        Conn::Plain(s) => {
-            let (s, sent) = write_and_read(s, out, std::mem::take(ubuf), deadline).await;
-            (s.map(Conn::Plain), sent)
-        }
-        mut up => {
-            let len = out.len();
-            let (w, out) = up.write_range(out, 0..len).await;
-            let sent = Sent {
-                written: w.map(|()| Instant::now()),
-                out,
-                first: None,
-                ubuf: std::mem::take(ubuf),
-            };
-            (Some(up), sent)
-        }
-    };
-    c.out = sent.out;
-    *ubuf = sent.ubuf;
-    let (Some(mut up), Ok(at)) = (up, sent.written) else {
-        if ubuf.capacity() == 0 {
-            *ubuf = core.take_buf();
-        }
+    let len = out.len();
+    let (w, out) = up.write_range(out, 0..len).await;
+    c.out = out;
+    c.meta.sent = Some(Instant::now());
+    if w.is_err() {
         return Err(UpstreamError::new(
             UpstreamErrorKind::WriteFailed,
             reused,
             false,
         ));
-    };
-    c.meta.sent = Some(at);
-    let first = match sent.first {
-        None => Ok(()),
-        Some(Ok(n)) if n > 0 => Ok(()),
-        Some(Ok(_) | Err(ReadError::Failed)) => Err(HeadReadError::Closed { bytes: false }),
-        Some(Err(ReadError::TimedOut)) => Err(HeadReadError::TimedOut { bytes: false }),
-    };
-    if first.is_err() && ubuf.capacity() == 0 {
-        // The buffer went with the read.
-        *ubuf = core.take_buf();
     }
-    match first.and(upstream::read_head(&mut up, ubuf, Some(deadline)).await) {
+    let deadline = monoio::time::Instant::now() + core.shared.config.proxy.upstream_timeout;
+    match upstream::read_head(&mut up, ubuf, Some(deadline)).await {
         Ok(n) => Ok((up, n)),
         Err(e) => Err(e.upstream(reused)),
     }
-}
-
-/// How a request was written to a backend, and what came back with it.
-struct Sent {
-    /// When the write completed, or why it failed.
-    written: std::io::Result<Instant>,
-    /// The request's buffer, back.
-    out: Vec<u8>,
-    /// The first read of the answer, when it was submitted with the write.
-    first: Option<Result<usize, ReadError>>,
-    /// The answer's buffer (empty, with no capacity, when it went with a cancelled read).
-    ubuf: Vec<u8>,
-}
-
-/// Why a read submitted with the request failed.
-enum ReadError {
-    Failed,
-    TimedOut,
-}
-
-/// Writes the request `out` to a plain backend connection and submits the first read of its
-/// answer with it, so both go to the kernel in one `io_uring_enter` (the write completes at
-/// once on a socket with room; the read waits for the backend): one kernel entry per request
-/// fewer than writing, then reading. A failed write gives up the read. The stream comes back
-/// unless the halves could not be put together again (then it is closed).
-async fn write_and_read(
-    s: monoio::net::TcpStream,
-    out: Vec<u8>,
-    mut ubuf: Vec<u8>,
-    deadline: monoio::time::Instant,
-) -> (Option<monoio::net::TcpStream>, Sent) {
-    use monoio::buf::{IoBuf, IoBufMut};
-    use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
-    if ubuf.capacity() < 1024 {
-        ubuf.reserve(super::READ_SIZE);
-    }
-    let len = out.len();
-    let (mut rh, mut wh) = s.into_split();
-    let mut written = None;
-    let mut first = None;
-    {
-        let mut write = std::pin::pin!(wh.write_all(out.slice(0..len)));
-        let mut read = std::pin::pin!(monoio::time::timeout_at(
-            deadline,
-            rh.read(ubuf.slice_mut(0..))
-        ));
-        std::future::poll_fn(|cx| {
-            if written.is_none() {
-                if let Poll::Ready((r, slice)) = write.as_mut().poll(cx) {
-                    let at = Instant::now();
-                    written = Some((r.map(|_| at), slice.into_inner()));
-                }
-            }
-            if matches!(written, Some((Err(_), _))) {
-                // The read is dropped (cancelled) with this future.
-                return Poll::Ready(());
-            }
-            if first.is_none() {
-                if let Poll::Ready(r) = read.as_mut().poll(cx) {
-                    first = Some(match r {
-                        Ok((Ok(n), slice)) => (Ok(n), Some(slice.into_inner())),
-                        Ok((Err(_), slice)) => (Err(ReadError::Failed), Some(slice.into_inner())),
-                        Err(_) => (Err(ReadError::TimedOut), None),
-                    });
-                }
-            }
-            if written.is_some() && first.is_some() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
-    }
-    let (written, out) =
-        written.unwrap_or_else(|| (Err(std::io::ErrorKind::BrokenPipe.into()), Vec::new()));
-    let (first, ubuf) = match first {
-        Some((r, b)) => (Some(r), b.unwrap_or_default()),
-        None => (None, Vec::new()),
-    };
-    let s = rh.reunite(wh).ok();
-    (
-        s,
-        Sent {
-            written,
-            out,
-            first,
-            ubuf,
-        },
-    )
 }
 
 /// Moves the request's session to another backend by replaying its `initialize`.
