@@ -38,14 +38,21 @@ fn gauge(p: &Proxy, name: &str) -> i64 {
     v["gauges"][name].as_i64().unwrap()
 }
 
+/// An mcplb in front of `a` on `driver`, a client connection with a session open, and one call
+/// answered on it.
+fn one_call(a: &MockServer, driver: &str) -> (Proxy, HttpClient, String) {
+    let p = start_proxy(&config_for(&[a], ""), driver);
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    let (sid, _) = init_session(&mut c);
+    assert_eq!(whoami(&mut c, &sid), "alpha");
+    (p, c, sid)
+}
+
 #[test]
 fn an_idle_worker_is_not_woken() {
     let a = mock("alpha");
     for driver in DRIVERS {
-        let p = start_proxy(&config_for(&[&a], ""), driver);
-        let mut c = HttpClient::connect(p.addr).unwrap();
-        let (sid, _) = init_session(&mut c);
-        assert_eq!(whoami(&mut c, &sid), "alpha");
+        let (p, c, _) = one_call(&a, driver);
         drop(c);
         // The statistics of that activity are folded a second later; then nothing is due.
         std::thread::sleep(Duration::from_millis(1500));
@@ -64,10 +71,7 @@ fn an_idle_worker_is_not_woken() {
 fn a_connection_idle_between_calls_costs_two_wakeups_a_call() {
     let a = mock("alpha");
     for driver in DRIVERS {
-        let p = start_proxy(&config_for(&[&a], ""), driver);
-        let mut c = HttpClient::connect(p.addr).unwrap();
-        let (sid, _) = init_session(&mut c);
-        assert_eq!(whoami(&mut c, &sid), "alpha");
+        let (p, mut c, sid) = one_call(&a, driver);
         std::thread::sleep(Duration::from_millis(200));
         let calls = 8;
         let before = worker_wakeups(&p);
