@@ -512,15 +512,8 @@ def rerender(path):
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--report":
         return rerender(sys.argv[2])
-    signal.signal(signal.SIGTERM, sbs.on_signal)
-    signal.signal(signal.SIGINT, sbs.on_signal)
-    started = datetime.datetime.now()
-    os.makedirs(OUT, exist_ok=True)
-    stem = os.path.join(OUT, f"{started:%Y-%m-%d}-{TAG}")
     ports = [mock_port(a) for a in ANSWERS] + [proxy_port(k, a) for k in PROXIES for a in ANSWERS]
-    for p in ports:
-        if not sbs.port_free(p):
-            sys.exit(f"port {p} is in use; set BASE_PORT to another base (now {BASE})")
+    started, stem = sbs.begin_run(OUT, TAG, ports, BASE)
     facts = sbs.machine_facts()
     load_start = sbs.loadavg()
     log(f"work dir {sbs.RUNDIR}; results -> {stem}.md")
