@@ -329,3 +329,80 @@ fn a_request_pipelined_during_a_stream_is_answered_after_it() {
         );
     }
 }
+
+/// Opens a stream on HTTP/2 stream `id` of `c` (`POST`: a tool call; `GET`: the standalone
+/// stream) and reads until its first event arrived.
+fn open_h2_stream(c: &mut common::h2::RawH2, id: u32, method: &str) {
+    use common::h2::*;
+    let mut req = Vec::new();
+    if method == "POST" {
+        let body = rpc(
+            3,
+            "tools/call",
+            json!({"name": "long", "arguments": {}, "_meta": {"progressToken": 1}}),
+        )
+        .to_string();
+        let len = body.len().to_string();
+        let block = request_block(
+            "POST",
+            "/mcp",
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("content-length", &len),
+            ],
+        );
+        req.extend_from_slice(&frame(HEADERS, END_HEADERS, id, &block));
+        req.extend_from_slice(&frame(DATA, END_STREAM, id, body.as_bytes()));
+    } else {
+        let block = request_block("GET", "/mcp", &[("accept", "text/event-stream")]);
+        req.extend_from_slice(&frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
+    }
+    assert!(c.send(&req));
+    let mut got = Vec::new();
+    let needle = b"notifications/progress";
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let f = c
+            .next_frame()
+            .expect("the stream's first event did not come");
+        assert!(f.kind != GOAWAY && f.kind != RST_STREAM, "refused: {f:?}");
+        if f.kind == DATA && f.stream == id {
+            got.extend_from_slice(&f.payload);
+        }
+    }
+}
+
+#[test]
+fn an_http2_client_resetting_a_stream_closes_its_upstream_and_keeps_its_connection() {
+    use common::h2::*;
+    for driver in DRIVERS {
+        let b = silent_backend();
+        let p = start_proxy(&proxy_config(&b, ""), driver);
+        let admin = p.admin.unwrap();
+        let mut c = RawH2::connect(p.addr);
+        for (i, method) in ["POST", "GET"].into_iter().enumerate() {
+            let id = 2 * i as u32 + 1;
+            open_h2_stream(&mut c, id, method);
+            wait_until("the stream counted as open", || {
+                gauge(admin, "sse_streams_open") == 1 && in_flight(admin) == 1
+            });
+            // RST_STREAM(CANCEL) on that stream alone: the connection stays open.
+            assert!(c.send(&frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes())));
+            // The backend writes nothing more: only mcplb closing its connection ends its wait.
+            let (m, _) = b
+                .closed
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("{driver} {method}: upstream not closed on reset"));
+            assert_eq!(m, method, "{driver}");
+            wait_until("the gauges back at zero", || {
+                let s = stats(admin);
+                s["gauges"]["sse_streams_open"] == 0
+                    && s["gauges"]["upstream_busy"] == 0
+                    && in_flight(admin) == 0
+            });
+        }
+        // The same connection serves a next stream.
+        open_h2_stream(&mut c, 5, "POST");
+        assert!(!c.closed, "{driver}");
+    }
+}

@@ -9,7 +9,9 @@
 //! Counts are per connection in one-second windows; a connection over a limit is sent GOAWAY
 //! (`ENHANCE_YOUR_CALM`) and closed. `h2` has its own guards for some of these (pending
 //! reset streams, CONTINUATION frames and header list size, tiny DATA frames): they stay on
-//! as a second line, and connections they end count as `h2_protocol_errors`.
+//! as a second line (h2 refuses a header block in more than max(5, header list size / frame
+//! size) frames whatever `max_continuation_frames` says), and connections they end count as
+//! `h2_protocol_errors`.
 
 use std::time::{Duration, Instant};
 

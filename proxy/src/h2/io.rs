@@ -13,7 +13,7 @@
 //!   identified an h2c connection), and every byte the client sends shown to the flood guard
 //!   ([`super::guard::FrameScan`]), which can stop the reading.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, Read as _, Write as _};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -208,11 +208,24 @@ pub(crate) enum Transport {
     Tls(Box<TlsIo>),
 }
 
+impl Transport {
+    /// The socket underneath, for a lingering close (what TLS or the wrapper still hold is
+    /// dropped: the connection is over).
+    pub(crate) fn into_tcp(self) -> TcpStream {
+        match self {
+            Transport::Plain(s) => s.into_inner(),
+            Transport::Tls(t) => t.io.into_inner(),
+        }
+    }
+}
+
 /// An HTTP/2 connection's bytes: `replay` first (bytes read before `h2` took over), then
 /// the transport's; each byte read is shown to the flood guard, and once it has found a flood
 /// nothing more is read (the connection driver sees [`H2Io::flood`] and ends it).
 pub(crate) struct H2Io {
-    transport: Transport,
+    /// Shared with the connection driver, which takes it back for a lingering close once a
+    /// flood stopped the reading (`h2` never gives its I/O back).
+    transport: Rc<RefCell<Transport>>,
     replay: Vec<u8>,
     rpos: usize,
     scan: FrameScan,
@@ -222,7 +235,7 @@ pub(crate) struct H2Io {
 impl H2Io {
     /// `flood` is set when the guard finds one.
     pub(crate) fn new(
-        transport: Transport,
+        transport: Rc<RefCell<Transport>>,
         replay: Vec<u8>,
         scan: FrameScan,
         flood: Rc<Cell<Option<Flood>>>,
@@ -259,7 +272,7 @@ impl AsyncRead for H2Io {
                 this.rpos = 0;
             }
         } else {
-            match &mut this.transport {
+            match &mut *this.transport.borrow_mut() {
                 Transport::Plain(s) => ready!(Pin::new(s.as_mut()).poll_read(cx, buf))?,
                 Transport::Tls(t) => ready!(Pin::new(t.as_mut()).poll_read(cx, buf))?,
             }
@@ -278,21 +291,21 @@ impl AsyncWrite for H2Io {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().transport {
+        match &mut *self.get_mut().transport.borrow_mut() {
             Transport::Plain(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Transport::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().transport {
+        match &mut *self.get_mut().transport.borrow_mut() {
             Transport::Plain(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Transport::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().transport {
+        match &mut *self.get_mut().transport.borrow_mut() {
             Transport::Plain(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Transport::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
         }

@@ -11,7 +11,7 @@ pub(crate) mod guard;
 pub(crate) mod io;
 pub(crate) mod stream;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -59,7 +59,7 @@ impl Default for Http2Config {
             initial_window_size: 256 * 1024,
             floods: FloodLimits {
                 max_resets_per_second: 100,
-                max_continuation_frames: 16,
+                max_continuation_frames: 4,
                 max_pings_per_second: 20,
                 max_settings_per_second: 20,
             },
@@ -93,18 +93,25 @@ pub(crate) async fn serve(
     core.rec.borrow_mut().count(Counter::H2Connections, 1);
     let flood = Rc::new(Cell::new(None));
     let scan = guard::FrameScan::new(cfg.floods, Instant::now());
-    let io = io::H2Io::new(transport, replay, scan, flood.clone());
+    let transport = Rc::new(RefCell::new(transport));
+    let io = io::H2Io::new(transport.clone(), replay, scan, flood.clone());
     let mut b = h2::server::Builder::new();
     b.max_concurrent_streams(cfg.max_concurrent_streams)
         .max_header_list_size(cfg.max_header_list_size)
         .header_table_size(cfg.header_table_size)
         .initial_window_size(cfg.initial_window_size)
-        .initial_connection_window_size(cfg.initial_window_size.saturating_mul(4));
+        .initial_connection_window_size(cfg.initial_window_size.saturating_mul(4))
+        // h2's own count of streams reset before they were accepted never passes the guard's
+        // count of RST_STREAM frames, which sees them first: a rapid reset is counted as one.
+        .max_pending_accept_reset_streams(
+            (cfg.floods.max_resets_per_second as usize).saturating_mul(2),
+        );
     let mut conn = match monoio::time::timeout(header_timeout, b.handshake::<_, Bytes>(io)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             if let Some(f) = flood.get() {
                 count_flood(&core, f, peer);
+                linger(&core, transport).await;
             } else {
                 tracing::debug!(%peer, error = %e, "HTTP/2 handshake failed");
                 core.rec.borrow_mut().count(Counter::H2ProtocolErrors, 1);
@@ -118,6 +125,8 @@ pub(crate) async fn serve(
     };
     let mut idle_since = Instant::now();
     let mut going_away = false;
+    // Ended by an error or a flood: input may be left unread.
+    let mut failed = false;
     loop {
         let next = std::future::poll_fn(|cx| {
             if let Some(f) = flood.get() {
@@ -146,12 +155,18 @@ pub(crate) async fn serve(
                 spawn_client(core.clone(), serve_stream(core, req, respond, peer, tls));
             }
             Event::Accepted(Some(Err(e))) => {
-                if !e.is_io() {
+                if let Some(f) = flood.get() {
+                    // The guard saw it in the bytes that led h2 to its own refusal.
+                    count_flood(&core, f, peer);
+                } else if e.is_io() {
+                    tracing::debug!(%peer, error = %e, "HTTP/2 connection failed");
+                } else {
                     // h2's own guards (reset streams pending accept, CONTINUATION frames,
                     // header list size) and protocol errors end here.
                     tracing::debug!(%peer, error = %e, "HTTP/2 connection error");
                     core.rec.borrow_mut().count(Counter::H2ProtocolErrors, 1);
                 }
+                failed = true;
                 break;
             }
             Event::Accepted(None) => break,
@@ -161,10 +176,12 @@ pub(crate) async fn serve(
                 // GOAWAY goes out; nothing more is read.
                 let closed = std::future::poll_fn(|cx| conn.poll_closed(cx));
                 let _ = monoio::time::timeout(Duration::from_secs(1), closed).await;
+                failed = true;
                 break;
             }
             Event::Tick => {}
         }
+
         if conn.has_streams() {
             idle_since = Instant::now();
         }
@@ -174,6 +191,20 @@ pub(crate) async fn serve(
             conn.graceful_shutdown();
             going_away = true;
         }
+    }
+    if failed {
+        drop(conn);
+        linger(&core, transport).await;
+    }
+}
+
+/// After a flood or a protocol error: bytes left unread would make closing the socket send a
+/// reset, which can destroy the GOAWAY in the client's receive buffer; so the connection
+/// closes lingering, as an HTTP/1.1 one answered before its request was read.
+async fn linger(core: &Core, transport: Rc<RefCell<io::Transport>>) {
+    if let Ok(t) = Rc::try_unwrap(transport) {
+        let tcp = t.into_inner().into_tcp();
+        crate::runtime::linger::close(core, Conn::Plain(tcp)).await;
     }
 }
 

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub mod h2;
 pub mod sse;
 
 pub use mcplb::demo::HttpClient;
