@@ -46,7 +46,11 @@ fn http1_call(c: &mut HttpClient, id: u64) {
 /// A stateless tool call on a new HTTP/2 connection: its answer's DATA carry the result and
 /// end the stream.
 fn h2_call(addr: std::net::SocketAddr) {
-    let mut c = RawH2::connect(addr);
+    h2_call_on(&mut RawH2::connect(addr), 1);
+}
+
+/// A stateless tool call on stream `id` of `c`.
+fn h2_call_on<S: std::io::Read + std::io::Write>(c: &mut RawH2<S>, id: u32) {
     let body = rpc(7, "tools/call", json!({"name": "echo", "arguments": {}})).to_string();
     let len = body.len().to_string();
     let block = request_block(
@@ -58,13 +62,13 @@ fn h2_call(addr: std::net::SocketAddr) {
             ("content-length", &len),
         ],
     );
-    let mut req = frame(HEADERS, END_HEADERS, 1, &block);
-    req.extend_from_slice(&frame(DATA, END_STREAM, 1, body.as_bytes()));
+    let mut req = frame(HEADERS, END_HEADERS, id, &block);
+    req.extend_from_slice(&frame(DATA, END_STREAM, id, body.as_bytes()));
     assert!(c.send(&req));
     let mut answer = Vec::new();
     loop {
         let f = c.next_frame().expect("the HTTP/2 answer did not come");
-        if f.kind == DATA && f.stream == 1 {
+        if f.kind == DATA && f.stream == id {
             answer.extend_from_slice(&f.payload);
             if f.flags & END_STREAM != 0 {
                 break;
@@ -187,4 +191,74 @@ fn ordinary_control_frames_are_not_a_flood() {
         }
         h2_call(p.addr);
     }
+}
+
+#[test]
+fn tls_clients_choose_http2_or_http11_by_alpn() {
+    use std::sync::Arc;
+    let m = mock_with(MockConfig {
+        name: "m".into(),
+        stateless: true,
+        ..Default::default()
+    });
+    let dir = std::env::temp_dir().join(format!("mcplb-h2-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let client = |alpn: &[&[u8]]| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
+    };
+    let connect = |addr, cfg: &Arc<rustls::ClientConfig>| {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
+        rustls::StreamOwned::new(conn, s)
+    };
+    let tls = format!(
+        "[proxy.tls]\ncert = \"{}\"\nkey = \"{}\"\n\n",
+        cert_path.display(),
+        key_path.display()
+    );
+    for driver in DRIVERS {
+        let p = start_proxy(
+            &config(&m).replacen("[admin]", &format!("{tls}[admin]"), 1),
+            driver,
+        );
+        // ALPN h2: HTTP/2 over TLS, several calls on one connection (one stream each).
+        let mut h2 = RawH2::over(connect(p.addr, &client(&[b"h2", b"http/1.1"])));
+        h2_call_on(&mut h2, 1);
+        h2_call_on(&mut h2, 3);
+        assert_eq!(h2.s.conn.alpn_protocol(), Some(&b"h2"[..]), "{driver}");
+        // ALPN http/1.1 (or none): HTTP/1.1 as before.
+        for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+            let mut s = connect(p.addr, &client(alpn));
+            use std::io::{Read, Write};
+            s.write_all(b"GET /nothing HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+                .unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            assert!(
+                got.starts_with(b"HTTP/1.1 404"),
+                "{driver}: {}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+        wait_until("one HTTP/2 connection counted", || {
+            counters(&p)["h2_connections"] == 1
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

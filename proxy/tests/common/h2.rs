@@ -79,8 +79,8 @@ pub struct Frame {
 }
 
 /// A connection that has sent the preface and an empty SETTINGS frame.
-pub struct RawH2 {
-    pub s: TcpStream,
+pub struct RawH2<S: Read + Write = TcpStream> {
+    pub s: S,
     buf: Vec<u8>,
     /// The server closed or reset the connection (not a read timeout).
     pub closed: bool,
@@ -90,6 +90,13 @@ impl RawH2 {
     pub fn connect(addr: SocketAddr) -> RawH2 {
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        RawH2::over(s)
+    }
+}
+
+impl<S: Read + Write> RawH2<S> {
+    /// Speaks HTTP/2 over `s` (a TLS stream that chose h2, say).
+    pub fn over(s: S) -> RawH2<S> {
         let mut c = RawH2 {
             s,
             buf: Vec::new(),
