@@ -250,37 +250,24 @@ fn a_client_leaving_a_stream_closes_its_upstream_at_once() {
 
 #[test]
 fn a_tls_client_leaving_a_stream_closes_its_upstream_at_once() {
-    let dir = std::env::temp_dir().join(format!("mcplb-client-gone-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
+    let certs = SelfSigned::new("client-gone");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = Arc::new(
         rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
+            .with_root_certificates(certs.roots.clone())
             .with_no_client_auth(),
-    );
-    let tls = format!(
-        "[proxy.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert_path.display(),
-        key_path.display()
     );
     for driver in DRIVERS {
         let b = silent_backend();
-        let p = start_proxy(&proxy_config(&b, &tls), driver);
+        let p = start_proxy(&proxy_config(&b, &certs.table), driver);
         for method in ["POST", "GET"] {
             for how in [Leave::Close, Leave::CloseNotify] {
                 leave_stream(&p, &b, Some(&cfg), method, how);
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -340,20 +327,8 @@ fn open_h2_stream(c: &mut common::h2::RawH2, id: u32, method: &str) {
             3,
             "tools/call",
             json!({"name": "long", "arguments": {}, "_meta": {"progressToken": 1}}),
-        )
-        .to_string();
-        let len = body.len().to_string();
-        let block = request_block(
-            "POST",
-            "/mcp",
-            &[
-                ("content-type", "application/json"),
-                ("accept", "application/json, text/event-stream"),
-                ("content-length", &len),
-            ],
         );
-        req.extend_from_slice(&frame(HEADERS, END_HEADERS, id, &block));
-        req.extend_from_slice(&frame(DATA, END_STREAM, id, body.as_bytes()));
+        req = post_frames(id, &body.to_string());
     } else {
         let block = request_block("GET", "/mcp", &[("accept", "text/event-stream")]);
         req.extend_from_slice(&frame(HEADERS, END_HEADERS | END_STREAM, id, &block));

@@ -52,18 +52,7 @@ fn h2_call(addr: std::net::SocketAddr) {
 /// A stateless tool call on stream `id` of `c`.
 fn h2_call_on<S: std::io::Read + std::io::Write>(c: &mut RawH2<S>, id: u32) {
     let body = rpc(7, "tools/call", json!({"name": "echo", "arguments": {}})).to_string();
-    let len = body.len().to_string();
-    let block = request_block(
-        "POST",
-        "/mcp",
-        &[
-            ("content-type", "application/json"),
-            ("accept", "application/json, text/event-stream"),
-            ("content-length", &len),
-        ],
-    );
-    let mut req = frame(HEADERS, END_HEADERS, id, &block);
-    req.extend_from_slice(&frame(DATA, END_STREAM, id, body.as_bytes()));
+    let req = post_frames(id, &body);
     assert!(c.send(&req));
     let mut answer = Vec::new();
     loop {
@@ -201,20 +190,13 @@ fn tls_clients_choose_http2_or_http11_by_alpn() {
         stateless: true,
         ..Default::default()
     });
-    let dir = std::env::temp_dir().join(format!("mcplb-h2-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
+    let certs = SelfSigned::new("h2-tls");
     let client = |alpn: &[&[u8]]| {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots.clone())
+            .with_root_certificates(certs.roots.clone())
             .with_no_client_auth();
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(cfg)
@@ -227,14 +209,9 @@ fn tls_clients_choose_http2_or_http11_by_alpn() {
         let conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
         rustls::StreamOwned::new(conn, s)
     };
-    let tls = format!(
-        "[proxy.tls]\ncert = \"{}\"\nkey = \"{}\"\n\n",
-        cert_path.display(),
-        key_path.display()
-    );
     for driver in DRIVERS {
         let p = start_proxy(
-            &config(&m).replacen("[admin]", &format!("{tls}[admin]"), 1),
+            &config(&m).replacen("[admin]", &format!("{}\n[admin]", certs.table), 1),
             driver,
         );
         // ALPN h2: HTTP/2 over TLS, several calls on one connection (one stream each).
@@ -260,5 +237,4 @@ fn tls_clients_choose_http2_or_http11_by_alpn() {
             counters(&p)["h2_connections"] == 1
         });
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -69,6 +69,23 @@ pub fn request_block(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u8
     header_block(&fields)
 }
 
+/// HEADERS and DATA of a JSON-RPC POST to /mcp on stream `id`.
+pub fn post_frames(id: u32, body: &str) -> Vec<u8> {
+    let len = body.len().to_string();
+    let block = request_block(
+        "POST",
+        "/mcp",
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("content-length", &len),
+        ],
+    );
+    let mut f = frame(HEADERS, END_HEADERS, id, &block);
+    f.extend_from_slice(&frame(DATA, END_STREAM, id, body.as_bytes()));
+    f
+}
+
 /// A frame as read: kind, flags, stream id, payload.
 #[derive(Debug, Clone)]
 pub struct Frame {
