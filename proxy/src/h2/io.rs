@@ -44,10 +44,6 @@ pub(crate) struct TlsIo {
     eof: bool,
 }
 
-fn tls_err(e: rustls::Error) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
-}
-
 impl TlsIo {
     /// `pending`: ciphertext the handshake read past its end (the first application records).
     pub(crate) fn new(io: TcpStream, conn: ServerConnection, pending: Vec<u8>) -> Self {
@@ -64,31 +60,12 @@ impl TlsIo {
 
     /// Gives buffered ciphertext to rustls, as much as it takes now.
     fn feed(&mut self) -> io::Result<()> {
-        while self.cpos < self.cin.len() {
-            let mut src = self.cin.get(self.cpos..).unwrap_or_default();
-            match self.conn.read_tls(&mut src) {
-                Ok(0) => self.cpos = self.cin.len(),
-                Ok(k) => self.cpos += k,
-                Err(e) => {
-                    // rustls' plaintext buffer is full: the reader drains it first.
-                    let state = self.conn.process_new_packets().map_err(tls_err)?;
-                    if state.plaintext_bytes_to_read() > 0 {
-                        break;
-                    }
-                    return Err(e);
-                }
-            }
-            if let Err(e) = self.conn.process_new_packets() {
-                // An alert for the peer is queued; it goes out with the next write.
-                self.queue_tls();
-                return Err(tls_err(e));
-            }
+        let fed = crate::tls::feed_records(&mut self.conn, &mut self.cin, &mut self.cpos);
+        if fed.is_err() {
+            // An alert for the peer may be queued; it goes out with the next write.
+            self.queue_tls();
         }
-        if self.cpos >= self.cin.len() {
-            self.cin.clear();
-            self.cpos = 0;
-        }
-        Ok(())
+        fed
     }
 
     /// Moves what rustls has to send into `cout`.

@@ -287,6 +287,38 @@ impl UpstreamTls {
     }
 }
 
+/// Gives the ciphertext `rbuf[*rpos..]` to rustls and processes it. Stops early when rustls'
+/// plaintext buffer is full (the rest stays in `rbuf` until the reader drains it). Every other
+/// refusal is an error: leaving bytes behind that rustls will never take would make the caller
+/// spin. `rbuf` is emptied once all of it was taken. (Also HTTP/2's `h2::io::TlsIo`.)
+pub(crate) fn feed_records<S>(
+    conn: &mut ConnectionCommon<S>,
+    rbuf: &mut Vec<u8>,
+    rpos: &mut usize,
+) -> io::Result<()> {
+    while *rpos < rbuf.len() {
+        let mut src = rbuf.get(*rpos..).unwrap_or_default();
+        match conn.read_tls(&mut src) {
+            // close_notify received: rustls reads nothing more.
+            Ok(0) => *rpos = rbuf.len(),
+            Ok(k) => *rpos += k,
+            Err(e) => {
+                let state = conn.process_new_packets().map_err(tls_err)?;
+                if state.plaintext_bytes_to_read() > 0 {
+                    break;
+                }
+                return Err(e);
+            }
+        }
+        conn.process_new_packets().map_err(tls_err)?;
+    }
+    if *rpos >= rbuf.len() {
+        rbuf.clear();
+        *rpos = 0;
+    }
+    Ok(())
+}
+
 /// A rustls connection driven over a monoio TCP stream.
 pub struct TlsStream<C> {
     io: TcpStream,
@@ -335,32 +367,9 @@ where
         Ok(())
     }
 
-    /// Gives buffered ciphertext to rustls and processes it. Stops early when rustls' plaintext
-    /// buffer is full (the rest stays in `rbuf` until the reader drains it). Every other refusal
-    /// is an error: leaving bytes behind that rustls will never take would make the caller
-    /// spin.
+    /// See [`feed_records`].
     fn feed(&mut self) -> io::Result<()> {
-        while self.rpos < self.rbuf.len() {
-            let mut src = self.rbuf.get(self.rpos..).unwrap_or_default();
-            match self.conn.read_tls(&mut src) {
-                // close_notify received: rustls reads nothing more.
-                Ok(0) => self.rpos = self.rbuf.len(),
-                Ok(k) => self.rpos += k,
-                Err(e) => {
-                    let state = self.conn.process_new_packets().map_err(tls_err)?;
-                    if state.plaintext_bytes_to_read() > 0 {
-                        break;
-                    }
-                    return Err(e);
-                }
-            }
-            self.conn.process_new_packets().map_err(tls_err)?;
-        }
-        if self.rpos >= self.rbuf.len() {
-            self.rbuf.clear();
-            self.rpos = 0;
-        }
-        Ok(())
+        feed_records(&mut self.conn, &mut self.rbuf, &mut self.rpos)
     }
 
     /// Reads ciphertext from the socket into rustls (one socket read).
