@@ -75,6 +75,7 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     if core.access_log.is_some() {
         record::write_access_log(core, c, start);
     }
+    crate::runtime::flush::note();
     c.next_request();
     next
 }
