@@ -250,6 +250,41 @@ backends = []
     }
 
     #[test]
+    fn session_keys_are_checked_by_name() {
+        let (a, b) = ("11".repeat(32), "22".repeat(32));
+        let with = |keys: &str| MINIMAL.replace("workers = 2", &format!("workers = 2\n{keys}"));
+        let keys = |toml: &str| Config::parse(toml).map(|c| c.proxy.session_keys);
+        assert_eq!(keys(MINIMAL).ok(), Some(Vec::new()));
+        assert_eq!(
+            keys(&with(&format!("session_key = \"{a}\""))).ok(),
+            Some(vec![[0x11; 32]])
+        );
+        assert_eq!(
+            keys(&with(&format!("session_keys = [\"{b}\", \"{a}\"]"))).ok(),
+            Some(vec![[0x22; 32], [0x11; 32]])
+        );
+        let err = |toml: &str| keys(toml).err().map(|e| e.to_string()).unwrap_or_default();
+        let both = err(&with(&format!(
+            "session_key = \"{a}\"\nsession_keys = [\"{b}\"]"
+        )));
+        assert!(both.contains("proxy.session_keys: set either"), "{both}");
+        let empty = err(&with("session_keys = []"));
+        assert!(empty.contains("proxy.session_keys: empty"), "{empty}");
+        let bad = err(&with(&format!("session_keys = [\"{a}\", \"abcd\"]")));
+        assert!(
+            bad.contains("proxy.session_keys[1]: must be exactly 32 bytes"),
+            "{bad}"
+        );
+        assert!(!bad.contains(&a), "{bad}");
+        let many = vec![format!("\"{a}\""); 9].join(", ");
+        let many = err(&with(&format!("session_keys = [{many}]")));
+        assert!(
+            many.contains("proxy.session_keys: 9 keys: at most 8"),
+            "{many}"
+        );
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));

@@ -55,6 +55,7 @@ pub(crate) struct RawProxy {
     pub listen: Option<String>,
     pub workers: Option<i64>,
     pub session_key: Option<String>,
+    pub session_keys: Option<Vec<String>>,
     pub max_body_bytes: Option<i64>,
     pub max_header_bytes: Option<i64>,
     pub max_headers: Option<i64>,

@@ -72,8 +72,9 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Worker threads, one per core by default.
     pub workers: usize,
-    /// Key that seals session ids; `None` means generate one at start.
-    pub session_key: Option<[u8; 32]>,
+    /// Keys of session ids (`session_keys`, or the one `session_key`): the first seals new
+    /// ids, every one opens. Empty: generate one at start.
+    pub session_keys: Vec<[u8; 32]>,
     /// Largest request body accepted (413 past it).
     pub max_body_bytes: usize,
     /// Largest request head accepted (431 past it).

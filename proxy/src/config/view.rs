@@ -132,7 +132,7 @@ pub fn redacted_json(cfg: &Config) -> Value {
     json!({
         "proxy": {
             "listen": p.listen.to_string(), "workers": p.workers,
-            "session_key": p.session_key.map(|_| REDACTED),
+            "session_keys": p.session_keys.iter().map(|_| REDACTED).collect::<Vec<_>>(),
             "max_body_bytes": p.max_body_bytes, "max_header_bytes": p.max_header_bytes,
             "max_headers": p.max_headers, "header_timeout_s": secs(p.header_timeout),
             "body_timeout_s": secs(p.body_timeout),

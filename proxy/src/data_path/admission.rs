@@ -64,7 +64,7 @@ pub(crate) fn check_access(core: &Core, c: &mut ClientConn, gi: usize) -> Result
         core.rec.borrow_mut().count(k, 1);
     }
     if verdict.is_ok() {
-        c.owner = session_owner(&core.shared.sealer, &group.auth, &c.caller);
+        c.owner = session_owner(&core.shared.sealer, 0, &group.auth, &c.caller);
     }
     verdict
 }
@@ -72,9 +72,11 @@ pub(crate) fn check_access(core: &Core, c: &mut ClientConn, gi: usize) -> Result
 /// The owner sealed into the sessions `caller` starts, and required of the sessions it uses:
 /// a digest of the API key's digest, or of the JWT's issuer and identity claim (so a refreshed
 /// token of the same identity keeps its sessions). `None` in groups without authentication,
-/// whose sessions stay unowned as before.
+/// whose sessions stay unowned as before. `key`: which session key digests it (0, the sealing
+/// key, for new sessions; an older one for an id that key opened).
 pub(crate) fn session_owner(
     sealer: &crate::session::SessionSealer,
+    key: usize,
     auth: &AuthConfig,
     caller: &Caller,
 ) -> Option<crate::session::Owner> {
@@ -82,15 +84,29 @@ pub(crate) fn session_owner(
         return None;
     }
     match caller.principal {
-        Principal::ApiKey(digest) => Some(sealer.owner(&[b"api-key", &digest])),
+        Principal::ApiKey(digest) => sealer.owner_under(key, &[b"api-key", &digest]),
         Principal::Jwt => {
             let issuer = auth.jwt.as_ref().map_or("", |v| v.issuer.as_str());
-            Some(sealer.owner(&[b"jwt", issuer.as_bytes(), caller.name.as_bytes()]))
+            sealer.owner_under(key, &[b"jwt", issuer.as_bytes(), caller.name.as_bytes()])
         }
         // Not reached (a caller admitted by a group with authentication has a principal);
         // without an owner, its sessions would be refused, never shared.
         Principal::None => None,
     }
+}
+
+/// The caller's owner digest under session key `key` (the one that opened its session id):
+/// `c.owner` for the sealing key, computed again for an id an older key sealed.
+pub(crate) fn owner_under_key(
+    core: &Core,
+    c: &ClientConn,
+    group: &crate::config::ServerGroup,
+    key: usize,
+) -> Option<crate::session::Owner> {
+    if key == 0 || c.owner.is_none() {
+        return c.owner;
+    }
+    session_owner(&core.shared.sealer, key, &group.auth, &c.caller)
 }
 
 /// How a refused credential is answered: the refusal, and whether the (small) body is read

@@ -183,7 +183,8 @@ fn open_session<'s>(
     let Some(opened) = core.shared.sealer.open(sealed, scratch) else {
         return Ok(None);
     };
-    match route::check_owner(group, &opened, c.owner.as_ref()) {
+    let me = admission::owner_under_key(core, c, group, opened.key);
+    match route::check_owner(group, &opened, me.as_ref()) {
         Ok(()) => Ok(Some(opened)),
         Err(NotOwner { unowned }) => {
             record::not_owner(core, &group.name, &c.caller.name, unowned);

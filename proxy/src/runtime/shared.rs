@@ -43,15 +43,21 @@ pub struct Shared {
 }
 
 /// Builds what every worker shares for `config` (whose stdio and legacy backends already have
-/// their bridges' addresses). On a reload, `prev` is the running configuration: statistics,
+/// their bridges' addresses); session ids are sealed with `config.proxy.session_keys`, or with
+/// `generated_key` when it configures none. On a reload, `prev` is the running configuration: statistics,
 /// sessions, caller-key hashing, connection counts, backend health (by tag) and the rate and
 /// concurrency counters of unchanged rules carry over.
 pub(crate) fn build_shared(
     config: Config,
     prev: Option<&Shared>,
     legacy_fronts: Vec<Option<SocketAddr>>,
-    session_key: &[u8; 32],
+    generated_key: Option<&[u8; 32]>,
 ) -> anyhow::Result<Shared> {
+    let sealer = match (config.proxy.session_keys.as_slice(), generated_key) {
+        ([], Some(k)) => SessionSealer::new(k),
+        (keys, _) => SessionSealer::with_keys(keys)
+            .ok_or_else(|| anyhow::anyhow!("proxy.session_keys: no key configured"))?,
+    };
     // Unchanged rules keep their tables (callers keep their buckets across the reload).
     let same_limits = prev.is_some_and(|p| {
         p.config.limits == config.limits
@@ -115,7 +121,7 @@ pub(crate) fn build_shared(
     };
     Ok(Shared {
         tls,
-        sealer: SessionSealer::new(session_key),
+        sealer,
         hub: prev.map_or_else(|| Arc::new(stats::StatsHub::new()), |p| p.hub.clone()),
         limits,
         key_hasher: prev.map_or_else(
