@@ -20,10 +20,22 @@ use std::path::Path;
 pub use fields::parse_duration;
 pub(crate) use fields::{decode_hex32, fnv1a32};
 pub use types::{
-    Backend, Balance, ClientAddress, ConcurrencyPer, ConcurrencyRule, Config, ForwardedHeader,
-    ForwardedMode, HashKey, HealthCheck, ProxyConfig, ServerGroup, SessionFailover, TrustedProxies,
-    DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS_PER_IP, MAX_CONCURRENCY_RULES, READ_ONLY_CHECKS,
+    Backend, Balance, ClientAddress, ClusterConfig, ConcurrencyPer, ConcurrencyRule, Config,
+    ForwardedHeader, ForwardedMode, HashKey, HealthCheck, LimitScope, OnUnavailable, ProxyConfig,
+    ServerGroup, SessionFailover, TrustedProxies, DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS_PER_IP,
+    MAX_CLUSTER_LIMITS, MAX_CONCURRENCY_RULES, READ_ONLY_CHECKS,
 };
+
+/// `url` with any user and password replaced (for logs and `GET /config`).
+pub fn redact_url(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(at)) if at > scheme.len() + 3 => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            format!("{scheme}://<redacted>@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
 
 /// Every problem found in a config file, each with its key path.
 #[derive(Debug)]

@@ -21,6 +21,20 @@ pub(crate) struct RawConfig {
     pub limits: Vec<RawLimit>,
     #[serde(default)]
     pub concurrency: Vec<RawConcurrency>,
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: the store cluster rate limits share.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawCluster {
+    pub redis: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+    pub prefix: Option<String>,
+    pub on_unavailable: Option<String>,
+    pub max_keys: Option<i64>,
+    pub lease_ttl: Option<String>,
+    pub timeout: Option<String>,
 }
 
 /// `[[concurrency]]`.
@@ -47,6 +61,8 @@ pub(crate) struct RawLimit {
     pub key: Option<String>,
     pub rate: Option<f64>,
     pub burst: Option<i64>,
+    pub scope: Option<String>,
+    pub on_unavailable: Option<String>,
 }
 
 /// `[proxy]`.

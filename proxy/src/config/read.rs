@@ -111,6 +111,7 @@ fn known_keys(table: &str) -> &'static [&'static str] {
         "servers.auth.upstream_authorization" => keys_of::<crate::auth::RawSecret>(),
         "limits" => keys_of::<RawLimit>(),
         "concurrency" => keys_of::<RawConcurrency>(),
+        "cluster" => keys_of::<super::raw::RawCluster>(),
         _ => &[],
     }
 }
@@ -182,7 +183,7 @@ que = 2
 "#;
         let got = problems(text);
         let want = [
-            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency)",
+            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency, cluster)",
             "proxy.listn: unknown key (did you mean `listen`?)",
             "proxy.tls.certs: unknown key (did you mean `cert`?)",
             "admin.tokn: unknown key (did you mean `token`?)",
@@ -190,7 +191,7 @@ que = 2
             "servers[0].health.intervall: unknown key (did you mean `interval`?)",
             "servers[0].auth.api_key: unknown key (did you mean `api_keys`?)",
             "servers[0].auth.jwt.audiance: unknown key (did you mean `audience`?)",
-            "limits[0].per: unknown key (keys here: server, method, tool, resource_prefix, key, rate, burst)",
+            "limits[0].per: unknown key (keys here: server, method, tool, resource_prefix, key, rate, burst, scope, on_unavailable)",
             "concurrency[0].que: unknown key (did you mean `queue`?)",
         ];
         for w in want {

@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 
 use crate::auth::{JwksSource, SecretSource, UpstreamCredential};
 use crate::config::{
-    Balance, ConcurrencyPer, Config, ForwardedHeader, ForwardedMode, HashKey, SessionFailover,
+    Balance, ConcurrencyPer, Config, ForwardedHeader, ForwardedMode, HashKey, LimitScope,
+    OnUnavailable, SessionFailover,
 };
 
 /// What a redacted secret looks like.
@@ -163,12 +164,28 @@ pub fn redacted_json(cfg: &Config) -> Value {
             "token": cfg.admin_token.as_ref().map(|_| REDACTED),
         },
         "servers": servers,
-        "limits": cfg.limits.iter().map(|r| {
+        "limits": cfg.limits.iter().zip(&cfg.limit_scopes).map(|(r, scope)| {
             let mut v = rule_filter(r);
             v["rate"] = json!(r.rate);
             v["burst"] = json!(r.burst);
+            match scope {
+                LimitScope::Local => v["scope"] = json!("local"),
+                LimitScope::Cluster(on) => {
+                    v["scope"] = json!("cluster");
+                    v["on_unavailable"] = json!(on_unavailable(*on));
+                }
+            }
             v
         }).collect::<Vec<_>>(),
+        "cluster": cfg.cluster.as_ref().map(|c| json!({
+            "redis": crate::config::redact_url(&c.redis),
+            "password": c.password.as_ref().map(|_| REDACTED),
+            "prefix": c.prefix,
+            "on_unavailable": on_unavailable(c.on_unavailable),
+            "max_keys": c.max_keys,
+            "lease_ttl_s": secs(c.lease_ttl),
+            "timeout_s": secs(c.timeout),
+        })),
         "concurrency": cfg.concurrency.iter().map(|c| {
             let mut v = rule_filter(&c.filter);
             v["per"] = json!(match c.per {
@@ -183,4 +200,11 @@ pub fn redacted_json(cfg: &Config) -> Value {
             v
         }).collect::<Vec<_>>(),
     })
+}
+
+fn on_unavailable(o: OnUnavailable) -> &'static str {
+    match o {
+        OnUnavailable::Local => "local",
+        OnUnavailable::Deny => "deny",
+    }
 }

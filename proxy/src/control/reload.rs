@@ -343,6 +343,9 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
             new.limits.len()
         ));
     }
+    if old.limit_scopes != new.limit_scopes || old.cluster != new.cluster {
+        out.push("cluster: settings or rule scopes changed (cluster rules lease anew)".to_string());
+    }
     if format!("{:?}", old.concurrency) != format!("{:?}", new.concurrency) {
         out.push(format!(
             "concurrency: {} -> {} rule(s)",

@@ -205,12 +205,12 @@ fn check_envelope(
         return Err(Refusal::new(400, -32020, msg).into());
     }
     let shared = &core.shared;
-    if shared.limits.is_none() && shared.config.concurrency.is_empty() {
+    if shared.limits.is_none() && shared.cluster.is_none() && shared.config.concurrency.is_empty() {
         // No rule to match: nothing to decode.
         return Ok(ConcKeys::default());
     }
     let facts = RequestFacts::of(core, gi, env);
-    if let Some((rule, retry_ns)) = check_limits(core, c, &facts) {
+    if let Some((rule, retry_ns)) = check_limits(core, c, &facts)? {
         if env.kind == MessageKind::Notification {
             // Over a limit, a notification is dropped (counted), not answered with an error.
             return Err(Stop::DroppedNotification);
@@ -307,21 +307,73 @@ fn caller_key(core: &Core, c: &ClientConn, ks: &ratelimit::KeySource) -> Option<
     }
 }
 
-/// Applies the configured rate limits: `Some((rule, retry_after_ns))` when a limit rejects the
-/// request. Lock-free (the limits are atomics shared by every core).
-fn check_limits(core: &Core, c: &ClientConn, facts: &RequestFacts<'_>) -> Option<(usize, u64)> {
-    let limits = core.shared.limits.as_ref()?;
+/// The key of a `cluster` rule's caller: as [`caller_key`], hashed with the seed replicas share
+/// (an identity by its principal, which every replica derives alike).
+fn cluster_caller_key(
+    hasher: &ratelimit::KeyHasher,
+    c: &ClientConn,
+    ks: &ratelimit::KeySource,
+) -> Option<u64> {
+    match ks {
+        ratelimit::KeySource::Global => Some(0),
+        ratelimit::KeySource::Session => c.req.session_id().map(|s| hasher.hash_key(s)),
+        ratelimit::KeySource::ClientIp => Some(route::ip_key(c.client_ip, |b| hasher.hash_key(b))),
+        ratelimit::KeySource::Header(name) => {
+            c.req.header(name.as_bytes()).map(|v| hasher.hash_key(v))
+        }
+        ratelimit::KeySource::Identity => match c.caller.principal {
+            Principal::ApiKey(digest) => Some(hasher.hash_key(&digest)),
+            Principal::Jwt => Some(hasher.hash_key(c.caller.name.as_bytes()) ^ 1),
+            Principal::None => None,
+        },
+    }
+}
+
+/// Applies the configured rate limits: `Some((rule, retry_after_ns))` (the rule's place in
+/// `[[limits]]`) when a limit rejects the request; [`Stop::LeasePending`] when a `cluster` rule
+/// waits for its first lease. Lock-free (the limits are atomics shared by every core).
+fn check_limits(
+    core: &Core,
+    c: &ClientConn,
+    facts: &RequestFacts<'_>,
+) -> Result<Option<(usize, u64)>, Stop> {
+    let now_ns = core.shared.epoch.elapsed().as_nanos() as u64;
+    let info = facts.info();
+    let taken = match &core.shared.cluster {
+        None => None,
+        Some(cl) => {
+            let hasher = cl.hasher();
+            match cl.check(&info, |ks| cluster_caller_key(hasher, c, ks), now_ns) {
+                crate::control::cluster::Verdict::Admit(t) => Some((cl, t)),
+                crate::control::cluster::Verdict::Reject { rule, retry_ns } => {
+                    return Ok(Some((rule, retry_ns)))
+                }
+                crate::control::cluster::Verdict::Pending => {
+                    cl.nudge();
+                    return Err(Stop::LeasePending);
+                }
+            }
+        }
+    };
+    let Some(limits) = core.shared.limits.as_ref() else {
+        return Ok(None);
+    };
     let key_of = |ks: &ratelimit::KeySource| match ks {
         ratelimit::KeySource::Global => Some(0),
         ks => caller_key(core, c, ks),
     };
-    let now_ns = core.shared.epoch.elapsed().as_nanos() as u64;
-    match limits.check(&facts.info(), key_of, now_ns) {
+    match limits.check(&info, key_of, now_ns) {
         ratelimit::Decision::Reject {
             rule,
             retry_after_ns,
-        } => Some((rule, retry_after_ns)),
-        _ => None,
+        } => {
+            if let Some((cl, t)) = taken {
+                cl.refund(&t);
+            }
+            let rule = core.shared.limit_index.get(rule).copied().unwrap_or(rule);
+            Ok(Some((rule, retry_after_ns)))
+        }
+        _ => Ok(None),
     }
 }
 

@@ -82,6 +82,12 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
 async fn stopped(c: &mut ClientConn, stop: Stop) -> Next {
     match stop {
         Stop::Refuse(r) => reply::refuse(c, &r).await,
+        // `envelope_leased` turns it into a refusal; answered the same if one ever escapes.
+        Stop::LeasePending => {
+            let r = Refusal::new(429, -32000, "rate limit exceeded")
+                .with_headers("retry-after: 1\r\n".to_string());
+            reply::refuse(c, &r).await
+        }
         Stop::Closed => {
             // Part of a request arrived, then the client went away: an incomplete request,
             // logged as 499 (nginx's "client closed request"), counted as bad_request.
@@ -134,7 +140,7 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     let mut scratch = [0u8; SCRATCH];
     let opened = open_session(core, c, gi, &mut scratch)?;
     let admitted = match method {
-        HttpMethod::Post => Some(admission::envelope(core, c, gi)?),
+        HttpMethod::Post => Some(envelope_leased(core, c, gi).await?),
         _ => None,
     };
     let mut permits: Permits = Default::default();
@@ -144,6 +150,32 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     let plan = plan(core, c, gi, admitted.as_ref(), opened)?;
     let conc = admitted.map(|a| a.conc).unwrap_or_default();
     Ok(attempt::send(core, c, plan, &conc, &mut permits).await)
+}
+
+/// [`admission::envelope`], waiting (polling each millisecond, up to
+/// [`cluster::LEASE_WAIT`](crate::control::cluster::LEASE_WAIT)) while a `cluster` rate limit
+/// has no lease for the caller yet: only a caller's first request after a pause waits, for one
+/// Redis round trip of the lease thread.
+async fn envelope_leased(
+    core: &Core,
+    c: &mut ClientConn,
+    gi: usize,
+) -> Result<admission::Admitted, Stop> {
+    let start = Instant::now();
+    loop {
+        match admission::envelope(core, c, gi) {
+            Err(Stop::LeasePending) if start.elapsed() < crate::control::cluster::LEASE_WAIT => {
+                monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            Err(Stop::LeasePending) => {
+                return Err(Refusal::new(429, -32000, "rate limit exceeded")
+                    .with_headers("retry-after: 1\r\n".to_string())
+                    .with_data("{\"cluster\":\"no lease in time\"}".to_string())
+                    .into());
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Notes the JSON-RPC id of a request refused before its envelope was read, so that the

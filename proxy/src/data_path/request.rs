@@ -443,6 +443,9 @@ pub(crate) enum Stop {
     Closed,
     /// A notification over a rate limit: dropped, answered 202 (clients expect no error).
     DroppedNotification,
+    /// A `cluster` rate limit has no lease for this caller yet: wait a moment and check again
+    /// (`data_path::envelope_leased`).
+    LeasePending,
 }
 
 impl From<Refusal> for Stop {

@@ -22,8 +22,13 @@ pub struct Shared {
     pub sealer: SessionSealer,
     /// Where every core's statistics are merged.
     pub hub: Arc<StatsHub>,
-    /// Rate limits shared by every core (lock-free), when `[[limits]]` are configured.
+    /// Rate limits shared by every core (lock-free), when `[[limits]]` with the local scope
+    /// are configured; its rule `i` is `[[limits]]` number `limit_index[i]`.
     pub limits: Option<Arc<ratelimit::RateLimits>>,
+    /// Place in `[[limits]]` of each rule of `limits`.
+    pub limit_index: Vec<usize>,
+    /// `scope = "cluster"` rules, leased from Redis (lock-free on the request path).
+    pub cluster: Option<Arc<crate::control::cluster::ClusterLimits>>,
     /// Keyed hash for caller identities (API keys are hashed, never stored).
     pub key_hasher: ratelimit::KeyHasher,
     /// Origin of the nanosecond clock the rate limits and balancers use.
@@ -63,13 +68,32 @@ pub(crate) fn build_shared(
         p.config.limits == config.limits
             && p.config.proxy.limit_max_keys == config.proxy.limit_max_keys
     });
+    // `cluster` rules live in `cluster`, the others here.
+    let limit_index: Vec<usize> = (0..config.limits.len())
+        .filter(|&i| {
+            !matches!(
+                config.limit_scopes.get(i),
+                Some(crate::config::LimitScope::Cluster(_))
+            )
+        })
+        .collect();
     let limits = match prev.and_then(|p| p.limits.clone()) {
-        _ if config.limits.is_empty() => None,
-        Some(l) if same_limits => Some(l),
+        _ if limit_index.is_empty() => None,
+        Some(l) if same_limits && prev.is_some_and(|p| p.limit_index == limit_index) => Some(l),
         _ => Some(Arc::new(
-            ratelimit::RateLimits::new(config.limits.clone(), config.proxy.limit_max_keys)
-                .map_err(|e| anyhow::anyhow!("limits: {e}"))?,
+            ratelimit::RateLimits::new(
+                limit_index
+                    .iter()
+                    .filter_map(|&i| config.limits.get(i).cloned())
+                    .collect(),
+                config.proxy.limit_max_keys,
+            )
+            .map_err(|e| anyhow::anyhow!("limits: {e}"))?,
         )),
+    };
+    let cluster = match prev.and_then(|p| p.cluster.clone()) {
+        Some(c) if c.same_as(&config) => Some(c),
+        _ => crate::control::cluster::ClusterLimits::start(&config)?,
     };
     let concurrency = config
         .concurrency
@@ -124,6 +148,8 @@ pub(crate) fn build_shared(
         sealer,
         hub: prev.map_or_else(|| Arc::new(stats::StatsHub::new()), |p| p.hub.clone()),
         limits,
+        limit_index,
+        cluster,
         key_hasher: prev.map_or_else(
             || ratelimit::KeyHasher::new(rand::random::<[u64; 2]>()),
             |p| p.key_hasher,
