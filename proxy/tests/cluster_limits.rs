@@ -87,13 +87,14 @@ fn two_replicas_share_one_cluster_rate() {
     let t = Instant::now();
     let (ok, refused) = hammer(&[&a, &b], "whoami", secs);
     let w = t.elapsed().as_secs_f64();
-    // The bound (ratelimit::lease): rate × (W + lease_ttl) + burst over the window, for the two
-    // replicas together; each alone would admit rate × W + burst, together twice that.
-    let bound = (20.0 * (w + 1.0) + 10.0) as u64;
+    // The bound (ratelimit::lease): rate × W + burst + replicas × batch (2 here: 20/10 and
+    // 10/4) for the two replicas together; each alone would admit rate × W + burst, together
+    // twice that.
+    let bound = (20.0 * w + 10.0 + 2.0 * 2.0) as u64;
     eprintln!("cluster rate 20/s burst 10, 2 replicas, {w:.2} s: {ok} admitted, {refused} refused (bound {bound})");
     assert!(ok <= bound, "{ok} admitted in {w:.1} s, bound {bound}");
     // And the limit is not starved: at least half the rate over the window.
-    assert!(ok as f64 >= 20.0 * secs * 0.5, "{ok} admitted in {w:.1} s");
+    assert!(ok as f64 >= 20.0 * secs * 0.85, "{ok} admitted in {w:.1} s");
     assert!(refused > 0);
     // Both replicas leased from Redis, and both served some of it.
     for p in [&a, &b] {

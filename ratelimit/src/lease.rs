@@ -8,8 +8,10 @@
 //!
 //! Bound: every admitted request spent a token the store granted, and the store grants at
 //! most `rate × W + burst` tokens over any window `W` ([`LeaseBucket::grant`], property
-//! tested). A token is spent at most `ttl` after it was granted, so over any window `W` the
-//! replicas together admit at most `rate × (W + ttl) + burst`.
+//! tested). A replica holds at most one batch ([`max_batch`]) per key at any time
+//! ([`lease_size`] tops a slot up to it, never past it), so over any window `W` the `R`
+//! replicas together admit at most `rate × W + burst + R × batch`: the tokens they held when
+//! the window opened, granted before it. Tokens unspent after the lease's lifetime lapse.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -83,9 +85,10 @@ impl LeaseBucket {
     }
 }
 
-/// How many tokens a replica asks for when it refills a slot: enough for `horizon_s` of the
-/// demand it sees (`demand_per_sec`), less what it `held`s, at least 1, and at most
-/// `max_batch` (so that tokens one replica holds unspent stay few).
+/// How many tokens a replica asks for when it refills a slot holding `held`: enough for
+/// `horizon_s` of the demand it sees (`demand_per_sec`), at least 1; and never so many that
+/// the slot would hold more than `max_batch` (so that tokens one replica holds unspent stay
+/// few: the bound of the module docs). 0 when the slot is full.
 pub fn lease_size(demand_per_sec: f64, horizon_s: f64, held: u32, max_batch: u32) -> u32 {
     let need = (demand_per_sec * horizon_s).ceil();
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -94,7 +97,8 @@ pub fn lease_size(demand_per_sec: f64, horizon_s: f64, held: u32, max_batch: u32
     } else {
         0
     };
-    need.saturating_sub(held).clamp(1, max_batch.max(1))
+    let cap = max_batch.max(1);
+    need.clamp(1, cap).saturating_sub(held)
 }
 
 /// The largest batch a replica leases for a rule: a tenth of a second of its rate, at most a
@@ -328,6 +332,9 @@ mod tests {
         assert_eq!(lease_size(50.0, 0.1, 0, 10), 5);
         assert_eq!(lease_size(50.0, 0.1, 3, 10), 2);
         assert_eq!(lease_size(1e9, 0.1, 0, 10), 10);
+        assert_eq!(lease_size(1e9, 0.1, 7, 10), 3);
+        assert_eq!(lease_size(1e9, 0.1, 10, 10), 0);
+        assert_eq!(lease_size(50.0, 0.1, 5, 10), 0);
         assert_eq!(lease_size(f64::NAN, 0.1, 0, 10), 1);
         assert_eq!(max_batch(100.0, 200), 10);
         assert_eq!(max_batch(100.0, 8), 2);

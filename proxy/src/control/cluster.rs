@@ -7,7 +7,9 @@
 //! for slots whose demand will soon outrun what they hold, with one atomic Lua script
 //! ([`LEASE_LUA`], the arithmetic of [`ratelimit::LeaseBucket::grant`] on the Redis clock). A
 //! request that finds its slot empty and not yet refused by Redis waits for the thread, up
-//! to [`LEASE_WAIT`], polling every millisecond (the only waiting, and only on a miss).
+//! to [`LEASE_WAIT`], polling every millisecond (the only waiting, and only on a miss). A
+//! slot is topped up to one batch at most, which bounds what the fleet admits (see
+//! `ratelimit::lease`).
 //!
 //! Redis unreachable (or answering garbage, which is an error, never a panic): reconnect with
 //! backoff (100 ms doubling to 5 s); meanwhile each rule applies `on_unavailable`: `local`, a
@@ -590,15 +592,10 @@ fn refill(
                 return;
             }
             let demand = f64::from(v.demand) * per_sec;
-            let target = (demand * HORIZON_S).ceil().max(1.0);
-            if f64::from(v.held) >= target {
-                return;
+            let want = ratelimit::lease_size(demand, HORIZON_S, v.held, r.max_batch);
+            if want > 0 {
+                wants.push((ri, v, want));
             }
-            wants.push((
-                ri,
-                v,
-                ratelimit::lease_size(demand, HORIZON_S, v.held, r.max_batch),
-            ));
         });
     }
     for (ri, v, want) in wants {
