@@ -543,14 +543,15 @@ fn session_keys_rotate_by_reload_and_a_dropped_key_ends_its_sessions() {
         r.header("mcp-session-id").unwrap().to_string()
     };
     let old_open = open_init();
+    let reload_with = |text: String| {
+        std::fs::write(&p.config_path, text).unwrap();
+        reload(&p)
+    };
 
     // A bad key list is refused by name (never by value), and the running keys stay.
-    std::fs::write(
-        &p.config_path,
-        with_keys(&format!("\"{NEW_KEY}\", \"not-a-key\", \"{NEW_KEY}\"")),
-    )
-    .unwrap();
-    let (status, v) = reload(&p);
+    let (status, v) = reload_with(with_keys(&format!(
+        "\"{NEW_KEY}\", \"not-a-key\", \"{NEW_KEY}\""
+    )));
     assert_eq!(status, 400, "{v}");
     let errs = v.to_string();
     assert!(errs.contains("proxy.session_keys[1]: "), "{errs}");
@@ -565,12 +566,7 @@ fn session_keys_rotate_by_reload_and_a_dropped_key_ends_its_sessions() {
     assert_eq!(call(&p, &alice, &old, "whoami", json!({})).0, 200);
 
     // Rotation: the new key seals, the old one still opens.
-    std::fs::write(
-        &p.config_path,
-        with_keys(&format!("\"{NEW_KEY}\", \"{SESSION_KEY}\"")),
-    )
-    .unwrap();
-    let (status, v) = reload(&p);
+    let (status, v) = reload_with(with_keys(&format!("\"{NEW_KEY}\", \"{SESSION_KEY}\"")));
     assert_eq!(status, 200, "{v}");
     assert!(v.to_string().contains("a new sealing key"), "{v}");
     assert!(!v.to_string().contains(NEW_KEY), "{v}");
@@ -587,13 +583,10 @@ fn session_keys_rotate_by_reload_and_a_dropped_key_ends_its_sessions() {
     assert_eq!(call(&p, &bob, &new, "whoami", json!({})).0, 404);
 
     // Removing every key is refused: it would end every session.
-    std::fs::write(
-        &p.config_path,
+    let (status, v) = reload_with(
         config(&backends, "", &format!("{}{open_group}", api_keys()))
             .replace(&format!("session_key = \"{SESSION_KEY}\"\n"), ""),
-    )
-    .unwrap();
-    let (status, v) = reload(&p);
+    );
     assert_eq!(status, 400, "{v}");
     assert!(
         v.to_string()
@@ -603,8 +596,7 @@ fn session_keys_rotate_by_reload_and_a_dropped_key_ends_its_sessions() {
 
     // The old key dropped: its sessions are unknown (404: the client re-initializes), the
     // new key's go on.
-    std::fs::write(&p.config_path, with_keys(&format!("\"{NEW_KEY}\""))).unwrap();
-    let (status, v) = reload(&p);
+    let (status, v) = reload_with(with_keys(&format!("\"{NEW_KEY}\"")));
     assert_eq!(status, 200, "{v}");
     assert!(v.to_string().contains("1 dropped"), "{v}");
     assert_eq!(call(&p, &alice, &old, "whoami", json!({})).0, 404);
