@@ -16,6 +16,7 @@ pub mod http;
 mod runtime;
 pub mod session;
 pub mod tls;
+mod virtual_server;
 
 #[doc(hidden)]
 pub mod fuzzing;

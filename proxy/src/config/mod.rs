@@ -21,8 +21,9 @@ pub use fields::parse_duration;
 pub(crate) use fields::{decode_hex32, fnv1a32};
 pub use types::{
     Backend, Balance, ClientAddress, ClusterConfig, ConcurrencyPer, ConcurrencyRule, Config,
-    ForwardedHeader, ForwardedMode, HashKey, HealthCheck, LimitScope, OnUnavailable, ProxyConfig,
-    ServerGroup, SessionFailover, TrustedProxies, DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS_PER_IP,
+    ForwardedHeader, ForwardedMode, HashKey, HealthCheck, LimitScope, Member, NameFilter,
+    OnUnavailable, PrefixMode, ProxyConfig, ServerGroup, SessionFailover, ToolOverride,
+    TrustedProxies, VirtualServer, DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS_PER_IP,
     MAX_CLUSTER_LIMITS, MAX_CONCURRENCY_RULES, READ_ONLY_CHECKS,
 };
 

@@ -11,6 +11,7 @@ mod limits;
 mod names;
 mod proxy;
 mod servers;
+mod virtual_server;
 
 use super::fields::TableCheck;
 use super::raw::RawConfig;
