@@ -83,7 +83,7 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
 async fn stopped(c: &mut ClientConn, stop: Stop) -> Next {
     match stop {
         Stop::Refuse(r) => reply::refuse(c, &r).await,
-        // `envelope_leased` turns it into a refusal; answered the same if one ever escapes.
+        // `wait_for_lease` turns it into a refusal; answered the same if one ever escapes.
         Stop::LeasePending => {
             let r = Refusal::new(429, -32000, "rate limit exceeded")
                 .with_headers("retry-after: 1\r\n".to_string());
@@ -153,7 +153,12 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     let mut scratch = [0u8; SCRATCH];
     let opened = open_session(core, c, gi, &mut scratch)?;
     let admitted = match method {
-        HttpMethod::Post => Some(envelope_leased(core, c, gi).await?),
+        HttpMethod::Post => Some(match admission::envelope(core, c, gi) {
+            // Boxed: the waiting future lives on the heap only when a request waits, not in
+            // every request's future.
+            Err(Stop::LeasePending) => Box::pin(wait_for_lease(core, c, gi)).await?,
+            verdict => verdict?,
+        }),
         _ => None,
     };
     let mut permits: Permits = Default::default();
@@ -165,21 +170,20 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     Ok(attempt::send(core, c, plan, &conc, &mut permits).await)
 }
 
-/// [`admission::envelope`], waiting (polling each millisecond, up to
-/// [`cluster::LEASE_WAIT`](crate::control::cluster::LEASE_WAIT)) while a `cluster` rate limit
-/// has no lease for the caller yet: only a caller's first request after a pause waits, for one
-/// Redis round trip of the lease thread.
-async fn envelope_leased(
+/// [`admission::envelope`] again while a `cluster` rate limit has no lease for the caller
+/// yet, polling each millisecond up to [`cluster::LEASE_WAIT`](crate::control::cluster::LEASE_WAIT)
+/// (then 429): only a caller's first request after a pause waits, for one Redis round trip of
+/// the lease thread.
+async fn wait_for_lease(
     core: &Core,
     c: &mut ClientConn,
     gi: usize,
 ) -> Result<admission::Admitted, Stop> {
     let start = Instant::now();
     loop {
+        monoio::time::sleep(std::time::Duration::from_millis(1)).await;
         match admission::envelope(core, c, gi) {
-            Err(Stop::LeasePending) if start.elapsed() < crate::control::cluster::LEASE_WAIT => {
-                monoio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
+            Err(Stop::LeasePending) if start.elapsed() < crate::control::cluster::LEASE_WAIT => {}
             Err(Stop::LeasePending) => {
                 return Err(Refusal::new(429, -32000, "rate limit exceeded")
                     .with_headers("retry-after: 1\r\n".to_string())
