@@ -15,6 +15,7 @@ pub mod demo;
 pub mod http;
 mod runtime;
 pub mod session;
+pub mod telemetry;
 pub mod tls;
 
 #[doc(hidden)]

@@ -21,6 +21,15 @@ pub(crate) struct RawConfig {
     pub limits: Vec<RawLimit>,
     #[serde(default)]
     pub concurrency: Vec<RawConcurrency>,
+    pub telemetry: Option<RawTelemetry>,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
 }
 
 /// `[[concurrency]]`.

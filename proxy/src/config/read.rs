@@ -8,7 +8,7 @@ use serde_ignored::Path;
 
 use super::raw::{
     RawAdmin, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawLimit, RawProxy, RawServer,
-    RawTls,
+    RawTelemetry, RawTls,
 };
 
 /// The raw config (or `None` when the text is not TOML of the expected shape) and the
@@ -111,6 +111,7 @@ fn known_keys(table: &str) -> &'static [&'static str] {
         "servers.auth.upstream_authorization" => keys_of::<crate::auth::RawSecret>(),
         "limits" => keys_of::<RawLimit>(),
         "concurrency" => keys_of::<RawConcurrency>(),
+        "telemetry" => keys_of::<RawTelemetry>(),
         _ => &[],
     }
 }
@@ -182,7 +183,7 @@ que = 2
 "#;
         let got = problems(text);
         let want = [
-            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency)",
+            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency, telemetry)",
             "proxy.listn: unknown key (did you mean `listen`?)",
             "proxy.tls.certs: unknown key (did you mean `cert`?)",
             "admin.tokn: unknown key (did you mean `token`?)",
@@ -224,6 +225,7 @@ que = 2
             "servers.auth.upstream_authorization",
             "limits",
             "concurrency",
+            "telemetry",
         ] {
             assert!(!known_keys(table).is_empty(), "{table:?}");
         }

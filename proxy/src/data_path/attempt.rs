@@ -188,6 +188,7 @@ pub(crate) async fn send(
                     Retry::FailOver => plan.needs_failover = true,
                 }
                 c.meta.retried = true;
+                c.meta.retries = c.meta.retries.saturating_add(1);
             }
         }
     }
@@ -226,6 +227,7 @@ async fn attempt(
         sid,
         &group.auth.upstream,
         forwarding,
+        c.trace.as_ref(),
     );
     ubuf.clear();
     let out = std::mem::take(&mut c.out);
@@ -292,6 +294,7 @@ async fn fail_over(
     plan.pinned = Some(to);
     plan.needs_failover = false;
     c.meta.retried = true;
+    c.meta.retries = c.meta.retries.saturating_add(1);
     Ok(())
 }
 

@@ -306,6 +306,13 @@ pub(crate) async fn forward_response(
     {
         c.meta.jsonrpc_error = protocol::response_outcome(first) == Some(true);
     }
+    if body_done
+        && !is_sse
+        && matches!(framing, Framing::Length(_))
+        && c.trace.is_some_and(|t| t.sampled)
+    {
+        c.meta.rpc_code = protocol::response_error_code(first);
+    }
     c.out.extend_from_slice(first);
     let extra = body_done && take < avail.len();
     if body_done {

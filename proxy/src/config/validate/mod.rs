@@ -10,6 +10,7 @@ mod limits;
 mod names;
 mod proxy;
 mod servers;
+mod telemetry;
 
 use super::fields::TableCheck;
 use super::raw::RawConfig;
@@ -23,6 +24,7 @@ pub(super) fn validate(raw: RawConfig, errs: &mut Vec<String>) -> Option<Config>
     let servers = servers::validate(raw.servers, errs);
     let limits = limits::validate(raw.limits, &servers, errs);
     let concurrency = concurrency::validate(raw.concurrency, &servers, errs);
+    let telemetry = raw.telemetry.map(|t| telemetry::validate(t, errs));
     errs.is_empty().then_some(Config {
         proxy,
         admin_listen,
@@ -30,6 +32,7 @@ pub(super) fn validate(raw: RawConfig, errs: &mut Vec<String>) -> Option<Config>
         servers,
         limits,
         concurrency,
+        telemetry,
     })
 }
 

@@ -1,0 +1,87 @@
+//! OpenTelemetry traces (`[telemetry]`): each request continues the caller's W3C trace (its
+//! `traceparent` header, or `params._meta.traceparent`) or starts one, passes mcplb's span on
+//! to the backend as its parent, and, when the trace is sampled, ends as one span with the
+//! MCP attributes. Spans leave the worker through a bounded lock-free queue to one exporter
+//! thread, which batches them and POSTs them as OTLP/HTTP protobuf (`export`).
+//!
+//! Nothing here runs on the request path unless `[telemetry]` is configured; an unsampled
+//! request costs two random numbers and the `traceparent` it passes on, no allocation.
+
+pub mod context;
+pub mod export;
+
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+pub use context::{parse_traceparent, Parent, TraceContext};
+pub use export::{AttrValue, ExportTarget, SpanRecord};
+
+/// Spans waiting for the exporter at most; past it a worker drops its span (counted).
+pub const QUEUE: usize = 8192;
+
+/// The workers' side of the exporter: a sender into its queue. The exporter thread ends when
+/// the last `Tracer` is dropped (after a reload to another collector, or at exit).
+pub struct Tracer {
+    tx: Sender<SpanRecord>,
+    /// Where its exporter sends.
+    pub target: ExportTarget,
+}
+
+impl Tracer {
+    /// Starts an exporter thread for `target`.
+    pub fn start(target: ExportTarget) -> std::io::Result<Tracer> {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let t = target.clone();
+        std::thread::Builder::new()
+            .name("mcplb-otlp".into())
+            .spawn(move || export::run(rx, t))?;
+        Ok(Tracer { tx, target })
+    }
+
+    /// Hands a finished span to the exporter without waiting: a full queue drops it.
+    pub fn submit(&self, span: SpanRecord) {
+        match self.tx.try_send(span) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                export::SPANS_DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The trace of a request: the caller's `traceparent` header, else its
+/// `params._meta.traceparent`, continued; else a new trace sampled at `ratio`.
+pub fn decide(header: Option<&[u8]>, meta: Option<&[u8]>, ratio: f64) -> TraceContext {
+    let parent = header
+        .and_then(parse_traceparent)
+        .or_else(|| meta.and_then(parse_traceparent));
+    TraceContext::decide(parent, ratio, (rand::random(), rand::random()))
+}
+
+/// The counters `/metrics` shows, as (name, help, value).
+pub fn counters() -> [(&'static str, &'static str, u64); 4] {
+    let v = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    [
+        (
+            "trace_spans_exported",
+            "Spans the OTLP collector accepted.",
+            v(&export::SPANS_EXPORTED),
+        ),
+        (
+            "trace_spans_dropped",
+            "Spans dropped because the exporter's queue was full (workers never wait).",
+            v(&export::SPANS_DROPPED),
+        ),
+        (
+            "trace_spans_failed",
+            "Spans dropped after the collector failed every try or refused them.",
+            v(&export::SPANS_FAILED),
+        ),
+        (
+            "trace_export_retries",
+            "OTLP export requests sent again after a failure.",
+            v(&export::EXPORT_RETRIES),
+        ),
+    ]
+}
