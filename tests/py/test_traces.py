@@ -32,15 +32,22 @@ WAIT = 15.0  # seconds a span may take to reach the receiver (batches leave ever
 class Receiver:
     """An OTLP/HTTP traces endpoint on loopback: every span it decodes goes to a queue."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_first: int = 0) -> None:
         self.spans: queue.Queue = queue.Queue()
         self.content_types: list[str] = []
+        self.failures_left = fail_first  # answer this many exports 503 first
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 outer.content_types.append(self.headers.get("content-type", ""))
+                if outer.failures_left > 0:
+                    outer.failures_left -= 1
+                    self.send_response(503)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 req = ExportTraceServiceRequest()
                 req.ParseFromString(body)
                 for rs in req.resource_spans:
@@ -322,3 +329,37 @@ def test_sampling_zero_exports_nothing(tmp_path, receiver, backend):
         assert receiver.spans.empty()
     finally:
         proxy.stop()
+
+
+def _metric(admin: int, name: str) -> int:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return int(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_export_is_retried_and_flushed_at_shutdown(tmp_path, backend):
+    receiver = Receiver(fail_first=2)
+    admin = free_port()
+    cfg = _config(tmp_path, f'"http://127.0.0.1:{backend.port}/mcp"', receiver, 1.0, admin)
+    proxy = start_proxy_file(cfg)
+    try:
+        # The collector answers 503 twice: the batch is sent again (with backoff) and arrives.
+        status, _, _ = _post(proxy.url, {"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert status == 200
+        _, span = receiver.next_span()
+        assert _attrs(span)["jsonrpc.request.id"] == "1"
+        assert _metric(admin, "mcplb_trace_export_retries_total") == 2
+        assert _metric(admin, "mcplb_trace_spans_failed_total") == 0
+        # A span still waiting in its batch when mcplb is told to stop is exported before it
+        # exits (the request's connection is released only after its span was handed over).
+        status, _, _ = _post(proxy.url, {"jsonrpc": "2.0", "id": 2, "method": "ping"})
+        assert status == 200
+        proxy.stop()
+        assert proxy.proc.returncode == 0
+        _, span = receiver.next_span(timeout=1.0)
+        assert _attrs(span)["jsonrpc.request.id"] == "2"
+    finally:
+        proxy.stop()
+        receiver.close()

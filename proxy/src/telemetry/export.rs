@@ -35,6 +35,8 @@ pub static SPANS_DROPPED: AtomicU64 = AtomicU64::new(0);
 pub static SPANS_FAILED: AtomicU64 = AtomicU64::new(0);
 /// Export requests sent again after a failure.
 pub static EXPORT_RETRIES: AtomicU64 = AtomicU64::new(0);
+/// Spans queued or being exported (what a shutdown waits for).
+pub static PENDING: AtomicU64 = AtomicU64::new(0);
 
 /// One attribute value of a span.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,6 +169,7 @@ pub fn run(rx: Receiver<SpanRecord>, target: ExportTarget) {
         } else {
             SPANS_FAILED.fetch_add(n, Ordering::Relaxed);
         }
+        PENDING.fetch_sub(n, Ordering::Relaxed);
         if closed {
             break;
         }

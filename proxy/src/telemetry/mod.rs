@@ -41,12 +41,24 @@ impl Tracer {
 
     /// Hands a finished span to the exporter without waiting: a full queue drops it.
     pub fn submit(&self, span: SpanRecord) {
+        // Counted first, so the exporter never takes it below zero.
+        export::PENDING.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(span) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                export::PENDING.fetch_sub(1, Ordering::Relaxed);
                 export::SPANS_DROPPED.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Waits until the spans already handed over are exported (or given up), at most `timeout`:
+/// at shutdown, so that the last requests' spans are not lost with the process.
+pub fn flush(timeout: std::time::Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while export::PENDING.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
