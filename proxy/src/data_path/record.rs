@@ -231,8 +231,13 @@ pub(crate) fn span(core: &Core, c: &ClientConn, start: Instant) {
         attrs.push(("mcplb.backend", V::Str(b.name.clone())));
     }
     if let Some(sid) = c.req.session_id() {
-        let hash = shared.key_hasher.hash_key(sid);
-        attrs.push(("mcplb.session.hash", V::Str(format!("{hash:016x}"))));
+        let mut hex = Vec::with_capacity(16);
+        crate::telemetry::context::write_hex(
+            &mut hex,
+            &shared.key_hasher.hash_key(sid).to_be_bytes(),
+        );
+        let hex = String::from_utf8(hex).unwrap_or_default();
+        attrs.push(("mcplb.session.hash", V::Str(hex)));
     }
     if let Some(code) = m.rpc_code {
         attrs.push(("rpc.jsonrpc.error_code", V::Int(code)));
@@ -244,7 +249,6 @@ pub(crate) fn span(core: &Core, c: &ClientConn, start: Instant) {
         "mcplb.own_us",
         V::Int((total_ns.saturating_sub(upstream_ns) / 1000) as i64),
     ));
-    attrs.push(("client.address", V::Str(c.client_ip.to_string())));
     let error = if m.status >= 500 {
         Some(format!("HTTP {}", m.status))
     } else {

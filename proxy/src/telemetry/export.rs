@@ -82,35 +82,35 @@ pub struct ExportTarget {
     pub service_name: String,
 }
 
-/// Encodes a batch as an OTLP `ExportTraceServiceRequest`.
-pub fn encode(spans: &[SpanRecord], service_name: &str) -> Vec<u8> {
-    let kv = |key: &str, v: &AttrValue| KeyValue {
+/// Encodes a batch as an OTLP `ExportTraceServiceRequest` (the spans' strings move into it).
+pub fn encode(spans: &mut Vec<SpanRecord>, service_name: &str) -> Vec<u8> {
+    let kv = |key: &str, v: AttrValue| KeyValue {
         key: key.to_string(),
         value: Some(AnyValue {
             value: Some(match v {
-                AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
-                AttrValue::Int(i) => any_value::Value::IntValue(*i),
-                AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
+                AttrValue::Str(s) => any_value::Value::StringValue(s),
+                AttrValue::Int(i) => any_value::Value::IntValue(i),
+                AttrValue::Bool(b) => any_value::Value::BoolValue(b),
             }),
         }),
         ..Default::default()
     };
     let spans = spans
-        .iter()
+        .drain(..)
         .map(|s| Span {
             trace_id: s.trace_id.to_vec(),
             span_id: s.span_id.to_vec(),
             parent_span_id: s.parent.map(|p| p.to_vec()).unwrap_or_default(),
             // Sampled, and whether the parent is remote (bits 8 and 9 of the OTLP flags).
             flags: 1 | 0x100 | if s.parent.is_some() { 0x200 } else { 0 },
-            name: s.name.clone(),
+            name: s.name,
             kind: span::SpanKind::Server as i32,
             start_time_unix_nano: s.start_unix_ns,
             end_time_unix_nano: s.end_unix_ns,
-            attributes: s.attrs.iter().map(|(k, v)| kv(k, v)).collect(),
-            status: Some(match &s.error {
+            attributes: s.attrs.into_iter().map(|(k, v)| kv(k, v)).collect(),
+            status: Some(match s.error {
                 Some(m) => Status {
-                    message: m.clone(),
+                    message: m,
                     code: status::StatusCode::Error as i32,
                 },
                 None => Status::default(),
@@ -121,10 +121,7 @@ pub fn encode(spans: &[SpanRecord], service_name: &str) -> Vec<u8> {
     let req = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
-                attributes: vec![kv(
-                    "service.name",
-                    &AttrValue::Str(service_name.to_string()),
-                )],
+                attributes: vec![kv("service.name", AttrValue::Str(service_name.to_string()))],
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
@@ -161,9 +158,8 @@ pub fn run(rx: Receiver<SpanRecord>, target: ExportTarget) {
                 }
             }
         }
-        let body = encode(&batch, &target.service_name);
         let n = batch.len() as u64;
-        batch.clear();
+        let body = encode(&mut batch, &target.service_name);
         if export(&mut client, &target, &body) {
             SPANS_EXPORTED.fetch_add(n, Ordering::Relaxed);
         } else {
@@ -273,7 +269,7 @@ mod tests {
                 ("mcplb.retries", AttrValue::Int(1)),
             ],
         };
-        let bytes = encode(std::slice::from_ref(&s), "svc");
+        let bytes = encode(&mut vec![s], "svc");
         let req = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("decodes");
         let rs = &req.resource_spans[0];
         let svc = &rs.resource.as_ref().expect("resource").attributes[0];

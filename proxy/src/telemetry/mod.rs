@@ -97,3 +97,42 @@ pub fn counters() -> [(&'static str, &'static str, u64); 4] {
         ),
     ]
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// A collector that takes the connection and never answers holds the exporter on its
+    /// first batch: the queue fills, and every span past it is dropped and counted, while
+    /// `submit` returns at once.
+    #[test]
+    fn a_full_queue_drops_spans_and_counts_them() {
+        let stuck = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let tracer = Tracer::start(ExportTarget {
+            authority: stuck.local_addr().expect("addr").to_string(),
+            path: "/v1/traces".into(),
+            service_name: "test".into(),
+        })
+        .expect("exporter");
+        let span = SpanRecord {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent: None,
+            name: "ping".into(),
+            start_unix_ns: 1,
+            end_unix_ns: 2,
+            error: None,
+            attrs: Vec::new(),
+        };
+        let before = export::SPANS_DROPPED.load(Ordering::Relaxed);
+        let extra = 300;
+        for _ in 0..QUEUE + export::MAX_BATCH + extra {
+            tracer.submit(span.clone());
+        }
+        let dropped = export::SPANS_DROPPED.load(Ordering::Relaxed) - before;
+        // The exporter took at most one batch off the queue before it stalled.
+        assert!(dropped >= extra as u64, "{dropped}");
+        assert!(dropped <= (export::MAX_BATCH + extra) as u64, "{dropped}");
+    }
+}
