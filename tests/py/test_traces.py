@@ -363,3 +363,30 @@ def test_export_is_retried_and_flushed_at_shutdown(tmp_path, backend):
     finally:
         proxy.stop()
         receiver.close()
+
+
+def test_reload_changes_ratio_and_collector(tmp_path, backend):
+    first, second = Receiver(), Receiver()
+    admin = free_port()
+    cfg = _config(tmp_path, f'"http://127.0.0.1:{backend.port}/mcp"', first, 0.0, admin)
+    proxy = start_proxy_file(cfg)
+    try:
+        assert _post(proxy.url, {"jsonrpc": "2.0", "id": 1, "method": "ping"})[0] == 200
+        # The same collector, every trace sampled now: the running exporter goes on.
+        _config(tmp_path, f'"http://127.0.0.1:{backend.port}/mcp"', first, 1.0, admin)
+        req = urllib.request.Request(f"http://127.0.0.1:{admin}/reload", data=b"", method="POST")
+        assert json.loads(urllib.request.urlopen(req, timeout=10).read())["reloaded"] is True
+        assert _post(proxy.url, {"jsonrpc": "2.0", "id": 2, "method": "ping"})[0] == 200
+        _, span = first.next_span()
+        assert _attrs(span)["jsonrpc.request.id"] == "2", "request 1 (ratio 0) was not recorded"
+        # Another collector: a new exporter sends there.
+        _config(tmp_path, f'"http://127.0.0.1:{backend.port}/mcp"', second, 1.0, admin)
+        assert json.loads(urllib.request.urlopen(req, timeout=10).read())["reloaded"] is True
+        assert _post(proxy.url, {"jsonrpc": "2.0", "id": 3, "method": "ping"})[0] == 200
+        _, span = second.next_span()
+        assert _attrs(span)["jsonrpc.request.id"] == "3"
+        assert first.spans.empty()
+    finally:
+        proxy.stop()
+        first.close()
+        second.close()
