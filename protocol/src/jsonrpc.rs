@@ -960,7 +960,8 @@ fn parse_batch<'a>(sc: &mut Scanner<'a>) -> Scan<Envelope<'a>> {
 /// `error` after `jsonrpc` and `id`: a few dozen bytes). For statistics, where
 /// [`parse_message`] (which validates every byte) would cost time proportional to the answer.
 pub fn response_outcome(buf: &[u8]) -> Option<bool> {
-    outcome_member(buf).map(|(is_error, _)| is_error)
+    let (key, _) = find_member(buf, 0, |k| k == b"error" || k == b"result")?;
+    Some(key == b"error")
 }
 
 /// The `code` of a JSON-RPC error response (`{"error":{"code":-32601,...}}`), read as
@@ -968,41 +969,19 @@ pub fn response_outcome(buf: &[u8]) -> Option<bool> {
 /// that object's members up to `code`. `None` for a result, or when no integer code is found
 /// before the object stops making sense.
 pub fn response_error_code(buf: &[u8]) -> Option<i64> {
-    let (true, mut i) = outcome_member(buf)? else {
+    let (b"error", error) = find_member(buf, 0, |k| k == b"error" || k == b"result")? else {
         return None;
     };
-    if buf.get(i) != Some(&b'{') {
-        return None;
-    }
-    i += 1;
-    loop {
-        i = skip_ws(buf, i);
-        if buf.get(i) != Some(&b'"') {
-            return None;
-        }
-        let end = string_end(buf, i + 1)?;
-        let key = buf.get(i + 1..end)?;
-        i = skip_ws(buf, end + 1);
-        if buf.get(i) != Some(&b':') {
-            return None;
-        }
-        i = skip_ws(buf, i + 1);
-        let value_to = value_end(buf, i)?;
-        if key == b"code" {
-            let digits = std::str::from_utf8(buf.get(i..value_to)?).ok()?;
-            return digits.trim_end().parse().ok();
-        }
-        i = skip_ws(buf, value_to);
-        match buf.get(i) {
-            Some(b',') => i += 1,
-            _ => return None,
-        }
-    }
+    let (_, code) = find_member(buf, error, |k| k == b"code")?;
+    let digits = std::str::from_utf8(buf.get(code..value_end(buf, code)?)?).ok()?;
+    digits.trim_end().parse().ok()
 }
 
-/// The first top-level `result` (false) or `error` (true) member and where its value starts.
-fn outcome_member(buf: &[u8]) -> Option<(bool, usize)> {
-    let mut i = skip_ws(buf, 0);
+/// Walks the members of the object at `buf[i..]` (after whitespace) up to the first whose key
+/// `wanted` accepts: that key and where its value starts. Values passed over are skipped
+/// without being validated. `None` when the object ends first or stops making sense.
+fn find_member(buf: &[u8], i: usize, wanted: impl Fn(&[u8]) -> bool) -> Option<(&[u8], usize)> {
+    let mut i = skip_ws(buf, i);
     if buf.get(i) != Some(&b'{') {
         return None;
     }
@@ -1019,10 +998,8 @@ fn outcome_member(buf: &[u8]) -> Option<(bool, usize)> {
             return None;
         }
         i = skip_ws(buf, i + 1);
-        match key {
-            b"error" => return Some((true, i)),
-            b"result" => return Some((false, i)),
-            _ => {}
+        if wanted(key) {
+            return Some((key, i));
         }
         i = skip_ws(buf, value_end(buf, i)?);
         match buf.get(i) {

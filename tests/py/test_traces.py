@@ -29,7 +29,34 @@ CLIENT_SPAN = "b7ad6b7169203331"
 WAIT = 15.0  # seconds a span may take to reach the receiver (batches leave every 0.5 s)
 
 
-class Receiver:
+class _Quiet(BaseHTTPRequestHandler):
+    """A request handler with `answer` and no request log."""
+
+    def answer(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class _Server:
+    """A threaded HTTP server on 127.0.0.1 (port 0) running `handler` until `close`."""
+
+    def serve(self, handler) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Receiver(_Server):
     """An OTLP/HTTP traces endpoint on loopback: every span it decodes goes to a queue."""
 
     def __init__(self, fail_first: int = 0) -> None:
@@ -38,15 +65,13 @@ class Receiver:
         self.failures_left = fail_first  # answer this many exports 503 first
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(_Quiet):
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 outer.content_types.append(self.headers.get("content-type", ""))
                 if outer.failures_left > 0:
                     outer.failures_left -= 1
-                    self.send_response(503)
-                    self.send_header("content-length", "0")
-                    self.end_headers()
+                    self.answer(503, "text/plain", b"")
                     return
                 req = ExportTraceServiceRequest()
                 req.ParseFromString(body)
@@ -55,30 +80,16 @@ class Receiver:
                     for ss in rs.scope_spans:
                         for s in ss.spans:
                             outer.spans.put((service, s))
-                out = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("content-type", "application/x-protobuf")
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                self.answer(200, "application/x-protobuf", ExportTraceServiceResponse().SerializeToString())
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.serve(Handler)
 
     def next_span(self, timeout: float = WAIT):
         service, s = self.spans.get(timeout=timeout)
         return service, s
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
-
-class Backend:
+class Backend(_Server):
     """A stateless JSON-RPC backend over HTTP that records the `traceparent` of each request
     (by JSON-RPC id). Method `fail` is answered with error -32601."""
 
@@ -86,7 +97,7 @@ class Backend:
         self.seen: dict = {}
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(_Quiet):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):  # noqa: N802
@@ -96,23 +107,9 @@ class Backend:
                     answer = {"jsonrpc": "2.0", "id": body.get("id"), "error": {"code": -32601, "message": "no"}}
                 else:
                     answer = {"jsonrpc": "2.0", "id": body.get("id"), "result": {"content": []}}
-                out = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                self.answer(200, "application/json", json.dumps(answer).encode())
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 def _config(tmp: Path, backends: str, receiver: Receiver, ratio: float, admin: int) -> Path:
@@ -352,14 +349,20 @@ def test_export_is_retried_and_flushed_at_shutdown(tmp_path, backend):
         assert _attrs(span)["jsonrpc.request.id"] == "1"
         assert _metric(admin, "mcplb_trace_export_retries_total") == 2
         assert _metric(admin, "mcplb_trace_spans_failed_total") == 0
+        # This receiver closes each connection after its answer (HTTP/1.0): the exporter's
+        # kept connection is found closed and replaced at once, not counted as a retry.
+        assert _post(proxy.url, {"jsonrpc": "2.0", "id": 2, "method": "ping"})[0] == 200
+        _, span = receiver.next_span()
+        assert _attrs(span)["jsonrpc.request.id"] == "2"
+        assert _metric(admin, "mcplb_trace_export_retries_total") == 2
         # A span still waiting in its batch when mcplb is told to stop is exported before it
         # exits (the request's connection is released only after its span was handed over).
-        status, _, _ = _post(proxy.url, {"jsonrpc": "2.0", "id": 2, "method": "ping"})
+        status, _, _ = _post(proxy.url, {"jsonrpc": "2.0", "id": 3, "method": "ping"})
         assert status == 200
         proxy.stop()
         assert proxy.proc.returncode == 0
         _, span = receiver.next_span(timeout=1.0)
-        assert _attrs(span)["jsonrpc.request.id"] == "2"
+        assert _attrs(span)["jsonrpc.request.id"] == "3"
     finally:
         proxy.stop()
         receiver.close()

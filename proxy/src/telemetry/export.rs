@@ -175,26 +175,39 @@ pub fn run(rx: Receiver<SpanRecord>, target: ExportTarget) {
 /// What one try of an export came to.
 enum Tried {
     Done,
-    /// Worth another try (connection failed, or 429/502/503/504).
-    Again(String),
+    /// Worth another try: the connection failed (`io`), or the collector answered 429, 502,
+    /// 503 or 504.
+    Again {
+        why: String,
+        io: bool,
+    },
     /// The collector refused the batch for good.
     Refused(String),
 }
 
-/// Sends one encoded batch, trying again with backoff; whether the collector took it.
+/// Sends one encoded batch, trying again with backoff; whether the collector took it. A kept
+/// connection that fails (the collector closed it while idle) is replaced at once, without
+/// counting a retry.
 fn export(client: &mut Option<HttpClient>, target: &ExportTarget, body: &[u8]) -> bool {
     let mut backoff = Duration::from_millis(200);
-    for n in 1..=MAX_TRIES {
-        let why = match try_once(client, target, body) {
+    let mut tries = 0;
+    let mut stale_retry = true;
+    loop {
+        let reused = client.is_some();
+        let (why, io) = match try_once(client, target, body) {
             Tried::Done => return true,
             Tried::Refused(why) => {
                 warn(target, &why, "the batch is dropped");
                 return false;
             }
-            Tried::Again(why) => why,
+            Tried::Again { why, io } => (why, io),
         };
         *client = None;
-        if n == MAX_TRIES {
+        if reused && io && std::mem::take(&mut stale_retry) {
+            continue;
+        }
+        tries += 1;
+        if tries == MAX_TRIES {
             warn(target, &why, "gave up on the batch after 5 tries");
             return false;
         }
@@ -202,7 +215,6 @@ fn export(client: &mut Option<HttpClient>, target: &ExportTarget, body: &[u8]) -
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    false
 }
 
 fn warn(target: &ExportTarget, why: &str, what: &'static str) {
@@ -222,11 +234,19 @@ fn try_once(client: &mut Option<HttpClient>, target: &ExportTarget, body: &[u8])
                 let _ = c.set_read_timeout(Some(IO_TIMEOUT));
                 *client = Some(c);
             }
-            Err(e) => return Tried::Again(e.to_string()),
+            Err(e) => {
+                return Tried::Again {
+                    why: e.to_string(),
+                    io: true,
+                }
+            }
         }
     }
     let Some(c) = client.as_mut() else {
-        return Tried::Again("no connection".into());
+        return Tried::Again {
+            why: "no connection".into(),
+            io: true,
+        };
     };
     let headers = [("content-type", "application/x-protobuf")];
     match c.request("POST", &target.path, &headers, body) {
@@ -238,14 +258,18 @@ fn try_once(client: &mut Option<HttpClient>, target: &ExportTarget, body: &[u8])
             }
             Tried::Done
         }
-        Ok(r) if matches!(r.status, 429 | 502 | 503 | 504) => {
-            Tried::Again(format!("collector answered {}", r.status))
-        }
+        Ok(r) if matches!(r.status, 429 | 502 | 503 | 504) => Tried::Again {
+            why: format!("collector answered {}", r.status),
+            io: false,
+        },
         Ok(r) => {
             *client = None;
             Tried::Refused(format!("collector answered {}", r.status))
         }
-        Err(e) => Tried::Again(e.to_string()),
+        Err(e) => Tried::Again {
+            why: e.to_string(),
+            io: true,
+        },
     }
 }
 
