@@ -17,6 +17,7 @@ mod runtime;
 pub mod session;
 pub mod telemetry;
 pub mod tls;
+mod virtual_server;
 
 #[doc(hidden)]
 pub mod fuzzing;

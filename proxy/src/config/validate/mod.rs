@@ -11,6 +11,7 @@ mod names;
 mod proxy;
 mod servers;
 mod telemetry;
+mod virtual_server;
 
 use super::fields::TableCheck;
 use super::raw::RawConfig;
