@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 mod data_path;
 pub mod demo;
+pub mod h2;
 pub mod http;
 mod runtime;
 pub mod session;
@@ -68,7 +69,7 @@ impl RunningProxy {
     /// number of connections still open at the deadline.
     pub fn shutdown(self, timeout: std::time::Duration) -> usize {
         use std::sync::atomic::Ordering;
-        runtime::SHUTDOWN.store(true, Ordering::SeqCst);
+        runtime::shutdown::begin();
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let open = runtime::OPEN_CONNECTIONS.load(Ordering::SeqCst);

@@ -139,8 +139,22 @@ pub enum Counter {
     LingersCut,
     /// Connections from trusted balancers closed for a missing or bad PROXY protocol header.
     ProxyProtocolErrors,
+    /// HTTP/2 client connections (h2c with prior knowledge, or ALPN `h2`).
+    H2Connections,
+    /// HTTP/2 streams (requests) accepted.
+    H2Streams,
+    /// HTTP/2 connections ended by a protocol error, including h2's own guards.
+    H2ProtocolErrors,
+    /// HTTP/2 connections refused for a rapid-reset flood (RST_STREAM frames).
+    H2RapidResets,
+    /// HTTP/2 connections refused for a CONTINUATION flood.
+    H2ContinuationFloods,
+    /// HTTP/2 connections refused for a PING flood.
+    H2PingFloods,
+    /// HTTP/2 connections refused for a SETTINGS flood.
+    H2SettingsFloods,
 }
-const COUNTERS: usize = 33;
+const COUNTERS: usize = 40;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -176,6 +190,13 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "lingering_closes",
     "lingers_cut",
     "proxy_protocol_errors",
+    "h2_connections",
+    "h2_streams",
+    "h2_protocol_errors",
+    "h2_rapid_resets",
+    "h2_continuation_floods",
+    "h2_ping_floods",
+    "h2_settings_floods",
 ];
 
 /// Gauges (up/down).
@@ -390,7 +411,7 @@ impl CoreRecorder {
         fn slot(t: &mut CoreDim) -> &mut Triple<u32> {
             t.get_or_insert_with(Box::default)
         }
-        self.dirty = true;
+        self.mark_dirty();
         self.counters[Counter::Requests as usize] += 1;
         if let Some(t) = self.groups.get_mut(s.group) {
             slot(t).record(s.total_us, s.upstream_us, s.first_event_us);
@@ -410,21 +431,37 @@ impl CoreRecorder {
         }
     }
 
+    /// Something was recorded: the first record since a flush wakes this worker's flusher,
+    /// which waits with no timer while nothing is (a counter moved outside any request, such
+    /// as a refused connection, is folded a second later like the rest).
+    #[inline]
+    fn mark_dirty(&mut self) {
+        if !self.dirty {
+            self.dirty = true;
+            crate::runtime::flush::note();
+        }
+    }
+
+    /// Whether anything was recorded since the last [`CoreRecorder::flush_into`].
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
     /// Adds to a counter.
     pub fn count(&mut self, c: Counter, n: u64) {
-        self.dirty = true;
+        self.mark_dirty();
         self.counters[c as usize] += n;
     }
 
     /// Moves a gauge.
     pub fn gauge(&mut self, g: Gauge, delta: i64) {
-        self.dirty = true;
+        self.mark_dirty();
         self.gauges[g as usize] += delta;
     }
 
     /// Moves a backend's gauges: requests in flight (`which = 0`) or sessions (`which = 1`).
     pub fn backend_gauge(&mut self, group: usize, backend: usize, which: usize, delta: i64) {
-        self.dirty = true;
+        self.mark_dirty();
         if let Some(g) = self
             .backend_gauges
             .get_mut(group)

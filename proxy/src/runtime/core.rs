@@ -187,7 +187,9 @@ impl Core {
 /// unexpected bytes. Costs one syscall; saves sending a request into a socket the backend
 /// already closed (which for a `tools/call` could not be safely retried).
 fn still_open(s: &mut Conn) -> bool {
-    s.is_clean() && crate::tls::peek(s.tcp()) == crate::tls::Incoming::Nothing
+    s.is_clean()
+        && s.tcp()
+            .is_some_and(|t| crate::tls::peek(t) == crate::tls::Incoming::Nothing)
 }
 
 impl Core {
@@ -291,6 +293,8 @@ impl Core {
         }
         let core = Rc::new(core);
         states.borrow_mut().push(core.clone());
+        // The flusher drops the state this one replaces once nothing holds it.
+        crate::runtime::flush::note();
         core
     }
 
