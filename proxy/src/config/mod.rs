@@ -22,8 +22,8 @@ pub(crate) use fields::{decode_hex32, fnv1a32};
 pub use types::{
     Backend, Balance, ClientAddress, ClusterConfig, ConcurrencyPer, ConcurrencyRule, Config,
     ForwardedHeader, ForwardedMode, HashKey, HealthCheck, LimitScope, Member, NameFilter,
-    OnUnavailable, PrefixMode, ProxyConfig, ServerGroup, SessionFailover, ToolOverride,
-    TrustedProxies, VirtualServer, DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS_PER_IP,
+    OnUnavailable, PrefixMode, ProxyConfig, ServerGroup, SessionFailover, TelemetryConfig,
+    ToolOverride, TrustedProxies, VirtualServer, DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS_PER_IP,
     MAX_CLUSTER_LIMITS, MAX_CONCURRENCY_RULES, READ_ONLY_CHECKS,
 };
 

@@ -22,6 +22,15 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub concurrency: Vec<RawConcurrency>,
     pub cluster: Option<RawCluster>,
+    pub telemetry: Option<RawTelemetry>,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
 }
 
 /// `[cluster]`: the store cluster rate limits share.

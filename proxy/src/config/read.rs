@@ -8,7 +8,7 @@ use serde_ignored::Path;
 
 use super::raw::{
     RawAdmin, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawHttp2, RawLimit, RawMember,
-    RawProxy, RawServer, RawTls, RawToolOverride,
+    RawProxy, RawServer, RawTelemetry, RawTls, RawToolOverride,
 };
 
 /// The raw config (or `None` when the text is not TOML of the expected shape) and the
@@ -115,6 +115,7 @@ fn known_keys(table: &str) -> &'static [&'static str] {
         "limits" => keys_of::<RawLimit>(),
         "concurrency" => keys_of::<RawConcurrency>(),
         "cluster" => keys_of::<super::raw::RawCluster>(),
+        "telemetry" => keys_of::<RawTelemetry>(),
         _ => &[],
     }
 }
@@ -186,7 +187,7 @@ que = 2
 "#;
         let got = problems(text);
         let want = [
-            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency, cluster)",
+            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency, cluster, telemetry)",
             "proxy.listn: unknown key (did you mean `listen`?)",
             "proxy.tls.certs: unknown key (did you mean `cert`?)",
             "admin.tokn: unknown key (did you mean `token`?)",
@@ -231,6 +232,7 @@ que = 2
             "servers.auth.upstream_authorization",
             "limits",
             "concurrency",
+            "telemetry",
         ] {
             assert!(!known_keys(table).is_empty(), "{table:?}");
         }

@@ -11,6 +11,7 @@ mod limits;
 mod names;
 mod proxy;
 mod servers;
+mod telemetry;
 mod virtual_server;
 
 use super::fields::TableCheck;
@@ -26,6 +27,7 @@ pub(super) fn validate(raw: RawConfig, errs: &mut Vec<String>) -> Option<Config>
     let cluster = raw.cluster.map(|c| cluster::validate(c, errs));
     let (limits, limit_scopes) = limits::validate(raw.limits, &servers, cluster.as_ref(), errs);
     let concurrency = concurrency::validate(raw.concurrency, &servers, errs);
+    let telemetry = raw.telemetry.map(|t| telemetry::validate(t, errs));
     errs.is_empty().then_some(Config {
         limit_scopes,
         cluster,
@@ -35,6 +37,7 @@ pub(super) fn validate(raw: RawConfig, errs: &mut Vec<String>) -> Option<Config>
         servers,
         limits,
         concurrency,
+        telemetry,
     })
 }
 
