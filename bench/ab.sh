@@ -16,8 +16,10 @@
 # `tools/call` in one session opened through each proxy, with the key: the path that opens
 # the sealed session id and checks its owner; bench/quick/post_session.lua; or `era`: the
 # cost of the era bridge, usually with A = B = one build: the stateful (2025-era) mock, the
-# 2026-07-28 `tools/call` of post_modern.lua (full `_meta`), A's group with `era = "2026"` (the request passes as it
-# is: the plain path) and B's with `era = "2025"` (bridged through a backend session)).
+# 2026-07-28 `tools/call` of post_modern.lua (full `_meta`), A's group with `era = "2026"` (the
+# request passes as it is: the plain path) and B's with `era = "2025"` (bridged through a
+# backend session)), EXTRA_A and EXTRA_B (TOML appended to A's or B's config: the same build
+# with a feature off and on).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -47,8 +49,8 @@ esac
 taskset -c 1 "$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" "${MOCK_MODE[@]}" --threads 1 >"$RUN/mock.log" 2>&1 &
 pids+=($!)
 
-start_proxy() { # bin name -> sets PID and PORT (no subshell: its PID must reach cleanup)
-    local bin=$1 name=$2 port era=""
+start_proxy() { # bin name [extra TOML] -> sets PID and PORT (no subshell: its PID must reach cleanup)
+    local bin=$1 name=$2 extra=${3:-} port era=""
     port=$(free_port)
     if [[ $MODE == era ]]; then
         if [[ $name == a ]]; then era='era = "2026"'; else era='era = "2025"'; fi
@@ -66,6 +68,7 @@ $era
 [servers.health]
 enabled = false
 $AUTH
+$extra
 EOF
     taskset -c 0 "$bin" run --config "$RUN/$name.toml" >"$RUN/$name.log" 2>&1 &
     PID=$!
@@ -73,8 +76,8 @@ EOF
     pids+=("$PID")
     for _ in $(seq 200); do grep -q "mcplb started" "$RUN/$name.log" 2>/dev/null && break; sleep 0.05; done
 }
-start_proxy "$A" a; PID_A=$PID; PORT_A=$PORT
-start_proxy "$B" b; PID_B=$PID; PORT_B=$PORT
+start_proxy "$A" a "${EXTRA_A:-}"; PID_A=$PID; PORT_A=$PORT
+start_proxy "$B" b "${EXTRA_B:-}"; PID_B=$PID; PORT_B=$PORT
 sleep 0.5
 
 open_session() { # port -> prints the session id opened through that proxy
@@ -140,6 +143,8 @@ WRK = sh("wrk -v 2>&1 | head -1")
 lines = [
     f"# Same-run A/B: CPU per request and latency ({os.path.basename(file)[:-3]})", "",
     f"- A: `{a}`", f"- B: `{b}`",
+    *[f"- {k[-1]}'s config adds: `{' '.join(os.environ[k].split())}`"
+      for k in ("EXTRA_A", "EXTRA_B") if os.environ.get(k)],
     (f"- Method: `bench/ab.sh` — both proxies up at once, one worker each pinned to core 0; the "
      f"stateless mock (`mcplb-load mock --threads 1`) and wrk (`-t1 -c{conns} -d{secs}s --latency`, "
      f"the 200-byte `tools/call` of `bench/quick/post.lua`) on core 1; A B A B ..., {pairs} pairs "

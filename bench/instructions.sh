@@ -12,7 +12,8 @@
 # instructions per request (total Ir / requests wrk counted) and the top functions.
 # Settings (env): SECS (10), CONNS (8), LUA (the wrk script in bench/quick, post.lua), LOAD_BIN (mcplb-load for the mock), TOP (25), STATS
 # (true; false leaves out the statistics, whose once-a-second flush is charged to however many
-# requests that second saw), KEEP (a path prefix: keep each callgrind dump there).
+# requests that second saw), KEEP (a path prefix: keep each callgrind dump there), EXTRA (TOML
+# appended to mcplb's config, e.g. a `[telemetry]` table).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -39,6 +40,7 @@ path = "/mcp"
 backends = ["http://127.0.0.1:$MOCK_PORT/mcp"]
 [servers.health]
 enabled = false
+${EXTRA:-}
 EOF
     out="$RUN/cg.out"
     valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no \

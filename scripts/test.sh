@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's single test command: ./scripts/test.sh
 #
+#   0. Debian packages the tests run (redis-server, haproxy), installed when missing
 #   1. Python venv (.venv) with tests/py/requirements.txt, reinstalled only when that file changes
 #   2. Node dependencies (tests/ts, npm ci when package-lock.json changes)
 #   3. cargo build --workspace --bins   (debug)
@@ -65,10 +66,30 @@ install_node_deps() {
     fi
 }
 
+# Programs the tests start: redis-server (cluster rate limits) and haproxy (the fleet test's L4
+# balancer), from Debian's packages when missing (CI and developers run as root).
+install_system_deps() {
+    section "system packages (redis-server, haproxy)"
+    local missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+    if ((${#missing[@]})); then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        echo "installed ${missing[*]}"
+    else
+        echo "up to date"
+    fi
+}
+
+install_system_deps
 install_python_deps
 install_node_deps
 
 section "cargo build --workspace --bins"
+# Every platform's crates in Cargo.lock, so that the offline `cargo metadata --locked` of
+# tests/py/test_deploy_packaging.py (the Dockerfile's lock check) holds on a fresh machine.
+cargo fetch --locked
 cargo build --workspace --bins
 
 section "cargo test --workspace"

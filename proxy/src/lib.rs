@@ -16,6 +16,7 @@ pub mod h2;
 pub mod http;
 mod runtime;
 pub mod session;
+pub mod telemetry;
 pub mod tls;
 mod virtual_server;
 
@@ -85,6 +86,8 @@ impl RunningProxy {
                     control::access_log::drain(std::time::Duration::from_secs(1));
                 }
                 self.reloader.stop_all();
+                // The last requests' spans (a partial batch waits at most half a second).
+                telemetry::flush(std::time::Duration::from_secs(3));
                 return open;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -125,15 +128,15 @@ pub fn start_with(
     driver: Driver,
     path: Option<std::path::PathBuf>,
 ) -> anyhow::Result<RunningProxy> {
-    let key = match config.proxy.session_key {
-        Some(k) => k,
-        None => {
-            tracing::warn!(
-                "no proxy.session_key configured: generated a random one; sessions will not \
-                 survive a restart and replicas of mcplb cannot share sessions"
-            );
-            SessionSealer::random_key()
-        }
+    // Without configured keys, one generated now serves until a reload configures some.
+    let generated_key = if config.proxy.session_keys.is_empty() {
+        tracing::warn!(
+            "no proxy.session_keys configured: generated a random key; sessions will not \
+             survive a restart and replicas of mcplb cannot share sessions"
+        );
+        Some(SessionSealer::random_key())
+    } else {
+        None
     };
     let uring = monoio::utils::detect_uring();
     let driver_name = match (driver, uring) {
@@ -163,7 +166,12 @@ pub fn start_with(
     // reach over loopback HTTP like any other backend; old clients get a front per group.
     let mut running = reload::Running::default();
     let (fronts, _) = running.attach(&mut config, local_addr)?;
-    let shared = Arc::new(runtime::shared::build_shared(config, None, fronts, &key)?);
+    let shared = Arc::new(runtime::shared::build_shared(
+        config,
+        None,
+        fronts,
+        generated_key.as_ref(),
+    )?);
     running.set_checkers(health::start(
         &shared.config,
         shared.groups.clone(),
@@ -177,7 +185,7 @@ pub fn start_with(
         live.clone(),
         running,
         local_addr,
-        key,
+        generated_key,
     ));
     let worker_status = runtime::WorkerStatus::new(listeners.len());
     let admin_addr = match admin_listener {

@@ -661,7 +661,7 @@ fn secrets_stay_out_of_config_view_and_logs() {
         "<redacted>"
     );
     assert_eq!(auth["resource_metadata"]["resource"], AUD);
-    assert_eq!(view["proxy"]["session_key"], "<redacted>");
+    assert_eq!(view["proxy"]["session_keys"], json!(["<redacted>"]));
     assert_eq!(view["admin"]["token"], "<redacted>");
     assert_eq!(
         view["servers"][1]["backends"][0]["env"]["SECRET"],

@@ -480,3 +480,134 @@ fn an_old_clients_session_belongs_to_its_caller() {
     assert_eq!(r.json().unwrap()["id"], 2);
     assert_eq!(counter(&p, "session_owner_mismatch"), 2);
 }
+
+/// `POST /reload` on `p`'s admin port: the status and the answer.
+fn reload(p: &Proxy) -> (u16, Value) {
+    let mut c = HttpClient::connect(p.admin.unwrap()).unwrap();
+    let r = c.request("POST", "/reload", &[], b"").unwrap();
+    (r.status, r.json().unwrap_or_default())
+}
+
+#[test]
+fn session_keys_rotate_by_reload_and_a_dropped_key_ends_its_sessions() {
+    const NEW_KEY: &str = "4e45572d4b45592d4e45572d4b45592d4e45572d4b45592d4e45572d4b45592d";
+    let m = mock("alpha");
+    let backends = format!("\"{}\"", m.url());
+    let alice = [("x-api-key", ALICE_KEY)];
+    let bob = [("x-api-key", BOB_KEY)];
+    // One group with authentication (owned ids), one without (unowned ids).
+    let open_group = format!(
+        "\n[[servers]]\nname = \"o\"\npath = \"/open\"\nbackends = [{backends}]\n\
+         [servers.health]\nenabled = false\n"
+    );
+    let with_keys = |keys: &str| {
+        config(&backends, "", &format!("{}{open_group}", api_keys())).replace(
+            &format!("session_key = \"{SESSION_KEY}\""),
+            &format!("session_keys = [{keys}]"),
+        )
+    };
+    let p = start_proxy(
+        &config(&backends, "", &format!("{}{open_group}", api_keys())),
+        "auto",
+    );
+    let old = open_session(&p, &alice);
+    let open_call = |sid: &str| {
+        let body = rpc(3, "tools/call", json!({"name": "whoami", "arguments": {}}));
+        let mut h: Headers = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+        ];
+        h.push(("mcp-session-id", sid));
+        HttpClient::connect(p.addr)
+            .unwrap()
+            .request("POST", "/open", &h, body.to_string().as_bytes())
+            .unwrap()
+            .status
+    };
+    let open_init = || {
+        let init = rpc(
+            1,
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "t", "version": "0"}}),
+        );
+        let h: Headers = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+        ];
+        let r = HttpClient::connect(p.addr)
+            .unwrap()
+            .request("POST", "/open", &h, init.to_string().as_bytes())
+            .unwrap();
+        assert_eq!(r.status, 200);
+        r.header("mcp-session-id").unwrap().to_string()
+    };
+    let old_open = open_init();
+    let reload_with = |text: String| {
+        std::fs::write(&p.config_path, text).unwrap();
+        reload(&p)
+    };
+
+    // A bad key list is refused by name (never by value), and the running keys stay.
+    let (status, v) = reload_with(with_keys(&format!(
+        "\"{NEW_KEY}\", \"not-a-key\", \"{NEW_KEY}\""
+    )));
+    assert_eq!(status, 400, "{v}");
+    let errs = v.to_string();
+    assert!(errs.contains("proxy.session_keys[1]: "), "{errs}");
+    assert!(
+        errs.contains("proxy.session_keys[2]: the same key as proxy.session_keys[0]"),
+        "{errs}"
+    );
+    assert!(
+        !errs.contains(NEW_KEY) && !errs.contains("not-a-key"),
+        "{errs}"
+    );
+    assert_eq!(call(&p, &alice, &old, "whoami", json!({})).0, 200);
+
+    // Rotation: the new key seals, the old one still opens.
+    let (status, v) = reload_with(with_keys(&format!("\"{NEW_KEY}\", \"{SESSION_KEY}\"")));
+    assert_eq!(status, 200, "{v}");
+    assert!(v.to_string().contains("a new sealing key"), "{v}");
+    assert!(!v.to_string().contains(NEW_KEY), "{v}");
+    assert_eq!(
+        call(&p, &alice, &old, "whoami", json!({})),
+        (200, "alpha".to_string())
+    );
+    // The old id's owner is still checked (under the key that sealed it).
+    assert_eq!(call(&p, &bob, &old, "whoami", json!({})).0, 404);
+    assert_eq!(open_call(&old_open), 200);
+    let new = open_session(&p, &alice);
+    let new_open = open_init();
+    assert_eq!(call(&p, &alice, &new, "whoami", json!({})).0, 200);
+    assert_eq!(call(&p, &bob, &new, "whoami", json!({})).0, 404);
+
+    // Removing every key is refused: it would end every session.
+    let (status, v) = reload_with(
+        config(&backends, "", &format!("{}{open_group}", api_keys()))
+            .replace(&format!("session_key = \"{SESSION_KEY}\"\n"), ""),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v.to_string()
+            .contains("proxy.session_keys: cannot be removed"),
+        "{v}"
+    );
+
+    // The old key dropped: its sessions are unknown (404: the client re-initializes), the
+    // new key's go on.
+    let (status, v) = reload_with(with_keys(&format!("\"{NEW_KEY}\"")));
+    assert_eq!(status, 200, "{v}");
+    assert!(v.to_string().contains("1 dropped"), "{v}");
+    assert_eq!(call(&p, &alice, &old, "whoami", json!({})).0, 404);
+    assert_eq!(open_call(&old_open), 404);
+    assert_eq!(
+        call(&p, &alice, &new, "whoami", json!({})),
+        (200, "alpha".to_string())
+    );
+    assert_eq!(open_call(&new_open), 200);
+    assert_eq!(
+        call(&p, &alice, &open_session(&p, &alice), "whoami", json!({})).0,
+        200
+    );
+}

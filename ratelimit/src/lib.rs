@@ -16,6 +16,9 @@
 //! - [`ConcurrencyLimit`]: at most N in flight per key, [`Permit`]s released on drop, and a
 //!   bounded first-in, first-out queue per key ([`PermitWait`], a future woken when a released
 //!   permit is handed to it) for proxies that queue.
+//! - [`LeaseBucket`] / [`LeaseTable`]: cluster limits, whose bucket lives in a shared store
+//!   (the proxy drives Redis): the store's step as a plain function, and per-key leases of
+//!   tokens that a replica spends lock-free and refills from a background thread.
 //!
 //! # Cost
 //!
@@ -48,6 +51,7 @@ mod gcra;
 mod glob;
 mod hash;
 mod keyed;
+mod lease;
 mod rules;
 mod table;
 
@@ -56,6 +60,7 @@ pub use gcra::{Gcra, RetryAfter};
 pub use glob::Glob;
 pub use hash::{hash_key, KeyHasher};
 pub use keyed::KeyedLimiter;
+pub use lease::{lease_size, max_batch, Grant, LeaseBucket, LeaseTable, SlotView, Take};
 pub use rules::{Decision, KeySource, RateLimits, RequestInfo, Rule};
 
 /// What is wrong with a limit's configuration.

@@ -20,11 +20,23 @@ use std::path::Path;
 pub use fields::parse_duration;
 pub(crate) use fields::{decode_hex32, fnv1a32};
 pub use types::{
-    Backend, BackendEra, Balance, ClientAddress, ConcurrencyPer, ConcurrencyRule, Config,
-    ForwardedHeader, ForwardedMode, HashKey, HealthCheck, Member, NameFilter, PrefixMode,
-    ProxyConfig, ServerGroup, SessionFailover, ToolOverride, TrustedProxies, VirtualServer,
-    DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS_PER_IP, MAX_CONCURRENCY_RULES, READ_ONLY_CHECKS,
+    Backend, BackendEra, Balance, ClientAddress, ClusterConfig, ConcurrencyPer, ConcurrencyRule,
+    Config, ForwardedHeader, ForwardedMode, HashKey, HealthCheck, LimitScope, Member, NameFilter,
+    OnUnavailable, PrefixMode, ProxyConfig, ServerGroup, SessionFailover, TelemetryConfig,
+    ToolOverride, TrustedProxies, VirtualServer, DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS_PER_IP,
+    MAX_CLUSTER_LIMITS, MAX_CONCURRENCY_RULES, READ_ONLY_CHECKS,
 };
+
+/// `url` with any user and password replaced (for logs and `GET /config`).
+pub fn redact_url(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(at)) if at > scheme.len() + 3 => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            format!("{scheme}://<redacted>@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
 
 /// Every problem found in a config file, each with its key path.
 #[derive(Debug)]
@@ -248,6 +260,41 @@ backends = []
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("servers[0].health.method"), "{err}");
+    }
+
+    #[test]
+    fn session_keys_are_checked_by_name() {
+        let (a, b) = ("11".repeat(32), "22".repeat(32));
+        let with = |keys: &str| MINIMAL.replace("workers = 2", &format!("workers = 2\n{keys}"));
+        let keys = |toml: &str| Config::parse(toml).map(|c| c.proxy.session_keys);
+        assert_eq!(keys(MINIMAL).ok(), Some(Vec::new()));
+        assert_eq!(
+            keys(&with(&format!("session_key = \"{a}\""))).ok(),
+            Some(vec![[0x11; 32]])
+        );
+        assert_eq!(
+            keys(&with(&format!("session_keys = [\"{b}\", \"{a}\"]"))).ok(),
+            Some(vec![[0x22; 32], [0x11; 32]])
+        );
+        let err = |toml: &str| keys(toml).err().map(|e| e.to_string()).unwrap_or_default();
+        let both = err(&with(&format!(
+            "session_key = \"{a}\"\nsession_keys = [\"{b}\"]"
+        )));
+        assert!(both.contains("proxy.session_keys: set either"), "{both}");
+        let empty = err(&with("session_keys = []"));
+        assert!(empty.contains("proxy.session_keys: empty"), "{empty}");
+        let bad = err(&with(&format!("session_keys = [\"{a}\", \"abcd\"]")));
+        assert!(
+            bad.contains("proxy.session_keys[1]: must be exactly 32 bytes"),
+            "{bad}"
+        );
+        assert!(!bad.contains(&a), "{bad}");
+        let many = vec![format!("\"{a}\""); 9].join(", ");
+        let many = err(&with(&format!("session_keys = [{many}]")));
+        assert!(
+            many.contains("proxy.session_keys: 9 keys: at most 8"),
+            "{many}"
+        );
     }
 
     #[test]

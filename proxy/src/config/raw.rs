@@ -21,6 +21,29 @@ pub(crate) struct RawConfig {
     pub limits: Vec<RawLimit>,
     #[serde(default)]
     pub concurrency: Vec<RawConcurrency>,
+    pub cluster: Option<RawCluster>,
+    pub telemetry: Option<RawTelemetry>,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
+}
+
+/// `[cluster]`: the store cluster rate limits share.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawCluster {
+    pub redis: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+    pub prefix: Option<String>,
+    pub on_unavailable: Option<String>,
+    pub max_keys: Option<i64>,
+    pub lease_ttl: Option<String>,
+    pub timeout: Option<String>,
 }
 
 /// `[[concurrency]]`.
@@ -47,6 +70,8 @@ pub(crate) struct RawLimit {
     pub key: Option<String>,
     pub rate: Option<f64>,
     pub burst: Option<i64>,
+    pub scope: Option<String>,
+    pub on_unavailable: Option<String>,
 }
 
 /// `[proxy]`.
@@ -55,6 +80,7 @@ pub(crate) struct RawProxy {
     pub listen: Option<String>,
     pub workers: Option<i64>,
     pub session_key: Option<String>,
+    pub session_keys: Option<Vec<String>>,
     pub max_body_bytes: Option<i64>,
     pub max_header_bytes: Option<i64>,
     pub max_headers: Option<i64>,

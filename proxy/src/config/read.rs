@@ -8,7 +8,7 @@ use serde_ignored::Path;
 
 use super::raw::{
     RawAdmin, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawHttp2, RawLimit, RawMember,
-    RawProxy, RawServer, RawTls, RawToolOverride,
+    RawProxy, RawServer, RawTelemetry, RawTls, RawToolOverride,
 };
 
 /// The raw config (or `None` when the text is not TOML of the expected shape) and the
@@ -114,6 +114,8 @@ fn known_keys(table: &str) -> &'static [&'static str] {
         "servers.auth.upstream_authorization" => keys_of::<crate::auth::RawSecret>(),
         "limits" => keys_of::<RawLimit>(),
         "concurrency" => keys_of::<RawConcurrency>(),
+        "cluster" => keys_of::<super::raw::RawCluster>(),
+        "telemetry" => keys_of::<RawTelemetry>(),
         _ => &[],
     }
 }
@@ -185,7 +187,7 @@ que = 2
 "#;
         let got = problems(text);
         let want = [
-            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency)",
+            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency, cluster, telemetry)",
             "proxy.listn: unknown key (did you mean `listen`?)",
             "proxy.tls.certs: unknown key (did you mean `cert`?)",
             "admin.tokn: unknown key (did you mean `token`?)",
@@ -193,7 +195,7 @@ que = 2
             "servers[0].health.intervall: unknown key (did you mean `interval`?)",
             "servers[0].auth.api_key: unknown key (did you mean `api_keys`?)",
             "servers[0].auth.jwt.audiance: unknown key (did you mean `audience`?)",
-            "limits[0].per: unknown key (keys here: server, method, tool, resource_prefix, key, rate, burst)",
+            "limits[0].per: unknown key (keys here: server, method, tool, resource_prefix, key, rate, burst, scope, on_unavailable)",
             "concurrency[0].que: unknown key (did you mean `queue`?)",
         ];
         for w in want {
@@ -230,6 +232,7 @@ que = 2
             "servers.auth.upstream_authorization",
             "limits",
             "concurrency",
+            "telemetry",
         ] {
             assert!(!known_keys(table).is_empty(), "{table:?}");
         }

@@ -30,6 +30,85 @@ pub struct Config {
     pub limits: Vec<ratelimit::Rule>,
     /// Concurrency limits (`[[concurrency]]`), in order.
     pub concurrency: Vec<ConcurrencyRule>,
+    /// Per rate limit rule (same order as `limits`): where its bucket lives.
+    pub limit_scopes: Vec<LimitScope>,
+    /// The store of `cluster` rate limits (`[cluster]`).
+    pub cluster: Option<ClusterConfig>,
+    /// OpenTelemetry traces (`[telemetry]`), when configured.
+    pub telemetry: Option<TelemetryConfig>,
+}
+
+/// `[telemetry]`: where spans go and which traces are recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP traces endpoint as written (`http://127.0.0.1:4318/v1/traces`).
+    pub otlp_endpoint: String,
+    /// Its `host:port`.
+    pub authority: String,
+    /// Its path.
+    pub path: String,
+    /// The `service.name` of mcplb's spans.
+    pub service_name: String,
+    /// Share of the traces mcplb starts that are recorded (a caller's `traceparent` decides
+    /// for the traces it continues).
+    pub sample_ratio: f64,
+}
+
+/// Where a rate limit's bucket lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// In this process (each replica applies the rule on its own).
+    Local,
+    /// In the `[cluster]` store, shared by every replica; with what to do while it is
+    /// unreachable.
+    Cluster(OnUnavailable),
+}
+
+/// What a `cluster` rule does while its store is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// Each replica applies its share of the rule (rate and burst divided by the number of
+    /// replicas last seen in the store).
+    Local,
+    /// Refuse what the rule matches (429).
+    Deny,
+}
+
+/// Most `cluster` rate limit rules.
+pub const MAX_CLUSTER_LIMITS: usize = 16;
+
+/// `[cluster]`: the Redis that `cluster` rate limits share.
+#[derive(Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// `redis://` or `rediss://` URL (a password in it is kept, never shown).
+    pub redis: String,
+    /// Password from `password_env` or `password_file` (overrides one in the URL).
+    pub password: Option<String>,
+    /// Prefix of every key mcplb writes.
+    pub prefix: String,
+    /// Default of the rules' `on_unavailable`.
+    pub on_unavailable: OnUnavailable,
+    /// Callers tracked per rule (slots of leases).
+    pub max_keys: usize,
+    /// How long leased tokens stay spendable.
+    pub lease_ttl: Duration,
+    /// Connect, read and write timeout of one Redis call.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: neither it nor the password is printed.
+        f.debug_struct("ClusterConfig")
+            .field("redis", &crate::config::redact_url(&self.redis))
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("prefix", &self.prefix)
+            .field("on_unavailable", &self.on_unavailable)
+            .field("max_keys", &self.max_keys)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// Most concurrency rules (each request checks every one).
@@ -72,8 +151,9 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Worker threads, one per core by default.
     pub workers: usize,
-    /// Key that seals session ids; `None` means generate one at start.
-    pub session_key: Option<[u8; 32]>,
+    /// Keys of session ids (`session_keys`, or the one `session_key`): the first seals new
+    /// ids, every one opens. Empty: generate one at start.
+    pub session_keys: Vec<[u8; 32]>,
     /// Largest request body accepted (413 past it).
     pub max_body_bytes: usize,
     /// Largest request head accepted (431 past it).

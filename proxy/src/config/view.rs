@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::auth::{JwksSource, SecretSource, UpstreamCredential};
 use crate::config::{
     BackendEra, Balance, ConcurrencyPer, Config, ForwardedHeader, ForwardedMode, HashKey,
-    SessionFailover,
+    LimitScope, OnUnavailable, SessionFailover,
 };
 
 /// What a redacted secret looks like.
@@ -140,7 +140,7 @@ pub fn redacted_json(cfg: &Config) -> Value {
     json!({
         "proxy": {
             "listen": p.listen.to_string(), "workers": p.workers,
-            "session_key": p.session_key.map(|_| REDACTED),
+            "session_keys": p.session_keys.iter().map(|_| REDACTED).collect::<Vec<_>>(),
             "max_body_bytes": p.max_body_bytes, "max_header_bytes": p.max_header_bytes,
             "max_headers": p.max_headers, "header_timeout_s": secs(p.header_timeout),
             "body_timeout_s": secs(p.body_timeout),
@@ -171,12 +171,28 @@ pub fn redacted_json(cfg: &Config) -> Value {
             "token": cfg.admin_token.as_ref().map(|_| REDACTED),
         },
         "servers": servers,
-        "limits": cfg.limits.iter().map(|r| {
+        "limits": cfg.limits.iter().zip(&cfg.limit_scopes).map(|(r, scope)| {
             let mut v = rule_filter(r);
             v["rate"] = json!(r.rate);
             v["burst"] = json!(r.burst);
+            match scope {
+                LimitScope::Local => v["scope"] = json!("local"),
+                LimitScope::Cluster(on) => {
+                    v["scope"] = json!("cluster");
+                    v["on_unavailable"] = json!(on_unavailable(*on));
+                }
+            }
             v
         }).collect::<Vec<_>>(),
+        "cluster": cfg.cluster.as_ref().map(|c| json!({
+            "redis": crate::config::redact_url(&c.redis),
+            "password": c.password.as_ref().map(|_| REDACTED),
+            "prefix": c.prefix,
+            "on_unavailable": on_unavailable(c.on_unavailable),
+            "max_keys": c.max_keys,
+            "lease_ttl_s": secs(c.lease_ttl),
+            "timeout_s": secs(c.timeout),
+        })),
         "concurrency": cfg.concurrency.iter().map(|c| {
             let mut v = rule_filter(&c.filter);
             v["per"] = json!(match c.per {
@@ -191,6 +207,13 @@ pub fn redacted_json(cfg: &Config) -> Value {
             v
         }).collect::<Vec<_>>(),
     })
+}
+
+fn on_unavailable(o: OnUnavailable) -> &'static str {
+    match o {
+        OnUnavailable::Local => "local",
+        OnUnavailable::Deny => "deny",
+    }
 }
 
 /// A virtual server's members and naming, as configured.

@@ -521,20 +521,37 @@ pub(crate) fn stats_json(st: &View<'_>, now: Instant) -> Value {
         "counters": c,
         "gauges": g,
         "limits": limits_json(st),
+        "cluster": cluster_json(st),
         "since_start": window_json(st, false, now),
         "last_60s": window_json(st, true, now),
     })
 }
 
 fn limits_json(st: &View<'_>) -> Value {
+    let mut rows: Vec<Value> = Vec::new();
+    if let Some(cl) = &st.cluster {
+        for (i, r, admitted, rejected) in cl.rule_counts() {
+            rows.push(json!({
+                "rule": i,
+                "scope": "cluster",
+                "server": r.server,
+                "method": r.method,
+                "tool": r.tool.as_ref().map(|g| g.as_str().to_string()),
+                "rate": r.rate,
+                "burst": r.burst,
+                "admitted": admitted,
+                "rejected": rejected,
+            }));
+        }
+    }
     let Some(l) = &st.limits else {
-        return json!([]);
+        return Value::Array(rows);
     };
-    (0..l.len())
+    let mut local: Vec<Value> = (0..l.len())
         .map(|i| {
             let r = l.rule(i);
             json!({
-                "rule": i,
+                "rule": st.limit_index.get(i).copied().unwrap_or(i),
                 "server": r.and_then(|r| r.server.clone()),
                 "method": r.and_then(|r| r.method.clone()),
                 "tool": r.and_then(|r| r.tool.as_ref().map(|g| g.as_str().to_string())),
@@ -547,7 +564,28 @@ fn limits_json(st: &View<'_>) -> Value {
                 "overflows": l.overflows(i),
             })
         })
-        .collect()
+        .collect();
+    local.append(&mut rows);
+    local.sort_by_key(|v| v["rule"].as_u64());
+    Value::Array(local)
+}
+
+/// The cluster limits' store, on `/stats` (`null` without `[cluster]` rules).
+fn cluster_json(st: &View<'_>) -> Value {
+    let Some(cl) = &st.cluster else {
+        return Value::Null;
+    };
+    let c = &cl.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    json!({
+        "available": cl.available(),
+        "replicas": cl.replicas(),
+        "leases": load(&c.leases),
+        "tokens_granted": load(&c.tokens_granted),
+        "errors": load(&c.errors),
+        "state_changes": load(&c.state_changes),
+        "unavailable_decisions": load(&c.unavailable_decisions),
+    })
 }
 
 fn backends_json(st: &View<'_>) -> Value {
@@ -668,40 +706,107 @@ pub(crate) fn metrics_text(st: &View<'_>, now: Instant) -> String {
             .health_changes
             .load(std::sync::atomic::Ordering::Relaxed)
     );
+    for (n, help, v) in crate::telemetry::counters() {
+        let _ = writeln!(o, "# HELP mcplb_{n}_total {help}");
+        let _ = writeln!(o, "# TYPE mcplb_{n}_total counter");
+        let _ = writeln!(o, "mcplb_{n}_total {v}");
+    }
     for (n, v) in GAUGE_NAMES.iter().zip(gauges) {
         let _ = writeln!(o, "# HELP mcplb_{n} mcplb gauge {n}.");
         let _ = writeln!(o, "# TYPE mcplb_{n} gauge");
         let _ = writeln!(o, "mcplb_{n} {v}");
     }
+    // Per rule (its place in `[[limits]]`): local rules from their table, cluster rules
+    // from their leases (they have no evictions).
+    let mut per_rule: Vec<(usize, [Option<u64>; 3])> = Vec::new();
     if let Some(l) = &st.limits {
-        type PerRule = fn(&ratelimit::RateLimits, usize) -> u64;
-        let families: [(&str, &str, PerRule); 3] = [
-            (
-                "rejected",
-                "Requests rejected per rate-limit rule.",
-                |l, i| l.rejections(i),
-            ),
-            (
-                "admitted",
-                "Requests admitted per rate-limit rule.",
-                |l, i| l.admissions(i),
-            ),
+        for i in 0..l.len() {
+            let rule = st.limit_index.get(i).copied().unwrap_or(i);
+            per_rule.push((
+                rule,
+                [
+                    Some(l.rejections(i)),
+                    Some(l.admissions(i)),
+                    Some(l.evictions(i)),
+                ],
+            ));
+        }
+    }
+    if let Some(cl) = &st.cluster {
+        for (rule, _, admitted, rejected) in cl.rule_counts() {
+            per_rule.push((rule, [Some(rejected), Some(admitted), None]));
+        }
+    }
+    per_rule.sort_by_key(|(rule, _)| *rule);
+    if !per_rule.is_empty() {
+        let families = [
+            ("rejected", "Requests rejected per rate-limit rule."),
+            ("admitted", "Requests admitted per rate-limit rule."),
             (
                 "evictions",
                 "Idle caller keys evicted per rate-limit rule (a flood of new keys).",
-                |l, i| l.evictions(i),
             ),
         ];
-        for (name, help, value) in families {
+        for (f, (name, help)) in families.iter().enumerate() {
             let _ = writeln!(o, "# HELP mcplb_limit_{name}_total {help}");
             let _ = writeln!(o, "# TYPE mcplb_limit_{name}_total counter");
-            for i in 0..l.len() {
-                let _ = writeln!(
-                    o,
-                    "mcplb_limit_{name}_total{{rule=\"{i}\"}} {}",
-                    value(l, i)
-                );
+            for (rule, values) in &per_rule {
+                if let Some(v) = values.get(f).copied().flatten() {
+                    let _ = writeln!(o, "mcplb_limit_{name}_total{{rule=\"{rule}\"}} {v}");
+                }
             }
+        }
+    }
+    if let Some(cl) = &st.cluster {
+        let c = &cl.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        for (name, kind, help, v) in [
+            (
+                "cluster_available",
+                "gauge",
+                "1 while the cluster limits' Redis answers, 0 while on_unavailable applies.",
+                u64::from(cl.available()),
+            ),
+            (
+                "cluster_replicas",
+                "gauge",
+                "Replicas of mcplb last seen in the cluster limits' Redis.",
+                u64::from(cl.replicas()),
+            ),
+            (
+                "cluster_leases_total",
+                "counter",
+                "Token leases asked of Redis.",
+                load(&c.leases),
+            ),
+            (
+                "cluster_tokens_granted_total",
+                "counter",
+                "Tokens Redis granted to this replica.",
+                load(&c.tokens_granted),
+            ),
+            (
+                "cluster_errors_total",
+                "counter",
+                "Failed Redis calls (connect, I/O, error replies, unexpected answers).",
+                load(&c.errors),
+            ),
+            (
+                "cluster_state_changes_total",
+                "counter",
+                "Changes between Redis available and unavailable.",
+                load(&c.state_changes),
+            ),
+            (
+                "cluster_unavailable_decisions_total",
+                "counter",
+                "Rule checks decided by on_unavailable while Redis was unavailable.",
+                load(&c.unavailable_decisions),
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP mcplb_{name} {help}");
+            let _ = writeln!(o, "# TYPE mcplb_{name} {kind}");
+            let _ = writeln!(o, "mcplb_{name} {v}");
         }
     }
     let view = st.hub.view(false, now);

@@ -5,6 +5,7 @@
 
 pub(crate) mod access_log;
 pub mod admin;
+pub mod cluster;
 pub mod distribution;
 pub mod health;
 pub mod logs;

@@ -3,12 +3,13 @@
 //! The running configuration lives in one [`Live`] slot: an `Arc<Shared>` and a generation
 //! number. A reload reads and validates the new file first (a bad one is refused with every
 //! problem listed, and the old configuration keeps running), builds a new `Shared` that keeps
-//! everything with state worth keeping (statistics, the session key, remembered sessions,
+//! everything with state worth keeping (statistics, remembered sessions,
 //! backend health by tag, rate-limit tables whose rules did not change, stdio processes and
 //! 2024-11-05 bridges whose backends did not change), then publishes it. Each worker is woken
 //! (`runtime::shutdown::wake_workers`) and builds a new per-core state; every client connection
 //! moves to it at its next request, while requests and SSE streams already under way finish
-//! on the configuration they started with. Nothing is closed by a reload: not client
+//! on the configuration they started with. Session keys rotate by reload
+//! (`proxy.session_keys`): ids sealed with a key still listed keep opening. Nothing is closed by a reload: not client
 //! connections, not sessions (their ids carry the backend's stable tag), not streams.
 
 use std::net::SocketAddr;
@@ -220,7 +221,8 @@ pub struct Reloader {
     pub(crate) live: Arc<Live>,
     pub(crate) running: Mutex<Running>,
     local_addr: SocketAddr,
-    session_key: [u8; 32],
+    /// The key generated at start when the config named none (used until a reload names some).
+    generated_key: Option<[u8; 32]>,
 }
 
 /// Settings a reload cannot change (they need a restart), with their keys.
@@ -241,10 +243,6 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     check("proxy.workers", old.proxy.workers == new.proxy.workers);
     check("admin.listen", old.admin_listen == new.admin_listen);
     check(
-        "proxy.session_key",
-        old.proxy.session_key == new.proxy.session_key,
-    );
-    check(
         "proxy.max_connections_per_ip",
         old.proxy.max_connections_per_ip == new.proxy.max_connections_per_ip,
     );
@@ -253,6 +251,13 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
         "proxy.tls",
         old.proxy.tls.is_some() == new.proxy.tls.is_some(),
     );
+    if !old.proxy.session_keys.is_empty() && new.proxy.session_keys.is_empty() {
+        errs.push(
+            "proxy.session_keys: cannot be removed on reload (every session would end); keep \
+             at least the current key, or restart mcplb"
+                .to_string(),
+        );
+    }
     errs
 }
 
@@ -341,6 +346,9 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
             new.limits.len()
         ));
     }
+    if old.limit_scopes != new.limit_scopes || old.cluster != new.cluster {
+        out.push("cluster: settings or rule scopes changed (cluster rules lease anew)".to_string());
+    }
     if format!("{:?}", old.concurrency) != format!("{:?}", new.concurrency) {
         out.push(format!(
             "concurrency: {} -> {} rule(s)",
@@ -348,10 +356,13 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
             new.concurrency.len()
         ));
     }
+    if let Some(line) = describe_keys(&old.proxy.session_keys, &new.proxy.session_keys) {
+        out.push(line);
+    }
     let mut p_old = old.proxy.clone();
-    p_old.session_key = None;
+    p_old.session_keys.clear();
     let mut p_new = new.proxy.clone();
-    p_new.session_key = None;
+    p_new.session_keys.clear();
     if format!("{p_old:?}") != format!("{p_new:?}") {
         out.push("proxy: settings changed".to_string());
     }
@@ -362,20 +373,47 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
+/// What a change of `proxy.session_keys` does, in counts (never a key).
+fn describe_keys(old: &[[u8; 32]], new: &[[u8; 32]]) -> Option<String> {
+    if old == new {
+        return None;
+    }
+    if old.is_empty() {
+        return Some(format!(
+            "proxy.session_keys: {} key(s) configured (sessions sealed with the generated key \
+             end: their clients re-initialize)",
+            new.len()
+        ));
+    }
+    let added = new.iter().filter(|k| !old.contains(k)).count();
+    let dropped = old.iter().filter(|k| !new.contains(k)).count();
+    let sealing = if old.first() == new.first() {
+        "same sealing key"
+    } else {
+        "a new sealing key"
+    };
+    Some(format!(
+        "proxy.session_keys: {} -> {} key(s), {sealing}, {added} added, {dropped} dropped \
+         (sessions sealed with a dropped key re-initialize)",
+        old.len(),
+        new.len()
+    ))
+}
+
 impl Reloader {
     pub(crate) fn new(
         path: Option<PathBuf>,
         live: Arc<Live>,
         running: Running,
         local_addr: SocketAddr,
-        session_key: [u8; 32],
+        generated_key: Option<[u8; 32]>,
     ) -> Self {
         Reloader {
             path,
             live,
             running: Mutex::new(running),
             local_addr,
-            session_key,
+            generated_key,
         }
     }
 
@@ -404,7 +442,6 @@ impl Reloader {
             return Err(errs);
         }
         new.proxy.listen = old.config.proxy.listen;
-        new.proxy.session_key = old.config.proxy.session_key;
         // Client certificates: loaded now (files read again even when their paths did not
         // change), swapped in only once everything else is ready.
         let tls = match &new.proxy.tls {
@@ -424,7 +461,7 @@ impl Reloader {
             new,
             Some(&old),
             fronts,
-            &self.session_key,
+            self.generated_key.as_ref(),
         ) {
             Ok(s) => Arc::new(s),
             Err(e) => return Err(vec![format!("{e:#}")]),

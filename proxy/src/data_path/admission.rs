@@ -64,7 +64,7 @@ pub(crate) fn check_access(core: &Core, c: &mut ClientConn, gi: usize) -> Result
         core.rec.borrow_mut().count(k, 1);
     }
     if verdict.is_ok() {
-        c.owner = session_owner(&core.shared.sealer, &group.auth, &c.caller);
+        c.owner = session_owner(&core.shared.sealer, 0, &group.auth, &c.caller);
     }
     verdict
 }
@@ -72,9 +72,11 @@ pub(crate) fn check_access(core: &Core, c: &mut ClientConn, gi: usize) -> Result
 /// The owner sealed into the sessions `caller` starts, and required of the sessions it uses:
 /// a digest of the API key's digest, or of the JWT's issuer and identity claim (so a refreshed
 /// token of the same identity keeps its sessions). `None` in groups without authentication,
-/// whose sessions stay unowned as before.
+/// whose sessions stay unowned as before. `key`: which session key digests it (0, the sealing
+/// key, for new sessions; an older one for an id that key opened).
 pub(crate) fn session_owner(
     sealer: &crate::session::SessionSealer,
+    key: usize,
     auth: &AuthConfig,
     caller: &Caller,
 ) -> Option<crate::session::Owner> {
@@ -82,15 +84,29 @@ pub(crate) fn session_owner(
         return None;
     }
     match caller.principal {
-        Principal::ApiKey(digest) => Some(sealer.owner(&[b"api-key", &digest])),
+        Principal::ApiKey(digest) => sealer.owner_under(key, &[b"api-key", &digest]),
         Principal::Jwt => {
             let issuer = auth.jwt.as_ref().map_or("", |v| v.issuer.as_str());
-            Some(sealer.owner(&[b"jwt", issuer.as_bytes(), caller.name.as_bytes()]))
+            sealer.owner_under(key, &[b"jwt", issuer.as_bytes(), caller.name.as_bytes()])
         }
         // Not reached (a caller admitted by a group with authentication has a principal);
         // without an owner, its sessions would be refused, never shared.
         Principal::None => None,
     }
+}
+
+/// The caller's owner digest under session key `key` (the one that opened its session id):
+/// `c.owner` for the sealing key, computed again for an id an older key sealed.
+pub(crate) fn owner_under_key(
+    core: &Core,
+    c: &ClientConn,
+    group: &crate::config::ServerGroup,
+    key: usize,
+) -> Option<crate::session::Owner> {
+    if key == 0 || c.owner.is_none() {
+        return c.owner;
+    }
+    session_owner(&core.shared.sealer, key, &group.auth, &c.caller)
 }
 
 /// How a refused credential is answered: the refusal, and whether the (small) body is read
@@ -126,6 +142,8 @@ pub(crate) struct Admitted {
     /// A 2026-07-28 request (its `_meta` declares that revision): bridged to 2025-era
     /// backends.
     pub modern: bool,
+    /// Where `params._meta.traceparent` is in the body.
+    pub traceparent: Option<std::ops::Range<usize>>,
 }
 
 /// Reads the JSON-RPC envelope of a POST body and applies every check that needs it: the
@@ -176,6 +194,7 @@ pub(crate) fn envelope(core: &Core, c: &mut ClientConn, gi: usize) -> Result<Adm
             && env
                 .protocol_version
                 .is_some_and(|v| v.eq_str(crate::session::era::MODERN)),
+        traceparent: env.traceparent.map(|t| offset_of(body, t.raw())),
     });
     let tool = (method == Method::ToolsCall)
         .then_some(env.name)
@@ -199,12 +218,12 @@ fn check_envelope(
         return Err(Refusal::new(400, -32020, msg).into());
     }
     let shared = &core.shared;
-    if shared.limits.is_none() && shared.config.concurrency.is_empty() {
+    if shared.limits.is_none() && shared.cluster.is_none() && shared.config.concurrency.is_empty() {
         // No rule to match: nothing to decode.
         return Ok(ConcKeys::default());
     }
     let facts = RequestFacts::of(core, gi, env);
-    if let Some((rule, retry_ns)) = check_limits(core, c, &facts) {
+    if let Some((rule, retry_ns)) = check_limits(core, c, &facts)? {
         if env.kind == MessageKind::Notification {
             // Over a limit, a notification is dropped (counted), not answered with an error.
             return Err(Stop::DroppedNotification);
@@ -301,21 +320,76 @@ fn caller_key(core: &Core, c: &ClientConn, ks: &ratelimit::KeySource) -> Option<
     }
 }
 
-/// Applies the configured rate limits: `Some((rule, retry_after_ns))` when a limit rejects the
-/// request. Lock-free (the limits are atomics shared by every core).
-fn check_limits(core: &Core, c: &ClientConn, facts: &RequestFacts<'_>) -> Option<(usize, u64)> {
-    let limits = core.shared.limits.as_ref()?;
+/// The key of a `cluster` rule's caller: as [`caller_key`], hashed with the seed replicas share
+/// (an identity by its principal, which every replica derives alike).
+fn cluster_caller_key(
+    hasher: &ratelimit::KeyHasher,
+    c: &ClientConn,
+    ks: &ratelimit::KeySource,
+) -> Option<u64> {
+    match ks {
+        ratelimit::KeySource::Global => Some(0),
+        ratelimit::KeySource::Session => c.req.session_id().map(|s| hasher.hash_key(s)),
+        ratelimit::KeySource::ClientIp => Some(route::ip_key(c.client_ip, |b| hasher.hash_key(b))),
+        ratelimit::KeySource::Header(name) => {
+            c.req.header(name.as_bytes()).map(|v| hasher.hash_key(v))
+        }
+        ratelimit::KeySource::Identity => match c.caller.principal {
+            Principal::ApiKey(digest) => Some(hasher.hash_key(&digest)),
+            Principal::Jwt => Some(hasher.hash_key(c.caller.name.as_bytes()) ^ 1),
+            Principal::None => None,
+        },
+    }
+}
+
+/// Applies the configured rate limits: `Some((rule, retry_after_ns))` (the rule's place in
+/// `[[limits]]`) when a limit rejects the request; [`Stop::LeasePending`] when a `cluster` rule
+/// waits for its first lease. Lock-free (the limits are atomics shared by every core).
+fn check_limits(
+    core: &Core,
+    c: &ClientConn,
+    facts: &RequestFacts<'_>,
+) -> Result<Option<(usize, u64)>, Stop> {
+    if core.shared.limits.is_none() && core.shared.cluster.is_none() {
+        return Ok(None);
+    }
+    let now_ns = core.shared.epoch.elapsed().as_nanos() as u64;
+    let info = facts.info();
+    let taken = match &core.shared.cluster {
+        None => None,
+        Some(cl) => {
+            let hasher = cl.hasher();
+            match cl.check(&info, |ks| cluster_caller_key(hasher, c, ks), now_ns) {
+                crate::control::cluster::Verdict::Admit(t) => Some((cl, t)),
+                crate::control::cluster::Verdict::Reject { rule, retry_ns } => {
+                    return Ok(Some((rule, retry_ns)))
+                }
+                crate::control::cluster::Verdict::Pending => {
+                    cl.nudge();
+                    return Err(Stop::LeasePending);
+                }
+            }
+        }
+    };
+    let Some(limits) = core.shared.limits.as_ref() else {
+        return Ok(None);
+    };
     let key_of = |ks: &ratelimit::KeySource| match ks {
         ratelimit::KeySource::Global => Some(0),
         ks => caller_key(core, c, ks),
     };
-    let now_ns = core.shared.epoch.elapsed().as_nanos() as u64;
-    match limits.check(&facts.info(), key_of, now_ns) {
+    match limits.check(&info, key_of, now_ns) {
         ratelimit::Decision::Reject {
             rule,
             retry_after_ns,
-        } => Some((rule, retry_after_ns)),
-        _ => None,
+        } => {
+            if let Some((cl, t)) = taken {
+                cl.refund(&t);
+            }
+            let rule = core.shared.limit_index.get(rule).copied().unwrap_or(rule);
+            Ok(Some((rule, retry_after_ns)))
+        }
+        _ => Ok(None),
     }
 }
 

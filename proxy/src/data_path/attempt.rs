@@ -121,19 +121,22 @@ pub(crate) async fn send(
     let hop = c.hop();
     let forwarding = (&core.shared.config.proxy.client_address, &hop);
     let reached = {
-        let ClientConn { req, out, meta, .. } = &mut *c;
+        let ClientConn {
+            req,
+            out,
+            meta,
+            trace,
+            ..
+        } = &mut *c;
         let req: &crate::data_path::request::Request = req;
+        let trace = trace.as_ref();
         let write = |out: &mut Vec<u8>, backend: &Backend, sid: Option<&[u8]>| {
-            let plain = upstream::Rewrite::default();
-            upstream::build_request(
-                out,
-                req,
-                backend,
-                sid,
-                &plain,
-                &group.auth.upstream,
-                forwarding,
-            );
+            let plain = upstream::Rewrite {
+                trace,
+                ..Default::default()
+            };
+            let cred = &group.auth.upstream;
+            upstream::build_request(out, req, backend, sid, &plain, cred, forwarding);
         };
         let mut io = AttemptIo {
             out,
@@ -291,17 +294,23 @@ async fn era_send(
             Some(s) => s.sid.as_deref(),
             None => plan.sid.as_deref(),
         };
+        let trace = c.trace;
         let rewrite = match (bridge, &legacy) {
             (Some(s), _) => upstream::Rewrite {
                 version: Some(s.version.as_bytes()),
+                trace: trace.as_ref(),
                 ..Default::default()
             },
             (None, Some((body, headers))) => upstream::Rewrite {
                 version: Some(era::MODERN.as_bytes()),
                 body: Some(body),
                 headers,
+                trace: trace.as_ref(),
             },
-            (None, None) => upstream::Rewrite::default(),
+            (None, None) => upstream::Rewrite {
+                trace: trace.as_ref(),
+                ..Default::default()
+            },
         };
         let result = match &bridged {
             Err(e) => Err(*e),
@@ -560,6 +569,7 @@ pub(crate) async fn reach<'a>(
                     Retry::FailOver => plan.needs_failover = true,
                 }
                 io.meta.retried = true;
+                io.meta.retries = io.meta.retries.saturating_add(1);
             }
         }
     }
@@ -649,6 +659,7 @@ async fn fail_over(
     plan.pinned = Some(to);
     plan.needs_failover = false;
     io.meta.retried = true;
+    io.meta.retries = io.meta.retries.saturating_add(1);
     Ok(())
 }
 

@@ -88,7 +88,8 @@ fn check<'c>(core: &Core, c: &'c ClientConn, gi: usize) -> Result<Checked<'c>, R
     let Some(opened) = core.shared.sealer.open(id, &mut scratch) else {
         return Err(not_found);
     };
-    match route::check_owner(group, &opened, c.owner.as_ref()) {
+    let me = super::admission::owner_under_key(core, c, group, opened.key);
+    match route::check_owner(group, &opened, me.as_ref()) {
         Ok(()) => Ok(Checked::Post(id)),
         Err(NotOwner { unowned }) => {
             record::not_owner(core, &group.name, &c.caller.name, unowned);

@@ -53,6 +53,7 @@ pub(crate) const READ_SIZE: usize = BUF_SIZE;
 pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     let start = Instant::now();
     c.meta = ReqMeta::default();
+    c.trace = None;
     let next = match head::read_head(&core.shared.config.proxy, c).await {
         Ok(()) => {
             c.identify(&core.shared.config.proxy.client_address);
@@ -75,6 +76,9 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     if core.access_log.is_some() {
         record::write_access_log(core, c, start);
     }
+    if core.shared.tracer.is_some() {
+        record::span(core, c, start);
+    }
     crate::runtime::flush::note();
     c.next_request();
     next
@@ -84,6 +88,12 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
 async fn stopped(c: &mut ClientConn, stop: Stop) -> Next {
     match stop {
         Stop::Refuse(r) => reply::refuse(c, &r).await,
+        // `wait_for_lease` turns it into a refusal; answered the same if one ever escapes.
+        Stop::LeasePending => {
+            let r = Refusal::new(429, -32000, "rate limit exceeded")
+                .with_headers("retry-after: 1\r\n".to_string());
+            reply::refuse(c, &r).await
+        }
         Stop::Closed => {
             // Part of a request arrived, then the client went away: an incomplete request,
             // logged as 499 (nginx's "client closed request"), counted as bad_request.
@@ -148,12 +158,26 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     let mut scratch = [0u8; SCRATCH];
     let opened = open_session(core, c, gi, &mut scratch)?;
     let admitted = match method {
-        HttpMethod::Post => Some(admission::envelope(core, c, gi)?),
+        HttpMethod::Post => Some(match admission::envelope(core, c, gi) {
+            // Boxed: the waiting future lives on the heap only when a request waits, not in
+            // every request's future.
+            Err(Stop::LeasePending) => Box::pin(wait_for_lease(core, c, gi)).await?,
+            verdict => verdict?,
+        }),
         _ => None,
     };
     let mut permits: Permits = Default::default();
     if let Some(a) = &admitted {
         admission::acquire_permits(core, &a.conc, &mut permits).await?;
+    }
+    if let Some(t) = &core.shared.config.telemetry {
+        let body = c.req.body();
+        let meta = admitted
+            .as_ref()
+            .and_then(|a| a.traceparent.clone())
+            .and_then(|r| body.get(r));
+        let trace = crate::telemetry::decide(c.req.header(b"traceparent"), meta, t.sample_ratio);
+        c.trace = Some(trace);
     }
     let (plan, era) = plan(core, c, gi, admitted.as_ref(), opened)?;
     // The era bridge's own answers, boxed (as the virtual server's above).
@@ -171,6 +195,31 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     }
     let conc = admitted.map(|a| a.conc).unwrap_or_default();
     Ok(attempt::send(core, c, plan, era, &conc, &mut permits).await)
+}
+
+/// [`admission::envelope`] again while a `cluster` rate limit has no lease for the caller
+/// yet, polling each millisecond up to [`cluster::LEASE_WAIT`](crate::control::cluster::LEASE_WAIT)
+/// (then 429): only a caller's first request after a pause waits, for one Redis round trip of
+/// the lease thread.
+async fn wait_for_lease(
+    core: &Core,
+    c: &mut ClientConn,
+    gi: usize,
+) -> Result<admission::Admitted, Stop> {
+    let start = Instant::now();
+    loop {
+        monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+        match admission::envelope(core, c, gi) {
+            Err(Stop::LeasePending) if start.elapsed() < crate::control::cluster::LEASE_WAIT => {}
+            Err(Stop::LeasePending) => {
+                return Err(Refusal::new(429, -32000, "rate limit exceeded")
+                    .with_headers("retry-after: 1\r\n".to_string())
+                    .with_data("{\"cluster\":\"no lease in time\"}".to_string())
+                    .into());
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Notes the JSON-RPC id of a request refused before its envelope was read, so that the
@@ -210,7 +259,8 @@ fn open_session<'s>(
     let Some(opened) = core.shared.sealer.open(sealed, scratch) else {
         return Ok(None);
     };
-    match route::check_owner(group, &opened, c.owner.as_ref()) {
+    let me = admission::owner_under_key(core, c, group, opened.key);
+    match route::check_owner(group, &opened, me.as_ref()) {
         Ok(()) => Ok(Some(opened)),
         Err(NotOwner { unowned }) => {
             record::not_owner(core, &group.name, &c.caller.name, unowned);

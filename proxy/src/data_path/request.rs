@@ -241,6 +241,8 @@ pub(crate) struct ClientConn {
     /// The owner the caller's sessions are sealed with and must carry: `None` in groups
     /// without authentication.
     pub owner: Option<crate::session::Owner>,
+    /// The current request's trace (`[telemetry]` only), once decided.
+    pub trace: Option<crate::telemetry::TraceContext>,
 }
 
 impl ClientConn {
@@ -259,6 +261,7 @@ impl ClientConn {
             meta: ReqMeta::default(),
             caller: crate::auth::Caller::default(),
             owner: None,
+            trace: None,
         }
     }
 
@@ -327,6 +330,11 @@ pub(crate) struct ReqMeta {
     pub ended_session: bool,
     pub sse: bool,
     pub retried: bool,
+    /// Attempts after the first (other backends, fresh connections, failovers).
+    pub retries: u8,
+    /// The JSON-RPC error code of the answer: mcplb's own refusals always, a backend's when
+    /// the request is traced and its answer arrived whole as JSON.
+    pub rpc_code: Option<i64>,
     /// The backend's answer was a JSON-RPC error object.
     pub jsonrpc_error: bool,
     /// SSE answers: when the first event bytes were forwarded.
@@ -352,6 +360,8 @@ impl Default for ReqMeta {
             ended_session: false,
             sse: false,
             retried: false,
+            retries: 0,
+            rpc_code: None,
             jsonrpc_error: false,
             first_event: None,
             session_hash: 0,
@@ -447,6 +457,9 @@ pub(crate) enum Stop {
     Closed,
     /// A notification over a rate limit: dropped, answered 202 (clients expect no error).
     DroppedNotification,
+    /// A `cluster` rate limit has no lease for this caller yet: wait a moment and check again
+    /// (`data_path::envelope_leased`).
+    LeasePending,
 }
 
 impl From<Refusal> for Stop {

@@ -13,6 +13,7 @@ use crate::data_path::client_address::{self, Hop};
 use crate::data_path::request::{HttpMethod, Request};
 use crate::data_path::response::{body_step, Framing};
 use crate::http::{self, ChunkedDecoder};
+use crate::telemetry::TraceContext;
 use crate::tls::Conn;
 
 /// Largest response head accepted from a backend.
@@ -85,7 +86,8 @@ pub(crate) async fn read_head(
 /// query, `Host` set to the backend, hop-by-hop headers (the fixed list, `Proxy-*` and those
 /// the request's `Connection` names) and mcplb's own credentials dropped (unless the group
 /// forwards them), the client's address as `forwarding` says, the backend's session id, the
-/// body. `rewrite` says what the era bridge changes ([`Rewrite`]).
+/// body. `rewrite` says what the era bridge changes and which trace the request carries
+/// ([`Rewrite`]).
 pub(crate) fn build_request(
     out: &mut Vec<u8>,
     req: &Request,
@@ -96,6 +98,7 @@ pub(crate) fn build_request(
     forwarding: (&ClientAddress, &Hop),
 ) {
     let version = rewrite.version;
+    let trace = rewrite.trace;
     let strip_auth = !matches!(credential, UpstreamCredential::Forward);
     out.extend_from_slice(req.method_bytes());
     out.push(b' ');
@@ -127,6 +130,9 @@ pub(crate) fn build_request(
         {
             continue;
         }
+        if trace.is_some() && name.eq_ignore_ascii_case(b"traceparent") {
+            continue;
+        }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
@@ -142,6 +148,11 @@ pub(crate) fn build_request(
     if let UpstreamCredential::Inject(secret) = credential {
         out.extend_from_slice(b"authorization: ");
         out.extend_from_slice(secret.expose().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(t) = trace {
+        out.extend_from_slice(b"traceparent: ");
+        t.write_traceparent(out);
         out.extend_from_slice(b"\r\n");
     }
     if let Some(sid) = backend_sid {
@@ -160,9 +171,13 @@ pub(crate) fn build_request(
 /// Largest body of an answer to one of mcplb's own requests that is kept.
 const MAX_EXCHANGE_BODY: usize = 1024 * 1024;
 
-/// What the era bridge changes in a request on its way to a backend (nothing by default).
+/// What mcplb changes in a request on its way to a backend (nothing by default): the era
+/// bridge's rewrites and the trace the request carries.
 #[derive(Default)]
 pub(crate) struct Rewrite<'a> {
+    /// A traced request carries mcplb's span as the backend's parent in place of the
+    /// caller's `traceparent`.
+    pub trace: Option<&'a TraceContext>,
     /// Replaces the client's `MCP-Protocol-Version` (a bridged request goes out at its
     /// backend's revision).
     pub version: Option<&'a [u8]>,

@@ -22,8 +22,13 @@ pub struct Shared {
     pub sealer: SessionSealer,
     /// Where every core's statistics are merged.
     pub hub: Arc<StatsHub>,
-    /// Rate limits shared by every core (lock-free), when `[[limits]]` are configured.
+    /// Rate limits shared by every core (lock-free), when `[[limits]]` with the local scope
+    /// are configured; its rule `i` is `[[limits]]` number `limit_index[i]`.
     pub limits: Option<Arc<ratelimit::RateLimits>>,
+    /// Place in `[[limits]]` of each rule of `limits`.
+    pub limit_index: Vec<usize>,
+    /// `scope = "cluster"` rules, leased from Redis (lock-free on the request path).
+    pub cluster: Option<Arc<crate::control::cluster::ClusterLimits>>,
     /// Keyed hash for caller identities (API keys are hashed, never stored).
     pub key_hasher: ratelimit::KeyHasher,
     /// Origin of the nanosecond clock the rate limits and balancers use.
@@ -40,30 +45,57 @@ pub struct Shared {
     pub per_ip: Arc<ratelimit::ConcurrencyLimit>,
     /// TLS termination for clients (`[proxy.tls]`), its config read once per handshake.
     pub tls: Option<Arc<crate::tls::TlsTerminator>>,
+    /// The span exporter's queue (`[telemetry]`), when traces are configured.
+    pub tracer: Option<Arc<crate::telemetry::Tracer>>,
 }
 
 /// Builds what every worker shares for `config` (whose stdio and legacy backends already have
-/// their bridges' addresses). On a reload, `prev` is the running configuration: statistics,
+/// their bridges' addresses); session ids are sealed with `config.proxy.session_keys`, or with
+/// `generated_key` when it configures none. On a reload, `prev` is the running configuration: statistics,
 /// sessions, caller-key hashing, connection counts, backend health (by tag) and the rate and
 /// concurrency counters of unchanged rules carry over.
 pub(crate) fn build_shared(
     config: Config,
     prev: Option<&Shared>,
     legacy_fronts: Vec<Option<SocketAddr>>,
-    session_key: &[u8; 32],
+    generated_key: Option<&[u8; 32]>,
 ) -> anyhow::Result<Shared> {
+    let sealer = match (config.proxy.session_keys.as_slice(), generated_key) {
+        ([], Some(k)) => SessionSealer::new(k),
+        (keys, _) => SessionSealer::with_keys(keys)
+            .ok_or_else(|| anyhow::anyhow!("proxy.session_keys: no key configured"))?,
+    };
     // Unchanged rules keep their tables (callers keep their buckets across the reload).
     let same_limits = prev.is_some_and(|p| {
         p.config.limits == config.limits
             && p.config.proxy.limit_max_keys == config.proxy.limit_max_keys
     });
+    // `cluster` rules live in `cluster`, the others here.
+    let limit_index: Vec<usize> = (0..config.limits.len())
+        .filter(|&i| {
+            !matches!(
+                config.limit_scopes.get(i),
+                Some(crate::config::LimitScope::Cluster(_))
+            )
+        })
+        .collect();
     let limits = match prev.and_then(|p| p.limits.clone()) {
-        _ if config.limits.is_empty() => None,
-        Some(l) if same_limits => Some(l),
+        _ if limit_index.is_empty() => None,
+        Some(l) if same_limits && prev.is_some_and(|p| p.limit_index == limit_index) => Some(l),
         _ => Some(Arc::new(
-            ratelimit::RateLimits::new(config.limits.clone(), config.proxy.limit_max_keys)
-                .map_err(|e| anyhow::anyhow!("limits: {e}"))?,
+            ratelimit::RateLimits::new(
+                limit_index
+                    .iter()
+                    .filter_map(|&i| config.limits.get(i).cloned())
+                    .collect(),
+                config.proxy.limit_max_keys,
+            )
+            .map_err(|e| anyhow::anyhow!("limits: {e}"))?,
         )),
+    };
+    let cluster = match prev.and_then(|p| p.cluster.clone()) {
+        Some(c) if c.same_as(&config) => Some(c),
+        _ => crate::control::cluster::ClusterLimits::start(&config)?,
     };
     let concurrency = config
         .concurrency
@@ -113,11 +145,15 @@ pub(crate) fn build_shared(
             Some(t)
         }
     };
+    let tracer = tracer(&config, prev)?;
     Ok(Shared {
         tls,
-        sealer: SessionSealer::new(session_key),
+        tracer,
+        sealer,
         hub: prev.map_or_else(|| Arc::new(stats::StatsHub::new()), |p| p.hub.clone()),
         limits,
+        limit_index,
+        cluster,
         key_hasher: prev.map_or_else(
             || ratelimit::KeyHasher::new(rand::random::<[u64; 2]>()),
             |p| p.key_hasher,
@@ -133,4 +169,29 @@ pub(crate) fn build_shared(
         per_ip,
         config,
     })
+}
+
+/// The span exporter for `[telemetry]`: the running one when its collector and service name
+/// are unchanged (spans in its queue go on), else a new one (the old one's thread exports
+/// what it holds and ends when the old configuration's last request is done).
+fn tracer(
+    config: &Config,
+    prev: Option<&Shared>,
+) -> anyhow::Result<Option<Arc<crate::telemetry::Tracer>>> {
+    let Some(t) = &config.telemetry else {
+        return Ok(None);
+    };
+    let target = crate::telemetry::ExportTarget {
+        authority: t.authority.clone(),
+        path: t.path.clone(),
+        service_name: t.service_name.clone(),
+    };
+    if let Some(running) = prev.and_then(|p| p.tracer.as_ref()) {
+        if running.target == target {
+            return Ok(Some(running.clone()));
+        }
+    }
+    let tracer = crate::telemetry::Tracer::start(target)
+        .map_err(|e| anyhow::anyhow!("telemetry: cannot start the exporter thread: {e}"))?;
+    Ok(Some(Arc::new(tracer)))
 }

@@ -83,14 +83,46 @@ pub struct Opened<'s> {
     pub owner: Option<Owner>,
     /// The backend's own session id (a slice of the scratch space).
     pub sid: &'s [u8],
+    /// Which key opened it (its place in the list; 0 is the key that seals new ids).
+    pub key: usize,
 }
 
-/// Seals and opens session ids with one key.
+/// Seals session ids with the first of its keys and opens them with any.
 pub struct SessionSealer {
+    /// Never empty: [`SessionSealer::with_keys`] refuses an empty list.
+    keys: Vec<SealKey>,
+}
+
+/// One session key, prepared.
+struct SealKey {
     aead: ChaCha20Poly1305,
     /// The HMAC-SHA256 key of owner digests (its prepared inner and outer states: a digest
     /// copies them, no allocation).
     owner_key: hmac::Key,
+}
+
+impl SealKey {
+    fn new(key: &[u8; 32]) -> Self {
+        // The owner key is HMAC(session key, label): a PRF output no other use of the session
+        // key produces, identical in every process given the same session key.
+        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), OWNER_KEY_LABEL);
+        SealKey {
+            aead: ChaCha20Poly1305::new(Key::from_slice(key)),
+            owner_key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+        }
+    }
+
+    fn owner(&self, parts: &[&[u8]]) -> Owner {
+        let mut mac = hmac::Context::with_key(&self.owner_key);
+        for p in parts {
+            mac.update(&(p.len() as u64).to_le_bytes());
+            mac.update(p);
+        }
+        let full = mac.sign();
+        let mut o = [0u8; OWNER];
+        o.copy_from_slice(&full.as_ref()[..OWNER]);
+        Owner(o)
+    }
 }
 
 /// Why a backend's session id could not be sealed.
@@ -103,14 +135,26 @@ pub enum SealError {
 impl SessionSealer {
     /// A sealer with the given 32-byte key.
     pub fn new(key: &[u8; 32]) -> Self {
-        // The owner key is HMAC(session key, label): a PRF output no other use of the session
-        // key produces, identical in every process given the same session key.
-        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), OWNER_KEY_LABEL);
-        let owner_key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
         SessionSealer {
-            aead: ChaCha20Poly1305::new(Key::from_slice(key)),
-            owner_key,
+            keys: vec![SealKey::new(key)],
         }
+    }
+
+    /// A sealer whose first key seals and every key opens (a rotation: `[new, old, ...]`);
+    /// `None` for an empty list.
+    pub fn with_keys(keys: &[[u8; 32]]) -> Option<Self> {
+        if keys.is_empty() {
+            return None;
+        }
+        Some(SessionSealer {
+            keys: keys.iter().map(SealKey::new).collect(),
+        })
+    }
+
+    /// The key that seals new ids (the list is never empty).
+    fn sealing(&self) -> &SealKey {
+        // `keys` is never empty: `new` builds one, `with_keys` refuses an empty list.
+        &self.keys[0]
     }
 
     /// A fresh random key (used when the config sets none).
@@ -121,17 +165,15 @@ impl SessionSealer {
     }
 
     /// The owner digest of an identity given as parts (each length-prefixed, so that no two
-    /// different lists of parts digest alike). Allocates nothing.
+    /// different lists of parts digest alike), under the sealing key. Allocates nothing.
     pub fn owner(&self, parts: &[&[u8]]) -> Owner {
-        let mut mac = hmac::Context::with_key(&self.owner_key);
-        for p in parts {
-            mac.update(&(p.len() as u64).to_le_bytes());
-            mac.update(p);
-        }
-        let full = mac.sign();
-        let mut o = [0u8; OWNER];
-        o.copy_from_slice(&full.as_ref()[..OWNER]);
-        Owner(o)
+        self.sealing().owner(parts)
+    }
+
+    /// The owner digest under key `key` (as [`Opened::key`] names it): an id opened by an
+    /// older key carries its owner digested under that key. `None` past the list.
+    pub fn owner_under(&self, key: usize, parts: &[&[u8]]) -> Option<Owner> {
+        self.keys.get(key).map(|k| k.owner(parts))
     }
 
     /// Seals `(backend_tag, owner, backend_sid)` into the id the client will hold, appended to
@@ -163,7 +205,7 @@ impl SessionSealer {
         }
         buf[NONCE + 5 + owner_len..NONCE + plain_len].copy_from_slice(backend_sid);
         let (head, rest) = buf.split_at_mut(NONCE);
-        let Ok(tag) = self.aead.encrypt_in_place_detached(
+        let Ok(tag) = self.sealing().aead.encrypt_in_place_detached(
             Nonce::from_slice(head),
             b"mcplb-session",
             &mut rest[..plain_len],
@@ -183,7 +225,8 @@ impl SessionSealer {
 
     /// Seals a virtual server's session payload (at most [`MAX_VIRTUAL_PAYLOAD`] bytes) into
     /// the id its client holds, appended to `out`: `base64url(nonce ‖ ChaCha20-Poly1305(3 ‖
-    /// payload))`, with the same key and AAD as every other id. Its version byte keeps it from
+    /// payload))`, with the same (sealing) key and AAD as every other id; any listed key opens
+    /// it. Its version byte keeps it from
     /// opening as a plain group's id, and theirs from opening as its.
     pub fn seal_virtual(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
         if payload.len() > MAX_VIRTUAL_PAYLOAD {
@@ -196,10 +239,11 @@ impl SessionSealer {
         buf.push(VERSION_VIRTUAL);
         buf.extend_from_slice(payload);
         let (head, rest) = buf.split_at_mut(NONCE);
-        let Ok(tag) =
-            self.aead
-                .encrypt_in_place_detached(Nonce::from_slice(head), b"mcplb-session", rest)
-        else {
+        let Ok(tag) = self.sealing().aead.encrypt_in_place_detached(
+            Nonce::from_slice(head),
+            b"mcplb-session",
+            rest,
+        ) else {
             return Err(SealError::TooLong);
         };
         buf.extend_from_slice(&tag);
@@ -218,6 +262,16 @@ impl SessionSealer {
     /// Opens a virtual server's sealed id into `buf`: its payload (a slice of `buf`), or `None`
     /// when it was not sealed with this key, was altered, or is another kind of id.
     pub fn open_virtual<'b>(&self, sealed: &[u8], buf: &'b mut Vec<u8>) -> Option<&'b [u8]> {
+        self.open_virtual_keyed(sealed, buf)
+            .map(|(payload, _)| payload)
+    }
+
+    /// [`open_virtual`](Self::open_virtual), and which key opened it (0: the sealing key).
+    pub fn open_virtual_keyed<'b>(
+        &self,
+        sealed: &[u8],
+        buf: &'b mut Vec<u8>,
+    ) -> Option<(&'b [u8], usize)> {
         let max = NONCE + 1 + MAX_VIRTUAL_PAYLOAD + TAG;
         if sealed.len() > base64::encoded_len(max, false)? {
             return None;
@@ -232,18 +286,21 @@ impl SessionSealer {
         let (nonce, rest) = buf.split_at_mut(NONCE);
         let (body, tag) = rest.split_at_mut(n - NONCE - TAG);
         let tag = Tag::clone_from_slice(tag);
-        self.aead
-            .decrypt_in_place_detached(Nonce::from_slice(nonce), b"mcplb-session", body, &tag)
-            .ok()?;
+        // Every key opens (a rotation); a failed try leaves `body` as it was.
+        let key = self.keys.iter().position(|k| {
+            k.aead
+                .decrypt_in_place_detached(Nonce::from_slice(nonce), b"mcplb-session", body, &tag)
+                .is_ok()
+        })?;
         match body.split_first() {
-            Some((&VERSION_VIRTUAL, payload)) => Some(payload),
+            Some((&VERSION_VIRTUAL, payload)) => Some((payload, key)),
             _ => None,
         }
     }
 
     /// Opens a sealed id: the backend tag, the owner (if it was sealed with one) and the
-    /// backend's session id (a slice of `scratch`), or `None` when the id was not sealed with
-    /// this key or was altered.
+    /// backend's session id (a slice of `scratch`) and which key opened it, or `None` when the
+    /// id was not sealed with any of the keys or was altered.
     pub fn open<'s>(&self, sealed: &[u8], scratch: &'s mut [u8; SCRATCH]) -> Option<Opened<'s>> {
         if sealed.len() > base64::encoded_len(SCRATCH, false)? {
             return None;
@@ -256,15 +313,20 @@ impl SessionSealer {
         let body_len = n - NONCE - TAG;
         let (body, tail) = rest.split_at_mut(body_len);
         let tag = Tag::clone_from_slice(&tail[..TAG]);
-        self.aead
-            .decrypt_in_place_detached(Nonce::from_slice(nonce), b"mcplb-session", body, &tag)
-            .ok()?;
+        // A failed decryption leaves `body` as it was (the tag is checked before the keystream
+        // is applied), so the next key sees the same ciphertext.
+        let key = self.keys.iter().position(|k| {
+            k.aead
+                .decrypt_in_place_detached(Nonce::from_slice(nonce), b"mcplb-session", body, &tag)
+                .is_ok()
+        })?;
         let backend_tag = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
         match body[0] {
             VERSION => Some(Opened {
                 tag: backend_tag,
                 owner: None,
                 sid: &body[5..],
+                key,
             }),
             VERSION_OWNED => {
                 let o: [u8; OWNER] = body.get(5..5 + OWNER)?.try_into().ok()?;
@@ -272,6 +334,7 @@ impl SessionSealer {
                     tag: backend_tag,
                     owner: Some(Owner(o)),
                     sid: body.get(5 + OWNER..)?,
+                    key,
                 })
             }
             _ => None,
@@ -344,6 +407,55 @@ mod tests {
         for g in [&b""[..], b"!!!!", b"abc", &[0xffu8; 600][..]] {
             assert!(s.open(g, &mut scratch).is_none());
         }
+    }
+
+    #[test]
+    fn rotated_keys_seal_with_the_first_and_open_with_any() {
+        let (new, old, dropped) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        assert!(SessionSealer::with_keys(&[]).is_none());
+        let before = SessionSealer::with_keys(&[old, dropped]).unwrap();
+        let after = SessionSealer::with_keys(&[new, old]).unwrap();
+        let parts: [&[u8]; 2] = [b"api-key", &[5u8; 32]];
+        let owner_old = before.owner(&parts);
+        let (mut by_old, mut by_dropped, mut by_new) = (Vec::new(), Vec::new(), Vec::new());
+        before
+            .seal(7, Some(&owner_old), b"s-old", &mut by_old)
+            .unwrap();
+        SessionSealer::new(&dropped)
+            .seal(8, None, b"s-dropped", &mut by_dropped)
+            .unwrap();
+        after.seal(9, None, b"s-new", &mut by_new).unwrap();
+        let mut scratch = [0u8; SCRATCH];
+        // An id of the old key opens after the rotation, saying which key opened it, and its
+        // owner is the caller's digest under that key (not under the new one).
+        let o = after.open(&by_old, &mut scratch).unwrap();
+        assert_eq!((o.tag, o.sid, o.key), (7, &b"s-old"[..], 1));
+        assert_eq!(o.owner, after.owner_under(1, &parts));
+        assert_ne!(o.owner, Some(after.owner(&parts)));
+        assert_eq!(after.owner_under(2, &parts), None);
+        // New ids are sealed with the first key: the old key alone does not open them.
+        let o = after.open(&by_new, &mut scratch).unwrap();
+        assert_eq!((o.tag, o.key), (9, 0));
+        assert!(SessionSealer::new(&old)
+            .open(&by_new, &mut scratch)
+            .is_none());
+        assert!(SessionSealer::new(&new)
+            .open(&by_new, &mut scratch)
+            .is_some());
+        // An id of a dropped key no longer opens.
+        assert!(before.open(&by_dropped, &mut scratch).is_some());
+        assert!(after.open(&by_dropped, &mut scratch).is_none());
+        // Virtual servers' ids rotate alike.
+        let (mut v_old, mut v_dropped, mut buf) = (Vec::new(), Vec::new(), Vec::new());
+        before.seal_virtual(b"payload", &mut v_old).unwrap();
+        SessionSealer::new(&dropped)
+            .seal_virtual(b"gone", &mut v_dropped)
+            .unwrap();
+        assert_eq!(
+            after.open_virtual_keyed(&v_old, &mut buf),
+            Some((&b"payload"[..], 1))
+        );
+        assert_eq!(after.open_virtual(&v_dropped, &mut buf), None);
     }
 
     #[test]

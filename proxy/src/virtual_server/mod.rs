@@ -148,13 +148,16 @@ fn open_session(
     if core.access_log.is_some() {
         c.meta.session_hash = key;
     }
-    let Some(s) = VirtualSession::open(&core.shared.sealer, sealed, vs.tag) else {
+    let Some((s, sealed_with)) = VirtualSession::open_keyed(&core.shared.sealer, sealed, vs.tag)
+    else {
         return Err(Refusal::invalid(404, "Session not found"));
     };
     let Some(group) = core.shared.config.servers.get(gi) else {
         return Err(Refusal::invalid(404, "Session not found"));
     };
-    if !s.owned_by(group.auth.required(), c.owner.as_ref()) {
+    // An id an older session key sealed carries its owner digested under that key.
+    let me = crate::data_path::admission::owner_under_key(core, c, group, sealed_with);
+    if !s.owned_by(group.auth.required(), me.as_ref()) {
         record::not_owner(core, &group.name, &c.caller.name, s.owner.is_none());
         return Err(Refusal::invalid(404, "Session not found"));
     }

@@ -132,11 +132,18 @@ impl VirtualSession {
     }
 
     /// Opens a client's id: the session, if it was sealed by `sealer` for the virtual group
-    /// `group_tag`.
-    pub fn open(sealer: &SessionSealer, sealed: &[u8], group_tag: u32) -> Option<VirtualSession> {
+    /// `group_tag`, and which session key opened it (its owner is digested under that key:
+    /// see `SessionSealer::owner_under`).
+    pub fn open_keyed(
+        sealer: &SessionSealer,
+        sealed: &[u8],
+        group_tag: u32,
+    ) -> Option<(VirtualSession, usize)> {
         let mut buf = Vec::new();
-        let payload = sealer.open_virtual(sealed, &mut buf)?;
-        VirtualSession::decode(payload).filter(|s| s.group_tag == group_tag)
+        let (payload, key) = sealer.open_virtual_keyed(sealed, &mut buf)?;
+        VirtualSession::decode(payload)
+            .filter(|s| s.group_tag == group_tag)
+            .map(|s| (s, key))
     }
 
     /// Whether the session is `caller`'s to use (always, when the group has no
@@ -214,8 +221,8 @@ mod tests {
             let sealer = SessionSealer::new(&[3u8; 32]);
             let mut id = Vec::new();
             prop_assert!(s.seal(&sealer, &mut id));
-            prop_assert_eq!(VirtualSession::open(&sealer, &id, s.group_tag), Some(s.clone()));
-            prop_assert_eq!(VirtualSession::open(&sealer, &id, s.group_tag ^ 1), None);
+            prop_assert_eq!(VirtualSession::open_keyed(&sealer, &id, s.group_tag).map(|(s, _)| s), Some(s.clone()));
+            prop_assert_eq!(VirtualSession::open_keyed(&sealer, &id, s.group_tag ^ 1).map(|(s, _)| s), None);
         }
     }
 

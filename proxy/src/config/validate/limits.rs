@@ -3,17 +3,63 @@
 use super::server_must_exist;
 use crate::config::fields::TableCheck;
 use crate::config::raw::RawLimit;
-use crate::config::types::ServerGroup;
+use crate::config::types::{
+    ClusterConfig, LimitScope, OnUnavailable, ServerGroup, MAX_CLUSTER_LIMITS,
+};
 
-/// Validates the rate limit rules; `servers` are the validated groups a rule may name.
+/// Validates the rate limit rules; `servers` are the validated groups a rule may name,
+/// `cluster` the store `scope = "cluster"` rules need. Returns the rules and their scopes.
 pub(super) fn validate(
     raw: Vec<RawLimit>,
     servers: &[ServerGroup],
+    cluster: Option<&ClusterConfig>,
     errs: &mut Vec<String>,
-) -> Vec<ratelimit::Rule> {
+) -> (Vec<ratelimit::Rule>, Vec<LimitScope>) {
     let mut limits = Vec::new();
+    let mut scopes = Vec::new();
     for (i, l) in raw.into_iter().enumerate() {
         let mut t = TableCheck::new(format!("limits[{i}]"), errs);
+        let on_unavailable = match l.on_unavailable.as_deref() {
+            None => cluster.map_or(OnUnavailable::Local, |c| c.on_unavailable),
+            Some(s) => super::cluster::on_unavailable(s).unwrap_or_else(|e| {
+                t.problem("on_unavailable", e);
+                OnUnavailable::Local
+            }),
+        };
+        let scope = match l.scope.as_deref() {
+            None | Some("local") => {
+                if l.on_unavailable.is_some() {
+                    t.problem("on_unavailable", "only for scope = \"cluster\"");
+                }
+                LimitScope::Local
+            }
+            Some("cluster") => {
+                if cluster.is_none() {
+                    t.problem(
+                        "scope",
+                        "\"cluster\" needs a [cluster] table with redis = \"redis://HOST:PORT\"",
+                    );
+                }
+                LimitScope::Cluster(on_unavailable)
+            }
+            Some(s) => {
+                t.problem("scope", format!("{s:?}: must be \"local\" or \"cluster\""));
+                LimitScope::Local
+            }
+        };
+        if matches!(scope, LimitScope::Cluster(_))
+            && scopes
+                .iter()
+                .filter(|s| matches!(s, LimitScope::Cluster(_)))
+                .count()
+                == MAX_CLUSTER_LIMITS
+        {
+            t.problem(
+                "scope",
+                format!("at most {MAX_CLUSTER_LIMITS} rules may be \"cluster\""),
+            );
+        }
+        scopes.push(scope);
         server_must_exist(&mut t, l.server.as_deref(), servers);
         let source = match l
             .key
@@ -59,5 +105,5 @@ pub(super) fn validate(
             burst,
         });
     }
-    limits
+    (limits, scopes)
 }

@@ -4,12 +4,14 @@
 
 mod admin;
 mod backends;
+mod cluster;
 mod concurrency;
 mod health;
 mod limits;
 mod names;
 mod proxy;
 mod servers;
+mod telemetry;
 mod virtual_server;
 
 use super::fields::TableCheck;
@@ -22,15 +24,20 @@ pub(super) fn validate(raw: RawConfig, errs: &mut Vec<String>) -> Option<Config>
     let proxy = proxy::validate(raw.proxy.unwrap_or_default(), errs);
     let (admin_listen, admin_token) = admin::validate(raw.admin.unwrap_or_default(), errs);
     let servers = servers::validate(raw.servers, errs);
-    let limits = limits::validate(raw.limits, &servers, errs);
+    let cluster = raw.cluster.map(|c| cluster::validate(c, errs));
+    let (limits, limit_scopes) = limits::validate(raw.limits, &servers, cluster.as_ref(), errs);
     let concurrency = concurrency::validate(raw.concurrency, &servers, errs);
+    let telemetry = raw.telemetry.map(|t| telemetry::validate(t, errs));
     errs.is_empty().then_some(Config {
+        limit_scopes,
+        cluster,
         proxy,
         admin_listen,
         admin_token,
         servers,
         limits,
         concurrency,
+        telemetry,
     })
 }
 

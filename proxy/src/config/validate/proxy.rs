@@ -26,10 +26,7 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = t.int("workers", p.workers, cores, 1..=1024);
-    let session_key = p
-        .session_key
-        .as_deref()
-        .and_then(|s| decode_key(s).map_err(|e| t.problem("session_key", e)).ok());
+    let session_keys = session_keys(&p, &mut t);
     let client_address = client_address(&p, &mut t);
     let http2 = http2(p.http2.unwrap_or_default(), t.errs());
     let tls = p.tls.and_then(|raw| tls(raw, http2.enabled, &mut t));
@@ -47,7 +44,7 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
         http2,
         listen,
         workers,
-        session_key,
+        session_keys,
         max_body_bytes: t.int(
             "max_body_bytes",
             p.max_body_bytes,
@@ -102,6 +99,59 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
         shutdown_timeout: t.duration("shutdown_timeout", p.shutdown_timeout.as_deref(), secs(30)),
         limit_max_keys: t.int("limit_max_keys", p.limit_max_keys, 100_000, 16..=1 << 24),
     }
+}
+
+/// Most keys in `proxy.session_keys` (each is tried in turn on an id that does not open).
+pub const MAX_SESSION_KEYS: usize = 8;
+
+/// `session_keys` (or the single `session_key`): each decoded, none repeated. Problems name
+/// the key by its place, never by its value.
+fn session_keys(p: &RawProxy, t: &mut TableCheck<'_>) -> Vec<[u8; 32]> {
+    let (key, list) = match (&p.session_key, &p.session_keys) {
+        (None, None) => return Vec::new(),
+        (Some(one), None) => ("session_key", std::slice::from_ref(one)),
+        (None, Some(list)) => ("session_keys", list.as_slice()),
+        (Some(_), Some(_)) => {
+            t.problem(
+                "session_keys",
+                "set either proxy.session_key or proxy.session_keys, not both (move the \
+                 session_key into the list)",
+            );
+            return Vec::new();
+        }
+    };
+    if list.is_empty() {
+        t.problem(
+            key,
+            "empty: give at least one key (the first seals new session ids), or remove it",
+        );
+    }
+    if list.len() > MAX_SESSION_KEYS {
+        t.problem(
+            key,
+            format!(
+                "{} keys: at most {MAX_SESSION_KEYS} (drop the oldest: sessions sealed with them \
+                 re-initialize)",
+                list.len()
+            ),
+        );
+    }
+    let mut keys: Vec<[u8; 32]> = Vec::with_capacity(list.len());
+    for (i, s) in list.iter().enumerate() {
+        let name = if p.session_keys.is_some() {
+            format!("{key}[{i}]")
+        } else {
+            key.to_string()
+        };
+        match decode_key(s) {
+            Err(e) => t.problem(&name, e),
+            Ok(k) => match keys.iter().position(|o| *o == k) {
+                Some(j) => t.problem(&name, format!("the same key as proxy.{key}[{j}]")),
+                None => keys.push(k),
+            },
+        }
+    }
+    keys
 }
 
 /// `forwarded`, `forwarded_header`, `trusted_proxies` and `proxy_protocol`.
