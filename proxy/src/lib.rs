@@ -13,6 +13,7 @@ pub mod control;
 mod data_path;
 pub mod demo;
 pub mod http;
+pub mod policy;
 mod runtime;
 pub mod session;
 pub mod tls;

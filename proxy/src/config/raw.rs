@@ -21,6 +21,22 @@ pub(crate) struct RawConfig {
     pub limits: Vec<RawLimit>,
     #[serde(default)]
     pub concurrency: Vec<RawConcurrency>,
+    #[serde(default)]
+    pub policies: Vec<RawPolicy>,
+}
+
+/// `[[policies]]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawPolicy {
+    pub server: Option<String>,
+    pub effect: Option<String>,
+    pub identities: Option<Vec<String>>,
+    pub scopes: Option<Vec<String>>,
+    pub claims: Option<BTreeMap<String, String>>,
+    pub tools: Option<Vec<String>>,
+    pub prompts: Option<Vec<String>>,
+    pub resources: Option<Vec<String>>,
+    pub methods: Option<Vec<String>>,
 }
 
 /// `[[concurrency]]`.
@@ -115,6 +131,7 @@ pub(crate) struct RawServer {
     pub allowed_origins: Option<Vec<String>>,
     pub auth: Option<crate::auth::RawAuth>,
     pub legacy_sse: Option<bool>,
+    pub policy_default: Option<String>,
 }
 
 /// `[servers.health]`.

@@ -7,8 +7,8 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_ignored::Path;
 
 use super::raw::{
-    RawAdmin, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawLimit, RawProxy, RawServer,
-    RawTls,
+    RawAdmin, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawLimit, RawPolicy, RawProxy,
+    RawServer, RawTls,
 };
 
 /// The raw config (or `None` when the text is not TOML of the expected shape) and the
@@ -111,6 +111,8 @@ fn known_keys(table: &str) -> &'static [&'static str] {
         "servers.auth.upstream_authorization" => keys_of::<crate::auth::RawSecret>(),
         "limits" => keys_of::<RawLimit>(),
         "concurrency" => keys_of::<RawConcurrency>(),
+        "policies" => keys_of::<RawPolicy>(),
+        "servers.auth.api_keys" => keys_of::<crate::auth::RawApiKeyTable>(),
         _ => &[],
     }
 }
@@ -182,7 +184,7 @@ que = 2
 "#;
         let got = problems(text);
         let want = [
-            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency)",
+            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency, policies)",
             "proxy.listn: unknown key (did you mean `listen`?)",
             "proxy.tls.certs: unknown key (did you mean `cert`?)",
             "admin.tokn: unknown key (did you mean `token`?)",
@@ -224,6 +226,8 @@ que = 2
             "servers.auth.upstream_authorization",
             "limits",
             "concurrency",
+            "policies",
+            "servers.auth.api_keys",
         ] {
             assert!(!known_keys(table).is_empty(), "{table:?}");
         }

@@ -208,6 +208,11 @@ pub struct ServerGroup {
     /// Serve the 2024-11-05 HTTP+SSE transport for old clients at `{path}/sse` and
     /// `{path}/messages`.
     pub legacy_sse: bool,
+    /// Who may use which tools, prompts, resources and methods (`[[policies]]` naming this
+    /// group or none); inactive without rules.
+    pub policy: Arc<crate::policy::GroupPolicy>,
+    /// `policy_default = "allow"`: what no rule allows is allowed (default deny otherwise).
+    pub policy_default_allow: bool,
 }
 
 /// What happens to a session whose backend becomes unavailable.

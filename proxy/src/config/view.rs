@@ -71,7 +71,7 @@ fn auth_json(a: &crate::auth::AuthConfig) -> Value {
     };
     json!({
         "required": a.required(),
-        "api_keys": a.api_key_digests.iter().map(|_| format!("sha256:{REDACTED}")).collect::<Vec<_>>(),
+        "api_keys": a.api_keys.identities.iter().map(|id| json!({ "sha256": REDACTED, "identity": id })).collect::<Vec<_>>(),
         "jwt": jwt,
         "resource_metadata": a.metadata.as_ref().and_then(|m| serde_json::from_str::<Value>(&m.document).ok()),
         "resource_metadata_url": a.metadata.as_ref().map(|m| m.url.clone()),
@@ -125,6 +125,8 @@ pub fn redacted_json(cfg: &Config) -> Value {
                     "unhealthy_threshold": h.unhealthy_threshold, "method": h.method,
                 })),
                 "allowed_origins": g.allowed_origins, "legacy_sse": g.legacy_sse,
+                "policy_default": if g.policy_default_allow { "allow" } else { "deny" },
+                "policies": g.policy.rules().iter().map(|r| r.index).collect::<Vec<_>>(),
                 "auth": auth_json(&g.auth),
             })
         })

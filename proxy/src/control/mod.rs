@@ -8,5 +8,6 @@ pub mod admin;
 pub mod distribution;
 pub mod health;
 pub mod logs;
+pub(crate) mod policy_admin;
 pub mod reload;
 pub mod stats;

@@ -309,17 +309,18 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
             ),
             ("allowed_origins", og.allowed_origins != g.allowed_origins),
             ("legacy_sse", og.legacy_sse != g.legacy_sse),
+            ("policies", og.policy != g.policy),
         ] {
             if changed {
                 out.push(format!("servers.{}.{k} changed", g.name));
             }
         }
-        if og.auth.api_key_digests != g.auth.api_key_digests {
+        if og.auth.api_keys != g.auth.api_keys {
             out.push(format!(
                 "servers.{}.auth.api_keys: {} -> {} key(s)",
                 g.name,
-                og.auth.api_key_digests.len(),
-                g.auth.api_key_digests.len()
+                og.auth.api_keys.digests.len(),
+                g.auth.api_keys.digests.len()
             ));
         }
         for k in crate::auth::changed_keys(&og.auth, &g.auth) {

@@ -158,7 +158,11 @@ pub(crate) fn envelope(core: &Core, c: &mut ClientConn, gi: usize) -> Result<Adm
         (_, Some(m)) => stats::method_index(&m),
         _ => stats::M_OTHER,
     };
-    let verdict = check_envelope(core, c, gi, &env);
+    let mut policy = super::policy::check(core, &c.caller, gi, &env);
+    let verdict = match policy.refusal.take() {
+        None => check_envelope(core, c, gi, &env),
+        Some(r) => Err(r.into()),
+    };
     let admitted = verdict.map(|conc| Admitted {
         read_only: method.is_read_only(),
         hash_key: cfg
@@ -175,6 +179,8 @@ pub(crate) fn envelope(core: &Core, c: &mut ClientConn, gi: usize) -> Result<Adm
     c.meta.method = method;
     c.meta.row = row;
     c.meta.tool = tool;
+    c.meta.policy = policy.decision;
+    c.list_filter = policy.filter;
     admitted
 }
 

@@ -25,6 +25,7 @@ pub(crate) mod failover;
 pub(crate) mod head;
 pub(crate) mod legacy_front;
 pub(crate) mod metadata;
+pub(crate) mod policy;
 pub(crate) mod record;
 pub(crate) mod reply;
 pub(crate) mod request;

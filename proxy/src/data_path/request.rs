@@ -241,6 +241,9 @@ pub(crate) struct ClientConn {
     /// The owner the caller's sessions are sealed with and must carry: `None` in groups
     /// without authentication.
     pub owner: Option<crate::session::Owner>,
+    /// The current request lists tools, prompts or resources that the caller's policy
+    /// filters: its answer goes through this filter.
+    pub list_filter: Option<crate::data_path::policy::ListFilter>,
 }
 
 impl ClientConn {
@@ -259,6 +262,7 @@ impl ClientConn {
             meta: ReqMeta::default(),
             caller: crate::auth::Caller::default(),
             owner: None,
+            list_filter: None,
         }
     }
 
@@ -295,6 +299,7 @@ impl ClientConn {
 
     /// After a request: the pipelined bytes become the next request's start.
     pub fn next_request(&mut self) {
+        self.list_filter = None;
         self.req.buf.clear();
         self.req.decoded.clear();
         self.req.reset_facts();
@@ -329,6 +334,8 @@ pub(crate) struct ReqMeta {
     pub first_event: Option<Instant>,
     /// Keyed hash of the session id (access log only; the id itself is never logged).
     pub session_hash: u64,
+    /// What the group's policy decided, where it has one.
+    pub policy: Option<crate::policy::Decision>,
 }
 
 impl Default for ReqMeta {
@@ -351,6 +358,7 @@ impl Default for ReqMeta {
             jsonrpc_error: false,
             first_event: None,
             session_hash: 0,
+            policy: None,
         }
     }
 }

@@ -55,6 +55,9 @@ pub(crate) struct Core {
     pub(crate) states: Rc<RefCell<Vec<Rc<Core>>>>,
     /// This worker's idle keep-alive connections, parked with no task.
     pub(crate) park: Rc<crate::runtime::park::IdleSet>,
+    /// Policy classes of the callers seen here, per group (built anew with each state, so a
+    /// reload's new policies apply at once).
+    pub(crate) policy_classes: crate::data_path::policy::ClassCache,
 }
 
 impl Core {
@@ -279,6 +282,7 @@ impl Core {
             generation,
             states: states.clone(),
             park,
+            policy_classes: Default::default(),
         };
         if prev.is_some() {
             let n: i64 = core

@@ -8,6 +8,7 @@ mod concurrency;
 mod health;
 mod limits;
 mod names;
+mod policies;
 mod proxy;
 mod servers;
 
@@ -20,7 +21,8 @@ use super::types::{Config, ServerGroup};
 pub(super) fn validate(raw: RawConfig, errs: &mut Vec<String>) -> Option<Config> {
     let proxy = proxy::validate(raw.proxy.unwrap_or_default(), errs);
     let (admin_listen, admin_token) = admin::validate(raw.admin.unwrap_or_default(), errs);
-    let servers = servers::validate(raw.servers, errs);
+    let mut servers = servers::validate(raw.servers, errs);
+    policies::validate(raw.policies, &mut servers, errs);
     let limits = limits::validate(raw.limits, &servers, errs);
     let concurrency = concurrency::validate(raw.concurrency, &servers, errs);
     errs.is_empty().then_some(Config {

@@ -84,8 +84,22 @@ fn group(s: RawServer, key: &str, taken: &mut Taken, errs: &mut Vec<String>) -> 
             .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
             .collect()
     });
+    let policy_default_allow = match s.policy_default.as_deref() {
+        None | Some("deny") => false,
+        Some("allow") => true,
+        Some(v) => {
+            t.problem(
+                "policy_default",
+                format!("`{v}` (use \"deny\" or \"allow\")"),
+            );
+            false
+        }
+    };
     ServerGroup {
         legacy_sse: s.legacy_sse.unwrap_or(false),
+        // Filled in by `[[policies]]` (validated after the groups).
+        policy: Default::default(),
+        policy_default_allow,
         allowed_origins,
         auth,
         name,

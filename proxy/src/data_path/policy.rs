@@ -1,0 +1,186 @@
+//! Per-tool policy on the data path (the decisions themselves are `crate::policy`'s pure
+//! functions): a request the caller's policy denies is answered like one for an unknown tool,
+//! with its id, before rate limits, permits or any backend; a list answer loses the entries
+//! the caller may not use. Callers' classes are cached per core, so a request pays one hash
+//! lookup and the rules of its own class.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use protocol::{Envelope, MessageKind, Method};
+
+use crate::auth::Caller;
+use crate::data_path::request::{ClientConn, Refusal};
+use crate::data_path::response::{body_step, Answer, Framing};
+use crate::policy::lists::{self, ListKind};
+use crate::policy::{Class, Decision, Effect, GroupPolicy, Subject, Target};
+use crate::runtime::core::Core;
+
+/// Classes of the callers this core has seen, by group and caller class key.
+pub(crate) type ClassCache = RefCell<HashMap<(usize, u64), Rc<Class>>>;
+
+/// Most classes cached per core and state; when full, all are forgotten (a flood of
+/// identities costs recomputation, never memory).
+const MAX_CLASSES: usize = 4096;
+
+/// Largest list answer read whole to be filtered (beyond it the answer is refused: it must
+/// not reach the caller unfiltered).
+const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
+
+/// A list answer to filter: which list, and for which caller class.
+pub(crate) struct ListFilter {
+    kind: ListKind,
+    gi: usize,
+    class: Rc<Class>,
+}
+
+/// The policy class of `caller` in group `gi`, from this core's cache or computed once.
+fn class_of(core: &Core, gi: usize, policy: &GroupPolicy, caller: &Caller) -> Rc<Class> {
+    let key = (gi, caller.class_key);
+    if let Some(c) = core.policy_classes.borrow().get(&key) {
+        return c.clone();
+    }
+    let attrs = caller.attrs.as_deref();
+    let subject = Subject {
+        identity: &caller.name,
+        scopes: attrs.map_or(&[], |a| &a.scopes),
+        claims: attrs.map_or(&[], |a| &a.claims),
+    };
+    let class = Rc::new(policy.classify(&subject));
+    let mut cache = core.policy_classes.borrow_mut();
+    if cache.len() >= MAX_CLASSES {
+        cache.clear();
+    }
+    cache.insert(key, class.clone());
+    class
+}
+
+/// What the policy made of a request.
+#[derive(Default)]
+pub(crate) struct Checked {
+    /// The decision (`None` where the group has no policy, and for notifications and
+    /// responses, which carry no operation a policy names).
+    pub decision: Option<Decision>,
+    /// For an allowed list request: the filter its answer goes through.
+    pub filter: Option<ListFilter>,
+    /// For a refused request: its answer.
+    pub refusal: Option<Refusal>,
+}
+
+/// Applies the group's policy to a JSON-RPC request of `caller`.
+pub(crate) fn check(core: &Core, caller: &Caller, gi: usize, env: &Envelope<'_>) -> Checked {
+    let mut out = Checked::default();
+    let Some(group) = core.shared.config.servers.get(gi) else {
+        return out;
+    };
+    let policy = &group.policy;
+    if !policy.is_active() || env.kind != MessageKind::Request {
+        return out;
+    }
+    let method = env.method.map(|m| m.decode()).unwrap_or_default();
+    let name = env.name.or(env.uri).map(|n| n.decode());
+    let class = class_of(core, gi, policy, caller);
+    let target = Target::of(&method, name.as_deref());
+    let decision = policy.decide(&class, &method, target);
+    out.decision = Some(decision);
+    match decision.effect {
+        Effect::Allow => {
+            out.filter =
+                ListKind::of(Method::from_name(&method)).map(|kind| ListFilter { kind, gi, class });
+        }
+        // Not asked yet (human approval is not wired to the data path): a call that needs
+        // it is refused, saying why.
+        Effect::Confirm => {
+            out.refusal = Some(Refusal::new(
+                200,
+                -32602,
+                "this call needs the user's confirmation (a policy `confirm` rule), which mcplb cannot ask this client for",
+            ));
+        }
+        Effect::Deny => {
+            out.refusal = Some(match target {
+                Target::Tool(_) => Refusal::new(200, -32602, "Unknown tool"),
+                Target::Prompt(_) => Refusal::new(200, -32602, "Unknown prompt"),
+                Target::Resource(_) => Refusal::new(200, -32602, "Unknown resource"),
+                Target::Method => Refusal::new(200, -32601, "Method not found"),
+            });
+        }
+    }
+    out
+}
+
+/// Reads a list answer's whole body (after `head_len` in `a.buf`, framed by `framing`) and
+/// filters it: the body the caller gets, and whether bytes followed it upstream.
+pub(crate) async fn filtered_answer(
+    core: &Core,
+    c: &mut ClientConn,
+    a: &mut Answer<'_>,
+    head_len: usize,
+    framing: &mut Framing,
+    is_sse: bool,
+    filter: ListFilter,
+) -> Result<(Vec<u8>, bool), Refusal> {
+    let refused = |msg| Refusal::new(502, -32603, msg);
+    let mut body = Vec::new();
+    let mut start = head_len;
+    let extra = loop {
+        let avail = a.buf.get(start..).unwrap_or_default();
+        let mut framing_error = false;
+        let (take, done) = match &mut *framing {
+            Framing::Chunked(dec) => match dec.feed(avail, |d| body.extend_from_slice(d)) {
+                Ok(n) => (n, dec.is_done()),
+                Err(_) => (0, {
+                    framing_error = true;
+                    false
+                }),
+            },
+            f => {
+                let (take, done) = body_step(f, avail, &mut framing_error);
+                body.extend_from_slice(avail.get(..take).unwrap_or_default());
+                (take, done)
+            }
+        };
+        if framing_error {
+            return Err(refused("bad chunked framing from backend"));
+        }
+        if done {
+            break take < avail.len();
+        }
+        if body.len() > MAX_LIST_BYTES {
+            return Err(refused("list answer from backend too large to filter"));
+        }
+        a.buf.clear();
+        start = 0;
+        let timeout = core.shared.config.proxy.upstream_timeout;
+        let buf = std::mem::take(&mut a.buf);
+        let read = monoio::time::timeout(timeout, a.up.read_more(buf, super::READ_SIZE)).await;
+        match read {
+            Ok((Ok(n), b)) if n > 0 => a.buf = b,
+            Ok((_, b)) if matches!(framing, Framing::UntilClose) => {
+                a.buf = b;
+                break false;
+            }
+            Ok((_, b)) => {
+                a.buf = b;
+                return Err(refused("backend closed the connection"));
+            }
+            Err(_) => {
+                a.buf = core.take_buf();
+                return Err(refused("backend timed out"));
+            }
+        }
+    };
+    c.meta.upstream_done = Some(std::time::Instant::now());
+    let policy = core
+        .shared
+        .config
+        .servers
+        .get(filter.gi)
+        .map(|g| g.policy.clone())
+        .unwrap_or_default();
+    let visible = |n: &str| policy.visible(&filter.class, filter.kind, n);
+    let filtered = lists::filter_answer(&body, is_sse, filter.kind, visible)
+        .map_err(|_| refused("list answer from backend could not be read to filter it"))?;
+    Ok((filtered.unwrap_or(body), extra))
+}
