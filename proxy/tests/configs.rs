@@ -115,7 +115,8 @@ fn policy_problems_name_their_key_path() {
         "[[servers]]\nname = \"x\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\npolicy_default = \"maybe\"\n\
          [servers.auth]\napi_keys = [{ sha256 = \"zz\", identity = \"a\" }, { sha256 = \"ab\", identty = \"b\" }]\n\
          [[policies]]\nserver = \"nope\"\neffect = \"permit\"\ntools = []\n\
-         [[policies]]\nidentities = [\"\"]\nmethod = [\"ping\"]\n",
+         [[policies]]\nidentities = [\"\"]\nmethod = [\"ping\"]\n\
+         [audit]\narguments = \"some\"\n",
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -129,6 +130,8 @@ fn policy_problems_name_their_key_path() {
         "policies[1].effect: missing",
         "policies[1].identities: an empty entry",
         "policies[1].method: unknown key (did you mean `methods`?)",
+        "audit.arguments: `some` (use \"off\", \"hash\" or \"full\")",
+        "audit.log: missing",
     ] {
         assert!(err.contains(want), "missing {want:?} in {err}");
     }

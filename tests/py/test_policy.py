@@ -1,8 +1,8 @@
-"""Per-tool policy with the official MCP Python SDK client through mcplb.
+"""Per-tool policy and the audit trail with the official MCP Python SDK client through mcplb.
 
 Two named API-key identities see different tool lists; the bot is denied a call, answered like
 an unknown tool with the request's id, and the backend never runs it (its `calls` tool lists
-what it ran). A JWT scope rule lets one token's caller use a tool another cannot even see. The
+what it ran); the audit log has the line with the rule that denied it. A JWT scope rule lets one token's caller use a tool another cannot even see. The
 admin port's `/policy` explains a decision. A reload that changes the policy applies to an
 open session at once.
 """
@@ -36,11 +36,12 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def config_text(port: int, admin: int, backend: str, jwks: Path, bot_may_add: bool = True) -> str:
+def config_text(port: int, admin: int, backend: str, jwks: Path, audit: Path, bot_may_add: bool = True) -> str:
     bot_tools = '["add", "calls"]' if bot_may_add else '["calls"]'
     return (
         f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 2\n'
         f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[audit]\nlog = "{audit}"\narguments = "hash"\n'
         f'[[servers]]\nname = "keys"\npath = "/mcp"\nbackends = ["{backend}"]\n'
         f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
         f' {{ sha256 = "{digest(BOT)}", identity = "bot-ci" }}]\n'
@@ -73,12 +74,24 @@ def policy_proxy(e2e_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     jwks.write_text(json.dumps({"keys": [jwk]}))
     port, admin = free_port(), free_port()
     config = d / "mcplb-policy.toml"
-    config.write_text(config_text(port, admin, backend.url, jwks))
+    audit = d / "audit.log"
+    config.write_text(config_text(port, admin, backend.url, jwks, audit))
     proxy = start_proxy_file(config)
     yield {"url": proxy.url, "base": f"http://{proxy.addr}", "admin": f"http://127.0.0.1:{admin}",
-           "key": key, "config": config, "args": (port, admin, backend.url, jwks)}
+           "key": key, "config": config, "audit": audit, "args": (port, admin, backend.url, jwks, audit)}
     proxy.stop()
     backend.stop()
+
+
+def audit_lines(path: Path, want) -> list[dict]:
+    """The audit log's lines, once `want(lines)` holds (each worker hands its lines to the
+    writer every 250 ms)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        if want(lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
 
 
 def text(result) -> str:
@@ -120,6 +133,25 @@ async def test_two_identities_see_different_tools_and_the_bot_is_denied(policy_p
     r = httpx2.post(url, json=call, headers={**bot, **ACCEPT, "MCP-Protocol-Version": "2025-06-18"})
     assert r.status_code == 200, r.text
     assert r.json()["id"] == 77 and r.json()["error"]["code"] == -32602, r.text
+
+    # The audit trail has the denied call, with the rule that denied it, and the bot's add
+    # with its arguments' hash; never a key.
+    def bot_whoami(lines: list[dict]) -> list[dict]:
+        return [line for line in lines if line.get("name") == "whoami" and line["identity"] == "bot-ci"]
+
+    lines = audit_lines(policy_proxy["audit"], lambda lines: len(bot_whoami(lines)) >= 2)
+    denied_lines = bot_whoami(lines)
+    assert len(denied_lines) == 2, lines
+    for line in denied_lines:
+        assert line["decision"] == "denied" and line["rule"] == "policies[2]", line
+        assert line["method"] == "tools/call" and line["server"] == "keys" and line["code"] == -32602, line
+        assert line["backend"] is None, line
+    adds = [line for line in lines if line.get("name") == "add" and line["identity"] == "bot-ci"]
+    assert adds and adds[0]["decision"] == "allowed" and adds[0]["rule"] == "policies[1]", adds
+    assert len(adds[0]["arguments_sha256"]) == 64 and adds[0]["backend"], adds
+    assert any(line["method"] == "initialize" for line in lines), lines
+    raw = policy_proxy["audit"].read_text()
+    assert ALICE not in raw and BOT not in raw
 
     # Alice may, and the backend runs it.
     async with httpx2.AsyncClient(headers=alice, timeout=30) as http:
@@ -165,12 +197,19 @@ async def test_a_reload_changes_the_policy_of_an_open_session(policy_proxy) -> N
         async with httpx2.AsyncClient(headers=bot, timeout=30) as http:
             async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
                 assert text(await client.call_tool("add", {"a": 1, "b": 2})) == "3"
+                # logrotate moves the audit log away; the reload opens it again.
+                audit = policy_proxy["audit"]
+                audit.rename(audit.with_name("audit.log.1"))
                 config.write_text(config_text(*policy_proxy["args"], bot_may_add=False))
                 r = httpx2.post(f"{admin}/reload")
                 assert r.status_code == 200 and "servers.keys.policies changed" in r.json()["changes"], r.text
                 assert {t.name for t in (await client.list_tools()).tools} == {"calls"}
                 with pytest.raises(Exception, match="Unknown tool"):
                     await client.call_tool("add", {"a": 1, "b": 2})
+        lines = audit_lines(audit, lambda lines: any(line.get("name") == "add" for line in lines))
+        assert [(line["decision"], line["rule"]) for line in lines if line.get("name") == "add"] == [
+            ("denied", "policy_default")
+        ], lines
     finally:
         config.write_text(original)
         httpx2.post(f"{admin}/reload")

@@ -23,6 +23,14 @@ pub(crate) struct RawConfig {
     pub concurrency: Vec<RawConcurrency>,
     #[serde(default)]
     pub policies: Vec<RawPolicy>,
+    pub audit: Option<RawAudit>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAudit {
+    pub log: Option<String>,
+    pub arguments: Option<String>,
 }
 
 /// `[[policies]]`.

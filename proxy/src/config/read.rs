@@ -7,8 +7,8 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_ignored::Path;
 
 use super::raw::{
-    RawAdmin, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawLimit, RawPolicy, RawProxy,
-    RawServer, RawTls,
+    RawAdmin, RawAudit, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawLimit, RawPolicy,
+    RawProxy, RawServer, RawTls,
 };
 
 /// The raw config (or `None` when the text is not TOML of the expected shape) and the
@@ -112,6 +112,7 @@ fn known_keys(table: &str) -> &'static [&'static str] {
         "limits" => keys_of::<RawLimit>(),
         "concurrency" => keys_of::<RawConcurrency>(),
         "policies" => keys_of::<RawPolicy>(),
+        "audit" => keys_of::<RawAudit>(),
         "servers.auth.api_keys" => keys_of::<crate::auth::RawApiKeyTable>(),
         _ => &[],
     }
@@ -184,7 +185,7 @@ que = 2
 "#;
         let got = problems(text);
         let want = [
-            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency, policies)",
+            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency, policies, audit)",
             "proxy.listn: unknown key (did you mean `listen`?)",
             "proxy.tls.certs: unknown key (did you mean `cert`?)",
             "admin.tokn: unknown key (did you mean `token`?)",
@@ -227,6 +228,7 @@ que = 2
             "limits",
             "concurrency",
             "policies",
+            "audit",
             "servers.auth.api_keys",
         ] {
             assert!(!known_keys(table).is_empty(), "{table:?}");

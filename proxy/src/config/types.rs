@@ -30,6 +30,28 @@ pub struct Config {
     pub limits: Vec<ratelimit::Rule>,
     /// Concurrency limits (`[[concurrency]]`), in order.
     pub concurrency: Vec<ConcurrencyRule>,
+    /// The audit trail (`[audit]`), when configured.
+    pub audit: Option<AuditConfig>,
+}
+
+/// `[audit]`: one JSON line per MCP operation that matters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// A file path (appended to, reopened on reload and SIGHUP), or `-` for stderr.
+    pub target: String,
+    /// What a line says of a call's arguments.
+    pub arguments: AuditArguments,
+}
+
+/// What an audit line says of a call's arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditArguments {
+    /// Nothing.
+    Off,
+    /// Their SHA-256, as sent (the same arguments give the same hash).
+    Hash,
+    /// The arguments themselves (compact JSON).
+    Full,
 }
 
 /// Most concurrency rules (each request checks every one).

@@ -165,6 +165,10 @@ pub fn redacted_json(cfg: &Config) -> Value {
             "token": cfg.admin_token.as_ref().map(|_| REDACTED),
         },
         "servers": servers,
+        "audit": cfg.audit.as_ref().map(|a| json!({
+            "log": a.target,
+            "arguments": format!("{:?}", a.arguments).to_ascii_lowercase(),
+        })),
         "limits": cfg.limits.iter().map(|r| {
             let mut v = rule_filter(r);
             v["rate"] = json!(r.rate);

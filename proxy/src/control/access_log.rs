@@ -5,6 +5,9 @@
 //! buffers, further ones are dropped, counted and reported in the log. The file is opened
 //! again by each new configuration state, so `kill -HUP` after a log rotation writes to the
 //! new file (the old one is closed once its last queued buffer is written).
+//!
+//! The audit trail (`[audit]`, `data_path::audit`) is a second log of this kind: its own
+//! file and per-core buffers, the same writer thread and queue.
 
 use std::fs::File;
 use std::io::{self, Write};

@@ -47,7 +47,7 @@ pub(crate) fn policy_json(cfg: &Config, query: &str) -> Result<Value, (u16, &'st
                 json!({
                     "method": method, "name": name, "effect": d.effect.as_str(),
                     "rule": d.rule.map(|r| format!("policies[{r}]")),
-                    "explained": d.to_string(),
+                    "explained": format!("{} by {}", d.effect.as_str(), d.by(method)),
                 })
             });
             json!({

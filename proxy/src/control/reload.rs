@@ -346,6 +346,9 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
             new.concurrency.len()
         ));
     }
+    if old.audit != new.audit {
+        out.push("audit changed".to_string());
+    }
     let mut p_old = old.proxy.clone();
     p_old.session_key = None;
     let mut p_new = new.proxy.clone();

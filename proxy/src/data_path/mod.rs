@@ -19,6 +19,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod attempt;
+pub(crate) mod audit;
 pub(crate) mod body;
 pub(crate) mod client_address;
 pub(crate) mod failover;
@@ -74,6 +75,9 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     }
     if core.access_log.is_some() {
         record::write_access_log(core, c, start);
+    }
+    if core.audit.is_some() {
+        audit::write(core, c, start);
     }
     c.next_request();
     next

@@ -336,6 +336,8 @@ pub(crate) struct ReqMeta {
     pub session_hash: u64,
     /// What the group's policy decided, where it has one.
     pub policy: Option<crate::policy::Decision>,
+    /// The JSON-RPC error code of an answer mcplb made itself (0: none).
+    pub code: i32,
 }
 
 impl Default for ReqMeta {
@@ -359,6 +361,7 @@ impl Default for ReqMeta {
             first_event: None,
             session_hash: 0,
             policy: None,
+            code: 0,
         }
     }
 }

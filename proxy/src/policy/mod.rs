@@ -16,7 +16,7 @@
 
 pub mod lists;
 
-use std::fmt;
+use std::borrow::Cow;
 
 use ratelimit::Glob;
 
@@ -139,11 +139,16 @@ impl Decision {
     }
 }
 
-impl fmt::Display for Decision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Decision {
+    /// What made the decision on a request for `method`: `policies[N]`, `policy_default`, or
+    /// `plumbing` (a session-keeping method no rule named).
+    pub fn by(&self, method: &str) -> Cow<'static, str> {
         match self.rule {
-            Some(r) => write!(f, "{} by policies[{r}]", self.effect.as_str()),
-            None => write!(f, "{} by policy_default", self.effect.as_str()),
+            Some(r) => Cow::Owned(format!("policies[{r}]")),
+            None if self.effect == Effect::Allow && is_plumbing(method) => {
+                Cow::Borrowed("plumbing")
+            }
+            None => Cow::Borrowed("policy_default"),
         }
     }
 }

@@ -314,7 +314,7 @@ async fn flush_loop(cores: Rc<RefCell<Vec<Rc<Core>>>>) {
             crate::control::logs::summarize(now);
         }
         cores.borrow_mut().retain(|c| {
-            if let Some(l) = &c.access_log {
+            for l in [&c.access_log, &c.audit].into_iter().flatten() {
                 l.borrow_mut().flush();
             }
             if !fold {

@@ -3,6 +3,7 @@
 //! of them. Cross-section rules (a limit naming a group) run after the sections they need.
 
 mod admin;
+mod audit;
 mod backends;
 mod concurrency;
 mod health;
@@ -25,7 +26,9 @@ pub(super) fn validate(raw: RawConfig, errs: &mut Vec<String>) -> Option<Config>
     policies::validate(raw.policies, &mut servers, errs);
     let limits = limits::validate(raw.limits, &servers, errs);
     let concurrency = concurrency::validate(raw.concurrency, &servers, errs);
+    let audit = raw.audit.and_then(|a| audit::validate(a, errs));
     errs.is_empty().then_some(Config {
+        audit,
         proxy,
         admin_listen,
         admin_token,
