@@ -1,8 +1,9 @@
 //! Per-tool policy on the data path (the decisions themselves are `crate::policy`'s pure
 //! functions): a request the caller's policy denies is answered like one for an unknown tool,
 //! with its id, before rate limits, permits or any backend; a list answer loses the entries
-//! the caller may not use. Callers' classes are cached per core, so a request pays one hash
-//! lookup and the rules of its own class.
+//! the caller may not use. Callers' classes are cached per core, and each class remembers
+//! the decisions it made on tool and prompt names and on methods: a request pays two hash
+//! lookups, and the rules of its class only the first time its name is seen on that core.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,11 +19,50 @@ use crate::policy::{Class, Decision, Effect, GroupPolicy, Subject, Target};
 use crate::runtime::core::Core;
 
 /// Classes of the callers this core has seen, by group and caller class key.
-pub(crate) type ClassCache = RefCell<HashMap<(usize, u64), Rc<Class>>>;
+pub(crate) type ClassCache = RefCell<HashMap<(usize, u64), Rc<CallerClass>>>;
 
 /// Most classes cached per core and state; when full, all are forgotten (a flood of
 /// identities costs recomputation, never memory).
-const MAX_CLASSES: usize = 4096;
+const MAX_CLASSES: usize = 1024;
+
+/// Most decisions a class remembers per kind (tools, prompts, methods); when full, all are
+/// forgotten. Names longer than [`MAX_MEMO_NAME`] are decided anew each time.
+const MAX_MEMO: usize = 256;
+const MAX_MEMO_NAME: usize = 128;
+
+/// A caller class on this core, with the decisions it has made (a pure function of the
+/// class and the name, so they stay right until the state, and its policy, is replaced).
+pub(crate) struct CallerClass {
+    class: Class,
+    /// Decisions by name: `[tools/call, prompts/get, methods without a target]`.
+    memo: RefCell<[HashMap<Box<str>, Decision>; 3]>,
+}
+
+impl CallerClass {
+    /// The decision on `method` targeting `target`, remembered where it can be.
+    fn decide(&self, policy: &GroupPolicy, method: &str, target: Target<'_>) -> Decision {
+        let (slot, name) = match target {
+            Target::Tool(n) => (0, n),
+            Target::Prompt(n) => (1, n),
+            Target::Method => (2, method),
+            // Resources: URIs are many and the method varies (read, subscribe).
+            Target::Resource(_) => return policy.decide(&self.class, method, target),
+        };
+        if let Some(d) = self.memo.borrow().get(slot).and_then(|m| m.get(name)) {
+            return *d;
+        }
+        let d = policy.decide(&self.class, method, target);
+        if name.len() <= MAX_MEMO_NAME {
+            if let Some(m) = self.memo.borrow_mut().get_mut(slot) {
+                if m.len() >= MAX_MEMO {
+                    m.clear();
+                }
+                m.insert(name.into(), d);
+            }
+        }
+        d
+    }
+}
 
 /// Largest list answer read whole to be filtered (beyond it the answer is refused: it must
 /// not reach the caller unfiltered).
@@ -32,11 +72,11 @@ const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
 pub(crate) struct ListFilter {
     kind: ListKind,
     gi: usize,
-    class: Rc<Class>,
+    class: Rc<CallerClass>,
 }
 
 /// The policy class of `caller` in group `gi`, from this core's cache or computed once.
-fn class_of(core: &Core, gi: usize, policy: &GroupPolicy, caller: &Caller) -> Rc<Class> {
+fn class_of(core: &Core, gi: usize, policy: &GroupPolicy, caller: &Caller) -> Rc<CallerClass> {
     let key = (gi, caller.class_key);
     if let Some(c) = core.policy_classes.borrow().get(&key) {
         return c.clone();
@@ -47,7 +87,10 @@ fn class_of(core: &Core, gi: usize, policy: &GroupPolicy, caller: &Caller) -> Rc
         scopes: attrs.map_or(&[], |a| &a.scopes),
         claims: attrs.map_or(&[], |a| &a.claims),
     };
-    let class = Rc::new(policy.classify(&subject));
+    let class = Rc::new(CallerClass {
+        class: policy.classify(&subject),
+        memo: Default::default(),
+    });
     let mut cache = core.policy_classes.borrow_mut();
     if cache.len() >= MAX_CLASSES {
         cache.clear();
@@ -82,7 +125,7 @@ pub(crate) fn check(core: &Core, caller: &Caller, gi: usize, env: &Envelope<'_>)
     let name = env.name.or(env.uri).map(|n| n.decode());
     let class = class_of(core, gi, policy, caller);
     let target = Target::of(&method, name.as_deref());
-    let decision = policy.decide(&class, &method, target);
+    let decision = class.decide(policy, &method, target);
     out.decision = Some(decision);
     match decision.effect {
         Effect::Allow => {
@@ -179,7 +222,7 @@ pub(crate) async fn filtered_answer(
         .get(filter.gi)
         .map(|g| g.policy.clone())
         .unwrap_or_default();
-    let visible = |n: &str| policy.visible(&filter.class, filter.kind, n);
+    let visible = |n: &str| policy.visible(&filter.class.class, filter.kind, n);
     let filtered = lists::filter_answer(&body, is_sse, filter.kind, visible)
         .map_err(|_| refused("list answer from backend could not be read to filter it"))?;
     Ok((filtered.unwrap_or(body), extra))
