@@ -9,7 +9,6 @@ open session at once.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import time
@@ -18,9 +17,8 @@ from pathlib import Path
 import httpx2
 import jwt
 import pytest
-from conftest import Backend, free_port, start_proxy_file
+from conftest import Backend, ed25519_jwks, free_port, start_proxy_file
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import TextContent
@@ -66,12 +64,8 @@ def policy_proxy(e2e_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     d = tmp_path_factory.mktemp("policy")
     backend = Backend("policy", d)
     backend.start()
-    key = Ed25519PrivateKey.generate()
-    x = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    jwk = {"kty": "OKP", "crv": "Ed25519", "kid": "p-1", "alg": "EdDSA",
-           "x": base64.urlsafe_b64encode(x).rstrip(b"=").decode()}
     jwks = d / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [jwk]}))
+    key = ed25519_jwks(jwks, "p-1")
     port, admin = free_port(), free_port()
     config = d / "mcplb-policy.toml"
     audit = d / "audit.log"

@@ -114,6 +114,15 @@ impl AccessLog {
         })
     }
 
+    /// The next line's sequence number on this core and the time now (ms since the epoch).
+    pub(crate) fn stamp(&mut self) -> (u64, u128) {
+        self.seq += 1;
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        (self.seq, ts)
+    }
+
     /// Hands the buffered lines to the writer thread (never waits for it).
     pub(crate) fn flush(&mut self) {
         if self.buf.is_empty() {

@@ -69,11 +69,7 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant) {
         return;
     }
     let mut l = log.borrow_mut();
-    l.seq += 1;
-    let seq = l.seq;
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let (seq, ts) = l.stamp();
     let server = m.group.and_then(|g| core.shared.config.servers.get(g));
     let backend = m
         .backend

@@ -111,8 +111,15 @@ pub(crate) struct Checked {
     pub refusal: Option<Refusal>,
 }
 
-/// Applies the group's policy to a JSON-RPC request of `caller`.
-pub(crate) fn check(core: &Core, caller: &Caller, gi: usize, env: &Envelope<'_>) -> Checked {
+/// Applies the group's policy to a JSON-RPC request of `caller` (`kind`: its method, as the
+/// envelope stage read it).
+pub(crate) fn check(
+    core: &Core,
+    caller: &Caller,
+    gi: usize,
+    env: &Envelope<'_>,
+    kind: Method,
+) -> Checked {
     let mut out = Checked::default();
     let Some(group) = core.shared.config.servers.get(gi) else {
         return out;
@@ -129,8 +136,7 @@ pub(crate) fn check(core: &Core, caller: &Caller, gi: usize, env: &Envelope<'_>)
     out.decision = Some(decision);
     match decision.effect {
         Effect::Allow => {
-            out.filter =
-                ListKind::of(Method::from_name(&method)).map(|kind| ListFilter { kind, gi, class });
+            out.filter = ListKind::of(kind).map(|kind| ListFilter { kind, gi, class });
         }
         // Not asked yet (human approval is not wired to the data path): a call that needs
         // it is refused, saying why.
