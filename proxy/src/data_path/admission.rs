@@ -175,6 +175,9 @@ pub(crate) fn envelope(core: &Core, c: &mut ClientConn, gi: usize) -> Result<Adm
         .then_some(env.name)
         .flatten()
         .map(|n| core.rec.borrow_mut().tool_slot(&n.decode()));
+    if core.audit.is_some() {
+        c.meta.rpc = crate::data_path::request::RpcSpans::of(body, &env);
+    }
     c.req.set_id(id);
     c.meta.method = method;
     c.meta.row = row;

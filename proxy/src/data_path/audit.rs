@@ -12,10 +12,10 @@
 use std::io::Write as _;
 use std::time::Instant;
 
-use protocol::{MessageKind, Method};
+use protocol::Method;
 
 use crate::config::AuditArguments;
-use crate::data_path::request::{ClientConn, HttpMethod, ReqMeta};
+use crate::data_path::request::{ClientConn, ReqMeta};
 use crate::policy::Effect;
 use crate::runtime::core::Core;
 
@@ -45,27 +45,21 @@ fn always_audited(method: Method) -> bool {
     )
 }
 
-/// Appends the audit line of the request just finished, if it matters.
+/// Appends the audit line of the request just finished, if it matters. Written from the
+/// spans the envelope stage noted (no second parse); names go out as their JSON string text
+/// as received (already valid JSON), numbers and hashes without `fmt`.
 pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant) {
     let (Some(log), Some(cfg)) = (&core.audit, &core.shared.config.audit) else {
         return;
     };
     let m = &c.meta;
     let body = c.req.body();
-    let env = match c.req.method() {
-        HttpMethod::Post => {
-            protocol::parse_message_with_depth(body, core.shared.config.proxy.max_json_depth).ok()
-        }
-        _ => None,
-    };
-    let method = env.as_ref().and_then(|e| e.method);
+    let part = |s: Option<(u32, u32)>| s.and_then(|(a, b)| body.get(a as usize..b as usize));
+    let method = part(m.rpc.method);
     let decision = decision(m);
-    let matters = decision != "allowed" || method.is_some_and(|mt| always_audited(Method::of(&mt)));
-    if !matters
-        || env
-            .as_ref()
-            .is_some_and(|e| e.kind == MessageKind::Response)
-    {
+    let is_response = m.rpc.method.is_none() && m.row == crate::control::stats::M_RESPONSE;
+    let matters = decision != "allowed" || (m.rpc.request && always_audited(m.method));
+    if !matters || is_response {
         return;
     }
     let mut l = log.borrow_mut();
@@ -75,72 +69,96 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant) {
         .backend
         .and_then(|b| server?.backends.get(b))
         .map(|b| b.name.as_str());
+    let mut num = itoa::Buffer::new();
     let buf = &mut l.buf;
-    let _ = write!(
-        buf,
-        "{{\"ts\":{ts},\"id\":\"{}-{seq}\",\"identity\":",
-        core.index
-    );
-    json_str(
-        buf,
-        Some(&c.caller.name)
-            .filter(|n| !n.is_empty())
-            .map(String::as_str),
-    );
-    let _ = write!(buf, ",\"client\":\"{}\",\"server\":", c.client_ip);
+    buf.extend_from_slice(b"{\"ts\":");
+    buf.extend_from_slice(num.format(ts).as_bytes());
+    buf.extend_from_slice(b",\"id\":\"");
+    buf.extend_from_slice(num.format(core.index).as_bytes());
+    buf.push(b'-');
+    buf.extend_from_slice(num.format(seq).as_bytes());
+    buf.extend_from_slice(b"\",\"identity\":");
+    json_str(buf, Some(c.caller.name.as_str()).filter(|n| !n.is_empty()));
+    buf.extend_from_slice(b",\"client\":\"");
+    let _ = write!(buf, "{}", c.client_ip);
+    buf.extend_from_slice(b"\",\"server\":");
     json_str(buf, server.map(|s| s.name.as_str()));
     buf.extend_from_slice(b",\"backend\":");
     json_str(buf, backend);
     buf.extend_from_slice(b",\"method\":");
     match method {
-        Some(mt) => json_str(buf, Some(&mt.decode())),
+        Some(raw) => raw_json_str(buf, raw),
         None => json_str(buf, std::str::from_utf8(c.req.method_bytes()).ok()),
     }
-    let (key, name) = match env.as_ref() {
-        Some(e) if e.uri.is_some() => ("uri", e.uri.map(|u| crate::auth::redact_url(&u.decode()))),
-        Some(e) => ("name", e.name.map(|n| n.decode().into_owned())),
-        None => ("name", None),
-    };
-    let _ = write!(buf, ",\"{key}\":");
-    json_str(buf, name.as_deref());
-    let _ = write!(buf, ",\"decision\":\"{decision}\",\"rule\":");
+    match part(m.rpc.uri) {
+        Some(raw) => {
+            // Decoded to redact a credential in it, then escaped again (resources only).
+            let quoted = body.get(m.rpc.uri.map_or(0, |(a, _)| a as usize).saturating_sub(1)..);
+            let uri = quoted
+                .and_then(|q| q.get(..raw.len() + 2))
+                .and_then(|q| serde_json::from_slice::<String>(q).ok());
+            buf.extend_from_slice(b",\"uri\":");
+            json_str(buf, uri.map(|u| crate::auth::redact_url(&u)).as_deref());
+        }
+        None => {
+            buf.extend_from_slice(b",\"name\":");
+            match part(m.rpc.name) {
+                Some(raw) => raw_json_str(buf, raw),
+                None => buf.extend_from_slice(b"null"),
+            }
+        }
+    }
+    buf.extend_from_slice(b",\"decision\":\"");
+    buf.extend_from_slice(decision.as_bytes());
+    buf.extend_from_slice(b"\",\"rule\":");
     // The rule that decided (`policies[N]`, `policy_default`), or `null` without a policy
     // and for session plumbing no rule names.
-    let method_name = method.map(|mt| mt.decode()).unwrap_or_default();
-    let by = m
-        .policy
-        .map(|d| d.by(&method_name))
-        .filter(|b| b != "plumbing");
-    json_str(buf, by.as_deref());
-    let _ = write!(
-        buf,
-        ",\"status\":{},\"code\":{},\"upstream_error\":{},\"duration_us\":{}",
-        m.status,
-        if m.by_proxy && m.code != 0 {
-            m.code.to_string()
-        } else {
-            "null".to_string()
+    match m.policy {
+        Some(d) => match d.rule {
+            Some(r) => {
+                buf.extend_from_slice(b"\"policies[");
+                buf.extend_from_slice(num.format(r).as_bytes());
+                buf.extend_from_slice(b"]\"");
+            }
+            None if d.effect == Effect::Allow
+                && method.is_some_and(|mt| {
+                    std::str::from_utf8(mt).is_ok_and(crate::policy::is_plumbing)
+                }) =>
+            {
+                buf.extend_from_slice(b"null")
+            }
+            None => buf.extend_from_slice(b"\"policy_default\""),
         },
-        m.jsonrpc_error,
-        start.elapsed().as_micros()
-    );
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"status\":");
+    buf.extend_from_slice(num.format(m.status).as_bytes());
+    buf.extend_from_slice(b",\"code\":");
+    if m.by_proxy && m.code != 0 {
+        buf.extend_from_slice(num.format(m.code).as_bytes());
+    } else {
+        buf.extend_from_slice(b"null");
+    }
+    buf.extend_from_slice(b",\"upstream_error\":");
+    buf.extend_from_slice(if m.jsonrpc_error { b"true" } else { b"false" });
+    buf.extend_from_slice(b",\"duration_us\":");
+    buf.extend_from_slice(num.format(start.elapsed().as_micros()).as_bytes());
     buf.extend_from_slice(b",\"session\":");
     match c.req.session_id() {
         Some(s) => {
-            let _ = write!(buf, "\"{:016x}\"", core.shared.key_hasher.hash_key(s));
+            buf.push(b'"');
+            hex(buf, &core.shared.key_hasher.hash_key(s).to_be_bytes());
+            buf.push(b'"');
         }
         None => buf.extend_from_slice(b"null"),
     }
     buf.extend_from_slice(b",\"trace_id\":");
     json_str(buf, trace_id(c.req.header(b"traceparent")));
-    let args = env.as_ref().and_then(|e| e.arguments);
-    match (cfg.arguments, args) {
+    match (cfg.arguments, part(m.rpc.arguments)) {
         (AuditArguments::Hash, Some(a)) => {
             let d = ring::digest::digest(&ring::digest::SHA256, a);
             buf.extend_from_slice(b",\"arguments_sha256\":\"");
-            for b in d.as_ref() {
-                let _ = write!(buf, "{b:02x}");
-            }
+            hex(buf, d.as_ref());
             buf.push(b'"');
         }
         (AuditArguments::Full, Some(a)) => {
@@ -165,6 +183,23 @@ fn json_str(buf: &mut Vec<u8>, s: Option<&str>) {
             let _ = serde_json::to_writer(&mut *buf, s);
         }
         None => buf.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON string from the text between its quotes as received (validated JSON: its escapes
+/// stay as they are).
+fn raw_json_str(buf: &mut Vec<u8>, raw: &[u8]) {
+    buf.push(b'"');
+    buf.extend_from_slice(raw);
+    buf.push(b'"');
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(buf: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        buf.push(DIGITS[usize::from(b >> 4)]);
+        buf.push(DIGITS[usize::from(b & 15)]);
     }
 }
 

@@ -338,6 +338,41 @@ pub(crate) struct ReqMeta {
     pub policy: Option<crate::policy::Decision>,
     /// The JSON-RPC error code of an answer mcplb made itself (0: none).
     pub code: i32,
+    /// Where the envelope's parts sit in the body (noted only for the audit trail).
+    pub rpc: RpcSpans,
+}
+
+/// Where a JSON-RPC message's parts sit in the request body: byte ranges `(start, end)` of
+/// string contents between their quotes (escapes as received) and of `params.arguments`.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct RpcSpans {
+    /// The message is a request (not a notification or a response).
+    pub request: bool,
+    /// `method`.
+    pub method: Option<(u32, u32)>,
+    /// `params.name`.
+    pub name: Option<(u32, u32)>,
+    /// `params.uri`.
+    pub uri: Option<(u32, u32)>,
+    /// `params.arguments`.
+    pub arguments: Option<(u32, u32)>,
+}
+
+impl RpcSpans {
+    /// The spans of `env`, parsed from `body`.
+    pub fn of(body: &[u8], env: &protocol::Envelope<'_>) -> RpcSpans {
+        let span = |part: &[u8]| {
+            let r = offset_of(body, part);
+            (r.start as u32, r.end as u32)
+        };
+        RpcSpans {
+            request: env.kind == protocol::MessageKind::Request,
+            method: env.method.map(|m| span(m.raw())),
+            name: env.name.map(|n| span(n.raw())),
+            uri: env.uri.map(|u| span(u.raw())),
+            arguments: env.arguments.map(span),
+        }
+    }
 }
 
 impl Default for ReqMeta {
@@ -362,6 +397,7 @@ impl Default for ReqMeta {
             session_hash: 0,
             policy: None,
             code: 0,
+            rpc: RpcSpans::default(),
         }
     }
 }
