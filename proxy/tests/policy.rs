@@ -1,0 +1,132 @@
+//! Per-tool policy through a real `mcplb` on both drivers, in front of the mock backend
+//! (whose list answers are JSON with a length; `tests/py/test_policy.py` covers the SDK's SSE
+//! answers): two API-key identities get different `tools/list` answers on kept-alive
+//! connections, a denied call is answered like an unknown tool with its id and never reaches
+//! the backend, and the audit trail names the rule that denied it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const ALICE: &str = "alice-policy-key";
+const BOT: &str = "bot-policy-key";
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn post(c: &mut HttpClient, key: &str, body: &Value) -> mcplb::demo::Response {
+    let h = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("x-api-key", key),
+    ];
+    c.request("POST", "/mcp", &h, body.to_string().as_bytes())
+        .unwrap()
+}
+
+fn tool_names(c: &mut HttpClient, key: &str) -> Vec<String> {
+    let r = post(c, key, &rpc(5, "tools/list", json!({})));
+    assert_eq!(r.status, 200);
+    let v = r.json().unwrap();
+    assert_eq!(v["id"], 5, "{v}");
+    v["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn identities_see_their_tools_and_a_denied_call_reaches_no_backend() {
+    for driver in DRIVERS {
+        let backend = mock_with(MockConfig {
+            stateless: true,
+            ..Default::default()
+        });
+        let audit = std::env::temp_dir().join(format!(
+            "mcplb-policy-audit-{}-{driver}.jsonl",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&audit);
+        let config = format!(
+            "{}[servers.health]\nenabled = false\n\
+             [servers.auth]\napi_keys = [{{ sha256 = \"{}\", identity = \"alice\" }}, {{ sha256 = \"{}\", identity = \"bot-7\" }}]\n\
+             [[policies]]\neffect = \"allow\"\nidentities = [\"alice\"]\n\
+             [[policies]]\neffect = \"allow\"\nidentities = [\"bot-*\"]\ntools = [\"echo\", \"who*\"]\n\
+             [[policies]]\neffect = \"deny\"\nidentities = [\"bot-*\"]\ntools = [\"whoami\"]\n\
+             [audit]\nlog = \"{}\"\n",
+            config_for(&[&backend], ""),
+            sha256_hex(ALICE),
+            sha256_hex(BOT),
+            audit.display()
+        );
+        let p = start_proxy(&config, driver);
+        let mut c = HttpClient::connect(p.addr).unwrap();
+        // The same kept-alive connection carries filtered and unfiltered answers.
+        let all = tool_names(&mut c, ALICE);
+        assert!(
+            all.len() >= 8 && all.contains(&"whoami".to_owned()),
+            "{all:?}"
+        );
+        assert_eq!(tool_names(&mut c, BOT), ["echo"], "{driver}");
+        assert_eq!(tool_names(&mut c, ALICE), all, "{driver}");
+
+        let call =
+            |name: &str, id: u64| rpc(id, "tools/call", json!({"name": name, "arguments": {}}));
+        let r = post(&mut c, BOT, &call("whoami", 41));
+        assert_eq!(r.status, 200);
+        let v = r.json().unwrap();
+        assert_eq!(
+            (v["id"].clone(), v["error"]["code"].clone()),
+            (json!(41), json!(-32602)),
+            "{v}"
+        );
+        // Not allowed by any rule: denied by the default, the same way.
+        let v = post(&mut c, BOT, &call("slow", 42)).json().unwrap();
+        assert_eq!(v["error"]["code"], -32602, "{v}");
+        assert_eq!(
+            backend.tool_calls("whoami"),
+            0,
+            "{driver}: a denied call reached the backend"
+        );
+        assert_eq!(backend.tool_calls("slow"), 0, "{driver}");
+        let v = post(&mut c, BOT, &call("echo", 43)).json().unwrap();
+        assert!(v["result"].is_object(), "{v}");
+        let v = post(&mut c, ALICE, &call("whoami", 44)).json().unwrap();
+        assert!(v["result"].is_object(), "{v}");
+        assert_eq!(backend.tool_calls("whoami"), 1, "{driver}");
+
+        wait_until("the audit lines", || {
+            std::fs::read_to_string(&audit).is_ok_and(|t| t.lines().count() >= 4)
+        });
+        let lines: Vec<Value> = std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let find = |id: &str, name: &str| {
+            lines
+                .iter()
+                .find(|l| l["identity"] == id && l["name"] == name)
+                .unwrap_or_else(|| panic!("no line for {id} {name} in {lines:?}"))
+        };
+        let denied = find("bot-7", "whoami");
+        assert_eq!(denied["decision"], "denied");
+        assert_eq!(denied["rule"], "policies[2]");
+        assert_eq!(find("bot-7", "slow")["rule"], "policy_default");
+        assert_eq!(find("bot-7", "echo")["decision"], "allowed");
+        assert_eq!(find("alice", "whoami")["rule"], "policies[0]");
+        assert!(!std::fs::read_to_string(&audit).unwrap().contains(BOT));
+        drop(p);
+        let _ = std::fs::remove_file(&audit);
+    }
+}
