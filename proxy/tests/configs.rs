@@ -112,7 +112,7 @@ fn check_lists_every_unknown_key_with_the_other_problems() {
 fn policy_problems_name_their_key_path() {
     let out = check_text(
         "bad-policy",
-        "[[servers]]\nname = \"x\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\npolicy_default = \"maybe\"\n\
+        "[[servers]]\nname = \"x\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\npolicy_default = \"maybe\"\nlegacy_sse = true\n\
          [servers.auth]\napi_keys = [{ sha256 = \"zz\", identity = \"a\" }, { sha256 = \"ab\", identty = \"b\" }]\n\
          [[policies]]\nserver = \"nope\"\neffect = \"permit\"\ntools = []\n\
          [[policies]]\nidentities = [\"\"]\nmethod = [\"ping\"]\n\
@@ -132,6 +132,7 @@ fn policy_problems_name_their_key_path() {
         "policies[1].method: unknown key (did you mean `methods`?)",
         "audit.arguments: `some` (use \"off\", \"hash\" or \"full\")",
         "audit.log: missing",
+        "servers.x.legacy_sse: not with [[policies]] on the group",
     ] {
         assert!(err.contains(want), "missing {want:?} in {err}");
     }

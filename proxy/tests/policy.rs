@@ -93,6 +93,15 @@ fn identities_see_their_tools_and_a_denied_call_reaches_no_backend() {
         // Not allowed by any rule: denied by the default, the same way.
         let v = post(&mut c, BOT, &call("slow", 42)).json().unwrap();
         assert_eq!(v["error"]["code"], -32602, "{v}");
+        // A batch cannot carry a call past the decision.
+        let r = post(&mut c, BOT, &json!([call("whoami", 45)]));
+        assert_eq!(r.status, 400);
+        let e = &r.json().unwrap()["error"];
+        assert_eq!(e["code"], -32600);
+        assert!(
+            e["message"].as_str().unwrap().contains("per-tool policies"),
+            "{e}"
+        );
         assert_eq!(
             backend.tool_calls("whoami"),
             0,

@@ -125,8 +125,21 @@ pub(crate) fn check(
         return out;
     };
     let policy = &group.policy;
-    if !policy.is_active() || env.kind != MessageKind::Request {
+    if !policy.is_active() {
         return out;
+    }
+    match env.kind {
+        MessageKind::Request => {}
+        // A batch (2025-03-26) would carry calls past the decision on one message.
+        MessageKind::Batch => {
+            out.refusal = Some(Refusal::new(
+                400,
+                -32600,
+                "JSON-RPC batches are not accepted by a server with per-tool policies; send one message per request",
+            ));
+            return out;
+        }
+        MessageKind::Notification | MessageKind::Response => return out,
     }
     let method = env.method.map(|m| m.decode()).unwrap_or_default();
     let name = env.name.or(env.uri).map(|n| n.decode());

@@ -67,6 +67,14 @@ pub(super) fn validate(raw: Vec<RawPolicy>, servers: &mut [ServerGroup], errs: &
                 g.name
             ));
         }
+        if !mine.is_empty() && g.legacy_sse {
+            // The 2024-11-05 transport's answers come on a long-lived stream the policy does
+            // not see: its lists would not be filtered.
+            errs.push(format!(
+                "servers.{}.legacy_sse: not with [[policies]] on the group (its old-transport answers would bypass them); set legacy_sse = false or give the policies another `server`",
+                g.name
+            ));
+        }
         g.policy = Arc::new(GroupPolicy::new(mine, g.policy_default_allow));
     }
 }
