@@ -158,7 +158,7 @@ pub(crate) fn envelope(core: &Core, c: &mut ClientConn, gi: usize) -> Result<Adm
         (_, Some(m)) => stats::method_index(&m),
         _ => stats::M_OTHER,
     };
-    let mut policy = super::policy::check(core, &c.caller, gi, &env, method);
+    let mut policy = super::policy::check(core, &c.caller, &mut c.policy_class, gi, &env, method);
     let verdict = match policy.refusal.take() {
         None => check_envelope(core, c, gi, &env),
         Some(r) => Err(r.into()),

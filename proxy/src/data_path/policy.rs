@@ -99,6 +99,15 @@ fn class_of(core: &Core, gi: usize, policy: &GroupPolicy, caller: &Caller) -> Rc
     class
 }
 
+/// The class a connection's last caller had, kept with the connection: a kept-alive client
+/// pays no class lookup while its caller, group and configuration state stay the same.
+pub(crate) struct ConnClass {
+    gi: usize,
+    class_key: u64,
+    generation: u64,
+    class: Rc<CallerClass>,
+}
+
 /// What the policy made of a request.
 #[derive(Default)]
 pub(crate) struct Checked {
@@ -112,10 +121,11 @@ pub(crate) struct Checked {
 }
 
 /// Applies the group's policy to a JSON-RPC request of `caller` (`kind`: its method, as the
-/// envelope stage read it).
+/// envelope stage read it; `last`: the connection's class of its previous request).
 pub(crate) fn check(
     core: &Core,
     caller: &Caller,
+    last: &mut Option<ConnClass>,
     gi: usize,
     env: &Envelope<'_>,
     kind: Method,
@@ -143,13 +153,31 @@ pub(crate) fn check(
     }
     let method = env.method.map(|m| m.decode()).unwrap_or_default();
     let name = env.name.or(env.uri).map(|n| n.decode());
-    let class = class_of(core, gi, policy, caller);
+    let same = |l: &ConnClass| {
+        l.gi == gi && l.class_key == caller.class_key && l.generation == core.generation
+    };
+    let class = match last {
+        Some(l) if same(l) => &l.class,
+        _ => {
+            let l = last.insert(ConnClass {
+                gi,
+                class_key: caller.class_key,
+                generation: core.generation,
+                class: class_of(core, gi, policy, caller),
+            });
+            &l.class
+        }
+    };
     let target = Target::of(&method, name.as_deref());
     let decision = class.decide(policy, &method, target);
     out.decision = Some(decision);
     match decision.effect {
         Effect::Allow => {
-            out.filter = ListKind::of(kind).map(|kind| ListFilter { kind, gi, class });
+            out.filter = ListKind::of(kind).map(|kind| ListFilter {
+                kind,
+                gi,
+                class: class.clone(),
+            });
         }
         // Not asked yet (human approval is not wired to the data path): a call that needs
         // it is refused, saying why.

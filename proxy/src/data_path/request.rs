@@ -244,6 +244,8 @@ pub(crate) struct ClientConn {
     /// The current request lists tools, prompts or resources that the caller's policy
     /// filters: its answer goes through this filter.
     pub list_filter: Option<crate::data_path::policy::ListFilter>,
+    /// The policy class of the connection's last caller.
+    pub policy_class: Option<crate::data_path::policy::ConnClass>,
 }
 
 impl ClientConn {
@@ -263,6 +265,7 @@ impl ClientConn {
             caller: crate::auth::Caller::default(),
             owner: None,
             list_filter: None,
+            policy_class: None,
         }
     }
 
