@@ -139,3 +139,54 @@ fn identities_see_their_tools_and_a_denied_call_reaches_no_backend() {
         let _ = std::fs::remove_file(&audit);
     }
 }
+
+/// `arguments = "full"`: a call's arguments, sent over several lines, come out compact on the
+/// call's one audit line; a group without rules is audited too (no decision, no rule).
+#[test]
+fn full_arguments_stay_on_one_line() {
+    let backend = mock_with(MockConfig {
+        stateless: true,
+        ..Default::default()
+    });
+    let audit = std::env::temp_dir().join(format!(
+        "mcplb-policy-audit-full-{}.jsonl",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&audit);
+    let config = format!(
+        "{}[servers.health]\nenabled = false\n[audit]\nlog = \"{}\"\narguments = \"full\"\n",
+        config_for(&[&backend], ""),
+        audit.display()
+    );
+    let p = start_proxy(&config, "auto");
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    let body = "{\"jsonrpc\": \"2.0\", \"id\": 7, \"method\": \"tools/call\",\n \"params\": {\"name\": \"echo\",\n  \"arguments\": {\n    \"text\": \"two\\nlines\",\n    \"n\": [1, 2]\n  }}}";
+    let h = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2026-07-28"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+    ];
+    let r = c.request("POST", "/mcp", &h, body.as_bytes()).unwrap();
+    assert_eq!(r.status, 200);
+    wait_until("the audit line", || {
+        std::fs::read_to_string(&audit).is_ok_and(|t| t.contains("echo"))
+    });
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let line: Value = serde_json::from_str(text.trim_end()).unwrap();
+    assert_eq!(
+        line["arguments"],
+        json!({"text": "two\nlines", "n": [1, 2]})
+    );
+    assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(line["decision"], "allowed");
+    assert_eq!(line["rule"], Value::Null);
+    assert_eq!(line["identity"], Value::Null);
+    assert_eq!(line["client"], "127.0.0.1");
+    drop(p);
+    let _ = std::fs::remove_file(&audit);
+}
