@@ -190,3 +190,72 @@ fn full_arguments_stay_on_one_line() {
     drop(p);
     let _ = std::fs::remove_file(&audit);
 }
+
+/// Policies change with a reload under load, with no failed request: callers keep calling an
+/// allowed tool over kept-alive connections while the rules about another tool flip five
+/// times, and each flip applies (the other tool is denied, then allowed, then denied...).
+#[test]
+fn a_policy_reload_under_load_fails_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let backend = mock_with(MockConfig {
+        stateless: true,
+        ..Default::default()
+    });
+    let base = format!(
+        "{}[admin]\nlisten = \"127.0.0.1:0\"\n[servers.health]\nenabled = false\n\
+         [servers.auth]\napi_keys = [{{ sha256 = \"{}\", identity = \"bot-1\" }}]\n\
+         [[policies]]\neffect = \"allow\"\ntools = [\"echo\", \"whoami\"]\n",
+        config_for(&[&backend], ""),
+        sha256_hex(BOT)
+    );
+    let deny_whoami = "[[policies]]\neffect = \"deny\"\ntools = [\"whoami\"]\n";
+    let p = start_proxy(&base, "auto");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), p.addr);
+            std::thread::spawn(move || {
+                let mut c = HttpClient::connect(addr).unwrap();
+                let mut id = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    id += 1;
+                    let body = rpc(id, "tools/call", json!({"name": "echo", "arguments": {}}));
+                    let good = post(&mut c, BOT, &body)
+                        .json()
+                        .is_ok_and(|v| v["result"].is_object() && v["id"] == id);
+                    let n = if good { &ok } else { &failed };
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let whoami = |c: &mut HttpClient| {
+        let body = rpc(1, "tools/call", json!({"name": "whoami", "arguments": {}}));
+        post(c, BOT, &body).json().unwrap()["result"].is_object()
+    };
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    assert!(whoami(&mut c));
+    for round in 0..5 {
+        let denied = round % 2 == 0;
+        let text = if denied {
+            format!("{base}{deny_whoami}")
+        } else {
+            base.clone()
+        };
+        std::fs::write(&p.config_path, text).unwrap();
+        let mut a = HttpClient::connect(p.admin.unwrap()).unwrap();
+        let r = a.request("POST", "/reload", &[], b"").unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(whoami(&mut c), !denied, "round {round}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(ok.load(Ordering::Relaxed) > 20, "{ok:?}");
+}
