@@ -114,6 +114,18 @@ impl AccessLog {
         })
     }
 
+    /// [`AccessLog::open`], or `None` when `target` cannot be opened (said in the log, as
+    /// the `what` log).
+    pub(crate) fn open_or_say(target: &str, what: &str) -> Option<AccessLog> {
+        match AccessLog::open(target) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(path = target, error = %e, "cannot open the {what}");
+                None
+            }
+        }
+    }
+
     /// The next line's sequence number on this core and the time now (ms since the epoch).
     pub(crate) fn stamp(&mut self) -> (u64, u128) {
         self.seq += 1;

@@ -9,15 +9,42 @@
 //! hash of the session id and the W3C trace id if the request had one. Arguments: off, their
 //! SHA-256, or in full, as configured. Never a credential: no header but `traceparent` is read.
 
+use std::cell::RefCell;
 use std::io::Write as _;
 use std::time::Instant;
 
 use protocol::Method;
 
 use crate::config::AuditArguments;
+use crate::control::access_log::AccessLog;
 use crate::data_path::request::{ClientConn, ReqMeta};
 use crate::policy::Effect;
 use crate::runtime::core::Core;
+
+/// One core state's audit trail: its line log, and the names of the groups and backends as
+/// JSON strings, escaped once when the state is built rather than on every line.
+pub(crate) struct AuditLog {
+    pub(crate) log: AccessLog,
+    servers: Vec<Box<[u8]>>,
+    backends: Vec<Vec<Box<[u8]>>>,
+}
+
+impl AuditLog {
+    /// The audit trail of `config`, when it has one (an error opening it is logged).
+    pub(crate) fn open(config: &crate::config::Config) -> Option<RefCell<AuditLog>> {
+        let log = AccessLog::open_or_say(&config.audit.as_ref()?.target, "audit log")?;
+        let json = |s: &str| serde_json::to_vec(s).unwrap_or_default().into_boxed_slice();
+        Some(RefCell::new(AuditLog {
+            log,
+            servers: config.servers.iter().map(|g| json(&g.name)).collect(),
+            backends: config
+                .servers
+                .iter()
+                .map(|g| g.backends.iter().map(|b| json(&b.name)).collect())
+                .collect(),
+        }))
+    }
+}
 
 /// What became of the request, for the `decision` field.
 fn decision(m: &ReqMeta) -> &'static str {
@@ -62,13 +89,18 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant) {
     if !matters || is_response {
         return;
     }
-    let mut l = log.borrow_mut();
+    let mut audit = log.borrow_mut();
+    let AuditLog {
+        log: l,
+        servers,
+        backends,
+    } = &mut *audit;
     let (seq, ts) = l.stamp();
-    let server = m.group.and_then(|g| core.shared.config.servers.get(g));
+    let server = m.group.and_then(|g| servers.get(g));
     let backend = m
-        .backend
-        .and_then(|b| server?.backends.get(b))
-        .map(|b| b.name.as_str());
+        .group
+        .zip(m.backend)
+        .and_then(|(g, b)| backends.get(g)?.get(b));
     let mut num = itoa::Buffer::new();
     let buf = &mut l.buf;
     buf.extend_from_slice(b"{\"ts\":");
@@ -82,9 +114,9 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant) {
     buf.extend_from_slice(b",\"client\":\"");
     push_ip(buf, c.client_ip, &mut num);
     buf.extend_from_slice(b"\",\"server\":");
-    json_str(buf, server.map(|s| s.name.as_str()));
+    buf.extend_from_slice(server.map_or(&b"null"[..], |s| s));
     buf.extend_from_slice(b",\"backend\":");
-    json_str(buf, backend);
+    buf.extend_from_slice(backend.map_or(&b"null"[..], |b| b));
     buf.extend_from_slice(b",\"method\":");
     match method {
         Some(raw) => raw_json_str(buf, raw),

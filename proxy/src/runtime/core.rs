@@ -44,7 +44,7 @@ pub(crate) struct Core {
     /// JSON access log lines not yet written, and where they go (off by default).
     pub(crate) access_log: Option<RefCell<AccessLog>>,
     /// Audit trail lines not yet written (`[audit]`; the same kind of log, its own file).
-    pub(crate) audit: Option<RefCell<AccessLog>>,
+    pub(crate) audit: Option<RefCell<crate::data_path::audit::AuditLog>>,
     /// This core's index (request ids in the access log).
     pub(crate) index: usize,
     /// Set when a reload has built a newer state: connections move to it at their next
@@ -195,18 +195,6 @@ fn still_open(s: &mut Conn) -> bool {
     s.is_clean() && crate::tls::peek(s.tcp()) == crate::tls::Incoming::Nothing
 }
 
-/// A line log (the access log, the audit trail) opened for one core state, or `None` when
-/// not configured or it cannot be opened (said in the log).
-fn open_log(target: Option<&str>, what: &str) -> Option<RefCell<AccessLog>> {
-    match AccessLog::open(target?) {
-        Ok(l) => Some(RefCell::new(l)),
-        Err(e) => {
-            tracing::error!(path = target, error = %e, "cannot open the {what}");
-            None
-        }
-    }
-}
-
 impl Core {
     /// This core's state for `shared`. After a reload, `prev` (the state it replaces) hands
     /// over its free buffers and its idle upstream connections to backends still listed at the
@@ -271,11 +259,14 @@ impl Core {
                 .borrow_mut()
                 .gauge(Gauge::UpstreamIdle, -(closed + moved));
         }
-        let access_log = open_log(shared.config.proxy.access_log.as_deref(), "access log");
-        let audit = open_log(
-            shared.config.audit.as_ref().map(|a| a.target.as_str()),
-            "audit log",
-        );
+        let access_log = shared
+            .config
+            .proxy
+            .access_log
+            .as_deref()
+            .and_then(|t| AccessLog::open_or_say(t, "access log"))
+            .map(RefCell::new);
+        let audit = crate::data_path::audit::AuditLog::open(&shared.config);
         let rec = CoreRecorder::for_config(&shared.config);
         let core = Core {
             pools,

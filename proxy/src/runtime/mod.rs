@@ -314,8 +314,11 @@ async fn flush_loop(cores: Rc<RefCell<Vec<Rc<Core>>>>) {
             crate::control::logs::summarize(now);
         }
         cores.borrow_mut().retain(|c| {
-            for l in [&c.access_log, &c.audit].into_iter().flatten() {
+            if let Some(l) = &c.access_log {
                 l.borrow_mut().flush();
+            }
+            if let Some(a) = &c.audit {
+                a.borrow_mut().log.flush();
             }
             if !fold {
                 return true;
