@@ -17,6 +17,7 @@ pub mod policy;
 mod runtime;
 pub mod session;
 pub mod tls;
+mod virtual_server;
 
 #[doc(hidden)]
 pub mod fuzzing;

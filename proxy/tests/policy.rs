@@ -259,3 +259,60 @@ fn a_policy_reload_under_load_fails_no_request() {
     assert_eq!(failed.load(Ordering::Relaxed), 0);
     assert!(ok.load(Ordering::Relaxed) > 20, "{ok:?}");
 }
+
+/// A virtual server's own `[[policies]]` apply to the names its clients see: its merged
+/// `tools/list` keeps only what the caller may use, and a denied call reaches no member.
+#[test]
+fn a_virtual_servers_lists_and_calls_follow_its_policy() {
+    for driver in DRIVERS {
+        let backend = mock_with(MockConfig {
+            stateless: true,
+            ..Default::default()
+        });
+        let config = format!(
+            "{}[servers.health]\nenabled = false\n\
+             [[servers]]\nname = \"v\"\npath = \"/v\"\n\
+             [servers.auth]\napi_keys = [{{ sha256 = \"{}\", identity = \"bot-1\" }}]\n\
+             [[servers.members]]\nserver = \"t\"\n\
+             [[policies]]\nserver = \"v\"\neffect = \"allow\"\ntools = [\"t_echo\", \"t_who*\"]\n\
+             [[policies]]\nserver = \"v\"\neffect = \"deny\"\ntools = [\"t_whoami\"]\n",
+            config_for(&[&backend], ""),
+            sha256_hex(BOT)
+        );
+        let p = start_proxy(&config, driver);
+        let mut c = HttpClient::connect(p.addr).unwrap();
+        let h = [
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("x-api-key", BOT),
+        ];
+        let mut post_v = |body: Value| {
+            c.request("POST", "/v", &h, body.to_string().as_bytes())
+                .unwrap()
+                .json()
+                .unwrap()
+        };
+        let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
+        let list = post_v(rpc(1, "tools/list", json!({"_meta": meta})));
+        let names: Vec<&str> = list["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{list}"))
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["t_echo"], "{driver}: {list}");
+        let call = |name: &str| {
+            rpc(
+                2,
+                "tools/call",
+                json!({"name": name, "arguments": {}, "_meta": meta}),
+            )
+        };
+        let v = post_v(call("t_whoami"));
+        assert_eq!(v["error"]["code"], -32602, "{driver}: {v}");
+        assert_eq!(backend.tool_calls("whoami"), 0, "{driver}");
+        let v = post_v(call("t_echo"));
+        assert!(v["result"].is_object(), "{driver}: {v}");
+    }
+}

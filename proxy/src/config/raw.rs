@@ -140,6 +140,36 @@ pub(crate) struct RawServer {
     pub auth: Option<crate::auth::RawAuth>,
     pub legacy_sse: Option<bool>,
     pub policy_default: Option<String>,
+    /// A virtual server: other groups whose tools, prompts and resources it combines.
+    pub members: Option<Vec<RawMember>>,
+    pub prefix_mode: Option<String>,
+    pub separator: Option<String>,
+    pub list_cache_ttl: Option<String>,
+}
+
+/// One entry of a virtual server's `members`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawMember {
+    pub server: Option<String>,
+    pub prefix: Option<String>,
+    pub tools: Option<Vec<String>>,
+    pub deny_tools: Option<Vec<String>>,
+    pub prompts: Option<Vec<String>>,
+    pub deny_prompts: Option<Vec<String>>,
+    pub resources: Option<Vec<String>>,
+    pub deny_resources: Option<Vec<String>>,
+    pub rename: Option<BTreeMap<String, String>>,
+    pub overrides: Option<BTreeMap<String, RawToolOverride>>,
+    pub failure: Option<String>,
+    pub timeout: Option<String>,
+}
+
+/// `members[N].overrides.TOOL`: what a member's tool shows instead of its own.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawToolOverride {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub annotations: Option<toml::Table>,
 }
 
 /// `[servers.health]`.

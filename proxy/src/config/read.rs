@@ -7,8 +7,8 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_ignored::Path;
 
 use super::raw::{
-    RawAdmin, RawAudit, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawLimit, RawPolicy,
-    RawProxy, RawServer, RawTls,
+    RawAdmin, RawAudit, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawLimit, RawMember,
+    RawPolicy, RawProxy, RawServer, RawTls, RawToolOverride,
 };
 
 /// The raw config (or `None` when the text is not TOML of the expected shape) and the
@@ -104,6 +104,8 @@ fn known_keys(table: &str) -> &'static [&'static str] {
         "servers" => keys_of::<RawServer>(),
         "servers.backends" => keys_of::<RawBackendTable>(),
         "servers.health" => keys_of::<RawHealth>(),
+        "servers.members" => keys_of::<RawMember>(),
+        t if t.starts_with("servers.members.overrides.") => keys_of::<RawToolOverride>(),
         "servers.auth" => keys_of::<crate::auth::RawAuth>(),
         "servers.auth.jwt" => keys_of::<crate::auth::RawJwt>(),
         "servers.auth.jwt.failure_budget" => keys_of::<crate::auth::RawBudget>(),
@@ -221,6 +223,8 @@ que = 2
             "servers",
             "servers.backends",
             "servers.health",
+            "servers.members",
+            "servers.members.overrides.some_tool",
             "servers.auth",
             "servers.auth.jwt",
             "servers.auth.resource_metadata",

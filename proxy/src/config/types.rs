@@ -235,6 +235,90 @@ pub struct ServerGroup {
     pub policy: Arc<crate::policy::GroupPolicy>,
     /// `policy_default = "allow"`: what no rule allows is allowed (default deny otherwise).
     pub policy_default_allow: bool,
+    /// A virtual server (`members`): no backends of its own; it combines other groups.
+    pub virtual_server: Option<Arc<VirtualServer>>,
+}
+
+/// A virtual server: one MCP endpoint over several member groups, each keeping its own
+/// balancing, health checks, limits and sessions.
+#[derive(Debug, Clone)]
+pub struct VirtualServer {
+    /// The members, in config order (earlier members win clashes and URI claims).
+    pub members: Vec<Member>,
+    /// When member names get their member's prefix.
+    pub prefix_mode: PrefixMode,
+    /// Between a prefix and a name (`search_query`).
+    pub separator: String,
+    /// How long merged lists are reused when no member gives a `ttlMs` hint (any member's
+    /// `*/list_changed` evicts them sooner).
+    pub list_cache_ttl: Duration,
+    /// Stable tag of the virtual group (hash of its name), sealed into its session ids.
+    pub tag: u32,
+}
+
+/// When the names of a virtual server's members carry their member's prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefixMode {
+    /// Every tool and prompt name (the default).
+    Always,
+    /// Only names that two or more members share.
+    Conflict,
+    /// Never: a name two members share is kept for the first member only (and logged).
+    Never,
+}
+
+/// One member of a virtual server.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The member group's name.
+    pub server: String,
+    /// Its index in the configuration's servers.
+    pub group: usize,
+    /// What its names are prefixed with (default: the group's name).
+    pub prefix: String,
+    /// Which tools (by the member's own names) are shown.
+    pub tools: NameFilter,
+    /// Which prompts are shown.
+    pub prompts: NameFilter,
+    /// Which resources and resource templates (by URI or URI template) are shown.
+    pub resources: NameFilter,
+    /// Tools shown under another name (member's name, new name), before the prefix.
+    pub renames: Vec<(String, String)>,
+    /// What some tools show instead of their own title, description or annotations.
+    pub overrides: Vec<(String, ToolOverride)>,
+    /// A member that cannot be reached fails the request (else it is left out and logged).
+    pub fail_closed: bool,
+    /// How long one request to this member may take before it counts as unreachable
+    /// (fan-outs; a routed call's answer head).
+    pub timeout: Duration,
+}
+
+/// Allow and deny globs over names (`*` and `?`); an empty allow list allows every name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameFilter {
+    /// Names shown (all when empty).
+    pub allow: Vec<ratelimit::Glob>,
+    /// Names hidden, even when allowed.
+    pub deny: Vec<ratelimit::Glob>,
+}
+
+impl NameFilter {
+    /// Whether `name` is shown.
+    pub fn admits(&self, name: &str) -> bool {
+        (self.allow.is_empty() || self.allow.iter().any(|g| g.matches(name)))
+            && !self.deny.iter().any(|g| g.matches(name))
+    }
+}
+
+/// What a member's tool shows instead of its own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ToolOverride {
+    /// `title`.
+    pub title: Option<String>,
+    /// `description`.
+    pub description: Option<String>,
+    /// `annotations`, merged key by key over the tool's own.
+    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// What happens to a session whose backend becomes unavailable.

@@ -128,6 +128,7 @@ pub fn redacted_json(cfg: &Config) -> Value {
                 "policy_default": if g.policy_default_allow { "allow" } else { "deny" },
                 "policies": g.policy.rules().iter().map(|r| r.index).collect::<Vec<_>>(),
                 "auth": auth_json(&g.auth),
+                "members": g.virtual_server.as_deref().map(virtual_json),
             })
         })
         .collect();
@@ -188,5 +189,29 @@ pub fn redacted_json(cfg: &Config) -> Value {
             v["queue_timeout_s"] = secs(c.queue_timeout);
             v
         }).collect::<Vec<_>>(),
+    })
+}
+
+/// A virtual server's members and naming, as configured.
+fn virtual_json(v: &crate::config::VirtualServer) -> Value {
+    let globs = |f: &crate::config::NameFilter| {
+        json!({
+            "allow": f.allow.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+            "deny": f.deny.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+        })
+    };
+    json!({
+        "prefix_mode": format!("{:?}", v.prefix_mode).to_ascii_lowercase(),
+        "separator": v.separator,
+        "list_cache_ttl_s": v.list_cache_ttl.as_secs_f64(),
+        "members": v.members.iter().map(|m| json!({
+            "server": m.server, "prefix": m.prefix,
+            "tools": globs(&m.tools), "prompts": globs(&m.prompts),
+            "resources": globs(&m.resources),
+            "rename": m.renames.iter().map(|(f, t)| (f.clone(), json!(t))).collect::<serde_json::Map<_, _>>(),
+            "overrides": m.overrides.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+            "failure": if m.fail_closed { "fail_closed" } else { "fail_open" },
+            "timeout_s": m.timeout.as_secs_f64(),
+        })).collect::<Vec<_>>(),
     })
 }

@@ -12,11 +12,12 @@ use lb::{retry_decision, Retry, RetryContext, UpstreamError, UpstreamErrorKind};
 use protocol::Method;
 
 use crate::balance;
+use crate::config::Backend;
 use crate::config::SessionFailover;
 use crate::control::logs;
 use crate::control::stats::Gauge;
 use crate::data_path::admission::{self, ConcKeys, Permits};
-use crate::data_path::request::{ClientConn, HttpMethod, Next, Refusal};
+use crate::data_path::request::{ClientConn, HttpMethod, Next, Refusal, ReqMeta};
 use crate::data_path::response::{forward_response, Answer};
 use crate::data_path::{failover, reply, upstream};
 use crate::runtime::core::Core;
@@ -38,10 +39,12 @@ pub(crate) struct Plan<'s> {
     pub read_only: bool,
     /// The session may move to another backend (`session_failover = "reinitialize"`).
     pub can_fail_over: bool,
+    /// How long the backend may take to send its answer head.
+    pub head_timeout: std::time::Duration,
 }
 
 /// Ends a request's in-flight count on its backend however the attempt ends.
-struct InFlight<'a> {
+pub(crate) struct InFlight<'a> {
     core: &'a Core,
     gi: usize,
     bi: usize,
@@ -82,19 +85,123 @@ pub(crate) async fn send(
     ) else {
         return reply::refuse(c, &Refusal::new(503, -32603, "no backend available")).await;
     };
-    let mut tried: u64 = 0;
-    let mut last = Refusal::new(503, -32603, "no backend available");
-    let mut fresh_retry: Option<usize> = None;
-    let mut fresh_retry_used = false;
     let mut ubuf = std::mem::take(&mut c.ubuf);
     if ubuf.capacity() == 0 {
         ubuf = core.take_buf();
     }
+    if c.out.capacity() == 0 {
+        // A pooled buffer: growing an empty one to a request's size took six reallocations
+        // (callgrind: about 2 500 instructions per request, 10 % of mcplb's own).
+        c.out = core.take_buf();
+    }
+    let is_delete = c.req.method() == HttpMethod::Delete;
+    c.meta.ended_session = is_delete && plan.sid.is_some();
+    let hop = c.hop();
+    let forwarding = (&core.shared.config.proxy.client_address, &hop);
+    let reached = {
+        let ClientConn { req, out, meta, .. } = &mut *c;
+        let req: &crate::data_path::request::Request = req;
+        let write = |out: &mut Vec<u8>, backend: &Backend, sid: Option<&[u8]>| {
+            upstream::build_request(out, req, backend, sid, &group.auth.upstream, forwarding);
+        };
+        let mut io = AttemptIo {
+            out,
+            ubuf: &mut ubuf,
+            meta,
+            sealed: req.session_id(),
+        };
+        reach(core, &mut plan, conc, permits, &mut io, &write).await
+    };
+    c.meta.ended_session = is_delete && plan.sid.is_some();
+    let Reached {
+        mut up,
+        head_len,
+        bi,
+        in_flight,
+        backend_tag,
+    } = match reached {
+        Ok(r) => r,
+        Err(last) => {
+            c.ubuf = ubuf;
+            return reply::refuse(c, &last).await;
+        }
+    };
+    let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
+    let answer = Answer {
+        up: &mut up,
+        buf: ubuf,
+        head_len,
+        backend_tag,
+        backend_sid: plan.sid.as_deref(),
+        end_on_shutdown: c.req.method() == HttpMethod::Get,
+    };
+    let keep = !c.req.head.close;
+    let (next, reusable) = forward_response(core, c, answer, keep).await;
+    drop(in_flight);
+    if reusable {
+        core.put_upstream(gi, bi, up);
+    }
+    let now = balance::now_ns(core.shared.epoch);
+    let failure = (c.meta.status >= 500).then_some(lb::FailureKind::Status5xx);
+    balance::record_outcome(&core.shared.hub, rt, group, bi, failure, now);
+    core.bal.end_rtt(gi, bi, rtt, now);
+    if group.session_failover == SessionFailover::Reinitialize {
+        remember_initialize(core, c);
+    }
+    next
+}
+
+/// The buffers and facts an attempt loop uses for one request (the client's, or one mcplb
+/// sends a virtual server's member).
+pub(crate) struct AttemptIo<'a> {
+    /// The upstream request is written here.
+    pub out: &'a mut Vec<u8>,
+    /// The answer is read here (its head, then perhaps body bytes).
+    pub ubuf: &'a mut Vec<u8>,
+    /// Which backend, whether retried, when sent.
+    pub meta: &'a mut ReqMeta,
+    /// The sealed session id whose `initialize` a failover replays.
+    pub sealed: Option<&'a [u8]>,
+}
+
+/// A backend that answered: its connection, with a complete answer head in the attempt's
+/// `ubuf`. The request counts as in flight on the backend until `in_flight` drops.
+pub(crate) struct Reached<'a> {
+    pub up: Conn,
+    pub head_len: usize,
+    pub bi: usize,
+    pub backend_tag: u32,
+    pub in_flight: InFlight<'a>,
+}
+
+/// The attempt loop: picks the backend (the session's, or the balancer's), takes the
+/// per-backend permits, writes the request with `write` (given the backend and its session
+/// id) and reads the answer head; after a failure, [`lb::retry_decision`] alone says what
+/// follows. `Err`: the refusal for the client.
+pub(crate) async fn reach<'a>(
+    core: &'a Core,
+    plan: &mut Plan<'_>,
+    conc: &ConcKeys,
+    permits: &mut Permits,
+    io: &mut AttemptIo<'_>,
+    write: &impl Fn(&mut Vec<u8>, &Backend, Option<&[u8]>),
+) -> Result<Reached<'a>, Refusal> {
+    let gi = plan.gi;
+    let (Some(group), Some(rt)) = (
+        core.shared.config.servers.get(gi),
+        core.shared.groups.get(gi),
+    ) else {
+        return Err(Refusal::new(503, -32603, "no backend available"));
+    };
+    let mut tried: u64 = 0;
+    let mut last = Refusal::new(503, -32603, "no backend available");
+    let mut fresh_retry: Option<usize> = None;
+    let mut fresh_retry_used = false;
     core.bal.deposit(gi, balance::now_ns(core.shared.epoch));
     for _ in 0..group.backends.len().max(1) + 1 {
         let now = balance::now_ns(core.shared.epoch);
         if plan.needs_failover {
-            if let Err(r) = fail_over(core, c, &mut plan, tried, now).await {
+            if let Err(r) = fail_over(core, io, plan, tried, now).await {
                 last = r;
                 break;
             }
@@ -127,35 +234,30 @@ pub(crate) async fn send(
             last = admission::concurrency_refusal(ri);
             break;
         }
-        c.meta.backend = Some(bi);
-        c.meta.ended_session = c.req.method() == HttpMethod::Delete && plan.sid.is_some();
+        io.meta.backend = Some(bi);
         let in_flight = InFlight::start(core, gi, bi);
         let sid = plan.sid.as_deref();
-        match attempt(core, c, gi, bi, sid, fresh, &mut ubuf).await {
-            Ok((mut up, head_len)) => {
-                let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
-                let answer = Answer {
-                    up: &mut up,
-                    buf: ubuf,
+        match attempt(
+            core,
+            backend,
+            gi,
+            bi,
+            sid,
+            fresh,
+            io,
+            plan.head_timeout,
+            write,
+        )
+        .await
+        {
+            Ok((up, head_len)) => {
+                return Ok(Reached {
+                    up,
                     head_len,
+                    bi,
                     backend_tag: backend.tag,
-                    backend_sid: sid,
-                    end_on_shutdown: c.req.method() == HttpMethod::Get,
-                };
-                let keep = !c.req.head.close;
-                let (next, reusable) = forward_response(core, c, answer, keep).await;
-                drop(in_flight);
-                if reusable {
-                    core.put_upstream(gi, bi, up);
-                }
-                let now = balance::now_ns(core.shared.epoch);
-                let failure = (c.meta.status >= 500).then_some(lb::FailureKind::Status5xx);
-                balance::record_outcome(&core.shared.hub, rt, group, bi, failure, now);
-                core.bal.end_rtt(gi, bi, rtt, now);
-                if group.session_failover == SessionFailover::Reinitialize {
-                    remember_initialize(core, c);
-                }
-                return next;
+                    in_flight,
+                })
             }
             Err(e) => {
                 drop(in_flight);
@@ -187,52 +289,37 @@ pub(crate) async fn send(
                     }
                     Retry::FailOver => plan.needs_failover = true,
                 }
-                c.meta.retried = true;
+                io.meta.retried = true;
             }
         }
     }
-    c.ubuf = ubuf;
-    reply::refuse(c, &last).await
+    Err(last)
 }
 
 /// One attempt on backend `bi`: a connection (pooled, or new when `fresh`), the request
-/// written, the answer read up to a complete head (its length in `ubuf`).
+/// written, the answer read up to a complete head (its length in `io.ubuf`) within
+/// `head_timeout`.
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     core: &Core,
-    c: &mut ClientConn,
+    backend: &Backend,
     gi: usize,
     bi: usize,
     sid: Option<&[u8]>,
     fresh: bool,
-    ubuf: &mut Vec<u8>,
+    io: &mut AttemptIo<'_>,
+    head_timeout: std::time::Duration,
+    write: &impl Fn(&mut Vec<u8>, &Backend, Option<&[u8]>),
 ) -> Result<(Conn, usize), UpstreamError> {
-    let group = core.shared.config.servers.get(gi);
-    let (Some(group), Some(backend)) = (group, group.and_then(|g| g.backends.get(bi))) else {
-        return Err(UpstreamError::connect(UpstreamErrorKind::ConnectRefused));
-    };
     let (mut up, reused) = core.upstream(gi, bi, fresh).await?;
-    if c.out.capacity() == 0 {
-        // A pooled buffer: growing an empty one to a request's size took six reallocations
-        // (callgrind: about 2 500 instructions per request, 10 % of mcplb's own).
-        c.out = core.take_buf();
-    }
-    c.out.clear();
-    let hop = c.hop();
-    let forwarding = (&core.shared.config.proxy.client_address, &hop);
-    upstream::build_request(
-        &mut c.out,
-        &c.req,
-        backend,
-        sid,
-        &group.auth.upstream,
-        forwarding,
-    );
-    ubuf.clear();
-    let out = std::mem::take(&mut c.out);
+    io.out.clear();
+    write(io.out, backend, sid);
+    io.ubuf.clear();
+    let out = std::mem::take(io.out);
     let len = out.len();
     let (w, out) = up.write_range(out, 0..len).await;
-    c.out = out;
-    c.meta.sent = Some(Instant::now());
+    *io.out = out;
+    io.meta.sent = Some(Instant::now());
     if w.is_err() {
         return Err(UpstreamError::new(
             UpstreamErrorKind::WriteFailed,
@@ -240,8 +327,8 @@ async fn attempt(
             false,
         ));
     }
-    let deadline = monoio::time::Instant::now() + core.shared.config.proxy.upstream_timeout;
-    match upstream::read_head(&mut up, ubuf, Some(deadline)).await {
+    let deadline = monoio::time::Instant::now() + head_timeout;
+    match upstream::read_head(&mut up, io.ubuf, Some(deadline)).await {
         Ok(n) => Ok((up, n)),
         Err(e) => Err(e.upstream(reused)),
     }
@@ -250,13 +337,13 @@ async fn attempt(
 /// Moves the request's session to another backend by replaying its `initialize`.
 async fn fail_over(
     core: &Core,
-    c: &mut ClientConn,
+    io: &mut AttemptIo<'_>,
     plan: &mut Plan<'_>,
     tried: u64,
     now: u64,
 ) -> Result<(), Refusal> {
     let group = core.shared.config.servers.get(plan.gi);
-    let (Some(group), Some(sealed)) = (group, c.req.session_id()) else {
+    let (Some(group), Some(sealed)) = (group, io.sealed) else {
         return Err(Refusal::new(404, -32603, "Session not found"));
     };
     let Some(body) = core.shared.failover.init_body(sealed) else {
@@ -291,7 +378,7 @@ async fn fail_over(
     plan.sid = Some(Cow::Owned(sid));
     plan.pinned = Some(to);
     plan.needs_failover = false;
-    c.meta.retried = true;
+    io.meta.retried = true;
     Ok(())
 }
 

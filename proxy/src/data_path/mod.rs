@@ -136,6 +136,15 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     if let Some(front) = legacy {
         return Ok(legacy_front::forward(core, c, gi, front).await);
     }
+    let virtual_server = core
+        .shared
+        .config
+        .servers
+        .get(gi)
+        .and_then(|g| g.virtual_server.clone());
+    if let Some(vs) = virtual_server {
+        return crate::virtual_server::serve(core, c, gi, &vs).await;
+    }
     let mut scratch = [0u8; SCRATCH];
     let opened = open_session(core, c, gi, &mut scratch)?;
     let admitted = match method {
@@ -220,6 +229,7 @@ fn plan<'s>(
         // GET streams and DELETE only read (or end a session).
         read_only: admitted.is_none_or(|a| a.read_only),
         can_fail_over: false,
+        head_timeout: core.shared.config.proxy.upstream_timeout,
     };
     let Some(sealed) = c.req.session_id() else {
         if admitted.is_none() {

@@ -200,6 +200,20 @@ pub(crate) fn check(
     out
 }
 
+/// Keeps the entries of a list the caller of `filter` may use (a virtual server's merged list,
+/// answered without a backend's answer to filter).
+pub(crate) fn retain_visible(core: &Core, filter: &ListFilter, items: &mut Vec<serde_json::Value>) {
+    match core.shared.config.servers.get(filter.gi) {
+        Some(g) => {
+            let class = &filter.class.class;
+            lists::retain_entries(items, filter.kind, |n| {
+                g.policy.visible(class, filter.kind, n)
+            });
+        }
+        None => items.clear(),
+    }
+}
+
 /// Reads a list answer's whole body (after `head_len` in `a.buf`, framed by `framing`) and
 /// filters it: the body the caller gets, and whether bytes followed it upstream.
 pub(crate) async fn filtered_answer(

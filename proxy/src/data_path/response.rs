@@ -370,16 +370,16 @@ pub(crate) async fn forward_response(
 
 /// What an SSE stream watches while it waits for its backend's next bytes (no total timeout
 /// applies to it).
-struct Watch {
+pub(crate) struct Watch {
     /// The client's side of the connection, until the client sends bytes (a pipelined
     /// request: from then on they wait in the socket and a close is noticed at the next write).
-    client: bool,
+    pub client: bool,
     /// A standalone GET stream: the shutdown signal.
-    shutdown: Option<ShutdownSignal>,
+    pub shutdown: Option<ShutdownSignal>,
 }
 
 /// What ended the wait for a stream's next upstream bytes.
-enum Waited {
+pub(crate) enum Waited {
     /// The upstream read completed.
     Read(std::io::Result<usize>, Vec<u8>),
     /// The client closed the connection or reset it.
@@ -465,7 +465,12 @@ async fn stream_body(
 /// Waits for the next bytes of an SSE stream from `up` while watching the client and, for a
 /// standalone GET stream, the shutdown signal. Only what the stream waits for costs anything:
 /// short answers never come here.
-async fn next_event(up: &mut Conn, buf: Vec<u8>, client: &mut Conn, w: &mut Watch) -> Waited {
+pub(crate) async fn next_event(
+    up: &mut Conn,
+    buf: Vec<u8>,
+    client: &mut Conn,
+    w: &mut Watch,
+) -> Waited {
     let mut read = std::pin::pin!(up.read_more(buf, super::READ_SIZE));
     // Created lazily by the first poll; once it has answered it is never polled again.
     let mut peer = std::pin::pin!(client.peer_event());

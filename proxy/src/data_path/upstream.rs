@@ -216,3 +216,97 @@ pub(crate) async fn exchange(
         ok: ok && !err,
     }
 }
+
+/// What a request mcplb sends a virtual server's member says in the 2026-07-28 mirror
+/// headers (`Mcp-Method`, `Mcp-Name`), which must match its own body, not the client's.
+pub(crate) struct Mirror<'a> {
+    pub method: &'a str,
+    pub name: Option<&'a str>,
+}
+
+/// Writes a request mcplb sends a virtual server's member on behalf of the client's `req`:
+/// `http_method` to the backend's path, `Host` set to the backend, the client's headers as
+/// [`build_request`] passes them, except `Last-Event-ID` (a member's stream has its own event
+/// ids) and the mirror headers (written from `mirror` when the client sent them), the
+/// member backend's session id, and `body`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_member_request(
+    out: &mut Vec<u8>,
+    req: &Request,
+    forwarding: (&ClientAddress, &Hop),
+    http_method: &[u8],
+    body: &[u8],
+    backend: &Backend,
+    backend_sid: Option<&[u8]>,
+    credential: &UpstreamCredential,
+    mirror: &Mirror<'_>,
+) {
+    let strip_auth = !matches!(credential, UpstreamCredential::Forward);
+    out.extend_from_slice(http_method);
+    out.push(b' ');
+    out.extend_from_slice(backend.path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(backend.authority.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut mirrored = false;
+    let (fwd, hop) = forwarding;
+    for (name, value) in req.headers() {
+        if http::is_hop_by_hop(name)
+            || req.connection_names(name)
+            || client_address::is_replaced(fwd, name)
+            || name.eq_ignore_ascii_case(b"last-event-id")
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"mcp-method") || name.eq_ignore_ascii_case(b"mcp-name") {
+            mirrored = true;
+            continue;
+        }
+        if strip_auth
+            && (name.eq_ignore_ascii_case(b"authorization")
+                || name.eq_ignore_ascii_case(b"x-api-key"))
+        {
+            continue;
+        }
+        if http_method == b"POST"
+            && (name.eq_ignore_ascii_case(b"content-type") || name.eq_ignore_ascii_case(b"accept"))
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if http_method == b"POST" {
+        out.extend_from_slice(
+            b"content-type: application/json\r\naccept: application/json, text/event-stream\r\n",
+        );
+    }
+    client_address::write(out, fwd, hop, req);
+    if mirrored {
+        let _ = write!(out, "mcp-method: {}\r\n", mirror.method);
+        // A name with control characters cannot be a header value (nor came in one).
+        if let Some(n) = mirror
+            .name
+            .filter(|n| !n.bytes().any(|b| b < 0x20 || b == 0x7f))
+        {
+            let _ = write!(out, "mcp-name: {n}\r\n");
+        }
+    }
+    if let UpstreamCredential::Inject(secret) = credential {
+        out.extend_from_slice(b"authorization: ");
+        out.extend_from_slice(secret.expose().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(sid) = backend_sid.filter(|s| !s.is_empty()) {
+        out.extend_from_slice(b"mcp-session-id: ");
+        out.extend_from_slice(sid);
+        out.extend_from_slice(b"\r\n");
+    }
+    if http_method == b"POST" || !body.is_empty() {
+        let _ = write!(out, "content-length: {}\r\n", body.len());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}

@@ -53,7 +53,7 @@ pub fn filter_message(
     visible: impl Fn(&str) -> bool,
 ) -> Result<Option<Vec<u8>>, Unfilterable> {
     let mut msg: Value = serde_json::from_slice(body).map_err(|_| Unfilterable)?;
-    let (list, key) = kind.members();
+    let (list, _) = kind.members();
     let Some(entries) = msg
         .get_mut("result")
         .and_then(|r| r.get_mut(list))
@@ -61,13 +61,24 @@ pub fn filter_message(
     else {
         return Ok(None);
     };
-    let before = entries.len();
-    // An entry without its name cannot be judged: hidden.
-    entries.retain(|e| e.get(key).and_then(Value::as_str).is_some_and(&visible));
-    if entries.len() == before {
+    if !retain_entries(entries, kind, visible) {
         return Ok(None);
     }
     serde_json::to_vec(&msg).map(Some).map_err(|_| Unfilterable)
+}
+
+/// Keeps the entries of a list (`result.tools` and the like, as JSON values) that `visible`
+/// shows, by their name or URI; an entry without one cannot be judged and is hidden. Whether
+/// any was removed. For paths that hold a list as values (a virtual server's merged lists).
+pub fn retain_entries(
+    entries: &mut Vec<Value>,
+    kind: ListKind,
+    visible: impl Fn(&str) -> bool,
+) -> bool {
+    let (_, key) = kind.members();
+    let before = entries.len();
+    entries.retain(|e| e.get(key).and_then(Value::as_str).is_some_and(&visible));
+    entries.len() != before
 }
 
 /// Filters a whole answer body: a JSON message, or (`sse`) an event stream, each event's

@@ -33,6 +33,10 @@ pub const OWNER: usize = 16;
 pub const MAX_BACKEND_SID: usize = 256;
 /// Scratch space needed to open a sealed id.
 pub const SCRATCH: usize = NONCE + 1 + 4 + OWNER + MAX_BACKEND_SID + TAG;
+/// A virtual server's id: its payload is laid out by `crate::virtual_server::session`.
+const VERSION_VIRTUAL: u8 = 3;
+/// Largest virtual-server payload sealed (the sealed id is about 4/3 of it, plus 40 bytes).
+pub const MAX_VIRTUAL_PAYLOAD: usize = 1024;
 /// What the owner digest's key is derived for (the session key also keys the AEAD).
 const OWNER_KEY_LABEL: &[u8] = b"mcplb session owner v1";
 
@@ -49,6 +53,11 @@ impl Owner {
             .zip(&other.0)
             .fold(0u8, |x, (a, b)| x | (a ^ b))
             == 0
+    }
+
+    /// Whether `other` (a digest's bytes) is this owner (compared in constant time).
+    pub fn matches_bytes(&self, other: &[u8; OWNER]) -> bool {
+        self.matches(&Owner(*other))
     }
 
     /// The digest's bytes (for carrying it over mcplb's own loopback hops).
@@ -171,6 +180,66 @@ impl SessionSealer {
         Ok(())
     }
 
+    /// Seals a virtual server's session payload (at most [`MAX_VIRTUAL_PAYLOAD`] bytes) into
+    /// the id its client holds, appended to `out`: `base64url(nonce ‖ ChaCha20-Poly1305(3 ‖
+    /// payload))`, with the same key and AAD as every other id. Its version byte keeps it from
+    /// opening as a plain group's id, and theirs from opening as its.
+    pub fn seal_virtual(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
+        if payload.len() > MAX_VIRTUAL_PAYLOAD {
+            return Err(SealError::TooLong);
+        }
+        let mut nonce = [0u8; NONCE];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let mut buf = Vec::with_capacity(NONCE + 1 + payload.len() + TAG);
+        buf.extend_from_slice(&nonce);
+        buf.push(VERSION_VIRTUAL);
+        buf.extend_from_slice(payload);
+        let (head, rest) = buf.split_at_mut(NONCE);
+        let Ok(tag) =
+            self.aead
+                .encrypt_in_place_detached(Nonce::from_slice(head), b"mcplb-session", rest)
+        else {
+            return Err(SealError::TooLong);
+        };
+        buf.extend_from_slice(&tag);
+        let start = out.len();
+        out.resize(
+            start + base64::encoded_len(buf.len(), false).unwrap_or(0),
+            0,
+        );
+        let n = URL_SAFE_NO_PAD
+            .encode_slice(&buf, &mut out[start..])
+            .unwrap_or(0);
+        out.truncate(start + n);
+        Ok(())
+    }
+
+    /// Opens a virtual server's sealed id into `buf`: its payload (a slice of `buf`), or `None`
+    /// when it was not sealed with this key, was altered, or is another kind of id.
+    pub fn open_virtual<'b>(&self, sealed: &[u8], buf: &'b mut Vec<u8>) -> Option<&'b [u8]> {
+        let max = NONCE + 1 + MAX_VIRTUAL_PAYLOAD + TAG;
+        if sealed.len() > base64::encoded_len(max, false)? {
+            return None;
+        }
+        buf.clear();
+        buf.resize(max, 0);
+        let n = URL_SAFE_NO_PAD.decode_slice(sealed, buf).ok()?;
+        if n < NONCE + 1 + TAG {
+            return None;
+        }
+        buf.truncate(n);
+        let (nonce, rest) = buf.split_at_mut(NONCE);
+        let (body, tag) = rest.split_at_mut(n - NONCE - TAG);
+        let tag = Tag::clone_from_slice(tag);
+        self.aead
+            .decrypt_in_place_detached(Nonce::from_slice(nonce), b"mcplb-session", body, &tag)
+            .ok()?;
+        match body.split_first() {
+            Some((&VERSION_VIRTUAL, payload)) => Some(payload),
+            _ => None,
+        }
+    }
+
     /// Opens a sealed id: the backend tag, the owner (if it was sealed with one) and the
     /// backend's session id (a slice of `scratch`), or `None` when the id was not sealed with
     /// this key or was altered.
@@ -273,6 +342,41 @@ mod tests {
         let mut scratch = [0u8; SCRATCH];
         for g in [&b""[..], b"!!!!", b"abc", &[0xffu8; 600][..]] {
             assert!(s.open(g, &mut scratch).is_none());
+        }
+    }
+
+    #[test]
+    fn virtual_ids_round_trip_and_never_open_as_plain_ids() {
+        let s = SessionSealer::new(&[7u8; 32]);
+        let mut buf = Vec::new();
+        for len in [0usize, 1, 100, MAX_VIRTUAL_PAYLOAD] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut id = Vec::new();
+            assert_eq!(s.seal_virtual(&payload, &mut id), Ok(()));
+            assert!(id.iter().all(|b| (0x21..0x7f).contains(b)));
+            assert_eq!(s.open_virtual(&id, &mut buf), Some(&payload[..]));
+            let mut scratch = [0u8; SCRATCH];
+            assert!(
+                s.open(&id, &mut scratch).is_none(),
+                "a virtual id opened as plain"
+            );
+            let mut bad = id.clone();
+            bad[5] = if bad[5] == b'A' { b'B' } else { b'A' };
+            assert!(s.open_virtual(&bad, &mut buf).is_none());
+        }
+        let mut plain = Vec::new();
+        assert_eq!(s.seal(9, None, b"sid", &mut plain), Ok(()));
+        assert!(
+            s.open_virtual(&plain, &mut buf).is_none(),
+            "a plain id opened as virtual"
+        );
+        let mut too_long = Vec::new();
+        assert_eq!(
+            s.seal_virtual(&[0u8; MAX_VIRTUAL_PAYLOAD + 1], &mut too_long),
+            Err(SealError::TooLong)
+        );
+        for g in [&b""[..], b"!!!!", &[b'A'; 5000][..]] {
+            assert!(s.open_virtual(g, &mut buf).is_none());
         }
     }
 

@@ -18,9 +18,12 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 
 import {
-  CONFORMANCE_JS,
-  NODE22,
   TS_DIR,
+  compareConformance as compare,
+  conformanceSection,
+  countChecks as count,
+  gradedChecks as graded,
+  runConformance,
   startConformanceServer,
   startEverything,
   startMcplb,
@@ -29,78 +32,6 @@ import {
 const RESULTS_DIR = path.join(TS_DIR, "results");
 const PKG = (name) =>
   JSON.parse(readFileSync(path.join(TS_DIR, "node_modules", ...name.split("/"), "package.json"), "utf8")).version;
-
-/** Run `conformance server --url URL --suite all` (active and pending scenarios); resolve with stdout and parsed checks. */
-function runConformance(url, label) {
-  const outDir = mkdtempSync(path.join(tmpdir(), `mcplb-conformance-${label}-`));
-  return new Promise((resolve, reject) => {
-    const child = spawn(NODE22, [CONFORMANCE_JS, "server", "--url", url, "--suite", "all", "-o", outDir], {
-      cwd: outDir,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => (stdout += d));
-    child.stderr.on("data", (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
-    child.on("error", reject);
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      try {
-        const checks = [];
-        for (const dir of readdirSync(outDir).sort()) {
-          const scenario = dir.replace(/^server-/, "").replace(/-\d{4}-\d{2}-\d{2}T[\d-]+Z$/, "");
-          const list = JSON.parse(readFileSync(path.join(outDir, dir, "checks.json"), "utf8"));
-          const seen = new Map();
-          for (const c of list) {
-            const n = (seen.get(c.id) ?? 0) + 1;
-            seen.set(c.id, n);
-            checks.push({
-              key: `${scenario} / ${c.id}${n > 1 ? ` #${n}` : ""}`,
-              scenario,
-              status: c.status,
-              errorMessage: c.errorMessage,
-              details: c.details,
-            });
-          }
-        }
-        const i = stdout.indexOf("=== SUMMARY ===");
-        const summary = i >= 0 ? stdout.slice(i).trim() : `(no summary; exit ${code})\n${stdout.slice(-2000)}\n${stderr.slice(-2000)}`;
-        rmSync(outDir, { recursive: true, force: true });
-        resolve({ code, summary, checks, stderr });
-      } catch (e) {
-        reject(new Error(`could not read conformance results (exit ${code}): ${e.message}\n${stderr.slice(-3000)}`));
-      }
-    });
-  });
-}
-
-/** Checks that count: SUCCESS / FAILURE / WARNING (INFO ones only carry details). */
-const graded = (checks) => checks.filter((c) => c.status !== "INFO");
-
-function section(title, run) {
-  const lines = [`## ${title}`, "", run.summary, "", "Checks (status, scenario / check id):"];
-  for (const c of graded(run.checks)) {
-    lines.push(`  ${c.status.padEnd(8)} ${c.key}${c.status !== "SUCCESS" && c.errorMessage ? ` -- ${c.errorMessage}` : ""}`);
-  }
-  return lines.join("\n");
-}
-
-function compare(direct, via) {
-  const viaByKey = new Map(via.checks.map((c) => [c.key, c]));
-  const directByKey = new Map(direct.checks.map((c) => [c.key, c]));
-  const lost = [];
-  const changed = [];
-  for (const d of graded(direct.checks)) {
-    const v = viaByKey.get(d.key);
-    if (d.status === "SUCCESS" && v?.status !== "SUCCESS") lost.push({ direct: d, via: v });
-    else if (v && v.status !== d.status) changed.push({ direct: d, via: v });
-  }
-  const gained = graded(via.checks).filter((v) => !directByKey.has(v.key));
-  return { lost, changed, gained };
-}
-
-const count = (run, status) => graded(run.checks).filter((c) => c.status === status).length;
 
 describe("@modelcontextprotocol/conformance server scenarios: directly vs through mcplb", () => {
   const runs = {}; // target -> { direct, via }
@@ -137,7 +68,7 @@ describe("@modelcontextprotocol/conformance server scenarios: directly vs throug
       path.join(RESULTS_DIR, "conformance-direct.txt"),
       header("each server directly") +
         Object.entries(runs)
-          .map(([t, r]) => section(`${t}, directly`, r.direct))
+          .map(([t, r]) => conformanceSection(`${t}, directly`, r.direct))
           .join("\n\n") +
         "\n",
     );
@@ -145,7 +76,7 @@ describe("@modelcontextprotocol/conformance server scenarios: directly vs throug
       path.join(RESULTS_DIR, "conformance-via-mcplb.txt"),
       header("each server behind mcplb (one backend, Streamable HTTP)") +
         Object.entries(runs)
-          .map(([t, r]) => section(`${t}, through mcplb`, r.via))
+          .map(([t, r]) => conformanceSection(`${t}, through mcplb`, r.via))
           .join("\n\n") +
         "\n",
     );

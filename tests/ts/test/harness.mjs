@@ -6,7 +6,7 @@
 //   MCPLB_BIN  path to the mcplb binary (default: <repo>/target/debug/mcplb)
 
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -298,3 +298,78 @@ export function waitFor(predicate, timeoutMs, what) {
     tick();
   });
 }
+
+// ------------------------------------------------------------------------------------------
+// The conformance suite (conformance.test.mjs, virtual.test.mjs).
+
+/** Run `conformance server --url URL --suite all` (active and pending scenarios); resolve with stdout and parsed checks. */
+export function runConformance(url, label) {
+  const outDir = mkdtempSync(path.join(tmpdir(), `mcplb-conformance-${label}-`));
+  return new Promise((resolve, reject) => {
+    const child = spawn(NODE22, [CONFORMANCE_JS, "server", "--url", url, "--suite", "all", "-o", outDir], {
+      cwd: outDir,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
+    child.on("error", reject);
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      try {
+        const checks = [];
+        for (const dir of readdirSync(outDir).sort()) {
+          const scenario = dir.replace(/^server-/, "").replace(/-\d{4}-\d{2}-\d{2}T[\d-]+Z$/, "");
+          const list = JSON.parse(readFileSync(path.join(outDir, dir, "checks.json"), "utf8"));
+          const seen = new Map();
+          for (const c of list) {
+            const n = (seen.get(c.id) ?? 0) + 1;
+            seen.set(c.id, n);
+            checks.push({
+              key: `${scenario} / ${c.id}${n > 1 ? ` #${n}` : ""}`,
+              scenario,
+              status: c.status,
+              errorMessage: c.errorMessage,
+              details: c.details,
+            });
+          }
+        }
+        const i = stdout.indexOf("=== SUMMARY ===");
+        const summary = i >= 0 ? stdout.slice(i).trim() : `(no summary; exit ${code})\n${stdout.slice(-2000)}\n${stderr.slice(-2000)}`;
+        rmSync(outDir, { recursive: true, force: true });
+        resolve({ code, summary, checks, stderr });
+      } catch (e) {
+        reject(new Error(`could not read conformance results (exit ${code}): ${e.message}\n${stderr.slice(-3000)}`));
+      }
+    });
+  });
+}
+
+/** Checks that count: SUCCESS / FAILURE / WARNING (INFO ones only carry details). */
+export const gradedChecks = (checks) => checks.filter((c) => c.status !== "INFO");
+
+export function conformanceSection(title, run) {
+  const lines = [`## ${title}`, "", run.summary, "", "Checks (status, scenario / check id):"];
+  for (const c of gradedChecks(run.checks)) {
+    lines.push(`  ${c.status.padEnd(8)} ${c.key}${c.status !== "SUCCESS" && c.errorMessage ? ` -- ${c.errorMessage}` : ""}`);
+  }
+  return lines.join("\n");
+}
+
+export function compareConformance(direct, via) {
+  const viaByKey = new Map(via.checks.map((c) => [c.key, c]));
+  const directByKey = new Map(direct.checks.map((c) => [c.key, c]));
+  const lost = [];
+  const changed = [];
+  for (const d of gradedChecks(direct.checks)) {
+    const v = viaByKey.get(d.key);
+    if (d.status === "SUCCESS" && v?.status !== "SUCCESS") lost.push({ direct: d, via: v });
+    else if (v && v.status !== d.status) changed.push({ direct: d, via: v });
+  }
+  const gained = gradedChecks(via.checks).filter((v) => !directByKey.has(v.key));
+  return { lost, changed, gained };
+}
+
+export const countChecks = (run, status) => gradedChecks(run.checks).filter((c) => c.status === status).length;

@@ -12,6 +12,7 @@ mod names;
 mod policies;
 mod proxy;
 mod servers;
+mod virtual_server;
 
 use super::fields::TableCheck;
 use super::raw::RawConfig;

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use super::backends;
+use super::virtual_server::RawVirtual;
 use crate::config::fields::TableCheck;
 use crate::config::raw::RawServer;
 use crate::config::types::{Balance, HashKey, ServerGroup, SessionFailover};
@@ -14,10 +15,40 @@ pub(super) fn validate(raw: Vec<RawServer>, errs: &mut Vec<String>) -> Vec<Serve
         errs.push("servers: at least one [[servers]] group is required".to_string());
     }
     let mut taken = Taken::default();
-    raw.into_iter()
+    let mut members = Vec::new();
+    let mut groups: Vec<ServerGroup> = raw
+        .into_iter()
         .enumerate()
-        .map(|(i, s)| group(s, &format!("servers[{i}]"), &mut taken, errs))
-        .collect()
+        .map(|(i, mut s)| {
+            members.push(s.members.take().map(|list| RawVirtual {
+                members: list,
+                prefix_mode: s.prefix_mode.take(),
+                separator: s.separator.take(),
+                list_cache_ttl: s.list_cache_ttl.take(),
+            }));
+            let is_virtual = members.last().is_some_and(Option::is_some);
+            group(s, is_virtual, &format!("servers[{i}]"), &mut taken, errs)
+        })
+        .collect();
+    // Members name other groups, earlier or later in the file: resolved once all are read.
+    let virtuals: Vec<bool> = members.iter().map(Option::is_some).collect();
+    for (i, m) in members.into_iter().enumerate() {
+        let Some(raw) = m else {
+            continue;
+        };
+        let v = super::virtual_server::validate(
+            raw,
+            i,
+            &groups,
+            &virtuals,
+            &format!("servers[{i}]"),
+            errs,
+        );
+        if let Some(g) = groups.get_mut(i) {
+            g.virtual_server = v.map(std::sync::Arc::new);
+        }
+    }
+    groups
 }
 
 /// Names and paths used by the groups validated so far.
@@ -27,7 +58,13 @@ struct Taken {
     paths: HashSet<String>,
 }
 
-fn group(s: RawServer, key: &str, taken: &mut Taken, errs: &mut Vec<String>) -> ServerGroup {
+fn group(
+    s: RawServer,
+    is_virtual: bool,
+    key: &str,
+    taken: &mut Taken,
+    errs: &mut Vec<String>,
+) -> ServerGroup {
     let mut t = TableCheck::new(key, errs);
     let name = s.name.unwrap_or_else(|| {
         t.problem("name", "missing");
@@ -45,7 +82,30 @@ fn group(s: RawServer, key: &str, taken: &mut Taken, errs: &mut Vec<String>) -> 
     } else if !taken.paths.insert(path.clone()) {
         t.problem("path", format!("`{path}` is used by another group"));
     }
-    let backends = backends::validate(s.backends, &mut t);
+    let backends = if is_virtual {
+        if !s.backends.is_empty() {
+            t.problem(
+                "backends",
+                "a virtual server (with `members`) has no backends of its own",
+            );
+        }
+        Vec::new()
+    } else {
+        for k in [
+            ("prefix_mode", s.prefix_mode.is_some()),
+            ("separator", s.separator.is_some()),
+            ("list_cache_ttl", s.list_cache_ttl.is_some()),
+        ]
+        .iter()
+        .filter(|k| k.1)
+        {
+            t.problem(
+                k.0,
+                "only used by a virtual server (a group with `members`)",
+            );
+        }
+        backends::validate(s.backends, &mut t)
+    };
     let balance = balance(s.balance.as_deref(), s.hash_key.as_deref(), &mut t);
     let hash_bound = match s.hash_bound {
         None => 1.25,
@@ -95,7 +155,11 @@ fn group(s: RawServer, key: &str, taken: &mut Taken, errs: &mut Vec<String>) -> 
             false
         }
     };
+    if is_virtual && s.legacy_sse == Some(true) {
+        t.problem("legacy_sse", "not available on a virtual server");
+    }
     ServerGroup {
+        virtual_server: None,
         legacy_sse: s.legacy_sse.unwrap_or(false),
         // Filled in by `[[policies]]` (validated after the groups).
         policy: Default::default(),

@@ -1,0 +1,440 @@
+//! Requests to a virtual server's members, through the data path's own attempt loop
+//! ([`attempt::reach`]): each member group keeps its balancing, health, retries and sessions.
+//! A fan-out collects each member's whole answer ([`collect`]); a routed call hands the
+//! reached connection to the stream that forwards it ([`send`]).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::balance;
+use crate::config::{Backend, Member};
+use crate::data_path::admission::ConcKeys;
+use crate::data_path::attempt::{self, AttemptIo, Plan, Reached};
+use crate::data_path::client_address::Hop;
+use crate::data_path::request::{ClientConn, Refusal, ReqMeta, Request};
+use crate::data_path::response::{body_step, Framing};
+use crate::data_path::route;
+use crate::data_path::upstream::{self, Mirror};
+use crate::http::{self, ChunkedDecoder};
+use crate::runtime::core::Core;
+use crate::tls::Conn;
+
+/// The client request on whose behalf mcplb asks members: its headers (passed on as a plain
+/// group's are) and where it came from (the forwarding headers).
+pub(crate) struct Origin<'a> {
+    pub req: &'a Request,
+    pub hop: Hop,
+}
+
+impl<'a> Origin<'a> {
+    /// The client's current request.
+    pub fn of(c: &'a ClientConn) -> Self {
+        Origin {
+            req: &c.req,
+            hop: c.hop(),
+        }
+    }
+}
+
+/// One request mcplb sends a member.
+pub(crate) struct Outbound<'a> {
+    /// The member.
+    pub member: &'a Member,
+    /// Its session: (backend tag, backend's session id; empty for a stateless member).
+    pub session: Option<(u32, &'a [u8])>,
+    /// `POST`, `GET` or `DELETE`.
+    pub http_method: &'static [u8],
+    /// The JSON-RPC message (empty for GET and DELETE).
+    pub body: &'a [u8],
+    /// The mirror headers' values for it.
+    pub mirror: Mirror<'a>,
+    /// Sending it again cannot run anything twice.
+    pub read_only: bool,
+    /// How long its answer head may take.
+    pub timeout: Duration,
+}
+
+/// Why a member could not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MemberError {
+    /// Its session's backend is gone, or it answered 404: the session must open again.
+    SessionGone,
+    /// Unreachable, timed out, or a broken answer.
+    Unreachable(Refusal),
+}
+
+impl MemberError {
+    /// What a client is told when this member's failure fails its request.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            MemberError::SessionGone => Refusal::new(502, -32603, "a member lost its session"),
+            MemberError::Unreachable(r) => r.clone(),
+        }
+    }
+}
+
+/// The parts of a member's answer head the virtual server uses.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct MemberHead {
+    pub status: u16,
+    pub sse: bool,
+    pub content_type: Vec<u8>,
+    /// The `Mcp-Session-Id` it carried.
+    pub session: Option<Vec<u8>>,
+    pub length: Option<u64>,
+    pub chunked: bool,
+    pub close: bool,
+}
+
+impl MemberHead {
+    /// Reads a response head (through its blank line).
+    pub fn parse(head: &[u8]) -> Option<MemberHead> {
+        let mut storage = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut storage);
+        if !matches!(resp.parse(head), Ok(httparse::Status::Complete(_))) {
+            return None;
+        }
+        let mut h = MemberHead {
+            status: resp.code?,
+            close: resp.version == Some(0),
+            ..MemberHead::default()
+        };
+        for hd in resp.headers.iter() {
+            let name = hd.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-type") {
+                h.content_type = hd.value.to_vec();
+                h.sse = hd
+                    .value
+                    .get(..17)
+                    .is_some_and(|v| v.eq_ignore_ascii_case(b"text/event-stream"));
+            } else if name.eq_ignore_ascii_case(b"mcp-session-id") {
+                h.session = Some(hd.value.trim_ascii().to_vec());
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                h.length = Some(http::parse_content_length(hd.value)?);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                h.chunked = http::has_token(hd.value, b"chunked");
+            } else if name.eq_ignore_ascii_case(b"connection")
+                && http::has_token(hd.value, b"close")
+            {
+                h.close = true;
+            }
+        }
+        Some(h)
+    }
+
+    /// How the body after this head is framed.
+    pub fn framing(&self) -> Framing {
+        if self.status == 204
+            || self.status == 304
+            || (self.status == 202 && self.length.is_none() && !self.chunked)
+        {
+            Framing::None
+        } else if self.chunked {
+            Framing::Chunked(ChunkedDecoder::new())
+        } else if let Some(n) = self.length {
+            Framing::Length(n)
+        } else {
+            Framing::UntilClose
+        }
+    }
+}
+
+/// A member that answered: its head parsed, the connection and the bytes read after the head.
+pub(crate) struct Answered<'a> {
+    pub head: MemberHead,
+    pub up: Conn,
+    /// Body bytes read with the head.
+    pub early: Vec<u8>,
+    pub reached: ReachedParts<'a>,
+}
+
+/// What must go back to the member group's pool and balancer when the answer ends.
+pub(crate) struct ReachedParts<'a> {
+    pub gi: usize,
+    pub bi: usize,
+    pub in_flight: attempt::InFlight<'a>,
+    pub sent: Option<std::time::Instant>,
+}
+
+impl ReachedParts<'_> {
+    /// Records the answer's outcome and pools the connection when it can be reused.
+    pub fn finish(self, core: &Core, up: Option<Conn>, status: u16) {
+        let ReachedParts {
+            gi,
+            bi,
+            in_flight,
+            sent,
+        } = self;
+        drop(in_flight);
+        if let Some(up) = up {
+            core.put_upstream(gi, bi, up);
+        }
+        let (Some(group), Some(rt)) = (
+            core.shared.config.servers.get(gi),
+            core.shared.groups.get(gi),
+        ) else {
+            return;
+        };
+        let now = balance::now_ns(core.shared.epoch);
+        let failure = (status >= 500).then_some(lb::FailureKind::Status5xx);
+        balance::record_outcome(&core.shared.hub, rt, group, bi, failure, now);
+        let rtt = sent.map(|s| s.elapsed().as_nanos() as u64);
+        core.bal.end_rtt(gi, bi, rtt, now);
+    }
+}
+
+/// Sends `o` to its member (on behalf of the client's request `req`) and reads the answer
+/// head.
+pub(crate) async fn send<'a>(
+    core: &'a Core,
+    req: &Origin<'_>,
+    o: &Outbound<'_>,
+) -> Result<Answered<'a>, MemberError> {
+    let gi = o.member.group;
+    let (Some(group), Some(rt)) = (
+        core.shared.config.servers.get(gi),
+        core.shared.groups.get(gi),
+    ) else {
+        return Err(MemberError::Unreachable(Refusal::new(
+            503,
+            -32603,
+            "no backend available",
+        )));
+    };
+    let now = balance::now_ns(core.shared.epoch);
+    let mut plan = Plan {
+        gi,
+        pinned: None,
+        sid: None,
+        needs_failover: false,
+        hash_key: None,
+        read_only: o.read_only,
+        can_fail_over: false,
+        head_timeout: o.timeout,
+    };
+    if let Some((tag, sid)) = o.session {
+        let Some(bi) = group.backends.iter().position(|b| b.tag == tag) else {
+            return Err(MemberError::SessionGone);
+        };
+        if !route::session_backend_usable(rt, bi, now) {
+            return Err(MemberError::SessionGone);
+        }
+        plan.pinned = Some(bi);
+        plan.sid = Some(std::borrow::Cow::Borrowed(sid));
+    }
+    let mut out = core.take_buf();
+    let mut ubuf = core.take_buf();
+    let mut meta = ReqMeta::default();
+    let write = |out: &mut Vec<u8>, backend: &Backend, sid: Option<&[u8]>| {
+        upstream::build_member_request(
+            out,
+            req.req,
+            (&core.shared.config.proxy.client_address, &req.hop),
+            o.http_method,
+            o.body,
+            backend,
+            sid,
+            &group.auth.upstream,
+            &o.mirror,
+        );
+    };
+    let reached = {
+        let mut io = AttemptIo {
+            out: &mut out,
+            ubuf: &mut ubuf,
+            meta: &mut meta,
+            sealed: None,
+        };
+        let mut permits = Default::default();
+        attempt::reach(
+            core,
+            &mut plan,
+            &ConcKeys::default(),
+            &mut permits,
+            &mut io,
+            &write,
+        )
+        .await
+    };
+    core.give_buf(out);
+    let Reached {
+        up,
+        head_len,
+        bi,
+        in_flight,
+        ..
+    } = reached.map_err(MemberError::Unreachable)?;
+    let parts = ReachedParts {
+        gi,
+        bi,
+        in_flight,
+        sent: meta.sent,
+    };
+    let Some(head) = MemberHead::parse(ubuf.get(..head_len).unwrap_or_default()) else {
+        parts.finish(core, None, 502);
+        return Err(MemberError::Unreachable(Refusal::new(
+            502,
+            -32603,
+            "malformed response from a member",
+        )));
+    };
+    if head.status == 404 && o.session.is_some_and(|(_, sid)| !sid.is_empty()) {
+        parts.finish(core, None, 404);
+        return Err(MemberError::SessionGone);
+    }
+    let early = ubuf.split_off(head_len.min(ubuf.len()));
+    core.give_buf(ubuf);
+    Ok(Answered {
+        head,
+        up,
+        early,
+        reached: parts,
+    })
+}
+
+/// A member's whole answer: its status, session id, and the JSON-RPC messages of its body
+/// (one, a batch, or each SSE event's), in order.
+#[derive(Debug, Default)]
+pub(crate) struct Collected {
+    pub status: u16,
+    /// The member answered with an SSE stream.
+    pub sse: bool,
+    /// The tag of the member's backend that answered.
+    pub backend_tag: u32,
+    pub session: Option<Vec<u8>>,
+    pub messages: Vec<Value>,
+}
+
+impl Collected {
+    /// The response to the request with id `id` (its `result`, or `Err` with its `error`).
+    pub fn response(&self, id: &Value) -> Option<Result<&Value, &Value>> {
+        self.messages.iter().find_map(|m| {
+            if m.get("id") != Some(id) || m.get("method").is_some() {
+                return None;
+            }
+            match (m.get("result"), m.get("error")) {
+                (Some(r), _) => Some(Ok(r)),
+                (None, Some(e)) => Some(Err(e)),
+                _ => None,
+            }
+        })
+    }
+}
+
+/// Longest member answer a fan-out reads (its lists are merged in memory).
+const MAX_COLLECTED: usize = 16 * 1024 * 1024;
+
+/// Sends `o` and reads the whole answer before the member's timeout. An SSE answer is read
+/// until the response to `id` (the stream may go on with other requests' traffic).
+pub(crate) async fn collect(
+    core: &Core,
+    req: &Origin<'_>,
+    o: &Outbound<'_>,
+    id: Option<&Value>,
+) -> Result<Collected, MemberError> {
+    let deadline = monoio::time::Instant::now() + o.timeout;
+    let Answered {
+        head,
+        mut up,
+        early,
+        reached,
+    } = send(core, req, o).await?;
+    let mut framing = head.framing();
+    let mut body = Vec::new();
+    let mut sse = protocol::sse::SseParser::new();
+    let mut messages = Vec::new();
+    let mut avail = early;
+    let mut done = false;
+    let mut err = false;
+    loop {
+        let (take, complete) = take_body(&mut framing, &avail, &mut err, &mut body);
+        let _ = take;
+        if head.sse {
+            sse.push(&body);
+            body.clear();
+            while let Some(ev) = sse.next_event() {
+                if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
+                    let answers_us =
+                        id.is_some_and(|id| v.get("id") == Some(id) && v.get("method").is_none());
+                    messages.push(v);
+                    done |= answers_us;
+                }
+            }
+        }
+        if complete || err || done || body.len() > MAX_COLLECTED {
+            done = complete;
+            break;
+        }
+        avail.clear();
+        let read =
+            monoio::time::timeout_at(deadline, up.read_more(avail, crate::data_path::READ_SIZE));
+        let Ok((r, b)) = read.await else {
+            reached.finish(core, None, 504);
+            return Err(MemberError::Unreachable(Refusal::new(
+                504,
+                -32603,
+                "a member did not answer in time",
+            )));
+        };
+        avail = b;
+        if !matches!(r, Ok(n) if n > 0) {
+            if matches!(framing, Framing::UntilClose) {
+                break;
+            }
+            reached.finish(core, None, 502);
+            return Err(MemberError::Unreachable(Refusal::new(
+                502,
+                -32603,
+                "a member closed the connection mid-answer",
+            )));
+        }
+    }
+    if !head.sse && !body.is_empty() {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Array(items)) => messages.extend(items),
+            Ok(v) => messages.push(v),
+            Err(_) => {}
+        }
+    }
+    let reusable = done && !err && !head.close && !matches!(framing, Framing::UntilClose);
+    let backend_tag = core
+        .shared
+        .config
+        .servers
+        .get(reached.gi)
+        .and_then(|g| g.backends.get(reached.bi))
+        .map_or(0, |b| b.tag);
+    reached.finish(core, reusable.then_some(up), head.status);
+    Ok(Collected {
+        backend_tag,
+        sse: head.sse,
+        status: head.status,
+        session: head.session,
+        messages,
+    })
+}
+
+/// Advances `framing` over `avail`, appending the body's bytes (de-chunked) to `body`: how
+/// many bytes of `avail` were the body's, and whether it ended.
+pub(crate) fn take_body(
+    framing: &mut Framing,
+    avail: &[u8],
+    err: &mut bool,
+    body: &mut Vec<u8>,
+) -> (usize, bool) {
+    match framing {
+        Framing::Chunked(dec) => match dec.feed(avail, |d| body.extend_from_slice(d)) {
+            Ok(n) => (n, dec.is_done()),
+            Err(_) => {
+                *err = true;
+                (0, false)
+            }
+        },
+        other => {
+            let (take, done) = body_step(other, avail, err);
+            body.extend_from_slice(avail.get(..take).unwrap_or_default());
+            (take, done)
+        }
+    }
+}

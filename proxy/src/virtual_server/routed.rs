@@ -1,0 +1,520 @@
+//! Requests that go to one member: `tools/call` and `prompts/get` by name, `resources/read`,
+//! `resources/subscribe` and `resources/unsubscribe` by URI, `completion/complete` by its
+//! ref; and the client's answers to a member's server-to-client requests, by their wrapped
+//! id. A name or URI no member shows is answered here, as the spec says for an unknown tool,
+//! prompt or resource, and nothing reaches a member. The member's answer goes back as it
+//! arrives: JSON whole, SSE event by event (progress as it comes), with the ids of its
+//! server-to-client requests wrapped ([`naming::wrap_id`]) and `*/list_changed` evicting the
+//! merged lists.
+
+use std::io::Write as _;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::cache;
+use super::fanout::{self, Listed};
+use super::member::{self, Answered, MemberError, Origin};
+use super::naming::{self, Kind};
+use super::{error, log_member_failure, SessionCx};
+use crate::config::VirtualServer;
+use crate::data_path::request::{ClientConn, Next, Refusal, Stop};
+use crate::data_path::response::{self, Framing, Waited, Watch};
+use crate::http;
+use crate::runtime::core::Core;
+
+/// Where a routed request goes.
+struct Target {
+    member: usize,
+    /// The body for the member (the name rewritten to the member's own).
+    body: Vec<u8>,
+    /// The member's own name (the `Mcp-Name` mirror), for named requests.
+    name: Option<String>,
+}
+
+/// A request for one member: routed, sent, and its answer forwarded.
+pub(super) async fn call(
+    core: &Core,
+    c: &mut ClientConn,
+    vs: &VirtualServer,
+    cx: &SessionCx,
+    method: &str,
+    msg: &Value,
+) -> Result<Next, Stop> {
+    let target = match route(core, &Origin::of(c), vs, cx, method, msg).await? {
+        Ok(t) => t,
+        // A resource no member lists may still be watched (it may appear later): every
+        // member whose filter shows the URI is asked.
+        Err(_) if matches!(method, "resources/subscribe" | "resources/unsubscribe") => {
+            return subscribe_anywhere(core, c, vs, cx, method, msg).await;
+        }
+        Err((code, message)) => return Ok(error(c, code, &message).await),
+    };
+    let Some(member) = vs.members.get(target.member) else {
+        return Err(Refusal::new(502, -32603, "no such member").into());
+    };
+    let read_only = protocol::Method::from_name(method).is_read_only();
+    let mut again = true;
+    let mut session = fanout::session_for(core, &Origin::of(c), vs, cx, target.member)
+        .await
+        .map_err(|e| e.refusal())?;
+    let answered = loop {
+        let s = session.as_ref().map(|(t, sid)| (*t, sid.as_slice()));
+        let o = member::Outbound {
+            timeout: core.shared.config.proxy.upstream_timeout,
+            ..fanout::outbound(
+                member,
+                s,
+                &target.body,
+                method,
+                target.name.as_deref(),
+                read_only,
+            )
+        };
+        match member::send(core, &Origin::of(c), &o).await {
+            // The member lost the session (it restarted): the request did not run there.
+            Err(MemberError::SessionGone) if again && cx.session.is_some() => {
+                again = false;
+                session = Some(
+                    fanout::reopen(core, &Origin::of(c), vs, cx, target.member)
+                        .await
+                        .map_err(|e| e.refusal())?,
+                );
+            }
+            Err(e) => {
+                log_member_failure(&member.server, "routed request failed", &e);
+                return Err(e.refusal().into());
+            }
+            Ok(a) => break a,
+        }
+    };
+    Ok(forward(core, c, target.member, answered).await)
+}
+
+/// `resources/subscribe` (or `unsubscribe`) of a URI no member lists: to every member whose
+/// filter shows it; done when one of them took it.
+async fn subscribe_anywhere(
+    core: &Core,
+    c: &mut ClientConn,
+    vs: &VirtualServer,
+    cx: &SessionCx,
+    method: &str,
+    msg: &Value,
+) -> Result<Next, Stop> {
+    let uri = msg
+        .pointer("/params/uri")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let id = msg.get("id").cloned().unwrap_or(Value::Null);
+    let body = c.req.body().to_vec();
+    let which: Vec<usize> = (0..vs.members.len())
+        .filter(|m| vs.members[*m].resources.admits(uri))
+        .collect();
+    let a = fanout::Ask {
+        body: &body,
+        method,
+        name: Some(uri),
+        read_only: false,
+        id: &id,
+    };
+    let answers = fanout::ask_each(core, &Origin::of(c), vs, cx, which.into_iter(), &a).await;
+    let took = answers.iter().any(|(_, got)| {
+        got.as_ref()
+            .is_ok_and(|g| matches!(g.response(&id), Some(Ok(_))))
+    });
+    if took {
+        let empty = super::empty_result(&c.req, msg);
+        return Ok(super::result(c, &empty).await);
+    }
+    Ok(error(c, -32002, &format!("Resource not found: {uri}")).await)
+}
+
+/// Where `msg` goes: `Ok(Err((code, message)))` when no member shows its name or URI.
+async fn route(
+    core: &Core,
+    req: &Origin<'_>,
+    vs: &VirtualServer,
+    cx: &SessionCx,
+    method: &str,
+    msg: &Value,
+) -> Result<Result<Target, (i64, String)>, Refusal> {
+    let params = msg.get("params");
+    let str_param = |k: &str| params.and_then(|p| p.get(k)).and_then(Value::as_str);
+    match method {
+        "tools/call" | "prompts/get" => {
+            let (kind, what) = if method == "tools/call" {
+                (Kind::Tools, "tool")
+            } else {
+                (Kind::Prompts, "prompt")
+            };
+            let Some(name) = str_param("name") else {
+                return Ok(Err((
+                    -32602,
+                    format!("Invalid params: missing {what} name"),
+                )));
+            };
+            let listed = fanout::whole(core, req, vs, cx, kind, msg, true).await?;
+            let Some(r) = listed.merged().routes.get(name) else {
+                return Ok(Err((-32602, format!("Unknown {what}: {name}"))));
+            };
+            let mut body = msg.clone();
+            body["params"]["name"] = Value::String(r.name.clone());
+            Ok(Ok(Target {
+                member: r.member,
+                body: serde_json::to_vec(&body).unwrap_or_default(),
+                name: Some(r.name.clone()),
+            }))
+        }
+        "completion/complete" => {
+            let Some(reference) = params.and_then(|p| p.get("ref")) else {
+                return Ok(Err((-32602, "Invalid params: missing ref".to_string())));
+            };
+            match reference.get("type").and_then(Value::as_str) {
+                Some("ref/prompt") => {
+                    let name = reference.get("name").and_then(Value::as_str).unwrap_or("");
+                    let listed = fanout::whole(core, req, vs, cx, Kind::Prompts, msg, true).await?;
+                    let Some(r) = listed.merged().routes.get(name) else {
+                        return Ok(Err((-32602, format!("Unknown prompt: {name}"))));
+                    };
+                    let mut body = msg.clone();
+                    body["params"]["ref"]["name"] = Value::String(r.name.clone());
+                    Ok(Ok(Target {
+                        member: r.member,
+                        body: serde_json::to_vec(&body).unwrap_or_default(),
+                        name: None,
+                    }))
+                }
+                _ => {
+                    let uri = reference.get("uri").and_then(Value::as_str).unwrap_or("");
+                    by_uri(core, req, vs, cx, msg, uri).await
+                }
+            }
+        }
+        _ => {
+            let uri = str_param("uri").unwrap_or("");
+            by_uri(core, req, vs, cx, msg, uri).await
+        }
+    }
+}
+
+/// The member that serves resource `uri`: by the merged resource list, then the templates.
+async fn by_uri(
+    core: &Core,
+    req: &Origin<'_>,
+    vs: &VirtualServer,
+    cx: &SessionCx,
+    msg: &Value,
+    uri: &str,
+) -> Result<Result<Target, (i64, String)>, Refusal> {
+    let resources = fanout::whole(core, req, vs, cx, Kind::Resources, msg, true).await?;
+    let mut member = naming::route_uri(vs, Some(resources.merged()), None, uri);
+    if member.is_none() {
+        let templates: Listed =
+            fanout::whole(core, req, vs, cx, Kind::Templates, msg, true).await?;
+        member = naming::route_uri(vs, None, Some(templates.merged()), uri);
+    }
+    match member {
+        Some(m) => Ok(Ok(Target {
+            member: m,
+            body: serde_json::to_vec(msg).unwrap_or_default(),
+            name: Some(uri.to_string()),
+        })),
+        None => Ok(Err((-32002, format!("Resource not found: {uri}")))),
+    }
+}
+
+/// Forwards a member's answer to the client: JSON whole, SSE event by event.
+async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> Next {
+    let Answered {
+        head,
+        mut up,
+        early,
+        reached,
+    } = a;
+    c.meta.status = head.status;
+    let keep = !c.req.head.close;
+    let mut framing = head.framing();
+    let mut avail = early;
+    let mut body = Vec::new();
+    let mut err = false;
+    if !head.sse {
+        // Whole: a JSON answer, or an error's.
+        loop {
+            let (_, done) = member::take_body(&mut framing, &avail, &mut err, &mut body);
+            if done || err {
+                break;
+            }
+            avail.clear();
+            let timeout = core.shared.config.proxy.upstream_timeout;
+            let read = up.read_more(avail, crate::data_path::READ_SIZE);
+            let Ok((r, b)) = monoio::time::timeout(timeout, read).await else {
+                reached.finish(core, None, 504);
+                return crate::data_path::reply::refuse(
+                    c,
+                    &Refusal::new(504, -32603, "a member did not finish its answer in time"),
+                )
+                .await;
+            };
+            avail = b;
+            if !matches!(r, Ok(n) if n > 0) {
+                if matches!(framing, Framing::UntilClose) {
+                    break;
+                }
+                err = true;
+                break;
+            }
+        }
+        if err {
+            reached.finish(core, None, 502);
+            return crate::data_path::reply::refuse(
+                c,
+                &Refusal::new(502, -32603, "a member broke off its answer"),
+            )
+            .await;
+        }
+        let reusable = !head.close && !matches!(framing, Framing::UntilClose);
+        reached.finish(core, reusable.then_some(up), head.status);
+        c.meta.upstream_done = Some(Instant::now());
+        let ctype = if head.content_type.is_empty() {
+            b"application/json".to_vec()
+        } else {
+            head.content_type
+        };
+        return whole_answer(c, head.status, &ctype, &body, keep).await;
+    }
+    // SSE: event by event.
+    c.meta.sse = true;
+    c.out.clear();
+    let _ = write!(
+        c.out,
+        "HTTP/1.1 {} {}\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+         x-accel-buffering: no\r\ntransfer-encoding: chunked\r\n{}\r\n",
+        head.status,
+        http::reason(head.status),
+        if keep { "" } else { "connection: close\r\n" }
+    );
+    if !send(c).await {
+        reached.finish(core, None, head.status);
+        return Next::Close;
+    }
+    let mut parser = protocol::sse::SseParser::new();
+    let mut events = Vec::new();
+    let mut watch = Watch {
+        client: true,
+        shutdown: None,
+    };
+    loop {
+        body.clear();
+        let (_, done) = member::take_body(&mut framing, &avail, &mut err, &mut body);
+        if err {
+            break;
+        }
+        parser.push(&body);
+        events.clear();
+        while let Some(ev) = parser.next_event() {
+            relay_event(m, &ev.data, &mut events);
+        }
+        if !events.is_empty() {
+            if c.meta.first_event.is_none() {
+                c.meta.first_event = Some(Instant::now());
+            }
+            c.out.clear();
+            chunk(&mut c.out, &events);
+            if !send(c).await {
+                break;
+            }
+        }
+        if done {
+            c.meta.upstream_done = Some(Instant::now());
+            c.out.clear();
+            c.out.extend_from_slice(http::LAST_CHUNK);
+            let ok = send(c).await;
+            let reusable = !head.close;
+            reached.finish(core, reusable.then_some(up), head.status);
+            return if ok && keep {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            };
+        }
+        avail.clear();
+        match response::next_event(&mut up, avail, &mut c.stream, &mut watch).await {
+            Waited::Read(Ok(n), b) if n > 0 => avail = b,
+            Waited::Read(_, b) if matches!(framing, Framing::UntilClose) => {
+                avail = b;
+                avail.clear();
+                // An until-close stream ended: the client's chunked answer ends cleanly.
+                c.out.clear();
+                c.out.extend_from_slice(http::LAST_CHUNK);
+                let ok = send(c).await;
+                reached.finish(core, None, head.status);
+                return if ok && keep {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                };
+            }
+            _ => break,
+        }
+    }
+    // Cut short (a side failed or the client left): the client's connection closes, and so
+    // does the member's, which tells the member to stop.
+    reached.finish(core, None, head.status);
+    Next::Close
+}
+
+/// Appends `events` as one chunk of a chunked body (nothing when empty).
+pub(super) fn chunk(out: &mut Vec<u8>, events: &[u8]) {
+    if events.is_empty() {
+        return;
+    }
+    let _ = write!(out, "{:x}\r\n", events.len());
+    out.extend_from_slice(events);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Sends `c.out`; false when the client is gone.
+pub(super) async fn send(c: &mut ClientConn) -> bool {
+    let out = std::mem::take(&mut c.out);
+    let len = out.len();
+    let (r, out) = c.stream.write_range(out, 0..len).await;
+    c.meta.bytes_out += len as u64;
+    c.out = out;
+    r.is_ok()
+}
+
+/// Answers with a whole body.
+async fn whole_answer(
+    c: &mut ClientConn,
+    status: u16,
+    ctype: &[u8],
+    body: &[u8],
+    keep: bool,
+) -> Next {
+    c.out.clear();
+    let _ = write!(
+        c.out,
+        "HTTP/1.1 {status} {}\r\ncontent-length: {}\r\n{}",
+        http::reason(status),
+        body.len(),
+        if keep { "" } else { "connection: close\r\n" }
+    );
+    if !body.is_empty() || status == 200 {
+        c.out.extend_from_slice(b"content-type: ");
+        c.out.extend_from_slice(ctype);
+        c.out.extend_from_slice(b"\r\n");
+    }
+    c.out.extend_from_slice(b"\r\n");
+    c.out.extend_from_slice(body);
+    c.meta.jsonrpc_error = protocol::response_outcome(body) == Some(true);
+    if send(c).await && keep {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// One member SSE event for the client, appended to `out`: a server-to-client request with
+/// its id wrapped (so the client's answer finds member `m`), anything else as it came; a
+/// `*/list_changed` evicts the merged lists.
+pub(super) fn relay_event(m: usize, data: &str, out: &mut Vec<u8>) {
+    let mut rewritten = None;
+    if let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(data) {
+        let method = obj.get("method").and_then(Value::as_str).unwrap_or("");
+        if method.ends_with("/list_changed") {
+            cache::list_changed();
+        }
+        if !method.is_empty() {
+            if let Some(id) = obj.get("id").filter(|i| !i.is_null()) {
+                let raw = serde_json::to_vec(id).unwrap_or_default();
+                obj.insert("id".into(), Value::String(naming::wrap_id(m, &raw)));
+                rewritten = serde_json::to_string(&obj).ok();
+            }
+        }
+    }
+    let data = rewritten.as_deref().unwrap_or(data);
+    out.extend_from_slice(b"event: message\n");
+    for line in data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+/// The client's answer to a member's server-to-client request: to that member's session,
+/// with the member's own id back in place.
+pub(super) async fn client_answer(
+    core: &Core,
+    req: &Origin<'_>,
+    vs: &VirtualServer,
+    cx: &SessionCx,
+    msg: &Value,
+) {
+    let Some((m, raw)) = msg
+        .get("id")
+        .and_then(Value::as_str)
+        .and_then(naming::unwrap_id)
+    else {
+        return;
+    };
+    let (Some(member), Ok(id)) = (vs.members.get(m), serde_json::from_slice::<Value>(&raw)) else {
+        return;
+    };
+    let mut body = msg.clone();
+    body["id"] = id;
+    let Ok(body) = serde_json::to_vec(&body) else {
+        return;
+    };
+    // The member asked in a session of its own, or (stateless) in none.
+    let session = fanout::existing_session(cx, m);
+    let s = session.as_ref().map(|(t, sid)| (*t, sid.as_slice()));
+    let o = fanout::outbound(member, s, &body, "", None, false);
+    if let Err(e) = member::collect(core, req, &o, None).await {
+        log_member_failure(&member.server, "client answer not delivered", &e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_requests_are_wrapped_and_the_rest_passes() {
+        let mut out = Vec::new();
+        relay_event(
+            2,
+            r#"{"jsonrpc":"2.0","id":7,"method":"sampling/createMessage","params":{}}"#,
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap_or_default();
+        let data = text
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap_or_default();
+        let v: Value = serde_json::from_str(data).unwrap_or_default();
+        let id = v["id"].as_str().unwrap_or_default();
+        assert_eq!(naming::unwrap_id(id), Some((2, b"7".to_vec())));
+        assert!(text.ends_with("\n\n"));
+
+        for passing in [
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+            "not json",
+        ] {
+            let mut out = Vec::new();
+            relay_event(0, passing, &mut out);
+            assert_eq!(
+                out,
+                format!("event: message\ndata: {passing}\n\n").into_bytes()
+            );
+        }
+        let before = cache::changes();
+        relay_event(
+            0,
+            r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#,
+            &mut Vec::new(),
+        );
+        assert!(cache::changes() > before);
+    }
+}

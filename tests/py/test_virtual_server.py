@@ -1,0 +1,234 @@
+"""A virtual server over three real members, driven by the official Python SDK client: an
+MCPServer from the Python SDK (`py`), server-everything over Streamable HTTP (`ev`) and a
+stdio server (`sh`). Lists merged with prefixes, filters and renames; calls routed to the
+right member; progress streamed; a member's sampling request answered by the client; one
+member killed mid-session and brought back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+from mcp_types import CreateMessageRequestParams, CreateMessageResult, TextContent
+
+from conftest import REPO, SERVER_SCRIPT, _stop, free_port, start_proxy_file, wait_port
+
+pytestmark = pytest.mark.anyio
+
+READ_TIMEOUT = 30.0
+HERE = Path(__file__).resolve().parent
+EVERYTHING_JS = REPO / "tests" / "ts" / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+
+
+class Member:
+    """A member server process on a fixed port (so it can be killed and started again)."""
+
+    def __init__(self, argv: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
+        self.argv, self.port, self.log, self.env = argv, port, log, env
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                env={**os.environ, **(self.env or {})},
+            )
+        wait_port(self.port, 30)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+@pytest.fixture(scope="module")
+def virtual(tmp_path_factory: pytest.TempPathFactory):
+    """mcplb with a virtual server at /mcp over the three members; yields (url, py member)."""
+    if not EVERYTHING_JS.exists():
+        pytest.skip("tests/ts/node_modules is not installed (npm ci in tests/ts)")
+    work = tmp_path_factory.mktemp("virtual")
+    py_port, ev_port = free_port(), free_port()
+    py = Member([sys.executable, str(SERVER_SCRIPT), "--port", str(py_port), "--name", "py-v"], py_port, work / "py.log")
+    ev = Member(["node", str(EVERYTHING_JS), "streamableHttp"], ev_port, work / "ev.log", {"PORT": str(ev_port)})
+    py.start()
+    ev.start()
+    stdio = [sys.executable, str(HERE / "stdio_server.py")]
+    config = work / "virtual.toml"
+    config.write_text(
+        f"""
+[proxy]
+listen = "127.0.0.1:0"
+workers = 2
+
+[[servers]]
+name = "py"
+path = "/py"
+backends = ["http://127.0.0.1:{py_port}/mcp"]
+[servers.health]
+interval = "300ms"
+timeout = "1s"
+healthy_threshold = 1
+unhealthy_threshold = 1
+
+[[servers]]
+name = "every"
+path = "/every"
+backends = ["http://127.0.0.1:{ev_port}/mcp"]
+
+[[servers]]
+name = "local"
+path = "/local"
+backends = [{{ command = {stdio!r} }}]
+
+[[servers]]
+name = "work"
+path = "/mcp"
+prefix_mode = "always"
+members = [
+  {{ server = "py" }},
+  {{ server = "every", prefix = "ev", tools = ["echo", "get-sum", "trigger-*"] }},
+  {{ server = "local", prefix = "sh", deny_tools = ["crash", "garbage", "flood"], rename = {{ echo = "say" }} }},
+]
+""".replace("'", '"')
+    )
+    proxy = start_proxy_file(config)
+    yield f"http://{proxy.addr}/mcp", py
+    proxy.stop()
+    py.stop()
+    ev.stop()
+
+
+def text_of(result) -> str:
+    assert not result.is_error, f"tool returned an error: {result.content!r}"
+    return "".join(c.text for c in result.content if isinstance(c, TextContent))
+
+
+async def names(client: Client) -> set[str]:
+    return {t.name for t in (await client.list_tools()).tools}
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_lists_are_merged_and_calls_routed(virtual, mode: str) -> None:
+    url, _ = virtual
+    async with Client(url, mode=mode, read_timeout_seconds=READ_TIMEOUT) as client:
+        shown = await names(client)
+        assert {"py_add", "py_whoami", "py_slow_progress"} <= shown, shown
+        assert not any(n.startswith("sh_") and n.endswith(("crash", "garbage", "flood")) for n in shown), shown
+        assert text_of(await client.call_tool("py_add", {"a": 2, "b": 3})) == "5"
+        assert text_of(await client.call_tool("py_whoami", {})) == "py-v"
+        if mode == "legacy":
+            # Members that speak the handshake era only are in the legacy session.
+            assert {"ev_echo", "ev_get-sum", "sh_say", "sh_pid"} <= shown, shown
+            assert "sh_echo" not in shown and "ev_get-env" not in shown, shown
+            assert text_of(await client.call_tool("sh_say", {"text": "hi"})) == "hi"
+            assert text_of(await client.call_tool("ev_echo", {"message": "x"})) == "Echo: x"
+            assert client.server_info is not None and client.server_info.name == "work"
+
+
+async def test_unknown_and_filtered_tools_get_the_spec_error(virtual) -> None:
+    url, _ = virtual
+    async with Client(url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as client:
+        for tool in ("py_nope", "sh_crash", "ev_get-env", "nothing"):
+            with pytest.raises(Exception, match=f"Unknown tool: {tool}"):
+                await client.call_tool(tool, {})
+
+
+async def test_resources_and_prompts_of_members(virtual) -> None:
+    url, _ = virtual
+    async with Client(url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as client:
+        uris = {str(r.uri) for r in (await client.list_resources()).resources}
+        assert "info://name" in uris, uris
+        read = await client.read_resource("info://name")
+        assert read.contents[0].text == "py-v"
+        prompts = {p.name for p in (await client.list_prompts()).prompts}
+        assert "py_greet" in prompts, prompts
+        got = await client.get_prompt("py_greet", {"who": "tester"})
+        assert "Hello tester, this is py-v." in got.messages[0].content.text
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_progress_streams_through(virtual, mode: str) -> None:
+    url, _ = virtual
+    seen: list[tuple[float, float]] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        seen.append((time.monotonic(), value))
+
+    async with Client(url, mode=mode, read_timeout_seconds=READ_TIMEOUT) as client:
+        result = await client.call_tool("py_slow_progress", {"steps": 3, "delay": 0.5}, progress_callback=on_progress)
+    assert text_of(result) == "done"
+    assert [v for _, v in seen] == [1, 2, 3], seen
+    # Streamed as they happened, not delivered together at the end.
+    assert seen[-1][0] - seen[0][0] > 0.5, seen
+
+
+async def test_a_members_sampling_request_is_answered_by_the_client(virtual) -> None:
+    url, _ = virtual
+    asked: list[str] = []
+
+    async def sampling(context, params: CreateMessageRequestParams) -> CreateMessageResult:
+        asked.append(params.messages[0].content.text)
+        return CreateMessageResult(role="assistant", content=TextContent(type="text", text="42"), model="test")
+
+    async with Client(url, mode="legacy", read_timeout_seconds=READ_TIMEOUT, sampling_callback=sampling) as client:
+        result = await client.call_tool("sh_sample", {"text": "what is six times seven?"})
+    assert asked == ["what is six times seven?"]
+    assert '"text": "42"' in text_of(result) or '"text":"42"' in text_of(result), text_of(result)
+
+
+async def test_a_killed_member_is_left_out_and_comes_back(virtual) -> None:
+    url, py = virtual
+    async with Client(url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as client:
+        assert "py_whoami" in await names(client)
+        py.stop()
+        # Fail-open: left out of the lists once found down (at once, or by its health
+        # check), while the others go on in the same session.
+        deadline = time.monotonic() + 10
+        while "py_whoami" in (shown := await names(client)):
+            assert time.monotonic() < deadline, "the killed member's tools stayed"
+            await anyio.sleep(0.2)
+        assert "sh_say" in shown and "ev_echo" in shown, shown
+        assert text_of(await client.call_tool("sh_say", {"text": "still here"})) == "still here"
+        py.start()
+        # Back once its health check passes, in the same client session (a new member
+        # session is opened for it behind the scenes).
+        deadline = time.monotonic() + 20
+        while "py_whoami" not in await names(client):
+            assert time.monotonic() < deadline, "the member's tools did not come back"
+            await anyio.sleep(0.3)
+        assert text_of(await client.call_tool("py_whoami", {})) == "py-v"
+
+
+async def test_a_cancellation_reaches_the_member_running_the_call(virtual) -> None:
+    url, _ = virtual
+    async with Client(url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as client:
+        before = json.loads(text_of(await client.call_tool("sh_cancelled_ids", {})))
+        # The client gives up after 0.5 s and sends notifications/cancelled for the call.
+        with pytest.raises(Exception):
+            await client.call_tool("sh_slow", {"seconds": 8, "text": "late"}, read_timeout_seconds=0.5)
+        deadline = time.monotonic() + 5
+        while len(json.loads(text_of(await client.call_tool("sh_cancelled_ids", {})))) == len(before):
+            assert time.monotonic() < deadline, "the stdio member never saw the cancellation"
+            await anyio.sleep(0.1)
+
+
+async def test_a_members_list_changed_reaches_the_client_once(virtual) -> None:
+    url, _ = virtual
+    seen: list[str] = []
+
+    async def on_message(message) -> None:
+        seen.append(repr(message))
+
+    async with Client(url, mode="legacy", read_timeout_seconds=READ_TIMEOUT, message_handler=on_message) as client:
+        await names(client)
+        assert text_of(await client.call_tool("sh_list_changed", {})) == "changed"
+        await anyio.sleep(0.3)
+    changed = [m for m in seen if "list_changed" in m or "ToolListChanged" in m]
+    assert len(changed) == 1, seen
