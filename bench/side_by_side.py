@@ -179,6 +179,20 @@ def port_free(port):
         s.close()
 
 
+def begin_run(out, name, ports, base):
+    """The start of an orchestrator's run: SIGTERM/SIGINT stop what it started (by PID), the
+    results' stem is OUT/<date>-NAME, and every port it will listen on must be free (exits
+    naming the first taken). Returns (start time, stem)."""
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    started = datetime.datetime.now()
+    os.makedirs(out, exist_ok=True)
+    for port in ports:
+        if not port_free(port):
+            sys.exit(f"port {port} is in use; set BASE_PORT to another base (now {base})")
+    return started, os.path.join(out, f"{started:%Y-%m-%d}-{name}")
+
+
 def render(template, dest, **kv):
     with open(os.path.join(CONF, template)) as f:
         text = string.Template(f.read()).substitute(RUNDIR=RUNDIR, **{k: str(v) for k, v in kv.items()})

@@ -400,6 +400,9 @@ pub struct LoadReport {
     /// Open loop only: how late each call was actually written compared to
     /// its schedule (busy connection plus timer resolution), µs.
     pub send_lag: Histogram<u64>,
+    /// Requests written over the whole run (session set-up, warm-up and the measured
+    /// window, answered or not): what a server's CPU over the run divides by.
+    pub exchanges: u64,
 }
 
 impl LoadReport {
@@ -460,6 +463,7 @@ impl LoadReport {
                 .collect::<Vec<_>>(),
             "latency_us": lat,
             "send_lag_us": lag,
+            "exchanges": self.exchanges,
         })
     }
 }
@@ -578,6 +582,7 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let mut hist = new_histogram()?;
     let mut send_lag = new_histogram()?;
     let mut errors = ErrorCounts::default();
+    let mut exchanges = 0;
     let mut calls: Vec<CallCount> = plan
         .labels
         .iter()
@@ -597,6 +602,7 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
                     .add(&st.lag)
                     .map_err(|e| anyhow::anyhow!("histogram merge: {e}"))?;
                 errors.add(&st.errors);
+                exchanges += st.exchanges;
                 for (c, (ok, err)) in calls.iter_mut().zip(&st.calls) {
                     c.ok += ok;
                     c.errors += err;
@@ -628,6 +634,7 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         calls,
         histogram: hist,
         send_lag,
+        exchanges,
     })
 }
 
@@ -714,6 +721,8 @@ struct ThreadStats {
     calls: Vec<(u64, u64)>,
     /// This thread's entry of [`RunShared::live`].
     live: Arc<LiveCounts>,
+    /// Requests written ([`LoadReport::exchanges`]).
+    exchanges: u64,
 }
 
 fn thread_main(
@@ -731,6 +740,7 @@ fn thread_main(
         errors: ErrorCounts::default(),
         calls: vec![(0, 0); plan.calls.len()],
         live,
+        exchanges: 0,
     }));
     let vu_stats = stats.clone();
     mock::runtime::block_on(|driver| async move {
@@ -1153,6 +1163,7 @@ impl Vu {
         expect: Option<Expect<'_>>,
     ) -> (Result<Answer, ErrKind>, Vec<u8>) {
         let timeout = self.opts.timeout;
+        self.stats.borrow_mut().exchanges += 1;
         let Ok((res, out)) = monoio::time::timeout(timeout, self.exchange_inner(out, expect)).await
         else {
             self.reset();

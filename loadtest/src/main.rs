@@ -47,6 +47,10 @@ enum Cmd {
         /// Answer GET with 405 instead of opening an SSE stream.
         #[arg(long)]
         no_get_stream: bool,
+        /// Answer tools/call as an SSE stream when the client accepts one (as the SDKs'
+        /// servers do): head, result event and end of stream, each written on its own.
+        #[arg(long)]
+        sse: bool,
     },
     /// Drive load (tools/call, or a scenario's method mix) against an MCP
     /// endpoint and report latency.
@@ -192,6 +196,7 @@ fn main() -> anyhow::Result<()> {
             stateless,
             threads,
             no_get_stream,
+            sse,
         } => {
             let stop = Arc::new(AtomicBool::new(false));
             let flag = stop.clone();
@@ -202,6 +207,7 @@ fn main() -> anyhow::Result<()> {
                 latency: Duration::from_millis(latency_ms),
                 threads,
                 get_stream: !no_get_stream,
+                sse_calls: sse,
                 ..MockConfig::default()
             };
             let server = MockServer::start(cfg, listen)?;

@@ -29,6 +29,9 @@ fn hgrm_parses() {
     let server = mock();
     let r = report(&server);
     assert_eq!(r.ok, 400, "{r}");
+    // The calls, and each connection's session set-up (initialize, notifications/initialized).
+    assert_eq!(r.exchanges, 400 + 4 * 2);
+    assert_eq!(r.to_json()["exchanges"], 408);
     let text = output::hgrm(&r.histogram);
     let mut lines = text.lines();
     assert_eq!(

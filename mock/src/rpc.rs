@@ -42,6 +42,17 @@ impl Conn {
                 }
             }
         }
+        if self.sh.cfg.sse_calls
+            && head.accept_sse
+            && matches!(req.call, Call::Echo(_) | Call::Whoami)
+        {
+            // The event is ready before the head goes out; it follows in a write of its own.
+            self.scratch.clear();
+            self.scratch.extend_from_slice(b"event: message\ndata: ");
+            answers.write(&mut self.scratch, &req);
+            self.scratch.extend_from_slice(b"\n\n");
+            return Some(self.sse_answer(head.close).await);
+        }
         let extra: &[(&str, &str)] = match &session {
             Some(s) => &[("Mcp-Session-Id", s)],
             None => &[],
@@ -118,6 +129,13 @@ impl Conn {
             return self.progress_stream(head, &id, &msg).await;
         }
         let (resp, mut session) = self.dispatch(&id, &msg).await;
+        if method == "tools/call" && self.sh.cfg.sse_calls && head.accept_sse {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(b"event: message\ndata: ");
+            serde_json::to_writer(&mut self.scratch, &resp).map_err(std::io::Error::other)?;
+            self.scratch.extend_from_slice(b"\n\n");
+            return self.sse_answer(head.close).await;
+        }
         if session.is_none() && method == "ping" {
             // Like several real servers, repeat the session id on later answers (here: ping),
             // so tests can check the proxy hands the client back the id it holds.
@@ -166,6 +184,18 @@ impl Conn {
         }
         self.answer(head, &Value::Array(responses), session.as_deref())
             .await
+    }
+
+    /// Sends the SSE event in `scratch` as a whole answer the way the SDKs' servers do
+    /// (`MockConfig::sse_calls`): the head, the event, then the end of the stream, each
+    /// written on its own.
+    async fn sse_answer(&mut self, close: bool) -> std::io::Result<Next> {
+        self.sse_head(close);
+        self.flush().await?;
+        http::push_chunk(&mut self.out, &self.scratch);
+        self.flush().await?;
+        self.out.extend_from_slice(http::LAST_CHUNK);
+        self.flush_keep().await
     }
 
     /// Writes `value` as a 200 JSON answer, with `Mcp-Session-Id` when `session`.

@@ -49,6 +49,10 @@ pub struct MockConfig {
     pub get_stream: bool,
     /// monoio worker threads, all listening on the same port (SO_REUSEPORT).
     pub threads: usize,
+    /// Answer a `tools/call` as an SSE stream when the client accepts one, as the MCP SDKs'
+    /// servers do by default: the head, the result event and the end of the stream, each
+    /// written on its own (the way the Python SDK's server, over uvicorn, sends them).
+    pub sse_calls: bool,
 }
 
 impl Default for MockConfig {
@@ -61,6 +65,7 @@ impl Default for MockConfig {
             progress_interval: Duration::from_millis(50),
             get_stream: true,
             threads: 1,
+            sse_calls: false,
         }
     }
 }

@@ -250,6 +250,51 @@ fn tools_echo_big_fail_list() {
     assert_eq!(v["result"]["content"][0]["text"], "slept 100 ms");
 }
 
+/// The one event of an SSE answer, as JSON.
+fn sse_event_data(r: &Resp) -> Value {
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let text = String::from_utf8(r.body.clone()).unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 1, "{text}");
+    assert!(events[0].contains("event: message\n"), "{text}");
+    serde_json::from_str(events[0].split("data: ").nth(1).unwrap()).unwrap()
+}
+
+#[test]
+fn sse_calls_answer_tool_calls_as_streams() {
+    let server = start(MockConfig {
+        sse_calls: true,
+        ..named("s")
+    });
+    let mut c = Client::new(&server);
+    let sid = init(&mut c);
+    // The fast path (echo, whoami) and the general one (a float argument) alike.
+    for (id, tool, args, text) in [
+        (2, "echo", json!({"a": 1}), r#"{"a":1}"#),
+        (3, "whoami", json!({}), "s"),
+        (4, "echo", json!({"f": 1.5}), r#"{"f":1.5}"#),
+    ] {
+        let r = c.post(Some(&sid), &call(id, tool, args));
+        assert_eq!(r.status, 200);
+        let v = sse_event_data(&r);
+        assert_eq!(v["id"], id);
+        assert_eq!(v["result"]["content"][0]["text"], text);
+    }
+    // A client that accepts only JSON gets JSON; other methods are not streamed.
+    let body = call(5, "echo", json!({})).to_string();
+    let r = c.send(
+        "POST",
+        "/mcp",
+        &[("Accept", "application/json"), ("Mcp-Session-Id", &sid)],
+        &body,
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json()["id"], 5);
+    let r = c.post(Some(&sid), &json!({"jsonrpc":"2.0","id":6,"method":"ping"}));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(server.tool_calls("echo"), 3);
+}
+
 #[test]
 fn progress_streams_sse() {
     let server = start(named("p"));

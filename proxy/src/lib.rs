@@ -68,7 +68,7 @@ impl RunningProxy {
     /// number of connections still open at the deadline.
     pub fn shutdown(self, timeout: std::time::Duration) -> usize {
         use std::sync::atomic::Ordering;
-        runtime::SHUTDOWN.store(true, Ordering::SeqCst);
+        runtime::shutdown::begin();
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let open = runtime::OPEN_CONNECTIONS.load(Ordering::SeqCst);

@@ -499,7 +499,9 @@ fn parked_idle_connections_wake_for_their_next_request_and_time_out() {
     for driver in DRIVERS {
         let cfg = format!(
             "{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            config_for(&[&a], "client_idle_timeout = \"2s\"")
+            // Long enough that the first of the 100 connections is not closed while the last
+            // ones open on a loaded machine (the sweep closes one exactly when it is due).
+            config_for(&[&a], "client_idle_timeout = \"5s\"")
         );
         let p = start_proxy(&cfg, driver);
         let mut conns: Vec<(HttpClient, String)> = (0..100)
@@ -532,8 +534,8 @@ fn parked_idle_connections_wake_for_their_next_request_and_time_out() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        // Past client_idle_timeout (2 s, swept once a second) mcplb closes the others.
-        std::thread::sleep(Duration::from_millis(3500));
+        // Past client_idle_timeout (5 s, swept when one is due) mcplb closes the others.
+        std::thread::sleep(Duration::from_millis(6500));
         for (c, _) in conns.drain(..) {
             let mut raw = c.into_stream();
             raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

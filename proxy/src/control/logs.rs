@@ -173,6 +173,12 @@ fn admit(
     })
 }
 
+/// Whether this thread tracks a kind of warning whose window has not been summarized yet
+/// ([`summarize`] still has work).
+pub(crate) fn tracking() -> bool {
+    REPEATS.with(|r| !r.borrow().is_empty())
+}
+
 /// Logs a summary of every kind whose window has passed with repeats ("... 37 more in the last
 /// 10 s"), and forgets the kinds that did not repeat (their next occurrence is logged in full).
 /// Each worker calls it once a second.

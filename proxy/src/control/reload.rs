@@ -5,8 +5,8 @@
 //! problem listed, and the old configuration keeps running), builds a new `Shared` that keeps
 //! everything with state worth keeping (statistics, the session key, remembered sessions,
 //! backend health by tag, rate-limit tables whose rules did not change, stdio processes and
-//! 2024-11-05 bridges whose backends did not change), then publishes it. Each worker notices
-//! the new generation within 250 ms and builds a new per-core state; every client connection
+//! 2024-11-05 bridges whose backends did not change), then publishes it. Each worker is woken
+//! (`runtime::shutdown::wake_workers`) and builds a new per-core state; every client connection
 //! moves to it at its next request, while requests and SSE streams already under way finish
 //! on the configuration they started with. Nothing is closed by a reload: not client
 //! connections, not sessions (their ids carry the backend's stable tag), not streams.
@@ -56,6 +56,7 @@ impl Live {
             Err(p) => *p.into_inner() = shared,
         }
         self.generation.fetch_add(1, Ordering::Release);
+        crate::runtime::shutdown::wake_workers();
     }
 }
 

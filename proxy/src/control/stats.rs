@@ -390,7 +390,7 @@ impl CoreRecorder {
         fn slot(t: &mut CoreDim) -> &mut Triple<u32> {
             t.get_or_insert_with(Box::default)
         }
-        self.dirty = true;
+        self.mark_dirty();
         self.counters[Counter::Requests as usize] += 1;
         if let Some(t) = self.groups.get_mut(s.group) {
             slot(t).record(s.total_us, s.upstream_us, s.first_event_us);
@@ -410,21 +410,37 @@ impl CoreRecorder {
         }
     }
 
+    /// Something was recorded: the first record since a flush wakes this worker's flusher,
+    /// which waits with no timer while nothing is (a counter moved outside any request, such
+    /// as a refused connection, is folded a second later like the rest).
+    #[inline]
+    fn mark_dirty(&mut self) {
+        if !self.dirty {
+            self.dirty = true;
+            crate::runtime::flush::note();
+        }
+    }
+
+    /// Whether anything was recorded since the last [`CoreRecorder::flush_into`].
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
     /// Adds to a counter.
     pub fn count(&mut self, c: Counter, n: u64) {
-        self.dirty = true;
+        self.mark_dirty();
         self.counters[c as usize] += n;
     }
 
     /// Moves a gauge.
     pub fn gauge(&mut self, g: Gauge, delta: i64) {
-        self.dirty = true;
+        self.mark_dirty();
         self.gauges[g as usize] += delta;
     }
 
     /// Moves a backend's gauges: requests in flight (`which = 0`) or sessions (`which = 1`).
     pub fn backend_gauge(&mut self, group: usize, backend: usize, which: usize, delta: i64) {
-        self.dirty = true;
+        self.mark_dirty();
         if let Some(g) = self
             .backend_gauges
             .get_mut(group)

@@ -37,10 +37,11 @@ pub(crate) fn parse_head(
     max_headers: usize,
     h: &mut ReqHead,
 ) -> Result<(), HeadError> {
-    let mut storage = [httparse::EMPTY_HEADER; 512];
-    let headers = &mut storage[..max_headers.min(512)];
-    let mut req = httparse::Request::new(headers);
-    match req.parse(buf.get(..len).unwrap_or(buf)) {
+    // Left uninitialised: initialising 512 headers wrote 16 KiB per request.
+    let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 512];
+    let headers = storage.get_mut(..max_headers.min(512)).unwrap_or_default();
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf.get(..len).unwrap_or(buf), headers) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(HeadError::Bad("incomplete request head")),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),

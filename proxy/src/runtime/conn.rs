@@ -1,12 +1,13 @@
 //! A client connection's life: the TLS handshake (bounded like a slow head), then requests
 //! one after another through `data_path::handle_request`, and between them the wait for the
-//! next one: a short hot wait with a buffer lent to the kernel, then parking with no task and
-//! no buffer (see `park.rs`). Buffers go back to the core's free lists whenever the connection
-//! is idle.
+//! next one: for a connection whose requests follow each other closely, a short hot wait with
+//! a buffer lent to the kernel, then parking with no task and no buffer (see `park.rs`); one
+//! that idles between requests (an agent thinking between tool calls) parks at once. Buffers
+//! go back to the core's free lists whenever the connection is idle.
 
 use std::future::Future as _;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -19,33 +20,44 @@ use monoio::net::TcpStream;
 use crate::control::stats::Counter;
 use crate::data_path::request::{ClientConn, Next};
 use crate::runtime::core::Core;
+use crate::runtime::park::{IdleSet, Woke};
 use crate::runtime::shutdown::ShutdownSignal;
 use crate::runtime::{proxy_protocol, ready_within, spawn_client, ClientSlot, SHUTDOWN};
 use crate::tls::Conn;
 
-/// Serves a client connection (`woken`: one that was parked and is now readable) until it
-/// closes or idles; an idle one is parked, its task ends. TLS connections shake hands first
-/// (bounded like a slow head); they are never parked (rustls may hold decrypted bytes).
+/// How a connection came to its task.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Arrival {
+    /// Just accepted.
+    Accepted,
+    /// Parked, and now readable: it had been idle for `idle` since its last request ended.
+    Woken { idle: Duration },
+}
+
+/// Serves a client connection until it closes or idles; an idle one is parked, its task ends.
+/// TLS connections shake hands first (bounded like a slow head); they are never parked (rustls
+/// may hold decrypted bytes).
 pub(crate) async fn serve_client(
     core: Rc<Core>,
     mut stream: TcpStream,
     peer: SocketAddr,
     mut client: ClientSlot,
-    woken: bool,
+    arrival: Arrival,
 ) {
     // A trusted balancer's PROXY header names the peer (a woken connection read it before).
-    let (peer, mut first) = if !woken && proxy_protocol::expected(&core, peer) {
-        // Boxed: only these connections carry the header reader's state.
-        let header = proxy_protocol::accept(&core, &mut stream, peer, &mut client);
-        match Box::pin(header).await {
-            Some(x) => x,
-            None => return,
-        }
-    } else {
-        (peer, Vec::new())
-    };
+    let (peer, mut first) =
+        if matches!(arrival, Arrival::Accepted) && proxy_protocol::expected(&core, peer) {
+            // Boxed: only these connections carry the header reader's state.
+            let header = proxy_protocol::accept(&core, &mut stream, peer, &mut client);
+            match Box::pin(header).await {
+                Some(x) => x,
+                None => return,
+            }
+        } else {
+            (peer, Vec::new())
+        };
     let conn = match &core.shared.tls {
-        Some(tls) if !woken => {
+        Some(tls) if matches!(arrival, Arrival::Accepted) => {
             let timeout = core.shared.config.proxy.header_timeout;
             let accepted = Box::pin(monoio::time::timeout(
                 timeout,
@@ -71,54 +83,71 @@ pub(crate) async fn serve_client(
     let Some(conn) = conn else {
         return;
     };
-    let (core, idle) = serve_connection(core, conn, peer, woken, first).await;
-    if let Some(stream) = idle {
+    let (core, idle) = serve_connection(core, conn, peer, arrival, first).await;
+    if let Some((stream, since)) = idle {
         if !SHUTDOWN.load(Ordering::Relaxed) {
             // Parked, the connection keeps its slot; if it cannot be, both drop here.
-            let _ = core.park.park(stream, peer, client);
+            let timeout = core.shared.config.proxy.client_idle_timeout;
+            let _ = core.park.park(stream, peer, client, since, timeout);
         }
     }
 }
 
-/// Wakes parked connections that turned readable (each gets a new task) and, once a second,
-/// closes those idle past `client_idle_timeout` (all of them on shutdown).
-pub(crate) async fn park_loop(mut core: Rc<Core>) {
+/// Wakes parked connections that turned readable (each gets a new task) and closes those idle
+/// past `client_idle_timeout` when one may be due (all of them on shutdown, then it ends).
+/// Nothing else wakes it: an idle worker sleeps. It holds no per-core state between wake-ups
+/// (`newest` gives the current one), so a reload's old state is not kept alive here.
+pub(crate) async fn park_loop(park: Rc<IdleSet>, newest: impl Fn() -> Option<Rc<Core>>) {
     let mut ready = Vec::new();
-    let mut last_sweep = Instant::now();
+    let mut shutdown = pin!(ShutdownSignal::new());
     loop {
-        core.park.wait(Duration::from_millis(250), &mut ready).await;
-        if core.stale() || core.next.borrow().is_some() {
-            core = core.latest();
-        }
+        let woke = park.wait(&mut ready, shutdown.as_mut()).await;
+        let core = newest();
+        let now = Instant::now();
         for p in ready.drain(..) {
-            let fut = serve_client(core.clone(), p.stream, p.peer, p.client, true);
-            spawn_client(core.clone(), fut);
+            // With no state at all (the worker is going away) they close.
+            if let Some(core) = &core {
+                let idle = now.saturating_duration_since(p.since);
+                let fut = serve_client(
+                    core.clone(),
+                    p.stream,
+                    p.peer,
+                    p.client,
+                    Arrival::Woken { idle },
+                );
+                spawn_client(core.clone(), fut);
+            }
         }
-        let shutdown = SHUTDOWN.load(Ordering::Relaxed);
-        if shutdown || last_sweep.elapsed() >= Duration::from_secs(1) {
-            last_sweep = Instant::now();
-            let idle = if shutdown {
-                Duration::ZERO
-            } else {
-                core.shared.config.proxy.client_idle_timeout
-            };
-            core.park.expire(idle, &mut ready);
-            // Dropping them closes their sockets and releases their slots.
-            ready.clear();
+        match woke {
+            Woke::Shutdown => {
+                // Dropping them closes their sockets and releases their slots. Nothing parks
+                // after this: a connection checks the flag first.
+                park.expire(Duration::ZERO, &mut ready);
+                ready.clear();
+                return;
+            }
+            Woke::Sweep => {
+                let idle = core.map_or(Duration::ZERO, |c| {
+                    c.shared.config.proxy.client_idle_timeout
+                });
+                park.expire(idle, &mut ready);
+                ready.clear();
+            }
+            Woke::Ready | Woke::Rearm => {}
         }
     }
 }
 
 /// Serves requests on a connection until it closes (returns `None`) or, a plain one, goes
-/// idle between requests (returns its socket, to be parked). `woken`: bytes are waiting.
+/// idle between requests (returns its socket, to be parked, and when it went idle).
 /// `first`: bytes of the first request already read (after a PROXY protocol header).
 async fn serve_connection(
     mut core: Rc<Core>,
     stream: Conn,
     peer: SocketAddr,
-    woken: bool,
+    arrival: Arrival,
     first: Vec<u8>,
-) -> (Rc<Core>, Option<TcpStream>) {
+) -> (Rc<Core>, Option<(TcpStream, Instant)>) {
     let mut c = ClientConn::new(stream, peer);
     if matches!(c.stream, Conn::Plain(_)) && !first.is_empty() {
         c.req.buf = first;
@@ -126,16 +155,19 @@ async fn serve_connection(
         core.give_buf(first);
     }
     let mut canceller = Some(Canceller::new());
-    // Requests served on this connection. Only a connection that has shown it reuses itself
-    // (two requests or more) gets the hot direct read; one that sent a single request and
-    // went quiet waits for readiness at once, lending no buffer even for the hot period
-    // (measured: with 10 000 such connections the transient buffers cost ~0.2 KiB each).
-    // A woken connection has served a request before (it was parked after one): its next
-    // one makes it a reused connection that earns the hot direct read, instead of parking
-    // again after every request.
+    // Requests served on this connection: after its first one a plain connection parks when
+    // idle (before it, it waits for readiness in its task).
+    let mut woken = matches!(arrival, Arrival::Woken { .. });
     let mut served: u32 = u32::from(woken);
-    let mut woken = woken;
-    let mut park = false;
+    // Whether the next request is expected soon, so the connection waits for it with a read
+    // buffer lent to the kernel ([`HOT_WAIT`]) rather than parking at once: one whose last
+    // request followed the one before within `HOT_WAIT` (a new one never: one that sends a
+    // single request and goes quiet lends no buffer even for the hot period; measured, with
+    // 10 000 such connections the transient buffers cost ~0.2 KiB each). One that idled
+    // longer parks right after its answer: its hot wait would only expire, costing a timer,
+    // a wake-up and a cancelled read per request (an agent thinking between tool calls).
+    let hot = matches!(arrival, Arrival::Woken { idle } if idle < HOT_WAIT);
+    let mut park = None;
     let mut linger = false;
     loop {
         if woken {
@@ -149,7 +181,7 @@ async fn serve_connection(
             give_back(core, &mut c);
             // Boxed for the same reason as the request below: the hot wait's I/O and timer
             // state would otherwise sit in every idle connection's task.
-            let waited = if served >= 2 {
+            let waited = if hot {
                 Box::pin(wait_request(core, &mut c, &mut canceller)).await
             } else {
                 Wait::Idle
@@ -159,7 +191,12 @@ async fn serve_connection(
                 Wait::Idle if served > 0 && matches!(c.stream, Conn::Plain(_)) => {
                     // Idle between requests: the connection is parked with no task (see
                     // `park.rs`), and served again by a new task when it turns readable.
-                    park = true;
+                    let now = Instant::now();
+                    park = Some(if hot {
+                        now.checked_sub(HOT_WAIT).unwrap_or(now)
+                    } else {
+                        now
+                    });
                     break;
                 }
                 Wait::Idle => {
@@ -201,8 +238,8 @@ async fn serve_connection(
         Box::pin(crate::runtime::linger::close(&core, c.stream)).await;
         return (core, None);
     }
-    let idle = match c.stream {
-        Conn::Plain(s) if park => Some(s),
+    let idle = match (c.stream, park) {
+        (Conn::Plain(s), Some(since)) => Some((s, since)),
         _ => None,
     };
     (core, idle)

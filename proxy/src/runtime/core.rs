@@ -296,6 +296,8 @@ impl Core {
         }
         let core = Rc::new(core);
         states.borrow_mut().push(core.clone());
+        // The flusher drops the state this one replaces once nothing holds it.
+        crate::runtime::flush::note();
         core
     }
 

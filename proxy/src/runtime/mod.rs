@@ -5,6 +5,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod core;
+pub(crate) mod flush;
 pub(crate) mod linger;
 pub(crate) mod listen;
 pub(crate) mod park;
@@ -20,12 +21,12 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::io::Canceller;
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::control::stats::{Counter, Gauge};
+use crate::control::stats::Counter;
 use crate::runtime::core::Core;
 
 /// Set once a graceful shutdown has begun: listeners close, keep-alive connections close
@@ -55,6 +56,7 @@ impl ClientSlot {
     fn open(permit: Option<ratelimit::OwnedPermit>) -> Self {
         OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         CORE_OPEN.with(|n| n.set(n.get() + 1));
+        flush::note();
         ClientSlot { _permit: permit }
     }
 
@@ -69,6 +71,7 @@ impl Drop for ClientSlot {
     fn drop(&mut self) {
         OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
         CORE_OPEN.with(|n| n.set(n.get() - 1));
+        flush::note();
     }
 }
 
@@ -197,21 +200,34 @@ pub async fn run_worker(
     // Every state still in use (a reload leaves the old one to the requests under way).
     let cores: Rc<RefCell<Vec<Rc<Core>>>> = Rc::new(RefCell::new(Vec::new()));
     let park = Rc::new(park::IdleSet::new()?);
-    let mut core = Core::new(live, cores.clone(), park, index, None);
-    monoio::spawn(conn::park_loop(core.clone()));
-    monoio::spawn(flush_loop(cores));
+    let mut core = Core::new(live, cores.clone(), park.clone(), index, None);
+    let states = cores.clone();
+    let newest = move || {
+        let last = states.borrow().last().cloned();
+        last.map(|c| c.latest())
+    };
+    monoio::spawn(conn::park_loop(park, newest));
+    monoio::spawn(flush::flush_loop(cores));
     let mut canceller = Canceller::new();
+    // Woken from the thread that begins a shutdown or publishes a reload: an idle worker
+    // wakes for nothing else.
+    let mut notice = std::pin::pin!(shutdown::WorkerNotice::new());
     loop {
-        // Accept, waking every 250 ms to notice a shutdown. The accept is cancelled and then
-        // awaited, so a connection that raced the cancellation is still served, never lost.
+        // Accept until a shutdown begins. The accept is then cancelled and awaited, so a
+        // connection that raced the cancellation is still served, never lost.
         let accepted = {
             let accept = listener.cancelable_accept(canceller.handle());
             let mut accept = std::pin::pin!(accept);
-            match ready_within(accept.as_mut(), Duration::from_millis(250)).await {
-                Some(r) => r,
-                None => {
-                    canceller = canceller.cancel();
-                    accept.await
+            loop {
+                match before(accept.as_mut(), notice.as_mut()).await {
+                    Some(r) => break r,
+                    None if SHUTDOWN.load(Ordering::Relaxed) => {
+                        canceller = canceller.cancel();
+                        break accept.await;
+                    }
+                    // A reload: this core's new state now (it takes over the pools; the old
+                    // one closes the connections to backends that left).
+                    None => core = core.latest(),
                 }
             }
         };
@@ -229,7 +245,8 @@ pub async fn run_worker(
             if let Ok((stream, peer)) = accepted {
                 // One that raced the shutdown still gets served (with connection: close).
                 let slot = ClientSlot::open(None);
-                let fut = conn::serve_client(core.clone(), stream, peer, slot, false);
+                let fut =
+                    conn::serve_client(core.clone(), stream, peer, slot, conn::Arrival::Accepted);
                 spawn_client(core.clone(), fut);
             }
             // Let the open connections finish; the process exits when they have.
@@ -277,75 +294,31 @@ fn admit(core: &Rc<Core>, stream: TcpStream, peer: std::net::SocketAddr) {
     set_cloexec(&stream);
     core.rec.borrow_mut().count(Counter::ConnectionsAccepted, 1);
     let slot = ClientSlot::open(permit);
-    let fut = conn::serve_client(core.clone(), stream, peer, slot, false);
+    let fut = conn::serve_client(core.clone(), stream, peer, slot, conn::Arrival::Accepted);
     spawn_client(core.clone(), fut);
-}
-
-/// Once a second, folds this core's statistics into the hub (the only cross-core lock, never
-/// taken on the request path) and logs summaries of repeated warnings; every 250 ms (50 ms in
-/// a shutdown) hands its access-log lines to the writer thread. A replaced state is flushed
-/// one last time and dropped once nothing else holds it. In a shutdown, the worker says when
-/// its connections are closed and their lines handed over.
-async fn flush_loop(cores: Rc<RefCell<Vec<Rc<Core>>>>) {
-    let mut reported_open = 0i64;
-    let mut last_fold = Instant::now();
-    let mut flushed_at_shutdown = false;
-    loop {
-        let tick = if SHUTDOWN.load(Ordering::Relaxed) {
-            50
-        } else {
-            250
-        };
-        monoio::time::sleep(Duration::from_millis(tick)).await;
-        let shutdown = SHUTDOWN.load(Ordering::Relaxed);
-        let now = Instant::now();
-        let open = CORE_OPEN.with(Cell::get);
-        let fold = now.saturating_duration_since(last_fold) >= Duration::from_secs(1);
-        if fold {
-            last_fold = now;
-            if let Some(newest) = cores.borrow().last() {
-                let delta = open - reported_open;
-                newest
-                    .rec
-                    .borrow_mut()
-                    .gauge(Gauge::ClientConnections, delta);
-                reported_open = open;
-            }
-            crate::control::logs::summarize(now);
-        }
-        cores.borrow_mut().retain(|c| {
-            if let Some(l) = &c.access_log {
-                l.borrow_mut().flush();
-            }
-            if let Some(a) = &c.audit {
-                a.borrow_mut().log.flush();
-            }
-            if !fold {
-                return true;
-            }
-            c.rec.borrow_mut().flush_into(&c.shared.hub, now);
-            c.next.borrow().is_none() || Rc::strong_count(c) > 1
-        });
-        if shutdown && open == 0 && !flushed_at_shutdown {
-            flushed_at_shutdown = true;
-            FLUSHED_AT_SHUTDOWN.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 }
 
 /// Polls `fut` until it completes (`Some`) or `after` passes (`None`). On `None` the future
 /// is left as it is: the caller cancels its operation and awaits it, so a result that raced
 /// the timeout is still taken, never lost.
 pub(crate) async fn ready_within<F: Future>(
-    mut fut: std::pin::Pin<&mut F>,
+    fut: std::pin::Pin<&mut F>,
     after: Duration,
 ) -> Option<F::Output> {
-    let mut tick = std::pin::pin!(monoio::time::sleep(after));
+    before(fut, std::pin::pin!(monoio::time::sleep(after))).await
+}
+
+/// Polls `fut` until it completes (`Some`) or `stop` does (`None`), with the same rule as
+/// [`ready_within`] for what `fut` holds.
+pub(crate) async fn before<F: Future, S: Future>(
+    mut fut: std::pin::Pin<&mut F>,
+    mut stop: std::pin::Pin<&mut S>,
+) -> Option<F::Output> {
     std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(r));
         }
-        if tick.as_mut().poll(cx).is_ready() {
+        if stop.as_mut().poll(cx).is_ready() {
             return Poll::Ready(None);
         }
         Poll::Pending

@@ -8,15 +8,19 @@
 //! per-core epoll set (`EPOLLONESHOT`) that the core's runtime watches as one file (one
 //! io_uring poll, or one registration with the epoll driver). When a parked socket turns
 //! readable (a request, or the client closing) its slot is emptied and a new task serves
-//! it; once a second the table is swept for connections idle past `client_idle_timeout`
-//! (and, on shutdown, all of them). One `epoll_ctl` per park (two the first time) and one
-//! `epoll_wait` per batch of wake-ups: connections that keep sending never park (see
-//! `HOT_WAIT` in the worker).
+//! it. The table is swept when its oldest connection may have idled past
+//! `client_idle_timeout` (and, on shutdown, all of them go), so an idle set with nothing due
+//! costs no wake-up. One `epoll_ctl` per park (two the first time) and one `epoll_wait` per
+//! batch of wake-ups: connections that keep sending never park (see `HOT_WAIT` in the
+//! worker).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::pin::Pin;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -30,7 +34,8 @@ pub(crate) struct Parked {
     /// The connection's place in the connection counts (and its per-client-address permit),
     /// released when it closes.
     pub client: ClientSlot,
-    since: Instant,
+    /// When its last request ended: it has been idle since.
+    pub since: Instant,
 }
 
 struct Slot {
@@ -47,6 +52,24 @@ pub(crate) struct IdleSet {
     waiter: TcpStream,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
+    /// When the oldest parked connection may be due to close (no earlier than the truth: a
+    /// sweep then finds out); `None` while nothing is parked.
+    next_sweep: Cell<Option<Instant>>,
+    /// The task in [`IdleSet::wait`], woken when a park brings the next sweep forward.
+    waiter_task: Cell<Option<Waker>>,
+}
+
+/// Why [`IdleSet::wait`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Woke {
+    /// Parked connections turned readable (they are in `out`).
+    Ready,
+    /// A parked connection may have idled past its timeout: time to sweep.
+    Sweep,
+    /// A shutdown began.
+    Shutdown,
+    /// The next sweep moved forward: wait again.
+    Rearm,
 }
 
 const BATCH: usize = 64;
@@ -71,6 +94,8 @@ impl IdleSet {
             waiter: TcpStream::from_std(vessel)?,
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
+            next_sweep: Cell::new(None),
+            waiter_task: Cell::new(None),
         })
     }
 
@@ -78,14 +103,16 @@ impl IdleSet {
         self.waiter.as_raw_fd()
     }
 
-    /// Parks a connection; gives it back if its socket cannot be watched (the caller then
-    /// closes it).
+    /// Parks a connection idle `since` then, to be closed once idle for `idle_timeout`; gives
+    /// it back if its socket cannot be watched (the caller then closes it).
     #[allow(unsafe_code)]
     pub(crate) fn park(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
         client: ClientSlot,
+        since: Instant,
+        idle_timeout: Duration,
     ) -> Result<(), (TcpStream, ClientSlot)> {
         let mut slots = self.slots.borrow_mut();
         let index = match self.free.borrow_mut().pop() {
@@ -128,16 +155,60 @@ impl IdleSet {
             stream,
             peer,
             client,
-            since: Instant::now(),
+            since,
         });
+        let due = since + idle_timeout;
+        if self.next_sweep.get().is_none_or(|n| due < n) {
+            self.next_sweep.set(Some(due));
+            if let Some(w) = self.waiter_task.take() {
+                w.wake();
+            }
+        }
         Ok(())
     }
 
-    /// Waits until some parked connections turn readable, or `tick` passes; moves the ready
-    /// ones into `out`.
+    /// Waits until some parked connections turn readable (moved into `out`), a sweep is due,
+    /// a shutdown begins or a park brings the next sweep forward. Between those it costs no
+    /// wake-up: no timer runs while nothing is parked.
+    pub(crate) async fn wait(
+        &self,
+        out: &mut Vec<Parked>,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Woke {
+        let due = self.next_sweep.get();
+        let mut readable = std::pin::pin!(self.waiter.readable(false));
+        let mut sweep = std::pin::pin!(
+            due.map(|d| monoio::time::sleep_until(monoio::time::Instant::from_std(d)))
+        );
+        let woke = std::future::poll_fn(|cx| {
+            if readable.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Ready);
+            }
+            if shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Shutdown);
+            }
+            if let Some(s) = sweep.as_mut().as_pin_mut() {
+                if s.poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Sweep);
+                }
+            }
+            if self.next_sweep.get() != due {
+                return Poll::Ready(Woke::Rearm);
+            }
+            self.waiter_task.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await;
+        self.waiter_task.set(None);
+        if woke == Woke::Ready {
+            self.drain(out);
+        }
+        woke
+    }
+
+    /// Moves the parked connections the epoll set reports readable into `out`.
     #[allow(unsafe_code)]
-    pub(crate) async fn wait(&self, tick: Duration, out: &mut Vec<Parked>) {
-        let _ = monoio::time::timeout(tick, self.waiter.readable(false)).await;
+    fn drain(&self, out: &mut Vec<Parked>) {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
         loop {
             // SAFETY: epoll_wait into a stack array of BATCH events, never blocking.
@@ -170,24 +241,27 @@ impl IdleSet {
         Some(p)
     }
 
-    /// Moves into `out` every connection parked for `idle` or longer (all of them when
-    /// `idle` is zero).
+    /// Moves into `out` every connection idle for `idle` or longer (all of them when `idle`
+    /// is zero), and sets the next sweep by the oldest left.
     pub(crate) fn expire(&self, idle: Duration, out: &mut Vec<Parked>) {
         let now = Instant::now();
         let mut slots = self.slots.borrow_mut();
         let mut free = self.free.borrow_mut();
+        let mut oldest: Option<Instant> = None;
         for (i, slot) in slots.iter_mut().enumerate() {
-            if slot
-                .entry
-                .as_ref()
-                .is_some_and(|p| now.saturating_duration_since(p.since) >= idle)
-            {
+            let Some(since) = slot.entry.as_ref().map(|p| p.since) else {
+                continue;
+            };
+            if now.saturating_duration_since(since) >= idle {
                 if let Some(p) = slot.entry.take() {
                     slot.generation = slot.generation.wrapping_add(1);
                     free.push(i as u32);
                     out.push(p);
                 }
+            } else if oldest.is_none_or(|o| since < o) {
+                oldest = Some(since);
             }
         }
+        self.next_sweep.set(oldest.map(|o| o + idle));
     }
 }

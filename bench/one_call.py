@@ -1,0 +1,553 @@
+#!/usr/bin/env python3
+"""One call at a time (issue 21): the proxy's CPU per call when agents call tools one after
+another, mcplb beside nginx, HAProxy and no proxy (direct) in the same run.
+
+Started by bench/one_call.sh. Python 3 standard library, plus the process and measuring helpers
+of bench/side_by_side.py (same layout: the proxy under test on core 0, one worker; the mock
+backend and the load generator on core 1; loopback only). Every process it starts is stopped
+by PID at exit.
+
+The load: `mcplb-load run` with one MCP session per connection (initialize,
+notifications/initialized, then `tools/call` of `echo`, about 200 bytes each way), each
+connection with one call in flight at a time. THINK sets how a session waits between calls:
+0 sends the next call as soon as the answer is read (back to back); N > 0 paces each session
+to one call every N ms (`--rate`, scheduled sends), so connections really idle between calls
+(past mcplb's 100 ms hot wait they are parked). The answers come from the bundled mock backend:
+SSE (`mcplb-load mock --sse`: head, event and end of stream each written on its own, as the
+Python SDK's server sends them) or plain JSON.
+
+Figures per run: the proxy's CPU (sum of its threads' run time from /proc/PID/task/*/schedstat,
+nanoseconds) over the whole load run divided by the requests mcplb-load wrote in it (session
+set-up, warm-up and measured calls: `exchanges`); its wake-ups (voluntary + involuntary context
+switches of its threads) per request; the calls' p50/p99 latency (measured window only) minus
+direct's median; each core's busy share. Then, once: each proxy's CPU while idle, syscalls per
+call (`strace -c -f`, counts only) and `perf` profiles (cpu-clock sampling; this VM has no
+hardware counters).
+
+Settings (environment):
+  ROUNDS     rounds; every cell runs once per target per round, targets in turn (default 5)
+  SECS       measured seconds per run, after a 1 s warm-up (default 10)
+  THINK      ms between a session's calls, one cell each; 0 = back to back (default "0 250")
+  SESSIONS   sessions (= connections), one cell each (default "1 8")
+  ANSWERS    "sse", "json" or both (default "sse json")
+  TARGETS    of direct, mcplb, nginx, haproxy (default "direct mcplb nginx haproxy")
+  MCPLB      the mcplb binary (default target/release/mcplb)
+  BUILDS     more mcplb builds measured beside it in the same run, "NAME=PATH ..." (target
+             mcplb-NAME each; the report gives each one's per-round CPU ratio to MCPLB: an A/B);
+             MCPLB_B=PATH is short for BUILDS="b=PATH"
+  STATS      mcplb's `stats` (default true)
+  IDLE_SECS  seconds of the idle-CPU figure (default 5; 0 skips it)
+  STRACE     1 = count syscalls per call under strace, every proxy (default 1); STRACE_SECS (8)
+  PERF       1 = record perf profiles of mcplb and nginx (default 1); PERF_SECS (20)
+  PROFILE_CELL  the cell strace runs: answers/sessions/think (default sse/1/250)
+  PERF_CELL  the cell perf runs (default sse/8/250: enough calls for a few hundred samples)
+  BASE_PORT  ports BASE+1.. (default 28600); OUT (bench/results); TAG (one-call)
+"""
+
+import datetime
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# side_by_side reads SESSIONS as one number at import; this script's SESSIONS is a list.
+_own = {k: os.environ.pop(k) for k in ("SESSIONS",) if k in os.environ}
+import side_by_side as sbs  # noqa: E402  (the shared process and measuring helpers)
+os.environ.update(_own)
+
+ROOT = sbs.ROOT
+
+
+def env(name, default):
+    return os.environ.get(name, default)
+
+
+ROUNDS = int(env("ROUNDS", 5))
+SECS = int(env("SECS", 10))
+THINK = [int(x) for x in env("THINK", "0 250").split()]
+SESSIONS = [int(x) for x in env("SESSIONS", "1 8").split()]
+ANSWERS = env("ANSWERS", "sse json").split()
+TARGETS = env("TARGETS", "direct mcplb nginx haproxy").split()
+MCPLB = env("MCPLB", os.path.join(sbs.BIN, "mcplb"))
+MCPLB_B = env("MCPLB_B", "")
+BUILDS = dict(b.split("=", 1) for b in env("BUILDS", f"b={MCPLB_B}" if MCPLB_B else "").split())
+TARGETS += [f"mcplb-{n}" for n in BUILDS if f"mcplb-{n}" not in TARGETS]
+STATS = env("STATS", "true")
+IDLE_SECS = int(env("IDLE_SECS", 5))
+STRACE = env("STRACE", "1") == "1"
+STRACE_SECS = int(env("STRACE_SECS", 8))
+PERF = env("PERF", "1") == "1"
+PERF_SECS = int(env("PERF_SECS", 20))
+PROFILE_CELL = env("PROFILE_CELL", "sse/1/250")
+PERF_CELL = env("PERF_CELL", "sse/8/250")
+BASE = int(env("BASE_PORT", 28600))
+OUT = env("OUT", os.path.join(ROOT, "bench", "results"))
+TAG = env("TAG", "one-call")
+LOAD = os.path.join(sbs.BIN, "mcplb-load")
+PROXIES = [t for t in TARGETS if t != "direct"]
+NAMES = {"direct": "direct", "mcplb": "mcplb", "nginx": "nginx", "haproxy": "HAProxy"}
+NAMES.update({f"mcplb-{n}": f"mcplb {n}" for n in BUILDS})
+log = sbs.log
+
+for t in TARGETS:
+    if t not in NAMES:
+        sys.exit(f"unknown target {t!r} (direct, mcplb, nginx, haproxy; mcplb-NAME with BUILDS)")
+for a in ANSWERS:
+    if a not in ("sse", "json"):
+        sys.exit(f"ANSWERS: {a!r} is neither sse nor json")
+
+
+# ---------------------------------------------------------------------------- processes
+
+def mock_port(answers):
+    return BASE + (1 if answers == "sse" else 2)
+
+
+def proxy_port(kind, answers):
+    order = ["mcplb", "nginx", "haproxy"] + [f"mcplb-{n}" for n in BUILDS]
+    return BASE + 10 + 2 * order.index(kind) + (0 if answers == "sse" else 1)
+
+
+def start_mock(answers):
+    port = mock_port(answers)
+    argv = ["taskset", "-c", "1", LOAD, "mock", "--listen", f"127.0.0.1:{port}", "--threads", "1"]
+    if answers == "sse":
+        argv.append("--sse")
+    p = sbs.spawn(argv, f"mock-{answers}")
+    sbs.wait_port(port, p)
+    sbs.BACKEND_PIDS.append(p.pid)
+    return sbs.Target("direct", port, [p], [p.pid])
+
+
+def start_mcplb(kind, answers):
+    port, backend = proxy_port(kind, answers), mock_port(answers)
+    conf = os.path.join(sbs.RUNDIR, f"{kind}-{answers}.toml")
+    # Health checks off: nginx and HAProxy check nothing either (their configs have no checks).
+    with open(conf, "w") as f:
+        f.write(f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 1\nstats = {STATS}\n\n'
+                f'[[servers]]\nname = "bench"\npath = "/mcp"\n'
+                f'backends = ["http://127.0.0.1:{backend}/mcp"]\n[servers.health]\nenabled = false\n')
+    binary = BUILDS[kind[len("mcplb-"):]] if kind != "mcplb" else MCPLB
+    p = sbs.spawn(["taskset", "-c", "0", binary, "run", "--config", conf], f"{kind}-{answers}")
+    sbs.wait_port(port, p)
+    time.sleep(0.3)
+    if p.poll() is not None:  # the port answered, but not this mcplb (another process holds it)
+        raise RuntimeError(f"{kind} ({answers}) exited; see {sbs.RUNDIR}/{kind}-{answers}.log")
+    return sbs.Target(kind, port, [p], [p.pid])
+
+
+def start_target(kind, answers, mocks):
+    if kind == "direct":
+        return mocks[answers]
+    if kind.startswith("mcplb"):
+        return start_mcplb(kind, answers)
+    return sbs.start_proxy(kind, proxy_port(kind, answers), mock_port(answers))
+
+
+# ---------------------------------------------------------------------------- measuring
+
+def tasks(pid):
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+
+
+def proc_counters(pid):
+    """(run time ns, wake-ups, {thread name: run time ns}) summed over the process's threads."""
+    ns, wakes, by_name = 0, 0, {}
+    for tid in tasks(pid):
+        base = f"/proc/{pid}/task/{tid}"
+        try:
+            with open(f"{base}/schedstat") as f:
+                t = int(f.read().split()[0])
+            with open(f"{base}/status") as f:
+                st = f.read()
+            with open(f"{base}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        ns += t
+        wakes += sum(int(x) for x in re.findall(r"(?:non)?voluntary_ctxt_switches:\s+(\d+)", st))
+        by_name[name] = by_name.get(name, 0) + t
+    return ns, wakes, by_name
+
+
+def measured_pid(target):
+    # nginx: the worker (the first PID is the worker, then the master); others: the process.
+    return target.pids[0]
+
+
+class Meter:
+    """The proxy's run time and wake-ups, and each core's busy share, over a block."""
+
+    def __init__(self, target):
+        self.pid = measured_pid(target) if target.kind != "direct" else None
+
+    def __enter__(self):
+        self.t0, self.c0 = time.time(), sbs.core_times()
+        self.p0 = proc_counters(self.pid) if self.pid else None
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.time() - self.t0
+        c1 = sbs.core_times()
+        self.busy = {}
+        for c in (0, 1):
+            if c in c1 and c in self.c0:
+                db, dt = c1[c][0] - self.c0[c][0], c1[c][1] - self.c0[c][1]
+                self.busy[c] = round(100.0 * db / dt, 1) if dt else None
+        if self.pid:
+            p1 = proc_counters(self.pid)
+            self.cpu_ns, self.wakes = p1[0] - self.p0[0], p1[1] - self.p0[1]
+            self.threads = {k: v - self.p0[2].get(k, 0) for k, v in p1[2].items()}
+        else:
+            self.cpu_ns = self.wakes = self.threads = None
+        return False
+
+
+def load_argv(url, sessions, think, secs):
+    argv = ["taskset", "-c", "1", LOAD, "run", "--url", url, "--connections", str(sessions),
+            "--duration", f"{secs}s", "--warmup", "1s", "--args",
+            json.dumps(sbs.ARGS, separators=(",", ":")), "--json", "--quiet"]
+    if think:
+        argv += ["--rate", f"{sessions * 1000.0 / think:.6g}"]
+    return argv
+
+
+def run_load(url, sessions, think, secs):
+    r = subprocess.run(load_argv(url, sessions, think, secs), capture_output=True, text=True, timeout=secs + 120)
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise RuntimeError(f"mcplb-load failed: {r.stdout} {r.stderr}")
+
+
+def one_run(target, sessions, think):
+    with Meter(target) as m:
+        j = run_load(target.url, sessions, think, SECS)
+    ex = j["exchanges"]
+    lat = j["latency_us"]
+    cell = {"kind": target.kind, "exchanges": ex, "ok": j["ok"], "errors": j["errors"]["total"],
+            "calls_per_s": round(j["throughput_rps"], 1), "p50_us": lat["p50"], "p99_us": lat["p99"],
+            "max_us": lat["max"], "send_lag_us": j.get("send_lag_us"), "wall_s": round(m.wall, 3),
+            "core0_busy_pct": m.busy.get(0), "core1_busy_pct": m.busy.get(1)}
+    if m.cpu_ns is not None and ex:
+        cell.update({"cpu_ns": m.cpu_ns, "cpu_us_per_call": round(m.cpu_ns / 1000.0 / ex, 2),
+                     "wakeups": m.wakes, "wakeups_per_call": round(m.wakes / ex, 3),
+                     "proxy_cpu_pct": round(100.0 * m.cpu_ns / 1e9 / m.wall, 1),
+                     "threads_cpu_ns": m.threads})
+    return cell
+
+
+# ---------------------------------------------------------------------------- phases
+
+RESULTS = {"cells": {}, "idle": {}, "strace": {}, "perf": {}}
+
+
+def cell_key(answers, sessions, think):
+    return f"{answers}/{sessions}/{think}"
+
+
+def phase_cells(targets):
+    cells = [(a, s, t) for t in THINK for a in ANSWERS for s in SESSIONS]
+    for rnd in range(ROUNDS):
+        for (a, s, t) in cells:
+            key = cell_key(a, s, t)
+            kinds = list(TARGETS)
+            # A different order every round, so that no target always runs first or last.
+            random.Random(rnd * 7919 + sum(key.encode())).shuffle(kinds)
+            for kind in kinds:
+                c = one_run(targets[(kind, a)], s, t)
+                c["round"] = rnd
+                RESULTS["cells"].setdefault(key, {}).setdefault(kind, []).append(c)
+                cpu = f"{c['cpu_us_per_call']:7.1f} µs/call, {c['wakeups_per_call']:5.2f} wake-ups" \
+                    if "cpu_us_per_call" in c else " " * 30
+                log(f"round {rnd + 1} {key:12s} {kind:8s} {cpu}  p50 {c['p50_us']} p99 {c['p99_us']} µs, "
+                    f"{c['calls_per_s']:.0f} calls/s, errors {c['errors']}")
+
+
+def phase_idle(targets):
+    """Each proxy's CPU with nothing to do (connections from earlier runs closed)."""
+    if IDLE_SECS <= 0:
+        return
+    time.sleep(1)
+    for rnd in range(min(ROUNDS, 3)):
+        for (kind, a), t in targets.items():
+            if kind == "direct" or a != ANSWERS[0]:
+                continue
+            with Meter(t) as m:
+                time.sleep(IDLE_SECS)
+            RESULTS["idle"].setdefault(kind, []).append(
+                {"us_per_s": round(m.cpu_ns / 1000.0 / m.wall, 1), "wakeups_per_s": round(m.wakes / m.wall, 1),
+                 "threads_cpu_ns": m.threads})
+            log(f"idle {kind:8s} {m.cpu_ns / 1000.0 / m.wall:7.1f} µs/s, {m.wakes / m.wall:.1f} wake-ups/s")
+
+
+def profile_cell(cell=None):
+    a, s, t = (cell or PROFILE_CELL).split("/")
+    return a, int(s), int(t)
+
+
+def phase_strace(targets):
+    a, s, t = profile_cell()
+    for kind in PROXIES:
+        tg = targets[(kind, a)]
+        out = os.path.join(sbs.RUNDIR, f"strace-{kind}.txt")
+        st = sbs.spawn(["strace", "-c", "-f", "-o", out, "-p", str(measured_pid(tg))], f"strace-{kind}")
+        time.sleep(1.0)
+        j = subprocess.run(load_argv(tg.url, s, t, STRACE_SECS), capture_output=True, text=True,
+                           timeout=STRACE_SECS + 120)
+        ex = json.loads(j.stdout.strip().splitlines()[-1])["exchanges"]
+        os.kill(st.pid, signal.SIGINT)
+        try:
+            st.wait(15)
+        except subprocess.TimeoutExpired:
+            pass
+        sbs.stop(st)
+        calls, top = sbs.parse_strace(out)
+        per = round(calls / ex, 2) if calls and ex else None
+        with open(out) as f:
+            text = f.read()
+        RESULTS["strace"][kind] = {"cell": PROFILE_CELL, "exchanges": ex, "syscalls": calls, "per_call": per,
+                                   "top": [(n, c, round(c / ex, 2)) for n, c in top], "strace": text}
+        log(f"strace {kind:8s} {calls} syscalls / {ex} requests = {per}; top {top[:4]}")
+
+
+def phase_perf(targets):
+    a, s, t = profile_cell(PERF_CELL)
+    for kind in [k for k in ("mcplb", "nginx") if k in PROXIES]:
+        tg = targets[(kind, a)]
+        data = os.path.join(sbs.RUNDIR, f"perf-{kind}.data")
+        rec = sbs.spawn(["perf", "record", "-e", "cpu-clock", "-F", "10000", "-g", "-o", data,
+                         "-p", str(measured_pid(tg)), "--", "sleep", str(PERF_SECS + 2)], f"perf-{kind}")
+        time.sleep(0.5)
+        j = run_load(tg.url, s, t, PERF_SECS)
+        rec.wait(PERF_SECS + 30)
+        sbs.stop(rec)
+        flat = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,symbol",
+                               "--percent-limit", "0.7", "-g", "none"], capture_output=True, text=True).stdout
+        tree = subprocess.run(["perf", "report", "-i", data, "--stdio", "--children", "--sort", "symbol",
+                               "--percent-limit", "4", "-g", "caller,0.5,callee,function,percent", "--max-stack", "14"],
+                              capture_output=True, text=True).stdout
+        samples = re.search(r"# Samples: (\S+)\s+of event", flat)
+        RESULTS["perf"][kind] = {"cell": PERF_CELL, "exchanges": j["exchanges"],
+                                 "samples": samples.group(1) if samples else None,
+                                 "flat": strip_perf(flat), "tree": strip_perf(tree)[:20000]}
+        os.remove(data)
+        log(f"perf {kind}: {RESULTS['perf'][kind]['samples']} samples over {j['exchanges']} requests")
+
+
+def strip_perf(text):
+    return "\n".join(line for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+# ---------------------------------------------------------------------------- report
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def spread(xs, fmt="{:.1f}"):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "–"
+    m = statistics.median(xs)
+    if len(xs) == 1:
+        return fmt.format(m)
+    return f"{fmt.format(m)} [{fmt.format(min(xs))}–{fmt.format(max(xs))}]"
+
+
+def fmt0(x):
+    return "–" if x is None else f"{x:.0f}"
+
+
+def paired_ratios(runs, kind, peer, field="cpu_us_per_call"):
+    """Per-round ratios kind/peer of `field` (the runs of one round ran back to back)."""
+    by_round = {}
+    for k in (kind, peer):
+        for c in runs.get(k, []):
+            by_round.setdefault(c["round"], {})[k] = c.get(field)
+    return [r[kind] / r[peer] for r in by_round.values() if r.get(kind) and r.get(peer)]
+
+
+def describe(key):
+    a, s, t = key.split("/")
+    wait = "back to back" if t == "0" else f"one call every {t} ms"
+    return f"{a.upper()} answers, {s} session{'s' if s != '1' else ''}, {wait}"
+
+
+def report(d):
+    R, f = d["results"], d["facts"]
+    proxies = [k for k in d["targets"] if k != "direct"]
+    builds = d["settings"].get("BUILDS") or ({"b": d["settings"]["MCPLB_B"]} if d["settings"].get("MCPLB_B") else {})
+    names = dict(NAMES, **{f"mcplb-{n}": f"mcplb {n}" for n in builds})
+    lines = [f"# One call at a time: proxy CPU per call ({d['started'][:10]})", "",
+             "Agents call tools one after another: one call in flight per session, the connection idle "
+             "between calls. `bench/one_call.sh` (issue 21) measures that regime for mcplb beside nginx, "
+             "HAProxy and no proxy (direct), in the same run.", "",
+             "## Method", "",
+             "- Layout: each proxy one worker/thread pinned to core 0 (mcplb `workers = 1`, health checks off as "
+             "nginx and HAProxy check nothing; nginx `worker_processes 1`, upstream keepalive, logs off, "
+             "`proxy_buffering off`; HAProxy `nbthread 1`, `http-reuse always`, no logs: the configs of "
+             "`bench/conf/`); the mock backend and mcplb-load on core 1; loopback.",
+             "- Backend: the bundled mock (`mcplb-load mock --threads 1`), stateful; with `--sse` it answers "
+             "each `tools/call` as an SSE stream written as the Python SDK's server writes one (head, event, "
+             "end of stream: three writes); without it, a JSON body (about 200 bytes either way).",
+             "- Client: `mcplb-load run --connections N`, one MCP session per connection (initialize, "
+             "notifications/initialized, then `tools/call` of `echo`), each session one call in flight. "
+             "*Back to back*: the next call leaves when the answer is read. *One call every T ms*: each "
+             "session's calls are scheduled T ms apart (`--rate`), so the connection idles in between "
+             "(past mcplb's 100 ms hot wait it is parked in the per-core epoll set).",
+             f"- Per run: {d['settings']['SECS']} s measured after 1 s of warm-up. CPU = the proxy process's "
+             "run time (sum over its threads of `/proc/PID/task/*/schedstat`, ns; nginx: its worker) over the "
+             "whole load run ÷ the requests written in it (set-up, warm-up and calls). Wake-ups = voluntary + "
+             "involuntary context switches of its threads, per request. Latency: the measured calls, from "
+             "their scheduled send time; added = minus direct's median of the same cell.",
+             f"- {d['settings']['ROUNDS']} rounds; in each, every cell runs once per target, targets in a "
+             "shuffled order. Figures: median [min–max] over rounds; ratios are medians of the per-round "
+             "ratios (runs of one round ran minutes apart at most).",
+             f"- Machine: {f['nproc']} cores, {f['cpu']}, kernel {f['kernel']}; {f['nginx']}; {f['haproxy']}; "
+             f"mcplb {f['mcplb_commit']}{' (uncommitted changes)' if f['mcplb_dirty'] else ''}"
+             + "".join(f"; mcplb {n}: `{b}`" for n, b in builds.items())
+             + f". Load average at start {' '.join(d['load_start'])}, at the end {' '.join(d['load_end'])}.",
+             f"- Command: `{d['command']}`", ""]
+    lines += ["## Proxy CPU µs per request", "",
+              "| cell | " + " | ".join(names[k] for k in proxies) + " | "
+              + " | ".join(f"{names[k]} ÷ nginx" for k in proxies if k != "nginx" and "nginx" in proxies) + " |",
+              "|---|" + "---|" * (len(proxies) + len([k for k in proxies if k != "nginx" and "nginx" in proxies]))]
+    for key, runs in R["cells"].items():
+        row = [describe(key)] + [spread([c.get("cpu_us_per_call") for c in runs.get(k, [])]) for k in proxies]
+        if "nginx" in proxies:
+            row += [spread(paired_ratios(runs, k, "nginx"), "{:.2f}") for k in proxies if k != "nginx"]
+        lines.append("| " + " | ".join(row) + " |")
+    if builds and "mcplb" in proxies:
+        others = [f"mcplb-{n}" for n in builds if f"mcplb-{n}" in proxies]
+        lines += ["", "## A/B: mcplb builds in the same run", "",
+                  f"`mcplb` is `{d['settings']['MCPLB']}`. Per-round ratios of CPU per request (the runs of "
+                  "one round ran within minutes), median [min–max]; below 1 = the build costs less than mcplb.", "",
+                  "| cell | " + " | ".join(f"{names[k]} ÷ mcplb" for k in others) + " |",
+                  "|---|" + "---|" * len(others)]
+        for key, runs in R["cells"].items():
+            lines.append("| " + " | ".join([describe(key)] + [spread(paired_ratios(runs, k, "mcplb"), "{:.2f}")
+                                                               for k in others]) + " |")
+    lines += ["", "## Wake-ups per request (context switches of the proxy's threads)", "",
+              "| cell | " + " | ".join(names[k] for k in proxies) + " |", "|---|" + "---|" * len(proxies)]
+    for key, runs in R["cells"].items():
+        lines.append("| " + " | ".join([describe(key)] + [spread([c.get("wakeups_per_call") for c in runs.get(k, [])],
+                                                                   "{:.2f}") for k in proxies]) + " |")
+    lines += ["", "## Latency: p50 / p99 µs, and added over direct", "",
+              "| cell | " + " | ".join(names[k] for k in d["targets"]) + " | "
+              + " | ".join(f"{names[k]} added" for k in proxies) + " |",
+              "|---|" + "---|" * (len(d["targets"]) + len(proxies))]
+    for key, runs in R["cells"].items():
+        p50 = {k: med([c["p50_us"] for c in runs.get(k, [])]) for k in d["targets"]}
+        p99 = {k: med([c["p99_us"] for c in runs.get(k, [])]) for k in d["targets"]}
+        row = [describe(key)] + [f"{p50[k]:.0f} / {p99[k]:.0f}" if p50[k] is not None else "–" for k in d["targets"]]
+        if "direct" in d["targets"]:
+            row += [f"+{p50[k] - p50['direct']:.0f} / +{p99[k] - p99['direct']:.0f}"
+                    if p50[k] is not None and p50["direct"] is not None else "–" for k in proxies]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Load and bottleneck", "",
+              "| cell | calls/s (each target) | proxy's share of core 0 | core 0 busy | core 1 busy | errors |",
+              "|---|---|---|---|---|---|"]
+    for key, runs in R["cells"].items():
+        allc = [c for k in d["targets"] for c in runs.get(k, [])]
+        lines.append("| " + " | ".join([
+            describe(key),
+            ", ".join(f"{names[k]} {fmt0(med([c['calls_per_s'] for c in runs.get(k, [])]))}" for k in d["targets"]),
+            ", ".join(f"{names[k]} {fmt0(med([c.get('proxy_cpu_pct') for c in runs.get(k, [])]))} %" for k in proxies),
+            spread([c["core0_busy_pct"] for c in allc], "{:.0f}") + " %",
+            spread([c["core1_busy_pct"] for c in allc], "{:.0f}") + " %",
+            str(sum(c["errors"] for c in allc))]) + " |")
+    lines += ["", "With one call in flight per session the load itself saturates no core: each call waits for "
+              "the round trip through client, proxy and backend, so calls/s follow latency and CPU per request "
+              "is the figure that compares the proxies. The busy shares count every process on the core: above "
+              "the proxy's own share they are other work on a shared machine. Then latency (timed from each "
+              "call's scheduled send, so it includes the load generator's own lag on a busy core 1) is noise, "
+              "and CPU per request, a sum of the proxy's own run time, the figure to read.", ""]
+    if R.get("idle"):
+        lines += ["## Idle", "", "CPU with no request at all (connections from earlier runs closed), per second:", "",
+                  "| proxy | µs per s | wake-ups per s |", "|---|---|---|"]
+        for k, xs in R["idle"].items():
+            lines.append(f"| {names[k]} | {spread([x['us_per_s'] for x in xs])} | "
+                         f"{spread([x['wakeups_per_s'] for x in xs])} |")
+        lines.append("")
+    if R.get("strace"):
+        lines += [f"## Syscalls per request (`strace -c -f`, counts only, cell {describe(PROFILE_CELL_OF(d))})", "",
+                  "| proxy | syscalls per request | top (per request) |", "|---|---|---|"]
+        for k, s in R["strace"].items():
+            top = ", ".join(f"{n} {p}" for n, _, p in s["top"])
+            lines.append(f"| {names[k]} | {s['per_call']} | {top} |")
+        lines.append("")
+    if R.get("perf"):
+        cell = next(iter(R["perf"].values()))["cell"]
+        lines += [f"## Profiles (`perf record -e cpu-clock -F 10000 -g`, cell {describe(cell)})", ""]
+        for k, p in R["perf"].items():
+            lines += [f"### {names[k]}: {p['samples']} samples over {p['exchanges']} requests", "", "```",
+                      "\n".join(p["flat"].splitlines()[:45]), "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def PROFILE_CELL_OF(d):  # noqa: N802 - reads like the setting it reports
+    return d["settings"].get("PROFILE_CELL", PROFILE_CELL)
+
+
+def rerender(path):
+    with open(path) as f:
+        d = json.load(f)
+    md = path[: -len(".json")] + ".md"
+    with open(md, "w") as f:
+        f.write(report(d))
+    print(f"wrote {md}")
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        return rerender(sys.argv[2])
+    ports = [mock_port(a) for a in ANSWERS] + [proxy_port(k, a) for k in PROXIES for a in ANSWERS]
+    started, stem = sbs.begin_run(OUT, TAG, ports, BASE)
+    facts = sbs.machine_facts()
+    load_start = sbs.loadavg()
+    log(f"work dir {sbs.RUNDIR}; results -> {stem}.md")
+    try:
+        mocks = {a: start_mock(a) for a in ANSWERS}
+        targets = {(k, a): start_target(k, a, mocks) for k in TARGETS for a in ANSWERS}
+        time.sleep(0.5)
+        for (k, a), t in targets.items():  # every path answers, and is warm
+            j = run_load(t.url, 1, 0, 1)
+            if j["ok"] == 0 or j["errors"]["total"]:
+                raise RuntimeError(f"{k} ({a}) did not answer the benchmark call: {j['errors']}")
+        phase_cells(targets)
+        phase_idle(targets)
+        if STRACE:
+            phase_strace(targets)
+        if PERF:
+            phase_perf(targets)
+    finally:
+        sbs.stop_all()
+    finished = datetime.datetime.now()
+    d = {"facts": facts, "command": env("ONE_CALL_COMMAND", "bench/one_call.sh"), "started": started.isoformat(),
+         "finished": finished.isoformat(), "load_start": load_start, "load_end": sbs.loadavg(), "targets": TARGETS,
+         "settings": {"ROUNDS": ROUNDS, "SECS": SECS, "THINK": THINK, "SESSIONS": SESSIONS, "ANSWERS": ANSWERS,
+                      "STATS": STATS, "MCPLB": MCPLB, "BUILDS": BUILDS, "PROFILE_CELL": PROFILE_CELL,
+                      "PERF_CELL": PERF_CELL},
+         "results": RESULTS}
+    with open(stem + ".json", "w") as f:
+        json.dump(d, f, indent=1)
+    text = report(d)
+    with open(stem + ".md", "w") as f:
+        f.write(text)
+    print(text)
+    log(f"wrote {stem}.md and .json in {(finished - started).total_seconds() / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

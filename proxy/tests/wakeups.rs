@@ -1,0 +1,118 @@
+//! What an idle or slowly used mcplb costs in wake-ups (issue 21), on both drivers: a worker
+//! with nothing to do is never woken (no timer ticks), a connection that idles between calls
+//! (an agent thinking between tool calls) costs its worker about two wake-ups per call (the
+//! request, the answer; no hot wait that only expires), and a reload wakes the workers at
+//! once (a removed backend's pooled connection closes with no traffic). Wake-ups are the
+//! worker threads' voluntary context switches from /proc: counts, not times.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Voluntary context switches of the mcplb process's worker threads.
+fn worker_wakeups(p: &Proxy) -> u64 {
+    let pid = p.child.id();
+    let mut n = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("mcplb-worker") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        n += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+    }
+    n
+}
+
+fn gauge(p: &Proxy, name: &str) -> i64 {
+    let mut c = HttpClient::connect(p.admin.unwrap()).unwrap();
+    let r = c.request("GET", "/stats", &[], b"").unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    v["gauges"][name].as_i64().unwrap()
+}
+
+/// An mcplb in front of `a` on `driver`, a client connection with a session open, and one call
+/// answered on it.
+fn one_call(a: &MockServer, driver: &str) -> (Proxy, HttpClient, String) {
+    let p = start_proxy(&config_for(&[a], ""), driver);
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    let (sid, _) = init_session(&mut c);
+    assert_eq!(whoami(&mut c, &sid), "alpha");
+    (p, c, sid)
+}
+
+#[test]
+fn an_idle_worker_is_not_woken() {
+    let a = mock("alpha");
+    for driver in DRIVERS {
+        let (p, c, _) = one_call(&a, driver);
+        drop(c);
+        // The statistics of that activity are folded a second later; then nothing is due.
+        std::thread::sleep(Duration::from_millis(1500));
+        let before = worker_wakeups(&p);
+        std::thread::sleep(Duration::from_secs(2));
+        let woken = worker_wakeups(&p) - before;
+        // Three 250 ms ticks per worker used to wake two workers about 48 times here.
+        assert!(
+            woken <= 2,
+            "idle workers woke {woken} times (driver {driver})"
+        );
+    }
+}
+
+#[test]
+fn a_connection_idle_between_calls_costs_two_wakeups_a_call() {
+    let a = mock("alpha");
+    for driver in DRIVERS {
+        let (p, mut c, sid) = one_call(&a, driver);
+        std::thread::sleep(Duration::from_millis(200));
+        let calls = 8;
+        let before = worker_wakeups(&p);
+        for _ in 0..calls {
+            assert_eq!(whoami(&mut c, &sid), "alpha");
+            // Longer than the hot wait (100 ms): the connection parks between calls.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let woken = worker_wakeups(&p) - before;
+        // Per call: the request, the answer; and a statistics fold a second. A hot wait that
+        // expires adds one per call, the old timer ticks about 12 a second per worker.
+        let most = calls * 2 + 6;
+        assert!(
+            woken <= most,
+            "{calls} calls woke the workers {woken} times (at most {most} expected; driver {driver})"
+        );
+    }
+}
+
+#[test]
+fn a_reload_wakes_the_workers_at_once() {
+    let a = mock("alpha");
+    let b = mock("beta");
+    for driver in DRIVERS {
+        let admin = "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+        let p = start_proxy(&format!("{}{admin}", config_for(&[&b], "")), driver);
+        // Calls to beta leave pooled connections to it.
+        for _ in 0..4 {
+            let mut c = HttpClient::connect(p.addr).unwrap();
+            init_session(&mut c);
+        }
+        wait_until("pooled connections to beta", || {
+            gauge(&p, "upstream_idle") >= 1
+        });
+        // Alpha replaces beta; no request follows. The workers build their new state at once,
+        // closing the pooled connections to beta.
+        std::fs::write(&p.config_path, format!("{}{admin}", config_for(&[&a], ""))).unwrap();
+        let mut c = HttpClient::connect(p.admin.unwrap()).unwrap();
+        assert_eq!(c.request("POST", "/reload", &[], b"").unwrap().status, 200);
+        wait_until("the pooled connections to beta closed", || {
+            gauge(&p, "upstream_idle") == 0
+        });
+    }
+}
