@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 mod data_path;
 pub mod demo;
+pub mod h2;
 pub mod http;
 pub mod policy;
 mod runtime;

@@ -250,37 +250,24 @@ fn a_client_leaving_a_stream_closes_its_upstream_at_once() {
 
 #[test]
 fn a_tls_client_leaving_a_stream_closes_its_upstream_at_once() {
-    let dir = std::env::temp_dir().join(format!("mcplb-client-gone-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
+    let certs = SelfSigned::new("client-gone");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = Arc::new(
         rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
+            .with_root_certificates(certs.roots.clone())
             .with_no_client_auth(),
-    );
-    let tls = format!(
-        "[proxy.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert_path.display(),
-        key_path.display()
     );
     for driver in DRIVERS {
         let b = silent_backend();
-        let p = start_proxy(&proxy_config(&b, &tls), driver);
+        let p = start_proxy(&proxy_config(&b, &certs.table), driver);
         for method in ["POST", "GET"] {
             for how in [Leave::Close, Leave::CloseNotify] {
                 leave_stream(&p, &b, Some(&cfg), method, how);
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -327,5 +314,70 @@ fn a_request_pipelined_during_a_stream_is_answered_after_it() {
             9,
             "{driver}: the pipelined call"
         );
+    }
+}
+
+/// Opens a stream on HTTP/2 stream `id` of `c` (`POST`: a tool call; `GET`: the standalone
+/// stream) and reads until its first event arrived.
+fn open_h2_stream(c: &mut common::h2::RawH2, id: u32, method: &str) {
+    use common::h2::*;
+    let mut req = Vec::new();
+    if method == "POST" {
+        let body = rpc(
+            3,
+            "tools/call",
+            json!({"name": "long", "arguments": {}, "_meta": {"progressToken": 1}}),
+        );
+        req = post_frames(id, &body.to_string());
+    } else {
+        let block = request_block("GET", "/mcp", &[("accept", "text/event-stream")]);
+        req.extend_from_slice(&frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
+    }
+    assert!(c.send(&req));
+    let mut got = Vec::new();
+    let needle = b"notifications/progress";
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let f = c
+            .next_frame()
+            .expect("the stream's first event did not come");
+        assert!(f.kind != GOAWAY && f.kind != RST_STREAM, "refused: {f:?}");
+        if f.kind == DATA && f.stream == id {
+            got.extend_from_slice(&f.payload);
+        }
+    }
+}
+
+#[test]
+fn an_http2_client_resetting_a_stream_closes_its_upstream_and_keeps_its_connection() {
+    use common::h2::*;
+    for driver in DRIVERS {
+        let b = silent_backend();
+        let p = start_proxy(&proxy_config(&b, ""), driver);
+        let admin = p.admin.unwrap();
+        let mut c = RawH2::connect(p.addr);
+        for (i, method) in ["POST", "GET"].into_iter().enumerate() {
+            let id = 2 * i as u32 + 1;
+            open_h2_stream(&mut c, id, method);
+            wait_until("the stream counted as open", || {
+                gauge(admin, "sse_streams_open") == 1 && in_flight(admin) == 1
+            });
+            // RST_STREAM(CANCEL) on that stream alone: the connection stays open.
+            assert!(c.send(&frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes())));
+            // The backend writes nothing more: only mcplb closing its connection ends its wait.
+            let (m, _) = b
+                .closed
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("{driver} {method}: upstream not closed on reset"));
+            assert_eq!(m, method, "{driver}");
+            wait_until("the gauges back at zero", || {
+                let s = stats(admin);
+                s["gauges"]["sse_streams_open"] == 0
+                    && s["gauges"]["upstream_busy"] == 0
+                    && in_flight(admin) == 0
+            });
+        }
+        // The same connection serves a next stream.
+        open_h2_stream(&mut c, 5, "POST");
+        assert!(!c.closed, "{driver}");
     }
 }

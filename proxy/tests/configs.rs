@@ -137,3 +137,22 @@ fn policy_problems_name_their_key_path() {
         assert!(err.contains(want), "missing {want:?} in {err}");
     }
 }
+
+#[test]
+fn http2_limits_are_checked_by_key() {
+    let out = check_text(
+        "http2",
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n\n[proxy.http2]\nmax_concurrent_streams = 0\n\
+         initial_window_size = 100\nmax_ping_per_second = 5\n\n\
+         [[servers]]\nname = \"a\"\npath = \"/mcp\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\n",
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "proxy.http2.max_concurrent_streams: 0 is out of range",
+        "proxy.http2.initial_window_size: 100 is out of range",
+        "proxy.http2.max_ping_per_second: unknown key (did you mean `max_pings_per_second`?)",
+    ] {
+        assert!(err.contains(line), "missing {line:?} in {err}");
+    }
+}

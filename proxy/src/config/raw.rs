@@ -105,6 +105,21 @@ pub(crate) struct RawProxy {
     pub trusted_proxies: Option<Vec<String>>,
     pub proxy_protocol: Option<bool>,
     pub tls: Option<RawTls>,
+    pub http2: Option<RawHttp2>,
+}
+
+/// `[proxy.http2]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawHttp2 {
+    pub enabled: Option<bool>,
+    pub max_concurrent_streams: Option<i64>,
+    pub max_header_list_size: Option<i64>,
+    pub header_table_size: Option<i64>,
+    pub initial_window_size: Option<i64>,
+    pub max_resets_per_second: Option<i64>,
+    pub max_continuation_frames: Option<i64>,
+    pub max_pings_per_second: Option<i64>,
+    pub max_settings_per_second: Option<i64>,
 }
 
 /// `[proxy.tls]`.

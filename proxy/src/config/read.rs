@@ -7,8 +7,8 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_ignored::Path;
 
 use super::raw::{
-    RawAdmin, RawAudit, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawLimit, RawMember,
-    RawPolicy, RawProxy, RawServer, RawTls, RawToolOverride,
+    RawAdmin, RawAudit, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawHttp2, RawLimit,
+    RawMember, RawPolicy, RawProxy, RawServer, RawTls, RawToolOverride,
 };
 
 /// The raw config (or `None` when the text is not TOML of the expected shape) and the
@@ -100,6 +100,7 @@ fn known_keys(table: &str) -> &'static [&'static str] {
         "" => keys_of::<RawConfig>(),
         "proxy" => keys_of::<RawProxy>(),
         "proxy.tls" => keys_of::<RawTls>(),
+        "proxy.http2" => keys_of::<RawHttp2>(),
         "admin" => keys_of::<RawAdmin>(),
         "servers" => keys_of::<RawServer>(),
         "servers.backends" => keys_of::<RawBackendTable>(),
@@ -219,6 +220,7 @@ que = 2
             "",
             "proxy",
             "proxy.tls",
+            "proxy.http2",
             "admin",
             "servers",
             "servers.backends",

@@ -137,6 +137,8 @@ pub struct ProxyConfig {
     pub max_connections_per_ip: u32,
     /// `[proxy.tls]`: TLS termination for clients (off when absent).
     pub tls: Option<crate::tls::ServerTlsFiles>,
+    /// `[proxy.http2]`: the HTTP/2 front and its limits.
+    pub http2: crate::h2::Http2Config,
     /// Record latency histograms and counters (on by default; off only to measure their cost).
     pub stats: bool,
     /// The client's address: what backends are told, and which proxies are believed about it.

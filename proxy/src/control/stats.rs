@@ -139,8 +139,22 @@ pub enum Counter {
     LingersCut,
     /// Connections from trusted balancers closed for a missing or bad PROXY protocol header.
     ProxyProtocolErrors,
+    /// HTTP/2 client connections (h2c with prior knowledge, or ALPN `h2`).
+    H2Connections,
+    /// HTTP/2 streams (requests) accepted.
+    H2Streams,
+    /// HTTP/2 connections ended by a protocol error, including h2's own guards.
+    H2ProtocolErrors,
+    /// HTTP/2 connections refused for a rapid-reset flood (RST_STREAM frames).
+    H2RapidResets,
+    /// HTTP/2 connections refused for a CONTINUATION flood.
+    H2ContinuationFloods,
+    /// HTTP/2 connections refused for a PING flood.
+    H2PingFloods,
+    /// HTTP/2 connections refused for a SETTINGS flood.
+    H2SettingsFloods,
 }
-const COUNTERS: usize = 33;
+const COUNTERS: usize = 40;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -176,6 +190,13 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "lingering_closes",
     "lingers_cut",
     "proxy_protocol_errors",
+    "h2_connections",
+    "h2_streams",
+    "h2_protocol_errors",
+    "h2_rapid_resets",
+    "h2_continuation_floods",
+    "h2_ping_floods",
+    "h2_settings_floods",
 ];
 
 /// Gauges (up/down).

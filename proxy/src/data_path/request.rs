@@ -286,7 +286,11 @@ impl ClientConn {
             peer: self.peer.ip().to_canonical(),
             client: self.client_ip,
             peer_trusted: self.peer_trusted,
-            tls: matches!(self.stream, Conn::Server(_)),
+            tls: match &self.stream {
+                Conn::Server(_) => true,
+                Conn::H2(s) => s.tls,
+                _ => false,
+            },
         }
     }
 

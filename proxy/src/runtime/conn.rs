@@ -83,6 +83,16 @@ pub(crate) async fn serve_client(
     let Some(conn) = conn else {
         return;
     };
+    // A TLS client that chose HTTP/2 by ALPN.
+    let conn = match conn.into_h2() {
+        Ok((tcp, tls, pending)) => {
+            let io = crate::h2::io::TlsIo::new(tcp, tls, pending);
+            let t = crate::h2::io::Transport::Tls(Box::new(io));
+            Box::pin(crate::h2::serve(core, t, Vec::new(), peer, true)).await;
+            return;
+        }
+        Err(conn) => conn,
+    };
     let (core, idle) = serve_connection(core, conn, peer, arrival, first).await;
     if let Some((stream, since)) = idle {
         if !SHUTDOWN.load(Ordering::Relaxed) {
@@ -169,6 +179,7 @@ async fn serve_connection(
     let hot = matches!(arrival, Arrival::Woken { idle } if idle < HOT_WAIT);
     let mut park = None;
     let mut linger = false;
+    let mut h2 = false;
     loop {
         if woken {
             // A parked connection that turned readable: its request (or EOF) is waiting, and
@@ -219,10 +230,19 @@ async fn serve_connection(
         if c.req.head.headers.capacity() == 0 {
             c.req.head.headers = core.take_headers();
         }
+        if served == 0
+            && core.shared.config.proxy.http2.enabled
+            && matches!(c.stream, Conn::Plain(_))
+            && Box::pin(crate::h2::sniff_preface(core, &mut c)).await
+        {
+            // h2c with prior knowledge: the connection is HTTP/2's from here on.
+            h2 = true;
+            break;
+        }
+        served = served.saturating_add(1);
         // Boxed so that an idle connection's task holds only this loop's small state, not
         // the request path's (about 3 KiB): one allocation per request (a few tens of ns with
         // mimalloc's per-thread free lists) buys idle connections near nginx's footprint.
-        served = served.saturating_add(1);
         match Box::pin(crate::data_path::handle_request(core, &mut c)).await {
             Next::KeepAlive if !SHUTDOWN.load(Ordering::Relaxed) => {}
             Next::Linger => {
@@ -231,6 +251,15 @@ async fn serve_connection(
             }
             _ => break,
         }
+    }
+    if h2 {
+        let first = std::mem::take(&mut c.req.buf);
+        give_back(&core, &mut c);
+        if let Conn::Plain(s) = c.stream {
+            let t = crate::h2::io::Transport::Plain(Box::new(monoio_compat::StreamWrapper::new(s)));
+            Box::pin(crate::h2::serve(core.clone(), t, first, peer, false)).await;
+        }
+        return (core, None);
     }
     give_back(&core, &mut c);
     if linger {
@@ -252,7 +281,7 @@ async fn serve_connection(
 const HOT_WAIT: Duration = Duration::from_millis(100);
 
 /// Hands a connection's buffers back to the core (an idle connection holds none).
-fn give_back(core: &Core, c: &mut ClientConn) {
+pub(crate) fn give_back(core: &Core, c: &mut ClientConn) {
     core.give_buf(std::mem::take(&mut c.req.buf));
     core.give_buf(std::mem::take(&mut c.req.decoded));
     core.give_buf(std::mem::take(&mut c.pending));

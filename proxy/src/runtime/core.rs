@@ -192,7 +192,9 @@ impl Core {
 /// unexpected bytes. Costs one syscall; saves sending a request into a socket the backend
 /// already closed (which for a `tools/call` could not be safely retried).
 fn still_open(s: &mut Conn) -> bool {
-    s.is_clean() && crate::tls::peek(s.tcp()) == crate::tls::Incoming::Nothing
+    s.is_clean()
+        && s.tcp()
+            .is_some_and(|t| crate::tls::peek(t) == crate::tls::Incoming::Nothing)
 }
 
 impl Core {

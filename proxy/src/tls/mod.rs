@@ -98,13 +98,15 @@ pub struct ServerTlsFiles {
     pub key: PathBuf,
     /// PEM CA certificates; when set, clients must present a certificate they signed.
     pub client_ca: Option<PathBuf>,
+    /// Offer HTTP/2 by ALPN (`[proxy.http2] enabled`).
+    pub h2: bool,
     /// How often the files are checked for changes (zero: never).
     pub reload_interval: Duration,
 }
 
 impl ServerTlsFiles {
     /// Builds a rustls server config from the files: TLS 1.2 and 1.3 with rustls' safe
-    /// defaults, ALPN `http/1.1`.
+    /// defaults, ALPN `h2` (when [`ServerTlsFiles::h2`]) and `http/1.1`.
     pub fn build(&self) -> Result<ServerConfig, String> {
         let certs = load_certs(&self.cert)?;
         let key = load_key(&self.key)?;
@@ -130,7 +132,11 @@ impl ServerTlsFiles {
                 self.key.display()
             )
         })?;
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = if self.h2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
         Ok(cfg)
     }
 
@@ -281,6 +287,38 @@ impl UpstreamTls {
     }
 }
 
+/// Gives the ciphertext `rbuf[*rpos..]` to rustls and processes it. Stops early when rustls'
+/// plaintext buffer is full (the rest stays in `rbuf` until the reader drains it). Every other
+/// refusal is an error: leaving bytes behind that rustls will never take would make the caller
+/// spin. `rbuf` is emptied once all of it was taken. (Also HTTP/2's `h2::io::TlsIo`.)
+pub(crate) fn feed_records<S>(
+    conn: &mut ConnectionCommon<S>,
+    rbuf: &mut Vec<u8>,
+    rpos: &mut usize,
+) -> io::Result<()> {
+    while *rpos < rbuf.len() {
+        let mut src = rbuf.get(*rpos..).unwrap_or_default();
+        match conn.read_tls(&mut src) {
+            // close_notify received: rustls reads nothing more.
+            Ok(0) => *rpos = rbuf.len(),
+            Ok(k) => *rpos += k,
+            Err(e) => {
+                let state = conn.process_new_packets().map_err(tls_err)?;
+                if state.plaintext_bytes_to_read() > 0 {
+                    break;
+                }
+                return Err(e);
+            }
+        }
+        conn.process_new_packets().map_err(tls_err)?;
+    }
+    if *rpos >= rbuf.len() {
+        rbuf.clear();
+        *rpos = 0;
+    }
+    Ok(())
+}
+
 /// A rustls connection driven over a monoio TCP stream.
 pub struct TlsStream<C> {
     io: TcpStream,
@@ -329,32 +367,9 @@ where
         Ok(())
     }
 
-    /// Gives buffered ciphertext to rustls and processes it. Stops early when rustls' plaintext
-    /// buffer is full (the rest stays in `rbuf` until the reader drains it). Every other refusal
-    /// is an error: leaving bytes behind that rustls will never take would make the caller
-    /// spin.
+    /// See [`feed_records`].
     fn feed(&mut self) -> io::Result<()> {
-        while self.rpos < self.rbuf.len() {
-            let mut src = self.rbuf.get(self.rpos..).unwrap_or_default();
-            match self.conn.read_tls(&mut src) {
-                // close_notify received: rustls reads nothing more.
-                Ok(0) => self.rpos = self.rbuf.len(),
-                Ok(k) => self.rpos += k,
-                Err(e) => {
-                    let state = self.conn.process_new_packets().map_err(tls_err)?;
-                    if state.plaintext_bytes_to_read() > 0 {
-                        break;
-                    }
-                    return Err(e);
-                }
-            }
-            self.conn.process_new_packets().map_err(tls_err)?;
-        }
-        if self.rpos >= self.rbuf.len() {
-            self.rbuf.clear();
-            self.rpos = 0;
-        }
-        Ok(())
+        feed_records(&mut self.conn, &mut self.rbuf, &mut self.rpos)
     }
 
     /// Reads ciphertext from the socket into rustls (one socket read).
@@ -599,6 +614,8 @@ pub enum Conn {
     Server(Box<TlsStream<ServerConnection>>),
     /// TLS mcplb opened to an `https://` backend.
     Client(Box<TlsStream<ClientConnection>>),
+    /// One stream of an HTTP/2 client connection, read and written as HTTP/1.1.
+    H2(Box<crate::h2::H2Stream>),
 }
 
 impl Conn {
@@ -642,15 +659,32 @@ impl Conn {
                 t.flush_tls().await?;
                 Ok(t.io)
             }
+            Conn::H2(_) => Err(io::Error::other(
+                "an HTTP/2 stream has no socket of its own",
+            )),
         }
     }
 
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP socket underneath (none under an HTTP/2 stream).
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Conn::Plain(s) => s,
-            Conn::Server(t) => &t.io,
-            Conn::Client(t) => &t.io,
+            Conn::Plain(s) => Some(s),
+            Conn::Server(t) => Some(&t.io),
+            Conn::Client(t) => Some(&t.io),
+            Conn::H2(_) => None,
+        }
+    }
+
+    /// A client's TLS connection that chose HTTP/2 by ALPN: its socket, its rustls state and
+    /// the ciphertext the handshake read past its end. Any other stream comes back as it was.
+    pub fn into_h2(self) -> Result<(TcpStream, ServerConnection, Vec<u8>), Conn> {
+        match self {
+            Conn::Server(t) if t.conn.alpn_protocol() == Some(b"h2") => {
+                let t = *t;
+                let pending = t.rbuf.get(t.rpos..).unwrap_or_default().to_vec();
+                Ok((t.io, t.conn, pending))
+            }
+            other => Err(other),
         }
     }
 
@@ -671,6 +705,7 @@ impl Conn {
             }
             Conn::Server(t) => t.read_more(buf).await,
             Conn::Client(t) => t.read_more(buf).await,
+            Conn::H2(s) => s.read_more(buf).await,
         }
     }
 
@@ -696,6 +731,10 @@ impl Conn {
                 let r = t.write_all(buf.get(range).unwrap_or_default()).await;
                 (r, buf)
             }
+            Conn::H2(s) => {
+                let r = s.write_all(buf.get(range).unwrap_or_default()).await;
+                (r, buf)
+            }
         }
     }
 
@@ -712,6 +751,8 @@ impl Conn {
                 }
                 t.io.readable(false).await
             }
+            // Its request is read at once (it was whole before the stream ran).
+            Conn::H2(_) => Ok(()),
         }
     }
 
@@ -733,6 +774,7 @@ impl Conn {
             },
             Conn::Server(t) => Box::pin(t.peer_event()).await,
             Conn::Client(t) => Box::pin(t.peer_event()).await,
+            Conn::H2(s) => s.peer_event().await,
         }
     }
 
@@ -740,7 +782,7 @@ impl Conn {
     /// confused with.
     pub fn is_clean(&mut self) -> bool {
         match self {
-            Conn::Plain(_) => true,
+            Conn::Plain(_) | Conn::H2(_) => true,
             Conn::Server(t) => !t.has_buffered(),
             Conn::Client(t) => !t.has_buffered(),
         }
@@ -777,6 +819,7 @@ mod tests {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             client_ca: None,
+            h2: false,
             reload_interval: Duration::ZERO,
         };
         let t = TlsTerminator::new(files(&c1, &k1)).unwrap();

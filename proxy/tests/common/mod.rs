@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub mod h2;
 pub mod sse;
 
 pub use mcplb::demo::HttpClient;
@@ -267,4 +268,38 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// A self-signed certificate for `localhost` in a temp dir (removed on drop): the files for
+/// `[proxy.tls]` and the roots a client trusts it with.
+pub struct SelfSigned {
+    pub dir: PathBuf,
+    pub roots: rustls::RootCertStore,
+    /// The `[proxy.tls]` table naming the files.
+    pub table: String,
+}
+
+impl SelfSigned {
+    pub fn new(label: &str) -> SelfSigned {
+        let dir = std::env::temp_dir().join(format!("mcplb-{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let table = format!(
+            "[proxy.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert_path.display(),
+            key_path.display()
+        );
+        SelfSigned { dir, roots, table }
+    }
+}
+
+impl Drop for SelfSigned {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

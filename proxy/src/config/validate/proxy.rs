@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::fields::{decode_key, parse_duration, resolve, TableCheck};
-use crate::config::raw::{RawProxy, RawTls};
+use crate::config::raw::{RawHttp2, RawProxy, RawTls};
 use crate::config::types::{
     ClientAddress, ForwardedHeader, ForwardedMode, ProxyConfig, TrustedProxies, DEFAULT_MAX_BODY,
     DEFAULT_MAX_CONNECTIONS_PER_IP,
@@ -31,7 +31,8 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
         .as_deref()
         .and_then(|s| decode_key(s).map_err(|e| t.problem("session_key", e)).ok());
     let client_address = client_address(&p, &mut t);
-    let tls = p.tls.and_then(|raw| tls(raw, &mut t));
+    let http2 = http2(p.http2.unwrap_or_default(), t.errs());
+    let tls = p.tls.and_then(|raw| tls(raw, http2.enabled, &mut t));
     if p.reuse_port == Some(true) && listen.port() == 0 {
         t.problem(
             "reuse_port",
@@ -43,6 +44,7 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
     let secs = Duration::from_secs;
     ProxyConfig {
         tls,
+        http2,
         listen,
         workers,
         session_key,
@@ -170,7 +172,7 @@ fn parse_net(s: &str) -> Option<ipnet::IpNet> {
 
 /// `[proxy.tls]`: the certificate and key are loaded here, once, so that a bad file is a
 /// config error naming the key rather than a failure at start.
-fn tls(t: RawTls, proxy: &mut TableCheck<'_>) -> Option<crate::tls::ServerTlsFiles> {
+fn tls(t: RawTls, h2: bool, proxy: &mut TableCheck<'_>) -> Option<crate::tls::ServerTlsFiles> {
     let (Some(cert), Some(key)) = (t.cert, t.key) else {
         proxy.problem("tls", "needs both `cert` and `key` (PEM files)");
         return None;
@@ -179,6 +181,7 @@ fn tls(t: RawTls, proxy: &mut TableCheck<'_>) -> Option<crate::tls::ServerTlsFil
         cert: cert.into(),
         key: key.into(),
         client_ca: t.client_ca.map(Into::into),
+        h2,
         // "0s" is allowed here: never check the files (reload on demand only).
         reload_interval: match t.reload_interval.as_deref().map(parse_duration) {
             None => Duration::from_secs(5),
@@ -195,5 +198,71 @@ fn tls(t: RawTls, proxy: &mut TableCheck<'_>) -> Option<crate::tls::ServerTlsFil
             proxy.problem("tls", e);
             None
         }
+    }
+}
+
+/// `[proxy.http2]`: each limit within what RFC 9113 allows and what keeps one connection's
+/// memory bounded.
+fn http2(h: RawHttp2, errs: &mut Vec<String>) -> crate::h2::Http2Config {
+    let d = crate::h2::Http2Config::default();
+    let mut t = TableCheck::new("proxy.http2", errs);
+    let mut n = |key: &str, v: Option<i64>, default: u32, range: std::ops::RangeInclusive<u32>| {
+        t.int_u32(key, v, default, range)
+    };
+    let f = d.floods;
+    let floods = crate::h2::FloodLimits {
+        max_resets_per_second: n(
+            "max_resets_per_second",
+            h.max_resets_per_second,
+            f.max_resets_per_second,
+            1..=1_000_000,
+        ),
+        max_continuation_frames: n(
+            "max_continuation_frames",
+            h.max_continuation_frames,
+            f.max_continuation_frames,
+            0..=10_000,
+        ),
+        max_pings_per_second: n(
+            "max_pings_per_second",
+            h.max_pings_per_second,
+            f.max_pings_per_second,
+            1..=1_000_000,
+        ),
+        max_settings_per_second: n(
+            "max_settings_per_second",
+            h.max_settings_per_second,
+            f.max_settings_per_second,
+            1..=1_000_000,
+        ),
+    };
+    crate::h2::Http2Config {
+        enabled: h.enabled.unwrap_or(d.enabled),
+        max_concurrent_streams: n(
+            "max_concurrent_streams",
+            h.max_concurrent_streams,
+            d.max_concurrent_streams,
+            1..=10_000,
+        ),
+        max_header_list_size: n(
+            "max_header_list_size",
+            h.max_header_list_size,
+            d.max_header_list_size,
+            1024..=1 << 20,
+        ),
+        header_table_size: n(
+            "header_table_size",
+            h.header_table_size,
+            d.header_table_size,
+            0..=1 << 16,
+        ),
+        // RFC 9113 §6.5.2: at most 2^31-1; at least a frame's worth.
+        initial_window_size: n(
+            "initial_window_size",
+            h.initial_window_size,
+            d.initial_window_size,
+            16_384..=(1 << 24),
+        ),
+        floods,
     }
 }
