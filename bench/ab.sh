@@ -17,14 +17,15 @@
 # the mock; default target/release/mcplb-load), MODE (`stateless`, the default, or
 # `session-auth`: a group with an API key in front of the stateful mock, every request a
 # `tools/call` in one session opened through each proxy, with the key: the path that opens
-# the sealed session id and checks its owner; bench/quick/post_session.lua).
+# the sealed session id and checks its owner; bench/quick/post_session.lua), EXTRA_A and
+# EXTRA_B (TOML appended to A's or B's config: the same build with a feature off and on).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 # shellcheck source=bench/common.sh
 . "$ROOT/bench/common.sh"
-split_spec "$1"; A=$SPEC_BIN; EXTRA_A=$SPEC_EXTRA
-split_spec "$2"; B=$SPEC_BIN; EXTRA_B=$SPEC_EXTRA
+split_spec "$1"; A=$SPEC_BIN; FILE_A=$SPEC_EXTRA
+split_spec "$2"; B=$SPEC_BIN; FILE_B=$SPEC_EXTRA
 PAIRS=${PAIRS:-7}; SECS=${SECS:-6}; CONNS=${CONNS:-64}; TAG=${TAG:-ab}; MODE=${MODE:-stateless}
 OUT=${OUT:-$ROOT/bench/results}
 LOAD_BIN=${LOAD_BIN:-$ROOT/target/release/mcplb-load}
@@ -49,8 +50,8 @@ esac
 taskset -c 1 "$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" "${MOCK_MODE[@]}" --threads 1 >"$RUN/mock.log" 2>&1 &
 pids+=($!)
 
-start_proxy() { # bin name extra -> sets PID and PORT (no subshell: its PID must reach cleanup)
-    local bin=$1 name=$2 extra=$3 port
+start_proxy() { # bin name [extra TOML] [extra file] -> sets PID and PORT (no subshell: its PID must reach cleanup)
+    local bin=$1 name=$2 extra=${3:-} file=${4:-} port
     port=$(free_port)
     cat >"$RUN/$name.toml" <<EOF
 [proxy]
@@ -64,16 +65,17 @@ backends = ["http://127.0.0.1:$MOCK_PORT/mcp"]
 [servers.health]
 enabled = false
 $AUTH
+$extra
 EOF
-    if [[ -n $extra ]]; then sed "s|@RUN@|$RUN|g" "$extra" >>"$RUN/$name.toml"; fi
+    if [[ -n $file ]]; then sed "s|@RUN@|$RUN|g" "$file" >>"$RUN/$name.toml"; fi
     taskset -c 0 "$bin" run --config "$RUN/$name.toml" >"$RUN/$name.log" 2>&1 &
     PID=$!
     PORT=$port
     pids+=("$PID")
     for _ in $(seq 200); do grep -q "mcplb started" "$RUN/$name.log" 2>/dev/null && break; sleep 0.05; done
 }
-start_proxy "$A" a "$EXTRA_A"; PID_A=$PID; PORT_A=$PORT
-start_proxy "$B" b "$EXTRA_B"; PID_B=$PID; PORT_B=$PORT
+start_proxy "$A" a "${EXTRA_A:-}" "$FILE_A"; PID_A=$PID; PORT_A=$PORT
+start_proxy "$B" b "${EXTRA_B:-}" "$FILE_B"; PID_B=$PID; PORT_B=$PORT
 sleep 0.5
 
 open_session() { # port -> prints the session id opened through that proxy
@@ -123,7 +125,7 @@ done
 
 mkdir -p "$OUT"
 file="$OUT/$(date +%F)-ab-$TAG.md"
-python3 - "$file" "$A${EXTRA_A:+ + $(basename "$EXTRA_A")}" "$B${EXTRA_B:+ + $(basename "$EXTRA_B")}" "$PAIRS" "$SECS" "$CONNS" "$MODE" "${rows[@]}" <<'PY'
+python3 - "$file" "$A${FILE_A:+ + $(basename "$FILE_A")}" "$B${FILE_B:+ + $(basename "$FILE_B")}" "$PAIRS" "$SECS" "$CONNS" "$MODE" "${rows[@]}" <<'PY'
 import statistics as st, subprocess, sys, os
 file, a, b, pairs, secs, conns, mode, *rows = sys.argv[1:]
 A = [list(map(float, r.split("|")[0].split()[:5])) for r in rows]
@@ -139,6 +141,8 @@ WRK = sh("wrk -v 2>&1 | head -1")
 lines = [
     f"# Same-run A/B: CPU per request and latency ({os.path.basename(file)[:-3]})", "",
     f"- A: `{a}`", f"- B: `{b}`",
+    *[f"- {k[-1]}'s config adds: `{' '.join(os.environ[k].split())}`"
+      for k in ("EXTRA_A", "EXTRA_B") if os.environ.get(k)],
     (f"- Method: `bench/ab.sh` — both proxies up at once, one worker each pinned to core 0; the "
      f"stateless mock (`mcplb-load mock --threads 1`) and wrk (`-t1 -c{conns} -d{secs}s --latency`, "
      f"the 200-byte `tools/call` of `bench/quick/post.lua`) on core 1; A B A B ..., {pairs} pairs "

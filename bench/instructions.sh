@@ -12,7 +12,8 @@
 # instructions per request (total Ir / requests wrk counted) and the top functions.
 # Settings (env): SECS (10), CONNS (8), LOAD_BIN (mcplb-load for the mock), TOP (25), STATS
 # (true; false leaves out the statistics, whose once-a-second flush is charged to however many
-# requests that second saw), KEEP (a path prefix: keep each callgrind dump there).
+# requests that second saw), KEEP (a path prefix: keep each callgrind dump there), EXTRA (TOML
+# appended to mcplb's config, e.g. a `[telemetry]` table).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -42,6 +43,7 @@ path = "/mcp"
 backends = ["http://127.0.0.1:$MOCK_PORT/mcp"]
 [servers.health]
 enabled = false
+${EXTRA:-}
 EOF
     if [[ -n $SPEC_EXTRA ]]; then sed "s|@RUN@|$RUN|g" "$SPEC_EXTRA" >>"$RUN/p.toml"; fi
     out="$RUN/cg.out"

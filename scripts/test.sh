@@ -69,6 +69,9 @@ install_python_deps
 install_node_deps
 
 section "cargo build --workspace --bins"
+# Every platform's crates in Cargo.lock, so that the offline `cargo metadata --locked` of
+# tests/py/test_deploy_packaging.py (the Dockerfile's lock check) holds on a fresh machine.
+cargo fetch --locked
 cargo build --workspace --bins
 
 section "cargo test --workspace"

@@ -151,6 +151,9 @@ pub struct Envelope<'a> {
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]` when it is a
     /// string (2026-07-28 stateless requests).
     pub protocol_version: Option<JsonStr<'a>>,
+    /// `params._meta.traceparent` when it is a string: a W3C trace context carried in the
+    /// message (for transports without headers). The first one when the key is repeated.
+    pub traceparent: Option<JsonStr<'a>>,
     /// Number of elements when `kind` is [`MessageKind::Batch`], else 0.
     pub batch_len: usize,
     /// Whether a top-level `result` key is present.
@@ -674,6 +677,7 @@ struct Fields<'a> {
     arguments: Option<Range<usize>>,
     protocol_version: Option<JsonStr<'a>>,
     protocol_version_seen: bool,
+    traceparent: Option<JsonStr<'a>>,
 }
 
 impl Fields<'_> {
@@ -688,7 +692,11 @@ impl Fields<'_> {
 const TOP_KEYS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
 const PARAMS_KEYS: &[&str] = &["name", "uri", "_meta", "arguments"];
 const RESULT_KEYS: &[&str] = &["isError"];
-const META_KEYS: &[&str] = &["progressToken", "io.modelcontextprotocol/protocolVersion"];
+const META_KEYS: &[&str] = &[
+    "progressToken",
+    "io.modelcontextprotocol/protocolVersion",
+    "traceparent",
+];
 
 fn parse_object<'a>(sc: &mut Scanner<'a>) -> Result<Envelope<'a>, FrameError> {
     let mut f = Fields::default();
@@ -827,6 +835,13 @@ fn meta_member<'a>(sc: &mut Scanner<'a>, key: JsonStr<'a>, f: &mut Fields<'a>) -
                 f.protocol_version = Some(s);
             }
         }
+        Some(2) => {
+            // Tracing never refuses a message: a repeated key is not an error here, the first
+            // string wins.
+            if let Val::Str(s) = sc.value(4)? {
+                f.traceparent = f.traceparent.or(Some(s));
+            }
+        }
         _ => {
             sc.value(4)?;
         }
@@ -881,6 +896,7 @@ fn judge<'a>(buf: &'a [u8], f: &Fields<'a>) -> Result<Envelope<'a>, FrameError> 
         progress_token: slice(&f.progress_token),
         arguments: slice(&f.arguments),
         protocol_version: f.protocol_version,
+        traceparent: f.traceparent,
         batch_len: 0,
         has_result: f.has_result,
         has_error: f.has_error,
@@ -928,6 +944,7 @@ fn parse_batch<'a>(sc: &mut Scanner<'a>) -> Scan<Envelope<'a>> {
         progress_token: None,
         arguments: None,
         protocol_version: None,
+        traceparent: None,
         batch_len: count,
         has_result: false,
         has_error: false,
@@ -943,7 +960,28 @@ fn parse_batch<'a>(sc: &mut Scanner<'a>) -> Scan<Envelope<'a>> {
 /// `error` after `jsonrpc` and `id`: a few dozen bytes). For statistics, where
 /// [`parse_message`] (which validates every byte) would cost time proportional to the answer.
 pub fn response_outcome(buf: &[u8]) -> Option<bool> {
-    let mut i = skip_ws(buf, 0);
+    let (key, _) = find_member(buf, 0, |k| k == b"error" || k == b"result")?;
+    Some(key == b"error")
+}
+
+/// The `code` of a JSON-RPC error response (`{"error":{"code":-32601,...}}`), read as
+/// [`response_outcome`] reads: up to the first top-level `result` or `error` member, then
+/// that object's members up to `code`. `None` for a result, or when no integer code is found
+/// before the object stops making sense.
+pub fn response_error_code(buf: &[u8]) -> Option<i64> {
+    let (b"error", error) = find_member(buf, 0, |k| k == b"error" || k == b"result")? else {
+        return None;
+    };
+    let (_, code) = find_member(buf, error, |k| k == b"code")?;
+    let digits = std::str::from_utf8(buf.get(code..value_end(buf, code)?)?).ok()?;
+    digits.trim_end().parse().ok()
+}
+
+/// Walks the members of the object at `buf[i..]` (after whitespace) up to the first whose key
+/// `wanted` accepts: that key and where its value starts. Values passed over are skipped
+/// without being validated. `None` when the object ends first or stops making sense.
+fn find_member(buf: &[u8], i: usize, wanted: impl Fn(&[u8]) -> bool) -> Option<(&[u8], usize)> {
+    let mut i = skip_ws(buf, i);
     if buf.get(i) != Some(&b'{') {
         return None;
     }
@@ -960,10 +998,8 @@ pub fn response_outcome(buf: &[u8]) -> Option<bool> {
             return None;
         }
         i = skip_ws(buf, i + 1);
-        match key {
-            b"error" => return Some(true),
-            b"result" => return Some(false),
-            _ => {}
+        if wanted(key) {
+            return Some((key, i));
         }
         i = skip_ws(buf, value_end(buf, i)?);
         match buf.get(i) {

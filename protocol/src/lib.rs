@@ -13,8 +13,8 @@ pub mod method;
 pub mod sse;
 
 pub use jsonrpc::{
-    parse_message, parse_message_with_depth, response_outcome, Envelope, FrameError,
-    FrameErrorKind, JsonStr, MessageKind, MAX_DEPTH,
+    parse_message, parse_message_with_depth, response_error_code, response_outcome, Envelope,
+    FrameError, FrameErrorKind, JsonStr, MessageKind, MAX_DEPTH,
 };
 pub use lines::{LineError, LineFramer};
 pub use method::Method;

@@ -436,3 +436,43 @@ fn errors_have_codes_messages_and_display() {
     assert_eq!(err.jsonrpc_code(), -32600);
     let _: &dyn std::error::Error = &err;
 }
+
+#[test]
+fn meta_traceparent_is_read() {
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","_meta":{{"progressToken":2,"traceparent":"{tp}"}}}}}}"#
+    );
+    let env = parse_message(body.as_bytes()).unwrap();
+    assert_eq!(env.traceparent.unwrap().raw_str(), tp);
+    assert_eq!(env.progress_token, Some(&b"2"[..]));
+    // Not a string: no trace context, and the message is still valid.
+    let env = parse_message(
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":{"traceparent":5}}}"#,
+    )
+    .unwrap();
+    assert!(env.traceparent.is_none());
+}
+
+#[test]
+fn response_error_codes() {
+    use mcplb_protocol::response_error_code as code;
+    assert_eq!(
+        code(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"no"}}"#),
+        Some(-32601)
+    );
+    assert_eq!(
+        code(br#"{"id":"a","error":{"message":"x}","data":{"code":1},"code": 42 }}"#),
+        Some(42)
+    );
+    assert_eq!(
+        code(br#"{"jsonrpc":"2.0","id":1,"result":{"code":-1}}"#),
+        None
+    );
+    assert_eq!(
+        code(br#"{"jsonrpc":"2.0","id":1,"error":{"message":"no code"}}"#),
+        None
+    );
+    assert_eq!(code(br#"{"error":{"code":"x"}}"#), None);
+    assert_eq!(code(b"{"), None);
+}

@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use mcplb_protocol::{parse_message, response_outcome, FrameErrorKind as K, MessageKind};
+use mcplb_protocol::{
+    parse_message, response_error_code, response_outcome, FrameErrorKind as K, MessageKind,
+};
 use proptest::prelude::*;
 
 const SEEDS: &[&str] = &[
@@ -73,6 +75,7 @@ proptest! {
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = parse_message(&bytes);
         let _ = response_outcome(&bytes);
+        let _ = response_error_code(&bytes);
     }
 
     #[test]
@@ -82,6 +85,7 @@ proptest! {
     ) {
         let bytes = apply(SEEDS[seed], &edits);
         let _ = response_outcome(&bytes);
+        let _ = response_error_code(&bytes);
     }
 
     /// On any valid response, with members in any order and any values (nested objects and

@@ -17,6 +17,7 @@ pub mod http;
 pub mod policy;
 mod runtime;
 pub mod session;
+pub mod telemetry;
 pub mod tls;
 mod virtual_server;
 
@@ -86,6 +87,8 @@ impl RunningProxy {
                     control::access_log::drain(std::time::Duration::from_secs(1));
                 }
                 self.reloader.stop_all();
+                // The last requests' spans (a partial batch waits at most half a second).
+                telemetry::flush(std::time::Duration::from_secs(3));
                 return open;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));

@@ -9,7 +9,7 @@ process received, as [name, arguments.text] in arrival order),
 notify_later (answers, then sends a logging notification 0.3 s later), flood {count}
 (that many logging notifications, then the answer), log_now {text} (one logging notification
 with that text, then the answer), list_changed (notifications/tools/list_changed, then the
-answer). A notifications/cancelled for an in-flight
+answer), meta_seen (this request's params._meta as JSON text). A notifications/cancelled for an in-flight
 `slow` call makes it answer at once with the text "cancelled".
 """
 
@@ -40,7 +40,7 @@ def text_result(rid, text: str) -> None:
 
 
 TOOLS = ["pid", "echo", "slow", "progress", "crash", "garbage", "big", "sample", "ping_client", "notify_later",
-         "flood", "cancelled_ids", "calls_seen", "log_now", "list_changed"]
+         "flood", "cancelled_ids", "calls_seen", "log_now", "list_changed", "meta_seen"]
 
 
 def ask_client(method: str, params: dict):
@@ -61,6 +61,10 @@ def call_tool(rid, params: dict) -> None:
     if name == "cancelled_ids":
         # The request ids this process has seen cancelled (as JSON text), in arrival order.
         text_result(rid, json.dumps([k for k, ev in _cancelled.items() if ev.is_set()]))
+        return
+    if name == "meta_seen":
+        # This request's params._meta as JSON text (the trace context mcplb passed on).
+        text_result(rid, json.dumps(params.get("_meta") or {}))
         return
     if name == "pid":
         text_result(rid, str(os.getpid()))

@@ -22,8 +22,9 @@ pub(crate) use fields::{decode_hex32, fnv1a32};
 pub use types::{
     AuditArguments, AuditConfig, Backend, Balance, ClientAddress, ConcurrencyPer, ConcurrencyRule,
     Config, ForwardedHeader, ForwardedMode, HashKey, HealthCheck, Member, NameFilter, PrefixMode,
-    ProxyConfig, ServerGroup, SessionFailover, ToolOverride, TrustedProxies, VirtualServer,
-    DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS_PER_IP, MAX_CONCURRENCY_RULES, READ_ONLY_CHECKS,
+    ProxyConfig, ServerGroup, SessionFailover, TelemetryConfig, ToolOverride, TrustedProxies,
+    VirtualServer, DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS_PER_IP, MAX_CONCURRENCY_RULES,
+    READ_ONLY_CHECKS,
 };
 
 /// Every problem found in a config file, each with its key path.

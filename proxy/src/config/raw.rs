@@ -24,6 +24,15 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub policies: Vec<RawPolicy>,
     pub audit: Option<RawAudit>,
+    pub telemetry: Option<RawTelemetry>,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
 }
 
 /// `[audit]`.

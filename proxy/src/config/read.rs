@@ -8,7 +8,7 @@ use serde_ignored::Path;
 
 use super::raw::{
     RawAdmin, RawAudit, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawHttp2, RawLimit,
-    RawMember, RawPolicy, RawProxy, RawServer, RawTls, RawToolOverride,
+    RawMember, RawPolicy, RawProxy, RawServer, RawTelemetry, RawTls, RawToolOverride,
 };
 
 /// The raw config (or `None` when the text is not TOML of the expected shape) and the
@@ -117,6 +117,7 @@ fn known_keys(table: &str) -> &'static [&'static str] {
         "policies" => keys_of::<RawPolicy>(),
         "audit" => keys_of::<RawAudit>(),
         "servers.auth.api_keys" => keys_of::<crate::auth::RawApiKeyTable>(),
+        "telemetry" => keys_of::<RawTelemetry>(),
         _ => &[],
     }
 }
@@ -188,7 +189,7 @@ que = 2
 "#;
         let got = problems(text);
         let want = [
-            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency, policies, audit)",
+            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency, policies, audit, telemetry)",
             "proxy.listn: unknown key (did you mean `listen`?)",
             "proxy.tls.certs: unknown key (did you mean `cert`?)",
             "admin.tokn: unknown key (did you mean `token`?)",
@@ -236,6 +237,7 @@ que = 2
             "policies",
             "audit",
             "servers.auth.api_keys",
+            "telemetry",
         ] {
             assert!(!known_keys(table).is_empty(), "{table:?}");
         }

@@ -32,6 +32,24 @@ pub struct Config {
     pub concurrency: Vec<ConcurrencyRule>,
     /// The audit trail (`[audit]`), when configured.
     pub audit: Option<AuditConfig>,
+    /// OpenTelemetry traces (`[telemetry]`), when configured.
+    pub telemetry: Option<TelemetryConfig>,
+}
+
+/// `[telemetry]`: where spans go and which traces are recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP traces endpoint as written (`http://127.0.0.1:4318/v1/traces`).
+    pub otlp_endpoint: String,
+    /// Its `host:port`.
+    pub authority: String,
+    /// Its path.
+    pub path: String,
+    /// The `service.name` of mcplb's spans.
+    pub service_name: String,
+    /// Share of the traces mcplb starts that are recorded (a caller's `traceparent` decides
+    /// for the traces it continues).
+    pub sample_ratio: f64,
 }
 
 /// `[audit]`: one JSON line per MCP operation that matters.

@@ -672,6 +672,11 @@ pub(crate) fn metrics_text(st: &View<'_>, now: Instant) -> String {
             .health_changes
             .load(std::sync::atomic::Ordering::Relaxed)
     );
+    for (n, help, v) in crate::telemetry::counters() {
+        let _ = writeln!(o, "# HELP mcplb_{n}_total {help}");
+        let _ = writeln!(o, "# TYPE mcplb_{n}_total counter");
+        let _ = writeln!(o, "mcplb_{n}_total {v}");
+    }
     for (n, v) in GAUGE_NAMES.iter().zip(gauges) {
         let _ = writeln!(o, "# HELP mcplb_{n} mcplb gauge {n}.");
         let _ = writeln!(o, "# TYPE mcplb_{n} gauge");

@@ -123,6 +123,8 @@ pub(crate) struct Admitted {
     pub hash_key: Option<u64>,
     /// The concurrency rules it counts under.
     pub conc: ConcKeys,
+    /// Where `params._meta.traceparent` is in the body.
+    pub traceparent: Option<std::ops::Range<usize>>,
 }
 
 /// Reads the JSON-RPC envelope of a POST body and applies every check that needs it: the
@@ -170,6 +172,7 @@ pub(crate) fn envelope(core: &Core, c: &mut ClientConn, gi: usize) -> Result<Adm
             .get(gi)
             .and_then(|g| route::balance_key(g, &c.req, c.client_ip, env.name.map(|n| n.raw()))),
         conc,
+        traceparent: env.traceparent.map(|t| offset_of(body, t.raw())),
     });
     let tool = (method == Method::ToolsCall)
         .then_some(env.name)

@@ -99,10 +99,18 @@ pub(crate) async fn send(
     let hop = c.hop();
     let forwarding = (&core.shared.config.proxy.client_address, &hop);
     let reached = {
-        let ClientConn { req, out, meta, .. } = &mut *c;
+        let ClientConn {
+            req,
+            out,
+            meta,
+            trace,
+            ..
+        } = &mut *c;
         let req: &crate::data_path::request::Request = req;
+        let trace = trace.as_ref();
         let write = |out: &mut Vec<u8>, backend: &Backend, sid: Option<&[u8]>| {
-            upstream::build_request(out, req, backend, sid, &group.auth.upstream, forwarding);
+            let cred = &group.auth.upstream;
+            upstream::build_request(out, req, backend, sid, cred, forwarding, trace);
         };
         let mut io = AttemptIo {
             out,
@@ -290,6 +298,7 @@ pub(crate) async fn reach<'a>(
                     Retry::FailOver => plan.needs_failover = true,
                 }
                 io.meta.retried = true;
+                io.meta.retries = io.meta.retries.saturating_add(1);
             }
         }
     }
@@ -379,6 +388,7 @@ async fn fail_over(
     plan.pinned = Some(to);
     plan.needs_failover = false;
     io.meta.retried = true;
+    io.meta.retries = io.meta.retries.saturating_add(1);
     Ok(())
 }
 

@@ -54,6 +54,7 @@ pub(crate) const READ_SIZE: usize = BUF_SIZE;
 pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     let start = Instant::now();
     c.meta = ReqMeta::default();
+    c.trace = None;
     let next = match head::read_head(&core.shared.config.proxy, c).await {
         Ok(()) => {
             c.identify(&core.shared.config.proxy.client_address);
@@ -78,6 +79,9 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     }
     if core.audit.is_some() {
         audit::write(core, c, start);
+    }
+    if core.shared.tracer.is_some() {
+        record::span(core, c, start);
     }
     crate::runtime::flush::note();
     c.next_request();
@@ -158,6 +162,15 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     let mut permits: Permits = Default::default();
     if let Some(a) = &admitted {
         admission::acquire_permits(core, &a.conc, &mut permits).await?;
+    }
+    if let Some(t) = &core.shared.config.telemetry {
+        let body = c.req.body();
+        let meta = admitted
+            .as_ref()
+            .and_then(|a| a.traceparent.clone())
+            .and_then(|r| body.get(r));
+        let trace = crate::telemetry::decide(c.req.header(b"traceparent"), meta, t.sample_ratio);
+        c.trace = Some(trace);
     }
     let plan = plan(core, c, gi, admitted.as_ref(), opened)?;
     let conc = admitted.map(|a| a.conc).unwrap_or_default();

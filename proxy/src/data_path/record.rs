@@ -151,3 +151,118 @@ pub(crate) fn record(core: &Core, m: &ReqMeta, start: Instant) {
         rec.count(Counter::JsonRpcErrors, 1);
     }
 }
+
+/// Hands the span of the request just finished to the exporter when its trace is sampled
+/// (`[telemetry]`). A request refused before its trace was decided (credentials, limits)
+/// decides it now from its `traceparent` header. Requests with no server group (a bad head,
+/// an unknown path) have no span.
+pub(crate) fn span(core: &Core, c: &ClientConn, start: Instant) {
+    use crate::telemetry::{AttrValue as V, SpanRecord};
+    let (Some(tracer), Some(cfg)) = (&core.shared.tracer, &core.shared.config.telemetry) else {
+        return;
+    };
+    let Some(gi) = c.meta.group else { return };
+    let trace = match c.trace {
+        Some(t) => t,
+        None => crate::telemetry::decide(c.req.header(b"traceparent"), None, cfg.sample_ratio),
+    };
+    if !trace.sampled {
+        return;
+    }
+    let m = &c.meta;
+    let total_ns = start.elapsed().as_nanos() as u64;
+    let end_unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let upstream_ns = match (m.sent, m.upstream_done) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_nanos() as u64,
+        (Some(a), None) => a.elapsed().as_nanos() as u64,
+        _ => 0,
+    };
+    let shared = &core.shared;
+    let group = shared.config.servers.get(gi);
+    let backend = m
+        .backend
+        .and_then(|b| group.and_then(|g| g.backends.get(b)));
+    // The envelope again, for the names (a sampled request only).
+    let env =
+        protocol::parse_message_with_depth(c.req.body(), shared.config.proxy.max_json_depth).ok();
+    let method = env
+        .as_ref()
+        .and_then(|e| e.method)
+        .map(|m| m.decode().into_owned());
+    let mut attrs = Vec::with_capacity(16);
+    let mut target = None;
+    if let (Some(e), Some(name)) = (&env, method.as_deref()) {
+        attrs.push(("mcp.method.name", V::Str(name.to_string())));
+        let named = match name {
+            "tools/call" => Some(("gen_ai.tool.name", e.name)),
+            "prompts/get" => Some(("gen_ai.prompt.name", e.name)),
+            _ if e.uri.is_some() => Some(("mcp.resource.uri", e.uri)),
+            _ => None,
+        };
+        if let Some((key, Some(v))) = named {
+            let v = v.decode().into_owned();
+            target = Some(v.clone());
+            attrs.push((key, V::Str(v)));
+        }
+        if let Some(id) = c.req.id() {
+            let id = id
+                .strip_prefix(b"\"")
+                .and_then(|i| i.strip_suffix(b"\""))
+                .unwrap_or(id);
+            attrs.push((
+                "jsonrpc.request.id",
+                V::Str(String::from_utf8_lossy(id).into_owned()),
+            ));
+        }
+    }
+    let http_method = String::from_utf8_lossy(c.req.method_bytes()).into_owned();
+    attrs.push(("http.request.method", V::Str(http_method.clone())));
+    attrs.push(("http.response.status_code", V::Int(i64::from(m.status))));
+    if let Some(g) = group {
+        attrs.push(("mcplb.server_group", V::Str(g.name.clone())));
+    }
+    if let Some(b) = backend {
+        attrs.push(("mcplb.backend", V::Str(b.name.clone())));
+    }
+    if let Some(sid) = c.req.session_id() {
+        let mut hex = Vec::with_capacity(16);
+        crate::telemetry::context::write_hex(
+            &mut hex,
+            &shared.key_hasher.hash_key(sid).to_be_bytes(),
+        );
+        let hex = String::from_utf8(hex).unwrap_or_default();
+        attrs.push(("mcplb.session.hash", V::Str(hex)));
+    }
+    if let Some(code) = m.rpc_code {
+        attrs.push(("rpc.jsonrpc.error_code", V::Int(code)));
+    }
+    attrs.push(("mcplb.retries", V::Int(i64::from(m.retries))));
+    attrs.push(("mcplb.by_proxy", V::Bool(m.by_proxy)));
+    attrs.push(("mcplb.upstream_us", V::Int((upstream_ns / 1000) as i64)));
+    attrs.push((
+        "mcplb.own_us",
+        V::Int((total_ns.saturating_sub(upstream_ns) / 1000) as i64),
+    ));
+    let error = if m.status >= 500 {
+        Some(format!("HTTP {}", m.status))
+    } else {
+        m.rpc_code.map(|code| format!("JSON-RPC error {code}"))
+    };
+    let name = match (&method, &target) {
+        (Some(m), Some(t)) => format!("{m} {t}"),
+        (Some(m), None) => m.clone(),
+        _ => http_method,
+    };
+    tracer.submit(SpanRecord {
+        trace_id: trace.trace_id,
+        span_id: trace.span_id,
+        parent: trace.parent,
+        name,
+        start_unix_ns: end_unix_ns.saturating_sub(total_ns),
+        end_unix_ns,
+        error,
+        attrs,
+    });
+}

@@ -246,6 +246,8 @@ pub(crate) struct ClientConn {
     pub list_filter: Option<crate::data_path::policy::ListFilter>,
     /// The policy class of the connection's last caller.
     pub policy_class: Option<crate::data_path::policy::ConnClass>,
+    /// The current request's trace (`[telemetry]` only), once decided.
+    pub trace: Option<crate::telemetry::TraceContext>,
 }
 
 impl ClientConn {
@@ -266,6 +268,7 @@ impl ClientConn {
             owner: None,
             list_filter: None,
             policy_class: None,
+            trace: None,
         }
     }
 
@@ -335,6 +338,11 @@ pub(crate) struct ReqMeta {
     pub ended_session: bool,
     pub sse: bool,
     pub retried: bool,
+    /// Attempts after the first (other backends, fresh connections, failovers).
+    pub retries: u8,
+    /// The JSON-RPC error code of the answer: mcplb's own refusals always, a backend's when
+    /// the request is traced and its answer arrived whole as JSON.
+    pub rpc_code: Option<i64>,
     /// The backend's answer was a JSON-RPC error object.
     pub jsonrpc_error: bool,
     /// SSE answers: when the first event bytes were forwarded.
@@ -399,6 +407,8 @@ impl Default for ReqMeta {
             ended_session: false,
             sse: false,
             retried: false,
+            retries: 0,
+            rpc_code: None,
             jsonrpc_error: false,
             first_event: None,
             session_hash: 0,

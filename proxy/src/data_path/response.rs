@@ -345,6 +345,14 @@ pub(crate) async fn forward_response(
     {
         c.meta.jsonrpc_error = protocol::response_outcome(first) == Some(true);
     }
+    // A sampled trace's span carries the JSON-RPC error code: read from the body's first
+    // bytes, here or at its first read when the head came alone.
+    let traced =
+        !is_sse && matches!(framing, Framing::Length(_)) && c.trace.is_some_and(|t| t.sampled);
+    if traced && !first.is_empty() {
+        c.meta.rpc_code = protocol::response_error_code(first);
+    }
+    let sniff_error = traced && first.is_empty();
     c.out.extend_from_slice(first);
     let extra = body_done && take < avail.len();
     if body_done {
@@ -372,7 +380,7 @@ pub(crate) async fn forward_response(
             client: true,
             shutdown: a.end_on_shutdown.then(ShutdownSignal::new),
         });
-        stream_body(core, c, a.up, &mut a.buf, &mut framing, watch).await
+        stream_body(core, c, a.up, &mut a.buf, &mut framing, watch, sniff_error).await
     };
     c.ubuf = a.buf;
     match streamed {
@@ -420,6 +428,7 @@ async fn stream_body(
     ubuf: &mut Vec<u8>,
     framing: &mut Framing,
     mut watch: Option<Watch>,
+    mut sniff_error: bool,
 ) -> Result<bool, ()> {
     let is_sse = watch.is_some();
     loop {
@@ -462,6 +471,9 @@ async fn stream_body(
         }
         if done {
             c.meta.upstream_done = Some(Instant::now());
+        }
+        if std::mem::take(&mut sniff_error) {
+            c.meta.rpc_code = protocol::response_error_code(ubuf.get(..take).unwrap_or_default());
         }
         c.meta.bytes_out += take as u64;
         if is_sse && c.meta.first_event.is_none() && take > 0 {

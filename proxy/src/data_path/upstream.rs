@@ -13,6 +13,7 @@ use crate::data_path::client_address::{self, Hop};
 use crate::data_path::request::{HttpMethod, Request};
 use crate::data_path::response::{body_step, Framing};
 use crate::http::{self, ChunkedDecoder};
+use crate::telemetry::TraceContext;
 use crate::tls::Conn;
 
 /// Largest response head accepted from a backend.
@@ -85,7 +86,8 @@ pub(crate) async fn read_head(
 /// query, `Host` set to the backend, hop-by-hop headers (the fixed list, `Proxy-*` and those
 /// the request's `Connection` names) and mcplb's own credentials dropped (unless the group
 /// forwards them), the client's address as `forwarding` says, the backend's session id, the
-/// body.
+/// body. A traced request (`trace`) carries mcplb's span as the backend's parent in place of
+/// the caller's `traceparent`.
 pub(crate) fn build_request(
     out: &mut Vec<u8>,
     req: &Request,
@@ -93,6 +95,7 @@ pub(crate) fn build_request(
     backend_sid: Option<&[u8]>,
     credential: &UpstreamCredential,
     forwarding: (&ClientAddress, &Hop),
+    trace: Option<&TraceContext>,
 ) {
     let strip_auth = !matches!(credential, UpstreamCredential::Forward);
     out.extend_from_slice(req.method_bytes());
@@ -117,6 +120,9 @@ pub(crate) fn build_request(
         {
             continue;
         }
+        if trace.is_some() && name.eq_ignore_ascii_case(b"traceparent") {
+            continue;
+        }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
@@ -126,6 +132,11 @@ pub(crate) fn build_request(
     if let UpstreamCredential::Inject(secret) = credential {
         out.extend_from_slice(b"authorization: ");
         out.extend_from_slice(secret.expose().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(t) = trace {
+        out.extend_from_slice(b"traceparent: ");
+        t.write_traceparent(out);
         out.extend_from_slice(b"\r\n");
     }
     if let Some(sid) = backend_sid {

@@ -40,6 +40,8 @@ pub struct Shared {
     pub per_ip: Arc<ratelimit::ConcurrencyLimit>,
     /// TLS termination for clients (`[proxy.tls]`), its config read once per handshake.
     pub tls: Option<Arc<crate::tls::TlsTerminator>>,
+    /// The span exporter's queue (`[telemetry]`), when traces are configured.
+    pub tracer: Option<Arc<crate::telemetry::Tracer>>,
 }
 
 /// Builds what every worker shares for `config` (whose stdio and legacy backends already have
@@ -113,8 +115,10 @@ pub(crate) fn build_shared(
             Some(t)
         }
     };
+    let tracer = tracer(&config, prev)?;
     Ok(Shared {
         tls,
+        tracer,
         sealer: SessionSealer::new(session_key),
         hub: prev.map_or_else(|| Arc::new(stats::StatsHub::new()), |p| p.hub.clone()),
         limits,
@@ -133,4 +137,29 @@ pub(crate) fn build_shared(
         per_ip,
         config,
     })
+}
+
+/// The span exporter for `[telemetry]`: the running one when its collector and service name
+/// are unchanged (spans in its queue go on), else a new one (the old one's thread exports
+/// what it holds and ends when the old configuration's last request is done).
+fn tracer(
+    config: &Config,
+    prev: Option<&Shared>,
+) -> anyhow::Result<Option<Arc<crate::telemetry::Tracer>>> {
+    let Some(t) = &config.telemetry else {
+        return Ok(None);
+    };
+    let target = crate::telemetry::ExportTarget {
+        authority: t.authority.clone(),
+        path: t.path.clone(),
+        service_name: t.service_name.clone(),
+    };
+    if let Some(running) = prev.and_then(|p| p.tracer.as_ref()) {
+        if running.target == target {
+            return Ok(Some(running.clone()));
+        }
+    }
+    let tracer = crate::telemetry::Tracer::start(target)
+        .map_err(|e| anyhow::anyhow!("telemetry: cannot start the exporter thread: {e}"))?;
+    Ok(Some(Arc::new(tracer)))
 }

@@ -306,6 +306,21 @@ fn declares_server_requests(initialize: &Value) -> bool {
 
 /// The key of a client's request id in a session's in-flight map: the id's JSON text, so that
 /// `1` and `"1"` differ.
+/// Carries the trace context of an HTTP request to a stdio server, which has no headers:
+/// `params._meta.traceparent` (the W3C form MCP uses in `_meta`) becomes the request's
+/// `traceparent` header, whose parent is mcplb's span when traces are on.
+fn put_traceparent(msg: &mut Value, traceparent: &str) {
+    let Some(o) = msg.as_object_mut() else { return };
+    let params = o.entry("params").or_insert_with(|| json!({}));
+    let Some(p) = params.as_object_mut() else {
+        return;
+    };
+    let meta = p.entry("_meta").or_insert_with(|| json!({}));
+    if let Some(m) = meta.as_object_mut() {
+        m.insert("traceparent".into(), Value::String(traceparent.to_string()));
+    }
+}
+
 fn id_key(id: &Value) -> String {
     id.to_string()
 }
@@ -646,7 +661,7 @@ impl Inner {
     }
 
     fn handle_post(self: &Arc<Self>, reply: &mut Reply<'_>, req: &http::Request) -> io::Result<()> {
-        let msg: Value = match serde_json::from_slice(&req.body) {
+        let mut msg: Value = match serde_json::from_slice(&req.body) {
             Ok(v) => v,
             Err(_) => {
                 return reply.error(
@@ -667,6 +682,9 @@ impl Inner {
         };
         let method = obj.get("method").and_then(Value::as_str).map(str::to_owned);
         let id = obj.get("id").filter(|v| !v.is_null()).cloned();
+        if let (Some(_), Some(tp)) = (&method, req.header("traceparent")) {
+            put_traceparent(&mut msg, tp);
+        }
         if let (Some("initialize"), Some(id)) = (method.as_deref(), &id) {
             return self.initialize(reply, msg, id.clone());
         }
@@ -1793,6 +1811,24 @@ mod tests {
         )));
         assert!(!declares_server_requests(&init(json!("nonsense"))));
         assert!(!declares_server_requests(&json!({"method": "initialize"})));
+    }
+
+    #[test]
+    fn traceparent_goes_into_meta() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut m = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+        put_traceparent(&mut m, tp);
+        assert_eq!(m["params"]["_meta"]["traceparent"], tp);
+        let mut m = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "t", "_meta": {"progressToken": 3, "traceparent": "old"}}});
+        put_traceparent(&mut m, tp);
+        assert_eq!(m["params"]["_meta"]["traceparent"], tp);
+        assert_eq!(m["params"]["_meta"]["progressToken"], 3);
+        assert_eq!(m["params"]["name"], "t");
+        // Params that are not an object are left alone.
+        let mut m = json!({"jsonrpc": "2.0", "id": 1, "method": "x", "params": [1]});
+        put_traceparent(&mut m, tp);
+        assert_eq!(m["params"], json!([1]));
     }
 
     #[test]

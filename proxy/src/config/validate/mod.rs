@@ -12,6 +12,7 @@ mod names;
 mod policies;
 mod proxy;
 mod servers;
+mod telemetry;
 mod virtual_server;
 
 use super::fields::TableCheck;
@@ -28,6 +29,7 @@ pub(super) fn validate(raw: RawConfig, errs: &mut Vec<String>) -> Option<Config>
     let limits = limits::validate(raw.limits, &servers, errs);
     let concurrency = concurrency::validate(raw.concurrency, &servers, errs);
     let audit = raw.audit.and_then(|a| audit::validate(a, errs));
+    let telemetry = raw.telemetry.map(|t| telemetry::validate(t, errs));
     errs.is_empty().then_some(Config {
         audit,
         proxy,
@@ -36,6 +38,7 @@ pub(super) fn validate(raw: RawConfig, errs: &mut Vec<String>) -> Option<Config>
         servers,
         limits,
         concurrency,
+        telemetry,
     })
 }
 
