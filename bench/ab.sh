@@ -2,6 +2,9 @@
 # Same-run A/B of two mcplb builds: did a change cost CPU per request or tail latency?
 #
 #   bench/ab.sh BIN_A BIN_B            # e.g. the branch's release build against main's
+#   bench/ab.sh BIN:off.toml BIN:on.toml   # one build, a feature off and on: each EXTRA.toml
+#                                          # is appended to that proxy's config (@RUN@: the run's
+#                                          # temporary directory)
 #
 # Both builds run at once, each one worker pinned to core 0, in front of the same mock MCP
 # backend (`mcplb-load mock --stateless --threads 1`, core 1). wrk (core 1, one thread,
@@ -23,7 +26,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
-A=$(realpath "$1"); B=$(realpath "$2")
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
+split_spec "$1"; A=$SPEC_BIN; FILE_A=$SPEC_EXTRA
+split_spec "$2"; B=$SPEC_BIN; FILE_B=$SPEC_EXTRA
 PAIRS=${PAIRS:-7}; SECS=${SECS:-6}; CONNS=${CONNS:-64}; TAG=${TAG:-ab}; MODE=${MODE:-stateless}
 OUT=${OUT:-$ROOT/bench/results}
 LOAD_BIN=${LOAD_BIN:-$ROOT/target/release/mcplb-load}
@@ -49,8 +55,8 @@ esac
 taskset -c 1 "$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" "${MOCK_MODE[@]}" --threads 1 >"$RUN/mock.log" 2>&1 &
 pids+=($!)
 
-start_proxy() { # bin name [extra TOML] -> sets PID and PORT (no subshell: its PID must reach cleanup)
-    local bin=$1 name=$2 extra=${3:-} port era=""
+start_proxy() { # bin name [extra TOML] [extra file] -> sets PID and PORT (no subshell: its PID must reach cleanup)
+    local bin=$1 name=$2 extra=${3:-} file=${4:-} port era=""
     port=$(free_port)
     if [[ $MODE == era ]]; then
         if [[ $name == a ]]; then era='era = "2026"'; else era='era = "2025"'; fi
@@ -70,14 +76,15 @@ enabled = false
 $AUTH
 $extra
 EOF
+    if [[ -n $file ]]; then sed "s|@RUN@|$RUN|g" "$file" >>"$RUN/$name.toml"; fi
     taskset -c 0 "$bin" run --config "$RUN/$name.toml" >"$RUN/$name.log" 2>&1 &
     PID=$!
     PORT=$port
     pids+=("$PID")
     for _ in $(seq 200); do grep -q "mcplb started" "$RUN/$name.log" 2>/dev/null && break; sleep 0.05; done
 }
-start_proxy "$A" a "${EXTRA_A:-}"; PID_A=$PID; PORT_A=$PORT
-start_proxy "$B" b "${EXTRA_B:-}"; PID_B=$PID; PORT_B=$PORT
+start_proxy "$A" a "${EXTRA_A:-}" "$FILE_A"; PID_A=$PID; PORT_A=$PORT
+start_proxy "$B" b "${EXTRA_B:-}" "$FILE_B"; PID_B=$PID; PORT_B=$PORT
 sleep 0.5
 
 open_session() { # port -> prints the session id opened through that proxy
@@ -127,7 +134,7 @@ done
 
 mkdir -p "$OUT"
 file="$OUT/$(date +%F)-ab-$TAG.md"
-python3 - "$file" "$A" "$B" "$PAIRS" "$SECS" "$CONNS" "$MODE" "${rows[@]}" <<'PY'
+python3 - "$file" "$A${FILE_A:+ + $(basename "$FILE_A")}" "$B${FILE_B:+ + $(basename "$FILE_B")}" "$PAIRS" "$SECS" "$CONNS" "$MODE" "${rows[@]}" <<'PY'
 import statistics as st, subprocess, sys, os
 file, a, b, pairs, secs, conns, mode, *rows = sys.argv[1:]
 A = [list(map(float, r.split("|")[0].split()[:5])) for r in rows]

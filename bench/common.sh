@@ -4,6 +4,16 @@
 
 say() { echo "[${SAY_TAG:-bench}] $*" >&2; }
 
+# split_spec BIN[:EXTRA.toml]: sets SPEC_BIN (the binary's real path) and SPEC_EXTRA (the
+# TOML appended to that proxy's config, or empty), so one build can be compared with itself
+# under two configs (a feature on and off in the same run).
+split_spec() {
+    local spec=$1
+    SPEC_EXTRA=""
+    if [[ $spec == *:* ]]; then SPEC_EXTRA=$(realpath "${spec#*:}"); spec=${spec%%:*}; fi
+    SPEC_BIN=$(realpath "$spec")
+}
+
 # install_missing COMMAND:PACKAGE ...: apt-get installs the packages whose command is missing
 # (NO_INSTALL set: fail instead).
 install_missing() {

@@ -3,7 +3,7 @@
 # move with the machine's load (this VM has no hardware counters for `perf stat`), for A/B
 # checks of a change to the request path on a busy machine.
 #
-#   bench/instructions.sh BIN [BIN ...]
+#   bench/instructions.sh BIN[:EXTRA.toml] [BIN[:EXTRA.toml] ...]   (EXTRA: appended to the config)
 #
 # For each build: mcplb (one worker, the legacy epoll driver: valgrind does not follow
 # io_uring) in front of the stateless mock backend, under callgrind with collection off;
@@ -23,11 +23,14 @@ RUN=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$RUN"; }
 trap cleanup EXIT
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 MOCK_PORT=$(free_port)
 "$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" --stateless --threads 1 >"$RUN/mock.log" 2>&1 &
 pids+=($!)
-for bin in "$@"; do
+for spec in "$@"; do
+    split_spec "$spec"; bin=$SPEC_BIN
     port=$(free_port)
     cat >"$RUN/p.toml" <<EOF
 [proxy]
@@ -42,6 +45,7 @@ backends = ["http://127.0.0.1:$MOCK_PORT/mcp"]
 enabled = false
 ${EXTRA:-}
 EOF
+    if [[ -n $SPEC_EXTRA ]]; then sed "s|@RUN@|$RUN|g" "$SPEC_EXTRA" >>"$RUN/p.toml"; fi
     out="$RUN/cg.out"
     valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no \
         "$bin" run --config "$RUN/p.toml" --driver legacy >"$RUN/p.log" 2>&1 &
@@ -58,7 +62,7 @@ EOF
     reqs=$(echo "$res" | awk '/requests in/ {print $1}')
     dump=$(ls -t "$out".* 2>/dev/null | head -1)
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
-    echo "== $bin"
+    echo "== $spec"
     echo "requests $reqs, instructions $total, per request $((total / reqs))"
     callgrind_annotate --inclusive=no "$dump" 2>/dev/null | sed -n '/^Ir/,$p' | sed -n "3,$((TOP + 2))p" \
         | awk -v r="$reqs" '{gsub(",","",$1); printf "%8d  %s\n", $1 / r, $0}' | cut -c1-160

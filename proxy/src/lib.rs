@@ -14,6 +14,7 @@ mod data_path;
 pub mod demo;
 pub mod h2;
 pub mod http;
+pub mod policy;
 mod runtime;
 pub mod session;
 pub mod telemetry;

@@ -655,7 +655,10 @@ fn secrets_stay_out_of_config_view_and_logs() {
     let auth = &view["servers"][0]["auth"];
     assert_eq!(auth["jwt"]["issuer"], ISS);
     assert_eq!(auth["jwt"]["key_ids_in_use"], json!(["k"]));
-    assert_eq!(auth["api_keys"], json!(["sha256:<redacted>"]));
+    assert_eq!(
+        auth["api_keys"],
+        json!([{"sha256": "<redacted>", "identity": "api-key:0"}])
+    );
     assert_eq!(
         auth["upstream_authorization"]["inject"]["value"],
         "<redacted>"

@@ -130,6 +130,36 @@ fn check_lists_every_unknown_key_with_the_other_problems() {
 }
 
 #[test]
+fn policy_problems_name_their_key_path() {
+    let out = check_text(
+        "bad-policy",
+        "[[servers]]\nname = \"x\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\npolicy_default = \"maybe\"\nlegacy_sse = true\n\
+         [servers.auth]\napi_keys = [{ sha256 = \"zz\", identity = \"a\" }, { sha256 = \"ab\", identty = \"b\" }]\n\
+         [[policies]]\nserver = \"nope\"\neffect = \"permit\"\ntools = []\n\
+         [[policies]]\nidentities = [\"\"]\nmethod = [\"ping\"]\n\
+         [audit]\narguments = \"some\"\n",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "servers[0].policy_default: `maybe`",
+        "servers[0].auth.api_keys[0].sha256: missing or not 64 hex digits",
+        "servers[0].auth.api_keys[1].identty: unknown key (did you mean `identity`?)",
+        "policies[0].server: no [[servers]] group is named `nope`",
+        "policies[0].effect: `permit` (use \"allow\", \"deny\" or \"confirm\")",
+        "policies[0].tools: empty list",
+        "policies[1].effect: missing",
+        "policies[1].identities: an empty entry",
+        "policies[1].method: unknown key (did you mean `methods`?)",
+        "audit.arguments: `some` (use \"off\", \"hash\" or \"full\")",
+        "audit.log: missing",
+        "servers.x.legacy_sse: not with [[policies]] on the group",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+}
+
+#[test]
 fn http2_limits_are_checked_by_key() {
     let out = check_text(
         "http2",

@@ -8,7 +8,9 @@ Environment:
 
 from __future__ import annotations
 
+import base64
 import collections
+import json
 import os
 import re
 import socket
@@ -19,6 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -212,6 +216,16 @@ def make_pki(d: Path) -> tuple[Path, Path, Path]:
              "-out", str(leaf), "-days", "2", "-extfile", str(ext))
     chain.write_text(leaf.read_text() + ca.read_text())
     return ca, chain, key
+
+
+def ed25519_jwks(path: Path, kid: str) -> Ed25519PrivateKey:
+    """A new Ed25519 signing key, its public half written to `path` as a one-key JWKS."""
+    key = Ed25519PrivateKey.generate()
+    x = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    jwk = {"kty": "OKP", "crv": "Ed25519", "kid": kid, "alg": "EdDSA",
+           "x": base64.urlsafe_b64encode(x).rstrip(b"=").decode()}
+    path.write_text(json.dumps({"keys": [jwk]}))
+    return key
 
 
 def _mcplb_bin() -> str:

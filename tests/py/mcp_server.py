@@ -7,7 +7,8 @@ Serves Streamable HTTP on http://HOST:PORT/mcp. Besides the handshake-era protoc
 answers 2026-07-28 stateless requests (selected by the `MCP-Protocol-Version` header) on the
 same endpoint.
 
-Tools: add(a, b), whoami() -> NAME, slow_progress(steps, delay) which reports progress.
+Tools: add(a, b), whoami() -> NAME, slow_progress(steps, delay) which reports progress,
+calls() -> the names of the tools this process has run, in order (what reached the backend).
 Resource: info://name. Prompt: greet(who).
 """
 
@@ -22,16 +23,24 @@ from mcp.server.transport_security import TransportSecuritySettings
 
 def build_server(name: str) -> MCPServer:
     server = MCPServer(name=name, version="0.0.1", log_level="WARNING")
+    ran: list[str] = []
 
     @server.tool()
     def add(a: int, b: int) -> int:
         """Add two integers."""
+        ran.append("add")
         return a + b
 
     @server.tool()
     def whoami() -> str:
         """Return this backend's name."""
+        ran.append("whoami")
         return name
+
+    @server.tool()
+    def calls() -> str:
+        """The tools this backend has run so far, comma separated."""
+        return ",".join(ran)
 
     @server.tool()
     async def slow_progress(ctx: Context, steps: int = 3, delay: float = 0.5) -> str:

@@ -10,8 +10,6 @@ and the client refreshing its token (same subject) keeps the session.
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from pathlib import Path
 
@@ -19,9 +17,8 @@ import httpx
 import httpx2
 import jwt
 import pytest
-from conftest import free_port, start_proxy_file
+from conftest import ed25519_jwks, free_port, start_proxy_file
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from mcp import Client
 from mcp.client.auth.utils import extract_resource_metadata_from_www_auth
 from mcp.client.streamable_http import streamable_http_client
@@ -36,12 +33,8 @@ ISSUER = "https://auth.py.example"
 @pytest.fixture
 def auth_proxy(tmp_path: Path, backends):
     """mcplb in front of py-a and py-b, requiring an EdDSA JWT; yields (url, signing key)."""
-    key = Ed25519PrivateKey.generate()
-    x = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    jwk = {"kty": "OKP", "crv": "Ed25519", "kid": "py-1", "alg": "EdDSA",
-           "x": base64.urlsafe_b64encode(x).rstrip(b"=").decode()}
     jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [jwk]}))
+    key = ed25519_jwks(jwks, "py-1")
     port = free_port()
     resource = f"http://127.0.0.1:{port}/mcp"
     urls = ", ".join(f'"{b.url}"' for b in backends)

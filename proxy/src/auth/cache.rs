@@ -17,6 +17,8 @@ struct Cached {
     scope_ok: bool,
     key: u64,
     name: Box<str>,
+    attrs: std::rc::Rc<super::CallerAttrs>,
+    class_key: u64,
 }
 
 /// A cached refusal: a client re-sending a token that cannot pass (expired, wrong audience,
@@ -67,6 +69,24 @@ const THROTTLED: Denial = deny(
     "too many failed token verifications from this address; retry later",
 );
 
+/// The policy class key of a JWT caller: its identity's key and everything rules may ask of
+/// its token (never 0, so it cannot collide with "no identity").
+fn class_key(hasher: &ratelimit::KeyHasher, identity: u64, attrs: &super::CallerAttrs) -> u64 {
+    let mut bytes = identity.to_le_bytes().to_vec();
+    for s in attrs.scopes.iter() {
+        bytes.extend_from_slice(s.as_bytes());
+        bytes.push(0);
+    }
+    bytes.push(1);
+    for (k, v) in attrs.claims.iter() {
+        bytes.extend_from_slice(k.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(v.as_bytes());
+        bytes.push(0);
+    }
+    hasher.hash_key(&bytes) | 1
+}
+
 /// Checks `token` from the cache of this core, or else, when `client` has budget left, in full
 /// (a failed full verification is charged to `client`).
 pub(super) fn verify_cached(
@@ -107,6 +127,8 @@ pub(super) fn verify_cached(
             return Some(Err(INSUFFICIENT_SCOPE));
         }
         caller.set(e.key, &e.name);
+        caller.class_key = e.class_key;
+        caller.attrs = Some(e.attrs.clone());
         Some(Ok(()))
     });
     if let Some(r) = hit {
@@ -148,8 +170,12 @@ pub(super) fn verify_cached(
         }
     };
     let key = hasher.hash_key(verdict.name.as_bytes());
+    let class_key = class_key(hasher, key, &verdict.attrs);
+    let attrs = std::rc::Rc::new(verdict.attrs);
     if verdict.scope_ok {
         caller.set(key, &verdict.name);
+        caller.class_key = class_key;
+        caller.attrs = Some(attrs.clone());
     }
     CACHE.with(|c| {
         let (Ok(mut c), Some(k)) = (c.try_borrow_mut(), key_of_token) else {
@@ -171,6 +197,8 @@ pub(super) fn verify_cached(
                 scope_ok: verdict.scope_ok,
                 key,
                 name: verdict.name.into_boxed_str(),
+                attrs,
+                class_key,
             },
         );
     });

@@ -279,6 +279,8 @@ pub struct Verdict {
     pub nbf: u64,
     /// Whether the token carries every required scope.
     pub scope_ok: bool,
+    /// What policies may ask of the caller: its scopes and string claims.
+    pub attrs: super::CallerAttrs,
 }
 
 /// The JOSE header fields mcplb reads; others (`typ`, `cty`, `jku`, `jwk`, `x5u`, `x5c`...)
@@ -452,7 +454,48 @@ fn check_claims(v: &JwtVerifier, claims: &Map<String, Value>, now: u64) -> Resul
         exp,
         nbf,
         scope_ok,
+        attrs: attrs_of(claims),
     })
+}
+
+/// Most claims (and scopes) kept for policies per token: the rest are not seen by rules.
+const MAX_ATTRS: usize = 64;
+
+/// The scopes (`scope`, space separated, and `scp`) and the string claims of a token (an
+/// array of strings as one pair per string), for `[[policies]]` rules.
+fn attrs_of(claims: &Map<String, Value>) -> super::CallerAttrs {
+    let mut scopes: Vec<Box<str>> = Vec::new();
+    let mut add_scopes = |v: &Value| match v {
+        Value::String(s) => scopes.extend(s.split(' ').filter(|x| !x.is_empty()).map(Into::into)),
+        Value::Array(a) => scopes.extend(a.iter().filter_map(Value::as_str).map(Into::into)),
+        _ => {}
+    };
+    for k in ["scope", "scp"] {
+        if let Some(v) = claims.get(k) {
+            add_scopes(v);
+        }
+    }
+    scopes.truncate(MAX_ATTRS);
+    let mut pairs: Vec<(Box<str>, Box<str>)> = Vec::new();
+    for (k, v) in claims {
+        match v {
+            Value::String(s) => pairs.push((k.as_str().into(), s.as_str().into())),
+            Value::Array(a) => pairs.extend(
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(|s| (k.as_str().into(), s.into())),
+            ),
+            _ => {}
+        }
+        if pairs.len() >= MAX_ATTRS {
+            pairs.truncate(MAX_ATTRS);
+            break;
+        }
+    }
+    super::CallerAttrs {
+        scopes: scopes.into(),
+        claims: pairs.into(),
+    }
 }
 
 #[cfg(test)]

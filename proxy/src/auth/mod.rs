@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
+pub(crate) use api_key::RawApiKeyTable;
 pub(crate) use budget::RawBudget;
 pub(crate) use jwt::RawJwt;
 pub(crate) use metadata::RawMetadata;
@@ -32,6 +33,7 @@ mod jwks;
 mod jwt;
 mod metadata;
 
+pub use api_key::ApiKeys;
 pub use budget::{BudgetSettings, FailureBudget};
 pub use jwk::Alg;
 pub use jwks::{key_ids, start_refresh, JwksRefresh, JwksSource};
@@ -44,7 +46,7 @@ pub use metadata::{is_metadata_path, metadata_for, MetadataAnswer, ResourceMetad
 /// when the file is read (`config::read`), which also lists the keys of these tables.
 #[derive(Debug, Deserialize)]
 pub(crate) struct RawAuth {
-    api_keys: Option<Vec<String>>,
+    api_keys: Option<Vec<api_key::RawApiKey>>,
     jwt: Option<RawJwt>,
     resource_metadata: Option<RawMetadata>,
     resource_metadata_passthrough: Option<bool>,
@@ -102,9 +104,9 @@ pub enum SecretSource {
 /// `[servers.auth]`, validated.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
-    /// SHA-256 digests of the API keys this group accepts (`Authorization: Bearer KEY` or
-    /// `X-Api-Key: KEY`).
-    pub api_key_digests: Vec<[u8; 32]>,
+    /// The API keys this group accepts (`Authorization: Bearer KEY` or `X-Api-Key: KEY`):
+    /// SHA-256 digests and the identities they stand for.
+    pub api_keys: ApiKeys,
     /// JWT bearer tokens, when configured.
     pub jwt: Option<Arc<JwtVerifier>>,
     /// The protected-resource metadata document served for this group, when configured.
@@ -121,7 +123,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            api_key_digests: Vec::new(),
+            api_keys: ApiKeys::default(),
             jwt: None,
             metadata: None,
             metadata_passthrough: false,
@@ -134,7 +136,7 @@ impl Default for AuthConfig {
 impl AuthConfig {
     /// Whether callers must present a credential.
     pub fn required(&self) -> bool {
-        !self.api_key_digests.is_empty() || self.jwt.is_some()
+        !self.api_keys.is_empty() || self.jwt.is_some()
     }
 }
 
@@ -148,7 +150,7 @@ pub(crate) fn validate(raw: Option<RawAuth>, key: &str, errs: &mut Vec<String>) 
         return AuthConfig::default();
     };
     let key = format!("{key}.auth");
-    let api_key_digests = api_key::validate(raw.api_keys, &key, errs);
+    let api_keys = api_key::validate(raw.api_keys, &key, errs);
     let metadata = raw
         .resource_metadata
         .and_then(|m| metadata::validate(m, &format!("{key}.resource_metadata"), errs))
@@ -157,7 +159,7 @@ pub(crate) fn validate(raw: Option<RawAuth>, key: &str, errs: &mut Vec<String>) 
         .jwt
         .and_then(|j| jwt::validate(j, &format!("{key}.jwt"), errs))
         .map(Arc::new);
-    let checks = !api_key_digests.is_empty() || jwt.is_some();
+    let checks = !api_keys.is_empty() || jwt.is_some();
     let (upstream, upstream_source) = match (raw.forward_authorization, raw.upstream_authorization)
     {
         (Some(true), Some(_)) => {
@@ -187,7 +189,7 @@ pub(crate) fn validate(raw: Option<RawAuth>, key: &str, errs: &mut Vec<String>) 
         ));
     }
     AuthConfig {
-        api_key_digests,
+        api_keys,
         jwt,
         metadata,
         metadata_passthrough,
@@ -313,6 +315,16 @@ pub enum JwtCheck {
     Throttled,
 }
 
+/// What a JWT says of its caller beyond its identity, for `[[policies]]` rules: kept with the
+/// token in this core's verdict cache, so a cached token hands it over without a copy.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
+pub struct CallerAttrs {
+    /// The token's scopes.
+    pub scopes: Box<[Box<str>]>,
+    /// Its string claims (`iss`, `sub`, `team`...), array claims as one pair per string.
+    pub claims: Box<[(Box<str>, Box<str>)]>,
+}
+
 /// The authenticated caller of the current request, reused across a connection's requests.
 #[derive(Debug, Default)]
 pub struct Caller {
@@ -325,6 +337,12 @@ pub struct Caller {
     pub name: String,
     /// What the caller's sessions are bound to (see [`Principal`]).
     pub principal: Principal,
+    /// A JWT caller's scopes and claims (`None` for API keys and without authentication).
+    pub attrs: Option<std::rc::Rc<CallerAttrs>>,
+    /// Which callers decide alike under every policy: a keyed hash of the identity and, for
+    /// a JWT, its scopes and claims (the key of the per-core cache of policy classes); 0
+    /// when there is no identity.
+    pub class_key: u64,
 }
 
 /// The caller's identity as sessions are bound to it: stable across processes and restarts
@@ -349,10 +367,13 @@ impl Caller {
         self.name.clear();
         self.jwt = JwtCheck::None;
         self.principal = Principal::None;
+        self.attrs = None;
+        self.class_key = 0;
     }
 
     pub(super) fn set(&mut self, key: u64, name: &str) {
         self.key = key;
+        self.class_key = key;
         self.name.clear();
         self.name.push_str(name);
     }
@@ -399,7 +420,7 @@ pub fn check(
     let Some(key) = bearer.or(x_api_key.map(<[u8]>::trim_ascii)) else {
         return Err(MISSING);
     };
-    api_key::check(&cfg.api_key_digests, key, hasher, caller)
+    api_key::check(&cfg.api_keys, key, hasher, caller)
 }
 
 // ---------------------------------------------------------------- challenges and metadata

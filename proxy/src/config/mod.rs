@@ -20,11 +20,12 @@ use std::path::Path;
 pub use fields::parse_duration;
 pub(crate) use fields::{decode_hex32, fnv1a32};
 pub use types::{
-    Backend, BackendEra, Balance, ClientAddress, ClusterConfig, ConcurrencyPer, ConcurrencyRule,
-    Config, ForwardedHeader, ForwardedMode, HashKey, HealthCheck, LimitScope, Member, NameFilter,
-    OnUnavailable, PrefixMode, ProxyConfig, ServerGroup, SessionFailover, TelemetryConfig,
-    ToolOverride, TrustedProxies, VirtualServer, DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS_PER_IP,
-    MAX_CLUSTER_LIMITS, MAX_CONCURRENCY_RULES, READ_ONLY_CHECKS,
+    AuditArguments, AuditConfig, Backend, BackendEra, Balance, ClientAddress, ClusterConfig,
+    ConcurrencyPer, ConcurrencyRule, Config, ForwardedHeader, ForwardedMode, HashKey, HealthCheck,
+    LimitScope, Member, NameFilter, OnUnavailable, PrefixMode, ProxyConfig, ServerGroup,
+    SessionFailover, TelemetryConfig, ToolOverride, TrustedProxies, VirtualServer,
+    DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS_PER_IP, MAX_CLUSTER_LIMITS, MAX_CONCURRENCY_RULES,
+    READ_ONLY_CHECKS,
 };
 
 /// `url` with any user and password replaced (for logs and `GET /config`).

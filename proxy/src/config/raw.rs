@@ -22,6 +22,9 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub concurrency: Vec<RawConcurrency>,
     pub cluster: Option<RawCluster>,
+    #[serde(default)]
+    pub policies: Vec<RawPolicy>,
+    pub audit: Option<RawAudit>,
     pub telemetry: Option<RawTelemetry>,
 }
 
@@ -44,6 +47,27 @@ pub(crate) struct RawCluster {
     pub max_keys: Option<i64>,
     pub lease_ttl: Option<String>,
     pub timeout: Option<String>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawAudit {
+    pub log: Option<String>,
+    pub arguments: Option<String>,
+}
+
+/// `[[policies]]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawPolicy {
+    pub server: Option<String>,
+    pub effect: Option<String>,
+    pub identities: Option<Vec<String>>,
+    pub scopes: Option<Vec<String>>,
+    pub claims: Option<BTreeMap<String, String>>,
+    pub tools: Option<Vec<String>>,
+    pub prompts: Option<Vec<String>>,
+    pub resources: Option<Vec<String>>,
+    pub methods: Option<Vec<String>>,
 }
 
 /// `[[concurrency]]`.
@@ -158,6 +182,7 @@ pub(crate) struct RawServer {
     pub legacy_sse: Option<bool>,
     pub era: Option<String>,
     pub era_bridge: Option<bool>,
+    pub policy_default: Option<String>,
     /// A virtual server: other groups whose tools, prompts and resources it combines.
     pub members: Option<Vec<RawMember>>,
     pub prefix_mode: Option<String>,

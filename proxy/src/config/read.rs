@@ -7,8 +7,8 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_ignored::Path;
 
 use super::raw::{
-    RawAdmin, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawHttp2, RawLimit, RawMember,
-    RawProxy, RawServer, RawTelemetry, RawTls, RawToolOverride,
+    RawAdmin, RawAudit, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawHttp2, RawLimit,
+    RawMember, RawPolicy, RawProxy, RawServer, RawTelemetry, RawTls, RawToolOverride,
 };
 
 /// The raw config (or `None` when the text is not TOML of the expected shape) and the
@@ -115,6 +115,9 @@ fn known_keys(table: &str) -> &'static [&'static str] {
         "limits" => keys_of::<RawLimit>(),
         "concurrency" => keys_of::<RawConcurrency>(),
         "cluster" => keys_of::<super::raw::RawCluster>(),
+        "policies" => keys_of::<RawPolicy>(),
+        "audit" => keys_of::<RawAudit>(),
+        "servers.auth.api_keys" => keys_of::<crate::auth::RawApiKeyTable>(),
         "telemetry" => keys_of::<RawTelemetry>(),
         _ => &[],
     }
@@ -187,7 +190,7 @@ que = 2
 "#;
         let got = problems(text);
         let want = [
-            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency, cluster, telemetry)",
+            "nonsense: unknown key (keys here: proxy, admin, servers, limits, concurrency, cluster, policies, audit, telemetry)",
             "proxy.listn: unknown key (did you mean `listen`?)",
             "proxy.tls.certs: unknown key (did you mean `cert`?)",
             "admin.tokn: unknown key (did you mean `token`?)",
@@ -232,6 +235,9 @@ que = 2
             "servers.auth.upstream_authorization",
             "limits",
             "concurrency",
+            "policies",
+            "audit",
+            "servers.auth.api_keys",
             "telemetry",
         ] {
             assert!(!known_keys(table).is_empty(), "{table:?}");

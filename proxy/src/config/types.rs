@@ -34,6 +34,8 @@ pub struct Config {
     pub limit_scopes: Vec<LimitScope>,
     /// The store of `cluster` rate limits (`[cluster]`).
     pub cluster: Option<ClusterConfig>,
+    /// The audit trail (`[audit]`), when configured.
+    pub audit: Option<AuditConfig>,
     /// OpenTelemetry traces (`[telemetry]`), when configured.
     pub telemetry: Option<TelemetryConfig>,
 }
@@ -109,6 +111,26 @@ impl std::fmt::Debug for ClusterConfig {
             .field("timeout", &self.timeout)
             .finish()
     }
+}
+
+/// `[audit]`: one JSON line per MCP operation that matters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// A file path (appended to, reopened on reload and SIGHUP), or `-` for stderr.
+    pub target: String,
+    /// What a line says of a call's arguments.
+    pub arguments: AuditArguments,
+}
+
+/// What an audit line says of a call's arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditArguments {
+    /// Nothing.
+    Off,
+    /// Their SHA-256, as sent (the same arguments give the same hash).
+    Hash,
+    /// The arguments themselves (compact JSON).
+    Full,
 }
 
 /// Most concurrency rules (each request checks every one).
@@ -295,6 +317,11 @@ pub struct ServerGroup {
     /// Bridge a 2026-07-28 client's requests to 2025-era backends (`era_bridge`, on by
     /// default).
     pub era_bridge: bool,
+    /// Who may use which tools, prompts, resources and methods (`[[policies]]` naming this
+    /// group or none); inactive without rules.
+    pub policy: Arc<crate::policy::GroupPolicy>,
+    /// `policy_default = "allow"`: what no rule allows is allowed (default deny otherwise).
+    pub policy_default_allow: bool,
     /// A virtual server (`members`): no backends of its own; it combines other groups.
     pub virtual_server: Option<Arc<VirtualServer>>,
 }

@@ -72,7 +72,7 @@ fn auth_json(a: &crate::auth::AuthConfig) -> Value {
     };
     json!({
         "required": a.required(),
-        "api_keys": a.api_key_digests.iter().map(|_| format!("sha256:{REDACTED}")).collect::<Vec<_>>(),
+        "api_keys": a.api_keys.identities.iter().map(|id| json!({ "sha256": REDACTED, "identity": id })).collect::<Vec<_>>(),
         "jwt": jwt,
         "resource_metadata": a.metadata.as_ref().and_then(|m| serde_json::from_str::<Value>(&m.document).ok()),
         "resource_metadata_url": a.metadata.as_ref().map(|m| m.url.clone()),
@@ -132,6 +132,8 @@ pub fn redacted_json(cfg: &Config) -> Value {
                     BackendEra::Stateless => "2026",
                 },
                 "era_bridge": g.era_bridge,
+                "policy_default": if g.policy_default_allow { "allow" } else { "deny" },
+                "policies": g.policy.rules().iter().map(|r| r.index).collect::<Vec<_>>(),
                 "auth": auth_json(&g.auth),
                 "members": g.virtual_server.as_deref().map(virtual_json),
             })
@@ -171,6 +173,10 @@ pub fn redacted_json(cfg: &Config) -> Value {
             "token": cfg.admin_token.as_ref().map(|_| REDACTED),
         },
         "servers": servers,
+        "audit": cfg.audit.as_ref().map(|a| json!({
+            "log": a.target,
+            "arguments": format!("{:?}", a.arguments).to_ascii_lowercase(),
+        })),
         "limits": cfg.limits.iter().zip(&cfg.limit_scopes).map(|(r, scope)| {
             let mut v = rule_filter(r);
             v["rate"] = json!(r.rate);

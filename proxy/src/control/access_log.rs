@@ -5,6 +5,9 @@
 //! buffers, further ones are dropped, counted and reported in the log. The file is opened
 //! again by each new configuration state, so `kill -HUP` after a log rotation writes to the
 //! new file (the old one is closed once its last queued buffer is written).
+//!
+//! The audit trail (`[audit]`, `data_path::audit`) is a second log of this kind: its own
+//! file and per-core buffers, the same writer thread and queue.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -109,6 +112,27 @@ impl AccessLog {
             sink: Arc::new(Sink { file }),
             seq: 0,
         })
+    }
+
+    /// [`AccessLog::open`], or `None` when `target` cannot be opened (said in the log, as
+    /// the `what` log).
+    pub(crate) fn open_or_say(target: &str, what: &str) -> Option<AccessLog> {
+        match AccessLog::open(target) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(path = target, error = %e, "cannot open the {what}");
+                None
+            }
+        }
+    }
+
+    /// The next line's sequence number on this core and the time now (ms since the epoch).
+    pub(crate) fn stamp(&mut self) -> (u64, u128) {
+        self.seq += 1;
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        (self.seq, ts)
     }
 
     /// Hands the buffered lines to the writer thread (never waits for it).

@@ -435,6 +435,10 @@ fn handle(head: &[u8], state: &AdminState) -> Answer {
         ),
         "/backends" => Answer::json(200, &backends_json(st)),
         "/config" => Answer::json(200, &crate::config::view::redacted_json(&st.config)),
+        "/policy" => match super::policy_admin::policy_json(&st.config, query) {
+            Ok(v) => Answer::json(200, &v),
+            Err((status, text)) => Answer::text(status, text),
+        },
         "/" => Answer::new(200, "text/html; charset=utf-8", PAGE),
         _ => Answer::text(404, "not found\n"),
     }

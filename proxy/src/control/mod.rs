@@ -9,5 +9,6 @@ pub mod cluster;
 pub mod distribution;
 pub mod health;
 pub mod logs;
+pub(crate) mod policy_admin;
 pub mod reload;
 pub mod stats;

@@ -317,17 +317,18 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
             ("legacy_sse", og.legacy_sse != g.legacy_sse),
             ("era", og.era != g.era),
             ("era_bridge", og.era_bridge != g.era_bridge),
+            ("policies", og.policy != g.policy),
         ] {
             if changed {
                 out.push(format!("servers.{}.{k} changed", g.name));
             }
         }
-        if og.auth.api_key_digests != g.auth.api_key_digests {
+        if og.auth.api_keys != g.auth.api_keys {
             out.push(format!(
                 "servers.{}.auth.api_keys: {} -> {} key(s)",
                 g.name,
-                og.auth.api_key_digests.len(),
-                g.auth.api_key_digests.len()
+                og.auth.api_keys.digests.len(),
+                g.auth.api_keys.digests.len()
             ));
         }
         for k in crate::auth::changed_keys(&og.auth, &g.auth) {
@@ -358,6 +359,9 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
     }
     if let Some(line) = describe_keys(&old.proxy.session_keys, &new.proxy.session_keys) {
         out.push(line);
+    }
+    if old.audit != new.audit {
+        out.push("audit changed".to_string());
     }
     let mut p_old = old.proxy.clone();
     p_old.session_keys.clear();

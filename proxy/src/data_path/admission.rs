@@ -179,7 +179,11 @@ pub(crate) fn envelope(core: &Core, c: &mut ClientConn, gi: usize) -> Result<Adm
         (_, Some(m)) => stats::method_index(&m),
         _ => stats::M_OTHER,
     };
-    let verdict = check_envelope(core, c, gi, &env);
+    let mut policy = super::policy::check(core, &c.caller, &mut c.policy_class, gi, &env, method);
+    let verdict = match policy.refusal.take() {
+        None => check_envelope(core, c, gi, &env),
+        Some(r) => Err(r.into()),
+    };
     let admitted = verdict.map(|conc| Admitted {
         read_only: method.is_read_only(),
         hash_key: cfg
@@ -200,10 +204,15 @@ pub(crate) fn envelope(core: &Core, c: &mut ClientConn, gi: usize) -> Result<Adm
         .then_some(env.name)
         .flatten()
         .map(|n| core.rec.borrow_mut().tool_slot(&n.decode()));
+    if core.audit.is_some() {
+        c.meta.rpc = crate::data_path::request::RpcSpans::of(body, &env);
+    }
     c.req.set_id(id);
     c.meta.method = method;
     c.meta.row = row;
     c.meta.tool = tool;
+    c.meta.policy = policy.decision;
+    c.list_filter = policy.filter;
     admitted
 }
 

@@ -19,6 +19,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod attempt;
+pub(crate) mod audit;
 pub(crate) mod body;
 pub(crate) mod client_address;
 pub(crate) mod era_bridge;
@@ -26,6 +27,7 @@ pub(crate) mod failover;
 pub(crate) mod head;
 pub(crate) mod legacy_front;
 pub(crate) mod metadata;
+pub(crate) mod policy;
 pub(crate) mod record;
 pub(crate) mod reply;
 pub(crate) mod request;
@@ -75,6 +77,9 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     }
     if core.access_log.is_some() {
         record::write_access_log(core, c, start);
+    }
+    if core.audit.is_some() {
+        audit::write(core, c, start);
     }
     if core.shared.tracer.is_some() {
         record::span(core, c, start);

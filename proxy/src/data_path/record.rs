@@ -13,11 +13,7 @@ pub(crate) fn write_access_log(core: &Core, c: &ClientConn, start: Instant) {
     let Some(log) = &core.access_log else { return };
     let m = &c.meta;
     let mut l = log.borrow_mut();
-    l.seq += 1;
-    let seq = l.seq;
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let (seq, ts) = l.stamp();
     let total_us = start.elapsed().as_micros();
     let upstream_us = match (m.sent, m.upstream_done) {
         (Some(a), Some(b)) => b.saturating_duration_since(a).as_micros(),

@@ -58,6 +58,7 @@ pub(crate) async fn refuse(c: &mut ClientConn, r: &Refusal) -> Next {
         data: r.data.as_deref(),
     };
     http::write_jsonrpc_error(&mut c.out, &answer);
+    c.meta.code = r.code;
     c.meta.rpc_code = Some(i64::from(r.code));
     c.meta.status = r.status;
     c.meta.by_proxy = true;

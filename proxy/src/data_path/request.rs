@@ -241,6 +241,11 @@ pub(crate) struct ClientConn {
     /// The owner the caller's sessions are sealed with and must carry: `None` in groups
     /// without authentication.
     pub owner: Option<crate::session::Owner>,
+    /// The current request lists tools, prompts or resources that the caller's policy
+    /// filters: its answer goes through this filter.
+    pub list_filter: Option<crate::data_path::policy::ListFilter>,
+    /// The policy class of the connection's last caller.
+    pub policy_class: Option<crate::data_path::policy::ConnClass>,
     /// The current request's trace (`[telemetry]` only), once decided.
     pub trace: Option<crate::telemetry::TraceContext>,
 }
@@ -261,6 +266,8 @@ impl ClientConn {
             meta: ReqMeta::default(),
             caller: crate::auth::Caller::default(),
             owner: None,
+            list_filter: None,
+            policy_class: None,
             trace: None,
         }
     }
@@ -302,6 +309,7 @@ impl ClientConn {
 
     /// After a request: the pipelined bytes become the next request's start.
     pub fn next_request(&mut self) {
+        self.list_filter = None;
         self.req.buf.clear();
         self.req.decoded.clear();
         self.req.reset_facts();
@@ -341,6 +349,45 @@ pub(crate) struct ReqMeta {
     pub first_event: Option<Instant>,
     /// Keyed hash of the session id (access log only; the id itself is never logged).
     pub session_hash: u64,
+    /// What the group's policy decided, where it has one.
+    pub policy: Option<crate::policy::Decision>,
+    /// The JSON-RPC error code of an answer mcplb made itself (0: none).
+    pub code: i32,
+    /// Where the envelope's parts sit in the body (noted only for the audit trail).
+    pub rpc: RpcSpans,
+}
+
+/// Where a JSON-RPC message's parts sit in the request body: byte ranges `(start, end)` of
+/// string contents between their quotes (escapes as received) and of `params.arguments`.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct RpcSpans {
+    /// The message is a request (not a notification or a response).
+    pub request: bool,
+    /// `method`.
+    pub method: Option<(u32, u32)>,
+    /// `params.name`.
+    pub name: Option<(u32, u32)>,
+    /// `params.uri`.
+    pub uri: Option<(u32, u32)>,
+    /// `params.arguments`.
+    pub arguments: Option<(u32, u32)>,
+}
+
+impl RpcSpans {
+    /// The spans of `env`, parsed from `body`.
+    pub fn of(body: &[u8], env: &protocol::Envelope<'_>) -> RpcSpans {
+        let span = |part: &[u8]| {
+            let r = offset_of(body, part);
+            (r.start as u32, r.end as u32)
+        };
+        RpcSpans {
+            request: env.kind == protocol::MessageKind::Request,
+            method: env.method.map(|m| span(m.raw())),
+            name: env.name.map(|n| span(n.raw())),
+            uri: env.uri.map(|u| span(u.raw())),
+            arguments: env.arguments.map(span),
+        }
+    }
 }
 
 impl Default for ReqMeta {
@@ -365,6 +412,9 @@ impl Default for ReqMeta {
             jsonrpc_error: false,
             first_event: None,
             session_hash: 0,
+            policy: None,
+            code: 0,
+            rpc: RpcSpans::default(),
         }
     }
 }

@@ -307,6 +307,32 @@ pub(crate) async fn forward_response(
     let _sse_open = is_sse.then(|| SseOpen::new(core));
     // During a shutdown the answer tells the client this connection ends with it.
     let mut client_close = !keep || SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(filter) = c.list_filter.take().filter(|_| status == 200) {
+        // A list the caller's policy filters: read whole, sent with its new length.
+        let r =
+            super::policy::filtered_answer(core, c, &mut a, head_len, &mut framing, is_sse, filter)
+                .await;
+        let (body, extra) = match r {
+            Ok(x) => x,
+            Err(r) => {
+                c.ubuf = a.buf;
+                return (reply::refuse(c, &r).await, false);
+            }
+        };
+        c.out.extend_from_slice(b"content-length: ");
+        c.out
+            .extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        c.out.extend_from_slice(b"\r\n");
+        if client_close {
+            c.out.extend_from_slice(b"connection: close\r\n");
+        }
+        c.out.extend_from_slice(b"\r\n");
+        c.out.extend_from_slice(&body);
+        c.ubuf = a.buf;
+        let next = reply::send_out(c, Next::keep_unless(client_close)).await;
+        let reusable = !up_close && !extra && !matches!(framing, Framing::UntilClose);
+        return (next, reusable);
+    }
     match &framing {
         Framing::None => c.out.extend_from_slice(b"content-length: 0\r\n"),
         Framing::Length(n) => {

@@ -43,6 +43,8 @@ pub(crate) struct Core {
     pub(crate) rec: RefCell<CoreRecorder>,
     /// JSON access log lines not yet written, and where they go (off by default).
     pub(crate) access_log: Option<RefCell<AccessLog>>,
+    /// Audit trail lines not yet written (`[audit]`; the same kind of log, its own file).
+    pub(crate) audit: Option<RefCell<crate::data_path::audit::AuditLog>>,
     /// This core's index (request ids in the access log).
     pub(crate) index: usize,
     /// Set when a reload has built a newer state: connections move to it at their next
@@ -57,6 +59,9 @@ pub(crate) struct Core {
     pub(crate) park: Rc<crate::runtime::park::IdleSet>,
     /// Backend eras learned and backend sessions held for bridged 2026-07-28 requests.
     pub(crate) bridges: crate::data_path::era_bridge::Bridges,
+    /// Policy classes of the callers seen here, per group (built anew with each state, so a
+    /// reload's new policies apply at once).
+    pub(crate) policy_classes: crate::data_path::policy::ClassCache,
 }
 
 impl Core {
@@ -258,16 +263,14 @@ impl Core {
                 .borrow_mut()
                 .gauge(Gauge::UpstreamIdle, -(closed + moved));
         }
-        let access_log = match shared.config.proxy.access_log.as_deref() {
-            None => None,
-            Some(t) => match AccessLog::open(t) {
-                Ok(l) => Some(RefCell::new(l)),
-                Err(e) => {
-                    tracing::error!(path = t, error = %e, "cannot open the access log");
-                    None
-                }
-            },
-        };
+        let access_log = shared
+            .config
+            .proxy
+            .access_log
+            .as_deref()
+            .and_then(|t| AccessLog::open_or_say(t, "access log"))
+            .map(RefCell::new);
+        let audit = crate::data_path::audit::AuditLog::open(&shared.config);
         let rec = CoreRecorder::for_config(&shared.config);
         let bridges = crate::data_path::era_bridge::Bridges::new(&shared.config);
         let core = Core {
@@ -276,6 +279,7 @@ impl Core {
             bufs: RefCell::new(bufs),
             header_tables: RefCell::new(header_tables),
             access_log,
+            audit,
             index,
             rec: RefCell::new(rec),
             shared,
@@ -285,6 +289,7 @@ impl Core {
             states: states.clone(),
             park,
             bridges,
+            policy_classes: Default::default(),
         };
         if prev.is_some() {
             let n: i64 = core

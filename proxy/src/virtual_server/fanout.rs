@@ -490,8 +490,13 @@ pub(super) async fn list(
             (Rc::new(merged), naming::encode_cursor(&next))
         }
     };
+    let mut items = merged.items.clone();
+    if let Some(filter) = c.list_filter.take() {
+        // The virtual group's own `[[policies]]`, on the names its clients see.
+        crate::data_path::policy::retain_visible(core, &filter, &mut items);
+    }
     let mut result_obj = Map::new();
-    result_obj.insert(kind.key().into(), Value::Array(merged.items.clone()));
+    result_obj.insert(kind.key().into(), Value::Array(items));
     if let Some(n) = next {
         result_obj.insert("nextCursor".into(), Value::String(n));
     }

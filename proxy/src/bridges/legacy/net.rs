@@ -120,39 +120,6 @@ impl Url {
     }
 }
 
-/// Percent-decodes a query value (`+` is a space).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Server side
 
@@ -190,7 +157,7 @@ impl Request {
         let q = &self.target[self.target.find('?')? + 1..];
         q.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k) == name).then(|| percent_decode(v))
+            (crate::http::percent_decode(k) == name).then(|| crate::http::percent_decode(v))
         })
     }
 

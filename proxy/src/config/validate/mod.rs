@@ -3,12 +3,14 @@
 //! of them. Cross-section rules (a limit naming a group) run after the sections they need.
 
 mod admin;
+mod audit;
 mod backends;
 mod cluster;
 mod concurrency;
 mod health;
 mod limits;
 mod names;
+mod policies;
 mod proxy;
 mod servers;
 mod telemetry;
@@ -23,14 +25,17 @@ use super::types::{Config, ServerGroup};
 pub(super) fn validate(raw: RawConfig, errs: &mut Vec<String>) -> Option<Config> {
     let proxy = proxy::validate(raw.proxy.unwrap_or_default(), errs);
     let (admin_listen, admin_token) = admin::validate(raw.admin.unwrap_or_default(), errs);
-    let servers = servers::validate(raw.servers, errs);
+    let mut servers = servers::validate(raw.servers, errs);
+    policies::validate(raw.policies, &mut servers, errs);
     let cluster = raw.cluster.map(|c| cluster::validate(c, errs));
     let (limits, limit_scopes) = limits::validate(raw.limits, &servers, cluster.as_ref(), errs);
     let concurrency = concurrency::validate(raw.concurrency, &servers, errs);
+    let audit = raw.audit.and_then(|a| audit::validate(a, errs));
     let telemetry = raw.telemetry.map(|t| telemetry::validate(t, errs));
     errs.is_empty().then_some(Config {
         limit_scopes,
         cluster,
+        audit,
         proxy,
         admin_listen,
         admin_token,

@@ -153,6 +153,17 @@ fn group(
             .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
             .collect()
     });
+    let policy_default_allow = match s.policy_default.as_deref() {
+        None | Some("deny") => false,
+        Some("allow") => true,
+        Some(v) => {
+            t.problem(
+                "policy_default",
+                format!("`{v}` (use \"deny\" or \"allow\")"),
+            );
+            false
+        }
+    };
     if is_virtual && s.legacy_sse == Some(true) {
         t.problem("legacy_sse", "not available on a virtual server");
     }
@@ -161,6 +172,9 @@ fn group(
         legacy_sse: s.legacy_sse.unwrap_or(false),
         era,
         era_bridge: s.era_bridge.unwrap_or(true),
+        // Filled in by `[[policies]]` (validated after the groups).
+        policy: Default::default(),
+        policy_default_allow,
         allowed_origins,
         auth,
         name,

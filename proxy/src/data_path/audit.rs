@@ -1,0 +1,318 @@
+//! The audit trail (`[audit]`): one JSON line per MCP operation that matters (`initialize`,
+//! `tools/call`, `prompts/get`, `resources/read`, and every request a policy denied, a limit
+//! refused or that failed), written like the access log (per-core buffers handed to the one
+//! writer thread, `control::access_log`), so a worker never waits for the disk.
+//!
+//! A line names who (identity, client address), where (server group, backend), what
+//! (method, tool, prompt or URI, with credentials in the URI redacted), the decision and the
+//! rule that made it, the JSON-RPC error code of an answer mcplb made, the duration, a keyed
+//! hash of the session id and the W3C trace id if the request had one. Arguments: off, their
+//! SHA-256, or in full, as configured. Never a credential: no header but `traceparent` is read.
+
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::time::Instant;
+
+use protocol::Method;
+
+use crate::config::AuditArguments;
+use crate::control::access_log::AccessLog;
+use crate::data_path::request::{ClientConn, ReqMeta};
+use crate::policy::Effect;
+use crate::runtime::core::Core;
+
+/// One core state's audit trail: its line log, and the names of the groups and backends as
+/// JSON strings, escaped once when the state is built rather than on every line.
+pub(crate) struct AuditLog {
+    pub(crate) log: AccessLog,
+    servers: Vec<Box<[u8]>>,
+    backends: Vec<Vec<Box<[u8]>>>,
+}
+
+impl AuditLog {
+    /// The audit trail of `config`, when it has one (an error opening it is logged).
+    pub(crate) fn open(config: &crate::config::Config) -> Option<RefCell<AuditLog>> {
+        let log = AccessLog::open_or_say(&config.audit.as_ref()?.target, "audit log")?;
+        let json = |s: &str| serde_json::to_vec(s).unwrap_or_default().into_boxed_slice();
+        Some(RefCell::new(AuditLog {
+            log,
+            servers: config.servers.iter().map(|g| json(&g.name)).collect(),
+            backends: config
+                .servers
+                .iter()
+                .map(|g| g.backends.iter().map(|b| json(&b.name)).collect())
+                .collect(),
+        }))
+    }
+}
+
+/// What became of the request, for the `decision` field.
+fn decision(m: &ReqMeta) -> &'static str {
+    match m.policy.map(|d| d.effect) {
+        Some(Effect::Deny) => return "denied",
+        Some(Effect::Confirm) => return "confirm_unavailable",
+        _ => {}
+    }
+    match (m.by_proxy, m.status) {
+        (true, 429) => "rate_limited",
+        (true, 401 | 403) => "unauthenticated",
+        (true, 502..=504) => "failed",
+        (true, s) if s >= 400 => "refused",
+        (_, s) if s >= 400 || m.jsonrpc_error => "failed",
+        (true, 200) if m.code != 0 => "refused",
+        _ => "allowed",
+    }
+}
+
+/// Whether an operation is audited even when it went well.
+fn always_audited(method: Method) -> bool {
+    matches!(
+        method,
+        Method::Initialize | Method::ToolsCall | Method::PromptsGet | Method::ResourcesRead
+    )
+}
+
+/// Appends the audit line of the request just finished, if it matters. Written from the
+/// spans the envelope stage noted (no second parse); names go out as their JSON string text
+/// as received (already valid JSON), numbers and hashes without `fmt`.
+pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant) {
+    let (Some(log), Some(cfg)) = (&core.audit, &core.shared.config.audit) else {
+        return;
+    };
+    let m = &c.meta;
+    let body = c.req.body();
+    let part = |s: Option<(u32, u32)>| s.and_then(|(a, b)| body.get(a as usize..b as usize));
+    let method = part(m.rpc.method);
+    let decision = decision(m);
+    let is_response = m.rpc.method.is_none() && m.row == crate::control::stats::M_RESPONSE;
+    let matters = decision != "allowed" || (m.rpc.request && always_audited(m.method));
+    if !matters || is_response {
+        return;
+    }
+    let mut audit = log.borrow_mut();
+    let AuditLog {
+        log: l,
+        servers,
+        backends,
+    } = &mut *audit;
+    let (seq, ts) = l.stamp();
+    let server = m.group.and_then(|g| servers.get(g));
+    let backend = m
+        .group
+        .zip(m.backend)
+        .and_then(|(g, b)| backends.get(g)?.get(b));
+    let mut num = itoa::Buffer::new();
+    let buf = &mut l.buf;
+    buf.extend_from_slice(b"{\"ts\":");
+    buf.extend_from_slice(num.format(ts).as_bytes());
+    buf.extend_from_slice(b",\"id\":\"");
+    buf.extend_from_slice(num.format(core.index).as_bytes());
+    buf.push(b'-');
+    buf.extend_from_slice(num.format(seq).as_bytes());
+    buf.extend_from_slice(b"\",\"identity\":");
+    json_str(buf, Some(c.caller.name.as_str()).filter(|n| !n.is_empty()));
+    buf.extend_from_slice(b",\"client\":\"");
+    push_ip(buf, c.client_ip, &mut num);
+    buf.extend_from_slice(b"\",\"server\":");
+    buf.extend_from_slice(server.map_or(&b"null"[..], |s| s));
+    buf.extend_from_slice(b",\"backend\":");
+    buf.extend_from_slice(backend.map_or(&b"null"[..], |b| b));
+    buf.extend_from_slice(b",\"method\":");
+    match method {
+        Some(raw) => raw_json_str(buf, raw),
+        None => json_str(buf, std::str::from_utf8(c.req.method_bytes()).ok()),
+    }
+    match part(m.rpc.uri) {
+        Some(raw) => {
+            // Decoded to redact a credential in it, then escaped again (resources only).
+            let quoted = body.get(m.rpc.uri.map_or(0, |(a, _)| a as usize).saturating_sub(1)..);
+            let uri = quoted
+                .and_then(|q| q.get(..raw.len() + 2))
+                .and_then(|q| serde_json::from_slice::<String>(q).ok());
+            buf.extend_from_slice(b",\"uri\":");
+            json_str(buf, uri.map(|u| crate::auth::redact_url(&u)).as_deref());
+        }
+        None => {
+            buf.extend_from_slice(b",\"name\":");
+            match part(m.rpc.name) {
+                Some(raw) => raw_json_str(buf, raw),
+                None => buf.extend_from_slice(b"null"),
+            }
+        }
+    }
+    buf.extend_from_slice(b",\"decision\":\"");
+    buf.extend_from_slice(decision.as_bytes());
+    buf.extend_from_slice(b"\",\"rule\":");
+    // The rule that decided (`policies[N]`, `policy_default`), or `null` without a policy
+    // and for session plumbing no rule names.
+    match m.policy {
+        Some(d) => match d.rule {
+            Some(r) => {
+                buf.extend_from_slice(b"\"policies[");
+                buf.extend_from_slice(num.format(r).as_bytes());
+                buf.extend_from_slice(b"]\"");
+            }
+            None if d.effect == Effect::Allow
+                && method.is_some_and(|mt| {
+                    std::str::from_utf8(mt).is_ok_and(crate::policy::is_plumbing)
+                }) =>
+            {
+                buf.extend_from_slice(b"null")
+            }
+            None => buf.extend_from_slice(b"\"policy_default\""),
+        },
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"status\":");
+    buf.extend_from_slice(num.format(m.status).as_bytes());
+    buf.extend_from_slice(b",\"code\":");
+    if m.by_proxy && m.code != 0 {
+        buf.extend_from_slice(num.format(m.code).as_bytes());
+    } else {
+        buf.extend_from_slice(b"null");
+    }
+    buf.extend_from_slice(b",\"upstream_error\":");
+    buf.extend_from_slice(if m.jsonrpc_error { b"true" } else { b"false" });
+    buf.extend_from_slice(b",\"duration_us\":");
+    buf.extend_from_slice(num.format(start.elapsed().as_micros()).as_bytes());
+    buf.extend_from_slice(b",\"session\":");
+    match c.req.session_id() {
+        Some(s) => {
+            buf.push(b'"');
+            hex(buf, &core.shared.key_hasher.hash_key(s).to_be_bytes());
+            buf.push(b'"');
+        }
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"trace_id\":");
+    json_str(buf, trace_id(c.req.header(b"traceparent")));
+    match (cfg.arguments, part(m.rpc.arguments)) {
+        (AuditArguments::Hash, Some(a)) => {
+            let d = ring::digest::digest(&ring::digest::SHA256, a);
+            buf.extend_from_slice(b",\"arguments_sha256\":\"");
+            hex(buf, d.as_ref());
+            buf.push(b'"');
+        }
+        (AuditArguments::Full, Some(a)) => {
+            // Re-written compact (the raw bytes may span lines); they were parsed already.
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(a) {
+                buf.extend_from_slice(b",\"arguments\":");
+                let _ = serde_json::to_writer(&mut *buf, &v);
+            }
+        }
+        _ => {}
+    }
+    buf.extend_from_slice(b"}\n");
+    if l.buf.len() >= crate::control::access_log::FLUSH_BYTES {
+        l.flush();
+    }
+}
+
+/// A JSON string (escaped), or `null`.
+fn json_str(buf: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        // Most names need no escape: copied as they are.
+        Some(s) if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') => {
+            raw_json_str(buf, s.as_bytes());
+        }
+        Some(s) => {
+            let _ = serde_json::to_writer(&mut *buf, s);
+        }
+        None => buf.extend_from_slice(b"null"),
+    }
+}
+
+/// An address as text (an IPv4 one without `fmt`, which costs about a thousand
+/// instructions per address).
+fn push_ip(buf: &mut Vec<u8>, ip: std::net::IpAddr, num: &mut itoa::Buffer) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                buf.extend_from_slice(num.format(*o).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(buf, "{v6}");
+        }
+    }
+}
+
+/// A JSON string from the text between its quotes as received (validated JSON: its escapes
+/// stay as they are).
+fn raw_json_str(buf: &mut Vec<u8>, raw: &[u8]) {
+    buf.push(b'"');
+    buf.extend_from_slice(raw);
+    buf.push(b'"');
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(buf: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        buf.push(DIGITS[usize::from(b >> 4)]);
+        buf.push(DIGITS[usize::from(b & 15)]);
+    }
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn trace_id(h: Option<&[u8]>) -> Option<&str> {
+    let id = h?.get(3..35)?;
+    let ok = h?.starts_with(b"00-")
+        && id.iter().all(|b| b.is_ascii_hexdigit())
+        && h?.get(35) == Some(&b'-');
+    ok.then(|| std::str::from_utf8(id).ok()).flatten()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids() {
+        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id(Some(tp)), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(trace_id(Some(b"00-xyz")), None);
+        assert_eq!(trace_id(None), None);
+    }
+
+    #[test]
+    fn addresses_and_strings() {
+        let mut buf = Vec::new();
+        let mut num = itoa::Buffer::new();
+        push_ip(&mut buf, "10.0.255.7".parse().unwrap(), &mut num);
+        buf.push(b' ');
+        push_ip(&mut buf, "::1".parse().unwrap(), &mut num);
+        buf.push(b' ');
+        json_str(&mut buf, Some("plain"));
+        json_str(&mut buf, Some("q\"uo\\te\n"));
+        json_str(&mut buf, None);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            r#"10.0.255.7 ::1 "plain""q\"uo\\te\n"null"#
+        );
+    }
+
+    #[test]
+    fn decisions() {
+        let mut m = ReqMeta {
+            status: 200,
+            ..ReqMeta::default()
+        };
+        assert_eq!(decision(&m), "allowed");
+        m.policy = Some(crate::policy::Decision {
+            effect: Effect::Deny,
+            rule: Some(2),
+        });
+        assert_eq!(decision(&m), "denied");
+        m.policy = None;
+        m.by_proxy = true;
+        m.status = 429;
+        assert_eq!(decision(&m), "rate_limited");
+        m.status = 503;
+        assert_eq!(decision(&m), "failed");
+    }
+}

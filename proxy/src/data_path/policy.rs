@@ -1,0 +1,290 @@
+//! Per-tool policy on the data path (the decisions themselves are `crate::policy`'s pure
+//! functions): a request the caller's policy denies is answered like one for an unknown tool,
+//! with its id, before rate limits, permits or any backend; a list answer loses the entries
+//! the caller may not use. Callers' classes are cached per core, and each class remembers
+//! the decisions it made on tool and prompt names and on methods: a request pays two hash
+//! lookups, and the rules of its class only the first time its name is seen on that core.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use protocol::{Envelope, MessageKind, Method};
+
+use crate::auth::Caller;
+use crate::data_path::request::{ClientConn, Refusal};
+use crate::data_path::response::{body_step, Answer, Framing};
+use crate::policy::lists::{self, ListKind};
+use crate::policy::{Class, Decision, Effect, GroupPolicy, Subject, Target};
+use crate::runtime::core::Core;
+
+/// Classes of the callers this core has seen, by group and caller class key.
+pub(crate) type ClassCache = RefCell<HashMap<(usize, u64), Rc<CallerClass>>>;
+
+/// Most classes cached per core and state; when full, all are forgotten (a flood of
+/// identities costs recomputation, never memory).
+const MAX_CLASSES: usize = 1024;
+
+/// Most decisions a class remembers per kind (tools, prompts, methods); when full, all are
+/// forgotten. Names longer than [`MAX_MEMO_NAME`] are decided anew each time.
+const MAX_MEMO: usize = 256;
+const MAX_MEMO_NAME: usize = 128;
+
+/// A caller class on this core, with the decisions it has made (a pure function of the
+/// class and the name, so they stay right until the state, and its policy, is replaced).
+pub(crate) struct CallerClass {
+    class: Class,
+    /// Decisions by name: `[tools/call, prompts/get, methods without a target]`.
+    memo: RefCell<[HashMap<Box<str>, Decision>; 3]>,
+}
+
+impl CallerClass {
+    /// The decision on `method` targeting `target`, remembered where it can be.
+    fn decide(&self, policy: &GroupPolicy, method: &str, target: Target<'_>) -> Decision {
+        let (slot, name) = match target {
+            Target::Tool(n) => (0, n),
+            Target::Prompt(n) => (1, n),
+            Target::Method => (2, method),
+            // Resources: URIs are many and the method varies (read, subscribe).
+            Target::Resource(_) => return policy.decide(&self.class, method, target),
+        };
+        if let Some(d) = self.memo.borrow().get(slot).and_then(|m| m.get(name)) {
+            return *d;
+        }
+        let d = policy.decide(&self.class, method, target);
+        if name.len() <= MAX_MEMO_NAME {
+            if let Some(m) = self.memo.borrow_mut().get_mut(slot) {
+                if m.len() >= MAX_MEMO {
+                    m.clear();
+                }
+                m.insert(name.into(), d);
+            }
+        }
+        d
+    }
+}
+
+/// Largest list answer read whole to be filtered (beyond it the answer is refused: it must
+/// not reach the caller unfiltered).
+const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
+
+/// A list answer to filter: which list, and for which caller class.
+pub(crate) struct ListFilter {
+    kind: ListKind,
+    gi: usize,
+    class: Rc<CallerClass>,
+}
+
+/// The policy class of `caller` in group `gi`, from this core's cache or computed once.
+fn class_of(core: &Core, gi: usize, policy: &GroupPolicy, caller: &Caller) -> Rc<CallerClass> {
+    let key = (gi, caller.class_key);
+    if let Some(c) = core.policy_classes.borrow().get(&key) {
+        return c.clone();
+    }
+    let attrs = caller.attrs.as_deref();
+    let subject = Subject {
+        identity: &caller.name,
+        scopes: attrs.map_or(&[], |a| &a.scopes),
+        claims: attrs.map_or(&[], |a| &a.claims),
+    };
+    let class = Rc::new(CallerClass {
+        class: policy.classify(&subject),
+        memo: Default::default(),
+    });
+    let mut cache = core.policy_classes.borrow_mut();
+    if cache.len() >= MAX_CLASSES {
+        cache.clear();
+    }
+    cache.insert(key, class.clone());
+    class
+}
+
+/// The class a connection's last caller had, kept with the connection: a kept-alive client
+/// pays no class lookup while its caller, group and configuration state stay the same.
+pub(crate) struct ConnClass {
+    gi: usize,
+    class_key: u64,
+    generation: u64,
+    class: Rc<CallerClass>,
+}
+
+/// What the policy made of a request.
+#[derive(Default)]
+pub(crate) struct Checked {
+    /// The decision (`None` where the group has no policy, and for notifications and
+    /// responses, which carry no operation a policy names).
+    pub decision: Option<Decision>,
+    /// For an allowed list request: the filter its answer goes through.
+    pub filter: Option<ListFilter>,
+    /// For a refused request: its answer.
+    pub refusal: Option<Refusal>,
+}
+
+/// Applies the group's policy to a JSON-RPC request of `caller` (`kind`: its method, as the
+/// envelope stage read it; `last`: the connection's class of its previous request).
+pub(crate) fn check(
+    core: &Core,
+    caller: &Caller,
+    last: &mut Option<ConnClass>,
+    gi: usize,
+    env: &Envelope<'_>,
+    kind: Method,
+) -> Checked {
+    let mut out = Checked::default();
+    let Some(group) = core.shared.config.servers.get(gi) else {
+        return out;
+    };
+    let policy = &group.policy;
+    if !policy.is_active() {
+        return out;
+    }
+    match env.kind {
+        MessageKind::Request => {}
+        // A batch (2025-03-26) would carry calls past the decision on one message.
+        MessageKind::Batch => {
+            out.refusal = Some(Refusal::new(
+                400,
+                -32600,
+                "JSON-RPC batches are not accepted by a server with per-tool policies; send one message per request",
+            ));
+            return out;
+        }
+        MessageKind::Notification | MessageKind::Response => return out,
+    }
+    let method = env.method.map(|m| m.decode()).unwrap_or_default();
+    let name = env.name.or(env.uri).map(|n| n.decode());
+    let same = |l: &ConnClass| {
+        l.gi == gi && l.class_key == caller.class_key && l.generation == core.generation
+    };
+    let class = match last {
+        Some(l) if same(l) => &l.class,
+        _ => {
+            let l = last.insert(ConnClass {
+                gi,
+                class_key: caller.class_key,
+                generation: core.generation,
+                class: class_of(core, gi, policy, caller),
+            });
+            &l.class
+        }
+    };
+    let target = Target::of(&method, name.as_deref());
+    let decision = class.decide(policy, &method, target);
+    out.decision = Some(decision);
+    match decision.effect {
+        Effect::Allow => {
+            out.filter = ListKind::of(kind).map(|kind| ListFilter {
+                kind,
+                gi,
+                class: class.clone(),
+            });
+        }
+        // Not asked yet (human approval is not wired to the data path): a call that needs
+        // it is refused, saying why.
+        Effect::Confirm => {
+            out.refusal = Some(Refusal::new(
+                200,
+                -32602,
+                "this call needs the user's confirmation (a policy `confirm` rule), which mcplb cannot ask this client for",
+            ));
+        }
+        Effect::Deny => {
+            out.refusal = Some(match target {
+                Target::Tool(_) => Refusal::new(200, -32602, "Unknown tool"),
+                Target::Prompt(_) => Refusal::new(200, -32602, "Unknown prompt"),
+                Target::Resource(_) => Refusal::new(200, -32602, "Unknown resource"),
+                Target::Method => Refusal::new(200, -32601, "Method not found"),
+            });
+        }
+    }
+    out
+}
+
+/// Keeps the entries of a list the caller of `filter` may use (a virtual server's merged list,
+/// answered without a backend's answer to filter).
+pub(crate) fn retain_visible(core: &Core, filter: &ListFilter, items: &mut Vec<serde_json::Value>) {
+    match core.shared.config.servers.get(filter.gi) {
+        Some(g) => {
+            let class = &filter.class.class;
+            lists::retain_entries(items, filter.kind, |n| {
+                g.policy.visible(class, filter.kind, n)
+            });
+        }
+        None => items.clear(),
+    }
+}
+
+/// Reads a list answer's whole body (after `head_len` in `a.buf`, framed by `framing`) and
+/// filters it: the body the caller gets, and whether bytes followed it upstream.
+pub(crate) async fn filtered_answer(
+    core: &Core,
+    c: &mut ClientConn,
+    a: &mut Answer<'_>,
+    head_len: usize,
+    framing: &mut Framing,
+    is_sse: bool,
+    filter: ListFilter,
+) -> Result<(Vec<u8>, bool), Refusal> {
+    let refused = |msg| Refusal::new(502, -32603, msg);
+    let mut body = Vec::new();
+    let mut start = head_len;
+    let extra = loop {
+        let avail = a.buf.get(start..).unwrap_or_default();
+        let mut framing_error = false;
+        let (take, done) = match &mut *framing {
+            Framing::Chunked(dec) => match dec.feed(avail, |d| body.extend_from_slice(d)) {
+                Ok(n) => (n, dec.is_done()),
+                Err(_) => (0, {
+                    framing_error = true;
+                    false
+                }),
+            },
+            f => {
+                let (take, done) = body_step(f, avail, &mut framing_error);
+                body.extend_from_slice(avail.get(..take).unwrap_or_default());
+                (take, done)
+            }
+        };
+        if framing_error {
+            return Err(refused("bad chunked framing from backend"));
+        }
+        if done {
+            break take < avail.len();
+        }
+        if body.len() > MAX_LIST_BYTES {
+            return Err(refused("list answer from backend too large to filter"));
+        }
+        a.buf.clear();
+        start = 0;
+        let timeout = core.shared.config.proxy.upstream_timeout;
+        let buf = std::mem::take(&mut a.buf);
+        let read = monoio::time::timeout(timeout, a.up.read_more(buf, super::READ_SIZE)).await;
+        match read {
+            Ok((Ok(n), b)) if n > 0 => a.buf = b,
+            Ok((_, b)) if matches!(framing, Framing::UntilClose) => {
+                a.buf = b;
+                break false;
+            }
+            Ok((_, b)) => {
+                a.buf = b;
+                return Err(refused("backend closed the connection"));
+            }
+            Err(_) => {
+                a.buf = core.take_buf();
+                return Err(refused("backend timed out"));
+            }
+        }
+    };
+    c.meta.upstream_done = Some(std::time::Instant::now());
+    let policy = core
+        .shared
+        .config
+        .servers
+        .get(filter.gi)
+        .map(|g| g.policy.clone())
+        .unwrap_or_default();
+    let visible = |n: &str| policy.visible(&filter.class.class, filter.kind, n);
+    let filtered = lists::filter_answer(&body, is_sse, filter.kind, visible)
+        .map_err(|_| refused("list answer from backend could not be read to filter it"))?;
+    Ok((filtered.unwrap_or(body), extra))
+}

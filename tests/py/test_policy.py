@@ -1,0 +1,209 @@
+"""Per-tool policy and the audit trail with the official MCP Python SDK client through mcplb.
+
+Two named API-key identities see different tool lists; the bot is denied a call, answered like
+an unknown tool with the request's id, and the backend never runs it (its `calls` tool lists
+what it ran); the audit log has the line with the rule that denied it. A JWT scope rule lets one token's caller use a tool another cannot even see. The
+admin port's `/policy` explains a decision. A reload that changes the policy applies to an
+open session at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import httpx2
+import jwt
+import pytest
+from conftest import Backend, ed25519_jwks, free_port, start_proxy_file
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types import TextContent
+
+pytestmark = pytest.mark.anyio
+
+ALICE, BOT = "alice-key", "bot-key"
+ISSUER = "https://auth.policy.example"
+ACCEPT = {"Accept": "application/json, text/event-stream"}
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def config_text(port: int, admin: int, backend: str, jwks: Path, audit: Path, bot_may_add: bool = True) -> str:
+    bot_tools = '["add", "calls"]' if bot_may_add else '["calls"]'
+    return (
+        f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 2\n'
+        f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[audit]\nlog = "{audit}"\narguments = "hash"\n'
+        f'[[servers]]\nname = "keys"\npath = "/mcp"\nbackends = ["{backend}"]\n'
+        f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
+        f' {{ sha256 = "{digest(BOT)}", identity = "bot-ci" }}]\n'
+        f'[[servers]]\nname = "tokens"\npath = "/jwt"\nbackends = ["{backend}"]\n'
+        f'[servers.auth.jwt]\nissuer = "{ISSUER}"\naudience = "mcplb"\njwks_file = "{jwks}"\n'
+        # policies[0]: alice may use every tool, prompt and resource.
+        '[[policies]]\nserver = "keys"\neffect = "allow"\nidentities = ["alice"]\n'
+        'tools = ["*"]\nprompts = ["*"]\nresources = ["info://"]\n'
+        # policies[1]: bots may use a few tools.
+        f'[[policies]]\nserver = "keys"\neffect = "allow"\nidentities = ["bot-*"]\ntools = {bot_tools}\n'
+        # policies[2]: and never whoami, whatever else allows it.
+        '[[policies]]\nserver = "keys"\neffect = "deny"\nidentities = ["bot-*"]\ntools = ["whoami"]\n'
+        # policies[3], [4]: with JWTs, add for everyone, whoami with a scope.
+        '[[policies]]\nserver = "tokens"\neffect = "allow"\ntools = ["add"]\n'
+        '[[policies]]\nserver = "tokens"\neffect = "allow"\nscopes = ["tools:whoami"]\ntools = ["whoami"]\n'
+    )
+
+
+@pytest.fixture(scope="module")
+def policy_proxy(e2e_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """mcplb with policies in front of its own backend (whose `calls` only these tests move)."""
+    d = tmp_path_factory.mktemp("policy")
+    backend = Backend("policy", d)
+    backend.start()
+    jwks = d / "jwks.json"
+    key = ed25519_jwks(jwks, "p-1")
+    port, admin = free_port(), free_port()
+    config = d / "mcplb-policy.toml"
+    audit = d / "audit.log"
+    config.write_text(config_text(port, admin, backend.url, jwks, audit))
+    proxy = start_proxy_file(config)
+    yield {"url": proxy.url, "base": f"http://{proxy.addr}", "admin": f"http://127.0.0.1:{admin}",
+           "key": key, "config": config, "audit": audit, "args": (port, admin, backend.url, jwks, audit)}
+    proxy.stop()
+    backend.stop()
+
+
+def audit_lines(path: Path, want) -> list[dict]:
+    """The audit log's lines, once `want(lines)` holds (each worker hands its lines to the
+    writer every 250 ms)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        if want(lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+def text(result) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, TextContent))
+
+
+def token(key: Ed25519PrivateKey, sub: str, scope: str = "") -> str:
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "mcplb", "sub": sub, "iat": now, "exp": now + 300, "scope": scope}
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "p-1"})
+
+
+async def tool_names(url: str, headers: dict[str, str]) -> set[str]:
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+            return {t.name for t in (await client.list_tools()).tools}
+
+
+async def test_two_identities_see_different_tools_and_the_bot_is_denied(policy_proxy) -> None:
+    url = policy_proxy["url"]
+    alice = {"Authorization": f"Bearer {ALICE}"}
+    bot = {"X-Api-Key": BOT}
+    assert {"add", "whoami", "calls", "slow_progress"} <= await tool_names(url, alice)
+    assert await tool_names(url, bot) == {"add", "calls"}
+
+    async with httpx2.AsyncClient(headers=bot, timeout=30) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+            assert text(await client.call_tool("add", {"a": 2, "b": 3})) == "5"
+            before = text(await client.call_tool("calls", {})).split(",")
+            with pytest.raises(Exception) as denied:
+                await client.call_tool("whoami", {})
+            assert "Unknown tool" in str(denied.value), denied.value
+            after = text(await client.call_tool("calls", {})).split(",")
+    assert after == before, "the denied call reached the backend"
+    assert before[-1] == "add"
+
+    # On the wire: a JSON-RPC error with the request's id, as for an unknown tool.
+    call = {"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}
+    r = httpx2.post(url, json=call, headers={**bot, **ACCEPT, "MCP-Protocol-Version": "2025-06-18"})
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == 77 and r.json()["error"]["code"] == -32602, r.text
+
+    # The audit trail has the denied call, with the rule that denied it, and the bot's add
+    # with its arguments' hash; never a key.
+    def bot_whoami(lines: list[dict]) -> list[dict]:
+        return [line for line in lines if line.get("name") == "whoami" and line["identity"] == "bot-ci"]
+
+    lines = audit_lines(policy_proxy["audit"], lambda lines: len(bot_whoami(lines)) >= 2)
+    denied_lines = bot_whoami(lines)
+    assert len(denied_lines) == 2, lines
+    for line in denied_lines:
+        assert line["decision"] == "denied" and line["rule"] == "policies[2]", line
+        assert line["method"] == "tools/call" and line["server"] == "keys" and line["code"] == -32602, line
+        assert line["backend"] is None, line
+    adds = [line for line in lines if line.get("name") == "add" and line["identity"] == "bot-ci"]
+    assert adds and adds[0]["decision"] == "allowed" and adds[0]["rule"] == "policies[1]", adds
+    assert len(adds[0]["arguments_sha256"]) == 64 and adds[0]["backend"], adds
+    assert any(line["method"] == "initialize" for line in lines), lines
+    raw = policy_proxy["audit"].read_text()
+    assert ALICE not in raw and BOT not in raw
+
+    # Alice may, and the backend runs it.
+    async with httpx2.AsyncClient(headers=alice, timeout=30) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+            assert text(await client.call_tool("whoami", {})) == "policy"
+            assert text(await client.call_tool("calls", {})).split(",")[-1] == "whoami"
+
+
+async def test_a_jwt_scope_rule(policy_proxy) -> None:
+    url = policy_proxy["base"] + "/jwt"
+    key = policy_proxy["key"]
+    scoped = {"Authorization": f"Bearer {token(key, 'carol', 'openid tools:whoami')}"}
+    plain = {"Authorization": f"Bearer {token(key, 'dave', 'openid')}"}
+    assert await tool_names(url, scoped) == {"add", "whoami"}
+    assert await tool_names(url, plain) == {"add"}
+    async with httpx2.AsyncClient(headers=plain, timeout=30) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+            assert text(await client.call_tool("add", {"a": 1, "b": 1})) == "2"
+            with pytest.raises(Exception, match="Unknown tool"):
+                await client.call_tool("whoami", {})
+    async with httpx2.AsyncClient(headers=scoped, timeout=30) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+            assert text(await client.call_tool("whoami", {})) == "policy"
+
+
+def test_admin_explains_a_decision(policy_proxy) -> None:
+    admin = policy_proxy["admin"]
+    r = httpx2.get(f"{admin}/policy", params={"identity": "bot-ci", "server": "keys", "tool": "whoami"})
+    assert r.status_code == 200, r.text
+    group = r.json()["servers"][0]
+    assert group["decision"]["effect"] == "deny" and group["decision"]["rule"] == "policies[2]", group
+    assert [line.split(":")[0] for line in group["rules"]] == ["policies[1]", "policies[2]"], group
+    r = httpx2.get(f"{admin}/policy", params={"identity": "bot-ci", "server": "keys", "tool": "fs_write"})
+    assert r.json()["servers"][0]["decision"]["explained"] == "deny by policy_default"
+    assert httpx2.get(f"{admin}/policy").status_code == 400
+
+
+async def test_a_reload_changes_the_policy_of_an_open_session(policy_proxy) -> None:
+    url, admin, config = policy_proxy["url"], policy_proxy["admin"], policy_proxy["config"]
+    original = config.read_text()
+    bot = {"X-Api-Key": BOT}
+    try:
+        async with httpx2.AsyncClient(headers=bot, timeout=30) as http:
+            async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+                assert text(await client.call_tool("add", {"a": 1, "b": 2})) == "3"
+                # logrotate moves the audit log away; the reload opens it again.
+                audit = policy_proxy["audit"]
+                audit.rename(audit.with_name("audit.log.1"))
+                config.write_text(config_text(*policy_proxy["args"], bot_may_add=False))
+                r = httpx2.post(f"{admin}/reload")
+                assert r.status_code == 200 and "servers.keys.policies changed" in r.json()["changes"], r.text
+                assert {t.name for t in (await client.list_tools()).tools} == {"calls"}
+                with pytest.raises(Exception, match="Unknown tool"):
+                    await client.call_tool("add", {"a": 1, "b": 2})
+        lines = audit_lines(audit, lambda lines: any(line.get("name") == "add" for line in lines))
+        assert [(line["decision"], line["rule"]) for line in lines if line.get("name") == "add"] == [
+            ("denied", "policy_default")
+        ], lines
+    finally:
+        config.write_text(original)
+        httpx2.post(f"{admin}/reload")
