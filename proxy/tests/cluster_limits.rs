@@ -43,12 +43,18 @@ fn status(p: &Proxy, tool: &str) -> u16 {
 
 /// Calls `tool` on every proxy from two threads each, for `secs`: (admitted, refused).
 fn hammer(proxies: &[&Proxy], tool: &str, secs: f64) -> (u64, u64) {
+    let even: Vec<(&Proxy, usize)> = proxies.iter().map(|p| (*p, 2)).collect();
+    hammer_uneven(&even, tool, secs)
+}
+
+/// Calls `tool` on each proxy from as many threads as given, for `secs`: (admitted, refused).
+fn hammer_uneven(proxies: &[(&Proxy, usize)], tool: &str, secs: f64) -> (u64, u64) {
     let ok = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     std::thread::scope(|s| {
-        for p in proxies {
-            for _ in 0..2 {
+        for (p, threads) in proxies {
+            for _ in 0..*threads {
                 let (ok, refused, stop, addr) = (ok.clone(), refused.clone(), stop.clone(), p.addr);
                 s.spawn(move || {
                     let mut c = HttpClient::connect(addr).unwrap();
@@ -110,6 +116,44 @@ fn two_replicas_share_one_cluster_rate() {
     }
     // Calls no rule matches are not limited.
     assert_eq!(status(&a, "echo"), 200);
+}
+
+/// Three replicas under uneven load (six client threads on the first, one on each of the
+/// others): the total admitted stays within the rule's bound and above 85 % of rate × W, and
+/// the lightly loaded replicas are not starved by the busy one.
+#[test]
+fn three_replicas_under_uneven_load_hold_the_cluster_rate() {
+    let redis = RedisServer::start();
+    let m = mock("alpha");
+    let cfg = config(
+        &m,
+        &redis.url(),
+        "rate = 30\nburst = 12\nscope = \"cluster\"",
+        "",
+    );
+    let a = start_proxy(&cfg, "auto");
+    let b = start_proxy(&cfg, "legacy");
+    let c = start_proxy(&cfg, "auto");
+    wait_until("the three replicas to reach Redis", || {
+        [&a, &b, &c]
+            .iter()
+            .all(|p| stats(p)["cluster"]["available"] == true)
+    });
+    let secs = 4.0;
+    let t = Instant::now();
+    let (ok, refused) = hammer_uneven(&[(&a, 6), (&b, 1), (&c, 1)], "whoami", secs);
+    let w = t.elapsed().as_secs_f64();
+    // rate × W + burst + replicas × batch (batch: min(30/10, 12/4) = 3).
+    let bound = (30.0 * w + 12.0 + 3.0 * 3.0) as u64;
+    eprintln!("cluster rate 30/s burst 12, 3 replicas 6:1:1, {w:.2} s: {ok} admitted, {refused} refused (bound {bound})");
+    assert!(ok <= bound, "{ok} admitted in {w:.1} s, bound {bound}");
+    assert!(ok as f64 >= 30.0 * secs * 0.85, "{ok} admitted in {w:.1} s");
+    assert!(refused > 0);
+    for p in [&a, &b, &c] {
+        let s = stats(p);
+        assert_eq!(s["cluster"]["replicas"], 3, "{s}");
+        assert!(s["limits"][0]["admitted"].as_u64().unwrap() > 0, "{s}");
+    }
 }
 
 #[test]
