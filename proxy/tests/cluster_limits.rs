@@ -303,3 +303,82 @@ fn cluster_settings_are_checked_by_name() {
     );
     let _ = std::fs::remove_file(&file);
 }
+
+/// `rediss://`: the store over TLS (a real redis-server with a certificate from a test CA,
+/// trusted through `SSL_CERT_FILE`): mcplb reaches it, leases tokens and holds the rule.
+#[test]
+fn a_tls_redis_is_reached_over_rediss() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = std::env::temp_dir().join(format!("mcplb-rediss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let (ca_pem, cert_pem, key_pem) = (dir.join("ca.pem"), dir.join("r.pem"), dir.join("r.key"));
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    std::fs::write(&cert_pem, leaf.pem()).unwrap();
+    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+        ])
+        .arg("--tls-cert-file")
+        .arg(&cert_pem)
+        .arg("--tls-key-file")
+        .arg(&key_pem)
+        .arg("--tls-ca-cert-file")
+        .arg(&ca_pem)
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let m = mock("alpha");
+    let cfg = config(
+        &m,
+        &format!("rediss://127.0.0.1:{port}"),
+        "rate = 20\nburst = 10\nscope = \"cluster\"\non_unavailable = \"deny\"",
+        "",
+    );
+    let ca_file = ca_pem.to_str().unwrap();
+    let p = start_proxy_env(&cfg, "auto", None, &[("SSL_CERT_FILE", ca_file)]);
+    wait_until("mcplb to reach the TLS Redis", || {
+        stats(&p)["cluster"]["available"] == true
+    });
+    let secs = 2.0;
+    let t = Instant::now();
+    let (ok, refused) = hammer(&[&p], "whoami", secs);
+    let w = t.elapsed().as_secs_f64();
+    let bound = (20.0 * w + 10.0 + 2.0) as u64;
+    assert!(
+        ok <= bound && ok as f64 >= 20.0 * secs * 0.85,
+        "{ok} admitted in {w:.1} s"
+    );
+    assert!(refused > 0);
+    let s = stats(&p);
+    assert!(s["cluster"]["tokens_granted"].as_u64().unwrap() > 0, "{s}");
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
