@@ -100,7 +100,7 @@ pub(super) async fn stream(
         };
         let mut err = false;
         let mut body = Vec::new();
-        member::take_body(&mut ms.framing, &a.early, &mut err, &mut body);
+        crate::data_path::upstream::collect_step(&mut ms.framing, &a.early, &mut body, &mut err);
         ms.parser.push(&body);
         while let Some(ev) = ms.parser.next_event() {
             relay_event(m, &ev.data, &mut early_events);
@@ -180,7 +180,13 @@ pub(super) async fn stream(
                 body.clear();
                 let done = match r {
                     Ok(n) if n > 0 => {
-                        member::take_body(&mut ms.framing, &buf, &mut err, &mut body).1
+                        crate::data_path::upstream::collect_step(
+                            &mut ms.framing,
+                            &buf,
+                            &mut body,
+                            &mut err,
+                        )
+                        .1
                     }
                     _ => true,
                 };

@@ -13,7 +13,7 @@ use crate::data_path::admission::ConcKeys;
 use crate::data_path::attempt::{self, AttemptIo, Plan, Reached};
 use crate::data_path::client_address::Hop;
 use crate::data_path::request::{ClientConn, Refusal, ReqMeta, Request};
-use crate::data_path::response::{body_step, Framing};
+use crate::data_path::response::Framing;
 use crate::data_path::route;
 use crate::data_path::upstream::{self, Mirror};
 use crate::http::{self, ChunkedDecoder};
@@ -348,7 +348,8 @@ pub(crate) async fn collect(
     let mut done = false;
     let mut err = false;
     loop {
-        let (take, complete) = take_body(&mut framing, &avail, &mut err, &mut body);
+        let (take, complete) =
+            crate::data_path::upstream::collect_step(&mut framing, &avail, &mut body, &mut err);
         let _ = take;
         if head.sse {
             sse.push(&body);
@@ -413,28 +414,4 @@ pub(crate) async fn collect(
         session: head.session,
         messages,
     })
-}
-
-/// Advances `framing` over `avail`, appending the body's bytes (de-chunked) to `body`: how
-/// many bytes of `avail` were the body's, and whether it ended.
-pub(crate) fn take_body(
-    framing: &mut Framing,
-    avail: &[u8],
-    err: &mut bool,
-    body: &mut Vec<u8>,
-) -> (usize, bool) {
-    match framing {
-        Framing::Chunked(dec) => match dec.feed(avail, |d| body.extend_from_slice(d)) {
-            Ok(n) => (n, dec.is_done()),
-            Err(_) => {
-                *err = true;
-                (0, false)
-            }
-        },
-        other => {
-            let (take, done) = body_step(other, avail, err);
-            body.extend_from_slice(avail.get(..take).unwrap_or_default());
-            (take, done)
-        }
-    }
 }

@@ -20,6 +20,7 @@ use super::{error, log_member_failure, SessionCx};
 use crate::config::VirtualServer;
 use crate::data_path::request::{ClientConn, Next, Refusal, Stop};
 use crate::data_path::response::{self, Framing, Waited, Watch};
+use crate::data_path::upstream;
 use crate::http;
 use crate::runtime::core::Core;
 
@@ -240,7 +241,7 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
     if !head.sse {
         // Whole: a JSON answer, or an error's.
         loop {
-            let (_, done) = member::take_body(&mut framing, &avail, &mut err, &mut body);
+            let (_, done) = upstream::collect_step(&mut framing, &avail, &mut body, &mut err);
             if done || err {
                 break;
             }
@@ -305,7 +306,7 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
     };
     loop {
         body.clear();
-        let (_, done) = member::take_body(&mut framing, &avail, &mut err, &mut body);
+        let (_, done) = upstream::collect_step(&mut framing, &avail, &mut body, &mut err);
         if err {
             break;
         }
