@@ -241,6 +241,18 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
             && (old.proxy.listen.port() == new.proxy.listen.port() || new.proxy.listen.port() == 0),
     );
     check("proxy.workers", old.proxy.workers == new.proxy.workers);
+    // The UDP sockets and each QUIC endpoint's settings are made at start.
+    check(
+        "proxy.http3",
+        match (&old.proxy.http3, &new.proxy.http3) {
+            (None, None) => true,
+            (Some(o), Some(n)) => {
+                let port = n.listen.port() == 0 || n.listen.port() == o.listen.port();
+                o.listen.ip() == n.listen.ip() && port && o.with_listen(n.listen) == *n
+            }
+            _ => false,
+        },
+    );
     check("admin.listen", old.admin_listen == new.admin_listen);
     check(
         "proxy.max_connections_per_ip",
@@ -446,6 +458,7 @@ impl Reloader {
             return Err(errs);
         }
         new.proxy.listen = old.config.proxy.listen;
+        new.proxy.http3 = old.config.proxy.http3;
         // Client certificates: loaded now (files read again even when their paths did not
         // change), swapped in only once everything else is ready.
         let tls = match &new.proxy.tls {

@@ -153,8 +153,16 @@ pub enum Counter {
     H2PingFloods,
     /// HTTP/2 connections refused for a SETTINGS flood.
     H2SettingsFloods,
+    /// HTTP/3 (QUIC) connections accepted.
+    H3Connections,
+    /// HTTP/3 request streams accepted.
+    H3Streams,
+    /// Retry packets sent to new QUIC clients whose address no token validated yet.
+    H3Retries,
+    /// HTTP/3 connections whose HTTP/3 set-up or control streams failed.
+    H3ProtocolErrors,
 }
-const COUNTERS: usize = 40;
+const COUNTERS: usize = 44;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -197,6 +205,10 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "h2_continuation_floods",
     "h2_ping_floods",
     "h2_settings_floods",
+    "h3_connections",
+    "h3_streams",
+    "h3_retries",
+    "h3_protocol_errors",
 ];
 
 /// Gauges (up/down).

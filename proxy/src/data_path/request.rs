@@ -292,6 +292,7 @@ impl ClientConn {
             tls: match &self.stream {
                 Conn::Server(_) => true,
                 Conn::H2(s) => s.tls,
+                Conn::H3(s) => s.tls,
                 _ => false,
             },
         }
