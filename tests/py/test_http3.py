@@ -161,13 +161,14 @@ def wait_stats(proxy: Proxy, done) -> dict:
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def h3_proxy(backends: list[Backend], tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=["auto", "legacy"])
+def h3_proxy(request: pytest.FixtureRequest, backends: list[Backend], tmp_path_factory: pytest.TempPathFactory):
+    """mcplb with HTTP/3 on each of monoio's drivers (auto: io_uring where the kernel has it; epoll)."""
     d = tmp_path_factory.mktemp("h3")
     ca, cert, key = make_pki(d)
     config = d / "mcplb-h3.toml"
     config.write_text(_config(backends, cert, key))
-    proxy = start_proxy_file(config)
+    proxy = start_proxy_file(config, ("--driver", request.param))
     udp = _line(proxy, r"HTTP/3 on udp://(\S+)")
     yield proxy, int(udp.rsplit(":", 1)[1]), ca
     proxy.stop()
