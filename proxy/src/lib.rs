@@ -172,7 +172,7 @@ pub fn start_with(
     let mut http3_addr = None;
     if let (Some(h3), Some(tls)) = (config.proxy.http3.as_mut(), config.proxy.tls.as_ref()) {
         let server = Arc::new(h3.quic_server(tls).map_err(anyhow::Error::msg)?);
-        let endpoint = Arc::new(quinn_proto::EndpointConfig::default());
+        let endpoints = h3::endpoint_configs(workers);
         let sockets = h3::bind_workers(h3.listen, workers)?;
         let bound = sockets
             .first()
@@ -182,10 +182,11 @@ pub fn start_with(
         http3_addr = Some(bound);
         h3_sockets = sockets
             .into_iter()
-            .map(|socket| h3::H3Socket {
+            .zip(endpoints)
+            .map(|(socket, endpoint)| h3::H3Socket {
                 socket,
                 server: server.clone(),
-                endpoint: endpoint.clone(),
+                endpoint,
             })
             .collect();
     }

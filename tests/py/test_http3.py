@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -305,6 +306,42 @@ async def test_ten_calls_at_once_on_one_connection_and_a_cancelled_one(h3_proxy)
         who = await c.request("POST", {"jsonrpc": "2.0", "id": 201, "method": "tools/call",
                                        "params": {"name": "whoami", "arguments": {}}}, sid)
         assert who.status == 200 and messages(who, await who.body())[-1]["result"]["content"][0]["text"]
+
+
+@pytest.mark.anyio
+async def test_connection_survives_the_client_moving_to_new_ports(h3_proxy) -> None:
+    """Connection migration: the client's address changes four times (a new UDP socket each
+    time, as after a NAT rebinding) and its QUIC connection goes on. The kernel's own
+    SO_REUSEPORT hash would send the new 4-tuple to a random worker (with two workers, all four
+    moves would stay on the owner 1 time in 16); mcplb steers by connection id."""
+    proxy, port, ca = h3_proxy
+    before = stats(proxy)["counters"]
+    loop = asyncio.get_running_loop()
+    async with connect("127.0.0.1", port, configuration=quic_config(ca), create_protocol=H3Client) as c:
+        init = await c.request("POST", INIT)
+        sid = init.headers["mcp-session-id"]
+        (msg,) = messages(init, await init.body())
+        backend = msg["result"]["serverInfo"]["name"]
+        ports = set()
+        for i in range(4):
+            old = c._transport
+            # A dual-stack socket, as aioquic's connect() makes (it sends to IPv4-mapped
+            # addresses).
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0))
+            await loop.create_datagram_endpoint(lambda: c, sock=sock)
+            ports.add(c._transport.get_extra_info("sockname")[1])
+            old.close()
+            c.change_connection_id()
+            who = await c.request("POST", {"jsonrpc": "2.0", "id": 10 + i, "method": "tools/call",
+                                           "params": {"name": "whoami", "arguments": {}}}, sid)
+            assert who.status == 200
+            assert messages(who, await who.body())[-1]["result"]["content"][0]["text"] == backend
+        assert len(ports) == 4
+    after = wait_stats(proxy, lambda s: s["counters"]["h3_streams"] - before["h3_streams"] >= 5)["counters"]
+    assert after["h3_streams"] - before["h3_streams"] == 5, after
+    assert after["h3_connections"] - before["h3_connections"] == 1, after
 
 
 def test_alt_svc_on_http1_and_http2_answers(h3_proxy) -> None:

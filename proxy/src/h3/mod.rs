@@ -5,12 +5,13 @@
 //! task of its own on the connection's core; backends stay HTTP/1.1.
 //!
 //! Which core a connection lives on: the workers' UDP sockets form one `SO_REUSEPORT` group,
-//! and the kernel picks a socket by a hash of the datagram's addresses (its 4-tuple), so every
-//! datagram of a connection reaches the core that accepted it as long as the client's address
-//! and port stay the same. See ARCHITECTURE.md for what happens when they change.
+//! and a BPF program on the group picks the socket by the destination connection id, whose
+//! first bytes name the worker that issued it ([`steer`]), so every datagram of a connection
+//! reaches its core even after the client's address changed (see ARCHITECTURE.md).
 
 pub(crate) mod endpoint;
 pub(crate) mod quic;
+pub mod steer;
 pub(crate) mod stream;
 
 use std::cell::Cell;
@@ -249,5 +250,34 @@ pub(crate) fn bind_workers(
             .with_context(|| format!("proxy.http3.listen: cannot bind UDP {at}"))?;
         out.push(sock.into());
     }
+    if let Some(first) = out.first() {
+        let n = u16::try_from(out.len()).unwrap_or(u16::MAX);
+        if let Err(e) = steer::attach(first, n) {
+            tracing::warn!(
+                error = %e,
+                "proxy.http3: cannot attach the connection-id steering program \
+                 (SO_ATTACH_REUSEPORT_CBPF); the kernel's address hash picks the worker, so a \
+                 client whose address changes may lose its connection"
+            );
+        }
+    }
     Ok(out)
+}
+
+/// Each worker's endpoint settings: one stateless-reset key for the process (a worker that
+/// gets a datagram of a connection it does not know answers with a reset the client
+/// believes), connection ids that name the worker ([`steer::CoreCid`]).
+pub(crate) fn endpoint_configs(workers: usize) -> Vec<Arc<quinn_proto::EndpointConfig>> {
+    let mut secret = [0u8; 64];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut secret[..]);
+    let key: Arc<dyn quinn_proto::crypto::HmacKey> =
+        Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret));
+    (0..workers.max(1))
+        .map(|i| {
+            let index = u16::try_from(i).unwrap_or(u16::MAX);
+            let mut c = quinn_proto::EndpointConfig::new(key.clone());
+            c.cid_generator(move || Box::new(steer::CoreCid { index }));
+            Arc::new(c)
+        })
+        .collect()
 }
