@@ -255,6 +255,10 @@ async def test_ten_calls_at_once_on_one_connection_and_a_cancelled_one(h3_proxy)
         await init.body()
         await (await c.request("POST", INITIALIZED, sid)).body()
 
+        # The session's GET stream, open beside the calls.
+        get = await c.request("GET", None, sid, accept="text/event-stream")
+        assert get.status == 200 and get.headers["content-type"].startswith("text/event-stream"), get.headers
+
         # All ten wait here once their answer has begun, so they are provably open at once.
         calls = 10
         all_open = asyncio.Barrier(calls)
@@ -284,10 +288,13 @@ async def test_ten_calls_at_once_on_one_connection_and_a_cancelled_one(h3_proxy)
         results = await asyncio.gather(*(call(i) for i in range(calls)))
         assert all(r == [-1, 1, 2, 3, 0] for r in results), results
 
+        # Closing the GET stream closes its upstream GET.
+        get.cancel()
+        gauges_before = wait_stats(proxy, lambda st: st["gauges"].get("sse_streams_open", 0) == 0)["gauges"]
+        assert gauges_before.get("sse_streams_open", 0) == 0, gauges_before
+
         # A long call, cancelled once it streams: mcplb closes its upstream connection (the
         # SSE gauge drops to zero long before the backend would have finished: 20 s).
-        gauges_before = stats(proxy)["gauges"]
-        assert gauges_before.get("sse_streams_open", 0) == 0, gauges_before
         long = {"jsonrpc": "2.0", "id": 200, "method": "tools/call",
                 "params": {"name": "slow_progress", "arguments": {"steps": 100, "delay": 0.2},
                            "_meta": {"progressToken": "long"}}}
