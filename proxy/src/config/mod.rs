@@ -290,7 +290,7 @@ backends = []
         let both = err(&with(&format!(
             "session_key = \"{a}\"\nsession_keys = [\"{b}\"]"
         )));
-        assert!(both.contains("proxy.session_keys: set either"), "{both}");
+        assert!(both.contains("proxy.session_keys: set one of"), "{both}");
         let empty = err(&with("session_keys = []"));
         assert!(empty.contains("proxy.session_keys: empty"), "{empty}");
         let bad = err(&with(&format!("session_keys = [\"{a}\", \"abcd\"]")));
