@@ -16,12 +16,16 @@
 //! head and body leave.
 
 use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 
+use crate::data_path::request::ClientConn;
 use crate::http::ChunkedDecoder;
-use crate::tls::Incoming;
+use crate::runtime::core::Core;
+use crate::tls::{Conn, Incoming};
 
 /// Largest answer head accepted from the data path (its heads are small; a backend's are
 /// bounded by the upstream reader).
@@ -253,6 +257,27 @@ impl<W: Wire> Exchange<W> {
     pub(crate) fn wire(&mut self) -> &mut W {
         &mut self.wire
     }
+}
+
+/// Runs one stream (`stream`: `Conn::H2` or `Conn::H3`) through the data path, then ends it
+/// and hands its buffers back to the core.
+pub(crate) async fn serve(core: &Rc<Core>, stream: Conn, peer: SocketAddr) {
+    let mut c = ClientConn::new(stream, peer);
+    c.req.buf = core.take_buf();
+    c.req.head.headers = core.take_headers();
+    let _ = Box::pin(crate::data_path::handle_request(core, &mut c)).await;
+    match &mut c.stream {
+        Conn::H2(s) => {
+            s.finish().await;
+            core.give_buf(s.take_buf());
+        }
+        Conn::H3(s) => {
+            s.finish().await;
+            core.give_buf(s.take_buf());
+        }
+        Conn::Plain(_) | Conn::Server(_) | Conn::Client(_) => {}
+    }
+    crate::runtime::conn::give_back(core, &mut c);
 }
 
 /// The answer head parsed: what HEADERS carries, and how the body is framed.

@@ -239,15 +239,7 @@ async fn serve_stream(
     let (parts, body) = req.into_parts();
     let body = (!body.is_end_stream()).then_some(body);
     let s = H2Stream::h2(&parts, body, respond, tls, core.take_buf());
-    let mut c = ClientConn::new(Conn::H2(Box::new(s)), peer);
-    c.req.buf = core.take_buf();
-    c.req.head.headers = core.take_headers();
-    let _ = Box::pin(crate::data_path::handle_request(&core, &mut c)).await;
-    if let Conn::H2(s) = &mut c.stream {
-        s.finish().await;
-        core.give_buf(s.take_buf());
-    }
-    crate::runtime::conn::give_back(&core, &mut c);
+    crate::exchange::serve(&core, Conn::H2(Box::new(s)), peer).await;
 }
 
 /// Whether a new plain connection begins with the HTTP/2 client preface (h2c with prior

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::control::stats::Counter;
-use crate::data_path::request::ClientConn;
 use crate::runtime::core::Core;
 use crate::runtime::{spawn_client, SHUTDOWN};
 use crate::tls::Conn;
@@ -209,15 +208,7 @@ async fn serve_stream(
     core.rec.borrow_mut().count(Counter::H3Streams, 1);
     let (parts, ()) = req.into_parts();
     let s = H3Stream::h3(&parts, stream, st, core.take_buf());
-    let mut c = ClientConn::new(Conn::H3(Box::new(s)), peer);
-    c.req.buf = core.take_buf();
-    c.req.head.headers = core.take_headers();
-    let _ = Box::pin(crate::data_path::handle_request(&core, &mut c)).await;
-    if let Conn::H3(s) = &mut c.stream {
-        s.finish().await;
-        core.give_buf(s.take_buf());
-    }
-    crate::runtime::conn::give_back(&core, &mut c);
+    crate::exchange::serve(&core, Conn::H3(Box::new(s)), peer).await;
 }
 
 /// Binds one UDP socket per worker on `addr` (with port 0, one free port for all), in one
