@@ -640,4 +640,30 @@ backends = ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
         assert!(e[0].starts_with("proxy.workers:"), "{e:?}");
         assert!(restart_only(&old, &old.clone()).is_empty());
     }
+
+    #[test]
+    fn http3_is_restart_only_but_port_zero_reads_as_the_bound_port() {
+        let h3 = |listen: &str, streams: u32| {
+            let mut c = Config::parse(BASE).unwrap();
+            c.proxy.http3 = Some(crate::h3::Http3Config {
+                listen: listen.parse().unwrap(),
+                max_concurrent_streams: streams,
+                ..crate::h3::Http3Config::default()
+            });
+            c
+        };
+        // Started on port 0, bound to 4433: the same file again is no change.
+        let running = h3("127.0.0.1:4433", 100);
+        assert!(restart_only(&running, &h3("127.0.0.1:0", 100)).is_empty());
+        for changed in [
+            h3("127.0.0.1:0", 50),
+            h3("127.0.0.1:4434", 100),
+            Config::parse(BASE).unwrap(),
+        ] {
+            let e = restart_only(&running, &changed);
+            assert!(e.len() == 1 && e[0].starts_with("proxy.http3:"), "{e:?}");
+        }
+        let e = restart_only(&Config::parse(BASE).unwrap(), &running);
+        assert!(e.len() == 1 && e[0].starts_with("proxy.http3:"), "{e:?}");
+    }
 }
