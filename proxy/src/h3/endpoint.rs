@@ -44,7 +44,9 @@ pub struct H3Socket {
 }
 
 /// Runs the worker's endpoint until the process ends. `newest`: the core's current state
-/// (after a reload, new connections take the new one).
+/// (after a reload, new connections take the new one). A panic in the endpoint's pass (quinn
+/// or this code, on some datagram) is contained: that worker's QUIC connections end, a new
+/// endpoint takes the socket over, and the worker's other clients go on.
 pub(crate) async fn drive(h: H3Socket, newest: impl Fn() -> Option<Rc<Core>>) {
     let socket = match UdpSocket::from_std(h.socket) {
         Ok(s) => Rc::new(s),
@@ -56,43 +58,37 @@ pub(crate) async fn drive(h: H3Socket, newest: impl Fn() -> Option<Rc<Core>>) {
     let kick = Rc::new(Kick::default());
     let inbox = Rc::new(RefCell::new(VecDeque::new()));
     monoio::spawn(receive(socket.clone(), inbox.clone(), kick.clone()));
+    let new_endpoint = || Endpoint::new(h.endpoint.clone(), Some(h.server.clone()), false, None);
     let mut d = Driver {
-        ep: Endpoint::new(h.endpoint, Some(h.server), false, None),
+        ep: new_endpoint(),
         conns: HashMap::new(),
         socket,
         out: Vec::with_capacity(1500),
         kick,
     };
     loop {
-        let next = d
-            .conns
-            .values()
-            .filter_map(|c| c.borrow_mut().conn.poll_timeout())
-            .min();
-        match next {
-            Some(t) => {
-                let at = monoio::time::Instant::from_std(t);
-                let _ = monoio::time::timeout_at(at, d.kick.wait()).await;
-            }
-            None => d.kick.wait().await,
+        if crate::runtime::contained(d.run(&inbox, &newest))
+            .await
+            .is_some()
+        {
+            return;
         }
-        let now = Instant::now();
-        loop {
-            let next = inbox.borrow_mut().pop_front();
-            let Some((data, from)) = next else { break };
-            d.datagram(now, data, from, &newest).await;
+        if let Some(core) = newest() {
+            core.rec.borrow_mut().count(Counter::WorkerPanics, 1);
         }
-        for c in d.conns.values() {
-            let mut c = c.borrow_mut();
-            if c.conn.poll_timeout().is_some_and(|t| t <= now) {
-                c.conn.handle_timeout(now);
-                c.kick();
+        tracing::error!(
+            connections = d.conns.len(),
+            "the HTTP/3 endpoint panicked: this worker's QUIC connections were closed, a new \
+             endpoint serves its socket"
+        );
+        for (_, c) in d.conns.drain() {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                c.lost = Some(quinn_proto::ConnectionError::LocallyClosed);
+                c.wake_all();
             }
         }
-        let dirty = std::mem::take(&mut *d.kick.dirty.borrow_mut());
-        for h in dirty {
-            d.pass(h).await;
-        }
+        d.kick.dirty.borrow_mut().clear();
+        d.ep = new_endpoint();
     }
 }
 
@@ -136,6 +132,45 @@ struct Driver {
 }
 
 impl Driver {
+    /// Passes until the process ends.
+    async fn run(
+        &mut self,
+        inbox: &RefCell<VecDeque<(BytesMut, SocketAddr)>>,
+        newest: &impl Fn() -> Option<Rc<Core>>,
+    ) {
+        loop {
+            let next = self
+                .conns
+                .values()
+                .filter_map(|c| c.borrow_mut().conn.poll_timeout())
+                .min();
+            match next {
+                Some(t) => {
+                    let at = monoio::time::Instant::from_std(t);
+                    let _ = monoio::time::timeout_at(at, self.kick.wait()).await;
+                }
+                None => self.kick.wait().await,
+            }
+            let now = Instant::now();
+            loop {
+                let next = inbox.borrow_mut().pop_front();
+                let Some((data, from)) = next else { break };
+                self.datagram(now, data, from, newest).await;
+            }
+            for c in self.conns.values() {
+                let mut c = c.borrow_mut();
+                if c.conn.poll_timeout().is_some_and(|t| t <= now) {
+                    c.conn.handle_timeout(now);
+                    c.kick();
+                }
+            }
+            let dirty = std::mem::take(&mut *self.kick.dirty.borrow_mut());
+            for h in dirty {
+                self.pass(h).await;
+            }
+        }
+    }
+
     async fn datagram(
         &mut self,
         now: Instant,
