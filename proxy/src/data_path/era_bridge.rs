@@ -786,7 +786,7 @@ async fn relay(
 }
 
 /// Writes `data` as one chunk of the client's chunked answer into `c.out`.
-fn put_chunk(c: &mut ClientConn, data: &[u8]) {
+pub(crate) fn put_chunk(c: &mut ClientConn, data: &[u8]) {
     let _ = write!(c.out, "{:x}\r\n", data.len());
     c.out.extend_from_slice(data);
     c.out.extend_from_slice(b"\r\n");

@@ -179,15 +179,8 @@ pub(crate) fn check(
                 class: class.clone(),
             });
         }
-        // Not asked yet (human approval is not wired to the data path): a call that needs
-        // it is refused, saying why.
-        Effect::Confirm => {
-            out.refusal = Some(Refusal::new(
-                200,
-                -32602,
-                "this call needs the user's confirmation (a policy `confirm` rule), which mcplb cannot ask this client for",
-            ));
-        }
+        // Asked later (`data_path::confirm`), once the session and era are known.
+        Effect::Confirm => {}
         Effect::Deny => {
             out.refusal = Some(match target {
                 Target::Tool(_) => Refusal::new(200, -32602, "Unknown tool"),

@@ -55,18 +55,27 @@ pub(crate) fn rewrite_response_head(
     current: Option<(&[u8], &[u8])>,
     out: &mut Vec<u8>,
 ) -> Result<HeadKind, &'static str> {
-    rewrite_head(sealer, owner, head, backend_tag, current, false, out)
+    rewrite_head(
+        sealer,
+        owner,
+        head,
+        backend_tag,
+        current,
+        (false, false),
+        out,
+    )
 }
 
 /// [`rewrite_response_head`]; with `sessionless`, the backend's `Mcp-Session-Id` is dropped
-/// (the answer to a bridged 2026-07-28 request: the session is mcplb's, not the client's).
+/// (the answer to a bridged 2026-07-28 request: the session is mcplb's, not the client's);
+/// with `elicits`, a new session id remembers that its client declared `elicitation`.
 fn rewrite_head(
     sealer: &SessionSealer,
     owner: Option<&Owner>,
     head: &[u8],
     backend_tag: u32,
     current: Option<(&[u8], &[u8])>,
-    sessionless: bool,
+    (sessionless, elicits): (bool, bool),
     out: &mut Vec<u8>,
 ) -> Result<HeadKind, &'static str> {
     // Left uninitialised: initialising 128 headers wrote 4 KiB per answer (a cold wake-up
@@ -146,7 +155,7 @@ fn rewrite_head(
                 }
                 _ => {
                     sealer
-                        .seal(backend_tag, owner, hd.value.trim_ascii(), out)
+                        .seal_session(backend_tag, owner, elicits, hd.value.trim_ascii(), out)
                         .map_err(|_| "backend session id too long")?;
                     new_session = true;
                 }
@@ -239,7 +248,7 @@ pub(crate) async fn final_head(
             head,
             a.backend_tag,
             current,
-            a.sessionless,
+            (a.sessionless, c.meta.elicits),
             &mut c.out,
         ) {
             Ok(HeadKind::Final(h)) => return Ok((h, head_len)),

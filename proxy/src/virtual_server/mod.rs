@@ -67,6 +67,16 @@ pub(crate) async fn serve(
         HttpMethod::Other => return Err(Refusal::invalid(405, "method not allowed").into()),
     }
     let admitted = admission::envelope(core, c, gi)?;
+    if c.meta
+        .policy
+        .is_some_and(|d| d.effect == crate::policy::Effect::Confirm)
+    {
+        return Err(crate::data_path::confirm::unavailable(
+            c,
+            "a virtual server does not ask its clients for approval yet",
+        )
+        .into());
+    }
     let mut permits: admission::Permits = Default::default();
     admission::acquire_permits(core, &admitted.conc, &mut permits).await?;
     let msg: Value = match serde_json::from_slice(c.req.body()) {

@@ -164,6 +164,11 @@ fn group(
             false
         }
     };
+    let confirm_timeout = t.duration(
+        "confirm_timeout",
+        s.confirm_timeout.as_deref(),
+        crate::policy::confirm::DEFAULT_TIMEOUT,
+    );
     if is_virtual && s.legacy_sse == Some(true) {
         t.problem("legacy_sse", "not available on a virtual server");
     }
@@ -175,6 +180,7 @@ fn group(
         // Filled in by `[[policies]]` (validated after the groups).
         policy: Default::default(),
         policy_default_allow,
+        confirm_timeout,
         allowed_origins,
         auth,
         name,
