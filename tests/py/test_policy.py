@@ -61,6 +61,8 @@ def config_text(port: int, admin: int, backend: str, jwks: Path, audit: Path, bo
         f'[[servers]]\nname = "asks"\npath = "/ask"\nbackends = ["{backend}"]\nconfirm_timeout = "{CONFIRM_TIMEOUT}s"\n'
         '[[policies]]\nserver = "asks"\neffect = "allow"\ntools = ["*"]\n'
         '[[policies]]\nserver = "asks"\neffect = "confirm"\ntools = ["add"]\n'
+        # No rules, but the tools annotated destructive (and those not listed yet) are asked about.
+        f'[[servers]]\nname = "careful"\npath = "/careful"\nbackends = ["{backend}"]\nconfirm_destructive = true\n'
     )
 
 
@@ -376,3 +378,43 @@ async def test_2026_clients_approve_through_input_required(policy_proxy) -> None
     modern = [line["decision"] for line in lines if line.get("server") == "asks" and line["decision"]
               in ("confirm_asked", "confirmed", "declined")]
     assert "confirm_asked" in modern and "confirmed" in modern and "declined" in modern, lines
+
+
+async def test_confirm_destructive_asks_before_tools_annotated_destructive(policy_proxy) -> None:
+    import anyio
+    from mcp_types import ElicitResult, ToolListChangedNotification
+
+    url, careful = policy_proxy["url"], policy_proxy["base"] + "/careful"
+    asked: list[str] = []
+    changed = anyio.Event()
+
+    async def on_elicit(context, params) -> ElicitResult:
+        asked.append(params.message.split("`")[1])
+        return ElicitResult(action="accept", content={"approve": True})
+
+    async def on_message(message) -> None:
+        if isinstance(message, ToolListChangedNotification):
+            changed.set()
+
+    async with Client(careful, mode="legacy", elicitation_callback=on_elicit, message_handler=on_message) as client:
+        # Before any list: nothing is known, so even a read-only tool is asked about.
+        assert text(await client.call_tool("whoami", {})) == "policy"
+        assert asked == ["whoami"]
+        await client.list_tools()
+        assert text(await client.call_tool("whoami", {})) == "policy"
+        assert text(await client.call_tool("add", {"a": 2, "b": 2})) == "4"
+        assert asked == ["whoami", "add"], "only the destructive tool is asked about once listed"
+        # The backend says its tools changed: what was harmless is asked about until relisted.
+        assert text(await client.call_tool("change_tools", {})) == "changed"
+        with anyio.fail_after(10):
+            await changed.wait()
+        await client.call_tool("whoami", {})
+        assert asked[2:] == ["whoami"], asked
+        await client.list_tools()
+        await client.call_tool("whoami", {})
+        assert asked[3:] == [], asked
+
+    lines = audit_lines(policy_proxy["audit"], lambda lines: sum(
+        line.get("server") == "careful" and line["decision"] == "confirmed" for line in lines) >= 3)
+    rules = {line["rule"] for line in lines if line.get("server") == "careful" and line["decision"] == "confirmed"}
+    assert rules == {"confirm_destructive"}, lines

@@ -184,6 +184,7 @@ pub(crate) struct RawServer {
     pub era_bridge: Option<bool>,
     pub policy_default: Option<String>,
     pub confirm_timeout: Option<String>,
+    pub confirm_destructive: Option<bool>,
     /// A virtual server: other groups whose tools, prompts and resources it combines.
     pub members: Option<Vec<RawMember>>,
     pub prefix_mode: Option<String>,

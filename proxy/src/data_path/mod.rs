@@ -173,13 +173,19 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
         }),
         _ => None,
     };
-    let asks = core
+    let (asks, watch_tools) = core
         .shared
         .config
         .servers
         .get(gi)
-        .is_some_and(|g| g.policy.confirms());
+        .map_or((false, false), |g| {
+            (
+                g.policy.confirms() || g.confirm_destructive,
+                g.confirm_destructive,
+            )
+        });
     if asks {
+        c.meta.watch_tools = watch_tools;
         // Only where a policy asks for approval: the session's `elicitation` capability is
         // remembered in its id, and a client's answer to mcplb's question goes to its call.
         c.meta.elicits = match c.meta.method {

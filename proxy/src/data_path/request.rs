@@ -356,6 +356,9 @@ pub(crate) struct ReqMeta {
     /// The session's client declared `elicitation` (sealed into a new session id), in a
     /// group whose policy asks for approval.
     pub elicits: bool,
+    /// The answer may carry the group's `notifications/tools/list_changed`, which
+    /// `confirm_destructive` must see.
+    pub watch_tools: bool,
     /// The JSON-RPC error code of an answer mcplb made itself (0: none).
     pub code: i32,
     /// Where the envelope's parts sit in the body (noted only for the audit trail).
@@ -420,6 +423,7 @@ impl Default for ReqMeta {
             policy: None,
             confirm: None,
             elicits: false,
+            watch_tools: false,
             code: 0,
             rpc: RpcSpans::default(),
         }

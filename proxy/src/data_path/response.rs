@@ -382,6 +382,9 @@ pub(crate) async fn forward_response(
         c.meta.rpc_code = protocol::response_error_code(first);
     }
     let sniff_error = traced && first.is_empty();
+    if c.meta.watch_tools && is_sse {
+        tools_changed(core, c, first);
+    }
     c.out.extend_from_slice(first);
     let extra = body_done && take < avail.len();
     if body_done {
@@ -505,6 +508,9 @@ async fn stream_body(
             c.meta.rpc_code = protocol::response_error_code(ubuf.get(..take).unwrap_or_default());
         }
         c.meta.bytes_out += take as u64;
+        if c.meta.watch_tools {
+            tools_changed(core, c, ubuf.get(..take).unwrap_or_default());
+        }
         if is_sse && c.meta.first_event.is_none() && take > 0 {
             c.meta.first_event = Some(Instant::now());
         }
@@ -550,6 +556,21 @@ pub(crate) async fn next_event(
         Poll::Pending
     })
     .await
+}
+
+/// Notes a `notifications/tools/list_changed` in `bytes` of a group's SSE answer: its tools'
+/// annotations must be listed again (`confirm_destructive`). Bytes as they arrive: a
+/// notification cut between two reads is missed (what was destructive stays so).
+fn tools_changed(core: &Core, c: &ClientConn, bytes: &[u8]) {
+    if memchr::memmem::find(bytes, b"notifications/tools/list_changed").is_some() {
+        let hints = c
+            .meta
+            .group
+            .and_then(|gi| core.shared.tool_hints.get(gi)?.as_ref());
+        if let Some(h) = hints {
+            h.changed();
+        }
+    }
 }
 
 /// Ends a stream the client may resume elsewhere: a chunked one that stands between chunks

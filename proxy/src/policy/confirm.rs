@@ -472,6 +472,106 @@ pub fn rule_name(rule: Option<usize>) -> String {
     }
 }
 
+/// Most tool names remembered per kind (destructive, not) and group; past it a name is not
+/// learned (an unknown tool is asked about: never a destructive call let through).
+const MAX_HINTS: usize = 4096;
+
+/// What a group's backends said about their tools' annotations (`confirm_destructive`), as
+/// learned from `tools/list` answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Annotations {
+    destructive: std::collections::HashSet<Box<str>>,
+    safe: std::collections::HashSet<Box<str>>,
+}
+
+impl Annotations {
+    /// After a `tools/list` page naming `tools` (name, destructive): each entry's latest word
+    /// holds.
+    pub fn learned(&self, tools: &[(String, bool)]) -> Annotations {
+        let mut next = self.clone();
+        for (name, destructive) in tools {
+            let (add, drop) = if *destructive {
+                (&mut next.destructive, &mut next.safe)
+            } else {
+                (&mut next.safe, &mut next.destructive)
+            };
+            drop.remove(name.as_str());
+            if add.len() < MAX_HINTS {
+                add.insert(name.as_str().into());
+            }
+        }
+        next
+    }
+
+    /// After a `notifications/tools/list_changed`: what was known to be harmless may have
+    /// changed, so it is asked about again until a list says otherwise; what was destructive
+    /// stays so.
+    pub fn changed(&self) -> Annotations {
+        Annotations {
+            destructive: self.destructive.clone(),
+            safe: Default::default(),
+        }
+    }
+
+    /// Whether a call of `tool` needs approval: unless the latest list said it is not
+    /// destructive (a tool no list has shown since the start, a reload or a change is asked
+    /// about too).
+    pub fn needs_approval(&self, tool: &str) -> bool {
+        !self.safe.contains(tool)
+    }
+}
+
+/// A group's [`Annotations`], shared by every core: read lock-free per `tools/call` of a
+/// group with `confirm_destructive`, replaced whole when a list or a change arrives.
+#[derive(Debug, Default)]
+pub struct ToolHints(arc_swap::ArcSwap<Annotations>);
+
+impl ToolHints {
+    /// Learns from a `tools/list` page.
+    pub fn learn(&self, tools: &[(String, bool)]) {
+        if !tools.is_empty() {
+            self.0.rcu(|a| a.learned(tools));
+        }
+    }
+
+    /// Notes a `notifications/tools/list_changed`.
+    pub fn changed(&self) {
+        self.0.rcu(|a| a.changed());
+    }
+
+    /// See [`Annotations::needs_approval`].
+    pub fn needs_approval(&self, tool: &str) -> bool {
+        self.0.load().needs_approval(tool)
+    }
+}
+
+/// The tools of one `tools/list` JSON-RPC message and whether each is destructive: its
+/// annotations say `destructiveHint: true` (and not `readOnlyHint: true`).
+pub fn tool_hints(message: &[u8]) -> Vec<(String, bool)> {
+    let Ok(v) = serde_json::from_slice::<Value>(message) else {
+        return Vec::new();
+    };
+    let Some(tools) = v
+        .get("result")
+        .and_then(|r| r.get("tools"))
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    tools
+        .iter()
+        .filter_map(|t| {
+            let name = t.get("name")?.as_str()?;
+            let a = t.get("annotations");
+            let hint = |k: &str| a.and_then(|a| a.get(k)) == Some(&Value::Bool(true));
+            Some((
+                name.to_string(),
+                hint("destructiveHint") && !hint("readOnlyHint"),
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
@@ -671,6 +771,50 @@ mod tests {
         let mut v = Vec::new();
         sealer.seal_virtual(&state_payload(&facts), &mut v).unwrap();
         assert_eq!(open_state(&sealer, std::str::from_utf8(&v).unwrap()), None);
+    }
+
+    #[test]
+    fn annotations_are_learned_from_lists_and_forgotten_on_change() {
+        let page = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[
+            {"name":"rm","annotations":{"destructiveHint":true}},
+            {"name":"ls","annotations":{"readOnlyHint":true,"destructiveHint":true}},
+            {"name":"add"},
+            {"name":"put","annotations":{"destructiveHint":false}}]}}"#;
+        let hints = tool_hints(page);
+        assert_eq!(
+            hints,
+            vec![
+                ("rm".into(), true),
+                ("ls".into(), false),
+                ("add".into(), false),
+                ("put".into(), false)
+            ]
+        );
+        assert!(
+            tool_hints(br#"{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}"#).is_empty()
+        );
+        let shared = ToolHints::default();
+        // Nothing listed yet: asked (never a destructive call let through unasked).
+        assert!(shared.needs_approval("add"));
+        shared.learn(&hints);
+        assert!(
+            shared.needs_approval("rm")
+                && !shared.needs_approval("add")
+                && !shared.needs_approval("ls")
+        );
+        assert!(shared.needs_approval("never-listed"));
+        // A later page's word holds.
+        shared.learn(&[("add".into(), true), ("rm".into(), false)]);
+        assert!(shared.needs_approval("add") && !shared.needs_approval("rm"));
+        // A change: the harmless ones are asked about again until listed; destructive stays.
+        shared.changed();
+        assert!(
+            shared.needs_approval("rm")
+                && shared.needs_approval("add")
+                && shared.needs_approval("ls")
+        );
+        shared.learn(&hints);
+        assert!(!shared.needs_approval("ls"));
     }
 
     #[test]

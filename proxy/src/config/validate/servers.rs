@@ -172,6 +172,12 @@ fn group(
     if is_virtual && s.legacy_sse == Some(true) {
         t.problem("legacy_sse", "not available on a virtual server");
     }
+    if is_virtual && s.confirm_destructive == Some(true) {
+        t.problem(
+            "confirm_destructive",
+            "not available on a virtual server (set it on its members' groups)",
+        );
+    }
     ServerGroup {
         virtual_server: None,
         legacy_sse: s.legacy_sse.unwrap_or(false),
@@ -181,6 +187,7 @@ fn group(
         policy: Default::default(),
         policy_default_allow,
         confirm_timeout,
+        confirm_destructive: s.confirm_destructive.unwrap_or(false),
         allowed_origins,
         auth,
         name,
