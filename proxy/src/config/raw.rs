@@ -105,6 +105,8 @@ pub(crate) struct RawProxy {
     pub workers: Option<i64>,
     pub session_key: Option<String>,
     pub session_keys: Option<Vec<String>>,
+    pub session_keys_file: Option<String>,
+    pub watch_interval: Option<String>,
     pub max_body_bytes: Option<i64>,
     pub max_header_bytes: Option<i64>,
     pub max_headers: Option<i64>,
