@@ -404,8 +404,8 @@ fn a_confirm_rule_asks_on_the_calls_stream_and_forwards_only_an_approval() {
             let text = String::from_utf8_lossy(&buf).to_string();
             let last = text
                 .lines()
-                .filter_map(|l| l.strip_prefix("data: "))
-                .last()
+                .rev()
+                .find_map(|l| l.strip_prefix("data: "))
                 .unwrap();
             let v: Value = serde_json::from_str(last).unwrap();
             assert_eq!(v["id"], id, "{driver}: {text}");
