@@ -289,17 +289,7 @@ pub(crate) async fn deliver(c: &mut ClientConn) -> Option<Next> {
             tracing::info!("{what}");
         }
     }
-    let next = reply::must_close(c, false);
-    c.out.clear();
-    c.out
-        .extend_from_slice(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n");
-    if next != Next::KeepAlive {
-        c.out.extend_from_slice(b"connection: close\r\n");
-    }
-    c.out.extend_from_slice(b"\r\n");
-    c.meta.status = 202;
-    c.meta.by_proxy = true;
-    Some(reply::send_out(c, next).await)
+    Some(reply::accepted(c).await)
 }
 
 /// Waits for the answer to question `q`, at most `timeout`, watching the client's side.
@@ -354,17 +344,8 @@ pub(crate) async fn ask_on_stream(
     };
     let close = reply::must_close(c, false) != Next::KeepAlive
         || crate::runtime::SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
-    c.out.clear();
-    c.out.extend_from_slice(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n",
-    );
-    if close {
-        c.out.extend_from_slice(b"connection: close\r\n");
-    }
-    c.out.extend_from_slice(b"\r\n");
+    reply::sse_head(c, close);
     event(c, &confirm::elicitation_request(token, &question));
-    c.meta.status = 200;
-    c.meta.sse = true;
     c.meta.by_proxy = true;
     if reply::send_out(c, Next::KeepAlive).await != Next::KeepAlive {
         c.meta.confirm = Some(Outcome::Declined);

@@ -82,20 +82,21 @@ pub fn declares_elicitation(capabilities: &[u8]) -> bool {
     }
 }
 
+/// A JSON-RPC request's `params`, read as `P`.
+#[derive(Deserialize)]
+struct Frame<P> {
+    params: P,
+}
+
 /// Whether an `initialize` request body declares form-mode elicitation
 /// (`params.capabilities.elicitation`).
 pub fn initialize_elicits(body: &[u8]) -> bool {
-    #[derive(Deserialize)]
-    struct Frame<'a> {
-        #[serde(borrow)]
-        params: Params<'a>,
-    }
     #[derive(Deserialize)]
     struct Params<'a> {
         #[serde(borrow)]
         capabilities: &'a RawValue,
     }
-    serde_json::from_slice::<Frame<'_>>(body)
+    serde_json::from_slice::<Frame<Params<'_>>>(body)
         .is_ok_and(|f| declares_elicitation(f.params.capabilities.get().as_bytes()))
 }
 
@@ -300,11 +301,6 @@ pub struct Call<'a> {
 /// The parts of a `tools/call` body, or `None` when it has no `params.name`.
 pub fn call(body: &[u8]) -> Option<Call<'_>> {
     #[derive(Deserialize)]
-    struct Frame<'a> {
-        #[serde(borrow)]
-        params: Params<'a>,
-    }
-    #[derive(Deserialize)]
     struct Params<'a> {
         name: String,
         #[serde(borrow, default)]
@@ -314,7 +310,7 @@ pub fn call(body: &[u8]) -> Option<Call<'_>> {
         #[serde(borrow, rename = "inputResponses", default)]
         responses: Option<&'a RawValue>,
     }
-    let f: Frame<'_> = serde_json::from_slice(body).ok()?;
+    let f: Frame<Params<'_>> = serde_json::from_slice(body).ok()?;
     let state = f.params.state.and_then(|s| {
         let s = s.get();
         s.strip_prefix('"')?.strip_suffix('"')
