@@ -366,12 +366,17 @@ async def test_2026_clients_approve_through_input_required(policy_proxy) -> None
     other = post_modern(ask, modern_call(23, "add", {"a": 100, "b": 2}, caps, requestState=state, inputResponses=yes))
     assert "another call" in other["error"]["message"], other
     no = {key: {"action": "decline"}}
-    declined = post_modern(ask, modern_call(24, "add", {"a": 1, "b": 2}, caps, requestState=state, inputResponses=no))
+    second = post_modern(ask, modern_call(24, "add", {"a": 1, "b": 2}, caps))["result"]["requestState"]
+    declined = post_modern(ask, modern_call(24, "add", {"a": 1, "b": 2}, caps, requestState=second, inputResponses=no))
     assert declined["result"]["isError"] is True and declined["result"]["resultType"] == "complete", declined
     assert backend_calls(url)[len(before) + 1:] == [], "an unapproved call reached the backend"
     # The approved retry, with the arguments in another order, reaches the backend once.
     ok = post_modern(ask, modern_call(25, "add", {"b": 2, "a": 1}, caps, requestState=state, inputResponses=yes))
     assert ok["id"] == 25 and ok["result"]["content"][0]["text"] == "3", ok
+    assert backend_calls(url)[len(before) + 1:] == ["add"]
+    # A state is answered once: replayed, it is refused and nothing runs again.
+    replay = post_modern(ask, modern_call(26, "add", {"a": 1, "b": 2}, caps, requestState=state, inputResponses=yes))
+    assert "answered already" in replay["error"]["message"], replay
     assert backend_calls(url)[len(before) + 1:] == ["add"]
 
     lines = audit_lines(policy_proxy["audit"], lambda lines: any(line["decision"] == "confirm_asked" for line in lines))

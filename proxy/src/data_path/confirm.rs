@@ -139,7 +139,17 @@ async fn input_round(
         c.meta.confirm = Some(Outcome::Asked);
         return Ok(Approval::Answered(reply::document(c, 200, &out, "").await));
     };
-    let outcome = match confirm::check_state(&facts, now, &binding) {
+    let checked = confirm::check_state(&facts, now, &binding);
+    if checked.is_ok() && !spend(call.state.unwrap_or_default(), facts.expires_ms, now) {
+        c.meta.confirm = Some(Outcome::Declined);
+        return Err(Refusal::new(
+            400,
+            -32602,
+            "this requestState was answered already: call again without it to be asked again",
+        )
+        .into());
+    }
+    let outcome = match checked {
         Err(confirm::StateError::Mismatch) => {
             c.meta.confirm = Some(Outcome::Declined);
             return Err(Refusal::new(
@@ -166,6 +176,33 @@ async fn input_round(
     };
     replace_body(core, c, stripped);
     Ok(Approval::Forward)
+}
+
+/// Most answered states remembered at once (past it, after the expired ones are dropped, a
+/// retry is refused: never a second forward).
+const MAX_SPENT: usize = 16_384;
+
+/// The states this process has seen answered, with their expiry: a state is used once here
+/// (a replica that never saw it cannot tell; the expiry bounds that window).
+static SPENT: Mutex<Option<HashMap<Box<str>, u64>>> = Mutex::new(None);
+
+/// Marks `state` (valid until `expires_ms`) answered: whether it was not before.
+fn spend(state: &str, expires_ms: u64, now_ms: u64) -> bool {
+    let Ok(mut spent) = SPENT.lock() else {
+        return false;
+    };
+    let spent = spent.get_or_insert_with(HashMap::new);
+    if spent.contains_key(state) {
+        return false;
+    }
+    if spent.len() >= MAX_SPENT {
+        spent.retain(|_, exp| *exp >= now_ms);
+        if spent.len() >= MAX_SPENT {
+            return false;
+        }
+    }
+    spent.insert(state.into(), expires_ms);
+    true
 }
 
 /// Whether `state` is one the era bridge sealed for a call it parked (a session id layout

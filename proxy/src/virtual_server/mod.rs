@@ -257,7 +257,6 @@ async fn error(c: &mut ClientConn, code: i64, message: &str) -> Next {
     reply::document(c, 200, &body, "").await
 }
 
-
 /// Logs a member that failed a request (once a minute per member and reason).
 fn log_member_failure(member: &str, what: &'static str, err: &member::MemberError) {
     let why = match err {
