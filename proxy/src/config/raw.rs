@@ -32,6 +32,7 @@ pub(crate) struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawTelemetry {
     pub otlp_endpoint: Option<String>,
+    pub ca: Option<String>,
     pub service_name: Option<String>,
     pub sample_ratio: Option<f64>,
 }

@@ -49,6 +49,10 @@ pub struct TelemetryConfig {
     pub authority: String,
     /// Its path.
     pub path: String,
+    /// `https://`: spans go over TLS, verified against `ca` or the system roots.
+    pub https: bool,
+    /// `ca`: PEM roots the collector's certificate must chain to (default: the system's).
+    pub ca: Option<std::path::PathBuf>,
     /// The `service.name` of mcplb's spans.
     pub service_name: String,
     /// Share of the traces mcplb starts that are recorded (a caller's `traceparent` decides
