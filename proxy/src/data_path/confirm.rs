@@ -439,7 +439,7 @@ async fn forward_on_stream(
         head_len,
         backend_tag,
         in_flight,
-        ..
+        bi,
     } = match reached {
         Ok(r) => r,
         Err(r) => {
@@ -467,13 +467,22 @@ async fn forward_on_stream(
     };
     let avail = a.buf.split_off(head_len.min(a.buf.len()));
     c.ubuf = std::mem::take(&mut a.buf);
-    let ok = relay(core, c, a.up, head.framing, head.is_sse, avail).await;
+    let relayed = relay(core, c, a.up, head.framing, head.is_sse, avail).await;
     drop(in_flight);
     c.meta.upstream_done = Some(Instant::now());
-    ok
+    if relayed == Some(true) && !head.up_close {
+        core.put_upstream(plan.gi, bi, up);
+    }
+    if let Some(rt) = core.shared.groups.get(plan.gi) {
+        let now = crate::balance::now_ns(core.shared.epoch);
+        crate::balance::record_outcome(&core.shared.hub, rt, group, bi, None, now);
+    }
+    relayed.is_some()
 }
 
-/// Relays a backend's answer body (`avail`: its first bytes) into the open stream.
+/// Relays a backend's answer body (`avail`: its first bytes) into the open stream: `None`
+/// when it failed, else whether the upstream connection may be pooled (the body ended by its
+/// framing with nothing after it).
 async fn relay(
     core: &Core,
     c: &mut ClientConn,
@@ -481,26 +490,28 @@ async fn relay(
     mut framing: Framing,
     is_sse: bool,
     mut avail: Vec<u8>,
-) -> bool {
+) -> Option<bool> {
     let mut pending = Vec::new();
+    let mut reusable = false;
     let mut watch = Watch {
         client: true,
         shutdown: None,
     };
     loop {
         let mut err = false;
-        let (_, done) = upstream::collect_step(&mut framing, &avail, &mut pending, &mut err);
+        let (take, done) = upstream::collect_step(&mut framing, &avail, &mut pending, &mut err);
         if err {
-            return false;
+            return None;
         }
         if is_sse && !pending.is_empty() {
             crate::data_path::era_bridge::put_chunk(c, &pending);
             pending.clear();
             if reply::send_out(c, Next::KeepAlive).await != Next::KeepAlive {
-                return false;
+                return None;
             }
         }
         if done {
+            reusable = take == avail.len();
             break;
         }
         avail.clear();
@@ -517,7 +528,7 @@ async fn relay(
         match waited {
             StreamWaited::Read(Ok(n), b) if n > 0 => avail = b,
             StreamWaited::Read(_, _) if matches!(framing, Framing::UntilClose) => break,
-            _ => return false,
+            _ => return None,
         }
     }
     if !is_sse {
@@ -526,17 +537,14 @@ async fn relay(
             .map(|v| v.to_string().into_bytes())
             .unwrap_or_default();
         if line.is_empty() {
-            return fail_event(
-                c,
-                -32603,
-                "the backend's answer to the approved call is not JSON",
-            )
-            .await;
+            let what = "the backend's answer to the approved call is not JSON";
+            fail_event(c, -32603, what).await;
+            return None;
         }
         event(c, &line);
     }
     c.out.extend_from_slice(crate::http::LAST_CHUNK);
-    reply::send_out(c, Next::KeepAlive).await == Next::KeepAlive
+    (reply::send_out(c, Next::KeepAlive).await == Next::KeepAlive).then_some(reusable)
 }
 
 /// Ends the open stream with a JSON-RPC error for the call.
