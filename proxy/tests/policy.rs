@@ -345,7 +345,7 @@ fn a_confirm_rule_asks_on_the_calls_stream_and_forwards_only_an_approval() {
         let config = format!(
             "{}[servers.health]\nenabled = false\n\
              [[policies]]\neffect = \"allow\"\n\
-             [[policies]]\neffect = \"confirm\"\ntools = [\"echo\"]\n",
+             [[policies]]\neffect = \"confirm\"\ntools = [\"echo\"]\nmethods = [\"completion/complete\"]\n",
             config_for(&[&backend], ""),
         );
         let p = start_proxy(&config, driver);
@@ -439,5 +439,23 @@ fn a_confirm_rule_asks_on_the_calls_stream_and_forwards_only_an_approval() {
             "{v}"
         );
         assert_eq!(backend.tool_calls("echo"), 1, "{driver}");
+        // Only tools/call is asked about: another method a confirm rule names is denied.
+        let complete = rpc(
+            10,
+            "completion/complete",
+            json!({"ref": {"type": "ref/prompt", "name": "p"}, "argument": {"name": "a", "value": ""}}),
+        );
+        let v = c
+            .mcp("/mcp", Some(&sid), &complete)
+            .unwrap()
+            .json()
+            .unwrap();
+        assert!(
+            v["error"]["data"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("tools/call only"),
+            "{v}"
+        );
     }
 }
