@@ -423,3 +423,32 @@ async def test_confirm_destructive_asks_before_tools_annotated_destructive(polic
         line.get("server") == "careful" and line["decision"] == "confirmed" for line in lines) >= 3)
     rules = {line["rule"] for line in lines if line.get("server") == "careful" and line["decision"] == "confirmed"}
     assert rules == {"confirm_destructive"}, lines
+
+
+async def test_approval_over_one_http2_connection(policy_proxy) -> None:
+    # h2c with prior knowledge: the call's stream carries the question while the answer goes
+    # up another stream of the same connection.
+    import httpx
+
+    ask = policy_proxy["base"] + "/ask"
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {"elicitation": {}},
+                       "clientInfo": {"name": "h2", "version": "1"}}}
+    async with httpx.AsyncClient(http1=False, http2=True, timeout=30) as c:
+        r = await c.post(ask, json=init, headers=ACCEPT)
+        assert r.http_version == "HTTP/2" and r.status_code == 200, r.text
+        headers = {**ACCEPT, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 6, "b": 7}}}
+        events: list[dict] = []
+        async with c.stream("POST", ask, json=call, headers=headers) as s:
+            assert s.http_version == "HTTP/2" and s.headers["content-type"].startswith("text/event-stream")
+            async for line in s.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                msg = json.loads(line[5:])
+                events.append(msg)
+                if msg.get("method") == "elicitation/create":
+                    reply = {"jsonrpc": "2.0", "id": msg["id"], "result": {"action": "accept", "content": {"approve": True}}}
+                    assert (await c.post(ask, json=reply, headers=headers)).status_code == 202
+        assert events[0]["method"] == "elicitation/create", events
+        assert events[-1]["id"] == 2 and events[-1]["result"]["content"][0]["text"] == "13", events
