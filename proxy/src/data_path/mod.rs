@@ -21,6 +21,7 @@ pub(crate) mod admission;
 pub(crate) mod attempt;
 pub(crate) mod audit;
 pub(crate) mod body;
+pub(crate) mod cache;
 pub(crate) mod client_address;
 pub(crate) mod era_bridge;
 pub(crate) mod failover;
@@ -171,6 +172,16 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
         }),
         _ => None,
     };
+    // The response cache: answered here, or marked to fill it (boxed: only cached groups'
+    // requests carry its future).
+    let mut _flight = None;
+    if admitted.is_some() && core.caches.has(gi) {
+        match Box::pin(cache::lookup(core, c, gi)).await {
+            cache::Lookup::Answered(next) => return Ok(next),
+            cache::Lookup::Miss(guard) => _flight = guard,
+            cache::Lookup::Pass => {}
+        }
+    }
     let mut permits: Permits = Default::default();
     if let Some(a) = &admitted {
         admission::acquire_permits(core, &a.conc, &mut permits).await?;
