@@ -22,7 +22,7 @@
 # 2026-07-28 `tools/call` of post_modern.lua (full `_meta`), A's group with `era = "2026"` (the
 # request passes as it is: the plain path) and B's with `era = "2025"` (bridged through a
 # backend session)), EXTRA_A and EXTRA_B (TOML appended to A's or B's config: the same build
-# with a feature off and on).
+# with a feature off and on), SCRIPT (another wrk script of bench/quick/ than the mode's).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -52,6 +52,8 @@ case $MODE in
         AUTH=$(printf '[servers.auth]\napi_keys = ["sha256:%s"]' "$(printf %s "$API_KEY" | sha256sum | cut -d' ' -f1)") ;;
     *) echo "MODE must be stateless, session-auth or era"; exit 2 ;;
 esac
+# SCRIPT: another request script of bench/quick/ (e.g. post_list.lua: bench/cache.sh).
+if [[ -n ${SCRIPT:-} ]]; then LUA=$SCRIPT; fi
 taskset -c 1 "$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" "${MOCK_MODE[@]}" --threads 1 >"$RUN/mock.log" 2>&1 &
 pids+=($!)
 

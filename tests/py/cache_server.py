@@ -2,8 +2,8 @@
 for the response cache tests: it counts every request it gets, by path and method, so a test
 can see what reached it.
 
-Paths: /public answers lists with `cacheScope: "public"`, /private with "private" (both
-`ttlMs: 60000`), /plain with no hints. Tools: lookup(key) (readOnlyHint and idempotentHint;
+Paths: /public answers lists with `cacheScope: "public"` (on an SSE stream), /private with
+"private" (JSON; both `ttlMs: 60000`), /plain with no hints. Tools: lookup(key) (readOnlyHint and idempotentHint;
 sleeps 1 s, answers `KEY#N` with N its own call count), scan(key) (same, not annotated),
 change() (answers on an SSE stream that first carries `notifications/tools/list_changed`).
 GET /counts: the counts as JSON, {"PATH METHOD": n}.
@@ -84,6 +84,14 @@ class Handler(BaseHTTPRequestHandler):
                 "capabilities": {"tools": {"listChanged": True}},
                 "serverInfo": {"name": "cache-test", "version": "0.0.1"},
             }
+        elif method == "tools/list" and path == "/public":
+            # An SSE answer (mcplb keeps a copy as it forwards it), after a notification of
+            # another kind (which evicts nothing cached here).
+            note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}}
+            answer = {"jsonrpc": "2.0", "id": rid, "result": {"tools": TOOLS, **hints}}
+            events = f"event: message\ndata: {json.dumps(note)}\n\nevent: message\ndata: {json.dumps(answer)}\n\n"
+            self.send(200, events.encode(), "text/event-stream")
+            return
         elif method == "tools/list":
             result = {"tools": TOOLS, **hints}
         elif method == "tools/call" and params.get("name") in ("lookup", "scan"):

@@ -123,9 +123,14 @@ impl Caches {
         self.group(gi).is_some()
     }
 
-    /// A sniffer for the SSE answer of group `gi`, with its change counters' slot.
-    pub(crate) fn sniffer(&self, gi: usize) -> Option<(usize, Sniffer)> {
-        self.group(gi).map(|g| (g.slot, Sniffer::default()))
+    /// What an SSE answer of group `gi` is handed to as it is forwarded (`None` without a
+    /// cache): the change sniffer and, with `fill`, a copy for the cache.
+    pub(crate) fn tap(&self, gi: usize, fill: Option<Fill>) -> Option<Tap> {
+        self.group(gi).map(|g| Tap {
+            slot: g.slot,
+            sniffer: Sniffer::default(),
+            copy: fill.map(|f| (f, Vec::new())),
+        })
     }
 
     /// Bytes held by every group's store (the gauge's share of this core).
@@ -358,9 +363,38 @@ fn note_moved(core: &Core, m: &Moved) {
     rec.gauge(Gauge::CacheBytes, m.bytes);
 }
 
-/// Notes the change notifications `bits` seen in an answer of group `slot`'s backends.
-pub(crate) fn note_changes(slot: usize, bits: u8) {
-    if bits != 0 {
-        cache::note_changes(slot, bits);
+/// Most bytes of an SSE answer copied for the cache (a longer one is not kept).
+const MAX_COPY: usize = 16 * 1024 * 1024;
+
+/// An SSE answer's bytes (de-chunked) as they are forwarded: change notifications found in
+/// them evict on every core, and an answer the cache may keep is copied, so that the stream is
+/// never held back (it may carry progress, or a request the client must answer first).
+pub(crate) struct Tap {
+    slot: usize,
+    sniffer: Sniffer,
+    copy: Option<(Fill, Vec<u8>)>,
+}
+
+impl Tap {
+    /// Takes the next bytes of the answer.
+    pub(crate) fn take(&mut self, data: &[u8]) {
+        let bits = self.sniffer.feed(data);
+        if bits != 0 {
+            cache::note_changes(self.slot, bits);
+        }
+        if let Some((_, copy)) = &mut self.copy {
+            if copy.len() + data.len() > MAX_COPY {
+                self.copy = None;
+            } else {
+                copy.extend_from_slice(data);
+            }
+        }
+    }
+
+    /// The answer ended whole: keeps it when the cache may.
+    pub(crate) fn finish(self, core: &Core, c: &ClientConn) {
+        if let Some((fill, copy)) = self.copy {
+            store(core, c, fill, &copy, true);
+        }
     }
 }

@@ -307,11 +307,17 @@ pub(crate) async fn forward_response(
     let _sse_open = is_sse.then(|| SseOpen::new(core));
     // During a shutdown the answer tells the client this connection ends with it.
     let mut client_close = !keep || SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
-    let fill = c.cache_fill.take().filter(|_| status == 200);
+    let mut fill = c.cache_fill.take().filter(|_| status == 200);
     let filter = c.list_filter.take().filter(|_| status == 200);
+    // A cached group's SSE answers are tapped as they pass (notifications evict; an answer
+    // to keep is copied), unless they are read whole below.
+    let mut tap = None;
+    if is_sse && filter.is_none() {
+        tap = core.caches.tap(gi_of(c), fill.take());
+    }
     if fill.is_some() || filter.is_some() {
-        // An answer the cache may keep, or a list the caller's policy filters: read whole,
-        // sent with its (new) length.
+        // A JSON answer the cache may keep, or a list the caller's policy filters: read
+        // whole, sent with its (new) length.
         let (body, extra) = match read_whole(core, c, &mut a, head_len, &mut framing).await {
             Ok(x) => x,
             Err(r) => {
@@ -319,10 +325,8 @@ pub(crate) async fn forward_response(
                 return (reply::refuse(c, &r).await, false);
             }
         };
-        if is_sse {
-            if let Some((slot, mut s)) = core.caches.sniffer(gi_of(c)) {
-                super::cache::note_changes(slot, s.feed(&body));
-            }
+        if let Some(mut t) = core.caches.tap(gi_of(c), None).filter(|_| is_sse) {
+            t.take(&body);
         }
         if let Some(fill) = fill {
             super::cache::store(core, c, fill, &body, is_sse);
@@ -370,23 +374,10 @@ pub(crate) async fn forward_response(
     // Body bytes that came with the head.
     let mut framing_error = false;
     let avail = a.buf.get(head_len..).unwrap_or_default();
-    // Change notifications in a cached group's SSE answers evict (de-chunked bytes: a name is
-    // never cut by a chunk's size line).
-    let mut sniff = if is_sse {
-        core.caches.sniffer(gi_of(c))
-    } else {
-        None
-    };
-    let (take, body_done) = match &mut sniff {
+    // The tap sees de-chunked bytes: a notification's name is never cut by a chunk's size line.
+    let (take, body_done) = match &mut tap {
         None => body_step(&mut framing, avail, &mut framing_error),
-        Some((slot, s)) => {
-            let mut bits = 0;
-            let r = body_step_with(&mut framing, avail, &mut framing_error, |d| {
-                bits |= s.feed(d)
-            });
-            super::cache::note_changes(*slot, bits);
-            r
-        }
+        Some(t) => body_step_with(&mut framing, avail, &mut framing_error, |d| t.take(d)),
     };
     let first = avail.get(..take).unwrap_or_default();
     // A JSON answer that arrived whole: note whether it is a JSON-RPC error. Only up to its
@@ -443,11 +434,14 @@ pub(crate) async fn forward_response(
             &mut framing,
             watch,
             sniff_error,
-            sniff.as_mut(),
+            tap.as_mut(),
         );
         streamed.await
     };
     c.ubuf = a.buf;
+    if let (Ok(_), Some(t)) = (&streamed, tap) {
+        t.finish(core, c);
+    }
     match streamed {
         Ok(extra) => {
             let reusable = !up_close && !extra && !matches!(framing, Framing::UntilClose);
@@ -495,7 +489,7 @@ async fn stream_body(
     framing: &mut Framing,
     mut watch: Option<Watch>,
     mut sniff_error: bool,
-    mut changes: Option<&mut (usize, crate::cache::Sniffer)>,
+    mut tap: Option<&mut super::cache::Tap>,
 ) -> Result<bool, ()> {
     let is_sse = watch.is_some();
     loop {
@@ -532,14 +526,9 @@ async fn stream_body(
             return Err(());
         }
         let mut framing_error = false;
-        let (take, done) = match changes.as_deref_mut() {
+        let (take, done) = match tap.as_deref_mut() {
             None => body_step(framing, ubuf, &mut framing_error),
-            Some((slot, s)) => {
-                let mut bits = 0;
-                let r = body_step_with(framing, ubuf, &mut framing_error, |d| bits |= s.feed(d));
-                super::cache::note_changes(*slot, bits);
-                r
-            }
+            Some(t) => body_step_with(framing, ubuf, &mut framing_error, |d| t.take(d)),
         };
         if framing_error {
             return Err(());
