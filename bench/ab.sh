@@ -156,7 +156,9 @@ lines = [
       for k in ("EXTRA_A", "EXTRA_B") if os.environ.get(k)],
     (f"- Method: `bench/ab.sh` — both proxies up at once, one worker each pinned to core 0; the "
      f"stateless mock (`mcplb-load mock --threads 1`) and wrk (`-t1 -c{conns} -d{secs}s --latency`, "
-     f"the 200-byte `tools/call` of `bench/quick/post.lua`) on core 1; A B A B ..., {pairs} pairs "
+     + ("the 200-byte `tools/call` of `bench/quick/post.lua`" if not os.environ.get("SCRIPT")
+        else f"the requests of `bench/quick/{os.environ['SCRIPT']}`")
+     + f") on core 1; A B A B ..., {pairs} pairs "
      "after one warm-up each. CPU = the proxy's utime+stime over the run / requests.")
     if mode == "stateless" else
     (f"- Method: `MODE=era bench/ab.sh` — both proxies up at once, one worker each pinned to core 0; "
