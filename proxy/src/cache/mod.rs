@@ -454,8 +454,8 @@ pub fn hints(message: &[u8]) -> Option<Hints> {
 
 /// How long a result lives in the cache and who shares it, or `None` when it is not kept:
 /// its hints (or the group's defaults when it has none), narrowed by what the request was
-/// (in a backend session: shared only when the server says `public`, or `sessions = "share"`;
-/// private without an identity: never).
+/// (in a backend session: kept only when the server says `public`, or `sessions = "share"`,
+/// so a tool result in a session only with "share"; private without an identity: never).
 pub fn lifetime(
     cfg: &CacheConfig,
     kind: Kind,
@@ -481,11 +481,9 @@ pub fn lifetime(
     if ttl.is_zero() {
         return None;
     }
-    if in_session
-        && kind != Kind::ToolsCall
-        && h.scope != Some(Scope::Public)
-        && !cfg.share_sessions
-    {
+    // A session's answers may depend on the session: kept only when the server says they do
+    // not (a tool result has no such hint), or the group says so.
+    if in_session && h.scope != Some(Scope::Public) && !cfg.share_sessions {
         return None;
     }
     if scope == Scope::Private && !has_identity {

@@ -142,6 +142,11 @@ fn hints_and_lifetimes() {
         lifetime(&c, Kind::ToolsCall, &ok, false, true),
         Some((Duration::from_secs(30), Scope::Private))
     );
+    assert!(
+        lifetime(&c, Kind::ToolsCall, &ok, true, true).is_none(),
+        "in a session"
+    );
+    assert!(lifetime(&shared, Kind::ToolsCall, &ok, true, true).is_some());
     let huge =
         hints(br#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":999999999999,"cacheScope":"public"}}"#)
             .unwrap();
