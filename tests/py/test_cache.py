@@ -64,6 +64,8 @@ def cached(tmp_path_factory: pytest.TempPathFactory):
         f'[[servers]]\nname = "anon"\npath = "/anon"\nbackends = ["{up}/private"]\n'
         "[servers.health]\nenabled = false\n"
         "[servers.cache]\n"
+        # A virtual server over the public group: its relayed notifications evict too.
+        '[[servers]]\nname = "all"\npath = "/all"\n[[servers.members]]\nserver = "pub"\n'
     )
     proxy = start_proxy_file(config)
     yield {"base": f"http://{proxy.addr}", "backend": up, "admin": f"http://127.0.0.1:{admin}"}
@@ -133,6 +135,21 @@ async def test_a_public_list_is_shared_until_list_changed(cached) -> None:
     assert counts(cached).get("/public tools/list") == 3, counts(cached)
     assert await tool_names(url) == {"lookup", "scan", "change"}
     assert counts(cached).get("/public tools/list") == 3, counts(cached)
+
+
+async def test_a_list_changed_relayed_by_a_virtual_server_evicts_its_member(cached) -> None:
+    url = f"{cached['base']}/pub"
+    await tool_names(url)
+    cached_now = counts(cached).get("/public tools/list")
+    await tool_names(url)
+    assert counts(cached).get("/public tools/list") == cached_now, counts(cached)
+    # The change tool called through the virtual server: its answer's list_changed reaches
+    # the client through the virtual server's relay, not the member group's forwarding.
+    async with client(f"{cached['base']}/all") as c:
+        assert text(await c.call_tool("pub_change", {})) == "changed"
+    before = counts(cached).get("/public tools/list")
+    await tool_names(url)
+    assert counts(cached).get("/public tools/list") == before + 1, counts(cached)
 
 
 async def test_a_private_list_never_crosses_identities(cached) -> None:

@@ -209,6 +209,14 @@ pub fn stamp(slot: usize, kind: Kind) -> u64 {
         .fold(0u64, u64::wrapping_add)
 }
 
+/// The bit of a change notification's method (0 for any other method).
+pub fn notification_bit(method: &str) -> u8 {
+    NOTIFICATIONS
+        .iter()
+        .find(|(n, _)| *n == method.as_bytes())
+        .map_or(0, |(_, bit)| *bit)
+}
+
 /// Which notification a bit stands for (tests, logs).
 pub fn notification_name(bit: u8) -> &'static str {
     NOTIFICATIONS

@@ -233,6 +233,11 @@ fn notifications_move_the_stamps_of_what_they_evict() {
         notification_name(RESOURCES_UPDATED),
         "notifications/resources/updated"
     );
+    assert_eq!(
+        notification_bit("notifications/prompts/list_changed"),
+        PROMPTS_CHANGED
+    );
+    assert_eq!(notification_bit("notifications/progress"), 0);
 }
 
 #[test]

@@ -363,6 +363,17 @@ fn note_moved(core: &Core, m: &Moved) {
     rec.gauge(Gauge::CacheBytes, m.bytes);
 }
 
+/// Notes change notifications (`bits`) from a backend of group `gi` that reached mcplb some
+/// other way than a forwarded answer (a virtual server relaying its member's stream).
+pub(crate) fn note_group_changes(core: &Core, gi: usize, bits: u8) {
+    if bits == 0 {
+        return;
+    }
+    if let Some(g) = core.shared.config.servers.get(gi) {
+        cache::note_changes(cache::group_slot(&g.name), bits);
+    }
+}
+
 /// Most bytes of an SSE answer copied for the cache (a longer one is not kept).
 const MAX_COPY: usize = 16 * 1024 * 1024;
 
