@@ -153,6 +153,16 @@ pub enum Counter {
     H2PingFloods,
     /// HTTP/2 connections refused for a SETTINGS flood.
     H2SettingsFloods,
+    /// Requests answered from the response cache (`[servers.cache]`).
+    CacheHits,
+    /// Cacheable requests the cache could not answer (sent to a backend).
+    CacheMisses,
+    /// Cached answers dropped: expired, evicted by a backend's change notification, or
+    /// pushed out for room.
+    CacheEvictions,
+    /// Requests that waited for an identical one in flight on their core and were answered
+    /// with its result (no backend call of their own).
+    CacheCoalesced,
     /// HTTP/3 (QUIC) connections accepted.
     H3Connections,
     /// HTTP/3 request streams accepted.
@@ -162,7 +172,7 @@ pub enum Counter {
     /// HTTP/3 connections whose HTTP/3 set-up or control streams failed.
     H3ProtocolErrors,
 }
-const COUNTERS: usize = 44;
+const COUNTERS: usize = 48;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -205,6 +215,10 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "h2_continuation_floods",
     "h2_ping_floods",
     "h2_settings_floods",
+    "cache_hits",
+    "cache_misses",
+    "cache_evictions",
+    "cache_coalesced",
     "h3_connections",
     "h3_streams",
     "h3_retries",
@@ -226,8 +240,10 @@ pub enum Gauge {
     /// Sessions started through mcplb and not ended by DELETE (sessions a backend expires on
     /// its own are not seen, so this is an upper bound).
     ActiveSessions,
+    /// Bytes held by the response caches (all groups and cores).
+    CacheBytes,
 }
-const GAUGES: usize = 5;
+const GAUGES: usize = 6;
 /// Names of the gauges, in order.
 pub const GAUGE_NAMES: [&str; GAUGES] = [
     "client_connections",
@@ -235,6 +251,7 @@ pub const GAUGE_NAMES: [&str; GAUGES] = [
     "upstream_idle",
     "upstream_busy",
     "active_sessions",
+    "cache_bytes",
 ];
 
 /// Total, upstream and own-time distributions of one dimension. Counted in `u32` on a core
