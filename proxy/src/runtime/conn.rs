@@ -193,7 +193,7 @@ async fn serve_connection(
             // Boxed for the same reason as the request below: the hot wait's I/O and timer
             // state would otherwise sit in every idle connection's task.
             let waited = if hot {
-                Box::pin(wait_request(core, &mut c, &mut canceller)).await
+                boxed(|| wait_request(core, &mut c, &mut canceller)).await
             } else {
                 Wait::Idle
             };
@@ -243,7 +243,7 @@ async fn serve_connection(
         // Boxed so that an idle connection's task holds only this loop's small state, not
         // the request path's (about 3 KiB): one allocation per request (a few tens of ns with
         // mimalloc's per-thread free lists) buys idle connections near nginx's footprint.
-        match Box::pin(crate::data_path::handle_request(core, &mut c)).await {
+        match boxed(|| crate::data_path::handle_request(core, &mut c)).await {
             Next::KeepAlive if !SHUTDOWN.load(Ordering::Relaxed) => {}
             Next::Linger => {
                 linger = true;
@@ -279,6 +279,14 @@ async fn serve_connection(
 /// operation; readiness then read is two (measured: about 1 µs of CPU per request on this
 /// machine's loopback), so hot keep-alive connections read directly.
 const HOT_WAIT: Duration = Duration::from_millis(100);
+
+/// `Box::pin(make())`, with the future written straight into its allocation: `Box::pin` of a
+/// future value builds it on the stack first and copies its full size into the box (the
+/// request path's future is several KiB: a memcpy of that size per request).
+#[inline(always)]
+fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
 
 /// Hands a connection's buffers back to the core (an idle connection holds none).
 pub(crate) fn give_back(core: &Core, c: &mut ClientConn) {
