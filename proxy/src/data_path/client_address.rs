@@ -232,9 +232,10 @@ pub(crate) fn write(out: &mut Vec<u8>, cfg: &ClientAddress, hop: &Hop, req: &Req
     };
     let append = cfg.forwarded == ForwardedMode::Append;
     let scheme: &[u8] = if hop.tls { b"https" } else { b"http" };
-    // The request's own values of `name`, each followed by ", ".
+    // The request's own values of `name`, each followed by ", " (none when the head has no
+    // forwarding header: its headers are not walked then).
     let merge = |out: &mut Vec<u8>, name: &[u8]| {
-        if append && !req.connection_names(name) {
+        if append && req.head.forwarded_for && !req.connection_names(name) {
             for (n, v) in req.headers() {
                 let v = trim_ows(v);
                 if n.eq_ignore_ascii_case(name) && !v.is_empty() {

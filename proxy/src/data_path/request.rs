@@ -36,6 +36,9 @@ pub struct ReqHead {
     /// A `Connection` header names fields (other than hop-by-hop ones) to drop before
     /// forwarding.
     pub conn_fields: bool,
+    /// The head has an `X-Forwarded-For` or `Forwarded` header (whose values an appended
+    /// forwarding header carries on).
+    pub forwarded_for: bool,
     pub close: bool,
     pub expect_continue: bool,
     pub session: Option<Range<usize>>,
