@@ -22,7 +22,7 @@ use crate::data_path::request::{ClientConn, Next};
 use crate::runtime::core::Core;
 use crate::runtime::park::{IdleSet, Woke};
 use crate::runtime::shutdown::ShutdownSignal;
-use crate::runtime::{proxy_protocol, ready_within, spawn_client, ClientSlot, SHUTDOWN};
+use crate::runtime::{boxed, proxy_protocol, ready_within, spawn_client, ClientSlot, SHUTDOWN};
 use crate::tls::Conn;
 
 /// How a connection came to its task.
@@ -279,14 +279,6 @@ async fn serve_connection(
 /// operation; readiness then read is two (measured: about 1 µs of CPU per request on this
 /// machine's loopback), so hot keep-alive connections read directly.
 const HOT_WAIT: Duration = Duration::from_millis(100);
-
-/// `Box::pin(make())`, with the future written straight into its allocation: `Box::pin` of a
-/// future value builds it on the stack first and copies its full size into the box (the
-/// request path's future is several KiB: a memcpy of that size per request).
-#[inline(always)]
-fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
-    Box::into_pin(Box::write(Box::new_uninit(), make()))
-}
 
 /// Hands a connection's buffers back to the core (an idle connection holds none).
 pub(crate) fn give_back(core: &Core, c: &mut ClientConn) {
