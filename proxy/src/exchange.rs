@@ -265,7 +265,7 @@ pub(crate) async fn serve(core: &Rc<Core>, stream: Conn, peer: SocketAddr) {
     let mut c = ClientConn::new(stream, peer);
     c.req.buf = core.take_buf();
     c.req.head.headers = core.take_headers();
-    let _ = Box::pin(crate::data_path::handle_request(core, &mut c)).await;
+    let _ = crate::runtime::boxed(|| crate::data_path::handle_request(core, &mut c)).await;
     match &mut c.stream {
         Conn::H2(s) => {
             s.finish().await;
