@@ -5,7 +5,7 @@
 //! probe, `initialize`, `notifications/initialized`, the answers to the backend's requests)
 //! and keeps, per core, what it learned: each backend's era and the backend sessions bridged
 //! requests share (keyed by what the request's `_meta` declares and who sends it; re-opened
-//! when the backend drops one, see `attempt::send`). It relays the answers, rewritten event by
+//! when the backend drops one, see `attempt::EraHook`). It relays the answers, rewritten event by
 //! event, and parks a call whose backend asks for input until the client's retry (`resume`).
 //!
 //! A 2025-era client of a 2026-07-28-only backend: its `initialize` answered from the
@@ -23,11 +23,12 @@ use protocol::Method;
 
 use crate::auth::UpstreamCredential;
 use crate::config::{Backend, BackendEra, ServerGroup};
-use crate::data_path::request::{ClientConn, Next, Refusal};
+use crate::data_path::request::{ClientConn, Next, Refusal, Request};
 use crate::data_path::response::{self, Answer, Framing};
 use crate::data_path::{reply, upstream};
 use crate::runtime::core::Core;
 use crate::session::era::{self, EraRoute, Learned, SessionKey};
+use crate::session::Owner;
 use crate::tls::Conn;
 
 /// Most backend sessions a core keeps for bridged requests (past it, one is dropped; the
@@ -126,7 +127,8 @@ pub(crate) enum Failed {
 /// has not yet; opens a session when none matches.
 pub(crate) async fn session_for(
     core: &Core,
-    c: &ClientConn,
+    req: &Request,
+    owner: Option<&Owner>,
     gi: usize,
     bi: usize,
     modern: bool,
@@ -159,7 +161,7 @@ pub(crate) async fn session_for(
             }
         }
     }
-    let Some(declared) = era::declared(c.req.body()) else {
+    let Some(declared) = era::declared(req.body()) else {
         return Err(Failed::Refuse(Refusal::new(
             400,
             -32602,
@@ -169,10 +171,10 @@ pub(crate) async fn session_for(
         )));
     };
     let forwarded = matches!(group.auth.upstream, UpstreamCredential::Forward);
-    let owner = c.owner.as_ref().map_or(&[][..], |o| &o.as_bytes()[..]);
+    let owner = owner.map_or(&[][..], |o| &o.as_bytes()[..]);
     let cred = |name: &[u8]| {
         forwarded
-            .then(|| c.req.header(name))
+            .then(|| req.header(name))
             .flatten()
             .unwrap_or_default()
     };
@@ -189,7 +191,7 @@ pub(crate) async fn session_for(
     let init = era::initialize_body(&declared);
     let answer = own_exchange(
         core,
-        c,
+        req,
         gi,
         bi,
         group,
@@ -223,7 +225,7 @@ pub(crate) async fn session_for(
     if let Some(sid) = &answer.session {
         let note = own_exchange(
             core,
-            c,
+            req,
             gi,
             bi,
             group,
@@ -348,7 +350,7 @@ enum Own<'a> {
 #[allow(clippy::too_many_arguments)]
 async fn own_exchange(
     core: &Core,
-    c: &ClientConn,
+    c: &Request,
     gi: usize,
     bi: usize,
     group: &ServerGroup,
@@ -372,7 +374,7 @@ async fn own_exchange_on(
     own: Own<'_>,
     sid: Option<&[u8]>,
     body: &[u8],
-    client: Option<&ClientConn>,
+    client: Option<&Request>,
 ) -> Result<upstream::Exchanged, Failed> {
     let mut fresh = false;
     loop {
@@ -412,7 +414,7 @@ fn own_request(
     own: Own<'_>,
     sid: Option<&[u8]>,
     body: &[u8],
-    client: Option<&ClientConn>,
+    client: Option<&Request>,
 ) -> Vec<u8> {
     let mut req = Vec::with_capacity(body.len() + 384);
     let _ = write!(
@@ -444,7 +446,7 @@ fn own_request(
         }
         (UpstreamCredential::Forward, Some(c)) => {
             for name in [&b"authorization"[..], b"x-api-key"] {
-                if let Some(v) = c.req.header(name) {
+                if let Some(v) = c.header(name) {
                     req.extend_from_slice(name);
                     req.extend_from_slice(b": ");
                     req.extend_from_slice(v);
@@ -877,7 +879,7 @@ async fn answer_backend(core: &Core, c: &ClientConn, leg: &Leg, answer: &[u8]) -
     let own = Own::Initialized(&s.version);
     let sent = own_exchange(
         core,
-        c,
+        &c.req,
         leg.gi,
         leg.bi,
         group,
@@ -1051,7 +1053,7 @@ pub(crate) async fn answer_initialize(
         Own::Probe,
         None,
         &body,
-        Some(c),
+        Some(&c.req),
     )
     .await
     else {
