@@ -416,3 +416,83 @@ def test_2025_session_on_a_2026_server_is_mcplbs_own(modern_url: str) -> None:
     # A session id mcplb did not seal is unknown, as on any server.
     bad = httpx.post(modern_url, json=call, headers={**s, "mcp-session-id": "nope"}, timeout=10)
     assert bad.status_code in (400, 404), bad.text
+
+
+async def test_2025_client_answers_a_2026_servers_input_requests(modern_url: str) -> None:
+    # modern_server.py's `introduce` answers input_required twice: an elicitation and roots/list
+    # in one round, then sampling. mcplb sends each as a server-to-client request on the call's
+    # SSE answer, collects the legacy client's POSTed answers, retries the call with
+    # inputResponses and the server's requestState, and ends the stream with the result.
+    from mcp_types import CreateMessageResult, ElicitResult, ListRootsResult, Root
+    from mcp_types import TextContent as Text
+
+    seen: list[str] = []
+
+    async def on_elicit(context, params) -> ElicitResult:
+        seen.append(f"elicit:{params.message}")
+        return ElicitResult(action="accept", content={"name": "Ada"})
+
+    async def on_roots(context) -> ListRootsResult:
+        seen.append("roots")
+        return ListRootsResult(roots=[Root(uri="file:///work/ada", name="ada")])
+
+    async def on_sample(context, params) -> CreateMessageResult:
+        seen.append(f"sample:{params.messages[0].content.text}")
+        return CreateMessageResult(role="assistant", content=Text(type="text", text="roses"), model="m")
+
+    async with Client(
+        modern_url,
+        mode="legacy",
+        read_timeout_seconds=READ_TIMEOUT,
+        elicitation_callback=on_elicit,
+        list_roots_callback=on_roots,
+        sampling_callback=on_sample,
+    ) as client:
+        assert client.protocol_version == "2025-11-25"
+        result = await client.call_tool("introduce", {})
+        assert text_of(result) == "Ada|file:///work/ada|roses", result
+        assert sorted(seen[:2]) == ["elicit:Who is calling?", "roots"], seen
+        assert seen[2:] == ["sample:A line for Ada"], seen
+        # Plain calls go on in the same session.
+        assert text_of(await client.call_tool("add", {"a": 1, "b": 2})) == "3"
+
+
+def test_2025_client_input_request_refused_ends_the_call_with_a_reason(modern_url: str) -> None:
+    # The raw wire: the call's answer is an SSE stream of mcplb's requests; an error answer
+    # from the client ends the call with a JSON-RPC error under the call's id, never a hang.
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    caps = {"elicitation": {}, "roots": {}, "sampling": {}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": caps, "clientInfo": {"name": "raw", "version": "1"}},
+    }
+    r = httpx.post(modern_url, json=init, headers=headers, timeout=READ_TIMEOUT)
+    s = {**headers, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+    call = {"jsonrpc": "2.0", "id": "call-1", "method": "tools/call", "params": {"name": "introduce", "arguments": {}}}
+    with httpx.Client(timeout=READ_TIMEOUT) as http, httpx.Client(timeout=READ_TIMEOUT) as other:
+        with http.stream("POST", modern_url, json=call, headers=s) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            asked: list[dict] = []
+            final = None
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                msg = json.loads(line[5:].strip())
+                if "method" in msg:
+                    asked.append(msg)
+                    if len(asked) == 2:
+                        # Another connection (perhaps another worker) carries the answers.
+                        for a in asked:
+                            if a["method"] == "roots/list":
+                                answer = {"jsonrpc": "2.0", "id": a["id"], "result": {"roots": []}}
+                            else:
+                                answer = {"jsonrpc": "2.0", "id": a["id"], "error": {"code": -1, "message": "user said no"}}
+                            assert other.post(modern_url, json=answer, headers=s).status_code == 202
+                elif "id" in msg:
+                    final = msg
+    assert {a["method"] for a in asked} == {"elicitation/create", "roots/list"}, asked
+    assert all(a["id"].startswith("mcplb-ask-") for a in asked), asked
+    assert final is not None and final["id"] == "call-1", final
+    assert "user said no" in final["error"]["message"], final

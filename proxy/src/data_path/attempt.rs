@@ -18,7 +18,7 @@ use crate::control::stats::Gauge;
 use crate::data_path::admission::{self, ConcKeys, Permits};
 use crate::data_path::request::{ClientConn, HttpMethod, Next, Refusal, ReqMeta};
 use crate::data_path::response::{forward_response, Answer};
-use crate::data_path::{era_bridge, failover, reply, upstream};
+use crate::data_path::{era_ask, era_bridge, failover, reply, upstream};
 use crate::runtime::core::Core;
 use crate::session::era;
 use crate::tls::Conn;
@@ -270,6 +270,18 @@ async fn era_send(
             backend_tag,
         };
         era_bridge::forward(core, c, up, ubuf, head_len, keep, leg).await
+    } else if let Some((body, headers)) =
+        legacy.as_ref().filter(|_| era_ask::may_ask(c.meta.method))
+    {
+        // A 2025-era client's call: its 2026-07-28 backend may ask for input.
+        let call = era_ask::Call {
+            gi,
+            bi,
+            backend_tag,
+            body,
+            headers,
+        };
+        era_ask::forward(core, c, up, ubuf, head_len, keep, call).await
     } else {
         let answer = Answer {
             up: &mut up,

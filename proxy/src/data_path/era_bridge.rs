@@ -478,12 +478,12 @@ pub(crate) struct Leg {
 
 /// A backend's SSE answer being relayed: the connection, its framing, and the de-chunked bytes
 /// not yet relayed.
-struct Source {
-    up: Conn,
-    framing: Framing,
-    pending: Vec<u8>,
-    avail: Vec<u8>,
-    up_close: bool,
+pub(super) struct Source {
+    pub up: Conn,
+    pub framing: Framing,
+    pub pending: Vec<u8>,
+    pub avail: Vec<u8>,
+    pub up_close: bool,
 }
 
 /// A bridged call whose backend asked its client for input: it waits here, its stream open,
@@ -667,7 +667,7 @@ pub(crate) async fn forward(
 }
 
 /// What one read of the backend's answer gave.
-enum Read {
+pub(super) enum Read {
     Bytes,
     /// The connection closed where that ends the body (an until-close body).
     End,
@@ -676,7 +676,7 @@ enum Read {
 
 /// Reads the next bytes of `src` into its `avail` (a stream waits as long as it takes; a
 /// whole answer at most `upstream_timeout` per read).
-async fn read(core: &Core, src: &mut Source, stream: bool) -> Read {
+pub(super) async fn read(core: &Core, src: &mut Source, stream: bool) -> Read {
     let mut avail = std::mem::take(&mut src.avail);
     avail.clear();
     let read = src.up.read_more(avail, super::READ_SIZE);
@@ -788,7 +788,7 @@ async fn relay(
 }
 
 /// Writes `data` as one chunk of the client's chunked answer into `c.out`.
-fn put_chunk(c: &mut ClientConn, data: &[u8]) {
+pub(super) fn put_chunk(c: &mut ClientConn, data: &[u8]) {
     let _ = write!(c.out, "{:x}\r\n", data.len());
     c.out.extend_from_slice(data);
     c.out.extend_from_slice(b"\r\n");
@@ -984,7 +984,7 @@ fn taken_over(w: Waiting) -> Option<Parked> {
 }
 
 /// Writes `c.out` to the client: whether it went.
-async fn send(c: &mut ClientConn) -> bool {
+pub(super) async fn send(c: &mut ClientConn) -> bool {
     let out = std::mem::take(&mut c.out);
     let len = out.len();
     c.meta.bytes_out += len as u64;
@@ -1124,6 +1124,10 @@ pub(crate) async fn answer_locally(c: &mut ClientConn) -> Option<Next> {
         _ => {}
     }
     if c.meta.row == stats::M_NOTIFICATION || c.meta.row == stats::M_RESPONSE {
+        if c.meta.row == stats::M_RESPONSE {
+            // The answer to a request mcplb sent for a call's input_required result.
+            super::era_ask::deliver(c);
+        }
         let next = reply::must_close(c, false);
         empty(c, 202, "Accepted");
         return Some(reply::send_out(c, next).await);

@@ -22,6 +22,7 @@ pub(crate) mod attempt;
 pub(crate) mod audit;
 pub(crate) mod body;
 pub(crate) mod client_address;
+pub(crate) mod era_ask;
 pub(crate) mod era_bridge;
 pub(crate) mod failover;
 pub(crate) mod head;

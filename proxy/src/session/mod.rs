@@ -13,6 +13,7 @@
 //! session key computes the same owner for the same caller, across restarts too.
 
 pub(crate) mod era;
+pub(crate) mod era_input;
 pub mod failover;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
