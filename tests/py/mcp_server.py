@@ -8,7 +8,9 @@ answers 2026-07-28 stateless requests (selected by the `MCP-Protocol-Version` he
 same endpoint.
 
 Tools: add(a, b), whoami() -> NAME, slow_progress(steps, delay) which reports progress,
-calls() -> the names of the tools this process has run, in order (what reached the backend).
+calls() -> the names of the tools this process has run, in order (what reached the backend),
+touch_tools() which announces that the tool list changed (on the session's GET stream in the
+handshake era, to `subscriptions/listen` streams at 2026-07-28).
 Resource: info://name. Prompt: greet(who).
 """
 
@@ -50,6 +52,19 @@ def build_server(name: str) -> MCPServer:
             if i < steps:
                 await anyio.sleep(delay)
         return "done"
+
+    @server.tool()
+    async def touch_tools(ctx: Context) -> str:
+        """Announce that the tool list changed; returns "touched"."""
+        try:
+            await ctx.notify_tools_changed()  # subscriptions/listen streams (2026-07-28)
+        except Exception:
+            pass
+        try:
+            await ctx.session.send_tool_list_changed()  # the session's GET stream (2025 era)
+        except Exception:
+            pass
+        return "touched"
 
     @server.resource("info://name", mime_type="text/plain")
     def info_name() -> str:

@@ -411,7 +411,9 @@ def test_2025_session_on_a_2026_server_is_mcplbs_own(modern_url: str) -> None:
     call = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 2, "b": 3}}}
     answer = _message(httpx.post(modern_url, json=call, headers=s, timeout=READ_TIMEOUT))
     assert answer["id"] == 4 and answer["result"]["content"][0]["text"] == "5", answer
-    assert httpx.get(modern_url, headers={**s, "accept": "text/event-stream"}, timeout=10).status_code == 405
+    # The GET stream is served from a subscriptions/listen (see the listen tests below).
+    with httpx.stream("GET", modern_url, headers={**s, "accept": "text/event-stream"}, timeout=10) as get:
+        assert get.status_code == 200 and get.headers["content-type"].startswith("text/event-stream")
     assert httpx.delete(modern_url, headers=s, timeout=10).status_code == 200
     # A session id mcplb did not seal is unknown, as on any server.
     bad = httpx.post(modern_url, json=call, headers={**s, "mcp-session-id": "nope"}, timeout=10)
@@ -496,3 +498,121 @@ def test_2025_client_input_request_refused_ends_the_call_with_a_reason(modern_ur
     assert all(a["id"].startswith("mcplb-ask-") for a in asked), asked
     assert final is not None and final["id"] == "call-1", final
     assert "user said no" in final["error"]["message"], final
+
+
+# --- subscriptions/listen <-> the GET stream ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def py_2025_url(tmp_path_factory: pytest.TempPathFactory):
+    """mcplb (era = "2025") in front of mcp_server.py (Python SDK, handshake era, sessions with
+    a GET stream), whose `touch_tools` sends tools/list_changed on its session's GET stream."""
+    from conftest import Backend
+
+    workdir = tmp_path_factory.mktemp("era-listen")
+    backend = Backend("py2025", workdir)
+    backend.start()
+    config = workdir / "mcplb-listen.toml"
+    config.write_text(
+        "[proxy]\n"
+        'listen = "127.0.0.1:0"\n'
+        "workers = 2\n\n"
+        "[[servers]]\n"
+        'name = "py2025"\n'
+        'path = "/mcp"\n'
+        f'backends = ["{backend.url}"]\n'
+        'era = "2025"\n'
+        "[servers.health]\nenabled = false\n"
+    )
+    proxy = start_proxy_file(config)
+    yield proxy.url
+    proxy.stop()
+    backend.stop()
+
+
+async def test_2026_client_listens_through_a_2025_sessions_get_stream(py_2025_url: str) -> None:
+    # The SDK's 2026-07-28 client opens subscriptions/listen; mcplb serves it from the GET
+    # stream of the backend session it holds for this client's declaration (acknowledgment
+    # first, then the asked-for notifications stamped with the listen's id). A call in that
+    # session makes the backend announce a tool list change.
+    from mcp.client.subscriptions import ToolsListChanged
+
+    async with Client(py_2025_url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
+        async with client.listen(tools_list_changed=True, prompts_list_changed=True) as sub:
+            assert sub.honored.tools_list_changed is True
+            got: list[object] = []
+
+            async def touch_until_seen() -> None:
+                # Repeated: a notification sent before the backend's stream listens is lost.
+                while not got:
+                    assert text_of(await client.call_tool("touch_tools", {})) == "touched"
+                    await anyio.sleep(0.3)
+
+            with anyio.fail_after(READ_TIMEOUT):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(touch_until_seen)
+                    got.append(await sub.__anext__())
+            assert isinstance(got[0], ToolsListChanged), got
+        # The listen's end leaves the client's other requests working.
+        assert text_of(await client.call_tool("add", {"a": 2, "b": 2})) == "4"
+
+
+async def test_2025_client_get_stream_from_a_2026_servers_listen(modern_url: str) -> None:
+    # A 2025-era client's GET stream, in mcplb's own session, is served from a
+    # subscriptions/listen mcplb opens on the 2026-07-28-only server: the server's
+    # tools/list_changed (published by `touch_tools`) reaches the client's message handler.
+    changed = anyio.Event()
+
+    async def on_message(message) -> None:
+        if "ToolListChanged" in type(getattr(message, "root", message)).__name__ or "list_changed" in str(message):
+            changed.set()
+
+    async with Client(
+        modern_url, mode="legacy", read_timeout_seconds=READ_TIMEOUT, message_handler=on_message
+    ) as client:
+        # The SDK opens the GET stream after initialize; give it a moment to be listening.
+        for _ in range(50):
+            await anyio.sleep(0.1)
+            assert text_of(await client.call_tool("touch_tools", {})) == "touched"
+            if changed.is_set():
+                break
+        assert changed.is_set(), "tools/list_changed never reached the 2025-era client's GET stream"
+
+
+def test_raw_get_stream_from_a_2026_servers_listen(modern_url: str) -> None:
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    }
+    r = httpx.post(modern_url, json=init, headers=headers, timeout=READ_TIMEOUT)
+    s = {**headers, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "touch_tools", "arguments": {}}}
+    import threading
+
+    stop = threading.Event()
+
+    def touch() -> None:
+        # Repeated until seen: a notification sent before the server's listen is registered is lost.
+        while not stop.wait(0.3):
+            httpx.post(modern_url, json=call, headers=s, timeout=READ_TIMEOUT)
+
+    toucher = threading.Thread(target=touch, daemon=True)
+    seen = None
+    try:
+        with httpx.Client(timeout=READ_TIMEOUT) as http:
+            with http.stream("GET", modern_url, headers={**s, "accept": "text/event-stream"}) as stream:
+                assert stream.status_code == 200
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                toucher.start()
+                for line in stream.iter_lines():
+                    if line.startswith("data:"):
+                        seen = json.loads(line[5:].strip())
+                        break
+    finally:
+        stop.set()
+        if toucher.is_alive():
+            toucher.join(timeout=READ_TIMEOUT)
+    assert seen is not None and seen["method"] == "notifications/tools/list_changed", seen

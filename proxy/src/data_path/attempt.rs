@@ -18,7 +18,7 @@ use crate::control::stats::Gauge;
 use crate::data_path::admission::{self, ConcKeys, Permits};
 use crate::data_path::request::{ClientConn, HttpMethod, Next, Refusal, ReqMeta};
 use crate::data_path::response::{forward_response, Answer};
-use crate::data_path::{era_ask, era_bridge, failover, reply, upstream};
+use crate::data_path::{era_ask, era_bridge, era_listen, failover, reply, upstream};
 use crate::runtime::core::Core;
 use crate::session::era;
 use crate::tls::Conn;
@@ -201,6 +201,14 @@ async fn era_send(
         && plan.sid.is_none()
         && era_plan.legacy_client.is_none()
         && group.era_bridge;
+    // A 2025-era client's GET stream, served from a `subscriptions/listen`.
+    let stream_for = era_plan
+        .legacy_client
+        .and_then(era::parse_session_payload)
+        .filter(|_| c.req.method() == HttpMethod::Get);
+    let listen = era_plan.modern
+        && c.meta.method == Method::Other
+        && crate::session::era_listen::is_listen(c.req.body());
     let mut ubuf = std::mem::take(&mut c.ubuf);
     if ubuf.capacity() == 0 {
         ubuf = core.take_buf();
@@ -228,6 +236,8 @@ async fn era_send(
             method: meta.method,
             legacy: legacy.as_ref(),
             new_handshake,
+            stream_for: stream_for.is_some(),
+            listen,
             bridge: None,
             reopened: false,
         };
@@ -250,6 +260,13 @@ async fn era_send(
                     era_bridge::answer_initialize(core, c, gi, bi).await
                 }
                 Stop::Local(EraLocal::Discover(s)) => era_bridge::answer_discover(c, &s).await,
+                Stop::Local(EraLocal::Listen(bi, s)) => {
+                    era_listen::listen_on_session(core, c, gi, bi, s).await
+                }
+                Stop::Local(EraLocal::Stream(bi)) => match &stream_for {
+                    Some(d) => era_listen::stream_for_client(core, c, gi, bi, d).await,
+                    None => reply::refuse(c, &Refusal::new(503, -32603, "no stream")).await,
+                },
             };
         }
     };
@@ -309,6 +326,10 @@ enum EraLocal {
     Initialize(usize),
     /// A 2026-07-28 `server/discover`, from the backend session's `initialize`.
     Discover(std::rc::Rc<era_bridge::BridgeSession>),
+    /// A 2026-07-28 `subscriptions/listen`, from the GET stream of backend `bi`'s session.
+    Listen(usize, std::rc::Rc<era_bridge::BridgeSession>),
+    /// A 2025-era client's GET stream, from a `subscriptions/listen` to backend `bi`.
+    Stream(usize),
 }
 
 /// The era bridge's part of an attempt, per backend: its era (a probe when unknown), a backend
@@ -330,6 +351,10 @@ struct EraHook<'r> {
     legacy: Option<&'r (Vec<u8>, Vec<u8>)>,
     /// A 2025-era client's `initialize`, outside any session.
     new_handshake: bool,
+    /// A 2025-era client's GET stream in mcplb's session.
+    stream_for: bool,
+    /// A 2026-07-28 `subscriptions/listen`.
+    listen: bool,
     /// The backend session of the current attempt.
     bridge: Option<std::rc::Rc<era_bridge::BridgeSession>>,
     /// The backend session was re-opened after the backend lost it (once only).
@@ -347,11 +372,15 @@ impl BackendHook for EraHook<'_> {
             // A 2026-07-28 backend: the client's initialize is answered from its discover.
             return Before::Local(EraLocal::Initialize(bi));
         }
+        if self.stream_for {
+            return Before::Local(EraLocal::Stream(bi));
+        }
         let got = era_bridge::session_for(core, self.req, self.owner, gi, bi, self.modern).await;
         match got {
             Ok(Some(s)) if self.method == Method::ServerDiscover => {
                 Before::Local(EraLocal::Discover(s))
             }
+            Ok(Some(s)) if self.listen => Before::Local(EraLocal::Listen(bi, s)),
             Ok(s) => {
                 self.bridge = s;
                 Before::Go

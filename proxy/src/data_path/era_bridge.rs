@@ -338,17 +338,22 @@ async fn probe(
 
 /// Which of mcplb's own requests.
 #[derive(Clone, Copy)]
-enum Own<'a> {
+pub(super) enum Own<'a> {
     Probe,
     Initialize,
-    /// `notifications/initialized`, at the negotiated revision.
+    /// `notifications/initialized`, at the negotiated revision (and any request in the
+    /// session at that revision).
     Initialized(&'a str),
+    /// The session's standalone stream (a GET, no body), at the negotiated revision.
+    Stream(&'a str),
+    /// A 2026-07-28 `subscriptions/listen`.
+    Listen,
 }
 
 /// Sends one of mcplb's own requests for the client's request in `c` (its forwarded
 /// credentials go along).
 #[allow(clippy::too_many_arguments)]
-async fn own_exchange(
+pub(super) async fn own_exchange(
     core: &Core,
     c: &Request,
     gi: usize,
@@ -408,7 +413,7 @@ async fn own_exchange_on(
 /// The bytes of one of mcplb's own requests: the backend's path and authority, the upstream
 /// credential the group says (the client's own when it forwards them), the revision and
 /// session headers, the body.
-fn own_request(
+pub(super) fn own_request(
     backend: &Backend,
     group: &ServerGroup,
     own: Own<'_>,
@@ -417,12 +422,28 @@ fn own_request(
     client: Option<&Request>,
 ) -> Vec<u8> {
     let mut req = Vec::with_capacity(body.len() + 384);
-    let _ = write!(
-        req,
-        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n",
-        backend.path, backend.authority
-    );
+    if let Own::Stream(v) = own {
+        let _ = write!(
+            req,
+            "GET {} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\nmcp-protocol-version: {v}\r\n",
+            backend.path, backend.authority
+        );
+    } else {
+        let _ = write!(
+            req,
+            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n",
+            backend.path, backend.authority
+        );
+    }
     match own {
+        Own::Stream(_) => {}
+        Own::Listen => {
+            let _ = write!(
+                req,
+                "mcp-protocol-version: {}\r\nmcp-method: subscriptions/listen\r\n",
+                era::MODERN
+            );
+        }
         Own::Probe => {
             let _ = write!(
                 req,
@@ -455,6 +476,10 @@ fn own_request(
             }
         }
         _ => {}
+    }
+    if matches!(own, Own::Stream(_)) {
+        req.extend_from_slice(b"\r\n");
+        return req;
     }
     let _ = write!(req, "content-length: {}\r\n\r\n", body.len());
     req.extend_from_slice(body);
@@ -1093,8 +1118,9 @@ pub(crate) async fn answer_initialize(
 }
 
 /// In a session mcplb made for a 2025-era client of a 2026-07-28 backend, answers here what
-/// such a backend has no use for: notifications and responses (202), `ping`, the GET stream
-/// (405: the backend has none) and the session's end (DELETE); `None` for the rest.
+/// such a backend has no use for: notifications and responses (202; an answer to a request
+/// mcplb sent for an `input_required` result goes to its call), `ping` and the session's end
+/// (DELETE); `None` for the rest.
 pub(crate) async fn answer_locally(c: &mut ClientConn) -> Option<Next> {
     use crate::control::stats;
     use crate::data_path::request::HttpMethod;
@@ -1108,14 +1134,8 @@ pub(crate) async fn answer_locally(c: &mut ClientConn) -> Option<Next> {
         c.meta.by_proxy = true;
     };
     match c.req.method() {
-        HttpMethod::Get => {
-            let r = Refusal::new(
-                405,
-                -32601,
-                "the 2026-07-28 server behind mcplb has no standalone stream",
-            );
-            return Some(reply::refuse(c, &r).await);
-        }
+        // The GET stream is served from a `subscriptions/listen` (`era_listen`).
+        HttpMethod::Get => return None,
         HttpMethod::Delete => {
             let next = reply::must_close(c, false);
             empty(c, 200, "OK");

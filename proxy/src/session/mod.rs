@@ -14,6 +14,7 @@
 
 pub(crate) mod era;
 pub(crate) mod era_input;
+pub(crate) mod era_listen;
 pub mod failover;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
