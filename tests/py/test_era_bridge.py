@@ -616,3 +616,79 @@ def test_raw_get_stream_from_a_2026_servers_listen(modern_url: str) -> None:
         if toucher.is_alive():
             toucher.join(timeout=READ_TIMEOUT)
     assert seen is not None and seen["method"] == "notifications/tools/list_changed", seen
+
+
+# --- the end of the backend sessions mcplb holds ---------------------------------------------
+
+
+def _sessions_seen(backend) -> tuple[set[str], set[str]]:
+    """The session ids the backend saw in POSTs, and those it got a DELETE for (its --log-http)."""
+    posted: set[str] = set()
+    deleted: set[str] = set()
+    for line in backend.log_path.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == "HTTP" and parts[3].startswith("session="):
+            sid = parts[3].removeprefix("session=")
+            if sid == "-":
+                continue
+            (deleted if parts[1] == "DELETE" else posted).add(sid)
+    return posted, deleted
+
+
+async def test_bridged_backend_sessions_end_with_a_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # mcplb ends a backend session it drops with a DELETE, as a 2025-era client would: one
+    # idle past its limit (shortened here with a debug build's test hook), and at shutdown.
+    from conftest import Backend
+
+    backend = Backend("ending", tmp_path, ("--log-http",))
+    backend.start()
+
+    def config(name: str) -> Path:
+        path = tmp_path / f"mcplb-{name}.toml"
+        path.write_text(
+            "[proxy]\n"
+            'listen = "127.0.0.1:0"\n'
+            "workers = 1\n\n"
+            "[[servers]]\n"
+            f'name = "{name}"\n'
+            'path = "/mcp"\n'
+            f'backends = ["{backend.url}"]\n'
+            'era = "2025"\n'
+            "[servers.health]\nenabled = false\n"
+        )
+        return path
+
+    try:
+        monkeypatch.setenv("MCPLB_TEST_ERA_IDLE_MS", "400")
+        idle = start_proxy_file(config("idle"))
+        try:
+            async with Client(idle.url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
+                assert text_of(await client.call_tool("add", {"a": 1, "b": 1})) == "2"
+            posted, deleted = _sessions_seen(backend)
+            assert len(posted) == 1, posted
+            for _ in range(100):
+                posted, deleted = _sessions_seen(backend)
+                if deleted:
+                    break
+                await anyio.sleep(0.1)
+            assert deleted == posted, "the idle backend session was not ended with a DELETE"
+            # The next request opens a new session.
+            async with Client(idle.url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
+                assert text_of(await client.call_tool("add", {"a": 2, "b": 2})) == "4"
+            assert len(_sessions_seen(backend)[0]) == 2
+        finally:
+            idle.stop()
+
+        monkeypatch.delenv("MCPLB_TEST_ERA_IDLE_MS")
+        before = _sessions_seen(backend)[0]
+        lasting = start_proxy_file(config("shutdown"))
+        try:
+            async with Client(lasting.url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
+                assert text_of(await client.call_tool("add", {"a": 3, "b": 3})) == "6"
+            (opened,) = _sessions_seen(backend)[0] - before
+            assert opened not in _sessions_seen(backend)[1], "ended before mcplb dropped it"
+        finally:
+            lasting.stop()  # SIGTERM: a graceful shutdown
+        assert opened in _sessions_seen(backend)[1], "the backend session was not ended at shutdown"
+    finally:
+        backend.stop()

@@ -31,8 +31,8 @@ use crate::session::era::{self, EraRoute, Learned, SessionKey};
 use crate::session::Owner;
 use crate::tls::Conn;
 
-/// Most backend sessions a core keeps for bridged requests (past it, one is dropped; the
-/// backend ends it when it expires).
+/// Most backend sessions a core keeps for bridged requests (past it, the least recently used
+/// is ended: `era_sessions`).
 const MAX_SESSIONS: usize = 256;
 
 /// A backend session mcplb opened for 2026-07-28 requests.
@@ -44,16 +44,19 @@ pub(crate) struct BridgeSession {
     pub version: String,
     /// The `server/discover` result made from its `initialize` answer.
     pub discover: Vec<u8>,
+    /// When a request last took it (or a call of it last waited for input).
+    pub(super) last_used: Cell<Instant>,
 }
 
 impl BridgeSession {
     /// The session a call resumed on another core goes on in (not pooled there).
-    fn detached(sid: Option<Vec<u8>>, version: String) -> BridgeSession {
+    pub(super) fn detached(sid: Option<Vec<u8>>, version: String) -> BridgeSession {
         BridgeSession {
             key: SessionKey::of(&[b"", b"", b"", b"", b""]),
             sid,
             version,
             discover: Vec::new(),
+            last_used: Cell::new(Instant::now()),
         }
     }
 }
@@ -62,9 +65,11 @@ impl BridgeSession {
 pub(crate) struct Bridges {
     /// `learned[group][backend]`.
     learned: Vec<Vec<Cell<Learned>>>,
-    sessions: RefCell<HashMap<(usize, usize, u64), Rc<BridgeSession>>>,
+    pub(super) sessions: RefCell<HashMap<(usize, usize, u64), Rc<BridgeSession>>>,
     /// Calls waiting for their client's input, by token.
     parked: RefCell<HashMap<u64, Parked>>,
+    /// A task ends this core's idle sessions (`era_sessions::sweep`).
+    pub(super) sweeping: Cell<bool>,
 }
 
 impl Bridges {
@@ -78,6 +83,7 @@ impl Bridges {
                 .collect(),
             sessions: Default::default(),
             parked: Default::default(),
+            sweeping: Cell::new(false),
         }
     }
 
@@ -185,6 +191,7 @@ pub(crate) async fn session_for(
     let hash = era::key_hash(&parts);
     if let Some(s) = core.bridges.sessions.borrow().get(&(gi, bi, hash)) {
         if s.key.matches(&parts) {
+            s.last_used.set(Instant::now());
             return Ok(Some(s.clone()));
         }
     }
@@ -249,14 +256,22 @@ pub(crate) async fn session_for(
         sid: answer.session,
         version: opened.protocol_version,
         discover: opened.discover,
+        last_used: Cell::new(Instant::now()),
     });
-    let mut sessions = core.bridges.sessions.borrow_mut();
-    if sessions.len() >= MAX_SESSIONS {
-        if let Some(k) = sessions.keys().next().copied() {
-            sessions.remove(&k);
-        }
+    let evicted = {
+        let mut sessions = core.bridges.sessions.borrow_mut();
+        let evicted = if sessions.len() >= MAX_SESSIONS {
+            super::era_sessions::evict(&mut sessions)
+        } else {
+            None
+        };
+        sessions.insert((gi, bi, hash), session.clone());
+        evicted
+    };
+    if let Some(old) = evicted {
+        super::era_sessions::end_later(core, old);
     }
-    sessions.insert((gi, bi, hash), session.clone());
+    super::era_sessions::start_sweeping(core);
     Ok(Some(session))
 }
 
@@ -346,6 +361,8 @@ pub(super) enum Own<'a> {
     Initialized(&'a str),
     /// The session's standalone stream (a GET, no body), at the negotiated revision.
     Stream(&'a str),
+    /// The session's end (a DELETE, no body), at the negotiated revision.
+    End(&'a str),
     /// A 2026-07-28 `subscriptions/listen`.
     Listen,
 }
@@ -370,7 +387,7 @@ pub(super) async fn own_exchange(
 /// Sends one of mcplb's own requests to backend `bi` and reads its whole answer: on a pooled
 /// connection, then once more on a new one if that one had closed (the keep-alive race).
 #[allow(clippy::too_many_arguments)]
-async fn own_exchange_on(
+pub(super) async fn own_exchange_on(
     core: &Core,
     gi: usize,
     bi: usize,
@@ -422,10 +439,14 @@ pub(super) fn own_request(
     client: Option<&Request>,
 ) -> Vec<u8> {
     let mut req = Vec::with_capacity(body.len() + 384);
-    if let Own::Stream(v) = own {
+    if let Own::Stream(v) | Own::End(v) = own {
+        let (method, accept) = match own {
+            Own::Stream(_) => ("GET", "text/event-stream"),
+            _ => ("DELETE", "application/json, text/event-stream"),
+        };
         let _ = write!(
             req,
-            "GET {} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\nmcp-protocol-version: {v}\r\n",
+            "{method} {} HTTP/1.1\r\nhost: {}\r\naccept: {accept}\r\nmcp-protocol-version: {v}\r\n",
             backend.path, backend.authority
         );
     } else {
@@ -436,7 +457,7 @@ pub(super) fn own_request(
         );
     }
     match own {
-        Own::Stream(_) => {}
+        Own::Stream(_) | Own::End(_) => {}
         Own::Listen => {
             let _ = write!(
                 req,
@@ -477,7 +498,7 @@ pub(super) fn own_request(
         }
         _ => {}
     }
-    if matches!(own, Own::Stream(_)) {
+    if matches!(own, Own::Stream(_) | Own::End(_)) {
         req.extend_from_slice(b"\r\n");
         return req;
     }
@@ -831,6 +852,8 @@ async fn park(
     client_close: bool,
 ) -> (Next, Option<Conn>) {
     let token: u64 = rand::random();
+    // A call waiting for input keeps its session from counting as idle.
+    leg.session.last_used.set(Instant::now());
     let mut state = Vec::new();
     let payload = era::state_payload(core.index, token);
     if core

@@ -25,6 +25,7 @@ pub(crate) mod client_address;
 pub(crate) mod era_ask;
 pub(crate) mod era_bridge;
 pub(crate) mod era_listen;
+pub(crate) mod era_sessions;
 pub(crate) mod failover;
 pub(crate) mod head;
 pub(crate) mod legacy_front;
