@@ -498,6 +498,13 @@ pub(super) fn own_request(
         }
         _ => {}
     }
+    // The client's Origin goes along, so that a backend's DNS-rebinding check applies to the
+    // requests mcplb makes for it as to the client's own.
+    if let Some(origin) = client.and_then(|c| c.header(b"origin")) {
+        req.extend_from_slice(b"origin: ");
+        req.extend_from_slice(origin);
+        req.extend_from_slice(b"\r\n");
+    }
     if matches!(own, Own::Stream(_) | Own::End(_)) {
         req.extend_from_slice(b"\r\n");
         return req;
@@ -1107,6 +1114,16 @@ pub(crate) async fn answer_initialize(
     else {
         return reply::refuse(c, &failed).await;
     };
+    if !answer.ok && (400..500).contains(&answer.status) {
+        // Refused for what the client sent along (its Origin, its credentials): as it was.
+        let r = Refusal::new(
+            answer.status,
+            -32600,
+            "the 2026-07-28 backend refused the server/discover mcplb sends to answer this \
+             initialize (with this client's Origin and credentials)",
+        );
+        return reply::refuse(c, &r).await;
+    }
     let msg = era::answer_message(&answer.body, answer.sse)
         .filter(|m| answer.ok && m.get("result").is_some());
     let id = c.req.id().unwrap_or(b"null");
