@@ -659,23 +659,23 @@ async def test_bridged_backend_sessions_end_with_a_delete(tmp_path: Path, monkey
         return path
 
     try:
-        monkeypatch.setenv("MCPLB_TEST_ERA_IDLE_MS", "400")
+        monkeypatch.setenv("MCPLB_TEST_ERA_IDLE_MS", "1000")
         idle = start_proxy_file(config("idle"))
         try:
             async with Client(idle.url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
                 assert text_of(await client.call_tool("add", {"a": 1, "b": 1})) == "2"
             posted, deleted = _sessions_seen(backend)
-            assert len(posted) == 1, posted
+            assert posted, "no backend session was opened"
             for _ in range(100):
                 posted, deleted = _sessions_seen(backend)
-                if deleted:
+                if posted <= deleted:
                     break
                 await anyio.sleep(0.1)
-            assert deleted == posted, "the idle backend session was not ended with a DELETE"
+            assert posted <= deleted, f"idle backend sessions not ended with a DELETE: {posted - deleted}"
             # The next request opens a new session.
             async with Client(idle.url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
                 assert text_of(await client.call_tool("add", {"a": 2, "b": 2})) == "4"
-            assert len(_sessions_seen(backend)[0]) == 2
+            assert _sessions_seen(backend)[0] - posted, "no new backend session after the idle one ended"
         finally:
             idle.stop()
 
@@ -685,10 +685,11 @@ async def test_bridged_backend_sessions_end_with_a_delete(tmp_path: Path, monkey
         try:
             async with Client(lasting.url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
                 assert text_of(await client.call_tool("add", {"a": 3, "b": 3})) == "6"
-            (opened,) = _sessions_seen(backend)[0] - before
-            assert opened not in _sessions_seen(backend)[1], "ended before mcplb dropped it"
+            opened = _sessions_seen(backend)[0] - before
+            assert opened, "no backend session was opened"
+            assert not opened & _sessions_seen(backend)[1], "ended before mcplb dropped it"
         finally:
             lasting.stop()  # SIGTERM: a graceful shutdown
-        assert opened in _sessions_seen(backend)[1], "the backend session was not ended at shutdown"
+        assert opened <= _sessions_seen(backend)[1], "the backend session was not ended at shutdown"
     finally:
         backend.stop()

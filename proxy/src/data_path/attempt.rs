@@ -158,15 +158,7 @@ pub(crate) async fn send(
         }
     };
     let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
-    let answer = Answer {
-        up: &mut up,
-        buf: ubuf,
-        head_len,
-        backend_tag,
-        backend_sid: plan.sid.as_deref(),
-        end_on_shutdown: c.req.method() == HttpMethod::Get,
-        sessionless: false,
-    };
+    let answer = plain_answer(c, &mut up, ubuf, head_len, backend_tag, plan.sid.as_deref());
     let keep = !c.req.head.close;
     let (next, reusable) = forward_response(core, c, answer, keep).await;
     drop(in_flight);
@@ -300,15 +292,7 @@ async fn era_send(
         };
         era_ask::forward(core, c, up, ubuf, head_len, keep, call).await
     } else {
-        let answer = Answer {
-            up: &mut up,
-            buf: ubuf,
-            head_len,
-            backend_tag,
-            backend_sid: plan.sid.as_deref(),
-            end_on_shutdown: c.req.method() == HttpMethod::Get,
-            sessionless: false,
-        };
+        let answer = plain_answer(c, &mut up, ubuf, head_len, backend_tag, plan.sid.as_deref());
         let (next, reusable) = forward_response(core, c, answer, keep).await;
         (next, reusable.then_some(up))
     };
@@ -318,6 +302,27 @@ async fn era_send(
     }
     finish(core, c, gi, bi, rtt);
     next
+}
+
+/// A backend's answer to forward as it is (its head in `buf`); `sid`: the backend session it
+/// belongs to.
+fn plain_answer<'a>(
+    c: &ClientConn,
+    up: &'a mut Conn,
+    buf: Vec<u8>,
+    head_len: usize,
+    backend_tag: u32,
+    sid: Option<&'a [u8]>,
+) -> Answer<'a> {
+    Answer {
+        up,
+        buf,
+        head_len,
+        backend_tag,
+        backend_sid: sid,
+        end_on_shutdown: c.req.method() == HttpMethod::Get,
+        sessionless: false,
+    }
 }
 
 /// What an era request's hook answers itself instead of an attempt.
@@ -452,6 +457,21 @@ impl BackendHook for EraHook<'_> {
 /// The end of a forwarded request: the backend's outcome and round trip recorded, and a new
 /// session's `initialize` kept where the group fails sessions over.
 fn finish(core: &Core, c: &ClientConn, gi: usize, bi: usize, rtt: Option<u64>) {
+    record_answer(core, gi, bi, c.meta.status, rtt);
+    let reinit = core
+        .shared
+        .config
+        .servers
+        .get(gi)
+        .is_some_and(|g| g.session_failover == SessionFailover::Reinitialize);
+    if reinit {
+        remember_initialize(core, c);
+    }
+}
+
+/// Records how backend `bi` of group `gi` answered (`status`; a 5xx counts as a failure) and
+/// the request's round trip (`rtt`, nanoseconds).
+pub(crate) fn record_answer(core: &Core, gi: usize, bi: usize, status: u16, rtt: Option<u64>) {
     let (Some(group), Some(rt)) = (
         core.shared.config.servers.get(gi),
         core.shared.groups.get(gi),
@@ -459,12 +479,9 @@ fn finish(core: &Core, c: &ClientConn, gi: usize, bi: usize, rtt: Option<u64>) {
         return;
     };
     let now = balance::now_ns(core.shared.epoch);
-    let failure = (c.meta.status >= 500).then_some(lb::FailureKind::Status5xx);
+    let failure = (status >= 500).then_some(lb::FailureKind::Status5xx);
     balance::record_outcome(&core.shared.hub, rt, group, bi, failure, now);
     core.bal.end_rtt(gi, bi, rtt, now);
-    if group.session_failover == SessionFailover::Reinitialize {
-        remember_initialize(core, c);
-    }
 }
 
 /// The buffers and facts an attempt loop uses for one request (the client's, or one mcplb

@@ -13,10 +13,12 @@ use lb::{retry_decision, Retry, RetryContext};
 use protocol::Method;
 use serde_json::Value;
 
-use crate::data_path::era_bridge::{put_chunk, read, send, Read, Source};
-use crate::data_path::request::{ClientConn, Next, Refusal};
-use crate::data_path::response::{self, forward_response, Answer, Framing};
-use crate::data_path::{reply, upstream};
+use crate::data_path::era_bridge::{
+    era_answer, open_answer, put_chunk, read, send, start_stream, Read, Source,
+};
+use crate::data_path::request::{ClientConn, Next};
+use crate::data_path::response::{self, forward_response, Framing};
+use crate::data_path::upstream;
 use crate::runtime::core::Core;
 use crate::session::era;
 use crate::session::era_input::{self, InputRound};
@@ -26,6 +28,9 @@ use crate::tls::Conn;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a waiting call looks for its client's answers (they may arrive on any core).
 const POLL: Duration = Duration::from_millis(10);
+/// How often a call waiting for its client's answers tells it it is alive (and learns whether
+/// the client still is).
+const KEEPALIVE: Duration = Duration::from_secs(5);
 /// Most rounds of input one call may ask for.
 const MAX_ROUNDS: usize = 16;
 /// Most calls waiting for their clients' answers, over all cores.
@@ -99,55 +104,21 @@ pub(crate) async fn forward(
     keep: bool,
     call: Call<'_>,
 ) -> (Next, Option<Conn>) {
-    let mut a = Answer {
-        up: &mut up,
-        buf,
-        head_len,
-        backend_tag: call.backend_tag,
-        backend_sid: None,
-        end_on_shutdown: false,
-        sessionless: true,
-    };
-    if era::status_of(a.buf.get(..head_len).unwrap_or_default()) != Some(200) {
+    if era::status_of(buf.get(..head_len).unwrap_or_default()) != Some(200) {
         // An HTTP error: as it is.
+        let a = era_answer(&mut up, buf, head_len, call.backend_tag, false);
         let (next, reusable) = forward_response(core, c, a, keep).await;
         return (next, reusable.then_some(up));
     }
-    let Ok((head, head_len)) = response::final_head(core, c, &mut a).await else {
-        c.ubuf = a.buf;
-        let r = Refusal::new(502, -32603, "bad response head from backend");
-        return (reply::refuse(c, &r).await, None);
-    };
-    let mut buf = a.buf;
-    c.meta.status = head.status;
-    c.meta.sse = head.is_sse;
-    let client_close = !keep || crate::runtime::SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
-    let avail = buf.split_off(head_len.min(buf.len()));
-    c.ubuf = buf;
-    let src = Source {
-        up,
-        framing: head.framing,
-        pending: Vec::new(),
-        avail,
-        up_close: head.up_close,
-    };
-    let mut streaming = false;
-    if head.is_sse {
-        c.out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        if client_close {
-            c.out.extend_from_slice(b"connection: close\r\n");
-        }
-        c.out.extend_from_slice(b"\r\n");
-        if !send(c).await {
-            return (Next::Close, None);
-        }
-        streaming = true;
-    }
-    let turn = Turn {
-        src,
-        is_sse: head.is_sse,
-        streaming,
-        client_close,
+    let opened = open_answer(core, c, up, buf, head_len, keep, call.backend_tag).await;
+    let turn = match opened {
+        Ok(o) => Turn {
+            src: o.src,
+            is_sse: o.is_sse,
+            streaming: o.is_sse,
+            client_close: o.client_close,
+        },
+        Err(done) => return done,
     };
     rounds(core, c, turn, &call).await
 }
@@ -310,20 +281,6 @@ async fn sse_answer(core: &Core, c: &mut ClientConn, src: &mut Source) -> Result
     }
 }
 
-/// The SSE head of the client's answer (the backend's first answer was JSON).
-async fn start_stream(c: &mut ClientConn, client_close: bool) -> bool {
-    c.out.clear();
-    c.out.extend_from_slice(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n",
-    );
-    if client_close {
-        c.out.extend_from_slice(b"connection: close\r\n");
-    }
-    c.out.extend_from_slice(b"\r\n");
-    c.meta.sse = true;
-    send(c).await
-}
-
 /// Sends the client one request per input request of `round` and waits for its answers:
 /// `(key, result)` in the round's order.
 async fn ask(c: &mut ClientConn, round: &InputRound) -> Result<Vec<(String, Vec<u8>)>, Gone> {
@@ -368,6 +325,7 @@ async fn ask(c: &mut ClientConn, round: &InputRound) -> Result<Vec<(String, Vec<
         }
     }
     let start = Instant::now();
+    let mut last_sign = start;
     loop {
         if let Some(answers) = answered(token) {
             let mut out = Vec::with_capacity(answers.len());
@@ -390,6 +348,14 @@ async fn ask(c: &mut ClientConn, round: &InputRound) -> Result<Vec<(String, Vec<
                 "the client did not answer the backend's input requests within {} s",
                 ANSWER_TIMEOUT.as_secs()
             )));
+        }
+        if last_sign.elapsed() >= KEEPALIVE {
+            // A comment on the call's stream: a client that left is noticed here.
+            last_sign = Instant::now();
+            put_chunk(c, b": keepalive\n\n");
+            if !send(c).await {
+                return Err(Gone::Client);
+            }
         }
         monoio::time::sleep(POLL).await;
     }
@@ -502,29 +468,15 @@ async fn retried(
             status.unwrap_or(0)
         ));
     }
-    let mut a = Answer {
-        up: &mut up,
-        buf,
-        head_len: n,
-        backend_tag: call.backend_tag,
-        backend_sid: None,
-        end_on_shutdown: false,
-        sessionless: true,
-    };
+    let mut a = era_answer(&mut up, buf, n, call.backend_tag, false);
     let got = response::final_head(core, c, &mut a).await;
-    let mut buf = a.buf;
     // The client's stream is under way: the head made for it is not sent.
     c.out.clear();
     let (head, head_len) = got.map_err(|r| r.message.to_string())?;
-    let avail = buf.split_off(head_len.min(buf.len()));
-    let src = Source {
-        up,
-        framing: head.framing,
-        pending: Vec::new(),
-        avail,
-        up_close: head.up_close,
-    };
-    Ok((src, head.is_sse))
+    let is_sse = head.is_sse;
+    let buf = a.buf;
+    let (src, _) = Source::after_head(up, head, buf, head_len);
+    Ok((src, is_sse))
 }
 
 /// Ends the client's answer with the call's answer `msg` (a JSON-RPC response; its id is the

@@ -630,50 +630,22 @@ impl Bridges {
 pub(crate) async fn forward(
     core: &Core,
     c: &mut ClientConn,
-    mut up: Conn,
+    up: Conn,
     buf: Vec<u8>,
     head_len: usize,
     keep: bool,
     leg: Leg,
 ) -> (Next, Option<Conn>) {
-    let mut a = Answer {
-        up: &mut up,
-        buf,
-        head_len,
-        backend_tag: leg.backend_tag,
-        backend_sid: None,
-        end_on_shutdown: false,
-        sessionless: true,
+    let opened = open_answer(core, c, up, buf, head_len, keep, leg.backend_tag).await;
+    let Opened {
+        mut src,
+        is_sse,
+        client_close,
+    } = match opened {
+        Ok(o) => o,
+        Err(done) => return done,
     };
-    let (head, head_len) = match response::final_head(core, c, &mut a).await {
-        Ok(x) => x,
-        Err(r) => {
-            c.ubuf = a.buf;
-            return (reply::refuse(c, &r).await, None);
-        }
-    };
-    let mut buf = a.buf;
-    c.meta.status = head.status;
-    c.meta.sse = head.is_sse;
-    let client_close = !keep || crate::runtime::SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
-    let avail = buf.split_off(head_len.min(buf.len()));
-    c.ubuf = buf;
-    let mut src = Source {
-        up,
-        framing: head.framing,
-        pending: Vec::new(),
-        avail,
-        up_close: head.up_close,
-    };
-    if head.is_sse {
-        c.out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        if client_close {
-            c.out.extend_from_slice(b"connection: close\r\n");
-        }
-        c.out.extend_from_slice(b"\r\n");
-        if !send(c).await {
-            return (Next::Close, None);
-        }
+    if is_sse {
         return relay(core, c, src, leg, client_close).await;
     }
     // A whole JSON answer.
@@ -717,6 +689,114 @@ pub(crate) async fn forward(
     }
     let reusable = !src.up_close && !matches!(src.framing, Framing::UntilClose);
     (Next::keep_unless(client_close), reusable.then_some(src.up))
+}
+
+impl Source {
+    /// The source of an answer whose head (`head_len` bytes of `buf`) is `head`: the bytes
+    /// after the head are its first; the rest of `buf` (the head) is handed back.
+    pub(super) fn after_head(
+        up: Conn,
+        head: response::RespHead,
+        mut buf: Vec<u8>,
+        head_len: usize,
+    ) -> (Source, Vec<u8>) {
+        let avail = buf.split_off(head_len.min(buf.len()));
+        let src = Source {
+            up,
+            framing: head.framing,
+            pending: Vec::new(),
+            avail,
+            up_close: head.up_close,
+        };
+        (src, buf)
+    }
+}
+
+/// A backend's answer (head in `buf`) to a request the era bridge made or rewrote: the
+/// backend's session id, if any, stays with mcplb.
+pub(super) fn era_answer(
+    up: &mut Conn,
+    buf: Vec<u8>,
+    head_len: usize,
+    backend_tag: u32,
+    end_on_shutdown: bool,
+) -> Answer<'_> {
+    Answer {
+        up,
+        buf,
+        head_len,
+        backend_tag,
+        backend_sid: None,
+        end_on_shutdown,
+        sessionless: true,
+    }
+}
+
+/// The head of an SSE answer of mcplb's making (chunked) into `c.out`, sent: whether it went.
+pub(super) async fn start_stream(c: &mut ClientConn, client_close: bool) -> bool {
+    c.out.clear();
+    c.out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n",
+    );
+    if client_close {
+        c.out.extend_from_slice(b"connection: close\r\n");
+    }
+    c.out.extend_from_slice(b"\r\n");
+    c.meta.status = 200;
+    c.meta.sse = true;
+    send(c).await
+}
+
+/// A backend's answer to a request mcplb made for another era, opened for relaying.
+pub(super) struct Opened {
+    pub src: Source,
+    pub is_sse: bool,
+    /// The client's connection closes after this answer.
+    pub client_close: bool,
+}
+
+/// Opens a backend's answer (`up`, its head of `head_len` bytes in `buf`) to a request the
+/// era bridge rewrote: its head made the client's (in `c.out`; for an SSE stream, chunked and
+/// sent already), its body's source. `Err`: the client's answer is over (what to return).
+pub(super) async fn open_answer(
+    core: &Core,
+    c: &mut ClientConn,
+    mut up: Conn,
+    buf: Vec<u8>,
+    head_len: usize,
+    keep: bool,
+    backend_tag: u32,
+) -> Result<Opened, (Next, Option<Conn>)> {
+    let mut a = era_answer(&mut up, buf, head_len, backend_tag, false);
+    let (head, head_len) = match response::final_head(core, c, &mut a).await {
+        Ok(x) => x,
+        Err(r) => {
+            c.ubuf = a.buf;
+            return Err((reply::refuse(c, &r).await, None));
+        }
+    };
+    c.meta.status = head.status;
+    c.meta.sse = head.is_sse;
+    let client_close = !keep || crate::runtime::SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
+    let is_sse = head.is_sse;
+    let buf = a.buf;
+    let (src, rest) = Source::after_head(up, head, buf, head_len);
+    c.ubuf = rest;
+    if is_sse {
+        c.out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        if client_close {
+            c.out.extend_from_slice(b"connection: close\r\n");
+        }
+        c.out.extend_from_slice(b"\r\n");
+        if !send(c).await {
+            return Err((Next::Close, None));
+        }
+    }
+    Ok(Opened {
+        src,
+        is_sse,
+        client_close,
+    })
 }
 
 /// What one read of the backend's answer gave.
@@ -994,17 +1074,7 @@ pub(crate) async fn resume(core: &Core, c: &mut ClientConn) -> Option<Next> {
     }
     let next = reply::must_close(c, false);
     let client_close = next != Next::KeepAlive;
-    c.out.clear();
-    c.out.extend_from_slice(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n",
-    );
-    if client_close {
-        c.out.extend_from_slice(b"connection: close\r\n");
-    }
-    c.out.extend_from_slice(b"\r\n");
-    c.meta.status = 200;
-    c.meta.sse = true;
-    if !send(c).await {
+    if !start_stream(c, client_close).await {
         return Some(Next::Close);
     }
     let (gi, bi) = (p.leg.gi, p.leg.bi);

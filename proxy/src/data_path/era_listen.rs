@@ -9,9 +9,11 @@ use std::io::Write as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::data_path::era_bridge::{self, own_request, put_chunk, send, BridgeSession, Own};
+use crate::data_path::era_bridge::{
+    self, era_answer, own_request, put_chunk, send, BridgeSession, Own,
+};
 use crate::data_path::request::{ClientConn, Next, Refusal};
-use crate::data_path::response::{self, Answer, Framing};
+use crate::data_path::response::{self, Framing};
 use crate::data_path::{reply, upstream};
 use crate::runtime::core::Core;
 use crate::session::era::{self, Declared};
@@ -165,15 +167,7 @@ async fn open(
         .get(gi)
         .and_then(|g| g.backends.get(bi))
         .map_or(0, |b| b.tag);
-    let mut a = Answer {
-        up: &mut up,
-        buf,
-        head_len,
-        backend_tag,
-        backend_sid: None,
-        end_on_shutdown: true,
-        sessionless: true,
-    };
+    let mut a = era_answer(&mut up, buf, head_len, backend_tag, true);
     let Ok((head, head_len)) = response::final_head(core, c, &mut a).await else {
         return Err(status);
     };
