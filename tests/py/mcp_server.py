@@ -9,8 +9,9 @@ same endpoint.
 
 Tools: add(a, b), whoami() -> NAME, slow_progress(steps, delay) which reports progress,
 calls() -> the names of the tools this process has run, in order (what reached the backend),
-touch_tools() which announces that the tool list changed (on the session's GET stream in the
-handshake era, to `subscriptions/listen` streams at 2026-07-28).
+change_tools() which announces that the tool list changed (notifications/tools/list_changed: on
+the session's stream in the handshake era, to `subscriptions/listen` streams at 2026-07-28).
+`add` is annotated destructive and `whoami` read-only (for `confirm_destructive`).
 Resource: info://name. Prompt: greet(who).
 """
 
@@ -21,19 +22,22 @@ import argparse
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import ToolAnnotations
 
 
 def build_server(name: str) -> MCPServer:
     server = MCPServer(name=name, version="0.0.1", log_level="WARNING")
     ran: list[str] = []
 
-    @server.tool()
+    # Annotations for `confirm_destructive` (tests/py/test_policy.py): adding counts as
+    # destructive here, whoami only reads.
+    @server.tool(annotations=ToolAnnotations(destructiveHint=True))
     def add(a: int, b: int) -> int:
         """Add two integers."""
         ran.append("add")
         return a + b
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
     def whoami() -> str:
         """Return this backend's name."""
         ran.append("whoami")
@@ -45,6 +49,19 @@ def build_server(name: str) -> MCPServer:
         return ",".join(ran)
 
     @server.tool()
+    async def change_tools(ctx: Context) -> str:
+        """Tell clients that the tool list changed (notifications/tools/list_changed)."""
+        try:
+            await ctx.notify_tools_changed()  # subscriptions/listen streams (2026-07-28)
+        except Exception:
+            pass
+        try:
+            await ctx.session.send_tool_list_changed()  # the session's client (2025 era)
+        except Exception:
+            pass
+        return "changed"
+
+    @server.tool()
     async def slow_progress(ctx: Context, steps: int = 3, delay: float = 0.5) -> str:
         """Report progress `steps` times, sleeping `delay` seconds between reports, then return "done"."""
         for i in range(1, steps + 1):
@@ -52,19 +69,6 @@ def build_server(name: str) -> MCPServer:
             if i < steps:
                 await anyio.sleep(delay)
         return "done"
-
-    @server.tool()
-    async def touch_tools(ctx: Context) -> str:
-        """Announce that the tool list changed; returns "touched"."""
-        try:
-            await ctx.notify_tools_changed()  # subscriptions/listen streams (2026-07-28)
-        except Exception:
-            pass
-        try:
-            await ctx.session.send_tool_list_changed()  # the session's GET stream (2025 era)
-        except Exception:
-            pass
-        return "touched"
 
     @server.resource("info://name", mime_type="text/plain")
     def info_name() -> str:

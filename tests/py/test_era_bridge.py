@@ -506,7 +506,7 @@ def test_2025_client_input_request_refused_ends_the_call_with_a_reason(modern_ur
 @pytest.fixture(scope="module")
 def py_2025_url(tmp_path_factory: pytest.TempPathFactory):
     """mcplb (era = "2025") in front of mcp_server.py (Python SDK, handshake era, sessions with
-    a GET stream), whose `touch_tools` sends tools/list_changed on its session's GET stream."""
+    a GET stream), whose `change_tools` sends tools/list_changed on its session's GET stream."""
     from conftest import Backend
 
     workdir = tmp_path_factory.mktemp("era-listen")
@@ -545,7 +545,7 @@ async def test_2026_client_listens_through_a_2025_sessions_get_stream(py_2025_ur
             async def touch_until_seen() -> None:
                 # Repeated: a notification sent before the backend's stream listens is lost.
                 while not got:
-                    assert text_of(await client.call_tool("touch_tools", {})) == "touched"
+                    assert text_of(await client.call_tool("change_tools", {})) == "changed"
                     await anyio.sleep(0.3)
 
             with anyio.fail_after(READ_TIMEOUT):
@@ -560,7 +560,7 @@ async def test_2026_client_listens_through_a_2025_sessions_get_stream(py_2025_ur
 async def test_2025_client_get_stream_from_a_2026_servers_listen(modern_url: str) -> None:
     # A 2025-era client's GET stream, in mcplb's own session, is served from a
     # subscriptions/listen mcplb opens on the 2026-07-28-only server: the server's
-    # tools/list_changed (published by `touch_tools`) reaches the client's message handler.
+    # tools/list_changed (published by `change_tools`) reaches the client's message handler.
     changed = anyio.Event()
 
     async def on_message(message) -> None:
@@ -573,7 +573,7 @@ async def test_2025_client_get_stream_from_a_2026_servers_listen(modern_url: str
         # The SDK opens the GET stream after initialize; give it a moment to be listening.
         for _ in range(50):
             await anyio.sleep(0.1)
-            assert text_of(await client.call_tool("touch_tools", {})) == "touched"
+            assert text_of(await client.call_tool("change_tools", {})) == "changed"
             if changed.is_set():
                 break
         assert changed.is_set(), "tools/list_changed never reached the 2025-era client's GET stream"
@@ -589,7 +589,7 @@ def test_raw_get_stream_from_a_2026_servers_listen(modern_url: str) -> None:
     }
     r = httpx.post(modern_url, json=init, headers=headers, timeout=READ_TIMEOUT)
     s = {**headers, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
-    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "touch_tools", "arguments": {}}}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "change_tools", "arguments": {}}}
     import threading
 
     stop = threading.Event()

@@ -100,6 +100,8 @@ pub(crate) async fn send(
                 && plan.sid.is_none()
                 && group.era != BackendEra::Sessions));
     if bridging {
+        // A bridged answer is relayed in the client's era, not kept.
+        c.cache_fill = None;
         // Boxed: inlined, the bridge's states would grow every request's future (copied into
         // the connection's per-request box), bridged or not.
         return Box::pin(era_send(core, c, plan, era, conc, permits)).await;
@@ -115,34 +117,7 @@ pub(crate) async fn send(
     }
     let is_delete = c.req.method() == HttpMethod::Delete;
     c.meta.ended_session = is_delete && plan.sid.is_some();
-    let hop = c.hop();
-    let forwarding = (&core.shared.config.proxy.client_address, &hop);
-    let reached = {
-        let ClientConn {
-            req,
-            out,
-            meta,
-            trace,
-            ..
-        } = &mut *c;
-        let req: &crate::data_path::request::Request = req;
-        let trace = trace.as_ref();
-        let write = |out: &mut Vec<u8>, backend: &Backend, sid: Option<&[u8]>| {
-            let plain = upstream::Rewrite {
-                trace,
-                ..Default::default()
-            };
-            let cred = &group.auth.upstream;
-            upstream::build_request(out, req, backend, sid, &plain, cred, forwarding);
-        };
-        let mut io = AttemptIo {
-            out,
-            ubuf: &mut ubuf,
-            meta,
-            sealed: req.session_id(),
-        };
-        reach(core, &mut plan, conc, permits, &mut io, &write).await
-    };
+    let reached = reach_as_sent(core, c, group, &mut plan, conc, permits, &mut ubuf).await;
     c.meta.ended_session = is_delete && plan.sid.is_some();
     let Reached {
         mut up,
@@ -167,6 +142,46 @@ pub(crate) async fn send(
     }
     finish(core, c, gi, bi, rtt);
     next
+}
+
+/// The attempt loop for the client's request as it came (with the forwarding headers and the
+/// request's trace): [`reach`] writing [`upstream::build_request`]. The answer head is in
+/// `ubuf` when it returns `Ok`.
+pub(crate) async fn reach_as_sent<'a>(
+    core: &'a Core,
+    c: &mut ClientConn,
+    group: &crate::config::ServerGroup,
+    plan: &mut Plan<'_>,
+    conc: &ConcKeys,
+    permits: &mut Permits,
+    ubuf: &mut Vec<u8>,
+) -> Result<Reached<'a>, Refusal> {
+    let hop = c.hop();
+    let forwarding = (&core.shared.config.proxy.client_address, &hop);
+    let ClientConn {
+        req,
+        out,
+        meta,
+        trace,
+        ..
+    } = &mut *c;
+    let req: &crate::data_path::request::Request = req;
+    let trace = trace.as_ref();
+    let write = |out: &mut Vec<u8>, backend: &Backend, sid: Option<&[u8]>| {
+        let plain = upstream::Rewrite {
+            trace,
+            ..Default::default()
+        };
+        let cred = &group.auth.upstream;
+        upstream::build_request(out, req, backend, sid, &plain, cred, forwarding);
+    };
+    let mut io = AttemptIo {
+        out,
+        ubuf,
+        meta,
+        sealed: req.session_id(),
+    };
+    reach(core, plan, conc, permits, &mut io, &write).await
 }
 
 /// A request the era bridge may handle, through [`reach_with`] and its [`EraHook`], then

@@ -732,18 +732,9 @@ pub(super) fn era_answer(
     }
 }
 
-/// The head of an SSE answer of mcplb's making (chunked) into `c.out`, sent: whether it went.
+/// The head of an SSE answer of mcplb's making (chunked) sent: whether it went.
 pub(super) async fn start_stream(c: &mut ClientConn, client_close: bool) -> bool {
-    c.out.clear();
-    c.out.extend_from_slice(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n",
-    );
-    if client_close {
-        c.out.extend_from_slice(b"connection: close\r\n");
-    }
-    c.out.extend_from_slice(b"\r\n");
-    c.meta.status = 200;
-    c.meta.sse = true;
+    reply::sse_head(c, client_close);
     send(c).await
 }
 
@@ -921,7 +912,7 @@ async fn relay(
 }
 
 /// Writes `data` as one chunk of the client's chunked answer into `c.out`.
-pub(super) fn put_chunk(c: &mut ClientConn, data: &[u8]) {
+pub(crate) fn put_chunk(c: &mut ClientConn, data: &[u8]) {
     let _ = write!(c.out, "{:x}\r\n", data.len());
     c.out.extend_from_slice(data);
     c.out.extend_from_slice(b"\r\n");

@@ -244,6 +244,8 @@ pub(crate) struct ClientConn {
     /// The current request lists tools, prompts or resources that the caller's policy
     /// filters: its answer goes through this filter.
     pub list_filter: Option<crate::data_path::policy::ListFilter>,
+    /// For a request the response cache missed: what its answer fills.
+    pub cache_fill: Option<crate::data_path::cache::Fill>,
     /// The policy class of the connection's last caller.
     pub policy_class: Option<crate::data_path::policy::ConnClass>,
     /// The current request's trace (`[telemetry]` only), once decided.
@@ -267,6 +269,7 @@ impl ClientConn {
             caller: crate::auth::Caller::default(),
             owner: None,
             list_filter: None,
+            cache_fill: None,
             policy_class: None,
             trace: None,
         }
@@ -310,6 +313,7 @@ impl ClientConn {
     /// After a request: the pipelined bytes become the next request's start.
     pub fn next_request(&mut self) {
         self.list_filter = None;
+        self.cache_fill = None;
         self.req.buf.clear();
         self.req.decoded.clear();
         self.req.reset_facts();
@@ -351,6 +355,14 @@ pub(crate) struct ReqMeta {
     pub session_hash: u64,
     /// What the group's policy decided, where it has one.
     pub policy: Option<crate::policy::Decision>,
+    /// What became of a call that needed its user's approval.
+    pub confirm: Option<crate::policy::confirm::Outcome>,
+    /// The session's client declared `elicitation` (sealed into a new session id), in a
+    /// group whose policy asks for approval.
+    pub elicits: bool,
+    /// The answer may carry the group's `notifications/tools/list_changed`, which
+    /// `confirm_destructive` must see.
+    pub watch_tools: bool,
     /// The JSON-RPC error code of an answer mcplb made itself (0: none).
     pub code: i32,
     /// Where the envelope's parts sit in the body (noted only for the audit trail).
@@ -413,6 +425,9 @@ impl Default for ReqMeta {
             first_event: None,
             session_hash: 0,
             policy: None,
+            confirm: None,
+            elicits: false,
+            watch_tools: false,
             code: 0,
             rpc: RpcSpans::default(),
         }

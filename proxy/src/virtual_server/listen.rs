@@ -103,7 +103,10 @@ pub(super) async fn stream(
         crate::data_path::upstream::collect_step(&mut ms.framing, &a.early, &mut body, &mut err);
         ms.parser.push(&body);
         while let Some(ev) = ms.parser.next_event() {
-            relay_event(m, &ev.data, &mut early_events);
+            let bits = relay_event(m, &ev.data, &mut early_events);
+            if let Some(p) = &ms.parts {
+                crate::data_path::cache::note_group_changes(core, p.gi, bits);
+            }
         }
         if let Some(slot) = streams.get_mut(m) {
             *slot = Some(ms);
@@ -193,7 +196,10 @@ pub(super) async fn stream(
                 ms.parser.push(&body);
                 events.clear();
                 while let Some(ev) = ms.parser.next_event() {
-                    relay_event(m, &ev.data, &mut events);
+                    let bits = relay_event(m, &ev.data, &mut events);
+                    if let Some(p) = &ms.parts {
+                        crate::data_path::cache::note_group_changes(core, p.gi, bits);
+                    }
                 }
                 if done || err {
                     core.give_buf(buf);

@@ -148,6 +148,16 @@ fn group(
     };
     let health = super::health::validate(s.health, key, t.errs());
     let auth = crate::auth::validate(s.auth, key, t.errs());
+    if is_virtual && s.cache.is_some() {
+        t.problem(
+            "cache",
+            "not available on a virtual server (its merged lists follow `list_cache_ttl`)",
+        );
+    }
+    let cache = s
+        .cache
+        .filter(|_| !is_virtual)
+        .map(|c| std::sync::Arc::new(super::cache::validate(c, key, t.errs())));
     let allowed_origins = s.allowed_origins.map(|v| {
         v.into_iter()
             .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
@@ -164,17 +174,31 @@ fn group(
             false
         }
     };
+    let confirm_timeout = t.duration(
+        "confirm_timeout",
+        s.confirm_timeout.as_deref(),
+        crate::policy::confirm::DEFAULT_TIMEOUT,
+    );
     if is_virtual && s.legacy_sse == Some(true) {
         t.problem("legacy_sse", "not available on a virtual server");
     }
+    if is_virtual && s.confirm_destructive == Some(true) {
+        t.problem(
+            "confirm_destructive",
+            "not available on a virtual server (set it on its members' groups)",
+        );
+    }
     ServerGroup {
         virtual_server: None,
+        cache,
         legacy_sse: s.legacy_sse.unwrap_or(false),
         era,
         era_bridge: s.era_bridge.unwrap_or(true),
         // Filled in by `[[policies]]` (validated after the groups).
         policy: Default::default(),
         policy_default_allow,
+        confirm_timeout,
+        confirm_destructive: s.confirm_destructive.unwrap_or(false),
         allowed_origins,
         auth,
         name,
