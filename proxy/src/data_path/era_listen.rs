@@ -22,6 +22,8 @@ use crate::tls::Conn;
 
 /// How long a quiet stream waits before a keepalive comment goes to the client.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How often a quiet stream looks whether a shutdown began (which ends it).
+const TICK: Duration = Duration::from_secs(1);
 
 /// Serves a 2026-07-28 client's `subscriptions/listen` (in `c`) from the GET stream of the
 /// bridged session `s` on backend `bi`: its resource subscriptions sent in the session where
@@ -215,6 +217,7 @@ async fn relay(
     }
     c.meta.first_event.get_or_insert_with(Instant::now);
     let mut err = false;
+    let mut quiet_since = Instant::now();
     loop {
         let (_, done) = upstream::collect_step(&mut s.framing, &s.avail, &mut s.pending, &mut err);
         s.avail.clear();
@@ -250,20 +253,23 @@ async fn relay(
         }
         let avail = std::mem::take(&mut s.avail);
         let read = s.up.read_more(avail, super::READ_SIZE);
-        match monoio::time::timeout(KEEPALIVE, read).await {
+        match monoio::time::timeout(TICK, read).await {
             Ok((Ok(n), b)) if n > 0 => s.avail = b,
             Ok(_) => {
                 s.avail.clear();
                 end = true;
             }
             Err(_) => {
-                // Quiet: a comment tells whether the client is still there.
-                let _ = write!(c.out, "{:x}\r\n: keepalive\n\n\r\n", 13);
-                if !send(c).await {
-                    return Next::Close;
-                }
                 if crate::runtime::SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed) {
+                    // A shutdown ends the stream now (the client listens again elsewhere).
                     end = true;
+                } else if quiet_since.elapsed() >= KEEPALIVE {
+                    // Quiet: a comment tells whether the client is still there.
+                    quiet_since = Instant::now();
+                    let _ = write!(c.out, "{:x}\r\n: keepalive\n\n\r\n", 13);
+                    if !send(c).await {
+                        return Next::Close;
+                    }
                 }
             }
         }
