@@ -1,6 +1,6 @@
 """A small, real MCP server (official Python SDK, `mcp` 2.x) used as a backend in the e2e tests.
 
-Usage: python tests/py/mcp_server.py --port N [--host 127.0.0.1] [--name NAME] [--stateless] [--json]
+Usage: python tests/py/mcp_server.py --port N [--host 127.0.0.1] [--name NAME] [--stateless] [--json] [--log-http]
 
 Serves Streamable HTTP on http://HOST:PORT/mcp. Besides the handshake-era protocol revisions
 (sessions with `Mcp-Session-Id`, or none with --stateless), the SDK's session manager also
@@ -9,8 +9,9 @@ same endpoint.
 
 Tools: add(a, b), whoami() -> NAME, slow_progress(steps, delay) which reports progress,
 calls() -> the names of the tools this process has run, in order (what reached the backend),
-change_tools() which sends notifications/tools/list_changed. `add` is annotated destructive and
-`whoami` read-only (for `confirm_destructive`).
+change_tools() which announces that the tool list changed (notifications/tools/list_changed: on
+the session's stream in the handshake era, to `subscriptions/listen` streams at 2026-07-28).
+`add` is annotated destructive and `whoami` read-only (for `confirm_destructive`).
 Resource: info://name. Prompt: greet(who).
 """
 
@@ -49,8 +50,15 @@ def build_server(name: str) -> MCPServer:
 
     @server.tool()
     async def change_tools(ctx: Context) -> str:
-        """Tell the session's client that the tool list changed (notifications/tools/list_changed)."""
-        await ctx.session.send_tool_list_changed()
+        """Tell clients that the tool list changed (notifications/tools/list_changed)."""
+        try:
+            await ctx.notify_tools_changed()  # subscriptions/listen streams (2026-07-28)
+        except Exception:
+            pass
+        try:
+            await ctx.session.send_tool_list_changed()  # the session's client (2025 era)
+        except Exception:
+            pass
         return "changed"
 
     @server.tool()
@@ -82,6 +90,7 @@ def main() -> None:
     parser.add_argument("--name", default="py")
     parser.add_argument("--stateless", action="store_true", help="legacy streamable HTTP without sessions")
     parser.add_argument("--json", action="store_true", help="answer with application/json instead of SSE")
+    parser.add_argument("--log-http", action="store_true", help="print each HTTP request's method, path and session id")
     args = parser.parse_args()
 
     # DNS-rebinding protection stays on (as in real deployments); loopback Host/Origin values with any
@@ -91,6 +100,25 @@ def main() -> None:
         allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost"],
         allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
     )
+    if args.log_http:
+        # Each HTTP request's method, path and session id on stdout (what reached the backend).
+        import uvicorn
+
+        app = build_server(args.name).streamable_http_app(
+            streamable_http_path="/mcp",
+            stateless_http=args.stateless,
+            json_response=args.json,
+            transport_security=security,
+        )
+
+        async def logged(scope, receive, send) -> None:
+            if scope["type"] == "http":
+                sid = dict(scope["headers"]).get(b"mcp-session-id", b"-").decode()
+                print(f"HTTP {scope['method']} {scope['path']} session={sid}", flush=True)
+            await app(scope, receive, send)
+
+        uvicorn.run(logged, host=args.host, port=args.port, log_level="warning")
+        return
     build_server(args.name).run(
         "streamable-http",
         host=args.host,

@@ -411,8 +411,291 @@ def test_2025_session_on_a_2026_server_is_mcplbs_own(modern_url: str) -> None:
     call = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 2, "b": 3}}}
     answer = _message(httpx.post(modern_url, json=call, headers=s, timeout=READ_TIMEOUT))
     assert answer["id"] == 4 and answer["result"]["content"][0]["text"] == "5", answer
-    assert httpx.get(modern_url, headers={**s, "accept": "text/event-stream"}, timeout=10).status_code == 405
+    # The GET stream is served from a subscriptions/listen (see the listen tests below).
+    with httpx.stream("GET", modern_url, headers={**s, "accept": "text/event-stream"}, timeout=10) as get:
+        assert get.status_code == 200 and get.headers["content-type"].startswith("text/event-stream")
     assert httpx.delete(modern_url, headers=s, timeout=10).status_code == 200
     # A session id mcplb did not seal is unknown, as on any server.
     bad = httpx.post(modern_url, json=call, headers={**s, "mcp-session-id": "nope"}, timeout=10)
     assert bad.status_code in (400, 404), bad.text
+
+
+async def test_2025_client_answers_a_2026_servers_input_requests(modern_url: str) -> None:
+    # modern_server.py's `introduce` answers input_required twice: an elicitation and roots/list
+    # in one round, then sampling. mcplb sends each as a server-to-client request on the call's
+    # SSE answer, collects the legacy client's POSTed answers, retries the call with
+    # inputResponses and the server's requestState, and ends the stream with the result.
+    from mcp_types import CreateMessageResult, ElicitResult, ListRootsResult, Root
+    from mcp_types import TextContent as Text
+
+    seen: list[str] = []
+
+    async def on_elicit(context, params) -> ElicitResult:
+        seen.append(f"elicit:{params.message}")
+        return ElicitResult(action="accept", content={"name": "Ada"})
+
+    async def on_roots(context) -> ListRootsResult:
+        seen.append("roots")
+        return ListRootsResult(roots=[Root(uri="file:///work/ada", name="ada")])
+
+    async def on_sample(context, params) -> CreateMessageResult:
+        seen.append(f"sample:{params.messages[0].content.text}")
+        return CreateMessageResult(role="assistant", content=Text(type="text", text="roses"), model="m")
+
+    async with Client(
+        modern_url,
+        mode="legacy",
+        read_timeout_seconds=READ_TIMEOUT,
+        elicitation_callback=on_elicit,
+        list_roots_callback=on_roots,
+        sampling_callback=on_sample,
+    ) as client:
+        assert client.protocol_version == "2025-11-25"
+        result = await client.call_tool("introduce", {})
+        assert text_of(result) == "Ada|file:///work/ada|roses", result
+        assert sorted(seen[:2]) == ["elicit:Who is calling?", "roots"], seen
+        assert seen[2:] == ["sample:A line for Ada"], seen
+        # Plain calls go on in the same session.
+        assert text_of(await client.call_tool("add", {"a": 1, "b": 2})) == "3"
+
+
+def test_2025_client_input_request_refused_ends_the_call_with_a_reason(modern_url: str) -> None:
+    # The raw wire: the call's answer is an SSE stream of mcplb's requests; an error answer
+    # from the client ends the call with a JSON-RPC error under the call's id, never a hang.
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    caps = {"elicitation": {}, "roots": {}, "sampling": {}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": caps, "clientInfo": {"name": "raw", "version": "1"}},
+    }
+    r = httpx.post(modern_url, json=init, headers=headers, timeout=READ_TIMEOUT)
+    s = {**headers, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+    call = {"jsonrpc": "2.0", "id": "call-1", "method": "tools/call", "params": {"name": "introduce", "arguments": {}}}
+    with httpx.Client(timeout=READ_TIMEOUT) as http, httpx.Client(timeout=READ_TIMEOUT) as other:
+        with http.stream("POST", modern_url, json=call, headers=s) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            asked: list[dict] = []
+            final = None
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                msg = json.loads(line[5:].strip())
+                if "method" in msg:
+                    asked.append(msg)
+                    if len(asked) == 2:
+                        # Another connection (perhaps another worker) carries the answers.
+                        for a in asked:
+                            if a["method"] == "roots/list":
+                                answer = {"jsonrpc": "2.0", "id": a["id"], "result": {"roots": []}}
+                            else:
+                                answer = {"jsonrpc": "2.0", "id": a["id"], "error": {"code": -1, "message": "user said no"}}
+                            assert other.post(modern_url, json=answer, headers=s).status_code == 202
+                elif "id" in msg:
+                    final = msg
+    assert {a["method"] for a in asked} == {"elicitation/create", "roots/list"}, asked
+    assert all(a["id"].startswith("mcplb-ask-") for a in asked), asked
+    assert final is not None and final["id"] == "call-1", final
+    assert "user said no" in final["error"]["message"], final
+
+
+# --- subscriptions/listen <-> the GET stream ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def py_2025_url(tmp_path_factory: pytest.TempPathFactory):
+    """mcplb (era = "2025") in front of mcp_server.py (Python SDK, handshake era, sessions with
+    a GET stream), whose `change_tools` sends tools/list_changed on its session's GET stream."""
+    from conftest import Backend
+
+    workdir = tmp_path_factory.mktemp("era-listen")
+    backend = Backend("py2025", workdir)
+    backend.start()
+    config = workdir / "mcplb-listen.toml"
+    config.write_text(
+        "[proxy]\n"
+        'listen = "127.0.0.1:0"\n'
+        "workers = 2\n\n"
+        "[[servers]]\n"
+        'name = "py2025"\n'
+        'path = "/mcp"\n'
+        f'backends = ["{backend.url}"]\n'
+        'era = "2025"\n'
+        "[servers.health]\nenabled = false\n"
+    )
+    proxy = start_proxy_file(config)
+    yield proxy.url
+    proxy.stop()
+    backend.stop()
+
+
+async def test_2026_client_listens_through_a_2025_sessions_get_stream(py_2025_url: str) -> None:
+    # The SDK's 2026-07-28 client opens subscriptions/listen; mcplb serves it from the GET
+    # stream of the backend session it holds for this client's declaration (acknowledgment
+    # first, then the asked-for notifications stamped with the listen's id). A call in that
+    # session makes the backend announce a tool list change.
+    from mcp.client.subscriptions import ToolsListChanged
+
+    async with Client(py_2025_url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
+        async with client.listen(tools_list_changed=True, prompts_list_changed=True) as sub:
+            assert sub.honored.tools_list_changed is True
+            got: list[object] = []
+
+            async def touch_until_seen() -> None:
+                # Repeated: a notification sent before the backend's stream listens is lost.
+                while not got:
+                    assert text_of(await client.call_tool("change_tools", {})) == "changed"
+                    await anyio.sleep(0.3)
+
+            with anyio.fail_after(READ_TIMEOUT):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(touch_until_seen)
+                    got.append(await sub.__anext__())
+            assert isinstance(got[0], ToolsListChanged), got
+        # The listen's end leaves the client's other requests working.
+        assert text_of(await client.call_tool("add", {"a": 2, "b": 2})) == "4"
+
+
+async def test_2025_client_get_stream_from_a_2026_servers_listen(modern_url: str) -> None:
+    # A 2025-era client's GET stream, in mcplb's own session, is served from a
+    # subscriptions/listen mcplb opens on the 2026-07-28-only server: the server's
+    # tools/list_changed (published by `change_tools`) reaches the client's message handler.
+    changed = anyio.Event()
+
+    async def on_message(message) -> None:
+        if "ToolListChanged" in type(getattr(message, "root", message)).__name__ or "list_changed" in str(message):
+            changed.set()
+
+    async with Client(
+        modern_url, mode="legacy", read_timeout_seconds=READ_TIMEOUT, message_handler=on_message
+    ) as client:
+        # The SDK opens the GET stream after initialize; give it a moment to be listening.
+        for _ in range(50):
+            await anyio.sleep(0.1)
+            assert text_of(await client.call_tool("change_tools", {})) == "changed"
+            if changed.is_set():
+                break
+        assert changed.is_set(), "tools/list_changed never reached the 2025-era client's GET stream"
+
+
+def test_raw_get_stream_from_a_2026_servers_listen(modern_url: str) -> None:
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    }
+    r = httpx.post(modern_url, json=init, headers=headers, timeout=READ_TIMEOUT)
+    s = {**headers, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "change_tools", "arguments": {}}}
+    import threading
+
+    stop = threading.Event()
+
+    def touch() -> None:
+        # Repeated until seen: a notification sent before the server's listen is registered is lost.
+        while not stop.wait(0.3):
+            httpx.post(modern_url, json=call, headers=s, timeout=READ_TIMEOUT)
+
+    toucher = threading.Thread(target=touch, daemon=True)
+    seen = None
+    try:
+        with httpx.Client(timeout=READ_TIMEOUT) as http:
+            with http.stream("GET", modern_url, headers={**s, "accept": "text/event-stream"}) as stream:
+                assert stream.status_code == 200
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                toucher.start()
+                for line in stream.iter_lines():
+                    if line.startswith("data:"):
+                        seen = json.loads(line[5:].strip())
+                        break
+    finally:
+        stop.set()
+        if toucher.is_alive():
+            toucher.join(timeout=READ_TIMEOUT)
+    assert seen is not None and seen["method"] == "notifications/tools/list_changed", seen
+
+
+# --- the end of the backend sessions mcplb holds ---------------------------------------------
+
+
+def _sessions_seen(backend) -> tuple[set[str], set[str]]:
+    """The session ids the backend saw in POSTs, and those it got a DELETE for (its --log-http)."""
+    posted: set[str] = set()
+    deleted: set[str] = set()
+    for line in backend.log_path.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == "HTTP" and parts[3].startswith("session="):
+            sid = parts[3].removeprefix("session=")
+            if sid == "-":
+                continue
+            (deleted if parts[1] == "DELETE" else posted).add(sid)
+    return posted, deleted
+
+
+async def test_bridged_backend_sessions_end_with_a_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # mcplb ends a backend session it drops with a DELETE, as a 2025-era client would: one
+    # idle past its limit (shortened here with a debug build's test hook), and at shutdown.
+    from conftest import Backend
+
+    backend = Backend("ending", tmp_path, ("--log-http",))
+    backend.start()
+
+    def config(name: str) -> Path:
+        path = tmp_path / f"mcplb-{name}.toml"
+        path.write_text(
+            "[proxy]\n"
+            'listen = "127.0.0.1:0"\n'
+            "workers = 1\n\n"
+            "[[servers]]\n"
+            f'name = "{name}"\n'
+            'path = "/mcp"\n'
+            f'backends = ["{backend.url}"]\n'
+            'era = "2025"\n'
+            "[servers.health]\nenabled = false\n"
+        )
+        return path
+
+    try:
+        monkeypatch.setenv("MCPLB_TEST_ERA_IDLE_MS", "1000")
+        idle = start_proxy_file(config("idle"))
+        try:
+            async with Client(idle.url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
+                assert text_of(await client.call_tool("add", {"a": 1, "b": 1})) == "2"
+            posted, deleted = _sessions_seen(backend)
+            assert posted, "no backend session was opened"
+            for _ in range(200):
+                posted, deleted = _sessions_seen(backend)
+                if posted <= deleted:
+                    break
+                await anyio.sleep(0.1)
+            assert posted <= deleted, f"idle backend sessions not ended with a DELETE: {posted - deleted}"
+            # The next request opens a new session.
+            async with Client(idle.url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
+                assert text_of(await client.call_tool("add", {"a": 2, "b": 2})) == "4"
+            assert _sessions_seen(backend)[0] - posted, "no new backend session after the idle one ended"
+        finally:
+            idle.stop()
+
+        monkeypatch.delenv("MCPLB_TEST_ERA_IDLE_MS")
+        before = _sessions_seen(backend)[0]
+        lasting = start_proxy_file(config("shutdown"))
+        try:
+            async with Client(lasting.url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
+                assert text_of(await client.call_tool("add", {"a": 3, "b": 3})) == "6"
+            opened = _sessions_seen(backend)[0] - before
+            assert opened, "no backend session was opened"
+            assert not opened & _sessions_seen(backend)[1], "ended before mcplb dropped it"
+        finally:
+            # SIGTERM: a graceful shutdown, given time on a busy machine (stop() kills after 5 s).
+            assert lasting.proc is not None
+            lasting.proc.terminate()
+            try:
+                lasting.proc.wait(timeout=30)
+            finally:
+                lasting.stop()
+        assert opened <= _sessions_seen(backend)[1], "the backend session was not ended at shutdown"
+    finally:
+        backend.stop()

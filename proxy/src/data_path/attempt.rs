@@ -18,7 +18,7 @@ use crate::control::stats::Gauge;
 use crate::data_path::admission::{self, ConcKeys, Permits};
 use crate::data_path::request::{ClientConn, HttpMethod, Next, Refusal, ReqMeta};
 use crate::data_path::response::{forward_response, Answer};
-use crate::data_path::{era_bridge, failover, reply, upstream};
+use crate::data_path::{era_ask, era_bridge, era_listen, failover, reply, upstream};
 use crate::runtime::core::Core;
 use crate::session::era;
 use crate::tls::Conn;
@@ -90,10 +90,7 @@ pub(crate) async fn send(
     permits: &mut Permits,
 ) -> Next {
     let gi = plan.gi;
-    let (Some(group), Some(rt)) = (
-        core.shared.config.servers.get(gi),
-        core.shared.groups.get(gi),
-    ) else {
+    let Some(group) = core.shared.config.servers.get(gi) else {
         return reply::refuse(c, &Refusal::new(503, -32603, "no backend available")).await;
     };
     let bridging = group.era_bridge
@@ -136,28 +133,14 @@ pub(crate) async fn send(
         }
     };
     let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
-    let answer = Answer {
-        up: &mut up,
-        buf: ubuf,
-        head_len,
-        backend_tag,
-        backend_sid: plan.sid.as_deref(),
-        end_on_shutdown: c.req.method() == HttpMethod::Get,
-        sessionless: false,
-    };
+    let answer = plain_answer(c, &mut up, ubuf, head_len, backend_tag, plan.sid.as_deref());
     let keep = !c.req.head.close;
     let (next, reusable) = forward_response(core, c, answer, keep).await;
     drop(in_flight);
     if reusable {
         core.put_upstream(gi, bi, up);
     }
-    let now = balance::now_ns(core.shared.epoch);
-    let failure = (c.meta.status >= 500).then_some(lb::FailureKind::Status5xx);
-    balance::record_outcome(&core.shared.hub, rt, group, bi, failure, now);
-    core.bal.end_rtt(gi, bi, rtt, now);
-    if group.session_failover == SessionFailover::Reinitialize {
-        remember_initialize(core, c);
-    }
+    finish(core, c, gi, bi, rtt);
     next
 }
 
@@ -201,12 +184,8 @@ pub(crate) async fn reach_as_sent<'a>(
     reach(core, plan, conc, permits, &mut io, &write).await
 }
 
-/// The attempt loop of a request the era bridge may handle: per backend, its era (a probe
-/// when unknown), a backend session for a 2026-07-28 request to a 2025-era backend (re-opened
-/// once when the backend has dropped it), a 2025-era client's `initialize` answered from a
-/// 2026-07-28-only backend's `server/discover`, the request rewritten on its way, and the
-/// answer relayed as the client's era needs it. The retry rule is [`reach`]'s.
-#[allow(clippy::too_many_lines)]
+/// A request the era bridge may handle, through [`reach_with`] and its [`EraHook`], then
+/// relayed as the client's era needs it (`era_bridge::forward`) or as it is.
 async fn era_send(
     core: &Core,
     c: &mut ClientConn,
@@ -216,18 +195,9 @@ async fn era_send(
     permits: &mut Permits,
 ) -> Next {
     let gi = plan.gi;
-    let (Some(group), Some(rt)) = (
-        core.shared.config.servers.get(gi),
-        core.shared.groups.get(gi),
-    ) else {
+    let Some(group) = core.shared.config.servers.get(gi) else {
         return reply::refuse(c, &Refusal::new(503, -32603, "no backend available")).await;
     };
-    let mut tried: u64 = 0;
-    let mut last = Refusal::new(503, -32603, "no backend available");
-    let mut fresh_retry: Option<usize> = None;
-    let mut fresh_retry_used = false;
-    // A bridged request's backend session was re-opened after a 404 (once only).
-    let mut reopened = false;
     // A 2025-era client's request to a 2026-07-28 backend: its body with the `_meta` its
     // session declares, and the mirror headers.
     let legacy = era_plan
@@ -238,6 +208,14 @@ async fn era_send(
         && plan.sid.is_none()
         && era_plan.legacy_client.is_none()
         && group.era_bridge;
+    // A 2025-era client's GET stream, served from a `subscriptions/listen`.
+    let stream_for = era_plan
+        .legacy_client
+        .and_then(era::parse_session_payload)
+        .filter(|_| c.req.method() == HttpMethod::Get);
+    let listen = era_plan.modern
+        && c.meta.method == Method::Other
+        && crate::session::era_listen::is_listen(c.req.body());
     let mut ubuf = std::mem::take(&mut c.ubuf);
     if ubuf.capacity() == 0 {
         ubuf = core.take_buf();
@@ -246,203 +224,279 @@ async fn era_send(
         c.out = core.take_buf();
     }
     let hop = c.hop();
-    let forwarding = (&core.shared.config.proxy.client_address, &hop);
-    core.bal.deposit(gi, balance::now_ns(core.shared.epoch));
-    for _ in 0..group.backends.len().max(1) + 1 {
-        let now = balance::now_ns(core.shared.epoch);
-        if plan.needs_failover {
-            // No request the era bridge handles belongs to a backend's session.
-            break;
-        }
-        let (bi, fresh) = match fresh_retry.take() {
-            Some(bi) => (bi, true),
-            None => {
-                let pick = || core.bal.pick(gi, group, rt, plan.hash_key, tried, now);
-                match plan.pinned.or_else(pick) {
-                    Some(bi) => (bi, false),
-                    None => break,
+    let reached = {
+        let ClientConn {
+            req,
+            out,
+            meta,
+            trace,
+            owner,
+            ..
+        } = &mut *c;
+        let mut hook = EraHook {
+            req,
+            owner: owner.as_ref(),
+            trace: trace.as_ref(),
+            forwarding: (&core.shared.config.proxy.client_address, &hop),
+            group,
+            modern: era_plan.modern,
+            method: meta.method,
+            legacy: legacy.as_ref(),
+            new_handshake,
+            stream_for: stream_for.is_some(),
+            listen,
+            bridge: None,
+            reopened: false,
+        };
+        let mut io = AttemptIo {
+            out,
+            ubuf: &mut ubuf,
+            meta,
+            sealed: req.session_id(),
+        };
+        let r = reach_with(core, &mut plan, conc, permits, &mut io, &mut hook).await;
+        r.map(|r| (r, hook.bridge))
+    };
+    let (reached, bridge) = match reached {
+        Ok(r) => r,
+        Err(stop) => {
+            c.ubuf = ubuf;
+            return match stop {
+                Stop::Refuse(last) => reply::refuse(c, &last).await,
+                Stop::Local(EraLocal::Initialize(bi)) => {
+                    era_bridge::answer_initialize(core, c, gi, bi).await
                 }
-            }
-        };
-        if bi < 64 {
-            tried |= 1 << bi;
+                Stop::Local(EraLocal::Discover(s)) => era_bridge::answer_discover(c, &s).await,
+                Stop::Local(EraLocal::Listen(bi, s)) => {
+                    era_listen::listen_on_session(core, c, gi, bi, s).await
+                }
+                Stop::Local(EraLocal::Stream(bi)) => match &stream_for {
+                    Some(d) => era_listen::stream_for_client(core, c, gi, bi, d).await,
+                    None => reply::refuse(c, &Refusal::new(503, -32603, "no stream")).await,
+                },
+            };
         }
-        let Some(backend) = group.backends.get(bi) else {
-            break;
+    };
+    let Reached {
+        mut up,
+        head_len,
+        bi,
+        in_flight,
+        backend_tag,
+    } = reached;
+    let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
+    let keep = !c.req.head.close;
+    let (next, pool) = if let Some(session) = bridge {
+        let leg = era_bridge::Leg {
+            gi,
+            bi,
+            session,
+            backend_tag,
         };
-        // Per-backend concurrency: a new session or stateless request tries another backend;
-        // a session's request waits (or is refused) as the rule says.
-        let pinned = plan.pinned.is_some();
-        if let Err(ri) =
-            admission::acquire_backend_permits(core, conc, gi, bi, pinned, permits).await
-        {
-            if !pinned && tried.count_ones() < group.backends.len() as u32 {
-                continue;
-            }
-            last = admission::concurrency_refusal(ri);
-            break;
-        }
-        c.meta.backend = Some(bi);
-        c.meta.ended_session = c.req.method() == HttpMethod::Delete && plan.sid.is_some();
-        let in_flight = InFlight::start(core, gi, bi);
-        if new_handshake && group.era == BackendEra::Stateless {
+        era_bridge::forward(core, c, up, ubuf, head_len, keep, leg).await
+    } else if let Some((body, headers)) =
+        legacy.as_ref().filter(|_| era_ask::may_ask(c.meta.method))
+    {
+        // A 2025-era client's call: its 2026-07-28 backend may ask for input.
+        let call = era_ask::Call {
+            gi,
+            bi,
+            backend_tag,
+            body,
+            headers,
+        };
+        era_ask::forward(core, c, up, ubuf, head_len, keep, call).await
+    } else {
+        let answer = plain_answer(c, &mut up, ubuf, head_len, backend_tag, plan.sid.as_deref());
+        let (next, reusable) = forward_response(core, c, answer, keep).await;
+        (next, reusable.then_some(up))
+    };
+    drop(in_flight);
+    if let Some(up) = pool {
+        core.put_upstream(gi, bi, up);
+    }
+    finish(core, c, gi, bi, rtt);
+    next
+}
+
+/// A backend's answer to forward as it is (its head in `buf`); `sid`: the backend session it
+/// belongs to.
+fn plain_answer<'a>(
+    c: &ClientConn,
+    up: &'a mut Conn,
+    buf: Vec<u8>,
+    head_len: usize,
+    backend_tag: u32,
+    sid: Option<&'a [u8]>,
+) -> Answer<'a> {
+    Answer {
+        up,
+        buf,
+        head_len,
+        backend_tag,
+        backend_sid: sid,
+        end_on_shutdown: c.req.method() == HttpMethod::Get,
+        sessionless: false,
+    }
+}
+
+/// What an era request's hook answers itself instead of an attempt.
+enum EraLocal {
+    /// A 2025-era client's `initialize`, from backend `bi`'s `server/discover`.
+    Initialize(usize),
+    /// A 2026-07-28 `server/discover`, from the backend session's `initialize`.
+    Discover(std::rc::Rc<era_bridge::BridgeSession>),
+    /// A 2026-07-28 `subscriptions/listen`, from the GET stream of backend `bi`'s session.
+    Listen(usize, std::rc::Rc<era_bridge::BridgeSession>),
+    /// A 2025-era client's GET stream, from a `subscriptions/listen` to backend `bi`.
+    Stream(usize),
+}
+
+/// The era bridge's part of an attempt, per backend: its era (a probe when unknown), a backend
+/// session for a 2026-07-28 request to a 2025-era backend (re-opened once when the backend has
+/// dropped it), a 2025-era client's `initialize` answered from a 2026-07-28-only backend's
+/// `server/discover`, and the request rewritten on its way.
+struct EraHook<'r> {
+    req: &'r crate::data_path::request::Request,
+    owner: Option<&'r crate::session::Owner>,
+    trace: Option<&'r crate::telemetry::TraceContext>,
+    forwarding: (
+        &'r crate::config::ClientAddress,
+        &'r crate::data_path::client_address::Hop,
+    ),
+    group: &'r crate::config::ServerGroup,
+    modern: bool,
+    method: Method,
+    /// A 2025-era client's request as its 2026-07-28 backend takes it (body, mirror headers).
+    legacy: Option<&'r (Vec<u8>, Vec<u8>)>,
+    /// A 2025-era client's `initialize`, outside any session.
+    new_handshake: bool,
+    /// A 2025-era client's GET stream in mcplb's session.
+    stream_for: bool,
+    /// A 2026-07-28 `subscriptions/listen`.
+    listen: bool,
+    /// The backend session of the current attempt.
+    bridge: Option<std::rc::Rc<era_bridge::BridgeSession>>,
+    /// The backend session was re-opened after the backend lost it (once only).
+    reopened: bool,
+}
+
+impl BackendHook for EraHook<'_> {
+    type Local = EraLocal;
+
+    const FAILS_OVER: bool = false;
+
+    async fn before(&mut self, core: &Core, gi: usize, bi: usize) -> Before<EraLocal> {
+        self.bridge = None;
+        if self.new_handshake && self.group.era == BackendEra::Stateless {
             // A 2026-07-28 backend: the client's initialize is answered from its discover.
-            drop(in_flight);
-            c.ubuf = ubuf;
-            return era_bridge::answer_initialize(core, c, gi, bi).await;
+            return Before::Local(EraLocal::Initialize(bi));
         }
-        let bridged = match era_bridge::session_for(core, c, gi, bi, era_plan.modern).await {
-            Ok(b) => Ok(b),
-            Err(era_bridge::Failed::Refuse(r)) => {
-                last = r;
-                break;
+        if self.stream_for {
+            return Before::Local(EraLocal::Stream(bi));
+        }
+        let got = era_bridge::session_for(core, self.req, self.owner, gi, bi, self.modern).await;
+        match got {
+            Ok(Some(s)) if self.method == Method::ServerDiscover => {
+                Before::Local(EraLocal::Discover(s))
             }
-            Err(era_bridge::Failed::Upstream(e)) => Err(e),
-        };
-        let bridge = bridged.as_ref().ok().and_then(Option::as_ref);
-        if let Some(s) = bridge.filter(|_| c.meta.method == Method::ServerDiscover) {
-            drop(in_flight);
-            c.ubuf = ubuf;
-            return era_bridge::answer_discover(c, s).await;
+            Ok(Some(s)) if self.listen => Before::Local(EraLocal::Listen(bi, s)),
+            Ok(s) => {
+                self.bridge = s;
+                Before::Go
+            }
+            Err(era_bridge::Failed::Refuse(r)) => Before::Refuse(r),
+            Err(era_bridge::Failed::Upstream(e)) => Before::Failed(e),
         }
-        let sid = match bridge {
+    }
+
+    fn sid<'s>(&'s self, planned: Option<&'s [u8]>) -> Option<&'s [u8]> {
+        match &self.bridge {
             Some(s) => s.sid.as_deref(),
-            None => plan.sid.as_deref(),
-        };
-        let trace = c.trace;
-        let rewrite = match (bridge, &legacy) {
+            None => planned,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>, backend: &Backend, sid: Option<&[u8]>) {
+        let rewrite = match (&self.bridge, self.legacy) {
             (Some(s), _) => upstream::Rewrite {
                 version: Some(s.version.as_bytes()),
-                trace: trace.as_ref(),
+                trace: self.trace,
                 ..Default::default()
             },
             (None, Some((body, headers))) => upstream::Rewrite {
                 version: Some(era::MODERN.as_bytes()),
                 body: Some(body),
                 headers,
-                trace: trace.as_ref(),
+                trace: self.trace,
             },
             (None, None) => upstream::Rewrite {
-                trace: trace.as_ref(),
+                trace: self.trace,
                 ..Default::default()
             },
         };
-        let result = match &bridged {
-            Err(e) => Err(*e),
-            Ok(_) => {
-                let ClientConn { req, out, meta, .. } = &mut *c;
-                let req: &crate::data_path::request::Request = req;
-                let write = |out: &mut Vec<u8>, backend: &Backend, sid: Option<&[u8]>| {
-                    let cred = &group.auth.upstream;
-                    upstream::build_request(out, req, backend, sid, &rewrite, cred, forwarding);
-                };
-                let mut io = AttemptIo {
-                    out,
-                    ubuf: &mut ubuf,
-                    meta,
-                    sealed: req.session_id(),
-                };
-                let timeout = plan.head_timeout;
-                attempt(core, backend, gi, bi, sid, fresh, &mut io, timeout, &write).await
-            }
-        };
-        match result {
-            Ok((mut up, head_len)) => {
-                if let Some(s) = bridge.filter(|_| !reopened) {
-                    if era_bridge::session_lost(core, &mut up, &mut ubuf, head_len).await {
-                        // The backend no longer knows mcplb's session (expired, restarted):
-                        // it ran nothing. Once more, on a new session.
-                        core.bridges.forget(gi, bi, s);
-                        reopened = true;
-                        fresh_retry = Some(bi);
-                        c.meta.retried = true;
-                        continue;
-                    }
-                }
-                if new_handshake && group.era == BackendEra::Auto {
-                    let head = ubuf.get(..head_len).unwrap_or_default();
-                    let refused = era::status_of(head).is_some_and(|s| (400..500).contains(&s));
-                    if refused && era_bridge::serves_2026(core, gi, bi).await {
-                        // It refused the handshake and serves 2026-07-28: a server of that
-                        // revision alone. The client's initialize is answered from its discover.
-                        drop(up);
-                        drop(in_flight);
-                        c.ubuf = ubuf;
-                        return era_bridge::answer_initialize(core, c, gi, bi).await;
-                    }
-                }
-                let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
-                let keep = !c.req.head.close;
-                let (next, pool) = if let Some(s) = bridge {
-                    let leg = era_bridge::Leg {
-                        gi,
-                        bi,
-                        session: s.clone(),
-                        backend_tag: backend.tag,
-                    };
-                    era_bridge::forward(core, c, up, ubuf, head_len, keep, leg).await
-                } else {
-                    let answer = Answer {
-                        up: &mut up,
-                        buf: ubuf,
-                        head_len,
-                        backend_tag: backend.tag,
-                        backend_sid: sid,
-                        end_on_shutdown: c.req.method() == HttpMethod::Get,
-                        sessionless: false,
-                    };
-                    let (next, reusable) = forward_response(core, c, answer, keep).await;
-                    (next, reusable.then_some(up))
-                };
-                drop(in_flight);
-                if let Some(up) = pool {
-                    core.put_upstream(gi, bi, up);
-                }
-                let now = balance::now_ns(core.shared.epoch);
-                let failure = (c.meta.status >= 500).then_some(lb::FailureKind::Status5xx);
-                balance::record_outcome(&core.shared.hub, rt, group, bi, failure, now);
-                core.bal.end_rtt(gi, bi, rtt, now);
-                if group.session_failover == SessionFailover::Reinitialize {
-                    remember_initialize(core, c);
-                }
-                return next;
-            }
-            Err(e) => {
-                drop(in_flight);
-                let (status, message) = e.status();
-                if logs::first_in_window("upstream failure", &backend.name, message) {
-                    tracing::warn!(backend = %backend.name, error = message, "upstream failure");
-                }
-                let now = balance::now_ns(core.shared.epoch);
-                let kind = Some(e.failure_kind());
-                balance::record_outcome(&core.shared.hub, rt, group, bi, kind, now);
-                last = Refusal::new(status, -32603, message);
-                let cx = RetryContext {
-                    read_only: plan.read_only,
-                    sticky: plan.pinned.is_some(),
-                    can_fail_over: plan.can_fail_over,
-                    fresh_retry_used,
-                };
-                match retry_decision(&e, &cx) {
-                    Retry::No => break,
-                    Retry::FreshConnection => {
-                        fresh_retry_used = true;
-                        fresh_retry = Some(bi);
-                    }
-                    Retry::OtherBackend => {}
-                    Retry::OtherBackendIfBudget => {
-                        if !core.bal.try_withdraw(gi, now) {
-                            break;
-                        }
-                    }
-                    Retry::FailOver => plan.needs_failover = true,
-                }
-                c.meta.retried = true;
+        let cred = &self.group.auth.upstream;
+        upstream::build_request(out, self.req, backend, sid, &rewrite, cred, self.forwarding);
+    }
+
+    async fn after(
+        &mut self,
+        core: &Core,
+        (gi, bi): (usize, usize),
+        up: &mut Conn,
+        ubuf: &mut Vec<u8>,
+        head_len: usize,
+    ) -> After<EraLocal> {
+        if let Some(s) = self.bridge.as_ref().filter(|_| !self.reopened) {
+            if era_bridge::session_lost(core, up, ubuf, head_len).await {
+                // The backend no longer knows mcplb's session (expired, restarted): it ran
+                // nothing. Once more, on a new session.
+                core.bridges.forget(gi, bi, s);
+                self.reopened = true;
+                return After::Again;
             }
         }
+        if self.new_handshake && self.group.era == BackendEra::Auto {
+            let head = ubuf.get(..head_len).unwrap_or_default();
+            let refused = era::status_of(head).is_some_and(|s| (400..500).contains(&s));
+            if refused && era_bridge::serves_2026(core, gi, bi).await {
+                // It refused the handshake and serves 2026-07-28: a server of that revision
+                // alone. The client's initialize is answered from its discover.
+                return After::Local(EraLocal::Initialize(bi));
+            }
+        }
+        After::Take
     }
-    c.ubuf = ubuf;
-    reply::refuse(c, &last).await
+}
+
+/// The end of a forwarded request: the backend's outcome and round trip recorded, and a new
+/// session's `initialize` kept where the group fails sessions over.
+fn finish(core: &Core, c: &ClientConn, gi: usize, bi: usize, rtt: Option<u64>) {
+    record_answer(core, gi, bi, c.meta.status, rtt);
+    let reinit = core
+        .shared
+        .config
+        .servers
+        .get(gi)
+        .is_some_and(|g| g.session_failover == SessionFailover::Reinitialize);
+    if reinit {
+        remember_initialize(core, c);
+    }
+}
+
+/// Records how backend `bi` of group `gi` answered (`status`; a 5xx counts as a failure) and
+/// the request's round trip (`rtt`, nanoseconds).
+pub(crate) fn record_answer(core: &Core, gi: usize, bi: usize, status: u16, rtt: Option<u64>) {
+    let (Some(group), Some(rt)) = (
+        core.shared.config.servers.get(gi),
+        core.shared.groups.get(gi),
+    ) else {
+        return;
+    };
+    let now = balance::now_ns(core.shared.epoch);
+    let failure = (status >= 500).then_some(lb::FailureKind::Status5xx);
+    balance::record_outcome(&core.shared.hub, rt, group, bi, failure, now);
+    core.bal.end_rtt(gi, bi, rtt, now);
 }
 
 /// The buffers and facts an attempt loop uses for one request (the client's, or one mcplb
@@ -468,10 +522,8 @@ pub(crate) struct Reached<'a> {
     pub in_flight: InFlight<'a>,
 }
 
-/// The attempt loop: picks the backend (the session's, or the balancer's), takes the
-/// per-backend permits, writes the request with `write` (given the backend and its session
-/// id) and reads the answer head; after a failure, [`lb::retry_decision`] alone says what
-/// follows. `Err`: the refusal for the client.
+/// The attempt loop with no per-backend part beyond writing the request (`write`, given the
+/// backend and its session id): [`reach_with`] and [`PlainHook`].
 pub(crate) async fn reach<'a>(
     core: &'a Core,
     plan: &mut Plan<'_>,
@@ -480,12 +532,112 @@ pub(crate) async fn reach<'a>(
     io: &mut AttemptIo<'_>,
     write: &impl Fn(&mut Vec<u8>, &Backend, Option<&[u8]>),
 ) -> Result<Reached<'a>, Refusal> {
+    let mut hook = PlainHook(write);
+    match reach_with(core, plan, conc, permits, io, &mut hook).await {
+        Ok(r) => Ok(r),
+        Err(Stop::Refuse(r)) => Err(r),
+        Err(Stop::Local(never)) => match never {},
+    }
+}
+
+/// What a [`BackendHook`] decided before an attempt on a backend.
+pub(crate) enum Before<L> {
+    /// Send the request.
+    Go,
+    /// The backend failed before the request was written (as a write that failed: the retry
+    /// rule decides what follows).
+    Failed(UpstreamError),
+    /// The request ends with this refusal.
+    Refuse(Refusal),
+    /// The request is answered by the hook's caller, as `L` says.
+    Local(L),
+}
+
+/// What a [`BackendHook`] made of an answer head.
+pub(crate) enum After<L> {
+    /// It is the request's answer.
+    Take,
+    /// The backend ran nothing: once more, on a new connection to the same backend.
+    Again,
+    /// The request is answered by the hook's caller, as `L` says.
+    Local(L),
+}
+
+/// Why [`reach_with`] reached no answer.
+pub(crate) enum Stop<L> {
+    /// The refusal for the client.
+    Refuse(Refusal),
+    /// A hook's own answer.
+    Local(L),
+}
+
+/// The per-backend part of an attempt loop: what happens before each attempt, how the request
+/// is written, and what an answer head means. [`reach_with`] keeps the loop and the retry rule.
+pub(crate) trait BackendHook {
+    /// What the hook answers itself.
+    type Local;
+    /// A failure that asks for a session failover replays the session's `initialize`
+    /// (`false`: the loop ends with the last refusal instead).
+    const FAILS_OVER: bool = true;
+
+    /// Before an attempt on backend `bi` of group `gi`.
+    async fn before(&mut self, _core: &Core, _gi: usize, _bi: usize) -> Before<Self::Local> {
+        Before::Go
+    }
+
+    /// The backend session id the request goes in (`planned`: the route's).
+    fn sid<'s>(&'s self, planned: Option<&'s [u8]>) -> Option<&'s [u8]> {
+        planned
+    }
+
+    /// Writes the request for `backend` and its session id `sid` into `out`.
+    fn write(&self, out: &mut Vec<u8>, backend: &Backend, sid: Option<&[u8]>);
+
+    /// What the answer head in `ubuf` (`head_len` bytes) of backend `(gi, bi)` means.
+    async fn after(
+        &mut self,
+        _core: &Core,
+        _at: (usize, usize),
+        _up: &mut Conn,
+        _ubuf: &mut Vec<u8>,
+        _head_len: usize,
+    ) -> After<Self::Local> {
+        After::Take
+    }
+}
+
+/// The hook of a request written by a closure and otherwise sent as it is.
+pub(crate) struct PlainHook<'w, W>(pub &'w W);
+
+impl<W: Fn(&mut Vec<u8>, &Backend, Option<&[u8]>)> BackendHook for PlainHook<'_, W> {
+    type Local = std::convert::Infallible;
+
+    fn write(&self, out: &mut Vec<u8>, backend: &Backend, sid: Option<&[u8]>) {
+        (self.0)(out, backend, sid);
+    }
+}
+
+/// The attempt loop: picks the backend (the session's, or the balancer's), takes the
+/// per-backend permits, lets `hook` prepare, writes the request as `hook` says and reads the
+/// answer head; after a failure, [`lb::retry_decision`] alone says what follows.
+pub(crate) async fn reach_with<'a, H: BackendHook>(
+    core: &'a Core,
+    plan: &mut Plan<'_>,
+    conc: &ConcKeys,
+    permits: &mut Permits,
+    io: &mut AttemptIo<'_>,
+    hook: &mut H,
+) -> Result<Reached<'a>, Stop<H::Local>> {
     let gi = plan.gi;
     let (Some(group), Some(rt)) = (
         core.shared.config.servers.get(gi),
         core.shared.groups.get(gi),
     ) else {
-        return Err(Refusal::new(503, -32603, "no backend available"));
+        return Err(Stop::Refuse(Refusal::new(
+            503,
+            -32603,
+            "no backend available",
+        )));
     };
     let mut tried: u64 = 0;
     let mut last = Refusal::new(503, -32603, "no backend available");
@@ -495,6 +647,9 @@ pub(crate) async fn reach<'a>(
     for _ in 0..group.backends.len().max(1) + 1 {
         let now = balance::now_ns(core.shared.epoch);
         if plan.needs_failover {
+            if !H::FAILS_OVER {
+                break;
+            }
             if let Err(r) = fail_over(core, io, plan, tried, now).await {
                 last = r;
                 break;
@@ -530,28 +685,40 @@ pub(crate) async fn reach<'a>(
         }
         io.meta.backend = Some(bi);
         let in_flight = InFlight::start(core, gi, bi);
-        let sid = plan.sid.as_deref();
-        match attempt(
-            core,
-            backend,
-            gi,
-            bi,
-            sid,
-            fresh,
-            io,
-            plan.head_timeout,
-            write,
-        )
-        .await
-        {
-            Ok((up, head_len)) => {
+        let result = match hook.before(core, gi, bi).await {
+            Before::Go => {
+                let sid = hook.sid(plan.sid.as_deref());
+                let write = |out: &mut Vec<u8>, b: &Backend, sid: Option<&[u8]>| {
+                    hook.write(out, b, sid);
+                };
+                let timeout = plan.head_timeout;
+                attempt(core, backend, gi, bi, sid, fresh, io, timeout, &write).await
+            }
+            Before::Failed(e) => Err(e),
+            Before::Refuse(r) => {
+                last = r;
+                break;
+            }
+            Before::Local(l) => return Err(Stop::Local(l)),
+        };
+        match result {
+            Ok((mut up, head_len)) => {
+                match hook.after(core, (gi, bi), &mut up, io.ubuf, head_len).await {
+                    After::Take => {}
+                    After::Again => {
+                        fresh_retry = Some(bi);
+                        io.meta.retried = true;
+                        continue;
+                    }
+                    After::Local(l) => return Err(Stop::Local(l)),
+                }
                 return Ok(Reached {
                     up,
                     head_len,
                     bi,
                     backend_tag: backend.tag,
                     in_flight,
-                })
+                });
             }
             Err(e) => {
                 drop(in_flight);
@@ -588,7 +755,7 @@ pub(crate) async fn reach<'a>(
             }
         }
     }
-    Err(last)
+    Err(Stop::Refuse(last))
 }
 
 /// One attempt on backend `bi`: a connection (pooled, or new when `fresh`), the request

@@ -5,7 +5,7 @@
 //! probe, `initialize`, `notifications/initialized`, the answers to the backend's requests)
 //! and keeps, per core, what it learned: each backend's era and the backend sessions bridged
 //! requests share (keyed by what the request's `_meta` declares and who sends it; re-opened
-//! when the backend drops one, see `attempt::send`). It relays the answers, rewritten event by
+//! when the backend drops one, see `attempt::EraHook`). It relays the answers, rewritten event by
 //! event, and parks a call whose backend asks for input until the client's retry (`resume`).
 //!
 //! A 2025-era client of a 2026-07-28-only backend: its `initialize` answered from the
@@ -23,15 +23,16 @@ use protocol::Method;
 
 use crate::auth::UpstreamCredential;
 use crate::config::{Backend, BackendEra, ServerGroup};
-use crate::data_path::request::{ClientConn, Next, Refusal};
+use crate::data_path::request::{ClientConn, Next, Refusal, Request};
 use crate::data_path::response::{self, Answer, Framing};
 use crate::data_path::{reply, upstream};
 use crate::runtime::core::Core;
 use crate::session::era::{self, EraRoute, Learned, SessionKey};
+use crate::session::Owner;
 use crate::tls::Conn;
 
-/// Most backend sessions a core keeps for bridged requests (past it, one is dropped; the
-/// backend ends it when it expires).
+/// Most backend sessions a core keeps for bridged requests (past it, the least recently used
+/// is ended: `era_sessions`).
 const MAX_SESSIONS: usize = 256;
 
 /// A backend session mcplb opened for 2026-07-28 requests.
@@ -43,16 +44,19 @@ pub(crate) struct BridgeSession {
     pub version: String,
     /// The `server/discover` result made from its `initialize` answer.
     pub discover: Vec<u8>,
+    /// When a request last took it (or a call of it last waited for input).
+    pub(super) last_used: Cell<Instant>,
 }
 
 impl BridgeSession {
     /// The session a call resumed on another core goes on in (not pooled there).
-    fn detached(sid: Option<Vec<u8>>, version: String) -> BridgeSession {
+    pub(super) fn detached(sid: Option<Vec<u8>>, version: String) -> BridgeSession {
         BridgeSession {
             key: SessionKey::of(&[b"", b"", b"", b"", b""]),
             sid,
             version,
             discover: Vec::new(),
+            last_used: Cell::new(Instant::now()),
         }
     }
 }
@@ -61,9 +65,11 @@ impl BridgeSession {
 pub(crate) struct Bridges {
     /// `learned[group][backend]`.
     learned: Vec<Vec<Cell<Learned>>>,
-    sessions: RefCell<HashMap<(usize, usize, u64), Rc<BridgeSession>>>,
+    pub(super) sessions: RefCell<HashMap<(usize, usize, u64), Rc<BridgeSession>>>,
     /// Calls waiting for their client's input, by token.
     parked: RefCell<HashMap<u64, Parked>>,
+    /// A task ends this core's idle sessions (`era_sessions::sweep`).
+    pub(super) sweeping: Cell<bool>,
 }
 
 impl Bridges {
@@ -77,6 +83,7 @@ impl Bridges {
                 .collect(),
             sessions: Default::default(),
             parked: Default::default(),
+            sweeping: Cell::new(false),
         }
     }
 
@@ -126,7 +133,8 @@ pub(crate) enum Failed {
 /// has not yet; opens a session when none matches.
 pub(crate) async fn session_for(
     core: &Core,
-    c: &ClientConn,
+    req: &Request,
+    owner: Option<&Owner>,
     gi: usize,
     bi: usize,
     modern: bool,
@@ -159,7 +167,7 @@ pub(crate) async fn session_for(
             }
         }
     }
-    let Some(declared) = era::declared(c.req.body()) else {
+    let Some(declared) = era::declared(req.body()) else {
         return Err(Failed::Refuse(Refusal::new(
             400,
             -32602,
@@ -169,10 +177,10 @@ pub(crate) async fn session_for(
         )));
     };
     let forwarded = matches!(group.auth.upstream, UpstreamCredential::Forward);
-    let owner = c.owner.as_ref().map_or(&[][..], |o| &o.as_bytes()[..]);
+    let owner = owner.map_or(&[][..], |o| &o.as_bytes()[..]);
     let cred = |name: &[u8]| {
         forwarded
-            .then(|| c.req.header(name))
+            .then(|| req.header(name))
             .flatten()
             .unwrap_or_default()
     };
@@ -183,13 +191,14 @@ pub(crate) async fn session_for(
     let hash = era::key_hash(&parts);
     if let Some(s) = core.bridges.sessions.borrow().get(&(gi, bi, hash)) {
         if s.key.matches(&parts) {
+            s.last_used.set(Instant::now());
             return Ok(Some(s.clone()));
         }
     }
     let init = era::initialize_body(&declared);
     let answer = own_exchange(
         core,
-        c,
+        req,
         gi,
         bi,
         group,
@@ -223,7 +232,7 @@ pub(crate) async fn session_for(
     if let Some(sid) = &answer.session {
         let note = own_exchange(
             core,
-            c,
+            req,
             gi,
             bi,
             group,
@@ -247,14 +256,22 @@ pub(crate) async fn session_for(
         sid: answer.session,
         version: opened.protocol_version,
         discover: opened.discover,
+        last_used: Cell::new(Instant::now()),
     });
-    let mut sessions = core.bridges.sessions.borrow_mut();
-    if sessions.len() >= MAX_SESSIONS {
-        if let Some(k) = sessions.keys().next().copied() {
-            sessions.remove(&k);
-        }
+    let evicted = {
+        let mut sessions = core.bridges.sessions.borrow_mut();
+        let evicted = if sessions.len() >= MAX_SESSIONS {
+            super::era_sessions::evict(&mut sessions)
+        } else {
+            None
+        };
+        sessions.insert((gi, bi, hash), session.clone());
+        evicted
+    };
+    if let Some(old) = evicted {
+        super::era_sessions::end_later(core, old);
     }
-    sessions.insert((gi, bi, hash), session.clone());
+    super::era_sessions::start_sweeping(core);
     Ok(Some(session))
 }
 
@@ -336,19 +353,26 @@ async fn probe(
 
 /// Which of mcplb's own requests.
 #[derive(Clone, Copy)]
-enum Own<'a> {
+pub(super) enum Own<'a> {
     Probe,
     Initialize,
-    /// `notifications/initialized`, at the negotiated revision.
+    /// `notifications/initialized`, at the negotiated revision (and any request in the
+    /// session at that revision).
     Initialized(&'a str),
+    /// The session's standalone stream (a GET, no body), at the negotiated revision.
+    Stream(&'a str),
+    /// The session's end (a DELETE, no body), at the negotiated revision.
+    End(&'a str),
+    /// A 2026-07-28 `subscriptions/listen`.
+    Listen,
 }
 
 /// Sends one of mcplb's own requests for the client's request in `c` (its forwarded
 /// credentials go along).
 #[allow(clippy::too_many_arguments)]
-async fn own_exchange(
+pub(super) async fn own_exchange(
     core: &Core,
-    c: &ClientConn,
+    c: &Request,
     gi: usize,
     bi: usize,
     group: &ServerGroup,
@@ -363,7 +387,7 @@ async fn own_exchange(
 /// Sends one of mcplb's own requests to backend `bi` and reads its whole answer: on a pooled
 /// connection, then once more on a new one if that one had closed (the keep-alive race).
 #[allow(clippy::too_many_arguments)]
-async fn own_exchange_on(
+pub(super) async fn own_exchange_on(
     core: &Core,
     gi: usize,
     bi: usize,
@@ -372,7 +396,7 @@ async fn own_exchange_on(
     own: Own<'_>,
     sid: Option<&[u8]>,
     body: &[u8],
-    client: Option<&ClientConn>,
+    client: Option<&Request>,
 ) -> Result<upstream::Exchanged, Failed> {
     let mut fresh = false;
     loop {
@@ -406,21 +430,41 @@ async fn own_exchange_on(
 /// The bytes of one of mcplb's own requests: the backend's path and authority, the upstream
 /// credential the group says (the client's own when it forwards them), the revision and
 /// session headers, the body.
-fn own_request(
+pub(super) fn own_request(
     backend: &Backend,
     group: &ServerGroup,
     own: Own<'_>,
     sid: Option<&[u8]>,
     body: &[u8],
-    client: Option<&ClientConn>,
+    client: Option<&Request>,
 ) -> Vec<u8> {
     let mut req = Vec::with_capacity(body.len() + 384);
-    let _ = write!(
-        req,
-        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n",
-        backend.path, backend.authority
-    );
+    if let Own::Stream(v) | Own::End(v) = own {
+        let (method, accept) = match own {
+            Own::Stream(_) => ("GET", "text/event-stream"),
+            _ => ("DELETE", "application/json, text/event-stream"),
+        };
+        let _ = write!(
+            req,
+            "{method} {} HTTP/1.1\r\nhost: {}\r\naccept: {accept}\r\nmcp-protocol-version: {v}\r\n",
+            backend.path, backend.authority
+        );
+    } else {
+        let _ = write!(
+            req,
+            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n",
+            backend.path, backend.authority
+        );
+    }
     match own {
+        Own::Stream(_) | Own::End(_) => {}
+        Own::Listen => {
+            let _ = write!(
+                req,
+                "mcp-protocol-version: {}\r\nmcp-method: subscriptions/listen\r\n",
+                era::MODERN
+            );
+        }
         Own::Probe => {
             let _ = write!(
                 req,
@@ -444,7 +488,7 @@ fn own_request(
         }
         (UpstreamCredential::Forward, Some(c)) => {
             for name in [&b"authorization"[..], b"x-api-key"] {
-                if let Some(v) = c.req.header(name) {
+                if let Some(v) = c.header(name) {
                     req.extend_from_slice(name);
                     req.extend_from_slice(b": ");
                     req.extend_from_slice(v);
@@ -453,6 +497,17 @@ fn own_request(
             }
         }
         _ => {}
+    }
+    // The client's Origin goes along, so that a backend's DNS-rebinding check applies to the
+    // requests mcplb makes for it as to the client's own.
+    if let Some(origin) = client.and_then(|c| c.header(b"origin")) {
+        req.extend_from_slice(b"origin: ");
+        req.extend_from_slice(origin);
+        req.extend_from_slice(b"\r\n");
+    }
+    if matches!(own, Own::Stream(_) | Own::End(_)) {
+        req.extend_from_slice(b"\r\n");
+        return req;
     }
     let _ = write!(req, "content-length: {}\r\n\r\n", body.len());
     req.extend_from_slice(body);
@@ -476,12 +531,12 @@ pub(crate) struct Leg {
 
 /// A backend's SSE answer being relayed: the connection, its framing, and the de-chunked bytes
 /// not yet relayed.
-struct Source {
-    up: Conn,
-    framing: Framing,
-    pending: Vec<u8>,
-    avail: Vec<u8>,
-    up_close: bool,
+pub(super) struct Source {
+    pub up: Conn,
+    pub framing: Framing,
+    pub pending: Vec<u8>,
+    pub avail: Vec<u8>,
+    pub up_close: bool,
 }
 
 /// A bridged call whose backend asked its client for input: it waits here, its stream open,
@@ -575,50 +630,22 @@ impl Bridges {
 pub(crate) async fn forward(
     core: &Core,
     c: &mut ClientConn,
-    mut up: Conn,
+    up: Conn,
     buf: Vec<u8>,
     head_len: usize,
     keep: bool,
     leg: Leg,
 ) -> (Next, Option<Conn>) {
-    let mut a = Answer {
-        up: &mut up,
-        buf,
-        head_len,
-        backend_tag: leg.backend_tag,
-        backend_sid: None,
-        end_on_shutdown: false,
-        sessionless: true,
+    let opened = open_answer(core, c, up, buf, head_len, keep, leg.backend_tag).await;
+    let Opened {
+        mut src,
+        is_sse,
+        client_close,
+    } = match opened {
+        Ok(o) => o,
+        Err(done) => return done,
     };
-    let (head, head_len) = match response::final_head(core, c, &mut a).await {
-        Ok(x) => x,
-        Err(r) => {
-            c.ubuf = a.buf;
-            return (reply::refuse(c, &r).await, None);
-        }
-    };
-    let mut buf = a.buf;
-    c.meta.status = head.status;
-    c.meta.sse = head.is_sse;
-    let client_close = !keep || crate::runtime::SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
-    let avail = buf.split_off(head_len.min(buf.len()));
-    c.ubuf = buf;
-    let mut src = Source {
-        up,
-        framing: head.framing,
-        pending: Vec::new(),
-        avail,
-        up_close: head.up_close,
-    };
-    if head.is_sse {
-        c.out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        if client_close {
-            c.out.extend_from_slice(b"connection: close\r\n");
-        }
-        c.out.extend_from_slice(b"\r\n");
-        if !send(c).await {
-            return (Next::Close, None);
-        }
+    if is_sse {
         return relay(core, c, src, leg, client_close).await;
     }
     // A whole JSON answer.
@@ -664,8 +691,107 @@ pub(crate) async fn forward(
     (Next::keep_unless(client_close), reusable.then_some(src.up))
 }
 
+impl Source {
+    /// The source of an answer whose head (`head_len` bytes of `buf`) is `head`: the bytes
+    /// after the head are its first; the rest of `buf` (the head) is handed back.
+    pub(super) fn after_head(
+        up: Conn,
+        head: response::RespHead,
+        mut buf: Vec<u8>,
+        head_len: usize,
+    ) -> (Source, Vec<u8>) {
+        let avail = buf.split_off(head_len.min(buf.len()));
+        let src = Source {
+            up,
+            framing: head.framing,
+            pending: Vec::new(),
+            avail,
+            up_close: head.up_close,
+        };
+        (src, buf)
+    }
+}
+
+/// A backend's answer (head in `buf`) to a request the era bridge made or rewrote: the
+/// backend's session id, if any, stays with mcplb.
+pub(super) fn era_answer(
+    up: &mut Conn,
+    buf: Vec<u8>,
+    head_len: usize,
+    backend_tag: u32,
+    end_on_shutdown: bool,
+) -> Answer<'_> {
+    Answer {
+        up,
+        buf,
+        head_len,
+        backend_tag,
+        backend_sid: None,
+        end_on_shutdown,
+        sessionless: true,
+    }
+}
+
+/// The head of an SSE answer of mcplb's making (chunked) sent: whether it went.
+pub(super) async fn start_stream(c: &mut ClientConn, client_close: bool) -> bool {
+    reply::sse_head(c, client_close);
+    send(c).await
+}
+
+/// A backend's answer to a request mcplb made for another era, opened for relaying.
+pub(super) struct Opened {
+    pub src: Source,
+    pub is_sse: bool,
+    /// The client's connection closes after this answer.
+    pub client_close: bool,
+}
+
+/// Opens a backend's answer (`up`, its head of `head_len` bytes in `buf`) to a request the
+/// era bridge rewrote: its head made the client's (in `c.out`; for an SSE stream, chunked and
+/// sent already), its body's source. `Err`: the client's answer is over (what to return).
+pub(super) async fn open_answer(
+    core: &Core,
+    c: &mut ClientConn,
+    mut up: Conn,
+    buf: Vec<u8>,
+    head_len: usize,
+    keep: bool,
+    backend_tag: u32,
+) -> Result<Opened, (Next, Option<Conn>)> {
+    let mut a = era_answer(&mut up, buf, head_len, backend_tag, false);
+    let (head, head_len) = match response::final_head(core, c, &mut a).await {
+        Ok(x) => x,
+        Err(r) => {
+            c.ubuf = a.buf;
+            return Err((reply::refuse(c, &r).await, None));
+        }
+    };
+    c.meta.status = head.status;
+    c.meta.sse = head.is_sse;
+    let client_close = !keep || crate::runtime::SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
+    let is_sse = head.is_sse;
+    let buf = a.buf;
+    let (src, rest) = Source::after_head(up, head, buf, head_len);
+    c.ubuf = rest;
+    if is_sse {
+        c.out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        if client_close {
+            c.out.extend_from_slice(b"connection: close\r\n");
+        }
+        c.out.extend_from_slice(b"\r\n");
+        if !send(c).await {
+            return Err((Next::Close, None));
+        }
+    }
+    Ok(Opened {
+        src,
+        is_sse,
+        client_close,
+    })
+}
+
 /// What one read of the backend's answer gave.
-enum Read {
+pub(super) enum Read {
     Bytes,
     /// The connection closed where that ends the body (an until-close body).
     End,
@@ -674,7 +800,7 @@ enum Read {
 
 /// Reads the next bytes of `src` into its `avail` (a stream waits as long as it takes; a
 /// whole answer at most `upstream_timeout` per read).
-async fn read(core: &Core, src: &mut Source, stream: bool) -> Read {
+pub(super) async fn read(core: &Core, src: &mut Source, stream: bool) -> Read {
     let mut avail = std::mem::take(&mut src.avail);
     avail.clear();
     let read = src.up.read_more(avail, super::READ_SIZE);
@@ -804,6 +930,8 @@ async fn park(
     client_close: bool,
 ) -> (Next, Option<Conn>) {
     let token: u64 = rand::random();
+    // A call waiting for input keeps its session from counting as idle.
+    leg.session.last_used.set(Instant::now());
     let mut state = Vec::new();
     let payload = era::state_payload(core.index, token);
     if core
@@ -877,7 +1005,7 @@ async fn answer_backend(core: &Core, c: &ClientConn, leg: &Leg, answer: &[u8]) -
     let own = Own::Initialized(&s.version);
     let sent = own_exchange(
         core,
-        c,
+        &c.req,
         leg.gi,
         leg.bi,
         group,
@@ -937,8 +1065,7 @@ pub(crate) async fn resume(core: &Core, c: &mut ClientConn) -> Option<Next> {
     }
     let next = reply::must_close(c, false);
     let client_close = next != Next::KeepAlive;
-    reply::sse_head(c, client_close);
-    if !send(c).await {
+    if !start_stream(c, client_close).await {
         return Some(Next::Close);
     }
     let (gi, bi) = (p.leg.gi, p.leg.bi);
@@ -973,7 +1100,7 @@ fn taken_over(w: Waiting) -> Option<Parked> {
 }
 
 /// Writes `c.out` to the client: whether it went.
-async fn send(c: &mut ClientConn) -> bool {
+pub(super) async fn send(c: &mut ClientConn) -> bool {
     let out = std::mem::take(&mut c.out);
     let len = out.len();
     c.meta.bytes_out += len as u64;
@@ -1042,12 +1169,22 @@ pub(crate) async fn answer_initialize(
         Own::Probe,
         None,
         &body,
-        Some(c),
+        Some(&c.req),
     )
     .await
     else {
         return reply::refuse(c, &failed).await;
     };
+    if !answer.ok && (400..500).contains(&answer.status) {
+        // Refused for what the client sent along (its Origin, its credentials): as it was.
+        let r = Refusal::new(
+            answer.status,
+            -32600,
+            "the 2026-07-28 backend refused the server/discover mcplb sends to answer this \
+             initialize (with this client's Origin and credentials)",
+        );
+        return reply::refuse(c, &r).await;
+    }
     let msg = era::answer_message(&answer.body, answer.sse)
         .filter(|m| answer.ok && m.get("result").is_some());
     let id = c.req.id().unwrap_or(b"null");
@@ -1082,8 +1219,9 @@ pub(crate) async fn answer_initialize(
 }
 
 /// In a session mcplb made for a 2025-era client of a 2026-07-28 backend, answers here what
-/// such a backend has no use for: notifications and responses (202), `ping`, the GET stream
-/// (405: the backend has none) and the session's end (DELETE); `None` for the rest.
+/// such a backend has no use for: notifications and responses (202; an answer to a request
+/// mcplb sent for an `input_required` result goes to its call), `ping` and the session's end
+/// (DELETE); `None` for the rest.
 pub(crate) async fn answer_locally(c: &mut ClientConn) -> Option<Next> {
     use crate::control::stats;
     use crate::data_path::request::HttpMethod;
@@ -1097,14 +1235,8 @@ pub(crate) async fn answer_locally(c: &mut ClientConn) -> Option<Next> {
         c.meta.by_proxy = true;
     };
     match c.req.method() {
-        HttpMethod::Get => {
-            let r = Refusal::new(
-                405,
-                -32601,
-                "the 2026-07-28 server behind mcplb has no standalone stream",
-            );
-            return Some(reply::refuse(c, &r).await);
-        }
+        // The GET stream is served from a `subscriptions/listen` (`era_listen`).
+        HttpMethod::Get => return None,
         HttpMethod::Delete => {
             let next = reply::must_close(c, false);
             empty(c, 200, "OK");
@@ -1113,6 +1245,10 @@ pub(crate) async fn answer_locally(c: &mut ClientConn) -> Option<Next> {
         _ => {}
     }
     if c.meta.row == stats::M_NOTIFICATION || c.meta.row == stats::M_RESPONSE {
+        if c.meta.row == stats::M_RESPONSE {
+            // The answer to a request mcplb sent for a call's input_required result.
+            super::era_ask::deliver(c);
+        }
         let next = reply::must_close(c, false);
         empty(c, 202, "Accepted");
         return Some(reply::send_out(c, next).await);

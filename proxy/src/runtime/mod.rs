@@ -129,7 +129,8 @@ impl Drop for WorkerAlive {
 /// Failure injection for the containment tests, in debug builds only (compiled out of release
 /// builds): `MCPLB_TEST_PANIC_PATH=/p` makes a request for path `/p` panic inside its
 /// connection's task; `MCPLB_TEST_KILL_WORKER=N` ends worker N's thread with a panic as it
-/// starts. Read once.
+/// starts; `MCPLB_TEST_ERA_IDLE_MS=N` lets bridged backend sessions idle N ms (not 5 min).
+/// Read once.
 #[cfg(debug_assertions)]
 pub(crate) mod test_hooks {
     use std::sync::OnceLock;
@@ -145,6 +146,13 @@ pub(crate) mod test_hooks {
         if var("MCPLB_TEST_PANIC_PATH", &PATH).is_some_and(|p| p.as_bytes() == path) {
             panic!("MCPLB_TEST_PANIC_PATH: injected panic in a connection's task");
         }
+    }
+
+    /// How long a bridged backend session may idle (`MCPLB_TEST_ERA_IDLE_MS`), when set.
+    pub(crate) fn era_idle() -> Option<std::time::Duration> {
+        static IDLE: OnceLock<Option<String>> = OnceLock::new();
+        let ms = var("MCPLB_TEST_ERA_IDLE_MS", &IDLE)?.parse().ok()?;
+        Some(std::time::Duration::from_millis(ms))
     }
 
     /// Panics when worker `index` is the one configured to die.
@@ -251,6 +259,14 @@ pub async fn run_worker(
             drop(listener);
             // Standalone GET streams end now, and connections idle before a request close.
             shutdown::wake_all();
+            // The backend sessions the era bridge holds end with a DELETE each; the shutdown
+            // waits for it as for a connection.
+            let ending = ClientSlot::open(None);
+            let states = core.states.borrow().clone();
+            monoio::spawn(async move {
+                crate::data_path::era_sessions::end_all(states).await;
+                drop(ending);
+            });
             if let Ok((stream, peer)) = accepted {
                 // One that raced the shutdown still gets served (with connection: close).
                 let slot = ClientSlot::open(None);

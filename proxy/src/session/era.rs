@@ -596,7 +596,7 @@ pub(crate) enum EventVerdict {
 }
 
 /// The `data` lines of one SSE event, joined with newlines.
-fn event_data(event: &[u8]) -> Vec<u8> {
+pub(crate) fn event_data(event: &[u8]) -> Vec<u8> {
     let mut data = Vec::new();
     for l in event.split(|b| *b == b'\n') {
         let l = l.strip_suffix(b"\r").unwrap_or(l);

@@ -13,6 +13,8 @@
 //! session key computes the same owner for the same caller, across restarts too.
 
 pub(crate) mod era;
+pub(crate) mod era_input;
+pub(crate) mod era_listen;
 pub mod failover;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -170,17 +170,8 @@ impl ReachedParts<'_> {
         if let Some(up) = up {
             core.put_upstream(gi, bi, up);
         }
-        let (Some(group), Some(rt)) = (
-            core.shared.config.servers.get(gi),
-            core.shared.groups.get(gi),
-        ) else {
-            return;
-        };
-        let now = balance::now_ns(core.shared.epoch);
-        let failure = (status >= 500).then_some(lb::FailureKind::Status5xx);
-        balance::record_outcome(&core.shared.hub, rt, group, bi, failure, now);
         let rtt = sent.map(|s| s.elapsed().as_nanos() as u64);
-        core.bal.end_rtt(gi, bi, rtt, now);
+        attempt::record_answer(core, gi, bi, status, rtt);
     }
 }
 

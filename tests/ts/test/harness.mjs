@@ -191,6 +191,34 @@ async function startNodeServer(label, script, args, readyRe, extraEnv = {}) {
   throw lastErr;
 }
 
+/** A Python test server (tests/py/SCRIPT, the repository's .venv) on a free port (`--port N`). */
+export async function startPythonServer(label, script, args = []) {
+  const python = path.join(REPO, ".venv", "bin", "python");
+  let lastErr;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort();
+    const child = new Child(`${label}:${port}`, python, [path.join(REPO, "tests", "py", script), "--port", String(port), ...args], {
+      cwd: path.join(REPO, "tests", "py"),
+      env: { ...process.env },
+    });
+    try {
+      const deadline = Date.now() + 30_000;
+      while (!(await portOpen(port))) {
+        if (child.exited) throw new Error(`${label} exited before it listened:\n${child.tail()}`);
+        if (Date.now() > deadline) throw new Error(`${label} port ${port} never opened:\n${child.tail()}`);
+        await sleep(100);
+      }
+      child.port = port;
+      child.url = `http://127.0.0.1:${port}/mcp`;
+      return child;
+    } catch (e) {
+      lastErr = e;
+      await child.stop();
+    }
+  }
+  throw lastErr;
+}
+
 /** The conformance target server (see servers/conformance-server.mjs). */
 export function startConformanceServer() {
   return startNodeServer("conformance-server", CONFORMANCE_SERVER_JS, [], /listening on port (\d+)/);
