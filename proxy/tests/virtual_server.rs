@@ -273,3 +273,49 @@ fn a_stopped_member_is_left_out_or_fails_the_request() {
     assert!(r.status >= 500, "{}", r.status);
     assert_eq!(r.json().unwrap()["id"], 4);
 }
+
+#[test]
+fn an_unlisted_tool_reaches_the_one_member_that_could_own_it() {
+    let mocks: Vec<MockServer> = ["a", "b"].iter().map(|n| mock(n)).collect();
+    let groups: String = mocks
+        .iter()
+        .zip(["a", "b"])
+        .map(|(m, n)| {
+            format!(
+                "[[servers]]\nname = \"{n}\"\npath = \"/{n}\"\nbackends = [\"{}\"]\n\n",
+                m.url()
+            )
+        })
+        .collect();
+    // "never": names carry no prefix. `b` shows only `whoami` and `x_*`.
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\n{groups}\
+         [[servers]]\nname = \"one\"\npath = \"/one\"\nprefix_mode = \"never\"\n\
+         members = [{{ server = \"a\", deny_tools = [\"fail\"] }}]\n\n\
+         [[servers]]\nname = \"two\"\npath = \"/two\"\nprefix_mode = \"never\"\n\
+         members = [{{ server = \"a\", tools = [\"echo\"] }}, {{ server = \"b\", tools = [\"whoami\", \"x_*\"] }}]\n"
+    );
+    let proxy = start_proxy(&config, "auto");
+    let mut c = HttpClient::connect(proxy.addr).unwrap();
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
+    let mut ask = |path: &str, id: u64, tool: &str| {
+        let params = json!({"name": tool, "arguments": {}, "_meta": meta.clone()});
+        let r = c.mcp(path, None, &rpc(id, "tools/call", params)).unwrap();
+        r.json().unwrap()
+    };
+    // One member could own it: the member's own answer comes back (the mock's -32602).
+    let v = ask("/one", 1, "not-listed");
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert_eq!(mocks[0].tool_calls("not-listed"), 1);
+    // A name its filter hides: mcplb answers, nothing reaches the member.
+    let v = ask("/one", 2, "fail");
+    assert_eq!(v["error"]["message"], "Unknown tool: fail", "{v}");
+    assert_eq!(mocks[0].tool_calls("fail"), 0);
+    // Two members: only `b` admits `x_1`; neither admits `slow`.
+    let v = ask("/two", 3, "x_1");
+    assert_eq!(v["id"], 3, "{v}");
+    assert_eq!(mocks[1].tool_calls("x_1"), 1);
+    let v = ask("/two", 4, "slow");
+    assert_eq!(v["error"]["message"], "Unknown tool: slow", "{v}");
+    assert_eq!(mocks[0].tool_calls("slow") + mocks[1].tool_calls("slow"), 0);
+}

@@ -605,7 +605,8 @@ pub(super) async fn whole(
     let merged = naming::merge(vs, kind, &by_member);
     log_clashes(vs, kind, &merged);
     let merged = Rc::new(merged);
-    if !partial {
+    // `list_cache_ttl = "0s"`: nothing is kept, whatever the members' hints.
+    if !partial && !vs.list_cache_ttl.is_zero() {
         let ttl = by_member
             .iter()
             .filter_map(|p| p.ttl_ms)

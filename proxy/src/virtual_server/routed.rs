@@ -1,8 +1,10 @@
 //! Requests that go to one member: `tools/call` and `prompts/get` by name, `resources/read`,
 //! `resources/subscribe` and `resources/unsubscribe` by URI, `completion/complete` by its
 //! ref; and the client's answers to a member's server-to-client requests, by their wrapped
-//! id. A name or URI no member shows is answered here, as the spec says for an unknown tool,
-//! prompt or resource, and nothing reaches a member. The member's answer goes back as it
+//! id. A tool name no member lists goes to the one member that could own it
+//! ([`naming::unlisted_tool_route`]); otherwise, and for a prompt or URI no member shows, it
+//! is answered here, as the spec says for an unknown tool, prompt or resource, and nothing
+//! reaches a member. The member's answer goes back as it
 //! arrives: JSON whole, SSE event by event (progress as it comes), with the ids of its
 //! server-to-client requests wrapped ([`naming::wrap_id`]) and `*/list_changed` evicting the
 //! merged lists.
@@ -155,7 +157,12 @@ async fn route(
                 )));
             };
             let listed = fanout::whole(core, req, vs, cx, kind, msg, true).await?;
-            let Some(r) = listed.merged().routes.get(name) else {
+            let unlisted = || {
+                (kind == Kind::Tools)
+                    .then(|| naming::unlisted_tool_route(vs, name))
+                    .flatten()
+            };
+            let Some(r) = listed.merged().routes.get(name).cloned().or_else(unlisted) else {
                 return Ok(Err((-32602, format!("Unknown {what}: {name}"))));
             };
             let mut body = msg.clone();
