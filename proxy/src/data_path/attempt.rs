@@ -276,14 +276,17 @@ async fn era_send(
             c.ubuf = ubuf;
             return era_bridge::answer_initialize(core, c, gi, bi).await;
         }
-        let bridged = match era_bridge::session_for(core, c, gi, bi, era_plan.modern).await {
-            Ok(b) => Ok(b),
-            Err(era_bridge::Failed::Refuse(r)) => {
-                last = r;
-                break;
-            }
-            Err(era_bridge::Failed::Upstream(e)) => Err(e),
-        };
+        let bridged =
+            match era_bridge::session_for(core, &era_bridge::Asker::of(c), gi, bi, era_plan.modern)
+                .await
+            {
+                Ok(b) => Ok(b),
+                Err(era_bridge::Failed::Refuse(r)) => {
+                    last = r;
+                    break;
+                }
+                Err(era_bridge::Failed::Upstream(e)) => Err(e),
+            };
         let bridge = bridged.as_ref().ok().and_then(Option::as_ref);
         if let Some(s) = bridge.filter(|_| c.meta.method == Method::ServerDiscover) {
             drop(in_flight);

@@ -23,11 +23,12 @@ use protocol::Method;
 
 use crate::auth::UpstreamCredential;
 use crate::config::{Backend, BackendEra, ServerGroup};
-use crate::data_path::request::{ClientConn, Next, Refusal};
+use crate::data_path::request::{ClientConn, Next, Refusal, Request};
 use crate::data_path::response::{self, Answer, Framing};
 use crate::data_path::{reply, upstream};
 use crate::runtime::core::Core;
 use crate::session::era::{self, EraRoute, Learned, SessionKey};
+use crate::session::Owner;
 use crate::tls::Conn;
 
 /// Most backend sessions a core keeps for bridged requests (past it, one is dropped; the
@@ -120,13 +121,34 @@ pub(crate) enum Failed {
     Refuse(Refusal),
 }
 
+/// The 2026-07-28 request a backend session is for: the client's request (its forwarded
+/// credentials), the JSON-RPC body going to the backend (what its `_meta` declares), and the
+/// caller's owner digest.
+pub(crate) struct Asker<'a> {
+    pub req: &'a Request,
+    pub body: &'a [u8],
+    pub owner: Option<&'a Owner>,
+}
+
+impl<'a> Asker<'a> {
+    /// The client's request in `c`, as it is.
+    pub(crate) fn of(c: &'a ClientConn) -> Asker<'a> {
+        Asker {
+            req: &c.req,
+            body: c.req.body(),
+            owner: c.owner.as_ref(),
+        }
+    }
+}
+
 /// The backend session a request to backend `bi` of group `gi` goes through: `None` when it
 /// goes as it is (not a 2026-07-28 request, bridging off, or a backend that serves
 /// 2026-07-28 itself). Learns the backend's era first when the group says `auto` and this core
-/// has not yet; opens a session when none matches.
+/// has not yet; opens a session when none matches. A plain group's requests and a virtual
+/// server's requests to its members (each a group of its own) share these sessions.
 pub(crate) async fn session_for(
     core: &Core,
-    c: &ClientConn,
+    c: &Asker<'_>,
     gi: usize,
     bi: usize,
     modern: bool,
@@ -159,7 +181,7 @@ pub(crate) async fn session_for(
             }
         }
     }
-    let Some(declared) = era::declared(c.req.body()) else {
+    let Some(declared) = era::declared(c.body) else {
         return Err(Failed::Refuse(Refusal::new(
             400,
             -32602,
@@ -169,7 +191,7 @@ pub(crate) async fn session_for(
         )));
     };
     let forwarded = matches!(group.auth.upstream, UpstreamCredential::Forward);
-    let owner = c.owner.as_ref().map_or(&[][..], |o| &o.as_bytes()[..]);
+    let owner = c.owner.map_or(&[][..], |o| &o.as_bytes()[..]);
     let cred = |name: &[u8]| {
         forwarded
             .then(|| c.req.header(name))
@@ -189,7 +211,7 @@ pub(crate) async fn session_for(
     let init = era::initialize_body(&declared);
     let answer = own_exchange(
         core,
-        c,
+        c.req,
         gi,
         bi,
         group,
@@ -223,7 +245,7 @@ pub(crate) async fn session_for(
     if let Some(sid) = &answer.session {
         let note = own_exchange(
             core,
-            c,
+            c.req,
             gi,
             bi,
             group,
@@ -348,7 +370,7 @@ enum Own<'a> {
 #[allow(clippy::too_many_arguments)]
 async fn own_exchange(
     core: &Core,
-    c: &ClientConn,
+    c: &Request,
     gi: usize,
     bi: usize,
     group: &ServerGroup,
@@ -372,7 +394,7 @@ async fn own_exchange_on(
     own: Own<'_>,
     sid: Option<&[u8]>,
     body: &[u8],
-    client: Option<&ClientConn>,
+    client: Option<&Request>,
 ) -> Result<upstream::Exchanged, Failed> {
     let mut fresh = false;
     loop {
@@ -412,7 +434,7 @@ fn own_request(
     own: Own<'_>,
     sid: Option<&[u8]>,
     body: &[u8],
-    client: Option<&ClientConn>,
+    client: Option<&Request>,
 ) -> Vec<u8> {
     let mut req = Vec::with_capacity(body.len() + 384);
     let _ = write!(
@@ -444,7 +466,7 @@ fn own_request(
         }
         (UpstreamCredential::Forward, Some(c)) => {
             for name in [&b"authorization"[..], b"x-api-key"] {
-                if let Some(v) = c.req.header(name) {
+                if let Some(v) = c.header(name) {
                     req.extend_from_slice(name);
                     req.extend_from_slice(b": ");
                     req.extend_from_slice(v);
@@ -877,7 +899,7 @@ async fn answer_backend(core: &Core, c: &ClientConn, leg: &Leg, answer: &[u8]) -
     let own = Own::Initialized(&s.version);
     let sent = own_exchange(
         core,
-        c,
+        &c.req,
         leg.gi,
         leg.bi,
         group,
@@ -1051,7 +1073,7 @@ pub(crate) async fn answer_initialize(
         Own::Probe,
         None,
         &body,
-        Some(c),
+        Some(&c.req),
     )
     .await
     else {

@@ -319,6 +319,9 @@ pub(crate) fn collect_step(
 pub(crate) struct Mirror<'a> {
     pub method: &'a str,
     pub name: Option<&'a str>,
+    /// Replaces the client's `MCP-Protocol-Version` (a request the era bridge sends in its
+    /// backend session goes at that session's revision).
+    pub version: Option<&'a [u8]>,
 }
 
 /// Writes a request mcplb sends a virtual server's member on behalf of the client's `req`:
@@ -359,6 +362,9 @@ pub(crate) fn build_member_request(
             mirrored = true;
             continue;
         }
+        if mirror.version.is_some() && name.eq_ignore_ascii_case(b"mcp-protocol-version") {
+            continue;
+        }
         if strip_auth
             && (name.eq_ignore_ascii_case(b"authorization")
                 || name.eq_ignore_ascii_case(b"x-api-key"))
@@ -390,6 +396,11 @@ pub(crate) fn build_member_request(
         {
             let _ = write!(out, "mcp-name: {n}\r\n");
         }
+    }
+    if let Some(v) = mirror.version {
+        out.extend_from_slice(b"mcp-protocol-version: ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
     }
     if let UpstreamCredential::Inject(secret) = credential {
         out.extend_from_slice(b"authorization: ");

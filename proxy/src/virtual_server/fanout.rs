@@ -154,7 +154,11 @@ pub(super) fn outbound<'a>(
         session,
         http_method: b"POST",
         body,
-        mirror: Mirror { method, name },
+        mirror: Mirror {
+            method,
+            name,
+            version: None,
+        },
         read_only,
         timeout: member.timeout,
     }
@@ -177,7 +181,7 @@ pub(super) async fn initialize(
         .to_string();
     let body = c.req.body().to_vec();
     let opened = {
-        let req = &Origin::of(c);
+        let req = &Origin::of(c, &SessionCx::none(false));
         join_all(
             vs.members
                 .iter()
@@ -472,14 +476,14 @@ pub(super) async fn list(
         },
     };
     let listed = match cursor {
-        None => Some(whole(core, &Origin::of(c), vs, cx, kind, msg, false).await?),
+        None => Some(whole(core, &Origin::of(c, cx), vs, cx, kind, msg, false).await?),
         Some(_) => None,
     };
     let (merged, next) = match listed {
         Some(Listed::Whole(m)) => (m, None),
         Some(Listed::Paged(m, next)) => (m, next),
         None => {
-            let got = pages(core, &Origin::of(c), vs, cx, kind, msg, &which).await?;
+            let got = pages(core, &Origin::of(c, cx), vs, cx, kind, msg, &which).await?;
             let next: Vec<(usize, String)> = got
                 .pages
                 .iter()
@@ -548,6 +552,7 @@ pub(super) async fn whole(
         server: vs.tag,
         kind,
         scope: 0,
+        caps: cx.caps,
     };
     let private = Key {
         scope: cx.key,
@@ -668,7 +673,7 @@ pub(super) async fn set_level(
         read_only: false,
         id: &id,
     };
-    let answers = ask_each(core, &Origin::of(c), vs, cx, 0..vs.members.len(), &a).await;
+    let answers = ask_each(core, &Origin::of(c, cx), vs, cx, 0..vs.members.len(), &a).await;
     for (m, got) in answers {
         let Some(member) = vs.members.get(m) else {
             continue;
@@ -701,14 +706,13 @@ pub(super) async fn discover(
     core: &Core,
     c: &mut ClientConn,
     vs: &VirtualServer,
+    cx: &SessionCx,
     msg: &Value,
 ) -> Result<Next, Stop> {
     let id = msg.get("id").cloned().unwrap_or(Value::Null);
     let body = c.req.body().to_vec();
-    let none = SessionCx {
-        session: None,
-        key: 0,
-    };
+    // Outside any session; a bridged member answers from the session the bridge holds.
+    let none = SessionCx::none(cx.modern);
     let a = Ask {
         body: &body,
         method: "server/discover",
@@ -716,7 +720,15 @@ pub(super) async fn discover(
         read_only: true,
         id: &id,
     };
-    let answers = ask_each(core, &Origin::of(c), vs, &none, 0..vs.members.len(), &a).await;
+    let answers = ask_each(
+        core,
+        &Origin::of(c, &none),
+        vs,
+        &none,
+        0..vs.members.len(),
+        &a,
+    )
+    .await;
     let mut results = Vec::new();
     for (m, got) in answers {
         let Some(member) = vs.members.get(m) else {

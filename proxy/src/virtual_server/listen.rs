@@ -175,7 +175,7 @@ async fn open_streams<'a>(
         .map(|ms| usize::from(ms.member))
         .collect();
     let opened = {
-        let req = &Origin::of(c);
+        let req = &Origin::of(c, cx);
         join_all(which.iter().map(|&m| async move {
             let member = vs.members.get(m)?;
             let session = fanout::session_for(core, req, vs, cx, m).await.ok()??;
@@ -187,6 +187,7 @@ async fn open_streams<'a>(
                 mirror: Mirror {
                     method: "",
                     name: None,
+                    version: None,
                 },
                 read_only: true,
                 timeout: member.timeout,

@@ -3,6 +3,7 @@
 //! A fan-out collects each member's whole answer ([`collect`]); a routed call hands the
 //! reached connection to the stream that forwards it ([`send`]).
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -14,25 +15,33 @@ use crate::data_path::attempt::{self, AttemptIo, Plan, Reached};
 use crate::data_path::client_address::Hop;
 use crate::data_path::request::{ClientConn, Refusal, ReqMeta, Request};
 use crate::data_path::response::Framing;
-use crate::data_path::route;
 use crate::data_path::upstream::{self, Mirror};
+use crate::data_path::{era_bridge, route};
 use crate::http::{self, ChunkedDecoder};
 use crate::runtime::core::Core;
+use crate::session::Owner;
 use crate::tls::Conn;
 
+use super::SessionCx;
+
 /// The client request on whose behalf mcplb asks members: its headers (passed on as a plain
-/// group's are) and where it came from (the forwarding headers).
+/// group's are), where it came from (the forwarding headers), who sends it, and whether it is
+/// a 2026-07-28 request outside any session (the era bridge takes it to 2025-era members).
 pub(crate) struct Origin<'a> {
     pub req: &'a Request,
     pub hop: Hop,
+    pub owner: Option<&'a Owner>,
+    pub modern: bool,
 }
 
 impl<'a> Origin<'a> {
-    /// The client's current request.
-    pub fn of(c: &'a ClientConn) -> Self {
+    /// The client's current request, in the session `cx`.
+    pub fn of(c: &'a ClientConn, cx: &SessionCx) -> Self {
         Origin {
             req: &c.req,
             hop: c.hop(),
+            owner: c.owner.as_ref(),
+            modern: cx.modern,
         }
     }
 }
@@ -147,6 +156,75 @@ pub(crate) struct Answered<'a> {
     /// Body bytes read with the head.
     pub early: Vec<u8>,
     pub reached: ReachedParts<'a>,
+    /// The request went through the era bridge: where its answer comes from, and the answer's
+    /// head as it came (the bridge rewrites the answer for the 2026-07-28 client).
+    pub bridged: Option<(era_bridge::Leg, Vec<u8>)>,
+}
+
+/// A 2025-era member's backend session the era bridge holds for a 2026-07-28 request, on the
+/// member's backend `bi`.
+struct Bridge {
+    bi: usize,
+    session: Rc<era_bridge::BridgeSession>,
+}
+
+/// The era bridge's session for `o`, when it is a 2026-07-28 request outside any session
+/// (a POST of a JSON-RPC request) and the backend the member group's balancer picks speaks
+/// the 2025 era (learned with a probe once per core with `era = "auto"`); `None`: `o` goes as
+/// it is. The sessions are the plain groups' ([`era_bridge::session_for`]): pooled per core
+/// by what the request declares and who sends it.
+async fn bridge_for(
+    core: &Core,
+    req: &Origin<'_>,
+    o: &Outbound<'_>,
+) -> Result<Option<Bridge>, MemberError> {
+    if !req.modern || o.session.is_some() || o.http_method != b"POST" || o.mirror.method.is_empty()
+    {
+        return Ok(None);
+    }
+    let gi = o.member.group;
+    let (Some(group), Some(rt)) = (
+        core.shared.config.servers.get(gi),
+        core.shared.groups.get(gi),
+    ) else {
+        return Ok(None);
+    };
+    let now = balance::now_ns(core.shared.epoch);
+    // None eligible: the attempt loop says so.
+    let Some(bi) = core.bal.pick(gi, group, rt, None, 0, now) else {
+        return Ok(None);
+    };
+    let asker = era_bridge::Asker {
+        req: req.req,
+        body: o.body,
+        owner: req.owner,
+    };
+    match era_bridge::session_for(core, &asker, gi, bi, true).await {
+        Ok(s) => Ok(s.map(|session| Bridge { bi, session })),
+        Err(era_bridge::Failed::Refuse(r)) => Err(MemberError::Unreachable(r)),
+        Err(era_bridge::Failed::Upstream(e)) => {
+            let (status, message) = e.status();
+            Err(MemberError::Unreachable(Refusal::new(
+                status, -32603, message,
+            )))
+        }
+    }
+}
+
+/// The `server/discover` result a bridged member's session was opened with, for a 2026-07-28
+/// `server/discover` (`None`: the request goes to the member).
+async fn bridged_discover(
+    core: &Core,
+    req: &Origin<'_>,
+    o: &Outbound<'_>,
+) -> Result<Option<Value>, MemberError> {
+    if o.mirror.method != "server/discover" {
+        return Ok(None);
+    }
+    let Some(b) = bridge_for(core, req, o).await? else {
+        return Ok(None);
+    };
+    Ok(serde_json::from_slice(&b.session.discover).ok())
 }
 
 /// What must go back to the member group's pool and balancer when the answer ends.
@@ -185,11 +263,29 @@ impl ReachedParts<'_> {
 }
 
 /// Sends `o` to its member (on behalf of the client's request `req`) and reads the answer
-/// head.
+/// head. A 2026-07-28 request to a 2025-era member goes in the era bridge's backend session
+/// (opened again once when the member no longer knows it).
 pub(crate) async fn send<'a>(
     core: &'a Core,
     req: &Origin<'_>,
     o: &Outbound<'_>,
+) -> Result<Answered<'a>, MemberError> {
+    let mut again = true;
+    loop {
+        let bridge = bridge_for(core, req, o).await?;
+        match send_once(core, req, o, bridge.as_ref()).await {
+            Err(MemberError::SessionGone) if again && bridge.is_some() => again = false,
+            other => return other,
+        }
+    }
+}
+
+/// [`send`], once: in `bridge`'s session when it is given.
+async fn send_once<'a>(
+    core: &'a Core,
+    req: &Origin<'_>,
+    o: &Outbound<'_>,
+    bridge: Option<&Bridge>,
 ) -> Result<Answered<'a>, MemberError> {
     let gi = o.member.group;
     let (Some(group), Some(rt)) = (
@@ -223,6 +319,14 @@ pub(crate) async fn send<'a>(
         plan.pinned = Some(bi);
         plan.sid = Some(std::borrow::Cow::Borrowed(sid));
     }
+    if let Some(b) = bridge {
+        plan.pinned = Some(b.bi);
+        plan.sid = b.session.sid.as_deref().map(std::borrow::Cow::Borrowed);
+    }
+    let mirror = Mirror {
+        version: bridge.map(|b| b.session.version.as_bytes()),
+        ..o.mirror
+    };
     let mut out = core.take_buf();
     let mut ubuf = core.take_buf();
     let mut meta = ReqMeta::default();
@@ -236,7 +340,7 @@ pub(crate) async fn send<'a>(
             backend,
             sid,
             &group.auth.upstream,
-            &o.mirror,
+            &mirror,
         );
     };
     let reached = {
@@ -259,11 +363,11 @@ pub(crate) async fn send<'a>(
     };
     core.give_buf(out);
     let Reached {
-        up,
+        mut up,
         head_len,
         bi,
         in_flight,
-        ..
+        backend_tag,
     } = reached.map_err(MemberError::Unreachable)?;
     let parts = ReachedParts {
         gi,
@@ -283,13 +387,31 @@ pub(crate) async fn send<'a>(
         parts.finish(core, None, 404);
         return Err(MemberError::SessionGone);
     }
+    if let Some(b) = bridge {
+        if era_bridge::session_lost(core, &mut up, &mut ubuf, head_len).await {
+            // The member no longer knows the bridge's session (it restarted): it ran nothing.
+            core.bridges.forget(gi, b.bi, &b.session);
+            parts.finish(core, None, head.status);
+            return Err(MemberError::SessionGone);
+        }
+    }
     let early = ubuf.split_off(head_len.min(ubuf.len()));
+    let bridged = bridge.map(|b| {
+        let leg = era_bridge::Leg {
+            gi,
+            bi,
+            session: b.session.clone(),
+            backend_tag,
+        };
+        (leg, ubuf.clone())
+    });
     core.give_buf(ubuf);
     Ok(Answered {
         head,
         up,
         early,
         reached: parts,
+        bridged,
     })
 }
 
@@ -333,12 +455,21 @@ pub(crate) async fn collect(
     o: &Outbound<'_>,
     id: Option<&Value>,
 ) -> Result<Collected, MemberError> {
+    if let Some(result) = bridged_discover(core, req, o).await? {
+        let id = id.cloned().unwrap_or(Value::Null);
+        return Ok(Collected {
+            status: 200,
+            messages: vec![serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result})],
+            ..Collected::default()
+        });
+    }
     let deadline = monoio::time::Instant::now() + o.timeout;
     let Answered {
         head,
         mut up,
         early,
         reached,
+        ..
     } = send(core, req, o).await?;
     let mut framing = head.framing();
     let mut body = Vec::new();
