@@ -1,7 +1,10 @@
-"""A virtual server over three real members, driven by the official Python SDK client: an
-MCPServer from the Python SDK (`py`), server-everything over Streamable HTTP (`ev`) and a
-stdio server (`sh`). Lists merged with prefixes, filters and renames; calls routed to the
-right member; progress streamed; a member's sampling request answered by the client; one
+"""A virtual server over real members, driven by the official Python SDK client, in session
+(`legacy`) and stateless (`2026-07-28`) modes: an MCPServer from the Python SDK (`py`, both
+eras), server-everything over Streamable HTTP (`ev`) and a stdio server (`sh`), both of the
+2025 era alone (a 2026-07-28 client reaches them through the era bridge), and a server of the
+2026-07-28 era alone (`mo`, modern_server.py). Lists merged with prefixes, filters and
+renames; calls routed to the right member; progress streamed; a member's sampling and
+elicitation requests answered by the client (as `input_required` in 2026-07-28 mode); one
 member killed mid-session and brought back.
 """
 
@@ -26,6 +29,7 @@ pytestmark = pytest.mark.anyio
 READ_TIMEOUT = 30.0
 MODES = ["legacy", "2026-07-28"]
 HERE = Path(__file__).resolve().parent
+MODERN_SCRIPT = HERE / "modern_server.py"
 EVERYTHING_JS = REPO / "tests" / "ts" / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 
 
@@ -55,11 +59,13 @@ def virtual(tmp_path_factory: pytest.TempPathFactory):
     if not EVERYTHING_JS.exists():
         pytest.skip("tests/ts/node_modules is not installed (npm ci in tests/ts)")
     work = tmp_path_factory.mktemp("virtual")
-    py_port, ev_port = free_port(), free_port()
+    py_port, ev_port, mo_port = free_port(), free_port(), free_port()
     py = Member([sys.executable, str(SERVER_SCRIPT), "--port", str(py_port), "--name", "py-v"], py_port, work / "py.log")
     ev = Member(["node", str(EVERYTHING_JS), "streamableHttp"], ev_port, work / "ev.log", {"PORT": str(ev_port)})
+    mo = Member([sys.executable, str(MODERN_SCRIPT), "--port", str(mo_port), "--name", "mo-v"], mo_port, work / "mo.log")
     py.start()
     ev.start()
+    mo.start()
     stdio = [sys.executable, str(HERE / "stdio_server.py")]
     config = work / "virtual.toml"
     config.write_text(
@@ -89,6 +95,13 @@ path = "/local"
 backends = [{{ command = {stdio!r} }}]
 
 [[servers]]
+name = "modern"
+path = "/modern"
+backends = ["http://127.0.0.1:{mo_port}/mcp"]
+[servers.health]
+method = "server/discover"
+
+[[servers]]
 name = "work"
 path = "/mcp"
 prefix_mode = "always"
@@ -96,6 +109,7 @@ members = [
   {{ server = "py" }},
   {{ server = "every", prefix = "ev", tools = ["echo", "get-sum", "trigger-*"] }},
   {{ server = "local", prefix = "sh", deny_tools = ["crash", "garbage", "flood"], rename = {{ echo = "say" }} }},
+  {{ server = "modern", prefix = "mo", tools = ["add", "whoami", "slow_progress"] }},
 ]
 """.replace("'", '"')
     )
@@ -104,6 +118,7 @@ members = [
     proxy.stop()
     py.stop()
     ev.stop()
+    mo.stop()
 
 
 def text_of(result) -> str:
@@ -163,6 +178,7 @@ PROGRESS = {
     "py": ("py_slow_progress", {"steps": 3, "delay": 0.5}, "done", [1, 2, 3]),
     "ev": ("ev_trigger-long-running-operation", {"duration": 1.5, "steps": 3}, "Long running operation completed", [1, 2, 3]),
     "sh": ("sh_progress", {"delay": 0.6}, "done", [1, 2]),
+    "mo": ("mo_slow_progress", {"steps": 3, "delay": 0.5}, "done", [1, 2, 3]),
 }
 
 
@@ -182,6 +198,22 @@ async def test_progress_streams_through(virtual, mode: str, member: str) -> None
     assert [v for _, v in seen] == values, seen
     # Streamed as they happened, not delivered together at the end.
     assert seen[-1][0] - seen[0][0] > 0.4, seen
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_member_of_the_2026_era_alone(virtual, mode: str) -> None:
+    # modern_server.py refuses initialize: for a 2025-era client's session mcplb asks its
+    # server/discover instead and makes each request a 2026-07-28 one; a 2026-07-28 client's
+    # requests go to it as they are.
+    url, _ = virtual
+    async with Client(url, mode=mode, read_timeout_seconds=READ_TIMEOUT) as client:
+        shown = await names(client)
+        assert {"mo_add", "mo_whoami", "mo_slow_progress"} <= shown, shown
+        assert "mo_calls" not in shown, shown
+        assert text_of(await client.call_tool("mo_add", {"a": 20, "b": 22})) == "42"
+        assert text_of(await client.call_tool("mo_whoami", {})) == "mo-v"
+        # The others go on beside it.
+        assert text_of(await client.call_tool("ev_echo", {"message": "y"})) == "Echo: y"
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -89,7 +89,9 @@ struct Opened {
 }
 
 /// Sends `initialize` (`body`, whose id is `id`) to a member, then `notifications/initialized`
-/// in the session it opened.
+/// in the session it opened. A member of the 2026-07-28 era alone (`era = "2026"`, or one
+/// that refuses `initialize` and is found to serve 2026-07-28) is asked `server/discover`
+/// instead ([`open_modern`]).
 async fn open_member(
     core: &Core,
     req: &Origin<'_>,
@@ -97,10 +99,17 @@ async fn open_member(
     body: &[u8],
     id: &Value,
 ) -> Result<Opened, MemberError> {
+    let group = core.shared.config.servers.get(member.group);
+    if group.is_some_and(|g| g.era_bridge && g.era == crate::config::BackendEra::Stateless) {
+        return open_modern(core, req, member, body, id).await;
+    }
     let o = outbound(member, None, body, "initialize", None, false);
     let got = member::collect(core, req, &o, Some(id)).await?;
     let result = match got.response(id) {
         Some(Ok(r)) if got.status == 200 => r.clone(),
+        _ if refused_as_2026_only(core, member, &got).await => {
+            return open_modern(core, req, member, body, id).await;
+        }
         _ => {
             let status = if (400..500).contains(&got.status) {
                 got.status
@@ -136,6 +145,82 @@ async fn open_member(
     Ok(Opened {
         backend_tag: got.backend_tag,
         sid,
+        result,
+    })
+}
+
+/// Whether a member that did not take `initialize` (its answer `got`) refused it as a server
+/// of the 2026-07-28 era alone: a 4xx or a JSON-RPC error, from a backend that serves
+/// 2026-07-28 requests (`member::modern_only`).
+async fn refused_as_2026_only(core: &Core, member: &Member, got: &Collected) -> bool {
+    let refused =
+        (400..500).contains(&got.status) || got.messages.iter().any(|m| m.get("error").is_some());
+    let bi = core
+        .shared
+        .config
+        .servers
+        .get(member.group)
+        .and_then(|g| g.backends.iter().position(|b| b.tag == got.backend_tag));
+    match bi {
+        Some(bi) if refused => member::modern_only(core, member.group, bi).await,
+        _ => false,
+    }
+}
+
+/// Opens a member of the 2026-07-28 era alone for a 2025-era client's `initialize` (`body`,
+/// id `id`): its `server/discover`, sent with what the client declares, stands for the
+/// `initialize` answer (`session::era::initialize_answer`, at the revision the spec
+/// negotiates); the member session has no id (its requests are made 2026-07-28 ones, each
+/// with that declaration, by `member::send`).
+async fn open_modern(
+    core: &Core,
+    req: &Origin<'_>,
+    member: &Member,
+    body: &[u8],
+    id: &Value,
+) -> Result<Opened, MemberError> {
+    let refused = |why: &'static str| MemberError::Unreachable(Refusal::new(502, -32603, why));
+    let Some(hello) = crate::session::era::hello(body) else {
+        return Err(refused(
+            "initialize has no params mcplb can declare to a 2026-07-28 member",
+        ));
+    };
+    let discover = crate::session::era::discover_body(&hello.declared);
+    let own_id: Value = serde_json::from_slice::<Value>(&discover)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(Value::Null);
+    let o = Outbound {
+        mirror: Mirror {
+            version: Some(crate::session::era::MODERN.as_bytes()),
+            ..outbound(member, None, &discover, "server/discover", None, true).mirror
+        },
+        ..outbound(member, None, &discover, "server/discover", None, true)
+    };
+    let got = member::collect(core, req, &o, Some(&own_id)).await?;
+    let Some(answer) = got
+        .messages
+        .iter()
+        .find(|m| m.get("id") == Some(&own_id) && m.get("result").is_some())
+        .filter(|_| got.status == 200)
+    else {
+        return Err(refused(
+            "a 2026-07-28 member did not answer server/discover",
+        ));
+    };
+    let raw_id = serde_json::to_vec(id).unwrap_or_default();
+    let version = crate::session::era::negotiate(hello.version);
+    let made = crate::session::era::initialize_answer(&raw_id, version, answer)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    let Some(result) = made.and_then(|mut v| v.get_mut("result").map(Value::take)) else {
+        return Err(refused(
+            "a 2026-07-28 member's server/discover has no result",
+        ));
+    };
+    Ok(Opened {
+        backend_tag: got.backend_tag,
+        sid: Vec::new(),
         result,
     })
 }
@@ -181,7 +266,8 @@ pub(super) async fn initialize(
         .to_string();
     let body = c.req.body().to_vec();
     let opened = {
-        let req = &Origin::of(c, &SessionCx::none(false));
+        let none = SessionCx::none(false);
+        let req = &Origin::of(c, &none);
         join_all(
             vs.members
                 .iter()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::balance;
-use crate::config::{Backend, Member};
+use crate::config::{Backend, BackendEra, Member};
 use crate::data_path::admission::ConcKeys;
 use crate::data_path::attempt::{self, AttemptIo, Plan, Reached};
 use crate::data_path::client_address::Hop;
@@ -19,7 +19,7 @@ use crate::data_path::upstream::{self, Mirror};
 use crate::data_path::{era_bridge, route};
 use crate::http::{self, ChunkedDecoder};
 use crate::runtime::core::Core;
-use crate::session::Owner;
+use crate::session::{era, Owner};
 use crate::tls::Conn;
 
 use super::SessionCx;
@@ -32,21 +32,26 @@ pub(crate) struct Origin<'a> {
     pub hop: Hop,
     pub owner: Option<&'a Owner>,
     pub modern: bool,
+    /// The capabilities the client declared at `initialize` (`{}` outside a session): what
+    /// a 2026-07-28 request made for a member of that era alone declares.
+    pub capabilities: &'a [u8],
 }
 
 impl<'a> Origin<'a> {
     /// The client's current request, in the session `cx`.
-    pub fn of(c: &'a ClientConn, cx: &SessionCx) -> Self {
+    pub fn of(c: &'a ClientConn, cx: &'a SessionCx) -> Self {
         Origin {
             req: &c.req,
             hop: c.hop(),
             owner: c.owner.as_ref(),
             modern: cx.modern,
+            capabilities: cx.session.as_ref().map_or(b"{}", |s| &s.capabilities),
         }
     }
 }
 
 /// One request mcplb sends a member.
+#[derive(Clone, Copy)]
 pub(crate) struct Outbound<'a> {
     /// The member.
     pub member: &'a Member,
@@ -211,6 +216,45 @@ async fn bridge_for(
     }
 }
 
+/// Whether backend `bi` of member group `gi` is of the 2026-07-28 era alone as far as the era
+/// bridge goes: the group bridges eras (`era_bridge`) and says `era = "2026"`, or says "auto"
+/// and this core learned (with one probe) that it serves 2026-07-28 requests itself.
+pub(crate) async fn modern_only(core: &Core, gi: usize, bi: usize) -> bool {
+    let Some(group) = core.shared.config.servers.get(gi) else {
+        return false;
+    };
+    if !group.era_bridge {
+        return false;
+    }
+    match group.era {
+        BackendEra::Stateless => true,
+        BackendEra::Sessions => false,
+        BackendEra::Auto => era_bridge::serves_2026(core, gi, bi).await,
+    }
+}
+
+/// A 2025-era client's request in a member session with no id of its own (the member issued
+/// none), to a member of the 2026-07-28 era alone ([`modern_only`]): its body made a
+/// 2026-07-28 request, `_meta` declaring the revision and what the client declared at
+/// `initialize` (`session::era::modern_request`). `None`: it goes as it is.
+async fn modern_form(core: &Core, req: &Origin<'_>, o: &Outbound<'_>) -> Option<Vec<u8>> {
+    let (tag, sid) = o.session?;
+    if !sid.is_empty() || req.modern || o.http_method != b"POST" || o.mirror.method.is_empty() {
+        return None;
+    }
+    let gi = o.member.group;
+    let group = core.shared.config.servers.get(gi)?;
+    let bi = group.backends.iter().position(|b| b.tag == tag)?;
+    if !modern_only(core, gi, bi).await {
+        return None;
+    }
+    let declared = era::Declared {
+        capabilities: req.capabilities,
+        client_info: None,
+    };
+    era::modern_request(o.body, &declared).map(|(body, _)| body)
+}
+
 /// The `server/discover` result a bridged member's session was opened with, for a 2026-07-28
 /// `server/discover` (`None`: the request goes to the member).
 async fn bridged_discover(
@@ -270,6 +314,22 @@ pub(crate) async fn send<'a>(
     req: &Origin<'_>,
     o: &Outbound<'_>,
 ) -> Result<Answered<'a>, MemberError> {
+    let rewritten;
+    let o = match modern_form(core, req, o).await {
+        Some(body) => {
+            rewritten = body;
+            Outbound {
+                body: &rewritten,
+                mirror: Mirror {
+                    version: Some(era::MODERN.as_bytes()),
+                    ..o.mirror
+                },
+                ..*o
+            }
+        }
+        None => *o,
+    };
+    let o = &o;
     let mut again = true;
     loop {
         let bridge = bridge_for(core, req, o).await?;
@@ -324,7 +384,9 @@ async fn send_once<'a>(
         plan.sid = b.session.sid.as_deref().map(std::borrow::Cow::Borrowed);
     }
     let mirror = Mirror {
-        version: bridge.map(|b| b.session.version.as_bytes()),
+        version: bridge
+            .map(|b| b.session.version.as_bytes())
+            .or(o.mirror.version),
         ..o.mirror
     };
     let mut out = core.take_buf();
