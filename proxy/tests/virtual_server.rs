@@ -214,7 +214,10 @@ fn lists_merge_and_calls_route_in_a_session() {
 
 #[test]
 fn stateless_requests_need_no_session() {
-    let (_mocks, config) = setup();
+    let (mocks, config) = setup();
+    // `a` said to be of the 2025 era (the mock serves both): its requests go through the era
+    // bridge's sessions; `b` and `c` are found to serve 2026-07-28 and get them as they are.
+    let config = config.replacen("name = \"a\"\n", "name = \"a\"\nera = \"2025\"\n", 1);
     let proxy = start_proxy(&config, "auto");
     let mut c = HttpClient::connect(proxy.addr).unwrap();
     let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
@@ -226,20 +229,25 @@ fn stateless_requests_need_no_session() {
         )
         .unwrap();
     assert_eq!(list.status, 200, "{}", String::from_utf8_lossy(&list.body));
-    assert!(tool_names(&list).contains(&"c_whoami".to_string()));
-    let r = c
-        .mcp(
-            "/mcp",
-            None,
-            &rpc(
-                2,
-                "tools/call",
-                json!({"name": "c_whoami", "arguments": {}, "_meta": meta}),
-            ),
-        )
-        .unwrap();
-    assert_eq!(text(&r), "c");
-    assert!(r.header("mcp-session-id").is_none());
+    let names = tool_names(&list);
+    for n in ["a_whoami", "bee_say", "c_whoami"] {
+        assert!(names.contains(&n.to_string()), "{n} not in {names:?}");
+    }
+    for (id, tool, who) in [
+        (2, "c_whoami", "c"),
+        (3, "a_whoami", "a"),
+        (4, "bee_whoami", "b"),
+    ] {
+        let params = json!({"name": tool, "arguments": {}, "_meta": meta.clone()});
+        let r = c.mcp("/mcp", None, &rpc(id, "tools/call", params)).unwrap();
+        assert_eq!(text(&r), who);
+        assert!(r.header("mcp-session-id").is_none());
+        if who == "a" {
+            // Made what the 2026-07-28 wire requires (the others answer as they do).
+            assert_eq!(r.json().unwrap()["result"]["resultType"], "complete");
+        }
+    }
+    drop(mocks);
 }
 
 #[test]

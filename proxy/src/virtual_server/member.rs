@@ -1,7 +1,10 @@
 //! Requests to a virtual server's members, through the data path's own attempt loop
 //! ([`attempt::reach`]): each member group keeps its balancing, health, retries and sessions.
 //! A fan-out collects each member's whole answer ([`collect`]); a routed call hands the
-//! reached connection to the stream that forwards it ([`send`]).
+//! reached connection to the stream that forwards it ([`send`]). Across protocol eras, as for
+//! a plain group: a 2026-07-28 request to a 2025-era member goes in a backend session of the
+//! era bridge (`data_path::era_bridge`, whose relay then forwards the answer), and a 2025-era
+//! client's request to a member of the 2026-07-28 era alone is made a 2026-07-28 one.
 
 use std::rc::Rc;
 use std::time::Duration;
