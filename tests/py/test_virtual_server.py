@@ -55,7 +55,7 @@ class Member:
 
 @pytest.fixture(scope="module")
 def virtual(tmp_path_factory: pytest.TempPathFactory):
-    """mcplb with a virtual server at /mcp over the three members; yields (url, py member)."""
+    """mcplb with a virtual server at /mcp over the four members; yields (url, py member, ev member)."""
     if not EVERYTHING_JS.exists():
         pytest.skip("tests/ts/node_modules is not installed (npm ci in tests/ts)")
     work = tmp_path_factory.mktemp("virtual")
@@ -114,7 +114,7 @@ members = [
 """.replace("'", '"')
     )
     proxy = start_proxy_file(config)
-    yield f"http://{proxy.addr}/mcp", py
+    yield f"http://{proxy.addr}/mcp", py, ev
     proxy.stop()
     py.stop()
     ev.stop()
@@ -134,7 +134,7 @@ async def names(client: Client) -> set[str]:
 async def test_lists_are_merged_and_calls_routed(virtual, mode: str) -> None:
     # In 2026-07-28 mode (stateless, no initialize) server-everything and the stdio server,
     # which speak the handshake era only, are reached through the era bridge's sessions.
-    url, _ = virtual
+    url = virtual[0]
     async with Client(url, mode=mode, read_timeout_seconds=READ_TIMEOUT) as client:
         shown = await names(client)
         assert {"py_add", "py_whoami", "py_slow_progress"} <= shown, shown
@@ -153,7 +153,7 @@ async def test_lists_are_merged_and_calls_routed(virtual, mode: str) -> None:
 
 
 async def test_unknown_and_filtered_tools_get_the_spec_error(virtual) -> None:
-    url, _ = virtual
+    url = virtual[0]
     async with Client(url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as client:
         for tool in ("py_nope", "sh_crash", "ev_get-env", "nothing"):
             with pytest.raises(Exception, match=f"Unknown tool: {tool}"):
@@ -161,7 +161,7 @@ async def test_unknown_and_filtered_tools_get_the_spec_error(virtual) -> None:
 
 
 async def test_resources_and_prompts_of_members(virtual) -> None:
-    url, _ = virtual
+    url = virtual[0]
     async with Client(url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as client:
         uris = {str(r.uri) for r in (await client.list_resources()).resources}
         assert "info://name" in uris, uris
@@ -185,7 +185,7 @@ PROGRESS = {
 @pytest.mark.parametrize("member", list(PROGRESS))
 @pytest.mark.parametrize("mode", MODES)
 async def test_progress_streams_through(virtual, mode: str, member: str) -> None:
-    url, _ = virtual
+    url = virtual[0]
     tool, args, says, values = PROGRESS[member]
     seen: list[tuple[float, float]] = []
 
@@ -205,7 +205,7 @@ async def test_a_member_of_the_2026_era_alone(virtual, mode: str) -> None:
     # modern_server.py refuses initialize: for a 2025-era client's session mcplb asks its
     # server/discover instead and makes each request a 2026-07-28 one; a 2026-07-28 client's
     # requests go to it as they are.
-    url, _ = virtual
+    url = virtual[0]
     async with Client(url, mode=mode, read_timeout_seconds=READ_TIMEOUT) as client:
         shown = await names(client)
         assert {"mo_add", "mo_whoami", "mo_slow_progress"} <= shown, shown
@@ -221,7 +221,7 @@ async def test_a_members_sampling_request_is_answered_by_the_client(virtual, mod
     # 2026-07-28: the stdio member's sampling/createMessage reaches the client as an
     # `input_required` result (mcplb's sealed requestState); its retry's answer goes back to
     # the waiting call in the era bridge's session.
-    url, _ = virtual
+    url = virtual[0]
     asked: list[str] = []
 
     async def sampling(context, params: CreateMessageRequestParams) -> CreateMessageResult:
@@ -240,7 +240,7 @@ async def test_a_members_elicitation_is_answered_by_the_client(virtual, mode: st
     # (its session, or in 2026-07-28 mode the bridge's session for what `_meta` declares).
     from mcp_types import ElicitResult
 
-    url, _ = virtual
+    url = virtual[0]
     asked: list[str] = []
 
     async def on_elicit(context, params) -> ElicitResult:
@@ -257,7 +257,7 @@ async def test_a_members_elicitation_is_answered_by_the_client(virtual, mode: st
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_a_killed_member_is_left_out_and_comes_back(virtual, mode: str) -> None:
-    url, py = virtual
+    url, py = virtual[:2]
     async with Client(url, mode=mode, read_timeout_seconds=READ_TIMEOUT) as client:
         assert "py_whoami" in await names(client)
         py.stop()
@@ -279,8 +279,33 @@ async def test_a_killed_member_is_left_out_and_comes_back(virtual, mode: str) ->
         assert text_of(await client.call_tool("py_whoami", {})) == "py-v"
 
 
+async def test_a_killed_2025_member_comes_back_for_a_2026_client(virtual) -> None:
+    # server-everything, reached through the era bridge's session, restarts: left out while
+    # down, and back in a new bridge session once up (the new process does not know the old
+    # session: mcplb opens one and sends the request again).
+    url, _, ev = virtual
+    async with Client(url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
+        assert text_of(await client.call_tool("ev_echo", {"message": "before"})) == "Echo: before"
+        ev.stop()
+        deadline = time.monotonic() + 10
+        while "ev_echo" in (shown := await names(client)):
+            assert time.monotonic() < deadline, "the killed member's tools stayed"
+            await anyio.sleep(0.2)
+        assert "py_whoami" in shown and "sh_say" in shown, shown
+        assert text_of(await client.call_tool("sh_say", {"text": "still here"})) == "still here"
+        ev.start()
+        deadline = time.monotonic() + 30
+        while "ev_echo" not in await names(client):
+            assert time.monotonic() < deadline, "the member's tools did not come back"
+            await anyio.sleep(0.3)
+        # Connections pooled to the old process age out first (a call written to one may have
+        # run: never sent twice).
+        await anyio.sleep(0.6)
+        assert text_of(await client.call_tool("ev_echo", {"message": "after"})) == "Echo: after"
+
+
 async def test_a_cancellation_reaches_the_member_running_the_call(virtual) -> None:
-    url, _ = virtual
+    url = virtual[0]
     async with Client(url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as client:
         before = json.loads(text_of(await client.call_tool("sh_cancelled_ids", {})))
         # The client gives up after 0.5 s and sends notifications/cancelled for the call.
@@ -293,7 +318,7 @@ async def test_a_cancellation_reaches_the_member_running_the_call(virtual) -> No
 
 
 async def test_a_members_list_changed_reaches_the_client_once(virtual) -> None:
-    url, _ = virtual
+    url = virtual[0]
     seen: list[str] = []
 
     async def on_message(message) -> None:
