@@ -190,12 +190,14 @@ async fn open_modern(
         .ok()
         .and_then(|v| v.get("id").cloned())
         .unwrap_or(Value::Null);
+    let plain = outbound(member, None, &discover, "server/discover", None, true);
+    // At 2026-07-28, with its mirror headers.
     let o = Outbound {
         mirror: Mirror {
             version: Some(crate::session::era::MODERN.as_bytes()),
-            ..outbound(member, None, &discover, "server/discover", None, true).mirror
+            ..plain.mirror
         },
-        ..outbound(member, None, &discover, "server/discover", None, true)
+        ..plain
     };
     let got = member::collect(core, req, &o, Some(&own_id)).await?;
     let Some(answer) = got
