@@ -188,6 +188,7 @@ pub fn start_with(
         local_addr,
         generated_key,
     ));
+    reload::start_watch(&reloader).context("proxy.watch_interval: cannot start its thread")?;
     let worker_status = runtime::WorkerStatus::new(listeners.len());
     let admin_addr = match admin_listener {
         Some(l) => {

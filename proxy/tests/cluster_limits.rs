@@ -382,3 +382,74 @@ fn a_tls_redis_is_reached_over_rediss() {
     let _ = redis.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Redis that requires a password (`requirepass`): with the password from a file (a trailing
+/// newline, as editors and `kubectl create secret --from-file` leave it) mcplb authenticates,
+/// leases tokens and holds the rule; a replica given a wrong password (from the environment)
+/// stays unavailable, says why on `/stats` without the password, and applies `on_unavailable`
+/// (`deny`: 429) without a crash.
+#[test]
+fn a_redis_with_a_password_is_reached_with_it_and_refused_without() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let secret = "s3cret pass#1";
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--requirepass", secret, "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    wait_until("redis-server to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let file = std::env::temp_dir().join(format!("mcplb-redis-pass-{}", std::process::id()));
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    let m = mock("alpha");
+    let rule = "rate = 20\nburst = 10\nscope = \"cluster\"\non_unavailable = \"deny\"";
+    let url = format!("redis://127.0.0.1:{port}");
+    let good = config(&m, &url, rule, "").replace(
+        "\n[cluster]\n",
+        &format!("\n[cluster]\npassword_file = \"{}\"\n", file.display()),
+    );
+    let p = start_proxy(&good, "auto");
+    wait_until("mcplb to authenticate to Redis", || {
+        stats(&p)["cluster"]["available"] == true
+    });
+    let secs = 2.0;
+    let t = Instant::now();
+    let (ok, refused) = hammer(&[&p], "whoami", secs);
+    let w = t.elapsed().as_secs_f64();
+    assert!(
+        ok <= (20.0 * w + 10.0 + 2.0) as u64 && ok as f64 >= 20.0 * secs * 0.85,
+        "{ok} admitted in {w:.1} s"
+    );
+    assert!(refused > 0);
+    assert!(stats(&p)["cluster"]["tokens_granted"].as_u64().unwrap() > 0);
+
+    let var = format!("MCPLB_TEST_REDIS_PW_{}", std::process::id());
+    let bad = config(&m, &url, rule, "").replace(
+        "\n[cluster]\n",
+        &format!("\n[cluster]\npassword_env = \"{var}\"\ntimeout = \"200ms\"\n"),
+    );
+    let q = start_proxy_env(&bad, "auto", None, &[(var.as_str(), "not-the-password")]);
+    wait_until("the wrong password to be counted as an error", || {
+        stats(&q)["cluster"]["errors"].as_u64().unwrap_or(0) >= 1
+    });
+    let s = stats(&q);
+    assert_eq!(s["cluster"]["available"], false, "{s}");
+    let why = s["cluster"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.to_ascii_lowercase().contains("pass") || why.to_ascii_lowercase().contains("auth"),
+        "{s}"
+    );
+    assert!(!s.to_string().contains("not-the-password"), "{s}");
+    assert_eq!(status(&q, "whoami"), 429);
+    // The one that knows the password is undisturbed.
+    assert_eq!(status(&p, "echo"), 200);
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let _ = std::fs::remove_file(&file);
+}

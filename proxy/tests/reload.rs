@@ -301,3 +301,116 @@ fn reload_removes_a_backend_and_keeps_the_others_sessions() {
     }
     assert_eq!(backend_names(&p).len(), 1);
 }
+
+/// `proxy.session_keys_file` with `proxy.watch_interval`: the keys live in a file of their own
+/// (a Kubernetes Secret volume, a systemd credential), swapped the way the kubelet swaps a
+/// Secret (a new file renamed over the old); mcplb sees the change by itself and reloads. The
+/// rotation: NEW added after OLD (every replica can open both), NEW moved first (new ids sealed
+/// with it; OLD ones still open), OLD dropped (its sessions 404, the client re-initializes). A
+/// broken file is refused with the key named and the running keys stay.
+#[test]
+fn session_keys_from_a_watched_file_rotate_without_a_reload_call() {
+    const OLD: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    const NEW: &str = "a0b1c2d3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5061728394a5b6c7d8e9f";
+    let m = mock("alpha");
+    let dir = std::env::temp_dir().join(format!("mcplb-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("session-keys");
+    let swap = |text: &str| {
+        let tmp = dir.join("..data_tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &keys).unwrap();
+    };
+    swap(&format!("# the first key seals new ids\n{OLD}\n"));
+    let extra = format!(
+        "session_keys_file = \"{}\"\nwatch_interval = \"200ms\"\n",
+        keys.display()
+    );
+    let cfg = config(&[&m], &[1], "").replace("workers = 2\n", &format!("workers = 2\n{extra}"));
+    let p = start_proxy(&cfg, "auto");
+    let key_count = || {
+        admin(&p, "GET", "/config").1["proxy"]["session_keys"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(key_count(), 1);
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    let (old_sid, _) = init_session(&mut c);
+    assert_eq!(whoami(&mut c, &old_sid), "alpha");
+
+    swap(&format!("{OLD}\n{NEW}\n"));
+    wait_for("the second key to be loaded", || key_count() == 2);
+    assert_eq!(whoami(&mut c, &old_sid), "alpha");
+    let generation = || {
+        admin(&p, "GET", "/stats").1["config_generation"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = generation();
+    swap(&format!("{NEW}\n{OLD}\n"));
+    wait_for("the keys' new order to be loaded", || generation() > before);
+    let (new_sid, _) = init_session(&mut c);
+    assert_ne!(new_sid, old_sid);
+    assert_eq!(whoami(&mut c, &old_sid), "alpha");
+    assert_eq!(whoami(&mut c, &new_sid), "alpha");
+
+    swap(&format!("{NEW}\n"));
+    wait_for("the old key to be dropped", || key_count() == 1);
+    assert_eq!(whoami(&mut c, &new_sid), "alpha");
+    let gone = c
+        .mcp(
+            "/mcp",
+            Some(&old_sid),
+            &rpc(9, "tools/call", json!({"name": "whoami", "arguments": {}})),
+        )
+        .unwrap();
+    assert_eq!(
+        gone.status,
+        404,
+        "{:?}",
+        String::from_utf8_lossy(&gone.body)
+    );
+
+    // A broken file: refused (the reload names the key), the running key stays.
+    let before = generation();
+    swap("not-a-key\n");
+    let (status, v) = admin(&p, "POST", "/reload");
+    assert_eq!(generation(), before);
+    assert_eq!(key_count(), 1);
+    assert_eq!(whoami(&mut c, &new_sid), "alpha");
+    assert_eq!(status, 400);
+    assert!(
+        v.to_string().contains("proxy.session_keys_file: key 1"),
+        "{v}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn session_key_settings_are_checked_by_name() {
+    let m = mock("alpha");
+    let base = config(&[&m], &[1], "");
+    let with = |extra: &str| {
+        let text = base.replace("workers = 2\n", &format!("workers = 2\n{extra}\n"));
+        match mcplb::Config::parse(&text) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let err = with(&format!(
+        "session_key = \"{}\"\nsession_keys_file = \"/nonexistent\"",
+        "a".repeat(64)
+    ));
+    assert!(err.contains("proxy.session_keys: set one of"), "{err}");
+    let err = with("session_keys_file = \"/nonexistent/mcplb-keys\"");
+    assert!(
+        err.contains("proxy.session_keys_file: /nonexistent/mcplb-keys: cannot read it"),
+        "{err}"
+    );
+    let err = with("watch_interval = \"10ms\"");
+    assert!(
+        err.contains("proxy.watch_interval: at least 100ms"),
+        "{err}"
+    );
+    assert_eq!(with("watch_interval = \"0s\""), "");
+}

@@ -88,7 +88,7 @@ CHART_VARIANTS = {
         "nodeSelector": {"kubernetes.io/arch": "amd64"},
     },
     "values for the secret": {
-        "secret": {"sessionKey": "a" * 64, "adminToken": "T0ken_from-values"},
+        "secret": {"sessionKeys": ["a" * 64, "b" * 64], "adminToken": "T0ken_from-values"},
     },
 }
 
@@ -153,7 +153,7 @@ def test_chart_values_take_effect():
     d = custom["Deployment"]["spec"]
     pod = d["template"]["spec"]
     assert d["replicas"] == 2
-    assert "checksum/secret" not in d["template"]["metadata"]["annotations"]
+    assert not any(a.startswith("checksum/admin") for a in d["template"]["metadata"]["annotations"])
     assert [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v] == ["mcplb-keys"]
     assert pod["terminationGracePeriodSeconds"] == 60 + 10 + 10
     assert pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"] == 10
@@ -167,28 +167,38 @@ def test_chart_values_take_effect():
     assert svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["ports"][0]["port"] == 443
     assert svc["metadata"]["annotations"] == {"example.com/lb": "external"}
 
-    # Generated secret values: a 32-byte key (base64) and a 32-character token, new per install.
+    # Generated secret values: one 32-byte key (base64) and a 32-character token, new per install.
     one, two = by_kind(render_chart())["Secret"]["data"], by_kind(render_chart())["Secret"]["data"]
-    key = base64.b64decode(one["session-key"]).decode()
+    (key,) = base64.b64decode(one["session-keys"]).decode().splitlines()
     assert len(base64.b64decode(key)) == 32
     assert re.fullmatch(r"[A-Za-z0-9]{32}", base64.b64decode(one["admin-token"]).decode())
-    assert one["session-key"] != two["session-key"]
-    given = by_kind(render_chart(CHART_VARIANTS["values for the secret"]))["Secret"]["data"]
-    assert base64.b64decode(given["session-key"]).decode() == "a" * 64
+    assert one["session-keys"] != two["session-keys"]
+    # Keys given in values: one per line, in order (the first seals). A session key is not in
+    # the pod template (a rotation rolls no pod); an admin token given in values is.
+    given_objects = by_kind(render_chart(CHART_VARIANTS["values for the secret"]))
+    given = given_objects["Secret"]["data"]
+    assert base64.b64decode(given["session-keys"]).decode() == "a" * 64 + "\n" + "b" * 64 + "\n"
     assert base64.b64decode(given["admin-token"]).decode() == "T0ken_from-values"
+    annotations = given_objects["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/admin-token" in annotations
+    assert not any("secret" in a or "session" in a for a in annotations)
 
 
 def test_chart_refuses_a_config_without_the_placeholders():
-    config = by_kind(render_chart())["ConfigMap"]["data"]["mcplb.toml"].replace('"@SESSION_KEY@"', '"' + "b" * 64 + '"')
+    config = by_kind(render_chart())["ConfigMap"]["data"]["mcplb.toml"]
+    inline = config.replace('session_keys_file = "/etc/mcplb/secret/session-keys"', 'session_key = "' + "b" * 64 + '"')
+    assert inline != config
+    with pytest.raises(helm.HelmError, match="must keep session_keys_file"):
+        render_chart({"config": inline})
     with pytest.raises(helm.HelmError, match="must keep"):
-        render_chart({"config": config})
+        render_chart({"config": config.replace('"@ADMIN_TOKEN@"', '"plain"')})
 
 
 def secret_values(objects: dict[str, dict]) -> dict[str, str]:
     """The Secret's values as the pod's volume shows them (files named by key)."""
     s = objects.get("Secret")
     if s is None:  # existingSecret: the test plays the user's own Secret
-        return {"session-key": base64.b64encode(os.urandom(32)).decode(), "admin-token": "own-token.1"}
+        return {"session-keys": base64.b64encode(os.urandom(32)).decode() + "\n", "admin-token": "own-token.1"}
     if "stringData" in s:
         return dict(s["stringData"])
     return {k: base64.b64decode(v).decode() for k, v in s["data"].items()}
@@ -222,6 +232,12 @@ def run_pod_here(objects: dict[str, dict], tmp: Path) -> None:
     assert os.path.dirname(env["OUT"]) == init_mounts[out_volume]
     # mcplb reads the file the init container wrote; the probes name that same file.
     assert mounts(main)[out_volume] == init_mounts[out_volume]
+    # The session keys file is read where the Secret is mounted whole (no subPath: the kubelet's
+    # updates must reach the running pod), at the same path in both containers.
+    keys_file = tomllib.loads(objects["ConfigMap"]["data"][cm_key])["proxy"]["session_keys_file"]
+    assert os.path.dirname(keys_file) == mounts(main)[secret_volume] == init_mounts[secret_volume]
+    assert os.path.basename(keys_file) in secret_values(objects)
+    assert not any("subPath" in m for m in main["volumeMounts"])
     assert main["args"] == ["run", "--config", env["OUT"]]
     probes = {"readiness": main["readinessProbe"], "liveness": main["livenessProbe"]}
     for name, probe in probes.items():
@@ -249,6 +265,11 @@ def run_pod_here(objects: dict[str, dict], tmp: Path) -> None:
     with mock_backends(len([b for g in cfg["servers"] for b in g["backends"]])) as urls:
         local, admin_port = localize(config, urls)
         template, secrets, out = tmp / "template.toml", tmp / "secret", tmp / "run" / "mcplb.toml"
+        # The Secret's mount point is this test's directory; the watch is made quicker than the
+        # manifests' (the behaviour is the same, the test shorter).
+        local = local.replace(f'"{keys_file}"', f'"{secrets / os.path.basename(keys_file)}"')
+        assert cfg["proxy"]["watch_interval"] == "10s"
+        local = local.replace('watch_interval = "10s"', 'watch_interval = "200ms"')
         template.write_text(local)
         secrets.mkdir()
         out.parent.mkdir()
@@ -261,8 +282,8 @@ def run_pod_here(objects: dict[str, dict], tmp: Path) -> None:
         assert done.returncode == 0, done.stdout + done.stderr
         assert "valid" in done.stdout
         written = out.read_text()
-        assert "@SESSION_KEY@" not in written and "@ADMIN_TOKEN@" not in written
-        assert tomllib.loads(written)["proxy"]["session_key"] == values["session-key"]
+        assert "@ADMIN_TOKEN@" not in written and values["admin-token"] in written
+        assert tomllib.loads(written)["proxy"]["session_keys_file"] == str(secrets / "session-keys")
         assert oct(out.stat().st_mode & 0o777) == oct(0o600)
 
         proxy = start_proxy_file(out)  # `mcplb run --config OUT`: the container's args
@@ -287,6 +308,7 @@ def run_pod_here(objects: dict[str, dict], tmp: Path) -> None:
             hdrs = {"accept": "application/json, text/event-stream"}
             r = httpx.post(f"http://{proxy.addr}{path}", json=init_body, headers=hdrs)
             assert r.status_code == 200 and r.headers.get("mcp-session-id"), r.text
+            rotate_keys_as_the_secret_says(proxy, f"http://{proxy.addr}{path}", secrets, admin_port, values["admin-token"], r.headers["mcp-session-id"])
             # SIGTERM (what the kubelet sends after preStop): mcplb exits 0 well within the grace.
             proxy.proc.send_signal(signal.SIGTERM)
             assert proxy.proc.wait(timeout=pod["terminationGracePeriodSeconds"]) == 0
@@ -302,6 +324,66 @@ def run_pod_here(objects: dict[str, dict], tmp: Path) -> None:
         template.write_text(local.replace("[admin]\n", "[admin]\nlsten = 1\n"))
         bad = run_init_script(script, {"TEMPLATE": str(template), "SECRETS_DIR": str(secrets), "OUT": str(out)}, tmp)
         assert bad.returncode == 2 and "admin.lsten" in bad.stderr, bad.stderr
+
+
+def kubelet_update(secrets: Path, name: str, text: str) -> None:
+    """Changes one key of a Secret volume as the kubelet does: the files are links into a
+    `..data` directory, swapped in one rename."""
+    stamp = f"..{os.urandom(4).hex()}"
+    (secrets / stamp).mkdir()
+    for f in secrets.iterdir():
+        if not f.name.startswith("..") and f.name != name:
+            (secrets / stamp / f.name).write_text(f.read_text())
+    (secrets / stamp / name).write_text(text)
+    tmp_link = secrets / "..data_tmp"
+    tmp_link.symlink_to(stamp)
+    tmp_link.replace(secrets / "..data")
+    for f in (secrets / stamp).iterdir():
+        link = secrets / f.name
+        if not link.is_symlink():
+            link.unlink(missing_ok=True)
+            link.symlink_to(Path("..data") / f.name)
+
+
+def rotate_keys_as_the_secret_says(proxy, url: str, secrets: Path, admin_port: int, token: str, old_sid: str) -> None:
+    """secret.yaml's rotation, step by step, on the running pod: no restart, no call: each step
+    is seen by the watch; a session of the old key lives until the last step."""
+    import time
+
+    admin = {"authorization": f"Bearer {token}"}
+
+    def generation() -> int:
+        return httpx.get(f"http://127.0.0.1:{admin_port}/stats", headers=admin).json()["config_generation"]
+
+    def call(sid: str) -> int:
+        body = {"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {}}
+        hdrs = {"accept": "application/json, text/event-stream", "mcp-session-id": sid}
+        return httpx.post(url, json=body, headers=hdrs).status_code
+
+    def step(text: str) -> None:
+        before = generation()
+        kubelet_update(secrets, "session-keys", text)
+        deadline = time.monotonic() + 20
+        while generation() == before:
+            assert time.monotonic() < deadline, "the keys file change was not picked up"
+            time.sleep(0.05)
+
+    old = (secrets / "session-keys").read_text().split()[0]
+    new = base64.b64encode(os.urandom(32)).decode()
+    assert call(old_sid) == 200
+    step(f"{old}\n{new}\n")
+    assert call(old_sid) == 200
+    step(f"{new}\n{old}\n")
+    init_body = {
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+    }
+    r = httpx.post(url, json=init_body, headers={"accept": "application/json, text/event-stream"})
+    new_sid = r.headers["mcp-session-id"]
+    assert call(old_sid) == 200 and call(new_sid) == 200
+    step(f"{new}\n")
+    assert call(new_sid) == 200
+    assert call(old_sid) == 404
 
 
 def test_plain_manifests_pod_runs_here(tmp_path):

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import HERE, free_port, start_proxy_file
+from conftest import HERE, free_port, make_pki, start_proxy_file
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -57,9 +57,10 @@ class _Server:
 
 
 class Receiver(_Server):
-    """An OTLP/HTTP traces endpoint on loopback: every span it decodes goes to a queue."""
+    """An OTLP/HTTP traces endpoint on loopback: every span it decodes goes to a queue. With
+    `tls` (certificate chain, key): over https."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, tls: tuple[Path, Path] | None = None) -> None:
         self.spans: queue.Queue = queue.Queue()
         self.content_types: list[str] = []
         self.failures_left = fail_first  # answer this many exports 503 first
@@ -83,6 +84,12 @@ class Receiver(_Server):
                 self.answer(200, "application/x-protobuf", ExportTraceServiceResponse().SerializeToString())
 
         self.serve(Handler)
+        if tls is not None:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
 
     def next_span(self, timeout: float = WAIT):
         service, s = self.spans.get(timeout=timeout)
@@ -112,7 +119,7 @@ class Backend(_Server):
         self.serve(Handler)
 
 
-def _config(tmp: Path, backends: str, receiver: Receiver, ratio: float, admin: int) -> Path:
+def _config(tmp: Path, backends: str, receiver: Receiver, ratio: float, admin: int, endpoint: str | None = None) -> Path:
     p = tmp / "mcplb-traces.toml"
     p.write_text(
         "[proxy]\n"
@@ -127,7 +134,8 @@ def _config(tmp: Path, backends: str, receiver: Receiver, ratio: float, admin: i
         "[servers.health]\n"
         "enabled = false\n"
         "[telemetry]\n"
-        f'otlp_endpoint = "http://127.0.0.1:{receiver.port}/v1/traces"\n'
+        + (endpoint or f'otlp_endpoint = "http://127.0.0.1:{receiver.port}/v1/traces"\n')
+        + 
         'service_name = "mcplb-test"\n'
         f"sample_ratio = {ratio}\n"
     )
@@ -393,3 +401,47 @@ def test_reload_changes_ratio_and_collector(tmp_path, backend):
         proxy.stop()
         first.close()
         second.close()
+
+
+def test_spans_go_to_an_https_collector(tmp_path, backend):
+    """`otlp_endpoint = "https://..."` with `ca`: the spans reach a collector over TLS whose
+    certificate chains to that CA; without the CA (system roots only) none is exported and the
+    failures are counted, while requests go on."""
+    ca, chain, key = make_pki(tmp_path)
+    receiver = Receiver(tls=(chain, key))
+    try:
+        admin = free_port()
+        endpoint = f'otlp_endpoint = "https://127.0.0.1:{receiver.port}/v1/traces"\nca = "{ca}"\n'
+        cfg = _config(tmp_path, f'"http://127.0.0.1:{backend.port}/mcp"', receiver, 1.0, admin, endpoint)
+        proxy = start_proxy_file(cfg)
+        try:
+            call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add", "arguments": {}}}
+            status, _, _ = _post(proxy.url, call, {"traceparent": f"00-{TRACE}-{CLIENT_SPAN}-01"})
+            assert status == 200
+            _, span = receiver.next_span()
+            assert span.trace_id.hex() == TRACE and span.name == "tools/call add"
+        finally:
+            proxy.stop()
+
+        # The same collector, not trusted: nothing is exported, every request still answered.
+        admin = free_port()
+        endpoint = f'otlp_endpoint = "https://127.0.0.1:{receiver.port}/v1/traces"\n'
+        cfg = _config(tmp_path, f'"http://127.0.0.1:{backend.port}/mcp"', receiver, 1.0, admin, endpoint)
+        proxy = start_proxy_file(cfg)
+        try:
+            for i in range(3):
+                call = {"jsonrpc": "2.0", "id": 10 + i, "method": "tools/call", "params": {"name": "add", "arguments": {}}}
+                assert _post(proxy.url, call)[0] == 200
+            deadline = time.monotonic() + WAIT
+            while True:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10).read().decode()
+                failed = [l for l in text.splitlines() if l.startswith("mcplb_trace_export_retries_total ")]
+                if failed and int(failed[0].split()[1]) >= 1:
+                    break
+                assert time.monotonic() < deadline, text[-2000:]
+                time.sleep(0.2)
+            assert receiver.spans.empty()
+        finally:
+            proxy.stop()
+    finally:
+        receiver.close()

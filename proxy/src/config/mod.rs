@@ -28,6 +28,15 @@ pub use types::{
     READ_ONLY_CHECKS,
 };
 
+/// The host of a `host:port` authority (brackets of an IPv6 address kept off).
+pub fn host_of(authority: &str) -> &str {
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() && !authority.ends_with(']') => h,
+        _ => authority,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// `url` with any user and password replaced (for logs and `GET /config`).
 pub fn redact_url(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {
@@ -281,7 +290,7 @@ backends = []
         let both = err(&with(&format!(
             "session_key = \"{a}\"\nsession_keys = [\"{b}\"]"
         )));
-        assert!(both.contains("proxy.session_keys: set either"), "{both}");
+        assert!(both.contains("proxy.session_keys: set one of"), "{both}");
         let empty = err(&with("session_keys = []"));
         assert!(empty.contains("proxy.session_keys: empty"), "{empty}");
         let bad = err(&with(&format!("session_keys = [\"{a}\", \"abcd\"]")));

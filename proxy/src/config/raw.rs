@@ -32,6 +32,7 @@ pub(crate) struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawTelemetry {
     pub otlp_endpoint: Option<String>,
+    pub ca: Option<String>,
     pub service_name: Option<String>,
     pub sample_ratio: Option<f64>,
 }
@@ -105,6 +106,8 @@ pub(crate) struct RawProxy {
     pub workers: Option<i64>,
     pub session_key: Option<String>,
     pub session_keys: Option<Vec<String>>,
+    pub session_keys_file: Option<String>,
+    pub watch_interval: Option<String>,
     pub max_body_bytes: Option<i64>,
     pub max_header_bytes: Option<i64>,
     pub max_headers: Option<i64>,

@@ -49,6 +49,10 @@ pub struct TelemetryConfig {
     pub authority: String,
     /// Its path.
     pub path: String,
+    /// `https://`: spans go over TLS, verified against `ca` or the system roots.
+    pub https: bool,
+    /// `ca`: PEM roots the collector's certificate must chain to (default: the system's).
+    pub ca: Option<std::path::PathBuf>,
     /// The `service.name` of mcplb's spans.
     pub service_name: String,
     /// Share of the traces mcplb starts that are recorded (a caller's `traceparent` decides
@@ -176,6 +180,11 @@ pub struct ProxyConfig {
     /// Keys of session ids (`session_keys`, or the one `session_key`): the first seals new
     /// ids, every one opens. Empty: generate one at start.
     pub session_keys: Vec<[u8; 32]>,
+    /// `session_keys_file`: where the keys were read (read again on every reload).
+    pub session_keys_file: Option<std::path::PathBuf>,
+    /// `watch_interval`: how often the config file and the files it names for keys are
+    /// checked; a change reloads, as SIGHUP does. `None`: never.
+    pub watch_interval: Option<Duration>,
     /// Largest request body accepted (413 past it).
     pub max_body_bytes: usize,
     /// Largest request head accepted (431 past it).

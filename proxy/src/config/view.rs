@@ -143,6 +143,8 @@ pub fn redacted_json(cfg: &Config) -> Value {
         "proxy": {
             "listen": p.listen.to_string(), "workers": p.workers,
             "session_keys": p.session_keys.iter().map(|_| REDACTED).collect::<Vec<_>>(),
+            "session_keys_file": p.session_keys_file.as_ref().map(|f| f.display().to_string()),
+            "watch_interval_s": p.watch_interval.map(secs),
             "max_body_bytes": p.max_body_bytes, "max_header_bytes": p.max_header_bytes,
             "max_headers": p.max_headers, "header_timeout_s": secs(p.header_timeout),
             "body_timeout_s": secs(p.body_timeout),

@@ -520,6 +520,8 @@ pub(crate) fn stats_json(st: &View<'_>, now: Instant) -> Value {
     json!({
         "uptime_seconds": now.saturating_duration_since(st.hub.started).as_secs(),
         "driver": st.driver,
+        // Bumped by every applied reload (SIGHUP, POST /reload, a watched file's change).
+        "config_generation": st.reloader.live.generation(),
         "workers": st.config.proxy.workers,
         "unit": "microseconds",
         "counters": c,
@@ -589,6 +591,7 @@ fn cluster_json(st: &View<'_>) -> Value {
         "errors": load(&c.errors),
         "state_changes": load(&c.state_changes),
         "unavailable_decisions": load(&c.unavailable_decisions),
+        "last_error": cl.last_error().map(|e| e.to_string()),
     })
 }
 

@@ -117,6 +117,10 @@ pub struct ClusterLimits {
     rules: Vec<ClusterRule>,
     cfg: ClusterConfig,
     available: AtomicBool,
+    /// Whether a state (either) was ever told: the first failure at start is logged too.
+    told: AtomicBool,
+    /// Why Redis was last unavailable (for `/stats`; written by the lease thread only).
+    last_error: ArcSwapOption<String>,
     /// The seed replicas share (from Redis); until then the process's own.
     shared_hasher: OnceLock<KeyHasher>,
     own_hasher: KeyHasher,
@@ -208,6 +212,8 @@ impl ClusterLimits {
             rules,
             cfg,
             available: AtomicBool::new(false),
+            told: AtomicBool::new(false),
+            last_error: ArcSwapOption::empty(),
             shared_hasher: OnceLock::new(),
             own_hasher: KeyHasher::new(rand::random::<[u64; 2]>()),
             replicas: AtomicU32::new(1),
@@ -385,9 +391,23 @@ impl ClusterLimits {
         Ok(())
     }
 
+    /// Why Redis was last unavailable, if it ever was.
+    pub fn last_error(&self) -> Option<Arc<String>> {
+        self.last_error.load_full()
+    }
+
     fn set_available(&self, up: bool, why: &str) {
-        if self.available.swap(up, Ordering::AcqRel) != up {
-            self.counters.state_changes.fetch_add(1, Ordering::Relaxed);
+        if !up {
+            self.last_error.store(Some(Arc::new(why.to_string())));
+        }
+        let changed = self.available.swap(up, Ordering::AcqRel) != up;
+        // Unavailable from the start (a wrong password, Redis not up yet) is no change of the
+        // flag, but an operator must hear of it once.
+        let first = !self.told.swap(true, Ordering::AcqRel);
+        if changed || first {
+            if changed {
+                self.counters.state_changes.fetch_add(1, Ordering::Relaxed);
+            }
             if up {
                 tracing::info!(
                     redis = %crate::config::redact_url(&self.cfg.redis),

@@ -519,6 +519,69 @@ impl Reloader {
     }
 }
 
+/// What `proxy.watch_interval` compares: the config file and the files it names that a reload
+/// reads again (`proxy.session_keys_file`), by content, so that a Kubernetes Secret or
+/// ConfigMap volume (updated by swapping a symlink) is seen as well as an edit in place. An
+/// unreadable file counts as its error, so a file coming back is a change too.
+pub fn watched_fingerprint(path: &std::path::Path, config: &Config) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let files = std::iter::once(path).chain(config.proxy.session_keys_file.as_deref());
+    for f in files {
+        f.hash(&mut h);
+        match std::fs::read(f) {
+            Ok(bytes) => bytes.hash(&mut h),
+            Err(e) => e.kind().hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+/// Starts the thread behind `proxy.watch_interval` (only for a proxy started from a file):
+/// every interval of the running configuration it compares [`watched_fingerprint`] with the
+/// last one and reloads on a change, as SIGHUP does (a refused reload is logged with every
+/// problem and not retried until the files change again). It ends with the reloader.
+pub(crate) fn start_watch(reloader: &Arc<Reloader>) -> std::io::Result<()> {
+    let Some(path) = reloader.path.clone() else {
+        return Ok(());
+    };
+    let weak = Arc::downgrade(reloader);
+    let mut last = watched_fingerprint(&path, &reloader.live.load().config);
+    std::thread::Builder::new()
+        .name("mcplb-watch".into())
+        .spawn(move || loop {
+            let Some(r) = weak.upgrade() else { return };
+            let config = r.live.load();
+            let Some(every) = config.config.proxy.watch_interval else {
+                drop((r, config));
+                // Off in this configuration; a reload may turn it on.
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                continue;
+            };
+            let now = watched_fingerprint(&path, &config.config);
+            drop(config);
+            if now != last {
+                match r.reload() {
+                    Ok(changes) => tracing::info!(
+                        changes = changes.len(),
+                        file = %path.display(),
+                        "watched files changed: configuration reloaded"
+                    ),
+                    Err(errors) => {
+                        for e in &errors {
+                            tracing::error!(problem = %e, "watched files changed: reload refused");
+                        }
+                    }
+                }
+                // The reload may have named other files: compare with what they hold now.
+                last = watched_fingerprint(&path, &r.live.load().config);
+            }
+            drop(r);
+            std::thread::sleep(every);
+        })?;
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

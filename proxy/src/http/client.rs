@@ -339,6 +339,34 @@ impl HttpClient {
         })
     }
 
+    /// [`HttpClient::connect_host`] over TLS: each address `authority` resolves to is tried
+    /// until one connects and completes the handshake (`tls`: roots, SNI and the name the
+    /// certificate must carry), with `timeout` for every step.
+    pub fn connect_host_tls(
+        authority: &str,
+        timeout: Duration,
+        tls: &crate::tls::UpstreamTls,
+    ) -> Result<HttpClient, ClientError> {
+        let addrs: Vec<SocketAddr> = authority
+            .to_socket_addrs()
+            .map_err(|error| ClientError::Resolve {
+                authority: authority.to_string(),
+                error,
+            })?
+            .collect();
+        let mut last = ClientError::NoAddress(authority.to_string());
+        for addr in addrs {
+            match Self::connect_tls(addr, timeout, tls.config.clone(), tls.server_name.clone()) {
+                Ok(mut c) => {
+                    c.host = authority.to_string();
+                    return Ok(c);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     /// A client on a connected socket (e.g. one bound to another local address first), with a
     /// deadline for every read and write.
     pub fn from_stream(stream: TcpStream, timeout: Duration) -> Result<HttpClient, ClientError> {

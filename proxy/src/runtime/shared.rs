@@ -183,6 +183,8 @@ fn tracer(
     };
     let target = crate::telemetry::ExportTarget {
         authority: t.authority.clone(),
+        https: t.https,
+        ca: t.ca.clone(),
         path: t.path.clone(),
         service_name: t.service_name.clone(),
     };
@@ -192,6 +194,6 @@ fn tracer(
         }
     }
     let tracer = crate::telemetry::Tracer::start(target)
-        .map_err(|e| anyhow::anyhow!("telemetry: cannot start the exporter thread: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("telemetry: cannot start the exporter: {e}"))?;
     Ok(Some(Arc::new(tracer)))
 }

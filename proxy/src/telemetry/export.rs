@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 use prost::Message as _;
 
 use crate::http::client::HttpClient;
+use crate::tls::UpstreamTls;
 
 /// Most spans in one export request.
 pub const MAX_BATCH: usize = 512;
@@ -76,6 +77,10 @@ pub struct SpanRecord {
 pub struct ExportTarget {
     /// `host:port` of the collector.
     pub authority: String,
+    /// Over TLS (`https://`), verified against `ca` or the system roots.
+    pub https: bool,
+    /// PEM roots for the collector's certificate.
+    pub ca: Option<std::path::PathBuf>,
     /// Path of the traces endpoint (`/v1/traces`).
     pub path: String,
     /// The `service.name` resource attribute.
@@ -141,7 +146,8 @@ pub fn encode(spans: &mut Vec<SpanRecord>, service_name: &str) -> Vec<u8> {
 
 /// The exporter thread's loop: until every sender is gone, gathers up to [`MAX_BATCH`] spans
 /// or what came within [`BATCH_DELAY`] of the first, and exports them.
-pub fn run(rx: Receiver<SpanRecord>, target: ExportTarget) {
+pub fn run(rx: Receiver<SpanRecord>, target: ExportTarget, tls: Option<UpstreamTls>) {
+    let target = Connector { target, tls };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut client = None;
     while let Ok(first) = rx.recv() {
@@ -188,7 +194,7 @@ enum Tried {
 /// Sends one encoded batch, trying again with backoff; whether the collector took it. A kept
 /// connection that fails (the collector closed it while idle) is replaced at once, without
 /// counting a retry.
-fn export(client: &mut Option<HttpClient>, target: &ExportTarget, body: &[u8]) -> bool {
+fn export(client: &mut Option<HttpClient>, target: &Connector, body: &[u8]) -> bool {
     let mut backoff = Duration::from_millis(200);
     let mut tries = 0;
     let mut stale_retry = true;
@@ -217,7 +223,7 @@ fn export(client: &mut Option<HttpClient>, target: &ExportTarget, body: &[u8]) -
     }
 }
 
-fn warn(target: &ExportTarget, why: &str, what: &'static str) {
+fn warn(target: &Connector, why: &str, what: &'static str) {
     if crate::control::logs::first_in_window("trace export failed", &target.authority, what) {
         tracing::warn!(
             collector = %target.authority,
@@ -227,9 +233,31 @@ fn warn(target: &ExportTarget, why: &str, what: &'static str) {
     }
 }
 
-fn try_once(client: &mut Option<HttpClient>, target: &ExportTarget, body: &[u8]) -> Tried {
+/// The target and, for `https://`, its TLS client config (built once, when the exporter starts).
+pub(crate) struct Connector {
+    target: ExportTarget,
+    tls: Option<UpstreamTls>,
+}
+
+impl std::ops::Deref for Connector {
+    type Target = ExportTarget;
+    fn deref(&self) -> &ExportTarget {
+        &self.target
+    }
+}
+
+impl Connector {
+    fn connect(&self) -> Result<HttpClient, crate::http::client::ClientError> {
+        match &self.tls {
+            None => HttpClient::connect_host(&self.authority, IO_TIMEOUT, IO_TIMEOUT),
+            Some(tls) => HttpClient::connect_host_tls(&self.authority, IO_TIMEOUT, tls),
+        }
+    }
+}
+
+fn try_once(client: &mut Option<HttpClient>, target: &Connector, body: &[u8]) -> Tried {
     if client.is_none() {
-        match HttpClient::connect_host(&target.authority, IO_TIMEOUT, IO_TIMEOUT) {
+        match target.connect() {
             Ok(c) => {
                 let _ = c.set_read_timeout(Some(IO_TIMEOUT));
                 *client = Some(c);

@@ -31,11 +31,19 @@ pub struct Tracer {
 impl Tracer {
     /// Starts an exporter thread for `target`.
     pub fn start(target: ExportTarget) -> std::io::Result<Tracer> {
+        let tls = if target.https {
+            let host = crate::config::host_of(&target.authority);
+            let tls = crate::tls::UpstreamTls::build(host, target.ca.as_deref(), None, None)
+                .map_err(std::io::Error::other)?;
+            Some(tls)
+        } else {
+            None
+        };
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let t = target.clone();
         std::thread::Builder::new()
             .name("mcplb-otlp".into())
-            .spawn(move || export::run(rx, t))?;
+            .spawn(move || export::run(rx, t, tls))?;
         Ok(Tracer { tx, target })
     }
 
@@ -111,6 +119,8 @@ mod tests {
         let stuck = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let tracer = Tracer::start(ExportTarget {
             authority: stuck.local_addr().expect("addr").to_string(),
+            https: false,
+            ca: None,
             path: "/v1/traces".into(),
             service_name: "test".into(),
         })

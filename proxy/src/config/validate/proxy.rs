@@ -27,6 +27,19 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = t.int("workers", p.workers, cores, 1..=1024);
     let session_keys = session_keys(&p, &mut t);
+    let watch_interval = match p.watch_interval.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(d)) if d.is_zero() => None,
+        Some(Ok(d)) if d < Duration::from_millis(100) => {
+            t.problem("watch_interval", "at least 100ms (or \"0s\": never)");
+            None
+        }
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            t.problem("watch_interval", e);
+            None
+        }
+    };
     let client_address = client_address(&p, &mut t);
     let http2 = http2(p.http2.unwrap_or_default(), t.errs());
     let tls = p.tls.and_then(|raw| tls(raw, http2.enabled, &mut t));
@@ -45,6 +58,8 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
         listen,
         workers,
         session_keys,
+        session_keys_file: p.session_keys_file.as_ref().map(std::path::PathBuf::from),
+        watch_interval,
         max_body_bytes: t.int(
             "max_body_bytes",
             p.max_body_bytes,
@@ -107,15 +122,26 @@ pub const MAX_SESSION_KEYS: usize = 8;
 /// `session_keys` (or the single `session_key`): each decoded, none repeated. Problems name
 /// the key by its place, never by its value.
 fn session_keys(p: &RawProxy, t: &mut TableCheck<'_>) -> Vec<[u8; 32]> {
-    let (key, list) = match (&p.session_key, &p.session_keys) {
-        (None, None) => return Vec::new(),
-        (Some(one), None) => ("session_key", std::slice::from_ref(one)),
-        (None, Some(list)) => ("session_keys", list.as_slice()),
-        (Some(_), Some(_)) => {
+    let from_file;
+    let (key, list) = match (&p.session_key, &p.session_keys, &p.session_keys_file) {
+        (None, None, None) => return Vec::new(),
+        (Some(one), None, None) => ("session_key", std::slice::from_ref(one)),
+        (None, Some(list), None) => ("session_keys", list.as_slice()),
+        (None, None, Some(path)) => match read_keys_file(path) {
+            Ok(keys) => {
+                from_file = keys;
+                ("session_keys_file", from_file.as_slice())
+            }
+            Err(e) => {
+                t.problem("session_keys_file", format!("{path}: {e}"));
+                return Vec::new();
+            }
+        },
+        _ => {
             t.problem(
                 "session_keys",
-                "set either proxy.session_key or proxy.session_keys, not both (move the \
-                 session_key into the list)",
+                "set one of proxy.session_key, proxy.session_keys and proxy.session_keys_file, \
+                 not several (move the single key into the list or the file)",
             );
             return Vec::new();
         }
@@ -138,7 +164,12 @@ fn session_keys(p: &RawProxy, t: &mut TableCheck<'_>) -> Vec<[u8; 32]> {
     }
     let mut keys: Vec<[u8; 32]> = Vec::with_capacity(list.len());
     for (i, s) in list.iter().enumerate() {
-        let name = if p.session_keys.is_some() {
+        let name = if p.session_keys_file.is_some() {
+            format!(
+                "{key}: key {} (line order, comments and blank lines skipped)",
+                i + 1
+            )
+        } else if p.session_keys.is_some() {
             format!("{key}[{i}]")
         } else {
             key.to_string()
@@ -152,6 +183,19 @@ fn session_keys(p: &RawProxy, t: &mut TableCheck<'_>) -> Vec<[u8; 32]> {
         }
     }
     keys
+}
+
+/// The keys of a `session_keys_file`: one per line, the first sealing new ids; blank lines and
+/// lines starting with `#` skipped, spaces around a key ignored (a trailing newline, as
+/// `kubectl create secret --from-file` and editors leave it, is fine).
+fn read_keys_file(path: &str) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
 }
 
 /// `forwarded`, `forwarded_header`, `trusted_proxies` and `proxy_protocol`.

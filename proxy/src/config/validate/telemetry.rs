@@ -8,22 +8,36 @@ use crate::config::types::TelemetryConfig;
 pub(super) fn validate(raw: RawTelemetry, errs: &mut Vec<String>) -> TelemetryConfig {
     let mut t = TableCheck::new("telemetry", errs);
     let endpoint = raw.otlp_endpoint.unwrap_or_default();
-    let (authority, path) = if endpoint.is_empty() {
+    let (authority, path, https) = if endpoint.is_empty() {
         t.problem(
             "otlp_endpoint",
             "required in [telemetry] (e.g. \"http://127.0.0.1:4318/v1/traces\"); remove the \
              table to turn traces off",
         );
-        (String::new(), String::new())
+        (String::new(), String::new(), false)
     } else {
         match split_endpoint(&endpoint) {
             Ok(parts) => parts,
             Err(e) => {
                 t.problem("otlp_endpoint", e);
-                (String::new(), String::new())
+                (String::new(), String::new(), false)
             }
         }
     };
+    let ca = raw.ca.map(std::path::PathBuf::from);
+    if https {
+        // Built here to name the key of a problem; built again by the exporter it starts.
+        if let Err(e) = crate::tls::UpstreamTls::build(
+            crate::config::host_of(&authority),
+            ca.as_deref(),
+            None,
+            None,
+        ) {
+            t.problem(if ca.is_some() { "ca" } else { "otlp_endpoint" }, e);
+        }
+    } else if ca.is_some() {
+        t.problem("ca", "only for an https:// otlp_endpoint");
+    }
     let service_name = raw.service_name.unwrap_or_else(|| "mcplb".into());
     if service_name.trim().is_empty() {
         t.problem("service_name", "must not be empty");
@@ -39,23 +53,20 @@ pub(super) fn validate(raw: RawTelemetry, errs: &mut Vec<String>) -> TelemetryCo
         otlp_endpoint: endpoint,
         authority,
         path,
+        https,
+        ca,
         service_name,
         sample_ratio: sample_ratio.clamp(0.0, 1.0),
     }
 }
 
-/// `http://host[:port][/path]` into `host:port` (4318, OTLP/HTTP's port, when none is given)
-/// and the path (`/v1/traces` when none is given).
-fn split_endpoint(url: &str) -> Result<(String, String), String> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(if url.starts_with("https://") {
-            format!(
-                "`{url}`: https is not supported for the OTLP exporter; send to a collector on \
-                 loopback or a sidecar over http://"
-            )
-        } else {
-            format!("`{url}` must start with http://")
-        });
+/// `http[s]://host[:port][/path]` into `host:port` (4318, OTLP/HTTP's port, when none is
+/// given), the path (`/v1/traces` when none is given) and whether it is https.
+fn split_endpoint(url: &str) -> Result<(String, String, bool), String> {
+    let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (rest, false),
+        (None, Some(rest)) => (rest, true),
+        (None, None) => return Err(format!("`{url}` must start with http:// or https://")),
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
@@ -78,7 +89,7 @@ fn split_endpoint(url: &str) -> Result<(String, String), String> {
     } else {
         path.to_string()
     };
-    Ok((authority, path))
+    Ok((authority, path, https))
 }
 
 #[cfg(test)]
@@ -133,7 +144,24 @@ mod tests {
                 .any(|e| e == "telemetry.service_name: must not be empty"),
             "{errs:?}"
         );
-        let errs = parse("otlp_endpoint = \"https://c:4318/v1/traces\"\n").expect_err("https");
-        assert!(errs[0].contains("https is not supported"), "{errs:?}");
+        let errs = parse("otlp_endpoint = \"ftp://c:4318/v1/traces\"\n").expect_err("ftp");
+        assert!(
+            errs[0].contains("must start with http:// or https://"),
+            "{errs:?}"
+        );
+        let errs = parse("otlp_endpoint = \"http://c\"\nca = \"/x.pem\"\n").expect_err("ca");
+        assert!(
+            errs[0].starts_with("telemetry.ca: only for an https://"),
+            "{errs:?}"
+        );
+        let errs = parse("otlp_endpoint = \"https://c\"\nca = \"/nonexistent/ca.pem\"\n")
+            .expect_err("missing ca");
+        assert!(errs[0].starts_with("telemetry.ca: "), "{errs:?}");
+        let t = parse("otlp_endpoint = \"https://[::1]:4318\"\n")
+            .expect("https")
+            .telemetry
+            .expect("telemetry");
+        assert!(t.https && t.authority == "[::1]:4318" && t.ca.is_none());
+        assert_eq!(crate::config::host_of(&t.authority), "::1");
     }
 }
