@@ -327,3 +327,30 @@ fn an_unlisted_tool_reaches_the_one_member_that_could_own_it() {
     assert_eq!(v["error"]["message"], "Unknown tool: slow", "{v}");
     assert_eq!(mocks[0].tool_calls("slow") + mocks[1].tool_calls("slow"), 0);
 }
+
+#[test]
+fn a_2026_client_keeps_a_member_groups_balancing() {
+    // Two backends that serve 2026-07-28 (the mock answers server/discover), round robin: a
+    // 2026-07-28 request to the member is picked once, so both backends get calls (a second
+    // pick per request would send every call to the same one).
+    let mocks: Vec<MockServer> = ["x", "y"].iter().map(|n| mock(n)).collect();
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\n\
+         [[servers]]\nname = \"pair\"\npath = \"/pair\"\nbackends = [\"{}\", \"{}\"]\n\
+         [servers.health]\nenabled = false\n\n\
+         [[servers]]\nname = \"v\"\npath = \"/mcp\"\nmembers = [{{ server = \"pair\" }}]\n",
+        mocks[0].url(),
+        mocks[1].url()
+    );
+    let proxy = start_proxy(&config, "auto");
+    let mut c = HttpClient::connect(proxy.addr).unwrap();
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
+    for id in 0..8 {
+        let params = json!({"name": "pair_whoami", "arguments": {}, "_meta": meta.clone()});
+        let r = c.mcp("/mcp", None, &rpc(id, "tools/call", params)).unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let (x, y) = (mocks[0].tool_calls("whoami"), mocks[1].tool_calls("whoami"));
+    assert_eq!(x + y, 8);
+    assert!(x >= 2 && y >= 2, "x {x}, y {y}");
+}

@@ -169,18 +169,20 @@ pub(crate) struct Answered<'a> {
     pub bridged: Option<(era_bridge::Leg, Vec<u8>)>,
 }
 
-/// A 2025-era member's backend session the era bridge holds for a 2026-07-28 request, on the
-/// member's backend `bi`.
+/// Where a 2026-07-28 request to a member goes: the backend `bi` the member group's balancer
+/// picked (the request is pinned to it: one pick per request), and the era bridge's backend
+/// session there when that backend speaks the 2025 era (`None`: it serves 2026-07-28 itself).
 struct Bridge {
     bi: usize,
-    session: Rc<era_bridge::BridgeSession>,
+    session: Option<Rc<era_bridge::BridgeSession>>,
 }
 
-/// The era bridge's session for `o`, when it is a 2026-07-28 request outside any session
-/// (a POST of a JSON-RPC request) and the backend the member group's balancer picks speaks
-/// the 2025 era (learned with a probe once per core with `era = "auto"`); `None`: `o` goes as
-/// it is. The sessions are the plain groups' ([`era_bridge::session_for`]): pooled per core
-/// by what the request declares and who sends it.
+/// Where `o` goes when it is a 2026-07-28 request outside any session (a POST of a JSON-RPC
+/// request) to a member group that may need the era bridge: the backend its balancer picks,
+/// and the bridge's session there when that backend speaks the 2025 era (learned with a probe
+/// once per core with `era = "auto"`). `None`: `o` goes as it is, the attempt loop picking.
+/// The sessions are the plain groups' ([`era_bridge::session_for`]): pooled per core by what
+/// the request declares and who sends it.
 async fn bridge_for(
     core: &Core,
     req: &Origin<'_>,
@@ -197,6 +199,13 @@ async fn bridge_for(
     ) else {
         return Ok(None);
     };
+    // A group that never bridges (or whose backends this core found to serve 2026-07-28
+    // every one) is left to the attempt loop's own pick: a second pick here would skew its
+    // balancing (round robin advancing twice per request).
+    let never = !group.era_bridge || group.era == BackendEra::Stateless;
+    if never || core.bridges.all_stateless(gi) {
+        return Ok(None);
+    }
     let now = balance::now_ns(core.shared.epoch);
     // None eligible: the attempt loop says so.
     let Some(bi) = core.bal.pick(gi, group, rt, None, 0, now) else {
@@ -208,7 +217,7 @@ async fn bridge_for(
         owner: req.owner,
     };
     match era_bridge::session_for(core, &asker, gi, bi, true).await {
-        Ok(s) => Ok(s.map(|session| Bridge { bi, session })),
+        Ok(session) => Ok(Some(Bridge { bi, session })),
         Err(era_bridge::Failed::Refuse(r)) => Err(MemberError::Unreachable(r)),
         Err(era_bridge::Failed::Upstream(e)) => {
             let (status, message) = e.status();
@@ -268,10 +277,10 @@ async fn bridged_discover(
     if o.mirror.method != "server/discover" {
         return Ok(None);
     }
-    let Some(b) = bridge_for(core, req, o).await? else {
+    let Some(s) = bridge_for(core, req, o).await?.and_then(|b| b.session) else {
         return Ok(None);
     };
-    Ok(serde_json::from_slice(&b.session.discover).ok())
+    Ok(serde_json::from_slice(&s.discover).ok())
 }
 
 /// What must go back to the member group's pool and balancer when the answer ends.
@@ -337,7 +346,11 @@ pub(crate) async fn send<'a>(
     loop {
         let bridge = bridge_for(core, req, o).await?;
         match send_once(core, req, o, bridge.as_ref()).await {
-            Err(MemberError::SessionGone) if again && bridge.is_some() => again = false,
+            Err(MemberError::SessionGone)
+                if again && bridge.as_ref().is_some_and(|b| b.session.is_some()) =>
+            {
+                again = false
+            }
             other => return other,
         }
     }
@@ -382,13 +395,16 @@ async fn send_once<'a>(
         plan.pinned = Some(bi);
         plan.sid = Some(std::borrow::Cow::Borrowed(sid));
     }
+    let session = bridge.and_then(|b| Some((b.bi, b.session.as_ref()?)));
     if let Some(b) = bridge {
         plan.pinned = Some(b.bi);
-        plan.sid = b.session.sid.as_deref().map(std::borrow::Cow::Borrowed);
+    }
+    if let Some((_, s)) = session {
+        plan.sid = s.sid.as_deref().map(std::borrow::Cow::Borrowed);
     }
     let mirror = Mirror {
-        version: bridge
-            .map(|b| b.session.version.as_bytes())
+        version: session
+            .map(|(_, s)| s.version.as_bytes())
             .or(o.mirror.version),
         ..o.mirror
     };
@@ -452,20 +468,20 @@ async fn send_once<'a>(
         parts.finish(core, None, 404);
         return Err(MemberError::SessionGone);
     }
-    if let Some(b) = bridge {
+    if let Some((bbi, s)) = session {
         if era_bridge::session_lost(core, &mut up, &mut ubuf, head_len).await {
             // The member no longer knows the bridge's session (it restarted): it ran nothing.
-            core.bridges.forget(gi, b.bi, &b.session);
+            core.bridges.forget(gi, bbi, s);
             parts.finish(core, None, head.status);
             return Err(MemberError::SessionGone);
         }
     }
     let early = ubuf.split_off(head_len.min(ubuf.len()));
-    let bridged = bridge.map(|b| {
+    let bridged = session.map(|(_, s)| {
         let leg = era_bridge::Leg {
             gi,
             bi,
-            session: b.session.clone(),
+            session: s.clone(),
             backend_tag,
         };
         (leg, ubuf.clone())
