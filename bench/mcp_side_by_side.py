@@ -508,7 +508,10 @@ def measure_path(path, mode, run, backend_port, backend_pids):
                 cell = {"run": run, "connections": conns, "rate": rate, "ok": j["ok"], "errors": j["errors"],
                         "rps": round(j["throughput_rps"], 1), "latency_us": j["latency_us"],
                         "send_lag_us": j.get("send_lag_us")}
-                cell.update(m.as_dict(j["ok"]))
+                # The meter spans the whole mcplb-load run (session set-up and 1 s of warm-up
+                # included): divide by every request it sent, not by the measured calls only
+                # (which made every system's CPU per call (DURATION + 1) / DURATION too high).
+                cell.update(m.as_dict(j.get("exchanges") or j["ok"]))
                 cell["bottleneck"] = bottleneck(cell)
                 RESULTS["cells"].setdefault(key(path, mode, n, kind), []).append(cell)
                 lat = j["latency_us"]
