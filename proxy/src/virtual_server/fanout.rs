@@ -170,8 +170,8 @@ async fn refused_as_2026_only(core: &Core, member: &Member, got: &Collected) -> 
 /// Opens a member of the 2026-07-28 era alone for a 2025-era client's `initialize` (`body`,
 /// id `id`): its `server/discover`, sent with what the client declares, stands for the
 /// `initialize` answer (`session::era::initialize_answer`, at the revision the spec
-/// negotiates); the member session has no id (its requests are made 2026-07-28 ones, each
-/// with that declaration, by `member::send`).
+/// negotiates); the member session's id is [`MODERN_ONLY`](super::session::MODERN_ONLY) (its
+/// requests are made 2026-07-28 ones, each with that declaration, by `member::send`).
 async fn open_modern(
     core: &Core,
     req: &Origin<'_>,
@@ -222,7 +222,7 @@ async fn open_modern(
     };
     Ok(Opened {
         backend_tag: got.backend_tag,
-        sid: Vec::new(),
+        sid: super::session::MODERN_ONLY.to_vec(),
         result,
     })
 }
@@ -899,6 +899,11 @@ pub(super) async fn notification(
             let Some(session) = existing_session(cx, m) else {
                 return;
             };
+            // A member of the 2026-07-28 era alone has no use for them (as for a plain group,
+            // where mcplb answers them).
+            if session.1 == super::session::MODERN_ONLY {
+                return;
+            }
             let s = Some((session.0, session.1.as_slice()));
             let o = outbound(member, s, body, method, None, false);
             if let Err(e) = member::collect(core, req, &o, None).await {
@@ -924,7 +929,7 @@ pub(super) async fn end_sessions(
         let Some(member) = vs.members.get(m) else {
             return;
         };
-        if ms.sid.is_empty() {
+        if !super::session::issued(&ms.sid) {
             return;
         }
         let session =

@@ -171,7 +171,7 @@ async fn open_streams<'a>(
     let which: Vec<usize> = s
         .members
         .iter()
-        .filter(|ms| !ms.sid.is_empty())
+        .filter(|ms| super::session::issued(&ms.sid))
         .map(|ms| usize::from(ms.member))
         .collect();
     let opened = {

@@ -25,6 +25,7 @@ use crate::runtime::core::Core;
 use crate::session::{era, Owner};
 use crate::tls::Conn;
 
+use super::session::{issued, MODERN_ONLY};
 use super::SessionCx;
 
 /// The client request on whose behalf mcplb asks members: its headers (passed on as a plain
@@ -245,19 +246,13 @@ pub(crate) async fn modern_only(core: &Core, gi: usize, bi: usize) -> bool {
     }
 }
 
-/// A 2025-era client's request in a member session with no id of its own (the member issued
-/// none), to a member of the 2026-07-28 era alone ([`modern_only`]): its body made a
+/// A 2025-era client's request in the member session of a member of the 2026-07-28 era alone
+/// (its id [`MODERN_ONLY`], set when the member refused `initialize`): its body made a
 /// 2026-07-28 request, `_meta` declaring the revision and what the client declared at
 /// `initialize` (`session::era::modern_request`). `None`: it goes as it is.
-async fn modern_form(core: &Core, req: &Origin<'_>, o: &Outbound<'_>) -> Option<Vec<u8>> {
-    let (tag, sid) = o.session?;
-    if !sid.is_empty() || req.modern || o.http_method != b"POST" || o.mirror.method.is_empty() {
-        return None;
-    }
-    let gi = o.member.group;
-    let group = core.shared.config.servers.get(gi)?;
-    let bi = group.backends.iter().position(|b| b.tag == tag)?;
-    if !modern_only(core, gi, bi).await {
+fn modern_form(req: &Origin<'_>, o: &Outbound<'_>) -> Option<Vec<u8>> {
+    let (_, sid) = o.session?;
+    if sid != MODERN_ONLY || req.modern || o.http_method != b"POST" || o.mirror.method.is_empty() {
         return None;
     }
     let declared = era::Declared {
@@ -327,7 +322,7 @@ pub(crate) async fn send<'a>(
     o: &Outbound<'_>,
 ) -> Result<Answered<'a>, MemberError> {
     let rewritten;
-    let o = match modern_form(core, req, o).await {
+    let o = match modern_form(req, o) {
         Some(body) => {
             rewritten = body;
             Outbound {
@@ -393,7 +388,8 @@ async fn send_once<'a>(
             return Err(MemberError::SessionGone);
         }
         plan.pinned = Some(bi);
-        plan.sid = Some(std::borrow::Cow::Borrowed(sid));
+        // The marker of a 2026-07-28 member is no id to send.
+        plan.sid = issued(sid).then_some(std::borrow::Cow::Borrowed(sid));
     }
     let session = bridge.and_then(|b| Some((b.bi, b.session.as_ref()?)));
     if let Some(b) = bridge {
@@ -464,7 +460,7 @@ async fn send_once<'a>(
             "malformed response from a member",
         )));
     };
-    if head.status == 404 && o.session.is_some_and(|(_, sid)| !sid.is_empty()) {
+    if head.status == 404 && o.session.is_some_and(|(_, sid)| issued(sid)) {
         parts.finish(core, None, 404);
         return Err(MemberError::SessionGone);
     }
