@@ -460,17 +460,15 @@ async fn send_once<'a>(
             "malformed response from a member",
         )));
     };
-    if head.status == 404 && o.session.is_some_and(|(_, sid)| issued(sid)) {
-        parts.finish(core, None, 404);
-        return Err(MemberError::SessionGone);
-    }
-    if let Some((bbi, s)) = session {
-        if era_bridge::session_lost(core, &mut up, &mut ubuf, head_len).await {
-            // The member no longer knows the bridge's session (it restarted): it ran nothing.
+    // The member no longer knows the session (it restarted; 404, or the TypeScript SDK's 400
+    // "No valid session ID"): it ran nothing, and the session opens again.
+    let in_session = o.session.is_some_and(|(_, sid)| issued(sid)) || session.is_some();
+    if in_session && era_bridge::session_lost(core, &mut up, &mut ubuf, head_len).await {
+        if let Some((bbi, s)) = session {
             core.bridges.forget(gi, bbi, s);
-            parts.finish(core, None, head.status);
-            return Err(MemberError::SessionGone);
         }
+        parts.finish(core, None, head.status);
+        return Err(MemberError::SessionGone);
     }
     let early = ubuf.split_off(head_len.min(ubuf.len()));
     let bridged = session.map(|(_, s)| {
