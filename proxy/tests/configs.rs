@@ -160,6 +160,23 @@ fn policy_problems_name_their_key_path() {
 }
 
 #[test]
+fn approval_problems_name_their_key_path() {
+    let out = check_text(
+        "bad-confirm",
+        "[[servers]]\nname = \"x\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\nconfirm_timeout = \"soon\"\n\
+         [[servers]]\nname = \"v\"\npath = \"/v\"\nconfirm_destructive = true\nmembers = [{ server = \"x\" }]\n",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "servers[0].confirm_timeout",
+        "servers[1].confirm_destructive: not available on a virtual server",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+}
+
+#[test]
 fn http2_limits_are_checked_by_key() {
     let out = check_text(
         "http2",

@@ -316,3 +316,146 @@ fn a_virtual_servers_lists_and_calls_follow_its_policy() {
         assert!(v["result"].is_object(), "{driver}: {v}");
     }
 }
+
+/// Reads from `s` into `buf` until `done(buf)` holds (10 s at most).
+fn read_until(s: &mut std::net::TcpStream, buf: &mut Vec<u8>, done: impl Fn(&str) -> bool) {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut tmp = [0u8; 4096];
+    while !done(&String::from_utf8_lossy(buf)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out; got {}",
+            String::from_utf8_lossy(buf)
+        );
+        match s.read(&mut tmp) {
+            Ok(0) => panic!("closed; got {}", String::from_utf8_lossy(buf)),
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn a_confirm_rule_asks_on_the_calls_stream_and_forwards_only_an_approval() {
+    use std::io::Write;
+    for driver in DRIVERS {
+        let backend = mock_with(MockConfig::default());
+        let config = format!(
+            "{}[servers.health]\nenabled = false\n\
+             [[policies]]\neffect = \"allow\"\n\
+             [[policies]]\neffect = \"confirm\"\ntools = [\"echo\"]\nmethods = [\"completion/complete\"]\n",
+            config_for(&[&backend], ""),
+        );
+        let p = start_proxy(&config, driver);
+        let mut c = HttpClient::connect(p.addr).unwrap();
+        let init = json!({"protocolVersion": "2025-06-18", "capabilities": {"elicitation": {}},
+            "clientInfo": {"name": "t", "version": "0"}});
+        let r = c.mcp("/mcp", None, &rpc(1, "initialize", init)).unwrap();
+        let sid = r.header("mcp-session-id").unwrap().to_string();
+        for (round, (answer, runs)) in [
+            (json!({"action": "accept", "content": {"approve": true}}), 1),
+            (json!({"action": "decline"}), 1),
+            (
+                json!({"action": "accept", "content": {"approve": false}}),
+                1,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let id = 70 + round as u64;
+            let body = rpc(
+                id,
+                "tools/call",
+                json!({"name": "echo", "arguments": {"text": "hi"}}),
+            )
+            .to_string();
+            let mut s = std::net::TcpStream::connect(p.addr).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+                .unwrap();
+            write!(
+                s,
+                "POST /mcp HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
+                 accept: application/json, text/event-stream\r\nmcp-session-id: {sid}\r\n\
+                 content-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut buf = Vec::new();
+            read_until(&mut s, &mut buf, |t| {
+                t.contains("mcplb-confirm-") && t.contains("\n\n")
+            });
+            let text = String::from_utf8_lossy(&buf).to_string();
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            assert!(
+                text.contains("elicitation/create") && text.contains("`echo`"),
+                "{text}"
+            );
+            let at = text.find("\"mcplb-confirm-").unwrap();
+            let own_id = &text[at + 1..at + 1 + "mcplb-confirm-".len() + 16];
+            // Nothing ran while the user was asked.
+            assert_eq!(backend.tool_calls("echo"), round.min(1) as u64, "{driver}");
+            let reply = json!({"jsonrpc": "2.0", "id": own_id, "result": answer});
+            let r = c.mcp("/mcp", Some(&sid), &reply).unwrap();
+            assert_eq!(r.status, 202, "{driver}");
+            read_until(&mut s, &mut buf, |t| t.ends_with("0\r\n\r\n"));
+            let text = String::from_utf8_lossy(&buf).to_string();
+            let last = text
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap();
+            let v: Value = serde_json::from_str(last).unwrap();
+            assert_eq!(v["id"], id, "{driver}: {text}");
+            if round == 0 {
+                assert!(
+                    v["result"]["content"].is_array()
+                        && v["result"].get("isError") != Some(&json!(true)),
+                    "{v}"
+                );
+            } else {
+                assert_eq!(v["result"]["isError"], true, "{driver}: {v}");
+            }
+            assert_eq!(backend.tool_calls("echo"), runs, "{driver}: round {round}");
+            // The answer again finds no call waiting, and reaches no backend either.
+            assert_eq!(c.mcp("/mcp", Some(&sid), &reply).unwrap().status, 202);
+        }
+        // A session whose client declared no elicitation is denied, told why.
+        let plain = json!({"protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"}});
+        let r = c.mcp("/mcp", None, &rpc(2, "initialize", plain)).unwrap();
+        let other = r.header("mcp-session-id").unwrap().to_string();
+        let call = rpc(9, "tools/call", json!({"name": "echo", "arguments": {}}));
+        let v = c.mcp("/mcp", Some(&other), &call).unwrap().json().unwrap();
+        assert_eq!(v["id"], 9, "{v}");
+        assert_eq!(v["error"]["data"]["rule"], "policies[1]", "{v}");
+        assert!(
+            v["error"]["data"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("elicitation"),
+            "{v}"
+        );
+        assert_eq!(backend.tool_calls("echo"), 1, "{driver}");
+        // Only tools/call is asked about: another method a confirm rule names is denied.
+        let complete = rpc(
+            10,
+            "completion/complete",
+            json!({"ref": {"type": "ref/prompt", "name": "p"}, "argument": {"name": "a", "value": ""}}),
+        );
+        let v = c
+            .mcp("/mcp", Some(&sid), &complete)
+            .unwrap()
+            .json()
+            .unwrap();
+        assert!(
+            v["error"]["data"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("tools/call only"),
+            "{v}"
+        );
+    }
+}

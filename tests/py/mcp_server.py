@@ -8,7 +8,9 @@ answers 2026-07-28 stateless requests (selected by the `MCP-Protocol-Version` he
 same endpoint.
 
 Tools: add(a, b), whoami() -> NAME, slow_progress(steps, delay) which reports progress,
-calls() -> the names of the tools this process has run, in order (what reached the backend).
+calls() -> the names of the tools this process has run, in order (what reached the backend),
+change_tools() which sends notifications/tools/list_changed. `add` is annotated destructive and
+`whoami` read-only (for `confirm_destructive`).
 Resource: info://name. Prompt: greet(who).
 """
 
@@ -19,19 +21,22 @@ import argparse
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import ToolAnnotations
 
 
 def build_server(name: str) -> MCPServer:
     server = MCPServer(name=name, version="0.0.1", log_level="WARNING")
     ran: list[str] = []
 
-    @server.tool()
+    # Annotations for `confirm_destructive` (tests/py/test_policy.py): adding counts as
+    # destructive here, whoami only reads.
+    @server.tool(annotations=ToolAnnotations(destructiveHint=True))
     def add(a: int, b: int) -> int:
         """Add two integers."""
         ran.append("add")
         return a + b
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
     def whoami() -> str:
         """Return this backend's name."""
         ran.append("whoami")
@@ -41,6 +46,12 @@ def build_server(name: str) -> MCPServer:
     def calls() -> str:
         """The tools this backend has run so far, comma separated."""
         return ",".join(ran)
+
+    @server.tool()
+    async def change_tools(ctx: Context) -> str:
+        """Tell the session's client that the tool list changed (notifications/tools/list_changed)."""
+        await ctx.session.send_tool_list_changed()
+        return "changed"
 
     @server.tool()
     async def slow_progress(ctx: Context, steps: int = 3, delay: float = 0.5) -> str:

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.anyio
 ALICE, BOT = "alice-key", "bot-key"
 ISSUER = "https://auth.policy.example"
 ACCEPT = {"Accept": "application/json, text/event-stream"}
+CONFIRM_TIMEOUT = 3
 
 
 def digest(key: str) -> str:
@@ -55,6 +56,13 @@ def config_text(port: int, admin: int, backend: str, jwks: Path, audit: Path, bo
         # policies[3], [4]: with JWTs, add for everyone, whoami with a scope.
         '[[policies]]\nserver = "tokens"\neffect = "allow"\ntools = ["add"]\n'
         '[[policies]]\nserver = "tokens"\neffect = "allow"\nscopes = ["tools:whoami"]\ntools = ["whoami"]\n'
+        # Human approval: a group without authentication; policies[5] allows every tool,
+        # policies[6] asks before `add` runs.
+        f'[[servers]]\nname = "asks"\npath = "/ask"\nbackends = ["{backend}"]\nconfirm_timeout = "{CONFIRM_TIMEOUT}s"\n'
+        '[[policies]]\nserver = "asks"\neffect = "allow"\ntools = ["*"]\n'
+        '[[policies]]\nserver = "asks"\neffect = "confirm"\ntools = ["add"]\n'
+        # No rules, but the tools annotated destructive (and those not listed yet) are asked about.
+        f'[[servers]]\nname = "careful"\npath = "/careful"\nbackends = ["{backend}"]\nconfirm_destructive = true\n'
     )
 
 
@@ -207,3 +215,240 @@ async def test_a_reload_changes_the_policy_of_an_open_session(policy_proxy) -> N
     finally:
         config.write_text(original)
         httpx2.post(f"{admin}/reload")
+
+
+# --- human approval (`effect = "confirm"`) ----------------------------------------------------
+
+MODERN = {
+    "accept": "application/json, text/event-stream",
+    "content-type": "application/json",
+    "mcp-protocol-version": "2026-07-28",
+}
+
+
+def modern_call(rid: int, name: str, arguments: dict, caps: dict | None, **extra) -> dict:
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": caps or {},
+    }
+    params = {"name": name, "arguments": arguments, "_meta": meta, **extra}
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}
+
+
+def post_modern(url: str, body: dict) -> dict:
+    headers = {**MODERN, "mcp-method": "tools/call", "mcp-name": body["params"]["name"]}
+    r = httpx2.post(url, json=body, headers=headers, timeout=30)
+    assert r.status_code in (200, 400), r.text
+    if r.headers.get("content-type", "").startswith("text/event-stream"):
+        data = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
+        return json.loads(data[-1])
+    return r.json()
+
+
+def backend_calls(url: str) -> list[str]:
+    """What the backend ran, through the keys group (alice may call `calls`)."""
+    body = modern_call(1, "calls", {}, None)
+    r = httpx2.post(url, json=body, headers={**MODERN, "mcp-method": "tools/call", "mcp-name": "calls",
+                                              "Authorization": f"Bearer {ALICE}"}, timeout=30)
+    data = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")] or [r.text]
+    return json.loads(data[-1])["result"]["content"][0]["text"].split(",")
+
+
+async def test_a_confirm_rule_asks_the_user_through_elicitation(policy_proxy) -> None:
+    from mcp_types import ElicitResult
+
+    url, ask = policy_proxy["url"], policy_proxy["base"] + "/ask"
+    asked: list[str] = []
+    answer = {"action": "accept", "content": {"approve": True}}
+
+    async def on_elicit(context, params) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(**answer)
+
+    async with Client(ask, mode="legacy", elicitation_callback=on_elicit) as client:
+        # No approval for a tool no confirm rule names.
+        assert text(await client.call_tool("whoami", {})) == "policy"
+        assert asked == []
+        before = backend_calls(url)
+        assert text(await client.call_tool("add", {"a": 20, "b": 22})) == "42"
+        assert len(asked) == 1 and "`add`" in asked[0] and '"a":20' in asked[0], asked
+        assert "policies[6]" in asked[0], asked
+        assert backend_calls(url)[len(before):] == ["add"], "the approved call ran once"
+
+        answer.update(action="decline", content=None)
+        before = backend_calls(url)
+        declined = await client.call_tool("add", {"a": 1, "b": 1})
+        assert declined.is_error and "declined" in text(declined), declined
+        assert len(asked) == 2
+        assert backend_calls(url)[len(before):] == [], "the declined call reached the backend"
+
+        # Accepted without approving is a decline too.
+        answer.update(action="accept", content={"approve": False})
+        assert (await client.call_tool("add", {"a": 1, "b": 2})).is_error
+        assert backend_calls(url)[len(before):] == []
+
+    def decisions(lines: list[dict]) -> list[tuple[str, str]]:
+        return [(line["decision"], line["rule"]) for line in lines if line.get("server") == "asks"
+                and line.get("name") == "add"]
+
+    lines = audit_lines(policy_proxy["audit"], lambda lines: len(decisions(lines)) >= 3)
+    assert decisions(lines) == [("confirmed", "policies[6]"), ("declined", "policies[6]"),
+                                ("declined", "policies[6]")], lines
+
+
+async def test_an_unanswered_question_times_out_and_denies(policy_proxy) -> None:
+    import anyio
+    from mcp_types import ElicitResult
+
+    url, ask = policy_proxy["url"], policy_proxy["base"] + "/ask"
+
+    async def slow(context, params) -> ElicitResult:
+        await anyio.sleep(CONFIRM_TIMEOUT + 2)
+        return ElicitResult(action="accept", content={"approve": True})
+
+    before = backend_calls(url)
+    async with Client(ask, mode="legacy", elicitation_callback=slow) as client:
+        late = await client.call_tool("add", {"a": 5, "b": 5})
+        assert late.is_error and "in time" in text(late), late
+        await anyio.sleep(2.5)  # the late answer arrives and finds no call waiting
+    assert backend_calls(url)[len(before):] == [], "a timed-out call reached the backend"
+    lines = audit_lines(policy_proxy["audit"], lambda lines: any(line["decision"] == "timed_out" for line in lines))
+    assert [line["rule"] for line in lines if line["decision"] == "timed_out"] == ["policies[6]"], lines
+
+
+async def test_a_client_without_elicitation_is_denied_and_told_why(policy_proxy) -> None:
+    url, ask = policy_proxy["url"], policy_proxy["base"] + "/ask"
+    before = backend_calls(url)
+    async with Client(ask, mode="legacy") as client:
+        with pytest.raises(Exception) as denied:
+            await client.call_tool("add", {"a": 1, "b": 1})
+        assert "approval" in str(denied.value), denied.value
+        assert text(await client.call_tool("whoami", {})) == "policy"
+    # On the wire: the rule and the reason.
+    body = modern_call(9, "add", {"a": 1, "b": 1}, None)
+    out = post_modern(ask, body)
+    assert out["id"] == 9 and out["error"]["data"]["rule"] == "policies[6]", out
+    assert "elicitation" in out["error"]["data"]["reason"], out
+    assert backend_calls(url)[len(before):] == ["whoami"], "only the call no rule asks about ran"
+    lines = audit_lines(policy_proxy["audit"],
+                        lambda lines: sum(line["decision"] == "confirm_unavailable" for line in lines) >= 2)
+    assert {line["rule"] for line in lines if line["decision"] == "confirm_unavailable"} == {"policies[6]"}
+
+
+async def test_2026_clients_approve_through_input_required(policy_proxy) -> None:
+    from mcp_types import ElicitResult
+
+    url, ask = policy_proxy["url"], policy_proxy["base"] + "/ask"
+    asked: list[str] = []
+
+    async def on_elicit(context, params) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"approve": True})
+
+    before = backend_calls(url)
+    async with Client(ask, mode="2026-07-28", elicitation_callback=on_elicit) as client:
+        assert text(await client.call_tool("add", {"a": 3, "b": 4})) == "7"
+    assert len(asked) == 1 and "`add`" in asked[0], asked
+    assert backend_calls(url)[len(before):] == ["add"]
+
+    # The wire: input_required with a sealed state; tampered, rebound or declined: never run.
+    caps = {"elicitation": {}}
+    first = post_modern(ask, modern_call(21, "add", {"a": 1, "b": 2}, caps))
+    assert first["id"] == 21 and first["result"]["resultType"] == "input_required", first
+    state = first["result"]["requestState"]
+    (key, question), = first["result"]["inputRequests"].items()
+    assert question["method"] == "elicitation/create", question
+    yes = {key: {"action": "accept", "content": {"approve": True}}}
+    tampered = state[:-2] + ("AA" if state[-2:] != "AA" else "BB")
+    again = post_modern(ask, modern_call(22, "add", {"a": 1, "b": 2}, caps, requestState=tampered, inputResponses=yes))
+    assert again["result"]["resultType"] == "input_required", "a state that does not open is no approval"
+    other = post_modern(ask, modern_call(23, "add", {"a": 100, "b": 2}, caps, requestState=state, inputResponses=yes))
+    assert "another call" in other["error"]["message"], other
+    no = {key: {"action": "decline"}}
+    second = post_modern(ask, modern_call(24, "add", {"a": 1, "b": 2}, caps))["result"]["requestState"]
+    declined = post_modern(ask, modern_call(24, "add", {"a": 1, "b": 2}, caps, requestState=second, inputResponses=no))
+    assert declined["result"]["isError"] is True and declined["result"]["resultType"] == "complete", declined
+    assert backend_calls(url)[len(before) + 1:] == [], "an unapproved call reached the backend"
+    # The approved retry, with the arguments in another order, reaches the backend once.
+    ok = post_modern(ask, modern_call(25, "add", {"b": 2, "a": 1}, caps, requestState=state, inputResponses=yes))
+    assert ok["id"] == 25 and ok["result"]["content"][0]["text"] == "3", ok
+    assert backend_calls(url)[len(before) + 1:] == ["add"]
+    # A state is answered once: replayed, it is refused and nothing runs again.
+    replay = post_modern(ask, modern_call(26, "add", {"a": 1, "b": 2}, caps, requestState=state, inputResponses=yes))
+    assert "answered already" in replay["error"]["message"], replay
+    assert backend_calls(url)[len(before) + 1:] == ["add"]
+
+    lines = audit_lines(policy_proxy["audit"], lambda lines: any(line["decision"] == "confirm_asked" for line in lines))
+    modern = [line["decision"] for line in lines if line.get("server") == "asks" and line["decision"]
+              in ("confirm_asked", "confirmed", "declined")]
+    assert "confirm_asked" in modern and "confirmed" in modern and "declined" in modern, lines
+
+
+async def test_confirm_destructive_asks_before_tools_annotated_destructive(policy_proxy) -> None:
+    import anyio
+    from mcp_types import ElicitResult, ToolListChangedNotification
+
+    url, careful = policy_proxy["url"], policy_proxy["base"] + "/careful"
+    asked: list[str] = []
+    changed = anyio.Event()
+
+    async def on_elicit(context, params) -> ElicitResult:
+        asked.append(params.message.split("`")[1])
+        return ElicitResult(action="accept", content={"approve": True})
+
+    async def on_message(message) -> None:
+        if isinstance(message, ToolListChangedNotification):
+            changed.set()
+
+    async with Client(careful, mode="legacy", elicitation_callback=on_elicit, message_handler=on_message) as client:
+        # Before any list: nothing is known, so even a read-only tool is asked about.
+        assert text(await client.call_tool("whoami", {})) == "policy"
+        assert asked == ["whoami"]
+        await client.list_tools()
+        assert text(await client.call_tool("whoami", {})) == "policy"
+        assert text(await client.call_tool("add", {"a": 2, "b": 2})) == "4"
+        assert asked == ["whoami", "add"], "only the destructive tool is asked about once listed"
+        # The backend says its tools changed: what was harmless is asked about until relisted.
+        assert text(await client.call_tool("change_tools", {})) == "changed"
+        with anyio.fail_after(10):
+            await changed.wait()
+        await client.call_tool("whoami", {})
+        assert asked[2:] == ["whoami"], asked
+        await client.list_tools()
+        await client.call_tool("whoami", {})
+        assert asked[3:] == [], asked
+
+    lines = audit_lines(policy_proxy["audit"], lambda lines: sum(
+        line.get("server") == "careful" and line["decision"] == "confirmed" for line in lines) >= 3)
+    rules = {line["rule"] for line in lines if line.get("server") == "careful" and line["decision"] == "confirmed"}
+    assert rules == {"confirm_destructive"}, lines
+
+
+async def test_approval_over_one_http2_connection(policy_proxy) -> None:
+    # h2c with prior knowledge: the call's stream carries the question while the answer goes
+    # up another stream of the same connection.
+    import httpx
+
+    ask = policy_proxy["base"] + "/ask"
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {"elicitation": {}},
+                       "clientInfo": {"name": "h2", "version": "1"}}}
+    async with httpx.AsyncClient(http1=False, http2=True, timeout=30) as c:
+        r = await c.post(ask, json=init, headers=ACCEPT)
+        assert r.http_version == "HTTP/2" and r.status_code == 200, r.text
+        headers = {**ACCEPT, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "add", "arguments": {"a": 6, "b": 7}}}
+        events: list[dict] = []
+        async with c.stream("POST", ask, json=call, headers=headers) as s:
+            assert s.http_version == "HTTP/2" and s.headers["content-type"].startswith("text/event-stream")
+            async for line in s.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                msg = json.loads(line[5:])
+                events.append(msg)
+                if msg.get("method") == "elicitation/create":
+                    reply = {"jsonrpc": "2.0", "id": msg["id"], "result": {"action": "accept", "content": {"approve": True}}}
+                    assert (await c.post(ask, json=reply, headers=headers)).status_code == 202
+        assert events[0]["method"] == "elicitation/create", events
+        assert events[-1]["id"] == 2 and events[-1]["result"]["content"][0]["text"] == "13", events

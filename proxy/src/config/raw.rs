@@ -186,6 +186,8 @@ pub(crate) struct RawServer {
     pub era: Option<String>,
     pub era_bridge: Option<bool>,
     pub policy_default: Option<String>,
+    pub confirm_timeout: Option<String>,
+    pub confirm_destructive: Option<bool>,
     /// A virtual server: other groups whose tools, prompts and resources it combines.
     pub members: Option<Vec<RawMember>>,
     pub prefix_mode: Option<String>,

@@ -331,6 +331,13 @@ pub struct ServerGroup {
     pub policy: Arc<crate::policy::GroupPolicy>,
     /// `policy_default = "allow"`: what no rule allows is allowed (default deny otherwise).
     pub policy_default_allow: bool,
+    /// How long a call that needs its user's approval waits for the answer
+    /// (`confirm_timeout`, 60 s by default); a 2026-07-28 client's sealed state lives as long.
+    pub confirm_timeout: Duration,
+    /// `confirm_destructive = true`: a call the policy allows of a tool whose annotations say
+    /// `destructiveHint: true` (or that no `tools/list` answer has shown since the start, a
+    /// reload or the last `tools/list_changed`) is asked about as a `confirm` rule's would be.
+    pub confirm_destructive: bool,
     /// A virtual server (`members`): no backends of its own; it combines other groups.
     pub virtual_server: Option<Arc<VirtualServer>>,
 }

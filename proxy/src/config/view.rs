@@ -133,6 +133,8 @@ pub fn redacted_json(cfg: &Config) -> Value {
                 },
                 "era_bridge": g.era_bridge,
                 "policy_default": if g.policy_default_allow { "allow" } else { "deny" },
+                "confirm_timeout_s": g.confirm_timeout.as_secs_f64(),
+                "confirm_destructive": g.confirm_destructive,
                 "policies": g.policy.rules().iter().map(|r| r.index).collect::<Vec<_>>(),
                 "auth": auth_json(&g.auth),
                 "members": g.virtual_server.as_deref().map(virtual_json),

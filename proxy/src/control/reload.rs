@@ -318,6 +318,11 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
             ("era", og.era != g.era),
             ("era_bridge", og.era_bridge != g.era_bridge),
             ("policies", og.policy != g.policy),
+            ("confirm_timeout", og.confirm_timeout != g.confirm_timeout),
+            (
+                "confirm_destructive",
+                og.confirm_destructive != g.confirm_destructive,
+            ),
         ] {
             if changed {
                 out.push(format!("servers.{}.{k} changed", g.name));

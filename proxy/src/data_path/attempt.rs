@@ -118,34 +118,7 @@ pub(crate) async fn send(
     }
     let is_delete = c.req.method() == HttpMethod::Delete;
     c.meta.ended_session = is_delete && plan.sid.is_some();
-    let hop = c.hop();
-    let forwarding = (&core.shared.config.proxy.client_address, &hop);
-    let reached = {
-        let ClientConn {
-            req,
-            out,
-            meta,
-            trace,
-            ..
-        } = &mut *c;
-        let req: &crate::data_path::request::Request = req;
-        let trace = trace.as_ref();
-        let write = |out: &mut Vec<u8>, backend: &Backend, sid: Option<&[u8]>| {
-            let plain = upstream::Rewrite {
-                trace,
-                ..Default::default()
-            };
-            let cred = &group.auth.upstream;
-            upstream::build_request(out, req, backend, sid, &plain, cred, forwarding);
-        };
-        let mut io = AttemptIo {
-            out,
-            ubuf: &mut ubuf,
-            meta,
-            sealed: req.session_id(),
-        };
-        reach(core, &mut plan, conc, permits, &mut io, &write).await
-    };
+    let reached = reach_as_sent(core, c, group, &mut plan, conc, permits, &mut ubuf).await;
     c.meta.ended_session = is_delete && plan.sid.is_some();
     let Reached {
         mut up,
@@ -184,6 +157,46 @@ pub(crate) async fn send(
         remember_initialize(core, c);
     }
     next
+}
+
+/// The attempt loop for the client's request as it came (with the forwarding headers and the
+/// request's trace): [`reach`] writing [`upstream::build_request`]. The answer head is in
+/// `ubuf` when it returns `Ok`.
+pub(crate) async fn reach_as_sent<'a>(
+    core: &'a Core,
+    c: &mut ClientConn,
+    group: &crate::config::ServerGroup,
+    plan: &mut Plan<'_>,
+    conc: &ConcKeys,
+    permits: &mut Permits,
+    ubuf: &mut Vec<u8>,
+) -> Result<Reached<'a>, Refusal> {
+    let hop = c.hop();
+    let forwarding = (&core.shared.config.proxy.client_address, &hop);
+    let ClientConn {
+        req,
+        out,
+        meta,
+        trace,
+        ..
+    } = &mut *c;
+    let req: &crate::data_path::request::Request = req;
+    let trace = trace.as_ref();
+    let write = |out: &mut Vec<u8>, backend: &Backend, sid: Option<&[u8]>| {
+        let plain = upstream::Rewrite {
+            trace,
+            ..Default::default()
+        };
+        let cred = &group.auth.upstream;
+        upstream::build_request(out, req, backend, sid, &plain, cred, forwarding);
+    };
+    let mut io = AttemptIo {
+        out,
+        ubuf,
+        meta,
+        sealed: req.session_id(),
+    };
+    reach(core, plan, conc, permits, &mut io, &write).await
 }
 
 /// The attempt loop of a request the era bridge may handle: per backend, its era (a probe

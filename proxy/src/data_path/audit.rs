@@ -48,6 +48,9 @@ impl AuditLog {
 
 /// What became of the request, for the `decision` field.
 fn decision(m: &ReqMeta) -> &'static str {
+    if let Some(o) = m.confirm {
+        return o.as_str();
+    }
     match m.policy.map(|d| d.effect) {
         Some(Effect::Deny) => return "denied",
         Some(Effect::Confirm) => return "confirm_unavailable",
@@ -147,6 +150,9 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant) {
     // and for session plumbing no rule names.
     match m.policy {
         Some(d) => match d.rule {
+            Some(r) if r == usize::from(crate::policy::confirm::DESTRUCTIVE_RULE) => {
+                buf.extend_from_slice(b"\"confirm_destructive\"")
+            }
             Some(r) => {
                 buf.extend_from_slice(b"\"policies[");
                 buf.extend_from_slice(num.format(r).as_bytes());

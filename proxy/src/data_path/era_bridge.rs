@@ -808,7 +808,7 @@ async fn relay(
 }
 
 /// Writes `data` as one chunk of the client's chunked answer into `c.out`.
-fn put_chunk(c: &mut ClientConn, data: &[u8]) {
+pub(crate) fn put_chunk(c: &mut ClientConn, data: &[u8]) {
     let _ = write!(c.out, "{:x}\r\n", data.len());
     c.out.extend_from_slice(data);
     c.out.extend_from_slice(b"\r\n");
@@ -959,16 +959,7 @@ pub(crate) async fn resume(core: &Core, c: &mut ClientConn) -> Option<Next> {
     }
     let next = reply::must_close(c, false);
     let client_close = next != Next::KeepAlive;
-    c.out.clear();
-    c.out.extend_from_slice(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n",
-    );
-    if client_close {
-        c.out.extend_from_slice(b"connection: close\r\n");
-    }
-    c.out.extend_from_slice(b"\r\n");
-    c.meta.status = 200;
-    c.meta.sse = true;
+    reply::sse_head(c, client_close);
     if !send(c).await {
         return Some(Next::Close);
     }

@@ -22,6 +22,7 @@ pub(crate) mod attempt;
 pub(crate) mod audit;
 pub(crate) mod body;
 pub(crate) mod client_address;
+pub(crate) mod confirm;
 pub(crate) mod era_bridge;
 pub(crate) mod failover;
 pub(crate) mod head;
@@ -45,6 +46,7 @@ use crate::data_path::admission::{Admitted, Permits};
 use crate::data_path::attempt::{EraPlan, Plan};
 use crate::data_path::request::{offset_of, ClientConn, HttpMethod, Next, Refusal, ReqMeta, Stop};
 use crate::data_path::route::{NotOwner, SessionRoute, Target};
+use crate::policy::Effect;
 use crate::runtime::core::{Core, BUF_SIZE};
 use crate::session::{Opened, SCRATCH};
 
@@ -171,6 +173,33 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
         }),
         _ => None,
     };
+    let (asks, watch_tools) = core
+        .shared
+        .config
+        .servers
+        .get(gi)
+        .map_or((false, false), |g| {
+            (
+                g.policy.confirms() || g.confirm_destructive,
+                g.confirm_destructive,
+            )
+        });
+    if asks {
+        c.meta.watch_tools = watch_tools;
+        // Only where a policy asks for approval: the session's `elicitation` capability is
+        // remembered in its id, and a client's answer to mcplb's question goes to its call.
+        c.meta.elicits = match c.meta.method {
+            protocol::Method::Initialize => {
+                crate::policy::confirm::initialize_elicits(c.req.body())
+            }
+            _ => opened.as_ref().is_some_and(|o| o.elicits),
+        };
+        if c.meta.row == crate::control::stats::M_RESPONSE {
+            if let Some(next) = Box::pin(confirm::deliver(c)).await {
+                return Ok(next);
+            }
+        }
+    }
     let mut permits: Permits = Default::default();
     if let Some(a) = &admitted {
         admission::acquire_permits(core, &a.conc, &mut permits).await?;
@@ -185,6 +214,31 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
         c.trace = Some(trace);
     }
     let (plan, era) = plan(core, c, gi, admitted.as_ref(), opened)?;
+    let conc = admitted.map(|a| a.conc).unwrap_or_default();
+    if c.meta.policy.is_some_and(|d| d.effect == Effect::Confirm) {
+        // Boxed, as the era bridge's answers below: asking is off every plain request's future.
+        let session = (plan.sid.is_some() && era.legacy_client.is_none()).then_some(c.meta.elicits);
+        match Box::pin(ask(
+            core,
+            c,
+            gi,
+            plan.sid.is_some() || era.legacy_client.is_some(),
+            era.modern,
+            session,
+        ))
+        .await?
+        {
+            confirm::Approval::Forward => {}
+            confirm::Approval::Answered(next) => return Ok(next),
+            confirm::Approval::Stream => {
+                let Some(group) = core.shared.config.servers.get(gi) else {
+                    return Err(Refusal::new(503, -32603, "no backend available").into());
+                };
+                let asked = confirm::ask_on_stream(core, c, group, plan, &conc, &mut permits);
+                return Box::pin(asked).await;
+            }
+        }
+    }
     // The era bridge's own answers, boxed (as the virtual server's above).
     if era.modern && crate::session::era::has_request_state(c.req.body()) {
         // A 2026-07-28 retry carrying the input a bridged call waits for goes to that call.
@@ -198,8 +252,37 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
             return Ok(next);
         }
     }
-    let conc = admitted.map(|a| a.conc).unwrap_or_default();
     Ok(attempt::send(core, c, plan, era, &conc, &mut permits).await)
+}
+
+/// How a call that needs approval is asked about ([`confirm::approve`]); `in_session`: it
+/// carries a session id (a 2026-07-28 request in one is of that session's era).
+async fn ask(
+    core: &Core,
+    c: &mut ClientConn,
+    gi: usize,
+    in_session: bool,
+    modern: bool,
+    session: Option<bool>,
+) -> Result<confirm::Approval, Stop> {
+    let Some(group) = core.shared.config.servers.get(gi) else {
+        return Err(Refusal::new(503, -32603, "no backend available").into());
+    };
+    if c.meta.method != protocol::Method::ToolsCall {
+        return Err(confirm::unavailable(
+            c,
+            "mcplb asks for approval of tools/call only; a confirm rule matching another method denies it",
+        )
+        .into());
+    }
+    if in_session && session.is_none() {
+        return Err(confirm::unavailable(
+            c,
+            "the session is mcplb's own for a 2026-07-28 backend, where it does not ask yet",
+        )
+        .into());
+    }
+    confirm::approve(core, c, group, modern, session).await
 }
 
 /// [`admission::envelope`] again while a `cluster` rate limit has no lease for the caller

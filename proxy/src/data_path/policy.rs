@@ -135,7 +135,7 @@ pub(crate) fn check(
         return out;
     };
     let policy = &group.policy;
-    if !policy.is_active() {
+    if !policy.is_active() && !group.confirm_destructive {
         return out;
     }
     match env.kind {
@@ -169,25 +169,26 @@ pub(crate) fn check(
         }
     };
     let target = Target::of(&method, name.as_deref());
-    let decision = class.decide(policy, &method, target);
+    let mut decision = class.decide(policy, &method, target);
+    if let (Effect::Allow, Target::Tool(tool), true) =
+        (decision.effect, target, group.confirm_destructive)
+    {
+        decision = destructive(core, gi, tool).unwrap_or(decision);
+    }
     out.decision = Some(decision);
     match decision.effect {
         Effect::Allow => {
-            out.filter = ListKind::of(kind).map(|kind| ListFilter {
+            // Without rules (`confirm_destructive` alone) only tool lists are read: to learn
+            // their annotations.
+            let read = |k: &ListKind| policy.is_active() || *k == ListKind::Tools;
+            out.filter = ListKind::of(kind).filter(read).map(|kind| ListFilter {
                 kind,
                 gi,
                 class: class.clone(),
             });
         }
-        // Not asked yet (human approval is not wired to the data path): a call that needs
-        // it is refused, saying why.
-        Effect::Confirm => {
-            out.refusal = Some(Refusal::new(
-                200,
-                -32602,
-                "this call needs the user's confirmation (a policy `confirm` rule), which mcplb cannot ask this client for",
-            ));
-        }
+        // Asked later (`data_path::confirm`), once the session and era are known.
+        Effect::Confirm => {}
         Effect::Deny => {
             out.refusal = Some(match target {
                 Target::Tool(_) => Refusal::new(200, -32602, "Unknown tool"),
@@ -198,6 +199,16 @@ pub(crate) fn check(
         }
     }
     out
+}
+
+/// A `confirm` decision for a call of `tool` in group `gi` (`confirm_destructive`) unless
+/// the group's backends listed it as harmless.
+fn destructive(core: &Core, gi: usize, tool: &str) -> Option<Decision> {
+    let hints = core.shared.tool_hints.get(gi)?.as_ref()?;
+    hints.needs_approval(tool).then_some(Decision {
+        effect: Effect::Confirm,
+        rule: Some(usize::from(crate::policy::confirm::DESTRUCTIVE_RULE)),
+    })
 }
 
 /// Keeps the entries of a list the caller of `filter` may use (a virtual server's merged list,
@@ -283,6 +294,18 @@ pub(crate) async fn filtered_answer(
         .get(filter.gi)
         .map(|g| g.policy.clone())
         .unwrap_or_default();
+    if filter.kind == ListKind::Tools {
+        if let Some(h) = core
+            .shared
+            .tool_hints
+            .get(filter.gi)
+            .and_then(Option::as_ref)
+        {
+            for m in lists::messages(&body, is_sse) {
+                h.learn(&crate::policy::confirm::tool_hints(&m));
+            }
+        }
+    }
     let visible = |n: &str| policy.visible(&filter.class.class, filter.kind, n);
     let filtered = lists::filter_answer(&body, is_sse, filter.kind, visible)
         .map_err(|_| refused("list answer from backend could not be read to filter it"))?;

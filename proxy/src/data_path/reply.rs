@@ -83,3 +83,33 @@ pub(crate) async fn document(c: &mut ClientConn, status: u16, body: &[u8], extra
     c.meta.by_proxy = true;
     send_out(c, next).await
 }
+
+/// Answers 202 with no body (a notification, or a client's answer mcplb takes itself).
+pub(crate) async fn accepted(c: &mut ClientConn) -> Next {
+    let next = must_close(c, false);
+    c.out.clear();
+    c.out
+        .extend_from_slice(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n");
+    if next != Next::KeepAlive {
+        c.out.extend_from_slice(b"connection: close\r\n");
+    }
+    c.out.extend_from_slice(b"\r\n");
+    c.meta.status = 202;
+    c.meta.by_proxy = true;
+    send_out(c, next).await
+}
+
+/// Writes the head of an SSE answer mcplb streams itself (chunked; `close`: the connection
+/// ends with it) into `c.out`, cleared first.
+pub(crate) fn sse_head(c: &mut ClientConn, close: bool) {
+    c.out.clear();
+    c.out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n",
+    );
+    if close {
+        c.out.extend_from_slice(b"connection: close\r\n");
+    }
+    c.out.extend_from_slice(b"\r\n");
+    c.meta.status = 200;
+    c.meta.sse = true;
+}

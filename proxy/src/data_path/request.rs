@@ -351,6 +351,14 @@ pub(crate) struct ReqMeta {
     pub session_hash: u64,
     /// What the group's policy decided, where it has one.
     pub policy: Option<crate::policy::Decision>,
+    /// What became of a call that needed its user's approval.
+    pub confirm: Option<crate::policy::confirm::Outcome>,
+    /// The session's client declared `elicitation` (sealed into a new session id), in a
+    /// group whose policy asks for approval.
+    pub elicits: bool,
+    /// The answer may carry the group's `notifications/tools/list_changed`, which
+    /// `confirm_destructive` must see.
+    pub watch_tools: bool,
     /// The JSON-RPC error code of an answer mcplb made itself (0: none).
     pub code: i32,
     /// Where the envelope's parts sit in the body (noted only for the audit trail).
@@ -413,6 +421,9 @@ impl Default for ReqMeta {
             first_event: None,
             session_hash: 0,
             policy: None,
+            confirm: None,
+            elicits: false,
+            watch_tools: false,
             code: 0,
             rpc: RpcSpans::default(),
         }

@@ -55,18 +55,27 @@ pub(crate) fn rewrite_response_head(
     current: Option<(&[u8], &[u8])>,
     out: &mut Vec<u8>,
 ) -> Result<HeadKind, &'static str> {
-    rewrite_head(sealer, owner, head, backend_tag, current, false, out)
+    rewrite_head(
+        sealer,
+        owner,
+        head,
+        backend_tag,
+        current,
+        (false, false),
+        out,
+    )
 }
 
 /// [`rewrite_response_head`]; with `sessionless`, the backend's `Mcp-Session-Id` is dropped
-/// (the answer to a bridged 2026-07-28 request: the session is mcplb's, not the client's).
+/// (the answer to a bridged 2026-07-28 request: the session is mcplb's, not the client's);
+/// with `elicits`, a new session id remembers that its client declared `elicitation`.
 fn rewrite_head(
     sealer: &SessionSealer,
     owner: Option<&Owner>,
     head: &[u8],
     backend_tag: u32,
     current: Option<(&[u8], &[u8])>,
-    sessionless: bool,
+    (sessionless, elicits): (bool, bool),
     out: &mut Vec<u8>,
 ) -> Result<HeadKind, &'static str> {
     // Left uninitialised: initialising 128 headers wrote 4 KiB per answer (a cold wake-up
@@ -146,7 +155,7 @@ fn rewrite_head(
                 }
                 _ => {
                     sealer
-                        .seal(backend_tag, owner, hd.value.trim_ascii(), out)
+                        .seal_session(backend_tag, owner, elicits, hd.value.trim_ascii(), out)
                         .map_err(|_| "backend session id too long")?;
                     new_session = true;
                 }
@@ -239,7 +248,7 @@ pub(crate) async fn final_head(
             head,
             a.backend_tag,
             current,
-            a.sessionless,
+            (a.sessionless, c.meta.elicits),
             &mut c.out,
         ) {
             Ok(HeadKind::Final(h)) => return Ok((h, head_len)),
@@ -373,6 +382,9 @@ pub(crate) async fn forward_response(
         c.meta.rpc_code = protocol::response_error_code(first);
     }
     let sniff_error = traced && first.is_empty();
+    if c.meta.watch_tools && is_sse {
+        tools_changed(core, c, first);
+    }
     c.out.extend_from_slice(first);
     let extra = body_done && take < avail.len();
     if body_done {
@@ -496,6 +508,9 @@ async fn stream_body(
             c.meta.rpc_code = protocol::response_error_code(ubuf.get(..take).unwrap_or_default());
         }
         c.meta.bytes_out += take as u64;
+        if c.meta.watch_tools {
+            tools_changed(core, c, ubuf.get(..take).unwrap_or_default());
+        }
         if is_sse && c.meta.first_event.is_none() && take > 0 {
             c.meta.first_event = Some(Instant::now());
         }
@@ -541,6 +556,21 @@ pub(crate) async fn next_event(
         Poll::Pending
     })
     .await
+}
+
+/// Notes a `notifications/tools/list_changed` in `bytes` of a group's SSE answer: its tools'
+/// annotations must be listed again (`confirm_destructive`). Bytes as they arrive: a
+/// notification cut between two reads is missed (what was destructive stays so).
+fn tools_changed(core: &Core, c: &ClientConn, bytes: &[u8]) {
+    if memchr::memmem::find(bytes, b"notifications/tools/list_changed").is_some() {
+        let hints = c
+            .meta
+            .group
+            .and_then(|gi| core.shared.tool_hints.get(gi)?.as_ref());
+        if let Some(h) = hints {
+            h.changed();
+        }
+    }
 }
 
 /// Ends a stream the client may resume elsewhere: a chunked one that stands between chunks

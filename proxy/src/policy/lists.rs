@@ -124,6 +124,19 @@ pub fn filter_answer(
 }
 
 /// The events of a stream: the text between blank lines (CRLF, LF or CR line ends).
+/// The JSON-RPC messages of a whole answer body: the body itself, or (`sse`) each event's
+/// `data`.
+pub fn messages(body: &[u8], sse: bool) -> Vec<std::borrow::Cow<'_, [u8]>> {
+    if !sse {
+        return vec![std::borrow::Cow::Borrowed(body)];
+    }
+    events(body)
+        .into_iter()
+        .filter_map(event_data)
+        .map(std::borrow::Cow::Owned)
+        .collect()
+}
+
 fn events(body: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let (mut start, mut line_start, mut i) = (0, 0, 0);

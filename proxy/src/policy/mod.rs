@@ -14,6 +14,7 @@
 //! a default deny never locks a caller out of its session. Lists are filtered instead
 //! ([`lists`]).
 
+pub mod confirm;
 pub mod lists;
 
 use std::borrow::Cow;
@@ -158,6 +159,8 @@ impl Decision {
 pub struct GroupPolicy {
     rules: Vec<Rule>,
     default: Effect,
+    /// Some rule asks for approval (`effect = "confirm"`).
+    confirms: bool,
 }
 
 impl Default for GroupPolicy {
@@ -166,6 +169,7 @@ impl Default for GroupPolicy {
         GroupPolicy {
             rules: Vec::new(),
             default: Effect::Allow,
+            confirms: false,
         }
     }
 }
@@ -197,7 +201,19 @@ impl GroupPolicy {
         } else {
             Effect::Deny
         };
-        GroupPolicy { rules, default }
+        let confirms = rules.iter().any(|r| r.effect == Effect::Confirm);
+        GroupPolicy {
+            rules,
+            default,
+            confirms,
+        }
+    }
+
+    /// Whether some rule asks for the user's approval (`effect = "confirm"`): only then do
+    /// sessions remember their client's `elicitation` capability and the client's answers to
+    /// mcplb's questions get looked for.
+    pub fn confirms(&self) -> bool {
+        self.confirms
     }
 
     /// Whether any rule applies to the group (otherwise nothing is checked or filtered).

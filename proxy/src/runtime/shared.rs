@@ -47,6 +47,9 @@ pub struct Shared {
     pub tls: Option<Arc<crate::tls::TlsTerminator>>,
     /// The span exporter's queue (`[telemetry]`), when traces are configured.
     pub tracer: Option<Arc<crate::telemetry::Tracer>>,
+    /// Per group with `confirm_destructive`: its tools' annotations as learned from
+    /// `tools/list` answers (kept across a reload by the group's name).
+    pub tool_hints: Vec<Option<Arc<crate::policy::confirm::ToolHints>>>,
 }
 
 /// Builds what every worker shares for `config` (whose stdio and legacy backends already have
@@ -133,6 +136,27 @@ pub(crate) fn build_shared(
         Some(p) => balance::runtimes_after(&config, &p.config, &p.groups),
         None => balance::runtimes(&config),
     };
+    let tool_hints = config
+        .servers
+        .iter()
+        .map(|g| {
+            g.confirm_destructive.then(|| {
+                // Kept while the group keeps the same backends (what they listed still holds).
+                let same = |o: &crate::config::ServerGroup| {
+                    o.name == g.name
+                        && o.backends
+                            .iter()
+                            .map(|b| &b.name)
+                            .eq(g.backends.iter().map(|b| &b.name))
+                };
+                let kept = prev.and_then(|p| {
+                    let i = p.config.servers.iter().position(same)?;
+                    p.tool_hints.get(i)?.clone()
+                });
+                kept.unwrap_or_default()
+            })
+        })
+        .collect();
     // Client TLS: one terminator for the process (its certificates swap in place: a reload
     // calls `TlsTerminator::reload`, and a watcher thread follows the files).
     let tls = match (prev, &config.proxy.tls) {
@@ -149,6 +173,7 @@ pub(crate) fn build_shared(
     Ok(Shared {
         tls,
         tracer,
+        tool_hints,
         sealer,
         hub: prev.map_or_else(|| Arc::new(stats::StatsHub::new()), |p| p.hub.clone()),
         limits,

@@ -38,6 +38,12 @@ pub const SCRATCH: usize = NONCE + 1 + 4 + OWNER + MAX_BACKEND_SID + TAG;
 const VERSION_VIRTUAL: u8 = 3;
 /// Largest virtual-server payload sealed (the sealed id is about 4/3 of it, plus 40 bytes).
 pub const MAX_VIRTUAL_PAYLOAD: usize = 1024;
+/// A sealed `requestState` of a call awaiting its user's approval (`policy::confirm`): its
+/// payload is laid out there.
+pub const VERSION_CONFIRM: u8 = 4;
+/// Set on the version byte of a plain id (1 or 2) whose client declared the `elicitation`
+/// capability in its `initialize` (mcplb may ask it to approve a call).
+const ELICITS: u8 = 0x40;
 /// What the owner digest's key is derived for (the session key also keys the AEAD).
 const OWNER_KEY_LABEL: &[u8] = b"mcplb session owner v1";
 
@@ -85,6 +91,8 @@ pub struct Opened<'s> {
     pub sid: &'s [u8],
     /// Which key opened it (its place in the list; 0 is the key that seals new ids).
     pub key: usize,
+    /// The client declared the `elicitation` capability when the session began.
+    pub elicits: bool,
 }
 
 /// Seals session ids with the first of its keys and opens them with any.
@@ -185,6 +193,19 @@ impl SessionSealer {
         backend_sid: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), SealError> {
+        self.seal_session(backend_tag, owner, false, backend_sid, out)
+    }
+
+    /// [`seal`](Self::seal), remembering in the id whether the session's client declared the
+    /// `elicitation` capability ([`Opened::elicits`]).
+    pub fn seal_session(
+        &self,
+        backend_tag: u32,
+        owner: Option<&Owner>,
+        elicits: bool,
+        backend_sid: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
         if backend_sid.len() > MAX_BACKEND_SID {
             return Err(SealError::TooLong);
         }
@@ -198,7 +219,7 @@ impl SessionSealer {
             VERSION_OWNED
         } else {
             VERSION
-        };
+        } | if elicits { ELICITS } else { 0 };
         buf[NONCE + 1..NONCE + 5].copy_from_slice(&backend_tag.to_le_bytes());
         if let Some(o) = owner {
             buf[NONCE + 5..NONCE + 5 + OWNER].copy_from_slice(&o.0);
@@ -229,6 +250,12 @@ impl SessionSealer {
     /// it. Its version byte keeps it from
     /// opening as a plain group's id, and theirs from opening as its.
     pub fn seal_virtual(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
+        self.seal_kind(VERSION_VIRTUAL, payload, out)
+    }
+
+    /// Seals `payload` (at most [`MAX_VIRTUAL_PAYLOAD`] bytes) after the version byte `kind`
+    /// (a virtual server's id, a confirmation's request state): no kind opens as another.
+    pub fn seal_kind(&self, kind: u8, payload: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
         if payload.len() > MAX_VIRTUAL_PAYLOAD {
             return Err(SealError::TooLong);
         }
@@ -236,7 +263,7 @@ impl SessionSealer {
         rand::thread_rng().fill_bytes(&mut nonce);
         let mut buf = Vec::with_capacity(NONCE + 1 + payload.len() + TAG);
         buf.extend_from_slice(&nonce);
-        buf.push(VERSION_VIRTUAL);
+        buf.push(kind);
         buf.extend_from_slice(payload);
         let (head, rest) = buf.split_at_mut(NONCE);
         let Ok(tag) = self.sealing().aead.encrypt_in_place_detached(
@@ -272,6 +299,18 @@ impl SessionSealer {
         sealed: &[u8],
         buf: &'b mut Vec<u8>,
     ) -> Option<(&'b [u8], usize)> {
+        self.open_kind(VERSION_VIRTUAL, sealed, buf)
+    }
+
+    /// Opens what [`seal_kind`](Self::seal_kind) sealed with `kind` into `buf`: the payload (a
+    /// slice of `buf`) and which key opened it, or `None` when no key opens it, it was
+    /// altered, or it is another kind.
+    pub fn open_kind<'b>(
+        &self,
+        kind: u8,
+        sealed: &[u8],
+        buf: &'b mut Vec<u8>,
+    ) -> Option<(&'b [u8], usize)> {
         let max = NONCE + 1 + MAX_VIRTUAL_PAYLOAD + TAG;
         if sealed.len() > base64::encoded_len(max, false)? {
             return None;
@@ -293,7 +332,7 @@ impl SessionSealer {
                 .is_ok()
         })?;
         match body.split_first() {
-            Some((&VERSION_VIRTUAL, payload)) => Some((payload, key)),
+            Some((&v, payload)) if v == kind => Some((payload, key)),
             _ => None,
         }
     }
@@ -321,12 +360,14 @@ impl SessionSealer {
                 .is_ok()
         })?;
         let backend_tag = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
-        match body[0] {
+        let elicits = body[0] & ELICITS != 0;
+        match body[0] & !ELICITS {
             VERSION => Some(Opened {
                 tag: backend_tag,
                 owner: None,
                 sid: &body[5..],
                 key,
+                elicits,
             }),
             VERSION_OWNED => {
                 let o: [u8; OWNER] = body.get(5..5 + OWNER)?.try_into().ok()?;
@@ -335,6 +376,7 @@ impl SessionSealer {
                     owner: Some(Owner(o)),
                     sid: body.get(5 + OWNER..)?,
                     key,
+                    elicits,
                 })
             }
             _ => None,
@@ -519,6 +561,35 @@ mod tests {
         let got = SessionSealer::new(&[0x5au8; 32]).owner(&[b"jwt", b"https://iss", b"alice"]);
         let hex: String = got.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "059ec32145fde8167aa9cdf9d377361c");
+    }
+
+    #[test]
+    fn ids_remember_whether_their_client_elicits() {
+        let s = SessionSealer::new(&[3u8; 32]);
+        let owner = s.owner(&[b"alice"]);
+        for (owner, elicits) in [
+            (None, true),
+            (Some(&owner), true),
+            (None, false),
+            (Some(&owner), false),
+        ] {
+            let mut id = Vec::new();
+            s.seal_session(9, owner, elicits, b"sid-1", &mut id)
+                .unwrap();
+            let mut scratch = [0u8; SCRATCH];
+            let o = s.open(&id, &mut scratch).unwrap();
+            assert_eq!(
+                (o.tag, o.owner.is_some(), o.elicits, o.sid),
+                (9, owner.is_some(), elicits, &b"sid-1"[..])
+            );
+            // The flag never makes a plain id open as another kind.
+            assert!(s.open_virtual(&id, &mut Vec::new()).is_none());
+            assert!(s.open_kind(VERSION_CONFIRM, &id, &mut Vec::new()).is_none());
+        }
+        // `seal` (every id sealed before the flag) says nothing about elicitation.
+        let mut id = Vec::new();
+        s.seal(1, None, b"x", &mut id).unwrap();
+        assert!(!s.open(&id, &mut [0u8; SCRATCH]).unwrap().elicits);
     }
 
     #[test]

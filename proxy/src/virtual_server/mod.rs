@@ -85,6 +85,16 @@ pub(crate) async fn serve(
         HttpMethod::Other => return Err(Refusal::invalid(405, "method not allowed").into()),
     }
     let admitted = admission::envelope(core, c, gi)?;
+    if c.meta
+        .policy
+        .is_some_and(|d| d.effect == crate::policy::Effect::Confirm)
+    {
+        return Err(crate::data_path::confirm::unavailable(
+            c,
+            "a virtual server does not ask its clients for approval yet",
+        )
+        .into());
+    }
     cx.modern = admitted.modern && cx.session.is_none();
     if cx.modern {
         let declared = crate::session::era::declared(c.req.body());
@@ -115,11 +125,11 @@ pub(crate) async fn serve(
         (Some(m), true) => request(core, c, vs, &cx, m, &msg).await,
         (Some(m), false) => {
             fanout::notification(core, &Origin::of(c, &cx), vs, &cx, m, &msg).await;
-            Ok(accepted(c).await)
+            Ok(reply::accepted(c).await)
         }
         (None, true) => {
             routed::client_answer(core, &Origin::of(c, &cx), vs, &cx, &msg).await;
-            Ok(accepted(c).await)
+            Ok(reply::accepted(c).await)
         }
         (None, false) => Err(Refusal::invalid(400, "Invalid Request").into()),
     }
@@ -274,21 +284,6 @@ async fn error(c: &mut ClientConn, code: i64, message: &str) -> Next {
     let body = answer_bytes(c.req.id(), "error", &e);
     c.meta.jsonrpc_error = true;
     reply::document(c, 200, &body, "").await
-}
-
-/// 202 for a notification or a client's answer.
-async fn accepted(c: &mut ClientConn) -> Next {
-    let next = reply::must_close(c, false);
-    c.out.clear();
-    c.out
-        .extend_from_slice(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n");
-    if next != Next::KeepAlive {
-        c.out.extend_from_slice(b"connection: close\r\n");
-    }
-    c.out.extend_from_slice(b"\r\n");
-    c.meta.status = 202;
-    c.meta.by_proxy = true;
-    reply::send_out(c, next).await
 }
 
 /// Logs a member that failed a request (once a minute per member and reason).

@@ -164,8 +164,19 @@ fn group(
             false
         }
     };
+    let confirm_timeout = t.duration(
+        "confirm_timeout",
+        s.confirm_timeout.as_deref(),
+        crate::policy::confirm::DEFAULT_TIMEOUT,
+    );
     if is_virtual && s.legacy_sse == Some(true) {
         t.problem("legacy_sse", "not available on a virtual server");
+    }
+    if is_virtual && s.confirm_destructive == Some(true) {
+        t.problem(
+            "confirm_destructive",
+            "not available on a virtual server (set it on its members' groups)",
+        );
     }
     ServerGroup {
         virtual_server: None,
@@ -175,6 +186,8 @@ fn group(
         // Filled in by `[[policies]]` (validated after the groups).
         policy: Default::default(),
         policy_default_allow,
+        confirm_timeout,
+        confirm_destructive: s.confirm_destructive.unwrap_or(false),
         allowed_origins,
         auth,
         name,
