@@ -22,7 +22,7 @@
 # 2026-07-28 `tools/call` of post_modern.lua (full `_meta`), A's group with `era = "2026"` (the
 # request passes as it is: the plain path) and B's with `era = "2025"` (bridged through a
 # backend session)), EXTRA_A and EXTRA_B (TOML appended to A's or B's config: the same build
-# with a feature off and on).
+# with a feature off and on), SCRIPT (another wrk script of bench/quick/ than the mode's).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -52,6 +52,8 @@ case $MODE in
         AUTH=$(printf '[servers.auth]\napi_keys = ["sha256:%s"]' "$(printf %s "$API_KEY" | sha256sum | cut -d' ' -f1)") ;;
     *) echo "MODE must be stateless, session-auth or era"; exit 2 ;;
 esac
+# SCRIPT: another request script of bench/quick/ (e.g. post_list.lua: bench/cache.sh).
+if [[ -n ${SCRIPT:-} ]]; then LUA=$SCRIPT; fi
 taskset -c 1 "$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" "${MOCK_MODE[@]}" --threads 1 >"$RUN/mock.log" 2>&1 &
 pids+=($!)
 
@@ -154,7 +156,9 @@ lines = [
       for k in ("EXTRA_A", "EXTRA_B") if os.environ.get(k)],
     (f"- Method: `bench/ab.sh` — both proxies up at once, one worker each pinned to core 0; the "
      f"stateless mock (`mcplb-load mock --threads 1`) and wrk (`-t1 -c{conns} -d{secs}s --latency`, "
-     f"the 200-byte `tools/call` of `bench/quick/post.lua`) on core 1; A B A B ..., {pairs} pairs "
+     + ("the 200-byte `tools/call` of `bench/quick/post.lua`" if not os.environ.get("SCRIPT")
+        else f"the requests of `bench/quick/{os.environ['SCRIPT']}`")
+     + f") on core 1; A B A B ..., {pairs} pairs "
      "after one warm-up each. CPU = the proxy's utime+stime over the run / requests.")
     if mode == "stateless" else
     (f"- Method: `MODE=era bench/ab.sh` — both proxies up at once, one worker each pinned to core 0; "

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod balance;
 pub mod bridges;
+pub mod cache;
 pub mod config;
 pub mod control;
 mod data_path;

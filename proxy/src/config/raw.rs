@@ -193,6 +193,20 @@ pub(crate) struct RawServer {
     pub prefix_mode: Option<String>,
     pub separator: Option<String>,
     pub list_cache_ttl: Option<String>,
+    /// `[servers.cache]`: the response cache.
+    pub cache: Option<RawCache>,
+}
+
+/// `[servers.cache]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawCache {
+    pub max_bytes: Option<i64>,
+    pub default_ttl: Option<String>,
+    pub default_scope: Option<String>,
+    pub sessions: Option<String>,
+    pub tools: Option<Vec<String>>,
+    pub tool_ttl: Option<String>,
+    pub tool_scope: Option<String>,
 }
 
 /// One entry of a virtual server's `members`.

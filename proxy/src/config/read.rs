@@ -105,6 +105,7 @@ fn known_keys(table: &str) -> &'static [&'static str] {
         "servers" => keys_of::<RawServer>(),
         "servers.backends" => keys_of::<RawBackendTable>(),
         "servers.health" => keys_of::<RawHealth>(),
+        "servers.cache" => keys_of::<super::raw::RawCache>(),
         "servers.members" => keys_of::<RawMember>(),
         t if t.starts_with("servers.members.overrides.") => keys_of::<RawToolOverride>(),
         "servers.auth" => keys_of::<crate::auth::RawAuth>(),

@@ -340,6 +340,8 @@ pub struct ServerGroup {
     pub confirm_destructive: bool,
     /// A virtual server (`members`): no backends of its own; it combines other groups.
     pub virtual_server: Option<Arc<VirtualServer>>,
+    /// `[servers.cache]`: the response cache (off without the table).
+    pub cache: Option<Arc<crate::cache::CacheConfig>>,
 }
 
 /// The protocol era a group's backends speak (`era`): what decides whether mcplb bridges a

@@ -138,6 +138,7 @@ pub fn redacted_json(cfg: &Config) -> Value {
                 "policies": g.policy.rules().iter().map(|r| r.index).collect::<Vec<_>>(),
                 "auth": auth_json(&g.auth),
                 "members": g.virtual_server.as_deref().map(virtual_json),
+                "cache": g.cache.as_deref().map(cache_json),
             })
         })
         .collect();
@@ -224,6 +225,23 @@ fn on_unavailable(o: OnUnavailable) -> &'static str {
         OnUnavailable::Local => "local",
         OnUnavailable::Deny => "deny",
     }
+}
+
+/// A group's response cache, as configured.
+fn cache_json(c: &crate::cache::CacheConfig) -> Value {
+    let scope = |s| match s {
+        crate::cache::Scope::Public => "public",
+        crate::cache::Scope::Private => "private",
+    };
+    json!({
+        "max_bytes": c.max_bytes,
+        "default_ttl_s": c.default_ttl.as_secs_f64(),
+        "default_scope": scope(c.default_scope),
+        "sessions": if c.share_sessions { "share" } else { "public-only" },
+        "tools": c.tools.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+        "tool_ttl_s": c.tool_ttl.as_secs_f64(),
+        "tool_scope": scope(c.tool_scope),
+    })
 }
 
 /// A virtual server's members and naming, as configured.

@@ -153,8 +153,18 @@ pub enum Counter {
     H2PingFloods,
     /// HTTP/2 connections refused for a SETTINGS flood.
     H2SettingsFloods,
+    /// Requests answered from the response cache (`[servers.cache]`).
+    CacheHits,
+    /// Cacheable requests the cache could not answer (sent to a backend).
+    CacheMisses,
+    /// Cached answers dropped: expired, evicted by a backend's change notification, or
+    /// pushed out for room.
+    CacheEvictions,
+    /// Requests that waited for an identical one in flight on their core and were answered
+    /// with its result (no backend call of their own).
+    CacheCoalesced,
 }
-const COUNTERS: usize = 40;
+const COUNTERS: usize = 44;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -197,6 +207,10 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "h2_continuation_floods",
     "h2_ping_floods",
     "h2_settings_floods",
+    "cache_hits",
+    "cache_misses",
+    "cache_evictions",
+    "cache_coalesced",
 ];
 
 /// Gauges (up/down).
@@ -214,8 +228,10 @@ pub enum Gauge {
     /// Sessions started through mcplb and not ended by DELETE (sessions a backend expires on
     /// its own are not seen, so this is an upper bound).
     ActiveSessions,
+    /// Bytes held by the response caches (all groups and cores).
+    CacheBytes,
 }
-const GAUGES: usize = 5;
+const GAUGES: usize = 6;
 /// Names of the gauges, in order.
 pub const GAUGE_NAMES: [&str; GAUGES] = [
     "client_connections",
@@ -223,6 +239,7 @@ pub const GAUGE_NAMES: [&str; GAUGES] = [
     "upstream_idle",
     "upstream_busy",
     "active_sessions",
+    "cache_bytes",
 ];
 
 /// Total, upstream and own-time distributions of one dimension. Counted in `u32` on a core

@@ -103,6 +103,8 @@ pub(crate) async fn send(
                 && plan.sid.is_none()
                 && group.era != BackendEra::Sessions));
     if bridging {
+        // A bridged answer is relayed in the client's era, not kept.
+        c.cache_fill = None;
         // Boxed: inlined, the bridge's states would grow every request's future (copied into
         // the connection's per-request box), bridged or not.
         return Box::pin(era_send(core, c, plan, era, conc, permits)).await;

@@ -21,6 +21,7 @@ pub(crate) mod admission;
 pub(crate) mod attempt;
 pub(crate) mod audit;
 pub(crate) mod body;
+pub(crate) mod cache;
 pub(crate) mod client_address;
 pub(crate) mod confirm;
 pub(crate) mod era_bridge;
@@ -198,6 +199,18 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
             if let Some(next) = Box::pin(confirm::deliver(c)).await {
                 return Ok(next);
             }
+        }
+    }
+    // The response cache: answered here, or marked to fill it (boxed: only cached groups'
+    // requests carry its future).
+    let mut _flight = None;
+    // A call that waits for the user's approval is never answered from the cache.
+    let confirming = c.meta.policy.is_some_and(|d| d.effect == Effect::Confirm);
+    if admitted.is_some() && !confirming && core.caches.has(gi) {
+        match Box::pin(cache::lookup(core, c, gi)).await {
+            cache::Lookup::Answered(next) => return Ok(next),
+            cache::Lookup::Miss(guard) => _flight = guard,
+            cache::Lookup::Pass => {}
         }
     }
     let mut permits: Permits = Default::default();

@@ -12,8 +12,7 @@ use std::rc::Rc;
 use protocol::{Envelope, MessageKind, Method};
 
 use crate::auth::Caller;
-use crate::data_path::request::{ClientConn, Refusal};
-use crate::data_path::response::{body_step, Answer, Framing};
+use crate::data_path::request::Refusal;
 use crate::policy::lists::{self, ListKind};
 use crate::policy::{Class, Decision, Effect, GroupPolicy, Subject, Target};
 use crate::runtime::core::Core;
@@ -63,10 +62,6 @@ impl CallerClass {
         d
     }
 }
-
-/// Largest list answer read whole to be filtered (beyond it the answer is refused: it must
-/// not reach the caller unfiltered).
-const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
 
 /// A list answer to filter: which list, and for which caller class.
 pub(crate) struct ListFilter {
@@ -225,68 +220,13 @@ pub(crate) fn retain_visible(core: &Core, filter: &ListFilter, items: &mut Vec<s
     }
 }
 
-/// Reads a list answer's whole body (after `head_len` in `a.buf`, framed by `framing`) and
-/// filters it: the body the caller gets, and whether bytes followed it upstream.
-pub(crate) async fn filtered_answer(
+/// The list answer `body` (JSON, or an SSE stream) as the caller of `filter` may see it.
+pub(crate) fn filter_body(
     core: &Core,
-    c: &mut ClientConn,
-    a: &mut Answer<'_>,
-    head_len: usize,
-    framing: &mut Framing,
+    filter: &ListFilter,
+    body: Vec<u8>,
     is_sse: bool,
-    filter: ListFilter,
-) -> Result<(Vec<u8>, bool), Refusal> {
-    let refused = |msg| Refusal::new(502, -32603, msg);
-    let mut body = Vec::new();
-    let mut start = head_len;
-    let extra = loop {
-        let avail = a.buf.get(start..).unwrap_or_default();
-        let mut framing_error = false;
-        let (take, done) = match &mut *framing {
-            Framing::Chunked(dec) => match dec.feed(avail, |d| body.extend_from_slice(d)) {
-                Ok(n) => (n, dec.is_done()),
-                Err(_) => (0, {
-                    framing_error = true;
-                    false
-                }),
-            },
-            f => {
-                let (take, done) = body_step(f, avail, &mut framing_error);
-                body.extend_from_slice(avail.get(..take).unwrap_or_default());
-                (take, done)
-            }
-        };
-        if framing_error {
-            return Err(refused("bad chunked framing from backend"));
-        }
-        if done {
-            break take < avail.len();
-        }
-        if body.len() > MAX_LIST_BYTES {
-            return Err(refused("list answer from backend too large to filter"));
-        }
-        a.buf.clear();
-        start = 0;
-        let timeout = core.shared.config.proxy.upstream_timeout;
-        let buf = std::mem::take(&mut a.buf);
-        let read = monoio::time::timeout(timeout, a.up.read_more(buf, super::READ_SIZE)).await;
-        match read {
-            Ok((Ok(n), b)) if n > 0 => a.buf = b,
-            Ok((_, b)) if matches!(framing, Framing::UntilClose) => {
-                a.buf = b;
-                break false;
-            }
-            Ok((_, b)) => {
-                a.buf = b;
-                return Err(refused("backend closed the connection"));
-            }
-            Err(_) => {
-                a.buf = core.take_buf();
-                return Err(refused("backend timed out"));
-            }
-        }
-    };
-    c.meta.upstream_done = Some(std::time::Instant::now());
+) -> Result<Vec<u8>, Refusal> {
     let policy = core
         .shared
         .config
@@ -307,7 +247,12 @@ pub(crate) async fn filtered_answer(
         }
     }
     let visible = |n: &str| policy.visible(&filter.class.class, filter.kind, n);
-    let filtered = lists::filter_answer(&body, is_sse, filter.kind, visible)
-        .map_err(|_| refused("list answer from backend could not be read to filter it"))?;
-    Ok((filtered.unwrap_or(body), extra))
+    let filtered = lists::filter_answer(&body, is_sse, filter.kind, visible).map_err(|_| {
+        Refusal::new(
+            502,
+            -32603,
+            "list answer from backend could not be read to filter it",
+        )
+    })?;
+    Ok(filtered.unwrap_or(body))
 }

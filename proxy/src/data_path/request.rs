@@ -244,6 +244,8 @@ pub(crate) struct ClientConn {
     /// The current request lists tools, prompts or resources that the caller's policy
     /// filters: its answer goes through this filter.
     pub list_filter: Option<crate::data_path::policy::ListFilter>,
+    /// For a request the response cache missed: what its answer fills.
+    pub cache_fill: Option<crate::data_path::cache::Fill>,
     /// The policy class of the connection's last caller.
     pub policy_class: Option<crate::data_path::policy::ConnClass>,
     /// The current request's trace (`[telemetry]` only), once decided.
@@ -267,6 +269,7 @@ impl ClientConn {
             caller: crate::auth::Caller::default(),
             owner: None,
             list_filter: None,
+            cache_fill: None,
             policy_class: None,
             trace: None,
         }
@@ -310,6 +313,7 @@ impl ClientConn {
     /// After a request: the pipelined bytes become the next request's start.
     pub fn next_request(&mut self) {
         self.list_filter = None;
+        self.cache_fill = None;
         self.req.buf.clear();
         self.req.decoded.clear();
         self.req.reset_facts();

@@ -316,17 +316,39 @@ pub(crate) async fn forward_response(
     let _sse_open = is_sse.then(|| SseOpen::new(core));
     // During a shutdown the answer tells the client this connection ends with it.
     let mut client_close = !keep || SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
-    if let Some(filter) = c.list_filter.take().filter(|_| status == 200) {
-        // A list the caller's policy filters: read whole, sent with its new length.
-        let r =
-            super::policy::filtered_answer(core, c, &mut a, head_len, &mut framing, is_sse, filter)
-                .await;
-        let (body, extra) = match r {
+    let mut fill = c.cache_fill.take().filter(|_| status == 200);
+    let filter = c.list_filter.take().filter(|_| status == 200);
+    // A cached group's SSE answers are tapped as they pass (notifications evict; an answer
+    // to keep is copied), unless they are read whole below.
+    let mut tap = None;
+    if is_sse && filter.is_none() {
+        tap = core.caches.tap(gi_of(c), fill.take());
+    }
+    if fill.is_some() || filter.is_some() {
+        // A JSON answer the cache may keep, or a list the caller's policy filters: read
+        // whole, sent with its (new) length.
+        let (body, extra) = match read_whole(core, c, &mut a, head_len, &mut framing).await {
             Ok(x) => x,
             Err(r) => {
                 c.ubuf = a.buf;
                 return (reply::refuse(c, &r).await, false);
             }
+        };
+        if let Some(mut t) = core.caches.tap(gi_of(c), None).filter(|_| is_sse) {
+            t.take(&body);
+        }
+        if let Some(fill) = fill {
+            super::cache::store(core, c, fill, &body, is_sse);
+        }
+        let body = match filter {
+            Some(f) => match super::policy::filter_body(core, &f, body, is_sse) {
+                Ok(b) => b,
+                Err(r) => {
+                    c.ubuf = a.buf;
+                    return (reply::refuse(c, &r).await, false);
+                }
+            },
+            None => body,
         };
         c.out.extend_from_slice(b"content-length: ");
         c.out
@@ -361,7 +383,11 @@ pub(crate) async fn forward_response(
     // Body bytes that came with the head.
     let mut framing_error = false;
     let avail = a.buf.get(head_len..).unwrap_or_default();
-    let (take, body_done) = body_step(&mut framing, avail, &mut framing_error);
+    // The tap sees de-chunked bytes: a notification's name is never cut by a chunk's size line.
+    let (take, body_done) = match &mut tap {
+        None => body_step(&mut framing, avail, &mut framing_error),
+        Some(t) => body_step_with(&mut framing, avail, &mut framing_error, |d| t.take(d)),
+    };
     let first = avail.get(..take).unwrap_or_default();
     // A JSON answer that arrived whole: note whether it is a JSON-RPC error. Only up to its
     // first `result`/`error` member is read (criterion, `--bench parse`: 54 ns on a small
@@ -412,9 +438,22 @@ pub(crate) async fn forward_response(
             client: true,
             shutdown: a.end_on_shutdown.then(ShutdownSignal::new),
         });
-        stream_body(core, c, a.up, &mut a.buf, &mut framing, watch, sniff_error).await
+        let streamed = stream_body(
+            core,
+            c,
+            a.up,
+            &mut a.buf,
+            &mut framing,
+            watch,
+            sniff_error,
+            tap.as_mut(),
+        );
+        streamed.await
     };
     c.ubuf = a.buf;
+    if let (Ok(_), Some(t)) = (&streamed, tap) {
+        t.finish(core, c);
+    }
     match streamed {
         Ok(extra) => {
             let reusable = !up_close && !extra && !matches!(framing, Framing::UntilClose);
@@ -453,6 +492,7 @@ pub(crate) enum Waited {
 /// write: the upstream connection then closes, so the backend can stop its work), or a
 /// shutdown ended a standalone GET stream (with its last chunk when it stood between chunks,
 /// so the client sees a clean end and resumes elsewhere).
+#[allow(clippy::too_many_arguments)]
 async fn stream_body(
     core: &Core,
     c: &mut ClientConn,
@@ -461,6 +501,7 @@ async fn stream_body(
     framing: &mut Framing,
     mut watch: Option<Watch>,
     mut sniff_error: bool,
+    mut tap: Option<&mut super::cache::Tap>,
 ) -> Result<bool, ()> {
     let is_sse = watch.is_some();
     loop {
@@ -497,7 +538,10 @@ async fn stream_body(
             return Err(());
         }
         let mut framing_error = false;
-        let (take, done) = body_step(framing, ubuf, &mut framing_error);
+        let (take, done) = match tap.as_deref_mut() {
+            None => body_step(framing, ubuf, &mut framing_error),
+            Some(t) => body_step_with(framing, ubuf, &mut framing_error, |d| t.take(d)),
+        };
         if framing_error {
             return Err(());
         }
@@ -607,20 +651,93 @@ impl Drop for SseOpen<'_> {
 /// Advances the body framing over `avail`: how many bytes belong to the body, and whether the
 /// body is complete.
 pub(crate) fn body_step(framing: &mut Framing, avail: &[u8], error: &mut bool) -> (usize, bool) {
+    body_step_with(framing, avail, error, |_| {})
+}
+
+/// [`body_step`], handing the body's bytes (de-chunked) to `data` as they are found.
+pub(crate) fn body_step_with(
+    framing: &mut Framing,
+    avail: &[u8],
+    error: &mut bool,
+    mut data: impl FnMut(&[u8]),
+) -> (usize, bool) {
     match framing {
         Framing::None => (0, true),
         Framing::Length(rem) => {
             let take = (*rem).min(avail.len() as u64);
             *rem -= take;
+            data(avail.get(..take as usize).unwrap_or_default());
             (take as usize, *rem == 0)
         }
-        Framing::Chunked(dec) => match dec.feed(avail, |_| {}) {
+        Framing::Chunked(dec) => match dec.feed(avail, data) {
             Ok(n) => (n, dec.is_done()),
             Err(_) => {
                 *error = true;
                 (0, false)
             }
         },
-        Framing::UntilClose => (avail.len(), false),
+        Framing::UntilClose => {
+            data(avail);
+            (avail.len(), false)
+        }
     }
+}
+
+/// The group of the request being answered (every forwarded request has one).
+fn gi_of(c: &ClientConn) -> usize {
+    c.meta.group.unwrap_or(usize::MAX)
+}
+
+/// Largest answer read whole (to be kept by the cache or filtered by a policy); beyond it the
+/// answer is refused (a filtered list must not reach the caller unfiltered).
+const MAX_WHOLE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads an answer's whole body (after `head_len` in `a.buf`, framed by `framing`): the body,
+/// de-chunked, and whether bytes followed it upstream.
+async fn read_whole(
+    core: &Core,
+    c: &mut ClientConn,
+    a: &mut Answer<'_>,
+    head_len: usize,
+    framing: &mut Framing,
+) -> Result<(Vec<u8>, bool), Refusal> {
+    let refused = |msg| Refusal::new(502, -32603, msg);
+    let mut body = Vec::new();
+    let mut start = head_len;
+    let extra = loop {
+        let avail = a.buf.get(start..).unwrap_or_default();
+        let mut framing_error = false;
+        let (take, done) = upstream::collect_step(framing, avail, &mut body, &mut framing_error);
+        if framing_error {
+            return Err(refused("bad chunked framing from backend"));
+        }
+        if done {
+            break take < avail.len();
+        }
+        if body.len() > MAX_WHOLE_BYTES {
+            return Err(refused("answer from backend too large to read whole"));
+        }
+        a.buf.clear();
+        start = 0;
+        let timeout = core.shared.config.proxy.upstream_timeout;
+        let buf = std::mem::take(&mut a.buf);
+        let read = monoio::time::timeout(timeout, a.up.read_more(buf, super::READ_SIZE)).await;
+        match read {
+            Ok((Ok(n), b)) if n > 0 => a.buf = b,
+            Ok((_, b)) if matches!(framing, Framing::UntilClose) => {
+                a.buf = b;
+                break false;
+            }
+            Ok((_, b)) => {
+                a.buf = b;
+                return Err(refused("backend closed the connection"));
+            }
+            Err(_) => {
+                a.buf = core.take_buf();
+                return Err(refused("backend timed out"));
+            }
+        }
+    };
+    c.meta.upstream_done = Some(Instant::now());
+    Ok((body, extra))
 }

@@ -11,7 +11,7 @@ use crate::auth::UpstreamCredential;
 use crate::config::{Backend, ClientAddress};
 use crate::data_path::client_address::{self, Hop};
 use crate::data_path::request::{HttpMethod, Request};
-use crate::data_path::response::{body_step, Framing};
+use crate::data_path::response::{body_step_with, Framing};
 use crate::http::{self, ChunkedDecoder};
 use crate::telemetry::TraceContext;
 use crate::tls::Conn;
@@ -298,20 +298,7 @@ pub(crate) fn collect_step(
     body: &mut Vec<u8>,
     error: &mut bool,
 ) -> (usize, bool) {
-    match framing {
-        Framing::Chunked(dec) => match dec.feed(avail, |d| body.extend_from_slice(d)) {
-            Ok(n) => (n, dec.is_done()),
-            Err(_) => {
-                *error = true;
-                (0, false)
-            }
-        },
-        other => {
-            let (take, done) = body_step(other, avail, error);
-            body.extend_from_slice(avail.get(..take).unwrap_or_default());
-            (take, done)
-        }
-    }
+    body_step_with(framing, avail, error, |d| body.extend_from_slice(d))
 }
 
 /// What a request mcplb sends a virtual server's member says in the 2026-07-28 mirror

@@ -62,6 +62,9 @@ pub(crate) struct Core {
     /// Policy classes of the callers seen here, per group (built anew with each state, so a
     /// reload's new policies apply at once).
     pub(crate) policy_classes: crate::data_path::policy::ClassCache,
+    /// The response caches of the groups with `[servers.cache]` (built anew with each state:
+    /// a reload starts them empty).
+    pub(crate) caches: crate::data_path::cache::Caches,
 }
 
 impl Core {
@@ -259,9 +262,10 @@ impl Core {
                     closed += pool.borrow_mut().drain(..).count() as i64;
                 }
             }
-            p.rec
-                .borrow_mut()
-                .gauge(Gauge::UpstreamIdle, -(closed + moved));
+            let mut rec = p.rec.borrow_mut();
+            rec.gauge(Gauge::UpstreamIdle, -(closed + moved));
+            // The old state's cached answers go with it.
+            rec.gauge(Gauge::CacheBytes, -(p.caches.bytes() as i64));
         }
         let access_log = shared
             .config
@@ -273,6 +277,7 @@ impl Core {
         let audit = crate::data_path::audit::AuditLog::open(&shared.config);
         let rec = CoreRecorder::for_config(&shared.config);
         let bridges = crate::data_path::era_bridge::Bridges::new(&shared.config);
+        let caches = crate::data_path::cache::Caches::new(&shared.config);
         let core = Core {
             pools,
             bal: CoreBalancer::new(&shared.config, index, balance::now_ns(shared.epoch)),
@@ -290,6 +295,7 @@ impl Core {
             park,
             bridges,
             policy_classes: Default::default(),
+            caches,
         };
         if prev.is_some() {
             let n: i64 = core

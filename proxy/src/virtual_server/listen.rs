@@ -217,7 +217,10 @@ async fn open_streams<'a>(
         crate::data_path::upstream::collect_step(&mut ms.framing, &a.early, &mut body, &mut err);
         ms.parser.push(&body);
         while let Some(ev) = ms.parser.next_event() {
-            relay_event(m, &ev.data, &mut out.early_events);
+            let bits = relay_event(m, &ev.data, &mut out.early_events);
+            if let Some(p) = &ms.parts {
+                crate::data_path::cache::note_group_changes(core, p.gi, bits);
+            }
         }
         if let Some(slot) = out.streams.get_mut(m) {
             *slot = Some(ms);
@@ -250,7 +253,10 @@ fn on_read<'a>(
     };
     ms.parser.push(body);
     while let Some(ev) = ms.parser.next_event() {
-        relay_event(m, &ev.data, events);
+        let bits = relay_event(m, &ev.data, events);
+        if let Some(p) = &ms.parts {
+            crate::data_path::cache::note_group_changes(core, p.gi, bits);
+        }
     }
     if done || err {
         core.give_buf(buf);

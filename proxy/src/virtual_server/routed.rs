@@ -331,7 +331,8 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
         parser.push(&body);
         events.clear();
         while let Some(ev) = parser.next_event() {
-            relay_event(m, &ev.data, &mut events);
+            let bits = relay_event(m, &ev.data, &mut events);
+            crate::data_path::cache::note_group_changes(core, reached.gi, bits);
         }
         if !events.is_empty() {
             if c.meta.first_event.is_none() {
@@ -435,14 +436,17 @@ async fn whole_answer(
 
 /// One member SSE event for the client, appended to `out`: a server-to-client request with
 /// its id wrapped (so the client's answer finds member `m`), anything else as it came; a
-/// `*/list_changed` evicts the merged lists.
-pub(super) fn relay_event(m: usize, data: &str, out: &mut Vec<u8>) {
+/// `*/list_changed` evicts the merged lists. Returns the change notification it was, if any
+/// (`crate::cache` bits: the member group's response cache is evicted by the caller).
+pub(super) fn relay_event(m: usize, data: &str, out: &mut Vec<u8>) -> u8 {
     let mut rewritten = None;
+    let mut changed = 0;
     if let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(data) {
         let method = obj.get("method").and_then(Value::as_str).unwrap_or("");
         if method.ends_with("/list_changed") {
             cache::list_changed();
         }
+        changed = crate::cache::notification_bit(method);
         if !method.is_empty() {
             if let Some(id) = obj.get("id").filter(|i| !i.is_null()) {
                 let raw = serde_json::to_vec(id).unwrap_or_default();
@@ -459,6 +463,7 @@ pub(super) fn relay_event(m: usize, data: &str, out: &mut Vec<u8>) {
         out.push(b'\n');
     }
     out.push(b'\n');
+    changed
 }
 
 /// The client's answer to a member's server-to-client request: to that member's session,

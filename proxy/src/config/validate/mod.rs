@@ -5,6 +5,7 @@
 mod admin;
 mod audit;
 mod backends;
+mod cache;
 mod cluster;
 mod concurrency;
 mod health;

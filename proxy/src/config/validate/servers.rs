@@ -148,6 +148,16 @@ fn group(
     };
     let health = super::health::validate(s.health, key, t.errs());
     let auth = crate::auth::validate(s.auth, key, t.errs());
+    if is_virtual && s.cache.is_some() {
+        t.problem(
+            "cache",
+            "not available on a virtual server (its merged lists follow `list_cache_ttl`)",
+        );
+    }
+    let cache = s
+        .cache
+        .filter(|_| !is_virtual)
+        .map(|c| std::sync::Arc::new(super::cache::validate(c, key, t.errs())));
     let allowed_origins = s.allowed_origins.map(|v| {
         v.into_iter()
             .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
@@ -180,6 +190,7 @@ fn group(
     }
     ServerGroup {
         virtual_server: None,
+        cache,
         legacy_sse: s.legacy_sse.unwrap_or(false),
         era,
         era_bridge: s.era_bridge.unwrap_or(true),

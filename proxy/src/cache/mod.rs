@@ -1,0 +1,587 @@
+//! The response cache's decisions (`[servers.cache]`), as plain functions over bytes, the
+//! group's configuration and a time passed in: which requests may be answered from the cache
+//! and under which key, how long an answer lives and who may share it (the 2026-07-28 hints
+//! `ttlMs` and `cacheScope`, or the group's defaults), which backend notifications evict what,
+//! and the answer written from a stored message with the request's own id spliced in. The
+//! per-core store is [`store`]; the data path (`data_path::cache`) only moves bytes.
+
+pub mod store;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use protocol::{MessageKind, Method};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Longest life an entry gets, whatever a server's `ttlMs` says (24 hours).
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What a cached result may be shared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every caller of the group (`cacheScope: "public"`).
+    Public,
+    /// Only the caller identity that produced it (`cacheScope: "private"`).
+    Private,
+}
+
+/// A group's `[servers.cache]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Most bytes of entries (messages and keys) per core.
+    pub max_bytes: usize,
+    /// Life of a result that carries no `ttlMs` (zero: such results are not cached).
+    pub default_ttl: Duration,
+    /// Scope of a result that carries no `cacheScope` (cached under `default_ttl`).
+    pub default_scope: Scope,
+    /// Results to requests in a backend session may be shared without an explicit
+    /// `cacheScope: "public"` (`sessions = "share"`).
+    pub share_sessions: bool,
+    /// Tools whose `tools/call` results may be cached (also needs `readOnlyHint` and
+    /// `idempotentHint` from the server).
+    pub tools: Vec<ratelimit::Glob>,
+    /// Life of a cached tool result.
+    pub tool_ttl: Duration,
+    /// Who shares a cached tool result.
+    pub tool_scope: Scope,
+}
+
+/// What the cache holds, by the request's method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    ToolsList,
+    PromptsList,
+    ResourcesList,
+    TemplatesList,
+    ResourcesRead,
+    Discover,
+    ToolsCall,
+}
+
+impl Kind {
+    /// The kind of a request's answer, if the cache may hold it.
+    pub fn of(m: Method) -> Option<Kind> {
+        Some(match m {
+            Method::ToolsList => Kind::ToolsList,
+            Method::PromptsList => Kind::PromptsList,
+            Method::ResourcesList => Kind::ResourcesList,
+            Method::ResourceTemplatesList => Kind::TemplatesList,
+            Method::ResourcesRead => Kind::ResourcesRead,
+            Method::ServerDiscover => Kind::Discover,
+            Method::ToolsCall => Kind::ToolsCall,
+            _ => return None,
+        })
+    }
+
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The change notifications that evict this kind (bits of [`Changes`]).
+    pub fn evicted_by(self) -> u8 {
+        match self {
+            Kind::ToolsList | Kind::ToolsCall => TOOLS_CHANGED,
+            Kind::PromptsList => PROMPTS_CHANGED,
+            Kind::ResourcesList | Kind::TemplatesList => RESOURCES_CHANGED,
+            Kind::ResourcesRead => RESOURCES_UPDATED,
+            // A server's description changes with any of its lists.
+            Kind::Discover => TOOLS_CHANGED | PROMPTS_CHANGED | RESOURCES_CHANGED,
+        }
+    }
+}
+
+/// `notifications/tools/list_changed`.
+pub const TOOLS_CHANGED: u8 = 1;
+/// `notifications/prompts/list_changed`.
+pub const PROMPTS_CHANGED: u8 = 2;
+/// `notifications/resources/list_changed`.
+pub const RESOURCES_CHANGED: u8 = 4;
+/// `notifications/resources/updated`.
+pub const RESOURCES_UPDATED: u8 = 8;
+
+const NOTIFICATIONS: [(&[u8], u8); 4] = [
+    (b"notifications/tools/list_changed", TOOLS_CHANGED),
+    (b"notifications/prompts/list_changed", PROMPTS_CHANGED),
+    (b"notifications/resources/list_changed", RESOURCES_CHANGED),
+    (b"notifications/resources/updated", RESOURCES_UPDATED),
+];
+/// Longest notification name above, rounded up: the bytes a [`Sniffer`] keeps between pieces.
+const TAIL: usize = 40;
+
+/// Finds change notifications in a backend's SSE bytes fed in pieces of any size (a name
+/// split between two reads is still found).
+#[derive(Debug, Clone)]
+pub struct Sniffer {
+    tail: [u8; TAIL],
+    len: usize,
+}
+
+impl Default for Sniffer {
+    fn default() -> Self {
+        Sniffer {
+            tail: [0; TAIL],
+            len: 0,
+        }
+    }
+}
+
+impl Sniffer {
+    /// The notifications (bits) whose names are in `bytes` or straddle the previous piece.
+    pub fn feed(&mut self, bytes: &[u8]) -> u8 {
+        if bytes.is_empty() {
+            return 0;
+        }
+        let mut seen = 0;
+        // Most SSE pieces carry no notification at all: one search for the common part.
+        let any = memchr::memmem::find(bytes, b"notifications/").is_some();
+        let mut joint = [0u8; 2 * TAIL];
+        let head = bytes.get(..TAIL.min(bytes.len())).unwrap_or_default();
+        let tail = self.tail.get(..self.len).unwrap_or_default();
+        joint[..tail.len()].copy_from_slice(tail);
+        joint[tail.len()..tail.len() + head.len()].copy_from_slice(head);
+        let joint = joint.get(..tail.len() + head.len()).unwrap_or_default();
+        for (name, bit) in NOTIFICATIONS {
+            if (any && memchr::memmem::find(bytes, name).is_some())
+                || (self.len > 0 && memchr::memmem::find(joint, name).is_some())
+            {
+                seen |= bit;
+            }
+        }
+        // Keep the last TAIL bytes of everything seen.
+        if bytes.len() >= TAIL {
+            self.tail.copy_from_slice(&bytes[bytes.len() - TAIL..]);
+            self.len = TAIL;
+        } else {
+            let keep = (TAIL - bytes.len()).min(self.len);
+            self.tail.copy_within(self.len - keep..self.len, 0);
+            self.tail[keep..keep + bytes.len()].copy_from_slice(bytes);
+            self.len = keep + bytes.len();
+        }
+        seen
+    }
+}
+
+/// Slots of the process-wide change counters (groups are told apart by a hash of their name,
+/// so a collision only evicts more than needed).
+const SLOTS: usize = 256;
+
+/// Counts of the change notifications seen from each group's backends, on any core: an entry
+/// stamped with an older count is stale everywhere. Written only when a notification arrives.
+static CHANGES: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+
+/// Where a group's change counters sit (from its name; stable across reloads).
+pub fn group_slot(name: &str) -> usize {
+    // FNV-1a: stable, and no key to keep.
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h as usize % (SLOTS / 4)) * 4
+}
+
+fn bit_index(bit: u8) -> usize {
+    bit.trailing_zeros() as usize
+}
+
+/// Notes change notifications (bits) seen from a backend of the group at `slot`.
+pub fn note_changes(slot: usize, bits: u8) {
+    for i in 0..4 {
+        if bits & (1 << i) != 0 {
+            if let Some(c) = CHANGES.get(slot + i) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The stamp of what evicts `kind` in the group at `slot`: a sum of the counts it follows
+/// (each only grows, so the sum changes whenever one does).
+pub fn stamp(slot: usize, kind: Kind) -> u64 {
+    let bits = kind.evicted_by();
+    (0..4)
+        .filter(|i| bits & (1 << i) != 0)
+        .filter_map(|i| CHANGES.get(slot + i))
+        .map(|c| c.load(Ordering::Relaxed))
+        .fold(0u64, u64::wrapping_add)
+}
+
+/// The bit of a change notification's method (0 for any other method).
+pub fn notification_bit(method: &str) -> u8 {
+    NOTIFICATIONS
+        .iter()
+        .find(|(n, _)| *n == method.as_bytes())
+        .map_or(0, |(_, bit)| *bit)
+}
+
+/// Which notification a bit stands for (tests, logs).
+pub fn notification_name(bit: u8) -> &'static str {
+    NOTIFICATIONS
+        .get(bit_index(bit))
+        .and_then(|(n, _)| std::str::from_utf8(n).ok())
+        .unwrap_or("")
+}
+
+/// The parts of a request that shape its answer, borrowed from its body.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeyParts<'a> {
+    /// `params.cursor`, raw.
+    pub cursor: Option<&'a [u8]>,
+    /// `params.uri`, raw.
+    pub uri: Option<&'a [u8]>,
+    /// `params.name`, raw.
+    pub name: Option<&'a [u8]>,
+    /// `params.arguments`, raw.
+    pub arguments: Option<&'a [u8]>,
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]`, raw.
+    pub meta_version: Option<&'a [u8]>,
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(borrow, default)]
+    params: Option<Params<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Params<'a> {
+    #[serde(borrow, default)]
+    cursor: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    uri: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "_meta")]
+    meta: Option<Meta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(borrow, default, rename = "io.modelcontextprotocol/protocolVersion")]
+    version: Option<&'a RawValue>,
+}
+
+/// The request's key parts, or `None` when it may not be answered from the cache: it
+/// carries `inputResponses` or `requestState` (a multi round-trip retry), or its body is not
+/// one plain JSON object (a repeated key, a batch).
+pub fn request_parts(body: &[u8]) -> Option<KeyParts<'_>> {
+    if memchr::memmem::find(body, b"\"requestState\"").is_some()
+        || memchr::memmem::find(body, b"\"inputResponses\"").is_some()
+    {
+        return None;
+    }
+    // serde reads a struct from an array too: only objects, with `params` an object.
+    if body.trim_ascii_start().first() != Some(&b'{') || !params_are_objects(body) {
+        return None;
+    }
+    let f: Frame<'_> = serde_json::from_slice(body).ok()?;
+    fn raw(v: Option<&RawValue>) -> Option<&[u8]> {
+        v.map(|v| v.get().as_bytes())
+    }
+    let Some(p) = f.params else {
+        return Some(KeyParts::default());
+    };
+    Some(KeyParts {
+        cursor: raw(p.cursor),
+        uri: raw(p.uri),
+        name: raw(p.name),
+        arguments: raw(p.arguments),
+        meta_version: raw(p.meta.and_then(|m| m.version)),
+    })
+}
+
+/// Whether every `"params":` in `body` is followed by an object (conservative: a string value
+/// "params" followed by a colon cannot occur in valid JSON outside a key).
+fn params_are_objects(body: &[u8]) -> bool {
+    memchr::memmem::find_iter(body, b"\"params\"").all(|at| {
+        let rest = body.get(at + 8..).unwrap_or_default().trim_ascii_start();
+        match rest.strip_prefix(b":") {
+            Some(v) => v.trim_ascii_start().first() == Some(&b'{'),
+            None => true,
+        }
+    })
+}
+
+/// Whether a request of `kind` for `tool` (a `tools/call`'s name) may be answered from the
+/// cache at all: a tool call only when the group names the tool and the server said it only
+/// reads and is idempotent (`annotated`).
+pub fn eligible(
+    cfg: &CacheConfig,
+    kind: Kind,
+    tool: Option<&str>,
+    annotated: impl Fn(&str) -> bool,
+) -> bool {
+    match kind {
+        Kind::ToolsCall => tool.is_some_and(|t| {
+            cfg.tools.iter().any(|g| g.matches(t)) && annotated(t) && !cfg.tool_ttl.is_zero()
+        }),
+        _ => true,
+    }
+}
+
+/// Who a request comes from, as far as the cache's key goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requester<'a> {
+    /// The caller's identity (empty: none).
+    pub identity: &'a str,
+    /// The client's `MCP-Protocol-Version` header.
+    pub version: &'a [u8],
+    /// The request belongs to a backend session.
+    pub in_session: bool,
+}
+
+/// Writes the key of a request (`kind`, `parts`, `who`) under `scope` into `out` (cleared
+/// first): every part length-prefixed, so different requests never share a key; a private key
+/// carries the identity, a public one does not. `false` when there is no such key (private
+/// without an identity).
+pub fn write_key(
+    out: &mut Vec<u8>,
+    kind: Kind,
+    parts: &KeyParts<'_>,
+    who: &Requester<'_>,
+    scope: Scope,
+) -> bool {
+    out.clear();
+    out.push(kind.code());
+    out.push(u8::from(who.in_session));
+    match scope {
+        Scope::Public => out.push(0),
+        Scope::Private => {
+            if who.identity.is_empty() {
+                return false;
+            }
+            out.push(1);
+            field(out, Some(who.identity.as_bytes()));
+        }
+    }
+    field(out, Some(who.version));
+    for p in [
+        parts.meta_version,
+        parts.cursor,
+        parts.uri,
+        parts.name,
+        parts.arguments,
+    ] {
+        field(out, p);
+    }
+    true
+}
+
+fn field(out: &mut Vec<u8>, v: Option<&[u8]>) {
+    match v {
+        None => out.push(0),
+        Some(v) => {
+            out.push(1);
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(v);
+        }
+    }
+}
+
+/// What a result says of its own caching, and what the cache must know of it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Hints {
+    /// `ttlMs`.
+    pub ttl_ms: Option<u64>,
+    /// `cacheScope`.
+    pub scope: Option<Scope>,
+    /// A tool result with `isError: true`.
+    pub tool_error: bool,
+    /// `resultType` other than `"complete"` (an `input_required` result asks for more).
+    pub incomplete: bool,
+    /// Tools of a `tools/list` result whose annotations say `readOnlyHint` and
+    /// `idempotentHint`.
+    pub read_only_tools: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    result: Option<ResultHints>,
+}
+
+#[derive(Deserialize)]
+struct ResultHints {
+    #[serde(rename = "ttlMs")]
+    ttl_ms: Option<u64>,
+    #[serde(rename = "cacheScope")]
+    scope: Option<String>,
+    #[serde(rename = "isError", default)]
+    is_error: bool,
+    #[serde(rename = "resultType")]
+    result_type: Option<String>,
+    #[serde(default)]
+    tools: Vec<ToolHints>,
+}
+
+#[derive(Deserialize)]
+struct ToolHints {
+    name: String,
+    annotations: Option<Annotations>,
+}
+
+#[derive(Deserialize)]
+struct Annotations {
+    #[serde(rename = "readOnlyHint", default)]
+    read_only: bool,
+    #[serde(rename = "idempotentHint", default)]
+    idempotent: bool,
+}
+
+/// The hints of a response message (`None`: an error, or not a result the cache can read).
+pub fn hints(message: &[u8]) -> Option<Hints> {
+    let a: Answer = serde_json::from_slice(message).ok()?;
+    let r = a.result?;
+    let scope = match r.scope.as_deref() {
+        None => None,
+        Some("public") => Some(Scope::Public),
+        // Anything else is read as the narrower scope.
+        Some(_) => Some(Scope::Private),
+    };
+    Some(Hints {
+        ttl_ms: r.ttl_ms,
+        scope,
+        tool_error: r.is_error,
+        incomplete: r.result_type.is_some_and(|t| t != "complete"),
+        read_only_tools: r
+            .tools
+            .into_iter()
+            .filter(|t| {
+                t.annotations
+                    .as_ref()
+                    .is_some_and(|a| a.read_only && a.idempotent)
+            })
+            .map(|t| t.name)
+            .collect(),
+    })
+}
+
+/// How long a result lives in the cache and who shares it, or `None` when it is not kept:
+/// its hints (or the group's defaults when it has none), narrowed by what the request was
+/// (in a backend session: kept only when the server says `public`, or `sessions = "share"`,
+/// so a tool result in a session only with "share"; private without an identity: never).
+pub fn lifetime(
+    cfg: &CacheConfig,
+    kind: Kind,
+    h: &Hints,
+    in_session: bool,
+    has_identity: bool,
+) -> Option<(Duration, Scope)> {
+    if h.incomplete {
+        return None;
+    }
+    let (ttl, scope) = if kind == Kind::ToolsCall {
+        if h.tool_error {
+            return None;
+        }
+        (cfg.tool_ttl, cfg.tool_scope)
+    } else {
+        let ttl = match h.ttl_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => cfg.default_ttl,
+        };
+        (ttl, h.scope.unwrap_or(cfg.default_scope))
+    };
+    if ttl.is_zero() {
+        return None;
+    }
+    // A session's answers may depend on the session: kept only when the server says they do
+    // not (a tool result has no such hint), or the group says so.
+    if in_session && h.scope != Some(Scope::Public) && !cfg.share_sessions {
+        return None;
+    }
+    if scope == Scope::Private && !has_identity {
+        return None;
+    }
+    Some((ttl.min(MAX_TTL), scope))
+}
+
+/// A backend's response message as the cache keeps it: one line of JSON, and where its id is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub bytes: Vec<u8>,
+    pub id: Range<usize>,
+}
+
+/// The response to the request with id `id` in a backend's answer body (JSON, or an SSE
+/// stream whose events carry JSON-RPC messages). `None` when it is not there, or spreads over
+/// several lines (it could not go out as one SSE `data:` line).
+pub fn response_message(body: &[u8], sse: bool, id: &[u8]) -> Option<Message> {
+    let pick = |data: &[u8]| -> Option<Message> {
+        let env = protocol::parse_message(data).ok()?;
+        if env.kind != MessageKind::Response || env.id != Some(id) {
+            return None;
+        }
+        if memchr::memchr2(b'\n', b'\r', data).is_some() {
+            return None;
+        }
+        let start = env.id?.as_ptr() as usize - data.as_ptr() as usize;
+        Some(Message {
+            bytes: data.to_vec(),
+            id: start..start + id.len(),
+        })
+    };
+    if !sse {
+        return pick(body.trim_ascii());
+    }
+    let mut parser = protocol::sse::SseParser::new();
+    parser.push(body);
+    while let Some(ev) = parser.next_event() {
+        if let Some(m) = pick(ev.data.trim_ascii().as_bytes()) {
+            return Some(m);
+        }
+    }
+    None
+}
+
+/// Whether the client is answered with an SSE stream rather than JSON: only when its `Accept`
+/// names `text/event-stream` and nothing JSON takes.
+pub fn wants_sse(accept: Option<&[u8]>) -> bool {
+    let Some(a) = accept else {
+        return false;
+    };
+    let has = |n: &[u8]| a.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n));
+    has(b"text/event-stream") && !has(b"application/json") && !has(b"*/*") && !has(b"application/*")
+}
+
+/// Writes a whole HTTP answer carrying `msg` with `id` in place of the id it was stored with:
+/// JSON, or one SSE event; `close` adds `connection: close`.
+pub fn write_answer(
+    out: &mut Vec<u8>,
+    msg: &[u8],
+    at: Range<usize>,
+    id: &[u8],
+    sse: bool,
+    close: bool,
+) {
+    let before = msg.get(..at.start).unwrap_or_default();
+    let after = msg.get(at.end..).unwrap_or_default();
+    let (pre, post): (&[u8], &[u8]) = if sse {
+        (b"event: message\ndata: ", b"\n\n")
+    } else {
+        (b"", b"")
+    };
+    let len = pre.len() + before.len() + id.len() + after.len() + post.len();
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: ");
+    out.extend_from_slice(if sse {
+        b"text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no".as_slice()
+    } else {
+        b"application/json".as_slice()
+    });
+    out.extend_from_slice(b"\r\ncontent-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(pre);
+    out.extend_from_slice(before);
+    out.extend_from_slice(id);
+    out.extend_from_slice(after);
+    out.extend_from_slice(post);
+}

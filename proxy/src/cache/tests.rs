@@ -1,0 +1,357 @@
+//! The cache's decisions: keys, lifetimes, notifications, the spliced answer, the store.
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::store::{Entry, Moved, Store, ENTRY_OVERHEAD};
+use super::*;
+
+fn cfg() -> CacheConfig {
+    CacheConfig {
+        max_bytes: 1 << 20,
+        default_ttl: Duration::ZERO,
+        default_scope: Scope::Private,
+        share_sessions: false,
+        tools: vec![ratelimit::Glob::new("lookup_*".to_string())],
+        tool_ttl: Duration::from_secs(30),
+        tool_scope: Scope::Private,
+    }
+}
+
+fn who<'a>(identity: &'a str, in_session: bool) -> Requester<'a> {
+    Requester {
+        identity,
+        version: b"2025-06-18",
+        in_session,
+    }
+}
+
+fn key(kind: Kind, parts: &KeyParts<'_>, w: &Requester<'_>, scope: Scope) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    write_key(&mut out, kind, parts, w, scope).then_some(out)
+}
+
+#[test]
+fn request_parts_read_what_shapes_the_answer() {
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"info://a","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","progressToken":5}}}"#;
+    let p = request_parts(body).unwrap();
+    assert_eq!(p.uri, Some(&br#""info://a""#[..]));
+    assert_eq!(p.meta_version, Some(&br#""2026-07-28""#[..]));
+    assert_eq!(p.cursor, None);
+    let call = br#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"lookup_a","arguments":{"k":1}}}"#;
+    let p = request_parts(call).unwrap();
+    assert_eq!(p.name, Some(&br#""lookup_a""#[..]));
+    assert_eq!(p.arguments, Some(&br#"{"k":1}"#[..]));
+    let list = br#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"cursor":"abc"}}"#;
+    assert_eq!(request_parts(list).unwrap().cursor, Some(&br#""abc""#[..]));
+    let bare = br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    assert_eq!(request_parts(bare).unwrap(), KeyParts::default());
+}
+
+#[test]
+fn retries_with_input_and_ambiguous_bodies_are_never_cached() {
+    let retry = br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"requestState":"s","inputResponses":{}}}"#;
+    assert!(request_parts(retry).is_none());
+    let input = br#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"a","inputResponses":{}}}"#;
+    assert!(request_parts(input).is_none());
+    let twice = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup_a","name":"rm"}}"#;
+    assert!(
+        request_parts(twice).is_none(),
+        "a repeated key is read two ways"
+    );
+    assert!(request_parts(b"[{}]").is_none());
+    assert!(
+        request_parts(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":["c"]}"#)
+            .is_none()
+    );
+}
+
+#[test]
+fn tool_calls_need_the_config_and_both_annotations() {
+    let c = cfg();
+    assert!(eligible(&c, Kind::ToolsList, None, |_| false));
+    assert!(eligible(&c, Kind::ToolsCall, Some("lookup_x"), |_| true));
+    assert!(
+        !eligible(&c, Kind::ToolsCall, Some("lookup_x"), |_| false),
+        "not annotated"
+    );
+    assert!(
+        !eligible(&c, Kind::ToolsCall, Some("delete_x"), |_| true),
+        "not named"
+    );
+    assert!(!eligible(&c, Kind::ToolsCall, None, |_| true));
+}
+
+#[test]
+fn hints_and_lifetimes() {
+    let c = cfg();
+    let public = hints(
+        br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[],"ttlMs":5000,"cacheScope":"public"}}"#,
+    )
+    .unwrap();
+    assert_eq!(public.ttl_ms, Some(5000));
+    assert_eq!(public.scope, Some(Scope::Public));
+    assert_eq!(
+        lifetime(&c, Kind::ToolsList, &public, false, false),
+        Some((Duration::from_secs(5), Scope::Public))
+    );
+    // In a backend session: an explicit public is shared, nothing else (unless configured).
+    assert!(lifetime(&c, Kind::ToolsList, &public, true, false).is_some());
+    let private =
+        hints(br#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":5000,"cacheScope":"private"}}"#)
+            .unwrap();
+    assert!(
+        lifetime(&c, Kind::ToolsList, &private, false, false).is_none(),
+        "no identity"
+    );
+    assert_eq!(
+        lifetime(&c, Kind::ToolsList, &private, false, true),
+        Some((Duration::from_secs(5), Scope::Private))
+    );
+    assert!(lifetime(&c, Kind::ToolsList, &private, true, true).is_none());
+    let shared = CacheConfig {
+        share_sessions: true,
+        ..cfg()
+    };
+    assert!(lifetime(&shared, Kind::ToolsList, &private, true, true).is_some());
+    // No hints: the group's default (off by default).
+    let none = hints(br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#).unwrap();
+    assert!(lifetime(&c, Kind::ToolsList, &none, false, true).is_none());
+    let defaulted = CacheConfig {
+        default_ttl: Duration::from_secs(9),
+        default_scope: Scope::Public,
+        ..cfg()
+    };
+    assert_eq!(
+        lifetime(&defaulted, Kind::ToolsList, &none, false, false),
+        Some((Duration::from_secs(9), Scope::Public))
+    );
+    // Errors, incomplete results, failed tools and zero lifetimes are not kept.
+    assert!(hints(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x"}}"#).is_none());
+    let more = hints(br#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"input_required","ttlMs":9000,"cacheScope":"public"}}"#).unwrap();
+    assert!(lifetime(&defaulted, Kind::ToolsList, &more, false, true).is_none());
+    let zero =
+        hints(br#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":0,"cacheScope":"public"}}"#).unwrap();
+    assert!(lifetime(&defaulted, Kind::ToolsList, &zero, false, true).is_none());
+    let failed =
+        hints(br#"{"jsonrpc":"2.0","id":1,"result":{"isError":true,"content":[]}}"#).unwrap();
+    assert!(lifetime(&c, Kind::ToolsCall, &failed, false, true).is_none());
+    let ok = hints(br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#).unwrap();
+    assert_eq!(
+        lifetime(&c, Kind::ToolsCall, &ok, false, true),
+        Some((Duration::from_secs(30), Scope::Private))
+    );
+    assert!(
+        lifetime(&c, Kind::ToolsCall, &ok, true, true).is_none(),
+        "in a session"
+    );
+    assert!(lifetime(&shared, Kind::ToolsCall, &ok, true, true).is_some());
+    let huge =
+        hints(br#"{"jsonrpc":"2.0","id":1,"result":{"ttlMs":999999999999,"cacheScope":"public"}}"#)
+            .unwrap();
+    assert_eq!(
+        lifetime(&c, Kind::ToolsList, &huge, false, true).unwrap().0,
+        MAX_TTL
+    );
+}
+
+#[test]
+fn annotations_name_the_cacheable_tools() {
+    let h = hints(
+        br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[
+        {"name":"a","annotations":{"readOnlyHint":true,"idempotentHint":true}},
+        {"name":"b","annotations":{"readOnlyHint":true}},
+        {"name":"c"},
+        {"name":"d","annotations":{"readOnlyHint":true,"idempotentHint":false}}]}}"#,
+    )
+    .unwrap();
+    assert_eq!(h.read_only_tools, vec!["a".to_string()]);
+}
+
+#[test]
+fn the_answer_carries_the_requests_own_id() {
+    let body =
+        b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"tools\":[]}}\n\n";
+    assert!(response_message(body, true, b"8").is_none());
+    let m = response_message(body, true, b"7").unwrap();
+    assert_eq!(&m.bytes[m.id.clone()], b"7");
+    let mut out = Vec::new();
+    write_answer(&mut out, &m.bytes, m.id.clone(), br#""abc""#, false, false);
+    let text = String::from_utf8(out).unwrap();
+    let (head, json) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("content-type: application/json"));
+    assert!(head.contains(&format!("content-length: {}", json.len())));
+    assert_eq!(
+        json,
+        r#"{"jsonrpc":"2.0","id":"abc","result":{"tools":[]}}"#
+    );
+    let mut out = Vec::new();
+    write_answer(&mut out, &m.bytes, m.id, b"12", true, true);
+    let text = String::from_utf8(out).unwrap();
+    let (head, sse) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("text/event-stream") && head.contains("connection: close"));
+    assert!(head.contains(&format!("content-length: {}", sse.len())));
+    assert_eq!(
+        sse,
+        "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":12,\"result\":{\"tools\":[]}}\n\n"
+    );
+    // A JSON body, and a pretty-printed one that could not be one SSE line.
+    let json = br#" {"jsonrpc":"2.0","id":"q","result":{}} "#;
+    assert!(response_message(json, false, br#""q""#).is_some());
+    assert!(response_message(
+        b"{\"jsonrpc\":\"2.0\",\n\"id\":1,\"result\":{}}",
+        false,
+        b"1"
+    )
+    .is_none());
+    // A request with the same id is not the answer.
+    let req = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    assert!(response_message(req, false, b"1").is_none());
+}
+
+#[test]
+fn accept_chooses_the_framing() {
+    assert!(!wants_sse(None));
+    assert!(!wants_sse(Some(b"application/json, text/event-stream")));
+    assert!(wants_sse(Some(b"text/event-stream")));
+    assert!(!wants_sse(Some(b"*/*")));
+}
+
+#[test]
+fn notifications_move_the_stamps_of_what_they_evict() {
+    let slot = group_slot("stamps-test-group");
+    let tools = stamp(slot, Kind::ToolsList);
+    let read = stamp(slot, Kind::ResourcesRead);
+    note_changes(slot, TOOLS_CHANGED);
+    assert_ne!(stamp(slot, Kind::ToolsList), tools);
+    assert_ne!(stamp(slot, Kind::Discover), tools);
+    assert_eq!(stamp(slot, Kind::ResourcesRead), read);
+    note_changes(slot, RESOURCES_UPDATED);
+    assert_ne!(stamp(slot, Kind::ResourcesRead), read);
+    assert_eq!(
+        notification_name(RESOURCES_UPDATED),
+        "notifications/resources/updated"
+    );
+    assert_eq!(
+        notification_bit("notifications/prompts/list_changed"),
+        PROMPTS_CHANGED
+    );
+    assert_eq!(notification_bit("notifications/progress"), 0);
+}
+
+#[test]
+fn the_store_expires_follows_stamps_and_stays_in_bounds() {
+    let now = Instant::now();
+    let mut s = Store::new(8 * (ENTRY_OVERHEAD + 20));
+    let entry = |stamp| Entry {
+        msg: vec![b'x'; 10].into(),
+        id: 0..1,
+        expires: now + Duration::from_secs(10),
+        stamp,
+    };
+    let mut m = Moved::default();
+    s.put(b"k1".to_vec().into(), entry(1), &mut m);
+    assert!(s.get(b"k1", now, 1, &mut m).is_some());
+    assert!(
+        s.get(b"k1", now, 2, &mut m).is_none(),
+        "a change evicted it"
+    );
+    assert!(s.is_empty());
+    s.put(b"k1".to_vec().into(), entry(1), &mut m);
+    assert!(
+        s.get(b"k1", now + Duration::from_secs(11), 1, &mut m)
+            .is_none(),
+        "expired"
+    );
+    assert_eq!(s.bytes(), 0);
+    assert_eq!(m.evicted, 2);
+    assert_eq!(m.bytes, 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Two different requests (or requesters, or scopes) never share a key; a public key does
+    /// not depend on the identity; a private key needs one.
+    #[test]
+    fn keys_tell_requests_apart(
+        a in proptest::collection::vec(proptest::option::of("[a-z\"{}:,0-9]{0,6}"), 5),
+        b in proptest::collection::vec(proptest::option::of("[a-z\"{}:,0-9]{0,6}"), 5),
+        ia in "[a-c]{0,2}", ib in "[a-c]{0,2}",
+        ka in 0usize..7, kb in 0usize..7, sa in any::<bool>(), sb in any::<bool>(),
+    ) {
+        let kinds = [Kind::ToolsList, Kind::PromptsList, Kind::ResourcesList,
+            Kind::TemplatesList, Kind::ResourcesRead, Kind::Discover, Kind::ToolsCall];
+        fn parts(v: &[Option<String>]) -> KeyParts<'_> {
+            KeyParts {
+                cursor: v[0].as_deref().map(str::as_bytes),
+                uri: v[1].as_deref().map(str::as_bytes),
+                name: v[2].as_deref().map(str::as_bytes),
+                arguments: v[3].as_deref().map(str::as_bytes),
+                meta_version: v[4].as_deref().map(str::as_bytes),
+            }
+        }
+        let (pa, pb) = (parts(&a), parts(&b));
+        for (scope_a, scope_b) in [(Scope::Public, Scope::Public), (Scope::Private, Scope::Private), (Scope::Public, Scope::Private)] {
+            let x = key(kinds[ka], &pa, &who(&ia, sa), scope_a);
+            let y = key(kinds[kb], &pb, &who(&ib, sb), scope_b);
+            prop_assert_eq!(x.is_none(), scope_a == Scope::Private && ia.is_empty());
+            if let (Some(x), Some(y)) = (x, y) {
+                let same_identity = scope_a == Scope::Public || ia == ib;
+                let same = ka == kb && a == b && sa == sb && scope_a == scope_b && same_identity;
+                prop_assert_eq!(x == y, same);
+            }
+        }
+    }
+
+    /// A notification name is found however the stream is cut into pieces.
+    #[test]
+    fn the_sniffer_finds_names_across_any_cuts(
+        pre in "[a-z ]{0,50}", post in "[a-z ]{0,50}", which in 0usize..4,
+        cuts in proptest::collection::vec(0usize..200, 0..6),
+    ) {
+        let (name, bit) = NOTIFICATIONS[which];
+        let mut stream = pre.into_bytes();
+        stream.extend_from_slice(b"data: {\"method\":\"");
+        stream.extend_from_slice(name);
+        stream.extend_from_slice(b"\"}\n\n");
+        stream.extend_from_slice(post.as_bytes());
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut s = Sniffer::default();
+        let mut seen = 0;
+        let mut at = 0;
+        for c in cuts.into_iter().chain([stream.len()]) {
+            seen |= s.feed(&stream[at..c]);
+            at = c;
+        }
+        prop_assert_eq!(seen, bit);
+    }
+
+    /// The store never holds more than its bound, and its byte count is what it holds.
+    #[test]
+    fn the_store_stays_within_max_bytes(
+        ops in proptest::collection::vec((0u8..20, 0usize..400, any::<bool>()), 1..200),
+    ) {
+        let now = Instant::now();
+        let max = 4 * 1024;
+        let mut s = Store::new(max);
+        let mut m = Moved::default();
+        for (k, size, read) in ops {
+            let key = vec![k];
+            if read {
+                let _ = s.get(&key, now, 0, &mut m);
+            } else {
+                s.put(key.into(), Entry {
+                    msg: vec![b'x'; size].into(),
+                    id: 0..1,
+                    expires: now + Duration::from_secs(1),
+                    stamp: 0,
+                }, &mut m);
+            }
+            prop_assert!(s.bytes() <= max);
+            prop_assert_eq!(s.bytes() as i64, m.bytes);
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! The response cache on the data path (`[servers.cache]`; the decisions are
+//! `crate::cache`'s plain functions): a cacheable request is answered from this core's store
+//! with its own id spliced in, or waits for an identical request already in flight on this
+//! core (coalescing), or goes to a backend with a [`Fill`] that stores the answer on its way
+//! back. Change notifications in a backend's SSE streams evict, on every core.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use crate::cache::store::{Entry, Moved, Store};
+use crate::cache::{self, CacheConfig, Kind, Requester, Scope, Sniffer};
+use crate::config::Config;
+use crate::control::stats::{Counter, Gauge};
+use crate::data_path::request::{ClientConn, Next};
+use crate::data_path::{policy, reply};
+use crate::runtime::core::Core;
+
+/// Most tool names a group remembers as read-only and idempotent, per core.
+const MAX_READ_ONLY_TOOLS: usize = 4096;
+
+/// The caches of this core's groups (`None` for groups without `[servers.cache]`).
+pub(crate) struct Caches {
+    groups: Vec<Option<GroupCache>>,
+}
+
+/// One group's cache on this core.
+struct GroupCache {
+    cfg: Arc<CacheConfig>,
+    /// Where the group's change counters are.
+    slot: usize,
+    store: RefCell<Store>,
+    /// Tools a `tools/list` answer seen on this core said are read-only and idempotent, with
+    /// the tools' change stamp they were learned under.
+    read_only_tools: RefCell<(u64, HashSet<String>)>,
+    /// Requests on their way to a backend, by key, that identical ones may wait for.
+    flights: RefCell<HashMap<Box<[u8]>, Rc<Flight>>>,
+    /// The public and private keys of the request being looked up (reused buffers).
+    keys: RefCell<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A request in flight that others wait for.
+#[derive(Default)]
+struct Flight {
+    done: Cell<bool>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+/// Ends a flight when the request that leads it is answered (or fails): its waiters wake and
+/// look in the store again.
+pub(crate) struct FlightGuard<'a> {
+    group: &'a GroupCache,
+    key: Box<[u8]>,
+    flight: Rc<Flight>,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        self.flight.done.set(true);
+        for w in self.flight.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+        if let Ok(mut f) = self.group.flights.try_borrow_mut() {
+            f.remove(&self.key);
+        }
+    }
+}
+
+/// What the answer to a request that missed fills: the keys it may be kept under, and what
+/// the lifetime decision needs.
+pub(crate) struct Fill {
+    gi: usize,
+    kind: Kind,
+    /// The change stamp read before the request went out: a change during it leaves the
+    /// entry stale.
+    stamp: u64,
+    in_session: bool,
+    public: Box<[u8]>,
+    private: Option<Box<[u8]>>,
+}
+
+/// What the cache made of a request.
+pub(crate) enum Lookup<'a> {
+    /// Answered from the cache.
+    Answered(Next),
+    /// To a backend, with `c.cache_fill` set; identical requests on this core wait for it
+    /// while the guard lives.
+    Miss(Option<FlightGuard<'a>>),
+    /// Not the cache's business.
+    Pass,
+}
+
+impl Caches {
+    /// Empty caches for the groups of `config`.
+    pub(crate) fn new(config: &Config) -> Self {
+        Caches {
+            groups: config
+                .servers
+                .iter()
+                .map(|g| {
+                    g.cache.as_ref().map(|cfg| GroupCache {
+                        cfg: cfg.clone(),
+                        slot: cache::group_slot(&g.name),
+                        store: RefCell::new(Store::new(cfg.max_bytes)),
+                        read_only_tools: Default::default(),
+                        flights: Default::default(),
+                        keys: Default::default(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    fn group(&self, gi: usize) -> Option<&GroupCache> {
+        self.groups.get(gi).and_then(Option::as_ref)
+    }
+
+    /// Whether group `gi` has a cache.
+    pub(crate) fn has(&self, gi: usize) -> bool {
+        self.group(gi).is_some()
+    }
+
+    /// What an SSE answer of group `gi` is handed to as it is forwarded (`None` without a
+    /// cache): the change sniffer and, with `fill`, a copy for the cache.
+    pub(crate) fn tap(&self, gi: usize, fill: Option<Fill>) -> Option<Tap> {
+        self.group(gi).map(|g| Tap {
+            slot: g.slot,
+            sniffer: Sniffer::default(),
+            copy: fill.map(|f| (f, Vec::new())),
+        })
+    }
+
+    /// Bytes held by every group's store (the gauge's share of this core).
+    pub(crate) fn bytes(&self) -> usize {
+        self.groups
+            .iter()
+            .flatten()
+            .map(|g| g.store.borrow().bytes())
+            .sum()
+    }
+}
+
+/// The tool name of a `tools/call`, from its raw JSON string (an escaped name is not read:
+/// such a call is not cached).
+fn tool_name(raw: Option<&[u8]>) -> Option<&str> {
+    let inner = raw?.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if inner.contains(&b'\\') {
+        return None;
+    }
+    std::str::from_utf8(inner).ok()
+}
+
+/// Answers `c`'s request from the cache when it can (waiting once for an identical request
+/// in flight on this core), or marks it to fill the cache on its way back. A hit allocates
+/// nothing: the keys are written into the group's reused buffers.
+pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) -> Lookup<'a> {
+    let Some(g) = core.caches.group(gi) else {
+        return Lookup::Pass;
+    };
+    let Some(kind) = Kind::of(c.meta.method) else {
+        return Lookup::Pass;
+    };
+    if c.req.id().is_none() {
+        return Lookup::Pass;
+    }
+    let stamp = cache::stamp(g.slot, kind);
+    let keys = {
+        let body = c.req.body();
+        let Some(parts) = cache::request_parts(body) else {
+            return Lookup::Pass;
+        };
+        let annotated = |t: &str| {
+            let tools = g.read_only_tools.borrow();
+            tools.0 == cache::stamp(g.slot, Kind::ToolsList) && tools.1.contains(t)
+        };
+        if !cache::eligible(&g.cfg, kind, tool_name(parts.name), annotated) {
+            return Lookup::Pass;
+        }
+        let who = Requester {
+            identity: &c.caller.name,
+            version: c.req.header(b"mcp-protocol-version").unwrap_or_default(),
+            in_session: c.req.session_id().is_some(),
+        };
+        let mut keys = g.keys.borrow_mut();
+        let (public, private) = &mut *keys;
+        cache::write_key(public, kind, &parts, &who, Scope::Public);
+        let has_private = cache::write_key(private, kind, &parts, &who, Scope::Private);
+        let private = has_private.then_some(private.as_slice());
+        match find(core, g, public, private, kind) {
+            Some(hit) => Err(hit),
+            None => Ok((
+                Box::<[u8]>::from(public.as_slice()),
+                private.map(Box::<[u8]>::from),
+            )),
+        }
+    };
+    let (public, private) = match keys {
+        Ok(k) => k,
+        Err((msg, at)) => {
+            core.rec.borrow_mut().count(Counter::CacheHits, 1);
+            return Lookup::Answered(answer(core, c, &msg, at).await);
+        }
+    };
+    let flight = g.flights.borrow().get(&public).cloned();
+    if let Some(f) = flight {
+        let timeout = core.shared.config.proxy.upstream_timeout;
+        let _ = monoio::time::timeout(timeout, wait(&f)).await;
+        if let Some((msg, at)) = find(core, g, &public, private.as_deref(), kind) {
+            core.rec.borrow_mut().count(Counter::CacheCoalesced, 1);
+            return Lookup::Answered(answer(core, c, &msg, at).await);
+        }
+    }
+    core.rec.borrow_mut().count(Counter::CacheMisses, 1);
+    let guard = {
+        let mut flights = g.flights.borrow_mut();
+        if flights.contains_key(&public) {
+            None
+        } else {
+            let flight = Rc::new(Flight::default());
+            flights.insert(public.clone(), flight.clone());
+            Some(FlightGuard {
+                group: g,
+                key: public.clone(),
+                flight,
+            })
+        }
+    };
+    c.cache_fill = Some(Fill {
+        gi,
+        kind,
+        stamp,
+        in_session: c.req.session_id().is_some(),
+        public,
+        private,
+    });
+    Lookup::Miss(guard)
+}
+
+/// The fresh message under the public key, else under the private one.
+fn find(
+    core: &Core,
+    g: &GroupCache,
+    public: &[u8],
+    private: Option<&[u8]>,
+    kind: Kind,
+) -> Option<(Rc<[u8]>, std::ops::Range<usize>)> {
+    let now = Instant::now();
+    let stamp = cache::stamp(g.slot, kind);
+    let mut moved = Moved::default();
+    let found = {
+        let mut store = g.store.borrow_mut();
+        let hit = store
+            .get(public, now, stamp, &mut moved)
+            .map(|e| (e.msg.clone(), e.id.clone()));
+        hit.or_else(|| {
+            private
+                .and_then(|k| store.get(k, now, stamp, &mut moved))
+                .map(|e| (e.msg.clone(), e.id.clone()))
+        })
+    };
+    note_moved(core, &moved);
+    found
+}
+
+/// Waits until `f` is done.
+async fn wait(f: &Flight) {
+    std::future::poll_fn(|cx| {
+        if f.done.get() {
+            return Poll::Ready(());
+        }
+        f.wakers.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    })
+    .await;
+}
+
+/// Sends the cached message `msg` (its id at `at`) as the answer to `c`'s request `id`,
+/// through the caller's list filter when its policy has one.
+async fn answer(core: &Core, c: &mut ClientConn, msg: &[u8], at: std::ops::Range<usize>) -> Next {
+    let close =
+        c.req.head.close || crate::runtime::SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
+    let sse = cache::wants_sse(c.req.header(b"accept"));
+    if c.out.capacity() == 0 {
+        c.out = core.take_buf();
+    }
+    c.out.clear();
+    let id = c.req.id().unwrap_or(b"null");
+    match c.list_filter.take() {
+        None => cache::write_answer(&mut c.out, msg, at, id, sse, close),
+        Some(filter) => {
+            let mut spliced = Vec::with_capacity(msg.len() + id.len());
+            spliced.extend_from_slice(msg.get(..at.start).unwrap_or_default());
+            spliced.extend_from_slice(id);
+            spliced.extend_from_slice(msg.get(at.end..).unwrap_or_default());
+            match policy::filter_body(core, &filter, spliced, false) {
+                Ok(body) => cache::write_answer(&mut c.out, &body, 0..0, b"", sse, close),
+                Err(r) => return reply::refuse(c, &r).await,
+            }
+        }
+    }
+    c.meta.status = 200;
+    c.meta.sse = sse;
+    reply::send_out(c, Next::keep_unless(close)).await
+}
+
+/// Keeps the backend's answer `body` to the request in `c` (which missed with `fill`) when its
+/// hints (or the group's defaults) allow, and learns from a `tools/list` answer which tools
+/// only read.
+pub(crate) fn store(core: &Core, c: &ClientConn, fill: Fill, body: &[u8], is_sse: bool) {
+    let Some(g) = core.caches.group(fill.gi) else {
+        return;
+    };
+    let Some(id) = c.req.id() else {
+        return;
+    };
+    let Some(msg) = cache::response_message(body, is_sse, id) else {
+        return;
+    };
+    let Some(h) = cache::hints(&msg.bytes) else {
+        return;
+    };
+    if fill.kind == Kind::ToolsList {
+        let mut tools = g.read_only_tools.borrow_mut();
+        let stamp = cache::stamp(g.slot, Kind::ToolsList);
+        if tools.0 != stamp || tools.1.len() + h.read_only_tools.len() > MAX_READ_ONLY_TOOLS {
+            *tools = (stamp, HashSet::new());
+        }
+        tools.1.extend(h.read_only_tools.iter().cloned());
+    }
+    let has_identity = !c.caller.name.is_empty();
+    let Some((ttl, scope)) = cache::lifetime(&g.cfg, fill.kind, &h, fill.in_session, has_identity)
+    else {
+        return;
+    };
+    let key = match scope {
+        Scope::Public => fill.public,
+        Scope::Private => match fill.private {
+            Some(k) => k,
+            None => return,
+        },
+    };
+    let entry = Entry {
+        msg: msg.bytes.into(),
+        id: msg.id,
+        expires: Instant::now() + ttl,
+        stamp: fill.stamp,
+    };
+    let mut moved = Moved::default();
+    g.store.borrow_mut().put(key, entry, &mut moved);
+    note_moved(core, &moved);
+}
+
+/// Counts what a store operation dropped and the bytes it moved.
+fn note_moved(core: &Core, m: &Moved) {
+    if m.evicted == 0 && m.bytes == 0 {
+        return;
+    }
+    let mut rec = core.rec.borrow_mut();
+    rec.count(Counter::CacheEvictions, m.evicted);
+    rec.gauge(Gauge::CacheBytes, m.bytes);
+}
+
+/// Notes change notifications (`bits`) from a backend of group `gi` that reached mcplb some
+/// other way than a forwarded answer (a virtual server relaying its member's stream).
+pub(crate) fn note_group_changes(core: &Core, gi: usize, bits: u8) {
+    if bits == 0 {
+        return;
+    }
+    if let Some(g) = core.shared.config.servers.get(gi) {
+        cache::note_changes(cache::group_slot(&g.name), bits);
+    }
+}
+
+/// Most bytes of an SSE answer copied for the cache (a longer one is not kept).
+const MAX_COPY: usize = 16 * 1024 * 1024;
+
+/// An SSE answer's bytes (de-chunked) as they are forwarded: change notifications found in
+/// them evict on every core, and an answer the cache may keep is copied, so that the stream is
+/// never held back (it may carry progress, or a request the client must answer first).
+pub(crate) struct Tap {
+    slot: usize,
+    sniffer: Sniffer,
+    copy: Option<(Fill, Vec<u8>)>,
+}
+
+impl Tap {
+    /// Takes the next bytes of the answer.
+    pub(crate) fn take(&mut self, data: &[u8]) {
+        let bits = self.sniffer.feed(data);
+        if bits != 0 {
+            cache::note_changes(self.slot, bits);
+        }
+        if let Some((_, copy)) = &mut self.copy {
+            if copy.len() + data.len() > MAX_COPY {
+                self.copy = None;
+            } else {
+                copy.extend_from_slice(data);
+            }
+        }
+    }
+
+    /// The answer ended whole: keeps it when the cache may.
+    pub(crate) fn finish(self, core: &Core, c: &ClientConn) {
+        if let Some((fill, copy)) = self.copy {
+            store(core, c, fill, &copy, true);
+        }
+    }
+}

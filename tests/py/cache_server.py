@@ -1,0 +1,127 @@
+"""A small MCP backend (2025-06-18 Streamable HTTP without sessions, JSON-RPC written by hand)
+for the response cache tests: it counts every request it gets, by path and method, so a test
+can see what reached it.
+
+Paths: /public answers lists with `cacheScope: "public"` (on an SSE stream), /private with
+"private" (JSON; both `ttlMs: 60000`), /plain with no hints. Tools: lookup(key) (readOnlyHint and idempotentHint;
+sleeps 1 s, answers `KEY#N` with N its own call count), scan(key) (same, not annotated),
+change() (answers on an SSE stream that first carries `notifications/tools/list_changed`).
+GET /counts: the counts as JSON, {"PATH METHOD": n}.
+
+Usage: python tests/py/cache_server.py --port N
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+COUNTS: collections.Counter[str] = collections.Counter()
+LOCK = threading.Lock()
+
+SCHEMA = {"type": "object", "properties": {"key": {"type": "string"}}}
+TOOLS = [
+    {
+        "name": "lookup",
+        "description": "Look a key up (read-only, idempotent).",
+        "inputSchema": SCHEMA,
+        "annotations": {"readOnlyHint": True, "idempotentHint": True},
+    },
+    {"name": "scan", "description": "Look a key up (not annotated).", "inputSchema": SCHEMA},
+    {"name": "change", "description": "Change the tool list.", "inputSchema": {"type": "object"}},
+]
+
+
+def count(key: str) -> int:
+    with LOCK:
+        COUNTS[key] += 1
+        return COUNTS[key]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path == "/counts":
+            with LOCK:
+                self.send(200, json.dumps(dict(COUNTS)).encode())
+        else:
+            self.send(405, b"")
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        msg = json.loads(body)
+        path = self.path
+        method = msg.get("method", "")
+        count(f"{path} {method}")
+        if "id" not in msg:
+            self.send(202, b"")
+            return
+        rid = msg["id"]
+        params = msg.get("params") or {}
+        hints = {
+            "/public": {"ttlMs": 60000, "cacheScope": "public"},
+            "/private": {"ttlMs": 60000, "cacheScope": "private"},
+        }.get(path, {})
+        result: dict
+        if method == "initialize":
+            result = {
+                "protocolVersion": params.get("protocolVersion", "2025-06-18"),
+                "capabilities": {"tools": {"listChanged": True}},
+                "serverInfo": {"name": "cache-test", "version": "0.0.1"},
+            }
+        elif method == "tools/list" and path == "/public":
+            # An SSE answer (mcplb keeps a copy as it forwards it), after a notification of
+            # another kind (which evicts nothing cached here).
+            note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}}
+            answer = {"jsonrpc": "2.0", "id": rid, "result": {"tools": TOOLS, **hints}}
+            events = f"event: message\ndata: {json.dumps(note)}\n\nevent: message\ndata: {json.dumps(answer)}\n\n"
+            self.send(200, events.encode(), "text/event-stream")
+            return
+        elif method == "tools/list":
+            result = {"tools": TOOLS, **hints}
+        elif method == "tools/call" and params.get("name") in ("lookup", "scan"):
+            n = count(f"{path} call {params['name']}")
+            time.sleep(1.0)
+            key = (params.get("arguments") or {}).get("key", "")
+            result = {"content": [{"type": "text", "text": f"{key}#{n}"}], "isError": False}
+        elif method == "tools/call" and params.get("name") == "change":
+            note = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+            answer = {"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "changed"}]}}
+            events = f"event: message\ndata: {json.dumps(note)}\n\nevent: message\ndata: {json.dumps(answer)}\n\n"
+            self.send(200, events.encode(), "text/event-stream")
+            return
+        elif method == "ping":
+            result = {}
+        else:
+            error = {"code": -32601, "message": f"Method not found: {method}"}
+            self.send(200, json.dumps({"jsonrpc": "2.0", "id": rid, "error": error}).encode())
+            return
+        self.send(200, json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}).encode())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""The response cache (`[servers.cache]`) with the official MCP Python SDK client through mcplb,
+in front of `cache_server.py`, which counts every request it gets.
+
+A `public` tool list is served from the cache to a second caller (the backend sees one
+`tools/list`) until the backend's `notifications/tools/list_changed` evicts it; a `private`
+one is shared by the same identity only, and never without one; a read-only, idempotent tool
+named in the config is answered from the cache, and concurrent identical calls reach the
+backend once, each caller getting the answer with its own id. The admin port counts it all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+from conftest import HERE, free_port, start_proxy_file, wait_port
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types import TextContent
+
+pytestmark = pytest.mark.anyio
+
+ALICE, BOB = "alice-cache-key", "bob-cache-key"
+# An older revision than the SDK speaks: the protocol version is part of the key.
+ACCEPT = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-03-26"}
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory: pytest.TempPathFactory):
+    """mcplb (one worker, so concurrent calls meet on one core) with three cached groups in
+    front of one counting backend."""
+    d = tmp_path_factory.mktemp("cache")
+    port = free_port()
+    log = (d / "backend.log").open("w")
+    backend = subprocess.Popen(
+        [sys.executable, str(HERE / "cache_server.py"), "--port", str(port)], stdout=log, stderr=log
+    )
+    wait_port(port)
+    up = f"http://127.0.0.1:{port}"
+    proxy_port, admin = free_port(), free_port()
+    config = d / "mcplb-cache.toml"
+    config.write_text(
+        f'[proxy]\nlisten = "127.0.0.1:{proxy_port}"\nworkers = 1\n'
+        f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[[servers]]\nname = "pub"\npath = "/pub"\nbackends = ["{up}/public"]\n'
+        "[servers.health]\nenabled = false\n"
+        '[servers.cache]\nmax_bytes = 1048576\ntools = ["lookup", "scan"]\ntool_ttl = "60s"\ntool_scope = "public"\n'
+        f'[[servers]]\nname = "priv"\npath = "/priv"\nbackends = ["{up}/private"]\n'
+        "[servers.health]\nenabled = false\n"
+        f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
+        f' {{ sha256 = "{digest(BOB)}", identity = "bob" }}]\n'
+        "[servers.cache]\n"
+        f'[[servers]]\nname = "anon"\npath = "/anon"\nbackends = ["{up}/private"]\n'
+        "[servers.health]\nenabled = false\n"
+        "[servers.cache]\n"
+        # A virtual server over the public group: its relayed notifications evict too.
+        '[[servers]]\nname = "all"\npath = "/all"\n[[servers.members]]\nserver = "pub"\n'
+    )
+    proxy = start_proxy_file(config)
+    yield {"base": f"http://{proxy.addr}", "backend": up, "admin": f"http://127.0.0.1:{admin}"}
+    proxy.stop()
+    backend.terminate()
+    backend.wait(timeout=10)
+    log.close()
+
+
+def counts(c: dict) -> dict[str, int]:
+    return httpx2.get(f"{c['backend']}/counts", timeout=10).json()
+
+
+@asynccontextmanager
+async def client(url: str, key: str | None = None):
+    headers = {"X-Api-Key": key} if key else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+        # The SDK's own response cache is off: every list goes to mcplb.
+        async with Client(streamable_http_client(url, http_client=http), mode="legacy", cache=None) as c:
+            yield c
+
+
+async def tool_names(url: str, key: str | None = None) -> set[str]:
+    async with client(url, key) as c:
+        return {t.name for t in (await c.list_tools()).tools}
+
+
+def message(r) -> dict:
+    """The JSON-RPC response in an HTTP answer: its JSON body, or its SSE event with an id."""
+    if r.headers["content-type"].startswith("application/json"):
+        return r.json()
+    data = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
+    return next(m for m in data if "id" in m)
+
+
+def text(result) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, TextContent))
+
+
+async def test_a_public_list_is_shared_until_list_changed(cached) -> None:
+    url = f"{cached['base']}/pub"
+    assert await tool_names(url) == {"lookup", "scan", "change"}
+    assert await tool_names(url) == {"lookup", "scan", "change"}
+    assert counts(cached).get("/public tools/list") == 1, counts(cached)
+
+    # On the wire (another protocol revision: one more backend list), the cached answer
+    # carries each request's own id, of its own type.
+    for rid in ("x-1", 99):
+        req = {"jsonrpc": "2.0", "id": rid, "method": "tools/list", "params": {}}
+        r = httpx2.post(url, json=req, headers=ACCEPT, timeout=10)
+        assert r.status_code == 200, r.text
+        answer = message(r)
+        assert answer["id"] == rid and len(answer["result"]["tools"]) == 3, r.text
+    # The hit (99) is JSON, as the client accepts it (the backend answered on an SSE stream).
+    assert r.headers["content-type"].startswith("application/json"), r.headers
+    sse = httpx2.post(url, json={"jsonrpc": "2.0", "id": 5, "method": "tools/list"},
+                      headers={**ACCEPT, "Accept": "text/event-stream"}, timeout=10)
+    assert sse.headers["content-type"].startswith("text/event-stream"), sse.headers
+    data = [line[5:].strip() for line in sse.text.splitlines() if line.startswith("data:")]
+    assert len(data) == 1 and json.loads(data[0])["id"] == 5, sse.text
+    assert counts(cached).get("/public tools/list") == 2, counts(cached)
+
+    # The backend says its tools changed: the next list goes to it again.
+    async with client(url) as c:
+        assert text(await c.call_tool("change", {})) == "changed"
+    assert await tool_names(url) == {"lookup", "scan", "change"}
+    assert counts(cached).get("/public tools/list") == 3, counts(cached)
+    assert await tool_names(url) == {"lookup", "scan", "change"}
+    assert counts(cached).get("/public tools/list") == 3, counts(cached)
+
+
+async def test_a_list_changed_relayed_by_a_virtual_server_evicts_its_member(cached) -> None:
+    url = f"{cached['base']}/pub"
+    await tool_names(url)
+    cached_now = counts(cached).get("/public tools/list")
+    await tool_names(url)
+    assert counts(cached).get("/public tools/list") == cached_now, counts(cached)
+    # The change tool called through the virtual server: its answer's list_changed reaches
+    # the client through the virtual server's relay, not the member group's forwarding.
+    async with client(f"{cached['base']}/all") as c:
+        assert text(await c.call_tool("pub_change", {})) == "changed"
+    before = counts(cached).get("/public tools/list")
+    await tool_names(url)
+    assert counts(cached).get("/public tools/list") == before + 1, counts(cached)
+
+
+async def test_a_private_list_never_crosses_identities(cached) -> None:
+    url = f"{cached['base']}/priv"
+    assert "lookup" in await tool_names(url, ALICE)
+    assert "lookup" in await tool_names(url, ALICE)
+    assert counts(cached).get("/private tools/list") == 1, counts(cached)
+    assert "lookup" in await tool_names(url, BOB)
+    assert counts(cached).get("/private tools/list") == 2, counts(cached)
+    assert "lookup" in await tool_names(url, BOB)
+    assert counts(cached).get("/private tools/list") == 2, counts(cached)
+    # Without an identity a private answer is never shared.
+    anon = f"{cached['base']}/anon"
+    await tool_names(anon)
+    await tool_names(anon)
+    assert counts(cached).get("/private tools/list") == 4, counts(cached)
+
+
+async def test_a_read_only_tool_is_cached_and_concurrent_calls_coalesce(cached) -> None:
+    url = f"{cached['base']}/pub"
+    results: list[str] = []
+    ready = {"n": 0, "all": anyio.Event()}
+
+    async def call(key: str, together: int = 1) -> None:
+        async with client(url) as c:
+            # The list teaches mcplb which tools only read.
+            await c.list_tools()
+            ready["n"] += 1
+            if ready["n"] >= together:
+                ready["all"].set()
+            await ready["all"].wait()
+            results.append(text(await c.call_tool("lookup", {"key": key})))
+
+    # Four callers ready, then all call at once (the backend takes a second to answer).
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(call, "k1", 4)
+    assert counts(cached).get("/public call lookup") == 1, (counts(cached), results)
+    assert results == ["k1#1"] * 4, results
+    await call("k1")
+    await call("k2")
+    assert counts(cached).get("/public call lookup") == 2, counts(cached)
+    assert results[-2:] == ["k1#1", "k2#2"], results
+
+    # A tool the config names but the server does not annotate is never cached.
+    async with client(url) as c:
+        await c.list_tools()
+        await c.call_tool("scan", {"key": "s"})
+        await c.call_tool("scan", {"key": "s"})
+    assert counts(cached).get("/public call scan") == 2, counts(cached)
+
+    stats = httpx2.get(f"{cached['admin']}/metrics", timeout=10).text
+    metric = {line.split()[0]: float(line.split()[1]) for line in stats.splitlines() if line.startswith("mcplb_cache")}
+    assert metric["mcplb_cache_hits_total"] >= 5, metric
+    assert metric["mcplb_cache_coalesced_total"] >= 1, metric
+    assert metric["mcplb_cache_misses_total"] >= 3, metric
+    assert metric["mcplb_cache_evictions_total"] >= 1, metric
+    assert metric["mcplb_cache_bytes"] > 0, metric
