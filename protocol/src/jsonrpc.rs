@@ -393,40 +393,42 @@ impl<'a> Scanner<'a> {
         Ok(v)
     }
 
-    /// Scans a string; the cursor is on its opening quote.
+    /// Scans a string; the cursor is on its opening quote (every caller has seen it).
+    #[inline(always)]
     fn string(&mut self) -> Scan<JsonStr<'a>> {
-        self.expect(b'"')?;
-        let start = self.pos;
+        debug_assert_eq!(self.peek(), Some(b'"'));
+        let b = self.b;
+        let start = self.pos + 1;
+        let mut i = start;
         let mut has_escapes = false;
         loop {
-            while let Some(chunk) = self.b.get(self.pos..self.pos + 8) {
-                let Ok(arr) = <[u8; 8]>::try_from(chunk) else {
-                    break;
-                };
+            // Eight bytes at a time up to the first quote, backslash or control character.
+            while let Some(&arr) = b.get(i..).and_then(|r| r.first_chunk::<8>()) {
                 let flags = special_bytes(u64::from_le_bytes(arr));
                 if flags != 0 {
-                    self.pos += (flags.trailing_zeros() / 8) as usize;
+                    i += (flags.trailing_zeros() / 8) as usize;
                     break;
                 }
-                self.pos += 8;
+                i += 8;
             }
-            match self.peek() {
-                None => return Err(FrameErrorKind::Truncated),
+            match b.get(i) {
                 Some(b'"') => {
                     let raw = self
                         .s
-                        .get(start..self.pos)
+                        .get(start..i)
                         .ok_or(FrameErrorKind::Syntax { offset: start })?;
-                    self.pos += 1;
+                    self.pos = i + 1;
                     return Ok(JsonStr { raw, has_escapes });
                 }
                 Some(b'\\') => {
                     has_escapes = true;
-                    self.pos += 1;
+                    self.pos = i + 1;
                     self.escape()?;
+                    i = self.pos;
                 }
-                Some(c) if c < 0x20 => return Err(FrameErrorKind::Syntax { offset: self.pos }),
-                Some(_) => self.pos += 1,
+                Some(c) if *c < 0x20 => return Err(FrameErrorKind::Syntax { offset: i }),
+                Some(_) => i += 1,
+                None => return Err(FrameErrorKind::Truncated),
             }
         }
     }
@@ -515,6 +517,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Scans an object key and the colon after it.
+    #[inline(always)]
     fn key(&mut self) -> Scan<JsonStr<'a>> {
         if self.peek() != Some(b'"') {
             return Err(self.unexpected());
@@ -527,6 +530,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Scans any value; a container here would sit at nesting level `depth`.
+    #[inline(always)]
     fn value(&mut self, depth: usize) -> Scan<Val<'a>> {
         match self.peek() {
             Some(b'"') => self.string().map(Val::Str),

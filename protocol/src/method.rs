@@ -57,6 +57,9 @@ impl Method {
 
     /// The method a JSON-RPC `method` string names.
     pub fn of(name: &JsonStr<'_>) -> Method {
+        if !name.has_escapes() {
+            return Method::from_name(name.raw_str());
+        }
         Method::NAMED
             .iter()
             .copied()

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use mcplb_protocol::{
-    parse_message, response_error_code, response_outcome, FrameErrorKind as K, MessageKind,
+    parse_message, response_error_code, response_outcome, FrameErrorKind as K, MessageKind, Method,
 };
 use proptest::prelude::*;
 
@@ -216,5 +216,39 @@ proptest! {
         let env = parse_message(msg.as_bytes()).unwrap();
         prop_assert_eq!(env.method.unwrap().decode(), s.as_str());
         prop_assert!(env.method.unwrap().eq_str(&s));
+    }
+
+    #[test]
+    fn method_of_agrees_with_the_decoded_comparison(
+        pick in 0..Method::NAMED.len() + 1,
+        cut in 0usize..30,
+        extra in "[a-z/]{0,3}",
+        escape_at in proptest::option::of(0usize..30),
+    ) {
+        // A known name, a prefix of one or one with bytes added, written plainly or with one
+        // character as a \u escape: `Method::of` (the raw text compared when nothing is
+        // escaped) must name the method that comparing the decoded text names.
+        let base = Method::NAMED.get(pick).map_or("notifications/initialized", |m| m.name());
+        let mut name: String = base.chars().take(cut.max(1)).collect();
+        if cut >= base.len() {
+            name.push_str(&extra);
+        }
+        let mut raw = String::new();
+        for (i, c) in name.chars().enumerate() {
+            if Some(i) == escape_at {
+                raw.push_str(&format!("\\u{:04x}", u32::from(c)));
+            } else {
+                raw.push(c);
+            }
+        }
+        let msg = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{raw}"}}"#);
+        let m = parse_message(msg.as_bytes()).unwrap().method.unwrap();
+        let slow = Method::NAMED
+            .iter()
+            .copied()
+            .find(|n| m.eq_str(n.name()))
+            .unwrap_or(Method::Other);
+        prop_assert_eq!(Method::of(&m), slow);
+        prop_assert_eq!(Method::of(&m), Method::from_name(&name));
     }
 }

@@ -55,12 +55,13 @@ pub const M_GET: usize = 14;
 /// Index of `other`.
 pub const M_OTHER: usize = 15;
 
-/// Index of a request's method in [`METHODS`].
-pub fn method_index(m: &protocol::JsonStr<'_>) -> usize {
-    METHODS[..12]
-        .iter()
-        .position(|x| m.eq_str(x))
-        .unwrap_or(M_OTHER)
+/// Index of a request's method in [`METHODS`], whose first twelve names are
+/// [`protocol::Method::NAMED`] in its order.
+pub fn method_row(m: protocol::Method) -> usize {
+    match m {
+        protocol::Method::Other => M_OTHER,
+        named => named as usize,
+    }
 }
 
 /// Counter kinds (monotonic).
@@ -765,6 +766,14 @@ pub fn summary(h: &Distribution) -> Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_rows_name_their_methods() {
+        for m in protocol::Method::NAMED {
+            assert_eq!(METHODS[method_row(m)], m.name());
+        }
+        assert_eq!(METHODS[method_row(protocol::Method::Other)], "other");
+    }
 
     #[test]
     fn cores_merge_and_percentiles_match() {

@@ -173,11 +173,11 @@ pub(crate) fn envelope(core: &Core, c: &mut ClientConn, gi: usize) -> Result<Adm
         (MessageKind::Request, Some(m)) => Method::of(&m),
         _ => Method::Other,
     };
-    let row = match (env.kind, env.method) {
-        (MessageKind::Notification, _) => stats::M_NOTIFICATION,
-        (MessageKind::Response, _) => stats::M_RESPONSE,
-        (_, Some(m)) => stats::method_index(&m),
-        _ => stats::M_OTHER,
+    let row = match env.kind {
+        MessageKind::Notification => stats::M_NOTIFICATION,
+        MessageKind::Response => stats::M_RESPONSE,
+        // Only a request has a method `Method::of` names (a batch has none: `other`).
+        MessageKind::Request | MessageKind::Batch => stats::method_row(method),
     };
     let mut policy = super::policy::check(core, &c.caller, &mut c.policy_class, gi, &env, method);
     let verdict = match policy.refusal.take() {

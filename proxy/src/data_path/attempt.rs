@@ -107,7 +107,7 @@ pub(crate) async fn send(
         c.cache_fill = None;
         // Boxed: inlined, the bridge's states would grow every request's future (copied into
         // the connection's per-request box), bridged or not.
-        return Box::pin(era_send(core, c, plan, era, conc, permits)).await;
+        return crate::runtime::boxed(|| era_send(core, c, plan, era, conc, permits)).await;
     }
     let mut ubuf = std::mem::take(&mut c.ubuf);
     if ubuf.capacity() == 0 {

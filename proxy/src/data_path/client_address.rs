@@ -19,13 +19,66 @@ use crate::http::trim_ows;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Hop {
     /// The peer: the TCP peer, or the source of a trusted PROXY protocol header.
-    pub peer: IpAddr,
+    pub peer: IpText,
     /// The client's address as mcplb believes it ([`client_ip`]).
-    pub client: IpAddr,
+    pub client: IpText,
     /// The peer is a trusted proxy (its forwarding headers are believed).
     pub peer_trusted: bool,
     /// The client spoke TLS to mcplb.
     pub tls: bool,
+}
+
+/// An address with its text as the forwarding headers write it, formatted once (per connection,
+/// and again only when a trusted proxy names another client), not on every request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IpText {
+    ip: IpAddr,
+    len: u8,
+    /// Long enough for any IPv6 address (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`).
+    text: [u8; 45],
+}
+
+impl IpText {
+    /// `ip` and its text.
+    pub fn new(ip: IpAddr) -> Self {
+        let mut text = [0u8; 45];
+        let mut cur = std::io::Cursor::new(&mut text[..]);
+        let _ = match ip {
+            // Dotted decimal without the formatting machinery (a quarter of its cost).
+            IpAddr::V4(a) => {
+                let mut num = itoa::Buffer::new();
+                a.octets().iter().enumerate().try_for_each(|(i, o)| {
+                    if i > 0 {
+                        cur.write_all(b".")?;
+                    }
+                    cur.write_all(num.format(*o).as_bytes())
+                })
+            }
+            IpAddr::V6(a) => write!(cur, "{a}"),
+        };
+        let len = u8::try_from(cur.position()).unwrap_or(0);
+        IpText { ip, len, text }
+    }
+
+    /// The address.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// Its text (`192.0.2.7`, `2001:db8::1`).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.text.get(..usize::from(self.len)).unwrap_or_default()
+    }
+
+    /// `self` when it already is `ip`'s text (the common case, kept without formatting),
+    /// else `ip`'s.
+    pub fn of(self, ip: IpAddr) -> Self {
+        if self.ip == ip {
+            self
+        } else {
+            IpText::new(ip)
+        }
+    }
 }
 
 /// The client's address for a request from `peer` whose headers are `headers`: `peer`, or,
@@ -174,14 +227,15 @@ pub(crate) fn is_replaced(cfg: &ClientAddress, name: &[u8]) -> bool {
 pub(crate) fn write(out: &mut Vec<u8>, cfg: &ClientAddress, hop: &Hop, req: &Request) {
     let ours = match cfg.forwarded {
         ForwardedMode::Off => return,
-        ForwardedMode::Append => hop.peer,
-        ForwardedMode::Replace => hop.client,
+        ForwardedMode::Append => &hop.peer,
+        ForwardedMode::Replace => &hop.client,
     };
     let append = cfg.forwarded == ForwardedMode::Append;
     let scheme: &[u8] = if hop.tls { b"https" } else { b"http" };
-    // The request's own values of `name`, each followed by ", ".
+    // The request's own values of `name`, each followed by ", " (none when the head has no
+    // forwarding header: its headers are not walked then).
     let merge = |out: &mut Vec<u8>, name: &[u8]| {
-        if append && !req.connection_names(name) {
+        if append && req.head.forwarded_for && !req.connection_names(name) {
             for (n, v) in req.headers() {
                 let v = trim_ows(v);
                 if n.eq_ignore_ascii_case(name) && !v.is_empty() {
@@ -195,7 +249,8 @@ pub(crate) fn write(out: &mut Vec<u8>, cfg: &ClientAddress, hop: &Hop, req: &Req
         ForwardedHeader::XForwardedFor => {
             out.extend_from_slice(b"x-forwarded-for: ");
             merge(out, b"x-forwarded-for");
-            let _ = write!(out, "{ours}\r\nx-forwarded-proto: ");
+            out.extend_from_slice(ours.as_bytes());
+            out.extend_from_slice(b"\r\nx-forwarded-proto: ");
             // A trusted proxy in front knows the scheme its client used.
             let theirs = hop
                 .peer_trusted
@@ -209,10 +264,17 @@ pub(crate) fn write(out: &mut Vec<u8>, cfg: &ClientAddress, hop: &Hop, req: &Req
             out.extend_from_slice(b"forwarded: ");
             merge(out, b"forwarded");
             // IPv6 nodes are bracketed and quoted (RFC 7239 §6).
-            let _ = match ours {
-                IpAddr::V4(a) => write!(out, "for={a}"),
-                IpAddr::V6(a) => write!(out, "for=\"[{a}]\""),
-            };
+            match ours.ip() {
+                IpAddr::V4(_) => {
+                    out.extend_from_slice(b"for=");
+                    out.extend_from_slice(ours.as_bytes());
+                }
+                IpAddr::V6(_) => {
+                    out.extend_from_slice(b"for=\"[");
+                    out.extend_from_slice(ours.as_bytes());
+                    out.extend_from_slice(b"]\"");
+                }
+            }
             out.extend_from_slice(b";proto=");
             out.extend_from_slice(scheme);
             out.extend_from_slice(b"\r\n");
@@ -252,6 +314,35 @@ mod tests {
             .map(|v| (&b"forwarded"[..], v.as_bytes()))
             .collect();
         client_ip(t, ForwardedHeader::Forwarded, ip(peer), headers.into_iter())
+    }
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for a in [
+            "0.0.0.0",
+            "10.0.255.7",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+        ] {
+            let t = IpText::new(ip(a));
+            assert_eq!(t.as_bytes(), a.as_bytes());
+            assert_eq!(t.ip(), ip(a));
+            assert_eq!(t.of(ip(a)).as_bytes(), a.as_bytes());
+            assert_eq!(t.of(ip("192.0.2.1")).as_bytes(), b"192.0.2.1");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_address_is_written_as_std_writes_it(v4: u32, v6: u128) {
+            for a in [IpAddr::from(v4.to_be_bytes()), IpAddr::from(v6.to_be_bytes())] {
+                let (t, want) = (IpText::new(a), a.to_string());
+                proptest::prop_assert_eq!(t.as_bytes(), want.as_bytes());
+            }
+        }
     }
 
     #[test]

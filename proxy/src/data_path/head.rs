@@ -60,6 +60,7 @@ pub(crate) fn parse_head(
     h.content_length = None;
     h.chunked = false;
     h.conn_fields = false;
+    h.forwarded_for = false;
     h.close = minor == 0;
     h.expect_continue = false;
     h.session = None;
@@ -95,6 +96,10 @@ pub(crate) fn parse_head(
             h.mcp_method = Some(vr.clone());
         } else if name.eq_ignore_ascii_case(b"mcp-name") {
             h.mcp_name = Some(vr.clone());
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-for")
+            || name.eq_ignore_ascii_case(b"forwarded")
+        {
+            h.forwarded_for = true;
         }
         h.headers.push((nr, vr));
     }

@@ -161,7 +161,7 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
         // Boxed: the virtual server's future is about 18 KiB; inlined here it made every plain
         // request's future that size, and conn.rs boxes that future per request (a 10 000
         // instruction memcpy per request, 32 300 vs 23 500 instructions: bench/instructions.sh).
-        return Box::pin(crate::virtual_server::serve(core, c, gi, &vs)).await;
+        return crate::runtime::boxed(|| crate::virtual_server::serve(core, c, gi, &vs)).await;
     }
     let mut scratch = [0u8; SCRATCH];
     let opened = open_session(core, c, gi, &mut scratch)?;

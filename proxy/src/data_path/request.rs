@@ -16,7 +16,7 @@ use protocol::Method;
 
 use crate::config::ClientAddress;
 use crate::control::stats;
-use crate::data_path::client_address::{self, Hop};
+use crate::data_path::client_address::{self, Hop, IpText};
 use crate::tls::Conn;
 
 /// Byte ranges of one request's header names and values.
@@ -36,6 +36,9 @@ pub struct ReqHead {
     /// A `Connection` header names fields (other than hop-by-hop ones) to drop before
     /// forwarding.
     pub conn_fields: bool,
+    /// The head has an `X-Forwarded-For` or `Forwarded` header (whose values an appended
+    /// forwarding header carries on).
+    pub forwarded_for: bool,
     pub close: bool,
     pub expect_continue: bool,
     pub session: Option<Range<usize>>,
@@ -232,6 +235,12 @@ pub(crate) struct ClientConn {
     pub client_ip: IpAddr,
     /// The peer is a trusted proxy (for the current request's configuration).
     pub peer_trusted: bool,
+    /// The peer's address (canonical) as text, for the forwarding headers: formatted once,
+    /// when the connection's task starts.
+    pub peer_text: IpText,
+    /// `client_ip` as text: the peer's, formatted again only when a trusted proxy names
+    /// another client.
+    pub client_text: IpText,
     /// The sealed session id of the last answer that started a session.
     pub new_sid: Vec<u8>,
     /// What the current request did, for statistics.
@@ -255,6 +264,7 @@ pub(crate) struct ClientConn {
 impl ClientConn {
     /// A connection's state before its first request.
     pub fn new(stream: Conn, peer: SocketAddr) -> Self {
+        let peer_text = IpText::new(peer.ip().to_canonical());
         ClientConn {
             stream,
             req: Request::default(),
@@ -262,8 +272,10 @@ impl ClientConn {
             out: Vec::new(),
             ubuf: Vec::new(),
             peer,
-            client_ip: peer.ip().to_canonical(),
+            client_ip: peer_text.ip(),
             peer_trusted: false,
+            peer_text,
+            client_text: peer_text,
             new_sid: Vec::new(),
             meta: ReqMeta::default(),
             caller: crate::auth::Caller::default(),
@@ -277,20 +289,25 @@ impl ClientConn {
 
     /// Who the current request's client is, once its head is read.
     pub fn identify(&mut self, cfg: &ClientAddress) {
-        let peer = self.peer.ip().to_canonical();
+        let peer = self.peer_text.ip();
         self.peer_trusted = cfg.trusted.contains(peer);
         self.client_ip = if self.peer_trusted {
             client_address::client_ip(&cfg.trusted, cfg.header, peer, self.req.headers())
         } else {
             peer
         };
+        self.client_text = if self.client_ip == peer {
+            self.peer_text
+        } else {
+            self.client_text.of(self.client_ip)
+        };
     }
 
     /// The hop the current request arrived on, for its forwarding headers.
     pub fn hop(&self) -> Hop {
         Hop {
-            peer: self.peer.ip().to_canonical(),
-            client: self.client_ip,
+            peer: self.peer_text,
+            client: self.client_text,
             peer_trusted: self.peer_trusted,
             tls: match &self.stream {
                 Conn::Server(_) => true,

@@ -242,7 +242,7 @@ async fn serve_stream(
     let mut c = ClientConn::new(Conn::H2(Box::new(s)), peer);
     c.req.buf = core.take_buf();
     c.req.head.headers = core.take_headers();
-    let _ = Box::pin(crate::data_path::handle_request(&core, &mut c)).await;
+    let _ = crate::runtime::boxed(|| crate::data_path::handle_request(&core, &mut c)).await;
     if let Conn::H2(s) = &mut c.stream {
         s.finish();
         core.give_buf(s.take_buf());
