@@ -13,7 +13,9 @@ pub mod config;
 pub mod control;
 mod data_path;
 pub mod demo;
+pub mod exchange;
 pub mod h2;
+pub mod h3;
 pub mod http;
 pub mod policy;
 mod runtime;
@@ -60,6 +62,8 @@ pub struct RunningProxy {
     /// Client TLS termination (`[proxy.tls]`): call [`tls::TlsTerminator::reload`] to load new
     /// certificate files without a restart (a config reload does it too).
     pub tls: Option<Arc<tls::TlsTerminator>>,
+    /// The UDP address HTTP/3 is served on (`[proxy.http3]`).
+    pub http3_addr: Option<std::net::SocketAddr>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -164,6 +168,30 @@ pub fn start_with(
         .first()
         .context("proxy.listen: no listener")?
         .local_addr()?;
+    // HTTP/3: one UDP socket per worker, and the QUIC settings they all share.
+    let mut h3_sockets = Vec::new();
+    let mut http3_addr = None;
+    if let (Some(h3), Some(tls)) = (config.proxy.http3.as_mut(), config.proxy.tls.as_ref()) {
+        let server = Arc::new(h3.quic_server(tls).map_err(anyhow::Error::msg)?);
+        let endpoints = h3::endpoint_configs(workers);
+        let sockets = h3::bind_workers(h3.listen, workers)?;
+        let bound = sockets
+            .first()
+            .context("proxy.http3.listen: no socket")?
+            .local_addr()?;
+        h3.listen = bound;
+        http3_addr = Some(bound);
+        h3_sockets = sockets
+            .into_iter()
+            .zip(endpoints)
+            .map(|(socket, endpoint)| h3::H3Socket {
+                socket,
+                server: server.clone(),
+                endpoint,
+            })
+            .collect();
+    }
+    let mut h3_sockets = h3_sockets.into_iter();
     // stdio backends and old (2024-11-05) servers get their supervised bridges, which workers
     // reach over loopback HTTP like any other backend; old clients get a front per group.
     let mut running = reload::Running::default();
@@ -205,6 +233,7 @@ pub fn start_with(
     let mut threads = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let live = live.clone();
+        let h3 = h3_sockets.next();
         let legacy = driver_name.starts_with("legacy");
         let status = worker_status.clone();
         let t = std::thread::Builder::new()
@@ -216,7 +245,7 @@ pub fn start_with(
                     monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                         .enable_timer()
                         .build()
-                        .map(|mut rt| rt.block_on(runtime::run_worker(live, l, i)))
+                        .map(|mut rt| rt.block_on(runtime::run_worker(live, l, i, h3)))
                 } else {
                     let build = |plain| {
                         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -227,7 +256,7 @@ pub fn start_with(
                     };
                     build(false)
                         .or_else(|_| build(true))
-                        .map(|mut rt| rt.block_on(runtime::run_worker(live, l, i)))
+                        .map(|mut rt| rt.block_on(runtime::run_worker(live, l, i, h3)))
                 };
                 match res {
                     Ok(Ok(())) => {}
@@ -240,6 +269,7 @@ pub fn start_with(
     tracing::info!(%local_addr, workers, driver = driver_name, "mcplb started");
     Ok(RunningProxy {
         local_addr,
+        http3_addr,
         admin_addr,
         tls,
         driver: driver_name,

@@ -162,6 +162,9 @@ fn main() -> ExitCode {
                         "mcplb listening on {} ({} worker(s), {} driver)",
                         p.local_addr, workers, p.driver
                     );
+                    if let Some(a) = p.http3_addr {
+                        println!("mcplb HTTP/3 on udp://{a}");
+                    }
                     if let Some(a) = p.admin_addr {
                         println!("mcplb admin on http://{a}/ (stats: /stats, /metrics)");
                     }

@@ -160,6 +160,27 @@ fn policy_problems_name_their_key_path() {
 }
 
 #[test]
+fn http3_needs_tls_and_a_listen_address() {
+    let out = check_text(
+        "http3",
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n\n[proxy.http3]\nmax_concurrent_streams = 0\n\
+         idle_timeout = \"2h\"\nlisen = \"x\"\n\n\
+         [[servers]]\nname = \"a\"\npath = \"/mcp\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\n",
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "proxy.http3: needs [proxy.tls]",
+        "proxy.http3.listen: missing",
+        "proxy.http3.max_concurrent_streams: 0 is out of range",
+        "proxy.http3.idle_timeout: at most 1h",
+        "proxy.http3.lisen: unknown key (did you mean `listen`?)",
+    ] {
+        assert!(err.contains(line), "missing {line:?} in {err}");
+    }
+}
+
+#[test]
 fn approval_problems_name_their_key_path() {
     let out = check_text(
         "bad-confirm",

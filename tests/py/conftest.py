@@ -128,9 +128,10 @@ class Backend:
 class Proxy:
     """One `mcplb run --config FILE` subprocess; stdout/stderr are drained by threads."""
 
-    def __init__(self, binary: str, config_path: Path) -> None:
+    def __init__(self, binary: str, config_path: Path, args: tuple[str, ...] = ()) -> None:
         self.binary = binary
         self.config_path = config_path
+        self.args = args
         self.proc: subprocess.Popen | None = None
         self.addr: str | None = None
         self.stdout: collections.deque[str] = collections.deque(maxlen=2000)
@@ -159,7 +160,7 @@ class Proxy:
         env = dict(os.environ)
         env.setdefault("RUST_BACKTRACE", "1")
         self.proc = subprocess.Popen(
-            [self.binary, "run", "--config", str(self.config_path)],
+            [self.binary, "run", "--config", str(self.config_path), *self.args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -249,10 +250,10 @@ def _config_toml(server_name: str, backends: list[Backend]) -> str:
     )
 
 
-def start_proxy_file(config: Path) -> Proxy:
-    """Starts mcplb on a config file (its output goes into failure reports); fails the test
-    if it does not come up."""
-    proxy = Proxy(_mcplb_bin(), config)
+def start_proxy_file(config: Path, args: tuple[str, ...] = ()) -> Proxy:
+    """Starts mcplb on a config file (`args`: more `mcplb run` arguments; its output goes into
+    failure reports); fails the test if it does not come up."""
+    proxy = Proxy(_mcplb_bin(), config, args)
     _PROXIES.append(proxy)
     error = None
     try:

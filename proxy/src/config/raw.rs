@@ -135,6 +135,17 @@ pub(crate) struct RawProxy {
     pub proxy_protocol: Option<bool>,
     pub tls: Option<RawTls>,
     pub http2: Option<RawHttp2>,
+    pub http3: Option<RawHttp3>,
+}
+
+/// `[proxy.http3]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawHttp3 {
+    pub listen: Option<String>,
+    pub max_concurrent_streams: Option<i64>,
+    pub max_header_list_size: Option<i64>,
+    pub idle_timeout: Option<String>,
+    pub stream_receive_window: Option<i64>,
 }
 
 /// `[proxy.http2]`.

@@ -7,8 +7,8 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_ignored::Path;
 
 use super::raw::{
-    RawAdmin, RawAudit, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawHttp2, RawLimit,
-    RawMember, RawPolicy, RawProxy, RawServer, RawTelemetry, RawTls, RawToolOverride,
+    RawAdmin, RawAudit, RawBackendTable, RawConcurrency, RawConfig, RawHealth, RawHttp2, RawHttp3,
+    RawLimit, RawMember, RawPolicy, RawProxy, RawServer, RawTelemetry, RawTls, RawToolOverride,
 };
 
 /// The raw config (or `None` when the text is not TOML of the expected shape) and the
@@ -101,6 +101,7 @@ fn known_keys(table: &str) -> &'static [&'static str] {
         "proxy" => keys_of::<RawProxy>(),
         "proxy.tls" => keys_of::<RawTls>(),
         "proxy.http2" => keys_of::<RawHttp2>(),
+        "proxy.http3" => keys_of::<RawHttp3>(),
         "admin" => keys_of::<RawAdmin>(),
         "servers" => keys_of::<RawServer>(),
         "servers.backends" => keys_of::<RawBackendTable>(),
@@ -224,6 +225,7 @@ que = 2
             "proxy",
             "proxy.tls",
             "proxy.http2",
+            "proxy.http3",
             "admin",
             "servers",
             "servers.backends",

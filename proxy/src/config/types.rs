@@ -228,6 +228,8 @@ pub struct ProxyConfig {
     pub tls: Option<crate::tls::ServerTlsFiles>,
     /// `[proxy.http2]`: the HTTP/2 front and its limits.
     pub http2: crate::h2::Http2Config,
+    /// `[proxy.http3]`: the HTTP/3 front (off when absent).
+    pub http3: Option<crate::h3::Http3Config>,
     /// Record latency histograms and counters (on by default; off only to measure their cost).
     pub stats: bool,
     /// The client's address: what backends are told, and which proxies are believed about it.

@@ -241,6 +241,18 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
             && (old.proxy.listen.port() == new.proxy.listen.port() || new.proxy.listen.port() == 0),
     );
     check("proxy.workers", old.proxy.workers == new.proxy.workers);
+    // The UDP sockets and each QUIC endpoint's settings are made at start.
+    check(
+        "proxy.http3",
+        match (&old.proxy.http3, &new.proxy.http3) {
+            (None, None) => true,
+            (Some(o), Some(n)) => {
+                let port = n.listen.port() == 0 || n.listen.port() == o.listen.port();
+                o.listen.ip() == n.listen.ip() && port && o.with_listen(n.listen) == *n
+            }
+            _ => false,
+        },
+    );
     check("admin.listen", old.admin_listen == new.admin_listen);
     check(
         "proxy.max_connections_per_ip",
@@ -451,6 +463,7 @@ impl Reloader {
             return Err(errs);
         }
         new.proxy.listen = old.config.proxy.listen;
+        new.proxy.http3 = old.config.proxy.http3;
         // Client certificates: loaded now (files read again even when their paths did not
         // change), swapped in only once everything else is ready.
         let tls = match &new.proxy.tls {
@@ -631,5 +644,31 @@ backends = ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
         assert_eq!(e.len(), 1);
         assert!(e[0].starts_with("proxy.workers:"), "{e:?}");
         assert!(restart_only(&old, &old.clone()).is_empty());
+    }
+
+    #[test]
+    fn http3_is_restart_only_but_port_zero_reads_as_the_bound_port() {
+        let h3 = |listen: &str, streams: u32| {
+            let mut c = Config::parse(BASE).unwrap();
+            c.proxy.http3 = Some(crate::h3::Http3Config {
+                listen: listen.parse().unwrap(),
+                max_concurrent_streams: streams,
+                ..crate::h3::Http3Config::default()
+            });
+            c
+        };
+        // Started on port 0, bound to 4433: the same file again is no change.
+        let running = h3("127.0.0.1:4433", 100);
+        assert!(restart_only(&running, &h3("127.0.0.1:0", 100)).is_empty());
+        for changed in [
+            h3("127.0.0.1:0", 50),
+            h3("127.0.0.1:4434", 100),
+            Config::parse(BASE).unwrap(),
+        ] {
+            let e = restart_only(&running, &changed);
+            assert!(e.len() == 1 && e[0].starts_with("proxy.http3:"), "{e:?}");
+        }
+        let e = restart_only(&Config::parse(BASE).unwrap(), &running);
+        assert!(e.len() == 1 && e[0].starts_with("proxy.http3:"), "{e:?}");
     }
 }

@@ -164,8 +164,16 @@ pub enum Counter {
     /// Requests that waited for an identical one in flight on their core and were answered
     /// with its result (no backend call of their own).
     CacheCoalesced,
+    /// HTTP/3 (QUIC) connections accepted.
+    H3Connections,
+    /// HTTP/3 request streams accepted.
+    H3Streams,
+    /// Retry packets sent to new QUIC clients whose address no token validated yet.
+    H3Retries,
+    /// HTTP/3 connections whose HTTP/3 set-up or control streams failed.
+    H3ProtocolErrors,
 }
-const COUNTERS: usize = 44;
+const COUNTERS: usize = 48;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -212,6 +220,10 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "cache_misses",
     "cache_evictions",
     "cache_coalesced",
+    "h3_connections",
+    "h3_streams",
+    "h3_retries",
+    "h3_protocol_errors",
 ];
 
 /// Gauges (up/down).

@@ -312,6 +312,7 @@ impl ClientConn {
             tls: match &self.stream {
                 Conn::Server(_) => true,
                 Conn::H2(s) => s.tls,
+                Conn::H3(s) => s.tls,
                 _ => false,
             },
         }

@@ -279,6 +279,15 @@ pub(crate) async fn final_head(
     }
 }
 
+/// Advertises HTTP/3 (`Alt-Svc`) on an answer going out over HTTP/1.1 or HTTP/2.
+fn alt_svc(core: &Core, c: &mut ClientConn) {
+    if let Some(line) = &core.shared.alt_svc {
+        if !matches!(c.stream, Conn::H3(_)) {
+            c.out.extend_from_slice(line);
+        }
+    }
+}
+
 /// Forwards the answer to the client. Returns what to do with the client connection and
 /// whether the upstream connection may be pooled.
 pub(crate) async fn forward_response(
@@ -354,6 +363,7 @@ pub(crate) async fn forward_response(
         c.out
             .extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         c.out.extend_from_slice(b"\r\n");
+        alt_svc(core, c);
         if client_close {
             c.out.extend_from_slice(b"connection: close\r\n");
         }
@@ -375,6 +385,7 @@ pub(crate) async fn forward_response(
         Framing::Chunked(_) => c.out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::UntilClose => client_close = true,
     }
+    alt_svc(core, c);
     if client_close {
         c.out.extend_from_slice(b"connection: close\r\n");
     }

@@ -30,7 +30,7 @@ use crate::tls::Conn;
 
 pub use guard::FloodLimits;
 pub(crate) use guard::PREFACE;
-pub use stream::H2Stream;
+pub use stream::{H2Stream, H2Wire};
 
 /// `[proxy.http2]`: the HTTP/2 front and its limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,16 +238,8 @@ async fn serve_stream(
 ) {
     let (parts, body) = req.into_parts();
     let body = (!body.is_end_stream()).then_some(body);
-    let s = H2Stream::new(&parts, body, respond, tls, core.take_buf());
-    let mut c = ClientConn::new(Conn::H2(Box::new(s)), peer);
-    c.req.buf = core.take_buf();
-    c.req.head.headers = core.take_headers();
-    let _ = crate::runtime::boxed(|| crate::data_path::handle_request(&core, &mut c)).await;
-    if let Conn::H2(s) = &mut c.stream {
-        s.finish();
-        core.give_buf(s.take_buf());
-    }
-    crate::runtime::conn::give_back(&core, &mut c);
+    let s = H2Stream::h2(&parts, body, respond, tls, core.take_buf());
+    crate::exchange::serve(&core, Conn::H2(Box::new(s)), peer).await;
 }
 
 /// Whether a new plain connection begins with the HTTP/2 client preface (h2c with prior

@@ -53,7 +53,7 @@ pub(crate) struct ClientSlot {
 }
 
 impl ClientSlot {
-    fn open(permit: Option<ratelimit::OwnedPermit>) -> Self {
+    pub(crate) fn open(permit: Option<ratelimit::OwnedPermit>) -> Self {
         OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         CORE_OPEN.with(|n| n.set(n.get() + 1));
         flush::note();
@@ -193,6 +193,7 @@ pub async fn run_worker(
     live: Arc<crate::control::reload::Live>,
     listener: std::net::TcpListener,
     index: usize,
+    h3: Option<crate::h3::H3Socket>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     #[cfg(debug_assertions)]
@@ -206,6 +207,14 @@ pub async fn run_worker(
         let last = states.borrow().last().cloned();
         last.map(|c| c.latest())
     };
+    if let Some(h3) = h3 {
+        let states = cores.clone();
+        let newest = move || {
+            let last = states.borrow().last().cloned();
+            last.map(|c| c.latest())
+        };
+        monoio::spawn(crate::h3::endpoint::drive(h3, newest));
+    }
     monoio::spawn(conn::park_loop(park, newest));
     monoio::spawn(flush::flush_loop(cores));
     let mut canceller = Canceller::new();

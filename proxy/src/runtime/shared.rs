@@ -18,6 +18,9 @@ use crate::tls;
 pub struct Shared {
     /// The validated configuration.
     pub config: Config,
+    /// `alt-svc: h3=":PORT"; ma=86400` and its CRLF, on answers over HTTP/1.1 and HTTP/2
+    /// while HTTP/3 is served.
+    pub alt_svc: Option<Box<[u8]>>,
     /// Seals and opens session ids.
     pub sealer: SessionSealer,
     /// Where every core's statistics are merged.
@@ -170,7 +173,13 @@ pub(crate) fn build_shared(
         }
     };
     let tracer = tracer(&config, prev)?;
+    let alt_svc = config.proxy.http3.map(|h| {
+        format!("alt-svc: h3=\":{}\"; ma=86400\r\n", h.listen.port())
+            .into_bytes()
+            .into_boxed_slice()
+    });
     Ok(Shared {
+        alt_svc,
         tls,
         tracer,
         tool_hints,

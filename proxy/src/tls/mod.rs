@@ -616,6 +616,8 @@ pub enum Conn {
     Client(Box<TlsStream<ClientConnection>>),
     /// One stream of an HTTP/2 client connection, read and written as HTTP/1.1.
     H2(Box<crate::h2::H2Stream>),
+    /// One request stream of an HTTP/3 client connection, read and written as HTTP/1.1.
+    H3(Box<crate::h3::H3Stream>),
 }
 
 impl Conn {
@@ -659,8 +661,8 @@ impl Conn {
                 t.flush_tls().await?;
                 Ok(t.io)
             }
-            Conn::H2(_) => Err(io::Error::other(
-                "an HTTP/2 stream has no socket of its own",
+            Conn::H2(_) | Conn::H3(_) => Err(io::Error::other(
+                "an HTTP/2 or HTTP/3 stream has no socket of its own",
             )),
         }
     }
@@ -671,7 +673,7 @@ impl Conn {
             Conn::Plain(s) => Some(s),
             Conn::Server(t) => Some(&t.io),
             Conn::Client(t) => Some(&t.io),
-            Conn::H2(_) => None,
+            Conn::H2(_) | Conn::H3(_) => None,
         }
     }
 
@@ -706,6 +708,7 @@ impl Conn {
             Conn::Server(t) => t.read_more(buf).await,
             Conn::Client(t) => t.read_more(buf).await,
             Conn::H2(s) => s.read_more(buf).await,
+            Conn::H3(s) => s.read_more(buf).await,
         }
     }
 
@@ -735,6 +738,10 @@ impl Conn {
                 let r = s.write_all(buf.get(range).unwrap_or_default()).await;
                 (r, buf)
             }
+            Conn::H3(s) => {
+                let r = s.write_all(buf.get(range).unwrap_or_default()).await;
+                (r, buf)
+            }
         }
     }
 
@@ -752,7 +759,7 @@ impl Conn {
                 t.io.readable(false).await
             }
             // Its request is read at once (it was whole before the stream ran).
-            Conn::H2(_) => Ok(()),
+            Conn::H2(_) | Conn::H3(_) => Ok(()),
         }
     }
 
@@ -775,6 +782,7 @@ impl Conn {
             Conn::Server(t) => Box::pin(t.peer_event()).await,
             Conn::Client(t) => Box::pin(t.peer_event()).await,
             Conn::H2(s) => s.peer_event().await,
+            Conn::H3(s) => s.peer_event().await,
         }
     }
 
@@ -782,7 +790,7 @@ impl Conn {
     /// confused with.
     pub fn is_clean(&mut self) -> bool {
         match self {
-            Conn::Plain(_) | Conn::H2(_) => true,
+            Conn::Plain(_) | Conn::H2(_) | Conn::H3(_) => true,
             Conn::Server(t) => !t.has_buffered(),
             Conn::Client(t) => !t.has_buffered(),
         }

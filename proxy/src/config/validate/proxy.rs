@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::fields::{decode_key, parse_duration, resolve, TableCheck};
-use crate::config::raw::{RawHttp2, RawProxy, RawTls};
+use crate::config::raw::{RawHttp2, RawHttp3, RawProxy, RawTls};
 use crate::config::types::{
     ClientAddress, ForwardedHeader, ForwardedMode, ProxyConfig, TrustedProxies, DEFAULT_MAX_BODY,
     DEFAULT_MAX_CONNECTIONS_PER_IP,
@@ -42,7 +42,9 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
     };
     let client_address = client_address(&p, &mut t);
     let http2 = http2(p.http2.unwrap_or_default(), t.errs());
+    let has_tls = p.tls.is_some();
     let tls = p.tls.and_then(|raw| tls(raw, http2.enabled, &mut t));
+    let http3 = p.http3.and_then(|h| http3(h, has_tls, t.errs()));
     if p.reuse_port == Some(true) && listen.port() == 0 {
         t.problem(
             "reuse_port",
@@ -55,6 +57,7 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
     ProxyConfig {
         tls,
         http2,
+        http3,
         listen,
         workers,
         session_keys,
@@ -262,6 +265,60 @@ fn parse_net(s: &str) -> Option<ipnet::IpNet> {
     } else {
         s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from)
     }
+}
+
+/// `[proxy.http3]`: the UDP address and the limits of each QUIC connection. HTTP/3 is TLS 1.3
+/// only, with `[proxy.tls]`'s certificate, so it needs that table.
+fn http3(h: RawHttp3, has_tls: bool, errs: &mut Vec<String>) -> Option<crate::h3::Http3Config> {
+    let d = crate::h3::Http3Config::default();
+    let mut t = TableCheck::new("proxy.http3", errs);
+    if !has_tls {
+        t.problem(
+            "",
+            "needs [proxy.tls]: HTTP/3 always runs TLS 1.3, with the certificate and key of \
+             [proxy.tls] (add that table, or remove [proxy.http3])",
+        );
+    }
+    let listen = match h.listen.as_deref() {
+        None => {
+            t.problem("listen", "missing: the UDP address (e.g. \"0.0.0.0:8443\")");
+            None
+        }
+        Some(s) => match resolve(s) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                t.problem("listen", e);
+                None
+            }
+        },
+    };
+    let cfg = crate::h3::Http3Config {
+        listen: listen.unwrap_or(d.listen),
+        max_concurrent_streams: t.int_u32(
+            "max_concurrent_streams",
+            h.max_concurrent_streams,
+            d.max_concurrent_streams,
+            1..=10_000,
+        ),
+        max_header_list_size: t.int_u32(
+            "max_header_list_size",
+            h.max_header_list_size,
+            d.max_header_list_size,
+            1024..=1 << 20,
+        ),
+        idle_timeout: t.duration("idle_timeout", h.idle_timeout.as_deref(), d.idle_timeout),
+        stream_receive_window: t.int_u32(
+            "stream_receive_window",
+            h.stream_receive_window,
+            d.stream_receive_window,
+            16_384..=1 << 24,
+        ),
+    };
+    // QUIC's idle timeout is a varint of milliseconds (RFC 9000 §18.2): bounded here.
+    if cfg.idle_timeout > Duration::from_secs(3600) {
+        t.problem("idle_timeout", "at most 1h");
+    }
+    (listen.is_some() && has_tls).then_some(cfg)
 }
 
 /// `[proxy.tls]`: the certificate and key are loaded here, once, so that a bad file is a
