@@ -214,7 +214,10 @@ fn lists_merge_and_calls_route_in_a_session() {
 
 #[test]
 fn stateless_requests_need_no_session() {
-    let (_mocks, config) = setup();
+    let (mocks, config) = setup();
+    // `a` said to be of the 2025 era (the mock serves both): its requests go through the era
+    // bridge's sessions; `b` and `c` are found to serve 2026-07-28 and get them as they are.
+    let config = config.replacen("name = \"a\"\n", "name = \"a\"\nera = \"2025\"\n", 1);
     let proxy = start_proxy(&config, "auto");
     let mut c = HttpClient::connect(proxy.addr).unwrap();
     let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
@@ -226,20 +229,25 @@ fn stateless_requests_need_no_session() {
         )
         .unwrap();
     assert_eq!(list.status, 200, "{}", String::from_utf8_lossy(&list.body));
-    assert!(tool_names(&list).contains(&"c_whoami".to_string()));
-    let r = c
-        .mcp(
-            "/mcp",
-            None,
-            &rpc(
-                2,
-                "tools/call",
-                json!({"name": "c_whoami", "arguments": {}, "_meta": meta}),
-            ),
-        )
-        .unwrap();
-    assert_eq!(text(&r), "c");
-    assert!(r.header("mcp-session-id").is_none());
+    let names = tool_names(&list);
+    for n in ["a_whoami", "bee_say", "c_whoami"] {
+        assert!(names.contains(&n.to_string()), "{n} not in {names:?}");
+    }
+    for (id, tool, who) in [
+        (2, "c_whoami", "c"),
+        (3, "a_whoami", "a"),
+        (4, "bee_whoami", "b"),
+    ] {
+        let params = json!({"name": tool, "arguments": {}, "_meta": meta.clone()});
+        let r = c.mcp("/mcp", None, &rpc(id, "tools/call", params)).unwrap();
+        assert_eq!(text(&r), who);
+        assert!(r.header("mcp-session-id").is_none());
+        if who == "a" {
+            // Made what the 2026-07-28 wire requires (the others answer as they do).
+            assert_eq!(r.json().unwrap()["result"]["resultType"], "complete");
+        }
+    }
+    drop(mocks);
 }
 
 #[test]
@@ -272,4 +280,77 @@ fn a_stopped_member_is_left_out_or_fails_the_request() {
         .unwrap();
     assert!(r.status >= 500, "{}", r.status);
     assert_eq!(r.json().unwrap()["id"], 4);
+}
+
+#[test]
+fn an_unlisted_tool_reaches_the_one_member_that_could_own_it() {
+    let mocks: Vec<MockServer> = ["a", "b"].iter().map(|n| mock(n)).collect();
+    let groups: String = mocks
+        .iter()
+        .zip(["a", "b"])
+        .map(|(m, n)| {
+            format!(
+                "[[servers]]\nname = \"{n}\"\npath = \"/{n}\"\nbackends = [\"{}\"]\n\n",
+                m.url()
+            )
+        })
+        .collect();
+    // "never": names carry no prefix. `b` shows only `whoami` and `x_*`.
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\n{groups}\
+         [[servers]]\nname = \"one\"\npath = \"/one\"\nprefix_mode = \"never\"\n\
+         members = [{{ server = \"a\", deny_tools = [\"fail\"] }}]\n\n\
+         [[servers]]\nname = \"two\"\npath = \"/two\"\nprefix_mode = \"never\"\n\
+         members = [{{ server = \"a\", tools = [\"echo\"] }}, {{ server = \"b\", tools = [\"whoami\", \"x_*\"] }}]\n"
+    );
+    let proxy = start_proxy(&config, "auto");
+    let mut c = HttpClient::connect(proxy.addr).unwrap();
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
+    let mut ask = |path: &str, id: u64, tool: &str| {
+        let params = json!({"name": tool, "arguments": {}, "_meta": meta.clone()});
+        let r = c.mcp(path, None, &rpc(id, "tools/call", params)).unwrap();
+        r.json().unwrap()
+    };
+    // One member could own it: the member's own answer comes back (the mock's -32602).
+    let v = ask("/one", 1, "not-listed");
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    assert_eq!(mocks[0].tool_calls("not-listed"), 1);
+    // A name its filter hides: mcplb answers, nothing reaches the member.
+    let v = ask("/one", 2, "fail");
+    assert_eq!(v["error"]["message"], "Unknown tool: fail", "{v}");
+    assert_eq!(mocks[0].tool_calls("fail"), 0);
+    // Two members: only `b` admits `x_1`; neither admits `slow`.
+    let v = ask("/two", 3, "x_1");
+    assert_eq!(v["id"], 3, "{v}");
+    assert_eq!(mocks[1].tool_calls("x_1"), 1);
+    let v = ask("/two", 4, "slow");
+    assert_eq!(v["error"]["message"], "Unknown tool: slow", "{v}");
+    assert_eq!(mocks[0].tool_calls("slow") + mocks[1].tool_calls("slow"), 0);
+}
+
+#[test]
+fn a_2026_client_keeps_a_member_groups_balancing() {
+    // Two backends that serve 2026-07-28 (the mock answers server/discover), round robin: a
+    // 2026-07-28 request to the member is picked once, so both backends get calls (a second
+    // pick per request would send every call to the same one).
+    let mocks: Vec<MockServer> = ["x", "y"].iter().map(|n| mock(n)).collect();
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\n\
+         [[servers]]\nname = \"pair\"\npath = \"/pair\"\nbackends = [\"{}\", \"{}\"]\n\
+         [servers.health]\nenabled = false\n\n\
+         [[servers]]\nname = \"v\"\npath = \"/mcp\"\nmembers = [{{ server = \"pair\" }}]\n",
+        mocks[0].url(),
+        mocks[1].url()
+    );
+    let proxy = start_proxy(&config, "auto");
+    let mut c = HttpClient::connect(proxy.addr).unwrap();
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
+    for id in 0..8 {
+        let params = json!({"name": "pair_whoami", "arguments": {}, "_meta": meta.clone()});
+        let r = c.mcp("/mcp", None, &rpc(id, "tools/call", params)).unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let (x, y) = (mocks[0].tool_calls("whoami"), mocks[1].tool_calls("whoami"));
+    assert_eq!(x + y, 8);
+    assert!(x >= 2 && y >= 2, "x {x}, y {y}");
 }

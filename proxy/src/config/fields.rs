@@ -160,6 +160,23 @@ impl<'e> TableCheck<'e> {
             }
         }
     }
+
+    /// A duration, zero included (where zero means "off"), or `default` when absent.
+    pub(super) fn duration_or_zero(
+        &mut self,
+        key: &str,
+        v: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        match v.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.problem(key, e);
+                default
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -183,6 +200,9 @@ mod tests {
                 .as_secs(),
             5
         );
+        assert!(t
+            .duration_or_zero("list_cache_ttl", Some("0s"), Duration::from_secs(5))
+            .is_zero());
         assert_eq!(
             errs,
             [

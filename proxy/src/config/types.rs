@@ -371,7 +371,8 @@ pub struct VirtualServer {
     /// Between a prefix and a name (`search_query`).
     pub separator: String,
     /// How long merged lists are reused when no member gives a `ttlMs` hint (any member's
-    /// `*/list_changed` evicts them sooner).
+    /// `*/list_changed` evicts them sooner). Zero: merged lists are not kept at all (the
+    /// members' hints notwithstanding).
     pub list_cache_ttl: Duration,
     /// Stable tag of the virtual group (hash of its name), sealed into its session ids.
     pub tag: u32,

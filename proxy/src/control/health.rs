@@ -344,8 +344,12 @@ fn check_once(
             .map_err(io)
     };
     if hc.discover {
+        // The envelope keys 2026-07-28 requires (a server may refuse a request without its
+        // client's capabilities).
         let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "server/discover",
-            "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
+            "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "mcplb-health", "version": env!("CARGO_PKG_VERSION")}}}});
         let extra = [
             ("mcp-protocol-version", "2026-07-28"),
             ("mcp-method", "server/discover"),

@@ -395,7 +395,12 @@ impl BackendHook for EraHook<'_> {
         if self.stream_for {
             return Before::Local(EraLocal::Stream(bi));
         }
-        let got = era_bridge::session_for(core, self.req, self.owner, gi, bi, self.modern).await;
+        let asker = era_bridge::Asker {
+            req: self.req,
+            body: self.req.body(),
+            owner: self.owner,
+        };
+        let got = era_bridge::session_for(core, &asker, gi, bi, self.modern).await;
         match got {
             Ok(Some(s)) if self.method == Method::ServerDiscover => {
                 Before::Local(EraLocal::Discover(s))

@@ -127,14 +127,23 @@ pub(crate) enum Failed {
     Refuse(Refusal),
 }
 
+/// The 2026-07-28 request a backend session is for: the client's request (its forwarded
+/// credentials), the JSON-RPC body going to the backend (what its `_meta` declares), and the
+/// caller's owner digest.
+pub(crate) struct Asker<'a> {
+    pub req: &'a Request,
+    pub body: &'a [u8],
+    pub owner: Option<&'a Owner>,
+}
+
 /// The backend session a request to backend `bi` of group `gi` goes through: `None` when it
 /// goes as it is (not a 2026-07-28 request, bridging off, or a backend that serves
 /// 2026-07-28 itself). Learns the backend's era first when the group says `auto` and this core
-/// has not yet; opens a session when none matches.
+/// has not yet; opens a session when none matches. A plain group's requests and a virtual
+/// server's requests to its members (each a group of its own) share these sessions.
 pub(crate) async fn session_for(
     core: &Core,
-    req: &Request,
-    owner: Option<&Owner>,
+    c: &Asker<'_>,
     gi: usize,
     bi: usize,
     modern: bool,
@@ -167,7 +176,7 @@ pub(crate) async fn session_for(
             }
         }
     }
-    let Some(declared) = era::declared(req.body()) else {
+    let Some(declared) = era::declared(c.body) else {
         return Err(Failed::Refuse(Refusal::new(
             400,
             -32602,
@@ -177,10 +186,10 @@ pub(crate) async fn session_for(
         )));
     };
     let forwarded = matches!(group.auth.upstream, UpstreamCredential::Forward);
-    let owner = owner.map_or(&[][..], |o| &o.as_bytes()[..]);
+    let owner = c.owner.map_or(&[][..], |o| &o.as_bytes()[..]);
     let cred = |name: &[u8]| {
         forwarded
-            .then(|| req.header(name))
+            .then(|| c.req.header(name))
             .flatten()
             .unwrap_or_default()
     };
@@ -198,7 +207,7 @@ pub(crate) async fn session_for(
     let init = era::initialize_body(&declared);
     let answer = own_exchange(
         core,
-        req,
+        c.req,
         gi,
         bi,
         group,
@@ -232,7 +241,7 @@ pub(crate) async fn session_for(
     if let Some(sid) = &answer.session {
         let note = own_exchange(
             core,
-            req,
+            c.req,
             gi,
             bi,
             group,

@@ -303,9 +303,14 @@ pub(crate) fn collect_step(
 
 /// What a request mcplb sends a virtual server's member says in the 2026-07-28 mirror
 /// headers (`Mcp-Method`, `Mcp-Name`), which must match its own body, not the client's.
+#[derive(Clone, Copy)]
 pub(crate) struct Mirror<'a> {
     pub method: &'a str,
     pub name: Option<&'a str>,
+    /// Replaces the client's `MCP-Protocol-Version` (a request the era bridge sends in its
+    /// backend session goes at that session's revision). At 2026-07-28 the mirror headers are
+    /// written even when the client (of the 2025 era) sent none.
+    pub version: Option<&'a [u8]>,
 }
 
 /// Writes a request mcplb sends a virtual server's member on behalf of the client's `req`:
@@ -346,6 +351,9 @@ pub(crate) fn build_member_request(
             mirrored = true;
             continue;
         }
+        if mirror.version.is_some() && name.eq_ignore_ascii_case(b"mcp-protocol-version") {
+            continue;
+        }
         if strip_auth
             && (name.eq_ignore_ascii_case(b"authorization")
                 || name.eq_ignore_ascii_case(b"x-api-key"))
@@ -368,7 +376,7 @@ pub(crate) fn build_member_request(
         );
     }
     client_address::write(out, fwd, hop, req);
-    if mirrored {
+    if mirrored || mirror.version == Some(crate::session::era::MODERN.as_bytes()) {
         let _ = write!(out, "mcp-method: {}\r\n", mirror.method);
         // A name with control characters cannot be a header value (nor came in one).
         if let Some(n) = mirror
@@ -377,6 +385,11 @@ pub(crate) fn build_member_request(
         {
             let _ = write!(out, "mcp-name: {n}\r\n");
         }
+    }
+    if let Some(v) = mirror.version {
+        out.extend_from_slice(b"mcp-protocol-version: ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
     }
     if let UpstreamCredential::Inject(secret) = credential {
         out.extend_from_slice(b"authorization: ");

@@ -23,13 +23,23 @@ pub(crate) fn list_changed() {
     LIST_CHANGED.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Which cached merged list: the virtual server (its tag), the kind, and the scope (0: every
-/// caller; else a hash of the session).
+/// Which cached merged list: the virtual server (its tag), the kind, the scope (0: every
+/// caller; else a hash of the session), and the client capabilities the members were asked
+/// under ([`capabilities_key`]: a member may list tools only to clients that declare, say,
+/// elicitation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Key {
     pub server: u32,
     pub kind: Kind,
     pub scope: u64,
+    pub caps: u64,
+}
+
+/// The [`Key::caps`] of a client's capabilities (its JSON as carried; FNV-1a 64).
+pub(crate) fn capabilities_key(json: &[u8]) -> u64 {
+    json.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 struct Entry {
@@ -137,6 +147,7 @@ mod tests {
             server: 1,
             kind: Kind::Tools,
             scope: 0,
+            caps: capabilities_key(b"{}"),
         };
         let now = Instant::now();
         let m = Rc::new(Merged {

@@ -89,7 +89,9 @@ struct Opened {
 }
 
 /// Sends `initialize` (`body`, whose id is `id`) to a member, then `notifications/initialized`
-/// in the session it opened.
+/// in the session it opened. A member of the 2026-07-28 era alone (`era = "2026"`, or one
+/// that refuses `initialize` and is found to serve 2026-07-28) is asked `server/discover`
+/// instead ([`open_modern`]).
 async fn open_member(
     core: &Core,
     req: &Origin<'_>,
@@ -97,10 +99,17 @@ async fn open_member(
     body: &[u8],
     id: &Value,
 ) -> Result<Opened, MemberError> {
+    let group = core.shared.config.servers.get(member.group);
+    if group.is_some_and(|g| g.era_bridge && g.era == crate::config::BackendEra::Stateless) {
+        return open_modern(core, req, member, body, id).await;
+    }
     let o = outbound(member, None, body, "initialize", None, false);
     let got = member::collect(core, req, &o, Some(id)).await?;
     let result = match got.response(id) {
         Some(Ok(r)) if got.status == 200 => r.clone(),
+        _ if refused_as_2026_only(core, member, &got).await => {
+            return open_modern(core, req, member, body, id).await;
+        }
         _ => {
             let status = if (400..500).contains(&got.status) {
                 got.status
@@ -140,6 +149,84 @@ async fn open_member(
     })
 }
 
+/// Whether a member that did not take `initialize` (its answer `got`) refused it as a server
+/// of the 2026-07-28 era alone: a 4xx or a JSON-RPC error, from a backend that serves
+/// 2026-07-28 requests (`member::modern_only`).
+async fn refused_as_2026_only(core: &Core, member: &Member, got: &Collected) -> bool {
+    let refused =
+        (400..500).contains(&got.status) || got.messages.iter().any(|m| m.get("error").is_some());
+    let bi = core
+        .shared
+        .config
+        .servers
+        .get(member.group)
+        .and_then(|g| g.backends.iter().position(|b| b.tag == got.backend_tag));
+    match bi {
+        Some(bi) if refused => member::modern_only(core, member.group, bi).await,
+        _ => false,
+    }
+}
+
+/// Opens a member of the 2026-07-28 era alone for a 2025-era client's `initialize` (`body`,
+/// id `id`): its `server/discover`, sent with what the client declares, stands for the
+/// `initialize` answer (`session::era::initialize_answer`, at the revision the spec
+/// negotiates); the member session's id is [`MODERN_ONLY`](super::session::MODERN_ONLY) (its
+/// requests are made 2026-07-28 ones, each with that declaration, by `member::send`).
+async fn open_modern(
+    core: &Core,
+    req: &Origin<'_>,
+    member: &Member,
+    body: &[u8],
+    id: &Value,
+) -> Result<Opened, MemberError> {
+    let refused = |why: &'static str| MemberError::Unreachable(Refusal::new(502, -32603, why));
+    let Some(hello) = crate::session::era::hello(body) else {
+        return Err(refused(
+            "initialize has no params mcplb can declare to a 2026-07-28 member",
+        ));
+    };
+    let discover = crate::session::era::discover_body(&hello.declared);
+    let own_id: Value = serde_json::from_slice::<Value>(&discover)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(Value::Null);
+    let plain = outbound(member, None, &discover, "server/discover", None, true);
+    // At 2026-07-28, with its mirror headers.
+    let o = Outbound {
+        mirror: Mirror {
+            version: Some(crate::session::era::MODERN.as_bytes()),
+            ..plain.mirror
+        },
+        ..plain
+    };
+    let got = member::collect(core, req, &o, Some(&own_id)).await?;
+    let Some(answer) = got
+        .messages
+        .iter()
+        .find(|m| m.get("id") == Some(&own_id) && m.get("result").is_some())
+        .filter(|_| got.status == 200)
+    else {
+        return Err(refused(
+            "a 2026-07-28 member did not answer server/discover",
+        ));
+    };
+    let raw_id = serde_json::to_vec(id).unwrap_or_default();
+    let version = crate::session::era::negotiate(hello.version);
+    let made = crate::session::era::initialize_answer(&raw_id, version, answer)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    let Some(result) = made.and_then(|mut v| v.get_mut("result").map(Value::take)) else {
+        return Err(refused(
+            "a 2026-07-28 member's server/discover has no result",
+        ));
+    };
+    Ok(Opened {
+        backend_tag: got.backend_tag,
+        sid: super::session::MODERN_ONLY.to_vec(),
+        result,
+    })
+}
+
 /// A POST to `member`.
 pub(super) fn outbound<'a>(
     member: &'a Member,
@@ -154,7 +241,11 @@ pub(super) fn outbound<'a>(
         session,
         http_method: b"POST",
         body,
-        mirror: Mirror { method, name },
+        mirror: Mirror {
+            method,
+            name,
+            version: None,
+        },
         read_only,
         timeout: member.timeout,
     }
@@ -177,7 +268,8 @@ pub(super) async fn initialize(
         .to_string();
     let body = c.req.body().to_vec();
     let opened = {
-        let req = &Origin::of(c);
+        let none = SessionCx::none(false);
+        let req = &Origin::of(c, &none);
         join_all(
             vs.members
                 .iter()
@@ -472,14 +564,14 @@ pub(super) async fn list(
         },
     };
     let listed = match cursor {
-        None => Some(whole(core, &Origin::of(c), vs, cx, kind, msg, false).await?),
+        None => Some(whole(core, &Origin::of(c, cx), vs, cx, kind, msg, false).await?),
         Some(_) => None,
     };
     let (merged, next) = match listed {
         Some(Listed::Whole(m)) => (m, None),
         Some(Listed::Paged(m, next)) => (m, next),
         None => {
-            let got = pages(core, &Origin::of(c), vs, cx, kind, msg, &which).await?;
+            let got = pages(core, &Origin::of(c, cx), vs, cx, kind, msg, &which).await?;
             let next: Vec<(usize, String)> = got
                 .pages
                 .iter()
@@ -548,6 +640,7 @@ pub(super) async fn whole(
         server: vs.tag,
         kind,
         scope: 0,
+        caps: cx.caps,
     };
     let private = Key {
         scope: cx.key,
@@ -605,7 +698,8 @@ pub(super) async fn whole(
     let merged = naming::merge(vs, kind, &by_member);
     log_clashes(vs, kind, &merged);
     let merged = Rc::new(merged);
-    if !partial {
+    // `list_cache_ttl = "0s"`: nothing is kept, whatever the members' hints.
+    if !partial && !vs.list_cache_ttl.is_zero() {
         let ttl = by_member
             .iter()
             .filter_map(|p| p.ttl_ms)
@@ -667,7 +761,7 @@ pub(super) async fn set_level(
         read_only: false,
         id: &id,
     };
-    let answers = ask_each(core, &Origin::of(c), vs, cx, 0..vs.members.len(), &a).await;
+    let answers = ask_each(core, &Origin::of(c, cx), vs, cx, 0..vs.members.len(), &a).await;
     for (m, got) in answers {
         let Some(member) = vs.members.get(m) else {
             continue;
@@ -700,14 +794,13 @@ pub(super) async fn discover(
     core: &Core,
     c: &mut ClientConn,
     vs: &VirtualServer,
+    cx: &SessionCx,
     msg: &Value,
 ) -> Result<Next, Stop> {
     let id = msg.get("id").cloned().unwrap_or(Value::Null);
     let body = c.req.body().to_vec();
-    let none = SessionCx {
-        session: None,
-        key: 0,
-    };
+    // Outside any session; a bridged member answers from the session the bridge holds.
+    let none = SessionCx::none(cx.modern);
     let a = Ask {
         body: &body,
         method: "server/discover",
@@ -715,7 +808,15 @@ pub(super) async fn discover(
         read_only: true,
         id: &id,
     };
-    let answers = ask_each(core, &Origin::of(c), vs, &none, 0..vs.members.len(), &a).await;
+    let answers = ask_each(
+        core,
+        &Origin::of(c, &none),
+        vs,
+        &none,
+        0..vs.members.len(),
+        &a,
+    )
+    .await;
     let mut results = Vec::new();
     for (m, got) in answers {
         let Some(member) = vs.members.get(m) else {
@@ -798,6 +899,11 @@ pub(super) async fn notification(
             let Some(session) = existing_session(cx, m) else {
                 return;
             };
+            // A member of the 2026-07-28 era alone has no use for them (as for a plain group,
+            // where mcplb answers them).
+            if session.1 == super::session::MODERN_ONLY {
+                return;
+            }
             let s = Some((session.0, session.1.as_slice()));
             let o = outbound(member, s, body, method, None, false);
             if let Err(e) = member::collect(core, req, &o, None).await {
@@ -823,7 +929,7 @@ pub(super) async fn end_sessions(
         let Some(member) = vs.members.get(m) else {
             return;
         };
-        if ms.sid.is_empty() {
+        if !super::session::issued(&ms.sid) {
             return;
         }
         let session =

@@ -17,6 +17,7 @@ use futures_util::stream::{FuturesUnordered, Stream as _};
 use super::fanout;
 use super::member::{self, Origin, ReachedParts};
 use super::routed::{chunk, relay_event, send};
+use super::session::VirtualSession;
 use super::SessionCx;
 use crate::config::VirtualServer;
 use crate::data_path::request::{ClientConn, Next, Refusal, Stop};
@@ -42,6 +43,17 @@ enum Woke {
     Shutdown,
 }
 
+/// A member stream's pending read (the connection travels with it).
+type PendingRead = (usize, Conn, std::io::Result<usize>, Vec<u8>);
+
+/// The member streams opened for one client stream: per member (by index), its stream; the
+/// connections to read from next; the events that came with the answer heads.
+struct Opened<'a> {
+    streams: Vec<Option<MemberStream<'a>>>,
+    conns: Vec<(usize, Conn)>,
+    early_events: Vec<u8>,
+}
+
 /// Serves the client's GET: 405 when no member offers a stream.
 pub(super) async fn stream(
     core: &Core,
@@ -49,72 +61,24 @@ pub(super) async fn stream(
     vs: &VirtualServer,
     cx: &SessionCx,
 ) -> Result<Next, Stop> {
-    let no_stream = || {
-        Refusal::invalid(405, "no member of this virtual server offers a GET stream")
-            .with_headers("allow: POST, DELETE\r\n".to_owned())
-    };
     let Some(s) = &cx.session else {
         return Err(Refusal::invalid(400, "Mcp-Session-Id header required").into());
     };
-    // Members with a session of their own (a stateless member has no stream to offer).
-    let which: Vec<usize> = s
-        .members
-        .iter()
-        .filter(|ms| !ms.sid.is_empty())
-        .map(|ms| usize::from(ms.member))
+    let Opened {
+        mut streams,
+        conns,
+        early_events,
+    } = open_streams(core, c, vs, cx, s).await;
+    let mut reads: FuturesUnordered<_> = conns
+        .into_iter()
+        .map(|(m, up)| read(m, up, core.take_buf()))
         .collect();
-    let opened = {
-        let req = &Origin::of(c);
-        join_all(which.iter().map(|&m| async move {
-            let member = vs.members.get(m)?;
-            let session = fanout::session_for(core, req, vs, cx, m).await.ok()??;
-            let o = member::Outbound {
-                member,
-                session: Some((session.0, &session.1)),
-                http_method: b"GET",
-                body: b"",
-                mirror: Mirror {
-                    method: "",
-                    name: None,
-                },
-                read_only: true,
-                timeout: member.timeout,
-            };
-            let a = member::send(core, req, &o).await.ok()?;
-            Some((m, a))
-        }))
-        .await
-    };
-    let mut streams: Vec<Option<MemberStream<'_>>> = (0..vs.members.len()).map(|_| None).collect();
-    let mut reads = FuturesUnordered::new();
-    let mut early_events = Vec::new();
-    for (m, a) in opened.into_iter().flatten() {
-        if a.head.status != 200 || !a.head.sse {
-            a.reached.finish(core, None, a.head.status);
-            continue;
-        }
-        let mut ms = MemberStream {
-            framing: a.head.framing(),
-            parser: protocol::sse::SseParser::new(),
-            parts: Some(a.reached),
-        };
-        let mut err = false;
-        let mut body = Vec::new();
-        crate::data_path::upstream::collect_step(&mut ms.framing, &a.early, &mut body, &mut err);
-        ms.parser.push(&body);
-        while let Some(ev) = ms.parser.next_event() {
-            let bits = relay_event(m, &ev.data, &mut early_events);
-            if let Some(p) = &ms.parts {
-                crate::data_path::cache::note_group_changes(core, p.gi, bits);
-            }
-        }
-        if let Some(slot) = streams.get_mut(m) {
-            *slot = Some(ms);
-        }
-        reads.push(read(m, a.up, core.take_buf()));
-    }
     if reads.is_empty() {
-        return Err(no_stream().into());
+        return Err(
+            Refusal::invalid(405, "no member of this virtual server offers a GET stream")
+                .with_headers("allow: POST, DELETE\r\n".to_owned())
+                .into(),
+        );
     }
     let keep = !c.req.head.close;
     c.meta.sse = true;
@@ -155,19 +119,9 @@ pub(super) async fn stream(
             })
             .await
         };
-        match woke {
+        let last_chunk = match woke {
             // Every member stream ended: so does the client's, cleanly.
-            None => {
-                c.out.clear();
-                c.out.extend_from_slice(http::LAST_CHUNK);
-                let ok = send(c).await;
-                let next = if ok && keep {
-                    Next::KeepAlive
-                } else {
-                    Next::Close
-                };
-                return Ok(finish_all(core, &mut streams, next));
-            }
+            None => true,
             Some(Woke::ClientLeft) => return Ok(finish_all(core, &mut streams, Next::Close)),
             Some(Woke::Shutdown) => {
                 c.out.clear();
@@ -175,41 +129,10 @@ pub(super) async fn stream(
                 send(c).await;
                 return Ok(finish_all(core, &mut streams, Next::Close));
             }
-            Some(Woke::Read(m, up, r, mut buf)) => {
-                let Some(Some(ms)) = streams.get_mut(m) else {
-                    continue;
-                };
-                let mut err = false;
-                body.clear();
-                let done = match r {
-                    Ok(n) if n > 0 => {
-                        crate::data_path::upstream::collect_step(
-                            &mut ms.framing,
-                            &buf,
-                            &mut body,
-                            &mut err,
-                        )
-                        .1
-                    }
-                    _ => true,
-                };
-                ms.parser.push(&body);
+            Some(Woke::Read(m, up, r, buf)) => {
                 events.clear();
-                while let Some(ev) = ms.parser.next_event() {
-                    let bits = relay_event(m, &ev.data, &mut events);
-                    if let Some(p) = &ms.parts {
-                        crate::data_path::cache::note_group_changes(core, p.gi, bits);
-                    }
-                }
-                if done || err {
-                    core.give_buf(buf);
-                    if let Some(Some(ms)) = streams.get_mut(m).map(Option::take) {
-                        if let Some(p) = ms.parts {
-                            p.finish(core, None, 200);
-                        }
-                    }
-                } else {
-                    buf.clear();
+                let got = (m, up, r, buf);
+                if let Some((up, buf)) = on_read(core, &mut streams, got, &mut body, &mut events) {
                     reads.push(read(m, up, buf));
                 }
                 if !events.is_empty() {
@@ -219,17 +142,137 @@ pub(super) async fn stream(
                         return Ok(finish_all(core, &mut streams, Next::Close));
                     }
                 }
+                false
             }
+        };
+        if last_chunk {
+            c.out.clear();
+            c.out.extend_from_slice(http::LAST_CHUNK);
+            let ok = send(c).await;
+            let next = if ok && keep {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            };
+            return Ok(finish_all(core, &mut streams, next));
         }
     }
 }
 
+/// Opens a GET stream in each member session of `s` that has an id of its own (a stateless
+/// member has no stream to offer); a member that answers anything but an SSE stream has none.
+async fn open_streams<'a>(
+    core: &'a Core,
+    c: &ClientConn,
+    vs: &VirtualServer,
+    cx: &SessionCx,
+    s: &VirtualSession,
+) -> Opened<'a> {
+    let which: Vec<usize> = s
+        .members
+        .iter()
+        .filter(|ms| super::session::issued(&ms.sid))
+        .map(|ms| usize::from(ms.member))
+        .collect();
+    let opened = {
+        let req = &Origin::of(c, cx);
+        join_all(which.iter().map(|&m| async move {
+            let member = vs.members.get(m)?;
+            let session = fanout::session_for(core, req, vs, cx, m).await.ok()??;
+            let o = member::Outbound {
+                member,
+                session: Some((session.0, &session.1)),
+                http_method: b"GET",
+                body: b"",
+                mirror: Mirror {
+                    method: "",
+                    name: None,
+                    version: None,
+                },
+                read_only: true,
+                timeout: member.timeout,
+            };
+            let a = member::send(core, req, &o).await.ok()?;
+            Some((m, a))
+        }))
+        .await
+    };
+    let mut out = Opened {
+        streams: (0..vs.members.len()).map(|_| None).collect(),
+        conns: Vec::new(),
+        early_events: Vec::new(),
+    };
+    for (m, a) in opened.into_iter().flatten() {
+        if a.head.status != 200 || !a.head.sse {
+            a.reached.finish(core, None, a.head.status);
+            continue;
+        }
+        let mut ms = MemberStream {
+            framing: a.head.framing(),
+            parser: protocol::sse::SseParser::new(),
+            parts: Some(a.reached),
+        };
+        let mut err = false;
+        let mut body = Vec::new();
+        crate::data_path::upstream::collect_step(&mut ms.framing, &a.early, &mut body, &mut err);
+        ms.parser.push(&body);
+        while let Some(ev) = ms.parser.next_event() {
+            let bits = relay_event(m, &ev.data, &mut out.early_events);
+            if let Some(p) = &ms.parts {
+                crate::data_path::cache::note_group_changes(core, p.gi, bits);
+            }
+        }
+        if let Some(slot) = out.streams.get_mut(m) {
+            *slot = Some(ms);
+        }
+        out.conns.push((m, a.up));
+    }
+    out
+}
+
+/// Takes in what member `m`'s read brought: its events (for the client) into `events`; what
+/// the member's next read takes (its connection and buffer), or `None` when its stream ended
+/// (its slot emptied, its connection closed).
+fn on_read<'a>(
+    core: &'a Core,
+    streams: &mut [Option<MemberStream<'a>>],
+    (m, up, r, mut buf): PendingRead,
+    body: &mut Vec<u8>,
+    events: &mut Vec<u8>,
+) -> Option<(Conn, Vec<u8>)> {
+    let Some(Some(ms)) = streams.get_mut(m) else {
+        return None;
+    };
+    let mut err = false;
+    body.clear();
+    let done = match r {
+        Ok(n) if n > 0 => {
+            crate::data_path::upstream::collect_step(&mut ms.framing, &buf, body, &mut err).1
+        }
+        _ => true,
+    };
+    ms.parser.push(body);
+    while let Some(ev) = ms.parser.next_event() {
+        let bits = relay_event(m, &ev.data, events);
+        if let Some(p) = &ms.parts {
+            crate::data_path::cache::note_group_changes(core, p.gi, bits);
+        }
+    }
+    if done || err {
+        core.give_buf(buf);
+        if let Some(Some(ms)) = streams.get_mut(m).map(Option::take) {
+            if let Some(p) = ms.parts {
+                p.finish(core, None, 200);
+            }
+        }
+        return None;
+    }
+    buf.clear();
+    Some((up, buf))
+}
+
 /// Reads the next bytes of member `m`'s stream (the connection travels with the read).
-async fn read(
-    m: usize,
-    mut up: Conn,
-    buf: Vec<u8>,
-) -> (usize, Conn, std::io::Result<usize>, Vec<u8>) {
+async fn read(m: usize, mut up: Conn, buf: Vec<u8>) -> PendingRead {
     let (r, b) = up.read_more(buf, crate::data_path::READ_SIZE).await;
     (m, up, r, b)
 }

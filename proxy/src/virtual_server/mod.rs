@@ -29,8 +29,8 @@ pub(crate) mod session;
 use serde_json::Value;
 
 use crate::config::VirtualServer;
-use crate::data_path::admission;
 use crate::data_path::request::{ClientConn, HttpMethod, Next, Refusal, Stop};
+use crate::data_path::{admission, era_bridge};
 use crate::data_path::{record, reply};
 use crate::runtime::core::Core;
 use member::Origin;
@@ -42,6 +42,24 @@ pub(crate) struct SessionCx {
     pub session: Option<VirtualSession>,
     /// A keyed hash of the id (per-core caches of this session).
     pub key: u64,
+    /// A 2026-07-28 request outside any session (its `_meta` declares that revision): the
+    /// era bridge takes it to members of the 2025 era.
+    pub modern: bool,
+    /// The client capabilities its member sessions were opened with (the session's, or what
+    /// a 2026-07-28 request declares), as a key of the merged lists ([`cache::Key`]).
+    pub caps: u64,
+}
+
+impl SessionCx {
+    /// No session (`modern`: a 2026-07-28 request).
+    pub(crate) fn none(modern: bool) -> SessionCx {
+        SessionCx {
+            session: None,
+            key: 0,
+            modern,
+            caps: 0,
+        }
+    }
 }
 
 /// Serves one request (its body read) to the virtual server of group `gi`.
@@ -52,14 +70,14 @@ pub(crate) async fn serve(
     vs: &VirtualServer,
 ) -> Result<Next, Stop> {
     let method = c.req.method();
-    let cx = open_session(core, c, gi, vs)?;
+    let mut cx = open_session(core, c, gi, vs)?;
     match method {
         HttpMethod::Post => {}
         HttpMethod::Delete => {
             if cx.session.is_none() {
                 return Err(Refusal::invalid(400, "Mcp-Session-Id header required").into());
             }
-            fanout::end_sessions(core, &Origin::of(c), vs, &cx).await;
+            fanout::end_sessions(core, &Origin::of(c, &cx), vs, &cx).await;
             c.meta.ended_session = true;
             return Ok(reply::document(c, 200, b"", "").await);
         }
@@ -77,8 +95,20 @@ pub(crate) async fn serve(
         )
         .into());
     }
+    cx.modern = admitted.modern && cx.session.is_none();
+    if cx.modern {
+        let declared = crate::session::era::declared(c.req.body());
+        cx.caps = declared.map_or(0, |d| cache::capabilities_key(d.capabilities));
+    }
     let mut permits: admission::Permits = Default::default();
     admission::acquire_permits(core, &admitted.conc, &mut permits).await?;
+    if cx.modern && crate::session::era::has_request_state(c.req.body()) {
+        // A 2026-07-28 retry carrying the input a bridged member's call waits for goes to
+        // that call (boxed: as in the data path, only such a retry pays for its future).
+        if let Some(next) = Box::pin(era_bridge::resume(core, c)).await {
+            return Ok(next);
+        }
+    }
     let msg: Value = match serde_json::from_slice(c.req.body()) {
         Ok(v) => v,
         Err(_) => return Err(Refusal::new(400, -32700, "Parse error").into()),
@@ -94,11 +124,11 @@ pub(crate) async fn serve(
     match (method_name.as_deref(), has_id) {
         (Some(m), true) => request(core, c, vs, &cx, m, &msg).await,
         (Some(m), false) => {
-            fanout::notification(core, &Origin::of(c), vs, &cx, m, &msg).await;
+            fanout::notification(core, &Origin::of(c, &cx), vs, &cx, m, &msg).await;
             Ok(reply::accepted(c).await)
         }
         (None, true) => {
-            routed::client_answer(core, &Origin::of(c), vs, &cx, &msg).await;
+            routed::client_answer(core, &Origin::of(c, &cx), vs, &cx, &msg).await;
             Ok(reply::accepted(c).await)
         }
         (None, false) => Err(Refusal::invalid(400, "Invalid Request").into()),
@@ -135,7 +165,7 @@ async fn request(
         | "resources/unsubscribe"
         | "completion/complete" => routed::call(core, c, vs, cx, method, msg).await,
         "logging/setLevel" => fanout::set_level(core, c, vs, cx, msg).await,
-        "server/discover" => fanout::discover(core, c, vs, msg).await,
+        "server/discover" => fanout::discover(core, c, vs, cx, msg).await,
         _ => Ok(error(c, -32601, &format!("Method not found: {method}")).await),
     }
 }
@@ -149,10 +179,7 @@ fn open_session(
     vs: &VirtualServer,
 ) -> Result<SessionCx, Refusal> {
     let Some(sealed) = c.req.session_id() else {
-        return Ok(SessionCx {
-            session: None,
-            key: 0,
-        });
+        return Ok(SessionCx::none(false));
     };
     let key = core.shared.key_hasher.hash_key(sealed);
     if core.access_log.is_some() {
@@ -172,8 +199,10 @@ fn open_session(
         return Err(Refusal::invalid(404, "Session not found"));
     }
     Ok(SessionCx {
+        caps: cache::capabilities_key(&s.capabilities),
         session: Some(s),
         key,
+        modern: false,
     })
 }
 

@@ -232,6 +232,32 @@ pub(crate) fn merge(vs: &VirtualServer, kind: Kind, pages: &[MemberPage]) -> Mer
     out
 }
 
+/// Where a tool name that no member lists goes: to the one member that could own it (it
+/// shows names without a prefix, `prefix_mode` "never" or "conflict", and its filter admits
+/// the name, after its renames), so that the member's own answer reaches the client (a
+/// member's lists may be stale, or its tools dynamic). `None` when no member or several could
+/// (under "always" every name the client sees carries its member's prefix).
+pub(crate) fn unlisted_tool_route(vs: &VirtualServer, name: &str) -> Option<Route> {
+    if vs.prefix_mode == PrefixMode::Always {
+        return None;
+    }
+    let mut owners = vs.members.iter().enumerate().filter_map(|(i, m)| {
+        // The member's own name for it: a rename's source, else the name itself unless the
+        // member shows that one under another name.
+        let own = match m.renames.iter().find(|(_, to)| to == name) {
+            Some((from, _)) => from.as_str(),
+            None if m.renames.iter().any(|(from, _)| from == name) => return None,
+            None => name,
+        };
+        m.tools.admits(own).then(|| Route {
+            member: i,
+            name: own.to_string(),
+        })
+    });
+    let first = owners.next()?;
+    owners.next().is_none().then_some(first)
+}
+
 /// A member's items its filter shows, with their own names.
 fn visible<'p>(
     kind: Kind,
@@ -454,6 +480,35 @@ mod tests {
                 name: "read_file".into()
             })
         );
+    }
+
+    #[test]
+    fn an_unlisted_tool_goes_to_the_one_member_that_could_own_it() {
+        let one = vs(PrefixMode::Never, vec![member("ev", &[], &["get-env"])]);
+        let r = unlisted_tool_route(&one, "test_simple_text");
+        assert_eq!(
+            r.map(|r| (r.member, r.name)),
+            Some((0, "test_simple_text".into()))
+        );
+        // Filtered out: nobody owns it.
+        assert_eq!(unlisted_tool_route(&one, "get-env"), None);
+        // Two members could: -32602 as before.
+        let two = vs(
+            PrefixMode::Conflict,
+            vec![member("a", &["x_*"], &[]), member("b", &[], &[])],
+        );
+        assert_eq!(unlisted_tool_route(&two, "x_1"), None);
+        assert_eq!(unlisted_tool_route(&two, "y").map(|r| r.member), Some(1));
+        // "always": every name has its member's prefix.
+        let always = vs(PrefixMode::Always, vec![member("a", &[], &[])]);
+        assert_eq!(unlisted_tool_route(&always, "a_x"), None);
+        // Renames: the client's name goes back to the member's own; the own name is hidden.
+        let mut m = member("r", &[], &[]);
+        m.renames = vec![("echo".into(), "say".into())];
+        let renamed = vs(PrefixMode::Never, vec![m]);
+        let r = unlisted_tool_route(&renamed, "say");
+        assert_eq!(r.map(|r| r.name), Some("echo".into()));
+        assert_eq!(unlisted_tool_route(&renamed, "echo"), None);
     }
 
     #[test]

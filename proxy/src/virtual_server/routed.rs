@@ -1,8 +1,10 @@
 //! Requests that go to one member: `tools/call` and `prompts/get` by name, `resources/read`,
 //! `resources/subscribe` and `resources/unsubscribe` by URI, `completion/complete` by its
 //! ref; and the client's answers to a member's server-to-client requests, by their wrapped
-//! id. A name or URI no member shows is answered here, as the spec says for an unknown tool,
-//! prompt or resource, and nothing reaches a member. The member's answer goes back as it
+//! id. A tool name no member lists goes to the one member that could own it
+//! ([`naming::unlisted_tool_route`]); otherwise, and for a prompt or URI no member shows, it
+//! is answered here, as the spec says for an unknown tool, prompt or resource, and nothing
+//! reaches a member. The member's answer goes back as it
 //! arrives: JSON whole, SSE event by event (progress as it comes), with the ids of its
 //! server-to-client requests wrapped ([`naming::wrap_id`]) and `*/list_changed` evicting the
 //! merged lists.
@@ -20,7 +22,7 @@ use super::{error, log_member_failure, SessionCx};
 use crate::config::VirtualServer;
 use crate::data_path::request::{ClientConn, Next, Refusal, Stop};
 use crate::data_path::response::{self, Framing, Waited, Watch};
-use crate::data_path::upstream;
+use crate::data_path::{era_bridge, upstream};
 use crate::http;
 use crate::runtime::core::Core;
 
@@ -42,7 +44,7 @@ pub(super) async fn call(
     method: &str,
     msg: &Value,
 ) -> Result<Next, Stop> {
-    let target = match route(core, &Origin::of(c), vs, cx, method, msg).await? {
+    let target = match route(core, &Origin::of(c, cx), vs, cx, method, msg).await? {
         Ok(t) => t,
         // A resource no member lists may still be watched (it may appear later): every
         // member whose filter shows the URI is asked.
@@ -56,7 +58,7 @@ pub(super) async fn call(
     };
     let read_only = protocol::Method::from_name(method).is_read_only();
     let mut again = true;
-    let mut session = fanout::session_for(core, &Origin::of(c), vs, cx, target.member)
+    let mut session = fanout::session_for(core, &Origin::of(c, cx), vs, cx, target.member)
         .await
         .map_err(|e| e.refusal())?;
     let answered = loop {
@@ -72,12 +74,12 @@ pub(super) async fn call(
                 read_only,
             )
         };
-        match member::send(core, &Origin::of(c), &o).await {
+        match member::send(core, &Origin::of(c, cx), &o).await {
             // The member lost the session (it restarted): the request did not run there.
             Err(MemberError::SessionGone) if again && cx.session.is_some() => {
                 again = false;
                 session = Some(
-                    fanout::reopen(core, &Origin::of(c), vs, cx, target.member)
+                    fanout::reopen(core, &Origin::of(c, cx), vs, cx, target.member)
                         .await
                         .map_err(|e| e.refusal())?,
                 );
@@ -118,7 +120,7 @@ async fn subscribe_anywhere(
         read_only: false,
         id: &id,
     };
-    let answers = fanout::ask_each(core, &Origin::of(c), vs, cx, which.into_iter(), &a).await;
+    let answers = fanout::ask_each(core, &Origin::of(c, cx), vs, cx, which.into_iter(), &a).await;
     let took = answers.iter().any(|(_, got)| {
         got.as_ref()
             .is_ok_and(|g| matches!(g.response(&id), Some(Ok(_))))
@@ -155,7 +157,12 @@ async fn route(
                 )));
             };
             let listed = fanout::whole(core, req, vs, cx, kind, msg, true).await?;
-            let Some(r) = listed.merged().routes.get(name) else {
+            let unlisted = || {
+                (kind == Kind::Tools)
+                    .then(|| naming::unlisted_tool_route(vs, name))
+                    .flatten()
+            };
+            let Some(r) = listed.merged().routes.get(name).cloned().or_else(unlisted) else {
                 return Ok(Err((-32602, format!("Unknown {what}: {name}"))));
             };
             let mut body = msg.clone();
@@ -231,9 +238,20 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
         mut up,
         early,
         reached,
+        bridged,
     } = a;
-    c.meta.status = head.status;
     let keep = !c.req.head.close;
+    if let Some((leg, mut buf)) = bridged {
+        // Through the era bridge: the answer made what the 2026-07-28 wire requires, a
+        // member's server-to-client request an `input_required` result (the call waits for
+        // the client's retry, `era_bridge::resume`).
+        let head_len = buf.len();
+        buf.extend_from_slice(&early);
+        let (next, up) = era_bridge::forward(core, c, up, buf, head_len, keep, leg).await;
+        reached.finish(core, up, c.meta.status);
+        return next;
+    }
+    c.meta.status = head.status;
     let mut framing = head.framing();
     let mut avail = early;
     let mut body = Vec::new();

@@ -13,6 +13,16 @@ use crate::session::{Owner, SessionSealer, MAX_VIRTUAL_PAYLOAD, OWNER};
 /// Longest client capabilities object carried (a longer one is carried as `{}`).
 const MAX_CAPABILITIES: usize = 384;
 
+/// The id a member session carries for a member of the 2026-07-28 era alone: none the member
+/// issued (no server issues this one: a session id is visible ASCII), marking that each
+/// request to it goes as a 2026-07-28 one, with what the client declared at `initialize`.
+pub(crate) const MODERN_ONLY: &[u8] = b"\0";
+
+/// Whether `sid` is a session id the member issued (not none, not [`MODERN_ONLY`]).
+pub(crate) fn issued(sid: &[u8]) -> bool {
+    !sid.is_empty() && sid != MODERN_ONLY
+}
+
 /// One member's own session inside a virtual session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MemberSession {
@@ -20,7 +30,8 @@ pub(crate) struct MemberSession {
     pub member: u8,
     /// The tag of the member's backend that holds the session.
     pub backend_tag: u32,
-    /// The backend's session id (empty: the member issued none, it is stateless).
+    /// The backend's session id (empty: the member issued none, it is stateless;
+    /// [`MODERN_ONLY`]: a member of the 2026-07-28 era alone).
     pub sid: Vec<u8>,
 }
 
@@ -224,6 +235,22 @@ mod tests {
             prop_assert_eq!(VirtualSession::open_keyed(&sealer, &id, s.group_tag).map(|(s, _)| s), Some(s.clone()));
             prop_assert_eq!(VirtualSession::open_keyed(&sealer, &id, s.group_tag ^ 1).map(|(s, _)| s), None);
         }
+    }
+
+    #[test]
+    fn the_marker_of_a_2026_member_is_no_issued_id() {
+        assert!(!issued(b""));
+        assert!(!issued(MODERN_ONLY));
+        assert!(issued(b"abc-1"));
+        let s = VirtualSession {
+            members: vec![MemberSession {
+                member: 0,
+                backend_tag: 1,
+                sid: MODERN_ONLY.to_vec(),
+            }],
+            ..VirtualSession::default()
+        };
+        assert_eq!(VirtualSession::decode(&s.encode()), Some(s));
     }
 
     #[test]

@@ -54,7 +54,8 @@ pub(super) fn validate(
     {
         t.problem("separator", "must have no spaces or control characters");
     }
-    let list_cache_ttl = t.duration(
+    // "0s": no merged list is kept.
+    let list_cache_ttl = t.duration_or_zero(
         "list_cache_ttl",
         raw.list_cache_ttl.as_deref(),
         DEFAULT_LIST_TTL,
@@ -262,6 +263,26 @@ mod tests {
         assert!(v.members[1].tools.admits("read_file"));
         assert!(!v.members[1].tools.admits("write_file"));
         assert!(c.servers[2].backends.is_empty());
+    }
+
+    #[test]
+    fn a_zero_list_cache_ttl_means_no_cache() {
+        let text = format!(
+            "{BASE}[[servers]]\nname = \"v\"\npath = \"/v\"\nlist_cache_ttl = \"0s\"\n\
+             members = [{{ server = \"search\" }}]\n"
+        );
+        let c = Config::parse(&text).map_err(|e| e.to_string());
+        let Ok(c) = c else { panic!("{c:?}") };
+        let ttl = c.servers[2]
+            .virtual_server
+            .as_ref()
+            .map(|v| v.list_cache_ttl);
+        assert_eq!(ttl, Some(std::time::Duration::ZERO));
+        assert!(problems(
+            "[[servers]]\nname = \"v\"\npath = \"/v\"\nlist_cache_ttl = \"soon\"\n\
+             members = [{ server = \"search\" }]\n"
+        )
+        .contains("servers[2].list_cache_ttl"));
     }
 
     #[test]
