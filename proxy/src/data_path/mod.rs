@@ -161,9 +161,10 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
         .get(gi)
         .and_then(|g| g.virtual_server.clone());
     if let Some(vs) = virtual_server {
-        // Boxed: the virtual server's future is about 18 KiB; inlined here it made every plain
-        // request's future that size, and conn.rs boxes that future per request (a 10 000
-        // instruction memcpy per request, 32 300 vs 23 500 instructions: bench/instructions.sh).
+        // Boxed: the virtual server's future is large (about 18 KiB when this was measured,
+        // 8 448 bytes at 3f09708); inlined here it made every plain request's future that
+        // size, and conn.rs boxes that future per request (a 10 000 instruction memcpy per
+        // request, 32 300 vs 23 500 instructions: bench/instructions.sh).
         return crate::runtime::boxed(|| crate::virtual_server::serve(core, c, gi, &vs)).await;
     }
     let mut scratch = [0u8; SCRATCH];
