@@ -305,14 +305,7 @@ impl HttpClient {
         connect_timeout: Duration,
         write_timeout: Duration,
     ) -> Result<HttpClient, ClientError> {
-        let addrs: Vec<SocketAddr> = authority
-            .to_socket_addrs()
-            .or_else(|_| format!("{authority}:80").to_socket_addrs())
-            .map_err(|error| ClientError::Resolve {
-                authority: authority.to_string(),
-                error,
-            })?
-            .collect();
+        let addrs = resolve(authority, 80)?;
         let mut last = None;
         for addr in addrs {
             match TcpStream::connect_timeout(&addr, connect_timeout) {
@@ -339,21 +332,15 @@ impl HttpClient {
         })
     }
 
-    /// [`HttpClient::connect_host`] over TLS: each address `authority` resolves to is tried
-    /// until one connects and completes the handshake (`tls`: roots, SNI and the name the
+    /// [`HttpClient::connect_host`] over TLS (port 443 when `authority` names none): each
+    /// address it resolves to is tried until one connects and completes the handshake (`tls`: roots, SNI and the name the
     /// certificate must carry), with `timeout` for every step.
     pub fn connect_host_tls(
         authority: &str,
         timeout: Duration,
         tls: &crate::tls::UpstreamTls,
     ) -> Result<HttpClient, ClientError> {
-        let addrs: Vec<SocketAddr> = authority
-            .to_socket_addrs()
-            .map_err(|error| ClientError::Resolve {
-                authority: authority.to_string(),
-                error,
-            })?
-            .collect();
+        let addrs = resolve(authority, 443)?;
         let mut last = ClientError::NoAddress(authority.to_string());
         for addr in addrs {
             match Self::connect_tls(addr, timeout, tls.config.clone(), tls.server_name.clone()) {
@@ -669,6 +656,18 @@ impl HttpClient {
 }
 
 /// A TCP connection to `addr` within `timeout`.
+/// The addresses `authority` (`host[:port]`) resolves to, `default_port` when it names none.
+fn resolve(authority: &str, default_port: u16) -> Result<Vec<SocketAddr>, ClientError> {
+    authority
+        .to_socket_addrs()
+        .or_else(|_| format!("{authority}:{default_port}").to_socket_addrs())
+        .map(Iterator::collect)
+        .map_err(|error| ClientError::Resolve {
+            authority: authority.to_string(),
+            error,
+        })
+}
+
 fn tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ClientError> {
     TcpStream::connect_timeout(&addr, timeout).map_err(|error| ClientError::Connect {
         addr: addr.to_string(),
