@@ -357,16 +357,20 @@ async fn wait(
     .await
 }
 
-/// Asks the client of a 2025-era session on the call's SSE answer, waits for its answer
-/// (`confirm_timeout`), then forwards the call into the same stream or answers a tool error.
-pub(crate) async fn ask_on_stream(
-    core: &Core,
-    c: &mut ClientConn,
-    group: &ServerGroup,
-    mut plan: Plan<'_>,
-    conc: &ConcKeys,
-    permits: &mut Permits,
-) -> Result<Next, Stop> {
+/// What became of the question [`ask_first`] asked on the call's SSE answer.
+pub(crate) enum Asked {
+    /// The user approved: the SSE head and the question went out, and the call's answer
+    /// goes on in the same stream (`close`: the head said `connection: close`).
+    Approved { close: bool },
+    /// Answered (declined, timed out, or the client left).
+    Done(Next),
+}
+
+/// Asks the client of a 2025-era session on the call's SSE answer and waits for its answer
+/// (`confirm_timeout`): approved, the caller forwards the call into the same stream
+/// ([`ask_on_stream`] for a plain group, the virtual server's routed call for its members);
+/// otherwise the stream ends here with a tool error.
+pub(crate) async fn ask_first(c: &mut ClientConn, group: &ServerGroup) -> Result<Asked, Stop> {
     let body = c.req.body();
     let Some(call) = confirm::call(body) else {
         return Err(Refusal::new(200, -32602, "tools/call without params.name").into());
@@ -386,32 +390,51 @@ pub(crate) async fn ask_on_stream(
     c.meta.by_proxy = true;
     if reply::send_out(c, Next::KeepAlive).await != Next::KeepAlive {
         c.meta.confirm = Some(Outcome::Declined);
-        return Ok(Next::Close);
+        return Ok(Asked::Done(Next::Close));
     }
     let waited = wait(&q, group.confirm_timeout, &mut c.stream).await;
     drop(q);
     let outcome = confirm::settle(waited);
     c.meta.confirm = Some(outcome);
     if waited == Waited::ClientLeft {
-        return Ok(Next::Close);
+        return Ok(Asked::Done(Next::Close));
     }
     if outcome == Outcome::Confirmed {
         c.meta.by_proxy = false;
-        let ok = forward_on_stream(core, c, group, &mut plan, conc, permits).await;
-        return Ok(if ok {
-            Next::keep_unless(close)
-        } else {
-            Next::Close
-        });
+        return Ok(Asked::Approved { close });
     }
     let answer = confirm::refused_result(c.req.id().unwrap_or_default(), &tool, outcome, false);
     event(c, &answer);
     c.out.extend_from_slice(crate::http::LAST_CHUNK);
-    Ok(reply::send_out(c, Next::keep_unless(close)).await)
+    Ok(Asked::Done(
+        reply::send_out(c, Next::keep_unless(close)).await,
+    ))
+}
+
+/// Asks the client of a 2025-era session on the call's SSE answer ([`ask_first`]), then
+/// forwards the approved call into the same stream.
+pub(crate) async fn ask_on_stream(
+    core: &Core,
+    c: &mut ClientConn,
+    group: &ServerGroup,
+    mut plan: Plan<'_>,
+    conc: &ConcKeys,
+    permits: &mut Permits,
+) -> Result<Next, Stop> {
+    let close = match ask_first(c, group).await? {
+        Asked::Approved { close } => close,
+        Asked::Done(next) => return Ok(next),
+    };
+    let ok = forward_on_stream(core, c, group, &mut plan, conc, permits).await;
+    Ok(if ok {
+        Next::keep_unless(close)
+    } else {
+        Next::Close
+    })
 }
 
 /// Appends one SSE `message` event carrying `json` (one line) as a chunk to `c.out`.
-fn event(c: &mut ClientConn, json: &[u8]) {
+pub(crate) fn event(c: &mut ClientConn, json: &[u8]) {
     let mut data = Vec::with_capacity(json.len() + 24);
     data.extend_from_slice(b"event: message\n");
     era::sse_data(&mut data, json);
@@ -547,8 +570,9 @@ async fn relay(
     (reply::send_out(c, Next::KeepAlive).await == Next::KeepAlive).then_some(reusable)
 }
 
-/// Ends the open stream with a JSON-RPC error for the call.
-async fn fail_event(c: &mut ClientConn, code: i32, message: &str) -> bool {
+/// Ends the open stream with a JSON-RPC error for the call (always `false`: the stream
+/// did not end with the call's answer).
+pub(crate) async fn fail_event(c: &mut ClientConn, code: i32, message: &str) -> bool {
     let id = c.req.id().unwrap_or(b"null");
     let msg = serde_json::Value::from(message).to_string();
     let err = format!(

@@ -22,7 +22,7 @@ use super::{error, log_member_failure, SessionCx};
 use crate::config::VirtualServer;
 use crate::data_path::request::{ClientConn, Next, Refusal, Stop};
 use crate::data_path::response::{self, Framing, Waited, Watch};
-use crate::data_path::{era_bridge, upstream};
+use crate::data_path::{confirm, era_bridge, upstream};
 use crate::http;
 use crate::runtime::core::Core;
 
@@ -35,7 +35,9 @@ struct Target {
     name: Option<String>,
 }
 
-/// A request for one member: routed, sent, and its answer forwarded.
+/// A request for one member: routed, sent, and its answer forwarded. `streaming`: the
+/// client's SSE answer is open already (mcplb asked it to approve the call there; `Some(close)`
+/// says whether its head said `connection: close`), so the answer, or the error, goes into it.
 pub(super) async fn call(
     core: &Core,
     c: &mut ClientConn,
@@ -43,15 +45,51 @@ pub(super) async fn call(
     cx: &SessionCx,
     method: &str,
     msg: &Value,
+    streaming: Option<bool>,
 ) -> Result<Next, Stop> {
+    let failed = match reach(core, c, vs, cx, method, msg).await {
+        Ok(Ok((m, answered))) => return Ok(forward(core, c, m, answered, streaming).await),
+        Ok(Err(Unrouted::Done(next))) => return Ok(next),
+        Ok(Err(Unrouted::Error(code, message))) => {
+            if streaming.is_none() {
+                return Ok(error(c, code, &message).await);
+            }
+            (code, message)
+        }
+        Err(Stop::Refuse(r)) if streaming.is_some() => (i64::from(r.code), r.message.to_string()),
+        Err(stop) => return Err(stop),
+    };
+    let code = i32::try_from(failed.0).unwrap_or(-32603);
+    confirm::fail_event(c, code, &failed.1).await;
+    Ok(Next::Close)
+}
+
+/// A routed request that reached no member.
+enum Unrouted {
+    /// Answered here (a subscription no member lists, asked of every member).
+    Done(Next),
+    /// No member shows its name or URI: this JSON-RPC error answers it.
+    Error(i64, String),
+}
+
+/// Routes `msg` to its member and sends it there: the member and its answer's head.
+async fn reach<'a>(
+    core: &'a Core,
+    c: &mut ClientConn,
+    vs: &VirtualServer,
+    cx: &SessionCx,
+    method: &str,
+    msg: &Value,
+) -> Result<Result<(usize, Answered<'a>), Unrouted>, Stop> {
     let target = match route(core, &Origin::of(c, cx), vs, cx, method, msg).await? {
         Ok(t) => t,
         // A resource no member lists may still be watched (it may appear later): every
         // member whose filter shows the URI is asked.
         Err(_) if matches!(method, "resources/subscribe" | "resources/unsubscribe") => {
-            return subscribe_anywhere(core, c, vs, cx, method, msg).await;
+            let next = subscribe_anywhere(core, c, vs, cx, method, msg).await?;
+            return Ok(Err(Unrouted::Done(next)));
         }
-        Err((code, message)) => return Ok(error(c, code, &message).await),
+        Err((code, message)) => return Ok(Err(Unrouted::Error(code, message))),
     };
     let Some(member) = vs.members.get(target.member) else {
         return Err(Refusal::new(502, -32603, "no such member").into());
@@ -61,7 +99,7 @@ pub(super) async fn call(
     let mut session = fanout::session_for(core, &Origin::of(c, cx), vs, cx, target.member)
         .await
         .map_err(|e| e.refusal())?;
-    let answered = loop {
+    loop {
         let s = session.as_ref().map(|(t, sid)| (*t, sid.as_slice()));
         let o = member::Outbound {
             timeout: core.shared.config.proxy.upstream_timeout,
@@ -88,10 +126,9 @@ pub(super) async fn call(
                 log_member_failure(&member.server, "routed request failed", &e);
                 return Err(e.refusal().into());
             }
-            Ok(a) => break a,
+            Ok(a) => return Ok(Ok((target.member, a))),
         }
-    };
-    Ok(forward(core, c, target.member, answered).await)
+    }
 }
 
 /// `resources/subscribe` (or `unsubscribe`) of a URI no member lists: to every member whose
@@ -231,8 +268,15 @@ async fn by_uri(
     }
 }
 
-/// Forwards a member's answer to the client: JSON whole, SSE event by event.
-async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> Next {
+/// Forwards a member's answer to the client: JSON whole, SSE event by event; into the
+/// client's open SSE answer when `streaming` (see [`call`]).
+async fn forward(
+    core: &Core,
+    c: &mut ClientConn,
+    m: usize,
+    a: Answered<'_>,
+    streaming: Option<bool>,
+) -> Next {
     let Answered {
         head,
         mut up,
@@ -240,7 +284,14 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
         reached,
         bridged,
     } = a;
-    let keep = !c.req.head.close;
+    let keep = !c.req.head.close && streaming != Some(true);
+    if bridged.is_some() && streaming.is_some() {
+        // Not reached: the era bridge serves 2026-07-28 clients, who are asked through
+        // `input_required`, never on an open stream.
+        reached.finish(core, None, 502);
+        confirm::fail_event(c, -32603, "the member's answer cannot go into this stream").await;
+        return Next::Close;
+    }
     if let Some((leg, mut buf)) = bridged {
         // Through the era bridge: the answer made what the 2026-07-28 wire requires, a
         // member's server-to-client request an `input_required` result (the call waits for
@@ -294,6 +345,9 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
         let reusable = !head.close && !matches!(framing, Framing::UntilClose);
         reached.finish(core, reusable.then_some(up), head.status);
         c.meta.upstream_done = Some(Instant::now());
+        if streaming.is_some() {
+            return whole_event(c, &body, keep).await;
+        }
         let ctype = if head.content_type.is_empty() {
             b"application/json".to_vec()
         } else {
@@ -304,17 +358,19 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
     // SSE: event by event.
     c.meta.sse = true;
     c.out.clear();
-    let _ = write!(
-        c.out,
-        "HTTP/1.1 {} {}\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-         x-accel-buffering: no\r\ntransfer-encoding: chunked\r\n{}\r\n",
-        head.status,
-        http::reason(head.status),
-        if keep { "" } else { "connection: close\r\n" }
-    );
-    if !send(c).await {
-        reached.finish(core, None, head.status);
-        return Next::Close;
+    if streaming.is_none() {
+        let _ = write!(
+            c.out,
+            "HTTP/1.1 {} {}\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+             x-accel-buffering: no\r\ntransfer-encoding: chunked\r\n{}\r\n",
+            head.status,
+            http::reason(head.status),
+            if keep { "" } else { "connection: close\r\n" }
+        );
+        if !send(c).await {
+            reached.finish(core, None, head.status);
+            return Next::Close;
+        }
     }
     let mut parser = protocol::sse::SseParser::new();
     let mut events = Vec::new();
@@ -381,6 +437,32 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
     // does the member's, which tells the member to stop.
     reached.finish(core, None, head.status);
     Next::Close
+}
+
+/// A member's whole JSON answer as the last event of the client's open SSE answer (see
+/// [`call`]); a body that is no JSON ends the stream with an error.
+async fn whole_event(c: &mut ClientConn, body: &[u8], keep: bool) -> Next {
+    let line = serde_json::from_slice::<Value>(body)
+        .map(|v| v.to_string().into_bytes())
+        .unwrap_or_default();
+    if line.is_empty() {
+        confirm::fail_event(
+            c,
+            -32603,
+            "the member's answer to the approved call is not JSON",
+        )
+        .await;
+        return Next::Close;
+    }
+    c.meta.jsonrpc_error = protocol::response_outcome(&line) == Some(true);
+    c.out.clear();
+    confirm::event(c, &line);
+    c.out.extend_from_slice(http::LAST_CHUNK);
+    if send(c).await && keep {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
 }
 
 /// Appends `events` as one chunk of a chunked body (nothing when empty).
