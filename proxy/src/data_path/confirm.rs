@@ -433,6 +433,122 @@ pub(crate) async fn ask_on_stream(
     })
 }
 
+/// Asks the client of mcplb's own session for a 2026-07-28 backend (a 2025-era client through
+/// the era bridge; `payload`: what the session's id carries, the client's declared
+/// capabilities among it) on the call's SSE answer ([`ask_first`]), then sends the approved
+/// call to a backend of the group as the bridge makes it (`_meta` and mirror headers of
+/// 2026-07-28) and relays its answer into the same stream, the backend's own
+/// `input_required` rounds asked of the client as on any bridged call
+/// (`era_ask::continue_stream`).
+pub(crate) async fn ask_on_bridged_stream(
+    core: &Core,
+    c: &mut ClientConn,
+    group: &ServerGroup,
+    gi: usize,
+    payload: &[u8],
+    conc: &ConcKeys,
+    permits: &mut Permits,
+) -> Result<Next, Stop> {
+    let close = match ask_first(c, group).await? {
+        Asked::Approved { close } => close,
+        Asked::Done(next) => return Ok(next),
+    };
+    let modern =
+        era::parse_session_payload(payload).and_then(|d| era::modern_request(c.req.body(), &d));
+    let Some((body, headers)) = modern else {
+        fail_event(
+            c,
+            -32603,
+            "mcplb could not make the call a 2026-07-28 request",
+        )
+        .await;
+        return Ok(Next::Close);
+    };
+    let mut plan = Plan {
+        gi,
+        pinned: None,
+        sid: None,
+        needs_failover: false,
+        hash_key: None,
+        read_only: false,
+        can_fail_over: false,
+        head_timeout: core.shared.config.proxy.upstream_timeout,
+    };
+    let mut ubuf = std::mem::take(&mut c.ubuf);
+    if ubuf.capacity() == 0 {
+        ubuf = core.take_buf();
+    }
+    let mut out = core.take_buf();
+    let hop = c.hop();
+    let reached = {
+        let forwarding = (&core.shared.config.proxy.client_address, &hop);
+        let ClientConn {
+            req, meta, trace, ..
+        } = &mut *c;
+        let req: &crate::data_path::request::Request = req;
+        let rewrite = upstream::Rewrite {
+            version: Some(era::MODERN.as_bytes()),
+            body: Some(&body),
+            headers: &headers,
+            trace: trace.as_ref(),
+        };
+        let write = |out: &mut Vec<u8>, backend: &crate::config::Backend, sid: Option<&[u8]>| {
+            let cred = &group.auth.upstream;
+            upstream::build_request(out, req, backend, sid, &rewrite, cred, forwarding);
+        };
+        let mut io = attempt::AttemptIo {
+            out: &mut out,
+            ubuf: &mut ubuf,
+            meta,
+            sealed: None,
+        };
+        attempt::reach(core, &mut plan, conc, permits, &mut io, &write).await
+    };
+    core.give_buf(out);
+    let Reached {
+        up,
+        head_len,
+        backend_tag,
+        in_flight,
+        bi,
+    } = match reached {
+        Ok(r) => r,
+        Err(r) => {
+            c.ubuf = ubuf;
+            fail_event(c, r.code, r.message).await;
+            return Ok(Next::Close);
+        }
+    };
+    let call = crate::data_path::era_ask::Call {
+        gi,
+        bi,
+        backend_tag,
+        body: &body,
+        headers: &headers,
+    };
+    let relayed =
+        crate::data_path::era_ask::continue_stream(core, c, up, ubuf, head_len, close, call).await;
+    drop(in_flight);
+    c.meta.upstream_done.get_or_insert_with(Instant::now);
+    if let Some(rt) = core.shared.groups.get(gi) {
+        let now = crate::balance::now_ns(core.shared.epoch);
+        crate::balance::record_outcome(&core.shared.hub, rt, group, bi, None, now);
+    }
+    match relayed {
+        Ok((next, pool)) => {
+            if let Some(up) = pool {
+                core.put_upstream(gi, bi, up);
+            }
+            Ok(next)
+        }
+        Err(why) => {
+            let what = format!("the backend did not answer the approved call: {why}");
+            fail_event(c, -32603, &what).await;
+            Ok(Next::Close)
+        }
+    }
+}
+
 /// Appends one SSE `message` event carrying `json` (one line) as a chunk to `c.out`.
 pub(crate) fn event(c: &mut ClientConn, json: &[u8]) {
     let mut data = Vec::with_capacity(json.len() + 24);

@@ -123,6 +123,30 @@ pub(crate) async fn forward(
     rounds(core, c, turn, &call).await
 }
 
+/// A 2025-era client's call whose SSE answer is open already (mcplb asked its user to approve
+/// it there, `data_path::confirm`), sent to a 2026-07-28 backend whose answer head is in `buf`
+/// (`n` bytes): the answer goes into that stream, the backend's own `input_required` rounds
+/// asked of the client as on any call of a bridged session. `Err`: why the backend's answer
+/// could not be read (nothing was relayed).
+pub(crate) async fn continue_stream(
+    core: &Core,
+    c: &mut ClientConn,
+    up: Conn,
+    buf: Vec<u8>,
+    n: usize,
+    client_close: bool,
+    call: Call<'_>,
+) -> Result<(Next, Option<Conn>), String> {
+    let (src, is_sse) = retried(core, c, up, buf, n, &call).await?;
+    let turn = Turn {
+        src,
+        is_sse,
+        streaming: true,
+        client_close,
+    };
+    Ok(rounds(core, c, turn, &call).await)
+}
+
 /// The state of a call between rounds.
 struct Turn {
     /// The current answer's source.

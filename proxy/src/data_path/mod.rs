@@ -234,23 +234,26 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     let conc = admitted.map(|a| a.conc).unwrap_or_default();
     if c.meta.policy.is_some_and(|d| d.effect == Effect::Confirm) {
         // Boxed, as the era bridge's answers below: asking is off every plain request's future.
-        let session = (plan.sid.is_some() && era.legacy_client.is_none()).then_some(c.meta.elicits);
-        match Box::pin(ask(
-            core,
-            c,
-            gi,
-            plan.sid.is_some() || era.legacy_client.is_some(),
-            era.modern,
-            session,
-        ))
-        .await?
-        {
+        // mcplb's own session for a 2026-07-28 backend carries what its client declared.
+        let session = match era.legacy_client {
+            Some(p) => Some(
+                crate::session::era::parse_session_payload(p)
+                    .is_some_and(|d| crate::policy::confirm::declares_elicitation(d.capabilities)),
+            ),
+            None => plan.sid.is_some().then_some(c.meta.elicits),
+        };
+        match Box::pin(ask(core, c, gi, era.modern, session)).await? {
             confirm::Approval::Forward => {}
             confirm::Approval::Answered(next) => return Ok(next),
             confirm::Approval::Stream => {
                 let Some(group) = core.shared.config.servers.get(gi) else {
                     return Err(Refusal::new(503, -32603, "no backend available").into());
                 };
+                if let Some(p) = era.legacy_client {
+                    let asked =
+                        confirm::ask_on_bridged_stream(core, c, group, gi, p, &conc, &mut permits);
+                    return Box::pin(asked).await;
+                }
                 let asked = confirm::ask_on_stream(core, c, group, plan, &conc, &mut permits);
                 return Box::pin(asked).await;
             }
@@ -272,13 +275,12 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     Ok(attempt::send(core, c, plan, era, &conc, &mut permits).await)
 }
 
-/// How a call that needs approval is asked about ([`confirm::approve`]); `in_session`: it
-/// carries a session id (a 2026-07-28 request in one is of that session's era).
+/// How a call that needs approval is asked about ([`confirm::approve`]); `session`: whether
+/// the client of its session (if it has one) declared `elicitation`.
 async fn ask(
     core: &Core,
     c: &mut ClientConn,
     gi: usize,
-    in_session: bool,
     modern: bool,
     session: Option<bool>,
 ) -> Result<confirm::Approval, Stop> {
@@ -289,13 +291,6 @@ async fn ask(
         return Err(confirm::unavailable(
             c,
             "mcplb asks for approval of tools/call only; a confirm rule matching another method denies it",
-        )
-        .into());
-    }
-    if in_session && session.is_none() {
-        return Err(confirm::unavailable(
-            c,
-            "the session is mcplb's own for a 2026-07-28 backend, where it does not ask yet",
         )
         .into());
     }
