@@ -136,3 +136,55 @@ async def test_a_2026_servers_own_input_rounds_follow_the_approval_for_a_2025_cl
         assert text(result) == "Ada|file:///work/ada|roses", result
     assert len(user.asked) == 2 and "`introduce`" in user.asked[0], user.asked
     assert user.asked[1] == "server:Who is calling?", user.asked
+
+    def decisions(lines: list[dict]) -> list[tuple[str, str]]:
+        return sorted((line["decision"], line["name"]) for line in lines if line.get("server") == "modern"
+                      and line.get("name") in ("add", "introduce"))
+
+    want = [("confirm_unavailable", "add"), ("confirmed", "add"), ("confirmed", "introduce"), ("declined", "add")]
+    lines = audit_lines(confirm_era["audit"], lambda lines: decisions(lines) == want)
+    assert decisions(lines) == want, lines
+
+
+async def test_a_server_without_sessions_gets_its_clients_asked(confirm_era) -> None:
+    import httpx
+
+    url = confirm_era["stateless"]
+    user = User()
+    before = await ran(url)
+    async with user.client(url, "legacy") as client:
+        assert text(await client.call_tool("whoami", {})) == "confirm-stateless"
+        assert text(await client.call_tool("add", {"a": 20, "b": 22})) == "42"
+        assert len(user.asked) == 1 and "`add`" in user.asked[0], user.asked
+        user.approve = False
+        declined = await client.call_tool("add", {"a": 1, "b": 1})
+        assert declined.is_error and "declined" in text(declined), declined
+    assert (await ran(url))[len(before):] == ["whoami", "add"], "only the approved call ran"
+
+    # On the wire: the server issues no session; mcplb gives a client that declared
+    # elicitation an id of its own (and one that did not, none), and its DELETE ends nothing.
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+    def init(caps: dict) -> httpx.Response:
+        body = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": caps,
+                           "clientInfo": {"name": "raw", "version": "1"}}}
+        return httpx.post(url, json=body, headers=headers, timeout=READ_TIMEOUT)
+
+    assert "mcp-session-id" not in init({}).headers
+    sid = init({"elicitation": {}}).headers["mcp-session-id"]
+    assert httpx.delete(url, headers={**headers, "mcp-session-id": sid}, timeout=10).status_code == 200
+
+    # Without elicitation declared: denied, told why.
+    async with Client(url, mode="legacy", read_timeout_seconds=READ_TIMEOUT) as client:
+        with pytest.raises(Exception) as denied:
+            await client.call_tool("add", {"a": 1, "b": 1})
+        assert "approval" in str(denied.value), denied.value
+
+    def decisions(lines: list[dict]) -> list[str]:
+        return sorted(line["decision"] for line in lines if line.get("server") == "stateless"
+                      and line.get("name") == "add")
+
+    want = ["confirm_unavailable", "confirmed", "declined"]
+    lines = audit_lines(confirm_era["audit"], lambda lines: decisions(lines) == want)
+    assert decisions(lines) == want, lines

@@ -169,6 +169,13 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     }
     let mut scratch = [0u8; SCRATCH];
     let opened = open_session(core, c, gi, &mut scratch)?;
+    // mcplb's own id for the client of a server that issues no session (it names no backend
+    // session: `response::rewrite_head`), given only where approval may be asked.
+    let own_sessionless = opened.as_ref().is_some_and(|o| o.sid.is_empty());
+    if own_sessionless && method == HttpMethod::Delete {
+        // Nothing to end at the backend.
+        return Ok(reply::document(c, 200, b"", "").await);
+    }
     let admitted = match method {
         HttpMethod::Post => Some(match admission::envelope(core, c, gi) {
             // Boxed: the waiting future lives on the heap only when a request waits, not in
@@ -240,7 +247,7 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
                 crate::session::era::parse_session_payload(p)
                     .is_some_and(|d| crate::policy::confirm::declares_elicitation(d.capabilities)),
             ),
-            None => plan.sid.is_some().then_some(c.meta.elicits),
+            None => (plan.sid.is_some() || own_sessionless).then_some(c.meta.elicits),
         };
         match Box::pin(ask(core, c, gi, era.modern, session)).await? {
             confirm::Approval::Forward => {}
@@ -407,6 +414,11 @@ fn plan<'s>(
     };
     if core.access_log.is_some() {
         c.meta.session_hash = core.shared.key_hasher.hash_key(sealed);
+    }
+    if opened.as_ref().is_some_and(|o| o.sid.is_empty()) {
+        // mcplb's own id for the client of a server that issues no session: any backend
+        // serves it, with no session id.
+        return Ok((plan, era));
     }
     if let Some(o) = opened
         .as_ref()
