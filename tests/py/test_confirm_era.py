@@ -188,3 +188,45 @@ async def test_a_server_without_sessions_gets_its_clients_asked(confirm_era) -> 
     want = ["confirm_unavailable", "confirmed", "declined"]
     lines = audit_lines(confirm_era["audit"], lambda lines: decisions(lines) == want)
     assert decisions(lines) == want, lines
+
+
+async def test_a_2026_servers_own_input_rounds_follow_the_approval_for_a_2026_client(confirm_era) -> None:
+    url = confirm_era["modern"]
+    user = User()
+    async with user.client(url, "2026-07-28") as client:
+        result = await client.call_tool("introduce", {})
+        assert text(result) == "Ada|file:///work/ada|roses", result
+    # mcplb asked once; the server's own rounds (its name question, roots, sampling) followed
+    # without a second approval.
+    assert len(user.asked) == 2 and "`introduce`" in user.asked[0], user.asked
+    assert user.asked[1] == "server:Who is calling?", user.asked
+
+    # On the wire: the server's round comes back with its requestState wrapped in mcplb's
+    # approval; a state whose server part was changed is no approval (asked again).
+    import httpx
+
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json",
+               "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "introduce"}
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}, "roots": {}, "sampling": {}}}
+
+    def call(rid: int, **extra) -> dict:
+        body = {"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+                "params": {"name": "introduce", "arguments": {}, "_meta": meta, **extra}}
+        r = httpx.post(url, json=body, headers=headers, timeout=READ_TIMEOUT)
+        if r.headers.get("content-type", "").startswith("text/event-stream"):
+            data = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
+            return json.loads(data[-1])
+        return r.json()
+
+    first = call(1)["result"]
+    (key, _), = first["inputRequests"].items()
+    yes = {key: {"action": "accept", "content": {"approve": True}}}
+    second = call(2, requestState=first["requestState"], inputResponses=yes)["result"]
+    assert second["resultType"] == "input_required", second
+    sealed, _, backend_state = second["requestState"].partition(".")
+    assert sealed and backend_state, second
+    assert all(k != key for k in second["inputRequests"]), "the server's own questions"
+    forged = call(3, requestState=f"{sealed}.x{backend_state}", inputResponses={})["result"]
+    assert forged["resultType"] == "input_required" and "mcplb" in json.dumps(forged["inputRequests"]), forged

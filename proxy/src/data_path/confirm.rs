@@ -101,10 +101,56 @@ async fn input_round(
     });
     let now = now_ms();
     let facts = call.state.and_then(|s| confirm::open_state(sealer, s));
+    let rule_no = c
+        .meta
+        .policy
+        .and_then(|d| d.rule)
+        .map_or(confirm::DESTRUCTIVE_RULE, |r| {
+            u16::try_from(r).unwrap_or(confirm::DESTRUCTIVE_RULE)
+        });
     let Some(facts) = facts else {
         if call.state.is_some_and(|s| is_bridge_state(core, s)) {
             // The era bridge's own round of a call that was forwarded (so approved) already:
             // `era_bridge::resume` hands the input to it and never forwards the call anew.
+            return Ok(Approval::Forward);
+        }
+        if let Some((facts, backend)) = call.state.and_then(|s| confirm::open_wrapped(sealer, s)) {
+            // The backend's own round of a call its user approved: it goes on, the backend
+            // getting its own state back (and the next round wrapped again).
+            match confirm::check_state(&facts, now, &binding) {
+                Err(confirm::StateError::Mismatch) => {
+                    c.meta.confirm = Some(Outcome::Declined);
+                    return Err(Refusal::new(
+                        400,
+                        -32602,
+                        "requestState was issued for another call (tool, arguments or caller): call again without it",
+                    )
+                    .into());
+                }
+                Err(confirm::StateError::Expired) => {
+                    c.meta.confirm = Some(Outcome::TimedOut);
+                    let out = confirm::refused_result(
+                        c.req.id().unwrap_or_default(),
+                        &call.tool,
+                        Outcome::TimedOut,
+                        true,
+                    );
+                    return Ok(Approval::Answered(reply::document(c, 200, &out, "").await));
+                }
+                Ok(()) => {}
+            }
+            let Some(body) = confirm::with_state(body, backend) else {
+                return Err(
+                    Refusal::new(400, -32602, "the retry's params could not be read").into(),
+                );
+            };
+            c.meta.confirm = Some(Outcome::Confirmed);
+            c.confirm_wrap = Some(Box::new(confirm::StateFacts {
+                expires_ms: 0,
+                rule: facts.rule,
+                binding,
+            }));
+            replace_body(core, c, body);
             return Ok(Approval::Forward);
         }
         let rule = confirm::rule_name(c.meta.policy.and_then(|d| d.rule));
@@ -113,13 +159,7 @@ async fn input_round(
             sealer,
             &confirm::StateFacts {
                 expires_ms: now.saturating_add(group.confirm_timeout.as_millis() as u64),
-                rule: c
-                    .meta
-                    .policy
-                    .and_then(|d| d.rule)
-                    .map_or(confirm::DESTRUCTIVE_RULE, |r| {
-                        u16::try_from(r).unwrap_or(confirm::DESTRUCTIVE_RULE)
-                    }),
+                rule: rule_no,
                 binding,
             },
         )
@@ -174,8 +214,52 @@ async fn input_round(
     let Some(stripped) = confirm::strip_retry(body) else {
         return Err(Refusal::new(400, -32602, "the retry's params could not be read").into());
     };
+    c.confirm_wrap = Some(Box::new(confirm::StateFacts {
+        expires_ms: 0,
+        rule: rule_no,
+        binding,
+    }));
     replace_body(core, c, stripped);
     Ok(Approval::Forward)
+}
+
+/// The answer `body` (JSON, or an SSE stream) of a 2026-07-28 call its user approved (`f`):
+/// each `input_required` round of the backend's own with its `requestState` wrapped
+/// ([`confirm::seal_wrapped`], valid for `confirm_timeout`), so the client's retry goes on
+/// unasked; the rest as it came.
+pub(crate) fn wrap_rounds(
+    core: &Core,
+    gi: Option<usize>,
+    f: &confirm::StateFacts,
+    body: Vec<u8>,
+    is_sse: bool,
+) -> Vec<u8> {
+    let timeout = gi
+        .and_then(|g| core.shared.config.servers.get(g))
+        .map_or(confirm::DEFAULT_TIMEOUT, |g| g.confirm_timeout);
+    let facts = confirm::StateFacts {
+        expires_ms: now_ms().saturating_add(timeout.as_millis() as u64),
+        ..*f
+    };
+    let wrap = |s: &str| confirm::seal_wrapped(&core.shared.sealer, &facts, s);
+    if !is_sse {
+        return confirm::wrap_round(&body, wrap).unwrap_or(body);
+    }
+    let mut out = Vec::with_capacity(body.len() + 128);
+    let mut rest = body.as_slice();
+    while let Some(n) = era::event_end(rest) {
+        let (event, after) = rest.split_at(n.min(rest.len()));
+        match confirm::wrap_round(&era::event_data(event), wrap) {
+            Some(msg) => {
+                out.extend_from_slice(b"event: message\n");
+                era::sse_data(&mut out, &msg);
+            }
+            None => out.extend_from_slice(event),
+        }
+        rest = after;
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 /// Most answered states remembered at once (past it, after the expired ones are dropped, a

@@ -255,6 +255,9 @@ pub(crate) struct ClientConn {
     pub list_filter: Option<crate::data_path::policy::ListFilter>,
     /// For a request the response cache missed: what its answer fills.
     pub cache_fill: Option<crate::data_path::cache::Fill>,
+    /// A 2026-07-28 call its user approved: an `input_required` round of the backend's own in
+    /// its answer gets its `requestState` wrapped with this approval (`data_path::confirm`).
+    pub confirm_wrap: Option<Box<crate::policy::confirm::StateFacts>>,
     /// The policy class of the connection's last caller.
     pub policy_class: Option<crate::data_path::policy::ConnClass>,
     /// The current request's trace (`[telemetry]` only), once decided.
@@ -282,6 +285,7 @@ impl ClientConn {
             owner: None,
             list_filter: None,
             cache_fill: None,
+            confirm_wrap: None,
             policy_class: None,
             trace: None,
         }
@@ -332,6 +336,7 @@ impl ClientConn {
     pub fn next_request(&mut self) {
         self.list_filter = None;
         self.cache_fill = None;
+        self.confirm_wrap = None;
         self.req.buf.clear();
         self.req.decoded.clear();
         self.req.reset_facts();

@@ -344,13 +344,14 @@ pub(crate) async fn forward_response(
     let mut client_close = !keep || SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
     let mut fill = c.cache_fill.take().filter(|_| status == 200);
     let filter = c.list_filter.take().filter(|_| status == 200);
+    let wrap = c.confirm_wrap.take().filter(|_| status == 200);
     // A cached group's SSE answers are tapped as they pass (notifications evict; an answer
     // to keep is copied), unless they are read whole below.
     let mut tap = None;
-    if is_sse && filter.is_none() {
+    if is_sse && filter.is_none() && wrap.is_none() {
         tap = core.caches.tap(gi_of(c), fill.take());
     }
-    if fill.is_some() || filter.is_some() {
+    if fill.is_some() || filter.is_some() || wrap.is_some() {
         // A JSON answer the cache may keep, or a list the caller's policy filters: read
         // whole, sent with its (new) length.
         let (body, extra) = match read_whole(core, c, &mut a, head_len, &mut framing).await {
@@ -374,6 +375,11 @@ pub(crate) async fn forward_response(
                     return (reply::refuse(c, &r).await, false);
                 }
             },
+            None => body,
+        };
+        // The backend's own input rounds of a call its user approved carry the approval on.
+        let body = match wrap {
+            Some(f) => super::confirm::wrap_rounds(core, c.meta.group, &f, body, is_sse),
             None => body,
         };
         c.out.extend_from_slice(b"content-length: ");
