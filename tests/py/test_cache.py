@@ -208,3 +208,26 @@ async def test_a_read_only_tool_is_cached_and_concurrent_calls_coalesce(cached) 
     assert metric["mcplb_cache_misses_total"] >= 3, metric
     assert metric["mcplb_cache_evictions_total"] >= 1, metric
     assert metric["mcplb_cache_bytes"] > 0, metric
+
+
+def test_resources_updated_evicts_only_that_resources_reads(cached) -> None:
+    url = f"{cached['base']}/pub"
+
+    def read(uri: str) -> str:
+        req = {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": uri}}
+        r = httpx2.post(url, json=req, headers=ACCEPT, timeout=10)
+        assert r.status_code == 200, r.text
+        return message(r)["result"]["contents"][0]["text"]
+
+    def touch(uri: str) -> None:
+        req = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "touch", "arguments": {"uri": uri}}}
+        r = httpx2.post(url, json=req, headers=ACCEPT, timeout=10)
+        assert message(r)["result"]["content"][0]["text"] == "touched", r.text
+
+    a, b = "res://cache/a", "res://cache/b"
+    assert (read(a), read(b)) == (f"{a}#1", f"{b}#1")
+    assert (read(a), read(b)) == (f"{a}#1", f"{b}#1"), "both kept"
+    touch(a)
+    assert read(a) == f"{a}#2", "the updated resource is read again"
+    assert read(b) == f"{b}#1", "the other stays cached"
+    assert counts(cached).get(f"/public read {b}") == 1, counts(cached)

@@ -166,12 +166,12 @@ pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) ->
     if c.req.id().is_none() {
         return Lookup::Pass;
     }
-    let stamp = cache::stamp(g.slot, kind);
-    let keys = {
+    let (stamp, keys) = {
         let body = c.req.body();
         let Some(parts) = cache::request_parts(body) else {
             return Lookup::Pass;
         };
+        let stamp = cache::stamp_for(g.slot, kind, parts.uri);
         let annotated = |t: &str| {
             let tools = g.read_only_tools.borrow();
             tools.0 == cache::stamp(g.slot, Kind::ToolsList) && tools.1.contains(t)
@@ -189,13 +189,14 @@ pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) ->
         cache::write_key(public, kind, &parts, &who, Scope::Public);
         let has_private = cache::write_key(private, kind, &parts, &who, Scope::Private);
         let private = has_private.then_some(private.as_slice());
-        match find(core, g, public, private, kind) {
+        let found = match find(core, g, public, private, stamp) {
             Some(hit) => Err(hit),
             None => Ok((
                 Box::<[u8]>::from(public.as_slice()),
                 private.map(Box::<[u8]>::from),
             )),
-        }
+        };
+        (stamp, found)
     };
     let (public, private) = match keys {
         Ok(k) => k,
@@ -208,7 +209,14 @@ pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) ->
     if let Some(f) = flight {
         let timeout = core.shared.config.proxy.upstream_timeout;
         let _ = monoio::time::timeout(timeout, wait(&f)).await;
-        if let Some((msg, at)) = find(core, g, &public, private.as_deref(), kind) {
+        // A change while it waited leaves what the flight kept stale.
+        let now_stamp = if kind == Kind::ResourcesRead {
+            let uri = cache::request_parts(c.req.body()).and_then(|p| p.uri);
+            cache::stamp_for(g.slot, kind, uri)
+        } else {
+            cache::stamp(g.slot, kind)
+        };
+        if let Some((msg, at)) = find(core, g, &public, private.as_deref(), now_stamp) {
             core.rec.borrow_mut().count(Counter::CacheCoalesced, 1);
             return Lookup::Answered(answer(core, c, &msg, at).await);
         }
@@ -239,16 +247,16 @@ pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) ->
     Lookup::Miss(guard)
 }
 
-/// The fresh message under the public key, else under the private one.
+/// The fresh message (kept under `stamp`, the request's current change stamp) under the
+/// public key, else under the private one.
 fn find(
     core: &Core,
     g: &GroupCache,
     public: &[u8],
     private: Option<&[u8]>,
-    kind: Kind,
+    stamp: u64,
 ) -> Option<(Rc<[u8]>, std::ops::Range<usize>)> {
     let now = Instant::now();
-    let stamp = cache::stamp(g.slot, kind);
     let mut moved = Moved::default();
     let found = {
         let mut store = g.store.borrow_mut();
@@ -364,13 +372,22 @@ fn note_moved(core: &Core, m: &Moved) {
 }
 
 /// Notes change notifications (`bits`) from a backend of group `gi` that reached mcplb some
-/// other way than a forwarded answer (a virtual server relaying its member's stream).
-pub(crate) fn note_group_changes(core: &Core, gi: usize, bits: u8) {
+/// other way than a forwarded answer (a virtual server relaying its member's stream); `data`:
+/// the event's message (a `resources/updated` evicts only its resource's reads).
+pub(crate) fn note_group_changes(core: &Core, gi: usize, bits: u8, data: &str) {
     if bits == 0 {
         return;
     }
     if let Some(g) = core.shared.config.servers.get(gi) {
-        cache::note_changes(cache::group_slot(&g.name), bits);
+        let slot = cache::group_slot(&g.name);
+        let mut bits = bits;
+        if bits & cache::RESOURCES_UPDATED != 0 {
+            if let Some(uri) = cache::updated_uri(data.as_bytes()) {
+                cache::note_uri_updated(slot, uri.as_bytes());
+                bits &= !cache::RESOURCES_UPDATED;
+            }
+        }
+        cache::note_changes(slot, bits);
     }
 }
 
@@ -389,7 +406,18 @@ pub(crate) struct Tap {
 impl Tap {
     /// Takes the next bytes of the answer.
     pub(crate) fn take(&mut self, data: &[u8]) {
-        let bits = self.sniffer.feed(data);
+        let fresh = self.sniffer.at_event_start();
+        let mut bits = self.sniffer.feed(data);
+        if bits & cache::RESOURCES_UPDATED != 0 {
+            // Only the updated resources' reads, when their events lie whole in this piece
+            // (else every read of the group).
+            if let Some(uris) = cache::updated_uris(data, fresh) {
+                for uri in uris {
+                    cache::note_uri_updated(self.slot, uri.as_bytes());
+                }
+                bits &= !cache::RESOURCES_UPDATED;
+            }
+        }
         if bits != 0 {
             cache::note_changes(self.slot, bits);
         }

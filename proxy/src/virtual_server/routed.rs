@@ -388,7 +388,7 @@ async fn forward(
         events.clear();
         while let Some(ev) = parser.next_event() {
             let bits = relay_event(m, &ev.data, &mut events);
-            crate::data_path::cache::note_group_changes(core, reached.gi, bits);
+            crate::data_path::cache::note_group_changes(core, reached.gi, bits, &ev.data);
         }
         if !events.is_empty() {
             if c.meta.first_event.is_none() {
