@@ -231,3 +231,31 @@ def test_resources_updated_evicts_only_that_resources_reads(cached) -> None:
     assert read(a) == f"{a}#2", "the updated resource is read again"
     assert read(b) == f"{b}#1", "the other stays cached"
     assert counts(cached).get(f"/public read {b}") == 1, counts(cached)
+
+
+def test_tool_annotations_are_learned_once_for_every_core(cached, tmp_path: Path) -> None:
+    # Two workers: the list goes through one; calls on fresh connections reach either. Each
+    # core keeps its own answers, but what the list said of the tools holds on both, so the
+    # backend sees at most one call per core.
+    config = tmp_path / "mcplb-cores.toml"
+    config.write_text(
+        f'[proxy]\nlisten = "127.0.0.1:0"\nworkers = 2\n'
+        f'[[servers]]\nname = "pub"\npath = "/pub"\nbackends = ["{cached["backend"]}/public"]\n'
+        "[servers.health]\nenabled = false\n"
+        '[servers.cache]\ntools = ["lookup"]\ntool_ttl = "60s"\ntool_scope = "public"\n'
+    )
+    proxy = start_proxy_file(config)
+    try:
+        url = f"http://{proxy.addr}/pub"
+        lst = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+        assert httpx2.post(url, json=lst, headers=ACCEPT, timeout=10).status_code == 200
+        before = counts(cached).get("/public call lookup", 0)
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "lookup", "arguments": {"key": "cores"}}}
+        for _ in range(8):
+            # A new connection each time (no keep-alive): the kernel spreads them.
+            r = httpx2.post(url, json=call, headers={**ACCEPT, "Connection": "close"}, timeout=10)
+            assert message(r)["result"]["content"][0]["text"].startswith("cores#"), r.text
+        assert counts(cached).get("/public call lookup", 0) - before <= 2, counts(cached)
+    finally:
+        proxy.stop()

@@ -458,6 +458,43 @@ pub fn eligible(
     }
 }
 
+/// Most tool names a group remembers as read-only and idempotent (past it the set starts
+/// again: a tool not remembered is only not cached).
+const MAX_READ_ONLY_TOOLS: usize = 4096;
+
+/// The tools a group's `tools/list` answers said are read-only and idempotent, learned once
+/// for every core: read lock-free (one load per `tools/call` the group's `tools` globs name),
+/// replaced whole when a list answer teaches something new. Valid under the tools' change
+/// stamp it was learned with ([`stamp`] of [`Kind::ToolsList`]): a `tools/list_changed`
+/// forgets it.
+#[derive(Debug, Default)]
+pub struct ReadOnlyTools(arc_swap::ArcSwap<(u64, std::collections::HashSet<Box<str>>)>);
+
+impl ReadOnlyTools {
+    /// Whether `tool` was listed read-only and idempotent since the change stamped `stamp`.
+    pub fn contains(&self, stamp: u64, tool: &str) -> bool {
+        let known = self.0.load();
+        known.0 == stamp && known.1.contains(tool)
+    }
+
+    /// Learns `tools` from a list answer under `stamp`.
+    pub fn learn(&self, stamp: u64, tools: &[String]) {
+        if tools.is_empty() || tools.iter().all(|t| self.contains(stamp, t)) {
+            return;
+        }
+        self.0.rcu(|known| {
+            let mut set = if known.0 == stamp && known.1.len() + tools.len() <= MAX_READ_ONLY_TOOLS
+            {
+                known.1.clone()
+            } else {
+                Default::default()
+            };
+            set.extend(tools.iter().map(|t| Box::<str>::from(t.as_str())));
+            (stamp, set)
+        });
+    }
+}
+
 /// Who a request comes from, as far as the cache's key goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requester<'a> {

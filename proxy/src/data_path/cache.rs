@@ -5,7 +5,7 @@
 //! back. Change notifications in a backend's SSE streams evict, on every core.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -19,9 +19,6 @@ use crate::data_path::request::{ClientConn, Next};
 use crate::data_path::{policy, reply};
 use crate::runtime::core::Core;
 
-/// Most tool names a group remembers as read-only and idempotent, per core.
-const MAX_READ_ONLY_TOOLS: usize = 4096;
-
 /// The caches of this core's groups (`None` for groups without `[servers.cache]`).
 pub(crate) struct Caches {
     groups: Vec<Option<GroupCache>>,
@@ -33,9 +30,6 @@ struct GroupCache {
     /// Where the group's change counters are.
     slot: usize,
     store: RefCell<Store>,
-    /// Tools a `tools/list` answer seen on this core said are read-only and idempotent, with
-    /// the tools' change stamp they were learned under.
-    read_only_tools: RefCell<(u64, HashSet<String>)>,
     /// Requests on their way to a backend, by key, that identical ones may wait for.
     flights: RefCell<HashMap<Box<[u8]>, Rc<Flight>>>,
     /// The public and private keys of the request being looked up (reused buffers).
@@ -105,7 +99,6 @@ impl Caches {
                         cfg: cfg.clone(),
                         slot: cache::group_slot(&g.name),
                         store: RefCell::new(Store::new(cfg.max_bytes)),
-                        read_only_tools: Default::default(),
                         flights: Default::default(),
                         keys: Default::default(),
                     })
@@ -173,8 +166,8 @@ pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) ->
         };
         let stamp = cache::stamp_for(g.slot, kind, parts.uri);
         let annotated = |t: &str| {
-            let tools = g.read_only_tools.borrow();
-            tools.0 == cache::stamp(g.slot, Kind::ToolsList) && tools.1.contains(t)
+            let known = core.shared.read_only_tools.get(gi).and_then(Option::as_ref);
+            known.is_some_and(|k| k.contains(cache::stamp(g.slot, Kind::ToolsList), t))
         };
         if !cache::eligible(&g.cfg, kind, tool_name(parts.name), annotated) {
             return Lookup::Pass;
@@ -331,12 +324,14 @@ pub(crate) fn store(core: &Core, c: &ClientConn, fill: Fill, body: &[u8], is_sse
         return;
     };
     if fill.kind == Kind::ToolsList {
-        let mut tools = g.read_only_tools.borrow_mut();
-        let stamp = cache::stamp(g.slot, Kind::ToolsList);
-        if tools.0 != stamp || tools.1.len() + h.read_only_tools.len() > MAX_READ_ONLY_TOOLS {
-            *tools = (stamp, HashSet::new());
+        if let Some(known) = core
+            .shared
+            .read_only_tools
+            .get(fill.gi)
+            .and_then(Option::as_ref)
+        {
+            known.learn(cache::stamp(g.slot, Kind::ToolsList), &h.read_only_tools);
         }
-        tools.1.extend(h.read_only_tools.iter().cloned());
     }
     let has_identity = !c.caller.name.is_empty();
     let Some((ttl, scope)) = cache::lifetime(&g.cfg, fill.kind, &h, fill.in_session, has_identity)
