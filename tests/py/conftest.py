@@ -311,6 +311,17 @@ def _start_backends(e2e_dir: Path, specs: list[tuple[str, tuple[str, ...]]]):
     return started
 
 
+def audit_lines(path: Path, want) -> list[dict]:
+    """The audit log's lines, once `want(lines)` holds (each worker hands its lines to the
+    writer every 250 ms)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        if want(lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
 def backends(e2e_dir: Path):
     """Two session-ful MCP servers, "py-a" and "py-b"."""

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Backend, _stop, free_port, start_proxy_file, wait_port
+from conftest import REPO, Backend, _stop, audit_lines, free_port, start_proxy_file, wait_port
 from mcp import Client
 from mcp_types import CreateMessageResult, ElicitResult, ListRootsResult, Root, TextContent
 
@@ -65,15 +64,6 @@ def confirm_era(tmp_path_factory: pytest.TempPathFactory):
     finally:
         _stop(modern)
         stateless.stop()
-
-
-def audit_lines(path: Path, want) -> list[dict]:
-    deadline = time.monotonic() + 10
-    while True:
-        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        if want(lines) or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.1)
 
 
 class User:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx2
 import jwt
 import pytest
-from conftest import Backend, ed25519_jwks, free_port, start_proxy_file
+from conftest import Backend, audit_lines, ed25519_jwks, free_port, start_proxy_file
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -90,17 +90,6 @@ def policy_proxy(e2e_dir: Path, tmp_path_factory: pytest.TempPathFactory):
            "key": key, "config": config, "audit": audit, "args": (port, admin, backend.url, jwks, audit)}
     proxy.stop()
     backend.stop()
-
-
-def audit_lines(path: Path, want) -> list[dict]:
-    """The audit log's lines, once `want(lines)` holds (each worker hands its lines to the
-    writer every 250 ms)."""
-    deadline = time.monotonic() + 10
-    while True:
-        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        if want(lines) or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.1)
 
 
 def text(result) -> str:

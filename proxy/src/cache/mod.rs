@@ -309,17 +309,7 @@ pub fn updated_uris(piece: &[u8], fresh: bool) -> Option<Vec<String>> {
         let after = piece.get(at..).unwrap_or_default();
         let end = at + event_break(after, false)?;
         let event = piece.get(start..end).unwrap_or_default();
-        let mut data = Vec::new();
-        for line in event.split(|b| *b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if let Some(d) = line.strip_prefix(b"data:") {
-                if !data.is_empty() {
-                    data.push(b'\n');
-                }
-                data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
-            }
-        }
-        uris.push(updated_uri(&data)?);
+        uris.push(updated_uri(&crate::session::era::event_data(event))?);
         from = end;
     }
     (!uris.is_empty()).then_some(uris)

@@ -56,7 +56,8 @@ pub(crate) fn unavailable(c: &mut ClientConn, why: &'static str) -> Refusal {
     .with_data(data)
 }
 
-/// Decides how to ask for the approval of the call in `c` (its policy said confirm):
+/// Decides how to ask for the approval of the call in `c` (its policy said confirm; only a
+/// `tools/call` is asked about, anything else denied as unavailable):
 /// `modern` for a 2026-07-28 request outside any session, `session` for a plain session
 /// (whether its client declared `elicitation`).
 pub(crate) async fn approve(
@@ -66,6 +67,13 @@ pub(crate) async fn approve(
     modern: bool,
     session: Option<bool>,
 ) -> Result<Approval, Stop> {
+    if c.meta.method != protocol::Method::ToolsCall {
+        return Err(unavailable(
+            c,
+            "mcplb asks for approval of tools/call only; a confirm rule matching another method denies it",
+        )
+        .into());
+    }
     let modern_elicits = modern
         && era::declared(c.req.body())
             .is_some_and(|d| confirm::declares_elicitation(d.capabilities));
@@ -119,13 +127,7 @@ async fn input_round(
             // getting its own state back (and the next round wrapped again).
             match confirm::check_state(&facts, now, &binding) {
                 Err(confirm::StateError::Mismatch) => {
-                    c.meta.confirm = Some(Outcome::Declined);
-                    return Err(Refusal::new(
-                        400,
-                        -32602,
-                        "requestState was issued for another call (tool, arguments or caller): call again without it",
-                    )
-                    .into());
+                    return Err(rebound(c));
                 }
                 Err(confirm::StateError::Expired) => {
                     c.meta.confirm = Some(Outcome::TimedOut);
@@ -191,13 +193,7 @@ async fn input_round(
     }
     let outcome = match checked {
         Err(confirm::StateError::Mismatch) => {
-            c.meta.confirm = Some(Outcome::Declined);
-            return Err(Refusal::new(
-                400,
-                -32602,
-                "requestState was issued for another call (tool, arguments or caller): call again without it",
-            )
-            .into());
+            return Err(rebound(c));
         }
         Err(confirm::StateError::Expired) => Outcome::TimedOut,
         Ok(()) => match confirm::retry_verdict(call.responses, era::INPUT_KEY) {
@@ -260,6 +256,17 @@ pub(crate) fn wrap_rounds(
     }
     out.extend_from_slice(rest);
     out
+}
+
+/// The refusal of a retry whose state mcplb issued for another call (declined).
+fn rebound(c: &mut ClientConn) -> Stop {
+    c.meta.confirm = Some(Outcome::Declined);
+    Refusal::new(
+        400,
+        -32602,
+        "requestState was issued for another call (tool, arguments or caller): call again without it",
+    )
+    .into()
 }
 
 /// Most answered states remembered at once (past it, after the expired ones are dropped, a

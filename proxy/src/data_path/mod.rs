@@ -294,13 +294,6 @@ async fn ask(
     let Some(group) = core.shared.config.servers.get(gi) else {
         return Err(Refusal::new(503, -32603, "no backend available").into());
     };
-    if c.meta.method != protocol::Method::ToolsCall {
-        return Err(confirm::unavailable(
-            c,
-            "mcplb asks for approval of tools/call only; a confirm rule matching another method denies it",
-        )
-        .into());
-    }
     confirm::approve(core, c, group, modern, session).await
 }
 
