@@ -107,8 +107,8 @@ def text(result) -> str:
 
 async def test_a_public_list_is_shared_until_list_changed(cached) -> None:
     url = f"{cached['base']}/pub"
-    assert await tool_names(url) == {"lookup", "scan", "change"}
-    assert await tool_names(url) == {"lookup", "scan", "change"}
+    assert await tool_names(url) == {"lookup", "scan", "change", "touch"}
+    assert await tool_names(url) == {"lookup", "scan", "change", "touch"}
     assert counts(cached).get("/public tools/list") == 1, counts(cached)
 
     # On the wire (another protocol revision: one more backend list), the cached answer
@@ -118,7 +118,7 @@ async def test_a_public_list_is_shared_until_list_changed(cached) -> None:
         r = httpx2.post(url, json=req, headers=ACCEPT, timeout=10)
         assert r.status_code == 200, r.text
         answer = message(r)
-        assert answer["id"] == rid and len(answer["result"]["tools"]) == 3, r.text
+        assert answer["id"] == rid and len(answer["result"]["tools"]) == 4, r.text
     # The hit (99) is JSON, as the client accepts it (the backend answered on an SSE stream).
     assert r.headers["content-type"].startswith("application/json"), r.headers
     sse = httpx2.post(url, json={"jsonrpc": "2.0", "id": 5, "method": "tools/list"},
@@ -131,9 +131,9 @@ async def test_a_public_list_is_shared_until_list_changed(cached) -> None:
     # The backend says its tools changed: the next list goes to it again.
     async with client(url) as c:
         assert text(await c.call_tool("change", {})) == "changed"
-    assert await tool_names(url) == {"lookup", "scan", "change"}
+    assert await tool_names(url) == {"lookup", "scan", "change", "touch"}
     assert counts(cached).get("/public tools/list") == 3, counts(cached)
-    assert await tool_names(url) == {"lookup", "scan", "change"}
+    assert await tool_names(url) == {"lookup", "scan", "change", "touch"}
     assert counts(cached).get("/public tools/list") == 3, counts(cached)
 
 
@@ -259,3 +259,37 @@ def test_tool_annotations_are_learned_once_for_every_core(cached, tmp_path: Path
         assert counts(cached).get("/public call lookup", 0) - before <= 2, counts(cached)
     finally:
         proxy.stop()
+
+
+def test_a_virtual_servers_member_answers_are_cached_apart(cached) -> None:
+    via, direct = f"{cached['base']}/all", f"{cached['base']}/pub"
+
+    def post(url: str, method: str, params: dict) -> dict:
+        r = httpx2.post(url, json={"jsonrpc": "2.0", "id": 7, "method": method, "params": params},
+                        headers=ACCEPT, timeout=10)
+        assert r.status_code == 200, r.text
+        answer = message(r)
+        assert answer["id"] == 7 and "result" in answer, (method, params, r.text)
+        return answer["result"]
+
+    def read(url: str, uri: str) -> str:
+        return post(url, "resources/read", {"uri": uri})["contents"][0]["text"]
+
+    a, b = "res://virtual/a", "res://virtual/b"
+    assert read(via, a) == f"{a}#1"
+    assert read(via, a) == f"{a}#1", "kept in the member group's cache"
+    assert read(direct, a) == f"{a}#2", "the group's own clients do not share the virtual server's entries"
+    assert read(via, b) == f"{b}#1"
+    # The member's resources/updated, relayed by the virtual server, evicts only that URI.
+    touched = post(via, "tools/call", {"name": "pub_touch", "arguments": {"uri": a}})
+    assert touched["content"][0]["text"] == "touched", touched
+    assert read(via, a) == f"{a}#3"
+    assert read(via, b) == f"{b}#1"
+
+    # A read-only tool the member group names, once its annotations are known.
+    post(direct, "tools/list", {})
+    before = counts(cached).get("/public call lookup", 0)
+    first = post(via, "tools/call", {"name": "pub_lookup", "arguments": {"key": "v"}})
+    again = post(via, "tools/call", {"name": "pub_lookup", "arguments": {"key": "v"}})
+    assert first == again and first["content"][0]["text"].startswith("v#"), (first, again)
+    assert counts(cached).get("/public call lookup", 0) - before == 1, counts(cached)

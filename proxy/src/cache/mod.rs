@@ -494,6 +494,10 @@ pub struct Requester<'a> {
     pub version: &'a [u8],
     /// The request belongs to a backend session.
     pub in_session: bool,
+    /// The virtual server whose member request it is (its group index + 1; 0: a request to
+    /// the group itself): a member's answers for one virtual server never answer another's
+    /// requests, nor the group's own clients.
+    pub via: u32,
 }
 
 /// Writes the key of a request (`kind`, `parts`, `who`) under `scope` into `out` (cleared
@@ -510,6 +514,7 @@ pub fn write_key(
     out.clear();
     out.push(kind.code());
     out.push(u8::from(who.in_session));
+    out.extend_from_slice(&who.via.to_le_bytes());
     match scope {
         Scope::Public => out.push(0),
         Scope::Private => {

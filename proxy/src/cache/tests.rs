@@ -24,6 +24,7 @@ fn who<'a>(identity: &'a str, in_session: bool) -> Requester<'a> {
         identity,
         version: b"2025-06-18",
         in_session,
+        via: 0,
     }
 }
 

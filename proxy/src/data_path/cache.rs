@@ -159,44 +159,19 @@ pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) ->
     if c.req.id().is_none() {
         return Lookup::Pass;
     }
-    let (stamp, keys) = {
-        let body = c.req.body();
-        let Some(parts) = cache::request_parts(body) else {
-            return Lookup::Pass;
-        };
-        let stamp = cache::stamp_for(g.slot, kind, parts.uri);
-        let annotated = |t: &str| {
-            let known = core.shared.read_only_tools.get(gi).and_then(Option::as_ref);
-            known.is_some_and(|k| k.contains(cache::stamp(g.slot, Kind::ToolsList), t))
-        };
-        if !cache::eligible(&g.cfg, kind, tool_name(parts.name), annotated) {
-            return Lookup::Pass;
-        }
-        let who = Requester {
-            identity: &c.caller.name,
-            version: c.req.header(b"mcp-protocol-version").unwrap_or_default(),
-            in_session: c.req.session_id().is_some(),
-        };
-        let mut keys = g.keys.borrow_mut();
-        let (public, private) = &mut *keys;
-        cache::write_key(public, kind, &parts, &who, Scope::Public);
-        let has_private = cache::write_key(private, kind, &parts, &who, Scope::Private);
-        let private = has_private.then_some(private.as_slice());
-        let found = match find(core, g, public, private, stamp) {
-            Some(hit) => Err(hit),
-            None => Ok((
-                Box::<[u8]>::from(public.as_slice()),
-                private.map(Box::<[u8]>::from),
-            )),
-        };
-        (stamp, found)
+    let who = Requester {
+        identity: &c.caller.name,
+        version: c.req.header(b"mcp-protocol-version").unwrap_or_default(),
+        in_session: c.req.session_id().is_some(),
+        via: 0,
     };
-    let (public, private) = match keys {
-        Ok(k) => k,
-        Err((msg, at)) => {
+    let (stamp, public, private) = match probe(core, g, gi, kind, c.req.body(), &who) {
+        Probe::Pass => return Lookup::Pass,
+        Probe::Hit(msg, at) => {
             core.rec.borrow_mut().count(Counter::CacheHits, 1);
             return Lookup::Answered(answer(core, c, &msg, at).await);
         }
+        Probe::Miss(stamp, public, private) => (stamp, public, private),
     };
     let flight = g.flights.borrow().get(&public).cloned();
     if let Some(f) = flight {
@@ -238,6 +213,100 @@ pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) ->
         private,
     });
     Lookup::Miss(guard)
+}
+
+/// What a group's cache has for a request.
+enum Probe {
+    /// Not the cache's business.
+    Pass,
+    /// A fresh message and where its id is.
+    Hit(Rc<[u8]>, std::ops::Range<usize>),
+    /// Nothing fresh: the change stamp read now and the keys (public, private) to fill.
+    Miss(u64, Box<[u8]>, Option<Box<[u8]>>),
+}
+
+/// Looks a request of `kind` (its JSON-RPC `body`, from `who`) up in group `gi`'s cache `g`.
+fn probe(
+    core: &Core,
+    g: &GroupCache,
+    gi: usize,
+    kind: Kind,
+    body: &[u8],
+    who: &Requester<'_>,
+) -> Probe {
+    let Some(parts) = cache::request_parts(body) else {
+        return Probe::Pass;
+    };
+    let stamp = cache::stamp_for(g.slot, kind, parts.uri);
+    let annotated = |t: &str| {
+        let known = core.shared.read_only_tools.get(gi).and_then(Option::as_ref);
+        known.is_some_and(|k| k.contains(cache::stamp(g.slot, Kind::ToolsList), t))
+    };
+    if !cache::eligible(&g.cfg, kind, tool_name(parts.name), annotated) {
+        return Probe::Pass;
+    }
+    let mut keys = g.keys.borrow_mut();
+    let (public, private) = &mut *keys;
+    cache::write_key(public, kind, &parts, who, Scope::Public);
+    let has_private = cache::write_key(private, kind, &parts, who, Scope::Private);
+    let private = has_private.then_some(private.as_slice());
+    match find(core, g, public, private, stamp) {
+        Some((msg, at)) => Probe::Hit(msg, at),
+        None => Probe::Miss(
+            stamp,
+            Box::<[u8]>::from(public.as_slice()),
+            private.map(Box::<[u8]>::from),
+        ),
+    }
+}
+
+/// A virtual server's request routed to member group `gi` (`body`: as the member gets it,
+/// whose id is the client's; `vgi`: the virtual server's group; `in_session`: in a member
+/// session): answered from the member group's cache (`Ok`), or the [`Fill`] its answer fills
+/// ([`store`] with it; `Err(None)`: not the cache's business). Keyed apart from the group's
+/// own requests and from every other virtual server's.
+pub(crate) async fn member_lookup(
+    core: &Core,
+    c: &mut ClientConn,
+    (vgi, gi): (usize, usize),
+    body: &[u8],
+    in_session: bool,
+) -> Result<Next, Option<Fill>> {
+    let Some(g) = core.caches.group(gi) else {
+        return Err(None);
+    };
+    let Some(kind) =
+        Kind::of(c.meta.method).filter(|k| matches!(k, Kind::ToolsCall | Kind::ResourcesRead))
+    else {
+        return Err(None);
+    };
+    if c.req.id().is_none() {
+        return Err(None);
+    }
+    let who = Requester {
+        identity: &c.caller.name,
+        version: c.req.header(b"mcp-protocol-version").unwrap_or_default(),
+        in_session,
+        via: u32::try_from(vgi).map_or(u32::MAX, |v| v.saturating_add(1)),
+    };
+    match probe(core, g, gi, kind, body, &who) {
+        Probe::Pass => Err(None),
+        Probe::Hit(msg, at) => {
+            core.rec.borrow_mut().count(Counter::CacheHits, 1);
+            Ok(answer(core, c, &msg, at).await)
+        }
+        Probe::Miss(stamp, public, private) => {
+            core.rec.borrow_mut().count(Counter::CacheMisses, 1);
+            Err(Some(Fill {
+                gi,
+                kind,
+                stamp,
+                in_session,
+                public,
+                private,
+            }))
+        }
+    }
 }
 
 /// The fresh message (kept under `stamp`, the request's current change stamp) under the
@@ -387,7 +456,7 @@ pub(crate) fn note_group_changes(core: &Core, gi: usize, bits: u8, data: &str) {
 }
 
 /// Most bytes of an SSE answer copied for the cache (a longer one is not kept).
-const MAX_COPY: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_COPY: usize = 16 * 1024 * 1024;
 
 /// An SSE answer's bytes (de-chunked) as they are forwarded: change notifications found in
 /// them evict on every core, and an answer the cache may keep is copied, so that the stream is

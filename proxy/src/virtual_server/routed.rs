@@ -20,6 +20,7 @@ use super::member::{self, Answered, MemberError, Origin};
 use super::naming::{self, Kind};
 use super::{error, log_member_failure, SessionCx};
 use crate::config::VirtualServer;
+use crate::data_path::cache as response_cache;
 use crate::data_path::request::{ClientConn, Next, Refusal, Stop};
 use crate::data_path::response::{self, Framing, Waited, Watch};
 use crate::data_path::{confirm, era_bridge, upstream};
@@ -47,8 +48,12 @@ pub(super) async fn call(
     msg: &Value,
     streaming: Option<bool>,
 ) -> Result<Next, Stop> {
-    let failed = match reach(core, c, vs, cx, method, msg).await {
-        Ok(Ok((m, answered))) => return Ok(forward(core, c, m, answered, streaming).await),
+    // A call its user approved is never answered from a cache (as in a plain group).
+    let cacheable = streaming.is_none() && c.meta.confirm.is_none();
+    let failed = match reach(core, c, vs, cx, method, msg, cacheable).await {
+        Ok(Ok((m, answered, fill))) => {
+            return Ok(forward(core, c, m, answered, streaming, fill).await)
+        }
         Ok(Err(Unrouted::Done(next))) => return Ok(next),
         Ok(Err(Unrouted::Error(code, message))) => {
             if streaming.is_none() {
@@ -72,7 +77,9 @@ enum Unrouted {
     Error(i64, String),
 }
 
-/// Routes `msg` to its member and sends it there: the member and its answer's head.
+/// Routes `msg` to its member and sends it there: the member, its answer's head and, with
+/// `cacheable`, what its answer fills in the member group's response cache (a hit is
+/// answered here).
 async fn reach<'a>(
     core: &'a Core,
     c: &mut ClientConn,
@@ -80,7 +87,8 @@ async fn reach<'a>(
     cx: &SessionCx,
     method: &str,
     msg: &Value,
-) -> Result<Result<(usize, Answered<'a>), Unrouted>, Stop> {
+    cacheable: bool,
+) -> Result<Result<(usize, Answered<'a>, Option<response_cache::Fill>), Unrouted>, Stop> {
     let target = match route(core, &Origin::of(c, cx), vs, cx, method, msg).await? {
         Ok(t) => t,
         // A resource no member lists may still be watched (it may appear later): every
@@ -94,6 +102,16 @@ async fn reach<'a>(
     let Some(member) = vs.members.get(target.member) else {
         return Err(Refusal::new(502, -32603, "no such member").into());
     };
+    let mut fill = None;
+    if cacheable && core.caches.has(member.group) {
+        let ids = (c.meta.group.unwrap_or_default(), member.group);
+        let looked =
+            response_cache::member_lookup(core, c, ids, &target.body, cx.session.is_some());
+        match Box::pin(looked).await {
+            Ok(next) => return Ok(Err(Unrouted::Done(next))),
+            Err(f) => fill = f,
+        }
+    }
     let read_only = protocol::Method::from_name(method).is_read_only();
     let mut again = true;
     let mut session = fanout::session_for(core, &Origin::of(c, cx), vs, cx, target.member)
@@ -126,7 +144,7 @@ async fn reach<'a>(
                 log_member_failure(&member.server, "routed request failed", &e);
                 return Err(e.refusal().into());
             }
-            Ok(a) => return Ok(Ok((target.member, a))),
+            Ok(a) => return Ok(Ok((target.member, a, fill))),
         }
     }
 }
@@ -276,6 +294,7 @@ async fn forward(
     m: usize,
     a: Answered<'_>,
     streaming: Option<bool>,
+    fill: Option<response_cache::Fill>,
 ) -> Next {
     let Answered {
         head,
@@ -345,6 +364,9 @@ async fn forward(
         let reusable = !head.close && !matches!(framing, Framing::UntilClose);
         reached.finish(core, reusable.then_some(up), head.status);
         c.meta.upstream_done = Some(Instant::now());
+        if let Some(f) = fill.filter(|_| head.status == 200) {
+            response_cache::store(core, c, f, &body, false);
+        }
         if streaming.is_some() {
             return whole_event(c, &body, keep).await;
         }
@@ -374,6 +396,8 @@ async fn forward(
     }
     let mut parser = protocol::sse::SseParser::new();
     let mut events = Vec::new();
+    // A copy for the member group's cache (bounded: a longer answer is not kept).
+    let mut copy = fill.filter(|_| head.status == 200).map(|f| (f, Vec::new()));
     let mut watch = Watch {
         client: true,
         shutdown: None,
@@ -385,6 +409,13 @@ async fn forward(
             break;
         }
         parser.push(&body);
+        if let Some((_, kept)) = &mut copy {
+            if kept.len() + body.len() > response_cache::MAX_COPY {
+                copy = None;
+            } else {
+                kept.extend_from_slice(&body);
+            }
+        }
         events.clear();
         while let Some(ev) = parser.next_event() {
             let bits = relay_event(m, &ev.data, &mut events);
@@ -402,6 +433,9 @@ async fn forward(
         }
         if done {
             c.meta.upstream_done = Some(Instant::now());
+            if let Some((f, kept)) = copy.take() {
+                response_cache::store(core, c, f, &kept, true);
+            }
             c.out.clear();
             c.out.extend_from_slice(http::LAST_CHUNK);
             let ok = send(c).await;
