@@ -10,6 +10,7 @@
 //! reaches its core even after the client's address changed (see ARCHITECTURE.md).
 
 pub(crate) mod endpoint;
+pub(crate) mod guard;
 pub(crate) mod quic;
 pub mod steer;
 pub(crate) mod stream;
@@ -29,6 +30,7 @@ use crate::runtime::{spawn_client, SHUTDOWN};
 use crate::tls::Conn;
 
 pub use endpoint::H3Socket;
+pub use guard::H3FloodLimits;
 pub use stream::{H3Stream, H3Wire};
 
 /// `[proxy.http3]`: the HTTP/3 front and its limits.
@@ -46,6 +48,8 @@ pub struct Http3Config {
     pub idle_timeout: Duration,
     /// Each stream's receive window; the connection's is four times it.
     pub stream_receive_window: u32,
+    /// The flood guard's budgets.
+    pub floods: H3FloodLimits,
 }
 
 impl Default for Http3Config {
@@ -56,21 +60,19 @@ impl Default for Http3Config {
             max_header_list_size: 16 * 1024,
             idle_timeout: Duration::from_secs(30),
             stream_receive_window: 256 * 1024,
+            floods: H3FloodLimits::default(),
         }
     }
 }
 
 impl Http3Config {
-    /// The same settings on another address (a reload compares all but the bound port).
-    pub fn with_listen(&self, listen: SocketAddr) -> Self {
-        Http3Config { listen, ..*self }
-    }
-
     /// The QUIC server settings: `tls` (the certificate of `[proxy.tls]`) with ALPN `h3`,
-    /// TLS 1.3 only, and the transport limits.
+    /// TLS 1.3 only, and the transport limits; `token_key` seals address-validation tokens
+    /// (one for the process: a Retry's token stays good across a reload).
     pub fn quic_server(
         &self,
         tls: &crate::tls::ServerTlsFiles,
+        token_key: Arc<dyn quinn_proto::crypto::HandshakeTokenKey>,
     ) -> Result<quinn_proto::ServerConfig, String> {
         let mut rustls = tls.build()?;
         rustls.alpn_protocols = vec![b"h3".to_vec()];
@@ -94,15 +96,42 @@ impl Http3Config {
                 quinn_proto::VarInt::from_u64(u64::from(self.stream_receive_window) * 4)
                     .unwrap_or(window),
             );
-        let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut server = quinn_proto::ServerConfig::new(Arc::new(crypto), token_key);
         server.transport_config(Arc::new(transport));
         Ok(server)
+    }
+}
+
+/// A key for [`Http3Config::quic_server`]'s tokens.
+pub(crate) fn token_key() -> Arc<dyn quinn_proto::crypto::HandshakeTokenKey> {
+    let mut secret = [0u8; 64];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut secret[..]);
+    Arc::new(ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&secret))
+}
+
+/// Closes the QUIC connection, if nothing else did, when its HTTP/3 task ends (a set-up that
+/// failed or timed out would otherwise leave it open, kept alive by our PINGs).
+struct CloseOnDrop(quic::Shared);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.try_borrow_mut() {
+            if !s.conn.is_closed() {
+                s.conn.close(
+                    Instant::now(),
+                    quinn_proto::VarInt::from_u32(0x100), // H3_NO_ERROR
+                    Bytes::new(),
+                );
+                s.kick();
+            }
+        }
     }
 }
 
 /// Serves one QUIC connection's HTTP/3 until it ends.
 pub(crate) async fn serve_connection(core: Rc<Core>, st: quic::Shared, peer: SocketAddr) {
     let _slot = crate::runtime::ClientSlot::open(None);
+    let _close = CloseOnDrop(st.clone());
     core.rec.borrow_mut().count(Counter::H3Connections, 1);
     let proxy = &core.shared.config.proxy;
     let (header_timeout, idle_timeout) = (proxy.header_timeout, proxy.client_idle_timeout);
@@ -197,6 +226,10 @@ async fn serve_stream(
     let (req, stream) = match monoio::time::timeout(timeout, resolver.resolve_request()).await {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
+            // h3 answered 431 to a field section over `max_field_section_size`.
+            if matches!(e, h3::error::StreamError::HeaderTooBig { .. }) {
+                core.rec.borrow_mut().count(Counter::H3HeadersTooLarge, 1);
+            }
             tracing::debug!(%peer, error = %e, "HTTP/3 request refused");
             return;
         }
