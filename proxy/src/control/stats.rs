@@ -176,7 +176,8 @@ pub enum Counter {
     /// `max_connections_per_ip`; also counted in `connections_refused`.
     H3ConnectionsRefused,
     /// HTTP/3 connections closed (H3_EXCESSIVE_LOAD) for a rapid-reset flood: more
-    /// RESET_STREAM or STOP_SENDING frames in a second than `max_resets_per_second`.
+    /// RESET_STREAM or STOP_SENDING frames, or unidirectional streams past HTTP/3's three, in
+    /// a second than `max_resets_per_second`.
     H3RapidResets,
     /// HTTP/3 connections closed (H3_EXCESSIVE_LOAD) for a PING flood.
     H3PingFloods,

@@ -196,7 +196,8 @@ impl Driver {
                     let mut c = c.borrow_mut();
                     c.conn.handle_event(ev);
                     let frames = c.conn.stats().frame_rx;
-                    if let Some(flood) = c.guard.observe(&frames, now) {
+                    let uni = c.uni_streams;
+                    if let Some(flood) = c.guard.observe(&frames, uni, now) {
                         if !c.conn.is_closed() {
                             let reason = Bytes::from_static(b"excessive load");
                             c.conn

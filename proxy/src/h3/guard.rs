@@ -9,7 +9,11 @@
 //! - PING floods: every PING makes the server acknowledge;
 //! - connection-id and path floods: each RETIRE_CONNECTION_ID makes quinn-proto issue a new
 //!   id, each NEW_CONNECTION_ID with `retire_prior_to` makes it retire ids, each
-//!   PATH_CHALLENGE needs a PATH_RESPONSE; a client that migrates sends a few.
+//!   PATH_CHALLENGE needs a PATH_RESPONSE; a client that migrates sends a few;
+//! - unidirectional streams beyond HTTP/3's three (control, QPACK encoder and decoder):
+//!   unknown types are stopped and dropped, and a client could open them without end; they
+//!   count as rapid reset too (streams thrown away; a client usually answers the STOP_SENDING
+//!   with a RESET_STREAM, and the larger count is taken).
 //!
 //! A connection over a budget is closed with H3_EXCESSIVE_LOAD. What quinn-proto and `h3`
 //! bound themselves: concurrent streams of each kind, flow-control windows, active connection
@@ -49,7 +53,8 @@ impl Default for H3FloodLimits {
 /// A flood the guard found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum H3Flood {
-    /// More than `max_resets_per_second` cancelled streams.
+    /// More than `max_resets_per_second` cancelled streams (or unidirectional streams past
+    /// the three).
     RapidReset,
     /// More than `max_pings_per_second` PING frames.
     Ping,
@@ -72,13 +77,18 @@ const RESETS: usize = 0;
 const STOPS: usize = 1;
 const PINGS: usize = 2;
 const MIGRATION: usize = 3;
+const UNI: usize = 4;
+const KINDS: usize = 5;
 
-/// The frame counts the guard reads, as totals since the connection began.
+/// Unidirectional streams HTTP/3 needs from a client.
+const UNI_NEEDED: u64 = 3;
+
+/// What the guard counts, as totals since the connection began.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Totals([u64; 4]);
+struct Totals([u64; KINDS]);
 
 impl Totals {
-    fn of(f: &FrameStats) -> Self {
+    fn of(f: &FrameStats, uni_streams: u64) -> Self {
         Totals([
             f.reset_stream,
             f.stop_sending,
@@ -86,6 +96,7 @@ impl Totals {
             f.new_connection_id
                 .saturating_add(f.retire_connection_id)
                 .saturating_add(f.path_challenge),
+            uni_streams.saturating_sub(UNI_NEEDED),
         ])
     }
 }
@@ -95,7 +106,7 @@ impl Totals {
 pub(crate) struct Guard {
     limits: H3FloodLimits,
     seen: Totals,
-    counts: PerSecond<4>,
+    counts: PerSecond<KINDS>,
 }
 
 impl Guard {
@@ -108,20 +119,25 @@ impl Guard {
         }
     }
 
-    /// Reads the connection's frame counts after it took a datagram; a flood once one is
-    /// found.
-    pub(crate) fn observe(&mut self, frames: &FrameStats, now: Instant) -> Option<H3Flood> {
-        let totals = Totals::of(frames);
+    /// Reads the connection's frame counts after it took a datagram, and the unidirectional
+    /// streams the client opened; a flood once one is found.
+    pub(crate) fn observe(
+        &mut self,
+        frames: &FrameStats,
+        uni_streams: u64,
+        now: Instant,
+    ) -> Option<H3Flood> {
+        let totals = Totals::of(frames, uni_streams);
         if totals == self.seen {
             return None;
         }
         self.counts.roll(now);
         let l = self.limits;
-        let mut over = [false; 4];
+        let mut over = [false; KINDS];
         for (i, (new, old)) in totals.0.iter().zip(self.seen.0).enumerate() {
             let n = u32::try_from(new.saturating_sub(old)).unwrap_or(u32::MAX);
             let budget = match i {
-                RESETS | STOPS => l.max_resets_per_second,
+                RESETS | STOPS | UNI => l.max_resets_per_second,
                 PINGS => l.max_pings_per_second,
                 MIGRATION => l.max_migration_frames_per_second,
                 _ => u32::MAX,
@@ -132,9 +148,9 @@ impl Guard {
         }
         self.seen = totals;
         match over {
-            [true, ..] | [_, true, ..] => Some(H3Flood::RapidReset),
-            [_, _, true, _] => Some(H3Flood::Ping),
-            [_, _, _, true] => Some(H3Flood::Migration),
+            [true, ..] | [_, true, ..] | [.., true] => Some(H3Flood::RapidReset),
+            [_, _, true, ..] => Some(H3Flood::Ping),
+            [_, _, _, true, _] => Some(H3Flood::Migration),
             _ => None,
         }
     }
@@ -162,7 +178,8 @@ mod tests {
         let mut f = FrameStats::default();
         for (step, ms) in steps.iter().zip(at) {
             step(&mut f);
-            if let Some(flood) = g.observe(&f, t0 + Duration::from_millis(*ms)) {
+            // The control and QPACK streams, always there.
+            if let Some(flood) = g.observe(&f, 3, t0 + Duration::from_millis(*ms)) {
                 return Some(flood);
             }
         }
@@ -240,6 +257,24 @@ mod tests {
         let mut g = Guard::new(LIMITS, t0);
         let mut f = FrameStats::default();
         f.stop_sending = 50;
-        assert_eq!(g.observe(&f, t0), Some(H3Flood::RapidReset));
+        assert_eq!(g.observe(&f, 3, t0), Some(H3Flood::RapidReset));
+    }
+
+    #[test]
+    fn unidirectional_streams_past_the_three_count() {
+        let t0 = Instant::now();
+        let f = FrameStats::default();
+        let mut g = Guard::new(LIMITS, t0);
+        // HTTP/3's three and the budget of three more pass; one more is over.
+        for uni in 0..=6 {
+            assert_eq!(g.observe(&f, uni, t0), None, "{uni}");
+        }
+        assert_eq!(g.observe(&f, 7, t0), Some(H3Flood::RapidReset));
+        // At the budget's pace, never.
+        let mut g = Guard::new(LIMITS, t0);
+        for i in 0..20u64 {
+            let t = t0 + Duration::from_millis(400 * i);
+            assert_eq!(g.observe(&f, 3 + i, t), None, "{i}");
+        }
     }
 }

@@ -40,6 +40,8 @@ pub(crate) struct ConnState {
     kick: Rc<Kick>,
     /// The flood guard, read by the driver after each datagram.
     pub(crate) guard: super::guard::Guard,
+    /// Unidirectional streams the client opened (HTTP/3 needs three), for the guard.
+    pub(crate) uni_streams: u64,
     /// The client address's slot of `max_connections_per_ip`, held until the driver forgets
     /// the connection (drained, or its endpoint replaced).
     pub(crate) permit: Option<ratelimit::OwnedPermit>,
@@ -99,6 +101,7 @@ impl ConnState {
             queued: false,
             kick,
             guard,
+            uni_streams: 0,
             permit,
         }
     }
@@ -220,6 +223,9 @@ impl QuicConn {
     ) -> Poll<Result<StreamId, ConnectionErrorIncoming>> {
         let mut s = self.st.borrow_mut();
         if let Some(id) = s.conn.streams().accept(dir) {
+            if dir == Dir::Uni {
+                s.uni_streams += 1;
+            }
             // Accepting may raise the peer's stream limit: MAX_STREAMS goes out.
             s.kick();
             return Poll::Ready(Ok(id));
