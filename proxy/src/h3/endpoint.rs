@@ -21,7 +21,7 @@ use monoio::net::udp::UdpSocket;
 use quinn_proto::{ConnectionHandle, DatagramEvent, Endpoint, VarInt};
 
 use super::guard::{Guard, H3Flood};
-use super::quic::{ConnState, Kick, Shared};
+use super::quic::{ConnState, Kick, Shared, H3_EXCESSIVE_LOAD};
 use crate::control::stats::Counter;
 use crate::runtime::core::Core;
 use crate::runtime::{OPEN_CONNECTIONS, SHUTDOWN};
@@ -29,9 +29,6 @@ use crate::runtime::{OPEN_CONNECTIONS, SHUTDOWN};
 /// Datagrams waiting for the driver past this are dropped (QUIC retransmits): a driver that
 /// falls behind does not grow memory without bound.
 const INBOX_MAX: usize = 4096;
-
-/// HTTP/3's error code for a peer that generates excessive load (RFC 9114 §8.1).
-const H3_EXCESSIVE_LOAD: u32 = 0x107;
 
 /// Largest datagram read (QUIC's limit; what arrives is at most the path's MTU).
 const MAX_DATAGRAM: usize = 65_527;

@@ -119,7 +119,7 @@ impl Drop for CloseOnDrop {
             if !s.conn.is_closed() {
                 s.conn.close(
                     Instant::now(),
-                    quinn_proto::VarInt::from_u32(0x100), // H3_NO_ERROR
+                    quinn_proto::VarInt::from_u32(quic::H3_NO_ERROR),
                     Bytes::new(),
                 );
                 s.kick();

@@ -500,7 +500,12 @@ impl quic::RecvStream for RecvHalf {
 impl Drop for RecvHalf {
     fn drop(&mut self) {
         if let Ok(mut s) = self.st.try_borrow_mut() {
-            if s.lost.is_none() && s.conn.recv_stream(self.id).stop(code(H3_NO_ERROR)).is_ok() {
+            if s.lost.is_none()
+                && s.conn
+                    .recv_stream(self.id)
+                    .stop(VarInt::from_u32(H3_NO_ERROR))
+                    .is_ok()
+            {
                 s.kick();
             }
         }
@@ -517,7 +522,9 @@ impl Drop for SendHalf {
             // A frame written in part: the stream cannot end cleanly.
             let cut = self.pending.as_ref().is_some_and(|b| b.has_remaining());
             let ended = if cut {
-                stream.reset(code(H3_INTERNAL_ERROR)).map_err(|_| None)
+                stream
+                    .reset(VarInt::from_u32(H3_INTERNAL_ERROR))
+                    .map_err(|_| None)
             } else {
                 stream.finish().map_err(Some)
             };
@@ -535,9 +542,11 @@ impl Drop for SendHalf {
 }
 
 /// HTTP/3's "no error" code (RFC 9114 §8.1).
-const H3_NO_ERROR: u64 = 0x100;
+pub(crate) const H3_NO_ERROR: u32 = 0x100;
 /// HTTP/3's "internal error" code.
-const H3_INTERNAL_ERROR: u64 = 0x102;
+const H3_INTERNAL_ERROR: u32 = 0x102;
+/// HTTP/3's code for a peer that generates excessive load.
+pub(crate) const H3_EXCESSIVE_LOAD: u32 = 0x107;
 
 /// The sending half of a stream: one h3 frame at a time, written as flow control allows.
 pub(crate) struct SendHalf {
