@@ -5,7 +5,8 @@ arrives before its result, the session across requests and across QUIC connectio
 ten calls at once on one connection, a cancelled call's stream reset closing its upstream,
 address validation by Retry, and `Alt-Svc` on the HTTP/1.1 and HTTP/2 answers. Then the
 limits: `max_connections_per_ip` over TCP and QUIC together, the stream flood guards, field
-sections over `max_header_list_size`, and a reload changing HTTP/3 settings."""
+sections over `max_header_list_size`, a reload changing HTTP/3 settings, and a returning
+client skipping the Retry with its NEW_TOKEN token."""
 
 from __future__ import annotations
 
@@ -516,3 +517,31 @@ async def test_reload_changes_http3_settings_for_new_connections(limits_proxy) -
     config.write_text(text.replace('[proxy.http3]\nlisten = "127.0.0.1:0"', '[proxy.http3]\nlisten = "127.0.0.2:0"'))
     r = httpx.post(f"http://{admin}/reload", timeout=10)
     assert r.status_code == 400 and r.json()["errors"][0].startswith("proxy.http3.listen:"), r.text
+
+
+@pytest.mark.anyio
+async def test_a_returning_client_skips_the_retry_with_its_token(limits_proxy) -> None:
+    proxy, port, ca, _ = limits_proxy()
+    tokens: list[bytes] = []
+    async with connect("127.0.0.1", port, configuration=quic_config(ca), create_protocol=H3Client,
+                       token_handler=tokens.append) as c:
+        await initialize(c)
+        deadline = time.monotonic() + 10
+        while not tokens and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    assert tokens, "mcplb sent no NEW_TOKEN"
+
+    # Statistics are folded in once a second: wait for the first connection to show.
+    s = wait_stats(proxy, lambda s: s["counters"]["h3_connections"] >= 1)["counters"]
+    assert s["h3_connections"] == 1 and s["h3_retries"] == 1, s
+    for retried in (False, True):
+        # With the token: validated at once, no Retry. The same token again: it was used, so
+        # the client gets a Retry (and is served all the same).
+        cfg = quic_config(ca)
+        cfg.token = tokens[0]
+        async with connect("127.0.0.1", port, configuration=cfg, create_protocol=H3Client) as c:
+            await initialize(c)
+        want = 3 if retried else 2
+        s = wait_stats(proxy, lambda s: s["counters"]["h3_connections"] >= want)["counters"]
+        assert s["h3_connections"] == want, s
+        assert s["h3_retries"] == (2 if retried else 1), s

@@ -14,6 +14,7 @@ pub(crate) mod guard;
 pub(crate) mod quic;
 pub mod steer;
 pub(crate) mod stream;
+pub(crate) mod tokens;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -67,12 +68,12 @@ impl Default for Http3Config {
 
 impl Http3Config {
     /// The QUIC server settings: `tls` (the certificate of `[proxy.tls]`) with ALPN `h3`,
-    /// TLS 1.3 only, and the transport limits; `token_key` seals address-validation tokens
-    /// (one for the process: a Retry's token stays good across a reload).
-    pub fn quic_server(
+    /// TLS 1.3 only, the transport limits, and address-validation tokens sealed and checked
+    /// with `tokens` (Retry, and NEW_TOKEN for a client's next connection).
+    pub(crate) fn quic_server(
         &self,
         tls: &crate::tls::ServerTlsFiles,
-        token_key: Arc<dyn quinn_proto::crypto::HandshakeTokenKey>,
+        tokens: &tokens::TokenKeys,
     ) -> Result<quinn_proto::ServerConfig, String> {
         let mut rustls = tls.build()?;
         rustls.alpn_protocols = vec![b"h3".to_vec()];
@@ -96,17 +97,12 @@ impl Http3Config {
                 quinn_proto::VarInt::from_u64(u64::from(self.stream_receive_window) * 4)
                     .unwrap_or(window),
             );
-        let mut server = quinn_proto::ServerConfig::new(Arc::new(crypto), token_key);
-        server.transport_config(Arc::new(transport));
+        let mut server = quinn_proto::ServerConfig::new(Arc::new(crypto), tokens.key.clone());
+        server
+            .transport_config(Arc::new(transport))
+            .validation_token_config(tokens.validation());
         Ok(server)
     }
-}
-
-/// A key for [`Http3Config::quic_server`]'s tokens.
-pub(crate) fn token_key() -> Arc<dyn quinn_proto::crypto::HandshakeTokenKey> {
-    let mut secret = [0u8; 64];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut secret[..]);
-    Arc::new(ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&secret))
 }
 
 /// Closes the QUIC connection, if nothing else did, when its HTTP/3 task ends (a set-up that

@@ -49,8 +49,9 @@ pub struct Shared {
     /// The QUIC server settings of `[proxy.http3]` for new connections (built again by each
     /// reload, with the same token key).
     pub h3_server: Option<Arc<quinn_proto::ServerConfig>>,
-    /// Seals QUIC address-validation tokens: one for the process, kept across reloads.
-    pub h3_token_key: Arc<dyn quinn_proto::crypto::HandshakeTokenKey>,
+    /// Seals and checks QUIC address-validation tokens: one key and one log of used tokens
+    /// for the process, kept across reloads.
+    pub(crate) h3_tokens: crate::h3::tokens::TokenKeys,
     /// TLS termination for clients (`[proxy.tls]`), its config read once per handshake.
     pub tls: Option<Arc<crate::tls::TlsTerminator>>,
     /// The span exporter's queue (`[telemetry]`), when traces are configured.
@@ -178,10 +179,10 @@ pub(crate) fn build_shared(
         }
     };
     let tracer = tracer(&config, prev)?;
-    let h3_token_key = prev.map_or_else(crate::h3::token_key, |p| p.h3_token_key.clone());
+    let h3_tokens = prev.map_or_else(crate::h3::tokens::TokenKeys::new, |p| p.h3_tokens.clone());
     let h3_server = match (&config.proxy.http3, &config.proxy.tls) {
         (Some(h), Some(files)) => Some(Arc::new(
-            h.quic_server(files, h3_token_key.clone())
+            h.quic_server(files, &h3_tokens)
                 .map_err(anyhow::Error::msg)?,
         )),
         _ => None,
@@ -194,7 +195,7 @@ pub(crate) fn build_shared(
     Ok(Shared {
         alt_svc,
         h3_server,
-        h3_token_key,
+        h3_tokens,
         tls,
         tracer,
         tool_hints,
