@@ -123,11 +123,13 @@ def messages(s: Stream, raw: bytes) -> list[dict]:
     return [json.loads(text)] if text.strip() else []
 
 
-def _config(backends: list[Backend], cert: Path, key: Path, proxy: str = "", http3: str = "") -> str:
+def _config(
+    backends: list[Backend], cert: Path, key: Path, proxy: str = "", http3: str = "", tls: str = ""
+) -> str:
     urls = ", ".join(f'"{b.url}"' for b in backends)
     return (
         f'[proxy]\nlisten = "127.0.0.1:0"\nworkers = 2\n{proxy}\n'
-        f'[proxy.tls]\ncert = "{cert}"\nkey = "{key}"\n\n'
+        f'[proxy.tls]\ncert = "{cert}"\nkey = "{key}"\n{tls}\n'
         f'[proxy.http3]\nlisten = "127.0.0.1:0"\n{http3}\n'
         '[admin]\nlisten = "127.0.0.1:0"\n\n'
         f'[[servers]]\nname = "pyh3"\npath = "/mcp"\nbackends = [{urls}]\n'
@@ -366,10 +368,10 @@ def limits_proxy(backends: list[Backend], tmp_path: Path):
     UDP port, the CA and the config file."""
     started: list[Proxy] = []
 
-    def start(proxy: str = "", http3: str = ""):
+    def start(proxy: str = "", http3: str = "", tls: str = ""):
         ca, cert, key = make_pki(tmp_path)
         config = tmp_path / "mcplb-h3-limits.toml"
-        config.write_text(_config(backends, cert, key, proxy, http3))
+        config.write_text(_config(backends, cert, key, proxy, http3, tls))
         p = start_proxy_file(config)
         started.append(p)
         udp = _line(p, r"HTTP/3 on udp://(\S+)")
@@ -578,3 +580,35 @@ async def test_a_returning_client_skips_the_retry_with_its_token(limits_proxy) -
         s = wait_stats(proxy, lambda s: s["counters"]["h3_connections"] >= want)["counters"]
         assert s["h3_connections"] == want, s
         assert s["h3_retries"] == (2 if retried else 1), s
+
+
+@pytest.mark.anyio
+async def test_a_certificate_the_watcher_swaps_in_serves_new_quic_connections(limits_proxy, tmp_path: Path) -> None:
+    proxy, port, ca, _ = limits_proxy(tls='reload_interval = "100ms"\n')
+    async with h3_connect(port, ca) as old:
+        sid = await initialize(old)
+        # A certificate from another CA replaces the files (each file renamed into place, as a
+        # deploy does); no reload is asked for.
+        next_dir = tmp_path / "next"
+        next_dir.mkdir()
+        next_ca, next_cert, next_key = make_pki(next_dir)
+        for src, dst in ((next_key, tmp_path / "leaf.key"), (next_cert, tmp_path / "chain.pem")):
+            tmp = dst.with_suffix(".new")
+            tmp.write_bytes(src.read_bytes())
+            tmp.replace(dst)
+        # New QUIC connections get the new certificate: trusted by the new CA only.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                async with h3_connect(port, next_ca) as new:
+                    await initialize(new)
+                break
+            except (ConnectionError, asyncio.TimeoutError):
+                assert time.monotonic() < deadline, "new QUIC connections never got the new certificate"
+                await asyncio.sleep(0.2)
+        with pytest.raises((ConnectionError, asyncio.TimeoutError)):
+            async with h3_connect(port, ca) as stale:
+                await initialize(stale)
+        # The connection from before goes on with the certificate it started with.
+        tools = await old.request("POST", {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, sid)
+        assert tools.status == 200 and messages(tools, await tools.body())[-1]["result"]["tools"]

@@ -70,12 +70,20 @@ impl Http3Config {
     /// The QUIC server settings: `tls` (the certificate of `[proxy.tls]`) with ALPN `h3`,
     /// TLS 1.3 only, the transport limits, and address-validation tokens sealed and checked
     /// with `tokens` (Retry, and NEW_TOKEN for a client's next connection).
+    ///
+    /// With `follow`, the client-facing TLS terminator, the certificate is the terminator's
+    /// current one at each handshake, so a certificate its watcher (or a reload) swaps in
+    /// serves new QUIC connections as it serves new TCP ones.
     pub(crate) fn quic_server(
         &self,
         tls: &crate::tls::ServerTlsFiles,
         tokens: &tokens::TokenKeys,
+        follow: Option<&Arc<crate::tls::TlsTerminator>>,
     ) -> Result<quinn_proto::ServerConfig, String> {
         let mut rustls = tls.build()?;
+        if let Some(t) = follow {
+            rustls.cert_resolver = Arc::new(FollowTerminator(t.clone()));
+        }
         rustls.alpn_protocols = vec![b"h3".to_vec()];
         rustls.max_early_data_size = 0;
         let crypto =
@@ -102,6 +110,19 @@ impl Http3Config {
             .transport_config(Arc::new(transport))
             .validation_token_config(tokens.validation());
         Ok(server)
+    }
+}
+
+/// The certificate of the terminator's current TLS config (one atomic load per handshake).
+#[derive(Debug)]
+struct FollowTerminator(Arc<crate::tls::TlsTerminator>);
+
+impl rustls::server::ResolvesServerCert for FollowTerminator {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.config().cert_resolver.resolve(hello)
     }
 }
 

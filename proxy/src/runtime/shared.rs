@@ -182,7 +182,7 @@ pub(crate) fn build_shared(
     let h3_tokens = prev.map_or_else(crate::h3::tokens::TokenKeys::new, |p| p.h3_tokens.clone());
     let h3_server = match (&config.proxy.http3, &config.proxy.tls) {
         (Some(h), Some(files)) => Some(Arc::new(
-            h.quic_server(files, &h3_tokens)
+            h.quic_server(files, &h3_tokens, tls.as_ref())
                 .map_err(anyhow::Error::msg)?,
         )),
         _ => None,
