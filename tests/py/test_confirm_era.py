@@ -52,14 +52,19 @@ def confirm_era(tmp_path_factory: pytest.TempPathFactory):
             f'[audit]\nlog = "{audit}"\n'
             '[[servers]]\nname = "modern"\npath = "/modern"\n'
             f'backends = ["http://127.0.0.1:{port}/mcp"]\nera = "2026"\nconfirm_timeout = "{CONFIRM_TIMEOUT}s"\n'
+            '[servers.health]\nmethod = "server/discover"\n'
             '[[servers]]\nname = "stateless"\npath = "/stateless"\n'
             f'backends = ["{stateless.url}"]\nconfirm_timeout = "{CONFIRM_TIMEOUT}s"\n'
+            # A virtual server over the 2026-07-28 server (the member's own names).
+            '[[servers]]\nname = "vmodern"\npath = "/vmodern"\nprefix_mode = "never"\n'
+            f'confirm_timeout = "{CONFIRM_TIMEOUT}s"\nmembers = [{{ server = "modern" }}]\n'
             '[[policies]]\neffect = "allow"\ntools = ["*"]\n'
             '[[policies]]\neffect = "confirm"\ntools = ["add", "introduce"]\n'
         )
         proxy = start_proxy_file(config)
         base = proxy.url.rsplit("/", 1)[0]
-        yield {"modern": base + "/modern", "stateless": base + "/stateless", "audit": audit}
+        yield {"modern": base + "/modern", "stateless": base + "/stateless", "vmodern": base + "/vmodern",
+               "audit": audit}
         proxy.stop()
     finally:
         _stop(modern)
@@ -220,3 +225,12 @@ async def test_a_2026_servers_own_input_rounds_follow_the_approval_for_a_2026_cl
     assert all(k != key for k in second["inputRequests"]), "the server's own questions"
     forged = call(3, requestState=f"{sealed}.x{backend_state}", inputResponses={})["result"]
     assert forged["resultType"] == "input_required" and "mcplb" in json.dumps(forged["inputRequests"]), forged
+
+
+async def test_a_virtual_servers_2026_member_asks_for_input_after_the_approval(confirm_era) -> None:
+    user = User()
+    async with user.client(confirm_era["vmodern"], "2026-07-28") as client:
+        result = await client.call_tool("introduce", {})
+        assert text(result) == "Ada|file:///work/ada|roses", result
+    assert len(user.asked) == 2 and "`introduce`" in user.asked[0], user.asked
+    assert user.asked[1] == "server:Who is calling?", user.asked

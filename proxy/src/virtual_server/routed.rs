@@ -370,6 +370,12 @@ async fn forward(
         if streaming.is_some() {
             return whole_event(c, &body, keep).await;
         }
+        // A member's own input round in the answer to a call its user approved carries the
+        // approval on (`data_path::confirm`).
+        let body = match c.confirm_wrap.take() {
+            Some(f) => confirm::wrap_rounds(core, c.meta.group, &f, body, false),
+            None => body,
+        };
         let ctype = if head.content_type.is_empty() {
             b"application/json".to_vec()
         } else {
@@ -396,6 +402,7 @@ async fn forward(
     }
     let mut parser = protocol::sse::SseParser::new();
     let mut events = Vec::new();
+    let wrap = c.confirm_wrap.take();
     // A copy for the member group's cache (bounded: a longer answer is not kept).
     let mut copy = fill.filter(|_| head.status == 200).map(|f| (f, Vec::new()));
     let mut watch = Watch {
@@ -417,7 +424,11 @@ async fn forward(
             }
         }
         events.clear();
-        while let Some(ev) = parser.next_event() {
+        while let Some(mut ev) = parser.next_event() {
+            if let Some(f) = &wrap {
+                let wrapped = confirm::wrap_rounds(core, c.meta.group, f, ev.data.into(), false);
+                ev.data = String::from_utf8(wrapped).unwrap_or_default();
+            }
             let bits = relay_event(m, &ev.data, &mut events);
             crate::data_path::cache::note_group_changes(core, reached.gi, bits, &ev.data);
         }
