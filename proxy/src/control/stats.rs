@@ -172,8 +172,11 @@ pub enum Counter {
     H3Retries,
     /// HTTP/3 connections whose HTTP/3 set-up or control streams failed.
     H3ProtocolErrors,
+    /// Cached lists filtered for a class of callers under a policy (kept, so that the next
+    /// caller of the class on the core gets the same bytes without a parse).
+    CacheListsFiltered,
 }
-const COUNTERS: usize = 48;
+const COUNTERS: usize = 49;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -224,6 +227,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "h3_streams",
     "h3_retries",
     "h3_protocol_errors",
+    "cache_lists_filtered",
 ];
 
 /// Gauges (up/down).
