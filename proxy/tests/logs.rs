@@ -110,6 +110,72 @@ fn a_stderr_nobody_reads_does_not_stall_requests() {
     let _ = std::fs::remove_file(&config_path);
 }
 
+/// Lines for a writer that is stuck (its stderr a pipe nobody reads) are dropped once its
+/// queue is full, never waited for, and counted on `/stats`, per log.
+#[test]
+fn lines_a_stuck_writer_cannot_take_are_dropped_and_counted() {
+    let m = mock("alpha");
+    let cfg = config_for(&[&m], "access_log = \"stderr\"")
+        + "[audit]\nlog = \"stderr\"\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let config_path = write_config(&cfg);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mcplb"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (addr, admin) = {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut after = |marker: &str, end: char| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            line.split(marker)
+                .nth(1)
+                .and_then(|r| r.split(end).next())
+                .unwrap_or_else(|| panic!("no {marker:?} in {line:?}"))
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+        };
+        (after("listening on ", ' '), after("admin on http://", '/'))
+    };
+    let mut c = HttpClient::connect_timeout(addr, Duration::from_secs(20)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut i = 0u64;
+    let stats = loop {
+        for _ in 0..200 {
+            // Audited (`initialize`) and access-logged; answered although no line is written.
+            assert_eq!(initialize(&mut c, i).status, 200, "request {i}");
+            i += 1;
+        }
+        let s: serde_json::Value = HttpClient::connect(admin)
+            .unwrap()
+            .request("GET", "/stats", &[], b"")
+            .unwrap()
+            .json()
+            .unwrap();
+        let n = |k: &str| s["counters"][k].as_u64().unwrap_or(0);
+        if n("access_log_lines_dropped") > 0 && n("audit_lines_dropped") > 0 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line dropped after {i} requests: {s}"
+        );
+    };
+    assert!(queued(&stderr) >= 60_000, "stderr was not full");
+    assert!(
+        stats["counters"]["audit_lines_dropped"].as_u64().unwrap() <= i,
+        "{stats}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stderr);
+    let _ = std::fs::remove_file(&config_path);
+}
+
 #[test]
 fn a_repeated_warning_is_logged_once_then_summarized() {
     let m = mock("alpha");

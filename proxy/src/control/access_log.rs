@@ -2,7 +2,8 @@
 //! handed, every 250 ms or every 64 KiB, to one writer thread that writes each buffer with
 //! one `write` (`O_APPEND`), so cores never interleave inside a line and a worker never waits
 //! for the disk or a blocked stderr. When the writer falls behind by [`QUEUED_BUFFERS`]
-//! buffers, further ones are dropped, counted and reported in the log. The file is opened
+//! buffers, further ones are dropped, counted (`access_log_lines_dropped`,
+//! `audit_lines_dropped` on `/stats` and `/metrics`) and reported in the log. The file is opened
 //! again by each new configuration state, so `kill -HUP` after a log rotation writes to the
 //! new file (the old one is closed once its last queued buffer is written).
 //!
@@ -135,18 +136,22 @@ impl AccessLog {
         (self.seq, ts)
     }
 
-    /// Hands the buffered lines to the writer thread (never waits for it).
-    pub(crate) fn flush(&mut self) {
+    /// Hands the buffered lines to the writer thread (never waits for it). How many lines were
+    /// dropped because its queue was full (for the core's statistics).
+    #[must_use = "dropped lines are counted in the core's statistics"]
+    pub(crate) fn flush(&mut self) -> u64 {
         if self.buf.is_empty() {
-            return;
+            return 0;
         }
         let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(FLUSH_BYTES));
-        let Some(w) = writer() else { return };
-        if let Err(TrySendError::Full(Job::Write(_, buf))) =
-            w.try_send(Job::Write(self.sink.clone(), buf))
-        {
-            let lines = memchr::memchr_iter(b'\n', &buf).count() as u64;
-            DROPPED.fetch_add(lines, Ordering::Relaxed);
+        let Some(w) = writer() else { return 0 };
+        match w.try_send(Job::Write(self.sink.clone(), buf)) {
+            Err(TrySendError::Full(Job::Write(_, buf))) => {
+                let lines = memchr::memchr_iter(b'\n', &buf).count() as u64;
+                DROPPED.fetch_add(lines, Ordering::Relaxed);
+                lines
+            }
+            _ => 0,
         }
     }
 }

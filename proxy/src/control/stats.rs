@@ -175,8 +175,12 @@ pub enum Counter {
     /// Cached lists filtered for a class of callers under a policy (kept, so that the next
     /// caller of the class on the core gets the same bytes without a parse).
     CacheListsFiltered,
+    /// Access-log lines dropped because the writer thread fell behind.
+    AccessLogLinesDropped,
+    /// Audit-trail lines dropped because the writer thread fell behind.
+    AuditLinesDropped,
 }
-const COUNTERS: usize = 49;
+const COUNTERS: usize = 51;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -228,6 +232,8 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "h3_retries",
     "h3_protocol_errors",
     "cache_lists_filtered",
+    "access_log_lines_dropped",
+    "audit_lines_dropped",
 ];
 
 /// Gauges (up/down).

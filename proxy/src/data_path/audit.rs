@@ -280,7 +280,12 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant, end: Instant) {
     }
     buf.extend_from_slice(b"}\n");
     if l.buf.len() >= crate::control::access_log::FLUSH_BYTES {
-        l.flush();
+        let dropped = l.flush();
+        if dropped > 0 {
+            core.rec
+                .borrow_mut()
+                .count(crate::control::stats::Counter::AuditLinesDropped, dropped);
+        }
     }
 }
 

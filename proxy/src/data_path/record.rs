@@ -45,8 +45,14 @@ pub(crate) fn write_access_log(core: &Core, c: &ClientConn, start: Instant) {
         m.by_proxy,
         m.bytes_out,
     );
-    if l.buf.len() >= 64 * 1024 {
-        l.flush();
+    drop(rec);
+    if l.buf.len() >= crate::control::access_log::FLUSH_BYTES {
+        let dropped = l.flush();
+        if dropped > 0 {
+            core.rec
+                .borrow_mut()
+                .count(Counter::AccessLogLinesDropped, dropped);
+        }
     }
 }
 
