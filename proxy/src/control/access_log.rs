@@ -58,6 +58,7 @@ fn writer() -> Option<&'static SyncSender<Job>> {
 }
 
 fn write_loop(rx: Receiver<Job>) {
+    yield_to_workers();
     while let Ok(job) = rx.recv() {
         match job {
             Job::Write(sink, buf) => {
@@ -83,6 +84,21 @@ fn write_loop(rx: Receiver<Job>) {
                 "access log lines dropped: the log could not be written fast enough"
             );
         }
+    }
+}
+
+/// Makes the writer thread a batch thread (`SCHED_BATCH`): woken by a worker's buffer, it
+/// does not preempt that worker (or another) but runs when a core is free or at the next
+/// scheduler tick. As a normal thread it preempted the worker that woke it about once per
+/// buffer (two context switches on a busy core, measured: 0.009 per audited request at
+/// 64 KiB buffers). Its share of the CPU is unchanged; where the call fails it stays normal.
+#[allow(unsafe_code)]
+fn yield_to_workers() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets the calling thread's (pid 0) policy; `param` is a valid, live parameter.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if r != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "log writer stays a normal thread");
     }
 }
 
