@@ -186,8 +186,15 @@ pub enum Counter {
     H3MigrationFloods,
     /// HTTP/3 request header sections over `max_header_list_size` (answered 431).
     H3HeadersTooLarge,
+    /// Cached lists filtered for a class of callers under a policy (kept, so that the next
+    /// caller of the class on the core gets the same bytes without a parse).
+    CacheListsFiltered,
+    /// Access-log lines dropped because the writer thread fell behind.
+    AccessLogLinesDropped,
+    /// Audit-trail lines dropped because the writer thread fell behind.
+    AuditLinesDropped,
 }
-const COUNTERS: usize = 53;
+const COUNTERS: usize = 56;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -243,6 +250,9 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "h3_ping_floods",
     "h3_migration_floods",
     "h3_headers_too_large",
+    "cache_lists_filtered",
+    "access_log_lines_dropped",
+    "audit_lines_dropped",
 ];
 
 /// Gauges (up/down).
