@@ -321,9 +321,10 @@ def test_raw_input_required_round_trip_and_a_stale_state(bridged_url: str, reque
     done = _message(httpx.post(bridged_url, json=retry, headers=headers, timeout=READ_TIMEOUT))
     assert done["id"] == 12 and done["result"]["resultType"] == "complete", done
     assert "decline" in json.dumps(done["result"]["content"]), done
-    # The call was answered: the same state again is refused, with the reason.
+    # The call was answered: the same state again is refused, with the reason (never a second
+    # run of the call).
     again = _message(httpx.post(bridged_url, json=retry, headers=headers, timeout=READ_TIMEOUT))
-    assert again["id"] == 12 and "no longer held" in again["error"]["message"], again
+    assert again["id"] == 12 and "answered already" in again["error"]["message"], again
 
 
 # --- a 2025-era client in front of a 2026-07-28-only server --------------------------------

@@ -172,8 +172,16 @@ pub enum Counter {
     H3Retries,
     /// HTTP/3 connections whose HTTP/3 set-up or control streams failed.
     H3ProtocolErrors,
+    /// 2026-07-28 retries whose input went to the bridged call waiting here for it.
+    EraInputsResumed,
+    /// 2026-07-28 retries whose bridged call waited nowhere here: replayed from the rounds
+    /// their request state carries.
+    EraInputsReplayed,
+    /// Bridged calls that waited for their input past the limit (no retry came back here):
+    /// cancelled on their backend.
+    EraCallsAbandoned,
 }
-const COUNTERS: usize = 48;
+const COUNTERS: usize = 51;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -224,6 +232,9 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "h3_streams",
     "h3_retries",
     "h3_protocol_errors",
+    "era_inputs_resumed",
+    "era_inputs_replayed",
+    "era_calls_abandoned",
 ];
 
 /// Gauges (up/down).

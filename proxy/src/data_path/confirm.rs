@@ -205,18 +205,21 @@ fn spend(state: &str, expires_ms: u64, now_ms: u64) -> bool {
     true
 }
 
-/// Whether `state` is one the era bridge sealed for a call it parked (a session id layout
-/// naming a worker and token).
+/// Whether `state` is one the era bridge sealed for a call that asked for input.
 fn is_bridge_state(core: &Core, state: &str) -> bool {
-    let mut scratch = [0u8; crate::session::SCRATCH];
+    let mut buf = Vec::new();
     core.shared
         .sealer
-        .open(state.as_bytes(), &mut scratch)
-        .is_some_and(|o| era::parse_state(o.sid).is_some())
+        .open_kind(
+            crate::session::VERSION_ERA_STATE,
+            state.as_bytes(),
+            &mut buf,
+        )
+        .is_some()
 }
 
 /// Makes `body` the request's body (the id and the audit trail's spans found in it again).
-fn replace_body(core: &Core, c: &mut ClientConn, body: Vec<u8>) {
+pub(crate) fn replace_body(core: &Core, c: &mut ClientConn, body: Vec<u8>) {
     c.req.decoded = body;
     c.req.set_body_decoded();
     let depth = core.shared.config.proxy.max_json_depth;
