@@ -40,6 +40,7 @@ pub(crate) mod response;
 pub(crate) mod route;
 pub(crate) mod upstream;
 pub(crate) mod views;
+pub(crate) mod waiting;
 
 use std::borrow::Cow;
 use std::time::Instant;
