@@ -11,6 +11,7 @@ Tools: add(a, b), whoami() -> NAME, slow_progress(steps, delay) which reports pr
 calls() -> the names of the tools this process has run, in order (what reached the backend),
 change_tools() which announces that the tool list changed (notifications/tools/list_changed: on
 the session's stream in the handshake era, to `subscriptions/listen` streams at 2026-07-28),
+touch_resource(uri) which announces that a resource was updated (the same way),
 ask_name() and ask_twice() which ask their client for input (elicitation: once, twice) and note in
 calls() each start, each answer and a cancellation while waiting.
 `add` is annotated destructive and `whoami` read-only (for `confirm_destructive`).
@@ -63,6 +64,21 @@ def build_server(name: str) -> MCPServer:
         except Exception:
             pass
         return "changed"
+
+    @server.tool()
+    async def touch_resource(ctx: Context, uri: str) -> str:
+        """Tell subscribers that the resource `uri` was updated (notifications/resources/updated:
+        to the session's subscribers in the handshake era, to `subscriptions/listen` streams
+        whose filter names it at 2026-07-28)."""
+        try:
+            await ctx.notify_resource_updated(uri)
+        except Exception:
+            pass
+        try:
+            await ctx.session.send_resource_updated(uri)
+        except Exception:
+            pass
+        return "touched"
 
     class Name(BaseModel):
         name: str

@@ -558,6 +558,32 @@ async def test_2026_client_listens_through_a_2025_sessions_get_stream(py_2025_ur
         assert text_of(await client.call_tool("add", {"a": 2, "b": 2})) == "4"
 
 
+async def test_2026_client_listens_to_resource_updates_of_a_2025_server(tmp_path: Path, everything: Everything) -> None:
+    # A 2026-07-28 client's listen with a resource subscription, in front of a 2025-era server
+    # that offers resources.subscribe (server-everything): mcplb subscribes in the backend
+    # session and relays the session's notifications/resources/updated for that URI.
+    from mcp.client.subscriptions import ResourceUpdated
+
+    uri = "demo://resource/dynamic/text/1"
+    proxy = start_proxy_file(_config(tmp_path, "subscribe", everything, 'era = "2025"\n'))
+    try:
+        async with Client(proxy.url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
+            async with client.listen(resource_subscriptions=[uri]) as sub:
+                assert list(sub.honored.resource_subscriptions or []) == [uri], sub.honored
+                # The backend sends updates of subscribed resources every 5 s once asked to,
+                # in the session the listen shares with this client's calls.
+                on = text_of(await client.call_tool("toggle-subscriber-updates", {}))
+                assert "Started" in on, on
+                try:
+                    with anyio.fail_after(READ_TIMEOUT):
+                        event = await sub.__anext__()
+                finally:
+                    await client.call_tool("toggle-subscriber-updates", {})
+                assert isinstance(event, ResourceUpdated) and event.uri == uri, event
+    finally:
+        proxy.stop()
+
+
 async def test_2025_client_get_stream_from_a_2026_servers_listen(modern_url: str) -> None:
     # A 2025-era client's GET stream, in mcplb's own session, is served from a
     # subscriptions/listen mcplb opens on the 2026-07-28-only server: the server's
@@ -578,6 +604,41 @@ async def test_2025_client_get_stream_from_a_2026_servers_listen(modern_url: str
             if changed.is_set():
                 break
         assert changed.is_set(), "tools/list_changed never reached the 2025-era client's GET stream"
+
+
+async def test_2025_client_subscribes_to_a_resource_of_a_2026_server(modern_url: str) -> None:
+    # A 2025-era client's resources/subscribe in mcplb's session for a 2026-07-28-only server
+    # (which has no such method) is answered by mcplb, and the listen behind the session's GET
+    # stream opens again asking for that resource's updates: the server's resources/updated
+    # reaches the client; after resources/unsubscribe, it no longer does.
+    uri = "info://name"
+    updated: list[str] = []
+
+    async def on_message(message) -> None:
+        root = getattr(message, "root", message)
+        if "ResourceUpdated" in type(root).__name__:
+            updated.append(str(root.params.uri))
+
+    async def touched_unseen() -> bool:
+        """Touches the resource: whether no update came within 1.5 s."""
+        seen = len(updated)
+        assert text_of(await client.call_tool("touch_resource", {"uri": uri})) == "touched"
+        await anyio.sleep(1.5)
+        return len(updated) == seen
+
+    async with Client(
+        modern_url, mode="legacy", read_timeout_seconds=READ_TIMEOUT, message_handler=on_message
+    ) as client:
+        await client.subscribe_resource(uri)
+        # The GET stream opens after initialize, its listen again after the subscribe.
+        with anyio.fail_after(READ_TIMEOUT):
+            while await touched_unseen():
+                pass
+        assert set(updated) == {uri}, updated
+        await client.unsubscribe_resource(uri)
+        with anyio.fail_after(READ_TIMEOUT):
+            while not await touched_unseen():
+                pass
 
 
 def test_raw_get_stream_from_a_2026_servers_listen(modern_url: str) -> None:

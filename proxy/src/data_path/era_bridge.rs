@@ -1516,8 +1516,9 @@ pub(crate) async fn answer_initialize(
 
 /// In a session mcplb made for a 2025-era client of a 2026-07-28 backend, answers here what
 /// such a backend has no use for: notifications and responses (202; an answer to a request
-/// mcplb sent for an `input_required` result goes to its call), `ping` and the session's end
-/// (DELETE); `None` for the rest.
+/// mcplb sent for an `input_required` result goes to its call), `ping`, the session's end
+/// (DELETE) and `resources/subscribe`/`unsubscribe` (kept for the session's GET stream,
+/// `era_listen`); `None` for the rest.
 pub(crate) async fn answer_locally(c: &mut ClientConn) -> Option<Next> {
     use crate::control::stats;
     use crate::data_path::request::HttpMethod;
@@ -1534,6 +1535,9 @@ pub(crate) async fn answer_locally(c: &mut ClientConn) -> Option<Next> {
         // The GET stream is served from a `subscriptions/listen` (`era_listen`).
         HttpMethod::Get => return None,
         HttpMethod::Delete => {
+            if let Some(sid) = c.req.session_id() {
+                super::era_listen::forget_subscriptions(sid);
+            }
             let next = reply::must_close(c, false);
             empty(c, 200, "OK");
             return Some(reply::send_out(c, next).await);
@@ -1553,6 +1557,21 @@ pub(crate) async fn answer_locally(c: &mut ClientConn) -> Option<Next> {
         let mut body = Vec::new();
         era::result_answer(&mut body, c.req.id().unwrap_or_default(), b"{}");
         return Some(reply::document(c, 200, &body, "").await);
+    }
+    if c.meta.method == Method::Other {
+        // A 2026-07-28 server has no resources/subscribe: the session's GET stream asks its
+        // listen for the updates of what the session subscribed to.
+        let (on, uri) = crate::session::era_listen::subscription_request(c.req.body())?;
+        let sid = c.req.session_id().unwrap_or_default();
+        if let Err(why) = super::era_listen::subscribe(sid, &uri, on) {
+            return Some(reply::refuse(c, &Refusal::new(200, -32603, why)).await);
+        }
+        let mut body = Vec::new();
+        era::result_answer(&mut body, c.req.id().unwrap_or_default(), b"{}");
+        let next = reply::document(c, 200, &body, "").await;
+        // Answered by mcplb, but for the backend it stands for.
+        c.meta.by_proxy = false;
+        return Some(next);
     }
     None
 }
