@@ -297,6 +297,31 @@ async def test_elicitation_round_trip_through_input_required(
         assert text_of(await client.call_tool("get-sum", {"a": 1, "b": 1})) == "The sum of 1 and 1 is 2."
 
 
+async def test_sampling_round_trip_through_input_required(
+    bridged_url: str, request: pytest.FixtureRequest
+) -> None:
+    # server-everything asks its client to sample (sampling/createMessage on the call's
+    # stream): the 2026-07-28 client gets it as an input_required round, answers through its
+    # sampling callback, and the backend's tool returns what was sampled.
+    _skip_shared(request)
+    from mcp_types import CreateMessageResult
+
+    prompts: list[str] = []
+
+    async def on_sample(context, params) -> CreateMessageResult:
+        prompts.append(params.messages[0].content.text)
+        return CreateMessageResult(
+            role="assistant", content=TextContent(type="text", text="sampled by the test"), model="test-model"
+        )
+
+    async with Client(
+        bridged_url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT, sampling_callback=on_sample
+    ) as client:
+        result = await client.call_tool("trigger-sampling-request", {"prompt": "say hi", "maxTokens": 10})
+        assert len(prompts) == 1 and "say hi" in prompts[0], prompts
+        assert "sampled by the test" in text_of(result), text_of(result)
+
+
 def test_raw_input_required_round_trip_and_a_stale_state(bridged_url: str, request: pytest.FixtureRequest) -> None:
     # The wire of the round trip, and a requestState mcplb sealed for a call it no longer
     # holds: a JSON-RPC error with the reason, never a hang.
