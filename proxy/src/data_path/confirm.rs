@@ -237,7 +237,7 @@ pub(crate) fn replace_body(core: &Core, c: &mut ClientConn, body: Vec<u8>) {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -1109,6 +1109,7 @@ async fn park(
         w: u16::try_from(core.index).unwrap_or(u16::MAX),
         t: token,
         b: leg.backend_tag,
+        x: super::confirm::now_ms().saturating_add(SPENT_FOR.as_millis() as u64),
         o: c.owner.as_ref().map(|o| *o.as_bytes()),
         r: era::call_digest(c.req.body()).map(|call| era::Replay {
             call,
@@ -1225,7 +1226,8 @@ pub(crate) enum Resumed {
 
 /// Most request states remembered as answered (a second retry with one is refused here).
 const MAX_SPENT: usize = 16_384;
-/// How long an answered request state is remembered.
+/// How long a request state is good for, and an answered one remembered (so that within
+/// its life it is answered once per process).
 const SPENT_FOR: Duration = Duration::from_secs(600);
 
 /// The tokens of the request states this process has seen answered (resumed or replayed).
@@ -1291,6 +1293,11 @@ pub(crate) async fn resume(core: &Core, c: &mut ClientConn, may_replay: bool) ->
             "requestState was issued for another call (its method or params differ): call \
              again without it",
         );
+        return Resumed::Done(reply::refuse(c, &r).await);
+    }
+    if super::confirm::now_ms() > state.x {
+        let r =
+            gone("requestState expired (mcplb's are good for 10 minutes): call again without it");
         return Resumed::Done(reply::refuse(c, &r).await);
     }
     let Some(input) = retry.responses.get(era::INPUT_KEY).copied() else {

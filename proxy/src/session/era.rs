@@ -777,6 +777,8 @@ pub(crate) struct CallState {
     pub t: u64,
     /// The backend's tag.
     pub b: u32,
+    /// When it expires (milliseconds since the Unix epoch).
+    pub x: u64,
     /// The caller's owner digest, in a group with authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub o: Option<[u8; crate::session::OWNER]>,
@@ -1183,6 +1185,7 @@ mod tests {
             w: 3,
             t: 0xfeed,
             b: 9,
+            x: 1_800_000_000_000,
             o: None,
             r: Some(Replay {
                 call: call_digest(br#"{"id":1,"method":"tools/call","params":{"name":"x"}}"#)
