@@ -12,7 +12,6 @@ first run, abandoned, is cancelled on its backend when its wait runs out).
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -117,45 +116,35 @@ def _calls(proxy: Proxy) -> list[str]:
     return [c for c in text.split(",") if c]
 
 
-def _admin(proxy: Proxy) -> str:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for line in list(proxy.stdout):
-            if m := re.search(r"admin on http://([^/]+)/", line):
-                return m.group(1)
-        time.sleep(0.05)
-    raise AssertionError("mcplb did not announce its admin address")
+def _eventually(get, done, timeout: float = 15.0):
+    """What `get()` gives once `done` says it is what is waited for, or at `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = get()
+        if done(got) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
 
 
 def _counter(proxy: Proxy, name: str, want: int) -> int:
     """The counter `name` once it reaches `want` (statistics fold in once a second)."""
-    deadline = time.monotonic() + 15
-    while True:
-        got = httpx.get(f"http://{_admin(proxy)}/stats", timeout=10).json()["counters"][name]
-        if got >= want or time.monotonic() > deadline:
-            return got
-        time.sleep(0.2)
+    stats = lambda: httpx.get(f"http://{proxy.admin_address()}/stats", timeout=10).json()["counters"][name]
+    return _eventually(stats, lambda got: got >= want)
 
 
 def _audited(proxy: Proxy, era_input: str) -> list[dict]:
     """The audit lines of `proxy` whose retry went on as `era_input` (written within 250 ms)."""
-    deadline = time.monotonic() + 10
-    while True:
+
+    def lines() -> list[dict]:
         text = proxy.audit.read_text() if proxy.audit.exists() else ""
-        lines = [json.loads(l) for l in text.splitlines() if l.strip()]
-        got = [l for l in lines if l.get("era_input") == era_input]
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(0.1)
+        return [json.loads(l) for l in text.splitlines() if l.strip()]
+
+    return [l for l in _eventually(lines, lambda got: any(l.get("era_input") == era_input for l in got)) if l.get("era_input") == era_input]
 
 
 def _wait_for(proxy: Proxy, entry: str, count: int) -> list[str]:
-    deadline = time.monotonic() + 15
-    while True:
-        calls = _calls(proxy)
-        if calls.count(entry) >= count or time.monotonic() > deadline:
-            return calls
-        time.sleep(0.2)
+    """The backend's calls once `entry` is among them `count` times."""
+    return _eventually(lambda: _calls(proxy), lambda calls: calls.count(entry) >= count)
 
 
 def test_retry_to_the_same_replica_resumes_the_waiting_call(replicas) -> None:
