@@ -1201,7 +1201,7 @@ mod tests {
         let bytes = state_bytes(&state, 4096).unwrap();
         assert_eq!(parse_call_state(&bytes), Some(state.clone()));
         // Past the bound, the replay part goes (the call still resumes where it waits).
-        let small = state_bytes(&state, 40).unwrap();
+        let small = state_bytes(&state, 80).unwrap();
         assert_eq!(parse_call_state(&small).unwrap().r, None);
         assert!(state_bytes(&state, 10).is_none());
         assert_eq!(parse_call_state(b"sess-id-of-a-backend"), None);
