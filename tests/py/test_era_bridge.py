@@ -590,7 +590,13 @@ async def test_2026_client_listens_to_resource_updates_of_a_2025_server(tmp_path
     from mcp.client.subscriptions import ResourceUpdated
 
     uri = "demo://resource/dynamic/text/1"
-    proxy = start_proxy_file(_config(tmp_path, "subscribe", everything, 'era = "2025"\n'))
+    # One worker: server-everything sends its simulated updates to the session of the call
+    # that turned them on, and each worker holds its own backend sessions (the listen and the
+    # call share one only on the same worker; a real server's updates go to every session
+    # subscribed to the resource).
+    config = _config(tmp_path, "subscribe", everything, 'era = "2025"\n')
+    config.write_text(config.read_text().replace("workers = 2", "workers = 1"))
+    proxy = start_proxy_file(config)
     try:
         async with Client(proxy.url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
             async with client.listen(resource_subscriptions=[uri]) as sub:
