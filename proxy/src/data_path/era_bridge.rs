@@ -1582,3 +1582,57 @@ pub(crate) async fn answer_locally(c: &mut ClientConn) -> Option<Next> {
     }
     None
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn answered(m: &str, params: &str, r: &str) -> era::Answered {
+        let params: serde_json::Value = serde_json::from_str(params).unwrap();
+        let s = era::sig(m, Some(&params));
+        era::Answered {
+            m: s.m,
+            p: s.p,
+            r: serde_json::value::RawValue::from_string(r.into()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_replay_answers_the_same_requests_in_order_and_stops_at_another() {
+        let first = answered(
+            "elicitation/create",
+            r#"{"message":"1"}"#,
+            r#"{"action":"accept"}"#,
+        );
+        let replay = era::Replay {
+            call: "c".into(),
+            done: vec![first.clone()],
+            ask: era::sig("roots/list", None),
+        };
+        let input = serde_json::value::RawValue::from_string(r#"{"roots":[]}"#.into()).unwrap();
+        let mut r = Rounds::replay(replay.clone(), &input);
+        let q1 = era::sig(
+            "elicitation/create",
+            Some(&serde_json::json!({"message": "1"})),
+        );
+        assert_eq!(r.answer(&q1).unwrap().get(), r#"{"action":"accept"}"#);
+        assert_eq!(
+            r.answer(&era::sig("roots/list", None)).unwrap().get(),
+            r#"{"roots":[]}"#
+        );
+        // Both are carried into the next round's state; nothing is left to answer.
+        assert_eq!(r.answered.len(), 2);
+        assert!(r.answer(&q1).is_none());
+
+        // The backend asks something else first: the client is asked, the script is dropped.
+        let mut r = Rounds::replay(replay, &input);
+        let other = era::sig(
+            "elicitation/create",
+            Some(&serde_json::json!({"message": "2"})),
+        );
+        assert!(r.answer(&other).is_none());
+        assert!(r.answer(&era::sig("roots/list", None)).is_none());
+        assert!(r.answered.is_empty());
+    }
+}
