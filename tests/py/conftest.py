@@ -198,6 +198,16 @@ class Proxy:
             for t in self._threads:
                 t.join(timeout=2)
 
+    def admin_address(self, timeout: float = 10.0) -> str:
+        """The address of the admin port, as mcplb announced it ("admin on http://ADDR/")."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.stdout):
+                if m := re.search(r"admin on http://([^/]+)/", line):
+                    return m.group(1)
+            time.sleep(0.05)
+        raise AssertionError("mcplb did not announce its admin address")
+
     def report(self) -> str:
         out = "\n".join(list(self.stdout)[-TAIL_LINES:])
         err = "\n".join(list(self.stderr)[-TAIL_LINES:])

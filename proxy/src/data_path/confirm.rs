@@ -5,8 +5,7 @@
 //! - a 2025-era session whose client declared `elicitation` ([`ask_on_stream`]): the call's
 //!   answer becomes an SSE stream carrying mcplb's `elicitation/create`; the client's answer,
 //!   POSTed in the same session and reaching any core ([`deliver`]), wakes the waiting call
-//!   through a process-wide table (a mutex taken only when a question is asked, answered or
-//!   given up: never by a request that needs no approval). Accept forwards the call, whose
+//!   through a process-wide table (`data_path::waiting`, shared with `era_ask`). Accept forwards the call, whose
 //!   answer goes on in the same stream; anything else answers a tool error.
 //! - a 2026-07-28 request that declares `elicitation` ([`approve`]): an `input_required`
 //!   result whose sealed `requestState` binds the call; the retry carrying the answer goes on
@@ -18,7 +17,7 @@
 use std::collections::HashMap;
 use std::future::Future as _;
 use std::sync::Mutex;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ServerGroup;
@@ -26,6 +25,7 @@ use crate::data_path::admission::{ConcKeys, Permits};
 use crate::data_path::attempt::{self, Plan, Reached};
 use crate::data_path::request::{offset_of, ClientConn, Next, Refusal, RpcSpans, Stop};
 use crate::data_path::response::{self, Answer, Framing, Waited as StreamWaited, Watch};
+use crate::data_path::waiting::{Registered, Table};
 use crate::data_path::{reply, upstream};
 use crate::policy::confirm::{self, Channel, Outcome, Verdict, Waited};
 use crate::runtime::core::Core;
@@ -296,18 +296,21 @@ fn spend(state: &str, expires_ms: u64, now_ms: u64) -> bool {
     true
 }
 
-/// Whether `state` is one the era bridge sealed for a call it parked (a session id layout
-/// naming a worker and token).
+/// Whether `state` is one the era bridge sealed for a call that asked for input.
 fn is_bridge_state(core: &Core, state: &str) -> bool {
-    let mut scratch = [0u8; crate::session::SCRATCH];
+    let mut buf = Vec::new();
     core.shared
         .sealer
-        .open(state.as_bytes(), &mut scratch)
-        .is_some_and(|o| era::parse_state(o.sid).is_some())
+        .open_kind(
+            crate::session::VERSION_ERA_STATE,
+            state.as_bytes(),
+            &mut buf,
+        )
+        .is_some()
 }
 
 /// Makes `body` the request's body (the id and the audit trail's spans found in it again).
-fn replace_body(core: &Core, c: &mut ClientConn, body: Vec<u8>) {
+pub(crate) fn replace_body(core: &Core, c: &mut ClientConn, body: Vec<u8>) {
     c.req.decoded = body;
     c.req.set_body_decoded();
     let depth = core.shared.config.proxy.max_json_depth;
@@ -325,84 +328,24 @@ fn replace_body(core: &Core, c: &mut ClientConn, body: Vec<u8>) {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A question waiting for its client's answer.
-struct Slot {
-    /// The sealed session id the call came with: only an answer in that session counts.
-    session: Vec<u8>,
-    verdict: Option<Verdict>,
-    waker: Option<Waker>,
-}
-
 /// Most questions waiting at once in the process (past it, a call is denied as unavailable).
 const MAX_WAITING: usize = 4096;
 
-/// The questions waiting for an answer, by token: any core may receive the answer.
-static WAITING: Mutex<Option<HashMap<u64, Slot>>> = Mutex::new(None);
-
-/// A question registered in [`WAITING`], removed when the call stops waiting.
-struct Registered(u64);
-
-impl Registered {
-    fn new(token: u64, session: &[u8]) -> Option<Registered> {
-        let mut w = WAITING.lock().ok()?;
-        let w = w.get_or_insert_with(HashMap::new);
-        if w.len() >= MAX_WAITING {
-            return None;
-        }
-        w.insert(
-            token,
-            Slot {
-                session: session.to_vec(),
-                verdict: None,
-                waker: None,
-            },
-        );
-        Some(Registered(token))
-    }
-
-    /// The answer, once given (else the waker is kept for [`deliver`]).
-    fn poll(&self, waker: &Waker) -> Option<Verdict> {
-        let mut w = WAITING.lock().ok()?;
-        let slot = w.as_mut()?.get_mut(&self.0)?;
-        if slot.verdict.is_none() {
-            slot.waker = Some(waker.clone());
-        }
-        slot.verdict
-    }
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        if let Ok(mut w) = WAITING.lock() {
-            if let Some(w) = w.as_mut() {
-                w.remove(&self.0);
-            }
-        }
-    }
-}
+/// The questions waiting for an answer (the verdict once it came), by token: any core may
+/// receive the answer.
+static WAITING: Table<Option<Verdict>> = Table::new(MAX_WAITING);
 
 /// Hands `verdict` to the question `token` asked in `session`: whether one was waiting.
 fn hand_over(token: u64, session: &[u8], verdict: Verdict) -> bool {
-    let Ok(mut w) = WAITING.lock() else {
-        return false;
-    };
-    let Some(slot) = w.as_mut().and_then(|w| w.get_mut(&token)) else {
-        return false;
-    };
-    if slot.session != session || slot.verdict.is_some() {
-        return false;
-    }
-    slot.verdict = Some(verdict);
-    if let Some(waker) = slot.waker.take() {
-        waker.wake();
-    }
-    true
+    WAITING.hand_over(token, session, |v| {
+        v.is_none() && v.replace(verdict).is_none()
+    })
 }
 
 /// A client's JSON-RPC response to one of mcplb's questions (its id says so): handed to the
@@ -422,7 +365,7 @@ pub(crate) async fn deliver(c: &mut ClientConn) -> Option<Next> {
 
 /// Waits for the answer to question `q`, at most `timeout`, watching the client's side.
 async fn wait(
-    q: &Registered,
+    q: &Registered<Option<Verdict>>,
     timeout: std::time::Duration,
     client: &mut crate::tls::Conn,
 ) -> Waited {
@@ -430,7 +373,7 @@ async fn wait(
     let mut peer = std::pin::pin!(client.peer_event());
     let mut watching = true;
     std::future::poll_fn(|cx| {
-        if let Some(v) = q.poll(cx.waker()) {
+        if let Some(v) = q.poll(cx.waker(), |v| *v) {
             return Poll::Ready(Waited::Answer(v));
         }
         if sleep.as_mut().poll(cx).is_ready() {
@@ -471,7 +414,7 @@ pub(crate) async fn ask_first(c: &mut ClientConn, group: &ServerGroup) -> Result
     let question = confirm::question(&call.tool, call.arguments, &rule);
     let token: u64 = rand::random();
     let session = c.req.session_id().unwrap_or_default();
-    let Some(q) = Registered::new(token, session) else {
+    let Some(q) = WAITING.register(token, session, None) else {
         return Err(unavailable(c, "too many calls are waiting for their users' approval").into());
     };
     let close = reply::must_close(c, false) != Next::KeepAlive

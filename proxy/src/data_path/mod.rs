@@ -40,6 +40,7 @@ pub(crate) mod response;
 pub(crate) mod route;
 pub(crate) mod upstream;
 pub(crate) mod views;
+pub(crate) mod waiting;
 
 use std::borrow::Cow;
 use std::time::Instant;
@@ -240,7 +241,7 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
         let trace = crate::telemetry::decide(c.req.header(b"traceparent"), meta, t.sample_ratio);
         c.trace = Some(trace);
     }
-    let (plan, era) = plan(core, c, gi, admitted.as_ref(), opened)?;
+    let (plan, mut era) = plan(core, c, gi, admitted.as_ref(), opened)?;
     let conc = admitted.map(|a| a.conc).unwrap_or_default();
     if c.meta.policy.is_some_and(|d| d.effect == Effect::Confirm) {
         // Boxed, as the era bridge's answers below: asking is off every plain request's future.
@@ -272,8 +273,10 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     // The era bridge's own answers, boxed (as the virtual server's above).
     if era.modern && crate::session::era::has_request_state(c.req.body()) {
         // A 2026-07-28 retry carrying the input a bridged call waits for goes to that call.
-        if let Some(next) = Box::pin(era_bridge::resume(core, c)).await {
-            return Ok(next);
+        match Box::pin(era_bridge::resume(core, c, true)).await {
+            era_bridge::Resumed::Done(next) => return Ok(next),
+            era_bridge::Resumed::Replay(rounds) => era.replay = Some(Box::new(rounds)),
+            era_bridge::Resumed::Not => {}
         }
     }
     if era.legacy_client.is_some() {
@@ -401,6 +404,7 @@ fn plan<'s>(
         // A request in a session is of that session's era, whatever its `_meta` says.
         modern: admitted.is_some_and(|a| a.modern) && c.req.session_id().is_none(),
         legacy_client: None,
+        replay: None,
     };
     let Some(sealed) = c.req.session_id() else {
         if admitted.is_none() {

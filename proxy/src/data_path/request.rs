@@ -346,6 +346,25 @@ impl ClientConn {
     }
 }
 
+/// How a 2026-07-28 retry carrying a bridged call's input went on (the audit trail says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EraInput {
+    /// The call waited here: the input went to it.
+    Resumed,
+    /// The call waits nowhere here: it was sent again, answered from the rounds its request
+    /// state carries.
+    Replayed,
+}
+
+impl EraInput {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            EraInput::Resumed => "resumed",
+            EraInput::Replayed => "replayed",
+        }
+    }
+}
+
 /// Per-request facts gathered along the path and recorded when it ends.
 #[derive(Clone, Copy)]
 pub(crate) struct ReqMeta {
@@ -388,6 +407,8 @@ pub(crate) struct ReqMeta {
     pub watch_tools: bool,
     /// The JSON-RPC error code of an answer mcplb made itself (0: none).
     pub code: i32,
+    /// A 2026-07-28 retry carrying the input a bridged call asked for: how it went on.
+    pub era_input: Option<EraInput>,
     /// Where the envelope's parts sit in the body (noted only for the audit trail).
     pub rpc: RpcSpans,
 }
@@ -452,6 +473,7 @@ impl Default for ReqMeta {
             elicits: false,
             watch_tools: false,
             code: 0,
+            era_input: None,
             rpc: RpcSpans::default(),
         }
     }

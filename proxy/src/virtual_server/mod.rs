@@ -114,7 +114,9 @@ pub(crate) async fn serve(
     if cx.modern && crate::session::era::has_request_state(c.req.body()) {
         // A 2026-07-28 retry carrying the input a bridged member's call waits for goes to
         // that call (boxed: as in the data path, only such a retry pays for its future).
-        if let Some(next) = Box::pin(era_bridge::resume(core, c)).await {
+        // A call a member no longer holds is not replayed through a virtual server.
+        if let era_bridge::Resumed::Done(next) = Box::pin(era_bridge::resume(core, c, false)).await
+        {
             return Ok(next);
         }
     }
