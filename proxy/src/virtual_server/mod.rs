@@ -177,8 +177,9 @@ async fn approved_call(
         },
     };
     if cx.modern && crate::session::era::has_request_state(c.req.body()) {
-        // The era bridge's own round of a call approved already (its state is the bridge's).
-        if let Some(next) = era_bridge::resume(core, c).await {
+        // The era bridge's own round of a call approved already (its state is the bridge's;
+        // as above, not replayed through a virtual server).
+        if let era_bridge::Resumed::Done(next) = era_bridge::resume(core, c, false).await {
             return Ok(next);
         }
     }
