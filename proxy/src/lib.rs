@@ -78,8 +78,13 @@ impl RunningProxy {
         runtime::shutdown::begin();
         let deadline = std::time::Instant::now() + timeout;
         loop {
+            // No connection open counts only once every live worker has seen the shutdown
+            // and counted what it still has to finish (else a worker not yet woken, whose era
+            // bridge sessions still await their DELETE, would be cut off).
+            let live = self.threads.iter().filter(|t| !t.is_finished()).count();
+            let seen = runtime::SHUTDOWN_SEEN.load(Ordering::SeqCst) >= live;
             let open = runtime::OPEN_CONNECTIONS.load(Ordering::SeqCst);
-            if open == 0 || std::time::Instant::now() >= deadline {
+            if (open == 0 && seen) || std::time::Instant::now() >= deadline {
                 if open == 0 && control::access_log::in_use() {
                     // The last requests' access-log lines: each worker hands them over once
                     // its connections are closed; then the writer writes them out.

@@ -38,6 +38,10 @@ pub static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 /// Workers that, in a shutdown, handed their last access-log lines to the writer once their
 /// connections had closed (the exit waits for them, briefly, then drains the writer).
 pub static FLUSHED_AT_SHUTDOWN: AtomicUsize = AtomicUsize::new(0);
+/// Workers that, in a shutdown, stopped accepting and counted in [`OPEN_CONNECTIONS`] what the
+/// shutdown must still wait for (the era bridge's DELETEs, a connection that raced the
+/// shutdown): until every worker has, no connections open does not yet mean done.
+pub static SHUTDOWN_SEEN: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     /// Client connections open on this worker: the `client_connections` gauge, read by the
@@ -282,6 +286,7 @@ pub async fn run_worker(
                     conn::serve_client(core.clone(), stream, peer, slot, conn::Arrival::Accepted);
                 spawn_client(core.clone(), fut);
             }
+            SHUTDOWN_SEEN.fetch_add(1, Ordering::SeqCst);
             // Let the open connections finish; the process exits when they have.
             std::future::pending::<()>().await;
             return Ok(());
