@@ -8,27 +8,35 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
 
 /// Voluntary context switches of the mcplb process's worker threads.
 fn worker_wakeups(p: &Proxy) -> u64 {
+    wakeups(p)
+        .iter()
+        .filter(|(name, _)| name.starts_with("mcplb-worker"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Voluntary context switches of the mcplb process's threads, by thread name.
+fn wakeups(p: &Proxy) -> BTreeMap<String, u64> {
     let pid = p.child.id();
-    let mut n = 0;
+    let mut by_name = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = task.unwrap().path();
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !comm.starts_with("mcplb-worker") {
-            continue;
-        }
         let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        n += status
+        let n = status
             .lines()
             .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
             .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+        *by_name.entry(comm.trim().to_string()).or_insert(0) += n;
     }
-    n
+    by_name
 }
 
 fn gauge(p: &Proxy, name: &str) -> i64 {
@@ -41,7 +49,12 @@ fn gauge(p: &Proxy, name: &str) -> i64 {
 /// An mcplb in front of `a` on `driver`, a client connection with a session open, and one call
 /// answered on it.
 fn one_call(a: &MockServer, driver: &str) -> (Proxy, HttpClient, String) {
-    let p = start_proxy(&config_for(&[a], ""), driver);
+    // Health checks off: their thread's work is wake-ups asked for.
+    let config = format!(
+        "{}[servers.health]\nenabled = false\n",
+        config_for(&[a], "")
+    );
+    let p = start_proxy(&config, driver);
     let mut c = HttpClient::connect(p.addr).unwrap();
     let (sid, _) = init_session(&mut c);
     assert_eq!(whoami(&mut c, &sid), "alpha");
@@ -56,13 +69,29 @@ fn an_idle_worker_is_not_woken() {
         drop(c);
         // The statistics of that activity are folded a second later; then nothing is due.
         std::thread::sleep(Duration::from_millis(1500));
-        let before = worker_wakeups(&p);
-        std::thread::sleep(Duration::from_secs(2));
-        let woken = worker_wakeups(&p) - before;
+        let before = wakeups(&p);
+        std::thread::sleep(Duration::from_secs(3));
+        let after = wakeups(&p);
+        let woke = |pick: &dyn Fn(&str) -> bool| -> u64 {
+            after
+                .iter()
+                .filter(|(name, _)| pick(name))
+                .map(|(name, n)| n - before.get(name).copied().unwrap_or(0))
+                .sum()
+        };
+        let woken = woke(&|name| name.starts_with("mcplb-worker"));
         // Three 250 ms ticks per worker used to wake two workers about 48 times here.
         assert!(
             woken <= 2,
             "idle workers woke {woken} times (driver {driver})"
+        );
+        // Nor any other thread (health checks are off): the config watcher, off in this
+        // configuration, used to look once a second whether a reload had turned it on.
+        let others = woke(&|name| !name.starts_with("mcplb-worker"));
+        assert!(
+            others <= 1,
+            "the idle process's other threads woke {others} times (driver {driver}): \
+             {before:?} -> {after:?}"
         );
     }
 }
