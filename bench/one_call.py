@@ -327,8 +327,11 @@ def phase_strace(targets):
 
 # What the kernel does for mcplb's rings: operations submitted (by opcode), completions,
 # task work queued (completions that waited for readiness) and run, and enters that waited.
-URING_EVENTS = ["io_uring_submit_req", "io_uring_complete", "io_uring_task_add", "io_uring_poll_arm",
-                "io_uring_cqring_wait", "io_uring_local_work_run", "io_uring_task_work_run"]
+# (Not io_uring_task_add: it fires in whichever process's context made a socket ready, so
+# `-p` counts the backend's and the client's rings there and misses mcplb's own.) Events are
+# kept only for the rings mcplb submitted to.
+URING_EVENTS = ["io_uring_submit_req", "io_uring_complete", "io_uring_poll_arm", "io_uring_cqring_wait",
+                "io_uring_local_work_run", "io_uring_task_work_run"]
 
 
 def phase_uring(targets):
@@ -348,11 +351,14 @@ def phase_uring(targets):
                                 text=True).stdout
         os.remove(data)
         counts = {}
-        for line in script.splitlines():
-            m = re.match(r"\s*io_uring:(\w+):?\s*(.*)", line)
-            if not m:
+        events = [(m.group(1), m.group(2)) for m in
+                  (re.match(r"\s*io_uring:(\w+):?\s*(.*)", line) for line in script.splitlines()) if m]
+        ring = re.compile(r"ring (0x[0-9a-f]+)")
+        own = {r.group(1) for ev, rest in events if ev == "io_uring_submit_req" for r in [ring.search(rest)] if r}
+        for ev, rest in events:
+            r = ring.search(rest)
+            if r and r.group(1) not in own:
                 continue
-            ev, rest = m.group(1), m.group(2)
             if ev == "io_uring_submit_req":
                 op = re.search(r"opcode (\w+)", rest)
                 ev = f"submit {op.group(1) if op else '?'}"
@@ -545,7 +551,8 @@ def report(d):
         lines += [f"## io_uring per request (tracepoints counted with `perf record`, cell {describe(cell)})", "",
                   "`submit OP`: operations submitted, by opcode; `io_uring_complete`: completions posted; "
                   "`io_uring_poll_arm`: operations that found their socket not ready and armed a poll; "
-                  "`io_uring_task_add`: completion work queued to the thread (a ready socket); "
+                  "`io_uring_task_work_run`/`io_uring_local_work_run`: runs of completion work for sockets "
+                  "that turned ready; "
                   "`io_uring_cqring_wait`: enters that slept for a completion.", "",
                   "| event | " + " | ".join(names[k] for k in kinds) + " |", "|---|" + "---|" * len(kinds)]
         for e in evs:
