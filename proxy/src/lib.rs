@@ -169,10 +169,9 @@ pub fn start_with(
         .context("proxy.listen: no listener")?
         .local_addr()?;
     // HTTP/3: one UDP socket per worker, and the QUIC settings they all share.
-    let mut h3_sockets = Vec::new();
+    let mut h3_bound = Vec::new();
     let mut http3_addr = None;
-    if let (Some(h3), Some(tls)) = (config.proxy.http3.as_mut(), config.proxy.tls.as_ref()) {
-        let server = Arc::new(h3.quic_server(tls).map_err(anyhow::Error::msg)?);
+    if let (Some(h3), Some(_)) = (config.proxy.http3.as_mut(), config.proxy.tls.as_ref()) {
         let endpoints = h3::endpoint_configs(workers);
         let sockets = h3::bind_workers(h3.listen, workers)?;
         let bound = sockets
@@ -181,17 +180,8 @@ pub fn start_with(
             .local_addr()?;
         h3.listen = bound;
         http3_addr = Some(bound);
-        h3_sockets = sockets
-            .into_iter()
-            .zip(endpoints)
-            .map(|(socket, endpoint)| h3::H3Socket {
-                socket,
-                server: server.clone(),
-                endpoint,
-            })
-            .collect();
+        h3_bound = sockets.into_iter().zip(endpoints).collect();
     }
-    let mut h3_sockets = h3_sockets.into_iter();
     // stdio backends and old (2024-11-05) servers get their supervised bridges, which workers
     // reach over loopback HTTP like any other backend; old clients get a front per group.
     let mut running = reload::Running::default();
@@ -208,6 +198,19 @@ pub fn start_with(
         shared.hub.clone(),
     ));
     running.set_jwks(auth::start_refresh(&shared.config, None));
+    // The QUIC settings (built with the shared state: a reload builds them again).
+    let mut h3_sockets = match &shared.h3_server {
+        Some(server) => h3_bound
+            .into_iter()
+            .map(|(socket, endpoint)| h3::H3Socket {
+                socket,
+                server: server.clone(),
+                endpoint,
+            })
+            .collect(),
+        None => Vec::new(),
+    }
+    .into_iter();
     let tls = shared.tls.clone();
     let live = Arc::new(reload::Live::new(shared));
     let reloader = Arc::new(reload::Reloader::new(

@@ -1,7 +1,7 @@
 //! Logs through a real `mcplb`: a stderr nobody reads does not stall request serving (log and
 //! access-log lines go through writer threads), a warning repeated by every request is logged
-//! once and then summarized, the last lines are written out at exit, and the access log
-//! follows a rotation on SIGHUP.
+//! once and then summarized, the last lines are written out at exit, and the access log and
+//! the audit trail follow a rotation on SIGHUP.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -110,6 +110,72 @@ fn a_stderr_nobody_reads_does_not_stall_requests() {
     let _ = std::fs::remove_file(&config_path);
 }
 
+/// Lines for a writer that is stuck (its stderr a pipe nobody reads) are dropped once its
+/// queue is full, never waited for, and counted on `/stats`, per log.
+#[test]
+fn lines_a_stuck_writer_cannot_take_are_dropped_and_counted() {
+    let m = mock("alpha");
+    let cfg = config_for(&[&m], "access_log = \"stderr\"")
+        + "[audit]\nlog = \"stderr\"\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let config_path = write_config(&cfg);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mcplb"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (addr, admin) = {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut after = |marker: &str, end: char| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            line.split(marker)
+                .nth(1)
+                .and_then(|r| r.split(end).next())
+                .unwrap_or_else(|| panic!("no {marker:?} in {line:?}"))
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+        };
+        (after("listening on ", ' '), after("admin on http://", '/'))
+    };
+    let mut c = HttpClient::connect_timeout(addr, Duration::from_secs(20)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut i = 0u64;
+    let stats = loop {
+        for _ in 0..200 {
+            // Audited (`initialize`) and access-logged; answered although no line is written.
+            assert_eq!(initialize(&mut c, i).status, 200, "request {i}");
+            i += 1;
+        }
+        let s: serde_json::Value = HttpClient::connect(admin)
+            .unwrap()
+            .request("GET", "/stats", &[], b"")
+            .unwrap()
+            .json()
+            .unwrap();
+        let n = |k: &str| s["counters"][k].as_u64().unwrap_or(0);
+        if n("access_log_lines_dropped") > 0 && n("audit_lines_dropped") > 0 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line dropped after {i} requests: {s}"
+        );
+    };
+    assert!(queued(&stderr) >= 60_000, "stderr was not full");
+    assert!(
+        stats["counters"]["audit_lines_dropped"].as_u64().unwrap() <= i,
+        "{stats}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stderr);
+    let _ = std::fs::remove_file(&config_path);
+}
+
 #[test]
 fn a_repeated_warning_is_logged_once_then_summarized() {
     let m = mock("alpha");
@@ -149,14 +215,21 @@ fn the_last_lines_are_written_at_exit() {
     let dir = std::env::temp_dir();
     let log = dir.join(format!("mcplb-exit-{}.log", std::process::id()));
     let access = dir.join(format!("mcplb-exit-access-{}.log", std::process::id()));
+    let audit = dir.join(format!("mcplb-exit-audit-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&access);
-    let cfg = config_for(&[&m], &format!("access_log = \"{}\"", access.display()));
+    let _ = std::fs::remove_file(&audit);
+    let cfg = config_for(&[&m], &format!("access_log = \"{}\"", access.display()))
+        + &format!("[audit]\nlog = \"{}\"\n", audit.display());
     let mut p = start_proxy_logged(&cfg, "auto", Some(("info", &log)));
+    // Two connections (on either worker), lines still in the workers' buffers at SIGTERM.
     let mut c = HttpClient::connect(p.addr).unwrap();
+    let mut d = HttpClient::connect(p.addr).unwrap();
     for i in 0..5 {
         initialize(&mut c, i);
+        initialize(&mut d, 100 + i);
     }
     drop(c);
+    drop(d);
     let t = Instant::now();
     // SAFETY: sending SIGTERM to the child process this test started.
     unsafe {
@@ -166,19 +239,31 @@ fn the_last_lines_are_written_at_exit() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("all connections finished; bye"), "{text}");
     let lines = std::fs::read_to_string(&access).unwrap();
-    assert_eq!(lines.lines().count(), 5, "{lines}");
+    assert_eq!(lines.lines().count(), 10, "{lines}");
+    let audited = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(audited.lines().count(), 10, "{audited}");
+    for line in audited.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["method"], "initialize", "{line}");
+    }
     let _ = std::fs::remove_file(&log);
     let _ = std::fs::remove_file(&access);
+    let _ = std::fs::remove_file(&audit);
 }
 
 #[test]
 #[allow(unsafe_code)]
-fn the_access_log_follows_a_rotation_on_sighup() {
+fn the_access_log_and_the_audit_trail_follow_a_rotation_on_sighup() {
     let m = mock("alpha");
     let access = std::env::temp_dir().join(format!("mcplb-rotate-{}.log", std::process::id()));
     let rotated = access.with_extension("log.1");
-    let _ = std::fs::remove_file(&access);
-    let cfg = config_for(&[&m], &format!("access_log = \"{}\"", access.display()));
+    let audit = std::env::temp_dir().join(format!("mcplb-rotate-audit-{}.log", std::process::id()));
+    let audit_rotated = audit.with_extension("log.1");
+    for f in [&access, &rotated, &audit, &audit_rotated] {
+        let _ = std::fs::remove_file(f);
+    }
+    let cfg = config_for(&[&m], &format!("access_log = \"{}\"", access.display()))
+        + &format!("[audit]\nlog = \"{}\"\n", audit.display());
     let p = start_proxy(&cfg, "auto");
     let mut c = HttpClient::connect(p.addr).unwrap();
     initialize(&mut c, 1);
@@ -187,8 +272,11 @@ fn the_access_log_follows_a_rotation_on_sighup() {
             .map(|t| t.lines().count())
             .unwrap_or(0)
     };
-    wait_until("the first line", || count(&access) == 1);
+    wait_until("the first line", || {
+        count(&access) == 1 && count(&audit) == 1
+    });
     std::fs::rename(&access, &rotated).unwrap();
+    std::fs::rename(&audit, &audit_rotated).unwrap();
     // SAFETY: sending SIGHUP to the child process this test started.
     unsafe {
         libc::kill(p.child.id() as i32, libc::SIGHUP);
@@ -199,10 +287,14 @@ fn the_access_log_follows_a_rotation_on_sighup() {
     wait_until("a line in the new file", || {
         initialize(&mut c, 2);
         sent += 1;
-        count(&access) > 0
+        count(&access) > 0 && count(&audit) > 0
     });
-    wait_until("every line", || count(&access) + count(&rotated) == sent);
+    wait_until("every line", || {
+        count(&access) + count(&rotated) == sent && count(&audit) + count(&audit_rotated) == sent
+    });
     assert!(count(&rotated) >= 1);
-    let _ = std::fs::remove_file(&access);
-    let _ = std::fs::remove_file(&rotated);
+    assert!(count(&audit_rotated) >= 1);
+    for f in [&access, &rotated, &audit, &audit_rotated] {
+        let _ = std::fs::remove_file(f);
+    }
 }

@@ -3,7 +3,7 @@ for the response cache tests: it counts every request it gets, by path and metho
 can see what reached it.
 
 Paths: /public answers lists with `cacheScope: "public"` (on an SSE stream), /private with
-"private" (JSON; both `ttlMs: 60000`), /plain with no hints. Tools: lookup(key) (readOnlyHint and idempotentHint;
+"private" (JSON; both `ttlMs: 60000`), /ruled with "public" (JSON), /plain with no hints. Tools: lookup(key) (readOnlyHint and idempotentHint;
 sleeps 1 s, answers `KEY#N` with N its own call count), scan(key) (same, not annotated),
 change() (answers on an SSE stream that first carries `notifications/tools/list_changed`).
 GET /counts: the counts as JSON, {"PATH METHOD": n}.
@@ -76,6 +76,7 @@ class Handler(BaseHTTPRequestHandler):
         hints = {
             "/public": {"ttlMs": 60000, "cacheScope": "public"},
             "/private": {"ttlMs": 60000, "cacheScope": "private"},
+            "/ruled": {"ttlMs": 60000, "cacheScope": "public"},
         }.get(path, {})
         result: dict
         if method == "initialize":

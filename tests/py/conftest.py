@@ -84,7 +84,10 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 class Backend:
-    """One `mcp_server.py` subprocess."""
+    """One `mcp_server.py` subprocess (subclasses name another `script`, taking the same
+    `--port` and `--name` arguments)."""
+
+    script: Path = SERVER_SCRIPT
 
     def __init__(self, name: str, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.name = name
@@ -103,7 +106,7 @@ class Backend:
             self.port = free_port()
             log = open(self.log_path, "ab")
             self.proc = subprocess.Popen(
-                [sys.executable, str(SERVER_SCRIPT), "--port", str(self.port), "--name", self.name, *self.extra_args],
+                [sys.executable, str(self.script), "--port", str(self.port), "--name", self.name, *self.extra_args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -263,6 +266,14 @@ def start_proxy_file(config: Path, args: tuple[str, ...] = ()) -> Proxy:
     if error is not None:
         pytest.fail(error, pytrace=False)
     return proxy
+
+
+def start_proxy_text(workdir: Path, name: str, toml: str) -> Proxy:
+    """Writes `toml` to `workdir/mcplb-NAME.toml` and starts mcplb on it (see start_proxy_file:
+    a config mcplb refuses fails the test with mcplb's error)."""
+    config = workdir / f"mcplb-{name}.toml"
+    config.write_text(toml)
+    return start_proxy_file(config)
 
 
 def _start_proxy(tmp_dir: Path, server_name: str, backends: list[Backend]) -> Proxy:

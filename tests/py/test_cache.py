@@ -5,7 +5,9 @@ A `public` tool list is served from the cache to a second caller (the backend se
 `tools/list`) until the backend's `notifications/tools/list_changed` evicts it; a `private`
 one is shared by the same identity only, and never without one; a read-only, idempotent tool
 named in the config is answered from the cache, and concurrent identical calls reach the
-backend once, each caller getting the answer with its own id. The admin port counts it all.
+backend once, each caller getting the answer with its own id. Under a policy, a cached list is
+filtered once per class of callers: two callers the same rules concern get the same bytes,
+another class its own, until a `list_changed`. The admin port counts it all.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from mcp_types import TextContent
 
 pytestmark = pytest.mark.anyio
 
-ALICE, BOB = "alice-cache-key", "bob-cache-key"
+ALICE, BOB, CAROL = "alice-cache-key", "bob-cache-key", "carol-cache-key"
 # An older revision than the SDK speaks: the protocol version is part of the key.
 ACCEPT = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-03-26"}
 
@@ -66,6 +69,15 @@ def cached(tmp_path_factory: pytest.TempPathFactory):
         "[servers.cache]\n"
         # A virtual server over the public group: its relayed notifications evict too.
         '[[servers]]\nname = "all"\npath = "/all"\n[[servers.members]]\nserver = "pub"\n'
+        # A public list under a policy: alice and carol are one class, bob another.
+        f'[[servers]]\nname = "ruled"\npath = "/ruled"\nbackends = ["{up}/ruled"]\n'
+        "[servers.health]\nenabled = false\n"
+        f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
+        f' {{ sha256 = "{digest(BOB)}", identity = "bob" }},'
+        f' {{ sha256 = "{digest(CAROL)}", identity = "carol" }}]\n'
+        "[servers.cache]\n"
+        '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["alice", "carol"]\ntools = ["lookup", "scan"]\n'
+        '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["bob"]\ntools = ["*"]\n'
     )
     proxy = start_proxy_file(config)
     yield {"base": f"http://{proxy.addr}", "backend": up, "admin": f"http://127.0.0.1:{admin}"}
@@ -208,3 +220,64 @@ async def test_a_read_only_tool_is_cached_and_concurrent_calls_coalesce(cached) 
     assert metric["mcplb_cache_misses_total"] >= 3, metric
     assert metric["mcplb_cache_evictions_total"] >= 1, metric
     assert metric["mcplb_cache_bytes"] > 0, metric
+
+
+def filtered_lists(c: dict) -> float:
+    stats = httpx2.get(f"{c['admin']}/metrics", timeout=10).text
+    return next(float(line.split()[1]) for line in stats.splitlines()
+                if line.startswith("mcplb_cache_lists_filtered_total"))
+
+
+def settled_filtered_lists(c: dict) -> float:
+    """The count once the worker has folded its statistics (once a second): read until it
+    stays the same across two folds."""
+    last = filtered_lists(c)
+    for _ in range(20):
+        time.sleep(1.1)
+        now = filtered_lists(c)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+async def test_a_policed_list_is_filtered_once_per_class(cached) -> None:
+    url = f"{cached['base']}/ruled"
+    before = settled_filtered_lists(cached)
+    assert await tool_names(url, ALICE) == {"lookup", "scan"}
+    assert await tool_names(url, CAROL) == {"lookup", "scan"}
+    assert await tool_names(url, BOB) == {"lookup", "scan", "change"}
+    assert counts(cached).get("/ruled tools/list") == 1, counts(cached)
+
+    # A caller's list as it goes out, its id made 0.
+    def raw(key: str, rid: int) -> bytes:
+        req = {"jsonrpc": "2.0", "id": rid, "method": "tools/list", "params": {}}
+        headers = {"Accept": "application/json, text/event-stream", "X-Api-Key": key}
+        r = httpx2.post(url, json=req, headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("application/json"), r.headers
+        assert message(r)["id"] == rid, r.text
+        return r.content.replace(f'"id":{rid}'.encode(), b'"id":0')
+
+    # The first list came filtered from the backend's answer; from the cache, each class's
+    # list is filtered once (one worker), however many requests the class makes.
+    assert settled_filtered_lists(cached) - before == 2
+    for key in (ALICE, CAROL, BOB, CAROL):
+        await tool_names(url, key)
+    assert counts(cached).get("/ruled tools/list") == 1, counts(cached)
+    assert settled_filtered_lists(cached) - before == 2
+    # On the wire (no protocol version header: another key, one more backend list): alice
+    # and carol get the same bytes but for their ids, bob other bytes.
+    assert raw(ALICE, 11) == raw(CAROL, 12)
+    assert raw(BOB, 13) != raw(ALICE, 14)
+    assert counts(cached).get("/ruled tools/list") == 2, counts(cached)
+    assert settled_filtered_lists(cached) - before == 4
+
+    # The backend says its tools changed: one new list, filtered again once per class.
+    async with client(url, BOB) as c:
+        assert text(await c.call_tool("change", {})) == "changed"
+    assert await tool_names(url, CAROL) == {"lookup", "scan"}
+    assert await tool_names(url, ALICE) == {"lookup", "scan"}
+    assert await tool_names(url, BOB) == {"lookup", "scan", "change"}
+    assert counts(cached).get("/ruled tools/list") == 3, counts(cached)
+    assert settled_filtered_lists(cached) - before == 6

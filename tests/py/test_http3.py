@@ -3,7 +3,10 @@ HTTP/3 (an implementation independent of quinn and the h3 crate mcplb uses) agai
 mcplb on loopback with `[proxy.http3]`: initialize, a streaming tool call whose progress
 arrives before its result, the session across requests and across QUIC connections, DELETE,
 ten calls at once on one connection, a cancelled call's stream reset closing its upstream,
-address validation by Retry, and `Alt-Svc` on the HTTP/1.1 and HTTP/2 answers."""
+address validation by Retry, and `Alt-Svc` on the HTTP/1.1 and HTTP/2 answers. Then the
+limits: `max_connections_per_ip` over TCP and QUIC together, the stream flood guards, field
+sections over `max_header_list_size`, a reload changing HTTP/3 settings, and a returning
+client skipping the Retry with its NEW_TOKEN token."""
 
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ from aioquic.quic.events import QuicEvent
 from conftest import Backend, Proxy, make_pki, start_proxy_file
 from test_http2 import ACCEPT, INIT, INITIALIZED
 H3_REQUEST_CANCELLED = 0x10C
+H3_EXCESSIVE_LOAD = 0x107
+CONNECTION_REFUSED = 0x2
 
 
 class Stream:
@@ -92,10 +97,10 @@ class H3Client(QuicConnectionProtocol):
                 s.events.put_nowait(ev)
 
     async def request(self, method: str, body: dict | None = None, sid: str | None = None,
-                      accept: str = ACCEPT) -> Stream:
+                      accept: str = ACCEPT, extra: tuple[tuple[bytes, bytes], ...] = ()) -> Stream:
         stream_id = self._quic.get_next_available_stream_id()
         headers = [(b":method", method.encode()), (b":scheme", b"https"), (b":authority", self.authority),
-                   (b":path", b"/mcp"), (b"accept", accept.encode())]
+                   (b":path", b"/mcp"), (b"accept", accept.encode()), *extra]
         if sid:
             headers.append((b"mcp-session-id", sid.encode()))
         data = json.dumps(body).encode() if body is not None else None
@@ -118,12 +123,14 @@ def messages(s: Stream, raw: bytes) -> list[dict]:
     return [json.loads(text)] if text.strip() else []
 
 
-def _config(backends: list[Backend], cert: Path, key: Path) -> str:
+def _config(
+    backends: list[Backend], cert: Path, key: Path, proxy: str = "", http3: str = "", tls: str = ""
+) -> str:
     urls = ", ".join(f'"{b.url}"' for b in backends)
     return (
-        '[proxy]\nlisten = "127.0.0.1:0"\nworkers = 2\n\n'
-        f'[proxy.tls]\ncert = "{cert}"\nkey = "{key}"\n\n'
-        '[proxy.http3]\nlisten = "127.0.0.1:0"\n\n'
+        f'[proxy]\nlisten = "127.0.0.1:0"\nworkers = 2\n{proxy}\n'
+        f'[proxy.tls]\ncert = "{cert}"\nkey = "{key}"\n{tls}\n'
+        f'[proxy.http3]\nlisten = "127.0.0.1:0"\n{http3}\n'
         '[admin]\nlisten = "127.0.0.1:0"\n\n'
         f'[[servers]]\nname = "pyh3"\npath = "/mcp"\nbackends = [{urls}]\n'
     )
@@ -353,3 +360,255 @@ def test_alt_svc_on_http1_and_http2_answers(h3_proxy) -> None:
             assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
             assert r.status_code == 200, r.text
             assert r.headers.get("alt-svc") == f'h3=":{port}"; ma=86400', r.headers
+
+
+@pytest.fixture
+def limits_proxy(backends: list[Backend], tmp_path: Path):
+    """Starts mcplb with HTTP/3 and more `[proxy]` / `[proxy.http3]` lines; returns it, its
+    UDP port, the CA and the config file."""
+    started: list[Proxy] = []
+
+    def start(proxy: str = "", http3: str = "", tls: str = ""):
+        ca, cert, key = make_pki(tmp_path)
+        config = tmp_path / "mcplb-h3-limits.toml"
+        config.write_text(_config(backends, cert, key, proxy, http3, tls))
+        p = start_proxy_file(config)
+        started.append(p)
+        udp = _line(p, r"HTTP/3 on udp://(\S+)")
+        return p, int(udp.rsplit(":", 1)[1]), ca, config
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def h3_connect(port: int, ca: Path):
+    return connect("127.0.0.1", port, configuration=quic_config(ca), create_protocol=H3Client)
+
+
+async def initialize(c: H3Client) -> str:
+    init = await c.request("POST", INIT)
+    assert init.status == 200, await init.body()
+    await init.body()
+    return init.headers["mcp-session-id"]
+
+
+async def refused_with(port: int, ca: Path) -> int | None:
+    """Connects; the error code of the CONNECTION_CLOSE that ended the handshake, or None when
+    the connection was accepted."""
+    async with connect("127.0.0.1", port, configuration=quic_config(ca), create_protocol=H3Client,
+                       wait_connected=False) as c:
+        c.transmit()
+        try:
+            await asyncio.wait_for(c.wait_connected(), 15)
+        except ConnectionError:
+            return c._quic._close_event.error_code
+        return None
+
+
+@pytest.mark.anyio
+async def test_max_connections_per_ip_counts_quic_and_tcp_together(limits_proxy) -> None:
+    proxy, port, ca, _ = limits_proxy(proxy="max_connections_per_ip = 3\n")
+    tcp = proxy.addr.rsplit(":", 1)[1]
+    web_url = f"https://localhost:{tcp}/mcp"
+    before = stats(proxy)["counters"]
+    # One TCP connection (kept alive by the client) and two QUIC ones: the address's three.
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=30) as web:
+        assert web.post(web_url, json=INIT, headers={"accept": ACCEPT}).status_code == 200
+        async with h3_connect(port, ca) as a, h3_connect(port, ca) as b:
+            await initialize(a)
+            await initialize(b)
+            # A fourth is refused in its handshake, after its address was validated (it was
+            # sent a Retry first, like every new client).
+            assert await refused_with(port, ca) == CONNECTION_REFUSED
+            # The other three go on.
+            assert web.post(web_url, json=INIT, headers={"accept": ACCEPT}).status_code == 200
+            await initialize(a)
+            await initialize(b)
+        # Two closed: their slots come free once mcplb has forgotten them (after QUIC's
+        # draining period), and a new connection is accepted.
+        deadline = time.monotonic() + 20
+        while (code := await refused_with(port, ca)) is not None and time.monotonic() < deadline:
+            assert code == CONNECTION_REFUSED
+            await asyncio.sleep(0.2)
+        assert code is None
+        assert web.post(web_url, json=INIT, headers={"accept": ACCEPT}).status_code == 200
+
+    def grown(s: dict) -> dict:
+        return {k: s["counters"][k] - before[k] for k in ("h3_connections_refused", "connections_refused", "h3_retries")}
+
+    # Each worker folds its counters in once a second: wait for all of them.
+    g = grown(wait_stats(proxy, lambda s: (g := grown(s))["h3_connections_refused"] >= 1
+                         and g["connections_refused"] >= 1 and g["h3_retries"] >= 4))
+    assert g["h3_connections_refused"] >= 1 and g["connections_refused"] >= 1, g
+    # Every connection was sent a Retry: a, b, the refused one, the one after.
+    assert g["h3_retries"] >= 4, g
+
+
+@pytest.mark.anyio
+async def test_stream_floods_are_refused_and_counted(limits_proxy) -> None:
+    proxy, port, ca, _ = limits_proxy(http3="max_resets_per_second = 10\nmax_pings_per_second = 10\n"
+                                      "max_migration_frames_per_second = 15\n")
+    before = stats(proxy)["counters"]
+    async with h3_connect(port, ca) as calm, h3_connect(port, ca) as flood:
+        sid = await initialize(calm)
+        await initialize(flood)
+        # Forty requests, each cancelled as soon as it is sent (RESET_STREAM and STOP_SENDING),
+        # well over ten a second.
+        for _ in range(40):
+            stream_id = flood._quic.get_next_available_stream_id()
+            flood._http.send_headers(stream_id, [
+                (b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"localhost"),
+                (b":path", b"/mcp"), (b"accept", ACCEPT.encode()), (b"content-type", b"application/json")])
+            flood._quic.reset_stream(stream_id, H3_REQUEST_CANCELLED)
+            flood._quic.stop_stream(stream_id, H3_REQUEST_CANCELLED)
+        flood.transmit()
+        await asyncio.wait_for(flood.wait_closed(), 15)
+        assert flood._quic._close_event.error_code == H3_EXCESSIVE_LOAD, flood._quic._close_event
+        # The other connection is served on.
+        tools = await calm.request("POST", {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, sid)
+        assert tools.status == 200
+        assert messages(tools, await tools.body())[-1]["result"]["tools"]
+        # Unidirectional streams of a reserved type (0x21), forty beyond HTTP/3's three, each
+        # stopped by mcplb: streams thrown away as fast, the same flood.
+        async with h3_connect(port, ca) as uni:
+            await initialize(uni)
+            for _ in range(40):
+                stream_id = uni._quic.get_next_available_stream_id(is_unidirectional=True)
+                uni._quic.send_stream_data(stream_id, b"\x21", end_stream=True)
+            uni.transmit()
+            await asyncio.wait_for(uni.wait_closed(), 15)
+            assert uni._quic._close_event.error_code == H3_EXCESSIVE_LOAD, uni._quic._close_event
+        # Forty PINGs, one a datagram.
+        async with h3_connect(port, ca) as pings:
+            await initialize(pings)
+            for i in range(40):
+                pings._quic.send_ping(i)
+                pings.transmit()
+                await asyncio.sleep(0.002)
+            await asyncio.wait_for(pings.wait_closed(), 15)
+            assert pings._quic._close_event.error_code == H3_EXCESSIVE_LOAD, pings._quic._close_event
+        # Sixty changes of connection id, each retiring the last one (mcplb issues a new id
+        # for each).
+        async with h3_connect(port, ca) as mover:
+            await initialize(mover)
+            for _ in range(60):
+                if mover._quic._close_event is not None:
+                    break
+                mover._quic.change_connection_id()
+                mover.transmit()
+                await asyncio.sleep(0.005)
+            await asyncio.wait_for(mover.wait_closed(), 15)
+            assert mover._quic._close_event.error_code == H3_EXCESSIVE_LOAD, mover._quic._close_event
+        tools = await calm.request("POST", {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, sid)
+        assert tools.status == 200
+        await tools.body()
+    want = {"h3_rapid_resets": 2, "h3_ping_floods": 1, "h3_migration_floods": 1}
+
+    def grown(s: dict) -> dict:
+        return {k: s["counters"][k] - before[k] for k in want}
+
+    # Each worker folds its counters in once a second: wait for all of them.
+    assert grown(wait_stats(proxy, lambda s: grown(s) == want)) == want
+
+
+@pytest.mark.anyio
+async def test_field_section_over_the_limit_is_answered_431(limits_proxy) -> None:
+    proxy, port, ca, _ = limits_proxy(http3="max_header_list_size = 2048\n")
+    before = stats(proxy)["counters"]
+    async with h3_connect(port, ca) as c:
+        sid = await initialize(c)
+        big = await c.request("POST", {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, sid,
+                              extra=((b"x-padding", b"a" * 4000),))
+        assert big.status == 431
+        await big.body()  # the stream ends
+        # The connection goes on.
+        tools = await c.request("POST", {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, sid)
+        assert tools.status == 200 and messages(tools, await tools.body())[-1]["result"]["tools"]
+    s = wait_stats(proxy, lambda s: s["counters"]["h3_headers_too_large"] > before["h3_headers_too_large"])
+    assert s["counters"]["h3_headers_too_large"] - before["h3_headers_too_large"] == 1, s["counters"]
+
+
+@pytest.mark.anyio
+async def test_reload_changes_http3_settings_for_new_connections(limits_proxy) -> None:
+    proxy, port, ca, config = limits_proxy(http3='idle_timeout = "30s"\n')
+    admin = _line(proxy, r"admin on http://([^/]+)/")
+    async with h3_connect(port, ca) as old:
+        assert old._quic._remote_max_idle_timeout == 30
+        sid = await initialize(old)
+        config.write_text(config.read_text().replace('idle_timeout = "30s"', 'idle_timeout = "12s"'))
+        r = httpx.post(f"http://{admin}/reload", timeout=10)
+        assert r.status_code == 200, r.text
+        assert any(c.startswith("proxy.http3:") for c in r.json()["changes"]), r.text
+        # A new connection gets the new setting...
+        async with h3_connect(port, ca) as new:
+            assert new._quic._remote_max_idle_timeout == 12
+            await initialize(new)
+        # ...and the one from before the reload goes on.
+        tools = await old.request("POST", {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, sid)
+        assert tools.status == 200 and messages(tools, await tools.body())[-1]["result"]["tools"]
+    # Another UDP address needs a restart, as `proxy.listen` does: the reload is refused.
+    text = config.read_text()
+    config.write_text(text.replace('[proxy.http3]\nlisten = "127.0.0.1:0"', '[proxy.http3]\nlisten = "127.0.0.2:0"'))
+    r = httpx.post(f"http://{admin}/reload", timeout=10)
+    assert r.status_code == 400 and r.json()["errors"][0].startswith("proxy.http3.listen:"), r.text
+
+
+@pytest.mark.anyio
+async def test_a_returning_client_skips_the_retry_with_its_token(limits_proxy) -> None:
+    proxy, port, ca, _ = limits_proxy()
+    tokens: list[bytes] = []
+    async with connect("127.0.0.1", port, configuration=quic_config(ca), create_protocol=H3Client,
+                       token_handler=tokens.append) as c:
+        await initialize(c)
+        deadline = time.monotonic() + 10
+        while not tokens and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    assert tokens, "mcplb sent no NEW_TOKEN"
+
+    # Statistics are folded in once a second: wait for the first connection to show.
+    s = wait_stats(proxy, lambda s: s["counters"]["h3_connections"] >= 1)["counters"]
+    assert s["h3_connections"] == 1 and s["h3_retries"] == 1, s
+    for retried in (False, True):
+        # With the token: validated at once, no Retry. The same token again: it was used, so
+        # the client gets a Retry (and is served all the same).
+        cfg = quic_config(ca)
+        cfg.token = tokens[0]
+        async with connect("127.0.0.1", port, configuration=cfg, create_protocol=H3Client) as c:
+            await initialize(c)
+        want = 3 if retried else 2
+        s = wait_stats(proxy, lambda s: s["counters"]["h3_connections"] >= want)["counters"]
+        assert s["h3_connections"] == want, s
+        assert s["h3_retries"] == (2 if retried else 1), s
+
+
+@pytest.mark.anyio
+async def test_a_certificate_the_watcher_swaps_in_serves_new_quic_connections(limits_proxy, tmp_path: Path) -> None:
+    proxy, port, ca, _ = limits_proxy(tls='reload_interval = "100ms"\n')
+    async with h3_connect(port, ca) as old:
+        sid = await initialize(old)
+        # A certificate from another CA replaces the files (each file renamed into place, as a
+        # deploy does); no reload is asked for.
+        next_dir = tmp_path / "next"
+        next_dir.mkdir()
+        next_ca, next_cert, next_key = make_pki(next_dir)
+        for src, dst in ((next_key, tmp_path / "leaf.key"), (next_cert, tmp_path / "chain.pem")):
+            tmp = dst.with_suffix(".new")
+            tmp.write_bytes(src.read_bytes())
+            tmp.replace(dst)
+        # New QUIC connections get the new certificate: trusted by the new CA only.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                async with h3_connect(port, next_ca) as new:
+                    await initialize(new)
+                break
+            except (ConnectionError, asyncio.TimeoutError):
+                assert time.monotonic() < deadline, "new QUIC connections never got the new certificate"
+                await asyncio.sleep(0.2)
+        with pytest.raises((ConnectionError, asyncio.TimeoutError)):
+            async with h3_connect(port, ca) as stale:
+                await initialize(stale)
+        # The connection from before goes on with the certificate it started with.
+        tools = await old.request("POST", {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, sid)
+        assert tools.status == 200 and messages(tools, await tools.body())[-1]["result"]["tools"]

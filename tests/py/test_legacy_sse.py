@@ -7,14 +7,10 @@
   `legacy_sse = true`, which exposes `{path}/sse` and `{path}/messages`, in front of a
   Streamable HTTP SDK server (`mcp_server.py`), and in front of the SSE-only server (old
   client to old server, both bridges in a row).
-
-Each test is skipped while `mcplb check` rejects the config form it needs (the wiring of
-the bridges into the config is separate from the bridges themselves).
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,22 +21,11 @@ from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
 from mcp_types import CallToolResult, TextContent
 
-from conftest import (
-    _BACKENDS,
-    _PROXIES,
-    Backend,
-    Proxy,
-    _mcplb_bin,
-    _port_open,
-    _stop,
-    _tail,
-    free_port,
-)
+from conftest import _BACKENDS, Backend, Proxy, start_proxy_text
 
 pytestmark = pytest.mark.anyio
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 LEGACY_SCRIPT = HERE / "legacy_server.py"
 READ_TIMEOUT = 30.0
 
@@ -55,31 +40,11 @@ def text_of(result: CallToolResult) -> str:
 class LegacyBackendProcess(Backend):
     """One `legacy_server.py` subprocess (SSE-only SDK server)."""
 
+    script = LEGACY_SCRIPT
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/sse"
-
-    def start(self) -> None:
-        for _attempt in range(3):
-            self.port = free_port()
-            log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen(
-                [sys.executable, str(LEGACY_SCRIPT), "--port", str(self.port), "--name", self.name],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-            )
-            log.close()
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    break
-                if _port_open(self.port):
-                    return
-                time.sleep(0.05)
-            _stop(self.proc)
-        raise RuntimeError(f"legacy server {self.name} did not start; log tail:\n{_tail(self.log_path)}")
 
 
 def _config(name: str, backends: str, legacy_sse: bool) -> str:
@@ -95,23 +60,6 @@ def _config(name: str, backends: str, legacy_sse: bool) -> str:
         f"{option}"
         f"backends = [{backends}]\n"
     )
-
-
-def _start_proxy_or_skip(workdir: Path, name: str, text: str, what: str) -> Proxy:
-    """Writes the config; skips when `mcplb check` rejects it; starts mcplb."""
-    path = workdir / f"mcplb-{name}.toml"
-    path.write_text(text)
-    binary = _mcplb_bin()
-    check = subprocess.run([binary, "check", "--config", str(path)], capture_output=True, text=True, timeout=30)
-    if check.returncode != 0:
-        pytest.skip(f"mcplb does not accept {what} yet: {(check.stderr or check.stdout).strip()[:300]}")
-    proxy = Proxy(binary, path)
-    _PROXIES.append(proxy)
-    try:
-        proxy.start()
-    except RuntimeError as e:
-        pytest.fail(str(e), pytrace=False)
-    return proxy
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +90,7 @@ def streamable_server(legacy_dir: Path):
 @pytest.fixture(scope="module")
 def proxy_to_sse_server(sse_server: LegacyBackendProcess, legacy_dir: Path):
     """mcplb with the SSE-only server as its backend."""
-    proxy = _start_proxy_or_skip(
-        legacy_dir, "to-old", _config("to-old", f'{{ sse = "{sse_server.url}" }}', False), "`{ sse = URL }` backends"
-    )
+    proxy = start_proxy_text(legacy_dir, "to-old", _config("to-old", f'{{ sse = "{sse_server.url}" }}', False))
     yield proxy
     proxy.stop()
 
@@ -152,9 +98,7 @@ def proxy_to_sse_server(sse_server: LegacyBackendProcess, legacy_dir: Path):
 @pytest.fixture(scope="module")
 def legacy_front_proxy(streamable_server: Backend, legacy_dir: Path):
     """mcplb exposing /mcp/sse for old clients, in front of a Streamable HTTP server."""
-    proxy = _start_proxy_or_skip(
-        legacy_dir, "front", _config("front", f'"{streamable_server.url}"', True), "the `legacy_sse` group option"
-    )
+    proxy = start_proxy_text(legacy_dir, "front", _config("front", f'"{streamable_server.url}"', True))
     yield proxy
     proxy.stop()
 
@@ -162,11 +106,10 @@ def legacy_front_proxy(streamable_server: Backend, legacy_dir: Path):
 @pytest.fixture(scope="module")
 def old_to_old_proxy(sse_server: LegacyBackendProcess, legacy_dir: Path):
     """mcplb with both bridges: old clients at /mcp/sse, the SSE-only server behind."""
-    proxy = _start_proxy_or_skip(
+    proxy = start_proxy_text(
         legacy_dir,
         "old-to-old",
         _config("old-to-old", f'{{ sse = "{sse_server.url}" }}', True),
-        "`legacy_sse` with an `{ sse = URL }` backend",
     )
     yield proxy
     proxy.stop()

@@ -1,21 +1,18 @@
 """stdio backends end to end: the official MCP SDK client, through a real `mcplb`, to servers that
 are commands speaking stdio (`mcp-server-time` from PyPI, and `stdio_server.py`).
 
-The config form is `backends = [{ command = [...], mode = "per-session" | "shared" }]`. Each test
-is skipped while `mcplb check` rejects that form (before command backends are wired into the
-config).
+The config form is `backends = [{ command = [...], mode = "per-session" | "shared" }]`.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import _PROXIES, HERE, Proxy, _mcplb_bin
+from conftest import HERE, Proxy, start_proxy_text
 from mcp import Client
 from mcp_types import CallToolResult, TextContent
 
@@ -56,19 +53,7 @@ def _children(pid: int) -> set[int]:
 
 
 def _start(tmp_path: Path, name: str, command: list[str], mode: str) -> Proxy:
-    config = tmp_path / f"mcplb-{name}.toml"
-    config.write_text(_config(name, command, mode))
-    binary = _mcplb_bin()
-    check = subprocess.run([binary, "check", "--config", str(config)], capture_output=True, text=True, timeout=30)
-    if check.returncode != 0:
-        pytest.skip(f"mcplb does not accept command backends yet: {(check.stderr or check.stdout).strip()[:300]}")
-    proxy = Proxy(binary, config)
-    _PROXIES.append(proxy)
-    try:
-        proxy.start()
-    except RuntimeError as e:
-        pytest.fail(str(e), pytrace=False)
-    return proxy
+    return start_proxy_text(tmp_path, name, _config(name, command, mode))
 
 
 def text_of(result: CallToolResult) -> str:

@@ -146,6 +146,9 @@ pub(crate) struct RawHttp3 {
     pub max_header_list_size: Option<i64>,
     pub idle_timeout: Option<String>,
     pub stream_receive_window: Option<i64>,
+    pub max_resets_per_second: Option<i64>,
+    pub max_pings_per_second: Option<i64>,
+    pub max_migration_frames_per_second: Option<i64>,
 }
 
 /// `[proxy.http2]`.

@@ -2,7 +2,8 @@
 //! handed, every 250 ms or every 64 KiB, to one writer thread that writes each buffer with
 //! one `write` (`O_APPEND`), so cores never interleave inside a line and a worker never waits
 //! for the disk or a blocked stderr. When the writer falls behind by [`QUEUED_BUFFERS`]
-//! buffers, further ones are dropped, counted and reported in the log. The file is opened
+//! buffers, further ones are dropped, counted (`access_log_lines_dropped`,
+//! `audit_lines_dropped` on `/stats` and `/metrics`) and reported in the log. The file is opened
 //! again by each new configuration state, so `kill -HUP` after a log rotation writes to the
 //! new file (the old one is closed once its last queued buffer is written).
 //!
@@ -57,6 +58,7 @@ fn writer() -> Option<&'static SyncSender<Job>> {
 }
 
 fn write_loop(rx: Receiver<Job>) {
+    yield_to_workers();
     while let Ok(job) = rx.recv() {
         match job {
             Job::Write(sink, buf) => {
@@ -82,6 +84,21 @@ fn write_loop(rx: Receiver<Job>) {
                 "access log lines dropped: the log could not be written fast enough"
             );
         }
+    }
+}
+
+/// Makes the writer thread a batch thread (`SCHED_BATCH`): woken by a worker's buffer, it
+/// does not preempt that worker (or another) but runs when a core is free or at the next
+/// scheduler tick. As a normal thread it preempted the worker that woke it about once per
+/// buffer (two context switches on a busy core, measured: 0.009 per audited request at
+/// 64 KiB buffers). Its share of the CPU is unchanged; where the call fails it stays normal.
+#[allow(unsafe_code)]
+fn yield_to_workers() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets the calling thread's (pid 0) policy; `param` is a valid, live parameter.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if r != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "log writer stays a normal thread");
     }
 }
 
@@ -135,18 +152,22 @@ impl AccessLog {
         (self.seq, ts)
     }
 
-    /// Hands the buffered lines to the writer thread (never waits for it).
-    pub(crate) fn flush(&mut self) {
+    /// Hands the buffered lines to the writer thread (never waits for it). How many lines were
+    /// dropped because its queue was full (for the core's statistics).
+    #[must_use = "dropped lines are counted in the core's statistics"]
+    pub(crate) fn flush(&mut self) -> u64 {
         if self.buf.is_empty() {
-            return;
+            return 0;
         }
         let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(FLUSH_BYTES));
-        let Some(w) = writer() else { return };
-        if let Err(TrySendError::Full(Job::Write(_, buf))) =
-            w.try_send(Job::Write(self.sink.clone(), buf))
-        {
-            let lines = memchr::memchr_iter(b'\n', &buf).count() as u64;
-            DROPPED.fetch_add(lines, Ordering::Relaxed);
+        let Some(w) = writer() else { return 0 };
+        match w.try_send(Job::Write(self.sink.clone(), buf)) {
+            Err(TrySendError::Full(Job::Write(_, buf))) => {
+                let lines = memchr::memchr_iter(b'\n', &buf).count() as u64;
+                DROPPED.fetch_add(lines, Ordering::Relaxed);
+                lines
+            }
+            _ => 0,
         }
     }
 }

@@ -244,18 +244,19 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
             && (old.proxy.listen.port() == new.proxy.listen.port() || new.proxy.listen.port() == 0),
     );
     check("proxy.workers", old.proxy.workers == new.proxy.workers);
-    // The UDP sockets and each QUIC endpoint's settings are made at start.
+    // The UDP sockets are bound at start, like the TCP listeners; the QUIC and HTTP/3
+    // settings apply to new connections.
     check(
         "proxy.http3",
-        match (&old.proxy.http3, &new.proxy.http3) {
-            (None, None) => true,
-            (Some(o), Some(n)) => {
-                let port = n.listen.port() == 0 || n.listen.port() == o.listen.port();
-                o.listen.ip() == n.listen.ip() && port && o.with_listen(n.listen) == *n
-            }
-            _ => false,
-        },
+        old.proxy.http3.is_some() == new.proxy.http3.is_some(),
     );
+    if let (Some(o), Some(n)) = (&old.proxy.http3, &new.proxy.http3) {
+        check(
+            "proxy.http3.listen",
+            o.listen.ip() == n.listen.ip()
+                && (n.listen.port() == 0 || n.listen.port() == o.listen.port()),
+        );
+    }
     check("admin.listen", old.admin_listen == new.admin_listen);
     check(
         "proxy.max_connections_per_ip",
@@ -383,6 +384,9 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
     if old.audit != new.audit {
         out.push("audit changed".to_string());
     }
+    if old.proxy.http3 != new.proxy.http3 {
+        out.push("proxy.http3: settings changed (new QUIC connections take them)".to_string());
+    }
     let mut p_old = old.proxy.clone();
     p_old.session_keys.clear();
     let mut p_new = new.proxy.clone();
@@ -474,7 +478,9 @@ impl Reloader {
             return Err(errs);
         }
         new.proxy.listen = old.config.proxy.listen;
-        new.proxy.http3 = old.config.proxy.http3;
+        if let (Some(n), Some(o)) = (&mut new.proxy.http3, &old.config.proxy.http3) {
+            n.listen = o.listen;
+        }
         // Client certificates: loaded now (files read again even when their paths did not
         // change), swapped in only once everything else is ready.
         let tls = match &new.proxy.tls {
@@ -673,7 +679,7 @@ backends = ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
     }
 
     #[test]
-    fn http3_is_restart_only_but_port_zero_reads_as_the_bound_port() {
+    fn http3_listen_is_restart_only_its_limits_are_not() {
         let h3 = |listen: &str, streams: u32| {
             let mut c = Config::parse(BASE).unwrap();
             c.proxy.http3 = Some(crate::h3::Http3Config {
@@ -686,14 +692,22 @@ backends = ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
         // Started on port 0, bound to 4433: the same file again is no change.
         let running = h3("127.0.0.1:4433", 100);
         assert!(restart_only(&running, &h3("127.0.0.1:0", 100)).is_empty());
-        for changed in [
-            h3("127.0.0.1:0", 50),
-            h3("127.0.0.1:4434", 100),
-            Config::parse(BASE).unwrap(),
-        ] {
-            let e = restart_only(&running, &changed);
-            assert!(e.len() == 1 && e[0].starts_with("proxy.http3:"), "{e:?}");
+        // A limit applies to new connections.
+        assert!(restart_only(&running, &h3("127.0.0.1:0", 50)).is_empty());
+        let changed = describe(&running, &h3("127.0.0.1:4433", 50));
+        assert!(
+            changed.iter().any(|c| c.starts_with("proxy.http3:")),
+            "{changed:?}"
+        );
+        for moved in [h3("127.0.0.1:4434", 100), h3("127.0.0.2:0", 100)] {
+            let e = restart_only(&running, &moved);
+            assert!(
+                e.len() == 1 && e[0].starts_with("proxy.http3.listen:"),
+                "{e:?}"
+            );
         }
+        let e = restart_only(&running, &Config::parse(BASE).unwrap());
+        assert!(e.len() == 1 && e[0].starts_with("proxy.http3:"), "{e:?}");
         let e = restart_only(&Config::parse(BASE).unwrap(), &running);
         assert!(e.len() == 1 && e[0].starts_with("proxy.http3:"), "{e:?}");
     }

@@ -172,8 +172,29 @@ pub enum Counter {
     H3Retries,
     /// HTTP/3 connections whose HTTP/3 set-up or control streams failed.
     H3ProtocolErrors,
+    /// New QUIC connections refused (CONNECTION_REFUSED) by `max_connections` or
+    /// `max_connections_per_ip`; also counted in `connections_refused`.
+    H3ConnectionsRefused,
+    /// HTTP/3 connections closed (H3_EXCESSIVE_LOAD) for a rapid-reset flood: more
+    /// RESET_STREAM or STOP_SENDING frames, or unidirectional streams past HTTP/3's three, in
+    /// a second than `max_resets_per_second`.
+    H3RapidResets,
+    /// HTTP/3 connections closed (H3_EXCESSIVE_LOAD) for a PING flood.
+    H3PingFloods,
+    /// HTTP/3 connections closed (H3_EXCESSIVE_LOAD) for a flood of connection-id and path
+    /// frames (NEW_CONNECTION_ID, RETIRE_CONNECTION_ID, PATH_CHALLENGE).
+    H3MigrationFloods,
+    /// HTTP/3 request header sections over `max_header_list_size` (answered 431).
+    H3HeadersTooLarge,
+    /// Cached lists filtered for a class of callers under a policy (kept, so that the next
+    /// caller of the class on the core gets the same bytes without a parse).
+    CacheListsFiltered,
+    /// Access-log lines dropped because the writer thread fell behind.
+    AccessLogLinesDropped,
+    /// Audit-trail lines dropped because the writer thread fell behind.
+    AuditLinesDropped,
 }
-const COUNTERS: usize = 48;
+const COUNTERS: usize = 56;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -224,6 +245,14 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "h3_streams",
     "h3_retries",
     "h3_protocol_errors",
+    "h3_connections_refused",
+    "h3_rapid_resets",
+    "h3_ping_floods",
+    "h3_migration_floods",
+    "h3_headers_too_large",
+    "cache_lists_filtered",
+    "access_log_lines_dropped",
+    "audit_lines_dropped",
 ];
 
 /// Gauges (up/down).

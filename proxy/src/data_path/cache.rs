@@ -40,6 +40,74 @@ struct GroupCache {
     flights: RefCell<HashMap<Box<[u8]>, Rc<Flight>>>,
     /// The public and private keys of the request being looked up (reused buffers).
     keys: RefCell<(Vec<u8>, Vec<u8>)>,
+    /// Cached lists as each caller class with a policy may see them.
+    filtered: RefCell<FilteredLists>,
+}
+
+/// Most cached list answers a group keeps filtered on a core (each for every class of caller
+/// that asked for it); past it, or past the group's `max_bytes`, all are forgotten.
+const MAX_FILTERED: usize = 64;
+
+/// One filtered list: the caller class's rules, the message as it may see it, and where its
+/// id is.
+type FilteredList = (Box<[u16]>, Rc<[u8]>, std::ops::Range<usize>);
+
+/// Cached list answers as the caller classes of a group's policy may see them, so a cache hit
+/// of a policed caller is not parsed, filtered and written again: by the cached message they
+/// were made from (its address; the message is held, so the address names it while it is
+/// kept), then by the class's rules. A message the store no longer holds (replaced after a
+/// `list_changed`, expired, evicted) is dropped at the next insertion; a reload starts empty.
+#[derive(Default)]
+struct FilteredLists {
+    by_source: HashMap<usize, (Rc<[u8]>, Vec<FilteredList>)>,
+    bytes: usize,
+}
+
+impl FilteredLists {
+    fn get(&self, source: &Rc<[u8]>, rules: &[u16]) -> Option<(Rc<[u8]>, std::ops::Range<usize>)> {
+        let (held, lists) = self.by_source.get(&address(source))?;
+        if !Rc::ptr_eq(held, source) {
+            return None;
+        }
+        lists
+            .iter()
+            .find(|(r, _, _)| **r == *rules)
+            .map(|(_, msg, at)| (msg.clone(), at.clone()))
+    }
+
+    fn put(&mut self, source: &Rc<[u8]>, list: FilteredList, max_bytes: usize) {
+        let size = list.1.len();
+        // Messages only this cache still holds are gone from the store.
+        self.by_source
+            .retain(|_, (held, _)| Rc::strong_count(held) > 1);
+        self.bytes = self
+            .by_source
+            .values()
+            .flat_map(|(_, lists)| lists.iter().map(|l| l.1.len()))
+            .sum();
+        if self.by_source.len() >= MAX_FILTERED || self.bytes + size > max_bytes {
+            self.by_source.clear();
+            self.bytes = 0;
+        }
+        if size > max_bytes {
+            return;
+        }
+        self.bytes += size;
+        self.by_source
+            .entry(address(source))
+            .or_insert_with(|| (source.clone(), Vec::new()))
+            .1
+            .push(list);
+    }
+}
+
+/// A filtered list to send: the message and where its id is (`None`: it carries the request's
+/// own id already).
+type FilteredAnswer = (Rc<[u8]>, Option<std::ops::Range<usize>>);
+
+/// Where a cached message is (its identity while it is held).
+fn address(msg: &Rc<[u8]>) -> usize {
+    Rc::as_ptr(msg) as *const u8 as usize
 }
 
 /// A request in flight that others wait for.
@@ -108,6 +176,7 @@ impl Caches {
                         read_only_tools: Default::default(),
                         flights: Default::default(),
                         keys: Default::default(),
+                        filtered: Default::default(),
                     })
                 })
                 .collect(),
@@ -201,7 +270,7 @@ pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) ->
         Ok(k) => k,
         Err((msg, at)) => {
             core.rec.borrow_mut().count(Counter::CacheHits, 1);
-            return Lookup::Answered(answer(core, c, &msg, at).await);
+            return Lookup::Answered(answer(core, g, c, &msg, at).await);
         }
     };
     let flight = g.flights.borrow().get(&public).cloned();
@@ -210,7 +279,7 @@ pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) ->
         let _ = monoio::time::timeout(timeout, wait(&f)).await;
         if let Some((msg, at)) = find(core, g, &public, private.as_deref(), kind) {
             core.rec.borrow_mut().count(Counter::CacheCoalesced, 1);
-            return Lookup::Answered(answer(core, c, &msg, at).await);
+            return Lookup::Answered(answer(core, g, c, &msg, at).await);
         }
     }
     core.rec.borrow_mut().count(Counter::CacheMisses, 1);
@@ -278,8 +347,15 @@ async fn wait(f: &Flight) {
 }
 
 /// Sends the cached message `msg` (its id at `at`) as the answer to `c`'s request `id`,
-/// through the caller's list filter when its policy has one.
-async fn answer(core: &Core, c: &mut ClientConn, msg: &[u8], at: std::ops::Range<usize>) -> Next {
+/// through the caller's list filter when its policy has one (filtered once per caller class
+/// and cached message: [`FilteredLists`]).
+async fn answer(
+    core: &Core,
+    g: &GroupCache,
+    c: &mut ClientConn,
+    msg: &Rc<[u8]>,
+    at: std::ops::Range<usize>,
+) -> Next {
     let close =
         c.req.head.close || crate::runtime::SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
     let sse = cache::wants_sse(c.req.header(b"accept"));
@@ -291,19 +367,50 @@ async fn answer(core: &Core, c: &mut ClientConn, msg: &[u8], at: std::ops::Range
     match c.list_filter.take() {
         None => cache::write_answer(&mut c.out, msg, at, id, sse, close),
         Some(filter) => {
-            let mut spliced = Vec::with_capacity(msg.len() + id.len());
-            spliced.extend_from_slice(msg.get(..at.start).unwrap_or_default());
-            spliced.extend_from_slice(id);
-            spliced.extend_from_slice(msg.get(at.end..).unwrap_or_default());
-            match policy::filter_body(core, &filter, spliced, false) {
-                Ok(body) => cache::write_answer(&mut c.out, &body, 0..0, b"", sse, close),
-                Err(r) => return reply::refuse(c, &r).await,
+            let seen = g.filtered.borrow().get(msg, filter.class_rules());
+            let (body, at) = match seen {
+                Some((body, at)) => (body, Some(at)),
+                None => match filter_list(core, g, &filter, msg, at, id) {
+                    Ok(made) => made,
+                    Err(r) => return reply::refuse(c, &r).await,
+                },
+            };
+            match at {
+                Some(at) => cache::write_answer(&mut c.out, &body, at, id, sse, close),
+                None => cache::write_answer(&mut c.out, &body, 0..0, b"", sse, close),
             }
         }
     }
     c.meta.status = 200;
     c.meta.sse = sse;
     reply::send_out(c, Next::keep_unless(close)).await
+}
+
+/// The cached list `msg` (its id at `at`) as the caller of `filter` may see it, with the
+/// request's `id` and where it is, kept for the next caller of the same class.
+fn filter_list(
+    core: &Core,
+    g: &GroupCache,
+    filter: &policy::ListFilter,
+    msg: &Rc<[u8]>,
+    at: std::ops::Range<usize>,
+    id: &[u8],
+) -> Result<FilteredAnswer, crate::data_path::request::Refusal> {
+    let mut spliced = Vec::with_capacity(msg.len() + id.len());
+    spliced.extend_from_slice(msg.get(..at.start).unwrap_or_default());
+    spliced.extend_from_slice(id);
+    spliced.extend_from_slice(msg.get(at.end..).unwrap_or_default());
+    let body = policy::filter_body(core, filter, spliced, false)?;
+    core.rec.borrow_mut().count(Counter::CacheListsFiltered, 1);
+    // Kept with the place of its id, for the next request's own; one whose id cannot be
+    // found again goes out as it is, and is not kept.
+    let Some(m) = cache::response_message(&body, false, id) else {
+        return Ok((Rc::from(body), None));
+    };
+    let body = Rc::<[u8]>::from(m.bytes);
+    let list = (Box::from(filter.class_rules()), body.clone(), m.id.clone());
+    g.filtered.borrow_mut().put(msg, list, g.cfg.max_bytes);
+    Ok((body, Some(m.id)))
 }
 
 /// Keeps the backend's answer `body` to the request in `c` (which missed with `fill`) when its

@@ -78,14 +78,17 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
         }
         Err(stop) => stopped(c, stop).await,
     };
-    if core.shared.config.proxy.stats {
-        record::record(core, &c.meta, start);
+    // One clock read for the statistics and the audit line.
+    let stats = core.shared.config.proxy.stats;
+    let end = (stats || core.audit.is_some()).then(Instant::now);
+    if let Some(end) = end.filter(|_| stats) {
+        record::record(core, &c.meta, start, end);
     }
     if core.access_log.is_some() {
         record::write_access_log(core, c, start);
     }
-    if core.audit.is_some() {
-        audit::write(core, c, start);
+    if let Some(end) = end.filter(|_| core.audit.is_some()) {
+        audit::write(core, c, start, end);
     }
     if core.shared.tracer.is_some() {
         record::span(core, c, start);

@@ -70,6 +70,13 @@ pub(crate) struct ListFilter {
     class: Rc<CallerClass>,
 }
 
+impl ListFilter {
+    /// The rules of the caller's class: callers with the same rules see the same lists.
+    pub(crate) fn class_rules(&self) -> &[u16] {
+        self.class.class.rules()
+    }
+}
+
 /// The policy class of `caller` in group `gi`, from this core's cache or computed once.
 fn class_of(core: &Core, gi: usize, policy: &GroupPolicy, caller: &Caller) -> Rc<CallerClass> {
     let key = (gi, caller.class_key);

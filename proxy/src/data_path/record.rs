@@ -45,8 +45,14 @@ pub(crate) fn write_access_log(core: &Core, c: &ClientConn, start: Instant) {
         m.by_proxy,
         m.bytes_out,
     );
-    if l.buf.len() >= 64 * 1024 {
-        l.flush();
+    drop(rec);
+    if l.buf.len() >= crate::control::access_log::FLUSH_BYTES {
+        let dropped = l.flush();
+        if dropped > 0 {
+            core.rec
+                .borrow_mut()
+                .count(Counter::AccessLogLinesDropped, dropped);
+        }
     }
 }
 
@@ -72,8 +78,8 @@ pub(crate) fn not_owner(core: &Core, server: &str, caller: &str, unowned: bool) 
     }
 }
 
-/// Folds one finished request into this core's statistics.
-pub(crate) fn record(core: &Core, m: &ReqMeta, start: Instant) {
+/// Folds one finished request (from `start` to `end`) into this core's statistics.
+pub(crate) fn record(core: &Core, m: &ReqMeta, start: Instant, end: Instant) {
     if m.by_proxy {
         let limit = match m.status {
             408 => Some(Counter::SlowClients),
@@ -93,7 +99,6 @@ pub(crate) fn record(core: &Core, m: &ReqMeta, start: Instant) {
         rec.count(Counter::BytesOut, m.bytes_out);
         return;
     };
-    let end = Instant::now();
     let upstream_us = match (m.sent, m.upstream_done) {
         (Some(a), Some(b)) => b.saturating_duration_since(a).as_micros() as u64,
         _ => 0,

@@ -64,10 +64,50 @@ pub(crate) struct FrameScan {
     skip: usize,
     /// CONTINUATION frames of the header block under way (`None`: none under way).
     block: Option<u32>,
+    /// RST_STREAM, PING and SETTINGS frames in the current second.
+    counts: PerSecond<3>,
+}
+
+const RESETS: usize = 0;
+const PINGS: usize = 1;
+const SETTINGS_FRAMES: usize = 2;
+
+/// Counts of a few kinds of events in one-second windows, each kind against its own budget
+/// (the HTTP/2 guard's frames, the HTTP/3 guard's: [`crate::h3::guard`]).
+#[derive(Debug, Clone)]
+pub(crate) struct PerSecond<const N: usize> {
     window: Instant,
-    resets: u32,
-    pings: u32,
-    settings: u32,
+    counts: [u32; N],
+}
+
+impl<const N: usize> PerSecond<N> {
+    /// Counts starting at `now`.
+    pub(crate) fn new(now: Instant) -> Self {
+        PerSecond {
+            window: now,
+            counts: [0; N],
+        }
+    }
+
+    /// Starts a new window (all counts zero) when a second has passed since this one began.
+    pub(crate) fn roll(&mut self, now: Instant) {
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.counts = [0; N];
+        }
+    }
+
+    /// Adds `n` events of kind `i` to the current window; whether that kind is now over
+    /// `budget`.
+    pub(crate) fn add(&mut self, i: usize, n: u32, budget: u32) -> bool {
+        match self.counts.get_mut(i) {
+            Some(c) => {
+                *c = c.saturating_add(n);
+                *c > budget
+            }
+            None => false,
+        }
+    }
 }
 
 impl FrameScan {
@@ -80,10 +120,7 @@ impl FrameScan {
             have: 0,
             skip: 0,
             block: None,
-            window: now,
-            resets: 0,
-            pings: 0,
-            settings: 0,
+            counts: PerSecond::new(now),
         }
     }
 
@@ -122,12 +159,7 @@ impl FrameScan {
 
     /// Counts one frame header.
     fn frame(&mut self, kind: u8, flags: u8, now: Instant) -> Option<Flood> {
-        if now.duration_since(self.window) >= Duration::from_secs(1) {
-            self.window = now;
-            self.resets = 0;
-            self.pings = 0;
-            self.settings = 0;
-        }
+        self.counts.roll(now);
         let l = self.limits;
         match kind {
             HEADERS => {
@@ -141,22 +173,18 @@ impl FrameScan {
                 self.block = (flags & FLAG_END_HEADERS == 0).then_some(n);
             }
             RST_STREAM => {
-                self.resets += 1;
-                if self.resets > l.max_resets_per_second {
-                    return Some(Flood::RapidReset);
-                }
+                let over = self.counts.add(RESETS, 1, l.max_resets_per_second);
+                return over.then_some(Flood::RapidReset);
             }
             PING if flags & FLAG_ACK == 0 => {
-                self.pings += 1;
-                if self.pings > l.max_pings_per_second {
-                    return Some(Flood::Ping);
-                }
+                let over = self.counts.add(PINGS, 1, l.max_pings_per_second);
+                return over.then_some(Flood::Ping);
             }
             SETTINGS if flags & FLAG_ACK == 0 => {
-                self.settings += 1;
-                if self.settings > l.max_settings_per_second {
-                    return Some(Flood::Settings);
-                }
+                let over = self
+                    .counts
+                    .add(SETTINGS_FRAMES, 1, l.max_settings_per_second);
+                return over.then_some(Flood::Settings);
             }
             _ => {}
         }

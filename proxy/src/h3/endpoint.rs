@@ -16,11 +16,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use monoio::net::udp::UdpSocket;
-use quinn_proto::{ConnectionHandle, DatagramEvent, Endpoint};
+use quinn_proto::{ConnectionHandle, DatagramEvent, Endpoint, VarInt};
 
-use super::quic::{ConnState, Kick, Shared};
+use super::guard::{Guard, H3Flood};
+use super::quic::{ConnState, Kick, Shared, H3_EXCESSIVE_LOAD};
 use crate::control::stats::Counter;
 use crate::runtime::core::Core;
 use crate::runtime::{OPEN_CONNECTIONS, SHUTDOWN};
@@ -58,9 +59,12 @@ pub(crate) async fn drive(h: H3Socket, newest: impl Fn() -> Option<Rc<Core>>) {
     let kick = Rc::new(Kick::default());
     let inbox = Rc::new(RefCell::new(VecDeque::new()));
     monoio::spawn(receive(socket.clone(), inbox.clone(), kick.clone()));
-    let new_endpoint = || Endpoint::new(h.endpoint.clone(), Some(h.server.clone()), false, None);
+    let new_endpoint = |server: &Arc<quinn_proto::ServerConfig>| {
+        Endpoint::new(h.endpoint.clone(), Some(server.clone()), false, None)
+    };
     let mut d = Driver {
-        ep: new_endpoint(),
+        ep: new_endpoint(&h.server),
+        server: h.server.clone(),
         conns: HashMap::new(),
         socket,
         out: Vec::with_capacity(1500),
@@ -84,11 +88,12 @@ pub(crate) async fn drive(h: H3Socket, newest: impl Fn() -> Option<Rc<Core>>) {
         for (_, c) in d.conns.drain() {
             if let Ok(mut c) = c.try_borrow_mut() {
                 c.lost = Some(quinn_proto::ConnectionError::LocallyClosed);
+                c.permit = None;
                 c.wake_all();
             }
         }
         d.kick.dirty.borrow_mut().clear();
-        d.ep = new_endpoint();
+        d.ep = new_endpoint(&d.server);
     }
 }
 
@@ -124,6 +129,9 @@ async fn receive(
 
 struct Driver {
     ep: Endpoint,
+    /// The endpoint's QUIC settings (the newest configuration's, from its first new
+    /// connection on).
+    server: Arc<quinn_proto::ServerConfig>,
     conns: HashMap<ConnectionHandle, Shared>,
     socket: Rc<UdpSocket>,
     /// The datagram being built for sending.
@@ -184,6 +192,18 @@ impl Driver {
                 if let Some(c) = self.conns.get(&h) {
                     let mut c = c.borrow_mut();
                     c.conn.handle_event(ev);
+                    let frames = c.conn.stats().frame_rx;
+                    let uni = c.uni_streams;
+                    if let Some(flood) = c.guard.observe(&frames, uni, now) {
+                        if !c.conn.is_closed() {
+                            let reason = Bytes::from_static(b"excessive load");
+                            c.conn
+                                .close(now, VarInt::from_u32(H3_EXCESSIVE_LOAD), reason);
+                            if let Some(core) = newest() {
+                                count_flood(&core, flood, c.conn.remote_address());
+                            }
+                        }
+                    }
                     c.kick();
                 }
             }
@@ -193,14 +213,20 @@ impl Driver {
                     self.ep.ignore(incoming);
                     return;
                 };
+                // Reloaded settings apply from the next connection on.
+                if let Some(server) = &core.shared.h3_server {
+                    if !Arc::ptr_eq(server, &self.server) {
+                        self.server = server.clone();
+                        self.ep.set_server_config(Some(server.clone()));
+                    }
+                }
                 let max = core.shared.config.proxy.max_connections;
                 self.out.clear();
                 if SHUTDOWN.load(Ordering::Relaxed)
                     || OPEN_CONNECTIONS.load(Ordering::Relaxed) >= max
                 {
                     core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
-                    let t = self.ep.refuse(incoming, &mut self.out);
-                    self.send(t.size, t.destination).await;
+                    self.refuse(&core, incoming).await;
                 } else if !incoming.remote_address_validated() && incoming.may_retry() {
                     // Address validation: the client must echo the Retry's token from the
                     // address it claims before the server sends anything larger.
@@ -213,10 +239,18 @@ impl Driver {
                     }
                 } else {
                     let peer = incoming.remote_address();
+                    // Only a validated address takes a slot of `max_connections_per_ip` (a
+                    // spoofed Initial got a Retry above, never a slot).
+                    let Ok(permit) = crate::runtime::per_ip_slot(&core, peer.ip()) else {
+                        self.refuse(&core, incoming).await;
+                        return;
+                    };
                     match self.ep.accept(incoming, now, &mut self.out, None) {
                         Ok((h, conn)) => {
-                            let st =
-                                Rc::new(RefCell::new(ConnState::new(conn, h, self.kick.clone())));
+                            let floods = core.shared.config.proxy.http3.unwrap_or_default().floods;
+                            let guard = Guard::new(floods, now);
+                            let st = ConnState::new(conn, h, self.kick.clone(), guard, permit);
+                            let st = Rc::new(RefCell::new(st));
                             st.borrow_mut().kick();
                             self.conns.insert(h, st.clone());
                             let task = super::serve_connection(core.clone(), st, peer);
@@ -263,11 +297,22 @@ impl Driver {
         if drained {
             self.conns.remove(&h);
             let mut s = st.borrow_mut();
+            s.permit = None;
             if s.lost.is_none() {
                 s.lost = Some(quinn_proto::ConnectionError::LocallyClosed);
             }
             s.wake_all();
         }
+    }
+
+    /// Refuses a new connection (CONNECTION_REFUSED in an Initial CONNECTION_CLOSE).
+    async fn refuse(&mut self, core: &Core, incoming: quinn_proto::Incoming) {
+        core.rec
+            .borrow_mut()
+            .count(Counter::H3ConnectionsRefused, 1);
+        self.out.clear();
+        let t = self.ep.refuse(incoming, &mut self.out);
+        self.send(t.size, t.destination).await;
     }
 
     /// Sends the first `size` bytes of `out` to `to` (a failed send is a lost datagram, which
@@ -283,5 +328,19 @@ impl Driver {
         }
         b.clear();
         self.out = b;
+    }
+}
+
+/// Counts (and logs, once in a while) a connection the flood guard closed.
+fn count_flood(core: &Core, flood: H3Flood, peer: SocketAddr) {
+    let counter = match flood {
+        H3Flood::RapidReset => Counter::H3RapidResets,
+        H3Flood::Ping => Counter::H3PingFloods,
+        H3Flood::Migration => Counter::H3MigrationFloods,
+    };
+    core.rec.borrow_mut().count(counter, 1);
+    let what = "HTTP/3 flood: connection closed with H3_EXCESSIVE_LOAD";
+    if crate::control::logs::first_in_window_info(what, flood.name(), "") {
+        tracing::info!(%peer, flood = flood.name(), "{what}");
     }
 }

@@ -10,9 +10,11 @@
 //! reaches its core even after the client's address changed (see ARCHITECTURE.md).
 
 pub(crate) mod endpoint;
+pub(crate) mod guard;
 pub(crate) mod quic;
 pub mod steer;
 pub(crate) mod stream;
+pub(crate) mod tokens;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -29,6 +31,7 @@ use crate::runtime::{spawn_client, SHUTDOWN};
 use crate::tls::Conn;
 
 pub use endpoint::H3Socket;
+pub use guard::H3FloodLimits;
 pub use stream::{H3Stream, H3Wire};
 
 /// `[proxy.http3]`: the HTTP/3 front and its limits.
@@ -46,6 +49,8 @@ pub struct Http3Config {
     pub idle_timeout: Duration,
     /// Each stream's receive window; the connection's is four times it.
     pub stream_receive_window: u32,
+    /// The flood guard's budgets.
+    pub floods: H3FloodLimits,
 }
 
 impl Default for Http3Config {
@@ -56,23 +61,29 @@ impl Default for Http3Config {
             max_header_list_size: 16 * 1024,
             idle_timeout: Duration::from_secs(30),
             stream_receive_window: 256 * 1024,
+            floods: H3FloodLimits::default(),
         }
     }
 }
 
 impl Http3Config {
-    /// The same settings on another address (a reload compares all but the bound port).
-    pub fn with_listen(&self, listen: SocketAddr) -> Self {
-        Http3Config { listen, ..*self }
-    }
-
     /// The QUIC server settings: `tls` (the certificate of `[proxy.tls]`) with ALPN `h3`,
-    /// TLS 1.3 only, and the transport limits.
-    pub fn quic_server(
+    /// TLS 1.3 only, the transport limits, and address-validation tokens sealed and checked
+    /// with `tokens` (Retry, and NEW_TOKEN for a client's next connection).
+    ///
+    /// With `follow`, the client-facing TLS terminator, the certificate is the terminator's
+    /// current one at each handshake, so a certificate its watcher (or a reload) swaps in
+    /// serves new QUIC connections as it serves new TCP ones.
+    pub(crate) fn quic_server(
         &self,
         tls: &crate::tls::ServerTlsFiles,
+        tokens: &tokens::TokenKeys,
+        follow: Option<&Arc<crate::tls::TlsTerminator>>,
     ) -> Result<quinn_proto::ServerConfig, String> {
         let mut rustls = tls.build()?;
+        if let Some(t) = follow {
+            rustls.cert_resolver = Arc::new(FollowTerminator(t.clone()));
+        }
         rustls.alpn_protocols = vec![b"h3".to_vec()];
         rustls.max_early_data_size = 0;
         let crypto =
@@ -94,15 +105,50 @@ impl Http3Config {
                 quinn_proto::VarInt::from_u64(u64::from(self.stream_receive_window) * 4)
                     .unwrap_or(window),
             );
-        let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(Arc::new(transport));
+        let mut server = quinn_proto::ServerConfig::new(Arc::new(crypto), tokens.key.clone());
+        server
+            .transport_config(Arc::new(transport))
+            .validation_token_config(tokens.validation());
         Ok(server)
+    }
+}
+
+/// The certificate of the terminator's current TLS config (one atomic load per handshake).
+#[derive(Debug)]
+struct FollowTerminator(Arc<crate::tls::TlsTerminator>);
+
+impl rustls::server::ResolvesServerCert for FollowTerminator {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.config().cert_resolver.resolve(hello)
+    }
+}
+
+/// Closes the QUIC connection, if nothing else did, when its HTTP/3 task ends (a set-up that
+/// failed or timed out would otherwise leave it open, kept alive by our PINGs).
+struct CloseOnDrop(quic::Shared);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.try_borrow_mut() {
+            if !s.conn.is_closed() {
+                s.conn.close(
+                    Instant::now(),
+                    quinn_proto::VarInt::from_u32(quic::H3_NO_ERROR),
+                    Bytes::new(),
+                );
+                s.kick();
+            }
+        }
     }
 }
 
 /// Serves one QUIC connection's HTTP/3 until it ends.
 pub(crate) async fn serve_connection(core: Rc<Core>, st: quic::Shared, peer: SocketAddr) {
     let _slot = crate::runtime::ClientSlot::open(None);
+    let _close = CloseOnDrop(st.clone());
     core.rec.borrow_mut().count(Counter::H3Connections, 1);
     let proxy = &core.shared.config.proxy;
     let (header_timeout, idle_timeout) = (proxy.header_timeout, proxy.client_idle_timeout);
@@ -197,6 +243,10 @@ async fn serve_stream(
     let (req, stream) = match monoio::time::timeout(timeout, resolver.resolve_request()).await {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
+            // h3 answered 431 to a field section over `max_field_section_size`.
+            if matches!(e, h3::error::StreamError::HeaderTooBig { .. }) {
+                core.rec.borrow_mut().count(Counter::H3HeadersTooLarge, 1);
+            }
             tracing::debug!(%peer, error = %e, "HTTP/3 request refused");
             return;
         }

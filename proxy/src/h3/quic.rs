@@ -38,6 +38,13 @@ pub(crate) struct ConnState {
     /// Queued for the driver's next pass.
     queued: bool,
     kick: Rc<Kick>,
+    /// The flood guard, read by the driver after each datagram.
+    pub(crate) guard: super::guard::Guard,
+    /// Unidirectional streams the client opened (HTTP/3 needs three), for the guard.
+    pub(crate) uni_streams: u64,
+    /// The client address's slot of `max_connections_per_ip`, held until the driver forgets
+    /// the connection (drained, or its endpoint replaced).
+    pub(crate) permit: Option<ratelimit::OwnedPermit>,
 }
 
 /// The driver's doorbell: connections that need a pass (transmit, timers, events).
@@ -78,6 +85,8 @@ impl ConnState {
         conn: quinn_proto::Connection,
         handle: ConnectionHandle,
         kick: Rc<Kick>,
+        guard: super::guard::Guard,
+        permit: Option<ratelimit::OwnedPermit>,
     ) -> Self {
         ConnState {
             conn,
@@ -91,6 +100,9 @@ impl ConnState {
             lost: None,
             queued: false,
             kick,
+            guard,
+            uni_streams: 0,
+            permit,
         }
     }
 
@@ -211,6 +223,9 @@ impl QuicConn {
     ) -> Poll<Result<StreamId, ConnectionErrorIncoming>> {
         let mut s = self.st.borrow_mut();
         if let Some(id) = s.conn.streams().accept(dir) {
+            if dir == Dir::Uni {
+                s.uni_streams += 1;
+            }
             // Accepting may raise the peer's stream limit: MAX_STREAMS goes out.
             s.kick();
             return Poll::Ready(Ok(id));
@@ -476,6 +491,62 @@ impl quic::RecvStream for RecvHalf {
         self.h3id
     }
 }
+
+/// What quinn's own stream handles do when dropped, which h3 relies on (it drops a request
+/// stream it refused, after a 431 for one): a receiving half not read to its end asks the
+/// peer to stop sending (H3_NO_ERROR), a sending half neither finished nor reset is finished
+/// (reset, if the peer stopped it). Without it the stream would stay open in quinn-proto,
+/// holding one of the client's stream slots until the connection ends.
+impl Drop for RecvHalf {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.st.try_borrow_mut() {
+            if s.lost.is_none()
+                && s.conn
+                    .recv_stream(self.id)
+                    .stop(VarInt::from_u32(H3_NO_ERROR))
+                    .is_ok()
+            {
+                s.kick();
+            }
+        }
+    }
+}
+
+impl Drop for SendHalf {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.st.try_borrow_mut() {
+            if s.lost.is_some() {
+                return;
+            }
+            let mut stream = s.conn.send_stream(self.id);
+            // A frame written in part: the stream cannot end cleanly.
+            let cut = self.pending.as_ref().is_some_and(|b| b.has_remaining());
+            let ended = if cut {
+                stream
+                    .reset(VarInt::from_u32(H3_INTERNAL_ERROR))
+                    .map_err(|_| None)
+            } else {
+                stream.finish().map_err(Some)
+            };
+            let changed = match ended {
+                Ok(()) => true,
+                Err(None) => false,
+                Err(Some(quinn_proto::FinishError::Stopped(c))) => stream.reset(c).is_ok(),
+                Err(Some(quinn_proto::FinishError::ClosedStream)) => false,
+            };
+            if changed {
+                s.kick();
+            }
+        }
+    }
+}
+
+/// HTTP/3's "no error" code (RFC 9114 §8.1).
+pub(crate) const H3_NO_ERROR: u32 = 0x100;
+/// HTTP/3's "internal error" code.
+const H3_INTERNAL_ERROR: u32 = 0x102;
+/// HTTP/3's code for a peer that generates excessive load.
+pub(crate) const H3_EXCESSIVE_LOAD: u32 = 0x107;
 
 /// The sending half of a stream: one h3 frame at a time, written as flow control allows.
 pub(crate) struct SendHalf {

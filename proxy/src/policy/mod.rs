@@ -181,6 +181,12 @@ pub struct Class {
 }
 
 impl Class {
+    /// The indexes of the rules that concern the caller: callers with the same rules see the
+    /// same lists (what a cache of filtered lists is keyed by).
+    pub fn rules(&self) -> &[u16] {
+        &self.rules
+    }
+
     /// How many rules concern the caller.
     pub fn len(&self) -> usize {
         self.rules.len()

@@ -274,7 +274,7 @@ impl Core {
             .as_deref()
             .and_then(|t| AccessLog::open_or_say(t, "access log"))
             .map(RefCell::new);
-        let audit = crate::data_path::audit::AuditLog::open(&shared.config);
+        let audit = crate::data_path::audit::AuditLog::open(&shared.config, index);
         let rec = CoreRecorder::for_config(&shared.config);
         let bridges = crate::data_path::era_bridge::Bridges::new(&shared.config);
         let caches = crate::data_path::cache::Caches::new(&shared.config);

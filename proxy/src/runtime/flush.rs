@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::control::stats::Gauge;
+use crate::control::stats::{Counter, Gauge};
 use crate::runtime::core::Core;
 use crate::runtime::shutdown::ShutdownSignal;
 use crate::runtime::{CORE_OPEN, FLUSHED_AT_SHUTDOWN, SHUTDOWN};
@@ -124,10 +124,20 @@ pub(crate) async fn flush_loop(cores: Rc<RefCell<Vec<Rc<Core>>>>) {
         }
         cores.borrow_mut().retain(|c| {
             if let Some(l) = &c.access_log {
-                l.borrow_mut().flush();
+                let dropped = l.borrow_mut().flush();
+                if dropped > 0 {
+                    c.rec
+                        .borrow_mut()
+                        .count(Counter::AccessLogLinesDropped, dropped);
+                }
             }
             if let Some(a) = &c.audit {
-                a.borrow_mut().log.flush();
+                let dropped = a.borrow_mut().log.flush();
+                if dropped > 0 {
+                    c.rec
+                        .borrow_mut()
+                        .count(Counter::AuditLinesDropped, dropped);
+                }
             }
             if !fold {
                 return true;

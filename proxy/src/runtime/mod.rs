@@ -301,19 +301,9 @@ fn admit(core: &Rc<Core>, stream: TcpStream, peer: std::net::SocketAddr) {
         core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
         return;
     }
-    // Trusted proxies carry many clients' connections: no per-address cap for them (a PROXY
-    // protocol header's source gets its own, see `proxy_protocol::accept`).
-    let permit = if cfg.client_address.trusted.contains(peer.ip()) {
-        None
-    } else {
-        let hasher = &core.shared.key_hasher;
-        let ip_key =
-            crate::data_path::route::ip_key(peer.ip().to_canonical(), |b| hasher.hash_key(b));
-        let Some(permit) = core.shared.per_ip.try_acquire_owned(ip_key) else {
-            core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
-            return;
-        };
-        Some(permit)
+    // A PROXY protocol header's source gets its own slot, see `proxy_protocol::accept`.
+    let Ok(permit) = per_ip_slot(core, peer.ip()) else {
+        return;
     };
     let _ = stream.set_nodelay(true);
     set_cloexec(&stream);
@@ -321,6 +311,30 @@ fn admit(core: &Rc<Core>, stream: TcpStream, peer: std::net::SocketAddr) {
     let slot = ClientSlot::open(permit);
     let fut = conn::serve_client(core.clone(), stream, peer, slot, conn::Arrival::Accepted);
     spawn_client(core.clone(), fut);
+}
+
+/// The client address was over `max_connections_per_ip` (counted in `connections_refused`).
+pub(crate) struct OverLimit;
+
+/// A slot of `max_connections_per_ip` for a client connection from `ip`, shared by every core
+/// and by TCP and QUIC alike: `Ok(None)` for a trusted proxy (it carries many clients'
+/// connections: no cap), `Err` when `ip` holds all its slots.
+pub(crate) fn per_ip_slot(
+    core: &Core,
+    ip: std::net::IpAddr,
+) -> Result<Option<ratelimit::OwnedPermit>, OverLimit> {
+    if core.shared.config.proxy.client_address.trusted.contains(ip) {
+        return Ok(None);
+    }
+    let hasher = &core.shared.key_hasher;
+    let key = crate::data_path::route::ip_key(ip.to_canonical(), |b| hasher.hash_key(b));
+    match core.shared.per_ip.try_acquire_owned(key) {
+        Some(p) => Ok(Some(p)),
+        None => {
+            core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
+            Err(OverLimit)
+        }
+    }
 }
 
 /// `Box::pin(make())`, with the future written straight into its allocation: `Box::pin` of a

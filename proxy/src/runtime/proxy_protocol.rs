@@ -153,21 +153,16 @@ pub(crate) async fn accept(
     slot: &mut ClientSlot,
 ) -> Option<(SocketAddr, Vec<u8>)> {
     let cfg = &core.shared.config.proxy;
-    let trusted = &cfg.client_address.trusted;
     match read_header(stream, cfg.header_timeout, core.take_buf()).await {
         Ok((source, rest)) => {
             let source = source.unwrap_or(peer);
-            if !trusted.contains(source.ip()) {
-                let hasher = &core.shared.key_hasher;
-                let key = crate::data_path::route::ip_key(source.ip().to_canonical(), |b| {
-                    hasher.hash_key(b)
-                });
-                let Some(permit) = core.shared.per_ip.try_acquire_owned(key) else {
-                    core.rec.borrow_mut().count(Counter::ConnectionsRefused, 1);
+            match crate::runtime::per_ip_slot(core, source.ip()) {
+                Ok(Some(permit)) => slot.set_permit(permit),
+                Ok(None) => {}
+                Err(_) => {
                     core.give_buf(rest);
                     return None;
-                };
-                slot.set_permit(permit);
+                }
             }
             Some((source, rest))
         }

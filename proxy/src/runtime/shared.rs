@@ -46,6 +46,12 @@ pub struct Shared {
     pub legacy_fronts: Vec<Option<SocketAddr>>,
     /// Open client connections per IP address (lock-free, every core).
     pub per_ip: Arc<ratelimit::ConcurrencyLimit>,
+    /// The QUIC server settings of `[proxy.http3]` for new connections (built again by each
+    /// reload, with the same token key).
+    pub h3_server: Option<Arc<quinn_proto::ServerConfig>>,
+    /// Seals and checks QUIC address-validation tokens: one key and one log of used tokens
+    /// for the process, kept across reloads.
+    pub(crate) h3_tokens: crate::h3::tokens::TokenKeys,
     /// TLS termination for clients (`[proxy.tls]`), its config read once per handshake.
     pub tls: Option<Arc<crate::tls::TlsTerminator>>,
     /// The span exporter's queue (`[telemetry]`), when traces are configured.
@@ -173,6 +179,14 @@ pub(crate) fn build_shared(
         }
     };
     let tracer = tracer(&config, prev)?;
+    let h3_tokens = prev.map_or_else(crate::h3::tokens::TokenKeys::new, |p| p.h3_tokens.clone());
+    let h3_server = match (&config.proxy.http3, &config.proxy.tls) {
+        (Some(h), Some(files)) => Some(Arc::new(
+            h.quic_server(files, &h3_tokens, tls.as_ref())
+                .map_err(anyhow::Error::msg)?,
+        )),
+        _ => None,
+    };
     let alt_svc = config.proxy.http3.map(|h| {
         format!("alt-svc: h3=\":{}\"; ma=86400\r\n", h.listen.port())
             .into_bytes()
@@ -180,6 +194,8 @@ pub(crate) fn build_shared(
     });
     Ok(Shared {
         alt_svc,
+        h3_server,
+        h3_tokens,
         tls,
         tracer,
         tool_hints,

@@ -19,13 +19,9 @@ import {
 } from "@modelcontextprotocol/sdk/types.js";
 
 import { startMcplb, startPythonServer } from "./harness.mjs";
+import { text as sdkText } from "./sdk-client.mjs";
 
-function text(result) {
-  return (result.content ?? [])
-    .filter((c) => c.type === "text")
-    .map((c) => c.text)
-    .join("");
-}
+const text = (result) => sdkText(result, "");
 
 describe("TypeScript SDK 1.x client through the era bridge to a 2026-07-28-only server", () => {
   const procs = [];

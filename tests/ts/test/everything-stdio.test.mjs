@@ -16,22 +16,22 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
-import { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import {
-  CreateMessageRequestSchema,
-  ElicitRequestSchema,
-  ListRootsRequestSchema,
-} from "@modelcontextprotocol/sdk/types.js";
-
 import {
   EVERYTHING_JS,
   childProcesses,
   procInfo,
-  recordingFetch,
   startMcplbWithConfig,
   waitFor,
 } from "./harness.mjs";
+import {
+  assertProgressStreams,
+  assertSamplingRoundTrip,
+  closeClients,
+  connectClient as connectSdkClient,
+  progressCall,
+  text,
+  withLogsOf,
+} from "./sdk-client.mjs";
 
 const ROOT = { uri: "file:///tmp/mcplb-ts-stdio-root", name: "mcplb stdio test root" };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -62,46 +62,9 @@ function everythingChildren(lb) {
 
 /**
  * A client with sampling, elicitation and roots (answers name the client), or with `plain`
- * none of them (no capability, no handlers: the SDK refuses handlers it did not declare).
+ * none of them.
  */
-async function connectClient(url, name, { plain = false } = {}) {
-  const seen = { sampling: [], elicitation: [], roots: 0, http: [] };
-  const client = new Client(
-    { name, version: "1.0.0" },
-    { capabilities: plain ? {} : { sampling: {}, elicitation: { form: {} }, roots: { listChanged: true } } },
-  );
-  const transport = new StreamableHTTPClientTransport(new URL(url), { fetch: recordingFetch(seen.http) });
-  if (plain) {
-    await client.connect(transport);
-    return { name, client, transport, seen };
-  }
-  client.setRequestHandler(CreateMessageRequestSchema, async (req) => {
-    seen.sampling.push(req.params);
-    return {
-      role: "assistant",
-      content: { type: "text", text: `sampled by ${name}` },
-      model: "mcplb-test-model",
-      stopReason: "endTurn",
-    };
-  });
-  client.setRequestHandler(ElicitRequestSchema, async (req) => {
-    seen.elicitation.push(req.params);
-    return { action: "accept", content: { name: `Ada via ${name}`, check: true, integer: 7 } };
-  });
-  client.setRequestHandler(ListRootsRequestSchema, async () => {
-    seen.roots += 1;
-    return { roots: [ROOT] };
-  });
-  await client.connect(transport);
-  return { name, client, transport, seen };
-}
-
-function text(result) {
-  return (result.content ?? [])
-    .filter((c) => c.type === "text")
-    .map((c) => c.text)
-    .join("\n");
-}
+const connectClient = (url, name, { plain = false } = {}) => connectSdkClient(url, name, { plain, root: ROOT });
 
 /** One JSON-RPC POST on an existing session, bypassing the SDK (to choose the id); JSON or SSE answer. */
 async function rawPost(url, c, body) {
@@ -134,15 +97,6 @@ async function rawPost(url, c, body) {
   }
   const answer = messages.find((m) => m.method === undefined && ("result" in m || "error" in m));
   return { status: res.status, answer, raw };
-}
-
-async function progressCall(c, args) {
-  const events = [];
-  const started = Date.now();
-  const result = await c.client.callTool({ name: "trigger-long-running-operation", arguments: args }, undefined, {
-    onprogress: (p) => events.push({ ...p, at: Date.now() - started }),
-  });
-  return { result, events, resultAt: Date.now() - started };
 }
 
 /** Shared body of both modes' shutdown test: SIGTERM mcplb, its stdio children must be gone. */
@@ -202,24 +156,11 @@ describe("server-everything over STDIO, mode = per-session, through mcplb with t
   });
 
   after(async () => {
-    for (const c of clients) {
-      try {
-        await c.client.close();
-      } catch {
-        /* ignore */
-      }
-    }
+    await closeClients(clients);
     await lb?.stop();
   });
 
-  async function withLogs(fn) {
-    try {
-      return await fn();
-    } catch (e) {
-      e.message += `\n--- mcplb output ---\n${lb?.tail(60)}`;
-      throw e;
-    }
-  }
+  const withLogs = withLogsOf(() => [["mcplb output", lb, 60]]);
 
   test("initialize: server info, capabilities, a session id; a child process serves it", () =>
     withLogs(async () => {
@@ -245,45 +186,10 @@ describe("server-everything over STDIO, mode = per-session, through mcplb with t
       assert.equal(text(sum), "The sum of 2 and 40 is 42.");
     }));
 
-  test("progress: notifications stream in before the result", () =>
-    withLogs(async () => {
-      const { result, events, resultAt } = await progressCall(main, { duration: 2, steps: 4 });
-      assert.match(text(result), /Long running operation completed/);
-      assert.deepEqual(
-        events.map((e) => [e.progress, e.total]),
-        [
-          [1, 4],
-          [2, 4],
-          [3, 4],
-          [4, 4],
-        ],
-      );
-      assert.ok(
-        events[0].at < resultAt - 1000,
-        `first progress at ${events[0].at} ms, result at ${resultAt} ms: the stream was buffered`,
-      );
-    }));
+  test("progress: notifications stream in before the result", () => withLogs(() => assertProgressStreams(main)));
 
   test("sampling: server -> client request over stdio, the client's answer gets back to the child", () =>
-    withLogs(async () => {
-      const result = await main.client.callTool({
-        name: "trigger-sampling-request",
-        arguments: { prompt: "say hi", maxTokens: 20 },
-      });
-      assert.equal(main.seen.sampling.length, 1);
-      assert.match(main.seen.sampling[0].messages[0].content.text, /say hi/);
-      assert.match(text(result), /sampled by main/);
-      assert.match(text(result), /mcplb-test-model/);
-      const answer = await waitFor(
-        () =>
-          main.seen.http.find(
-            (h) => h.method === "POST" && h.body?.result?.model === "mcplb-test-model" && h.status !== undefined,
-          ),
-        5000,
-        "the HTTP status of the client's sampling answer POST",
-      );
-      assert.equal(answer.status, 202, `answer POST got HTTP ${answer.status}`);
-    }));
+    withLogs(() => assertSamplingRoundTrip(main)));
 
   test("elicitation and roots: server -> client requests over stdio", () =>
     withLogs(async () => {
@@ -421,24 +327,11 @@ describe("server-everything over STDIO, mode = shared (one process, ids rewritte
   });
 
   after(async () => {
-    for (const c of clients) {
-      try {
-        await c.client.close();
-      } catch {
-        /* ignore */
-      }
-    }
+    await closeClients(clients);
     await lb?.stop();
   });
 
-  async function withLogs(fn) {
-    try {
-      return await fn();
-    } catch (e) {
-      e.message += `\n--- mcplb output ---\n${lb?.tail(60)}`;
-      throw e;
-    }
-  }
+  const withLogs = withLogsOf(() => [["mcplb output", lb, 60]]);
 
   test("initialize twice: both sessions served by one process, same server info", () =>
     withLogs(async () => {

@@ -8,73 +8,21 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
-import { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { startEverything, startMcplb, waitFor } from "./harness.mjs";
 import {
-  CreateMessageRequestSchema,
-  ElicitRequestSchema,
-  ListRootsRequestSchema,
-  LoggingMessageNotificationSchema,
-  ResourceListChangedNotificationSchema,
-  ResourceUpdatedNotificationSchema,
-  ToolListChangedNotificationSchema,
-} from "@modelcontextprotocol/sdk/types.js";
-
-import { recordingFetch, startEverything, startMcplb, waitFor } from "./harness.mjs";
+  assertProgressStreams,
+  assertSamplingRoundTrip,
+  closeClients,
+  connectClient as connectSdkClient,
+  text,
+  withLogsOf,
+} from "./sdk-client.mjs";
 
 const ROOT = { uri: "file:///tmp/mcplb-ts-root", name: "mcplb test root" };
 
 /** A client with sampling, elicitation and roots, recording what the server sent it. */
-async function connectClient(url, name = "mcplb-ts-test") {
-  const seen = {
-    sampling: [],
-    elicitation: [],
-    roots: 0,
-    notifications: [],
-    http: [],
-  };
-  const client = new Client(
-    { name, version: "1.0.0" },
-    { capabilities: { sampling: {}, elicitation: { form: {} }, roots: { listChanged: true } } },
-  );
-  client.setRequestHandler(CreateMessageRequestSchema, async (req) => {
-    seen.sampling.push(req.params);
-    return {
-      role: "assistant",
-      content: { type: "text", text: `sampled by ${name}` },
-      model: "mcplb-test-model",
-      stopReason: "endTurn",
-    };
-  });
-  client.setRequestHandler(ElicitRequestSchema, async (req) => {
-    seen.elicitation.push(req.params);
-    return { action: "accept", content: { name: "Ada Lovelace", check: true, integer: 7 } };
-  });
-  client.setRequestHandler(ListRootsRequestSchema, async () => {
-    seen.roots += 1;
-    return { roots: [ROOT] };
-  });
-  for (const schema of [
-    ToolListChangedNotificationSchema,
-    ResourceListChangedNotificationSchema,
-    ResourceUpdatedNotificationSchema,
-    LoggingMessageNotificationSchema,
-  ]) {
-    client.setNotificationHandler(schema, (n) => {
-      seen.notifications.push({ ...n, at: Date.now() });
-    });
-  }
-  const transport = new StreamableHTTPClientTransport(new URL(url), { fetch: recordingFetch(seen.http) });
-  await client.connect(transport);
-  return { client, transport, seen };
-}
-
-function text(result) {
-  return (result.content ?? [])
-    .filter((c) => c.type === "text")
-    .map((c) => c.text)
-    .join("\n");
-}
+const connectClient = (url, name = "mcplb-ts-test") =>
+  connectSdkClient(url, name, { root: ROOT, elicitedName: "Ada Lovelace" });
 
 describe("server-everything (streamable HTTP, 2 backends) through mcplb with the TypeScript SDK client", () => {
   const backends = [];
@@ -89,26 +37,17 @@ describe("server-everything (streamable HTTP, 2 backends) through mcplb with the
   });
 
   after(async () => {
-    for (const c of [main, ...extraClients]) {
-      try {
-        await c?.client.close();
-      } catch {
-        /* ignore */
-      }
-    }
+    await closeClients([main, ...extraClients]);
     await lb?.stop();
     for (const b of backends) await b.stop();
   });
 
   /** Attach process output to an assertion failure, for the lead reading CI logs. */
-  async function withLogs(fn) {
-    try {
-      return await fn();
-    } catch (e) {
-      e.message += `\n--- mcplb output ---\n${lb?.tail(40)}\n--- backend 0 ---\n${backends[0]?.tail(15)}\n--- backend 1 ---\n${backends[1]?.tail(15)}`;
-      throw e;
-    }
-  }
+  const withLogs = withLogsOf(() => [
+    ["mcplb output", lb, 40],
+    ["backend 0", backends[0], 15],
+    ["backend 1", backends[1], 15],
+  ]);
 
   test("initialize: server info, capabilities and a session id through mcplb", () =>
     withLogs(async () => {
@@ -159,53 +98,10 @@ describe("server-everything (streamable HTTP, 2 backends) through mcplb with the
     }));
 
   test("progress: notifications stream in before the result (not buffered by mcplb)", () =>
-    withLogs(async () => {
-      const events = [];
-      const started = Date.now();
-      const result = await main.client.callTool(
-        { name: "trigger-long-running-operation", arguments: { duration: 2, steps: 4 } },
-        undefined,
-        { onprogress: (p) => events.push({ ...p, at: Date.now() - started }) },
-      );
-      const resultAt = Date.now() - started;
-      assert.match(text(result), /Long running operation completed/);
-      assert.deepEqual(
-        events.map((e) => [e.progress, e.total]),
-        [
-          [1, 4],
-          [2, 4],
-          [3, 4],
-          [4, 4],
-        ],
-      );
-      // Steps are 500 ms apart: the first one must reach the client well before the result.
-      assert.ok(
-        events[0].at < resultAt - 1000,
-        `first progress at ${events[0].at} ms, result at ${resultAt} ms: the SSE stream was buffered`,
-      );
-    }));
+    withLogs(() => assertProgressStreams(main)));
 
   test("sampling: server -> client request and the client's answer POST reach the same backend", () =>
-    withLogs(async () => {
-      const result = await main.client.callTool({
-        name: "trigger-sampling-request",
-        arguments: { prompt: "say hi", maxTokens: 20 },
-      });
-      assert.equal(main.seen.sampling.length, 1);
-      assert.match(main.seen.sampling[0].messages[0].content.text, /say hi/);
-      assert.match(text(result), /sampled by mcplb-ts-test/);
-      assert.match(text(result), /mcplb-test-model/);
-      // The tool result can overtake the 202 of the answer POST: wait for that status.
-      const answer = await waitFor(
-        () =>
-          main.seen.http.find(
-            (h) => h.method === "POST" && h.body?.result?.model === "mcplb-test-model" && h.status !== undefined,
-          ),
-        5000,
-        "the HTTP status of the client's sampling answer POST",
-      );
-      assert.equal(answer.status, 202, `answer POST got HTTP ${answer.status}`);
-    }));
+    withLogs(() => assertSamplingRoundTrip(main)));
 
   test("elicitation: server -> client request, accepted content reaches the tool", () =>
     withLogs(async () => {

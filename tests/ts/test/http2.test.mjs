@@ -16,6 +16,7 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import { ResourceListChangedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
 
 import { startEverything, startMcplbWithConfig, waitFor } from "./harness.mjs";
+import { text } from "./sdk-client.mjs";
 
 const { NGHTTP2_CANCEL } = http2.constants;
 
@@ -88,13 +89,6 @@ function parseJson(body) {
   } catch {
     return undefined;
   }
-}
-
-function text(result) {
-  return (result.content ?? [])
-    .filter((c) => c.type === "text")
-    .map((c) => c.text)
-    .join("\n");
 }
 
 /** mcplb's counters from its admin port. */

@@ -30,17 +30,11 @@ import {
   startEverything,
   startMcplbWithConfig,
 } from "./harness.mjs";
+import { text } from "./sdk-client.mjs";
 import { spawn } from "node:child_process";
 import net from "node:net";
 
 const PYTHON = existsSync(path.join(REPO, ".venv", "bin", "python")) ? path.join(REPO, ".venv", "bin", "python") : "python3";
-
-function text(result) {
-  return (result.content ?? [])
-    .filter((c) => c.type === "text")
-    .map((c) => c.text)
-    .join("\n");
-}
 
 /** tests/py/mcp_server.py on `port` (a free one when not given), ready when it accepts connections. */
 async function startPyServer(name, port) {

@@ -313,6 +313,26 @@ fn http3(h: RawHttp3, has_tls: bool, errs: &mut Vec<String>) -> Option<crate::h3
             d.stream_receive_window,
             16_384..=1 << 24,
         ),
+        floods: crate::h3::H3FloodLimits {
+            max_resets_per_second: t.int_u32(
+                "max_resets_per_second",
+                h.max_resets_per_second,
+                d.floods.max_resets_per_second,
+                1..=1_000_000,
+            ),
+            max_pings_per_second: t.int_u32(
+                "max_pings_per_second",
+                h.max_pings_per_second,
+                d.floods.max_pings_per_second,
+                1..=1_000_000,
+            ),
+            max_migration_frames_per_second: t.int_u32(
+                "max_migration_frames_per_second",
+                h.max_migration_frames_per_second,
+                d.floods.max_migration_frames_per_second,
+                1..=1_000_000,
+            ),
+        },
     };
     // QUIC's idle timeout is a varint of milliseconds (RFC 9000 §18.2): bounded here.
     if cfg.idle_timeout > Duration::from_secs(3600) {
