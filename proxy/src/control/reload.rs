@@ -606,6 +606,7 @@ pub(crate) fn start_watch(reloader: &Arc<Reloader>) -> std::io::Result<()> {
                 continue;
             };
             let now = watched_fingerprint(&path, &config.config);
+            let keys_file = config.config.proxy.session_keys_file.clone();
             drop(config);
             if now != last {
                 match r.reload() {
@@ -620,8 +621,16 @@ pub(crate) fn start_watch(reloader: &Arc<Reloader>) -> std::io::Result<()> {
                         }
                     }
                 }
-                // The reload may have named other files: compare with what they hold now.
-                last = watched_fingerprint(&path, &r.live.load().config);
+                // What was looked at before the reload: a file changed while the reload read
+                // it differs next time and is read again (taken after the reload, the
+                // fingerprint of a change made meanwhile passed for loaded, and it never
+                // was). When the reload named other files, what they hold now.
+                let live = r.live.load();
+                if live.config.proxy.session_keys_file != keys_file {
+                    last = watched_fingerprint(&path, &live.config);
+                } else {
+                    last = now;
+                }
             }
             drop(r);
             std::thread::sleep(every);
