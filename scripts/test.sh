@@ -102,7 +102,7 @@ export MCPLB_LOAD_BIN="$TARGET_DIR/debug/mcplb-load"
 "$VENV/bin/python" -m pytest tests/py -q --timeout 60 "$@"
 
 section "node tests/ts (TypeScript SDK client, server-everything, conformance suite through mcplb)"
-(cd "$TS_DIR" && node --test --test-concurrency=1 test/everything.test.mjs test/everything-stdio.test.mjs test/conformance.test.mjs test/virtual.test.mjs test/http2.test.mjs)
+(cd "$TS_DIR" && node --test --test-concurrency=1 test/everything.test.mjs test/everything-stdio.test.mjs test/conformance.test.mjs test/virtual.test.mjs test/http2.test.mjs test/era-bridge.test.mjs)
 
 section "headless Chromium: the admin live page renders numbers"
 MCPLB_BIN="$MCPLB_BIN" MCPLB_LOAD_BIN="$MCPLB_LOAD_BIN" bash tests/browser/run.sh

@@ -130,6 +130,19 @@ fn check_lists_every_unknown_key_with_the_other_problems() {
 }
 
 #[test]
+fn type_errors_name_their_key_path() {
+    let out = check_text(
+        "bad-type",
+        "[[servers]]\nname = \"x\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\nconfirm_destructive = \"yes\"\n",
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want =
+        "servers[0].confirm_destructive: invalid type: string \"yes\", expected a boolean (line 4)";
+    assert!(err.contains(want), "missing {want:?} in {err}");
+}
+
+#[test]
 fn policy_problems_name_their_key_path() {
     let out = check_text(
         "bad-policy",

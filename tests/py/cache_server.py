@@ -5,7 +5,10 @@ can see what reached it.
 Paths: /public answers lists with `cacheScope: "public"` (on an SSE stream), /private with
 "private" (JSON; both `ttlMs: 60000`), /ruled with "public" (JSON), /plain with no hints. Tools: lookup(key) (readOnlyHint and idempotentHint;
 sleeps 1 s, answers `KEY#N` with N its own call count), scan(key) (same, not annotated),
-change() (answers on an SSE stream that first carries `notifications/tools/list_changed`).
+change() (answers on an SSE stream that first carries `notifications/tools/list_changed`),
+touch(uri) (the same with `notifications/resources/updated` for that URI).
+`resources/list` lists res://cache/{a,b} and res://virtual/{a,b}; `resources/read` answers
+`URI#N`, N the URI's own read count (with the path's hints).
 GET /counts: the counts as JSON, {"PATH METHOD": n}.
 
 Usage: python tests/py/cache_server.py --port N
@@ -33,6 +36,7 @@ TOOLS = [
     },
     {"name": "scan", "description": "Look a key up (not annotated).", "inputSchema": SCHEMA},
     {"name": "change", "description": "Change the tool list.", "inputSchema": {"type": "object"}},
+    {"name": "touch", "description": "Say a resource was updated.", "inputSchema": {"type": "object"}},
 ]
 
 
@@ -82,7 +86,7 @@ class Handler(BaseHTTPRequestHandler):
         if method == "initialize":
             result = {
                 "protocolVersion": params.get("protocolVersion", "2025-06-18"),
-                "capabilities": {"tools": {"listChanged": True}},
+                "capabilities": {"tools": {"listChanged": True}, "resources": {}},
                 "serverInfo": {"name": "cache-test", "version": "0.0.1"},
             }
         elif method == "tools/list" and path == "/public":
@@ -103,6 +107,21 @@ class Handler(BaseHTTPRequestHandler):
         elif method == "tools/call" and params.get("name") == "change":
             note = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
             answer = {"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "changed"}]}}
+            events = f"event: message\ndata: {json.dumps(note)}\n\nevent: message\ndata: {json.dumps(answer)}\n\n"
+            self.send(200, events.encode(), "text/event-stream")
+            return
+        elif method == "resources/list":
+            uris = ["res://cache/a", "res://cache/b", "res://virtual/a", "res://virtual/b"]
+            result = {"resources": [{"uri": u, "name": u.rsplit("/", 1)[-1]} for u in uris], **hints}
+        elif method == "resources/read":
+            uri = params.get("uri", "")
+            n = count(f"{path} read {uri}")
+            result = {"contents": [{"uri": uri, "text": f"{uri}#{n}"}], **hints}
+        elif method == "tools/call" and params.get("name") == "touch":
+            # notifications/resources/updated for one resource, before the answer.
+            uri = (params.get("arguments") or {}).get("uri", "")
+            note = {"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}}
+            answer = {"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "touched"}]}}
             events = f"event: message\ndata: {json.dumps(note)}\n\nevent: message\ndata: {json.dumps(answer)}\n\n"
             self.send(200, events.encode(), "text/event-stream")
             return

@@ -198,6 +198,16 @@ class Proxy:
             for t in self._threads:
                 t.join(timeout=2)
 
+    def admin_address(self, timeout: float = 10.0) -> str:
+        """The address of the admin port, as mcplb announced it ("admin on http://ADDR/")."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.stdout):
+                if m := re.search(r"admin on http://([^/]+)/", line):
+                    return m.group(1)
+            time.sleep(0.05)
+        raise AssertionError("mcplb did not announce its admin address")
+
     def report(self) -> str:
         out = "\n".join(list(self.stdout)[-TAIL_LINES:])
         err = "\n".join(list(self.stderr)[-TAIL_LINES:])
@@ -309,6 +319,17 @@ def _start_backends(e2e_dir: Path, specs: list[tuple[str, tuple[str, ...]]]):
             b.stop()
         raise
     return started
+
+
+def audit_lines(path: Path, want) -> list[dict]:
+    """The audit log's lines, once `want(lines)` holds (each worker hands its lines to the
+    writer every 250 ms)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        if want(lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

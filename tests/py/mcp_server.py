@@ -10,7 +10,10 @@ same endpoint.
 Tools: add(a, b), whoami() -> NAME, slow_progress(steps, delay) which reports progress,
 calls() -> the names of the tools this process has run, in order (what reached the backend),
 change_tools() which announces that the tool list changed (notifications/tools/list_changed: on
-the session's stream in the handshake era, to `subscriptions/listen` streams at 2026-07-28).
+the session's stream in the handshake era, to `subscriptions/listen` streams at 2026-07-28),
+touch_resource(uri) which announces that a resource was updated (the same way),
+ask_name() and ask_twice() which ask their client for input (elicitation: once, twice) and note in
+calls() each start, each answer and a cancellation while waiting.
 `add` is annotated destructive and `whoami` read-only (for `confirm_destructive`).
 Resource: info://name. Prompt: greet(who).
 """
@@ -23,6 +26,7 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import ToolAnnotations
+from pydantic import BaseModel
 
 
 def build_server(name: str) -> MCPServer:
@@ -60,6 +64,48 @@ def build_server(name: str) -> MCPServer:
         except Exception:
             pass
         return "changed"
+
+    @server.tool()
+    async def touch_resource(ctx: Context, uri: str) -> str:
+        """Tell subscribers that the resource `uri` was updated (notifications/resources/updated:
+        to the session's subscribers in the handshake era, to `subscriptions/listen` streams
+        whose filter names it at 2026-07-28)."""
+        try:
+            await ctx.notify_resource_updated(uri)
+        except Exception:
+            pass
+        try:
+            await ctx.session.send_resource_updated(uri)
+        except Exception:
+            pass
+        return "touched"
+
+    class Name(BaseModel):
+        name: str
+
+    async def elicit_name(ctx: Context, tool: str, question: str) -> str | None:
+        try:
+            got = await ctx.elicit(question, Name)
+        except anyio.get_cancelled_exc_class():
+            ran.append(f"{tool}:cancelled")
+            raise
+        ran.append(f"{tool}:answered")
+        return got.data.name if got.action == "accept" and got.data is not None else None
+
+    @server.tool()
+    async def ask_name(ctx: Context) -> str:
+        """Ask the client for a name (one elicitation round), then greet it."""
+        ran.append("ask_name")
+        name = await elicit_name(ctx, "ask_name", "What is your name?")
+        return f"Hello {name}" if name else "no name"
+
+    @server.tool()
+    async def ask_twice(ctx: Context) -> str:
+        """Ask the client for two names (two elicitation rounds), then greet both."""
+        ran.append("ask_twice")
+        first = await elicit_name(ctx, "ask_twice", "First name?")
+        second = await elicit_name(ctx, "ask_twice", "Second name?")
+        return f"Hello {first} and {second}"
 
     @server.tool()
     async def slow_progress(ctx: Context, steps: int = 3, delay: float = 0.5) -> str:

@@ -119,8 +119,8 @@ def text(result) -> str:
 
 async def test_a_public_list_is_shared_until_list_changed(cached) -> None:
     url = f"{cached['base']}/pub"
-    assert await tool_names(url) == {"lookup", "scan", "change"}
-    assert await tool_names(url) == {"lookup", "scan", "change"}
+    assert await tool_names(url) == {"lookup", "scan", "change", "touch"}
+    assert await tool_names(url) == {"lookup", "scan", "change", "touch"}
     assert counts(cached).get("/public tools/list") == 1, counts(cached)
 
     # On the wire (another protocol revision: one more backend list), the cached answer
@@ -130,7 +130,7 @@ async def test_a_public_list_is_shared_until_list_changed(cached) -> None:
         r = httpx2.post(url, json=req, headers=ACCEPT, timeout=10)
         assert r.status_code == 200, r.text
         answer = message(r)
-        assert answer["id"] == rid and len(answer["result"]["tools"]) == 3, r.text
+        assert answer["id"] == rid and len(answer["result"]["tools"]) == 4, r.text
     # The hit (99) is JSON, as the client accepts it (the backend answered on an SSE stream).
     assert r.headers["content-type"].startswith("application/json"), r.headers
     sse = httpx2.post(url, json={"jsonrpc": "2.0", "id": 5, "method": "tools/list"},
@@ -143,9 +143,9 @@ async def test_a_public_list_is_shared_until_list_changed(cached) -> None:
     # The backend says its tools changed: the next list goes to it again.
     async with client(url) as c:
         assert text(await c.call_tool("change", {})) == "changed"
-    assert await tool_names(url) == {"lookup", "scan", "change"}
+    assert await tool_names(url) == {"lookup", "scan", "change", "touch"}
     assert counts(cached).get("/public tools/list") == 3, counts(cached)
-    assert await tool_names(url) == {"lookup", "scan", "change"}
+    assert await tool_names(url) == {"lookup", "scan", "change", "touch"}
     assert counts(cached).get("/public tools/list") == 3, counts(cached)
 
 
@@ -222,6 +222,91 @@ async def test_a_read_only_tool_is_cached_and_concurrent_calls_coalesce(cached) 
     assert metric["mcplb_cache_bytes"] > 0, metric
 
 
+def test_resources_updated_evicts_only_that_resources_reads(cached) -> None:
+    url = f"{cached['base']}/pub"
+
+    def read(uri: str) -> str:
+        req = {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": uri}}
+        r = httpx2.post(url, json=req, headers=ACCEPT, timeout=10)
+        assert r.status_code == 200, r.text
+        return message(r)["result"]["contents"][0]["text"]
+
+    def touch(uri: str) -> None:
+        req = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "touch", "arguments": {"uri": uri}}}
+        r = httpx2.post(url, json=req, headers=ACCEPT, timeout=10)
+        assert message(r)["result"]["content"][0]["text"] == "touched", r.text
+
+    a, b = "res://cache/a", "res://cache/b"
+    assert (read(a), read(b)) == (f"{a}#1", f"{b}#1")
+    assert (read(a), read(b)) == (f"{a}#1", f"{b}#1"), "both kept"
+    touch(a)
+    assert read(a) == f"{a}#2", "the updated resource is read again"
+    assert read(b) == f"{b}#1", "the other stays cached"
+    assert counts(cached).get(f"/public read {b}") == 1, counts(cached)
+
+
+def test_tool_annotations_are_learned_once_for_every_core(cached, tmp_path: Path) -> None:
+    # Two workers: the list goes through one; calls on fresh connections reach either. Each
+    # core keeps its own answers, but what the list said of the tools holds on both, so the
+    # backend sees at most one call per core.
+    config = tmp_path / "mcplb-cores.toml"
+    config.write_text(
+        f'[proxy]\nlisten = "127.0.0.1:0"\nworkers = 2\n'
+        f'[[servers]]\nname = "pub"\npath = "/pub"\nbackends = ["{cached["backend"]}/public"]\n'
+        "[servers.health]\nenabled = false\n"
+        '[servers.cache]\ntools = ["lookup"]\ntool_ttl = "60s"\ntool_scope = "public"\n'
+    )
+    proxy = start_proxy_file(config)
+    try:
+        url = f"http://{proxy.addr}/pub"
+        lst = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+        assert httpx2.post(url, json=lst, headers=ACCEPT, timeout=10).status_code == 200
+        before = counts(cached).get("/public call lookup", 0)
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "lookup", "arguments": {"key": "cores"}}}
+        for _ in range(8):
+            # A new connection each time (no keep-alive): the kernel spreads them.
+            r = httpx2.post(url, json=call, headers={**ACCEPT, "Connection": "close"}, timeout=10)
+            assert message(r)["result"]["content"][0]["text"].startswith("cores#"), r.text
+        assert counts(cached).get("/public call lookup", 0) - before <= 2, counts(cached)
+    finally:
+        proxy.stop()
+
+
+def test_a_virtual_servers_member_answers_are_cached_apart(cached) -> None:
+    via, direct = f"{cached['base']}/all", f"{cached['base']}/pub"
+
+    def post(url: str, method: str, params: dict) -> dict:
+        r = httpx2.post(url, json={"jsonrpc": "2.0", "id": 7, "method": method, "params": params},
+                        headers=ACCEPT, timeout=10)
+        assert r.status_code == 200, r.text
+        answer = message(r)
+        assert answer["id"] == 7 and "result" in answer, (method, params, r.text)
+        return answer["result"]
+
+    def read(url: str, uri: str) -> str:
+        return post(url, "resources/read", {"uri": uri})["contents"][0]["text"]
+
+    a, b = "res://virtual/a", "res://virtual/b"
+    assert read(via, a) == f"{a}#1"
+    assert read(via, a) == f"{a}#1", "kept in the member group's cache"
+    assert read(direct, a) == f"{a}#2", "the group's own clients do not share the virtual server's entries"
+    assert read(via, b) == f"{b}#1"
+    # The member's resources/updated, relayed by the virtual server, evicts only that URI.
+    touched = post(via, "tools/call", {"name": "pub_touch", "arguments": {"uri": a}})
+    assert touched["content"][0]["text"] == "touched", touched
+    assert read(via, a) == f"{a}#3"
+    assert read(via, b) == f"{b}#1"
+
+    # A read-only tool the member group names, once its annotations are known.
+    post(direct, "tools/list", {})
+    before = counts(cached).get("/public call lookup", 0)
+    first = post(via, "tools/call", {"name": "pub_lookup", "arguments": {"key": "v"}})
+    again = post(via, "tools/call", {"name": "pub_lookup", "arguments": {"key": "v"}})
+    assert first == again and first["content"][0]["text"].startswith("v#"), (first, again)
+    assert counts(cached).get("/public call lookup", 0) - before == 1, counts(cached)
+
+
 def filtered_lists(c: dict) -> float:
     stats = httpx2.get(f"{c['admin']}/metrics", timeout=10).text
     return next(float(line.split()[1]) for line in stats.splitlines()
@@ -246,7 +331,7 @@ async def test_a_policed_list_is_filtered_once_per_class(cached) -> None:
     before = settled_filtered_lists(cached)
     assert await tool_names(url, ALICE) == {"lookup", "scan"}
     assert await tool_names(url, CAROL) == {"lookup", "scan"}
-    assert await tool_names(url, BOB) == {"lookup", "scan", "change"}
+    assert await tool_names(url, BOB) == {"lookup", "scan", "change", "touch"}
     assert counts(cached).get("/ruled tools/list") == 1, counts(cached)
 
     # A caller's list as it goes out, its id made 0.
@@ -278,6 +363,6 @@ async def test_a_policed_list_is_filtered_once_per_class(cached) -> None:
         assert text(await c.call_tool("change", {})) == "changed"
     assert await tool_names(url, CAROL) == {"lookup", "scan"}
     assert await tool_names(url, ALICE) == {"lookup", "scan"}
-    assert await tool_names(url, BOB) == {"lookup", "scan", "change"}
+    assert await tool_names(url, BOB) == {"lookup", "scan", "change", "touch"}
     assert counts(cached).get("/ruled tools/list") == 3, counts(cached)
     assert settled_filtered_lists(cached) - before == 6

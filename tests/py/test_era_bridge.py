@@ -297,6 +297,31 @@ async def test_elicitation_round_trip_through_input_required(
         assert text_of(await client.call_tool("get-sum", {"a": 1, "b": 1})) == "The sum of 1 and 1 is 2."
 
 
+async def test_sampling_round_trip_through_input_required(
+    bridged_url: str, request: pytest.FixtureRequest
+) -> None:
+    # server-everything asks its client to sample (sampling/createMessage on the call's
+    # stream): the 2026-07-28 client gets it as an input_required round, answers through its
+    # sampling callback, and the backend's tool returns what was sampled.
+    _skip_shared(request)
+    from mcp_types import CreateMessageResult
+
+    prompts: list[str] = []
+
+    async def on_sample(context, params) -> CreateMessageResult:
+        prompts.append(params.messages[0].content.text)
+        return CreateMessageResult(
+            role="assistant", content=TextContent(type="text", text="sampled by the test"), model="test-model"
+        )
+
+    async with Client(
+        bridged_url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT, sampling_callback=on_sample
+    ) as client:
+        result = await client.call_tool("trigger-sampling-request", {"prompt": "say hi", "maxTokens": 10})
+        assert len(prompts) == 1 and "say hi" in prompts[0], prompts
+        assert "sampled by the test" in text_of(result), text_of(result)
+
+
 def test_raw_input_required_round_trip_and_a_stale_state(bridged_url: str, request: pytest.FixtureRequest) -> None:
     # The wire of the round trip, and a requestState mcplb sealed for a call it no longer
     # holds: a JSON-RPC error with the reason, never a hang.
@@ -321,9 +346,10 @@ def test_raw_input_required_round_trip_and_a_stale_state(bridged_url: str, reque
     done = _message(httpx.post(bridged_url, json=retry, headers=headers, timeout=READ_TIMEOUT))
     assert done["id"] == 12 and done["result"]["resultType"] == "complete", done
     assert "decline" in json.dumps(done["result"]["content"]), done
-    # The call was answered: the same state again is refused, with the reason.
+    # The call was answered: the same state again is refused, with the reason (never a second
+    # run of the call).
     again = _message(httpx.post(bridged_url, json=retry, headers=headers, timeout=READ_TIMEOUT))
-    assert again["id"] == 12 and "no longer held" in again["error"]["message"], again
+    assert again["id"] == 12 and "answered already" in again["error"]["message"], again
 
 
 # --- a 2025-era client in front of a 2026-07-28-only server --------------------------------
@@ -557,6 +583,38 @@ async def test_2026_client_listens_through_a_2025_sessions_get_stream(py_2025_ur
         assert text_of(await client.call_tool("add", {"a": 2, "b": 2})) == "4"
 
 
+async def test_2026_client_listens_to_resource_updates_of_a_2025_server(tmp_path: Path, everything: Everything) -> None:
+    # A 2026-07-28 client's listen with a resource subscription, in front of a 2025-era server
+    # that offers resources.subscribe (server-everything): mcplb subscribes in the backend
+    # session and relays the session's notifications/resources/updated for that URI.
+    from mcp.client.subscriptions import ResourceUpdated
+
+    uri = "demo://resource/dynamic/text/1"
+    # One worker: server-everything sends its simulated updates to the session of the call
+    # that turned them on, and each worker holds its own backend sessions (the listen and the
+    # call share one only on the same worker; a real server's updates go to every session
+    # subscribed to the resource).
+    config = _config(tmp_path, "subscribe", everything, 'era = "2025"\n')
+    config.write_text(config.read_text().replace("workers = 2", "workers = 1"))
+    proxy = start_proxy_file(config)
+    try:
+        async with Client(proxy.url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
+            async with client.listen(resource_subscriptions=[uri]) as sub:
+                assert list(sub.honored.resource_subscriptions or []) == [uri], sub.honored
+                # The backend sends updates of subscribed resources every 5 s once asked to,
+                # in the session the listen shares with this client's calls.
+                on = text_of(await client.call_tool("toggle-subscriber-updates", {}))
+                assert "Started" in on, on
+                try:
+                    with anyio.fail_after(READ_TIMEOUT):
+                        event = await sub.__anext__()
+                finally:
+                    await client.call_tool("toggle-subscriber-updates", {})
+                assert isinstance(event, ResourceUpdated) and event.uri == uri, event
+    finally:
+        proxy.stop()
+
+
 async def test_2025_client_get_stream_from_a_2026_servers_listen(modern_url: str) -> None:
     # A 2025-era client's GET stream, in mcplb's own session, is served from a
     # subscriptions/listen mcplb opens on the 2026-07-28-only server: the server's
@@ -577,6 +635,41 @@ async def test_2025_client_get_stream_from_a_2026_servers_listen(modern_url: str
             if changed.is_set():
                 break
         assert changed.is_set(), "tools/list_changed never reached the 2025-era client's GET stream"
+
+
+async def test_2025_client_subscribes_to_a_resource_of_a_2026_server(modern_url: str) -> None:
+    # A 2025-era client's resources/subscribe in mcplb's session for a 2026-07-28-only server
+    # (which has no such method) is answered by mcplb, and the listen behind the session's GET
+    # stream opens again asking for that resource's updates: the server's resources/updated
+    # reaches the client; after resources/unsubscribe, it no longer does.
+    uri = "info://name"
+    updated: list[str] = []
+
+    async def on_message(message) -> None:
+        root = getattr(message, "root", message)
+        if "ResourceUpdated" in type(root).__name__:
+            updated.append(str(root.params.uri))
+
+    async def touched_unseen() -> bool:
+        """Touches the resource: whether no update came within 1.5 s."""
+        seen = len(updated)
+        assert text_of(await client.call_tool("touch_resource", {"uri": uri})) == "touched"
+        await anyio.sleep(1.5)
+        return len(updated) == seen
+
+    async with Client(
+        modern_url, mode="legacy", read_timeout_seconds=READ_TIMEOUT, message_handler=on_message
+    ) as client:
+        await client.subscribe_resource(uri)
+        # The GET stream opens after initialize, its listen again after the subscribe.
+        with anyio.fail_after(READ_TIMEOUT):
+            while await touched_unseen():
+                pass
+        assert set(updated) == {uri}, updated
+        await client.unsubscribe_resource(uri)
+        with anyio.fail_after(READ_TIMEOUT):
+            while not await touched_unseen():
+                pass
 
 
 def test_raw_get_stream_from_a_2026_servers_listen(modern_url: str) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 import subprocess
 import time
@@ -37,18 +36,8 @@ def _config(backends: list[Backend], extra: str = "") -> str:
     )
 
 
-def _admin(proxy: Proxy) -> str:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for line in list(proxy.stdout):
-            if m := re.search(r"admin on http://([^/]+)/", line):
-                return m.group(1)
-        time.sleep(0.05)
-    raise AssertionError("mcplb did not announce its admin address")
-
-
 def counters(proxy: Proxy) -> dict:
-    return httpx.get(f"http://{_admin(proxy)}/stats", timeout=10).json()["counters"]
+    return httpx.get(f"http://{proxy.admin_address()}/stats", timeout=10).json()["counters"]
 
 
 def wait_counters(proxy: Proxy, want: dict[str, int]) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx2
 import jwt
 import pytest
-from conftest import Backend, ed25519_jwks, free_port, start_proxy_file
+from conftest import Backend, audit_lines, ed25519_jwks, free_port, start_proxy_file
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -63,6 +63,13 @@ def config_text(port: int, admin: int, backend: str, jwks: Path, audit: Path, bo
         '[[policies]]\nserver = "asks"\neffect = "confirm"\ntools = ["add"]\n'
         # No rules, but the tools annotated destructive (and those not listed yet) are asked about.
         f'[[servers]]\nname = "careful"\npath = "/careful"\nbackends = ["{backend}"]\nconfirm_destructive = true\n'
+        # A virtual server over a plain group of the same backend; policies[7] allows every
+        # tool, policies[8] asks before `add` runs (the member's own name: no prefixes).
+        f'[[servers]]\nname = "plain"\npath = "/plain"\nbackends = ["{backend}"]\n'
+        f'[[servers]]\nname = "vask"\npath = "/vask"\nprefix_mode = "never"\nconfirm_timeout = "{CONFIRM_TIMEOUT}s"\n'
+        'members = [{ server = "plain" }]\n'
+        '[[policies]]\nserver = "vask"\neffect = "allow"\ntools = ["*"]\n'
+        '[[policies]]\nserver = "vask"\neffect = "confirm"\ntools = ["add"]\n'
     )
 
 
@@ -83,17 +90,6 @@ def policy_proxy(e2e_dir: Path, tmp_path_factory: pytest.TempPathFactory):
            "key": key, "config": config, "audit": audit, "args": (port, admin, backend.url, jwks, audit)}
     proxy.stop()
     backend.stop()
-
-
-def audit_lines(path: Path, want) -> list[dict]:
-    """The audit log's lines, once `want(lines)` holds (each worker hands its lines to the
-    writer every 250 ms)."""
-    deadline = time.monotonic() + 10
-    while True:
-        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        if want(lines) or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.1)
 
 
 def text(result) -> str:
@@ -453,3 +449,77 @@ async def test_approval_over_one_http2_connection(policy_proxy) -> None:
                     assert (await c.post(ask, json=reply, headers=headers)).status_code == 202
         assert events[0]["method"] == "elicitation/create", events
         assert events[-1]["id"] == 2 and events[-1]["result"]["content"][0]["text"] == "13", events
+
+
+async def test_a_virtual_server_asks_and_routes_the_approved_call_to_its_member(policy_proxy) -> None:
+    import anyio
+    from mcp_types import ElicitResult
+
+    url, vask = policy_proxy["url"], policy_proxy["base"] + "/vask"
+    asked: list[str] = []
+    answer = {"action": "accept", "content": {"approve": True}}
+
+    async def on_elicit(context, params) -> ElicitResult:
+        asked.append(params.message)
+        if answer.get("late"):
+            await anyio.sleep(CONFIRM_TIMEOUT + 2)
+            return ElicitResult(action="accept", content={"approve": True})
+        return ElicitResult(**answer)
+
+    # A 2025-era session whose client declared elicitation: asked on the call's SSE answer,
+    # the approved call answered by the member in the same stream.
+    before = backend_calls(url)
+    async with Client(vask, mode="legacy", elicitation_callback=on_elicit) as client:
+        assert text(await client.call_tool("whoami", {})) == "policy"
+        assert asked == []
+        assert text(await client.call_tool("add", {"a": 20, "b": 22})) == "42"
+        assert len(asked) == 1 and "`add`" in asked[0] and "policies[8]" in asked[0], asked
+        assert backend_calls(url)[len(before):] == ["whoami", "add"], "the approved call ran once"
+
+        answer.update(action="decline", content=None)
+        mark = backend_calls(url)
+        declined = await client.call_tool("add", {"a": 1, "b": 1})
+        assert declined.is_error and "declined" in text(declined), declined
+        answer.update(late=True)
+        late = await client.call_tool("add", {"a": 2, "b": 2})
+        assert late.is_error and "in time" in text(late), late
+        assert len(asked) == 3
+        await anyio.sleep(2.5)  # the late answer arrives and finds no call waiting
+        assert backend_calls(url)[len(mark):] == [], "an unapproved call reached the member"
+
+    # A client that declared no elicitation: denied, told why.
+    async with Client(vask, mode="legacy") as client:
+        with pytest.raises(Exception) as denied:
+            await client.call_tool("add", {"a": 1, "b": 1})
+        assert "approval" in str(denied.value), denied.value
+
+    # A 2026-07-28 client: the sealed input_required, and the approved retry reaches the member
+    # (through the era bridge: the member's backend speaks the 2025 era).
+    asked.clear()
+    answer.clear()
+    answer.update(action="accept", content={"approve": True})
+    mark = backend_calls(url)
+    async with Client(vask, mode="2026-07-28", elicitation_callback=on_elicit) as client:
+        assert text(await client.call_tool("add", {"a": 3, "b": 4})) == "7"
+    assert len(asked) == 1 and "`add`" in asked[0], asked
+    assert backend_calls(url)[len(mark):] == ["add"]
+    caps = {"elicitation": {}}
+    first = post_modern(vask, modern_call(31, "add", {"a": 1, "b": 2}, caps))
+    assert first["id"] == 31 and first["result"]["resultType"] == "input_required", first
+    (key, _), = first["result"]["inputRequests"].items()
+    no = {key: {"action": "decline"}}
+    declined = post_modern(vask, modern_call(32, "add", {"a": 1, "b": 2}, caps,
+                                             requestState=first["result"]["requestState"], inputResponses=no))
+    assert declined["result"]["isError"] is True, declined
+    assert backend_calls(url)[len(mark) + 1:] == [], "a declined call reached the member"
+
+    def decisions(lines: list[dict]) -> list[tuple[str, str]]:
+        return [(line["decision"], line["rule"]) for line in lines if line.get("server") == "vask"
+                and line.get("name") == "add"]
+
+    want = [("confirm_asked", "policies[8]"), ("confirm_asked", "policies[8]"),
+            ("confirm_unavailable", "policies[8]"), ("confirmed", "policies[8]"),
+            ("confirmed", "policies[8]"), ("declined", "policies[8]"), ("declined", "policies[8]"),
+            ("timed_out", "policies[8]")]
+    lines = audit_lines(policy_proxy["audit"], lambda lines: len(decisions(lines)) >= len(want))
+    assert sorted(decisions(lines)) == want, decisions(lines)

@@ -108,8 +108,10 @@ const NOTIFICATIONS: [(&[u8], u8); 4] = [
     (b"notifications/tools/list_changed", TOOLS_CHANGED),
     (b"notifications/prompts/list_changed", PROMPTS_CHANGED),
     (b"notifications/resources/list_changed", RESOURCES_CHANGED),
-    (b"notifications/resources/updated", RESOURCES_UPDATED),
+    (UPDATED, RESOURCES_UPDATED),
 ];
+/// `notifications/resources/updated`, the one notification that names what changed.
+const UPDATED: &[u8] = b"notifications/resources/updated";
 /// Longest notification name above, rounded up: the bytes a [`Sniffer`] keeps between pieces.
 const TAIL: usize = 40;
 
@@ -131,6 +133,13 @@ impl Default for Sniffer {
 }
 
 impl Sniffer {
+    /// Whether the next piece starts an event: nothing came yet, or the last piece ended with
+    /// a blank line.
+    pub fn at_event_start(&self) -> bool {
+        let tail = self.tail.get(..self.len).unwrap_or_default();
+        tail.is_empty() || tail.ends_with(b"\n\n") || tail.ends_with(b"\r\n\r\n")
+    }
+
     /// The notifications (bits) whose names are in `bytes` or straddle the previous piece.
     pub fn feed(&mut self, bytes: &[u8]) -> u8 {
         if bytes.is_empty() {
@@ -207,6 +216,121 @@ pub fn stamp(slot: usize, kind: Kind) -> u64 {
         .filter_map(|i| CHANGES.get(slot + i))
         .map(|c| c.load(Ordering::Relaxed))
         .fold(0u64, u64::wrapping_add)
+}
+
+/// Slots of the process-wide counts of `notifications/resources/updated` per resource (a
+/// group's slot and the URI hashed together: a collision only evicts more than needed).
+const URI_SLOTS: usize = 4096;
+
+/// Counts of the `notifications/resources/updated` seen for each resource, on any core (a
+/// `resources/read` entry is stamped with its URI's count too). Written only when one arrives.
+static URI_CHANGES: [AtomicU64; URI_SLOTS] = [const { AtomicU64::new(0) }; URI_SLOTS];
+
+/// Where the update count of resource `uri` (its text) of the group at `slot` sits.
+fn uri_slot(slot: usize, uri: &[u8]) -> usize {
+    let h = (slot as u64)
+        .to_le_bytes()
+        .iter()
+        .chain(uri)
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    h as usize % URI_SLOTS
+}
+
+/// Notes a `notifications/resources/updated` for `uri` (its text) from a backend of the
+/// group at `slot`: only that resource's reads go stale.
+pub fn note_uri_updated(slot: usize, uri: &[u8]) {
+    if let Some(c) = URI_CHANGES.get(uri_slot(slot, uri)) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// [`stamp`] of a request of `kind`; a `resources/read` of `uri` (the request's raw JSON
+/// string) also follows that resource's updates ([`note_uri_updated`]).
+pub fn stamp_for(slot: usize, kind: Kind, uri: Option<&[u8]>) -> u64 {
+    let group = stamp(slot, kind);
+    if kind != Kind::ResourcesRead {
+        return group;
+    }
+    let Some(text) = uri.and_then(uri_text) else {
+        return group;
+    };
+    URI_CHANGES
+        .get(uri_slot(slot, &text))
+        .map_or(group, |c| group.wrapping_add(c.load(Ordering::Relaxed)))
+}
+
+/// A raw JSON string's text (its escapes decoded only when it has any).
+fn uri_text(raw: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if !inner.contains(&b'\\') {
+        return Some(std::borrow::Cow::Borrowed(inner));
+    }
+    let s: String = serde_json::from_slice(raw).ok()?;
+    Some(std::borrow::Cow::Owned(s.into_bytes()))
+}
+
+/// The URI of a `notifications/resources/updated` message (an SSE event's data), or `None`
+/// for any other message.
+pub fn updated_uri(data: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Note {
+        method: String,
+        params: UriParams,
+    }
+    #[derive(Deserialize)]
+    struct UriParams {
+        uri: String,
+    }
+    let n: Note = serde_json::from_slice(data).ok()?;
+    (n.method.as_bytes() == UPDATED).then_some(n.params.uri)
+}
+
+/// The URIs of the `notifications/resources/updated` events in `piece`, a backend's SSE bytes
+/// (`fresh`: `piece` starts at an event's start), when every such event lies whole in it;
+/// `None` when one does not (or none is there): its resource cannot be told, so every read
+/// of the group goes stale instead.
+pub fn updated_uris(piece: &[u8], fresh: bool) -> Option<Vec<String>> {
+    let name = UPDATED;
+    let mut uris = Vec::new();
+    let mut from = 0;
+    while let Some(at) = piece
+        .get(from..)
+        .and_then(|p| memchr::memmem::find(p, name))
+        .map(|i| i + from)
+    {
+        let before = piece.get(..at).unwrap_or_default();
+        let start = match event_break(before, true) {
+            Some(s) => s,
+            None if fresh => 0,
+            None => return None,
+        };
+        let after = piece.get(at..).unwrap_or_default();
+        let end = at + event_break(after, false)?;
+        let event = piece.get(start..end).unwrap_or_default();
+        uris.push(updated_uri(&crate::session::era::event_data(event))?);
+        from = end;
+    }
+    (!uris.is_empty()).then_some(uris)
+}
+
+/// Where an event boundary (a blank line) is in `bytes`: the last one's end (`last`), or the
+/// first one's start.
+fn event_break(bytes: &[u8], last: bool) -> Option<usize> {
+    let seps: [&[u8]; 2] = [b"\n\n", b"\r\n\r\n"];
+    let found = seps.iter().filter_map(|sep| {
+        if last {
+            memchr::memmem::rfind(bytes, sep).map(|i| i + sep.len())
+        } else {
+            memchr::memmem::find(bytes, sep)
+        }
+    });
+    if last {
+        found.max()
+    } else {
+        found.min()
+    }
 }
 
 /// The bit of a change notification's method (0 for any other method).
@@ -324,6 +448,43 @@ pub fn eligible(
     }
 }
 
+/// Most tool names a group remembers as read-only and idempotent (past it the set starts
+/// again: a tool not remembered is only not cached).
+const MAX_READ_ONLY_TOOLS: usize = 4096;
+
+/// The tools a group's `tools/list` answers said are read-only and idempotent, learned once
+/// for every core: read lock-free (one load per `tools/call` the group's `tools` globs name),
+/// replaced whole when a list answer teaches something new. Valid under the tools' change
+/// stamp it was learned with ([`stamp`] of [`Kind::ToolsList`]): a `tools/list_changed`
+/// forgets it.
+#[derive(Debug, Default)]
+pub struct ReadOnlyTools(arc_swap::ArcSwap<(u64, std::collections::HashSet<Box<str>>)>);
+
+impl ReadOnlyTools {
+    /// Whether `tool` was listed read-only and idempotent since the change stamped `stamp`.
+    pub fn contains(&self, stamp: u64, tool: &str) -> bool {
+        let known = self.0.load();
+        known.0 == stamp && known.1.contains(tool)
+    }
+
+    /// Learns `tools` from a list answer under `stamp`.
+    pub fn learn(&self, stamp: u64, tools: &[String]) {
+        if tools.is_empty() || tools.iter().all(|t| self.contains(stamp, t)) {
+            return;
+        }
+        self.0.rcu(|known| {
+            let mut set = if known.0 == stamp && known.1.len() + tools.len() <= MAX_READ_ONLY_TOOLS
+            {
+                known.1.clone()
+            } else {
+                Default::default()
+            };
+            set.extend(tools.iter().map(|t| Box::<str>::from(t.as_str())));
+            (stamp, set)
+        });
+    }
+}
+
 /// Who a request comes from, as far as the cache's key goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requester<'a> {
@@ -333,6 +494,10 @@ pub struct Requester<'a> {
     pub version: &'a [u8],
     /// The request belongs to a backend session.
     pub in_session: bool,
+    /// The virtual server whose member request it is (its group index + 1; 0: a request to
+    /// the group itself): a member's answers for one virtual server never answer another's
+    /// requests, nor the group's own clients.
+    pub via: u32,
 }
 
 /// Writes the key of a request (`kind`, `parts`, `who`) under `scope` into `out` (cleared
@@ -349,6 +514,7 @@ pub fn write_key(
     out.clear();
     out.push(kind.code());
     out.push(u8::from(who.in_session));
+    out.extend_from_slice(&who.via.to_le_bytes());
     match scope {
         Scope::Public => out.push(0),
         Scope::Private => {

@@ -24,6 +24,7 @@ fn who<'a>(identity: &'a str, in_session: bool) -> Requester<'a> {
         identity,
         version: b"2025-06-18",
         in_session,
+        via: 0,
     }
 }
 
@@ -354,4 +355,73 @@ proptest! {
             prop_assert_eq!(s.bytes() as i64, m.bytes);
         }
     }
+}
+
+#[test]
+fn resources_updated_names_its_resource_when_its_event_is_whole() {
+    let note = |uri: &str| {
+        format!(
+            "event: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{{\"uri\":\"{uri}\"}}}}\n\n"
+        )
+    };
+    let two = format!("{}{}", note("res://a"), note("res://b"));
+    assert_eq!(
+        updated_uris(two.as_bytes(), true),
+        Some(vec!["res://a".to_string(), "res://b".to_string()])
+    );
+    // After other events in the same piece, and with CRLF lines.
+    let after = format!("event: message\ndata: {{}}\n\n{}", note("res://c"));
+    assert_eq!(
+        updated_uris(after.as_bytes(), false),
+        Some(vec!["res://c".to_string()])
+    );
+    let crlf = note("res://d").replace('\n', "\r\n");
+    assert_eq!(
+        updated_uris(crlf.as_bytes(), true),
+        Some(vec!["res://d".to_string()])
+    );
+    // Not whole here (it began in an earlier piece, or ends in a later one), or not there.
+    let whole = note("res://a");
+    assert_eq!(updated_uris(whole.as_bytes(), false), None);
+    assert_eq!(
+        updated_uris(&whole.as_bytes()[..whole.len() - 4], true),
+        None
+    );
+    assert_eq!(updated_uris(b"event: message\ndata: {}\n\n", true), None);
+    // A piece at an event's start, for the sniffer.
+    let mut s = Sniffer::default();
+    assert!(s.at_event_start());
+    s.feed(b"event: message\ndata: {}");
+    assert!(!s.at_event_start());
+    s.feed(b"\n\n");
+    assert!(s.at_event_start());
+}
+
+#[test]
+fn a_resource_update_stales_only_that_resources_reads() {
+    let slot = group_slot("uri-stamps-test");
+    let a = stamp_for(slot, Kind::ResourcesRead, Some(b"\"res://a\""));
+    let b = stamp_for(slot, Kind::ResourcesRead, Some(b"\"res://b\""));
+    let list = stamp_for(slot, Kind::ResourcesList, None);
+    note_uri_updated(slot, b"res://a");
+    assert_ne!(
+        stamp_for(slot, Kind::ResourcesRead, Some(b"\"res://a\"")),
+        a
+    );
+    // Escapes are read as the notification's text is.
+    assert_ne!(
+        stamp_for(slot, Kind::ResourcesRead, Some(b"\"res:\\/\\/a\"")),
+        a
+    );
+    assert_eq!(
+        stamp_for(slot, Kind::ResourcesRead, Some(b"\"res://b\"")),
+        b
+    );
+    assert_eq!(stamp_for(slot, Kind::ResourcesList, None), list);
+    // An update whose resource could not be told stales every read.
+    note_changes(slot, RESOURCES_UPDATED);
+    assert_ne!(
+        stamp_for(slot, Kind::ResourcesRead, Some(b"\"res://b\"")),
+        b
+    );
 }

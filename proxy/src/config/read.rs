@@ -19,26 +19,45 @@ pub(super) fn read(text: &str) -> (Option<RawConfig>, Vec<String>) {
         Err(e) => return (None, vec![toml_error(&e, text)]),
     };
     let mut problems = Vec::new();
-    let raw = serde_ignored::deserialize(doc, |path| problems.push(unknown_key(&path)));
+    // The path of a value of the wrong type is tracked as the raw structs are read, so the
+    // error names its key as the validators' messages do.
+    let mut track = serde_path_to_error::Track::new();
+    let tracked = serde_path_to_error::Deserializer::new(doc, &mut track);
+    let raw = serde_ignored::deserialize(tracked, |path| problems.push(unknown_key(&path)));
     match raw {
         Ok(raw) => (Some(raw), problems),
         Err(e) => {
-            problems.push(toml_error(&e, text));
+            let path = track.path().to_string();
+            problems.push(type_error(&e, text, &path));
             (None, problems)
         }
     }
 }
 
-/// A syntax or type error, with its line.
+/// A syntax error, with its line.
 fn toml_error(e: &toml::de::Error, text: &str) -> String {
-    let line = e
-        .span()
+    format!("TOML: {}{}", e.message(), line_of(e, text))
+}
+
+/// ` (line N)` for where `e` happened, if it says.
+fn line_of(e: &toml::de::Error, text: &str) -> String {
+    e.span()
         .map(|s| {
             let line = text.get(..s.start).map_or(0, |p| p.matches('\n').count()) + 1;
             format!(" (line {line})")
         })
-        .unwrap_or_default();
-    format!("TOML: {}{line}", e.message())
+        .unwrap_or_default()
+}
+
+/// A value of the wrong shape (`confirm_destructive = "yes"`), named by its key path
+/// (`servers[0].confirm_destructive: invalid type: ...`); `path`: where the reading stopped
+/// (`.` when at the top).
+fn type_error(e: &toml::de::Error, text: &str, path: &str) -> String {
+    let message = e.message().trim_end();
+    if path.is_empty() || path == "." {
+        return format!("TOML: {message}{}", line_of(e, text));
+    }
+    format!("{path}: {message}{}", line_of(e, text))
 }
 
 /// `servers[1].backends[0].nmae: unknown key (did you mean `name`?)`.
@@ -255,9 +274,38 @@ que = 2
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(got[0], "proxy.listn: unknown key (did you mean `listen`?)");
         assert!(
-            got[1].starts_with("TOML: ") && got[1].ends_with("(line 3)"),
+            got[1].starts_with("proxy.workers: invalid type: string \"two\"")
+                && got[1].ends_with("(line 3)"),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn type_errors_name_their_key_path() {
+        for (text, want) in [
+            (
+                "[[servers]]\nname = \"a\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\nconfirm_destructive = \"yes\"\n",
+                "servers[0].confirm_destructive: invalid type: string \"yes\", expected a boolean (line 4)",
+            ),
+            (
+                "[[servers]]\nname = \"a\"\nbackends = [\"http://127.0.0.1:1/mcp\"]\n[[servers]]\nname = \"b\"\nbackends = [{ url = 3 }]\n",
+                "servers[1].backends[0].url: invalid type: integer `3`, expected a string",
+            ),
+            (
+                "[[policies]]\neffect = \"allow\"\ntools = \"*\"\n",
+                "policies[0].tools: invalid type: string \"*\", expected a sequence",
+            ),
+        ] {
+            let (raw, got) = read(text);
+            assert!(raw.is_none());
+            assert!(
+                got.len() == 1 && got[0].starts_with(want),
+                "{got:?} should start with {want:?}"
+            );
+        }
+        // A syntax error has no key path.
+        let (_, got) = read("[proxy\n");
+        assert!(got[0].starts_with("TOML: "), "{got:?}");
     }
 
     #[test]

@@ -193,8 +193,16 @@ pub enum Counter {
     AccessLogLinesDropped,
     /// Audit-trail lines dropped because the writer thread fell behind.
     AuditLinesDropped,
+    /// 2026-07-28 retries whose input went to the bridged call waiting here for it.
+    EraInputsResumed,
+    /// 2026-07-28 retries whose bridged call waited nowhere here: replayed from the rounds
+    /// their request state carries.
+    EraInputsReplayed,
+    /// Bridged calls that waited for their input past the limit (no retry came back here):
+    /// cancelled on their backend.
+    EraCallsAbandoned,
 }
-const COUNTERS: usize = 56;
+const COUNTERS: usize = 59;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -253,6 +261,9 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "cache_lists_filtered",
     "access_log_lines_dropped",
     "audit_lines_dropped",
+    "era_inputs_resumed",
+    "era_inputs_replayed",
+    "era_calls_abandoned",
 ];
 
 /// Gauges (up/down).

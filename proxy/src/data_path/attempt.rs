@@ -77,6 +77,9 @@ pub(crate) struct EraPlan<'s> {
     /// A request in a session mcplb made for a 2025-era client of a 2026-07-28 backend: what
     /// the session carries (`session::era::parse_session_payload`).
     pub legacy_client: Option<&'s [u8]>,
+    /// A 2026-07-28 retry whose bridged call waits nowhere here: the rounds to replay it
+    /// with (`era_bridge::resume`).
+    pub replay: Option<Box<era_bridge::Rounds>>,
 }
 
 /// Sends the complete request in `c.req` as `plan` allows, and forwards the answer. A request
@@ -292,6 +295,7 @@ async fn era_send(
             bi,
             session,
             backend_tag,
+            rounds: era_plan.replay.map(|r| *r).unwrap_or_default(),
         };
         era_bridge::forward(core, c, up, ubuf, head_len, keep, leg).await
     } else if let Some((body, headers)) =

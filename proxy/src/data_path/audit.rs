@@ -262,6 +262,12 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant, end: Instant) {
             json_str(buf, trace);
         }
     }
+    if let Some(e) = m.era_input {
+        // A retry with a bridged call's input: the waiting call went on, or was replayed.
+        buf.extend_from_slice(b",\"era_input\":\"");
+        buf.extend_from_slice(e.as_str().as_bytes());
+        buf.push(b'"');
+    }
     match (cfg.arguments, part(m.rpc.arguments)) {
         (AuditArguments::Hash, Some(a)) => {
             let d = ring::digest::digest(&ring::digest::SHA256, a);

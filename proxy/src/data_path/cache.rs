@@ -5,7 +5,7 @@
 //! back. Change notifications in a backend's SSE streams evict, on every core.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -19,9 +19,6 @@ use crate::data_path::request::{ClientConn, Next};
 use crate::data_path::{policy, reply};
 use crate::runtime::core::Core;
 
-/// Most tool names a group remembers as read-only and idempotent, per core.
-const MAX_READ_ONLY_TOOLS: usize = 4096;
-
 /// The caches of this core's groups (`None` for groups without `[servers.cache]`).
 pub(crate) struct Caches {
     groups: Vec<Option<GroupCache>>,
@@ -33,9 +30,6 @@ struct GroupCache {
     /// Where the group's change counters are.
     slot: usize,
     store: RefCell<Store>,
-    /// Tools a `tools/list` answer seen on this core said are read-only and idempotent, with
-    /// the tools' change stamp they were learned under.
-    read_only_tools: RefCell<(u64, HashSet<String>)>,
     /// Requests on their way to a backend, by key, that identical ones may wait for.
     flights: RefCell<HashMap<Box<[u8]>, Rc<Flight>>>,
     /// The public and private keys of the request being looked up (reused buffers).
@@ -173,7 +167,6 @@ impl Caches {
                         cfg: cfg.clone(),
                         slot: cache::group_slot(&g.name),
                         store: RefCell::new(Store::new(cfg.max_bytes)),
-                        read_only_tools: Default::default(),
                         flights: Default::default(),
                         keys: Default::default(),
                         filtered: Default::default(),
@@ -235,49 +228,32 @@ pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) ->
     if c.req.id().is_none() {
         return Lookup::Pass;
     }
-    let stamp = cache::stamp(g.slot, kind);
-    let keys = {
-        let body = c.req.body();
-        let Some(parts) = cache::request_parts(body) else {
-            return Lookup::Pass;
-        };
-        let annotated = |t: &str| {
-            let tools = g.read_only_tools.borrow();
-            tools.0 == cache::stamp(g.slot, Kind::ToolsList) && tools.1.contains(t)
-        };
-        if !cache::eligible(&g.cfg, kind, tool_name(parts.name), annotated) {
-            return Lookup::Pass;
-        }
-        let who = Requester {
-            identity: &c.caller.name,
-            version: c.req.header(b"mcp-protocol-version").unwrap_or_default(),
-            in_session: c.req.session_id().is_some(),
-        };
-        let mut keys = g.keys.borrow_mut();
-        let (public, private) = &mut *keys;
-        cache::write_key(public, kind, &parts, &who, Scope::Public);
-        let has_private = cache::write_key(private, kind, &parts, &who, Scope::Private);
-        let private = has_private.then_some(private.as_slice());
-        match find(core, g, public, private, kind) {
-            Some(hit) => Err(hit),
-            None => Ok((
-                Box::<[u8]>::from(public.as_slice()),
-                private.map(Box::<[u8]>::from),
-            )),
-        }
+    let who = Requester {
+        identity: &c.caller.name,
+        version: c.req.header(b"mcp-protocol-version").unwrap_or_default(),
+        in_session: c.req.session_id().is_some(),
+        via: 0,
     };
-    let (public, private) = match keys {
-        Ok(k) => k,
-        Err((msg, at)) => {
+    let (stamp, public, private) = match probe(core, g, gi, kind, c.req.body(), &who) {
+        Probe::Pass => return Lookup::Pass,
+        Probe::Hit(msg, at) => {
             core.rec.borrow_mut().count(Counter::CacheHits, 1);
             return Lookup::Answered(answer(core, g, c, &msg, at).await);
         }
+        Probe::Miss(stamp, public, private) => (stamp, public, private),
     };
     let flight = g.flights.borrow().get(&public).cloned();
     if let Some(f) = flight {
         let timeout = core.shared.config.proxy.upstream_timeout;
         let _ = monoio::time::timeout(timeout, wait(&f)).await;
-        if let Some((msg, at)) = find(core, g, &public, private.as_deref(), kind) {
+        // A change while it waited leaves what the flight kept stale.
+        let now_stamp = if kind == Kind::ResourcesRead {
+            let uri = cache::request_parts(c.req.body()).and_then(|p| p.uri);
+            cache::stamp_for(g.slot, kind, uri)
+        } else {
+            cache::stamp(g.slot, kind)
+        };
+        if let Some((msg, at)) = find(core, g, &public, private.as_deref(), now_stamp) {
             core.rec.borrow_mut().count(Counter::CacheCoalesced, 1);
             return Lookup::Answered(answer(core, g, c, &msg, at).await);
         }
@@ -308,16 +284,110 @@ pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) ->
     Lookup::Miss(guard)
 }
 
-/// The fresh message under the public key, else under the private one.
+/// What a group's cache has for a request.
+enum Probe {
+    /// Not the cache's business.
+    Pass,
+    /// A fresh message and where its id is.
+    Hit(Rc<[u8]>, std::ops::Range<usize>),
+    /// Nothing fresh: the change stamp read now and the keys (public, private) to fill.
+    Miss(u64, Box<[u8]>, Option<Box<[u8]>>),
+}
+
+/// Looks a request of `kind` (its JSON-RPC `body`, from `who`) up in group `gi`'s cache `g`.
+fn probe(
+    core: &Core,
+    g: &GroupCache,
+    gi: usize,
+    kind: Kind,
+    body: &[u8],
+    who: &Requester<'_>,
+) -> Probe {
+    let Some(parts) = cache::request_parts(body) else {
+        return Probe::Pass;
+    };
+    let stamp = cache::stamp_for(g.slot, kind, parts.uri);
+    let annotated = |t: &str| {
+        let known = core.shared.read_only_tools.get(gi).and_then(Option::as_ref);
+        known.is_some_and(|k| k.contains(cache::stamp(g.slot, Kind::ToolsList), t))
+    };
+    if !cache::eligible(&g.cfg, kind, tool_name(parts.name), annotated) {
+        return Probe::Pass;
+    }
+    let mut keys = g.keys.borrow_mut();
+    let (public, private) = &mut *keys;
+    cache::write_key(public, kind, &parts, who, Scope::Public);
+    let has_private = cache::write_key(private, kind, &parts, who, Scope::Private);
+    let private = has_private.then_some(private.as_slice());
+    match find(core, g, public, private, stamp) {
+        Some((msg, at)) => Probe::Hit(msg, at),
+        None => Probe::Miss(
+            stamp,
+            Box::<[u8]>::from(public.as_slice()),
+            private.map(Box::<[u8]>::from),
+        ),
+    }
+}
+
+/// A virtual server's request routed to member group `gi` (`body`: as the member gets it,
+/// whose id is the client's; `vgi`: the virtual server's group; `in_session`: in a member
+/// session): answered from the member group's cache (`Ok`), or the [`Fill`] its answer fills
+/// ([`store`] with it; `Err(None)`: not the cache's business). Keyed apart from the group's
+/// own requests and from every other virtual server's.
+pub(crate) async fn member_lookup(
+    core: &Core,
+    c: &mut ClientConn,
+    (vgi, gi): (usize, usize),
+    body: &[u8],
+    in_session: bool,
+) -> Result<Next, Option<Fill>> {
+    let Some(g) = core.caches.group(gi) else {
+        return Err(None);
+    };
+    let Some(kind) =
+        Kind::of(c.meta.method).filter(|k| matches!(k, Kind::ToolsCall | Kind::ResourcesRead))
+    else {
+        return Err(None);
+    };
+    if c.req.id().is_none() {
+        return Err(None);
+    }
+    let who = Requester {
+        identity: &c.caller.name,
+        version: c.req.header(b"mcp-protocol-version").unwrap_or_default(),
+        in_session,
+        via: u32::try_from(vgi).map_or(u32::MAX, |v| v.saturating_add(1)),
+    };
+    match probe(core, g, gi, kind, body, &who) {
+        Probe::Pass => Err(None),
+        Probe::Hit(msg, at) => {
+            core.rec.borrow_mut().count(Counter::CacheHits, 1);
+            Ok(answer(core, g, c, &msg, at).await)
+        }
+        Probe::Miss(stamp, public, private) => {
+            core.rec.borrow_mut().count(Counter::CacheMisses, 1);
+            Err(Some(Fill {
+                gi,
+                kind,
+                stamp,
+                in_session,
+                public,
+                private,
+            }))
+        }
+    }
+}
+
+/// The fresh message (kept under `stamp`, the request's current change stamp) under the
+/// public key, else under the private one.
 fn find(
     core: &Core,
     g: &GroupCache,
     public: &[u8],
     private: Option<&[u8]>,
-    kind: Kind,
+    stamp: u64,
 ) -> Option<(Rc<[u8]>, std::ops::Range<usize>)> {
     let now = Instant::now();
-    let stamp = cache::stamp(g.slot, kind);
     let mut moved = Moved::default();
     let found = {
         let mut store = g.store.borrow_mut();
@@ -430,12 +500,14 @@ pub(crate) fn store(core: &Core, c: &ClientConn, fill: Fill, body: &[u8], is_sse
         return;
     };
     if fill.kind == Kind::ToolsList {
-        let mut tools = g.read_only_tools.borrow_mut();
-        let stamp = cache::stamp(g.slot, Kind::ToolsList);
-        if tools.0 != stamp || tools.1.len() + h.read_only_tools.len() > MAX_READ_ONLY_TOOLS {
-            *tools = (stamp, HashSet::new());
+        if let Some(known) = core
+            .shared
+            .read_only_tools
+            .get(fill.gi)
+            .and_then(Option::as_ref)
+        {
+            known.learn(cache::stamp(g.slot, Kind::ToolsList), &h.read_only_tools);
         }
-        tools.1.extend(h.read_only_tools.iter().cloned());
     }
     let has_identity = !c.caller.name.is_empty();
     let Some((ttl, scope)) = cache::lifetime(&g.cfg, fill.kind, &h, fill.in_session, has_identity)
@@ -471,18 +543,27 @@ fn note_moved(core: &Core, m: &Moved) {
 }
 
 /// Notes change notifications (`bits`) from a backend of group `gi` that reached mcplb some
-/// other way than a forwarded answer (a virtual server relaying its member's stream).
-pub(crate) fn note_group_changes(core: &Core, gi: usize, bits: u8) {
+/// other way than a forwarded answer (a virtual server relaying its member's stream); `data`:
+/// the event's message (a `resources/updated` evicts only its resource's reads).
+pub(crate) fn note_group_changes(core: &Core, gi: usize, bits: u8, data: &str) {
     if bits == 0 {
         return;
     }
     if let Some(g) = core.shared.config.servers.get(gi) {
-        cache::note_changes(cache::group_slot(&g.name), bits);
+        let slot = cache::group_slot(&g.name);
+        let mut bits = bits;
+        if bits & cache::RESOURCES_UPDATED != 0 {
+            if let Some(uri) = cache::updated_uri(data.as_bytes()) {
+                cache::note_uri_updated(slot, uri.as_bytes());
+                bits &= !cache::RESOURCES_UPDATED;
+            }
+        }
+        cache::note_changes(slot, bits);
     }
 }
 
 /// Most bytes of an SSE answer copied for the cache (a longer one is not kept).
-const MAX_COPY: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_COPY: usize = 16 * 1024 * 1024;
 
 /// An SSE answer's bytes (de-chunked) as they are forwarded: change notifications found in
 /// them evict on every core, and an answer the cache may keep is copied, so that the stream is
@@ -496,7 +577,18 @@ pub(crate) struct Tap {
 impl Tap {
     /// Takes the next bytes of the answer.
     pub(crate) fn take(&mut self, data: &[u8]) {
-        let bits = self.sniffer.feed(data);
+        let fresh = self.sniffer.at_event_start();
+        let mut bits = self.sniffer.feed(data);
+        if bits & cache::RESOURCES_UPDATED != 0 {
+            // Only the updated resources' reads, when their events lie whole in this piece
+            // (else every read of the group).
+            if let Some(uris) = cache::updated_uris(data, fresh) {
+                for uri in uris {
+                    cache::note_uri_updated(self.slot, uri.as_bytes());
+                }
+                bits &= !cache::RESOURCES_UPDATED;
+            }
+        }
         if bits != 0 {
             cache::note_changes(self.slot, bits);
         }

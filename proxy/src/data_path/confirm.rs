@@ -5,8 +5,7 @@
 //! - a 2025-era session whose client declared `elicitation` ([`ask_on_stream`]): the call's
 //!   answer becomes an SSE stream carrying mcplb's `elicitation/create`; the client's answer,
 //!   POSTed in the same session and reaching any core ([`deliver`]), wakes the waiting call
-//!   through a process-wide table (a mutex taken only when a question is asked, answered or
-//!   given up: never by a request that needs no approval). Accept forwards the call, whose
+//!   through a process-wide table (`data_path::waiting`, shared with `era_ask`). Accept forwards the call, whose
 //!   answer goes on in the same stream; anything else answers a tool error.
 //! - a 2026-07-28 request that declares `elicitation` ([`approve`]): an `input_required`
 //!   result whose sealed `requestState` binds the call; the retry carrying the answer goes on
@@ -18,7 +17,7 @@
 use std::collections::HashMap;
 use std::future::Future as _;
 use std::sync::Mutex;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ServerGroup;
@@ -26,6 +25,7 @@ use crate::data_path::admission::{ConcKeys, Permits};
 use crate::data_path::attempt::{self, Plan, Reached};
 use crate::data_path::request::{offset_of, ClientConn, Next, Refusal, RpcSpans, Stop};
 use crate::data_path::response::{self, Answer, Framing, Waited as StreamWaited, Watch};
+use crate::data_path::waiting::{Registered, Table};
 use crate::data_path::{reply, upstream};
 use crate::policy::confirm::{self, Channel, Outcome, Verdict, Waited};
 use crate::runtime::core::Core;
@@ -56,7 +56,8 @@ pub(crate) fn unavailable(c: &mut ClientConn, why: &'static str) -> Refusal {
     .with_data(data)
 }
 
-/// Decides how to ask for the approval of the call in `c` (its policy said confirm):
+/// Decides how to ask for the approval of the call in `c` (its policy said confirm; only a
+/// `tools/call` is asked about, anything else denied as unavailable):
 /// `modern` for a 2026-07-28 request outside any session, `session` for a plain session
 /// (whether its client declared `elicitation`).
 pub(crate) async fn approve(
@@ -66,6 +67,13 @@ pub(crate) async fn approve(
     modern: bool,
     session: Option<bool>,
 ) -> Result<Approval, Stop> {
+    if c.meta.method != protocol::Method::ToolsCall {
+        return Err(unavailable(
+            c,
+            "mcplb asks for approval of tools/call only; a confirm rule matching another method denies it",
+        )
+        .into());
+    }
     let modern_elicits = modern
         && era::declared(c.req.body())
             .is_some_and(|d| confirm::declares_elicitation(d.capabilities));
@@ -101,10 +109,50 @@ async fn input_round(
     });
     let now = now_ms();
     let facts = call.state.and_then(|s| confirm::open_state(sealer, s));
+    let rule_no = c
+        .meta
+        .policy
+        .and_then(|d| d.rule)
+        .map_or(confirm::DESTRUCTIVE_RULE, |r| {
+            u16::try_from(r).unwrap_or(confirm::DESTRUCTIVE_RULE)
+        });
     let Some(facts) = facts else {
         if call.state.is_some_and(|s| is_bridge_state(core, s)) {
             // The era bridge's own round of a call that was forwarded (so approved) already:
             // `era_bridge::resume` hands the input to it and never forwards the call anew.
+            return Ok(Approval::Forward);
+        }
+        if let Some((facts, backend)) = call.state.and_then(|s| confirm::open_wrapped(sealer, s)) {
+            // The backend's own round of a call its user approved: it goes on, the backend
+            // getting its own state back (and the next round wrapped again).
+            match confirm::check_state(&facts, now, &binding) {
+                Err(confirm::StateError::Mismatch) => {
+                    return Err(rebound(c));
+                }
+                Err(confirm::StateError::Expired) => {
+                    c.meta.confirm = Some(Outcome::TimedOut);
+                    let out = confirm::refused_result(
+                        c.req.id().unwrap_or_default(),
+                        &call.tool,
+                        Outcome::TimedOut,
+                        true,
+                    );
+                    return Ok(Approval::Answered(reply::document(c, 200, &out, "").await));
+                }
+                Ok(()) => {}
+            }
+            let Some(body) = confirm::with_state(body, backend) else {
+                return Err(
+                    Refusal::new(400, -32602, "the retry's params could not be read").into(),
+                );
+            };
+            c.meta.confirm = Some(Outcome::Confirmed);
+            c.confirm_wrap = Some(Box::new(confirm::StateFacts {
+                expires_ms: 0,
+                rule: facts.rule,
+                binding,
+            }));
+            replace_body(core, c, body);
             return Ok(Approval::Forward);
         }
         let rule = confirm::rule_name(c.meta.policy.and_then(|d| d.rule));
@@ -113,13 +161,7 @@ async fn input_round(
             sealer,
             &confirm::StateFacts {
                 expires_ms: now.saturating_add(group.confirm_timeout.as_millis() as u64),
-                rule: c
-                    .meta
-                    .policy
-                    .and_then(|d| d.rule)
-                    .map_or(confirm::DESTRUCTIVE_RULE, |r| {
-                        u16::try_from(r).unwrap_or(confirm::DESTRUCTIVE_RULE)
-                    }),
+                rule: rule_no,
                 binding,
             },
         )
@@ -151,13 +193,7 @@ async fn input_round(
     }
     let outcome = match checked {
         Err(confirm::StateError::Mismatch) => {
-            c.meta.confirm = Some(Outcome::Declined);
-            return Err(Refusal::new(
-                400,
-                -32602,
-                "requestState was issued for another call (tool, arguments or caller): call again without it",
-            )
-            .into());
+            return Err(rebound(c));
         }
         Err(confirm::StateError::Expired) => Outcome::TimedOut,
         Ok(()) => match confirm::retry_verdict(call.responses, era::INPUT_KEY) {
@@ -174,8 +210,63 @@ async fn input_round(
     let Some(stripped) = confirm::strip_retry(body) else {
         return Err(Refusal::new(400, -32602, "the retry's params could not be read").into());
     };
+    c.confirm_wrap = Some(Box::new(confirm::StateFacts {
+        expires_ms: 0,
+        rule: rule_no,
+        binding,
+    }));
     replace_body(core, c, stripped);
     Ok(Approval::Forward)
+}
+
+/// The answer `body` (JSON, or an SSE stream) of a 2026-07-28 call its user approved (`f`):
+/// each `input_required` round of the backend's own with its `requestState` wrapped
+/// ([`confirm::seal_wrapped`], valid for `confirm_timeout`), so the client's retry goes on
+/// unasked; the rest as it came.
+pub(crate) fn wrap_rounds(
+    core: &Core,
+    gi: Option<usize>,
+    f: &confirm::StateFacts,
+    body: Vec<u8>,
+    is_sse: bool,
+) -> Vec<u8> {
+    let timeout = gi
+        .and_then(|g| core.shared.config.servers.get(g))
+        .map_or(confirm::DEFAULT_TIMEOUT, |g| g.confirm_timeout);
+    let facts = confirm::StateFacts {
+        expires_ms: now_ms().saturating_add(timeout.as_millis() as u64),
+        ..*f
+    };
+    let wrap = |s: &str| confirm::seal_wrapped(&core.shared.sealer, &facts, s);
+    if !is_sse {
+        return confirm::wrap_round(&body, wrap).unwrap_or(body);
+    }
+    let mut out = Vec::with_capacity(body.len() + 128);
+    let mut rest = body.as_slice();
+    while let Some(n) = era::event_end(rest) {
+        let (event, after) = rest.split_at(n.min(rest.len()));
+        match confirm::wrap_round(&era::event_data(event), wrap) {
+            Some(msg) => {
+                out.extend_from_slice(b"event: message\n");
+                era::sse_data(&mut out, &msg);
+            }
+            None => out.extend_from_slice(event),
+        }
+        rest = after;
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// The refusal of a retry whose state mcplb issued for another call (declined).
+fn rebound(c: &mut ClientConn) -> Stop {
+    c.meta.confirm = Some(Outcome::Declined);
+    Refusal::new(
+        400,
+        -32602,
+        "requestState was issued for another call (tool, arguments or caller): call again without it",
+    )
+    .into()
 }
 
 /// Most answered states remembered at once (past it, after the expired ones are dropped, a
@@ -205,18 +296,21 @@ fn spend(state: &str, expires_ms: u64, now_ms: u64) -> bool {
     true
 }
 
-/// Whether `state` is one the era bridge sealed for a call it parked (a session id layout
-/// naming a worker and token).
+/// Whether `state` is one the era bridge sealed for a call that asked for input.
 fn is_bridge_state(core: &Core, state: &str) -> bool {
-    let mut scratch = [0u8; crate::session::SCRATCH];
+    let mut buf = Vec::new();
     core.shared
         .sealer
-        .open(state.as_bytes(), &mut scratch)
-        .is_some_and(|o| era::parse_state(o.sid).is_some())
+        .open_kind(
+            crate::session::VERSION_ERA_STATE,
+            state.as_bytes(),
+            &mut buf,
+        )
+        .is_some()
 }
 
 /// Makes `body` the request's body (the id and the audit trail's spans found in it again).
-fn replace_body(core: &Core, c: &mut ClientConn, body: Vec<u8>) {
+pub(crate) fn replace_body(core: &Core, c: &mut ClientConn, body: Vec<u8>) {
     c.req.decoded = body;
     c.req.set_body_decoded();
     let depth = core.shared.config.proxy.max_json_depth;
@@ -234,84 +328,24 @@ fn replace_body(core: &Core, c: &mut ClientConn, body: Vec<u8>) {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A question waiting for its client's answer.
-struct Slot {
-    /// The sealed session id the call came with: only an answer in that session counts.
-    session: Vec<u8>,
-    verdict: Option<Verdict>,
-    waker: Option<Waker>,
-}
-
 /// Most questions waiting at once in the process (past it, a call is denied as unavailable).
 const MAX_WAITING: usize = 4096;
 
-/// The questions waiting for an answer, by token: any core may receive the answer.
-static WAITING: Mutex<Option<HashMap<u64, Slot>>> = Mutex::new(None);
-
-/// A question registered in [`WAITING`], removed when the call stops waiting.
-struct Registered(u64);
-
-impl Registered {
-    fn new(token: u64, session: &[u8]) -> Option<Registered> {
-        let mut w = WAITING.lock().ok()?;
-        let w = w.get_or_insert_with(HashMap::new);
-        if w.len() >= MAX_WAITING {
-            return None;
-        }
-        w.insert(
-            token,
-            Slot {
-                session: session.to_vec(),
-                verdict: None,
-                waker: None,
-            },
-        );
-        Some(Registered(token))
-    }
-
-    /// The answer, once given (else the waker is kept for [`deliver`]).
-    fn poll(&self, waker: &Waker) -> Option<Verdict> {
-        let mut w = WAITING.lock().ok()?;
-        let slot = w.as_mut()?.get_mut(&self.0)?;
-        if slot.verdict.is_none() {
-            slot.waker = Some(waker.clone());
-        }
-        slot.verdict
-    }
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        if let Ok(mut w) = WAITING.lock() {
-            if let Some(w) = w.as_mut() {
-                w.remove(&self.0);
-            }
-        }
-    }
-}
+/// The questions waiting for an answer (the verdict once it came), by token: any core may
+/// receive the answer.
+static WAITING: Table<Option<Verdict>> = Table::new(MAX_WAITING);
 
 /// Hands `verdict` to the question `token` asked in `session`: whether one was waiting.
 fn hand_over(token: u64, session: &[u8], verdict: Verdict) -> bool {
-    let Ok(mut w) = WAITING.lock() else {
-        return false;
-    };
-    let Some(slot) = w.as_mut().and_then(|w| w.get_mut(&token)) else {
-        return false;
-    };
-    if slot.session != session || slot.verdict.is_some() {
-        return false;
-    }
-    slot.verdict = Some(verdict);
-    if let Some(waker) = slot.waker.take() {
-        waker.wake();
-    }
-    true
+    WAITING.hand_over(token, session, |v| {
+        v.is_none() && v.replace(verdict).is_none()
+    })
 }
 
 /// A client's JSON-RPC response to one of mcplb's questions (its id says so): handed to the
@@ -331,7 +365,7 @@ pub(crate) async fn deliver(c: &mut ClientConn) -> Option<Next> {
 
 /// Waits for the answer to question `q`, at most `timeout`, watching the client's side.
 async fn wait(
-    q: &Registered,
+    q: &Registered<Option<Verdict>>,
     timeout: std::time::Duration,
     client: &mut crate::tls::Conn,
 ) -> Waited {
@@ -339,7 +373,7 @@ async fn wait(
     let mut peer = std::pin::pin!(client.peer_event());
     let mut watching = true;
     std::future::poll_fn(|cx| {
-        if let Some(v) = q.poll(cx.waker()) {
+        if let Some(v) = q.poll(cx.waker(), |v| *v) {
             return Poll::Ready(Waited::Answer(v));
         }
         if sleep.as_mut().poll(cx).is_ready() {
@@ -357,16 +391,20 @@ async fn wait(
     .await
 }
 
-/// Asks the client of a 2025-era session on the call's SSE answer, waits for its answer
-/// (`confirm_timeout`), then forwards the call into the same stream or answers a tool error.
-pub(crate) async fn ask_on_stream(
-    core: &Core,
-    c: &mut ClientConn,
-    group: &ServerGroup,
-    mut plan: Plan<'_>,
-    conc: &ConcKeys,
-    permits: &mut Permits,
-) -> Result<Next, Stop> {
+/// What became of the question [`ask_first`] asked on the call's SSE answer.
+pub(crate) enum Asked {
+    /// The user approved: the SSE head and the question went out, and the call's answer
+    /// goes on in the same stream (`close`: the head said `connection: close`).
+    Approved { close: bool },
+    /// Answered (declined, timed out, or the client left).
+    Done(Next),
+}
+
+/// Asks the client of a 2025-era session on the call's SSE answer and waits for its answer
+/// (`confirm_timeout`): approved, the caller forwards the call into the same stream
+/// ([`ask_on_stream`] for a plain group, the virtual server's routed call for its members);
+/// otherwise the stream ends here with a tool error.
+pub(crate) async fn ask_first(c: &mut ClientConn, group: &ServerGroup) -> Result<Asked, Stop> {
     let body = c.req.body();
     let Some(call) = confirm::call(body) else {
         return Err(Refusal::new(200, -32602, "tools/call without params.name").into());
@@ -376,7 +414,7 @@ pub(crate) async fn ask_on_stream(
     let question = confirm::question(&call.tool, call.arguments, &rule);
     let token: u64 = rand::random();
     let session = c.req.session_id().unwrap_or_default();
-    let Some(q) = Registered::new(token, session) else {
+    let Some(q) = WAITING.register(token, session, None) else {
         return Err(unavailable(c, "too many calls are waiting for their users' approval").into());
     };
     let close = reply::must_close(c, false) != Next::KeepAlive
@@ -386,32 +424,167 @@ pub(crate) async fn ask_on_stream(
     c.meta.by_proxy = true;
     if reply::send_out(c, Next::KeepAlive).await != Next::KeepAlive {
         c.meta.confirm = Some(Outcome::Declined);
-        return Ok(Next::Close);
+        return Ok(Asked::Done(Next::Close));
     }
     let waited = wait(&q, group.confirm_timeout, &mut c.stream).await;
     drop(q);
     let outcome = confirm::settle(waited);
     c.meta.confirm = Some(outcome);
     if waited == Waited::ClientLeft {
-        return Ok(Next::Close);
+        return Ok(Asked::Done(Next::Close));
     }
     if outcome == Outcome::Confirmed {
         c.meta.by_proxy = false;
-        let ok = forward_on_stream(core, c, group, &mut plan, conc, permits).await;
-        return Ok(if ok {
-            Next::keep_unless(close)
-        } else {
-            Next::Close
-        });
+        return Ok(Asked::Approved { close });
     }
     let answer = confirm::refused_result(c.req.id().unwrap_or_default(), &tool, outcome, false);
     event(c, &answer);
     c.out.extend_from_slice(crate::http::LAST_CHUNK);
-    Ok(reply::send_out(c, Next::keep_unless(close)).await)
+    Ok(Asked::Done(
+        reply::send_out(c, Next::keep_unless(close)).await,
+    ))
+}
+
+/// Asks the client of a 2025-era session on the call's SSE answer ([`ask_first`]), then
+/// forwards the approved call into the same stream.
+pub(crate) async fn ask_on_stream(
+    core: &Core,
+    c: &mut ClientConn,
+    group: &ServerGroup,
+    mut plan: Plan<'_>,
+    conc: &ConcKeys,
+    permits: &mut Permits,
+) -> Result<Next, Stop> {
+    let close = match ask_first(c, group).await? {
+        Asked::Approved { close } => close,
+        Asked::Done(next) => return Ok(next),
+    };
+    let ok = forward_on_stream(core, c, group, &mut plan, conc, permits).await;
+    Ok(if ok {
+        Next::keep_unless(close)
+    } else {
+        Next::Close
+    })
+}
+
+/// Asks the client of mcplb's own session for a 2026-07-28 backend (a 2025-era client through
+/// the era bridge; `payload`: what the session's id carries, the client's declared
+/// capabilities among it) on the call's SSE answer ([`ask_first`]), then sends the approved
+/// call to a backend of the group as the bridge makes it (`_meta` and mirror headers of
+/// 2026-07-28) and relays its answer into the same stream, the backend's own
+/// `input_required` rounds asked of the client as on any bridged call
+/// (`era_ask::continue_stream`).
+pub(crate) async fn ask_on_bridged_stream(
+    core: &Core,
+    c: &mut ClientConn,
+    group: &ServerGroup,
+    gi: usize,
+    payload: &[u8],
+    conc: &ConcKeys,
+    permits: &mut Permits,
+) -> Result<Next, Stop> {
+    let close = match ask_first(c, group).await? {
+        Asked::Approved { close } => close,
+        Asked::Done(next) => return Ok(next),
+    };
+    let modern =
+        era::parse_session_payload(payload).and_then(|d| era::modern_request(c.req.body(), &d));
+    let Some((body, headers)) = modern else {
+        fail_event(
+            c,
+            -32603,
+            "mcplb could not make the call a 2026-07-28 request",
+        )
+        .await;
+        return Ok(Next::Close);
+    };
+    let mut plan = Plan {
+        gi,
+        pinned: None,
+        sid: None,
+        needs_failover: false,
+        hash_key: None,
+        read_only: false,
+        can_fail_over: false,
+        head_timeout: core.shared.config.proxy.upstream_timeout,
+    };
+    let mut ubuf = std::mem::take(&mut c.ubuf);
+    if ubuf.capacity() == 0 {
+        ubuf = core.take_buf();
+    }
+    let mut out = core.take_buf();
+    let hop = c.hop();
+    let reached = {
+        let forwarding = (&core.shared.config.proxy.client_address, &hop);
+        let ClientConn {
+            req, meta, trace, ..
+        } = &mut *c;
+        let req: &crate::data_path::request::Request = req;
+        let rewrite = upstream::Rewrite {
+            version: Some(era::MODERN.as_bytes()),
+            body: Some(&body),
+            headers: &headers,
+            trace: trace.as_ref(),
+        };
+        let write = |out: &mut Vec<u8>, backend: &crate::config::Backend, sid: Option<&[u8]>| {
+            let cred = &group.auth.upstream;
+            upstream::build_request(out, req, backend, sid, &rewrite, cred, forwarding);
+        };
+        let mut io = attempt::AttemptIo {
+            out: &mut out,
+            ubuf: &mut ubuf,
+            meta,
+            sealed: None,
+        };
+        attempt::reach(core, &mut plan, conc, permits, &mut io, &write).await
+    };
+    core.give_buf(out);
+    let Reached {
+        up,
+        head_len,
+        backend_tag,
+        in_flight,
+        bi,
+    } = match reached {
+        Ok(r) => r,
+        Err(r) => {
+            c.ubuf = ubuf;
+            fail_event(c, r.code, r.message).await;
+            return Ok(Next::Close);
+        }
+    };
+    let call = crate::data_path::era_ask::Call {
+        gi,
+        bi,
+        backend_tag,
+        body: &body,
+        headers: &headers,
+    };
+    let relayed =
+        crate::data_path::era_ask::continue_stream(core, c, up, ubuf, head_len, close, call).await;
+    drop(in_flight);
+    c.meta.upstream_done.get_or_insert_with(Instant::now);
+    if let Some(rt) = core.shared.groups.get(gi) {
+        let now = crate::balance::now_ns(core.shared.epoch);
+        crate::balance::record_outcome(&core.shared.hub, rt, group, bi, None, now);
+    }
+    match relayed {
+        Ok((next, pool)) => {
+            if let Some(up) = pool {
+                core.put_upstream(gi, bi, up);
+            }
+            Ok(next)
+        }
+        Err(why) => {
+            let what = format!("the backend did not answer the approved call: {why}");
+            fail_event(c, -32603, &what).await;
+            Ok(Next::Close)
+        }
+    }
 }
 
 /// Appends one SSE `message` event carrying `json` (one line) as a chunk to `c.out`.
-fn event(c: &mut ClientConn, json: &[u8]) {
+pub(crate) fn event(c: &mut ClientConn, json: &[u8]) {
     let mut data = Vec::with_capacity(json.len() + 24);
     data.extend_from_slice(b"event: message\n");
     era::sse_data(&mut data, json);
@@ -547,8 +720,9 @@ async fn relay(
     (reply::send_out(c, Next::KeepAlive).await == Next::KeepAlive).then_some(reusable)
 }
 
-/// Ends the open stream with a JSON-RPC error for the call.
-async fn fail_event(c: &mut ClientConn, code: i32, message: &str) -> bool {
+/// Ends the open stream with a JSON-RPC error for the call (always `false`: the stream
+/// did not end with the call's answer).
+pub(crate) async fn fail_event(c: &mut ClientConn, code: i32, message: &str) -> bool {
     let id = c.req.id().unwrap_or(b"null");
     let msg = serde_json::Value::from(message).to_string();
     let err = format!(

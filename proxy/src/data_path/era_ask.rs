@@ -5,8 +5,8 @@
 //! (`inputResponses`, the backend's `requestState`) as often as the backend asks again; the
 //! final answer ends the stream under the call's own id.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future as _;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use lb::{retry_decision, Retry, RetryContext};
@@ -19,6 +19,7 @@ use crate::data_path::era_bridge::{
 use crate::data_path::request::{ClientConn, Next};
 use crate::data_path::response::{self, forward_response, Framing};
 use crate::data_path::upstream;
+use crate::data_path::waiting::{Registered, Table};
 use crate::runtime::core::Core;
 use crate::session::era;
 use crate::session::era_input::{self, InputRound};
@@ -26,8 +27,6 @@ use crate::tls::Conn;
 
 /// How long a call waits for its client's answers to one round of input requests.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often a waiting call looks for its client's answers (they may arrive on any core).
-const POLL: Duration = Duration::from_millis(10);
 /// How often a call waiting for its client's answers tells it it is alive (and learns whether
 /// the client still is).
 const KEEPALIVE: Duration = Duration::from_secs(5);
@@ -47,17 +46,13 @@ pub(crate) fn may_ask(method: Method) -> bool {
     )
 }
 
-/// A call waiting for its client's answers.
-struct Waiting {
-    /// The sealed session id the call came in (answers must come in the same).
-    session: Vec<u8>,
-    answers: Vec<Option<Result<Vec<u8>, Value>>>,
-    since: Instant,
-}
+/// What a waiting call's client has answered so far, one slot per input request.
+type Answers = Vec<Option<Result<Vec<u8>, Value>>>;
 
-/// Calls waiting for answers, by token. A mutex, off the request path: touched when a backend
-/// asks for input, by the client's answers and by the waiting call's polls.
-static WAITING: Mutex<Option<HashMap<u64, Waiting>>> = Mutex::new(None);
+/// Calls waiting for answers, by token (`data_path::waiting`: an answer, POSTed to any core,
+/// wakes its call). Off the request path: touched when a backend asks for input, by the
+/// client's answers and when the woken call looks.
+static WAITING: Table<Answers> = Table::new(MAX_WAITING);
 
 /// A 2025-era client's POSTed response (in `c`): handed to the call waiting for it. Whether it
 /// answered a request of mcplb's (it is accepted either way, as a server would).
@@ -65,22 +60,17 @@ pub(crate) fn deliver(c: &ClientConn) -> bool {
     let Some(a) = era_input::client_answer(c.req.body()) else {
         return false;
     };
-    let Ok(mut held) = WAITING.lock() else {
+    let Some(session) = c.req.session_id() else {
         return false;
     };
-    let Some(w) = held.as_mut().and_then(|h| h.get_mut(&a.token)) else {
-        return false;
-    };
-    if c.req.session_id() != Some(w.session.as_slice()) {
-        return false;
-    }
-    match w.answers.get_mut(a.index) {
+    let (index, outcome) = (a.index, a.outcome);
+    WAITING.hand_over(a.token, session, |answers| match answers.get_mut(index) {
         Some(slot) => {
-            *slot = Some(a.outcome);
+            *slot = Some(outcome);
             true
         }
         None => false,
-    }
+    })
 }
 
 /// Where a call goes and in what form (the 2026-07-28 body and mirror headers).
@@ -121,6 +111,30 @@ pub(crate) async fn forward(
         Err(done) => return done,
     };
     rounds(core, c, turn, &call).await
+}
+
+/// A 2025-era client's call whose SSE answer is open already (mcplb asked its user to approve
+/// it there, `data_path::confirm`), sent to a 2026-07-28 backend whose answer head is in `buf`
+/// (`n` bytes): the answer goes into that stream, the backend's own `input_required` rounds
+/// asked of the client as on any call of a bridged session. `Err`: why the backend's answer
+/// could not be read (nothing was relayed).
+pub(crate) async fn continue_stream(
+    core: &Core,
+    c: &mut ClientConn,
+    up: Conn,
+    buf: Vec<u8>,
+    n: usize,
+    client_close: bool,
+    call: Call<'_>,
+) -> Result<(Next, Option<Conn>), String> {
+    let (src, is_sse) = retried(core, c, up, buf, n, &call).await?;
+    let turn = Turn {
+        src,
+        is_sse,
+        streaming: true,
+        client_close,
+    };
+    Ok(rounds(core, c, turn, &call).await)
 }
 
 /// The state of a call between rounds.
@@ -285,30 +299,14 @@ async fn sse_answer(core: &Core, c: &mut ClientConn, src: &mut Source) -> Result
 /// `(key, result)` in the round's order.
 async fn ask(c: &mut ClientConn, round: &InputRound) -> Result<Vec<(String, Vec<u8>)>, Gone> {
     let token: u64 = rand::random();
-    let Some(session) = c.req.session_id().map(<[u8]>::to_vec) else {
+    let Some(session) = c.req.session_id() else {
         return Err(Gone::Backend("the call has no session to answer in".into()));
     };
-    {
-        let Ok(mut held) = WAITING.lock() else {
-            return Err(Gone::Backend(
-                "mcplb's table of waiting calls failed".into(),
-            ));
-        };
-        let held = held.get_or_insert_with(HashMap::new);
-        held.retain(|_, w| w.since.elapsed() < ANSWER_TIMEOUT);
-        if held.len() >= MAX_WAITING {
-            return Err(Gone::Backend(format!(
-                "more than {MAX_WAITING} calls wait for their clients' input: try again later"
-            )));
-        }
-        let waiting = Waiting {
-            session,
-            answers: vec![None; round.requests.len()],
-            since: Instant::now(),
-        };
-        held.insert(token, waiting);
-    }
-    let _unregister = Unregister(token);
+    let Some(waiting) = WAITING.register(token, session, vec![None; round.requests.len()]) else {
+        return Err(Gone::Backend(format!(
+            "more than {MAX_WAITING} calls wait for their clients' input: try again later"
+        )));
+    };
     let mut chunk = Vec::new();
     for (i, (_, method, params)) in round.requests.iter().enumerate() {
         era_input::request_event(
@@ -324,64 +322,75 @@ async fn ask(c: &mut ClientConn, round: &InputRound) -> Result<Vec<(String, Vec<
             return Err(Gone::Client);
         }
     }
-    let start = Instant::now();
-    let mut last_sign = start;
-    loop {
-        if let Some(answers) = answered(token) {
-            let mut out = Vec::with_capacity(answers.len());
-            for ((key, method, _), a) in round.requests.iter().zip(answers) {
-                match a {
-                    Ok(result) => out.push((key.clone(), result)),
-                    Err(e) => {
-                        let text = e.get("message").and_then(Value::as_str).unwrap_or("?");
-                        return Err(Gone::Backend(format!(
-                            "the client answered the backend's {method} request with an \
-                             error: {text}"
-                        )));
-                    }
+    let deadline = monoio::time::Instant::now() + ANSWER_TIMEOUT;
+    let answers = loop {
+        match wait(&waiting, deadline).await {
+            Waited::Answers(a) => break a,
+            Waited::TimedOut => {
+                return Err(Gone::Backend(format!(
+                    "the client did not answer the backend's input requests within {} s",
+                    ANSWER_TIMEOUT.as_secs()
+                )))
+            }
+            Waited::Keepalive => {
+                // A comment on the call's stream: a client that left is noticed here.
+                put_chunk(c, b": keepalive\n\n");
+                if !send(c).await {
+                    return Err(Gone::Client);
                 }
             }
-            return Ok(out);
         }
-        if start.elapsed() >= ANSWER_TIMEOUT {
-            return Err(Gone::Backend(format!(
-                "the client did not answer the backend's input requests within {} s",
-                ANSWER_TIMEOUT.as_secs()
-            )));
-        }
-        if last_sign.elapsed() >= KEEPALIVE {
-            // A comment on the call's stream: a client that left is noticed here.
-            last_sign = Instant::now();
-            put_chunk(c, b": keepalive\n\n");
-            if !send(c).await {
-                return Err(Gone::Client);
-            }
-        }
-        monoio::time::sleep(POLL).await;
-    }
-}
-
-/// Removes a waiting call however its wait ends.
-struct Unregister(u64);
-
-impl Drop for Unregister {
-    fn drop(&mut self) {
-        if let Ok(mut held) = WAITING.lock() {
-            if let Some(h) = held.as_mut() {
-                h.remove(&self.0);
+    };
+    drop(waiting);
+    let mut out = Vec::with_capacity(answers.len());
+    for ((key, method, _), a) in round.requests.iter().zip(answers) {
+        match a {
+            Ok(result) => out.push((key.clone(), result)),
+            Err(e) => {
+                let text = e.get("message").and_then(Value::as_str).unwrap_or("?");
+                return Err(Gone::Backend(format!(
+                    "the client answered the backend's {method} request with an error: {text}"
+                )));
             }
         }
     }
+    Ok(out)
 }
 
-/// The answers of the call waiting under `token`, once all have come.
-fn answered(token: u64) -> Option<Vec<Result<Vec<u8>, Value>>> {
-    let mut held = WAITING.lock().ok()?;
-    let w = held.as_mut()?.get_mut(&token)?;
-    if w.answers.iter().any(Option::is_none) {
-        return None;
-    }
-    Some(w.answers.iter_mut().filter_map(Option::take).collect())
+/// What a call waiting for its client's answers woke for.
+enum Waited {
+    /// Every answer came (in the round's order).
+    Answers(Vec<Result<Vec<u8>, Value>>),
+    /// `deadline` passed.
+    TimedOut,
+    /// [`KEEPALIVE`] passed without the answers.
+    Keepalive,
+}
+
+/// Waits until the answers of `waiting` have all come (woken by each), `deadline`, or the
+/// next keepalive.
+async fn wait(waiting: &Registered<Answers>, deadline: monoio::time::Instant) -> Waited {
+    let all = |answers: &mut Answers| {
+        answers
+            .iter()
+            .all(Option::is_some)
+            .then(|| answers.iter_mut().filter_map(Option::take).collect())
+    };
+    let mut timeout = std::pin::pin!(monoio::time::sleep_until(deadline));
+    let mut sign = std::pin::pin!(monoio::time::sleep(KEEPALIVE));
+    std::future::poll_fn(|cx| {
+        if let Some(a) = waiting.poll(cx.waker(), all) {
+            return Poll::Ready(Waited::Answers(a));
+        }
+        if timeout.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Waited::TimedOut);
+        }
+        if sign.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Waited::Keepalive);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Sends the call's retry (`body`) to its backend: the new answer's source (its head read,

@@ -23,11 +23,12 @@ use protocol::Method;
 
 use crate::auth::UpstreamCredential;
 use crate::config::{Backend, BackendEra, ServerGroup};
+use crate::data_path::request::EraInput;
 use crate::data_path::request::{ClientConn, Next, Refusal, Request};
 use crate::data_path::response::{self, Answer, Framing};
 use crate::data_path::{reply, upstream};
 use crate::runtime::core::Core;
-use crate::session::era::{self, EraRoute, Learned, SessionKey};
+use crate::session::era::{self, CallState, EraRoute, Learned, SessionKey};
 use crate::session::Owner;
 use crate::tls::Conn;
 
@@ -536,6 +537,51 @@ pub(crate) struct Leg {
     pub bi: usize,
     pub session: Rc<BridgeSession>,
     pub backend_tag: u32,
+    /// The backend's input requests answered so far, and those a replay answers.
+    pub rounds: Rounds,
+}
+
+/// The input rounds of one bridged call: those answered (each new request state carries
+/// them, so another replica can replay the call) and, in a replay, the answers the client
+/// gave in earlier rounds, for the backend's input requests as they come again.
+#[derive(Default)]
+pub(crate) struct Rounds {
+    answered: Vec<era::Answered>,
+    script: std::collections::VecDeque<era::Answered>,
+    /// The call's JSON-RPC id as its backend knows it, when that is not the id of the request
+    /// being answered (a call resumed by a retry).
+    call_id: Option<Vec<u8>>,
+}
+
+impl Rounds {
+    /// The rounds of a replay: the answers of `r` and the retry's `input` to its last request.
+    fn replay(r: era::Replay, input: &serde_json::value::RawValue) -> Rounds {
+        let mut script: std::collections::VecDeque<era::Answered> = r.done.into();
+        script.push_back(era::Answered {
+            m: r.ask.m,
+            p: r.ask.p,
+            r: input.to_owned(),
+        });
+        Rounds {
+            answered: Vec::new(),
+            script,
+            call_id: None,
+        }
+    }
+
+    /// The client's answer, from an earlier round, to the backend's next input request
+    /// (`sig`), in order: `None` when the replay holds none for it (the backend asks
+    /// something else: the rest of the script is dropped, the client is asked).
+    fn answer(&mut self, sig: &era::Sig) -> Option<Box<serde_json::value::RawValue>> {
+        let next = self.script.pop_front()?;
+        if !next.answers(sig) {
+            self.script.clear();
+            return None;
+        }
+        let r = next.r.clone();
+        self.answered.push(next);
+        Some(r)
+    }
 }
 
 /// A backend's SSE answer being relayed: the connection, its framing, and the de-chunked bytes
@@ -556,6 +602,10 @@ pub(crate) struct Parked {
     method: Method,
     /// The backend's request (raw id) the client's input answers.
     ask_id: Vec<u8>,
+    /// What that request was (the round answered goes into the next state).
+    ask_sig: era::Sig,
+    /// The call's JSON-RPC id as the backend knows it (for its cancellation).
+    call_id: Vec<u8>,
     since: Instant,
 }
 
@@ -573,6 +623,9 @@ struct Waiting {
     version: String,
     method: Method,
     ask_id: Vec<u8>,
+    ask_sig: era::Sig,
+    answered: Vec<era::Answered>,
+    call_id: Vec<u8>,
     since: Instant,
 }
 
@@ -586,7 +639,6 @@ fn hold(token: u64, w: Waiting) {
         return;
     };
     let held = held.get_or_insert_with(HashMap::new);
-    held.retain(|_, w| w.since.elapsed() < PARK_TIMEOUT);
     if held.len() >= MAX_PARKED * 8 {
         if let Some(k) = held.keys().next().copied() {
             held.remove(&k);
@@ -598,7 +650,80 @@ fn hold(token: u64, w: Waiting) {
 /// Takes the call held under `token`, if it is still waiting.
 fn take_held(token: u64) -> Option<Waiting> {
     let w = WAITING.lock().ok()?.as_mut()?.remove(&token)?;
-    (w.since.elapsed() < PARK_TIMEOUT).then_some(w)
+    (w.since.elapsed() < park_timeout()).then_some(w)
+}
+
+/// How long a call waits for the client's retry (a debug build's tests may shorten it:
+/// `MCPLB_TEST_ERA_PARK_MS`).
+fn park_timeout() -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(d) = crate::runtime::test_hooks::era_park() {
+        return d;
+    }
+    PARK_TIMEOUT
+}
+
+/// Once the call parked under `token` has waited [`park_timeout`] without its retry coming
+/// back here (it never came, or it reached another replica, which replayed the call): takes
+/// it, tells its backend it is cancelled (`notifications/cancelled` in its session, so the
+/// backend's run ends before it gets its input and goes no further) and closes its
+/// connection.
+fn abandon_later(core: &Core, token: u64) {
+    let Some(core) = super::era_sessions::rc_of(core) else {
+        return;
+    };
+    monoio::spawn(async move {
+        monoio::time::sleep(park_timeout()).await;
+        let taken = WAITING
+            .lock()
+            .ok()
+            .and_then(|mut h| h.as_mut()?.remove(&token));
+        let (gi, bi, sid, version, call_id) = match taken {
+            Some(w) => (w.gi, w.bi, w.sid, w.version, w.call_id),
+            None => match core.bridges.take_parked(token) {
+                Some(p) => (
+                    p.leg.gi,
+                    p.leg.bi,
+                    p.leg.session.sid.clone(),
+                    p.leg.session.version.clone(),
+                    p.call_id,
+                ),
+                // Resumed (or, past the bound, dropped): nothing waits.
+                None => return,
+            },
+        };
+        core.rec
+            .borrow_mut()
+            .count(crate::control::stats::Counter::EraCallsAbandoned, 1);
+        cancel(&core, gi, bi, sid.as_deref(), &version, &call_id).await;
+    });
+}
+
+/// Sends backend `bi` a `notifications/cancelled` for the call `call_id` (raw) in session
+/// `sid`.
+async fn cancel(
+    core: &Core,
+    gi: usize,
+    bi: usize,
+    sid: Option<&[u8]>,
+    version: &str,
+    call_id: &[u8],
+) {
+    let group = core.shared.config.servers.get(gi);
+    let (Some(group), Some(backend)) = (group, group.and_then(|g| g.backends.get(bi))) else {
+        return;
+    };
+    let body = era::cancelled(
+        call_id,
+        "the client did not come back with the input this call waited for",
+    );
+    let own = Own::Initialized(version);
+    let sent = own_exchange_on(core, gi, bi, group, backend, own, sid, &body, None).await;
+    let what = "era bridge: a call waiting for its client's input was abandoned (no retry came \
+                back here in time; perhaps another replica replayed it): cancelled on its backend";
+    if crate::control::logs::first_in_window_info(what, &backend.name, "") {
+        tracing::info!(backend = %backend.name, cancelled = matches!(sent, Ok(x) if x.ok), "{what}");
+    }
 }
 
 /// A descriptor of its own for a plain connection's socket (so the connection can move to
@@ -612,21 +737,53 @@ fn own_fd(tcp: &monoio::net::TcpStream) -> Option<std::os::fd::OwnedFd> {
     borrowed.try_clone_to_owned().ok()
 }
 
+/// The tokens of the calls parked on one core (their TLS connection cannot move): a retry
+/// that reaches another core of this process must not replay such a call while it waits.
+static ON_A_CORE: std::sync::Mutex<Option<std::collections::HashSet<u64>>> =
+    std::sync::Mutex::new(None);
+
+/// Notes (`held`) or forgets the call parked on a core under `token`.
+fn on_a_core(token: u64, held: bool) {
+    if let Ok(mut set) = ON_A_CORE.lock() {
+        let set = set.get_or_insert_with(Default::default);
+        if held {
+            set.insert(token);
+        } else {
+            set.remove(&token);
+        }
+    }
+}
+
+/// Whether a core of this process holds the call parked under `token`.
+fn held_on_a_core(token: u64) -> bool {
+    ON_A_CORE
+        .lock()
+        .is_ok_and(|set| set.as_ref().is_some_and(|s| s.contains(&token)))
+}
+
 impl Bridges {
     fn park(&self, token: u64, p: Parked) {
         let mut parked = self.parked.borrow_mut();
-        parked.retain(|_, p| p.since.elapsed() < PARK_TIMEOUT);
         if parked.len() >= MAX_PARKED {
             if let Some(k) = parked.keys().next().copied() {
                 parked.remove(&k);
+                on_a_core(k, false);
             }
         }
         parked.insert(token, p);
+        on_a_core(token, true);
+    }
+
+    /// Takes the call parked under `token` (however long it waited).
+    fn take_parked(&self, token: u64) -> Option<Parked> {
+        let p = self.parked.borrow_mut().remove(&token)?;
+        on_a_core(token, false);
+        Some(p)
     }
 
     fn unpark(&self, token: u64) -> Option<Parked> {
-        let p = self.parked.borrow_mut().remove(&token)?;
-        (p.since.elapsed() < PARK_TIMEOUT).then_some(p)
+        let p = self.take_parked(token)?;
+        (p.since.elapsed() < park_timeout()).then_some(p)
     }
 }
 
@@ -842,7 +999,7 @@ async fn relay(
     core: &Core,
     c: &mut ClientConn,
     mut src: Source,
-    leg: Leg,
+    mut leg: Leg,
     client_close: bool,
 ) -> (Next, Option<Conn>) {
     let method = c.meta.method;
@@ -870,7 +1027,14 @@ async fn relay(
         if let Some(a) = ask {
             match era::ask_kind(&a.method) {
                 era::AskKind::Input => {
-                    return park(core, c, src, leg, a, chunk, client_close).await;
+                    let Some(given) = leg.rounds.answer(&a.sig) else {
+                        return park(core, c, src, leg, a, chunk, client_close).await;
+                    };
+                    // A replay: the client answered this request in an earlier round.
+                    let answer = era::server_response(&a.id, given.get().as_bytes());
+                    if !answer_backend(core, c, &leg, &answer).await {
+                        return (Next::Close, None);
+                    }
                 }
                 kind => {
                     let answer = if kind == era::AskKind::Ping {
@@ -933,7 +1097,7 @@ async fn park(
     core: &Core,
     c: &mut ClientConn,
     src: Source,
-    leg: Leg,
+    mut leg: Leg,
     ask: era::ServerRequest,
     mut chunk: Vec<u8>,
     client_close: bool,
@@ -941,16 +1105,32 @@ async fn park(
     let token: u64 = rand::random();
     // A call waiting for input keeps its session from counting as idle.
     leg.session.last_used.set(Instant::now());
+    let call = CallState {
+        w: u16::try_from(core.index).unwrap_or(u16::MAX),
+        t: token,
+        b: leg.backend_tag,
+        x: super::confirm::now_ms().saturating_add(SPENT_FOR.as_millis() as u64),
+        o: c.owner.as_ref().map(|o| *o.as_bytes()),
+        r: era::call_digest(c.req.body()).map(|call| era::Replay {
+            call,
+            done: leg.rounds.answered.clone(),
+            ask: ask.sig.clone(),
+        }),
+    };
     let mut state = Vec::new();
-    let payload = era::state_payload(core.index, token);
-    if core
-        .shared
-        .sealer
-        .seal(leg.backend_tag, c.owner.as_ref(), &payload, &mut state)
-        .is_err()
-    {
+    let sealed = era::state_bytes(&call, crate::session::MAX_ERA_STATE_PAYLOAD).map(|p| {
+        core.shared
+            .sealer
+            .seal_kind(crate::session::VERSION_ERA_STATE, &p, &mut state)
+    });
+    if !matches!(sealed, Some(Ok(()))) {
         return (Next::Close, None);
     }
+    let call_id = leg
+        .rounds
+        .call_id
+        .take()
+        .unwrap_or_else(|| c.req.id().unwrap_or(b"null").to_vec());
     let mut answer = Vec::with_capacity(ask.input.len() + state.len() + 96);
     era::input_required(
         &mut answer,
@@ -980,6 +1160,9 @@ async fn park(
                 version: leg.session.version.clone(),
                 method: c.meta.method,
                 ask_id: ask.id,
+                ask_sig: ask.sig,
+                answered: leg.rounds.answered,
+                call_id,
                 since: Instant::now(),
             },
         ),
@@ -991,10 +1174,13 @@ async fn park(
                 leg,
                 method: c.meta.method,
                 ask_id: ask.id,
+                ask_sig: ask.sig,
+                call_id,
                 since: Instant::now(),
             },
         ),
     }
+    abandon_later(core, token);
     put_chunk(c, &chunk);
     c.out.extend_from_slice(crate::http::LAST_CHUNK);
     if !send(c).await {
@@ -1026,63 +1212,164 @@ async fn answer_backend(core: &Core, c: &ClientConn, leg: &Leg, answer: &[u8]) -
     matches!(sent.await, Ok(x) if x.ok)
 }
 
-/// A 2026-07-28 retry carrying the input a parked call waits for (`requestState` sealed by
-/// this mcplb): the input goes to the backend as the answer to its request, and the call's
-/// stream, from where it stopped, becomes this request's answer. `None`: not such a retry
-/// (the request goes its usual way).
-pub(crate) async fn resume(core: &Core, c: &mut ClientConn) -> Option<Next> {
-    let retry = era::retry_input(c.req.body())?;
-    let mut scratch = [0u8; crate::session::SCRATCH];
-    let opened = core
-        .shared
-        .sealer
-        .open(retry.state.as_bytes(), &mut scratch)?;
-    let (worker, token) = era::parse_state(opened.sid)?;
-    let gone = |what: &'static str| Refusal::new(400, -32602, what);
-    if opened.owner.is_some()
-        && opened.owner.as_ref().map(|o| o.as_bytes()) != c.owner.as_ref().map(|o| o.as_bytes())
-    {
-        return Some(reply::refuse(c, &gone("requestState was not issued to this caller")).await);
+/// What became of a 2026-07-28 request carrying a `requestState` ([`resume`]).
+pub(crate) enum Resumed {
+    /// Answered: the waiting call went on into this request's answer, or a refusal.
+    Done(Next),
+    /// No call waits for it here (another replica asked, or this one forgot): the request,
+    /// made the plain call again, goes its usual way and the bridge answers the backend's
+    /// input requests from these rounds.
+    Replay(Rounds),
+    /// Not a request state of the era bridge's.
+    Not,
+}
+
+/// Most request states remembered as answered (a second retry with one is refused here).
+const MAX_SPENT: usize = 16_384;
+/// How long a request state is good for, and an answered one remembered (so that within
+/// its life it is answered once per process).
+const SPENT_FOR: Duration = Duration::from_secs(600);
+
+/// The tokens of the request states this process has seen answered (resumed or replayed).
+static SPENT: std::sync::Mutex<Option<HashMap<u64, Instant>>> = std::sync::Mutex::new(None);
+
+/// Marks `token`'s state answered: whether it was not before (a full table refuses).
+fn spend(token: u64) -> bool {
+    let Ok(mut spent) = SPENT.lock() else {
+        return false;
+    };
+    let spent = spent.get_or_insert_with(HashMap::new);
+    if spent.len() >= MAX_SPENT {
+        spent.retain(|_, at| at.elapsed() < SPENT_FOR);
     }
-    let parked = match take_held(token) {
+    if spent.len() >= MAX_SPENT {
+        return false;
+    }
+    match spent.entry(token) {
+        std::collections::hash_map::Entry::Occupied(mut e) => {
+            if e.get().elapsed() < SPENT_FOR {
+                return false;
+            }
+            e.insert(Instant::now());
+        }
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(Instant::now());
+        }
+    }
+    true
+}
+
+/// A 2026-07-28 retry carrying the input a bridged call waits for (`requestState` sealed by
+/// this mcplb or a replica with the same session keys). Where the call waits here, the input
+/// goes to the backend as the answer to its request, and the call's stream, from where it
+/// stopped, becomes this request's answer. Where it does not (`may_replay`), the call is sent
+/// again and the backend's input requests are answered from the state's earlier rounds and
+/// this retry's input ([`Resumed::Replay`]).
+pub(crate) async fn resume(core: &Core, c: &mut ClientConn, may_replay: bool) -> Resumed {
+    use crate::control::stats::Counter;
+    let Some(retry) = era::retry_input(c.req.body()) else {
+        return Resumed::Not;
+    };
+    let mut buf = Vec::new();
+    let sealer = &core.shared.sealer;
+    let kind = crate::session::VERSION_ERA_STATE;
+    let Some(state) = sealer
+        .open_kind(kind, retry.state.as_bytes(), &mut buf)
+        .and_then(|(payload, _)| era::parse_call_state(payload))
+    else {
+        return Resumed::Not;
+    };
+    let gone = |what: &'static str| Refusal::new(400, -32602, what);
+    if state.o.is_some() && state.o.as_ref() != c.owner.as_ref().map(|o| o.as_bytes()) {
+        let r = gone("requestState was not issued to this caller");
+        return Resumed::Done(reply::refuse(c, &r).await);
+    }
+    if state
+        .r
+        .as_ref()
+        .is_some_and(|r| era::call_digest(c.req.body()).as_ref() != Some(&r.call))
+    {
+        let r = gone(
+            "requestState was issued for another call (its method or params differ): call \
+             again without it",
+        );
+        return Resumed::Done(reply::refuse(c, &r).await);
+    }
+    if super::confirm::now_ms() > state.x {
+        let r =
+            gone("requestState expired (mcplb's are good for 10 minutes): call again without it");
+        return Resumed::Done(reply::refuse(c, &r).await);
+    }
+    let Some(input) = retry.responses.get(era::INPUT_KEY).copied() else {
+        let r = gone("inputResponses has no answer for the input request `mcplb-input`");
+        return Resumed::Done(reply::refuse(c, &r).await);
+    };
+    if !spend(state.t) {
+        let r = gone(
+            "this requestState was answered already (the call it waited for went on): call \
+             again without it",
+        );
+        return Resumed::Done(reply::refuse(c, &r).await);
+    }
+    let parked = match take_held(state.t) {
         Some(w) => taken_over(w),
-        None if worker == core.index => core.bridges.unpark(token),
+        None if usize::from(state.w) == core.index => core.bridges.unpark(state.t),
         None => None,
     };
-    let Some(p) = parked.filter(|p| p.leg.backend_tag == opened.tag) else {
-        let r = gone(
-            "the call waiting for this input is no longer held by this mcplb (it was answered, \
-             waited past 120 s, or the retry reached another replica): call again",
-        );
-        return Some(reply::refuse(c, &r).await);
-    };
-    let Some(input) = retry.responses.get(era::INPUT_KEY) else {
-        let r = gone("inputResponses has no answer for the input request `mcplb-input`");
-        return Some(reply::refuse(c, &r).await);
+    let Some(mut p) = parked.filter(|p| p.leg.backend_tag == state.b) else {
+        // Never while the call still waits on another core of this process (its backend
+        // connection is TLS, which cannot move): it would run twice.
+        let replay = state.r.filter(|_| may_replay && !held_on_a_core(state.t));
+        let stripped = replay
+            .as_ref()
+            .and_then(|_| crate::policy::confirm::strip_retry(c.req.body()));
+        let (Some(r), Some(stripped)) = (replay, stripped) else {
+            let r = gone(
+                "the call waiting for this input is not held by this worker of mcplb (it \
+                 waited past 120 s, the retry reached another replica or another worker of \
+                 one whose backend connection cannot move) and cannot be replayed here: call \
+                 again",
+            );
+            return Resumed::Done(reply::refuse(c, &r).await);
+        };
+        let rounds = Rounds::replay(r, input);
+        drop(retry);
+        super::confirm::replace_body(core, c, stripped);
+        c.meta.era_input = Some(EraInput::Replayed);
+        core.rec.borrow_mut().count(Counter::EraInputsReplayed, 1);
+        return Resumed::Replay(rounds);
     };
     let answer = era::server_response(&p.ask_id, input.get().as_bytes());
+    p.leg.rounds.answered.push(era::Answered {
+        m: p.ask_sig.m.clone(),
+        p: p.ask_sig.p.clone(),
+        r: input.to_owned(),
+    });
     drop(retry);
+    p.leg.rounds.call_id = Some(p.call_id.clone());
     c.meta.method = p.method;
     c.meta.backend = Some(p.leg.bi);
+    c.meta.era_input = Some(EraInput::Resumed);
+    core.rec.borrow_mut().count(Counter::EraInputsResumed, 1);
     if !answer_backend(core, c, &p.leg, &answer).await {
         let r = Refusal::new(
             502,
             -32603,
             "the backend did not take the input for its call",
         );
-        return Some(reply::refuse(c, &r).await);
+        return Resumed::Done(reply::refuse(c, &r).await);
     }
     let next = reply::must_close(c, false);
     let client_close = next != Next::KeepAlive;
     if !start_stream(c, client_close).await {
-        return Some(Next::Close);
+        return Resumed::Done(Next::Close);
     }
     let (gi, bi) = (p.leg.gi, p.leg.bi);
     let (next, up) = relay(core, c, p.src, p.leg, client_close).await;
     if let Some(up) = up {
         core.put_upstream(gi, bi, up);
     }
-    Some(next)
+    Resumed::Done(next)
 }
 
 /// A call held for any core, on this one.
@@ -1101,9 +1388,16 @@ fn taken_over(w: Waiting) -> Option<Parked> {
             bi: w.bi,
             session: Rc::new(BridgeSession::detached(w.sid, w.version)),
             backend_tag: w.backend_tag,
+            rounds: Rounds {
+                answered: w.answered,
+                script: Default::default(),
+                call_id: None,
+            },
         },
         method: w.method,
         ask_id: w.ask_id,
+        ask_sig: w.ask_sig,
+        call_id: w.call_id,
         since: w.since,
     })
 }
@@ -1229,8 +1523,9 @@ pub(crate) async fn answer_initialize(
 
 /// In a session mcplb made for a 2025-era client of a 2026-07-28 backend, answers here what
 /// such a backend has no use for: notifications and responses (202; an answer to a request
-/// mcplb sent for an `input_required` result goes to its call), `ping` and the session's end
-/// (DELETE); `None` for the rest.
+/// mcplb sent for an `input_required` result goes to its call), `ping`, the session's end
+/// (DELETE) and `resources/subscribe`/`unsubscribe` (kept for the session's GET stream,
+/// `era_listen`); `None` for the rest.
 pub(crate) async fn answer_locally(c: &mut ClientConn) -> Option<Next> {
     use crate::control::stats;
     use crate::data_path::request::HttpMethod;
@@ -1247,6 +1542,9 @@ pub(crate) async fn answer_locally(c: &mut ClientConn) -> Option<Next> {
         // The GET stream is served from a `subscriptions/listen` (`era_listen`).
         HttpMethod::Get => return None,
         HttpMethod::Delete => {
+            if let Some(sid) = c.req.session_id() {
+                super::era_listen::forget_subscriptions(sid);
+            }
             let next = reply::must_close(c, false);
             empty(c, 200, "OK");
             return Some(reply::send_out(c, next).await);
@@ -1267,5 +1565,74 @@ pub(crate) async fn answer_locally(c: &mut ClientConn) -> Option<Next> {
         era::result_answer(&mut body, c.req.id().unwrap_or_default(), b"{}");
         return Some(reply::document(c, 200, &body, "").await);
     }
+    if c.meta.method == Method::Other {
+        // A 2026-07-28 server has no resources/subscribe: the session's GET stream asks its
+        // listen for the updates of what the session subscribed to.
+        let (on, uri) = crate::session::era_listen::subscription_request(c.req.body())?;
+        let sid = c.req.session_id().unwrap_or_default();
+        if let Err(why) = super::era_listen::subscribe(sid, &uri, on) {
+            return Some(reply::refuse(c, &Refusal::new(200, -32603, why)).await);
+        }
+        let mut body = Vec::new();
+        era::result_answer(&mut body, c.req.id().unwrap_or_default(), b"{}");
+        let next = reply::document(c, 200, &body, "").await;
+        // Answered by mcplb, but for the backend it stands for.
+        c.meta.by_proxy = false;
+        return Some(next);
+    }
     None
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn answered(m: &str, params: &str, r: &str) -> era::Answered {
+        let params: serde_json::Value = serde_json::from_str(params).unwrap();
+        let s = era::sig(m, Some(&params));
+        era::Answered {
+            m: s.m,
+            p: s.p,
+            r: serde_json::value::RawValue::from_string(r.into()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_replay_answers_the_same_requests_in_order_and_stops_at_another() {
+        let first = answered(
+            "elicitation/create",
+            r#"{"message":"1"}"#,
+            r#"{"action":"accept"}"#,
+        );
+        let replay = era::Replay {
+            call: "c".into(),
+            done: vec![first.clone()],
+            ask: era::sig("roots/list", None),
+        };
+        let input = serde_json::value::RawValue::from_string(r#"{"roots":[]}"#.into()).unwrap();
+        let mut r = Rounds::replay(replay.clone(), &input);
+        let q1 = era::sig(
+            "elicitation/create",
+            Some(&serde_json::json!({"message": "1"})),
+        );
+        assert_eq!(r.answer(&q1).unwrap().get(), r#"{"action":"accept"}"#);
+        assert_eq!(
+            r.answer(&era::sig("roots/list", None)).unwrap().get(),
+            r#"{"roots":[]}"#
+        );
+        // Both are carried into the next round's state; nothing is left to answer.
+        assert_eq!(r.answered.len(), 2);
+        assert!(r.answer(&q1).is_none());
+
+        // The backend asks something else first: the client is asked, the script is dropped.
+        let mut r = Rounds::replay(replay, &input);
+        let other = era::sig(
+            "elicitation/create",
+            Some(&serde_json::json!({"message": "2"})),
+        );
+        assert!(r.answer(&other).is_none());
+        assert!(r.answer(&era::sig("roots/list", None)).is_none());
+        assert!(r.answered.is_empty());
+    }
 }

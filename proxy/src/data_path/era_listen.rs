@@ -5,6 +5,7 @@
 //! Both relay a long-lived SSE stream, notification by notification, with a keepalive comment
 //! to the client when the backend is quiet (so a client that left is noticed).
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -89,11 +90,98 @@ pub(crate) async fn listen_on_session(
         Some(msg) => Frame::Send(msg),
         None => Frame::Skip,
     };
-    relay(c, src, first, frame).await
+    match relay(c, src, first, frame, None, false).await {
+        Relayed::Done(next) => next,
+        // Without a session to watch, it never changes.
+        Relayed::Changed => Next::Close,
+    }
+}
+
+/// Most sessions whose resource subscriptions this process keeps (past it, the least recently
+/// changed goes).
+const MAX_SUBSCRIBED: usize = 4096;
+/// Most resources one session subscribes to.
+const MAX_URIS: usize = 64;
+
+/// What one 2025-era client's session has subscribed to.
+struct Subscribed {
+    uris: Vec<String>,
+    /// Counts the changes (a GET stream opened with an older set opens again).
+    generation: u64,
+    changed: Instant,
+}
+
+/// The resources each 2025-era client's session (mcplb's own, in front of a 2026-07-28
+/// backend) has subscribed to, by its sealed id: its GET stream's listen asks for their
+/// updates. A mutex, off the request path: taken by `resources/subscribe`/`unsubscribe`,
+/// a session's DELETE, when such a GET stream opens, and once a second by each while it is
+/// quiet. Per process: a subscription made through another replica is not seen here.
+static SUBSCRIBED: std::sync::Mutex<Option<HashMap<Box<[u8]>, Subscribed>>> =
+    std::sync::Mutex::new(None);
+
+/// Subscribes (`on`) session `sid` to `uri`, or unsubscribes it: `Err` says why it could not.
+pub(crate) fn subscribe(sid: &[u8], uri: &str, on: bool) -> Result<(), &'static str> {
+    let Ok(mut held) = SUBSCRIBED.lock() else {
+        return Err("mcplb's table of subscriptions failed");
+    };
+    let held = held.get_or_insert_with(HashMap::new);
+    if on && !held.contains_key(sid) && held.len() >= MAX_SUBSCRIBED {
+        let oldest = held
+            .iter()
+            .min_by_key(|(_, s)| s.changed)
+            .map(|(k, _)| k.clone());
+        if let Some(k) = oldest {
+            held.remove(&k);
+        }
+    }
+    let Some(s) = (match held.get_mut(sid) {
+        Some(s) => Some(s),
+        None if on => Some(held.entry(sid.into()).or_insert(Subscribed {
+            uris: Vec::new(),
+            generation: 0,
+            changed: Instant::now(),
+        })),
+        None => None,
+    }) else {
+        return Ok(());
+    };
+    let had = s.uris.iter().position(|u| u == uri);
+    match (on, had) {
+        (true, None) if s.uris.len() >= MAX_URIS => {
+            return Err("this session subscribes to too many resources (at most 64)")
+        }
+        (true, None) => s.uris.push(uri.to_string()),
+        (false, Some(i)) => {
+            s.uris.remove(i);
+        }
+        _ => return Ok(()),
+    }
+    s.generation += 1;
+    s.changed = Instant::now();
+    Ok(())
+}
+
+/// Forgets session `sid`'s subscriptions (it ended).
+pub(crate) fn forget_subscriptions(sid: &[u8]) {
+    if let Ok(mut held) = SUBSCRIBED.lock() {
+        if let Some(h) = held.as_mut() {
+            h.remove(sid);
+        }
+    }
+}
+
+/// Session `sid`'s subscriptions and their generation.
+fn subscriptions(sid: &[u8]) -> (Vec<String>, u64) {
+    SUBSCRIBED
+        .lock()
+        .ok()
+        .and_then(|h| h.as_ref()?.get(sid).map(|s| (s.uris.clone(), s.generation)))
+        .unwrap_or_default()
 }
 
 /// Serves a 2025-era client's GET stream (in `c`, in mcplb's session declaring `d`) from a
-/// `subscriptions/listen` for every list change, sent to the 2026-07-28 backend `bi`.
+/// `subscriptions/listen` for every list change and the resources the session subscribed to,
+/// sent to the 2026-07-28 backend `bi`; opened again when those change.
 pub(crate) async fn stream_for_client(
     core: &Core,
     c: &mut ClientConn,
@@ -105,27 +193,59 @@ pub(crate) async fn stream_for_client(
     let (Some(group), Some(backend)) = (group, group.and_then(|g| g.backends.get(bi))) else {
         return reply::refuse(c, &Refusal::new(503, -32603, "no backend available")).await;
     };
-    let body = era_listen::listen_for_stream(d);
-    let req = own_request(backend, group, Own::Listen, None, &body, Some(&c.req));
-    let src = match open(core, c, gi, bi, req).await {
-        Ok(src) => src,
-        Err(status) => {
-            let message = if status == 0 {
-                "the 2026-07-28 server behind mcplb could not be reached for the \
-                 subscriptions/listen that serves this stream"
-            } else {
-                "the 2026-07-28 server behind mcplb refused the subscriptions/listen that \
-                 serves this stream"
-            };
-            return reply::refuse(c, &Refusal::new(405, -32601, message)).await;
-        }
-    };
+    let sid = c.req.session_id().unwrap_or_default().to_vec();
     let frame = |data: &[u8]| match era_listen::stream_frame(data) {
         StreamFrame::Forward => Frame::Send(data.to_vec()),
         StreamFrame::Skip => Frame::Skip,
         StreamFrame::End => Frame::End,
     };
-    relay(c, src, Vec::new(), frame).await
+    let mut head_sent = false;
+    loop {
+        let (uris, generation) = subscriptions(&sid);
+        let body = era_listen::listen_for_stream(d, &uris);
+        let req = own_request(backend, group, Own::Listen, None, &body, Some(&c.req));
+        let opened = open(core, c, gi, bi, req).await;
+        if head_sent {
+            // The client's stream goes on: the head made for the new listen is not sent.
+            c.out.clear();
+            let Ok(src) = opened else {
+                c.out.extend_from_slice(crate::http::LAST_CHUNK);
+                send(c).await;
+                return Next::Close;
+            };
+            match relay(c, src, Vec::new(), frame, Some((&sid, generation)), true).await {
+                Relayed::Done(next) => return next,
+                Relayed::Changed => continue,
+            }
+        }
+        let src = match opened {
+            Ok(src) => src,
+            Err(status) => {
+                let message = if status == 0 {
+                    "the 2026-07-28 server behind mcplb could not be reached for the \
+                 subscriptions/listen that serves this stream"
+                } else {
+                    "the 2026-07-28 server behind mcplb refused the subscriptions/listen that \
+                 serves this stream"
+                };
+                return reply::refuse(c, &Refusal::new(405, -32601, message)).await;
+            }
+        };
+        head_sent = true;
+        match relay(c, src, Vec::new(), frame, Some((&sid, generation)), false).await {
+            Relayed::Done(next) => return next,
+            Relayed::Changed => {}
+        }
+    }
+}
+
+/// How a relayed stream ended.
+enum Relayed {
+    /// Over: what to do with the client's connection.
+    Done(Next),
+    /// The session's subscriptions changed: its listen opens again (the client's stream,
+    /// its head sent, stays open).
+    Changed,
 }
 
 /// A stream being relayed: the connection, its framing, the de-chunked bytes not yet relayed.
@@ -197,27 +317,34 @@ enum Frame {
     End,
 }
 
-/// Relays the backend's stream `s` (its head, made for the client, in `c.out`) to the client:
-/// `first` (whole events) first, then each message as `frame` makes it, until either side ends.
+/// Relays the backend's stream `s` (its head, made for the client, in `c.out`, unless
+/// `head_sent`) to the client: `first` (whole events) first, then each message as `frame`
+/// makes it, until either side ends, or (`watch`: a session's id and the generation of the
+/// subscriptions the stream was opened with) the session's subscriptions change.
 async fn relay(
     c: &mut ClientConn,
     mut s: Stream,
     first: Vec<u8>,
     frame: impl Fn(&[u8]) -> Frame,
-) -> Next {
+    watch: Option<(&[u8], u64)>,
+    head_sent: bool,
+) -> Relayed {
     c.meta.status = 200;
     c.meta.sse = true;
-    c.out
-        .extend_from_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+    if !head_sent {
+        c.out
+            .extend_from_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+    }
     if !first.is_empty() {
         put_chunk(c, &first);
     }
-    if !send(c).await {
-        return Next::Close;
+    if !c.out.is_empty() && !send(c).await {
+        return Relayed::Done(Next::Close);
     }
     c.meta.first_event.get_or_insert_with(Instant::now);
     let mut err = false;
     let mut quiet_since = Instant::now();
+    let mut looked = Instant::now();
     loop {
         let (_, done) = upstream::collect_step(&mut s.framing, &s.avail, &mut s.pending, &mut err);
         s.avail.clear();
@@ -246,10 +373,17 @@ async fn relay(
             c.meta.upstream_done = Some(Instant::now());
             send(c).await;
             // The stream's connection is not pooled; the client's closes with it.
-            return Next::Close;
+            return Relayed::Done(Next::Close);
         }
         if !c.out.is_empty() && !send(c).await {
-            return Next::Close;
+            return Relayed::Done(Next::Close);
+        }
+        if let Some((sid, generation)) = watch.filter(|_| looked.elapsed() >= TICK) {
+            looked = Instant::now();
+            if subscriptions(sid).1 != generation {
+                // The session subscribed or unsubscribed: a listen with the new set.
+                return Relayed::Changed;
+            }
         }
         let avail = std::mem::take(&mut s.avail);
         let read = s.up.read_more(avail, super::READ_SIZE);
@@ -268,7 +402,7 @@ async fn relay(
                     quiet_since = Instant::now();
                     let _ = write!(c.out, "{:x}\r\n: keepalive\n\n\r\n", 13);
                     if !send(c).await {
-                        return Next::Close;
+                        return Relayed::Done(Next::Close);
                     }
                 }
             }
@@ -276,7 +410,7 @@ async fn relay(
         if end {
             c.out.extend_from_slice(crate::http::LAST_CHUNK);
             send(c).await;
-            return Next::Close;
+            return Relayed::Done(Next::Close);
         }
     }
 }

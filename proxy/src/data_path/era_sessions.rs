@@ -83,7 +83,7 @@ async fn end(core: &Core, (gi, bi, _): Key, s: &BridgeSession) {
 }
 
 /// This core's state as an `Rc`, for a task of its own.
-fn rc_of(core: &Core) -> Option<Rc<Core>> {
+pub(super) fn rc_of(core: &Core) -> Option<Rc<Core>> {
     let states = core.states.borrow();
     states
         .iter()

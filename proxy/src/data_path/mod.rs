@@ -40,6 +40,7 @@ pub(crate) mod response;
 pub(crate) mod route;
 pub(crate) mod upstream;
 pub(crate) mod views;
+pub(crate) mod waiting;
 
 use std::borrow::Cow;
 use std::time::Instant;
@@ -172,6 +173,13 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     }
     let mut scratch = [0u8; SCRATCH];
     let opened = open_session(core, c, gi, &mut scratch)?;
+    // mcplb's own id for the client of a server that issues no session (it names no backend
+    // session: `response::rewrite_head`), given only where approval may be asked.
+    let own_sessionless = opened.as_ref().is_some_and(|o| o.sid.is_empty());
+    if own_sessionless && method == HttpMethod::Delete {
+        // Nothing to end at the backend.
+        return Ok(reply::document(c, 200, b"", "").await);
+    }
     let admitted = match method {
         HttpMethod::Post => Some(match admission::envelope(core, c, gi) {
             // Boxed: the waiting future lives on the heap only when a request waits, not in
@@ -233,27 +241,30 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
         let trace = crate::telemetry::decide(c.req.header(b"traceparent"), meta, t.sample_ratio);
         c.trace = Some(trace);
     }
-    let (plan, era) = plan(core, c, gi, admitted.as_ref(), opened)?;
+    let (plan, mut era) = plan(core, c, gi, admitted.as_ref(), opened)?;
     let conc = admitted.map(|a| a.conc).unwrap_or_default();
     if c.meta.policy.is_some_and(|d| d.effect == Effect::Confirm) {
         // Boxed, as the era bridge's answers below: asking is off every plain request's future.
-        let session = (plan.sid.is_some() && era.legacy_client.is_none()).then_some(c.meta.elicits);
-        match Box::pin(ask(
-            core,
-            c,
-            gi,
-            plan.sid.is_some() || era.legacy_client.is_some(),
-            era.modern,
-            session,
-        ))
-        .await?
-        {
+        // mcplb's own session for a 2026-07-28 backend carries what its client declared.
+        let session = match era.legacy_client {
+            Some(p) => Some(
+                crate::session::era::parse_session_payload(p)
+                    .is_some_and(|d| crate::policy::confirm::declares_elicitation(d.capabilities)),
+            ),
+            None => (plan.sid.is_some() || own_sessionless).then_some(c.meta.elicits),
+        };
+        match Box::pin(ask(core, c, gi, era.modern, session)).await? {
             confirm::Approval::Forward => {}
             confirm::Approval::Answered(next) => return Ok(next),
             confirm::Approval::Stream => {
                 let Some(group) = core.shared.config.servers.get(gi) else {
                     return Err(Refusal::new(503, -32603, "no backend available").into());
                 };
+                if let Some(p) = era.legacy_client {
+                    let asked =
+                        confirm::ask_on_bridged_stream(core, c, group, gi, p, &conc, &mut permits);
+                    return Box::pin(asked).await;
+                }
                 let asked = confirm::ask_on_stream(core, c, group, plan, &conc, &mut permits);
                 return Box::pin(asked).await;
             }
@@ -262,8 +273,10 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     // The era bridge's own answers, boxed (as the virtual server's above).
     if era.modern && crate::session::era::has_request_state(c.req.body()) {
         // A 2026-07-28 retry carrying the input a bridged call waits for goes to that call.
-        if let Some(next) = Box::pin(era_bridge::resume(core, c)).await {
-            return Ok(next);
+        match Box::pin(era_bridge::resume(core, c, true)).await {
+            era_bridge::Resumed::Done(next) => return Ok(next),
+            era_bridge::Resumed::Replay(rounds) => era.replay = Some(Box::new(rounds)),
+            era_bridge::Resumed::Not => {}
         }
     }
     if era.legacy_client.is_some() {
@@ -275,33 +288,18 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     Ok(attempt::send(core, c, plan, era, &conc, &mut permits).await)
 }
 
-/// How a call that needs approval is asked about ([`confirm::approve`]); `in_session`: it
-/// carries a session id (a 2026-07-28 request in one is of that session's era).
+/// How a call that needs approval is asked about ([`confirm::approve`]); `session`: whether
+/// the client of its session (if it has one) declared `elicitation`.
 async fn ask(
     core: &Core,
     c: &mut ClientConn,
     gi: usize,
-    in_session: bool,
     modern: bool,
     session: Option<bool>,
 ) -> Result<confirm::Approval, Stop> {
     let Some(group) = core.shared.config.servers.get(gi) else {
         return Err(Refusal::new(503, -32603, "no backend available").into());
     };
-    if c.meta.method != protocol::Method::ToolsCall {
-        return Err(confirm::unavailable(
-            c,
-            "mcplb asks for approval of tools/call only; a confirm rule matching another method denies it",
-        )
-        .into());
-    }
-    if in_session && session.is_none() {
-        return Err(confirm::unavailable(
-            c,
-            "the session is mcplb's own for a 2026-07-28 backend, where it does not ask yet",
-        )
-        .into());
-    }
     confirm::approve(core, c, group, modern, session).await
 }
 
@@ -406,6 +404,7 @@ fn plan<'s>(
         // A request in a session is of that session's era, whatever its `_meta` says.
         modern: admitted.is_some_and(|a| a.modern) && c.req.session_id().is_none(),
         legacy_client: None,
+        replay: None,
     };
     let Some(sealed) = c.req.session_id() else {
         if admitted.is_none() {
@@ -415,6 +414,11 @@ fn plan<'s>(
     };
     if core.access_log.is_some() {
         c.meta.session_hash = core.shared.key_hasher.hash_key(sealed);
+    }
+    if opened.as_ref().is_some_and(|o| o.sid.is_empty()) {
+        // mcplb's own id for the client of a server that issues no session: any backend
+        // serves it, with no session id.
+        return Ok((plan, era));
     }
     if let Some(o) = opened
         .as_ref()

@@ -255,6 +255,9 @@ pub(crate) struct ClientConn {
     pub list_filter: Option<crate::data_path::policy::ListFilter>,
     /// For a request the response cache missed: what its answer fills.
     pub cache_fill: Option<crate::data_path::cache::Fill>,
+    /// A 2026-07-28 call its user approved: an `input_required` round of the backend's own in
+    /// its answer gets its `requestState` wrapped with this approval (`data_path::confirm`).
+    pub confirm_wrap: Option<Box<crate::policy::confirm::StateFacts>>,
     /// The policy class of the connection's last caller.
     pub policy_class: Option<crate::data_path::policy::ConnClass>,
     /// The current request's trace (`[telemetry]` only), once decided.
@@ -282,6 +285,7 @@ impl ClientConn {
             owner: None,
             list_filter: None,
             cache_fill: None,
+            confirm_wrap: None,
             policy_class: None,
             trace: None,
         }
@@ -332,11 +336,31 @@ impl ClientConn {
     pub fn next_request(&mut self) {
         self.list_filter = None;
         self.cache_fill = None;
+        self.confirm_wrap = None;
         self.req.buf.clear();
         self.req.decoded.clear();
         self.req.reset_facts();
         if !self.pending.is_empty() {
             std::mem::swap(&mut self.req.buf, &mut self.pending);
+        }
+    }
+}
+
+/// How a 2026-07-28 retry carrying a bridged call's input went on (the audit trail says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EraInput {
+    /// The call waited here: the input went to it.
+    Resumed,
+    /// The call waits nowhere here: it was sent again, answered from the rounds its request
+    /// state carries.
+    Replayed,
+}
+
+impl EraInput {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            EraInput::Resumed => "resumed",
+            EraInput::Replayed => "replayed",
         }
     }
 }
@@ -383,6 +407,8 @@ pub(crate) struct ReqMeta {
     pub watch_tools: bool,
     /// The JSON-RPC error code of an answer mcplb made itself (0: none).
     pub code: i32,
+    /// A 2026-07-28 retry carrying the input a bridged call asked for: how it went on.
+    pub era_input: Option<EraInput>,
     /// Where the envelope's parts sit in the body (noted only for the audit trail).
     pub rpc: RpcSpans,
 }
@@ -447,6 +473,7 @@ impl Default for ReqMeta {
             elicits: false,
             watch_tools: false,
             code: 0,
+            era_input: None,
             rpc: RpcSpans::default(),
         }
     }

@@ -61,21 +61,24 @@ pub(crate) fn rewrite_response_head(
         head,
         backend_tag,
         current,
-        (false, false),
+        (false, false, false),
         out,
     )
 }
 
 /// [`rewrite_response_head`]; with `sessionless`, the backend's `Mcp-Session-Id` is dropped
 /// (the answer to a bridged 2026-07-28 request: the session is mcplb's, not the client's);
-/// with `elicits`, a new session id remembers that its client declared `elicitation`.
+/// with `elicits`, a new session id remembers that its client declared `elicitation`; with
+/// `own`, a successful answer that carries no `Mcp-Session-Id` (a server that issues no
+/// session) gets one of mcplb's, naming no backend session, so that the client's later
+/// requests say it declared `elicitation` (human approval can ask it).
 fn rewrite_head(
     sealer: &SessionSealer,
     owner: Option<&Owner>,
     head: &[u8],
     backend_tag: u32,
     current: Option<(&[u8], &[u8])>,
-    (sessionless, elicits): (bool, bool),
+    (sessionless, elicits, own): (bool, bool, bool),
     out: &mut Vec<u8>,
 ) -> Result<HeadKind, &'static str> {
     // Left uninitialised: initialising 128 headers wrote 4 KiB per answer (a cold wake-up
@@ -110,6 +113,7 @@ fn rewrite_head(
     let mut cl = None;
     let mut codings = http::TransferCodings::default();
     let mut new_session = false;
+    let mut has_session = false;
     // Fields the backend's `Connection` names describe its hop only (RFC 9110 §7.6.1).
     let conn_fields = resp.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("connection") && http::connection_names_fields(h.value)
@@ -146,6 +150,7 @@ fn rewrite_head(
             if sessionless {
                 continue;
             }
+            has_session = true;
             out.extend_from_slice(b"mcp-session-id: ");
             match current {
                 // The backend repeats the session's own id (some servers do on every
@@ -172,6 +177,13 @@ fn rewrite_head(
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(hd.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if own && !has_session && !sessionless && (200..300).contains(&status) {
+        out.extend_from_slice(b"mcp-session-id: ");
+        sealer
+            .seal_session(backend_tag, owner, elicits, b"", out)
+            .map_err(|_| "session id could not be sealed")?;
         out.extend_from_slice(b"\r\n");
     }
     if is_sse && !has_accel_header {
@@ -248,7 +260,12 @@ pub(crate) async fn final_head(
             head,
             a.backend_tag,
             current,
-            (a.sessionless, c.meta.elicits),
+            (
+                a.sessionless,
+                c.meta.elicits,
+                // A client that can be asked for approval, of a server that issues no session.
+                c.meta.elicits && c.meta.method == protocol::Method::Initialize,
+            ),
             &mut c.out,
         ) {
             Ok(HeadKind::Final(h)) => return Ok((h, head_len)),
@@ -327,13 +344,14 @@ pub(crate) async fn forward_response(
     let mut client_close = !keep || SHUTDOWN.load(std::sync::atomic::Ordering::Relaxed);
     let mut fill = c.cache_fill.take().filter(|_| status == 200);
     let filter = c.list_filter.take().filter(|_| status == 200);
+    let wrap = c.confirm_wrap.take().filter(|_| status == 200);
     // A cached group's SSE answers are tapped as they pass (notifications evict; an answer
     // to keep is copied), unless they are read whole below.
     let mut tap = None;
-    if is_sse && filter.is_none() {
+    if is_sse && filter.is_none() && wrap.is_none() {
         tap = core.caches.tap(gi_of(c), fill.take());
     }
-    if fill.is_some() || filter.is_some() {
+    if fill.is_some() || filter.is_some() || wrap.is_some() {
         // A JSON answer the cache may keep, or a list the caller's policy filters: read
         // whole, sent with its (new) length.
         let (body, extra) = match read_whole(core, c, &mut a, head_len, &mut framing).await {
@@ -357,6 +375,11 @@ pub(crate) async fn forward_response(
                     return (reply::refuse(c, &r).await, false);
                 }
             },
+            None => body,
+        };
+        // The backend's own input rounds of a call its user approved carry the approval on.
+        let body = match wrap {
+            Some(f) => super::confirm::wrap_rounds(core, c.meta.group, &f, body, is_sse),
             None => body,
         };
         c.out.extend_from_slice(b"content-length: ");

@@ -433,6 +433,88 @@ pub fn open_state(sealer: &crate::session::SessionSealer, sealed: &str) -> Optio
     parse_state(payload)
 }
 
+/// Marks a wrapped backend state's payload ([`seal_wrapped`]).
+const WRAP_MAGIC: &[u8; 4] = b"cfm2";
+/// Bytes of a wrapped state's payload: a state's, then the SHA-256 of the backend's state.
+const WRAP_LEN: usize = STATE_LEN + 32;
+
+/// A 2026-07-28 backend's own `requestState` (`backend`) in an approved call's
+/// `input_required` round, as the client gets it: `SEALED.BACKEND`, where `SEALED` binds the
+/// approval (`f`: the call's binding, the rule, an expiry) to the SHA-256 of `backend`. Its
+/// retry goes on without being asked about again ([`open_wrapped`]), the backend getting its
+/// own state back; a state made up by the client is no approval.
+pub fn seal_wrapped(
+    sealer: &crate::session::SessionSealer,
+    f: &StateFacts,
+    backend: &str,
+) -> Option<String> {
+    let mut payload = [0u8; WRAP_LEN];
+    let (state, hash) = payload.split_at_mut(STATE_LEN);
+    state.copy_from_slice(&state_payload(f));
+    state.get_mut(..4).map(|m| m.copy_from_slice(WRAP_MAGIC))?;
+    hash.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, backend.as_bytes()).as_ref());
+    let mut out = Vec::with_capacity(128 + backend.len());
+    sealer
+        .seal_kind(crate::session::VERSION_CONFIRM, &payload, &mut out)
+        .ok()?;
+    out.push(b'.');
+    out.extend_from_slice(backend.as_bytes());
+    String::from_utf8(out).ok()
+}
+
+/// The approval a wrapped state carries and the backend's own state in it, or `None` when it
+/// is not one, no key opens it, or the backend's part was changed.
+pub fn open_wrapped<'a>(
+    sealer: &crate::session::SessionSealer,
+    state: &'a str,
+) -> Option<(StateFacts, &'a str)> {
+    let (sealed, backend) = state.split_once('.')?;
+    let mut buf = Vec::new();
+    let (payload, _) =
+        sealer.open_kind(crate::session::VERSION_CONFIRM, sealed.as_bytes(), &mut buf)?;
+    let rest = payload.strip_prefix(WRAP_MAGIC)?;
+    if payload.len() != WRAP_LEN {
+        return None;
+    }
+    let mut plain = [0u8; STATE_LEN];
+    plain.get_mut(..4)?.copy_from_slice(STATE_MAGIC);
+    plain
+        .get_mut(4..)?
+        .copy_from_slice(rest.get(..STATE_LEN - 4)?);
+    let facts = parse_state(&plain)?;
+    let want = rest.get(STATE_LEN - 4..)?;
+    let got = ring::digest::digest(&ring::digest::SHA256, backend.as_bytes());
+    let diff = want
+        .iter()
+        .zip(got.as_ref())
+        .fold(0u8, |x, (a, b)| x | (a ^ b));
+    (diff == 0).then_some((facts, backend))
+}
+
+/// A JSON-RPC message whose result is an `input_required` round with a `requestState`: the
+/// message with that state replaced by `wrap(state)`. `None`: not such a message (or `wrap`
+/// declined), left as it is.
+pub fn wrap_round(message: &[u8], wrap: impl Fn(&str) -> Option<String>) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(message).ok()?;
+    let result = v.get_mut("result")?.as_object_mut()?;
+    if result.get("resultType").and_then(Value::as_str) != Some("input_required") {
+        return None;
+    }
+    let state = result.get("requestState")?.as_str()?;
+    let wrapped = wrap(state)?;
+    result.insert("requestState".into(), Value::String(wrapped));
+    serde_json::to_vec(&v).ok()
+}
+
+/// The body with `params.requestState` set to `state` (the rest, `inputResponses` included,
+/// as it came), or `None` if it cannot be rewritten.
+pub fn with_state(body: &[u8], state: &str) -> Option<Vec<u8>> {
+    let mut v: serde_json::Map<String, Value> = serde_json::from_slice(body).ok()?;
+    let params = v.get_mut("params")?.as_object_mut()?;
+    params.insert("requestState".into(), Value::String(state.to_string()));
+    serde_json::to_vec(&v).ok()
+}
+
 /// Why a retry's confirmation state is not honoured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateError {
@@ -767,6 +849,52 @@ mod tests {
         let mut v = Vec::new();
         sealer.seal_virtual(&state_payload(&facts), &mut v).unwrap();
         assert_eq!(open_state(&sealer, std::str::from_utf8(&v).unwrap()), None);
+    }
+
+    #[test]
+    fn wrapped_backend_states_carry_the_approval_and_refuse_changes() {
+        use crate::session::SessionSealer;
+        let sealer = SessionSealer::new(&[7u8; 32]);
+        let facts = StateFacts {
+            expires_ms: 42,
+            rule: 1,
+            binding: [9u8; 32],
+        };
+        let backend = "eyJ0b29sIjoiaW50cm9kdWNlIn0.with.dots";
+        let wrapped = seal_wrapped(&sealer, &facts, backend).unwrap();
+        assert!(wrapped.ends_with(backend));
+        assert_eq!(open_wrapped(&sealer, &wrapped), Some((facts, backend)));
+        // Not a plain state, nor a plain state a wrapped one.
+        assert_eq!(open_state(&sealer, &wrapped), None);
+        let plain = seal_state(&sealer, &facts).unwrap();
+        assert_eq!(open_wrapped(&sealer, &plain), None);
+        assert_eq!(open_wrapped(&sealer, &format!("{plain}.{backend}")), None);
+        // The backend's part changed, the seal changed, another key: refused.
+        let (sealed, _) = wrapped.split_once('.').unwrap();
+        assert_eq!(open_wrapped(&sealer, &format!("{sealed}.other")), None);
+        assert_eq!(
+            open_wrapped(&SessionSealer::new(&[8u8; 32]), &wrapped),
+            None
+        );
+        let mut t = wrapped.clone().into_bytes();
+        t[3] = if t[3] == b'A' { b'B' } else { b'A' };
+        assert_eq!(
+            open_wrapped(&sealer, std::str::from_utf8(&t).unwrap()),
+            None
+        );
+        // Rounds are rewritten; anything else is left alone.
+        let round = br#"{"jsonrpc":"2.0","id":4,"result":{"resultType":"input_required","inputRequests":{},"requestState":"abc"}}"#;
+        let out: Value =
+            serde_json::from_slice(&wrap_round(round, |s| Some(format!("w({s})"))).unwrap())
+                .unwrap();
+        assert_eq!(out["result"]["requestState"], "w(abc)");
+        assert_eq!(out["id"], 4);
+        let done = br#"{"jsonrpc":"2.0","id":4,"result":{"resultType":"complete","content":[]}}"#;
+        assert!(wrap_round(done, |s| Some(s.to_string())).is_none());
+        let retry = br#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"t","requestState":"x.y","inputResponses":{"k":1}}}"#;
+        let out: Value = serde_json::from_slice(&with_state(retry, "y").unwrap()).unwrap();
+        assert_eq!(out["params"]["requestState"], "y");
+        assert_eq!(out["params"]["inputResponses"]["k"], 1);
     }
 
     #[test]

@@ -155,6 +155,14 @@ pub(crate) mod test_hooks {
         Some(std::time::Duration::from_millis(ms))
     }
 
+    /// How long a bridged call waits for its client's retry (`MCPLB_TEST_ERA_PARK_MS`), when
+    /// set.
+    pub(crate) fn era_park() -> Option<std::time::Duration> {
+        static PARK: OnceLock<Option<String>> = OnceLock::new();
+        let ms = var("MCPLB_TEST_ERA_PARK_MS", &PARK)?.parse().ok()?;
+        Some(std::time::Duration::from_millis(ms))
+    }
+
     /// Panics when worker `index` is the one configured to die.
     pub(crate) fn kill_worker(index: usize) {
         static WORKER: OnceLock<Option<String>> = OnceLock::new();

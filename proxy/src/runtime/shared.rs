@@ -59,6 +59,9 @@ pub struct Shared {
     /// Per group with `confirm_destructive`: its tools' annotations as learned from
     /// `tools/list` answers (kept across a reload by the group's name).
     pub tool_hints: Vec<Option<Arc<crate::policy::confirm::ToolHints>>>,
+    /// Per group with `[servers.cache]`: the tools its `tools/list` answers said only read
+    /// (learned once for every core; a reload starts afresh, as the caches do).
+    pub read_only_tools: Vec<Option<crate::cache::ReadOnlyTools>>,
 }
 
 /// Builds what every worker shares for `config` (whose stdio and legacy backends already have
@@ -192,6 +195,11 @@ pub(crate) fn build_shared(
             .into_bytes()
             .into_boxed_slice()
     });
+    let read_only_tools = config
+        .servers
+        .iter()
+        .map(|g| g.cache.as_ref().map(|_| Default::default()))
+        .collect();
     Ok(Shared {
         alt_svc,
         h3_server,
@@ -199,6 +207,7 @@ pub(crate) fn build_shared(
         tls,
         tracer,
         tool_hints,
+        read_only_tools,
         sealer,
         hub: prev.map_or_else(|| Arc::new(stats::StatsHub::new()), |p| p.hub.clone()),
         limits,

@@ -12,7 +12,7 @@
 //! the backend's `server/discover`, the session id mcplb issues (what the client declared, no
 //! backend state), and each request made a 2026-07-28 one (`_meta`, mirror headers).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -584,6 +584,8 @@ pub(crate) struct ServerRequest {
     pub method: String,
     /// `{"method": ..., "params": ...}`: the input request a 2026-07-28 client answers.
     pub input: Vec<u8>,
+    /// What a replay matches it by.
+    pub sig: Sig,
 }
 
 /// What became of one SSE event of a bridged answer.
@@ -660,6 +662,7 @@ fn server_request(data: &[u8]) -> Option<ServerRequest> {
         id: serde_json::to_vec(id).ok()?,
         method: method.to_string(),
         input: serde_json::to_vec(&Value::Object(input)).ok()?,
+        sig: sig(method, v.get("params")),
     })
 }
 
@@ -763,27 +766,138 @@ pub(crate) fn server_error(id: &[u8], code: i32, message: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// What a sealed request state holds: the worker (core) holding the waiting call and the
-/// call's token there.
-const STATE_PREFIX: &[u8; 4] = b"mrtr";
+/// A bridged call's `requestState` (sealed as `session::VERSION_ERA_STATE`): where the call
+/// waits for its input (worker and token, for the retry that reaches this mcplb), whose it is,
+/// and what a replica that does not hold the call needs to replay it (`r`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CallState {
+    /// The worker (core) holding the waiting call.
+    pub w: u16,
+    /// The call's token there.
+    pub t: u64,
+    /// The backend's tag.
+    pub b: u32,
+    /// When it expires (milliseconds since the Unix epoch).
+    pub x: u64,
+    /// The caller's owner digest, in a group with authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub o: Option<[u8; crate::session::OWNER]>,
+    /// What a replay needs; absent when it did not fit the bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r: Option<Replay>,
+}
 
-/// The plain bytes of a request state.
-pub(crate) fn state_payload(core: usize, token: u64) -> [u8; 14] {
-    let mut out = [0u8; 14];
-    let (p, rest) = out.split_at_mut(4);
-    p.copy_from_slice(STATE_PREFIX);
-    let (c, t) = rest.split_at_mut(2);
-    c.copy_from_slice(&(core as u16).to_le_bytes());
-    t.copy_from_slice(&token.to_le_bytes());
+/// What a replay of a bridged call needs besides the retry itself (which repeats the call).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Replay {
+    /// The call it was issued for ([`call_digest`]).
+    pub call: String,
+    /// The backend's input requests answered in earlier rounds, in order.
+    pub done: Vec<Answered>,
+    /// The backend's request the retry's input answers.
+    pub ask: Sig,
+}
+
+/// A backend's input request, as a replay matches it: its method and params' digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Sig {
+    pub m: String,
+    pub p: String,
+}
+
+/// A backend's input request and the client's answer to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Answered {
+    pub m: String,
+    pub p: String,
+    /// The client's result, as it came.
+    pub r: Box<RawValue>,
+}
+
+impl PartialEq for Answered {
+    fn eq(&self, o: &Answered) -> bool {
+        self.m == o.m && self.p == o.p && self.r.get() == o.r.get()
+    }
+}
+
+impl Answered {
+    /// Whether this answers a request of signature `s`.
+    pub fn answers(&self, s: &Sig) -> bool {
+        self.m == s.m && self.p == s.p
+    }
+}
+
+/// A `notifications/cancelled` for the request `id` (raw), saying `reason`.
+pub(crate) fn cancelled(id: &[u8], reason: &str) -> Vec<u8> {
+    let reason = Value::from(reason).to_string();
+    let mut out = Vec::with_capacity(id.len() + reason.len() + 96);
+    out.extend_from_slice(
+        b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{\"requestId\":",
+    );
+    out.extend_from_slice(id);
+    out.extend_from_slice(b",\"reason\":");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"}}");
     out
 }
 
-/// The worker and token of a request state's plain bytes (`None`: not a state mcplb made).
-pub(crate) fn parse_state(payload: &[u8]) -> Option<(usize, u64)> {
-    let rest = payload.strip_prefix(STATE_PREFIX)?;
-    let (c, t) = rest.split_first_chunk::<2>()?;
-    let t: [u8; 8] = t.try_into().ok()?;
-    Some((usize::from(u16::from_le_bytes(*c)), u64::from_le_bytes(t)))
+/// The hex SHA-256 of `what`.
+fn digest_hex(what: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, what);
+    d.as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The signature of a server-to-client request of `method` with `params` (its keys in order:
+/// the same params in another order sign the same).
+pub(crate) fn sig(method: &str, params: Option<&Value>) -> Sig {
+    let p = params.map_or_else(String::new, Value::to_string);
+    Sig {
+        m: method.to_string(),
+        p: digest_hex(p.as_bytes()),
+    }
+}
+
+/// What a call is, for binding a request state to it: the digest of its method and params
+/// without `_meta` and the retry's own `inputResponses` and `requestState` (so the first
+/// request and each retry of the same call have the same). `None`: not a JSON-RPC request.
+pub(crate) fn call_digest(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let method = v.get("method")?.as_str()?;
+    let mut params = v.get("params").cloned().unwrap_or(Value::Null);
+    if let Some(p) = params.as_object_mut() {
+        for k in ["_meta", "inputResponses", "requestState"] {
+            p.remove(k);
+        }
+    }
+    let mut what = method.as_bytes().to_vec();
+    what.push(b'\n');
+    what.extend_from_slice(params.to_string().as_bytes());
+    Some(digest_hex(&what))
+}
+
+/// The plain bytes of `state`, at most `max`: without what a replay needs when that does not
+/// fit (such a call resumes only where it waits).
+pub(crate) fn state_bytes(state: &CallState, max: usize) -> Option<Vec<u8>> {
+    let out = serde_json::to_vec(state).ok()?;
+    if out.len() <= max {
+        return Some(out);
+    }
+    let bare = CallState {
+        r: None,
+        ..state.clone()
+    };
+    serde_json::to_vec(&bare).ok().filter(|b| b.len() <= max)
+}
+
+/// The state in a request state's plain bytes (`None`: not one mcplb made).
+pub(crate) fn parse_call_state(payload: &[u8]) -> Option<CallState> {
+    serde_json::from_slice(payload).ok()
 }
 
 /// Whether a 2025-era backend's answer with `status` and `body` to a request in a bridged
@@ -1067,9 +1181,57 @@ mod tests {
         let v: Value = serde_json::from_slice(&server_error(b"\"s\"", -32601, "no \"x\"")).unwrap();
         assert_eq!(v["error"]["message"], "no \"x\"");
 
-        assert_eq!(parse_state(&state_payload(3, 0xfeed)), Some((3, 0xfeed)));
-        assert_eq!(parse_state(b"sess-id-of-a-backend"), None);
-        assert_eq!(parse_state(b"mrtr"), None);
+        let state = CallState {
+            w: 3,
+            t: 0xfeed,
+            b: 9,
+            x: 1_800_000_000_000,
+            o: None,
+            r: Some(Replay {
+                call: call_digest(br#"{"id":1,"method":"tools/call","params":{"name":"x"}}"#)
+                    .unwrap(),
+                done: vec![Answered {
+                    m: "elicitation/create".into(),
+                    p: "ab".into(),
+                    r: RawValue::from_string(r#"{"action":"accept"}"#.into()).unwrap(),
+                }],
+                ask: sig("roots/list", None),
+            }),
+        };
+        let bytes = state_bytes(&state, 4096).unwrap();
+        assert_eq!(parse_call_state(&bytes), Some(state.clone()));
+        // Past the bound, the replay part goes (the call still resumes where it waits).
+        let small = state_bytes(&state, 80).unwrap();
+        assert_eq!(parse_call_state(&small).unwrap().r, None);
+        assert!(state_bytes(&state, 10).is_none());
+        assert_eq!(parse_call_state(b"sess-id-of-a-backend"), None);
+        let v: Value = serde_json::from_slice(&cancelled(b"\"c-1\"", "gone \"x\"")).unwrap();
+        assert_eq!(v["method"], "notifications/cancelled");
+        assert_eq!(v["params"]["requestId"], "c-1");
+        assert_eq!(v["params"]["reason"], "gone \"x\"");
+    }
+
+    #[test]
+    fn call_digests_and_signatures_ignore_what_a_retry_adds() {
+        let first = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":1,"b":2},"_meta":{"x":1}}}"#;
+        let retry = br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"arguments":{"b":2,"a":1},"name":"t","inputResponses":{"k":{}},"requestState":"s","_meta":{"y":2}}}"#;
+        let other = br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","arguments":{"a":1,"b":3}}}"#;
+        assert_eq!(call_digest(first), call_digest(retry));
+        assert_ne!(call_digest(first), call_digest(other));
+        assert_eq!(call_digest(b"[1]"), None);
+        let a: Value =
+            serde_json::from_str(r#"{"message":"m","requestedSchema":{"x":1,"y":2}}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"requestedSchema":{"y":2,"x":1},"message":"m"}"#).unwrap();
+        assert_eq!(
+            sig("elicitation/create", Some(&a)),
+            sig("elicitation/create", Some(&b))
+        );
+        assert_ne!(
+            sig("elicitation/create", Some(&a)),
+            sig("sampling/createMessage", Some(&a))
+        );
+        assert_ne!(sig("roots/list", None), sig("roots/list", Some(&a)));
     }
 
     #[test]

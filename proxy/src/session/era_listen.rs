@@ -164,8 +164,9 @@ pub(crate) fn for_listener(data: &[u8], f: &Filter, id: &[u8]) -> Option<Vec<u8>
 }
 
 /// The `subscriptions/listen` mcplb sends a 2026-07-28 server for a 2025-era client's GET
-/// stream: every list change, with what the client's session declares.
-pub(crate) fn listen_for_stream(d: &Declared<'_>) -> Vec<u8> {
+/// stream: every list change and the updates of `uris` (the resources the client subscribed
+/// to), with what the client's session declares.
+pub(crate) fn listen_for_stream(d: &Declared<'_>, uris: &[String]) -> Vec<u8> {
     let caps: Value = serde_json::from_slice(d.capabilities).unwrap_or(Value::Null);
     let mut m = Map::new();
     m.insert(
@@ -179,17 +180,36 @@ pub(crate) fn listen_for_stream(d: &Declared<'_>) -> Vec<u8> {
     {
         m.insert("io.modelcontextprotocol/clientInfo".into(), info);
     }
+    let mut notifications = serde_json::json!({
+        "toolsListChanged": true,
+        "promptsListChanged": true,
+        "resourcesListChanged": true,
+    });
+    if !uris.is_empty() {
+        notifications["resourceSubscriptions"] = Value::from(uris.to_vec());
+    }
     serde_json::json!({
         "jsonrpc": "2.0",
         "id": OWN_LISTEN_ID,
         "method": "subscriptions/listen",
-        "params": {
-            "notifications": {"toolsListChanged": true, "promptsListChanged": true, "resourcesListChanged": true},
-            "_meta": m,
-        },
+        "params": {"notifications": notifications, "_meta": m},
     })
     .to_string()
     .into_bytes()
+}
+
+/// A 2025-era client's `resources/subscribe` (`true`) or `resources/unsubscribe` (`false`) and
+/// its `params.uri`; `None` for any other body.
+pub(crate) fn subscription_request(body: &[u8]) -> Option<(bool, String)> {
+    memchr::memmem::find(body, b"subscribe")?;
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let on = match v.get("method")?.as_str()? {
+        "resources/subscribe" => true,
+        "resources/unsubscribe" => false,
+        _ => return None,
+    };
+    let uri = v.get("params")?.get("uri")?.as_str()?;
+    Some((on, uri.to_string()))
 }
 
 /// What a frame of mcplb's own listen stream is to a 2025-era client's GET stream.
@@ -278,9 +298,28 @@ mod tests {
             capabilities: br#"{"sampling":{}}"#,
             client_info: Some(br#"{"name":"c","version":"1"}"#),
         };
-        let v: Value = serde_json::from_slice(&listen_for_stream(&d)).unwrap();
+        let v: Value = serde_json::from_slice(&listen_for_stream(&d, &[])).unwrap();
         assert_eq!(v["method"], "subscriptions/listen");
         assert_eq!(v["params"]["notifications"]["toolsListChanged"], true);
+        assert!(v["params"]["notifications"]
+            .get("resourceSubscriptions")
+            .is_none());
+        let uris = ["a://x".to_string()];
+        let v: Value = serde_json::from_slice(&listen_for_stream(&d, &uris)).unwrap();
+        assert_eq!(
+            v["params"]["notifications"]["resourceSubscriptions"],
+            serde_json::json!(["a://x"])
+        );
+        let sub =
+            br#"{"jsonrpc":"2.0","id":3,"method":"resources/subscribe","params":{"uri":"a://x"}}"#;
+        assert_eq!(subscription_request(sub), Some((true, "a://x".into())));
+        let unsub = br#"{"jsonrpc":"2.0","id":3,"method":"resources/unsubscribe","params":{"uri":"a://x"}}"#;
+        assert_eq!(subscription_request(unsub), Some((false, "a://x".into())));
+        let read =
+            br#"{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"subscribe"}}"#;
+        assert_eq!(subscription_request(read), None);
+        let bad = br#"{"jsonrpc":"2.0","id":3,"method":"resources/subscribe","params":{}}"#;
+        assert_eq!(subscription_request(bad), None);
         assert_eq!(
             v["params"]["_meta"]["io.modelcontextprotocol/clientInfo"]["name"],
             "c"

@@ -43,11 +43,25 @@ pub const MAX_VIRTUAL_PAYLOAD: usize = 1024;
 /// A sealed `requestState` of a call awaiting its user's approval (`policy::confirm`): its
 /// payload is laid out there.
 pub const VERSION_CONFIRM: u8 = 4;
+/// A sealed `requestState` of a bridged call waiting for its client's input
+/// (`session::era::CallState`): what a replay of the call needs.
+pub const VERSION_ERA_STATE: u8 = 5;
+/// Largest era-bridge request state sealed (the answers of the rounds it carries).
+pub const MAX_ERA_STATE_PAYLOAD: usize = 12 * 1024;
 /// Set on the version byte of a plain id (1 or 2) whose client declared the `elicitation`
 /// capability in its `initialize` (mcplb may ask it to approve a call).
 const ELICITS: u8 = 0x40;
 /// What the owner digest's key is derived for (the session key also keys the AEAD).
 const OWNER_KEY_LABEL: &[u8] = b"mcplb session owner v1";
+
+/// Largest payload sealed as `kind` ([`SessionSealer::seal_kind`]).
+fn max_payload(kind: u8) -> usize {
+    if kind == VERSION_ERA_STATE {
+        MAX_ERA_STATE_PAYLOAD
+    } else {
+        MAX_VIRTUAL_PAYLOAD
+    }
+}
 
 /// Who a session belongs to: the first [`OWNER`] bytes of an HMAC-SHA256 of the caller's
 /// identity (never the identity or a credential), under a key derived from the session key.
@@ -255,10 +269,11 @@ impl SessionSealer {
         self.seal_kind(VERSION_VIRTUAL, payload, out)
     }
 
-    /// Seals `payload` (at most [`MAX_VIRTUAL_PAYLOAD`] bytes) after the version byte `kind`
-    /// (a virtual server's id, a confirmation's request state): no kind opens as another.
+    /// Seals `payload` (at most [`MAX_VIRTUAL_PAYLOAD`] bytes, [`MAX_ERA_STATE_PAYLOAD`] for an
+    /// era-bridge request state) after the version byte `kind` (a virtual server's id, a
+    /// confirmation's request state, a bridged call's): no kind opens as another.
     pub fn seal_kind(&self, kind: u8, payload: &[u8], out: &mut Vec<u8>) -> Result<(), SealError> {
-        if payload.len() > MAX_VIRTUAL_PAYLOAD {
+        if payload.len() > max_payload(kind) {
             return Err(SealError::TooLong);
         }
         let mut nonce = [0u8; NONCE];
@@ -313,7 +328,7 @@ impl SessionSealer {
         sealed: &[u8],
         buf: &'b mut Vec<u8>,
     ) -> Option<(&'b [u8], usize)> {
-        let max = NONCE + 1 + MAX_VIRTUAL_PAYLOAD + TAG;
+        let max = NONCE + 1 + max_payload(kind) + TAG;
         if sealed.len() > base64::encoded_len(max, false)? {
             return None;
         }

@@ -219,7 +219,7 @@ async fn open_streams<'a>(
         while let Some(ev) = ms.parser.next_event() {
             let bits = relay_event(m, &ev.data, &mut out.early_events);
             if let Some(p) = &ms.parts {
-                crate::data_path::cache::note_group_changes(core, p.gi, bits);
+                crate::data_path::cache::note_group_changes(core, p.gi, bits, &ev.data);
             }
         }
         if let Some(slot) = out.streams.get_mut(m) {
@@ -255,7 +255,7 @@ fn on_read<'a>(
     while let Some(ev) = ms.parser.next_event() {
         let bits = relay_event(m, &ev.data, events);
         if let Some(p) = &ms.parts {
-            crate::data_path::cache::note_group_changes(core, p.gi, bits);
+            crate::data_path::cache::note_group_changes(core, p.gi, bits, &ev.data);
         }
     }
     if done || err {

@@ -468,6 +468,7 @@ async fn send_once<'a>(
             bi,
             session: s.clone(),
             backend_tag,
+            rounds: Default::default(),
         };
         (leg, ubuf.clone())
     });

@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::config::VirtualServer;
 use crate::data_path::request::{ClientConn, HttpMethod, Next, Refusal, Stop};
-use crate::data_path::{admission, era_bridge};
+use crate::data_path::{admission, confirm, era_bridge};
 use crate::data_path::{record, reply};
 use crate::runtime::core::Core;
 use member::Origin;
@@ -85,34 +85,42 @@ pub(crate) async fn serve(
         HttpMethod::Other => return Err(Refusal::invalid(405, "method not allowed").into()),
     }
     let admitted = admission::envelope(core, c, gi)?;
-    if c.meta
-        .policy
-        .is_some_and(|d| d.effect == crate::policy::Effect::Confirm)
-    {
-        return Err(crate::data_path::confirm::unavailable(
-            c,
-            "a virtual server does not ask its clients for approval yet",
-        )
-        .into());
-    }
     cx.modern = admitted.modern && cx.session.is_none();
     if cx.modern {
         let declared = crate::session::era::declared(c.req.body());
         cx.caps = declared.map_or(0, |d| cache::capabilities_key(d.capabilities));
     }
-    let mut permits: admission::Permits = Default::default();
-    admission::acquire_permits(core, &admitted.conc, &mut permits).await?;
-    if cx.modern && crate::session::era::has_request_state(c.req.body()) {
-        // A 2026-07-28 retry carrying the input a bridged member's call waits for goes to
-        // that call (boxed: as in the data path, only such a retry pays for its future).
-        if let Some(next) = Box::pin(era_bridge::resume(core, c)).await {
+    let asks = core
+        .shared
+        .config
+        .servers
+        .get(gi)
+        .is_some_and(|g| g.policy.confirms());
+    if asks && c.meta.row == crate::control::stats::M_RESPONSE {
+        // A client's answer to mcplb's own approval question goes to the waiting call.
+        if let Some(next) = Box::pin(confirm::deliver(c)).await {
             return Ok(next);
         }
     }
-    let msg: Value = match serde_json::from_slice(c.req.body()) {
-        Ok(v) => v,
-        Err(_) => return Err(Refusal::new(400, -32700, "Parse error").into()),
-    };
+    let mut permits: admission::Permits = Default::default();
+    admission::acquire_permits(core, &admitted.conc, &mut permits).await?;
+    if c.meta
+        .policy
+        .is_some_and(|d| d.effect == crate::policy::Effect::Confirm)
+    {
+        // Boxed: only a call that needs approval pays for the question's future.
+        return Box::pin(approved_call(core, c, gi, vs, &cx)).await;
+    }
+    if cx.modern && crate::session::era::has_request_state(c.req.body()) {
+        // A 2026-07-28 retry carrying the input a bridged member's call waits for goes to
+        // that call (boxed: as in the data path, only such a retry pays for its future).
+        // A call a member no longer holds is not replayed through a virtual server.
+        if let era_bridge::Resumed::Done(next) = Box::pin(era_bridge::resume(core, c, false)).await
+        {
+            return Ok(next);
+        }
+    }
+    let msg = message(c)?;
     let Some(obj) = msg.as_object() else {
         return Err(Refusal::invalid(400, "batches are not served by a virtual server").into());
     };
@@ -133,6 +141,50 @@ pub(crate) async fn serve(
         }
         (None, false) => Err(Refusal::invalid(400, "Invalid Request").into()),
     }
+}
+
+/// The request's JSON-RPC message.
+fn message(c: &ClientConn) -> Result<Value, Refusal> {
+    serde_json::from_slice(c.req.body()).map_err(|_| Refusal::new(400, -32700, "Parse error"))
+}
+
+/// A `tools/call` a `confirm` rule of the virtual server matched: asked about as in a plain
+/// group (`data_path::confirm`), then routed to the member that owns the tool. A 2025-era
+/// session whose client declared `elicitation` (its capabilities are sealed in the virtual
+/// session's id) is asked on the call's SSE answer, into which the member's answer then
+/// goes; a 2026-07-28 request declaring it gets the sealed `input_required`, and its
+/// approved retry (stripped of mcplb's state) is routed as any call; anyone else is denied.
+async fn approved_call(
+    core: &Core,
+    c: &mut ClientConn,
+    gi: usize,
+    vs: &VirtualServer,
+    cx: &SessionCx,
+) -> Result<Next, Stop> {
+    let Some(group) = core.shared.config.servers.get(gi) else {
+        return Err(Refusal::new(503, -32603, "no backend available").into());
+    };
+    let session = cx
+        .session
+        .as_ref()
+        .map(|s| crate::policy::confirm::declares_elicitation(&s.capabilities));
+    let streaming = match confirm::approve(core, c, group, cx.modern, session).await? {
+        confirm::Approval::Answered(next) => return Ok(next),
+        confirm::Approval::Forward => None,
+        confirm::Approval::Stream => match confirm::ask_first(c, group).await? {
+            confirm::Asked::Approved { close } => Some(close),
+            confirm::Asked::Done(next) => return Ok(next),
+        },
+    };
+    if cx.modern && crate::session::era::has_request_state(c.req.body()) {
+        // The era bridge's own round of a call approved already (its state is the bridge's;
+        // as above, not replayed through a virtual server).
+        if let era_bridge::Resumed::Done(next) = era_bridge::resume(core, c, false).await {
+            return Ok(next);
+        }
+    }
+    let msg = message(c)?;
+    routed::call(core, c, vs, cx, "tools/call", &msg, streaming).await
 }
 
 /// A JSON-RPC request, by method.
@@ -163,7 +215,7 @@ async fn request(
         | "resources/read"
         | "resources/subscribe"
         | "resources/unsubscribe"
-        | "completion/complete" => routed::call(core, c, vs, cx, method, msg).await,
+        | "completion/complete" => routed::call(core, c, vs, cx, method, msg, None).await,
         "logging/setLevel" => fanout::set_level(core, c, vs, cx, msg).await,
         "server/discover" => fanout::discover(core, c, vs, cx, msg).await,
         _ => Ok(error(c, -32601, &format!("Method not found: {method}")).await),

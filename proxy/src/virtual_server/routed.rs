@@ -20,9 +20,10 @@ use super::member::{self, Answered, MemberError, Origin};
 use super::naming::{self, Kind};
 use super::{error, log_member_failure, SessionCx};
 use crate::config::VirtualServer;
+use crate::data_path::cache as response_cache;
 use crate::data_path::request::{ClientConn, Next, Refusal, Stop};
 use crate::data_path::response::{self, Framing, Waited, Watch};
-use crate::data_path::{era_bridge, upstream};
+use crate::data_path::{confirm, era_bridge, upstream};
 use crate::http;
 use crate::runtime::core::Core;
 
@@ -35,7 +36,9 @@ struct Target {
     name: Option<String>,
 }
 
-/// A request for one member: routed, sent, and its answer forwarded.
+/// A request for one member: routed, sent, and its answer forwarded. `streaming`: the
+/// client's SSE answer is open already (mcplb asked it to approve the call there; `Some(close)`
+/// says whether its head said `connection: close`), so the answer, or the error, goes into it.
 pub(super) async fn call(
     core: &Core,
     c: &mut ClientConn,
@@ -43,25 +46,78 @@ pub(super) async fn call(
     cx: &SessionCx,
     method: &str,
     msg: &Value,
+    streaming: Option<bool>,
 ) -> Result<Next, Stop> {
+    // A call its user approved is never answered from a cache (as in a plain group).
+    let cacheable = streaming.is_none() && c.meta.confirm.is_none();
+    let failed = match reach(core, c, vs, cx, method, msg, cacheable).await {
+        Ok(Ok((m, answered, fill))) => {
+            return Ok(forward(core, c, m, answered, streaming, fill).await)
+        }
+        Ok(Err(Unrouted::Done(next))) => return Ok(next),
+        Ok(Err(Unrouted::Error(code, message))) => {
+            if streaming.is_none() {
+                return Ok(error(c, code, &message).await);
+            }
+            (code, message)
+        }
+        Err(Stop::Refuse(r)) if streaming.is_some() => (i64::from(r.code), r.message.to_string()),
+        Err(stop) => return Err(stop),
+    };
+    let code = i32::try_from(failed.0).unwrap_or(-32603);
+    confirm::fail_event(c, code, &failed.1).await;
+    Ok(Next::Close)
+}
+
+/// A routed request that reached no member.
+enum Unrouted {
+    /// Answered here (a subscription no member lists, asked of every member).
+    Done(Next),
+    /// No member shows its name or URI: this JSON-RPC error answers it.
+    Error(i64, String),
+}
+
+/// Routes `msg` to its member and sends it there: the member, its answer's head and, with
+/// `cacheable`, what its answer fills in the member group's response cache (a hit is
+/// answered here).
+async fn reach<'a>(
+    core: &'a Core,
+    c: &mut ClientConn,
+    vs: &VirtualServer,
+    cx: &SessionCx,
+    method: &str,
+    msg: &Value,
+    cacheable: bool,
+) -> Result<Result<(usize, Answered<'a>, Option<response_cache::Fill>), Unrouted>, Stop> {
     let target = match route(core, &Origin::of(c, cx), vs, cx, method, msg).await? {
         Ok(t) => t,
         // A resource no member lists may still be watched (it may appear later): every
         // member whose filter shows the URI is asked.
         Err(_) if matches!(method, "resources/subscribe" | "resources/unsubscribe") => {
-            return subscribe_anywhere(core, c, vs, cx, method, msg).await;
+            let next = subscribe_anywhere(core, c, vs, cx, method, msg).await?;
+            return Ok(Err(Unrouted::Done(next)));
         }
-        Err((code, message)) => return Ok(error(c, code, &message).await),
+        Err((code, message)) => return Ok(Err(Unrouted::Error(code, message))),
     };
     let Some(member) = vs.members.get(target.member) else {
         return Err(Refusal::new(502, -32603, "no such member").into());
     };
+    let mut fill = None;
+    if cacheable && core.caches.has(member.group) {
+        let ids = (c.meta.group.unwrap_or_default(), member.group);
+        let looked =
+            response_cache::member_lookup(core, c, ids, &target.body, cx.session.is_some());
+        match Box::pin(looked).await {
+            Ok(next) => return Ok(Err(Unrouted::Done(next))),
+            Err(f) => fill = f,
+        }
+    }
     let read_only = protocol::Method::from_name(method).is_read_only();
     let mut again = true;
     let mut session = fanout::session_for(core, &Origin::of(c, cx), vs, cx, target.member)
         .await
         .map_err(|e| e.refusal())?;
-    let answered = loop {
+    loop {
         let s = session.as_ref().map(|(t, sid)| (*t, sid.as_slice()));
         let o = member::Outbound {
             timeout: core.shared.config.proxy.upstream_timeout,
@@ -88,10 +144,9 @@ pub(super) async fn call(
                 log_member_failure(&member.server, "routed request failed", &e);
                 return Err(e.refusal().into());
             }
-            Ok(a) => break a,
+            Ok(a) => return Ok(Ok((target.member, a, fill))),
         }
-    };
-    Ok(forward(core, c, target.member, answered).await)
+    }
 }
 
 /// `resources/subscribe` (or `unsubscribe`) of a URI no member lists: to every member whose
@@ -231,8 +286,16 @@ async fn by_uri(
     }
 }
 
-/// Forwards a member's answer to the client: JSON whole, SSE event by event.
-async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> Next {
+/// Forwards a member's answer to the client: JSON whole, SSE event by event; into the
+/// client's open SSE answer when `streaming` (see [`call`]).
+async fn forward(
+    core: &Core,
+    c: &mut ClientConn,
+    m: usize,
+    a: Answered<'_>,
+    streaming: Option<bool>,
+    fill: Option<response_cache::Fill>,
+) -> Next {
     let Answered {
         head,
         mut up,
@@ -240,7 +303,14 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
         reached,
         bridged,
     } = a;
-    let keep = !c.req.head.close;
+    let keep = !c.req.head.close && streaming != Some(true);
+    if bridged.is_some() && streaming.is_some() {
+        // Not reached: the era bridge serves 2026-07-28 clients, who are asked through
+        // `input_required`, never on an open stream.
+        reached.finish(core, None, 502);
+        confirm::fail_event(c, -32603, "the member's answer cannot go into this stream").await;
+        return Next::Close;
+    }
     if let Some((leg, mut buf)) = bridged {
         // Through the era bridge: the answer made what the 2026-07-28 wire requires, a
         // member's server-to-client request an `input_required` result (the call waits for
@@ -294,6 +364,18 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
         let reusable = !head.close && !matches!(framing, Framing::UntilClose);
         reached.finish(core, reusable.then_some(up), head.status);
         c.meta.upstream_done = Some(Instant::now());
+        if let Some(f) = fill.filter(|_| head.status == 200) {
+            response_cache::store(core, c, f, &body, false);
+        }
+        if streaming.is_some() {
+            return whole_event(c, &body, keep).await;
+        }
+        // A member's own input round in the answer to a call its user approved carries the
+        // approval on (`data_path::confirm`).
+        let body = match c.confirm_wrap.take() {
+            Some(f) => confirm::wrap_rounds(core, c.meta.group, &f, body, false),
+            None => body,
+        };
         let ctype = if head.content_type.is_empty() {
             b"application/json".to_vec()
         } else {
@@ -304,20 +386,25 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
     // SSE: event by event.
     c.meta.sse = true;
     c.out.clear();
-    let _ = write!(
-        c.out,
-        "HTTP/1.1 {} {}\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-         x-accel-buffering: no\r\ntransfer-encoding: chunked\r\n{}\r\n",
-        head.status,
-        http::reason(head.status),
-        if keep { "" } else { "connection: close\r\n" }
-    );
-    if !send(c).await {
-        reached.finish(core, None, head.status);
-        return Next::Close;
+    if streaming.is_none() {
+        let _ = write!(
+            c.out,
+            "HTTP/1.1 {} {}\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+             x-accel-buffering: no\r\ntransfer-encoding: chunked\r\n{}\r\n",
+            head.status,
+            http::reason(head.status),
+            if keep { "" } else { "connection: close\r\n" }
+        );
+        if !send(c).await {
+            reached.finish(core, None, head.status);
+            return Next::Close;
+        }
     }
     let mut parser = protocol::sse::SseParser::new();
     let mut events = Vec::new();
+    let wrap = c.confirm_wrap.take();
+    // A copy for the member group's cache (bounded: a longer answer is not kept).
+    let mut copy = fill.filter(|_| head.status == 200).map(|f| (f, Vec::new()));
     let mut watch = Watch {
         client: true,
         shutdown: None,
@@ -329,10 +416,21 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
             break;
         }
         parser.push(&body);
+        if let Some((_, kept)) = &mut copy {
+            if kept.len() + body.len() > response_cache::MAX_COPY {
+                copy = None;
+            } else {
+                kept.extend_from_slice(&body);
+            }
+        }
         events.clear();
-        while let Some(ev) = parser.next_event() {
+        while let Some(mut ev) = parser.next_event() {
+            if let Some(f) = &wrap {
+                let wrapped = confirm::wrap_rounds(core, c.meta.group, f, ev.data.into(), false);
+                ev.data = String::from_utf8(wrapped).unwrap_or_default();
+            }
             let bits = relay_event(m, &ev.data, &mut events);
-            crate::data_path::cache::note_group_changes(core, reached.gi, bits);
+            crate::data_path::cache::note_group_changes(core, reached.gi, bits, &ev.data);
         }
         if !events.is_empty() {
             if c.meta.first_event.is_none() {
@@ -346,6 +444,9 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
         }
         if done {
             c.meta.upstream_done = Some(Instant::now());
+            if let Some((f, kept)) = copy.take() {
+                response_cache::store(core, c, f, &kept, true);
+            }
             c.out.clear();
             c.out.extend_from_slice(http::LAST_CHUNK);
             let ok = send(c).await;
@@ -381,6 +482,32 @@ async fn forward(core: &Core, c: &mut ClientConn, m: usize, a: Answered<'_>) -> 
     // does the member's, which tells the member to stop.
     reached.finish(core, None, head.status);
     Next::Close
+}
+
+/// A member's whole JSON answer as the last event of the client's open SSE answer (see
+/// [`call`]); a body that is no JSON ends the stream with an error.
+async fn whole_event(c: &mut ClientConn, body: &[u8], keep: bool) -> Next {
+    let line = serde_json::from_slice::<Value>(body)
+        .map(|v| v.to_string().into_bytes())
+        .unwrap_or_default();
+    if line.is_empty() {
+        confirm::fail_event(
+            c,
+            -32603,
+            "the member's answer to the approved call is not JSON",
+        )
+        .await;
+        return Next::Close;
+    }
+    c.meta.jsonrpc_error = protocol::response_outcome(&line) == Some(true);
+    c.out.clear();
+    confirm::event(c, &line);
+    c.out.extend_from_slice(http::LAST_CHUNK);
+    if send(c).await && keep {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
 }
 
 /// Appends `events` as one chunk of a chunked body (nothing when empty).
