@@ -39,6 +39,9 @@ Settings (environment):
   IDLE_SECS  seconds of the idle-CPU figure (default 5; 0 skips it)
   STRACE     1 = count syscalls per call under strace, every proxy (default 1); STRACE_SECS (8)
   PERF       1 = record perf profiles of mcplb and nginx (default 1); PERF_SECS (20)
+  URING      1 = count each mcplb build's io_uring operations per request by kind (tracepoints
+             io_uring:io_uring_submit_req and friends via `perf record`, cell PROFILE_CELL;
+             default 1); URING_SECS (8)
   PROFILE_CELL  the cell strace runs: answers/sessions/think (default sse/1/250)
   PERF_CELL  the cell perf runs (default sse/8/250: enough calls for a few hundred samples)
   BASE_PORT  ports BASE+1.. (default 28600); OUT (bench/results); TAG (one-call)
@@ -84,6 +87,8 @@ STRACE = env("STRACE", "1") == "1"
 STRACE_SECS = int(env("STRACE_SECS", 8))
 PERF = env("PERF", "1") == "1"
 PERF_SECS = int(env("PERF_SECS", 20))
+URING = env("URING", "1") == "1"
+URING_SECS = int(env("URING_SECS", 8))
 PROFILE_CELL = env("PROFILE_CELL", "sse/1/250")
 PERF_CELL = env("PERF_CELL", "sse/8/250")
 BASE = int(env("BASE_PORT", 28600))
@@ -248,7 +253,7 @@ def one_run(target, sessions, think):
 
 # ---------------------------------------------------------------------------- phases
 
-RESULTS = {"cells": {}, "idle": {}, "strace": {}, "perf": {}}
+RESULTS = {"cells": {}, "idle": {}, "strace": {}, "perf": {}, "uring": {}}
 
 
 def cell_key(answers, sessions, think):
@@ -320,9 +325,61 @@ def phase_strace(targets):
         log(f"strace {kind:8s} {calls} syscalls / {ex} requests = {per}; top {top[:4]}")
 
 
+# What the kernel does for mcplb's rings: operations submitted (by opcode), completions,
+# task work queued (completions that waited for readiness) and run, and enters that waited.
+# (Not io_uring_task_add: it fires in whichever process's context made a socket ready, so
+# `-p` counts the backend's and the client's rings there and misses mcplb's own.) Events are
+# kept only for the rings mcplb submitted to.
+URING_EVENTS = ["io_uring_submit_req", "io_uring_complete", "io_uring_poll_arm", "io_uring_cqring_wait",
+                "io_uring_local_work_run", "io_uring_task_work_run"]
+
+
+def phase_uring(targets):
+    a, s, t = profile_cell()
+    for kind in [k for k in PROXIES if k.startswith("mcplb")]:
+        tg = targets[(kind, a)]
+        data = os.path.join(sbs.RUNDIR, f"uring-{kind}.data")
+        argv = ["perf", "record", "-q", "-o", data, "-p", str(measured_pid(tg))]
+        for e in URING_EVENTS:
+            argv += ["-e", f"io_uring:{e}"]
+        rec = sbs.spawn(argv + ["--", "sleep", str(URING_SECS + 2)], f"uring-{kind}")
+        time.sleep(0.5)
+        j = run_load(tg.url, s, t, URING_SECS)
+        rec.wait(URING_SECS + 30)
+        sbs.stop(rec)
+        script = subprocess.run(["perf", "script", "-i", data, "-F", "event,trace"], capture_output=True,
+                                text=True).stdout
+        os.remove(data)
+        counts = {}
+        events = [(m.group(1), m.group(2)) for m in
+                  (re.match(r"\s*io_uring:(\w+):?\s*(.*)", line) for line in script.splitlines()) if m]
+        ring = re.compile(r"ring (0x[0-9a-f]+)")
+        own = {r.group(1) for ev, rest in events if ev == "io_uring_submit_req" for r in [ring.search(rest)] if r}
+        for ev, rest in events:
+            r = ring.search(rest)
+            if r and r.group(1) not in own:
+                continue
+            if ev == "io_uring_submit_req":
+                op = re.search(r"opcode (\w+)", rest)
+                ev = f"submit {op.group(1) if op else '?'}"
+            counts[ev] = counts.get(ev, 0) + 1
+        ex = j["exchanges"]
+        RESULTS["uring"][kind] = {"cell": PROFILE_CELL, "exchanges": ex, "counts": counts,
+                                  "per_call": {k: round(v / ex, 2) for k, v in sorted(counts.items())} if ex else {}}
+        log(f"uring {kind}: {RESULTS['uring'][kind]['per_call']} per request over {ex}")
+
+
+def kernel_share(data):
+    """The share of a profile's samples taken in the kernel (perf's [k] symbols)."""
+    out = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso", "-g", "none"],
+                         capture_output=True, text=True).stdout
+    k = sum(float(m.group(1)) for m in re.finditer(r"^\s*([\d.]+)%\s+\[kernel", out, re.M))
+    return round(k, 1)
+
+
 def phase_perf(targets):
     a, s, t = profile_cell(PERF_CELL)
-    for kind in [k for k in ("mcplb", "nginx") if k in PROXIES]:
+    for kind in [k for k in PROXIES if k.startswith("mcplb") or k == "nginx"]:
         tg = targets[(kind, a)]
         data = os.path.join(sbs.RUNDIR, f"perf-{kind}.data")
         rec = sbs.spawn(["perf", "record", "-e", "cpu-clock", "-F", "10000", "-g", "-o", data,
@@ -338,7 +395,7 @@ def phase_perf(targets):
                               capture_output=True, text=True).stdout
         samples = re.search(r"# Samples: (\S+)\s+of event", flat)
         RESULTS["perf"][kind] = {"cell": PERF_CELL, "exchanges": j["exchanges"],
-                                 "samples": samples.group(1) if samples else None,
+                                 "samples": samples.group(1) if samples else None, "kernel_pct": kernel_share(data),
                                  "flat": strip_perf(flat), "tree": strip_perf(tree)[:20000]}
         os.remove(data)
         log(f"perf {kind}: {RESULTS['perf'][kind]['samples']} samples over {j['exchanges']} requests")
@@ -487,11 +544,26 @@ def report(d):
             top = ", ".join(f"{n} {p}" for n, _, p in s["top"])
             lines.append(f"| {names[k]} | {s['per_call']} | {top} |")
         lines.append("")
+    if R.get("uring"):
+        cell = next(iter(R["uring"].values()))["cell"]
+        kinds = list(R["uring"])
+        evs = sorted({e for u in R["uring"].values() for e in u["per_call"]})
+        lines += [f"## io_uring per request (tracepoints counted with `perf record`, cell {describe(cell)})", "",
+                  "`submit OP`: operations submitted, by opcode; `io_uring_complete`: completions posted; "
+                  "`io_uring_poll_arm`: operations that found their socket not ready and armed a poll; "
+                  "`io_uring_task_work_run`/`io_uring_local_work_run`: runs of completion work for sockets "
+                  "that turned ready; "
+                  "`io_uring_cqring_wait`: enters that slept for a completion.", "",
+                  "| event | " + " | ".join(names[k] for k in kinds) + " |", "|---|" + "---|" * len(kinds)]
+        for e in evs:
+            lines.append(f"| {e} | " + " | ".join(str(R["uring"][k]["per_call"].get(e, 0)) for k in kinds) + " |")
+        lines.append("")
     if R.get("perf"):
         cell = next(iter(R["perf"].values()))["cell"]
         lines += [f"## Profiles (`perf record -e cpu-clock -F 10000 -g`, cell {describe(cell)})", ""]
         for k, p in R["perf"].items():
-            lines += [f"### {names[k]}: {p['samples']} samples over {p['exchanges']} requests", "", "```",
+            split = f", {p['kernel_pct']} % of them in the kernel" if p.get("kernel_pct") is not None else ""
+            lines += [f"### {names[k]}: {p['samples']} samples over {p['exchanges']} requests{split}", "", "```",
                       "\n".join(p["flat"].splitlines()[:45]), "```", ""]
     return "\n".join(lines) + "\n"
 
@@ -529,6 +601,8 @@ def main():
         phase_idle(targets)
         if STRACE:
             phase_strace(targets)
+        if URING:
+            phase_uring(targets)
         if PERF:
             phase_perf(targets)
     finally:

@@ -386,6 +386,31 @@ fn session_keys_from_a_watched_file_rotate_without_a_reload_call() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `proxy.watch_interval` turned on by a reload: the watcher, which sleeps with no timer while
+/// the watch is off, wakes and from then on sees changes to the file by itself.
+#[test]
+fn a_reload_that_turns_the_watch_on_starts_watching() {
+    let a = mock("alpha");
+    let b = mock("beta");
+    let watched = |m: &MockServer| {
+        config(&[m], &[1], "").replace("workers = 2\n", "workers = 2\nwatch_interval = \"200ms\"\n")
+    };
+    let p = start_proxy(&config(&[&a], &[1], ""), "auto");
+    let first = backend_names(&p);
+    std::fs::write(&p.config_path, watched(&a)).unwrap();
+    let (status, _) = admin(&p, "POST", "/reload");
+    assert_eq!(status, 200);
+    // No reload call from here: the watcher sees the file change (renamed over it whole: the
+    // watcher may look at any moment, and a half-written file is refused until it changes).
+    let tmp = p.config_path.with_extension("tmp");
+    std::fs::write(&tmp, watched(&b)).unwrap();
+    std::fs::rename(&tmp, &p.config_path).unwrap();
+    wait_for("the watcher to load the new backend", || {
+        let now = backend_names(&p);
+        now.len() == 1 && now != first
+    });
+}
+
 #[test]
 fn session_key_settings_are_checked_by_name() {
     let m = mock("alpha");

@@ -223,6 +223,9 @@ pub struct Reloader {
     local_addr: SocketAddr,
     /// The key generated at start when the config named none (used until a reload names some).
     generated_key: Option<[u8; 32]>,
+    /// The `proxy.watch_interval` thread, unparked by every reload (it may have turned the
+    /// watch on) and when the reloader goes away (it then ends).
+    watcher: std::sync::OnceLock<std::thread::Thread>,
 }
 
 /// Settings a reload cannot change (they need a restart), with their keys.
@@ -439,6 +442,14 @@ impl Reloader {
             running: Mutex::new(running),
             local_addr,
             generated_key,
+            watcher: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Wakes the watch thread, if there is one, to look at the configuration again.
+    fn wake_watcher(&self) {
+        if let Some(t) = self.watcher.get() {
+            t.unpark();
         }
     }
 
@@ -515,6 +526,7 @@ impl Reloader {
             }
         }
         self.live.store(shared.clone());
+        self.wake_watcher();
         if changes.is_empty() {
             tracing::info!("configuration reloaded: no change");
         }
@@ -543,6 +555,13 @@ impl Reloader {
     }
 }
 
+impl Drop for Reloader {
+    fn drop(&mut self) {
+        // A watch thread parked with the watch off sees the reloader gone and ends.
+        self.wake_watcher();
+    }
+}
+
 /// What `proxy.watch_interval` compares: the config file and the files it names that a reload
 /// reads again (`proxy.session_keys_file`), by content, so that a Kubernetes Secret or
 /// ConfigMap volume (updated by swapping a symlink) is seen as well as an edit in place. An
@@ -564,25 +583,30 @@ pub fn watched_fingerprint(path: &std::path::Path, config: &Config) -> u64 {
 /// Starts the thread behind `proxy.watch_interval` (only for a proxy started from a file):
 /// every interval of the running configuration it compares [`watched_fingerprint`] with the
 /// last one and reloads on a change, as SIGHUP does (a refused reload is logged with every
-/// problem and not retried until the files change again). It ends with the reloader.
+/// problem and not retried until the files change again). It ends with the reloader. While
+/// the watch is off it sleeps with no timer (a reload, which may turn it on, wakes it): an
+/// idle mcplb wakes for nothing (measured: this thread's once-a-second check was a quarter of
+/// the wake-ups per call of an agent calling four times a second).
 pub(crate) fn start_watch(reloader: &Arc<Reloader>) -> std::io::Result<()> {
     let Some(path) = reloader.path.clone() else {
         return Ok(());
     };
     let weak = Arc::downgrade(reloader);
     let mut last = watched_fingerprint(&path, &reloader.live.load().config);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("mcplb-watch".into())
         .spawn(move || loop {
             let Some(r) = weak.upgrade() else { return };
             let config = r.live.load();
             let Some(every) = config.config.proxy.watch_interval else {
                 drop((r, config));
-                // Off in this configuration; a reload may turn it on.
-                std::thread::sleep(std::time::Duration::from_secs(1));
+                // Off in this configuration: until a reload (which may turn it on) or the
+                // reloader's end unparks it. A wake-up for any other reason looks again.
+                std::thread::park();
                 continue;
             };
             let now = watched_fingerprint(&path, &config.config);
+            let keys_file = config.config.proxy.session_keys_file.clone();
             drop(config);
             if now != last {
                 match r.reload() {
@@ -597,12 +621,23 @@ pub(crate) fn start_watch(reloader: &Arc<Reloader>) -> std::io::Result<()> {
                         }
                     }
                 }
-                // The reload may have named other files: compare with what they hold now.
-                last = watched_fingerprint(&path, &r.live.load().config);
+                // What was looked at before the reload: a file changed while the reload read
+                // it differs next time and is read again (taken after the reload, the
+                // fingerprint of a change made meanwhile passed for loaded, and it never
+                // was). When the reload named other files, what they hold now.
+                let live = r.live.load();
+                if live.config.proxy.session_keys_file != keys_file {
+                    last = watched_fingerprint(&path, &live.config);
+                } else {
+                    last = now;
+                }
             }
             drop(r);
             std::thread::sleep(every);
         })?;
+    let _ = reloader.watcher.set(thread.thread().clone());
+    // A reload between the thread's first look and `set` unparked nobody: look again.
+    thread.thread().unpark();
     Ok(())
 }
 

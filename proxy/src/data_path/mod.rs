@@ -94,7 +94,7 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     if core.shared.tracer.is_some() {
         record::span(core, c, start);
     }
-    crate::runtime::flush::note();
+    crate::runtime::flush::note_request(start);
     c.next_request();
     next
 }
