@@ -171,6 +171,22 @@ async def test_two_sessions_to_sse_only_server(proxy_to_sse_server: Proxy) -> No
             assert text_of(await a.call_tool("add", {"a": 1, "b": 1})) == "2"
 
 
+async def test_a_2026_client_through_the_era_bridge_to_an_sse_only_server(proxy_to_sse_server: Proxy) -> None:
+    # The 2024-11-05 server, bridged to Streamable HTTP, is a 2025-era backend: a 2026-07-28
+    # client (no initialize, no session) reaches it through the era bridge, progress included.
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async with Client(proxy_to_sse_server.url, mode="2026-07-28", read_timeout_seconds=READ_TIMEOUT) as client:
+        assert {"add", "slow_progress"} <= {t.name for t in (await client.list_tools()).tools}
+        assert text_of(await client.call_tool("add", {"a": 20, "b": 22})) == "42"
+        result = await client.call_tool("slow_progress", {"steps": 3, "delay": 0.1}, progress_callback=on_progress)
+        assert text_of(result) == "done"
+        assert progress == [1, 2, 3], progress
+
+
 # --- old clients, new server ------------------------------------------------------------------
 
 

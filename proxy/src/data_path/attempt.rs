@@ -250,6 +250,7 @@ async fn era_send(
             listen,
             bridge: None,
             reopened: false,
+            session_body: None,
         };
         let mut io = AttemptIo {
             out,
@@ -381,6 +382,9 @@ struct EraHook<'r> {
     listen: bool,
     /// The backend session of the current attempt.
     bridge: Option<std::rc::Rc<era_bridge::BridgeSession>>,
+    /// The 2026-07-28 request as the backend session takes it (its envelope out of `_meta`),
+    /// made at the first attempt that goes through a backend session; `Some(None)`: as it is.
+    session_body: Option<Option<Vec<u8>>>,
     /// The backend session was re-opened after the backend lost it (once only).
     reopened: bool,
 }
@@ -411,6 +415,9 @@ impl BackendHook for EraHook<'_> {
             }
             Ok(Some(s)) if self.listen => Before::Local(EraLocal::Listen(bi, s)),
             Ok(s) => {
+                if s.is_some() && self.session_body.is_none() {
+                    self.session_body = Some(era::session_request(self.req.body()));
+                }
                 self.bridge = s;
                 Before::Go
             }
@@ -430,6 +437,7 @@ impl BackendHook for EraHook<'_> {
         let rewrite = match (&self.bridge, self.legacy) {
             (Some(s), _) => upstream::Rewrite {
                 version: Some(s.version.as_bytes()),
+                body: self.session_body.as_ref().and_then(|b| b.as_deref()),
                 trace: self.trace,
                 ..Default::default()
             },

@@ -396,6 +396,33 @@ pub(crate) fn modern_request(body: &[u8], d: &Declared<'_>) -> Option<(Vec<u8>, 
     Some((body, headers))
 }
 
+/// The keys of a 2026-07-28 request's `_meta` that a 2025-era backend session already has from
+/// its `initialize` (and that 2025-era servers may refuse on a session: the Python SDK's
+/// HTTP+SSE server answers "this connection serves the handshake protocol era").
+const ENVELOPE: [&str; 3] = [
+    "io.modelcontextprotocol/protocolVersion",
+    "io.modelcontextprotocol/clientCapabilities",
+    "io.modelcontextprotocol/clientInfo",
+];
+
+/// A 2026-07-28 request as its 2025-era backend session takes it: the envelope's keys out of
+/// `params._meta` (and an emptied `_meta` out of `params`), everything else as it was. `None`
+/// when the body carries none of them (it goes as it is) or is not a JSON-RPC request object.
+pub(crate) fn session_request(body: &[u8]) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let params = v.get_mut("params")?.as_object_mut()?;
+    let meta = params.get_mut("_meta")?.as_object_mut()?;
+    let before = meta.len();
+    meta.retain(|k, _| !ENVELOPE.contains(&k.as_str()));
+    if meta.len() == before {
+        return None;
+    }
+    if meta.is_empty() {
+        params.remove("_meta");
+    }
+    serde_json::to_vec(&v).ok()
+}
+
 /// The JSON-RPC response in the body of a whole answer: the body itself (`application/json`),
 /// or the first event of an SSE stream (`sse`) that carries a response (server requests and
 /// notifications before it are passed over).
@@ -926,6 +953,29 @@ pub(crate) fn status_of(head: &[u8]) -> Option<u16> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
+
+    #[test]
+    fn a_bridged_request_loses_only_the_envelope() {
+        let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{"a":1},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"c","version":"1"},"progressToken":3}}}"#;
+        let out: Value = serde_json::from_slice(&session_request(body).unwrap()).unwrap();
+        assert_eq!(out["id"], 7);
+        assert_eq!(out["params"]["arguments"]["a"], 1);
+        assert_eq!(
+            out["params"]["_meta"],
+            serde_json::json!({"progressToken": 3})
+        );
+        let bare = br#"{"jsonrpc":"2.0","id":8,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+        let out: Value = serde_json::from_slice(&session_request(bare).unwrap()).unwrap();
+        assert_eq!(out["params"], serde_json::json!({}));
+        // Nothing to take out: the body goes as it is.
+        assert!(session_request(br#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#).is_none());
+        assert!(session_request(
+            br#"{"jsonrpc":"2.0","id":9,"method":"ping","params":{"_meta":{"progressToken":1}}}"#
+        )
+        .is_none());
+        assert!(session_request(b"not json").is_none());
+    }
+
     use super::*;
 
     #[test]
