@@ -287,9 +287,7 @@ def start_proxy_text(workdir: Path, name: str, toml: str) -> Proxy:
 
 
 def _start_proxy(tmp_dir: Path, server_name: str, backends: list[Backend]) -> Proxy:
-    config = tmp_dir / f"mcplb-{server_name}.toml"
-    config.write_text(_config_toml(server_name, backends))
-    return start_proxy_file(config)
+    return start_proxy_text(tmp_dir, server_name, _config_toml(server_name, backends))
 
 
 # ---------------------------------------------------------------------------------------------
