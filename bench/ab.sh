@@ -21,7 +21,8 @@
 # cost of the era bridge, usually with A = B = one build: the stateful (2025-era) mock, the
 # 2026-07-28 `tools/call` of post_modern.lua (full `_meta`), A's group with `era = "2026"` (the
 # request passes as it is: the plain path) and B's with `era = "2025"` (bridged through a
-# backend session)), EXTRA_A and EXTRA_B (TOML appended to A's or B's config: the same build
+# backend session); ERA_A / ERA_B change those, e.g. ERA_A=2025 to compare two builds' bridge),
+# EXTRA_A and EXTRA_B (TOML appended to A's or B's config: the same build
 # with a feature off and on), SCRIPT (another wrk script of bench/quick/ than the mode's).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -61,7 +62,7 @@ start_proxy() { # bin name [extra TOML] [extra file] -> sets PID and PORT (no su
     local bin=$1 name=$2 extra=${3:-} file=${4:-} port era=""
     port=$(free_port)
     if [[ $MODE == era ]]; then
-        if [[ $name == a ]]; then era='era = "2026"'; else era='era = "2025"'; fi
+        if [[ $name == a ]]; then era="era = \"${ERA_A:-2026}\""; else era="era = \"${ERA_B:-2025}\""; fi
     fi
     cat >"$RUN/$name.toml" <<EOF
 [proxy]
@@ -163,8 +164,10 @@ lines = [
     if mode == "stateless" else
     (f"- Method: `MODE=era bench/ab.sh` — both proxies up at once, one worker each pinned to core 0; "
      f"the stateful (2025-era) mock (`mcplb-load mock --threads 1`) and wrk (`-t1 -c{conns} -d{secs}s "
-     f"--latency`, the 2026-07-28 `tools/call` of `bench/quick/post_modern.lua` with its full `_meta`) on core 1; A's group "
-     f"`era = \"2026\"` (passed as it is), B's `era = \"2025\"` (bridged through a backend session); "
+     f"--latency`, the 2026-07-28 `tools/call` of `bench/quick/post_modern.lua` with its full `_meta`) on core 1; "
+     + "; ".join(f"{side}'s group `era = \"{v}\"` ({'passed as it is' if v == '2026' else 'bridged through a backend session'})"
+                 for side, v in (("A", os.environ.get("ERA_A", "2026")), ("B", os.environ.get("ERA_B", "2025"))))
+     + "; "
      f"A B A B ..., {pairs} pairs after one warm-up each. CPU = the proxy's utime+stime over the run / requests.")
     if mode == "era" else
     (f"- Method: `MODE=session-auth bench/ab.sh` — both proxies up at once, one worker each pinned "
