@@ -112,7 +112,9 @@ pub fn runtimes_after(
 
 /// Nanoseconds since `epoch`: the clock the `lb` and `ratelimit` crates take as an argument.
 pub fn now_ns(epoch: Instant) -> u64 {
-    epoch.elapsed().as_nanos() as u64
+    crate::runtime::clock::now()
+        .saturating_duration_since(epoch)
+        .as_nanos() as u64
 }
 
 /// One core's balancing state for one group (no atomics shared with other cores, except the

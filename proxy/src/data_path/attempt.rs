@@ -6,7 +6,6 @@
 //! that may have reached a backend is never sent again.
 
 use std::borrow::Cow;
-use std::time::Instant;
 
 use lb::{retry_decision, Retry, RetryContext, UpstreamError, UpstreamErrorKind};
 use protocol::Method;
@@ -135,7 +134,10 @@ pub(crate) async fn send(
             return reply::refuse(c, &last).await;
         }
     };
-    let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
+    let rtt = c.meta.sent.map(|s| {
+        let now = crate::runtime::clock::now();
+        now.saturating_duration_since(s).as_nanos() as u64
+    });
     let answer = plain_answer(c, &mut up, ubuf, head_len, backend_tag, plan.sid.as_deref());
     let keep = !c.req.head.close;
     let (next, reusable) = forward_response(core, c, answer, keep).await;
@@ -288,7 +290,10 @@ async fn era_send(
         in_flight,
         backend_tag,
     } = reached;
-    let rtt = c.meta.sent.map(|s| s.elapsed().as_nanos() as u64);
+    let rtt = c.meta.sent.map(|s| {
+        let now = crate::runtime::clock::now();
+        now.saturating_duration_since(s).as_nanos() as u64
+    });
     let keep = !c.req.head.close;
     let (next, pool) = if let Some(session) = bridge {
         let leg = era_bridge::Leg {
@@ -798,7 +803,8 @@ async fn attempt(
     let len = out.len();
     let (w, out) = up.write_range(out, 0..len).await;
     *io.out = out;
-    io.meta.sent = Some(Instant::now());
+    let sent = crate::runtime::clock::now();
+    io.meta.sent = Some(sent);
     if w.is_err() {
         return Err(UpstreamError::new(
             UpstreamErrorKind::WriteFailed,
@@ -806,7 +812,7 @@ async fn attempt(
             false,
         ));
     }
-    let deadline = monoio::time::Instant::now() + head_timeout;
+    let deadline = monoio::time::Instant::from_std(sent) + head_timeout;
     match upstream::read_head(&mut up, io.ubuf, Some(deadline)).await {
         Ok(n) => Ok((up, n)),
         Err(e) => Err(e.upstream(reused)),

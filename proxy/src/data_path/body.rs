@@ -38,7 +38,7 @@ pub(crate) async fn read_body(cfg: &ProxyConfig, c: &mut ClientConn) -> Result<u
     }
     // The whole body within `body_timeout` once the head is in (a slow drip of a body holds a
     // connection and its buffer no longer than a slow head does).
-    let deadline = monoio::time::Instant::now() + cfg.body_timeout;
+    let deadline = crate::runtime::clock::monoio_now() + cfg.body_timeout;
     let end = if chunked {
         read_chunked(cfg, c, head_len, deadline).await?
     } else {

@@ -126,7 +126,7 @@ pub(crate) fn parse_head(
 
 /// Reads the head into `c.req.buf` (which may already hold its first bytes) and parses it.
 pub(crate) async fn read_head(cfg: &ProxyConfig, c: &mut ClientConn) -> Result<(), Stop> {
-    let deadline = monoio::time::Instant::now() + cfg.header_timeout;
+    let deadline = crate::runtime::clock::monoio_now() + cfg.header_timeout;
     let head_len = loop {
         if let Some(n) = http::head_len(&c.req.buf) {
             break n;

@@ -60,7 +60,7 @@ pub(crate) const READ_SIZE: usize = BUF_SIZE;
 
 /// Reads one request (head and body), routes it, forwards it and its answer, and records it.
 pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
-    let start = Instant::now();
+    let start = crate::runtime::clock::now();
     c.meta = ReqMeta::default();
     c.trace = None;
     let next = match head::read_head(&core.shared.config.proxy, c).await {
@@ -81,7 +81,7 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     };
     // One clock read for the statistics and the audit line.
     let stats = core.shared.config.proxy.stats;
-    let end = (stats || core.audit.is_some()).then(Instant::now);
+    let end = (stats || core.audit.is_some()).then(crate::runtime::clock::now);
     if let Some(end) = end.filter(|_| stats) {
         record::record(core, &c.meta, start, end);
     }

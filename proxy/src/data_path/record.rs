@@ -14,7 +14,9 @@ pub(crate) fn write_access_log(core: &Core, c: &ClientConn, start: Instant) {
     let m = &c.meta;
     let mut l = log.borrow_mut();
     let (seq, ts) = l.stamp();
-    let total_us = start.elapsed().as_micros();
+    let total_us = crate::runtime::clock::now()
+        .saturating_duration_since(start)
+        .as_micros();
     let upstream_us = match (m.sent, m.upstream_done) {
         (Some(a), Some(b)) => b.saturating_duration_since(a).as_micros(),
         _ => 0,

@@ -6,7 +6,6 @@
 
 use std::future::Future as _;
 use std::task::Poll;
-use std::time::Instant;
 
 use crate::control::stats::Gauge;
 use crate::data_path::request::{ClientConn, Next, Refusal};
@@ -274,7 +273,7 @@ pub(crate) async fn final_head(
                 a.buf.drain(..head_len.min(a.buf.len()));
                 let timeout = core.shared.config.proxy.upstream_timeout;
                 let deadline =
-                    *deadline.get_or_insert_with(|| monoio::time::Instant::now() + timeout);
+                    *deadline.get_or_insert_with(|| crate::runtime::clock::monoio_now() + timeout);
                 head_len = upstream::read_head(a.up, &mut a.buf, Some(deadline))
                     .await
                     .map_err(|_| Refusal::new(502, -32603, "backend closed the connection"))?;
@@ -448,10 +447,10 @@ pub(crate) async fn forward_response(
     c.out.extend_from_slice(first);
     let extra = body_done && take < avail.len();
     if body_done {
-        c.meta.upstream_done = Some(Instant::now());
+        c.meta.upstream_done = Some(crate::runtime::clock::now());
     }
     if is_sse && take > 0 {
-        c.meta.first_event = Some(Instant::now());
+        c.meta.first_event = Some(crate::runtime::clock::now());
     }
     let out = std::mem::take(&mut c.out);
     let len = out.len();
@@ -580,7 +579,7 @@ async fn stream_body(
             return Err(());
         }
         if done {
-            c.meta.upstream_done = Some(Instant::now());
+            c.meta.upstream_done = Some(crate::runtime::clock::now());
         }
         if std::mem::take(&mut sniff_error) {
             c.meta.rpc_code = protocol::response_error_code(ubuf.get(..take).unwrap_or_default());
@@ -590,7 +589,7 @@ async fn stream_body(
             tools_changed(core, c, ubuf.get(..take).unwrap_or_default());
         }
         if is_sse && c.meta.first_event.is_none() && take > 0 {
-            c.meta.first_event = Some(Instant::now());
+            c.meta.first_event = Some(crate::runtime::clock::now());
         }
         let (w, b) = c.stream.write_range(std::mem::take(ubuf), 0..take).await;
         *ubuf = b;
@@ -772,6 +771,6 @@ async fn read_whole(
             }
         }
     };
-    c.meta.upstream_done = Some(Instant::now());
+    c.meta.upstream_done = Some(crate::runtime::clock::now());
     Ok((body, extra))
 }

@@ -202,7 +202,7 @@ async fn serve_connection(
                 Wait::Idle if served > 0 && matches!(c.stream, Conn::Plain(_)) => {
                     // Idle between requests: the connection is parked with no task (see
                     // `park.rs`), and served again by a new task when it turns readable.
-                    let now = Instant::now();
+                    let now = crate::runtime::clock::now();
                     park = Some(if hot {
                         now.checked_sub(HOT_WAIT).unwrap_or(now)
                     } else {

@@ -3,6 +3,7 @@
 //! accept loop here admits connections (counted, limited per client address) and gives each
 //! a task ([`conn`]); a panic in a connection's task closes that connection only.
 
+pub(crate) mod clock;
 pub(crate) mod conn;
 pub(crate) mod core;
 pub(crate) mod flush;
@@ -181,7 +182,11 @@ pub(crate) mod test_hooks {
 pub(crate) async fn contained<F: Future>(fut: F) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(move |cx| {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+        // Each poll of a client task shares one clock read (`clock`).
+        clock::poll_edge(true);
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
+        clock::poll_edge(false);
+        match polled {
             Ok(Poll::Ready(v)) => Poll::Ready(Some(v)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(_) => Poll::Ready(None),
