@@ -6,8 +6,8 @@
 use std::ops::Range;
 
 pub use crate::data_path::views::{
-    parse_request_head, rewrite_response_head, HeadRefusal, RequestHead, ResponseFraming,
-    ResponseHead,
+    parse_request_head, parse_request_head_searched, rewrite_response_head, HeadRefusal,
+    RequestHead, ResponseFraming, ResponseHead,
 };
 
 use crate::http::{self, ChunkedDecoder};
@@ -155,6 +155,11 @@ fn within(r: &Range<usize>, len: usize) -> bool {
 /// a body is de-chunked only for a lone `chunked` (501 only for a well-formed list ending in
 /// one); a `Connection` header naming fields is noted.
 pub fn check_request_head(buf: &[u8], max_headers: usize) {
+    assert_eq!(
+        parse_request_head(buf, max_headers),
+        parse_request_head_searched(buf, max_headers),
+        "the whole-buffer parse and the search-then-parse disagree"
+    );
     let Some(verdict) = parse_request_head(buf, max_headers) else {
         assert!(http::head_len(buf).is_none());
         return;

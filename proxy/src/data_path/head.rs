@@ -37,16 +37,31 @@ pub(crate) fn parse_head(
     max_headers: usize,
     h: &mut ReqHead,
 ) -> Result<(), HeadError> {
+    let parsed = parse_prefix(buf.get(..len).unwrap_or(buf), max_headers, h)?;
+    if parsed.is_none() {
+        return Err(HeadError::Bad("incomplete request head"));
+    }
+    h.len = len;
+    Ok(())
+}
+
+/// Parses the head at the start of `buf` (which may hold body bytes after it) into `h`:
+/// `Ok(Some(len))` when it is complete (`h.len` is then `len`), `Ok(None)` when it is not.
+fn parse_prefix(
+    buf: &[u8],
+    max_headers: usize,
+    h: &mut ReqHead,
+) -> Result<Option<usize>, HeadError> {
     // Left uninitialised: initialising 512 headers wrote 16 KiB per request.
     let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 512];
     let headers = storage.get_mut(..max_headers.min(512)).unwrap_or_default();
     let mut req = httparse::Request::new(&mut []);
-    match req.parse_with_uninit_headers(buf.get(..len).unwrap_or(buf), headers) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(HeadError::Bad("incomplete request head")),
+    let len = match req.parse_with_uninit_headers(buf, headers) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         Err(_) => return Err(HeadError::Bad("malformed request head")),
-    }
+    };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Bad("malformed request line"));
     };
@@ -121,13 +136,47 @@ pub(crate) fn parse_head(
         // Request smuggling guard (RFC 9112 §6.1): refuse rather than guess.
         return Err(HeadError::Bad("both content-length and transfer-encoding"));
     }
-    Ok(())
+    Ok(Some(len))
+}
+
+/// The head parsed from what the first read brought, when that holds all of it (the usual
+/// case: one parse, no separate search for the blank line first). `None` (anything else: a
+/// partial or refused head, a bare-LF line end, leading empty lines, one above `max_bytes`)
+/// leaves the answer to the search-then-parse path, which reads more or refuses as before;
+/// where this answers, that path gives the same head (`fuzzing::check_request_head`).
+pub(crate) fn parse_whole(
+    buf: &[u8],
+    max_bytes: usize,
+    max_headers: usize,
+    h: &mut ReqHead,
+) -> Option<()> {
+    // httparse skips empty lines before the request line; `http::head_len` would stop at them.
+    if matches!(buf.first(), None | Some(b'\r' | b'\n')) {
+        return None;
+    }
+    let len = parse_prefix(buf, max_headers, h).ok()??;
+    // Then the head ends at its first CRLF CRLF (no request line or header holds CR or LF),
+    // where `http::head_len` finds its end, unless a line ended in a bare LF.
+    (len <= max_bytes && buf.get(..len)?.ends_with(b"\r\n\r\n")).then_some(())
 }
 
 /// Reads the head into `c.req.buf` (which may already hold its first bytes) and parses it.
 pub(crate) async fn read_head(cfg: &ProxyConfig, c: &mut ClientConn) -> Result<(), Stop> {
-    let deadline = crate::runtime::clock::monoio_now() + cfg.header_timeout;
+    // Set by the first read (a head already here needs no clock read).
+    let mut deadline = None;
+    // The first bytes are parsed at once (see `parse_whole`); only a head that needs more
+    // reads or a refusal goes through the search for its end.
+    let mut first = true;
     let head_len = loop {
+        if first && !c.req.buf.is_empty() {
+            first = false;
+            let mut head = std::mem::take(&mut c.req.head);
+            let whole = parse_whole(&c.req.buf, cfg.max_header_bytes, cfg.max_headers, &mut head);
+            c.req.head = head;
+            if whole.is_some() {
+                return check_target(cfg, &c.req.head);
+            }
+        }
         if let Some(n) = http::head_len(&c.req.buf) {
             break n;
         }
@@ -137,6 +186,8 @@ pub(crate) async fn read_head(cfg: &ProxyConfig, c: &mut ClientConn) -> Result<(
             ));
         }
         let buf = std::mem::take(&mut c.req.buf);
+        let deadline = *deadline
+            .get_or_insert_with(|| crate::runtime::clock::monoio_now() + cfg.header_timeout);
         let read = monoio::time::timeout_at(deadline, c.stream.read_more(buf, super::READ_SIZE));
         let Ok((r, buf)) = read.await else {
             // Slow or stalled head (slowloris): answer if anything arrived, then close.
@@ -161,11 +212,55 @@ pub(crate) async fn read_head(cfg: &ProxyConfig, c: &mut ClientConn) -> Result<(
     if let Err(e) = parsed {
         return Err(Stop::Refuse(e.refusal()));
     }
-    let h = &c.req.head;
+    check_target(cfg, &c.req.head)
+}
+
+/// Refuses a request target longer than `max_url_bytes`.
+fn check_target(cfg: &ProxyConfig, h: &ReqHead) -> Result<(), Stop> {
     if h.path.start.abs_diff(h.query.end) > cfg.max_url_bytes {
         return Err(Stop::Refuse(
             Refusal::invalid(414, "request target too long").closing(),
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(buf: &[u8]) -> Option<ReqHead> {
+        let mut h = ReqHead::default();
+        parse_whole(buf, 8192, 100, &mut h).map(|()| h)
+    }
+
+    fn searched(buf: &[u8]) -> Option<ReqHead> {
+        let len = http::head_len(buf)?;
+        let mut h = ReqHead::default();
+        parse_head(buf, len, 100, &mut h).ok().map(|()| h)
+    }
+
+    #[test]
+    fn a_whole_head_with_its_body_parses_once_as_the_search_would() {
+        let buf = b"POST /mcp HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}";
+        let h = whole(buf);
+        assert!(h.is_some());
+        assert_eq!(h, searched(buf));
+        assert_eq!(h.map(|h| h.len), Some(buf.len() - 2));
+    }
+
+    #[test]
+    fn what_the_search_would_answer_otherwise_is_left_to_it() {
+        // Partial, leading empty lines (httparse skips them, the search stops at them), a
+        // bare-LF line end, and a head above the size limit.
+        assert_eq!(whole(b"POST /mcp HTTP/1.1\r\nhost: a\r\n"), None);
+        assert_eq!(whole(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(whole(b"GET / HTTP/1.1\nhost: a\n\r\n"), None);
+        let mut h = ReqHead::default();
+        assert_eq!(
+            parse_whole(b"GET / HTTP/1.1\r\n\r\n", 10, 100, &mut h),
+            None
+        );
+        assert!(parse_whole(b"GET / HTTP/1.1\r\n\r\n", 18, 100, &mut h).is_some());
+    }
 }

@@ -1,7 +1,7 @@
 //! The data path's head handling behind plain views, for `crate::fuzzing`: the same functions
 //! the workers call. Not an API.
 
-use crate::data_path::head::{parse_head, HeadError};
+use crate::data_path::head::{parse_head, parse_whole, HeadError};
 use crate::data_path::response::{self, Framing, HeadKind};
 use crate::http::{self, ChunkedDecoder};
 use crate::session::{Owner, SessionSealer};
@@ -20,9 +20,23 @@ pub enum HeadRefusal {
     NotImplemented(&'static str),
 }
 
-/// The workers' request-head parse of the head at the start of `buf` (found as they find
-/// it, with `http::head_len`); `None` while no complete head is there.
+/// The workers' request-head parse of the head at the start of `buf` (the whole-buffer parse
+/// first, as they try it on a request's first bytes, then the search for the head's end with
+/// `http::head_len` and its parse); `None` while no complete head is there.
 pub fn parse_request_head(
+    buf: &[u8],
+    max_headers: usize,
+) -> Option<Result<RequestHead, HeadRefusal>> {
+    let mut h = RequestHead::default();
+    if parse_whole(buf, usize::MAX, max_headers, &mut h).is_some() {
+        return Some(Ok(h));
+    }
+    parse_request_head_searched(buf, max_headers)
+}
+
+/// [`parse_request_head`] without the whole-buffer parse: the head's end found with
+/// `http::head_len`, then parsed (what the workers do with a head that came in pieces).
+pub fn parse_request_head_searched(
     buf: &[u8],
     max_headers: usize,
 ) -> Option<Result<RequestHead, HeadRefusal>> {
