@@ -21,8 +21,9 @@ use crate::control::stats::Counter;
 use crate::data_path::request::{ClientConn, Next};
 use crate::runtime::core::Core;
 use crate::runtime::park::{IdleSet, Woke};
+use crate::runtime::reuse::Reused;
 use crate::runtime::shutdown::ShutdownSignal;
-use crate::runtime::{boxed, proxy_protocol, ready_within, spawn_client, ClientSlot, SHUTDOWN};
+use crate::runtime::{proxy_protocol, ready_within, spawn_client, ClientSlot, SHUTDOWN};
 use crate::tls::Conn;
 
 /// How a connection came to its task.
@@ -193,7 +194,7 @@ async fn serve_connection(
             // Boxed for the same reason as the request below: the hot wait's I/O and timer
             // state would otherwise sit in every idle connection's task.
             let waited = if hot {
-                boxed(|| wait_request(core, &mut c, &mut canceller)).await
+                Reused::new(|| wait_request(core, &mut c, &mut canceller)).await
             } else {
                 Wait::Idle
             };
@@ -241,9 +242,9 @@ async fn serve_connection(
         }
         served = served.saturating_add(1);
         // Boxed so that an idle connection's task holds only this loop's small state, not
-        // the request path's (about 3 KiB): one allocation per request (a few tens of ns with
-        // mimalloc's per-thread free lists) buys idle connections near nginx's footprint.
-        match boxed(|| crate::data_path::handle_request(core, &mut c)).await {
+        // the request path's (about 3 KiB), in a block the core reuses from one request to the
+        // next (`reuse`): idle connections near nginx's footprint.
+        match Reused::new(|| crate::data_path::handle_request(core, &mut c)).await {
             Next::KeepAlive if !SHUTDOWN.load(Ordering::Relaxed) => {}
             Next::Linger => {
                 linger = true;

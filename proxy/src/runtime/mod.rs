@@ -11,6 +11,7 @@ pub(crate) mod linger;
 pub(crate) mod listen;
 pub(crate) mod park;
 pub(crate) mod proxy_protocol;
+pub(crate) mod reuse;
 pub(crate) mod shared;
 pub(crate) mod shutdown;
 
