@@ -607,10 +607,18 @@ async fn stream_body(
 /// short answers never come here.
 pub(crate) async fn next_event(
     up: &mut Conn,
-    buf: Vec<u8>,
+    mut buf: Vec<u8>,
     client: &mut Conn,
     w: &mut Watch,
 ) -> Waited {
+    // Bytes already there (an answer's body right behind its head, a burst of events) are
+    // taken without waiting, so no watch is armed for them: on io_uring the watch is a
+    // POLL_ADD on the client socket and its ASYNC_CANCEL once the read completed, per read.
+    if let Conn::Plain(s) = up {
+        if let Some(r) = crate::tls::recv_now(s, &mut buf, super::READ_SIZE) {
+            return Waited::Read(r, buf);
+        }
+    }
     let mut read = std::pin::pin!(up.read_more(buf, super::READ_SIZE));
     // Created lazily by the first poll; once it has answered it is never polled again.
     let mut peer = std::pin::pin!(client.peer_event());

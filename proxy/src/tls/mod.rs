@@ -606,6 +606,43 @@ pub(crate) fn peek(s: &TcpStream) -> Incoming {
     }
 }
 
+/// Reads what `s` has already received into `buf`'s spare room (made `reserve` bytes when
+/// under 1 KiB, as [`Conn::read_more`] does) without waiting (one `recv` with
+/// `MSG_DONTWAIT`): `None` when nothing is there yet (the caller then waits as usual);
+/// `Some(Ok(0))` at EOF.
+#[allow(unsafe_code)]
+pub(crate) fn recv_now(
+    s: &TcpStream,
+    buf: &mut Vec<u8>,
+    reserve: usize,
+) -> Option<io::Result<usize>> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(reserve);
+    }
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: recv on a valid fd into `spare`, `spare.len()` bytes of `buf`'s allocation past
+    // its length; only the bytes the kernel reports written are then counted as initialised.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n >= 0 {
+        let n = n as usize;
+        // SAFETY: the kernel initialised `n <= spare.len()` bytes after the old length.
+        unsafe { buf.set_len(buf.len() + n) };
+        return Some(Ok(n));
+    }
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+        _ => Some(Err(e)),
+    }
+}
+
 /// A stream of the data path: plain TCP or TLS (to a client or to a backend).
 pub enum Conn {
     /// Plain TCP.
