@@ -3,7 +3,9 @@ for the response cache tests: it counts every request it gets, by path and metho
 can see what reached it.
 
 Paths: /public answers lists with `cacheScope: "public"` (on an SSE stream), /private with
-"private" (JSON; both `ttlMs: 60000`), /ruled with "public" (JSON), /plain with no hints. Tools: lookup(key) (readOnlyHint and idempotentHint;
+"private" (JSON; both `ttlMs: 60000`), /ruled with "public" (JSON), /plain with no hints,
+/stream with no hints (its tool list on an SSE stream, as /public's), /modern-private with
+"private" as a 2026-07-28 server (its `server/discover` names the revision; no `initialize`). Tools: lookup(key) (readOnlyHint and idempotentHint;
 sleeps 1 s, answers `KEY#N` with N its own call count), scan(key) (same, not annotated),
 change() (answers on an SSE stream that first carries `notifications/tools/list_changed`),
 touch(uri) (the same with `notifications/resources/updated` for that URI).
@@ -81,15 +83,28 @@ class Handler(BaseHTTPRequestHandler):
             "/public": {"ttlMs": 60000, "cacheScope": "public"},
             "/private": {"ttlMs": 60000, "cacheScope": "private"},
             "/ruled": {"ttlMs": 60000, "cacheScope": "public"},
+            "/modern-private": {"ttlMs": 60000, "cacheScope": "private"},
         }.get(path, {})
         result: dict
-        if method == "initialize":
+        if path.startswith("/modern") and method == "server/discover":
+            # A 2026-07-28 server: its discover names the revision (and it has no handshake).
+            result = {
+                "supportedVersions": ["2026-07-28"],
+                "capabilities": {"tools": {"listChanged": True}, "resources": {}},
+                "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "cache-test", "version": "0.0.1"}},
+                "resultType": "complete",
+            }
+        elif path.startswith("/modern") and method == "initialize":
+            error = {"code": -32601, "message": "Method not found: initialize"}
+            self.send(200, json.dumps({"jsonrpc": "2.0", "id": rid, "error": error}).encode())
+            return
+        elif method == "initialize":
             result = {
                 "protocolVersion": params.get("protocolVersion", "2025-06-18"),
                 "capabilities": {"tools": {"listChanged": True}, "resources": {}},
                 "serverInfo": {"name": "cache-test", "version": "0.0.1"},
             }
-        elif method == "tools/list" and path == "/public":
+        elif method == "tools/list" and path in ("/public", "/stream"):
             # An SSE answer (mcplb keeps a copy as it forwards it), after a notification of
             # another kind (which evicts nothing cached here).
             note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}}

@@ -103,8 +103,6 @@ pub(crate) async fn send(
                 && plan.sid.is_none()
                 && group.era != BackendEra::Sessions));
     if bridging {
-        // A bridged answer is relayed in the client's era, not kept.
-        c.cache_fill = None;
         // Boxed: inlined, the bridge's states would grow every request's future (copied into
         // the connection's per-request box), bridged or not.
         return crate::runtime::boxed(|| era_send(core, c, plan, era, conc, permits)).await;
@@ -270,7 +268,9 @@ async fn era_send(
                 Stop::Local(EraLocal::Initialize(bi)) => {
                     era_bridge::answer_initialize(core, c, gi, bi).await
                 }
-                Stop::Local(EraLocal::Discover(s)) => era_bridge::answer_discover(c, &s).await,
+                Stop::Local(EraLocal::Discover(s)) => {
+                    era_bridge::answer_discover(core, c, &s).await
+                }
                 Stop::Local(EraLocal::Listen(bi, s)) => {
                     era_listen::listen_on_session(core, c, gi, bi, s).await
                 }
@@ -302,7 +302,9 @@ async fn era_send(
     } else if let Some((body, headers)) =
         legacy.as_ref().filter(|_| era_ask::may_ask(c.meta.method))
     {
-        // A 2025-era client's call: its 2026-07-28 backend may ask for input.
+        // A 2025-era client's call: its 2026-07-28 backend may ask for input (its answer,
+        // relayed as the rounds go, is not kept).
+        c.cache_fill = None;
         let call = era_ask::Call {
             gi,
             bi,

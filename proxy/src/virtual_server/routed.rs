@@ -317,6 +317,8 @@ async fn forward(
         // the client's retry, `era_bridge::resume`).
         let head_len = buf.len();
         buf.extend_from_slice(&early);
+        // The member group's cache keeps the answer as the client gets it.
+        c.cache_fill = fill;
         let (next, up) = era_bridge::forward(core, c, up, buf, head_len, keep, leg).await;
         reached.finish(core, up, c.meta.status);
         return next;
