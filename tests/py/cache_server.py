@@ -7,7 +7,8 @@ Paths: /public answers lists with `cacheScope: "public"` (on an SSE stream), /pr
 /stream with no hints (its tool list on an SSE stream, as /public's), /modern-private with
 "private" as a 2026-07-28 server (its `server/discover` names the revision; no `initialize`). Tools: lookup(key) (readOnlyHint and idempotentHint;
 sleeps 1 s, answers `KEY#N` with N its own call count), scan(key) (same, not annotated),
-change() (answers on an SSE stream that first carries `notifications/tools/list_changed`),
+change() (answers on an SSE stream that first carries `notifications/tools/list_changed`;
+its description in the list names how many times it was called),
 touch(uri) (the same with `notifications/resources/updated` for that URI).
 `resources/list` lists res://cache/{a,b} and res://virtual/{a,b}; `resources/read` answers
 `URI#N`, N the URI's own read count (with the path's hints).
@@ -40,6 +41,15 @@ TOOLS = [
     {"name": "change", "description": "Change the tool list.", "inputSchema": {"type": "object"}},
     {"name": "touch", "description": "Say a resource was updated.", "inputSchema": {"type": "object"}},
 ]
+
+
+def tools() -> list[dict]:
+    """The tool list: `change`'s description names how many times it was called, so the
+    list's bytes change with it."""
+    with LOCK:
+        version = COUNTS["changes"]
+    return [t if t["name"] != "change" else {**t, "description": f"Change the tool list (version {version})."}
+            for t in TOOLS]
 
 
 def count(key: str) -> int:
@@ -108,18 +118,19 @@ class Handler(BaseHTTPRequestHandler):
             # An SSE answer (mcplb keeps a copy as it forwards it), after a notification of
             # another kind (which evicts nothing cached here).
             note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}}
-            answer = {"jsonrpc": "2.0", "id": rid, "result": {"tools": TOOLS, **hints}}
+            answer = {"jsonrpc": "2.0", "id": rid, "result": {"tools": tools(), **hints}}
             events = f"event: message\ndata: {json.dumps(note)}\n\nevent: message\ndata: {json.dumps(answer)}\n\n"
             self.send(200, events.encode(), "text/event-stream")
             return
         elif method == "tools/list":
-            result = {"tools": TOOLS, **hints}
+            result = {"tools": tools(), **hints}
         elif method == "tools/call" and params.get("name") in ("lookup", "scan"):
             n = count(f"{path} call {params['name']}")
             time.sleep(1.0)
             key = (params.get("arguments") or {}).get("key", "")
             result = {"content": [{"type": "text", "text": f"{key}#{n}"}], "isError": False}
         elif method == "tools/call" and params.get("name") == "change":
+            count("changes")
             note = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
             answer = {"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "changed"}]}}
             events = f"event: message\ndata: {json.dumps(note)}\n\nevent: message\ndata: {json.dumps(answer)}\n\n"

@@ -855,7 +855,7 @@ pub(crate) async fn forward(
     let body = rewritten.unwrap_or_else(|| std::mem::take(&mut src.pending));
     // A list the caller's policy filters (kept whole in the cache above).
     let body = match c.list_filter.take().filter(|_| ok) {
-        Some(f) => match policy::filter_body(core, &f, body, false) {
+        Some(f) => match policy::filter_seen(core, &f, body, false, c.req.id()) {
             Ok(b) => b,
             Err(r) => return (reply::refuse(c, &r).await, None),
         },
