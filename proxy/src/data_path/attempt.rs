@@ -412,15 +412,17 @@ impl BackendHook for EraHook<'_> {
         };
         let got = era_bridge::session_for(core, &asker, gi, bi, self.modern).await;
         match got {
-            Ok(Some(s)) if self.method == Method::ServerDiscover => {
-                Before::Local(EraLocal::Discover(s))
+            Ok(Some(b)) if self.method == Method::ServerDiscover => {
+                Before::Local(EraLocal::Discover(b.session))
             }
-            Ok(Some(s)) if self.listen => Before::Local(EraLocal::Listen(bi, s)),
-            Ok(s) => {
-                if s.is_some() && self.session_body.is_none() {
-                    self.session_body = Some(era::session_request(self.req.body()));
+            Ok(Some(b)) if self.listen => Before::Local(EraLocal::Listen(bi, b.session)),
+            Ok(b) => {
+                if let Some(b) = b.as_ref().filter(|_| self.session_body.is_none()) {
+                    // `_meta` as `session_for` read it: the body is not parsed again.
+                    let body = era::session_request_at(self.req.body(), b.meta);
+                    self.session_body = Some(body);
                 }
-                self.bridge = s;
+                self.bridge = b.map(|b| b.session);
                 Before::Go
             }
             Err(era_bridge::Failed::Refuse(r)) => Before::Refuse(r),

@@ -138,18 +138,26 @@ pub(crate) struct Asker<'a> {
     pub owner: Option<&'a Owner>,
 }
 
+/// A backend session a request goes through, and the request's `params._meta` (raw) as
+/// read to find it: the body the session takes is made from it without a second parse
+/// (`session::era::session_request_at`).
+pub(crate) struct Bridged<'a> {
+    pub session: Rc<BridgeSession>,
+    pub meta: Option<&'a [u8]>,
+}
+
 /// The backend session a request to backend `bi` of group `gi` goes through: `None` when it
 /// goes as it is (not a 2026-07-28 request, bridging off, or a backend that serves
 /// 2026-07-28 itself). Learns the backend's era first when the group says `auto` and this core
 /// has not yet; opens a session when none matches. A plain group's requests and a virtual
 /// server's requests to its members (each a group of its own) share these sessions.
-pub(crate) async fn session_for(
+pub(crate) async fn session_for<'a>(
     core: &Core,
-    c: &Asker<'_>,
+    c: &Asker<'a>,
     gi: usize,
     bi: usize,
     modern: bool,
-) -> Result<Option<Rc<BridgeSession>>, Failed> {
+) -> Result<Option<Bridged<'a>>, Failed> {
     if !modern {
         return Ok(None);
     }
@@ -203,7 +211,10 @@ pub(crate) async fn session_for(
     if let Some(s) = core.bridges.sessions.borrow().get(&(gi, bi, hash)) {
         if s.key.matches(&parts) {
             s.last_used.set(Instant::now());
-            return Ok(Some(s.clone()));
+            return Ok(Some(Bridged {
+                session: s.clone(),
+                meta: declared.meta,
+            }));
         }
     }
     let init = era::initialize_body(&declared);
@@ -283,7 +294,10 @@ pub(crate) async fn session_for(
         super::era_sessions::end_later(core, old);
     }
     super::era_sessions::start_sweeping(core);
-    Ok(Some(session))
+    Ok(Some(Bridged {
+        session,
+        meta: declared.meta,
+    }))
 }
 
 /// Largest error body read to tell whether a 400 answer is about the session.
