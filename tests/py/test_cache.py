@@ -17,7 +17,7 @@ import json
 import subprocess
 import sys
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import anyio
@@ -39,60 +39,67 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+@contextmanager
+def counting_backend(d: Path):
+    """cache_server.py on a free port (its output in `d`/backend.log): its base URL."""
+    port = free_port()
+    with (d / "backend.log").open("w") as log:
+        backend = subprocess.Popen(
+            [sys.executable, str(HERE / "cache_server.py"), "--port", str(port)], stdout=log, stderr=log
+        )
+        try:
+            wait_port(port)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            backend.terminate()
+            backend.wait(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory: pytest.TempPathFactory):
     """mcplb (one worker, so concurrent calls meet on one core) with three cached groups in
     front of one counting backend."""
     d = tmp_path_factory.mktemp("cache")
-    port = free_port()
-    log = (d / "backend.log").open("w")
-    backend = subprocess.Popen(
-        [sys.executable, str(HERE / "cache_server.py"), "--port", str(port)], stdout=log, stderr=log
-    )
-    wait_port(port)
-    up = f"http://127.0.0.1:{port}"
-    proxy_port, admin = free_port(), free_port()
-    config = d / "mcplb-cache.toml"
-    config.write_text(
-        f'[proxy]\nlisten = "127.0.0.1:{proxy_port}"\nworkers = 1\n'
-        f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
-        f'[[servers]]\nname = "pub"\npath = "/pub"\nbackends = ["{up}/public"]\n'
-        "[servers.health]\nenabled = false\n"
-        '[servers.cache]\nmax_bytes = 1048576\ntools = ["lookup", "scan"]\ntool_ttl = "60s"\ntool_scope = "public"\n'
-        f'[[servers]]\nname = "priv"\npath = "/priv"\nbackends = ["{up}/private"]\n'
-        "[servers.health]\nenabled = false\n"
-        f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
-        f' {{ sha256 = "{digest(BOB)}", identity = "bob" }}]\n'
-        "[servers.cache]\n"
-        f'[[servers]]\nname = "anon"\npath = "/anon"\nbackends = ["{up}/private"]\n'
-        "[servers.health]\nenabled = false\n"
-        "[servers.cache]\n"
-        # A virtual server over the public group: its relayed notifications evict too.
-        '[[servers]]\nname = "all"\npath = "/all"\n[[servers.members]]\nserver = "pub"\n'
-        # A public list under a policy: alice and carol are one class, bob another.
-        f'[[servers]]\nname = "ruled"\npath = "/ruled"\nbackends = ["{up}/ruled"]\n'
-        "[servers.health]\nenabled = false\n"
-        f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
-        f' {{ sha256 = "{digest(BOB)}", identity = "bob" }},'
-        f' {{ sha256 = "{digest(CAROL)}", identity = "carol" }}]\n'
-        "[servers.cache]\n"
-        '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["alice", "carol"]\ntools = ["lookup", "scan"]\n'
-        '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["bob"]\ntools = ["*"]\n'
-        # The same policy without a response cache.
-        f'[[servers]]\nname = "ruled-nc"\npath = "/ruled-nc"\nbackends = ["{up}/ruled-nc"]\n'
-        "[servers.health]\nenabled = false\n"
-        f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
-        f' {{ sha256 = "{digest(BOB)}", identity = "bob" }},'
-        f' {{ sha256 = "{digest(CAROL)}", identity = "carol" }}]\n'
-        '[[policies]]\nserver = "ruled-nc"\neffect = "allow"\nidentities = ["alice", "carol"]\ntools = ["lookup", "scan"]\n'
-        '[[policies]]\nserver = "ruled-nc"\neffect = "allow"\nidentities = ["bob"]\ntools = ["*"]\n'
-    )
-    proxy = start_proxy_file(config)
-    yield {"base": f"http://{proxy.addr}", "backend": up, "admin": f"http://127.0.0.1:{admin}"}
-    proxy.stop()
-    backend.terminate()
-    backend.wait(timeout=10)
-    log.close()
+    with counting_backend(d) as up:
+        proxy_port, admin = free_port(), free_port()
+        config = d / "mcplb-cache.toml"
+        config.write_text(
+            f'[proxy]\nlisten = "127.0.0.1:{proxy_port}"\nworkers = 1\n'
+            f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
+            f'[[servers]]\nname = "pub"\npath = "/pub"\nbackends = ["{up}/public"]\n'
+            "[servers.health]\nenabled = false\n"
+            '[servers.cache]\nmax_bytes = 1048576\ntools = ["lookup", "scan"]\ntool_ttl = "60s"\ntool_scope = "public"\n'
+            f'[[servers]]\nname = "priv"\npath = "/priv"\nbackends = ["{up}/private"]\n'
+            "[servers.health]\nenabled = false\n"
+            f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
+            f' {{ sha256 = "{digest(BOB)}", identity = "bob" }}]\n'
+            "[servers.cache]\n"
+            f'[[servers]]\nname = "anon"\npath = "/anon"\nbackends = ["{up}/private"]\n'
+            "[servers.health]\nenabled = false\n"
+            "[servers.cache]\n"
+            # A virtual server over the public group: its relayed notifications evict too.
+            '[[servers]]\nname = "all"\npath = "/all"\n[[servers.members]]\nserver = "pub"\n'
+            # A public list under a policy: alice and carol are one class, bob another.
+            f'[[servers]]\nname = "ruled"\npath = "/ruled"\nbackends = ["{up}/ruled"]\n'
+            "[servers.health]\nenabled = false\n"
+            f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
+            f' {{ sha256 = "{digest(BOB)}", identity = "bob" }},'
+            f' {{ sha256 = "{digest(CAROL)}", identity = "carol" }}]\n'
+            "[servers.cache]\n"
+            '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["alice", "carol"]\ntools = ["lookup", "scan"]\n'
+            '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["bob"]\ntools = ["*"]\n'
+            # The same policy without a response cache.
+            f'[[servers]]\nname = "ruled-nc"\npath = "/ruled-nc"\nbackends = ["{up}/ruled-nc"]\n'
+            "[servers.health]\nenabled = false\n"
+            f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
+            f' {{ sha256 = "{digest(BOB)}", identity = "bob" }},'
+            f' {{ sha256 = "{digest(CAROL)}", identity = "carol" }}]\n'
+            '[[policies]]\nserver = "ruled-nc"\neffect = "allow"\nidentities = ["alice", "carol"]\ntools = ["lookup", "scan"]\n'
+            '[[policies]]\nserver = "ruled-nc"\neffect = "allow"\nidentities = ["bob"]\ntools = ["*"]\n'
+        )
+        proxy = start_proxy_file(config)
+        yield {"base": f"http://{proxy.addr}", "backend": up, "admin": f"http://127.0.0.1:{admin}"}
+        proxy.stop()
 
 
 def counts(c: dict) -> dict[str, int]:

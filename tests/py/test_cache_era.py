@@ -13,18 +13,15 @@ a bridged list (from the backend or the cache).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import subprocess
-import sys
 import time
 from itertools import count as numbers
 
 import httpx2
 import pytest
-from conftest import HERE, free_port, start_proxy_file, wait_port
+from conftest import free_port, start_proxy_file
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from test_cache import counting_backend, counts, digest, message
 
 pytestmark = pytest.mark.anyio
 
@@ -36,10 +33,6 @@ MODERN = {
 }
 LEGACY = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-06-18"}
 IDS = numbers(1)
-
-
-def digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def meta() -> dict:
@@ -55,67 +48,46 @@ def bridged(tmp_path_factory: pytest.TempPathFactory):
     """mcplb (one worker: one core's cache and backend sessions) with cached groups in front
     of one counting 2025-era backend."""
     d = tmp_path_factory.mktemp("cache-era")
-    port = free_port()
-    log = (d / "backend.log").open("w")
-    backend = subprocess.Popen(
-        [sys.executable, str(HERE / "cache_server.py"), "--port", str(port)], stdout=log, stderr=log
-    )
-    wait_port(port)
-    up = f"http://127.0.0.1:{port}"
-    proxy_port, admin = free_port(), free_port()
-    keys = (
-        f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
-        f' {{ sha256 = "{digest(BOB)}", identity = "bob" }}]\n'
-    )
-    config = d / "mcplb-cache-era.toml"
-    config.write_text(
-        f'[proxy]\nlisten = "127.0.0.1:{proxy_port}"\nworkers = 1\n'
-        f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
-        # No hints from the backend: the group's defaults.
-        f'[[servers]]\nname = "plain"\npath = "/plain"\nbackends = ["{up}/plain"]\n'
-        "[servers.health]\nenabled = false\n"
-        '[servers.cache]\ndefault_ttl = "60s"\ndefault_scope = "public"\n'
-        'tools = ["lookup", "scan"]\ntool_ttl = "60s"\ntool_scope = "public"\n'
-        # The same, its tool list on an SSE stream (relayed event by event).
-        f'[[servers]]\nname = "stream"\npath = "/stream"\nbackends = ["{up}/stream"]\n'
-        "[servers.health]\nenabled = false\n"
-        '[servers.cache]\ndefault_ttl = "60s"\ndefault_scope = "public"\n'
-        # Private by default: per identity.
-        f'[[servers]]\nname = "priv"\npath = "/priv"\nbackends = ["{up}/private-era"]\n'
-        "[servers.health]\nenabled = false\n"
-        f"{keys}"
-        '[servers.cache]\ndefault_ttl = "60s"\n'
-        # A public list under a policy: alice sees two tools, bob all.
-        f'[[servers]]\nname = "ruled"\npath = "/ruled"\nbackends = ["{up}/ruled-era"]\n'
-        "[servers.health]\nenabled = false\n"
-        f"{keys}"
-        '[servers.cache]\ndefault_ttl = "60s"\ndefault_scope = "public"\n'
-        '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["alice"]\ntools = ["lookup", "scan"]\n'
-        '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["bob"]\ntools = ["*"]\n'
-        # A 2026-07-28 server whose lists are private.
-        f'[[servers]]\nname = "modern"\npath = "/modern"\nbackends = ["{up}/modern-private"]\nera = "2026"\n'
-        "[servers.health]\nenabled = false\n"
-        f"{keys}"
-        "[servers.cache]\n"
-    )
-    proxy = start_proxy_file(config)
-    yield {"base": f"http://{proxy.addr}", "backend": up, "admin": f"http://127.0.0.1:{admin}"}
-    proxy.stop()
-    backend.terminate()
-    backend.wait(timeout=10)
-    log.close()
-
-
-def counts(b: dict) -> dict[str, int]:
-    return httpx2.get(f"{b['backend']}/counts", timeout=10).json()
-
-
-def message(r) -> dict:
-    """The JSON-RPC response in an HTTP answer: its JSON body, or its SSE event with an id."""
-    if r.headers["content-type"].startswith("application/json"):
-        return r.json()
-    data = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
-    return next(m for m in data if "id" in m and "method" not in m)
+    with counting_backend(d) as up:
+        proxy_port, admin = free_port(), free_port()
+        keys = (
+            f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
+            f' {{ sha256 = "{digest(BOB)}", identity = "bob" }}]\n'
+        )
+        config = d / "mcplb-cache-era.toml"
+        config.write_text(
+            f'[proxy]\nlisten = "127.0.0.1:{proxy_port}"\nworkers = 1\n'
+            f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
+            # No hints from the backend: the group's defaults.
+            f'[[servers]]\nname = "plain"\npath = "/plain"\nbackends = ["{up}/plain"]\n'
+            "[servers.health]\nenabled = false\n"
+            '[servers.cache]\ndefault_ttl = "60s"\ndefault_scope = "public"\n'
+            'tools = ["lookup", "scan"]\ntool_ttl = "60s"\ntool_scope = "public"\n'
+            # The same, its tool list on an SSE stream (relayed event by event).
+            f'[[servers]]\nname = "stream"\npath = "/stream"\nbackends = ["{up}/stream"]\n'
+            "[servers.health]\nenabled = false\n"
+            '[servers.cache]\ndefault_ttl = "60s"\ndefault_scope = "public"\n'
+            # Private by default: per identity.
+            f'[[servers]]\nname = "priv"\npath = "/priv"\nbackends = ["{up}/private-era"]\n'
+            "[servers.health]\nenabled = false\n"
+            f"{keys}"
+            '[servers.cache]\ndefault_ttl = "60s"\n'
+            # A public list under a policy: alice sees two tools, bob all.
+            f'[[servers]]\nname = "ruled"\npath = "/ruled"\nbackends = ["{up}/ruled-era"]\n'
+            "[servers.health]\nenabled = false\n"
+            f"{keys}"
+            '[servers.cache]\ndefault_ttl = "60s"\ndefault_scope = "public"\n'
+            '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["alice"]\ntools = ["lookup", "scan"]\n'
+            '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["bob"]\ntools = ["*"]\n'
+            # A 2026-07-28 server whose lists are private.
+            f'[[servers]]\nname = "modern"\npath = "/modern"\nbackends = ["{up}/modern-private"]\nera = "2026"\n'
+            "[servers.health]\nenabled = false\n"
+            f"{keys}"
+            "[servers.cache]\n"
+        )
+        proxy = start_proxy_file(config)
+        yield {"base": f"http://{proxy.addr}", "backend": up, "admin": f"http://127.0.0.1:{admin}"}
+        proxy.stop()
 
 
 def modern(url: str, method: str, params: dict | None = None, key: str | None = None) -> dict:
