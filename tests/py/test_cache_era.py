@@ -125,6 +125,15 @@ def metric(b: dict, name: str) -> float:
     return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
+def reaches(b: dict, name: str, want: float) -> float:
+    """A counter once it reaches `want` (the worker folds its statistics once a second), or
+    what it is after 10 s."""
+    deadline = time.monotonic() + 10
+    while (got := metric(b, name)) < want and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return got
+
+
 ALL = {"lookup", "scan", "change", "touch"}
 
 
@@ -256,3 +265,51 @@ async def test_mcplbs_own_sessions_keep_a_2026_servers_private_lists(bridged) ->
     assert counts(bridged).get("/modern-private tools/list") == 3, counts(bridged)
     assert names(modern(url, "tools/list", key=ALICE)) == ALL
     assert counts(bridged).get("/modern-private tools/list") == 3, counts(bridged)
+
+
+async def test_a_list_changed_on_the_listen_stream_evicts(tmp_path) -> None:
+    # mcp_server.py (Python SDK, 2025 era) sends tools/list_changed on its session's GET
+    # stream, which the bridge holds while a 2026-07-28 client listens (the SDK's 2026-07-28
+    # client, its own cache off): that stream's notification evicts the cached list.
+    import anyio
+    from conftest import Backend
+    from mcp.client.subscriptions import ToolsListChanged
+
+    backend = Backend("py-cache", tmp_path)
+    backend.start()
+    admin = free_port()
+    config = tmp_path / "mcplb-listen-cache.toml"
+    config.write_text(
+        f'[proxy]\nlisten = "127.0.0.1:0"\nworkers = 1\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        f'[[servers]]\nname = "py"\npath = "/mcp"\nbackends = ["{backend.url}"]\nera = "2025"\n'
+        "[servers.health]\nenabled = false\n"
+        '[servers.cache]\ndefault_ttl = "60s"\ndefault_scope = "public"\n'
+    )
+    proxy = start_proxy_file(config)
+    b = {"admin": f"http://127.0.0.1:{admin}"}
+    try:
+        # The lists raw (one request each), the listen and the calls through the SDK.
+        first = modern(proxy.url, "tools/list")
+        assert modern(proxy.url, "tools/list") == first
+        assert reaches(b, "mcplb_cache_hits_total", 1) == 1, "the second list is a hit"
+        async with Client(proxy.url, mode="2026-07-28", read_timeout_seconds=30, cache=None) as c:
+            async with c.listen(tools_list_changed=True) as sub:
+                got: list[object] = []
+
+                async def change_until_seen() -> None:
+                    # Repeated: a notification sent before the backend's stream listens is lost.
+                    while not got:
+                        await c.call_tool("change_tools", {})
+                        await anyio.sleep(0.3)
+
+                with anyio.fail_after(30):
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(change_until_seen)
+                        got.append(await sub.__anext__())
+                assert isinstance(got[0], ToolsListChanged), got
+        # The SDK's session lists tools too; what matters: the kept list went stale and was
+        # dropped (a notification on no stream the cache watches would leave it fresh).
+        assert reaches(b, "mcplb_cache_evictions_total", 1) >= 1
+    finally:
+        proxy.stop()
+        backend.stop()

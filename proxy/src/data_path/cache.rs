@@ -607,12 +607,19 @@ pub(crate) fn note_group_changes(core: &Core, gi: usize, bits: u8, data: &str) {
 
 /// Notes a change notification in `data`, one whole message of a stream from a backend of
 /// group `gi` that the era bridge relays message by message (a bridged call's SSE answer, a
-/// backend session's GET stream): it evicts as in a forwarded answer.
+/// backend session's GET stream): it evicts as in a forwarded answer. Only a notification
+/// counts (a list whose tool describes `notifications/tools/list_changed` evicts nothing).
 pub(crate) fn note_message(core: &Core, gi: usize, data: &[u8]) {
     if !core.caches.has(gi) || memchr::memmem::find(data, b"notifications/").is_none() {
         return;
     }
-    let bits = Sniffer::default().feed(data);
+    let Ok(env) = protocol::parse_message(data.trim_ascii()) else {
+        return;
+    };
+    let method = env
+        .method
+        .filter(|_| env.kind == protocol::MessageKind::Notification);
+    let bits = method.map_or(0, |m| cache::notification_bit(m.raw_str()));
     note_group_changes(
         core,
         gi,
