@@ -680,6 +680,13 @@ def phase_tail(targets):
     RESULTS["tail"] = {"rate": TAIL_RATE, "connections": TAIL_CONNS, "duration_s": TAIL_DURATION, "cells": cells}
 
 
+def gen_bound(cell):
+    """Whether an open-loop cell measured mcplb-load more than its target: its send lag p99 at
+    least half the latency p99."""
+    lag = (cell.get("send_lag_us") or {}).get("p99")
+    return lag is not None and lag >= 0.5 * cell["latency_us"]["p99"]
+
+
 def tail_report(tail):
     """The tail phase's section: per target, medians [min–max] of the runs."""
     L = [f"## Tail: open loop at {tail['rate']} req/s over {tail['connections']} connections\n",
@@ -701,6 +708,11 @@ def tail_report(tail):
                  f"{lag('max')} | {spread([x['achieved_rps'] for x in xs], f0)} | {sum(x['errors'] for x in xs)} | "
                  f"{spread([x.get('core0_foreign_pct') for x in xs], f0)} | {spread([x.get('core1_foreign_pct') for x in xs], f0)} |")
     L.append("")
+    bound = {kd: sum(gen_bound(x) for x in c.get(kd, [])) for kd in TARGETS}
+    if any(bound.values()):
+        L.append("Cells where mcplb-load's own send lag p99 was at least half the target's latency p99 measure the "
+                 "load generator (or its core), not the target: "
+                 + ", ".join(f"{NAMES[kd]} {n} of {len(c.get(kd, []))}" for kd, n in bound.items()) + ".\n")
     m = c.get("mcplb", [])
     for peer in ("nginx", "haproxy"):
         pr = c.get(peer, [])
@@ -708,10 +720,12 @@ def tail_report(tail):
             continue
         parts = []
         for p in ("p99", "p99.9"):
-            # Same-run ratios: each run's mcplb figure over the peer's of the same run.
-            rs = [a["latency_us"][p] / b["latency_us"][p] for a, b in zip(m, pr) if b["latency_us"][p]]
-            parts.append(f"{p} {spread(rs, f2)}×")
-        L.append(f"- mcplb / {NAMES[peer]} in the same run: {', '.join(parts)}.")
+            # Same-run ratios: each run's mcplb figure over the peer's of the same run, over the
+            # runs where neither cell was the load generator's.
+            rs = [a["latency_us"][p] / b["latency_us"][p] for a, b in zip(m, pr)
+                  if b["latency_us"][p] and not gen_bound(a) and not gen_bound(b)]
+            parts.append(f"{p} {spread(rs, f2)}× ({len(rs)} of {min(len(m), len(pr))} runs)")
+        L.append(f"- mcplb / {NAMES[peer]} in the same run, runs where neither was load-generator bound: {', '.join(parts)}.")
     gaps = [x.get("loop_gaps") for x in m if x.get("loop_gaps")]
     if gaps:
         L.append("")
