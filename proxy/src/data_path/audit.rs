@@ -40,6 +40,8 @@ pub(crate) struct AuditLog {
     /// An instant and the wall clock then (ms since the epoch): a line's time is the
     /// request's end from it, with no second clock read (renewed every second).
     anchor: Option<(Instant, u64)>,
+    /// `{"ts":<ms>,"id":"<core>-` and its ms: the same for the lines of one ms.
+    start: (u64, Vec<u8>),
 }
 
 /// A group's `,"server":…,"method":` text with no backend, and per backend its
@@ -85,6 +87,7 @@ impl AuditLog {
                 })
                 .collect(),
             anchor: None,
+            start: (0, Vec::with_capacity(64)),
         }))
     }
 
@@ -157,21 +160,34 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant, end: Instant) {
         log: l,
         id_prefix,
         places,
+        start: (start_ms, start_text),
         ..
     } = &mut *audit;
+    let mut num = itoa::Buffer::new();
+    if *start_ms != ts || start_text.is_empty() {
+        start_text.clear();
+        start_text.extend_from_slice(b"{\"ts\":");
+        start_text.extend_from_slice(num.format(ts).as_bytes());
+        start_text.extend_from_slice(id_prefix);
+        *start_ms = ts;
+    }
     l.seq += 1;
     let place = match m.group.and_then(|g| places.get(g)) {
         Some((none, backends)) => m.backend.and_then(|b| backends.get(b)).unwrap_or(none),
         None => NOWHERE,
     };
     let name = part(m.rpc.name);
-    let mut num = itoa::Buffer::new();
+    // One capacity check for the usual line (the pieces below then only copy). A buffer that
+    // cannot take it is handed to the writer first: growing it would copy its 64 KiB (once a
+    // buffer, ~200 instructions a line: bench/results/2026-12-06-audit-lean.md).
+    let need =
+        256 + start_text.len() + place.len() + name.map_or(0, <[u8]>::len) + c.caller.name.len();
+    if l.buf.len() + need > l.buf.capacity() {
+        hand_over(core, l);
+    }
     let buf = &mut l.buf;
-    // One capacity check for the usual line (the pieces below then only copy).
-    buf.reserve(256 + place.len() + name.map_or(0, <[u8]>::len) + c.caller.name.len());
-    buf.extend_from_slice(b"{\"ts\":");
-    buf.extend_from_slice(num.format(ts).as_bytes());
-    buf.extend_from_slice(id_prefix);
+    buf.reserve(need);
+    buf.extend_from_slice(start_text);
     buf.extend_from_slice(num.format(l.seq).as_bytes());
     buf.extend_from_slice(b"\",\"identity\":");
     json_str(buf, Some(c.caller.name.as_str()).filter(|n| !n.is_empty()));
@@ -285,13 +301,19 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant, end: Instant) {
         _ => {}
     }
     buf.extend_from_slice(b"}\n");
+    // A line longer than the usual (full arguments) may have grown the buffer past it.
     if l.buf.len() >= crate::control::access_log::FLUSH_BYTES {
-        let dropped = l.flush();
-        if dropped > 0 {
-            core.rec
-                .borrow_mut()
-                .count(crate::control::stats::Counter::AuditLinesDropped, dropped);
-        }
+        hand_over(core, l);
+    }
+}
+
+/// Hands a core's audit lines to the writer thread, counting any it had to drop.
+fn hand_over(core: &Core, l: &mut AccessLog) {
+    let dropped = l.flush();
+    if dropped > 0 {
+        core.rec
+            .borrow_mut()
+            .count(crate::control::stats::Counter::AuditLinesDropped, dropped);
     }
 }
 
