@@ -3,9 +3,12 @@ for the response cache tests: it counts every request it gets, by path and metho
 can see what reached it.
 
 Paths: /public answers lists with `cacheScope: "public"` (on an SSE stream), /private with
-"private" (JSON; both `ttlMs: 60000`), /ruled with "public" (JSON), /plain with no hints. Tools: lookup(key) (readOnlyHint and idempotentHint;
+"private" (JSON; both `ttlMs: 60000`), /ruled with "public" (JSON), /plain with no hints,
+/stream with no hints (its tool list on an SSE stream, as /public's), /modern-private with
+"private" as a 2026-07-28 server (its `server/discover` names the revision; no `initialize`). Tools: lookup(key) (readOnlyHint and idempotentHint;
 sleeps 1 s, answers `KEY#N` with N its own call count), scan(key) (same, not annotated),
-change() (answers on an SSE stream that first carries `notifications/tools/list_changed`),
+change() (answers on an SSE stream that first carries `notifications/tools/list_changed`;
+its description in the list names how many times it was called),
 touch(uri) (the same with `notifications/resources/updated` for that URI).
 `resources/list` lists res://cache/{a,b} and res://virtual/{a,b}; `resources/read` answers
 `URI#N`, N the URI's own read count (with the path's hints).
@@ -38,6 +41,15 @@ TOOLS = [
     {"name": "change", "description": "Change the tool list.", "inputSchema": {"type": "object"}},
     {"name": "touch", "description": "Say a resource was updated.", "inputSchema": {"type": "object"}},
 ]
+
+
+def tools() -> list[dict]:
+    """The tool list: `change`'s description names how many times it was called, so the
+    list's bytes change with it."""
+    with LOCK:
+        version = COUNTS["changes"]
+    return [t if t["name"] != "change" else {**t, "description": f"Change the tool list (version {version})."}
+            for t in TOOLS]
 
 
 def count(key: str) -> int:
@@ -81,30 +93,44 @@ class Handler(BaseHTTPRequestHandler):
             "/public": {"ttlMs": 60000, "cacheScope": "public"},
             "/private": {"ttlMs": 60000, "cacheScope": "private"},
             "/ruled": {"ttlMs": 60000, "cacheScope": "public"},
+            "/modern-private": {"ttlMs": 60000, "cacheScope": "private"},
         }.get(path, {})
         result: dict
-        if method == "initialize":
+        if path.startswith("/modern") and method == "server/discover":
+            # A 2026-07-28 server: its discover names the revision (and it has no handshake).
+            result = {
+                "supportedVersions": ["2026-07-28"],
+                "capabilities": {"tools": {"listChanged": True}, "resources": {}},
+                "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "cache-test", "version": "0.0.1"}},
+                "resultType": "complete",
+            }
+        elif path.startswith("/modern") and method == "initialize":
+            error = {"code": -32601, "message": "Method not found: initialize"}
+            self.send(200, json.dumps({"jsonrpc": "2.0", "id": rid, "error": error}).encode())
+            return
+        elif method == "initialize":
             result = {
                 "protocolVersion": params.get("protocolVersion", "2025-06-18"),
                 "capabilities": {"tools": {"listChanged": True}, "resources": {}},
                 "serverInfo": {"name": "cache-test", "version": "0.0.1"},
             }
-        elif method == "tools/list" and path == "/public":
+        elif method == "tools/list" and path in ("/public", "/stream"):
             # An SSE answer (mcplb keeps a copy as it forwards it), after a notification of
             # another kind (which evicts nothing cached here).
             note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}}
-            answer = {"jsonrpc": "2.0", "id": rid, "result": {"tools": TOOLS, **hints}}
+            answer = {"jsonrpc": "2.0", "id": rid, "result": {"tools": tools(), **hints}}
             events = f"event: message\ndata: {json.dumps(note)}\n\nevent: message\ndata: {json.dumps(answer)}\n\n"
             self.send(200, events.encode(), "text/event-stream")
             return
         elif method == "tools/list":
-            result = {"tools": TOOLS, **hints}
+            result = {"tools": tools(), **hints}
         elif method == "tools/call" and params.get("name") in ("lookup", "scan"):
             n = count(f"{path} call {params['name']}")
             time.sleep(1.0)
             key = (params.get("arguments") or {}).get("key", "")
             result = {"content": [{"type": "text", "text": f"{key}#{n}"}], "isError": False}
         elif method == "tools/call" and params.get("name") == "change":
+            count("changes")
             note = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
             answer = {"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "changed"}]}}
             events = f"event: message\ndata: {json.dumps(note)}\n\nevent: message\ndata: {json.dumps(answer)}\n\n"

@@ -17,7 +17,7 @@ import json
 import subprocess
 import sys
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import anyio
@@ -39,52 +39,67 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+@contextmanager
+def counting_backend(d: Path):
+    """cache_server.py on a free port (its output in `d`/backend.log): its base URL."""
+    port = free_port()
+    with (d / "backend.log").open("w") as log:
+        backend = subprocess.Popen(
+            [sys.executable, str(HERE / "cache_server.py"), "--port", str(port)], stdout=log, stderr=log
+        )
+        try:
+            wait_port(port)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            backend.terminate()
+            backend.wait(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory: pytest.TempPathFactory):
     """mcplb (one worker, so concurrent calls meet on one core) with three cached groups in
     front of one counting backend."""
     d = tmp_path_factory.mktemp("cache")
-    port = free_port()
-    log = (d / "backend.log").open("w")
-    backend = subprocess.Popen(
-        [sys.executable, str(HERE / "cache_server.py"), "--port", str(port)], stdout=log, stderr=log
-    )
-    wait_port(port)
-    up = f"http://127.0.0.1:{port}"
-    proxy_port, admin = free_port(), free_port()
-    config = d / "mcplb-cache.toml"
-    config.write_text(
-        f'[proxy]\nlisten = "127.0.0.1:{proxy_port}"\nworkers = 1\n'
-        f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
-        f'[[servers]]\nname = "pub"\npath = "/pub"\nbackends = ["{up}/public"]\n'
-        "[servers.health]\nenabled = false\n"
-        '[servers.cache]\nmax_bytes = 1048576\ntools = ["lookup", "scan"]\ntool_ttl = "60s"\ntool_scope = "public"\n'
-        f'[[servers]]\nname = "priv"\npath = "/priv"\nbackends = ["{up}/private"]\n'
-        "[servers.health]\nenabled = false\n"
-        f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
-        f' {{ sha256 = "{digest(BOB)}", identity = "bob" }}]\n'
-        "[servers.cache]\n"
-        f'[[servers]]\nname = "anon"\npath = "/anon"\nbackends = ["{up}/private"]\n'
-        "[servers.health]\nenabled = false\n"
-        "[servers.cache]\n"
-        # A virtual server over the public group: its relayed notifications evict too.
-        '[[servers]]\nname = "all"\npath = "/all"\n[[servers.members]]\nserver = "pub"\n'
-        # A public list under a policy: alice and carol are one class, bob another.
-        f'[[servers]]\nname = "ruled"\npath = "/ruled"\nbackends = ["{up}/ruled"]\n'
-        "[servers.health]\nenabled = false\n"
-        f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
-        f' {{ sha256 = "{digest(BOB)}", identity = "bob" }},'
-        f' {{ sha256 = "{digest(CAROL)}", identity = "carol" }}]\n'
-        "[servers.cache]\n"
-        '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["alice", "carol"]\ntools = ["lookup", "scan"]\n'
-        '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["bob"]\ntools = ["*"]\n'
-    )
-    proxy = start_proxy_file(config)
-    yield {"base": f"http://{proxy.addr}", "backend": up, "admin": f"http://127.0.0.1:{admin}"}
-    proxy.stop()
-    backend.terminate()
-    backend.wait(timeout=10)
-    log.close()
+    with counting_backend(d) as up:
+        proxy_port, admin = free_port(), free_port()
+        config = d / "mcplb-cache.toml"
+        config.write_text(
+            f'[proxy]\nlisten = "127.0.0.1:{proxy_port}"\nworkers = 1\n'
+            f'[admin]\nlisten = "127.0.0.1:{admin}"\n'
+            f'[[servers]]\nname = "pub"\npath = "/pub"\nbackends = ["{up}/public"]\n'
+            "[servers.health]\nenabled = false\n"
+            '[servers.cache]\nmax_bytes = 1048576\ntools = ["lookup", "scan"]\ntool_ttl = "60s"\ntool_scope = "public"\n'
+            f'[[servers]]\nname = "priv"\npath = "/priv"\nbackends = ["{up}/private"]\n'
+            "[servers.health]\nenabled = false\n"
+            f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
+            f' {{ sha256 = "{digest(BOB)}", identity = "bob" }}]\n'
+            "[servers.cache]\n"
+            f'[[servers]]\nname = "anon"\npath = "/anon"\nbackends = ["{up}/private"]\n'
+            "[servers.health]\nenabled = false\n"
+            "[servers.cache]\n"
+            # A virtual server over the public group: its relayed notifications evict too.
+            '[[servers]]\nname = "all"\npath = "/all"\n[[servers.members]]\nserver = "pub"\n'
+            # A public list under a policy: alice and carol are one class, bob another.
+            f'[[servers]]\nname = "ruled"\npath = "/ruled"\nbackends = ["{up}/ruled"]\n'
+            "[servers.health]\nenabled = false\n"
+            f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
+            f' {{ sha256 = "{digest(BOB)}", identity = "bob" }},'
+            f' {{ sha256 = "{digest(CAROL)}", identity = "carol" }}]\n'
+            "[servers.cache]\n"
+            '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["alice", "carol"]\ntools = ["lookup", "scan"]\n'
+            '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["bob"]\ntools = ["*"]\n'
+            # The same policy without a response cache.
+            f'[[servers]]\nname = "ruled-nc"\npath = "/ruled-nc"\nbackends = ["{up}/ruled-nc"]\n'
+            "[servers.health]\nenabled = false\n"
+            f'[servers.auth]\napi_keys = [{{ sha256 = "{digest(ALICE)}", identity = "alice" }},'
+            f' {{ sha256 = "{digest(BOB)}", identity = "bob" }},'
+            f' {{ sha256 = "{digest(CAROL)}", identity = "carol" }}]\n'
+            '[[policies]]\nserver = "ruled-nc"\neffect = "allow"\nidentities = ["alice", "carol"]\ntools = ["lookup", "scan"]\n'
+            '[[policies]]\nserver = "ruled-nc"\neffect = "allow"\nidentities = ["bob"]\ntools = ["*"]\n'
+        )
+        proxy = start_proxy_file(config)
+        yield {"base": f"http://{proxy.addr}", "backend": up, "admin": f"http://127.0.0.1:{admin}"}
+        proxy.stop()
 
 
 def counts(c: dict) -> dict[str, int]:
@@ -307,19 +322,18 @@ def test_a_virtual_servers_member_answers_are_cached_apart(cached) -> None:
     assert counts(cached).get("/public call lookup", 0) - before == 1, counts(cached)
 
 
-def filtered_lists(c: dict) -> float:
+def filtered_lists(c: dict, name: str = "mcplb_cache_lists_filtered_total") -> float:
     stats = httpx2.get(f"{c['admin']}/metrics", timeout=10).text
-    return next(float(line.split()[1]) for line in stats.splitlines()
-                if line.startswith("mcplb_cache_lists_filtered_total"))
+    return next(float(line.split()[1]) for line in stats.splitlines() if line.startswith(name))
 
 
-def settled_filtered_lists(c: dict) -> float:
+def settled_filtered_lists(c: dict, name: str = "mcplb_cache_lists_filtered_total") -> float:
     """The count once the worker has folded its statistics (once a second): read until it
     stays the same across two folds."""
-    last = filtered_lists(c)
+    last = filtered_lists(c, name)
     for _ in range(20):
         time.sleep(1.1)
-        now = filtered_lists(c)
+        now = filtered_lists(c, name)
         if now == last:
             return now
         last = now
@@ -366,3 +380,22 @@ async def test_a_policed_list_is_filtered_once_per_class(cached) -> None:
     assert await tool_names(url, BOB) == {"lookup", "scan", "change", "touch"}
     assert counts(cached).get("/ruled tools/list") == 3, counts(cached)
     assert settled_filtered_lists(cached) - before == 6
+
+
+async def test_without_a_cache_a_policed_list_is_filtered_once_per_class_and_list(cached) -> None:
+    # Every list goes to the backend; an answer with the same bytes as the class's last one
+    # (but for its id) is not filtered again on the core, one with other bytes is.
+    url = f"{cached['base']}/ruled-nc"
+    name = "mcplb_lists_filtered_total"
+    before = settled_filtered_lists(cached, name)
+    for key in (ALICE, CAROL, BOB, ALICE, CAROL, BOB):
+        want = {"lookup", "scan"} if key != BOB else {"lookup", "scan", "change", "touch"}
+        assert await tool_names(url, key) == want
+    assert counts(cached).get("/ruled-nc tools/list") == 6, counts(cached)
+    assert settled_filtered_lists(cached, name) - before == 2
+    # The backend's list changes (its bytes): each class's next list is filtered again, once.
+    async with client(url, BOB) as c:
+        assert text(await c.call_tool("change", {})) == "changed"
+    for key in (CAROL, ALICE, BOB, BOB):
+        await tool_names(url, key)
+    assert settled_filtered_lists(cached, name) - before == 4

@@ -51,7 +51,13 @@ def _config(workdir: Path, name: str, backend: Backend) -> Path:
         'path = "/mcp"\n'
         f'backends = ["{backend.url}"]\n'
         'era = "2025"\n'
-        "[servers.health]\nenabled = false\n"
+        "[servers.health]\nenabled = false\n\n"
+        # A virtual server over it: its member's bridged calls replay the same way.
+        "[[servers]]\n"
+        'name = "vs"\n'
+        'path = "/vs"\n'
+        "[[servers.members]]\n"
+        'server = "py"\n'
     )
     return path
 
@@ -88,11 +94,12 @@ def _message(r: httpx.Response) -> dict:
     return r.json()
 
 
-def _call(proxy: Proxy, rid: int, tool: str, extra: dict | None = None) -> dict:
+def _call(proxy: Proxy, rid: int, tool: str, extra: dict | None = None, path: str = "/mcp") -> dict:
     params = {"name": tool, "arguments": {}, "_meta": META, **(extra or {})}
     body = {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}
+    url = proxy.url.removesuffix("/mcp") + path
     # A new connection each time: with two workers, either may take it.
-    return _message(httpx.post(proxy.url, json=body, headers={**HEADERS, "mcp-name": tool}, timeout=TIMEOUT))
+    return _message(httpx.post(url, json=body, headers={**HEADERS, "mcp-name": tool}, timeout=TIMEOUT))
 
 
 def _answer(result: dict, name: str) -> dict:
@@ -178,6 +185,20 @@ def test_retry_to_another_replica_replays_the_call(replicas) -> None:
     # The state was answered: the same retry again at B is refused, with the reason.
     again = _call(b, 5, "ask_name", _answer(first["result"], "Grace"))
     assert "answered already" in again["error"]["message"], again
+
+
+def test_retry_through_a_virtual_server_to_another_replica_replays_the_call(replicas) -> None:
+    a, b = replicas
+    before = _calls(a)
+    replayed = _counter(b, "era_inputs_replayed", 0)
+    first = _call(a, 31, "py_ask_name", path="/vs")
+    done = _call(b, 32, "py_ask_name", _answer(first["result"], "Hedy"), path="/vs")
+    assert done["id"] == 32 and _text(done) == "Hello Hedy", done
+    assert _counter(b, "era_inputs_replayed", replayed + 1) >= replayed + 1
+    # The first run, waiting at A, is cancelled when its wait runs out.
+    calls = _wait_for(a, "ask_name:cancelled", before.count("ask_name:cancelled") + 1)
+    new = calls[len(before):]
+    assert sorted(new) == sorted(["ask_name", "ask_name", "ask_name:answered", "ask_name:cancelled"]), new
 
 
 def test_later_rounds_replay_the_earlier_answers(replicas) -> None:

@@ -201,8 +201,11 @@ pub enum Counter {
     /// Bridged calls that waited for their input past the limit (no retry came back here):
     /// cancelled on their backend.
     EraCallsAbandoned,
+    /// Backend list answers filtered for a class of callers under a policy (an answer with
+    /// the same bytes as the class's last one on the core is not filtered again).
+    ListsFiltered,
 }
-const COUNTERS: usize = 59;
+const COUNTERS: usize = 60;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -264,6 +267,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "era_inputs_resumed",
     "era_inputs_replayed",
     "era_calls_abandoned",
+    "lists_filtered",
 ];
 
 /// Gauges (up/down).

@@ -103,8 +103,6 @@ pub(crate) async fn send(
                 && plan.sid.is_none()
                 && group.era != BackendEra::Sessions));
     if bridging {
-        // A bridged answer is relayed in the client's era, not kept.
-        c.cache_fill = None;
         // Boxed: inlined, the bridge's states would grow every request's future (copied into
         // the connection's per-request box), bridged or not.
         return crate::runtime::boxed(|| era_send(core, c, plan, era, conc, permits)).await;
@@ -270,7 +268,9 @@ async fn era_send(
                 Stop::Local(EraLocal::Initialize(bi)) => {
                     era_bridge::answer_initialize(core, c, gi, bi).await
                 }
-                Stop::Local(EraLocal::Discover(s)) => era_bridge::answer_discover(c, &s).await,
+                Stop::Local(EraLocal::Discover(s)) => {
+                    era_bridge::answer_discover(core, c, &s).await
+                }
                 Stop::Local(EraLocal::Listen(bi, s)) => {
                     era_listen::listen_on_session(core, c, gi, bi, s).await
                 }
@@ -302,7 +302,9 @@ async fn era_send(
     } else if let Some((body, headers)) =
         legacy.as_ref().filter(|_| era_ask::may_ask(c.meta.method))
     {
-        // A 2025-era client's call: its 2026-07-28 backend may ask for input.
+        // A 2025-era client's call: its 2026-07-28 backend may ask for input (its answer,
+        // relayed as the rounds go, is not kept).
+        c.cache_fill = None;
         let call = era_ask::Call {
             gi,
             bi,
@@ -410,15 +412,17 @@ impl BackendHook for EraHook<'_> {
         };
         let got = era_bridge::session_for(core, &asker, gi, bi, self.modern).await;
         match got {
-            Ok(Some(s)) if self.method == Method::ServerDiscover => {
-                Before::Local(EraLocal::Discover(s))
+            Ok(Some(b)) if self.method == Method::ServerDiscover => {
+                Before::Local(EraLocal::Discover(b.session))
             }
-            Ok(Some(s)) if self.listen => Before::Local(EraLocal::Listen(bi, s)),
-            Ok(s) => {
-                if s.is_some() && self.session_body.is_none() {
-                    self.session_body = Some(era::session_request(self.req.body()));
+            Ok(Some(b)) if self.listen => Before::Local(EraLocal::Listen(bi, b.session)),
+            Ok(b) => {
+                if let Some(b) = b.as_ref().filter(|_| self.session_body.is_none()) {
+                    // `_meta` as `session_for` read it: the body is not parsed again.
+                    let body = era::session_request_at(self.req.body(), b.meta);
+                    self.session_body = Some(body);
                 }
-                self.bridge = s;
+                self.bridge = b.map(|b| b.session);
                 Before::Go
             }
             Err(era_bridge::Failed::Refuse(r)) => Before::Refuse(r),

@@ -217,8 +217,14 @@ fn tool_name(raw: Option<&[u8]>) -> Option<&str> {
 
 /// Answers `c`'s request from the cache when it can (waiting once for an identical request
 /// in flight on this core), or marks it to fill the cache on its way back. A hit allocates
-/// nothing: the keys are written into the group's reused buffers.
-pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) -> Lookup<'a> {
+/// nothing: the keys are written into the group's reused buffers. `in_session`: the request
+/// belongs to a backend's session (not to one of mcplb's own, which hold no backend state).
+pub(crate) async fn lookup<'a>(
+    core: &'a Core,
+    c: &mut ClientConn,
+    gi: usize,
+    in_session: bool,
+) -> Lookup<'a> {
     let Some(g) = core.caches.group(gi) else {
         return Lookup::Pass;
     };
@@ -231,7 +237,7 @@ pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) ->
     let who = Requester {
         identity: &c.caller.name,
         version: c.req.header(b"mcp-protocol-version").unwrap_or_default(),
-        in_session: c.req.session_id().is_some(),
+        in_session,
         via: 0,
     };
     let (stamp, public, private) = match probe(core, g, gi, kind, c.req.body(), &who) {
@@ -277,7 +283,7 @@ pub(crate) async fn lookup<'a>(core: &'a Core, c: &mut ClientConn, gi: usize) ->
         gi,
         kind,
         stamp,
-        in_session: c.req.session_id().is_some(),
+        in_session,
         public,
         private,
     });
@@ -487,9 +493,6 @@ fn filter_list(
 /// hints (or the group's defaults) allow, and learns from a `tools/list` answer which tools
 /// only read.
 pub(crate) fn store(core: &Core, c: &ClientConn, fill: Fill, body: &[u8], is_sse: bool) {
-    let Some(g) = core.caches.group(fill.gi) else {
-        return;
-    };
     let Some(id) = c.req.id() else {
         return;
     };
@@ -497,6 +500,46 @@ pub(crate) fn store(core: &Core, c: &ClientConn, fill: Fill, body: &[u8], is_sse
         return;
     };
     let Some(h) = cache::hints(&msg.bytes) else {
+        return;
+    };
+    keep(core, c, fill, msg, &h);
+}
+
+/// Keeps an answer the era bridge made for the request in `c` (which missed with `fill`):
+/// `sent` (JSON, or SSE with `sent_sse`), the answer as the client got it, in the client's
+/// era (the key has the era: the request's protocol version); its lifetime from the hints of
+/// `backend`, the backend's own answer (JSON or SSE), or none (`None`: an answer mcplb made
+/// from the backend session's `initialize`). A 2025-era server sends no hints, so the group's
+/// defaults apply, not the `ttlMs: 0` the bridge writes for the client.
+pub(crate) fn store_bridged(
+    core: &Core,
+    c: &ClientConn,
+    fill: Fill,
+    backend: Option<(&[u8], bool)>,
+    (sent, sent_sse): (&[u8], bool),
+) {
+    let Some(id) = c.req.id() else {
+        return;
+    };
+    let Some(msg) = cache::response_message(sent, sent_sse, id) else {
+        return;
+    };
+    let h = match backend {
+        None => cache::hints(&msg.bytes).map(|_| cache::Hints::default()),
+        Some((body, sse)) => {
+            cache::response_message(body, sse, id).and_then(|m| cache::hints(&m.bytes))
+        }
+    };
+    let Some(h) = h else {
+        return;
+    };
+    keep(core, c, fill, msg, &h);
+}
+
+/// Keeps `msg` (a result with hints `h`) under `fill`'s key when its lifetime allows, and
+/// learns from a `tools/list` answer which tools only read.
+fn keep(core: &Core, c: &ClientConn, fill: Fill, msg: cache::Message, h: &cache::Hints) {
+    let Some(g) = core.caches.group(fill.gi) else {
         return;
     };
     if fill.kind == Kind::ToolsList {
@@ -510,7 +553,7 @@ pub(crate) fn store(core: &Core, c: &ClientConn, fill: Fill, body: &[u8], is_sse
         }
     }
     let has_identity = !c.caller.name.is_empty();
-    let Some((ttl, scope)) = cache::lifetime(&g.cfg, fill.kind, &h, fill.in_session, has_identity)
+    let Some((ttl, scope)) = cache::lifetime(&g.cfg, fill.kind, h, fill.in_session, has_identity)
     else {
         return;
     };
@@ -559,6 +602,36 @@ pub(crate) fn note_group_changes(core: &Core, gi: usize, bits: u8, data: &str) {
             }
         }
         cache::note_changes(slot, bits);
+    }
+}
+
+/// Notes a change notification in `data`, one whole message of a stream from a backend of
+/// group `gi` that the era bridge relays message by message (a bridged call's SSE answer, a
+/// backend session's GET stream): it evicts as in a forwarded answer. Only a notification
+/// counts (a list whose tool describes `notifications/tools/list_changed` evicts nothing).
+pub(crate) fn note_message(core: &Core, gi: usize, data: &[u8]) {
+    if !core.caches.has(gi) || memchr::memmem::find(data, b"notifications/").is_none() {
+        return;
+    }
+    let Ok(env) = protocol::parse_message(data.trim_ascii()) else {
+        return;
+    };
+    let method = env
+        .method
+        .filter(|_| env.kind == protocol::MessageKind::Notification);
+    let bits = method.map_or(0, |m| cache::notification_bit(m.raw_str()));
+    note_group_changes(
+        core,
+        gi,
+        bits,
+        std::str::from_utf8(data).unwrap_or_default(),
+    );
+}
+
+/// [`note_message`] for one whole SSE event, raw.
+pub(crate) fn note_event(core: &Core, gi: usize, event: &[u8]) {
+    if core.caches.has(gi) && memchr::memmem::find(event, b"notifications/").is_some() {
+        note_message(core, gi, &crate::session::era::event_data(event));
     }
 }
 

@@ -23,10 +23,11 @@ use protocol::Method;
 
 use crate::auth::UpstreamCredential;
 use crate::config::{Backend, BackendEra, ServerGroup};
+use crate::data_path::cache as response_cache;
 use crate::data_path::request::EraInput;
 use crate::data_path::request::{ClientConn, Next, Refusal, Request};
 use crate::data_path::response::{self, Answer, Framing};
-use crate::data_path::{reply, upstream};
+use crate::data_path::{policy, reply, upstream};
 use crate::runtime::core::Core;
 use crate::session::era::{self, CallState, EraRoute, Learned, SessionKey};
 use crate::session::Owner;
@@ -137,18 +138,26 @@ pub(crate) struct Asker<'a> {
     pub owner: Option<&'a Owner>,
 }
 
+/// A backend session a request goes through, and the request's `params._meta` (raw) as
+/// read to find it: the body the session takes is made from it without a second parse
+/// (`session::era::session_request_at`).
+pub(crate) struct Bridged<'a> {
+    pub session: Rc<BridgeSession>,
+    pub meta: Option<&'a [u8]>,
+}
+
 /// The backend session a request to backend `bi` of group `gi` goes through: `None` when it
 /// goes as it is (not a 2026-07-28 request, bridging off, or a backend that serves
 /// 2026-07-28 itself). Learns the backend's era first when the group says `auto` and this core
 /// has not yet; opens a session when none matches. A plain group's requests and a virtual
 /// server's requests to its members (each a group of its own) share these sessions.
-pub(crate) async fn session_for(
+pub(crate) async fn session_for<'a>(
     core: &Core,
-    c: &Asker<'_>,
+    c: &Asker<'a>,
     gi: usize,
     bi: usize,
     modern: bool,
-) -> Result<Option<Rc<BridgeSession>>, Failed> {
+) -> Result<Option<Bridged<'a>>, Failed> {
     if !modern {
         return Ok(None);
     }
@@ -202,7 +211,10 @@ pub(crate) async fn session_for(
     if let Some(s) = core.bridges.sessions.borrow().get(&(gi, bi, hash)) {
         if s.key.matches(&parts) {
             s.last_used.set(Instant::now());
-            return Ok(Some(s.clone()));
+            return Ok(Some(Bridged {
+                session: s.clone(),
+                meta: declared.meta,
+            }));
         }
     }
     let init = era::initialize_body(&declared);
@@ -282,7 +294,10 @@ pub(crate) async fn session_for(
         super::era_sessions::end_later(core, old);
     }
     super::era_sessions::start_sweeping(core);
-    Ok(Some(session))
+    Ok(Some(Bridged {
+        session,
+        meta: declared.meta,
+    }))
 }
 
 /// Largest error body read to tell whether a 400 answer is about the session.
@@ -336,10 +351,14 @@ pub(crate) async fn session_lost(
     era::session_lost(400, buf.get(head_len..want).unwrap_or_default())
 }
 
-/// Answers a bridged `server/discover` from the session's `initialize`.
-pub(crate) async fn answer_discover(c: &mut ClientConn, s: &BridgeSession) -> Next {
+/// Answers a bridged `server/discover` from the session's `initialize` (kept in the group's
+/// cache when it has one: the backend gave no hints, so under the group's defaults).
+pub(crate) async fn answer_discover(core: &Core, c: &mut ClientConn, s: &BridgeSession) -> Next {
     let mut body = Vec::with_capacity(s.discover.len() + 48);
     era::result_answer(&mut body, c.req.id().unwrap_or_default(), &s.discover);
+    if let Some(fill) = c.cache_fill.take() {
+        response_cache::store_bridged(core, c, fill, None, (&body, false));
+    }
     let next = reply::document(c, 200, &body, "").await;
     // Answered by mcplb, but for the backend it stands for.
     c.meta.by_proxy = false;
@@ -840,9 +859,21 @@ pub(crate) async fn forward(
         let r = Refusal::new(502, -32603, "the backend's answer was cut short");
         return (reply::refuse(c, &r).await, None);
     }
-    let body = match era::modern_answer(c.meta.method, &src.pending, None) {
-        Some(b) => b,
-        None => std::mem::take(&mut src.pending),
+    let ok = c.meta.status == 200;
+    let rewritten = era::modern_answer(c.meta.method, &src.pending, None);
+    if let Some(fill) = c.cache_fill.take().filter(|_| ok) {
+        let sent = rewritten.as_deref().unwrap_or(&src.pending);
+        let backend = Some((src.pending.as_slice(), false));
+        response_cache::store_bridged(core, c, fill, backend, (sent, false));
+    }
+    let body = rewritten.unwrap_or_else(|| std::mem::take(&mut src.pending));
+    // A list the caller's policy filters (kept whole in the cache above).
+    let body = match c.list_filter.take().filter(|_| ok) {
+        Some(f) => match policy::filter_seen(core, &f, body, false, c.req.id()) {
+            Ok(b) => b,
+            Err(r) => return (reply::refuse(c, &r).await, None),
+        },
+        None => body,
     };
     let _ = write!(c.out, "content-length: {}\r\n", body.len());
     if client_close {
@@ -1005,6 +1036,9 @@ async fn relay(
     let method = c.meta.method;
     let mut chunk = Vec::new();
     let mut err = false;
+    // The answer for the cache as the backend sent it and as the client gets it.
+    let mut fill = c.cache_fill.take().map(|f| (f, Vec::new(), Vec::new()));
+    let filter = c.list_filter.take();
     loop {
         let (_, done) =
             upstream::collect_step(&mut src.framing, &src.avail, &mut src.pending, &mut err);
@@ -1016,7 +1050,19 @@ async fn relay(
         let mut ask = None;
         while let Some(n) = era::event_end(&src.pending) {
             let event = src.pending.get(..n).unwrap_or_default();
+            response_cache::note_event(core, leg.gi, event);
+            let from = chunk.len();
             let verdict = era::rewrite_event(method, event, c.req.id(), &mut chunk);
+            if let Some((_, orig, sent)) = &mut fill {
+                orig.extend_from_slice(event);
+                sent.extend_from_slice(chunk.get(from..).unwrap_or_default());
+            }
+            if fill
+                .as_ref()
+                .is_some_and(|(_, o, _)| o.len() > response_cache::MAX_COPY)
+            {
+                fill = None;
+            }
             src.pending.drain(..n);
             if let era::EventVerdict::Ask(a) = verdict {
                 ask = Some(a);
@@ -1056,7 +1102,19 @@ async fn relay(
         let finished = done && !asked && era::event_end(&src.pending).is_none();
         if finished {
             // An event the stream did not end with a blank line goes as it is.
+            if let Some((f, mut orig, mut sent)) = fill.take() {
+                orig.extend_from_slice(&src.pending);
+                sent.extend_from_slice(&src.pending);
+                response_cache::store_bridged(core, c, f, Some((&orig, true)), (&sent, true));
+            }
             chunk.append(&mut src.pending);
+        }
+        if let Some(f) = filter.as_ref().filter(|_| !chunk.is_empty()) {
+            // A list the caller's policy filters (its events whole in `chunk`).
+            match policy::filter_body(core, f, std::mem::take(&mut chunk), true) {
+                Ok(b) => chunk = b,
+                Err(_) => return (Next::Close, None),
+            }
         }
         if !chunk.is_empty() {
             c.meta.first_event.get_or_insert_with(Instant::now);

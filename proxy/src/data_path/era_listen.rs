@@ -86,9 +86,13 @@ pub(crate) async fn listen_on_session(
     let mut first = Vec::new();
     first.extend_from_slice(b"event: message\n");
     era::sse_data(&mut first, &era_listen::acknowledged(&id, &honored));
-    let frame = |data: &[u8]| match era_listen::for_listener(data, &honored, &id) {
-        Some(msg) => Frame::Send(msg),
-        None => Frame::Skip,
+    let frame = |data: &[u8]| {
+        // The session's change notifications evict the group's cached answers.
+        crate::data_path::cache::note_message(core, gi, data);
+        match era_listen::for_listener(data, &honored, &id) {
+            Some(msg) => Frame::Send(msg),
+            None => Frame::Skip,
+        }
     };
     match relay(c, src, first, frame, None, false).await {
         Relayed::Done(next) => next,
@@ -194,10 +198,13 @@ pub(crate) async fn stream_for_client(
         return reply::refuse(c, &Refusal::new(503, -32603, "no backend available")).await;
     };
     let sid = c.req.session_id().unwrap_or_default().to_vec();
-    let frame = |data: &[u8]| match era_listen::stream_frame(data) {
-        StreamFrame::Forward => Frame::Send(data.to_vec()),
-        StreamFrame::Skip => Frame::Skip,
-        StreamFrame::End => Frame::End,
+    let frame = |data: &[u8]| {
+        crate::data_path::cache::note_message(core, gi, data);
+        match era_listen::stream_frame(data) {
+            StreamFrame::Forward => Frame::Send(data.to_vec()),
+            StreamFrame::Skip => Frame::Skip,
+            StreamFrame::End => Frame::End,
+        }
     };
     let mut head_sent = false;
     loop {

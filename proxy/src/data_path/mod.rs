@@ -222,7 +222,12 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
     // A call that waits for the user's approval is never answered from the cache.
     let confirming = c.meta.policy.is_some_and(|d| d.effect == Effect::Confirm);
     if admitted.is_some() && !confirming && core.caches.has(gi) {
-        match Box::pin(cache::lookup(core, c, gi)).await {
+        // mcplb's own sessions (for a 2025-era client of a 2026-07-28 backend, or naming no
+        // backend session) hold no backend state: their answers are a sessionless request's.
+        let in_session = opened.as_ref().map_or(c.req.session_id().is_some(), |o| {
+            !o.sid.is_empty() && crate::session::era::parse_session_payload(o.sid).is_none()
+        });
+        match Box::pin(cache::lookup(core, c, gi, in_session)).await {
             cache::Lookup::Answered(next) => return Ok(next),
             cache::Lookup::Miss(guard) => _flight = guard,
             cache::Lookup::Pass => {}

@@ -227,6 +227,148 @@ pub(crate) fn retain_visible(core: &Core, filter: &ListFilter, items: &mut Vec<s
     }
 }
 
+/// Most policed list answers a core keeps filtered ([`SeenLists`]); past it, or past
+/// [`MAX_SEEN_BYTES`], all are forgotten.
+const MAX_SEEN: usize = 64;
+/// Most bytes (answers as they came and as filtered) a core keeps in its [`SeenLists`].
+const MAX_SEEN_BYTES: usize = 4 << 20;
+
+/// The policed list answers of this core's last backend answers, by group, list and the rules
+/// of the caller class (callers with the same rules see the same list): the backend's answer
+/// as it came and as the class may see it, so the next answer with the same bytes (but for
+/// the request's id) is not parsed, filtered and written again. A backend whose list changed
+/// answers other bytes, which are filtered anew and replace the entry; a reload starts empty
+/// (built with each per-core state). Without a response cache every list still goes to the
+/// backend; with one, `data_path::cache` keeps its cached lists filtered per class itself.
+#[derive(Default)]
+pub(crate) struct SeenLists {
+    entries: RefCell<Vec<SeenList>>,
+}
+
+/// One filtered list answer (see [`SeenLists`]).
+struct SeenList {
+    gi: usize,
+    kind: ListKind,
+    rules: Box<[u16]>,
+    /// The backend's answer (JSON or SSE) and where the request's id is in it.
+    source: Vec<u8>,
+    source_id: std::ops::Range<usize>,
+    /// The answer as the class may see it, and where the id is in it.
+    filtered: Vec<u8>,
+    filtered_id: std::ops::Range<usize>,
+    /// What a `tools/list` said of each tool's annotations (learned again at each use: a
+    /// `list_changed` may have made them unknown).
+    hints: Vec<(String, bool)>,
+}
+
+impl SeenList {
+    fn bytes(&self) -> usize {
+        self.source.len() + self.filtered.len()
+    }
+
+    /// Whether `body` is this entry's source with `id` in place of the id it had.
+    fn same_answer(&self, body: &[u8], id: &[u8]) -> bool {
+        let (at, end) = (self.source_id.start, self.source_id.end);
+        body.len() + (end - at) == self.source.len() + id.len()
+            && body.get(..at) == self.source.get(..at)
+            && body.get(at..at + id.len()) == Some(id)
+            && body.get(at + id.len()..) == self.source.get(end..)
+    }
+
+    /// The filtered answer with `id` in place of the id it had.
+    fn for_id(&self, id: &[u8]) -> Vec<u8> {
+        let (at, end) = (self.filtered_id.start, self.filtered_id.end);
+        let mut out = Vec::with_capacity(self.filtered.len() + id.len());
+        out.extend_from_slice(self.filtered.get(..at).unwrap_or_default());
+        out.extend_from_slice(id);
+        out.extend_from_slice(self.filtered.get(end..).unwrap_or_default());
+        out
+    }
+}
+
+/// Where the id `id` of the JSON-RPC response in `body` (JSON, or SSE whose `data:` lines each
+/// hold one message) is, or `None`.
+fn id_in(body: &[u8], id: &[u8]) -> Option<std::ops::Range<usize>> {
+    let lines = body
+        .split(|b| *b == b'\n')
+        .filter_map(|l| l.strip_prefix(b"data:"));
+    std::iter::once(body)
+        .chain(lines)
+        .find_map(|m| {
+            let env = protocol::parse_message(m.trim_ascii()).ok()?;
+            (env.kind == MessageKind::Response && env.id == Some(id)).then_some(env.id)?
+        })
+        .map(|at| crate::data_path::request::offset_of(body, at))
+}
+
+/// [`filter_body`] for the backend's answer `body` to the request with id `id`, through this
+/// core's [`SeenLists`]: the bytes made last time for the same answer and caller class, or
+/// filtered now and kept.
+pub(crate) fn filter_seen(
+    core: &Core,
+    filter: &ListFilter,
+    body: Vec<u8>,
+    is_sse: bool,
+    id: Option<&[u8]>,
+) -> Result<Vec<u8>, Refusal> {
+    let Some(id) = id else {
+        return filter_body(core, filter, body, is_sse);
+    };
+    let rules = filter.class_rules();
+    let hints = core
+        .shared
+        .tool_hints
+        .get(filter.gi)
+        .and_then(Option::as_ref);
+    {
+        let seen = core.seen_lists.entries.borrow();
+        let entry = seen
+            .iter()
+            .find(|e| e.gi == filter.gi && e.kind == filter.kind && *e.rules == *rules);
+        if let Some(e) = entry.filter(|e| e.same_answer(&body, id)) {
+            if let Some(h) = hints {
+                h.learn_if_new(&e.hints);
+            }
+            return Ok(e.for_id(id));
+        }
+    }
+    let source = body.clone();
+    let filtered = filter_body(core, filter, body, is_sse)?;
+    core.rec
+        .borrow_mut()
+        .count(crate::control::stats::Counter::ListsFiltered, 1);
+    let (Some(source_id), Some(filtered_id)) = (id_in(&source, id), id_in(&filtered, id)) else {
+        return Ok(filtered);
+    };
+    let hints = match hints {
+        Some(_) if filter.kind == ListKind::Tools => lists::messages(&source, is_sse)
+            .iter()
+            .flat_map(|m| crate::policy::confirm::tool_hints(m))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let entry = SeenList {
+        gi: filter.gi,
+        kind: filter.kind,
+        rules: rules.into(),
+        source,
+        source_id,
+        filtered: filtered.clone(),
+        filtered_id,
+        hints,
+    };
+    let mut seen = core.seen_lists.entries.borrow_mut();
+    seen.retain(|e| !(e.gi == filter.gi && e.kind == filter.kind && *e.rules == *rules));
+    let held: usize = seen.iter().map(SeenList::bytes).sum();
+    if seen.len() >= MAX_SEEN || held + entry.bytes() > MAX_SEEN_BYTES {
+        seen.clear();
+    }
+    if entry.bytes() <= MAX_SEEN_BYTES {
+        seen.push(entry);
+    }
+    Ok(filtered)
+}
+
 /// The list answer `body` (JSON, or an SSE stream) as the caller of `filter` may see it.
 pub(crate) fn filter_body(
     core: &Core,

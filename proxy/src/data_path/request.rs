@@ -258,6 +258,9 @@ pub(crate) struct ClientConn {
     /// A 2026-07-28 call its user approved: an `input_required` round of the backend's own in
     /// its answer gets its `requestState` wrapped with this approval (`data_path::confirm`).
     pub confirm_wrap: Option<Box<crate::policy::confirm::StateFacts>>,
+    /// A virtual server's 2026-07-28 retry whose bridged member call waits nowhere here: the
+    /// rounds its member's bridged answer is replayed with (`era_bridge::resume`).
+    pub era_replay: Option<Box<crate::data_path::era_bridge::Rounds>>,
     /// The policy class of the connection's last caller.
     pub policy_class: Option<crate::data_path::policy::ConnClass>,
     /// The current request's trace (`[telemetry]` only), once decided.
@@ -286,6 +289,7 @@ impl ClientConn {
             list_filter: None,
             cache_fill: None,
             confirm_wrap: None,
+            era_replay: None,
             policy_class: None,
             trace: None,
         }
@@ -337,6 +341,7 @@ impl ClientConn {
         self.list_filter = None;
         self.cache_fill = None;
         self.confirm_wrap = None;
+        self.era_replay = None;
         self.req.buf.clear();
         self.req.decoded.clear();
         self.req.reset_facts();

@@ -368,7 +368,7 @@ pub(crate) async fn forward_response(
             super::cache::store(core, c, fill, &body, is_sse);
         }
         let body = match filter {
-            Some(f) => match super::policy::filter_body(core, &f, body, is_sse) {
+            Some(f) => match super::policy::filter_seen(core, &f, body, is_sse, c.req.id()) {
                 Ok(b) => b,
                 Err(r) => {
                     c.ubuf = a.buf;

@@ -612,6 +612,23 @@ impl ToolHints {
         }
     }
 
+    /// [`learn`](Self::learn), unless every tool of `tools` is known as it says already (one
+    /// load and a lookup per tool, where learning copies the whole set).
+    pub fn learn_if_new(&self, tools: &[(String, bool)]) {
+        let known = self.0.load();
+        let knows = |(name, destructive): &(String, bool)| {
+            let set = if *destructive {
+                &known.destructive
+            } else {
+                &known.safe
+            };
+            set.contains(name.as_str())
+        };
+        if !tools.iter().all(knows) {
+            self.learn(tools);
+        }
+    }
+
     /// Notes a `notifications/tools/list_changed`.
     pub fn changed(&self) {
         self.0.rcu(|a| a.changed());

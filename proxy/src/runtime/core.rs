@@ -62,6 +62,8 @@ pub(crate) struct Core {
     /// Policy classes of the callers seen here, per group (built anew with each state, so a
     /// reload's new policies apply at once).
     pub(crate) policy_classes: crate::data_path::policy::ClassCache,
+    /// Policed list answers as each caller class saw them last (built anew with each state).
+    pub(crate) seen_lists: crate::data_path::policy::SeenLists,
     /// The response caches of the groups with `[servers.cache]` (built anew with each state:
     /// a reload starts them empty).
     pub(crate) caches: crate::data_path::cache::Caches,
@@ -295,6 +297,7 @@ impl Core {
             park,
             bridges,
             policy_classes: Default::default(),
+            seen_lists: Default::default(),
             caches,
         };
         if prev.is_some() {

@@ -82,6 +82,8 @@ pub(crate) struct Declared<'a> {
     pub capabilities: &'a [u8],
     /// `io.modelcontextprotocol/clientInfo`, when given.
     pub client_info: Option<&'a [u8]>,
+    /// `params._meta`, raw (a part of the body): what [`session_request_at`] rewrites.
+    pub meta: Option<&'a [u8]>,
 }
 
 #[derive(Deserialize)]
@@ -93,7 +95,7 @@ struct Frame<'a> {
 #[derive(Deserialize)]
 struct Params<'a> {
     #[serde(borrow, rename = "_meta", default)]
-    meta: Option<Meta<'a>>,
+    meta: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -106,9 +108,14 @@ struct Meta<'a> {
 
 /// Reads what a request body's `_meta` declares; `None` when the body is not a JSON object
 /// with well-formed `params` (a request the bridge cannot open a session for).
+/// The body is parsed once; `_meta` (small) once more, from its raw bytes.
 pub(crate) fn declared(body: &[u8]) -> Option<Declared<'_>> {
     let frame: Frame<'_> = serde_json::from_slice(body).ok()?;
-    let meta = frame.params.and_then(|p| p.meta);
+    let raw = frame.params.and_then(|p| p.meta);
+    let meta: Option<Meta<'_>> = match raw {
+        Some(r) => serde_json::from_str(r.get()).ok()?,
+        None => None,
+    };
     let (caps, info) = meta.map_or((None, None), |m| (m.capabilities, m.client_info));
     let capabilities = caps.map_or(&b"{}"[..], |c| c.get().as_bytes());
     if !capabilities.starts_with(b"{") {
@@ -117,6 +124,7 @@ pub(crate) fn declared(body: &[u8]) -> Option<Declared<'_>> {
     Some(Declared {
         capabilities,
         client_info: info.map(|i| i.get().as_bytes()),
+        meta: raw.map(|r| r.get().as_bytes()),
     })
 }
 
@@ -227,6 +235,7 @@ pub(crate) fn probe_body() -> Vec<u8> {
     discover_body(&Declared {
         capabilities: b"{}",
         client_info: None,
+        meta: None,
     })
 }
 
@@ -283,6 +292,7 @@ pub(crate) fn hello(body: &[u8]) -> Option<Hello<'_>> {
         declared: Declared {
             capabilities,
             client_info: f.params.client_info.map(|i| i.get().as_bytes()),
+            meta: None,
         },
     })
 }
@@ -353,6 +363,7 @@ pub(crate) fn parse_session_payload(p: &[u8]) -> Option<Declared<'_>> {
     Some(Declared {
         capabilities,
         client_info: (!info.is_empty()).then_some(info),
+        meta: None,
     })
 }
 
@@ -408,38 +419,49 @@ const ENVELOPE: [&str; 3] = [
 /// A 2026-07-28 request as its 2025-era backend session takes it: the envelope's keys out of
 /// `params._meta` (and an emptied `_meta` out of `params`), everything else as it was. `None`
 /// when the body carries none of them (it goes as it is) or is not a JSON-RPC request object.
+/// `meta`: the body's `params._meta`, raw (a part of `body`), as [`declared`] read it, so the
+/// body is not parsed again for it.
 ///
 /// The usual body is spliced: only `_meta` is rewritten, the rest copied as it is (a parse
 /// into a `Value` and back cost the bridged `tools/call` 10 % more CPU per request, 1.10x
 /// [1.08-1.18] by `MODE=era ERA_A=2025 bench/ab.sh`, bench/results/
 /// 2026-12-06-ab-era-bridge-envelope-aebfd51-vs-ff92467.md); a `_meta` the splice cannot
 /// read (escaped keys, an unusual layout) goes through the `Value`.
-pub(crate) fn session_request(body: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn session_request_at(body: &[u8], meta: Option<&[u8]>) -> Option<Vec<u8>> {
+    let spliced = match meta {
+        None => Some(None),
+        Some(raw) => splice_meta(body, raw),
+    };
+    spliced.unwrap_or_else(|| session_request_by_value(body))
+}
+
+/// [`session_request_at`], the body parsed for its `_meta` (tests).
+#[cfg(test)]
+fn session_request(body: &[u8]) -> Option<Vec<u8>> {
     splice_envelope(body).unwrap_or_else(|| session_request_by_value(body))
 }
 
-/// [`session_request`] by splicing: `None` when the body is not of the shape it reads.
+/// The splice of [`session_request`]: `None` when the body is not of the shape it reads.
+#[cfg(test)]
 fn splice_envelope(body: &[u8]) -> Option<Option<Vec<u8>>> {
-    #[derive(Deserialize)]
-    struct Frame<'a> {
-        #[serde(borrow, default)]
-        params: Option<Params<'a>>,
+    let f: Frame<'_> = serde_json::from_slice(body).ok()?;
+    match f.params.and_then(|p| p.meta) {
+        None => Some(None),
+        Some(meta) => splice_meta(body, meta.get().as_bytes()),
     }
-    #[derive(Deserialize)]
-    struct Params<'a> {
-        #[serde(borrow, rename = "_meta", default)]
-        meta: Option<&'a RawValue>,
-    }
+}
+
+/// [`splice_envelope`] for the body's `params._meta` at `raw` (a part of `body`).
+fn splice_meta(body: &[u8], raw: &[u8]) -> Option<Option<Vec<u8>>> {
     if body.trim_ascii_start().first() != Some(&b'{') {
         return None;
     }
-    let f: Frame<'_> = serde_json::from_slice(body).ok()?;
-    let Some(meta) = f.params.and_then(|p| p.meta) else {
-        return Some(None);
-    };
-    let raw = meta.get().as_bytes();
     let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
     let end = start + raw.len();
+    if end > body.len() {
+        // Not a part of this body.
+        return None;
+    }
     // Borrowed keys: a key with escapes fails here and takes the `Value` path.
     let entries: std::collections::BTreeMap<&str, &RawValue> = serde_json::from_slice(raw).ok()?;
     if !entries.keys().any(|k| ENVELOPE.contains(k)) {
@@ -1098,7 +1120,20 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(body)
             );
+            // From `_meta` as `declared` read it (the body not parsed again): the same.
+            if let Some(d) = declared(body) {
+                assert_eq!(
+                    parse(session_request_at(body, d.meta)),
+                    parse(session_request(body)),
+                    "{}",
+                    String::from_utf8_lossy(body)
+                );
+            }
         }
+        // A `_meta` that is not a part of the body is not spliced.
+        let other = br#"{"io.modelcontextprotocol/protocolVersion":"v"}"#;
+        let out = session_request_at(bare, Some(&other[..]));
+        assert_eq!(out, session_request_by_value(bare));
     }
 
     use super::*;
@@ -1154,10 +1189,12 @@ mod tests {
         let a = Declared {
             capabilities: b"{}",
             client_info: Some(b"{\"name\":\"a\"}"),
+            meta: None,
         };
         let b = Declared {
             capabilities: br#"{"sampling":{}}"#,
             client_info: Some(b"{\"name\":\"a\"}"),
+            meta: None,
         };
         let alice = key_parts(&a, [b"alice", b"", b""]);
         let ka = SessionKey::of(&alice);
@@ -1173,6 +1210,7 @@ mod tests {
         let c = Declared {
             capabilities: b"{}",
             client_info: None,
+            meta: None,
         };
         let x1 = key_parts(&c, [b"x", b"", b""]);
         let x2 = key_parts(&c, [b"", b"x", b""]);
@@ -1185,6 +1223,7 @@ mod tests {
         let d = Declared {
             capabilities: br#"{"elicitation":{}}"#,
             client_info: None,
+            meta: None,
         };
         let v: Value = serde_json::from_slice(&initialize_body(&d)).unwrap();
         assert_eq!(v["method"], "initialize");

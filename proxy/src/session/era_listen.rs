@@ -297,6 +297,7 @@ mod tests {
         let d = Declared {
             capabilities: br#"{"sampling":{}}"#,
             client_info: Some(br#"{"name":"c","version":"1"}"#),
+            meta: None,
         };
         let v: Value = serde_json::from_slice(&listen_for_stream(&d, &[])).unwrap();
         assert_eq!(v["method"], "subscriptions/listen");

@@ -218,7 +218,10 @@ async fn bridge_for(
         owner: req.owner,
     };
     match era_bridge::session_for(core, &asker, gi, bi, true).await {
-        Ok(session) => Ok(Some(Bridge { bi, session })),
+        Ok(session) => Ok(Some(Bridge {
+            bi,
+            session: session.map(|b| b.session),
+        })),
         Err(era_bridge::Failed::Refuse(r)) => Err(MemberError::Unreachable(r)),
         Err(era_bridge::Failed::Upstream(e)) => {
             let (status, message) = e.status();
@@ -258,6 +261,7 @@ fn modern_form(req: &Origin<'_>, o: &Outbound<'_>) -> Option<Vec<u8>> {
     let declared = era::Declared {
         capabilities: req.capabilities,
         client_info: None,
+        meta: None,
     };
     era::modern_request(o.body, &declared).map(|(body, _)| body)
 }

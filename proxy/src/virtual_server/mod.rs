@@ -114,10 +114,12 @@ pub(crate) async fn serve(
     if cx.modern && crate::session::era::has_request_state(c.req.body()) {
         // A 2026-07-28 retry carrying the input a bridged member's call waits for goes to
         // that call (boxed: as in the data path, only such a retry pays for its future).
-        // A call a member no longer holds is not replayed through a virtual server.
-        if let era_bridge::Resumed::Done(next) = Box::pin(era_bridge::resume(core, c, false)).await
-        {
-            return Ok(next);
+        // A call no member holds here (another replica's, or one whose wait ran out) is
+        // routed again as the call, its member's bridged answer replayed from the rounds.
+        match Box::pin(era_bridge::resume(core, c, true)).await {
+            era_bridge::Resumed::Done(next) => return Ok(next),
+            era_bridge::Resumed::Replay(rounds) => c.era_replay = Some(Box::new(rounds)),
+            era_bridge::Resumed::Not => {}
         }
     }
     let msg = message(c)?;

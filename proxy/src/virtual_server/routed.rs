@@ -311,12 +311,18 @@ async fn forward(
         confirm::fail_event(c, -32603, "the member's answer cannot go into this stream").await;
         return Next::Close;
     }
-    if let Some((leg, mut buf)) = bridged {
+    if let Some((mut leg, mut buf)) = bridged {
+        if let Some(rounds) = c.era_replay.take() {
+            // A retry replayed here: the member's questions answered from its state.
+            leg.rounds = *rounds;
+        }
         // Through the era bridge: the answer made what the 2026-07-28 wire requires, a
         // member's server-to-client request an `input_required` result (the call waits for
         // the client's retry, `era_bridge::resume`).
         let head_len = buf.len();
         buf.extend_from_slice(&early);
+        // The member group's cache keeps the answer as the client gets it.
+        c.cache_fill = fill;
         let (next, up) = era_bridge::forward(core, c, up, buf, head_len, keep, leg).await;
         reached.finish(core, up, c.meta.status);
         return next;
