@@ -65,48 +65,31 @@ wait_port() {
     say "nothing listens on port $1; see $RUN/*.log"; exit 1
 }
 
-SESSION_PORT=$(free_port); STATELESS_PORT=$(free_port); SSE_PORT=$(free_port); PORT=$(free_port)
-"$LOAD" mock --listen "127.0.0.1:$SESSION_PORT" --threads 1 >"$RUN/mock-session.log" 2>&1 &
-pids+=($!)
-"$LOAD" mock --listen "127.0.0.1:$STATELESS_PORT" --stateless --threads 1 >"$RUN/mock-stateless.log" 2>&1 &
-pids+=($!)
-"$LOAD" mock --listen "127.0.0.1:$SSE_PORT" --sse --threads 1 >"$RUN/mock-sse.log" 2>&1 &
-pids+=($!)
-{
-    cat <<EOF
+PORT=$(free_port)
+cat >"$RUN/mcplb.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:$PORT"
 workers = 1
 max_connections_per_ip = 100000
-
-[[servers]]
-name = "session"
-path = "/session"
-backends = ["http://127.0.0.1:$SESSION_PORT/mcp"]
-[servers.health]
-enabled = false
-
-[[servers]]
-name = "stateless"
-path = "/stateless"
-backends = ["http://127.0.0.1:$STATELESS_PORT/mcp"]
-[servers.health]
-enabled = false
-
-[[servers]]
-name = "sse"
-path = "/sse"
-backends = ["http://127.0.0.1:$SSE_PORT/mcp"]
-[servers.health]
-enabled = false
-
 EOF
-    sed "s|@RUN@|$RUN|g" "$ROOT/bench/conf/policy/on.toml"
-} >"$RUN/mcplb.toml"
+# One group per mock, named as its path; after the colon, the mock's option.
+ports=("$PORT")
+for mock in session: stateless:--stateless sse:--sse; do
+    name=${mock%%:*}
+    port=$(free_port)
+    # shellcheck disable=SC2086 # no option or one, unquoted on purpose
+    "$LOAD" mock --listen "127.0.0.1:$port" ${mock#*:} --threads 1 >"$RUN/mock-$name.log" 2>&1 &
+    pids+=($!)
+    ports+=("$port")
+    printf '\n[[servers]]\nname = "%s"\npath = "/%s"\nbackends = ["http://127.0.0.1:%s/mcp"]\n[servers.health]\nenabled = false\n' \
+        "$name" "$name" "$port" >>"$RUN/mcplb.toml"
+done
+echo >>"$RUN/mcplb.toml"
+sed "s|@RUN@|$RUN|g" "$ROOT/bench/conf/policy/on.toml" >>"$RUN/mcplb.toml"
 LLVM_PROFILE_FILE="$PROF_DIR/mcplb-%p-%m.profraw" "$GEN_BIN" run --config "$RUN/mcplb.toml" >"$RUN/mcplb.log" 2>&1 &
 MCPLB_PID=$!
 pids+=("$MCPLB_PID")
-for p in "$SESSION_PORT" "$STATELESS_PORT" "$SSE_PORT" "$PORT"; do wait_port "$p"; done
+for p in "${ports[@]}"; do wait_port "$p"; done
 
 ARGS='{"query":"what is the weather in Paris today","limit":10}'
 train() { # path connections rate|- [more mcplb-load options]
@@ -114,9 +97,12 @@ train() { # path connections rate|- [more mcplb-load options]
     shift 3
     local extra=("$@")
     if [[ $rate != - ]]; then extra+=(--rate "$rate"); fi
-    say "training: /$path, $conns connections, rate $rate ${*:-}"
-    "$LOAD" run --url "http://127.0.0.1:$PORT/$path" --connections "$conns" --duration "${SECS}s" \
-        --warmup 0s --args "$ARGS" --quiet "${extra[@]}" >>"$RUN/load.log"
+    local summary
+    summary=$("$LOAD" run --url "http://127.0.0.1:$PORT/$path" --connections "$conns" --duration "${SECS}s" \
+        --warmup 0s --args "$ARGS" --quiet --json "${extra[@]}" | tail -n 1 |
+        python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["ok"], j["errors"]["total"])')
+    say "trained: /$path, $conns connections, rate $rate${*:+ $*}: ${summary% *} calls answered, ${summary#* } errors"
+    [[ ${summary% *} -gt 0 ]] || { say "no call was answered; see $RUN/mcplb.log"; exit 1; }
 }
 for path in sse session; do
     train "$path" 1 4          # one agent calling every 250 ms
