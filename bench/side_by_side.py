@@ -14,13 +14,16 @@ Settings (environment):
   CONNS         closed-loop connection counts (default "64 256")
   LAT_CONNS     connections used by the open-loop runs (default 256)
   FIXED_RATE    the fixed open-loop rate besides the 25/50/75 % ones (default 10000)
+  TAIL_CONNS    connections of the tail phase's open-loop cell (default 1000)
+  TAIL_RATE     its rate (default 10000)
+  TAIL_DURATION seconds per tail cell (default: LAT_DURATION)
   STRACE_SECS   seconds of each strace run (default 3)
   IDLE_CONNS    idle connections for the memory figure (default 10000)
   IDLE_WAIT     seconds to let idle connections settle before reading RSS (default 2)
   SESSIONS      concurrent MCP sessions for the sessions figure (default 1000)
   SESSION_RATE  open-loop rate of the sessions figure (default 10000)
   XCHECK        1 = also run the nginx "return 200" backend cross-check (default 1)
-  PHASES        phases to run (default "throughput latency syscalls https agreement memory sessions xcheck")
+  PHASES        phases to run (default "throughput latency tail syscalls https agreement memory sessions xcheck")
   BASE_PORT     ports used: BASE+1..3 backends, BASE+80.. proxies (default 27000)
   OUT           results directory (default bench/results)
   RESULT_NAME   results file name after the date (default side-by-side)
@@ -55,19 +58,24 @@ RUNS = env_int("RUNS", 3)
 CONNS = [int(c) for c in os.environ.get("CONNS", "64 256").split()]
 LAT_CONNS = env_int("LAT_CONNS", 256)
 FIXED_RATE = env_int("FIXED_RATE", 10000)
+TAIL_CONNS = env_int("TAIL_CONNS", 1000)
+TAIL_RATE = env_int("TAIL_RATE", 10000)
+TAIL_DURATION = env_int("TAIL_DURATION", LAT_DURATION)
 STRACE_SECS = env_int("STRACE_SECS", 3)
 IDLE_CONNS = env_int("IDLE_CONNS", 10000)
 IDLE_WAIT = float(os.environ.get("IDLE_WAIT", "2"))
 SESSIONS = env_int("SESSIONS", 1000)
 SESSION_RATE = env_int("SESSION_RATE", 10000)
 XCHECK = os.environ.get("XCHECK", "1") == "1"
-PHASES = os.environ.get("PHASES", "throughput latency syscalls https agreement memory sessions xcheck").split()
+PHASES = os.environ.get("PHASES", "throughput latency tail syscalls https agreement memory sessions xcheck").split()
 BASE = env_int("BASE_PORT", 27000)
 OUT = os.environ.get("OUT", os.path.join(ROOT, "bench", "results"))
 RESULT_NAME = os.environ.get("RESULT_NAME", "side-by-side")
 
 P_MOCK, P_MOCK_SESS, P_NGX_BACKEND = BASE + 1, BASE + 2, BASE + 3
 PROXY_PORTS = {"mcplb": BASE + 80, "nginx": BASE + 81, "haproxy": BASE + 82}
+# The admin port of the main mcplb under test (its loop gaps, read by the tail phase).
+P_MCPLB_ADMIN = BASE + 79
 HTTPS_PORTS = {"mcplb": BASE + 70, "nginx": BASE + 71, "haproxy": BASE + 72}
 PROXIES = ["mcplb", "nginx", "haproxy"]
 TARGETS = ["direct"] + PROXIES
@@ -246,19 +254,23 @@ def start_nginx_backend(port):
     return Target("direct", port, [p], [p.pid] + p._bench_children)
 
 
-def start_proxy(kind, port, backend, tls=None):
-    """Starts a proxy under test; with `tls` = (cert, key, combined pem) it terminates TLS."""
-    t = start_proxy_plain(kind, port, backend, tls)
+def start_proxy(kind, port, backend, tls=None, admin=None):
+    """Starts a proxy under test; with `tls` = (cert, key, combined pem) it terminates TLS; with
+    `admin` (a port) an mcplb also listens for its admin port there."""
+    t = start_proxy_plain(kind, port, backend, tls, admin)
     if tls:
         t.scheme = "https"
     return t
 
 
-def start_proxy_plain(kind, port, backend, tls):
+def start_proxy_plain(kind, port, backend, tls, admin=None):
     sfx = "-tls" if tls else ""
     kv = dict(zip(("CERT", "KEY", "PEM"), tls)) if tls else {}
     if kind == "mcplb":
         conf = render(f"mcplb{sfx}.toml.tmpl", f"mcplb-{port}.toml", LISTEN=port, BACKEND=backend, **kv)
+        if admin:
+            with open(conf, "a") as f:
+                f.write(f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n')
         p = spawn(["taskset", "-c", "0", f"{BIN}/mcplb", "run", "--config", conf], f"mcplb-{port}")
         wait_port(port, p)
         time.sleep(0.2)
@@ -609,6 +621,125 @@ def phase_latency(targets):
                 log(f"latency {label:>8s} ({rate}/s) {kind:8s} run {run + 1}: p50 {lat['p50']} p99 {lat['p99']} "
                     f"p99.9 {lat['p99.9']} µs, achieved {j['throughput_rps']:.0f}/s, errors {j['errors']['total']}")
     RESULTS["latency"] = {"ceiling_rps": ceil, "rates": rates, "connections": LAT_CONNS, "cells": cells}
+
+
+def admin_json(port, path="/stats"):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        data += b
+    s.close()
+    return json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
+def loop_gaps(port):
+    """mcplb's loop-gap counts since start (its admin port's /stats), or None."""
+    try:
+        return admin_json(port)["loop_gaps"]
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def gap_delta(before, after):
+    """The loop gaps counted between two readings: per bucket, the count and the longest since
+    start (a max cannot be differenced)."""
+    if not before or not after:
+        return None
+    b = {x["le_us"]: x["count"] for x in before["buckets"]}
+    return {"count": after["count"] - before["count"], "sum_us": after["sum_us"] - before["sum_us"],
+            "max_us_since_start": after["max_us"],
+            "buckets": [{"le_us": x["le_us"], "count": x["count"] - b.get(x["le_us"], 0)} for x in after["buckets"]]}
+
+
+def phase_tail(targets):
+    """Issue 18's tail cell: open loop at TAIL_RATE over TAIL_CONNS connections, p99/p99.9/max of
+    every target in the same run (latency from the schedule), the load generator's own send lag
+    beside it, and mcplb's loop gaps over each of its cells."""
+    cells = {}
+    for run in range(RUNS):
+        for kind in TARGETS:
+            t = targets[kind]
+            g0 = loop_gaps(P_MCPLB_ADMIN) if kind == "mcplb" else None
+            with Meter(t) as m:
+                j = run_load(t.url, TAIL_CONNS, TAIL_DURATION, rate=TAIL_RATE, warmup="1s")
+            cell = {"run": run, "rate": TAIL_RATE, "achieved_rps": round(j["throughput_rps"], 1),
+                    "errors": j["errors"]["total"], "latency_us": j["latency_us"], "send_lag_us": j["send_lag_us"]}
+            cell.update(m.as_dict(None))
+            if kind == "mcplb":
+                time.sleep(1.2)  # the worker moves its counts to the admin port once a second
+                cell["loop_gaps"] = gap_delta(g0, loop_gaps(P_MCPLB_ADMIN))
+            cells.setdefault(kind, []).append(cell)
+            lat, lag = j["latency_us"], j["send_lag_us"] or {}
+            log(f"tail {TAIL_RATE}/s x {TAIL_CONNS} conns {kind:8s} run {run + 1}: p50 {lat['p50']} p99 {lat['p99']} "
+                f"p99.9 {lat['p99.9']} max {lat['max']} µs; send lag p99 {lag.get('p99')} max {lag.get('max')} µs; "
+                f"achieved {j['throughput_rps']:.0f}/s, errors {j['errors']['total']}")
+    RESULTS["tail"] = {"rate": TAIL_RATE, "connections": TAIL_CONNS, "duration_s": TAIL_DURATION, "cells": cells}
+
+
+def gen_bound(cell):
+    """Whether an open-loop cell measured mcplb-load more than its target: its send lag p99 at
+    least half the latency p99."""
+    lag = (cell.get("send_lag_us") or {}).get("p99")
+    return lag is not None and lag >= 0.5 * cell["latency_us"]["p99"]
+
+
+def tail_report(tail):
+    """The tail phase's section: per target, medians [min–max] of the runs."""
+    L = [f"## Tail: open loop at {tail['rate']} req/s over {tail['connections']} connections\n",
+         f"mcplb-load (timerfd pacer, latency from the schedule, corrected for coordinated omission), "
+         f"{tail['duration_s']} s a cell after 1 s of warm-up, targets in turn within each run. "
+         "Send lag: how late mcplb-load sent against its schedule (its own stall, part of every latency "
+         "figure of the cell). Foreign CPU: the share of a core used by processes not part of the benchmark "
+         "(another job on a shared machine). Medians [min–max] of the runs, µs.\n",
+         "| target | p50 | p99 | p99.9 | max | send lag p99 | send lag max | achieved req/s | errors | foreign CPU % core 0 | foreign CPU % core 1 |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+    c = tail["cells"]
+    for kd in TARGETS:
+        xs = c.get(kd, [])
+        if not xs:
+            continue
+        lat = lambda p: spread([x["latency_us"][p] for x in xs], f0)  # noqa: E731
+        lag = lambda p: spread([(x["send_lag_us"] or {}).get(p) for x in xs], f0)  # noqa: E731
+        L.append(f"| {NAMES[kd]} | {lat('p50')} | {lat('p99')} | {lat('p99.9')} | {lat('max')} | {lag('p99')} | "
+                 f"{lag('max')} | {spread([x['achieved_rps'] for x in xs], f0)} | {sum(x['errors'] for x in xs)} | "
+                 f"{spread([x.get('core0_foreign_pct') for x in xs], f0)} | {spread([x.get('core1_foreign_pct') for x in xs], f0)} |")
+    L.append("")
+    bound = {kd: sum(gen_bound(x) for x in c.get(kd, [])) for kd in TARGETS}
+    if any(bound.values()):
+        L.append("Cells where mcplb-load's own send lag p99 was at least half the target's latency p99 measure the "
+                 "load generator (or its core), not the target: "
+                 + ", ".join(f"{NAMES[kd]} {n} of {len(c.get(kd, []))}" for kd, n in bound.items()) + ".\n")
+    m = c.get("mcplb", [])
+    for peer in ("nginx", "haproxy"):
+        pr = c.get(peer, [])
+        if not m or not pr:
+            continue
+        parts = []
+        for p in ("p99", "p99.9"):
+            # Same-run ratios: each run's mcplb figure over the peer's of the same run, over the
+            # runs where neither cell was the load generator's.
+            rs = [a["latency_us"][p] / b["latency_us"][p] for a, b in zip(m, pr)
+                  if b["latency_us"][p] and not gen_bound(a) and not gen_bound(b)]
+            parts.append(f"{p} {spread(rs, f2)}× ({len(rs)} of {min(len(m), len(pr))} runs)")
+        L.append(f"- mcplb / {NAMES[peer]} in the same run, runs where neither was load-generator bound: {', '.join(parts)}.")
+    gaps = [x.get("loop_gaps") for x in m if x.get("loop_gaps")]
+    if gaps:
+        L.append("")
+        L.append("mcplb's loop gaps over its cells (time its worker went without handling any of its requests "
+                 "while it had some in flight; `/stats` `loop_gaps`): gaps per bucket, one column per run.\n")
+        L.append("| gap at most | " + " | ".join(f"run {i + 1}" for i in range(len(gaps))) + " |")
+        L.append("|---" * (len(gaps) + 1) + "|")
+        for i, b in enumerate(gaps[0]["buckets"]):
+            le = b["le_us"]
+            L.append(f"| {f'{le} µs' if le is not None else 'longer'} | "
+                     + " | ".join(str(g["buckets"][i]["count"]) for g in gaps) + " |")
+        L.append("| longest since start | " + " | ".join(f"{g['max_us_since_start']} µs" for g in gaps) + " |")
+    L.append("")
+    return L
 
 
 def parse_strace(path):
@@ -969,6 +1100,11 @@ def report(facts, command, started, finished, load_start, load_end):
                         for kd in PROXIES if dv is not None}
                 row(f"added {p} µs at {rate}/s ({label if '%' in label else 'fixed'})", vals, f0, False, show_direct=False,
                     diff=True)
+    tail = RESULTS.get("tail")
+    if tail:
+        for p in ("p99", "p99.9"):
+            vals = {kd: med([x["latency_us"][p] for x in tail["cells"].get(kd, [])]) for kd in TARGETS}
+            row(f"tail {p} µs, open loop {tail['rate']}/s over {tail['connections']} conns", vals, f0, False)
     sc = RESULTS.get("syscalls")
     if sc:
         vals = {kd: med([x["per_request"] for x in sc.get(kd, [])]) for kd in PROXIES}
@@ -1084,6 +1220,8 @@ def report(facts, command, started, finished, load_start, load_end):
                          + f" | {med([(x['send_lag_us'] or {}).get('p50') for x in cs])} | {sum(x['errors'] for x in cs)} | "
                          f"{max(max(x.get('core0_foreign_pct') or 0, x.get('core1_foreign_pct') or 0) for x in cs):.0f} |")
         L.append("")
+    if tail:
+        L.extend(tail_report(tail))
     if sc:
         L.append(f"## 4. Syscalls per request (`strace -c -f -p PID`, wrk -c64 for {STRACE_SECS} s)\n")
         L.append("strace slows every syscall, so these runs are for counts only. Requests are wrk's count in the "
@@ -1212,7 +1350,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     md_path = os.path.join(OUT, f"{date}-{RESULT_NAME}.md")
     JSON_PATH = os.path.join(OUT, f"{date}-{RESULT_NAME}.json")
-    for p in [P_MOCK, P_MOCK_SESS, P_NGX_BACKEND] + [v + d for v in PROXY_PORTS.values() for d in (0, 10, 20, 30)] \
+    for p in [P_MOCK, P_MOCK_SESS, P_NGX_BACKEND, P_MCPLB_ADMIN] + [v + d for v in PROXY_PORTS.values() for d in (0, 10, 20, 30)] \
             + list(HTTPS_PORTS.values()):
         if not port_free(p):
             sys.exit(f"port {p} is in use; set BASE_PORT to another base (now {BASE})")
@@ -1225,7 +1363,7 @@ def main():
         mock = start_mock(P_MOCK)
         targets = {"direct": mock}
         for kd in PROXIES:
-            targets[kd] = start_proxy(kd, PROXY_PORTS[kd], P_MOCK)
+            targets[kd] = start_proxy(kd, PROXY_PORTS[kd], P_MOCK, admin=P_MCPLB_ADMIN if kd == "mcplb" else None)
         RESULTS["mcplb_info"] = targets["mcplb"].info
         # answer size, and a check that every target answers the request
         for kd in TARGETS:
@@ -1257,6 +1395,7 @@ def main():
 
         guarded("throughput", phase_throughput, targets)
         guarded("latency", phase_latency, targets)
+        guarded("tail", phase_tail, targets)
         guarded("syscalls", phase_syscalls, targets)
         for kd in PROXIES:
             targets[kd].stop()
@@ -1275,7 +1414,8 @@ def main():
         json.dump({"facts": facts, "command": command, "started": started.isoformat(), "finished": finished.isoformat(),
                    "load_start": load_start, "load_end": load_end,
                    "settings": {"DURATION": DURATION, "LAT_DURATION": LAT_DURATION, "RUNS": RUNS, "CONNS": CONNS,
-                                "LAT_CONNS": LAT_CONNS, "FIXED_RATE": FIXED_RATE, "STRACE_SECS": STRACE_SECS,
+                                "LAT_CONNS": LAT_CONNS, "FIXED_RATE": FIXED_RATE, "TAIL_CONNS": TAIL_CONNS,
+                                "TAIL_RATE": TAIL_RATE, "TAIL_DURATION": TAIL_DURATION, "STRACE_SECS": STRACE_SECS,
                                 "IDLE_CONNS": IDLE_CONNS, "IDLE_WAIT": IDLE_WAIT, "SESSIONS": SESSIONS, "SESSION_RATE": SESSION_RATE},
                    "request_body": WRK_BODY, "results": RESULTS}, f, indent=1)
     text = report(facts, command, started, finished, load_start, load_end)

@@ -7,8 +7,10 @@
 #
 # Settings (environment): DURATION (s per closed-loop cell, 10), LAT_DURATION (s per open-loop
 # cell, = DURATION), RUNS (3), CONNS ("64 256"), LAT_CONNS (256), FIXED_RATE (10000),
-# STRACE_SECS (3), IDLE_CONNS (10000), SESSIONS (1000), SESSION_RATE (10000), XCHECK (1),
-# PHASES ("throughput latency syscalls https agreement memory sessions xcheck"), BASE_PORT
+# TAIL_CONNS (1000), TAIL_RATE (10000), TAIL_DURATION (= LAT_DURATION): the tail phase's
+# open-loop cell (issue 18: p99/p99.9/max of every target, mcplb's loop gaps), STRACE_SECS (3), IDLE_CONNS (10000), SESSIONS (1000), SESSION_RATE (10000), XCHECK (1),
+# PHASES ("throughput latency tail syscalls https agreement memory sessions xcheck";
+# `PHASES=tail` runs the tail cell alone), BASE_PORT
 # (27000), OUT, RESULT_NAME (side-by-side: the results' file name after the date),
 # LOAD_MAX (1.0) and LOAD_WAIT (600): wait up to LOAD_WAIT s for the 1-min load average to
 # drop below LOAD_MAX before starting (the result file records the load either way);
@@ -19,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 COMMAND="bench/side_by_side.sh"
-for v in DURATION LAT_DURATION RUNS CONNS LAT_CONNS FIXED_RATE STRACE_SECS IDLE_CONNS IDLE_WAIT \
+for v in DURATION LAT_DURATION RUNS CONNS LAT_CONNS FIXED_RATE TAIL_CONNS TAIL_RATE TAIL_DURATION STRACE_SECS IDLE_CONNS IDLE_WAIT \
          SESSIONS SESSION_RATE XCHECK PHASES BASE_PORT OUT RESULT_NAME LOAD_MAX LOAD_WAIT NO_BUILD; do
     if [ -n "${!v:-}" ]; then COMMAND="$v=\"${!v}\" $COMMAND"; fi
 done

@@ -142,6 +142,38 @@ fn stats_match_known_traffic() {
     assert!(line.ends_with(" 40"), "{line}");
     assert!(metrics.contains("# TYPE mcplb_requests_total counter"));
 
+    // Loop gaps: each tools/call held its worker's one request in flight for the mock's 20 ms
+    // with nothing else to do, so each left a gap of at least 20 ms.
+    let gaps = &stats["loop_gaps"];
+    let long: u64 = gaps["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["le_us"].as_u64().is_none_or(|le| le >= 25_000))
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    assert!(long >= 40, "{gaps}");
+    assert!(gaps["sum_us"].as_u64().unwrap() >= 40 * 20_000, "{gaps}");
+    assert!(gaps["max_us"].as_u64().unwrap() >= 20_000, "{gaps}");
+    let count = gaps["count"].as_u64().unwrap();
+    assert_eq!(
+        gaps["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum::<u64>(),
+        count
+    );
+    let inf = metrics
+        .lines()
+        .find(|l| l.starts_with("mcplb_loop_gap_seconds_bucket{le=\"+Inf\"}"))
+        .expect("loop gap +Inf line");
+    let inf: u64 = inf.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(inf >= count, "{inf} < {count}");
+    assert!(metrics.contains("# TYPE mcplb_loop_gap_seconds histogram"));
+    assert!(metrics.contains("mcplb_loop_gap_max_seconds "));
+
     let backends = get(admin, "/backends", None).json().unwrap();
     assert_eq!(backends["backends"][0]["requests"], 55);
     assert_eq!(backends["backends"][0]["sessions"], 1);

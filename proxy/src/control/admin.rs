@@ -526,10 +526,28 @@ pub(crate) fn stats_json(st: &View<'_>, now: Instant) -> Value {
         "unit": "microseconds",
         "counters": c,
         "gauges": g,
+        "loop_gaps": loop_gaps_json(&st.hub.gaps()),
         "limits": limits_json(st),
         "cluster": cluster_json(st),
         "since_start": window_json(st, false, now),
         "last_60s": window_json(st, true, now),
+    })
+}
+
+/// The workers' loop gaps since start (`runtime::loop_gap`): counts per bucket by upper bound
+/// in µs (`null`: longer than the last bound), their sum and the longest.
+fn loop_gaps_json(g: &stats::GapCounts) -> Value {
+    let buckets: Vec<Value> = g
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| json!({"le_us": stats::GAP_BOUNDS_US.get(i), "count": n}))
+        .collect();
+    json!({
+        "count": g.count(),
+        "sum_us": g.sum_us,
+        "max_us": g.max_us,
+        "buckets": buckets,
     })
 }
 
@@ -816,6 +834,7 @@ pub(crate) fn metrics_text(st: &View<'_>, now: Instant) -> String {
             let _ = writeln!(o, "mcplb_{name} {v}");
         }
     }
+    loop_gaps_text(&st.hub.gaps(), &mut o);
     let view = st.hub.view(false, now);
     for (part, help) in [
         ("total", "first request byte in to last response byte out"),
@@ -852,6 +871,32 @@ pub(crate) fn metrics_text(st: &View<'_>, now: Instant) -> String {
     }
     backend_states_text(st, &mut o);
     o
+}
+
+/// `mcplb_loop_gap_seconds`: the workers' loop gaps (`runtime::loop_gap`) as a histogram, and
+/// the longest since start.
+fn loop_gaps_text(g: &stats::GapCounts, o: &mut String) {
+    let name = "mcplb_loop_gap_seconds";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Time a worker went without handling any of its requests while it had \
+         some in flight (a stall of the worker, its thread or every backend it waited on)."
+    );
+    let _ = writeln!(o, "# TYPE {name} histogram");
+    let mut below = 0;
+    for (le, n) in stats::GAP_BOUNDS_US.iter().zip(g.buckets) {
+        below += n;
+        let _ = writeln!(o, "{name}_bucket{{le=\"{}\"}} {below}", *le as f64 / 1e6);
+    }
+    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", g.count());
+    let _ = writeln!(o, "{name}_sum {}", g.sum_us as f64 / 1e6);
+    let _ = writeln!(o, "{name}_count {}", g.count());
+    let _ = writeln!(
+        o,
+        "# HELP mcplb_loop_gap_max_seconds The longest loop gap of any worker since start."
+    );
+    let _ = writeln!(o, "# TYPE mcplb_loop_gap_max_seconds gauge");
+    let _ = writeln!(o, "mcplb_loop_gap_max_seconds {}", g.max_us as f64 / 1e6);
 }
 
 /// `mcplb_backend_state{server,backend,state}`: 1 for each backend's current state, 0 for the

@@ -381,6 +381,65 @@ pub struct Sample {
 }
 
 /// One dimension's distributions on a core, allocated when it first sees traffic.
+/// Upper bounds (µs, inclusive) of the loop-gap buckets ([`GapCounts`]); a last bucket holds
+/// the longer gaps.
+pub const GAP_BOUNDS_US: [u64; 10] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+];
+
+/// A worker's loop gaps (see `runtime::loop_gap`): how many fell in each bucket of
+/// [`GAP_BOUNDS_US`] (and the one past it), their sum and the longest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GapCounts {
+    /// Per bucket of [`GAP_BOUNDS_US`], then the gaps longer than its last bound.
+    pub buckets: [u64; GAP_BOUNDS_US.len() + 1],
+    /// Sum of the gaps, µs.
+    pub sum_us: u64,
+    /// The longest gap, µs.
+    pub max_us: u64,
+}
+
+impl GapCounts {
+    /// No gaps.
+    pub const EMPTY: GapCounts = GapCounts {
+        buckets: [0; GAP_BOUNDS_US.len() + 1],
+        sum_us: 0,
+        max_us: 0,
+    };
+
+    /// Counts one gap of `us` µs.
+    #[inline]
+    pub fn add(&mut self, us: u64) {
+        let i = if us <= GAP_BOUNDS_US[0] {
+            0
+        } else {
+            GAP_BOUNDS_US
+                .iter()
+                .position(|b| us <= *b)
+                .unwrap_or(GAP_BOUNDS_US.len())
+        };
+        if let Some(b) = self.buckets.get_mut(i) {
+            *b += 1;
+        }
+        self.sum_us += us;
+        self.max_us = self.max_us.max(us);
+    }
+
+    /// Adds another count to this one.
+    pub fn merge(&mut self, o: &GapCounts) {
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets) {
+            *a += b;
+        }
+        self.sum_us += o.sum_us;
+        self.max_us = self.max_us.max(o.max_us);
+    }
+
+    /// Gaps counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
 type CoreDim = Option<Box<Triple<u32>>>;
 
 /// One core's recording since its last flush.
@@ -394,6 +453,8 @@ pub struct CoreRecorder {
     gauges: [i64; GAUGES],
     /// Per backend (`[group][backend]`): requests in flight and sessions, as deltas.
     backend_gauges: Vec<Vec<[i64; 2]>>,
+    /// This worker's loop gaps since the last flush.
+    gaps: GapCounts,
     /// Per group: its key and its backends' tags, by index (the hub's keys).
     ids: Vec<(u32, Vec<u32>)>,
     dirty: bool,
@@ -451,6 +512,7 @@ impl CoreRecorder {
                 .map(|(_, tags)| vec![[0; 2]; tags.len()])
                 .collect(),
             ids,
+            gaps: GapCounts::EMPTY,
             dirty: false,
         }
     }
@@ -525,6 +587,12 @@ impl CoreRecorder {
     pub fn count(&mut self, c: Counter, n: u64) {
         self.mark_dirty();
         self.counters[c as usize] += n;
+    }
+
+    /// Adds a worker's loop gaps (moved here by its flush).
+    pub fn gaps(&mut self, g: &GapCounts) {
+        self.mark_dirty();
+        self.gaps.merge(g);
     }
 
     /// Moves a gauge.
@@ -605,6 +673,8 @@ impl CoreRecorder {
             h.gauges[i] += *g;
             *g = 0;
         }
+        h.gaps.merge(&self.gaps);
+        self.gaps = GapCounts::EMPTY;
         for (gi, bs) in self.backend_gauges.iter_mut().enumerate() {
             for (bi, v) in bs.iter_mut().enumerate() {
                 if v.iter().any(|x| *x != 0) {
@@ -635,6 +705,8 @@ struct HubInner {
     counters: [u64; COUNTERS],
     gauges: [i64; GAUGES],
     backend_gauges: HashMap<(u32, u32), [i64; 2]>,
+    /// Every worker's loop gaps since start.
+    gaps: GapCounts,
 }
 
 impl HubInner {
@@ -744,6 +816,7 @@ impl StatsHub {
                 counters: [0; COUNTERS],
                 gauges: [0; GAUGES],
                 backend_gauges: HashMap::new(),
+                gaps: GapCounts::EMPTY,
             }),
             started: Instant::now(),
             health_changes: std::sync::atomic::AtomicU64::new(0),
@@ -790,6 +863,11 @@ impl StatsHub {
     pub fn counters(&self) -> ([u64; COUNTERS], [i64; GAUGES]) {
         let h = self.lock();
         (h.counters, h.gauges)
+    }
+
+    /// Every worker's loop gaps since start.
+    pub fn gaps(&self) -> GapCounts {
+        self.lock().gaps
     }
 
     /// Bytes held by the hub's distributions: since start and the rolling window's slots.

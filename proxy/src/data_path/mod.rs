@@ -61,6 +61,9 @@ pub(crate) const READ_SIZE: usize = BUF_SIZE;
 /// Reads one request (head and body), routes it, forwards it and its answer, and records it.
 pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     let start = Instant::now();
+    // The worker's loop gaps ride on the clock reads of the statistics.
+    let stats = core.shared.config.proxy.stats;
+    let begun = stats.then(|| crate::runtime::loop_gap::Begun::at(start));
     c.meta = ReqMeta::default();
     c.trace = None;
     let next = match head::read_head(&core.shared.config.proxy, c).await {
@@ -80,10 +83,12 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
         Err(stop) => stopped(c, stop).await,
     };
     // One clock read for the statistics and the audit line.
-    let stats = core.shared.config.proxy.stats;
     let end = (stats || core.audit.is_some()).then(Instant::now);
     if let Some(end) = end.filter(|_| stats) {
         record::record(core, &c.meta, start, end);
+        if let Some(b) = begun {
+            b.end(end);
+        }
     }
     if core.access_log.is_some() {
         record::write_access_log(core, c, start);

@@ -114,10 +114,11 @@ pub(crate) async fn flush_loop(cores: Rc<RefCell<Vec<Rc<Core>>>>) {
             last_fold = now;
             if let Some(newest) = cores.borrow().last() {
                 let delta = open - reported_open;
-                newest
-                    .rec
-                    .borrow_mut()
-                    .gauge(Gauge::ClientConnections, delta);
+                let mut rec = newest.rec.borrow_mut();
+                rec.gauge(Gauge::ClientConnections, delta);
+                if crate::runtime::loop_gap::any() {
+                    rec.gaps(&crate::runtime::loop_gap::take());
+                }
                 reported_open = open;
             }
             crate::control::logs::summarize(now);
@@ -158,6 +159,7 @@ fn nothing_to_do(cores: &[Rc<Core>], reported_open: i64) -> bool {
     cores.len() <= 1
         && CORE_OPEN.with(Cell::get) == reported_open
         && !crate::control::logs::tracking()
+        && !crate::runtime::loop_gap::any()
         && cores.iter().all(|c| {
             !c.rec.borrow().is_dirty()
                 && c.access_log

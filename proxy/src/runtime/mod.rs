@@ -8,6 +8,7 @@ pub(crate) mod core;
 pub(crate) mod flush;
 pub(crate) mod linger;
 pub(crate) mod listen;
+pub(crate) mod loop_gap;
 pub(crate) mod park;
 pub(crate) mod proxy_protocol;
 pub(crate) mod shared;

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# A profile of one mcplb worker under saturated load, and of one nginx worker in the same run:
+# where the CPU per proxied request goes (issue 18).
+#
+#   bench/profile.sh [MCPLB_BIN]       # default target/release/mcplb
+#
+# The mock MCP backend (`mcplb-load mock --stateless --threads 1`) and wrk (one thread, CONNS
+# connections, bench/quick/post.lua) run on core 1; mcplb (workers = 1) and nginx
+# (bench/conf/nginx.conf.tmpl, one worker) on core 0, loaded in turn. Per proxy: requests,
+# utime and stime over the loaded window (CPU µs per request, user/kernel split), and a
+# `perf record -e cpu-clock --call-graph dwarf` of the worker for REC seconds inside it.
+# Prints the summaries and keeps perf's data and reports in OUT_DIR. Settings (env): SECS
+# (wrk seconds, 14), REC (perf seconds, 8), CONNS (64), FREQ (perf Hz, 1999), OUT_DIR
+# (a new temporary directory), LOAD_BIN (target/release/mcplb-load).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+MCPLB=${1:-$ROOT/target/release/mcplb}
+LOAD_BIN=${LOAD_BIN:-$ROOT/target/release/mcplb-load}
+SECS=${SECS:-14}; REC=${REC:-8}; CONNS=${CONNS:-64}; FREQ=${FREQ:-1999}
+OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/mcplb-profile.XXXXXX)}
+mkdir -p "$OUT_DIR"
+for t in perf wrk nginx taskset; do command -v $t >/dev/null || { echo "needs $t"; exit 2; }; done
+[[ -x $MCPLB && -x $LOAD_BIN ]] || { echo "needs $MCPLB and $LOAD_BIN (cargo build --release -p mcplb -p mcplb-load)"; exit 2; }
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
+
+MOCK=$(free_port)
+taskset -c 1 "$LOAD_BIN" mock --listen "127.0.0.1:$MOCK" --stateless --threads 1 >"$OUT_DIR/mock.log" 2>&1 &
+pids+=($!)
+wait_port "$MOCK"
+
+P_MCPLB=$(free_port)
+cat >"$OUT_DIR/mcplb.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$P_MCPLB"
+workers = 1
+max_connections_per_ip = 100000
+[[servers]]
+name = "bench"
+path = "/mcp"
+backends = ["http://127.0.0.1:$MOCK/mcp"]
+EOF
+taskset -c 0 "$MCPLB" run --config "$OUT_DIR/mcplb.toml" >"$OUT_DIR/mcplb.log" 2>&1 &
+pids+=($!); PID_MCPLB=$!
+wait_port "$P_MCPLB"
+
+P_NGINX=$(free_port)
+mkdir -p "$OUT_DIR/nginx-$P_NGINX-body" "$OUT_DIR/nginx-$P_NGINX-proxy"
+sed -e "s|\${RUNDIR}|$OUT_DIR|g" -e "s|\${LISTEN}|$P_NGINX|g" -e "s|\${BACKEND}|$MOCK|g" \
+    bench/conf/nginx.conf.tmpl >"$OUT_DIR/nginx.conf"
+taskset -c 0 nginx -p "$OUT_DIR" -e "$OUT_DIR/nginx-startup.log" -c "$OUT_DIR/nginx.conf" &
+pids+=($!); NGINX_MASTER=$!
+wait_port "$P_NGINX"
+sleep 0.3
+PID_NGINX=$(pgrep -P "$NGINX_MASTER" | head -1)
+[[ -n $PID_NGINX ]] || { echo "no nginx worker"; exit 1; }
+
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+one() { # name pid port
+    local name=$1 pid=$2 port=$3 u0 s0 u1 s1 out
+    taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s bench/quick/post.lua "http://127.0.0.1:$port/mcp" >/dev/null
+    read -r u0 s0 < <(ticks "$pid")
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" -s bench/quick/post.lua "http://127.0.0.1:$port/mcp" >"$OUT_DIR/$name.wrk" &
+    local wrk=$!
+    sleep 3
+    perf record -q -e cpu-clock -F "$FREQ" --call-graph dwarf,16384 -p "$pid" -o "$OUT_DIR/$name.perf.data" -- sleep "$REC" 2>"$OUT_DIR/$name.perf.log" || true
+    wait "$wrk"
+    read -r u1 s1 < <(ticks "$pid")
+    python3 - "$name" "$u0" "$s0" "$u1" "$s1" "$(getconf CLK_TCK)" "$OUT_DIR/$name.wrk" <<'PY'
+import re, sys
+name, u0, s0, u1, s1, hz, wrk = sys.argv[1], *map(float, sys.argv[2:7]), sys.argv[7]
+out = open(wrk).read()
+reqs = int(re.search(r"(\d+) requests in", out).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+u, s = (u1 - u0) / hz, (s1 - s0) / hz
+print(f"{name}: {reqs} requests ({rps:.0f}/s); CPU {1e6 * (u + s) / reqs:.2f} µs/request: "
+      f"user {1e6 * u / reqs:.2f} ({100 * u / (u + s):.0f} %), kernel {1e6 * s / reqs:.2f} ({100 * s / (u + s):.0f} %)")
+PY
+    perf report -i "$OUT_DIR/$name.perf.data" --stdio --no-children --sort dso -g none 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -12 >"$OUT_DIR/$name.dso.txt" || true
+    perf report -i "$OUT_DIR/$name.perf.data" --stdio --no-children --sort dso,sym -g none 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -60 >"$OUT_DIR/$name.self.txt" || true
+    perf report -i "$OUT_DIR/$name.perf.data" --stdio --children --sort sym -g none 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -80 >"$OUT_DIR/$name.children.txt" || true
+    perf script -i "$OUT_DIR/$name.perf.data" -F ip,sym,dso 2>/dev/null \
+        | python3 bench/profile_groups.py "$name" >"$OUT_DIR/$name.groups.txt" || true
+    echo "-- $name: samples by object"; cat "$OUT_DIR/$name.dso.txt"
+    echo "-- $name: user-space samples by group (bench/profile_groups.py)"; cat "$OUT_DIR/$name.groups.txt"
+    echo "-- $name: top frames by own samples"; head -40 "$OUT_DIR/$name.self.txt" || true
+}
+one mcplb "$PID_MCPLB" "$P_MCPLB"
+one nginx "$PID_NGINX" "$P_NGINX"
+echo "data and reports in $OUT_DIR"
