@@ -131,6 +131,16 @@ fn identities_see_their_tools_and_a_denied_call_reaches_no_backend() {
         let denied = find("bot-7", "whoami");
         assert_eq!(denied["decision"], "denied");
         assert_eq!(denied["rule"], "policies[2]");
+        // Answered by mcplb: its JSON-RPC code, no backend (the key is left out).
+        assert_eq!(keys(denied), with(&["code", "name", "rule"]), "{denied}");
+        assert_eq!(denied["code"], -32602);
+        // Forwarded and answered: a backend, no code, no upstream error, no session.
+        let allowed = find("alice", "whoami");
+        assert_eq!(
+            keys(allowed),
+            with(&["backend", "name", "rule"]),
+            "{allowed}"
+        );
         assert_eq!(find("bot-7", "slow")["rule"], "policy_default");
         assert_eq!(find("bot-7", "echo")["decision"], "allowed");
         assert_eq!(find("alice", "whoami")["rule"], "policies[0]");
@@ -184,9 +194,15 @@ fn full_arguments_stay_on_one_line() {
     );
     assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(line["decision"], "allowed");
-    assert_eq!(line["rule"], Value::Null);
     assert_eq!(line["identity"], Value::Null);
     assert_eq!(line["client"], "127.0.0.1");
+    // No policy: no rule key; an anonymous caller: `identity` stays, as null (it is one of
+    // the keys every line has).
+    assert_eq!(
+        keys(&line),
+        with(&["arguments", "backend", "name", "trace_id"]),
+        "{line}"
+    );
     drop(p);
     let _ = std::fs::remove_file(&audit);
 }
@@ -458,4 +474,32 @@ fn a_confirm_rule_asks_on_the_calls_stream_and_forwards_only_an_approval() {
             "{v}"
         );
     }
+}
+
+/// The keys every audit line has, and `extra`, sorted.
+fn with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut k = vec![
+        "client",
+        "decision",
+        "duration_us",
+        "id",
+        "identity",
+        "method",
+        "server",
+        "status",
+        "ts",
+    ];
+    k.extend_from_slice(extra);
+    k.sort_unstable();
+    k
+}
+
+/// An audit line's keys, sorted.
+fn keys(line: &Value) -> Vec<&str> {
+    let mut k: Vec<&str> = line
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    k.sort_unstable();
+    k
 }

@@ -8,6 +8,13 @@
 //! rule that made it, the JSON-RPC error code of an answer mcplb made, the duration, a keyed
 //! hash of the session id and the W3C trace id if the request had one. Arguments: off, their
 //! SHA-256, or in full, as configured. Never a credential: no header but `traceparent` is read.
+//!
+//! Every line has `ts`, `id`, `identity`, `client`, `server`, `method`, `decision`, `status`
+//! and `duration_us` (`identity` and `server` may be `null`); the other keys (`backend`,
+//! `name`/`uri`, `rule`, `code`, `upstream_error`, `session`, `trace_id`, `era_input`,
+//! `arguments_sha256`/`arguments`) are left out when there is nothing to say (the README's
+//! audit section says what each absence means): a quarter of the usual line's bytes were
+//! `null`s and `false`, which the writer thread paid for in kernel time.
 
 use std::cell::RefCell;
 use std::time::Instant;
@@ -27,18 +34,22 @@ pub(crate) struct AuditLog {
     pub(crate) log: AccessLog,
     /// `","id":"<core>-`: the text between the time and the line's sequence number.
     id_prefix: Box<[u8]>,
-    /// Per group: `,"server":…,"backend":null,"method":` and the same per backend.
+    /// Per group: `,"server":…,"method":` (no backend reached) and
+    /// `,"server":…,"backend":…,"method":` per backend.
     places: Vec<Places>,
     /// An instant and the wall clock then (ms since the epoch): a line's time is the
     /// request's end from it, with no second clock read (renewed every second).
     anchor: Option<(Instant, u64)>,
+    /// `{"ts":<ms>,"id":"<core>-` and its ms: the same for the lines of one ms.
+    start: (u64, Vec<u8>),
 }
 
-/// A group's `,"server":…,"backend":…,"method":` texts: with no backend, and per backend.
+/// A group's `,"server":…,"method":` text with no backend, and per backend its
+/// `,"server":…,"backend":…,"method":`.
 type Places = (Box<[u8]>, Vec<Box<[u8]>>);
 
 /// `places`' text when the request reached no group.
-const NOWHERE: &[u8] = b",\"server\":null,\"backend\":null,\"method\":";
+const NOWHERE: &[u8] = b",\"server\":null,\"method\":";
 
 /// How long a wall-clock reading stands for the lines' times (then read again, so a clock
 /// step shows within a second).
@@ -50,10 +61,13 @@ impl AuditLog {
     pub(crate) fn open(config: &crate::config::Config, index: usize) -> Option<RefCell<AuditLog>> {
         let log = AccessLog::open_or_say(&config.audit.as_ref()?.target, "audit log")?;
         let json = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "null".into());
-        let place = |server: &str, backend: &str| {
-            format!(",\"server\":{server},\"backend\":{backend},\"method\":")
-                .into_bytes()
-                .into_boxed_slice()
+        let place = |server: &str, backend: Option<&str>| {
+            match backend {
+                Some(b) => format!(",\"server\":{server},\"backend\":{b},\"method\":"),
+                None => format!(",\"server\":{server},\"method\":"),
+            }
+            .into_bytes()
+            .into_boxed_slice()
         };
         Some(RefCell::new(AuditLog {
             log,
@@ -64,15 +78,16 @@ impl AuditLog {
                 .map(|g| {
                     let server = json(&g.name);
                     (
-                        place(&server, "null"),
+                        place(&server, None),
                         g.backends
                             .iter()
-                            .map(|b| place(&server, &json(&b.name)))
+                            .map(|b| place(&server, Some(&json(&b.name))))
                             .collect(),
                     )
                 })
                 .collect(),
             anchor: None,
+            start: (0, Vec::with_capacity(64)),
         }))
     }
 
@@ -145,21 +160,34 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant, end: Instant) {
         log: l,
         id_prefix,
         places,
+        start: (start_ms, start_text),
         ..
     } = &mut *audit;
+    let mut num = itoa::Buffer::new();
+    if *start_ms != ts || start_text.is_empty() {
+        start_text.clear();
+        start_text.extend_from_slice(b"{\"ts\":");
+        start_text.extend_from_slice(num.format(ts).as_bytes());
+        start_text.extend_from_slice(id_prefix);
+        *start_ms = ts;
+    }
     l.seq += 1;
     let place = match m.group.and_then(|g| places.get(g)) {
         Some((none, backends)) => m.backend.and_then(|b| backends.get(b)).unwrap_or(none),
         None => NOWHERE,
     };
     let name = part(m.rpc.name);
-    let mut num = itoa::Buffer::new();
+    // One capacity check for the usual line (the pieces below then only copy). A buffer that
+    // cannot take it is handed to the writer first: growing it would copy its 64 KiB (once a
+    // buffer, ~200 instructions a line: bench/results/2026-12-06-audit-lean.md).
+    let need =
+        256 + start_text.len() + place.len() + name.map_or(0, <[u8]>::len) + c.caller.name.len();
+    if l.buf.len() + need > l.buf.capacity() {
+        hand_over(core, l);
+    }
     let buf = &mut l.buf;
-    // One capacity check for the usual line (the pieces below then only copy).
-    buf.reserve(256 + place.len() + name.map_or(0, <[u8]>::len) + c.caller.name.len());
-    buf.extend_from_slice(b"{\"ts\":");
-    buf.extend_from_slice(num.format(ts).as_bytes());
-    buf.extend_from_slice(id_prefix);
+    buf.reserve(need);
+    buf.extend_from_slice(start_text);
     buf.extend_from_slice(num.format(l.seq).as_bytes());
     buf.extend_from_slice(b"\",\"identity\":");
     json_str(buf, Some(c.caller.name.as_str()).filter(|n| !n.is_empty()));
@@ -178,89 +206,77 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant, end: Instant) {
             let uri = quoted
                 .and_then(|q| q.get(..raw.len() + 2))
                 .and_then(|q| serde_json::from_slice::<String>(q).ok());
-            buf.extend_from_slice(b",\"uri\":");
-            json_str(buf, uri.map(|u| crate::auth::redact_url(&u)).as_deref());
+            if let Some(u) = uri {
+                buf.extend_from_slice(b",\"uri\":");
+                json_str(buf, Some(&crate::auth::redact_url(&u)));
+            }
         }
-        None => match name {
-            Some(raw) => {
+        // No name (`initialize`, a denied `tools/list`...): no key.
+        None => {
+            if let Some(raw) = name {
                 buf.extend_from_slice(b",\"name\":\"");
                 buf.extend_from_slice(raw);
                 buf.push(b'"');
             }
-            None => buf.extend_from_slice(b",\"name\":null"),
-        },
+        }
     }
     match decision_field(decision) {
         Some(field) => buf.extend_from_slice(field),
         None => {
             buf.extend_from_slice(b",\"decision\":\"");
             buf.extend_from_slice(decision.as_bytes());
-            buf.extend_from_slice(b"\",\"rule\":");
+            buf.push(b'"');
         }
     }
-    // The rule that decided (`policies[N]`, `policy_default`), or `null` without a policy
-    // and for session plumbing no rule names.
-    match m.policy {
-        Some(d) => match d.rule {
+    // The rule that decided (`policies[N]`, `policy_default`); no key without a policy and
+    // for session plumbing no rule names.
+    if let Some(d) = m.policy {
+        match d.rule {
             Some(r) if r == usize::from(crate::policy::confirm::DESTRUCTIVE_RULE) => {
-                buf.extend_from_slice(b"\"confirm_destructive\"")
+                buf.extend_from_slice(b",\"rule\":\"confirm_destructive\"")
             }
             Some(r) => {
-                buf.extend_from_slice(b"\"policies[");
+                buf.extend_from_slice(b",\"rule\":\"policies[");
                 buf.extend_from_slice(num.format(r).as_bytes());
                 buf.extend_from_slice(b"]\"");
             }
             None if d.effect == Effect::Allow
                 && method.is_some_and(|mt| {
                     std::str::from_utf8(mt).is_ok_and(crate::policy::is_plumbing)
-                }) =>
-            {
-                buf.extend_from_slice(b"null")
-            }
-            None => buf.extend_from_slice(b"\"policy_default\""),
-        },
-        None => buf.extend_from_slice(b"null"),
+                }) => {}
+            None => buf.extend_from_slice(b",\"rule\":\"policy_default\""),
+        }
     }
     let code = (m.by_proxy && m.code != 0).then_some(m.code);
     match (m.status, code, m.jsonrpc_error) {
         // The usual answer: one piece.
-        (200, None, false) => buf.extend_from_slice(
-            b",\"status\":200,\"code\":null,\"upstream_error\":false,\"duration_us\":",
-        ),
+        (200, None, false) => buf.extend_from_slice(b",\"status\":200,\"duration_us\":"),
         (status, code, upstream_error) => {
             buf.extend_from_slice(b",\"status\":");
             buf.extend_from_slice(num.format(status).as_bytes());
-            buf.extend_from_slice(b",\"code\":");
-            match code {
-                Some(code) => buf.extend_from_slice(num.format(code).as_bytes()),
-                None => buf.extend_from_slice(b"null"),
+            if let Some(code) = code {
+                buf.extend_from_slice(b",\"code\":");
+                buf.extend_from_slice(num.format(code).as_bytes());
             }
             buf.extend_from_slice(if upstream_error {
                 b",\"upstream_error\":true,\"duration_us\":"
             } else {
-                b",\"upstream_error\":false,\"duration_us\":"
+                b",\"duration_us\":"
             });
         }
     }
     let duration_us = end.saturating_duration_since(start).as_micros() as u64;
     buf.extend_from_slice(num.format(duration_us).as_bytes());
-    let session = c.req.session_id();
-    let trace = trace_id(c.req.header(b"traceparent"));
-    match (session, trace) {
-        (None, None) => buf.extend_from_slice(b",\"session\":null,\"trace_id\":null"),
-        _ => {
-            buf.extend_from_slice(b",\"session\":");
-            match session {
-                Some(s) => {
-                    buf.push(b'"');
-                    hex(buf, &core.shared.key_hasher.hash_key(s).to_be_bytes());
-                    buf.push(b'"');
-                }
-                None => buf.extend_from_slice(b"null"),
-            }
-            buf.extend_from_slice(b",\"trace_id\":");
-            json_str(buf, trace);
-        }
+    if let Some(s) = c.req.session_id() {
+        buf.extend_from_slice(b",\"session\":\"");
+        hex(buf, &core.shared.key_hasher.hash_key(s).to_be_bytes());
+        buf.push(b'"');
+    }
+    if let Some(t) = trace_id(c.req.header(b"traceparent")) {
+        // 32 hex digits (checked): no escape.
+        buf.extend_from_slice(b",\"trace_id\":\"");
+        buf.extend_from_slice(t.as_bytes());
+        buf.push(b'"');
     }
     if let Some(e) = m.era_input {
         // A retry with a bridged call's input: the waiting call went on, or was replayed.
@@ -285,22 +301,28 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant, end: Instant) {
         _ => {}
     }
     buf.extend_from_slice(b"}\n");
+    // A line longer than the usual (full arguments) may have grown the buffer past it.
     if l.buf.len() >= crate::control::access_log::FLUSH_BYTES {
-        let dropped = l.flush();
-        if dropped > 0 {
-            core.rec
-                .borrow_mut()
-                .count(crate::control::stats::Counter::AuditLinesDropped, dropped);
-        }
+        hand_over(core, l);
     }
 }
 
-/// `,"decision":"<decision>","rule":` in one piece, for the decisions there are.
+/// Hands a core's audit lines to the writer thread, counting any it had to drop.
+fn hand_over(core: &Core, l: &mut AccessLog) {
+    let dropped = l.flush();
+    if dropped > 0 {
+        core.rec
+            .borrow_mut()
+            .count(crate::control::stats::Counter::AuditLinesDropped, dropped);
+    }
+}
+
+/// `,"decision":"<decision>"` in one piece, for the decisions there are.
 fn decision_field(decision: &str) -> Option<&'static [u8]> {
     macro_rules! field {
         ($($d:literal),*) => {
             match decision {
-                $($d => Some(concat!(",\"decision\":\"", $d, "\",\"rule\":").as_bytes()),)*
+                $($d => Some(concat!(",\"decision\":\"", $d, "\"").as_bytes()),)*
                 _ => None,
             }
         };
@@ -408,7 +430,7 @@ mod tests {
             let field = decision_field(d).unwrap();
             assert_eq!(
                 std::str::from_utf8(field).unwrap(),
-                format!(",\"decision\":\"{d}\",\"rule\":")
+                format!(",\"decision\":\"{d}\"")
             );
         }
         assert_eq!(decision_field("something new"), None);
