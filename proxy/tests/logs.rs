@@ -240,6 +240,29 @@ fn the_last_lines_are_written_at_exit() {
     assert!(text.contains("all connections finished; bye"), "{text}");
     let lines = std::fs::read_to_string(&access).unwrap();
     assert_eq!(lines.lines().count(), 10, "{lines}");
+    for line in lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for key in [
+            "ts",
+            "id",
+            "client",
+            "peer",
+            "session",
+            "total_us",
+            "bytes_out",
+        ] {
+            assert!(v.get(key).is_some(), "{key} in {line}");
+        }
+        assert!(v["server"].is_string(), "{line}");
+        assert_eq!(v["method"], "initialize", "{line}");
+        assert_eq!(v["tool"], "", "{line}");
+        assert_eq!(v["caller"], "", "{line}");
+        assert_eq!(v["status"], 200, "{line}");
+        assert!(
+            v["backend"].as_str().is_some_and(|b| !b.is_empty()),
+            "{line}"
+        );
+    }
     let audited = std::fs::read_to_string(&audit).unwrap();
     assert_eq!(audited.lines().count(), 10, "{audited}");
     for line in audited.lines() {

@@ -343,7 +343,7 @@ fn decision_field(decision: &str) -> Option<&'static [u8]> {
 }
 
 /// A JSON string (escaped), or `null`.
-fn json_str(buf: &mut Vec<u8>, s: Option<&str>) {
+pub(crate) fn json_str(buf: &mut Vec<u8>, s: Option<&str>) {
     match s {
         // Most names need no escape: copied as they are.
         Some(s) if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') => {

@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::time::Instant;
 
 use crate::control::stats::{self, Counter, Gauge, Sample};
+use crate::data_path::audit::json_str;
 use crate::data_path::request::{ClientConn, ReqMeta};
 use crate::runtime::core::Core;
 
@@ -27,34 +28,54 @@ pub(crate) fn write_access_log(core: &Core, c: &ClientConn, start: Instant) {
         .backend
         .and_then(|b| server.and_then(|s| s.backends.get(b)))
         .map_or("", |b| b.name.as_str());
+    // A buffer that cannot take the usual line is handed to the writer first (growing it
+    // would copy its 64 KiB); before the statistics are borrowed, which counting dropped
+    // lines borrows mutably. A tool name longer than the margin may still grow it.
+    let need = 512 + backend.len() + c.caller.name.len() + server.map_or(0, |s| s.name.len());
+    if l.buf.len() + need > l.buf.capacity() {
+        flush_access_log(core, &mut l);
+    }
     let rec = core.rec.borrow();
     let tool = m.tool.map_or("", |t| rec.tool_name(t));
     let method = stats::METHODS.get(m.row).copied().unwrap_or("other");
-    // Names come from the config and the tool table (JSON-escaped by serde_json); the
-    // session is a keyed hash, never the id itself.
+    // Names come from the config and the tool table (JSON-escaped where they need it, no
+    // allocation); the session is a keyed hash, never the id itself.
+    let buf = &mut l.buf;
+    let _ = write!(
+        buf,
+        "{{\"ts\":{ts},\"id\":\"{}-{seq}\",\"client\":\"{}\",\"peer\":\"{}\",\"server\":",
+        core.index, c.client_ip, c.peer,
+    );
+    json_str(buf, Some(server.map_or("", |s| s.name.as_str())));
+    let _ = write!(
+        buf,
+        ",\"session\":\"{:016x}\",\"method\":\"{method}\",\"tool\":",
+        m.session_hash
+    );
+    json_str(buf, Some(tool));
+    buf.extend_from_slice(b",\"backend\":");
+    json_str(buf, Some(backend));
+    buf.extend_from_slice(b",\"caller\":");
+    json_str(buf, Some(c.caller.name.as_str()));
     let _ = writeln!(
-        l.buf,
-        "{{\"ts\":{ts},\"id\":\"{}-{seq}\",\"client\":\"{}\",\"peer\":\"{}\",\"server\":{},\"session\":\"{:016x}\",\"method\":\"{method}\",\"tool\":{},\"backend\":{},\"caller\":{},\"status\":{},\"by_proxy\":{},\"total_us\":{total_us},\"upstream_us\":{upstream_us},\"bytes_out\":{}}}",
-        core.index,
-        c.client_ip,
-        c.peer,
-        serde_json::Value::from(server.map_or("", |s| s.name.as_str())),
-        m.session_hash,
-        serde_json::Value::from(tool),
-        serde_json::Value::from(backend),
-        serde_json::Value::from(c.caller.name.as_str()),
-        m.status,
-        m.by_proxy,
-        m.bytes_out,
+        buf,
+        ",\"status\":{},\"by_proxy\":{},\"total_us\":{total_us},\"upstream_us\":{upstream_us},\"bytes_out\":{}}}",
+        m.status, m.by_proxy, m.bytes_out,
     );
     drop(rec);
     if l.buf.len() >= crate::control::access_log::FLUSH_BYTES {
-        let dropped = l.flush();
-        if dropped > 0 {
-            core.rec
-                .borrow_mut()
-                .count(Counter::AccessLogLinesDropped, dropped);
-        }
+        flush_access_log(core, &mut l);
+    }
+}
+
+/// Hands the core's access-log buffer to the writer, counting the lines its full queue
+/// dropped (borrows the statistics mutably: never call it while they are borrowed).
+fn flush_access_log(core: &Core, l: &mut crate::control::access_log::AccessLog) {
+    let dropped = l.flush();
+    if dropped > 0 {
+        core.rec
+            .borrow_mut()
+            .count(Counter::AccessLogLinesDropped, dropped);
     }
 }
 
