@@ -4,6 +4,9 @@
 
 say() { echo "[${SAY_TAG:-bench}] $*" >&2; }
 
+# A TCP port free on 127.0.0.1 now (the kernel's pick; the caller binds it soon after).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
 # split_spec BIN[:EXTRA.toml]: sets SPEC_BIN (the binary's real path) and SPEC_EXTRA (the
 # TOML appended to that proxy's config, or empty), so one build can be compared with itself
 # under two configs (a feature on and off in the same run).

@@ -12,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 NEW=$1
 BASE=${2:-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/common.sh
+. "$(pwd)/bench/common.sh"
 SINK_PORT=$(free_port)
 python3 bench/otlp_sink.py "$SINK_PORT" &
 sink=$!
