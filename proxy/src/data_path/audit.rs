@@ -183,7 +183,7 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant, end: Instant) {
     let need =
         256 + start_text.len() + place.len() + name.map_or(0, <[u8]>::len) + c.caller.name.len();
     if l.buf.len() + need > l.buf.capacity() {
-        hand_over(core, l);
+        core.flush_log(l, crate::control::stats::Counter::AuditLinesDropped);
     }
     let buf = &mut l.buf;
     buf.reserve(need);
@@ -303,17 +303,7 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant, end: Instant) {
     buf.extend_from_slice(b"}\n");
     // A line longer than the usual (full arguments) may have grown the buffer past it.
     if l.buf.len() >= crate::control::access_log::FLUSH_BYTES {
-        hand_over(core, l);
-    }
-}
-
-/// Hands a core's audit lines to the writer thread, counting any it had to drop.
-fn hand_over(core: &Core, l: &mut AccessLog) {
-    let dropped = l.flush();
-    if dropped > 0 {
-        core.rec
-            .borrow_mut()
-            .count(crate::control::stats::Counter::AuditLinesDropped, dropped);
+        core.flush_log(l, crate::control::stats::Counter::AuditLinesDropped);
     }
 }
 

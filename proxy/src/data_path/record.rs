@@ -33,7 +33,7 @@ pub(crate) fn write_access_log(core: &Core, c: &ClientConn, start: Instant) {
     // lines borrows mutably. A tool name longer than the margin may still grow it.
     let need = 512 + backend.len() + c.caller.name.len() + server.map_or(0, |s| s.name.len());
     if l.buf.len() + need > l.buf.capacity() {
-        flush_access_log(core, &mut l);
+        core.flush_log(&mut l, Counter::AccessLogLinesDropped);
     }
     let rec = core.rec.borrow();
     let tool = m.tool.map_or("", |t| rec.tool_name(t));
@@ -64,18 +64,7 @@ pub(crate) fn write_access_log(core: &Core, c: &ClientConn, start: Instant) {
     );
     drop(rec);
     if l.buf.len() >= crate::control::access_log::FLUSH_BYTES {
-        flush_access_log(core, &mut l);
-    }
-}
-
-/// Hands the core's access-log buffer to the writer, counting the lines its full queue
-/// dropped (borrows the statistics mutably: never call it while they are borrowed).
-fn flush_access_log(core: &Core, l: &mut crate::control::access_log::AccessLog) {
-    let dropped = l.flush();
-    if dropped > 0 {
-        core.rec
-            .borrow_mut()
-            .count(Counter::AccessLogLinesDropped, dropped);
+        core.flush_log(&mut l, Counter::AccessLogLinesDropped);
     }
 }
 

@@ -205,6 +205,16 @@ fn still_open(s: &mut Conn) -> bool {
 }
 
 impl Core {
+    /// Hands a log's buffered lines (the access log's or the audit trail's) to the writer
+    /// thread, counting under `dropped` any its full queue had to drop. Borrows the statistics
+    /// mutably: never call it while they are borrowed.
+    pub(crate) fn flush_log(&self, l: &mut AccessLog, dropped: Counter) {
+        let n = l.flush();
+        if n > 0 {
+            self.rec.borrow_mut().count(dropped, n);
+        }
+    }
+
     /// This core's state for `shared`. After a reload, `prev` (the state it replaces) hands
     /// over its free buffers and its idle upstream connections to backends still listed at the
     /// same address.

@@ -125,20 +125,10 @@ pub(crate) async fn flush_loop(cores: Rc<RefCell<Vec<Rc<Core>>>>) {
         }
         cores.borrow_mut().retain(|c| {
             if let Some(l) = &c.access_log {
-                let dropped = l.borrow_mut().flush();
-                if dropped > 0 {
-                    c.rec
-                        .borrow_mut()
-                        .count(Counter::AccessLogLinesDropped, dropped);
-                }
+                c.flush_log(&mut l.borrow_mut(), Counter::AccessLogLinesDropped);
             }
             if let Some(a) = &c.audit {
-                let dropped = a.borrow_mut().log.flush();
-                if dropped > 0 {
-                    c.rec
-                        .borrow_mut()
-                        .count(Counter::AuditLinesDropped, dropped);
-                }
+                c.flush_log(&mut a.borrow_mut().log, Counter::AuditLinesDropped);
             }
             if !fold {
                 return true;
