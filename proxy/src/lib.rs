@@ -249,7 +249,6 @@ pub fn start_with(
             .spawn(move || {
                 // Marks the worker dead for /readyz when the thread ends, even by a panic.
                 let _alive = status.running(i);
-                runtime::direct::set_uring(!legacy);
                 let res = if legacy {
                     monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                         .enable_timer()

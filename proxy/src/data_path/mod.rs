@@ -60,8 +60,6 @@ pub(crate) const READ_SIZE: usize = BUF_SIZE;
 
 /// Reads one request (head and body), routes it, forwards it and its answer, and records it.
 pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
-    // Counted while it runs: few requests in flight on the core send with plain syscalls.
-    let _in_flight = crate::runtime::direct::InFlight::begin();
     let start = crate::runtime::clock::now();
     // The worker's loop gaps ride on the clock reads of the statistics.
     let stats = core.shared.config.proxy.stats;

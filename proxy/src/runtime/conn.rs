@@ -187,14 +187,6 @@ async fn serve_connection(
             // the request path reads it into this buffer.
             woken = false;
             c.req.buf = core.take_buf();
-            if let Conn::Plain(s) = &c.stream {
-                if crate::runtime::direct::light() {
-                    // Known readable: one plain recv takes the request now (on io_uring a
-                    // read and its round trip); EOF, an error or nothing yet leave the buffer
-                    // empty and the request path reads as usual, meeting the same again.
-                    let _ = crate::tls::recv_now(s, &mut c.req.buf, crate::data_path::READ_SIZE);
-                }
-            }
         } else if c.req.buf.is_empty() {
             let core = &core;
             // Between requests: hand every buffer back.

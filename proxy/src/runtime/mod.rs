@@ -6,7 +6,6 @@
 pub(crate) mod clock;
 pub(crate) mod conn;
 pub(crate) mod core;
-pub(crate) mod direct;
 pub(crate) mod flush;
 pub(crate) mod linger;
 pub(crate) mod listen;

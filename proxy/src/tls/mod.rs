@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use monoio::buf::IoBufMut;
-use monoio::io::AsyncReadRent;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -360,8 +360,7 @@ where
                 self.wbuf = w;
                 return Err(e);
             }
-            let len = w.len();
-            let (r, w) = crate::runtime::direct::write_all(&mut self.io, w, 0..len).await;
+            let (r, w) = self.io.write_all(w).await;
             self.wbuf = w;
             r?;
         }
@@ -760,7 +759,10 @@ impl Conn {
             return (Ok(()), buf);
         }
         match self {
-            Conn::Plain(s) => crate::runtime::direct::write_all(s, buf, range).await,
+            Conn::Plain(s) => {
+                let (r, slice) = s.write_all(monoio::buf::IoBuf::slice(buf, range)).await;
+                (r.map(|_| ()), slice.into_inner())
+            }
             Conn::Server(t) => {
                 let r = t.write_all(buf.get(range).unwrap_or_default()).await;
                 (r, buf)
