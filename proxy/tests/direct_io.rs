@@ -1,10 +1,12 @@
-//! The plain-syscall fallbacks of a lightly loaded io_uring worker (`runtime/direct.rs`),
-//! through a real `mcplb` on both drivers, plain and TLS: an answer far larger than the
-//! socket buffers, to a client that stalls before reading it, arrives whole and in order (its
-//! sends only partly fit, then do not fit at all, and the rest goes through the runtime's
-//! write); a client that closes in the middle of a large answer (the next send fails with
-//! EPIPE or ECONNRESET) leaves mcplb serving; a parked connection woken for its next request
-//! (read with a plain `recv`) is answered, and one woken by its client closing is closed.
+//! Large answers and departing clients, through a real `mcplb` on both drivers, plain and
+//! TLS: an answer far larger than the socket buffers, to a client that stalls before reading
+//! it, arrives whole and in order (its sends only partly fit, then do not fit at all, and
+//! must resume where they stopped); clients that close in the middle of a large answer (the
+//! next send fails with EPIPE or ECONNRESET, which must not raise SIGPIPE) leave mcplb
+//! serving; a parked connection woken for its next request is answered, and one woken by its
+//! client closing is closed. Written for a plain-syscall send and read path of the io_uring
+//! driver (`bench/results/2026-12-06-onecall-direct.md`: a send that ignored partial sends
+//! failed it); that path was reverted, the checks hold for any write path.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -45,29 +47,7 @@ fn big_backend() -> SocketAddr {
 fn answer_each(mut s: TcpStream, body: &[u8]) {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut buf = Vec::new();
-    let mut b = [0u8; 4096];
-    loop {
-        let head_len = loop {
-            if let Some(n) = mcplb::http::head_len(&buf) {
-                break n;
-            }
-            match s.read(&mut b) {
-                Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
-                _ => return,
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_len]).to_ascii_lowercase();
-        let body_len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map_or(0, |v| v.trim().parse().unwrap());
-        while buf.len() < head_len + body_len {
-            match s.read(&mut b) {
-                Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
-                _ => return,
-            }
-        }
-        buf.drain(..head_len + body_len);
+    while read_request(&mut s, &mut buf).is_some() {
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             body.len()

@@ -117,6 +117,31 @@ pub fn start_proxy_env(
     }
 }
 
+/// Reads one HTTP/1.1 request (its head, then a `content-length` body) from `s`, `buf`
+/// holding bytes read before: its head, lower-cased, and its body, both taken out of `buf`;
+/// `None` at EOF or on an error.
+pub fn read_request(s: &mut impl std::io::Read, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+    let mut tmp = [0u8; 8192];
+    let head_len = loop {
+        if let Some(n) = mcplb::http::head_len(buf) {
+            break n;
+        }
+        let n = s.read(&mut tmp).ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_len]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < head_len + len {
+        let n = s.read(&mut tmp).ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let body = buf.drain(..head_len + len).skip(head_len).collect();
+    Some((head, body))
+}
+
 /// Starts a mock backend named `name` on a free loopback port.
 pub fn mock(name: &str) -> MockServer {
     mock_with(MockConfig {
