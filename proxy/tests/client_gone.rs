@@ -234,14 +234,7 @@ fn a_client_leaving_a_stream_closes_its_upstream_at_once() {
 #[test]
 fn a_tls_client_leaving_a_stream_closes_its_upstream_at_once() {
     let certs = SelfSigned::new("client-gone");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(certs.roots.clone())
-            .with_no_client_auth(),
-    );
+    let cfg = certs.client_config();
     for driver in DRIVERS {
         let b = silent_backend();
         let p = start_proxy(&proxy_config(&b, &certs.table), driver);

@@ -178,14 +178,7 @@ fn large_answers_to_stalled_or_departing_clients_on_both_drivers() {
 #[test]
 fn large_answers_over_tls_on_both_drivers() {
     let certs = SelfSigned::new("direct-io");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(certs.roots.clone())
-            .with_no_client_auth(),
-    );
+    let cfg = certs.client_config();
     let backend = big_backend();
     for driver in DRIVERS {
         let mut p = start_proxy(&proxy_config(backend, &certs.table), driver);

@@ -321,6 +321,19 @@ impl SelfSigned {
         );
         SelfSigned { dir, roots, table }
     }
+
+    /// A client configuration (ring, default protocol versions, no client certificate) that
+    /// trusts this certificate.
+    pub fn client_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(self.roots.clone())
+                .with_no_client_auth(),
+        )
+    }
 }
 
 impl Drop for SelfSigned {
