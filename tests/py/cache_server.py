@@ -10,6 +10,9 @@ sleeps 1 s, answers `KEY#N` with N its own call count), scan(key) (same, not ann
 change() (answers on an SSE stream that first carries `notifications/tools/list_changed`;
 its description in the list names how many times it was called),
 touch(uri) (the same with `notifications/resources/updated` for that URI).
+/mentions answers lists with "public" hints on an SSE stream whose events only mention the
+change notifications: a log message quoting `notifications/tools/list_changed` and a tool
+whose (long: over 4 KiB) description names it and `notifications/resources/updated`.
 `resources/list` lists res://cache/{a,b} and res://virtual/{a,b}; `resources/read` answers
 `URI#N`, N the URI's own read count (with the path's hints).
 GET /counts: the counts as JSON, {"PATH METHOD": n}.
@@ -119,6 +122,17 @@ class Handler(BaseHTTPRequestHandler):
             # another kind (which evicts nothing cached here).
             note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "x"}}
             answer = {"jsonrpc": "2.0", "id": rid, "result": {"tools": tools(), **hints}}
+            events = f"event: message\ndata: {json.dumps(note)}\n\nevent: message\ndata: {json.dumps(answer)}\n\n"
+            self.send(200, events.encode(), "text/event-stream")
+            return
+        elif method == "tools/list" and path == "/mentions":
+            quote = "notifications/tools/list_changed"
+            note = {"jsonrpc": "2.0", "method": "notifications/message",
+                    "params": {"level": "info", "data": f"a log line quoting {quote}"}}
+            long = {"name": "watch", "inputSchema": {"type": "object"},
+                    "description": f"Sends {quote} and notifications/resources/updated. " + "x" * 10000}
+            answer = {"jsonrpc": "2.0", "id": rid,
+                      "result": {"tools": [long], "ttlMs": 60000, "cacheScope": "public"}}
             events = f"event: message\ndata: {json.dumps(note)}\n\nevent: message\ndata: {json.dumps(answer)}\n\n"
             self.send(200, events.encode(), "text/event-stream")
             return

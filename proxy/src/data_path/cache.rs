@@ -12,7 +12,7 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use crate::cache::store::{Entry, Moved, Store};
-use crate::cache::{self, CacheConfig, Kind, Requester, Scope, Sniffer};
+use crate::cache::{self, CacheConfig, Change, EventSniffer, Kind, Requester, Scope};
 use crate::config::Config;
 use crate::control::stats::{Counter, Gauge};
 use crate::data_path::request::{ClientConn, Next};
@@ -190,7 +190,7 @@ impl Caches {
     pub(crate) fn tap(&self, gi: usize, fill: Option<Fill>) -> Option<Tap> {
         self.group(gi).map(|g| Tap {
             slot: g.slot,
-            sniffer: Sniffer::default(),
+            sniffer: EventSniffer::default(),
             copy: fill.map(|f| (f, Vec::new())),
         })
     }
@@ -610,28 +610,32 @@ pub(crate) fn note_group_changes(core: &Core, gi: usize, bits: u8, data: &str) {
 /// backend session's GET stream): it evicts as in a forwarded answer. Only a notification
 /// counts (a list whose tool describes `notifications/tools/list_changed` evicts nothing).
 pub(crate) fn note_message(core: &Core, gi: usize, data: &[u8]) {
-    if !core.caches.has(gi) || memchr::memmem::find(data, b"notifications/").is_none() {
-        return;
-    }
-    let Ok(env) = protocol::parse_message(data.trim_ascii()) else {
+    let Some(g) = core.caches.group(gi) else {
         return;
     };
-    let method = env
-        .method
-        .filter(|_| env.kind == protocol::MessageKind::Notification);
-    let bits = method.map_or(0, |m| cache::notification_bit(m.raw_str()));
-    note_group_changes(
-        core,
-        gi,
-        bits,
-        std::str::from_utf8(data).unwrap_or_default(),
-    );
+    if memchr::memmem::find(data, b"notifications/").is_none() {
+        return;
+    }
+    cache::message_changes(data.trim_ascii(), &mut |ch| note_change(g.slot, ch));
 }
 
 /// [`note_message`] for one whole SSE event, raw.
 pub(crate) fn note_event(core: &Core, gi: usize, event: &[u8]) {
-    if core.caches.has(gi) && memchr::memmem::find(event, b"notifications/").is_some() {
-        note_message(core, gi, &crate::session::era::event_data(event));
+    let Some(g) = core.caches.group(gi) else {
+        return;
+    };
+    let mut joined = Vec::new();
+    cache::event_changes(event, &mut joined, &mut |ch| note_change(g.slot, ch));
+}
+
+/// Makes what a change notification names stale on every core (the group at `slot`).
+fn note_change(slot: usize, change: Change<'_>) {
+    match change {
+        Change::Bits(bits) => cache::note_changes(slot, bits),
+        Change::Updated(uri) => match uri.decoded() {
+            Some(text) => cache::note_uri_updated(slot, &text),
+            None => cache::note_changes(slot, cache::RESOURCES_UPDATED),
+        },
     }
 }
 
@@ -643,28 +647,16 @@ pub(crate) const MAX_COPY: usize = 16 * 1024 * 1024;
 /// never held back (it may carry progress, or a request the client must answer first).
 pub(crate) struct Tap {
     slot: usize,
-    sniffer: Sniffer,
+    sniffer: EventSniffer,
     copy: Option<(Fill, Vec<u8>)>,
 }
 
 impl Tap {
     /// Takes the next bytes of the answer.
     pub(crate) fn take(&mut self, data: &[u8]) {
-        let fresh = self.sniffer.at_event_start();
-        let mut bits = self.sniffer.feed(data);
-        if bits & cache::RESOURCES_UPDATED != 0 {
-            // Only the updated resources' reads, when their events lie whole in this piece
-            // (else every read of the group).
-            if let Some(uris) = cache::updated_uris(data, fresh) {
-                for uri in uris {
-                    cache::note_uri_updated(self.slot, uri.as_bytes());
-                }
-                bits &= !cache::RESOURCES_UPDATED;
-            }
-        }
-        if bits != 0 {
-            cache::note_changes(self.slot, bits);
-        }
+        let slot = self.slot;
+        self.sniffer
+            .feed(data, &mut |change| note_change(slot, change));
         if let Some((_, copy)) = &mut self.copy {
             if copy.len() + data.len() > MAX_COPY {
                 self.copy = None;
