@@ -13,6 +13,9 @@ touch(uri) (the same with `notifications/resources/updated` for that URI).
 /mentions answers lists with "public" hints on an SSE stream whose events only mention the
 change notifications: a log message quoting `notifications/tools/list_changed` and a tool
 whose (long: over 4 KiB) description names it and `notifications/resources/updated`.
+/shaped issues sessions and lists an `ask` tool only in a session whose client declared
+`elicitation` at `initialize` (as servers that shape their tools by the client's capabilities
+do; no hints).
 `resources/list` lists res://cache/{a,b} and res://virtual/{a,b}; `resources/read` answers
 `URI#N`, N the URI's own read count (with the path's hints).
 GET /counts: the counts as JSON, {"PATH METHOD": n}.
@@ -31,6 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 COUNTS: collections.Counter[str] = collections.Counter()
 LOCK = threading.Lock()
+# /shaped: session id -> whether its client declared elicitation.
+SESSIONS: dict[str, bool] = {}
 
 SCHEMA = {"type": "object", "properties": {"key": {"type": "string"}}}
 TOOLS = [
@@ -111,6 +116,28 @@ class Handler(BaseHTTPRequestHandler):
             error = {"code": -32601, "message": "Method not found: initialize"}
             self.send(200, json.dumps({"jsonrpc": "2.0", "id": rid, "error": error}).encode())
             return
+        elif path == "/shaped" and method == "initialize":
+            sid = f"shaped-{count('/shaped sessions')}"
+            with LOCK:
+                SESSIONS[sid] = "elicitation" in (params.get("capabilities") or {})
+            result = {
+                "protocolVersion": params.get("protocolVersion", "2025-06-18"),
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "cache-test", "version": "0.0.1"},
+            }
+            body = json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.send_header("mcp-session-id", sid)
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        elif path == "/shaped" and method == "tools/list":
+            with LOCK:
+                elicits = SESSIONS.get(self.headers.get("mcp-session-id", ""), False)
+            ask = [{"name": "ask", "description": "Ask the user.", "inputSchema": {"type": "object"}}]
+            result = {"tools": tools() + (ask if elicits else [])}
         elif method == "initialize":
             result = {
                 "protocolVersion": params.get("protocolVersion", "2025-06-18"),

@@ -699,6 +699,10 @@ pub struct KeyParts<'a> {
     pub arguments: Option<&'a [u8]>,
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]`, raw.
     pub meta_version: Option<&'a [u8]>,
+    /// `params._meta["io.modelcontextprotocol/clientCapabilities"]`, raw.
+    pub capabilities: Option<&'a [u8]>,
+    /// `params._meta["io.modelcontextprotocol/clientInfo"]`, raw.
+    pub client_info: Option<&'a [u8]>,
 }
 
 #[derive(Deserialize)]
@@ -725,6 +729,10 @@ struct Params<'a> {
 struct Meta<'a> {
     #[serde(borrow, default, rename = "io.modelcontextprotocol/protocolVersion")]
     version: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "io.modelcontextprotocol/clientCapabilities")]
+    capabilities: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "io.modelcontextprotocol/clientInfo")]
+    client_info: Option<&'a RawValue>,
 }
 
 /// The request's key parts, or `None` when it may not be answered from the cache: it
@@ -747,12 +755,19 @@ pub fn request_parts(body: &[u8]) -> Option<KeyParts<'_>> {
     let Some(p) = f.params else {
         return Some(KeyParts::default());
     };
+    let meta = p.meta.unwrap_or(Meta {
+        version: None,
+        capabilities: None,
+        client_info: None,
+    });
     Some(KeyParts {
         cursor: raw(p.cursor),
         uri: raw(p.uri),
         name: raw(p.name),
         arguments: raw(p.arguments),
-        meta_version: raw(p.meta.and_then(|m| m.version)),
+        meta_version: raw(meta.version),
+        capabilities: raw(meta.capabilities),
+        client_info: raw(meta.client_info),
     })
 }
 
@@ -823,6 +838,17 @@ impl ReadOnlyTools {
 }
 
 /// Who a request comes from, as far as the cache's key goes.
+///
+/// The key holds what the client declared (its capabilities and client info: a 2026-07-28
+/// request's `_meta`, or what a 2025-era client declared at `initialize` for mcplb's own
+/// session), because an answer can depend on them: a 2025-era server knows them from its
+/// session's `initialize` and a 2026-07-28 one from every request, and servers do shape their
+/// tools by them (tools that need `elicitation` or a UI extension listed only to clients that
+/// declare it). `cacheScope: "public"` says an answer holds nothing of the caller's
+/// authorization context, not that it is the same whatever the client can do; and an era
+/// bridge's backend session is opened per declaration, so entries shared across declarations
+/// would hand one client the answer made for another. Clients of one kind declare the same
+/// bytes, so they still share entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requester<'a> {
     /// The caller's identity (empty: none).
@@ -835,6 +861,10 @@ pub struct Requester<'a> {
     /// the group itself): a member's answers for one virtual server never answer another's
     /// requests, nor the group's own clients.
     pub via: u32,
+    /// What the client declared at `initialize` (capabilities, client info; raw), when its
+    /// session is one of mcplb's own for a 2026-07-28 backend: each of its requests goes out
+    /// with them in `_meta`, as a 2026-07-28 client's own carry them.
+    pub declared: Option<(&'a [u8], Option<&'a [u8]>)>,
 }
 
 /// Writes the key of a request (`kind`, `parts`, `who`) under `scope` into `out` (cleared
@@ -863,12 +893,19 @@ pub fn write_key(
         }
     }
     field(out, Some(who.version));
+    // What the client declared: a server may shape any answer by it (see [`Requester`]).
+    let (capabilities, client_info) = match who.declared {
+        Some((caps, info)) if parts.capabilities.is_none() => (Some(caps), info),
+        _ => (parts.capabilities, parts.client_info),
+    };
     for p in [
         parts.meta_version,
         parts.cursor,
         parts.uri,
         parts.name,
         parts.arguments,
+        capabilities,
+        client_info,
     ] {
         field(out, p);
     }

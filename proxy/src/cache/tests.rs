@@ -25,6 +25,7 @@ fn who<'a>(identity: &'a str, in_session: bool) -> Requester<'a> {
         version: b"2025-06-18",
         in_session,
         via: 0,
+        declared: None,
     }
 }
 
@@ -48,6 +49,49 @@ fn request_parts_read_what_shapes_the_answer() {
     assert_eq!(request_parts(list).unwrap().cursor, Some(&br#""abc""#[..]));
     let bare = br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
     assert_eq!(request_parts(bare).unwrap(), KeyParts::default());
+}
+
+#[test]
+fn what_the_client_declared_is_in_the_key() {
+    let list = |caps: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{caps},"io.modelcontextprotocol/clientInfo":{{"name":"c"}}}}}}}}"#
+        )
+    };
+    let (plain, asks) = (list("{}"), list(r#"{"elicitation":{}}"#));
+    let p = request_parts(plain.as_bytes()).unwrap();
+    assert_eq!(p.capabilities, Some(&b"{}"[..]));
+    assert_eq!(p.client_info, Some(&br#"{"name":"c"}"#[..]));
+    let q = request_parts(asks.as_bytes()).unwrap();
+    let w = who("", false);
+    assert_ne!(
+        key(Kind::ToolsList, &p, &w, Scope::Public),
+        key(Kind::ToolsList, &q, &w, Scope::Public),
+        "two declarations, two entries"
+    );
+    assert_eq!(
+        key(Kind::ToolsList, &p, &w, Scope::Public),
+        key(
+            Kind::ToolsList,
+            &request_parts(plain.as_bytes()).unwrap(),
+            &w,
+            Scope::Public
+        )
+    );
+    // A 2025-era client of mcplb's own session: what it declared at initialize.
+    let bare = KeyParts::default();
+    let mut a = who("", false);
+    a.declared = Some((b"{}", None));
+    let mut b = who("", false);
+    b.declared = Some((br#"{"elicitation":{}}"#, None));
+    assert_ne!(
+        key(Kind::ToolsList, &bare, &a, Scope::Public),
+        key(Kind::ToolsList, &bare, &b, Scope::Public)
+    );
+    assert_ne!(
+        key(Kind::ToolsList, &bare, &a, Scope::Public),
+        key(Kind::ToolsList, &bare, &w, Scope::Public)
+    );
 }
 
 #[test]
@@ -277,8 +321,8 @@ proptest! {
     /// not depend on the identity; a private key needs one.
     #[test]
     fn keys_tell_requests_apart(
-        a in proptest::collection::vec(proptest::option::of("[a-z\"{}:,0-9]{0,6}"), 5),
-        b in proptest::collection::vec(proptest::option::of("[a-z\"{}:,0-9]{0,6}"), 5),
+        a in proptest::collection::vec(proptest::option::of("[a-z\"{}:,0-9]{0,6}"), 7),
+        b in proptest::collection::vec(proptest::option::of("[a-z\"{}:,0-9]{0,6}"), 7),
         ia in "[a-c]{0,2}", ib in "[a-c]{0,2}",
         ka in 0usize..7, kb in 0usize..7, sa in any::<bool>(), sb in any::<bool>(),
     ) {
@@ -291,6 +335,8 @@ proptest! {
                 name: v[2].as_deref().map(str::as_bytes),
                 arguments: v[3].as_deref().map(str::as_bytes),
                 meta_version: v[4].as_deref().map(str::as_bytes),
+                capabilities: v[5].as_deref().map(str::as_bytes),
+                client_info: v[6].as_deref().map(str::as_bytes),
             }
         }
         let (pa, pb) = (parts(&a), parts(&b));

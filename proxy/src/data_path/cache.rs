@@ -218,12 +218,14 @@ fn tool_name(raw: Option<&[u8]>) -> Option<&str> {
 /// Answers `c`'s request from the cache when it can (waiting once for an identical request
 /// in flight on this core), or marks it to fill the cache on its way back. A hit allocates
 /// nothing: the keys are written into the group's reused buffers. `in_session`: the request
-/// belongs to a backend's session (not to one of mcplb's own, which hold no backend state).
+/// belongs to a backend's session (not to one of mcplb's own, which hold no backend state);
+/// `declared`: what the client of mcplb's own session for a 2026-07-28 backend declared.
 pub(crate) async fn lookup<'a>(
     core: &'a Core,
     c: &mut ClientConn,
     gi: usize,
     in_session: bool,
+    declared: Option<&crate::session::era::Declared<'_>>,
 ) -> Lookup<'a> {
     let Some(g) = core.caches.group(gi) else {
         return Lookup::Pass;
@@ -239,6 +241,7 @@ pub(crate) async fn lookup<'a>(
         version: c.req.header(b"mcp-protocol-version").unwrap_or_default(),
         in_session,
         via: 0,
+        declared: declared.map(|d| (d.capabilities, d.client_info)),
     };
     let (stamp, public, private) = match probe(core, g, gi, kind, c.req.body(), &who) {
         Probe::Pass => return Lookup::Pass,
@@ -363,6 +366,7 @@ pub(crate) async fn member_lookup(
         version: c.req.header(b"mcp-protocol-version").unwrap_or_default(),
         in_session,
         via: u32::try_from(vgi).map_or(u32::MAX, |v| v.saturating_add(1)),
+        declared: None,
     };
     match probe(core, g, gi, kind, body, &who) {
         Probe::Pass => Err(None),
