@@ -13,6 +13,9 @@ touch(uri) (the same with `notifications/resources/updated` for that URI).
 /mentions answers lists with "public" hints on an SSE stream whose events only mention the
 change notifications: a log message quoting `notifications/tools/list_changed` and a tool
 whose (long: over 4 KiB) description names it and `notifications/resources/updated`.
+/modern-public is /modern-private with "public" hints, and lists roll() (readOnlyHint and
+idempotentHint), which answers `input_required` (an elicitation) until called with
+`inputResponses`, then `roll#N`, N its own count of such answers.
 /shaped issues sessions and lists an `ask` tool only in a session whose client declared
 `elicitation` at `initialize` (as servers that shape their tools by the client's capabilities
 do; no hints).
@@ -102,6 +105,7 @@ class Handler(BaseHTTPRequestHandler):
             "/private": {"ttlMs": 60000, "cacheScope": "private"},
             "/ruled": {"ttlMs": 60000, "cacheScope": "public"},
             "/modern-private": {"ttlMs": 60000, "cacheScope": "private"},
+            "/modern-public": {"ttlMs": 60000, "cacheScope": "public"},
         }.get(path, {})
         result: dict
         if path.startswith("/modern") and method == "server/discover":
@@ -163,8 +167,19 @@ class Handler(BaseHTTPRequestHandler):
             events = f"event: message\ndata: {json.dumps(note)}\n\nevent: message\ndata: {json.dumps(answer)}\n\n"
             self.send(200, events.encode(), "text/event-stream")
             return
+        elif method == "tools/list" and path == "/modern-public":
+            roll = {"name": "roll", "description": "Roll, once the user agrees.", "inputSchema": {"type": "object"},
+                    "annotations": {"readOnlyHint": True, "idempotentHint": True}}
+            result = {"tools": tools() + [roll], **hints}
         elif method == "tools/list":
             result = {"tools": tools(), **hints}
+        elif method == "tools/call" and params.get("name") == "roll" and "inputResponses" not in params:
+            ask = {"method": "elicitation/create",
+                   "params": {"message": "Roll?", "requestedSchema": {"type": "object", "properties": {}}}}
+            result = {"resultType": "input_required", "inputRequests": {"ok": ask}, "requestState": "roll-1"}
+        elif method == "tools/call" and params.get("name") == "roll":
+            n = count(f"{path} call roll")
+            result = {"content": [{"type": "text", "text": f"roll#{n}"}], "isError": False}
         elif method == "tools/call" and params.get("name") in ("lookup", "scan"):
             n = count(f"{path} call {params['name']}")
             time.sleep(1.0)

@@ -84,6 +84,10 @@ def bridged(tmp_path_factory: pytest.TempPathFactory):
             f'[[servers]]\nname = "shaped"\npath = "/shaped"\nbackends = ["{up}/shaped"]\n'
             "[servers.health]\nenabled = false\n"
             '[servers.cache]\ndefault_ttl = "60s"\ndefault_scope = "public"\n'
+            # A 2026-07-28 server whose answers are public; read-only tools kept.
+            f'[[servers]]\nname = "modern-pub"\npath = "/modern-pub"\nbackends = ["{up}/modern-public"]\nera = "2026"\n'
+            "[servers.health]\nenabled = false\n"
+            '[servers.cache]\ntools = ["lookup", "roll"]\ntool_ttl = "60s"\ntool_scope = "public"\n'
             # A 2026-07-28 server whose lists are private.
             f'[[servers]]\nname = "modern"\npath = "/modern"\nbackends = ["{up}/modern-private"]\nera = "2026"\n'
             "[servers.health]\nenabled = false\n"
@@ -336,3 +340,37 @@ async def test_a_list_changed_on_the_listen_stream_evicts(tmp_path) -> None:
     finally:
         proxy.stop()
         backend.stop()
+
+
+async def test_mcplbs_own_sessions_keep_a_2026_servers_reads_and_tool_results(bridged) -> None:
+    """A 2025-era client's resources/read and tools/call answered by a 2026-07-28 backend are
+    kept as a 2026-07-28 client's are (the backend's hints; tool_ttl for a read-only tool), but
+    not a call whose backend asked the client for input (its answer depends on that input)."""
+    from mcp_types import ElicitResult
+
+    url = f"{bridged['base']}/modern-pub"
+    asked: list[str] = []
+
+    async def on_elicit(context, params) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={})
+
+    for _ in range(2):
+        async with Client(url, mode="legacy", read_timeout_seconds=30, cache=None, elicitation_callback=on_elicit) as c:
+            # The list teaches mcplb which tools only read.
+            assert "roll" in {t.name for t in (await c.list_tools()).tools}
+            read = await c.read_resource("res://cache/a")
+            assert read.contents[0].text == "res://cache/a#1", read
+            assert text_of(await c.call_tool("lookup", {"key": "k"})) == "k#1"
+    got = counts(bridged)
+    assert got.get("/modern-public read res://cache/a") == 1, got
+    assert got.get("/modern-public call lookup") == 1, got
+    async with Client(url, mode="legacy", read_timeout_seconds=30, cache=None, elicitation_callback=on_elicit) as c:
+        assert text_of(await c.call_tool("roll", {})) == "roll#1"
+        assert text_of(await c.call_tool("roll", {})) == "roll#2"
+    assert asked == ["Roll?", "Roll?"]
+    assert counts(bridged).get("/modern-public call roll") == 2, counts(bridged)
+
+
+def text_of(result) -> str:
+    return "".join(getattr(c, "text", "") for c in result.content)
