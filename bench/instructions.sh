@@ -31,19 +31,7 @@ pids+=($!)
 for spec in "$@"; do
     split_spec "$spec"; bin=$SPEC_BIN
     port=$(free_port)
-    cat >"$RUN/p.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$port"
-workers = 1
-stats = ${STATS:-true}
-[[servers]]
-name = "b"
-path = "/mcp"
-backends = ["http://127.0.0.1:$MOCK_PORT/mcp"]
-[servers.health]
-enabled = false
-${EXTRA:-}
-EOF
+    mcplb_toml "$port" "$MOCK_PORT" 1 "stats = ${STATS:-true}" "" "${EXTRA:-}" >"$RUN/p.toml"
     if [[ -n $SPEC_EXTRA ]]; then sed "s|@RUN@|$RUN|g" "$SPEC_EXTRA" >>"$RUN/p.toml"; fi
     out="$RUN/cg.out"
     valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no \

@@ -36,16 +36,7 @@ pids+=($!)
 wait_port "$MOCK"
 
 P_MCPLB=$(free_port)
-cat >"$OUT_DIR/mcplb.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$P_MCPLB"
-workers = 1
-max_connections_per_ip = 100000
-[[servers]]
-name = "bench"
-path = "/mcp"
-backends = ["http://127.0.0.1:$MOCK/mcp"]
-EOF
+mcplb_toml "$P_MCPLB" "$MOCK" 1 "max_connections_per_ip = 100000" >"$OUT_DIR/mcplb.toml"
 taskset -c 0 "$MCPLB" run --config "$OUT_DIR/mcplb.toml" >"$OUT_DIR/mcplb.log" 2>&1 &
 pids+=($!); PID_MCPLB=$!
 wait_port "$P_MCPLB"
@@ -63,7 +54,7 @@ PID_NGINX=$(pgrep -P "$NGINX_MASTER" | head -1)
 
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 one() { # name pid port
-    local name=$1 pid=$2 port=$3 u0 s0 u1 s1 out
+    local name=$1 pid=$2 port=$3 u0 s0 u1 s1
     taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s bench/quick/post.lua "http://127.0.0.1:$port/mcp" >/dev/null
     read -r u0 s0 < <(ticks "$pid")
     taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" -s bench/quick/post.lua "http://127.0.0.1:$port/mcp" >"$OUT_DIR/$name.wrk" &
