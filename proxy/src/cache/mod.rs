@@ -420,7 +420,7 @@ fn sse_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// a key or method has escapes). Only `jsonrpc` is passed over to read the next key; a
 /// notification whose `params` come first is `Maybe`, and parsed.
 pub fn classify(event: &[u8]) -> Verdict {
-    let Some(data) = sse_lines(event).find_map(data_value) else {
+    let Some(data) = first_data(event) else {
         return Verdict::Maybe;
     };
     let mut s = Cursor(data);
@@ -470,12 +470,42 @@ pub fn classify(event: &[u8]) -> Verdict {
     Verdict::Maybe
 }
 
-/// A cursor over the start of a JSON text, for [`classify`].
+/// The bytes from the value of an SSE event's first `data` line on (to the end of `event`:
+/// its line's end is not looked for, [`Cursor`] stops there), or `None` when no data line
+/// starts in `event`.
+fn first_data(event: &[u8]) -> Option<&[u8]> {
+    let mut rest = event;
+    loop {
+        if let Some(v) = rest.strip_prefix(b"data") {
+            match v.first() {
+                Some(b':') => {
+                    let v = v.get(1..).unwrap_or_default();
+                    return Some(v.strip_prefix(b" ").unwrap_or(v));
+                }
+                Some(b'\r' | b'\n') => return Some(&[]),
+                _ => {}
+            }
+        }
+        let end = memchr::memchr2(b'\r', b'\n', rest)?;
+        let skip = if rest.get(end..end + 2) == Some(b"\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = rest.get(end + skip..).unwrap_or_default();
+    }
+}
+
+/// A cursor over the start of a JSON text on one line (a line's end reads as the end of the
+/// bytes: a value that goes on in the next data line is not judged), for [`classify`].
 struct Cursor<'a>(&'a [u8]);
 
 impl<'a> Cursor<'a> {
     fn peek(&self) -> Option<u8> {
-        self.0.first().copied()
+        self.0
+            .first()
+            .copied()
+            .filter(|b| !matches!(b, b'\r' | b'\n'))
     }
 
     fn skip(&mut self, n: usize) {
@@ -486,16 +516,17 @@ impl<'a> Cursor<'a> {
         let n = self
             .0
             .iter()
-            .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            .take_while(|b| matches!(b, b' ' | b'\t'))
             .count();
         self.skip(n);
     }
 
-    /// A string without escapes (its text), or `None` (not a string, escaped, or cut).
+    /// A string without escapes (its text), or `None` (not a string, escaped, or cut by the
+    /// bytes' or the line's end).
     fn string(&mut self) -> Option<&'a [u8]> {
         let rest = self.0.strip_prefix(b"\"")?;
-        let end = memchr::memchr2(b'"', b'\\', rest)?;
-        if rest.get(end) != Some(&b'"') {
+        let end = memchr::memchr3(b'"', b'\\', b'\n', rest)?;
+        if rest.get(end) != Some(&b'"') || rest.get(..end)?.contains(&b'\r') {
             return None;
         }
         let text = rest.get(..end)?;

@@ -508,6 +508,10 @@ fn only_notifications_of_those_methods_evict() {
     assert!(evicts(
         "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n"
     ));
+    // A line that is no SSE field (ignored by a client) does not make the data an answer.
+    assert!(evicts(
+        "data: {\"jsonrpc\":\"2.0\",\n\"id\":1\ndata: \"method\":\"notifications/tools/list_changed\"}\n\n"
+    ));
     // A batch (2025-03-26) is searched for the names.
     assert!(evicts(
         "data: [{\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}]\n\n"
@@ -552,6 +556,12 @@ fn the_first_keys_tell_what_an_event_is_not() {
         );
     }
     assert_eq!(classify(b"event: message\nid: 4"), Verdict::Maybe);
+    assert_eq!(classify(b"data:\ndata: {\"id\":1}"), Verdict::Maybe);
+    assert_eq!(
+        classify(b"data: {\"method\":\"tools/\ndata: call\"}"),
+        Verdict::Maybe
+    );
+    assert_eq!(classify(b"id: 1\r\ndata:{\"result\":1}"), Verdict::Not);
     assert_eq!(classify(b": keepalive\n"), Verdict::Maybe);
 }
 
