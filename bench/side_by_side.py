@@ -25,6 +25,12 @@ Settings (environment):
   XCHECK        1 = also run the nginx "return 200" backend cross-check (default 1)
   PHASES        phases to run (default "throughput latency tail syscalls https agreement memory sessions xcheck")
   BASE_PORT     ports used: BASE+1..3 backends, BASE+80.. proxies (default 27000)
+  MCPLB         the mcplb binary under test (default target/release/mcplb)
+  MCPLB_B       a second mcplb binary: a same-run A/B in the tail phase ("mcplb B" beside
+                "mcplb", their order swapped every other run, B/A ratios per run)
+  TAIL_TARGETS  the tail phase's targets (default "direct mcplb mcplb-b nginx haproxy", mcplb-b
+                only with MCPLB_B)
+  LOAD_BIN      the mcplb-load binary (mock and load generator; default target/release/mcplb-load)
   OUT           results directory (default bench/results)
   RESULT_NAME   results file name after the date (default side-by-side)
 """
@@ -45,6 +51,9 @@ import datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
+# The mcplb builds under test (MCPLB_B: a second one, measured beside the first in the tail phase).
+MCPLB_BIN = {"mcplb": os.environ.get("MCPLB") or None, "mcplb-b": os.environ.get("MCPLB_B") or None}
+LOAD_BIN_ENV = os.environ.get("LOAD_BIN") or None
 CONF = os.path.join(ROOT, "bench", "conf")
 
 
@@ -76,10 +85,16 @@ P_MOCK, P_MOCK_SESS, P_NGX_BACKEND = BASE + 1, BASE + 2, BASE + 3
 PROXY_PORTS = {"mcplb": BASE + 80, "nginx": BASE + 81, "haproxy": BASE + 82}
 # The admin port of the main mcplb under test (its loop gaps, read by the tail phase).
 P_MCPLB_ADMIN = BASE + 79
+# The second mcplb build (MCPLB_B) of the tail phase's A/B and its admin port.
+P_MCPLB_B, P_MCPLB_B_ADMIN = BASE + 83, BASE + 78
+ADMIN_PORTS = {"mcplb": P_MCPLB_ADMIN, "mcplb-b": P_MCPLB_B_ADMIN}
 HTTPS_PORTS = {"mcplb": BASE + 70, "nginx": BASE + 71, "haproxy": BASE + 72}
 PROXIES = ["mcplb", "nginx", "haproxy"]
 TARGETS = ["direct"] + PROXIES
-NAMES = {"direct": "direct", "mcplb": "mcplb", "nginx": "nginx", "haproxy": "HAProxy"}
+NAMES = {"direct": "direct", "mcplb": "mcplb", "nginx": "nginx", "haproxy": "HAProxy", "mcplb-b": "mcplb B"}
+TAIL_TARGETS = os.environ.get("TAIL_TARGETS", "direct mcplb mcplb-b nginx haproxy").split()
+if not MCPLB_BIN["mcplb-b"]:
+    TAIL_TARGETS = [t for t in TAIL_TARGETS if t != "mcplb-b"]
 
 TOOL = "echo"
 ARGS = {"query": "what is the weather in Paris today", "limit": 10}
@@ -234,8 +249,17 @@ class Target:
             stop(p)
 
 
+def load_bin():
+    return LOAD_BIN_ENV or f"{BIN}/mcplb-load"
+
+
+def mcplb_bin(kind="mcplb"):
+    """The binary of an mcplb under test: `mcplb` (MCPLB, else the release build) or `mcplb-b`."""
+    return MCPLB_BIN[kind] or f"{BIN}/mcplb"
+
+
 def start_mock(port, stateless=True):
-    argv = ["taskset", "-c", "1", f"{BIN}/mcplb-load", "mock", "--listen", f"127.0.0.1:{port}", "--threads", "1"]
+    argv = ["taskset", "-c", "1", load_bin(), "mock", "--listen", f"127.0.0.1:{port}", "--threads", "1"]
     if stateless:
         argv.append("--stateless")
     p = spawn(argv, f"mock-{port}")
@@ -256,14 +280,19 @@ def start_nginx_backend(port):
 
 def start_proxy(kind, port, backend, tls=None, admin=None):
     """Starts a proxy under test; with `tls` = (cert, key, combined pem) it terminates TLS; with
-    `admin` (a port) an mcplb also listens for its admin port there."""
+    `admin` (a port) an mcplb also listens for its admin port there. `mcplb-b`: the second
+    mcplb build (MCPLB_B), same config."""
+    if kind == "mcplb-b":
+        t = start_proxy_plain("mcplb", port, backend, tls, admin, binary=mcplb_bin("mcplb-b"))
+        t.kind = kind
+        return t
     t = start_proxy_plain(kind, port, backend, tls, admin)
     if tls:
         t.scheme = "https"
     return t
 
 
-def start_proxy_plain(kind, port, backend, tls, admin=None):
+def start_proxy_plain(kind, port, backend, tls, admin=None, binary=None):
     sfx = "-tls" if tls else ""
     kv = dict(zip(("CERT", "KEY", "PEM"), tls)) if tls else {}
     if kind == "mcplb":
@@ -271,7 +300,7 @@ def start_proxy_plain(kind, port, backend, tls, admin=None):
         if admin:
             with open(conf, "a") as f:
                 f.write(f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n')
-        p = spawn(["taskset", "-c", "0", f"{BIN}/mcplb", "run", "--config", conf], f"mcplb-{port}")
+        p = spawn(["taskset", "-c", "0", binary or mcplb_bin(), "run", "--config", conf], f"mcplb-{port}")
         wait_port(port, p)
         time.sleep(0.2)
         with open(os.path.join(RUNDIR, f"mcplb-{port}.log"), errors="replace") as f:
@@ -436,7 +465,7 @@ def run_wrk(url, conns, secs, core="1"):
 
 
 def run_load(url, conns, secs, rate=None, stateless=True, warmup="0s", timeout_extra=120, core="1"):
-    argv = ["taskset", "-c", core, f"{BIN}/mcplb-load", "run", "--url", url, "--connections", str(conns),
+    argv = ["taskset", "-c", core, load_bin(), "run", "--url", url, "--connections", str(conns),
             "--duration", f"{secs}s", "--warmup", warmup, "--args", json.dumps(ARGS, separators=(",", ":")),
             "--json", "--quiet"]
     if stateless:
@@ -661,23 +690,30 @@ def phase_tail(targets):
     beside it, and mcplb's loop gaps over each of its cells."""
     cells = {}
     for run in range(RUNS):
-        for kind in TARGETS:
+        order = list(TAIL_TARGETS)
+        if run % 2 and "mcplb" in order and "mcplb-b" in order:
+            # The A/B pair's order swaps every other run, so neither always follows the other.
+            i, j = order.index("mcplb"), order.index("mcplb-b")
+            order[i], order[j] = order[j], order[i]
+        for kind in order:
             t = targets[kind]
-            g0 = loop_gaps(P_MCPLB_ADMIN) if kind == "mcplb" else None
+            admin = ADMIN_PORTS.get(kind)
+            g0 = loop_gaps(admin) if admin else None
             with Meter(t) as m:
                 j = run_load(t.url, TAIL_CONNS, TAIL_DURATION, rate=TAIL_RATE, warmup="1s")
             cell = {"run": run, "rate": TAIL_RATE, "achieved_rps": round(j["throughput_rps"], 1),
                     "errors": j["errors"]["total"], "latency_us": j["latency_us"], "send_lag_us": j["send_lag_us"]}
             cell.update(m.as_dict(None))
-            if kind == "mcplb":
+            if admin:
                 time.sleep(1.2)  # the worker moves its counts to the admin port once a second
-                cell["loop_gaps"] = gap_delta(g0, loop_gaps(P_MCPLB_ADMIN))
+                cell["loop_gaps"] = gap_delta(g0, loop_gaps(admin))
             cells.setdefault(kind, []).append(cell)
             lat, lag = j["latency_us"], j["send_lag_us"] or {}
             log(f"tail {TAIL_RATE}/s x {TAIL_CONNS} conns {kind:8s} run {run + 1}: p50 {lat['p50']} p99 {lat['p99']} "
                 f"p99.9 {lat['p99.9']} max {lat['max']} µs; send lag p99 {lag.get('p99')} max {lag.get('max')} µs; "
                 f"achieved {j['throughput_rps']:.0f}/s, errors {j['errors']['total']}")
-    RESULTS["tail"] = {"rate": TAIL_RATE, "connections": TAIL_CONNS, "duration_s": TAIL_DURATION, "cells": cells}
+    RESULTS["tail"] = {"rate": TAIL_RATE, "connections": TAIL_CONNS, "duration_s": TAIL_DURATION, "cells": cells,
+                       "builds": {k: os.path.realpath(mcplb_bin(k)) for k in ("mcplb", "mcplb-b") if k in TAIL_TARGETS}}
 
 
 def gen_bound(cell):
@@ -698,7 +734,12 @@ def tail_report(tail):
          "| target | p50 | p99 | p99.9 | max | send lag p99 | send lag max | achieved req/s | errors | foreign CPU % core 0 | foreign CPU % core 1 |",
          "|---|---|---|---|---|---|---|---|---|---|---|"]
     c = tail["cells"]
-    for kd in TARGETS:
+    kinds = ["direct", "mcplb", "mcplb-b", "nginx", "haproxy"]
+    if "mcplb-b" in c:
+        b = tail.get("builds", {})
+        L.insert(2, f"Two mcplb builds in the same run (their order swapped every other run): mcplb = `{b.get('mcplb')}`, "
+                    f"mcplb B = `{b.get('mcplb-b')}`.\n")
+    for kd in kinds:
         xs = c.get(kd, [])
         if not xs:
             continue
@@ -708,14 +749,14 @@ def tail_report(tail):
                  f"{lag('max')} | {spread([x['achieved_rps'] for x in xs], f0)} | {sum(x['errors'] for x in xs)} | "
                  f"{spread([x.get('core0_foreign_pct') for x in xs], f0)} | {spread([x.get('core1_foreign_pct') for x in xs], f0)} |")
     L.append("")
-    bound = {kd: sum(gen_bound(x) for x in c.get(kd, [])) for kd in TARGETS}
+    bound = {kd: sum(gen_bound(x) for x in c.get(kd, [])) for kd in kinds if kd in c}
     if any(bound.values()):
         L.append("Cells where mcplb-load's own send lag p99 was at least half the target's latency p99 measure the "
                  "load generator (or its core), not the target: "
                  + ", ".join(f"{NAMES[kd]} {n} of {len(c.get(kd, []))}" for kd, n in bound.items()) + ".\n")
-    m = c.get("mcplb", [])
-    for peer in ("nginx", "haproxy"):
-        pr = c.get(peer, [])
+    pairs = [(mk, peer) for mk in ("mcplb", "mcplb-b") for peer in ("nginx", "haproxy")] + [("mcplb-b", "mcplb")]
+    for mk, peer in pairs:
+        m, pr = c.get(mk, []), c.get(peer, [])
         if not m or not pr:
             continue
         parts = []
@@ -725,11 +766,20 @@ def tail_report(tail):
             rs = [a["latency_us"][p] / b["latency_us"][p] for a, b in zip(m, pr)
                   if b["latency_us"][p] and not gen_bound(a) and not gen_bound(b)]
             parts.append(f"{p} {spread(rs, f2)}× ({len(rs)} of {min(len(m), len(pr))} runs)")
-        L.append(f"- mcplb / {NAMES[peer]} in the same run, runs where neither was load-generator bound: {', '.join(parts)}.")
-    gaps = [x.get("loop_gaps") for x in m if x.get("loop_gaps")]
+        L.append(f"- {NAMES[mk]} / {NAMES[peer]} in the same run, runs where neither was load-generator bound: "
+                 f"{', '.join(parts)}.")
+    for mk in ("mcplb", "mcplb-b"):
+        L.extend(loop_gap_table(NAMES[mk], [x.get("loop_gaps") for x in c.get(mk, []) if x.get("loop_gaps")]))
+    L.append("")
+    return L
+
+
+def loop_gap_table(name, gaps):
+    """An mcplb's loop gaps over its tail cells, one column per run."""
+    L = []
     if gaps:
         L.append("")
-        L.append("mcplb's loop gaps over its cells (time its worker went without handling any of its requests "
+        L.append(f"{name}'s loop gaps over its cells (time its worker went without handling any of its requests "
                  "while it had some in flight; `/stats` `loop_gaps`): gaps per bucket, one column per run.\n")
         L.append("| gap at most | " + " | ".join(f"run {i + 1}" for i in range(len(gaps))) + " |")
         L.append("|---" * (len(gaps) + 1) + "|")
@@ -738,7 +788,6 @@ def tail_report(tail):
             L.append(f"| {f'{le} µs' if le is not None else 'longer'} | "
                      + " | ".join(str(g["buckets"][i]["count"]) for g in gaps) + " |")
         L.append("| longest since start | " + " | ".join(f"{g['max_us_since_start']} µs" for g in gaps) + " |")
-    L.append("")
     return L
 
 
@@ -953,6 +1002,7 @@ def machine_facts():
         "python": sys.version.split()[0],
         "rustc": sh("rustc -V"),
         "mcplb_commit": sh(f"git -C {ROOT} rev-parse --short HEAD"),
+        "mcplb_bin": MCPLB_BIN["mcplb"] and os.path.realpath(MCPLB_BIN["mcplb"]),
         "mcplb_dirty": sh(f"git -C {ROOT} status --porcelain --untracked-files=no -- '*.rs' '*Cargo.toml' Cargo.lock | wc -l") != "0",
         "ulimit_n": "%d/%d" % resource.getrlimit(resource.RLIMIT_NOFILE),
     }
@@ -1026,7 +1076,9 @@ def report(facts, command, started, finished, load_start, load_end):
     L.append(f"- {facts['nproc']} cores ({facts['cpu']}), kernel {facts['kernel']}; {facts['nginx']}; "
              f"{facts['haproxy']}; {facts['wrk']}; {facts['strace']}; {facts['rustc']}; Python {facts['python']}.")
     dirty = " (with uncommitted changes in the Rust crates)" if facts["mcplb_dirty"] else ""
-    L.append(f"- mcplb commit `{facts['mcplb_commit']}`{dirty}, release build; {RESULTS.get('mcplb_info', '')}.")
+    built = (f"mcplb binary `{facts['mcplb_bin']}`" if facts.get("mcplb_bin")
+             else f"mcplb commit `{facts['mcplb_commit']}`{dirty}, release build")
+    L.append(f"- {built}; {RESULTS.get('mcplb_info', '')}.")
     L.append(f"- Load average (1/5/15 min) at start {' '.join(load_start)}, at end {' '.join(load_end)}. "
              f"Run took {(finished - started).total_seconds() / 60:.1f} min.")
     fo = [max(c.get("core0_foreign_pct") or 0, c.get("core1_foreign_pct") or 0)
@@ -1350,7 +1402,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     md_path = os.path.join(OUT, f"{date}-{RESULT_NAME}.md")
     JSON_PATH = os.path.join(OUT, f"{date}-{RESULT_NAME}.json")
-    for p in [P_MOCK, P_MOCK_SESS, P_NGX_BACKEND, P_MCPLB_ADMIN] + [v + d for v in PROXY_PORTS.values() for d in (0, 10, 20, 30)] \
+    for p in [P_MOCK, P_MOCK_SESS, P_NGX_BACKEND, P_MCPLB_ADMIN, P_MCPLB_B, P_MCPLB_B_ADMIN] + [v + d for v in PROXY_PORTS.values() for d in (0, 10, 20, 30)] \
             + list(HTTPS_PORTS.values()):
         if not port_free(p):
             sys.exit(f"port {p} is in use; set BASE_PORT to another base (now {BASE})")
@@ -1365,8 +1417,10 @@ def main():
         for kd in PROXIES:
             targets[kd] = start_proxy(kd, PROXY_PORTS[kd], P_MOCK, admin=P_MCPLB_ADMIN if kd == "mcplb" else None)
         RESULTS["mcplb_info"] = targets["mcplb"].info
+        if "mcplb-b" in TAIL_TARGETS and "tail" in PHASES:
+            targets["mcplb-b"] = start_proxy("mcplb-b", P_MCPLB_B, P_MOCK, admin=P_MCPLB_B_ADMIN)
         # answer size, and a check that every target answers the request
-        for kd in TARGETS:
+        for kd in targets:
             s = socket.create_connection(("127.0.0.1", targets[kd].port))
             s.sendall(one_request(targets[kd].port))
             st = read_answer(s)
@@ -1382,7 +1436,7 @@ def main():
         RESULTS["answer_bytes"] = int(m.group(1)) if m else None
         s.close()
         # warm every path once
-        for kd in TARGETS:
+        for kd in targets:
             run_wrk(targets[kd].url, 64, 1)
         def guarded(name, fn, *a):
             if name not in PHASES:
@@ -1397,8 +1451,9 @@ def main():
         guarded("latency", phase_latency, targets)
         guarded("tail", phase_tail, targets)
         guarded("syscalls", phase_syscalls, targets)
-        for kd in PROXIES:
-            targets[kd].stop()
+        for kd in targets:
+            if kd != "direct":
+                targets[kd].stop()
         guarded("https", phase_https, P_MOCK)
         guarded("agreement", phase_agreement, mock)
         guarded("memory", phase_memory, P_MOCK)
@@ -1415,7 +1470,7 @@ def main():
                    "load_start": load_start, "load_end": load_end,
                    "settings": {"DURATION": DURATION, "LAT_DURATION": LAT_DURATION, "RUNS": RUNS, "CONNS": CONNS,
                                 "LAT_CONNS": LAT_CONNS, "FIXED_RATE": FIXED_RATE, "TAIL_CONNS": TAIL_CONNS,
-                                "TAIL_RATE": TAIL_RATE, "TAIL_DURATION": TAIL_DURATION, "STRACE_SECS": STRACE_SECS,
+                                "TAIL_RATE": TAIL_RATE, "TAIL_DURATION": TAIL_DURATION, "TAIL_TARGETS": TAIL_TARGETS, "STRACE_SECS": STRACE_SECS,
                                 "IDLE_CONNS": IDLE_CONNS, "IDLE_WAIT": IDLE_WAIT, "SESSIONS": SESSIONS, "SESSION_RATE": SESSION_RATE},
                    "request_body": WRK_BODY, "results": RESULTS}, f, indent=1)
     text = report(facts, command, started, finished, load_start, load_end)
