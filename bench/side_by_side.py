@@ -27,9 +27,13 @@ Settings (environment):
   BASE_PORT     ports used: BASE+1..3 backends, BASE+80.. proxies (default 27000)
   MCPLB         the mcplb binary under test (default target/release/mcplb)
   MCPLB_B       a second mcplb binary: a same-run A/B in the tail phase ("mcplb B" beside
-                "mcplb", their order swapped every other run, B/A ratios per run)
-  TAIL_TARGETS  the tail phase's targets (default "direct mcplb mcplb-b nginx haproxy", mcplb-b
-                only with MCPLB_B)
+                "mcplb", the builds' order rotated every run, B/A ratios per run)
+  MCPLB_C       a third one, likewise ("mcplb C", C/A ratios)
+  TAIL_TARGETS  the tail phase's targets (default "direct mcplb mcplb-b mcplb-c nginx haproxy",
+                mcplb-b and mcplb-c only when set)
+  TAIL_SPIN     cores (e.g. "0 1") kept from going idle during the tail phase by a busy loop at
+                SCHED_IDLE priority (it runs only when nothing else wants the core, and any
+                waking task preempts it): whether the tail is an idle core's (vCPU's) wake-up
   LOAD_BIN      the mcplb-load binary (mock and load generator; default target/release/mcplb-load)
   OUT           results directory (default bench/results)
   RESULT_NAME   results file name after the date (default side-by-side)
@@ -51,8 +55,10 @@ import datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
-# The mcplb builds under test (MCPLB_B: a second one, measured beside the first in the tail phase).
-MCPLB_BIN = {"mcplb": os.environ.get("MCPLB") or None, "mcplb-b": os.environ.get("MCPLB_B") or None}
+# The mcplb builds under test (MCPLB_B, MCPLB_C: more, measured beside the first in the tail phase).
+MCPLB_BIN = {"mcplb": os.environ.get("MCPLB") or None, "mcplb-b": os.environ.get("MCPLB_B") or None,
+             "mcplb-c": os.environ.get("MCPLB_C") or None}
+BUILDS = ["mcplb", "mcplb-b", "mcplb-c"]
 LOAD_BIN_ENV = os.environ.get("LOAD_BIN") or None
 CONF = os.path.join(ROOT, "bench", "conf")
 
@@ -85,16 +91,17 @@ P_MOCK, P_MOCK_SESS, P_NGX_BACKEND = BASE + 1, BASE + 2, BASE + 3
 PROXY_PORTS = {"mcplb": BASE + 80, "nginx": BASE + 81, "haproxy": BASE + 82}
 # The admin port of the main mcplb under test (its loop gaps, read by the tail phase).
 P_MCPLB_ADMIN = BASE + 79
-# The second mcplb build (MCPLB_B) of the tail phase's A/B and its admin port.
-P_MCPLB_B, P_MCPLB_B_ADMIN = BASE + 83, BASE + 78
-ADMIN_PORTS = {"mcplb": P_MCPLB_ADMIN, "mcplb-b": P_MCPLB_B_ADMIN}
+# The other mcplb builds (MCPLB_B, MCPLB_C) of the tail phase's A/B: their ports and admin ports.
+EXTRA_PORTS = {"mcplb-b": (BASE + 83, BASE + 78), "mcplb-c": (BASE + 84, BASE + 77)}
+ADMIN_PORTS = {"mcplb": P_MCPLB_ADMIN, **{k: v[1] for k, v in EXTRA_PORTS.items()}}
 HTTPS_PORTS = {"mcplb": BASE + 70, "nginx": BASE + 71, "haproxy": BASE + 72}
 PROXIES = ["mcplb", "nginx", "haproxy"]
 TARGETS = ["direct"] + PROXIES
-NAMES = {"direct": "direct", "mcplb": "mcplb", "nginx": "nginx", "haproxy": "HAProxy", "mcplb-b": "mcplb B"}
-TAIL_TARGETS = os.environ.get("TAIL_TARGETS", "direct mcplb mcplb-b nginx haproxy").split()
-if not MCPLB_BIN["mcplb-b"]:
-    TAIL_TARGETS = [t for t in TAIL_TARGETS if t != "mcplb-b"]
+TAIL_SPIN = os.environ.get("TAIL_SPIN", "").split()
+NAMES = {"direct": "direct", "mcplb": "mcplb", "nginx": "nginx", "haproxy": "HAProxy", "mcplb-b": "mcplb B",
+         "mcplb-c": "mcplb C"}
+TAIL_TARGETS = [t for t in os.environ.get("TAIL_TARGETS", "direct mcplb mcplb-b mcplb-c nginx haproxy").split()
+                if t not in EXTRA_PORTS or MCPLB_BIN[t]]
 
 TOOL = "echo"
 ARGS = {"query": "what is the weather in Paris today", "limit": 10}
@@ -254,7 +261,7 @@ def load_bin():
 
 
 def mcplb_bin(kind="mcplb"):
-    """The binary of an mcplb under test: `mcplb` (MCPLB, else the release build) or `mcplb-b`."""
+    """The binary of an mcplb under test: `mcplb` (MCPLB, else the release build), `mcplb-b`, `mcplb-c`."""
     return MCPLB_BIN[kind] or f"{BIN}/mcplb"
 
 
@@ -280,10 +287,10 @@ def start_nginx_backend(port):
 
 def start_proxy(kind, port, backend, tls=None, admin=None):
     """Starts a proxy under test; with `tls` = (cert, key, combined pem) it terminates TLS; with
-    `admin` (a port) an mcplb also listens for its admin port there. `mcplb-b`: the second
-    mcplb build (MCPLB_B), same config."""
-    if kind == "mcplb-b":
-        t = start_proxy_plain("mcplb", port, backend, tls, admin, binary=mcplb_bin("mcplb-b"))
+    `admin` (a port) an mcplb also listens for its admin port there. `mcplb-b`, `mcplb-c`:
+    the other mcplb builds (MCPLB_B, MCPLB_C), same config."""
+    if kind in EXTRA_PORTS:
+        t = start_proxy_plain("mcplb", port, backend, tls, admin, binary=mcplb_bin(kind))
         t.kind = kind
         return t
     t = start_proxy_plain(kind, port, backend, tls, admin)
@@ -689,12 +696,16 @@ def phase_tail(targets):
     every target in the same run (latency from the schedule), the load generator's own send lag
     beside it, and mcplb's loop gaps over each of its cells."""
     cells = {}
+    # Busy loops that keep their cores from idling, at the lowest priority (TAIL_SPIN).
+    spinners = [spawn(["chrt", "--idle", "0", "taskset", "-c", c, "sh", "-c", "while :; do :; done"], f"spin-{c}")
+                for c in TAIL_SPIN]
     for run in range(RUNS):
         order = list(TAIL_TARGETS)
-        if run % 2 and "mcplb" in order and "mcplb-b" in order:
-            # The A/B pair's order swaps every other run, so neither always follows the other.
-            i, j = order.index("mcplb"), order.index("mcplb-b")
-            order[i], order[j] = order[j], order[i]
+        # The mcplb builds' order rotates every run, so none always follows another.
+        at = [i for i, k in enumerate(order) if k in BUILDS]
+        builds = [order[i] for i in at]
+        for i, k in zip(at, builds[run % len(builds):] + builds[:run % len(builds)] if builds else []):
+            order[i] = k
         for kind in order:
             t = targets[kind]
             admin = ADMIN_PORTS.get(kind)
@@ -712,8 +723,11 @@ def phase_tail(targets):
             log(f"tail {TAIL_RATE}/s x {TAIL_CONNS} conns {kind:8s} run {run + 1}: p50 {lat['p50']} p99 {lat['p99']} "
                 f"p99.9 {lat['p99.9']} max {lat['max']} µs; send lag p99 {lag.get('p99')} max {lag.get('max')} µs; "
                 f"achieved {j['throughput_rps']:.0f}/s, errors {j['errors']['total']}")
+    for p in spinners:
+        stop(p)
     RESULTS["tail"] = {"rate": TAIL_RATE, "connections": TAIL_CONNS, "duration_s": TAIL_DURATION, "cells": cells,
-                       "builds": {k: os.path.realpath(mcplb_bin(k)) for k in ("mcplb", "mcplb-b") if k in TAIL_TARGETS}}
+                       "spin_cores": TAIL_SPIN,
+                       "builds": {k: os.path.realpath(mcplb_bin(k)) for k in BUILDS if k in TAIL_TARGETS}}
 
 
 def gen_bound(cell):
@@ -734,11 +748,14 @@ def tail_report(tail):
          "| target | p50 | p99 | p99.9 | max | send lag p99 | send lag max | achieved req/s | errors | foreign CPU % core 0 | foreign CPU % core 1 |",
          "|---|---|---|---|---|---|---|---|---|---|---|"]
     c = tail["cells"]
-    kinds = ["direct", "mcplb", "mcplb-b", "nginx", "haproxy"]
-    if "mcplb-b" in c:
+    kinds = ["direct", *BUILDS, "nginx", "haproxy"]
+    if tail.get("spin_cores"):
+        L.insert(2, f"Cores {', '.join(tail['spin_cores'])} were kept from idling by a SCHED_IDLE busy loop (TAIL_SPIN): "
+                    "it runs only when nothing else wants the core, and shows as foreign CPU.\n")
+    if any(k in c for k in EXTRA_PORTS):
         b = tail.get("builds", {})
-        L.insert(2, f"Two mcplb builds in the same run (their order swapped every other run): mcplb = `{b.get('mcplb')}`, "
-                    f"mcplb B = `{b.get('mcplb-b')}`.\n")
+        L.insert(2, "mcplb builds in the same run (their order rotated every run): "
+                    + ", ".join(f"{NAMES[k]} = `{b.get(k)}`" for k in BUILDS if k in c) + ".\n")
     for kd in kinds:
         xs = c.get(kd, [])
         if not xs:
@@ -754,7 +771,7 @@ def tail_report(tail):
         L.append("Cells where mcplb-load's own send lag p99 was at least half the target's latency p99 measure the "
                  "load generator (or its core), not the target: "
                  + ", ".join(f"{NAMES[kd]} {n} of {len(c.get(kd, []))}" for kd, n in bound.items()) + ".\n")
-    pairs = [(mk, peer) for mk in ("mcplb", "mcplb-b") for peer in ("nginx", "haproxy")] + [("mcplb-b", "mcplb")]
+    pairs = [(mk, peer) for mk in BUILDS for peer in ("nginx", "haproxy")] + [(k, "mcplb") for k in EXTRA_PORTS]
     for mk, peer in pairs:
         m, pr = c.get(mk, []), c.get(peer, [])
         if not m or not pr:
@@ -768,7 +785,7 @@ def tail_report(tail):
             parts.append(f"{p} {spread(rs, f2)}× ({len(rs)} of {min(len(m), len(pr))} runs)")
         L.append(f"- {NAMES[mk]} / {NAMES[peer]} in the same run, runs where neither was load-generator bound: "
                  f"{', '.join(parts)}.")
-    for mk in ("mcplb", "mcplb-b"):
+    for mk in BUILDS:
         L.extend(loop_gap_table(NAMES[mk], [x.get("loop_gaps") for x in c.get(mk, []) if x.get("loop_gaps")]))
     L.append("")
     return L
@@ -1402,7 +1419,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     md_path = os.path.join(OUT, f"{date}-{RESULT_NAME}.md")
     JSON_PATH = os.path.join(OUT, f"{date}-{RESULT_NAME}.json")
-    for p in [P_MOCK, P_MOCK_SESS, P_NGX_BACKEND, P_MCPLB_ADMIN, P_MCPLB_B, P_MCPLB_B_ADMIN] + [v + d for v in PROXY_PORTS.values() for d in (0, 10, 20, 30)] \
+    for p in [P_MOCK, P_MOCK_SESS, P_NGX_BACKEND, P_MCPLB_ADMIN, *[p for v in EXTRA_PORTS.values() for p in v]] + [v + d for v in PROXY_PORTS.values() for d in (0, 10, 20, 30)] \
             + list(HTTPS_PORTS.values()):
         if not port_free(p):
             sys.exit(f"port {p} is in use; set BASE_PORT to another base (now {BASE})")
@@ -1417,8 +1434,9 @@ def main():
         for kd in PROXIES:
             targets[kd] = start_proxy(kd, PROXY_PORTS[kd], P_MOCK, admin=P_MCPLB_ADMIN if kd == "mcplb" else None)
         RESULTS["mcplb_info"] = targets["mcplb"].info
-        if "mcplb-b" in TAIL_TARGETS and "tail" in PHASES:
-            targets["mcplb-b"] = start_proxy("mcplb-b", P_MCPLB_B, P_MOCK, admin=P_MCPLB_B_ADMIN)
+        for kd, (port, admin) in EXTRA_PORTS.items():
+            if kd in TAIL_TARGETS and "tail" in PHASES:
+                targets[kd] = start_proxy(kd, port, P_MOCK, admin=admin)
         # answer size, and a check that every target answers the request
         for kd in targets:
             s = socket.create_connection(("127.0.0.1", targets[kd].port))
