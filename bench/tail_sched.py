@@ -91,17 +91,31 @@ def analyse(rows, roles):
     return {"roles": res, "core_idle_pct": cores}
 
 
+def steal_ms():
+    """Per core, the time the hypervisor ran something else while this vCPU wanted to run
+    (/proc/stat's steal column), ms."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            m = re.match(r"cpu(\d+)\s+(.*)", line)
+            if m:
+                out[m.group(1)] = int(m.group(2).split()[7]) * 1000.0 / sbs.CLK_TCK
+    return out
+
+
 def cell(target, pids, run):
     hgrm = os.path.join(sbs.RUNDIR, f"{target.kind}-{run}.hgrm")
     argv = ["taskset", "-c", "1", sbs.load_bin(), "run", "--url", target.url, "--connections", str(CONNS),
             "--duration", f"{SECS}s", "--warmup", "1s", "--rate", str(RATE), "--stateless",
             "--args", json.dumps(sbs.ARGS, separators=(",", ":")), "--json", "--quiet", "--hgrm", hgrm]
+    s0 = steal_ms()
     load = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     time.sleep(3)
     data = os.path.join(sbs.RUNDIR, f"{target.kind}-{run}.perf")
     subprocess.run(["perf", "sched", "record", "-a", "-o", data, "--", "sleep", str(REC)],
                    capture_output=True, check=True)
     out, _ = load.communicate(timeout=SECS + 60)
+    s1 = steal_ms()
     j = json.loads(out.strip().splitlines()[-1])
     roles = {p: "proxy" for p in pids.get(target.kind, [])}
     roles.update({p: "mock" for p in pids["mock"]})
@@ -109,7 +123,8 @@ def cell(target, pids, run):
     a = analyse(timehist(data), roles)
     os.remove(data)
     return {"target": target.kind, "run": run, "latency_us": j["latency_us"], "send_lag_us": j["send_lag_us"],
-            "achieved_rps": round(j["throughput_rps"], 1), "errors": j["errors"]["total"], **a}
+            "achieved_rps": round(j["throughput_rps"], 1), "errors": j["errors"]["total"],
+            "steal_ms": {c: round(s1[c] - s0.get(c, 0.0)) for c in s1}, **a}
 
 
 def report(cells, started, load_start, load_end):
@@ -117,12 +132,14 @@ def report(cells, started, load_start, load_end):
          f"Open loop {RATE} req/s over {CONNS} connections (mcplb-load, latency from the schedule), {SECS} s a cell "
          f"after 1 s of warm-up, `perf sched record -a` for {REC} s from the cell's 3rd second; proxies on core 0, "
          "mock and load generator on core 1 (as `bench/side_by_side.sh`). Scheduling delay: from a thread's "
-         "wake-up to its running. \"After idle\": its core ran no task just before (the vCPU was halted).",
+         "wake-up to its running. \"After idle\": its core ran no task just before (the vCPU was halted). "
+         "Steal: /proc/stat's steal time over the cell (the hypervisor ran something else while the vCPU "
+         "wanted to run; 10 ms ticks).",
          f"Load average at start {' '.join(load_start)}, at end {' '.join(load_end)}. "
          + (f"Cores {', '.join(SPIN)} kept from idling by a SCHED_IDLE busy loop (SPIN).\n" if SPIN else "\n"),
          "| target | run | p99 µs | p99.9 µs | max µs | send lag max µs | role | switch-ins | after idle % | "
-         + " | ".join(f"delay > {x} ms (after idle)" for x in LIMITS) + " | longest delay ms | core 0 idle % | core 1 idle % |",
-         "|---" * (12 + len(LIMITS)) + "|"]
+         + " | ".join(f"delay > {x} ms (after idle)" for x in LIMITS) + " | longest delay ms | core 0 idle % | core 1 idle % | core 0 steal ms | core 1 steal ms |",
+         "|---" * (14 + len(LIMITS)) + "|"]
     for c in cells:
         lat = c["latency_us"]
         for role, r in sorted(c["roles"].items()):
@@ -132,7 +149,8 @@ def report(cells, started, load_start, load_end):
                      f"{(c['send_lag_us'] or {}).get('max')} | {role} | {r['switch_ins']} | "
                      f"{100.0 * r['after_idle'] / r['switch_ins']:.0f} | "
                      + " | ".join(f"{r['over'][str(x)]} ({r['over_after_idle'][str(x)]})" for x in LIMITS)
-                     + f" | {r['max_ms']:.3f} | {c['core_idle_pct'].get('0')} | {c['core_idle_pct'].get('1')} |")
+                     + f" | {r['max_ms']:.3f} | {c['core_idle_pct'].get('0')} | {c['core_idle_pct'].get('1')} | "
+                     f"{c['steal_ms'].get('0')} | {c['steal_ms'].get('1')} |")
     cmd = " ".join(f'{k}="{os.environ[k]}"' for k in ("TARGETS", "RUNS", "SECS", "REC", "SPIN", "MCPLB", "LOAD_BIN")
                    if os.environ.get(k)) + " bench/tail_sched.sh"
     L.append(f"\n## Command\n\n```\n{cmd.strip()}\n```\n")
