@@ -714,7 +714,8 @@ def phase_tail(targets):
                 j = run_load(t.url, TAIL_CONNS, TAIL_DURATION, rate=TAIL_RATE, warmup="1s")
             cell = {"run": run, "rate": TAIL_RATE, "achieved_rps": round(j["throughput_rps"], 1),
                     "errors": j["errors"]["total"], "latency_us": j["latency_us"], "send_lag_us": j["send_lag_us"]}
-            cell.update(m.as_dict(None))
+            # CPU per request: the proxy's CPU over the cell (warm-up included) / the requests sent in it.
+            cell.update(m.as_dict(round(j["throughput_rps"] * (TAIL_DURATION + 1))))
             if admin:
                 time.sleep(1.2)  # the worker moves its counts to the admin port once a second
                 cell["loop_gaps"] = gap_delta(g0, loop_gaps(admin))
@@ -745,8 +746,8 @@ def tail_report(tail):
          "Send lag: how late mcplb-load sent against its schedule (its own stall, part of every latency "
          "figure of the cell). Foreign CPU: the share of a core used by processes not part of the benchmark "
          "(another job on a shared machine). Medians [min–max] of the runs, µs.\n",
-         "| target | p50 | p99 | p99.9 | max | send lag p99 | send lag max | achieved req/s | errors | foreign CPU % core 0 | foreign CPU % core 1 |",
-         "|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| target | p50 | p99 | p99.9 | max | send lag p99 | send lag max | achieved req/s | errors | foreign CPU % core 0 | foreign CPU % core 1 | proxy CPU µs/req |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     c = tail["cells"]
     kinds = ["direct", *BUILDS, "nginx", "haproxy"]
     if tail.get("spin_cores"):
@@ -764,7 +765,8 @@ def tail_report(tail):
         lag = lambda p: spread([(x["send_lag_us"] or {}).get(p) for x in xs], f0)  # noqa: E731
         L.append(f"| {NAMES[kd]} | {lat('p50')} | {lat('p99')} | {lat('p99.9')} | {lat('max')} | {lag('p99')} | "
                  f"{lag('max')} | {spread([x['achieved_rps'] for x in xs], f0)} | {sum(x['errors'] for x in xs)} | "
-                 f"{spread([x.get('core0_foreign_pct') for x in xs], f0)} | {spread([x.get('core1_foreign_pct') for x in xs], f0)} |")
+                 f"{spread([x.get('core0_foreign_pct') for x in xs], f0)} | {spread([x.get('core1_foreign_pct') for x in xs], f0)} | "
+                 f"{spread([x.get('cpu_us_per_req') for x in xs], f2) if kd != 'direct' else '–'} |")
     L.append("")
     bound = {kd: sum(gen_bound(x) for x in c.get(kd, [])) for kd in kinds if kd in c}
     if any(bound.values()):
@@ -777,6 +779,8 @@ def tail_report(tail):
         if not m or not pr:
             continue
         parts = []
+        cpu = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(m, pr)
+               if a.get("cpu_us_per_req") and b.get("cpu_us_per_req")]
         for p in ("p99", "p99.9"):
             # Same-run ratios: each run's mcplb figure over the peer's of the same run, over the
             # runs where neither cell was the load generator's.
@@ -784,7 +788,7 @@ def tail_report(tail):
                   if b["latency_us"][p] and not gen_bound(a) and not gen_bound(b)]
             parts.append(f"{p} {spread(rs, f2)}× ({len(rs)} of {min(len(m), len(pr))} runs)")
         L.append(f"- {NAMES[mk]} / {NAMES[peer]} in the same run, runs where neither was load-generator bound: "
-                 f"{', '.join(parts)}.")
+                 f"{', '.join(parts)}; proxy CPU per request (all runs) {spread(cpu, f2)}×.")
     for mk in BUILDS:
         L.extend(loop_gap_table(NAMES[mk], [x.get("loop_gaps") for x in c.get(mk, []) if x.get("loop_gaps")]))
     L.append("")
