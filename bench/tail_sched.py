@@ -2,8 +2,8 @@
 """Where the open-loop tail's millisecond goes (issue 18): the tail cell of the side-by-side run
 (open loop, TAIL_RATE over TAIL_CONNS connections) against each target in turn while
 `perf sched record -a` traces both cores, then per process (the proxy, the mock, the load
-generator) how long its threads waited between being woken and running ("scheduling delay")
-and whether the core they ran on had been idle just before (a halted vCPU woken by an
+generator) how long its threads waited between being woken (or preempted) and running
+("scheduling delay") and whether the core they ran on had been idle just before (a halted vCPU woken by an
 interrupt) or busy with another task.
 
 Started by bench/tail_sched.sh. Python 3 standard library plus `perf` (Debian's linux-perf).
@@ -42,19 +42,28 @@ RESULT_NAME = os.environ.get("RESULT_NAME", "tail-sched")
 # Scheduling delays counted, ms.
 LIMITS = (0.1, 0.25, 0.5, 1.0)
 
-LINE = re.compile(r"^\s*([\d.]+)\s+\[(\d+)\]\s+(.*?)\[(\d+)(?:/(\d+))?\]\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
+LINE = re.compile(r"^\s*([\d.]+)\s+\[(\d+)\]\s+(.*?)\[(\d+)(?:/(\d+))?\]\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"
+                  r"\s+(\S+)\s*$")
 
 
 def timehist(path):
-    """Switch-outs from `perf sched timehist`: (time s, cpu, pid, sch delay ms, run ms)."""
-    out = subprocess.run(["perf", "sched", "timehist", "-i", path], capture_output=True, text=True).stdout
+    """Switch-outs from `perf sched timehist --state`: (time s, cpu, pid, delay ms, run ms). The
+    delay is how long the thread waited to run: from its wake-up ("sch delay"), or, when it had
+    been preempted (switched out runnable, state R), the whole wait before this run (perf counts
+    that as "wait time", not as a scheduling delay)."""
+    out = subprocess.run(["perf", "sched", "timehist", "--state", "-i", path], capture_output=True, text=True).stdout
     rows = []
+    preempted = {}
     for line in out.splitlines():
         m = LINE.match(line)
         if m:
             tid = int(m.group(4))
             pid = int(m.group(5)) if m.group(5) else tid
-            rows.append((float(m.group(1)), int(m.group(2)), pid, float(m.group(7)), float(m.group(8))))
+            wait, delay = float(m.group(6)), float(m.group(7))
+            if preempted.get(tid):
+                delay = max(delay, wait)
+            preempted[tid] = m.group(9).startswith("R")
+            rows.append((float(m.group(1)), int(m.group(2)), pid, delay, float(m.group(8))))
     return rows
 
 
@@ -132,7 +141,7 @@ def report(cells, started, load_start, load_end):
          f"Open loop {RATE} req/s over {CONNS} connections (mcplb-load, latency from the schedule), {SECS} s a cell "
          f"after 1 s of warm-up, `perf sched record -a` for {REC} s from the cell's 3rd second; proxies on core 0, "
          "mock and load generator on core 1 (as `bench/side_by_side.sh`). Scheduling delay: from a thread's "
-         "wake-up to its running. \"After idle\": its core ran no task just before (the vCPU was halted). "
+         "wake-up (or preemption) to its running. \"After idle\": its core ran no task just before (the vCPU was halted). "
          "Steal: /proc/stat's steal time over the cell (the hypervisor ran something else while the vCPU "
          "wanted to run; 10 ms ticks).",
          f"Load average at start {' '.join(load_start)}, at end {' '.join(load_end)}. "
