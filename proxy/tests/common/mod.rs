@@ -76,7 +76,7 @@ pub fn start_proxy_env(
             Stdio::inherit(),
         ),
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcplb"))
+    let child = Command::new(env!("CARGO_BIN_EXE_mcplb"))
         .args(["run", "--config"])
         .arg(&config_path)
         .args(["--driver", driver])
@@ -86,7 +86,20 @@ pub fn start_proxy_env(
         .stderr(stderr)
         .spawn()
         .expect("spawn mcplb");
-    let stdout = child.stdout.take().unwrap();
+    proxy_from(child, config_path, config.contains("[admin]"))
+}
+
+/// A `mcplb run` child spawned with its stdout piped, in a [`Proxy`] (killed on drop, so a
+/// test that fails from here on leaves no process behind) once it reported its address (and
+/// its admin address with `admin`), each within 20 s.
+pub fn proxy_from(child: Child, config_path: PathBuf, admin: bool) -> Proxy {
+    let mut p = Proxy {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin: None,
+        config_path,
+    };
+    let stdout = p.child.stdout.take().expect("mcplb's stdout is piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -100,21 +113,18 @@ pub fn start_proxy_env(
             }
         }
     });
-    let addr = rx
+    p.addr = rx
         .recv_timeout(Duration::from_secs(20))
-        .expect("mcplb did not report its address");
-    let admin = config.contains("[admin]").then(|| {
+        .expect("mcplb did not report its address")
+        .parse()
+        .unwrap();
+    p.admin = admin.then(|| {
         rx.recv_timeout(Duration::from_secs(20))
             .expect("mcplb did not report its admin address")
             .parse()
             .unwrap()
     });
-    Proxy {
-        child,
-        addr: addr.parse().unwrap(),
-        admin,
-        config_path,
-    }
+    p
 }
 
 /// Starts a mock backend named `name` on a free loopback port.
