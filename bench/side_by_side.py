@@ -25,6 +25,16 @@ Settings (environment):
   XCHECK        1 = also run the nginx "return 200" backend cross-check (default 1)
   PHASES        phases to run (default "throughput latency tail syscalls https agreement memory sessions xcheck")
   BASE_PORT     ports used: BASE+1..3 backends, BASE+80.. proxies (default 27000)
+  MCPLB         the mcplb binary under test (default target/release/mcplb)
+  MCPLB_B       a second mcplb binary: a same-run A/B in the tail phase ("mcplb B" beside
+                "mcplb", the builds' order rotated every run, B/A ratios per run)
+  MCPLB_C       a third one, likewise ("mcplb C", C/A ratios)
+  TAIL_TARGETS  the tail phase's targets (default "direct mcplb mcplb-b mcplb-c nginx haproxy",
+                mcplb-b and mcplb-c only when set)
+  TAIL_SPIN     cores (e.g. "0 1") kept from going idle during the tail phase by a busy loop at
+                SCHED_IDLE priority (it runs only when nothing else wants the core, and any
+                waking task preempts it): whether the tail is an idle core's (vCPU's) wake-up
+  LOAD_BIN      the mcplb-load binary (mock and load generator; default target/release/mcplb-load)
   OUT           results directory (default bench/results)
   RESULT_NAME   results file name after the date (default side-by-side)
 """
@@ -45,6 +55,11 @@ import datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
+# The mcplb builds under test (MCPLB_B, MCPLB_C: more, measured beside the first in the tail phase).
+MCPLB_BIN = {"mcplb": os.environ.get("MCPLB") or None, "mcplb-b": os.environ.get("MCPLB_B") or None,
+             "mcplb-c": os.environ.get("MCPLB_C") or None}
+BUILDS = ["mcplb", "mcplb-b", "mcplb-c"]
+LOAD_BIN_ENV = os.environ.get("LOAD_BIN") or None
 CONF = os.path.join(ROOT, "bench", "conf")
 
 
@@ -76,10 +91,17 @@ P_MOCK, P_MOCK_SESS, P_NGX_BACKEND = BASE + 1, BASE + 2, BASE + 3
 PROXY_PORTS = {"mcplb": BASE + 80, "nginx": BASE + 81, "haproxy": BASE + 82}
 # The admin port of the main mcplb under test (its loop gaps, read by the tail phase).
 P_MCPLB_ADMIN = BASE + 79
+# The other mcplb builds (MCPLB_B, MCPLB_C) of the tail phase's A/B: their ports and admin ports.
+EXTRA_PORTS = {"mcplb-b": (BASE + 83, BASE + 78), "mcplb-c": (BASE + 84, BASE + 77)}
+ADMIN_PORTS = {"mcplb": P_MCPLB_ADMIN, **{k: v[1] for k, v in EXTRA_PORTS.items()}}
 HTTPS_PORTS = {"mcplb": BASE + 70, "nginx": BASE + 71, "haproxy": BASE + 72}
 PROXIES = ["mcplb", "nginx", "haproxy"]
 TARGETS = ["direct"] + PROXIES
-NAMES = {"direct": "direct", "mcplb": "mcplb", "nginx": "nginx", "haproxy": "HAProxy"}
+TAIL_SPIN = os.environ.get("TAIL_SPIN", "").split()
+NAMES = {"direct": "direct", "mcplb": "mcplb", "nginx": "nginx", "haproxy": "HAProxy", "mcplb-b": "mcplb B",
+         "mcplb-c": "mcplb C"}
+TAIL_TARGETS = [t for t in os.environ.get("TAIL_TARGETS", "direct mcplb mcplb-b mcplb-c nginx haproxy").split()
+                if t not in EXTRA_PORTS or MCPLB_BIN[t]]
 
 TOOL = "echo"
 ARGS = {"query": "what is the weather in Paris today", "limit": 10}
@@ -234,8 +256,17 @@ class Target:
             stop(p)
 
 
+def load_bin():
+    return LOAD_BIN_ENV or f"{BIN}/mcplb-load"
+
+
+def mcplb_bin(kind="mcplb"):
+    """The binary of an mcplb under test: `mcplb` (MCPLB, else the release build), `mcplb-b`, `mcplb-c`."""
+    return MCPLB_BIN[kind] or f"{BIN}/mcplb"
+
+
 def start_mock(port, stateless=True):
-    argv = ["taskset", "-c", "1", f"{BIN}/mcplb-load", "mock", "--listen", f"127.0.0.1:{port}", "--threads", "1"]
+    argv = ["taskset", "-c", "1", load_bin(), "mock", "--listen", f"127.0.0.1:{port}", "--threads", "1"]
     if stateless:
         argv.append("--stateless")
     p = spawn(argv, f"mock-{port}")
@@ -256,14 +287,19 @@ def start_nginx_backend(port):
 
 def start_proxy(kind, port, backend, tls=None, admin=None):
     """Starts a proxy under test; with `tls` = (cert, key, combined pem) it terminates TLS; with
-    `admin` (a port) an mcplb also listens for its admin port there."""
+    `admin` (a port) an mcplb also listens for its admin port there. `mcplb-b`, `mcplb-c`:
+    the other mcplb builds (MCPLB_B, MCPLB_C), same config."""
+    if kind in EXTRA_PORTS:
+        t = start_proxy_plain("mcplb", port, backend, tls, admin, binary=mcplb_bin(kind))
+        t.kind = kind
+        return t
     t = start_proxy_plain(kind, port, backend, tls, admin)
     if tls:
         t.scheme = "https"
     return t
 
 
-def start_proxy_plain(kind, port, backend, tls, admin=None):
+def start_proxy_plain(kind, port, backend, tls, admin=None, binary=None):
     sfx = "-tls" if tls else ""
     kv = dict(zip(("CERT", "KEY", "PEM"), tls)) if tls else {}
     if kind == "mcplb":
@@ -271,7 +307,7 @@ def start_proxy_plain(kind, port, backend, tls, admin=None):
         if admin:
             with open(conf, "a") as f:
                 f.write(f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n')
-        p = spawn(["taskset", "-c", "0", f"{BIN}/mcplb", "run", "--config", conf], f"mcplb-{port}")
+        p = spawn(["taskset", "-c", "0", binary or mcplb_bin(), "run", "--config", conf], f"mcplb-{port}")
         wait_port(port, p)
         time.sleep(0.2)
         with open(os.path.join(RUNDIR, f"mcplb-{port}.log"), errors="replace") as f:
@@ -436,7 +472,7 @@ def run_wrk(url, conns, secs, core="1"):
 
 
 def run_load(url, conns, secs, rate=None, stateless=True, warmup="0s", timeout_extra=120, core="1"):
-    argv = ["taskset", "-c", core, f"{BIN}/mcplb-load", "run", "--url", url, "--connections", str(conns),
+    argv = ["taskset", "-c", core, load_bin(), "run", "--url", url, "--connections", str(conns),
             "--duration", f"{secs}s", "--warmup", warmup, "--args", json.dumps(ARGS, separators=(",", ":")),
             "--json", "--quiet"]
     if stateless:
@@ -660,24 +696,39 @@ def phase_tail(targets):
     every target in the same run (latency from the schedule), the load generator's own send lag
     beside it, and mcplb's loop gaps over each of its cells."""
     cells = {}
+    # Busy loops that keep their cores from idling, at the lowest priority (TAIL_SPIN).
+    spinners = [spawn(["chrt", "--idle", "0", "taskset", "-c", c, "sh", "-c", "while :; do :; done"], f"spin-{c}")
+                for c in TAIL_SPIN]
     for run in range(RUNS):
-        for kind in TARGETS:
+        order = list(TAIL_TARGETS)
+        # The mcplb builds' order rotates every run, so none always follows another.
+        at = [i for i, k in enumerate(order) if k in BUILDS]
+        builds = [order[i] for i in at]
+        for i, k in zip(at, builds[run % len(builds):] + builds[:run % len(builds)] if builds else []):
+            order[i] = k
+        for kind in order:
             t = targets[kind]
-            g0 = loop_gaps(P_MCPLB_ADMIN) if kind == "mcplb" else None
+            admin = ADMIN_PORTS.get(kind)
+            g0 = loop_gaps(admin) if admin else None
             with Meter(t) as m:
                 j = run_load(t.url, TAIL_CONNS, TAIL_DURATION, rate=TAIL_RATE, warmup="1s")
             cell = {"run": run, "rate": TAIL_RATE, "achieved_rps": round(j["throughput_rps"], 1),
                     "errors": j["errors"]["total"], "latency_us": j["latency_us"], "send_lag_us": j["send_lag_us"]}
-            cell.update(m.as_dict(None))
-            if kind == "mcplb":
+            # CPU per request: the proxy's CPU over the cell (warm-up included) / the requests sent in it.
+            cell.update(m.as_dict(round(j["throughput_rps"] * (TAIL_DURATION + 1))))
+            if admin:
                 time.sleep(1.2)  # the worker moves its counts to the admin port once a second
-                cell["loop_gaps"] = gap_delta(g0, loop_gaps(P_MCPLB_ADMIN))
+                cell["loop_gaps"] = gap_delta(g0, loop_gaps(admin))
             cells.setdefault(kind, []).append(cell)
             lat, lag = j["latency_us"], j["send_lag_us"] or {}
             log(f"tail {TAIL_RATE}/s x {TAIL_CONNS} conns {kind:8s} run {run + 1}: p50 {lat['p50']} p99 {lat['p99']} "
                 f"p99.9 {lat['p99.9']} max {lat['max']} µs; send lag p99 {lag.get('p99')} max {lag.get('max')} µs; "
                 f"achieved {j['throughput_rps']:.0f}/s, errors {j['errors']['total']}")
-    RESULTS["tail"] = {"rate": TAIL_RATE, "connections": TAIL_CONNS, "duration_s": TAIL_DURATION, "cells": cells}
+    for p in spinners:
+        stop(p)
+    RESULTS["tail"] = {"rate": TAIL_RATE, "connections": TAIL_CONNS, "duration_s": TAIL_DURATION, "cells": cells,
+                       "spin_cores": TAIL_SPIN,
+                       "builds": {k: os.path.realpath(mcplb_bin(k)) for k in BUILDS if k in TAIL_TARGETS}}
 
 
 def gen_bound(cell):
@@ -695,10 +746,18 @@ def tail_report(tail):
          "Send lag: how late mcplb-load sent against its schedule (its own stall, part of every latency "
          "figure of the cell). Foreign CPU: the share of a core used by processes not part of the benchmark "
          "(another job on a shared machine). Medians [min–max] of the runs, µs.\n",
-         "| target | p50 | p99 | p99.9 | max | send lag p99 | send lag max | achieved req/s | errors | foreign CPU % core 0 | foreign CPU % core 1 |",
-         "|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| target | p50 | p99 | p99.9 | max | send lag p99 | send lag max | achieved req/s | errors | foreign CPU % core 0 | foreign CPU % core 1 | proxy CPU µs/req |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     c = tail["cells"]
-    for kd in TARGETS:
+    kinds = ["direct", *BUILDS, "nginx", "haproxy"]
+    if tail.get("spin_cores"):
+        L.insert(2, f"Cores {', '.join(tail['spin_cores'])} were kept from idling by a SCHED_IDLE busy loop (TAIL_SPIN): "
+                    "it runs only when nothing else wants the core, and shows as foreign CPU.\n")
+    if any(k in c for k in EXTRA_PORTS):
+        b = tail.get("builds", {})
+        L.insert(2, "mcplb builds in the same run (their order rotated every run): "
+                    + ", ".join(f"{NAMES[k]} = `{b.get(k)}`" for k in BUILDS if k in c) + ".\n")
+    for kd in kinds:
         xs = c.get(kd, [])
         if not xs:
             continue
@@ -706,30 +765,42 @@ def tail_report(tail):
         lag = lambda p: spread([(x["send_lag_us"] or {}).get(p) for x in xs], f0)  # noqa: E731
         L.append(f"| {NAMES[kd]} | {lat('p50')} | {lat('p99')} | {lat('p99.9')} | {lat('max')} | {lag('p99')} | "
                  f"{lag('max')} | {spread([x['achieved_rps'] for x in xs], f0)} | {sum(x['errors'] for x in xs)} | "
-                 f"{spread([x.get('core0_foreign_pct') for x in xs], f0)} | {spread([x.get('core1_foreign_pct') for x in xs], f0)} |")
+                 f"{spread([x.get('core0_foreign_pct') for x in xs], f0)} | {spread([x.get('core1_foreign_pct') for x in xs], f0)} | "
+                 f"{spread([x.get('cpu_us_per_req') for x in xs], f2) if kd != 'direct' else '–'} |")
     L.append("")
-    bound = {kd: sum(gen_bound(x) for x in c.get(kd, [])) for kd in TARGETS}
+    bound = {kd: sum(gen_bound(x) for x in c.get(kd, [])) for kd in kinds if kd in c}
     if any(bound.values()):
         L.append("Cells where mcplb-load's own send lag p99 was at least half the target's latency p99 measure the "
                  "load generator (or its core), not the target: "
                  + ", ".join(f"{NAMES[kd]} {n} of {len(c.get(kd, []))}" for kd, n in bound.items()) + ".\n")
-    m = c.get("mcplb", [])
-    for peer in ("nginx", "haproxy"):
-        pr = c.get(peer, [])
+    pairs = [(mk, peer) for mk in BUILDS for peer in ("nginx", "haproxy")] + [(k, "mcplb") for k in EXTRA_PORTS]
+    for mk, peer in pairs:
+        m, pr = c.get(mk, []), c.get(peer, [])
         if not m or not pr:
             continue
         parts = []
+        cpu = [a["cpu_us_per_req"] / b["cpu_us_per_req"] for a, b in zip(m, pr)
+               if a.get("cpu_us_per_req") and b.get("cpu_us_per_req")]
         for p in ("p99", "p99.9"):
             # Same-run ratios: each run's mcplb figure over the peer's of the same run, over the
             # runs where neither cell was the load generator's.
             rs = [a["latency_us"][p] / b["latency_us"][p] for a, b in zip(m, pr)
                   if b["latency_us"][p] and not gen_bound(a) and not gen_bound(b)]
             parts.append(f"{p} {spread(rs, f2)}× ({len(rs)} of {min(len(m), len(pr))} runs)")
-        L.append(f"- mcplb / {NAMES[peer]} in the same run, runs where neither was load-generator bound: {', '.join(parts)}.")
-    gaps = [x.get("loop_gaps") for x in m if x.get("loop_gaps")]
+        L.append(f"- {NAMES[mk]} / {NAMES[peer]} in the same run, runs where neither was load-generator bound: "
+                 f"{', '.join(parts)}; proxy CPU per request (all runs) {spread(cpu, f2)}×.")
+    for mk in BUILDS:
+        L.extend(loop_gap_table(NAMES[mk], [x.get("loop_gaps") for x in c.get(mk, []) if x.get("loop_gaps")]))
+    L.append("")
+    return L
+
+
+def loop_gap_table(name, gaps):
+    """An mcplb's loop gaps over its tail cells, one column per run."""
+    L = []
     if gaps:
         L.append("")
-        L.append("mcplb's loop gaps over its cells (time its worker went without handling any of its requests "
+        L.append(f"{name}'s loop gaps over its cells (time its worker went without handling any of its requests "
                  "while it had some in flight; `/stats` `loop_gaps`): gaps per bucket, one column per run.\n")
         L.append("| gap at most | " + " | ".join(f"run {i + 1}" for i in range(len(gaps))) + " |")
         L.append("|---" * (len(gaps) + 1) + "|")
@@ -738,7 +809,6 @@ def tail_report(tail):
             L.append(f"| {f'{le} µs' if le is not None else 'longer'} | "
                      + " | ".join(str(g["buckets"][i]["count"]) for g in gaps) + " |")
         L.append("| longest since start | " + " | ".join(f"{g['max_us_since_start']} µs" for g in gaps) + " |")
-    L.append("")
     return L
 
 
@@ -953,6 +1023,7 @@ def machine_facts():
         "python": sys.version.split()[0],
         "rustc": sh("rustc -V"),
         "mcplb_commit": sh(f"git -C {ROOT} rev-parse --short HEAD"),
+        "mcplb_bin": MCPLB_BIN["mcplb"] and os.path.realpath(MCPLB_BIN["mcplb"]),
         "mcplb_dirty": sh(f"git -C {ROOT} status --porcelain --untracked-files=no -- '*.rs' '*Cargo.toml' Cargo.lock | wc -l") != "0",
         "ulimit_n": "%d/%d" % resource.getrlimit(resource.RLIMIT_NOFILE),
     }
@@ -1026,7 +1097,9 @@ def report(facts, command, started, finished, load_start, load_end):
     L.append(f"- {facts['nproc']} cores ({facts['cpu']}), kernel {facts['kernel']}; {facts['nginx']}; "
              f"{facts['haproxy']}; {facts['wrk']}; {facts['strace']}; {facts['rustc']}; Python {facts['python']}.")
     dirty = " (with uncommitted changes in the Rust crates)" if facts["mcplb_dirty"] else ""
-    L.append(f"- mcplb commit `{facts['mcplb_commit']}`{dirty}, release build; {RESULTS.get('mcplb_info', '')}.")
+    built = (f"mcplb binary `{facts['mcplb_bin']}`" if facts.get("mcplb_bin")
+             else f"mcplb commit `{facts['mcplb_commit']}`{dirty}, release build")
+    L.append(f"- {built}; {RESULTS.get('mcplb_info', '')}.")
     L.append(f"- Load average (1/5/15 min) at start {' '.join(load_start)}, at end {' '.join(load_end)}. "
              f"Run took {(finished - started).total_seconds() / 60:.1f} min.")
     fo = [max(c.get("core0_foreign_pct") or 0, c.get("core1_foreign_pct") or 0)
@@ -1350,7 +1423,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     md_path = os.path.join(OUT, f"{date}-{RESULT_NAME}.md")
     JSON_PATH = os.path.join(OUT, f"{date}-{RESULT_NAME}.json")
-    for p in [P_MOCK, P_MOCK_SESS, P_NGX_BACKEND, P_MCPLB_ADMIN] + [v + d for v in PROXY_PORTS.values() for d in (0, 10, 20, 30)] \
+    for p in [P_MOCK, P_MOCK_SESS, P_NGX_BACKEND, P_MCPLB_ADMIN, *[p for v in EXTRA_PORTS.values() for p in v]] + [v + d for v in PROXY_PORTS.values() for d in (0, 10, 20, 30)] \
             + list(HTTPS_PORTS.values()):
         if not port_free(p):
             sys.exit(f"port {p} is in use; set BASE_PORT to another base (now {BASE})")
@@ -1365,8 +1438,11 @@ def main():
         for kd in PROXIES:
             targets[kd] = start_proxy(kd, PROXY_PORTS[kd], P_MOCK, admin=P_MCPLB_ADMIN if kd == "mcplb" else None)
         RESULTS["mcplb_info"] = targets["mcplb"].info
+        for kd, (port, admin) in EXTRA_PORTS.items():
+            if kd in TAIL_TARGETS and "tail" in PHASES:
+                targets[kd] = start_proxy(kd, port, P_MOCK, admin=admin)
         # answer size, and a check that every target answers the request
-        for kd in TARGETS:
+        for kd in targets:
             s = socket.create_connection(("127.0.0.1", targets[kd].port))
             s.sendall(one_request(targets[kd].port))
             st = read_answer(s)
@@ -1382,7 +1458,7 @@ def main():
         RESULTS["answer_bytes"] = int(m.group(1)) if m else None
         s.close()
         # warm every path once
-        for kd in TARGETS:
+        for kd in targets:
             run_wrk(targets[kd].url, 64, 1)
         def guarded(name, fn, *a):
             if name not in PHASES:
@@ -1397,8 +1473,9 @@ def main():
         guarded("latency", phase_latency, targets)
         guarded("tail", phase_tail, targets)
         guarded("syscalls", phase_syscalls, targets)
-        for kd in PROXIES:
-            targets[kd].stop()
+        for kd in targets:
+            if kd != "direct":
+                targets[kd].stop()
         guarded("https", phase_https, P_MOCK)
         guarded("agreement", phase_agreement, mock)
         guarded("memory", phase_memory, P_MOCK)
@@ -1415,7 +1492,7 @@ def main():
                    "load_start": load_start, "load_end": load_end,
                    "settings": {"DURATION": DURATION, "LAT_DURATION": LAT_DURATION, "RUNS": RUNS, "CONNS": CONNS,
                                 "LAT_CONNS": LAT_CONNS, "FIXED_RATE": FIXED_RATE, "TAIL_CONNS": TAIL_CONNS,
-                                "TAIL_RATE": TAIL_RATE, "TAIL_DURATION": TAIL_DURATION, "STRACE_SECS": STRACE_SECS,
+                                "TAIL_RATE": TAIL_RATE, "TAIL_DURATION": TAIL_DURATION, "TAIL_TARGETS": TAIL_TARGETS, "STRACE_SECS": STRACE_SECS,
                                 "IDLE_CONNS": IDLE_CONNS, "IDLE_WAIT": IDLE_WAIT, "SESSIONS": SESSIONS, "SESSION_RATE": SESSION_RATE},
                    "request_body": WRK_BODY, "results": RESULTS}, f, indent=1)
     text = report(facts, command, started, finished, load_start, load_end)

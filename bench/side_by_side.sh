@@ -11,7 +11,10 @@
 # open-loop cell (issue 18: p99/p99.9/max of every target, mcplb's loop gaps), STRACE_SECS (3), IDLE_CONNS (10000), SESSIONS (1000), SESSION_RATE (10000), XCHECK (1),
 # PHASES ("throughput latency tail syscalls https agreement memory sessions xcheck";
 # `PHASES=tail` runs the tail cell alone), BASE_PORT
-# (27000), OUT, RESULT_NAME (side-by-side: the results' file name after the date),
+# (27000), OUT, RESULT_NAME (side-by-side: the results' file name after the date), MCPLB (the
+# mcplb binary, default target/release/mcplb), MCPLB_B (a second build beside it in the tail
+# phase: a same-run A/B), MCPLB_C (a third), TAIL_TARGETS, TAIL_SPIN (cores kept busy at SCHED_IDLE in the tail
+# phase: is the tail an idle vCPU's wake-up?), LOAD_BIN (default target/release/mcplb-load),
 # LOAD_MAX (1.0) and LOAD_WAIT (600): wait up to LOAD_WAIT s for the 1-min load average to
 # drop below LOAD_MAX before starting (the result file records the load either way);
 # NO_BUILD=1 skips `cargo build`; NO_INSTALL=1 never calls apt-get.
@@ -22,7 +25,8 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 COMMAND="bench/side_by_side.sh"
 for v in DURATION LAT_DURATION RUNS CONNS LAT_CONNS FIXED_RATE TAIL_CONNS TAIL_RATE TAIL_DURATION STRACE_SECS IDLE_CONNS IDLE_WAIT \
-         SESSIONS SESSION_RATE XCHECK PHASES BASE_PORT OUT RESULT_NAME LOAD_MAX LOAD_WAIT NO_BUILD; do
+         SESSIONS SESSION_RATE XCHECK PHASES BASE_PORT OUT RESULT_NAME LOAD_MAX LOAD_WAIT NO_BUILD \
+         MCPLB MCPLB_B MCPLB_C TAIL_TARGETS TAIL_SPIN LOAD_BIN; do
     if [ -n "${!v:-}" ]; then COMMAND="$v=\"${!v}\" $COMMAND"; fi
 done
 
@@ -42,7 +46,7 @@ if [ -z "${NO_BUILD:-}" ]; then
     say "building mcplb and mcplb-load (release)"
     (unset CARGO_TARGET_DIR; cargo build --release -q -p mcplb -p mcplb-load)
 fi
-for b in target/release/mcplb target/release/mcplb-load; do
+for b in "${MCPLB:-target/release/mcplb}" "${LOAD_BIN:-target/release/mcplb-load}" ${MCPLB_B:+"$MCPLB_B"} ${MCPLB_C:+"$MCPLB_C"}; do
     [ -x "$b" ] || { say "missing $b (build with: cargo build --release -p mcplb -p mcplb-load)"; exit 1; }
 done
 

@@ -739,7 +739,7 @@ fn closing_an_idle_connection_is_not_a_bad_request() {
             driver,
         );
         // A keep-alive client: two requests, then it closes the idle connection, before and
-        // after the connection is parked (idle past the 100 ms hot wait).
+        // after the connection is parked (idle past the longest hot wait, 250 ms).
         for pause in [Duration::ZERO, Duration::from_millis(400)] {
             let mut c = HttpClient::connect(p.addr).unwrap();
             for _ in 0..2 {

@@ -106,7 +106,7 @@ fn a_connection_idle_between_calls_costs_two_wakeups_a_call() {
         let before = worker_wakeups(&p);
         for _ in 0..calls {
             assert_eq!(whoami(&mut c, &sid), "alpha");
-            // Longer than the hot wait (100 ms): the connection parks between calls.
+            // Over half the longest hot wait (250 ms): the connection parks between calls.
             std::thread::sleep(Duration::from_millis(200));
         }
         let woken = worker_wakeups(&p) - before;

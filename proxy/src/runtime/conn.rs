@@ -170,14 +170,17 @@ async fn serve_connection(
     // idle (before it, it waits for readiness in its task).
     let mut woken = matches!(arrival, Arrival::Woken { .. });
     let mut served: u32 = u32::from(woken);
-    // Whether the next request is expected soon, so the connection waits for it with a read
-    // buffer lent to the kernel ([`HOT_WAIT`]) rather than parking at once: one whose last
-    // request followed the one before within `HOT_WAIT` (a new one never: one that sends a
-    // single request and goes quiet lends no buffer even for the hot period; measured, with
-    // 10 000 such connections the transient buffers cost ~0.2 KiB each). One that idled
-    // longer parks right after its answer: its hot wait would only expire, costing a timer,
-    // a wake-up and a cancelled read per request (an agent thinking between tool calls).
-    let hot = matches!(arrival, Arrival::Woken { idle } if idle < HOT_WAIT);
+    // How long the connection waits for its next request with a read buffer lent to the kernel
+    // before it parks, if at all ([`hot_wait`]): a new one never (one that sends a single
+    // request and goes quiet lends no buffer even for a hot period; measured, with 10 000 such
+    // connections the transient buffers cost ~0.2 KiB each); a woken one from the gap it just
+    // idled. One that idled long parks right after its answer: its hot wait would only expire,
+    // costing a timer, a wake-up and a cancelled read per request (an agent thinking between
+    // tool calls).
+    let hot = match arrival {
+        Arrival::Woken { idle } => hot_wait(idle),
+        Arrival::Accepted => None,
+    };
     let mut park = None;
     let mut linger = false;
     let mut h2 = false;
@@ -193,10 +196,11 @@ async fn serve_connection(
             give_back(core, &mut c);
             // Boxed for the same reason as the request below: the hot wait's I/O and timer
             // state would otherwise sit in every idle connection's task.
-            let waited = if hot {
-                Reused::new(|| wait_request(core, &mut c, &mut canceller)).await
-            } else {
-                Wait::Idle
+            let waited = match hot {
+                Some(wait) => {
+                    Reused::new(|| wait_request(core, &mut c, &mut canceller, wait)).await
+                }
+                None => Wait::Idle,
             };
             match waited {
                 Wait::Bytes => {}
@@ -204,11 +208,8 @@ async fn serve_connection(
                     // Idle between requests: the connection is parked with no task (see
                     // `park.rs`), and served again by a new task when it turns readable.
                     let now = crate::runtime::clock::now();
-                    park = Some(if hot {
-                        now.checked_sub(HOT_WAIT).unwrap_or(now)
-                    } else {
-                        now
-                    });
+                    // Idle since its answer: the hot wait (if any) was part of the gap.
+                    park = Some(hot.and_then(|w| now.checked_sub(w)).unwrap_or(now));
                     break;
                 }
                 Wait::Idle => {
@@ -276,10 +277,24 @@ async fn serve_connection(
 }
 
 /// How long a connection that just finished a request keeps a read buffer lent to the kernel
-/// waiting for its next request, before it idles holding none. A direct read is one io_uring
-/// operation; readiness then read is two (measured: about 1 µs of CPU per request on this
-/// machine's loopback), so hot keep-alive connections read directly.
-const HOT_WAIT: Duration = Duration::from_millis(100);
+/// waiting for its next request, before it idles holding none, given the gap before the
+/// request that woke it: twice that gap, at least [`HOT_WAIT_MIN`], and none at all (it parks at
+/// once) past [`HOT_WAIT_MAX`]. A direct read is one io_uring operation; readiness then read is
+/// two (measured: about 1 µs of CPU per request on this machine's loopback), so hot keep-alive
+/// connections read directly. Twice the gap, not a fixed wait: a client that sends at a steady
+/// interval just under a fixed wait (10 requests a second against 100 ms) flipped between
+/// waiting hot and parking on a few ms of jitter, a park and a wake-up every other request.
+fn hot_wait(gap: Duration) -> Option<Duration> {
+    let wait = gap.saturating_mul(2).max(HOT_WAIT_MIN);
+    (wait <= HOT_WAIT_MAX).then_some(wait)
+}
+
+/// The shortest hot wait (connections whose requests follow each other closely).
+const HOT_WAIT_MIN: Duration = Duration::from_millis(100);
+
+/// The longest hot wait: a connection whose gap exceeds half of it parks right after each
+/// answer (an agent calling a tool every 250 ms and slower holds no buffer between calls).
+const HOT_WAIT_MAX: Duration = Duration::from_millis(250);
 
 /// Hands a connection's buffers back to the core (an idle connection holds none).
 pub(crate) fn give_back(core: &Core, c: &mut ClientConn) {
@@ -313,16 +328,21 @@ async fn wait_idle(idle_timeout: Duration, stream: &mut Conn) -> bool {
 enum Wait {
     /// Request bytes are in `c.req.buf`.
     Bytes,
-    /// Nothing arrived within [`HOT_WAIT`]; no buffer is held.
+    /// Nothing arrived within the hot wait; no buffer is held.
     Idle,
     /// The client closed the connection or it failed.
     Closed,
 }
 
-/// Waits up to [`HOT_WAIT`] for the next request with a pooled buffer lent to a cancelable
+/// Waits up to `hot_wait` for the next request with a pooled buffer lent to a cancelable
 /// read. On timeout the read is cancelled and awaited, so its buffer comes back and bytes that
 /// raced the cancellation are kept, never lost.
-async fn wait_request(core: &Core, c: &mut ClientConn, canceller: &mut Option<Canceller>) -> Wait {
+async fn wait_request(
+    core: &Core,
+    c: &mut ClientConn,
+    canceller: &mut Option<Canceller>,
+    hot_wait: Duration,
+) -> Wait {
     // TLS connections wait for readiness (rustls may hold decrypted bytes already).
     let Conn::Plain(stream) = &mut c.stream else {
         return Wait::Idle;
@@ -334,7 +354,7 @@ async fn wait_request(core: &Core, c: &mut ClientConn, canceller: &mut Option<Ca
     buf.clear();
     let read = stream.cancelable_read(buf.slice_mut(0..), cn.handle());
     let mut read = std::pin::pin!(read);
-    let (r, slice) = match ready_within(read.as_mut(), HOT_WAIT).await {
+    let (r, slice) = match ready_within(read.as_mut(), hot_wait).await {
         Some(done) => {
             *canceller = Some(cn);
             done
@@ -358,5 +378,31 @@ async fn wait_request(core: &Core, c: &mut ClientConn, canceller: &mut Option<Ca
             core.give_buf(buf);
             Wait::Closed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn hot_wait_is_twice_the_gap_within_its_bounds() {
+        // Back to back: the shortest wait.
+        assert_eq!(hot_wait(Duration::ZERO), Some(HOT_WAIT_MIN));
+        assert_eq!(hot_wait(ms(30)), Some(HOT_WAIT_MIN));
+        // A client sending every 100 ms waits hot for 200 ms, so a few ms of jitter around its
+        // interval no longer flip it between waiting hot and parking.
+        assert_eq!(hot_wait(ms(99)), Some(ms(198)));
+        assert_eq!(hot_wait(ms(101)), Some(ms(202)));
+        assert_eq!(hot_wait(ms(125)), Some(HOT_WAIT_MAX));
+        // An agent calling every 250 ms (or slower, or idle) parks right after each answer.
+        assert_eq!(hot_wait(ms(126)), None);
+        assert_eq!(hot_wait(ms(250)), None);
+        assert_eq!(hot_wait(Duration::from_secs(3600)), None);
+        assert_eq!(hot_wait(Duration::MAX), None);
     }
 }

@@ -11,7 +11,7 @@
 //! it. The table is swept when its oldest connection may have idled past
 //! `client_idle_timeout` (and, on shutdown, all of them go), so an idle set with nothing due
 //! costs no wake-up. One `epoll_ctl` per park (two the first time) and one `epoll_wait` per
-//! batch of wake-ups: connections that keep sending never park (see `HOT_WAIT` in the
+//! batch of wake-ups: connections that keep sending never park (see `hot_wait` in the
 //! worker).
 
 use std::cell::{Cell, RefCell};
