@@ -10,7 +10,13 @@
 # wrk warms it up, callgrind's counters are zeroed, wrk (CONNS connections, SECS seconds, the
 # 200-byte `tools/call` of bench/quick/post.lua) loads it, the counters are dumped. Prints
 # instructions per request (total Ir / requests wrk counted) and the top functions.
-# Settings (env): SECS (10), CONNS (8), LUA (the wrk script in bench/quick, post.lua), LOAD_BIN (mcplb-load for the mock), TOP (25), STATS
+# PATH_MODE=session counts the path bench/one_call.sh runs instead (issue 21): the stateful mock
+# answering `tools/call` as SSE (`mcplb-load mock --sse`), loaded by `mcplb-load run` with CONNS
+# MCP sessions (one per connection, sealed `Mcp-Session-Id`, one call in flight each; the
+# arguments of bench/side_by_side.py); the measured run's initialize is among its requests.
+# Settings (env): PATH_MODE (stateless | session), SECS (10), CONNS (8), LUA (the wrk script in
+# bench/quick, post.lua; stateless only), LOAD_BIN (mcplb-load for the mock and the session
+# load), TOP (25), INCLUSIVE (1: also the top functions by inclusive count), STATS
 # (true; false leaves out the statistics, whose once-a-second flush is charged to however many
 # requests that second saw), KEEP (a path prefix: keep each callgrind dump there), EXTRA (TOML
 # appended to mcplb's config, e.g. a `[telemetry]` table).
@@ -26,7 +32,25 @@ trap cleanup EXIT
 # shellcheck source=bench/common.sh
 . "$ROOT/bench/common.sh"
 MOCK_PORT=$(free_port)
-"$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" --stateless --threads 1 >"$RUN/mock.log" 2>&1 &
+PATH_MODE=${PATH_MODE:-stateless}
+case $PATH_MODE in
+    stateless) MOCK_ARGS=(--stateless) ;;
+    session) MOCK_ARGS=(--sse) ;;
+    *) echo "PATH_MODE: $PATH_MODE is neither stateless nor session" >&2; exit 2 ;;
+esac
+ARGS_JSON='{"query":"what is the weather in Paris today","limit":10}'
+# load SECONDS: drives the proxy at $url, prints the requests it completed.
+load() {
+    if [[ $PATH_MODE == session ]]; then
+        "$LOAD_BIN" run --url "$url" --connections "$CONNS" --duration "${1}s" --warmup 0s \
+            --args "$ARGS_JSON" --json --quiet | tail -1 \
+            | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["exchanges"])'
+    else
+        wrk -t1 -c"$CONNS" -d"${1}s" -s "$ROOT/bench/quick/${LUA:-post.lua}" "$url" \
+            | awk '/requests in/ {print $1}'
+    fi
+}
+"$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" "${MOCK_ARGS[@]}" --threads 1 >"$RUN/mock.log" 2>&1 &
 pids+=($!)
 for spec in "$@"; do
     split_spec "$spec"; bin=$SPEC_BIN
@@ -52,19 +76,27 @@ EOF
     pids+=("$pid")
     for _ in $(seq 600); do grep -q "mcplb started" "$RUN/p.log" && break; sleep 0.1; done
     url="http://127.0.0.1:$port/mcp"
-    wrk -t1 -c"$CONNS" -d3s -s "$ROOT/bench/quick/${LUA:-post.lua}" "$url" >/dev/null
+    load 3 >/dev/null
     callgrind_control -z "$pid" >/dev/null
-    res=$(wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$ROOT/bench/quick/${LUA:-post.lua}" "$url")
+    reqs=$(load "$SECS")
     callgrind_control -d "$pid" >/dev/null
     sleep 1
     kill "$pid"; wait "$pid" 2>/dev/null || true
-    reqs=$(echo "$res" | awk '/requests in/ {print $1}')
     dump=$(ls -t "$out".* 2>/dev/null | head -1)
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
-    echo "== $spec"
+    echo "== $spec ($PATH_MODE, $CONNS connections)"
     echo "requests $reqs, instructions $total, per request $((total / reqs))"
-    callgrind_annotate --inclusive=no "$dump" 2>/dev/null | sed -n '/^Ir/,$p' | sed -n "3,$((TOP + 2))p" \
-        | awk -v r="$reqs" '{gsub(",","",$1); printf "%8d  %s\n", $1 / r, $0}' | cut -c1-160
+    # Self counts. The threads' entry frames, charged the whole total by the zeroing in flight,
+    # are left out (without --threshold=100 they end the list).
+    callgrind_annotate --inclusive=no --threshold=100 --auto=no "$dump" 2>/dev/null \
+        | sed -n '/file:function/,$p' | sed -n '3,$p' | awk -v t="$total" '{c=$1; gsub(",","",c)} c + 0 < t * 0.9' \
+        | sed -n "1,${TOP}p" | awk -v r="$reqs" '{gsub(",","",$1); printf "%8d  %s\n", $1 / r, $0}' | cut -c1-160
+    if [[ ${INCLUSIVE:-0} == 1 ]]; then
+        echo "-- inclusive, per request"
+        callgrind_annotate --inclusive=yes --threshold=100 --auto=no "$dump" 2>/dev/null \
+            | sed -n '/file:function/,$p' | sed -n "3,$((TOP + 2))p" \
+            | awk -v r="$reqs" '{gsub(",","",$1); printf "%8d  %s\n", $1 / r, $0}' | cut -c1-160
+    fi
     if [[ -n "${KEEP:-}" ]]; then cp "$dump" "$KEEP.$(basename "$bin")"; fi
     rm -f "$out".*
 done
