@@ -243,6 +243,10 @@ pub(crate) struct ClientConn {
     pub client_text: IpText,
     /// The sealed session id of the last answer that started a session.
     pub new_sid: Vec<u8>,
+    /// The last session id this connection's requests carried that opened, and what it
+    /// opened to (`SessionSealer::open_memo`): its next request in the session skips the
+    /// decryption. Boxed: connections without a session pay one pointer.
+    pub session_memo: Option<Box<crate::session::OpenMemo>>,
     /// What the current request did, for statistics.
     pub meta: ReqMeta,
     /// Who the current request's credential says it is (`[servers.auth]`).
@@ -283,6 +287,7 @@ impl ClientConn {
             peer_text,
             client_text: peer_text,
             new_sid: Vec::new(),
+            session_memo: None,
             meta: ReqMeta::default(),
             caller: crate::auth::Caller::default(),
             owner: None,
