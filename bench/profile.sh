@@ -11,13 +11,16 @@
 # `perf record -e cpu-clock --call-graph dwarf` of the worker for REC seconds inside it.
 # Prints the summaries and keeps perf's data and reports in OUT_DIR. Settings (env): SECS
 # (wrk seconds, 14), REC (perf seconds, 8), CONNS (64), FREQ (perf Hz, 1999), OUT_DIR
-# (a new temporary directory), LOAD_BIN (target/release/mcplb-load).
+# (a new temporary directory), LOAD_BIN (target/release/mcplb-load), LOADGEN (wrk, or mcplb-load:
+# `mcplb-load run --threads 1 --stateless` with the same call, which drives a proxy on core 0 to
+# saturation where wrk and the mock together on core 1 cannot).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 MCPLB=${1:-$ROOT/target/release/mcplb}
 LOAD_BIN=${LOAD_BIN:-$ROOT/target/release/mcplb-load}
-SECS=${SECS:-14}; REC=${REC:-8}; CONNS=${CONNS:-64}; FREQ=${FREQ:-1999}
+SECS=${SECS:-14}; REC=${REC:-8}; CONNS=${CONNS:-64}; FREQ=${FREQ:-1999}; LOADGEN=${LOADGEN:-wrk}
+[[ $LOADGEN == wrk || $LOADGEN == mcplb-load ]] || { echo "LOADGEN is wrk or mcplb-load"; exit 2; }
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/mcplb-profile.XXXXXX)}
 mkdir -p "$OUT_DIR"
 for t in perf wrk nginx taskset; do command -v $t >/dev/null || { echo "needs $t"; exit 2; }; done
@@ -62,22 +65,35 @@ PID_NGINX=$(pgrep -P "$NGINX_MASTER" | head -1)
 [[ -n $PID_NGINX ]] || { echo "no nginx worker"; exit 1; }
 
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+# The load for SECS seconds ($1) against port $2; prints wrk's report or mcplb-load's JSON.
+load() {
+    if [[ $LOADGEN == wrk ]]; then
+        taskset -c 1 wrk -t1 -c"$CONNS" -d"$1s" -s bench/quick/post.lua "http://127.0.0.1:$2/mcp"
+    else
+        taskset -c 1 "$LOAD_BIN" run --url "http://127.0.0.1:$2/mcp" --connections "$CONNS" --threads 1 \
+            --duration "$1s" --stateless --args '{"query":"what is the weather in Paris today","limit":10}' --json --quiet
+    fi
+}
 one() { # name pid port
-    local name=$1 pid=$2 port=$3 u0 s0 u1 s1 out
-    taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s bench/quick/post.lua "http://127.0.0.1:$port/mcp" >/dev/null
+    local name=$1 pid=$2 port=$3 u0 s0 u1 s1
+    load 2 "$port" >/dev/null
     read -r u0 s0 < <(ticks "$pid")
-    taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" -s bench/quick/post.lua "http://127.0.0.1:$port/mcp" >"$OUT_DIR/$name.wrk" &
+    load "$SECS" "$port" >"$OUT_DIR/$name.wrk" &
     local wrk=$!
     sleep 3
     perf record -q -e cpu-clock -F "$FREQ" --call-graph dwarf,16384 -p "$pid" -o "$OUT_DIR/$name.perf.data" -- sleep "$REC" 2>"$OUT_DIR/$name.perf.log" || true
     wait "$wrk"
     read -r u1 s1 < <(ticks "$pid")
     python3 - "$name" "$u0" "$s0" "$u1" "$s1" "$(getconf CLK_TCK)" "$OUT_DIR/$name.wrk" <<'PY'
-import re, sys
+import json, re, sys
 name, u0, s0, u1, s1, hz, wrk = sys.argv[1], *map(float, sys.argv[2:7]), sys.argv[7]
 out = open(wrk).read()
-reqs = int(re.search(r"(\d+) requests in", out).group(1))
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+if "requests in" in out:
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+else:  # mcplb-load's JSON line
+    j = json.loads(out.strip().splitlines()[-1])
+    reqs, rps = j["exchanges"], j["throughput_rps"]  # written over the whole run, warm-up included
 u, s = (u1 - u0) / hz, (s1 - s0) / hz
 print(f"{name}: {reqs} requests ({rps:.0f}/s); CPU {1e6 * (u + s) / reqs:.2f} µs/request: "
       f"user {1e6 * u / reqs:.2f} ({100 * u / (u + s):.0f} %), kernel {1e6 * s / reqs:.2f} ({100 * s / (u + s):.0f} %)")
