@@ -127,13 +127,25 @@ fn next_sealer_id() -> u64 {
     SEALERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A connection's memo of its last session id ([`SessionSealer::open_memo`]). Filled from the
+/// second id a connection's task opens on: a connection that idles past the hot wait is
+/// parked without its per-request state and served by a new task, so an agent pausing between
+/// calls would only pay for filling a memo it never reads (two allocations a call, measured
+/// in the paced `bench/one_call.sh` cell).
+#[derive(Default)]
+pub struct MemoSlot {
+    /// An id was opened on this connection's task already.
+    armed: bool,
+    memo: Option<Box<OpenMemo>>,
+}
+
 /// A connection's last session id that opened, and what it opened to: a keep-alive client
 /// sends the same id with every request of its session, and comparing its bytes costs ~100
 /// instructions where opening it again costs ~5 000 (ChaCha20-Poly1305 and base64).
 /// Any other id (altered by one byte, another session's, or the same bytes under another
 /// sealer, i.e. after a reload or key rotation) is opened and checked in full.
 #[derive(Default)]
-pub struct OpenMemo {
+struct OpenMemo {
     /// The [`SessionSealer::id`] that opened it.
     sealer: u64,
     /// Which of that sealer's keys opened it.
@@ -391,17 +403,17 @@ impl SessionSealer {
         parse_body(body, key)
     }
 
-    /// [`open`](Self::open), remembering in `memo` the id that opened: the same bytes again
-    /// (the connection's next request in its session) are not decrypted again but copied from
-    /// the memo, which only this sealer's opens fill. An id that does not open leaves the memo
-    /// as it was.
+    /// [`open`](Self::open), remembering in `slot` the id that opened (from the slot's second
+    /// open on, [`MemoSlot`]): the same bytes again (the connection's next request in its
+    /// session) are not decrypted again but copied from the memo, which only this sealer's
+    /// opens fill. An id that does not open leaves the memo as it was.
     pub fn open_memo<'s>(
         &self,
         sealed: &[u8],
         scratch: &'s mut [u8; SCRATCH],
-        memo: &mut Option<Box<OpenMemo>>,
+        slot: &mut MemoSlot,
     ) -> Option<Opened<'s>> {
-        if let Some(m) = memo.as_deref() {
+        if let Some(m) = slot.memo.as_deref() {
             if m.sealer == self.id && m.bytes.get(..m.sealed_len) == Some(sealed) {
                 let body = &m.bytes[m.sealed_len..];
                 let out = scratch.get_mut(..body.len())?;
@@ -412,7 +424,11 @@ impl SessionSealer {
         let (body, key) = self.decrypt(sealed, scratch)?;
         // Remembered only when it parses, so a hit gives what a full open gives.
         parse_body(body, key)?;
-        let m = memo.get_or_insert_with(Box::default);
+        if !slot.armed {
+            slot.armed = true;
+            return parse_body(body, key);
+        }
+        let m = slot.memo.get_or_insert_with(Box::default);
         m.sealer = self.id;
         m.key = key;
         m.sealed_len = sealed.len();
@@ -493,7 +509,7 @@ mod tests {
     /// What [`SessionSealer::open_memo`] gives, owned.
     type Got = Option<(u32, Option<Owner>, Vec<u8>, usize, bool)>;
 
-    fn open_with(s: &SessionSealer, id: &[u8], memo: &mut Option<Box<OpenMemo>>) -> Got {
+    fn open_with(s: &SessionSealer, id: &[u8], memo: &mut MemoSlot) -> Got {
         let mut scratch = [0u8; SCRATCH];
         s.open_memo(id, &mut scratch, memo)
             .map(|o| (o.tag, o.owner, o.sid.to_vec(), o.key, o.elicits))
@@ -513,51 +529,55 @@ mod tests {
         s.seal_session(3, Some(&owner), true, b"backend-a", &mut a)
             .unwrap();
         s.seal(4, None, b"backend-b", &mut b).unwrap();
-        let mut memo = None;
+        let mut slot = MemoSlot::default();
         assert!(open_full(&s, &a).is_some());
-        assert_eq!(open_with(&s, &a, &mut memo), open_full(&s, &a));
-        let m = memo.as_deref().unwrap();
+        // The slot's first open remembers nothing (a parked connection's next task starts
+        // with a new slot), the second does.
+        assert_eq!(open_with(&s, &a, &mut slot), open_full(&s, &a));
+        assert!(slot.memo.is_none());
+        assert_eq!(open_with(&s, &a, &mut slot), open_full(&s, &a));
+        let m = slot.memo.as_deref().unwrap();
         assert_eq!(&m.bytes[..m.sealed_len], &a[..]);
         // The same bytes again are served from the memo: an altered memo shows through (the
         // test's way of seeing that the decryption was skipped).
-        let last = memo.as_deref().unwrap().bytes.len() - 1;
-        memo.as_deref_mut().unwrap().bytes[last] = b'X';
-        assert_eq!(open_with(&s, &a, &mut memo).unwrap().2, b"backend-X");
-        memo.as_deref_mut().unwrap().bytes[last] = b'a';
-        assert_eq!(open_with(&s, &a, &mut memo), open_full(&s, &a));
+        let last = slot.memo.as_deref().unwrap().bytes.len() - 1;
+        slot.memo.as_deref_mut().unwrap().bytes[last] = b'X';
+        assert_eq!(open_with(&s, &a, &mut slot).unwrap().2, b"backend-X");
+        slot.memo.as_deref_mut().unwrap().bytes[last] = b'a';
+        assert_eq!(open_with(&s, &a, &mut slot), open_full(&s, &a));
         // Any byte altered: opened in full, refused, and the memo stays.
         for i in 0..a.len() {
             let mut t = a.clone();
             t[i] = if t[i] == b'A' { b'B' } else { b'A' };
-            assert_eq!(open_with(&s, &t, &mut memo), None, "byte {i}");
+            assert_eq!(open_with(&s, &t, &mut slot), None, "byte {i}");
         }
         // A prefix or an extension of the remembered id is another id.
-        assert_eq!(open_with(&s, &a[..a.len() - 1], &mut memo), None);
+        assert_eq!(open_with(&s, &a[..a.len() - 1], &mut slot), None);
         let mut longer = a.clone();
         longer.push(b'A');
-        assert_eq!(open_with(&s, &longer, &mut memo), None);
-        assert_eq!(open_with(&s, &a, &mut memo), open_full(&s, &a));
+        assert_eq!(open_with(&s, &longer, &mut slot), None);
+        assert_eq!(open_with(&s, &a, &mut slot), open_full(&s, &a));
         // Another session's id replaces it; both keep opening to their own.
-        assert_eq!(open_with(&s, &b, &mut memo), open_full(&s, &b));
-        assert_eq!(open_with(&s, &a, &mut memo).unwrap().2, b"backend-a");
-        assert_eq!(open_with(&s, &b, &mut memo).unwrap().0, 4);
+        assert_eq!(open_with(&s, &b, &mut slot), open_full(&s, &b));
+        assert_eq!(open_with(&s, &a, &mut slot).unwrap().2, b"backend-a");
+        assert_eq!(open_with(&s, &b, &mut slot).unwrap().0, 4);
         // Another sealer (a reload) never takes this one's memo: with other keys the id does
         // not open, though its bytes are remembered.
         let other = SessionSealer::new(&[8u8; 32]);
-        assert_eq!(open_with(&other, &b, &mut memo), None);
-        assert_eq!(memo.as_deref().unwrap().sealer, s.id);
+        assert_eq!(open_with(&other, &b, &mut slot), None);
+        assert_eq!(slot.memo.as_deref().unwrap().sealer, s.id);
         // With the same key it opens in full and the memo becomes the new sealer's.
         let same = SessionSealer::new(&[7u8; 32]);
-        assert_eq!(open_with(&same, &b, &mut memo), open_full(&s, &b));
-        assert_eq!(memo.as_deref().unwrap().sealer, same.id);
+        assert_eq!(open_with(&same, &b, &mut slot), open_full(&s, &b));
+        assert_eq!(slot.memo.as_deref().unwrap().sealer, same.id);
         // A rotation: the old key's id opens under key 1, from the memo too.
         let rotated = SessionSealer::with_keys(&[[9u8; 32], [7u8; 32]]).unwrap();
-        let first = open_with(&rotated, &a, &mut memo);
+        let first = open_with(&rotated, &a, &mut slot);
         assert_eq!(first.as_ref().unwrap().3, 1);
-        assert_eq!(open_with(&rotated, &a, &mut memo), first);
+        assert_eq!(open_with(&rotated, &a, &mut slot), first);
         // The key dropped: the memo of the sealer that still had it is not taken.
         let dropped = SessionSealer::with_keys(&[[9u8; 32]]).unwrap();
-        assert_eq!(open_with(&dropped, &a, &mut memo), None);
+        assert_eq!(open_with(&dropped, &a, &mut slot), None);
     }
 
     #[test]
