@@ -14,6 +14,8 @@
 # answering `tools/call` as SSE (`mcplb-load mock --sse`), loaded by `mcplb-load run` with CONNS
 # MCP sessions (one per connection, sealed `Mcp-Session-Id`, one call in flight each; the
 # arguments of bench/side_by_side.py); the measured run's initialize is among its requests.
+# RATE (session only): calls per second over all sessions (`--rate`), e.g. RATE=4 with CONNS=1
+# for bench/one_call.sh's paced cell (a call every 250 ms: the connection parks in between).
 # Settings (env): PATH_MODE (stateless | session), SECS (10), CONNS (8), LUA (the wrk script in
 # bench/quick, post.lua; stateless only), LOAD_BIN (mcplb-load for the mock and the session
 # load), TOP (25), INCLUSIVE (1: also the top functions by inclusive count), STATS
@@ -43,7 +45,7 @@ ARGS_JSON='{"query":"what is the weather in Paris today","limit":10}'
 load() {
     if [[ $PATH_MODE == session ]]; then
         "$LOAD_BIN" run --url "$url" --connections "$CONNS" --duration "${1}s" --warmup 0s \
-            --args "$ARGS_JSON" --json --quiet | tail -1 \
+            ${RATE:+--rate "$RATE"} --args "$ARGS_JSON" --json --quiet | tail -1 \
             | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["exchanges"])'
     else
         wrk -t1 -c"$CONNS" -d"${1}s" -s "$ROOT/bench/quick/${LUA:-post.lua}" "$url" \
