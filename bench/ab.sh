@@ -63,21 +63,8 @@ start_proxy() { # bin name [extra TOML] [extra file] -> sets PID and PORT (no su
     if [[ $MODE == era ]]; then
         if [[ $name == a ]]; then era="era = \"${ERA_A:-2026}\""; else era="era = \"${ERA_B:-2025}\""; fi
     fi
-    cat >"$RUN/$name.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$port"
-workers = 1
-max_connections_per_ip = 100000
-[[servers]]
-name = "b"
-path = "/mcp"
-backends = ["http://127.0.0.1:$MOCK_PORT/mcp"]
-$era
-[servers.health]
-enabled = false
-$AUTH
-$extra
-EOF
+    mcplb_toml "$port" "$MOCK_PORT" 1 "max_connections_per_ip = 100000" "$era" "$AUTH
+$extra" >"$RUN/$name.toml"
     if [[ -n $file ]]; then sed "s|@RUN@|$RUN|g" "$file" >>"$RUN/$name.toml"; fi
     taskset -c 0 "$bin" run --config "$RUN/$name.toml" >"$RUN/$name.log" 2>&1 &
     PID=$!

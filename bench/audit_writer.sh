@@ -37,18 +37,7 @@ for spec in "$@"; do
     split_spec "$spec"
     port=$(free_port)
     mkdir -p "$RUN/$i"
-    cat >"$RUN/$i/p.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$port"
-workers = 1
-max_connections_per_ip = 100000
-[[servers]]
-name = "b"
-path = "/mcp"
-backends = ["http://127.0.0.1:$MOCK_PORT/mcp"]
-[servers.health]
-enabled = false
-EOF
+    mcplb_toml "$port" "$MOCK_PORT" 1 "max_connections_per_ip = 100000" >"$RUN/$i/p.toml"
     sed "s|@RUN@|$RUN/$i|g" "$SPEC_EXTRA" >>"$RUN/$i/p.toml"
     taskset -c 0 "$SPEC_BIN" run --config "$RUN/$i/p.toml" >"$RUN/$i/p.log" 2>&1 &
     pids+=($!); procs+=($!); ports+=("$port"); names+=("$spec"); logs+=("$RUN/$i/audit.jsonl")

@@ -56,3 +56,26 @@ run_stoppable() {
     trap - EXIT
     exit $rc
 }
+
+# mcplb_toml PORT MOCK_PORT WORKERS [PROXY_LINES] [GROUP_LINES] [TABLES]: prints the config of
+# an mcplb under bench: WORKERS workers listening on 127.0.0.1:PORT, one group "b" at /mcp in
+# front of the mock backend on MOCK_PORT, its health checks off (they would add requests of
+# their own to what is measured). PROXY_LINES go in [proxy] (and may open tables of their own,
+# such as [admin]), GROUP_LINES in the group before its tables, TABLES after them.
+mcplb_toml() {
+    local port=$1 mock=$2 workers=$3 proxy=${4:-} group=${5:-} tables=${6:-}
+    cat <<TOML
+[proxy]
+listen = "127.0.0.1:$port"
+workers = $workers
+$proxy
+[[servers]]
+name = "b"
+path = "/mcp"
+backends = ["http://127.0.0.1:$mock/mcp"]
+$group
+[servers.health]
+enabled = false
+$tables
+TOML
+}

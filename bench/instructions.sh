@@ -5,8 +5,8 @@
 #
 #   bench/instructions.sh BIN[:EXTRA.toml] [BIN[:EXTRA.toml] ...]   (EXTRA: appended to the config)
 #
-# For each build: mcplb (one worker, the legacy epoll driver: valgrind does not follow
-# io_uring) in front of the stateless mock backend, under callgrind with collection off;
+# For each build: mcplb (one worker, the legacy epoll driver unless DRIVER says otherwise) in
+# front of the stateless mock backend, under callgrind with collection off;
 # wrk warms it up, callgrind's counters are zeroed, wrk (CONNS connections, SECS seconds, the
 # 200-byte `tools/call` of bench/quick/post.lua) loads it, the counters are dumped. Prints
 # instructions per request (total Ir / requests wrk counted) and the top functions.
@@ -21,7 +21,9 @@
 # load), TOP (25), INCLUSIVE (1: also the top functions by inclusive count), STATS
 # (true; false leaves out the statistics, whose once-a-second flush is charged to however many
 # requests that second saw), KEEP (a path prefix: keep each callgrind dump there), EXTRA (TOML
-# appended to mcplb's config, e.g. a `[telemetry]` table).
+# appended to mcplb's config, e.g. a `[telemetry]` table), DRIVER (legacy; io-uring counts the
+# user space of the io_uring driver: callgrind follows the ring's syscalls, the kernel's side
+# of the ring is not counted in either driver).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -57,23 +59,11 @@ pids+=($!)
 for spec in "$@"; do
     split_spec "$spec"; bin=$SPEC_BIN
     port=$(free_port)
-    cat >"$RUN/p.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$port"
-workers = 1
-stats = ${STATS:-true}
-[[servers]]
-name = "b"
-path = "/mcp"
-backends = ["http://127.0.0.1:$MOCK_PORT/mcp"]
-[servers.health]
-enabled = false
-${EXTRA:-}
-EOF
+    mcplb_toml "$port" "$MOCK_PORT" 1 "stats = ${STATS:-true}" "" "${EXTRA:-}" >"$RUN/p.toml"
     if [[ -n $SPEC_EXTRA ]]; then sed "s|@RUN@|$RUN|g" "$SPEC_EXTRA" >>"$RUN/p.toml"; fi
     out="$RUN/cg.out"
     valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no \
-        "$bin" run --config "$RUN/p.toml" --driver legacy >"$RUN/p.log" 2>&1 &
+        "$bin" run --config "$RUN/p.toml" --driver "${DRIVER:-legacy}" >"$RUN/p.log" 2>&1 &
     pid=$!
     pids+=("$pid")
     for _ in $(seq 600); do grep -q "mcplb started" "$RUN/p.log" && break; sleep 0.1; done
@@ -83,7 +73,11 @@ EOF
     reqs=$(load "$SECS")
     callgrind_control -d "$pid" >/dev/null
     sleep 1
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    # Under valgrind the io_uring worker may not finish a graceful stop: give it 10 s.
+    kill "$pid"
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
     dump=$(ls -t "$out".* 2>/dev/null | head -1)
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
     echo "== $spec ($PATH_MODE, $CONNS connections)"

@@ -39,16 +39,7 @@ pids+=($!)
 wait_port "$MOCK"
 
 P_MCPLB=$(free_port)
-cat >"$OUT_DIR/mcplb.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$P_MCPLB"
-workers = 1
-max_connections_per_ip = 100000
-[[servers]]
-name = "bench"
-path = "/mcp"
-backends = ["http://127.0.0.1:$MOCK/mcp"]
-EOF
+mcplb_toml "$P_MCPLB" "$MOCK" 1 "max_connections_per_ip = 100000" >"$OUT_DIR/mcplb.toml"
 taskset -c 0 "$MCPLB" run --config "$OUT_DIR/mcplb.toml" >"$OUT_DIR/mcplb.log" 2>&1 &
 pids+=($!); PID_MCPLB=$!
 wait_port "$P_MCPLB"

@@ -47,17 +47,8 @@ mock=$!
 } >"$dir/scenario.toml"
 
 for w in $WORKERS; do
-    cat >"$dir/mcplb.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:18180"
-workers = $w
-[admin]
-listen = "127.0.0.1:18182"
-[[servers]]
-name = "b"
-path = "/mcp"
-backends = ["http://127.0.0.1:18181/mcp"]
-EOF
+    mcplb_toml 18180 18181 "$w" '[admin]
+listen = "127.0.0.1:18182"' >"$dir/mcplb.toml"
     "$MCPLB" run --config "$dir/mcplb.toml" >"$dir/mcplb.log" 2>&1 &
     mp=$!
     sleep 2

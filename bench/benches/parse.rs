@@ -1,7 +1,9 @@
 //! How long it takes to read the routing fields (id, method, params.name) of
 //! one ~200-byte MCP `tools/call` request: mcplb's own scanner against
 //! simd-json's tape and serde_json into a borrowed struct; plus SSE event
-//! boundary scanning over a 4 KiB stream.
+//! boundary scanning over a 4 KiB stream, and the response cache's eviction
+//! sniffer per event: event-aware (`EventSniffer`) against the raw name search
+//! it replaced (`RawSniffer`, the old `Sniffer`'s feed).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -179,5 +181,51 @@ fn bench_sse(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_parse, bench_outcome, bench_sse);
+/// An answer event of `pad` bytes of text (a tool result), as a Python SDK server writes it.
+fn answer_event(pad: usize) -> Vec<u8> {
+    format!(
+        "event: message\ndata: {{\"jsonrpc\": \"2.0\", \"id\": 7, \"result\": {{\"content\": [{{\"type\": \"text\", \"text\": \"{}\"}}]}}}}\n\n",
+        "x".repeat(pad)
+    )
+    .into_bytes()
+}
+
+fn bench_sniff(c: &mut Criterion) {
+    use mcplb::cache::{EventSniffer, RawSniffer};
+    let note = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n".to_vec();
+    let progress = sse_stream();
+    let small = answer_event(200);
+    let large = answer_event(64 * 1024);
+    let mut g = c.benchmark_group("cache_sniff");
+    for (name, bytes, piece) in [
+        ("answer_300B", &small, usize::MAX),
+        ("list_changed", &note, usize::MAX),
+        ("progress_4KiB_26_events", &progress, usize::MAX),
+        ("answer_64KiB_in_4KiB_reads", &large, 4096),
+    ] {
+        g.bench_function(format!("{name}/events"), |b| {
+            b.iter(|| {
+                let mut s = EventSniffer::default();
+                let mut n = 0u32;
+                for p in bytes.chunks(piece.min(bytes.len())) {
+                    s.feed(black_box(p), &mut |_| n += 1);
+                }
+                black_box(n)
+            })
+        });
+        g.bench_function(format!("{name}/raw_names"), |b| {
+            b.iter(|| {
+                let mut s = RawSniffer::default();
+                let mut n = 0u8;
+                for p in bytes.chunks(piece.min(bytes.len())) {
+                    n |= s.feed(black_box(p));
+                }
+                black_box(n)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_parse, bench_outcome, bench_sse, bench_sniff);
 criterion_main!(benches);

@@ -14,7 +14,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -115,26 +115,8 @@ impl Drop for Backend {
 }
 
 /// Reads one request (head and Content-Length body); `None` at EOF or on an error.
-fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Value> {
-    let mut tmp = [0u8; 8192];
-    let head_end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        let n = s.read(&mut tmp).ok().filter(|&n| n > 0)?;
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0);
-    while buf.len() < head_end + len {
-        let n = s.read(&mut tmp).ok().filter(|&n| n > 0)?;
-        buf.extend_from_slice(&tmp[..n]);
-    }
-    let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
+fn read_json_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Value> {
+    let (_, body) = read_request(s, buf)?;
     Some(serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
@@ -142,7 +124,7 @@ fn serve(mut s: TcpStream, st: &BackendState) {
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut buf = Vec::new();
     let mut earlier_on_conn = 0;
-    while let Some(msg) = read_request(&mut s, &mut buf) {
+    while let Some(msg) = read_json_request(&mut s, &mut buf) {
         let method = msg["method"].as_str().unwrap_or("").to_string();
         st.seen.lock().unwrap().push(Seen {
             method: method.clone(),

@@ -43,27 +43,10 @@ fn stream_then_wait(mut s: TcpStream, tx: mpsc::Sender<(String, Instant)>) {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut buf = Vec::new();
     let mut b = [0u8; 4096];
-    let head_len = loop {
-        if let Some(n) = mcplb::http::head_len(&buf) {
-            break n;
-        }
-        match s.read(&mut b) {
-            Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
-            _ => return,
-        }
+    let Some((head, _)) = read_request(&mut s, &mut buf) else {
+        return;
     };
-    let head = String::from_utf8_lossy(&buf[..head_len]).to_ascii_lowercase();
     let method = head.split(' ').next().unwrap_or("").to_ascii_uppercase();
-    let body_len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    while buf.len() < head_len + body_len {
-        match s.read(&mut b) {
-            Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
-            _ => return,
-        }
-    }
     let event = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n";
     let answer = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
@@ -251,14 +234,7 @@ fn a_client_leaving_a_stream_closes_its_upstream_at_once() {
 #[test]
 fn a_tls_client_leaving_a_stream_closes_its_upstream_at_once() {
     let certs = SelfSigned::new("client-gone");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(certs.roots.clone())
-            .with_no_client_auth(),
-    );
+    let cfg = certs.client_config();
     for driver in DRIVERS {
         let b = silent_backend();
         let p = start_proxy(&proxy_config(&b, &certs.table), driver);

@@ -60,10 +60,10 @@ fn a_stderr_nobody_reads_does_not_stall_requests() {
         ..Default::default()
     });
     let cfg = with_dead_group(&m, "access_log = \"stderr\"");
-    let config_path = write_config(&cfg);
     for driver in DRIVERS {
         // stderr is a pipe this test holds and never reads; every request writes an access-log
         // line and, to the dead group, a debug line.
+        let config_path = write_config(&cfg);
         let mut child = Command::new(env!("CARGO_BIN_EXE_mcplb"))
             .args(["run", "--config"])
             .arg(&config_path)
@@ -74,19 +74,9 @@ fn a_stderr_nobody_reads_does_not_stall_requests() {
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
-        let addr = {
-            use std::io::BufRead;
-            let mut line = String::new();
-            std::io::BufReader::new(child.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            line.split("listening on ")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .unwrap()
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-        };
+        // Killed when dropped: also when an assertion below fails.
+        let p = proxy_from(child, config_path, false);
+        let addr = p.addr;
         // A worker blocked on stderr would leave this client waiting: bounded, then failed.
         let mut c = HttpClient::connect_timeout(addr, Duration::from_secs(20)).unwrap();
         let mut full_at = None;
@@ -103,11 +93,9 @@ fn a_stderr_nobody_reads_does_not_stall_requests() {
             "{driver}: stderr never filled ({} bytes queued): the test did not block it",
             queued(&stderr)
         );
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(p);
         drop(stderr);
     }
-    let _ = std::fs::remove_file(&config_path);
 }
 
 /// Lines for a writer that is stuck (its stderr a pipe nobody reads) are dropped once its
@@ -126,21 +114,9 @@ fn lines_a_stuck_writer_cannot_take_are_dropped_and_counted() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let (addr, admin) = {
-        use std::io::BufRead;
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut after = |marker: &str, end: char| {
-            let mut line = String::new();
-            out.read_line(&mut line).unwrap();
-            line.split(marker)
-                .nth(1)
-                .and_then(|r| r.split(end).next())
-                .unwrap_or_else(|| panic!("no {marker:?} in {line:?}"))
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-        };
-        (after("listening on ", ' '), after("admin on http://", '/'))
-    };
+    // Killed when dropped: also when an assertion below fails.
+    let p = proxy_from(child, config_path, true);
+    let (addr, admin) = (p.addr, p.admin.unwrap());
     let mut c = HttpClient::connect_timeout(addr, Duration::from_secs(20)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut i = 0u64;
@@ -170,10 +146,8 @@ fn lines_a_stuck_writer_cannot_take_are_dropped_and_counted() {
         stats["counters"]["audit_lines_dropped"].as_u64().unwrap() <= i,
         "{stats}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(p);
     drop(stderr);
-    let _ = std::fs::remove_file(&config_path);
 }
 
 #[test]

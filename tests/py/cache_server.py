@@ -10,6 +10,15 @@ sleeps 1 s, answers `KEY#N` with N its own call count), scan(key) (same, not ann
 change() (answers on an SSE stream that first carries `notifications/tools/list_changed`;
 its description in the list names how many times it was called),
 touch(uri) (the same with `notifications/resources/updated` for that URI).
+/mentions answers lists with "public" hints on an SSE stream whose events only mention the
+change notifications: a log message quoting `notifications/tools/list_changed` and a tool
+whose (long: over 4 KiB) description names it and `notifications/resources/updated`.
+/modern-public is /modern-private with "public" hints, and lists roll() (readOnlyHint and
+idempotentHint), which answers `input_required` (an elicitation) until called with
+`inputResponses`, then `roll#N`, N its own count of such answers.
+/shaped issues sessions and lists an `ask` tool only in a session whose client declared
+`elicitation` at `initialize` (as servers that shape their tools by the client's capabilities
+do; no hints).
 `resources/list` lists res://cache/{a,b} and res://virtual/{a,b}; `resources/read` answers
 `URI#N`, N the URI's own read count (with the path's hints).
 GET /counts: the counts as JSON, {"PATH METHOD": n}.
@@ -28,6 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 COUNTS: collections.Counter[str] = collections.Counter()
 LOCK = threading.Lock()
+# /shaped: session id -> whether its client declared elicitation.
+SESSIONS: dict[str, bool] = {}
 
 SCHEMA = {"type": "object", "properties": {"key": {"type": "string"}}}
 TOOLS = [
@@ -94,6 +105,7 @@ class Handler(BaseHTTPRequestHandler):
             "/private": {"ttlMs": 60000, "cacheScope": "private"},
             "/ruled": {"ttlMs": 60000, "cacheScope": "public"},
             "/modern-private": {"ttlMs": 60000, "cacheScope": "private"},
+            "/modern-public": {"ttlMs": 60000, "cacheScope": "public"},
         }.get(path, {})
         result: dict
         if path.startswith("/modern") and method == "server/discover":
@@ -108,6 +120,28 @@ class Handler(BaseHTTPRequestHandler):
             error = {"code": -32601, "message": "Method not found: initialize"}
             self.send(200, json.dumps({"jsonrpc": "2.0", "id": rid, "error": error}).encode())
             return
+        elif path == "/shaped" and method == "initialize":
+            sid = f"shaped-{count('/shaped sessions')}"
+            with LOCK:
+                SESSIONS[sid] = "elicitation" in (params.get("capabilities") or {})
+            result = {
+                "protocolVersion": params.get("protocolVersion", "2025-06-18"),
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "cache-test", "version": "0.0.1"},
+            }
+            body = json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.send_header("mcp-session-id", sid)
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        elif path == "/shaped" and method == "tools/list":
+            with LOCK:
+                elicits = SESSIONS.get(self.headers.get("mcp-session-id", ""), False)
+            ask = [{"name": "ask", "description": "Ask the user.", "inputSchema": {"type": "object"}}]
+            result = {"tools": tools() + (ask if elicits else [])}
         elif method == "initialize":
             result = {
                 "protocolVersion": params.get("protocolVersion", "2025-06-18"),
@@ -122,8 +156,30 @@ class Handler(BaseHTTPRequestHandler):
             events = f"event: message\ndata: {json.dumps(note)}\n\nevent: message\ndata: {json.dumps(answer)}\n\n"
             self.send(200, events.encode(), "text/event-stream")
             return
+        elif method == "tools/list" and path == "/mentions":
+            quote = "notifications/tools/list_changed"
+            note = {"jsonrpc": "2.0", "method": "notifications/message",
+                    "params": {"level": "info", "data": f"a log line quoting {quote}"}}
+            long = {"name": "watch", "inputSchema": {"type": "object"},
+                    "description": f"Sends {quote} and notifications/resources/updated. " + "x" * 10000}
+            answer = {"jsonrpc": "2.0", "id": rid,
+                      "result": {"tools": [long], "ttlMs": 60000, "cacheScope": "public"}}
+            events = f"event: message\ndata: {json.dumps(note)}\n\nevent: message\ndata: {json.dumps(answer)}\n\n"
+            self.send(200, events.encode(), "text/event-stream")
+            return
+        elif method == "tools/list" and path == "/modern-public":
+            roll = {"name": "roll", "description": "Roll, once the user agrees.", "inputSchema": {"type": "object"},
+                    "annotations": {"readOnlyHint": True, "idempotentHint": True}}
+            result = {"tools": tools() + [roll], **hints}
         elif method == "tools/list":
             result = {"tools": tools(), **hints}
+        elif method == "tools/call" and params.get("name") == "roll" and "inputResponses" not in params:
+            ask = {"method": "elicitation/create",
+                   "params": {"message": "Roll?", "requestedSchema": {"type": "object", "properties": {}}}}
+            result = {"resultType": "input_required", "inputRequests": {"ok": ask}, "requestState": "roll-1"}
+        elif method == "tools/call" and params.get("name") == "roll":
+            n = count(f"{path} call roll")
+            result = {"content": [{"type": "text", "text": f"roll#{n}"}], "isError": False}
         elif method == "tools/call" and params.get("name") in ("lookup", "scan"):
             n = count(f"{path} call {params['name']}")
             time.sleep(1.0)

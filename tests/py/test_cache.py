@@ -77,6 +77,10 @@ def cached(tmp_path_factory: pytest.TempPathFactory):
             f'[[servers]]\nname = "anon"\npath = "/anon"\nbackends = ["{up}/private"]\n'
             "[servers.health]\nenabled = false\n"
             "[servers.cache]\n"
+            # Public lists on SSE streams that only mention the change notifications.
+            f'[[servers]]\nname = "mentions"\npath = "/mentions"\nbackends = ["{up}/mentions"]\n'
+            "[servers.health]\nenabled = false\n"
+            "[servers.cache]\n"
             # A virtual server over the public group: its relayed notifications evict too.
             '[[servers]]\nname = "all"\npath = "/all"\n[[servers.members]]\nserver = "pub"\n'
             # A public list under a policy: alice and carol are one class, bob another.
@@ -162,6 +166,16 @@ async def test_a_public_list_is_shared_until_list_changed(cached) -> None:
     assert counts(cached).get("/public tools/list") == 3, counts(cached)
     assert await tool_names(url) == {"lookup", "scan", "change", "touch"}
     assert counts(cached).get("/public tools/list") == 3, counts(cached)
+
+
+async def test_a_notification_only_mentioned_in_a_stream_evicts_nothing(cached) -> None:
+    """The list's SSE answer carries a log message quoting `notifications/tools/list_changed`
+    and a tool whose description (over 4 KiB: the event spreads over several reads) names it:
+    neither is that notification, so the list stays cached."""
+    url = f"{cached['base']}/mentions"
+    assert await tool_names(url) == {"watch"}
+    assert await tool_names(url) == {"watch"}
+    assert counts(cached).get("/mentions tools/list") == 1, counts(cached)
 
 
 async def test_a_list_changed_relayed_by_a_virtual_server_evicts_its_member(cached) -> None:

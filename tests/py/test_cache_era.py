@@ -35,11 +35,11 @@ LEGACY = {"accept": "application/json, text/event-stream", "mcp-protocol-version
 IDS = numbers(1)
 
 
-def meta() -> dict:
+def meta(caps: dict | None = None) -> dict:
     return {
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
-        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientCapabilities": caps or {},
     }
 
 
@@ -79,6 +79,15 @@ def bridged(tmp_path_factory: pytest.TempPathFactory):
             '[servers.cache]\ndefault_ttl = "60s"\ndefault_scope = "public"\n'
             '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["alice"]\ntools = ["lookup", "scan"]\n'
             '[[policies]]\nserver = "ruled"\neffect = "allow"\nidentities = ["bob"]\ntools = ["*"]\n'
+            # A 2025-era server (with sessions) that lists a tool only to clients that declare
+            # elicitation; public by the group's default.
+            f'[[servers]]\nname = "shaped"\npath = "/shaped"\nbackends = ["{up}/shaped"]\n'
+            "[servers.health]\nenabled = false\n"
+            '[servers.cache]\ndefault_ttl = "60s"\ndefault_scope = "public"\n'
+            # A 2026-07-28 server whose answers are public; read-only tools kept.
+            f'[[servers]]\nname = "modern-pub"\npath = "/modern-pub"\nbackends = ["{up}/modern-public"]\nera = "2026"\n'
+            "[servers.health]\nenabled = false\n"
+            '[servers.cache]\ntools = ["lookup", "roll"]\ntool_ttl = "60s"\ntool_scope = "public"\n'
             # A 2026-07-28 server whose lists are private.
             f'[[servers]]\nname = "modern"\npath = "/modern"\nbackends = ["{up}/modern-private"]\nera = "2026"\n'
             "[servers.health]\nenabled = false\n"
@@ -90,10 +99,12 @@ def bridged(tmp_path_factory: pytest.TempPathFactory):
         proxy.stop()
 
 
-def modern(url: str, method: str, params: dict | None = None, key: str | None = None) -> dict:
-    """A 2026-07-28 request (no session, its envelope in `_meta`): the result."""
+def modern(
+    url: str, method: str, params: dict | None = None, key: str | None = None, caps: dict | None = None
+) -> dict:
+    """A 2026-07-28 request (no session, its envelope in `_meta`, declaring `caps`): the result."""
     rid = next(IDS)
-    body = {"jsonrpc": "2.0", "id": rid, "method": method, "params": {**(params or {}), "_meta": meta()}}
+    body = {"jsonrpc": "2.0", "id": rid, "method": method, "params": {**(params or {}), "_meta": meta(caps)}}
     headers = {**MODERN, "mcp-method": method, **({"x-api-key": key} if key else {})}
     name = (params or {}).get("name") or (params or {}).get("uri")
     if name:
@@ -181,6 +192,20 @@ async def test_a_2025_sdk_client_is_not_served_the_bridged_shape(bridged) -> Non
     # The SDK's revision is another key: one more list, then its own from the cache.
     assert counts(bridged).get("/stream tools/list") == 2, counts(bridged)
     assert modern(url, "tools/list") == first
+
+
+def test_a_bridged_answer_is_kept_per_declared_capabilities(bridged) -> None:
+    """The backend session mcplb opens carries what the request declares, and the backend
+    shapes its list by it: a public entry made for one declaration never answers another."""
+    url = f"{bridged['base']}/shaped"
+    assert names(modern(url, "tools/list")) == ALL
+    asks = {"elicitation": {}}
+    assert names(modern(url, "tools/list", caps=asks)) == ALL | {"ask"}
+    assert counts(bridged).get("/shaped tools/list") == 2, counts(bridged)
+    # The same declarations again: both from the cache.
+    assert names(modern(url, "tools/list")) == ALL
+    assert names(modern(url, "tools/list", caps=asks)) == ALL | {"ask"}
+    assert counts(bridged).get("/shaped tools/list") == 2, counts(bridged)
 
 
 def test_reads_discover_and_read_only_tools_over_the_bridge(bridged) -> None:
@@ -307,9 +332,45 @@ async def test_a_list_changed_on_the_listen_stream_evicts(tmp_path) -> None:
                         tg.start_soon(change_until_seen)
                         got.append(await sub.__anext__())
                 assert isinstance(got[0], ToolsListChanged), got
-        # The SDK's session lists tools too; what matters: the kept list went stale and was
-        # dropped (a notification on no stream the cache watches would leave it fresh).
+        # The kept list went stale: the next raw list (the SDK client's own lists are other
+        # entries, as it declares other capabilities) finds it so and drops it (a notification
+        # on no stream the cache watches would leave it fresh).
+        modern(proxy.url, "tools/list")
         assert reaches(b, "mcplb_cache_evictions_total", 1) >= 1
     finally:
         proxy.stop()
         backend.stop()
+
+
+async def test_mcplbs_own_sessions_keep_a_2026_servers_reads_and_tool_results(bridged) -> None:
+    """A 2025-era client's resources/read and tools/call answered by a 2026-07-28 backend are
+    kept as a 2026-07-28 client's are (the backend's hints; tool_ttl for a read-only tool), but
+    not a call whose backend asked the client for input (its answer depends on that input)."""
+    from mcp_types import ElicitResult
+
+    url = f"{bridged['base']}/modern-pub"
+    asked: list[str] = []
+
+    async def on_elicit(context, params) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={})
+
+    for _ in range(2):
+        async with Client(url, mode="legacy", read_timeout_seconds=30, cache=None, elicitation_callback=on_elicit) as c:
+            # The list teaches mcplb which tools only read.
+            assert "roll" in {t.name for t in (await c.list_tools()).tools}
+            read = await c.read_resource("res://cache/a")
+            assert read.contents[0].text == "res://cache/a#1", read
+            assert text_of(await c.call_tool("lookup", {"key": "k"})) == "k#1"
+    got = counts(bridged)
+    assert got.get("/modern-public read res://cache/a") == 1, got
+    assert got.get("/modern-public call lookup") == 1, got
+    async with Client(url, mode="legacy", read_timeout_seconds=30, cache=None, elicitation_callback=on_elicit) as c:
+        assert text_of(await c.call_tool("roll", {})) == "roll#1"
+        assert text_of(await c.call_tool("roll", {})) == "roll#2"
+    assert asked == ["Roll?", "Roll?"]
+    assert counts(bridged).get("/modern-public call roll") == 2, counts(bridged)
+
+
+def text_of(result) -> str:
+    return "".join(getattr(c, "text", "") for c in result.content)

@@ -112,41 +112,459 @@ const NOTIFICATIONS: [(&[u8], u8); 4] = [
 ];
 /// `notifications/resources/updated`, the one notification that names what changed.
 const UPDATED: &[u8] = b"notifications/resources/updated";
-/// Longest notification name above, rounded up: the bytes a [`Sniffer`] keeps between pieces.
+/// Longest notification name above, rounded up: the bytes a [`RawSniffer`] keeps between
+/// pieces.
 const TAIL: usize = 40;
 
-/// Finds change notifications in a backend's SSE bytes fed in pieces of any size (a name
-/// split between two reads is still found).
+/// What a change notification makes stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// What these notification bits evict (a `resources/updated` bit: every read of the group,
+    /// its resource unknown).
+    Bits(u8),
+    /// The reads of this resource (a `notifications/resources/updated`'s `uri`, its raw JSON
+    /// string text: [`note_uri_updated`] hashes it decoded, as reads are).
+    Updated(JsonText<'a>),
+}
+
+/// A JSON string's text, raw (between the quotes, escapes not decoded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonText<'a>(pub &'a [u8]);
+
+impl JsonText<'_> {
+    /// The decoded text (borrowed unless it has escapes).
+    pub fn decoded(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        if !self.0.contains(&b'\\') {
+            return Some(std::borrow::Cow::Borrowed(self.0));
+        }
+        let mut quoted = Vec::with_capacity(self.0.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(self.0);
+        quoted.push(b'"');
+        let s: String = serde_json::from_slice(&quoted).ok()?;
+        Some(std::borrow::Cow::Owned(s.into_bytes()))
+    }
+}
+
+/// Most bytes of an SSE event an [`EventSniffer`] keeps while the event spreads over several
+/// pieces and may be a change notification (past it, its notification names are looked for
+/// in its bytes instead: [`Change::Bits`], more than needed, never less). A notification is a
+/// method name and a URI: far below this.
+pub const MAX_NOTE: usize = 16 * 1024;
+
+/// Finds the change notifications in a backend's SSE bytes, fed in pieces of any size, event
+/// by event: an event's data is parsed as a JSON-RPC message (`protocol::parse_message`, zero
+/// copy) and only a notification whose method is one of the four counts, so an event that only
+/// mentions one (a tool's description, a resource's text, a log message) evicts nothing.
+///
+/// Cost per event: one `memchr2` pass over its bytes to find its lines and its end, and a look
+/// at its first top-level keys ([`classify`]): an answer (`id`, `result` or `error` first, or
+/// after `jsonrpc`) or a request or notification of another method is done with there. Only
+/// an event that may be a change notification is searched for `notifications/` and parsed,
+/// in place when it lies whole in one piece; one that spreads over pieces is copied (up to
+/// [`MAX_NOTE`]) until it is whole. Nothing is allocated on the way but that copy's buffer,
+/// once per stream that needs it (and a URI's text when it has escapes).
+#[derive(Debug, Default)]
+pub struct EventSniffer {
+    /// The event in progress that began in an earlier piece.
+    open: Open,
+    /// Its bytes while it is [`Open::Carry`].
+    carry: Vec<u8>,
+    /// Data lines joined, for an event with several (reused).
+    joined: Vec<u8>,
+    /// The last piece ended with a CR (a LF opening the next one ends nothing more).
+    pending_cr: bool,
+    /// The last piece ended at a line's end (or nothing came yet).
+    at_line_start: bool,
+    /// Bytes seen so far (none: at a line's start).
+    started: bool,
+}
+
+/// What is known of the event in progress that began in an earlier piece.
+#[derive(Debug, Default)]
+enum Open {
+    /// No event is in progress.
+    #[default]
+    None,
+    /// It may be a change notification: its bytes are in `carry`.
+    Carry,
+    /// It is not one.
+    Skip,
+    /// It grew past [`MAX_NOTE`] undecided: the names found in its bytes.
+    Large(RawSniffer, u8),
+}
+
+/// What an event's first bytes say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not a change notification: an answer, a request, another method, not JSON-RPC.
+    Not,
+    /// Maybe one (or not known yet): its whole data must be parsed.
+    Maybe,
+}
+
+impl EventSniffer {
+    /// Takes the next bytes of the stream; `on` gets what the change notifications that ended
+    /// in them make stale.
+    pub fn feed(&mut self, piece: &[u8], on: &mut impl FnMut(Change<'_>)) {
+        if !self.started {
+            self.started = true;
+            self.at_line_start = true;
+        }
+        let mut pos = 0;
+        if std::mem::take(&mut self.pending_cr) && piece.first() == Some(&b'\n') {
+            pos = 1;
+        }
+        let mut event_start = 0;
+        while let Some(off) = piece
+            .get(pos..)
+            .and_then(|p| memchr::memchr2(b'\r', b'\n', p))
+        {
+            let at = pos + off;
+            let blank = self.at_line_start && off == 0;
+            let mut next = at + 1;
+            if piece.get(at) == Some(&b'\r') {
+                match piece.get(at + 1) {
+                    Some(b'\n') => next = at + 2,
+                    Some(_) => {}
+                    None => self.pending_cr = true,
+                }
+            }
+            self.at_line_start = true;
+            if blank {
+                self.event_end(piece.get(event_start..next).unwrap_or_default(), on);
+                event_start = next;
+            }
+            pos = next;
+        }
+        if pos < piece.len() {
+            self.at_line_start = false;
+        }
+        let rest = piece.get(event_start..).unwrap_or_default();
+        if !rest.is_empty() {
+            self.event_part(rest);
+        }
+    }
+
+    /// An event's last bytes (through its blank line) came.
+    fn event_end(&mut self, last: &[u8], on: &mut impl FnMut(Change<'_>)) {
+        match std::mem::take(&mut self.open) {
+            Open::None => event_changes(last, &mut self.joined, on),
+            Open::Skip => {}
+            Open::Carry if self.carry.len() + last.len() <= MAX_NOTE => {
+                self.carry.extend_from_slice(last);
+                event_changes(&self.carry, &mut self.joined, on);
+                self.carry.clear();
+            }
+            Open::Carry => {
+                let mut raw = RawSniffer::default();
+                let bits = raw.feed(&self.carry) | raw.feed(last);
+                self.carry.clear();
+                if bits != 0 {
+                    on(Change::Bits(bits));
+                }
+            }
+            Open::Large(mut raw, bits) => {
+                let bits = bits | raw.feed(last);
+                if bits != 0 {
+                    on(Change::Bits(bits));
+                }
+            }
+        }
+    }
+
+    /// Bytes of an event that goes on in the next piece.
+    fn event_part(&mut self, part: &[u8]) {
+        self.open = match std::mem::take(&mut self.open) {
+            Open::None if classify(part) == Verdict::Not => Open::Skip,
+            Open::None if part.len() <= MAX_NOTE => {
+                self.carry.clear();
+                self.carry.extend_from_slice(part);
+                Open::Carry
+            }
+            Open::None => {
+                let mut raw = RawSniffer::default();
+                let bits = raw.feed(part);
+                Open::Large(raw, bits)
+            }
+            Open::Carry if self.carry.len() + part.len() <= MAX_NOTE => {
+                self.carry.extend_from_slice(part);
+                if classify(&self.carry) == Verdict::Not {
+                    self.carry.clear();
+                    Open::Skip
+                } else {
+                    Open::Carry
+                }
+            }
+            Open::Carry => {
+                let mut raw = RawSniffer::default();
+                let bits = raw.feed(&self.carry) | raw.feed(part);
+                self.carry.clear();
+                Open::Large(raw, bits)
+            }
+            Open::Skip => Open::Skip,
+            Open::Large(mut raw, bits) => {
+                let bits = bits | raw.feed(part);
+                Open::Large(raw, bits)
+            }
+        };
+    }
+}
+
+/// What the change notification in one whole SSE event (its raw bytes) makes stale, told to
+/// `on`; `joined`: a reused buffer for an event with several data lines.
+pub fn event_changes(event: &[u8], joined: &mut Vec<u8>, on: &mut impl FnMut(Change<'_>)) {
+    if classify(event) == Verdict::Not || memchr::memmem::find(event, b"notifications/").is_none() {
+        return;
+    }
+    let data = event_data(event, joined);
+    message_changes(data, on);
+}
+
+/// What one JSON-RPC message (an SSE event's data) makes stale, told to `on`: a change
+/// notification's bits, or the resource of a `notifications/resources/updated` (every read
+/// when it names none). A batch (2025-03-26) is searched for the names instead.
+pub fn message_changes(data: &[u8], on: &mut impl FnMut(Change<'_>)) {
+    let Ok(env) = protocol::parse_message(data) else {
+        return;
+    };
+    if env.kind == MessageKind::Batch {
+        let bits = RawSniffer::default().feed(data);
+        if bits != 0 {
+            on(Change::Bits(bits));
+        }
+        return;
+    }
+    if env.kind != MessageKind::Notification {
+        return;
+    }
+    let Some(method) = env.method else {
+        return;
+    };
+    let Some(bit) = NOTIFICATIONS
+        .iter()
+        .find(|(n, _)| std::str::from_utf8(n).is_ok_and(|n| method.eq_str(n)))
+        .map(|(_, bit)| *bit)
+    else {
+        return;
+    };
+    match env.uri.filter(|_| bit == RESOURCES_UPDATED) {
+        Some(uri) => on(Change::Updated(JsonText(uri.raw()))),
+        None => on(Change::Bits(bit)),
+    }
+}
+
+/// An SSE event's data: its one `data:` line's value in place, or its data lines joined with
+/// `\n` into `joined`.
+fn event_data<'a>(event: &'a [u8], joined: &'a mut Vec<u8>) -> &'a [u8] {
+    let mut first: Option<&[u8]> = None;
+    let mut many = false;
+    for line in sse_lines(event) {
+        let Some(v) = data_value(line) else {
+            continue;
+        };
+        match first {
+            None => first = Some(v),
+            Some(f) => {
+                if !many {
+                    many = true;
+                    joined.clear();
+                    joined.extend_from_slice(f);
+                }
+                joined.push(b'\n');
+                joined.extend_from_slice(v);
+            }
+        }
+    }
+    if many {
+        joined
+    } else {
+        first.unwrap_or_default()
+    }
+}
+
+/// The value of a `data` field line (`None` for any other line).
+fn data_value(line: &[u8]) -> Option<&[u8]> {
+    if line == b"data" {
+        return Some(b"");
+    }
+    let v = line.strip_prefix(b"data:")?;
+    Some(v.strip_prefix(b" ").unwrap_or(v))
+}
+
+/// The lines of SSE bytes (CRLF, LF or CR ends a line; the last one may be unfinished).
+fn sse_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let Some(i) = memchr::memchr2(b'\r', b'\n', rest) else {
+            return Some(std::mem::take(&mut rest));
+        };
+        let line = rest.get(..i).unwrap_or_default();
+        let skip = if rest.get(i..i + 2) == Some(b"\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = rest.get(i + skip..).unwrap_or_default();
+        Some(line)
+    })
+}
+
+/// What an SSE event's first bytes (all of it, or a prefix) say it is, from its first data
+/// line's first top-level keys: `Not` when one is `id`, `result` or `error` (a request or an
+/// answer, never a notification), or `method` with a name that is none of the four, or when
+/// the data is not a JSON object or array; `Maybe` otherwise (also when the bytes end first, or
+/// a key or method has escapes). Only `jsonrpc` is passed over to read the next key; a
+/// notification whose `params` come first is `Maybe`, and parsed.
+pub fn classify(event: &[u8]) -> Verdict {
+    let Some(data) = first_data(event) else {
+        return Verdict::Maybe;
+    };
+    let mut s = Cursor(data);
+    s.ws();
+    match s.peek() {
+        None => return Verdict::Maybe,
+        Some(b'{') => s.skip(1),
+        Some(b'[') => return Verdict::Maybe,
+        Some(_) => return Verdict::Not,
+    }
+    for _ in 0..4 {
+        s.ws();
+        let Some(key) = s.string() else {
+            return Verdict::Maybe;
+        };
+        s.ws();
+        if s.peek() != Some(b':') {
+            return Verdict::Maybe;
+        }
+        s.skip(1);
+        s.ws();
+        match key {
+            b"id" | b"result" | b"error" => return Verdict::Not,
+            b"method" => {
+                let Some(name) = s.string() else {
+                    return Verdict::Maybe;
+                };
+                return if NOTIFICATIONS.iter().any(|(n, _)| *n == name) {
+                    Verdict::Maybe
+                } else {
+                    Verdict::Not
+                };
+            }
+            b"jsonrpc" => {
+                if s.string().is_none() {
+                    return Verdict::Maybe;
+                }
+                s.ws();
+                if s.peek() != Some(b',') {
+                    return Verdict::Maybe;
+                }
+                s.skip(1);
+            }
+            _ => return Verdict::Maybe,
+        }
+    }
+    Verdict::Maybe
+}
+
+/// The bytes from the value of an SSE event's first `data` line on (to the end of `event`:
+/// its line's end is not looked for, [`Cursor`] stops there), or `None` when no data line
+/// starts in `event`.
+fn first_data(event: &[u8]) -> Option<&[u8]> {
+    let mut rest = event;
+    loop {
+        if let Some(v) = rest.strip_prefix(b"data") {
+            match v.first() {
+                Some(b':') => {
+                    let v = v.get(1..).unwrap_or_default();
+                    return Some(v.strip_prefix(b" ").unwrap_or(v));
+                }
+                Some(b'\r' | b'\n') => return Some(&[]),
+                _ => {}
+            }
+        }
+        let end = memchr::memchr2(b'\r', b'\n', rest)?;
+        let skip = if rest.get(end..end + 2) == Some(b"\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = rest.get(end + skip..).unwrap_or_default();
+    }
+}
+
+/// A cursor over the start of a JSON text on one line (a line's end reads as the end of the
+/// bytes: a value that goes on in the next data line is not judged), for [`classify`].
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.0
+            .first()
+            .copied()
+            .filter(|b| !matches!(b, b'\r' | b'\n'))
+    }
+
+    fn skip(&mut self, n: usize) {
+        self.0 = self.0.get(n..).unwrap_or_default();
+    }
+
+    fn ws(&mut self) {
+        let n = self
+            .0
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+        self.skip(n);
+    }
+
+    /// A string without escapes (its text), or `None` (not a string, escaped, or cut by the
+    /// bytes' or the line's end).
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let rest = self.0.strip_prefix(b"\"")?;
+        // Keys and the values read here are a few bytes: a plain loop beats a SIMD search's
+        // set-up.
+        let end = rest
+            .iter()
+            .position(|b| matches!(b, b'"' | b'\\' | b'\n' | b'\r'))?;
+        if rest.get(end) != Some(&b'"') {
+            return None;
+        }
+        let text = rest.get(..end)?;
+        self.skip(end + 2);
+        Some(text)
+    }
+}
+
+/// Finds notification names in raw bytes fed in pieces of any size (a name split between two
+/// reads is still found): the fallback for an event too large to keep ([`EventSniffer`]) and
+/// for a batch.
 #[derive(Debug, Clone)]
-pub struct Sniffer {
+pub struct RawSniffer {
     tail: [u8; TAIL],
     len: usize,
 }
 
-impl Default for Sniffer {
+impl Default for RawSniffer {
     fn default() -> Self {
-        Sniffer {
+        RawSniffer {
             tail: [0; TAIL],
             len: 0,
         }
     }
 }
 
-impl Sniffer {
-    /// Whether the next piece starts an event: nothing came yet, or the last piece ended with
-    /// a blank line.
-    pub fn at_event_start(&self) -> bool {
-        let tail = self.tail.get(..self.len).unwrap_or_default();
-        tail.is_empty() || tail.ends_with(b"\n\n") || tail.ends_with(b"\r\n\r\n")
-    }
-
+impl RawSniffer {
     /// The notifications (bits) whose names are in `bytes` or straddle the previous piece.
     pub fn feed(&mut self, bytes: &[u8]) -> u8 {
         if bytes.is_empty() {
             return 0;
         }
         let mut seen = 0;
-        // Most SSE pieces carry no notification at all: one search for the common part.
+        // Most pieces carry no notification at all: one search for the common part.
         let any = memchr::memmem::find(bytes, b"notifications/").is_some();
         let mut joint = [0u8; 2 * TAIL];
         let head = bytes.get(..TAIL.min(bytes.len())).unwrap_or_default();
@@ -287,52 +705,6 @@ pub fn updated_uri(data: &[u8]) -> Option<String> {
     (n.method.as_bytes() == UPDATED).then_some(n.params.uri)
 }
 
-/// The URIs of the `notifications/resources/updated` events in `piece`, a backend's SSE bytes
-/// (`fresh`: `piece` starts at an event's start), when every such event lies whole in it;
-/// `None` when one does not (or none is there): its resource cannot be told, so every read
-/// of the group goes stale instead.
-pub fn updated_uris(piece: &[u8], fresh: bool) -> Option<Vec<String>> {
-    let name = UPDATED;
-    let mut uris = Vec::new();
-    let mut from = 0;
-    while let Some(at) = piece
-        .get(from..)
-        .and_then(|p| memchr::memmem::find(p, name))
-        .map(|i| i + from)
-    {
-        let before = piece.get(..at).unwrap_or_default();
-        let start = match event_break(before, true) {
-            Some(s) => s,
-            None if fresh => 0,
-            None => return None,
-        };
-        let after = piece.get(at..).unwrap_or_default();
-        let end = at + event_break(after, false)?;
-        let event = piece.get(start..end).unwrap_or_default();
-        uris.push(updated_uri(&crate::session::era::event_data(event))?);
-        from = end;
-    }
-    (!uris.is_empty()).then_some(uris)
-}
-
-/// Where an event boundary (a blank line) is in `bytes`: the last one's end (`last`), or the
-/// first one's start.
-fn event_break(bytes: &[u8], last: bool) -> Option<usize> {
-    let seps: [&[u8]; 2] = [b"\n\n", b"\r\n\r\n"];
-    let found = seps.iter().filter_map(|sep| {
-        if last {
-            memchr::memmem::rfind(bytes, sep).map(|i| i + sep.len())
-        } else {
-            memchr::memmem::find(bytes, sep)
-        }
-    });
-    if last {
-        found.max()
-    } else {
-        found.min()
-    }
-}
-
 /// The bit of a change notification's method (0 for any other method).
 pub fn notification_bit(method: &str) -> u8 {
     NOTIFICATIONS
@@ -362,6 +734,10 @@ pub struct KeyParts<'a> {
     pub arguments: Option<&'a [u8]>,
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]`, raw.
     pub meta_version: Option<&'a [u8]>,
+    /// `params._meta["io.modelcontextprotocol/clientCapabilities"]`, raw.
+    pub capabilities: Option<&'a [u8]>,
+    /// `params._meta["io.modelcontextprotocol/clientInfo"]`, raw.
+    pub client_info: Option<&'a [u8]>,
 }
 
 #[derive(Deserialize)]
@@ -388,6 +764,10 @@ struct Params<'a> {
 struct Meta<'a> {
     #[serde(borrow, default, rename = "io.modelcontextprotocol/protocolVersion")]
     version: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "io.modelcontextprotocol/clientCapabilities")]
+    capabilities: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "io.modelcontextprotocol/clientInfo")]
+    client_info: Option<&'a RawValue>,
 }
 
 /// The request's key parts, or `None` when it may not be answered from the cache: it
@@ -410,12 +790,19 @@ pub fn request_parts(body: &[u8]) -> Option<KeyParts<'_>> {
     let Some(p) = f.params else {
         return Some(KeyParts::default());
     };
+    let meta = p.meta.unwrap_or(Meta {
+        version: None,
+        capabilities: None,
+        client_info: None,
+    });
     Some(KeyParts {
         cursor: raw(p.cursor),
         uri: raw(p.uri),
         name: raw(p.name),
         arguments: raw(p.arguments),
-        meta_version: raw(p.meta.and_then(|m| m.version)),
+        meta_version: raw(meta.version),
+        capabilities: raw(meta.capabilities),
+        client_info: raw(meta.client_info),
     })
 }
 
@@ -486,6 +873,17 @@ impl ReadOnlyTools {
 }
 
 /// Who a request comes from, as far as the cache's key goes.
+///
+/// The key holds what the client declared (its capabilities and client info: a 2026-07-28
+/// request's `_meta`, or what a 2025-era client declared at `initialize` for mcplb's own
+/// session), because an answer can depend on them: a 2025-era server knows them from its
+/// session's `initialize` and a 2026-07-28 one from every request, and servers do shape their
+/// tools by them (tools that need `elicitation` or a UI extension listed only to clients that
+/// declare it). `cacheScope: "public"` says an answer holds nothing of the caller's
+/// authorization context, not that it is the same whatever the client can do; and an era
+/// bridge's backend session is opened per declaration, so entries shared across declarations
+/// would hand one client the answer made for another. Clients of one kind declare the same
+/// bytes, so they still share entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Requester<'a> {
     /// The caller's identity (empty: none).
@@ -498,6 +896,10 @@ pub struct Requester<'a> {
     /// the group itself): a member's answers for one virtual server never answer another's
     /// requests, nor the group's own clients.
     pub via: u32,
+    /// What the client declared at `initialize` (capabilities, client info; raw), when its
+    /// session is one of mcplb's own for a 2026-07-28 backend: each of its requests goes out
+    /// with them in `_meta`, as a 2026-07-28 client's own carry them.
+    pub declared: Option<(&'a [u8], Option<&'a [u8]>)>,
 }
 
 /// Writes the key of a request (`kind`, `parts`, `who`) under `scope` into `out` (cleared
@@ -526,12 +928,19 @@ pub fn write_key(
         }
     }
     field(out, Some(who.version));
+    // What the client declared: a server may shape any answer by it (see [`Requester`]).
+    let (capabilities, client_info) = match who.declared {
+        Some((caps, info)) if parts.capabilities.is_none() => (Some(caps), info),
+        _ => (parts.capabilities, parts.client_info),
+    };
     for p in [
         parts.meta_version,
         parts.cursor,
         parts.uri,
         parts.name,
         parts.arguments,
+        capabilities,
+        client_info,
     ] {
         field(out, p);
     }

@@ -25,6 +25,7 @@ fn who<'a>(identity: &'a str, in_session: bool) -> Requester<'a> {
         version: b"2025-06-18",
         in_session,
         via: 0,
+        declared: None,
     }
 }
 
@@ -48,6 +49,49 @@ fn request_parts_read_what_shapes_the_answer() {
     assert_eq!(request_parts(list).unwrap().cursor, Some(&br#""abc""#[..]));
     let bare = br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
     assert_eq!(request_parts(bare).unwrap(), KeyParts::default());
+}
+
+#[test]
+fn what_the_client_declared_is_in_the_key() {
+    let list = |caps: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{caps},"io.modelcontextprotocol/clientInfo":{{"name":"c"}}}}}}}}"#
+        )
+    };
+    let (plain, asks) = (list("{}"), list(r#"{"elicitation":{}}"#));
+    let p = request_parts(plain.as_bytes()).unwrap();
+    assert_eq!(p.capabilities, Some(&b"{}"[..]));
+    assert_eq!(p.client_info, Some(&br#"{"name":"c"}"#[..]));
+    let q = request_parts(asks.as_bytes()).unwrap();
+    let w = who("", false);
+    assert_ne!(
+        key(Kind::ToolsList, &p, &w, Scope::Public),
+        key(Kind::ToolsList, &q, &w, Scope::Public),
+        "two declarations, two entries"
+    );
+    assert_eq!(
+        key(Kind::ToolsList, &p, &w, Scope::Public),
+        key(
+            Kind::ToolsList,
+            &request_parts(plain.as_bytes()).unwrap(),
+            &w,
+            Scope::Public
+        )
+    );
+    // A 2025-era client of mcplb's own session: what it declared at initialize.
+    let bare = KeyParts::default();
+    let mut a = who("", false);
+    a.declared = Some((b"{}", None));
+    let mut b = who("", false);
+    b.declared = Some((br#"{"elicitation":{}}"#, None));
+    assert_ne!(
+        key(Kind::ToolsList, &bare, &a, Scope::Public),
+        key(Kind::ToolsList, &bare, &b, Scope::Public)
+    );
+    assert_ne!(
+        key(Kind::ToolsList, &bare, &a, Scope::Public),
+        key(Kind::ToolsList, &bare, &w, Scope::Public)
+    );
 }
 
 #[test]
@@ -277,8 +321,8 @@ proptest! {
     /// not depend on the identity; a private key needs one.
     #[test]
     fn keys_tell_requests_apart(
-        a in proptest::collection::vec(proptest::option::of("[a-z\"{}:,0-9]{0,6}"), 5),
-        b in proptest::collection::vec(proptest::option::of("[a-z\"{}:,0-9]{0,6}"), 5),
+        a in proptest::collection::vec(proptest::option::of("[a-z\"{}:,0-9]{0,6}"), 7),
+        b in proptest::collection::vec(proptest::option::of("[a-z\"{}:,0-9]{0,6}"), 7),
         ia in "[a-c]{0,2}", ib in "[a-c]{0,2}",
         ka in 0usize..7, kb in 0usize..7, sa in any::<bool>(), sb in any::<bool>(),
     ) {
@@ -291,6 +335,8 @@ proptest! {
                 name: v[2].as_deref().map(str::as_bytes),
                 arguments: v[3].as_deref().map(str::as_bytes),
                 meta_version: v[4].as_deref().map(str::as_bytes),
+                capabilities: v[5].as_deref().map(str::as_bytes),
+                client_info: v[6].as_deref().map(str::as_bytes),
             }
         }
         let (pa, pb) = (parts(&a), parts(&b));
@@ -306,28 +352,46 @@ proptest! {
         }
     }
 
-    /// A notification name is found however the stream is cut into pieces.
+    /// A change notification is found however the stream is cut into pieces, with LF or CRLF
+    /// lines, among events that only mention notification names (an answer whose tool
+    /// describes one, a log message quoting one, a large answer spread over many pieces): those
+    /// evict nothing.
     #[test]
-    fn the_sniffer_finds_names_across_any_cuts(
-        pre in "[a-z ]{0,50}", post in "[a-z ]{0,50}", which in 0usize..4,
-        cuts in proptest::collection::vec(0usize..200, 0..6),
+    fn the_sniffer_finds_notifications_not_mentions_across_any_cuts(
+        which in 0usize..4, crlf in any::<bool>(), pad in 0usize..6000,
+        cuts in proptest::collection::vec(0usize..20_000, 0..8),
     ) {
         let (name, bit) = NOTIFICATIONS[which];
-        let mut stream = pre.into_bytes();
-        stream.extend_from_slice(b"data: {\"method\":\"");
-        stream.extend_from_slice(name);
-        stream.extend_from_slice(b"\"}\n\n");
-        stream.extend_from_slice(post.as_bytes());
+        let name = std::str::from_utf8(name).unwrap();
+        let mention = format!("Sends {name} and notifications/tools/list_changed when it runs.");
+        let answer = format!(
+            "event: message\nid: 7\ndata: {{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{{\"tools\":[{{\"name\":\"t\",\"description\":\"{mention}{}\"}}]}}}}\n\n",
+            "x".repeat(pad)
+        );
+        let log = format!(
+            ": keepalive\n\ndata: {{\"method\":\"notifications/message\",\"params\":{{\"data\":\"{mention}\"}},\"jsonrpc\":\"2.0\"}}\n\n"
+        );
+        let params = if bit == RESOURCES_UPDATED { r#","params":{"uri":"res://a"}"# } else { "" };
+        let note = format!("event: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"{name}\"{params}}}\n\n");
+        let mut stream = format!("{answer}{log}{note}{answer}");
+        if crlf {
+            stream = stream.replace('\n', "\r\n");
+        }
+        let stream = stream.into_bytes();
         let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
         cuts.sort_unstable();
-        let mut s = Sniffer::default();
-        let mut seen = 0;
+        let mut s = EventSniffer::default();
+        let mut seen = Vec::new();
         let mut at = 0;
         for c in cuts.into_iter().chain([stream.len()]) {
-            seen |= s.feed(&stream[at..c]);
+            s.feed(&stream[at..c], &mut |ch| seen.push(match ch {
+                Change::Bits(b) => (b, None),
+                Change::Updated(u) => (RESOURCES_UPDATED, Some(u.0.to_vec())),
+            }));
             at = c;
         }
-        prop_assert_eq!(seen, bit);
+        let uri = (bit == RESOURCES_UPDATED).then(|| b"res://a".to_vec());
+        prop_assert_eq!(seen, vec![(bit, uri)]);
     }
 
     /// The store never holds more than its bound, and its byte count is what it holds.
@@ -357,44 +421,148 @@ proptest! {
     }
 }
 
+/// What an [`EventSniffer`] reports for `pieces` fed in turn.
+fn sniffed(pieces: &[&[u8]]) -> Vec<(u8, Option<Vec<u8>>)> {
+    let mut s = EventSniffer::default();
+    let mut seen = Vec::new();
+    for p in pieces {
+        s.feed(p, &mut |ch| {
+            seen.push(match ch {
+                Change::Bits(b) => (b, None),
+                Change::Updated(u) => (RESOURCES_UPDATED, Some(u.decoded().unwrap().to_vec())),
+            })
+        });
+    }
+    seen
+}
+
 #[test]
-fn resources_updated_names_its_resource_when_its_event_is_whole() {
+fn resources_updated_names_its_resource_in_whole_or_split_events() {
     let note = |uri: &str| {
         format!(
             "event: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\"params\":{{\"uri\":\"{uri}\"}}}}\n\n"
         )
     };
+    let updated = |u: &str| (RESOURCES_UPDATED, Some(u.as_bytes().to_vec()));
     let two = format!("{}{}", note("res://a"), note("res://b"));
     assert_eq!(
-        updated_uris(two.as_bytes(), true),
-        Some(vec!["res://a".to_string(), "res://b".to_string()])
+        sniffed(&[two.as_bytes()]),
+        vec![updated("res://a"), updated("res://b")]
     );
-    // After other events in the same piece, and with CRLF lines.
-    let after = format!("event: message\ndata: {{}}\n\n{}", note("res://c"));
-    assert_eq!(
-        updated_uris(after.as_bytes(), false),
-        Some(vec!["res://c".to_string()])
-    );
+    // Split inside the name, inside the URI, between the two line ends.
+    for cut in [40, 75, two.len() / 2 - 1, two.len() / 2 + 3] {
+        let (x, y) = two.as_bytes().split_at(cut);
+        assert_eq!(
+            sniffed(&[x, y]),
+            vec![updated("res://a"), updated("res://b")],
+            "cut at {cut}"
+        );
+    }
+    // CRLF lines, a CR between two pieces, an escaped URI.
     let crlf = note("res://d").replace('\n', "\r\n");
+    let (x, y) = crlf.as_bytes().split_at(crlf.len() - 1);
+    assert_eq!(sniffed(&[x, y]), vec![updated("res://d")]);
     assert_eq!(
-        updated_uris(crlf.as_bytes(), true),
-        Some(vec!["res://d".to_string()])
+        sniffed(&[note("res:\\/\\/e").as_bytes()]),
+        vec![updated("res://e")]
     );
-    // Not whole here (it began in an earlier piece, or ends in a later one), or not there.
-    let whole = note("res://a");
-    assert_eq!(updated_uris(whole.as_bytes(), false), None);
+    // Without a URI: every read.
+    let bare = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\"}\n\n";
+    assert_eq!(sniffed(&[bare]), vec![(RESOURCES_UPDATED, None)]);
+    // Data over two lines; params before the method; an event not ended yet.
+    let two_lines =
+        "data: {\"jsonrpc\":\"2.0\",\ndata: \"method\":\"notifications/prompts/list_changed\"}\n\n";
     assert_eq!(
-        updated_uris(&whole.as_bytes()[..whole.len() - 4], true),
-        None
+        sniffed(&[two_lines.as_bytes()]),
+        vec![(PROMPTS_CHANGED, None)]
     );
-    assert_eq!(updated_uris(b"event: message\ndata: {}\n\n", true), None);
-    // A piece at an event's start, for the sniffer.
-    let mut s = Sniffer::default();
-    assert!(s.at_event_start());
-    s.feed(b"event: message\ndata: {}");
-    assert!(!s.at_event_start());
-    s.feed(b"\n\n");
-    assert!(s.at_event_start());
+    let params_first = "data: {\"params\":{},\"method\":\"notifications/tools/list_changed\",\"jsonrpc\":\"2.0\"}\n\n";
+    assert_eq!(
+        sniffed(&[params_first.as_bytes()]),
+        vec![(TOOLS_CHANGED, None)]
+    );
+    assert_eq!(
+        sniffed(&[&params_first.as_bytes()[..params_first.len() - 1]]),
+        vec![]
+    );
+}
+
+#[test]
+fn only_notifications_of_those_methods_evict() {
+    let evicts = |event: &str| !sniffed(&[event.as_bytes()]).is_empty();
+    // A request (it has an id), an answer, a notification of another method, a text.
+    assert!(!evicts(
+        "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"notifications/tools/list_changed\"}\n\n"
+    ));
+    assert!(!evicts(
+        "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"text\":\"notifications/tools/list_changed\"}}\n\n"
+    ));
+    assert!(!evicts(
+        "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"message\":\"notifications/tools/list_changed\"}}\n\n"
+    ));
+    assert!(!evicts("data: notifications/tools/list_changed\n\n"));
+    // Not JSON-RPC: no eviction (the parse is the authority).
+    assert!(!evicts(
+        "data: {\"method\":\"notifications/tools/list_changed\"}\n\n"
+    ));
+    assert!(evicts(
+        "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n"
+    ));
+    // A line that is no SSE field (ignored by a client) does not make the data an answer.
+    assert!(evicts(
+        "data: {\"jsonrpc\":\"2.0\",\n\"id\":1\ndata: \"method\":\"notifications/tools/list_changed\"}\n\n"
+    ));
+    // A batch (2025-03-26) is searched for the names.
+    assert!(evicts(
+        "data: [{\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}]\n\n"
+    ));
+    // An undecided event larger than MAX_NOTE over several pieces: the names in its bytes.
+    let big = format!(
+        "data: {{\"params\":{{\"pad\":\"{}\"}},\"method\":\"notifications/tools/list_changed\",\"jsonrpc\":\"2.0\"}}\n\n",
+        "x".repeat(MAX_NOTE)
+    );
+    let (x, y) = big.as_bytes().split_at(100);
+    assert_eq!(sniffed(&[x, y]), vec![(TOOLS_CHANGED, None)]);
+}
+
+#[test]
+fn the_first_keys_tell_what_an_event_is_not() {
+    for (data, v) in [
+        (r#"{"jsonrpc":"2.0","id":1,"result":{}}"#, Verdict::Not),
+        (r#"{ "jsonrpc" : "2.0" , "id" : 1"#, Verdict::Not),
+        (r#"{"result":{"tools":["#, Verdict::Not),
+        (
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","#,
+            Verdict::Not,
+        ),
+        (r#"{"method":"tools/call","#, Verdict::Not),
+        (r#""text""#, Verdict::Not),
+        (
+            r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#,
+            Verdict::Maybe,
+        ),
+        (r#"{"jsonrpc":"2.0","meth"#, Verdict::Maybe),
+        (r#"{"params":{},"method":"x"}"#, Verdict::Maybe),
+        (
+            r#"{"jsonrpc":"2.0","method":"notifications\/progress"}"#,
+            Verdict::Maybe,
+        ),
+        (r#"[{"jsonrpc":"2.0"}]"#, Verdict::Maybe),
+    ] {
+        assert_eq!(
+            classify(format!("event: message\ndata: {data}").as_bytes()),
+            v,
+            "{data}"
+        );
+    }
+    assert_eq!(classify(b"event: message\nid: 4"), Verdict::Maybe);
+    assert_eq!(classify(b"data:\ndata: {\"id\":1}"), Verdict::Maybe);
+    assert_eq!(
+        classify(b"data: {\"method\":\"tools/\ndata: call\"}"),
+        Verdict::Maybe
+    );
+    assert_eq!(classify(b"id: 1\r\ndata:{\"result\":1}"), Verdict::Not);
+    assert_eq!(classify(b": keepalive\n"), Verdict::Maybe);
 }
 
 #[test]

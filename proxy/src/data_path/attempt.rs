@@ -307,9 +307,8 @@ async fn era_send(
     } else if let Some((body, headers)) =
         legacy.as_ref().filter(|_| era_ask::may_ask(c.meta.method))
     {
-        // A 2025-era client's call: its 2026-07-28 backend may ask for input (its answer,
-        // relayed as the rounds go, is not kept).
-        c.cache_fill = None;
+        // A 2025-era client's call: its 2026-07-28 backend may ask for input (its answer is
+        // kept only when it came at once: `era_ask::rounds`).
         let call = era_ask::Call {
             gi,
             bi,

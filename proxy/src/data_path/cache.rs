@@ -12,7 +12,7 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use crate::cache::store::{Entry, Moved, Store};
-use crate::cache::{self, CacheConfig, Kind, Requester, Scope, Sniffer};
+use crate::cache::{self, CacheConfig, Change, EventSniffer, Kind, Requester, Scope};
 use crate::config::Config;
 use crate::control::stats::{Counter, Gauge};
 use crate::data_path::request::{ClientConn, Next};
@@ -190,7 +190,7 @@ impl Caches {
     pub(crate) fn tap(&self, gi: usize, fill: Option<Fill>) -> Option<Tap> {
         self.group(gi).map(|g| Tap {
             slot: g.slot,
-            sniffer: Sniffer::default(),
+            sniffer: EventSniffer::default(),
             copy: fill.map(|f| (f, Vec::new())),
         })
     }
@@ -218,12 +218,14 @@ fn tool_name(raw: Option<&[u8]>) -> Option<&str> {
 /// Answers `c`'s request from the cache when it can (waiting once for an identical request
 /// in flight on this core), or marks it to fill the cache on its way back. A hit allocates
 /// nothing: the keys are written into the group's reused buffers. `in_session`: the request
-/// belongs to a backend's session (not to one of mcplb's own, which hold no backend state).
+/// belongs to a backend's session (not to one of mcplb's own, which hold no backend state);
+/// `declared`: what the client of mcplb's own session for a 2026-07-28 backend declared.
 pub(crate) async fn lookup<'a>(
     core: &'a Core,
     c: &mut ClientConn,
     gi: usize,
     in_session: bool,
+    declared: Option<&crate::session::era::Declared<'_>>,
 ) -> Lookup<'a> {
     let Some(g) = core.caches.group(gi) else {
         return Lookup::Pass;
@@ -239,6 +241,7 @@ pub(crate) async fn lookup<'a>(
         version: c.req.header(b"mcp-protocol-version").unwrap_or_default(),
         in_session,
         via: 0,
+        declared: declared.map(|d| (d.capabilities, d.client_info)),
     };
     let (stamp, public, private) = match probe(core, g, gi, kind, c.req.body(), &who) {
         Probe::Pass => return Lookup::Pass,
@@ -363,6 +366,7 @@ pub(crate) async fn member_lookup(
         version: c.req.header(b"mcp-protocol-version").unwrap_or_default(),
         in_session,
         via: u32::try_from(vgi).map_or(u32::MAX, |v| v.saturating_add(1)),
+        declared: None,
     };
     match probe(core, g, gi, kind, body, &who) {
         Probe::Pass => Err(None),
@@ -610,28 +614,32 @@ pub(crate) fn note_group_changes(core: &Core, gi: usize, bits: u8, data: &str) {
 /// backend session's GET stream): it evicts as in a forwarded answer. Only a notification
 /// counts (a list whose tool describes `notifications/tools/list_changed` evicts nothing).
 pub(crate) fn note_message(core: &Core, gi: usize, data: &[u8]) {
-    if !core.caches.has(gi) || memchr::memmem::find(data, b"notifications/").is_none() {
-        return;
-    }
-    let Ok(env) = protocol::parse_message(data.trim_ascii()) else {
+    let Some(g) = core.caches.group(gi) else {
         return;
     };
-    let method = env
-        .method
-        .filter(|_| env.kind == protocol::MessageKind::Notification);
-    let bits = method.map_or(0, |m| cache::notification_bit(m.raw_str()));
-    note_group_changes(
-        core,
-        gi,
-        bits,
-        std::str::from_utf8(data).unwrap_or_default(),
-    );
+    if memchr::memmem::find(data, b"notifications/").is_none() {
+        return;
+    }
+    cache::message_changes(data.trim_ascii(), &mut |ch| note_change(g.slot, ch));
 }
 
 /// [`note_message`] for one whole SSE event, raw.
 pub(crate) fn note_event(core: &Core, gi: usize, event: &[u8]) {
-    if core.caches.has(gi) && memchr::memmem::find(event, b"notifications/").is_some() {
-        note_message(core, gi, &crate::session::era::event_data(event));
+    let Some(g) = core.caches.group(gi) else {
+        return;
+    };
+    let mut joined = Vec::new();
+    cache::event_changes(event, &mut joined, &mut |ch| note_change(g.slot, ch));
+}
+
+/// Makes what a change notification names stale on every core (the group at `slot`).
+fn note_change(slot: usize, change: Change<'_>) {
+    match change {
+        Change::Bits(bits) => cache::note_changes(slot, bits),
+        Change::Updated(uri) => match uri.decoded() {
+            Some(text) => cache::note_uri_updated(slot, &text),
+            None => cache::note_changes(slot, cache::RESOURCES_UPDATED),
+        },
     }
 }
 
@@ -643,28 +651,16 @@ pub(crate) const MAX_COPY: usize = 16 * 1024 * 1024;
 /// never held back (it may carry progress, or a request the client must answer first).
 pub(crate) struct Tap {
     slot: usize,
-    sniffer: Sniffer,
+    sniffer: EventSniffer,
     copy: Option<(Fill, Vec<u8>)>,
 }
 
 impl Tap {
     /// Takes the next bytes of the answer.
     pub(crate) fn take(&mut self, data: &[u8]) {
-        let fresh = self.sniffer.at_event_start();
-        let mut bits = self.sniffer.feed(data);
-        if bits & cache::RESOURCES_UPDATED != 0 {
-            // Only the updated resources' reads, when their events lie whole in this piece
-            // (else every read of the group).
-            if let Some(uris) = cache::updated_uris(data, fresh) {
-                for uri in uris {
-                    cache::note_uri_updated(self.slot, uri.as_bytes());
-                }
-                bits &= !cache::RESOURCES_UPDATED;
-            }
-        }
-        if bits != 0 {
-            cache::note_changes(self.slot, bits);
-        }
+        let slot = self.slot;
+        self.sniffer
+            .feed(data, &mut |change| note_change(slot, change));
         if let Some((_, copy)) = &mut self.copy {
             if copy.len() + data.len() > MAX_COPY {
                 self.copy = None;

@@ -154,6 +154,10 @@ async fn rounds(
     mut t: Turn,
     call: &Call<'_>,
 ) -> (Next, Option<Conn>) {
+    // The answer fills the response cache as a 2026-07-28 client's would (the backend's hints,
+    // the group's rules for tools), but only when it came at once: one given after the client's
+    // input depends on that input, which is not in the key.
+    let mut fill = c.cache_fill.take();
     for _ in 0..MAX_ROUNDS {
         let got = if t.is_sse {
             sse_answer(core, c, &mut t.src).await
@@ -167,13 +171,19 @@ async fn rounds(
         };
         let value: Option<Value> = serde_json::from_slice(&msg).ok();
         let round = match value.as_ref().map(era_input::classify) {
-            None | Some(era_input::Answer::Final) => return end_with(c, t, &msg).await,
+            None | Some(era_input::Answer::Final) => {
+                if let Some(f) = fill.take() {
+                    crate::data_path::cache::store(core, c, f, &msg, false);
+                }
+                return end_with(c, t, &msg).await;
+            }
             Some(era_input::Answer::Unbridgeable(why)) => {
                 let why = format!("mcplb cannot bridge this call for a 2025-era client: {why}");
                 return end_with_error(c, t, &why).await;
             }
             Some(era_input::Answer::Input(round)) => round,
         };
+        fill = None;
         // The answer to this round is read: its connection is done with.
         let reusable = done_reading(&t.src);
         if !t.streaming {

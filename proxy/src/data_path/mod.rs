@@ -232,7 +232,10 @@ async fn serve(core: &Core, c: &mut ClientConn) -> Result<Next, Stop> {
         let in_session = opened.as_ref().map_or(c.req.session_id().is_some(), |o| {
             !o.sid.is_empty() && crate::session::era::parse_session_payload(o.sid).is_none()
         });
-        match Box::pin(cache::lookup(core, c, gi, in_session)).await {
+        let declared = opened
+            .as_ref()
+            .and_then(|o| crate::session::era::parse_session_payload(o.sid));
+        match Box::pin(cache::lookup(core, c, gi, in_session, declared.as_ref())).await {
             cache::Lookup::Answered(next) => return Ok(next),
             cache::Lookup::Miss(guard) => _flight = guard,
             cache::Lookup::Pass => {}

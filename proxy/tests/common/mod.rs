@@ -76,7 +76,7 @@ pub fn start_proxy_env(
             Stdio::inherit(),
         ),
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcplb"))
+    let child = Command::new(env!("CARGO_BIN_EXE_mcplb"))
         .args(["run", "--config"])
         .arg(&config_path)
         .args(["--driver", driver])
@@ -86,7 +86,20 @@ pub fn start_proxy_env(
         .stderr(stderr)
         .spawn()
         .expect("spawn mcplb");
-    let stdout = child.stdout.take().unwrap();
+    proxy_from(child, config_path, config.contains("[admin]"))
+}
+
+/// A `mcplb run` child spawned with its stdout piped, in a [`Proxy`] (killed on drop, so a
+/// test that fails from here on leaves no process behind) once it reported its address (and
+/// its admin address with `admin`), each within 20 s.
+pub fn proxy_from(child: Child, config_path: PathBuf, admin: bool) -> Proxy {
+    let mut p = Proxy {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin: None,
+        config_path,
+    };
+    let stdout = p.child.stdout.take().expect("mcplb's stdout is piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -100,21 +113,43 @@ pub fn start_proxy_env(
             }
         }
     });
-    let addr = rx
+    p.addr = rx
         .recv_timeout(Duration::from_secs(20))
-        .expect("mcplb did not report its address");
-    let admin = config.contains("[admin]").then(|| {
+        .expect("mcplb did not report its address")
+        .parse()
+        .unwrap();
+    p.admin = admin.then(|| {
         rx.recv_timeout(Duration::from_secs(20))
             .expect("mcplb did not report its admin address")
             .parse()
             .unwrap()
     });
-    Proxy {
-        child,
-        addr: addr.parse().unwrap(),
-        admin,
-        config_path,
+    p
+}
+
+/// Reads one HTTP/1.1 request (its head, then a `content-length` body) from `s`, `buf`
+/// holding bytes read before: its head, lower-cased, and its body, both taken out of `buf`;
+/// `None` at EOF or on an error.
+pub fn read_request(s: &mut impl std::io::Read, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+    let mut tmp = [0u8; 8192];
+    let head_len = loop {
+        if let Some(n) = mcplb::http::head_len(buf) {
+            break n;
+        }
+        let n = s.read(&mut tmp).ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_len]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < head_len + len {
+        let n = s.read(&mut tmp).ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&tmp[..n]);
     }
+    let body = buf.drain(..head_len + len).skip(head_len).collect();
+    Some((head, body))
 }
 
 /// Starts a mock backend named `name` on a free loopback port.
@@ -295,6 +330,19 @@ impl SelfSigned {
             key_path.display()
         );
         SelfSigned { dir, roots, table }
+    }
+
+    /// A client configuration (ring, default protocol versions, no client certificate) that
+    /// trusts this certificate.
+    pub fn client_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(self.roots.clone())
+                .with_no_client_auth(),
+        )
     }
 }
 
