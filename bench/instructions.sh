@@ -10,7 +10,15 @@
 # wrk warms it up, callgrind's counters are zeroed, wrk (CONNS connections, SECS seconds, the
 # 200-byte `tools/call` of bench/quick/post.lua) loads it, the counters are dumped. Prints
 # instructions per request (total Ir / requests wrk counted) and the top functions.
-# Settings (env): SECS (10), CONNS (8), LUA (the wrk script in bench/quick, post.lua), LOAD_BIN (mcplb-load for the mock), TOP (25), STATS
+# PATH_MODE=session counts the path bench/one_call.sh runs instead (issue 21): the stateful mock
+# answering `tools/call` as SSE (`mcplb-load mock --sse`), loaded by `mcplb-load run` with CONNS
+# MCP sessions (one per connection, sealed `Mcp-Session-Id`, one call in flight each; the
+# arguments of bench/side_by_side.py); the measured run's initialize is among its requests.
+# RATE (session only): calls per second over all sessions (`--rate`), e.g. RATE=4 with CONNS=1
+# for bench/one_call.sh's paced cell (a call every 250 ms: the connection parks in between).
+# Settings (env): PATH_MODE (stateless | session), SECS (10), CONNS (8), LUA (the wrk script in
+# bench/quick, post.lua; stateless only), LOAD_BIN (mcplb-load for the mock and the session
+# load), TOP (25), INCLUSIVE (1: also the top functions by inclusive count), STATS
 # (true; false leaves out the statistics, whose once-a-second flush is charged to however many
 # requests that second saw), KEEP (a path prefix: keep each callgrind dump there), EXTRA (TOML
 # appended to mcplb's config, e.g. a `[telemetry]` table), DRIVER (legacy; io-uring counts the
@@ -28,7 +36,25 @@ trap cleanup EXIT
 # shellcheck source=bench/common.sh
 . "$ROOT/bench/common.sh"
 MOCK_PORT=$(free_port)
-"$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" --stateless --threads 1 >"$RUN/mock.log" 2>&1 &
+PATH_MODE=${PATH_MODE:-stateless}
+case $PATH_MODE in
+    stateless) MOCK_ARGS=(--stateless) ;;
+    session) MOCK_ARGS=(--sse) ;;
+    *) echo "PATH_MODE: $PATH_MODE is neither stateless nor session" >&2; exit 2 ;;
+esac
+ARGS_JSON='{"query":"what is the weather in Paris today","limit":10}'
+# load SECONDS: drives the proxy at $url, prints the requests it completed.
+load() {
+    if [[ $PATH_MODE == session ]]; then
+        "$LOAD_BIN" run --url "$url" --connections "$CONNS" --duration "${1}s" --warmup 0s \
+            ${RATE:+--rate "$RATE"} --args "$ARGS_JSON" --json --quiet | tail -1 \
+            | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["exchanges"])'
+    else
+        wrk -t1 -c"$CONNS" -d"${1}s" -s "$ROOT/bench/quick/${LUA:-post.lua}" "$url" \
+            | awk '/requests in/ {print $1}'
+    fi
+}
+"$LOAD_BIN" mock --listen "127.0.0.1:$MOCK_PORT" "${MOCK_ARGS[@]}" --threads 1 >"$RUN/mock.log" 2>&1 &
 pids+=($!)
 for spec in "$@"; do
     split_spec "$spec"; bin=$SPEC_BIN
@@ -42,9 +68,9 @@ for spec in "$@"; do
     pids+=("$pid")
     for _ in $(seq 600); do grep -q "mcplb started" "$RUN/p.log" && break; sleep 0.1; done
     url="http://127.0.0.1:$port/mcp"
-    wrk -t1 -c"$CONNS" -d3s -s "$ROOT/bench/quick/${LUA:-post.lua}" "$url" >/dev/null
+    load 3 >/dev/null
     callgrind_control -z "$pid" >/dev/null
-    res=$(wrk -t1 -c"$CONNS" -d"${SECS}s" -s "$ROOT/bench/quick/${LUA:-post.lua}" "$url")
+    reqs=$(load "$SECS")
     callgrind_control -d "$pid" >/dev/null
     sleep 1
     # Under valgrind the io_uring worker may not finish a graceful stop: give it 10 s.
@@ -52,16 +78,21 @@ for spec in "$@"; do
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    reqs=$(echo "$res" | awk '/requests in/ {print $1}')
     dump=$(ls -t "$out".* 2>/dev/null | head -1)
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
-    echo "== $spec"
+    echo "== $spec ($PATH_MODE, $CONNS connections)"
     echo "requests $reqs, instructions $total, per request $((total / reqs))"
-    # --threshold=100: the default (99 %) stops after the thread's start frames, which
-    # callgrind_annotate 3.19 lists at 100 % even with --inclusive=no; those are left out.
-    callgrind_annotate --inclusive=no --threshold=100 "$dump" 2>/dev/null | sed -n '/^Ir/,$p' \
-        | grep -E '^ *[0-9,]+ +\( *[0-9.]+%\)' | grep -v '(100.0%)' | head -n "$TOP" \
-        | awk -v r="$reqs" '{gsub(",","",$1); printf "%8d  %s\n", $1 / r, $0}' | cut -c1-160
+    # Self counts. The threads' entry frames, charged the whole total by the zeroing in flight,
+    # are left out (without --threshold=100 they end the list).
+    callgrind_annotate --inclusive=no --threshold=100 --auto=no "$dump" 2>/dev/null \
+        | sed -n '/file:function/,$p' | sed -n '3,$p' | awk -v t="$total" '{c=$1; gsub(",","",c)} c + 0 < t * 0.9' \
+        | sed -n "1,${TOP}p" | awk -v r="$reqs" '{gsub(",","",$1); printf "%8d  %s\n", $1 / r, $0}' | cut -c1-160
+    if [[ ${INCLUSIVE:-0} == 1 ]]; then
+        echo "-- inclusive, per request"
+        callgrind_annotate --inclusive=yes --threshold=100 --auto=no "$dump" 2>/dev/null \
+            | sed -n '/file:function/,$p' | sed -n "3,$((TOP + 2))p" \
+            | awk -v r="$reqs" '{gsub(",","",$1); printf "%8d  %s\n", $1 / r, $0}' | cut -c1-160
+    fi
     if [[ -n "${KEEP:-}" ]]; then cp "$dump" "$KEEP.$(basename "$bin")"; fi
     rm -f "$out".*
 done

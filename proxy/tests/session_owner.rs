@@ -611,3 +611,71 @@ fn session_keys_rotate_by_reload_and_a_dropped_key_ends_its_sessions() {
         200
     );
 }
+
+/// A keep-alive connection remembers the last id that opened (`SessionSealer::open_memo`), so
+/// its next request in the session skips the decryption: every other id it carries is still
+/// opened and checked (another caller's, an altered one, another session's), the owner is
+/// checked on every request, and a reload that drops the key ends the remembered session too.
+#[test]
+fn a_keep_alive_connection_checks_every_id_it_carries() {
+    const NEW_KEY: &str = "4e45572d4b45592d4e45572d4b45592d4e45572d4b45592d4e45572d4b45592d";
+    let m = mock("alpha");
+    let backends = format!("\"{}\"", m.url());
+    let alice = [("x-api-key", ALICE_KEY)];
+    let bob = [("x-api-key", BOB_KEY)];
+    // One worker: every request of the test meets the same core.
+    let text = config(&backends, "", &api_keys()).replace("workers = 2", "workers = 1");
+    let p = start_proxy(&text, "auto");
+    let a1 = open_session(&p, &alice);
+    let a2 = open_session(&p, &alice);
+    let b1 = open_session(&p, &bob);
+    let mut c = HttpClient::connect(p.addr).unwrap();
+    let mut on = |who: &[(&str, &str)], sid: &str| -> (u16, String) {
+        let body = rpc(7, "tools/call", json!({"name": "whoami", "arguments": {}}));
+        let mut h: Headers = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+        ];
+        h.extend_from_slice(who);
+        h.push(("mcp-session-id", sid));
+        let r = c
+            .request("POST", "/mcp", &h, body.to_string().as_bytes())
+            .unwrap();
+        let v = r.json().unwrap_or_default();
+        let text = v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        (r.status, text)
+    };
+    assert_eq!(on(&alice, &a1), (200, "alpha".to_string()));
+    assert_eq!(on(&alice, &a1).0, 200);
+    // The remembered id with another caller's credential: refused, on the same connection.
+    assert_eq!(on(&bob, &a1).0, 404);
+    assert_eq!(on(&alice, &a1).0, 200);
+    // One character of it changed: opened in full, unknown.
+    let mid = a1.len() / 2;
+    let swap = if &a1[mid..=mid] == "A" { "B" } else { "A" };
+    let altered = format!("{}{swap}{}", &a1[..mid], &a1[mid + 1..]);
+    assert_eq!(on(&alice, &altered).0, 404);
+    assert_eq!(on(&alice, &a1).0, 200);
+    // Other sessions' ids on the same connection, then back.
+    assert_eq!(on(&alice, &a2).0, 200);
+    assert_eq!(on(&bob, &b1).0, 200);
+    assert_eq!(on(&alice, &b1).0, 404);
+    assert_eq!(on(&alice, &a1).0, 200);
+    wait_mismatches(&p, 2);
+    // A reload that drops the key: the id this connection's last request opened is unknown now.
+    std::fs::write(
+        &p.config_path,
+        text.replace(
+            &format!("session_key = \"{SESSION_KEY}\""),
+            &format!("session_keys = [\"{NEW_KEY}\"]"),
+        ),
+    )
+    .unwrap();
+    let (status, v) = reload(&p);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(on(&alice, &a1).0, 404);
+    assert_eq!(on(&alice, &a1).0, 404);
+}

@@ -375,7 +375,11 @@ fn open_session<'s>(
     else {
         return Ok(None);
     };
-    let Some(opened) = core.shared.sealer.open(sealed, scratch) else {
+    let Some(opened) = core
+        .shared
+        .sealer
+        .open_memo(sealed, scratch, &mut c.session_memo)
+    else {
         return Ok(None);
     };
     let me = admission::owner_under_key(core, c, group, opened.key);

@@ -243,6 +243,11 @@ pub(crate) struct ClientConn {
     pub client_text: IpText,
     /// The sealed session id of the last answer that started a session.
     pub new_sid: Vec<u8>,
+    /// The last session id this connection's requests carried that opened, and what it
+    /// opened to (`SessionSealer::open_memo`): its next request in the session skips the
+    /// decryption. Boxed, and filled from the second request with an id: connections without
+    /// a session, and parked ones (whose next request meets a new `ClientConn`), pay nothing.
+    pub session_memo: crate::session::MemoSlot,
     /// What the current request did, for statistics.
     pub meta: ReqMeta,
     /// Who the current request's credential says it is (`[servers.auth]`).
@@ -283,6 +288,7 @@ impl ClientConn {
             peer_text,
             client_text: peer_text,
             new_sid: Vec::new(),
+            session_memo: crate::session::MemoSlot::default(),
             meta: ReqMeta::default(),
             caller: crate::auth::Caller::default(),
             owner: None,

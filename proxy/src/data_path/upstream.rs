@@ -162,10 +162,18 @@ pub(crate) fn build_request(
     }
     let body = rewrite.body.unwrap_or(req.body());
     if req.method() == HttpMethod::Post || !body.is_empty() {
-        let _ = write!(out, "content-length: {}\r\n", body.len());
+        content_length(out, body.len());
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
+}
+
+/// Appends the `content-length` field of a body of `len` bytes (with itoa: `write!` went
+/// through `core::fmt::write` and an `io::Write` adapter, ~340 instructions a request).
+fn content_length(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Largest body of an answer to one of mcplb's own requests that is kept.
@@ -402,7 +410,7 @@ pub(crate) fn build_member_request(
         out.extend_from_slice(b"\r\n");
     }
     if http_method == b"POST" || !body.is_empty() {
-        let _ = write!(out, "content-length: {}\r\n", body.len());
+        content_length(out, body.len());
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);

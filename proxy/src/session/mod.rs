@@ -115,6 +115,45 @@ pub struct Opened<'s> {
 pub struct SessionSealer {
     /// Never empty: [`SessionSealer::with_keys`] refuses an empty list.
     keys: Vec<SealKey>,
+    /// Unique to this sealer in the process (a reload builds a new one): an [`OpenMemo`]
+    /// filled by another sealer, whose keys may differ, is never taken.
+    id: u64,
+}
+
+/// The sealers built so far (for [`SessionSealer::id`]).
+static SEALERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn next_sealer_id() -> u64 {
+    SEALERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A connection's memo of its last session id ([`SessionSealer::open_memo`]). Filled from the
+/// second id a connection's task opens on: a connection that idles past the hot wait is
+/// parked without its per-request state and served by a new task, so an agent pausing between
+/// calls would only pay for filling a memo it never reads (two allocations a call, measured
+/// in the paced `bench/one_call.sh` cell).
+#[derive(Default)]
+pub struct MemoSlot {
+    /// An id was opened on this connection's task already.
+    armed: bool,
+    memo: Option<Box<OpenMemo>>,
+}
+
+/// A connection's last session id that opened, and what it opened to: a keep-alive client
+/// sends the same id with every request of its session, and comparing its bytes costs ~100
+/// instructions where opening it again costs ~5 000 (ChaCha20-Poly1305 and base64).
+/// Any other id (altered by one byte, another session's, or the same bytes under another
+/// sealer, i.e. after a reload or key rotation) is opened and checked in full.
+#[derive(Default)]
+struct OpenMemo {
+    /// The [`SessionSealer::id`] that opened it.
+    sealer: u64,
+    /// Which of that sealer's keys opened it.
+    key: usize,
+    /// Bytes of the sealed id at the start of `bytes`.
+    sealed_len: usize,
+    /// The sealed id, then its opened body (version ‖ tag ‖ [owner] ‖ backend sid).
+    bytes: Vec<u8>,
 }
 
 /// One session key, prepared.
@@ -161,6 +200,7 @@ impl SessionSealer {
     pub fn new(key: &[u8; 32]) -> Self {
         SessionSealer {
             keys: vec![SealKey::new(key)],
+            id: next_sealer_id(),
         }
     }
 
@@ -172,6 +212,7 @@ impl SessionSealer {
         }
         Some(SessionSealer {
             keys: keys.iter().map(SealKey::new).collect(),
+            id: next_sealer_id(),
         })
     }
 
@@ -358,6 +399,52 @@ impl SessionSealer {
     /// backend's session id (a slice of `scratch`) and which key opened it, or `None` when the
     /// id was not sealed with any of the keys or was altered.
     pub fn open<'s>(&self, sealed: &[u8], scratch: &'s mut [u8; SCRATCH]) -> Option<Opened<'s>> {
+        let (body, key) = self.decrypt(sealed, scratch)?;
+        parse_body(body, key)
+    }
+
+    /// [`open`](Self::open), remembering in `slot` the id that opened (from the slot's second
+    /// open on, [`MemoSlot`]): the same bytes again (the connection's next request in its
+    /// session) are not decrypted again but copied from the memo, which only this sealer's
+    /// opens fill. An id that does not open leaves the memo as it was.
+    pub fn open_memo<'s>(
+        &self,
+        sealed: &[u8],
+        scratch: &'s mut [u8; SCRATCH],
+        slot: &mut MemoSlot,
+    ) -> Option<Opened<'s>> {
+        if let Some(m) = slot.memo.as_deref() {
+            if m.sealer == self.id && m.bytes.get(..m.sealed_len) == Some(sealed) {
+                let body = &m.bytes[m.sealed_len..];
+                let out = scratch.get_mut(..body.len())?;
+                out.copy_from_slice(body);
+                return parse_body(out, m.key);
+            }
+        }
+        let (body, key) = self.decrypt(sealed, scratch)?;
+        // Remembered only when it parses, so a hit gives what a full open gives.
+        parse_body(body, key)?;
+        if !slot.armed {
+            slot.armed = true;
+            return parse_body(body, key);
+        }
+        let m = slot.memo.get_or_insert_with(Box::default);
+        m.sealer = self.id;
+        m.key = key;
+        m.sealed_len = sealed.len();
+        m.bytes.clear();
+        m.bytes.extend_from_slice(sealed);
+        m.bytes.extend_from_slice(body);
+        parse_body(body, key)
+    }
+
+    /// Decodes and decrypts a sealed id in `scratch`: its body (version ‖ tag ‖ [owner] ‖
+    /// backend sid, a slice of `scratch`) and which key opened it.
+    fn decrypt<'s>(
+        &self,
+        sealed: &[u8],
+        scratch: &'s mut [u8; SCRATCH],
+    ) -> Option<(&'s [u8], usize)> {
         if sealed.len() > base64::encoded_len(SCRATCH, false)? {
             return None;
         }
@@ -376,28 +463,35 @@ impl SessionSealer {
                 .decrypt_in_place_detached(Nonce::from_slice(nonce), b"mcplb-session", body, &tag)
                 .is_ok()
         })?;
-        let backend_tag = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
-        let elicits = body[0] & ELICITS != 0;
-        match body[0] & !ELICITS {
-            VERSION => Some(Opened {
+        Some((body, key))
+    }
+}
+
+/// What an opened body (version ‖ backend tag ‖ [owner] ‖ backend sid) holds; `None` for
+/// another kind of id or one too short.
+fn parse_body(body: &[u8], key: usize) -> Option<Opened<'_>> {
+    let tag: [u8; 4] = body.get(1..5)?.try_into().ok()?;
+    let backend_tag = u32::from_le_bytes(tag);
+    let elicits = body[0] & ELICITS != 0;
+    match body[0] & !ELICITS {
+        VERSION => Some(Opened {
+            tag: backend_tag,
+            owner: None,
+            sid: &body[5..],
+            key,
+            elicits,
+        }),
+        VERSION_OWNED => {
+            let o: [u8; OWNER] = body.get(5..5 + OWNER)?.try_into().ok()?;
+            Some(Opened {
                 tag: backend_tag,
-                owner: None,
-                sid: &body[5..],
+                owner: Some(Owner(o)),
+                sid: body.get(5 + OWNER..)?,
                 key,
                 elicits,
-            }),
-            VERSION_OWNED => {
-                let o: [u8; OWNER] = body.get(5..5 + OWNER)?.try_into().ok()?;
-                Some(Opened {
-                    tag: backend_tag,
-                    owner: Some(Owner(o)),
-                    sid: body.get(5 + OWNER..)?,
-                    key,
-                    elicits,
-                })
-            }
-            _ => None,
+            })
         }
+        _ => None,
     }
 }
 
@@ -410,6 +504,80 @@ mod tests {
         let mut scratch = [0u8; SCRATCH];
         s.open(id, &mut scratch)
             .map(|o| (o.tag, o.owner, o.sid.to_vec()))
+    }
+
+    /// What [`SessionSealer::open_memo`] gives, owned.
+    type Got = Option<(u32, Option<Owner>, Vec<u8>, usize, bool)>;
+
+    fn open_with(s: &SessionSealer, id: &[u8], memo: &mut MemoSlot) -> Got {
+        let mut scratch = [0u8; SCRATCH];
+        s.open_memo(id, &mut scratch, memo)
+            .map(|o| (o.tag, o.owner, o.sid.to_vec(), o.key, o.elicits))
+    }
+
+    fn open_full(s: &SessionSealer, id: &[u8]) -> Got {
+        let mut scratch = [0u8; SCRATCH];
+        s.open(id, &mut scratch)
+            .map(|o| (o.tag, o.owner, o.sid.to_vec(), o.key, o.elicits))
+    }
+
+    #[test]
+    fn open_memo_serves_only_the_same_bytes_under_the_same_sealer() {
+        let s = SessionSealer::new(&[7u8; 32]);
+        let owner = s.owner(&[b"api-key", &[1u8; 32]]);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        s.seal_session(3, Some(&owner), true, b"backend-a", &mut a)
+            .unwrap();
+        s.seal(4, None, b"backend-b", &mut b).unwrap();
+        let mut slot = MemoSlot::default();
+        assert!(open_full(&s, &a).is_some());
+        // The slot's first open remembers nothing (a parked connection's next task starts
+        // with a new slot), the second does.
+        assert_eq!(open_with(&s, &a, &mut slot), open_full(&s, &a));
+        assert!(slot.memo.is_none());
+        assert_eq!(open_with(&s, &a, &mut slot), open_full(&s, &a));
+        let m = slot.memo.as_deref().unwrap();
+        assert_eq!(&m.bytes[..m.sealed_len], &a[..]);
+        // The same bytes again are served from the memo: an altered memo shows through (the
+        // test's way of seeing that the decryption was skipped).
+        let last = slot.memo.as_deref().unwrap().bytes.len() - 1;
+        slot.memo.as_deref_mut().unwrap().bytes[last] = b'X';
+        assert_eq!(open_with(&s, &a, &mut slot).unwrap().2, b"backend-X");
+        slot.memo.as_deref_mut().unwrap().bytes[last] = b'a';
+        assert_eq!(open_with(&s, &a, &mut slot), open_full(&s, &a));
+        // Any byte altered: opened in full, refused, and the memo stays.
+        for i in 0..a.len() {
+            let mut t = a.clone();
+            t[i] = if t[i] == b'A' { b'B' } else { b'A' };
+            assert_eq!(open_with(&s, &t, &mut slot), None, "byte {i}");
+        }
+        // A prefix or an extension of the remembered id is another id.
+        assert_eq!(open_with(&s, &a[..a.len() - 1], &mut slot), None);
+        let mut longer = a.clone();
+        longer.push(b'A');
+        assert_eq!(open_with(&s, &longer, &mut slot), None);
+        assert_eq!(open_with(&s, &a, &mut slot), open_full(&s, &a));
+        // Another session's id replaces it; both keep opening to their own.
+        assert_eq!(open_with(&s, &b, &mut slot), open_full(&s, &b));
+        assert_eq!(open_with(&s, &a, &mut slot).unwrap().2, b"backend-a");
+        assert_eq!(open_with(&s, &b, &mut slot).unwrap().0, 4);
+        // Another sealer (a reload) never takes this one's memo: with other keys the id does
+        // not open, though its bytes are remembered.
+        let other = SessionSealer::new(&[8u8; 32]);
+        assert_eq!(open_with(&other, &b, &mut slot), None);
+        assert_eq!(slot.memo.as_deref().unwrap().sealer, s.id);
+        // With the same key it opens in full and the memo becomes the new sealer's.
+        let same = SessionSealer::new(&[7u8; 32]);
+        assert_eq!(open_with(&same, &b, &mut slot), open_full(&s, &b));
+        assert_eq!(slot.memo.as_deref().unwrap().sealer, same.id);
+        // A rotation: the old key's id opens under key 1, from the memo too.
+        let rotated = SessionSealer::with_keys(&[[9u8; 32], [7u8; 32]]).unwrap();
+        let first = open_with(&rotated, &a, &mut slot);
+        assert_eq!(first.as_ref().unwrap().3, 1);
+        assert_eq!(open_with(&rotated, &a, &mut slot), first);
+        // The key dropped: the memo of the sealer that still had it is not taken.
+        let dropped = SessionSealer::with_keys(&[[9u8; 32]]).unwrap();
+        assert_eq!(open_with(&dropped, &a, &mut slot), None);
     }
 
     #[test]
