@@ -413,21 +413,7 @@ impl SessionSealer {
             return None;
         }
         buf.truncate(n);
-        // Every key opens (a rotation). A failed try may leave the body overwritten, so a
-        // later key decodes the ciphertext again.
-        let mut key = None;
-        for (i, k) in self.keys.iter().enumerate() {
-            if i > 0 {
-                URL_SAFE_NO_PAD.decode_slice(sealed, &mut buf[..]).ok()?;
-            }
-            let (nonce, rest) = buf.split_at_mut(NONCE);
-            let (body, tag) = rest.split_at_mut(n - NONCE - TAG);
-            if k.open(nonce, body, tag) {
-                key = Some(i);
-                break;
-            }
-        }
-        let key = key?;
+        let key = self.open_decoded(sealed, buf, n)?;
         match buf[NONCE..n - TAG].split_first() {
             Some((&v, payload)) if v == kind => Some((payload, key)),
             _ => None,
@@ -462,10 +448,10 @@ impl SessionSealer {
         }
         let (body, key) = self.decrypt(sealed, scratch)?;
         // Remembered only when it parses, so a hit gives what a full open gives.
-        parse_body(body, key)?;
+        let opened = parse_body(body, key)?;
         if !slot.armed {
             slot.armed = true;
-            return parse_body(body, key);
+            return Some(opened);
         }
         let m = slot.memo.get_or_insert_with(Box::default);
         m.sealer = self.id;
@@ -474,7 +460,7 @@ impl SessionSealer {
         m.bytes.clear();
         m.bytes.extend_from_slice(sealed);
         m.bytes.extend_from_slice(body);
-        parse_body(body, key)
+        Some(opened)
     }
 
     /// Decodes and decrypts a sealed id in `scratch`: its body (version ‖ tag ‖ [owner] ‖
@@ -491,19 +477,24 @@ impl SessionSealer {
         if n < NONCE + 1 + 4 + TAG {
             return None;
         }
-        let body_len = n - NONCE - TAG;
-        // A failed try may leave the body overwritten (ring's contract), so a later key (a
-        // rotation) decodes the ciphertext again.
+        let key = self.open_decoded(sealed, &mut scratch[..], n)?;
+        Some((&scratch[NONCE..n - TAG], key))
+    }
+
+    /// Opens the id `sealed` decoded at the start of `buf` (`n` bytes: nonce ‖ body ‖ tag)
+    /// with each key in turn (a rotation): which key opened it, the body then decrypted in
+    /// place. A failed try may leave the body overwritten (ring's contract), so a later key
+    /// decodes `sealed` into `buf` again first.
+    fn open_decoded(&self, sealed: &[u8], buf: &mut [u8], n: usize) -> Option<usize> {
+        let body_len = n.checked_sub(NONCE + TAG)?;
         for (i, k) in self.keys.iter().enumerate() {
             if i > 0 {
-                URL_SAFE_NO_PAD
-                    .decode_slice(sealed, &mut scratch[..])
-                    .ok()?;
+                URL_SAFE_NO_PAD.decode_slice(sealed, &mut *buf).ok()?;
             }
-            let (nonce, rest) = scratch.split_at_mut(NONCE);
+            let (nonce, rest) = buf.split_at_mut(NONCE);
             let (body, tail) = rest.split_at_mut(body_len);
-            if k.open(nonce, body, &tail[..TAG]) {
-                return Some((&scratch[NONCE..NONCE + body_len], i));
+            if k.open(nonce, body, tail.get(..TAG)?) {
+                return Some(i);
             }
         }
         None
