@@ -19,6 +19,7 @@ use crate::data_path::request::{ClientConn, HttpMethod, Next, Refusal, ReqMeta};
 use crate::data_path::response::{forward_response, Answer};
 use crate::data_path::{era_ask, era_bridge, era_listen, failover, reply, upstream};
 use crate::runtime::core::Core;
+use crate::runtime::timer::Timer;
 use crate::session::era;
 use crate::tls::Conn;
 
@@ -166,6 +167,7 @@ pub(crate) async fn reach_as_sent<'a>(
         out,
         meta,
         trace,
+        head_timer,
         ..
     } = &mut *c;
     let req: &crate::data_path::request::Request = req;
@@ -183,6 +185,7 @@ pub(crate) async fn reach_as_sent<'a>(
         ubuf,
         meta,
         sealed: req.session_id(),
+        timer: head_timer,
     };
     reach(core, plan, conc, permits, &mut io, &write).await
 }
@@ -234,6 +237,7 @@ async fn era_send(
             meta,
             trace,
             owner,
+            head_timer,
             ..
         } = &mut *c;
         let mut hook = EraHook {
@@ -257,6 +261,7 @@ async fn era_send(
             ubuf: &mut ubuf,
             meta,
             sealed: req.session_id(),
+            timer: head_timer,
         };
         let r = reach_with(core, &mut plan, conc, permits, &mut io, &mut hook).await;
         r.map(|r| (r, hook.bridge))
@@ -535,6 +540,8 @@ pub(crate) struct AttemptIo<'a> {
     pub meta: &'a mut ReqMeta,
     /// The sealed session id whose `initialize` a failover replays.
     pub sealed: Option<&'a [u8]>,
+    /// Times the wait for the answer head (the connection's, when there is one).
+    pub timer: &'a mut Timer,
 }
 
 /// A backend that answered: its connection, with a complete answer head in the attempt's
@@ -816,7 +823,7 @@ async fn attempt(
         ));
     }
     let deadline = monoio::time::Instant::from_std(sent) + head_timeout;
-    match upstream::read_head(&mut up, io.ubuf, Some(deadline)).await {
+    match upstream::read_head_with(&mut up, io.ubuf, Some(deadline), io.timer).await {
         Ok(n) => Ok((up, n)),
         Err(e) => Err(e.upstream(reused)),
     }

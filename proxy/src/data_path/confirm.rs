@@ -535,6 +535,7 @@ pub(crate) async fn ask_on_bridged_stream(
             ubuf: &mut ubuf,
             meta,
             sealed: None,
+            timer: &mut Default::default(),
         };
         attempt::reach(core, &mut plan, conc, permits, &mut io, &write).await
     };

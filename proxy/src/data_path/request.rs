@@ -270,6 +270,9 @@ pub(crate) struct ClientConn {
     pub policy_class: Option<crate::data_path::policy::ConnClass>,
     /// The current request's trace (`[telemetry]` only), once decided.
     pub trace: Option<crate::telemetry::TraceContext>,
+    /// The deadline of the wait for a backend's answer head, kept from one request to the
+    /// next (`runtime::timer`).
+    pub head_timer: crate::runtime::timer::Timer,
 }
 
 impl ClientConn {
@@ -298,6 +301,7 @@ impl ClientConn {
             era_replay: None,
             policy_class: None,
             trace: None,
+            head_timer: crate::runtime::timer::Timer::default(),
         }
     }
 

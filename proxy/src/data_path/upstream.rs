@@ -13,6 +13,7 @@ use crate::data_path::client_address::{self, Hop};
 use crate::data_path::request::{HttpMethod, Request};
 use crate::data_path::response::{body_step_with, Framing};
 use crate::http::{self, ChunkedDecoder};
+use crate::runtime::timer::Timer;
 use crate::telemetry::TraceContext;
 use crate::tls::Conn;
 
@@ -55,6 +56,16 @@ pub(crate) async fn read_head(
     buf: &mut Vec<u8>,
     deadline: Option<monoio::time::Instant>,
 ) -> Result<usize, HeadReadError> {
+    read_head_with(up, buf, deadline, &mut Timer::default()).await
+}
+
+/// [`read_head`], timed by `timer` (a connection's, kept between its requests).
+pub(crate) async fn read_head_with(
+    up: &mut Conn,
+    buf: &mut Vec<u8>,
+    deadline: Option<monoio::time::Instant>,
+    timer: &mut Timer,
+) -> Result<usize, HeadReadError> {
     loop {
         if let Some(n) = http::head_len(buf) {
             return Ok(n);
@@ -67,7 +78,7 @@ pub(crate) async fn read_head(
         let read = up.read_more(b, super::READ_SIZE);
         let (r, b) = match deadline {
             None => read.await,
-            Some(d) => match monoio::time::timeout_at(d, read).await {
+            Some(d) => match timer.within(d, read).await {
                 Ok(x) => x,
                 // The buffer went with the cancelled read.
                 Err(_) => return Err(HeadReadError::TimedOut { bytes: had }),

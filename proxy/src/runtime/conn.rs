@@ -23,7 +23,8 @@ use crate::runtime::core::Core;
 use crate::runtime::park::{IdleSet, Woke};
 use crate::runtime::reuse::Reused;
 use crate::runtime::shutdown::ShutdownSignal;
-use crate::runtime::{proxy_protocol, ready_within, spawn_client, ClientSlot, SHUTDOWN};
+use crate::runtime::timer::Timer;
+use crate::runtime::{proxy_protocol, spawn_client, ClientSlot, SHUTDOWN};
 use crate::tls::Conn;
 
 /// How a connection came to its task.
@@ -111,8 +112,9 @@ pub(crate) async fn serve_client(
 pub(crate) async fn park_loop(park: Rc<IdleSet>, newest: impl Fn() -> Option<Rc<Core>>) {
     let mut ready = Vec::new();
     let mut shutdown = pin!(ShutdownSignal::new());
+    let mut sweep = Timer::default();
     loop {
-        let woke = park.wait(&mut ready, shutdown.as_mut()).await;
+        let woke = park.wait(&mut ready, shutdown.as_mut(), &mut sweep).await;
         let core = newest();
         let now = Instant::now();
         for p in ready.drain(..) {
@@ -181,6 +183,8 @@ async fn serve_connection(
         Arrival::Woken { idle } => hot_wait(idle),
         Arrival::Accepted => None,
     };
+    // The hot wait's timer, moved from one wait to the next rather than made anew (`timer.rs`).
+    let mut hot_timer = Timer::default();
     let mut park = None;
     let mut linger = false;
     let mut h2 = false;
@@ -198,7 +202,8 @@ async fn serve_connection(
             // state would otherwise sit in every idle connection's task.
             let waited = match hot {
                 Some(wait) => {
-                    Reused::new(|| wait_request(core, &mut c, &mut canceller, wait)).await
+                    let timer = &mut hot_timer;
+                    Reused::new(|| wait_request(core, &mut c, &mut canceller, timer, wait)).await
                 }
                 None => Wait::Idle,
             };
@@ -341,6 +346,7 @@ async fn wait_request(
     core: &Core,
     c: &mut ClientConn,
     canceller: &mut Option<Canceller>,
+    timer: &mut Timer,
     hot_wait: Duration,
 ) -> Wait {
     // TLS connections wait for readiness (rustls may hold decrypted bytes already).
@@ -354,7 +360,8 @@ async fn wait_request(
     buf.clear();
     let read = stream.cancelable_read(buf.slice_mut(0..), cn.handle());
     let mut read = std::pin::pin!(read);
-    let (r, slice) = match ready_within(read.as_mut(), hot_wait).await {
+    let deadline = crate::runtime::clock::monoio_now() + hot_wait;
+    let (r, slice) = match timer.before(deadline, read.as_mut()).await {
         Some(done) => {
             *canceller = Some(cn);
             done

@@ -15,6 +15,7 @@ pub(crate) mod proxy_protocol;
 pub(crate) mod reuse;
 pub(crate) mod shared;
 pub(crate) mod shutdown;
+pub(crate) mod timer;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -366,18 +367,9 @@ pub(crate) fn boxed<F: Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>
     Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
-/// Polls `fut` until it completes (`Some`) or `after` passes (`None`). On `None` the future
-/// is left as it is: the caller cancels its operation and awaits it, so a result that raced
-/// the timeout is still taken, never lost.
-pub(crate) async fn ready_within<F: Future>(
-    fut: std::pin::Pin<&mut F>,
-    after: Duration,
-) -> Option<F::Output> {
-    before(fut, std::pin::pin!(monoio::time::sleep(after))).await
-}
-
-/// Polls `fut` until it completes (`Some`) or `stop` does (`None`), with the same rule as
-/// [`ready_within`] for what `fut` holds.
+/// Polls `fut` until it completes (`Some`) or `stop` does (`None`). On `None` the future is
+/// left as it is: the caller cancels its operation and awaits it, so a result that raced
+/// `stop` is still taken, never lost.
 pub(crate) async fn before<F: Future, S: Future>(
     mut fut: std::pin::Pin<&mut F>,
     mut stop: std::pin::Pin<&mut S>,

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::runtime::timer::Timer;
 use crate::runtime::ClientSlot;
 
 /// One parked connection.
@@ -170,16 +171,20 @@ impl IdleSet {
     /// Waits until some parked connections turn readable (moved into `out`), a sweep is due,
     /// a shutdown begins or a park brings the next sweep forward. Between those it costs no
     /// wake-up: no timer runs while nothing is parked.
+    /// `timer` is the sweep's, kept from one wait to the next (`runtime::timer`): moved, not
+    /// made anew, for each batch of wake-ups.
     pub(crate) async fn wait(
         &self,
         out: &mut Vec<Parked>,
         mut shutdown: Pin<&mut impl Future<Output = ()>>,
+        timer: &mut Timer,
     ) -> Woke {
         let due = self.next_sweep.get();
+        let sweep_at = due.map(monoio::time::Instant::from_std);
+        if sweep_at.is_none() {
+            timer.disarm();
+        }
         let mut readable = std::pin::pin!(self.waiter.readable(false));
-        let mut sweep = std::pin::pin!(
-            due.map(|d| monoio::time::sleep_until(monoio::time::Instant::from_std(d)))
-        );
         let woke = std::future::poll_fn(|cx| {
             if readable.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Woke::Ready);
@@ -187,8 +192,8 @@ impl IdleSet {
             if shutdown.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Woke::Shutdown);
             }
-            if let Some(s) = sweep.as_mut().as_pin_mut() {
-                if s.poll(cx).is_ready() {
+            if let Some(at) = sweep_at {
+                if timer.poll_deadline(at, cx).is_ready() {
                     return Poll::Ready(Woke::Sweep);
                 }
             }

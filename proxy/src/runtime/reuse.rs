@@ -67,6 +67,16 @@ impl<F: Future> Reused<F> {
             _owns: PhantomData,
         }
     }
+
+    /// The future, pinned in its block (to call its own methods between polls).
+    pub(crate) fn as_mut(&mut self) -> Pin<&mut F> {
+        // SAFETY: as in `poll`: the future never moves out of its block until `drop`, and
+        // `&mut self` gives exclusive access.
+        #[allow(unsafe_code)]
+        unsafe {
+            Pin::new_unchecked(&mut *self.ptr.as_ptr())
+        }
+    }
 }
 
 impl<F: Future> Future for Reused<F> {

@@ -421,6 +421,7 @@ async fn send_once<'a>(
             ubuf: &mut ubuf,
             meta: &mut meta,
             sealed: None,
+            timer: &mut Default::default(),
         };
         let mut permits = Default::default();
         attempt::reach(
