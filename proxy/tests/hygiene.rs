@@ -680,6 +680,76 @@ fn a_slow_body_is_cut_off_by_body_timeout() {
     }
 }
 
+/// Reads one answer with a `content-length` body from `s`, leaving the connection open.
+fn read_one_answer(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&out).into_owned();
+            }
+        }
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&out).into_owned(),
+            Ok(n) => out.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+#[test]
+fn a_slow_head_is_cut_off_by_header_timeout_on_new_and_parked_connections() {
+    let m = stateless_mock();
+    let partial = b"POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n";
+    for driver in DRIVERS {
+        let p = start_proxy(
+            &config_for(
+                &[&m],
+                "header_timeout = \"1s\"\nupstream_timeout = \"300s\"",
+            ),
+            driver,
+        );
+        // A new connection whose head stops half-way.
+        let mut s = TcpStream::connect(p.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(partial).unwrap();
+        let t = Instant::now();
+        let answer = read_to_close(&mut s);
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{driver}: {answer}");
+        assert!(
+            answer.contains("request head timed out"),
+            "{driver}: {answer}"
+        );
+        // Bounded by header_timeout, not upstream_timeout (a bound, not a timing goal).
+        assert!(t.elapsed() < Duration::from_secs(15), "{driver}");
+        // A keep-alive connection, answered, then idle (parked after its first answer), whose
+        // next head stops half-way: its first bytes wake it, the rest never come.
+        let mut s = TcpStream::connect(p.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let body = ping_body();
+        let req = format!(
+            "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             accept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let first = read_one_answer(&mut s);
+        assert!(first.starts_with("HTTP/1.1 200"), "{driver}: {first}");
+        std::thread::sleep(Duration::from_millis(300));
+        s.write_all(partial).unwrap();
+        let t = Instant::now();
+        let answer = read_to_close(&mut s);
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{driver}: {answer}");
+        assert!(t.elapsed() < Duration::from_secs(15), "{driver}");
+    }
+}
+
 #[test]
 fn one_address_holds_at_most_256_connections_by_default() {
     let m = stateless_mock();

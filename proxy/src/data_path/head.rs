@@ -6,6 +6,7 @@
 use crate::config::ProxyConfig;
 use crate::data_path::request::{offset_of, ClientConn, Refusal, ReqHead, Stop};
 use crate::http;
+use crate::tls::Conn;
 
 /// Why a request head was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +165,12 @@ pub(crate) fn parse_whole(
 pub(crate) async fn read_head(cfg: &ProxyConfig, c: &mut ClientConn) -> Result<(), Stop> {
     // Set by the first read (a head already here needs no clock read).
     let mut deadline = None;
+    // A request read into an empty buffer comes to a connection that turned readable (woken
+    // from the idle set, or past its wait for a first request): its bytes are there, so the
+    // first read is one `recv` that does not wait, with no timer armed and no ring operation
+    // (on io_uring even a read that finds its bytes waiting arms the timer, and costs a pass
+    // through the ring).
+    let mut try_now = c.req.buf.is_empty();
     // The first bytes are parsed at once (see `parse_whole`); only a head that needs more
     // reads or a refusal goes through the search for its end.
     let mut first = true;
@@ -184,6 +191,15 @@ pub(crate) async fn read_head(cfg: &ProxyConfig, c: &mut ClientConn) -> Result<(
             return Err(Stop::Refuse(
                 Refusal::invalid(431, "request head too large").closing(),
             ));
+        }
+        if std::mem::take(&mut try_now) {
+            if let Conn::Plain(s) = &c.stream {
+                match crate::tls::recv_now(s, &mut c.req.buf, super::READ_SIZE) {
+                    Some(Ok(0) | Err(_)) => return Err(Stop::Closed),
+                    Some(Ok(_)) => continue,
+                    None => {}
+                }
+            }
         }
         let buf = std::mem::take(&mut c.req.buf);
         let deadline = *deadline
