@@ -488,6 +488,16 @@ fn resources_updated_names_its_resource_in_whole_or_split_events() {
 }
 
 #[test]
+fn a_streams_first_event_after_a_byte_order_mark_evicts() {
+    // The event-stream rules skip a BOM at the start of a stream: a client reads the
+    // notification after it, so the cache must too (before protocol::sse, it missed it).
+    let note = b"\xEF\xBB\xBFdata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n";
+    assert_eq!(sniffed(&[note]), vec![(TOOLS_CHANGED, None)]);
+    let (x, y) = note.split_at(2);
+    assert_eq!(sniffed(&[x, y]), vec![(TOOLS_CHANGED, None)]);
+}
+
+#[test]
 fn only_notifications_of_those_methods_evict() {
     let evicts = |event: &str| !sniffed(&[event.as_bytes()]).is_empty();
     // A request (it has an id), an answer, a notification of another method, a text.

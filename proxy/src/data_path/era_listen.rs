@@ -358,9 +358,9 @@ async fn relay(
         let mut chunk = Vec::new();
         let mut end = err || done;
         while let Some(n) = era::event_end(&s.pending) {
-            let data = era::event_data(s.pending.get(..n).unwrap_or_default());
+            let framed = frame(&era::event_data(s.pending.get(..n).unwrap_or_default()));
             s.pending.drain(..n);
-            match frame(&data) {
+            match framed {
                 Frame::Send(msg) => {
                     chunk.extend_from_slice(b"event: message\n");
                     era::sse_data(&mut chunk, &msg);
