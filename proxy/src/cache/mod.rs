@@ -632,30 +632,6 @@ fn uri_text(raw: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
     Some(std::borrow::Cow::Owned(s.into_bytes()))
 }
 
-/// The URI of a `notifications/resources/updated` message (an SSE event's data), or `None`
-/// for any other message.
-pub fn updated_uri(data: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Note {
-        method: String,
-        params: UriParams,
-    }
-    #[derive(Deserialize)]
-    struct UriParams {
-        uri: String,
-    }
-    let n: Note = serde_json::from_slice(data).ok()?;
-    (n.method.as_bytes() == UPDATED).then_some(n.params.uri)
-}
-
-/// The bit of a change notification's method (0 for any other method).
-pub fn notification_bit(method: &str) -> u8 {
-    NOTIFICATIONS
-        .iter()
-        .find(|(n, _)| *n == method.as_bytes())
-        .map_or(0, |(_, bit)| *bit)
-}
-
 /// Which notification a bit stands for (tests, logs).
 pub fn notification_name(bit: u8) -> &'static str {
     NOTIFICATIONS

@@ -589,38 +589,30 @@ fn note_moved(core: &Core, m: &Moved) {
     rec.gauge(Gauge::CacheBytes, m.bytes);
 }
 
-/// Notes change notifications (`bits`) from a backend of group `gi` that reached mcplb some
-/// other way than a forwarded answer (a virtual server relaying its member's stream); `data`:
-/// the event's message (a `resources/updated` evicts only its resource's reads).
-pub(crate) fn note_group_changes(core: &Core, gi: usize, bits: u8, data: &str) {
-    if bits == 0 {
-        return;
-    }
-    if let Some(g) = core.shared.config.servers.get(gi) {
-        let slot = cache::group_slot(&g.name);
-        let mut bits = bits;
-        if bits & cache::RESOURCES_UPDATED != 0 {
-            if let Some(uri) = cache::updated_uri(data.as_bytes()) {
-                cache::note_uri_updated(slot, uri.as_bytes());
-                bits &= !cache::RESOURCES_UPDATED;
-            }
-        }
-        cache::note_changes(slot, bits);
-    }
-}
-
-/// Notes a change notification in `data`, one whole message of a stream from a backend of
-/// group `gi` that the era bridge relays message by message (a bridged call's SSE answer, a
-/// backend session's GET stream): it evicts as in a forwarded answer. Only a notification
-/// counts (a list whose tool describes `notifications/tools/list_changed` evicts nothing).
-pub(crate) fn note_message(core: &Core, gi: usize, data: &[u8]) {
-    let Some(g) = core.caches.group(gi) else {
-        return;
-    };
+/// Notes a change notification in `data`, one whole message from a backend of group `gi` that
+/// reached mcplb some other way than a forwarded answer: the era bridge relays a bridged call's
+/// SSE answer or a backend session's GET stream message by message, a virtual server its
+/// members' streams. It evicts as in a forwarded answer when the group has a cache. Only a
+/// notification counts (a list whose tool describes `notifications/tools/list_changed` evicts
+/// nothing; nor does a message without `"jsonrpc": "2.0"`: see `cache::message_changes`).
+/// Returns the change bits it carried, cache or not (a virtual server's merged lists follow
+/// the list changes of every member).
+pub(crate) fn note_message(core: &Core, gi: Option<usize>, data: &[u8]) -> u8 {
     if memchr::memmem::find(data, b"notifications/").is_none() {
-        return;
+        return 0;
     }
-    cache::message_changes(data.trim_ascii(), &mut |ch| note_change(g.slot, ch));
+    let slot = gi.and_then(|gi| core.caches.group(gi)).map(|g| g.slot);
+    let mut bits = 0;
+    cache::message_changes(data.trim_ascii(), &mut |ch| {
+        bits |= match ch {
+            Change::Bits(b) => b,
+            Change::Updated(_) => cache::RESOURCES_UPDATED,
+        };
+        if let Some(slot) = slot {
+            note_change(slot, ch);
+        }
+    });
+    bits
 }
 
 /// [`note_message`] for one whole SSE event, raw.
