@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::control::stats::{Counter, Gauge};
 use crate::data_path::request::{ClientConn, Next};
 use crate::data_path::{policy, reply};
+use crate::policy::confirm::ToolHints;
 use crate::runtime::core::Core;
 
 /// The caches of this core's groups (`None` for groups without `[servers.cache]`).
@@ -183,16 +184,6 @@ impl Caches {
     /// Whether group `gi` has a cache.
     pub(crate) fn has(&self, gi: usize) -> bool {
         self.group(gi).is_some()
-    }
-
-    /// What an SSE answer of group `gi` is handed to as it is forwarded (`None` without a
-    /// cache): the change sniffer and, with `fill`, a copy for the cache.
-    pub(crate) fn tap(&self, gi: usize, fill: Option<Fill>) -> Option<Tap> {
-        self.group(gi).map(|g| Tap {
-            slot: g.slot,
-            sniffer: EventSniffer::default(),
-            copy: fill.map(|f| (f, Vec::new())),
-        })
     }
 
     /// Bytes held by every group's store (the gauge's share of this core).
@@ -641,18 +632,56 @@ pub(crate) const MAX_COPY: usize = 16 * 1024 * 1024;
 /// An SSE answer's bytes (de-chunked) as they are forwarded: change notifications found in
 /// them evict on every core, and an answer the cache may keep is copied, so that the stream is
 /// never held back (it may carry progress, or a request the client must answer first).
+/// A `notifications/tools/list_changed` among them also tells the group's tool hints
+/// (`confirm_destructive`: what was known harmless is asked about again). Only a notification
+/// counts, however its event is cut between reads: a log line or a tool description that quotes
+/// the method does not.
 pub(crate) struct Tap {
-    slot: usize,
+    /// The group's change counters, when it has a cache.
+    slot: Option<usize>,
+    /// The group's tool hints, when its answers are watched for tool changes.
+    hints: Option<Arc<ToolHints>>,
     sniffer: EventSniffer,
     copy: Option<(Fill, Vec<u8>)>,
+}
+
+/// What an SSE answer of group `gi` is handed to as it is forwarded: the change sniffer and,
+/// with `fill`, a copy for the cache. `None` when nothing reads its changes: the group has no
+/// cache, and no tool hints or `watch_tools` is false.
+pub(crate) fn tap(core: &Core, gi: usize, fill: Option<Fill>, watch_tools: bool) -> Option<Tap> {
+    let slot = core.caches.group(gi).map(|g| g.slot);
+    let hints = core
+        .shared
+        .tool_hints
+        .get(gi)
+        .and_then(Option::as_ref)
+        .filter(|_| watch_tools)
+        .cloned();
+    if slot.is_none() && hints.is_none() {
+        return None;
+    }
+    Some(Tap {
+        slot,
+        hints,
+        sniffer: EventSniffer::default(),
+        copy: fill.map(|f| (f, Vec::new())),
+    })
 }
 
 impl Tap {
     /// Takes the next bytes of the answer.
     pub(crate) fn take(&mut self, data: &[u8]) {
-        let slot = self.slot;
-        self.sniffer
-            .feed(data, &mut |change| note_change(slot, change));
+        let (slot, hints) = (self.slot, &self.hints);
+        self.sniffer.feed(data, &mut |change| {
+            if let (Some(h), Change::Bits(bits)) = (hints, change) {
+                if bits & cache::TOOLS_CHANGED != 0 {
+                    h.changed();
+                }
+            }
+            if let Some(slot) = slot {
+                note_change(slot, change);
+            }
+        });
         if let Some((_, copy)) = &mut self.copy {
             if copy.len() + data.len() > MAX_COPY {
                 self.copy = None;
