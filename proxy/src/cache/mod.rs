@@ -325,6 +325,12 @@ pub fn event_changes(event: &[u8], joined: &mut Vec<u8>, on: &mut impl FnMut(Cha
 /// What one JSON-RPC message (an SSE event's data) makes stale, told to `on`: a change
 /// notification's bits, or the resource of a `notifications/resources/updated` (every read
 /// when it names none). A batch (2025-03-26) is searched for the names instead.
+///
+/// A message without `"jsonrpc": "2.0"` is no notification here (the parse refuses it), so it
+/// evicts nothing. Decided so: MCP requires `"jsonrpc": "2.0"` on every message, and the
+/// official SDKs (Python, TypeScript) always send it and refuse a message without it, so no
+/// client acts on such a "notification" either; reading it as they do beats guessing what a
+/// broken server meant (test: `only_notifications_of_those_methods_evict`).
 pub fn message_changes(data: &[u8], on: &mut impl FnMut(Change<'_>)) {
     let Ok(env) = protocol::parse_message(data) else {
         return;
