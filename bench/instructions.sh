@@ -23,7 +23,11 @@
 # requests that second saw), KEEP (a path prefix: keep each callgrind dump there), EXTRA (TOML
 # appended to mcplb's config, e.g. a `[telemetry]` table), DRIVER (legacy; io-uring counts the
 # user space of the io_uring driver: callgrind follows the ring's syscalls, the kernel's side
-# of the ring is not counted in either driver).
+# of the ring is not counted in either driver), CACHE_SIM (1: callgrind also simulates the
+# caches and prints the instruction-cache misses per request, I1 (its 32 KiB L1i) and LL: how
+# densely the code a request runs is laid out, e.g. a PGO or BOLT build against another; the
+# simulation has no other processes, so it counts a warm steady state, not the cold caches of
+# a paced call).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -62,7 +66,9 @@ for spec in "$@"; do
     mcplb_toml "$port" "$MOCK_PORT" 1 "stats = ${STATS:-true}" "" "${EXTRA:-}" >"$RUN/p.toml"
     if [[ -n $SPEC_EXTRA ]]; then sed "s|@RUN@|$RUN|g" "$SPEC_EXTRA" >>"$RUN/p.toml"; fi
     out="$RUN/cg.out"
-    valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no \
+    cache=()
+    if [[ ${CACHE_SIM:-0} == 1 ]]; then cache=(--cache-sim=yes); fi
+    valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no "${cache[@]}" \
         "$bin" run --config "$RUN/p.toml" --driver "${DRIVER:-legacy}" >"$RUN/p.log" 2>&1 &
     pid=$!
     pids+=("$pid")
@@ -82,6 +88,16 @@ for spec in "$@"; do
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
     echo "== $spec ($PATH_MODE, $CONNS connections)"
     echo "requests $reqs, instructions $total, per request $((total / reqs))"
+    if [[ ${CACHE_SIM:-0} == 1 ]]; then
+        # The totals' columns follow the "Events shown:" line (Ir Dr Dw I1mr D1mr D1mw ILmr ...).
+        callgrind_annotate "$dump" 2>/dev/null | awk -v r="$reqs" '
+            /^Events shown:/ { for (i = 3; i <= NF; i++) col[$i] = i - 2 }
+            /PROGRAM TOTALS/ { # counts, each maybe followed by its "(100.0%)"
+                n = 0
+                for (i = 1; i <= NF; i++) if ($i ~ /^[0-9,]+$/) { gsub(",", "", $i); v[++n] = $i }
+                i1 = v[col["I1mr"]]; ll = v[col["ILmr"]]
+                printf "instruction-cache misses per request: I1 %.1f, LL %.1f\n", i1 / r, ll / r }'
+    fi
     # Self counts. The threads' entry frames, charged the whole total by the zeroing in flight,
     # are left out (without --threshold=100 they end the list).
     callgrind_annotate --inclusive=no --threshold=100 --auto=no "$dump" 2>/dev/null \
