@@ -10,13 +10,15 @@
 # wrk warms it up, callgrind's counters are zeroed, wrk (CONNS connections, SECS seconds, the
 # 200-byte `tools/call` of bench/quick/post.lua) loads it, the counters are dumped. Prints
 # instructions per request (total Ir / requests wrk counted) and the top functions.
+# PATH_MODE=era counts the era bridge's path (2026-07-28 requests bridged to the stateful
+# mock's 2025 session, as bench/ab.sh MODE=era's B side).
 # PATH_MODE=session counts the path bench/one_call.sh runs instead (issue 21): the stateful mock
 # answering `tools/call` as SSE (`mcplb-load mock --sse`), loaded by `mcplb-load run` with CONNS
 # MCP sessions (one per connection, sealed `Mcp-Session-Id`, one call in flight each; the
 # arguments of bench/side_by_side.py); the measured run's initialize is among its requests.
 # RATE (session only): calls per second over all sessions (`--rate`), e.g. RATE=4 with CONNS=1
 # for bench/one_call.sh's paced cell (a call every 250 ms: the connection parks in between).
-# Settings (env): PATH_MODE (stateless | session), SECS (10), CONNS (8), LUA (the wrk script in
+# Settings (env): PATH_MODE (stateless | session | era), SECS (10), CONNS (8), LUA (the wrk script in
 # bench/quick, post.lua; stateless only), LOAD_BIN (mcplb-load for the mock and the session
 # load), TOP (25), INCLUSIVE (1: also the top functions by inclusive count), STATS
 # (true; false leaves out the statistics, whose once-a-second flush is charged to however many
@@ -44,7 +46,10 @@ PATH_MODE=${PATH_MODE:-stateless}
 case $PATH_MODE in
     stateless) MOCK_ARGS=(--stateless) ;;
     session) MOCK_ARGS=(--sse) ;;
-    *) echo "PATH_MODE: $PATH_MODE is neither stateless nor session" >&2; exit 2 ;;
+    # The era bridge (bench/ab.sh MODE=era): 2026-07-28 requests (post_modern.lua) to a group
+    # with era = "2025", bridged through a session of the stateful mock.
+    era) MOCK_ARGS=() LUA=${LUA:-post_modern.lua} GROUP='era = "2025"' ;;
+    *) echo "PATH_MODE: $PATH_MODE is none of stateless, session, era" >&2; exit 2 ;;
 esac
 ARGS_JSON='{"query":"what is the weather in Paris today","limit":10}'
 # load SECONDS: drives the proxy at $url, prints the requests it completed.
@@ -63,7 +68,7 @@ pids+=($!)
 for spec in "$@"; do
     split_spec "$spec"; bin=$SPEC_BIN
     port=$(free_port)
-    mcplb_toml "$port" "$MOCK_PORT" 1 "stats = ${STATS:-true}" "" "${EXTRA:-}" >"$RUN/p.toml"
+    mcplb_toml "$port" "$MOCK_PORT" 1 "stats = ${STATS:-true}" "${GROUP:-}" "${EXTRA:-}" >"$RUN/p.toml"
     if [[ -n $SPEC_EXTRA ]]; then sed "s|@RUN@|$RUN|g" "$SPEC_EXTRA" >>"$RUN/p.toml"; fi
     out="$RUN/cg.out"
     cache=()

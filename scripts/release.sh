@@ -21,14 +21,7 @@ ROOT=$PWD
 SAY_TAG=release
 # shellcheck source=bench/common.sh
 . "$ROOT/bench/common.sh"
-case ${1:-} in
-    -h | --help)
-        sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
-        exit
-        ;;
-    "") ;;
-    *) say "no arguments (settings are environment variables; see --help)"; exit 2 ;;
-esac
+no_args_or_help "${BASH_SOURCE[0]}" "$@"
 
 TRIPLE=x86_64-unknown-linux-gnu
 OPTIMISE=${OPTIMISE:-1}
