@@ -302,6 +302,50 @@ fn reload_removes_a_backend_and_keeps_the_others_sessions() {
     assert_eq!(backend_names(&p).len(), 1);
 }
 
+/// Parked connections whose tasks wait warm for the next woken one (`runtime/park.rs`) are
+/// served after a reload with the new configuration, round after round.
+#[test]
+fn woken_connections_after_a_reload_use_the_new_configuration() {
+    let a = mock("alpha");
+    let b = mock("beta");
+    let p = start_proxy(&config(&[&a, &b], &[1, 1], ""), "auto");
+    let mut on = std::collections::HashMap::new();
+    for _ in 0..40 {
+        let mut c = HttpClient::connect(p.addr).unwrap();
+        let (sid, server) = init_session(&mut c);
+        on.entry(server).or_insert((c, sid));
+        if on.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(on.len(), 2, "sessions on both backends");
+    // Woken and parked again a few times (past the longest hot wait, 250 ms).
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(300));
+        for (server, (c, sid)) in on.iter_mut() {
+            assert_eq!(whoami(c, sid), *server);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&p.config_path, config(&[&a], &[1], "")).unwrap();
+    let (status, v) = admin(&p, "POST", "/reload");
+    assert_eq!(status, 200, "{v}");
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        let (c, sid) = on.get_mut("alpha").unwrap();
+        assert_eq!(whoami(c, sid), "alpha", "round {round}");
+        let (c, sid) = on.get_mut("beta").unwrap();
+        let r = c
+            .mcp(
+                "/mcp",
+                Some(sid),
+                &rpc(3, "tools/call", json!({"name": "whoami", "arguments": {}})),
+            )
+            .unwrap();
+        assert_eq!(r.status, 404, "round {round}");
+    }
+}
+
 /// `proxy.session_keys_file` with `proxy.watch_interval`: the keys live in a file of their own
 /// (a Kubernetes Secret volume, a systemd credential), swapped the way the kubelet swaps a
 /// Secret (a new file renamed over the old); mcplb sees the change by itself and reloads. The
