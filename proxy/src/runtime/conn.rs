@@ -215,7 +215,8 @@ async fn serve_connection(
                     Wait::Bytes => {}
                     Wait::Idle if served > 0 && matches!(c.stream, Conn::Plain(_)) => {
                         // Idle between requests: the connection is parked with no task (see
-                        // `park.rs`), and served again by a new task when it turns readable.
+                        // `park.rs`), and served again by a warm or new task when it turns
+                        // readable.
                         let now = crate::runtime::clock::now();
                         // Idle since its answer: the hot wait (if any) was part of the gap.
                         park = Some(hot.and_then(|w| now.checked_sub(w)).unwrap_or(now));

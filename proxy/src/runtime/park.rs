@@ -7,8 +7,8 @@
 //! leaves its task and waits here instead: a slot in a per-core table, and its socket in a
 //! per-core epoll set (`EPOLLONESHOT`) that the core's runtime watches as one file (one
 //! io_uring poll, or one registration with the epoll driver). When a parked socket turns
-//! readable (a request, or the client closing) its slot is emptied and a new task serves
-//! it. The table is swept when its oldest connection may have idled past
+//! readable (a request, or the client closing) its slot is emptied and a warm task (below)
+//! or a new one serves it. The table is swept when its oldest connection may have idled past
 //! `client_idle_timeout` (and, on shutdown, all of them go), so an idle set with nothing due
 //! costs no wake-up. One `epoll_ctl` per park (two the first time) and one `epoll_wait` per
 //! batch of wake-ups: connections that keep sending never park (see `hot_wait` in the
