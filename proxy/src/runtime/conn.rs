@@ -168,125 +168,132 @@ async fn serve_connection(
     // This task's place among the warm ones, made when it first waits there.
     let mut waiter: Option<Rc<park::Waiter>> = None;
     loop {
-        let mut c = ClientConn::new(stream, peer);
-        c.session_memo = std::mem::take(&mut memo);
-        if matches!(c.stream, Conn::Plain(_)) && !first.is_empty() {
-            c.req.buf = std::mem::take(&mut first);
-        } else {
-            core.give_buf(std::mem::take(&mut first));
-        }
-        // Requests served on this connection: after its first one a plain connection parks when
-        // idle (before it, it waits for readiness in its task).
-        let mut woken = matches!(arrival, Arrival::Woken { .. });
-        let mut served: u32 = u32::from(woken);
-        // How long the connection waits for its next request with a read buffer lent to the kernel
-        // before it parks, if at all ([`hot_wait`]): a new one never (one that sends a single
-        // request and goes quiet lends no buffer even for a hot period; measured, with 10 000 such
-        // connections the transient buffers cost ~0.2 KiB each); a woken one from the gap it just
-        // idled. One that idled long parks right after its answer: its hot wait would only expire,
-        // costing a timer, a wake-up and a cancelled read per request (an agent thinking between
-        // tool calls).
-        let hot = match arrival {
-            Arrival::Woken { idle } => hot_wait(idle),
-            Arrival::Accepted => None,
-        };
-        let mut park = None;
-        let mut linger = false;
-        let mut h2 = false;
-        loop {
-            if woken {
-                // A parked connection that turned readable: its request (or EOF) is waiting, and
-                // the request path reads it into this buffer.
-                woken = false;
-                c.req.buf = core.take_buf();
-            } else if c.req.buf.is_empty() {
-                let core = &core;
-                // Between requests: hand every buffer back.
-                give_back(core, &mut c);
-                // Boxed for the same reason as the request below: the hot wait's I/O and timer
-                // state would otherwise sit in every idle connection's task.
-                let waited = match hot {
-                    Some(wait) => {
-                        Reused::new(|| wait_request(core, &mut c, &mut canceller, wait)).await
-                    }
-                    None => Wait::Idle,
-                };
-                match waited {
-                    Wait::Bytes => {}
-                    Wait::Idle if served > 0 && matches!(c.stream, Conn::Plain(_)) => {
-                        // Idle between requests: the connection is parked with no task (see
-                        // `park.rs`), and served again by a warm or new task when it turns
-                        // readable.
-                        let now = crate::runtime::clock::now();
-                        // Idle since its answer: the hot wait (if any) was part of the gap.
-                        park = Some(hot.and_then(|w| now.checked_sub(w)).unwrap_or(now));
-                        break;
-                    }
-                    Wait::Idle => {
-                        // A new connection (or a TLS one): wait for a request holding no buffer.
-                        // Boxed: the timer and poll state then live only while it idles.
-                        let cfg = &core.shared.config.proxy;
-                        if !Box::pin(wait_idle(cfg.client_idle_timeout, &mut c.stream)).await {
+        // One connection: its state ends with this block, before the wait below (it may hold
+        // what the configuration it was served under held).
+        let (s, since) = {
+            let mut c = ClientConn::new(stream, peer);
+            c.session_memo = std::mem::take(&mut memo);
+            if matches!(c.stream, Conn::Plain(_)) && !first.is_empty() {
+                c.req.buf = std::mem::take(&mut first);
+            } else {
+                core.give_buf(std::mem::take(&mut first));
+            }
+            // Requests served on this connection: after its first one a plain connection parks when
+            // idle (before it, it waits for readiness in its task).
+            let mut woken = matches!(arrival, Arrival::Woken { .. });
+            let mut served: u32 = u32::from(woken);
+            // How long the connection waits for its next request with a read buffer lent to the
+            // kernel before it parks, if at all ([`hot_wait`]): a new one never (one that sends a
+            // single request and goes quiet lends no buffer even for a hot period; measured, with
+            // 10 000 such connections the transient buffers cost ~0.2 KiB each); a woken one from
+            // the gap it just idled. One that idled long parks right after its answer: its hot wait
+            // would only expire, costing a timer, a wake-up and a cancelled read per request (an
+            // agent thinking between tool calls).
+            let hot = match arrival {
+                Arrival::Woken { idle } => hot_wait(idle),
+                Arrival::Accepted => None,
+            };
+            let mut park = None;
+            let mut linger = false;
+            let mut h2 = false;
+            loop {
+                if woken {
+                    // A parked connection that turned readable: its request (or EOF) is waiting,
+                    // and the request path reads it into this buffer.
+                    woken = false;
+                    c.req.buf = core.take_buf();
+                } else if c.req.buf.is_empty() {
+                    let core = &core;
+                    // Between requests: hand every buffer back.
+                    give_back(core, &mut c);
+                    // Boxed for the same reason as the request below: the hot wait's I/O and timer
+                    // state would otherwise sit in every idle connection's task.
+                    let waited = match hot {
+                        Some(wait) => {
+                            Reused::new(|| wait_request(core, &mut c, &mut canceller, wait)).await
+                        }
+                        None => Wait::Idle,
+                    };
+                    match waited {
+                        Wait::Bytes => {}
+                        Wait::Idle if served > 0 && matches!(c.stream, Conn::Plain(_)) => {
+                            // Idle between requests: the connection is parked with no task (see
+                            // `park.rs`), and served again by a warm or new task when it turns
+                            // readable.
+                            let now = crate::runtime::clock::now();
+                            // Idle since its answer: the hot wait (if any) was part of the gap.
+                            park = Some(hot.and_then(|w| now.checked_sub(w)).unwrap_or(now));
                             break;
                         }
-                        c.req.buf = core.take_buf();
+                        Wait::Idle => {
+                            // A new connection (or a TLS one): wait for a request holding no
+                            // buffer. Boxed: the timer and poll state then live only while it
+                            // idles.
+                            let cfg = &core.shared.config.proxy;
+                            if !Box::pin(wait_idle(cfg.client_idle_timeout, &mut c.stream)).await {
+                                break;
+                            }
+                            c.req.buf = core.take_buf();
+                        }
+                        Wait::Closed => break,
                     }
-                    Wait::Closed => break,
                 }
-            }
-            if core.stale() || core.next.borrow().is_some() {
-                // A reload happened: this and later requests use the new configuration.
-                core = core.latest();
-            }
-            let core = &core;
-            if c.req.head.headers.capacity() == 0 {
-                c.req.head.headers = core.take_headers();
-            }
-            if served == 0
-                && core.shared.config.proxy.http2.enabled
-                && matches!(c.stream, Conn::Plain(_))
-                && Box::pin(crate::h2::sniff_preface(core, &mut c)).await
-            {
-                // h2c with prior knowledge: the connection is HTTP/2's from here on.
-                h2 = true;
-                break;
-            }
-            served = served.saturating_add(1);
-            // Boxed so that an idle connection's task holds only this loop's small state, not
-            // the request path's (about 3 KiB), in a block the core reuses from one request to the
-            // next (`reuse`): idle connections near nginx's footprint.
-            match Reused::new(|| crate::data_path::handle_request(core, &mut c)).await {
-                Next::KeepAlive if !SHUTDOWN.load(Ordering::Relaxed) => {}
-                Next::Linger => {
-                    linger = true;
+                if core.stale() || core.next.borrow().is_some() {
+                    // A reload happened: this and later requests use the new configuration.
+                    core = core.latest();
+                }
+                let core = &core;
+                if c.req.head.headers.capacity() == 0 {
+                    c.req.head.headers = core.take_headers();
+                }
+                if served == 0
+                    && core.shared.config.proxy.http2.enabled
+                    && matches!(c.stream, Conn::Plain(_))
+                    && Box::pin(crate::h2::sniff_preface(core, &mut c)).await
+                {
+                    // h2c with prior knowledge: the connection is HTTP/2's from here on.
+                    h2 = true;
                     break;
                 }
-                _ => break,
+                served = served.saturating_add(1);
+                // Boxed so that an idle connection's task holds only this loop's small state, not
+                // the request path's (about 3 KiB), in a block the core reuses from one request to
+                // the next (`reuse`): idle connections near nginx's footprint.
+                match Reused::new(|| crate::data_path::handle_request(core, &mut c)).await {
+                    Next::KeepAlive if !SHUTDOWN.load(Ordering::Relaxed) => {}
+                    Next::Linger => {
+                        linger = true;
+                        break;
+                    }
+                    _ => break,
+                }
             }
-        }
-        if h2 {
-            let first = std::mem::take(&mut c.req.buf);
+            if h2 {
+                let first = std::mem::take(&mut c.req.buf);
+                give_back(&core, &mut c);
+                if let Conn::Plain(s) = c.stream {
+                    let t = crate::h2::io::Transport::Plain(Box::new(
+                        monoio_compat::StreamWrapper::new(s),
+                    ));
+                    Box::pin(crate::h2::serve(core.clone(), t, first, peer, false)).await;
+                }
+                return;
+            }
             give_back(&core, &mut c);
-            if let Conn::Plain(s) = c.stream {
-                let t =
-                    crate::h2::io::Transport::Plain(Box::new(monoio_compat::StreamWrapper::new(s)));
-                Box::pin(crate::h2::serve(core.clone(), t, first, peer, false)).await;
+            if linger {
+                // Answered before its request was read: closed lingering, holding no buffer.
+                Box::pin(crate::runtime::linger::close(&core, c.stream)).await;
+                return;
             }
-            return;
-        }
-        give_back(&core, &mut c);
-        if linger {
-            // Answered before its request was read: closed lingering, holding no buffer.
-            Box::pin(crate::runtime::linger::close(&core, c.stream)).await;
-            return;
-        }
-        let (Conn::Plain(s), Some(since)) = (c.stream, park) else {
-            return;
+            let (Conn::Plain(s), Some(since)) = (c.stream, park) else {
+                return;
+            };
+            if SHUTDOWN.load(Ordering::Relaxed) {
+                return;
+            }
+            memo = c.session_memo;
+            (s, since)
         };
-        if SHUTDOWN.load(Ordering::Relaxed) {
-            return;
-        }
-        memo = c.session_memo;
         // Parked, the connection keeps its slot; if it cannot be, both drop here.
         let timeout = core.shared.config.proxy.client_idle_timeout;
         let set = core.park.clone();
