@@ -260,22 +260,28 @@ fn reload_under_load_loses_nothing() {
     assert!(ok > 100, "too little load to mean anything: {ok}");
 }
 
-#[test]
-fn reload_removes_a_backend_and_keeps_the_others_sessions() {
-    let a = mock("alpha");
-    let b = mock("beta");
-    let p = start_proxy(&config(&[&a, &b], &[1, 1], ""), "legacy");
-    // A session on each backend.
+/// A session on each of `n` backends (a new connection per session, opened until each backend
+/// has one), by backend name.
+fn session_on_each(p: &Proxy, n: usize) -> std::collections::HashMap<String, (HttpClient, String)> {
     let mut on = std::collections::HashMap::new();
     for _ in 0..40 {
         let mut c = HttpClient::connect(p.addr).unwrap();
         let (sid, server) = init_session(&mut c);
         on.entry(server).or_insert((c, sid));
-        if on.len() == 2 {
+        if on.len() == n {
             break;
         }
     }
-    assert_eq!(on.len(), 2, "sessions on both backends");
+    assert_eq!(on.len(), n, "sessions on every backend");
+    on
+}
+
+#[test]
+fn reload_removes_a_backend_and_keeps_the_others_sessions() {
+    let a = mock("alpha");
+    let b = mock("beta");
+    let p = start_proxy(&config(&[&a, &b], &[1, 1], ""), "legacy");
+    let mut on = session_on_each(&p, 2);
     std::fs::write(&p.config_path, config(&[&a], &[1], "")).unwrap();
     let (status, v) = admin(&p, "POST", "/reload");
     assert_eq!(status, 200, "{v}");
@@ -309,16 +315,7 @@ fn woken_connections_after_a_reload_use_the_new_configuration() {
     let a = mock("alpha");
     let b = mock("beta");
     let p = start_proxy(&config(&[&a, &b], &[1, 1], ""), "auto");
-    let mut on = std::collections::HashMap::new();
-    for _ in 0..40 {
-        let mut c = HttpClient::connect(p.addr).unwrap();
-        let (sid, server) = init_session(&mut c);
-        on.entry(server).or_insert((c, sid));
-        if on.len() == 2 {
-            break;
-        }
-    }
-    assert_eq!(on.len(), 2, "sessions on both backends");
+    let mut on = session_on_each(&p, 2);
     // Woken and parked again a few times (past the longest hot wait, 250 ms).
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(300));
