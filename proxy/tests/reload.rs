@@ -276,6 +276,12 @@ fn session_on_each(p: &Proxy, n: usize) -> std::collections::HashMap<String, (Ht
     on
 }
 
+/// `tools/call whoami` (id 3) in session `sid`, whatever the answer.
+fn call_whoami(c: &mut HttpClient, sid: &str) -> mcplb::demo::Response {
+    let call = rpc(3, "tools/call", json!({"name": "whoami", "arguments": {}}));
+    c.mcp("/mcp", Some(sid), &call).unwrap()
+}
+
 #[test]
 fn reload_removes_a_backend_and_keeps_the_others_sessions() {
     let a = mock("alpha");
@@ -291,13 +297,7 @@ fn reload_removes_a_backend_and_keeps_the_others_sessions() {
     assert_eq!(whoami(c, sid), "alpha");
     // The removed backend's session is gone: 404, as for any unknown session.
     let (c, sid) = on.get_mut("beta").unwrap();
-    let r = c
-        .mcp(
-            "/mcp",
-            Some(sid),
-            &rpc(3, "tools/call", json!({"name": "whoami", "arguments": {}})),
-        )
-        .unwrap();
+    let r = call_whoami(c, sid);
     assert_eq!(r.status, 404);
     assert_eq!(r.json().unwrap()["id"], json!(3));
     // New sessions only go to what is listed now.
@@ -332,14 +332,7 @@ fn woken_connections_after_a_reload_use_the_new_configuration() {
         let (c, sid) = on.get_mut("alpha").unwrap();
         assert_eq!(whoami(c, sid), "alpha", "round {round}");
         let (c, sid) = on.get_mut("beta").unwrap();
-        let r = c
-            .mcp(
-                "/mcp",
-                Some(sid),
-                &rpc(3, "tools/call", json!({"name": "whoami", "arguments": {}})),
-            )
-            .unwrap();
-        assert_eq!(r.status, 404, "round {round}");
+        assert_eq!(call_whoami(c, sid).status, 404, "round {round}");
     }
 }
 
