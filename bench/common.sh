@@ -4,6 +4,20 @@
 
 say() { echo "[${SAY_TAG:-bench}] $*" >&2; }
 
+# no_args_or_help SCRIPT [ARG...]: for scripts set by environment variables alone. --help or -h
+# prints SCRIPT's header comment (line 2 up to its `set -euo pipefail`) and exits; any other
+# argument is refused.
+no_args_or_help() {
+    case ${2:-} in
+        -h | --help)
+            sed -n '2,/^set -euo/p' "$1" | sed '$d; s/^# \{0,1\}//'
+            exit 0
+            ;;
+        "") ;;
+        *) say "no arguments (settings are environment variables; see --help)"; exit 2 ;;
+    esac
+}
+
 # A TCP port free on 127.0.0.1 now (the kernel's pick; the caller binds it soon after).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -10,20 +10,26 @@
 # wrk warms it up, callgrind's counters are zeroed, wrk (CONNS connections, SECS seconds, the
 # 200-byte `tools/call` of bench/quick/post.lua) loads it, the counters are dumped. Prints
 # instructions per request (total Ir / requests wrk counted) and the top functions.
+# PATH_MODE=era counts the era bridge's path (2026-07-28 requests bridged to the stateful
+# mock's 2025 session, as bench/ab.sh MODE=era's B side).
 # PATH_MODE=session counts the path bench/one_call.sh runs instead (issue 21): the stateful mock
 # answering `tools/call` as SSE (`mcplb-load mock --sse`), loaded by `mcplb-load run` with CONNS
 # MCP sessions (one per connection, sealed `Mcp-Session-Id`, one call in flight each; the
 # arguments of bench/side_by_side.py); the measured run's initialize is among its requests.
 # RATE (session only): calls per second over all sessions (`--rate`), e.g. RATE=4 with CONNS=1
 # for bench/one_call.sh's paced cell (a call every 250 ms: the connection parks in between).
-# Settings (env): PATH_MODE (stateless | session), SECS (10), CONNS (8), LUA (the wrk script in
+# Settings (env): PATH_MODE (stateless | session | era), SECS (10), CONNS (8), LUA (the wrk script in
 # bench/quick, post.lua; stateless only), LOAD_BIN (mcplb-load for the mock and the session
 # load), TOP (25), INCLUSIVE (1: also the top functions by inclusive count), STATS
 # (true; false leaves out the statistics, whose once-a-second flush is charged to however many
 # requests that second saw), KEEP (a path prefix: keep each callgrind dump there), EXTRA (TOML
 # appended to mcplb's config, e.g. a `[telemetry]` table), DRIVER (legacy; io-uring counts the
 # user space of the io_uring driver: callgrind follows the ring's syscalls, the kernel's side
-# of the ring is not counted in either driver).
+# of the ring is not counted in either driver), CACHE_SIM (1: callgrind also simulates the
+# caches and prints the instruction-cache misses per request, I1 (its 32 KiB L1i) and LL: how
+# densely the code a request runs is laid out, e.g. a PGO or BOLT build against another; the
+# simulation has no other processes, so it counts a warm steady state, not the cold caches of
+# a paced call).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -40,7 +46,10 @@ PATH_MODE=${PATH_MODE:-stateless}
 case $PATH_MODE in
     stateless) MOCK_ARGS=(--stateless) ;;
     session) MOCK_ARGS=(--sse) ;;
-    *) echo "PATH_MODE: $PATH_MODE is neither stateless nor session" >&2; exit 2 ;;
+    # The era bridge (bench/ab.sh MODE=era): 2026-07-28 requests (post_modern.lua) to a group
+    # with era = "2025", bridged through a session of the stateful mock.
+    era) MOCK_ARGS=() LUA=${LUA:-post_modern.lua} GROUP='era = "2025"' ;;
+    *) echo "PATH_MODE: $PATH_MODE is none of stateless, session, era" >&2; exit 2 ;;
 esac
 ARGS_JSON='{"query":"what is the weather in Paris today","limit":10}'
 # load SECONDS: drives the proxy at $url, prints the requests it completed.
@@ -59,10 +68,12 @@ pids+=($!)
 for spec in "$@"; do
     split_spec "$spec"; bin=$SPEC_BIN
     port=$(free_port)
-    mcplb_toml "$port" "$MOCK_PORT" 1 "stats = ${STATS:-true}" "" "${EXTRA:-}" >"$RUN/p.toml"
+    mcplb_toml "$port" "$MOCK_PORT" 1 "stats = ${STATS:-true}" "${GROUP:-}" "${EXTRA:-}" >"$RUN/p.toml"
     if [[ -n $SPEC_EXTRA ]]; then sed "s|@RUN@|$RUN|g" "$SPEC_EXTRA" >>"$RUN/p.toml"; fi
     out="$RUN/cg.out"
-    valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no \
+    cache=()
+    if [[ ${CACHE_SIM:-0} == 1 ]]; then cache=(--cache-sim=yes); fi
+    valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no "${cache[@]}" \
         "$bin" run --config "$RUN/p.toml" --driver "${DRIVER:-legacy}" >"$RUN/p.log" 2>&1 &
     pid=$!
     pids+=("$pid")
@@ -82,6 +93,16 @@ for spec in "$@"; do
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
     echo "== $spec ($PATH_MODE, $CONNS connections)"
     echo "requests $reqs, instructions $total, per request $((total / reqs))"
+    if [[ ${CACHE_SIM:-0} == 1 ]]; then
+        # The totals' columns follow the "Events shown:" line (Ir Dr Dw I1mr D1mr D1mw ILmr ...).
+        callgrind_annotate "$dump" 2>/dev/null | awk -v r="$reqs" '
+            /^Events shown:/ { for (i = 3; i <= NF; i++) col[$i] = i - 2 }
+            /PROGRAM TOTALS/ { # counts, each maybe followed by its "(100.0%)"
+                n = 0
+                for (i = 1; i <= NF; i++) if ($i ~ /^[0-9,]+$/) { gsub(",", "", $i); v[++n] = $i }
+                i1 = v[col["I1mr"]]; ll = v[col["ILmr"]]
+                printf "instruction-cache misses per request: I1 %.1f, LL %.1f\n", i1 / r, ll / r }'
+    fi
     # Self counts. The threads' entry frames, charged the whole total by the zeroing in flight,
     # are left out (without --threshold=100 they end the list).
     callgrind_annotate --inclusive=no --threshold=100 --auto=no "$dump" 2>/dev/null \

@@ -1,127 +1,129 @@
 #!/usr/bin/env bash
-# A profile-guided (PGO) release build of mcplb (issue 21: the cold-call cost is i-cache and
-# iTLB misses over all the code a call touches; PGO lays hot code out together).
+# The optimised release build of mcplb: profile-guided (PGO), then laid out by BOLT (issue 21:
+# a call made after an idle pause runs on cold caches, and its cost is i-cache and iTLB misses
+# over all the code it touches; PGO and BOLT put the code a call runs together).
 #
-#   scripts/build-pgo.sh            # -> target/pgo/x86_64-unknown-linux-gnu/release/mcplb
+#   scripts/build-pgo.sh            # -> target/pgo/mcplb (scripts/release.sh packs it)
 #
-# 1. builds mcplb instrumented (-Cprofile-generate) and mcplb-load (plain release);
-# 2. trains it: one mcplb (one worker, policies and the audit trail on) in front of three
-#    mocks (session, stateless, SSE-answered), loaded by mcplb-load with the mixes agents and
-#    benchmarks make: one call in flight paced and back to back, 8 paced sessions, 64
-#    connections saturated, in sessions, stateless and SSE-answered;
-# 3. merges the raw profiles with llvm-profdata (LLVM 19 from Debian, installed when
-#    missing: it reads rustc 1.95's raw profile version) and
-# 4. rebuilds with -Cprofile-use, hot and cold code in their own text sections
-#    (-z keep-text-section-prefix: rust-lld, the default linker, otherwise merges them).
+# 1. builds mcplb instrumented (-Cprofile-generate) and trains it (scripts/pgo-train.sh: the
+#    mixes agents and benchmarks make, in sessions, stateless and SSE-answered);
+# 2. merges the raw profiles with llvm-profdata (LLVM 19 from Debian, installed when missing:
+#    it reads rustc 1.95's raw profile version) and rebuilds with -Cprofile-use, hot and cold
+#    code in their own text sections (-z keep-text-section-prefix: rust-lld, the default
+#    linker, otherwise merges them) and, for BOLT, its relocations kept (--emit-relocs);
+# 3. (BOLT=1) instruments that build with llvm-bolt, trains it the same way, merges the
+#    profiles (merge-fdata) and has llvm-bolt lay out its blocks and functions by them
+#    (ext-tsp, cdsort, hot/cold split, identical code folding).
+# The result is target/pgo/mcplb; the PGO-only build stays in
+# target/pgo/x86_64-unknown-linux-gnu/release/mcplb.
 #
-# Settings (environment): TRAIN_SECS (seconds per training step, default 8), PROFDATA (the
-# llvm-profdata to use, default llvm-profdata-19), LOAD_BIN (an mcplb-load to train with
-# instead of building target/release/mcplb-load), GEN_BIN (an instrumented mcplb already built,
-# e.g. by an earlier run: target/pgo-gen/x86_64-unknown-linux-gnu/release/mcplb), NO_INSTALL=1
-# never calls apt-get.
+# Settings (environment): BOLT (1: the BOLT step; 0: PGO only), TRAIN_SECS (seconds per
+# training step, default 8), PROFDATA (default llvm-profdata-19), LLVM_BOLT and MERGE_FDATA
+# (default llvm-bolt-19, merge-fdata-19), LOAD_BIN (an mcplb-load to train with instead of
+# building target/release/mcplb-load), GEN_BIN (an instrumented mcplb already built, e.g. by an
+# earlier run: target/pgo-gen/x86_64-unknown-linux-gnu/release/mcplb), PGO_BIN (a profiled
+# build already made with BOLT=1, e.g. target/pgo/x86_64-unknown-linux-gnu/release/mcplb: only
+# the BOLT step runs), NO_INSTALL=1 never calls apt-get.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 SAY_TAG=pgo
 # shellcheck source=bench/common.sh
 . "$ROOT/bench/common.sh"
+no_args_or_help "${BASH_SOURCE[0]}" "$@"
 
 TRIPLE=x86_64-unknown-linux-gnu
-SECS=${TRAIN_SECS:-8}
+BOLT=${BOLT:-1}
 PROFDATA=${PROFDATA:-llvm-profdata-19}
+LLVM_BOLT=${LLVM_BOLT:-llvm-bolt-19}
+MERGE_FDATA=${MERGE_FDATA:-merge-fdata-19}
 GEN_DIR=$ROOT/target/pgo-gen
 OUT_DIR=$ROOT/target/pgo
 PROF_DIR=$ROOT/target/pgo-profiles
+BOLT_DIR=$ROOT/target/bolt-profiles
 export CARGO_INCREMENTAL=0
 
 install_missing "$PROFDATA:llvm-19"
+if [[ $BOLT == 1 ]]; then install_missing "$LLVM_BOLT:bolt-19" "$MERGE_FDATA:bolt-19"; fi
 
-rm -rf "$PROF_DIR"
-mkdir -p "$PROF_DIR"
-if [[ -z ${GEN_BIN:-} ]]; then
-    # --target: the flags reach mcplb's crates only, not build scripts and proc macros.
-    say "building mcplb instrumented ($GEN_DIR)"
-    RUSTFLAGS="-Cprofile-generate=$PROF_DIR" \
-        cargo build --release -q -p mcplb --target "$TRIPLE" --target-dir "$GEN_DIR"
-    GEN_BIN=$GEN_DIR/$TRIPLE/release/mcplb
-fi
-LOAD=${LOAD_BIN:-}
-if [[ -z $LOAD ]]; then
+if [[ -z ${LOAD_BIN:-} ]]; then
     say "building mcplb-load (release)"
-    cargo build --release -q -p mcplb-load
-    LOAD=$ROOT/target/release/mcplb-load
+    cargo build --release -q --locked -p mcplb-load
+    export LOAD_BIN=$ROOT/target/release/mcplb-load
 fi
-
-RUN=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$RUN"; }
-trap cleanup EXIT
-wait_port() {
-    for _ in $(seq 300); do
-        python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    say "nothing listens on port $1; see $RUN/*.log"; exit 1
-}
-
-PORT=$(free_port)
-cat >"$RUN/mcplb.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$PORT"
-workers = 1
-max_connections_per_ip = 100000
-EOF
-# One group per mock, named as its path; after the colon, the mock's option.
-ports=("$PORT")
-for mock in session: stateless:--stateless sse:--sse; do
-    name=${mock%%:*}
-    port=$(free_port)
-    # shellcheck disable=SC2086 # no option or one, unquoted on purpose
-    "$LOAD" mock --listen "127.0.0.1:$port" ${mock#*:} --threads 1 >"$RUN/mock-$name.log" 2>&1 &
-    pids+=($!)
-    ports+=("$port")
-    printf '\n[[servers]]\nname = "%s"\npath = "/%s"\nbackends = ["http://127.0.0.1:%s/mcp"]\n[servers.health]\nenabled = false\n' \
-        "$name" "$name" "$port" >>"$RUN/mcplb.toml"
-done
-echo >>"$RUN/mcplb.toml"
-sed "s|@RUN@|$RUN|g" "$ROOT/bench/conf/policy/on.toml" >>"$RUN/mcplb.toml"
-LLVM_PROFILE_FILE="$PROF_DIR/mcplb-%p-%m.profraw" "$GEN_BIN" run --config "$RUN/mcplb.toml" >"$RUN/mcplb.log" 2>&1 &
-MCPLB_PID=$!
-pids+=("$MCPLB_PID")
-for p in "${ports[@]}"; do wait_port "$p"; done
-
-ARGS='{"query":"what is the weather in Paris today","limit":10}'
-train() { # path connections rate|- [more mcplb-load options]
-    local path=$1 conns=$2 rate=$3
-    shift 3
-    local extra=("$@")
-    if [[ $rate != - ]]; then extra+=(--rate "$rate"); fi
-    local summary
-    summary=$("$LOAD" run --url "http://127.0.0.1:$PORT/$path" --connections "$conns" --duration "${SECS}s" \
-        --warmup 0s --args "$ARGS" --quiet --json "${extra[@]}" | tail -n 1 |
-        python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["ok"], j["errors"]["total"])')
-    say "trained: /$path, $conns connections, rate $rate${*:+ $*}: ${summary% *} calls answered, ${summary#* } errors"
-    [[ ${summary% *} -gt 0 ]] || { say "no call was answered; see $RUN/mcplb.log"; exit 1; }
-}
-for path in sse session; do
-    train "$path" 1 4          # one agent calling every 250 ms
-    train "$path" 8 32         # 8 agents, each every 250 ms
-    train "$path" 1 -          # one call in flight, back to back
-    train "$path" 64 -         # saturated
-done
-train stateless 1 4 --stateless
-train stateless 64 - --stateless
-
-say "stopping the instrumented mcplb (it writes its profile on the way out)"
-kill -TERM "$MCPLB_PID"
-wait "$MCPLB_PID" || true
 shopt -s nullglob
-raw=("$PROF_DIR"/*.profraw)
-[[ ${#raw[@]} -gt 0 ]] || { say "no .profraw in $PROF_DIR; see $RUN/mcplb.log"; exit 1; }
-"$PROFDATA" merge -o "$PROF_DIR/merged.profdata" "${raw[@]}"
-say "merged ${#raw[@]} raw profile(s) into $PROF_DIR/merged.profdata"
 
-say "building mcplb with the profile ($OUT_DIR)"
-RUSTFLAGS="-Cprofile-use=$PROF_DIR/merged.profdata -Clink-arg=-Wl,-z,keep-text-section-prefix" \
-    cargo build --release -q -p mcplb --target "$TRIPLE" --target-dir "$OUT_DIR"
-say "done: $OUT_DIR/$TRIPLE/release/mcplb"
+# Steps 1 and 2: sets PGO_BIN.
+pgo() {
+    rm -rf "$PROF_DIR"
+    mkdir -p "$PROF_DIR"
+    if [[ -z ${GEN_BIN:-} ]]; then
+        # --target: the flags reach mcplb's crates only, not build scripts and proc macros.
+        say "building mcplb instrumented ($GEN_DIR)"
+        RUSTFLAGS="-Cprofile-generate=$PROF_DIR" \
+            cargo build --release -q --locked -p mcplb --target "$TRIPLE" --target-dir "$GEN_DIR"
+        GEN_BIN=$GEN_DIR/$TRIPLE/release/mcplb
+    fi
+    t_gen=$SECONDS
+
+    say "training the instrumented mcplb"
+    LLVM_PROFILE_FILE="$PROF_DIR/mcplb-%p-%m.profraw" SAY_TAG=pgo-train "$ROOT/scripts/pgo-train.sh" "$GEN_BIN"
+    local raw=("$PROF_DIR"/*.profraw)
+    [[ ${#raw[@]} -gt 0 ]] || { say "no .profraw in $PROF_DIR: the instrumented mcplb wrote no profile"; exit 1; }
+    "$PROFDATA" merge -o "$PROF_DIR/merged.profdata" "${raw[@]}"
+    say "merged ${#raw[@]} raw profile(s) into $PROF_DIR/merged.profdata"
+    t_train=$SECONDS
+
+    say "building mcplb with the profile ($OUT_DIR)"
+    local flags="-Cprofile-use=$PROF_DIR/merged.profdata -Clink-arg=-Wl,-z,keep-text-section-prefix"
+    # BOLT needs the static relocations to move code.
+    if [[ $BOLT == 1 ]]; then flags+=" -Clink-arg=-Wl,--emit-relocs"; fi
+    RUSTFLAGS=$flags cargo build --release -q --locked -p mcplb --target "$TRIPLE" --target-dir "$OUT_DIR"
+    PGO_BIN=$OUT_DIR/$TRIPLE/release/mcplb
+}
+
+# Step 3: PGO_BIN laid out by BOLT into $OUT_DIR/mcplb.
+bolt() {
+    rm -rf "$BOLT_DIR"
+    mkdir -p "$BOLT_DIR"
+    # Called by its real path: llvm-bolt looks for its runtime (libbolt_rt_instr.a) in ../lib
+    # of the path it was called by, and Debian's /usr/bin/llvm-bolt-19 is a link.
+    local tool
+    tool=$(realpath "$(command -v "$LLVM_BOLT")")
+    say "instrumenting it with llvm-bolt"
+    "$tool" "$PGO_BIN" -o "$BOLT_DIR/mcplb.instr" -instrument \
+        -instrumentation-file="$BOLT_DIR/mcplb.fdata" -instrumentation-file-append-pid \
+        >"$BOLT_DIR/instrument.log" 2>&1 || { tail -n 20 "$BOLT_DIR/instrument.log" >&2; exit 1; }
+    say "training the BOLT-instrumented mcplb"
+    SAY_TAG=bolt-train "$ROOT/scripts/pgo-train.sh" "$BOLT_DIR/mcplb.instr"
+    local fdata=("$BOLT_DIR"/mcplb.fdata*)
+    [[ ${#fdata[@]} -gt 0 ]] || { say "no mcplb.fdata* in $BOLT_DIR: the instrumented mcplb wrote no profile"; exit 1; }
+    "$MERGE_FDATA" "${fdata[@]}" >"$BOLT_DIR/merged.fdata" 2>"$BOLT_DIR/merge.log"
+    say "merged ${#fdata[@]} profile(s); laying out the PGO build with llvm-bolt"
+    "$LLVM_BOLT" "$PGO_BIN" -o "$OUT_DIR/mcplb.new" -data="$BOLT_DIR/merged.fdata" \
+        -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold \
+        -split-eh -icf=1 -use-gnu-stack -dyno-stats \
+        >"$BOLT_DIR/optimize.log" 2>&1 || { tail -n 20 "$BOLT_DIR/optimize.log" >&2; exit 1; }
+    mv "$OUT_DIR/mcplb.new" "$OUT_DIR/mcplb"
+    grep -E 'BOLT-INFO: (basic block reordering|[0-9]+ out of [0-9]+ functions in the binary)' \
+        "$BOLT_DIR/optimize.log" | sed 's/^/[pgo]   /' >&2 || true
+}
+
+t0=$SECONDS
+t_gen=$t0 t_train=$t0
+if [[ -n ${PGO_BIN:-} ]]; then
+    [[ $BOLT == 1 ]] || { say "PGO_BIN is for the BOLT step: set BOLT=1"; exit 2; }
+    PGO_BIN=$(realpath "$PGO_BIN")
+else
+    pgo
+fi
+t_use=$SECONDS
+mkdir -p "$OUT_DIR"
+if [[ $BOLT == 1 ]]; then
+    bolt
+else
+    cp "$PGO_BIN" "$OUT_DIR/mcplb"
+fi
+t_bolt=$SECONDS
+say "done: $OUT_DIR/mcplb ($(du -m "$OUT_DIR/mcplb" | cut -f1) MB; instrumented build $((t_gen - t0)) s," \
+    "training $((t_train - t_gen)) s, profiled build $((t_use - t_train)) s, BOLT $((t_bolt - t_use)) s)"

@@ -18,4 +18,4 @@ pub use jsonrpc::{
 };
 pub use lines::{LineError, LineFramer};
 pub use method::Method;
-pub use sse::{SseBoundary, SseError, SseEvent, SseParser};
+pub use sse::{event_data, event_data_in, SseBoundary, SseError, SseEvent, SseParser};

@@ -4,8 +4,11 @@
 //! tester. [`SseBoundary`] only counts where events end, so the proxy can
 //! forward raw chunks untouched while knowing how many events went by. Both
 //! carry their state across arbitrary chunk boundaries and accept CRLF, CR or
-//! LF line endings and a leading byte-order mark.
+//! LF line endings and a leading byte-order mark. [`event_data`] (and
+//! [`event_data_in`]) read the data of one event already cut out of a stream,
+//! borrowing it in place when it has one `data` line.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 /// Default [`SseParser`] / [`SseBoundary`] limit on one event's size: tool
@@ -393,4 +396,154 @@ impl SseBoundary {
         self.block_has_data |= is_data;
         false
     }
+}
+
+/// The lines of event-stream bytes: CRLF, LF or CR ends a line (a CRLF is one
+/// end, not two); the last line may be unfinished. Blank lines are yielded (as
+/// empty slices): they end events.
+pub fn lines(bytes: &[u8]) -> Lines<'_> {
+    Lines { rest: Some(bytes) }
+}
+
+/// Iterator of [`lines`].
+#[derive(Clone, Debug)]
+pub struct Lines<'a> {
+    /// What is left; `None` once the bytes are used up (a final line end leaves no empty line).
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.rest.filter(|r| !r.is_empty())?;
+        let Some(i) = memchr::memchr2(b'\r', b'\n', rest) else {
+            self.rest = None;
+            return Some(rest);
+        };
+        let skip = if rest.get(i..i + 2) == Some(b"\r\n") {
+            2
+        } else {
+            1
+        };
+        self.rest = rest.get(i + skip..);
+        rest.get(..i)
+    }
+}
+
+/// A line's field name and value: the value follows the first colon, less one
+/// space right after it; a line without a colon is a name with an empty value
+/// (`data` alone is an empty data line). `None` for a comment (a line that
+/// starts with a colon) and for a blank line.
+pub fn field(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    if line.first().is_none_or(|&b| b == b':') {
+        return None;
+    }
+    Some(match memchr::memchr(b':', line) {
+        Some(i) => {
+            let value = line.get(i + 1..).unwrap_or_default();
+            (
+                line.get(..i).unwrap_or_default(),
+                value.strip_prefix(b" ").unwrap_or(value),
+            )
+        }
+        None => (line, &[][..]),
+    })
+}
+
+/// The values of the `data` lines of the first event in `event` (bytes cut out
+/// of a stream, with or without the blank line that ends them, or only the
+/// first bytes of one: its last line may be unfinished): blank lines before
+/// its first data line are passed over (they dispatch nothing), the first
+/// blank line after it ends the event. A byte-order mark at the very start is
+/// skipped, as at the start of a stream.
+pub fn data_lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let event = event.strip_prefix(BOM).unwrap_or(event);
+    let mut lines = lines(event);
+    let mut seen = false;
+    std::iter::from_fn(move || loop {
+        let line = lines.next()?;
+        if line.is_empty() && seen {
+            return None;
+        }
+        if let Some((b"data", value)) = field(line) {
+            seen = true;
+            return Some(value);
+        }
+    })
+    .fuse()
+}
+
+/// The data of the first event in `event` (see [`event_data_in`] for which
+/// bytes count), as a client would dispatch it: its `data` lines' values
+/// joined with LF. Borrowed from `event` when it has one data line (the
+/// common case); allocated only when lines must be joined. `None` when it has
+/// no data line (such an event is not dispatched); one bare `data` line is
+/// `Some` of nothing.
+pub fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut values = data_lines(event);
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(Cow::Borrowed(first));
+    };
+    let mut joined = Vec::with_capacity(first.len() + second.len() + 1);
+    join(&mut joined, first, second, values);
+    Some(Cow::Owned(joined))
+}
+
+/// [`event_data`] with a reused buffer: `joined` (cleared) takes the data only
+/// when several lines must be joined, so nothing is allocated once it has grown.
+///
+/// The event-stream rules (WHATWG HTML, "Interpreting an event stream"): CR,
+/// LF and CRLF end lines; a line `name: value` (one optional space after the
+/// colon) or `name` alone (empty value); a line starting with a colon is a
+/// comment; each `data` line adds its value and an LF to the data, whose last
+/// LF goes at dispatch; a blank line dispatches. `event` is taken as the bytes
+/// of one event: what follows the first blank line after a data line is not
+/// read, and blank lines before any data line are passed over.
+pub fn event_data_in<'a>(event: &'a [u8], joined: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+    let mut values = data_lines(event);
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(first);
+    };
+    joined.clear();
+    join(joined, first, second, values);
+    Some(joined)
+}
+
+fn join<'a>(out: &mut Vec<u8>, first: &[u8], second: &[u8], rest: impl Iterator<Item = &'a [u8]>) {
+    out.extend_from_slice(first);
+    out.push(b'\n');
+    out.extend_from_slice(second);
+    for v in rest {
+        out.push(b'\n');
+        out.extend_from_slice(v);
+    }
+}
+
+/// Writes `data` as an event's data lines (one `data: ` line per LF-separated
+/// part, so that a client joins them back into `data`) and the blank line that
+/// ends the event.
+pub fn write_data(out: &mut Vec<u8>, data: &[u8]) {
+    for part in data.split(|&b| b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(part.strip_suffix(b"\r").unwrap_or(part));
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+/// Writes `event` (one event's bytes) with its data replaced by `data`: its
+/// other lines (fields such as `id`, `event`, `retry`, and comments) as they
+/// were, each ended by LF, then `data` as [`write_data`] writes it.
+pub fn replace_data(out: &mut Vec<u8>, event: &[u8], data: &[u8]) {
+    let event = event.strip_prefix(BOM).unwrap_or(event);
+    for line in lines(event) {
+        if !line.is_empty() && !matches!(field(line), Some((b"data", _))) {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+    }
+    write_data(out, data);
 }

@@ -3,10 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use mcplb_protocol::sse::{event_data, event_data_in, SseParser};
 use mcplb_protocol::{
     parse_message, response_error_code, response_outcome, FrameErrorKind as K, MessageKind, Method,
 };
 use proptest::prelude::*;
+use std::borrow::Cow;
 
 const SEEDS: &[&str] = &[
     r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get_weather","arguments":{"city":"Paris","n":[1,-2.5e3,true,null]},"_meta":{"progressToken":"t"}}}"#,
@@ -251,4 +253,56 @@ proptest! {
         prop_assert_eq!(Method::of(&m), slow);
         prop_assert_eq!(Method::of(&m), Method::from_name(&name));
     }
+
+    #[test]
+    fn event_data_agrees_with_the_stream_parser(
+        parts in proptest::collection::vec(sse_piece(), 0..10),
+        bom in any::<bool>(),
+    ) {
+        // One event's bytes built from field lines, comments, blank lines and every line end:
+        // `event_data` must give what `SseParser` dispatches first for the same bytes (ended by
+        // a blank line), borrow when there is one data line, and `event_data_in` the same.
+        let mut event: Vec<u8> = if bom { b"\xEF\xBB\xBF".to_vec() } else { Vec::new() };
+        for p in &parts {
+            event.extend_from_slice(p.as_bytes());
+        }
+        let mut parser = SseParser::new();
+        parser.push(&event);
+        parser.push(b"\n\n");
+        let want = parser.next_event().map(|e| e.data);
+        let got = event_data(&event);
+        prop_assert_eq!(
+            got.as_deref().map(|d| String::from_utf8_lossy(d).into_owned()),
+            want.clone()
+        );
+        let mut joined = Vec::new();
+        prop_assert_eq!(event_data_in(&event, &mut joined), got.as_deref());
+        if let Some(Cow::Owned(d)) = &got {
+            // Joined only when there were several data lines.
+            prop_assert!(want.is_some_and(|w| w.contains('\n')), "{:?}", d);
+        }
+    }
+}
+
+/// A piece of an event stream: a field line with any line end, a comment, a blank line.
+fn sse_piece() -> impl Strategy<Value = String> {
+    let eol = prop_oneof![Just("\n"), Just("\r"), Just("\r\n"), Just("")];
+    let name = prop_oneof![
+        Just("data"),
+        Just("data"),
+        Just("event"),
+        Just("id"),
+        Just("retry"),
+        Just("dat"),
+        Just("datax"),
+        Just(""),
+    ];
+    let value = "[ a:{}\"é\u{feff}]{0,6}";
+    (
+        name,
+        prop_oneof![Just(""), Just(":"), Just(": ")],
+        value,
+        eol,
+    )
+        .prop_map(|(name, colon, value, eol)| format!("{name}{colon}{value}{eol}"))
 }

@@ -183,3 +183,45 @@ fn lines_every_chunking_gives_the_same_lines() {
         }
     }
 }
+
+#[test]
+fn event_data_reads_one_event_by_the_event_stream_rules() {
+    use mcplb_protocol::sse::{event_data, event_data_in};
+    use std::borrow::Cow;
+    let data = |e: &[u8]| event_data(e).map(|d| String::from_utf8(d.into_owned()).unwrap());
+    // One data line is borrowed in place, whatever ends its line.
+    for e in [
+        &b"data: {}"[..],
+        b"data: {}\n\n",
+        b"data:{}\r\n\r\n",
+        b"data: {}\r\r",
+    ] {
+        assert!(matches!(event_data(e), Some(Cow::Borrowed(b"{}"))), "{e:?}");
+    }
+    // Several are joined with LF, however their lines end; only one space goes.
+    assert_eq!(
+        data(b"data: a\rdata:  b\r\ndata:c\n\n").as_deref(),
+        Some("a\n b\nc")
+    );
+    // A bare `data` is an empty line; an empty first line keeps its LF.
+    assert_eq!(data(b"data\n\n").as_deref(), Some(""));
+    assert_eq!(data(b"data\ndata: x\n").as_deref(), Some("\nx"));
+    // Comments, other fields and near-names are not data; an event without data has none.
+    assert_eq!(
+        data(b": keepalive\nevent: message\nid: 3\ndatax: no\ndata: yes\nretry: 5\n").as_deref(),
+        Some("yes")
+    );
+    assert_eq!(data(b": ping\nevent: x\n\n"), None);
+    // A stream's BOM at the start; blank lines before the data pass; the event ends at the
+    // blank line after it.
+    assert_eq!(data(b"\xEF\xBB\xBFdata: a\n").as_deref(), Some("a"));
+    assert_eq!(data(b"\n\r\ndata: a\n\ndata: b\n\n").as_deref(), Some("a"));
+    // The reused buffer takes a join, and only a join.
+    let mut joined = b"old".to_vec();
+    assert_eq!(event_data_in(b"data: a\n", &mut joined), Some(&b"a"[..]));
+    assert_eq!(
+        event_data_in(b"data: a\ndata: b\n", &mut joined),
+        Some(&b"a\nb"[..])
+    );
+    assert_eq!(joined, b"a\nb");
+}

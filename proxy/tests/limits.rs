@@ -124,23 +124,26 @@ fn slow_call(addr: std::net::SocketAddr, key: &str, ms: u64) -> (u16, serde_json
     (r.status, r.json().unwrap_or_default())
 }
 
-/// Runs `n` slow calls at once (staggered by 50 ms so their order is known).
+/// Runs slow calls that overlap, one per key, in the order given: each is sent once the one
+/// before it has reached a backend (`seen`, the backends' count of `slow` calls, went up) or
+/// has been answered (refused), so the order and the overlap hold however late a busy machine
+/// starts a thread.
 fn concurrent(
     addr: std::net::SocketAddr,
     keys: &[&'static str],
     ms: u64,
+    seen: impl Fn() -> u64,
 ) -> Vec<(u16, serde_json::Value)> {
-    let handles: Vec<_> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| {
-            let k = *k;
-            std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(50 * i as u64));
-                slow_call(addr, k, ms)
-            })
-        })
-        .collect();
+    let mut handles = Vec::new();
+    for k in keys {
+        let k = *k;
+        let before = seen();
+        let call = std::thread::spawn(move || slow_call(addr, k, ms));
+        wait_until("the call at a backend or answered", || {
+            seen() > before || call.is_finished()
+        });
+        handles.push(call);
+    }
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
@@ -163,14 +166,14 @@ fn concurrency_limits_per_tool_caller_and_backend() {
         config_for(&[&a], "")
     );
     let p = start_proxy(&cfg, "auto");
-    // Calls long enough to overlap however late a busy machine starts the threads; which of
-    // alice's two is refused depends on which arrives first, so either may be.
-    let r = concurrent(p.addr, &["alice", "alice", "bob"], 1500);
-    let refused: Vec<_> = r[..2].iter().filter(|(s, _)| *s == 429).collect();
-    assert_eq!(refused.len(), 1, "{r:?}");
-    assert!(r[..2].iter().any(|(s, _)| *s == 200), "{r:?}");
-    assert_eq!(refused[0].1["error"]["data"]["concurrency"], 0);
-    assert_eq!(refused[0].1["id"], 77);
+    // alice's first call is at the backend when her second is sent: the second is refused.
+    let r = concurrent(p.addr, &["alice", "alice", "bob"], 1500, || {
+        a.tool_calls("slow")
+    });
+    assert_eq!(r[0].0, 200, "{r:?}");
+    assert_eq!(r[1].0, 429, "{r:?}");
+    assert_eq!(r[1].1["error"]["data"]["concurrency"], 0);
+    assert_eq!(r[1].1["id"], 77);
     assert_eq!(r[2].0, 200, "{r:?}");
     drop(p);
 
@@ -181,7 +184,7 @@ fn concurrency_limits_per_tool_caller_and_backend() {
     );
     let p = start_proxy(&cfg, "auto");
     let t = std::time::Instant::now();
-    let r = concurrent(p.addr, &["x", "y"], 300);
+    let r = concurrent(p.addr, &["x", "y"], 300, || a.tool_calls("slow"));
     assert!(r.iter().all(|(s, _)| *s == 200), "{r:?}");
     assert!(
         t.elapsed() >= std::time::Duration::from_millis(600),
@@ -196,7 +199,9 @@ fn concurrency_limits_per_tool_caller_and_backend() {
     );
     let p = start_proxy(&cfg, "auto");
     let before = (a.tool_calls("slow"), b.tool_calls("slow"));
-    let r = concurrent(p.addr, &["x", "y", "z"], 1500);
+    let r = concurrent(p.addr, &["x", "y", "z"], 1500, || {
+        a.tool_calls("slow") + b.tool_calls("slow")
+    });
     let ok = r.iter().filter(|(s, _)| *s == 200).count();
     assert_eq!(ok, 2, "{r:?}");
     assert_eq!(r.iter().filter(|(s, _)| *s == 429).count(), 1);
@@ -281,7 +286,7 @@ fn queued_calls_are_served_in_arrival_order_and_woken_not_polled() {
     for driver in DRIVERS {
         // The first call holds the only permit; six more queue behind it, on both workers.
         let OnePermitHeld { m, p, log, first } =
-            one_permit_held(driver, "queue = 8\nqueue_timeout = \"60s\"", 4000);
+            one_permit_held(driver, "queue = 8\nqueue_timeout = \"60s\"", 6000);
         let addr = p.addr;
         let queued: Vec<_> = (0..6)
             .map(|_| {
@@ -348,7 +353,7 @@ fn queued_calls_are_served_in_arrival_order_and_woken_not_polled() {
 fn a_caller_that_waits_too_long_gets_a_429_and_takes_no_permit_with_it() {
     for driver in DRIVERS {
         let OnePermitHeld { m, p, log, first } =
-            one_permit_held(driver, "queue = 1\nqueue_timeout = \"300ms\"", 1500);
+            one_permit_held(driver, "queue = 1\nqueue_timeout = \"300ms\"", 3000);
         let addr = p.addr;
         // One caller may wait: it waits 300 ms, then gets the JSON-RPC error; a second one,
         // while the first waits, finds the queue full and is refused at once.

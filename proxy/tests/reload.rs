@@ -260,22 +260,34 @@ fn reload_under_load_loses_nothing() {
     assert!(ok > 100, "too little load to mean anything: {ok}");
 }
 
-#[test]
-fn reload_removes_a_backend_and_keeps_the_others_sessions() {
-    let a = mock("alpha");
-    let b = mock("beta");
-    let p = start_proxy(&config(&[&a, &b], &[1, 1], ""), "legacy");
-    // A session on each backend.
+/// A session on each of `n` backends (a new connection per session, opened until each backend
+/// has one), by backend name.
+fn session_on_each(p: &Proxy, n: usize) -> std::collections::HashMap<String, (HttpClient, String)> {
     let mut on = std::collections::HashMap::new();
     for _ in 0..40 {
         let mut c = HttpClient::connect(p.addr).unwrap();
         let (sid, server) = init_session(&mut c);
         on.entry(server).or_insert((c, sid));
-        if on.len() == 2 {
+        if on.len() == n {
             break;
         }
     }
-    assert_eq!(on.len(), 2, "sessions on both backends");
+    assert_eq!(on.len(), n, "sessions on every backend");
+    on
+}
+
+/// `tools/call whoami` (id 3) in session `sid`, whatever the answer.
+fn call_whoami(c: &mut HttpClient, sid: &str) -> mcplb::demo::Response {
+    let call = rpc(3, "tools/call", json!({"name": "whoami", "arguments": {}}));
+    c.mcp("/mcp", Some(sid), &call).unwrap()
+}
+
+#[test]
+fn reload_removes_a_backend_and_keeps_the_others_sessions() {
+    let a = mock("alpha");
+    let b = mock("beta");
+    let p = start_proxy(&config(&[&a, &b], &[1, 1], ""), "legacy");
+    let mut on = session_on_each(&p, 2);
     std::fs::write(&p.config_path, config(&[&a], &[1], "")).unwrap();
     let (status, v) = admin(&p, "POST", "/reload");
     assert_eq!(status, 200, "{v}");
@@ -285,13 +297,7 @@ fn reload_removes_a_backend_and_keeps_the_others_sessions() {
     assert_eq!(whoami(c, sid), "alpha");
     // The removed backend's session is gone: 404, as for any unknown session.
     let (c, sid) = on.get_mut("beta").unwrap();
-    let r = c
-        .mcp(
-            "/mcp",
-            Some(sid),
-            &rpc(3, "tools/call", json!({"name": "whoami", "arguments": {}})),
-        )
-        .unwrap();
+    let r = call_whoami(c, sid);
     assert_eq!(r.status, 404);
     assert_eq!(r.json().unwrap()["id"], json!(3));
     // New sessions only go to what is listed now.
@@ -300,6 +306,34 @@ fn reload_removes_a_backend_and_keeps_the_others_sessions() {
         assert_eq!(init_session(&mut c).1, "alpha");
     }
     assert_eq!(backend_names(&p).len(), 1);
+}
+
+/// Parked connections whose tasks wait warm for the next woken one (`runtime/park.rs`) are
+/// served after a reload with the new configuration, round after round.
+#[test]
+fn woken_connections_after_a_reload_use_the_new_configuration() {
+    let a = mock("alpha");
+    let b = mock("beta");
+    let p = start_proxy(&config(&[&a, &b], &[1, 1], ""), "auto");
+    let mut on = session_on_each(&p, 2);
+    // Woken and parked again a few times (past the longest hot wait, 250 ms).
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(300));
+        for (server, (c, sid)) in on.iter_mut() {
+            assert_eq!(whoami(c, sid), *server);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&p.config_path, config(&[&a], &[1], "")).unwrap();
+    let (status, v) = admin(&p, "POST", "/reload");
+    assert_eq!(status, 200, "{v}");
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        let (c, sid) = on.get_mut("alpha").unwrap();
+        assert_eq!(whoami(c, sid), "alpha", "round {round}");
+        let (c, sid) = on.get_mut("beta").unwrap();
+        assert_eq!(call_whoami(c, sid).status, 404, "round {round}");
+    }
 }
 
 /// `proxy.session_keys_file` with `proxy.watch_interval`: the keys live in a file of their own

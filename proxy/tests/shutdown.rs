@@ -64,6 +64,48 @@ fn sigterm_finishes_open_requests_then_exits() {
     assert!(t.elapsed() < Duration::from_secs(5));
 }
 
+/// SIGTERM while tasks wait warm for woken connections (`runtime/park.rs`): every parked
+/// connection is closed and the process exits, none of those tasks holding it up.
+#[test]
+#[allow(unsafe_code)]
+fn sigterm_with_warm_tasks_waiting_closes_parked_connections_and_exits() {
+    let m = mock("alpha");
+    let mut p = start_proxy(&config_for(&[&m], ""), "auto");
+    let mut conns: Vec<(HttpClient, String)> = (0..10)
+        .map(|_| {
+            let mut c = HttpClient::connect(p.addr).unwrap();
+            let (sid, _) = init_session(&mut c);
+            (c, sid)
+        })
+        .collect();
+    // Woken, served and parked again, twice (past the longest hot wait).
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(300));
+        for (c, sid) in conns.iter_mut() {
+            assert_eq!(whoami(c, sid), "alpha");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: sending SIGTERM to the child process this test started.
+    unsafe {
+        libc::kill(p.child.id() as i32, libc::SIGTERM);
+    }
+    let t = Instant::now();
+    for (c, _) in conns {
+        let mut raw = idle_stream(c);
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 16];
+        assert_eq!(
+            raw.read(&mut b).unwrap_or(0),
+            0,
+            "parked connection not closed"
+        );
+    }
+    let status = wait_exit(&mut p, t);
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
 /// The raw socket under a test client (to see the server close it).
 fn idle_stream(c: HttpClient) -> std::net::TcpStream {
     c.into_stream()

@@ -12,6 +12,8 @@ calls() -> the names of the tools this process has run, in order (what reached t
 change_tools() which announces that the tool list changed (notifications/tools/list_changed: on
 the session's stream in the handshake era, to `subscriptions/listen` streams at 2026-07-28),
 touch_resource(uri) which announces that a resource was updated (the same way),
+mention_change() which only logs a line quoting notifications/tools/list_changed (on its call's
+stream: nothing changed),
 ask_name() and ask_twice() which ask their client for input (elicitation: once, twice) and note in
 calls() each start, each answer and a cancellation while waiting.
 `add` is annotated destructive and `whoami` read-only (for `confirm_destructive`).
@@ -64,6 +66,12 @@ def build_server(name: str) -> MCPServer:
         except Exception:
             pass
         return "changed"
+
+    @server.tool()
+    async def mention_change(ctx: Context) -> str:
+        """Log a line that only quotes notifications/tools/list_changed (no change is announced)."""
+        await ctx.info("a log line quoting notifications/tools/list_changed")
+        return "mentioned"
 
     @server.tool()
     async def touch_resource(ctx: Context, uri: str) -> str:

@@ -83,6 +83,10 @@ def cached(tmp_path_factory: pytest.TempPathFactory):
             "[servers.cache]\n"
             # A virtual server over the public group: its relayed notifications evict too.
             '[[servers]]\nname = "all"\npath = "/all"\n[[servers.members]]\nserver = "pub"\n'
+            # And one over a group without a cache: its merged list follows the member's changes.
+            f'[[servers]]\nname = "plain"\npath = "/plain"\nbackends = ["{up}/plain"]\n'
+            "[servers.health]\nenabled = false\n"
+            '[[servers]]\nname = "allnc"\npath = "/allnc"\n[[servers.members]]\nserver = "plain"\n'
             # A public list under a policy: alice and carol are one class, bob another.
             f'[[servers]]\nname = "ruled"\npath = "/ruled"\nbackends = ["{up}/ruled"]\n'
             "[servers.health]\nenabled = false\n"
@@ -191,6 +195,25 @@ async def test_a_list_changed_relayed_by_a_virtual_server_evicts_its_member(cach
     before = counts(cached).get("/public tools/list")
     await tool_names(url)
     assert counts(cached).get("/public tools/list") == before + 1, counts(cached)
+
+
+async def test_a_virtual_servers_merged_list_follows_an_uncached_members_list_changed(cached) -> None:
+    url = f"{cached['base']}/allnc"
+
+    async def change_description() -> str:
+        async with client(url) as c:
+            return next(t.description or "" for t in (await c.list_tools()).tools if t.name.endswith("change"))
+
+    first = await change_description()
+    listed = counts(cached).get("/plain tools/list")
+    assert await change_description() == first
+    assert counts(cached).get("/plain tools/list") == listed, "the merged list is kept"
+    # The member's list_changed (on the call's SSE answer, relayed by the virtual server)
+    # evicts the merged list, though the member's group has no cache of its own.
+    async with client(url) as c:
+        assert text(await c.call_tool("plain_change", {})) == "changed"
+    assert await change_description() != first
+    assert counts(cached).get("/plain tools/list") == listed + 1, counts(cached)
 
 
 async def test_a_private_list_never_crosses_identities(cached) -> None:

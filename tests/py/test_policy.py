@@ -412,6 +412,10 @@ async def test_confirm_destructive_asks_before_tools_annotated_destructive(polic
         assert text(await client.call_tool("whoami", {})) == "policy"
         assert text(await client.call_tool("add", {"a": 2, "b": 2})) == "4"
         assert asked == ["whoami", "add"], "only the destructive tool is asked about once listed"
+        # A log line on the call's stream that only quotes the method changes nothing.
+        assert text(await client.call_tool("mention_change", {})) == "mentioned"
+        await client.call_tool("whoami", {})
+        assert asked == ["whoami", "add"], asked
         # The backend says its tools changed: what was harmless is asked about until relisted.
         assert text(await client.call_tool("change_tools", {})) == "changed"
         with anyio.fail_after(10):

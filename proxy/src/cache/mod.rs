@@ -317,13 +317,20 @@ pub fn event_changes(event: &[u8], joined: &mut Vec<u8>, on: &mut impl FnMut(Cha
     if classify(event) == Verdict::Not || memchr::memmem::find(event, b"notifications/").is_none() {
         return;
     }
-    let data = event_data(event, joined);
-    message_changes(data, on);
+    if let Some(data) = protocol::sse::event_data_in(event, joined) {
+        message_changes(data, on);
+    }
 }
 
 /// What one JSON-RPC message (an SSE event's data) makes stale, told to `on`: a change
 /// notification's bits, or the resource of a `notifications/resources/updated` (every read
 /// when it names none). A batch (2025-03-26) is searched for the names instead.
+///
+/// A message without `"jsonrpc": "2.0"` is no notification here (the parse refuses it), so it
+/// evicts nothing. Decided so: MCP requires `"jsonrpc": "2.0"` on every message, and the
+/// official SDKs (Python, TypeScript) always send it and refuse a message without it, so no
+/// client acts on such a "notification" either; reading it as they do beats guessing what a
+/// broken server meant (test: `only_notifications_of_those_methods_evict`).
 pub fn message_changes(data: &[u8], on: &mut impl FnMut(Change<'_>)) {
     let Ok(env) = protocol::parse_message(data) else {
         return;
@@ -352,65 +359,6 @@ pub fn message_changes(data: &[u8], on: &mut impl FnMut(Change<'_>)) {
         Some(uri) => on(Change::Updated(JsonText(uri.raw()))),
         None => on(Change::Bits(bit)),
     }
-}
-
-/// An SSE event's data: its one `data:` line's value in place, or its data lines joined with
-/// `\n` into `joined`.
-fn event_data<'a>(event: &'a [u8], joined: &'a mut Vec<u8>) -> &'a [u8] {
-    let mut first: Option<&[u8]> = None;
-    let mut many = false;
-    for line in sse_lines(event) {
-        let Some(v) = data_value(line) else {
-            continue;
-        };
-        match first {
-            None => first = Some(v),
-            Some(f) => {
-                if !many {
-                    many = true;
-                    joined.clear();
-                    joined.extend_from_slice(f);
-                }
-                joined.push(b'\n');
-                joined.extend_from_slice(v);
-            }
-        }
-    }
-    if many {
-        joined
-    } else {
-        first.unwrap_or_default()
-    }
-}
-
-/// The value of a `data` field line (`None` for any other line).
-fn data_value(line: &[u8]) -> Option<&[u8]> {
-    if line == b"data" {
-        return Some(b"");
-    }
-    let v = line.strip_prefix(b"data:")?;
-    Some(v.strip_prefix(b" ").unwrap_or(v))
-}
-
-/// The lines of SSE bytes (CRLF, LF or CR ends a line; the last one may be unfinished).
-fn sse_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = bytes;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let Some(i) = memchr::memchr2(b'\r', b'\n', rest) else {
-            return Some(std::mem::take(&mut rest));
-        };
-        let line = rest.get(..i).unwrap_or_default();
-        let skip = if rest.get(i..i + 2) == Some(b"\r\n") {
-            2
-        } else {
-            1
-        };
-        rest = rest.get(i + skip..).unwrap_or_default();
-        Some(line)
-    })
 }
 
 /// What an SSE event's first bytes (all of it, or a prefix) say it is, from its first data
@@ -472,7 +420,8 @@ pub fn classify(event: &[u8]) -> Verdict {
 
 /// The bytes from the value of an SSE event's first `data` line on (to the end of `event`:
 /// its line's end is not looked for, [`Cursor`] stops there), or `None` when no data line
-/// starts in `event`.
+/// starts in `event`. Not `protocol::sse::data_lines`: that finds the line's end first, a scan
+/// of the whole of a large answer's one data line that this only peeks at.
 fn first_data(event: &[u8]) -> Option<&[u8]> {
     let mut rest = event;
     loop {
@@ -687,30 +636,6 @@ fn uri_text(raw: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
     }
     let s: String = serde_json::from_slice(raw).ok()?;
     Some(std::borrow::Cow::Owned(s.into_bytes()))
-}
-
-/// The URI of a `notifications/resources/updated` message (an SSE event's data), or `None`
-/// for any other message.
-pub fn updated_uri(data: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Note {
-        method: String,
-        params: UriParams,
-    }
-    #[derive(Deserialize)]
-    struct UriParams {
-        uri: String,
-    }
-    let n: Note = serde_json::from_slice(data).ok()?;
-    (n.method.as_bytes() == UPDATED).then_some(n.params.uri)
-}
-
-/// The bit of a change notification's method (0 for any other method).
-pub fn notification_bit(method: &str) -> u8 {
-    NOTIFICATIONS
-        .iter()
-        .find(|(n, _)| *n == method.as_bytes())
-        .map_or(0, |(_, bit)| *bit)
 }
 
 /// Which notification a bit stands for (tests, logs).

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::control::stats::{Counter, Gauge};
 use crate::data_path::request::{ClientConn, Next};
 use crate::data_path::{policy, reply};
+use crate::policy::confirm::ToolHints;
 use crate::runtime::core::Core;
 
 /// The caches of this core's groups (`None` for groups without `[servers.cache]`).
@@ -183,16 +184,6 @@ impl Caches {
     /// Whether group `gi` has a cache.
     pub(crate) fn has(&self, gi: usize) -> bool {
         self.group(gi).is_some()
-    }
-
-    /// What an SSE answer of group `gi` is handed to as it is forwarded (`None` without a
-    /// cache): the change sniffer and, with `fill`, a copy for the cache.
-    pub(crate) fn tap(&self, gi: usize, fill: Option<Fill>) -> Option<Tap> {
-        self.group(gi).map(|g| Tap {
-            slot: g.slot,
-            sniffer: EventSniffer::default(),
-            copy: fill.map(|f| (f, Vec::new())),
-        })
     }
 
     /// Bytes held by every group's store (the gauge's share of this core).
@@ -589,38 +580,30 @@ fn note_moved(core: &Core, m: &Moved) {
     rec.gauge(Gauge::CacheBytes, m.bytes);
 }
 
-/// Notes change notifications (`bits`) from a backend of group `gi` that reached mcplb some
-/// other way than a forwarded answer (a virtual server relaying its member's stream); `data`:
-/// the event's message (a `resources/updated` evicts only its resource's reads).
-pub(crate) fn note_group_changes(core: &Core, gi: usize, bits: u8, data: &str) {
-    if bits == 0 {
-        return;
-    }
-    if let Some(g) = core.shared.config.servers.get(gi) {
-        let slot = cache::group_slot(&g.name);
-        let mut bits = bits;
-        if bits & cache::RESOURCES_UPDATED != 0 {
-            if let Some(uri) = cache::updated_uri(data.as_bytes()) {
-                cache::note_uri_updated(slot, uri.as_bytes());
-                bits &= !cache::RESOURCES_UPDATED;
-            }
-        }
-        cache::note_changes(slot, bits);
-    }
-}
-
-/// Notes a change notification in `data`, one whole message of a stream from a backend of
-/// group `gi` that the era bridge relays message by message (a bridged call's SSE answer, a
-/// backend session's GET stream): it evicts as in a forwarded answer. Only a notification
-/// counts (a list whose tool describes `notifications/tools/list_changed` evicts nothing).
-pub(crate) fn note_message(core: &Core, gi: usize, data: &[u8]) {
-    let Some(g) = core.caches.group(gi) else {
-        return;
-    };
+/// Notes a change notification in `data`, one whole message from a backend of group `gi` that
+/// reached mcplb some other way than a forwarded answer: the era bridge relays a bridged call's
+/// SSE answer or a backend session's GET stream message by message, a virtual server its
+/// members' streams. It evicts as in a forwarded answer when the group has a cache. Only a
+/// notification counts (a list whose tool describes `notifications/tools/list_changed` evicts
+/// nothing; nor does a message without `"jsonrpc": "2.0"`: see `cache::message_changes`).
+/// Returns the change bits it carried, cache or not (a virtual server's merged lists follow
+/// the list changes of every member).
+pub(crate) fn note_message(core: &Core, gi: Option<usize>, data: &[u8]) -> u8 {
     if memchr::memmem::find(data, b"notifications/").is_none() {
-        return;
+        return 0;
     }
-    cache::message_changes(data.trim_ascii(), &mut |ch| note_change(g.slot, ch));
+    let slot = gi.and_then(|gi| core.caches.group(gi)).map(|g| g.slot);
+    let mut bits = 0;
+    cache::message_changes(data.trim_ascii(), &mut |ch| {
+        bits |= match ch {
+            Change::Bits(b) => b,
+            Change::Updated(_) => cache::RESOURCES_UPDATED,
+        };
+        if let Some(slot) = slot {
+            note_change(slot, ch);
+        }
+    });
+    bits
 }
 
 /// [`note_message`] for one whole SSE event, raw.
@@ -649,18 +632,56 @@ pub(crate) const MAX_COPY: usize = 16 * 1024 * 1024;
 /// An SSE answer's bytes (de-chunked) as they are forwarded: change notifications found in
 /// them evict on every core, and an answer the cache may keep is copied, so that the stream is
 /// never held back (it may carry progress, or a request the client must answer first).
+/// A `notifications/tools/list_changed` among them also tells the group's tool hints
+/// (`confirm_destructive`: what was known harmless is asked about again). Only a notification
+/// counts, however its event is cut between reads: a log line or a tool description that quotes
+/// the method does not.
 pub(crate) struct Tap {
-    slot: usize,
+    /// The group's change counters, when it has a cache.
+    slot: Option<usize>,
+    /// The group's tool hints, when its answers are watched for tool changes.
+    hints: Option<Arc<ToolHints>>,
     sniffer: EventSniffer,
     copy: Option<(Fill, Vec<u8>)>,
+}
+
+/// What an SSE answer of group `gi` is handed to as it is forwarded: the change sniffer and,
+/// with `fill`, a copy for the cache. `None` when nothing reads its changes: the group has no
+/// cache, and no tool hints or `watch_tools` is false.
+pub(crate) fn tap(core: &Core, gi: usize, fill: Option<Fill>, watch_tools: bool) -> Option<Tap> {
+    let slot = core.caches.group(gi).map(|g| g.slot);
+    let hints = core
+        .shared
+        .tool_hints
+        .get(gi)
+        .and_then(Option::as_ref)
+        .filter(|_| watch_tools)
+        .cloned();
+    if slot.is_none() && hints.is_none() {
+        return None;
+    }
+    Some(Tap {
+        slot,
+        hints,
+        sniffer: EventSniffer::default(),
+        copy: fill.map(|f| (f, Vec::new())),
+    })
 }
 
 impl Tap {
     /// Takes the next bytes of the answer.
     pub(crate) fn take(&mut self, data: &[u8]) {
-        let slot = self.slot;
-        self.sniffer
-            .feed(data, &mut |change| note_change(slot, change));
+        let (slot, hints) = (self.slot, &self.hints);
+        self.sniffer.feed(data, &mut |change| {
+            if let (Some(h), Change::Bits(bits)) = (hints, change) {
+                if bits & cache::TOOLS_CHANGED != 0 {
+                    h.changed();
+                }
+            }
+            if let Some(slot) = slot {
+                note_change(slot, change);
+            }
+        });
         if let Some((_, copy)) = &mut self.copy {
             if copy.len() + data.len() > MAX_COPY {
                 self.copy = None;

@@ -272,7 +272,7 @@ async fn sse_answer(core: &Core, c: &mut ClientConn, src: &mut Source) -> Result
             let event = src.pending.get(..n).unwrap_or_default();
             let data = era::event_data(event);
             if era::answer_message(&data, false).is_some_and(|m| m.get("method").is_none()) {
-                answer = Some(data);
+                answer = Some(data.into_owned());
                 src.pending.drain(..n);
                 break;
             }

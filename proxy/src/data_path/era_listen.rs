@@ -88,7 +88,7 @@ pub(crate) async fn listen_on_session(
     era::sse_data(&mut first, &era_listen::acknowledged(&id, &honored));
     let frame = |data: &[u8]| {
         // The session's change notifications evict the group's cached answers.
-        crate::data_path::cache::note_message(core, gi, data);
+        crate::data_path::cache::note_message(core, Some(gi), data);
         match era_listen::for_listener(data, &honored, &id) {
             Some(msg) => Frame::Send(msg),
             None => Frame::Skip,
@@ -199,7 +199,7 @@ pub(crate) async fn stream_for_client(
     };
     let sid = c.req.session_id().unwrap_or_default().to_vec();
     let frame = |data: &[u8]| {
-        crate::data_path::cache::note_message(core, gi, data);
+        crate::data_path::cache::note_message(core, Some(gi), data);
         match era_listen::stream_frame(data) {
             StreamFrame::Forward => Frame::Send(data.to_vec()),
             StreamFrame::Skip => Frame::Skip,
@@ -358,9 +358,9 @@ async fn relay(
         let mut chunk = Vec::new();
         let mut end = err || done;
         while let Some(n) = era::event_end(&s.pending) {
-            let data = era::event_data(s.pending.get(..n).unwrap_or_default());
+            let framed = frame(&era::event_data(s.pending.get(..n).unwrap_or_default()));
             s.pending.drain(..n);
-            match frame(&data) {
+            match framed {
                 Frame::Send(msg) => {
                     chunk.extend_from_slice(b"event: message\n");
                     era::sse_data(&mut chunk, &msg);

@@ -246,7 +246,8 @@ pub(crate) struct ClientConn {
     /// The last session id this connection's requests carried that opened, and what it
     /// opened to (`SessionSealer::open_memo`): its next request in the session skips the
     /// decryption. Boxed, and filled from the second request with an id: connections without
-    /// a session, and parked ones (whose next request meets a new `ClientConn`), pay nothing.
+    /// a session pay nothing; a parked one keeps it only when the warm task that parked it
+    /// serves it again (`runtime/park.rs`).
     pub session_memo: crate::session::MemoSlot,
     /// What the current request did, for statistics.
     pub meta: ReqMeta,

@@ -345,10 +345,11 @@ pub(crate) async fn forward_response(
     let filter = c.list_filter.take().filter(|_| status == 200);
     let wrap = c.confirm_wrap.take().filter(|_| status == 200);
     // A cached group's SSE answers are tapped as they pass (notifications evict; an answer
-    // to keep is copied), unless they are read whole below.
+    // to keep is copied), and a `confirm_destructive` group's (a tools/list_changed makes its
+    // tools unknown again), unless they are read whole below.
     let mut tap = None;
     if is_sse && filter.is_none() && wrap.is_none() {
-        tap = core.caches.tap(gi_of(c), fill.take());
+        tap = super::cache::tap(core, gi_of(c), fill.take(), c.meta.watch_tools);
     }
     if fill.is_some() || filter.is_some() || wrap.is_some() {
         // A JSON answer the cache may keep, or a list the caller's policy filters: read
@@ -360,7 +361,9 @@ pub(crate) async fn forward_response(
                 return (reply::refuse(c, &r).await, false);
             }
         };
-        if let Some(mut t) = core.caches.tap(gi_of(c), None).filter(|_| is_sse) {
+        if let Some(mut t) =
+            super::cache::tap(core, gi_of(c), None, c.meta.watch_tools).filter(|_| is_sse)
+        {
             t.take(&body);
         }
         if let Some(fill) = fill {
@@ -441,9 +444,6 @@ pub(crate) async fn forward_response(
         c.meta.rpc_code = protocol::response_error_code(first);
     }
     let sniff_error = traced && first.is_empty();
-    if c.meta.watch_tools && is_sse {
-        tools_changed(core, c, first);
-    }
     c.out.extend_from_slice(first);
     let extra = body_done && take < avail.len();
     if body_done {
@@ -585,9 +585,6 @@ async fn stream_body(
             c.meta.rpc_code = protocol::response_error_code(ubuf.get(..take).unwrap_or_default());
         }
         c.meta.bytes_out += take as u64;
-        if c.meta.watch_tools {
-            tools_changed(core, c, ubuf.get(..take).unwrap_or_default());
-        }
         if is_sse && c.meta.first_event.is_none() && take > 0 {
             c.meta.first_event = Some(crate::runtime::clock::now());
         }
@@ -641,21 +638,6 @@ pub(crate) async fn next_event(
         Poll::Pending
     })
     .await
-}
-
-/// Notes a `notifications/tools/list_changed` in `bytes` of a group's SSE answer: its tools'
-/// annotations must be listed again (`confirm_destructive`). Bytes as they arrive: a
-/// notification cut between two reads is missed (what was destructive stays so).
-fn tools_changed(core: &Core, c: &ClientConn, bytes: &[u8]) {
-    if memchr::memmem::find(bytes, b"notifications/tools/list_changed").is_some() {
-        let hints = c
-            .meta
-            .group
-            .and_then(|gi| core.shared.tool_hints.get(gi)?.as_ref());
-        if let Some(h) = hints {
-            h.changed();
-        }
-    }
 }
 
 /// Ends a stream the client may resume elsewhere: a chunked one that stands between chunks

@@ -3,6 +3,7 @@
 //! functions over a whole answer body (JSON, or an SSE stream whose events carry JSON-RPC
 //! messages), so that any path that relays or merges lists (virtual servers too) can call them.
 
+use protocol::sse;
 use serde_json::Value;
 
 /// Which list an answer carries.
@@ -95,24 +96,15 @@ pub fn filter_answer(
     let mut out = Vec::with_capacity(body.len());
     let mut changed = false;
     for event in events(body) {
-        let data = event_data(event);
-        let filtered = match data.as_deref() {
-            Some(d) if !d.is_empty() => filter_message(d, kind, &visible)?,
+        let filtered = match sse::event_data(event) {
+            Some(d) if !d.is_empty() => filter_message(&d, kind, &visible)?,
             _ => None,
         };
         match filtered {
             Some(json) => {
                 changed = true;
                 // The other fields (`id`, `event`, `retry`) as they were, one `data` line.
-                for line in lines(event) {
-                    if !line.starts_with(b"data") {
-                        out.extend_from_slice(line);
-                        out.push(b'\n');
-                    }
-                }
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(&json);
-                out.extend_from_slice(b"\n\n");
+                sse::replace_data(&mut out, event, &json);
             }
             None => {
                 out.extend_from_slice(event);
@@ -132,8 +124,7 @@ pub fn messages(body: &[u8], sse: bool) -> Vec<std::borrow::Cow<'_, [u8]>> {
     }
     events(body)
         .into_iter()
-        .filter_map(event_data)
-        .map(std::borrow::Cow::Owned)
+        .filter_map(sse::event_data)
         .collect()
 }
 
@@ -172,34 +163,6 @@ fn trim_eol(mut s: &[u8]) -> &[u8] {
         s = head;
     }
     s
-}
-
-/// The lines of one event.
-fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
-    event
-        .split(|&b| b == b'\n' || b == b'\r')
-        .filter(|l| !l.is_empty())
-}
-
-/// An event's `data`: its `data` lines joined by LF (`None` when it has none).
-fn event_data(event: &[u8]) -> Option<Vec<u8>> {
-    let mut data: Option<Vec<u8>> = None;
-    for line in lines(event) {
-        let value = if line == b"data" {
-            Some(&b""[..])
-        } else {
-            line.strip_prefix(b"data:")
-                .map(|v| v.strip_prefix(b" ").unwrap_or(v))
-        };
-        if let Some(v) = value {
-            let d = data.get_or_insert_with(Vec::new);
-            if !d.is_empty() {
-                d.push(b'\n');
-            }
-            d.extend_from_slice(v);
-        }
-    }
-    data
 }
 
 #[cfg(test)]
@@ -267,5 +230,16 @@ mod tests {
         assert!(String::from_utf8(out)
             .unwrap()
             .contains(r#"[{"name":"b"}]"#));
+    }
+
+    #[test]
+    fn event_data_follows_the_event_stream_rules() {
+        // An empty first data line keeps its LF (it was dropped before protocol::sse), a
+        // stream's BOM is skipped, a comment is no data, and an event with one data line is
+        // borrowed from the body.
+        let body = b"\xEF\xBB\xBFdata\ndata: {}\n\n: note\ndata:  x\r\n\r\nevent: e\n\n";
+        let got = messages(body, true);
+        assert_eq!(got, [&b"\n{}"[..], b" x"]);
+        assert!(matches!(got[1], std::borrow::Cow::Borrowed(_)));
     }
 }

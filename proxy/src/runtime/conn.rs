@@ -20,7 +20,7 @@ use monoio::net::TcpStream;
 use crate::control::stats::Counter;
 use crate::data_path::request::{ClientConn, Next};
 use crate::runtime::core::Core;
-use crate::runtime::park::{IdleSet, Woke};
+use crate::runtime::park::{self, IdleSet, Woke};
 use crate::runtime::reuse::Reused;
 use crate::runtime::shutdown::ShutdownSignal;
 use crate::runtime::{proxy_protocol, ready_within, spawn_client, ClientSlot, SHUTDOWN};
@@ -94,18 +94,12 @@ pub(crate) async fn serve_client(
         }
         Err(conn) => conn,
     };
-    let (core, idle) = serve_connection(core, conn, peer, arrival, first).await;
-    if let Some((stream, since)) = idle {
-        if !SHUTDOWN.load(Ordering::Relaxed) {
-            // Parked, the connection keeps its slot; if it cannot be, both drop here.
-            let timeout = core.shared.config.proxy.client_idle_timeout;
-            let _ = core.park.park(stream, peer, client, since, timeout);
-        }
-    }
+    serve_connection(core, conn, peer, client, arrival, first).await;
 }
 
-/// Wakes parked connections that turned readable (each gets a new task) and closes those idle
-/// past `client_idle_timeout` when one may be due (all of them on shutdown, then it ends).
+/// Wakes parked connections that turned readable (each handed to a warm task, or else given a
+/// new one) and closes those idle past `client_idle_timeout` when one may be due (all of them
+/// on shutdown, then it ends).
 /// Nothing else wakes it: an idle worker sleeps. It holds no per-core state between wake-ups
 /// (`newest` gives the current one), so a reload's old state is not kept alive here.
 pub(crate) async fn park_loop(park: Rc<IdleSet>, newest: impl Fn() -> Option<Rc<Core>>) {
@@ -115,9 +109,13 @@ pub(crate) async fn park_loop(park: Rc<IdleSet>, newest: impl Fn() -> Option<Rc<
         let woke = park.wait(&mut ready, shutdown.as_mut()).await;
         let core = newest();
         let now = Instant::now();
-        for p in ready.drain(..) {
+        for w in ready.drain(..) {
             // With no state at all (the worker is going away) they close.
             if let Some(core) = &core {
+                let Some(w) = park.warm.hand(w) else {
+                    continue;
+                };
+                let p = w.parked;
                 let idle = now.saturating_duration_since(p.since);
                 let fut = serve_client(
                     core.clone(),
@@ -131,8 +129,9 @@ pub(crate) async fn park_loop(park: Rc<IdleSet>, newest: impl Fn() -> Option<Rc<
         }
         match woke {
             Woke::Shutdown => {
-                // Dropping them closes their sockets and releases their slots. Nothing parks
-                // after this: a connection checks the flag first.
+                // Dropping them closes their sockets and releases their slots; the warm tasks
+                // end. Nothing parks after this: a connection checks the flag first.
+                park.warm.release_all();
                 park.expire(Duration::ZERO, &mut ready);
                 ready.clear();
                 return;
@@ -149,131 +148,179 @@ pub(crate) async fn park_loop(park: Rc<IdleSet>, newest: impl Fn() -> Option<Rc<
     }
 }
 
-/// Serves requests on a connection until it closes (returns `None`) or, a plain one, goes
-/// idle between requests (returns its socket, to be parked, and when it went idle).
-/// `first`: bytes of the first request already read (after a PROXY protocol header).
+/// Serves requests on a connection until it closes or, a plain one, goes idle between
+/// requests: then it is parked, and this task waits among the core's warm ones
+/// ([`park::WarmPool`]) to serve the next parked connection that wakes (the same loop, with no
+/// new task), or ends when enough wait already. `first`: bytes of the first request already
+/// read (after a PROXY protocol header).
 async fn serve_connection(
     mut core: Rc<Core>,
-    stream: Conn,
-    peer: SocketAddr,
-    arrival: Arrival,
-    first: Vec<u8>,
-) -> (Rc<Core>, Option<(TcpStream, Instant)>) {
-    let mut c = ClientConn::new(stream, peer);
-    if matches!(c.stream, Conn::Plain(_)) && !first.is_empty() {
-        c.req.buf = first;
-    } else {
-        core.give_buf(first);
-    }
+    mut stream: Conn,
+    mut peer: SocketAddr,
+    mut client: ClientSlot,
+    mut arrival: Arrival,
+    mut first: Vec<u8>,
+) {
     let mut canceller = Some(Canceller::new());
-    // Requests served on this connection: after its first one a plain connection parks when
-    // idle (before it, it waits for readiness in its task).
-    let mut woken = matches!(arrival, Arrival::Woken { .. });
-    let mut served: u32 = u32::from(woken);
-    // How long the connection waits for its next request with a read buffer lent to the kernel
-    // before it parks, if at all ([`hot_wait`]): a new one never (one that sends a single
-    // request and goes quiet lends no buffer even for a hot period; measured, with 10 000 such
-    // connections the transient buffers cost ~0.2 KiB each); a woken one from the gap it just
-    // idled. One that idled long parks right after its answer: its hot wait would only expire,
-    // costing a timer, a wake-up and a cancelled read per request (an agent thinking between
-    // tool calls).
-    let hot = match arrival {
-        Arrival::Woken { idle } => hot_wait(idle),
-        Arrival::Accepted => None,
-    };
-    let mut park = None;
-    let mut linger = false;
-    let mut h2 = false;
+    // The session-id memo of the connection this task served last: it carries over when the
+    // same connection is handed back (see `open_memo`); any other starts with an empty one.
+    let mut memo = crate::session::MemoSlot::default();
+    // This task's place among the warm ones, made when it first waits there.
+    let mut waiter: Option<Rc<park::Waiter>> = None;
     loop {
-        if woken {
-            // A parked connection that turned readable: its request (or EOF) is waiting, and
-            // the request path reads it into this buffer.
-            woken = false;
-            c.req.buf = core.take_buf();
-        } else if c.req.buf.is_empty() {
-            let core = &core;
-            // Between requests: hand every buffer back.
-            give_back(core, &mut c);
-            // Boxed for the same reason as the request below: the hot wait's I/O and timer
-            // state would otherwise sit in every idle connection's task.
-            let waited = match hot {
-                Some(wait) => {
-                    Reused::new(|| wait_request(core, &mut c, &mut canceller, wait)).await
-                }
-                None => Wait::Idle,
+        // One connection: its state ends with this block, before the wait below (it may hold
+        // what the configuration it was served under held).
+        let (s, since) = {
+            let mut c = ClientConn::new(stream, peer);
+            c.session_memo = std::mem::take(&mut memo);
+            if matches!(c.stream, Conn::Plain(_)) && !first.is_empty() {
+                c.req.buf = std::mem::take(&mut first);
+            } else {
+                core.give_buf(std::mem::take(&mut first));
+            }
+            // Requests served on this connection: after its first one a plain connection parks when
+            // idle (before it, it waits for readiness in its task).
+            let mut woken = matches!(arrival, Arrival::Woken { .. });
+            let mut served: u32 = u32::from(woken);
+            // How long the connection waits for its next request with a read buffer lent to the
+            // kernel before it parks, if at all ([`hot_wait`]): a new one never (one that sends a
+            // single request and goes quiet lends no buffer even for a hot period; measured, with
+            // 10 000 such connections the transient buffers cost ~0.2 KiB each); a woken one from
+            // the gap it just idled. One that idled long parks right after its answer: its hot wait
+            // would only expire, costing a timer, a wake-up and a cancelled read per request (an
+            // agent thinking between tool calls).
+            let hot = match arrival {
+                Arrival::Woken { idle } => hot_wait(idle),
+                Arrival::Accepted => None,
             };
-            match waited {
-                Wait::Bytes => {}
-                Wait::Idle if served > 0 && matches!(c.stream, Conn::Plain(_)) => {
-                    // Idle between requests: the connection is parked with no task (see
-                    // `park.rs`), and served again by a new task when it turns readable.
-                    let now = crate::runtime::clock::now();
-                    // Idle since its answer: the hot wait (if any) was part of the gap.
-                    park = Some(hot.and_then(|w| now.checked_sub(w)).unwrap_or(now));
+            let mut park = None;
+            let mut linger = false;
+            let mut h2 = false;
+            loop {
+                if woken {
+                    // A parked connection that turned readable: its request (or EOF) is waiting,
+                    // and the request path reads it into this buffer.
+                    woken = false;
+                    c.req.buf = core.take_buf();
+                } else if c.req.buf.is_empty() {
+                    let core = &core;
+                    // Between requests: hand every buffer back.
+                    give_back(core, &mut c);
+                    // Boxed for the same reason as the request below: the hot wait's I/O and timer
+                    // state would otherwise sit in every idle connection's task.
+                    let waited = match hot {
+                        Some(wait) => {
+                            Reused::new(|| wait_request(core, &mut c, &mut canceller, wait)).await
+                        }
+                        None => Wait::Idle,
+                    };
+                    match waited {
+                        Wait::Bytes => {}
+                        Wait::Idle if served > 0 && matches!(c.stream, Conn::Plain(_)) => {
+                            // Idle between requests: the connection is parked with no task (see
+                            // `park.rs`), and served again by a warm or new task when it turns
+                            // readable.
+                            let now = crate::runtime::clock::now();
+                            // Idle since its answer: the hot wait (if any) was part of the gap.
+                            park = Some(hot.and_then(|w| now.checked_sub(w)).unwrap_or(now));
+                            break;
+                        }
+                        Wait::Idle => {
+                            // A new connection (or a TLS one): wait for a request holding no
+                            // buffer. Boxed: the timer and poll state then live only while it
+                            // idles.
+                            let cfg = &core.shared.config.proxy;
+                            if !Box::pin(wait_idle(cfg.client_idle_timeout, &mut c.stream)).await {
+                                break;
+                            }
+                            c.req.buf = core.take_buf();
+                        }
+                        Wait::Closed => break,
+                    }
+                }
+                if core.stale() || core.next.borrow().is_some() {
+                    // A reload happened: this and later requests use the new configuration.
+                    core = core.latest();
+                }
+                let core = &core;
+                if c.req.head.headers.capacity() == 0 {
+                    c.req.head.headers = core.take_headers();
+                }
+                if served == 0
+                    && core.shared.config.proxy.http2.enabled
+                    && matches!(c.stream, Conn::Plain(_))
+                    && Box::pin(crate::h2::sniff_preface(core, &mut c)).await
+                {
+                    // h2c with prior knowledge: the connection is HTTP/2's from here on.
+                    h2 = true;
                     break;
                 }
-                Wait::Idle => {
-                    // A new connection (or a TLS one): wait for a request holding no buffer.
-                    // Boxed: the timer and poll state then live only while it idles.
-                    let cfg = &core.shared.config.proxy;
-                    if !Box::pin(wait_idle(cfg.client_idle_timeout, &mut c.stream)).await {
+                served = served.saturating_add(1);
+                // Boxed so that an idle connection's task holds only this loop's small state, not
+                // the request path's (about 3 KiB), in a block the core reuses from one request to
+                // the next (`reuse`): idle connections near nginx's footprint.
+                match Reused::new(|| crate::data_path::handle_request(core, &mut c)).await {
+                    Next::KeepAlive if !SHUTDOWN.load(Ordering::Relaxed) => {}
+                    Next::Linger => {
+                        linger = true;
                         break;
                     }
-                    c.req.buf = core.take_buf();
+                    _ => break,
                 }
-                Wait::Closed => break,
             }
-        }
-        if core.stale() || core.next.borrow().is_some() {
-            // A reload happened: this and later requests use the new configuration.
-            core = core.latest();
-        }
-        let core = &core;
-        if c.req.head.headers.capacity() == 0 {
-            c.req.head.headers = core.take_headers();
-        }
-        if served == 0
-            && core.shared.config.proxy.http2.enabled
-            && matches!(c.stream, Conn::Plain(_))
-            && Box::pin(crate::h2::sniff_preface(core, &mut c)).await
-        {
-            // h2c with prior knowledge: the connection is HTTP/2's from here on.
-            h2 = true;
-            break;
-        }
-        served = served.saturating_add(1);
-        // Boxed so that an idle connection's task holds only this loop's small state, not
-        // the request path's (about 3 KiB), in a block the core reuses from one request to the
-        // next (`reuse`): idle connections near nginx's footprint.
-        match Reused::new(|| crate::data_path::handle_request(core, &mut c)).await {
-            Next::KeepAlive if !SHUTDOWN.load(Ordering::Relaxed) => {}
-            Next::Linger => {
-                linger = true;
-                break;
+            if h2 {
+                let first = std::mem::take(&mut c.req.buf);
+                give_back(&core, &mut c);
+                if let Conn::Plain(s) = c.stream {
+                    let t = crate::h2::io::Transport::Plain(Box::new(
+                        monoio_compat::StreamWrapper::new(s),
+                    ));
+                    Box::pin(crate::h2::serve(core.clone(), t, first, peer, false)).await;
+                }
+                return;
             }
-            _ => break,
+            give_back(&core, &mut c);
+            if linger {
+                // Answered before its request was read: closed lingering, holding no buffer.
+                Box::pin(crate::runtime::linger::close(&core, c.stream)).await;
+                return;
+            }
+            let (Conn::Plain(s), Some(since)) = (c.stream, park) else {
+                return;
+            };
+            if SHUTDOWN.load(Ordering::Relaxed) {
+                return;
+            }
+            memo = c.session_memo;
+            (s, since)
+        };
+        // Parked, the connection keeps its slot; if it cannot be, both drop here.
+        let timeout = core.shared.config.proxy.client_idle_timeout;
+        let set = core.park.clone();
+        let Ok(ticket) = set.park(s, peer, client, since, timeout) else {
+            return;
+        };
+        // Waiting, the task holds no per-core state (a reload's old one is not kept alive).
+        let states = core.states.clone();
+        drop(core);
+        let w = waiter.get_or_insert_with(Rc::default);
+        let Some(next) = set.warm.wait(w, ticket).await else {
+            return;
+        };
+        let newest = states.borrow().last().cloned();
+        let Some(newest) = newest else {
+            return;
+        };
+        core = newest.latest();
+        if next.ticket != ticket {
+            // Another connection: nothing of the last one's carries over.
+            memo = crate::session::MemoSlot::default();
         }
+        let p = next.parked;
+        let idle = crate::runtime::clock::now().saturating_duration_since(p.since);
+        (stream, peer, client) = (Conn::Plain(p.stream), p.peer, p.client);
+        arrival = Arrival::Woken { idle };
     }
-    if h2 {
-        let first = std::mem::take(&mut c.req.buf);
-        give_back(&core, &mut c);
-        if let Conn::Plain(s) = c.stream {
-            let t = crate::h2::io::Transport::Plain(Box::new(monoio_compat::StreamWrapper::new(s)));
-            Box::pin(crate::h2::serve(core.clone(), t, first, peer, false)).await;
-        }
-        return (core, None);
-    }
-    give_back(&core, &mut c);
-    if linger {
-        // Answered before its request was read: closed lingering, holding no buffer.
-        Box::pin(crate::runtime::linger::close(&core, c.stream)).await;
-        return (core, None);
-    }
-    let idle = match (c.stream, park) {
-        (Conn::Plain(s), Some(since)) => Some((s, since)),
-        _ => None,
-    };
-    (core, idle)
 }
 
 /// How long a connection that just finished a request keeps a read buffer lent to the kernel

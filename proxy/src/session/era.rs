@@ -749,19 +749,10 @@ pub(crate) enum EventVerdict {
     Ask(ServerRequest),
 }
 
-/// The `data` lines of one SSE event, joined with newlines.
-pub(crate) fn event_data(event: &[u8]) -> Vec<u8> {
-    let mut data = Vec::new();
-    for l in event.split(|b| *b == b'\n') {
-        let l = l.strip_suffix(b"\r").unwrap_or(l);
-        if let Some(d) = l.strip_prefix(b"data:") {
-            if !data.is_empty() {
-                data.push(b'\n');
-            }
-            data.extend_from_slice(d.strip_prefix(b" ").unwrap_or(d));
-        }
-    }
-    data
+/// The data of one SSE event (its `data` lines joined with LF, by the event-stream rules of
+/// [`protocol::sse::event_data`]: borrowed when it has one); empty when it has none.
+pub(crate) fn event_data(event: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    protocol::sse::event_data(event).unwrap_or_default()
 }
 
 /// One SSE event of a bridged answer (through its blank line): the answer to the request is
@@ -781,23 +772,13 @@ pub(crate) fn rewrite_event(
         out.extend_from_slice(event);
         return EventVerdict::Forwarded;
     };
-    for l in event
-        .split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter(|l| !l.is_empty() && !l.starts_with(b"data:"))
-    {
-        out.extend_from_slice(l);
-        out.push(b'\n');
-    }
-    sse_data(out, &new);
+    protocol::sse::replace_data(out, event, &new);
     EventVerdict::Forwarded
 }
 
 /// `data: ...` and the blank line that ends an event.
 pub(crate) fn sse_data(out: &mut Vec<u8>, data: &[u8]) {
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\n\n");
+    protocol::sse::write_data(out, data);
 }
 
 /// A JSON-RPC request (`id` and `method`) in `data`.
@@ -1357,6 +1338,26 @@ mod tests {
         assert_eq!(v["result"]["resultType"], "complete");
         assert_eq!(v["id"], 1);
         assert_eq!(event_end(&rest[second..]), None);
+    }
+
+    #[test]
+    fn event_data_takes_cr_line_ends_and_bare_data_lines() {
+        // Before protocol::sse only LF ended a line here and `data` without a colon was no
+        // data line: an answer with CR line ends was forwarded unrewritten.
+        let cr = b"id: 3\revent: message\rdata: {\"jsonrpc\":\"2.0\",\"id\":1,\rdata: \"result\":{}}\r\r";
+        assert_eq!(
+            &*event_data(cr),
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\n\"result\":{}}"
+        );
+        let mut out = Vec::new();
+        rewrite_event(Method::ToolsCall, cr, None, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let (head, data) = text.split_once("data: ").unwrap();
+        assert_eq!(head, "id: 3\nevent: message\n");
+        let v: Value = serde_json::from_str(data.strip_suffix("\n\n").unwrap()).unwrap();
+        assert_eq!(v["result"]["resultType"], "complete");
+        assert_eq!(&*event_data(b"data\ndata: x\n\n"), b"\nx");
+        assert_eq!(&*event_data(b": ping\n\n"), b"");
     }
 
     #[test]

@@ -129,13 +129,14 @@ fn next_sealer_id() -> u64 {
 }
 
 /// A connection's memo of its last session id ([`SessionSealer::open_memo`]). Filled from the
-/// second id a connection's task opens on: a connection that idles past the hot wait is
-/// parked without its per-request state and served by a new task, so an agent pausing between
-/// calls would only pay for filling a memo it never reads (two allocations a call, measured
-/// in the paced `bench/one_call.sh` cell).
+/// second id opened on a connection: a connection that idles past the hot wait is parked
+/// without its per-request state, and its memo carries over only when the warm task that
+/// parked it serves it again (`runtime/park.rs`); one served by another task starts with a
+/// new slot, and would only pay for filling a memo it might never read (two allocations a
+/// call, measured in the paced `bench/one_call.sh` cell).
 #[derive(Default)]
 pub struct MemoSlot {
-    /// An id was opened on this connection's task already.
+    /// An id was opened with this slot already.
     armed: bool,
     memo: Option<Box<OpenMemo>>,
 }
@@ -565,8 +566,8 @@ mod tests {
         s.seal(4, None, b"backend-b", &mut b).unwrap();
         let mut slot = MemoSlot::default();
         assert!(open_full(&s, &a).is_some());
-        // The slot's first open remembers nothing (a parked connection's next task starts
-        // with a new slot), the second does.
+        // The slot's first open remembers nothing (a parked connection served by another
+        // task starts with a new slot), the second does.
         assert_eq!(open_with(&s, &a, &mut slot), open_full(&s, &a));
         assert!(slot.memo.is_none());
         assert_eq!(open_with(&s, &a, &mut slot), open_full(&s, &a));

@@ -16,7 +16,7 @@ use futures_util::stream::{FuturesUnordered, Stream as _};
 
 use super::fanout;
 use super::member::{self, Origin, ReachedParts};
-use super::routed::{chunk, relay_event, send};
+use super::routed::{chunk, note_member_changes, relay_event, send};
 use super::session::VirtualSession;
 use super::SessionCx;
 use crate::config::VirtualServer;
@@ -217,10 +217,8 @@ async fn open_streams<'a>(
         crate::data_path::upstream::collect_step(&mut ms.framing, &a.early, &mut body, &mut err);
         ms.parser.push(&body);
         while let Some(ev) = ms.parser.next_event() {
-            let bits = relay_event(m, &ev.data, &mut out.early_events);
-            if let Some(p) = &ms.parts {
-                crate::data_path::cache::note_group_changes(core, p.gi, bits, &ev.data);
-            }
+            relay_event(m, &ev.data, &mut out.early_events);
+            note_member_changes(core, ms.parts.as_ref().map(|p| p.gi), &ev.data);
         }
         if let Some(slot) = out.streams.get_mut(m) {
             *slot = Some(ms);
@@ -253,10 +251,8 @@ fn on_read<'a>(
     };
     ms.parser.push(body);
     while let Some(ev) = ms.parser.next_event() {
-        let bits = relay_event(m, &ev.data, events);
-        if let Some(p) = &ms.parts {
-            crate::data_path::cache::note_group_changes(core, p.gi, bits, &ev.data);
-        }
+        relay_event(m, &ev.data, events);
+        note_member_changes(core, ms.parts.as_ref().map(|p| p.gi), &ev.data);
     }
     if done || err {
         core.give_buf(buf);

@@ -435,8 +435,8 @@ async fn forward(
                 let wrapped = confirm::wrap_rounds(core, c.meta.group, f, ev.data.into(), false);
                 ev.data = String::from_utf8(wrapped).unwrap_or_default();
             }
-            let bits = relay_event(m, &ev.data, &mut events);
-            crate::data_path::cache::note_group_changes(core, reached.gi, bits, &ev.data);
+            relay_event(m, &ev.data, &mut events);
+            note_member_changes(core, Some(reached.gi), &ev.data);
         }
         if !events.is_empty() {
             if c.meta.first_event.is_none() {
@@ -567,19 +567,28 @@ async fn whole_answer(
     }
 }
 
+/// What a member's SSE event (its data) changes, as for any backend's stream
+/// ([`note_message`](crate::data_path::cache::note_message)): a change notification evicts
+/// what it names in the member group's response cache (`gi`, when it has one), and a list
+/// change the merged lists of every virtual server, cached member or not.
+pub(super) fn note_member_changes(core: &Core, gi: Option<usize>, data: &str) {
+    let bits = crate::data_path::cache::note_message(core, gi, data.as_bytes());
+    if bits & LIST_CHANGES != 0 {
+        cache::list_changed();
+    }
+}
+
+/// The change notifications that make a merged list stale.
+const LIST_CHANGES: u8 =
+    crate::cache::TOOLS_CHANGED | crate::cache::PROMPTS_CHANGED | crate::cache::RESOURCES_CHANGED;
+
 /// One member SSE event for the client, appended to `out`: a server-to-client request with
-/// its id wrapped (so the client's answer finds member `m`), anything else as it came; a
-/// `*/list_changed` evicts the merged lists. Returns the change notification it was, if any
-/// (`crate::cache` bits: the member group's response cache is evicted by the caller).
-pub(super) fn relay_event(m: usize, data: &str, out: &mut Vec<u8>) -> u8 {
+/// its id wrapped (so the client's answer finds member `m`), anything else as it came (what
+/// it changes: [`note_member_changes`]).
+pub(super) fn relay_event(m: usize, data: &str, out: &mut Vec<u8>) {
     let mut rewritten = None;
-    let mut changed = 0;
     if let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(data) {
         let method = obj.get("method").and_then(Value::as_str).unwrap_or("");
-        if method.ends_with("/list_changed") {
-            cache::list_changed();
-        }
-        changed = crate::cache::notification_bit(method);
         if !method.is_empty() {
             if let Some(id) = obj.get("id").filter(|i| !i.is_null()) {
                 let raw = serde_json::to_vec(id).unwrap_or_default();
@@ -590,13 +599,7 @@ pub(super) fn relay_event(m: usize, data: &str, out: &mut Vec<u8>) -> u8 {
     }
     let data = rewritten.as_deref().unwrap_or(data);
     out.extend_from_slice(b"event: message\n");
-    for line in data.split('\n') {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-    }
-    out.push(b'\n');
-    changed
+    protocol::sse::write_data(out, data.as_bytes());
 }
 
 /// The client's answer to a member's server-to-client request: to that member's session,
@@ -666,12 +669,5 @@ mod tests {
                 format!("event: message\ndata: {passing}\n\n").into_bytes()
             );
         }
-        let before = cache::changes();
-        relay_event(
-            0,
-            r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#,
-            &mut Vec::new(),
-        );
-        assert!(cache::changes() > before);
     }
 }

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The training run of the release build (scripts/build-pgo.sh runs it twice: against the
+# PGO-instrumented mcplb, then against the BOLT-instrumented one). It can run against any
+# mcplb, e.g. a plain release build, to check that it still works (scripts/test.sh does, with
+# TRAIN_SECS=1):
+#
+#   scripts/pgo-train.sh BIN        # BIN: the mcplb to train; its profile is its own business
+#                                   # (LLVM_PROFILE_FILE for PGO, a path built into BOLT's)
+#
+# One mcplb (one worker, 100 policy rules and the audit trail on) in front of three mocks
+# (session, stateless, SSE-answered), loaded by mcplb-load with the mixes agents and benchmarks
+# make: one call in flight paced (every 250 ms) and back to back, 8 paced sessions, 64
+# connections saturated, in sessions, stateless and SSE-answered. Stops mcplb with SIGTERM
+# (an instrumented build writes its profile on the way out) and fails when a step had no
+# answered call or mcplb did not exit cleanly.
+#
+# Settings (environment): TRAIN_SECS (seconds per step, default 8; 10 steps), LOAD_BIN (the
+# mcplb-load to train with; default target/release/mcplb-load, built when missing).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+SAY_TAG=${SAY_TAG:-train}
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
+
+case ${1:-} in
+    -h | --help | "")
+        sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+        [[ -n ${1:-} ]]
+        exit
+        ;;
+esac
+BIN=$(realpath "$1")
+[[ -x $BIN ]] || { say "not an executable: $1"; exit 2; }
+SECS=${TRAIN_SECS:-8}
+LOAD=${LOAD_BIN:-}
+if [[ -z $LOAD ]]; then
+    LOAD=$ROOT/target/release/mcplb-load
+    if [[ ! -x $LOAD ]]; then
+        say "building mcplb-load (release)"
+        CARGO_INCREMENTAL=0 cargo build --release -q --locked -p mcplb-load
+    fi
+fi
+
+RUN=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
+wait_port() {
+    for _ in $(seq 300); do
+        python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    say "nothing listens on port $1:"
+    tail -n 20 "$RUN"/*.log >&2
+    exit 1
+}
+
+PORT=$(free_port)
+cat >"$RUN/mcplb.toml" <<EOC
+[proxy]
+listen = "127.0.0.1:$PORT"
+workers = 1
+max_connections_per_ip = 100000
+EOC
+# One group per mock, named as its path; after the colon, the mock's option.
+ports=("$PORT")
+for mock in session: stateless:--stateless sse:--sse; do
+    name=${mock%%:*}
+    port=$(free_port)
+    # shellcheck disable=SC2086 # no option or one, unquoted on purpose
+    "$LOAD" mock --listen "127.0.0.1:$port" ${mock#*:} --threads 1 >"$RUN/mock-$name.log" 2>&1 &
+    pids+=($!)
+    ports+=("$port")
+    printf '\n[[servers]]\nname = "%s"\npath = "/%s"\nbackends = ["http://127.0.0.1:%s/mcp"]\n[servers.health]\nenabled = false\n' \
+        "$name" "$name" "$port" >>"$RUN/mcplb.toml"
+done
+echo >>"$RUN/mcplb.toml"
+sed "s|@RUN@|$RUN|g" "$ROOT/bench/conf/policy/on.toml" >>"$RUN/mcplb.toml"
+"$BIN" run --config "$RUN/mcplb.toml" >"$RUN/mcplb.log" 2>&1 &
+MCPLB_PID=$!
+pids+=("$MCPLB_PID")
+for p in "${ports[@]}"; do wait_port "$p"; done
+
+ARGS='{"query":"what is the weather in Paris today","limit":10}'
+train() { # path connections rate|- [more mcplb-load options]
+    local path=$1 conns=$2 rate=$3
+    shift 3
+    local extra=("$@")
+    if [[ $rate != - ]]; then extra+=(--rate "$rate"); fi
+    local summary
+    summary=$("$LOAD" run --url "http://127.0.0.1:$PORT/$path" --connections "$conns" --duration "${SECS}s" \
+        --warmup 0s --args "$ARGS" --quiet --json "${extra[@]}" | tail -n 1 |
+        python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["ok"], j["errors"]["total"])')
+    say "trained: /$path, $conns connections, rate $rate${*:+ $*}: ${summary% *} calls answered, ${summary#* } errors"
+    [[ ${summary% *} -gt 0 ]] || {
+        say "no call was answered:"
+        tail -n 20 "$RUN/mcplb.log" >&2
+        exit 1
+    }
+}
+for path in sse session; do
+    train "$path" 1 4  # one agent calling every 250 ms
+    train "$path" 8 32 # 8 agents, each every 250 ms
+    train "$path" 1 -  # one call in flight, back to back
+    train "$path" 64 - # saturated
+done
+train stateless 1 4 --stateless
+train stateless 64 - --stateless
+
+say "stopping mcplb (an instrumented build writes its profile on the way out)"
+kill -TERM "$MCPLB_PID"
+status=0
+wait "$MCPLB_PID" || status=$?
+pids=("${pids[@]/$MCPLB_PID/}")
+[[ $status -eq 0 ]] || {
+    say "mcplb exited with status $status:"
+    tail -n 20 "$RUN/mcplb.log" >&2
+    exit 1
+}
