@@ -451,6 +451,9 @@ pub struct CoreRecorder {
     /// the table is capped at `MAX_TOOLS`): SipHash cost ~240 instructions per `tools/call`.
     tool_names: HashMap<Box<str>, usize, foldhash::fast::RandomState>,
     tools: Vec<(Box<str>, CoreDim)>,
+    /// The slot [`Self::tool_slot`] returned last: the same tool again (an agent's loop)
+    /// costs one comparison instead of a hash and a probe.
+    last_tool: usize,
     counters: [u64; COUNTERS],
     gauges: [i64; GAUGES],
     /// Per backend (`[group][backend]`): requests in flight and sessions, as deltas.
@@ -507,6 +510,7 @@ impl CoreRecorder {
             methods: METHODS.iter().map(|_| None).collect(),
             tool_names: HashMap::default(),
             tools: Vec::new(),
+            last_tool: 0,
             counters: [0; COUNTERS],
             gauges: [0; GAUGES],
             backend_gauges: ids
@@ -522,6 +526,19 @@ impl CoreRecorder {
     /// The slot for a tool name; allocates only the first time a core sees a name, and past
     /// [`MAX_TOOLS`] names everything goes to `other`.
     pub fn tool_slot(&mut self, name: &str) -> usize {
+        if self
+            .tools
+            .get(self.last_tool)
+            .is_some_and(|(n, _)| **n == *name)
+        {
+            return self.last_tool;
+        }
+        let i = self.tool_slot_lookup(name);
+        self.last_tool = i;
+        i
+    }
+
+    fn tool_slot_lookup(&mut self, name: &str) -> usize {
         if let Some(i) = self.tool_names.get(name) {
             return *i;
         }
@@ -1050,5 +1067,14 @@ mod tests {
         assert_eq!(r.tools.len(), MAX_TOOLS + 1);
         assert_eq!(slots[MAX_TOOLS], slots[MAX_TOOLS + 9]);
         assert_eq!(&*r.tools[slots[MAX_TOOLS]].0, "other");
+        // The memo of the last slot answers as the table does, repeated or alternating.
+        for name in ["t3", "t3", "t5", "t3", "other", "t7", "t7"] {
+            let want = r.tool_names.get(name).copied();
+            assert_eq!(Some(r.tool_slot(name)), want, "{name}");
+        }
+        let past_cap = format!("t{}", MAX_TOOLS + 20);
+        assert_eq!(r.tool_slot(&past_cap), slots[MAX_TOOLS]);
+        assert_eq!(r.tool_slot(&past_cap), slots[MAX_TOOLS]);
+        assert_eq!(r.tool_slot("t3"), slots[3]);
     }
 }

@@ -168,14 +168,22 @@ pub fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> 
 }
 
 /// Parses a `Content-Length` value strictly (digits only).
+/// One pass, no overflow checks: 19 digits always fit in a u64 (a check of every digit and
+/// then a checked fold cost ~100 instructions for a 3-digit value; it runs twice a request).
 pub fn parse_content_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() || v.len() > 19 {
         return None;
     }
-    v.iter().try_fold(0u64, |acc, d| {
-        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
+    let mut n = 0u64;
+    for &c in v {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n = n * 10 + u64::from(d);
+    }
+    Some(n)
 }
 
 /// The last chunk of a chunked body, without trailers.
@@ -610,5 +618,17 @@ mod tests {
         assert_eq!(parse_content_length(b"4x"), None);
         assert_eq!(parse_content_length(b"-1"), None);
         assert_eq!(parse_content_length(b"99999999999999999999"), None);
+        assert_eq!(
+            parse_content_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        assert_eq!(parse_content_length(b"0"), Some(0));
+        assert_eq!(parse_content_length(b"007"), Some(7));
+        assert_eq!(parse_content_length(b""), None);
+        assert_eq!(parse_content_length(b"  "), None);
+        assert_eq!(parse_content_length(b"1 2"), None);
+        assert_eq!(parse_content_length(b"+1"), None);
+        assert_eq!(parse_content_length(b"1/"), None);
+        assert_eq!(parse_content_length(b"1:"), None);
     }
 }

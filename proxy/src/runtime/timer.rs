@@ -43,6 +43,7 @@ pub(crate) struct Timer {
 }
 
 /// A timed wait's deadline passed before its future completed.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Elapsed;
 
@@ -118,9 +119,10 @@ impl Timer {
         Poll::Ready(())
     }
 
-    /// Runs `fut` until it completes, or `deadline` passes first (`Err`; `fut` is dropped,
+    /// (Tests.) Runs `fut` until it completes, or `deadline` passes first (`Err`; `fut` is dropped,
     /// which cancels its operation). Like `monoio::time::timeout_at`, the future is polled
     /// before the deadline is checked.
+    #[cfg(test)]
     pub(crate) async fn within<F: Future>(
         &mut self,
         deadline: Instant,
