@@ -3,10 +3,10 @@
 # (deploy/kubernetes and deploy/helm run it; see README "Running a fleet").
 
 # Build: the release binary as scripts/release.sh makes it (README "Install / build a
-# release"): profile-guided and laid out by BOLT, trained in this stage by
+# release"): profile-guided, trained in this stage by
 # scripts/pgo-train.sh (a few minutes more than a plain build). LLVM 19's llvm-profdata and
 # BOLT come from Debian; python3 serves the training script. OPTIMISE=0 builds a plain
-# `cargo build --release` instead; BOLT=0 stops at PGO. Where the builder's seccomp profile
+# `cargo build --release` instead; BOLT=1 lays the PGO build out with BOLT too. Where the builder's seccomp profile
 # blocks io_uring, mcplb trains (and will run) on its epoll fallback.
 FROM rust:1.95-slim-bookworm AS build
 # hadolint ignore=DL3008
@@ -16,7 +16,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 ARG OPTIMISE=1
-ARG BOLT=1
+ARG BOLT=0
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     OPTIMISE=$OPTIMISE BOLT=$BOLT DIST=/dist NO_INSTALL=1 scripts/release.sh \

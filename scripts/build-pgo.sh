@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The optimised release build of mcplb: profile-guided (PGO), then laid out by BOLT (issue 21:
+# The optimised release build of mcplb: profile-guided (PGO), optionally laid out by BOLT (issue 21:
 # a call made after an idle pause runs on cold caches, and its cost is i-cache and iTLB misses
 # over all the code it touches; PGO and BOLT put the code a call runs together).
 #
@@ -17,7 +17,7 @@
 # The result is target/pgo/mcplb; the PGO-only build stays in
 # target/pgo/x86_64-unknown-linux-gnu/release/mcplb.
 #
-# Settings (environment): BOLT (1: the BOLT step; 0: PGO only), TRAIN_SECS (seconds per
+# Settings (environment): BOLT (0: PGO only, the default; 1: the BOLT step too), TRAIN_SECS (seconds per
 # training step, default 8), PROFDATA (default llvm-profdata-19), LLVM_BOLT and MERGE_FDATA
 # (default llvm-bolt-19, merge-fdata-19), LOAD_BIN (an mcplb-load to train with instead of
 # building target/release/mcplb-load), GEN_BIN (an instrumented mcplb already built, e.g. by an
@@ -33,7 +33,7 @@ SAY_TAG=pgo
 no_args_or_help "${BASH_SOURCE[0]}" "$@"
 
 TRIPLE=x86_64-unknown-linux-gnu
-BOLT=${BOLT:-1}
+BOLT=${BOLT:-0}
 PROFDATA=${PROFDATA:-llvm-profdata-19}
 LLVM_BOLT=${LLVM_BOLT:-llvm-bolt-19}
 MERGE_FDATA=${MERGE_FDATA:-merge-fdata-19}

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The release artifact of mcplb: the build users run, profile-guided and BOLT-laid-out
-# (scripts/build-pgo.sh, its training in scripts/pgo-train.sh), packed with mcplb-load.
+# The release artifact of mcplb: the build users run, profile-guided (scripts/build-pgo.sh,
+# its training in scripts/pgo-train.sh), packed with mcplb-load.
 #
 #   scripts/release.sh              # -> dist/mcplb-VERSION-x86_64-unknown-linux-gnu.tar.gz
-#   BOLT=0 scripts/release.sh       # PGO only
+#   BOLT=1 scripts/release.sh       # PGO, then laid out by BOLT (not the default: on the quiet
+#                                   # machine it did not beat PGO alone, 0.97-1.13x its CPU per
+#                                   # call: bench/results/2026-12-06-one-call-session6-bolt.md)
 #   OPTIMISE=0 scripts/release.sh   # a plain `cargo build --release` (no training)
 #
 # The tarball holds mcplb, mcplb-load (a plain release build: the load generator and mock), the
@@ -13,7 +15,7 @@
 # (--strip-debug: a fifth of the size). The same sources, toolchain and training give the same
 # code layout up to the counts a timed training run gathers (not bit for bit).
 #
-# Settings (environment): OPTIMISE (1), BOLT (1), DIST (dist), TRAIN_SECS and the rest of
+# Settings (environment): OPTIMISE (1), BOLT (0), DIST (dist), TRAIN_SECS and the rest of
 # scripts/build-pgo.sh's.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -25,7 +27,7 @@ no_args_or_help "${BASH_SOURCE[0]}" "$@"
 
 TRIPLE=x86_64-unknown-linux-gnu
 OPTIMISE=${OPTIMISE:-1}
-export BOLT=${BOLT:-1}
+export BOLT=${BOLT:-0}
 DIST=${DIST:-$ROOT/dist}
 VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
 [[ -n $VERSION ]] || { say "no version in Cargo.toml's [workspace.package]"; exit 1; }

@@ -67,7 +67,7 @@ def test_dockerfile_lints_and_builds_a_small_non_root_image():
     assert m, build[0]["value"]
     need = tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["package"]["rust-version"]
     assert (int(m.group(1)), int(m.group(2))) >= tuple(int(x) for x in need.split(".")[:2])
-    # The release build (scripts/release.sh: PGO + BOLT, trained in the stage), with the
+    # The release build (scripts/release.sh: PGO, BOLT on request, trained in the stage), with the
     # LLVM tools and the Python the training needs.
     runs = [i["value"] for i in build if i["instruction"] == "RUN"]
     assert any(all(p in r for p in ("llvm-19", "bolt-19", "python3")) for r in runs), runs
