@@ -636,11 +636,12 @@ pub(crate) const MAX_COPY: usize = 16 * 1024 * 1024;
 /// (`confirm_destructive`: what was known harmless is asked about again). Only a notification
 /// counts, however its event is cut between reads: a log line or a tool description that quotes
 /// the method does not.
-pub(crate) struct Tap {
+pub(crate) struct Tap<'a> {
     /// The group's change counters, when it has a cache.
     slot: Option<usize>,
-    /// The group's tool hints, when its answers are watched for tool changes.
-    hints: Option<Arc<ToolHints>>,
+    /// The group's tool hints, when its answers are watched for tool changes (borrowed: a
+    /// clone of their `Arc` would write its count, a cache line all cores share, per answer).
+    hints: Option<&'a ToolHints>,
     sniffer: EventSniffer,
     copy: Option<(Fill, Vec<u8>)>,
 }
@@ -648,15 +649,19 @@ pub(crate) struct Tap {
 /// What an SSE answer of group `gi` is handed to as it is forwarded: the change sniffer and,
 /// with `fill`, a copy for the cache. `None` when nothing reads its changes: the group has no
 /// cache, and no tool hints or `watch_tools` is false.
-pub(crate) fn tap(core: &Core, gi: usize, fill: Option<Fill>, watch_tools: bool) -> Option<Tap> {
+pub(crate) fn tap(
+    core: &Core,
+    gi: usize,
+    fill: Option<Fill>,
+    watch_tools: bool,
+) -> Option<Tap<'_>> {
     let slot = core.caches.group(gi).map(|g| g.slot);
     let hints = core
         .shared
         .tool_hints
         .get(gi)
-        .and_then(Option::as_ref)
-        .filter(|_| watch_tools)
-        .cloned();
+        .and_then(Option::as_deref)
+        .filter(|_| watch_tools);
     if slot.is_none() && hints.is_none() {
         return None;
     }
@@ -668,7 +673,7 @@ pub(crate) fn tap(core: &Core, gi: usize, fill: Option<Fill>, watch_tools: bool)
     })
 }
 
-impl Tap {
+impl Tap<'_> {
     /// Takes the next bytes of the answer.
     pub(crate) fn take(&mut self, data: &[u8]) {
         let (slot, hints) = (self.slot, &self.hints);

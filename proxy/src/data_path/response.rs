@@ -361,10 +361,10 @@ pub(crate) async fn forward_response(
                 return (reply::refuse(c, &r).await, false);
             }
         };
-        if let Some(mut t) =
-            super::cache::tap(core, gi_of(c), None, c.meta.watch_tools).filter(|_| is_sse)
-        {
-            t.take(&body);
+        if is_sse {
+            if let Some(mut t) = super::cache::tap(core, gi_of(c), None, c.meta.watch_tools) {
+                t.take(&body);
+            }
         }
         if let Some(fill) = fill {
             super::cache::store(core, c, fill, &body, is_sse);
@@ -534,7 +534,7 @@ async fn stream_body(
     framing: &mut Framing,
     mut watch: Option<Watch>,
     mut sniff_error: bool,
-    mut tap: Option<&mut super::cache::Tap>,
+    mut tap: Option<&mut super::cache::Tap<'_>>,
 ) -> Result<bool, ()> {
     let is_sse = watch.is_some();
     loop {
