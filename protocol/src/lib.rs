@@ -18,4 +18,6 @@ pub use jsonrpc::{
 };
 pub use lines::{LineError, LineFramer};
 pub use method::Method;
-pub use sse::{event_data, event_data_in, SseBoundary, SseError, SseEvent, SseParser};
+pub use sse::{
+    event_data, event_data_in, event_end, EventEnds, SseBoundary, SseError, SseEvent, SseParser,
+};

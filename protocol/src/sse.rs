@@ -6,7 +6,8 @@
 //! carry their state across arbitrary chunk boundaries and accept CRLF, CR or
 //! LF line endings and a leading byte-order mark. [`event_data`] (and
 //! [`event_data_in`]) read the data of one event already cut out of a stream,
-//! borrowing it in place when it has one `data` line.
+//! borrowing it in place when it has one `data` line; [`event_end`] and
+//! [`EventEnds`] find where events end, to cut them out.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -396,6 +397,101 @@ impl SseBoundary {
         self.block_has_data |= is_data;
         false
     }
+}
+
+/// Where events end in event-stream bytes fed in pieces of any size: an event
+/// ends at a blank line, and a line at CRLF, LF or CR (a CRLF is one end, also
+/// when a piece ends between its CR and its LF). The one boundary finder of the
+/// proxy: [`event_end`] for bytes that start at an event's start, this for a
+/// stream read piece by piece without copying it.
+///
+/// An event here is the bytes up to and including the blank line that ends
+/// it; blank lines before its first line belong to it (they dispatch nothing),
+/// so only a block with at least one line is an event (a comment-only block
+/// such as `: keepalive` is one). A byte-order mark is not looked at (it is
+/// line content).
+///
+/// A CR at the end of a piece ends its line (the rules say so), and when that
+/// line is blank the event ends there: the LF that may open the next piece is
+/// then the second half of that CRLF. [`next_end`](Self::next_end) remembers
+/// it and does not read it as a blank line of its own; a caller that cuts
+/// events out of a buffer leaves that LF at the start of the next event, where
+/// it is a blank line before the event's first line, which dispatches nothing.
+/// So a stream cut at any points gives the same events' data (and the same
+/// bytes, concatenated) as the stream cut whole.
+#[derive(Clone, Copy, Debug)]
+pub struct EventEnds {
+    /// The last byte fed was a CR that ended a line: a LF next is part of it.
+    pending_cr: bool,
+    /// The next byte starts a line.
+    at_line_start: bool,
+    /// The event in progress has a line that is not blank.
+    has_line: bool,
+}
+
+impl Default for EventEnds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventEnds {
+    /// A finder at the start of a stream (or of an event).
+    pub const fn new() -> Self {
+        Self {
+            pending_cr: false,
+            at_line_start: true,
+            has_line: false,
+        }
+    }
+
+    /// Reads `piece` (the stream's next bytes) up to the end of the first event
+    /// that ends in it, and returns that end: the index in `piece` just past the
+    /// blank line's line end. `None`: no event ends in `piece`, all of which was
+    /// read. Call again with the bytes after the end for the next one.
+    pub fn next_end(&mut self, piece: &[u8]) -> Option<usize> {
+        let mut pos = 0;
+        if self.pending_cr && !piece.is_empty() {
+            self.pending_cr = false;
+            if piece.first() == Some(&b'\n') {
+                pos = 1;
+            }
+        }
+        loop {
+            let rest = piece.get(pos..).unwrap_or_default();
+            let Some(off) = memchr::memchr2(b'\r', b'\n', rest) else {
+                if !rest.is_empty() {
+                    self.at_line_start = false;
+                    self.has_line = true;
+                }
+                return None;
+            };
+            let at = pos + off;
+            let blank = self.at_line_start && off == 0;
+            self.has_line |= !blank;
+            self.at_line_start = true;
+            pos = at + 1;
+            if piece.get(at) == Some(&b'\r') {
+                match piece.get(pos) {
+                    Some(b'\n') => pos += 1,
+                    Some(_) => {}
+                    None => self.pending_cr = true,
+                }
+            }
+            if blank && std::mem::take(&mut self.has_line) {
+                return Some(pos);
+            }
+        }
+    }
+}
+
+/// Where the first event in `buf` (bytes that start at an event's start) ends:
+/// just past the line end of the blank line that ends it, or `None` when no
+/// event ends in `buf` yet. See [`EventEnds`] for what counts and for a CR at
+/// the end of `buf`: the end is then just past it, and an LF read after it
+/// leads the next event.
+pub fn event_end(buf: &[u8]) -> Option<usize> {
+    EventEnds::new().next_end(buf)
 }
 
 /// The lines of event-stream bytes: CRLF, LF or CR ends a line (a CRLF is one

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use mcplb_protocol::sse::{event_data, event_data_in, SseParser};
+use mcplb_protocol::sse::{event_data, event_data_in, event_end, EventEnds, SseParser};
 use mcplb_protocol::{
     parse_message, response_error_code, response_outcome, FrameErrorKind as K, MessageKind, Method,
 };
@@ -281,6 +281,75 @@ proptest! {
             // Joined only when there were several data lines.
             prop_assert!(want.is_some_and(|w| w.contains('\n')), "{:?}", d);
         }
+    }
+
+    #[test]
+    fn event_ends_cut_what_the_stream_parser_dispatches(
+        parts in proptest::collection::vec(sse_piece(), 0..40),
+        bom in any::<bool>(),
+        cuts in proptest::collection::vec(any::<usize>(), 0..6),
+    ) {
+        // A stream of field lines, comments and blank lines with every line end, cut into
+        // events by `event_end`: each event's data (`event_data`) is what `SseParser`
+        // dispatches, in order, none missed, none merged. Read in pieces cut anywhere (also
+        // between the CR and the LF of a CRLF), by `EventEnds` over the pieces and by
+        // `event_end` over a buffer that grows as a streaming caller's does, the events'
+        // data are the same, and their bytes and what is left make up the stream.
+        let mut stream: Vec<u8> = if bom { b"\xEF\xBB\xBF".to_vec() } else { Vec::new() };
+        for p in &parts {
+            stream.extend_from_slice(p.as_bytes());
+        }
+        let mut parser = SseParser::new();
+        parser.push(&stream);
+        let want: Vec<String> = std::iter::from_fn(|| parser.next_event()).map(|e| e.data).collect();
+        let data_of = |events: &[Vec<u8>]| -> Vec<String> {
+            events
+                .iter()
+                .filter_map(|e| event_data(e).map(|d| String::from_utf8_lossy(&d).into_owned()))
+                .collect()
+        };
+
+        let mut whole = Vec::new();
+        let mut rest = &stream[..];
+        while let Some(n) = event_end(rest) {
+            prop_assert!(n > 0);
+            whole.push(rest[..n].to_vec());
+            rest = &rest[n..];
+        }
+        prop_assert_eq!(data_of(&whole), want.clone());
+        prop_assert_eq!([whole.concat(), rest.to_vec()].concat(), stream.clone());
+
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        at.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut from = 0;
+        for &c in at.iter().chain(std::iter::once(&stream.len())) {
+            pieces.push(&stream[from..c]);
+            from = c;
+        }
+
+        let (mut ends, mut events, mut open) = (EventEnds::new(), Vec::new(), Vec::new());
+        for piece in &pieces {
+            let mut p = *piece;
+            while let Some(n) = ends.next_end(p) {
+                open.extend_from_slice(&p[..n]);
+                events.push(std::mem::take(&mut open));
+                p = &p[n..];
+            }
+            open.extend_from_slice(p);
+        }
+        prop_assert_eq!(data_of(&events), want.clone());
+        prop_assert_eq!([events.concat(), open].concat(), stream.clone());
+
+        let (mut pending, mut events) = (Vec::new(), Vec::new());
+        for piece in &pieces {
+            pending.extend_from_slice(piece);
+            while let Some(n) = event_end(&pending) {
+                events.push(pending.drain(..n).collect::<Vec<u8>>());
+            }
+        }
+        prop_assert_eq!(data_of(&events), want);
+        prop_assert_eq!([events.concat(), pending].concat(), stream);
     }
 }
 

@@ -157,7 +157,8 @@ pub const MAX_NOTE: usize = 16 * 1024;
 /// copy) and only a notification whose method is one of the four counts, so an event that only
 /// mentions one (a tool's description, a resource's text, a log message) evicts nothing.
 ///
-/// Cost per event: one `memchr2` pass over its bytes to find its lines and its end, and a look
+/// Cost per event: one `memchr2` pass over its bytes to find its lines and its end
+/// ([`protocol::sse::EventEnds`]), and a look
 /// at its first top-level keys ([`classify`]): an answer (`id`, `result` or `error` first, or
 /// after `jsonrpc`) or a request or notification of another method is done with there. Only
 /// an event that may be a change notification is searched for `notifications/` and parsed,
@@ -172,12 +173,8 @@ pub struct EventSniffer {
     carry: Vec<u8>,
     /// Data lines joined, for an event with several (reused).
     joined: Vec<u8>,
-    /// The last piece ended with a CR (a LF opening the next one ends nothing more).
-    pending_cr: bool,
-    /// The last piece ended at a line's end (or nothing came yet).
-    at_line_start: bool,
-    /// Bytes seen so far (none: at a line's start).
-    started: bool,
+    /// Where the events end, across pieces (a CRLF split between two pieces is one line end).
+    ends: protocol::sse::EventEnds,
 }
 
 /// What is known of the event in progress that began in an earlier piece.
@@ -207,40 +204,12 @@ impl EventSniffer {
     /// Takes the next bytes of the stream; `on` gets what the change notifications that ended
     /// in them make stale.
     pub fn feed(&mut self, piece: &[u8], on: &mut impl FnMut(Change<'_>)) {
-        if !self.started {
-            self.started = true;
-            self.at_line_start = true;
+        let mut rest = piece;
+        while let Some(n) = self.ends.next_end(rest) {
+            let (last, next) = rest.split_at_checked(n).unwrap_or((rest, &[]));
+            self.event_end(last, on);
+            rest = next;
         }
-        let mut pos = 0;
-        if std::mem::take(&mut self.pending_cr) && piece.first() == Some(&b'\n') {
-            pos = 1;
-        }
-        let mut event_start = 0;
-        while let Some(off) = piece
-            .get(pos..)
-            .and_then(|p| memchr::memchr2(b'\r', b'\n', p))
-        {
-            let at = pos + off;
-            let blank = self.at_line_start && off == 0;
-            let mut next = at + 1;
-            if piece.get(at) == Some(&b'\r') {
-                match piece.get(at + 1) {
-                    Some(b'\n') => next = at + 2,
-                    Some(_) => {}
-                    None => self.pending_cr = true,
-                }
-            }
-            self.at_line_start = true;
-            if blank {
-                self.event_end(piece.get(event_start..next).unwrap_or_default(), on);
-                event_start = next;
-            }
-            pos = next;
-        }
-        if pos < piece.len() {
-            self.at_line_start = false;
-        }
-        let rest = piece.get(event_start..).unwrap_or_default();
         if !rest.is_empty() {
             self.event_part(rest);
         }

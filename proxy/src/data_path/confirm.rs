@@ -243,12 +243,12 @@ pub(crate) fn wrap_rounds(
     }
     let mut out = Vec::with_capacity(body.len() + 128);
     let mut rest = body.as_slice();
-    while let Some(n) = era::event_end(rest) {
+    while let Some(n) = protocol::sse::event_end(rest) {
         let (event, after) = rest.split_at(n.min(rest.len()));
         match confirm::wrap_round(&era::event_data(event), wrap) {
             Some(msg) => {
                 out.extend_from_slice(b"event: message\n");
-                era::sse_data(&mut out, &msg);
+                protocol::sse::write_data(&mut out, &msg);
             }
             None => out.extend_from_slice(event),
         }
@@ -588,7 +588,7 @@ pub(crate) async fn ask_on_bridged_stream(
 pub(crate) fn event(c: &mut ClientConn, json: &[u8]) {
     let mut data = Vec::with_capacity(json.len() + 24);
     data.extend_from_slice(b"event: message\n");
-    era::sse_data(&mut data, json);
+    protocol::sse::write_data(&mut data, json);
     crate::data_path::era_bridge::put_chunk(c, &data);
 }
 

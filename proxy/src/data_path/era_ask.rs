@@ -268,7 +268,7 @@ async fn sse_answer(core: &Core, c: &mut ClientConn, src: &mut Source) -> Result
         }
         let mut chunk = Vec::new();
         let mut answer = None;
-        while let Some(n) = era::event_end(&src.pending) {
+        while let Some(n) = protocol::sse::event_end(&src.pending) {
             let event = src.pending.get(..n).unwrap_or_default();
             let data = era::event_data(event);
             if era::answer_message(&data, false).is_some_and(|m| m.get("method").is_none()) {
@@ -506,7 +506,7 @@ async fn end_with(c: &mut ClientConn, t: Turn, msg: &[u8]) -> (Next, Option<Conn
     if t.streaming {
         let mut chunk = Vec::with_capacity(msg.len() + 32);
         chunk.extend_from_slice(b"event: message\n");
-        era::sse_data(&mut chunk, msg);
+        protocol::sse::write_data(&mut chunk, msg);
         put_chunk(c, &chunk);
         c.out.extend_from_slice(crate::http::LAST_CHUNK);
     } else {

@@ -1048,7 +1048,7 @@ async fn relay(
         }
         chunk.clear();
         let mut ask = None;
-        while let Some(n) = era::event_end(&src.pending) {
+        while let Some(n) = protocol::sse::event_end(&src.pending) {
             let event = src.pending.get(..n).unwrap_or_default();
             response_cache::note_event(core, leg.gi, event);
             let from = chunk.len();
@@ -1099,7 +1099,7 @@ async fn relay(
                 }
             }
         }
-        let finished = done && !asked && era::event_end(&src.pending).is_none();
+        let finished = done && !asked && protocol::sse::event_end(&src.pending).is_none();
         if finished {
             // An event the stream did not end with a blank line goes as it is.
             if let Some((f, mut orig, mut sent)) = fill.take() {
@@ -1197,7 +1197,7 @@ async fn park(
         &state,
     );
     chunk.extend_from_slice(b"event: message\n");
-    era::sse_data(&mut chunk, &answer);
+    protocol::sse::write_data(&mut chunk, &answer);
     let fd = match &src.up {
         Conn::Plain(tcp) => own_fd(tcp),
         _ => None,

@@ -85,7 +85,7 @@ pub(crate) async fn listen_on_session(
     let id = c.req.id().unwrap_or(b"null").to_vec();
     let mut first = Vec::new();
     first.extend_from_slice(b"event: message\n");
-    era::sse_data(&mut first, &era_listen::acknowledged(&id, &honored));
+    protocol::sse::write_data(&mut first, &era_listen::acknowledged(&id, &honored));
     let frame = |data: &[u8]| {
         // The session's change notifications evict the group's cached answers.
         crate::data_path::cache::note_message(core, Some(gi), data);
@@ -357,13 +357,13 @@ async fn relay(
         s.avail.clear();
         let mut chunk = Vec::new();
         let mut end = err || done;
-        while let Some(n) = era::event_end(&s.pending) {
+        while let Some(n) = protocol::sse::event_end(&s.pending) {
             let framed = frame(&era::event_data(s.pending.get(..n).unwrap_or_default()));
             s.pending.drain(..n);
             match framed {
                 Frame::Send(msg) => {
                     chunk.extend_from_slice(b"event: message\n");
-                    era::sse_data(&mut chunk, &msg);
+                    protocol::sse::write_data(&mut chunk, &msg);
                 }
                 Frame::Skip => {}
                 Frame::End => {

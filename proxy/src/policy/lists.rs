@@ -115,7 +115,6 @@ pub fn filter_answer(
     Ok(changed.then_some(out))
 }
 
-/// The events of a stream: the text between blank lines (CRLF, LF or CR line ends).
 /// The JSON-RPC messages of a whole answer body: the body itself, or (`sse`) each event's
 /// `data`.
 pub fn messages(body: &[u8], sse: bool) -> Vec<std::borrow::Cow<'_, [u8]>> {
@@ -128,37 +127,33 @@ pub fn messages(body: &[u8], sse: bool) -> Vec<std::borrow::Cow<'_, [u8]>> {
         .collect()
 }
 
+/// The events of a whole body, cut where [`sse::event_end`] says (a blank line after any line
+/// end), each without its line ends before and after (the blank lines before it, the blank line
+/// that ends it); an event the body does not end with a blank line is one too.
 fn events(body: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
-    let (mut start, mut line_start, mut i) = (0, 0, 0);
-    while let Some(&b) = body.get(i) {
-        let eol = match (b, body.get(i + 1)) {
-            (b'\r', Some(b'\n')) => 2,
-            (b'\r' | b'\n', _) => 1,
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        if i == line_start {
-            // A blank line ends the event before it.
-            let event = trim_eol(body.get(start..i).unwrap_or_default());
-            if !event.is_empty() {
-                out.push(event);
-            }
-            start = i + eol;
+    let mut rest = body;
+    loop {
+        let end = sse::event_end(rest);
+        let (event, next) = rest
+            .split_at_checked(end.unwrap_or(rest.len()))
+            .unwrap_or((rest, &[]));
+        let event = trim_eol(event);
+        if !event.is_empty() {
+            out.push(event);
         }
-        i += eol;
-        line_start = i;
+        if end.is_none() {
+            return out;
+        }
+        rest = next;
     }
-    let last = trim_eol(body.get(start..).unwrap_or_default());
-    if !last.is_empty() {
-        out.push(last);
-    }
-    out
 }
 
+/// `s` without the CRs and LFs at either end.
 fn trim_eol(mut s: &[u8]) -> &[u8] {
+    while let Some((b'\r' | b'\n', tail)) = s.split_first() {
+        s = tail;
+    }
     while let Some((b'\r' | b'\n', head)) = s.split_last() {
         s = head;
     }

@@ -711,22 +711,6 @@ pub(crate) fn modern_answer(method: Method, msg: &[u8], id: Option<&[u8]>) -> Op
     serde_json::to_vec(&v).ok()
 }
 
-/// Where the first complete SSE event in `buf` ends (just past its blank line).
-pub(crate) fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < buf.len() {
-        let rest = buf.get(i..).unwrap_or_default();
-        if rest.starts_with(b"\r\n\r\n") {
-            return Some(i + 4);
-        }
-        if rest.starts_with(b"\n\n") || rest.starts_with(b"\r\r") {
-            return Some(i + 2);
-        }
-        i += 1;
-    }
-    None
-}
-
 /// A request the backend sent the client during a bridged call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ServerRequest {
@@ -774,11 +758,6 @@ pub(crate) fn rewrite_event(
     };
     protocol::sse::replace_data(out, event, &new);
     EventVerdict::Forwarded
-}
-
-/// `data: ...` and the blank line that ends an event.
-pub(crate) fn sse_data(out: &mut Vec<u8>, data: &[u8]) {
-    protocol::sse::write_data(out, data);
 }
 
 /// A JSON-RPC request (`id` and `method`) in `data`.
@@ -1118,6 +1097,7 @@ mod tests {
     }
 
     use super::*;
+    use protocol::sse::event_end;
 
     #[test]
     fn only_modern_requests_to_2025_backends_are_bridged() {
@@ -1338,6 +1318,34 @@ mod tests {
         assert_eq!(v["result"]["resultType"], "complete");
         assert_eq!(v["id"], 1);
         assert_eq!(event_end(&rest[second..]), None);
+    }
+
+    #[test]
+    fn an_event_ends_at_a_blank_line_after_any_line_end() {
+        // A blank line ends an event whatever ends the line before it and the blank line
+        // itself (CRLF, LF or CR). `\n\r\n` (LF, then a CRLF blank line) was missed: the two
+        // events were cut as one and the second (here the answer) never rewritten.
+        for (stream, first) in [
+            (&b"data: a\n\r\ndata: b\n\n"[..], 10),
+            (b"data: a\r\n\r\ndata: b\n\n", 11),
+            (b"data: a\r\n\ndata: b\n\n", 10),
+            (b"data: a\r\r\ndata: b\n\n", 10),
+            (b"data: a\r\rdata: b\n\n", 9),
+            (b"data: a\n\rdata: b\n\n", 9),
+        ] {
+            assert_eq!(
+                event_end(stream),
+                Some(first),
+                "{:?}",
+                String::from_utf8_lossy(stream)
+            );
+        }
+        let answer = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n";
+        let first = event_end(answer).unwrap();
+        let mut out = Vec::new();
+        rewrite_event(Method::ToolsCall, &answer[first..], None, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\"resultType\":\"complete\""), "{text}");
     }
 
     #[test]

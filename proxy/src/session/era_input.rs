@@ -97,7 +97,7 @@ pub(crate) fn request_event(out: &mut Vec<u8>, id: &str, method: &str, params: O
         req.insert("params".into(), p.clone());
     }
     out.extend_from_slice(b"event: message\n");
-    super::era::sse_data(out, Value::Object(req).to_string().as_bytes());
+    protocol::sse::write_data(out, Value::Object(req).to_string().as_bytes());
 }
 
 #[derive(Deserialize)]
