@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -247,6 +248,42 @@ def _mcplb_bin() -> str:
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
         pytest.fail(f"mcplb binary not found at {binary}: build it (cargo build --workspace --bins) or set MCPLB_BIN")
     return binary
+
+
+_TEST_HOOKS: dict[str, bool] = {}
+
+
+def has_test_hooks(workdir: Path) -> bool:
+    """Whether the mcplb under test honours the `MCPLB_TEST_*` hooks (a debug build's; a release
+    build compiles them out): probed once per binary, by starting it and reading
+    `build.test_hooks` from its `/stats` (a binary without that field has none)."""
+    binary = _mcplb_bin()
+    if binary not in _TEST_HOOKS:
+        config = workdir / "mcplb-hooks-probe.toml"
+        config.write_text(
+            '[proxy]\nlisten = "127.0.0.1:0"\nworkers = 1\n\n'
+            '[admin]\nlisten = "127.0.0.1:0"\n\n'
+            '[[servers]]\nname = "probe"\npath = "/mcp"\nbackends = ["http://127.0.0.1:9/mcp"]\n'
+            "[servers.health]\nenabled = false\n"
+        )
+        proxy = start_proxy_file(config)
+        try:
+            r = httpx.get(f"http://{proxy.admin_address()}/stats", timeout=10)
+        finally:
+            proxy.stop()
+        r.raise_for_status()
+        build = r.json().get("build") or {}
+        _TEST_HOOKS[binary] = build.get("test_hooks") is True
+    return _TEST_HOOKS[binary]
+
+
+def require_test_hooks(workdir: Path, hook: str) -> None:
+    """Skips the test, saying why, when the mcplb under test lacks the test hook `hook`."""
+    if not has_test_hooks(workdir):
+        pytest.skip(
+            f"needs {hook}, a test hook of debug builds; {_mcplb_bin()} is a build without "
+            "them (its /stats says build.test_hooks is not true): run against a debug build"
+        )
 
 
 def _config_toml(server_name: str, backends: list[Backend]) -> str:

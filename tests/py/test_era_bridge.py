@@ -731,8 +731,9 @@ def _sessions_seen(backend) -> tuple[set[str], set[str]]:
 async def test_bridged_backend_sessions_end_with_a_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # mcplb ends a backend session it drops with a DELETE, as a 2025-era client would: one
     # idle past its limit (shortened here with a debug build's test hook), and at shutdown.
-    from conftest import Backend
+    from conftest import Backend, require_test_hooks
 
+    require_test_hooks(tmp_path, "MCPLB_TEST_ERA_IDLE_MS")
     backend = Backend("ending", tmp_path, ("--log-http",))
     backend.start()
 

@@ -523,6 +523,9 @@ pub(crate) fn stats_json(st: &View<'_>, now: Instant) -> Value {
         // Bumped by every applied reload (SIGHUP, POST /reload, a watched file's change).
         "config_generation": st.reloader.live.generation(),
         "workers": st.config.proxy.workers,
+        // A debug build honours the MCPLB_TEST_* failure and timing hooks
+        // (`runtime::test_hooks`); the tests that need one skip on a build without them.
+        "build": {"test_hooks": cfg!(debug_assertions)},
         "unit": "microseconds",
         "counters": c,
         "gauges": g,
