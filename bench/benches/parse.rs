@@ -3,7 +3,9 @@
 //! simd-json's tape and serde_json into a borrowed struct; plus SSE event
 //! boundary scanning over a 4 KiB stream, and the response cache's eviction
 //! sniffer per event: event-aware (`EventSniffer`) against the raw name search
-//! it replaced (`RawSniffer`, the old `Sniffer`'s feed).
+//! it replaced (`RawSniffer`, the old `Sniffer`'s feed); and a virtual server's
+//! relay of one member event: the zero-copy scanner (`relay_event`) against the
+//! serde `Value` parse it replaced.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -227,5 +229,76 @@ fn bench_sniff(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_parse, bench_outcome, bench_sse, bench_sniff);
+/// What `relay_event` did before it used the zero-copy scanner: the data parsed into a serde
+/// `Value`, and a request's id replaced in it and the object written out again.
+fn relay_by_value(m: usize, data: &str, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    let mut rewritten = None;
+    if let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(data) {
+        let method = obj.get("method").and_then(Value::as_str).unwrap_or("");
+        if !method.is_empty() {
+            if let Some(id) = obj.get("id").filter(|i| !i.is_null()) {
+                let raw = serde_json::to_vec(id).unwrap_or_default();
+                obj.insert(
+                    "id".into(),
+                    Value::String(mcplb::bench_hooks::wrap_id(m, &raw)),
+                );
+                rewritten = serde_json::to_string(&obj).ok();
+            }
+        }
+    }
+    let data = rewritten.as_deref().unwrap_or(data);
+    out.extend_from_slice(b"event: message\n");
+    protocol::sse::write_data(out, data.as_bytes());
+}
+
+fn bench_relay(c: &mut Criterion) {
+    let answer = |pad: usize| {
+        format!(
+            r#"{{"jsonrpc": "2.0", "id": 7, "result": {{"content": [{{"type": "text", "text": "{}"}}]}}}}"#,
+            "x".repeat(pad)
+        )
+    };
+    let events = [
+        ("progress", r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p-42","progress":1,"total":3}}"#.to_owned()),
+        ("answer_200B", answer(200)),
+        ("answer_16KiB", answer(16 * 1024)),
+        ("server_request", r#"{"jsonrpc":"2.0","id":3,"method":"elicitation/create","params":{"message":"Your name?","requestedSchema":{"type":"object","properties":{"name":{"type":"string"}}}}}"#.to_owned()),
+    ];
+    let mut g = c.benchmark_group("vs_relay_event");
+    let mut out = Vec::with_capacity(64 * 1024);
+    for (name, data) in &events {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        mcplb::bench_hooks::relay_event(2, data, &mut a);
+        relay_by_value(2, data, &mut b);
+        if *name != "server_request" {
+            // Anything but a request goes as it came, either way.
+            assert_eq!(a, b, "{name}");
+        }
+        g.bench_function(format!("{name}/scanner"), |bench| {
+            bench.iter(|| {
+                out.clear();
+                mcplb::bench_hooks::relay_event(2, black_box(data), &mut out);
+                black_box(out.len())
+            })
+        });
+        g.bench_function(format!("{name}/serde_value"), |bench| {
+            bench.iter(|| {
+                out.clear();
+                relay_by_value(2, black_box(data), &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_parse,
+    bench_outcome,
+    bench_sse,
+    bench_sniff,
+    bench_relay
+);
 criterion_main!(benches);

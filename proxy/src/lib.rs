@@ -27,6 +27,13 @@ mod virtual_server;
 #[doc(hidden)]
 pub mod fuzzing;
 
+/// Private pieces the criterion benches (`bench/benches`) measure. Not an API.
+#[doc(hidden)]
+pub mod bench_hooks {
+    pub use crate::virtual_server::naming::wrap_id;
+    pub use crate::virtual_server::relay_event;
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;

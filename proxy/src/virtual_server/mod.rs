@@ -26,6 +26,8 @@ pub(crate) mod naming;
 mod routed;
 pub(crate) mod session;
 
+pub use routed::relay_event;
+
 use serde_json::Value;
 
 use crate::config::VirtualServer;

@@ -377,7 +377,7 @@ const WRAPPED_ID: &str = "mcplb:";
 /// The id a member's server-to-client request has for the client: a JSON string carrying
 /// the member and the member's own id (`raw`: its JSON text, type and all), so that the
 /// client's answer finds its way back with no table.
-pub(crate) fn wrap_id(member: usize, raw: &[u8]) -> String {
+pub fn wrap_id(member: usize, raw: &[u8]) -> String {
     format!("{WRAPPED_ID}{member}:{}", URL_SAFE_NO_PAD.encode(raw))
 }
 

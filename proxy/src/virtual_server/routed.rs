@@ -585,21 +585,48 @@ const LIST_CHANGES: u8 =
 /// One member SSE event for the client, appended to `out`: a server-to-client request with
 /// its id wrapped (so the client's answer finds member `m`), anything else as it came (what
 /// it changes: [`note_member_changes`]).
-pub(super) fn relay_event(m: usize, data: &str, out: &mut Vec<u8>) {
-    let mut rewritten = None;
-    if let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(data) {
-        let method = obj.get("method").and_then(Value::as_str).unwrap_or("");
-        if !method.is_empty() {
-            if let Some(id) = obj.get("id").filter(|i| !i.is_null()) {
-                let raw = serde_json::to_vec(id).unwrap_or_default();
-                obj.insert("id".into(), Value::String(naming::wrap_id(m, &raw)));
-                rewritten = serde_json::to_string(&obj).ok();
-            }
-        }
-    }
-    let data = rewritten.as_deref().unwrap_or(data);
+///
+/// Read with the zero-copy scanner (`protocol::parse_message`), not parsed into a `Value`:
+/// only a request's id is replaced, in place, so the member's bytes go on as they were and
+/// only a server-to-client request (rare) is copied. A message the scanner refuses (no
+/// `"jsonrpc": "2.0"`, a repeated key, an id that is neither a string nor an integer) is
+/// relayed as it came: the official SDKs refuse such a message too, and `naming::unwrap_id`
+/// would not route an answer to an id of another type.
+pub fn relay_event(m: usize, data: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"event: message\n");
-    protocol::sse::write_data(out, data.as_bytes());
+    let data = data.as_bytes();
+    let Some(id) = request_id(data) else {
+        protocol::sse::write_data(out, data);
+        return;
+    };
+    let (Some(before), Some(raw), Some(after)) = (
+        data.get(..id.start),
+        data.get(id.clone()),
+        data.get(id.end..),
+    ) else {
+        protocol::sse::write_data(out, data);
+        return;
+    };
+    let wrapped = naming::wrap_id(m, raw);
+    let mut msg = Vec::with_capacity(data.len() + wrapped.len());
+    msg.extend_from_slice(before);
+    // A wrapped id is a prefix, digits, `:` and URL-safe base64: nothing to escape.
+    msg.push(b'"');
+    msg.extend_from_slice(wrapped.as_bytes());
+    msg.push(b'"');
+    msg.extend_from_slice(after);
+    protocol::sse::write_data(out, &msg);
+}
+
+/// Where the id of `data` lies when it is a JSON-RPC request (a method and an id).
+fn request_id(data: &[u8]) -> Option<std::ops::Range<usize>> {
+    let env = protocol::parse_message(data).ok()?;
+    if env.kind != protocol::MessageKind::Request {
+        return None;
+    }
+    let id = env.id?;
+    let start = (id.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
+    Some(start..start + id.len())
 }
 
 /// The client's answer to a member's server-to-client request: to that member's session,
@@ -657,10 +684,27 @@ mod tests {
         assert_eq!(naming::unwrap_id(id), Some((2, b"7".to_vec())));
         assert!(text.ends_with("\n\n"));
 
+        // Only the id changes: the member's key order, spacing and lines stay as they came.
+        let asked = "{ \"method\": \"elicitation/create\",\n \"id\" : \"a\\\"b\", \"params\":{}, \"jsonrpc\":\"2.0\"}";
+        let mut out = Vec::new();
+        relay_event(1, asked, &mut out);
+        let wrapped = naming::wrap_id(1, br#""a\"b""#);
+        assert_eq!(
+            String::from_utf8(out).unwrap_or_default(),
+            format!("event: message\ndata: {{ \"method\": \"elicitation/create\",\ndata:  \"id\" : \"{wrapped}\", \"params\":{{}}, \"jsonrpc\":\"2.0\"}}\n\n")
+        );
+        assert_eq!(
+            naming::unwrap_id(&wrapped),
+            Some((1, br#""a\"b""#.to_vec()))
+        );
+
         for passing in [
             r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#,
             r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
             "not json",
+            // Not JSON-RPC 2.0, or an id no answer could be routed by: as they came.
+            r#"{"id":7,"method":"sampling/createMessage","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":{"k":1},"method":"sampling/createMessage","params":{}}"#,
         ] {
             let mut out = Vec::new();
             relay_event(0, passing, &mut out);
