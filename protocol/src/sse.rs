@@ -449,6 +449,7 @@ impl EventEnds {
     /// that ends in it, and returns that end: the index in `piece` just past the
     /// blank line's line end. `None`: no event ends in `piece`, all of which was
     /// read. Call again with the bytes after the end for the next one.
+    #[inline]
     pub fn next_end(&mut self, piece: &[u8]) -> Option<usize> {
         let mut pos = 0;
         if self.pending_cr && !piece.is_empty() {
@@ -459,11 +460,12 @@ impl EventEnds {
         }
         loop {
             let rest = piece.get(pos..).unwrap_or_default();
+            if rest.is_empty() {
+                return None;
+            }
             let Some(off) = memchr::memchr2(b'\r', b'\n', rest) else {
-                if !rest.is_empty() {
-                    self.at_line_start = false;
-                    self.has_line = true;
-                }
+                self.at_line_start = false;
+                self.has_line = true;
                 return None;
             };
             let at = pos + off;
@@ -490,6 +492,7 @@ impl EventEnds {
 /// event ends in `buf` yet. See [`EventEnds`] for what counts and for a CR at
 /// the end of `buf`: the end is then just past it, and an LF read after it
 /// leads the next event.
+#[inline]
 pub fn event_end(buf: &[u8]) -> Option<usize> {
     EventEnds::new().next_end(buf)
 }
@@ -622,10 +625,22 @@ fn join<'a>(out: &mut Vec<u8>, first: &[u8], second: &[u8], rest: impl Iterator<
 /// part, so that a client joins them back into `data`) and the blank line that
 /// ends the event.
 pub fn write_data(out: &mut Vec<u8>, data: &[u8]) {
-    for part in data.split(|&b| b == b'\n') {
+    // `memchr`, not `split`: a tool result's data is often one long line.
+    out.reserve(data.len() + 8);
+    let mut rest = data;
+    loop {
+        let (part, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (
+                rest.get(..i).unwrap_or_default(),
+                Some(rest.get(i + 1..).unwrap_or_default()),
+            ),
+            None => (rest, None),
+        };
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(part.strip_suffix(b"\r").unwrap_or(part));
         out.push(b'\n');
+        let Some(next) = next else { break };
+        rest = next;
     }
     out.push(b'\n');
 }

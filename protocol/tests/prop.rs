@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use mcplb_protocol::sse::{event_data, event_data_in, event_end, EventEnds, SseParser};
+use mcplb_protocol::sse::{event_data, event_data_in, event_end, write_data, EventEnds, SseParser};
 use mcplb_protocol::{
     parse_message, response_error_code, response_outcome, FrameErrorKind as K, MessageKind, Method,
 };
@@ -350,6 +350,21 @@ proptest! {
         }
         prop_assert_eq!(data_of(&events), want);
         prop_assert_eq!([events.concat(), pending].concat(), stream);
+    }
+}
+
+proptest! {
+    #[test]
+    fn written_data_reads_back(data in "[a\n{}\"é:]{0,40}") {
+        // `write_data` then the stream parser: the same data (one `data` line per LF-separated
+        // part; a CR is not in the alphabet: a lone one would end a line), one event.
+        let mut out = Vec::new();
+        write_data(&mut out, data.as_bytes());
+        let mut parser = SseParser::new();
+        parser.push(&out);
+        prop_assert_eq!(parser.next_event().map(|e| e.data), Some(data));
+        prop_assert!(parser.next_event().is_none());
+        prop_assert_eq!(event_end(&out), Some(out.len()));
     }
 }
 

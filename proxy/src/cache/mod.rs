@@ -208,6 +208,9 @@ impl EventSniffer {
         while let Some(n) = self.ends.next_end(rest) {
             let (last, next) = rest.split_at_checked(n).unwrap_or((rest, &[]));
             self.event_end(last, on);
+            if next.is_empty() {
+                return;
+            }
             rest = next;
         }
         if !rest.is_empty() {

@@ -620,6 +620,11 @@ pub fn relay_event(m: usize, data: &str, out: &mut Vec<u8>) {
 
 /// Where the id of `data` lies when it is a JSON-RPC request (a method and an id).
 fn request_id(data: &[u8]) -> Option<std::ops::Range<usize>> {
+    // A request has a `method` key, which only an escape could spell without the word: an
+    // answer that has neither (a long tool result, often) is not read further.
+    if memchr::memmem::find(data, b"method").is_none() && memchr::memchr(b'\\', data).is_none() {
+        return None;
+    }
     let env = protocol::parse_message(data).ok()?;
     if env.kind != protocol::MessageKind::Request {
         return None;
