@@ -16,10 +16,12 @@
 # saturation where wrk and the mock together on core 1 cannot), RATE (with LOADGEN=mcplb-load:
 # open loop at RATE req/s over CONNS connections instead of saturation, e.g. issue 18's tail
 # cell: RATE=10000 CONNS=1000). Besides CPU, the worker's context switches per request (its
-# process's threads, voluntary + involuntary): a wake-up-bound regime shows there. SCHED (seconds
-# of `perf sched record` on core 0 after the profile, while the load still runs; SECS must cover
-# 3 + REC + SCHED): per proxy, its switch-ins per request and the medians of its run time per
-# switch-in and of its scheduling delay (wake-up to running), from `perf sched timehist`.
+# process's threads: voluntary ones are wake-ups, involuntary ones preemptions): a
+# wake-up-bound regime shows there. SCHED (seconds of `perf sched record -a` after the profile,
+# while the load still runs; all cores, as a wake-up is traced on the waker's core; SECS must
+# cover 3 + REC + SCHED): per proxy, its runs per request (switch-in to switch-out) and how many
+# ended asleep, the median run time and its scheduling delay (wake-up to running), from
+# `perf sched timehist --state`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -63,8 +65,9 @@ PID_NGINX=$(pgrep -P "$NGINX_MASTER" | head -1)
 [[ -n $PID_NGINX ]] || { echo "no nginx worker"; exit 1; }
 
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
-# Context switches of all the process's threads (voluntary + involuntary).
-switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n}'; }
+# Context switches of all the process's threads: voluntary (it slept: each is a wake-up) and
+# involuntary (preempted: another task wanted the core).
+switches() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v, n}'; }
 # The load for SECS seconds ($1) against port $2; prints wrk's report or mcplb-load's JSON.
 load() {
     if [[ $LOADGEN == wrk ]]; then
@@ -76,23 +79,24 @@ load() {
     fi
 }
 one() { # name pid port
-    local name=$1 pid=$2 port=$3 u0 s0 u1 s1 c0 c1
+    local name=$1 pid=$2 port=$3 u0 s0 u1 s1 v0 n0 v1 n1
     load 2 "$port" >/dev/null
     read -r u0 s0 < <(ticks "$pid")
-    c0=$(switches "$pid")
+    read -r v0 n0 < <(switches "$pid")
     load "$SECS" "$port" >"$OUT_DIR/$name.wrk" &
     local wrk=$!
     sleep 3
     perf record -q -e cpu-clock -F "$FREQ" --call-graph dwarf,16384 -p "$pid" -o "$OUT_DIR/$name.perf.data" -- sleep "$REC" 2>"$OUT_DIR/$name.perf.log" || true
     if [[ -n $SCHED ]]; then
-        perf sched record -q -C 0 -o "$OUT_DIR/$name.sched.data" -- sleep "$SCHED" 2>>"$OUT_DIR/$name.perf.log" || true
+        perf sched record -q -a -o "$OUT_DIR/$name.sched.data" -- sleep "$SCHED" 2>>"$OUT_DIR/$name.perf.log" || true
     fi
     wait "$wrk"
     read -r u1 s1 < <(ticks "$pid")
-    c1=$(switches "$pid")
-    python3 - "$name" "$u0" "$s0" "$u1" "$s1" "$(getconf CLK_TCK)" "$OUT_DIR/$name.wrk" "$((c1 - c0))" <<'PY'
+    read -r v1 n1 < <(switches "$pid")
+    python3 - "$name" "$u0" "$s0" "$u1" "$s1" "$(getconf CLK_TCK)" "$OUT_DIR/$name.wrk" "$((v1 - v0))" "$((n1 - n0))" <<'PY'
 import json, re, sys
-name, u0, s0, u1, s1, hz, wrk, sw = sys.argv[1], *map(float, sys.argv[2:7]), sys.argv[7], int(sys.argv[8])
+name, u0, s0, u1, s1, hz, wrk = sys.argv[1], *map(float, sys.argv[2:7]), sys.argv[7]
+vol, invol = int(sys.argv[8]), int(sys.argv[9])
 out = open(wrk).read()
 if "requests in" in out:
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
@@ -103,7 +107,7 @@ else:  # mcplb-load's JSON line
 u, s = (u1 - u0) / hz, (s1 - s0) / hz
 print(f"{name}: {reqs} requests ({rps:.0f}/s); CPU {1e6 * (u + s) / reqs:.2f} µs/request: "
       f"user {1e6 * u / reqs:.2f} ({100 * u / (u + s):.0f} %), kernel {1e6 * s / reqs:.2f} ({100 * s / (u + s):.0f} %); "
-      f"context switches {sw / reqs:.2f} per request")
+      f"context switches per request: {vol / reqs:.2f} voluntary (wake-ups), {invol / reqs:.2f} involuntary (preempted)")
 PY
     perf report -i "$OUT_DIR/$name.perf.data" --stdio --no-children --sort dso -g none 2>/dev/null \
         | grep -v '^#' | grep -v '^$' | head -12 >"$OUT_DIR/$name.dso.txt" || true
@@ -114,7 +118,7 @@ PY
     perf script -i "$OUT_DIR/$name.perf.data" -F ip,sym,dso 2>/dev/null \
         | python3 bench/profile_groups.py "$name" >"$OUT_DIR/$name.groups.txt" || true
     if [[ -n $SCHED ]]; then
-        perf sched timehist -i "$OUT_DIR/$name.sched.data" -p "$pid" 2>/dev/null >"$OUT_DIR/$name.timehist.txt" || true
+        perf sched timehist --state -i "$OUT_DIR/$name.sched.data" -p "$pid" 2>/dev/null >"$OUT_DIR/$name.timehist.txt" || true
         python3 - "$name" "$OUT_DIR/$name.timehist.txt" "$SCHED" "$OUT_DIR/$name.wrk" <<'PY' | tee "$OUT_DIR/$name.sched.txt"
 import json, re, statistics, sys
 name, path, secs, wrk = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
@@ -123,22 +127,24 @@ if "requests in" in out:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 else:
     rps = json.loads(out.strip().splitlines()[-1])["throughput_rps"]
-# time [cpu] task[tid/pid] wait-time sch-delay run-time (ms)
-row = re.compile(r"^\s*[\d.]+\s+\[\d+\]\s+.*?\[\d+(?:/\d+)?\]\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
-delay, run = [], []
+# time [cpu] task[tid/pid] wait-time sch-delay run-time (ms) state
+row = re.compile(r"^\s*[\d.]+\s+\[\d+\]\s+.*?\[\d+(?:/\d+)?\]\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\S+)\s*$")
+delay, run, slept = [], [], 0
 for line in open(path):
     m = row.match(line)
     if m:
         delay.append(1000 * float(m.group(2)))
         run.append(1000 * float(m.group(3)))
+        slept += m.group(4).startswith(("S", "D", "I"))
 if run:
     q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(p * len(xs)))]  # noqa: E731
-    print(f"{name}: {len(run)} switch-ins in {secs:.0f} s = {len(run) / (rps * secs):.2f} per request; "
-          f"run time per switch-in median {statistics.median(run):.1f} µs, mean {statistics.fmean(run):.1f}, "
-          f"p90 {q(run, 0.9):.1f}; scheduling delay median {statistics.median(delay):.1f} µs, "
+    n = rps * secs
+    print(f"{name}: {len(run)} runs in {secs:.0f} s = {len(run) / n:.2f} per request, {slept / n:.2f} of them ended "
+          f"asleep; run time median {statistics.median(run):.1f} µs, mean {statistics.fmean(run):.1f}, "
+          f"p90 {q(run, 0.9):.1f}; scheduling delay (wake-up to running) median {statistics.median(delay):.1f} µs, "
           f"p90 {q(delay, 0.9):.1f}, p99 {q(delay, 0.99):.1f}")
 else:
-    print(f"{name}: no switch-ins traced")
+    print(f"{name}: no runs traced")
 PY
     fi
     echo "-- $name: samples by object"; cat "$OUT_DIR/$name.dso.txt"
