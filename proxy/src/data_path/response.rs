@@ -395,7 +395,16 @@ pub(crate) async fn forward_response(
     }
     end_head(core, c, &framing, &mut client_close);
 
-    // Body bytes that came with the head.
+    // The rest of the body may already wait in the socket (a server that writes its head, its
+    // event and its stream's end one right after the other, as the Python SDK's does): taken
+    // with recvs that do not wait, it goes out with the head in one send instead of two or
+    // three, and an answer that is then complete arms no upstream read (nor, for SSE, a client
+    // watch).
+    if let Conn::Plain(s) = &*a.up {
+        take_waiting(s, &mut a.buf, head_len, &framing);
+    }
+
+    // Body bytes that came with the head (or right behind it).
     let mut framing_error = false;
     let avail = a.buf.get(head_len..).unwrap_or_default();
     // The tap sees de-chunked bytes: a notification's name is never cut by a chunk's size line.
@@ -666,6 +675,42 @@ pub(crate) async fn next_event(
         Poll::Pending
     })
     .await
+}
+
+/// Appends to `buf` (an answer's head, `head_len` bytes, then the body bytes read so far)
+/// what `s` has already received of the body, while the body may not be complete yet (by a
+/// cheap look: [`may_go_on`]), with at most [`TAKE_WAITING_RECVS`] recvs that do not wait
+/// and never growing `buf`. An answer still incomplete costs one recv that finds nothing.
+/// EOF or an error is left for the body's next read, which sees it again (a reset socket
+/// reads as EOF after reporting the reset once: either way the body is cut short).
+fn take_waiting(s: &monoio::net::TcpStream, buf: &mut Vec<u8>, head_len: usize, f: &Framing) {
+    for _ in 0..TAKE_WAITING_RECVS {
+        let body = buf.get(head_len..).unwrap_or_default();
+        if !may_go_on(f, body) || buf.capacity() - buf.len() < 1024 {
+            return;
+        }
+        match crate::tls::recv_now(s, buf, 0) {
+            Some(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+/// How many recvs [`take_waiting`] makes at most (a head, an event and an end written apart
+/// need two after the head's read).
+const TAKE_WAITING_RECVS: usize = 3;
+
+/// Whether a body whose first bytes are `body` may go on past them, by a look that costs
+/// nothing: a length not reached yet; a chunked body that does not end with its last chunk
+/// (a body that ends with those bytes inside a chunk only loses the early read); any body
+/// framed by the connection's end.
+fn may_go_on(framing: &Framing, body: &[u8]) -> bool {
+    match framing {
+        Framing::None => false,
+        Framing::Length(n) => (body.len() as u64) < *n,
+        Framing::Chunked(_) => !body.ends_with(b"0\r\n\r\n"),
+        Framing::UntilClose => true,
+    }
 }
 
 /// Ends a stream the client may resume elsewhere: a chunked one that stands between chunks
