@@ -66,13 +66,15 @@ install_node_deps() {
     fi
 }
 
-# Programs the tests start: redis-server (cluster rate limits) and haproxy (the fleet test's L4
-# balancer), from Debian's packages when missing (CI and developers run as root).
+# Programs the tests start: redis-server (cluster rate limits), haproxy (the fleet test's L4
+# balancer) and h2load (the release build's training, test_release_build.py), from Debian's
+# packages when missing (CI and developers run as root).
 install_system_deps() {
-    section "system packages (redis-server, haproxy)"
+    section "system packages (redis-server, haproxy, nghttp2-client)"
     local missing=()
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+    command -v h2load >/dev/null || missing+=(nghttp2-client)
     if ((${#missing[@]})); then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
