@@ -116,7 +116,9 @@ $TLS_LINES" "${GROUP:-}" "${EXTRA:-}" >"$RUN/p.toml"
     wait "$pid" 2>/dev/null || true
     dump=$(ls -t "$out".* 2>/dev/null | head -1)
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
-    echo "== $spec ($PATH_MODE, $CONNS connections, $LOADER$([[ $SCHEME == https ]] && echo ", TLS"))"
+    client=$LOADER
+    if [[ $PATH_MODE == session ]]; then client=mcplb-load; fi
+    echo "== $spec ($PATH_MODE, $CONNS connections, $client$([[ $SCHEME == https ]] && echo ", TLS"))"
     echo "requests $reqs, instructions $total, per request $((total / reqs))"
     if [[ ${CACHE_SIM:-0} == 1 ]]; then
         # The totals' columns follow the "Events shown:" line (Ir Dr Dw I1mr D1mr D1mw ILmr ...).
