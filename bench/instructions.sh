@@ -4,6 +4,7 @@
 # checks of a change to the request path on a busy machine.
 #
 #   bench/instructions.sh BIN[:EXTRA.toml] [BIN[:EXTRA.toml] ...]   (EXTRA: appended to the config)
+#   bench/instructions.sh BIN nginx      # `nginx`: nginx (bench/conf/nginx.conf.tmpl) in the same place
 #
 # For each build: mcplb (one worker, the legacy epoll driver unless DRIVER says otherwise) in
 # front of the stateless mock backend, under callgrind with collection off;
@@ -16,8 +17,11 @@
 # answering `tools/call` as SSE (`mcplb-load mock --sse`), loaded by `mcplb-load run` with CONNS
 # MCP sessions (one per connection, sealed `Mcp-Session-Id`, one call in flight each; the
 # arguments of bench/side_by_side.py); the measured run's initialize is among its requests.
-# RATE (session only): calls per second over all sessions (`--rate`), e.g. RATE=4 with CONNS=1
-# for bench/one_call.sh's paced cell (a call every 250 ms: the connection parks in between).
+# RATE: calls per second over all connections (`--rate`), e.g. RATE=4 with CONNS=1 for
+# bench/one_call.sh's paced cell (a call every 250 ms: the connection parks in between); with
+# PATH_MODE=stateless, `mcplb-load run --stateless` sends the side-by-side's stateless call open
+# loop instead of wrk: RATE=100 CONNS=10 is the regime of issue 18's tail cell (each connection
+# sends every 100 ms) at a rate callgrind keeps up with.
 # Settings (env): PATH_MODE (stateless | session | era), SECS (10), CONNS (8), LUA (the wrk script in
 # bench/quick, post.lua; stateless only), LOAD_BIN (mcplb-load for the mock and the session
 # load), TOP (25), INCLUSIVE (1: also the top functions by inclusive count), STATS
@@ -29,7 +33,7 @@
 # caches and prints the instruction-cache misses per request, I1 (its 32 KiB L1i) and LL: how
 # densely the code a request runs is laid out, e.g. a PGO or BOLT build against another; the
 # simulation has no other processes, so it counts a warm steady state, not the cold caches of
-# a paced call), TLS (1: mcplb terminates TLS with a certificate made for the run by openssl,
+# a paced call), TLS (1, mcplb specs only: mcplb terminates TLS with a certificate made for the run by openssl,
 # ECDSA P-256; the load keeps its connections, so the count is record encryption and proxying,
 # not handshakes), LOADER (wrk, the default, or h2load: HTTP/2 from Debian's nghttp2-client,
 # CONNS connections with one stream in flight each, h2c with prior knowledge or ALPN h2 under
@@ -74,8 +78,10 @@ if [[ ${TLS:-0} == 1 ]]; then
 fi
 # load SECONDS: drives the proxy at $url, prints the requests it completed.
 load() {
-    if [[ $PATH_MODE == session ]]; then
-        "$LOAD_BIN" run --url "$url" --connections "$CONNS" --duration "${1}s" --warmup 0s \
+    if [[ $PATH_MODE == session || ( $PATH_MODE == stateless && -n ${RATE:-} ) ]]; then
+        local stateless=()
+        if [[ $PATH_MODE == stateless ]]; then stateless=(--stateless); fi
+        "$LOAD_BIN" run --url "$url" --connections "$CONNS" --duration "${1}s" --warmup 0s "${stateless[@]}" \
             ${RATE:+--rate "$RATE"} --args "$ARGS_JSON" --json --quiet | tail -1 \
             | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["exchanges"])'
     elif [[ $LOADER == h2load ]]; then
@@ -98,11 +104,25 @@ $TLS_LINES" "${GROUP:-}" "${EXTRA:-}" >"$RUN/p.toml"
     out="$RUN/cg.out"
     cache=()
     if [[ ${CACHE_SIM:-0} == 1 ]]; then cache=(--cache-sim=yes); fi
-    valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no "${cache[@]}" \
-        "$bin" run --config "$RUN/p.toml" --driver "${DRIVER:-legacy}" >"$RUN/p.log" 2>&1 &
-    pid=$!
-    pids+=("$pid")
-    for _ in $(seq 600); do grep -q "mcplb started" "$RUN/p.log" && break; sleep 0.1; done
+    if [[ $spec == nginx ]]; then
+        # nginx in the same place: bench/conf/nginx.conf.tmpl in one process (no master), so
+        # callgrind counts its one worker.
+        mkdir -p "$RUN/nginx-$port-body" "$RUN/nginx-$port-proxy"
+        { echo "master_process off;"
+          sed -e "s|\${RUNDIR}|$RUN|g" -e "s|\${LISTEN}|$port|g" -e "s|\${BACKEND}|$MOCK_PORT|g" \
+              -e '/worker_cpu_affinity/d' "$ROOT/bench/conf/nginx.conf.tmpl"; } >"$RUN/nginx.conf"
+        valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no "${cache[@]}" \
+            nginx -p "$RUN" -e "$RUN/nginx-startup.log" -c "$RUN/nginx.conf" >"$RUN/p.log" 2>&1 &
+        pid=$!
+        pids+=("$pid")
+        for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    else
+        valgrind --tool=callgrind --callgrind-out-file="$out" --dump-instr=no "${cache[@]}" \
+            "$bin" run --config "$RUN/p.toml" --driver "${DRIVER:-legacy}" >"$RUN/p.log" 2>&1 &
+        pid=$!
+        pids+=("$pid")
+        for _ in $(seq 600); do grep -q "mcplb started" "$RUN/p.log" && break; sleep 0.1; done
+    fi
     url="$SCHEME://127.0.0.1:$port/mcp"
     load 3 >/dev/null
     callgrind_control -z "$pid" >/dev/null

@@ -346,6 +346,18 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
 
 
+def wakeups(pid):
+    """Voluntary context switches of all a process's threads (each is a sleep, so a wake-up)."""
+    n = 0
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                n += sum(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
+    except OSError:
+        pass
+    return n
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -401,6 +413,7 @@ class Meter:
         self.t0 = time.time()
         self.c0 = core_times()
         self.p0 = cpu_ticks(self.pid) if self.pid else 0
+        self.w0 = wakeups(self.pid) if self.pid else 0
         self.o0 = own_core1_ticks()
         return self
 
@@ -408,6 +421,7 @@ class Meter:
         self.wall = time.time() - self.t0
         c1 = core_times()
         self.cpu_s = (cpu_ticks(self.pid) - self.p0) / CLK_TCK if self.pid else None
+        self.wakeups = wakeups(self.pid) - self.w0 if self.pid else None
         own1 = (own_core1_ticks() - self.o0) / CLK_TCK
         self.core_busy = {}
         for c in (0, 1):
@@ -427,6 +441,7 @@ class Meter:
             d["proxy_cpu_s"] = round(self.cpu_s, 3)
             d["proxy_cpu_pct"] = round(100.0 * self.cpu_s / self.wall, 1)
             d["cpu_us_per_req"] = round(self.cpu_s * 1e6 / requests, 2) if requests else None
+            d["wakeups_per_req"] = round(self.wakeups / requests, 3) if requests else None
         return d
 
 
@@ -745,9 +760,10 @@ def tail_report(tail):
          f"{tail['duration_s']} s a cell after 1 s of warm-up, targets in turn within each run. "
          "Send lag: how late mcplb-load sent against its schedule (its own stall, part of every latency "
          "figure of the cell). Foreign CPU: the share of a core used by processes not part of the benchmark "
-         "(another job on a shared machine). Medians [min–max] of the runs, µs.\n",
-         "| target | p50 | p99 | p99.9 | max | send lag p99 | send lag max | achieved req/s | errors | foreign CPU % core 0 | foreign CPU % core 1 | proxy CPU µs/req |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "(another job on a shared machine). Proxy wake-ups: its voluntary context switches (sleeps) per request "
+         "over the cell. Medians [min–max] of the runs, µs.\n",
+         "| target | p50 | p99 | p99.9 | max | send lag p99 | send lag max | achieved req/s | errors | foreign CPU % core 0 | foreign CPU % core 1 | proxy CPU µs/req | proxy wake-ups/req |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     c = tail["cells"]
     kinds = ["direct", *BUILDS, "nginx", "haproxy"]
     if tail.get("spin_cores"):
@@ -766,7 +782,8 @@ def tail_report(tail):
         L.append(f"| {NAMES[kd]} | {lat('p50')} | {lat('p99')} | {lat('p99.9')} | {lat('max')} | {lag('p99')} | "
                  f"{lag('max')} | {spread([x['achieved_rps'] for x in xs], f0)} | {sum(x['errors'] for x in xs)} | "
                  f"{spread([x.get('core0_foreign_pct') for x in xs], f0)} | {spread([x.get('core1_foreign_pct') for x in xs], f0)} | "
-                 f"{spread([x.get('cpu_us_per_req') for x in xs], f2) if kd != 'direct' else '–'} |")
+                 f"{spread([x.get('cpu_us_per_req') for x in xs], f2) if kd != 'direct' else '–'} | "
+                 f"{spread([x.get('wakeups_per_req') for x in xs], f2) if kd != 'direct' else '–'} |")
     L.append("")
     bound = {kd: sum(gen_bound(x) for x in c.get(kd, [])) for kd in kinds if kd in c}
     if any(bound.values()):
