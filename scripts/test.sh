@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's single test command: ./scripts/test.sh
 #
-#   0. Debian packages the tests run (redis-server, haproxy), installed when missing
+#   0. Debian packages the tests run (redis-server, haproxy, nghttp2-client), installed when missing
 #   1. Python venv (.venv) with tests/py/requirements.txt, reinstalled only when that file changes
 #   2. Node dependencies (tests/ts, npm ci when package-lock.json changes)
 #   3. cargo build --workspace --bins   (debug)
