@@ -147,7 +147,7 @@ train stateless 64 - --stateless
 
 # h2load steps: the request (body and headers) of a bench/quick wrk script.
 h2train() { # url wrk-script connections streams [h2load options]: one step
-    local url=$1 lua=$2 conns=$3 streams=$4 args=() line out proto
+    local url=$1 lua=$2 conns=$3 streams=$4 args=() line out proto ok errors
     shift 4
     while IFS= read -r line; do args+=("$line"); done < <(h2load_request "$ROOT/bench/quick/$lua" "$RUN/body.json")
     out=$(h2load -D "$SECS" -c "$conns" -m "$streams" -t 1 -d "$RUN/body.json" "${args[@]}" "$@" "$url") || {
