@@ -38,10 +38,12 @@ Settings (environment):
   STATS      mcplb's `stats` (default true)
   IDLE_SECS  seconds of the idle-CPU figure (default 5; 0 skips it)
   STRACE     1 = count syscalls per call under strace, every proxy (default 1); STRACE_SECS (8)
-  PERF       1 = record perf profiles of mcplb and nginx (default 1); PERF_SECS (20)
+  PERF       1 = record perf profiles of mcplb and nginx (default 1); PERF_SECS (20); PERF_KEEP=DIR
+             keeps each profile there (perf-<target>.data) for `perf report`
   URING      1 = count each mcplb build's io_uring operations per request by kind (tracepoints
              io_uring:io_uring_submit_req and friends via `perf record`, cell PROFILE_CELL;
-             default 1); URING_SECS (8)
+             default 1); URING_SECS (8); URING_TRACE=PATH also writes each build's events in
+             order (thread, time) to PATH-<target>.txt
   PROFILE_CELL  the cell strace runs: answers/sessions/think (default sse/1/250)
   PERF_CELL  the cell perf runs (default sse/8/250: enough calls for a few hundred samples)
   BASE_PORT  ports BASE+1.. (default 28600); OUT (bench/results); TAG (one-call)
@@ -89,6 +91,8 @@ PERF = env("PERF", "1") == "1"
 PERF_SECS = int(env("PERF_SECS", 20))
 URING = env("URING", "1") == "1"
 URING_SECS = int(env("URING_SECS", 8))
+URING_TRACE = env("URING_TRACE", "")
+PERF_KEEP = env("PERF_KEEP", "")
 PROFILE_CELL = env("PROFILE_CELL", "sse/1/250")
 PERF_CELL = env("PERF_CELL", "sse/8/250")
 BASE = int(env("BASE_PORT", 28600))
@@ -349,6 +353,12 @@ def phase_uring(targets):
         sbs.stop(rec)
         script = subprocess.run(["perf", "script", "-i", data, "-F", "event,trace"], capture_output=True,
                                 text=True).stdout
+        if URING_TRACE:
+            # The events in order, with thread and time: to read one call's operations.
+            timeline = subprocess.run(["perf", "script", "-i", data, "-F", "tid,time,event,trace"],
+                                      capture_output=True, text=True).stdout
+            with open(f"{URING_TRACE}-{kind}.txt", "w") as f:
+                f.write(timeline)
         os.remove(data)
         counts = {}
         events = [(m.group(1), m.group(2)) for m in
@@ -397,7 +407,10 @@ def phase_perf(targets):
         RESULTS["perf"][kind] = {"cell": PERF_CELL, "exchanges": j["exchanges"],
                                  "samples": samples.group(1) if samples else None, "kernel_pct": kernel_share(data),
                                  "flat": strip_perf(flat), "tree": strip_perf(tree)[:20000]}
-        os.remove(data)
+        if PERF_KEEP:
+            os.replace(data, os.path.join(PERF_KEEP, f"perf-{kind}.data"))
+        else:
+            os.remove(data)
         log(f"perf {kind}: {RESULTS['perf'][kind]['samples']} samples over {j['exchanges']} requests")
 
 

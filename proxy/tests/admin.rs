@@ -28,6 +28,10 @@ fn config_with_admin(m: &MockServer, admin_extra: &str) -> String {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a test: one scenario, sent traffic then every counter it must have moved, read top to bottom"
+)]
 fn stats_match_known_traffic() {
     let m = mock_with(MockConfig {
         name: "slow".into(),

@@ -25,7 +25,24 @@ struct SilentBackend {
     closed: mpsc::Receiver<(String, Instant)>,
 }
 
+/// How the backend writes its answer's head and first event.
+#[derive(Clone, Copy, Debug)]
+enum Writes {
+    /// In one write.
+    Together,
+    /// In two writes, one right after the other (the Python SDK's server does this): mcplb
+    /// finds the event waiting behind the head and sends both to the client at once.
+    BackToBack,
+    /// The head, then the event 100 ms later: mcplb sends the head alone and waits for the
+    /// event with the client watched.
+    Apart,
+}
+
 fn silent_backend() -> SilentBackend {
+    silent_backend_writing(Writes::Together)
+}
+
+fn silent_backend_writing(writes: Writes) -> SilentBackend {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, closed) = mpsc::channel();
@@ -33,13 +50,13 @@ fn silent_backend() -> SilentBackend {
         for s in l.incoming() {
             let Ok(s) = s else { return };
             let tx = tx.clone();
-            std::thread::spawn(move || stream_then_wait(s, tx));
+            std::thread::spawn(move || stream_then_wait(s, tx, writes));
         }
     });
     SilentBackend { addr, closed }
 }
 
-fn stream_then_wait(mut s: TcpStream, tx: mpsc::Sender<(String, Instant)>) {
+fn stream_then_wait(mut s: TcpStream, tx: mpsc::Sender<(String, Instant)>, writes: Writes) {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut buf = Vec::new();
     let mut b = [0u8; 4096];
@@ -48,11 +65,19 @@ fn stream_then_wait(mut s: TcpStream, tx: mpsc::Sender<(String, Instant)>) {
     };
     let method = head.split(' ').next().unwrap_or("").to_ascii_uppercase();
     let event = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n";
-    let answer = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
-        event.len()
-    );
-    if s.write_all(answer.as_bytes()).is_err() {
+    let head =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+    let wrote = match writes {
+        Writes::Together => s.write_all(format!("{head}{chunk}").as_bytes()),
+        Writes::BackToBack | Writes::Apart => s.write_all(head.as_bytes()).and_then(|()| {
+            if matches!(writes, Writes::Apart) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            s.write_all(chunk.as_bytes())
+        }),
+    };
+    if wrote.is_err() {
         return;
     }
     // Nothing more is written: only mcplb closing the connection ends this read.
@@ -227,6 +252,19 @@ fn a_client_leaving_a_stream_closes_its_upstream_at_once() {
         let p = start_proxy(&proxy_config(&b, ""), driver);
         for method in ["POST", "GET"] {
             leave_stream(&p, &b, None, method, Leave::Close);
+        }
+    }
+}
+
+#[test]
+fn a_client_leaving_a_stream_whose_head_came_alone_closes_its_upstream_at_once() {
+    for writes in [Writes::BackToBack, Writes::Apart] {
+        for driver in DRIVERS {
+            let b = silent_backend_writing(writes);
+            let p = start_proxy(&proxy_config(&b, ""), driver);
+            for method in ["POST", "GET"] {
+                leave_stream(&p, &b, None, method, Leave::Close);
+            }
         }
     }
 }

@@ -147,6 +147,10 @@ fn requests_seen(p: &Proxy) -> u64 {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a test: one end-to-end scenario (Redis, three replicas, HAProxy) read top to bottom"
+)]
 fn three_replicas_behind_haproxy() {
     let redis = RedisServer::start();
     let alpha = mock("alpha");

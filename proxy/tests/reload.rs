@@ -63,6 +63,10 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a test: one scenario (load, reloads under it, then the checks) read top to bottom"
+)]
 fn reload_under_load_loses_nothing() {
     let a = mock("alpha");
     let b = mock("beta");

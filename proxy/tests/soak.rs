@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use common::*;
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a test: one soak scenario (every kind of hostile client beside good ones, then the checks) read top to bottom"
+)]
 fn good_clients_are_untouched_by_hostile_ones() {
     let m = mock("alpha");
     let cfg = format!(

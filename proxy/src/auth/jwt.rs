@@ -95,6 +95,10 @@ static NEXT_VERIFIER: AtomicU64 = AtomicU64::new(1);
 
 /// Validates `[servers.auth.jwt]` into a verifier, pushing every problem with its key path; a
 /// `jwks_file` is read here.
+#[expect(
+    clippy::too_many_lines,
+    reason = "config validation: every `[servers.auth.jwt]` key checked in order, each problem reported with its key path; runs once at load, not on the request path"
+)]
 pub(super) fn validate(j: RawJwt, key: &str, errs: &mut Vec<String>) -> Option<JwtVerifier> {
     let before = errs.len();
     let issuer = j.issuer.unwrap_or_else(|| {

@@ -228,43 +228,8 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant, end: Instant) {
             buf.push(b'"');
         }
     }
-    // The rule that decided (`policies[N]`, `policy_default`); no key without a policy and
-    // for session plumbing no rule names.
-    if let Some(d) = m.policy {
-        match d.rule {
-            Some(r) if r == usize::from(crate::policy::confirm::DESTRUCTIVE_RULE) => {
-                buf.extend_from_slice(b",\"rule\":\"confirm_destructive\"")
-            }
-            Some(r) => {
-                buf.extend_from_slice(b",\"rule\":\"policies[");
-                buf.extend_from_slice(num.format(r).as_bytes());
-                buf.extend_from_slice(b"]\"");
-            }
-            None if d.effect == Effect::Allow
-                && method.is_some_and(|mt| {
-                    std::str::from_utf8(mt).is_ok_and(crate::policy::is_plumbing)
-                }) => {}
-            None => buf.extend_from_slice(b",\"rule\":\"policy_default\""),
-        }
-    }
-    let code = (m.by_proxy && m.code != 0).then_some(m.code);
-    match (m.status, code, m.jsonrpc_error) {
-        // The usual answer: one piece.
-        (200, None, false) => buf.extend_from_slice(b",\"status\":200,\"duration_us\":"),
-        (status, code, upstream_error) => {
-            buf.extend_from_slice(b",\"status\":");
-            buf.extend_from_slice(num.format(status).as_bytes());
-            if let Some(code) = code {
-                buf.extend_from_slice(b",\"code\":");
-                buf.extend_from_slice(num.format(code).as_bytes());
-            }
-            buf.extend_from_slice(if upstream_error {
-                b",\"upstream_error\":true,\"duration_us\":"
-            } else {
-                b",\"duration_us\":"
-            });
-        }
-    }
+    rule_field(buf, m, method, &mut num);
+    status_fields(buf, m, &mut num);
     let duration_us = end.saturating_duration_since(start).as_micros() as u64;
     buf.extend_from_slice(num.format(duration_us).as_bytes());
     if let Some(s) = c.req.session_id() {
@@ -284,7 +249,66 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant, end: Instant) {
         buf.extend_from_slice(e.as_str().as_bytes());
         buf.push(b'"');
     }
-    match (cfg.arguments, part(m.rpc.arguments)) {
+    arguments_field(buf, cfg.arguments, part(m.rpc.arguments));
+    buf.extend_from_slice(b"}\n");
+    // A line longer than the usual (full arguments) may have grown the buffer past it.
+    if l.buf.len() >= crate::control::access_log::FLUSH_BYTES {
+        core.flush_log(l, crate::control::stats::Counter::AuditLinesDropped);
+    }
+}
+
+/// `,"rule":...`, the rule that decided (`policies[N]`, `policy_default`); no key without a
+/// policy and for session plumbing no rule names.
+#[inline]
+fn rule_field(buf: &mut Vec<u8>, m: &ReqMeta, method: Option<&[u8]>, num: &mut itoa::Buffer) {
+    if let Some(d) = m.policy {
+        match d.rule {
+            Some(r) if r == usize::from(crate::policy::confirm::DESTRUCTIVE_RULE) => {
+                buf.extend_from_slice(b",\"rule\":\"confirm_destructive\"")
+            }
+            Some(r) => {
+                buf.extend_from_slice(b",\"rule\":\"policies[");
+                buf.extend_from_slice(num.format(r).as_bytes());
+                buf.extend_from_slice(b"]\"");
+            }
+            None if d.effect == Effect::Allow
+                && method.is_some_and(|mt| {
+                    std::str::from_utf8(mt).is_ok_and(crate::policy::is_plumbing)
+                }) => {}
+            None => buf.extend_from_slice(b",\"rule\":\"policy_default\""),
+        }
+    }
+}
+
+/// `,"status":...` (with the proxy's own JSON-RPC error code, or that a backend's answer was one)
+/// and `,"duration_us":`, its value left to the caller.
+#[inline]
+fn status_fields(buf: &mut Vec<u8>, m: &ReqMeta, num: &mut itoa::Buffer) {
+    let code = (m.by_proxy && m.code != 0).then_some(m.code);
+    match (m.status, code, m.jsonrpc_error) {
+        // The usual answer: one piece.
+        (200, None, false) => buf.extend_from_slice(b",\"status\":200,\"duration_us\":"),
+        (status, code, upstream_error) => {
+            buf.extend_from_slice(b",\"status\":");
+            buf.extend_from_slice(num.format(status).as_bytes());
+            if let Some(code) = code {
+                buf.extend_from_slice(b",\"code\":");
+                buf.extend_from_slice(num.format(code).as_bytes());
+            }
+            buf.extend_from_slice(if upstream_error {
+                b",\"upstream_error\":true,\"duration_us\":"
+            } else {
+                b",\"duration_us\":"
+            });
+        }
+    }
+}
+
+/// `,"arguments_sha256":...` or `,"arguments":...` as configured (`audit.arguments`), from the
+/// call's raw arguments.
+#[inline]
+fn arguments_field(buf: &mut Vec<u8>, how: AuditArguments, arguments: Option<&[u8]>) {
+    match (how, arguments) {
         (AuditArguments::Hash, Some(a)) => {
             let d = ring::digest::digest(&ring::digest::SHA256, a);
             buf.extend_from_slice(b",\"arguments_sha256\":\"");
@@ -299,11 +323,6 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant, end: Instant) {
             }
         }
         _ => {}
-    }
-    buf.extend_from_slice(b"}\n");
-    // A line longer than the usual (full arguments) may have grown the buffer past it.
-    if l.buf.len() >= crate::control::access_log::FLUSH_BYTES {
-        core.flush_log(l, crate::control::stats::Counter::AuditLinesDropped);
     }
 }
 

@@ -329,13 +329,7 @@ pub(crate) async fn forward_response(
     c.meta.status = status;
     c.meta.new_session = new_session;
     if new_session {
-        // Kept for the failover table (initialize answers only: off the hot path).
-        c.new_sid.clear();
-        if let Some(i) = memchr::memmem::find(&c.out, b"mcp-session-id: ") {
-            let v = c.out.get(i + 16..).unwrap_or_default();
-            let end = memchr::memchr(b'\r', v).unwrap_or(v.len());
-            c.new_sid.extend_from_slice(&v[..end]);
-        }
+        keep_new_session_id(c);
     }
     c.meta.sse = is_sse;
     let _sse_open = is_sse.then(|| SseOpen::new(core));
@@ -399,24 +393,18 @@ pub(crate) async fn forward_response(
         let reusable = !up_close && !extra && !matches!(framing, Framing::UntilClose);
         return (next, reusable);
     }
-    match &framing {
-        Framing::None => c.out.extend_from_slice(b"content-length: 0\r\n"),
-        Framing::Length(n) => {
-            c.out.extend_from_slice(b"content-length: ");
-            c.out
-                .extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
-            c.out.extend_from_slice(b"\r\n");
-        }
-        Framing::Chunked(_) => c.out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::UntilClose => client_close = true,
-    }
-    alt_svc(core, c);
-    if client_close {
-        c.out.extend_from_slice(b"connection: close\r\n");
-    }
-    c.out.extend_from_slice(b"\r\n");
+    end_head(core, c, &framing, &mut client_close);
 
-    // Body bytes that came with the head.
+    // The rest of the body may already wait in the socket (a server that writes its head, its
+    // event and its stream's end one right after the other, as the Python SDK's does): taken
+    // with recvs that do not wait, it goes out with the head in one send instead of two or
+    // three, and an answer that is then complete arms no upstream read (nor, for SSE, a client
+    // watch).
+    if let Conn::Plain(s) = &*a.up {
+        take_waiting(s, &mut a.buf, head_len, &framing);
+    }
+
+    // Body bytes that came with the head (or right behind it).
     let mut framing_error = false;
     let avail = a.buf.get(head_len..).unwrap_or_default();
     // The tap sees de-chunked bytes: a notification's name is never cut by a chunk's size line.
@@ -425,25 +413,7 @@ pub(crate) async fn forward_response(
         Some(t) => body_step_with(&mut framing, avail, &mut framing_error, |d| t.take(d)),
     };
     let first = avail.get(..take).unwrap_or_default();
-    // A JSON answer that arrived whole: note whether it is a JSON-RPC error. Only up to its
-    // first `result`/`error` member is read (criterion, `--bench parse`: 54 ns on a small
-    // answer and on an 8 KiB one, where the validating parse took 200 ns and 2.5 µs). SSE
-    // answers and bodies spread over reads are not looked at.
-    if body_done
-        && !is_sse
-        && matches!(framing, Framing::Length(_))
-        && core.shared.config.proxy.stats
-    {
-        c.meta.jsonrpc_error = protocol::response_outcome(first) == Some(true);
-    }
-    // A sampled trace's span carries the JSON-RPC error code: read from the body's first
-    // bytes, here or at its first read when the head came alone.
-    let traced =
-        !is_sse && matches!(framing, Framing::Length(_)) && c.trace.is_some_and(|t| t.sampled);
-    if traced && !first.is_empty() {
-        c.meta.rpc_code = protocol::response_error_code(first);
-    }
-    let sniff_error = traced && first.is_empty();
+    let sniff_error = note_first_bytes(core, c, &framing, is_sse, body_done, first);
     c.out.extend_from_slice(first);
     let extra = body_done && take < avail.len();
     if body_done {
@@ -494,6 +464,73 @@ pub(crate) async fn forward_response(
         }
         Err(()) => (Next::Close, false),
     }
+}
+
+/// Keeps the session id of a new session's answer, from the head written in `c.out`, for the
+/// failover table (initialize answers only: off the hot path).
+fn keep_new_session_id(c: &mut ClientConn) {
+    c.new_sid.clear();
+    if let Some(i) = memchr::memmem::find(&c.out, b"mcp-session-id: ") {
+        let v = c.out.get(i + 16..).unwrap_or_default();
+        let end = memchr::memchr(b'\r', v).unwrap_or(v.len());
+        c.new_sid.extend_from_slice(&v[..end]);
+    }
+}
+
+/// Ends the client's answer head in `c.out` for a body forwarded as it comes: its framing as
+/// the backend's (an until-close body closes the client connection too: `client_close`), then
+/// `alt-svc` and `connection: close` when they apply.
+#[inline(always)]
+fn end_head(core: &Core, c: &mut ClientConn, framing: &Framing, client_close: &mut bool) {
+    match framing {
+        Framing::None => c.out.extend_from_slice(b"content-length: 0\r\n"),
+        Framing::Length(n) => {
+            c.out.extend_from_slice(b"content-length: ");
+            c.out
+                .extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
+            c.out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked(_) => c.out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::UntilClose => *client_close = true,
+    }
+    alt_svc(core, c);
+    if *client_close {
+        c.out.extend_from_slice(b"connection: close\r\n");
+    }
+    c.out.extend_from_slice(b"\r\n");
+}
+
+/// Notes what the body bytes that came with the head (`first`) say of the answer; returns
+/// whether the JSON-RPC error code is still to be read, at the body's first read (a sampled
+/// trace whose head came alone).
+#[inline(always)]
+fn note_first_bytes(
+    core: &Core,
+    c: &mut ClientConn,
+    framing: &Framing,
+    is_sse: bool,
+    body_done: bool,
+    first: &[u8],
+) -> bool {
+    // A JSON answer that arrived whole: note whether it is a JSON-RPC error. Only up to its
+    // first `result`/`error` member is read (criterion, `--bench parse`: 54 ns on a small
+    // answer and on an 8 KiB one, where the validating parse took 200 ns and 2.5 µs). SSE
+    // answers and bodies spread over reads are not looked at.
+    if body_done
+        && !is_sse
+        && matches!(framing, Framing::Length(_))
+        && core.shared.config.proxy.stats
+    {
+        c.meta.jsonrpc_error = protocol::response_outcome(first) == Some(true);
+    }
+    // A sampled trace's span carries the JSON-RPC error code: read from the body's first
+    // bytes, here or at its first read when the head came alone.
+    let traced =
+        !is_sse && matches!(framing, Framing::Length(_)) && c.trace.is_some_and(|t| t.sampled);
+    if traced && !first.is_empty() {
+        c.meta.rpc_code = protocol::response_error_code(first);
+    }
+    traced && first.is_empty()
 }
 
 /// What an SSE stream watches while it waits for its backend's next bytes (no total timeout
@@ -638,6 +675,42 @@ pub(crate) async fn next_event(
         Poll::Pending
     })
     .await
+}
+
+/// Appends to `buf` (an answer's head, `head_len` bytes, then the body bytes read so far)
+/// what `s` has already received of the body, while the body may not be complete yet (by a
+/// cheap look: [`may_go_on`]), with at most [`TAKE_WAITING_RECVS`] recvs that do not wait
+/// and never growing `buf`. An answer still incomplete costs one recv that finds nothing.
+/// EOF or an error is left for the body's next read, which sees it again (a reset socket
+/// reads as EOF after reporting the reset once: either way the body is cut short).
+fn take_waiting(s: &monoio::net::TcpStream, buf: &mut Vec<u8>, head_len: usize, f: &Framing) {
+    for _ in 0..TAKE_WAITING_RECVS {
+        let body = buf.get(head_len..).unwrap_or_default();
+        if !may_go_on(f, body) || buf.capacity() - buf.len() < 1024 {
+            return;
+        }
+        match crate::tls::recv_now(s, buf, 0) {
+            Some(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+/// How many recvs [`take_waiting`] makes at most (a head, an event and an end written apart
+/// need two after the head's read).
+const TAKE_WAITING_RECVS: usize = 3;
+
+/// Whether a body whose first bytes are `body` may go on past them, by a look that costs
+/// nothing: a length not reached yet; a chunked body that does not end with its last chunk
+/// (a body that ends with those bytes inside a chunk only loses the early read); any body
+/// framed by the connection's end.
+fn may_go_on(framing: &Framing, body: &[u8]) -> bool {
+    match framing {
+        Framing::None => false,
+        Framing::Length(n) => (body.len() as u64) < *n,
+        Framing::Chunked(_) => !body.ends_with(b"0\r\n\r\n"),
+        Framing::UntilClose => true,
+    }
 }
 
 /// Ends a stream the client may resume elsewhere: a chunked one that stands between chunks

@@ -292,26 +292,19 @@ async fn forward(
     core: &Core,
     c: &mut ClientConn,
     m: usize,
-    a: Answered<'_>,
+    mut a: Answered<'_>,
     streaming: Option<bool>,
     fill: Option<response_cache::Fill>,
 ) -> Next {
-    let Answered {
-        head,
-        mut up,
-        early,
-        reached,
-        bridged,
-    } = a;
     let keep = !c.req.head.close && streaming != Some(true);
-    if bridged.is_some() && streaming.is_some() {
+    if a.bridged.is_some() && streaming.is_some() {
         // Not reached: the era bridge serves 2026-07-28 clients, who are asked through
         // `input_required`, never on an open stream.
-        reached.finish(core, None, 502);
+        a.reached.finish(core, None, 502);
         confirm::fail_event(c, -32603, "the member's answer cannot go into this stream").await;
         return Next::Close;
     }
-    if let Some((mut leg, mut buf)) = bridged {
+    if let Some((mut leg, mut buf)) = a.bridged.take() {
         if let Some(rounds) = c.era_replay.take() {
             // A retry replayed here: the member's questions answered from its state.
             leg.rounds = *rounds;
@@ -320,76 +313,120 @@ async fn forward(
         // member's server-to-client request an `input_required` result (the call waits for
         // the client's retry, `era_bridge::resume`).
         let head_len = buf.len();
-        buf.extend_from_slice(&early);
+        buf.extend_from_slice(&a.early);
         // The member group's cache keeps the answer as the client gets it.
         c.cache_fill = fill;
-        let (next, up) = era_bridge::forward(core, c, up, buf, head_len, keep, leg).await;
-        reached.finish(core, up, c.meta.status);
+        let (next, up) = era_bridge::forward(core, c, a.up, buf, head_len, keep, leg).await;
+        a.reached.finish(core, up, c.meta.status);
         return next;
     }
+    if a.head.sse {
+        forward_sse(core, c, m, a, streaming, fill, keep).await
+    } else {
+        forward_whole(core, c, a, streaming, fill, keep).await
+    }
+}
+
+/// [`forward`] for a whole (JSON) answer, or an error's.
+async fn forward_whole(
+    core: &Core,
+    c: &mut ClientConn,
+    a: Answered<'_>,
+    streaming: Option<bool>,
+    fill: Option<response_cache::Fill>,
+    keep: bool,
+) -> Next {
+    let Answered {
+        head,
+        mut up,
+        early,
+        reached,
+        ..
+    } = a;
     c.meta.status = head.status;
     let mut framing = head.framing();
     let mut avail = early;
     let mut body = Vec::new();
     let mut err = false;
-    if !head.sse {
-        // Whole: a JSON answer, or an error's.
-        loop {
-            let (_, done) = upstream::collect_step(&mut framing, &avail, &mut body, &mut err);
-            if done || err {
-                break;
-            }
-            avail.clear();
-            let timeout = core.shared.config.proxy.upstream_timeout;
-            let read = up.read_more(avail, crate::data_path::READ_SIZE);
-            let Ok((r, b)) = monoio::time::timeout(timeout, read).await else {
-                reached.finish(core, None, 504);
-                return crate::data_path::reply::refuse(
-                    c,
-                    &Refusal::new(504, -32603, "a member did not finish its answer in time"),
-                )
-                .await;
-            };
-            avail = b;
-            if !matches!(r, Ok(n) if n > 0) {
-                if matches!(framing, Framing::UntilClose) {
-                    break;
-                }
-                err = true;
-                break;
-            }
+    // Whole: a JSON answer, or an error's.
+    loop {
+        let (_, done) = upstream::collect_step(&mut framing, &avail, &mut body, &mut err);
+        if done || err {
+            break;
         }
-        if err {
-            reached.finish(core, None, 502);
+        avail.clear();
+        let timeout = core.shared.config.proxy.upstream_timeout;
+        let read = up.read_more(avail, crate::data_path::READ_SIZE);
+        let Ok((r, b)) = monoio::time::timeout(timeout, read).await else {
+            reached.finish(core, None, 504);
             return crate::data_path::reply::refuse(
                 c,
-                &Refusal::new(502, -32603, "a member broke off its answer"),
+                &Refusal::new(504, -32603, "a member did not finish its answer in time"),
             )
             .await;
-        }
-        let reusable = !head.close && !matches!(framing, Framing::UntilClose);
-        reached.finish(core, reusable.then_some(up), head.status);
-        c.meta.upstream_done = Some(Instant::now());
-        if let Some(f) = fill.filter(|_| head.status == 200) {
-            response_cache::store(core, c, f, &body, false);
-        }
-        if streaming.is_some() {
-            return whole_event(c, &body, keep).await;
-        }
-        // A member's own input round in the answer to a call its user approved carries the
-        // approval on (`data_path::confirm`).
-        let body = match c.confirm_wrap.take() {
-            Some(f) => confirm::wrap_rounds(core, c.meta.group, &f, body, false),
-            None => body,
         };
-        let ctype = if head.content_type.is_empty() {
-            b"application/json".to_vec()
-        } else {
-            head.content_type
-        };
-        return whole_answer(c, head.status, &ctype, &body, keep).await;
+        avail = b;
+        if !matches!(r, Ok(n) if n > 0) {
+            if matches!(framing, Framing::UntilClose) {
+                break;
+            }
+            err = true;
+            break;
+        }
     }
-    // SSE: event by event.
+    if err {
+        reached.finish(core, None, 502);
+        return crate::data_path::reply::refuse(
+            c,
+            &Refusal::new(502, -32603, "a member broke off its answer"),
+        )
+        .await;
+    }
+    let reusable = !head.close && !matches!(framing, Framing::UntilClose);
+    reached.finish(core, reusable.then_some(up), head.status);
+    c.meta.upstream_done = Some(Instant::now());
+    if let Some(f) = fill.filter(|_| head.status == 200) {
+        response_cache::store(core, c, f, &body, false);
+    }
+    if streaming.is_some() {
+        return whole_event(c, &body, keep).await;
+    }
+    // A member's own input round in the answer to a call its user approved carries the
+    // approval on (`data_path::confirm`).
+    let body = match c.confirm_wrap.take() {
+        Some(f) => confirm::wrap_rounds(core, c.meta.group, &f, body, false),
+        None => body,
+    };
+    let ctype = if head.content_type.is_empty() {
+        b"application/json".to_vec()
+    } else {
+        head.content_type
+    };
+    whole_answer(c, head.status, &ctype, &body, keep).await
+}
+
+/// [`forward`] for an SSE answer: event by event, each relayed as member `m`'s.
+async fn forward_sse(
+    core: &Core,
+    c: &mut ClientConn,
+    m: usize,
+    a: Answered<'_>,
+    streaming: Option<bool>,
+    fill: Option<response_cache::Fill>,
+    keep: bool,
+) -> Next {
+    let Answered {
+        head,
+        mut up,
+        early,
+        reached,
+        ..
+    } = a;
+    c.meta.status = head.status;
+    let mut framing = head.framing();
+    let mut avail = early;
+    let mut body = Vec::new();
+    let mut err = false;
     c.meta.sse = true;
     c.out.clear();
     if streaming.is_none() {
