@@ -93,3 +93,23 @@ enabled = false
 $tables
 TOML
 }
+
+# make_cert DIR: a self-signed ECDSA P-256 certificate for 127.0.0.1/localhost, made by openssl
+# for this run: DIR/cert.pem and DIR/key.pem (clients under bench do not verify it).
+make_cert() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$1/key.pem" \
+        -out "$1/cert.pem" -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null
+}
+
+# h2load_request LUA BODY: writes the request body of the wrk script LUA (bench/quick/*.lua) to
+# BODY and prints its headers as h2load arguments, one a line (-H, then "name: value").
+h2load_request() {
+    python3 - "$1" "$2" <<'PY'
+import re, sys
+src = open(sys.argv[1]).read()
+open(sys.argv[2], "w").write(re.search(r"wrk\.body = '(.*)'", src).group(1))
+for k, v in re.findall(r'wrk\.headers\["([^"]+)"\] = "([^"]*)"', src):
+    print("-H")
+    print(f"{k.lower()}: {v}")
+PY
+}

@@ -33,7 +33,11 @@
 # caches and prints the instruction-cache misses per request, I1 (its 32 KiB L1i) and LL: how
 # densely the code a request runs is laid out, e.g. a PGO or BOLT build against another; the
 # simulation has no other processes, so it counts a warm steady state, not the cold caches of
-# a paced call).
+# a paced call), TLS (1, mcplb specs only: mcplb terminates TLS with a certificate made for the run by openssl,
+# ECDSA P-256; the load keeps its connections, so the count is record encryption and proxying,
+# not handshakes), LOADER (wrk, the default, or h2load: HTTP/2 from Debian's nghttp2-client,
+# CONNS connections with one stream in flight each, h2c with prior knowledge or ALPN h2 under
+# TLS, the request and headers of the LUA script; not with PATH_MODE=session).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -56,6 +60,22 @@ case $PATH_MODE in
     *) echo "PATH_MODE: $PATH_MODE is none of stateless, session, era" >&2; exit 2 ;;
 esac
 ARGS_JSON='{"query":"what is the weather in Paris today","limit":10}'
+LOADER=${LOADER:-wrk}
+case $LOADER in
+    wrk) ;;
+    h2load)
+        [[ $PATH_MODE != session ]] || { echo "LOADER=h2load: not with PATH_MODE=session" >&2; exit 2; }
+        H2_ARGS=()
+        while IFS= read -r line; do H2_ARGS+=("$line"); done < <(h2load_request "$ROOT/bench/quick/${LUA:-post.lua}" "$RUN/body.json")
+        ;;
+    *) echo "LOADER: $LOADER is neither wrk nor h2load" >&2; exit 2 ;;
+esac
+SCHEME=http TLS_LINES=""
+if [[ ${TLS:-0} == 1 ]]; then
+    SCHEME=https
+    make_cert "$RUN"
+    TLS_LINES=$(printf '[proxy.tls]\ncert = "%s"\nkey = "%s"' "$RUN/cert.pem" "$RUN/key.pem")
+fi
 # load SECONDS: drives the proxy at $url, prints the requests it completed.
 load() {
     if [[ $PATH_MODE == session || ( $PATH_MODE == stateless && -n ${RATE:-} ) ]]; then
@@ -64,6 +84,10 @@ load() {
         "$LOAD_BIN" run --url "$url" --connections "$CONNS" --duration "${1}s" --warmup 0s "${stateless[@]}" \
             ${RATE:+--rate "$RATE"} --args "$ARGS_JSON" --json --quiet | tail -1 \
             | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["exchanges"])'
+    elif [[ $LOADER == h2load ]]; then
+        # requests: N total, N started, N done, N succeeded, ...: the succeeded ones.
+        h2load -D "$1" -c "$CONNS" -m 1 -t 1 -d "$RUN/body.json" "${H2_ARGS[@]}" "$url" \
+            | awk -F'[:,]' '/^requests:/ {sub(/ succeeded/, "", $5); print $5 + 0}'
     else
         wrk -t1 -c"$CONNS" -d"${1}s" -s "$ROOT/bench/quick/${LUA:-post.lua}" "$url" \
             | awk '/requests in/ {print $1}'
@@ -74,7 +98,8 @@ pids+=($!)
 for spec in "$@"; do
     split_spec "$spec"; bin=$SPEC_BIN
     port=$(free_port)
-    mcplb_toml "$port" "$MOCK_PORT" 1 "stats = ${STATS:-true}" "${GROUP:-}" "${EXTRA:-}" >"$RUN/p.toml"
+    mcplb_toml "$port" "$MOCK_PORT" 1 "stats = ${STATS:-true}
+$TLS_LINES" "${GROUP:-}" "${EXTRA:-}" >"$RUN/p.toml"
     if [[ -n $SPEC_EXTRA ]]; then sed "s|@RUN@|$RUN|g" "$SPEC_EXTRA" >>"$RUN/p.toml"; fi
     out="$RUN/cg.out"
     cache=()
@@ -98,7 +123,7 @@ for spec in "$@"; do
         pids+=("$pid")
         for _ in $(seq 600); do grep -q "mcplb started" "$RUN/p.log" && break; sleep 0.1; done
     fi
-    url="http://127.0.0.1:$port/mcp"
+    url="$SCHEME://127.0.0.1:$port/mcp"
     load 3 >/dev/null
     callgrind_control -z "$pid" >/dev/null
     reqs=$(load "$SECS")
@@ -111,7 +136,9 @@ for spec in "$@"; do
     wait "$pid" 2>/dev/null || true
     dump=$(ls -t "$out".* 2>/dev/null | head -1)
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
-    echo "== $spec ($PATH_MODE, $CONNS connections)"
+    client=$LOADER
+    if [[ $PATH_MODE == session ]]; then client=mcplb-load; fi
+    echo "== $spec ($PATH_MODE, $CONNS connections, $client$([[ $SCHEME == https ]] && echo ", TLS"))"
     echo "requests $reqs, instructions $total, per request $((total / reqs))"
     if [[ ${CACHE_SIM:-0} == 1 ]]; then
         # The totals' columns follow the "Events shown:" line (Ir Dr Dw I1mr D1mr D1mw ILmr ...).

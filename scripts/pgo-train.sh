@@ -10,11 +10,16 @@
 # One mcplb (one worker, 100 policy rules and the audit trail on) in front of three mocks
 # (session, stateless, SSE-answered), loaded by mcplb-load with the mixes agents and benchmarks
 # make: one call in flight paced (every 250 ms) and back to back, 8 paced sessions, 64
-# connections saturated, in sessions, stateless and SSE-answered. Stops mcplb with SIGTERM
-# (an instrumented build writes its profile on the way out) and fails when a step had no
-# answered call or mcplb did not exit cleanly.
+# connections saturated, in sessions, stateless and SSE-answered. Then the paths those do not
+# run, loaded by h2load (Debian's nghttp2-client, installed when missing), 8 connections: HTTP/2
+# (h2c with prior knowledge, one stream a connection and 4 connections of 16), the response
+# cache's hits (`tools/list` of a group with `[servers.cache]`), the era bridge (2026-07-28
+# requests to a group with `era = "2025"` in front of the session mock) and, through a second
+# mcplb terminating TLS (a certificate made by openssl for the run), HTTP/1.1 and HTTP/2 (ALPN)
+# over TLS. Stops each mcplb with SIGTERM (an instrumented build writes its profile on the way
+# out) and fails when a step had no answered call or an mcplb did not exit cleanly.
 #
-# Settings (environment): TRAIN_SECS (seconds per step, default 8; 10 steps), LOAD_BIN (the
+# Settings (environment): TRAIN_SECS (seconds per step, default 8; 16 steps), LOAD_BIN (the
 # mcplb-load to train with; default target/release/mcplb-load, built when missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -32,6 +37,7 @@ case ${1:-} in
 esac
 BIN=$(realpath "$1")
 [[ -x $BIN ]] || { say "not an executable: $1"; exit 2; }
+install_missing h2load:nghttp2-client openssl:openssl
 SECS=${TRAIN_SECS:-8}
 LOAD=${LOAD_BIN:-}
 if [[ -z $LOAD ]]; then
@@ -78,6 +84,34 @@ for mock in session: stateless:--stateless sse:--sse; do
     printf '\n[[servers]]\nname = "%s"\npath = "/%s"\nbackends = ["http://127.0.0.1:%s/mcp"]\n[servers.health]\nenabled = false\n' \
         "$name" "$name" "$port" >>"$RUN/mcplb.toml"
 done
+# The cache's hits (the stateless mock's tools/list, which sends no cache hints) and the era
+# bridge (2026-07-28 requests bridged through sessions of the session mock).
+cat >>"$RUN/mcplb.toml" <<EOC
+
+[[servers]]
+name = "cached"
+path = "/cached"
+backends = ["http://127.0.0.1:${ports[2]}/mcp"]
+[servers.health]
+enabled = false
+[servers.cache]
+default_ttl = "60s"
+default_scope = "public"
+
+[[servers]]
+name = "era"
+path = "/era"
+era = "2025"
+backends = ["http://127.0.0.1:${ports[1]}/mcp"]
+[servers.health]
+enabled = false
+EOC
+# The same mcplb terminating TLS, on a port of its own (one listener a process).
+make_cert "$RUN"
+TLS_PORT=$(free_port)
+sed -e "s|^listen = \"127.0.0.1:$PORT\"|listen = \"127.0.0.1:$TLS_PORT\"|" \
+    -e "s|^max_connections_per_ip = 100000|&\\n[proxy.tls]\\ncert = \"$RUN/cert.pem\"\\nkey = \"$RUN/key.pem\"|" \
+    "$RUN/mcplb.toml" >"$RUN/mcplb-tls.toml"
 echo >>"$RUN/mcplb.toml"
 sed "s|@RUN@|$RUN|g" "$ROOT/bench/conf/policy/on.toml" >>"$RUN/mcplb.toml"
 "$BIN" run --config "$RUN/mcplb.toml" >"$RUN/mcplb.log" 2>&1 &
@@ -111,13 +145,51 @@ done
 train stateless 1 4 --stateless
 train stateless 64 - --stateless
 
-say "stopping mcplb (an instrumented build writes its profile on the way out)"
-kill -TERM "$MCPLB_PID"
-status=0
-wait "$MCPLB_PID" || status=$?
-pids=("${pids[@]/$MCPLB_PID/}")
-[[ $status -eq 0 ]] || {
-    say "mcplb exited with status $status:"
-    tail -n 20 "$RUN/mcplb.log" >&2
-    exit 1
+# h2load steps: the request (body and headers) of a bench/quick wrk script.
+h2train() { # url wrk-script connections streams [h2load options]: one step
+    local url=$1 lua=$2 conns=$3 streams=$4 args=() line out proto ok errors
+    shift 4
+    while IFS= read -r line; do args+=("$line"); done < <(h2load_request "$ROOT/bench/quick/$lua" "$RUN/body.json")
+    out=$(h2load -D "$SECS" -c "$conns" -m "$streams" -t 1 -d "$RUN/body.json" "${args[@]}" "$@" "$url") || {
+        say "h2load failed on $url:"
+        echo "$out" >&2
+        exit 1
+    }
+    # requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout
+    read -r ok errors < <(awk -F'[:,]' '/^requests:/ {print $5 + 0, $6 + $7 + 0}' <<<"$out")
+    # h2load names the protocol it spoke: h2c, h2 (ALPN) or http/1.1.
+    proto=$(awk '/^Application protocol:/ {print $3}' <<<"$out")
+    say "trained: /${url#*://*/}, ${url%%:*} $proto, $conns connections x $streams streams, $lua: $ok calls answered, $errors errors"
+    [[ ${ok:-0} -gt 0 ]] || {
+        say "no call was answered:"
+        echo "$out" >&2
+        tail -n 20 "$RUN"/mcplb*.log >&2
+        exit 1
+    }
 }
+h2train "http://127.0.0.1:$PORT/stateless" post.lua 8 1
+h2train "http://127.0.0.1:$PORT/stateless" post.lua 4 16
+h2train "http://127.0.0.1:$PORT/cached" post_list.lua 8 1 --h1
+h2train "http://127.0.0.1:$PORT/era" post_modern.lua 8 1 --h1
+
+stop() { # pid log: SIGTERM, then fails unless it exited cleanly
+    say "stopping mcplb (an instrumented build writes its profile on the way out)"
+    kill -TERM "$1"
+    local status=0
+    wait "$1" || status=$?
+    pids=("${pids[@]/$1/}")
+    [[ $status -eq 0 ]] || {
+        say "mcplb exited with status $status:"
+        tail -n 20 "$2" >&2
+        exit 1
+    }
+}
+stop "$MCPLB_PID" "$RUN/mcplb.log"
+
+"$BIN" run --config "$RUN/mcplb-tls.toml" >"$RUN/mcplb-tls.log" 2>&1 &
+MCPLB_PID=$!
+pids+=("$MCPLB_PID")
+wait_port "$TLS_PORT"
+h2train "https://127.0.0.1:$TLS_PORT/stateless" post.lua 8 1 --h1
+h2train "https://127.0.0.1:$TLS_PORT/stateless" post.lua 8 1
+stop "$MCPLB_PID" "$RUN/mcplb-tls.log"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's single test command: ./scripts/test.sh
 #
-#   0. Debian packages the tests run (redis-server, haproxy), installed when missing
+#   0. Debian packages the tests run (redis-server, haproxy, nghttp2-client), installed when missing
 #   1. Python venv (.venv) with tests/py/requirements.txt, reinstalled only when that file changes
 #   2. Node dependencies (tests/ts, npm ci when package-lock.json changes)
 #   3. cargo build --workspace --bins   (debug)
@@ -66,13 +66,15 @@ install_node_deps() {
     fi
 }
 
-# Programs the tests start: redis-server (cluster rate limits) and haproxy (the fleet test's L4
-# balancer), from Debian's packages when missing (CI and developers run as root).
+# Programs the tests start: redis-server (cluster rate limits), haproxy (the fleet test's L4
+# balancer) and h2load (the release build's training, test_release_build.py), from Debian's
+# packages when missing (CI and developers run as root).
 install_system_deps() {
-    section "system packages (redis-server, haproxy)"
+    section "system packages (redis-server, haproxy, nghttp2-client)"
     local missing=()
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+    command -v h2load >/dev/null || missing+=(nghttp2-client)
     if ((${#missing[@]})); then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
