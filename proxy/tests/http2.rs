@@ -72,6 +72,45 @@ fn h2_call_on<S: std::io::Read + std::io::Write>(c: &mut RawH2<S>, id: u32) {
     );
 }
 
+/// Tool calls on streams `ids`, sent in one write, each with `pad` bytes of arguments; every
+/// answer must come whole (each echoes its own arguments back).
+fn h2_calls_at_once<S: std::io::Read + std::io::Write>(c: &mut RawH2<S>, ids: &[u32], pad: usize) {
+    let mut req = Vec::new();
+    for &id in ids {
+        let text = format!("{id}-{}", "x".repeat(pad));
+        let body = rpc(
+            u64::from(id),
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": text}}),
+        );
+        req.extend_from_slice(&post_frames(id, &body.to_string()));
+    }
+    assert!(c.send(&req));
+    let mut answers: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+    let mut ended = 0;
+    while ended < ids.len() {
+        let f = c.next_frame().expect("an HTTP/2 answer did not come");
+        assert!(f.kind != GOAWAY && f.kind != RST_STREAM, "refused: {f:?}");
+        if f.kind == DATA && ids.contains(&f.stream) {
+            answers
+                .entry(f.stream)
+                .or_default()
+                .extend_from_slice(&f.payload);
+            if f.flags & END_STREAM != 0 {
+                ended += 1;
+            }
+        }
+    }
+    for &id in ids {
+        let answer = String::from_utf8_lossy(&answers[&id]);
+        assert!(
+            answer.contains(&format!("\"id\":{id}")) && answer.contains(&format!("{id}-xxxx")),
+            "stream {id}: {}",
+            answer.get(..200).unwrap_or(&answer)
+        );
+    }
+}
+
 /// The bytes of each flood, past the default limits.
 fn flood(kind: &str) -> Vec<u8> {
     let mut b = Vec::new();
@@ -219,6 +258,9 @@ fn tls_clients_choose_http2_or_http11_by_alpn() {
         h2_call_on(&mut h2, 1);
         h2_call_on(&mut h2, 3);
         assert_eq!(h2.s.conn.alpn_protocol(), Some(&b"h2"[..]), "{driver}");
+        // Three calls in one write, 12 KB of arguments each: the client's TLS records
+        // carry them across several plaintext chunks that the proxy copies out in turn.
+        h2_calls_at_once(&mut h2, &[5, 7, 9], 12 * 1024);
         // ALPN http/1.1 (or none): HTTP/1.1 as before.
         for alpn in [&[&b"http/1.1"[..]][..], &[]] {
             let mut s = connect(p.addr, &client(alpn));
