@@ -296,12 +296,26 @@ pub(crate) fn feed_records<S>(
     rbuf: &mut Vec<u8>,
     rpos: &mut usize,
 ) -> io::Result<()> {
-    while *rpos < rbuf.len() {
-        let mut src = rbuf.get(*rpos..).unwrap_or_default();
+    feed_slice(conn, rbuf, rpos)?;
+    if *rpos >= rbuf.len() {
+        rbuf.clear();
+        *rpos = 0;
+    }
+    Ok(())
+}
+
+/// [`feed_records`] over `buf[*pos..]`, leaving `buf` as it is (the caller reuses it).
+pub(crate) fn feed_slice<S>(
+    conn: &mut ConnectionCommon<S>,
+    buf: &[u8],
+    pos: &mut usize,
+) -> io::Result<()> {
+    while *pos < buf.len() {
+        let mut src = buf.get(*pos..).unwrap_or_default();
         match conn.read_tls(&mut src) {
             // close_notify received: rustls reads nothing more.
-            Ok(0) => *rpos = rbuf.len(),
-            Ok(k) => *rpos += k,
+            Ok(0) => *pos = buf.len(),
+            Ok(k) => *pos += k,
             Err(e) => {
                 let state = conn.process_new_packets().map_err(tls_err)?;
                 if state.plaintext_bytes_to_read() > 0 {
@@ -311,10 +325,6 @@ pub(crate) fn feed_records<S>(
             }
         }
         conn.process_new_packets().map_err(tls_err)?;
-    }
-    if *rpos >= rbuf.len() {
-        rbuf.clear();
-        *rpos = 0;
     }
     Ok(())
 }
