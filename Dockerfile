@@ -5,13 +5,13 @@
 # Build: the release binary as scripts/release.sh makes it (README "Install / build a
 # release"): profile-guided, trained in this stage by
 # scripts/pgo-train.sh (a few minutes more than a plain build). LLVM 19's llvm-profdata and
-# BOLT come from Debian; python3 serves the training script. OPTIMISE=0 builds a plain
+# BOLT come from Debian; python3, h2load (nghttp2-client) and openssl serve the training script. OPTIMISE=0 builds a plain
 # `cargo build --release` instead; BOLT=1 lays the PGO build out with BOLT too. Where the builder's seccomp profile
 # blocks io_uring, mcplb trains (and will run) on its epoll fallback.
 FROM rust:1.95-slim-bookworm AS build
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends llvm-19 bolt-19 python3 \
+    && apt-get install -y --no-install-recommends llvm-19 bolt-19 python3 nghttp2-client openssl \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
