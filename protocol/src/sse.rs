@@ -627,20 +627,13 @@ fn join<'a>(out: &mut Vec<u8>, first: &[u8], second: &[u8], rest: impl Iterator<
 pub fn write_data(out: &mut Vec<u8>, data: &[u8]) {
     // `memchr`, not `split`: a tool result's data is often one long line.
     out.reserve(data.len() + 8);
-    let mut rest = data;
-    loop {
-        let (part, next) = match memchr::memchr(b'\n', rest) {
-            Some(i) => (
-                rest.get(..i).unwrap_or_default(),
-                Some(rest.get(i + 1..).unwrap_or_default()),
-            ),
-            None => (rest, None),
-        };
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', data).chain(std::iter::once(data.len())) {
+        let part = data.get(start..end).unwrap_or_default();
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(part.strip_suffix(b"\r").unwrap_or(part));
         out.push(b'\n');
-        let Some(next) = next else { break };
-        rest = next;
+        start = end + 1;
     }
     out.push(b'\n');
 }

@@ -229,9 +229,8 @@ pub(crate) fn write(core: &Core, c: &ClientConn, start: Instant, end: Instant) {
         }
     }
     rule_field(buf, m, method, &mut num);
-    status_fields(buf, m, &mut num);
     let duration_us = end.saturating_duration_since(start).as_micros() as u64;
-    buf.extend_from_slice(num.format(duration_us).as_bytes());
+    status_fields(buf, m, duration_us, &mut num);
     if let Some(s) = c.req.session_id() {
         buf.extend_from_slice(b",\"session\":\"");
         hex(buf, &core.shared.key_hasher.hash_key(s).to_be_bytes());
@@ -281,9 +280,9 @@ fn rule_field(buf: &mut Vec<u8>, m: &ReqMeta, method: Option<&[u8]>, num: &mut i
 }
 
 /// `,"status":...` (with the proxy's own JSON-RPC error code, or that a backend's answer was one)
-/// and `,"duration_us":`, its value left to the caller.
+/// and `,"duration_us":...`.
 #[inline]
-fn status_fields(buf: &mut Vec<u8>, m: &ReqMeta, num: &mut itoa::Buffer) {
+fn status_fields(buf: &mut Vec<u8>, m: &ReqMeta, duration_us: u64, num: &mut itoa::Buffer) {
     let code = (m.by_proxy && m.code != 0).then_some(m.code);
     match (m.status, code, m.jsonrpc_error) {
         // The usual answer: one piece.
@@ -302,6 +301,7 @@ fn status_fields(buf: &mut Vec<u8>, m: &ReqMeta, num: &mut itoa::Buffer) {
             });
         }
     }
+    buf.extend_from_slice(num.format(duration_us).as_bytes());
 }
 
 /// `,"arguments_sha256":...` or `,"arguments":...` as configured (`audit.arguments`), from the

@@ -632,15 +632,14 @@ const LIST_CHANGES: u8 =
 pub fn relay_event(m: usize, data: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"event: message\n");
     let data = data.as_bytes();
-    let Some(id) = request_id(data) else {
-        protocol::sse::write_data(out, data);
-        return;
-    };
-    let (Some(before), Some(raw), Some(after)) = (
-        data.get(..id.start),
-        data.get(id.clone()),
-        data.get(id.end..),
-    ) else {
+    let parts = request_id(data).and_then(|id| {
+        Some((
+            data.get(..id.start)?,
+            data.get(id.clone())?,
+            data.get(id.end..)?,
+        ))
+    });
+    let Some((before, raw, after)) = parts else {
         protocol::sse::write_data(out, data);
         return;
     };
