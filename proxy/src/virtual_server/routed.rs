@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::cache;
 use super::fanout::{self, Listed};
-use super::member::{self, Answered, MemberError, Origin};
+use super::member::{self, Answered, MemberError, MemberHead, Origin, ReachedParts};
 use super::naming::{self, Kind};
 use super::{error, log_member_failure, SessionCx};
 use crate::config::VirtualServer;
@@ -26,6 +26,7 @@ use crate::data_path::response::{self, Framing, Waited, Watch};
 use crate::data_path::{confirm, era_bridge, upstream};
 use crate::http;
 use crate::runtime::core::Core;
+use crate::tls::Conn;
 
 /// Where a routed request goes.
 struct Target {
@@ -320,54 +321,62 @@ async fn forward(
         a.reached.finish(core, up, c.meta.status);
         return next;
     }
-    if a.head.sse {
-        forward_sse(core, c, m, a, streaming, fill, keep).await
+    c.meta.status = a.head.status;
+    let r = Reading {
+        framing: a.head.framing(),
+        head: a.head,
+        up: a.up,
+        avail: a.early,
+        reached: a.reached,
+    };
+    if r.head.sse {
+        forward_sse(core, c, m, r, streaming, fill, keep).await
     } else {
-        forward_whole(core, c, a, streaming, fill, keep).await
+        forward_whole(core, c, r, streaming, fill, keep).await
     }
+}
+
+/// A member's answer as [`forward_whole`] and [`forward_sse`] read its body.
+struct Reading<'a> {
+    head: MemberHead,
+    up: Conn,
+    framing: Framing,
+    /// Body bytes read and not yet decoded (first those read with the head).
+    avail: Vec<u8>,
+    reached: ReachedParts<'a>,
 }
 
 /// [`forward`] for a whole (JSON) answer, or an error's.
 async fn forward_whole(
     core: &Core,
     c: &mut ClientConn,
-    a: Answered<'_>,
+    mut r: Reading<'_>,
     streaming: Option<bool>,
     fill: Option<response_cache::Fill>,
     keep: bool,
 ) -> Next {
-    let Answered {
-        head,
-        mut up,
-        early,
-        reached,
-        ..
-    } = a;
-    c.meta.status = head.status;
-    let mut framing = head.framing();
-    let mut avail = early;
     let mut body = Vec::new();
     let mut err = false;
     // Whole: a JSON answer, or an error's.
     loop {
-        let (_, done) = upstream::collect_step(&mut framing, &avail, &mut body, &mut err);
+        let (_, done) = upstream::collect_step(&mut r.framing, &r.avail, &mut body, &mut err);
         if done || err {
             break;
         }
-        avail.clear();
+        r.avail.clear();
         let timeout = core.shared.config.proxy.upstream_timeout;
-        let read = up.read_more(avail, crate::data_path::READ_SIZE);
-        let Ok((r, b)) = monoio::time::timeout(timeout, read).await else {
-            reached.finish(core, None, 504);
+        let read = r.up.read_more(r.avail, crate::data_path::READ_SIZE);
+        let Ok((n, b)) = monoio::time::timeout(timeout, read).await else {
+            r.reached.finish(core, None, 504);
             return crate::data_path::reply::refuse(
                 c,
                 &Refusal::new(504, -32603, "a member did not finish its answer in time"),
             )
             .await;
         };
-        avail = b;
-        if !matches!(r, Ok(n) if n > 0) {
-            if matches!(framing, Framing::UntilClose) {
+        r.avail = b;
+        if !matches!(n, Ok(n) if n > 0) {
+            if matches!(r.framing, Framing::UntilClose) {
                 break;
             }
             err = true;
@@ -375,15 +384,17 @@ async fn forward_whole(
         }
     }
     if err {
-        reached.finish(core, None, 502);
+        r.reached.finish(core, None, 502);
         return crate::data_path::reply::refuse(
             c,
             &Refusal::new(502, -32603, "a member broke off its answer"),
         )
         .await;
     }
-    let reusable = !head.close && !matches!(framing, Framing::UntilClose);
-    reached.finish(core, reusable.then_some(up), head.status);
+    let head = r.head;
+    let reusable = !head.close && !matches!(r.framing, Framing::UntilClose);
+    r.reached
+        .finish(core, reusable.then_some(r.up), head.status);
     c.meta.upstream_done = Some(Instant::now());
     if let Some(f) = fill.filter(|_| head.status == 200) {
         response_cache::store(core, c, f, &body, false);
@@ -410,21 +421,11 @@ async fn forward_sse(
     core: &Core,
     c: &mut ClientConn,
     m: usize,
-    a: Answered<'_>,
+    mut r: Reading<'_>,
     streaming: Option<bool>,
     fill: Option<response_cache::Fill>,
     keep: bool,
 ) -> Next {
-    let Answered {
-        head,
-        mut up,
-        early,
-        reached,
-        ..
-    } = a;
-    c.meta.status = head.status;
-    let mut framing = head.framing();
-    let mut avail = early;
     let mut body = Vec::new();
     let mut err = false;
     c.meta.sse = true;
@@ -434,12 +435,12 @@ async fn forward_sse(
             c.out,
             "HTTP/1.1 {} {}\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
              x-accel-buffering: no\r\ntransfer-encoding: chunked\r\n{}\r\n",
-            head.status,
-            http::reason(head.status),
+            r.head.status,
+            http::reason(r.head.status),
             if keep { "" } else { "connection: close\r\n" }
         );
         if !send(c).await {
-            reached.finish(core, None, head.status);
+            r.reached.finish(core, None, r.head.status);
             return Next::Close;
         }
     }
@@ -447,14 +448,16 @@ async fn forward_sse(
     let mut events = Vec::new();
     let wrap = c.confirm_wrap.take();
     // A copy for the member group's cache (bounded: a longer answer is not kept).
-    let mut copy = fill.filter(|_| head.status == 200).map(|f| (f, Vec::new()));
+    let mut copy = fill
+        .filter(|_| r.head.status == 200)
+        .map(|f| (f, Vec::new()));
     let mut watch = Watch {
         client: true,
         shutdown: None,
     };
     loop {
         body.clear();
-        let (_, done) = upstream::collect_step(&mut framing, &avail, &mut body, &mut err);
+        let (_, done) = upstream::collect_step(&mut r.framing, &r.avail, &mut body, &mut err);
         if err {
             break;
         }
@@ -473,7 +476,7 @@ async fn forward_sse(
                 ev.data = String::from_utf8(wrapped).unwrap_or_default();
             }
             relay_event(m, &ev.data, &mut events);
-            note_member_changes(core, Some(reached.gi), &ev.data);
+            note_member_changes(core, Some(r.reached.gi), &ev.data);
         }
         if !events.is_empty() {
             if c.meta.first_event.is_none() {
@@ -493,25 +496,26 @@ async fn forward_sse(
             c.out.clear();
             c.out.extend_from_slice(http::LAST_CHUNK);
             let ok = send(c).await;
-            let reusable = !head.close;
-            reached.finish(core, reusable.then_some(up), head.status);
+            let reusable = !r.head.close;
+            r.reached
+                .finish(core, reusable.then_some(r.up), r.head.status);
             return if ok && keep {
                 Next::KeepAlive
             } else {
                 Next::Close
             };
         }
-        avail.clear();
-        match response::next_event(&mut up, avail, &mut c.stream, &mut watch).await {
-            Waited::Read(Ok(n), b) if n > 0 => avail = b,
-            Waited::Read(_, b) if matches!(framing, Framing::UntilClose) => {
-                avail = b;
-                avail.clear();
+        r.avail.clear();
+        match response::next_event(&mut r.up, r.avail, &mut c.stream, &mut watch).await {
+            Waited::Read(Ok(n), b) if n > 0 => r.avail = b,
+            Waited::Read(_, b) if matches!(r.framing, Framing::UntilClose) => {
+                r.avail = b;
+                r.avail.clear();
                 // An until-close stream ended: the client's chunked answer ends cleanly.
                 c.out.clear();
                 c.out.extend_from_slice(http::LAST_CHUNK);
                 let ok = send(c).await;
-                reached.finish(core, None, head.status);
+                r.reached.finish(core, None, r.head.status);
                 return if ok && keep {
                     Next::KeepAlive
                 } else {
@@ -523,7 +527,7 @@ async fn forward_sse(
     }
     // Cut short (a side failed or the client left): the client's connection closes, and so
     // does the member's, which tells the member to stop.
-    reached.finish(core, None, head.status);
+    r.reached.finish(core, None, r.head.status);
     Next::Close
 }
 
