@@ -4,13 +4,17 @@
 //! tester. [`SseBoundary`] only counts where events end, so the proxy can
 //! forward raw chunks untouched while knowing how many events went by. Both
 //! carry their state across arbitrary chunk boundaries and accept CRLF, CR or
-//! LF line endings and a leading byte-order mark. [`event_data`] (and
-//! [`event_data_in`]) read the data of one event already cut out of a stream,
-//! borrowing it in place when it has one `data` line; [`event_end`] and
-//! [`EventEnds`] find where events end, to cut them out.
+//! LF line endings and a byte-order mark at the stream's start (only there: a
+//! later one is line content). [`event_data`] (and [`event_data_in`]) read the
+//! data of one event already cut out of a stream, borrowing it in place when it
+//! has one `data` line; [`event_end`] and [`EventEnds`] find where events end,
+//! to cut them out once [`strip_bom`] (or [`StartBom`], for a stream read in
+//! pieces) has dropped the stream's byte-order mark. All of them find line ends
+//! with one scanner.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::ops::Range;
 
 /// Default [`SseParser`] / [`SseBoundary`] limit on one event's size: tool
 /// results of several MiB are normal in MCP.
@@ -48,10 +52,8 @@ pub struct SseEvent {
 pub struct SseParser {
     max_event_bytes: usize,
     line: Vec<u8>,
-    /// The last byte seen was a CR, so a leading LF in the next chunk ends nothing.
-    pending_cr: bool,
-    /// No line has been completed yet (a BOM may lead the first one).
-    at_stream_start: bool,
+    lines: LineEnds,
+    bom: StartBom,
     /// Dropping an oversized event until its blank line.
     skipping: bool,
     /// Whether the line being skipped has any bytes.
@@ -80,8 +82,8 @@ impl SseParser {
         Self {
             max_event_bytes: max,
             line: Vec::new(),
-            pending_cr: false,
-            at_stream_start: true,
+            lines: LineEnds::new(),
+            bom: StartBom::new(),
             skipping: false,
             skipped_line_nonempty: false,
             data: String::new(),
@@ -93,33 +95,22 @@ impl SseParser {
     }
 
     /// Feeds received bytes; any events they complete become available.
-    pub fn push(&mut self, mut bytes: &[u8]) {
-        loop {
-            if self.pending_cr && !bytes.is_empty() {
-                self.pending_cr = false;
-                if let Some(rest) = bytes.strip_prefix(b"\n") {
-                    bytes = rest;
-                }
-            }
-            match memchr::memchr2(b'\r', b'\n', bytes) {
-                None => {
-                    self.append(bytes);
-                    return;
-                }
-                Some(i) => {
-                    self.append(bytes.get(..i).unwrap_or_default());
-                    self.end_line();
-                    match bytes.get(i..) {
-                        Some([b'\r', b'\n', rest @ ..]) => bytes = rest,
-                        Some([b'\r']) => {
-                            self.pending_cr = true;
-                            return;
-                        }
-                        Some([_, rest @ ..]) => bytes = rest,
-                        _ => return,
-                    }
-                }
-            }
+    pub fn push(&mut self, bytes: &[u8]) {
+        let (held, rest) = self.bom.skip(bytes);
+        self.push_lines(held);
+        self.push_lines(rest);
+    }
+
+    fn push_lines(&mut self, bytes: &[u8]) {
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let (line, end) = self.lines.next_line(bytes, pos);
+            self.append(bytes.get(line).unwrap_or_default());
+            let Some(next) = end else {
+                return;
+            };
+            self.end_line();
+            pos = next;
         }
     }
 
@@ -162,7 +153,6 @@ impl SseParser {
     }
 
     fn end_line(&mut self) {
-        let first = std::mem::replace(&mut self.at_stream_start, false);
         if self.skipping {
             if !std::mem::replace(&mut self.skipped_line_nonempty, false) {
                 self.skipping = false;
@@ -170,11 +160,7 @@ impl SseParser {
             return;
         }
         let mut line = std::mem::take(&mut self.line);
-        let mut text: &[u8] = &line;
-        if first {
-            text = text.strip_prefix(BOM).unwrap_or(text);
-        }
-        self.field(text);
+        self.field(&line);
         line.clear();
         self.line = line;
     }
@@ -244,9 +230,8 @@ impl SseParser {
 #[derive(Clone, Debug)]
 pub struct SseBoundary {
     max_event_bytes: usize,
-    pending_cr: bool,
-    /// Bytes of a leading byte-order mark matched so far; `None` once past it.
-    bom_matched: Option<usize>,
+    lines: LineEnds,
+    bom: StartBom,
     /// The first bytes of the current line, enough to recognise `data`.
     prefix: [u8; 5],
     prefix_len: usize,
@@ -273,8 +258,8 @@ impl SseBoundary {
     pub fn with_max_event_bytes(max: usize) -> Self {
         Self {
             max_event_bytes: max,
-            pending_cr: false,
-            bom_matched: Some(0),
+            lines: LineEnds::new(),
+            bom: StartBom::new(),
             prefix: [0; 5],
             prefix_len: 0,
             line_len: 0,
@@ -287,29 +272,32 @@ impl SseBoundary {
 
     /// Scans the next chunk of the stream; returns how many events ended in it.
     pub fn feed(&mut self, chunk: &[u8]) -> usize {
+        let (held, rest) = self.bom.skip(chunk);
+        let ended = self.feed_lines(held) + self.feed_lines(rest);
+        self.events = self.events.saturating_add(ended as u64);
+        ended
+    }
+
+    fn feed_lines(&mut self, chunk: &[u8]) -> usize {
         let mut ended = 0usize;
-        let mut rest = chunk;
-        loop {
-            if self.pending_cr && !rest.is_empty() {
-                self.pending_cr = false;
-                if let Some(r) = rest.strip_prefix(b"\n") {
-                    self.block_bytes = self.block_bytes.saturating_add(1);
-                    rest = r;
-                }
+        let mut pos = 0;
+        while pos < chunk.len() {
+            let (line, end) = self.lines.next_line(chunk, pos);
+            // A line's end counts in its event, also the LF of a CRLF the last chunk cut in
+            // two (nothing once that line ended its event, as when the CRLF comes whole).
+            if line.start > pos && self.block_bytes > 0 {
+                self.block_bytes = self.block_bytes.saturating_add(1);
             }
-            let Some(i) = memchr::memchr2(b'\r', b'\n', rest) else {
-                self.content(rest);
+            self.content(chunk.get(line.clone()).unwrap_or_default());
+            let Some(next) = end else {
                 break;
             };
-            self.content(rest.get(..i).unwrap_or_default());
-            self.block_bytes = self.block_bytes.saturating_add(1);
+            self.block_bytes = self.block_bytes.saturating_add(next - line.end);
             if self.end_line() {
                 ended += 1;
             }
-            self.pending_cr = rest.get(i) == Some(&b'\r');
-            rest = rest.get(i + 1..).unwrap_or_default();
+            pos = next;
         }
-        self.events = self.events.saturating_add(ended as u64);
         ended
     }
 
@@ -334,31 +322,7 @@ impl SseBoundary {
         self.block_bytes
     }
 
-    fn content(&mut self, mut bytes: &[u8]) {
-        if let Some(mut matched) = self.bom_matched {
-            loop {
-                if matched == BOM.len() {
-                    self.bom_matched = None;
-                    break;
-                }
-                match bytes.first() {
-                    None => {
-                        self.bom_matched = Some(matched);
-                        return;
-                    }
-                    Some(b) if BOM.get(matched) == Some(b) => {
-                        matched += 1;
-                        bytes = bytes.get(1..).unwrap_or_default();
-                    }
-                    Some(_) => {
-                        // Not a BOM after all: what matched is line content.
-                        self.bom_matched = None;
-                        self.line_len += matched;
-                        break;
-                    }
-                }
-            }
-        }
+    fn content(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
@@ -381,9 +345,6 @@ impl SseBoundary {
 
     /// Ends a line; returns whether it completed an event.
     fn end_line(&mut self) -> bool {
-        if let Some(matched) = self.bom_matched.take() {
-            self.line_len += matched;
-        }
         let prefix = self.prefix.get(..self.prefix_len).unwrap_or_default();
         let is_blank = self.line_len == 0;
         let is_data = prefix == b"data:" || (self.line_len == 4 && prefix == b"data");
@@ -409,7 +370,7 @@ impl SseBoundary {
 /// it; blank lines before its first line belong to it (they dispatch nothing),
 /// so only a block with at least one line is an event (a comment-only block
 /// such as `: keepalive` is one). A byte-order mark is not looked at (it is
-/// line content).
+/// line content): a stream's own is [`StartBom`]'s to drop first.
 ///
 /// A CR at the end of a piece ends its line (the rules say so), and when that
 /// line is blank the event ends there: the LF that may open the next piece is
@@ -421,8 +382,7 @@ impl SseBoundary {
 /// bytes, concatenated) as the stream cut whole.
 #[derive(Clone, Copy, Debug)]
 pub struct EventEnds {
-    /// The last byte fed was a CR that ended a line: a LF next is part of it.
-    pending_cr: bool,
+    lines: LineEnds,
     /// The next byte starts a line.
     at_line_start: bool,
     /// The event in progress has a line that is not blank.
@@ -439,7 +399,7 @@ impl EventEnds {
     /// A finder at the start of a stream (or of an event).
     pub const fn new() -> Self {
         Self {
-            pending_cr: false,
+            lines: LineEnds::new(),
             at_line_start: true,
             has_line: false,
         }
@@ -452,38 +412,65 @@ impl EventEnds {
     #[inline]
     pub fn next_end(&mut self, piece: &[u8]) -> Option<usize> {
         let mut pos = 0;
-        if self.pending_cr && !piece.is_empty() {
-            self.pending_cr = false;
-            if piece.first() == Some(&b'\n') {
-                pos = 1;
-            }
-        }
-        loop {
-            let rest = piece.get(pos..).unwrap_or_default();
-            if rest.is_empty() {
-                return None;
-            }
-            let Some(off) = memchr::memchr2(b'\r', b'\n', rest) else {
-                self.at_line_start = false;
-                self.has_line = true;
+        while pos < piece.len() {
+            let (line, end) = self.lines.next_line(piece, pos);
+            let Some(next) = end else {
+                if !line.is_empty() {
+                    self.at_line_start = false;
+                    self.has_line = true;
+                }
                 return None;
             };
-            let at = pos + off;
-            let blank = self.at_line_start && off == 0;
+            let blank = self.at_line_start && line.is_empty();
             self.has_line |= !blank;
             self.at_line_start = true;
-            pos = at + 1;
-            if piece.get(at) == Some(&b'\r') {
-                match piece.get(pos) {
-                    Some(b'\n') => pos += 1,
-                    Some(_) => {}
-                    None => self.pending_cr = true,
-                }
-            }
+            pos = next;
             if blank && std::mem::take(&mut self.has_line) {
                 return Some(pos);
             }
         }
+        None
+    }
+}
+
+/// Line ends in event-stream bytes read in pieces of any size: CRLF, LF or CR ends a line,
+/// and a CRLF is one end also when a piece ends between its CR and its LF. The one line
+/// scanner of [`SseParser`], [`SseBoundary`] and [`EventEnds`] ([`lines`] is it over bytes
+/// read whole).
+#[derive(Clone, Copy, Debug, Default)]
+struct LineEnds {
+    /// The last byte read was a CR that ended a line: an LF next is its second half.
+    pending_cr: bool,
+}
+
+impl LineEnds {
+    const fn new() -> Self {
+        Self { pending_cr: false }
+    }
+
+    /// Reads `piece` from `pos` (less than its length) to the end of the line there: that
+    /// line's bytes in `piece`, and where the next line starts (just past the line's end), or
+    /// `None` when the line goes on in the next piece. An LF that ends a CR the last piece
+    /// ended with is passed over first (the line's bytes start after it).
+    #[inline]
+    fn next_line(&mut self, piece: &[u8], mut pos: usize) -> (Range<usize>, Option<usize>) {
+        if std::mem::take(&mut self.pending_cr) && piece.get(pos) == Some(&b'\n') {
+            pos += 1;
+        }
+        let rest = piece.get(pos..).unwrap_or_default();
+        let Some(off) = memchr::memchr2(b'\r', b'\n', rest) else {
+            return (pos..piece.len(), None);
+        };
+        let at = pos + off;
+        let next = match piece.get(at..) {
+            Some([b'\r', b'\n', ..]) => at + 2,
+            Some([b'\r']) => {
+                self.pending_cr = true;
+                at + 1
+            }
+            _ => at + 1,
+        };
+        (pos..at, Some(next))
     }
 }
 
@@ -501,32 +488,32 @@ pub fn event_end(buf: &[u8]) -> Option<usize> {
 /// end, not two); the last line may be unfinished. Blank lines are yielded (as
 /// empty slices): they end events.
 pub fn lines(bytes: &[u8]) -> Lines<'_> {
-    Lines { rest: Some(bytes) }
+    Lines {
+        bytes,
+        pos: 0,
+        ends: LineEnds::new(),
+    }
 }
 
 /// Iterator of [`lines`].
 #[derive(Clone, Debug)]
 pub struct Lines<'a> {
-    /// What is left; `None` once the bytes are used up (a final line end leaves no empty line).
-    rest: Option<&'a [u8]>,
+    bytes: &'a [u8],
+    /// Where the next line starts (a final line end leaves no empty line after it).
+    pos: usize,
+    ends: LineEnds,
 }
 
 impl<'a> Iterator for Lines<'a> {
     type Item = &'a [u8];
 
     fn next(&mut self) -> Option<&'a [u8]> {
-        let rest = self.rest.filter(|r| !r.is_empty())?;
-        let Some(i) = memchr::memchr2(b'\r', b'\n', rest) else {
-            self.rest = None;
-            return Some(rest);
-        };
-        let skip = if rest.get(i..i + 2) == Some(b"\r\n") {
-            2
-        } else {
-            1
-        };
-        self.rest = rest.get(i + skip..);
-        rest.get(..i)
+        if self.pos >= self.bytes.len() {
+            return None;
+        }
+        let (line, end) = self.ends.next_line(self.bytes, self.pos);
+        self.pos = end.unwrap_or(self.bytes.len());
+        self.bytes.get(line)
     }
 }
 
@@ -554,10 +541,9 @@ pub fn field(line: &[u8]) -> Option<(&[u8], &[u8])> {
 /// of a stream, with or without the blank line that ends them, or only the
 /// first bytes of one: its last line may be unfinished): blank lines before
 /// its first data line are passed over (they dispatch nothing), the first
-/// blank line after it ends the event. A byte-order mark at the very start is
-/// skipped, as at the start of a stream.
+/// blank line after it ends the event. A byte-order mark is line content here
+/// (a stream's own is [`strip_bom`]'s to drop, before its first event is cut).
 pub fn data_lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let event = event.strip_prefix(BOM).unwrap_or(event);
     let mut lines = lines(event);
     let mut seen = false;
     std::iter::from_fn(move || loop {
@@ -621,28 +607,103 @@ fn join<'a>(out: &mut Vec<u8>, first: &[u8], second: &[u8], rest: impl Iterator<
     }
 }
 
-/// Writes `data` as an event's data lines (one `data: ` line per LF-separated
-/// part, so that a client joins them back into `data`) and the blank line that
-/// ends the event.
+/// Writes `data` as an event's data lines (one `data: ` line per line of
+/// `data`, each ended by CRLF, LF or a lone CR as the event-stream rules end
+/// lines, so that a client joins them back with LF) and the blank line that
+/// ends the event. A line end in `data` comes back as LF: the rules keep no other.
 pub fn write_data(out: &mut Vec<u8>, data: &[u8]) {
     // `memchr`, not `split`: a tool result's data is often one long line.
     out.reserve(data.len() + 8);
     let mut start = 0;
-    for end in memchr::memchr_iter(b'\n', data).chain(std::iter::once(data.len())) {
-        let part = data.get(start..end).unwrap_or_default();
+    for end in memchr::memchr2_iter(b'\r', b'\n', data).chain(std::iter::once(data.len())) {
+        if end < start {
+            // The LF of a CRLF, ended with its CR.
+            continue;
+        }
         out.extend_from_slice(b"data: ");
-        out.extend_from_slice(part.strip_suffix(b"\r").unwrap_or(part));
+        out.extend_from_slice(data.get(start..end).unwrap_or_default());
         out.push(b'\n');
-        start = end + 1;
+        start = end
+            + if data.get(end..end + 2) == Some(b"\r\n") {
+                2
+            } else {
+                1
+            };
     }
     out.push(b'\n');
+}
+
+/// `stream` (an event stream's first bytes) less the byte-order mark it may start with,
+/// which the event-stream rules drop there and only there: a caller that cuts events out of
+/// a stream ([`event_end`], [`EventEnds`]) drops it before the first cut, and
+/// [`event_data`] reads one anywhere else as line content, as a client does.
+pub fn strip_bom(stream: &[u8]) -> &[u8] {
+    stream.strip_prefix(BOM).unwrap_or(stream)
+}
+
+/// [`strip_bom`] for a stream read in pieces of any size (the mark may come split), by
+/// [`SseParser`], [`SseBoundary`] and a caller that cuts events out with [`EventEnds`] or
+/// [`event_end`].
+#[derive(Clone, Copy, Debug)]
+pub struct StartBom {
+    /// Bytes of the mark matched so far; `None` once past the stream's start.
+    matched: Option<u8>,
+}
+
+impl Default for StartBom {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StartBom {
+    /// At a stream's start.
+    pub const fn new() -> Self {
+        Self { matched: Some(0) }
+    }
+
+    /// `piece` (the stream's next bytes) less the stream's byte-order mark, as two parts to
+    /// read in order: what earlier pieces held back as maybe a mark's first bytes when it
+    /// turns out not to be one, then the rest of `piece`. Both are empty while all that has
+    /// come could still be a mark's first bytes.
+    pub fn skip<'a>(&mut self, piece: &'a [u8]) -> (&'static [u8], &'a [u8]) {
+        let Some(matched) = self.matched else {
+            return (&[], piece);
+        };
+        let held = BOM.get(..usize::from(matched)).unwrap_or_default();
+        let want = BOM.get(held.len()..).unwrap_or_default();
+        let n = want.len().min(piece.len());
+        if piece.get(..n) != want.get(..n) {
+            self.matched = None;
+            return (held, piece);
+        }
+        if n < want.len() {
+            self.matched = Some(matched + n as u8);
+            return (&[], &[]);
+        }
+        self.matched = None;
+        (&[], piece.get(n..).unwrap_or_default())
+    }
+
+    /// Drops the stream's byte-order mark from `pending`, a buffer that holds the stream's
+    /// bytes from its start until events are cut out of it: nothing once it has done so (or
+    /// found none), nor while `pending` could still be a mark's first bytes (they end no
+    /// line, so no event is cut before it can tell). Call before each cut.
+    pub fn drop_from(&mut self, pending: &mut Vec<u8>) {
+        if self.matched.is_none() || (pending.len() < BOM.len() && BOM.starts_with(pending)) {
+            return;
+        }
+        self.matched = None;
+        if pending.starts_with(BOM) {
+            pending.drain(..BOM.len());
+        }
+    }
 }
 
 /// Writes `event` (one event's bytes) with its data replaced by `data`: its
 /// other lines (fields such as `id`, `event`, `retry`, and comments) as they
 /// were, each ended by LF, then `data` as [`write_data`] writes it.
 pub fn replace_data(out: &mut Vec<u8>, event: &[u8], data: &[u8]) {
-    let event = event.strip_prefix(BOM).unwrap_or(event);
     for line in lines(event) {
         if !line.is_empty() && !matches!(field(line), Some((b"data", _))) {
             out.extend_from_slice(line);

@@ -212,9 +212,14 @@ fn event_data_reads_one_event_by_the_event_stream_rules() {
         Some("yes")
     );
     assert_eq!(data(b": ping\nevent: x\n\n"), None);
-    // A stream's BOM at the start; blank lines before the data pass; the event ends at the
-    // blank line after it.
-    assert_eq!(data(b"\xEF\xBB\xBFdata: a\n").as_deref(), Some("a"));
+    // A byte-order mark is line content in an event (as in a stream past its start, where
+    // `SseParser` reads `\u{feff}data` as another field); blank lines before the data pass;
+    // the event ends at the blank line after it.
+    assert_eq!(data(b"\xEF\xBB\xBFdata: a\n"), None);
+    let mut p = SseParser::new();
+    p.push(b"data: 1\n\n\xEF\xBB\xBFdata: a\n\ndata: 2\n\n");
+    let dispatched: Vec<String> = std::iter::from_fn(|| p.next_event().map(|e| e.data)).collect();
+    assert_eq!(dispatched, ["1", "2"]);
     assert_eq!(data(b"\n\r\ndata: a\n\ndata: b\n\n").as_deref(), Some("a"));
     // The reused buffer takes a join, and only a join.
     let mut joined = b"old".to_vec();
@@ -224,4 +229,62 @@ fn event_data_reads_one_event_by_the_event_stream_rules() {
         Some(&b"a\nb"[..])
     );
     assert_eq!(joined, b"a\nb");
+}
+
+#[test]
+fn a_streams_byte_order_mark_is_dropped_at_its_start_only() {
+    use mcplb_protocol::sse::{event_data, event_end, strip_bom, StartBom};
+    let stream = b"\xEF\xBB\xBFdata: a\n\n\xEF\xBB\xBFdata: b\n\n";
+    assert_eq!(
+        events_of(&[stream]),
+        [SseEvent {
+            data: "a".into(),
+            ..SseEvent::default()
+        }]
+    );
+    let mut b = SseBoundary::new();
+    assert_eq!(b.feed(stream), 1);
+    // Cut out of the stream whole, after `strip_bom`.
+    let rest = strip_bom(stream);
+    let n = event_end(rest).unwrap();
+    assert_eq!(event_data(&rest[..n]).as_deref(), Some(&b"a"[..]));
+    assert_eq!(event_data(&rest[n..]), None);
+    // Over pieces, the mark split between two: held back, then dropped.
+    let mut start = StartBom::new();
+    assert_eq!(start.skip(b"\xEF\xBB"), (&b""[..], &b""[..]));
+    assert_eq!(start.skip(b"\xBFdata"), (&b""[..], &b"data"[..]));
+    assert_eq!(
+        start.skip(b"\xEF\xBB\xBF"),
+        (&b""[..], &b"\xEF\xBB\xBF"[..])
+    );
+    // What looked like a mark's first bytes but is not: given back, before the piece.
+    let mut start = StartBom::new();
+    assert_eq!(start.skip(b"\xEF"), (&b""[..], &b""[..]));
+    assert_eq!(start.skip(b"data"), (&b"\xEF"[..], &b"data"[..]));
+    // A buffer: nothing while it could be a mark's first bytes, then the mark, once.
+    let mut start = StartBom::new();
+    let mut pending = b"\xEF\xBB".to_vec();
+    start.drop_from(&mut pending);
+    assert_eq!(pending, b"\xEF\xBB");
+    pending.extend_from_slice(b"\xBFdata: a\n\n\xEF\xBB\xBF");
+    start.drop_from(&mut pending);
+    assert_eq!(pending, b"data: a\n\n\xEF\xBB\xBF");
+    pending.drain(..9);
+    start.drop_from(&mut pending);
+    assert_eq!(pending, b"\xEF\xBB\xBF");
+}
+
+#[test]
+fn write_data_ends_a_line_at_a_lone_cr_as_clients_do() {
+    use mcplb_protocol::sse::write_data;
+    let mut out = Vec::new();
+    write_data(&mut out, b"a\rb\r\nc\nd\r");
+    assert_eq!(
+        out,
+        b"data: a\ndata: b\ndata: c\ndata: d\ndata: \n\n".as_slice()
+    );
+    assert_eq!(events_of(&[&out])[0].data, "a\nb\nc\nd\n");
+    out.clear();
+    write_data(&mut out, b"");
+    assert_eq!(out, b"data: \n\n");
 }

@@ -175,6 +175,8 @@ pub struct EventSniffer {
     joined: Vec<u8>,
     /// Where the events end, across pieces (a CRLF split between two pieces is one line end).
     ends: protocol::sse::EventEnds,
+    /// The stream's byte-order mark, dropped before its first event.
+    bom: protocol::sse::StartBom,
 }
 
 /// What is known of the event in progress that began in an earlier piece.
@@ -204,6 +206,12 @@ impl EventSniffer {
     /// Takes the next bytes of the stream; `on` gets what the change notifications that ended
     /// in them make stale.
     pub fn feed(&mut self, piece: &[u8], on: &mut impl FnMut(Change<'_>)) {
+        let (held, rest) = self.bom.skip(piece);
+        self.feed_events(held, on);
+        self.feed_events(rest, on);
+    }
+
+    fn feed_events(&mut self, piece: &[u8], on: &mut impl FnMut(Change<'_>)) {
         let mut rest = piece;
         while let Some(n) = self.ends.next_end(rest) {
             let (last, next) = rest.split_at_checked(n).unwrap_or((rest, &[]));

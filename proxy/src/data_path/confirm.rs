@@ -242,7 +242,7 @@ pub(crate) fn wrap_rounds(
         return confirm::wrap_round(&body, wrap).unwrap_or(body);
     }
     let mut out = Vec::with_capacity(body.len() + 128);
-    let mut rest = body.as_slice();
+    let mut rest = protocol::sse::strip_bom(&body);
     while let Some(n) = protocol::sse::event_end(rest) {
         let (event, after) = rest.split_at(n.min(rest.len()));
         match confirm::wrap_round(&era::event_data(event), wrap) {

@@ -268,6 +268,7 @@ async fn sse_answer(core: &Core, c: &mut ClientConn, src: &mut Source) -> Result
         }
         let mut chunk = Vec::new();
         let mut answer = None;
+        src.bom.drop_from(&mut src.pending);
         while let Some(n) = protocol::sse::event_end(&src.pending) {
             let event = src.pending.get(..n).unwrap_or_default();
             let data = era::event_data(event);

@@ -611,6 +611,8 @@ pub(super) struct Source {
     pub pending: Vec<u8>,
     pub avail: Vec<u8>,
     pub up_close: bool,
+    /// The stream's byte-order mark, dropped from `pending` before its first event is cut.
+    pub bom: protocol::sse::StartBom,
 }
 
 /// A bridged call whose backend asked its client for input: it waits here, its stream open,
@@ -635,6 +637,7 @@ struct Waiting {
     framing: Framing,
     pending: Vec<u8>,
     up_close: bool,
+    bom: protocol::sse::StartBom,
     gi: usize,
     bi: usize,
     backend_tag: u32,
@@ -904,6 +907,7 @@ impl Source {
             pending: Vec::new(),
             avail,
             up_close: head.up_close,
+            bom: protocol::sse::StartBom::new(),
         };
         (src, buf)
     }
@@ -1048,6 +1052,7 @@ async fn relay(
         }
         chunk.clear();
         let mut ask = None;
+        src.bom.drop_from(&mut src.pending);
         while let Some(n) = protocol::sse::event_end(&src.pending) {
             let event = src.pending.get(..n).unwrap_or_default();
             response_cache::note_event(core, leg.gi, event);
@@ -1211,6 +1216,7 @@ async fn park(
                 framing: src.framing,
                 pending: src.pending,
                 up_close: src.up_close,
+                bom: src.bom,
                 gi: leg.gi,
                 bi: leg.bi,
                 backend_tag: leg.backend_tag,
@@ -1440,6 +1446,7 @@ fn taken_over(w: Waiting) -> Option<Parked> {
             pending: w.pending,
             avail: Vec::new(),
             up_close: w.up_close,
+            bom: w.bom,
         },
         leg: Leg {
             gi: w.gi,

@@ -261,6 +261,8 @@ struct Stream {
     framing: Framing,
     pending: Vec<u8>,
     avail: Vec<u8>,
+    /// The stream's byte-order mark, dropped from `pending` before its first event is cut.
+    bom: protocol::sse::StartBom,
 }
 
 /// Sends `req` on a new connection to backend `bi` and reads its head: an SSE answer of 200
@@ -311,6 +313,7 @@ async fn open(
         framing: head.framing,
         pending: Vec::new(),
         avail,
+        bom: protocol::sse::StartBom::new(),
     })
 }
 
@@ -357,6 +360,7 @@ async fn relay(
         s.avail.clear();
         let mut chunk = Vec::new();
         let mut end = err || done;
+        s.bom.drop_from(&mut s.pending);
         while let Some(n) = protocol::sse::event_end(&s.pending) {
             let framed = frame(&era::event_data(s.pending.get(..n).unwrap_or_default()));
             s.pending.drain(..n);

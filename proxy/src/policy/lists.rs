@@ -132,7 +132,7 @@ pub fn messages(body: &[u8], sse: bool) -> Vec<std::borrow::Cow<'_, [u8]>> {
 /// that ends it); an event the body does not end with a blank line is one too.
 fn events(body: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
-    let mut rest = body;
+    let mut rest = sse::strip_bom(body);
     loop {
         let end = sse::event_end(rest);
         let (event, next) = rest
