@@ -241,7 +241,7 @@ fn relay_by_value(m: usize, data: &str, out: &mut Vec<u8>) {
                 let raw = serde_json::to_vec(id).unwrap_or_default();
                 obj.insert(
                     "id".into(),
-                    Value::String(mcplb::bench_hooks::wrap_id(m, &raw)),
+                    Value::String(mcplb::internals::wrap_id(m, &raw)),
                 );
                 rewritten = serde_json::to_string(&obj).ok();
             }
@@ -269,7 +269,7 @@ fn bench_relay(c: &mut Criterion) {
     let mut out = Vec::with_capacity(64 * 1024);
     for (name, data) in &events {
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        mcplb::bench_hooks::relay_event(2, data, &mut a);
+        mcplb::internals::relay_event(2, data, &mut a);
         relay_by_value(2, data, &mut b);
         if *name != "server_request" {
             // Anything but a request goes as it came, either way.
@@ -278,7 +278,7 @@ fn bench_relay(c: &mut Criterion) {
         g.bench_function(format!("{name}/scanner"), |bench| {
             bench.iter(|| {
                 out.clear();
-                mcplb::bench_hooks::relay_event(2, black_box(data), &mut out);
+                mcplb::internals::relay_event(2, black_box(data), &mut out);
                 black_box(out.len())
             })
         });

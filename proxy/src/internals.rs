@@ -1,7 +1,8 @@
-//! Invariants of the data path's HTTP/1.1 handling (request heads, upstream response heads,
-//! the chunked decoder), checked by the fuzz targets in `proxy/fuzz` and by the property tests
-//! in `proxy/tests/http_props.rs`, so both check the same things. Each `check_*` function
-//! panics when an invariant breaks. Not an API.
+//! Private pieces for the tools around mcplb, not an API: the invariants of the data path's
+//! HTTP/1.1 handling (request heads, upstream response heads, the chunked decoder, PROXY
+//! headers), checked by the fuzz targets in `proxy/fuzz` and by the property tests in
+//! `proxy/tests/http_props.rs` so that both check the same things (each `check_*` function
+//! panics when an invariant breaks), and what the criterion benches (`bench/benches`) measure.
 
 use std::ops::Range;
 
@@ -12,6 +13,10 @@ pub use crate::data_path::views::{
 
 use crate::http::{self, ChunkedDecoder};
 use crate::session::{SessionSealer, SCRATCH};
+
+/// Measured by the benches: a routed member's request id, and an event relayed as its.
+pub use crate::virtual_server::naming::wrap_id;
+pub use crate::virtual_server::relay_event;
 
 /// What decoding a chunked body gave.
 #[derive(Debug, PartialEq, Eq)]

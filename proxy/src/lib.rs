@@ -25,14 +25,7 @@ pub mod tls;
 mod virtual_server;
 
 #[doc(hidden)]
-pub mod fuzzing;
-
-/// Private pieces the criterion benches (`bench/benches`) measure. Not an API.
-#[doc(hidden)]
-pub mod bench_hooks {
-    pub use crate::virtual_server::naming::wrap_id;
-    pub use crate::virtual_server::relay_event;
-}
+pub mod internals;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,10 +1,10 @@
 //! Property tests (seeded, run by `cargo test`) for the data path's HTTP/1.1 handling: the
 //! chunked decoder, the request-head parse and the upstream response-head rewrite. The
-//! invariants live in `mcplb::fuzzing`, shared with the fuzz targets in `proxy/fuzz`; here
+//! invariants live in `mcplb::internals`, shared with the fuzz targets in `proxy/fuzz`; here
 //! they meet generated near-valid input (real heads with mutations), which random bytes
 //! seldom reach.
 
-use mcplb::fuzzing;
+use mcplb::internals;
 use proptest::prelude::*;
 
 /// Bytes that matter to HTTP framing, mixed with anything.
@@ -255,7 +255,7 @@ proptest! {
 
     #[test]
     fn proxy_headers_of_any_bytes_keep_their_invariants(buf in proxy_header_bytes(), more in prop::collection::vec(any::<u8>(), 0..32)) {
-        fuzzing::check_proxy_header(&buf, &more);
+        internals::check_proxy_header(&buf, &more);
     }
 
     #[test]
@@ -266,7 +266,7 @@ proptest! {
         tlvs in prop::collection::vec(any::<u8>(), 0..64),
         tail in prop::collection::vec(any::<u8>(), 0..64),
     ) {
-        fuzzing::check_proxy_header_round_trip(source, dest, kind, &tlvs, &tail);
+        internals::check_proxy_header_round_trip(source, dest, kind, &tlvs, &tail);
     }
 
     #[test]
@@ -276,17 +276,17 @@ proptest! {
         lines in 1usize..4,
     ) {
         // 10.0.0.0/8 and fd00::/8 are the proxies in front; 192.0.2.x are clients.
-        let trusted = fuzzing::TrustedProxies(vec![
+        let trusted = internals::TrustedProxies(vec![
             "10.0.0.0/8".parse().unwrap_or_else(|_| unreachable!()),
             "fd00::/8".parse().unwrap_or_else(|_| unreachable!()),
         ]);
         let peer = peer.unwrap_or(std::net::IpAddr::from([10, 9, 9, 9]));
-        fuzzing::check_client_ip(peer, &entries, lines, &trusted);
+        internals::check_client_ip(peer, &entries, lines, &trusted);
     }
 
     #[test]
     fn chunked_any_bytes_whole_or_cut_agree(input in framing_bytes(), cuts in prop::collection::vec(any::<usize>(), 0..8)) {
-        fuzzing::check_chunked(&input, &cuts);
+        internals::check_chunked(&input, &cuts);
     }
 
     #[test]
@@ -297,28 +297,28 @@ proptest! {
         trailer in any::<bool>(),
         cuts in prop::collection::vec(any::<usize>(), 0..8),
     ) {
-        fuzzing::check_chunked_round_trip(&body, &sizes, extension, trailer, &cuts);
+        internals::check_chunked_round_trip(&body, &sizes, extension, trailer, &cuts);
     }
 
     #[test]
     fn request_heads_keep_their_invariants(head in request_head(), max_headers in prop_oneof![Just(100usize), 0usize..16]) {
-        fuzzing::check_request_head(&head, max_headers);
+        internals::check_request_head(&head, max_headers);
     }
 
     #[test]
     fn framing_of_well_formed_request_heads(head in framing_request_head()) {
-        fuzzing::check_request_head(&head, 100);
+        internals::check_request_head(&head, 100);
     }
 
     #[test]
     fn request_heads_of_random_bytes_keep_their_invariants(mut bytes in framing_bytes(), max_headers in 0usize..200) {
         bytes.extend_from_slice(b"\r\n\r\n");
-        fuzzing::check_request_head(&bytes, max_headers);
+        internals::check_request_head(&bytes, max_headers);
     }
 
     #[test]
     fn response_heads_rewrite_to_well_formed_heads(head in response_head(), tag in any::<u32>()) {
-        fuzzing::check_response_head(&head, tag);
+        internals::check_response_head(&head, tag);
     }
 }
 
@@ -328,7 +328,7 @@ proptest! {
 fn regressions() {
     // fuzz target response_head: the status "020" went out as "HTTP/1.1 20 ...", which no
     // client parses; now a status under 100 is a bad answer from the backend (502).
-    fuzzing::check_response_head(
+    internals::check_response_head(
         b"HTTP/1.1 020 ntent-Type: textm\r\nMcp-Session-Id: sn: keep-aliv/even-atsrtem\r\n\
           Mkp-Session-Id: sn: keep-alive\r\nX-Other: y\r\n\r\n",
         0x0101_0101,
@@ -336,7 +336,7 @@ fn regressions() {
     for status in ["000", "099", "020"] {
         let head = format!("HTTP/1.1 {status} X\r\n\r\n");
         let sealer = mcplb::session::SessionSealer::new(&[1; 32]);
-        let got = fuzzing::rewrite_response_head(
+        let got = internals::rewrite_response_head(
             &sealer,
             None,
             head.as_bytes(),

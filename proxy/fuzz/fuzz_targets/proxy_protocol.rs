@@ -1,11 +1,11 @@
 //! Fuzzes the PROXY protocol header parse (v1 and v2, from a trusted balancer): a complete
 //! header parses the same alone and with bytes after it, every prefix of it is incomplete, an
 //! incomplete verdict never passes the size bound, a refusal stays a refusal (see
-//! `mcplb::fuzzing::check_proxy_header`).
+//! `mcplb::internals::check_proxy_header`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mcplb::fuzzing;
+use mcplb::internals;
 
 fuzz_target!(|data: &[u8]| {
     // The first byte says where the bytes that follow the connection's start begin.
@@ -14,5 +14,5 @@ fuzz_target!(|data: &[u8]| {
     };
     let at = usize::from(*cut).min(rest.len());
     let (buf, more) = rest.split_at(rest.len() - at);
-    fuzzing::check_proxy_header(buf, more);
+    internals::check_proxy_header(buf, more);
 });

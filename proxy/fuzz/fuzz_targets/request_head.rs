@@ -1,9 +1,9 @@
 //! Fuzzes the workers' request-head parse: ranges inside the head, trailing bytes change
-//! nothing, framing headers consistent (see `mcplb::fuzzing::check_request_head`).
+//! nothing, framing headers consistent (see `mcplb::internals::check_request_head`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mcplb::fuzzing;
+use mcplb::internals;
 
 fuzz_target!(|data: &[u8]| {
     let Some((first, head)) = data.split_first() else {
@@ -15,5 +15,5 @@ fuzz_target!(|data: &[u8]| {
     } else {
         usize::from(first & 0x1f)
     };
-    fuzzing::check_request_head(head, max_headers);
+    internals::check_request_head(head, max_headers);
 });

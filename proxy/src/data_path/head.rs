@@ -144,7 +144,7 @@ fn parse_prefix(
 /// case: one parse, no separate search for the blank line first). `None` (anything else: a
 /// partial or refused head, a bare-LF line end, leading empty lines, one above `max_bytes`)
 /// leaves the answer to the search-then-parse path, which reads more or refuses as before;
-/// where this answers, that path gives the same head (`fuzzing::check_request_head`).
+/// where this answers, that path gives the same head (`internals::check_request_head`).
 pub(crate) fn parse_whole(
     buf: &[u8],
     max_bytes: usize,

@@ -1,4 +1,4 @@
-//! The data path's head handling behind plain views, for `crate::fuzzing`: the same functions
+//! The data path's head handling behind plain views, for `crate::internals`: the same functions
 //! the workers call. Not an API.
 
 use crate::data_path::head::{parse_head, parse_whole, HeadError};
