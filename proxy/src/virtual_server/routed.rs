@@ -451,6 +451,7 @@ async fn forward_sse(
     let mut watch = Watch {
         client: true,
         shutdown: None,
+        drained: false,
     };
     loop {
         body.clear();
