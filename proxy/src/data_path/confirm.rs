@@ -670,7 +670,6 @@ async fn relay(
     let mut watch = Watch {
         client: true,
         shutdown: None,
-        drained: false,
     };
     loop {
         let mut err = false;

@@ -400,10 +400,9 @@ pub(crate) async fn forward_response(
     // with recvs that do not wait, it goes out with the head in one send instead of two or
     // three, and an answer that is then complete arms no upstream read (nor, for SSE, a client
     // watch).
-    let drained = match &*a.up {
-        Conn::Plain(s) => take_waiting(s, &mut a.buf, head_len, &framing),
-        _ => false,
-    };
+    if let Conn::Plain(s) = &*a.up {
+        take_waiting(s, &mut a.buf, head_len, &framing);
+    }
 
     // Body bytes that came with the head (or right behind it).
     let mut framing_error = false;
@@ -441,7 +440,6 @@ pub(crate) async fn forward_response(
         let watch = is_sse.then_some(Watch {
             client: true,
             shutdown: a.end_on_shutdown.then(ShutdownSignal::new),
-            drained,
         });
         let streamed = stream_body(
             core,
@@ -543,10 +541,6 @@ pub(crate) struct Watch {
     pub client: bool,
     /// A standalone GET stream: the shutdown signal.
     pub shutdown: Option<ShutdownSignal>,
-    /// The upstream socket was found empty just before (by [`take_waiting`]): the next wait
-    /// goes to the ring's read at once instead of trying a `recv` that would find nothing
-    /// again.
-    pub drained: bool,
 }
 
 /// What ended the wait for a stream's next upstream bytes.
@@ -654,8 +648,7 @@ pub(crate) async fn next_event(
     // Bytes already there (an answer's body right behind its head, a burst of events) are
     // taken without waiting, so no watch is armed for them: on io_uring the watch is a
     // POLL_ADD on the client socket and its ASYNC_CANCEL once the read completed, per read.
-    // Not when the socket was found empty just before: that recv would find nothing again.
-    if let (Conn::Plain(s), false) = (&*up, std::mem::take(&mut w.drained)) {
+    if let Conn::Plain(s) = up {
         if let Some(r) = crate::tls::recv_now(s, &mut buf, super::READ_SIZE) {
             return Waited::Read(r, buf);
         }
@@ -689,26 +682,18 @@ pub(crate) async fn next_event(
 /// cheap look: [`may_go_on`]), with at most [`TAKE_WAITING_RECVS`] recvs that do not wait
 /// and never growing `buf`. An answer still incomplete costs one recv that finds nothing.
 /// EOF or an error is left for the body's next read, which sees it again (a reset socket
-/// reads as EOF after reporting the reset once: either way the body is cut short). Returns
-/// whether its last recv found nothing there (the body's next read need not try one first).
-fn take_waiting(
-    s: &monoio::net::TcpStream,
-    buf: &mut Vec<u8>,
-    head_len: usize,
-    f: &Framing,
-) -> bool {
+/// reads as EOF after reporting the reset once: either way the body is cut short).
+fn take_waiting(s: &monoio::net::TcpStream, buf: &mut Vec<u8>, head_len: usize, f: &Framing) {
     for _ in 0..TAKE_WAITING_RECVS {
         let body = buf.get(head_len..).unwrap_or_default();
         if !may_go_on(f, body) || buf.capacity() - buf.len() < 1024 {
-            return false;
+            return;
         }
         match crate::tls::recv_now(s, buf, 0) {
             Some(Ok(n)) if n > 0 => {}
-            None => return true,
-            Some(_) => return false,
+            _ => return,
         }
     }
-    false
 }
 
 /// How many recvs [`take_waiting`] makes at most (a head, an event and an end written apart

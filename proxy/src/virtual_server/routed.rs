@@ -451,7 +451,6 @@ async fn forward_sse(
     let mut watch = Watch {
         client: true,
         shutdown: None,
-        drained: false,
     };
     loop {
         body.clear();
