@@ -41,8 +41,9 @@
 # `mcplb-load h3`, CONNS QUIC connections with one request stream in flight each, 2026-07-28
 # stateless calls, or with PATH_MODE=session a session each (initialize, then calls); implies
 # TLS=1 and `[proxy.http3]` on the same port number; the count includes the CONNS handshakes of
-# the measured run), NEW_CONN (1, wrk only: `Connection: close` on every request, so each
-# request is a new connection and, with TLS=1, a new TLS handshake: the handshake per request).
+# the measured run; REQUESTS=N: the measured run is N calls instead of SECS seconds), NEW_CONN
+# (1, wrk only: `Connection: close` on every request, so each request is a new connection and,
+# with TLS=1, a new TLS handshake: the handshake per request).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -89,9 +90,12 @@ if [[ ${TLS:-0} == 1 ]]; then
 fi
 # load_h3 SECONDS (LOADER=h3): HTTP/3 load on $url; prints the calls answered.
 load_h3() {
-    local stateless=()
+    local stateless=() limit=(--duration "${1}s")
     if [[ $PATH_MODE != session ]]; then stateless=(--stateless); fi
-    "$LOAD_BIN" h3 --url "$url" --connections "$CONNS" --duration "${1}s" "${stateless[@]}" \
+    # REQUESTS: the measured run sends that many calls (at most 10 minutes), so that the
+    # CONNS handshakes it includes weigh the same in every build's count.
+    if [[ -n ${MEASURED:-} && -n ${REQUESTS:-} ]]; then limit=(--duration 600s --requests "$REQUESTS"); fi
+    "$LOAD_BIN" h3 --url "$url" --connections "$CONNS" "${limit[@]}" "${stateless[@]}" \
         --args "$ARGS_JSON" --json | tail -1 | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["ok"])'
 }
 # load SECONDS: drives the proxy at $url, prints the requests it completed.
@@ -149,7 +153,7 @@ $h3_lines" "${GROUP:-}" "${EXTRA:-}" >"$RUN/p.toml"
     url="$SCHEME://127.0.0.1:$port/mcp"
     load 3 >/dev/null
     callgrind_control -z "$pid" >/dev/null
-    reqs=$(load "$SECS")
+    reqs=$(MEASURED=1 load "$SECS")
     callgrind_control -d "$pid" >/dev/null
     sleep 1
     # Under valgrind the io_uring worker may not finish a graceful stop: give it 10 s.

@@ -8,6 +8,7 @@
 //! verified (loopback benchmarks and tests with a certificate made for the run).
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,8 @@ pub struct H3Options {
     pub connections: usize,
     /// How long calls are sent.
     pub duration: Duration,
+    /// Stop after this many calls in all (sent, answered or not) instead, if sooner.
+    pub requests: Option<u64>,
     /// 2026-07-28 requests: no initialize, no session.
     pub stateless: bool,
     /// Tool to call and its arguments.
@@ -109,6 +112,31 @@ impl Target {
     }
 }
 
+/// When the run ends: the duration, or the calls left in all.
+struct End {
+    deadline: Instant,
+    left: Option<AtomicU64>,
+}
+
+impl End {
+    fn open(&self) -> bool {
+        Instant::now() < self.deadline
+            && self
+                .left
+                .as_ref()
+                .is_none_or(|l| l.load(Ordering::Relaxed) > 0)
+    }
+
+    /// Takes one call from what is left; false when the run is over.
+    fn take(&self) -> bool {
+        Instant::now() < self.deadline
+            && self.left.as_ref().is_none_or(|l| {
+                l.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+            })
+    }
+}
+
 /// Accepts any server certificate (the handshake's signatures are still checked).
 #[derive(Debug)]
 struct AnyCertificate(Arc<CryptoProvider>);
@@ -185,13 +213,15 @@ pub fn run_h3(opts: &H3Options) -> anyhow::Result<H3Report> {
         let mut endpoint = quinn::Endpoint::client(bind)?;
         endpoint.set_default_client_config(client_config()?);
         let start = Instant::now();
-        let deadline = start + opts.duration;
+        let end = Arc::new(End {
+            deadline: start + opts.duration,
+            left: opts.requests.map(AtomicU64::new),
+        });
         let tasks: Vec<_> = (0..opts.connections.max(1))
             .map(|_| {
-                let (endpoint, target, opts) = (endpoint.clone(), target.clone(), opts.clone());
-                tokio::spawn(
-                    async move { connection_loop(&endpoint, &target, &opts, deadline).await },
-                )
+                let (endpoint, target, opts, end) =
+                    (endpoint.clone(), target.clone(), opts.clone(), end.clone());
+                tokio::spawn(async move { connection_loop(&endpoint, &target, &opts, &end).await })
             })
             .collect();
         let mut report = H3Report::default();
@@ -205,16 +235,16 @@ pub fn run_h3(opts: &H3Options) -> anyhow::Result<H3Report> {
     })
 }
 
-/// One virtual user: a connection at a time until the deadline.
+/// One virtual user: a connection at a time until the end.
 async fn connection_loop(
     endpoint: &quinn::Endpoint,
     target: &Target,
     opts: &H3Options,
-    deadline: Instant,
+    end: &End,
 ) -> H3Report {
     let mut r = H3Report::default();
-    while Instant::now() < deadline {
-        if let Err(e) = one_connection(endpoint, target, opts, deadline, &mut r).await {
+    while end.open() {
+        if let Err(e) = one_connection(endpoint, target, opts, end, &mut r).await {
             r.errors += 1;
             tracing::debug!("HTTP/3 connection: {e:#}");
             // A refused or lost connection: not a busy loop.
@@ -226,13 +256,13 @@ async fn connection_loop(
 
 type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
-/// One QUIC connection: its session's setup, then calls until the deadline or the
+/// One QUIC connection: its session's setup, then calls until the end or the
 /// connection's share of calls.
 async fn one_connection(
     endpoint: &quinn::Endpoint,
     target: &Target,
     opts: &H3Options,
-    deadline: Instant,
+    end: &End,
     r: &mut H3Report,
 ) -> anyhow::Result<()> {
     let connecting = endpoint.connect(target.addr, &target.host)?;
@@ -240,7 +270,7 @@ async fn one_connection(
     r.connections += 1;
     let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn.clone())).await?;
     let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
-    let result = calls(&mut send, target, opts, deadline, r).await;
+    let result = calls(&mut send, target, opts, end, r).await;
     conn.close(0u32.into(), b"done");
     drive.abort();
     result
@@ -250,7 +280,7 @@ async fn calls(
     send: &mut Sender,
     target: &Target,
     opts: &H3Options,
-    deadline: Instant,
+    end: &End,
     r: &mut H3Report,
 ) -> anyhow::Result<()> {
     let mut headers: Vec<(&str, String)> = Vec::new();
@@ -273,9 +303,7 @@ async fn calls(
         });
     }
     let mut made = 0u64;
-    while Instant::now() < deadline
-        && (opts.calls_per_connection == 0 || made < opts.calls_per_connection)
-    {
+    while (opts.calls_per_connection == 0 || made < opts.calls_per_connection) && end.take() {
         made += 1;
         let body = json!({"jsonrpc": "2.0", "id": made, "method": "tools/call", "params": params});
         let (status, _, answer) = exchange(send, target, opts, &headers, body.to_string()).await?;
@@ -324,9 +352,11 @@ async fn initialize(
     Ok(session)
 }
 
-/// Whether an answer (JSON or SSE) carries a JSON-RPC result.
+/// Whether an answer (JSON or SSE) carries a JSON-RPC result that is not a tool's failure
+/// (`"isError":true`, as servers answer bad arguments).
 fn has_result(answer: &[u8]) -> bool {
-    answer.windows(8).any(|w| w == b"\"result\"")
+    let has = |pat: &[u8]| answer.windows(pat.len()).any(|w| w == pat);
+    has(b"\"result\"") && !has(b"\"isError\":true")
 }
 
 /// One POST on its own request stream: status, `Mcp-Session-Id` and the answer's body.

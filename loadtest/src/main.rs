@@ -73,6 +73,9 @@ struct H3Args {
     /// How long calls are sent (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
+    /// Stop after this many calls in all, if sooner than the duration.
+    #[arg(long)]
+    requests: Option<u64>,
     /// Tool to call.
     #[arg(long, default_value = "echo")]
     tool: String,
@@ -283,6 +286,7 @@ fn main() -> anyhow::Result<()> {
                 url: a.url,
                 connections: a.connections,
                 duration: a.duration,
+                requests: a.requests,
                 stateless: a.stateless,
                 tool: a.tool,
                 arguments,
