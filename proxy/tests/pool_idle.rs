@@ -83,7 +83,9 @@ fn call(c: &mut HttpClient) -> u16 {
         ("content-type", "application/json"),
         ("accept", "application/json, text/event-stream"),
     ];
-    let r = c.request("POST", "/mcp", &headers, body.as_bytes()).unwrap();
+    let r = c
+        .request("POST", "/mcp", &headers, body.as_bytes())
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&r.body), JSON);
     r.status
 }
@@ -108,12 +110,16 @@ fn expired_pooled_connections_are_closed_while_the_worker_idles() {
             assert_eq!(t.join().unwrap(), 200, "{driver}");
         }
         let opened = counts.accepted.load(Ordering::SeqCst);
-        assert!(opened >= 2, "{driver}: the calls shared {opened} connection(s)");
+        assert!(
+            opened >= 2,
+            "{driver}: the calls shared {opened} connection(s)"
+        );
         // No request comes any more: the pooled connections must still close, not stay open
         // for as long as the worker idles.
-        wait_until(&format!("{driver}: the backend's open connections to reach 0"), || {
-            counts.open.load(Ordering::SeqCst) == 0
-        });
+        wait_until(
+            &format!("{driver}: the backend's open connections to reach 0"),
+            || counts.open.load(Ordering::SeqCst) == 0,
+        );
     }
 }
 
@@ -133,8 +139,9 @@ fn a_backend_closing_idle_connections_never_gets_a_call_on_a_closed_one() {
             assert_eq!(call(&mut c), 200, "{driver}: call {i} after {gap} ms");
         }
         // Each connection is closed by one side or the other in the end.
-        wait_until(&format!("{driver}: the backend's open connections to reach 0"), || {
-            counts.open.load(Ordering::SeqCst) == 0
-        });
+        wait_until(
+            &format!("{driver}: the backend's open connections to reach 0"),
+            || counts.open.load(Ordering::SeqCst) == 0,
+        );
     }
 }

@@ -169,7 +169,11 @@ fn a_reload_wakes_the_workers_at_once() {
         });
         // Alpha replaces beta; no request follows. The workers build their new state at once,
         // closing the pooled connections to beta.
-        std::fs::write(&p.config_path, format!("{}{admin}", config_for(&[&a], pool))).unwrap();
+        std::fs::write(
+            &p.config_path,
+            format!("{}{admin}", config_for(&[&a], pool)),
+        )
+        .unwrap();
         let mut c = HttpClient::connect(p.admin.unwrap()).unwrap();
         assert_eq!(c.request("POST", "/reload", &[], b"").unwrap().status, 200);
         wait_until("the pooled connections to beta closed", || {

@@ -207,9 +207,9 @@ fn pool_sweep_at(cores: &[Rc<Core>]) -> Option<Instant> {
 /// whether `until` came.
 async fn dormant(mut shutdown: Pin<&mut ShutdownSignal>, until: Option<Instant>) -> bool {
     let mut registered = false;
-    let mut timer = std::pin::pin!(until.map(|t| monoio::time::sleep_until(
-        monoio::time::Instant::from_std(t)
-    )));
+    let mut timer = std::pin::pin!(
+        until.map(|t| monoio::time::sleep_until(monoio::time::Instant::from_std(t)))
+    );
     let timed_out = std::future::poll_fn(|cx| {
         if shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(false);
