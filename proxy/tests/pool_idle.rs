@@ -73,19 +73,7 @@ fn config(addr: SocketAddr, workers: usize) -> String {
 }
 
 fn call(c: &mut HttpClient) -> u16 {
-    let body = rpc(
-        1,
-        "tools/call",
-        serde_json::json!({"name": "x", "arguments": {}}),
-    )
-    .to_string();
-    let headers = [
-        ("content-type", "application/json"),
-        ("accept", "application/json, text/event-stream"),
-    ];
-    let r = c
-        .request("POST", "/mcp", &headers, body.as_bytes())
-        .unwrap();
+    let r = plain_tool_call(c, "/mcp");
     assert_eq!(String::from_utf8_lossy(&r.body), JSON);
     r.status
 }
