@@ -37,7 +37,13 @@
 # ECDSA P-256; the load keeps its connections, so the count is record encryption and proxying,
 # not handshakes), LOADER (wrk, the default, or h2load: HTTP/2 from Debian's nghttp2-client,
 # CONNS connections with one stream in flight each, h2c with prior knowledge or ALPN h2 under
-# TLS, the request and headers of the LUA script; not with PATH_MODE=session).
+# TLS, the request and headers of the LUA script; not with PATH_MODE=session; or h3: HTTP/3 by
+# `mcplb-load h3`, CONNS QUIC connections with one request stream in flight each, 2026-07-28
+# stateless calls, or with PATH_MODE=session a session each (initialize, then calls); implies
+# TLS=1 and `[proxy.http3]` on the same port number; the count includes the CONNS handshakes of
+# the measured run; REQUESTS=N: the measured run is N calls instead of SECS seconds), NEW_CONN
+# (1, wrk only: `Connection: close` on every request, so each request is a new connection and,
+# with TLS=1, a new TLS handshake: the handshake per request).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -68,17 +74,35 @@ case $LOADER in
         H2_ARGS=()
         while IFS= read -r line; do H2_ARGS+=("$line"); done < <(h2load_request "$ROOT/bench/quick/${LUA:-post.lua}" "$RUN/body.json")
         ;;
-    *) echo "LOADER: $LOADER is neither wrk nor h2load" >&2; exit 2 ;;
+    h3) TLS=1 ;;
+    *) echo "LOADER: $LOADER is none of wrk, h2load, h3" >&2; exit 2 ;;
 esac
+WRK_ARGS=()
+if [[ ${NEW_CONN:-0} == 1 ]]; then
+    [[ $LOADER == wrk && $PATH_MODE != session && -z ${RATE:-} ]] || { echo "NEW_CONN=1: wrk only" >&2; exit 2; }
+    WRK_ARGS=(-H "Connection: close")
+fi
 SCHEME=http TLS_LINES=""
 if [[ ${TLS:-0} == 1 ]]; then
     SCHEME=https
     make_cert "$RUN"
     TLS_LINES=$(printf '[proxy.tls]\ncert = "%s"\nkey = "%s"' "$RUN/cert.pem" "$RUN/key.pem")
 fi
+# load_h3 SECONDS (LOADER=h3): HTTP/3 load on $url; prints the calls answered.
+load_h3() {
+    local stateless=() limit=(--duration "${1}s")
+    if [[ $PATH_MODE != session ]]; then stateless=(--stateless); fi
+    # REQUESTS: the measured run sends that many calls (at most 10 minutes), so that the
+    # CONNS handshakes it includes weigh the same in every build's count.
+    if [[ -n ${MEASURED:-} && -n ${REQUESTS:-} ]]; then limit=(--duration 600s --requests "$REQUESTS"); fi
+    "$LOAD_BIN" h3 --url "$url" --connections "$CONNS" "${limit[@]}" "${stateless[@]}" \
+        --args "$ARGS_JSON" --json | tail -1 | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["ok"])'
+}
 # load SECONDS: drives the proxy at $url, prints the requests it completed.
 load() {
-    if [[ $PATH_MODE == session || ( $PATH_MODE == stateless && -n ${RATE:-} ) ]]; then
+    if [[ $LOADER == h3 ]]; then
+        load_h3 "$1"
+    elif [[ $PATH_MODE == session || ( $PATH_MODE == stateless && -n ${RATE:-} ) ]]; then
         local stateless=()
         if [[ $PATH_MODE == stateless ]]; then stateless=(--stateless); fi
         "$LOAD_BIN" run --url "$url" --connections "$CONNS" --duration "${1}s" --warmup 0s "${stateless[@]}" \
@@ -89,7 +113,7 @@ load() {
         h2load -D "$1" -c "$CONNS" -m 1 -t 1 -d "$RUN/body.json" "${H2_ARGS[@]}" "$url" \
             | awk -F'[:,]' '/^requests:/ {sub(/ succeeded/, "", $5); print $5 + 0}'
     else
-        wrk -t1 -c"$CONNS" -d"${1}s" -s "$ROOT/bench/quick/${LUA:-post.lua}" "$url" \
+        wrk -t1 -c"$CONNS" -d"${1}s" "${WRK_ARGS[@]}" -s "$ROOT/bench/quick/${LUA:-post.lua}" "$url" \
             | awk '/requests in/ {print $1}'
     fi
 }
@@ -98,8 +122,11 @@ pids+=($!)
 for spec in "$@"; do
     split_spec "$spec"; bin=$SPEC_BIN
     port=$(free_port)
+    h3_lines=""
+    if [[ $LOADER == h3 ]]; then h3_lines=$(printf '[proxy.http3]\nlisten = "127.0.0.1:%s"' "$port"); fi
     mcplb_toml "$port" "$MOCK_PORT" 1 "stats = ${STATS:-true}
-$TLS_LINES" "${GROUP:-}" "${EXTRA:-}" >"$RUN/p.toml"
+$TLS_LINES
+$h3_lines" "${GROUP:-}" "${EXTRA:-}" >"$RUN/p.toml"
     if [[ -n $SPEC_EXTRA ]]; then sed "s|@RUN@|$RUN|g" "$SPEC_EXTRA" >>"$RUN/p.toml"; fi
     out="$RUN/cg.out"
     cache=()
@@ -126,7 +153,7 @@ $TLS_LINES" "${GROUP:-}" "${EXTRA:-}" >"$RUN/p.toml"
     url="$SCHEME://127.0.0.1:$port/mcp"
     load 3 >/dev/null
     callgrind_control -z "$pid" >/dev/null
-    reqs=$(load "$SECS")
+    reqs=$(MEASURED=1 load "$SECS")
     callgrind_control -d "$pid" >/dev/null
     sleep 1
     # Under valgrind the io_uring worker may not finish a graceful stop: give it 10 s.
@@ -138,7 +165,8 @@ $TLS_LINES" "${GROUP:-}" "${EXTRA:-}" >"$RUN/p.toml"
     total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
     client=$LOADER
     if [[ $PATH_MODE == session ]]; then client=mcplb-load; fi
-    echo "== $spec ($PATH_MODE, $CONNS connections, $client$([[ $SCHEME == https ]] && echo ", TLS"))"
+    if [[ $LOADER == h3 ]]; then client="mcplb-load h3"; fi
+    echo "== $spec ($PATH_MODE, $CONNS connections, $client$([[ $SCHEME == https ]] && echo ", TLS")$([[ ${NEW_CONN:-0} == 1 ]] && echo ", a new connection per request"))"
     echo "requests $reqs, instructions $total, per request $((total / reqs))"
     if [[ ${CACHE_SIM:-0} == 1 ]]; then
         # The totals' columns follow the "Events shown:" line (Ir Dr Dw I1mr D1mr D1mw ILmr ...).

@@ -16,10 +16,14 @@
 # cache's hits (`tools/list` of a group with `[servers.cache]`), the era bridge (2026-07-28
 # requests to a group with `era = "2025"` in front of the session mock) and, through a second
 # mcplb terminating TLS (a certificate made by openssl for the run), HTTP/1.1 and HTTP/2 (ALPN)
-# over TLS. Stops each mcplb with SIGTERM (an instrumented build writes its profile on the way
+# over TLS, TLS handshakes (HTTP/1.1 with `Connection: close`: a new connection and handshake per
+# request) and HTTP/3 (`mcplb-load h3` over QUIC on the same port number: sessions, initialize
+# then tools/call answered as SSE, 8 connections; and stateless calls, 4 connections each
+# replaced after 4 calls, so QUIC handshakes and Retries too). Stops each mcplb with SIGTERM (an instrumented build writes its profile on the way
 # out) and fails when a step had no answered call or an mcplb did not exit cleanly.
 #
-# Settings (environment): TRAIN_SECS (seconds per step, default 8; 16 steps), LOAD_BIN (the
+# Settings (environment): TRAIN_SECS (seconds per step, default 8; 19 steps, the handshake
+# step a count of 250 x TRAIN_SECS requests), LOAD_BIN (the
 # mcplb-load to train with; default target/release/mcplb-load, built when missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -106,11 +110,12 @@ backends = ["http://127.0.0.1:${ports[1]}/mcp"]
 [servers.health]
 enabled = false
 EOC
-# The same mcplb terminating TLS, on a port of its own (one listener a process).
+# The same mcplb terminating TLS, on a port of its own (one listener a process), with HTTP/3
+# on the same port number (UDP).
 make_cert "$RUN"
 TLS_PORT=$(free_port)
 sed -e "s|^listen = \"127.0.0.1:$PORT\"|listen = \"127.0.0.1:$TLS_PORT\"|" \
-    -e "s|^max_connections_per_ip = 100000|&\\n[proxy.tls]\\ncert = \"$RUN/cert.pem\"\\nkey = \"$RUN/key.pem\"|" \
+    -e "s|^max_connections_per_ip = 100000|&\\n[proxy.tls]\\ncert = \"$RUN/cert.pem\"\\nkey = \"$RUN/key.pem\"\\n[proxy.http3]\\nlisten = \"127.0.0.1:$TLS_PORT\"|" \
     "$RUN/mcplb.toml" >"$RUN/mcplb-tls.toml"
 echo >>"$RUN/mcplb.toml"
 sed "s|@RUN@|$RUN|g" "$ROOT/bench/conf/policy/on.toml" >>"$RUN/mcplb.toml"
@@ -147,10 +152,13 @@ train stateless 64 - --stateless
 
 # h2load steps: the request (body and headers) of a bench/quick wrk script.
 h2train() { # url wrk-script connections streams [h2load options]: one step
-    local url=$1 lua=$2 conns=$3 streams=$4 args=() line out proto ok errors
+    local url=$1 lua=$2 conns=$3 streams=$4 args=() line out proto ok errors limit=(-D "$SECS")
     shift 4
+    # H2_REQUESTS: a count instead of a duration (h2load's -D waits forever for clients whose
+    # server closes their connections).
+    if [[ -n ${H2_REQUESTS:-} ]]; then limit=(-n "$H2_REQUESTS"); fi
     while IFS= read -r line; do args+=("$line"); done < <(h2load_request "$ROOT/bench/quick/$lua" "$RUN/body.json")
-    out=$(h2load -D "$SECS" -c "$conns" -m "$streams" -t 1 -d "$RUN/body.json" "${args[@]}" "$@" "$url") || {
+    out=$(h2load "${limit[@]}" -c "$conns" -m "$streams" -t 1 -d "$RUN/body.json" "${args[@]}" "$@" "$url") || {
         say "h2load failed on $url:"
         echo "$out" >&2
         exit 1
@@ -192,4 +200,23 @@ pids+=("$MCPLB_PID")
 wait_port "$TLS_PORT"
 h2train "https://127.0.0.1:$TLS_PORT/stateless" post.lua 8 1 --h1
 h2train "https://127.0.0.1:$TLS_PORT/stateless" post.lua 8 1
+# TLS handshakes: each request on a new connection (mcplb closes it after the answer).
+H2_REQUESTS=$((SECS * 250)) h2train "https://127.0.0.1:$TLS_PORT/stateless" post.lua 4 1 --h1 -H "connection: close"
+
+h3train() { # path connections [mcplb-load h3 options]: one HTTP/3 step
+    local path=$1 conns=$2 summary
+    shift 2
+    summary=$("$LOAD" h3 --url "https://127.0.0.1:$TLS_PORT/$path" --connections "$conns" --duration "${SECS}s" \
+        --args "$ARGS" --json "$@" | tail -n 1 |
+        python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["ok"], j["errors"], j["connections"])')
+    read -r ok errors quic <<<"$summary"
+    say "trained: /$path, HTTP/3, $conns connections${*:+ $*}: $ok calls answered, $errors errors, $quic QUIC connections"
+    [[ $ok -gt 0 ]] || {
+        say "no call was answered:"
+        tail -n 20 "$RUN/mcplb-tls.log" >&2
+        exit 1
+    }
+}
+h3train sse 8
+h3train stateless 4 --stateless --calls-per-connection 4
 stop "$MCPLB_PID" "$RUN/mcplb-tls.log"

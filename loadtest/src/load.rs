@@ -47,9 +47,9 @@ pub const PERCENTILES: [f64; 6] = [50.0, 90.0, 95.0, 99.0, 99.9, 99.99];
 /// Highest latency the histogram tracks (1 hour, in µs); larger values saturate.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Protocol revision sent on stateful sessions.
-const STATEFUL_VERSION: &str = "2025-06-18";
+pub(crate) const STATEFUL_VERSION: &str = "2025-06-18";
 /// Protocol revision sent in stateless mode.
-const STATELESS_VERSION: &str = "2026-07-28";
+pub(crate) const STATELESS_VERSION: &str = "2026-07-28";
 
 /// What a load run does.
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use loadtest::scenario::parse_duration;
-use loadtest::{run_load, LoadOptions, Scenario};
+use loadtest::{run_h3, run_load, H3Options, LoadOptions, Scenario};
 use mock::{MockConfig, MockServer};
 
 #[global_allocator]
@@ -55,6 +55,46 @@ enum Cmd {
     /// Drive load (tools/call, or a scenario's method mix) against an MCP
     /// endpoint and report latency.
     Run(Box<RunArgs>),
+    /// Drive MCP over HTTP/3 (QUIC): initialize (unless stateless), then tools/call one at a
+    /// time on each connection; prints the answered calls. The server's certificate is not
+    /// verified (loopback use).
+    H3(H3Args),
+}
+
+/// Options of `mcplb-load h3`.
+#[derive(Args, Debug)]
+struct H3Args {
+    /// MCP endpoint URL (https://host:port/path; the UDP port of `[proxy.http3]`).
+    #[arg(long)]
+    url: String,
+    /// QUIC connections, one request in flight each.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// How long calls are sent (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Stop after this many calls in all, if sooner than the duration.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Tool to call.
+    #[arg(long, default_value = "echo")]
+    tool: String,
+    /// Tool arguments as JSON.
+    #[arg(long, default_value = r#"{"text":"hello"}"#)]
+    args: String,
+    /// 2026-07-28 stateless requests: no initialize, no session.
+    #[arg(long)]
+    stateless: bool,
+    /// Close a connection after this many calls and open a new one (new handshake and
+    /// session); 0: keep it.
+    #[arg(long, default_value_t = 0)]
+    calls_per_connection: u64,
+    /// Per-exchange timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Options of `mcplb-load run`. Flags given on the command line override the
@@ -236,6 +276,34 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", report.to_json());
             } else {
                 println!("{report}");
+            }
+            Ok(())
+        }
+        Cmd::H3(a) => {
+            let arguments: serde_json::Value = serde_json::from_str(&a.args)
+                .map_err(|e| anyhow::anyhow!("--args is not JSON: {e}"))?;
+            let report = run_h3(&H3Options {
+                url: a.url,
+                connections: a.connections,
+                duration: a.duration,
+                requests: a.requests,
+                stateless: a.stateless,
+                tool: a.tool,
+                arguments,
+                calls_per_connection: a.calls_per_connection,
+                timeout: a.timeout,
+            })?;
+            if a.json {
+                println!("{}", report.to_json());
+            } else {
+                println!(
+                    "{} calls answered, {} errors, {} connections, {} setup exchanges in {:.1} s",
+                    report.ok,
+                    report.errors,
+                    report.connections,
+                    report.setup,
+                    report.millis as f64 / 1000.0
+                );
             }
             Ok(())
         }

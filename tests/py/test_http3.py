@@ -15,6 +15,7 @@ import json
 import re
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent
 from conftest import Backend, Proxy, make_pki, start_proxy_file
+from deploy_support import load_bin
 from test_http2 import ACCEPT, INIT, INITIALIZED
 H3_REQUEST_CANCELLED = 0x10C
 H3_EXCESSIVE_LOAD = 0x107
@@ -360,6 +362,38 @@ def test_alt_svc_on_http1_and_http2_answers(h3_proxy) -> None:
             assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
             assert r.status_code == 200, r.text
             assert r.headers.get("alt-svc") == f'h3=":{port}"; ma=86400', r.headers
+
+
+def test_mcplb_load_h3_runs_sessions_and_calls_over_quic(h3_proxy) -> None:
+    """`mcplb-load h3` (the release build's HTTP/3 training, bench/instructions.sh LOADER=h3):
+    each connection initializes a session and calls a tool; with --calls-per-connection 3 each
+    is replaced after 3 calls. What it reports is what mcplb counted."""
+    proxy, port, _ = h3_proxy
+    # Statistics are folded in once a second: the earlier tests' requests first.
+    before = stats(proxy)["counters"]
+    for _ in range(20):
+        time.sleep(1.1)
+        now = stats(proxy)["counters"]
+        if now == before:
+            break
+        before = now
+    out = subprocess.run(
+        [load_bin(), "h3", "--url", f"https://127.0.0.1:{port}/mcp", "--connections", "2", "--duration", "2s",
+         "--tool", "add", "--args", '{"a":2,"b":3}', "--calls-per-connection", "3", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    j = json.loads(out.stdout.splitlines()[-1])
+    assert j["ok"] >= 3 and j["errors"] == 0, j
+    # A connection a session (initialize and notifications/initialized), 3 calls each but the
+    # last of each virtual user's, cut by the end of the run.
+    assert j["setup"] == 2 * j["connections"], j
+    assert j["connections"] >= j["ok"] // 3 and j["connections"] > 2, j
+    streams = j["ok"] + j["setup"]
+    after = wait_stats(proxy, lambda s: s["counters"]["h3_streams"] - before["h3_streams"] >= streams)["counters"]
+    assert after["h3_streams"] - before["h3_streams"] == streams, (before, after, j)
+    assert after["h3_connections"] - before["h3_connections"] == j["connections"], (before, after, j)
+    assert after["sessions_started"] - before["sessions_started"] == j["connections"], (before, after, j)
 
 
 @pytest.fixture

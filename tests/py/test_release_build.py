@@ -46,7 +46,7 @@ def test_training_runs_against_a_build():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     trained = [line for line in out.stderr.splitlines() if "trained:" in line]
-    assert len(trained) == 16, out.stderr
+    assert len(trained) == 19, out.stderr
     for line in trained:
         answered = int(line.split(": ")[-1].split(" calls answered")[0])
         assert answered > 0, line
