@@ -92,16 +92,6 @@ fn answers_written_in_parts_arrive_whole_on_one_upstream_connection() {
             );
             let p = start_proxy(&cfg, driver);
             let mut c = HttpClient::connect(p.addr).unwrap();
-            let body = rpc(
-                1,
-                "tools/call",
-                serde_json::json!({"name": "x", "arguments": {}}),
-            )
-            .to_string();
-            let headers = [
-                ("content-type", "application/json"),
-                ("accept", "application/json, text/event-stream"),
-            ];
             for i in 0..6 {
                 let (path, want) = if i % 2 == 0 {
                     ("/sse", EVENT)
@@ -109,7 +99,7 @@ fn answers_written_in_parts_arrive_whole_on_one_upstream_connection() {
                     ("/json", JSON)
                 };
                 let what = format!("{parts:?}, {driver}, answer {i} ({path})");
-                let r = c.request("POST", path, &headers, body.as_bytes()).unwrap();
+                let r = plain_tool_call(&mut c, path);
                 assert_eq!(r.status, 200, "{what}");
                 assert_eq!(String::from_utf8_lossy(&r.body), want, "{what}");
             }

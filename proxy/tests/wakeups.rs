@@ -155,7 +155,10 @@ fn a_reload_wakes_the_workers_at_once() {
     let b = mock("beta");
     for driver in DRIVERS {
         let admin = "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
-        let p = start_proxy(&format!("{}{admin}", config_for(&[&b], "")), driver);
+        // Pooled connections that expire are closed too (`Core::sweep_pools`): a long pool
+        // timeout, so that only the reload can close these within the wait below.
+        let pool = "upstream_idle_timeout = \"60s\"";
+        let p = start_proxy(&format!("{}{admin}", config_for(&[&b], pool)), driver);
         // Calls to beta leave pooled connections to it.
         for _ in 0..4 {
             let mut c = HttpClient::connect(p.addr).unwrap();
@@ -166,7 +169,11 @@ fn a_reload_wakes_the_workers_at_once() {
         });
         // Alpha replaces beta; no request follows. The workers build their new state at once,
         // closing the pooled connections to beta.
-        std::fs::write(&p.config_path, format!("{}{admin}", config_for(&[&a], ""))).unwrap();
+        std::fs::write(
+            &p.config_path,
+            format!("{}{admin}", config_for(&[&a], pool)),
+        )
+        .unwrap();
         let mut c = HttpClient::connect(p.admin.unwrap()).unwrap();
         assert_eq!(c.request("POST", "/reload", &[], b"").unwrap().status, 200);
         wait_until("the pooled connections to beta closed", || {

@@ -272,6 +272,17 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A `tools/call` of a tool `x` with no session (the 2025 form), POSTed to `path` accepting
+/// JSON or SSE; returns the answer.
+pub fn plain_tool_call(c: &mut HttpClient, path: &str) -> mcplb::demo::Response {
+    let body = rpc(1, "tools/call", json!({"name": "x", "arguments": {}})).to_string();
+    let headers = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    c.request("POST", path, &headers, body.as_bytes()).unwrap()
+}
+
 /// A stateless (2026-07-28) `tools/call` of `tool` with its mirror headers, plus `extra`
 /// headers; returns the answer.
 pub fn stateless_tool_call(
