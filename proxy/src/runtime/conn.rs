@@ -33,35 +33,8 @@ use crate::tls::Conn;
 pub(crate) enum Arrival {
     /// Just accepted.
     Accepted,
-    /// Parked, and now readable: it had been idle for `idle` since its last request ended;
-    /// `after_short`: the gap before that request was short too (see [`hot_wait`]).
-    Woken { idle: Duration, after_short: bool },
-}
-
-impl Arrival {
-    /// Whether the gap before this arrival was short: a woken connection's idle time would
-    /// have earned a hot wait; a new connection's first request counts as following a short
-    /// gap (clients send it as soon as they connect, and often the next one right after).
-    fn short_gap(self) -> bool {
-        match self {
-            Arrival::Accepted => true,
-            Arrival::Woken { idle, .. } => hot_wait(idle).is_some(),
-        }
-    }
-
-    /// How long the connection waits hot after its answers ([`hot_wait`]): a new one never
-    /// (one that sends a single request and goes quiet lends no buffer even for a hot period;
-    /// measured, with 10 000 such connections the transient buffers cost ~0.2 KiB each); a
-    /// woken one only after two short gaps in a row. One short gap after long ones is mostly a
-    /// paced agent's late call followed by one that catches up, and its next call comes on
-    /// schedule: a hot wait there only expires, costing a timer, a wake-up and a cancelled
-    /// read.
-    fn hot_wait(self) -> Option<Duration> {
-        match self {
-            Arrival::Woken { idle, after_short } if after_short => hot_wait(idle),
-            _ => None,
-        }
-    }
+    /// Parked, and now readable: it had been idle for `idle` since its last request ended.
+    Woken { idle: Duration },
 }
 
 /// Serves a client connection until it closes or idles; an idle one is parked, its task ends.
@@ -152,10 +125,7 @@ pub(crate) async fn park_loop(park: Rc<IdleSet>, newest: impl Fn() -> Option<Rc<
                     p.stream,
                     p.peer,
                     p.client,
-                    Arrival::Woken {
-                        idle,
-                        after_short: p.short_gap,
-                    },
+                    Arrival::Woken { idle },
                 );
                 spawn_client(core.clone(), fut);
             }
@@ -219,10 +189,16 @@ async fn serve_connection(
             let mut woken = matches!(arrival, Arrival::Woken { .. });
             let mut served: u32 = u32::from(woken);
             // How long the connection waits for its next request with a read buffer lent to the
-            // kernel before it parks, if at all ([`Arrival::hot_wait`]). One that idled long
-            // parks right after its answer: its hot wait would only expire, costing a timer, a
-            // wake-up and a cancelled read per request (an agent thinking between tool calls).
-            let hot = arrival.hot_wait();
+            // kernel before it parks, if at all ([`hot_wait`]): a new one never (one that sends a
+            // single request and goes quiet lends no buffer even for a hot period; measured, with
+            // 10 000 such connections the transient buffers cost ~0.2 KiB each); a woken one from
+            // the gap it just idled. One that idled long parks right after its answer: its hot wait
+            // would only expire, costing a timer, a wake-up and a cancelled read per request (an
+            // agent thinking between tool calls).
+            let hot = match arrival {
+                Arrival::Woken { idle } => hot_wait(idle),
+                Arrival::Accepted => None,
+            };
             let end = loop {
                 if woken {
                     // A parked connection that turned readable: its request (or EOF) is waiting,
@@ -305,7 +281,7 @@ async fn serve_connection(
         // Parked, the connection keeps its slot; if it cannot be, both drop here.
         let timeout = core.shared.config.proxy.client_idle_timeout;
         let set = core.park.clone();
-        let Ok(ticket) = set.park(s, peer, client, since, arrival.short_gap(), timeout) else {
+        let Ok(ticket) = set.park(s, peer, client, since, timeout) else {
             return;
         };
         // Waiting, the task holds no per-core state (a reload's old one is not kept alive).
@@ -322,10 +298,7 @@ async fn serve_connection(
         let p = next.parked;
         let idle = crate::runtime::clock::now().saturating_duration_since(p.since);
         (stream, peer, client) = (Conn::Plain(p.stream), p.peer, p.client);
-        arrival = Arrival::Woken {
-            idle,
-            after_short: p.short_gap,
-        };
+        arrival = Arrival::Woken { idle };
     }
 }
 
@@ -539,24 +512,5 @@ mod tests {
         assert_eq!(hot_wait(ms(250)), None);
         assert_eq!(hot_wait(Duration::from_secs(3600)), None);
         assert_eq!(hot_wait(Duration::MAX), None);
-    }
-
-    #[test]
-    fn a_woken_connection_waits_hot_after_two_short_gaps_in_a_row() {
-        let woken = |idle, after_short| Arrival::Woken { idle, after_short };
-        // A new connection never waits hot, and its first gap counts as short.
-        assert_eq!(Arrival::Accepted.hot_wait(), None);
-        assert!(Arrival::Accepted.short_gap());
-        // A paced agent's call that catches up on a late one (gaps 557 ms, then 8 ms): the
-        // short gap alone parks it at once; its next call comes on schedule, not within a wait.
-        assert!(!woken(ms(557), false).short_gap());
-        assert_eq!(woken(ms(8), false).hot_wait(), None);
-        assert!(woken(ms(8), false).short_gap());
-        // Two short gaps in a row (a client sending back to back, or every 100 ms): hot.
-        assert_eq!(woken(ms(8), true).hot_wait(), Some(HOT_WAIT_MIN));
-        assert_eq!(woken(ms(100), true).hot_wait(), Some(ms(200)));
-        // A long gap after short ones parks at once, and is remembered as long.
-        assert_eq!(woken(ms(300), true).hot_wait(), None);
-        assert!(!woken(ms(300), true).short_gap());
     }
 }

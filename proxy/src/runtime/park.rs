@@ -43,9 +43,6 @@ pub(crate) struct Parked {
     pub client: ClientSlot,
     /// When its last request ended: it has been idle since.
     pub since: Instant,
-    /// Whether the gap before the request that woke it last was short (see
-    /// `conn::hot_wait`): a second short gap in a row makes it wait hot.
-    pub short_gap: bool,
 }
 
 struct Slot {
@@ -128,7 +125,7 @@ impl IdleSet {
 
     /// Parks a connection idle `since` then, to be closed once idle for `idle_timeout` (its
     /// ticket, see [`Woken`]); gives it back if its socket cannot be watched (the caller then
-    /// closes it). `short_gap`: see [`Parked`].
+    /// closes it).
     #[allow(unsafe_code)]
     pub(crate) fn park(
         &self,
@@ -136,7 +133,6 @@ impl IdleSet {
         peer: SocketAddr,
         client: ClientSlot,
         since: Instant,
-        short_gap: bool,
         idle_timeout: Duration,
     ) -> Result<Ticket, (TcpStream, ClientSlot)> {
         let mut slots = self.slots.borrow_mut();
@@ -182,7 +178,6 @@ impl IdleSet {
             peer,
             client,
             since,
-            short_gap,
         });
         let due = since + idle_timeout;
         if self.next_sweep.get().is_none_or(|n| due < n) {
@@ -441,7 +436,6 @@ mod tests {
                 peer,
                 client: ClientSlot::open(None),
                 since: Instant::now(),
-                short_gap: false,
             },
             ticket,
         }
