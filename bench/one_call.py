@@ -485,7 +485,8 @@ def report(d):
              "shuffled order. Figures: median [min–max] over rounds; ratios are medians of the per-round "
              "ratios (runs of one round ran minutes apart at most).",
              f"- Machine: {f['nproc']} cores, {f['cpu']}, kernel {f['kernel']}; {f['nginx']}; {f['haproxy']}; "
-             f"mcplb {f['mcplb_commit']}{' (uncommitted changes)' if f['mcplb_dirty'] else ''}"
+             f"mcplb: `{d['settings']['MCPLB']}` (run from a checkout at {f['mcplb_commit']}"
+             f"{', uncommitted changes' if f['mcplb_dirty'] else ''})"
              + "".join(f"; mcplb {n}: `{b}`" for n, b in builds.items())
              + f". Load average at start {' '.join(d['load_start'])}, at the end {' '.join(d['load_end'])}.",
              f"- Command: `{d['command']}`", ""]

@@ -20,6 +20,15 @@ Settings (environment):
   STRACE_SECS   seconds of each strace run (default 3)
   IDLE_CONNS    idle connections for the memory figure (default 10000)
   IDLE_WAIT     seconds to let idle connections settle before reading RSS (default 2)
+  IDLE_WARM     idle connections opened (and kept open) before the memory phase's baseline, so
+                start-up and first-connection allocations are behind it (default 1000)
+  IDLE_STEPS    steps the IDLE_CONNS connections are opened in, RSS read after each (default 10)
+  MEM_TARGETS   the memory phase's targets (default "mcplb mcplb-epoll mcplb-lazy nginx haproxy":
+                mcplb on io_uring, mcplb on its epoll driver, mcplb on io_uring with mimalloc's
+                default purge delay)
+  MEM_PURGE_DELAY  MIMALLOC_PURGE_DELAY for mcplb in the memory phase (default 0: memory freed is
+                returned at once, not at an allocation at least 1 s later; "mcplb-lazy" keeps
+                mimalloc's default)
   SESSIONS      concurrent MCP sessions for the sessions figure (default 1000)
   SESSION_RATE  open-loop rate of the sessions figure (default 10000)
   XCHECK        1 = also run the nginx "return 200" backend cross-check (default 1)
@@ -79,6 +88,10 @@ TAIL_DURATION = env_int("TAIL_DURATION", LAT_DURATION)
 STRACE_SECS = env_int("STRACE_SECS", 3)
 IDLE_CONNS = env_int("IDLE_CONNS", 10000)
 IDLE_WAIT = float(os.environ.get("IDLE_WAIT", "2"))
+IDLE_WARM = env_int("IDLE_WARM", 1000)
+IDLE_STEPS = env_int("IDLE_STEPS", 5)
+MEM_TARGETS = os.environ.get("MEM_TARGETS", "mcplb mcplb-epoll mcplb-lazy nginx haproxy").split()
+MEM_PURGE_DELAY = os.environ.get("MEM_PURGE_DELAY", "0")
 SESSIONS = env_int("SESSIONS", 1000)
 SESSION_RATE = env_int("SESSION_RATE", 10000)
 XCHECK = os.environ.get("XCHECK", "1") == "1"
@@ -99,7 +112,8 @@ PROXIES = ["mcplb", "nginx", "haproxy"]
 TARGETS = ["direct"] + PROXIES
 TAIL_SPIN = os.environ.get("TAIL_SPIN", "").split()
 NAMES = {"direct": "direct", "mcplb": "mcplb", "nginx": "nginx", "haproxy": "HAProxy", "mcplb-b": "mcplb B",
-         "mcplb-c": "mcplb C"}
+         "mcplb-c": "mcplb C", "mcplb-epoll": "mcplb, epoll driver",
+         "mcplb-lazy": "mcplb, mimalloc's default purge delay"}
 TAIL_TARGETS = [t for t in os.environ.get("TAIL_TARGETS", "direct mcplb mcplb-b mcplb-c nginx haproxy").split()
                 if t not in EXTRA_PORTS or MCPLB_BIN[t]]
 
@@ -299,15 +313,21 @@ def start_proxy(kind, port, backend, tls=None, admin=None):
     return t
 
 
-def start_proxy_plain(kind, port, backend, tls, admin=None, binary=None):
+def start_proxy_plain(kind, port, backend, tls, admin=None, binary=None, args=(), env=None, proxy_extra=""):
     sfx = "-tls" if tls else ""
     kv = dict(zip(("CERT", "KEY", "PEM"), tls)) if tls else {}
     if kind == "mcplb":
         conf = render(f"mcplb{sfx}.toml.tmpl", f"mcplb-{port}.toml", LISTEN=port, BACKEND=backend, **kv)
+        if proxy_extra:
+            with open(conf) as f:
+                text = f.read().replace("[proxy]\n", f"[proxy]\n{proxy_extra}\n", 1)
+            with open(conf, "w") as f:
+                f.write(text)
         if admin:
             with open(conf, "a") as f:
                 f.write(f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n')
-        p = spawn(["taskset", "-c", "0", binary or mcplb_bin(), "run", "--config", conf], f"mcplb-{port}")
+        p = spawn(["taskset", "-c", "0", binary or mcplb_bin(), "run", "--config", conf, *args], f"mcplb-{port}",
+                  env={**os.environ, **env} if env else None)
         wait_port(port, p)
         time.sleep(0.2)
         with open(os.path.join(RUNDIR, f"mcplb-{port}.log"), errors="replace") as f:
@@ -363,6 +383,26 @@ def rss_kib(pid):
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
+    return 0
+
+
+def rss_anon_kib(pid):
+    """Resident anonymous memory (RssAnon): the heap, stacks and the allocator's arenas, not the
+    binary's pages (those do not grow with connections)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return 0
+
+
+def tcp_mem_pages():
+    """The kernel's TCP buffer memory, pages (/proc/net/sockstat): not in any process's RSS."""
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            if line.startswith("TCP:"):
+                v = line.split()
+                return int(v[v.index("mem") + 1])
     return 0
 
 
@@ -903,7 +943,33 @@ def read_answer(s):
     return status
 
 
+def open_idle(port, req, n):
+    """`n` connections that each send one request and read its answer, left open; and how many
+    answers were not 200."""
+    socks, bad = [], 0
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(req)
+        if read_answer(s) != 200:
+            bad += 1
+        socks.append(s)
+    return socks, bad
+
+
+def settled_rss(target):
+    """(RssAnon, VmRSS) of the target's processes, KiB, after IDLE_WAIT s."""
+    time.sleep(IDLE_WAIT)
+    return sum(rss_anon_kib(p) for p in target.pids), sum(rss_kib(p) for p in target.pids)
+
+
 def idle_connections(target, n):
+    """Anonymous RSS added by `n` idle connections, opened in IDLE_STEPS equal steps (RssAnon read
+    after each), over a baseline that already holds IDLE_WARM idle connections: what a process
+    allocates once, at start-up or for its first connections, is behind the baseline, and so is
+    the start-up memory its allocator returns late (opening connections is what makes mimalloc
+    purge it). The total per connection includes the growth of per-connection tables (a table
+    that doubles shows as a jump at one step); the median step is the cost of a connection
+    between such jumps."""
     req = one_request(target.port)
     # warm the path (and the upstream connection) before the baseline
     s = socket.create_connection(("127.0.0.1", target.port))
@@ -911,22 +977,25 @@ def idle_connections(target, n):
         s.sendall(req)
         read_answer(s)
     s.close()
-    time.sleep(IDLE_WAIT)
-    before = sum(rss_kib(p) for p in target.pids)
-    socks, bad = [], 0
+    socks, bad = open_idle(target.port, req, IDLE_WARM)
+    before, vm_before = settled_rss(target)
+    tcp_before = tcp_mem_pages()
     t0 = time.time()
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", target.port), timeout=10)
-        s.sendall(req)
-        if read_answer(s) != 200:
-            bad += 1
-        socks.append(s)
-    opened = time.time() - t0
-    time.sleep(IDLE_WAIT)
-    after = sum(rss_kib(p) for p in target.pids)
+    steps, sizes = [before], []
+    for i in range(IDLE_STEPS):
+        k = n * (i + 1) // IDLE_STEPS - n * i // IDLE_STEPS
+        more, b = open_idle(target.port, req, k)
+        socks += more
+        bad += b
+        sizes.append(k)
+        steps.append(settled_rss(target)[0])
+    after, vm_after = steps[-1], sum(rss_kib(p) for p in target.pids)
+    opened = time.time() - t0 - IDLE_WAIT * IDLE_STEPS
+    tcp_after = tcp_mem_pages()
     # still open? (a proxy that dropped idle connections would make the figure meaningless)
     alive = 0
-    for s in socks[:: max(1, n // 200)]:
+    sample = socks[:: max(1, len(socks) // 200)]
+    for s in sample:
         s.setblocking(False)
         try:
             alive += 0 if s.recv(1) == b"" else 1
@@ -934,35 +1003,63 @@ def idle_connections(target, n):
             alive += 1
         except OSError:
             pass
-    sampled = len(socks[:: max(1, n // 200)])
     for s in socks:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST, no TIME_WAIT
         s.close()
+    step_bytes = [round((y - x) * 1024 / k) for x, y, k in zip(steps, steps[1:], sizes)]
     return {"rss_before_kib": before, "rss_after_kib": after, "per_conn_bytes": round((after - before) * 1024 / n),
-            "non_200": bad, "open_s": round(opened, 2), "alive_sampled": f"{alive}/{sampled}"}
+            "median_step_bytes": round(statistics.median(step_bytes)), "step_bytes": step_bytes, "rss_steps_kib": steps,
+            "vmrss_before_kib": vm_before, "vmrss_after_kib": vm_after, "warm_conns": IDLE_WARM,
+            "tcp_mem_pages_before": tcp_before, "tcp_mem_pages_after": tcp_after,
+            "non_200": bad, "open_s": round(opened, 2), "alive_sampled": f"{alive}/{len(sample)}"}
+
+
+def start_memory_target(kind, port, backend_port):
+    """A memory-phase target: a proxy of PROXIES, or mcplb on its epoll driver (`mcplb-epoll`) or
+    with mimalloc's default purge delay (`mcplb-lazy`). mcplb otherwise runs with
+    MIMALLOC_PURGE_DELAY=MEM_PURGE_DELAY: mimalloc (v3, libmimalloc-sys's default) returns freed
+    memory only at a later allocation, at least its purge delay (1 s by default) after the free,
+    so an idle process keeps what it freed last resident, and opening connections purges it: RSS
+    then falls while connections open."""
+    if kind not in ("mcplb", "mcplb-epoll", "mcplb-lazy"):
+        return start_proxy(kind, port, backend_port)
+    env = {} if kind == "mcplb-lazy" or MEM_PURGE_DELAY == "" else {"MIMALLOC_PURGE_DELAY": MEM_PURGE_DELAY}
+    args = ("--driver", "legacy") if kind == "mcplb-epoll" else ()
+    # Its idle connections must outlive a slow cell (11 000 connections opened on a busy machine
+    # can take a minute; the default client_idle_timeout is 60 s).
+    t = start_proxy_plain("mcplb", port, backend_port, None, args=args, env=env,
+                          proxy_extra='client_idle_timeout = "600s"')
+    t.kind = kind
+    return t
 
 
 def phase_memory(backend_port):
-    """Figure 5: RSS with IDLE_CONNS idle client connections minus RSS with none (fresh proxy each run)."""
+    """Figure 5: anonymous RSS added per idle client connection (fresh proxy each run, IDLE_WARM
+    idle connections open before the baseline, IDLE_CONNS more in two halves)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, IDLE_CONNS + 1000) if hard != resource.RLIM_INFINITY else IDLE_CONNS + 1000
+    need = IDLE_CONNS + IDLE_WARM + 1000
+    want = min(hard, need) if hard != resource.RLIM_INFINITY else need
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    n = min(IDLE_CONNS, want - 200)
+    n = min(IDLE_CONNS, want - IDLE_WARM - 200)
     cells = {}
     for run in range(RUNS):
-        for kind in PROXIES:
-            port = PROXY_PORTS[kind] + 10
-            t = start_proxy(kind, port, backend_port)
+        for kind in MEM_TARGETS:
+            port = PROXY_PORTS["mcplb" if kind.startswith("mcplb") else kind] + 10
+            t = start_memory_target(kind, port, backend_port)
             try:
                 r = idle_connections(t, n)
             finally:
                 t.stop()
             r["run"], r["connections"] = run, n
             cells.setdefault(kind, []).append(r)
-            log(f"memory {kind:8s} run {run + 1}: {r['per_conn_bytes']} B per idle connection "
-                f"({r['rss_before_kib']} -> {r['rss_after_kib']} KiB, alive {r['alive_sampled']}, non-200 {r['non_200']})")
-    RESULTS["memory"] = {"connections": n, "cells": cells}
+            if r["alive_sampled"].split("/")[0] != r["alive_sampled"].split("/")[1]:
+                log(f"memory {kind}: some connections were closed before the end: this run's figure is too low")
+            log(f"memory {kind:11s} run {run + 1}: {r['per_conn_bytes']} B per idle connection, median step "
+                f"{r['median_step_bytes']} (steps {' '.join(map(str, r['step_bytes']))}; RssAnon {r['rss_before_kib']} -> "
+                f"{r['rss_after_kib']} KiB, alive {r['alive_sampled']}, non-200 {r['non_200']})")
+    RESULTS["memory"] = {"connections": n, "warm": IDLE_WARM, "steps": IDLE_STEPS, "purge_delay": MEM_PURGE_DELAY,
+                         "cells": cells}
 
 
 def phase_sessions():
@@ -1327,17 +1424,31 @@ def report(facts, command, started, finished, load_start, load_end):
         L.append("")
     if mem:
         L.append(f"## 5. Memory per idle connection ({mem['connections']} connections)\n")
-        L.append("Each run starts the proxy fresh, warms it with 20 requests, reads its RSS (VmRSS; nginx: master + "
-                 f"worker), opens {mem['connections']} connections that each send one request and read its answer, "
-                 f"waits {IDLE_WAIT:.0f} s, reads RSS again. Sampled connections are checked to be still open.\n")
-        L.append("| target | bytes per idle connection | RSS before → after, KiB (last run) | alive (sampled) | non-200 |")
-        L.append("|---|---|---|---|---|")
-        for kd in PROXIES:
+        pd = mem.get("purge_delay", "0")
+        L.append(f"Each run starts the proxy fresh, warms it with 20 requests on one connection, opens {mem.get('warm', 0)} "
+                 "idle connections (each sends one request and reads its answer) and keeps them open, waits "
+                 f"{IDLE_WAIT:.0f} s and reads its anonymous RSS (RssAnon; nginx: master + worker); then opens "
+                 f"{mem['connections']} more such connections in {mem.get('steps', 1)} equal steps, reading RssAnon "
+                 f"{IDLE_WAIT:.0f} s after each. *Bytes per idle connection* is the RssAnon added over all steps per "
+                 "connection (what N idle connections cost, the growth of per-connection tables included); "
+                 "*median step* is the median of the steps' bytes per connection (the cost of a connection between "
+                 "the jumps of a table that doubles). Sampled connections are checked to be still open. mcplb runs with "
+                 + (f"`MIMALLOC_PURGE_DELAY={pd}`" if pd != "" else "mimalloc's defaults")
+                 + " (mimalloc v3 returns freed memory to the kernel only at a later allocation, by default at least 1 s "
+                 "after the free: an idle process keeps what it freed last resident, and the allocations of new "
+                 "connections purge it, so RSS can fall while connections open); *mcplb-lazy* is the same mcplb with "
+                 "mimalloc's default delay. The kernel's socket memory is in no process's RSS.\n")
+        L.append("| target | bytes per idle connection | median step, bytes per connection | "
+                 "RssAnon before → after, KiB (last run) | steps, bytes per connection (last run) | alive (sampled) | non-200 |")
+        L.append("|---|---|---|---|---|---|---|")
+        for kd in MEM_TARGETS:
             cs = mem["cells"].get(kd, [])
             if cs:
-                L.append(f"| {NAMES[kd]} | {spread([x['per_conn_bytes'] for x in cs], f0)} | "
-                         f"{cs[-1]['rss_before_kib']} → {cs[-1]['rss_after_kib']} | {cs[-1]['alive_sampled']} | "
-                         f"{sum(x['non_200'] for x in cs)} |")
+                L.append(f"| {NAMES.get(kd, kd)} | {spread([x['per_conn_bytes'] for x in cs], f0)} | "
+                         f"{spread([x.get('median_step_bytes', 0) for x in cs], f0)} | "
+                         f"{cs[-1]['rss_before_kib']} → {cs[-1]['rss_after_kib']} | "
+                         f"{' '.join(str(v) for v in cs[-1].get('step_bytes', []))} | "
+                         f"{cs[-1]['alive_sampled']} | {sum(x['non_200'] for x in cs)} |")
         L.append("")
     if ses:
         L.append(f"## 6. Sessions held through mcplb ({ses['sessions']} concurrent MCP sessions)\n")
@@ -1510,7 +1621,9 @@ def main():
                    "settings": {"DURATION": DURATION, "LAT_DURATION": LAT_DURATION, "RUNS": RUNS, "CONNS": CONNS,
                                 "LAT_CONNS": LAT_CONNS, "FIXED_RATE": FIXED_RATE, "TAIL_CONNS": TAIL_CONNS,
                                 "TAIL_RATE": TAIL_RATE, "TAIL_DURATION": TAIL_DURATION, "TAIL_TARGETS": TAIL_TARGETS, "STRACE_SECS": STRACE_SECS,
-                                "IDLE_CONNS": IDLE_CONNS, "IDLE_WAIT": IDLE_WAIT, "SESSIONS": SESSIONS, "SESSION_RATE": SESSION_RATE},
+                                "IDLE_CONNS": IDLE_CONNS, "IDLE_WAIT": IDLE_WAIT,
+                                "IDLE_WARM": IDLE_WARM, "IDLE_STEPS": IDLE_STEPS, "MEM_TARGETS": MEM_TARGETS, "MEM_PURGE_DELAY": MEM_PURGE_DELAY,
+                                "SESSIONS": SESSIONS, "SESSION_RATE": SESSION_RATE},
                    "request_body": WRK_BODY, "results": RESULTS}, f, indent=1)
     text = report(facts, command, started, finished, load_start, load_end)
     with open(md_path, "w") as f:

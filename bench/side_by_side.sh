@@ -8,7 +8,7 @@
 # Settings (environment): DURATION (s per closed-loop cell, 10), LAT_DURATION (s per open-loop
 # cell, = DURATION), RUNS (3), CONNS ("64 256"), LAT_CONNS (256), FIXED_RATE (10000),
 # TAIL_CONNS (1000), TAIL_RATE (10000), TAIL_DURATION (= LAT_DURATION): the tail phase's
-# open-loop cell (issue 18: p99/p99.9/max of every target, mcplb's loop gaps), STRACE_SECS (3), IDLE_CONNS (10000), SESSIONS (1000), SESSION_RATE (10000), XCHECK (1),
+# open-loop cell (issue 18: p99/p99.9/max of every target, mcplb's loop gaps), STRACE_SECS (3), IDLE_CONNS (10000), IDLE_WARM (1000), IDLE_STEPS (10), MEM_TARGETS, MEM_PURGE_DELAY (0: see side_by_side.py), SESSIONS (1000), SESSION_RATE (10000), XCHECK (1),
 # PHASES ("throughput latency tail syscalls https agreement memory sessions xcheck";
 # `PHASES=tail` runs the tail cell alone), BASE_PORT
 # (27000), OUT, RESULT_NAME (side-by-side: the results' file name after the date), MCPLB (the
@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 COMMAND="bench/side_by_side.sh"
-for v in DURATION LAT_DURATION RUNS CONNS LAT_CONNS FIXED_RATE TAIL_CONNS TAIL_RATE TAIL_DURATION STRACE_SECS IDLE_CONNS IDLE_WAIT \
+for v in DURATION LAT_DURATION RUNS CONNS LAT_CONNS FIXED_RATE TAIL_CONNS TAIL_RATE TAIL_DURATION STRACE_SECS IDLE_CONNS IDLE_WAIT IDLE_WARM IDLE_STEPS MEM_TARGETS MEM_PURGE_DELAY \
          SESSIONS SESSION_RATE XCHECK PHASES BASE_PORT OUT RESULT_NAME LOAD_MAX LOAD_WAIT NO_BUILD \
          MCPLB MCPLB_B MCPLB_C TAIL_TARGETS TAIL_SPIN LOAD_BIN; do
     if [ -n "${!v:-}" ]; then COMMAND="$v=\"${!v}\" $COMMAND"; fi
