@@ -683,7 +683,20 @@ pub(crate) async fn next_event(
 /// and never growing `buf`. An answer still incomplete costs one recv that finds nothing.
 /// EOF or an error is left for the body's next read, which sees it again (a reset socket
 /// reads as EOF after reporting the reset once: either way the body is cut short).
+///
+/// The first look is made in place: an answer that came whole with its head (the usual JSON
+/// answer) makes no call. Out of line, that look cost 46 instructions a request, most of them
+/// saving and restoring the registers of the recv path (callgrind, stateless, 64 connections).
+#[inline(always)]
 fn take_waiting(s: &monoio::net::TcpStream, buf: &mut Vec<u8>, head_len: usize, f: &Framing) {
+    if may_go_on(f, buf.get(head_len..).unwrap_or_default()) {
+        take_waiting_recvs(s, buf, head_len, f);
+    }
+}
+
+/// [`take_waiting`]'s recvs, once its first look found that the body may go on.
+#[inline(never)]
+fn take_waiting_recvs(s: &monoio::net::TcpStream, buf: &mut Vec<u8>, head_len: usize, f: &Framing) {
     for _ in 0..TAKE_WAITING_RECVS {
         let body = buf.get(head_len..).unwrap_or_default();
         if !may_go_on(f, body) || buf.capacity() - buf.len() < 1024 {
@@ -704,6 +717,7 @@ const TAKE_WAITING_RECVS: usize = 3;
 /// nothing: a length not reached yet; a chunked body that does not end with its last chunk
 /// (a body that ends with those bytes inside a chunk only loses the early read); any body
 /// framed by the connection's end.
+#[inline(always)]
 fn may_go_on(framing: &Framing, body: &[u8]) -> bool {
     match framing {
         Framing::None => false,
