@@ -9,7 +9,8 @@
 # Both builds run at once, each one worker pinned to core 0, in front of the same mock MCP
 # backend (`mcplb-load mock --stateless --threads 1`, core 1). wrk (core 1, one thread,
 # CONNS connections, the 200-byte `tools/call` of bench/quick/post.lua) loads A and B in turn,
-# A B A B ... PAIRS pairs after one warm-up each, SECS seconds a run. Per run: req/s, the
+# A B, B A, A B ... (the order alternates) PAIRS pairs after one warm-up each, SECS seconds a
+# run. Per run: req/s, the
 # proxy's CPU µs per request (utime+stime from /proc/PID/stat over the run, divided by the
 # requests) and wrk's p50/p99 latency. Writes bench/results/<date>-ab-TAG.md with every run,
 # the medians, the pairwise B/A ratios, machine facts and the command. Settings (env): PAIRS
@@ -116,7 +117,14 @@ one_run "$PID_A" "$PORT_A" "${SID_A:-}" >/dev/null
 one_run "$PID_B" "$PORT_B" "${SID_B:-}" >/dev/null
 rows=()
 for i in $(seq "$PAIRS"); do
-    ra=$(one_run "$PID_A" "$PORT_A" "${SID_A:-}"); rb=$(one_run "$PID_B" "$PORT_B" "${SID_B:-}")
+    # The order alternates within pairs (A B, then B A). It does not remove every bias: the same
+    # binary as A and B read B/A 1.084 [0.944-1.165] (bench/results/2026-12-07-session8-end.md),
+    # so for a difference of a few percent run it again with A and B swapped and combine.
+    if ((i % 2)); then
+        ra=$(one_run "$PID_A" "$PORT_A" "${SID_A:-}"); rb=$(one_run "$PID_B" "$PORT_B" "${SID_B:-}")
+    else
+        rb=$(one_run "$PID_B" "$PORT_B" "${SID_B:-}"); ra=$(one_run "$PID_A" "$PORT_A" "${SID_A:-}")
+    fi
     echo "pair $i: A $ra | B $rb"
     rows+=("$ra|$rb")
 done
