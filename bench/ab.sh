@@ -117,9 +117,9 @@ one_run "$PID_A" "$PORT_A" "${SID_A:-}" >/dev/null
 one_run "$PID_B" "$PORT_B" "${SID_B:-}" >/dev/null
 rows=()
 for i in $(seq "$PAIRS"); do
-    # The order alternates within pairs (A B, then B A). It does not remove every bias: the same
-    # binary as A and B read B/A 1.084 [0.944-1.165] (bench/results/2026-12-07-session8-end.md),
-    # so for a difference of a few percent run it again with A and B swapped and combine.
+    # The order alternates within pairs (A B, then B A). The same binary as A and B still read
+    # B/A 1.007-1.084 over 6 pairs (bench/results/2026-12-07-session8-end.md): for a difference
+    # of a few percent, run it again with A and B swapped, and count instructions.
     if ((i % 2)); then
         ra=$(one_run "$PID_A" "$PORT_A" "${SID_A:-}"); rb=$(one_run "$PID_B" "$PORT_B" "${SID_B:-}")
     else
