@@ -19,7 +19,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::{json, Value};
 
-use crate::load::{STATEFUL_VERSION, STATELESS_VERSION};
+use crate::load::{initialize_request, stateless_meta, STATEFUL_VERSION, STATELESS_VERSION};
 
 /// What an HTTP/3 load run does.
 #[derive(Debug, Clone)]
@@ -297,10 +297,7 @@ async fn calls(
     }
     let mut params = json!({"name": opts.tool, "arguments": opts.arguments});
     if opts.stateless {
-        params["_meta"] = json!({
-            "io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
-            "io.modelcontextprotocol/clientCapabilities": {},
-        });
+        params["_meta"] = stateless_meta();
     }
     let mut made = 0u64;
     while (opts.calls_per_connection == 0 || made < opts.calls_per_connection) && end.take() {
@@ -326,14 +323,7 @@ async fn initialize(
     opts: &H3Options,
     r: &mut H3Report,
 ) -> anyhow::Result<Option<String>> {
-    let body = json!({
-        "jsonrpc": "2.0", "id": 0, "method": "initialize",
-        "params": {
-            "protocolVersion": STATEFUL_VERSION,
-            "capabilities": {},
-            "clientInfo": {"name": "mcplb-load", "version": env!("CARGO_PKG_VERSION")},
-        },
-    });
+    let body = initialize_request(0);
     let (status, session, answer) = exchange(send, target, opts, &[], body.to_string()).await?;
     if status != 200 || !has_result(&answer) {
         anyhow::bail!("initialize answered {status}");

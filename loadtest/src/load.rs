@@ -51,6 +51,26 @@ pub(crate) const STATEFUL_VERSION: &str = "2025-06-18";
 /// Protocol revision sent in stateless mode.
 pub(crate) const STATELESS_VERSION: &str = "2026-07-28";
 
+/// The `initialize` request a session opens with (id `id`), over HTTP/1.1 and HTTP/3 alike.
+pub(crate) fn initialize_request(id: u64) -> Value {
+    json!({
+        "jsonrpc": "2.0", "id": id, "method": "initialize",
+        "params": {
+            "protocolVersion": STATEFUL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "mcplb-load", "version": env!("CARGO_PKG_VERSION")},
+        },
+    })
+}
+
+/// The `_meta` a 2026-07-28 stateless request carries in its params.
+pub(crate) fn stateless_meta() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
+        "io.modelcontextprotocol/clientCapabilities": {},
+    })
+}
+
 /// What a load run does.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -243,13 +263,7 @@ impl Plan {
             }
             let mut headers = String::new();
             if opts.stateless {
-                params.insert(
-                    "_meta".into(),
-                    json!({
-                        "io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
-                        "io.modelcontextprotocol/clientCapabilities": {},
-                    }),
-                );
+                params.insert("_meta".into(), stateless_meta());
                 headers = format!(
                     "MCP-Protocol-Version: {STATELESS_VERSION}\r\nMcp-Method: {}\r\n",
                     c.method
@@ -1020,14 +1034,7 @@ impl Vu {
             return Ok(());
         }
         let id = self.take_id();
-        let body = json!({
-            "jsonrpc": "2.0", "id": id, "method": "initialize",
-            "params": {
-                "protocolVersion": STATEFUL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "mcplb-load", "version": env!("CARGO_PKG_VERSION")},
-            },
-        });
+        let body = initialize_request(id);
         self.render_setup(&body.to_string(), None);
         let out = std::mem::take(&mut self.out);
         let digits = id_digits(id);
