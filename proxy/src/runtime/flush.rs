@@ -188,19 +188,10 @@ async fn until_requested(latest: Instant, mut shutdown: Pin<&mut ShutdownSignal>
     WAITING.with(|w| w.set(None));
 }
 
-/// When a dormant flusher wakes to close pooled upstream connections no request came to use:
-/// once the oldest has idled twice `upstream_idle_timeout`. While requests come, the flushes
-/// at their ends close expired connections with no wake-up of their own; the slack spares a
-/// wake-up per call to an agent that calls a little less often than the timeout (every 5 s
-/// against 4 s), whose next call comes first. None pooled: no timer.
+/// When a dormant flusher wakes to close pooled upstream connections no request came to use
+/// ([`Core::pool_sweep_due`], the earliest of the worker's states). None pooled: no timer.
 fn pool_sweep_at(cores: &[Rc<Core>]) -> Option<Instant> {
-    cores
-        .iter()
-        .filter_map(|c| {
-            let at = c.pools_expire_at()?;
-            Some(at + c.shared.config.proxy.upstream_idle_timeout)
-        })
-        .min()
+    cores.iter().filter_map(|c| c.pool_sweep_due()).min()
 }
 
 /// Waits until [`note`] is called, a shutdown begins or `until` (with no timer when `None`);
