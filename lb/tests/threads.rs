@@ -9,6 +9,15 @@ use mcplb_lb::{
     FailureKind, GroupHealth, HealthState, OutlierConfig, RetryBudget, RetryBudgetConfig,
 };
 
+/// Sets its flag when dropped, also while a panic unwinds.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 #[test]
 fn two_writers_one_reader() {
     let g = Arc::new(GroupHealth::new(
@@ -19,10 +28,15 @@ fn two_writers_one_reader() {
         },
     ));
     let stop = Arc::new(AtomicBool::new(false));
+    // The writers start once the reader has read: else, on a busy machine, they could finish
+    // (and stop it) before its first read, and nothing would have been read concurrently.
+    let reading = Arc::new(AtomicBool::new(false));
     let now = 1_000_000_000u64;
     let reader = {
-        let (g, stop) = (g.clone(), stop.clone());
+        let (g, stop, reading) = (g.clone(), stop.clone(), reading.clone());
         thread::spawn(move || {
+            // A reader that fails its assertion still lets the writers go (and the test fail).
+            let _go = SetOnDrop(reading.clone());
             let mut reads = 0u64;
             let mut worst = 0usize;
             while !stop.load(Ordering::Relaxed) {
@@ -37,14 +51,18 @@ fn two_writers_one_reader() {
                     reads += 1;
                 }
                 worst = worst.max(g.ejected_count(now));
+                reading.store(true, Ordering::Release);
             }
             (reads, worst)
         })
     };
     let writers: Vec<_> = (0..2)
         .map(|t| {
-            let g = g.clone();
+            let (g, reading) = (g.clone(), reading.clone());
             thread::spawn(move || {
+                while !reading.load(Ordering::Acquire) {
+                    thread::yield_now();
+                }
                 let mut ejections = 0;
                 for round in 0..20_000usize {
                     // Both threads hammer every backend, 5xx mostly, with some successes.
