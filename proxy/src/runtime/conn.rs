@@ -148,8 +148,15 @@ pub(crate) async fn park_loop(park: Rc<IdleSet>, newest: impl Fn() -> Option<Rc<
             }
             Woke::Ready | Woke::Rearm => {}
         }
+        // A burst (thousands woken or swept at once) leaves no large list behind.
+        if ready.capacity() > READY_KEEP {
+            ready = Vec::new();
+        }
     }
 }
+
+/// The most wake-ups [`park_loop`]'s list keeps room for between batches.
+const READY_KEEP: usize = 256;
 
 /// Serves requests on a connection until it closes or, a plain one, goes idle between
 /// requests: then it is parked, and this task waits among the core's warm ones
@@ -281,7 +288,7 @@ async fn serve_connection(
         // Parked, the connection keeps its slot; if it cannot be, both drop here.
         let timeout = core.shared.config.proxy.client_idle_timeout;
         let set = core.park.clone();
-        let Ok(ticket) = set.park(s, peer, client, since, timeout) else {
+        let Some(ticket) = set.park(s, peer, client, since, timeout) else {
             return;
         };
         // Waiting, the task holds no per-core state (a reload's old one is not kept alive).

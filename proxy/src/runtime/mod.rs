@@ -15,6 +15,7 @@ pub(crate) mod proxy_protocol;
 pub(crate) mod reuse;
 pub(crate) mod shared;
 pub(crate) mod shutdown;
+pub(crate) mod slots;
 pub(crate) mod timer;
 
 use std::cell::{Cell, RefCell};
