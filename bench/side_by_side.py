@@ -25,7 +25,8 @@ Settings (environment):
   IDLE_STEPS    steps the IDLE_CONNS connections are opened in, RSS read after each (default 10)
   MEM_TARGETS   the memory phase's targets (default "mcplb mcplb-epoll mcplb-lazy nginx haproxy":
                 mcplb on io_uring, mcplb on its epoll driver, mcplb on io_uring with mimalloc's
-                default purge delay)
+                default purge delay; "mcplb-b" and "mcplb-b-epoll": the MCPLB_B build, the same
+                run's before/after)
   MEM_PURGE_DELAY  MIMALLOC_PURGE_DELAY for mcplb in the memory phase (default 0: memory freed is
                 returned at once, not at an allocation at least 1 s later; "mcplb-lazy" keeps
                 mimalloc's default)
@@ -113,7 +114,7 @@ TARGETS = ["direct"] + PROXIES
 TAIL_SPIN = os.environ.get("TAIL_SPIN", "").split()
 NAMES = {"direct": "direct", "mcplb": "mcplb", "nginx": "nginx", "haproxy": "HAProxy", "mcplb-b": "mcplb B",
          "mcplb-c": "mcplb C", "mcplb-epoll": "mcplb, epoll driver",
-         "mcplb-lazy": "mcplb, mimalloc's default purge delay"}
+         "mcplb-lazy": "mcplb, mimalloc's default purge delay", "mcplb-b-epoll": "mcplb B, epoll driver"}
 TAIL_TARGETS = [t for t in os.environ.get("TAIL_TARGETS", "direct mcplb mcplb-b mcplb-c nginx haproxy").split()
                 if t not in EXTRA_PORTS or MCPLB_BIN[t]]
 
@@ -1021,13 +1022,14 @@ def start_memory_target(kind, port, backend_port):
     memory only at a later allocation, at least its purge delay (1 s by default) after the free,
     so an idle process keeps what it freed last resident, and opening connections purges it: RSS
     then falls while connections open."""
-    if kind not in ("mcplb", "mcplb-epoll", "mcplb-lazy"):
+    if kind not in ("mcplb", "mcplb-epoll", "mcplb-lazy", "mcplb-b", "mcplb-b-epoll"):
         return start_proxy(kind, port, backend_port)
     env = {} if kind == "mcplb-lazy" or MEM_PURGE_DELAY == "" else {"MIMALLOC_PURGE_DELAY": MEM_PURGE_DELAY}
-    args = ("--driver", "legacy") if kind == "mcplb-epoll" else ()
+    args = ("--driver", "legacy") if kind.endswith("-epoll") else ()
+    binary = mcplb_bin("mcplb-b") if kind.startswith("mcplb-b") else None
     # Its idle connections must outlive a slow cell (11 000 connections opened on a busy machine
     # can take a minute; the default client_idle_timeout is 60 s).
-    t = start_proxy_plain("mcplb", port, backend_port, None, args=args, env=env,
+    t = start_proxy_plain("mcplb", port, backend_port, None, binary=binary, args=args, env=env,
                           proxy_extra='client_idle_timeout = "600s"')
     t.kind = kind
     return t
