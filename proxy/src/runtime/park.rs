@@ -207,33 +207,29 @@ impl IdleSet {
         woke
     }
 
-    /// Moves the parked connections the epoll set reports readable into `out`, and closes at
-    /// once those that the client closed or reset with nothing left to read ([`gone`]): they
-    /// cost no task and no buffer (10 000 parked connections reset at once took a task each,
-    /// about 4 KiB, all at the same time).
+    /// Moves the parked connections the epoll set reports readable into `out` (one batch of
+    /// [`BATCH`] at most: more wait for the next [`IdleSet::wait`], which returns at once), and
+    /// closes at once those that the client closed or reset with nothing left to read
+    /// ([`gone`]): they cost no task and no buffer (10 000 parked connections reset at once
+    /// took a task each, about 4 KiB, all at the same time). One batch at a time, so a burst's
+    /// closes (one io_uring operation each) and tasks are not all in flight together.
     #[allow(unsafe_code)]
     fn drain(&self, out: &mut Vec<Woken>) {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
-        loop {
-            // SAFETY: epoll_wait into a stack array of BATCH events, never blocking.
-            let n = unsafe {
-                libc::epoll_wait(self.epfd(), events.as_mut_ptr(), BATCH as libc::c_int, 0)
+        // SAFETY: epoll_wait into a stack array of BATCH events, never blocking.
+        let n =
+            unsafe { libc::epoll_wait(self.epfd(), events.as_mut_ptr(), BATCH as libc::c_int, 0) };
+        let Ok(n) = usize::try_from(n) else { return };
+        for ev in events.iter().take(n) {
+            let (flags, ticket) = (ev.events, ev.u64);
+            let Some(parked) = self.slots.borrow_mut().remove(ticket) else {
+                continue;
             };
-            let Ok(n) = usize::try_from(n) else { return };
-            for ev in events.iter().take(n) {
-                let (flags, ticket) = (ev.events, ev.u64);
-                let Some(parked) = self.slots.borrow_mut().remove(ticket) else {
-                    continue;
-                };
-                if gone(flags, parked.stream.as_raw_fd()) {
-                    // Dropped: the socket closes and its slot of the connection counts goes.
-                    continue;
-                }
-                out.push(Woken { parked, ticket });
+            if gone(flags, parked.stream.as_raw_fd()) {
+                // Dropped: the socket closes and its slot of the connection counts goes.
+                continue;
             }
-            if n < BATCH {
-                return;
-            }
+            out.push(Woken { parked, ticket });
         }
     }
 
