@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::runtime::slots::SlotTable;
+use crate::runtime::slots::{per_chunk, SlotTable};
 use crate::runtime::timer::Timer;
 use crate::runtime::ClientSlot;
 
@@ -53,7 +53,7 @@ pub(crate) struct IdleSet {
     waiter: TcpStream,
     /// The parked connections, in chunks (`slots.rs`): a late event for an earlier occupant of
     /// a slot is recognised by its generation and ignored.
-    slots: RefCell<SlotTable<Parked>>,
+    slots: RefCell<SlotTable<Parked, PARKED_PER_CHUNK>>,
     /// When the oldest parked connection may be due to close (no earlier than the truth: a
     /// sweep then finds out); `None` while nothing is parked.
     next_sweep: Cell<Option<Instant>>,
@@ -87,6 +87,9 @@ pub(crate) enum Woke {
 }
 
 const BATCH: usize = 64;
+
+/// Parked connections per chunk of the idle set's table: 16 KiB chunks.
+const PARKED_PER_CHUNK: usize = per_chunk::<Parked>(16 * 1024);
 
 impl IdleSet {
     /// A new, empty set (one epoll file descriptor).
