@@ -1,6 +1,8 @@
 //! The idle set's slot table: values in fixed-size chunks, allocated as needed, so the table
-//! grows by a chunk at a time rather than doubling (a doubling `Vec` of parked connections made
-//! RSS jump by about 1 MiB at powers of two, half of it unused until the next one).
+//! grows by a chunk at a time rather than doubling, and gives memory back as it empties (the
+//! doubling `Vec` it replaced never shrank). The RSS jumps of 1-2 MiB seen while idle
+//! connections open are mimalloc's transparent huge pages, not the table: with
+//! `MIMALLOC_ALLOW_THP=0` both grow linearly (`bench/results/2026-12-07-reset-memory.md`).
 //!
 //! Each value gets a ticket: its slot's index and the slot's generation while it stays there,
 //! so a late event for an earlier occupant is recognised ([`SlotTable::remove`] returns
