@@ -29,6 +29,7 @@ pub(crate) mod era_bridge;
 pub(crate) mod era_listen;
 pub(crate) mod era_sessions;
 pub(crate) mod failover;
+pub(crate) mod gather;
 pub(crate) mod head;
 pub(crate) mod legacy_front;
 pub(crate) mod metadata;
