@@ -7,7 +7,7 @@
 //! QUIC and TLS handshake, and a new session) takes its place. The server's certificate is not
 //! verified (loopback benchmarks and tests with a certificate made for the run).
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::{json, Value};
 
 use crate::load::{initialize_request, stateless_meta, STATEFUL_VERSION, STATELESS_VERSION};
+use crate::url::{HttpUrl, Scheme};
 
 /// What an HTTP/3 load run does.
 #[derive(Debug, Clone)]
@@ -75,39 +76,18 @@ impl H3Report {
     }
 }
 
-/// Where the requests go.
+/// Where the requests go: the URL and the address its host resolved to.
 struct Target {
     addr: SocketAddr,
-    /// `host:port` (the `:authority`).
-    authority: String,
-    /// The TLS server name: the host without its port or brackets.
-    host: String,
-    path: String,
+    url: HttpUrl,
 }
 
 impl Target {
     fn parse(url: &str) -> anyhow::Result<Target> {
-        let rest = url
-            .strip_prefix("https://")
-            .ok_or_else(|| anyhow::anyhow!("HTTP/3 needs an https:// URL: {url}"))?;
-        let (auth, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
-        let (host, port) = match auth.rsplit_once(':') {
-            Some((h, p)) if !p.contains(']') => (h, p.parse::<u16>()?),
-            _ => (auth, 443),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            anyhow::bail!("URL has no host: {url}");
-        }
-        let addr = (host, port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("{host} resolves to no address"))?;
+        let url = HttpUrl::parse_as(Scheme::Https, url)?;
         Ok(Target {
-            addr,
-            authority: auth.to_string(),
-            host: host.to_string(),
-            path: path.to_string(),
+            addr: url.resolve()?,
+            url,
         })
     }
 }
@@ -265,7 +245,7 @@ async fn one_connection(
     end: &End,
     r: &mut H3Report,
 ) -> anyhow::Result<()> {
-    let connecting = endpoint.connect(target.addr, &target.host)?;
+    let connecting = endpoint.connect(target.addr, &target.url.host)?;
     let conn = tokio::time::timeout(opts.timeout, connecting).await??;
     r.connections += 1;
     let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn.clone())).await?;
@@ -357,10 +337,13 @@ async fn exchange(
     headers: &[(&str, String)],
     body: String,
 ) -> anyhow::Result<(u16, Option<String>, Vec<u8>)> {
-    let mut req = http::Request::post(format!("https://{}{}", target.authority, target.path))
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("content-length", body.len());
+    let mut req = http::Request::post(format!(
+        "https://{}{}",
+        target.url.authority, target.url.path
+    ))
+    .header("content-type", "application/json")
+    .header("accept", "application/json, text/event-stream")
+    .header("content-length", body.len());
     for (k, v) in headers {
         req = req.header(*k, v);
     }
@@ -395,20 +378,18 @@ mod tests {
     use super::Target;
 
     #[test]
-    fn urls() {
-        let t = Target::parse("https://127.0.0.1:8443/mcp").unwrap();
-        assert_eq!(
-            (t.authority.as_str(), t.host.as_str(), t.path.as_str()),
-            ("127.0.0.1:8443", "127.0.0.1", "/mcp")
-        );
-        assert_eq!(t.addr.port(), 8443);
+    fn targets() {
+        // The URL's reading is `url::HttpUrl`'s (tested there); the address is its host's.
         let t = Target::parse("https://[::1]:9/a/b").unwrap();
         assert_eq!(
-            (t.host.as_str(), t.path.as_str(), t.addr.port()),
-            ("::1", "/a/b", 9)
+            (t.url.host.as_str(), t.addr.to_string().as_str()),
+            ("::1", "[::1]:9")
         );
         let t = Target::parse("https://127.0.0.1").unwrap();
-        assert_eq!((t.addr.port(), t.path.as_str()), (443, "/"));
+        assert_eq!(
+            (t.url.authority.as_str(), t.addr.port()),
+            ("127.0.0.1:443", 443)
+        );
         assert!(Target::parse("http://127.0.0.1:1/mcp").is_err());
         assert!(Target::parse("https://:1/mcp").is_err());
     }

@@ -9,7 +9,8 @@
 //! data of one event already cut out of a stream, borrowing it in place when it
 //! has one `data` line; [`event_end`] and [`EventEnds`] find where events end,
 //! to cut them out once [`strip_bom`] (or [`StartBom`], for a stream read in
-//! pieces) has dropped the stream's byte-order mark. All of them find line ends
+//! pieces) has dropped the stream's byte-order mark; [`PendingEvents`] does both
+//! for a caller that relays a stream event by event. All of them find line ends
 //! with one scanner.
 
 use std::borrow::Cow;
@@ -642,8 +643,8 @@ pub fn strip_bom(stream: &[u8]) -> &[u8] {
 }
 
 /// [`strip_bom`] for a stream read in pieces of any size (the mark may come split), by
-/// [`SseParser`], [`SseBoundary`] and a caller that cuts events out with [`EventEnds`] or
-/// [`event_end`].
+/// [`SseParser`], [`SseBoundary`], [`PendingEvents`] and a caller that cuts events out with
+/// [`EventEnds`].
 #[derive(Clone, Copy, Debug)]
 pub struct StartBom {
     /// Bytes of the mark matched so far; `None` once past the stream's start.
@@ -688,8 +689,9 @@ impl StartBom {
     /// Drops the stream's byte-order mark from `pending`, a buffer that holds the stream's
     /// bytes from its start until events are cut out of it: nothing once it has done so (or
     /// found none), nor while `pending` could still be a mark's first bytes (they end no
-    /// line, so no event is cut before it can tell). Call before each cut.
-    pub fn drop_from(&mut self, pending: &mut Vec<u8>) {
+    /// line, so no event is cut before it can tell). [`PendingEvents`] calls it before it
+    /// reads for an event's end.
+    fn drop_from(&mut self, pending: &mut Vec<u8>) {
         if self.matched.is_none() || (pending.len() < BOM.len() && BOM.starts_with(pending)) {
             return;
         }
@@ -697,6 +699,91 @@ impl StartBom {
         if pending.starts_with(BOM) {
             pending.drain(..BOM.len());
         }
+    }
+}
+
+/// An event stream's bytes read so far and not yet cut into events, for a caller that relays a
+/// stream event by event: [`extend`](Self::extend) adds the stream's next bytes (pieces of any
+/// size), [`next_event`](Self::next_event) cuts the next whole event off the front, the
+/// stream's byte-order mark dropped first ([`StartBom`]) and the bytes already read for an
+/// event's end not read again ([`EventEnds`]). The events' data are [`SseParser`]'s; their
+/// bytes and [`rest`](Self::rest) make up the stream less its byte-order mark.
+#[derive(Clone, Debug, Default)]
+pub struct PendingEvents {
+    bytes: Vec<u8>,
+    /// `bytes[..cut]` were handed out as events (dropped when more bytes come).
+    cut: usize,
+    /// `bytes[cut..cut + scanned]` were read by `ends` and end no event.
+    scanned: usize,
+    ends: EventEnds,
+    bom: StartBom,
+}
+
+impl PendingEvents {
+    /// At a stream's start.
+    pub const fn new() -> Self {
+        Self {
+            bytes: Vec::new(),
+            cut: 0,
+            scanned: 0,
+            ends: EventEnds::new(),
+            bom: StartBom::new(),
+        }
+    }
+
+    /// Adds the stream's next bytes.
+    pub fn extend(&mut self, piece: &[u8]) {
+        if self.cut > 0 {
+            self.bytes.drain(..self.cut);
+            self.cut = 0;
+        }
+        self.bytes.extend_from_slice(piece);
+    }
+
+    /// The next whole event (its bytes up to and including the blank line that ends it), cut
+    /// off the front; `None` while no event ends in what has come.
+    pub fn next_event(&mut self) -> Option<&[u8]> {
+        if self.bom.matched.is_some() {
+            // Nothing read yet: the mark, if the stream starts with one, goes first; nothing is
+            // read while what has come could still be its first bytes.
+            self.bom.drop_from(&mut self.bytes);
+            if self.bom.matched.is_some() {
+                return None;
+            }
+        }
+        let from = self.cut + self.scanned;
+        let unread = self.bytes.get(from..).unwrap_or_default();
+        if unread.is_empty() {
+            return None;
+        }
+        let Some(n) = self.ends.next_end(unread) else {
+            self.scanned += unread.len();
+            return None;
+        };
+        let (start, end) = (self.cut, from + n);
+        self.cut = end;
+        self.scanned = 0;
+        self.bytes.get(start..end)
+    }
+
+    /// What has come and is not cut out yet: an event's first bytes, or (a stream that ended
+    /// without a blank line) its last event's.
+    pub fn rest(&self) -> &[u8] {
+        self.bytes.get(self.cut..).unwrap_or_default()
+    }
+
+    /// Whether [`rest`](Self::rest) is empty.
+    pub fn is_empty(&self) -> bool {
+        self.rest().is_empty()
+    }
+
+    /// Takes [`rest`](Self::rest), leaving nothing pending.
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        self.bytes.drain(..self.cut);
+        self.cut = 0;
+        self.scanned = 0;
+        self.ends = EventEnds::new();
+        std::mem::take(&mut self.bytes)
     }
 }
 

@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use mcplb_protocol::sse::{
-    event_data, event_data_in, event_end, strip_bom, write_data, EventEnds, SseBoundary, SseParser,
-    StartBom,
+    event_data, event_data_in, event_end, strip_bom, write_data, EventEnds, PendingEvents,
+    SseBoundary, SseParser, StartBom,
 };
 use mcplb_protocol::{
     parse_message, response_error_code, response_outcome, FrameErrorKind as K, MessageKind, Method,
@@ -299,23 +299,11 @@ proptest! {
         // events by `event_end`: each event's data (`event_data`) is what `SseParser`
         // dispatches, in order, none missed, none merged. Read in pieces cut anywhere (also
         // between the CR and the LF of a CRLF), by `EventEnds` over the pieces and by
-        // `event_end` over a buffer that grows as a streaming caller's does, the events'
+        // `PendingEvents` over a buffer that grows as a streaming caller's does, the events'
         // data are the same, and their bytes and what is left make up the stream less its
         // byte-order mark (`strip_bom`, `StartBom` over pieces or a buffer); `SseBoundary`
         // counts as many events.
-        let mut stream: Vec<u8> = if bom { b"\xEF\xBB\xBF".to_vec() } else { Vec::new() };
-        for p in &parts {
-            stream.extend_from_slice(p.as_bytes());
-        }
-        let mut parser = SseParser::new();
-        parser.push(&stream);
-        let want: Vec<String> = std::iter::from_fn(|| parser.next_event()).map(|e| e.data).collect();
-        let data_of = |events: &[Vec<u8>]| -> Vec<String> {
-            events
-                .iter()
-                .filter_map(|e| event_data(e).map(|d| String::from_utf8_lossy(&d).into_owned()))
-                .collect()
-        };
+        let (stream, want) = stream_and_data(&parts, bom);
 
         let body = strip_bom(&stream).to_vec();
         let mut whole = Vec::new();
@@ -357,17 +345,52 @@ proptest! {
         prop_assert_eq!(data_of(&events), want.clone());
         prop_assert_eq!([events.concat(), open].concat(), body.clone());
 
-        let (mut pending, mut events) = (Vec::new(), Vec::new());
-        let mut start = StartBom::new();
+        let (mut pending, mut events) = (PendingEvents::new(), Vec::new());
         for piece in &pieces {
-            pending.extend_from_slice(piece);
-            start.drop_from(&mut pending);
-            while let Some(n) = event_end(&pending) {
-                events.push(pending.drain(..n).collect::<Vec<u8>>());
+            pending.extend(piece);
+            while let Some(event) = pending.next_event() {
+                events.push(event.to_vec());
             }
         }
         prop_assert_eq!(data_of(&events), want);
-        prop_assert_eq!([events.concat(), pending].concat(), body);
+        prop_assert_eq!([events.concat(), pending.take_rest()].concat(), body);
+    }
+
+    #[test]
+    fn pending_events_cut_what_the_stream_parser_dispatches(
+        parts in proptest::collection::vec(sse_piece(), 0..40),
+        bom in any::<bool>(),
+        reads in proptest::collection::vec((1usize..12, 0usize..3), 0..30),
+    ) {
+        // `PendingEvents` read as the era relays read it: the stream's bytes come in pieces of
+        // any size (also a byte-order mark split), and after each piece only some of the whole
+        // events are cut (a relay stops cutting at a request it must answer first), the rest
+        // after later pieces or at the stream's end. The events' data are `SseParser`'s, in
+        // order, and their bytes and what is left make up the stream less its mark.
+        let (stream, want) = stream_and_data(&parts, bom);
+        let (mut pending, mut events) = (PendingEvents::new(), Vec::<Vec<u8>>::new());
+        let mut rest = &stream[..];
+        for (size, cuts) in reads.iter().copied().chain(std::iter::repeat((1, 1))) {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, after) = rest.split_at(size.min(rest.len()));
+            rest = after;
+            pending.extend(piece);
+            for _ in 0..cuts {
+                match pending.next_event() {
+                    Some(event) => events.push(event.to_vec()),
+                    None => break,
+                }
+            }
+        }
+        while let Some(event) = pending.next_event() {
+            events.push(event.to_vec());
+        }
+        prop_assert_eq!(data_of(&events), want);
+        prop_assert!(events.iter().all(|e| event_end(e) == Some(e.len())));
+        prop_assert_eq!(pending.rest().len(), strip_bom(&stream).len() - events.concat().len());
+        prop_assert_eq!([events.concat(), pending.take_rest()].concat(), strip_bom(&stream));
     }
 }
 
@@ -385,6 +408,33 @@ proptest! {
         prop_assert!(parser.next_event().is_none());
         prop_assert_eq!(event_end(&out), Some(out.len()));
     }
+}
+
+/// The stream of `parts` (after a byte-order mark if `bom`) and the data of the events
+/// `SseParser` dispatches from it.
+fn stream_and_data(parts: &[String], bom: bool) -> (Vec<u8>, Vec<String>) {
+    let mut stream: Vec<u8> = if bom {
+        b"\xEF\xBB\xBF".to_vec()
+    } else {
+        Vec::new()
+    };
+    for p in parts {
+        stream.extend_from_slice(p.as_bytes());
+    }
+    let mut parser = SseParser::new();
+    parser.push(&stream);
+    let want = std::iter::from_fn(|| parser.next_event())
+        .map(|e| e.data)
+        .collect();
+    (stream, want)
+}
+
+/// The data of events cut out of a stream (`event_data`), as text.
+fn data_of(events: &[Vec<u8>]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| event_data(e).map(|d| String::from_utf8_lossy(&d).into_owned()))
+        .collect()
 }
 
 /// A piece of an event stream: a field line with any line end, a comment, a blank line.

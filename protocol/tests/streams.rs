@@ -233,7 +233,7 @@ fn event_data_reads_one_event_by_the_event_stream_rules() {
 
 #[test]
 fn a_streams_byte_order_mark_is_dropped_at_its_start_only() {
-    use mcplb_protocol::sse::{event_data, event_end, strip_bom, StartBom};
+    use mcplb_protocol::sse::{event_data, event_end, strip_bom, PendingEvents, StartBom};
     let stream = b"\xEF\xBB\xBFdata: a\n\n\xEF\xBB\xBFdata: b\n\n";
     assert_eq!(
         events_of(&[stream]),
@@ -262,16 +262,29 @@ fn a_streams_byte_order_mark_is_dropped_at_its_start_only() {
     assert_eq!(start.skip(b"\xEF"), (&b""[..], &b""[..]));
     assert_eq!(start.skip(b"data"), (&b"\xEF"[..], &b"data"[..]));
     // A buffer: nothing while it could be a mark's first bytes, then the mark, once.
-    let mut start = StartBom::new();
-    let mut pending = b"\xEF\xBB".to_vec();
-    start.drop_from(&mut pending);
-    assert_eq!(pending, b"\xEF\xBB");
-    pending.extend_from_slice(b"\xBFdata: a\n\n\xEF\xBB\xBF");
-    start.drop_from(&mut pending);
-    assert_eq!(pending, b"data: a\n\n\xEF\xBB\xBF");
-    pending.drain(..9);
-    start.drop_from(&mut pending);
-    assert_eq!(pending, b"\xEF\xBB\xBF");
+    let mut pending = PendingEvents::new();
+    pending.extend(b"\xEF\xBB");
+    assert_eq!(pending.next_event(), None);
+    assert_eq!(pending.rest(), b"\xEF\xBB");
+    pending.extend(b"\xBFdata: a\n\n\xEF\xBB\xBF");
+    assert_eq!(pending.next_event(), Some(&b"data: a\n\n"[..]));
+    assert_eq!(pending.next_event(), None);
+    assert_eq!(pending.rest(), b"\xEF\xBB\xBF");
+    pending.extend(b"data: b\r");
+    assert_eq!(pending.next_event(), None);
+    pending.extend(b"\r");
+    assert_eq!(pending.next_event(), Some(&b"\xEF\xBB\xBFdata: b\r\r"[..]));
+    // The LF after that CR: the second half of a CRLF, a blank line before the next event.
+    pending.extend(b"\n: c\n\nda");
+    assert_eq!(pending.next_event(), Some(&b"\n: c\n\n"[..]));
+    assert_eq!(pending.next_event(), None);
+    assert_eq!(pending.take_rest(), b"da");
+    assert!(pending.is_empty());
+    // A stream that is a mark's first bytes and no more: they are its rest.
+    let mut pending = PendingEvents::new();
+    pending.extend(b"\xEF");
+    assert_eq!(pending.next_event(), None);
+    assert_eq!(pending.take_rest(), b"\xEF");
 }
 
 #[test]

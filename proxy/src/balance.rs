@@ -5,7 +5,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
-use std::time::Instant;
 
 use lb::{FailureKind, GroupHealth, HashRing, OutlierConfig, PeakEwma, WeightedRoundRobin};
 use rand::SeedableRng;
@@ -110,11 +109,10 @@ pub fn runtimes_after(
     new
 }
 
-/// Nanoseconds since `epoch`: the clock the `lb` and `ratelimit` crates take as an argument.
-pub fn now_ns(epoch: Instant) -> u64 {
-    crate::runtime::clock::now()
-        .saturating_duration_since(epoch)
-        .as_nanos() as u64
+/// Nanoseconds since the process's clock anchor: the clock the `lb` and `ratelimit` crates
+/// take as an argument ([`crate::runtime::clock::now_ns`]).
+pub fn now_ns() -> u64 {
+    crate::runtime::clock::now_ns()
 }
 
 /// One core's balancing state for one group (no atomics shared with other cores, except the

@@ -23,7 +23,7 @@ use mock::{MockConfig, MockServer};
 use protocol::SseParser;
 use serde_json::{json, Value};
 
-use common::sse::{SseClient, WAIT};
+use common::sse::{header_pairs, SseClient, WAIT};
 
 fn rpc(id: impl Into<Value>, method: &str, params: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id.into(), "method": method, "params": params})
@@ -103,16 +103,7 @@ fn read_req(conn: &mut TcpStream) -> Option<RawRequest> {
     req.parse(&buf[..head_len]).ok()?;
     let method = req.method?.to_string();
     let path = req.path?.to_string();
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).to_string(),
-            )
-        })
-        .collect();
+    let headers = header_pairs(req.headers);
     let len: usize = headers
         .iter()
         .find(|(n, _)| n == "content-length")

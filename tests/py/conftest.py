@@ -24,6 +24,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from mcp_types import CallToolResult, TextContent
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -286,8 +287,10 @@ def require_test_hooks(workdir: Path, hook: str) -> None:
         )
 
 
-def _config_toml(server_name: str, backends: list[Backend]) -> str:
-    urls = ", ".join(f'"{b.url}"' for b in backends)
+def server_config(server_name: str, backends: str, extra: str = "") -> str:
+    """A config of one server group, `server_name` at /mcp, over `backends` (the items of its
+    TOML list, as written), with `extra` (more lines of the group), on 127.0.0.1:0 with two
+    workers."""
     return (
         "[proxy]\n"
         'listen = "127.0.0.1:0"\n'
@@ -296,8 +299,21 @@ def _config_toml(server_name: str, backends: list[Backend]) -> str:
         "[[servers]]\n"
         f'name = "{server_name}"\n'
         'path = "/mcp"\n'
-        f"backends = [{urls}]\n"
+        f"{extra}"
+        f"backends = [{backends}]\n"
     )
+
+
+def _config_toml(server_name: str, backends: list[Backend]) -> str:
+    return server_config(server_name, ", ".join(f'"{b.url}"' for b in backends))
+
+
+def text_of(result: CallToolResult) -> str:
+    """The text of a tool's result; fails the test when the tool returned an error or no text."""
+    assert not result.is_error, f"tool returned an error: {result.content!r}"
+    parts = [c.text for c in result.content if isinstance(c, TextContent)]
+    assert parts, f"no text content in {result!r}"
+    return "".join(parts)
 
 
 def start_proxy_file(config: Path, args: tuple[str, ...] = ()) -> Proxy:

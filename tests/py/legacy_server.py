@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-import anyio
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp_server import add_progress_name_and_greeting, loopback_security
 
 
 def build_server(name: str) -> MCPServer:
@@ -33,30 +32,13 @@ def build_server(name: str) -> MCPServer:
         """Return this server's name."""
         return name
 
-    @server.tool()
-    async def slow_progress(ctx: Context, steps: int = 3, delay: float = 0.3) -> str:
-        """Report progress `steps` times, sleeping `delay` seconds between reports, then return "done"."""
-        for i in range(1, steps + 1):
-            await ctx.report_progress(i, steps, f"step {i}/{steps}")
-            if i < steps:
-                await anyio.sleep(delay)
-        return "done"
+    add_progress_name_and_greeting(server, name, progress_delay=0.3)
 
     @server.tool()
     async def log_then(ctx: Context, text: str = "hello") -> str:
         """Send an info log message, then return `text`."""
         await ctx.info(f"log: {text}")
         return text
-
-    @server.resource("info://name", mime_type="text/plain")
-    def info_name() -> str:
-        """This server's name."""
-        return name
-
-    @server.prompt()
-    def greet(who: str) -> str:
-        """A greeting prompt."""
-        return f"Hello {who}, this is {name}."
 
     return server
 
@@ -67,12 +49,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--name", default="py-legacy")
     args = parser.parse_args()
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost"],
-        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
-    )
-    build_server(args.name).run("sse", host=args.host, port=args.port, transport_security=security)
+    build_server(args.name).run("sse", host=args.host, port=args.port, transport_security=loopback_security())
 
 
 if __name__ == "__main__":

@@ -115,8 +115,16 @@ def build_server(name: str) -> MCPServer:
         second = await elicit_name(ctx, "ask_twice", "Second name?")
         return f"Hello {first} and {second}"
 
+    add_progress_name_and_greeting(server, name, progress_delay=0.5)
+    return server
+
+
+def add_progress_name_and_greeting(server: MCPServer, name: str, progress_delay: float) -> None:
+    """The parts this server shares with `legacy_server.py`: the tool slow_progress(steps, delay)
+    (`delay` defaults to `progress_delay`), the resource info://name and the prompt greet(who)."""
+
     @server.tool()
-    async def slow_progress(ctx: Context, steps: int = 3, delay: float = 0.5) -> str:
+    async def slow_progress(ctx: Context, steps: int = 3, delay: float = progress_delay) -> str:
         """Report progress `steps` times, sleeping `delay` seconds between reports, then return "done"."""
         for i in range(1, steps + 1):
             await ctx.report_progress(i, steps, f"step {i}/{steps}")
@@ -126,7 +134,7 @@ def build_server(name: str) -> MCPServer:
 
     @server.resource("info://name", mime_type="text/plain")
     def info_name() -> str:
-        """This backend's name."""
+        """This server's name."""
         return name
 
     @server.prompt()
@@ -134,7 +142,16 @@ def build_server(name: str) -> MCPServer:
         """A greeting prompt."""
         return f"Hello {who}, this is {name}."
 
-    return server
+
+def loopback_security() -> TransportSecuritySettings:
+    """DNS-rebinding protection on (as in real deployments), accepting loopback Host and Origin
+    values with any port, so a proxy that sets Host to the backend's authority (or passes
+    127.0.0.1:PROXYPORT) works."""
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost"],
+        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+    )
 
 
 def main() -> None:
@@ -147,13 +164,7 @@ def main() -> None:
     parser.add_argument("--log-http", action="store_true", help="print each HTTP request's method, path and session id")
     args = parser.parse_args()
 
-    # DNS-rebinding protection stays on (as in real deployments); loopback Host/Origin values with any
-    # port are accepted, so a proxy that sets Host to the backend's authority (or passes 127.0.0.1:PROXYPORT) works.
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost"],
-        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
-    )
+    security = loopback_security()
     if args.log_http:
         # Each HTTP request's method, path and session id on stdout (what reached the backend).
         import uvicorn

@@ -19,22 +19,14 @@ import pytest
 from mcp import Client
 from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
-from mcp_types import CallToolResult, TextContent
 
-from conftest import _BACKENDS, Backend, Proxy, start_proxy_text
+from conftest import _BACKENDS, Backend, Proxy, server_config, start_proxy_text, text_of
 
 pytestmark = pytest.mark.anyio
 
 HERE = Path(__file__).resolve().parent
 LEGACY_SCRIPT = HERE / "legacy_server.py"
 READ_TIMEOUT = 30.0
-
-
-def text_of(result: CallToolResult) -> str:
-    assert not result.is_error, f"tool returned an error: {result.content!r}"
-    parts = [c.text for c in result.content if isinstance(c, TextContent)]
-    assert parts, f"no text content in {result!r}"
-    return "".join(parts)
 
 
 class LegacyBackendProcess(Backend):
@@ -48,18 +40,7 @@ class LegacyBackendProcess(Backend):
 
 
 def _config(name: str, backends: str, legacy_sse: bool) -> str:
-    option = "legacy_sse = true\n" if legacy_sse else ""
-    return (
-        "[proxy]\n"
-        'listen = "127.0.0.1:0"\n'
-        "workers = 2\n"
-        "\n"
-        "[[servers]]\n"
-        f'name = "{name}"\n'
-        'path = "/mcp"\n'
-        f"{option}"
-        f"backends = [{backends}]\n"
-    )
+    return server_config(name, backends, "legacy_sse = true\n" if legacy_sse else "")
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,12 @@ import time
 
 import httpx
 import pytest
+from conftest import text_of
 from mcp import Client
-from mcp_types import CallToolResult, TextContent
 
 pytestmark = pytest.mark.anyio
 
 READ_TIMEOUT = 30.0
-
-
-def text_of(result: CallToolResult) -> str:
-    assert not result.is_error, f"tool returned an error: {result.content!r}"
-    parts = [c.text for c in result.content if isinstance(c, TextContent)]
-    assert parts, f"no text content in {result!r}"
-    return "".join(parts)
 
 
 async def whoami(client: Client) -> str:

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HERE, Proxy, start_proxy_text
+from conftest import HERE, Proxy, server_config, start_proxy_text, text_of
 from mcp import Client
-from mcp_types import CallToolResult, TextContent
 
 pytestmark = pytest.mark.anyio
 
@@ -27,16 +26,7 @@ def _toml_list(items: list[str]) -> str:
 
 
 def _config(name: str, command: list[str], mode: str) -> str:
-    return (
-        "[proxy]\n"
-        'listen = "127.0.0.1:0"\n'
-        "workers = 2\n"
-        "\n"
-        "[[servers]]\n"
-        f'name = "{name}"\n'
-        'path = "/mcp"\n'
-        f'backends = [{{ command = {_toml_list(command)}, mode = "{mode}" }}]\n'
-    )
+    return server_config(name, f'{{ command = {_toml_list(command)}, mode = "{mode}" }}')
 
 
 def _children(pid: int) -> set[int]:
@@ -54,11 +44,6 @@ def _children(pid: int) -> set[int]:
 
 def _start(tmp_path: Path, name: str, command: list[str], mode: str) -> Proxy:
     return start_proxy_text(tmp_path, name, _config(name, command, mode))
-
-
-def text_of(result: CallToolResult) -> str:
-    assert not result.is_error, f"tool returned an error: {result.content!r}"
-    return "".join(c.text for c in result.content if isinstance(c, TextContent))
 
 
 @pytest.fixture

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from conftest import Backend, Proxy, make_pki, start_proxy_file
+from conftest import Backend, Proxy, make_pki, start_proxy_file, text_of
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp_types import CallToolResult, TextContent
 
 pytestmark = pytest.mark.anyio
 
@@ -32,11 +31,6 @@ def tls_proxy(backends: list[Backend], tmp_path_factory: pytest.TempPathFactory)
     proxy = start_proxy_file(config)
     yield proxy, ca
     proxy.stop()
-
-
-def text_of(result: CallToolResult) -> str:
-    assert not result.is_error, f"tool returned an error: {result.content!r}"
-    return "".join(c.text for c in result.content if isinstance(c, TextContent))
 
 
 async def test_sdk_client_over_https(tls_proxy: tuple[Proxy, Path]) -> None:

@@ -22,7 +22,7 @@ import pytest
 from mcp import Client
 from mcp_types import CreateMessageRequestParams, CreateMessageResult, TextContent
 
-from conftest import REPO, SERVER_SCRIPT, _stop, free_port, start_proxy_file, wait_port
+from conftest import REPO, SERVER_SCRIPT, _stop, free_port, start_proxy_file, text_of, wait_port
 
 pytestmark = pytest.mark.anyio
 
@@ -119,11 +119,6 @@ members = [
     py.stop()
     ev.stop()
     mo.stop()
-
-
-def text_of(result) -> str:
-    assert not result.is_error, f"tool returned an error: {result.content!r}"
-    return "".join(c.text for c in result.content if isinstance(c, TextContent))
 
 
 async def names(client: Client) -> set[str]:

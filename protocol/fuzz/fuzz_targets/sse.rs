@@ -2,11 +2,12 @@
 //! the line framer: they must never panic, and must give the same result
 //! however the input is chunked; the events `EventEnds` cuts out (after
 //! `StartBom` drops the stream's byte-order mark) must carry the data
-//! `SseParser` dispatches, and `SseBoundary` must count as many.
+//! `SseParser` dispatches, `PendingEvents` must cut the same events, and
+//! `SseBoundary` must count as many.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mcplb_protocol::sse::{event_data, StartBom};
+use mcplb_protocol::sse::{event_data, PendingEvents, StartBom};
 use mcplb_protocol::{EventEnds, LineFramer, SseBoundary, SseParser};
 
 type Run = (Vec<String>, usize, Vec<Result<Vec<u8>, ()>>, Vec<Option<Vec<u8>>>);
@@ -21,6 +22,7 @@ fn run(chunks: &[&[u8]]) -> Run {
     let mut counted = 0;
     let mut got_lines = Vec::new();
     let (mut cut, mut open) = (Vec::new(), Vec::new());
+    let (mut pending, mut pending_cut) = (PendingEvents::new(), Vec::new());
     for c in chunks {
         parser.push(c);
         counted += boundary.feed(c);
@@ -42,7 +44,12 @@ fn run(chunks: &[&[u8]]) -> Run {
             }
             open.extend_from_slice(rest);
         }
+        pending.extend(c);
+        while let Some(event) = pending.next_event() {
+            pending_cut.push(event_data(event).map(|d| d.into_owned()));
+        }
     }
+    assert_eq!(pending_cut, cut);
     (events, counted, got_lines, cut)
 }
 

@@ -121,6 +121,7 @@ pub(crate) struct RawProxy {
     pub connect_timeout: Option<String>,
     pub upstream_timeout: Option<String>,
     pub upstream_idle_timeout: Option<String>,
+    pub sse_head_waits: Option<bool>,
     pub upstream_max_idle: Option<i64>,
     pub limit_max_keys: Option<i64>,
     pub access_log: Option<String>,

@@ -212,6 +212,9 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     /// Pooled upstream connections idle longer than this are closed, not reused.
     pub upstream_idle_timeout: Duration,
+    /// The head of an SSE answer to a request waits for the answer's first event and goes
+    /// out with it (and what already follows it) in one send.
+    pub sse_head_waits: bool,
     /// Idle upstream connections kept per backend per worker.
     pub upstream_max_idle: usize,
     /// Distinct callers tracked per rate-limit rule (idle ones are evicted first).

@@ -168,6 +168,7 @@ pub fn redacted_json(cfg: &Config) -> Value {
             "connect_timeout_s": secs(p.connect_timeout),
             "upstream_timeout_s": secs(p.upstream_timeout),
             "upstream_idle_timeout_s": secs(p.upstream_idle_timeout),
+            "sse_head_waits": p.sse_head_waits,
             "upstream_max_idle": p.upstream_max_idle, "limit_max_keys": p.limit_max_keys,
             "access_log": p.access_log, "shutdown_timeout_s": secs(p.shutdown_timeout),
             "max_connections": p.max_connections,

@@ -399,7 +399,7 @@ fn handle(head: &[u8], state: &AdminState) -> Answer {
                                 .find_map(|kv| kv.strip_prefix("timeout="))
                                 .and_then(|t| crate::config::parse_duration(t).ok())
                                 .map(|d| {
-                                    crate::balance::now_ns(st.epoch)
+                                    crate::balance::now_ns()
                                         .saturating_add(d.as_nanos() as u64)
                                         .max(1)
                                 });
@@ -628,7 +628,7 @@ fn backends_json(st: &View<'_>) -> Value {
                 .iter()
                 .find(|(d, _)| *d == Dim::Backend(gk, b.tag))
                 .map_or(0, |(_, t)| t.total.len());
-            let now_ns = crate::balance::now_ns(st.epoch);
+            let now_ns = crate::balance::now_ns();
             let rt = st.groups.get(gi);
             let state = state_name(rt.and_then(|r| r.health.state(bi, now_ns)));
             let ejections = rt.map_or(0, |r| {
@@ -670,7 +670,7 @@ fn state_name(state: Option<lb::HealthState>) -> &'static str {
 }
 
 fn readiness(st: &View<'_>) -> (bool, Value) {
-    let now_ns = crate::balance::now_ns(st.epoch);
+    let now_ns = crate::balance::now_ns();
     let healthy: Vec<usize> = st
         .config
         .servers
@@ -916,7 +916,7 @@ fn backend_states_text(st: &View<'_>, o: &mut String) {
          draining, unhealthy: failing active checks, ejected: passive outlier ejection)."
     );
     let _ = writeln!(o, "# TYPE mcplb_backend_state gauge");
-    let now_ns = crate::balance::now_ns(st.epoch);
+    let now_ns = crate::balance::now_ns();
     for (gi, g) in st.config.servers.iter().enumerate() {
         let rt = st.groups.get(gi);
         for (bi, b) in g.backends.iter().enumerate() {

@@ -60,6 +60,26 @@ fn bucket_index(v: u64) -> usize {
     (((s as u64) << GROUPING_POWER) + (v >> s)) as usize
 }
 
+/// A value (clamped to [`MAX_VALUE`]) with its bucket worked out once: a request's latencies
+/// go into a distribution per dimension (group, backend, method, tool), four of each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Point {
+    v: u64,
+    index: usize,
+}
+
+impl Point {
+    /// `v`, clamped, and its bucket.
+    #[inline]
+    pub fn new(v: u64) -> Point {
+        let v = v.min(MAX_VALUE);
+        Point {
+            v,
+            index: bucket_index(v),
+        }
+    }
+}
+
 /// One latency distribution: bucket counts plus the exact count, sum and maximum.
 #[derive(Clone)]
 pub struct Distribution<C: Count = u64> {
@@ -87,11 +107,16 @@ impl<C: Count> Distribution<C> {
     /// Records one value.
     #[inline]
     pub fn record(&mut self, v: u64) {
-        let v = v.min(MAX_VALUE);
-        self.add_bucket(bucket_index(v), 1);
+        self.record_point(Point::new(v));
+    }
+
+    /// Records one value whose bucket is worked out already.
+    #[inline]
+    pub fn record_point(&mut self, p: Point) {
+        self.add_bucket(p.index, 1);
         self.count += 1;
-        self.sum = self.sum.saturating_add(v);
-        self.max = self.max.max(v);
+        self.sum = self.sum.saturating_add(p.v);
+        self.max = self.max.max(p.v);
     }
 
     #[inline]

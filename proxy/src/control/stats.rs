@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::distribution::{Count, Distribution};
+use super::distribution::{Count, Distribution, Point};
 
 /// Distinct tool names tracked; further names are recorded as `other`.
 pub const MAX_TOOLS: usize = 64;
@@ -313,13 +313,35 @@ pub struct Triple<C: Count = u64> {
     pub first_event: Distribution<C>,
 }
 
+/// One request's values for a [`Triple`], each with its bucket worked out once for all the
+/// dimensions it is recorded in.
+#[derive(Clone, Copy)]
+struct Points {
+    total: Point,
+    upstream: Point,
+    own: Point,
+    first_event: Option<Point>,
+}
+
+impl Points {
+    fn new(total_us: u64, upstream_us: u64, first_event_us: Option<u64>) -> Points {
+        Points {
+            total: Point::new(total_us.max(1)),
+            upstream: Point::new(upstream_us.max(1)),
+            own: Point::new(total_us.saturating_sub(upstream_us).max(1)),
+            first_event: first_event_us.map(|f| Point::new(f.max(1))),
+        }
+    }
+}
+
 impl<C: Count> Triple<C> {
-    fn record(&mut self, total_us: u64, upstream_us: u64, first_event_us: Option<u64>) {
-        self.total.record(total_us.max(1));
-        self.upstream.record(upstream_us.max(1));
-        self.own.record(total_us.saturating_sub(upstream_us).max(1));
-        if let Some(f) = first_event_us {
-            self.first_event.record(f.max(1));
+    #[inline]
+    fn record(&mut self, p: &Points) {
+        self.total.record_point(p.total);
+        self.upstream.record_point(p.upstream);
+        self.own.record_point(p.own);
+        if let Some(f) = p.first_event {
+            self.first_event.record_point(f);
         }
     }
 
@@ -568,20 +590,21 @@ impl CoreRecorder {
         }
         self.mark_dirty();
         self.counters[Counter::Requests as usize] += 1;
+        let p = Points::new(s.total_us, s.upstream_us, s.first_event_us);
         if let Some(t) = self.groups.get_mut(s.group) {
-            slot(t).record(s.total_us, s.upstream_us, s.first_event_us);
+            slot(t).record(&p);
         }
         if let Some(b) = s.backend {
             if let Some(t) = self.backends.get_mut(s.group).and_then(|g| g.get_mut(b)) {
-                slot(t).record(s.total_us, s.upstream_us, s.first_event_us);
+                slot(t).record(&p);
             }
         }
         if let Some(t) = self.methods.get_mut(s.method) {
-            slot(t).record(s.total_us, s.upstream_us, s.first_event_us);
+            slot(t).record(&p);
         }
         if let Some(ti) = s.tool {
             if let Some((_, t)) = self.tools.get_mut(ti) {
-                slot(t).record(s.total_us, s.upstream_us, s.first_event_us);
+                slot(t).record(&p);
             }
         }
     }

@@ -362,7 +362,7 @@ fn check_limits(
     if core.shared.limits.is_none() && core.shared.cluster.is_none() {
         return Ok(None);
     }
-    let now_ns = crate::balance::now_ns(core.shared.epoch);
+    let now_ns = crate::balance::now_ns();
     let info = facts.info();
     let taken = match &core.shared.cluster {
         None => None,

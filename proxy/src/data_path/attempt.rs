@@ -523,7 +523,7 @@ pub(crate) fn record_answer(core: &Core, gi: usize, bi: usize, status: u16, rtt:
     ) else {
         return;
     };
-    let now = balance::now_ns(core.shared.epoch);
+    let now = balance::now_ns();
     let failure = (status >= 500).then_some(lb::FailureKind::Status5xx);
     balance::record_outcome(&core.shared.hub, rt, group, bi, failure, now);
     core.bal.end_rtt(gi, bi, rtt, now);
@@ -675,9 +675,9 @@ pub(crate) async fn reach_with<'a, H: BackendHook>(
     let mut last = Refusal::new(503, -32603, "no backend available");
     let mut fresh_retry: Option<usize> = None;
     let mut fresh_retry_used = false;
-    core.bal.deposit(gi, balance::now_ns(core.shared.epoch));
+    core.bal.deposit(gi, balance::now_ns());
     for _ in 0..group.backends.len().max(1) + 1 {
-        let now = balance::now_ns(core.shared.epoch);
+        let now = balance::now_ns();
         if plan.needs_failover {
             if !H::FAILS_OVER {
                 break;
@@ -758,7 +758,7 @@ pub(crate) async fn reach_with<'a, H: BackendHook>(
                 if logs::first_in_window("upstream failure", &backend.name, message) {
                     tracing::warn!(backend = %backend.name, error = message, "upstream failure");
                 }
-                let now = balance::now_ns(core.shared.epoch);
+                let now = balance::now_ns();
                 let kind = Some(e.failure_kind());
                 balance::record_outcome(&core.shared.hub, rt, group, bi, kind, now);
                 last = Refusal::new(status, -32603, message);

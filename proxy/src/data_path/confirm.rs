@@ -566,7 +566,7 @@ pub(crate) async fn ask_on_bridged_stream(
     drop(in_flight);
     c.meta.upstream_done.get_or_insert_with(Instant::now);
     if let Some(rt) = core.shared.groups.get(gi) {
-        let now = crate::balance::now_ns(core.shared.epoch);
+        let now = crate::balance::now_ns();
         crate::balance::record_outcome(&core.shared.hub, rt, group, bi, None, now);
     }
     match relayed {
@@ -648,7 +648,7 @@ async fn forward_on_stream(
         core.put_upstream(plan.gi, bi, up);
     }
     if let Some(rt) = core.shared.groups.get(plan.gi) {
-        let now = crate::balance::now_ns(core.shared.epoch);
+        let now = crate::balance::now_ns();
         crate::balance::record_outcome(&core.shared.hub, rt, group, bi, None, now);
     }
     relayed.is_some()

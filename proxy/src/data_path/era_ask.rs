@@ -238,9 +238,9 @@ async fn json_answer(core: &Core, src: &mut Source) -> Result<Vec<u8>, Gone> {
     let mut err = false;
     loop {
         let (_, done) =
-            upstream::collect_step(&mut src.framing, &src.avail, &mut src.pending, &mut err);
+            upstream::collect_events_step(&mut src.framing, &src.avail, &mut src.pending, &mut err);
         src.avail.clear();
-        if err || src.pending.len() > MAX_JSON_ANSWER {
+        if err || src.pending.rest().len() > MAX_JSON_ANSWER {
             return Err(Gone::Backend("the backend's answer was cut short".into()));
         }
         if done {
@@ -252,7 +252,7 @@ async fn json_answer(core: &Core, src: &mut Source) -> Result<Vec<u8>, Gone> {
             Read::Failed => return Err(Gone::Backend("the backend's answer was cut short".into())),
         }
     }
-    Ok(std::mem::take(&mut src.pending))
+    Ok(src.pending.take_rest())
 }
 
 /// The response event of the SSE answer of `src` (its data), the events before it relayed to
@@ -261,24 +261,20 @@ async fn sse_answer(core: &Core, c: &mut ClientConn, src: &mut Source) -> Result
     let mut err = false;
     loop {
         let (_, done) =
-            upstream::collect_step(&mut src.framing, &src.avail, &mut src.pending, &mut err);
+            upstream::collect_events_step(&mut src.framing, &src.avail, &mut src.pending, &mut err);
         src.avail.clear();
         if err {
             return Err(Gone::Backend("the backend's stream broke".into()));
         }
         let mut chunk = Vec::new();
         let mut answer = None;
-        src.bom.drop_from(&mut src.pending);
-        while let Some(n) = protocol::sse::event_end(&src.pending) {
-            let event = src.pending.get(..n).unwrap_or_default();
+        while let Some(event) = src.pending.next_event() {
             let data = era::event_data(event);
             if era::answer_message(&data, false).is_some_and(|m| m.get("method").is_none()) {
                 answer = Some(data.into_owned());
-                src.pending.drain(..n);
                 break;
             }
             chunk.extend_from_slice(event);
-            src.pending.drain(..n);
         }
         if !chunk.is_empty() {
             c.meta.first_event.get_or_insert_with(Instant::now);

@@ -19,6 +19,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use lb::{UpstreamError, UpstreamErrorKind};
+use protocol::sse::PendingEvents;
 use protocol::Method;
 
 use crate::auth::UpstreamCredential;
@@ -608,11 +609,9 @@ impl Rounds {
 pub(super) struct Source {
     pub up: Conn,
     pub framing: Framing,
-    pub pending: Vec<u8>,
+    pub pending: PendingEvents,
     pub avail: Vec<u8>,
     pub up_close: bool,
-    /// The stream's byte-order mark, dropped from `pending` before its first event is cut.
-    pub bom: protocol::sse::StartBom,
 }
 
 /// A bridged call whose backend asked its client for input: it waits here, its stream open,
@@ -635,9 +634,8 @@ pub(crate) struct Parked {
 struct Waiting {
     fd: std::os::fd::OwnedFd,
     framing: Framing,
-    pending: Vec<u8>,
+    pending: PendingEvents,
     up_close: bool,
-    bom: protocol::sse::StartBom,
     gi: usize,
     bi: usize,
     backend_tag: u32,
@@ -840,8 +838,8 @@ pub(crate) async fn forward(
     let mut err = false;
     loop {
         let (_, done) =
-            upstream::collect_step(&mut src.framing, &src.avail, &mut src.pending, &mut err);
-        if err || src.pending.len() > MAX_JSON_ANSWER {
+            upstream::collect_events_step(&mut src.framing, &src.avail, &mut src.pending, &mut err);
+        if err || src.pending.rest().len() > MAX_JSON_ANSWER {
             err = true;
             break;
         }
@@ -863,13 +861,14 @@ pub(crate) async fn forward(
         return (reply::refuse(c, &r).await, None);
     }
     let ok = c.meta.status == 200;
-    let rewritten = era::modern_answer(c.meta.method, &src.pending, None);
+    let answer = src.pending.take_rest();
+    let rewritten = era::modern_answer(c.meta.method, &answer, None);
     if let Some(fill) = c.cache_fill.take().filter(|_| ok) {
-        let sent = rewritten.as_deref().unwrap_or(&src.pending);
-        let backend = Some((src.pending.as_slice(), false));
+        let sent = rewritten.as_deref().unwrap_or(&answer);
+        let backend = Some((answer.as_slice(), false));
         response_cache::store_bridged(core, c, fill, backend, (sent, false));
     }
-    let body = rewritten.unwrap_or_else(|| std::mem::take(&mut src.pending));
+    let body = rewritten.unwrap_or(answer);
     // A list the caller's policy filters (kept whole in the cache above).
     let body = match c.list_filter.take().filter(|_| ok) {
         Some(f) => match policy::filter_seen(core, &f, body, false, c.req.id()) {
@@ -904,10 +903,9 @@ impl Source {
         let src = Source {
             up,
             framing: head.framing,
-            pending: Vec::new(),
+            pending: PendingEvents::new(),
             avail,
             up_close: head.up_close,
-            bom: protocol::sse::StartBom::new(),
         };
         (src, buf)
     }
@@ -1045,16 +1043,14 @@ async fn relay(
     let filter = c.list_filter.take();
     loop {
         let (_, done) =
-            upstream::collect_step(&mut src.framing, &src.avail, &mut src.pending, &mut err);
+            upstream::collect_events_step(&mut src.framing, &src.avail, &mut src.pending, &mut err);
         src.avail.clear();
         if err {
             return (Next::Close, None);
         }
         chunk.clear();
         let mut ask = None;
-        src.bom.drop_from(&mut src.pending);
-        while let Some(n) = protocol::sse::event_end(&src.pending) {
-            let event = src.pending.get(..n).unwrap_or_default();
+        while let Some(event) = src.pending.next_event() {
             response_cache::note_event(core, leg.gi, event);
             let from = chunk.len();
             let verdict = era::rewrite_event(method, event, c.req.id(), &mut chunk);
@@ -1068,7 +1064,6 @@ async fn relay(
             {
                 fill = None;
             }
-            src.pending.drain(..n);
             if let era::EventVerdict::Ask(a) = verdict {
                 ask = Some(a);
                 break;
@@ -1104,15 +1099,18 @@ async fn relay(
                 }
             }
         }
-        let finished = done && !asked && protocol::sse::event_end(&src.pending).is_none();
+        // Not asked: every whole event that had come was cut out above.
+        let finished = done && !asked;
         if finished {
             // An event the stream did not end with a blank line goes as it is.
+            let rest = src.pending.rest();
             if let Some((f, mut orig, mut sent)) = fill.take() {
-                orig.extend_from_slice(&src.pending);
-                sent.extend_from_slice(&src.pending);
+                orig.extend_from_slice(rest);
+                sent.extend_from_slice(rest);
                 response_cache::store_bridged(core, c, f, Some((&orig, true)), (&sent, true));
             }
-            chunk.append(&mut src.pending);
+            chunk.extend_from_slice(rest);
+            src.pending.take_rest();
         }
         if let Some(f) = filter.as_ref().filter(|_| !chunk.is_empty()) {
             // A list the caller's policy filters (its events whole in `chunk`).
@@ -1216,7 +1214,6 @@ async fn park(
                 framing: src.framing,
                 pending: src.pending,
                 up_close: src.up_close,
-                bom: src.bom,
                 gi: leg.gi,
                 bi: leg.bi,
                 backend_tag: leg.backend_tag,
@@ -1446,7 +1443,6 @@ fn taken_over(w: Waiting) -> Option<Parked> {
             pending: w.pending,
             avail: Vec::new(),
             up_close: w.up_close,
-            bom: w.bom,
         },
         leg: Leg {
             gi: w.gi,

@@ -10,6 +10,8 @@ use std::io::Write as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use protocol::sse::PendingEvents;
+
 use crate::data_path::era_bridge::{
     self, era_answer, own_request, put_chunk, send, BridgeSession, Own,
 };
@@ -259,10 +261,8 @@ enum Relayed {
 struct Stream {
     up: Conn,
     framing: Framing,
-    pending: Vec<u8>,
+    pending: PendingEvents,
     avail: Vec<u8>,
-    /// The stream's byte-order mark, dropped from `pending` before its first event is cut.
-    bom: protocol::sse::StartBom,
 }
 
 /// Sends `req` on a new connection to backend `bi` and reads its head: an SSE answer of 200
@@ -311,9 +311,8 @@ async fn open(
     Ok(Stream {
         up,
         framing: head.framing,
-        pending: Vec::new(),
+        pending: PendingEvents::new(),
         avail,
-        bom: protocol::sse::StartBom::new(),
     })
 }
 
@@ -356,14 +355,13 @@ async fn relay(
     let mut quiet_since = Instant::now();
     let mut looked = Instant::now();
     loop {
-        let (_, done) = upstream::collect_step(&mut s.framing, &s.avail, &mut s.pending, &mut err);
+        let (_, done) =
+            upstream::collect_events_step(&mut s.framing, &s.avail, &mut s.pending, &mut err);
         s.avail.clear();
         let mut chunk = Vec::new();
         let mut end = err || done;
-        s.bom.drop_from(&mut s.pending);
-        while let Some(n) = protocol::sse::event_end(&s.pending) {
-            let framed = frame(&era::event_data(s.pending.get(..n).unwrap_or_default()));
-            s.pending.drain(..n);
+        while let Some(event) = s.pending.next_event() {
+            let framed = frame(&era::event_data(event));
             match framed {
                 Frame::Send(msg) => {
                     chunk.extend_from_slice(b"event: message\n");

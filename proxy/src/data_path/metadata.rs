@@ -39,7 +39,7 @@ async fn relay(core: &Core, c: &mut ClientConn, gi: usize) -> Next {
     ) else {
         return reply::refuse(c, &Refusal::new(503, -32603, "no backend available")).await;
     };
-    let now = balance::now_ns(core.shared.epoch);
+    let now = balance::now_ns();
     let bi = (0..group.backends.len())
         .find(|&i| rt.health.is_eligible(i, now))
         .unwrap_or(0);

@@ -29,6 +29,7 @@ pub(crate) mod era_bridge;
 pub(crate) mod era_listen;
 pub(crate) mod era_sessions;
 pub(crate) mod failover;
+pub(crate) mod gather;
 pub(crate) mod head;
 pub(crate) mod legacy_front;
 pub(crate) mod metadata;
@@ -61,9 +62,11 @@ pub(crate) const READ_SIZE: usize = BUF_SIZE;
 /// Reads one request (head and body), routes it, forwards it and its answer, and records it.
 pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     let start = crate::runtime::clock::now();
-    // The worker's loop gaps ride on the clock reads of the statistics.
+    // The worker's loop gaps ride on the clock reads of the statistics. Their durations are
+    // taken in nanoseconds (`clock::now_ns`, the same reading): a subtraction, not a call.
     let stats = core.shared.config.proxy.stats;
-    let begun = stats.then(|| crate::runtime::loop_gap::Begun::at(start));
+    let start_ns = stats.then(crate::runtime::clock::now_ns);
+    let begun = start_ns.map(crate::runtime::loop_gap::Begun::at);
     c.meta = ReqMeta::default();
     c.trace = None;
     let next = match head::read_head(&core.shared.config.proxy, c).await {
@@ -82,12 +85,14 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
         }
         Err(stop) => stopped(c, stop).await,
     };
-    // One clock read for the statistics and the audit line.
+    // One clock read for the statistics and the audit line (`now_ns` is the same reading,
+    // cached for this poll as `now` is).
     let end = (stats || core.audit.is_some()).then(crate::runtime::clock::now);
-    if let Some(end) = end.filter(|_| stats) {
-        record::record(core, &c.meta, start, end);
+    if let (Some(start_ns), Some(_)) = (start_ns, end) {
+        let end_ns = crate::runtime::clock::now_ns();
+        record::record(core, &c.meta, end_ns.saturating_sub(start_ns) / 1_000);
         if let Some(b) = begun {
-            b.end(end);
+            b.end(end_ns);
         }
     }
     if core.access_log.is_some() {
@@ -447,7 +452,7 @@ fn plan<'s>(
         return Ok((plan, era));
     }
     plan.can_fail_over = reinit;
-    let now = crate::balance::now_ns(core.shared.epoch);
+    let now = crate::balance::now_ns();
     match route::session_route(&core.shared, gi, sealed, opened, now) {
         SessionRoute::Pinned { bi, sid } => {
             plan.pinned = Some(bi);

@@ -90,8 +90,9 @@ pub(crate) fn not_owner(core: &Core, server: &str, caller: &str, unowned: bool) 
     }
 }
 
-/// Folds one finished request (from `start` to `end`) into this core's statistics.
-pub(crate) fn record(core: &Core, m: &ReqMeta, start: Instant, end: Instant) {
+/// Folds one finished request (`total_us` from its start to its end) into this core's
+/// statistics.
+pub(crate) fn record(core: &Core, m: &ReqMeta, total_us: u64) {
     if m.by_proxy {
         let limit = match m.status {
             408 => Some(Counter::SlowClients),
@@ -121,7 +122,7 @@ pub(crate) fn record(core: &Core, m: &ReqMeta, start: Instant, end: Instant) {
         backend: m.backend,
         method: m.row,
         tool: m.tool,
-        total_us: end.saturating_duration_since(start).as_micros() as u64,
+        total_us,
         upstream_us,
         first_event_us: match (m.sent, m.first_event) {
             (Some(a), Some(b)) => Some(b.saturating_duration_since(a).as_micros() as u64),

@@ -8,6 +8,7 @@ use std::future::Future as _;
 use std::task::Poll;
 
 use crate::control::stats::Gauge;
+use crate::data_path::gather::{self, Gathered};
 use crate::data_path::request::{ClientConn, Next, Refusal};
 use crate::data_path::{reply, upstream};
 use crate::http::{self, ChunkedDecoder};
@@ -422,6 +423,13 @@ pub(crate) async fn forward_response(
     if is_sse && take > 0 {
         c.meta.first_event = Some(crate::runtime::clock::now());
     }
+    // The head of an SSE answer to a request goes out with its first event (`gather`).
+    let gathered = if is_sse && take == 0 && !body_done && !framing_error && holds_head(core, c, &a)
+    {
+        gather::first_bytes(core, c, a.up, &mut a.buf, &mut framing, tap.as_mut()).await
+    } else {
+        Gathered::Open
+    };
     let out = std::mem::take(&mut c.out);
     let len = out.len();
     c.meta.bytes_out += len as u64;
@@ -432,9 +440,11 @@ pub(crate) async fn forward_response(
         c.ubuf = a.buf;
         return (Next::Close, false);
     }
-    let streamed = if framing_error {
+    let streamed = if framing_error || gathered == Gathered::Cut {
         Err(())
     } else if body_done {
+        Ok(extra)
+    } else if let Gathered::Done { extra } = gathered {
         Ok(extra)
     } else {
         let watch = is_sse.then_some(Watch {
@@ -464,6 +474,15 @@ pub(crate) async fn forward_response(
         }
         Err(()) => (Next::Close, false),
     }
+}
+
+/// Whether an SSE answer's head waits for its first body bytes (see `gather`): an answer to
+/// a POST of a method one response answers, with `proxy.sse_head_waits` on.
+#[inline(always)]
+fn holds_head(core: &Core, c: &ClientConn, a: &Answer<'_>) -> bool {
+    core.shared.config.proxy.sse_head_waits
+        && !a.end_on_shutdown
+        && c.meta.method != protocol::Method::Other
 }
 
 /// Keeps the session id of a new session's answer, from the head written in `c.out`, for the

@@ -6,6 +6,7 @@
 use std::io::Write as _;
 
 use lb::{UpstreamError, UpstreamErrorKind};
+use protocol::sse::PendingEvents;
 
 use crate::auth::UpstreamCredential;
 use crate::config::{Backend, ClientAddress};
@@ -322,6 +323,17 @@ pub(crate) fn collect_step(
     error: &mut bool,
 ) -> (usize, bool) {
     body_step_with(framing, avail, error, |d| body.extend_from_slice(d))
+}
+
+/// [`collect_step`] into an event stream's bytes not yet cut into events (or a JSON answer's
+/// read so far: [`PendingEvents::take_rest`] takes it whole).
+pub(crate) fn collect_events_step(
+    framing: &mut Framing,
+    avail: &[u8],
+    events: &mut PendingEvents,
+    error: &mut bool,
+) -> (usize, bool) {
+    body_step_with(framing, avail, error, |d| events.extend(d))
 }
 
 /// What a request mcplb sends a virtual server's member says in the 2026-07-28 mirror

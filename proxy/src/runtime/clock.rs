@@ -6,8 +6,15 @@
 //! A poll runs for microseconds (the largest, a 4 MiB body's parse, a few milliseconds), so a
 //! deadline set from this time starts at most that much early and a duration measured with it
 //! ends where the poll began.
+//!
+//! [`now_ns`] is the same reading as nanoseconds since the process's [`anchor`], a `u64` that
+//! request timing subtracts with one instruction: each `Instant` difference is a call into std
+//! (`Timespec::sub_timespec`, ~37 instructions), and a session call made about 12 of them
+//! (bench/instructions.sh, 2026-12-07-user-instr.md). The conversion is made once per poll,
+//! when first asked for.
 
 use std::cell::Cell;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 thread_local! {
@@ -15,6 +22,14 @@ thread_local! {
     static IN_POLL: Cell<bool> = const { Cell::new(false) };
     /// The time read during the current poll, if any.
     static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// That time as [`now_ns`], once asked for.
+    static NOW_NS: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// The origin of [`now_ns`]: the first time anything asked for it in this process.
+pub(crate) fn anchor() -> Instant {
+    static ANCHOR: OnceLock<Instant> = OnceLock::new();
+    *ANCHOR.get_or_init(Instant::now)
 }
 
 /// The current time: the first read of this poll of a client task, or a fresh one outside.
@@ -29,6 +44,25 @@ pub(crate) fn now() -> Instant {
     t
 }
 
+/// [`now`] as nanoseconds since [`anchor`] (the clock the `lb` and `ratelimit` crates take as
+/// an argument, and request timing's): cached with it for the rest of the poll.
+#[inline]
+pub(crate) fn now_ns() -> u64 {
+    if let Some(ns) = NOW_NS.with(Cell::get) {
+        return ns;
+    }
+    let ns = ns_of(now());
+    if IN_POLL.with(Cell::get) {
+        NOW_NS.with(|n| n.set(Some(ns)));
+    }
+    ns
+}
+
+/// `t` as nanoseconds since [`anchor`] (0 before it).
+pub(crate) fn ns_of(t: Instant) -> u64 {
+    t.saturating_duration_since(anchor()).as_nanos() as u64
+}
+
 /// [`now`] as monoio's timer instant (for `timeout_at`).
 pub(crate) fn monoio_now() -> monoio::time::Instant {
     monoio::time::Instant::from_std(now())
@@ -39,6 +73,7 @@ pub(crate) fn monoio_now() -> monoio::time::Instant {
 pub(crate) fn poll_edge(start: bool) {
     IN_POLL.with(|p| p.set(start));
     NOW.with(|n| n.set(None));
+    NOW_NS.with(|n| n.set(None));
 }
 
 #[cfg(test)]
@@ -54,10 +89,17 @@ mod tests {
         let b = now();
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert_eq!(now(), b, "inside a poll the first read is kept");
+        assert_eq!(now_ns(), ns_of(b), "the same reading in nanoseconds");
         poll_edge(false);
         assert!(now() > b, "the end of the poll drops it");
+        assert!(now_ns() > ns_of(b), "in nanoseconds too");
         poll_edge(true);
-        assert!(now() > b, "the next poll reads again");
+        let ns = now_ns();
+        assert!(
+            ns > ns_of(b),
+            "the next poll reads again, whichever form comes first"
+        );
+        assert_eq!(ns_of(now()), ns, "and both forms are one reading");
         poll_edge(false);
     }
 }

@@ -341,7 +341,7 @@ impl Core {
         let caches = crate::data_path::cache::Caches::new(&shared.config);
         let core = Core {
             pools,
-            bal: CoreBalancer::new(&shared.config, index, balance::now_ns(shared.epoch)),
+            bal: CoreBalancer::new(&shared.config, index, balance::now_ns()),
             bufs: RefCell::new(bufs),
             header_tables: RefCell::new(header_tables),
             access_log,

@@ -14,13 +14,12 @@
 //! the worker's once-a-second flush moves them into its statistics ([`take`]).
 
 use std::cell::{Cell, RefCell};
-use std::time::Instant;
 
 use crate::control::stats::GapCounts;
 
 thread_local! {
-    /// The last request event on this worker.
-    static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// The last request event on this worker (`clock::now_ns`).
+    static LAST: Cell<Option<u64>> = const { Cell::new(None) };
     /// Requests begun and not yet ended on this worker ([`Begun`]s alive).
     static IN_FLIGHT: Cell<u32> = const { Cell::new(0) };
     /// Gaps since the last [`take`].
@@ -32,17 +31,18 @@ thread_local! {
 pub(crate) struct Begun(());
 
 impl Begun {
-    /// A request began at `now` (the clock read its latency starts from).
+    /// A request began at `now` (the clock read its latency starts from, as
+    /// [`crate::runtime::clock::now_ns`]).
     #[inline]
-    pub(crate) fn at(now: Instant) -> Begun {
+    pub(crate) fn at(now: u64) -> Begun {
         event(now);
         IN_FLIGHT.with(|n| n.set(n.get().saturating_add(1)));
         Begun(())
     }
 
-    /// The request ended at `now` (its answer written).
+    /// The request ended at `now` (its answer written; nanoseconds, as [`Begun::at`]).
     #[inline]
-    pub(crate) fn end(self, now: Instant) {
+    pub(crate) fn end(self, now: u64) {
         event(now);
     }
 }
@@ -55,13 +55,13 @@ impl Drop for Begun {
 }
 
 #[inline]
-fn event(now: Instant) {
+fn event(now: u64) {
     let last = LAST.with(|l| l.replace(Some(now)));
     if IN_FLIGHT.with(Cell::get) == 0 {
         return;
     }
     if let Some(last) = last {
-        let us = now.saturating_duration_since(last).as_micros() as u64;
+        let us = now.saturating_sub(last) / 1_000;
         GAPS.with(|g| g.borrow_mut().add(us));
     }
 }
@@ -80,13 +80,12 @@ pub(crate) fn take() -> GapCounts {
 mod tests {
     use super::*;
     use crate::control::stats::GAP_BOUNDS_US;
-    use std::time::Duration;
 
     #[test]
     fn counts_gaps_only_while_requests_are_in_flight() {
         let _ = take();
-        let t0 = Instant::now();
-        let at = |us: u64| t0 + Duration::from_micros(us);
+        let t0 = crate::runtime::clock::now_ns();
+        let at = |us: u64| t0 + us * 1_000;
         // Idle before the first request: no gap.
         let a = Begun::at(at(0));
         // A second request begins 50 µs later, while the first is in flight.

@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::balance::{self, GroupRuntime};
 use crate::config::Config;
@@ -34,8 +33,6 @@ pub struct Shared {
     pub cluster: Option<Arc<crate::control::cluster::ClusterLimits>>,
     /// Keyed hash for caller identities (API keys are hashed, never stored).
     pub key_hasher: ratelimit::KeyHasher,
-    /// Origin of the nanosecond clock the rate limits and balancers use.
-    pub epoch: Instant,
     /// Per group: backend health (shared, lock-free) and the hash ring.
     pub groups: Arc<Vec<GroupRuntime>>,
     /// Initialize bodies and moved sessions, for `session_failover = "reinitialize"`.
@@ -200,6 +197,9 @@ pub(crate) fn build_shared(
         .iter()
         .map(|g| g.cache.as_ref().map(|_| Default::default()))
         .collect();
+    // The nanosecond clock of the rate limits and balancers starts with the first state, as
+    // their `epoch` did (later states share it).
+    crate::runtime::clock::anchor();
     Ok(Shared {
         alt_svc,
         h3_server,
@@ -217,7 +217,6 @@ pub(crate) fn build_shared(
             || ratelimit::KeyHasher::new(rand::random::<[u64; 2]>()),
             |p| p.key_hasher,
         ),
-        epoch: prev.map_or_else(std::time::Instant::now, |p| p.epoch),
         groups,
         failover: prev.map_or_else(
             || Arc::new(failover::FailoverStore::new(100_000)),

@@ -723,7 +723,7 @@ fn member_up(core: &Core, m: &Member) -> bool {
     ) else {
         return false;
     };
-    let now = crate::balance::now_ns(core.shared.epoch);
+    let now = crate::balance::now_ns();
     (0..group.backends.len()).any(|i| rt.health.is_eligible(i, now))
 }
 

@@ -207,7 +207,7 @@ async fn bridge_for(
     if never || core.bridges.all_stateless(gi) {
         return Ok(None);
     }
-    let now = balance::now_ns(core.shared.epoch);
+    let now = balance::now_ns();
     // None eligible: the attempt loop says so.
     let Some(bi) = core.bal.pick(gi, group, rt, None, 0, now) else {
         return Ok(None);
@@ -364,7 +364,7 @@ async fn send_once<'a>(
             "no backend available",
         )));
     };
-    let now = balance::now_ns(core.shared.epoch);
+    let now = balance::now_ns();
     let mut plan = Plan {
         gi,
         pinned: None,

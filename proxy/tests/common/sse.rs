@@ -9,6 +9,19 @@ use mcplb::http::ChunkedDecoder;
 use protocol::{SseEvent, SseParser};
 use serde_json::Value;
 
+/// Parsed headers as `(lower-cased name, value)` pairs.
+pub fn header_pairs(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).to_string(),
+            )
+        })
+        .collect()
+}
+
 /// An open event stream (or the answer that refused to open one: see `status`).
 pub struct SseClient {
     pub stream: TcpStream,
@@ -53,16 +66,7 @@ impl SseClient {
         let mut resp = httparse::Response::new(&mut storage);
         resp.parse(&buf[..head_len]).unwrap();
         let status = resp.code.unwrap();
-        let headers: Vec<(String, String)> = resp
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).to_string(),
-                )
-            })
-            .collect();
+        let headers = header_pairs(resp.headers);
         buf.drain(..head_len);
         let chunked = headers
             .iter()

@@ -95,6 +95,7 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
             p.upstream_idle_timeout.as_deref(),
             secs(4),
         ),
+        sse_head_waits: p.sse_head_waits.unwrap_or(true),
         upstream_max_idle: t.int("upstream_max_idle", p.upstream_max_idle, 256, 0..=1 << 20),
         access_log: p
             .access_log
