@@ -166,49 +166,39 @@ fn the_head_goes_out_with_the_first_event_and_no_event_waits_for_the_end() {
     }
 }
 
+/// A backend that writes the event and the end only once the client has read the head: the
+/// client's first read must be the head alone, then the whole body follows.
+fn assert_head_alone(driver: &str, extra: &str, method: &str, rpc_method: &str) {
+    let steps = vec![
+        Step::Write(HEAD.into()),
+        Step::Gate,
+        Step::Write(chunk()),
+        Step::Write(END.into()),
+    ];
+    let (addr, gate, _) = backend(steps);
+    let p = proxy(addr, extra, driver);
+    let mut c = send(p.addr, method, rpc_method);
+    let first = read_once(&mut c);
+    let what = format!("{driver}, {extra:?}, {method} {rpc_method}");
+    assert!(first.starts_with("HTTP/1.1 200"), "{what}: {first:?}");
+    assert_eq!(body_of(&first), "", "{what}");
+    gate.send(()).unwrap();
+    let all = read_rest(&mut c, first);
+    assert_eq!(body_of(&all), chunk() + END, "{what}");
+}
+
 #[test]
 fn with_sse_head_waits_off_the_head_goes_alone() {
     for driver in DRIVERS {
-        let steps = vec![
-            Step::Write(HEAD.into()),
-            Step::Gate,
-            Step::Write(chunk()),
-            Step::Write(END.into()),
-        ];
-        let (addr, gate, _) = backend(steps);
-        let p = proxy(addr, "sse_head_waits = false", driver);
-        let mut c = send(p.addr, "POST", "tools/call");
-        // The event is written only once the client has read the head.
-        let first = read_once(&mut c);
-        assert!(first.starts_with("HTTP/1.1 200"), "{driver}: {first:?}");
-        assert_eq!(body_of(&first), "", "{driver}");
-        gate.send(()).unwrap();
-        let all = read_rest(&mut c, first);
-        assert_eq!(body_of(&all), chunk() + END, "{driver}");
+        assert_head_alone(driver, "sse_head_waits = false", "POST", "tools/call");
     }
 }
 
 #[test]
 fn get_and_listen_streams_send_their_head_at_once() {
     for driver in DRIVERS {
-        for (method, rpc_method) in [("GET", ""), ("POST", "subscriptions/listen")] {
-            let steps = vec![
-                Step::Write(HEAD.into()),
-                Step::Gate,
-                Step::Write(chunk()),
-                Step::Write(END.into()),
-            ];
-            let (addr, gate, _) = backend(steps);
-            let p = proxy(addr, "", driver);
-            let mut c = send(p.addr, method, rpc_method);
-            let first = read_once(&mut c);
-            let what = format!("{driver}, {method} {rpc_method}");
-            assert!(first.starts_with("HTTP/1.1 200"), "{what}: {first:?}");
-            assert_eq!(body_of(&first), "", "{what}");
-            gate.send(()).unwrap();
-            let all = read_rest(&mut c, first);
-            assert_eq!(body_of(&all), chunk() + END, "{what}");
-        }
+        assert_head_alone(driver, "", "GET", "");
+        assert_head_alone(driver, "", "POST", "subscriptions/listen");
     }
 }
 
