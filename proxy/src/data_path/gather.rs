@@ -8,8 +8,8 @@
 //! first event, and on loopback or a LAN a send is the costly part of a small answer (the
 //! kernel's transmit, and the client's receive and wake-up, per send). So the head waits for
 //! the answer's first body bytes, and goes out with them and whatever already follows them
-//! (the stream's end, most often) in one send. No body byte ever waits: from there the stream
-//! is forwarded as it comes.
+//! (the stream's end, most often, taken as `take_waiting` takes it behind a head) in one send.
+//! No body byte ever waits: from there the stream is forwarded as it comes.
 //!
 //! Only answers to requests that one response answers are held (`initialize`, `tools/call`
 //! and the other methods mcplb names): a `subscriptions/listen` stream, or any method mcplb
@@ -24,7 +24,7 @@
 //! first event either way.
 
 use crate::data_path::request::ClientConn;
-use crate::data_path::response::{body_step, body_step_with, next_event, Framing, Waited, Watch};
+use crate::data_path::response::{next_event, step_read, take_waiting, Framing, Waited, Watch};
 use crate::runtime::core::Core;
 use crate::tls::Conn;
 
@@ -40,9 +40,6 @@ pub(crate) enum Gathered {
     Cut,
 }
 
-/// Non-blocking reads made for what already follows the first body bytes.
-const MORE_RECVS: usize = 2;
-
 /// Reads an answer's first body bytes (its head came alone), then what already waits behind
 /// them without waiting again, and appends the body bytes, as the client gets them, to
 /// `c.out` (after the head). `ubuf` is the upstream read buffer (its contents are no longer
@@ -53,7 +50,7 @@ pub(crate) async fn first_bytes(
     up: &mut Conn,
     ubuf: &mut Vec<u8>,
     framing: &mut Framing,
-    mut tap: Option<&mut super::cache::Tap<'_>>,
+    tap: Option<&mut super::cache::Tap<'_>>,
 ) -> Gathered {
     ubuf.clear();
     // The client is watched as a stream's is: one that leaves while the head waits (a long
@@ -74,41 +71,21 @@ pub(crate) async fn first_bytes(
             return Gathered::Cut;
         }
     }
-    for more in 0..=MORE_RECVS {
-        if more > 0 {
-            // What already follows; EOF or an error is left for the stream's next read,
-            // which sees it again.
-            let Conn::Plain(s) = &*up else {
-                return Gathered::Open;
-            };
-            ubuf.clear();
-            match crate::tls::recv_now(s, ubuf, 0) {
-                Some(Ok(n)) if n > 0 => {}
-                _ => return Gathered::Open,
-            }
-        }
-        let mut framing_error = false;
-        let (take, done) = match tap.as_deref_mut() {
-            None => body_step(framing, ubuf, &mut framing_error),
-            Some(t) => body_step_with(framing, ubuf, &mut framing_error, |d| t.take(d)),
-        };
-        if framing_error {
-            return Gathered::Cut;
-        }
-        let now = crate::runtime::clock::now();
-        if done {
-            c.meta.upstream_done = Some(now);
-        }
-        if c.meta.first_event.is_none() && take > 0 {
-            c.meta.first_event = Some(now);
-        }
-        c.out
-            .extend_from_slice(ubuf.get(..take).unwrap_or_default());
-        if done {
-            return Gathered::Done {
-                extra: take < ubuf.len(),
-            };
-        }
+    // What already follows (the stream's end, most often) is taken without waiting, as
+    // behind the head; EOF or an error is left for the stream's next read, which sees it again.
+    if let Conn::Plain(s) = &*up {
+        take_waiting(s, ubuf, 0, framing);
     }
-    Gathered::Open
+    let Some((take, done)) = step_read(c, framing, tap, ubuf, true) else {
+        return Gathered::Cut;
+    };
+    c.out
+        .extend_from_slice(ubuf.get(..take).unwrap_or_default());
+    if done {
+        Gathered::Done {
+            extra: take < ubuf.len(),
+        }
+    } else {
+        Gathered::Open
+    }
 }

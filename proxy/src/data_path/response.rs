@@ -626,24 +626,13 @@ async fn stream_body(
             // EOF ends an until-close body; any other body is cut short.
             return Err(());
         }
-        let mut framing_error = false;
-        let (take, done) = match tap.as_deref_mut() {
-            None => body_step(framing, ubuf, &mut framing_error),
-            Some(t) => body_step_with(framing, ubuf, &mut framing_error, |d| t.take(d)),
-        };
-        if framing_error {
+        let Some((take, done)) = step_read(c, framing, tap.as_deref_mut(), ubuf, is_sse) else {
             return Err(());
-        }
-        if done {
-            c.meta.upstream_done = Some(crate::runtime::clock::now());
-        }
+        };
         if std::mem::take(&mut sniff_error) {
             c.meta.rpc_code = protocol::response_error_code(ubuf.get(..take).unwrap_or_default());
         }
         c.meta.bytes_out += take as u64;
-        if is_sse && c.meta.first_event.is_none() && take > 0 {
-            c.meta.first_event = Some(crate::runtime::clock::now());
-        }
         let (w, b) = c.stream.write_range(std::mem::take(ubuf), 0..take).await;
         *ubuf = b;
         if w.is_err() {
@@ -653,6 +642,33 @@ async fn stream_body(
             return Ok(take < ubuf.len());
         }
     }
+}
+
+/// One upstream read's body bytes (`bytes`) through the framing (and the tap, which sees them
+/// de-chunked): `(take, done)`, how many of them to forward and whether the body ended, noted
+/// in `c.meta` (`upstream_done`; an SSE stream's `first_event`); `None` on a framing error.
+pub(crate) fn step_read(
+    c: &mut ClientConn,
+    framing: &mut Framing,
+    tap: Option<&mut super::cache::Tap<'_>>,
+    bytes: &[u8],
+    is_sse: bool,
+) -> Option<(usize, bool)> {
+    let mut framing_error = false;
+    let (take, done) = match tap {
+        None => body_step(framing, bytes, &mut framing_error),
+        Some(t) => body_step_with(framing, bytes, &mut framing_error, |d| t.take(d)),
+    };
+    if framing_error {
+        return None;
+    }
+    if done {
+        c.meta.upstream_done = Some(crate::runtime::clock::now());
+    }
+    if is_sse && c.meta.first_event.is_none() && take > 0 {
+        c.meta.first_event = Some(crate::runtime::clock::now());
+    }
+    Some((take, done))
 }
 
 /// Waits for the next bytes of an SSE stream from `up` while watching the client and, for a
@@ -707,7 +723,12 @@ pub(crate) async fn next_event(
 /// answer) makes no call. Out of line, that look cost 46 instructions a request, most of them
 /// saving and restoring the registers of the recv path (callgrind, stateless, 64 connections).
 #[inline(always)]
-fn take_waiting(s: &monoio::net::TcpStream, buf: &mut Vec<u8>, head_len: usize, f: &Framing) {
+pub(crate) fn take_waiting(
+    s: &monoio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    head_len: usize,
+    f: &Framing,
+) {
     if may_go_on(f, buf.get(head_len..).unwrap_or_default()) {
         take_waiting_recvs(s, buf, head_len, f);
     }
