@@ -7,6 +7,7 @@ pub(crate) mod clock;
 pub(crate) mod conn;
 pub(crate) mod core;
 pub(crate) mod flush;
+pub(crate) mod kernel_timer;
 pub(crate) mod linger;
 pub(crate) mod listen;
 pub(crate) mod loop_gap;
