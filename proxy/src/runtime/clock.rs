@@ -58,6 +58,13 @@ pub(crate) fn now_ns() -> u64 {
     ns
 }
 
+/// A fresh reading (never the poll's cached one) as nanoseconds since [`anchor`]: for the
+/// places that read the OS clock on purpose (the era bridge's and the virtual servers'
+/// timings), so that a reading taken late in a long poll is not moved back to its start.
+pub(crate) fn fresh_ns() -> u64 {
+    ns_of(Instant::now())
+}
+
 /// `t` as nanoseconds since [`anchor`] (0 before it).
 pub(crate) fn ns_of(t: Instant) -> u64 {
     t.saturating_duration_since(anchor()).as_nanos() as u64
