@@ -340,7 +340,7 @@ mod tests {
         bal.end_rtt(1, 1, Some(90_000_000), 1);
         let e = &bal.groups[1].ewma;
         assert_eq!(e[1].estimate(1), 90_000_000.0, "a peak replaces the estimate");
-        assert_eq!(e[0].estimate(0), DEFAULT_INITIAL_RTT_NS as f64);
+        assert_eq!(e[0].estimate(0), lb::DEFAULT_INITIAL_RTT_NS as f64);
         // The single backend is still picked.
         let rts = runtimes(&cfg);
         assert_eq!(bal.pick(0, &cfg.servers[0], &rts[0], None, 0, 1), Some(0));

@@ -811,9 +811,12 @@ async fn attempt(
     io.ubuf.clear();
     let out = std::mem::take(io.out);
     let len = out.len();
+    let poll = crate::runtime::clock::poll_id();
     let (w, out) = up.write_range(out, 0..len).await;
     *io.out = out;
-    let sent = crate::runtime::clock::now();
+    // The end of the write: on the epoll driver a writable connection takes it in this same
+    // poll, whose cached time is from before the request was parsed and routed.
+    let sent = crate::runtime::clock::now_after(poll);
     io.meta.sent = Some(crate::runtime::clock::now_ns());
     if w.is_err() {
         return Err(UpstreamError::new(
