@@ -276,7 +276,10 @@ mod tests {
             .map(|i| EXP_SERIES_BELOW * f64::from(i) / 100_001.0)
             .map(|x| ((exp_neg(x) - (-x).exp()) / (-x).exp()).abs())
             .fold(0.0, f64::max);
-        println!("worst relative error {worst:e} ({} epsilon)", worst / f64::EPSILON);
+        println!(
+            "worst relative error {worst:e} ({} epsilon)",
+            worst / f64::EPSILON
+        );
         assert!(worst <= 2.0 * f64::EPSILON, "{worst:e}");
     }
 

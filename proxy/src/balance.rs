@@ -339,7 +339,11 @@ mod tests {
         bal.end_rtt(0, 0, Some(5_000_000), 1);
         bal.end_rtt(1, 1, Some(90_000_000), 1);
         let e = &bal.groups[1].ewma;
-        assert_eq!(e[1].estimate(1), 90_000_000.0, "a peak replaces the estimate");
+        assert_eq!(
+            e[1].estimate(1),
+            90_000_000.0,
+            "a peak replaces the estimate"
+        );
         assert_eq!(e[0].estimate(0), lb::DEFAULT_INITIAL_RTT_NS as f64);
         // The single backend is still picked.
         let rts = runtimes(&cfg);

@@ -564,7 +564,9 @@ pub(crate) async fn ask_on_bridged_stream(
     let relayed =
         crate::data_path::era_ask::continue_stream(core, c, up, ubuf, head_len, close, call).await;
     drop(in_flight);
-    c.meta.upstream_done.get_or_insert_with(crate::runtime::clock::fresh_ns);
+    c.meta
+        .upstream_done
+        .get_or_insert_with(crate::runtime::clock::fresh_ns);
     if let Some(rt) = core.shared.groups.get(gi) {
         let now = crate::balance::now_ns();
         crate::balance::record_outcome(&core.shared.hub, rt, group, bi, None, now);

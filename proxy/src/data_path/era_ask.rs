@@ -277,7 +277,9 @@ async fn sse_answer(core: &Core, c: &mut ClientConn, src: &mut Source) -> Result
             chunk.extend_from_slice(event);
         }
         if !chunk.is_empty() {
-            c.meta.first_event.get_or_insert_with(crate::runtime::clock::fresh_ns);
+            c.meta
+                .first_event
+                .get_or_insert_with(crate::runtime::clock::fresh_ns);
             put_chunk(c, &chunk);
             if !send(c).await {
                 return Err(Gone::Client);

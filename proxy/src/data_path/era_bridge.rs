@@ -1120,7 +1120,9 @@ async fn relay(
             }
         }
         if !chunk.is_empty() {
-            c.meta.first_event.get_or_insert_with(crate::runtime::clock::fresh_ns);
+            c.meta
+                .first_event
+                .get_or_insert_with(crate::runtime::clock::fresh_ns);
             put_chunk(c, &chunk);
         }
         if finished {

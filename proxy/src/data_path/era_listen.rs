@@ -350,7 +350,9 @@ async fn relay(
     if !c.out.is_empty() && !send(c).await {
         return Relayed::Done(Next::Close);
     }
-    c.meta.first_event.get_or_insert_with(crate::runtime::clock::fresh_ns);
+    c.meta
+        .first_event
+        .get_or_insert_with(crate::runtime::clock::fresh_ns);
     let mut err = false;
     let mut quiet_since = Instant::now();
     let mut looked = Instant::now();

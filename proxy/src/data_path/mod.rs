@@ -90,8 +90,7 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     // cached for this poll as `now` is): a fresh one when the whole request ran in the poll
     // it began in (a refusal or a cached answer written at once on the epoll driver), whose
     // cached time is `start`.
-    let end = (stats || core.audit.is_some())
-        .then(|| crate::runtime::clock::now_after(first_poll));
+    let end = (stats || core.audit.is_some()).then(|| crate::runtime::clock::now_after(first_poll));
     if let (Some(start_ns), Some(_)) = (start_ns, end) {
         let end_ns = crate::runtime::clock::now_ns();
         record::record(core, &c.meta, end_ns.saturating_sub(start_ns) / 1_000);
