@@ -16,7 +16,11 @@
 # PATH_MODE=session counts the path bench/one_call.sh runs instead (issue 21): the stateful mock
 # answering `tools/call` as SSE (`mcplb-load mock --sse`), loaded by `mcplb-load run` with CONNS
 # MCP sessions (one per connection, sealed `Mcp-Session-Id`, one call in flight each; the
-# arguments of bench/side_by_side.py); the measured run's initialize is among its requests.
+# arguments of bench/side_by_side.py); the measured run's setup (each session's initialize and
+# notifications/initialized, 2 x CONNS exchanges) is among its requests: a paced run counts
+# RATE x SECS calls + 2 x CONNS (RATE=32 and RATE=16 SECS=20 both count 336 with 8
+# connections: the same 320 calls). REQUESTS=N (session, or stateless with RATE): the measured
+# run is N calls (+ the setup) whatever the time, e.g. for the same count in every build.
 # RATE: calls per second over all connections (`--rate`), e.g. RATE=4 with CONNS=1 for
 # bench/one_call.sh's paced cell (a call every 250 ms: the connection parks in between); with
 # PATH_MODE=stateless, `mcplb-load run --stateless` sends the side-by-side's stateless call open
@@ -103,9 +107,10 @@ load() {
     if [[ $LOADER == h3 ]]; then
         load_h3 "$1"
     elif [[ $PATH_MODE == session || ( $PATH_MODE == stateless && -n ${RATE:-} ) ]]; then
-        local stateless=()
+        local stateless=() limit=(--duration "${1}s")
         if [[ $PATH_MODE == stateless ]]; then stateless=(--stateless); fi
-        "$LOAD_BIN" run --url "$url" --connections "$CONNS" --duration "${1}s" --warmup 0s "${stateless[@]}" \
+        if [[ -n ${MEASURED:-} && -n ${REQUESTS:-} ]]; then limit=(--requests "$REQUESTS"); fi
+        "$LOAD_BIN" run --url "$url" --connections "$CONNS" "${limit[@]}" --warmup 0s "${stateless[@]}" \
             ${RATE:+--rate "$RATE"} --args "$ARGS_JSON" --json --quiet | tail -1 \
             | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["exchanges"])'
     elif [[ $LOADER == h2load ]]; then

@@ -120,8 +120,19 @@ pub fn now_ns() -> u64 {
 struct CoreGroup {
     retry: lb::RetryBudget,
     in_flight: Vec<Cell<u32>>,
+    /// The backends' latency estimates; none where nothing reads them (see [`reads_ewma`]):
+    /// then a request's round trip is not observed either.
     ewma: Vec<PeakEwma>,
     wrr: WeightedRoundRobin,
+}
+
+/// Whether [`CoreBalancer::pick`] ever reads `group`'s latency estimates: only the power of
+/// two choices does (least-request, and hashing for requests with no key), and only between
+/// two or more backends. A reload builds every core's balancer anew from the new config
+/// (`Core::new`), estimates included, so a group that gains a second backend starts its
+/// estimates then, as a new group would; none is carried over that could have gone stale.
+fn reads_ewma(group: &ServerGroup) -> bool {
+    group.backends.len() > 1 && !matches!(group.balance, Balance::RoundRobin)
 }
 
 /// One core's balancers, one per group.
@@ -150,7 +161,11 @@ impl CoreBalancer {
                         retry: lb::RetryBudget::new(lb::RetryBudgetConfig::default())
                             .unwrap_or_else(|_| unreachable_budget()),
                         in_flight: g.backends.iter().map(|_| Cell::new(0)).collect(),
-                        ewma: g.backends.iter().map(|_| PeakEwma::new(now_ns)).collect(),
+                        ewma: if reads_ewma(g) {
+                            g.backends.iter().map(|_| PeakEwma::new(now_ns)).collect()
+                        } else {
+                            Vec::new()
+                        },
                         wrr,
                     }
                 })
@@ -238,7 +253,8 @@ impl CoreBalancer {
         }
     }
 
-    /// Feeds a response time (request sent to response head) to `bi`'s latency estimate.
+    /// Feeds a response time (request sent to response head) to `bi`'s latency estimate, where
+    /// the group keeps one.
     pub fn end_rtt(&self, gi: usize, bi: usize, rtt_ns: Option<u64>, now_ns: u64) {
         if let (Some(rtt), Some(e)) = (rtt_ns, self.groups.get(gi).and_then(|g| g.ewma.get(bi))) {
             e.observe(rtt, now_ns);
@@ -283,5 +299,56 @@ pub fn record_outcome(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config with one group per `(backends, balance)`.
+    fn config(groups: &[(usize, &str)]) -> Config {
+        let mut t = String::from("[proxy]\nlisten = \"127.0.0.1:8080\"\n");
+        for (g, (n, balance)) in groups.iter().enumerate() {
+            let backends: Vec<String> = (0..*n)
+                .map(|b| format!("\"http://127.0.0.1:{}/mcp\"", 3001 + b))
+                .collect();
+            t.push_str(&format!(
+                "[[servers]]\nname = \"g{g}\"\npath = \"/g{g}\"\nbalance = \"{balance}\"\nbackends = [{}]\n",
+                backends.join(", ")
+            ));
+        }
+        match Config::parse(&t) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}\n{t}"),
+        }
+    }
+
+    #[test]
+    fn estimates_only_where_the_pick_reads_them() {
+        let cfg = config(&[
+            (1, "least-request"),
+            (2, "least-request"),
+            (3, "round-robin"),
+            (2, "hash"),
+        ]);
+        let bal = CoreBalancer::new(&cfg, 0, 0);
+        let kept: Vec<usize> = bal.groups.iter().map(|g| g.ewma.len()).collect();
+        assert_eq!(kept, [0, 2, 0, 2]);
+        // A round trip fed to a group without estimates is dropped, one with them moves.
+        bal.end_rtt(0, 0, Some(5_000_000), 1);
+        bal.end_rtt(1, 1, Some(90_000_000), 1);
+        let e = &bal.groups[1].ewma;
+        assert_eq!(
+            e[1].estimate(1),
+            90_000_000.0,
+            "a peak replaces the estimate"
+        );
+        assert_eq!(e[0].estimate(0), lb::DEFAULT_INITIAL_RTT_NS as f64);
+        // The single backend is still picked.
+        let rts = runtimes(&cfg);
+        assert_eq!(bal.pick(0, &cfg.servers[0], &rts[0], None, 0, 1), Some(0));
+        // Two backends with estimates: the one with the lower (the other's) is chosen.
+        assert_eq!(bal.pick(1, &cfg.servers[1], &rts[1], None, 0, 1), Some(0));
     }
 }

@@ -133,10 +133,10 @@ pub(crate) async fn send(
             return reply::refuse(c, &last).await;
         }
     };
-    let rtt = c.meta.sent.map(|s| {
-        let now = crate::runtime::clock::now();
-        now.saturating_duration_since(s).as_nanos() as u64
-    });
+    let rtt = c
+        .meta
+        .sent
+        .map(|s| crate::runtime::clock::now_ns().saturating_sub(s));
     let answer = plain_answer(c, &mut up, ubuf, head_len, backend_tag, plan.sid.as_deref());
     let keep = !c.req.head.close;
     let (next, reusable) = forward_response(core, c, answer, keep).await;
@@ -295,10 +295,10 @@ async fn era_send(
         in_flight,
         backend_tag,
     } = reached;
-    let rtt = c.meta.sent.map(|s| {
-        let now = crate::runtime::clock::now();
-        now.saturating_duration_since(s).as_nanos() as u64
-    });
+    let rtt = c
+        .meta
+        .sent
+        .map(|s| crate::runtime::clock::now_ns().saturating_sub(s));
     let keep = !c.req.head.close;
     let (next, pool) = if let Some(session) = bridge {
         let leg = era_bridge::Leg {
@@ -811,10 +811,13 @@ async fn attempt(
     io.ubuf.clear();
     let out = std::mem::take(io.out);
     let len = out.len();
+    let poll = crate::runtime::clock::poll_id();
     let (w, out) = up.write_range(out, 0..len).await;
     *io.out = out;
-    let sent = crate::runtime::clock::now();
-    io.meta.sent = Some(sent);
+    // The end of the write: on the epoll driver a writable connection takes it in this same
+    // poll, whose cached time is from before the request was parsed and routed.
+    let sent = crate::runtime::clock::now_after(poll);
+    io.meta.sent = Some(crate::runtime::clock::now_ns());
     if w.is_err() {
         return Err(UpstreamError::new(
             UpstreamErrorKind::WriteFailed,

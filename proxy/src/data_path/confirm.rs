@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::future::Future as _;
 use std::sync::Mutex;
 use std::task::Poll;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::ServerGroup;
 use crate::data_path::admission::{ConcKeys, Permits};
@@ -564,7 +564,9 @@ pub(crate) async fn ask_on_bridged_stream(
     let relayed =
         crate::data_path::era_ask::continue_stream(core, c, up, ubuf, head_len, close, call).await;
     drop(in_flight);
-    c.meta.upstream_done.get_or_insert_with(Instant::now);
+    c.meta
+        .upstream_done
+        .get_or_insert_with(crate::runtime::clock::fresh_ns);
     if let Some(rt) = core.shared.groups.get(gi) {
         let now = crate::balance::now_ns();
         crate::balance::record_outcome(&core.shared.hub, rt, group, bi, None, now);
@@ -643,7 +645,7 @@ async fn forward_on_stream(
     c.ubuf = std::mem::take(&mut a.buf);
     let relayed = relay(core, c, a.up, head.framing, head.is_sse, avail).await;
     drop(in_flight);
-    c.meta.upstream_done = Some(Instant::now());
+    c.meta.upstream_done = Some(crate::runtime::clock::fresh_ns());
     if relayed == Some(true) && !head.up_close {
         core.put_upstream(plan.gi, bi, up);
     }

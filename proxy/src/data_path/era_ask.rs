@@ -7,7 +7,7 @@
 
 use std::future::Future as _;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lb::{retry_decision, Retry, RetryContext};
 use protocol::Method;
@@ -277,7 +277,9 @@ async fn sse_answer(core: &Core, c: &mut ClientConn, src: &mut Source) -> Result
             chunk.extend_from_slice(event);
         }
         if !chunk.is_empty() {
-            c.meta.first_event.get_or_insert_with(Instant::now);
+            c.meta
+                .first_event
+                .get_or_insert_with(crate::runtime::clock::fresh_ns);
             put_chunk(c, &chunk);
             if !send(c).await {
                 return Err(Gone::Client);
@@ -498,7 +500,7 @@ async fn retried(
 /// Ends the client's answer with the call's answer `msg` (a JSON-RPC response; its id is the
 /// call's, the retries having kept it).
 async fn end_with(c: &mut ClientConn, t: Turn, msg: &[u8]) -> (Next, Option<Conn>) {
-    c.meta.upstream_done = Some(Instant::now());
+    c.meta.upstream_done = Some(crate::runtime::clock::fresh_ns());
     let reusable = done_reading(&t.src);
     if t.streaming {
         let mut chunk = Vec::with_capacity(msg.len() + 32);

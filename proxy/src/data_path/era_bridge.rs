@@ -855,7 +855,7 @@ pub(crate) async fn forward(
             }
         }
     }
-    c.meta.upstream_done = Some(Instant::now());
+    c.meta.upstream_done = Some(crate::runtime::clock::fresh_ns());
     if err {
         let r = Refusal::new(502, -32603, "the backend's answer was cut short");
         return (reply::refuse(c, &r).await, None);
@@ -1120,12 +1120,14 @@ async fn relay(
             }
         }
         if !chunk.is_empty() {
-            c.meta.first_event.get_or_insert_with(Instant::now);
+            c.meta
+                .first_event
+                .get_or_insert_with(crate::runtime::clock::fresh_ns);
             put_chunk(c, &chunk);
         }
         if finished {
             c.out.extend_from_slice(crate::http::LAST_CHUNK);
-            c.meta.upstream_done = Some(Instant::now());
+            c.meta.upstream_done = Some(crate::runtime::clock::fresh_ns());
         }
         if !c.out.is_empty() && !send(c).await {
             return (Next::Close, None);

@@ -350,7 +350,9 @@ async fn relay(
     if !c.out.is_empty() && !send(c).await {
         return Relayed::Done(Next::Close);
     }
-    c.meta.first_event.get_or_insert_with(Instant::now);
+    c.meta
+        .first_event
+        .get_or_insert_with(crate::runtime::clock::fresh_ns);
     let mut err = false;
     let mut quiet_since = Instant::now();
     let mut looked = Instant::now();
@@ -379,7 +381,7 @@ async fn relay(
         }
         if end {
             c.out.extend_from_slice(crate::http::LAST_CHUNK);
-            c.meta.upstream_done = Some(Instant::now());
+            c.meta.upstream_done = Some(crate::runtime::clock::fresh_ns());
             send(c).await;
             // The stream's connection is not pooled; the client's closes with it.
             return Relayed::Done(Next::Close);

@@ -62,6 +62,7 @@ pub(crate) const READ_SIZE: usize = BUF_SIZE;
 /// Reads one request (head and body), routes it, forwards it and its answer, and records it.
 pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
     let start = crate::runtime::clock::now();
+    let first_poll = crate::runtime::clock::poll_id();
     // The worker's loop gaps ride on the clock reads of the statistics. Their durations are
     // taken in nanoseconds (`clock::now_ns`, the same reading): a subtraction, not a call.
     let stats = core.shared.config.proxy.stats;
@@ -86,8 +87,10 @@ pub(crate) async fn handle_request(core: &Core, c: &mut ClientConn) -> Next {
         Err(stop) => stopped(c, stop).await,
     };
     // One clock read for the statistics and the audit line (`now_ns` is the same reading,
-    // cached for this poll as `now` is).
-    let end = (stats || core.audit.is_some()).then(crate::runtime::clock::now);
+    // cached for this poll as `now` is): a fresh one when the whole request ran in the poll
+    // it began in (a refusal or a cached answer written at once on the epoll driver), whose
+    // cached time is `start`.
+    let end = (stats || core.audit.is_some()).then(|| crate::runtime::clock::now_after(first_poll));
     if let (Some(start_ns), Some(_)) = (start_ns, end) {
         let end_ns = crate::runtime::clock::now_ns();
         record::record(core, &c.meta, end_ns.saturating_sub(start_ns) / 1_000);

@@ -19,7 +19,7 @@ pub(crate) fn write_access_log(core: &Core, c: &ClientConn, start: Instant) {
         .saturating_duration_since(start)
         .as_micros();
     let upstream_us = match (m.sent, m.upstream_done) {
-        (Some(a), Some(b)) => b.saturating_duration_since(a).as_micros(),
+        (Some(a), Some(b)) => b.saturating_sub(a) / 1_000,
         _ => 0,
     };
     let cfg = &core.shared.config;
@@ -113,7 +113,7 @@ pub(crate) fn record(core: &Core, m: &ReqMeta, total_us: u64) {
         return;
     };
     let upstream_us = match (m.sent, m.upstream_done) {
-        (Some(a), Some(b)) => b.saturating_duration_since(a).as_micros() as u64,
+        (Some(a), Some(b)) => b.saturating_sub(a) / 1_000,
         _ => 0,
     };
     let mut rec = core.rec.borrow_mut();
@@ -125,7 +125,7 @@ pub(crate) fn record(core: &Core, m: &ReqMeta, total_us: u64) {
         total_us,
         upstream_us,
         first_event_us: match (m.sent, m.first_event) {
-            (Some(a), Some(b)) => Some(b.saturating_duration_since(a).as_micros() as u64),
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) / 1_000),
             _ => None,
         },
     });
@@ -193,8 +193,8 @@ pub(crate) fn span(core: &Core, c: &ClientConn, start: Instant) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let upstream_ns = match (m.sent, m.upstream_done) {
-        (Some(a), Some(b)) => b.saturating_duration_since(a).as_nanos() as u64,
-        (Some(a), None) => a.elapsed().as_nanos() as u64,
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        (Some(a), None) => crate::runtime::clock::fresh_ns().saturating_sub(a),
         _ => 0,
     };
     let shared = &core.shared;

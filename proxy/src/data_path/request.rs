@@ -10,7 +10,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
-use std::time::Instant;
 
 use protocol::Method;
 
@@ -393,8 +392,11 @@ pub(crate) struct ReqMeta {
     pub tool: Option<usize>,
     pub status: u16,
     pub by_proxy: bool,
-    pub sent: Option<Instant>,
-    pub upstream_done: Option<Instant>,
+    /// When the request was written to the backend, and when the answer's body ended:
+    /// [`clock::now_ns`](crate::runtime::clock::now_ns) readings (nanoseconds since the
+    /// clock's anchor; a difference is one subtraction, not a call into std).
+    pub sent: Option<u64>,
+    pub upstream_done: Option<u64>,
     pub bytes_out: u64,
     pub new_session: bool,
     pub ended_session: bool,
@@ -407,8 +409,8 @@ pub(crate) struct ReqMeta {
     pub rpc_code: Option<i64>,
     /// The backend's answer was a JSON-RPC error object.
     pub jsonrpc_error: bool,
-    /// SSE answers: when the first event bytes were forwarded.
-    pub first_event: Option<Instant>,
+    /// SSE answers: when the first event bytes were forwarded (as `sent`).
+    pub first_event: Option<u64>,
     /// Keyed hash of the session id (access log only; the id itself is never logged).
     pub session_hash: u64,
     /// What the group's policy decided, where it has one.

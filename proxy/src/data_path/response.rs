@@ -418,10 +418,10 @@ pub(crate) async fn forward_response(
     c.out.extend_from_slice(first);
     let extra = body_done && take < avail.len();
     if body_done {
-        c.meta.upstream_done = Some(crate::runtime::clock::now());
+        c.meta.upstream_done = Some(crate::runtime::clock::now_ns());
     }
     if is_sse && take > 0 {
-        c.meta.first_event = Some(crate::runtime::clock::now());
+        c.meta.first_event = Some(crate::runtime::clock::now_ns());
     }
     // The head of an SSE answer to a request goes out with its first event (`gather`).
     let gathered = if is_sse && take == 0 && !body_done && !framing_error && holds_head(core, c, &a)
@@ -663,10 +663,10 @@ pub(crate) fn step_read(
         return None;
     }
     if done {
-        c.meta.upstream_done = Some(crate::runtime::clock::now());
+        c.meta.upstream_done = Some(crate::runtime::clock::now_ns());
     }
     if is_sse && c.meta.first_event.is_none() && take > 0 {
-        c.meta.first_event = Some(crate::runtime::clock::now());
+        c.meta.first_event = Some(crate::runtime::clock::now_ns());
     }
     Some((take, done))
 }
@@ -888,6 +888,6 @@ async fn read_whole(
             }
         }
     };
-    c.meta.upstream_done = Some(crate::runtime::clock::now());
+    c.meta.upstream_done = Some(crate::runtime::clock::now_ns());
     Ok((body, extra))
 }

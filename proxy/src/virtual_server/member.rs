@@ -287,7 +287,8 @@ pub(crate) struct ReachedParts<'a> {
     pub gi: usize,
     pub bi: usize,
     pub in_flight: attempt::InFlight<'a>,
-    pub sent: Option<std::time::Instant>,
+    /// When the request was written ([`clock::now_ns`](crate::runtime::clock::now_ns)).
+    pub sent: Option<u64>,
 }
 
 impl ReachedParts<'_> {
@@ -303,7 +304,7 @@ impl ReachedParts<'_> {
         if let Some(up) = up {
             core.put_upstream(gi, bi, up);
         }
-        let rtt = sent.map(|s| s.elapsed().as_nanos() as u64);
+        let rtt = sent.map(|s| crate::runtime::clock::fresh_ns().saturating_sub(s));
         attempt::record_answer(core, gi, bi, status, rtt);
     }
 }

@@ -10,7 +10,6 @@
 //! merged lists.
 
 use std::io::Write as _;
-use std::time::Instant;
 
 use serde_json::Value;
 
@@ -395,7 +394,7 @@ async fn forward_whole(
     let reusable = !head.close && !matches!(r.framing, Framing::UntilClose);
     r.reached
         .finish(core, reusable.then_some(r.up), head.status);
-    c.meta.upstream_done = Some(Instant::now());
+    c.meta.upstream_done = Some(crate::runtime::clock::fresh_ns());
     if let Some(f) = fill.filter(|_| head.status == 200) {
         response_cache::store(core, c, f, &body, false);
     }
@@ -480,7 +479,7 @@ async fn forward_sse(
         }
         if !events.is_empty() {
             if c.meta.first_event.is_none() {
-                c.meta.first_event = Some(Instant::now());
+                c.meta.first_event = Some(crate::runtime::clock::fresh_ns());
             }
             c.out.clear();
             chunk(&mut c.out, &events);
@@ -489,7 +488,7 @@ async fn forward_sse(
             }
         }
         if done {
-            c.meta.upstream_done = Some(Instant::now());
+            c.meta.upstream_done = Some(crate::runtime::clock::fresh_ns());
             if let Some((f, kept)) = copy.take() {
                 response_cache::store(core, c, f, &kept, true);
             }
