@@ -17,6 +17,7 @@ use crate::data_path::era_bridge::{
 };
 use crate::data_path::request::{ClientConn, Next, Refusal};
 use crate::data_path::response::{self, Framing};
+use crate::data_path::upstream::Held;
 use crate::data_path::{reply, upstream};
 use crate::runtime::core::Core;
 use crate::session::era::{self, Declared};
@@ -96,7 +97,7 @@ pub(crate) async fn listen_on_session(
             None => Frame::Skip,
         }
     };
-    match relay(c, src, first, frame, None, false).await {
+    match relay(core, c, src, first, frame, None, false).await {
         Relayed::Done(next) => next,
         // Without a session to watch, it never changes.
         Relayed::Changed => Next::Close,
@@ -222,7 +223,17 @@ pub(crate) async fn stream_for_client(
                 send(c).await;
                 return Next::Close;
             };
-            match relay(c, src, Vec::new(), frame, Some((&sid, generation)), true).await {
+            match relay(
+                core,
+                c,
+                src,
+                Vec::new(),
+                frame,
+                Some((&sid, generation)),
+                true,
+            )
+            .await
+            {
                 Relayed::Done(next) => return next,
                 Relayed::Changed => continue,
             }
@@ -241,7 +252,17 @@ pub(crate) async fn stream_for_client(
             }
         };
         head_sent = true;
-        match relay(c, src, Vec::new(), frame, Some((&sid, generation)), false).await {
+        match relay(
+            core,
+            c,
+            src,
+            Vec::new(),
+            frame,
+            Some((&sid, generation)),
+            false,
+        )
+        .await
+        {
             Relayed::Done(next) => return next,
             Relayed::Changed => {}
         }
@@ -259,6 +280,9 @@ enum Relayed {
 
 /// A stream being relayed: the connection, its framing, the de-chunked bytes not yet relayed.
 struct Stream {
+    /// The backend's group and index.
+    gi: usize,
+    bi: usize,
     up: Conn,
     framing: Framing,
     pending: PendingEvents,
@@ -309,6 +333,8 @@ async fn open(
     let mut buf = a.buf;
     let avail = buf.split_off(head_len.min(buf.len()));
     Ok(Stream {
+        gi,
+        bi,
         up,
         framing: head.framing,
         pending: PendingEvents::new(),
@@ -331,6 +357,7 @@ enum Frame {
 /// makes it, until either side ends, or (`watch`: a session's id and the generation of the
 /// subscriptions the stream was opened with) the session's subscriptions change.
 async fn relay(
+    core: &Core,
     c: &mut ClientConn,
     mut s: Stream,
     first: Vec<u8>,
@@ -393,6 +420,11 @@ async fn relay(
                 // The session subscribed or unsubscribed: a listen with the new set.
                 return Relayed::Changed;
             }
+        }
+        // What is left is one event's first bytes: past the bound the client's stream closes
+        // without them (cut short, as when the backend's breaks; the connection goes too).
+        if upstream::over_bound(core, s.gi, s.bi, s.pending.rest().len(), Held::Event) {
+            return Relayed::Done(Next::Close);
         }
         let avail = std::mem::take(&mut s.avail);
         let read = s.up.read_more(avail, super::READ_SIZE);
