@@ -44,6 +44,15 @@ Settings (environment):
              io_uring:io_uring_submit_req and friends via `perf record`, cell PROFILE_CELL;
              default 1); URING_SECS (8); URING_TRACE=PATH also writes each build's events in
              order (thread, time) to PATH-<target>.txt
+  PACED_SECS measured seconds of the paced cells (think > 0; default SECS): at 4 calls/s a 6 s run
+             of 1 session is ~30 calls, too few for a steady CPU figure
+  TOGETHER   1 = a paced cell's targets run at the same time, each loaded by its own mcplb-load,
+             their starts spread evenly over the think time (default 1): the calls of mcplb and
+             nginx alternate on core 0, idle in between, so both see the same machine over the
+             same window and the round's ratio is a pair measured together; 0 = in turn
+  SLICES     a back-to-back cell's run of each target is cut into this many slices of
+             SECS/SLICES s, the targets alternating slice by slice (A B B A A B ...; default 1)
+             so that a drift of the machine within the round falls on every target alike
   PROFILE_CELL  the cell strace runs: answers/sessions/think (default sse/1/250)
   PERF_CELL  the cell perf runs (default sse/8/250: enough calls for a few hundred samples)
   BASE_PORT  ports BASE+1.. (default 28600); OUT (bench/results); TAG (one-call)
@@ -75,6 +84,9 @@ def env(name, default):
 
 ROUNDS = int(env("ROUNDS", 5))
 SECS = int(env("SECS", 10))
+PACED_SECS = int(env("PACED_SECS", SECS))
+TOGETHER = env("TOGETHER", "1") == "1"
+SLICES = max(1, int(env("SLICES", 1)))
 THINK = [int(x) for x in env("THINK", "0 250").split()]
 SESSIONS = [int(x) for x in env("SESSIONS", "1 8").split()]
 ANSWERS = env("ANSWERS", "sse json").split()
@@ -221,26 +233,88 @@ class Meter:
         return False
 
 
-def load_argv(url, sessions, think, secs):
+def load_argv(url, sessions, think, secs, warmup="1s", watch=None):
     argv = ["taskset", "-c", "1", LOAD, "run", "--url", url, "--connections", str(sessions),
-            "--duration", f"{secs}s", "--warmup", "1s", "--args",
+            "--duration", f"{secs:g}s", "--warmup", warmup, "--args",
             json.dumps(sbs.ARGS, separators=(",", ":")), "--json", "--quiet"]
     if think:
         argv += ["--rate", f"{sessions * 1000.0 / think:.6g}"]
+    if watch:
+        argv += ["--watch-pid", str(watch)]
     return argv
 
 
-def run_load(url, sessions, think, secs):
-    r = subprocess.run(load_argv(url, sessions, think, secs), capture_output=True, text=True, timeout=secs + 120)
+def load_json(stdout, stderr):
     try:
-        return json.loads(r.stdout.strip().splitlines()[-1])
+        return json.loads(stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        raise RuntimeError(f"mcplb-load failed: {r.stdout} {r.stderr}")
+        raise RuntimeError(f"mcplb-load failed: {stdout} {stderr}")
 
 
-def one_run(target, sessions, think):
+def run_load(url, sessions, think, secs, warmup="1s", watch=None):
+    r = subprocess.run(load_argv(url, sessions, think, secs, warmup, watch), capture_output=True, text=True,
+                       timeout=secs + 120)
+    return load_json(r.stdout, r.stderr)
+
+
+def one_run(target, sessions, think, secs=None, warmup="1s"):
     with Meter(target) as m:
-        j = run_load(target.url, sessions, think, SECS)
+        j = run_load(target.url, sessions, think, secs or SECS, warmup, watch_pid(target))
+    return cell_of(target, j, m)
+
+
+def watch_pid(target):
+    """The process mcplb-load reads the measured window's CPU of (none for direct)."""
+    return measured_pid(target) if target.kind != "direct" else None
+
+
+def together_run(tgs, sessions, think, secs):
+    """Every target of `tgs` loaded at once, each by its own mcplb-load, their starts spread
+    evenly over the think time; each proxy's meter spans all the loads."""
+    meters = [Meter(t) for t in tgs]
+    for m in meters:
+        m.__enter__()
+    procs = []
+    try:
+        for i, t in enumerate(tgs):
+            if i:
+                time.sleep(think / 1000.0 / len(tgs))
+            procs.append(subprocess.Popen(load_argv(t.url, sessions, think, secs, watch=watch_pid(t)),
+                                          stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        outs = [p.communicate(timeout=secs + 120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for m in meters:
+        m.__exit__(None, None, None)
+    return [cell_of(t, load_json(*o), m) for t, o, m in zip(tgs, outs, meters)]
+
+
+def merge_slices(cells):
+    """One cell from a target's slices: CPU, wake-ups and exchanges summed, latency the median of
+    the slices' figures."""
+    c = dict(cells[0])
+    for k in ("exchanges", "ok", "errors", "cpu_ns", "wakeups", "win_calls", "win_cpu_ns", "win_wakeups"):
+        if all(x.get(k) is not None for x in cells):
+            c[k] = sum(x[k] for x in cells)
+    for k in ("p50_us", "p99_us", "calls_per_s", "core0_busy_pct", "core1_busy_pct", "proxy_cpu_pct"):
+        c[k] = med([x.get(k) for x in cells])
+    c["max_us"] = max(x["max_us"] for x in cells)
+    c["wall_s"] = round(sum(x["wall_s"] for x in cells), 3)
+    c["slices"] = len(cells)
+    if c.get("cpu_ns") is not None and c["exchanges"]:
+        c["cpu_us_per_call"] = round(c["cpu_ns"] / 1000.0 / c["exchanges"], 2)
+        c["wakeups_per_call"] = round(c["wakeups"] / c["exchanges"], 3)
+    if c.get("win_cpu_ns") is not None and c.get("win_calls"):
+        c["win_cpu_us_per_call"] = round(c["win_cpu_ns"] / 1000.0 / c["win_calls"], 2)
+        c["win_wakeups_per_call"] = round(c["win_wakeups"] / c["win_calls"], 3)
+    return c
+
+
+def cell_of(target, j, m):
     ex = j["exchanges"]
     lat = j["latency_us"]
     cell = {"kind": target.kind, "exchanges": ex, "ok": j["ok"], "errors": j["errors"]["total"],
@@ -252,6 +326,12 @@ def one_run(target, sessions, think):
                      "wakeups": m.wakes, "wakeups_per_call": round(m.wakes / ex, 3),
                      "proxy_cpu_pct": round(100.0 * m.cpu_ns / 1e9 / m.wall, 1),
                      "threads_cpu_ns": m.threads})
+    w, calls = j.get("watched"), j["ok"] + j["errors"]["total"]
+    if w and calls:
+        # The measured window only (mcplb-load --watch-pid): the steady state's CPU per call.
+        cell.update({"win_calls": calls, "win_cpu_ns": w["run_ns"], "win_wakeups": w["switches"],
+                     "win_cpu_us_per_call": round(w["run_ns"] / 1000.0 / calls, 2),
+                     "win_wakeups_per_call": round(w["switches"] / calls, 3)})
     return cell
 
 
@@ -264,6 +344,19 @@ def cell_key(answers, sessions, think):
     return f"{answers}/{sessions}/{think}"
 
 
+def cell_runs(targets, kinds, a, s, t):
+    """One round of a cell: {kind: cell} for every target, by the mode the cell's kind asks."""
+    if t and TOGETHER:
+        return dict(zip(kinds, together_run([targets[(k, a)] for k in kinds], s, t, PACED_SECS)))
+    if t or SLICES == 1:
+        return {k: one_run(targets[(k, a)], s, t, PACED_SECS if t else SECS) for k in kinds}
+    slices = {k: [] for k in kinds}
+    for i in range(SLICES):
+        for k in (kinds if i % 2 == 0 else kinds[::-1]):
+            slices[k].append(one_run(targets[(k, a)], s, t, SECS / SLICES, "0.3s"))
+    return {k: merge_slices(v) for k, v in slices.items()}
+
+
 def phase_cells(targets):
     cells = [(a, s, t) for t in THINK for a in ANSWERS for s in SESSIONS]
     for rnd in range(ROUNDS):
@@ -272,8 +365,7 @@ def phase_cells(targets):
             kinds = list(TARGETS)
             # A different order every round, so that no target always runs first or last.
             random.Random(rnd * 7919 + sum(key.encode())).shuffle(kinds)
-            for kind in kinds:
-                c = one_run(targets[(kind, a)], s, t)
+            for kind, c in cell_runs(targets, kinds, a, s, t).items():
                 c["round"] = rnd
                 RESULTS["cells"].setdefault(key, {}).setdefault(kind, []).append(c)
                 cpu = f"{c['cpu_us_per_call']:7.1f} µs/call, {c['wakeups_per_call']:5.2f} wake-ups" \
@@ -448,6 +540,32 @@ def paired_ratios(runs, kind, peer, field="cpu_us_per_call"):
     return [r[kind] / r[peer] for r in by_round.values() if r.get(kind) and r.get(peer)]
 
 
+def cpu_table(R, proxies, names, field, total, count):
+    """The steady state's CPU table (the same shape as the whole run's)."""
+    nx = "nginx" in proxies
+    others = [k for k in proxies if k != "nginx" and nx]
+    lines = ["## Proxy CPU µs per call, measured window only", "",
+             "| cell | " + " | ".join(names[k] for k in proxies) + " | "
+             + " | ".join(f"{names[k]} ÷ nginx" for k in others) + " |",
+             "|---|" + "---|" * (len(proxies) + len(others))]
+    for key, runs in R["cells"].items():
+        row = [describe(key)] + [spread([c.get(field) for c in runs.get(k, [])]) for k in proxies]
+        row += [spread(paired_ratios(runs, k, "nginx", field), "{:.2f}")
+                + pooled_ratio(runs, k, "nginx", total, count) for k in others]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def pooled_ratio(runs, kind, peer, total="cpu_ns", count="exchanges"):
+    """'; all X': kind's CPU per request over all its rounds ÷ peer's."""
+    def per(k):
+        cs = [c for c in runs.get(k, []) if c.get(total) is not None]
+        ex = sum(c[count] for c in cs)
+        return sum(c[total] for c in cs) / ex if ex else None
+    a, b = per(kind), per(peer)
+    return f"; all {a / b:.2f}" if a and b else ""
+
+
 def describe(key):
     a, s, t = key.split("/")
     wait = "back to back" if t == "0" else f"one call every {t} ms"
@@ -459,6 +577,7 @@ def report(d):
     proxies = [k for k in d["targets"] if k != "direct"]
     builds = d["settings"].get("BUILDS") or ({"b": d["settings"]["MCPLB_B"]} if d["settings"].get("MCPLB_B") else {})
     names = dict(NAMES, **{f"mcplb-{n}": f"mcplb {n}" for n in builds})
+    st = d["settings"]
     lines = [f"# One call at a time: proxy CPU per call ({d['started'][:10]})", "",
              "Agents call tools one after another: one call in flight per session, the connection idle "
              "between calls. `bench/one_call.sh` (issue 21) measures that regime for mcplb beside nginx, "
@@ -476,7 +595,16 @@ def report(d):
              "*Back to back*: the next call leaves when the answer is read. *One call every T ms*: each "
              "session's calls are scheduled T ms apart (`--rate`), so the connection idles in between "
              "(past mcplb's 100 ms hot wait it is parked in the per-core epoll set).",
-             f"- Per run: {d['settings']['SECS']} s measured after 1 s of warm-up. CPU = the proxy process's "
+             f"- Per run: {d['settings']['SECS']} s measured after 1 s of warm-up"
+             + (f" (paced cells {st.get('PACED_SECS')} s)" if st.get("PACED_SECS", st["SECS"]) != st["SECS"] else "")
+             + (f"; a back-to-back run is {st['SLICES']} slices of {st['SECS'] / st['SLICES']:g} s (0.3 s of "
+                "warm-up each), the targets alternating slice by slice (A B B A ...), its figures summed over "
+                "its slices" if st.get("SLICES", 1) > 1 else "")
+             + (". The paced cells' targets ran **at the same time**, each loaded by its own mcplb-load, "
+                "their starts spread evenly over the think time: their calls alternate on core 0, each "
+                "proxy idle between its calls, so the two runs of a round see the same machine over the same "
+                "window" if st.get("TOGETHER") else "")
+             + ". CPU = the proxy process's "
              "run time (sum over its threads of `/proc/PID/task/*/schedstat`, ns; nginx: its worker) over the "
              "whole load run ÷ the requests written in it (set-up, warm-up and calls). Wake-ups = voluntary + "
              "involuntary context switches of its threads, per request. Latency: the measured calls, from "
@@ -497,23 +625,38 @@ def report(d):
     for key, runs in R["cells"].items():
         row = [describe(key)] + [spread([c.get("cpu_us_per_call") for c in runs.get(k, [])]) for k in proxies]
         if "nginx" in proxies:
-            row += [spread(paired_ratios(runs, k, "nginx"), "{:.2f}") for k in proxies if k != "nginx"]
+            row += [spread(paired_ratios(runs, k, "nginx"), "{:.2f}") + pooled_ratio(runs, k, "nginx")
+                    for k in proxies if k != "nginx"]
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Ratios: median [min–max] of the per-round ratios; *all* = the ratio of the totals "
+              "(each target's CPU over all its rounds ÷ its requests over all its rounds).", ""]
+    if any(c.get("win_cpu_us_per_call") is not None for runs in R["cells"].values() for cs in runs.values()
+           for c in cs):
+        lines += cpu_table(R, proxies, names, "win_cpu_us_per_call", "win_cpu_ns", "win_calls")
+        lines += ["", "The measured window only: the proxy's run time from the start of the measured window "
+                  "until the last answer was read, as mcplb-load read it (`--watch-pid`: every thread's "
+                  "`schedstat`), over the calls of that window. No session set-up, warm-up, upstream "
+                  "connect or closing: the steady state's CPU per call.", ""]
     if builds and "mcplb" in proxies:
         others = [f"mcplb-{n}" for n in builds if f"mcplb-{n}" in proxies]
         lines += ["", "## A/B: mcplb builds in the same run", "",
                   f"`mcplb` is `{d['settings']['MCPLB']}`. Per-round ratios of CPU per request (the runs of "
                   "one round ran within minutes), median [min–max]; below 1 = the build costs less than mcplb.", "",
-                  "| cell | " + " | ".join(f"{names[k]} ÷ mcplb" for k in others) + " |",
-                  "|---|" + "---|" * len(others)]
+                  "| cell | " + " | ".join(f"{names[k]} ÷ mcplb" for k in others)
+                  + " | " + " | ".join(f"{names[k]} ÷ mcplb, window" for k in others) + " |",
+                  "|---|" + "---|" * 2 * len(others)]
         for key, runs in R["cells"].items():
             lines.append("| " + " | ".join([describe(key)] + [spread(paired_ratios(runs, k, "mcplb"), "{:.2f}")
-                                                               for k in others]) + " |")
-    lines += ["", "## Wake-ups per request (context switches of the proxy's threads)", "",
-              "| cell | " + " | ".join(names[k] for k in proxies) + " |", "|---|" + "---|" * len(proxies)]
+                                                               for k in others]
+                                           + [spread(paired_ratios(runs, k, "mcplb", "win_cpu_us_per_call"),
+                                                     "{:.2f}") for k in others]) + " |")
+    lines += ["", "## Wake-ups per request (context switches of the proxy's threads; whole run | window)", "",
+              "| cell | " + " | ".join(names[k] for k in proxies) + " | "
+              + " | ".join(f"{names[k]}, window" for k in proxies) + " |", "|---|" + "---|" * 2 * len(proxies)]
     for key, runs in R["cells"].items():
-        lines.append("| " + " | ".join([describe(key)] + [spread([c.get("wakeups_per_call") for c in runs.get(k, [])],
-                                                                   "{:.2f}") for k in proxies]) + " |")
+        lines.append("| " + " | ".join([describe(key)] + [spread([c.get(f) for c in runs.get(k, [])], "{:.2f}")
+                                                           for f in ("wakeups_per_call", "win_wakeups_per_call")
+                                                           for k in proxies]) + " |")
     lines += ["", "## Latency: p50 / p99 µs, and added over direct", "",
               "| cell | " + " | ".join(names[k] for k in d["targets"]) + " | "
               + " | ".join(f"{names[k]} added" for k in proxies) + " |",
@@ -624,7 +767,8 @@ def main():
     finished = datetime.datetime.now()
     d = {"facts": facts, "command": env("ONE_CALL_COMMAND", "bench/one_call.sh"), "started": started.isoformat(),
          "finished": finished.isoformat(), "load_start": load_start, "load_end": sbs.loadavg(), "targets": TARGETS,
-         "settings": {"ROUNDS": ROUNDS, "SECS": SECS, "THINK": THINK, "SESSIONS": SESSIONS, "ANSWERS": ANSWERS,
+         "settings": {"ROUNDS": ROUNDS, "SECS": SECS, "PACED_SECS": PACED_SECS, "TOGETHER": TOGETHER,
+                      "SLICES": SLICES, "THINK": THINK, "SESSIONS": SESSIONS, "ANSWERS": ANSWERS,
                       "STATS": STATS, "MCPLB": MCPLB, "BUILDS": BUILDS, "PROFILE_CELL": PROFILE_CELL,
                       "PERF_CELL": PERF_CELL},
          "results": RESULTS}

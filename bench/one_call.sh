@@ -7,7 +7,8 @@
 #   MCPLB_B=/path/to/other/mcplb TARGETS="direct mcplb mcplb-b nginx haproxy" bench/one_call.sh
 #                                                       # the same, with an A/B of two builds
 #
-# Settings (environment; see bench/one_call.py): ROUNDS (5), SECS (10), THINK ("0 250": ms
+# Settings (environment; see bench/one_call.py): ROUNDS (5), SECS (10), PACED_SECS (SECS),
+# TOGETHER (1: a paced cell's targets run at once), SLICES (1), THINK ("0 250": ms
 # between a session's calls, 0 = back to back), SESSIONS ("1 8"), ANSWERS ("sse json"),
 # TARGETS, MCPLB, MCPLB_B, STATS (true), IDLE_SECS (5), STRACE (1), PERF (1), PROFILE_CELL
 # (sse/1/250), BASE_PORT (28600), OUT, TAG (one-call), LOAD_MAX (1.0) and LOAD_WAIT (0: no
@@ -17,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 COMMAND="bench/one_call.sh"
-for v in ROUNDS SECS THINK SESSIONS ANSWERS TARGETS MCPLB MCPLB_B STATS IDLE_SECS STRACE PERF \
+for v in ROUNDS SECS PACED_SECS TOGETHER SLICES THINK SESSIONS ANSWERS TARGETS MCPLB MCPLB_B STATS IDLE_SECS STRACE PERF \
          PROFILE_CELL BASE_PORT TAG NO_BUILD; do
     if [ -n "${!v:-}" ]; then COMMAND="$v=\"${!v}\" $COMMAND"; fi
 done

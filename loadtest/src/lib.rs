@@ -6,6 +6,7 @@ pub mod h3;
 pub mod load;
 pub mod output;
 pub mod pace;
+pub mod procstat;
 pub mod scenario;
 pub mod url;
 

@@ -40,6 +40,7 @@ use serde_json::{json, Value};
 use mock::http::{self, Chunked};
 
 use crate::pace::Pacer;
+use crate::procstat::{self, ProcCounters, Snapshot};
 use crate::url::HttpUrl;
 
 /// Percentiles printed in reports.
@@ -106,6 +107,9 @@ pub struct LoadOptions {
     pub timeout: Duration,
     /// Print a progress line per second on stderr.
     pub progress: bool,
+    /// A process (a proxy under test) whose CPU time and context switches over the measured
+    /// window the report gives ([`LoadReport::watched`]).
+    pub watch_pid: Option<u32>,
 }
 
 impl Default for LoadOptions {
@@ -125,6 +129,7 @@ impl Default for LoadOptions {
             threads: 1,
             timeout: Duration::from_secs(30),
             progress: false,
+            watch_pid: None,
         }
     }
 }
@@ -417,6 +422,11 @@ pub struct LoadReport {
     /// Requests written over the whole run (session set-up, warm-up and the measured
     /// window, answered or not): what a server's CPU over the run divides by.
     pub exchanges: u64,
+    /// The watched process's ([`LoadOptions::watch_pid`]) counters from the start of the
+    /// measured window (less [`procstat::LEAD`]) until the last answer was read: what the
+    /// window's calls (`ok` + errors) cost it, with its pid. `None` when not asked or not
+    /// readable.
+    pub watched: Option<(u32, ProcCounters)>,
 }
 
 impl LoadReport {
@@ -478,6 +488,11 @@ impl LoadReport {
             "latency_us": lat,
             "send_lag_us": lag,
             "exchanges": self.exchanges,
+            "watched": self.watched.map(|(pid, w)| json!({
+                "pid": pid,
+                "run_ns": w.run_ns,
+                "switches": w.switches,
+            })),
         })
     }
 }
@@ -502,6 +517,15 @@ impl std::fmt::Display for LoadReport {
             self.elapsed.as_secs_f64()
         )?;
         writeln!(f, "throughput  {:.1} req/s", self.throughput())?;
+        if let Some((pid, w)) = self.watched {
+            let calls = (self.ok + e.total()).max(1) as f64;
+            writeln!(
+                f,
+                "pid {pid}   {:.1} µs CPU and {:.2} context switches per call in the window",
+                w.run_ns as f64 / 1000.0 / calls,
+                w.switches as f64 / calls
+            )?;
+        }
         writeln!(
             f,
             "errors      jsonrpc {}, tool (isError) {}, http status {}, id mismatch {}, \
@@ -593,6 +617,11 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         let warmup = opts.warmup;
         std::thread::spawn(move || progress_loop(&shared, warmup))
     });
+    let watch_start = opts.watch_pid.map(|pid| {
+        let shared = shared.clone();
+        let warmup = opts.warmup;
+        std::thread::spawn(move || watch_window_start(&shared, warmup, pid))
+    });
     let mut hist = new_histogram()?;
     let mut send_lag = new_histogram()?;
     let mut errors = ErrorCounts::default();
@@ -627,10 +656,19 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         }
     }
     let finished = Instant::now();
+    let watched_end = opts.watch_pid.and_then(|pid| procstat::read(pid).ok());
     shared.done.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         let _ = p.join();
     }
+    let watched = match (
+        opts.watch_pid,
+        watch_start.and_then(|h| h.join().ok().flatten()),
+        watched_end,
+    ) {
+        (Some(pid), Some(a), Some(b)) => Some((pid, b.since(&a))),
+        _ => None,
+    };
     if let Some(e) = first_err {
         return Err(e);
     }
@@ -649,7 +687,26 @@ pub fn run_load(opts: LoadOptions) -> anyhow::Result<LoadReport> {
         histogram: hist,
         send_lag,
         exchanges,
+        watched,
     })
+}
+
+/// The watched process's counters at the start of the measured window, less
+/// [`procstat::LEAD`]: waits for the run to start (every connection set up), then until the
+/// window opens. `None` if the run ended first or the process cannot be read.
+fn watch_window_start(shared: &RunShared, warmup: Duration, pid: u32) -> Option<Snapshot> {
+    let start = loop {
+        if let Some(s) = shared.start.get() {
+            break *s;
+        }
+        if shared.done.load(Ordering::Relaxed) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let at = start + warmup.saturating_sub(procstat::LEAD);
+    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+    procstat::read(pid).ok()
 }
 
 fn new_histogram() -> anyhow::Result<Histogram<u64>> {

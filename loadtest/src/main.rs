@@ -152,6 +152,11 @@ struct RunArgs {
     /// No per-second progress lines on stderr.
     #[arg(long)]
     quiet: bool,
+    /// A process (the proxy under test) whose CPU time and context switches over the measured
+    /// window the report gives (`watched` in --json): a benchmark's CPU per call without the
+    /// sessions' set-up, the warm-up and the closing.
+    #[arg(long, value_name = "PID")]
+    watch_pid: Option<u32>,
 }
 
 impl RunArgs {
@@ -175,6 +180,7 @@ impl RunArgs {
             threads: self.threads,
             timeout: self.timeout,
             progress: !self.quiet,
+            watch_pid: self.watch_pid,
         };
         let Some(path) = &self.scenario else {
             return Ok(cli);

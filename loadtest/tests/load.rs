@@ -219,3 +219,34 @@ fn errors_by_kind() {
     assert_eq!(report.ok, 0);
     assert!(report.errors.connect > 0, "{report}");
 }
+
+#[test]
+fn watched_process_cpu_over_the_window() {
+    // The mock runs in this process: the window's calls cost this process CPU time.
+    let server = mock(MockConfig::default());
+    let report = run_load(LoadOptions {
+        requests: Some(300),
+        warmup: Duration::from_millis(50),
+        watch_pid: Some(std::process::id()),
+        ..opts(server.url())
+    })
+    .unwrap();
+    assert_eq!(report.ok, 300, "{report}");
+    let (pid, w) = report.watched.expect("watched counters");
+    assert_eq!(pid, std::process::id());
+    assert!(w.run_ns > 0, "{w:?}");
+    let j = report.to_json();
+    assert_eq!(j["watched"]["run_ns"], w.run_ns);
+    assert!(report.to_string().contains("µs CPU"), "{report}");
+
+    // A process that is not there: the run goes on, with no figure.
+    let report = run_load(LoadOptions {
+        requests: Some(20),
+        watch_pid: Some(u32::MAX),
+        ..opts(server.url())
+    })
+    .unwrap();
+    assert_eq!(report.ok, 20);
+    assert!(report.watched.is_none());
+    assert!(report.to_json()["watched"].is_null());
+}
