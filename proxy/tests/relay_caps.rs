@@ -175,31 +175,9 @@ fn config(backend: SocketAddr, era: &str) -> String {
     )
 }
 
-/// Sends a 2026-07-28 `tools/call` of `tool` (no session, its `_meta` declaring the client).
-fn send_call(c: &mut HttpClient, id: u64, tool: &str) {
-    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-        "params": {"name": tool, "arguments": {}, "_meta": {
-            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientInfo": {"name": "relay-caps", "version": "1"},
-            "io.modelcontextprotocol/clientCapabilities": {}}}});
-    c.send(
-        "POST",
-        "/mcp",
-        &[
-            ("content-type", "application/json"),
-            ("accept", "application/json, text/event-stream"),
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", tool),
-        ],
-        body.to_string().as_bytes(),
-    )
-    .unwrap();
-}
-
 /// The text of a call's answer (its last event's result), from a whole answer.
 fn call_text(c: &mut HttpClient, id: u64, tool: &str) -> String {
-    send_call(c, id, tool);
+    send_stateless_call(c, id, tool, &[]);
     let r = c.read_response().unwrap();
     assert_eq!(
         r.status,
@@ -241,7 +219,7 @@ fn an_endless_event_is_cut_at_the_bound_and_other_clients_go_on() {
 
         // The endless call: its answer's head comes, then nothing of the event.
         let mut a = HttpClient::connect_timeout(p.addr, Duration::from_secs(30)).unwrap();
-        send_call(&mut a, 1, "endless");
+        send_stateless_call(&mut a, 1, "endless", &[]);
         let mut stream = a.into_streaming().unwrap();
         assert_eq!(stream.head.status, 200, "{driver}");
         wait_until("the endless event's first half to go out", || {
@@ -307,7 +285,7 @@ fn an_event_under_the_bound_goes_through_whole() {
         let p = start_proxy(&config(addr, "2025"), driver);
         let mut c = HttpClient::connect_timeout(p.addr, Duration::from_secs(30)).unwrap();
         c.set_max_body(4 * BOUND);
-        send_call(&mut c, 1, "big");
+        send_stateless_call(&mut c, 1, "big", &[]);
         let r = c.read_response().unwrap();
         assert_eq!(r.status, 200, "{driver}");
         assert_eq!(r.events.len(), 2, "{driver}");

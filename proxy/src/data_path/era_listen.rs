@@ -215,31 +215,15 @@ pub(crate) async fn stream_for_client(
         let body = era_listen::listen_for_stream(d, &uris);
         let req = own_request(backend, group, Own::Listen, None, &body, Some(&c.req));
         let opened = open(core, c, gi, bi, req).await;
-        if head_sent {
-            // The client's stream goes on: the head made for the new listen is not sent.
-            c.out.clear();
-            let Ok(src) = opened else {
+        let src = match opened {
+            Ok(src) => src,
+            Err(_) if head_sent => {
+                // The client's stream was going on: it ends.
+                c.out.clear();
                 c.out.extend_from_slice(crate::http::LAST_CHUNK);
                 send(c).await;
                 return Next::Close;
-            };
-            match relay(
-                core,
-                c,
-                src,
-                Vec::new(),
-                frame,
-                Some((&sid, generation)),
-                true,
-            )
-            .await
-            {
-                Relayed::Done(next) => return next,
-                Relayed::Changed => continue,
             }
-        }
-        let src = match opened {
-            Ok(src) => src,
             Err(status) => {
                 let message = if status == 0 {
                     "the 2026-07-28 server behind mcplb could not be reached for the \
@@ -251,18 +235,13 @@ pub(crate) async fn stream_for_client(
                 return reply::refuse(c, &Refusal::new(405, -32601, message)).await;
             }
         };
-        head_sent = true;
-        match relay(
-            core,
-            c,
-            src,
-            Vec::new(),
-            frame,
-            Some((&sid, generation)),
-            false,
-        )
-        .await
-        {
+        if head_sent {
+            // The client's stream goes on: the head made for the new listen is not sent.
+            c.out.clear();
+        }
+        let watch = Some((sid.as_slice(), generation));
+        let sent = std::mem::replace(&mut head_sent, true);
+        match relay(core, c, src, Vec::new(), frame, watch, sent).await {
             Relayed::Done(next) => return next,
             Relayed::Changed => {}
         }
@@ -315,13 +294,7 @@ async fn open(
     if status != 200 {
         return Err(status);
     }
-    let backend_tag = core
-        .shared
-        .config
-        .servers
-        .get(gi)
-        .and_then(|g| g.backends.get(bi))
-        .map_or(0, |b| b.tag);
+    let backend_tag = core.shared.config.backend(gi, bi).map_or(0, |b| b.tag);
     let mut a = era_answer(&mut up, buf, head_len, backend_tag, true);
     let Ok((head, head_len)) = response::final_head(core, c, &mut a).await else {
         return Err(status);

@@ -363,13 +363,8 @@ fn too_large(core: &Core, gi: usize, bi: usize, bound: usize, what: Held) {
     core.rec
         .borrow_mut()
         .count(crate::control::stats::Counter::UpstreamTooLarge, 1);
-    let name = core
-        .shared
-        .config
-        .servers
-        .get(gi)
-        .and_then(|g| g.backends.get(bi))
-        .map_or("", |b| b.name.as_str());
+    let backend = core.shared.config.backend(gi, bi);
+    let name = backend.map_or("", |b| b.name.as_str());
     let (msg, setting) = match what {
         Held::Event => (
             "backend sent an SSE event over the bound: its answer was cut",
