@@ -79,6 +79,11 @@ impl Config {
         let config = raw.and_then(|raw| validate::validate(raw, &mut errs));
         config.ok_or(ConfigErrors(errs))
     }
+
+    /// Backend `bi` of group `gi`.
+    pub fn backend(&self, gi: usize, bi: usize) -> Option<&Backend> {
+        self.servers.get(gi)?.backends.get(bi)
+    }
 }
 
 /// The admin port's address and token as a config file gives them, read without validating

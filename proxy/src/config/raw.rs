@@ -113,6 +113,7 @@ pub(crate) struct RawProxy {
     pub max_headers: Option<i64>,
     pub max_url_bytes: Option<i64>,
     pub max_json_depth: Option<i64>,
+    pub max_sse_event_bytes: Option<i64>,
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
     pub client_idle_timeout: Option<String>,

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 /// Default cap on a request body (MCP tool results of several MiB are normal).
 pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
+/// Default `max_sse_event_bytes`: the bound the SSE readers of the protocol crate keep
+/// ([`protocol::sse::DEFAULT_MAX_EVENT_BYTES`]), 16 MiB.
+pub const DEFAULT_MAX_SSE_EVENT: usize = protocol::sse::DEFAULT_MAX_EVENT_BYTES;
 
 /// Default cap on client connections open at once from one address. One MCP session holds
 /// one or two connections (its POST requests and its GET stream), so 256 lets a host, or an
@@ -195,6 +198,9 @@ pub struct ProxyConfig {
     pub max_url_bytes: usize,
     /// Deepest nesting of JSON objects and arrays accepted in a request body (400 past it).
     pub max_json_depth: usize,
+    /// Largest SSE event from a backend that mcplb reads whole to relay it (the era bridge's
+    /// rewrites): past it the stream is cut (502 before the client's head went out).
+    pub max_sse_event_bytes: usize,
     /// Time allowed for a request head to arrive once its first byte has.
     pub header_timeout: Duration,
     /// Time allowed for a request body to arrive once its head has.

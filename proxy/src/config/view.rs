@@ -149,7 +149,8 @@ pub fn redacted_json(cfg: &Config) -> Value {
             "session_keys_file": p.session_keys_file.as_ref().map(|f| f.display().to_string()),
             "watch_interval_s": p.watch_interval.map(secs),
             "max_body_bytes": p.max_body_bytes, "max_header_bytes": p.max_header_bytes,
-            "max_headers": p.max_headers, "header_timeout_s": secs(p.header_timeout),
+            "max_headers": p.max_headers, "max_sse_event_bytes": p.max_sse_event_bytes,
+            "header_timeout_s": secs(p.header_timeout),
             "body_timeout_s": secs(p.body_timeout),
             "forwarded": match p.client_address.forwarded {
                 ForwardedMode::Append => "append",

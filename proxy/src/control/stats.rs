@@ -204,8 +204,11 @@ pub enum Counter {
     /// Backend list answers filtered for a class of callers under a policy (an answer with
     /// the same bytes as the class's last one on the core is not filtered again).
     ListsFiltered,
+    /// Backend answers cut at a bound on what mcplb holds of them: an SSE event over
+    /// `max_sse_event_bytes`, or a JSON answer over 64 MiB, that the era bridge reads whole.
+    UpstreamTooLarge,
 }
-const COUNTERS: usize = 60;
+const COUNTERS: usize = 61;
 /// Names of the counters, in order.
 pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "requests",
@@ -268,6 +271,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS] = [
     "era_inputs_replayed",
     "era_calls_abandoned",
     "lists_filtered",
+    "upstream_too_large",
 ];
 
 /// Gauges (up/down).

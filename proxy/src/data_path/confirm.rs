@@ -25,6 +25,7 @@ use crate::data_path::admission::{ConcKeys, Permits};
 use crate::data_path::attempt::{self, Plan, Reached};
 use crate::data_path::request::{offset_of, ClientConn, Next, Refusal, RpcSpans, Stop};
 use crate::data_path::response::{self, Answer, Framing, Waited as StreamWaited, Watch};
+use crate::data_path::upstream::Held;
 use crate::data_path::waiting::{Registered, Table};
 use crate::data_path::{reply, upstream};
 use crate::policy::confirm::{self, Channel, Outcome, Verdict, Waited};
@@ -643,7 +644,8 @@ async fn forward_on_stream(
     };
     let avail = a.buf.split_off(head_len.min(a.buf.len()));
     c.ubuf = std::mem::take(&mut a.buf);
-    let relayed = relay(core, c, a.up, head.framing, head.is_sse, avail).await;
+    let from = (plan.gi, bi);
+    let relayed = relay(core, c, a.up, from, head.framing, head.is_sse, avail).await;
     drop(in_flight);
     c.meta.upstream_done = Some(crate::runtime::clock::fresh_ns());
     if relayed == Some(true) && !head.up_close {
@@ -663,6 +665,7 @@ async fn relay(
     core: &Core,
     c: &mut ClientConn,
     up: &mut crate::tls::Conn,
+    (gi, bi): (usize, usize),
     mut framing: Framing,
     is_sse: bool,
     mut avail: Vec<u8>,
@@ -677,6 +680,15 @@ async fn relay(
         let mut err = false;
         let (take, done) = upstream::collect_step(&mut framing, &avail, &mut pending, &mut err);
         if err {
+            return None;
+        }
+        if !is_sse && upstream::over_bound(core, gi, bi, pending.len(), Held::Json) {
+            fail_event(
+                c,
+                -32603,
+                "the backend's answer to the approved call is too large",
+            )
+            .await;
             return None;
         }
         if is_sse && !pending.is_empty() {

@@ -18,7 +18,7 @@ use crate::data_path::era_bridge::{
 };
 use crate::data_path::request::{ClientConn, Next};
 use crate::data_path::response::{self, forward_response, Framing};
-use crate::data_path::upstream;
+use crate::data_path::upstream::{self, Held};
 use crate::data_path::waiting::{Registered, Table};
 use crate::runtime::core::Core;
 use crate::session::era;
@@ -34,8 +34,6 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 const MAX_ROUNDS: usize = 16;
 /// Most calls waiting for their clients' answers, over all cores.
 const MAX_WAITING: usize = 1024;
-/// Largest whole JSON answer read to find an `input_required` result.
-const MAX_JSON_ANSWER: usize = 64 * 1024 * 1024;
 
 /// Whether a 2025-era client's request of `method` may be answered with `input_required` by
 /// a 2026-07-28 backend (the requests the spec lets ask for input).
@@ -160,9 +158,9 @@ async fn rounds(
     let mut fill = c.cache_fill.take();
     for _ in 0..MAX_ROUNDS {
         let got = if t.is_sse {
-            sse_answer(core, c, &mut t.src).await
+            sse_answer(core, c, &mut t.src, call).await
         } else {
-            json_answer(core, &mut t.src).await
+            json_answer(core, &mut t.src, call).await
         };
         let msg = match got {
             Ok(m) => m,
@@ -234,14 +232,20 @@ fn done_reading(src: &Source) -> bool {
 }
 
 /// The whole JSON answer of `src`.
-async fn json_answer(core: &Core, src: &mut Source) -> Result<Vec<u8>, Gone> {
+async fn json_answer(core: &Core, src: &mut Source, call: &Call<'_>) -> Result<Vec<u8>, Gone> {
     let mut err = false;
     loop {
         let (_, done) =
             upstream::collect_events_step(&mut src.framing, &src.avail, &mut src.pending, &mut err);
         src.avail.clear();
-        if err || src.pending.rest().len() > MAX_JSON_ANSWER {
+        if err {
             return Err(Gone::Backend("the backend's answer was cut short".into()));
+        }
+        let held = src.pending.rest().len();
+        if upstream::over_bound(core, call.gi, call.bi, held, Held::Json) {
+            return Err(Gone::Backend(
+                "the backend's answer is too large (over 64 MiB)".into(),
+            ));
         }
         if done {
             break;
@@ -257,7 +261,12 @@ async fn json_answer(core: &Core, src: &mut Source) -> Result<Vec<u8>, Gone> {
 
 /// The response event of the SSE answer of `src` (its data), the events before it relayed to
 /// the client (progress, logging).
-async fn sse_answer(core: &Core, c: &mut ClientConn, src: &mut Source) -> Result<Vec<u8>, Gone> {
+async fn sse_answer(
+    core: &Core,
+    c: &mut ClientConn,
+    src: &mut Source,
+    call: &Call<'_>,
+) -> Result<Vec<u8>, Gone> {
     let mut err = false;
     loop {
         let (_, done) =
@@ -291,6 +300,13 @@ async fn sse_answer(core: &Core, c: &mut ClientConn, src: &mut Source) -> Result
         if done {
             return Err(Gone::Backend(
                 "the backend's stream ended without the call's answer".into(),
+            ));
+        }
+        // What is left is one event's first bytes: past the bound the call fails without them.
+        let held = src.pending.rest().len();
+        if upstream::over_bound(core, call.gi, call.bi, held, Held::Event) {
+            return Err(Gone::Backend(
+                "the backend's stream sent an event over mcplb's max_sse_event_bytes".into(),
             ));
         }
         match read(core, src, true).await {

@@ -28,6 +28,7 @@ use crate::data_path::cache as response_cache;
 use crate::data_path::request::EraInput;
 use crate::data_path::request::{ClientConn, Next, Refusal, Request};
 use crate::data_path::response::{self, Answer, Framing};
+use crate::data_path::upstream::Held;
 use crate::data_path::{policy, reply, upstream};
 use crate::runtime::core::Core;
 use crate::session::era::{self, CallState, EraRoute, Learned, SessionKey};
@@ -544,8 +545,6 @@ pub(super) fn own_request(
     req
 }
 
-/// Largest whole JSON answer to a bridged request mcplb rewrites (a bigger one is cut: 502).
-const MAX_JSON_ANSWER: usize = 64 * 1024 * 1024;
 /// Most calls one core keeps waiting for their client's input.
 const MAX_PARKED: usize = 128;
 /// How long a call waits for the client's retry with its input.
@@ -839,7 +838,8 @@ pub(crate) async fn forward(
     loop {
         let (_, done) =
             upstream::collect_events_step(&mut src.framing, &src.avail, &mut src.pending, &mut err);
-        if err || src.pending.rest().len() > MAX_JSON_ANSWER {
+        let held = src.pending.rest().len();
+        if err || upstream::over_bound(core, leg.gi, leg.bi, held, Held::Json) {
             err = true;
             break;
         }
@@ -1139,6 +1139,12 @@ async fn relay(
         if asked {
             // More events may wait in `pending`: look again before reading.
             continue;
+        }
+        // What is left is one event's first bytes: past the bound the stream closes without
+        // them (the client's answer is cut short, as when the backend's breaks).
+        let held = src.pending.rest().len();
+        if upstream::over_bound(core, leg.gi, leg.bi, held, Held::Event) {
+            return (Next::Close, None);
         }
         match read(core, &mut src, true).await {
             Read::Bytes | Read::End => {}

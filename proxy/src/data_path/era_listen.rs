@@ -17,6 +17,7 @@ use crate::data_path::era_bridge::{
 };
 use crate::data_path::request::{ClientConn, Next, Refusal};
 use crate::data_path::response::{self, Framing};
+use crate::data_path::upstream::Held;
 use crate::data_path::{reply, upstream};
 use crate::runtime::core::Core;
 use crate::session::era::{self, Declared};
@@ -96,7 +97,7 @@ pub(crate) async fn listen_on_session(
             None => Frame::Skip,
         }
     };
-    match relay(c, src, first, frame, None, false).await {
+    match relay(core, c, src, first, frame, None, false).await {
         Relayed::Done(next) => next,
         // Without a session to watch, it never changes.
         Relayed::Changed => Next::Close,
@@ -214,21 +215,15 @@ pub(crate) async fn stream_for_client(
         let body = era_listen::listen_for_stream(d, &uris);
         let req = own_request(backend, group, Own::Listen, None, &body, Some(&c.req));
         let opened = open(core, c, gi, bi, req).await;
-        if head_sent {
-            // The client's stream goes on: the head made for the new listen is not sent.
-            c.out.clear();
-            let Ok(src) = opened else {
+        let src = match opened {
+            Ok(src) => src,
+            Err(_) if head_sent => {
+                // The client's stream was going on: it ends.
+                c.out.clear();
                 c.out.extend_from_slice(crate::http::LAST_CHUNK);
                 send(c).await;
                 return Next::Close;
-            };
-            match relay(c, src, Vec::new(), frame, Some((&sid, generation)), true).await {
-                Relayed::Done(next) => return next,
-                Relayed::Changed => continue,
             }
-        }
-        let src = match opened {
-            Ok(src) => src,
             Err(status) => {
                 let message = if status == 0 {
                     "the 2026-07-28 server behind mcplb could not be reached for the \
@@ -240,8 +235,13 @@ pub(crate) async fn stream_for_client(
                 return reply::refuse(c, &Refusal::new(405, -32601, message)).await;
             }
         };
-        head_sent = true;
-        match relay(c, src, Vec::new(), frame, Some((&sid, generation)), false).await {
+        if head_sent {
+            // The client's stream goes on: the head made for the new listen is not sent.
+            c.out.clear();
+        }
+        let watch = Some((sid.as_slice(), generation));
+        let sent = std::mem::replace(&mut head_sent, true);
+        match relay(core, c, src, Vec::new(), frame, watch, sent).await {
             Relayed::Done(next) => return next,
             Relayed::Changed => {}
         }
@@ -259,6 +259,9 @@ enum Relayed {
 
 /// A stream being relayed: the connection, its framing, the de-chunked bytes not yet relayed.
 struct Stream {
+    /// The backend's group and index.
+    gi: usize,
+    bi: usize,
     up: Conn,
     framing: Framing,
     pending: PendingEvents,
@@ -291,13 +294,7 @@ async fn open(
     if status != 200 {
         return Err(status);
     }
-    let backend_tag = core
-        .shared
-        .config
-        .servers
-        .get(gi)
-        .and_then(|g| g.backends.get(bi))
-        .map_or(0, |b| b.tag);
+    let backend_tag = core.shared.config.backend(gi, bi).map_or(0, |b| b.tag);
     let mut a = era_answer(&mut up, buf, head_len, backend_tag, true);
     let Ok((head, head_len)) = response::final_head(core, c, &mut a).await else {
         return Err(status);
@@ -309,6 +306,8 @@ async fn open(
     let mut buf = a.buf;
     let avail = buf.split_off(head_len.min(buf.len()));
     Ok(Stream {
+        gi,
+        bi,
         up,
         framing: head.framing,
         pending: PendingEvents::new(),
@@ -331,6 +330,7 @@ enum Frame {
 /// makes it, until either side ends, or (`watch`: a session's id and the generation of the
 /// subscriptions the stream was opened with) the session's subscriptions change.
 async fn relay(
+    core: &Core,
     c: &mut ClientConn,
     mut s: Stream,
     first: Vec<u8>,
@@ -395,6 +395,11 @@ async fn relay(
                 // The session subscribed or unsubscribed: a listen with the new set.
                 return Relayed::Changed;
             }
+        }
+        // What is left is one event's first bytes: past the bound the client's stream closes
+        // without them (cut short, as when the backend's breaks; the connection goes too).
+        if upstream::over_bound(core, s.gi, s.bi, s.pending.rest().len(), Held::Event) {
+            return Relayed::Done(Next::Close);
         }
         let avail = std::mem::take(&mut s.avail);
         let read = s.up.read_more(avail, super::READ_SIZE);

@@ -14,6 +14,7 @@ use crate::data_path::client_address::{self, Hop};
 use crate::data_path::request::{HttpMethod, Request};
 use crate::data_path::response::{body_step_with, Framing};
 use crate::http::{self, ChunkedDecoder};
+use crate::runtime::core::Core;
 use crate::runtime::timer::Timer;
 use crate::telemetry::TraceContext;
 use crate::tls::Conn;
@@ -323,6 +324,60 @@ pub(crate) fn collect_step(
     error: &mut bool,
 ) -> (usize, bool) {
     body_step_with(framing, avail, error, |d| body.extend_from_slice(d))
+}
+
+/// Largest whole JSON answer mcplb reads to rewrite it (the era bridges': a bigger one is cut,
+/// [`over_bound`]).
+pub(crate) const MAX_JSON_ANSWER: usize = 64 * 1024 * 1024;
+
+/// What the bytes held in an [`over_bound`] check are.
+#[derive(Clone, Copy)]
+pub(crate) enum Held {
+    /// An SSE event's first bytes (every whole event before them cut out): bounded by
+    /// `proxy.max_sse_event_bytes`.
+    Event,
+    /// A whole JSON answer read so far: bounded by [`MAX_JSON_ANSWER`].
+    Json,
+}
+
+/// Whether `held` bytes of an answer from backend `bi` of group `gi` that mcplb holds to read
+/// it whole are past their bound: then the answer must be cut (and its connection not
+/// reused), which is counted (`upstream_too_large`) and logged (the first in a window per
+/// backend), naming the backend and the bound. Reading stops here, so the bytes held never
+/// pass the bound by more than one read.
+pub(crate) fn over_bound(core: &Core, gi: usize, bi: usize, held: usize, what: Held) -> bool {
+    let bound = match what {
+        Held::Event => core.shared.config.proxy.max_sse_event_bytes,
+        Held::Json => MAX_JSON_ANSWER,
+    };
+    if held <= bound {
+        return false;
+    }
+    too_large(core, gi, bi, bound, what);
+    true
+}
+
+#[cold]
+#[inline(never)]
+fn too_large(core: &Core, gi: usize, bi: usize, bound: usize, what: Held) {
+    core.rec
+        .borrow_mut()
+        .count(crate::control::stats::Counter::UpstreamTooLarge, 1);
+    let backend = core.shared.config.backend(gi, bi);
+    let name = backend.map_or("", |b| b.name.as_str());
+    let (msg, setting) = match what {
+        Held::Event => (
+            "backend sent an SSE event over the bound: its answer was cut",
+            "proxy.max_sse_event_bytes",
+        ),
+        Held::Json => (
+            "backend sent a JSON answer over the bound: it was cut",
+            "64 MiB",
+        ),
+    };
+    if crate::control::logs::first_in_window(msg, name, setting) {
+        tracing::warn!(backend = %name, bound, setting, "{msg}");
+    }
 }
 
 /// [`collect_step`] into an event stream's bytes not yet cut into events (or a JSON answer's

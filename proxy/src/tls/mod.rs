@@ -141,7 +141,7 @@ impl ServerTlsFiles {
     }
 
     /// What the watcher compares: modification time, size and inode of each file.
-    fn fingerprint(&self) -> [Option<(SystemTime, u64, u64)>; 3] {
+    fn fingerprint(&self) -> Fingerprint {
         use std::os::unix::fs::MetadataExt as _;
         let m = |p: &Path| {
             std::fs::metadata(p)
@@ -156,10 +156,17 @@ impl ServerTlsFiles {
     }
 }
 
+/// Modification time, size and inode of the certificate, key and client CA files.
+type Fingerprint = [Option<(SystemTime, u64, u64)>; 3];
+
 /// The client-facing TLS config, swappable without a restart.
 pub struct TlsTerminator {
     current: ArcSwap<ServerConfig>,
     files: Mutex<ServerTlsFiles>,
+    /// The files' fingerprint taken before [`new`](Self::new) read them: what the watcher
+    /// compares first, so that files replaced before its thread first runs (it may start late
+    /// on a busy machine) are still seen as changed.
+    loaded: Fingerprint,
 }
 
 impl std::fmt::Debug for TlsTerminator {
@@ -171,10 +178,12 @@ impl std::fmt::Debug for TlsTerminator {
 impl TlsTerminator {
     /// Loads the files (an error names the file and what was wrong).
     pub fn new(files: ServerTlsFiles) -> Result<Arc<TlsTerminator>, String> {
+        let loaded = files.fingerprint();
         let cfg = files.build()?;
         Ok(Arc::new(TlsTerminator {
             current: ArcSwap::from_pointee(cfg),
             files: Mutex::new(files),
+            loaded,
         }))
     }
 
@@ -201,12 +210,10 @@ impl TlsTerminator {
     pub fn watch(self: &Arc<Self>) {
         let me = Arc::downgrade(self);
         let files = |t: &TlsTerminator| t.files.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut seen = self.loaded;
         let _ = std::thread::Builder::new()
             .name("mcplb-tls-watch".into())
             .spawn(move || {
-                let Some(mut seen) = me.upgrade().map(|t| files(&t).fingerprint()) else {
-                    return;
-                };
                 let mut failing = false;
                 loop {
                     let Some(interval) = me.upgrade().map(|t| files(&t).reload_interval) else {

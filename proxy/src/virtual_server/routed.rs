@@ -22,6 +22,7 @@ use crate::config::VirtualServer;
 use crate::data_path::cache as response_cache;
 use crate::data_path::request::{ClientConn, Next, Refusal, Stop};
 use crate::data_path::response::{self, Framing, Waited, Watch};
+use crate::data_path::upstream::Held;
 use crate::data_path::{confirm, era_bridge, upstream};
 use crate::http;
 use crate::runtime::core::Core;
@@ -361,6 +362,11 @@ async fn forward_whole(
         let (_, done) = upstream::collect_step(&mut r.framing, &r.avail, &mut body, &mut err);
         if done || err {
             break;
+        }
+        if upstream::over_bound(core, r.reached.gi, r.reached.bi, body.len(), Held::Json) {
+            r.reached.finish(core, None, 502);
+            let why = "a member's answer is too large for mcplb to read whole (over 64 MiB)";
+            return crate::data_path::reply::refuse(c, &Refusal::new(502, -32603, why)).await;
         }
         r.avail.clear();
         let timeout = core.shared.config.proxy.upstream_timeout;

@@ -290,7 +290,13 @@ pub fn stateless_tool_call(
     tool: &str,
     extra: &[(&str, &str)],
 ) -> mcplb::demo::Response {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+    send_stateless_call(c, 1, tool, extra);
+    c.read_response().unwrap()
+}
+
+/// Sends [`stateless_tool_call`]'s request with JSON-RPC id `id`; its answer is left to read.
+pub fn send_stateless_call(c: &mut HttpClient, id: u64, tool: &str, extra: &[(&str, &str)]) {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
         "params": {"name": tool, "arguments": {},
             "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
     let mut h = vec![
@@ -301,8 +307,8 @@ pub fn stateless_tool_call(
         ("mcp-name", tool),
     ];
     h.extend_from_slice(extra);
-    c.request("POST", "/mcp", &h, body.to_string().as_bytes())
-        .unwrap()
+    c.send("POST", "/mcp", &h, body.to_string().as_bytes())
+        .unwrap();
 }
 
 /// The resident set of process `pid`, in KiB (0 when it cannot be read).

@@ -8,7 +8,7 @@ use crate::config::fields::{decode_key, parse_duration, resolve, TableCheck};
 use crate::config::raw::{RawHttp2, RawHttp3, RawProxy, RawTls};
 use crate::config::types::{
     ClientAddress, ForwardedHeader, ForwardedMode, ProxyConfig, TrustedProxies, DEFAULT_MAX_BODY,
-    DEFAULT_MAX_CONNECTIONS_PER_IP,
+    DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_SSE_EVENT,
 };
 
 /// Validates `[proxy]` (an absent table is an empty one: `listen` is then reported missing).
@@ -78,6 +78,12 @@ pub(super) fn validate(p: RawProxy, errs: &mut Vec<String>) -> ProxyConfig {
         max_headers: t.int("max_headers", p.max_headers, 64, 8..=512),
         max_url_bytes: t.int("max_url_bytes", p.max_url_bytes, 8192, 16..=1 << 20),
         max_json_depth: t.int("max_json_depth", p.max_json_depth, depth, 3..=depth),
+        max_sse_event_bytes: t.int(
+            "max_sse_event_bytes",
+            p.max_sse_event_bytes,
+            DEFAULT_MAX_SSE_EVENT,
+            1024..=1 << 30,
+        ),
         header_timeout: t.duration("header_timeout", p.header_timeout.as_deref(), secs(10)),
         body_timeout: t.duration("body_timeout", p.body_timeout.as_deref(), secs(10)),
         client_address,
