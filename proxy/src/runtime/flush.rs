@@ -284,7 +284,7 @@ mod tests {
             let mut conn = monoio::net::TcpStream::connect(addr).await.unwrap();
             let before = my_wakeups();
             let mut buf = vec![0u8; 16];
-            let mut seen = 0;
+            let (mut seen, mut reads) = (0, 0);
             while seen < calls {
                 let mut timer = std::pin::pin!(deadline(
                     Instant::now() + Duration::from_millis(1300),
@@ -299,10 +299,12 @@ mod tests {
                 .await;
                 buf = b;
                 seen += n.unwrap() as u64;
+                // Calls that came together (a thread late on a loaded machine) are one wake-up.
+                reads += 1;
             }
             let woken = my_wakeups() - before;
             sender.join().unwrap();
-            (calls, woken)
+            (reads, woken)
         }
         if uring {
             monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
@@ -327,7 +329,7 @@ mod tests {
             .map(|(u, k)| std::thread::spawn(move || (u, k, wakeups_over_calls(u, k))))
             .collect();
         for r in runs {
-            let (u, kernel, (calls, woken)) = r.join().unwrap();
+            let (u, kernel, (calls, woken)) = r.join().unwrap(); // calls: reads that found bytes
             if kernel {
                 assert!(
                     woken <= calls + 1,
