@@ -84,14 +84,8 @@ pub(crate) async fn flush_loop(cores: Rc<RefCell<Vec<Rc<Core>>>>) {
     let mut flushed_at_shutdown = false;
     let mut shutdown = std::pin::pin!(ShutdownSignal::new());
     // The flusher's deadlines, kept by the kernel: a wheel entry always pending would wake the
-    // worker at each of the wheel's slot boundaries it straddles (`kernel_timer.rs`). Without
-    // a timerfd (none left at start), the wheel's timer.
-    let clock = KernelTimer::new()
-        .inspect_err(
-            |e| tracing::warn!(error = %e, "no timerfd for the flusher: using the runtime's timer"),
-        )
-        .ok();
-    let clock = clock.as_ref();
+    // worker at each of the wheel's slot boundaries it straddles (`kernel_timer.rs`).
+    let clock = KernelTimer::new();
     let tick = |cores: &[Rc<Core>]| {
         if cores
             .iter()
@@ -107,7 +101,7 @@ pub(crate) async fn flush_loop(cores: Rc<RefCell<Vec<Rc<Core>>>>) {
         let stopping = SHUTDOWN.load(Ordering::Relaxed);
         if !stopping && nothing_to_do(&cores.borrow(), reported_open) {
             let sweep_at = pool_sweep_at(&cores.borrow());
-            if dormant(shutdown.as_mut(), sweep_at, clock).await {
+            if dormant(shutdown.as_mut(), sweep_at, &clock).await {
                 // Pooled connections idled past their timeout with no request to end:
                 // closed now, and the statistics (their gauge) folded on this wake-up.
                 REQUESTED.with(|r| r.set(true));
@@ -118,7 +112,7 @@ pub(crate) async fn flush_loop(cores: Rc<RefCell<Vec<Rc<Core>>>>) {
         } else if !REQUESTED.with(Cell::get) {
             let due = DUE.with(Cell::get).unwrap_or_else(Instant::now);
             let latest = due.max(Instant::now()) + SLACK;
-            until_requested(latest, shutdown.as_mut(), clock).await;
+            until_requested(latest, shutdown.as_mut(), &clock).await;
         }
         let shutdown = SHUTDOWN.load(Ordering::Relaxed);
         let now = Instant::now();
@@ -178,22 +172,14 @@ fn nothing_to_do(cores: &[Rc<Core>], reported_open: i64) -> bool {
         })
 }
 
-/// Waits until `at`: on the kernel's timer when there is one, else on the runtime's.
-async fn deadline(at: Instant, clock: Option<&KernelTimer>) {
-    match clock {
-        Some(k) => k.until(at).await,
-        None => monoio::time::sleep_until(monoio::time::Instant::from_std(at)).await,
-    }
-}
-
 /// Waits until a request ends that began once the flush came due ([`note_request`]), until
 /// `latest`, or until a shutdown begins.
 async fn until_requested(
     latest: Instant,
     mut shutdown: Pin<&mut ShutdownSignal>,
-    clock: Option<&KernelTimer>,
+    clock: &KernelTimer,
 ) {
-    let mut timer = std::pin::pin!(deadline(latest, clock));
+    let mut timer = std::pin::pin!(clock.until(latest));
     std::future::poll_fn(|cx| {
         if REQUESTED.with(Cell::get)
             || shutdown.as_mut().poll(cx).is_ready()
@@ -219,10 +205,10 @@ fn pool_sweep_at(cores: &[Rc<Core>]) -> Option<Instant> {
 async fn dormant(
     mut shutdown: Pin<&mut ShutdownSignal>,
     until: Option<Instant>,
-    clock: Option<&KernelTimer>,
+    clock: &KernelTimer,
 ) -> bool {
     let mut registered = false;
-    let mut timer = std::pin::pin!(until.map(|t| deadline(t, clock)));
+    let mut timer = std::pin::pin!(until.map(|t| clock.until(t)));
     let timed_out = std::future::poll_fn(|cx| {
         if shutdown.as_mut().poll(cx).is_ready() {
             return Poll::Ready(false);
@@ -270,7 +256,11 @@ mod tests {
     /// entry woke it again at each boundary it straddled (36 for 34 calls over 8.5 s).
     fn wakeups_over_calls(uring: bool, kernel: bool) -> (u64, u64) {
         async fn body(kernel: bool) -> (u64, u64) {
-            let clock = kernel.then(|| KernelTimer::new().unwrap());
+            let clock = if kernel {
+                KernelTimer::new()
+            } else {
+                KernelTimer::on_wheel()
+            };
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let calls = 50u64;
@@ -286,10 +276,8 @@ mod tests {
             let mut buf = vec![0u8; 16];
             let (mut seen, mut reads) = (0, 0);
             while seen < calls {
-                let mut timer = std::pin::pin!(deadline(
-                    Instant::now() + Duration::from_millis(1300),
-                    clock.as_ref()
-                ));
+                let mut timer =
+                    std::pin::pin!(clock.until(Instant::now() + Duration::from_millis(1300)));
                 let mut read = std::pin::pin!(conn.read(buf));
                 let (n, b) = std::future::poll_fn(|cx| {
                     use std::future::Future as _;

@@ -13,7 +13,7 @@
 //! deadline comes: setting it is one syscall per flush, and the wait one poll.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -21,94 +21,102 @@ use monoio::net::TcpStream;
 /// A worker's kernel timer (see the module's notes). One wait at a time.
 pub(crate) struct KernelTimer {
     /// The timerfd, as a stream the runtime can wait on for readability (only ever polled and
-    /// read with `read(2)`, never through the runtime).
-    fd: TcpStream,
+    /// read with `read(2)`, never through the runtime); `None` when none could be made: then
+    /// waits are on the runtime's wheel, as before.
+    fd: Option<TcpStream>,
 }
 
 impl KernelTimer {
-    /// A disarmed timer (a non-blocking `CLOCK_MONOTONIC` timerfd, the clock of `Instant`).
-    #[allow(unsafe_code)]
-    pub(crate) fn new() -> io::Result<KernelTimer> {
-        // SAFETY: timerfd_create takes no pointer; the returned fd is owned below.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor owned by nothing else. The std type is only a
-        // vessel to hand it to the runtime, which needs nothing but a pollable fd (as the idle
-        // set's epoll fd in `park.rs`).
-        let vessel = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-        Ok(KernelTimer {
-            fd: TcpStream::from_std(vessel)?,
-        })
+    /// A disarmed timer (a non-blocking `CLOCK_MONOTONIC` timerfd, the clock of `Instant`), or
+    /// one on the runtime's wheel if no timerfd can be had (logged).
+    pub(crate) fn new() -> KernelTimer {
+        let fd = timerfd()
+            .inspect_err(|e| tracing::warn!(error = %e, "no timerfd: using the runtime's timer"))
+            .ok();
+        KernelTimer { fd }
+    }
+
+    /// A timer on the runtime's wheel (what [`KernelTimer::new`] falls back to).
+    #[cfg(test)]
+    pub(crate) fn on_wheel() -> KernelTimer {
+        KernelTimer { fd: None }
     }
 
     /// Waits until `at` (at once if it has passed). Dropping the wait before then leaves the
     /// timer armed but unwatched: its expiry wakes nothing, and the next wait sets it anew.
     pub(crate) async fn until(&self, at: Instant) {
-        if self.set(at).is_err() {
-            // Not expected of a valid timerfd; the wheel's timer still keeps the deadline.
-            monoio::time::sleep_until(monoio::time::Instant::from_std(at)).await;
-            return;
-        }
-        loop {
-            if self.fd.readable(false).await.is_err() {
-                monoio::time::sleep_until(monoio::time::Instant::from_std(at)).await;
-                return;
-            }
-            // Readiness left over from an expiry before the timer was set again reads
-            // nothing (setting it clears the count): wait on.
-            if self.expired() || Instant::now() >= at {
-                return;
+        if let Some(fd) = &self.fd {
+            // A failure is not expected of a valid timerfd; the wheel then keeps the deadline.
+            if set(fd, at).is_ok() {
+                while fd.readable(false).await.is_ok() {
+                    // Readiness left over from an expiry before the timer was set again reads
+                    // nothing (setting it clears the count): wait on.
+                    if expired(fd) || Instant::now() >= at {
+                        return;
+                    }
+                }
             }
         }
+        monoio::time::sleep_until(monoio::time::Instant::from_std(at)).await;
     }
+}
 
-    /// Arms the timer to expire once, at `at` (1 ns from now if that has passed: 0 would
-    /// disarm it).
-    #[allow(unsafe_code)]
-    fn set(&self, at: Instant) -> io::Result<()> {
-        let left = at
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_nanos(1));
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: libc::time_t::try_from(left.as_secs()).unwrap_or(libc::time_t::MAX),
-                tv_nsec: left.subsec_nanos().into(),
-            },
-        };
-        // SAFETY: `spec` is a valid itimerspec; the old value is not asked for (null).
-        let r =
-            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+/// A fresh timerfd, watchable by the runtime.
+#[allow(unsafe_code)]
+fn timerfd() -> io::Result<TcpStream> {
+    // SAFETY: timerfd_create takes no pointer; the returned fd is owned below.
+    let fd = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: `fd` is a fresh descriptor owned by nothing else.
+    crate::runtime::watched(unsafe { OwnedFd::from_raw_fd(fd) })
+}
 
-    /// Reads (and so clears) the expiry count: whether the timer expired since it was set.
-    #[allow(unsafe_code)]
-    fn expired(&self) -> bool {
-        let mut count = 0u64;
-        // SAFETY: reads at most 8 bytes into `count`, which has them.
-        let n = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                std::ptr::addr_of_mut!(count).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
-        n == 8 && count > 0
+/// Arms the timer `fd` to expire once, at `at` (1 ns from now if that has passed: 0 would
+/// disarm it).
+#[allow(unsafe_code)]
+fn set(fd: &TcpStream, at: Instant) -> io::Result<()> {
+    let left = at
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_nanos(1));
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: libc::time_t::try_from(left.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: left.subsec_nanos().into(),
+        },
+    };
+    // SAFETY: `spec` is a valid itimerspec; the old value is not asked for (null).
+    let r = unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// Reads (and so clears) the expiry count of the timer `fd`: whether it expired since it
+/// was set.
+#[allow(unsafe_code)]
+fn expired(fd: &TcpStream) -> bool {
+    let mut count = 0u64;
+    // SAFETY: reads at most 8 bytes into `count`, which has them.
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            std::ptr::addr_of_mut!(count).cast(),
+            std::mem::size_of::<u64>(),
+        )
+    };
+    n == 8 && count > 0
 }
 
 #[cfg(test)]
@@ -142,7 +150,8 @@ mod tests {
                 continue;
             }
             run(uring, || async {
-                let t = KernelTimer::new().unwrap();
+                let t = KernelTimer::new();
+                assert!(t.fd.is_some(), "a timerfd ({uring})");
                 let start = Instant::now();
                 t.until(start + Duration::from_millis(30)).await;
                 assert!(start.elapsed() >= Duration::from_millis(30), "{uring}");

@@ -360,6 +360,12 @@ pub(crate) fn per_ip_slot(
     }
 }
 
+/// A descriptor the runtime can only wait on for readability (the idle set's epoll set, a
+/// timerfd), as the stream type monoio takes one in; it is never read or written through it.
+pub(crate) fn watched(fd: std::os::fd::OwnedFd) -> io::Result<monoio::net::TcpStream> {
+    monoio::net::TcpStream::from_std(std::net::TcpStream::from(fd))
+}
+
 /// `Box::pin(make())`, with the future written straight into its allocation: `Box::pin` of a
 /// future value builds it on the stack first and copies its full size into the box (the
 /// request path's future is several KiB, the virtual server's about 18 KiB: a memcpy of that

@@ -100,11 +100,10 @@ impl IdleSet {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: `fd` is a fresh descriptor owned by nothing else. The std type is only a
-        // vessel to hand it to the runtime, which needs nothing but a pollable fd.
-        let vessel = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+        // SAFETY: `fd` is a fresh descriptor owned by nothing else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
         Ok(IdleSet {
-            waiter: TcpStream::from_std(vessel)?,
+            waiter: crate::runtime::watched(fd)?,
             slots: RefCell::new(SlotTable::default()),
             next_sweep: Cell::new(None),
             waiter_task: Cell::new(None),
