@@ -137,7 +137,11 @@ async def test_two_identities_see_different_tools_and_the_bot_is_denied(policy_p
     def bot_whoami(lines: list[dict]) -> list[dict]:
         return [line for line in lines if line.get("name") == "whoami" and line["identity"] == "bot-ci"]
 
-    lines = audit_lines(policy_proxy["audit"], lambda lines: len(bot_whoami(lines)) >= 2)
+    def bot_adds(lines: list[dict]) -> list[dict]:
+        return [line for line in lines if line.get("name") == "add" and line["identity"] == "bot-ci"]
+
+    # Two workers hand their lines over apart: the add's may come after the denials'.
+    lines = audit_lines(policy_proxy["audit"], lambda lines: len(bot_whoami(lines)) >= 2 and bot_adds(lines))
     denied_lines = bot_whoami(lines)
     assert len(denied_lines) == 2, lines
     for line in denied_lines:
@@ -145,7 +149,7 @@ async def test_two_identities_see_different_tools_and_the_bot_is_denied(policy_p
         assert line["method"] == "tools/call" and line["server"] == "keys" and line["code"] == -32602, line
         # Absent keys are left out: no backend was reached, nothing came back from one.
         assert "backend" not in line and "upstream_error" not in line, line
-    adds = [line for line in lines if line.get("name") == "add" and line["identity"] == "bot-ci"]
+    adds = bot_adds(lines)
     assert adds and adds[0]["decision"] == "allowed" and adds[0]["rule"] == "policies[1]", adds
     assert len(adds[0]["arguments_sha256"]) == 64 and adds[0]["backend"], adds
     assert "code" not in adds[0] and len(adds[0]["session"]) == 16, adds
